@@ -1,0 +1,53 @@
+"""tensornet: tensor-train (TT) and TT-matrix (TTM) algebra on any array backend.
+
+The public API is re-exported here; ``tensornet.nn`` (PyTorch layers), ``tensornet.gpt2`` (the GPT-2
+adapter) and ``tensornet.testing`` (hypothesis strategies) are imported on first attribute access,
+so ``import tensornet`` imports neither torch nor hypothesis.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from . import contract, shapes
+from .decomp import RankCapWarning, orthogonalize, round, tt_svd, ttm_svd
+from .ops import add, dot, full, hadamard, kron, linear, matmul, matvec, norm, scale, sum, transpose
+from .random import random_tt, random_ttm
+from .tt import TT, TTM
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "TT",
+    "TTM",
+    "RankCapWarning",
+    "add",
+    "contract",
+    "dot",
+    "full",
+    "hadamard",
+    "kron",
+    "linear",
+    "matmul",
+    "matvec",
+    "norm",
+    "orthogonalize",
+    "random_tt",
+    "random_ttm",
+    "round",
+    "scale",
+    "shapes",
+    "sum",
+    "transpose",
+    "tt_svd",
+    "ttm_svd",
+]
+
+_LAZY = ("adjoint", "nn", "gpt2", "testing")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'tensornet' has no attribute {name!r}")

@@ -1,0 +1,375 @@
+"""Operations on TT and TTM trains, carried out on the cores (never through ``full()`` unless stated).
+
+Every function validates its arguments, takes the array namespace from the cores and returns new
+objects. Cost lines use d cores, mode size n (m x n for TTM), ranks r (and s for the second argument).
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import _backend as B
+from . import tt as _tt
+from .contract import einsum, symbols
+
+__all__ = [
+    "add",
+    "dot",
+    "full",
+    "getitem",
+    "hadamard",
+    "is_scalar",
+    "kron",
+    "linear",
+    "matmul",
+    "matvec",
+    "norm",
+    "scale",
+    "sum",
+    "transpose",
+]
+
+
+# --- validation helpers -------------------------------------------------------------------------
+def _require_train(fn: str, x: Any, name: str = "argument") -> None:
+    if not isinstance(x, (_tt.TT, _tt.TTM)):
+        raise TypeError(f"{fn}: {name} must be a tensornet TT or TTM, got {type(x).__name__}")
+
+
+def _require(fn: str, x: Any, cls: type, name: str) -> None:
+    if not isinstance(x, cls):
+        raise TypeError(f"{fn}: {name} must be a tensornet {cls.__name__}, got {type(x).__name__}")
+
+
+def _check_same_storage(fn: str, a: Any, b: Any) -> None:
+    if a.backend != b.backend:
+        raise TypeError(
+            f"{fn}: operands use different backends ({a.backend} and {b.backend}); convert with .to()"
+        )
+    if a.dtype != b.dtype:
+        raise TypeError(
+            f"{fn}: operands have different dtypes ({a.dtype} and {b.dtype}); convert with .to(dtype=...)"
+        )
+    if a.device != b.device:
+        raise ValueError(
+            f"{fn}: operands are on different devices ({a.device} and {b.device}); move one with .to()"
+        )
+
+
+def _check_same_structure(fn: str, a: Any, b: Any) -> None:
+    _require_train(fn, a, "first operand")
+    _require_train(fn, b, "second operand")
+    if type(a) is not type(b):
+        raise TypeError(f"{fn}: cannot combine a {type(a).__name__} with a {type(b).__name__}")
+    _check_same_storage(fn, a, b)
+    if isinstance(a, _tt.TTM):
+        if (a.row_shape, a.col_shape) != (b.row_shape, b.col_shape):
+            raise ValueError(
+                f"{fn}: TTM shapes differ: row_shape {a.row_shape} x col_shape {a.col_shape} vs "
+                f"row_shape {b.row_shape} x col_shape {b.col_shape}; both must match core by core"
+            )
+    elif a.shape != b.shape:
+        raise ValueError(f"{fn}: TT shapes differ: {a.shape} vs {b.shape}; they must match mode by mode")
+
+
+def is_scalar(x: Any) -> bool:
+    """A Python/numpy number or a 0-d array."""
+    if isinstance(x, bool):
+        return False
+    if isinstance(x, numbers.Number):
+        return True
+    return B.is_array(x) and x.ndim == 0
+
+
+# --- TTM cores seen as TT cores with merged (m*n) modes -------------------------------------------
+def _flat_cores(x: Any) -> list[Any]:
+    if isinstance(x, _tt.TT):
+        return list(x.cores)
+    xp = B.namespace(*x.cores)
+    return [
+        xp.reshape(c, (int(c.shape[0]), int(c.shape[1]) * int(c.shape[2]), int(c.shape[3]))) for c in x.cores
+    ]
+
+
+def _like(x: Any, flat_cores: Sequence[Any]) -> Any:
+    """Wrap TT-layout cores computed from ``x`` back into ``x``'s type (reshaping TTM modes)."""
+    if isinstance(x, _tt.TT):
+        return _tt.TT._trusted(flat_cores)
+    xp = B.namespace(*flat_cores)
+    cores = [
+        xp.reshape(c, (int(c.shape[0]), m, n, int(c.shape[2])))
+        for c, m, n in zip(flat_cores, x.row_shape, x.col_shape)
+    ]
+    return _tt.TTM._trusted(cores)
+
+
+# --- dense -----------------------------------------------------------------------------------------
+def full(x: Any) -> Any:
+    """The dense array of a TT (shape ``x.shape``) or TTM (shape ``(M, N)``).
+
+    Cost: ``O(r^2 prod(n))`` time and ``O(r prod(n))`` memory.
+    """
+    _require_train("full", x)
+    return _tt._full_tt(x.cores) if isinstance(x, _tt.TT) else _tt._full_ttm(x.cores)
+
+
+# --- linear structure ------------------------------------------------------------------------------
+def add(a: Any, b: Any) -> Any:
+    """``a + b`` in TT form; ranks add (``r + s``). Round afterwards to recompress.
+
+    Cost: ``O(d n (r + s)^2)`` memory for the block cores.
+    """
+    _check_same_structure("add", a, b)
+    ca, cb = _flat_cores(a), _flat_cores(b)
+    xp = B.namespace(*ca, *cb)
+    d = len(ca)
+    if d == 1:
+        return _like(a, [ca[0] + cb[0]])
+    cores = [xp.concat([ca[0], cb[0]], axis=2)]
+    for k in range(1, d - 1):
+        ra, n, ra2 = (int(s) for s in ca[k].shape)
+        rb, _, rb2 = (int(s) for s in cb[k].shape)
+        top = xp.concat([ca[k], xp.zeros((ra, n, rb2), dtype=a.dtype, device=B.device(ca[k]))], axis=2)
+        bottom = xp.concat([xp.zeros((rb, n, ra2), dtype=a.dtype, device=B.device(ca[k])), cb[k]], axis=2)
+        cores.append(xp.concat([top, bottom], axis=0))
+    cores.append(xp.concat([ca[-1], cb[-1]], axis=0))
+    return _like(a, cores)
+
+
+def scale(x: Any, alpha: Any) -> Any:
+    """``alpha * x`` (the first core is scaled). ``alpha`` a number or 0-d array. Cost: ``O(n r)``."""
+    _require_train("scale", x)
+    if not is_scalar(alpha):
+        raise TypeError(f"scale: alpha must be a number or a 0-d array, got {type(alpha).__name__}")
+    return type(x)._trusted([x.cores[0] * alpha, *x.cores[1:]])
+
+
+def hadamard(a: Any, b: Any) -> Any:
+    """Elementwise product; ranks multiply (``r s``). Cost: ``O(d n r^2 s^2)``."""
+    _check_same_structure("hadamard", a, b)
+    xp = B.namespace(*a.cores)
+    cores = []
+    for ca, cb in zip(_flat_cores(a), _flat_cores(b)):
+        ra, n, ra2 = (int(s) for s in ca.shape)
+        rb, _, rb2 = (int(s) for s in cb.shape)
+        cores.append(xp.reshape(einsum("anb,cnd->acnbd", ca, cb), (ra * rb, n, ra2 * rb2)))
+    return _like(a, cores)
+
+
+def kron(a: Any, b: Any) -> Any:
+    """Kronecker (outer) product: the cores of ``a`` followed by those of ``b``.
+
+    For TT this is the tensor ``a[i] * b[j]`` of shape ``a.shape + b.shape``; for TTM it is the matrix
+    ``np.kron(A, B)`` with ``row_shape = A.row_shape + B.row_shape``. Cost: none (no arithmetic).
+    """
+    _require_train("kron", a, "first operand")
+    _require_train("kron", b, "second operand")
+    if type(a) is not type(b):
+        raise TypeError(f"kron: cannot combine a {type(a).__name__} with a {type(b).__name__}")
+    _check_same_storage("kron", a, b)
+    return type(a)._trusted([*a.cores, *b.cores])
+
+
+def transpose(a: Any) -> Any:
+    """The transposed TTM (row and column modes swapped core by core). Cost: ``O(d m n r^2)`` copy."""
+    _require("transpose", a, _tt.TTM, "a")
+    xp = B.namespace(*a.cores)
+    return _tt.TTM._trusted([xp.permute_dims(c, (0, 2, 1, 3)) for c in a.cores])
+
+
+# --- scalars ---------------------------------------------------------------------------------------
+def _scaled_chain(first: Any, steps: Sequence[Callable[[Any], Any]]) -> Any:
+    """Apply ``steps`` to a small matrix, renormalising after each so long trains neither overflow
+    nor underflow; returns the (1, 1) result with the scale restored at the end."""
+    xp = B.namespace(first)
+    log_scale = xp.zeros((), dtype=first.dtype, device=B.device(first))
+    value = first
+    for step in steps:
+        value = step(value)
+        size = xp.max(xp.abs(value))
+        size = xp.where(size > 0, size, xp.ones_like(size))
+        value = value / size
+        log_scale = log_scale + xp.log(size)
+    return xp.reshape(value, ()) * xp.exp(log_scale)
+
+
+def dot(a: Any, b: Any) -> Any:
+    """Inner product ``<a, b> = sum(a * b)`` (Frobenius for TTM) as a 0-d array.
+
+    Computed left to right with running renormalisation, so trains of d = 200 cores of norm 10 or
+    0.1 neither overflow nor underflow when the result itself is representable.
+    Cost: ``O(d n r s (r + s))``.
+    """
+    _check_same_structure("dot", a, b)
+    ca, cb = _flat_cores(a), _flat_cores(b)
+    xp = B.namespace(*ca)
+    start = xp.ones((1, 1), dtype=a.dtype, device=a.device)
+    steps = [lambda v, x=x, y=y: einsum("ab,anc,bnd->cd", v, x, y) for x, y in zip(ca, cb)]
+    return _scaled_chain(start, steps)
+
+
+def norm(x: Any) -> Any:
+    """Frobenius norm as a 0-d array, by a QR sweep (accurate to working precision, also for
+    differences of nearly equal trains), renormalised so long trains do not overflow or underflow.
+
+    Cost: ``O(d n r^3)``.
+    """
+    _require_train("norm", x)
+    cores = _flat_cores(x)
+    xp = B.namespace(*cores)
+    log_scale = xp.zeros((), dtype=x.dtype, device=x.device)
+    carry = None
+    for k, core in enumerate(cores):
+        current = core if carry is None else einsum("ab,bnc->anc", carry, core)
+        if k == len(cores) - 1:
+            return xp.linalg.vector_norm(current) * xp.exp(log_scale)
+        r, n, r2 = (int(s) for s in current.shape)
+        _, carry = xp.linalg.qr(xp.reshape(current, (r * n, r2)))
+        size = xp.linalg.vector_norm(carry)
+        size = xp.where(size > 0, size, xp.ones_like(size))
+        carry = carry / size
+        log_scale = log_scale + xp.log(size)
+    raise AssertionError("unreachable: a train has at least one core")
+
+
+def sum(x: Any) -> Any:  # noqa: A001 - the TT vocabulary name, shadowing is deliberate
+    """Sum of all entries as a 0-d array. Cost: ``O(d n r^2)``."""
+    _require_train("sum", x)
+    cores = _flat_cores(x)
+    xp = B.namespace(*cores)
+    start = xp.ones((1, 1), dtype=x.dtype, device=x.device)
+    steps = [lambda v, c=c: v @ xp.sum(c, axis=1) for c in cores]
+    return _scaled_chain(start, steps)
+
+
+# --- products --------------------------------------------------------------------------------------
+def matvec(a: Any, x: Any) -> Any:
+    """``A @ x`` for a TTM ``A`` (M, N) and a TT ``x`` of shape ``A.col_shape``: a TT of shape
+    ``A.row_shape`` with ranks ``r s``. Cost: ``O(d m n r^2 s^2)``."""
+    _require("matvec", a, _tt.TTM, "A")
+    _require("matvec", x, _tt.TT, "x")
+    _check_same_storage("matvec", a, x)
+    if a.col_shape != x.shape:
+        raise ValueError(
+            f"matvec: A has col_shape {a.col_shape} but x has shape {x.shape}; they must match core by core"
+        )
+    xp = B.namespace(*a.cores)
+    cores = []
+    for ca, cx in zip(a.cores, x.cores):
+        ra, m, _, ra2 = (int(s) for s in ca.shape)
+        rx, _, rx2 = (int(s) for s in cx.shape)
+        cores.append(xp.reshape(einsum("amnb,cnd->acmbd", ca, cx), (ra * rx, m, ra2 * rx2)))
+    return _tt.TT._trusted(cores)
+
+
+def matmul(a: Any, b: Any) -> Any:
+    """``A @ B`` for TTMs with ``A.col_shape == B.row_shape``; ranks multiply.
+    Cost: ``O(d m k n r^2 s^2)``."""
+    _require("matmul", a, _tt.TTM, "A")
+    _require("matmul", b, _tt.TTM, "B")
+    _check_same_storage("matmul", a, b)
+    if a.col_shape != b.row_shape:
+        raise ValueError(
+            f"matmul: A has col_shape {a.col_shape} but B has row_shape {b.row_shape}; they must match core by core"
+        )
+    xp = B.namespace(*a.cores)
+    cores = []
+    for ca, cb in zip(a.cores, b.cores):
+        ra, m, _, ra2 = (int(s) for s in ca.shape)
+        rb, _, n, rb2 = (int(s) for s in cb.shape)
+        cores.append(xp.reshape(einsum("amkb,ckne->acmnbe", ca, cb), (ra * rb, m, n, ra2 * rb2)))
+    return _tt.TTM._trusted(cores)
+
+
+def linear(x: Any, w: Any, bias: Any = None) -> Any:
+    """``x @ W.full().T (+ bias)`` for dense ``x`` of shape ``(..., N)`` and a TTM ``W`` of shape (M, N).
+
+    Any number of leading dimensions. Cost: that of the contraction path chosen for the shapes.
+    """
+    _require("linear", w, _tt.TTM, "W")
+    if not B.is_array(x):
+        raise TypeError(f"linear: x must be an array, got {type(x).__name__}")
+    out_features, in_features = w.shape
+    if x.ndim < 1 or int(x.shape[-1]) != in_features:
+        raise ValueError(
+            f"linear: x has shape {tuple(x.shape)} but W has shape (M, N) = {w.shape}; "
+            f"the last dimension of x must be N = {in_features}"
+        )
+    if B.backend_name(x) != w.backend or x.dtype != w.dtype:
+        raise TypeError(
+            f"linear: x is {B.backend_name(x)} {x.dtype} but W is {w.backend} {w.dtype}; use one backend and dtype"
+        )
+    if bias is not None and (bias.ndim != 1 or int(bias.shape[0]) != out_features):
+        raise ValueError(f"linear: bias has shape {tuple(bias.shape)}, expected ({out_features},)")
+    xp = B.namespace(x, *w.cores)
+    lead = tuple(int(s) for s in x.shape[:-1])
+    d = w.ndim
+    sym = iter(symbols(3 * d + 2))
+    batch = next(sym)
+    rows = [next(sym) for _ in range(d)]
+    cols = [next(sym) for _ in range(d)]
+    ranks = [next(sym) for _ in range(d + 1)]
+    terms = [batch + "".join(cols)]
+    terms += [ranks[k] + rows[k] + cols[k] + ranks[k + 1] for k in range(d)]
+    equation = ",".join(terms) + "->" + batch + "".join(rows)
+    xr = xp.reshape(x, (-1, *w.col_shape))
+    y = einsum(equation, xr, *w.cores)
+    y = xp.reshape(y, (*lead, out_features))
+    return y if bias is None else y + bias
+
+
+# --- indexing --------------------------------------------------------------------------------------
+def getitem(x: Any, index: Any) -> Any:
+    """``x[i, j, k]`` (a 0-d array) or ``x[:, 2, 1:5]`` (a TT over the sliced modes).
+
+    Integers pick an entry of a mode (the mode is removed), slices keep a range of it.
+    Cost: ``O(d r^3)`` for an entry.
+    """
+    _require("getitem", x, _tt.TT, "x")
+    index = index if isinstance(index, tuple) else (index,)
+    if len([i for i in index if i is Ellipsis]) > 1:
+        raise IndexError("TT index: at most one Ellipsis (...) is allowed")
+    if Ellipsis in index:
+        at = index.index(Ellipsis)
+        fill = x.ndim - (len(index) - 1)
+        index = index[:at] + (slice(None),) * fill + index[at + 1 :]
+    if len(index) > x.ndim:
+        raise IndexError(f"TT index: {len(index)} indices given for a TT with {x.ndim} modes")
+    index = index + (slice(None),) * (x.ndim - len(index))
+    xp = B.namespace(*x.cores)
+    kept: list[Any] = []
+    pending = None  # product of the picked (r x r') matrices not yet absorbed
+    for k, (core, idx) in enumerate(zip(x.cores, index)):
+        n = int(core.shape[1])
+        if isinstance(idx, bool) or not isinstance(idx, (numbers.Integral, slice)):
+            raise TypeError(
+                f"TT index: mode {k} got {type(idx).__name__}; use integers, slices or ... "
+                "(arrays of indices are not supported)"
+            )
+        if isinstance(idx, slice):
+            positions = range(*idx.indices(n))
+            if len(positions) == 0:
+                raise IndexError(f"TT index: slice {idx} of mode {k} (size {n}) is empty")
+            piece = core if idx == slice(None) else xp.take(core, _positions(core, positions), axis=1)
+            if pending is not None:
+                piece = einsum("ab,bnc->anc", pending, piece)
+                pending = None
+            kept.append(piece)
+            continue
+        i = int(idx)
+        if not -n <= i < n:
+            raise IndexError(f"TT index: index {i} is out of range for mode {k} of size {n}")
+        matrix = core[:, i % n, :]
+        pending = matrix if pending is None else pending @ matrix
+    if not kept:
+        return xp.reshape(pending, ())
+    if pending is not None:
+        kept[-1] = einsum("anb,bc->anc", kept[-1], pending)
+    return _tt.TT._trusted(kept)
+
+
+def _positions(core: Any, positions: range) -> Any:
+    xp = B.namespace(core)
+    return xp.asarray(list(positions), dtype=xp.int64, device=B.device(core))
