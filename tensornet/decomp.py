@@ -272,7 +272,7 @@ def orthogonalize(x: Any, *, center: int | Literal["left", "right"] = "left") ->
     return _ops._like(x, _orthogonalized(_ops._flat_cores(x), int(center) % d))
 
 
-def round(  # noqa: A001 - the TT vocabulary name
+def round(
     x: Any,
     *,
     eps: float | None = None,

@@ -234,7 +234,7 @@ def norm(x: Any) -> Any:
     raise AssertionError("unreachable: a train has at least one core")
 
 
-def sum(x: Any) -> Any:  # noqa: A001 - the TT vocabulary name, shadowing is deliberate
+def sum(x: Any) -> Any:
     """Sum of all entries as a 0-d array. Cost: ``O(d n r^2)``."""
     _require_train("sum", x)
     cores = _flat_cores(x)
