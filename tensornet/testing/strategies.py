@@ -1,0 +1,157 @@
+"""Hypothesis strategies for TT / TTM objects, shapes, ranks, backends and dtypes.
+
+For property tests of your own tensor code::
+
+    from hypothesis import given
+    from tensornet.testing import strategies as tst
+
+    @given(tst.tts(max_ndim=4, max_rank=3))
+    def test_norm_is_nonnegative(t):
+        assert float(tn.norm(t)) >= 0
+
+Every strategy draws a seed and builds cores with :func:`tensornet.random_tt` (fast even for large
+cores; shrinking goes towards smaller shapes, ranks and seed 0). Shapes can be fixed by passing a tuple,
+or left to the strategy. ``backend`` / ``dtype`` are fixed values or None (drawn).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from typing import Any
+
+from hypothesis import strategies as st
+
+from .. import shapes as _shapes
+from ..random import random_tt, random_ttm
+from ..tt import TT, TTM
+
+__all__ = [
+    "available_backends",
+    "backends",
+    "bond_ranks",
+    "core_shapes",
+    "dtypes",
+    "mode_shapes",
+    "tts",
+    "ttm_shapes",
+    "ttms",
+]
+
+
+def available_backends() -> list[str]:
+    """'numpy' and, when torch is installed, 'torch'."""
+    found = ["numpy"]
+    if importlib.util.find_spec("torch") is not None:
+        found.append("torch")
+    return found
+
+
+def backends() -> st.SearchStrategy[str]:
+    """One of :func:`available_backends`."""
+    return st.sampled_from(available_backends())
+
+
+def dtypes() -> st.SearchStrategy[str]:
+    """'float64' or 'float32'."""
+    return st.sampled_from(["float64", "float32"])
+
+
+def mode_shapes(*, min_ndim: int = 1, max_ndim: int = 4, min_size: int = 1, max_size: int = 5) -> Any:
+    """Tensor mode sizes ``(n_1, ..., n_d)``."""
+    return st.lists(st.integers(min_size, max_size), min_size=min_ndim, max_size=max_ndim).map(tuple)
+
+
+@st.composite
+def ttm_shapes(draw: Any, *, min_ndim: int = 1, max_ndim: int = 3, max_size: int = 4) -> tuple[tuple[int, ...], ...]:
+    """``(row_shape, col_shape)`` of equal length."""
+    d = draw(st.integers(min_ndim, max_ndim))
+    rows = tuple(draw(st.lists(st.integers(1, max_size), min_size=d, max_size=d)))
+    cols = tuple(draw(st.lists(st.integers(1, max_size), min_size=d, max_size=d)))
+    return rows, cols
+
+
+@st.composite
+def bond_ranks(draw: Any, mode_sizes: Sequence[int], *, max_rank: int = 3, clip: bool = True) -> tuple[int, ...]:
+    """Bond ranks ``(r_1..r_{d-1})`` for modes of ``mode_sizes`` (``m_k n_k`` for a TTM), each in
+    ``1..max_rank``. With ``clip`` (default) they are also reachable: ``r_k <= r_{k-1} n_k`` and
+    ``r_k <= n_{k+1} r_{k+1}``, so a generic TT with these ranks has exactly these TT ranks."""
+    sizes = [int(n) for n in mode_sizes]
+    ranks = [1]
+    for k in range(len(sizes) - 1):
+        limit = min(max_rank, ranks[-1] * sizes[k]) if clip else max_rank
+        ranks.append(draw(st.integers(1, max(1, limit))))
+    ranks.append(1)
+    if clip:
+        for k in range(len(sizes) - 1, 0, -1):
+            ranks[k] = min(ranks[k], sizes[k] * ranks[k + 1])
+    return tuple(ranks[1:-1])
+
+
+def core_shapes(mode_sizes: Sequence[int], ranks: Sequence[int]) -> list[tuple[int, int, int]]:
+    """TT core shapes ``(r_{k-1}, n_k, r_k)`` for bond ``ranks`` (without the boundary 1s)."""
+    full = (1, *ranks, 1)
+    return [(full[k], int(n), full[k + 1]) for k, n in enumerate(mode_sizes)]
+
+
+def _resolve(draw: Any, value: Any, default: Any) -> Any:
+    if value is None:
+        return draw(default)
+    if isinstance(value, st.SearchStrategy):
+        return draw(value)
+    return value
+
+
+def _placed(train: Any, backend: str, dtype: str) -> Any:
+    return train.to(backend, dtype=dtype)
+
+
+@st.composite
+def tts(
+    draw: Any,
+    *,
+    shape: Any = None,
+    ranks: Any = None,
+    max_ndim: int = 4,
+    max_size: int = 5,
+    max_rank: int = 3,
+    backend: Any = None,
+    dtype: Any = None,
+    std: float = 1.0,
+) -> TT:
+    """A random :class:`~tensornet.TT` (entries of std ``std``)."""
+    shape = _resolve(draw, shape, mode_shapes(max_ndim=max_ndim, max_size=max_size))
+    ranks = _resolve(draw, ranks, bond_ranks(shape, max_rank=max_rank))
+    seed = draw(st.integers(0, 2**32 - 1))
+    train = random_tt(shape, ranks, std=std, seed=seed)
+    return _placed(train, _resolve(draw, backend, backends()), _resolve(draw, dtype, dtypes()))
+
+
+@st.composite
+def ttms(
+    draw: Any,
+    *,
+    row_shape: Any = None,
+    col_shape: Any = None,
+    ranks: Any = None,
+    max_ndim: int = 3,
+    max_size: int = 4,
+    max_rank: int = 3,
+    backend: Any = None,
+    dtype: Any = None,
+    std: float = 1.0,
+) -> TTM:
+    """A random :class:`~tensornet.TTM`; give ``row_shape``/``col_shape`` to fix either."""
+    if row_shape is None and col_shape is None:
+        row_shape, col_shape = draw(ttm_shapes(max_ndim=max_ndim, max_size=max_size))
+    else:
+        known = row_shape if row_shape is not None else col_shape
+        d = len(_resolve(draw, known, None))
+        other = st.lists(st.integers(1, max_size), min_size=d, max_size=d).map(tuple)
+        row_shape = _resolve(draw, row_shape, other)
+        col_shape = _resolve(draw, col_shape, other)
+    sizes = [m * n for m, n in zip(row_shape, col_shape)]
+    ranks = _resolve(draw, ranks, bond_ranks(sizes, max_rank=max_rank))
+    seed = draw(st.integers(0, 2**32 - 1))
+    train = random_ttm(row_shape, col_shape, ranks, std=std, seed=seed)
+    return _placed(train, _resolve(draw, backend, backends()), _resolve(draw, dtype, dtypes()))

@@ -1,0 +1,81 @@
+"""Shared test settings: hypothesis profiles and dense references independent of tensornet."""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "dev", max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+settings.register_profile(
+    "ci",
+    max_examples=30,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+    print_blob=True,
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+try:
+    import torch
+
+    HAS_CUDA = torch.cuda.is_available()
+except ImportError:  # pragma: no cover - torch is a test dependency
+    torch = None
+    HAS_CUDA = False
+
+gpu = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+
+
+def as_numpy(array) -> np.ndarray:
+    """Any backend's array as a float64 numpy array (detached)."""
+    if torch is not None and isinstance(array, torch.Tensor):
+        array = array.detach().cpu().numpy()
+    return np.asarray(array, dtype=np.float64)
+
+
+def rtol(dtype) -> float:
+    """Relative tolerance for results computed in ``dtype`` (a few hundred ulps of the dtype)."""
+    return 2e-4 if "float32" in str(dtype) else 1e-10
+
+
+def dense_tt(train) -> np.ndarray:
+    """Entry by entry, the product of core slices (a reference that shares no code with tensornet)."""
+    cores = [as_numpy(c) for c in train.cores]
+    shape = tuple(c.shape[1] for c in cores)
+    out = np.empty(shape)
+    for index in itertools.product(*(range(n) for n in shape)):
+        value = np.ones((1, 1))
+        for core, i in zip(cores, index):
+            value = value @ core[:, i, :]
+        out[index] = value[0, 0]
+    return out
+
+
+def dense_ttm(train) -> np.ndarray:
+    cores = [as_numpy(c) for c in train.cores]
+    rows = tuple(c.shape[1] for c in cores)
+    cols = tuple(c.shape[2] for c in cores)
+    out = np.empty((int(np.prod(rows)), int(np.prod(cols))))
+    for i, row in enumerate(itertools.product(*(range(n) for n in rows))):
+        for j, col in enumerate(itertools.product(*(range(n) for n in cols))):
+            value = np.ones((1, 1))
+            for core, a, b in zip(cores, row, col):
+                value = value @ core[:, a, b, :]
+            out[i, j] = value[0, 0]
+    return out
+
+
+def assert_close(actual, expected, dtype, scale=None) -> None:
+    """``|actual - expected| <= rtol(dtype) * scale`` elementwise, scale defaulting to max |expected|."""
+    actual, expected = as_numpy(actual), as_numpy(expected)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    if scale is None:
+        scale = max(float(np.max(np.abs(expected), initial=0.0)), 1e-300)
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=rtol(dtype) * scale)
