@@ -1,0 +1,258 @@
+"""Argument checks, core shapes, rank clipping and initialisation shared by the TT layers."""
+
+from __future__ import annotations
+
+import math
+import numbers
+import sys
+import warnings
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+
+import tensornet as tn
+from tensornet import shapes as _shapes
+
+__all__ = ["RankClipWarning"]
+
+InitName = Literal["gpt2", "glorot", "kaiming"]
+Init = InitName | float
+INIT_NAMES = ("gpt2", "glorot", "kaiming")
+GPT2_STD = 0.02
+
+
+class RankClipWarning(UserWarning):
+    """A requested TT rank exceeded its useful maximum and was lowered; the message gives both."""
+
+
+def check_features(fn: str, name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{fn}: {name} must be an int, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{fn}: {name} must be >= 1, got {value}")
+    return int(value)
+
+
+def check_shape(fn: str, name: str, shape: Any) -> tuple[int, ...]:
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence) or len(shape) == 0:
+        raise TypeError(f"{fn}: {name} must be a non-empty tuple of positive ints, got {shape!r}")
+    for k, n in enumerate(shape):
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+            raise TypeError(f"{fn}: {name}[{k}] must be an int, got {type(n).__name__} {n!r}")
+        if n < 1:
+            raise ValueError(f"{fn}: {name}[{k}] = {n}; every factor must be >= 1 (use 1 to pad)")
+    return tuple(int(n) for n in shape)
+
+
+def check_ncores(fn: str, ncores: Any) -> int:
+    if isinstance(ncores, bool) or not isinstance(ncores, numbers.Integral):
+        raise TypeError(f"{fn}: ncores must be an int, got {type(ncores).__name__} {ncores!r}")
+    if ncores < 1:
+        raise ValueError(f"{fn}: ncores must be >= 1, got {ncores}")
+    return int(ncores)
+
+
+def resolve_shapes(
+    fn: str,
+    rows: int,
+    cols: int,
+    row_shape: Any,
+    col_shape: Any,
+    ncores: int,
+    names: tuple[str, str, str, str],
+    *,
+    pad_rows: bool = False,
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(row_shape, col_shape)`` for a ``(rows, cols)`` matrix: given shapes are checked, missing ones
+    factorised with :func:`tensornet.shapes.factorize` into as many cores as the given one (or ``ncores``).
+
+    ``names`` = (row feature name, col feature name, row shape name, col shape name) for messages.
+    ``pad_rows``: the row shape may multiply to more than ``rows`` (an embedding's padded vocabulary).
+    """
+    row_feat, col_feat, row_name, col_name = names
+    if row_shape is not None:
+        row_shape = check_shape(fn, row_name, row_shape)
+    if col_shape is not None:
+        col_shape = check_shape(fn, col_name, col_shape)
+    d = len(row_shape) if row_shape is not None else len(col_shape) if col_shape is not None else ncores
+    if row_shape is None:
+        row_shape = padded_factorization(rows, d) if pad_rows else _shapes.factorize(rows, d)
+    if col_shape is None:
+        col_shape = _shapes.factorize(cols, d)
+    if len(row_shape) != len(col_shape):
+        raise ValueError(
+            f"{fn}: {row_name} {row_shape} has {len(row_shape)} factors but {col_name} {col_shape} has "
+            f"{len(col_shape)}; both need one factor per core (pad the shorter with 1s)"
+        )
+    if pad_rows:
+        if math.prod(row_shape) < rows:
+            raise ValueError(
+                f"{fn}: {row_name} {row_shape} multiplies to {math.prod(row_shape)} < {row_feat} = {rows}; "
+                f"it must cover every row (a larger product pads the table)"
+            )
+    elif math.prod(row_shape) != rows:
+        raise ValueError(
+            f"{fn}: {row_name} {row_shape} multiplies to {math.prod(row_shape)} but {row_feat} = {rows}; "
+            f"the factors must multiply to {row_feat}"
+        )
+    if math.prod(col_shape) != cols:
+        raise ValueError(
+            f"{fn}: {col_name} {col_shape} multiplies to {math.prod(col_shape)} but {col_feat} = {cols}; "
+            f"the factors must multiply to {col_feat}"
+        )
+    return row_shape, col_shape
+
+
+def padded_factorization(n: int, d: int) -> tuple[int, ...]:
+    """The smallest ``n' >= n`` (and its factors) whose :func:`factorize` into ``d`` factors is balanced:
+    no factor above ``1.25 * n^(1/d)``. GPT-2's 50,257 tokens become 50,400 = 35 x 36 x 40 for d = 3.
+
+    Cost: ``O(sqrt(n))`` per candidate; the gap to the next balanced size is small (a few hundred at most).
+    """
+    if d == 1:
+        return (n,)
+    bound = max(2, math.ceil(1.25 * n ** (1.0 / d)))
+    candidate = n
+    while True:
+        factors = _shapes.factorize(candidate, d)
+        if max(factors) <= bound:
+            return factors
+        candidate += 1
+
+
+def check_rank(fn: str, rank: Any, d: int) -> tuple[int, ...]:
+    """Bond ranks ``(r_1..r_{d-1})`` from an int, ``d - 1`` bond ranks, or ``d + 1`` ranks with boundary 1s."""
+    if isinstance(rank, numbers.Integral) and not isinstance(rank, bool):
+        values: list[Any] = [int(rank)] * (d - 1)
+        if rank < 1:
+            raise ValueError(f"{fn}: rank must be >= 1, got {rank}")
+    elif isinstance(rank, Sequence) and not isinstance(rank, (str, bytes)):
+        values = list(rank)
+        if len(values) == d + 1:
+            if values[0] != 1 or values[-1] != 1:
+                raise ValueError(
+                    f"{fn}: rank {tuple(rank)} has d + 1 = {d + 1} entries, so its boundary ranks must be 1"
+                )
+            values = values[1:-1]
+        elif len(values) != d - 1:
+            raise ValueError(
+                f"{fn}: rank has {len(values)} entries but the layer has {d} cores; give an int, "
+                f"d - 1 = {d - 1} bond ranks or d + 1 = {d + 1} ranks with the boundary 1s"
+            )
+    else:
+        raise TypeError(f"{fn}: rank must be an int or a tuple of ints, got {type(rank).__name__} {rank!r}")
+    for k, r in enumerate(values):
+        if isinstance(r, bool) or not isinstance(r, numbers.Integral):
+            raise TypeError(f"{fn}: rank of bond {k + 1} must be an int, got {type(r).__name__} {r!r}")
+        if r < 1:
+            raise ValueError(f"{fn}: rank of bond {k + 1} must be >= 1, got {r}")
+    return tuple(int(r) for r in values)
+
+
+def clip_ranks(
+    fn: str,
+    bonds: tuple[int, ...],
+    row_shape: tuple[int, ...],
+    col_shape: tuple[int, ...],
+    *,
+    stacklevel: int,
+) -> tuple[int, ...]:
+    """Lower each bond rank to its useful maximum ``min(prod_{j<=k} m_j n_j, prod_{j>k} m_j n_j)``."""
+    useful = _shapes.max_ranks([m * n for m, n in zip(row_shape, col_shape)])
+    clipped = tuple(min(r, u) for r, u in zip(bonds, useful))
+    if clipped != bonds:
+        where = ", ".join(
+            f"bond {k + 1}: {r} -> {c}" for k, (r, c) in enumerate(zip(bonds, clipped)) if r != c
+        )
+        warnings.warn(
+            f"{fn}: ranks {(1, *bonds, 1)} exceed their useful maximum {(1, *useful, 1)} for row_shape "
+            f"{row_shape} x col_shape {col_shape} (larger ranks add parameters, not expressiveness); "
+            f"clipped ({where}). Pass clip_rank=False to keep them.",
+            RankClipWarning,
+            stacklevel=stacklevel,
+        )
+    return clipped
+
+
+def core_shapes(
+    row_shape: tuple[int, ...], col_shape: tuple[int, ...], bonds: tuple[int, ...]
+) -> list[tuple[int, int, int, int]]:
+    ranks = (1, *bonds, 1)
+    return [(ranks[k], m, n, ranks[k + 1]) for k, (m, n) in enumerate(zip(row_shape, col_shape))]
+
+
+def check_init(fn: str, init: Any) -> Init:
+    if isinstance(init, str):
+        if init not in INIT_NAMES:
+            raise ValueError(f"{fn}: init must be one of {INIT_NAMES} or a float std, got {init!r}")
+        return init  # type: ignore[return-value]
+    if isinstance(init, bool) or not isinstance(init, numbers.Real):
+        raise TypeError(f"{fn}: init must be one of {INIT_NAMES} or a float std, got {type(init).__name__}")
+    if not math.isfinite(init) or init < 0:
+        raise ValueError(f"{fn}: init as a std must be finite and >= 0, got {init!r}")
+    return float(init)
+
+
+def target_std(init: Init, fan_in: int, fan_out: int) -> float:
+    """Entry std of the rebuilt matrix that ``init`` asks for (t3f's Glorot/He targets)."""
+    if init == "gpt2":
+        return GPT2_STD
+    if init == "glorot":
+        return math.sqrt(2.0 / (fan_in + fan_out))
+    if init == "kaiming":
+        return math.sqrt(2.0 / fan_in)
+    return float(init)
+
+
+@torch.no_grad()
+def init_cores(shapes: list[tuple[int, int, int, int]], init: Init, fan_in: int, fan_out: int) -> list[Any]:
+    """Random float64 CPU cores (drawn from torch's global generator) for ``init``.
+
+    ``"gpt2"`` (the paper's recipe): core k ~ N(0, 1/r_{k-1}), the last core times 0.02, then a
+    left-to-right QR sweep (cores 1..d-1 left-orthogonal, the norm in the last core). Other inits (the
+    t3f rule): every core ~ N(0, s^2) with ``s = std^(1/d) * (r_1...r_{d-1})^(-1/(2d))``. Both give
+    rebuilt entries of mean 0 and variance std^2 in expectation; a final scalar (on the last core for
+    "gpt2", spread evenly as a d-th root otherwise) removes the sampling fluctuation of a single draw so
+    the rebuilt matrix has entry RMS exactly ``std``. Cost: ``O(d n m r^3)``; the dense matrix is never built.
+    """
+    std = target_std(init, fan_in, fan_out)
+    d = len(shapes)
+    dtype = torch.float64
+    if init == "gpt2":
+        cores = [torch.randn(s, dtype=dtype) / math.sqrt(s[0]) for s in shapes]
+        cores[-1] = cores[-1] * std
+        for k in range(d - 1):
+            r0, m, n, r1 = shapes[k]
+            if r0 * m * n < r1:  # an unclipped rank: Q would have fewer columns than the bond
+                continue
+            q, r = torch.linalg.qr(cores[k].reshape(r0 * m * n, r1))
+            cores[k] = q.reshape(shapes[k])
+            cores[k + 1] = torch.einsum("ab,bmnc->amnc", r, cores[k + 1])
+    else:
+        scale = tn.random.core_std(std, [s[3] for s in shapes[:-1]])
+        cores = [torch.randn(s, dtype=dtype) * scale for s in shapes]
+    if std == 0.0:
+        return [torch.zeros(s, dtype=dtype) for s in shapes]
+    rows = math.prod(s[1] for s in shapes)
+    cols = math.prod(s[2] for s in shapes)
+    rms = float(tn.norm(tn.TTM(cores))) / math.sqrt(rows * cols)
+    factor = std / rms
+    if init == "gpt2":
+        cores[-1] = cores[-1] * factor
+    else:
+        cores = [c * factor ** (1.0 / d) for c in cores]
+    return cores
+
+
+def conv1d_class() -> type | None:
+    """transformers' GPT-2 ``Conv1D`` if transformers is already imported (never imports it)."""
+    module = sys.modules.get("transformers.pytorch_utils")
+    return getattr(module, "Conv1D", None) if module is not None else None
+
+
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The autocast dtype when autocast is on for ``device_type``, else None."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None

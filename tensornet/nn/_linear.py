@@ -1,0 +1,269 @@
+"""``TTMLinear``: a drop-in ``torch.nn.Linear`` whose weight is a TT-matrix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+import tensornet as tn
+
+from ._common import (
+    Init,
+    check_features,
+    check_init,
+    check_ncores,
+    check_rank,
+    clip_ranks,
+    conv1d_class,
+    core_shapes,
+    init_cores,
+    resolve_shapes,
+)
+
+__all__ = ["TTMLinear"]
+
+_NAMES = ("out_features", "in_features", "out_shape", "in_shape")
+
+
+class TTMLinear(nn.Module):
+    """``y = x @ W.T + b`` with ``W`` of shape ``(out_features, in_features)`` stored as a TT-matrix.
+
+    Layout (as everywhere in tensornet): core k is an ``nn.Parameter`` of shape ``(r_{k-1}, m_k, n_k, r_k)``
+    with ``r_0 = r_d = 1``; ``W[(i_1..i_d), (j_1..j_d)] = G_1[:, i_1, j_1, :] @ ... @ G_d[:, i_d, j_d, :]``
+    where the row multi-index runs over ``out_shape = (m_1..m_d)`` and the column multi-index over
+    ``in_shape = (n_1..n_d)`` (C order). ``W`` is stored like ``nn.Linear.weight``: ``(out, in)``.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+    rank : int or tuple
+        One rank for every bond, ``d - 1`` bond ranks, or ``d + 1`` ranks with the boundary 1s. Ranks above
+        their useful maximum ``min(prod_{j<=k} m_j n_j, prod_{j>k} m_j n_j)`` are clipped with a
+        :class:`RankClipWarning` unless ``clip_rank=False`` (the paper's GPT-2 r=64 layers keep rank 64
+        next to a (1, 6) core, which only adds parameters).
+    in_shape, out_shape : tuple of int, optional
+        Factorisations of the features, one factor per core, 1s allowed (e.g. the paper's c_fc: in
+        ``(8, 8, 12, 1)``, out ``(8, 8, 8, 6)``). A missing one is factorised by
+        :func:`tensornet.shapes.factorize` into as many cores as the given one, or ``ncores`` (default 3).
+    bias : bool
+    device, dtype : as for ``nn.Linear``.
+    init : "gpt2" (default), "glorot", "kaiming" or a float std
+        Target entry std of the rebuilt W: 0.02 (GPT-2, the paper's recipe: core k ~ N(0, 1/r_{k-1}),
+        last core scaled, left-to-right QR sweep), ``sqrt(2 / (in + out))``, ``sqrt(2 / in)``, or the float
+        (t3f's rule: every core scaled by ``std^(1/d) * prod(r)^(-1/(2d))``). A single draw is rescaled so
+        the rebuilt W has entry RMS exactly that std. The bias starts at zero.
+
+    The forward is :func:`tensornet.linear` (the contraction path is chosen per shape); inputs may have any
+    leading dimensions. Under ``torch.autocast`` the input, cores and bias are cast to the autocast dtype,
+    as ``nn.Linear`` does. Cost per token: that of the chosen path, at most ``O(M N)`` plus rebuilding W.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming the argument: non-int features, shapes whose product differs from the features, shapes of
+        different lengths, rank < 1 or with the wrong number of entries, an unknown init.
+    """
+
+    conversion_error: float | None
+    """Relative Frobenius error ``||W - W_tt|| / ||W||`` of :meth:`from_linear` (None when built from scratch)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        rank: int | tuple[int, ...],
+        in_shape: tuple[int, ...] | None = None,
+        out_shape: tuple[int, ...] | None = None,
+        ncores: int = 3,
+        bias: bool = True,
+        device: Any = None,
+        dtype: Any = None,
+        init: Init = "gpt2",
+        clip_rank: bool = True,
+    ) -> None:
+        super().__init__()
+        fn = type(self).__name__
+        self.in_features = check_features(fn, "in_features", in_features)
+        self.out_features = check_features(fn, "out_features", out_features)
+        ncores = check_ncores(fn, ncores)
+        out_shape, in_shape = resolve_shapes(
+            fn, self.out_features, self.in_features, out_shape, in_shape, ncores, _NAMES
+        )
+        self.in_shape: tuple[int, ...] = in_shape
+        self.out_shape: tuple[int, ...] = out_shape
+        bonds = check_rank(fn, rank, len(in_shape))
+        if clip_rank:
+            bonds = clip_ranks(fn, bonds, out_shape, in_shape, stacklevel=3)
+        self.init: Init = check_init(fn, init)
+        factory = {"device": device, "dtype": dtype}
+        self.cores = nn.ParameterList(
+            [nn.Parameter(torch.empty(shape, **factory)) for shape in core_shapes(out_shape, in_shape, bonds)]
+        )
+        if bias:
+            self.bias = nn.Parameter(torch.empty(self.out_features, **factory))
+        else:
+            self.register_parameter("bias", None)
+        self.conversion_error = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Draw the cores for ``self.init`` and zero the bias (from torch's global generator)."""
+        if self.cores[0].is_meta:
+            return
+        shapes = [tuple(c.shape) for c in self.cores]
+        values = init_cores(shapes, self.init, self.in_features, self.out_features)
+        with torch.no_grad():
+            for core, value in zip(self.cores, values):
+                core.copy_(value)
+            if self.bias is not None:
+                self.bias.zero_()
+
+    # --- structure ------------------------------------------------------------------------------
+    @property
+    def weight(self) -> tn.TTM:
+        """The weight as a :class:`tensornet.TTM` of shape ``(out_features, in_features)`` (differentiable)."""
+        return tn.TTM(list(self.cores))
+
+    @property
+    def ranks(self) -> tuple[int, ...]:
+        """TT ranks ``(1, r_1, ..., r_{d-1}, 1)``."""
+        return (1, *(int(c.shape[-1]) for c in self.cores))
+
+    @property
+    def tt_params(self) -> int:
+        """Numbers stored in the cores (the bias not included)."""
+        return sum(c.numel() for c in self.cores)
+
+    @property
+    def compression(self) -> float:
+        """Dense weight size divided by :attr:`tt_params`."""
+        return self.in_features * self.out_features / self.tt_params
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, in_shape={self.in_shape}, "
+            f"out_shape={self.out_shape}, ranks={self.ranks}, params={self.tt_params:,} "
+            f"(dense {self.in_features * self.out_features:,}, compression {self.compression:.1f}x), "
+            f"bias={self.bias is not None}"
+        )
+
+    # --- forward ----------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cores = list(self.cores)
+        bias = self.bias
+        if torch.is_autocast_enabled(x.device.type) and x.is_floating_point():
+            cast = torch.get_autocast_dtype(x.device.type)
+            x = x.to(cast)
+            cores = [c.to(cast) for c in cores]
+            bias = bias.to(cast) if bias is not None else None
+        return tn.linear(x, tn.TTM(cores), bias)
+
+    # --- conversion -------------------------------------------------------------------------------
+    @classmethod
+    def from_ttm(cls, weight: tn.TTM, bias: torch.Tensor | None = None) -> TTMLinear:
+        """A layer whose weight is (a copy of) the TTM ``weight`` (torch or numpy cores) and bias ``bias``.
+
+        The layer takes the dtype and device of the cores (numpy cores become CPU tensors).
+        """
+        fn = f"{cls.__name__}.from_ttm"
+        if not isinstance(weight, tn.TTM):
+            raise TypeError(f"{fn}: weight must be a tensornet.TTM, got {type(weight).__name__}")
+        if weight.backend != "torch":
+            weight = weight.to("torch")
+        out_features, in_features = weight.shape
+        if bias is not None and (not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (out_features,)):
+            shape = tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__
+            raise ValueError(f"{fn}: bias must be a tensor of shape ({out_features},), got {shape}")
+        layer = cls(
+            in_features,
+            out_features,
+            rank=weight.ranks,
+            in_shape=weight.col_shape,
+            out_shape=weight.row_shape,
+            bias=bias is not None,
+            device="meta",
+            dtype=weight.dtype,
+            clip_rank=False,
+        )
+        layer = layer.to_empty(device=weight.device)
+        with torch.no_grad():
+            for core, value in zip(layer.cores, weight.cores):
+                core.copy_(value)
+            if bias is not None:
+                layer.bias.copy_(bias)
+        return layer
+
+    @classmethod
+    def from_linear(
+        cls,
+        linear: nn.Module,
+        *,
+        rank: int | tuple[int, ...] | None = None,
+        eps: float | None = None,
+        in_shape: tuple[int, ...] | None = None,
+        out_shape: tuple[int, ...] | None = None,
+        ncores: int = 3,
+    ) -> TTMLinear:
+        """Compress a trained ``nn.Linear`` (or transformers' GPT-2 ``Conv1D``) by TT-SVD.
+
+        :func:`tensornet.ttm_svd` runs in float64 on the CPU with ``eps`` (relative Frobenius accuracy) and
+        ``rank`` as the cap (if both are given and the cap wins, ``ttm_svd`` warns with the error bound).
+        ``Conv1D`` stores its weight ``(in, out)``; it is transposed here on purpose. The layer keeps the
+        source's dtype, device and bias; :attr:`conversion_error` holds the measured relative error.
+        Cost: ``O(M N r)`` for the SVDs plus ``O(M N)`` memory for the float64 copy.
+        """
+        fn = f"{cls.__name__}.from_linear"
+        weight, bias = _dense_weight(fn, linear)
+        out_features, in_features = (int(n) for n in weight.shape)
+        if rank is None and eps is None:
+            raise ValueError(f"{fn}: give rank, eps or both (with neither the TTM would be exact and larger)")
+        ncores = check_ncores(fn, ncores)
+        out_shape, in_shape = resolve_shapes(
+            fn, out_features, in_features, out_shape, in_shape, ncores, _NAMES
+        )
+        max_rank = check_rank(fn, rank, len(in_shape)) if rank is not None else None
+        dense = weight.detach().to(device="cpu", dtype=torch.float64)
+        ttm = tn.ttm_svd(dense, out_shape, in_shape, eps=eps, max_rank=max_rank)
+        reference = float(torch.linalg.vector_norm(dense))
+        error = float(torch.linalg.vector_norm(tn.full(ttm) - dense)) / reference if reference > 0 else 0.0
+        layer = cls.from_ttm(
+            ttm.to(device=weight.device, dtype=weight.dtype), None if bias is None else bias.detach()
+        )
+        layer.conversion_error = error
+        return layer
+
+    def to_linear(self) -> nn.Linear:
+        """The dense ``nn.Linear`` with the rebuilt weight (same dtype, device and bias)."""
+        with torch.no_grad():
+            weight = tn.full(self.weight)
+            first = self.cores[0]
+            linear = nn.Linear(
+                self.in_features,
+                self.out_features,
+                bias=self.bias is not None,
+                device=first.device,
+                dtype=first.dtype,
+            )
+            linear.weight.copy_(weight)
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear
+
+
+def _dense_weight(fn: str, module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(weight (out, in), bias)`` of an ``nn.Linear`` or a GPT-2 ``Conv1D`` (whose weight is (in, out))."""
+    if isinstance(module, nn.Linear):
+        return module.weight, module.bias
+    conv1d = conv1d_class()
+    if conv1d is not None and isinstance(module, conv1d):
+        weight = module.weight  # (nx, nf) = (in, out): GPT-2 computes x @ W + b
+        if tuple(weight.shape) != (module.nx, module.nf):
+            raise ValueError(
+                f"{fn}: Conv1D has nx={module.nx}, nf={module.nf} but weight shape {tuple(weight.shape)}; "
+                f"expected (nx, nf)"
+            )
+        return weight.T, module.bias
+    raise TypeError(f"{fn}: expected an nn.Linear or transformers' Conv1D, got {type(module).__name__}")
