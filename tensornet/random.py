@@ -35,7 +35,7 @@ def _check_ranks(fn: str, rank: Any, d: int) -> tuple[int, ...]:
     """Bond ranks (r_1..r_{d-1}) from an int, d - 1 bond ranks, or d + 1 ranks with boundary 1s."""
     if isinstance(rank, numbers.Integral) and not isinstance(rank, bool):
         values = [int(rank)] * (d - 1)
-    elif isinstance(rank, Sequence):
+    elif isinstance(rank, Sequence) and not isinstance(rank, str):
         values = [int(r) if isinstance(r, numbers.Integral) and not isinstance(r, bool) else r for r in rank]
         if len(values) == d + 1:
             if values[0] != 1 or values[-1] != 1:

@@ -15,18 +15,18 @@ import tensornet as tn
 @pytest.mark.parametrize("d", [2, 3, 4, 5, 6])
 @pytest.mark.parametrize("std", [0.02, 1.0, 7.0])
 def test_random_tt_entry_std(d, std):
-    # the sample std over many entries of several independent draws; a 10% band is ~10 standard errors wide
-    shape = (4,) * d
-    samples = np.concatenate([tn.random_tt(shape, 3, std=std, seed=s).full().ravel() for s in range(40)])
-    assert abs(samples.std() / std - 1) < 0.10
+    # Entries of one draw are correlated and heavy-tailed (sums of products of d Gaussians), so the
+    # variance is estimated over many small independent draws: the RMS of 2,000 draws is within ~3%.
+    samples = np.concatenate([tn.random_tt((2,) * d, 3, std=std, seed=s).full().ravel() for s in range(2000)])
+    assert abs(np.sqrt(np.mean(samples**2)) / std - 1) < 0.10
     assert abs(samples.mean()) < 0.1 * std
 
 
 @pytest.mark.parametrize("d", [2, 3, 4, 5, 6])
 def test_random_ttm_entry_std(d):
-    rows, cols = (2,) * d, (3,) * d
-    samples = np.concatenate([tn.random_ttm(rows, cols, 4, std=0.5, seed=s).full().ravel() for s in range(40)])
-    assert abs(samples.std() / 0.5 - 1) < 0.10
+    rows, cols = (2,) * d, (1,) * d
+    samples = np.concatenate([tn.random_ttm(rows, cols, 4, std=0.5, seed=s).full().ravel() for s in range(2000)])
+    assert abs(np.sqrt(np.mean(samples**2)) / 0.5 - 1) < 0.10
 
 
 def test_seed_reproducible_and_like():
