@@ -207,7 +207,7 @@ def _check_matrix_shapes(fn: str, a: Any, row_shape: Any, col_shape: Any) -> tup
         ("col_shape", col_shape, int(a.shape[1])),
     ):
         if not isinstance(shape, Sequence) or not all(
-            isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 1 for n in shape
+            isinstance(n, numbers.Integral) and not isinstance(n, bool) and int(n) >= 1 for n in shape
         ):
             raise TypeError(f"{fn}: {name} must be a sequence of positive ints, got {shape!r}")
         if math.prod(shape) != size:
