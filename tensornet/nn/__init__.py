@@ -5,6 +5,16 @@ shape ``(r_{k-1}, m_k, n_k, r_k)``; a layer weight is stored like ``nn.Linear.we
 """
 
 from ._common import RankClipWarning
+from ._embedding import TTEmbedding
 from ._linear import TTMLinear
+from ._tensorize import LayerReport, Rule, TensorizeReport, tensorize
 
-__all__ = ["RankClipWarning", "TTMLinear"]
+__all__ = [
+    "LayerReport",
+    "RankClipWarning",
+    "Rule",
+    "TTEmbedding",
+    "TTMLinear",
+    "TensorizeReport",
+    "tensorize",
+]

@@ -1,0 +1,248 @@
+"""``TTEmbedding``: an embedding table stored as a TT-matrix (Hrinchuk et al. 2020, "Tensorized Embedding
+Layers"), looked up row by row from the cores without rebuilding the table."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+import tensornet as tn
+
+from ._common import (
+    Init,
+    check_features,
+    check_init,
+    check_ncores,
+    check_rank,
+    clip_ranks,
+    core_shapes,
+    init_cores,
+    resolve_shapes,
+)
+
+__all__ = ["TTEmbedding"]
+
+_NAMES = ("num_embeddings", "embedding_dim", "voc_shape", "emb_shape")
+
+
+class TTEmbedding(nn.Module):
+    """``nn.Embedding(num_embeddings, embedding_dim)`` whose table is a TT-matrix.
+
+    Layout: core k is an ``nn.Parameter`` of shape ``(r_{k-1}, m_k, n_k, r_k)``; the table is the TTM with
+    ``row_shape = voc_shape = (m_1..m_d)`` and ``col_shape = emb_shape = (n_1..n_d)``, so token ``i`` is
+    row ``i`` of ``W`` with the C-order multi-index ``(i_1..i_d)`` over ``voc_shape``. A vocabulary that
+    does not factor well (GPT-2's 50,257 is 29 x 1,733) is padded: ``prod(voc_shape) >= num_embeddings``
+    and rows past ``num_embeddings`` are never looked up (by default the smallest size whose factors are
+    balanced, e.g. 50,400 = 35 x 36 x 40).
+
+    Lookup: ``index -> (i_1..i_d) -> G_k[:, i_k, :, :]`` gathered per token, contracted left to right.
+    Cost per token ``O(sum_k (n_1..n_k) r_{k-1} r_k)`` flops and ``O(max_k r_{k-1} n_k r_k)`` memory for the
+    gathered slices; the ``(num_embeddings, embedding_dim)`` table is never built.
+
+    Parameters
+    ----------
+    num_embeddings, embedding_dim : int
+    rank : int or tuple, clipped to the useful maximum with a :class:`RankClipWarning` (see ``TTMLinear``).
+    voc_shape, emb_shape : tuple of int, optional (missing ones are chosen for ``ncores`` cores).
+    device, dtype, init, clip_rank : as for :class:`TTMLinear` (``init="gpt2"``: entries std 0.02, GPT-2's
+        ``wte`` initialisation; a float gives that std, e.g. 1.0 as ``nn.Embedding``).
+
+    Raises
+    ------
+    TypeError, ValueError as ``TTMLinear``; lookups raise ``TypeError`` for non-integer indices and
+    ``IndexError`` for indices outside ``[0, num_embeddings)``.
+    """
+
+    conversion_error: float | None
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        *,
+        rank: int | tuple[int, ...],
+        voc_shape: tuple[int, ...] | None = None,
+        emb_shape: tuple[int, ...] | None = None,
+        ncores: int = 3,
+        device: Any = None,
+        dtype: Any = None,
+        init: Init = "gpt2",
+        clip_rank: bool = True,
+    ) -> None:
+        super().__init__()
+        fn = type(self).__name__
+        self.num_embeddings = check_features(fn, "num_embeddings", num_embeddings)
+        self.embedding_dim = check_features(fn, "embedding_dim", embedding_dim)
+        ncores = check_ncores(fn, ncores)
+        voc_shape, emb_shape = resolve_shapes(
+            fn, self.num_embeddings, self.embedding_dim, voc_shape, emb_shape, ncores, _NAMES, pad_rows=True
+        )
+        self.voc_shape: tuple[int, ...] = voc_shape
+        self.emb_shape: tuple[int, ...] = emb_shape
+        bonds = check_rank(fn, rank, len(voc_shape))
+        if clip_rank:
+            bonds = clip_ranks(fn, bonds, voc_shape, emb_shape, stacklevel=3)
+        self.init: Init = check_init(fn, init)
+        factory = {"device": device, "dtype": dtype}
+        self.cores = nn.ParameterList(
+            [
+                nn.Parameter(torch.empty(shape, **factory))
+                for shape in core_shapes(voc_shape, emb_shape, bonds)
+            ]
+        )
+        self.conversion_error = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Draw the cores for ``self.init`` (fan_in = embedding_dim, fan_out = padded vocabulary)."""
+        if self.cores[0].is_meta:
+            return
+        shapes = [tuple(c.shape) for c in self.cores]
+        values = init_cores(shapes, self.init, self.embedding_dim, math.prod(self.voc_shape))
+        with torch.no_grad():
+            for core, value in zip(self.cores, values):
+                core.copy_(value)
+
+    @property
+    def weight(self) -> tn.TTM:
+        """The (padded) table as a :class:`tensornet.TTM` of shape ``(prod(voc_shape), embedding_dim)``."""
+        return tn.TTM(list(self.cores))
+
+    @property
+    def ranks(self) -> tuple[int, ...]:
+        return (1, *(int(c.shape[-1]) for c in self.cores))
+
+    @property
+    def tt_params(self) -> int:
+        return sum(c.numel() for c in self.cores)
+
+    @property
+    def compression(self) -> float:
+        """Dense table size (unpadded) divided by :attr:`tt_params`."""
+        return self.num_embeddings * self.embedding_dim / self.tt_params
+
+    def extra_repr(self) -> str:
+        padded = math.prod(self.voc_shape)
+        pad = f" (padded to {padded:,})" if padded != self.num_embeddings else ""
+        return (
+            f"{self.num_embeddings}{pad}, {self.embedding_dim}, voc_shape={self.voc_shape}, "
+            f"emb_shape={self.emb_shape}, ranks={self.ranks}, params={self.tt_params:,} "
+            f"(dense {self.num_embeddings * self.embedding_dim:,}, compression {self.compression:.1f}x)"
+        )
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        fn = type(self).__name__
+        if not isinstance(input, torch.Tensor) or input.dtype not in (torch.int64, torch.int32):
+            what = input.dtype if isinstance(input, torch.Tensor) else type(input).__name__
+            raise TypeError(f"{fn}: indices must be an int64 or int32 tensor, got {what}")
+        if not torch.compiler.is_compiling() and input.numel() > 0:
+            low, high = int(input.min()), int(input.max())
+            if low < 0 or high >= self.num_embeddings:
+                raise IndexError(
+                    f"{fn}: indices must lie in [0, {self.num_embeddings}), got values from {low} to {high}"
+                )
+        flat = input.reshape(-1).long()
+        digits = []
+        rest = flat
+        for m in reversed(self.voc_shape):  # C order: the last mode varies fastest
+            digits.append(rest % m)
+            rest = rest // m
+        digits.reverse()
+        cores = list(self.cores)
+        first = cores[0]
+        result = first[0].index_select(0, digits[0])  # (B, n_1, r_1)
+        for core, digit in zip(cores[1:], digits[1:]):
+            piece = core.permute(1, 0, 2, 3).index_select(0, digit)  # (B, r_{k-1}, n_k, r_k)
+            result = torch.einsum("bar,brns->bans", result, piece)  # (B, n_1..n_{k-1}, n_k, r_k)
+            result = result.reshape(result.shape[0], -1, result.shape[-1])
+        return result.reshape(*input.shape, self.embedding_dim)
+
+    @classmethod
+    def from_ttm(cls, weight: tn.TTM, num_embeddings: int | None = None) -> TTEmbedding:
+        """An embedding whose (padded) table is a copy of ``weight`` (rows past ``num_embeddings`` unused)."""
+        fn = f"{cls.__name__}.from_ttm"
+        if not isinstance(weight, tn.TTM):
+            raise TypeError(f"{fn}: weight must be a tensornet.TTM, got {type(weight).__name__}")
+        if weight.backend != "torch":
+            weight = weight.to("torch")
+        rows, cols = weight.shape
+        num_embeddings = (
+            rows if num_embeddings is None else check_features(fn, "num_embeddings", num_embeddings)
+        )
+        if num_embeddings > rows:
+            raise ValueError(f"{fn}: num_embeddings = {num_embeddings} exceeds the TTM's {rows} rows")
+        layer = cls(
+            num_embeddings,
+            cols,
+            rank=weight.ranks,
+            voc_shape=weight.row_shape,
+            emb_shape=weight.col_shape,
+            device="meta",
+            dtype=weight.dtype,
+            clip_rank=False,
+        )
+        layer = layer.to_empty(device=weight.device)
+        with torch.no_grad():
+            for core, value in zip(layer.cores, weight.cores):
+                core.copy_(value)
+        return layer
+
+    @classmethod
+    def from_embedding(
+        cls,
+        embedding: nn.Embedding,
+        *,
+        rank: int | tuple[int, ...] | None = None,
+        eps: float | None = None,
+        voc_shape: tuple[int, ...] | None = None,
+        emb_shape: tuple[int, ...] | None = None,
+        ncores: int = 3,
+    ) -> TTEmbedding:
+        """Compress a trained ``nn.Embedding`` by TT-SVD of its table (zero-padded to ``prod(voc_shape)`` rows).
+
+        As :meth:`TTMLinear.from_linear`: float64 ``ttm_svd`` with ``eps`` and ``rank`` as the cap;
+        :attr:`conversion_error` is the measured relative Frobenius error over the real rows.
+        ``padding_idx``, ``max_norm`` and sparse gradients are not carried over (a ValueError says so).
+        """
+        fn = f"{cls.__name__}.from_embedding"
+        if not isinstance(embedding, nn.Embedding):
+            raise TypeError(f"{fn}: expected an nn.Embedding, got {type(embedding).__name__}")
+        for option in ("padding_idx", "max_norm"):
+            if getattr(embedding, option) is not None:
+                raise ValueError(
+                    f"{fn}: the embedding has {option}={getattr(embedding, option)}; not supported"
+                )
+        if embedding.sparse:
+            raise ValueError(f"{fn}: sparse embeddings are not supported")
+        if rank is None and eps is None:
+            raise ValueError(f"{fn}: give rank, eps or both (with neither the TTM would be exact and larger)")
+        weight = embedding.weight
+        rows, cols = (int(n) for n in weight.shape)
+        ncores = check_ncores(fn, ncores)
+        voc_shape, emb_shape = resolve_shapes(
+            fn, rows, cols, voc_shape, emb_shape, ncores, _NAMES, pad_rows=True
+        )
+        max_rank = check_rank(fn, rank, len(voc_shape)) if rank is not None else None
+        dense = weight.detach().to(device="cpu", dtype=torch.float64)
+        padded = torch.zeros(math.prod(voc_shape), cols, dtype=torch.float64)
+        padded[:rows] = dense
+        ttm = tn.ttm_svd(padded, voc_shape, emb_shape, eps=eps, max_rank=max_rank)
+        reference = float(torch.linalg.vector_norm(dense))
+        rebuilt = tn.full(ttm)[:rows]
+        error = float(torch.linalg.vector_norm(rebuilt - dense)) / reference if reference > 0 else 0.0
+        layer = cls.from_ttm(ttm.to(device=weight.device, dtype=weight.dtype), rows)
+        layer.conversion_error = error
+        return layer
+
+    def to_embedding(self) -> nn.Embedding:
+        """The dense ``nn.Embedding`` with the rebuilt table (real rows only; same dtype and device)."""
+        with torch.no_grad():
+            table = tn.full(self.weight)[: self.num_embeddings]
+            embedding = nn.Embedding(
+                self.num_embeddings, self.embedding_dim, device=table.device, dtype=table.dtype
+            )
+            embedding.weight.copy_(table)
+        return embedding

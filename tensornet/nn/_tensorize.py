@@ -1,0 +1,318 @@
+"""``tensorize(model, rule)``: swap a model's linear and embedding layers for TT layers by name pattern."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from ._common import conv1d_class
+from ._embedding import TTEmbedding
+from ._linear import TTMLinear
+
+__all__ = ["LayerReport", "Rule", "TensorizeReport", "tensorize"]
+
+_LINEAR_OPTIONS = {"in_shape", "out_shape", "ncores"}
+_LINEAR_SCRATCH = _LINEAR_OPTIONS | {"bias", "init", "clip_rank"}
+_EMBEDDING_OPTIONS = {"voc_shape", "emb_shape", "ncores"}
+_EMBEDDING_SCRATCH = _EMBEDDING_OPTIONS | {"init", "clip_rank"}
+
+
+class Rule:
+    """Which layers to replace and how.
+
+    Parameters
+    ----------
+    pattern : str or re.Pattern
+        A ``str`` is an fnmatch pattern over the module's dotted name (``"transformer.h.*.mlp.c_fc"``,
+        ``"*.c_proj"``); a compiled ``re.Pattern`` must match the whole name (``re.compile(r"h\\.\\d+\\.mlp\\..*")``).
+    rank, eps :
+        From weights (default): TT-SVD with relative accuracy ``eps`` and/or the rank cap ``rank``.
+        From scratch: ``rank`` is required and ``eps`` must be None.
+    from_weights : bool
+        True: compress the layer's trained weights (:meth:`TTMLinear.from_linear`,
+        :meth:`TTEmbedding.from_embedding`). False: a freshly initialised TT layer of the same size.
+    **options :
+        Passed to the layer: ``in_shape``, ``out_shape``, ``ncores`` (linear); ``voc_shape``, ``emb_shape``,
+        ``ncores`` (embedding); from scratch also ``init``, ``clip_rank`` and (linear) ``bias``.
+    """
+
+    __slots__ = ("eps", "from_weights", "options", "pattern", "rank")
+
+    def __init__(
+        self,
+        pattern: str | re.Pattern[str],
+        *,
+        rank: int | tuple[int, ...] | None = None,
+        eps: float | None = None,
+        from_weights: bool = True,
+        **options: Any,
+    ) -> None:
+        if not isinstance(pattern, (str, re.Pattern)):
+            raise TypeError(
+                f"Rule: pattern must be a str (fnmatch) or re.Pattern, got {type(pattern).__name__}"
+            )
+        if not isinstance(from_weights, bool):
+            raise TypeError(f"Rule: from_weights must be a bool, got {from_weights!r}")
+        if rank is None and eps is None:
+            raise ValueError(f"Rule {pattern!r}: give rank (and/or eps when converting weights)")
+        if not from_weights and (rank is None or eps is not None):
+            raise ValueError(
+                f"Rule {pattern!r}: from_weights=False needs rank and no eps (there is nothing to fit)"
+            )
+        unknown = set(options) - _LINEAR_SCRATCH - _EMBEDDING_SCRATCH
+        if unknown:
+            raise TypeError(
+                f"Rule {pattern!r}: unknown options {sorted(unknown)}; "
+                f"allowed: {sorted(_LINEAR_SCRATCH | _EMBEDDING_SCRATCH)}"
+            )
+        self.pattern, self.rank, self.eps, self.from_weights = pattern, rank, eps, from_weights
+        self.options = dict(options)
+
+    def matches(self, name: str) -> bool:
+        if isinstance(self.pattern, re.Pattern):
+            return self.pattern.fullmatch(name) is not None
+        return fnmatch.fnmatchcase(name, self.pattern)
+
+    def __repr__(self) -> str:
+        pattern = self.pattern.pattern if isinstance(self.pattern, re.Pattern) else self.pattern
+        extra = "".join(f", {k}={v!r}" for k, v in self.options.items())
+        return f"Rule({pattern!r}, rank={self.rank!r}, eps={self.eps!r}, from_weights={self.from_weights}{extra})"
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """What happened to one layer. ``shape`` is the weight as ``(out, in)`` / ``(num_embeddings, dim)``."""
+
+    name: str
+    kind: str
+    shape: tuple[int, int]
+    row_shape: tuple[int, ...]
+    col_shape: tuple[int, ...]
+    ranks: tuple[int, ...]
+    params_before: int
+    params_after: int
+    error: float | None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class TensorizeReport:
+    """Per-layer records and the model's parameter counts (shared parameters counted once)."""
+
+    layers: list[LayerReport] = field(default_factory=list)
+    model_params_before: int = 0
+    model_params_after: int = 0
+
+    def __str__(self) -> str:
+        header = (
+            "layer",
+            "type",
+            "shape",
+            "TT shape (rows x cols)",
+            "ranks",
+            "params",
+            "TT params",
+            "ratio",
+            "rel. error",
+        )
+        rows = [header]
+        for layer in self.layers:
+            pairs = "".join(f"({m},{n})" for m, n in zip(layer.row_shape, layer.col_shape))
+            rows.append(
+                (
+                    layer.name,
+                    layer.kind,
+                    f"{layer.shape[0]}x{layer.shape[1]}",
+                    pairs,
+                    "-".join(str(r) for r in layer.ranks),
+                    f"{layer.params_before:,}",
+                    f"{layer.params_after:,}",
+                    f"{layer.params_before / layer.params_after:.1f}x",
+                    "-" if layer.error is None else f"{layer.error:.3g}",
+                )
+            )
+        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+        right = {5, 6, 7, 8}
+        lines = []
+        for i, row in enumerate(rows):
+            cells = [
+                cell.rjust(w) if j in right else cell.ljust(w) for j, (cell, w) in enumerate(zip(row, widths))
+            ]
+            lines.append("  ".join(cells).rstrip())
+            if i == 0:
+                lines.append("  ".join("-" * w for w in widths))
+        before, after = self.model_params_before, self.model_params_after
+        share = 100.0 * after / before if before else float("nan")
+        lines.append(
+            f"{len(self.layers)} layers replaced; model parameters {before:,} -> {after:,} ({share:.1f}% of before)"
+        )
+        lines += [f"note: {layer.name}: {layer.note}" for layer in self.layers if layer.note]
+        return "\n".join(lines)
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:  # IPython / notebooks
+        printer.text(str(self))
+
+
+def _rules(rule: Any) -> list[Rule]:
+    if isinstance(rule, Rule):
+        return [rule]
+    if isinstance(rule, Mapping):
+        out = []
+        for pattern, options in rule.items():
+            if not isinstance(options, Mapping):
+                raise TypeError(
+                    f"tensorize: rule mapping values must be dicts of Rule options, got {type(options).__name__} "
+                    f"for {pattern!r}"
+                )
+            out.append(Rule(pattern, **options))
+        return out
+    if isinstance(rule, Sequence) and not isinstance(rule, str) and all(isinstance(r, Rule) for r in rule):
+        if not rule:
+            raise ValueError("tensorize: rule is an empty list; give at least one Rule")
+        return list(rule)
+    raise TypeError(
+        f"tensorize: rule must be a Rule, a list of Rules or a dict {{pattern: options}}, got {type(rule).__name__}"
+    )
+
+
+def _kind(module: nn.Module) -> str | None:
+    if isinstance(module, nn.Linear):
+        return "Linear"
+    if isinstance(module, nn.Embedding):
+        return "Embedding"
+    conv1d = conv1d_class()
+    if conv1d is not None and isinstance(module, conv1d):
+        return "Conv1D"
+    return None
+
+
+def _check_options(name: str, rule: Rule, kind: str) -> None:
+    linear = kind != "Embedding"
+    if rule.from_weights:
+        allowed = _LINEAR_OPTIONS if linear else _EMBEDDING_OPTIONS
+    else:
+        allowed = _LINEAR_SCRATCH if linear else _EMBEDDING_SCRATCH
+    extra = set(rule.options) - allowed
+    if extra:
+        how = "converted from weights" if rule.from_weights else "built from scratch"
+        raise TypeError(
+            f"tensorize: {rule!r} matched {name} ({kind}, {how}) but options {sorted(extra)} do not apply; "
+            f"allowed: {sorted(allowed)}"
+        )
+
+
+def _build(name: str, module: nn.Module, kind: str, rule: Rule) -> nn.Module:
+    _check_options(name, rule, kind)
+    options = dict(rule.options)
+    if kind == "Embedding":
+        if rule.from_weights:
+            return TTEmbedding.from_embedding(module, rank=rule.rank, eps=rule.eps, **options)
+        weight = module.weight
+        return TTEmbedding(
+            module.num_embeddings,
+            module.embedding_dim,
+            rank=rule.rank,
+            device=weight.device,
+            dtype=weight.dtype,
+            **options,
+        )
+    if rule.from_weights:
+        return TTMLinear.from_linear(module, rank=rule.rank, eps=rule.eps, **options)
+    weight = module.weight
+    in_features, out_features = (
+        (module.in_features, module.out_features) if kind == "Linear" else (module.nx, module.nf)
+    )
+    options.setdefault("bias", module.bias is not None)
+    return TTMLinear(
+        in_features, out_features, rank=rule.rank, device=weight.device, dtype=weight.dtype, **options
+    )
+
+
+def tensorize(
+    model: nn.Module, rule: Rule | Sequence[Rule] | Mapping[str, Mapping[str, Any]]
+) -> TensorizeReport:
+    """Replace, in place, every ``nn.Linear``, GPT-2 ``Conv1D`` and ``nn.Embedding`` whose dotted name
+    matches a rule by a :class:`TTMLinear` / :class:`TTEmbedding`; return a :class:`TensorizeReport`.
+
+    ``rule``: a :class:`Rule`, a list of Rules (the first that matches a layer wins) or a dict
+    ``{pattern: {"rank": 64, "eps": 0.3, ...}}``. Other module types are never touched, even if their
+    name matches. Converted layers keep their dtype, device and bias.
+
+    Example::
+
+        report = tensorize(model, [Rule("transformer.h.*.mlp.c_fc", rank=64, in_shape=(8, 8, 12, 1),
+                                        out_shape=(8, 8, 8, 6))])
+        print(report)
+
+    Tied weights (GPT-2's ``lm_head`` shares ``wte.weight``) stay dense where they are still used; the
+    report notes it, and its model parameter counts show what was actually saved.
+
+    Raises
+    ------
+    TypeError for a bad rule or options that do not fit a matched layer; ValueError when a rule matches
+    no eligible layer (the message lists them); the layers' own errors (shapes, ranks) name the layer.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"tensorize: model must be an nn.Module, got {type(model).__name__}")
+    rules = _rules(rule)
+    before = sum(p.numel() for p in model.parameters())
+    eligible = [
+        (name, module, kind) for name, module in model.named_modules() if name and (kind := _kind(module))
+    ]
+    used = [False] * len(rules)
+    replaced: list[tuple[str, nn.Module, nn.Module, str, Rule]] = []
+    for name, module, kind in eligible:
+        for index, candidate in enumerate(rules):
+            if candidate.matches(name):
+                used[index] = True
+                try:
+                    new = _build(name, module, kind, candidate)
+                except (TypeError, ValueError) as error:
+                    raise type(error)(f"tensorize: layer {name} ({kind}): {error}") from error
+                replaced.append((name, module, new, kind, candidate))
+                break
+    for index, was_used in enumerate(used):
+        if not was_used:
+            names = [name for name, _, _ in eligible]
+            shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
+            raise ValueError(
+                f"tensorize: {rules[index]!r} matched no Linear/Conv1D/Embedding layer "
+                f"(or only ones an earlier rule took); eligible names: {shown or 'none'}"
+            )
+    for name, _, new, _, _ in replaced:
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, new)
+    owners: dict[int, list[str]] = {}
+    for param_name, param in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(param), []).append(param_name)
+    layers = []
+    for name, old, new, kind, _ in replaced:
+        shared = owners.get(id(old.weight), [])
+        note = (
+            f"its dense weight is still used by {', '.join(shared)} (tied), so it is not freed"
+            if shared
+            else ""
+        )
+        rows, cols = new.weight.shape
+        shape = (old.num_embeddings, cols) if kind == "Embedding" else (rows, cols)
+        layers.append(
+            LayerReport(
+                name=name,
+                kind=kind,
+                shape=shape,
+                row_shape=new.weight.row_shape,
+                col_shape=new.weight.col_shape,
+                ranks=new.ranks,
+                params_before=sum(p.numel() for p in old.parameters()),
+                params_after=sum(p.numel() for p in new.parameters()),
+                error=new.conversion_error,
+                note=note,
+            )
+        )
+    after = sum(p.numel() for p in model.parameters())
+    return TensorizeReport(layers=layers, model_params_before=before, model_params_after=after)
