@@ -1,0 +1,165 @@
+"""``compare``: dense vs TTM vs low-rank GPT-2 trained side by side with the same seed, tokens and data order."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import math
+import multiprocessing
+import platform
+from pathlib import Path
+
+import torch
+
+from ._data import write_json
+from ._model import build_model, gpt2_config
+from ._tensorize import count_params, lowrank, lowrank_rank_for, tensorize
+from ._train import TrainConfig, train
+
+
+def build_variant(spec: dict):
+    """The model named by ``spec["variant"]`` ("dense", "ttm" or "lowrank"), seeded identically."""
+    config = gpt2_config(**spec["config"])
+    model = build_model(config, seed=spec["seed"])
+    report = None
+    if spec["variant"] == "ttm":
+        model, report = tensorize(
+            model,
+            rank=spec["rank"],
+            shapes=spec["shapes"],
+            layers=spec["layers"],
+            bias=spec["bias"],
+            ncores=spec["ncores"],
+        )
+    elif spec["variant"] == "lowrank":
+        model, report = lowrank(model, rank=spec["lowrank_rank"], layers=spec["layers"], bias=spec["bias"])
+    return model, report
+
+
+def run_variant(spec: dict) -> dict:
+    """Train one variant (run in a fresh process so its peak memory is its own) and return its results."""
+    torch.set_num_threads(spec["threads"]) if spec.get("threads") else None
+    data = torch.load(spec["tokens"], weights_only=True)
+    model, report = build_variant(spec)
+    cfg = TrainConfig(**spec["train"])
+    history = train(model, data["train"].long(), data["val"].long(), cfg, device=spec["device"])
+    return {
+        "variant": spec["variant"],
+        "params": count_params(model),
+        "val_loss": history.val[-1][1],
+        "val_ppl": history.val_ppl,
+        "tokens_per_s": history.tokens_per_s,
+        "peak_memory_mib": history.peak_memory_mib,
+        "train_seconds": history.train_seconds,
+        "loss": history.loss,
+        "val": history.val,
+        "layers": None if report is None else str(report),
+    }
+
+
+def mlp_params_per_layer(spec: dict) -> int:
+    """Parameters of one tensorized c_fc in the TTM variant (to size the low-rank baseline)."""
+    with torch.device("meta"):
+        _, report = build_variant({**spec, "variant": "ttm"})
+    return report.layers[0].params_after
+
+
+def compare(spec: dict, *, out: Path, variants=("dense", "ttm", "lowrank"), isolate: bool = True) -> dict:
+    """Train each variant on the token file ``spec["tokens"]``; write ``results.json`` and ``loss_curves.png``."""
+    out.mkdir(parents=True, exist_ok=True)
+    width = spec["config"]["n_embd"]
+    if "lowrank" in variants:
+        ttm_layer = mlp_params_per_layer(spec)
+        spec = {**spec, "lowrank_rank": lowrank_rank_for(ttm_layer, width, 4 * width, bias=spec["bias"])}
+    results = []
+    for variant in variants:
+        vspec = {**spec, "variant": variant}
+        if isolate:
+            ctx = multiprocessing.get_context("spawn")
+            with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
+                results.append(pool.submit(run_variant, vspec).result())
+        else:
+            results.append(run_variant(vspec))
+    dense = next((r for r in results if r["variant"] == "dense"), results[0])
+    for r in results:
+        r["percent_of_dense"] = 100 * r["params"] / dense["params"]
+        r["ppl_vs_dense_percent"] = 100 * (r["val_ppl"] / dense["val_ppl"] - 1)
+    summary = {
+        "machine": machine_description(spec["device"]),
+        "spec": {k: v for k, v in spec.items() if k != "tokens"},
+        "results": results,
+    }
+    write_json(out / "results.json", summary)
+    plot_losses(
+        results,
+        out / "loss_curves.png",
+        tokens_per_step=spec["train"]["batch_size"] * spec["train"]["block_size"],
+    )
+    return summary
+
+
+def machine_description(device: str) -> str:
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+    return (
+        f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, Python {platform.python_version()}"
+    )
+
+
+def table(summary: dict) -> str:
+    """The paper-style markdown table of a ``compare`` summary."""
+    lines = [
+        "| model | params | % of dense | val perplexity | vs dense | tokens/s | peak memory (MiB) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in summary["results"]:
+        name = {
+            "dense": "dense",
+            "ttm": f"TTM r={summary['spec']['rank']}",
+            "lowrank": f"low-rank r={summary['spec'].get('lowrank_rank')}",
+        }[r["variant"]]
+        lines.append(
+            f"| {name} | {r['params']:,} | {r['percent_of_dense']:.1f} | {r['val_ppl']:.2f} | "
+            f"{r['ppl_vs_dense_percent']:+.1f}% | {r['tokens_per_s']:,.0f} | {r['peak_memory_mib']:,.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_losses(results: list[dict], path: Path, *, tokens_per_step: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in results:
+        loss = r["loss"]
+        window = max(1, len(loss) // 50)
+        smooth = [
+            sum(loss[max(0, i - window + 1) : i + 1]) / len(loss[max(0, i - window + 1) : i + 1])
+            for i in range(len(loss))
+        ]
+        (line,) = ax.plot(
+            [(i + 1) * tokens_per_step for i in range(len(loss))],
+            smooth,
+            label=f"{r['variant']} train ({r['params']:,} params)",
+            lw=1.2,
+        )
+        if r["val"]:
+            ax.plot(
+                [s * tokens_per_step for s, _ in r["val"]],
+                [v for _, v in r["val"]],
+                "o--",
+                color=line.get_color(),
+                label=f"{r['variant']} val (ppl {r['val_ppl']:.1f})",
+            )
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("loss (nats / token)")
+    finite = [v for r in results for v in r["loss"] if math.isfinite(v)]
+    if finite:
+        ax.set_ylim(min(finite) * 0.95, min(max(finite), min(finite) * 2.2))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,247 @@
+"""tensornet.gpt2 without TTM layers: corpus, tokenizer, batches, training loop, exact resume, DDP (gloo)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
+
+from tensornet.gpt2 import TrainConfig, build_model, gpt2_config, stdlib_corpus, train
+from tensornet.gpt2._data import (
+    _is_val,
+    cached_tokenizer,
+    cached_tokens,
+    read_text_file,
+    stdlib_files,
+    text_corpus,
+    train_batch,
+    val_batches,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    corpus = stdlib_corpus(max_chars=60_000)
+    tokenizer = cached_tokenizer(corpus, 384, cache)
+    train_ids, val_ids = cached_tokens(corpus, tokenizer, cache)
+    return corpus, tokenizer, train_ids, val_ids
+
+
+def tiny_model(vocab: int, *, seed: int = 0, dropout: float = 0.1):
+    config = gpt2_config(vocab_size=vocab, block_size=32, n_layer=2, n_embd=64, n_head=2, dropout=dropout)
+    return build_model(config, seed=seed)
+
+
+def test_stdlib_corpus_is_deterministic_and_split_by_file():
+    files = stdlib_files()
+    assert files == sorted(files, key=lambda p: p.as_posix())
+    assert not any("site-packages" in p.parts or "test" in p.parts[:-1] for p in files)
+    a, b = stdlib_corpus(max_chars=50_000), stdlib_corpus(max_chars=50_000)
+    assert a == b and a.fingerprint() == b.fingerprint()
+    assert 50_000 <= a.train_chars < 50_000 + max(map(len, a.train))
+    assert set(a.train).isdisjoint(a.val)
+    assert "standard library" in a.description
+    # the split is a function of the relative path alone: about 5% of files validate
+    flags = [_is_val(p.name) for p in files]
+    assert 0 < sum(flags) < len(flags) // 5
+
+
+def test_text_corpus_file_folder_and_errors(tmp_path):
+    one = tmp_path / "one.txt"
+    one.write_text("".join(f"line {i}\n" for i in range(200)))
+    c = text_corpus(one)
+    assert "".join(c.train + c.val) == one.read_text() and c.val[0].startswith("line ")
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i in range(5):
+        (folder / f"d{i}.txt").write_text(f"document {i}\n" * 20)
+    (folder / ".hidden").write_text("ignored")
+    c = text_corpus(folder)
+    assert len(c.train) + len(c.val) == 5 and c.val
+
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        text_corpus(tmp_path / "missing.txt")
+    (tmp_path / "empty.txt").write_text("  \n")
+    with pytest.raises(ValueError, match="only empty text"):
+        text_corpus(tmp_path / "empty.txt")
+    (tmp_path / "bin.dat").write_bytes(b"abc\x00\x01\x02")
+    with pytest.raises(ValueError, match="binary"):
+        read_text_file(tmp_path / "bin.dat")
+    (tmp_path / "latin.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="not valid UTF-8"):
+        text_corpus(tmp_path / "latin.txt")
+    (tmp_path / "void").mkdir()
+    with pytest.raises(ValueError, match="contains no files"):
+        text_corpus(tmp_path / "void")
+
+
+def test_tokenizer_is_cached_and_round_trips(data, tmp_path):
+    corpus, tokenizer, train_ids, _ = data
+    assert tokenizer.get_vocab_size() == 384 and tokenizer.token_to_id("<|endoftext|>") == 0
+    text = "def f(x):\n    return x + 1  # é\n"
+    assert tokenizer.decode(tokenizer.encode(text).ids) == text
+    again = cached_tokenizer(corpus, 384, tmp_path)
+    files = list((tmp_path / "tokenizers").iterdir())
+    assert len(files) == 1 and again.to_str() == cached_tokenizer(corpus, 384, tmp_path).to_str()
+    assert train_ids.dtype == torch.int64 and int(train_ids.max()) < 384
+    assert (train_ids == 0).sum() == len(corpus.train)  # one <|endoftext|> after every document
+
+
+def test_batches_are_a_function_of_the_step_and_sliced_for_ddp(data):
+    _, _, train_ids, val_ids = data
+    x, y = train_batch(train_ids, step=3, seed=1, batch_size=4, block_size=16)
+    x2, _ = train_batch(train_ids, step=3, seed=1, batch_size=4, block_size=16)
+    x3, _ = train_batch(train_ids, step=4, seed=1, batch_size=4, block_size=16)
+    assert torch.equal(x, x2) and not torch.equal(x, x3)
+    assert torch.equal(x[:, 1:], y[:, :-1]) and x.shape == (4, 16)
+    halves = [
+        train_batch(train_ids, step=3, seed=1, batch_size=4, block_size=16, rank=r, world=2)[0]
+        for r in (0, 1)
+    ]
+    assert torch.equal(torch.cat(halves), x)
+    with pytest.raises(ValueError, match="not divisible"):
+        train_batch(train_ids, step=0, seed=0, batch_size=3, block_size=16, world=2)
+    with pytest.raises(ValueError, match="fewer than block_size"):
+        train_batch(train_ids[:10], step=0, seed=0, batch_size=1, block_size=16)
+    windows = val_batches(val_ids, block_size=16)
+    assert windows.shape[1] == 17 and torch.equal(windows[0, -1], windows[1, 0])
+
+
+def test_lr_schedule_warmup_then_cosine():
+    cfg = TrainConfig(steps=100, lr=1.0, warmup=10, min_lr_ratio=0.1)
+    lrs = [cfg.lr_at(s) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in itertools.pairwise(lrs[9:]))
+    assert cfg.lr_at(100) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        TrainConfig(steps=0).check()
+
+
+def test_training_lowers_the_loss_and_resume_is_exact(data, tmp_path):
+    _, tokenizer, train_ids, val_ids = data
+    vocab = tokenizer.get_vocab_size()
+    cfg = TrainConfig(
+        steps=8, batch_size=4, block_size=32, lr=3e-3, warmup=2, checkpoint_every=3, eval_every=4
+    )
+    full = train(tiny_model(vocab), train_ids, val_ids, cfg, out=tmp_path / "a")
+    assert len(full.loss) == 8 and [s for s, _ in full.val] == [4, 8]
+    assert full.loss[-1] < full.loss[0]
+
+    first = train(tiny_model(vocab), train_ids, val_ids, cfg, out=tmp_path / "b", stop_at=5)
+    assert (
+        len(first.loss) == 5 and torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["step"] == 5
+    )
+    # a different seed for the fresh model: everything must come from the checkpoint
+    resumed = train(tiny_model(vocab, seed=123), train_ids, val_ids, cfg, out=tmp_path / "b", resume=True)
+    assert resumed.loss == full.loss  # bit-exact, dropout included
+    assert resumed.val == full.val
+
+    with pytest.raises(ValueError, match="different settings"):
+        train(
+            tiny_model(vocab),
+            train_ids,
+            val_ids,
+            TrainConfig(**{**cfg.__dict__, "lr": 1e-3}),
+            out=tmp_path / "b",
+            resume=True,
+        )
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(tiny_model(vocab), train_ids, val_ids, cfg, out=tmp_path / "c", resume=True)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "checkpoint.pt").write_bytes(b"truncated")
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        train(tiny_model(vocab), train_ids, val_ids, cfg, out=tmp_path / "d", resume=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_gloo_two_processes_match_one(tmp_path):
+    """torchrun with 2 CPU processes (gloo): each takes half of the same global batch, so the losses equal a
+    single-process run's up to float reduction order."""
+    env = {
+        **os.environ,
+        "TENSORNET_CACHE": str(tmp_path / "cache"),
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+    }
+    common = [
+        "-m",
+        "tensornet.gpt2",
+        "train",
+        "--n-layer",
+        "2",
+        "--n-embd",
+        "64",
+        "--n-head",
+        "2",
+        "--max-chars",
+        "40000",
+        "--vocab-size",
+        "300",
+        "--steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--block-size",
+        "32",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
+    single = subprocess.run(
+        [sys.executable, *common, "--out", str(tmp_path / "one")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert single.returncode == 0, single.stderr
+    ddp = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "1",
+            "--nproc-per-node",
+            "2",
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(_free_port()),
+            *common,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    one = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=False)
+    two = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=False)
+    assert len(two["history"]["loss"]) == 3
+    assert two["history"]["loss"] == pytest.approx(one["history"]["loss"], rel=1e-4)
+    assert two["history"]["val"][-1][1] == pytest.approx(one["history"]["val"][-1][1], rel=1e-4)
+    for k, v in one["model"].items():
+        torch.testing.assert_close(two["model"][k], v, rtol=1e-3, atol=1e-5)
+    log = [json.loads(line) for line in (tmp_path / "two" / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 1 and log[0]["step"] == 3
