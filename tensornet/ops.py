@@ -223,13 +223,13 @@ def norm(x: Any) -> Any:
     carry = None
     for k, core in enumerate(cores):
         current = core if carry is None else einsum("ab,bnc->anc", carry, core)
-        if k == len(cores) - 1:
-            return xp.linalg.vector_norm(current) * xp.exp(log_scale)
-        r, n, r2 = (int(s) for s in current.shape)
-        _, carry = xp.linalg.qr(xp.reshape(current, (r * n, r2)))
-        size = xp.linalg.vector_norm(carry)
+        # dividing by the largest magnitude first keeps the sum of squares inside the dtype's range
+        size = xp.max(xp.abs(current))
         size = xp.where(size > 0, size, xp.ones_like(size))
-        carry = carry / size
+        if k == len(cores) - 1:
+            return xp.linalg.vector_norm(current / size) * size * xp.exp(log_scale)
+        r, n, r2 = (int(s) for s in current.shape)
+        _, carry = xp.linalg.qr(xp.reshape(current / size, (r * n, r2)))
         log_scale = log_scale + xp.log(size)
     raise AssertionError("unreachable: a train has at least one core")
 
