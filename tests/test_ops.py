@@ -243,3 +243,10 @@ def test_gradients_flow_through_ops():
     assert torch.autograd.gradcheck(loss, tuple(cores))
     loss(*u.cores).backward()
     assert all(c.grad is not None and torch.isfinite(c.grad).all() for c in cores)
+
+
+@given(st.one_of(tst.tts(), tst.ttms()), st.sampled_from([1e-30, 1e30]))
+def test_norm_with_huge_and_tiny_entries(a, factor):
+    # 1e30 squared overflows float32 (max 3e38) and 1e-30 squared underflows it: norm must not square first
+    expected = np.linalg.norm(dense(a)) * factor
+    assert_close(tn.norm(tn.scale(a, factor)), expected, a.dtype, expected)

@@ -170,3 +170,21 @@ def test_cores_are_not_copied_or_mutated():
     assert t.cores[0] is core
     u = 2.0 * t
     assert np.all(core == 1.0) and u.cores[0] is not core
+
+
+@st.composite
+def arbitrary_core_shapes(draw):
+    """Lists of 3-D shapes that may or may not chain, with boundary ranks that may be wrong."""
+    d = draw(st.integers(1, 4))
+    return [tuple(draw(st.lists(st.integers(1, 3), min_size=3, max_size=3))) for _ in range(d)]
+
+
+@given(arbitrary_core_shapes())
+def test_malformed_cores_raise_value_error_or_build(shapes):
+    cores = [np.ones(s) for s in shapes]
+    chains = shapes[0][0] == 1 and shapes[-1][2] == 1 and all(a[2] == b[0] for a, b in zip(shapes, shapes[1:]))
+    if chains:
+        assert tn.TT(cores).shape == tuple(s[1] for s in shapes)
+    else:
+        with pytest.raises(ValueError, match="TT: core"):
+            tn.TT(cores)
