@@ -154,10 +154,12 @@ class TTEmbedding(nn.Module):
         cores = list(self.cores)
         first = cores[0]
         result = first[0].index_select(0, digits[0])  # (B, n_1, r_1)
-        for core, digit in zip(cores[1:], digits[1:]):
+        cols = self.emb_shape[0]
+        for core, digit, n in zip(cores[1:], digits[1:], self.emb_shape[1:]):
             piece = core.permute(1, 0, 2, 3).index_select(0, digit)  # (B, r_{k-1}, n_k, r_k)
             result = torch.einsum("bar,brns->bans", result, piece)  # (B, n_1..n_{k-1}, n_k, r_k)
-            result = result.reshape(result.shape[0], -1, result.shape[-1])
+            cols *= n
+            result = result.reshape(flat.shape[0], cols, core.shape[-1])
         return result.reshape(*input.shape, self.embedding_dim)
 
     @classmethod

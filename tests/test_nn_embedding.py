@@ -1,0 +1,154 @@
+"""TTEmbedding: lookups equal rows of the rebuilt table (values and gradients), conversion, bad arguments."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from conftest import as_numpy, dense_ttm
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+import tensornet as tn  # noqa: E402
+from tensornet.nn import RankClipWarning, TTEmbedding  # noqa: E402
+
+CASES = [
+    # (num_embeddings, embedding_dim, voc_shape, emb_shape, rank)
+    (60, 24, (3, 4, 5), (2, 3, 4), 3),
+    (57, 12, (3, 4, 5), (3, 4, 1), (2, 3)),  # padded vocabulary (60 rows, 57 used), a 1 in emb_shape
+    (10, 6, (10,), (6,), 1),  # one core
+    (101, 8, None, None, 2),  # a prime vocabulary, padded automatically
+]
+
+
+def make(num, dim, voc_shape, emb_shape, rank, dtype=torch.float64):
+    torch.manual_seed(0)
+    return TTEmbedding(num, dim, rank=rank, voc_shape=voc_shape, emb_shape=emb_shape, dtype=dtype, init=1.0)
+
+
+@pytest.mark.parametrize(("num", "dim", "voc_shape", "emb_shape", "rank"), CASES)
+def test_lookup_equals_rows_of_the_full_table_with_gradients(num, dim, voc_shape, emb_shape, rank):
+    layer = make(num, dim, voc_shape, emb_shape, rank)
+    assert math.prod(layer.voc_shape) >= num
+    table = torch.tensor(dense_ttm(layer.weight))  # entry by entry, independent of tensornet
+    ids = torch.randint(0, num, (4, 7))
+    ids[0, 0], ids[0, 1] = 0, num - 1
+    out = layer(ids)
+    assert out.shape == (4, 7, dim) and out.dtype == torch.float64
+    np.testing.assert_allclose(as_numpy(out), as_numpy(table[ids]), rtol=1e-12, atol=1e-12)
+    # Gradients: the same cores rebuilt into the table by autograd, then plain indexing.
+    grad_out = torch.randn(4, 7, dim, dtype=torch.float64)
+    out.backward(grad_out)
+    cores = [c.detach().clone().requires_grad_(True) for c in layer.cores]
+    tn.full(tn.TTM(cores))[ids].backward(grad_out)
+    for k, (core, ref) in enumerate(zip(layer.cores, cores)):
+        np.testing.assert_allclose(
+            as_numpy(core.grad), as_numpy(ref.grad), rtol=1e-10, atol=1e-12, err_msg=f"core {k}"
+        )
+
+
+def test_lookup_any_index_shape_and_int32():
+    layer = make(60, 24, (3, 4, 5), (2, 3, 4), 3)
+    full = tn.full(layer.weight).detach()
+    for ids in (
+        torch.tensor(7),
+        torch.arange(60),
+        torch.randint(0, 60, (2, 3, 4)),
+        torch.zeros(0, 3, dtype=torch.long),
+    ):
+        out = layer(ids)
+        assert out.shape == (*ids.shape, 24)
+        np.testing.assert_allclose(as_numpy(out), as_numpy(full[ids]), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        as_numpy(layer(torch.arange(60, dtype=torch.int32))), as_numpy(full), atol=1e-12
+    )
+
+
+def test_gpt2_vocabulary_is_padded_to_a_balanced_size():
+    torch.manual_seed(0)
+    layer = TTEmbedding(50257, 768, rank=8)
+    assert math.prod(layer.voc_shape) >= 50257 and max(layer.voc_shape) <= math.ceil(1.25 * 50257 ** (1 / 3))
+    assert layer.emb_shape == (8, 8, 12) and layer.weight.shape == (math.prod(layer.voc_shape), 768)
+    assert "50257 (padded to" in repr(layer) and "compression" in repr(layer)
+    ids = torch.tensor([0, 50256, 12345])
+    rows = tn.full(layer.weight).detach()[ids]
+    np.testing.assert_allclose(as_numpy(layer(ids)), as_numpy(rows), rtol=1e-5, atol=1e-7)
+
+
+def test_init_std_and_state_dict():
+    torch.manual_seed(0)
+    layer = TTEmbedding(1000, 64, rank=8)
+    table = tn.full(layer.weight).detach().double()
+    assert float(table.square().mean().sqrt()) == pytest.approx(0.02, rel=1e-5)
+    other = TTEmbedding(1000, 64, rank=8)
+    other.load_state_dict(layer.state_dict())
+    ids = torch.randint(0, 1000, (9,))
+    assert torch.equal(other(ids), layer(ids))
+
+
+@pytest.mark.parametrize("eps", [0.3, 1e-8])
+def test_from_embedding_error_within_eps_and_to_embedding(eps):
+    w = tn.random_ttm((3, 4, 5), (2, 3, 4), 2, seed=0).full()[:57]
+    w = w + 0.1 * np.random.default_rng(1).standard_normal(w.shape)
+    embedding = nn.Embedding(57, 24, dtype=torch.float64)
+    with torch.no_grad():
+        embedding.weight.copy_(torch.as_tensor(w))
+    layer = TTEmbedding.from_embedding(embedding, eps=eps, voc_shape=(3, 4, 5), emb_shape=(2, 3, 4))
+    assert layer.num_embeddings == 57 and layer.conversion_error <= eps
+    back = layer.to_embedding()
+    assert back.weight.shape == (57, 24)
+    measured = float(
+        torch.linalg.norm(back.weight - embedding.weight).detach()
+        / torch.linalg.norm(embedding.weight).detach()
+    )
+    assert layer.conversion_error == pytest.approx(measured, rel=1e-6, abs=1e-12)
+    ids = torch.randint(0, 57, (3, 5))
+    np.testing.assert_allclose(as_numpy(layer(ids)), as_numpy(back(ids)), rtol=1e-10, atol=1e-12)
+
+
+BAD = [
+    (
+        dict(rank=2, voc_shape=(3, 4, 4)),
+        ValueError,
+        r"voc_shape \(3, 4, 4\) multiplies to 48 < num_embeddings = 60",
+    ),
+    (
+        dict(rank=2, emb_shape=(2, 3, 5)),
+        ValueError,
+        r"emb_shape \(2, 3, 5\) multiplies to 30 but embedding_dim = 24",
+    ),
+    (
+        dict(rank=2, voc_shape=(6, 10), emb_shape=(2, 3, 4)),
+        ValueError,
+        "voc_shape .* has 2 factors but emb_shape .* has 3",
+    ),
+    (dict(rank=0), ValueError, "rank must be >= 1"),
+    (dict(rank=2, init="normal"), ValueError, "init must be one of"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), BAD)
+def test_bad_arguments_raise_clear_errors(kwargs, error, match):
+    with pytest.raises(error, match=match) as info:
+        TTEmbedding(60, 24, **kwargs)
+    assert str(info.value).startswith("TTEmbedding: ")
+
+
+def test_bad_lookups_and_conversions():
+    layer = make(57, 24, (3, 4, 5), (2, 3, 4), 2)
+    with pytest.raises(IndexError, match=r"indices must lie in \[0, 57\), got values from 0 to 57"):
+        layer(torch.tensor([0, 57]))  # a padded row is not a token
+    with pytest.raises(IndexError, match="from -1"):
+        layer(torch.tensor([-1]))
+    with pytest.raises(TypeError, match="indices must be an int64 or int32 tensor"):
+        layer(torch.tensor([1.0]))
+    with pytest.warns(RankClipWarning, match="bond 1: 100 -> 6"):
+        TTEmbedding(60, 24, rank=100, voc_shape=(3, 4, 5), emb_shape=(2, 3, 4))
+    with pytest.raises(ValueError, match="padding_idx"):
+        TTEmbedding.from_embedding(nn.Embedding(60, 24, padding_idx=0), rank=2)
+    with pytest.raises(TypeError, match=r"expected an nn\.Embedding"):
+        TTEmbedding.from_embedding(nn.Linear(2, 2), rank=2)
+    with pytest.raises(ValueError, match="give rank, eps or both"):
+        TTEmbedding.from_embedding(nn.Embedding(60, 24))

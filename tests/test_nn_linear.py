@@ -1,0 +1,455 @@
+"""TTMLinear: equivalence with nn.Linear on the rebuilt weight, conversion, init statistics, bad arguments."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pytest
+from conftest import as_numpy as _as_numpy
+from conftest import dense_ttm, gpu
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+import tensornet as tn  # noqa: E402
+from tensornet.nn import RankClipWarning, TTMLinear  # noqa: E402
+
+
+def as_numpy(array):
+    """conftest's as_numpy, also for bfloat16 tensors (numpy has no bfloat16)."""
+    if isinstance(array, torch.Tensor) and array.dtype == torch.bfloat16:
+        array = array.detach().float()
+    return _as_numpy(array)
+
+
+SHAPES = [
+    # (in_features, out_features, in_shape, out_shape, rank)
+    (24, 30, (2, 3, 4), (5, 3, 2), 3),
+    (12, 8, None, None, 2),
+    (16, 12, (4, 4, 1), (2, 2, 3), (3, 2)),  # a 1 in a shape, per-bond ranks
+    (6, 10, (6,), (10,), 1),  # a single core (no bonds)
+    (96, 72, (8, 12, 1), (2, 6, 6), 5),
+]
+
+
+def make(in_f, out_f, in_shape, out_shape, rank, *, bias=True, dtype=torch.float64, init=0.3):
+    torch.manual_seed(0)
+    layer = TTMLinear(
+        in_f, out_f, rank=rank, in_shape=in_shape, out_shape=out_shape, bias=bias, dtype=dtype, init=init
+    )
+    if bias:
+        with torch.no_grad():
+            layer.bias.normal_()
+    return layer
+
+
+def dense_reference(layer):
+    """``(W, b)`` as leaf tensors, ``W`` rebuilt entry by entry (shares no code with tensornet)."""
+    weight = torch.tensor(dense_ttm(layer.weight), dtype=layer.cores[0].dtype)
+    bias = None if layer.bias is None else layer.bias.detach().clone()
+    return weight, bias
+
+
+@pytest.mark.parametrize(("in_f", "out_f", "in_shape", "out_shape", "rank"), SHAPES)
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("lead", [(), (5,), (2, 3)])
+def test_forward_equals_nn_linear_on_the_rebuilt_weight(in_f, out_f, in_shape, out_shape, rank, bias, lead):
+    layer = make(in_f, out_f, in_shape, out_shape, rank, bias=bias)
+    weight, b = dense_reference(layer)
+    x = torch.randn(*lead, in_f, dtype=torch.float64)
+    y = layer(x)
+    assert y.shape == (*lead, out_f) and y.dtype == torch.float64
+    np.testing.assert_allclose(
+        as_numpy(y), as_numpy(nn.functional.linear(x, weight, b)), rtol=1e-10, atol=1e-12
+    )
+    np.testing.assert_allclose(as_numpy(layer.to_linear()(x)), as_numpy(y), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(("in_f", "out_f", "in_shape", "out_shape", "rank"), SHAPES)
+def test_gradients_equal_autograd_through_the_dense_weight(in_f, out_f, in_shape, out_shape, rank):
+    layer = make(in_f, out_f, in_shape, out_shape, rank)
+    x = torch.randn(4, 3, in_f, dtype=torch.float64, requires_grad=True)
+    grad_y = torch.randn(4, 3, out_f, dtype=torch.float64)
+    layer(x).backward(grad_y)
+    # Reference: the same cores, rebuilt into W by plain autograd, then F.linear.
+    cores = [c.detach().clone().requires_grad_(True) for c in layer.cores]
+    bias = layer.bias.detach().clone().requires_grad_(True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    weight = cores[0].reshape(cores[0].shape[1:])  # (m, n, r)
+    for core in cores[1:]:
+        m, n = weight.shape[0] * core.shape[1], weight.shape[1] * core.shape[2]
+        weight = torch.einsum("MNr,rmns->MmNns", weight, core).reshape(m, n, core.shape[3])
+    nn.functional.linear(x_ref, weight[..., 0], bias).backward(grad_y)
+    np.testing.assert_allclose(as_numpy(x.grad), as_numpy(x_ref.grad), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(as_numpy(layer.bias.grad), as_numpy(bias.grad), rtol=1e-10, atol=1e-12)
+    for k, (core, ref) in enumerate(zip(layer.cores, cores)):
+        scale = float(ref.grad.abs().max())
+        np.testing.assert_allclose(
+            as_numpy(core.grad), as_numpy(ref.grad), rtol=0, atol=1e-10 * scale, err_msg=f"core {k}"
+        )
+
+
+def test_gradcheck_small_layer():
+    layer = make(12, 6, (2, 3, 2), (3, 1, 2), 2)
+    x = torch.randn(3, 12, dtype=torch.float64, requires_grad=True)
+    params = [x, *layer.cores, layer.bias]
+
+    def f(x, *rest):
+        return tn.linear(x, tn.TTM(list(rest[:-1])), rest[-1])
+
+    assert torch.autograd.gradcheck(f, params)
+
+
+def test_weight_is_a_differentiable_ttm_with_the_layer_layout():
+    layer = make(24, 30, (2, 3, 4), (5, 3, 2), 3)
+    w = layer.weight
+    assert isinstance(w, tn.TTM)
+    assert w.shape == (30, 24) and w.row_shape == (5, 3, 2) and w.col_shape == (2, 3, 4)
+    assert w.cores[0] is layer.cores[0] and layer.ranks == w.ranks == (1, 3, 3, 1)
+    tn.norm(w).backward()
+    assert all(c.grad is not None for c in layer.cores)
+
+
+def test_extra_repr_shows_shapes_ranks_params_and_compression():
+    torch.manual_seed(0)
+    layer = TTMLinear(768, 3072, rank=16, in_shape=(8, 8, 12), out_shape=(12, 16, 16), bias=False)
+    text = repr(layer)
+    for part in (
+        "in_shape=(8, 8, 12)",
+        "out_shape=(12, 16, 16)",
+        "ranks=(1, 16, 16, 1)",
+        "params=37,376",
+        "dense 2,359,296",
+        "compression 63.1x",
+        "bias=False",
+    ):
+        assert part in text, (part, text)
+    assert layer.tt_params == 37376 and sum(p.numel() for p in layer.parameters()) == 37376
+
+
+def test_shapes_default_to_balanced_factorisations_with_ncores():
+    torch.manual_seed(0)
+    layer = TTMLinear(768, 3072, rank=8)
+    assert layer.in_shape == tn.shapes.factorize(768, 3) and layer.out_shape == tn.shapes.factorize(3072, 3)
+    layer = TTMLinear(768, 3072, rank=8, ncores=4)
+    assert len(layer.cores) == 4 and math.prod(layer.in_shape) == 768
+    layer = TTMLinear(768, 3072, rank=8, in_shape=(8, 8, 12, 1))  # the other shape follows the given length
+    assert len(layer.out_shape) == 4 and math.prod(layer.out_shape) == 3072
+
+
+def test_paper_uneven_shapes_and_rank_clipping():
+    torch.manual_seed(0)
+    with pytest.warns(RankClipWarning, match=r"bond 3: 64 -> 6"):
+        layer = TTMLinear(768, 3072, rank=64, in_shape=(8, 8, 12, 1), out_shape=(8, 8, 8, 6), bias=False)
+    assert layer.ranks == (1, 64, 64, 6, 1)
+    # The paper keeps rank 64 next to the (1, 6) core: 659,840 parameters per layer (its Table counts).
+    kept = TTMLinear(
+        768, 3072, rank=64, in_shape=(8, 8, 12, 1), out_shape=(8, 8, 8, 6), bias=False, clip_rank=False
+    )
+    assert kept.ranks == (1, 64, 64, 64, 1) and kept.tt_params == 659_840
+    x = torch.randn(5, 768)
+    np.testing.assert_allclose(as_numpy(kept(x)), as_numpy(kept.to_linear()(x)), rtol=1e-4, atol=1e-5)
+
+
+def test_state_dict_round_trip_and_torch_save():
+    layer = make(24, 30, (2, 3, 4), (5, 3, 2), (3, 4))
+    other = TTMLinear(24, 30, rank=(3, 4), in_shape=(2, 3, 4), out_shape=(5, 3, 2), dtype=torch.float64)
+    assert set(layer.state_dict()) == {"cores.0", "cores.1", "cores.2", "bias"}
+    other.load_state_dict(layer.state_dict())
+    x = torch.randn(7, 24, dtype=torch.float64)
+    assert torch.equal(other(x), layer(x))
+    buffer = io.BytesIO()
+    torch.save(layer.state_dict(), buffer)
+    buffer.seek(0)
+    other.load_state_dict(torch.load(buffer, weights_only=True))
+    assert torch.equal(other(x), layer(x))
+    wrong = TTMLinear(24, 30, rank=2, in_shape=(2, 3, 4), out_shape=(5, 3, 2), dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        wrong.load_state_dict(layer.state_dict())
+
+
+def test_to_dtype_and_optimizer_step():
+    layer = make(24, 30, (2, 3, 4), (5, 3, 2), 3, dtype=torch.float32)
+    x = torch.randn(4, 24)
+    y32 = layer(x)
+    layer64 = layer.to(torch.float64)
+    assert all(c.dtype == torch.float64 for c in layer64.cores) and layer64.weight.dtype == torch.float64
+    np.testing.assert_allclose(as_numpy(layer64(x.double())), as_numpy(y32), rtol=1e-5, atol=1e-5)
+    layer_bf16 = make(24, 30, (2, 3, 4), (5, 3, 2), 3, dtype=torch.float32).to(torch.bfloat16)
+    y16 = layer_bf16(x.bfloat16())
+    assert y16.dtype == torch.bfloat16
+    np.testing.assert_allclose(
+        as_numpy(y16), as_numpy(y32), rtol=0, atol=0.05 * float(y32.detach().abs().max())
+    )
+    with pytest.raises(TypeError, match="float32"):
+        layer64(x)  # float32 input to a float64 layer
+    optimizer = torch.optim.SGD(layer64.parameters(), lr=0.1)
+    before = [c.detach().clone() for c in layer64.cores]
+    layer64(x.double()).pow(2).sum().backward()
+    optimizer.step()
+    assert all(not torch.equal(b, c) for b, c in zip(before, layer64.cores))
+
+
+def test_autocast_bf16_on_cpu_matches_nn_linear_behaviour():
+    layer = make(96, 72, (8, 12, 1), (2, 6, 6), 5, dtype=torch.float32)
+    dense = layer.to_linear()
+    x = torch.randn(6, 96, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+        y_dense = dense(x)
+    assert y.dtype == y_dense.dtype == torch.bfloat16
+    scale = float(y_dense.detach().float().abs().max())
+    np.testing.assert_allclose(as_numpy(y), as_numpy(y_dense), rtol=0, atol=0.03 * scale)
+    y.float().sum().backward()
+    assert all(c.grad is not None and c.grad.dtype == torch.float32 for c in layer.cores)
+    assert x.grad.dtype == torch.float32
+
+
+# Dynamo warns when it traces through array_api_compat's lru_cache'd type checks (pure functions, so the
+# trace is correct); torch's inductor still touches the deprecated torch.jit API internally.
+COMPILE_WARNINGS = [
+    pytest.mark.filterwarnings("ignore:Dynamo detected a call to a `functools.lru_cache`"),
+    pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"),
+]
+
+
+@COMPILE_WARNINGS[0]
+@COMPILE_WARNINGS[1]
+def test_torch_compile_forward_and_backward_match_eager():
+    layer = make(24, 30, (2, 3, 4), (5, 3, 2), 3, dtype=torch.float32)
+    compiled = torch.compile(layer, backend="aot_eager")
+    x = torch.randn(2, 5, 24)
+    y_eager = layer(x)
+    grads_eager = torch.autograd.grad(y_eager.square().sum(), list(layer.parameters()))
+    y_comp = compiled(x)
+    grads_comp = torch.autograd.grad(y_comp.square().sum(), list(layer.parameters()))
+    np.testing.assert_allclose(as_numpy(y_comp), as_numpy(y_eager), rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads_comp, grads_eager):
+        np.testing.assert_allclose(as_numpy(a), as_numpy(b), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+@COMPILE_WARNINGS[0]
+@COMPILE_WARNINGS[1]
+def test_torch_compile_inductor_forward_and_backward_match_eager():
+    layer = make(24, 30, (2, 3, 4), (5, 3, 2), 3, dtype=torch.float32)
+    compiled = torch.compile(layer)
+    x = torch.randn(2, 5, 24)
+    y_eager = layer(x)
+    grads_eager = torch.autograd.grad(y_eager.square().sum(), list(layer.parameters()))
+    y_comp = compiled(x)
+    grads_comp = torch.autograd.grad(y_comp.square().sum(), list(layer.parameters()))
+    np.testing.assert_allclose(as_numpy(y_comp), as_numpy(y_eager), rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads_comp, grads_eager):
+        np.testing.assert_allclose(as_numpy(a), as_numpy(b), rtol=1e-4, atol=1e-5)
+
+
+# --- initialisation statistics ---------------------------------------------------------------------------
+INITS = [("gpt2", 0.02), ("glorot", math.sqrt(2 / (768 + 3072))), ("kaiming", math.sqrt(2 / 768)), (0.5, 0.5)]
+PAPER = dict(rank=64, in_shape=(8, 8, 12, 1), out_shape=(8, 8, 8, 6), clip_rank=False)  # GPT-2 c_fc, r=64
+BALANCED = dict(rank=16, in_shape=(8, 8, 12), out_shape=(12, 16, 16))
+
+
+@pytest.mark.parametrize(
+    ("init", "std", "config"), [(*case, BALANCED) for case in INITS] + [("gpt2", 0.02, PAPER)], ids=str
+)
+def test_init_rebuilt_weight_has_the_stated_std(init, std, config):
+    torch.manual_seed(1)
+    layer = TTMLinear(768, 3072, init=init, **config)
+    w = tn.full(layer.weight).detach().double()
+    assert w.shape == (3072, 768)
+    assert float(w.square().mean().sqrt()) == pytest.approx(std, rel=1e-5)  # the RMS, exactly
+    assert abs(float(w.mean())) < 0.05 * std
+    if config is BALANCED:  # enough terms per entry for the rebuilt entries to be close to Gaussian
+        inside = float((w.abs() < std).double().mean())
+        assert inside == pytest.approx(0.6827, abs=0.03)
+    assert float(layer.bias.detach().abs().max()) == 0.0
+
+
+def test_init_gpt2_is_the_papers_recipe_left_orthogonal_cores():
+    torch.manual_seed(2)
+    layer = TTMLinear(768, 3072, rank=32, in_shape=(8, 8, 12, 1), out_shape=(8, 8, 8, 6), clip_rank=False)
+    for k, core in enumerate(layer.cores[:-1]):
+        r0, m, n, r1 = core.shape
+        if r0 * m * n >= r1:
+            q = core.detach().double().reshape(r0 * m * n, r1)
+            np.testing.assert_allclose(as_numpy(q.T @ q), np.eye(r1), atol=1e-5, err_msg=f"core {k}")
+
+
+@pytest.mark.parametrize("init", ["glorot", "kaiming", 0.1])
+def test_init_t3f_rule_balances_the_cores(init):
+    torch.manual_seed(3)
+    layer = TTMLinear(768, 3072, rank=16, in_shape=(8, 8, 12), out_shape=(12, 16, 16), init=init)
+    std = {"glorot": math.sqrt(2 / 3840), "kaiming": math.sqrt(2 / 768)}.get(init, init)
+    per_core = tn.random.core_std(std, [16, 16])
+    for core in layer.cores:
+        assert float(core.detach().std()) == pytest.approx(per_core, rel=0.1)
+
+
+def test_init_is_reproducible_from_the_global_seed():
+    torch.manual_seed(5)
+    a = TTMLinear(24, 30, rank=3)
+    torch.manual_seed(5)
+    b = TTMLinear(24, 30, rank=3)
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+
+
+# --- conversion ---------------------------------------------------------------------------------------
+def low_rank_linear(in_shape, out_shape, rank, noise, *, seed=0, dtype=torch.float64):
+    w = tn.random_ttm(out_shape, in_shape, rank, seed=seed).full()
+    rng = np.random.default_rng(seed + 1)
+    w = w + noise * np.linalg.norm(w) / math.sqrt(w.size) * rng.standard_normal(w.shape)
+    linear = nn.Linear(w.shape[1], w.shape[0], dtype=dtype)
+    with torch.no_grad():
+        linear.weight.copy_(torch.as_tensor(w))
+    return linear
+
+
+@pytest.mark.parametrize("eps", [0.3, 0.1, 1e-8])
+def test_from_linear_error_within_eps(eps):
+    linear = low_rank_linear((4, 6, 4), (6, 4, 5), 3, noise=0.2)
+    layer = TTMLinear.from_linear(linear, eps=eps, in_shape=(4, 6, 4), out_shape=(6, 4, 5))
+    w = linear.weight.detach()
+    measured = float(torch.linalg.norm(layer.to_linear().weight.detach() - w) / torch.linalg.norm(w))
+    assert layer.conversion_error == pytest.approx(measured, rel=1e-6, abs=1e-12)
+    assert layer.conversion_error <= eps
+    assert layer.weight.dtype == torch.float64 and torch.equal(layer.bias, linear.bias)
+    x = torch.randn(3, 96, dtype=torch.float64)
+    with torch.no_grad():
+        assert float((layer(x) - linear(x)).norm()) <= 1.01 * eps * float(x.norm()) * float(w.norm()) + 1e-12
+
+
+def test_from_linear_rank_cap_and_exactness():
+    linear = low_rank_linear((4, 6, 4), (6, 4, 5), 3, noise=0.0, dtype=torch.float32)
+    layer = TTMLinear.from_linear(linear, rank=3, in_shape=(4, 6, 4), out_shape=(6, 4, 5))
+    assert layer.ranks == (1, 3, 3, 1) and layer.conversion_error < 1e-6
+    assert layer.cores[0].dtype == torch.float32 and layer.init == "gpt2"
+    capped = low_rank_linear((4, 6, 4), (6, 4, 5), 3, noise=0.5)
+    with pytest.warns(tn.RankCapWarning):
+        layer = TTMLinear.from_linear(capped, rank=1, eps=1e-3, in_shape=(4, 6, 4), out_shape=(6, 4, 5))
+    assert layer.ranks == (1, 1, 1, 1) and layer.conversion_error > 1e-3
+
+
+def test_from_linear_accepts_gpt2_conv1d_and_transposes_on_purpose():
+    conv1d_module = pytest.importorskip("transformers.pytorch_utils")
+    torch.manual_seed(0)
+    conv = conv1d_module.Conv1D(nf=30, nx=24)  # weight (nx, nf) = (in, out)
+    with torch.no_grad():
+        conv.bias.normal_()
+    layer = TTMLinear.from_linear(conv, eps=0.0, in_shape=(2, 3, 4), out_shape=(5, 3, 2))
+    assert (layer.in_features, layer.out_features) == (24, 30) and layer.conversion_error < 1e-6
+    x = torch.randn(2, 7, 24)
+    np.testing.assert_allclose(as_numpy(layer(x)), as_numpy(conv(x)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(as_numpy(layer.to_linear().weight), as_numpy(conv.weight.T), atol=1e-5)
+
+
+def test_from_ttm_takes_numpy_and_torch_trains():
+    w = tn.random_ttm((5, 3, 2), (2, 3, 4), 2, seed=0)
+    layer = TTMLinear.from_ttm(w, torch.zeros(30, dtype=torch.float64))
+    assert layer.weight.dtype == torch.float64 and layer.ranks == w.ranks
+    np.testing.assert_allclose(as_numpy(tn.full(layer.weight)), w.full(), rtol=1e-12)
+    assert layer.bias is not None
+    with pytest.raises(ValueError, match=r"bias must be a tensor of shape \(30,\)"):
+        TTMLinear.from_ttm(w, torch.zeros(7))
+    with pytest.raises(TypeError, match=r"must be a tensornet\.TTM"):
+        TTMLinear.from_ttm(w.full())
+
+
+# --- bad arguments --------------------------------------------------------------------------------------
+BAD = [
+    (
+        dict(in_features=24, out_features=30, rank=2, in_shape=(2, 3, 5)),
+        ValueError,
+        r"in_shape \(2, 3, 5\) multiplies to 30 but in_features = 24",
+    ),
+    (
+        dict(in_features=24, out_features=30, rank=2, out_shape=(5, 3, 3)),
+        ValueError,
+        r"out_shape .* multiplies to 45 but out_features = 30",
+    ),
+    (
+        dict(in_features=24, out_features=30, rank=2, in_shape=(4, 6), out_shape=(5, 3, 2)),
+        ValueError,
+        "out_shape .* has 3 factors but in_shape .* has 2",
+    ),
+    (dict(in_features=24, out_features=30, rank=0), ValueError, "rank must be >= 1"),
+    (dict(in_features=24, out_features=30, rank=(2, 0)), ValueError, "rank of bond 2 must be >= 1"),
+    (
+        dict(in_features=24, out_features=30, rank=(2, 2, 2)),
+        ValueError,
+        "rank has 3 entries but the layer has 3 cores",
+    ),
+    (dict(in_features=24, out_features=30, rank=(2, 2, 2, 2)), ValueError, "boundary ranks must be 1"),
+    (dict(in_features=24, out_features=30, rank=2.5), TypeError, "rank must be an int"),
+    (dict(in_features=24, out_features=30, rank="2"), TypeError, "rank must be an int"),
+    (dict(in_features=24, out_features=30, rank=2, init="xavier"), ValueError, "init must be one of"),
+    (
+        dict(in_features=24, out_features=30, rank=2, init=-1.0),
+        ValueError,
+        "init as a std must be finite and >= 0",
+    ),
+    (dict(in_features=24, out_features=30, rank=2, init=None), TypeError, "init must be one of"),
+    (dict(in_features=0, out_features=30, rank=2), ValueError, "in_features must be >= 1"),
+    (dict(in_features=24.0, out_features=30, rank=2), TypeError, "in_features must be an int"),
+    (dict(in_features=24, out_features=True, rank=2), TypeError, "out_features must be an int"),
+    (dict(in_features=24, out_features=30, rank=2, in_shape=(2, 0, 12)), ValueError, r"in_shape\[1\] = 0"),
+    (
+        dict(in_features=24, out_features=30, rank=2, in_shape=24),
+        TypeError,
+        "in_shape must be a non-empty tuple",
+    ),
+    (
+        dict(in_features=24, out_features=30, rank=2, in_shape=(2.0, 12)),
+        TypeError,
+        r"in_shape\[0\] must be an int",
+    ),
+    (dict(in_features=24, out_features=30, rank=2, ncores=0), ValueError, "ncores must be >= 1"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), BAD)
+def test_bad_arguments_raise_clear_errors(kwargs, error, match):
+    in_f, out_f = kwargs.pop("in_features"), kwargs.pop("out_features")
+    with pytest.raises(error, match=match) as info:
+        TTMLinear(in_f, out_f, **kwargs)
+    assert str(info.value).startswith("TTMLinear: ")
+
+
+def test_bad_forward_and_conversion_arguments():
+    layer = make(24, 30, (2, 3, 4), (5, 3, 2), 2)
+    with pytest.raises(ValueError, match="last dimension of x must be N = 24"):
+        layer(torch.randn(3, 25, dtype=torch.float64))
+    linear = nn.Linear(24, 30)
+    with pytest.raises(ValueError, match="give rank, eps or both"):
+        TTMLinear.from_linear(linear)
+    with pytest.raises(TypeError, match=r"expected an nn\.Linear or transformers' Conv1D"):
+        TTMLinear.from_linear(nn.Conv1d(3, 4, 1), rank=2)
+    with pytest.raises(ValueError, match=r"TTMLinear.from_linear: in_shape \(5, 5\) multiplies to 25"):
+        TTMLinear.from_linear(linear, rank=2, in_shape=(5, 5))
+    with pytest.raises(ValueError, match="from_linear: rank must be >= 1"):
+        TTMLinear.from_linear(linear, rank=0)
+    with pytest.raises(ValueError, match="eps must be finite"):
+        TTMLinear.from_linear(linear, eps=-0.1)
+
+
+# --- GPU --------------------------------------------------------------------------------------------------
+@gpu
+@pytest.mark.gpu
+def test_cuda_forward_backward_and_autocast_match_cpu():
+    layer = make(96, 72, (8, 12, 1), (2, 6, 6), 5, dtype=torch.float32)
+    x = torch.randn(6, 96)
+    y_cpu = layer(x)
+    cuda = layer.to("cuda")
+    assert all(c.device.type == "cuda" for c in cuda.cores) and cuda.weight.device.type == "cuda"
+    y = cuda(x.cuda())
+    np.testing.assert_allclose(as_numpy(y), as_numpy(y_cpu), rtol=1e-4, atol=1e-5)
+    y.sum().backward()
+    assert all(c.grad.device.type == "cuda" for c in cuda.cores)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y16 = cuda(x.cuda())
+    assert y16.dtype == torch.bfloat16
+    np.testing.assert_allclose(
+        as_numpy(y16), as_numpy(y_cpu), rtol=0, atol=0.03 * float(y_cpu.detach().abs().max())
+    )
