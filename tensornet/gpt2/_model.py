@@ -137,6 +137,9 @@ def load_model(directory: str | os.PathLike, *, device: str | torch.device | Non
         model = GPT2LMHeadModel(config)
         rebuild(model, settings)
         state = load_file(str(path / _WEIGHTS))
+        dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
+        if len(dtypes) == 1:  # keep the saved precision (GPT2LMHeadModel(config) builds float32)
+            model.to(dtypes.pop())
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [k for k in missing if k != "lm_head.weight"]
         if missing or unexpected:

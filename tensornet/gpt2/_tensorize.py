@@ -275,7 +275,7 @@ def tensorize(
     ``clip_rank=False``; the default keeps them for ``shapes="paper"``, whose published parameter counts use the
     uniform rank even where the last core (e.g. (1, 6)) cannot use it.
 
-    Raises ValueError for a rank below 1 or above every bond's useful maximum, shapes that do not multiply to the layer's
+    Raises ValueError for a rank below 1 or (from scratch) above every bond's useful maximum, shapes that do not multiply to the layer's
     widths, unknown layer groups; NotImplementedError for ``embeddings=True``.
     """
     from tensornet.nn import TTMLinear
@@ -302,7 +302,9 @@ def tensorize(
             in_features, out_features, suffix, rank=shape_rank, shapes=shapes, ncores=ncores
         )
         resolved[suffix] = pairs
-        if rank is not None:
+        if (
+            rank is not None and not from_weights
+        ):  # converting, rank is a cap: ttm_svd stops at the useful size
             _check_ttm_rank(rank, pairs, name)
         in_shape, out_shape = tuple(i for i, _ in pairs), tuple(o for _, o in pairs)
         layer_rank = tuple(layer_ranks[name][1:-1]) if layer_ranks is not None else rank
