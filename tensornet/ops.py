@@ -12,7 +12,8 @@ from typing import Any
 
 from . import _backend as B
 from . import tt as _tt
-from .contract import einsum, symbols
+from ._linear import linear
+from .contract import einsum
 
 __all__ = [
     "add",
@@ -281,43 +282,6 @@ def matmul(a: Any, b: Any) -> Any:
         rb, _, n, rb2 = (int(s) for s in cb.shape)
         cores.append(xp.reshape(einsum("amkb,ckne->acmnbe", ca, cb), (ra * rb, m, n, ra2 * rb2)))
     return _tt.TTM._trusted(cores)
-
-
-def linear(x: Any, w: Any, bias: Any = None) -> Any:
-    """``x @ W.full().T (+ bias)`` for dense ``x`` of shape ``(..., N)`` and a TTM ``W`` of shape (M, N).
-
-    Any number of leading dimensions. Cost: that of the contraction path chosen for the shapes.
-    """
-    _require("linear", w, _tt.TTM, "W")
-    if not B.is_array(x):
-        raise TypeError(f"linear: x must be an array, got {type(x).__name__}")
-    out_features, in_features = w.shape
-    if x.ndim < 1 or int(x.shape[-1]) != in_features:
-        raise ValueError(
-            f"linear: x has shape {tuple(x.shape)} but W has shape (M, N) = {w.shape}; "
-            f"the last dimension of x must be N = {in_features}"
-        )
-    if B.backend_name(x) != w.backend or x.dtype != w.dtype:
-        raise TypeError(
-            f"linear: x is {B.backend_name(x)} {x.dtype} but W is {w.backend} {w.dtype}; use one backend and dtype"
-        )
-    if bias is not None and (bias.ndim != 1 or int(bias.shape[0]) != out_features):
-        raise ValueError(f"linear: bias has shape {tuple(bias.shape)}, expected ({out_features},)")
-    xp = B.namespace(x, *w.cores)
-    lead = tuple(int(s) for s in x.shape[:-1])
-    d = w.ndim
-    sym = iter(symbols(3 * d + 2))
-    batch = next(sym)
-    rows = [next(sym) for _ in range(d)]
-    cols = [next(sym) for _ in range(d)]
-    ranks = [next(sym) for _ in range(d + 1)]
-    terms = [batch + "".join(cols)]
-    terms += [ranks[k] + rows[k] + cols[k] + ranks[k + 1] for k in range(d)]
-    equation = ",".join(terms) + "->" + batch + "".join(rows)
-    xr = xp.reshape(x, (-1, *w.col_shape))
-    y = einsum(equation, xr, *w.cores)
-    y = xp.reshape(y, (*lead, out_features))
-    return y if bias is None else y + bias
 
 
 # --- indexing --------------------------------------------------------------------------------------

@@ -1,0 +1,155 @@
+"""The ``torch.autograd.Function`` behind :func:`tensornet.linear` on torch tensors (imports torch).
+
+Loaded lazily by ``tensornet.linear`` only when ``x`` is a torch tensor, so ``import tensornet`` stays
+free of torch. The Function saves only ``x`` and the cores for backward (no intermediates: activation
+memory is that of a dense layer's input plus the parameters) and recomputes what the backward plan
+needs from them, with the kernels of :mod:`tensornet._linear` (the same ones
+:func:`tensornet.adjoint.linear` uses).
+
+* Autocast: forward and backward run under the autocast state of the forward
+  (``torch.amp.custom_fwd`` / ``custom_bwd`` for the tensor's device type); the matrix products inside
+  are autocast ops, so they run in bf16/fp16. Gradients are returned in the dtypes of the inputs.
+* ``torch.compile``: the plan is looked up outside the Function and passed in as constants (strings),
+  and the kernels are reshapes, transposes and matmuls, so dynamo traces the layer without graph
+  breaks.
+* Double backward is refused (``once_differentiable``): differentiating the gradients raises
+  ``RuntimeError``. Use plain autograd through ``tensornet.contract.einsum`` if you need it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from . import _linear
+from . import contract as _contract
+
+__all__ = ["linear", "linear_function"]
+
+_FUNCTIONS: dict[str, type] = {}
+
+
+class _TorchOps:
+    """The few array operations the kernels use, as torch calls (traceable by dynamo, unlike the
+    array-API namespace lookup)."""
+
+    reshape = staticmethod(torch.reshape)
+    permute_dims = staticmethod(torch.permute)
+
+    @staticmethod
+    def run_path(equation: str, path: Any, *operands: Any) -> Any:
+        return _contract.run_path(equation, path, operands, torch.einsum)
+
+
+_MAX_BUCKET_EXPONENT = 24
+
+
+@torch.compiler.assume_constant_result
+def _plan_table(core_shapes: str, dtype: str, device: str) -> tuple[tuple[int, str, Any, str], ...]:
+    """Under torch.compile: the plans of every token bucket up to 2^24 for these cores, merged into
+    ranges ``(max_tokens, forward, path, backward)``. Made once at trace time and baked in as
+    constants, so the compiled graph only compares the (possibly symbolic) token count with a few
+    bounds instead of calling the planner. ``core_shapes`` is a string (dynamo wants constants)."""
+    shapes = [tuple(int(s) for s in part.split("x")) for part in core_shapes.split(",")]
+    table: list[tuple[int, str, Any, str]] = []
+    for exponent in range(_MAX_BUCKET_EXPONENT + 1):
+        plan = _contract.plan_linear((1 << exponent, 1), shapes, dtype=dtype, device=device, backend="torch")
+        entry = (1 << exponent, plan.forward.strategy, plan.forward.path, plan.backward.strategy)
+        if table and table[-1][1:] == entry[1:]:
+            table[-1] = entry
+        else:
+            table.append(entry)
+    last = table[-1]
+    table[-1] = (2**62, *last[1:])
+    return tuple(table)
+
+
+def _compiled_plan(tokens: Any, cores: Sequence[Any], dtype: str, device: str) -> tuple[str, Any, str]:
+    key = ",".join("x".join(str(int(s)) for s in c.shape) for c in cores)
+    for bound, forward, path, backward in _plan_table(key, dtype, device):
+        if tokens <= bound:
+            return forward, path, backward
+    raise AssertionError("unreachable: the last range is unbounded")
+
+
+def _make_function(device_type: str) -> type:
+    class TTMLinearFunction(torch.autograd.Function):
+        """``y = x2d @ W.T (+ bias)`` for ``x2d`` (B, N) and TTM cores; saves x2d and the cores only."""
+
+        @staticmethod
+        @torch.amp.custom_fwd(device_type=device_type)
+        def forward(
+            ctx: Any, forward: str, path: Any, backward: str, x2d: Any, bias: Any, *cores: Any
+        ) -> Any:
+            ctx.backward_strategy = backward
+            ctx.has_bias = bias is not None
+            ctx.save_for_backward(x2d, *cores)
+            y = _linear.linear_forward(x2d, cores, forward, path, xp=_TorchOps)
+            return y if bias is None else y + bias
+
+        @staticmethod
+        @once_differentiable
+        @torch.amp.custom_bwd(device_type=device_type)
+        def backward(ctx: Any, grad_y: Any) -> Any:
+            x2d, *cores = ctx.saved_tensors
+            need_x = ctx.needs_input_grad[3]
+            need_bias = ctx.has_bias and ctx.needs_input_grad[4]
+            need_cores = any(ctx.needs_input_grad[5:])
+            grad_x, grad_cores = _linear.linear_backward(
+                x2d, cores, grad_y, ctx.backward_strategy, need_x=need_x, need_cores=need_cores, xp=_TorchOps
+            )
+            if grad_x is not None:
+                grad_x = grad_x.to(x2d.dtype)
+            grad_bias = grad_y.sum(0) if need_bias else None
+            if grad_cores is None:
+                grad_cores = [None] * len(cores)
+            else:
+                grad_cores = [g.to(c.dtype) for g, c in zip(grad_cores, cores)]
+            return (None, None, None, grad_x, grad_bias, *grad_cores)
+
+    TTMLinearFunction.__qualname__ = f"TTMLinearFunction[{device_type}]"
+    return TTMLinearFunction
+
+
+# made at import: dynamo cannot trace a class definition, so a miss inside a compiled region would break
+_FUNCTIONS.update({device_type: _make_function(device_type) for device_type in ("cpu", "cuda")})
+
+
+def linear_function(device_type: str) -> type:
+    """The autograd Function class for tensors on ``device_type`` ('cpu', 'cuda', ...)."""
+    function = _FUNCTIONS.get(device_type)
+    if function is None:
+        function = _FUNCTIONS[device_type] = _make_function(device_type)
+    return function
+
+
+def linear(x: Any, cores: Sequence[Any], bias: Any = None) -> Any:
+    """``x @ W.T + bias`` for torch ``x`` of shape ``(..., N)`` (validated by ``tensornet.linear``)."""
+    device_type = x.device.type
+    compute = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
+    if not torch.is_autocast_enabled(device_type) and (
+        x.dtype != cores[0].dtype or (bias is not None and bias.dtype != x.dtype)
+    ):
+        raise TypeError(
+            f"linear: x is {x.dtype} but W is {cores[0].dtype}"
+            + (f" and bias {bias.dtype}" if bias is not None else "")
+            + "; use one dtype (or run under torch.autocast)"
+        )
+    lead = x.shape[:-1]
+    x2d = x.reshape(-1, x.shape[-1])
+    rows = 1
+    for c in cores:
+        rows *= int(c.shape[1])
+    if x2d.shape[0] == 0:
+        out = x2d.new_zeros((0, rows))
+        return out.reshape(*lead, rows)
+    if torch.compiler.is_compiling():
+        forward, path, backward = _compiled_plan(x2d.shape[0], cores, str(compute), str(x.device))
+    else:
+        plan = _linear.planned(x2d, cores, dtype=compute)
+        forward, path, backward = plan.forward.strategy, plan.forward.path, plan.backward.strategy
+    y = linear_function(device_type).apply(forward, path, backward, x2d, bias, *cores)
+    return y.reshape(*lead, rows)
