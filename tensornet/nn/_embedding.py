@@ -138,12 +138,17 @@ class TTEmbedding(nn.Module):
         if not isinstance(input, torch.Tensor) or input.dtype not in (torch.int64, torch.int32):
             what = input.dtype if isinstance(input, torch.Tensor) else type(input).__name__
             raise TypeError(f"{fn}: indices must be an int64 or int32 tensor, got {what}")
-        if not torch.compiler.is_compiling() and input.numel() > 0:
-            low, high = int(input.min()), int(input.max())
-            if low < 0 or high >= self.num_embeddings:
-                raise IndexError(
-                    f"{fn}: indices must lie in [0, {self.num_embeddings}), got values from {low} to {high}"
-                )
+        # An out-of-range index would otherwise map silently to a padding row (or wrap around).
+        if input.device.type == "cpu" and not torch.compiler.is_compiling():
+            if input.numel() > 0:
+                low, high = int(input.min()), int(input.max())
+                if low < 0 or high >= self.num_embeddings:
+                    raise IndexError(
+                        f"{fn}: indices must lie in [0, {self.num_embeddings}), got values from {low} to {high}"
+                    )
+        else:  # checked on the device, without a host sync (a device-side assert, as nn.Embedding)
+            inside = ((input >= 0) & (input < self.num_embeddings)).all()
+            torch._assert_async(inside, f"{fn}: an index is outside [0, {self.num_embeddings})")
         flat = input.reshape(-1).long()
         digits = []
         rest = flat

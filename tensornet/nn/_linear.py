@@ -159,7 +159,9 @@ class TTMLinear(nn.Module):
             x = x.to(cast)
             cores = [c.to(cast) for c in cores]
             bias = bias.to(cast) if bias is not None else None
-        return tn.linear(x, tn.TTM(cores), bias)
+        # The cores were validated at construction and load_state_dict keeps their shapes; re-validating
+        # them on every call costs ~40 us, more than a whole dense decoding step on a GPU.
+        return tn.linear(x, tn.TTM._trusted(cores), bias)
 
     # --- conversion -------------------------------------------------------------------------------
     @classmethod
