@@ -47,7 +47,14 @@ class _TorchOps:
 _MAX_BUCKET_EXPONENT = 24
 
 
-@torch.compiler.assume_constant_result
+def _assume_constant_result(fn: Any) -> Any:
+    # What torch.compiler.assume_constant_result does (dynamo calls fn at trace time and bakes in the
+    # result), without importing torch._dynamo (~3 s) when this module is imported.
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_assume_constant_result
 def _plan_table(core_shapes: str, dtype: str, device: str) -> tuple[tuple[int, str, Any, str], ...]:
     """Under torch.compile: the plans of every token bucket up to 2^24 for these cores, merged into
     ranges ``(max_tokens, forward, path, backward)``. Made once at trace time and baked in as
@@ -88,7 +95,8 @@ def _make_function(device_type: str) -> type:
             ctx.has_bias = bias is not None
             ctx.save_for_backward(x2d, *cores)
             y = _linear.linear_forward(x2d, cores, forward, path, xp=_TorchOps)
-            return y if bias is None else y + bias
+            # under autocast y is in the autocast dtype; keep it there (as nn.Linear does)
+            return y if bias is None else y + bias.to(y.dtype)
 
         @staticmethod
         @once_differentiable

@@ -1,0 +1,263 @@
+"""tn.linear: every planned path equals dense math; the torch autograd Function (gradcheck, plain
+autograd gradients, saved bytes, autocast, torch.compile, double backward); bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import as_numpy
+from hypothesis import given
+from hypothesis import strategies as st
+
+import tensornet as tn
+from tensornet import _linear
+from tensornet.testing import strategies as tst
+
+torch = pytest.importorskip("torch")
+from tensornet import _torch_linear  # noqa: E402  (needs torch)
+
+TOL = {"float32": 2e-5, "float64": 1e-12}
+FORWARD = ("rebuild", "sweep", "einsum")
+BACKWARD = ("dense", "sweep")
+COMPILE_WARNINGS = [
+    pytest.mark.filterwarnings("ignore:Dynamo detected a call to a `functools.lru_cache`"),
+    pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"),
+    # torch 2.13's dynamo instantiates autograd.Function itself when tracing any custom Function
+    pytest.mark.filterwarnings(
+        "ignore:<class 'torch.autograd.function.Function'> should not be instantiated"
+    ),
+]
+
+
+def _dense(w):
+    return as_numpy(tn.full(w))
+
+
+def _close(actual, expected, dtype, what=""):
+    expected = as_numpy(expected)
+    scale = max(float(np.max(np.abs(expected), initial=0.0)), 1e-30)
+    np.testing.assert_allclose(as_numpy(actual), expected, rtol=0, atol=TOL[dtype] * scale * 10, err_msg=what)
+
+
+def _x(shape, like, seed):
+    return tn._backend.asarray_like(np.random.default_rng(seed).standard_normal(shape), like)
+
+
+# --- forward: every path the planner can choose ----------------------------------------------------------
+@given(
+    tst.ttms(max_ndim=4, max_size=4, max_rank=4),
+    st.lists(st.integers(1, 4), min_size=0, max_size=2),
+    st.booleans(),
+    st.integers(0, 2**16),
+)
+def test_every_forward_path_equals_dense(w, lead, with_bias, seed):
+    rows, cols = w.shape
+    dtype = tn._backend.dtype_name(w.dtype)
+    x = _x((*lead, cols), w.cores[0], seed)
+    bias = _x((rows,), w.cores[0], seed + 1) if with_bias else None
+    expected = as_numpy(x) @ _dense(w).T + (0 if bias is None else as_numpy(bias))
+    y = tn.linear(x, w, bias)
+    assert tuple(y.shape) == (*lead, rows) and y.dtype == w.dtype
+    _close(y, expected, dtype, "tn.linear")
+    x2d = x.reshape(-1, cols) if lead else x.reshape(1, cols)
+    plan = tn.contract.plan_linear(tuple(x2d.shape), w.cores)
+    assert {c.strategy for c in plan.forward_candidates} == set(FORWARD)
+    for candidate in plan.forward_candidates:
+        y2d = _linear.linear_forward(x2d, w.cores, candidate.strategy, candidate.path)
+        _close(y2d, (as_numpy(x2d) @ _dense(w).T), dtype, candidate.strategy)
+    if w.backend == "torch":
+        for candidate in plan.forward_candidates:
+            y2d = _linear.linear_forward(
+                x2d, w.cores, candidate.strategy, candidate.path, xp=_torch_linear._TorchOps
+            )
+            _close(y2d, (as_numpy(x2d) @ _dense(w).T), dtype, "torch ops " + candidate.strategy)
+
+
+@given(tst.ttms(max_ndim=4, max_size=4, max_rank=4), st.integers(1, 12), st.integers(0, 2**16))
+def test_every_backward_path_equals_dense(w, tokens, seed):
+    rows, cols = w.shape
+    dtype = tn._backend.dtype_name(w.dtype)
+    x = _x((tokens, cols), w.cores[0], seed)
+    gy = _x((tokens, rows), w.cores[0], seed + 1)
+    dense_w = _dense(w)
+    # reference core gradients: plain torch autograd through the rebuilt matrix, in float64
+    cores = [torch.as_tensor(as_numpy(c)).requires_grad_() for c in w.cores]
+    (torch.as_tensor(as_numpy(x)) @ tn.TTM(cores).full().T).backward(torch.as_tensor(as_numpy(gy)))
+    for strategy in BACKWARD:
+        gx, gcores = _linear.linear_backward(x, w.cores, gy, strategy)
+        _close(gx, as_numpy(gy) @ dense_w, dtype, f"{strategy} dx")
+        for k, (g, ref) in enumerate(zip(gcores, cores)):
+            assert tuple(g.shape) == tuple(ref.shape)
+            _close(g, ref.grad, dtype, f"{strategy} core {k}")
+        only_x, none = _linear.linear_backward(x, w.cores, gy, strategy, need_cores=False)
+        assert none is None
+        _close(only_x, as_numpy(gy) @ dense_w, dtype, f"{strategy} dx only")
+
+
+def test_zero_tokens_and_numpy_errors():
+    w = tn.random_ttm((2, 3), (3, 2), 2, seed=0)
+    assert tn.linear(np.ones((0, 6)), w).shape == (0, 6)
+    assert tn.linear(np.ones((2, 0, 6)), w, np.ones(6)).shape == (2, 0, 6)
+    with pytest.raises(ValueError, match="last dimension of x must be N = 6"):
+        tn.linear(np.ones((2, 5)), w)
+    with pytest.raises(ValueError, match="bias has shape"):
+        tn.linear(np.ones((2, 6)), w, np.ones(5))
+    with pytest.raises(TypeError, match="one dtype"):
+        tn.linear(np.ones((2, 6), dtype=np.float32), w)
+    with pytest.raises(TypeError, match="must be a tensornet TTM"):
+        tn.linear(np.ones((2, 6)), tn.random_tt((6,), 1))
+    with pytest.raises(TypeError, match="torch tensor but W has numpy cores"):
+        tn.linear(torch.ones(2, 6, dtype=torch.float64), w)
+    with pytest.raises(TypeError, match="numpy array but W has torch cores"):
+        tn.linear(np.ones((2, 6)), w.to("torch"))
+
+
+def test_numpy_linear_does_not_import_torch():
+    code = (
+        "import sys, numpy as np, tensornet as tn\n"
+        "w = tn.random_ttm((2, 3), (3, 2), 2, seed=0)\n"
+        "tn.linear(np.ones((3, 6)), w); tn.adjoint.linear(np.ones((3, 6)), w, np.ones((3, 6)))\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- the autograd Function ------------------------------------------------------------------------------
+def _graph_names(y, depth=3):
+    names, frontier = set(), [y.grad_fn]
+    for _ in range(depth):
+        names |= {type(f).__name__ for f in frontier if f is not None}
+        frontier = [n for f in frontier if f is not None for n, _ in f.next_functions]
+    return " ".join(sorted(names))
+
+
+def _layer(dtype=torch.float64, seed=0, rows=(3, 2, 2), cols=(2, 3, 2), rank=3):
+    w = tn.random_ttm(rows, cols, rank, seed=seed).to("torch", dtype=str(dtype).replace("torch.", ""))
+    return [c.clone().requires_grad_() for c in w.cores]
+
+
+@pytest.mark.parametrize("forward", FORWARD)
+@pytest.mark.parametrize("backward", BACKWARD)
+def test_gradcheck_every_forward_backward_pair(forward, backward):
+    torch.manual_seed(0)
+    cores = _layer(rows=(2, 2, 2), cols=(2, 1, 2), rank=2)
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    path = tn.contract.plan_linear((3, 4), cores).forward_candidates[2].path
+    function = _torch_linear.linear_function("cpu")
+    assert torch.autograd.gradcheck(
+        lambda x, b, *cs: function.apply(forward, path, backward, x, b, *cs), (x, bias, *cores)
+    )
+
+
+@given(st.integers(1, 40), st.sampled_from(["float32", "float64"]), st.booleans(), st.integers(0, 2**16))
+def test_gradients_equal_plain_autograd(tokens, dtype, with_bias, seed):
+    torch.manual_seed(seed)
+    torch_dtype = getattr(torch, dtype)
+    cores = _layer(torch_dtype, seed)
+    ref_cores = [c.detach().clone().requires_grad_() for c in cores]
+    x = torch.randn(tokens, 12, dtype=torch_dtype, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    bias = torch.randn(12, dtype=torch_dtype, requires_grad=True) if with_bias else None
+    bias_ref = bias.detach().clone().requires_grad_() if with_bias else None
+    gy = torch.randn(tokens, 12, dtype=torch_dtype)
+    y = tn.linear(x, tn.TTM(cores), bias)
+    y.backward(gy)
+    y_ref = x_ref @ tn.TTM(ref_cores).full().T + (0 if bias_ref is None else bias_ref)
+    y_ref.backward(gy)
+    assert "TTMLinearFunction" in _graph_names(y)
+    _close(y, y_ref, dtype)
+    _close(x.grad, x_ref.grad, dtype)
+    for c, r in zip(cores, ref_cores):
+        _close(c.grad, r.grad, dtype)
+    if with_bias:
+        _close(bias.grad, bias_ref.grad, dtype)
+
+
+def test_only_requested_gradients_are_computed():
+    cores = _layer()
+    x = torch.randn(4, 12, dtype=torch.float64, requires_grad=True)
+    frozen = [c.detach() for c in cores]
+    tn.linear(x, tn.TTM(frozen)).sum().backward()
+    assert x.grad is not None
+    x2 = torch.randn(4, 12, dtype=torch.float64)
+    tn.linear(x2, tn.TTM(cores)).sum().backward()
+    assert all(c.grad is not None for c in cores)
+
+
+@pytest.mark.parametrize("tokens", [1, 4096])
+def test_saved_bytes_are_at_most_x_and_cores(tokens):
+    cores = _layer(torch.float32, rows=(4, 4, 4), cols=(4, 4, 2), rank=8)
+    x = torch.randn(tokens, 32, requires_grad=True)
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = tn.linear(x, tn.TTM(cores))
+    limit = x.numel() * 4 + sum(c.numel() * 4 for c in cores)
+    assert sum(saved) <= limit, (saved, limit)
+    assert sum(saved) > 0
+    # plain autograd through one einsum keeps far more (the reference point)
+    saved.clear()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        tn.contract.einsum(tn.contract.linear_equation(3), x.reshape(tokens, 4, 4, 2), *cores)
+    assert sum(saved) > limit
+    y.sum().backward()
+
+
+def test_double_backward_is_refused():
+    cores = _layer()
+    x = torch.randn(3, 12, dtype=torch.float64, requires_grad=True)
+    (gx,) = torch.autograd.grad(tn.linear(x, tn.TTM(cores)).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match=r"once_differentiable|double backward|does not require grad"):
+        gx.sum().backward()
+
+
+def test_autocast_bf16_on_cpu():
+    torch.manual_seed(0)
+    cores = _layer(torch.float32, rows=(4, 4, 4), cols=(4, 4, 4), rank=4)
+    x = torch.randn(16, 64, requires_grad=True)
+    bias = torch.randn(64, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = tn.linear(x, tn.TTM(cores), bias)
+    assert y.dtype == torch.bfloat16
+    y.float().square().sum().backward()
+    assert x.grad.dtype == torch.float32 and all(c.grad.dtype == torch.float32 for c in cores)
+    ref = x.detach() @ tn.TTM([c.detach() for c in cores]).full().T + bias.detach()
+    scale = float(ref.abs().max())
+    assert float((y.detach().float() - ref).abs().max()) <= 3e-2 * scale
+    # bf16 input with fp32 cores is accepted under autocast only
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert tn.linear(x.detach().bfloat16(), tn.TTM(cores)).dtype == torch.bfloat16
+    with pytest.raises(TypeError, match="use one dtype"):
+        tn.linear(x.detach().bfloat16(), tn.TTM(cores))
+
+
+@COMPILE_WARNINGS[0]
+@COMPILE_WARNINGS[1]
+@COMPILE_WARNINGS[2]
+def test_torch_compile_fullgraph_matches_eager():
+    torch.manual_seed(0)
+    cores = _layer(torch.float32)
+    w = tn.TTM(cores)
+    bias = torch.randn(12, requires_grad=True)
+
+    def f(x):
+        return tn.linear(x, w, bias)
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    for tokens in (3, 300):
+        x = torch.randn(tokens, 12)
+        y_eager = f(x)
+        grads_eager = torch.autograd.grad(y_eager.square().sum(), [*cores, bias])
+        y_comp = compiled(x)
+        grads_comp = torch.autograd.grad(y_comp.square().sum(), [*cores, bias])
+        np.testing.assert_allclose(as_numpy(y_comp), as_numpy(y_eager), rtol=1e-5, atol=1e-5)
+        for a, b in zip(grads_comp, grads_eager):
+            np.testing.assert_allclose(as_numpy(a), as_numpy(b), rtol=1e-4, atol=1e-4)
