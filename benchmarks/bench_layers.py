@@ -120,6 +120,32 @@ def median_time(
     return statistics.median(times)
 
 
+def interleaved_medians(
+    fns: dict[str, Callable[[], Any]], rows: dict[str, Row], *, budget_s: float, max_rounds: int = 50
+) -> dict[str, float]:
+    """Median seconds per call of each function, timed in interleaved rounds (each round calls every
+    function once), so that load from other processes hits all of them alike and the ratios stay fair.
+    A function stops being timed after ``budget_s`` seconds (with at least 3 samples); one that raises
+    is dropped and its row gets the error."""
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    live = dict(fns)
+    for name, fn in list(live.items()):  # warm-up (allocations, plans, caches)
+        try:
+            fn()
+        except Exception as error:
+            rows[name].error = short_error(error)
+            del live[name]
+    for _ in range(max_rounds):
+        active = [name for name in live if len(samples[name]) < 3 or sum(samples[name]) < budget_s]
+        if not active:
+            break
+        for name in active:
+            start = time.perf_counter()
+            live[name]()
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in samples.items() if values}
+
+
 def median_time_batched(
     fn: Callable[[], Any], device: str, *, inner: int, warmup: int = 3, reps: int = 7
 ) -> float:
@@ -247,32 +273,30 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# TT layers, {IN_FEATURES} -> {OUT_FEATURES}, {args.tokens} tokens, float32, CPU")
     print(f"\nmachine: {machine()}")
     print(f"command: python {' '.join(sys.argv)}")
-    print(f"core shapes: in {IN_SHAPE}, out {OUT_SHAPE}; ranks (1, r, r, 1); times are medians")
+    print(f"core shapes: in {IN_SHAPE}, out {OUT_SHAPE}; ranks (1, r, r, 1); medians of interleaved rounds")
     torch.manual_seed(0)
     x = torch.randn(args.tokens, IN_FEATURES, requires_grad=True)
     grad = torch.randn(args.tokens, OUT_FEATURES)
     x_decode = torch.randn(8, IN_FEATURES)
     for rank in args.ranks:
-        rows = []
+        rows: dict[str, Row] = {}
+        trains: dict[str, Callable[[], None]] = {}
+        decodes: dict[str, Callable[[], None]] = {}
         for name, make in build_layers(rank, device).items():
-            if rows and name.startswith("nn.Linear"):
-                continue
-            row = Row(name)
+            row = rows[name] = Row(name)
             try:
                 layer = make()
                 row.params = sum(p.numel() for p in layer.parameters())
                 row.saved_mib = saved_bytes(layer, x) / 2**20
-                row.train_ms = 1e3 * median_time(
-                    train_step(layer, x, grad, None), device, budget_s=args.budget
-                )
-                row.decode_ms = 1e3 * median_time(
-                    inference(layer, x_decode, None), device, budget_s=1.0, max_reps=200
-                )
+                trains[name] = train_step(layer, x, grad, None)
+                decodes[name] = inference(layer, x_decode, None)
             except Exception as error:  # a missing or broken peer is reported, not fatal
                 row.error = short_error(error)
-            rows.append(row)
-            print(f"  measured {name}", file=sys.stderr)
-        print_table(f"rank {rank}", rows)
+        for name, seconds in interleaved_medians(trains, rows, budget_s=args.budget).items():
+            rows[name].train_ms = 1e3 * seconds
+        for name, seconds in interleaved_medians(decodes, rows, budget_s=1.0, max_rounds=200).items():
+            rows[name].decode_ms = 1e3 * seconds
+        print_table(f"rank {rank}", list(rows.values()))
     print(
         f"\nsaved for bwd: activations only (parameters excluded); the dense layer saves x ({math.prod(x.shape) * 4 / 2**20:.1f} MiB)."
     )

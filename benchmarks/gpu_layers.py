@@ -47,12 +47,22 @@ def peak_extra_mib(step, device: str) -> float | None:
     return (torch.cuda.max_memory_allocated(device) - before) / 2**20
 
 
-def run_mode(rank: int, title: str, tokens: int, autocast, train: bool, device: str, budget: float):
+def layers(rank: int, device: str, compile_ttm: bool) -> dict:
+    builders = common.build_layers(rank, device)
+    if compile_ttm:
+        make_ttm = builders[f"tensornet TTMLinear r={rank}"]
+        builders[f"tensornet TTMLinear r={rank} + torch.compile"] = lambda: torch.compile(make_ttm())
+    return builders
+
+
+def run_mode(
+    rank: int, title: str, tokens: int, autocast, train: bool, device: str, budget: float, compile_ttm: bool
+):
     rows = []
     torch.manual_seed(0)
     x = torch.randn(tokens, common.IN_FEATURES, device=device, requires_grad=train)
     grad = torch.randn(tokens, common.OUT_FEATURES, device=device)
-    for name, make in common.build_layers(rank, device).items():
+    for name, make in layers(rank, device, compile_ttm).items():
         row = common.Row(name)
         try:
             layer = make()
@@ -132,7 +142,9 @@ def main(argv: list[str] | None = None) -> None:
     print(report[0], flush=True)
     for rank in args.ranks:
         for title, tokens, autocast, train in MODES:
-            rows = run_mode(rank, title, tokens or args.tokens, autocast, train, device, args.budget)
+            rows = run_mode(
+                rank, title, tokens or args.tokens, autocast, train, device, args.budget, args.compile
+            )
             text = table(f"r={rank}, {title} ({tokens or args.tokens} tokens)", rows, train)
             print(text, flush=True)
             report.append(text)

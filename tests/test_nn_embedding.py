@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import as_numpy, dense_ttm
+from conftest import as_numpy, dense_ttm, gpu
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -152,3 +152,18 @@ def test_bad_lookups_and_conversions():
         TTEmbedding.from_embedding(nn.Linear(2, 2), rank=2)
     with pytest.raises(ValueError, match="give rank, eps or both"):
         TTEmbedding.from_embedding(nn.Embedding(60, 24))
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.filterwarnings("ignore:Attempting to run cuBLAS, but there was no current CUDA context")
+def test_cuda_lookup_and_gradients_match_cpu():
+    layer = make(57, 24, (3, 4, 5), (2, 3, 4), 3, dtype=torch.float32)
+    ids = torch.randint(0, 57, (4, 9))
+    expected = layer(ids)
+    cuda = layer.to("cuda")
+    out = cuda(ids.cuda())
+    assert out.device.type == "cuda"
+    np.testing.assert_allclose(as_numpy(out), as_numpy(expected), rtol=1e-5, atol=1e-6)
+    out.square().sum().backward()
+    assert all(c.grad is not None and c.grad.device.type == "cuda" for c in cuda.cores)

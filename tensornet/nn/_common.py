@@ -245,7 +245,7 @@ def init_cores(shapes: list[tuple[int, int, int, int]], init: Init, fan_in: int,
     return cores
 
 
-def conv1d_class() -> type | None:
+def conv1d_class() -> Any:
     """transformers' GPT-2 ``Conv1D`` if transformers is already imported (never imports it)."""
     module = sys.modules.get("transformers.pytorch_utils")
     return getattr(module, "Conv1D", None) if module is not None else None

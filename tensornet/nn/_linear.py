@@ -152,8 +152,8 @@ class TTMLinear(nn.Module):
 
     # --- forward ----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        cores = list(self.cores)
-        bias = self.bias
+        cores: list[torch.Tensor] = list(self.cores)
+        bias: torch.Tensor | None = self.bias
         if torch.is_autocast_enabled(x.device.type) and x.is_floating_point():
             cast = torch.get_autocast_dtype(x.device.type)
             x = x.to(cast)
@@ -255,7 +255,7 @@ class TTMLinear(nn.Module):
         return linear
 
 
-def _dense_weight(fn: str, module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _dense_weight(fn: str, module: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(weight (out, in), bias)`` of an ``nn.Linear`` or a GPT-2 ``Conv1D`` (whose weight is (in, out))."""
     if isinstance(module, nn.Linear):
         return module.weight, module.bias

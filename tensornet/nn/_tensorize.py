@@ -206,9 +206,10 @@ def _check_options(name: str, rule: Rule, kind: str) -> None:
         )
 
 
-def _build(name: str, module: nn.Module, kind: str, rule: Rule) -> nn.Module:
+def _build(name: str, module: Any, kind: str, rule: Rule) -> TTMLinear | TTEmbedding:
     _check_options(name, rule, kind)
     options = dict(rule.options)
+    rank: Any = rule.rank  # not None when building from scratch (checked by Rule)
     if kind == "Embedding":
         if rule.from_weights:
             return TTEmbedding.from_embedding(module, rank=rule.rank, eps=rule.eps, **options)
@@ -216,7 +217,7 @@ def _build(name: str, module: nn.Module, kind: str, rule: Rule) -> nn.Module:
         return TTEmbedding(
             module.num_embeddings,
             module.embedding_dim,
-            rank=rule.rank,
+            rank=rank,
             device=weight.device,
             dtype=weight.dtype,
             **options,
@@ -229,7 +230,7 @@ def _build(name: str, module: nn.Module, kind: str, rule: Rule) -> nn.Module:
     )
     options.setdefault("bias", module.bias is not None)
     return TTMLinear(
-        in_features, out_features, rank=rule.rank, device=weight.device, dtype=weight.dtype, **options
+        in_features, out_features, rank=rank, device=weight.device, dtype=weight.dtype, **options
     )
 
 
@@ -265,7 +266,7 @@ def tensorize(
         (name, module, kind) for name, module in model.named_modules() if name and (kind := _kind(module))
     ]
     used = [False] * len(rules)
-    replaced: list[tuple[str, nn.Module, nn.Module, str, Rule]] = []
+    replaced: list[tuple[str, Any, TTMLinear | TTEmbedding, str, Rule]] = []
     for name, module, kind in eligible:
         for index, candidate in enumerate(rules):
             if candidate.matches(name):
