@@ -11,6 +11,7 @@ useful maximum ``min(prod n_1..n_k, prod n_{k+1}..n_d)`` (they are clipped by th
 
 from __future__ import annotations
 
+import importlib
 import math
 import numbers
 import warnings
@@ -86,6 +87,15 @@ def _choose_rank(singular: Any, threshold: float, cap: int | None) -> tuple[int,
 class _ErrorLog:
     def __init__(self, fn: str, eps: float | None) -> None:
         self.fn, self.eps, self.discarded, self.capped, self.bound = fn, eps, 0.0, False, 0.0
+        self.relative, self.total, self.threshold = 0.0, 0.0, 0.0
+
+    def pending(self, singular: Any) -> float:
+        """Set ``total = ||singular||`` (the tensor's norm) and return the per-unfolding threshold."""
+        s = np.asarray(B.to_backend(singular, "numpy"), dtype=np.float64)
+        top = float(np.max(s)) if s.size else 0.0
+        self.total = top * float(np.linalg.norm(s / top)) if top > 0 else 0.0  # no overflow
+        self.threshold = self.relative * self.total
+        return self.threshold
 
     def add(self, rank: int, discarded: float, needed: int) -> None:
         self.discarded += discarded
@@ -108,25 +118,117 @@ def _svd(matrix: Any) -> tuple[Any, Any, Any]:
     return xp.linalg.svd(matrix, full_matrices=False)
 
 
+# Fast kernels. With the data not requiring grad, every SVD is taken on the small side of its matrix:
+# a wide (m, N) unfolding is reduced to the (m, m) triangle R of a QR of its transpose (A = R^T Q^T,
+# blocked so that each block's Householder QR runs in cache), the SVD of R^T = U S W^T gives U and S
+# of A, and the kept rows S W^T Q^T are formed as U_r^T A (one GEMM); Q is never built. Orthogonal
+# factorisations keep every singular value accurate to ~machine eps * ||A|| (a Gram matrix A A^T
+# would blur those below sqrt(eps) ||A||, exactly where eps = 1e-8 truncations decide the rank).
+# Tensors that require grad take the plain SVD path, which autograd differentiates.
+_BLOCK_ELEMENTS = 32768  # one block of the blocked QR: (rows, m) with rows * m ~ 256 KiB of float64
+
+
+def _safe_norm(x: Any) -> float:
+    """||x||_F without overflow or underflow in the squares (NaN/inf entries give NaN/inf)."""
+    xp = B.namespace(x)
+    top = B.to_float(xp.max(xp.abs(x)))
+    if not math.isfinite(top) or top == 0.0:
+        return top
+    return top * B.to_float(xp.linalg.vector_norm(x / top))
+
+
+def _is_torch(x: Any) -> bool:
+    return B.backend_name(x) == "torch"
+
+
+def _differentiable(x: Any) -> bool:
+    return bool(getattr(x, "requires_grad", False))
+
+
+def _qr_r(x: Any) -> Any:
+    """The R factor of a (stack of) QR factorisation(s), Q not formed."""
+    if _is_torch(x):
+        torch = importlib.import_module("torch")
+        return torch.linalg.qr(x, mode="r")[1]
+    return np.linalg.qr(x, mode="r")
+
+
+def _block_rows(total: int, width: int, target: int) -> int | None:
+    """A divisor ``b`` of ``total`` with ``width <= b <= target`` (the largest found), or None."""
+    for b in range(min(target, total // 2), width - 1, -1):
+        if total % b == 0:
+            return b
+    return None
+
+
+def _r_of_transpose(a: Any) -> Any:
+    """Upper-triangular (m, m) R with ``a = R^T Q^T`` for a wide C-ordered (m, N) matrix ``a``."""
+    xp = B.namespace(a)
+    m, total = (int(n) for n in a.shape)
+    target = max(_BLOCK_ELEMENTS // max(m, 1), 4 * m)
+    rows = _block_rows(total, m, target) if total >= 8 * m else None
+    if rows is None:
+        return _qr_r(xp.permute_dims(a, (1, 0)))
+    # blocks (nb, rows, m) of a^T: each block's columns are contiguous pieces of a's rows
+    blocks = xp.permute_dims(xp.reshape(a, (m, total // rows, rows)), (1, 2, 0))
+    stacked = xp.reshape(_qr_r(blocks), (-1, m))  # (nb * m, m): a^T = diag(Q_b) stacked
+    while int(stacked.shape[0]) > 4 * target:
+        count = int(stacked.shape[0]) // m
+        group = _block_rows(count, 2, max(target // m, 2)) or count
+        stacked = xp.reshape(_qr_r(xp.reshape(stacked, (count // group, group * m, m))), (-1, m))
+    return _qr_r(stacked)
+
+
+def _truncated_factors(
+    matrix: Any, threshold: float | None, cap: int | None, log: _ErrorLog
+) -> tuple[Any, Any, Any]:
+    """(U_r, S_r V_r^T, singular values) of a truncated SVD of ``matrix`` (m, N).
+
+    With ``threshold`` None the rank is chosen later by the caller from the returned singular
+    values; here it is chosen by :func:`_choose_rank` and logged.
+    """
+    xp = B.namespace(matrix)
+    m, total = (int(n) for n in matrix.shape)
+    if not _differentiable(matrix) and total >= 2 * m:
+        u, s, _ = _svd(xp.permute_dims(_r_of_transpose(matrix), (1, 0)))
+        rank = _log_rank(s, threshold, cap, log)
+        kept = u[:, :rank]
+        return kept, xp.matmul(xp.permute_dims(kept, (1, 0)), matrix), s
+    u, s, vh = _svd(matrix)
+    rank = _log_rank(s, threshold, cap, log)
+    return u[:, :rank], s[:rank, None] * vh[:rank, :], s
+
+
+def _log_rank(singular: Any, threshold: float | None, cap: int | None, log: _ErrorLog) -> int:
+    if threshold is None:  # the caller needs the norm first (first unfolding of tt_svd)
+        threshold = log.pending(singular)
+    rank, discarded, needed = _choose_rank(singular, threshold, cap)
+    log.add(rank, discarded, needed)
+    return rank
+
+
 def _tt_svd_cores(x: Any, eps: float | None, caps: list[int | None], log: _ErrorLog) -> list[Any]:
     xp = B.namespace(x)
     shape = tuple(int(n) for n in x.shape)
     d = len(shape)
-    total = B.to_float(xp.linalg.vector_norm(x))
-    threshold = (eps or 0.0) / math.sqrt(max(d - 1, 1)) * total
+    if d == 1:
+        log.bound = log.finish(_safe_norm(x), stacklevel=5)
+        return [xp.reshape(x, (1, shape[0], 1))]
+    # ||x||_F is the norm of the first unfolding's singular values: no separate pass over x
+    log.relative = (eps or 0.0) / math.sqrt(d - 1)
     cores = []
     rank = 1
     rest = x
+    threshold: float | None = None
     for k in range(d - 1):
         rest = xp.reshape(rest, (rank * shape[k], -1))
-        u, s, vh = _svd(rest)
-        new_rank, discarded, needed = _choose_rank(s, threshold, caps[k])
-        log.add(new_rank, discarded, needed)
-        cores.append(xp.reshape(u[:, :new_rank], (rank, shape[k], new_rank)))
-        rest = s[:new_rank, None] * vh[:new_rank, :]
+        kept, rest, _ = _truncated_factors(rest, threshold, caps[k], log)
+        threshold = log.threshold
+        new_rank = int(kept.shape[1])
+        cores.append(xp.reshape(kept, (rank, shape[k], new_rank)))
         rank = new_rank
     cores.append(xp.reshape(rest, (rank, shape[-1], 1)))
-    log.bound = log.finish(total, stacklevel=5)  # user -> tt_svd -> _tt_svd_cores -> finish
+    log.bound = log.finish(log.total, stacklevel=5)  # user -> tt_svd -> _tt_svd_cores -> finish
     return cores
 
 
@@ -287,21 +389,77 @@ def round(
     eps = _check_eps("round", eps)
     _ops._require_train("round", x)
     caps = _check_max_rank("round", max_rank, x.ndim - 1)
-    cores = _orthogonalized(_ops._flat_cores(x), 0)
-    xp = B.namespace(*cores)
-    total = B.to_float(xp.linalg.vector_norm(cores[0]))
+    cores = _ops._flat_cores(x)
+    log = _ErrorLog("round", eps)
+    log.relative = (eps or 0.0) / math.sqrt(max(len(cores) - 1, 1))
+    if len(cores) == 1 or any(_differentiable(c) for c in cores):
+        cores = _round_differentiable(cores, caps, log)
+    else:
+        cores = _round_fast(cores, caps, log)
+    result = _ops._like(x, cores)
+    bound = log.finish(log.total, stacklevel=4)  # user -> round -> finish
+    return (result, bound) if return_error else result
+
+
+def _refuse_non_finite(total: float) -> None:
     if not math.isfinite(total):
         raise ValueError("round: the train has NaN or inf entries; rounding is undefined")
-    d = len(cores)
-    threshold = (eps or 0.0) / math.sqrt(max(d - 1, 1)) * total
-    log = _ErrorLog("round", eps)
-    for k in range(d - 1):
+
+
+def _round_differentiable(cores: list[Any], caps: list[int | None], log: _ErrorLog) -> list[Any]:
+    """TT-Toolbox rounding: right-to-left QR sweep (Q formed), then left-to-right truncated SVDs."""
+    cores = _orthogonalized(cores, 0)
+    xp = B.namespace(*cores)
+    log.total = _safe_norm(cores[0])
+    _refuse_non_finite(log.total)
+    threshold = log.relative * log.total
+    for k in range(len(cores) - 1):
         r, n, _ = (int(s) for s in cores[k].shape)
         u, s, vh = _svd(xp.reshape(cores[k], (r * n, -1)))
         rank, discarded, needed = _choose_rank(s, threshold, caps[k])
         log.add(rank, discarded, needed)
         cores[k] = xp.reshape(u[:, :rank], (r, n, rank))
         cores[k + 1] = einsum("ab,bnc->anc", s[:rank, None] * vh[:rank, :], cores[k + 1])
-    result = _ops._like(x, cores)
-    bound = log.finish(total, stacklevel=4)  # user -> round -> finish
-    return (result, bound) if return_error else result
+    return cores
+
+
+def _round_fast(cores: list[Any], caps: list[int | None], log: _ErrorLog) -> list[Any]:
+    """Rounding with only the R factors of the right-to-left orthogonalisation.
+
+    Notes: with X_{>k} the (r_k, n_{k+1}...n_d) unfolding of the cores right of k, a right-to-left
+    sweep of R-only QRs gives ``X_{>k} = F_k Q_k^T`` (F_k small, Q_k orthonormal, never formed):
+    ``F_{k-1} = R`` of the QR of ``(core_k x_3 F_k)`` unfolded ``(r_{k-1}, n_k r_k)`` and transposed.
+    Left to right, with the kept cores left-orthonormal and ``M_k = P_{k-1} core_k`` (r n, r_k), the
+    k-th unfolding of x is ``U_{<k} M_k F_k Q_k^T``, so the truncated SVD of the small ``M_k F_k``
+    (r n, rho_k) gives the rank, the new core U_r and the discarded norm exactly as the Q-formed
+    algorithm does; the carry is ``P_k = U_r^T M_k`` (the Q_k-free form of S_r W_r^T). The sweep
+    costs one R-only QR and two small GEMMs per core instead of a Q-forming QR, and every SVD is of
+    an (r n, rho) matrix with the already truncated rank r. Cost: ``O(d n R^3)``.
+    """
+    xp = B.namespace(*cores)
+    d = len(cores)
+    factors: list[Any] = [None] * d
+    factor = None
+    for k in range(d - 1, 0, -1):
+        core = cores[k] if factor is None else einsum("anb,cb->anc", cores[k], factor)
+        r = int(core.shape[0])
+        factor = _qr_r(xp.permute_dims(xp.reshape(core, (r, -1)), (1, 0)))  # (rho, r_{k-1})
+        factors[k] = factor
+    cores = list(cores)
+    carry = None
+    for k in range(d - 1):
+        core = cores[k] if carry is None else einsum("ab,bnc->anc", carry, cores[k])
+        r, n, right = (int(s) for s in core.shape)
+        matrix = xp.reshape(core, (r * n, right))
+        reduced = xp.matmul(matrix, xp.permute_dims(factors[k + 1], (1, 0)))  # (r n, rho)
+        if k == 0 and not B.all_finite(reduced):
+            _refuse_non_finite(math.nan)
+        u, s, _ = _svd(reduced)
+        threshold = log.pending(s) if k == 0 else log.threshold
+        rank, discarded, needed = _choose_rank(s, threshold, caps[k])
+        log.add(rank, discarded, needed)
+        kept = u[:, :rank]
+        cores[k] = xp.reshape(kept, (r, n, rank))
+        carry = xp.matmul(xp.permute_dims(kept, (1, 0)), matrix)  # (rank, r_k)
+    cores[d - 1] = einsum("ab,bnc->anc", carry, cores[d - 1])
+    return cores

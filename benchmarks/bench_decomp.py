@@ -1,0 +1,367 @@
+"""Benchmark: tensornet.tt_svd / tensornet.round against teneva, torchTT, tntorch and tensorly.
+
+Run:  python benchmarks/bench_decomp.py [--repeats 7] [--out benchmarks/results/decomp_cpu.md]
+
+The cases are those of REFERENCE.md's "Measured baselines" table, float64, 2 threads:
+
+* ``tt-svd 8^7 rank 6``: the dense 8^7 tensor of a random TT with ranks (1, 6, ..., 6, 1), eps 1e-8.
+* ``tt-svd sin 10^6`` and ``tt-svd sin 4^11``: f(x) = sin(10 ||x||_2) sampled on the uniform grid of
+  [0, 1]^d (n points per axis, end points included), eps 1e-6. The radial sine gives TT-ranks 10-13.
+* ``round d=20 n=8 60->20`` and ``round d=40 n=4 90->30``: x = a + 1e-10 * b with a a random TT of rank
+  20 (30) and b a random TT of rank 40 (60), both of unit norm; x is stored with rank 60 (90) (the
+  cores of a sum), and rounding at eps 1e-8 must recover rank 20 (30): the rank-40 (60) perturbation
+  is below the per-unfolding threshold eps / sqrt(d - 1) ||x||, a's singular values are far above it.
+
+Every result is checked for ``||x - y||_F <= eps ||x||_F``: against the dense tensor for TT-SVD, and
+for rounding through the TT of x - y (block cores) orthogonalised by a QR sweep, which gives its norm
+to working accuracy (a Gram/dot-product formula would cancel at the 1e-8 level). Peers are called with
+their documented accuracy arguments: torchTT ``TT(x, eps)`` / ``.round(eps)``, tntorch
+``Tensor(x, eps=)`` / ``.round_tt(eps)``, teneva ``svd(x, e)`` / ``truncate(y, e)`` (teneva's ``svd``
+threshold is absolute per unfolding, so it gets ``e = eps / sqrt(d - 1) * ||x||``, ``||x||`` timed with
+it), tensorly ``tensor_train(x, rank)`` (it has no accuracy argument; it gets the ranks tensornet
+found). Times are medians over ``--repeats`` runs after one warm-up; the ratio column is the time over
+the fastest *correct* peer (error <= eps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+warnings.filterwarnings("ignore")  # torchTT warns on import that its C++ extension is missing
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))  # a checkout
+
+import tensornet as tn  # noqa: E402
+
+THREADS = 2
+
+
+# --- inputs -------------------------------------------------------------------------------------------
+def random_cores(rng: np.random.Generator, n: int, d: int, rank: int) -> list[np.ndarray]:
+    ranks = [1] + [rank] * (d - 1) + [1]
+    cores = [rng.standard_normal((ranks[k], n, ranks[k + 1])) / math.sqrt(n * ranks[k]) for k in range(d)]
+    scale = tt_norm(cores) ** (-1.0 / d)
+    return [c * scale for c in cores]
+
+
+def sum_cores(a: list[np.ndarray], b: list[np.ndarray]) -> list[np.ndarray]:
+    """Cores of the TT a + b (block diagonal in the middle)."""
+    d = len(a)
+    out = []
+    for k, (x, y) in enumerate(zip(a, b)):
+        if k == 0:
+            out.append(np.concatenate([x, y], axis=2))
+        elif k == d - 1:
+            out.append(np.concatenate([x, y], axis=0))
+        else:
+            core = np.zeros((x.shape[0] + y.shape[0], x.shape[1], x.shape[2] + y.shape[2]))
+            core[: x.shape[0], :, : x.shape[2]] = x
+            core[x.shape[0] :, :, x.shape[2] :] = y
+            out.append(core)
+    return out
+
+
+def tt_norm(cores: list[np.ndarray]) -> float:
+    """||TT||_F by a left-to-right QR sweep (accurate even when the TT is a small difference)."""
+    carry = np.ones((1, 1))
+    for core in cores:
+        core = np.einsum("ab,bnc->anc", carry, core)
+        r, n, r2 = core.shape
+        carry = np.linalg.qr(core.reshape(r * n, r2), mode="r")
+    return float(np.linalg.norm(carry))
+
+
+def full(cores: list[np.ndarray]) -> np.ndarray:
+    out = cores[0].reshape(-1, cores[0].shape[-1])
+    for core in cores[1:]:
+        out = (out @ core.reshape(core.shape[0], -1)).reshape(-1, core.shape[-1])
+    return out.reshape([c.shape[1] for c in cores])
+
+
+def radial_sine(n: int, d: int) -> np.ndarray:
+    axis = np.linspace(0.0, 1.0, n)
+    grid = np.meshgrid(*([axis] * d), indexing="ij", sparse=True)
+    return np.ascontiguousarray(np.sin(10.0 * np.sqrt(sum(g * g for g in grid))) + np.zeros((n,) * d))
+
+
+# --- peers -------------------------------------------------------------------------------------------
+def peers() -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for name, module in (
+        ("teneva", "teneva"),
+        ("torchTT", "torchtt"),
+        ("tntorch", "tntorch"),
+        ("tensorly", "tensorly"),
+    ):
+        try:
+            found[name] = __import__(module)
+        except Exception as err:
+            print(f"# {name} unavailable: {err}")
+    return found
+
+
+def as_numpy_cores(result: Any) -> list[np.ndarray]:
+    """Plain TT cores (r, n, r') of a result: a list of cores, or a tntorch Tensor (whose TT-SVD can
+    put Tucker factors U_k (n_k, s_k) on modes; they are merged into the cores here, outside timing)."""
+    cores = list(getattr(result, "cores", result))
+    factors = list(getattr(result, "Us", [None] * len(cores)))
+    out = []
+    for c, u in zip(cores, factors):
+        if u is not None:
+            c = torch.einsum("asb,ns->anb", c, u)
+        if isinstance(c, torch.Tensor):
+            c = c.detach().cpu().numpy()
+        out.append(np.asarray(c, dtype=np.float64))
+    return out
+
+
+def ranks_of(cores: list[np.ndarray]) -> tuple[int, ...]:
+    return (1, *(int(c.shape[-1]) for c in cores))
+
+
+# --- timing ------------------------------------------------------------------------------------------
+def timed(fn: Callable[[], Any], repeats: int, budget: float = 4.0) -> tuple[float, float, Any]:
+    """(median, min) seconds over ``repeats`` runs after a warm-up; slow methods stop after 3 runs
+    once ``budget`` seconds are spent, to keep the whole benchmark within a few minutes."""
+    result = fn()  # warm-up (also compiles caches and allocators)
+    times: list[float] = []
+    while len(times) < repeats and (len(times) < 3 or sum(times) < budget):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)), float(np.min(times)), result
+
+
+def run_case(
+    title: str,
+    eps: float,
+    methods: dict[str, Callable[[], Any]],
+    error_of: Callable[[list[np.ndarray]], float],
+    repeats: int,
+    lines: list[str],
+) -> dict[str, tuple[float, float, float, tuple[int, ...]]]:
+    rows: dict[str, tuple[float, float, float, tuple[int, ...]]] = {}
+    for name, fn in methods.items():
+        try:
+            median, best, result = timed(fn, repeats)
+        except Exception as err:
+            lines.append(f"| {title} | {name} | failed: {type(err).__name__}: {str(err)[:60]} | | | | |")
+            continue
+        cores = as_numpy_cores(result)
+        rows[name] = (median, best, error_of(cores), ranks_of(cores))
+    correct_peers = {k: v for k, v in rows.items() if not k.startswith("tensornet") and v[2] <= eps}
+    fastest = min(correct_peers.items(), key=lambda kv: kv[1][0]) if correct_peers else None
+    for name, (median, best, err, ranks) in rows.items():
+        ok = "yes" if err <= eps else "NO"
+        ratio = f"{median / fastest[1][0]:.2f}" if fastest else "n/a"
+        shown = f"{max(ranks)} {list(ranks)}" if len(ranks) <= 13 else f"{max(ranks)}"
+        lines.append(
+            f"| {title} | {name} | {median * 1e3:.1f} | {best * 1e3:.1f} | {ratio} | {err:.2e} {ok} | {shown} |"
+        )
+    if fastest:
+        mine = rows.get("tensornet (numpy)")
+        verdict = ""
+        if mine:
+            met = mine[0] <= 0.5 * fastest[1][0] and max(mine[3]) <= max(fastest[1][3]) and mine[2] <= eps
+            verdict = f"target <= 0.5x: {'MET' if met else 'MISSED'}"
+        lines.append(f"|  | fastest correct peer: {fastest[0]} | | | | | {verdict} |")
+    for line in lines[-(len(rows) + 1) :]:
+        print(line, flush=True)
+    return rows
+
+
+# --- cases -------------------------------------------------------------------------------------------
+def tt_svd_case(
+    title: str, x: np.ndarray, eps: float, repeats: int, found: dict[str, Any], lines: list[str]
+) -> None:
+    xt = torch.from_numpy(x)
+    d = x.ndim
+    norm_x = float(np.linalg.norm(x))
+
+    def error_of(cores: list[np.ndarray]) -> float:
+        return float(np.linalg.norm(x - full(cores)) / norm_x)
+
+    mine = tn.tt_svd(x, eps=eps)
+    methods: dict[str, Callable[[], Any]] = {
+        "tensornet (numpy)": lambda: tn.tt_svd(x, eps=eps).cores,
+        "tensornet (torch)": lambda: tn.tt_svd(xt, eps=eps).cores,
+    }
+    if "teneva" in found:
+        teneva = found["teneva"]
+        methods["teneva"] = lambda: teneva.svd(x, e=eps / math.sqrt(d - 1) * np.linalg.norm(x))
+    if "torchTT" in found:
+        torchtt = found["torchTT"]
+        methods["torchTT"] = lambda: torchtt.TT(xt, eps=eps).cores
+    if "tntorch" in found:
+        tntorch = found["tntorch"]
+        methods["tntorch"] = lambda: tntorch.Tensor(xt, eps=eps)
+    if "tensorly" in found:
+        tensorly = found["tensorly"]
+        from tensorly.decomposition import tensor_train
+
+        tensorly.set_backend("numpy")
+        methods["tensorly (tensornet's ranks)"] = lambda: tensor_train(x, list(mine.ranks)).factors
+    run_case(title, eps, methods, error_of, repeats, lines)
+
+
+def round_case(
+    title: str, n: int, d: int, rank: int, eps: float, repeats: int, found: dict[str, Any], lines: list[str]
+) -> None:
+    rng = np.random.default_rng(2024 + d)
+    a = random_cores(rng, n, d, rank)
+    b = random_cores(rng, n, d, 2 * rank)
+    x = sum_cores(a, [c * (1e-10 ** (1.0 / d)) for c in b])
+    norm_x = tt_norm(x)
+    xt = [torch.from_numpy(c) for c in x]
+    x_tn, xt_tn = tn.TT(x), tn.TT(xt)
+
+    def error_of(cores: list[np.ndarray]) -> float:
+        return tt_norm(sum_cores(x, [-cores[0], *cores[1:]])) / norm_x
+
+    methods: dict[str, Callable[[], Any]] = {
+        "tensornet (numpy)": lambda: tn.round(x_tn, eps=eps).cores,
+        "tensornet (torch)": lambda: tn.round(xt_tn, eps=eps).cores,
+    }
+    if "teneva" in found:
+        teneva = found["teneva"]
+        methods["teneva"] = lambda: teneva.truncate(x, e=eps)
+    if "torchTT" in found:
+        torchtt = found["torchTT"]
+        x_ttt = torchtt.TT(xt)
+        methods["torchTT"] = lambda: x_ttt.round(eps).cores
+    if "tntorch" in found:
+        tntorch = found["tntorch"]
+
+        def tntorch_round() -> Any:
+            t = tntorch.Tensor([c.clone() for c in xt])  # round_tt works in place
+            t.round_tt(eps)
+            return t
+
+        methods["tntorch"] = tntorch_round
+    run_case(title, eps, methods, error_of, repeats, lines)
+
+
+def machine() -> list[str]:
+    try:
+        cpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        model = next(
+            (ln.split(":", 1)[1].strip() for ln in cpu.splitlines() if ln.startswith("Model name")), "?"
+        )
+    except OSError:
+        model = "?"
+    found = {}
+    for module in ("teneva", "torchtt", "tntorch", "tensorly"):
+        try:
+            found[module] = __import__(module).__version__
+        except Exception:
+            found[module] = "?"
+    blas = "?"
+    try:
+        import threadpoolctl
+
+        info = threadpoolctl.threadpool_info()
+        blas = ", ".join(f"{i['internal_api']} {i.get('version')} ({i['num_threads']} threads)" for i in info)
+    except Exception:
+        pass
+    return [
+        f"- CPU: {model}, {os.cpu_count()} logical cores; {platform.platform()}",
+        f"- Python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__} "
+        f"(torch.set_num_threads({THREADS})), BLAS: {blas}",
+        "- peers: " + ", ".join(f"{k} {v}" for k, v in found.items()),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--out", default=None, help="also write the markdown table here")
+    parser.add_argument("--only", default=None, help="run only cases whose title contains this")
+    args = parser.parse_args()
+    torch.set_num_threads(THREADS)
+    try:
+        import threadpoolctl
+
+        threadpoolctl.threadpool_limits(THREADS)
+    except ImportError:
+        pass
+    found = peers()
+    lines = [
+        "| case | method | median ms | min ms | ratio to fastest correct peer | rel. error <= eps | max rank [ranks] |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    print("\n".join(lines))
+    start = time.perf_counter()
+    cases: list[tuple[str, Callable[[], None]]] = [
+        (
+            "tt-svd 8^7 rank 6, eps 1e-8",
+            lambda: tt_svd_case(
+                "tt-svd 8^7 rank 6, eps 1e-8",
+                full(random_cores(np.random.default_rng(7), 8, 7, 6)),
+                1e-8,
+                args.repeats,
+                found,
+                lines,
+            ),
+        ),
+        (
+            "tt-svd sin 10^6, eps 1e-6",
+            lambda: tt_svd_case(
+                "tt-svd sin 10^6, eps 1e-6", radial_sine(10, 6), 1e-6, args.repeats, found, lines
+            ),
+        ),
+        (
+            "tt-svd sin 4^11, eps 1e-6",
+            lambda: tt_svd_case(
+                "tt-svd sin 4^11, eps 1e-6", radial_sine(4, 11), 1e-6, max(3, args.repeats // 2), found, lines
+            ),
+        ),
+        (
+            "round d=20 n=8 60->20, eps 1e-8",
+            lambda: round_case(
+                "round d=20 n=8 60->20, eps 1e-8", 8, 20, 20, 1e-8, args.repeats, found, lines
+            ),
+        ),
+        (
+            "round d=40 n=4 90->30, eps 1e-8",
+            lambda: round_case(
+                "round d=40 n=4 90->30, eps 1e-8", 4, 40, 30, 1e-8, args.repeats, found, lines
+            ),
+        ),
+    ]
+    for title, case in cases:
+        if args.only is None or args.only in title:
+            case()
+    elapsed = time.perf_counter() - start
+    print(f"# total {elapsed:.0f} s")
+    if args.out:
+        header = [
+            "# tensornet decompositions vs peers (CPU)",
+            "",
+            f"Command: `python {' '.join(sys.argv)}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+            f"{elapsed:.0f} s)",
+            "",
+            *machine(),
+            "",
+            "Inputs, accuracy checks and peer calls are described in the docstring of benchmarks/bench_decomp.py.",
+            "Ratio = median time / median of the fastest peer whose result met eps. Target: tensornet (numpy)",
+            "<= 0.5x with max rank no larger than that peer's.",
+            "",
+        ]
+        with open(args.out, "w") as fh:
+            fh.write("\n".join(header + lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
