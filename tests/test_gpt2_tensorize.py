@@ -27,6 +27,14 @@ SMALL = GPT2Config()  # GPT-2 small: 12 x 768, vocabulary 50,257, 1,024 position
 MEDIUM = GPT2Config(n_layer=24, n_embd=1024, n_head=16)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize(
     ("config", "rank", "bias", "expected", "cores"),
     [

@@ -13,9 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("transformers")
-pytest.importorskip("tokenizers")
-
 from tensornet.gpt2 import TrainConfig, build_model, gpt2_config, stdlib_corpus, train
 from tensornet.gpt2._data import (
     _is_val,
@@ -29,6 +26,15 @@ from tensornet.gpt2._data import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and a busy machine does not stall them."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

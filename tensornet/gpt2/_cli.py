@@ -76,7 +76,9 @@ def _add_model_args(
     )
 
 
-def _add_ttm_args(p: argparse.ArgumentParser, *, rank: int | None, shapes: str, help_rank: str) -> None:
+def _add_ttm_args(
+    p: argparse.ArgumentParser, *, rank: int | None, shapes: str, help_rank: str, ncores: int = 3
+) -> None:
     g = p.add_argument_group("tensorization")
     g.add_argument("--rank", type=int, default=rank, help=help_rank)
     g.add_argument(
@@ -88,7 +90,10 @@ def _add_ttm_args(p: argparse.ArgumentParser, *, rank: int | None, shapes: str, 
         f"pairs (default {shapes})",
     )
     g.add_argument(
-        "--ncores", type=int, default=3, help="number of TT cores for --shapes balanced (default 3)"
+        "--ncores",
+        type=int,
+        default=ncores,
+        help=f"number of TT cores for --shapes balanced (default {ncores})",
     )
     g.add_argument(
         "--layers",
@@ -247,6 +252,7 @@ def cmd_compare(args) -> int:
         "tokens": str(token_file),
         "train": asdict(_train_config(args)),
         "corpus": corpus.description,
+        "threads": args.threads,
     }
     variants = ("dense", "ttm") + (() if args.no_lowrank else ("lowrank",))
     tokens = args.steps * args.batch_size * args.block_size
@@ -449,8 +455,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/compare", help="output folder (default runs/compare)")
     _add_data_args(p, max_chars=1_500_000)
     _add_model_args(p, preset=None, n_layer=4, n_embd=256, n_head=4)
-    _add_ttm_args(p, rank=16, shapes="balanced", help_rank="TT rank of the TTM model (default 16)")
+    _add_ttm_args(p, rank=32, shapes="balanced", ncores=4, help_rank="TT rank of the TTM model (default 32)")
     p.add_argument("--no-lowrank", action="store_true", help="skip the low-rank baseline")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads per training process (default: torch's default, the number of cores)",
+    )
     _add_train_args(
         p,
         TrainConfig(

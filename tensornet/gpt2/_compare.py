@@ -37,7 +37,8 @@ def build_variant(spec: dict):
 
 def run_variant(spec: dict) -> dict:
     """Train one variant (run in a fresh process so its peak memory is its own) and return its results."""
-    torch.set_num_threads(spec["threads"]) if spec.get("threads") else None
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
     data = torch.load(spec["tokens"], weights_only=True)
     model, report = build_variant(spec)
     cfg = TrainConfig(**spec["train"])
