@@ -9,12 +9,15 @@ import numpy as np
 import pytest
 from conftest import as_numpy as _as_numpy
 from conftest import dense_ttm, gpu
+from hypothesis import given
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
 import tensornet as tn  # noqa: E402
 from tensornet.nn import RankClipWarning, TTMLinear  # noqa: E402
+from tensornet.testing import strategies as tns  # noqa: E402
 
 
 def as_numpy(array):
@@ -65,6 +68,28 @@ def test_forward_equals_nn_linear_on_the_rebuilt_weight(in_f, out_f, in_shape, o
         as_numpy(y), as_numpy(nn.functional.linear(x, weight, b)), rtol=1e-10, atol=1e-12
     )
     np.testing.assert_allclose(as_numpy(layer.to_linear()(x)), as_numpy(y), rtol=1e-10, atol=1e-12)
+
+
+@given(shapes=tns.ttm_shapes(max_ndim=3, max_size=4), data=st.data(), bias=st.booleans())
+def test_property_forward_equals_the_rebuilt_weight(shapes, data, bias):
+    out_shape, in_shape = shapes
+    ranks = data.draw(tns.bond_ranks([m * n for m, n in zip(out_shape, in_shape)], max_rank=3))
+    lead = data.draw(st.lists(st.integers(1, 3), max_size=2).map(tuple))
+    in_f, out_f = math.prod(in_shape), math.prod(out_shape)
+    layer = TTMLinear(
+        in_f, out_f, rank=ranks, in_shape=in_shape, out_shape=out_shape, bias=bias, dtype=torch.float64
+    )
+    assert layer.ranks == (1, *ranks, 1) and layer.weight.shape == (out_f, in_f)
+    weight, b = dense_reference(layer)
+    x = torch.randn(*lead, in_f, dtype=torch.float64)
+    with torch.no_grad():
+        y = layer(x)
+        np.testing.assert_allclose(
+            as_numpy(y), as_numpy(nn.functional.linear(x, weight, b)), rtol=1e-10, atol=1e-12
+        )
+        np.testing.assert_allclose(
+            as_numpy(layer.to_linear().weight), as_numpy(weight), rtol=1e-10, atol=1e-12
+        )
 
 
 @pytest.mark.parametrize(("in_f", "out_f", "in_shape", "out_shape", "rank"), SHAPES)
