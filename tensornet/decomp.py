@@ -182,14 +182,14 @@ def _r_of_transpose(a: Any) -> Any:
 def _truncated_factors(
     matrix: Any, threshold: float | None, cap: int | None, log: _ErrorLog
 ) -> tuple[Any, Any, Any]:
-    """(U_r, S_r V_r^T, singular values) of a truncated SVD of ``matrix`` (m, N).
-
-    With ``threshold`` None the rank is chosen later by the caller from the returned singular
-    values; here it is chosen by :func:`_choose_rank` and logged.
-    """
+    """(U_r, S_r V_r^T, singular values) of the truncated SVD of ``matrix`` (m, N); the rank is
+    chosen by :func:`_choose_rank` (``threshold`` None: from the norm of ``matrix``) and logged."""
     xp = B.namespace(matrix)
     m, total = (int(n) for n in matrix.shape)
     if not _differentiable(matrix) and total >= 2 * m:
+        certified = _gram_factors(matrix, threshold, cap, log)
+        if certified is not None:
+            return certified
         u, s, _ = _svd(xp.permute_dims(_r_of_transpose(matrix), (1, 0)))
         rank = _log_rank(s, threshold, cap, log)
         kept = u[:, :rank]
@@ -197,6 +197,73 @@ def _truncated_factors(
     u, s, vh = _svd(matrix)
     rank = _log_rank(s, threshold, cap, log)
     return u[:, :rank], s[:rank, None] * vh[:rank, :], s
+
+
+def _row_norms2(b: Any) -> np.ndarray:
+    """Squared row norms of ``b`` as float64 numpy (no (m, N) temporary on numpy)."""
+    if _is_torch(b):
+        xp = B.namespace(b)
+        return np.asarray(B.to_backend(xp.sum(b * b, axis=1), "numpy"), dtype=np.float64)
+    return np.einsum("ij,ij->i", b, b).astype(np.float64)
+
+
+def _gram_factors(
+    matrix: Any, threshold: float | None, cap: int | None, log: _ErrorLog
+) -> tuple[Any, Any, Any] | None:
+    """Truncated factors of a wide ``matrix`` (m, N) from its Gram matrix, or None if not certified.
+
+    Notes: ``V`` = eigenvectors of ``G = A A^T`` (descending) and ``B = V^T A`` cost two BLAS-3
+    passes over A. B has A's singular values sigma_i. Because V is orthogonal, keeping B's first r
+    rows discards exactly ``tail(r) = sum_{i >= r} ||B_i||^2``, computed from B itself, so the eps
+    guarantee holds whatever V's accuracy, and ``sum_{i >= r} sigma_i^2 <= tail(r)``: the rank r
+    chosen from ``tail`` is at least the SVD's. Minimality is certified from the kept rows
+    ``B_K = D C D`` (D = their norms, C their correlation matrix, rho = ||C - I||_2 plus the
+    rounding allowance of forming C): by interlacing and Ostrowski's theorem
+    ``sigma_{r-1}^2 >= sigma_{r-1}(B_K)^2 >= (1 - rho) min_{i<r} ||B_i||^2``, and if that exceeds
+    the threshold squared the SVD cannot keep fewer than r values. Where it does not (a kept
+    singular value that alone is below the threshold), or ``max_rank`` binds, or eps = 0, or the
+    squares would overflow/underflow, None sends the caller to the QR route. Cost ``O(m^2 N)``.
+    """
+    xp = B.namespace(matrix)
+    m, total = (int(n) for n in matrix.shape)
+    if (threshold is not None and threshold <= 0.0) or log.relative <= 0.0:
+        return None
+    unit = B.finfo_eps(matrix)
+    with np.errstate(all="ignore"):  # overflow/underflow is detected below and sent the QR route
+        gram = xp.matmul(matrix, xp.permute_dims(matrix, (1, 0)))
+        trace = B.to_float(xp.sum(xp.linalg.diagonal(gram)))
+    finfo = xp.finfo(matrix.dtype)
+    if not float(finfo.smallest_normal) / unit**2 < trace < float(finfo.max) / (4 * m):
+        return None  # squares would underflow or overflow: the QR route scales safely
+    _, vectors = xp.linalg.eigh(gram)
+    order = xp.arange(m - 1, -1, -1, device=B.device(matrix))
+    vectors = xp.take(vectors, order, axis=1)  # descending eigenvalues, a copy: BLAS-ready strides
+    rows = xp.matmul(xp.permute_dims(vectors, (1, 0)), matrix)  # B = V^T A, (m, N)
+    norms2 = _row_norms2(rows)
+    norm2 = float(np.sum(norms2))
+    first = threshold is None
+    if threshold is None:
+        threshold = log.relative * math.sqrt(norm2)
+    tail = np.concatenate([np.cumsum(norms2[::-1])[::-1], [0.0]])  # tail[r] = sum_{i >= r} ||B_i||^2
+    needed = max(1, int(np.nonzero(tail <= threshold * threshold)[0][0]))
+    if cap is not None and cap < needed:
+        return None
+    if needed > 1:
+        kept = rows[:needed, :]
+        cross = np.asarray(
+            B.to_backend(xp.matmul(kept, xp.permute_dims(kept, (1, 0))), "numpy"), dtype=np.float64
+        )
+        scale = np.sqrt(np.diag(cross))
+        if not np.all(scale > 0):
+            return None
+        rho = float(np.linalg.norm(cross / np.outer(scale, scale) - np.eye(needed), 2))
+        rho += 2.0 * total * unit  # rounding of the products forming ``cross`` (worst case)
+        if (1.0 - rho) * float(np.min(norms2[:needed])) <= threshold * threshold:
+            return None
+    if first:  # ||x||_F of tt_svd's first unfolding
+        log.total, log.threshold = math.sqrt(norm2), threshold
+    log.add(needed, float(tail[needed]), needed)
+    return vectors[:, :needed], rows[:needed, :], None
 
 
 def _log_rank(singular: Any, threshold: float | None, cap: int | None, log: _ErrorLog) -> int:
