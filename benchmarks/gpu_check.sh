@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# One prepared GPU pass (device machine: python3 with torch + transformers, no network):
+# the CUDA tests, then the GPT-2 training-step benchmark. Wheels the image lacks are carried in .gpu_wheels/.
+set -u
+cd "$(dirname "$0")/.."
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+out=${OUT:-/tmp/gpu_out}
+mkdir -p "$out"
+python3 -c "import array_api_compat" 2>/dev/null || python3 -m pip install -q --no-deps --no-index .gpu_wheels/array_api_compat-*.whl
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/machine.txt"
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$out/machine.txt"
+timeout "${TESTS_S:-120}" python3 -m pytest -q -m gpu -o filterwarnings=default -p no:cacheprovider tests 2>&1 | tee "$out/gpu_tests.txt"
+if [ -f benchmarks/gpu_gpt2.py ]; then
+  timeout "${GPT2_S:-240}" python3 benchmarks/gpu_gpt2.py ${GPT2_ARGS:-} 2>&1 | tee "$out/gpu_gpt2.txt"
+fi
