@@ -29,8 +29,13 @@ def make(num, dim, voc_shape, emb_shape, rank, dtype=torch.float64):
 
 
 @pytest.mark.parametrize(("num", "dim", "voc_shape", "emb_shape", "rank"), CASES)
-def test_lookup_equals_rows_of_the_full_table_with_gradients(num, dim, voc_shape, emb_shape, rank):
+@pytest.mark.parametrize("lookup", ["auto", "gather"])
+def test_lookup_equals_rows_of_the_full_table_with_gradients(num, dim, voc_shape, emb_shape, rank, lookup):
     layer = make(num, dim, voc_shape, emb_shape, rank)
+    layer.lookup = lookup
+    d = len(layer.voc_shape)
+    # 28 tokens: "auto" contracts the first two cores over all their prefixes (<= 28 of them) first.
+    assert layer.prefix_cores(28) == (1 if lookup == "gather" or d < 3 else 2)
     assert math.prod(layer.voc_shape) >= num
     table = torch.tensor(dense_ttm(layer.weight))  # entry by entry, independent of tensornet
     ids = torch.randint(0, num, (4, 7))
