@@ -42,6 +42,7 @@ def test_help_explains_every_subcommand():
         assert exit_info.value.code == 0
 
 
+@pytest.mark.slow
 def test_compare_end_to_end(tmp_path, capsys):
     out = tmp_path / "cmp"
     code = main(
@@ -66,7 +67,9 @@ def test_compare_end_to_end(tmp_path, capsys):
     )
     printed = capsys.readouterr().out
     assert code == 0, printed
-    assert "| dense |" in printed and "| TTM r=4 |" in printed and "| low-rank r=" in printed
+    assert (
+        "| dense |" in printed and "| TTM r=4 (ranks 1,4,4,4,1) |" in printed and "| low-rank r=" in printed
+    )
     summary = json.loads((out / "results.json").read_text())
     results = {r["variant"]: r for r in summary["results"]}
     assert set(results) == {"dense", "ttm", "lowrank"}
@@ -104,6 +107,7 @@ def _train(out: Path, *extra: str) -> int:
     )
 
 
+@pytest.mark.slow
 def test_train_resume_eval_compress(tmp_path, capsys):
     assert _train(tmp_path / "full", "--rank", "4", "--shapes", "balanced", "--eval-every", "3") == 0
     assert (

@@ -178,6 +178,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_ddp_gloo_two_processes_match_one(tmp_path):
     """torchrun with 2 CPU processes (gloo): each takes half of the same global batch, so the losses equal a
     single-process run's up to float reduction order."""

@@ -560,6 +560,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the CLI prints its own progress
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, NotImplementedError, FloatingPointError) as err:

@@ -6,9 +6,12 @@ import concurrent.futures
 import math
 import multiprocessing
 import platform
+import warnings
 from pathlib import Path
 
 import torch
+
+from tensornet.nn import RankClipWarning
 
 from ._data import write_json
 from ._model import build_model, gpt2_config
@@ -22,14 +25,17 @@ def build_variant(spec: dict):
     model = build_model(config, seed=spec["seed"])
     report = None
     if spec["variant"] == "ttm":
-        model, report = tensorize(
-            model,
-            rank=spec["rank"],
-            shapes=spec["shapes"],
-            layers=spec["layers"],
-            bias=spec["bias"],
-            ncores=spec["ncores"],
-        )
+        with warnings.catch_warnings():
+            # bonds above their useful maximum are clipped; the table shows the ranks actually used
+            warnings.simplefilter("ignore", RankClipWarning)
+            model, report = tensorize(
+                model,
+                rank=spec["rank"],
+                shapes=spec["shapes"],
+                layers=spec["layers"],
+                bias=spec["bias"],
+                ncores=spec["ncores"],
+            )
     elif spec["variant"] == "lowrank":
         model, report = lowrank(model, rank=spec["lowrank_rank"], layers=spec["layers"], bias=spec["bias"])
     return model, report
@@ -54,6 +60,7 @@ def run_variant(spec: dict) -> dict:
         "loss": history.loss,
         "val": history.val,
         "layers": None if report is None else str(report),
+        "ranks": None if report is None else list(report.layers[0].ranks),
     }
 
 
@@ -116,7 +123,7 @@ def table(summary: dict) -> str:
     for r in summary["results"]:
         name = {
             "dense": "dense",
-            "ttm": f"TTM r={summary['spec']['rank']}",
+            "ttm": f"TTM r={summary['spec']['rank']} (ranks {','.join(map(str, r.get('ranks') or []))})",
             "lowrank": f"low-rank r={summary['spec'].get('lowrank_rank')}",
         }[r["variant"]]
         lines.append(
