@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 import tensornet as tn
-from tensornet.nn import TTMLinear
+from tensornet.nn import TTEmbedding, TTMLinear
 
 IN_FEATURES, OUT_FEATURES = 768, 3072
 IN_SHAPE, OUT_SHAPE = (8, 8, 12), (12, 16, 16)
@@ -266,6 +266,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ranks", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--budget", type=float, default=3.0, help="seconds of timing per layer and mode")
+    parser.add_argument(
+        "--embedding", action="store_true", help="also TTEmbedding vs nn.Embedding (GPT-2's 50,257 x 768)"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -300,6 +303,44 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"\nsaved for bwd: activations only (parameters excluded); the dense layer saves x ({math.prod(x.shape) * 4 / 2**20:.1f} MiB)."
     )
+    if args.embedding:
+        embedding_table(args.tokens, args.ranks, args.budget)
+
+
+def embedding_table(tokens: int, ranks: list[int], budget: float) -> None:
+    """TTEmbedding (both lookups) vs nn.Embedding at GPT-2's vocabulary: fwd+bwd time and saved bytes."""
+    torch.manual_seed(0)
+    ids = torch.randint(0, 50257, (tokens,))
+    rows: dict[str, Row] = {}
+    steps: dict[str, Callable[[], None]] = {}
+    layers: dict[str, nn.Module] = {"nn.Embedding (dense)": nn.Embedding(50257, 768)}
+    for rank in ranks:
+        for lookup in ("auto", "gather"):
+            layer = TTEmbedding(50257, 768, rank=rank)
+            layer.lookup = lookup
+            layers[f"TTEmbedding r={rank} lookup={lookup} (prefix cores {layer.prefix_cores(tokens)})"] = (
+                layer
+            )
+    for name, layer in layers.items():
+        row = rows[name] = Row(name, params=sum(p.numel() for p in layer.parameters()))
+        row.saved_mib = saved_bytes(layer, ids) / 2**20
+
+        def step(layer: nn.Module = layer) -> None:
+            layer.zero_grad(set_to_none=True)
+            layer(ids).sum().backward()
+
+        steps[name] = step
+    for name, seconds in interleaved_medians(steps, rows, budget_s=budget).items():
+        rows[name].train_ms = 1e3 * seconds
+    print(f"\n### embedding 50,257 x 768, {tokens} tokens (fwd+bwd; no decoding column)\n")
+    print("| layer | params | fwd+bwd ms | vs dense | saved for bwd MiB |")
+    print("|---|---:|---:|---:|---:|")
+    base = rows["nn.Embedding (dense)"]
+    for row in rows.values():
+        print(
+            f"| {row.name} | {row.params:,} | {fmt(row.train_ms)} | {ratio(row.train_ms, base.train_ms)} | "
+            f"{fmt(row.saved_mib)} |"
+        )
 
 
 if __name__ == "__main__":
