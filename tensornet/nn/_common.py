@@ -106,7 +106,7 @@ def resolve_shapes(
 
 def padded_factorization(n: int, d: int) -> tuple[int, ...]:
     """The smallest ``n' >= n`` (and its factors) whose :func:`factorize` into ``d`` factors is balanced:
-    no factor above ``1.25 * n^(1/d)``. GPT-2's 50,257 tokens become 50,400 = 35 x 36 x 40 for d = 3.
+    no factor above ``1.25 * n^(1/d)``. GPT-2's 50,257 tokens become 50,310 = 30 x 39 x 43 for d = 3.
 
     Cost: ``O(sqrt(n))`` per candidate; the gap to the next balanced size is small (a few hundred at most).
     """

@@ -36,7 +36,7 @@ class TTEmbedding(nn.Module):
     row ``i`` of ``W`` with the C-order multi-index ``(i_1..i_d)`` over ``voc_shape``. A vocabulary that
     does not factor well (GPT-2's 50,257 is 29 x 1,733) is padded: ``prod(voc_shape) >= num_embeddings``
     and rows past ``num_embeddings`` are never looked up (by default the smallest size whose factors are
-    balanced, e.g. 50,400 = 35 x 36 x 40).
+    balanced, e.g. 50,310 = 30 x 39 x 43).
 
     Lookup: ``index -> (i_1..i_d) -> G_k[:, i_k, :, :]`` gathered per token, contracted left to right.
     Cost per token ``O(sum_k (n_1..n_k) r_{k-1} r_k)`` flops and ``O(max_k r_{k-1} n_k r_k)`` memory for the
