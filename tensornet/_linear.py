@@ -99,18 +99,78 @@ def _to_interleaved_axes(d: int) -> tuple[int, ...]:
     return tuple(a for k in range(d) for a in (k, d + k))
 
 
-def rebuild(cores: Sequence[Any], envs: Sequence[Any] | None = None, *, xp: Any = None) -> Any:
-    """The dense ``(M, N)`` matrix of TTM cores: a right-to-left GEMM sweep and one permuting copy."""
+def split_point(shapes: Sequence[tuple[int, ...]]) -> int:
+    """Where the dense train is formed as one product ``L @ R`` of its left (cores ``< s``) and right
+    halves: the ``s`` minimising the two halves' sizes ``(P_{<s} + P_{>=s}) r_s`` (the final GEMM costs
+    ``2 P r_s`` whatever ``s``). Shapes are TT ``(r, p, r')`` or TTM ``(r, m, n, r')``."""
+    sizes = [math.prod(int(v) for v in shape[1:-1]) for shape in shapes]
+    best, best_cost = 1, math.inf
+    for split in range(1, len(shapes)):
+        cost = (math.prod(sizes[:split]) + math.prod(sizes[split:])) * int(shapes[split][0])
+        if cost < best_cost:
+            best, best_cost = split, cost
+    return best
+
+
+def _left_product(flat_cores: Sequence[Any], xp: Any) -> Any:
+    """Cores ``0..s-1`` contracted as a ``(p_0 ... p_{s-1}, r_s)`` matrix: one GEMM per core, no copies."""
+    first = flat_cores[0]
+    current = xp.reshape(first, (int(first.shape[0]) * int(first.shape[1]), int(first.shape[2])))
+    for core in flat_cores[1:]:
+        left, size, right = (int(v) for v in core.shape)
+        current = xp.reshape(current @ xp.reshape(core, (left, size * right)), (-1, right))
+    return current
+
+
+def _halves(flat_cores: Sequence[Any], xp: Any) -> tuple[Any, Any, int]:
+    split = split_point([tuple(c.shape) for c in flat_cores])
+    return _left_product(flat_cores[:split], xp), right_environments(flat_cores[split:], xp=xp)[0], split
+
+
+def _interleaved_full(flat_cores: Sequence[Any], xp: Any) -> tuple[Any, Any]:
+    """The dense train (interleaved modes) as ``(P_{<s}, P_{>=s})`` and the halves ``(L, R, s)`` it came
+    from (``None`` for one core)."""
+    if len(flat_cores) == 1:
+        return xp.reshape(flat_cores[0], (1, -1)), None
+    left, right, split = _halves(flat_cores, xp)
+    return left @ right, (left, right, split)
+
+
+def _core_grads_from_halves(flat_cores: Sequence[Any], grad: Any, halves: Any, xp: Any) -> list[Any]:
+    """Core gradients for the cotangent ``grad`` of ``L @ R`` (shape ``(P_{<s}, P_{>=s})``): two GEMMs
+    ``dL = grad R^T``, ``dR = L^T grad`` (``2 P r_s`` each), then the small halves' own core gradients
+    (their open bond folded into the end core's mode)."""
+    if halves is None:
+        return [xp.reshape(grad, tuple(int(v) for v in flat_cores[0].shape))]
+    left, right, split = halves
+    grad_left, grad_right = grad @ right.T, left.T @ grad
+    lefts = list(flat_cores[:split])
+    end = lefts[-1]
+    lefts[-1] = xp.reshape(end, (int(end.shape[0]), int(end.shape[1]) * int(end.shape[2]), 1))
+    rights = list(flat_cores[split:])
+    start = rights[0]
+    rights[0] = xp.reshape(start, (1, int(start.shape[0]) * int(start.shape[1]), int(start.shape[2])))
+    grads = core_grads_from_dense(lefts, grad_left, xp=xp) + core_grads_from_dense(rights, grad_right, xp=xp)
+    return [xp.reshape(g, tuple(int(v) for v in c.shape)) for g, c in zip(grads, flat_cores)]
+
+
+def rebuild(cores: Sequence[Any], *, xp: Any = None, halves: bool = False) -> Any:
+    """The dense ``(M, N)`` matrix of TTM cores: the halves' products, one GEMM ``L @ R`` and one
+    permuting copy. With ``halves`` returns ``(W, halves)`` for :func:`_core_grads_from_halves`.
+    Cost: ``2 M N r_s`` plus the halves (``O(sqrt(M N) r^2)`` for balanced shapes)."""
     xp = _namespace(xp, *cores)
-    if envs is None:
-        envs = right_environments(_flat(cores, xp), xp=xp)
+    interleaved, parts = _interleaved_full(_flat(cores, xp), xp)
     rows = [int(c.shape[1]) for c in cores]
     cols = [int(c.shape[2]) for c in cores]
     d = len(cores)
     if d == 1:
-        return xp.reshape(envs[0], (rows[0], cols[0]))
-    interleaved = xp.reshape(envs[0], tuple(s for pair in zip(rows, cols) for s in pair))
-    return xp.reshape(xp.permute_dims(interleaved, _to_matrix_axes(d)), (math.prod(rows), math.prod(cols)))
+        dense = xp.reshape(interleaved, (rows[0], cols[0]))
+    else:
+        interleaved = xp.reshape(interleaved, tuple(v for pair in zip(rows, cols) for v in pair))
+        dense = xp.reshape(
+            xp.permute_dims(interleaved, _to_matrix_axes(d)), (math.prod(rows), math.prod(cols))
+        )
+    return (dense, parts) if halves else dense
 
 
 def _dense_to_interleaved(cores: Sequence[Any], dense: Any, xp: Any) -> Any:
@@ -232,13 +292,15 @@ def linear_backward(
         return (grad_x if need_x else None), grads
     if strategy != "dense":
         raise ValueError(f"linear: unknown backward strategy {strategy!r}; use 'dense' or 'sweep'")
-    flat = _flat(cores, xp)
-    envs = right_environments(flat, xp=xp)
-    grad_x = grad_y @ rebuild(cores, envs, xp=xp) if need_x else None
+    weight, parts = rebuild(cores, xp=xp, halves=True)
+    grad_x = grad_y @ weight if need_x else None
     if not need_cores:
         return grad_x, None
-    grad_w = grad_y.T @ x2d
-    flat_grads = core_grads_from_dense(flat, _dense_to_interleaved(cores, grad_w, xp), envs, xp=xp)
+    del weight
+    grad_w = _dense_to_interleaved(cores, grad_y.T @ x2d, xp)
+    split = parts[2] if parts is not None else 1
+    rows_left = math.prod(int(c.shape[1]) * int(c.shape[2]) for c in cores[:split])
+    flat_grads = _core_grads_from_halves(_flat(cores, xp), xp.reshape(grad_w, (rows_left, -1)), parts, xp)
     grads = [xp.reshape(g, tuple(int(s) for s in c.shape)) for g, c in zip(flat_grads, cores)]
     return grad_x, grads
 

@@ -286,22 +286,30 @@ def _shapes_of(cores: Sequence[Any]) -> tuple[tuple[int, int, int, int], ...]:
     return tuple(out)  # type: ignore[return-value]
 
 
-def _right_sweep_steps(
-    machine: Machine, item: int, shapes: Sequence[tuple[int, ...]], what: str
-) -> list[Step]:
-    steps = []
-    tail = shapes[-1][1] * shapes[-1][2]
-    for left, m, n, right in reversed(shapes[:-1]):
-        steps.append(_gemm(machine, item, left * m * n, right, tail, what))
-        tail *= m * n
-    return steps
+def _split(shapes: Sequence[tuple[int, ...]]) -> int:
+    # the same rule as tensornet._linear.split_point (kept here so the planner imports no kernels)
+    sizes = [math.prod(shape[1:-1]) for shape in shapes]
+    costs = [(math.prod(sizes[:s]) + math.prod(sizes[s:])) * shapes[s][0] for s in range(1, len(shapes))]
+    return 1 + costs.index(min(costs))
 
 
 def _rebuild_steps(machine: Machine, item: int, shapes: Sequence[tuple[int, ...]]) -> list[Step]:
+    """W as L @ R (left and right halves' products), then one permuting copy to matrix layout."""
     rows, cols = math.prod(s[1] for s in shapes), math.prod(s[2] for s in shapes)
-    steps = _right_sweep_steps(machine, item, shapes, "rebuild W")
-    if len(shapes) > 1:
-        steps.append(_copy(machine, item, rows * cols, "W to matrix layout"))
+    if len(shapes) == 1:
+        return []
+    split = _split(shapes)
+    steps = []
+    head = shapes[0][1] * shapes[0][2]
+    for left, m, n, right in shapes[1:split]:
+        steps.append(_gemm(machine, item, head, left, m * n * right, "left half"))
+        head *= m * n
+    tail = shapes[-1][1] * shapes[-1][2]
+    for left, m, n, right in reversed(shapes[split:-1]):
+        steps.append(_gemm(machine, item, left * m * n, right, tail, "right half"))
+        tail *= m * n
+    steps.append(_gemm(machine, item, head, shapes[split][0], tail, "W = L @ R"))
+    steps.append(_copy(machine, item, rows * cols, "W to matrix layout"))
     return steps
 
 
@@ -384,11 +392,14 @@ def _backward_candidates(
     ]
     if len(shapes) > 1:
         dense.append(_copy(machine, item, rows * cols, "dW to core layout"))
-    tail = rows * cols
-    for k, (left, m, n, right) in enumerate(shapes[:-1]):
-        tail //= m * n
-        dense.append(_gemm(machine, item, left * m * n, tail, right, f"dG_{k}"))
-        dense.append(_gemm(machine, item, right, left * m * n, tail, f"partial {k + 1}"))
+        split = _split(shapes)
+        head = math.prod(s[1] * s[2] for s in shapes[:split])
+        rank = shapes[split][0]
+        dense.append(_gemm(machine, item, head, rows * cols // head, rank, "dL = dW R^T"))
+        dense.append(_gemm(machine, item, rank, head, rows * cols // head, "dR = L^T dW"))
+        # the halves' own core gradients: GEMMs of the size of the halves
+        dense.append(_gemm(machine, item, head, rank, 4 * rank, "halves' core gradients"))
+        dense.append(_gemm(machine, item, 4 * rank, rank, rows * cols // head, "halves' core gradients"))
     sweep = _sweep_steps(machine, item, shapes, batch)
     size = batch * cols
     for k, (left, m, n, right) in enumerate(shapes):
