@@ -103,7 +103,7 @@ def split_point(shapes: Sequence[tuple[int, ...]]) -> int:
     """Where the dense train is formed as one product ``L @ R`` of its left (cores ``< s``) and right
     halves: the ``s`` minimising the two halves' sizes ``(P_{<s} + P_{>=s}) r_s`` (the final GEMM costs
     ``2 P r_s`` whatever ``s``). Shapes are TT ``(r, p, r')`` or TTM ``(r, m, n, r')``."""
-    sizes = [math.prod(int(v) for v in shape[1:-1]) for shape in shapes]
+    sizes = [math.prod([int(v) for v in shape[1:-1]]) for shape in shapes]  # lists: dynamo traces them
     best, best_cost = 1, math.inf
     for split in range(1, len(shapes)):
         cost = (math.prod(sizes[:split]) + math.prod(sizes[split:])) * int(shapes[split][0])
@@ -299,7 +299,7 @@ def linear_backward(
     del weight
     grad_w = _dense_to_interleaved(cores, grad_y.T @ x2d, xp)
     split = parts[2] if parts is not None else 1
-    rows_left = math.prod(int(c.shape[1]) * int(c.shape[2]) for c in cores[:split])
+    rows_left = math.prod([int(c.shape[1]) * int(c.shape[2]) for c in cores[:split]])
     flat_grads = _core_grads_from_halves(_flat(cores, xp), xp.reshape(grad_w, (rows_left, -1)), parts, xp)
     grads = [xp.reshape(g, tuple(int(s) for s in c.shape)) for g, c in zip(flat_grads, cores)]
     return grad_x, grads
