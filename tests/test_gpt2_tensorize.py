@@ -12,6 +12,7 @@ from transformers.pytorch_utils import Conv1D
 
 from tensornet.gpt2 import (
     LowRankLinear,
+    TiedTTHead,
     build_model,
     count_params,
     gpt2_config,
@@ -88,6 +89,12 @@ def test_from_weights_at_full_rank_is_exact():
     low, report = lowrank(copy.deepcopy(dense), rank=64, from_weights=True, layers=("mlp", "attn"))
     assert report.max_error < 1e-12
     torch.testing.assert_close(low(input_ids=x).logits, ref, rtol=1e-9, atol=1e-9)
+    # the token embedding as a TT embedding with the tied head: exact at full rank too
+    emb, report = tensorize(
+        copy.deepcopy(dense), rank=512, shapes="balanced", ncores=2, from_weights=True, embeddings=True
+    )
+    assert report.layers[-1].name == "transformer.wte" and report.max_error < 1e-12
+    torch.testing.assert_close(emb(input_ids=x).logits, ref, rtol=1e-9, atol=1e-9)
     # truncation is visible in the report and in the output
     ttm4, report = tensorize(copy.deepcopy(dense), rank=4, shapes="balanced", ncores=2, from_weights=True)
     assert 0.1 < report.max_error < 1 and not torch.allclose(ttm4(input_ids=x).logits, ref)
@@ -129,7 +136,7 @@ def test_lowrank_matches_a_parameter_budget():
     assert 0.015 < float(layer.weight.detach().std()) < 0.025
 
 
-@pytest.mark.parametrize("method", ["ttm", "ttm-eps", "lowrank", "dense"])
+@pytest.mark.parametrize("method", ["ttm", "ttm-eps", "ttm-emb", "lowrank", "dense"])
 def test_save_load_round_trip_and_generate(tmp_path, method):
     model = tiny()
     if method == "ttm":
@@ -137,6 +144,9 @@ def test_save_load_round_trip_and_generate(tmp_path, method):
     elif method == "ttm-eps":
         tensorize(model, rank=None, eps=0.6, shapes="balanced", ncores=2, from_weights=True)
         assert "layer_ranks" in model.config.tensornet
+    elif method == "ttm-emb":
+        tensorize(model, rank=6, shapes="balanced", embeddings=True, embedding_rank=12)
+        assert isinstance(model.lm_head, TiedTTHead)
     elif method == "lowrank":
         lowrank(model, rank=5)
     with torch.no_grad():
@@ -149,7 +159,10 @@ def test_save_load_round_trip_and_generate(tmp_path, method):
     assert loaded.state_dict().keys() == model.state_dict().keys()
     for k, v in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v), k
-    assert loaded.lm_head.weight is loaded.transformer.wte.weight
+    if method == "ttm-emb":  # the head computes its logits from the embedding's own cores
+        assert loaded.lm_head._embedding[0] is loaded.transformer.wte
+    else:
+        assert loaded.lm_head.weight is loaded.transformer.wte.weight
     prompt = torch.tensor([[1, 2, 3]])
     kwargs = {"max_new_tokens": 5, "do_sample": False, "pad_token_id": 0}
     out = loaded.generate(prompt, **kwargs)
@@ -180,8 +193,6 @@ def test_bad_arguments_raise_clear_errors(tmp_path):
         tensorize(tiny(), rank=4, shapes="balanced", layers=("mlp", "lm_head"))
     with pytest.raises(ValueError, match="needs from_weights=True"):
         tensorize(tiny(), rank=None, eps=0.1, shapes="balanced")
-    with pytest.raises(NotImplementedError, match="embeddings"):
-        tensorize(tiny(), rank=4, shapes="balanced", embeddings=True)
     with pytest.raises(TypeError, match="expected a GPT2LMHeadModel"):
         tensorize(torch.nn.Linear(4, 4), rank=2)
     with pytest.raises(FileNotFoundError, match="does not exist"):

@@ -12,6 +12,7 @@ from ._model import PRESETS, build_model, gpt2_config, load_model, save_model
 from ._tensorize import (
     LayerReport,
     TensorizeReport,
+    TiedTTHead,
     balanced_pairs,
     count_params,
     lowrank,
@@ -27,6 +28,7 @@ __all__ = [
     "LayerReport",
     "LowRankLinear",
     "TensorizeReport",
+    "TiedTTHead",
     "TrainConfig",
     "balanced_pairs",
     "build_model",

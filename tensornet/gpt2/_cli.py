@@ -106,6 +106,18 @@ def _add_ttm_args(
         action="store_true",
         help="drop the biases of tensorized layers (the paper's r=16/32/64 runs)",
     )
+    _add_embedding_args(g)
+
+
+def _add_embedding_args(g) -> None:
+    g.add_argument(
+        "--embeddings",
+        action="store_true",
+        help="also make the token embedding a TT embedding (the LM head stays tied to it)",
+    )
+    g.add_argument(
+        "--embedding-rank", type=int, default=None, help="TT rank of the embedding (default: --rank)"
+    )
 
 
 def _add_train_args(p: argparse.ArgumentParser, d: TrainConfig, *, recipe_note: str) -> None:
@@ -246,6 +258,8 @@ def cmd_compare(args) -> int:
         "rank": args.rank,
         "shapes": _shapes(args.shapes),
         "ncores": args.ncores,
+        "embeddings": args.embeddings,
+        "embedding_rank": args.embedding_rank,
         "layers": _layers(args.layers),
         "bias": not args.no_bias,
         "device": device,
@@ -299,6 +313,8 @@ def cmd_train(args) -> int:
             layers=_layers(args.layers),
             bias=not args.no_bias,
             ncores=args.ncores,
+            embeddings=args.embeddings,
+            embedding_rank=args.embedding_rank,
         )
     elif args.lowrank:
         model, report = lowrank(model, rank=args.lowrank, layers=_layers(args.layers), bias=not args.no_bias)
@@ -355,7 +371,8 @@ def cmd_train(args) -> int:
             f"checkpoint: {out / CHECKPOINT}"
             + (f"; model: {out / 'model'}" if finished else "; continue with --resume")
         )
-    Distributed().close() if torch.distributed.is_initialized() else None
+    if torch.distributed.is_initialized():  # started by train() under torchrun
+        torch.distributed.destroy_process_group()
     return 0
 
 
@@ -413,6 +430,8 @@ def cmd_compress(args) -> int:
         bias=not args.no_bias,
         from_weights=True,
         ncores=args.ncores,
+        embeddings=args.embeddings,
+        embedding_rank=args.embedding_rank,
     )
     after = _perplexity(model, ids, args)
     save_model(model, args.out, tokenizer=tokenizer)
@@ -554,6 +573,7 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--ncores", type=int, default=3, help="cores for --shapes balanced")
             p.add_argument("--layers", default="mlp", help="layer groups to convert: mlp, attn or mlp,attn")
             p.add_argument("--no-bias", action="store_true", help="drop the converted layers' biases")
+            _add_embedding_args(p)
         p.set_defaults(func=func)
     return root
 

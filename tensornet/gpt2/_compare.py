@@ -35,6 +35,8 @@ def build_variant(spec: dict):
                 layers=spec["layers"],
                 bias=spec["bias"],
                 ncores=spec["ncores"],
+                embeddings=spec.get("embeddings", False),
+                embedding_rank=spec.get("embedding_rank"),
             )
     elif spec["variant"] == "lowrank":
         model, report = lowrank(model, rank=spec["lowrank_rank"], layers=spec["layers"], bias=spec["bias"])

@@ -147,6 +147,7 @@ def load_model(directory: str | os.PathLike, *, device: str | torch.device | Non
                 f"{str(path)!r} does not match its recorded tensorization: missing {missing[:5]}, "
                 f"unexpected {unexpected[:5]}"
             )
-        model.tie_weights()
+        if not settings.get("embeddings"):  # a TT embedding's head is tied by construction
+            model.tie_weights()
     model.eval()
     return model.to(device) if device is not None else model

@@ -261,6 +261,7 @@ def tensorize(
     eps: float | None = None,
     layer_ranks: Mapping[str, Sequence[int]] | None = None,
     clip_rank: bool | None = None,
+    embedding_rank: int | None = None,
 ) -> tuple[nn.Module, TensorizeReport]:
     """Replace GPT-2's linear layers by ``tensornet.nn.TTMLinear`` in place; return ``(model, report)``.
 
@@ -269,19 +270,20 @@ def tensorize(
     ``"balanced"`` (``ncores`` near-equal factors per side) or ``{"mlp.c_fc": ((in_1, out_1), ...), ...}``.
     ``from_weights=True`` converts the existing weights with ``ttm_svd`` at ``rank`` (report: relative error per
     layer); otherwise the TT cores are initialised with ``init``. ``bias=False`` drops the biases (the paper's
-    r = 16/32/64 runs). The settings are recorded in ``model.config.tensornet`` so ``load_model`` can rebuild it.
+    r = 16/32/64 runs). ``embeddings=True`` also makes the token embedding a ``tensornet.nn.TTEmbedding``
+    (TT rank ``embedding_rank``, default ``rank``; ``ncores`` balanced cores, the vocabulary padded to a size
+    that factors well) and the LM head a ``TiedTTHead`` computing logits from the same cores, so the head
+    stays tied as in GPT-2. The settings are recorded in ``model.config.tensornet`` so ``load_model`` can rebuild it.
 
     Bond ranks above their useful maximum are clipped by ``TTMLinear`` (with a ``RankClipWarning``) unless
     ``clip_rank=False``; the default keeps them for ``shapes="paper"``, whose published parameter counts use the
     uniform rank even where the last core (e.g. (1, 6)) cannot use it.
 
     Raises ValueError for a rank below 1 or (from scratch) above every bond's useful maximum, shapes that do not multiply to the layer's
-    widths, unknown layer groups; NotImplementedError for ``embeddings=True``.
+    widths, unknown layer groups.
     """
     from tensornet.nn import TTMLinear
 
-    if embeddings:
-        raise NotImplementedError("tensorize: embeddings=True (TT token embedding) is not supported yet")
     if eps is not None and not from_weights:
         raise ValueError("tensorize: eps selects ranks from existing weights; it needs from_weights=True")
     if rank is None and eps is None and layer_ranks is None:
@@ -347,6 +349,20 @@ def tensorize(
                 error,
             )
         )
+    if embeddings:
+        emb_rank = embedding_rank if embedding_rank is not None else rank
+        pairs = _tensorize_embedding(
+            model,
+            rank=emb_rank,
+            eps=eps,
+            from_weights=from_weights,
+            init=init,
+            ncores=ncores,
+            shapes=shapes.get("wte") if isinstance(shapes, Mapping) else None,
+            ranks=None if layer_ranks is None else layer_ranks.get("transformer.wte"),
+            report=report,
+        )
+        resolved["wte"] = pairs
     report.params_after = count_params(model)
     settings = {
         "method": "ttm",
@@ -357,7 +373,8 @@ def tensorize(
         "init": init,
         "clip_rank": clip_rank,
     }
-    if rank is None or eps is not None or len({lay.ranks for lay in report.layers}) > 1:
+    settings["embeddings"] = bool(embeddings)
+    if embeddings or rank is None or eps is not None or len({lay.ranks for lay in report.layers}) > 1:
         settings["layer_ranks"] = {lay.name: list(lay.ranks) for lay in report.layers}
     _record(model, settings)
     return model, report
@@ -419,6 +436,86 @@ def _record(model: nn.Module, settings: dict) -> None:
         config.tensornet = settings
 
 
+class TiedTTHead(nn.Module):
+    """GPT-2's LM head tied to a ``TTEmbedding``: ``logits = x @ E.T`` with ``E`` the embedding's TT table
+    ``(padded vocabulary, width)``, padded rows dropped. It holds no parameters of its own (the cores are the
+    embedding's), so ``state_dict`` stores them once. Cost per token: that of ``tn.linear`` on ``E``."""
+
+    def __init__(self, embedding: nn.Module) -> None:
+        super().__init__()
+        self._embedding = (embedding,)  # a tuple: not registered twice as a submodule
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        embedding = self._embedding[0]
+        cores = list(embedding.cores)
+        if torch.is_autocast_enabled(x.device.type) and x.is_floating_point():
+            cast = torch.get_autocast_dtype(x.device.type)
+            x, cores = x.to(cast), [c.to(cast) for c in cores]
+        logits = tn.linear(x, tn.TTM(cores))  # (..., width) -> (..., padded vocabulary)
+        return logits[..., : embedding.num_embeddings]
+
+    def extra_repr(self) -> str:
+        return f"tied to the TT embedding ({self._embedding[0].num_embeddings} x {self._embedding[0].embedding_dim})"
+
+
+def _tensorize_embedding(model, *, rank, eps, from_weights, init, ncores, shapes, ranks, report) -> tuple:
+    """Replace ``transformer.wte`` by a TTEmbedding and ``lm_head`` by a TiedTTHead; return its core pairs."""
+    from tensornet.nn import TTEmbedding
+
+    old = model.transformer.wte
+    if not isinstance(old, nn.Embedding):
+        raise TypeError(f"tensorize: transformer.wte is a {type(old).__name__}, expected nn.Embedding")
+    vocab, width = old.num_embeddings, old.embedding_dim
+    voc_shape = tuple(v for v, _ in shapes) if shapes else None
+    emb_shape = tuple(e for _, e in shapes) if shapes else None
+    if ranks is not None:
+        new = TTEmbedding(
+            vocab,
+            width,
+            rank=tuple(ranks[1:-1]),
+            voc_shape=voc_shape,
+            emb_shape=emb_shape,
+            device=old.weight.device,
+            dtype=old.weight.dtype,
+            init=init,
+            clip_rank=False,
+        )
+    elif from_weights:
+        new = TTEmbedding.from_embedding(
+            old, rank=rank, eps=eps, voc_shape=voc_shape, emb_shape=emb_shape, ncores=ncores
+        )
+    else:
+        _check_rank_type(rank)
+        new = TTEmbedding(
+            vocab,
+            width,
+            rank=rank,
+            voc_shape=voc_shape,
+            emb_shape=emb_shape,
+            ncores=ncores,
+            device=old.weight.device,
+            dtype=old.weight.dtype,
+            init=init,
+        )
+    before = old.weight.numel()
+    model.transformer.wte = new
+    model.lm_head = TiedTTHead(new)
+    pairs = tuple(zip(new.voc_shape, new.emb_shape))
+    report.layers.append(
+        LayerReport(
+            "transformer.wte",
+            width,
+            vocab,
+            pairs,
+            tuple(new.ranks),
+            before,
+            sum(p.numel() for p in new.parameters()),
+            new.conversion_error,
+        )
+    )
+    return pairs
+
+
 def rebuild(model: nn.Module, settings: Mapping) -> nn.Module:
     """Apply recorded ``config.tensornet`` settings to a freshly built dense model (no weights converted)."""
     method = settings.get("method")
@@ -433,6 +530,7 @@ def rebuild(model: nn.Module, settings: Mapping) -> nn.Module:
             init=settings.get("init", "gpt2"),
             layer_ranks=settings.get("layer_ranks"),
             clip_rank=bool(settings.get("clip_rank", True)),
+            embeddings=bool(settings.get("embeddings", False)),
         )
     elif method == "lowrank":
         lowrank(
