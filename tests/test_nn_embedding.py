@@ -172,3 +172,19 @@ def test_cuda_lookup_and_gradients_match_cpu():
     np.testing.assert_allclose(as_numpy(out), as_numpy(expected), rtol=1e-5, atol=1e-6)
     out.square().sum().backward()
     assert all(c.grad is not None and c.grad.device.type == "cuda" for c in cuda.cores)
+
+
+@pytest.mark.filterwarnings("ignore:Dynamo detected a call to a `functools.lru_cache`")
+def test_torch_compile_matches_eager_without_graph_breaks():
+    layer = make(57, 24, (3, 4, 5), (2, 3, 4), 3, dtype=torch.float32)
+    ids = torch.randint(0, 57, (4, 7))
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, backend="aot_eager")
+    out, expected = compiled(ids), layer(ids)
+    np.testing.assert_allclose(as_numpy(out), as_numpy(expected), rtol=1e-6, atol=1e-7)
+    grads = torch.autograd.grad(out.square().sum(), list(layer.parameters()))
+    grads_eager = torch.autograd.grad(expected.square().sum(), list(layer.parameters()))
+    for a, b in zip(grads, grads_eager):
+        np.testing.assert_allclose(as_numpy(a), as_numpy(b), rtol=1e-5, atol=1e-6)
+    torch._dynamo.reset()
+    assert torch._dynamo.explain(layer)(ids).graph_break_count == 0
