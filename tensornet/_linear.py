@@ -127,50 +127,75 @@ def _halves(flat_cores: Sequence[Any], xp: Any) -> tuple[Any, Any, int]:
     return _left_product(flat_cores[:split], xp), right_environments(flat_cores[split:], xp=xp)[0], split
 
 
-def _interleaved_full(flat_cores: Sequence[Any], xp: Any) -> tuple[Any, Any]:
-    """The dense train (interleaved modes) as ``(P_{<s}, P_{>=s})`` and the halves ``(L, R, s)`` it came
-    from (``None`` for one core)."""
-    if len(flat_cores) == 1:
-        return xp.reshape(flat_cores[0], (1, -1)), None
-    left, right, split = _halves(flat_cores, xp)
-    return left @ right, (left, right, split)
-
-
-def _core_grads_from_halves(flat_cores: Sequence[Any], grad: Any, halves: Any, xp: Any) -> list[Any]:
-    """Core gradients for the cotangent ``grad`` of ``L @ R`` (shape ``(P_{<s}, P_{>=s})``): two GEMMs
-    ``dL = grad R^T``, ``dR = L^T grad`` (``2 P r_s`` each), then the small halves' own core gradients
-    (their open bond folded into the end core's mode)."""
-    if halves is None:
-        return [xp.reshape(grad, tuple(int(v) for v in flat_cores[0].shape))]
-    left, right, split = halves
-    grad_left, grad_right = grad @ right.T, left.T @ grad
-    lefts = list(flat_cores[:split])
-    end = lefts[-1]
-    lefts[-1] = xp.reshape(end, (int(end.shape[0]), int(end.shape[1]) * int(end.shape[2]), 1))
-    rights = list(flat_cores[split:])
-    start = rights[0]
-    rights[0] = xp.reshape(start, (1, int(start.shape[0]) * int(start.shape[1]), int(start.shape[2])))
-    grads = core_grads_from_dense(lefts, grad_left, xp=xp) + core_grads_from_dense(rights, grad_right, xp=xp)
-    return [xp.reshape(g, tuple(int(v) for v in c.shape)) for g, c in zip(grads, flat_cores)]
+def _regroup(matrix: Any, cores: Sequence[Any], axis: int, to_blocks: bool, xp: Any) -> Any:
+    """Reorder one axis of ``matrix`` (size ``prod m_k n_k`` over ``cores``) between interleaved
+    ``(m_1, n_1, m_2, n_2, ...)`` and blocked ``(m_1, m_2, ..., n_1, n_2, ...)`` order (a small copy)."""
+    d = len(cores)
+    rows = [int(c.shape[1]) for c in cores]
+    cols = [int(c.shape[2]) for c in cores]
+    inner = [v for pair in zip(rows, cols) for v in pair] if to_blocks else rows + cols
+    order = list(_to_matrix_axes(d) if to_blocks else _to_interleaved_axes(d))
+    other = int(matrix.shape[1 - axis])
+    shape = (*inner, other) if axis == 0 else (other, *inner)
+    axes = (*order, d * 2) if axis == 0 else (0, *(a + 1 for a in order))
+    return xp.reshape(xp.permute_dims(xp.reshape(matrix, shape), axes), tuple(int(v) for v in matrix.shape))
 
 
 def rebuild(cores: Sequence[Any], *, xp: Any = None, halves: bool = False) -> Any:
-    """The dense ``(M, N)`` matrix of TTM cores: the halves' products, one GEMM ``L @ R`` and one
-    permuting copy. With ``halves`` returns ``(W, halves)`` for :func:`_core_grads_from_halves`.
-    Cost: ``2 M N r_s`` plus the halves (``O(sqrt(M N) r^2)`` for balanced shapes)."""
+    """The dense ``(M, N)`` matrix of TTM cores.
+
+    The left and right halves' products ``L`` (``P_{<s} x r_s``) and ``R`` (``r_s x P_{>=s}``) are
+    reordered to blocked modes (small copies), so the one big GEMM ``L @ R`` yields
+    ``(M_{<s}, N_{<s}, M_{>=s}, N_{>=s})`` and a block transpose with contiguous runs of ``N_{>=s}``
+    gives ``(M, N)``. With ``halves`` returns ``(W, (L, R, s))`` (blocked) for the backward.
+    Cost: ``2 M N r_s`` plus the halves (``O(sqrt(M N) r^2)`` for balanced shapes).
+    """
     xp = _namespace(xp, *cores)
-    interleaved, parts = _interleaved_full(_flat(cores, xp), xp)
     rows = [int(c.shape[1]) for c in cores]
     cols = [int(c.shape[2]) for c in cores]
-    d = len(cores)
-    if d == 1:
-        dense = xp.reshape(interleaved, (rows[0], cols[0]))
-    else:
-        interleaved = xp.reshape(interleaved, tuple(v for pair in zip(rows, cols) for v in pair))
-        dense = xp.reshape(
-            xp.permute_dims(interleaved, _to_matrix_axes(d)), (math.prod(rows), math.prod(cols))
-        )
-    return (dense, parts) if halves else dense
+    if len(cores) == 1:
+        dense = xp.reshape(cores[0], (rows[0], cols[0]))
+        return (dense, None) if halves else dense
+    flat = _flat(cores, xp)
+    left, right, split = _halves(flat, xp)
+    left = _regroup(left, cores[:split], 0, True, xp)
+    right = _regroup(right, cores[split:], 1, True, xp)
+    blocks = (
+        math.prod(rows[:split]),
+        math.prod(cols[:split]),
+        math.prod(rows[split:]),
+        math.prod(cols[split:]),
+    )
+    product = xp.reshape(left @ right, blocks)
+    dense = xp.reshape(xp.permute_dims(product, (0, 2, 1, 3)), (math.prod(rows), math.prod(cols)))
+    return (dense, (left, right, split)) if halves else dense
+
+
+def _core_grads_from_matrix(cores: Sequence[Any], grad_w: Any, parts: Any, xp: Any) -> list[Any]:
+    """Core gradients for the cotangent ``grad_w`` (M, N) of the rebuilt matrix, ``parts`` from
+    :func:`rebuild`: a block transpose of ``grad_w``, two GEMMs ``dL = G R^T``, ``dR = L^T G``
+    (``2 M N r_s`` each), then the small halves' own core gradients (their open bond folded into the
+    end core's mode)."""
+    if parts is None:
+        return [xp.reshape(grad_w, tuple(int(v) for v in cores[0].shape))]
+    left, right, split = parts
+    rows = [int(c.shape[1]) for c in cores]
+    cols = [int(c.shape[2]) for c in cores]
+    m_left, m_right = math.prod(rows[:split]), math.prod(rows[split:])
+    n_left, n_right = math.prod(cols[:split]), math.prod(cols[split:])
+    blocked = xp.permute_dims(xp.reshape(grad_w, (m_left, m_right, n_left, n_right)), (0, 2, 1, 3))
+    blocked = xp.reshape(blocked, (m_left * n_left, m_right * n_right))
+    grad_left = _regroup(blocked @ right.T, cores[:split], 0, False, xp)
+    grad_right = _regroup(left.T @ blocked, cores[split:], 1, False, xp)
+    flat = _flat(cores, xp)
+    lefts = list(flat[:split])
+    end = lefts[-1]
+    lefts[-1] = xp.reshape(end, (int(end.shape[0]), int(end.shape[1]) * int(end.shape[2]), 1))
+    rights = list(flat[split:])
+    start = rights[0]
+    rights[0] = xp.reshape(start, (1, int(start.shape[0]) * int(start.shape[1]), int(start.shape[2])))
+    grads = core_grads_from_dense(lefts, grad_left, xp=xp) + core_grads_from_dense(rights, grad_right, xp=xp)
+    return [xp.reshape(g, tuple(int(v) for v in c.shape)) for g, c in zip(grads, cores)]
 
 
 def _dense_to_interleaved(cores: Sequence[Any], dense: Any, xp: Any) -> Any:
@@ -297,12 +322,7 @@ def linear_backward(
     if not need_cores:
         return grad_x, None
     del weight
-    grad_w = _dense_to_interleaved(cores, grad_y.T @ x2d, xp)
-    split = parts[2] if parts is not None else 1
-    rows_left = math.prod([int(c.shape[1]) * int(c.shape[2]) for c in cores[:split]])
-    flat_grads = _core_grads_from_halves(_flat(cores, xp), xp.reshape(grad_w, (rows_left, -1)), parts, xp)
-    grads = [xp.reshape(g, tuple(int(s) for s in c.shape)) for g, c in zip(flat_grads, cores)]
-    return grad_x, grads
+    return grad_x, _core_grads_from_matrix(cores, grad_y.T @ x2d, parts, xp)
 
 
 def planned(x2d: Any, cores: Sequence[Any], *, dtype: Any = None) -> Any:
