@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -72,7 +73,7 @@ def build_model(config, *, seed: int | None = None, device: str | torch.device |
 
     if seed is not None:
         torch.manual_seed(seed)
-    model = GPT2LMHeadModel(config)
+    model: Any = GPT2LMHeadModel(config)
     return model.to(device) if device is not None else model
 
 
@@ -94,7 +95,8 @@ def save_model(model: nn.Module, directory: str | os.PathLike, *, tokenizer=None
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     model = getattr(model, "module", model)  # unwrap DDP
-    model.config.save_pretrained(tmp)
+    config: Any = model.config
+    config.save_pretrained(tmp)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k != "lm_head.weight"}
     save_file(state, str(tmp / _WEIGHTS), metadata={"format": "pt"})
     if tokenizer is not None:
@@ -126,6 +128,7 @@ def load_model(directory: str | os.PathLike, *, device: str | torch.device | Non
     except json.JSONDecodeError as err:
         raise ValueError(f"{str(path / 'config.json')!r} is not valid JSON: {err}") from None
     config = GPT2Config.from_pretrained(path)
+    model: Any
     settings = getattr(config, "tensornet", None)
     if settings is None:
         if not (path / _WEIGHTS).is_file() and not (path / "pytorch_model.bin").is_file():

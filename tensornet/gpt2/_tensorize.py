@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -147,7 +147,7 @@ def _conv_dims(module: nn.Module, name: str) -> tuple[int, int]:
     raise TypeError(f"tensorize: {name} is a {type(module).__name__}, expected GPT-2's Conv1D or nn.Linear")
 
 
-def _as_linear(module: nn.Module, name: str) -> nn.Linear:
+def _as_linear(module: Any, name: str) -> nn.Linear:
     """The layer as an ``nn.Linear`` with weight ``(out, in)`` (GPT-2's Conv1D weight is transposed here)."""
     in_features, out_features = _conv_dims(module, name)
     if isinstance(module, nn.Linear):
@@ -254,7 +254,7 @@ def tensorize(
     shapes: Literal["paper", "balanced"] | Mapping[str, Sequence[tuple[int, int]]] = "paper",
     layers: Sequence[str] = ("mlp",),
     bias: bool = True,
-    init: str = "gpt2",
+    init: Literal["gpt2", "glorot", "kaiming"] | float = "gpt2",
     from_weights: bool = False,
     embeddings: bool = False,
     ncores: int = 3,
@@ -309,15 +309,15 @@ def tensorize(
         ):  # converting, rank is a cap: ttm_svd stops at the useful size
             _check_ttm_rank(rank, pairs, name)
         in_shape, out_shape = tuple(i for i, _ in pairs), tuple(o for _, o in pairs)
-        layer_rank = tuple(layer_ranks[name][1:-1]) if layer_ranks is not None else rank
+        layer_rank: Any = tuple(layer_ranks[name][1:-1]) if layer_ranks is not None else rank
         error = None
         if from_weights:
             new = TTMLinear.from_linear(
                 _as_linear(old, name), rank=layer_rank, eps=eps, in_shape=in_shape, out_shape=out_shape
             )
-            error = float(new.conversion_error)
+            error = new.conversion_error
             if not bias and new.bias is not None:
-                new.bias = None
+                new.register_parameter("bias", None)
         else:
             new = TTMLinear(
                 in_features,
@@ -364,7 +364,7 @@ def tensorize(
         )
         resolved["wte"] = pairs
     report.params_after = count_params(model)
-    settings = {
+    settings: dict[str, Any] = {
         "method": "ttm",
         "rank": rank,
         "shapes": {k: [list(p) for p in v] for k, v in resolved.items()},
@@ -443,7 +443,7 @@ class TiedTTHead(nn.Module):
 
     def __init__(self, embedding: nn.Module) -> None:
         super().__init__()
-        self._embedding = (embedding,)  # a tuple: not registered twice as a submodule
+        self._embedding: tuple[Any] = (embedding,)  # a tuple: not registered twice as a submodule
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         embedding = self._embedding[0]
