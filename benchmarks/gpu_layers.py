@@ -113,6 +113,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget", type=float, default=1.0, help="seconds of timing per layer and mode")
     parser.add_argument("--out", default=None, help="also write the report (markdown) to this file")
     parser.add_argument(
+        "--compile", action="store_true", help="add TTMLinear under torch.compile (slower start)"
+    )
+    parser.add_argument(
         "--device", default="cuda", help="'cpu' only to dry-run the script (no memory figures)"
     )
     args = parser.parse_args(argv)
