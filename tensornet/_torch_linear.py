@@ -9,9 +9,12 @@ needs from them, with the kernels of :mod:`tensornet._linear` (the same ones
 * Autocast: forward and backward run under the autocast state of the forward
   (``torch.amp.custom_fwd`` / ``custom_bwd`` for the tensor's device type); the matrix products inside
   are autocast ops, so they run in bf16/fp16. Gradients are returned in the dtypes of the inputs.
-* ``torch.compile``: the plan is looked up outside the Function and passed in as constants (strings),
-  and the kernels are reshapes, transposes and matmuls, so dynamo traces the layer without graph
-  breaks.
+* ``torch.compile``: the plan is passed to the Function as constants (strings). While tracing, the
+  plans of all token buckets for the cores are made once (``_plan_table``, marked constant for dynamo)
+  and the graph only compares the token count (possibly symbolic) with their bounds; the kernels are
+  reshapes, permutes and matmuls (``_TorchOps``, not the array-API namespace). ``fullgraph=True``
+  works (tested with ``aot_eager``). torch 2.13's dynamo itself emits a DeprecationWarning
+  ("autograd.function.Function should not be instantiated") when tracing any custom Function.
 * Double backward is refused (``once_differentiable``): differentiating the gradients raises
   ``RuntimeError``. Use plain autograd through ``tensornet.contract.einsum`` if you need it.
 """
