@@ -268,6 +268,38 @@ def _sweep_backward(
     return grad_x, grads
 
 
+def _run_network(equation: str, path: Any, operands: Sequence[Any], xp: Any) -> Any:
+    runner = getattr(xp, "run_path", None)
+    if runner is not None:
+        return runner(equation, path, *operands)
+    shapes = [tuple(o.shape) for o in operands]
+    return _contract.expression(equation, *shapes, optimize=list(path) if path else None)(*operands)
+
+
+def _einsum_backward(
+    x2d: Any, cores: Sequence[Any], grad_y: Any, paths: Any, need_x: bool, need_cores: bool, xp: Any
+) -> tuple[Any, list[Any] | None]:
+    """dx and every dG_k as separate FLOP-optimal networks (``paths`` from the plan, or found here)."""
+    d = len(cores)
+    equations = _contract.linear_grad_equations(d)
+    batch = int(x2d.shape[0])
+    xr = xp.reshape(x2d, (batch, *(int(c.shape[2]) for c in cores)))
+    gyr = xp.reshape(grad_y, (batch, *(int(c.shape[1]) for c in cores)))
+    if paths is None:
+        paths = [None] * (d + 1)
+    grad_x = None
+    if need_x:
+        grad_x = xp.reshape(_run_network(equations[0], paths[0], [gyr, *cores], xp), (batch, -1))
+    if not need_cores:
+        return grad_x, None
+    grads = []
+    for k in range(d):
+        operands = [xr, gyr, *cores[:k], *cores[k + 1 :]]
+        grad = _run_network(equations[k + 1], paths[k + 1], operands, xp)
+        grads.append(xp.reshape(grad, tuple(int(v) for v in cores[k].shape)))
+    return grad_x, grads
+
+
 # --- plans, executed ------------------------------------------------------------------------------
 def linear_forward(x2d: Any, cores: Sequence[Any], strategy: str, path: Any = None, *, xp: Any = None) -> Any:
     """``x2d @ W.T`` for a ``(B, N)`` array by ``strategy`` ('rebuild', 'sweep' or 'einsum' with ``path``).
@@ -302,6 +334,7 @@ def linear_backward(
     need_x: bool = True,
     need_cores: bool = True,
     xp: Any = None,
+    path: Any = None,
 ) -> tuple[Any, list[Any] | None]:
     """``(grad_x, grad_cores)`` of ``y = x2d @ W.T`` for the cotangent ``grad_y`` (B, M).
 
@@ -310,13 +343,15 @@ def linear_backward(
     sweep (``O(B (M + N) r^2 ...)``, no M x N array). Unneeded gradients are returned as None.
     """
     xp = _namespace(xp, x2d, *cores)
+    if strategy == "einsum":
+        return _einsum_backward(x2d, cores, grad_y, path, need_x, need_cores, xp)
     if strategy == "sweep":
         if not need_cores:
             return (_sweep(grad_y, cores, xp, transpose=True) if need_x else None), None
         grad_x, grads = _sweep_backward(x2d, cores, grad_y, need_x, xp)
         return (grad_x if need_x else None), grads
     if strategy != "dense":
-        raise ValueError(f"linear: unknown backward strategy {strategy!r}; use 'dense' or 'sweep'")
+        raise ValueError(f"linear: unknown backward strategy {strategy!r}; use 'dense', 'sweep' or 'einsum'")
     weight, parts = rebuild(cores, xp=xp, halves=True)
     grad_x = grad_y @ weight if need_x else None
     if not need_cores:
@@ -362,7 +397,7 @@ def _tune(plan: Any, x2d: Any, cores: Sequence[Any], backend: str) -> Any:
         for c in plan.forward_candidates
     ]
     backward = [
-        _timed(lambda c=c: linear_backward(x2d, cores, grad_y, c.strategy), sync)
+        _timed(lambda c=c: linear_backward(x2d, cores, grad_y, c.strategy, path=c.path), sync)
         for c in plan.backward_candidates
     ]
     return _contract.store_tuned(plan, backend, forward, backward)

@@ -58,16 +58,22 @@ def _assume_constant_result(fn: Any) -> Any:
 
 
 @_assume_constant_result
-def _plan_table(core_shapes: str, dtype: str, device: str) -> tuple[tuple[int, str, Any, str], ...]:
+def _plan_table(core_shapes: str, dtype: str, device: str) -> tuple[tuple[int, str, Any, str, Any], ...]:
     """Under torch.compile: the plans of every token bucket up to 2^24 for these cores, merged into
     ranges ``(max_tokens, forward, path, backward)``. Made once at trace time and baked in as
     constants, so the compiled graph only compares the (possibly symbolic) token count with a few
     bounds instead of calling the planner. ``core_shapes`` is a string (dynamo wants constants)."""
     shapes = [tuple(int(s) for s in part.split("x")) for part in core_shapes.split(",")]
-    table: list[tuple[int, str, Any, str]] = []
+    table: list[tuple[int, str, Any, str, Any]] = []
     for exponent in range(_MAX_BUCKET_EXPONENT + 1):
         plan = _contract.plan_linear((1 << exponent, 1), shapes, dtype=dtype, device=device, backend="torch")
-        entry = (1 << exponent, plan.forward.strategy, plan.forward.path, plan.backward.strategy)
+        entry = (
+            1 << exponent,
+            plan.forward.strategy,
+            plan.forward.path,
+            plan.backward.strategy,
+            plan.backward.path,
+        )
         if table and table[-1][1:] == entry[1:]:
             table[-1] = entry
         else:
@@ -77,11 +83,11 @@ def _plan_table(core_shapes: str, dtype: str, device: str) -> tuple[tuple[int, s
     return tuple(table)
 
 
-def _compiled_plan(tokens: Any, cores: Sequence[Any], dtype: str, device: str) -> tuple[str, Any, str]:
+def _compiled_plan(tokens: Any, cores: Sequence[Any], dtype: str, device: str) -> tuple[str, Any, str, Any]:
     key = ",".join("x".join(str(int(s)) for s in c.shape) for c in cores)
-    for bound, forward, path, backward in _plan_table(key, dtype, device):
+    for bound, forward, path, backward, backward_path in _plan_table(key, dtype, device):
         if tokens <= bound:
-            return forward, path, backward
+            return forward, path, backward, backward_path
     raise AssertionError("unreachable: the last range is unbounded")
 
 
@@ -92,9 +98,17 @@ def _make_function(device_type: str) -> type:
         @staticmethod
         @torch.amp.custom_fwd(device_type=device_type)
         def forward(
-            ctx: Any, forward: str, path: Any, backward: str, x2d: Any, bias: Any, *cores: Any
+            ctx: Any,
+            forward: str,
+            path: Any,
+            backward: str,
+            backward_path: Any,
+            x2d: Any,
+            bias: Any,
+            *cores: Any,
         ) -> Any:
             ctx.backward_strategy = backward
+            ctx.backward_path = backward_path
             ctx.has_bias = bias is not None
             ctx.save_for_backward(x2d, *cores)
             y = _linear.linear_forward(x2d, cores, forward, path, xp=_TorchOps)
@@ -106,11 +120,18 @@ def _make_function(device_type: str) -> type:
         @torch.amp.custom_bwd(device_type=device_type)
         def backward(ctx: Any, grad_y: Any) -> Any:
             x2d, *cores = ctx.saved_tensors
-            need_x = ctx.needs_input_grad[3]
-            need_bias = ctx.has_bias and ctx.needs_input_grad[4]
-            need_cores = any(ctx.needs_input_grad[5:])
+            need_x = ctx.needs_input_grad[4]
+            need_bias = ctx.has_bias and ctx.needs_input_grad[5]
+            need_cores = any(ctx.needs_input_grad[6:])
             grad_x, grad_cores = _linear.linear_backward(
-                x2d, cores, grad_y, ctx.backward_strategy, need_x=need_x, need_cores=need_cores, xp=_TorchOps
+                x2d,
+                cores,
+                grad_y,
+                ctx.backward_strategy,
+                need_x=need_x,
+                need_cores=need_cores,
+                xp=_TorchOps,
+                path=ctx.backward_path,
             )
             if grad_x is not None:
                 grad_x = grad_x.to(x2d.dtype)
@@ -119,7 +140,7 @@ def _make_function(device_type: str) -> type:
                 grad_cores = [None] * len(cores)
             else:
                 grad_cores = [g.to(c.dtype) for g, c in zip(grad_cores, cores)]
-            return (None, None, None, grad_x, grad_bias, *grad_cores)
+            return (None, None, None, None, grad_x, grad_bias, *grad_cores)
 
     TTMLinearFunction.__qualname__ = f"TTMLinearFunction[{device_type}]"
     return TTMLinearFunction
@@ -158,9 +179,12 @@ def linear(x: Any, cores: Sequence[Any], bias: Any = None) -> Any:
         out = x2d.new_zeros((0, rows))
         return out.reshape(*lead, rows)
     if torch.compiler.is_compiling():
-        forward, path, backward = _compiled_plan(x2d.shape[0], cores, str(compute), str(x.device))
+        forward, path, backward, backward_path = _compiled_plan(
+            x2d.shape[0], cores, str(compute), str(x.device)
+        )
     else:
         plan = _linear.planned(x2d, cores, dtype=compute)
-        forward, path, backward = plan.forward.strategy, plan.forward.path, plan.backward.strategy
-    y = linear_function(device_type).apply(forward, path, backward, x2d, bias, *cores)
+        forward, path = plan.forward.strategy, plan.forward.path
+        backward, backward_path = plan.backward.strategy, plan.backward.path
+    y = linear_function(device_type).apply(forward, path, backward, backward_path, x2d, bias, *cores)
     return y.reshape(*lead, rows)

@@ -233,6 +233,13 @@ def linear(
         return grad_x, ([xp.zeros_like(c) for c in cores] if need_cores else None)
     plan = _linear.planned(x2d, cores)
     grad_x, grads = _linear.linear_backward(
-        x2d, cores, gy2d, plan.backward.strategy, need_x=need_x, need_cores=need_cores, xp=xp
+        x2d,
+        cores,
+        gy2d,
+        plan.backward.strategy,
+        need_x=need_x,
+        need_cores=need_cores,
+        xp=xp,
+        path=plan.backward.path,
     )
     return (xp.reshape(grad_x, x.shape) if grad_x is not None else None), grads

@@ -54,6 +54,7 @@ __all__ = [
     "explain",
     "expression",
     "linear_equation",
+    "linear_grad_equations",
     "optimizer_for",
     "plan_linear",
     "plan_network",
@@ -336,11 +337,29 @@ def linear_equation(d: int) -> str:
     return ",".join(terms) + "->" + batch + "".join(rows)
 
 
-def _einsum_candidate(
-    machine: Machine, item: int, shapes: Sequence[tuple[int, ...]], batch: int
-) -> Candidate:
-    equation = linear_equation(len(shapes))
-    operand_shapes = [(batch, *(s[2] for s in shapes)), *shapes]
+def linear_grad_equations(d: int) -> tuple[str, ...]:
+    """The einsums of ``linear``'s VJP on ``x`` (B, n..), ``grad_y`` (B, m..) and the d cores: first
+    ``dx`` (from ``grad_y`` and the cores), then ``dG_k`` (from ``x``, ``grad_y`` and the other cores),
+    whose outputs leave out the boundary ranks (reshape to the core shape)."""
+    sym = iter(symbols(3 * d + 2))
+    batch = next(sym)
+    rows = [next(sym) for _ in range(d)]
+    cols = [next(sym) for _ in range(d)]
+    ranks = [next(sym) for _ in range(d + 1)]
+    x_term, gy_term = batch + "".join(cols), batch + "".join(rows)
+    core_terms = [ranks[k] + rows[k] + cols[k] + ranks[k + 1] for k in range(d)]
+    equations = [",".join([gy_term, *core_terms]) + "->" + x_term]
+    for k in range(d):
+        others = core_terms[:k] + core_terms[k + 1 :]
+        out = (ranks[k] if k > 0 else "") + rows[k] + cols[k] + (ranks[k + 1] if k < d - 1 else "")
+        equations.append(",".join([x_term, gy_term, *others]) + "->" + out)
+    return tuple(equations)
+
+
+def _network_steps(
+    machine: Machine, item: int, equation: str, operand_shapes: Sequence[tuple[int, ...]], label: str = ""
+) -> tuple[list[Step], tuple[tuple[int, ...], ...]]:
+    """Modelled steps of ``equation`` along its opt_einsum path (pairwise, tensordot-like), and the path."""
     optimize = optimizer_for(len(operand_shapes))
     path, info = oe.contract_path(equation, *operand_shapes, shapes=True, optimize=optimize)
     sizes = info.size_dict
@@ -358,15 +377,40 @@ def _einsum_candidate(
             ]
             batch_size = math.prod(sizes[c] for c in set(terms[0]) & set(terms[1]) & set(output))
             step = _gemm(
-                machine, item, kept[0] * batch_size, contracted, kept[1], f"pair {number} {einsum_str}"
+                machine, item, kept[0] * batch_size, contracted, kept[1], f"{label}pair {number} {einsum_str}"
             )
         else:
-            step = _copy(machine, item, out_size, f"{einsum_str}")
+            step = _copy(machine, item, out_size, f"{label}{einsum_str}")
         steps.append(step)
         if blas not in ("GEMM", "DOT"):
             # tensordot transposes both operands into GEMM layout and the result back
-            steps.append(_copy(machine, item, sum(volume) + out_size, f"pair {number} permutes"))
-    return Candidate("einsum", tuple(steps), tuple(tuple(p) for p in path))
+            steps.append(_copy(machine, item, sum(volume) + out_size, f"{label}pair {number} permutes"))
+    return steps, tuple(tuple(p) for p in path)
+
+
+def _einsum_candidate(
+    machine: Machine, item: int, shapes: Sequence[tuple[int, ...]], batch: int
+) -> Candidate:
+    operand_shapes = [(batch, *(s[2] for s in shapes)), *shapes]
+    steps, path = _network_steps(machine, item, linear_equation(len(shapes)), operand_shapes)
+    return Candidate("einsum", tuple(steps), path)
+
+
+def _einsum_backward_candidate(
+    machine: Machine, item: int, shapes: Sequence[tuple[int, ...]], batch: int
+) -> Candidate:
+    """dx and each dG_k as its own FLOP-optimal network (d + 1 contractions, no shared intermediates)."""
+    x_shape = (batch, *(s[2] for s in shapes))
+    gy_shape = (batch, *(s[1] for s in shapes))
+    equations = linear_grad_equations(len(shapes))
+    all_steps: list[Step] = []
+    paths = []
+    for k, equation in enumerate(equations):
+        operands = [gy_shape, *shapes] if k == 0 else [x_shape, gy_shape, *shapes[: k - 1], *shapes[k:]]
+        steps, path = _network_steps(machine, item, equation, operands, "dx: " if k == 0 else f"dG_{k - 1}: ")
+        all_steps += steps
+        paths.append(path)
+    return Candidate("einsum", tuple(all_steps), tuple(paths))  # type: ignore[arg-type]
 
 
 def _forward_candidates(
@@ -408,7 +452,11 @@ def _backward_candidates(
         sweep.append(_gemm(machine, item, left * n, m * right, rest, f"d state {k}"))
         sweep.append(_copy(machine, item, m * right * rest, f"d state {k} transposed"))
         size = m * right * rest
-    return [Candidate("dense", tuple(dense)), Candidate("sweep", tuple(sweep))]
+    return [
+        Candidate("dense", tuple(dense)),
+        Candidate("sweep", tuple(sweep)),
+        _einsum_backward_candidate(machine, item, shapes, batch),
+    ]
 
 
 # --- linear plans -------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from tensornet import _torch_linear  # noqa: E402  (needs torch)
 
 TOL = {"float32": 2e-5, "float64": 1e-12}
 FORWARD = ("rebuild", "sweep", "einsum")
-BACKWARD = ("dense", "sweep")
+BACKWARD = ("dense", "sweep", "einsum")
 COMPILE_WARNINGS = [
     pytest.mark.filterwarnings("ignore:Dynamo detected a call to a `functools.lru_cache`"),
     pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"),
@@ -86,13 +86,18 @@ def test_every_backward_path_equals_dense(w, tokens, seed):
     # reference core gradients: plain torch autograd through the rebuilt matrix, in float64
     cores = [torch.as_tensor(as_numpy(c)).requires_grad_() for c in w.cores]
     (torch.as_tensor(as_numpy(x)) @ tn.TTM(cores).full().T).backward(torch.as_tensor(as_numpy(gy)))
-    for strategy in BACKWARD:
-        gx, gcores = _linear.linear_backward(x, w.cores, gy, strategy)
+    plan = tn.contract.plan_linear((tokens, cols), w.cores)
+    assert {c.strategy for c in plan.backward_candidates} == set(BACKWARD)
+    for candidate in plan.backward_candidates:
+        strategy = candidate.strategy
+        gx, gcores = _linear.linear_backward(x, w.cores, gy, strategy, path=candidate.path)
         _close(gx, as_numpy(gy) @ dense_w, dtype, f"{strategy} dx")
         for k, (g, ref) in enumerate(zip(gcores, cores)):
             assert tuple(g.shape) == tuple(ref.shape)
             _close(g, ref.grad, dtype, f"{strategy} core {k}")
-        only_x, none = _linear.linear_backward(x, w.cores, gy, strategy, need_cores=False)
+        only_x, none = _linear.linear_backward(
+            x, w.cores, gy, strategy, need_cores=False, path=candidate.path
+        )
         assert none is None
         _close(only_x, as_numpy(gy) @ dense_w, dtype, f"{strategy} dx only")
 
@@ -146,10 +151,12 @@ def test_gradcheck_every_forward_backward_pair(forward, backward):
     cores = _layer(rows=(2, 2, 2), cols=(2, 1, 2), rank=2)
     x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(8, dtype=torch.float64, requires_grad=True)
-    path = tn.contract.plan_linear((3, 4), cores).forward_candidates[2].path
+    plan = tn.contract.plan_linear((3, 4), cores)
+    path = plan.forward_candidates[2].path
+    backward_path = {c.strategy: c.path for c in plan.backward_candidates}[backward]
     function = _torch_linear.linear_function("cpu")
     assert torch.autograd.gradcheck(
-        lambda x, b, *cs: function.apply(forward, path, backward, x, b, *cs), (x, bias, *cores)
+        lambda x, b, *cs: function.apply(forward, path, backward, backward_path, x, b, *cs), (x, bias, *cores)
     )
 
 
