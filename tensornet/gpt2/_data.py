@@ -5,7 +5,8 @@ all ``*.py`` files under ``sysconfig.get_paths()["stdlib"]`` except ``site-packa
 suites (``test``, ``tests``, ``idle_test`` folders) and the machine-generated ``_sysconfigdata*`` module, read
 as UTF-8 in sorted relative-path order. A file goes to the validation split when ``crc32(relative path) % 20 ==
 0`` (about 5%), so the split is fixed by the file name alone and does not move when other files change. On
-CPython 3.11 this is 734 files and 12.1 MB of text (about 3.3M tokens with a 4,096-token BPE).
+CPython 3.11 this is 729 files (690 train, 39 validation) and 12.08M characters; CPython 3.12: 511 files,
+10.1M characters.
 """
 
 from __future__ import annotations
@@ -130,6 +131,9 @@ def stdlib_corpus(*, max_chars: int | None = None) -> Corpus:
             train_n += len(text)
         if train_n >= train_budget and val_n >= val_budget:
             break
+    if max_chars is not None:  # whole files were taken; cut the last one at the budget
+        train, val = _truncate(train, max_chars), _truncate(val, max(max_chars // 10, 1))
+        train_n, val_n = sum(map(len, train)), sum(map(len, val))
     if not train or not val:
         raise RuntimeError(f"stdlib_corpus: found no usable Python source under {str(root)!r}")
     limit = "" if max_chars is None else f", first {max_chars:,} characters"

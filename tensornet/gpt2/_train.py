@@ -292,6 +292,7 @@ def train(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     timed_tokens, timed_seconds = 0, 0.0
+    all_tokens, all_seconds = 0, 0.0  # fallback for runs too short to skip the first steps
     tokens_per_step = cfg.batch_size * cfg.block_size
     for step in range(start, end):
         t0 = time.perf_counter()
@@ -319,6 +320,8 @@ def train(
         history.loss.append(loss_value)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+        all_seconds += time.perf_counter() - t0
+        all_tokens += tokens_per_step
         if step >= start + 2:  # the first steps warm up allocators and compilation
             timed_seconds += time.perf_counter() - t0
             timed_tokens += tokens_per_step
@@ -348,7 +351,10 @@ def train(
         bar.close()
     if end > start:
         checkpoint(end)
-    history.tokens_per_s = timed_tokens / timed_seconds if timed_seconds > 0 else float("nan")
+    if timed_seconds > 0:
+        history.tokens_per_s = timed_tokens / timed_seconds
+    elif all_seconds > 0:
+        history.tokens_per_s = all_tokens / all_seconds
     history.train_seconds = timed_seconds
     history.peak_memory_mib = peak_memory_mib(device)
     return history
