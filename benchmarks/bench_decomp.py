@@ -19,7 +19,8 @@ their documented accuracy arguments: torchTT ``TT(x, eps)`` / ``.round(eps)``, t
 ``Tensor(x, eps=)`` / ``.round_tt(eps)``, teneva ``svd(x, e)`` / ``truncate(y, e)`` (teneva's ``svd``
 threshold is absolute per unfolding, so it gets ``e = eps / sqrt(d - 1) * ||x||``, ``||x||`` timed with
 it), tensorly ``tensor_train(x, rank)`` (it has no accuracy argument; it gets the ranks tensornet
-found). Times are medians over ``--repeats`` runs after one warm-up; the ratio column is the time over
+found). Times are medians over ``--repeats`` interleaved rounds (each method once per round, fewer rounds
+for a case past its time budget) after one warm-up; the ratio column is the time over
 the fastest *correct* peer (error <= eps).
 """
 
@@ -132,16 +133,31 @@ def ranks_of(cores: list[np.ndarray]) -> tuple[int, ...]:
 
 
 # --- timing ------------------------------------------------------------------------------------------
-def timed(fn: Callable[[], Any], repeats: int, budget: float = 4.0) -> tuple[float, float, Any]:
-    """(median, min) seconds over ``repeats`` runs after a warm-up; slow methods stop after 3 runs
-    once ``budget`` seconds are spent, to keep the whole benchmark within a few minutes."""
-    result = fn()  # warm-up (also compiles caches and allocators)
-    times: list[float] = []
-    while len(times) < repeats and (len(times) < 3 or sum(times) < budget):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)), float(np.min(times)), result
+def timed_interleaved(
+    methods: dict[str, Callable[[], Any]], repeats: int, budget: float
+) -> tuple[dict[str, list[float]], dict[str, Any], dict[str, str]]:
+    """Times of every method over rounds that run each method once in turn (after one warm-up
+    call each), so that load from other jobs on a shared machine hits all methods alike. Stops
+    after ``repeats`` rounds, or after 3 rounds once ``budget`` seconds are spent."""
+    results: dict[str, Any] = {}
+    failures: dict[str, str] = {}
+    for name, fn in methods.items():
+        try:
+            results[name] = fn()  # warm-up (also compiles caches and allocators)
+        except Exception as err:  # a failing peer is reported, not fatal
+            failures[name] = f"{type(err).__name__}: {str(err)[:60]}"
+    times: dict[str, list[float]] = {name: [] for name in results}
+    spent = 0.0
+    for round_index in range(repeats):
+        if round_index >= 3 and spent > budget:
+            break
+        for name in results:
+            start = time.perf_counter()
+            results[name] = methods[name]()
+            elapsed = time.perf_counter() - start
+            times[name].append(elapsed)
+            spent += elapsed
+    return times, results, failures
 
 
 def run_case(
@@ -151,16 +167,20 @@ def run_case(
     error_of: Callable[[list[np.ndarray]], float],
     repeats: int,
     lines: list[str],
+    budget: float = 40.0,
 ) -> dict[str, tuple[float, float, float, tuple[int, ...]]]:
     rows: dict[str, tuple[float, float, float, tuple[int, ...]]] = {}
-    for name, fn in methods.items():
-        try:
-            median, best, result = timed(fn, repeats)
-        except Exception as err:
-            lines.append(f"| {title} | {name} | failed: {type(err).__name__}: {str(err)[:60]} | | | | |")
-            continue
+    times, results, failures = timed_interleaved(methods, repeats, budget)
+    for name, message in failures.items():
+        lines.append(f"| {title} | {name} | failed: {message} | | | | |")
+    for name, result in results.items():
         cores = as_numpy_cores(result)
-        rows[name] = (median, best, error_of(cores), ranks_of(cores))
+        rows[name] = (
+            float(np.median(times[name])),
+            float(np.min(times[name])),
+            error_of(cores),
+            ranks_of(cores),
+        )
     correct_peers = {k: v for k, v in rows.items() if not k.startswith("tensornet") and v[2] <= eps}
     fastest = min(correct_peers.items(), key=lambda kv: kv[1][0]) if correct_peers else None
     for name, (median, best, err, ranks) in rows.items():
@@ -177,7 +197,7 @@ def run_case(
             met = mine[0] <= 0.5 * fastest[1][0] and max(mine[3]) <= max(fastest[1][3]) and mine[2] <= eps
             verdict = f"target <= 0.5x: {'MET' if met else 'MISSED'}"
         lines.append(f"|  | fastest correct peer: {fastest[0]} | | | | | {verdict} |")
-    for line in lines[-(len(rows) + 1) :]:
+    for line in lines[-(len(rows) + len(failures) + 1) :]:
         print(line, flush=True)
     return rows
 
@@ -261,24 +281,25 @@ def machine() -> list[str]:
         )
     except OSError:
         model = "?"
-    found = {}
-    for module in ("teneva", "torchtt", "tntorch", "tensorly"):
-        try:
-            found[module] = __import__(module).__version__
-        except Exception:
-            found[module] = "?"
-    blas = "?"
-    try:
-        import threadpoolctl
+    from importlib import metadata
 
-        info = threadpoolctl.threadpool_info()
-        blas = ", ".join(f"{i['internal_api']} {i.get('version')} ({i['num_threads']} threads)" for i in info)
+    found = {}
+    for dist in ("teneva", "torchTT", "tntorch", "tensorly"):
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            found[dist] = "missing"
+    try:
+        blas_info = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        blas = f"{blas_info.get('name')} {blas_info.get('version')}"
     except Exception:
-        pass
+        blas = "?"
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     return [
         f"- CPU: {model}, {os.cpu_count()} logical cores; {platform.platform()}",
         f"- Python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__} "
-        f"(torch.set_num_threads({THREADS})), BLAS: {blas}",
+        f"(torch.set_num_threads({THREADS})), numpy BLAS: {blas} (its default threads: one per core)",
+        f"- load average at the end of the run (1, 5, 15 min): {load} -- other jobs shared the 2 cores",
         "- peers: " + ", ".join(f"{k} {v}" for k, v in found.items()),
     ]
 
@@ -324,7 +345,7 @@ def main() -> None:
         (
             "tt-svd sin 4^11, eps 1e-6",
             lambda: tt_svd_case(
-                "tt-svd sin 4^11, eps 1e-6", radial_sine(4, 11), 1e-6, max(3, args.repeats // 2), found, lines
+                "tt-svd sin 4^11, eps 1e-6", radial_sine(4, 11), 1e-6, args.repeats, found, lines
             ),
         ),
         (
