@@ -146,10 +146,12 @@ def main() -> None:
         "--peer-limit", type=float, default=3.0, help="skip a peer whose fwd+bwd exceeds this (s)"
     )
     parser.add_argument("--cold-limit", type=int, default=64, help="time 'dense cold' up to this many tokens")
+    parser.add_argument("--autotune", action="store_true", help="tn.contract.autotune(True): time the plans")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    tn.contract.autotune(args.autotune)
     device, dtype = args.device, torch.float32
     started = time.perf_counter()
     autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=args.amp)
@@ -266,7 +268,8 @@ def render(rows: list[dict], args, elapsed: float, device: str) -> str:
         f"# tn.linear vs dense, 768 -> 3072 (GPT-2 c_fc), paper core shapes — {device}",
         "",
         f"- machine: {machine_name(device)}; torch {torch.__version__}, {args.threads} threads; "
-        f"float32{' with bf16 autocast' if args.amp else ''}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; "
+        f"float32{' with bf16 autocast' if args.amp else ''}; {'autotuned' if args.autotune else 'cost-model'} plans; "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; "
         f"load average at the end {os.getloadavg()[0]:.1f}; {now}; run took {elapsed:.0f} s",
         f"- command: `python benchmarks/bench_linear.py {' '.join(sys.argv[1:])}`".rstrip(),
         "- times are medians; ratios are time / dense time (lower is better; < 1 is faster than dense).",
