@@ -118,12 +118,13 @@ def _svd(matrix: Any) -> tuple[Any, Any, Any]:
     return xp.linalg.svd(matrix, full_matrices=False)
 
 
-# Fast kernels. With the data not requiring grad, every SVD is taken on the small side of its matrix:
-# a wide (m, N) unfolding is reduced to the (m, m) triangle R of a QR of its transpose (A = R^T Q^T,
-# blocked so that each block's Householder QR runs in cache), the SVD of R^T = U S W^T gives U and S
-# of A, and the kept rows S W^T Q^T are formed as U_r^T A (one GEMM); Q is never built. Orthogonal
-# factorisations keep every singular value accurate to ~machine eps * ||A|| (a Gram matrix A A^T
-# would blur those below sqrt(eps) ||A||, exactly where eps = 1e-8 truncations decide the rank).
+# Fast kernels. With the data not requiring grad, every SVD is taken on the small side of its matrix.
+# A wide (m, N) unfolding first tries the certified Gram route (_gram_factors: A A^T, its eigenvectors
+# V, B = V^T A; two BLAS-3 passes, and the rank and error are verified from B itself). When that cannot
+# be certified (singular values within ~sqrt(machine eps) ||A|| of the threshold, a binding max_rank,
+# eps = 0, extreme scaling) it is reduced to the (m, m) triangle R of a QR of its transpose
+# (A = R^T Q^T, blocked so that each block's Householder QR runs in cache); the SVD of R^T = U S W^T
+# gives U and S of A, and the kept rows S W^T Q^T are formed as U_r^T A (one GEMM); Q is never built.
 # Tensors that require grad take the plain SVD path, which autograd differentiates.
 _BLOCK_ELEMENTS = 32768  # one block of the blocked QR: (rows, m) with rows * m ~ 256 KiB of float64
 
