@@ -255,3 +255,15 @@ def test_torch_input_keeps_backend_and_gradients():
     assert t.backend == "torch" and t.dtype == torch.float64
     (t.full() ** 2).sum().backward()
     torch.testing.assert_close(x.grad, 2 * x.detach(), rtol=1e-8, atol=1e-8)
+
+
+@given(dense_case(), st.sampled_from([1e-150, 1e150]), st.sampled_from([1e-2, 1e-6]))
+def test_tt_svd_and_round_with_huge_and_tiny_values(x, factor, eps):
+    if "float32" in str(x.dtype):
+        factor = factor ** (30 / 150)  # keep the values inside float32's range (1e-38 .. 3e38)
+    x = x * factor
+    t = tn.tt_svd(x, eps=eps)
+    assert np.all(np.isfinite(as_numpy(t.full())))
+    assert rel_error(t.full(), x) <= eps + rtol(x.dtype) * math.sqrt(x.ndim) * 10
+    r = tn.round(t + t, eps=eps)
+    assert rel_error(r.full(), 2 * as_numpy(x)) <= 2 * eps + rtol(x.dtype) * math.sqrt(x.ndim) * 10
