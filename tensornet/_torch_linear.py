@@ -118,7 +118,7 @@ def _make_function(device_type: str) -> type:
         @staticmethod
         @once_differentiable
         @torch.amp.custom_bwd(device_type=device_type)
-        def backward(ctx: Any, grad_y: Any) -> Any:
+        def backward(ctx: Any, grad_y: Any) -> Any:  # type: ignore[override]
             x2d, *cores = ctx.saved_tensors
             need_x = ctx.needs_input_grad[4]
             need_bias = ctx.has_bias and ctx.needs_input_grad[5]
@@ -150,7 +150,7 @@ def _make_function(device_type: str) -> type:
 _FUNCTIONS.update({device_type: _make_function(device_type) for device_type in ("cpu", "cuda")})
 
 
-def linear_function(device_type: str) -> type:
+def linear_function(device_type: str) -> Any:
     """The autograd Function class for tensors on ``device_type`` ('cpu', 'cuda', ...)."""
     function = _FUNCTIONS.get(device_type)
     if function is None:

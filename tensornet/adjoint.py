@@ -36,7 +36,8 @@ def _cores(
     if not isinstance(train, kind):
         names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
         raise TypeError(f"adjoint.{fn}: {name} must be a tensornet {names}, got {type(train).__name__}")
-    return train.cores
+    cores: tuple[Any, ...] = train.cores  # type: ignore[attr-defined]
+    return cores
 
 
 def _cotangent_cores(fn: str, grad: Any, expected: Sequence[tuple[int, ...]]) -> list[Any]:
