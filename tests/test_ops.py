@@ -81,10 +81,8 @@ def test_sum(a):
 @given(pairs)
 def test_kron(pair):
     a, b = pair
-    if isinstance(a, tn.TT):
-        expected = np.multiply.outer(dense(a), dense(b))
-    else:
-        expected = np.kron(dense(a), dense(b))
+    outer = np.multiply.outer if isinstance(a, tn.TT) else np.kron
+    expected = outer(dense(a), dense(b))
     result = tn.kron(a, b)
     assert_close(result.full(), expected, a.dtype, np.abs(expected).max())
     assert result.ndim == a.ndim + b.ndim
@@ -181,7 +179,9 @@ def test_long_train_norm_and_dot_are_finite_and_accurate(backend):
         np.testing.assert_allclose(np.log(value), d * log_factor + np.log(reference_norm), rtol=1e-12)
     # <big, small> = <u, u> exactly in exact arithmetic: neither factor's scale may leak
     np.testing.assert_allclose(float(as_numpy(tn.dot(big, small))), reference_dot, rtol=1e-10)
-    np.testing.assert_allclose(float(as_numpy(tn.sum(tn.hadamard(big, small)))), float(as_numpy(tn.sum(u * u))), rtol=1e-10)
+    np.testing.assert_allclose(
+        float(as_numpy(tn.sum(tn.hadamard(big, small)))), float(as_numpy(tn.sum(u * u))), rtol=1e-10
+    )
 
 
 def test_norm_of_difference_is_accurate():
@@ -216,7 +216,7 @@ def test_structure_mismatch_errors():
     with pytest.raises(TypeError, match="must be a tensornet TT or TTM"):
         tn.norm(np.ones(3))
     with pytest.raises(TypeError):
-        a + 1.0  # noqa: B018 - adding a number to a TT is not defined
+        a + 1.0
     with pytest.raises(TypeError, match="must be a tensornet TTM"):
         tn.transpose(a)
 
@@ -238,7 +238,13 @@ def test_gradients_flow_through_ops():
 
     def loss(*cs):
         v = tn.TT(list(cs))
-        return tn.norm(v) + tn.dot(v, v * v) + tn.sum(a @ v) + (v + v)[1, 2, 0] + tn.norm(tn.round(v, max_rank=2))
+        return (
+            tn.norm(v)
+            + tn.dot(v, v * v)
+            + tn.sum(a @ v)
+            + (v + v)[1, 2, 0]
+            + tn.norm(tn.round(v, max_rank=2))
+        )
 
     assert torch.autograd.gradcheck(loss, tuple(cores))
     loss(*u.cores).backward()

@@ -25,7 +25,9 @@ def test_random_tt_entry_std(d, std):
 @pytest.mark.parametrize("d", [2, 3, 4, 5, 6])
 def test_random_ttm_entry_std(d):
     rows, cols = (2,) * d, (1,) * d
-    samples = np.concatenate([tn.random_ttm(rows, cols, 4, std=0.5, seed=s).full().ravel() for s in range(2000)])
+    samples = np.concatenate(
+        [tn.random_ttm(rows, cols, 4, std=0.5, seed=s).full().ravel() for s in range(2000)]
+    )
     assert abs(np.sqrt(np.mean(samples**2)) / 0.5 - 1) < 0.10
 
 
@@ -83,7 +85,9 @@ def test_factorize():
 
 
 def test_import_does_not_import_torch_or_hypothesis():
-    code = "import sys, tensornet; tensornet.tt_svd; print('torch' in sys.modules, 'hypothesis' in sys.modules)"
+    code = (
+        "import sys, tensornet; tensornet.tt_svd; print('torch' in sys.modules, 'hypothesis' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
 

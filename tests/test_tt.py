@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import pickle
 
 import numpy as np
@@ -134,7 +135,9 @@ def test_indexing_ellipsis_and_errors():
 def test_rank_chain_error_names_cores_and_sizes():
     a = np.ones((1, 4, 8, 3))
     b = np.ones((6, 4, 8, 1))
-    with pytest.raises(ValueError, match=r"TTM: core 0 has shape \(1, 4, 8, 3\) but core 1 .*ranks must chain"):
+    with pytest.raises(
+        ValueError, match=r"TTM: core 0 has shape \(1, 4, 8, 3\) but core 1 .*ranks must chain"
+    ):
         tn.TTM([a, b])
 
 
@@ -182,7 +185,9 @@ def arbitrary_core_shapes(draw):
 @given(arbitrary_core_shapes())
 def test_malformed_cores_raise_value_error_or_build(shapes):
     cores = [np.ones(s) for s in shapes]
-    chains = shapes[0][0] == 1 and shapes[-1][2] == 1 and all(a[2] == b[0] for a, b in zip(shapes, shapes[1:]))
+    chains = (
+        shapes[0][0] == 1 and shapes[-1][2] == 1 and all(a[2] == b[0] for a, b in itertools.pairwise(shapes))
+    )
     if chains:
         assert tn.TT(cores).shape == tuple(s[1] for s in shapes)
     else:

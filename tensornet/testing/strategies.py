@@ -22,7 +22,6 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from .. import shapes as _shapes
 from ..random import random_tt, random_ttm
 from ..tt import TT, TTM
 
@@ -33,9 +32,9 @@ __all__ = [
     "core_shapes",
     "dtypes",
     "mode_shapes",
-    "tts",
     "ttm_shapes",
     "ttms",
+    "tts",
 ]
 
 
@@ -63,7 +62,9 @@ def mode_shapes(*, min_ndim: int = 1, max_ndim: int = 4, min_size: int = 1, max_
 
 
 @st.composite
-def ttm_shapes(draw: Any, *, min_ndim: int = 1, max_ndim: int = 3, max_size: int = 4) -> tuple[tuple[int, ...], ...]:
+def ttm_shapes(
+    draw: Any, *, min_ndim: int = 1, max_ndim: int = 3, max_size: int = 4
+) -> tuple[tuple[int, ...], ...]:
     """``(row_shape, col_shape)`` of equal length."""
     d = draw(st.integers(min_ndim, max_ndim))
     rows = tuple(draw(st.lists(st.integers(1, max_size), min_size=d, max_size=d)))
@@ -72,7 +73,9 @@ def ttm_shapes(draw: Any, *, min_ndim: int = 1, max_ndim: int = 3, max_size: int
 
 
 @st.composite
-def bond_ranks(draw: Any, mode_sizes: Sequence[int], *, max_rank: int = 3, clip: bool = True) -> tuple[int, ...]:
+def bond_ranks(
+    draw: Any, mode_sizes: Sequence[int], *, max_rank: int = 3, clip: bool = True
+) -> tuple[int, ...]:
     """Bond ranks ``(r_1..r_{d-1})`` for modes of ``mode_sizes`` (``m_k n_k`` for a TTM), each in
     ``1..max_rank``. With ``clip`` (default) they are also reachable: ``r_k <= r_{k-1} n_k`` and
     ``r_k <= n_{k+1} r_{k+1}``, so a generic TT with these ranks has exactly these TT ranks."""
