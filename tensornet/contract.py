@@ -66,6 +66,9 @@ __all__ = [
 _MAX_PLANS = 4096
 _plans: dict[tuple[Any, ...], Any] = {}
 _stats = {"hits": 0, "misses": 0}
+# Bumped whenever a cached plan is added, replaced (autotuning) or the cache is cleared, so that callers
+# keeping their own memo of plans (the torch ``linear`` hot path) know when to drop it.
+_generation = [0]
 _settings = {"autotune": os.environ.get("TENSORNET_AUTOTUNE", "0").lower() in ("1", "true", "yes", "on")}
 
 
@@ -90,6 +93,11 @@ def optimizer_for(num_operands: int) -> str:
     return "greedy"
 
 
+def count_hit() -> None:
+    """Count a plan-cache hit served from a caller's memo of this cache (see ``_generation``)."""
+    _stats["hits"] += 1
+
+
 def _lookup(key: tuple[Any, ...]) -> Any:
     plan = _plans.get(key)
     if plan is not None:
@@ -103,6 +111,7 @@ def _store(key: tuple[Any, ...], plan: Any, *, count: bool = True) -> Any:
     if len(_plans) >= _MAX_PLANS:
         _plans.pop(next(iter(_plans)))
     _plans[key] = plan
+    _generation[0] += 1
     return plan
 
 
@@ -115,6 +124,7 @@ def cache_clear() -> None:
     """Forget every plan and reset the counters (plans are rebuilt on next use)."""
     _plans.clear()
     _stats["hits"] = _stats["misses"] = 0
+    _generation[0] += 1
 
 
 def autotune(enabled: bool | None = None) -> bool:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import tensornet as tn
+from tensornet import _torch_linear
 
 from ._common import (
     Init,
@@ -160,7 +161,16 @@ class TTMLinear(nn.Module):
             cores = [c.to(cast) for c in cores]
             bias = bias.to(cast) if bias is not None else None
         # The cores were validated at construction and load_state_dict keeps their shapes; re-validating
-        # them on every call costs ~40 us, more than a whole dense decoding step on a GPU.
+        # them on every call costs ~40 us, more than a whole dense decoding step on a GPU. A well-formed
+        # input goes straight to the torch kernel; anything else takes tn.linear's checks (and errors).
+        if (
+            isinstance(x, torch.Tensor)
+            and x.ndim >= 1
+            and x.shape[-1] == self.in_features
+            and x.device == cores[0].device
+            and (bias is None or bias.device == x.device)
+        ):
+            return _torch_linear.linear(x, cores, bias)
         return tn.linear(x, tn.TTM._trusted(cores), bias)
 
     # --- conversion -------------------------------------------------------------------------------
