@@ -15,6 +15,7 @@ import io
 import pstats
 import statistics
 import time
+from typing import cast
 
 import torch
 from torch import nn
@@ -52,7 +53,7 @@ def _median_us(fn, iters: int, repeats: int = 5) -> float:
 
 
 def measure(layer: nn.Module, tokens: int, iters: int) -> tuple[float, float]:
-    x = torch.randn(tokens, int(layer.in_features))
+    x = torch.randn(tokens, cast(int, layer.in_features))
     xg = x.clone().requires_grad_(True)
 
     def fwd() -> None:
@@ -66,7 +67,7 @@ def measure(layer: nn.Module, tokens: int, iters: int) -> tuple[float, float]:
 
 
 def profile(layer: nn.Module, tokens: int, iters: int, top: int) -> str:
-    x = torch.randn(tokens, int(layer.in_features), requires_grad=True)
+    x = torch.randn(tokens, cast(int, layer.in_features), requires_grad=True)
     for _ in range(20):
         layer(x).sum().backward()
     prof = cProfile.Profile()

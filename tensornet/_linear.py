@@ -141,6 +141,63 @@ def _regroup(matrix: Any, cores: Sequence[Any], axis: int, to_blocks: bool, xp: 
     return xp.reshape(xp.permute_dims(xp.reshape(matrix, shape), axes), tuple(int(v) for v in matrix.shape))
 
 
+def _rebuild_recipe(shapes: tuple[tuple[int, ...], ...]) -> tuple[Any, ...]:
+    """Every shape and axis order :func:`rebuild` needs for TTM cores of ``shapes`` (pure: computed once
+    per shape on the eager hot path, where it is memoised, and traced as constants by dynamo)."""
+    d = len(shapes)
+    rows = [s[1] for s in shapes]
+    cols = [s[2] for s in shapes]
+    split = split_point(shapes)
+    r0, m0, n0, r1 = shapes[0]
+    left_first = (r0 * m0 * n0, r1)
+    left_steps = tuple(((s[0], s[1] * s[2] * s[3]), (-1, s[3])) for s in shapes[1:split])
+    last = shapes[-1]
+    right_first = (last[0], last[1] * last[2] * last[3])
+    right_steps = tuple(((s[0] * s[1] * s[2], s[3]), (s[0], -1)) for s in reversed(shapes[split : d - 1]))
+
+    def regroup(part: Sequence[tuple[int, ...]], axis: int, other: int) -> Any:
+        k = len(part)
+        if k == 1:  # (m, n) is already blocked: the copy would be the identity
+            return None
+        inner = [v for s in part for v in (s[1], s[2])]
+        order = list(_to_matrix_axes(k))
+        shape = (*inner, other) if axis == 0 else (other, *inner)
+        axes = (*order, k * 2) if axis == 0 else (0, *(a + 1 for a in order))
+        size = math.prod(inner)
+        return shape, axes, ((size, other) if axis == 0 else (other, size))
+
+    bond = shapes[split][0]
+    blocks = (
+        math.prod(rows[:split]),
+        math.prod(cols[:split]),
+        math.prod(rows[split:]),
+        math.prod(cols[split:]),
+    )
+    return (
+        split,
+        left_first,
+        left_steps,
+        right_first,
+        right_steps,
+        regroup(shapes[:split], 0, bond),
+        regroup(shapes[split:], 1, bond),
+        blocks,
+        (math.prod(rows), math.prod(cols)),
+    )
+
+
+_RECIPES: dict[tuple[tuple[int, ...], ...], tuple[Any, ...]] = {}
+
+
+def _memo_recipe(shapes: tuple[tuple[int, ...], ...]) -> tuple[Any, ...]:
+    recipe = _RECIPES.get(shapes)
+    if recipe is None:
+        if len(_RECIPES) >= 1024:
+            _RECIPES.clear()
+        recipe = _RECIPES[shapes] = _rebuild_recipe(shapes)
+    return recipe
+
+
 def rebuild(cores: Sequence[Any], *, xp: Any = None, halves: bool = False) -> Any:
     """The dense ``(M, N)`` matrix of TTM cores.
 
@@ -151,23 +208,29 @@ def rebuild(cores: Sequence[Any], *, xp: Any = None, halves: bool = False) -> An
     Cost: ``2 M N r_s`` plus the halves (``O(sqrt(M N) r^2)`` for balanced shapes).
     """
     xp = _namespace(xp, *cores)
-    rows = [int(c.shape[1]) for c in cores]
-    cols = [int(c.shape[2]) for c in cores]
     if len(cores) == 1:
-        dense = xp.reshape(cores[0], (rows[0], cols[0]))
+        c = cores[0]
+        dense = xp.reshape(c, (int(c.shape[1]), int(c.shape[2])))
         return (dense, None) if halves else dense
-    flat = _flat(cores, xp)
-    left, right, split = _halves(flat, xp)
-    left = _regroup(left, cores[:split], 0, True, xp)
-    right = _regroup(right, cores[split:], 1, True, xp)
-    blocks = (
-        math.prod(rows[:split]),
-        math.prod(cols[:split]),
-        math.prod(rows[split:]),
-        math.prod(cols[split:]),
-    )
-    product = xp.reshape(left @ right, blocks)
-    dense = xp.reshape(xp.permute_dims(product, (0, 2, 1, 3)), (math.prod(rows), math.prod(cols)))
+    # xp.recipe: the memoised lookup for eager torch; dynamo traces the pure function instead
+    shapes = tuple(tuple(int(v) for v in c.shape) for c in cores)
+    recipe = getattr(xp, "recipe", _memo_recipe)(shapes)
+    split, left_first, left_steps, right_first, right_steps, regroup_l, regroup_r, blocks, size = recipe
+    reshape = xp.reshape
+    left = reshape(cores[0], left_first)
+    for core, (core_shape, out_shape) in zip(cores[1:split], left_steps):
+        left = reshape(left @ reshape(core, core_shape), out_shape)
+    right = reshape(cores[-1], right_first)
+    for core, (core_shape, out_shape) in zip(reversed(cores[split:-1]), right_steps):
+        right = reshape(reshape(core, core_shape) @ right, out_shape)
+    if regroup_l is not None:
+        shape, axes, final = regroup_l
+        left = reshape(xp.permute_dims(reshape(left, shape), axes), final)
+    if regroup_r is not None:
+        shape, axes, final = regroup_r
+        right = reshape(xp.permute_dims(reshape(right, shape), axes), final)
+    product = reshape(left @ right, blocks)
+    dense = reshape(xp.permute_dims(product, (0, 2, 1, 3)), size)
     return (dense, (left, right, split)) if halves else dense
 
 

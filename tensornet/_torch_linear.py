@@ -41,10 +41,22 @@ class _TorchOps:
 
     reshape = staticmethod(torch.reshape)
     permute_dims = staticmethod(torch.permute)
+    recipe = staticmethod(_linear._memo_recipe)
 
     @staticmethod
     def run_path(equation: str, path: Any, *operands: Any) -> Any:
         return _contract.run_path(equation, path, operands, torch.einsum)
+
+
+class _TracedOps(_TorchOps):
+    """As :class:`_TorchOps` under torch.compile: shape recipes recomputed (dynamo folds them to
+    constants) rather than read from the eager memo dict."""
+
+    recipe = staticmethod(_linear._rebuild_recipe)
+
+
+def _ops() -> type:
+    return _TracedOps if torch.compiler.is_compiling() else _TorchOps
 
 
 _MAX_BUCKET_EXPONENT = 24
@@ -111,7 +123,7 @@ def _make_function(device_type: str) -> type:
             ctx.backward_path = backward_path
             ctx.has_bias = bias is not None
             ctx.save_for_backward(x2d, *cores)
-            y = _linear.linear_forward(x2d, cores, forward, path, xp=_TorchOps)
+            y = _linear.linear_forward(x2d, cores, forward, path, xp=_ops())
             # under autocast y is in the autocast dtype; keep it there (as nn.Linear does)
             return y if bias is None else y + bias.to(y.dtype)
 
@@ -130,7 +142,7 @@ def _make_function(device_type: str) -> type:
                 ctx.backward_strategy,
                 need_x=need_x,
                 need_cores=need_cores,
-                xp=_TorchOps,
+                xp=_ops(),
                 path=ctx.backward_path,
             )
             if grad_x is not None:
