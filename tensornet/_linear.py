@@ -131,6 +131,8 @@ def _regroup(matrix: Any, cores: Sequence[Any], axis: int, to_blocks: bool, xp: 
     """Reorder one axis of ``matrix`` (size ``prod m_k n_k`` over ``cores``) between interleaved
     ``(m_1, n_1, m_2, n_2, ...)`` and blocked ``(m_1, m_2, ..., n_1, n_2, ...)`` order (a small copy)."""
     d = len(cores)
+    if d == 1:  # (m, n) is both orders: nothing to move
+        return matrix
     rows = [int(c.shape[1]) for c in cores]
     cols = [int(c.shape[2]) for c in cores]
     inner = [v for pair in zip(rows, cols) for v in pair] if to_blocks else rows + cols

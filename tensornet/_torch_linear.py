@@ -145,13 +145,13 @@ def _make_function(device_type: str) -> type:
                 xp=_ops(),
                 path=ctx.backward_path,
             )
-            if grad_x is not None:
+            if grad_x is not None and grad_x.dtype != x2d.dtype:
                 grad_x = grad_x.to(x2d.dtype)
             grad_bias = grad_y.sum(0) if need_bias else None
             if grad_cores is None:
                 grad_cores = [None] * len(cores)
             else:
-                grad_cores = [g.to(c.dtype) for g, c in zip(grad_cores, cores)]
+                grad_cores = [g if g.dtype == c.dtype else g.to(c.dtype) for g, c in zip(grad_cores, cores)]
             return (None, None, None, None, grad_x, grad_bias, *grad_cores)
 
     TTMLinearFunction.__qualname__ = f"TTMLinearFunction[{device_type}]"
