@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+import torch  # a test dependency: the torch backend is tested everywhere
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -22,20 +23,14 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
-try:
-    import torch
-
-    HAS_CUDA = torch.cuda.is_available()
-except ImportError:  # pragma: no cover - torch is a test dependency
-    torch = None
-    HAS_CUDA = False
+HAS_CUDA = torch.cuda.is_available()
 
 gpu = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 
 
 def as_numpy(array) -> np.ndarray:
     """Any backend's array as a float64 numpy array (detached)."""
-    if torch is not None and isinstance(array, torch.Tensor):
+    if isinstance(array, torch.Tensor):
         array = array.detach().cpu().numpy()
     return np.asarray(array, dtype=np.float64)
 

@@ -240,7 +240,8 @@ def test_matvec_matmul_hadamard_finite_differences(a, seed):
 
 # --- against torch autograd and bad input -------------------------------------------------------------
 def test_linear_adjoint_matches_torch_autograd_for_both_backward_strategies():
-    torch = pytest.importorskip("torch")
+    import torch
+
     from tensornet import _linear
 
     w = tn.random_ttm((3, 2, 4), (2, 4, 3), 3, seed=3).to("torch", dtype="float64")

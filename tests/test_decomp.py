@@ -248,7 +248,6 @@ def test_round_of_nan_train_is_refused():
         tn.round(t, eps=1e-3)
 
 
-@pytest.mark.skipif(torch is None, reason="torch is a test dependency")
 def test_torch_input_keeps_backend_and_gradients():
     x = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
     t = tn.tt_svd(x, eps=1e-12)

@@ -8,16 +8,17 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from conftest import as_numpy
 from hypothesis import given
 from hypothesis import strategies as st
 
 import tensornet as tn
-from tensornet import _linear
+from tensornet import (
+    _linear,
+    _torch_linear,
+)
 from tensornet.testing import strategies as tst
-
-torch = pytest.importorskip("torch")
-from tensornet import _torch_linear  # noqa: E402  (needs torch)
 
 TOL = {"float32": 2e-5, "float64": 1e-12}
 FORWARD = ("rebuild", "sweep", "einsum")

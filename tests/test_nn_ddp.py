@@ -6,12 +6,11 @@ import socket
 
 import numpy as np
 import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
-torch = pytest.importorskip("torch")
-dist = pytest.importorskip("torch.distributed")
-mp = pytest.importorskip("torch.multiprocessing")
-
-from tensornet.nn import TTEmbedding, TTMLinear  # noqa: E402
+from tensornet.nn import TTEmbedding, TTMLinear
 
 WORLD = 2
 

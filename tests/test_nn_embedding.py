@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from conftest import as_numpy, dense_ttm, gpu
 
-torch = pytest.importorskip("torch")
 nn = torch.nn
 
 import tensornet as tn  # noqa: E402

@@ -7,12 +7,12 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from conftest import as_numpy as _as_numpy
 from conftest import dense_ttm, gpu
 from hypothesis import given
 from hypothesis import strategies as st
 
-torch = pytest.importorskip("torch")
 nn = torch.nn
 
 import tensornet as tn  # noqa: E402
@@ -364,7 +364,8 @@ def test_from_linear_rank_cap_and_exactness():
 
 
 def test_from_linear_accepts_gpt2_conv1d_and_transposes_on_purpose():
-    conv1d_module = pytest.importorskip("transformers.pytorch_utils")
+    import transformers.pytorch_utils as conv1d_module
+
     torch.manual_seed(0)
     conv = conv1d_module.Conv1D(nf=30, nx=24)  # weight (nx, nf) = (in, out)
     with torch.no_grad():

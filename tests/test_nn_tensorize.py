@@ -6,13 +6,12 @@ import re
 
 import numpy as np
 import pytest
+import torch
+import transformers
 from conftest import as_numpy
+from torch import nn
 
-torch = pytest.importorskip("torch")
-nn = torch.nn
-transformers = pytest.importorskip("transformers")
-
-from tensornet.nn import Rule, TensorizeReport, TTEmbedding, TTMLinear, tensorize  # noqa: E402
+from tensornet.nn import Rule, TensorizeReport, TTEmbedding, TTMLinear, tensorize
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*token_id must be `None` or an integer")
 

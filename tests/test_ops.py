@@ -221,7 +221,6 @@ def test_structure_mismatch_errors():
         tn.transpose(a)
 
 
-@pytest.mark.skipif(torch is None, reason="torch is a test dependency")
 def test_mixed_backend_operands_refused():
     a = tn.random_tt((2, 3), 2, seed=0)
     with pytest.raises(TypeError, match="different backends"):
@@ -229,7 +228,6 @@ def test_mixed_backend_operands_refused():
 
 
 # --- autodiff through ops on torch ------------------------------------------------------------------
-@pytest.mark.skipif(torch is None, reason="torch is a test dependency")
 def test_gradients_flow_through_ops():
     t = tn.random_tt((3, 4, 2), 2, seed=0).to("torch")
     cores = [c.clone().requires_grad_(True) for c in t.cores]

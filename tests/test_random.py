@@ -40,7 +40,6 @@ def test_seed_reproducible_and_like():
     assert c.dtype == np.float32 and c.ranks == (1, 2, 1)
 
 
-@pytest.mark.skipif(torch is None, reason="torch is a test dependency")
 def test_like_picks_backend_dtype_device():
     like = torch.zeros(1, dtype=torch.float32)
     t = tn.random_ttm((2, 3), (3, 2), 2, seed=1, like=like)

@@ -68,7 +68,6 @@ def test_pickle_round_trip():
 
 
 # --- conversion ----------------------------------------------------------------------------------
-@pytest.mark.skipif(torch is None, reason="torch is a test dependency")
 @given(tst.tts(backend="numpy", dtype="float64"), st.sampled_from(["float32", "float64"]))
 def test_to_torch_and_back(t, dtype):
     u = t.to("torch", dtype=dtype)
@@ -161,7 +160,6 @@ def test_bad_cores(cores, error, match):
         tn.TT(cores)
 
 
-@pytest.mark.skipif(torch is None, reason="torch is a test dependency")
 def test_mixed_backends_refused():
     with pytest.raises(TypeError, match="different or unsupported libraries"):
         tn.TT([np.ones((1, 3, 2)), torch.ones((2, 3, 1), dtype=torch.float64)])
