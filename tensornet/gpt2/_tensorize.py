@@ -332,7 +332,7 @@ def tensorize(
                 init=init,
             )
         w = new.weight
-        if (w.shape if isinstance(w.shape, tuple) else tuple(w.shape)) != (out_features, in_features):
+        if w.shape != (out_features, in_features):
             raise RuntimeError(
                 f"tensorize: {name} became a TTM of shape {w.shape}, not {(out_features, in_features)}"
             )
