@@ -188,6 +188,7 @@ def test_norm_of_difference_is_accurate():
     t = tn.random_tt((4, 4, 4, 4), 3, seed=0)
     u = tn.scale(t, 1 + 1e-12)
     # ||u - t|| = 1e-12 ||t||: the QR sweep resolves it, a Gram-based sqrt(<x, x>) would give ~1e-8
+    # rtol 1e-3: 1 + 1e-12 itself is stored with a relative error ~1e-4 of its 1e-12 part (2.2e-16 / 1e-12)
     np.testing.assert_allclose(float(tn.norm(u - t)), 1e-12 * float(tn.norm(t)), rtol=1e-3)
 
 
