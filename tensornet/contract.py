@@ -595,13 +595,15 @@ def store_tuned(
 def explain(x_shape: Any, w: Any, *more: Any, optimize: Any = None) -> Any:
     """How tensornet contracts a network, as a plan whose ``repr`` is a readable cost table.
 
-    ``explain(x_shape, W)`` for ``linear(x, W)`` (``W`` a TTM, or a list of its core shapes): the
+    ``explain(x_shape, W)`` for ``linear(x, W)`` (``x_shape`` a shape or the input array, ``W`` a TTM, or a list of its core shapes): the
     candidates compared, their FLOPs, bytes moved, largest intermediate and modelled (or measured)
     time, and why the chosen one won. ``explain(equation, *shapes)`` for any einsum network: the
     ``opt_einsum`` path and its cost.
     """
     if isinstance(x_shape, str):
         return plan_network(x_shape, w, *more, optimize=optimize)
+    if hasattr(x_shape, "shape"):  # an input array itself: its shape is what the plan depends on
+        x_shape = x_shape.shape
     cores = getattr(w, "cores", w)
     if hasattr(w, "cores"):
         device = getattr(w, "device", "cpu")
