@@ -6,7 +6,8 @@ FactorizedLinear (block-TT, factorized and reconstructed) vs torchTT's LinearLay
 
 Per layer: forward+backward time (median, input requiring grad, as inside a network), the bytes the
 autograd graph saves for backward (counted with ``torch.autograd.graph.saved_tensors_hooks``, parameters
-excluded, each storage once) and the inference latency at 8 tokens (decoding). Every TT layer uses the same
+excluded, each storage once) and the inference latency at 8 tokens (decoding; the row with
+``cache_dense_weight`` rebuilds W once and reuses it, so it is timed for inference only). Every TT layer uses the same
 core shapes ``in (8, 8, 12), out (12, 16, 16)`` and ranks ``(1, r, r, 1)``. A peer library that is missing
 or fails is reported as such and the rest still runs. Not a test: nothing here asserts a speed.
 ``benchmarks/gpu_layers.py`` reuses the builders below on a GPU.
@@ -35,6 +36,8 @@ from tensornet.nn import TTEmbedding, TTMLinear
 
 IN_FEATURES, OUT_FEATURES = 768, 3072
 IN_SHAPE, OUT_SHAPE = (8, 8, 12), (12, 16, 16)
+# rows whose layer differs from another only without gradients (training would time the same code twice)
+INFERENCE_ONLY = "+ cache_dense_weight (inference only)"
 
 
 # --- the layers -----------------------------------------------------------------------------------------
@@ -68,6 +71,9 @@ def build_layers(rank: int, device: str) -> dict[str, Callable[[], nn.Module]]:
             IN_FEATURES, OUT_FEATURES, rank=rank, in_shape=IN_SHAPE, out_shape=OUT_SHAPE, device=device
         )
 
+    def ttm_cached() -> nn.Module:
+        return ttm().cache_dense_weight()
+
     def tltorch(implementation: str) -> Callable[[], nn.Module]:
         def make() -> nn.Module:
             module = _quiet_import("tltorch")
@@ -91,6 +97,7 @@ def build_layers(rank: int, device: str) -> dict[str, Callable[[], nn.Module]]:
     return {
         "nn.Linear (dense)": dense,
         f"tensornet TTMLinear r={rank}": ttm,
+        f"tensornet TTMLinear r={rank} {INFERENCE_ONLY}": ttm_cached,
         f"tltorch blocktt factorized r={rank}": tltorch("factorized"),
         f"tltorch blocktt reconstructed r={rank}": tltorch("reconstructed"),
         f"torchTT LinearLayerTT r={rank}": torchtt,
@@ -290,8 +297,9 @@ def main(argv: list[str] | None = None) -> None:
             try:
                 layer = make()
                 row.params = sum(p.numel() for p in layer.parameters())
-                row.saved_mib = saved_bytes(layer, x) / 2**20
-                trains[name] = train_step(layer, x, grad, None)
+                if INFERENCE_ONLY not in name:
+                    row.saved_mib = saved_bytes(layer, x) / 2**20
+                    trains[name] = train_step(layer, x, grad, None)
                 decodes[name] = inference(layer, x_decode, None)
             except Exception as error:  # a missing or broken peer is reported, not fatal
                 row.error = short_error(error)

@@ -235,6 +235,77 @@ def test_autocast_bf16_on_cpu_matches_nn_linear_behaviour():
     assert x.grad.dtype == torch.float32
 
 
+def test_dense_weight_cache_matches_uncached_and_is_reused():
+    layer = make(96, 72, (8, 12, 1), (2, 6, 6), 5)
+    weight, bias = dense_reference(layer)
+    x = torch.randn(3, 4, 96, dtype=torch.float64)
+    layer.cache_dense_weight()
+    with torch.no_grad():
+        y = layer(x)
+        cached = layer._dense_cache.value
+        y_again = layer(x[:1])
+    np.testing.assert_allclose(as_numpy(y), as_numpy(x @ weight.T + bias), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(as_numpy(y_again), as_numpy(y[:1]), rtol=1e-12, atol=1e-14)
+    assert layer._dense_cache.value is cached  # rebuilt once, then reused
+    layer.cache_dense_weight(False)
+    assert layer._dense_cache is None
+
+
+def test_dense_weight_cache_follows_in_place_updates_dtype_changes_and_grad_mode():
+    layer = make(24, 30, (2, 3, 4), (5, 3, 2), 3).cache_dense_weight()
+    x = torch.randn(5, 24, dtype=torch.float64)
+    with torch.no_grad():
+        before = layer(x)
+        layer.cores[1].mul_(2.0)  # what an optimizer step does: same tensor, new version
+        after = layer(x)
+    weight, bias = dense_reference(layer)
+    np.testing.assert_allclose(as_numpy(after), as_numpy(x @ weight.T + bias), rtol=1e-10, atol=1e-12)
+    assert not np.allclose(as_numpy(after), as_numpy(before))
+    # with gradients needed the cache is bypassed and the cores get their gradients
+    y = layer(x)
+    y.square().sum().backward()
+    assert all(c.grad is not None for c in layer.cores)
+    # .to() replaces the parameters: the cache rebuilds in the new dtype
+    layer = layer.float()
+    with torch.no_grad():
+        y32 = layer(x.float())
+    assert y32.dtype == torch.float32 and layer._dense_cache.value.dtype == torch.float32
+    np.testing.assert_allclose(as_numpy(y32), as_numpy(after), rtol=1e-5, atol=1e-5)
+    # a dtype mismatch without autocast is still the uncached path's clear error
+    with torch.no_grad(), pytest.raises(TypeError, match="use one dtype"):
+        layer(x)
+
+
+def test_dense_weight_cache_under_autocast_rebuilds_in_full_precision():
+    layer = make(96, 72, (8, 12, 1), (2, 6, 6), 5, dtype=torch.float32).cache_dense_weight()
+    x = torch.randn(6, 96)
+    with torch.no_grad():
+        reference = layer.to_linear()(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = layer(x)
+    assert y.dtype == torch.bfloat16 and layer._dense_cache.value.dtype == torch.bfloat16
+    # the cached W is the float32 rebuild rounded once to bf16 (unit roundoff 2^-9), and the GEMM runs in
+    # bf16: 3% of the output scale, as for nn.Linear under autocast
+    scale = float(reference.abs().max())
+    np.testing.assert_allclose(as_numpy(y), as_numpy(reference), rtol=0, atol=0.03 * scale)
+
+
+def test_dense_weights_context_switches_every_layer_and_restores():
+    model = nn.Sequential(
+        make(24, 30, (2, 3, 4), (5, 3, 2), 3), nn.ReLU(), make(30, 24, (5, 3, 2), (2, 3, 4), 2)
+    )
+    model[2].cache_dense_weight()  # already on: stays on after the block
+    x = torch.randn(4, 24, dtype=torch.float64)
+    expected = model(x).detach()
+    with torch.no_grad(), tn.nn.dense_weights(model) as inside:
+        assert inside is model
+        assert model[0]._dense_cache is not None
+        np.testing.assert_allclose(as_numpy(model(x)), as_numpy(expected), rtol=1e-10, atol=1e-12)
+    assert model[0]._dense_cache is None and model[2]._dense_cache is not None
+    with pytest.raises(TypeError, match=r"expected an nn\.Module"), tn.nn.dense_weights([model]):
+        pass
+
+
 # Known, benign warnings under torch.compile (torch 2.13): dynamo warns when it traces through
 # array_api_compat's lru_cache'd type checks (pure functions) and when it traces the autograd Function's
 # apply (it instantiates the Function internally); inductor imports a module that uses torch.jit.script_method.

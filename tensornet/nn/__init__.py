@@ -6,7 +6,7 @@ shape ``(r_{k-1}, m_k, n_k, r_k)``; a layer weight is stored like ``nn.Linear.we
 
 from ._common import RankClipWarning
 from ._embedding import TTEmbedding
-from ._linear import TTMLinear
+from ._linear import TTMLinear, dense_weights
 from ._tensorize import LayerReport, Rule, TensorizeReport, tensorize
 
 __all__ = [
@@ -16,5 +16,6 @@ __all__ = [
     "TTEmbedding",
     "TTMLinear",
     "TensorizeReport",
+    "dense_weights",
     "tensorize",
 ]

@@ -256,3 +256,45 @@ def autocast_dtype(device_type: str) -> torch.dtype | None:
     if torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return None
+
+
+class DenseCache:
+    """The dense weight rebuilt from a layer's cores, reused while the cores are unchanged.
+
+    Keyed by the cores' identities, storage pointers and in-place version counters (an optimizer step
+    bumps ``_version``; ``.to()``/``load_state_dict`` replace or overwrite the tensors) and by the
+    compute dtype (the autocast dtype when autocast is on). Holds one entry: a dtype or device change
+    rebuilds. Used only when no gradient of the cores is needed and outside ``torch.compile``.
+    """
+
+    __slots__ = ("key", "value")
+
+    def __init__(self) -> None:
+        self.key: tuple[Any, ...] | None = None
+        self.value: Any = None
+
+    def lookup(self, cores: list[Any], x: Any, build: Any) -> Any:
+        """The cached dense weight for ``cores`` and input ``x`` (built by ``build(dtype)`` on a miss), or
+        None when the cache must not be used (gradients needed, compiling, devices differ)."""
+        if torch.compiler.is_compiling():
+            return None
+        if torch.is_grad_enabled() and any(c.requires_grad for c in cores):
+            return None
+        first = cores[0]
+        if x.device != first.device:
+            return None
+        device_type = x.device.type
+        if torch.is_autocast_enabled(device_type):
+            compute = torch.get_autocast_dtype(device_type)
+        elif x.dtype != first.dtype:
+            return None  # the uncached path raises its clear dtype-mismatch error
+        else:
+            compute = x.dtype
+        key = (compute, *[(id(c), c.data_ptr(), c._version) for c in cores])
+        if key != self.key:
+            self.key, self.value = None, None  # free the old matrix before building the new one
+            # rebuilt in the cores' own precision, then cast once (not in bf16 under autocast)
+            with torch.no_grad(), torch.autocast(device_type, enabled=False):
+                self.value = build(compute)
+            self.key = key
+        return self.value

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -11,6 +13,7 @@ import tensornet as tn
 from tensornet import _torch_linear
 
 from ._common import (
+    DenseCache,
     Init,
     check_features,
     check_init,
@@ -23,7 +26,7 @@ from ._common import (
     resolve_shapes,
 )
 
-__all__ = ["TTMLinear"]
+__all__ = ["TTMLinear", "dense_weights"]
 
 _NAMES = ("out_features", "in_features", "out_shape", "in_shape")
 
@@ -108,6 +111,7 @@ class TTMLinear(nn.Module):
         else:
             self.register_parameter("bias", None)
         self.conversion_error = None
+        self._dense_cache: DenseCache | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -155,6 +159,13 @@ class TTMLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cores: list[torch.Tensor] = list(self.cores)
         bias: torch.Tensor | None = self.bias
+        cache = getattr(self, "_dense_cache", None)  # absent on modules pickled by older versions
+        if cache is not None and isinstance(x, torch.Tensor) and x.is_floating_point():
+            weight = cache.lookup(cores, x, lambda compute: tn.full(tn.TTM(cores)).to(compute))
+            if weight is not None:
+                if bias is not None and bias.dtype != weight.dtype:
+                    bias = bias.to(weight.dtype)
+                return nn.functional.linear(x.to(weight.dtype), weight, bias)
         if torch.is_autocast_enabled(x.device.type) and x.is_floating_point():
             cast = torch.get_autocast_dtype(x.device.type)
             x = x.to(cast)
@@ -172,6 +183,21 @@ class TTMLinear(nn.Module):
         ):
             return _torch_linear.linear(x, cores, bias)
         return tn.linear(x, tn.TTM._trusted(cores), bias)
+
+    def cache_dense_weight(self, enabled: bool = True) -> TTMLinear:
+        """Reuse the rebuilt dense ``W`` across calls that need no gradient (inference, decoding).
+
+        While enabled, a forward pass under ``torch.no_grad()``/``inference_mode()`` (or with cores that
+        do not require grad) rebuilds ``W`` once per (core values, compute dtype, device) and then runs
+        ``F.linear`` on it, so decoding costs what a dense layer costs. The cache is checked on every
+        call against the cores' in-place version counters and identities: an optimizer step,
+        ``load_state_dict`` or ``.to()`` invalidates it. It holds one dense ``out x in`` matrix (the
+        memory the TT format saves), is never saved in ``state_dict`` and is bypassed under
+        ``torch.compile`` and whenever a gradient of the cores is needed. ``enabled=False`` frees it.
+        See :func:`tensornet.nn.dense_weights` for a whole model. Returns ``self``.
+        """
+        self._dense_cache = DenseCache() if enabled else None
+        return self
 
     # --- conversion -------------------------------------------------------------------------------
     @classmethod
@@ -279,3 +305,26 @@ def _dense_weight(fn: str, module: Any) -> tuple[torch.Tensor, torch.Tensor | No
             )
         return weight.T, module.bias
     raise TypeError(f"{fn}: expected an nn.Linear or transformers' Conv1D, got {type(module).__name__}")
+
+
+@contextlib.contextmanager
+def dense_weights(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, every :class:`TTMLinear` in ``model`` reuses its rebuilt dense weight.
+
+    For inference and decoding: a forward pass that needs no gradient of the cores rebuilds each ``W``
+    once and then costs what ``nn.Linear`` costs (see :meth:`TTMLinear.cache_dense_weight`). The memory
+    of the dense matrices is held until the block exits; layers that had caching on before keep it.
+
+    >>> with torch.no_grad(), tensornet.nn.dense_weights(model):  # doctest: +SKIP
+    ...     tokens = model.generate(prompt, max_new_tokens=64)
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"dense_weights: expected an nn.Module, got {type(model).__name__}")
+    switched = [m for m in model.modules() if isinstance(m, TTMLinear) and m._dense_cache is None]
+    for layer in switched:
+        layer.cache_dense_weight(True)
+    try:
+        yield model
+    finally:
+        for layer in switched:
+            layer.cache_dense_weight(False)
