@@ -10,6 +10,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.pytorch_utils import Conv1D
 
+import tensornet as tn
 from tensornet.gpt2 import (
     LowRankLinear,
     TiedTTHead,
@@ -167,6 +168,13 @@ def test_save_load_round_trip_and_generate(tmp_path, method):
     kwargs = {"max_new_tokens": 5, "do_sample": False, "pad_token_id": 0}
     out = loaded.generate(prompt, **kwargs)
     assert out.shape == (1, 8) and torch.equal(out, model.generate(prompt, **kwargs))
+    # decoding with the dense weights cached (tensornet.nn.dense_weights): the same logits and tokens
+    with torch.no_grad():
+        logits = loaded(prompt).logits
+        with tn.nn.dense_weights(loaded):
+            cached_logits = loaded(prompt).logits
+            assert torch.equal(loaded.generate(prompt, **kwargs), out)
+    torch.testing.assert_close(cached_logits, logits, rtol=1e-5, atol=1e-5)
     if method == "dense":  # a plain Hugging Face folder
         hf = GPT2LMHeadModel.from_pretrained(path).double()
         assert torch.equal(hf(prompt).logits, model(prompt).logits)

@@ -188,3 +188,22 @@ def test_torch_compile_matches_eager_without_graph_breaks():
         np.testing.assert_allclose(as_numpy(a), as_numpy(b), rtol=1e-5, atol=1e-6)
     torch._dynamo.reset()
     assert torch._dynamo.explain(layer)(ids).graph_break_count == 0
+
+
+@pytest.mark.parametrize(("num", "dim", "voc_shape", "emb_shape", "rank"), CASES)
+def test_dense_table_cache_gathers_the_same_rows_and_follows_updates(num, dim, voc_shape, emb_shape, rank):
+    layer = make(num, dim, voc_shape, emb_shape, rank).cache_dense_weight()
+    ids = torch.randint(0, num, (3, 5))
+    with torch.no_grad():
+        out = layer(ids)
+        table = torch.tensor(dense_ttm(layer.weight))
+        np.testing.assert_allclose(as_numpy(out), as_numpy(table[ids]), rtol=1e-12, atol=1e-12)
+        assert layer.dense_table(ids.device, torch.float64) is layer.dense_table(ids.device, torch.float64)
+        layer.cores[0].mul_(-1.0)  # in place, as an optimizer step: the cached table is rebuilt
+        np.testing.assert_allclose(as_numpy(layer(ids)), -as_numpy(out), rtol=1e-12, atol=1e-12)
+        with pytest.raises(IndexError, match="indices must lie in"):  # still checked with the cache on
+            layer(torch.tensor([num]))
+    # a gradient is needed: the TT lookup runs and the cores get gradients
+    layer(ids).sum().backward()
+    assert all(c.grad is not None for c in layer.cores)
+    assert layer.cache_dense_weight(False).dense_table(ids.device, torch.float64) is None

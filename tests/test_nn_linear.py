@@ -242,11 +242,11 @@ def test_dense_weight_cache_matches_uncached_and_is_reused():
     layer.cache_dense_weight()
     with torch.no_grad():
         y = layer(x)
-        cached = layer._dense_cache.value
+        cached = layer._dense_cache.entries[torch.float64][1]
         y_again = layer(x[:1])
     np.testing.assert_allclose(as_numpy(y), as_numpy(x @ weight.T + bias), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(as_numpy(y_again), as_numpy(y[:1]), rtol=1e-12, atol=1e-14)
-    assert layer._dense_cache.value is cached  # rebuilt once, then reused
+    assert layer._dense_cache.entries[torch.float64][1] is cached  # rebuilt once, then reused
     layer.cache_dense_weight(False)
     assert layer._dense_cache is None
 
@@ -269,7 +269,7 @@ def test_dense_weight_cache_follows_in_place_updates_dtype_changes_and_grad_mode
     layer = layer.float()
     with torch.no_grad():
         y32 = layer(x.float())
-    assert y32.dtype == torch.float32 and layer._dense_cache.value.dtype == torch.float32
+    assert y32.dtype == torch.float32 and list(layer._dense_cache.entries) == [torch.float32]
     np.testing.assert_allclose(as_numpy(y32), as_numpy(after), rtol=1e-5, atol=1e-5)
     # a dtype mismatch without autocast is still the uncached path's clear error
     with torch.no_grad(), pytest.raises(TypeError, match="use one dtype"):
@@ -283,7 +283,7 @@ def test_dense_weight_cache_under_autocast_rebuilds_in_full_precision():
         reference = layer.to_linear()(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             y = layer(x)
-    assert y.dtype == torch.bfloat16 and layer._dense_cache.value.dtype == torch.bfloat16
+    assert y.dtype == torch.bfloat16 and list(layer._dense_cache.entries) == [torch.bfloat16]
     # the cached W is the float32 rebuild rounded once to bf16 (unit roundoff 2^-9), and the GEMM runs in
     # bf16: 3% of the output scale, as for nn.Linear under autocast
     scale = float(reference.abs().max())

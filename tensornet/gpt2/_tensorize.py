@@ -448,6 +448,13 @@ class TiedTTHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         embedding = self._embedding[0]
         cores = list(embedding.cores)
+        autocast = torch.is_autocast_enabled(x.device.type)
+        if x.is_floating_point() and (autocast or x.dtype == cores[0].dtype):
+            # the embedding's cached dense table, under tensornet.nn.dense_weights (None otherwise)
+            compute = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
+            table = embedding.dense_table(x.device, compute)
+            if table is not None:
+                return nn.functional.linear(x.to(compute), table[: embedding.num_embeddings])
         if torch.is_autocast_enabled(x.device.type) and x.is_floating_point():
             cast = torch.get_autocast_dtype(x.device.type)
             x, cores = x.to(cast), [c.to(cast) for c in cores]

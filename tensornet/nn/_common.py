@@ -262,39 +262,44 @@ class DenseCache:
     """The dense weight rebuilt from a layer's cores, reused while the cores are unchanged.
 
     Keyed by the cores' identities, storage pointers and in-place version counters (an optimizer step
-    bumps ``_version``; ``.to()``/``load_state_dict`` replace or overwrite the tensors) and by the
-    compute dtype (the autocast dtype when autocast is on). Holds one entry: a dtype or device change
-    rebuilds. Used only when no gradient of the cores is needed and outside ``torch.compile``.
+    bumps ``_version``; ``.to()``/``load_state_dict`` replace or overwrite the tensors), with one matrix
+    per compute dtype (a TT embedding tied to an LM head may need float32 rows and bf16 logits under
+    autocast); a stale matrix is dropped before a new one is built. Used only when no gradient of the
+    cores is needed and outside ``torch.compile``.
     """
 
-    __slots__ = ("key", "value")
+    __slots__ = ("entries",)
 
     def __init__(self) -> None:
-        self.key: tuple[Any, ...] | None = None
-        self.value: Any = None
+        self.entries: dict[Any, tuple[tuple[Any, ...], Any]] = {}
 
-    def lookup(self, cores: list[Any], x: Any, build: Any) -> Any:
-        """The cached dense weight for ``cores`` and input ``x`` (built by ``build(dtype)`` on a miss), or
-        None when the cache must not be used (gradients needed, compiling, devices differ)."""
+    def lookup(self, cores: list[Any], device: Any, compute: Any, build: Any) -> Any:
+        """The cached dense weight of ``cores`` in dtype ``compute`` (built by ``build(compute)`` on a
+        miss), or None when the cache must not be used (a gradient of the cores is needed, compiling,
+        the cores are on another device than ``device``)."""
         if torch.compiler.is_compiling():
             return None
         if torch.is_grad_enabled() and any(c.requires_grad for c in cores):
             return None
-        first = cores[0]
-        if x.device != first.device:
+        if device != cores[0].device:
             return None
-        device_type = x.device.type
-        if torch.is_autocast_enabled(device_type):
-            compute = torch.get_autocast_dtype(device_type)
-        elif x.dtype != first.dtype:
-            return None  # the uncached path raises its clear dtype-mismatch error
-        else:
-            compute = x.dtype
-        key = (compute, *[(id(c), c.data_ptr(), c._version) for c in cores])
-        if key != self.key:
-            self.key, self.value = None, None  # free the old matrix before building the new one
-            # rebuilt in the cores' own precision, then cast once (not in bf16 under autocast)
-            with torch.no_grad(), torch.autocast(device_type, enabled=False):
-                self.value = build(compute)
-            self.key = key
-        return self.value
+        key = tuple((id(c), c.data_ptr(), c._version) for c in cores)
+        entry = self.entries.get(compute)
+        if entry is not None and entry[0] == key:
+            return entry[1]
+        # free stale matrices (other cores' versions) before building the new one
+        self.entries = {dt: e for dt, e in self.entries.items() if e[0] == key and dt != compute}
+        # rebuilt in the cores' own precision, then cast once (not in bf16 under autocast)
+        with torch.no_grad(), torch.autocast(device.type, enabled=False):
+            value = build(compute)
+        self.entries[compute] = (key, value)
+        return value
+
+
+def linear_compute_dtype(x: Any, cores: list[Any]) -> Any:
+    """The dtype a linear map of ``x`` runs in: the autocast dtype, else ``x``'s when it matches the
+    cores (None on a mismatch, which the uncached path reports with its own error)."""
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return x.dtype if x.dtype == cores[0].dtype else None

@@ -12,6 +12,7 @@ from torch import nn
 import tensornet as tn
 
 from ._common import (
+    DenseCache,
     Init,
     check_features,
     check_init,
@@ -99,6 +100,7 @@ class TTEmbedding(nn.Module):
         )
         self.conversion_error = None
         self.lookup: Literal["auto", "gather"] = "auto"
+        self._dense_cache: DenseCache | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -175,6 +177,9 @@ class TTEmbedding(nn.Module):
         else:  # checked on the device, without a host sync (a device-side assert, as nn.Embedding)
             inside = ((input >= 0) & (input < self.num_embeddings)).all()
             torch._assert_async(inside, f"{fn}: an index is outside [0, {self.num_embeddings})")
+        table = self.dense_table(input.device, self.cores[0].dtype)
+        if table is not None:
+            return nn.functional.embedding(input, table)
         flat = input.reshape(-1).long()
         digits = []
         rest = flat
@@ -203,6 +208,24 @@ class TTEmbedding(nn.Module):
             cols *= n
             result = result.reshape(tokens, cols, int(core.shape[-1]))
         return result.reshape(*input.shape, self.embedding_dim)
+
+    def cache_dense_weight(self, enabled: bool = True) -> TTEmbedding:
+        """Reuse the rebuilt dense table across calls that need no gradient (inference, decoding): the
+        lookup is then ``nn.Embedding``'s gather. Same rules as :meth:`TTMLinear.cache_dense_weight`
+        (rebuilt when the cores change, bypassed when their gradient is needed or under
+        ``torch.compile``, never saved). It holds the padded ``prod(voc_shape) x embedding_dim`` table.
+        Returns ``self``."""
+        self._dense_cache = DenseCache() if enabled else None
+        return self
+
+    def dense_table(self, device: Any, dtype: Any) -> torch.Tensor | None:
+        """The cached padded table in ``dtype`` when :meth:`cache_dense_weight` is on and may be used
+        here (see :class:`DenseCache`), else None. For layers tied to this one, such as an LM head."""
+        cache = getattr(self, "_dense_cache", None)  # absent on modules pickled by older versions
+        if cache is None:
+            return None
+        cores = list(self.cores)
+        return cache.lookup(cores, device, dtype, lambda dt: tn.full(tn.TTM(cores)).to(dt))
 
     @classmethod
     def from_ttm(cls, weight: tn.TTM, num_embeddings: int | None = None) -> TTEmbedding:

@@ -23,6 +23,7 @@ from ._common import (
     conv1d_class,
     core_shapes,
     init_cores,
+    linear_compute_dtype,
     resolve_shapes,
 )
 
@@ -161,7 +162,10 @@ class TTMLinear(nn.Module):
         bias: torch.Tensor | None = self.bias
         cache = getattr(self, "_dense_cache", None)  # absent on modules pickled by older versions
         if cache is not None and isinstance(x, torch.Tensor) and x.is_floating_point():
-            weight = cache.lookup(cores, x, lambda compute: tn.full(tn.TTM(cores)).to(compute))
+            compute = linear_compute_dtype(x, cores)
+            weight = None
+            if compute is not None:
+                weight = cache.lookup(cores, x.device, compute, lambda dt: tn.full(tn.TTM(cores)).to(dt))
             if weight is not None:
                 if bias is not None and bias.dtype != weight.dtype:
                     bias = bias.to(weight.dtype)
@@ -309,10 +313,12 @@ def _dense_weight(fn: str, module: Any) -> tuple[torch.Tensor, torch.Tensor | No
 
 @contextlib.contextmanager
 def dense_weights(model: nn.Module) -> Iterator[nn.Module]:
-    """Within the block, every :class:`TTMLinear` in ``model`` reuses its rebuilt dense weight.
+    """Within the block, every :class:`TTMLinear` and :class:`TTEmbedding` in ``model`` reuses its
+    rebuilt dense weight (table).
 
     For inference and decoding: a forward pass that needs no gradient of the cores rebuilds each ``W``
-    once and then costs what ``nn.Linear`` costs (see :meth:`TTMLinear.cache_dense_weight`). The memory
+    once and then costs what ``nn.Linear`` (``nn.Embedding``) costs (see
+    :meth:`TTMLinear.cache_dense_weight`). The memory
     of the dense matrices is held until the block exits; layers that had caching on before keep it.
 
     >>> with torch.no_grad(), tensornet.nn.dense_weights(model):  # doctest: +SKIP
@@ -320,7 +326,10 @@ def dense_weights(model: nn.Module) -> Iterator[nn.Module]:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"dense_weights: expected an nn.Module, got {type(model).__name__}")
-    switched = [m for m in model.modules() if isinstance(m, TTMLinear) and m._dense_cache is None]
+    from ._embedding import TTEmbedding
+
+    layers = (TTMLinear, TTEmbedding)
+    switched = [m for m in model.modules() if isinstance(m, layers) and m._dense_cache is None]
     for layer in switched:
         layer.cache_dense_weight(True)
     try:
