@@ -20,6 +20,10 @@ deterministic file order, a fixed ~5% validation split by file name, no network.
 byte-level BPE trained on the training text with Hugging Face tokenizers and cached under --cache-dir."""
 
 
+# learning-rate multiplier of factorised weights for the short CPU runs (compare, train --preset tiny)
+FACTOR_LR_SCALE = 5.0
+
+
 def _add_data_args(p: argparse.ArgumentParser, *, max_chars: int | None) -> None:
     g = p.add_argument_group("data")
     g.add_argument(
@@ -157,6 +161,14 @@ def _add_train_args(p: argparse.ArgumentParser, d: TrainConfig, *, recipe_note: 
         "--clip", type=float, default=d.clip, help=f"gradient-norm clip, 0 = off (default {d.clip:g})"
     )
     g.add_argument(
+        "--factor-lr-scale",
+        type=float,
+        default=d.factor_lr_scale,
+        metavar="X",
+        help="learning-rate multiplier for factorised weights (TT cores, low-rank factors), which move "
+        f"W less per Adam step than a dense matrix (default {d.factor_lr_scale:g})",
+    )
+    g.add_argument(
         "--seed", type=int, default=d.seed, help="seed for initialisation and data order (default 0)"
     )
     g.add_argument(
@@ -186,6 +198,7 @@ def _train_config(args, **extra) -> TrainConfig:
         beta1=args.beta1,
         beta2=args.beta2,
         clip=args.clip,
+        factor_lr_scale=args.factor_lr_scale,
         seed=args.seed,
         eval_every=args.eval_every,
         eval_tokens=args.eval_tokens,
@@ -272,7 +285,8 @@ def cmd_compare(args) -> int:
     tokens = args.steps * args.batch_size * args.block_size
     print(
         f"training {', '.join(variants)}: {args.steps} steps x {args.batch_size} x {args.block_size} = "
-        f"{tokens:,} tokens each, seed {args.seed}, on {device}"
+        f"{tokens:,} tokens each, seed {args.seed}, on {device}; lr {args.lr:g} (TT cores and low-rank "
+        f"factors x{args.factor_lr_scale:g})"
     )
     summary = compare(spec, out=out, variants=variants)
     token_file.unlink()
@@ -286,9 +300,14 @@ def cmd_compare(args) -> int:
 def cmd_train(args) -> int:
     dist = Distributed()
     tiny = args.preset == "tiny"
-    defaults = {"lr": 1e-3, "warmup": 100} if tiny else {"lr": 6.25e-5, "warmup": 4000}
-    args.lr = defaults["lr"] if args.lr is None else args.lr
-    args.warmup = defaults["warmup"] if args.warmup is None else args.warmup
+    defaults = (
+        {"lr": 1e-3, "warmup": 100, "factor_lr_scale": FACTOR_LR_SCALE}
+        if tiny
+        else {"lr": 6.25e-5, "warmup": 4000, "factor_lr_scale": 1.0}
+    )
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     corpus = _data.load_corpus(args.data, max_chars=args.max_chars)
     tokenizer, train_ids, val_ids = _tokens(
         args, corpus, vocab_size=args.vocab_size or (4096 if tiny else 16384)
@@ -495,6 +514,9 @@ def parser() -> argparse.ArgumentParser:
             weight_decay=0.01,
             beta2=0.99,
             eval_tokens=0,
+            # TT cores and low-rank factors at 5x the dense lr: the best of 1/2/3/5/8 for the TTM model
+            # in benchmarks/results/gpt2_compare_cpu.md (the dense model's MLPs at 3x were worse)
+            factor_lr_scale=FACTOR_LR_SCALE,
         ),
         recipe_note="short-run defaults sized for 2 CPU cores",
     )
@@ -525,9 +547,10 @@ def parser() -> argparse.ArgumentParser:
         p,
         TrainConfig(),
         recipe_note="the paper's recipe: AdamW, warmup, cosine, clip 1.0; "
-        "--lr and --warmup default to 1e-3/100 for tiny and 6.25e-5/4000 otherwise",
+        "--lr, --warmup and --factor-lr-scale default to 1e-3/100/"
+        f"{FACTOR_LR_SCALE:g} for tiny and to the paper's 6.25e-5/4000/1 otherwise",
     )
-    p.set_defaults(lr=None, warmup=None)
+    p.set_defaults(lr=None, warmup=None, factor_lr_scale=None)
     p.add_argument(
         "--checkpoint-every", type=int, default=0, help="checkpoint every N steps (always at the end)"
     )
