@@ -566,3 +566,15 @@ def test_cuda_forward_backward_and_autocast_match_cpu():
     np.testing.assert_allclose(
         as_numpy(y16), as_numpy(y_cpu), rtol=0, atol=0.03 * float(y_cpu.detach().abs().max())
     )
+
+
+def test_tt_parameters_lists_every_core_once():
+    shared = make(24, 30, (2, 3, 4), (5, 3, 2), 3)
+    embedding = tn.nn.TTEmbedding(60, 24, rank=2, voc_shape=(3, 4, 5), emb_shape=(2, 3, 4))
+    model = nn.Sequential(embedding, shared, nn.Linear(30, 30), shared)  # shared twice: counted once
+    cores = tn.nn.tt_parameters(model)
+    expected = list(embedding.cores) + list(shared.cores)
+    assert [id(p) for p in cores] == [id(p) for p in expected]
+    assert tn.nn.tt_parameters(nn.Linear(3, 3)) == []
+    with pytest.raises(TypeError, match="expected an nn"):
+        tn.nn.tt_parameters([shared])

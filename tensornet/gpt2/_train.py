@@ -127,19 +127,13 @@ def default_device(dist: Distributed | None = None) -> torch.device:
 def factor_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The factorised weights of ``model``: the cores of every TTMLinear/TTEmbedding and the two factors of
     every LowRankLinear (each once)."""
-    from tensornet.nn import TTEmbedding, TTMLinear
+    from tensornet.nn import tt_parameters
 
     from ._lowrank import LowRankLinear
 
-    found: dict[int, nn.Parameter] = {}
-    for module in model.modules():
-        if isinstance(module, (TTMLinear, TTEmbedding)):
-            params = list(module.cores)
-        elif isinstance(module, LowRankLinear):
-            params = [module.a, module.b]
-        else:
-            continue
-        found.update((id(p), p) for p in params if p.requires_grad)
+    params = tt_parameters(model)
+    params += [p for m in model.modules() if isinstance(m, LowRankLinear) for p in (m.a, m.b)]
+    found = {id(p): p for p in params if p.requires_grad}
     return list(found.values())
 
 

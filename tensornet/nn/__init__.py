@@ -6,7 +6,7 @@ shape ``(r_{k-1}, m_k, n_k, r_k)``; a layer weight is stored like ``nn.Linear.we
 
 from ._common import RankClipWarning
 from ._embedding import TTEmbedding
-from ._linear import TTMLinear, dense_weights
+from ._linear import TTMLinear, dense_weights, tt_parameters
 from ._tensorize import LayerReport, Rule, TensorizeReport, tensorize
 
 __all__ = [
@@ -18,4 +18,5 @@ __all__ = [
     "TensorizeReport",
     "dense_weights",
     "tensorize",
+    "tt_parameters",
 ]

@@ -27,7 +27,7 @@ from ._common import (
     resolve_shapes,
 )
 
-__all__ = ["TTMLinear", "dense_weights"]
+__all__ = ["TTMLinear", "dense_weights", "tt_parameters"]
 
 _NAMES = ("out_features", "in_features", "out_shape", "in_shape")
 
@@ -337,3 +337,28 @@ def dense_weights(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for layer in switched:
             layer.cache_dense_weight(False)
+
+
+def tt_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The TT cores of every :class:`TTMLinear` and :class:`TTEmbedding` in ``model`` (each once), e.g. to
+    give them their own optimizer group.
+
+    With Adam every entry moves by about ``lr`` per step, and a change of one core moves the product
+    ``W`` by that change times the other cores, so at a dense model's ``lr`` a TT weight learns several
+    times slower. In the GPT-2 runs of ``benchmarks/results/gpt2_compare_cpu.md`` cores at 2-5x the
+    dense learning rate closed the gap to the dense model (``tensornet.gpt2``'s ``--factor-lr-scale``):
+
+    >>> cores = tensornet.nn.tt_parameters(model)  # doctest: +SKIP
+    >>> ids = {id(p) for p in cores}
+    >>> rest = [p for p in model.parameters() if id(p) not in ids]
+    >>> opt = torch.optim.AdamW([{"params": rest}, {"params": cores, "lr": 3 * lr}], lr=lr)
+    """
+    from ._embedding import TTEmbedding
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"tt_parameters: expected an nn.Module, got {type(model).__name__}")
+    found: dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        if isinstance(module, (TTMLinear, TTEmbedding)):
+            found.update((id(p), p) for p in module.cores)
+    return list(found.values())
