@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
+from torch import nn
 
 import tensornet as tn
 from tensornet import shapes as _shapes
@@ -303,3 +304,83 @@ def linear_compute_dtype(x: Any, cores: list[Any]) -> Any:
     if torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return x.dtype if x.dtype == cores[0].dtype else None
+
+
+class TTCoresModule(nn.Module):
+    """What :class:`TTMLinear` and :class:`TTEmbedding` share: the TT cores as ``nn.Parameter`` s (core k
+    of shape ``(r_{k-1}, rows_k, cols_k, r_k)``), their ranks and size, their initialisation and the
+    dense-weight cache."""
+
+    cores: nn.ParameterList
+    init: Init
+    conversion_error: float | None
+    _dense_cache: DenseCache | None
+
+    def _make_cores(
+        self,
+        fn: str,
+        rows: tuple[int, ...],
+        cols: tuple[int, ...],
+        rank: int | tuple[int, ...],
+        *,
+        clip_rank: bool,
+        init: Any,
+        device: Any,
+        dtype: Any,
+    ) -> None:
+        """Validate ``rank``/``init`` (clipping the rank with a warning if asked) and create empty cores."""
+        bonds = check_rank(fn, rank, len(rows))
+        if clip_rank:  # the warning points at the user's constructor call, two frames up
+            bonds = clip_ranks(fn, bonds, rows, cols, stacklevel=4)
+        self.init = check_init(fn, init)
+        self.cores = nn.ParameterList(
+            [
+                nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
+                for shape in core_shapes(rows, cols, bonds)
+            ]
+        )
+        self.conversion_error = None
+        self._dense_cache = None
+
+    def _draw_cores(self, fan_in: int, fan_out: int) -> None:
+        """Fill the cores for ``self.init`` from torch's global generator (nothing on the meta device)."""
+        if self.cores[0].is_meta:
+            return
+        values = init_cores([tuple(c.shape) for c in self.cores], self.init, fan_in, fan_out)
+        with torch.no_grad():
+            for core, value in zip(self.cores, values):
+                core.copy_(value)
+
+    @property
+    def ranks(self) -> tuple[int, ...]:
+        """TT ranks ``(1, r_1, ..., r_{d-1}, 1)``."""
+        return (1, *(int(c.shape[-1]) for c in self.cores))
+
+    @property
+    def tt_params(self) -> int:
+        """Numbers stored in the cores (a bias not included)."""
+        return sum(c.numel() for c in self.cores)
+
+    def cache_dense_weight(self, enabled: bool = True) -> Any:
+        """Reuse the rebuilt dense weight across calls that need no gradient (inference, decoding).
+
+        While enabled, a forward pass under ``torch.no_grad()``/``inference_mode()`` (or with cores that
+        do not require grad) rebuilds the dense matrix once per (core values, compute dtype, device) and
+        then runs the dense layer's kernel on it (``F.linear``, ``F.embedding``), so decoding costs what a
+        dense layer costs. The cache is checked on every call against the cores' in-place version
+        counters and identities: an optimizer step, ``load_state_dict`` or ``.to()`` invalidates it. It
+        holds the dense matrix (the memory the TT format saves), is never saved in ``state_dict`` and is
+        bypassed under ``torch.compile`` and whenever a gradient of the cores is needed.
+        ``enabled=False`` frees it. See :func:`tensornet.nn.dense_weights` for a whole model. Returns
+        ``self``.
+        """
+        self._dense_cache = DenseCache() if enabled else None
+        return self
+
+    def _cached_dense(self, device: Any, dtype: Any) -> torch.Tensor | None:
+        """The cached dense matrix in ``dtype`` if the cache is on and usable here, else None."""
+        cache = getattr(self, "_dense_cache", None)  # absent on modules pickled by older versions
+        if cache is None:
+            return None
+        cores = list(self.cores)
+        return cache.lookup(cores, device, dtype, lambda dt: tn.full(tn.TTM(cores)).to(dt))

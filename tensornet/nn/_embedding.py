@@ -12,15 +12,11 @@ from torch import nn
 import tensornet as tn
 
 from ._common import (
-    DenseCache,
     Init,
+    TTCoresModule,
     check_features,
-    check_init,
     check_ncores,
     check_rank,
-    clip_ranks,
-    core_shapes,
-    init_cores,
     resolve_shapes,
 )
 
@@ -29,7 +25,7 @@ __all__ = ["TTEmbedding"]
 _NAMES = ("num_embeddings", "embedding_dim", "voc_shape", "emb_shape")
 
 
-class TTEmbedding(nn.Module):
+class TTEmbedding(TTCoresModule):
     """``nn.Embedding(num_embeddings, embedding_dim)`` whose table is a TT-matrix.
 
     Layout: core k is an ``nn.Parameter`` of shape ``(r_{k-1}, m_k, n_k, r_k)``; the table is the TTM with
@@ -87,44 +83,20 @@ class TTEmbedding(nn.Module):
         )
         self.voc_shape: tuple[int, ...] = voc_shape
         self.emb_shape: tuple[int, ...] = emb_shape
-        bonds = check_rank(fn, rank, len(voc_shape))
-        if clip_rank:
-            bonds = clip_ranks(fn, bonds, voc_shape, emb_shape, stacklevel=3)
-        self.init: Init = check_init(fn, init)
-        factory = {"device": device, "dtype": dtype}
-        self.cores = nn.ParameterList(
-            [
-                nn.Parameter(torch.empty(shape, **factory))
-                for shape in core_shapes(voc_shape, emb_shape, bonds)
-            ]
+        self._make_cores(
+            fn, voc_shape, emb_shape, rank, clip_rank=clip_rank, init=init, device=device, dtype=dtype
         )
-        self.conversion_error = None
         self.lookup: Literal["auto", "gather"] = "auto"
-        self._dense_cache: DenseCache | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Draw the cores for ``self.init`` (fan_in = embedding_dim, fan_out = padded vocabulary)."""
-        if self.cores[0].is_meta:
-            return
-        shapes = [tuple(c.shape) for c in self.cores]
-        values = init_cores(shapes, self.init, self.embedding_dim, math.prod(self.voc_shape))
-        with torch.no_grad():
-            for core, value in zip(self.cores, values):
-                core.copy_(value)
+        self._draw_cores(self.embedding_dim, math.prod(self.voc_shape))
 
     @property
     def weight(self) -> tn.TTM:
         """The (padded) table as a :class:`tensornet.TTM` of shape ``(prod(voc_shape), embedding_dim)``."""
         return tn.TTM(list(self.cores))
-
-    @property
-    def ranks(self) -> tuple[int, ...]:
-        return (1, *(int(c.shape[-1]) for c in self.cores))
-
-    @property
-    def tt_params(self) -> int:
-        return sum(c.numel() for c in self.cores)
 
     @property
     def compression(self) -> float:
@@ -209,23 +181,10 @@ class TTEmbedding(nn.Module):
             result = result.reshape(tokens, cols, int(core.shape[-1]))
         return result.reshape(*input.shape, self.embedding_dim)
 
-    def cache_dense_weight(self, enabled: bool = True) -> TTEmbedding:
-        """Reuse the rebuilt dense table across calls that need no gradient (inference, decoding): the
-        lookup is then ``nn.Embedding``'s gather. Same rules as :meth:`TTMLinear.cache_dense_weight`
-        (rebuilt when the cores change, bypassed when their gradient is needed or under
-        ``torch.compile``, never saved). It holds the padded ``prod(voc_shape) x embedding_dim`` table.
-        Returns ``self``."""
-        self._dense_cache = DenseCache() if enabled else None
-        return self
-
     def dense_table(self, device: Any, dtype: Any) -> torch.Tensor | None:
         """The cached padded table in ``dtype`` when :meth:`cache_dense_weight` is on and may be used
-        here (see :class:`DenseCache`), else None. For layers tied to this one, such as an LM head."""
-        cache = getattr(self, "_dense_cache", None)  # absent on modules pickled by older versions
-        if cache is None:
-            return None
-        cores = list(self.cores)
-        return cache.lookup(cores, device, dtype, lambda dt: tn.full(tn.TTM(cores)).to(dt))
+        here, else None. For layers tied to this one, such as an LM head."""
+        return self._cached_dense(device, dtype)
 
     @classmethod
     def from_ttm(cls, weight: tn.TTM, num_embeddings: int | None = None) -> TTEmbedding:

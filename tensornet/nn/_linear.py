@@ -13,16 +13,12 @@ import tensornet as tn
 from tensornet import _torch_linear
 
 from ._common import (
-    DenseCache,
     Init,
+    TTCoresModule,
     check_features,
-    check_init,
     check_ncores,
     check_rank,
-    clip_ranks,
     conv1d_class,
-    core_shapes,
-    init_cores,
     linear_compute_dtype,
     resolve_shapes,
 )
@@ -32,7 +28,7 @@ __all__ = ["TTMLinear", "dense_weights", "tt_parameters"]
 _NAMES = ("out_features", "in_features", "out_shape", "in_shape")
 
 
-class TTMLinear(nn.Module):
+class TTMLinear(TTCoresModule):
     """``y = x @ W.T + b`` with ``W`` of shape ``(out_features, in_features)`` stored as a TT-matrix.
 
     Layout (as everywhere in tensornet): core k is an ``nn.Parameter`` of shape ``(r_{k-1}, m_k, n_k, r_k)``
@@ -99,32 +95,20 @@ class TTMLinear(nn.Module):
         )
         self.in_shape: tuple[int, ...] = in_shape
         self.out_shape: tuple[int, ...] = out_shape
-        bonds = check_rank(fn, rank, len(in_shape))
-        if clip_rank:
-            bonds = clip_ranks(fn, bonds, out_shape, in_shape, stacklevel=3)
-        self.init: Init = check_init(fn, init)
-        factory = {"device": device, "dtype": dtype}
-        self.cores = nn.ParameterList(
-            [nn.Parameter(torch.empty(shape, **factory)) for shape in core_shapes(out_shape, in_shape, bonds)]
+        self._make_cores(
+            fn, out_shape, in_shape, rank, clip_rank=clip_rank, init=init, device=device, dtype=dtype
         )
         if bias:
-            self.bias = nn.Parameter(torch.empty(self.out_features, **factory))
+            self.bias = nn.Parameter(torch.empty(self.out_features, device=device, dtype=dtype))
         else:
             self.register_parameter("bias", None)
-        self.conversion_error = None
-        self._dense_cache: DenseCache | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Draw the cores for ``self.init`` and zero the bias (from torch's global generator)."""
-        if self.cores[0].is_meta:
-            return
-        shapes = [tuple(c.shape) for c in self.cores]
-        values = init_cores(shapes, self.init, self.in_features, self.out_features)
-        with torch.no_grad():
-            for core, value in zip(self.cores, values):
-                core.copy_(value)
-            if self.bias is not None:
+        self._draw_cores(self.in_features, self.out_features)
+        if self.bias is not None and not self.bias.is_meta:
+            with torch.no_grad():
                 self.bias.zero_()
 
     # --- structure ------------------------------------------------------------------------------
@@ -132,16 +116,6 @@ class TTMLinear(nn.Module):
     def weight(self) -> tn.TTM:
         """The weight as a :class:`tensornet.TTM` of shape ``(out_features, in_features)`` (differentiable)."""
         return tn.TTM(list(self.cores))
-
-    @property
-    def ranks(self) -> tuple[int, ...]:
-        """TT ranks ``(1, r_1, ..., r_{d-1}, 1)``."""
-        return (1, *(int(c.shape[-1]) for c in self.cores))
-
-    @property
-    def tt_params(self) -> int:
-        """Numbers stored in the cores (the bias not included)."""
-        return sum(c.numel() for c in self.cores)
 
     @property
     def compression(self) -> float:
@@ -160,12 +134,13 @@ class TTMLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cores: list[torch.Tensor] = list(self.cores)
         bias: torch.Tensor | None = self.bias
-        cache = getattr(self, "_dense_cache", None)  # absent on modules pickled by older versions
-        if cache is not None and isinstance(x, torch.Tensor) and x.is_floating_point():
+        if (
+            getattr(self, "_dense_cache", None) is not None
+            and isinstance(x, torch.Tensor)
+            and x.is_floating_point()
+        ):
             compute = linear_compute_dtype(x, cores)
-            weight = None
-            if compute is not None:
-                weight = cache.lookup(cores, x.device, compute, lambda dt: tn.full(tn.TTM(cores)).to(dt))
+            weight = None if compute is None else self._cached_dense(x.device, compute)
             if weight is not None:
                 if bias is not None and bias.dtype != weight.dtype:
                     bias = bias.to(weight.dtype)
@@ -187,21 +162,6 @@ class TTMLinear(nn.Module):
         ):
             return _torch_linear.linear(x, cores, bias)
         return tn.linear(x, tn.TTM._trusted(cores), bias)
-
-    def cache_dense_weight(self, enabled: bool = True) -> TTMLinear:
-        """Reuse the rebuilt dense ``W`` across calls that need no gradient (inference, decoding).
-
-        While enabled, a forward pass under ``torch.no_grad()``/``inference_mode()`` (or with cores that
-        do not require grad) rebuilds ``W`` once per (core values, compute dtype, device) and then runs
-        ``F.linear`` on it, so decoding costs what a dense layer costs. The cache is checked on every
-        call against the cores' in-place version counters and identities: an optimizer step,
-        ``load_state_dict`` or ``.to()`` invalidates it. It holds one dense ``out x in`` matrix (the
-        memory the TT format saves), is never saved in ``state_dict`` and is bypassed under
-        ``torch.compile`` and whenever a gradient of the cores is needed. ``enabled=False`` frees it.
-        See :func:`tensornet.nn.dense_weights` for a whole model. Returns ``self``.
-        """
-        self._dense_cache = DenseCache() if enabled else None
-        return self
 
     # --- conversion -------------------------------------------------------------------------------
     @classmethod
