@@ -578,3 +578,17 @@ def test_tt_parameters_lists_every_core_once():
     assert tn.nn.tt_parameters(nn.Linear(3, 3)) == []
     with pytest.raises(TypeError, match="expected an nn"):
         tn.nn.tt_parameters([shared])
+
+
+def test_dense_weight_cache_of_a_frozen_layer_built_in_inference_mode_serves_input_gradients():
+    layer = make(24, 30, (2, 3, 4), (5, 3, 2), 3).requires_grad_(False).cache_dense_weight()
+    weight, bias = dense_reference(layer)
+    x = torch.randn(4, 24, dtype=torch.float64)
+    with torch.inference_mode():
+        layer(x)  # builds the cache here
+    x.requires_grad_(True)
+    y = layer(x)  # frozen cores: the cache is used, and x's gradient flows through F.linear
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    np.testing.assert_allclose(as_numpy(y), as_numpy(x @ weight.T + bias), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(as_numpy(x.grad), as_numpy(grad @ weight), rtol=1e-10, atol=1e-12)

@@ -290,8 +290,9 @@ class DenseCache:
             return entry[1]
         # free stale matrices (other cores' versions) before building the new one
         self.entries = {dt: e for dt, e in self.entries.items() if e[0] == key and dt != compute}
-        # rebuilt in the cores' own precision, then cast once (not in bf16 under autocast)
-        with torch.no_grad(), torch.autocast(device.type, enabled=False):
+        # rebuilt in the cores' own precision, then cast once (not in bf16 under autocast); as a normal
+        # tensor even under inference_mode, so a later call that needs the input's gradient may save it
+        with torch.inference_mode(False), torch.no_grad(), torch.autocast(device.type, enabled=False):
             value = build(compute)
         self.entries[compute] = (key, value)
         return value
