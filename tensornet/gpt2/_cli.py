@@ -20,8 +20,8 @@ deterministic file order, a fixed ~5% validation split by file name, no network.
 byte-level BPE trained on the training text with Hugging Face tokenizers and cached under --cache-dir."""
 
 
-# learning-rate multiplier of factorised weights for the short CPU runs (compare, train --preset tiny)
-FACTOR_LR_SCALE = 3.0
+# learning-rate multiplier of the TT cores for the short CPU runs (compare, train --preset tiny)
+TT_LR_SCALE = 3.0
 
 
 def _add_data_args(p: argparse.ArgumentParser, *, max_chars: int | None) -> None:
@@ -161,12 +161,12 @@ def _add_train_args(p: argparse.ArgumentParser, d: TrainConfig, *, recipe_note: 
         "--clip", type=float, default=d.clip, help=f"gradient-norm clip, 0 = off (default {d.clip:g})"
     )
     g.add_argument(
-        "--factor-lr-scale",
+        "--tt-lr-scale",
         type=float,
-        default=d.factor_lr_scale,
+        default=d.tt_lr_scale,
         metavar="X",
-        help="learning-rate multiplier for factorised weights (TT cores, low-rank factors), which move "
-        f"W less per Adam step than a dense matrix (default {d.factor_lr_scale:g})",
+        help="learning-rate multiplier for the TT cores, which move W less per Adam step than a dense "
+        f"matrix does (default {d.tt_lr_scale:g})",
     )
     g.add_argument(
         "--seed", type=int, default=d.seed, help="seed for initialisation and data order (default 0)"
@@ -198,7 +198,7 @@ def _train_config(args, **extra) -> TrainConfig:
         beta1=args.beta1,
         beta2=args.beta2,
         clip=args.clip,
-        factor_lr_scale=args.factor_lr_scale,
+        tt_lr_scale=args.tt_lr_scale,
         seed=args.seed,
         eval_every=args.eval_every,
         eval_tokens=args.eval_tokens,
@@ -285,8 +285,7 @@ def cmd_compare(args) -> int:
     tokens = args.steps * args.batch_size * args.block_size
     print(
         f"training {', '.join(variants)}: {args.steps} steps x {args.batch_size} x {args.block_size} = "
-        f"{tokens:,} tokens each, seed {args.seed}, on {device}; lr {args.lr:g} (TT cores and low-rank "
-        f"factors x{args.factor_lr_scale:g})"
+        f"{tokens:,} tokens each, seed {args.seed}, on {device}; lr {args.lr:g} (TT cores x{args.tt_lr_scale:g})"
     )
     summary = compare(spec, out=out, variants=variants)
     token_file.unlink()
@@ -301,9 +300,9 @@ def cmd_train(args) -> int:
     dist = Distributed()
     tiny = args.preset == "tiny"
     defaults = (
-        {"lr": 1e-3, "warmup": 100, "factor_lr_scale": FACTOR_LR_SCALE}
+        {"lr": 1e-3, "warmup": 100, "tt_lr_scale": TT_LR_SCALE}
         if tiny
-        else {"lr": 6.25e-5, "warmup": 4000, "factor_lr_scale": 1.0}
+        else {"lr": 6.25e-5, "warmup": 4000, "tt_lr_scale": 1.0}
     )
     for name, value in defaults.items():
         if getattr(args, name) is None:
@@ -514,9 +513,9 @@ def parser() -> argparse.ArgumentParser:
             weight_decay=0.01,
             beta2=0.99,
             eval_tokens=0,
-            # TT cores and low-rank factors at 3x the dense lr: the middle of the flat optimum 2-5 of the sweep
-            # 1/2/3/5/8 in benchmarks/results/gpt2_compare_cpu.md (dense MLP weights at 3x were worse)
-            factor_lr_scale=FACTOR_LR_SCALE,
+            # TT cores at 3x the dense lr: the middle of the flat optimum 2-5 of the sweep 1/2/3/5/8 in
+            # benchmarks/results/gpt2_compare_cpu.md (dense MLP weights at 3x, low-rank factors at 2-5x: worse)
+            tt_lr_scale=TT_LR_SCALE,
         ),
         recipe_note="short-run defaults sized for 2 CPU cores",
     )
@@ -547,10 +546,10 @@ def parser() -> argparse.ArgumentParser:
         p,
         TrainConfig(),
         recipe_note="the paper's recipe: AdamW, warmup, cosine, clip 1.0; "
-        "--lr, --warmup and --factor-lr-scale default to 1e-3/100/"
-        f"{FACTOR_LR_SCALE:g} for tiny and to the paper's 6.25e-5/4000/1 otherwise",
+        "--lr, --warmup and --tt-lr-scale default to 1e-3/100/"
+        f"{TT_LR_SCALE:g} for tiny and to the paper's 6.25e-5/4000/1 otherwise",
     )
-    p.set_defaults(lr=None, warmup=None, factor_lr_scale=None)
+    p.set_defaults(lr=None, warmup=None, tt_lr_scale=None)
     p.add_argument(
         "--checkpoint-every", type=int, default=0, help="checkpoint every N steps (always at the end)"
     )

@@ -36,9 +36,9 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.999
     clip: float = 1.0  # max gradient norm; 0 disables
-    # learning-rate multiplier for factorised weights (TT cores, low-rank factors): a product of factors
-    # moves W less per Adam step than a dense matrix does (see make_optimizer)
-    factor_lr_scale: float = 1.0
+    # learning-rate multiplier for the TT cores (TTMLinear, TTEmbedding): a product of cores moves W less
+    # per Adam step than a dense matrix (see make_optimizer)
+    tt_lr_scale: float = 1.0
     seed: int = 0
     eval_every: int = 0  # 0: only at the end
     eval_tokens: int = 65536  # validation tokens per evaluation (None-like when <= 0: all)
@@ -52,8 +52,8 @@ class TrainConfig:
         for name in ("warmup", "eval_every", "checkpoint_every", "weight_decay", "clip"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not self.factor_lr_scale > 0:
-            raise ValueError(f"factor_lr_scale must be > 0, got {self.factor_lr_scale}")
+        if not self.tt_lr_scale > 0:
+            raise ValueError(f"tt_lr_scale must be > 0, got {self.tt_lr_scale}")
         if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"need lr > 0 and 0 <= min_lr_ratio <= 1, got {self.lr}, {self.min_lr_ratio}")
 
@@ -124,38 +124,28 @@ def default_device(dist: Distributed | None = None) -> torch.device:
     return torch.device("cpu")
 
 
-def factor_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The factorised weights of ``model``: the cores of every TTMLinear/TTEmbedding and the two factors of
-    every LowRankLinear (each once)."""
-    from tensornet.nn import tt_parameters
-
-    from ._lowrank import LowRankLinear
-
-    params = tt_parameters(model)
-    params += [p for m in model.modules() if isinstance(m, LowRankLinear) for p in (m.a, m.b)]
-    found = {id(p): p for p in params if p.requires_grad}
-    return list(found.values())
-
-
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices and TT cores (dim >= 2), none on biases and LayerNorm.
 
-    The factorised weights (:func:`factor_parameters`) form their own group whose learning rate is
-    ``cfg.factor_lr_scale`` times the schedule's: Adam moves every entry by about ``lr`` per step, and
-    a change of one factor moves the product ``W`` by that change times the other factors, so at the
-    dense model's ``lr`` a TT or low-rank ``W`` learns several times slower than a dense one (measured
-    in benchmarks/results/gpt2_compare_cpu.md).
+    The TT cores (:func:`tensornet.nn.tt_parameters`) form their own group whose learning rate is
+    ``cfg.tt_lr_scale`` times the schedule's: Adam moves every entry by about ``lr`` per step, and a
+    change of one core moves the product ``W`` by that change times the other cores, so at the dense
+    model's ``lr`` a TT weight learns several times slower (measured in
+    benchmarks/results/gpt2_compare_cpu.md; the low-rank baseline's two factors were measured too, and
+    are better at the base rate, so they stay in the dense group).
     """
-    factors = factor_parameters(model)
-    ids = {id(p) for p in factors}
+    from tensornet.nn import tt_parameters
+
+    cores = [p for p in tt_parameters(model) if p.requires_grad]
+    ids = {id(p) for p in cores}
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2 and id(p) not in ids]
-    rest = [p for p in model.parameters() if p.requires_grad and p.dim() < 2 and id(p) not in ids]
+    rest = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups: list[dict[str, Any]] = [
         {"params": decay, "weight_decay": cfg.weight_decay, "lr_scale": 1.0},
         {"params": rest, "weight_decay": 0.0, "lr_scale": 1.0},
     ]
-    if factors:
-        groups.append({"params": factors, "weight_decay": cfg.weight_decay, "lr_scale": cfg.factor_lr_scale})
+    if cores:
+        groups.append({"params": cores, "weight_decay": cfg.weight_decay, "lr_scale": cfg.tt_lr_scale})
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
 
 

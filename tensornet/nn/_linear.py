@@ -306,7 +306,7 @@ def tt_parameters(model: nn.Module) -> list[nn.Parameter]:
     With Adam every entry moves by about ``lr`` per step, and a change of one core moves the product
     ``W`` by that change times the other cores, so at a dense model's ``lr`` a TT weight learns several
     times slower. In the GPT-2 runs of ``benchmarks/results/gpt2_compare_cpu.md`` cores at 2-5x the
-    dense learning rate closed the gap to the dense model (``tensornet.gpt2``'s ``--factor-lr-scale``):
+    dense learning rate closed the gap to the dense model (``tensornet.gpt2``'s ``--tt-lr-scale``):
 
     >>> cores = tensornet.nn.tt_parameters(model)  # doctest: +SKIP
     >>> ids = {id(p) for p in cores}
