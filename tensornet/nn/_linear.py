@@ -305,13 +305,13 @@ def tt_parameters(model: nn.Module) -> list[nn.Parameter]:
 
     With Adam every entry moves by about ``lr`` per step, and a change of one core moves the product
     ``W`` by that change times the other cores, so at a dense model's ``lr`` a TT weight learns several
-    times slower. In the GPT-2 runs of ``benchmarks/results/gpt2_compare_cpu.md`` cores at 2-5x the
+    times slower. In the GPT-2 runs of ``benchmarks/results/gpt2_compare_cpu.md`` cores at 3x-64x the
     dense learning rate closed the gap to the dense model (``tensornet.gpt2``'s ``--tt-lr-scale``):
 
     >>> cores = tensornet.nn.tt_parameters(model)  # doctest: +SKIP
     >>> ids = {id(p) for p in cores}
     >>> rest = [p for p in model.parameters() if id(p) not in ids]
-    >>> opt = torch.optim.AdamW([{"params": rest}, {"params": cores, "lr": 3 * lr}], lr=lr)
+    >>> opt = torch.optim.AdamW([{"params": rest}, {"params": cores, "lr": 5 * lr}], lr=lr)
     """
     from ._embedding import TTEmbedding
 
