@@ -305,8 +305,9 @@ def tt_parameters(model: nn.Module) -> list[nn.Parameter]:
 
     With Adam every entry moves by about ``lr`` per step, and a change of one core moves the product
     ``W`` by that change times the other cores, so at a dense model's ``lr`` a TT weight learns several
-    times slower. In the GPT-2 runs of ``benchmarks/results/gpt2_compare_cpu.md`` cores at 3x-64x the
-    dense learning rate closed the gap to the dense model (``tensornet.gpt2``'s ``--tt-lr-scale``):
+    times slower. In the 4-core GPT-2 model of ``benchmarks/results/gpt2_compare_cpu.md``, which stalls
+    at the dense rate, cores at 3x-64x the dense learning rate closed the gap to the dense model; a
+    smaller 3-core model (notebook 04) was best at 1x, so treat the factor as a hyperparameter (``tensornet.gpt2``'s ``--tt-lr-scale``):
 
     >>> cores = tensornet.nn.tt_parameters(model)  # doctest: +SKIP
     >>> ids = {id(p) for p in cores}
