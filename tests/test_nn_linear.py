@@ -592,3 +592,24 @@ def test_dense_weight_cache_of_a_frozen_layer_built_in_inference_mode_serves_inp
     y.backward(grad)
     np.testing.assert_allclose(as_numpy(y), as_numpy(x @ weight.T + bias), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(as_numpy(x.grad), as_numpy(grad @ weight), rtol=1e-10, atol=1e-12)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.filterwarnings(CUDA_CONTEXT_WARNING)
+def test_cuda_dense_weight_cache_matches_the_uncached_layer():
+    layer = make(96, 72, (8, 12, 1), (2, 6, 6), 5, dtype=torch.float32).to("cuda")
+    x = torch.randn(8, 96, device="cuda")
+    with torch.no_grad():
+        expected = layer(x)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            expected16 = layer(x)
+        layer.cache_dense_weight()
+        y = layer(x)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y16 = layer(x)
+    assert y16.dtype == torch.bfloat16 and set(layer._dense_cache.entries) == {torch.float32, torch.bfloat16}
+    np.testing.assert_allclose(as_numpy(y), as_numpy(expected), rtol=1e-4, atol=1e-5)
+    # both in bf16 (unit roundoff 2^-9), rounding different intermediates: 3% of the output scale
+    scale = float(expected.abs().max())
+    np.testing.assert_allclose(as_numpy(y16), as_numpy(expected16), rtol=0, atol=0.03 * scale)
