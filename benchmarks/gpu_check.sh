@@ -11,11 +11,11 @@ python3 -c "import array_api_compat" 2>/dev/null || python3 -m pip install -q --
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/machine.txt"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$out/machine.txt"
 timeout "${TESTS_S:-120}" python3 -m pytest -q -m gpu -o filterwarnings=default -p no:cacheprovider tests 2>&1 | tee "$out/gpu_tests.txt"
-if [ "${LAYERS_S:-200}" != 0 ]; then  # TT layers vs dense and peers (peers from .gpu_wheels when present)
+if [ "${LAYERS_S:-180}" != 0 ]; then  # TT layers vs dense and peers (peers from .gpu_wheels when present)
   for wheel in .gpu_wheels/tensorly-*.whl .gpu_wheels/tensorly_torch-*.whl; do
     [ -f "$wheel" ] && python3 -m pip install -q --no-deps --no-index "$wheel"
   done
-  timeout "${LAYERS_S:-200}" python3 benchmarks/gpu_layers.py 2>&1 | tee "$out/gpu_layers.txt"
+  timeout "${LAYERS_S:-180}" python3 benchmarks/gpu_layers.py 2>&1 | tee "$out/gpu_layers.txt"
 fi
 if [ -f benchmarks/gpu_gpt2.py ]; then
   timeout "${GPT2_S:-240}" python3 benchmarks/gpu_gpt2.py ${GPT2_ARGS:-} 2>&1 | tee "$out/gpu_gpt2.txt"
