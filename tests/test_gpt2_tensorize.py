@@ -174,6 +174,9 @@ def test_save_load_round_trip_and_generate(tmp_path, method):
         with tn.nn.dense_weights(loaded):
             cached_logits = loaded(prompt).logits
             assert torch.equal(loaded.generate(prompt, **kwargs), out)
+            caches = [m._dense_cache for m in loaded.modules() if hasattr(m, "_dense_cache")]
+            assert all(c is not None and c.entries for c in caches)  # every TT layer ran the cached path
+            assert len(caches) == {"ttm": 8, "ttm-eps": 4, "ttm-emb": 5}.get(method, 0)
     torch.testing.assert_close(cached_logits, logits, rtol=1e-5, atol=1e-5)
     if method == "dense":  # a plain Hugging Face folder
         hf = GPT2LMHeadModel.from_pretrained(path).double()

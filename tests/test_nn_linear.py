@@ -284,6 +284,9 @@ def test_dense_weight_cache_under_autocast_rebuilds_in_full_precision():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             y = layer(x)
     assert y.dtype == torch.bfloat16 and list(layer._dense_cache.entries) == [torch.bfloat16]
+    with torch.no_grad():  # rebuilt in float32, rounded once (a bf16 rebuild would differ in many entries)
+        full = tn.full(tn.TTM(list(layer.cores))).to(torch.bfloat16)
+    assert torch.equal(layer._dense_cache.entries[torch.bfloat16][1], full)
     # the cached W is the float32 rebuild rounded once to bf16 (unit roundoff 2^-9), and the GEMM runs in
     # bf16: 3% of the output scale, as for nn.Linear under autocast
     scale = float(reference.abs().max())
@@ -301,6 +304,7 @@ def test_dense_weights_context_switches_every_layer_and_restores():
         assert inside is model
         assert model[0]._dense_cache is not None
         np.testing.assert_allclose(as_numpy(model(x)), as_numpy(expected), rtol=1e-10, atol=1e-12)
+        assert model[0]._dense_cache.entries and model[2]._dense_cache.entries  # the cached path ran
     assert model[0]._dense_cache is None and model[2]._dense_cache is not None
     with pytest.raises(TypeError, match=r"expected an nn\.Module"), tn.nn.dense_weights([model]):
         pass
@@ -613,3 +617,41 @@ def test_cuda_dense_weight_cache_matches_the_uncached_layer():
     # both in bf16 (unit roundoff 2^-9), rounding different intermediates: 3% of the output scale
     scale = float(expected.abs().max())
     np.testing.assert_allclose(as_numpy(y16), as_numpy(expected16), rtol=0, atol=0.03 * scale)
+
+
+def test_dense_weight_cache_is_dropped_by_to_state_dict_pickling_and_training():
+    import copy
+
+    layer = make(24, 30, (2, 3, 4), (5, 3, 2), 3).cache_dense_weight()
+    x = torch.randn(3, 24, dtype=torch.float64)
+
+    def fill():
+        with torch.no_grad():
+            layer(x)
+        assert layer._dense_cache.entries
+
+    fill()
+    layer.double()  # .to() may keep the tensors' identities and versions: the cache is cleared anyway
+    assert not layer._dense_cache.entries
+    fill()
+    layer.load_state_dict(layer.state_dict())
+    assert not layer._dense_cache.entries
+    fill()
+    buffer = io.BytesIO()
+    torch.save(layer, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert loaded._dense_cache is not None and not loaded._dense_cache.entries
+    assert not copy.deepcopy(layer)._dense_cache.entries
+    layer(x).sum().backward()  # a training step: the matrices are freed, not kept stale
+    assert not layer._dense_cache.entries
+
+
+def test_dense_weight_cache_skips_cores_made_in_inference_mode():
+    with torch.inference_mode():
+        layer = make(24, 30, (2, 3, 4), (5, 3, 2), 3).cache_dense_weight()
+        x = torch.randn(3, 24, dtype=torch.float64)
+        y = layer(x)  # inference tensors have no version counter: the uncached path runs
+    assert not layer._dense_cache.entries
+    weight, bias = dense_reference(layer)
+    np.testing.assert_allclose(as_numpy(y), as_numpy(x @ weight.T + bias), rtol=1e-10, atol=1e-12)

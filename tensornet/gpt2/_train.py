@@ -132,7 +132,8 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     change of one core moves the product ``W`` by that change times the other cores, so at the dense
     model's ``lr`` a TT weight learns several times slower (measured in
     benchmarks/results/gpt2_compare_cpu.md; the low-rank baseline's two factors were measured too, and
-    are better at the base rate, so they stay in the dense group).
+    are better at the base rate, so they stay in the dense group). AdamW's decoupled decay is
+    ``lr * weight_decay``, so the cores' decay is scaled by the same factor (as in the measured runs).
     """
     from tensornet.nn import tt_parameters
 

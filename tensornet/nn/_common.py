@@ -274,6 +274,19 @@ class DenseCache:
     def __init__(self) -> None:
         self.entries: dict[Any, tuple[tuple[Any, ...], Any]] = {}
 
+    # a pickled or deep-copied module (torch.save(module), EMA copies) carries an empty cache, not the matrices
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.entries = {}
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> DenseCache:
+        return DenseCache()
+
+    def clear(self) -> None:
+        self.entries = {}
+
     def lookup(self, cores: list[Any], device: Any, compute: Any, build: Any) -> Any:
         """The cached dense weight of ``cores`` in dtype ``compute`` (built by ``build(compute)`` on a
         miss), or None when the cache must not be used (a gradient of the cores is needed, compiling,
@@ -281,9 +294,10 @@ class DenseCache:
         if torch.compiler.is_compiling():
             return None
         if torch.is_grad_enabled() and any(c.requires_grad for c in cores):
+            self.entries = {}  # training: the cores are about to change, free the matrices now
             return None
-        if device != cores[0].device:
-            return None
+        if device != cores[0].device or any(c.is_inference() for c in cores):
+            return None  # inference tensors have no version counter to key on
         key = tuple((id(c), c.data_ptr(), c._version) for c in cores)
         entry = self.entries.get(compute)
         if entry is not None and entry[0] == key:
@@ -373,10 +387,26 @@ class TTCoresModule(nn.Module):
         holds the dense matrix (the memory the TT format saves), is never saved in ``state_dict`` and is
         bypassed under ``torch.compile`` and whenever a gradient of the cores is needed.
         ``enabled=False`` frees it. See :func:`tensornet.nn.dense_weights` for a whole model. Returns
-        ``self``.
+        ``self``. Writes through ``core.data`` bypass the version counter and are not seen: use in-place
+        ops on the parameters (as optimizers do) or call this method again. A TT embedding's cached lookup
+        returns the table's dtype under autocast, as ``nn.Embedding`` does.
         """
         self._dense_cache = DenseCache() if enabled else None
         return self
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        # .to()/.float()/.cuda() may keep a core's identity and version counter while changing its values
+        # (a round trip through another dtype), so a cached matrix is dropped whenever they are applied
+        cache = getattr(self, "_dense_cache", None)
+        if cache is not None:
+            cache.clear()
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        cache = getattr(self, "_dense_cache", None)
+        if cache is not None:
+            cache.clear()
+        super()._load_from_state_dict(*args, **kwargs)
 
     def _cached_dense(self, device: Any, dtype: Any) -> torch.Tensor | None:
         """The cached dense matrix in ``dtype`` if the cache is on and usable here, else None."""

@@ -289,7 +289,9 @@ def dense_weights(model: nn.Module) -> Iterator[nn.Module]:
     from ._embedding import TTEmbedding
 
     layers = (TTMLinear, TTEmbedding)
-    switched = [m for m in model.modules() if isinstance(m, layers) and m._dense_cache is None]
+    switched = [
+        m for m in model.modules() if isinstance(m, layers) and getattr(m, "_dense_cache", None) is None
+    ]
     for layer in switched:
         layer.cache_dense_weight(True)
     try:
