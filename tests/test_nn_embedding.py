@@ -151,8 +151,12 @@ def test_bad_lookups_and_conversions():
         layer(torch.tensor([1.0]))
     with pytest.warns(RankClipWarning, match="bond 1: 100 -> 6"):
         TTEmbedding(60, 24, rank=100, voc_shape=(3, 4, 5), emb_shape=(2, 3, 4))
-    with pytest.raises(ValueError, match="padding_idx"):
-        TTEmbedding.from_embedding(nn.Embedding(60, 24, padding_idx=0), rank=2)
+    with pytest.raises(ValueError, match="max_norm"):
+        TTEmbedding.from_embedding(nn.Embedding(60, 24, max_norm=1.0), rank=2)
+    with pytest.raises(ValueError, match=r"padding_idx must lie in \[-60, 60\), got 60"):
+        TTEmbedding(60, 24, rank=2, voc_shape=(3, 4, 5), emb_shape=(2, 3, 4), padding_idx=60)
+    with pytest.raises(TypeError, match="padding_idx must be an int or None, got float"):
+        TTEmbedding(60, 24, rank=2, voc_shape=(3, 4, 5), emb_shape=(2, 3, 4), padding_idx=1.0)
     with pytest.raises(TypeError, match=r"expected an nn\.Embedding"):
         TTEmbedding.from_embedding(nn.Linear(2, 2), rank=2)
     with pytest.raises(ValueError, match="give rank, eps or both"):
@@ -207,3 +211,55 @@ def test_dense_table_cache_gathers_the_same_rows_and_follows_updates(num, dim, v
     layer(ids).sum().backward()
     assert all(c.grad is not None for c in layer.cores)
     assert layer.cache_dense_weight(False).dense_table(ids.device, torch.float64) is None
+
+
+@pytest.mark.parametrize("cached", [False, True])
+@pytest.mark.parametrize(("num", "dim", "voc_shape", "emb_shape", "rank"), CASES[:2])
+def test_padding_idx_reads_zeros_and_gets_no_gradient(num, dim, voc_shape, emb_shape, rank, cached):
+    torch.manual_seed(0)
+    layer = TTEmbedding(
+        num,
+        dim,
+        rank=rank,
+        voc_shape=voc_shape,
+        emb_shape=emb_shape,
+        dtype=torch.float64,
+        init=1.0,
+        padding_idx=-1,  # counts from the end, as nn.Embedding
+    )
+    assert layer.padding_idx == num - 1 and f"padding_idx={num - 1}" in repr(layer)
+    ids = torch.randint(0, num, (4, 7))
+    ids[0, :3] = num - 1
+    table = torch.tensor(dense_ttm(layer.weight))
+    keep = (ids != num - 1).unsqueeze(-1).double()
+    if cached:
+        layer.cache_dense_weight()
+        with torch.no_grad():
+            out = layer(ids)
+        np.testing.assert_allclose(as_numpy(out), as_numpy(table[ids] * keep), rtol=1e-12, atol=1e-12)
+        return
+    out = layer(ids)
+    assert torch.count_nonzero(out[0, :3]) == 0
+    np.testing.assert_allclose(as_numpy(out), as_numpy(table[ids] * keep), rtol=1e-12, atol=1e-12)
+    grad_out = torch.randn(4, 7, dim, dtype=torch.float64)
+    out.backward(grad_out)
+    cores = [c.detach().clone().requires_grad_(True) for c in layer.cores]
+    (tn.full(tn.TTM(cores))[ids] * keep).backward(grad_out)
+    for got, want in zip(layer.cores, cores):
+        np.testing.assert_allclose(as_numpy(got.grad), as_numpy(want.grad), rtol=1e-10, atol=1e-12)
+    # only padding tokens: zeros out, zero gradients
+    layer.zero_grad()
+    layer(torch.full((5,), num - 1)).sum().backward()
+    assert all(torch.count_nonzero(c.grad) == 0 for c in layer.cores)
+
+
+def test_from_embedding_carries_padding_idx_and_to_embedding_round_trips():
+    torch.manual_seed(0)
+    dense = nn.Embedding(60, 24, padding_idx=3, dtype=torch.float64)
+    layer = TTEmbedding.from_embedding(dense, rank=None, eps=1e-12, voc_shape=(3, 4, 5), emb_shape=(2, 3, 4))
+    assert layer.padding_idx == 3 and layer.conversion_error < 1e-10
+    ids = torch.tensor([[0, 3, 59, 3], [7, 8, 3, 1]])
+    np.testing.assert_allclose(as_numpy(layer(ids)), as_numpy(dense(ids)), rtol=1e-10, atol=1e-12)
+    back = layer.to_embedding()
+    assert back.padding_idx == 3 and torch.count_nonzero(back.weight[3]) == 0
+    np.testing.assert_allclose(as_numpy(back(ids)), as_numpy(layer(ids)), rtol=1e-12, atol=1e-12)

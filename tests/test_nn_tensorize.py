@@ -146,3 +146,11 @@ def test_errors_name_the_problem():
         tensorize(Mlp(), "blocks.*")
     with pytest.raises(TypeError, match=r"model must be an nn\.Module"):
         tensorize(object(), Rule("x", rank=1))
+
+
+@pytest.mark.parametrize("from_weights", [True, False])
+def test_embedding_padding_idx_is_carried_over(from_weights):
+    model = nn.Sequential(nn.Embedding(60, 24, padding_idx=5, dtype=torch.float64))
+    tensorize(model, {"0": {"rank": 4, "voc_shape": (3, 4, 5), "from_weights": from_weights}})
+    assert isinstance(model[0], TTEmbedding) and model[0].padding_idx == 5
+    assert torch.count_nonzero(model(torch.tensor([5, 5]))) == 0

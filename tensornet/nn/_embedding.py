@@ -4,6 +4,7 @@ Layers"), looked up row by row from the cores without rebuilding the table."""
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Literal
 
 import torch
@@ -23,6 +24,19 @@ from ._common import (
 __all__ = ["TTEmbedding"]
 
 _NAMES = ("num_embeddings", "embedding_dim", "voc_shape", "emb_shape")
+
+
+def _check_padding_idx(fn: str, padding_idx: Any, num_embeddings: int) -> int | None:
+    if padding_idx is None:
+        return None
+    if isinstance(padding_idx, bool) or not isinstance(padding_idx, numbers.Integral):
+        raise TypeError(f"{fn}: padding_idx must be an int or None, got {type(padding_idx).__name__}")
+    padding_idx = int(padding_idx)
+    if not -num_embeddings <= padding_idx < num_embeddings:
+        raise ValueError(
+            f"{fn}: padding_idx must lie in [-{num_embeddings}, {num_embeddings}), got {padding_idx}"
+        )
+    return padding_idx % num_embeddings
 
 
 class TTEmbedding(TTCoresModule):
@@ -50,6 +64,10 @@ class TTEmbedding(TTCoresModule):
     voc_shape, emb_shape : tuple of int, optional (missing ones are chosen for ``ncores`` cores).
     device, dtype, init, clip_rank : as for :class:`TTMLinear` (``init="gpt2"``: entries std 0.02, GPT-2's
         ``wte`` initialisation; a float gives that std, e.g. 1.0 as ``nn.Embedding``).
+    padding_idx : int, optional
+        As ``nn.Embedding``: that index looks up zeros and contributes no gradient. A TT table has no row
+        to keep at zero, so the lookup's output is masked at those positions (negative values count from
+        the end).
 
     Raises
     ------
@@ -72,11 +90,13 @@ class TTEmbedding(TTCoresModule):
         dtype: Any = None,
         init: Init = "gpt2",
         clip_rank: bool = True,
+        padding_idx: int | None = None,
     ) -> None:
         super().__init__()
         fn = type(self).__name__
         self.num_embeddings = check_features(fn, "num_embeddings", num_embeddings)
         self.embedding_dim = check_features(fn, "embedding_dim", embedding_dim)
+        self.padding_idx: int | None = _check_padding_idx(fn, padding_idx, self.num_embeddings)
         ncores = check_ncores(fn, ncores)
         voc_shape, emb_shape = resolve_shapes(
             fn, self.num_embeddings, self.embedding_dim, voc_shape, emb_shape, ncores, _NAMES, pad_rows=True
@@ -110,6 +130,7 @@ class TTEmbedding(TTCoresModule):
             f"{self.num_embeddings}{pad}, {self.embedding_dim}, voc_shape={self.voc_shape}, "
             f"emb_shape={self.emb_shape}, ranks={self.ranks}, params={self.tt_params:,} "
             f"(dense {self.num_embeddings * self.embedding_dim:,}, compression {self.compression:.1f}x)"
+            + (f", padding_idx={self.padding_idx}" if getattr(self, "padding_idx", None) is not None else "")
         )
 
     def prefix_cores(self, tokens: int) -> int:
@@ -151,7 +172,7 @@ class TTEmbedding(TTCoresModule):
             torch._assert_async(inside, f"{fn}: an index is outside [0, {self.num_embeddings})")
         table = self.dense_table(input.device, self.cores[0].dtype)
         if table is not None:
-            return nn.functional.embedding(input, table)
+            return self._mask_padding(input, nn.functional.embedding(input, table))
         flat = input.reshape(-1).long()
         digits = []
         rest = flat
@@ -179,7 +200,14 @@ class TTEmbedding(TTCoresModule):
             result = torch.einsum("bar,brns->bans", result, piece)  # (B, n_1..n_{k-1}, n_k, r_k)
             cols *= n
             result = result.reshape(tokens, cols, int(core.shape[-1]))
-        return result.reshape(*input.shape, self.embedding_dim)
+        return self._mask_padding(input, result.reshape(*input.shape, self.embedding_dim))
+
+    def _mask_padding(self, input: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Zeros (and no gradient) where ``input == padding_idx``."""
+        padding_idx = getattr(self, "padding_idx", None)  # absent on modules pickled by older versions
+        if padding_idx is None:
+            return out
+        return out.masked_fill((input == padding_idx).unsqueeze(-1), 0.0)
 
     def dense_table(self, device: Any, dtype: Any) -> torch.Tensor | None:
         """The cached padded table in ``dtype`` when :meth:`cache_dense_weight` is on and may be used
@@ -187,7 +215,9 @@ class TTEmbedding(TTCoresModule):
         return self._cached_dense(device, dtype)
 
     @classmethod
-    def from_ttm(cls, weight: tn.TTM, num_embeddings: int | None = None) -> TTEmbedding:
+    def from_ttm(
+        cls, weight: tn.TTM, num_embeddings: int | None = None, *, padding_idx: int | None = None
+    ) -> TTEmbedding:
         """An embedding whose (padded) table is a copy of ``weight`` (rows past ``num_embeddings`` unused)."""
         fn = f"{cls.__name__}.from_ttm"
         if not isinstance(weight, tn.TTM):
@@ -209,6 +239,7 @@ class TTEmbedding(TTCoresModule):
             device="meta",
             dtype=weight.dtype,
             clip_rank=False,
+            padding_idx=padding_idx,
         )
         layer = layer.to_empty(device=weight.device)
         with torch.no_grad():
@@ -231,16 +262,14 @@ class TTEmbedding(TTCoresModule):
 
         As :meth:`TTMLinear.from_linear`: float64 ``ttm_svd`` with ``eps`` and ``rank`` as the cap;
         :attr:`conversion_error` is the measured relative Frobenius error over the real rows.
-        ``padding_idx``, ``max_norm`` and sparse gradients are not carried over (a ValueError says so).
+        ``padding_idx`` is carried over (its row is zeroed before the decomposition: it is never read);
+        ``max_norm`` and sparse gradients are not supported (a ValueError says so).
         """
         fn = f"{cls.__name__}.from_embedding"
         if not isinstance(embedding, nn.Embedding):
             raise TypeError(f"{fn}: expected an nn.Embedding, got {type(embedding).__name__}")
-        for option in ("padding_idx", "max_norm"):
-            if getattr(embedding, option) is not None:
-                raise ValueError(
-                    f"{fn}: the embedding has {option}={getattr(embedding, option)}; not supported"
-                )
+        if embedding.max_norm is not None:
+            raise ValueError(f"{fn}: the embedding has max_norm={embedding.max_norm}; not supported")
         if embedding.sparse:
             raise ValueError(f"{fn}: sparse embeddings are not supported")
         if rank is None and eps is None:
@@ -253,22 +282,34 @@ class TTEmbedding(TTCoresModule):
         )
         max_rank = check_rank(fn, rank, len(voc_shape)) if rank is not None else None
         dense = weight.detach().to(device="cpu", dtype=torch.float64)
+        if embedding.padding_idx is not None:  # never read: zero, so it costs no rank
+            dense = dense.clone()
+            dense[embedding.padding_idx] = 0.0
         padded = torch.zeros(math.prod(voc_shape), cols, dtype=torch.float64)
         padded[:rows] = dense
         ttm = tn.ttm_svd(padded, voc_shape, emb_shape, eps=eps, max_rank=max_rank)
         reference = float(torch.linalg.vector_norm(dense))
         rebuilt = tn.full(ttm)[:rows]
         error = float(torch.linalg.vector_norm(rebuilt - dense)) / reference if reference > 0 else 0.0
-        layer = cls.from_ttm(ttm.to(device=weight.device, dtype=weight.dtype), rows)
+        layer = cls.from_ttm(
+            ttm.to(device=weight.device, dtype=weight.dtype), rows, padding_idx=embedding.padding_idx
+        )
         layer.conversion_error = error
         return layer
 
     def to_embedding(self) -> nn.Embedding:
-        """The dense ``nn.Embedding`` with the rebuilt table (real rows only; same dtype and device)."""
+        """The dense ``nn.Embedding`` with the rebuilt table (real rows only; same dtype and device; the
+        ``padding_idx`` row zero, as the TT lookup reads it)."""
         with torch.no_grad():
             table = tn.full(self.weight)[: self.num_embeddings]
             embedding = nn.Embedding(
-                self.num_embeddings, self.embedding_dim, device=table.device, dtype=table.dtype
+                self.num_embeddings,
+                self.embedding_dim,
+                padding_idx=self.padding_idx,
+                device=table.device,
+                dtype=table.dtype,
             )
             embedding.weight.copy_(table)
+            if self.padding_idx is not None:
+                embedding.weight[self.padding_idx] = 0.0
         return embedding

@@ -220,6 +220,7 @@ def _build(name: str, module: Any, kind: str, rule: Rule) -> TTMLinear | TTEmbed
             rank=rank,
             device=weight.device,
             dtype=weight.dtype,
+            padding_idx=module.padding_idx,
             **options,
         )
     if rule.from_weights:
