@@ -50,7 +50,8 @@ def _add_data_args(p: argparse.ArgumentParser, *, max_chars: int | None) -> None
         type=int,
         default=None,
         metavar="V",
-        help="BPE vocabulary size when training the tokenizer (default 4096 for tiny, 16384 otherwise)",
+        help="BPE vocabulary size when training the tokenizer (default 4096 for compare and train --preset "
+        "tiny, 16384 otherwise)",
     )
     g.add_argument(
         "--cache-dir",
@@ -72,9 +73,10 @@ def _add_model_args(
             + ", ".join(f"{k} = {v[0]} layers x {v[1]} wide, {v[2]} heads" for k, v in PRESETS.items())
             + f" (default {preset})",
         )
-    g.add_argument("--n-layer", type=int, default=n_layer, help="number of blocks (overrides the preset)")
-    g.add_argument("--n-embd", type=int, default=n_embd, help="model width (overrides the preset)")
-    g.add_argument("--n-head", type=int, default=n_head, help="attention heads (overrides the preset)")
+    where = "(overrides the preset)" if preset is not None else "(default %(default)s)"
+    g.add_argument("--n-layer", type=int, default=n_layer, help=f"number of blocks {where}")
+    g.add_argument("--n-embd", type=int, default=n_embd, help=f"model width {where}")
+    g.add_argument("--n-head", type=int, default=n_head, help=f"attention heads {where}")
     g.add_argument(
         "--dropout", type=float, default=0.0, help="dropout on embeddings, attention and residuals"
     )
@@ -124,7 +126,11 @@ def _add_embedding_args(g) -> None:
     )
 
 
-def _add_train_args(p: argparse.ArgumentParser, d: TrainConfig, *, recipe_note: str) -> None:
+def _add_train_args(
+    p: argparse.ArgumentParser, d: TrainConfig, *, recipe_note: str, helps: dict[str, str] | None = None
+) -> None:
+    """The optimisation flags with ``d``'s defaults; ``helps`` replaces a flag's default note (by dest)."""
+    helps = helps or {}
     g = p.add_argument_group("optimisation (" + recipe_note + ")")
     g.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps (default {d.steps})")
     g.add_argument(
@@ -136,14 +142,24 @@ def _add_train_args(p: argparse.ArgumentParser, d: TrainConfig, *, recipe_note: 
     g.add_argument(
         "--block-size", type=int, default=d.block_size, help=f"sequence length (default {d.block_size})"
     )
-    g.add_argument("--lr", type=float, default=d.lr, help=f"peak AdamW learning rate (default {d.lr:g})")
+    g.add_argument(
+        "--lr",
+        type=float,
+        default=d.lr,
+        help="peak AdamW learning rate " + helps.get("lr", f"(default {d.lr:g})"),
+    )
     g.add_argument(
         "--min-lr-ratio",
         type=float,
         default=d.min_lr_ratio,
         help=f"cosine decays to lr x this (default {d.min_lr_ratio:g})",
     )
-    g.add_argument("--warmup", type=int, default=d.warmup, help=f"linear warmup steps (default {d.warmup})")
+    g.add_argument(
+        "--warmup",
+        type=int,
+        default=d.warmup,
+        help="linear warmup steps " + helps.get("warmup", f"(default {d.warmup})"),
+    )
     g.add_argument(
         "--weight-decay",
         type=float,
@@ -166,7 +182,8 @@ def _add_train_args(p: argparse.ArgumentParser, d: TrainConfig, *, recipe_note: 
         default=d.tt_lr_scale,
         metavar="X",
         help="learning-rate multiplier for the TT cores, which move W less per Adam step than a dense "
-        f"matrix does (default {d.tt_lr_scale:g})",
+        "matrix does; a per-model hyperparameter (benchmarks/results/gpt2_compare_cpu.md) "
+        + helps.get("tt_lr_scale", f"(default {d.tt_lr_scale:g})"),
     )
     g.add_argument(
         "--seed", type=int, default=d.seed, help="seed for initialisation and data order (default 0)"
@@ -339,6 +356,10 @@ def cmd_train(args) -> int:
         print(
             f"model: {config.n_layer} layers x {config.n_embd}, vocabulary {config.vocab_size:,}, "
             f"{count_params(model):,} parameters" + ("" if report is None else f"\n{report}")
+        )
+        print(
+            f"optimisation: {cfg.steps} steps x {cfg.batch_size} x {cfg.block_size}, lr {cfg.lr:g}, warmup "
+            f"{cfg.warmup}" + (f", TT cores at lr x{cfg.tt_lr_scale:g}" if args.rank else "")
         )
     signature = {
         "model": model.config.to_json_string(use_diff=False),
@@ -516,6 +537,10 @@ def parser() -> argparse.ArgumentParser:
             tt_lr_scale=TT_LR_SCALE,
         ),
         recipe_note="short-run defaults sized for 2 CPU cores",
+        helps={
+            "tt_lr_scale": f"(default {TT_LR_SCALE:g}, measured best for this model: 1x left it +56%% "
+            "behind dense; the low-rank baseline keeps 1x)"
+        },
     )
     p.set_defaults(func=cmd_compare)
 
@@ -545,6 +570,11 @@ def parser() -> argparse.ArgumentParser:
         TrainConfig(),
         recipe_note="the paper's recipe: AdamW, warmup, cosine, clip 1.0; "
         "--lr and --warmup default to 1e-3/100 for tiny and to the paper's 6.25e-5/4000 otherwise",
+        helps={
+            "lr": "(default 1e-3 for --preset tiny, the paper's 6.25e-5 otherwise)",
+            "warmup": "(default 100 for --preset tiny, the paper's 4000 otherwise)",
+            "tt_lr_scale": "(default 1, the paper's recipe; compare uses 5 for its model)",
+        },
     )
     p.set_defaults(lr=None, warmup=None)
     p.add_argument(
