@@ -112,31 +112,15 @@ def split_point(shapes: Sequence[tuple[int, ...]]) -> int:
     return best
 
 
-def _left_product(flat_cores: Sequence[Any], xp: Any) -> Any:
-    """Cores ``0..s-1`` contracted as a ``(p_0 ... p_{s-1}, r_s)`` matrix: one GEMM per core, no copies."""
-    first = flat_cores[0]
-    current = xp.reshape(first, (int(first.shape[0]) * int(first.shape[1]), int(first.shape[2])))
-    for core in flat_cores[1:]:
-        left, size, right = (int(v) for v in core.shape)
-        current = xp.reshape(current @ xp.reshape(core, (left, size * right)), (-1, right))
-    return current
-
-
-def _halves(flat_cores: Sequence[Any], xp: Any) -> tuple[Any, Any, int]:
-    split = split_point([tuple(c.shape) for c in flat_cores])
-    return _left_product(flat_cores[:split], xp), right_environments(flat_cores[split:], xp=xp)[0], split
-
-
-def _regroup(matrix: Any, cores: Sequence[Any], axis: int, to_blocks: bool, xp: Any) -> Any:
-    """Reorder one axis of ``matrix`` (size ``prod m_k n_k`` over ``cores``) between interleaved
-    ``(m_1, n_1, m_2, n_2, ...)`` and blocked ``(m_1, m_2, ..., n_1, n_2, ...)`` order (a small copy)."""
+def _to_interleaved(matrix: Any, cores: Sequence[Any], axis: int, xp: Any) -> Any:
+    """Reorder one axis of ``matrix`` (size ``prod m_k n_k`` over ``cores``) from blocked
+    ``(m_1, m_2, ..., n_1, n_2, ...)`` to interleaved ``(m_1, n_1, m_2, n_2, ...)`` order (a small copy;
+    :func:`rebuild`'s recipe does the opposite direction)."""
     d = len(cores)
     if d == 1:  # (m, n) is both orders: nothing to move
         return matrix
-    rows = [int(c.shape[1]) for c in cores]
-    cols = [int(c.shape[2]) for c in cores]
-    inner = [v for pair in zip(rows, cols) for v in pair] if to_blocks else rows + cols
-    order = list(_to_matrix_axes(d) if to_blocks else _to_interleaved_axes(d))
+    inner = [int(c.shape[1]) for c in cores] + [int(c.shape[2]) for c in cores]
+    order = _to_interleaved_axes(d)
     other = int(matrix.shape[1 - axis])
     shape = (*inner, other) if axis == 0 else (other, *inner)
     axes = (*order, d * 2) if axis == 0 else (0, *(a + 1 for a in order))
@@ -250,8 +234,8 @@ def _core_grads_from_matrix(cores: Sequence[Any], grad_w: Any, parts: Any, xp: A
     n_left, n_right = math.prod(cols[:split]), math.prod(cols[split:])
     blocked = xp.permute_dims(xp.reshape(grad_w, (m_left, m_right, n_left, n_right)), (0, 2, 1, 3))
     blocked = xp.reshape(blocked, (m_left * n_left, m_right * n_right))
-    grad_left = _regroup(blocked @ right.T, cores[:split], 0, False, xp)
-    grad_right = _regroup(left.T @ blocked, cores[split:], 1, False, xp)
+    grad_left = _to_interleaved(blocked @ right.T, cores[:split], 0, xp)
+    grad_right = _to_interleaved(left.T @ blocked, cores[split:], 1, xp)
     flat = _flat(cores, xp)
     lefts = list(flat[:split])
     end = lefts[-1]

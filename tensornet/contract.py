@@ -595,9 +595,9 @@ def store_tuned(
 def explain(x_shape: Any, w: Any, *more: Any, optimize: Any = None) -> Any:
     """How tensornet contracts a network, as a plan whose ``repr`` is a readable cost table.
 
-    ``explain(x_shape, W)`` for ``linear(x, W)`` (``x_shape`` a shape or the input array, ``W`` a TTM, or a list of its core shapes): the
-    candidates compared, their FLOPs, bytes moved, largest intermediate and modelled (or measured)
-    time, and why the chosen one won. ``explain(equation, *shapes)`` for any einsum network: the
+    ``explain(x_shape, W)`` for ``linear(x, W)`` (``x_shape`` a shape or the input array, ``W`` a TTM
+    or a list of its core shapes): the candidates compared, their FLOPs, bytes moved, largest
+    intermediate and modelled (or measured) time, and why the chosen one won. ``explain(equation, *shapes)`` for any einsum network: the
     ``opt_einsum`` path and its cost.
     """
     if isinstance(x_shape, str):

@@ -455,7 +455,7 @@ class TiedTTHead(nn.Module):
             table = embedding.dense_table(x.device, compute)
             if table is not None:
                 return nn.functional.linear(x.to(compute), table[: embedding.num_embeddings])
-        if torch.is_autocast_enabled(x.device.type) and x.is_floating_point():
+        if autocast and x.is_floating_point():
             cast = torch.get_autocast_dtype(x.device.type)
             x, cores = x.to(cast), [c.to(cast) for c in cores]
         logits = tn.linear(x, tn.TTM(cores))  # (..., width) -> (..., padded vocabulary)

@@ -278,19 +278,18 @@ def dense_weights(model: nn.Module) -> Iterator[nn.Module]:
 
     For inference and decoding: a forward pass that needs no gradient of the cores rebuilds each ``W``
     once and then costs what ``nn.Linear`` (``nn.Embedding``) costs (see
-    :meth:`TTMLinear.cache_dense_weight`). The memory
-    of the dense matrices is held until the block exits; layers that had caching on before keep it.
+    :meth:`TTMLinear.cache_dense_weight`). The memory of the dense matrices is held until the block
+    exits; layers that had caching on before keep it.
 
     >>> with torch.no_grad(), tensornet.nn.dense_weights(model):  # doctest: +SKIP
     ...     tokens = model.generate(prompt, max_new_tokens=64)
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"dense_weights: expected an nn.Module, got {type(model).__name__}")
-    from ._embedding import TTEmbedding
-
-    layers = (TTMLinear, TTEmbedding)
     switched = [
-        m for m in model.modules() if isinstance(m, layers) and getattr(m, "_dense_cache", None) is None
+        m
+        for m in model.modules()
+        if isinstance(m, TTCoresModule) and getattr(m, "_dense_cache", None) is None
     ]
     for layer in switched:
         layer.cache_dense_weight(True)
@@ -309,19 +308,18 @@ def tt_parameters(model: nn.Module) -> list[nn.Parameter]:
     ``W`` by that change times the other cores, so at a dense model's ``lr`` a TT weight learns several
     times slower. In the 4-core GPT-2 model of ``benchmarks/results/gpt2_compare_cpu.md``, which stalls
     at the dense rate, cores at 3x-64x the dense learning rate closed the gap to the dense model; a
-    smaller 3-core model (notebook 04) was best at 1x, so treat the factor as a hyperparameter (``tensornet.gpt2``'s ``--tt-lr-scale``):
+    smaller 3-core model (notebook 04) was best at 1x, so treat the factor as a hyperparameter
+    (``tensornet.gpt2``'s ``--tt-lr-scale``):
 
     >>> cores = tensornet.nn.tt_parameters(model)  # doctest: +SKIP
     >>> ids = {id(p) for p in cores}
     >>> rest = [p for p in model.parameters() if id(p) not in ids]
     >>> opt = torch.optim.AdamW([{"params": rest}, {"params": cores, "lr": 5 * lr}], lr=lr)
     """
-    from ._embedding import TTEmbedding
-
     if not isinstance(model, nn.Module):
         raise TypeError(f"tt_parameters: expected an nn.Module, got {type(model).__name__}")
     found: dict[int, nn.Parameter] = {}
     for module in model.modules():
-        if isinstance(module, (TTMLinear, TTEmbedding)):
+        if isinstance(module, TTCoresModule):
             found.update((id(p), p) for p in module.cores)
     return list(found.values())
