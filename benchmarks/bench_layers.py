@@ -7,7 +7,8 @@ FactorizedLinear (block-TT, factorized and reconstructed) vs torchTT's LinearLay
 Per layer: forward+backward time (median, input requiring grad, as inside a network), the bytes the
 autograd graph saves for backward (counted with ``torch.autograd.graph.saved_tensors_hooks``, parameters
 excluded, each storage once) and the inference latency at 8 tokens (decoding; the row with
-``cache_dense_weight`` rebuilds W once and reuses it, so it is timed for inference only). Every TT layer uses the same
+``cache_dense_weight`` rebuilds W once and reuses it, so it is timed for inference only; the row with
+``save_weight=True`` keeps W for backward, so it is timed for training only). Every TT layer uses the same
 core shapes ``in (8, 8, 12), out (12, 16, 16)`` and ranks ``(1, r, r, 1)``. A peer library that is missing
 or fails is reported as such and the rest still runs. Not a test: nothing here asserts a speed.
 ``benchmarks/gpu_layers.py`` reuses the builders below on a GPU.
@@ -38,6 +39,8 @@ IN_FEATURES, OUT_FEATURES = 768, 3072
 IN_SHAPE, OUT_SHAPE = (8, 8, 12), (12, 16, 16)
 # rows whose layer differs from another only without gradients (training would time the same code twice)
 INFERENCE_ONLY = "+ cache_dense_weight (inference only)"
+# and rows whose layer differs only with gradients (without them nothing is saved for backward)
+TRAINING_ONLY = "save_weight=True (training only)"
 
 
 # --- the layers -----------------------------------------------------------------------------------------
@@ -74,6 +77,11 @@ def build_layers(rank: int, device: str) -> dict[str, Callable[[], nn.Module]]:
     def ttm_cached() -> nn.Module:
         return ttm().cache_dense_weight()
 
+    def ttm_keeping() -> nn.Module:
+        layer = ttm()
+        layer.save_weight = True
+        return layer
+
     def tltorch(implementation: str) -> Callable[[], nn.Module]:
         def make() -> nn.Module:
             module = _quiet_import("tltorch")
@@ -97,6 +105,7 @@ def build_layers(rank: int, device: str) -> dict[str, Callable[[], nn.Module]]:
     return {
         "nn.Linear (dense)": dense,
         f"tensornet TTMLinear r={rank}": ttm,
+        f"tensornet TTMLinear r={rank} {TRAINING_ONLY}": ttm_keeping,
         f"tensornet TTMLinear r={rank} {INFERENCE_ONLY}": ttm_cached,
         f"tltorch blocktt factorized r={rank}": tltorch("factorized"),
         f"tltorch blocktt reconstructed r={rank}": tltorch("reconstructed"),
@@ -236,7 +245,7 @@ def fmt(value: float | None, digits: int = 1) -> str:
 
 
 def ratio(value: float | None, base: float | None) -> str:
-    return "-" if value is None or not base else f"{value / base:.2f}x"
+    return "-" if value is None or not base else f"{value / base:.3f}x"
 
 
 def print_table(title: str, rows: list[Row]) -> None:
@@ -300,7 +309,8 @@ def main(argv: list[str] | None = None) -> None:
                 if INFERENCE_ONLY not in name:
                     row.saved_mib = saved_bytes(layer, x) / 2**20
                     trains[name] = train_step(layer, x, grad, None)
-                decodes[name] = inference(layer, x_decode, None)
+                if TRAINING_ONLY not in name:
+                    decodes[name] = inference(layer, x_decode, None)
             except Exception as error:  # a missing or broken peer is reported, not fatal
                 row.error = short_error(error)
         for name, seconds in interleaved_medians(trains, rows, budget_s=args.budget).items():

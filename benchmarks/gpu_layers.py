@@ -63,7 +63,7 @@ def run_mode(
     x = torch.randn(tokens, common.IN_FEATURES, device=device, requires_grad=train)
     grad = torch.randn(tokens, common.OUT_FEATURES, device=device)
     for name, make in layers(rank, device, compile_ttm).items():
-        if train and common.INFERENCE_ONLY in name:
+        if (train and common.INFERENCE_ONLY in name) or (not train and common.TRAINING_ONLY in name):
             continue
         row = common.Row(name)
         try:

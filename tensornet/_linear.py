@@ -42,15 +42,16 @@ def _namespace(xp: Any, *arrays: Any) -> Any:
 
 
 def right_environments(flat_cores: Sequence[Any], *, xp: Any = None) -> list[Any]:
-    """``R[k]``: cores ``k..d-1`` contracted, as a ``(r_{k-1}, p_k ... p_d)`` matrix; ``R[0]`` is the
-    dense train (interleaved modes). One GEMM per core, no transposes. Cost: ``O(r^2 prod(p))``."""
+    """``R[k]`` for ``k >= 1``: cores ``k..d-1`` contracted, as a ``(r_{k-1}, p_k ... p_d)`` matrix. One
+    GEMM per core, no transposes. ``R[0]`` (the dense train itself, the most expensive one) is not
+    formed: no core gradient needs it, so it is ``None``. Cost: ``O(r^2 prod(p_{>=2}))``."""
     xp = _namespace(xp, *flat_cores)
     d = len(flat_cores)
     last = flat_cores[-1]
     current = xp.reshape(last, (int(last.shape[0]), -1))
     envs: list[Any] = [None] * d
     envs[d - 1] = current
-    for k in range(d - 2, -1, -1):
+    for k in range(d - 2, 0, -1):
         core = flat_cores[k]
         left, size, right = (int(s) for s in core.shape)
         current = xp.reshape(xp.reshape(core, (left * size, right)) @ current, (left, -1))
@@ -384,12 +385,14 @@ def linear_backward(
     need_cores: bool = True,
     xp: Any = None,
     path: Any = None,
+    rebuilt: Any = None,
 ) -> tuple[Any, list[Any] | None]:
     """``(grad_x, grad_cores)`` of ``y = x2d @ W.T`` for the cotangent ``grad_y`` (B, M).
 
-    'dense': ``dx = dy @ W`` and ``dW = dy.T @ x`` (two GEMMs with W rebuilt), then the core gradients
-    from ``dW`` with shared environments (``O(M N r)``). 'sweep': reverse mode through the factorised
-    sweep (``O(B (M + N) r^2 ...)``, no M x N array). Unneeded gradients are returned as None.
+    'dense': ``dx = dy @ W`` and ``dW = dy.T @ x`` (two GEMMs with W rebuilt, or ``rebuilt``, what
+    ``rebuild(cores, halves=True)`` returned, if the forward kept it), then the core gradients from
+    ``dW`` with shared environments (``O(M N r)``). 'sweep': reverse mode through the factorised sweep
+    (``O(B (M + N) r^2 ...)``, no M x N array). Unneeded gradients are returned as None.
     """
     xp = _namespace(xp, x2d, *cores)
     if strategy == "einsum":
@@ -401,7 +404,7 @@ def linear_backward(
         return (grad_x if need_x else None), grads
     if strategy != "dense":
         raise ValueError(f"linear: unknown backward strategy {strategy!r}; use 'dense', 'sweep' or 'einsum'")
-    weight, parts = rebuild(cores, xp=xp, halves=True)
+    weight, parts = rebuilt if rebuilt is not None else rebuild(cores, xp=xp, halves=True)
     grad_x = grad_y @ weight if need_x else None
     if not need_cores:
         return grad_x, None
@@ -467,7 +470,7 @@ def _check_shapes(x: Any, w: Any, bias: Any, out_features: int, in_features: int
 
 
 # --- the public function --------------------------------------------------------------------------
-def linear(x: Any, w: Any, bias: Any = None) -> Any:
+def linear(x: Any, w: Any, bias: Any = None, *, save_weight: bool = False) -> Any:
     """``x @ W.full().T (+ bias)`` for dense ``x`` of shape ``(..., N)`` and a TTM ``W`` of shape (M, N).
 
     Any number of leading dimensions. The contraction is planned per shape bucket by
@@ -475,7 +478,10 @@ def linear(x: Any, w: Any, bias: Any = None) -> Any:
     sweep; see :func:`tensornet.contract.explain`). With torch tensors the product is a
     ``torch.autograd.Function`` that saves only ``x`` and the cores (activation memory no more than a
     dense layer's) and whose backward uses :func:`tensornet.adjoint.linear`'s kernels; it works under
-    autocast and ``torch.compile``; double backward is refused (once differentiable).
+    autocast and ``torch.compile``; double backward is refused (once differentiable). With
+    ``save_weight=True`` (torch only; numpy has no backward) a forward that rebuilds W keeps W and the
+    halves of its product for the backward instead: one rebuild less per step for ``M N`` more saved
+    entries per call.
 
     Cost: ``min(2 B M N + O(M N r), O(B (M + N) d r^2 max(m, n)))`` for B rows, as planned.
 
@@ -489,6 +495,8 @@ def linear(x: Any, w: Any, bias: Any = None) -> Any:
     """
     if not isinstance(w, _tt.TTM):
         raise TypeError(f"linear: W must be a tensornet TTM, got {type(w).__name__}")
+    if not isinstance(save_weight, bool):
+        raise TypeError(f"linear: save_weight must be True or False, got {save_weight!r}")
     out_features, in_features = w.shape
     if _is_torch(x):
         # checked without array_api_compat so that torch.compile traces this function cleanly
@@ -505,7 +513,7 @@ def linear(x: Any, w: Any, bias: Any = None) -> Any:
         binding = sys.modules.get("tensornet._torch_linear") or importlib.import_module(
             "tensornet._torch_linear"
         )
-        return binding.linear(x, w.cores, bias)
+        return binding.linear(x, w.cores, bias, save_weight)
     if not B.is_array(x):
         raise TypeError(f"linear: x must be an array, got {type(x).__name__}")
     backend = B.backend_name(x)

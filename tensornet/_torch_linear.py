@@ -115,6 +115,7 @@ def _make_function(device_type: str) -> type:
             path: Any,
             backward: str,
             backward_path: Any,
+            save_weight: bool,
             x2d: Any,
             bias: Any,
             *cores: Any,
@@ -122,11 +123,23 @@ def _make_function(device_type: str) -> type:
             ctx.backward_strategy = backward
             ctx.backward_path = backward_path
             ctx.has_bias = bias is not None
+            ctx.split = None
+            if forward == "rebuild":
+                keep = save_weight and backward == "dense"
+                weight, parts = _linear.rebuild(cores, xp=_ops(), halves=True)
+                if keep and parts is not None:
+                    # opt-in: what the rebuild made (W and its halves) is kept, so backward does not
+                    # rebuild; activation memory grows by W's size (plus the halves)
+                    ctx.split = parts[2]
+                    ctx.save_for_backward(x2d, weight, parts[0], parts[1], *cores)
+                else:
+                    ctx.save_for_backward(x2d, *cores)
+                if bias is not None:
+                    # bias fused into the GEMM as nn.Linear does (a separate add re-reads all of y: ~2.5%
+                    # of a 2,048-token 768->3072 fwd+bwd on CPU); addmm is an autocast op, so bias follows
+                    return torch.addmm(bias, x2d, weight.T)
+                return x2d @ weight.T
             ctx.save_for_backward(x2d, *cores)
-            if forward == "rebuild" and bias is not None:
-                # bias fused into the GEMM as nn.Linear does (a separate add re-reads all of y: ~2.5%
-                # of a 2,048-token 768->3072 fwd+bwd on CPU); addmm is an autocast op, so bias follows
-                return torch.addmm(bias, x2d, _linear.rebuild(cores, xp=_ops()).T)
             y = _linear.linear_forward(x2d, cores, forward, path, xp=_ops())
             # under autocast y is in the autocast dtype; keep it there (as nn.Linear does)
             return y if bias is None else y + bias.to(y.dtype)
@@ -135,10 +148,15 @@ def _make_function(device_type: str) -> type:
         @once_differentiable
         @torch.amp.custom_bwd(device_type=device_type)
         def backward(ctx: Any, grad_y: Any) -> Any:  # type: ignore[override]
-            x2d, *cores = ctx.saved_tensors
-            need_x = ctx.needs_input_grad[4]
-            need_bias = ctx.has_bias and ctx.needs_input_grad[5]
-            need_cores = any(ctx.needs_input_grad[6:])
+            rebuilt = None
+            if ctx.split is None:
+                x2d, *cores = ctx.saved_tensors
+            else:
+                x2d, weight, left, right, *cores = ctx.saved_tensors
+                rebuilt = (weight, (left, right, ctx.split))
+            need_x = ctx.needs_input_grad[5]
+            need_bias = ctx.has_bias and ctx.needs_input_grad[6]
+            need_cores = any(ctx.needs_input_grad[7:])
             grad_x, grad_cores = _linear.linear_backward(
                 x2d,
                 cores,
@@ -148,6 +166,7 @@ def _make_function(device_type: str) -> type:
                 need_cores=need_cores,
                 xp=_ops(),
                 path=ctx.backward_path,
+                rebuilt=rebuilt,
             )
             if grad_x is not None and grad_x.dtype != x2d.dtype:
                 grad_x = grad_x.to(x2d.dtype)
@@ -156,7 +175,7 @@ def _make_function(device_type: str) -> type:
                 grad_cores = [None] * len(cores)
             else:
                 grad_cores = [g if g.dtype == c.dtype else g.to(c.dtype) for g, c in zip(grad_cores, cores)]
-            return (None, None, None, None, grad_x, grad_bias, *grad_cores)
+            return (None, None, None, None, None, grad_x, grad_bias, *grad_cores)
 
     TTMLinearFunction.__qualname__ = f"TTMLinearFunction[{device_type}]"
     return TTMLinearFunction
@@ -205,7 +224,7 @@ def _plan(x2d: Any, cores: Sequence[Any], compute: Any) -> tuple[Any, ...]:
     return entry
 
 
-def linear(x: Any, cores: Sequence[Any], bias: Any = None) -> Any:
+def linear(x: Any, cores: Sequence[Any], bias: Any = None, save_weight: bool = False) -> Any:
     """``x @ W.T + bias`` for torch ``x`` of shape ``(..., N)`` (validated by ``tensornet.linear``)."""
     device_type = x.device.type
     autocast = torch.is_autocast_enabled(device_type)
@@ -230,5 +249,7 @@ def linear(x: Any, cores: Sequence[Any], bias: Any = None) -> Any:
         )
     else:
         _, _, forward, path, backward, backward_path = _plan(x2d, cores, compute)
-    y = linear_function(device_type).apply(forward, path, backward, backward_path, x2d, bias, *cores)
+    y = linear_function(device_type).apply(
+        forward, path, backward, backward_path, bool(save_weight), x2d, bias, *cores
+    )
     return y.reshape(*lead, rows)

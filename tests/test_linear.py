@@ -157,8 +157,80 @@ def test_gradcheck_every_forward_backward_pair(forward, backward):
     backward_path = {c.strategy: c.path for c in plan.backward_candidates}[backward]
     function = _torch_linear.linear_function("cpu")
     assert torch.autograd.gradcheck(
-        lambda x, b, *cs: function.apply(forward, path, backward, backward_path, x, b, *cs), (x, bias, *cores)
+        lambda x, b, *cs: function.apply(forward, path, backward, backward_path, False, x, b, *cs),
+        (x, bias, *cores),
     )
+
+
+@pytest.mark.parametrize("forward", FORWARD)
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_gradcheck_with_save_weight(forward, with_bias):
+    # the kept W and halves replace the backward's rebuild when the forward rebuilt (else nothing is kept)
+    torch.manual_seed(1)
+    cores = _layer(rows=(2, 3, 2), cols=(2, 1, 3), rank=2)
+    x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(12, dtype=torch.float64, requires_grad=True) if with_bias else None
+    plan = tn.contract.plan_linear((4, 6), cores)
+    path = {c.strategy: c.path for c in plan.forward_candidates}[forward]
+    function = _torch_linear.linear_function("cpu")
+    inputs = (x, bias, *cores) if with_bias else (x, *cores)
+
+    def f(x, *rest):
+        b, cs = (rest[0], rest[1:]) if with_bias else (None, rest)
+        return function.apply(forward, path, "dense", None, True, x, b, *cs)
+
+    assert torch.autograd.gradcheck(f, inputs)
+
+
+@given(st.integers(1, 300), st.sampled_from(["float32", "float64"]), st.booleans(), st.integers(0, 2**16))
+def test_save_weight_gives_the_default_gradients(tokens, dtype, with_bias, seed):
+    torch.manual_seed(seed)
+    torch_dtype = getattr(torch, dtype)
+    cores = _layer(torch_dtype, seed)
+    x = torch.randn(tokens, 12, dtype=torch_dtype, requires_grad=True)
+    bias = torch.randn(12, dtype=torch_dtype, requires_grad=True) if with_bias else None
+    gy = torch.randn(tokens, 12, dtype=torch_dtype)
+    params = [x, *cores] + ([bias] if with_bias else [])
+    results = []
+    for keep in (False, True):
+        y = tn.linear(x, tn.TTM(cores), bias, save_weight=keep)
+        results.append((y, torch.autograd.grad(y, params, gy)))
+    (y0, g0), (y1, g1) = results
+    # same kernels in the same order: the kept W is the one the default's backward rebuilds
+    _close(as_numpy(y1.detach()), as_numpy(y0.detach()), dtype, "y")
+    for k, (a, b) in enumerate(zip(g1, g0)):
+        _close(as_numpy(a), as_numpy(b), dtype, f"grad {k}")
+
+
+def test_save_weight_keeps_w_and_its_halves_only_when_the_forward_rebuilds():
+    cores = _layer(torch.float32, rows=(4, 4, 4), cols=(4, 4, 2), rank=8)
+    w_entries = 64 * 32
+    halves = 4 * 4 * 8 + 8 * 4 * 4 * 4 * 2  # left (m1 n1, r1) and right (r1, m2 n2 m3 n3) at split 1
+
+    def saved_entries(x, keep):
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+            y = tn.linear(x, tn.TTM(cores), save_weight=keep)
+        y.sum().backward()
+        return sum(saved)
+
+    x = torch.randn(4096, 32, requires_grad=True)
+    assert _linear.split_point([tuple(c.shape) for c in cores]) == 1
+    assert tn.contract.plan_linear(tuple(x.shape), cores).forward.strategy == "rebuild"
+    base = saved_entries(x, False)
+    assert base == x.numel() + sum(c.numel() for c in cores)
+    assert saved_entries(x, True) == base + w_entries + halves
+    # one token through a 512 x 512 layer is planned as a factorised sweep: nothing is kept
+    cores = _layer(torch.float32, rows=(8, 8, 8), cols=(8, 8, 8), rank=4)
+    single = torch.randn(1, 512, requires_grad=True)
+    assert tn.contract.plan_linear((1, 512), cores).forward.strategy == "sweep"
+    assert saved_entries(single, True) == saved_entries(single, False) == 512 + sum(c.numel() for c in cores)
+
+
+def test_save_weight_must_be_a_bool():
+    cores = _layer()
+    with pytest.raises(TypeError, match="linear: save_weight must be True or False, got 1"):
+        tn.linear(torch.randn(2, 12, dtype=torch.float64), tn.TTM(cores), save_weight=1)
 
 
 @given(st.integers(1, 40), st.sampled_from(["float32", "float64"]), st.booleans(), st.integers(0, 2**16))

@@ -326,8 +326,9 @@ def compile_marks(function):
     return function
 
 
-def check_compiled_matches_eager(backend):
+def check_compiled_matches_eager(backend, save_weight=False):
     layer = make(24, 30, (2, 3, 4), (5, 3, 2), 3, dtype=torch.float32)
+    layer.save_weight = save_weight
     torch._dynamo.reset()
     compiled = torch.compile(layer, backend=backend)
     x = torch.randn(2, 5, 24)
@@ -353,6 +354,28 @@ def test_torch_compile_forward_and_backward_match_eager_without_graph_breaks():
 @compile_marks
 def test_torch_compile_inductor_forward_and_backward_match_eager():
     check_compiled_matches_eager("inductor")
+
+
+@compile_marks
+def test_torch_compile_with_save_weight_matches_eager():
+    plan = tn.contract.plan_linear((10, 24), make(24, 30, (2, 3, 4), (5, 3, 2), 3).cores)
+    assert plan.forward.strategy == "rebuild"  # so that there is a W to keep
+    check_compiled_matches_eager("aot_eager", save_weight=True)
+
+
+def test_save_weight_layer_gives_the_default_results_and_says_so():
+    layer = make(96, 72, (8, 12, 1), (2, 6, 6), 5)
+    keeping = make(96, 72, (8, 12, 1), (2, 6, 6), 5)
+    keeping.save_weight = True
+    assert "save_weight" not in layer.extra_repr()
+    assert keeping.extra_repr().endswith("bias=True, save_weight=True")
+    assert TTMLinear(24, 30, rank=2, save_weight=True).save_weight is True
+    x = torch.randn(7, 300, 96, dtype=torch.float64)  # 2,100 tokens: the forward rebuilds W
+    assert tn.contract.plan_linear((2100, 96), layer.cores).forward.strategy == "rebuild"
+    for module in (layer, keeping):
+        module(x).square().sum().backward()
+    for a, b in zip(keeping.parameters(), layer.parameters()):
+        np.testing.assert_allclose(as_numpy(a.grad), as_numpy(b.grad), rtol=1e-12, atol=1e-12)
 
 
 # --- initialisation statistics ---------------------------------------------------------------------------
@@ -516,6 +539,11 @@ BAD = [
         r"in_shape\[0\] must be an int",
     ),
     (dict(in_features=24, out_features=30, rank=2, ncores=0), ValueError, "ncores must be >= 1"),
+    (
+        dict(in_features=24, out_features=30, rank=2, save_weight=1),
+        TypeError,
+        "save_weight must be True or False",
+    ),
 ]
 
 
