@@ -5,6 +5,7 @@ One command, under 4 minutes on one H100::
     python benchmarks/gpu_gpt2.py            # batch 8 x 1,024 tokens, bf16 autocast, AdamW
     python benchmarks/gpu_gpt2.py --compile  # the same under torch.compile
 
+Models: dense, the MLPs as TTM, and the same TTM model with ``save_weight=True`` (W kept for backward).
 Prints, per model: parameters, ms per step, tokens/s, peak allocated memory, and the ratio to dense.
 Random token ids (vocabulary 50,257), dropout 0; the time is the median of ``--steps`` timed steps after
 ``--warmup`` untimed ones. Exits 0 with a message when no CUDA device is present.
@@ -28,14 +29,19 @@ def bench(variant: str, args) -> dict:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from tensornet.gpt2 import count_params, tensorize
+    from tensornet.nn import TTMLinear
 
     torch.manual_seed(0)
     device = torch.device("cuda")
     config = GPT2Config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     with device:
         model = GPT2LMHeadModel(config)
-    if variant == "ttm":
+    if variant.startswith("ttm"):
         tensorize(model, rank=args.rank, shapes="paper", bias=False)
+        if variant == "ttm_save_weight":  # W kept for backward: one rebuild less per layer and step
+            for module in model.modules():
+                if isinstance(module, TTMLinear):
+                    module.save_weight = True
     model.train()
     step_model = torch.compile(model) if args.compile else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=6.25e-5, weight_decay=1e-4, fused=True)
@@ -90,7 +96,7 @@ def main() -> int:
         print("gpu_gpt2.py: no CUDA device; nothing to measure (this benchmark needs a GPU)")
         return 0
     results = []
-    for variant in ("dense", "ttm"):
+    for variant in ("dense", "ttm", "ttm_save_weight"):
         results.append(bench(variant, args))
         torch.cuda.empty_cache()  # the first model's memory is gone before the second is measured
     dense = results[0]
@@ -102,7 +108,11 @@ def main() -> int:
     print("| model | params | ms/step | tokens/s | vs dense | peak memory (GiB) |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in results:
-        label = "dense" if r["variant"] == "dense" else f"TTM r={args.rank} (paper shapes)"
+        label = {
+            "dense": "dense",
+            "ttm": f"TTM r={args.rank} (paper shapes)",
+            "ttm_save_weight": f"TTM r={args.rank} (paper shapes), save_weight=True",
+        }[r["variant"]]
         print(
             f"| {label} | {r['params']:,} | {r['ms_per_step']:.1f} | {r['tokens_per_s']:,.0f} | "
             f"{r['tokens_per_s'] / dense['tokens_per_s']:.3f}x | {r['peak_memory_gib']:.2f} |"
