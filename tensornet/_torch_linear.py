@@ -4,7 +4,8 @@ Loaded lazily by ``tensornet.linear`` only when ``x`` is a torch tensor, so ``im
 free of torch. The Function saves only ``x`` and the cores for backward (no intermediates: activation
 memory is that of a dense layer's input plus the parameters) and recomputes what the backward plan
 needs from them, with the kernels of :mod:`tensornet._linear` (the same ones
-:func:`tensornet.adjoint.linear` uses).
+:func:`tensornet.adjoint.linear` uses). The one exception is opt-in: with ``save_weight`` a forward that
+rebuilt W keeps W and the halves of its product, and the backward uses them instead of rebuilding.
 
 * Autocast: forward and backward run under the autocast state of the forward
   (``torch.amp.custom_fwd`` / ``custom_bwd`` for the tensor's device type); the matrix products inside

@@ -59,7 +59,7 @@ class TTMLinear(TTCoresModule):
         Speed for memory in training (default False; an attribute, settable later). By default the
         backward saves only the input and the cores and rebuilds W; with True, when the forward rebuilds
         W (many tokens) it keeps W and the two halves of its product for backward, which then skips one
-        rebuild (r=64 768->3072 at 2,048 tokens on a 2-core CPU: ~2.5% of a step) but holds
+        rebuild (768->3072 at 2,048 tokens on a 2-core CPU: ~2.3% of a step at r=64, ~1% at r=16) but holds
         ``M * N`` more entries (plus the halves) per call until backward, as
         tensorly-torch's reconstructed layers do.
 
