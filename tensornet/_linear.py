@@ -44,7 +44,8 @@ def _namespace(xp: Any, *arrays: Any) -> Any:
 def right_environments(flat_cores: Sequence[Any], *, xp: Any = None) -> list[Any]:
     """``R[k]`` for ``k >= 1``: cores ``k..d-1`` contracted, as a ``(r_{k-1}, p_k ... p_d)`` matrix. One
     GEMM per core, no transposes. ``R[0]`` (the dense train itself, the most expensive one) is not
-    formed: no core gradient needs it, so it is ``None``. Cost: ``O(r^2 prod(p_{>=2}))``."""
+    formed: no core gradient needs it, so it is ``None`` (for ``d = 1`` the list holds the core).
+    Cost: ``O(r^2 prod(p_{>=2}))``."""
     xp = _namespace(xp, *flat_cores)
     d = len(flat_cores)
     last = flat_cores[-1]
@@ -185,6 +186,28 @@ def _memo_recipe(shapes: tuple[tuple[int, ...], ...]) -> tuple[Any, ...]:
     return recipe
 
 
+def _halves(cores: Sequence[Any], xp: Any) -> tuple[Any, Any, Any]:
+    """``(L, R, recipe)``: the two halves of :func:`rebuild`'s product, reordered to blocked modes."""
+    # xp.recipe: the memoised lookup for eager torch; dynamo traces the pure function instead
+    shapes = tuple(tuple(int(v) for v in c.shape) for c in cores)
+    recipe = getattr(xp, "recipe", _memo_recipe)(shapes)
+    split, left_first, left_steps, right_first, right_steps, regroup_l, regroup_r = recipe[:7]
+    reshape = xp.reshape
+    left = reshape(cores[0], left_first)
+    for core, (core_shape, out_shape) in zip(cores[1:split], left_steps):
+        left = reshape(left @ reshape(core, core_shape), out_shape)
+    right = reshape(cores[-1], right_first)
+    for core, (core_shape, out_shape) in zip(reversed(cores[split:-1]), right_steps):
+        right = reshape(reshape(core, core_shape) @ right, out_shape)
+    if regroup_l is not None:
+        shape, axes, final = regroup_l
+        left = reshape(xp.permute_dims(reshape(left, shape), axes), final)
+    if regroup_r is not None:
+        shape, axes, final = regroup_r
+        right = reshape(xp.permute_dims(reshape(right, shape), axes), final)
+    return left, right, recipe
+
+
 def rebuild(cores: Sequence[Any], *, xp: Any = None, halves: bool = False) -> Any:
     """The dense ``(M, N)`` matrix of TTM cores.
 
@@ -199,25 +222,10 @@ def rebuild(cores: Sequence[Any], *, xp: Any = None, halves: bool = False) -> An
         c = cores[0]
         dense = xp.reshape(c, (int(c.shape[1]), int(c.shape[2])))
         return (dense, None) if halves else dense
-    # xp.recipe: the memoised lookup for eager torch; dynamo traces the pure function instead
-    shapes = tuple(tuple(int(v) for v in c.shape) for c in cores)
-    recipe = getattr(xp, "recipe", _memo_recipe)(shapes)
-    split, left_first, left_steps, right_first, right_steps, regroup_l, regroup_r, blocks, size = recipe
-    reshape = xp.reshape
-    left = reshape(cores[0], left_first)
-    for core, (core_shape, out_shape) in zip(cores[1:split], left_steps):
-        left = reshape(left @ reshape(core, core_shape), out_shape)
-    right = reshape(cores[-1], right_first)
-    for core, (core_shape, out_shape) in zip(reversed(cores[split:-1]), right_steps):
-        right = reshape(reshape(core, core_shape) @ right, out_shape)
-    if regroup_l is not None:
-        shape, axes, final = regroup_l
-        left = reshape(xp.permute_dims(reshape(left, shape), axes), final)
-    if regroup_r is not None:
-        shape, axes, final = regroup_r
-        right = reshape(xp.permute_dims(reshape(right, shape), axes), final)
-    product = reshape(left @ right, blocks)
-    dense = reshape(xp.permute_dims(product, (0, 2, 1, 3)), size)
+    left, right, recipe = _halves(cores, xp)
+    split, blocks, size = recipe[0], recipe[7], recipe[8]
+    product = xp.reshape(left @ right, blocks)
+    dense = xp.reshape(xp.permute_dims(product, (0, 2, 1, 3)), size)
     return (dense, (left, right, split)) if halves else dense
 
 
@@ -404,11 +412,16 @@ def linear_backward(
         return (grad_x if need_x else None), grads
     if strategy != "dense":
         raise ValueError(f"linear: unknown backward strategy {strategy!r}; use 'dense', 'sweep' or 'einsum'")
-    weight, parts = rebuilt if rebuilt is not None else rebuild(cores, xp=xp, halves=True)
+    weight, parts = rebuilt if rebuilt is not None else (None, None)
+    if need_x and weight is None:
+        weight, parts = rebuild(cores, xp=xp, halves=True)
     grad_x = grad_y @ weight if need_x else None
     if not need_cores:
         return grad_x, None
     del weight
+    if parts is None and len(cores) > 1:  # grad x not needed: the halves without their product
+        left, right, recipe = _halves(cores, xp)
+        parts = (left, right, recipe[0])
     return grad_x, _core_grads_from_matrix(cores, grad_y.T @ x2d, parts, xp)
 
 
@@ -479,9 +492,10 @@ def linear(x: Any, w: Any, bias: Any = None, *, save_weight: bool = False) -> An
     ``torch.autograd.Function`` that saves only ``x`` and the cores (activation memory no more than a
     dense layer's) and whose backward uses :func:`tensornet.adjoint.linear`'s kernels; it works under
     autocast and ``torch.compile``; double backward is refused (once differentiable). With
-    ``save_weight=True`` (torch only; numpy has no backward) a forward that rebuilds W keeps W and the
-    halves of its product for the backward instead: one rebuild less per step for ``M N`` more saved
-    entries per call.
+    ``save_weight=True`` (torch only; numpy has no backward) a forward that rebuilds W, with a backward
+    planned from the dense W (both are the plans for many tokens), keeps W (if x needs a gradient) and
+    the halves of its product (if the cores do) instead: one rebuild less per step for up to ``M N``
+    more saved entries per call. Not under inductor, whose partitioner chooses what to save.
 
     Cost: ``min(2 B M N + O(M N r), O(B (M + N) d r^2 max(m, n)))`` for B rows, as planned.
 

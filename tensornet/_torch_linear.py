@@ -15,7 +15,9 @@ rebuilt W keeps W and the halves of its product, and the backward uses them inst
   and the graph only compares the token count (possibly symbolic) with their bounds; the kernels are
   reshapes, permutes and matmuls (``_TorchOps``, not the array-API namespace). ``fullgraph=True``
   works (tested with ``aot_eager``). torch 2.13's dynamo itself emits a DeprecationWarning
-  ("autograd.function.Function should not be instantiated") when tracing any custom Function.
+  ("autograd.function.Function should not be instantiated") when tracing any custom Function. With the
+  inductor backend, AOT autograd's partitioner decides what the compiled graph saves for backward (it
+  may keep the rebuilt W), so neither "saves only x and the cores" nor ``save_weight`` applies there.
 * Double backward is refused (``once_differentiable``): differentiating the gradients raises
   ``RuntimeError``. Use plain autograd through ``tensornet.contract.einsum`` if you need it.
 """
@@ -106,7 +108,8 @@ def _compiled_plan(tokens: Any, cores: Sequence[Any], dtype: str, device: str) -
 
 def _make_function(device_type: str) -> type:
     class TTMLinearFunction(torch.autograd.Function):
-        """``y = x2d @ W.T (+ bias)`` for ``x2d`` (B, N) and TTM cores; saves x2d and the cores only."""
+        """``y = x2d @ W.T (+ bias)`` for ``x2d`` (B, N) and TTM cores; saves x2d and the cores only
+        (with ``save_weight``: also the rebuilt W and/or its halves, as far as backward reads them)."""
 
         @staticmethod
         @torch.amp.custom_fwd(device_type=device_type)
@@ -124,15 +127,17 @@ def _make_function(device_type: str) -> type:
             ctx.backward_strategy = backward
             ctx.backward_path = backward_path
             ctx.has_bias = bias is not None
-            ctx.split = None
+            ctx.kept = None
             if forward == "rebuild":
-                keep = save_weight and backward == "dense"
                 weight, parts = _linear.rebuild(cores, xp=_ops(), halves=True)
-                if keep and parts is not None:
-                    # opt-in: what the rebuild made (W and its halves) is kept, so backward does not
-                    # rebuild; activation memory grows by W's size (plus the halves)
-                    ctx.split = parts[2]
-                    ctx.save_for_backward(x2d, weight, parts[0], parts[1], *cores)
+                if save_weight and backward == "dense" and parts is not None:
+                    # opt-in: what the rebuild made is kept so that backward does not rebuild, and only
+                    # what backward reads: W for grad x, the halves for the core gradients
+                    keep_w = ctx.needs_input_grad[5]
+                    keep_halves = any(ctx.needs_input_grad[7:])
+                    kept = ([weight] if keep_w else []) + (list(parts[:2]) if keep_halves else [])
+                    ctx.kept = (keep_w, keep_halves, parts[2])
+                    ctx.save_for_backward(x2d, *kept, *cores)
                 else:
                     ctx.save_for_backward(x2d, *cores)
                 if bias is not None:
@@ -150,11 +155,12 @@ def _make_function(device_type: str) -> type:
         @torch.amp.custom_bwd(device_type=device_type)
         def backward(ctx: Any, grad_y: Any) -> Any:  # type: ignore[override]
             rebuilt = None
-            if ctx.split is None:
-                x2d, *cores = ctx.saved_tensors
-            else:
-                x2d, weight, left, right, *cores = ctx.saved_tensors
-                rebuilt = (weight, (left, right, ctx.split))
+            x2d, *cores = ctx.saved_tensors
+            if ctx.kept is not None:
+                keep_w, keep_halves, split = ctx.kept
+                weight = cores.pop(0) if keep_w else None
+                parts = (cores.pop(0), cores.pop(0), split) if keep_halves else None
+                rebuilt = (weight, parts)
             need_x = ctx.needs_input_grad[5]
             need_bias = ctx.has_bias and ctx.needs_input_grad[6]
             need_cores = any(ctx.needs_input_grad[7:])

@@ -12,7 +12,7 @@ shaped like the result's cores (a TT/TTM or a list of arrays): these ops act cor
 core-wise too. No rule differentiates through ``round`` or renormalisation.
 
 Which ops use which rule with torch: ``linear`` has a custom autograd Function built on
-:func:`linear` (it saves only ``x`` and the cores); the other ops use plain autograd through their
+:func:`linear` (it saves only ``x`` and the cores unless ``save_weight`` is asked for); the other ops use plain autograd through their
 einsums, which for them keeps no more than their (small) inputs and the result cores.
 """
 

@@ -162,22 +162,26 @@ def test_gradcheck_every_forward_backward_pair(forward, backward):
     )
 
 
-@pytest.mark.parametrize("forward", FORWARD)
+GRAD_CASES = {"all": (True, True), "x only (frozen cores)": (True, False), "cores only": (False, True)}
+
+
+@pytest.mark.parametrize("needs", GRAD_CASES, ids=str)
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_gradcheck_with_save_weight(forward, with_bias):
-    # the kept W and halves replace the backward's rebuild when the forward rebuilt (else nothing is kept)
+@pytest.mark.parametrize("keep", [False, True], ids=["rebuilt in backward", "save_weight"])
+def test_gradcheck_dense_backward_for_each_set_of_inputs_needing_grad(needs, with_bias, keep):
+    # without grad x the backward forms only the halves of W's product; with save_weight the forward
+    # keeps what the backward reads (W for grad x, the halves for the cores)
     torch.manual_seed(1)
-    cores = _layer(rows=(2, 3, 2), cols=(2, 1, 3), rank=2)
-    x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    x_grad, cores_grad = GRAD_CASES[needs]
+    cores = [c.detach().requires_grad_(cores_grad) for c in _layer(rows=(2, 3, 2), cols=(2, 1, 3), rank=2)]
+    x = torch.randn(4, 6, dtype=torch.float64, requires_grad=x_grad)
     bias = torch.randn(12, dtype=torch.float64, requires_grad=True) if with_bias else None
-    plan = tn.contract.plan_linear((4, 6), cores)
-    path = {c.strategy: c.path for c in plan.forward_candidates}[forward]
     function = _torch_linear.linear_function("cpu")
     inputs = (x, bias, *cores) if with_bias else (x, *cores)
 
     def f(x, *rest):
         b, cs = (rest[0], rest[1:]) if with_bias else (None, rest)
-        return function.apply(forward, path, "dense", None, True, x, b, *cs)
+        return function.apply("rebuild", None, "dense", None, keep, x, b, *cs)
 
     assert torch.autograd.gradcheck(f, inputs)
 
@@ -202,29 +206,56 @@ def test_save_weight_gives_the_default_gradients(tokens, dtype, with_bias, seed)
         _close(as_numpy(a), as_numpy(b), dtype, f"grad {k}")
 
 
-def test_save_weight_keeps_w_and_its_halves_only_when_the_forward_rebuilds():
-    cores = _layer(torch.float32, rows=(4, 4, 4), cols=(4, 4, 2), rank=8)
-    w_entries = 64 * 32
-    halves = 4 * 4 * 8 + 8 * 4 * 4 * 4 * 2  # left (m1 n1, r1) and right (r1, m2 n2 m3 n3) at split 1
+def saved_storage_bytes(fn):
+    """Bytes of the distinct storages the autograd graph of ``fn()`` saves (views counted once)."""
+    storages = {}
 
-    def saved_entries(x, keep):
-        saved = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
-            y = tn.linear(x, tn.TTM(cores), save_weight=keep)
-        y.sum().backward()
-        return sum(saved)
+    def pack(t):
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return t
 
-    x = torch.randn(4096, 32, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = fn()
+    y.float().sum().backward()
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("needs", GRAD_CASES, ids=str)
+@pytest.mark.parametrize("autocast", [False, True])
+def test_save_weight_keeps_what_the_backward_reads_when_the_forward_rebuilds(needs, autocast):
+    x_grad, cores_grad = GRAD_CASES[needs]
+    cores = [
+        c.detach().requires_grad_(cores_grad)
+        for c in _layer(torch.float32, rows=(4, 4, 4), cols=(4, 4, 2), rank=8)
+    ]
+    x = torch.randn(4096, 32, requires_grad=x_grad)
+    # split 1: the left half is core 0 itself (a view, nothing new); the right half (r1, m2 n2 m3 n3) is new
     assert _linear.split_point([tuple(c.shape) for c in cores]) == 1
     assert tn.contract.plan_linear(tuple(x.shape), cores).forward.strategy == "rebuild"
-    base = saved_entries(x, False)
-    assert base == x.numel() + sum(c.numel() for c in cores)
-    assert saved_entries(x, True) == base + w_entries + halves
-    # one token through a 512 x 512 layer is planned as a factorised sweep: nothing is kept
+    size = 2 if autocast else 4  # under autocast W and the halves come out of bf16 GEMMs; x and cores stay
+
+    def run(keep):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            return saved_storage_bytes(lambda: tn.linear(x, tn.TTM(cores), save_weight=keep))
+
+    base = (x.numel() + sum(c.numel() for c in cores)) * 4
+    assert run(False) == base
+    extra = (64 * 32 if x_grad else 0) + (8 * 4 * 4 * 4 * 2 if cores_grad else 0)
+    assert run(True) == base + extra * size
+
+
+def test_save_weight_keeps_nothing_when_the_forward_is_factorised():
+    # one token through a 512 x 512 layer is planned as a factorised sweep: there is no W to keep
     cores = _layer(torch.float32, rows=(8, 8, 8), cols=(8, 8, 8), rank=4)
     single = torch.randn(1, 512, requires_grad=True)
     assert tn.contract.plan_linear((1, 512), cores).forward.strategy == "sweep"
-    assert saved_entries(single, True) == saved_entries(single, False) == 512 + sum(c.numel() for c in cores)
+    kept = saved_storage_bytes(lambda: tn.linear(single, tn.TTM(cores), save_weight=True))
+    assert (
+        kept
+        == saved_storage_bytes(lambda: tn.linear(single, tn.TTM(cores)))
+        == 4 * (512 + sum(c.numel() for c in cores))
+    )
 
 
 def test_save_weight_must_be_a_bool():

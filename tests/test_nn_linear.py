@@ -363,19 +363,70 @@ def test_torch_compile_with_save_weight_matches_eager():
     check_compiled_matches_eager("aot_eager", save_weight=True)
 
 
-def test_save_weight_layer_gives_the_default_results_and_says_so():
-    layer = make(96, 72, (8, 12, 1), (2, 6, 6), 5)
-    keeping = make(96, 72, (8, 12, 1), (2, 6, 6), 5)
+def saved_bytes(module, x, autocast=False):
+    """Bytes of the distinct storages that ``module(x)``'s graph saves, parameters excluded."""
+    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    storages = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), hooks:
+        y = module(x)
+    y.float().square().sum().backward()
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_save_weight_layer_keeps_w_and_gives_the_default_gradients(autocast):
+    dtype = torch.float32 if autocast else torch.float64
+    layer = make(96, 72, (8, 12, 1), (2, 6, 6), 5, dtype=dtype)
+    keeping = make(96, 72, (8, 12, 1), (2, 6, 6), 5, dtype=dtype)
     keeping.save_weight = True
-    assert "save_weight" not in layer.extra_repr()
-    assert keeping.extra_repr().endswith("bias=True, save_weight=True")
-    assert TTMLinear(24, 30, rank=2, save_weight=True).save_weight is True
-    x = torch.randn(7, 300, 96, dtype=torch.float64)  # 2,100 tokens: the forward rebuilds W
+    x = torch.randn(7, 300, 96, dtype=dtype, requires_grad=True)  # 2,100 tokens: the forward rebuilds W
     assert tn.contract.plan_linear((2100, 96), layer.cores).forward.strategy == "rebuild"
-    for module in (layer, keeping):
-        module(x).square().sum().backward()
-    for a, b in zip(keeping.parameters(), layer.parameters()):
-        np.testing.assert_allclose(as_numpy(a.grad), as_numpy(b.grad), rtol=1e-12, atol=1e-12)
+    size = 2 if autocast else 8  # TTMLinear casts x and the cores to bf16 under autocast, as nn.Linear does
+    x_bytes = x.numel() * size
+    cast_cores = sum(c.numel() for c in layer.cores) * 2 if autocast else 0  # the casts are new storages
+    assert saved_bytes(layer, x, autocast) == x_bytes + cast_cores
+    # W (72 x 96) more, and the right half of its product: at split 1 the left half is core 0 itself (a
+    # view) and the right half is cores 1-2 contracted over their bond, r1 x (6 12)(6 1) entries
+    assert tn._linear.split_point([tuple(c.shape) for c in layer.cores]) == 1
+    right_half = 5 * 6 * 12 * 6 * 1
+    assert saved_bytes(keeping, x, autocast) == x_bytes + cast_cores + (72 * 96 + right_half) * size
+    grads = [[p.grad.clone() for p in module.parameters()] for module in (layer, keeping)]
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(as_numpy(a.float()), as_numpy(b.float()), rtol=1e-12, atol=1e-12)
+
+
+def test_save_weight_is_a_checked_attribute_carried_by_the_constructors():
+    layer = make(24, 30, (2, 3, 4), (5, 3, 2), 2)
+    assert layer.save_weight is False and "save_weight" not in layer.extra_repr()
+    layer.save_weight = True
+    assert layer.extra_repr().endswith("bias=True, save_weight=True")
+    with pytest.raises(TypeError, match="TTMLinear: save_weight must be True or False, got 'no'"):
+        layer.save_weight = "no"
+    assert layer.save_weight is True  # the bad value changed nothing
+    assert TTMLinear(24, 30, rank=2, save_weight=True).save_weight is True
+    assert TTMLinear.from_ttm(layer.weight, save_weight=True).save_weight is True
+    linear = nn.Linear(24, 30)
+    assert TTMLinear.from_linear(linear, rank=2, save_weight=True).save_weight is True
+    assert TTMLinear.from_linear(linear, rank=2).save_weight is False
+    with pytest.raises(TypeError, match="from_linear: save_weight must be True or False"):
+        TTMLinear.from_linear(linear, rank=2, save_weight=None)
+    copy = torch.load(_saved(layer), weights_only=False)
+    assert copy.save_weight is True
+
+
+def _saved(module):
+    buffer = io.BytesIO()
+    torch.save(module, buffer)
+    buffer.seek(0)
+    return buffer
 
 
 # --- initialisation statistics ---------------------------------------------------------------------------

@@ -124,6 +124,21 @@ def test_from_scratch_layers_take_dtype_device_and_bias():
     model(torch.randint(0, 60, (2, 3))).sum().backward()
 
 
+@pytest.mark.parametrize("from_weights", [True, False])
+def test_save_weight_option_reaches_the_linear_layers_only(from_weights):
+    model = Mlp()
+    tensorize(
+        model,
+        [
+            Rule("blocks.0.*", rank=2, from_weights=from_weights, save_weight=True),
+            Rule("blocks.1.*", rank=2, from_weights=from_weights),
+        ],
+    )
+    assert [m.save_weight for b in model.blocks for m in b] == [True, True, False, False]
+    with pytest.raises(TypeError, match=r"options \['save_weight'\] do not apply"):
+        tensorize(Mlp(), Rule("embed", rank=2, save_weight=True))
+
+
 def test_errors_name_the_problem():
     with pytest.raises(
         ValueError,

@@ -56,12 +56,14 @@ class TTMLinear(TTCoresModule):
         (t3f's rule: every core scaled by ``std^(1/d) * prod(r)^(-1/(2d))``). A single draw is rescaled so
         the rebuilt W has entry RMS exactly that std. The bias starts at zero.
     save_weight : bool
-        Speed for memory in training (default False; an attribute, settable later). By default the
-        backward saves only the input and the cores and rebuilds W; with True, when the forward rebuilds
-        W (many tokens) it keeps W and the two halves of its product for backward, which then skips one
-        rebuild (768->3072 at 2,048 tokens on a 2-core CPU: ~2.3% of a step at r=64, ~1% at r=16) but holds
-        ``M * N`` more entries (plus the halves) per call until backward, as
-        tensorly-torch's reconstructed layers do.
+        Speed for memory in training (default False; a checked attribute, settable later). By default
+        the backward saves only the input and the cores and rebuilds W; with True, when the forward
+        rebuilds W and the backward works from the dense W (the plans for many tokens), the forward
+        keeps W (if the input needs a gradient) and the two halves of its product (if the cores do),
+        so the backward skips one rebuild. 768->3072 at 2,048 tokens on a 2-core CPU: ~2.3% of a step
+        at r=64, within noise at r=16, for ``M * N`` more saved entries per call (plus the halves), as
+        tensorly-torch's reconstructed layers keep. Under ``torch.compile`` with inductor the compiler
+        chooses what to save and this has no effect.
 
     The forward is :func:`tensornet.linear` (the contraction path is chosen per shape); inputs may have any
     leading dimensions. Under ``torch.autocast`` the input, cores and bias are cast to the autocast dtype,
@@ -95,8 +97,6 @@ class TTMLinear(TTCoresModule):
     ) -> None:
         super().__init__()
         fn = type(self).__name__
-        if not isinstance(save_weight, bool):
-            raise TypeError(f"{fn}: save_weight must be True or False, got {save_weight!r}")
         self.save_weight = save_weight
         self.in_features = check_features(fn, "in_features", in_features)
         self.out_features = check_features(fn, "out_features", out_features)
@@ -138,12 +138,20 @@ class TTMLinear(TTCoresModule):
             f"in_features={self.in_features}, out_features={self.out_features}, in_shape={self.in_shape}, "
             f"out_shape={self.out_shape}, ranks={self.ranks}, params={self.tt_params:,} "
             f"(dense {self.in_features * self.out_features:,}, compression {self.compression:.1f}x), "
-            f"bias={self.bias is not None}" + (", save_weight=True" if self._keeps_weight() else "")
+            f"bias={self.bias is not None}" + (", save_weight=True" if self.save_weight else "")
         )
 
-    def _keeps_weight(self) -> bool:
+    @property
+    def save_weight(self) -> bool:
+        """Keep the rebuilt W (and its halves) for backward instead of rebuilding (see the class notes)."""
         # getattr: layers pickled before the option existed have no attribute
-        return bool(getattr(self, "save_weight", False))
+        return bool(getattr(self, "_save_weight", False))
+
+    @save_weight.setter
+    def save_weight(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"{type(self).__name__}: save_weight must be True or False, got {value!r}")
+        self._save_weight = value
 
     # --- forward ----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -175,15 +183,18 @@ class TTMLinear(TTCoresModule):
             and x.device == cores[0].device
             and (bias is None or bias.device == x.device)
         ):
-            return _torch_linear.linear(x, cores, bias, self._keeps_weight())
-        return tn.linear(x, tn.TTM._trusted(cores), bias, save_weight=self._keeps_weight())
+            return _torch_linear.linear(x, cores, bias, self.save_weight)
+        return tn.linear(x, tn.TTM._trusted(cores), bias, save_weight=self.save_weight)
 
     # --- conversion -------------------------------------------------------------------------------
     @classmethod
-    def from_ttm(cls, weight: tn.TTM, bias: torch.Tensor | None = None) -> TTMLinear:
+    def from_ttm(
+        cls, weight: tn.TTM, bias: torch.Tensor | None = None, *, save_weight: bool = False
+    ) -> TTMLinear:
         """A layer whose weight is (a copy of) the TTM ``weight`` (torch or numpy cores) and bias ``bias``.
 
-        The layer takes the dtype and device of the cores (numpy cores become CPU tensors).
+        The layer takes the dtype and device of the cores (numpy cores become CPU tensors);
+        ``save_weight`` as in the constructor.
         """
         fn = f"{cls.__name__}.from_ttm"
         if not isinstance(weight, tn.TTM):
@@ -204,6 +215,7 @@ class TTMLinear(TTCoresModule):
             device="meta",
             dtype=weight.dtype,
             clip_rank=False,
+            save_weight=save_weight,
         )
         layer = layer.to_empty(device=weight.device)
         with torch.no_grad():
@@ -223,16 +235,20 @@ class TTMLinear(TTCoresModule):
         in_shape: tuple[int, ...] | None = None,
         out_shape: tuple[int, ...] | None = None,
         ncores: int = 3,
+        save_weight: bool = False,
     ) -> TTMLinear:
         """Compress a trained ``nn.Linear`` (or transformers' GPT-2 ``Conv1D``) by TT-SVD.
 
         :func:`tensornet.ttm_svd` runs in float64 on the CPU with ``eps`` (relative Frobenius accuracy) and
         ``rank`` as the cap (if both are given and the cap wins, ``ttm_svd`` warns with the error bound).
         ``Conv1D`` stores its weight ``(in, out)``; it is transposed here on purpose. The layer keeps the
-        source's dtype, device and bias; :attr:`conversion_error` holds the measured relative error.
+        source's dtype, device and bias; :attr:`conversion_error` holds the measured relative error;
+        ``save_weight`` as in the constructor.
         Cost: ``O(M N r)`` for the SVDs plus ``O(M N)`` memory for the float64 copy.
         """
         fn = f"{cls.__name__}.from_linear"
+        if not isinstance(save_weight, bool):
+            raise TypeError(f"{fn}: save_weight must be True or False, got {save_weight!r}")
         weight, bias = _dense_weight(fn, linear)
         out_features, in_features = (int(n) for n in weight.shape)
         if rank is None and eps is None:
@@ -247,7 +263,9 @@ class TTMLinear(TTCoresModule):
         reference = float(torch.linalg.vector_norm(dense))
         error = float(torch.linalg.vector_norm(tn.full(ttm) - dense)) / reference if reference > 0 else 0.0
         layer = cls.from_ttm(
-            ttm.to(device=weight.device, dtype=weight.dtype), None if bias is None else bias.detach()
+            ttm.to(device=weight.device, dtype=weight.dtype),
+            None if bias is None else bias.detach(),
+            save_weight=save_weight,
         )
         layer.conversion_error = error
         return layer

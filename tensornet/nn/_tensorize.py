@@ -16,7 +16,7 @@ from ._linear import TTMLinear
 
 __all__ = ["LayerReport", "Rule", "TensorizeReport", "tensorize"]
 
-_LINEAR_OPTIONS = {"in_shape", "out_shape", "ncores"}
+_LINEAR_OPTIONS = {"in_shape", "out_shape", "ncores", "save_weight"}
 _LINEAR_SCRATCH = _LINEAR_OPTIONS | {"bias", "init", "clip_rank"}
 _EMBEDDING_OPTIONS = {"voc_shape", "emb_shape", "ncores"}
 _EMBEDDING_SCRATCH = _EMBEDDING_OPTIONS | {"init", "clip_rank"}
@@ -37,7 +37,7 @@ class Rule:
         True: compress the layer's trained weights (:meth:`TTMLinear.from_linear`,
         :meth:`TTEmbedding.from_embedding`). False: a freshly initialised TT layer of the same size.
     **options :
-        Passed to the layer: ``in_shape``, ``out_shape``, ``ncores`` (linear); ``voc_shape``, ``emb_shape``,
+        Passed to the layer: ``in_shape``, ``out_shape``, ``ncores``, ``save_weight`` (linear); ``voc_shape``, ``emb_shape``,
         ``ncores`` (embedding); from scratch also ``init``, ``clip_rank`` and (linear) ``bias``.
     """
 
