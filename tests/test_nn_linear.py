@@ -363,7 +363,7 @@ def test_torch_compile_with_save_weight_matches_eager():
     check_compiled_matches_eager("aot_eager", save_weight=True)
 
 
-def saved_bytes(module, x, autocast=False):
+def saved_bytes(module, x, autocast=False, device="cpu"):
     """Bytes of the distinct storages that ``module(x)``'s graph saves, parameters excluded."""
     params = {p.untyped_storage().data_ptr() for p in module.parameters()}
     storages = {}
@@ -375,7 +375,7 @@ def saved_bytes(module, x, autocast=False):
         return t
 
     hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), hooks:
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast), hooks:
         y = module(x)
     y.float().square().sum().backward()
     return sum(storages.values())
@@ -649,6 +649,31 @@ def test_cuda_forward_backward_and_autocast_match_cpu():
     np.testing.assert_allclose(
         as_numpy(y16), as_numpy(y_cpu), rtol=0, atol=0.03 * float(y_cpu.detach().abs().max())
     )
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.filterwarnings(CUDA_CONTEXT_WARNING)
+@pytest.mark.parametrize("autocast", [False, True])
+def test_cuda_save_weight_keeps_w_and_gives_the_default_gradients(autocast):
+    layers = [make(96, 72, (8, 12, 1), (2, 6, 6), 5, dtype=torch.float32).to("cuda") for _ in range(2)]
+    layers[1].save_weight = True
+    x = torch.randn(2100, 96, device="cuda", requires_grad=True)
+    plan = tn.contract.plan_linear((2100, 96), layers[0].cores)
+    assert (plan.forward.strategy, plan.backward.strategy) == ("rebuild", "dense")
+    bytes_default, bytes_kept = (saved_bytes(layer, x, autocast, device="cuda") for layer in layers)
+    size = 2 if autocast else 4
+    assert bytes_kept == bytes_default + (72 * 96 + 5 * 6 * 12 * 6) * size  # W and the right half
+    # the same kernels on the same inputs; cuBLAS may still pick another reduction order per call, so the
+    # tolerance is that of the compute dtype rather than bitwise
+    for a, b in zip(layers[0].parameters(), layers[1].parameters()):
+        scale = float(a.grad.abs().max())
+        np.testing.assert_allclose(
+            as_numpy(b.grad.float()),
+            as_numpy(a.grad.float()),
+            rtol=0,
+            atol=(2e-2 if autocast else 1e-5) * scale,
+        )
 
 
 def test_tt_parameters_lists_every_core_once():
