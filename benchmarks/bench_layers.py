@@ -63,8 +63,9 @@ def _quiet_import(name: str) -> Any:
         return __import__(name, fromlist=["_"])
 
 
-def build_layers(rank: int, device: str) -> dict[str, Callable[[], nn.Module]]:
-    """Name -> constructor (float32, on ``device``); constructors may raise (a missing or broken peer)."""
+def build_layers(rank: int, device: str, compiled: bool = False) -> dict[str, Callable[[], nn.Module]]:
+    """Name -> constructor (float32, on ``device``); constructors may raise (a missing or broken peer).
+    ``compiled`` adds nn.Linear and TTMLinear (default and ``save_weight``) under ``torch.compile``."""
 
     def dense() -> nn.Module:
         return nn.Linear(IN_FEATURES, OUT_FEATURES, device=device)
@@ -102,8 +103,18 @@ def build_layers(rank: int, device: str) -> dict[str, Callable[[], nn.Module]]:
         layer = module.LinearLayerTT(list(IN_SHAPE), list(OUT_SHAPE), [1, rank, rank, 1])
         return _TorchTTAdapter(layer).to(device)
 
+    extra: dict[str, Callable[[], nn.Module]] = {}
+    if compiled:
+        extra = {
+            "nn.Linear + torch.compile": lambda: torch.compile(dense()),
+            f"tensornet TTMLinear r={rank} + torch.compile": lambda: torch.compile(ttm()),
+            f"tensornet TTMLinear r={rank} + torch.compile {TRAINING_ONLY}": lambda: torch.compile(
+                ttm_keeping()
+            ),
+        }
     return {
         "nn.Linear (dense)": dense,
+        **extra,
         f"tensornet TTMLinear r={rank}": ttm,
         f"tensornet TTMLinear r={rank} {TRAINING_ONLY}": ttm_keeping,
         f"tensornet TTMLinear r={rank} {INFERENCE_ONLY}": ttm_cached,
@@ -285,6 +296,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--embedding", action="store_true", help="also TTEmbedding vs nn.Embedding (GPT-2's 50,257 x 768)"
     )
+    parser.add_argument(
+        "--compile", action="store_true", help="also nn.Linear and TTMLinear under torch.compile (inductor)"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -301,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
         rows: dict[str, Row] = {}
         trains: dict[str, Callable[[], None]] = {}
         decodes: dict[str, Callable[[], None]] = {}
-        for name, make in build_layers(rank, device).items():
+        for name, make in build_layers(rank, device, args.compile).items():
             row = rows[name] = Row(name)
             try:
                 layer = make()

@@ -5,8 +5,7 @@ One command, under 4 minutes on one H100::
     python benchmarks/gpu_gpt2.py            # batch 8 x 1,024 tokens, bf16 autocast, AdamW
     python benchmarks/gpu_gpt2.py --compile  # the same under torch.compile
 
-Models: dense, the MLPs as TTM, and (eager only) the same TTM model with ``save_weight=True`` (W kept for
-backward; under torch.compile inductor chooses what to save).
+Models: dense, the MLPs as TTM, and the same TTM model with ``save_weight=True`` (W kept for backward).
 Prints, per model: parameters, ms per step, tokens/s, peak allocated memory, and the ratio to dense.
 Random token ids (vocabulary 50,257), dropout 0; the time is the median of ``--steps`` timed steps after
 ``--warmup`` untimed ones. Exits 0 with a message when no CUDA device is present.
@@ -97,9 +96,7 @@ def main() -> int:
         print("gpu_gpt2.py: no CUDA device; nothing to measure (this benchmark needs a GPU)")
         return 0
     results = []
-    # under torch.compile (inductor) the compiler chooses what to save, so save_weight would time the same graph
-    variants = ("dense", "ttm") if args.compile else ("dense", "ttm", "ttm_save_weight")
-    for variant in variants:
+    for variant in ("dense", "ttm", "ttm_save_weight"):
         results.append(bench(variant, args))
         torch.cuda.empty_cache()  # the first model's memory is gone before the second is measured
     dense = results[0]

@@ -48,11 +48,7 @@ def peak_extra_mib(step, device: str) -> float | None:
 
 
 def layers(rank: int, device: str, compile_ttm: bool) -> dict:
-    builders = common.build_layers(rank, device)
-    if compile_ttm:
-        make_ttm = builders[f"tensornet TTMLinear r={rank}"]
-        builders[f"tensornet TTMLinear r={rank} + torch.compile"] = lambda: torch.compile(make_ttm())
-    return builders
+    return common.build_layers(rank, device, compile_ttm)
 
 
 def run_mode(
@@ -115,7 +111,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget", type=float, default=1.0, help="seconds of timing per layer and mode")
     parser.add_argument("--out", default=None, help="also write the report (markdown) to this file")
     parser.add_argument(
-        "--compile", action="store_true", help="add TTMLinear under torch.compile (slower start)"
+        "--compile",
+        action="store_true",
+        help="add nn.Linear and TTMLinear under torch.compile (slower start)",
     )
     parser.add_argument(
         "--device", default="cuda", help="'cpu' only to dry-run the script (no memory figures)"

@@ -15,9 +15,10 @@ rebuilt W keeps W and the halves of its product, and the backward uses them inst
   and the graph only compares the token count (possibly symbolic) with their bounds; the kernels are
   reshapes, permutes and matmuls (``_TorchOps``, not the array-API namespace). ``fullgraph=True``
   works (tested with ``aot_eager``). torch 2.13's dynamo itself emits a DeprecationWarning
-  ("autograd.function.Function should not be instantiated") when tracing any custom Function. With the
-  inductor backend, AOT autograd's partitioner decides what the compiled graph saves for backward (it
-  may keep the rebuilt W), so neither "saves only x and the cores" nor ``save_weight`` applies there.
+  ("autograd.function.Function should not be instantiated") when tracing any custom Function. Compiled
+  with gradients on, the Function runs inside a checkpointed region: AOT autograd would otherwise merge
+  the backward's rebuild of W with the forward's and save W; so the compiled graph saves x and the cores
+  too, and ``save_weight=True`` (no region) lets the compiler keep W.
 * Double backward is refused (``once_differentiable``): differentiating the gradients raises
   ``RuntimeError``. Use plain autograd through ``tensornet.contract.einsum`` if you need it.
 """
@@ -28,6 +29,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 from torch.autograd.function import once_differentiable
 
 from . import _linear
@@ -256,7 +258,16 @@ def linear(x: Any, cores: Sequence[Any], bias: Any = None, save_weight: bool = F
         )
     else:
         _, _, forward, path, backward, backward_path = _plan(x2d, cores, compute)
-    y = linear_function(device_type).apply(
-        forward, path, backward, backward_path, bool(save_weight), x2d, bias, *cores
-    )
+    function = linear_function(device_type)
+    if torch.compiler.is_compiling() and not save_weight and torch.is_grad_enabled():
+        # Compiled, AOT autograd would merge the backward's rebuild of W with the forward's and save W;
+        # in a checkpointed region its partitioner recomputes instead, so the compiled graph saves x
+        # and the cores as the eager Function does (the big GEMM is not needed by backward, so it is
+        # not recomputed). save_weight=True leaves the compiler free to keep W.
+        def run(x2d: Any, bias: Any, *cores: Any) -> Any:
+            return function.apply(forward, path, backward, backward_path, False, x2d, bias, *cores)
+
+        y = torch.utils.checkpoint.checkpoint(run, x2d, bias, *cores, use_reentrant=False)
+    else:
+        y = function.apply(forward, path, backward, backward_path, bool(save_weight), x2d, bias, *cores)
     return y.reshape(*lead, rows)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import pytest
 import torch
@@ -13,12 +11,6 @@ import torch.multiprocessing as mp
 from tensornet.nn import TTEmbedding, TTMLinear
 
 WORLD = 2
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _model() -> torch.nn.Module:
@@ -40,9 +32,11 @@ def _grads(model: torch.nn.Module) -> list[np.ndarray]:
     return [p.grad.detach().double().numpy().copy() for p in model.parameters()]
 
 
-def _worker(rank: int, port: int, queue) -> None:
+def _worker(rank: int, store: str, queue) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    # a file store, not a TCP port: a port found free in the parent can be taken by another process
+    # before the workers bind it (the test failed once in a full pytest-xdist run, cause not captured)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
     try:
         model = torch.nn.parallel.DistributedDataParallel(_model())
         ids = _batch().chunk(WORLD)[rank]
@@ -55,13 +49,14 @@ def _worker(rank: int, port: int, queue) -> None:
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_ddp_gloo_two_processes_gradients_equal_single_process():
+def test_ddp_gloo_two_processes_gradients_equal_single_process(tmp_path):
     model = _model()
     model(_batch()).square().mean().backward()
     expected = _grads(model)
     context = mp.get_context("spawn")
     queue = context.SimpleQueue()
-    mp.start_processes(_worker, args=(_free_port(), queue), nprocs=WORLD, join=True, start_method="spawn")
+    store = str(tmp_path / "store")
+    mp.start_processes(_worker, args=(store, queue), nprocs=WORLD, join=True, start_method="spawn")
     got = queue.get()
     assert len(got) == len(expected) == len(list(model.parameters()))
     for k, (a, b) in enumerate(zip(got, expected)):

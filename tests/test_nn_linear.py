@@ -403,6 +403,27 @@ def test_save_weight_layer_keeps_w_and_gives_the_default_gradients(autocast):
         np.testing.assert_allclose(as_numpy(a.float()), as_numpy(b.float()), rtol=1e-12, atol=1e-12)
 
 
+@compile_marks
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_torch_compile_saves_x_and_the_cores_unless_save_weight(backend):
+    # compiled, the backward's rebuild of W would be merged with the forward's and W saved; the layer
+    # runs in a checkpointed region so that the compiled graph keeps the eager rule
+    layer = make(96, 72, (8, 12, 1), (2, 6, 6), 5, dtype=torch.float32)
+    x = torch.randn(2100, 96, requires_grad=True)
+    eager = saved_bytes(layer, x)
+    eager_grads = [p.grad.clone() for p in layer.parameters()]
+    results = {}
+    for keep in (False, True):
+        layer.save_weight = keep
+        layer.zero_grad()
+        torch._dynamo.reset()
+        results[keep] = saved_bytes(torch.compile(layer, backend=backend), x)
+        for a, b in zip(layer.parameters(), eager_grads):
+            np.testing.assert_allclose(as_numpy(a.grad), as_numpy(b), rtol=1e-5, atol=1e-6)
+    assert results[False] == eager == x.numel() * 4
+    assert results[True] >= eager + 72 * 96 * 4  # the compiler keeps W (and what else it prefers)
+
+
 def test_save_weight_is_a_checked_attribute_carried_by_the_constructors():
     layer = make(24, 30, (2, 3, 4), (5, 3, 2), 2)
     assert layer.save_weight is False and "save_weight" not in layer.extra_repr()
