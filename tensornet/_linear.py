@@ -495,7 +495,8 @@ def linear(x: Any, w: Any, bias: Any = None, *, save_weight: bool = False) -> An
     ``save_weight=True`` (torch only; numpy has no backward) a forward that rebuilds W, with a backward
     planned from the dense W (both are the plans for many tokens), keeps W (if x needs a gradient) and
     the halves of its product (if the cores do) instead: one rebuild less per step for up to ``M N``
-    more saved entries per call. Both hold under ``torch.compile`` as well.
+    more saved entries per call. Under ``torch.compile`` the default saves at most ``x`` and the cores
+    too; with ``save_weight`` the compiler may keep W and chooses what else to keep.
 
     Cost: ``min(2 B M N + O(M N r), O(B (M + N) d r^2 max(m, n)))`` for B rows, as planned.
 

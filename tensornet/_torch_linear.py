@@ -17,8 +17,9 @@ rebuilt W keeps W and the halves of its product, and the backward uses them inst
   works (tested with ``aot_eager``). torch 2.13's dynamo itself emits a DeprecationWarning
   ("autograd.function.Function should not be instantiated") when tracing any custom Function. Compiled
   with gradients on, the Function runs inside a checkpointed region: AOT autograd would otherwise merge
-  the backward's rebuild of W with the forward's and save W; so the compiled graph saves x and the cores
-  too, and ``save_weight=True`` (no region) lets the compiler keep W.
+  the backward's rebuild of W with the forward's and save W; so the compiled graph saves at most x and
+  the cores too. Where ``save_weight=True`` keeps W in eager there is no region and the compiler may keep
+  W (what else it keeps is its choice). Not under ``torch.export``.
 * Double backward is refused (``once_differentiable``): differentiating the gradients raises
   ``RuntimeError``. Use plain autograd through ``tensornet.contract.einsum`` if you need it.
 """
@@ -259,11 +260,19 @@ def linear(x: Any, cores: Sequence[Any], bias: Any = None, save_weight: bool = F
     else:
         _, _, forward, path, backward, backward_path = _plan(x2d, cores, compute)
     function = linear_function(device_type)
-    if torch.compiler.is_compiling() and not save_weight and torch.is_grad_enabled():
-        # Compiled, AOT autograd would merge the backward's rebuild of W with the forward's and save W;
-        # in a checkpointed region its partitioner recomputes instead, so the compiled graph saves x
-        # and the cores as the eager Function does (the big GEMM is not needed by backward, so it is
-        # not recomputed). save_weight=True leaves the compiler free to keep W.
+    keeps_weight = save_weight and forward == "rebuild" and backward == "dense"  # what eager would keep
+    if (
+        torch.compiler.is_compiling()
+        and not torch.compiler.is_exporting()
+        and not keeps_weight
+        and torch.is_grad_enabled()
+    ):
+        # Compiled, AOT autograd would merge the backward's rebuild of W with the forward's (or keep a
+        # sweep's intermediates) and save them; in a checkpointed region its partitioner recomputes
+        # instead, so the compiled graph saves at most x and the cores, as the eager Function does (the
+        # big GEMM is not needed by backward, so it is not recomputed). Where save_weight keeps W in
+        # eager, the compiler is left free to keep it. Not under torch.export (strict export refuses
+        # the region with gradients on).
         def run(x2d: Any, bias: Any, *cores: Any) -> Any:
             return function.apply(forward, path, backward, backward_path, False, x2d, bias, *cores)
 

@@ -424,6 +424,27 @@ def test_torch_compile_saves_x_and_the_cores_unless_save_weight(backend):
     assert results[True] >= eager + 72 * 96 * 4  # the compiler keeps W (and what else it prefers)
 
 
+@compile_marks
+def test_torch_compile_with_save_weight_keeps_nothing_where_eager_keeps_nothing():
+    # a planned sweep (few tokens, low rank) keeps no W in eager; compiled it must not keep its
+    # intermediates either
+    torch.manual_seed(0)
+    layer = TTMLinear(768, 3072, rank=4, in_shape=(8, 8, 12), out_shape=(12, 16, 16), save_weight=True)
+    x = torch.randn(64, 768, requires_grad=True)
+    assert tn.contract.plan_linear((64, 768), layer.cores).forward.strategy == "sweep"
+    torch._dynamo.reset()
+    assert saved_bytes(torch.compile(layer, backend="aot_eager"), x) == saved_bytes(layer, x) == x.numel() * 4
+
+
+@compile_marks
+@pytest.mark.parametrize("strict", [False, True])
+def test_torch_export_with_gradients_enabled(strict):
+    layer = make(24, 30, (2, 3, 4), (5, 3, 2), 3, dtype=torch.float32)
+    x = torch.randn(5, 24)
+    program = torch.export.export(layer, (x,), strict=strict)
+    np.testing.assert_allclose(as_numpy(program.module()(x)), as_numpy(layer(x)), rtol=1e-5, atol=1e-6)
+
+
 def test_save_weight_is_a_checked_attribute_carried_by_the_constructors():
     layer = make(24, 30, (2, 3, 4), (5, 3, 2), 2)
     assert layer.save_weight is False and "save_weight" not in layer.extra_repr()

@@ -62,7 +62,8 @@ class TTMLinear(TTCoresModule):
         keeps W (if the input needs a gradient) and the two halves of its product (if the cores do),
         so the backward skips one rebuild. 768->3072 at 2,048 tokens on a 2-core CPU: ~2.3% of a step
         at r=64, within noise at r=16, for ``M * N`` more saved entries per call (plus the halves), as
-        tensorly-torch's reconstructed layers keep. The same holds under ``torch.compile``.
+        tensorly-torch's reconstructed layers keep. Under ``torch.compile`` the default saves at most
+        the input and the cores too; with True the compiler may keep W and chooses what else to keep.
 
     The forward is :func:`tensornet.linear` (the contraction path is chosen per shape); inputs may have any
     leading dimensions. Under ``torch.autocast`` the input, cores and bias are cast to the autocast dtype,
