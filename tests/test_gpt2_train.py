@@ -6,7 +6,6 @@ import itertools
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -201,12 +200,6 @@ def test_training_lowers_the_loss_and_resume_is_exact(data, tmp_path):
         train(tiny_model(vocab), train_ids, val_ids, cfg, out=tmp_path / "d", resume=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_ddp_gloo_two_processes_match_one(tmp_path):
     """torchrun with 2 CPU processes (gloo): each takes half of the same global batch, so the losses equal a
@@ -258,10 +251,7 @@ def test_ddp_gloo_two_processes_match_one(tmp_path):
             "1",
             "--nproc-per-node",
             "2",
-            "--master-addr",
-            "127.0.0.1",
-            "--master-port",
-            str(_free_port()),
+            "--standalone",  # torchrun binds a free port itself: no race with other processes
             *common,
             "--out",
             str(tmp_path / "two"),
