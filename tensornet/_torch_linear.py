@@ -122,7 +122,7 @@ def _make_function(device_type: str) -> type:
             path: Any,
             backward: str,
             backward_path: Any,
-            save_weight: bool,
+            keep: bool,
             x2d: Any,
             bias: Any,
             *cores: Any,
@@ -133,9 +133,9 @@ def _make_function(device_type: str) -> type:
             ctx.kept = None
             if forward == "rebuild":
                 weight, parts = _linear.rebuild(cores, xp=_ops(), halves=True)
-                if save_weight and backward == "dense" and parts is not None:
-                    # opt-in: what the rebuild made is kept so that backward does not rebuild, and only
-                    # what backward reads: W for grad x, the halves for the core gradients
+                if keep and parts is not None:
+                    # save_weight: what the rebuild made is kept so that backward does not rebuild, and
+                    # only what backward reads: W for grad x, the halves for the core gradients
                     keep_w = ctx.needs_input_grad[5]
                     keep_halves = any(ctx.needs_input_grad[7:])
                     kept = ([weight] if keep_w else []) + (list(parts[:2]) if keep_halves else [])
@@ -260,11 +260,12 @@ def linear(x: Any, cores: Sequence[Any], bias: Any = None, save_weight: bool = F
     else:
         _, _, forward, path, backward, backward_path = _plan(x2d, cores, compute)
     function = linear_function(device_type)
-    keeps_weight = save_weight and forward == "rebuild" and backward == "dense"  # what eager would keep
+    # save_weight applies where the forward rebuilds W for a backward that works from the dense W
+    keep = save_weight and forward == "rebuild" and backward == "dense"
     if (
         torch.compiler.is_compiling()
         and not torch.compiler.is_exporting()
-        and not keeps_weight
+        and not keep
         and torch.is_grad_enabled()
     ):
         # Compiled, AOT autograd would merge the backward's rebuild of W with the forward's (or keep a
@@ -278,5 +279,5 @@ def linear(x: Any, cores: Sequence[Any], bias: Any = None, save_weight: bool = F
 
         y = torch.utils.checkpoint.checkpoint(run, x2d, bias, *cores, use_reentrant=False)
     else:
-        y = function.apply(forward, path, backward, backward_path, bool(save_weight), x2d, bias, *cores)
+        y = function.apply(forward, path, backward, backward_path, keep, x2d, bias, *cores)
     return y.reshape(*lead, rows)

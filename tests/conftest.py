@@ -74,3 +74,22 @@ def assert_close(actual, expected, dtype, scale=None) -> None:
     if scale is None:
         scale = max(float(np.max(np.abs(expected), initial=0.0)), 1e-300)
     np.testing.assert_allclose(actual, expected, rtol=0, atol=rtol(dtype) * scale)
+
+
+def saved_storage_bytes(fn, *, exclude=()) -> int:
+    """Bytes of the distinct storages that the autograd graph of ``fn()`` saves for backward (views of one
+    storage counted once; storages of the tensors in ``exclude``, e.g. parameters, left out). Runs the
+    backward, so the graph is freed."""
+    skip = {t.untyped_storage().data_ptr() for t in exclude}
+    storages = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in skip:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = fn()
+    y.float().square().sum().backward()
+    return sum(storages.values())

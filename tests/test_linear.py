@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import as_numpy
+from conftest import as_numpy, saved_storage_bytes
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -204,21 +204,6 @@ def test_save_weight_gives_the_default_gradients(tokens, dtype, with_bias, seed)
     _close(as_numpy(y1.detach()), as_numpy(y0.detach()), dtype, "y")
     for k, (a, b) in enumerate(zip(g1, g0)):
         _close(as_numpy(a), as_numpy(b), dtype, f"grad {k}")
-
-
-def saved_storage_bytes(fn):
-    """Bytes of the distinct storages the autograd graph of ``fn()`` saves (views counted once)."""
-    storages = {}
-
-    def pack(t):
-        storage = t.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        y = fn()
-    y.float().sum().backward()
-    return sum(storages.values())
 
 
 @pytest.mark.parametrize("needs", GRAD_CASES, ids=str)

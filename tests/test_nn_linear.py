@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import as_numpy as _as_numpy
-from conftest import dense_ttm, gpu
+from conftest import dense_ttm, gpu, saved_storage_bytes
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -365,20 +365,12 @@ def test_torch_compile_with_save_weight_matches_eager():
 
 def saved_bytes(module, x, autocast=False, device="cpu"):
     """Bytes of the distinct storages that ``module(x)``'s graph saves, parameters excluded."""
-    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
-    storages = {}
 
-    def pack(t):
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in params:
-            storages[storage.data_ptr()] = storage.nbytes()
-        return t
+    def run():
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+            return module(x)
 
-    hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
-    with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast), hooks:
-        y = module(x)
-    y.float().square().sum().backward()
-    return sum(storages.values())
+    return saved_storage_bytes(run, exclude=list(module.parameters()))
 
 
 @pytest.mark.parametrize("autocast", [False, True])
@@ -460,15 +452,16 @@ def test_save_weight_is_a_checked_attribute_carried_by_the_constructors():
     assert TTMLinear.from_linear(linear, rank=2).save_weight is False
     with pytest.raises(TypeError, match="from_linear: save_weight must be True or False"):
         TTMLinear.from_linear(linear, rank=2, save_weight=None)
-    copy = torch.load(_saved(layer), weights_only=False)
+    copy = _pickled_copy(layer)
     assert copy.save_weight is True
 
 
-def _saved(module):
+def _pickled_copy(module):
+    """``module`` after a ``torch.save``/``torch.load`` round trip of the whole module."""
     buffer = io.BytesIO()
     torch.save(module, buffer)
     buffer.seek(0)
-    return buffer
+    return torch.load(buffer, weights_only=False)
 
 
 # --- initialisation statistics ---------------------------------------------------------------------------
@@ -783,10 +776,7 @@ def test_dense_weight_cache_is_dropped_by_to_state_dict_pickling_and_training():
     layer.load_state_dict(layer.state_dict())
     assert not layer._dense_cache.entries
     fill()
-    buffer = io.BytesIO()
-    torch.save(layer, buffer)
-    buffer.seek(0)
-    loaded = torch.load(buffer, weights_only=False)
+    loaded = _pickled_copy(layer)
     assert loaded._dense_cache is not None and not loaded._dense_cache.entries
     assert not copy.deepcopy(layer)._dense_cache.entries
     layer(x).sum().backward()  # a training step: the matrices are freed, not kept stale

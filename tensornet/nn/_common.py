@@ -315,9 +315,9 @@ class DenseCache:
 def linear_compute_dtype(x: Any, cores: list[Any]) -> Any:
     """The dtype a linear map of ``x`` runs in: the autocast dtype, else ``x``'s when it matches the
     cores (None on a mismatch, which the uncached path reports with its own error)."""
-    device_type = x.device.type
-    if torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
+    cast = autocast_dtype(x.device.type)
+    if cast is not None:
+        return cast
     return x.dtype if x.dtype == cores[0].dtype else None
 
 
