@@ -13,6 +13,7 @@ import torch
 
 from tensornet.gpt2 import load_model
 from tensornet.gpt2._cli import main
+from tensornet.gpt2._files import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--n-layer", "2", "--n-embd", "64", "--n-head", "2", "--block-size", "32", "--vocab-size", "300"]
@@ -122,11 +123,14 @@ def test_train_resume_eval_compress(tmp_path, capsys):
         _train(tmp_path / "split", "--rank", "4", "--shapes", "balanced", "--eval-every", "3", "--resume")
         == 0
     )
-    full = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)["history"]
-    split = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=False)["history"]
+    full = load_checkpoint(tmp_path / "full" / "checkpoint.safetensors")["history"]
+    split = load_checkpoint(tmp_path / "split" / "checkpoint.safetensors")["history"]
     assert split == full  # the resumed run's losses equal the uninterrupted run's
     log = [json.loads(line) for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
-    assert [e["step"] for e in log] == [3, 6]
+    assert [e["step"] for e in log if "val_loss" in e] == [3, 6]
+    assert [e["step"] for e in log if "loss" in e] == [1, 2, 3, 4, 5, 6]
+    # the log of the interrupted and resumed run is the uninterrupted run's, byte for byte
+    assert (tmp_path / "split" / "log.jsonl").read_bytes() == (tmp_path / "full" / "log.jsonl").read_bytes()
     model = load_model(tmp_path / "full" / "model")
     assert model.config.tensornet["rank"] == 4
     capsys.readouterr()
@@ -178,6 +182,7 @@ def test_train_resume_eval_compress(tmp_path, capsys):
             "multiply to",
         ),
         (None, ["train", "--rank", "4", "--shapes", "{not json"], "JSON"),
+        (None, ["train", "--rank", "4", "--shapes", '{"mlp.c_fc": 3}'], "pairs"),
         (None, ["train", "--rank", "4", "--layers", "mlp,emb"], "--layers"),
         (None, ["train", "--resume", "--out", "{tmp}/fresh"], "no checkpoint"),
         (None, ["train", "--tokenizer", "{tmp}/none.json"], "does not exist"),
@@ -194,6 +199,8 @@ def test_cli_errors_are_clear(tmp_path, capsys, make, args, message):
     elif make == "latin":
         (tmp_path / "latin.txt").write_bytes("na\xefve caf\xe9\n".encode("latin-1") * 50)
     argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    if argv[0] == "train" and "--resume" in argv:
+        (tmp_path / "fresh").mkdir()
     if argv[0] == "train":
         # the case's own flags come last, so they win over the tiny defaults
         argv = [
@@ -212,6 +219,14 @@ def test_cli_errors_are_clear(tmp_path, capsys, make, args, message):
         ]
         if "--out" not in argv:
             argv += ["--out", str(tmp_path / "run")]
-    assert main(argv) == 2
+    assert exit_code(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+def exit_code(argv: list[str]) -> int:
+    """``main``'s status: usage errors (found before any work) exit through argparse, later ones return."""
+    try:
+        return main(argv)
+    except SystemExit as exit_info:
+        return int(exit_info.code or 0)

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from tensornet.gpt2 import TrainConfig, build_model, gpt2_config, stdlib_corpus, train
+from tensornet.gpt2._files import load_checkpoint
 from tensornet.gpt2._data import (
     _is_val,
     cached_tokenizer,
@@ -175,15 +176,13 @@ def test_training_lowers_the_loss_and_resume_is_exact(data, tmp_path):
     assert full.loss[-1] < full.loss[0]
 
     first = train(tiny_model(vocab), train_ids, val_ids, cfg, out=tmp_path / "b", stop_at=5)
-    assert (
-        len(first.loss) == 5 and torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["step"] == 5
-    )
+    assert len(first.loss) == 5 and load_checkpoint(tmp_path / "b" / "checkpoint.safetensors")["step"] == 5
     # a different seed for the fresh model: everything must come from the checkpoint
     resumed = train(tiny_model(vocab, seed=123), train_ids, val_ids, cfg, out=tmp_path / "b", resume=True)
     assert resumed.loss == full.loss  # bit-exact, dropout included
     assert resumed.val == full.val
 
-    with pytest.raises(ValueError, match="different settings"):
+    with pytest.raises(ValueError, match=r"different settings: train\.lr: checkpoint 0\.003, now 0\.001"):
         train(
             tiny_model(vocab),
             train_ids,
@@ -194,10 +193,16 @@ def test_training_lowers_the_loss_and_resume_is_exact(data, tmp_path):
         )
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         train(tiny_model(vocab), train_ids, val_ids, cfg, out=tmp_path / "c", resume=True)
-    (tmp_path / "d").mkdir()
-    (tmp_path / "d" / "checkpoint.pt").write_bytes(b"truncated")
-    with pytest.raises(ValueError, match="not a readable checkpoint"):
+    # a run folder whose checkpoint was cut short: a clear error naming the file, nothing resumed
+    train(tiny_model(vocab), train_ids, val_ids, cfg, out=tmp_path / "d", stop_at=1)
+    ckpt = tmp_path / "d" / "checkpoint.safetensors"
+    ckpt.write_bytes(ckpt.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="not a readable checkpoint") as err:
         train(tiny_model(vocab), train_ids, val_ids, cfg, out=tmp_path / "d", resume=True)
+    assert str(ckpt) in str(err.value)
+    # a new run in a folder holding a run: refused unless resumed or overwritten
+    with pytest.raises(FileExistsError, match="holds a previous train run"):
+        train(tiny_model(vocab), train_ids, val_ids, cfg, out=tmp_path / "b")
 
 
 @pytest.mark.slow
@@ -262,8 +267,8 @@ def test_ddp_gloo_two_processes_match_one(tmp_path):
         timeout=180,
     )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    one = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=False)
-    two = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=False)
+    one = load_checkpoint(tmp_path / "one" / "checkpoint.safetensors")
+    two = load_checkpoint(tmp_path / "two" / "checkpoint.safetensors")
     assert len(two["history"]["loss"]) == 3
     assert two["history"]["loss"] == pytest.approx(one["history"]["loss"], rel=1e-4)
     assert two["history"]["val"][-1][1] == pytest.approx(one["history"]["val"][-1][1], rel=1e-4)
@@ -272,4 +277,4 @@ def test_ddp_gloo_two_processes_match_one(tmp_path):
     for k, v in one["model"].items():
         torch.testing.assert_close(two["model"][k], v, rtol=1e-3, atol=1e-5)
     log = [json.loads(line) for line in (tmp_path / "two" / "log.jsonl").read_text().splitlines()]
-    assert len(log) == 1 and log[0]["step"] == 3
+    assert [e["step"] for e in log] == [1, 2, 3, 3] and "val_loss" in log[-1]

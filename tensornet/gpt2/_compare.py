@@ -13,7 +13,7 @@ import torch
 
 from tensornet.nn import RankClipWarning
 
-from ._data import write_json
+from ._files import atomic_write, load_token_file, write_json
 from ._model import build_model, gpt2_config
 from ._tensorize import count_params, lowrank, lowrank_rank_for, tensorize
 from ._train import TrainConfig, train
@@ -47,10 +47,10 @@ def run_variant(spec: dict) -> dict:
     """Train one variant (run in a fresh process so its peak memory is its own) and return its results."""
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
-    data = torch.load(spec["tokens"], weights_only=True)
+    train_ids, val_ids = load_token_file(Path(spec["tokens"]), spec["config"]["vocab_size"], "compare")
     model, report = build_variant(spec)
     cfg = TrainConfig(**spec["train"])
-    history = train(model, data["train"].long(), data["val"].long(), cfg, device=spec["device"])
+    history = train(model, train_ids, val_ids, cfg, device=spec["device"])
     return {
         "variant": spec["variant"],
         "params": count_params(model),
@@ -74,8 +74,8 @@ def mlp_params_per_layer(spec: dict) -> int:
 
 
 def compare(spec: dict, *, out: Path, variants=("dense", "ttm", "lowrank"), isolate: bool = True) -> dict:
-    """Train each variant on the token file ``spec["tokens"]``; write ``results.json`` and ``loss_curves.png``."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Train each variant on the token file ``spec["tokens"]``; write ``results.json`` and ``loss_curves.png`` to
+    ``out``, an existing folder (the CLI opens it as a run folder, with its checks and lock)."""
     width = spec["config"]["n_embd"]
     if "lowrank" in variants:
         ttm_layer = mlp_params_per_layer(spec)
@@ -171,5 +171,5 @@ def plot_losses(results: list[dict], path: Path, *, tokens_per_step: int) -> Non
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)

@@ -12,15 +12,17 @@ CPython 3.11 this is 729 files (690 train, 39 validation) and 12.08M characters;
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sysconfig
+import warnings
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from . import _files
 
 EOT = "<|endoftext|>"
 _EXCLUDED_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"})
@@ -263,17 +265,33 @@ def _check_eot(tokenizer, path: Path) -> None:
 
 
 def cached_tokenizer(corpus: Corpus, vocab_size: int, cache_dir: str | os.PathLike | None = None):
-    """Train the BPE on ``corpus.train`` once and keep it under ``cache_dir/tokenizers``."""
+    """Train the BPE on ``corpus.train`` once and keep it under ``cache_dir/tokenizers``; an unreadable cache
+    entry is retrained (with a warning)."""
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = cache / "tokenizers" / f"bpe-{vocab_size}-{corpus.fingerprint()}.json"
     if path.is_file():
-        return load_tokenizer(path)
+        try:
+            return load_tokenizer(path)
+        except ValueError as err:
+            warnings.warn(
+                f"cached_tokenizer: rebuilding the damaged cache file {str(path)!r} ({err})", stacklevel=2
+            )
     tokenizer = train_tokenizer(corpus.train, vocab_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tokenizer.save(str(tmp))
-    os.replace(tmp, path)
+    _cache_dir(path.parent)
+    _files.atomic_write(path, lambda tmp: tokenizer.save(str(tmp)))
     return tokenizer
+
+
+def _cache_dir(folder: Path) -> None:
+    """Create a cache folder and clear leftovers of writers that were killed."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise type(err)(
+            f"--cache-dir: cannot create the cache folder {str(folder)!r} ({err.strerror or err}); "
+            "give a writable --cache-dir or set TENSORNET_CACHE"
+        ) from None
+    _files.remove_stale_tmp(folder, None, live=False)
 
 
 def tokenizer_id(tokenizer) -> str:
@@ -290,18 +308,24 @@ def encode(tokenizer, texts: Sequence[str]) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.int64)
 
 
-def cached_tokens(corpus: Corpus, tokenizer, cache_dir: str | os.PathLike | None = None):
-    """``(train_ids, val_ids)``, encoded once per (corpus, tokenizer) and cached as int32 tensors."""
+def token_cache_path(corpus: Corpus, tokenizer, cache_dir: str | os.PathLike | None = None) -> Path:
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = cache / "tokens" / f"{corpus.fingerprint()}-{tokenizer_id(tokenizer)}.pt"
+    return cache / "tokens" / f"{corpus.fingerprint()}-{tokenizer_id(tokenizer)}.safetensors"
+
+
+def cached_tokens(corpus: Corpus, tokenizer, cache_dir: str | os.PathLike | None = None):
+    """``(train_ids, val_ids)``, encoded once per (corpus, tokenizer) and cached as int32 safetensors. A cache
+    entry that fails its checks (unreadable, wrong shape or dtype, ids outside the vocabulary) is rebuilt,
+    with a warning."""
+    path = token_cache_path(corpus, tokenizer, cache_dir)
     if path.is_file():
-        data = torch.load(path, weights_only=True)
-        return data["train"].long(), data["val"].long()
+        try:
+            return _files.load_token_file(path, tokenizer.get_vocab_size(), "cached_tokens")
+        except ValueError as err:
+            warnings.warn(f"cached_tokens: rebuilding the damaged token cache ({err})", stacklevel=2)
     train, val = encode(tokenizer, corpus.train), encode(tokenizer, corpus.val)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save({"train": train.int(), "val": val.int()}, tmp)
-    os.replace(tmp, path)
+    _cache_dir(path.parent)
+    _files.save_tensors(path, {"train": train.int(), "val": val.int()})
     return train, val
 
 
@@ -356,11 +380,3 @@ def val_batches(tokens: torch.Tensor, *, block_size: int, max_tokens: int | None
         )
     idx = torch.arange(n)[:, None] * block_size + torch.arange(block_size + 1)[None, :]
     return tokens[idx]
-
-
-def write_json(path: str | os.PathLike, obj) -> None:
-    """Atomically write JSON (temporary file + rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)

@@ -1,0 +1,601 @@
+"""What the GPT-2 adapter reads and writes, treated as data only (nothing is unpickled):
+
+* checkpoints: one safetensors file holding every tensor, with the rest of the structure (step, history,
+  optimizer settings, Python's RNG state, ...) as a JSON skeleton in its metadata and a SHA-256 over the
+  skeleton and every tensor's name, dtype, shape and bytes, verified on load;
+* run folders: ``tensornet-run.json`` marks a folder as the package's own and lists the files it may write
+  there; a lock file (``fcntl.flock``) keeps a second run out while the first is alive;
+* atomic writes: a temporary ``.NAME.tmpPID`` next to the target, ``fsync``, ``os.replace``. Leftovers of a
+  killed writer are removed at the next start (only names of this pattern, only the package's own names).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import math
+import os
+import re
+import struct
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# --------------------------------------------------------------------------------------------- atomic writes
+_TMP = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)(?P<pid>\d+)$")
+
+
+def tmp_path(path: Path, tag: str = "tmp") -> Path:
+    """``.NAME.tmpPID`` next to ``path``: the temporary name of every atomic write."""
+    return path.with_name(f".{path.name}.{tag}{os.getpid()}")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not every file system lets a folder be opened and synced
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """``write(tmp)``, flush it to disk, then rename it over ``path``: ``path`` is never half-written."""
+    path = Path(path)
+    tmp = tmp_path(path)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_dir(path.parent)
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Atomically write ``obj`` as indented JSON."""
+    write_text(Path(path), json.dumps(obj, indent=2) + "\n")
+
+
+def remove_stale_tmp(
+    folder: Path, names: Iterable[str] | None, *, dir_files: Iterable[str] = (), live: bool
+) -> list[Path]:
+    """Remove ``.NAME.tmpPID`` / ``.NAME.oldPID`` leftovers in ``folder`` whose NAME is in ``names``.
+
+    ``live=True`` (the caller holds the folder's lock, so no writer can be alive) removes them whatever the
+    pid; otherwise only those whose process is gone. ``names=None`` (a cache folder, all of it the
+    package's): any NAME. A leftover folder (an interrupted ``save_model``) is
+    removed only when it holds nothing but ``dir_files`` (and their own leftovers)."""
+    own = None if names is None else set(names)
+    dir_files = set(dir_files)
+    removed: list[Path] = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TMP.match(entry.name)
+        if match is None or (own is not None and match["name"] not in own) or entry.is_symlink():
+            continue
+        pid = int(match["pid"])
+        if not live and (pid == os.getpid() or pid_alive(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_dir():
+                inside = list(entry.iterdir())
+                if not all(
+                    p.is_file() and (p.name in dir_files or _own_tmp(p.name, dir_files)) for p in inside
+                ):
+                    continue
+                for p in inside:
+                    p.unlink()
+                entry.rmdir()
+            else:
+                entry.unlink()
+            removed.append(entry)
+    return removed
+
+
+def _own_tmp(name: str, names: set[str]) -> bool:
+    match = _TMP.match(name)
+    return match is not None and match["name"] in names
+
+
+def probe_writable(folder: Path, where: str) -> None:
+    """Create and remove a file in ``folder``: a permission or read-only file system shows up now."""
+    probe = tmp_path(folder / ".tensornet-probe")
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(
+            f"{where}: cannot write in {str(folder)!r} ({err.strerror or err}); choose a writable folder"
+        ) from None
+
+
+def check_creatable(path: Path, where: str) -> None:
+    """``path`` does not exist: its nearest existing ancestor must be a writable folder (nothing is created)."""
+    parent = path.parent
+    while not parent.exists():
+        if parent.is_symlink():  # a dangling link
+            raise NotADirectoryError(f"{where}: {str(parent)!r} is a broken symbolic link")
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NotADirectoryError(
+            f"{where}: cannot create {str(path)!r}: {str(parent)!r} is a file, not a folder"
+        )
+    probe_writable(parent, where)
+
+
+# ----------------------------------------------------------------------------------------------- checkpoint
+CHECKPOINT_FORMAT = "tensornet-checkpoint"
+CHECKPOINT_VERSION = 1
+PICKLE_NOTE = (
+    "pickle files are not loaded because unpickling can run arbitrary code; "
+    "start a new run (tensornet now writes checkpoint.safetensors)"
+)
+
+
+def _encode(obj: Any, tensors: dict[str, torch.Tensor], seen: dict[tuple, str]) -> Any:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach()
+        key = (
+            t.device,
+            t.untyped_storage().data_ptr(),
+            t.storage_offset(),
+            tuple(t.shape),
+            t.stride(),
+            t.dtype,
+        )
+        if t.numel() and key in seen:  # the same tensor twice (tied weights): stored once
+            return {"$tensor": seen[key]}
+        name = f"t{len(tensors)}"
+        tensors[name] = t.cpu().contiguous()
+        if t.numel():
+            seen[key] = name
+        return {"$tensor": name}
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else {"$float": repr(obj)}
+    if isinstance(obj, tuple):
+        return {"$tuple": [_encode(v, tensors, seen) for v in obj]}
+    if isinstance(obj, list):
+        return [_encode(v, tensors, seen) for v in obj]
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith("$") for k in obj):
+            return {k: _encode(v, tensors, seen) for k, v in obj.items()}
+        return {"$dict": [[_encode(k, tensors, seen), _encode(v, tensors, seen)] for k, v in obj.items()]}
+    raise TypeError(f"save_checkpoint: cannot store a {type(obj).__name__} ({obj!r:.80}) in a checkpoint")
+
+
+def _decode(obj: Any, tensors: dict[str, torch.Tensor], used: set[str]) -> Any:
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, list):
+        return [_decode(v, tensors, used) for v in obj]
+    if not isinstance(obj, dict):
+        raise ValueError(f"unexpected {type(obj).__name__} in the skeleton")
+    if len(obj) == 1 and next(iter(obj)).startswith("$"):
+        ((tag, value),) = obj.items()
+        if tag == "$tensor" and isinstance(value, str) and value in tensors:
+            used.add(value)
+            return tensors[value]
+        if tag == "$float" and value in ("nan", "inf", "-inf"):
+            return float(value)
+        if tag == "$tuple" and isinstance(value, list):
+            return tuple(_decode(v, tensors, used) for v in value)
+        if (
+            tag == "$dict"
+            and isinstance(value, list)
+            and all(isinstance(p, list) and len(p) == 2 for p in value)
+        ):
+            return {_decode(k, tensors, used): _decode(v, tensors, used) for k, v in value}
+        raise ValueError(f"malformed skeleton entry {tag!r}")
+    if any(k.startswith("$") for k in obj):
+        raise ValueError("malformed skeleton object")
+    return {k: _decode(v, tensors, used) for k, v in obj.items()}
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes | memoryview:
+    flat = t.contiguous().reshape(-1)
+    if flat.numel() == 0:
+        return b""
+    return flat.view(torch.uint8).numpy().data  # the tensor's own bytes, not a copy
+
+
+def content_sha256(tensors: dict[str, torch.Tensor], header: str = "") -> str:
+    """SHA-256 over ``header`` and, in name order, every tensor's name, dtype, shape and bytes."""
+    digest = hashlib.sha256(header.encode("utf-8"))
+    for name in sorted(tensors):
+        t = tensors[name]
+        digest.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode("utf-8"))
+        digest.update(_tensor_bytes(t))
+    return digest.hexdigest()
+
+
+_SAFETENSORS_DTYPES = {
+    getattr(torch, name): code
+    for name, code in (
+        ("float64", "F64"),
+        ("float32", "F32"),
+        ("float16", "F16"),
+        ("bfloat16", "BF16"),
+        ("int64", "I64"),
+        ("int32", "I32"),
+        ("int16", "I16"),
+        ("int8", "I8"),
+        ("uint8", "U8"),
+        ("bool", "BOOL"),
+        ("uint16", "U16"),
+        ("uint32", "U32"),
+        ("uint64", "U64"),
+        ("float8_e4m3fn", "F8_E4M3"),
+        ("float8_e5m2", "F8_E5M2"),
+    )
+    if hasattr(torch, name)
+}
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write ``tensors`` to ``path`` in the safetensors format (an 8-byte little-endian header length, a JSON
+    header of dtypes, shapes and byte ranges with ``metadata`` under ``__metadata__``, then the bytes),
+    streaming each tensor's own bytes: no second copy in memory and no temporary file of its own (the caller
+    picks the name, so a killed write leaves only names it knows how to clean)."""
+    if sys.byteorder != "little":
+        raise NotImplementedError(
+            "write_safetensors: safetensors stores little-endian bytes; this host is big-endian"
+        )
+    header: dict[str, Any] = {}
+    offset = 0
+    names = sorted(tensors)
+    for name in names:
+        t = tensors[name]
+        if t.dtype not in _SAFETENSORS_DTYPES:
+            raise TypeError(f"write_safetensors: {name} has dtype {t.dtype}, which safetensors cannot store")
+        size = t.numel() * t.element_size()
+        header[name] = {
+            "dtype": _SAFETENSORS_DTYPES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    header["__metadata__"] = metadata
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for name in names:
+            f.write(_tensor_bytes(tensors[name].detach().cpu()))
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    """Write ``payload`` (nested dicts/lists/tuples of tensors, numbers, strings, None) to one safetensors
+    file, atomically."""
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = json.dumps(_encode(payload, tensors, {}), separators=(",", ":"), allow_nan=False)
+    header = f"{CHECKPOINT_FORMAT}\n{CHECKPOINT_VERSION}\n{skeleton}"
+    metadata = {
+        "format": CHECKPOINT_FORMAT,
+        "version": str(CHECKPOINT_VERSION),
+        "skeleton": skeleton,
+        "sha256": content_sha256(tensors, header),
+    }
+    atomic_write(path, lambda tmp: write_safetensors(tmp, tensors, metadata))
+
+
+def _open_error(path: Path, where: str, err: Exception) -> ValueError:
+    return ValueError(
+        f"{where}: {str(path)!r} is not a readable checkpoint ({type(err).__name__}: {err}); it is truncated "
+        "or damaged: restore it or start a new run"
+    )
+
+
+def checkpoint_metadata(path: Path, where: str = "load_checkpoint") -> dict:
+    """The checked header of a checkpoint (format, version) and its parsed skeleton, without the tensors."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{where}: no checkpoint at {str(path)!r}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except Exception as err:  # safetensors raises its own error type for every malformed file
+        raise _open_error(path, where, err) from None
+    if metadata.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{where}: {str(path)!r} is not a tensornet checkpoint (its format tag is "
+            f"{metadata.get('format')!r}); point --out at the run folder that wrote it"
+        )
+    if metadata.get("version") != str(CHECKPOINT_VERSION):
+        raise ValueError(
+            f"{where}: {str(path)!r} is checkpoint format version {metadata.get('version')!r}; this tensornet "
+            f"reads version {CHECKPOINT_VERSION}: resume it with the tensornet that wrote it"
+        )
+    try:
+        skeleton = json.loads(metadata.get("skeleton", ""))
+    except json.JSONDecodeError as err:
+        raise _open_error(path, where, err) from None
+    return {"metadata": metadata, "skeleton": skeleton}
+
+
+def load_checkpoint(path: Path, where: str = "load_checkpoint") -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint`, verifying its format and checksum."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    head = checkpoint_metadata(path, where)
+    metadata = head["metadata"]
+    try:
+        tensors = load_file(str(path))
+    except Exception as err:
+        raise _open_error(path, where, err) from None
+    header = f"{CHECKPOINT_FORMAT}\n{CHECKPOINT_VERSION}\n{metadata['skeleton']}"
+    if content_sha256(tensors, header) != metadata.get("sha256"):
+        raise ValueError(
+            f"{where}: {str(path)!r} fails its checksum: the file was damaged after it was written; "
+            "nothing was resumed. Restore it from a copy or start a new run"
+        )
+    used: set[str] = set()
+    try:
+        payload = _decode(head["skeleton"], tensors, used)
+    except ValueError as err:
+        raise _open_error(path, where, err) from None
+    if used != set(tensors) or not isinstance(payload, dict):
+        raise _open_error(path, where, ValueError("skeleton and tensors disagree"))
+    return payload
+
+
+# ----------------------------------------------------------------------------------------------- run folder
+MANIFEST = "tensornet-run.json"
+LOCK = ".tensornet-run.lock"
+RUN_FORMAT = "tensornet-run"
+MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")  # what save_model writes
+OUTPUTS = {
+    "train": ("checkpoint.safetensors", "log.jsonl", *(f"model/{f}" for f in MODEL_FILES)),
+    "compare": ("results.json", "loss_curves.png", "tokens.safetensors"),
+}
+_HELD: dict[Path, RunFolder] = {}
+
+
+def _read_manifest(path: Path) -> dict | None:
+    """The folder's manifest, or None when it has none; a malformed one raises ValueError."""
+    file = path / MANIFEST
+    if not file.is_file():
+        return None
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{err}") from None
+    if not (
+        isinstance(manifest, dict)
+        and manifest.get("format") == RUN_FORMAT
+        and manifest.get("kind") in OUTPUTS
+        and isinstance(manifest.get("files"), list)
+    ):
+        raise ValueError("not a tensornet run manifest")
+    return manifest
+
+
+class RunFolder:
+    """A run's output folder, held for the whole run: created if needed, checked to be the package's own,
+    locked against a second run, cleaned of leftover temporary files and marked by ``tensornet-run.json``.
+
+    ``open`` is re-entrant within a process (the CLI opens the folder before loading data; ``train`` then
+    opens it again): the second open returns the same holder."""
+
+    def __init__(self, path: Path, kind: str, fd: int) -> None:
+        self.path, self.kind, self._fd, self._count = path, kind, fd, 1
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike,
+        *,
+        kind: str,
+        resume: bool = False,
+        overwrite: bool = False,
+        where: str = "--out",
+    ) -> RunFolder:
+        path = Path(path)
+        key = path.resolve()
+        held = _HELD.get(key)
+        if held is not None:
+            if held.kind != kind:
+                raise ValueError(f"{where}: {str(path)!r} is already open for a {held.kind} run")
+            held._count += 1
+            return held
+        check_run_folder(path, kind=kind, resume=resume, overwrite=overwrite, where=where)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise type(err)(
+                f"{where}: cannot create the folder {str(path)!r} ({err.strerror or err}); choose another --out"
+            ) from None
+        probe_writable(path, where)
+        fd = _lock(path, where)
+        folder = cls(path, kind, fd)
+        try:
+            remove_stale_tmp(
+                path,
+                [*(n for n in OUTPUTS[kind] if "/" not in n), MANIFEST, "model", ".tensornet-probe"],
+                dir_files=MODEL_FILES,
+                live=True,
+            )
+            if (path / "model").is_dir():
+                remove_stale_tmp(path / "model", MODEL_FILES, live=True)
+            if overwrite:
+                folder.remove_outputs()
+            write_json(
+                path / MANIFEST,
+                {"format": RUN_FORMAT, "version": 1, "kind": kind, "files": [MANIFEST, LOCK, *OUTPUTS[kind]]},
+            )
+        except BaseException:
+            os.close(fd)
+            raise
+        _HELD[key] = folder
+        return folder
+
+    def remove_outputs(self) -> list[str]:
+        """Delete the package's own outputs of this kind (never anything else)."""
+        removed = []
+        for name in OUTPUTS[self.kind]:
+            file = self.path / name
+            if file.is_file() and not file.is_symlink():
+                file.unlink()
+                removed.append(name)
+        with contextlib.suppress(OSError):
+            if (self.path / "model").is_dir() and self.kind == "train":
+                (self.path / "model").rmdir()  # only when empty
+        return removed
+
+    def close(self) -> None:
+        self._count -= 1
+        if self._count == 0:
+            _HELD.pop(self.path.resolve(), None)
+            os.close(self._fd)  # releases the lock
+
+    def __enter__(self) -> RunFolder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _lock(path: Path, where: str) -> int:
+    import fcntl
+
+    file = path / LOCK
+    try:
+        fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise PermissionError(
+            f"{where}: cannot write in {str(path)!r} ({err.strerror or err}); choose a writable folder"
+        ) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        os.close(fd)
+        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise BlockingIOError(
+                f"{where}: another run (pid {owner or '?'}) is using {str(path)!r}; wait for it to finish "
+                "or choose another folder"
+            ) from None
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def check_run_folder(
+    path: Path, *, kind: str, resume: bool = False, overwrite: bool = False, where: str = "--out"
+) -> None:
+    """Refuse, with a message, an output folder the run may not use (nothing is created or changed)."""
+    path = Path(path)
+    if resume and overwrite:
+        raise ValueError(
+            f"{where}: --resume continues the run in the folder and --overwrite replaces it; give one"
+        )
+    if path.is_symlink() and not path.exists():
+        raise NotADirectoryError(f"{where}: {str(path)!r} is a broken symbolic link")
+    if not path.exists():
+        check_creatable(path, where)
+        return
+    if not path.is_dir():
+        raise FileExistsError(f"{where}: {str(path)!r} is a file, not a folder; choose a folder path")
+    try:
+        entries = sorted(p.name for p in path.iterdir())
+    except OSError as err:
+        raise PermissionError(
+            f"{where}: cannot read the folder {str(path)!r} ({err.strerror or err})"
+        ) from None
+    if not entries:
+        probe_writable(path, where)
+        return
+    try:
+        manifest = _read_manifest(path)
+    except ValueError as err:
+        raise FileExistsError(
+            f"{where}: {str(path)!r} has an unreadable {MANIFEST} ({err}); nothing in it is touched: "
+            "choose a new or empty folder"
+        ) from None
+    if manifest is None:
+        note = ""
+        if "checkpoint.pt" in entries:
+            note = f" It holds checkpoint.pt from an older tensornet: {PICKLE_NOTE}."
+        raise FileExistsError(
+            f"{where}: {str(path)!r} is not empty and is not a tensornet run folder (no {MANIFEST}); "
+            f"nothing in it is overwritten: choose a new or empty folder.{note}"
+        )
+    if manifest["kind"] != kind:
+        raise FileExistsError(
+            f"{where}: {str(path)!r} holds a {manifest['kind']} run, not a {kind} run; choose another folder"
+        )
+    used = [n for n in OUTPUTS[kind] if (path / n).exists()]
+    if used and not resume and not overwrite:
+        hint = "--resume to continue it or --overwrite" if kind == "train" else "--overwrite"
+        raise FileExistsError(
+            f"{where}: {str(path)!r} holds a previous {kind} run ({', '.join(used)}); pass {hint} to replace "
+            "its files (other files are kept), or choose another folder"
+        )
+    probe_writable(path, where)
+
+
+# ------------------------------------------------------------------------------------------- token tensors
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Atomically write ``tensors`` as safetensors with their SHA-256 in the metadata."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: write_safetensors(tmp, tensors, {"sha256": content_sha256(tensors)}))
+
+
+def load_token_file(path: Path, vocab_size: int | None, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(train, val)`` int64 token ids from a safetensors token file, checked: two 1-D integer tensors with
+    ids in ``[0, vocab_size)`` and a matching checksum. Any problem raises ValueError naming the file."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118  (safe_open is not a mapping)
+    except Exception as err:  # safetensors raises its own error type for every malformed file
+        raise ValueError(
+            f"{where}: {str(path)!r} is not a readable token file ({type(err).__name__}: {err})"
+        ) from None
+    if set(tensors) != {"train", "val"}:
+        raise ValueError(f"{where}: {str(path)!r} holds {sorted(tensors)}, expected train and val")
+    if metadata.get("sha256") != content_sha256(tensors):
+        raise ValueError(f"{where}: {str(path)!r} fails its checksum")
+    out = []
+    for name in ("train", "val"):
+        t = tensors[name]
+        if t.dim() != 1 or t.dtype not in (torch.int32, torch.int64) or t.numel() == 0:
+            raise ValueError(f"{where}: {name} in {str(path)!r} is not a non-empty 1-D integer tensor")
+        if int(t.min()) < 0 or (vocab_size is not None and int(t.max()) >= vocab_size):
+            raise ValueError(f"{where}: {name} in {str(path)!r} has token ids outside [0, {vocab_size})")
+        out.append(t.long())
+    return out[0], out[1]
