@@ -109,3 +109,79 @@ def asarray_like(values: Any, like: Array) -> Array:
         torch = importlib.import_module("torch")
         return torch.as_tensor(np.asarray(values), dtype=like.dtype, device=like.device)
     return xp.asarray(values, dtype=like.dtype)
+
+
+# --- exact power-of-two scaling ------------------------------------------------------------------------
+# Trains are renormalised by powers of two, never by their measured size: multiplying by 2^k is exact
+# (unless the result itself over- or underflows), so a scale factor taken out and put back leaves no
+# rounding behind, and a result that overflows saturates to inf instead of turning into inf/inf = NaN.
+def exponent(size: Array) -> Array:
+    """An integer 0-d array ``e`` with ``2^(e-2) <= size < 2^(e+1)`` for a finite ``size > 0`` (0 for zero
+    or non-finite ``size``): the power of two to divide by so that ``size`` lands near 1."""
+    xp = namespace(size)
+    usable = xp.logical_and(size > 0, xp.isfinite(size))
+    safe = xp.where(usable, size, xp.ones_like(size))
+    if array_api_compat.is_numpy_array(size) or isinstance(size, np.generic):
+        return np.asarray(np.frexp(safe)[1], dtype=np.int64)
+    # log2 of a float is within an ulp, so the floor is the exponent or one off: any nearby power of two
+    # serves, as only exactness of the scaling matters
+    return xp.astype(xp.floor(xp.log2(safe)), xp.int64) + 1
+
+
+def _pow2_torch(e: Array, like: Array) -> Array:
+    """``2.0**e`` built from its bit pattern (exact on every device), ``e`` within the normal range."""
+    torch = importlib.import_module("torch")
+    bits = {
+        torch.float64: (1023, 52, torch.int64),
+        torch.float32: (127, 23, torch.int32),
+        torch.float16: (15, 10, torch.int16),
+        torch.bfloat16: (127, 7, torch.int16),
+    }.get(like.dtype)
+    if bits is None:
+        return torch.pow(torch.tensor(2.0, dtype=like.dtype, device=like.device), e.to(like.dtype))
+    bias, mantissa, integer = bits
+    return torch.bitwise_left_shift((e + bias).to(integer), mantissa).view(like.dtype)
+
+
+def _pow2_steps(dtype: Any) -> tuple[int, int]:
+    """``(step, count)``: 2^step and 2^-step are normal numbers of ``dtype``, and ``count`` steps span
+    its whole range (any non-zero finite value times 2^(count step) overflows, times 2^-(count step)
+    underflows)."""
+    finfo = np.finfo(np.float64) if "float64" in str(dtype) else None
+    if finfo is None:
+        torch = importlib.import_module("torch") if str(dtype).startswith("torch.") else None
+        finfo = torch.finfo(dtype) if torch is not None else np.finfo(dtype)
+    top = int(np.ceil(np.log2(float(finfo.max))))  # 2^top overflows
+    bottom = int(np.floor(np.log2(float(finfo.smallest_normal) * float(finfo.eps))))  # smallest subnormal
+    step = top - 2
+    return step, -(-(top - bottom + 1) // step)
+
+
+def scale_pow2(x: Array, e: Any) -> Array:
+    """``x * 2^e`` exactly, up to the final over- or underflow (inf or 0, never NaN); ``e`` an int or an
+    integer 0-d array of any size. Differentiable in ``x`` (the factors are constants)."""
+    if array_api_compat.is_numpy_array(x) or isinstance(x, np.generic):
+        with np.errstate(over="ignore", under="ignore"):  # inf / 0 is the honest saturated answer
+            return np.ldexp(x, np.clip(np.asarray(e, dtype=np.int64), -(2**20), 2**20))
+    xp = namespace(x)
+    if isinstance(e, int):
+        e = xp.asarray(e, dtype=xp.int64, device=device(x))
+    step, count = _pow2_steps(x.dtype)
+    e = xp.clip(e, -step * count, step * count)
+    for _ in range(count):
+        part = xp.clip(e, -step, step)
+        x = x * (_pow2_torch(part, x) if array_api_compat.is_torch_array(x) else xp.pow(2.0, part))
+        e = e - part
+    return x
+
+
+def normalized(x: Array) -> tuple[Array, Array]:
+    """``(x / 2^e, e)`` with the largest magnitude of the result near 1 (``x`` unchanged if all zero)."""
+    xp = namespace(x)
+    e = exponent(xp.max(xp.abs(x)))
+    return scale_pow2(x, -e), e
+
+
+def detach(x: Array) -> Array:
+    """``x`` cut from autograd's graph (torch); other backends have no graph."""
+    return x.detach() if hasattr(x, "detach") else x

@@ -491,7 +491,8 @@ def linear(x: Any, w: Any, bias: Any = None, *, save_weight: bool = False) -> An
     sweep; see :func:`tensornet.contract.explain`). With torch tensors the product is a
     ``torch.autograd.Function`` that saves only ``x`` and the cores (activation memory no more than a
     dense layer's) and whose backward uses :func:`tensornet.adjoint.linear`'s kernels; it works under
-    autocast and ``torch.compile``; double backward is refused (once differentiable). With
+    autocast and ``torch.compile``; double backward (``create_graph=True``: gradient penalties,
+    Hessian-vector products) is exact, through a differentiable rebuild of W in that pass. With
     ``save_weight=True`` (torch only; numpy has no backward) a forward that rebuilds W, with a backward
     planned from the dense W (both are the plans for many tokens), keeps W (if x needs a gradient) and
     the halves of its product (if the cores do) instead: one rebuild less per step for up to ``M N``

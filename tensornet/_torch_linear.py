@@ -20,8 +20,10 @@ rebuilt W keeps W and the halves of its product, and the backward uses them inst
   the backward's rebuild of W with the forward's and save W; so the compiled graph saves at most x and
   the cores too. Where ``save_weight=True`` keeps W in eager there is no region and the compiler may keep
   W (what else it keeps is its choice). Not under ``torch.export``.
-* Double backward is refused (``once_differentiable``): differentiating the gradients raises
-  ``RuntimeError``. Use plain autograd through ``tensornet.contract.einsum`` if you need it.
+* Double backward (gradient penalties, Hessian-vector products) is exact: when the backward itself is
+  differentiated (``create_graph=True``) it rebuilds W with plain differentiable torch ops and lets
+  autograd form the gradients and their graph, so second derivatives are those of ``x @ W.T + b``
+  (the memory rule does not apply to that pass: it keeps what autograd keeps for the dense product).
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ from typing import Any
 
 import torch
 import torch.utils.checkpoint
-from torch.autograd.function import once_differentiable
 
 from . import _linear
 from . import contract as _contract
@@ -130,6 +131,7 @@ def _make_function(device_type: str) -> type:
             ctx.backward_strategy = backward
             ctx.backward_path = backward_path
             ctx.has_bias = bias is not None
+            ctx.n_cores = len(cores)
             ctx.kept = None
             if forward == "rebuild":
                 weight, parts = _linear.rebuild(cores, xp=_ops(), halves=True)
@@ -154,9 +156,10 @@ def _make_function(device_type: str) -> type:
             return y if bias is None else y + bias.to(y.dtype)
 
         @staticmethod
-        @once_differentiable
         @torch.amp.custom_bwd(device_type=device_type)
         def backward(ctx: Any, grad_y: Any) -> Any:  # type: ignore[override]
+            if torch.is_grad_enabled():  # create_graph=True: the gradients will be differentiated
+                return _differentiable_backward(ctx, grad_y)
             rebuilt = None
             x2d, *cores = ctx.saved_tensors
             if ctx.kept is not None:
@@ -186,6 +189,29 @@ def _make_function(device_type: str) -> type:
             else:
                 grad_cores = [g if g.dtype == c.dtype else g.to(c.dtype) for g, c in zip(grad_cores, cores)]
             return (None, None, None, None, None, grad_x, grad_bias, *grad_cores)
+
+    def _differentiable_backward(ctx: Any, grad_y: Any) -> Any:
+        """The backward as a graph of plain torch ops (for double backward): autograd differentiates
+        ``x2d @ W.T`` with W rebuilt from the cores, recording how the gradients depend on grad_y, x2d
+        and the cores."""
+        saved = ctx.saved_tensors
+        x2d, cores = saved[0], list(saved[len(saved) - ctx.n_cores :])
+        wanted = [x2d] if ctx.needs_input_grad[5] else []
+        wanted += [c for c, need in zip(cores, ctx.needs_input_grad[7:]) if need]
+        grads: list[Any] = []
+        if wanted:
+            with torch.enable_grad():
+                y = x2d @ _linear.rebuild(cores, xp=_ops()).T
+                grads = list(torch.autograd.grad(y, wanted, grad_y, create_graph=True, allow_unused=True))
+        grad_x = grads.pop(0) if ctx.needs_input_grad[5] else None
+        if grad_x is not None and grad_x.dtype != x2d.dtype:
+            grad_x = grad_x.to(x2d.dtype)
+        grad_cores = [grads.pop(0) if need else None for need in ctx.needs_input_grad[7:]]
+        grad_cores = [
+            g if g is None or g.dtype == c.dtype else g.to(c.dtype) for g, c in zip(grad_cores, cores)
+        ]
+        grad_bias = grad_y.sum(0) if ctx.has_bias and ctx.needs_input_grad[6] else None
+        return (None, None, None, None, None, grad_x, grad_bias, *grad_cores)
 
     TTMLinearFunction.__qualname__ = f"TTMLinearFunction[{device_type}]"
     return TTMLinearFunction

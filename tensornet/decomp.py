@@ -11,6 +11,7 @@ useful maximum ``min(prod n_1..n_k, prod n_{k+1}..n_d)`` (they are clipped by th
 
 from __future__ import annotations
 
+import builtins
 import importlib
 import math
 import numbers
@@ -60,7 +61,19 @@ def _check_max_rank(fn: str, max_rank: Any, bonds: int) -> list[int | None]:
     return [int(v) for v in values]
 
 
-def _check_dense(fn: str, x: Any) -> None:
+def _check_precision(fn: str, dtype: Any) -> None:
+    name = B.dtype_name(dtype)
+    if name not in ("float32", "float64"):
+        raise TypeError(
+            f"{fn}: dtype {name} is not supported (the SVDs and QRs behind it exist in float32 and float64 "
+            f"only, and a half-precision result could not keep the eps guarantee); convert with "
+            f".astype('float32') / .to(torch.float32) or t.to(dtype='float32')"
+        )
+
+
+def _check_dense(fn: str, x: Any) -> int:
+    """Validate a dense input; return the power-of-two exponent to divide it by before decomposing
+    (0 unless its largest magnitude is far from 1, see :func:`_scale_exponent`)."""
     if not B.is_array(x):
         raise TypeError(f"{fn}: expected a numpy array or torch tensor, got {type(x).__name__}")
     if x.ndim < 1:
@@ -69,19 +82,87 @@ def _check_dense(fn: str, x: Any) -> None:
         raise ValueError(f"{fn}: the array has a zero-size dimension (shape {tuple(x.shape)})")
     if B.is_complex(x) or not B.is_floating(x):
         raise TypeError(f"{fn}: dtype {x.dtype} is not supported; use float32 or float64")
-    if not B.all_finite(x):
+    _check_precision(fn, x.dtype)
+    xp = B.namespace(x)
+    top = B.to_float(xp.max(xp.abs(x)))  # NaN propagates through max: one pass checks finiteness too
+    if not math.isfinite(top):
         raise ValueError(f"{fn}: the array contains NaN or inf; the decomposition is undefined")
+    return _scale_exponent([top], x.dtype)
+
+
+# --- scale ------------------------------------------------------------------------------------------
+# The SVDs and QRs are scale-safe (LAPACK rescales internally), but what tensornet computes around them
+# (Gram matrices, products of cores, squares of singular values) is not at the ends of the dtype's
+# range. Data far from 1 are therefore divided by a power of two first (exact) and the factor is put
+# back on one core of the result at the end, so eps and the error bound hold at every finite scale.
+def _scale_exponent(tops: Sequence[float], dtype: Any) -> int:
+    """0 when the magnitudes ``tops`` (of a dense array, or of each core of a train) multiply to
+    something safely inside ``dtype``'s range; otherwise the sum of their power-of-two exponents."""
+    exponents = [math.frexp(t)[1] if t > 0 else 0 for t in tops]
+    safe = 32 if B.dtype_name(dtype) == "float32" else 256  # a quarter of the exponent range
+    return 0 if builtins.sum(abs(e) for e in exponents) <= safe else builtins.sum(exponents)
+
+
+def _core_exponents(cores: Sequence[Any]) -> list[int]:
+    xp = B.namespace(*cores)
+    tops = xp.stack([xp.max(xp.abs(c)) for c in cores])  # one host transfer for all cores
+    values = np.asarray(B.to_backend(tops, "numpy"), dtype=np.float64)
+    if not np.all(np.isfinite(values)):
+        raise ValueError("the train has NaN or inf entries; the operation is undefined")
+    return [math.frexp(float(t))[1] if t > 0 else 0 for t in values]
+
+
+def _normalize_cores(fn: str, cores: list[Any]) -> tuple[list[Any], int]:
+    """Cores divided by powers of two near their magnitudes when their scale is extreme (see above),
+    and the exponent to put back on the result; ``(cores, 0)`` unchanged otherwise."""
+    try:
+        exponents = _core_exponents(cores)
+    except ValueError as err:
+        raise ValueError(f"{fn}: {err}") from None
+    dtype = cores[0].dtype
+    if _scale_exponent([2.0 ** max(min(e, 1000), -1000) for e in exponents], dtype) == 0:
+        return cores, 0
+    return [B.scale_pow2(c, -e) for c, e in zip(cores, exponents)], builtins.sum(exponents)
+
+
+def _restore_scale(cores: list[Any], exponent: int, at: int) -> list[Any]:
+    """Multiply the train by ``2^exponent``: on core ``at`` where that core can hold it (it carries the
+    norm in the results here), else spread over all cores (a norm near the dtype's maximum)."""
+    if exponent == 0:
+        return cores
+    cores = list(cores)
+    xp = B.namespace(*cores)
+    top = B.to_float(xp.max(xp.abs(cores[at])))
+    finfo = xp.finfo(cores[at].dtype)
+    if top == 0.0 or (
+        float(finfo.smallest_normal) <= math.ldexp(top, exponent) < float(finfo.max)
+        if -1100 < exponent + math.frexp(top)[1] < 1100
+        else False
+    ):
+        cores[at] = B.scale_pow2(cores[at], exponent)
+        return cores
+    share, rest = divmod(exponent, len(cores))
+    return [B.scale_pow2(c, share + (rest if k == at % len(cores) else 0)) for k, c in enumerate(cores)]
 
 
 # --- truncation -------------------------------------------------------------------------------------
 def _choose_rank(singular: Any, threshold: float, cap: int | None) -> tuple[int, float, int]:
-    """(rank kept, squared norm of the discarded values, rank eps alone would keep)."""
+    """(rank kept, norm of the discarded values, rank eps alone would keep).
+
+    The values are divided by the largest before squaring, so the choice is the same at every scale of
+    the data (squares of 1e-200 underflow, of 1e200 overflow)."""
     s = np.asarray(B.to_backend(singular, "numpy"), dtype=np.float64)
-    tail = np.concatenate([np.cumsum((s * s)[::-1])[::-1], [0.0]])  # tail[r] = sum_{i >= r} s_i^2
-    fits = np.nonzero(tail <= threshold * threshold)[0]
+    top = float(np.max(s)) if s.size else 0.0
+    if not top > 0.0:
+        return 1, 0.0, 1
+    scaled = s / top
+    tail = np.concatenate([np.cumsum((scaled * scaled)[::-1])[::-1], [0.0]])  # tail[r] = sum_{i >= r}
+    with np.errstate(over="ignore"):  # a threshold far above every value keeps rank 1
+        limit = (threshold / top) ** 2
+    fits = np.nonzero(tail <= limit)[0]
     needed = max(1, int(fits[0]))
     rank = needed if cap is None else min(needed, cap)
-    return rank, float(tail[rank]), needed
+    return rank, math.sqrt(float(tail[rank])) * top, needed
 
 
 class _ErrorLog:
@@ -98,11 +179,12 @@ class _ErrorLog:
         return self.threshold
 
     def add(self, rank: int, discarded: float, needed: int) -> None:
-        self.discarded += discarded
+        """Record one truncation; ``discarded`` is the norm (not the square) of what it dropped."""
+        self.discarded = math.hypot(self.discarded, discarded)  # no overflow or underflow in squares
         self.capped = self.capped or rank < needed
 
     def finish(self, reference_norm: float, stacklevel: int) -> float:
-        bound = math.sqrt(self.discarded) / reference_norm if reference_norm > 0 else 0.0
+        bound = self.discarded / reference_norm if reference_norm > 0 else 0.0
         if self.capped and self.eps is not None and bound > self.eps:
             warnings.warn(
                 f"{self.fn}: max_rank kept the result from meeting eps={self.eps:g}; the achieved relative "
@@ -263,7 +345,7 @@ def _gram_factors(
             return None
     if first:  # ||x||_F of tt_svd's first unfolding
         log.total, log.threshold = math.sqrt(norm2), threshold
-    log.add(needed, float(tail[needed]), needed)
+    log.add(needed, math.sqrt(float(tail[needed])), needed)
     return vectors[:, :needed], rows[:needed, :], None
 
 
@@ -324,11 +406,11 @@ def tt_svd(
     dimensions, negative/NaN/inf eps and max_rank < 1.
     """
     eps = _check_eps("tt_svd", eps)
-    _check_dense("tt_svd", x)
+    shift = _check_dense("tt_svd", x)
     caps = _check_max_rank("tt_svd", max_rank, x.ndim - 1)
     log = _ErrorLog("tt_svd", eps)
-    cores = _tt_svd_cores(x, eps, caps, log)
-    result = TT._trusted(cores)
+    cores = _tt_svd_cores(B.scale_pow2(x, -shift) if shift else x, eps, caps, log)
+    result = TT._trusted(_restore_scale(cores, shift, at=-1))
     return (result, log.bound) if return_error else result
 
 
@@ -348,7 +430,7 @@ def ttm_svd(
     Cost: ``O(M N r)``.
     """
     eps = _check_eps("ttm_svd", eps)
-    _check_dense("ttm_svd", a)
+    shift = _check_dense("ttm_svd", a)
     row_shape, col_shape = _check_matrix_shapes("ttm_svd", a, row_shape, col_shape)
     d = len(row_shape)
     caps = _check_max_rank("ttm_svd", max_rank, d - 1)
@@ -359,7 +441,8 @@ def ttm_svd(
         xp.permute_dims(tensor, tuple(order)), tuple(m * n for m, n in zip(row_shape, col_shape))
     )
     log = _ErrorLog("ttm_svd", eps)
-    cores = _tt_svd_cores(tensor, eps, caps, log)
+    cores = _tt_svd_cores(B.scale_pow2(tensor, -shift) if shift else tensor, eps, caps, log)
+    cores = _restore_scale(cores, shift, at=-1)
     cores = [
         xp.reshape(c, (int(c.shape[0]), m, n, int(c.shape[2])))
         for c, m, n in zip(cores, row_shape, col_shape)
@@ -439,7 +522,10 @@ def orthogonalize(x: Any, *, center: int | Literal["left", "right"] = "left") ->
         raise TypeError(f"orthogonalize: center must be an int, 'left' or 'right', got {center!r}")
     if not -d <= center < d:
         raise ValueError(f"orthogonalize: center {center} is out of range for a train with {d} cores")
-    return _ops._like(x, _orthogonalized(_ops._flat_cores(x), int(center) % d))
+    _check_precision("orthogonalize", x.dtype)
+    center = int(center) % d
+    cores, shift = _normalize_cores("orthogonalize", _ops._flat_cores(x))
+    return _ops._like(x, _restore_scale(_orthogonalized(cores, center), shift, at=center))
 
 
 def round(
@@ -456,15 +542,16 @@ def round(
     """
     eps = _check_eps("round", eps)
     _ops._require_train("round", x)
+    _check_precision("round", x.dtype)
     caps = _check_max_rank("round", max_rank, x.ndim - 1)
-    cores = _ops._flat_cores(x)
+    cores, shift = _normalize_cores("round", _ops._flat_cores(x))
     log = _ErrorLog("round", eps)
     log.relative = (eps or 0.0) / math.sqrt(max(len(cores) - 1, 1))
     if len(cores) == 1 or any(_differentiable(c) for c in cores):
         cores = _round_differentiable(cores, caps, log)
     else:
         cores = _round_fast(cores, caps, log)
-    result = _ops._like(x, cores)
+    result = _ops._like(x, _restore_scale(cores, shift, at=-1))
     bound = log.finish(log.total, stacklevel=4)  # user -> round -> finish
     return (result, bound) if return_error else result
 

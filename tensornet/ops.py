@@ -139,11 +139,37 @@ def add(a: Any, b: Any) -> Any:
     return _like(a, cores)
 
 
-def scale(x: Any, alpha: Any) -> Any:
-    """``alpha * x`` (the first core is scaled). ``alpha`` a number or 0-d array. Cost: ``O(n r)``."""
-    _require_train("scale", x)
+def _scalar_like(fn: str, x: Any, alpha: Any) -> Any:
+    """``alpha`` in a form that multiplies ``x``'s cores without changing their dtype or device.
+
+    A scalar never changes a train's dtype (numpy's NEP 50 and torch's rule for Python scalars): numbers,
+    numpy scalars and 0-d numpy arrays become Python floats, 0-d arrays of the train's own backend are
+    cast to its dtype and device (a torch scalar that requires grad keeps its graph). Complex scalars
+    are refused as complex cores are.
+    """
     if not is_scalar(alpha):
-        raise TypeError(f"scale: alpha must be a number or a 0-d array, got {type(alpha).__name__}")
+        raise TypeError(f"{fn}: the scalar must be a real number or a 0-d array, got {type(alpha).__name__}")
+    if isinstance(alpha, numbers.Number):
+        if not isinstance(alpha, numbers.Real):
+            raise TypeError(f"{fn}: complex scalar {alpha!r}; tensornet supports real floats only")
+        return float(alpha)
+    if B.is_complex(alpha):
+        raise TypeError(f"{fn}: complex scalar of dtype {alpha.dtype}; tensornet supports real floats only")
+    if B.backend_name(alpha) == x.backend:
+        return B.to_backend(alpha, x.backend, device=x.device, dtype=x.dtype)
+    if B.backend_name(alpha) == "numpy":
+        return float(alpha)
+    raise TypeError(
+        f"{fn}: the scalar is a {B.backend_name(alpha)} array but the train's cores are {x.backend}; "
+        "convert one of them"
+    )
+
+
+def scale(x: Any, alpha: Any) -> Any:
+    """``alpha * x`` (the first core is scaled); ``alpha`` a real number or 0-d array, which never
+    changes the train's dtype or device (see :func:`_scalar_like`). Cost: ``O(n r)``."""
+    _require_train("scale", x)
+    alpha = _scalar_like("scale", x, alpha)
     return type(x)._trusted([x.cores[0] * alpha, *x.cores[1:]])
 
 
@@ -181,68 +207,102 @@ def transpose(a: Any) -> Any:
 
 
 # --- scalars ---------------------------------------------------------------------------------------
-def _scaled_chain(first: Any, steps: Sequence[Callable[[Any], Any]]) -> Any:
-    """Apply ``steps`` to a small matrix, renormalising after each so long trains neither overflow
-    nor underflow; returns the (1, 1) result with the scale restored at the end."""
-    xp = B.namespace(first)
-    log_scale = xp.zeros((), dtype=first.dtype, device=B.device(first))
+def _normalized_cores(cores: Sequence[Any]) -> tuple[list[Any], Any]:
+    """Each core divided by a power of two near its largest magnitude, and the sum of the exponents:
+    ``x = 2^e * train(result)`` exactly, with every core's entries at most about 1 (so products of
+    cores neither overflow nor underflow on their way, whatever the scale of each core)."""
+    scaled, total = [], 0
+    for core in cores:
+        core, e = B.normalized(core)
+        scaled.append(core)
+        total = total + e
+    return scaled, total
+
+
+def _chain(first: Any, steps: Sequence[Callable[[Any], Any]], exponent: Any) -> Any:
+    """Apply ``steps`` to a small matrix, renormalising by a power of two after each, and return the
+    (1, 1) result times ``2^exponent``, the scale restored exactly at the end (inf or 0 if the result
+    itself overflows or underflows; never NaN from finite cores)."""
     value = first
     for step in steps:
-        value = step(value)
-        size = xp.max(xp.abs(value))
-        size = xp.where(size > 0, size, xp.ones_like(size))
-        value = value / size
-        log_scale = log_scale + xp.log(size)
-    return xp.reshape(value, ()) * xp.exp(log_scale)
+        value, e = B.normalized(step(value))
+        exponent = exponent + e
+    xp = B.namespace(value)
+    return B.scale_pow2(xp.reshape(value, ()), exponent)
 
 
 def dot(a: Any, b: Any) -> Any:
     """Inner product ``<a, b> = sum(a * b)`` (Frobenius for TTM) as a 0-d array.
 
-    Computed left to right with running renormalisation, so trains of d = 200 cores of norm 10 or
-    0.1 neither overflow nor underflow when the result itself is representable.
+    Notes: every core, and the running product after each step, is divided by a power of two (exact),
+    so the result is right at any scale of the cores: the finite value whenever it is representable,
+    ``+-inf`` when it overflows, 0 when it underflows; never NaN from finite cores.
     Cost: ``O(d n r s (r + s))``.
     """
     _check_same_structure("dot", a, b)
-    ca, cb = _flat_cores(a), _flat_cores(b)
+    ca, ea = _normalized_cores(_flat_cores(a))
+    cb, eb = _normalized_cores(_flat_cores(b))
     xp = B.namespace(*ca)
     start = xp.ones((1, 1), dtype=a.dtype, device=a.device)
     steps = [lambda v, x=x, y=y: einsum("ab,anc,bnd->cd", v, x, y) for x, y in zip(ca, cb)]
-    return _scaled_chain(start, steps)
+    return _chain(start, steps, ea + eb)
+
+
+def _norm_sweep(cores: Sequence[Any]) -> Any:
+    """||x||_F by a left-to-right QR sweep over power-of-two-normalised cores (no gradient rules)."""
+    xp = B.namespace(*cores)
+    cores, exponent = _normalized_cores(cores)
+    carry = None
+    for k, core in enumerate(cores):
+        current = core if carry is None else einsum("ab,bnc->anc", carry, core)
+        current, e = B.normalized(current)
+        exponent = exponent + e
+        if k == len(cores) - 1:
+            return B.scale_pow2(xp.linalg.vector_norm(current), exponent)
+        r, n, r2 = (int(s) for s in current.shape)
+        _, carry = xp.linalg.qr(xp.reshape(current, (r * n, r2)))
+    raise AssertionError("unreachable: a train has at least one core")
 
 
 def norm(x: Any) -> Any:
-    """Frobenius norm as a 0-d array, by a QR sweep (accurate to working precision, also for
-    differences of nearly equal trains), renormalised so long trains do not overflow or underflow.
+    """Frobenius norm as a 0-d array, by a QR sweep: accurate to working precision, also for
+    differences of nearly equal trains.
 
+    Notes: cores and carries are renormalised by powers of two (exact), so the norm is right at any
+    scale: finite whenever it is representable (e.g. float32 trains of norm 3e38), inf when it
+    overflows. With torch cores that require grad, the value is the QR sweep's and the gradient
+    ``x / ||x||`` is taken through ``<x, x>`` (:func:`dot`'s normalised chain); at the zero train it is
+    0, the subgradient torch's own norm uses (a QR sweep's gradient would be NaN there).
     Cost: ``O(d n r^3)``.
     """
     _require_train("norm", x)
     cores = _flat_cores(x)
+    if not any(getattr(c, "requires_grad", False) for c in cores):
+        return _norm_sweep(cores)
+    value = _norm_sweep([B.detach(c) for c in cores])
+    # With y = x / 2^e (cores scaled by constants) and z its detached copy, the normalised chain
+    # gives v = <y, z> / 2^c, so <x, x> = v 2^(c + 2e) = ||x||^2 and d||x|| = d<x, x>/(2 ||x||)
+    # = (||x|| / v) dv: attach that gradient to the exact value (v - v.detach() is exactly 0).
+    scaled, _ = _normalized_cores(cores)
+    fixed = [B.detach(c) for c in scaled]
     xp = B.namespace(*cores)
-    log_scale = xp.zeros((), dtype=x.dtype, device=x.device)
-    carry = None
-    for k, core in enumerate(cores):
-        current = core if carry is None else einsum("ab,bnc->anc", carry, core)
-        # dividing by the largest magnitude first keeps the sum of squares inside the dtype's range
-        size = xp.max(xp.abs(current))
-        size = xp.where(size > 0, size, xp.ones_like(size))
-        if k == len(cores) - 1:
-            return xp.linalg.vector_norm(current / size) * size * xp.exp(log_scale)
-        r, n, r2 = (int(s) for s in current.shape)
-        _, carry = xp.linalg.qr(xp.reshape(current / size, (r * n, r2)))
-        log_scale = log_scale + xp.log(size)
-    raise AssertionError("unreachable: a train has at least one core")
+    v = xp.ones((1, 1), dtype=x.dtype, device=x.device)
+    for y, z in zip(scaled, fixed):
+        v, _ = B.normalized(einsum("ab,anc,bnd->cd", v, y, z))
+    v = xp.reshape(v, ())
+    factor = B.detach(xp.where(v != 0, value / xp.where(v != 0, v, xp.ones_like(v)), xp.zeros_like(v)))
+    return value + (v - B.detach(v)) * factor
 
 
 def sum(x: Any) -> Any:
-    """Sum of all entries as a 0-d array. Cost: ``O(d n r^2)``."""
+    """Sum of all entries as a 0-d array, renormalised like :func:`dot` (finite whenever the sum is
+    representable, never NaN from finite cores). Cost: ``O(d n r^2)``."""
     _require_train("sum", x)
-    cores = _flat_cores(x)
+    cores, exponent = _normalized_cores(_flat_cores(x))
     xp = B.namespace(*cores)
     start = xp.ones((1, 1), dtype=x.dtype, device=x.device)
     steps = [lambda v, c=c: v @ xp.sum(c, axis=1) for c in cores]
-    return _scaled_chain(start, steps)
+    return _chain(start, steps, exponent)
 
 
 # --- products --------------------------------------------------------------------------------------

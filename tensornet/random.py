@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from . import _backend as B
+from .shapes import max_ranks
 from .tt import TT, TTM
 
 __all__ = ["core_std", "random_tt", "random_ttm"]
@@ -65,6 +67,27 @@ def core_std(std: float, bond_ranks: Sequence[int]) -> float:
     return std ** (1.0 / d) * math.prod(bond_ranks) ** (-1.0 / (2 * d))
 
 
+def _physical_memory() -> int | None:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):  # not POSIX: no limit known
+        return None
+
+
+def _check_size(fn: str, mode_shapes: list[tuple[int, ...]], ranks: tuple[int, ...]) -> None:
+    """Refuse, before allocating, cores that cannot fit in this machine's memory (they are drawn as
+    float64 on the host first)."""
+    nparams = sum(ranks[k] * math.prod(m) * ranks[k + 1] for k, m in enumerate(mode_shapes))
+    memory = _physical_memory()
+    if memory is not None and 8 * nparams > memory:
+        useful = max_ranks([math.prod(m) for m in mode_shapes])
+        raise ValueError(
+            f"{fn}: ranks {ranks} give {nparams:,} parameters ({8 * nparams / 2**30:,.1f} GiB as float64), "
+            f"more than this machine's {memory / 2**30:,.1f} GiB of memory; lower the rank (ranks above "
+            f"the useful maximum {useful} add parameters, not expressiveness)"
+        )
+
+
 def _cores(
     fn: str,
     mode_shapes: list[tuple[int, ...]],
@@ -74,8 +97,9 @@ def _cores(
     like: Any,
     dtype: Any,
 ) -> list[Any]:
-    rng = np.random.default_rng(seed)
     ranks = (1, *bonds, 1)
+    _check_size(fn, mode_shapes, ranks)
+    rng = np.random.default_rng(seed)
     scale = core_std(std, bonds)
     cores = [
         scale * rng.standard_normal((ranks[k], *modes, ranks[k + 1])) for k, modes in enumerate(mode_shapes)

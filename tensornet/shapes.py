@@ -9,17 +9,88 @@ from collections.abc import Sequence
 __all__ = ["factorize", "max_ranks", "prime_factors", "ttm_shapes"]
 
 
+_LARGEST = 2**64  # mode sizes and layer widths are far below this; larger numbers are refused
+_TRIAL = 1 << 12  # trial division below this, then Miller-Rabin and Pollard-Brent for what remains
+
+
+def _is_prime(n: int) -> bool:
+    """Deterministic Miller-Rabin for ``n < 3.3e24`` (the first 13 primes as bases)."""
+    if n < 2:
+        return False
+    bases = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41)
+    if n in bases:
+        return True
+    if any(n % p == 0 for p in bases):
+        return False
+    d, s = n - 1, 0
+    while d % 2 == 0:
+        d, s = d // 2, s + 1
+    for a in bases:
+        x = pow(a, d, n)
+        if x in (1, n - 1):
+            continue
+        for _ in range(s - 1):
+            x = x * x % n
+            if x == n - 1:
+                break
+        else:
+            return False
+    return True
+
+
+def _split(n: int) -> int:
+    """A non-trivial factor of a composite ``n`` with no factor below ``_TRIAL`` (Pollard-Brent rho:
+    about n^(1/4) steps, at most ~2^16 for n < 2^64)."""
+    for c in range(1, 64):
+        y, m, g, r, q = 2, 128, 1, 1, 1
+        x = ys = y
+        while g == 1:
+            x = y
+            for _ in range(r):
+                y = (y * y + c) % n
+            k = 0
+            while k < r and g == 1:
+                ys = y
+                for _ in range(min(m, r - k)):
+                    y = (y * y + c) % n
+                    q = q * abs(x - y) % n
+                g = math.gcd(q, n)
+                k += m
+            r *= 2
+        if g == n:
+            g = 1
+            while g == 1:
+                ys = (ys * ys + c) % n
+                g = math.gcd(abs(x - ys), n)
+        if g != n:
+            return g
+    raise ArithmeticError(f"prime_factors: no factor of {n} found")  # not reached for n < 2^64
+
+
 def prime_factors(n: int) -> list[int]:
-    """Prime factors of ``n >= 1`` in ascending order (``[]`` for 1)."""
+    """Prime factors of ``1 <= n < 2^64`` in ascending order (``[]`` for 1); milliseconds at most.
+
+    Trial division by small numbers, then Miller-Rabin and Pollard-Brent rho for the rest (a large
+    prime is recognised at once instead of trial-dividing up to its square root).
+    """
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 1 <= n < _LARGEST:
+        raise ValueError(f"prime_factors: n must be an int in [1, 2^64), got {n!r}")
+    n = int(n)
     factors, p = [], 2
-    while p * p <= n:
+    while p < _TRIAL and p * p <= n:
         while n % p == 0:
             factors.append(p)
             n //= p
-        p += 1
-    if n > 1:
-        factors.append(n)
-    return factors
+        p += 1 if p == 2 else 2
+    pending = [n] if n > 1 else []
+    while pending:
+        m = pending.pop()
+        if m < _TRIAL * _TRIAL or _is_prime(m):  # below _TRIAL^2 with no small factor: prime
+            factors.append(m)
+        else:
+            g = _split(m)
+            pending += [g, m // g]
+    return sorted(factors)
 
 
 def factorize(n: int, ncores: int) -> tuple[int, ...]:
@@ -28,9 +99,9 @@ def factorize(n: int, ncores: int) -> tuple[int, ...]:
     Greedy: each prime factor, largest first, goes to the currently smallest factor.
     ``factorize(768, 3) == (8, 8, 12)``, ``factorize(3072, 3) == (12, 16, 16)``.
     """
-    for name, value in (("n", n), ("ncores", ncores)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise ValueError(f"factorize: {name} must be a positive int, got {value!r}")
+    for name, value, top, text in (("n", n, _LARGEST, "2^64"), ("ncores", ncores, 4096, "4096")):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value < top:
+            raise ValueError(f"factorize: {name} must be an int in [1, {text}), got {value!r}")
     bins = [1] * ncores
     for p in sorted(prime_factors(int(n)), reverse=True):
         bins[bins.index(min(bins))] *= p

@@ -192,9 +192,14 @@ class _Train:
         return _ops.scale(self, other) if _ops.is_scalar(other) else NotImplemented
 
     def __truediv__(self, other: Any) -> Any:
-        if _ops.is_scalar(other):
-            return _ops.scale(self, 1.0 / other)
-        return NotImplemented
+        if not _ops.is_scalar(other):
+            return NotImplemented
+        other = _ops._scalar_like("/", self, other)
+        if not isinstance(other, float) and not getattr(other, "requires_grad", False):
+            other = float(other)  # no graph to keep: a host number, checked below like any other
+        if isinstance(other, float) and other == 0.0:
+            raise ZeroDivisionError(f"{type(self).__name__} / 0: division of a train by zero")
+        return _ops.scale(self, 1.0 / other)
 
 
 class TT(_Train):

@@ -21,6 +21,10 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
     print_blob=True,
 )
+# a long randomised search for a developer hunting edge cases (not run by CI)
+settings.register_profile(
+    "fuzz", max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck), print_blob=True
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 HAS_CUDA = torch.cuda.is_available()

@@ -155,6 +155,11 @@ class TTMLinear(TTCoresModule):
 
     # --- forward ----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):  # as nn.Linear: a numpy array or list is not converted
+            raise TypeError(
+                f"{type(self).__name__}: input must be a torch.Tensor, got {type(x).__module__}."
+                f"{type(x).__name__}; convert it with torch.as_tensor(x, dtype=...)"
+            )
         cores: list[torch.Tensor] = list(self.cores)
         bias: torch.Tensor | None = self.bias
         if (

@@ -1,0 +1,425 @@
+"""Trust at the edges of the core: guarantees at every finite scale of the dtype, scalars that keep the
+dtype, exact double backward through ``linear``, and inputs checked where they enter (before any
+allocation). Each test here failed on the code before these rules were enforced."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+from conftest import as_numpy, dense_tt, rtol, torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import tensornet as tn
+from tensornet.testing import strategies as tst
+
+# Scales as powers of ten (not exact in binary), spanning the finite range of each dtype.
+SCALE_EXPONENT = {"float64": 300, "float32": 37}
+
+
+def scale_of(dtype, draw) -> float:
+    limit = SCALE_EXPONENT[str(dtype).replace("torch.", "")]
+    return 10.0 ** draw(st.integers(-limit, limit))
+
+
+def normalized_f64(array) -> tuple[np.ndarray, int]:
+    """``(a / 2^e, e)`` in float64, exact: a reference whose squares neither overflow nor underflow."""
+    a = as_numpy(array)
+    top = float(np.max(np.abs(a)))
+    e = math.frexp(top)[1] if top > 0 else 0
+    return np.ldexp(a, -e), e
+
+
+def relative_error(approx, exact) -> float:
+    """``||approx - exact|| / ||exact||`` computed on both divided by the same power of two."""
+    b, e = normalized_f64(exact)
+    a = np.ldexp(as_numpy(approx), -e)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def min_ranks(x: np.ndarray, eps: float) -> list[int]:
+    """Per unfolding, the smallest rank whose discarded tail is <= eps / sqrt(d-1) ||x|| (x near 1)."""
+    d = x.ndim
+    threshold = eps / math.sqrt(max(d - 1, 1)) * np.linalg.norm(x)
+    ranks = []
+    for k in range(1, d):
+        s = np.linalg.svd(x.reshape(int(np.prod(x.shape[:k])), -1), compute_uv=False)
+        tail = np.concatenate([np.cumsum((s**2)[::-1])[::-1], [0.0]])
+        ranks.append(max(1, int(np.nonzero(tail <= threshold**2)[0][0])))
+    return ranks
+
+
+def place(array: np.ndarray, backend: str, dtype: str):
+    return tn.TT([array.reshape(1, -1, 1)]).to(backend, dtype=dtype).cores[0].reshape(array.shape)
+
+
+# --- TT-SVD, TTM-SVD, round, orthogonalize at every scale ---------------------------------------------
+@st.composite
+def scaled_dense(draw):
+    """A low-rank tensor plus noise, scaled by a drawn power of ten, on a drawn backend and dtype."""
+    t = draw(tst.tts(backend="numpy", dtype="float64", max_size=4))
+    rng = np.random.default_rng(draw(st.integers(0, 1000)))
+    x = t.full() + draw(st.sampled_from([0.0, 1e-4, 1e-1])) * rng.standard_normal(t.shape)
+    x = x / np.max(np.abs(x))
+    dtype = draw(tst.dtypes())
+    return place(x * scale_of(dtype, draw), draw(tst.backends()), dtype)
+
+
+eps_values = st.sampled_from([0.0, 1e-8, 1e-3, 1e-1, 0.5])
+
+
+@given(scaled_dense(), eps_values)
+def test_tt_svd_guarantee_at_every_scale(x, eps):
+    t, bound = tn.tt_svd(x, eps=eps, return_error=True)
+    assert t.dtype == x.dtype
+    error = relative_error(t.full(), x)
+    slack = rtol(x.dtype) * math.sqrt(x.ndim)  # rounding of the SVDs themselves
+    assert bound <= eps + 1e-15
+    assert error <= bound * (1 + 1e-6) + slack, (error, bound)
+    if "float64" in str(x.dtype):  # the ranks are those of the same data at scale 1
+        assert all(r <= m for r, m in zip(t.ranks[1:-1], min_ranks(normalized_f64(x)[0], eps)))
+
+
+@given(st.data())
+def test_ttm_svd_guarantee_at_every_scale(data):
+    row_shape, col_shape = data.draw(tst.ttm_shapes(min_ndim=2, max_ndim=3))
+    dtype = data.draw(tst.dtypes())
+    a = tn.random_ttm(row_shape, col_shape, 2, seed=data.draw(st.integers(0, 99))).full()
+    a = place(a / np.max(np.abs(a)) * scale_of(dtype, data.draw), data.draw(tst.backends()), dtype)
+    eps = data.draw(eps_values)
+    w, bound = tn.ttm_svd(a, row_shape, col_shape, eps=eps, return_error=True)
+    assert bound <= eps + 1e-15
+    assert relative_error(w.full(), a) <= bound * (1 + 1e-6) + rtol(dtype) * 2
+
+
+@st.composite
+def scaled_train(draw):
+    """``t + t + t`` (rank-deficient) or ``t + u``, with one drawn core scaled by a power of ten and
+    another by its inverse's square root: the scale sits unevenly across the cores."""
+    dtype = draw(tst.dtypes())
+    t = draw(tst.tts(backend="numpy", dtype="float64", max_size=4, max_ndim=4))
+    u = draw(tst.tts(shape=t.shape, backend="numpy", dtype="float64"))
+    train = t + t + t if draw(st.booleans()) else t + u
+    cores = [c / np.max(np.abs(c)) for c in train.cores]
+    cores[draw(st.integers(0, len(cores) - 1))] *= scale_of(dtype, draw)
+    return tn.TT(cores).to(draw(tst.backends()), dtype=dtype)
+
+
+def full_f64(train) -> np.ndarray:
+    """The dense tensor of ``train`` in float64 with the cores normalised first (exact), as a pair
+    ``(normalised dense, exponent)`` so that values beyond float64's range can be compared."""
+    cores, total = [], 0
+    for c in train.cores:
+        c, e = normalized_f64(c)
+        cores.append(c)
+        total += e
+    return dense_tt(tn.TT(cores)), total
+
+
+@given(scaled_train(), eps_values)
+def test_round_guarantee_at_every_scale(x, eps):
+    y, bound = tn.round(x, eps=eps, return_error=True)
+    assert y.dtype == x.dtype
+    reference, e_ref = full_f64(x)
+    approx, e_approx = full_f64(y)
+    error = np.linalg.norm(np.ldexp(approx, e_approx - e_ref) - reference) / np.linalg.norm(reference)
+    assert bound <= eps + 1e-15
+    # float32 cores rescaled by a power of ten (inexact) carry their own rounding into the reference
+    assert error <= bound * (1 + 1e-6) + 10 * rtol(x.dtype) * math.sqrt(x.ndim), (error, bound)
+    if "float64" in str(x.dtype):
+        assert all(r <= m for r, m in zip(y.ranks[1:-1], min_ranks(reference, eps)))
+
+
+@given(scaled_train(), st.data())
+def test_orthogonalize_at_every_scale(x, data):
+    center = data.draw(st.integers(0, x.ndim - 1))
+    y = tn.orthogonalize(x, center=center)
+    reference, e_ref = full_f64(x)
+    approx, e_approx = full_f64(y)
+    error = np.linalg.norm(np.ldexp(approx, e_approx - e_ref) - reference) / np.linalg.norm(reference)
+    assert error <= 10 * rtol(x.dtype) * math.sqrt(x.ndim)
+    for k, core in enumerate(y.cores[:center]):  # cores left of the center are left-orthonormal
+        m = as_numpy(core).reshape(-1, core.shape[-1])
+        np.testing.assert_allclose(m.T @ m, np.eye(m.shape[1]), atol=10 * rtol(x.dtype), err_msg=str(k))
+
+
+# --- norm, dot, sum: the finite answer whenever it is representable, inf when not, never NaN -------
+def expected(value_normalized: float, exponent: int, dtype) -> float:
+    """The value ``v 2^e`` as ``dtype`` would represent it (inf beyond its range)."""
+    finfo = np.finfo(str(dtype).replace("torch.", ""))
+    log2 = math.log2(abs(value_normalized)) + exponent if value_normalized else -math.inf
+    if log2 >= math.log2(float(finfo.max)):
+        return math.copysign(math.inf, value_normalized)
+    if log2 < math.log2(float(finfo.smallest_normal)) - 1:
+        return math.nan  # deep in the subnormal range: only "tiny" is checked
+    return math.ldexp(value_normalized, exponent)
+
+
+def check_value(actual, value_normalized, exponent, dtype) -> None:
+    actual = float(as_numpy(actual))
+    assert not math.isnan(actual)
+    want = expected(value_normalized, exponent, dtype)
+    finfo = np.finfo(str(dtype).replace("torch.", ""))
+    if math.isnan(want):
+        assert abs(actual) <= 4 * float(finfo.smallest_normal)
+    elif math.isinf(want):
+        # within rounding of the largest finite value either answer is right
+        assert math.isinf(actual) or abs(actual) >= float(finfo.max) * (1 - 1e-3)
+        assert math.copysign(1, actual) == math.copysign(1, want)
+    else:
+        assert actual == pytest.approx(want, rel=20 * rtol(dtype)), (actual, want)
+
+
+def uneven(draw, dtype, backend, shape=None) -> tn.TT:
+    """A train whose cores carry independently drawn scales (their product may leave the range)."""
+    t = draw(tst.tts(shape=shape, backend="numpy", dtype="float64", max_ndim=4, max_size=3))
+    cores = [c / np.max(np.abs(c)) * scale_of(dtype, draw) for c in t.cores]
+    return tn.TT(cores).to(backend, dtype=dtype)
+
+
+@given(st.data())
+def test_norm_dot_sum_at_every_scale(data):
+    dtype, backend = data.draw(tst.dtypes()), data.draw(tst.backends())
+    t = uneven(data.draw, dtype, backend)
+    reference, e = full_f64(t)
+    check_value(tn.norm(t), np.linalg.norm(reference), e, t.dtype)
+    check_value(tn.sum(t), float(np.sum(reference)), e, t.dtype)
+    check_value(tn.dot(t, t), float(np.sum(reference * reference)), 2 * e, t.dtype)
+    u = uneven(data.draw, dtype, backend, shape=t.shape)
+    reference_u, e_u = full_f64(u)
+    check_value(tn.dot(t, u), float(np.sum(reference * reference_u)), e + e_u, t.dtype)
+
+
+def test_norm_near_the_float32_maximum_is_finite():
+    t = tn.random_tt((4, 4, 4), 3, seed=0)
+    for backend in ("numpy", "torch"):
+        big = (t * (3.0e38 / float(tn.norm(t)))).to(backend, dtype="float32")
+        assert float(tn.norm(big)) == pytest.approx(3.0e38, rel=1e-5)
+        assert math.isinf(float(tn.dot(big, big)))  # 9e76 overflows: inf, not NaN
+
+
+def test_dot_with_scale_across_cores_is_not_nan():
+    a = tn.random_tt((4, 4, 4), 3, seed=1)
+    cores = list(a.cores)
+    cores[0], cores[2] = cores[0] * 1e200, cores[2] * 1e-200
+    assert float(tn.dot(tn.TT(cores), tn.TT(cores))) == pytest.approx(float(tn.dot(a, a)), rel=1e-12)
+    huge = a * 1e200
+    assert math.isinf(float(tn.dot(huge, huge)))
+    assert float(tn.dot(huge, -huge)) == -math.inf
+    assert float(tn.norm(huge)) == pytest.approx(1e200 * float(tn.norm(a)), rel=1e-12)
+
+
+# --- gradients of norm and dot ---------------------------------------------------------------------
+def test_norm_and_dot_gradients_at_zero_are_zero():
+    cores = [torch.zeros(1, 3, 2, dtype=torch.float64, requires_grad=True), torch.zeros(2, 3, 1).double()]
+    cores[1].requires_grad_()
+    zero = tn.TT(cores)
+    grads = torch.autograd.grad(tn.norm(zero), cores)
+    assert all(torch.equal(g, torch.zeros_like(g)) for g in grads)
+    grads = torch.autograd.grad(tn.dot(zero, zero), cores)
+    assert all(torch.equal(g, torch.zeros_like(g)) for g in grads)
+
+
+@given(tst.tts(backend="torch", dtype="float64", max_ndim=3, max_size=3), st.integers(-100, 100))
+def test_norm_gradient_matches_dense_autograd(t, exponent):
+    # +-100: the reference (torch.linalg.vector_norm of the dense tensor) squares without scaling
+    cores = [c.clone().requires_grad_() for c in t.cores]
+    cores[0] = (cores[0] * 10.0**exponent).detach().requires_grad_()
+    grads = torch.autograd.grad(tn.norm(tn.TT(cores)), cores)
+    reference = torch.autograd.grad(torch.linalg.vector_norm(tn.TT(cores).full()), cores)
+    for g, r in zip(grads, reference):
+        torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-12 * float(r.abs().max()))
+
+
+def test_norm_gradient_by_finite_differences():
+    t = tn.random_tt((3, 4, 2), (1, 2, 3, 1), seed=0).to("torch")
+    cores = [c.clone().requires_grad_() for c in t.cores]
+    assert torch.autograd.gradcheck(lambda *c: tn.norm(tn.TT(list(c))), cores)
+    assert torch.autograd.gradcheck(lambda *c: tn.sum(tn.TT(list(c))), cores)
+
+
+# --- double backward through linear: exact, tested against autograd through the dense product --------
+@given(st.data())
+def test_linear_double_backward_matches_dense(data):
+    row_shape, col_shape = data.draw(tst.ttm_shapes(min_ndim=1, max_ndim=3, max_size=3))
+    w = tn.random_ttm(row_shape, col_shape, 2, seed=data.draw(st.integers(0, 99))).to("torch")
+    cores = [c.clone().requires_grad_() for c in w.cores]
+    tokens = data.draw(st.sampled_from([1, 3, 300]))  # different plans: sweep forward or rebuild
+    gen = torch.Generator().manual_seed(data.draw(st.integers(0, 99)))
+    x = torch.randn(tokens, w.shape[1], dtype=torch.float64, generator=gen, requires_grad=True)
+    bias = torch.randn(w.shape[0], dtype=torch.float64, generator=gen, requires_grad=True)
+    save_weight = data.draw(st.booleans())
+
+    def penalty(layer):  # a gradient penalty (WGAN-GP style): differentiates the input gradient
+        y = torch.tanh(layer(x))
+        (grad_x,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+        return grad_x.square().sum() + y.sum()
+
+    ours = penalty(lambda v: tn.linear(v, tn.TTM(cores), bias, save_weight=save_weight))
+    dense = penalty(lambda v: v @ tn.TTM(cores).full().T + bias)
+    torch.testing.assert_close(ours, dense)
+    for a, b in zip(
+        torch.autograd.grad(ours, [x, bias, *cores]), torch.autograd.grad(dense, [x, bias, *cores])
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_linear_gradgradcheck():
+    w = tn.random_ttm((2, 3), (3, 2), 2, seed=0).to("torch")
+    cores = [c.clone().requires_grad_() for c in w.cores]
+    for tokens in (2, 40):
+        x = torch.randn(tokens, 6, dtype=torch.float64, requires_grad=True)
+        bias = torch.randn(6, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradgradcheck(
+            lambda x, b, *c: tn.linear(x, tn.TTM(list(c)), b), (x, bias, *cores)
+        )
+
+
+def test_ttmlinear_hessian_vector_product_matches_dense():
+    layer = tn.nn.TTMLinear(6, 4, rank=2, in_shape=(2, 3), out_shape=(2, 2), dtype=torch.float64)
+    x = torch.randn(5, 6, dtype=torch.float64)
+    params = list(layer.parameters())
+    vector = [torch.randn_like(p) for p in params]
+
+    def hvp(forward):
+        loss = torch.sin(forward(x)).sum()
+        grads = torch.autograd.grad(loss, params, create_graph=True)
+        return torch.autograd.grad(sum((g * v).sum() for g, v in zip(grads, vector)), params)
+
+    ours = hvp(layer)
+    dense = hvp(lambda v: torch.nn.functional.linear(v, layer.weight.full(), layer.bias))
+    for a, b in zip(ours, dense):
+        torch.testing.assert_close(a, b)
+
+
+# --- scalars never change a train's dtype; complex scalars are refused ----------------------------
+def scalars(backend: str):
+    values = [
+        3,
+        -2.5,
+        np.float64(0.5),
+        np.float32(2.0),
+        np.int64(4),
+        np.array(1.5),
+        np.array(2.0, np.float32),
+    ]
+    if backend == "torch":
+        values += [torch.tensor(0.25, dtype=torch.float64), torch.tensor(3.0, dtype=torch.float32)]
+    return st.sampled_from(values)
+
+
+@given(st.data())
+def test_scalar_never_changes_the_dtype(data):
+    t = data.draw(tst.tts(max_ndim=3))
+    alpha = data.draw(scalars(t.backend))
+    value = float(alpha)
+    for result, factor in (
+        (t * alpha, value),
+        (alpha * t, value),
+        (t / alpha, 1 / value),
+        (tn.scale(t, alpha), value),
+    ):
+        assert result.dtype == t.dtype and result.device == t.device
+        assert all(c.dtype == t.dtype for c in result.cores)
+        np.testing.assert_allclose(
+            as_numpy(result.full()), factor * as_numpy(t.full()), rtol=rtol(t.dtype), atol=1e-30
+        )
+    assert isinstance(pickle_round_trip(t * alpha), tn.TT)
+
+
+def pickle_round_trip(t):
+    import pickle
+
+    return pickle.loads(pickle.dumps(t))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_complex_scalars_are_refused(backend):
+    t = tn.random_tt((2, 3), 2, seed=0).to(backend, dtype="float32")
+    bad = [1 + 2j, np.complex64(1), np.array(1j)] + ([torch.tensor(1j)] if backend == "torch" else [])
+    ops = (lambda a: t * a, lambda a: a * t, lambda a: t / a, lambda a: tn.scale(t, a))
+    for alpha in bad:
+        for op in ops:
+            with pytest.raises(TypeError, match="complex"):
+                op(alpha)
+
+
+def test_torch_scalar_keeps_its_graph_and_division_by_zero_is_clear():
+    t = tn.random_tt((2, 3), 2, seed=0).to("torch", dtype="float32")
+    alpha = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(tn.sum(t * alpha), alpha)
+    assert float(grad) == pytest.approx(float(tn.sum(t)), rel=1e-5)
+    with pytest.raises(ZeroDivisionError, match="by zero"):
+        t / 0
+    with pytest.raises(TypeError, match="numpy"):
+        tn.random_tt((2, 3), 2, seed=0) * torch.tensor(2.0)
+
+
+# --- half precision is refused by the decompositions, with the function named ---------------------
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: np.ones((4, 4), np.float16),
+        lambda: torch.ones(4, 4, dtype=torch.float16),
+        lambda: torch.ones(4, 4, dtype=torch.bfloat16),
+    ],
+)
+def test_half_precision_is_refused_with_a_message(make):
+    x = make()
+    with pytest.raises(TypeError, match="tt_svd: dtype"):
+        tn.tt_svd(x, eps=1e-3)
+    with pytest.raises(TypeError, match="ttm_svd: dtype"):
+        tn.ttm_svd(x, (2, 2), (2, 2))
+    t = tn.TT([x.reshape(1, 4, 4)[:, :, :1], x.reshape(4, 4, 1)[:1]])
+    for fn, name in ((tn.round, "round"), (tn.orthogonalize, "orthogonalize")):
+        with pytest.raises(TypeError, match=f"{name}: dtype"):
+            fn(t)
+
+
+# --- inputs checked where they enter, before any allocation ----------------------------------------
+def test_impossible_ranks_are_refused_before_allocating():
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"random_tt: ranks .* more than this machine's"):
+        tn.random_tt((4, 4, 4), 10**12)
+    with pytest.raises(ValueError, match="random_ttm: ranks"):
+        tn.random_ttm((4, 4), (4, 4), 10**9)
+    assert time.perf_counter() - start < 5  # refused, not attempted (a generous bound, not a benchmark)
+    assert tn.random_tt((4, 4, 4), 100).ranks == (1, 100, 100, 1)  # non-minimal but possible: allowed
+
+
+@given(st.integers(1, 10**6) | st.integers(1, 2**64 - 1))
+def test_prime_factors(n):
+    factors = tn.shapes.prime_factors(n)
+    assert math.prod(factors) == n and factors == sorted(factors)
+    for p in factors:
+        assert p > 1 and all(p % q for q in range(2, min(math.isqrt(p), 2000) + 1))
+    if n <= 10**6:  # against plain trial division
+        expected_factors, m, q = [], n, 2
+        while q * q <= m:
+            while m % q == 0:
+                expected_factors.append(q)
+                m //= q
+            q += 1
+        assert factors == expected_factors + ([m] if m > 1 else [])
+
+
+def test_factorize_of_large_primes_is_fast_and_bounded():
+    start = time.perf_counter()
+    assert tn.shapes.factorize(2**61 - 1, 3) == (1, 1, 2**61 - 1)
+    assert tn.shapes.prime_factors((2**31 - 1) * (2**31 - 19)) == [2**31 - 19, 2**31 - 1]
+    assert time.perf_counter() - start < 5  # milliseconds in practice; minutes before the fix
+    for bad in (0, -1, 2**64, 2.0, True):
+        with pytest.raises(ValueError, match="factorize: n"):
+            tn.shapes.factorize(bad, 2)
+
+
+def test_ttmlinear_refuses_non_tensors_like_nn_linear():
+    layer = tn.nn.TTMLinear(6, 4, rank=1, in_shape=(2, 3), out_shape=(2, 2))
+    for bad in (np.ones((2, 6), np.float32), [[1.0] * 6]):
+        with pytest.raises(TypeError, match=r"TTMLinear: input must be a torch\.Tensor"):
+            layer(bad)
+    with pytest.raises(TypeError, match="TTEmbedding: indices"):
+        tn.nn.TTEmbedding(12, 6, rank=1)(np.array([1, 2]))
