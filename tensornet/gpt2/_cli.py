@@ -424,6 +424,8 @@ def _dry_run(args, width: int, heads: int, *, rank: int, lowrank_rank: int | Non
     low-rank baseline is sized like compare does (its rank is returned)."""
     from ._tensorize import lowrank_rank_for
 
+    if not rank and not lowrank_rank:
+        return None
     config = gpt2_config(
         vocab_size=257, block_size=args.block_size, preset=None, n_layer=1, n_embd=width, n_head=heads
     )

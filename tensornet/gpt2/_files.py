@@ -556,6 +556,22 @@ def check_run_folder(
         raise FileExistsError(
             f"{where}: {str(path)!r} holds a {manifest['kind']} run, not a {kind} run; choose another folder"
         )
+    model = path / "model"
+    if kind == "train" and (model.exists() or model.is_symlink()):  # the finished run replaces model/
+        foreign = (
+            [model.name]
+            if model.is_symlink() or not model.is_dir()
+            else [
+                p.name
+                for p in model.iterdir()
+                if p.name not in MODEL_FILES or not p.is_file() or p.is_symlink()
+            ]
+        )
+        if foreign:
+            raise FileExistsError(
+                f"{where}: {str(model)!r} holds files train does not write ({', '.join(sorted(foreign)[:5])}); "
+                "the run would replace that folder when it finishes: move them elsewhere first"
+            )
     used = [n for n in OUTPUTS[kind] if (path / n).exists()]
     if used and not resume and not overwrite:
         hint = "--resume to continue it or --overwrite" if kind == "train" else "--overwrite"

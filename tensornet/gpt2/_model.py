@@ -214,7 +214,7 @@ def load_model(directory: str | os.PathLike, *, device: str | torch.device | Non
         if pickled:
             raise ValueError(
                 f"load_model: {str(path)!r} holds {pickled[0]} but no {_WEIGHTS}; pickle weights are not loaded "
-                "because unpickling can run arbitrary code. Convert them once, where you trust the file, with "
+                "because unpickling can run arbitrary code. Convert them to safetensors once, where you trust the file, with "
                 "GPT2LMHeadModel.from_pretrained(folder).save_pretrained(folder, safe_serialization=True)"
             )
         if (path / f"{_WEIGHTS}.index.json").is_file():

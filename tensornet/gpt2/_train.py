@@ -258,6 +258,11 @@ def check_resume(out: str | os.PathLike, cfg: TrainConfig | None = None, stop_at
         legacy = Path(out) / LEGACY_CHECKPOINT
         if legacy.is_file():
             raise ValueError(f"--resume: {str(legacy)!r} is a pickle checkpoint: {_files.PICKLE_NOTE}")
+        if (Path(out) / LOG).is_file():  # a run killed before its first checkpoint
+            raise FileNotFoundError(
+                f"--resume: no checkpoint at {str(path)!r}: the run there stopped before its first checkpoint; "
+                "start it over with --overwrite"
+            )
         raise FileNotFoundError(f"--resume: no checkpoint at {str(path)!r}; run without --resume to start")
     skeleton = _files.checkpoint_metadata(path, "--resume")["skeleton"]
     if not isinstance(skeleton, dict) or not isinstance(skeleton.get("signature"), dict):
