@@ -425,6 +425,12 @@ def test_stale_temporary_files_are_removed_and_only_those(tmp_path):
         pass
     assert not any(p.exists() for p in [*stale, half_model])
     assert all(p.read_text() == "mine" for p in kept)
+    # a lock file replaced by a link to someone's file: refused, the file untouched
+    (out / ".tensornet-run.lock").unlink()
+    (out / ".tensornet-run.lock").symlink_to(out / "notes.txt")
+    with pytest.raises(FileExistsError, match="symbolic link"):
+        RunFolder.open(out, kind="train")
+    assert (out / "notes.txt").read_text() == "mine"
 
 
 # ------------------------------------------------------------------------- flags checked before work
@@ -555,7 +561,8 @@ def test_resume_with_other_settings_names_the_setting(shared, tmp_path, capsys):
     captured = capsys.readouterr()
     assert "train.lr: checkpoint 0.001, now 0.002" in captured.err and captured.out == ""
     assert code(train_argv(shared, run, "--resume", "--stop-at", "2")) == 2
-    assert "--stop-at 2 is before the checkpoint's step 3" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "--stop-at 2 is before the checkpoint's step 3" in captured.err and captured.out == ""
 
 
 def test_interrupted_compare_does_not_advise_resume(shared, tmp_path, capsys, monkeypatch):

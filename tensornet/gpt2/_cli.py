@@ -498,9 +498,8 @@ def check_train(args) -> None:
     if dist.main:
         _files.check_run_folder(Path(args.out), kind="train", resume=args.resume, overwrite=args.overwrite)
     if args.resume:
-        check_resume(
-            args.out, _train_config(args, checkpoint_every=args.checkpoint_every, compile=args.compile)
-        )
+        cfg = _train_config(args, checkpoint_every=args.checkpoint_every, compile=args.compile)
+        check_resume(args.out, cfg, args.stop_at)
     _dry_run(args, width, heads, rank=args.rank, lowrank_rank=args.lowrank or None)
 
 

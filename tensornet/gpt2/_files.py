@@ -440,6 +440,8 @@ class RunFolder:
         fd = _lock(path, where)
         folder = cls(path, kind, fd)
         try:
+            # again, now that no other run can change the folder between the check and the writes
+            check_run_folder(path, kind=kind, resume=resume, overwrite=overwrite, where=where)
             remove_stale_tmp(
                 path,
                 [*(n for n in OUTPUTS[kind] if "/" not in n), MANIFEST, "model", ".tensornet-probe"],
@@ -461,9 +463,14 @@ class RunFolder:
         return folder
 
     def remove_outputs(self) -> list[str]:
-        """Delete the package's own outputs of this kind (never anything else)."""
+        """Delete the outputs this package writes for this kind of run that the folder's manifest lists
+        (never anything else, never through a symbolic link)."""
+        try:
+            listed = set((_read_manifest(self.path) or {}).get("files", []))
+        except ValueError:
+            listed = set()
         removed = []
-        for name in OUTPUTS[self.kind]:
+        for name in (n for n in OUTPUTS[self.kind] if n in listed):
             file = self.path / name
             if file.is_file() and not file.is_symlink():
                 file.unlink()
@@ -491,8 +498,12 @@ def _lock(path: Path, where: str) -> int:
 
     file = path / LOCK
     try:
-        fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)  # never through a link
     except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise FileExistsError(
+                f"{where}: {str(file)!r} is a symbolic link, not tensornet's lock file; remove it"
+            ) from None
         raise PermissionError(
             f"{where}: cannot write in {str(path)!r} ({err.strerror or err}); choose a writable folder"
         ) from None
@@ -529,7 +540,7 @@ def check_run_folder(
     if not path.is_dir():
         raise FileExistsError(f"{where}: {str(path)!r} is a file, not a folder; choose a folder path")
     try:
-        entries = sorted(p.name for p in path.iterdir())
+        entries = sorted(p.name for p in path.iterdir() if p.name != LOCK)  # the lock alone: still empty
     except OSError as err:
         raise PermissionError(
             f"{where}: cannot read the folder {str(path)!r} ({err.strerror or err})"

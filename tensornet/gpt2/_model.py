@@ -128,8 +128,9 @@ def save_model(
     folder is assembled next to ``directory`` and renamed into place, so it is never left half-written.
     A dense model's folder also loads with ``GPT2LMHeadModel.from_pretrained``.
     """
-    target = Path(directory)
-    check_model_target(target, overwrite=overwrite)
+    given = Path(directory)
+    check_model_target(given, overwrite=overwrite)
+    target = Path(os.path.abspath(given))  # "." or "..": the folder still has a name to rename
     target.parent.mkdir(parents=True, exist_ok=True)
     # leftovers of an interrupted save_model of this folder, by a process that is gone
     _files.remove_stale_tmp(target.parent, [target.name], dir_files=_files.MODEL_FILES, live=False)
@@ -162,7 +163,7 @@ def save_model(
                 file.unlink()
             tmp.rmdir()
         raise
-    return target
+    return given
 
 
 def _read_weights(file: Path) -> dict[str, torch.Tensor]:
