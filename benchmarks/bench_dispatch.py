@@ -144,7 +144,9 @@ def host_overhead(iters: int) -> list[tuple[str, float]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--layer-tokens", type=int, default=8192)
     parser.add_argument("--gpt2-tokens", type=int, default=1024)
     parser.add_argument("--iters", type=int, default=2000, help="host-overhead calls per sample")
@@ -169,7 +171,9 @@ def main() -> None:
         grows = gpt2_ops(args.gpt2_tokens)
         base = grows[0][1].total
         for name, counter, params in grows:
-            print(f"  {name:<18} {counter.total:6d} ops  {counter.total / base:5.3f}x dense  {params:,} params")
+            print(
+                f"  {name:<18} {counter.total:6d} ops  {counter.total / base:5.3f}x dense  {params:,} params"
+            )
             if args.top:
                 print("    " + ", ".join(f"{k} {v}" for k, v in counter.ops.most_common(args.top)))
         result["gpt2"] = {name: c.total for name, c, _ in grows}
