@@ -403,6 +403,8 @@ def train(
         raise ValueError("--resume needs --out, the folder holding the checkpoint")
     dist = Distributed()
     device = torch.device(device) if device is not None else default_device(dist)
+    if device.type == "cuda" and device.index is None:  # under torchrun each process takes its own GPU
+        device = torch.device("cuda", dist.local_rank)
     out_dir = Path(out) if out is not None else None
     ckpt_path = out_dir / CHECKPOINT if out_dir is not None else None
     signature = _signature(cfg, signature)
