@@ -24,7 +24,7 @@ from typing import Any
 from . import _backend as B
 from . import _linear
 from . import tt as _tt
-from .contract import einsum
+from ._einsum import einsum
 
 __all__ = ["dot", "full", "hadamard", "linear", "matmul", "matvec"]
 
@@ -85,10 +85,10 @@ def full(x: Any, grad: Any) -> list[Any]:
         raise ValueError(
             f"adjoint.full: grad has shape {tuple(grad.shape)} but full(x) has shape {tuple(expected)}"
         )
-    xp = B.namespace(grad, *cores)
+    ops = _linear.array_ops(grad, *cores)
     if isinstance(x, _tt.TTM):
-        grad = _linear._dense_to_interleaved(cores, grad, xp)
-    return _unflat(_linear.core_grads_from_dense(_flat(cores), grad, xp=xp), cores)
+        grad = _linear.dense_to_interleaved(cores, grad, ops)
+    return _unflat(_linear.tt_grads_from_dense(_flat(cores), grad, ops), cores)
 
 
 def dot(a: Any, b: Any, grad: Any = 1.0) -> tuple[list[Any], list[Any]]:
@@ -232,7 +232,7 @@ def linear(
     if int(x2d.shape[0]) == 0:
         grad_x = xp.zeros(x.shape, dtype=x.dtype, device=B.device(x)) if need_x else None
         return grad_x, ([xp.zeros_like(c) for c in cores] if need_cores else None)
-    plan = _linear.planned(x2d, cores)
+    plan = _linear.planned(x2d, cores, B.backend_name(x2d))
     grad_x, grads = _linear.linear_backward(
         x2d,
         cores,
@@ -240,7 +240,6 @@ def linear(
         plan.backward.strategy,
         need_x=need_x,
         need_cores=need_cores,
-        xp=xp,
         path=plan.backward.path,
     )
     return (xp.reshape(grad_x, x.shape) if grad_x is not None else None), grads

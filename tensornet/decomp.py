@@ -23,7 +23,7 @@ import numpy as np
 
 from . import _backend as B
 from . import ops as _ops
-from .contract import einsum
+from ._einsum import einsum
 from .tt import TT, TTM
 
 __all__ = ["RankCapWarning", "orthogonalize", "round", "tt_svd", "ttm_svd"]

@@ -11,9 +11,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import _backend as B
+from . import _linear
 from . import tt as _tt
-from ._linear import linear
-from .contract import einsum
+from ._einsum import einsum
 
 __all__ = [
     "add",
@@ -342,6 +342,37 @@ def matmul(a: Any, b: Any) -> Any:
         rb, _, n, rb2 = (int(s) for s in cb.shape)
         cores.append(xp.reshape(einsum("amkb,ckne->acmnbe", ca, cb), (ra * rb, m, n, ra2 * rb2)))
     return _tt.TTM._trusted(cores)
+
+
+def linear(x: Any, w: Any, bias: Any = None, *, save_weight: bool = False) -> Any:
+    """``x @ W.full().T (+ bias)`` for dense ``x`` of shape ``(..., N)`` and a TTM ``W`` of shape (M, N).
+
+    Any number of leading dimensions. The contraction is planned per shape bucket by
+    :func:`tensornet.contract.plan_linear` (rebuild W then one GEMM, or a factorised core-by-core
+    sweep; see :func:`tensornet.contract.explain`). With torch tensors the product is a
+    ``torch.autograd.Function`` that saves only ``x`` and the cores (activation memory no more than a
+    dense layer's) and whose backward uses :func:`tensornet.adjoint.linear`'s kernels; it works under
+    autocast and ``torch.compile``; double backward (``create_graph=True``: gradient penalties,
+    Hessian-vector products) is exact, through a differentiable rebuild of W in that pass. With
+    ``save_weight=True`` (torch only; numpy has no backward) a forward that rebuilds W, with a backward
+    planned from the dense W (both are the plans for many tokens), keeps W (if x needs a gradient) and
+    the halves of its product (if the cores do) instead: one rebuild less per step for up to ``M N``
+    more saved entries per call. Under ``torch.compile`` the default saves at most ``x`` and the cores
+    too; with ``save_weight`` the compiler may keep W and chooses what else to keep.
+
+    Cost: ``min(2 B M N + O(M N r), O(B (M + N) d r^2 max(m, n)))`` for B rows, as planned.
+
+    Raises
+    ------
+    TypeError
+        ``W`` not a TTM, ``x`` not an array, backend or dtype mismatch (dtypes may differ under torch
+        autocast).
+    ValueError
+        ``x.shape[-1] != N``, a bias that is not ``(M,)``, devices that differ.
+    """
+    if not isinstance(w, _tt.TTM):
+        raise TypeError(f"linear: W must be a tensornet TTM, got {type(w).__name__}")
+    return _linear.linear(x, w.cores, bias, save_weight=save_weight)
 
 
 # --- indexing --------------------------------------------------------------------------------------

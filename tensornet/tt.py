@@ -12,7 +12,7 @@ from typing import Any
 
 from . import _backend as B
 from . import ops as _ops
-from .contract import einsum
+from ._einsum import einsum
 
 __all__ = ["TT", "TTM"]
 

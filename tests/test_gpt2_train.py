@@ -146,7 +146,7 @@ def test_tt_cores_get_their_own_learning_rate(data):
     vocab = tokenizer.get_vocab_size()
     cfg = TrainConfig(steps=2, batch_size=2, block_size=32, lr=1e-3, warmup=1, tt_lr_scale=3.0)
     model, _ = tensorize(tiny_model(vocab, dropout=0.0), rank=4, shapes="balanced", ncores=2)
-    cores = [p for m in model.modules() if isinstance(m, TTMLinear) for p in m.cores]
+    cores = [m.packed_cores for m in model.modules() if isinstance(m, TTMLinear)]
     optimizer = make_optimizer(model, cfg)
     assert [group["lr_scale"] for group in optimizer.param_groups] == [1.0, 1.0, 3.0]
     assert {id(p) for p in optimizer.param_groups[2]["params"]} == {id(p) for p in cores}

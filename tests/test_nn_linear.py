@@ -109,10 +109,10 @@ def test_gradients_equal_autograd_through_the_dense_weight(in_f, out_f, in_shape
     nn.functional.linear(x_ref, weight[..., 0], bias).backward(grad_y)
     np.testing.assert_allclose(as_numpy(x.grad), as_numpy(x_ref.grad), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(as_numpy(layer.bias.grad), as_numpy(bias.grad), rtol=1e-10, atol=1e-12)
-    for k, (core, ref) in enumerate(zip(layer.cores, cores)):
+    for k, (grad, ref) in enumerate(zip(layer.core_grads, cores)):
         scale = float(ref.grad.abs().max())
         np.testing.assert_allclose(
-            as_numpy(core.grad), as_numpy(ref.grad), rtol=0, atol=1e-10 * scale, err_msg=f"core {k}"
+            as_numpy(grad), as_numpy(ref.grad), rtol=0, atol=1e-10 * scale, err_msg=f"core {k}"
         )
 
 
@@ -132,9 +132,10 @@ def test_weight_is_a_differentiable_ttm_with_the_layer_layout():
     w = layer.weight
     assert isinstance(w, tn.TTM)
     assert w.shape == (30, 24) and w.row_shape == (5, 3, 2) and w.col_shape == (2, 3, 4)
-    assert w.cores[0] is layer.cores[0] and layer.ranks == w.ranks == (1, 3, 3, 1)
+    # the weight's cores are views of the layer's one parameter
+    assert w.cores[0].data_ptr() == layer.packed_cores.data_ptr() and layer.ranks == w.ranks == (1, 3, 3, 1)
     tn.norm(w).backward()
-    assert all(c.grad is not None for c in layer.cores)
+    assert layer.packed_cores.grad is not None
 
 
 def test_extra_repr_shows_shapes_ranks_params_and_compression():
@@ -181,7 +182,7 @@ def test_paper_uneven_shapes_and_rank_clipping():
 def test_state_dict_round_trip_and_torch_save():
     layer = make(24, 30, (2, 3, 4), (5, 3, 2), (3, 4))
     other = TTMLinear(24, 30, rank=(3, 4), in_shape=(2, 3, 4), out_shape=(5, 3, 2), dtype=torch.float64)
-    assert set(layer.state_dict()) == {"cores.0", "cores.1", "cores.2", "bias"}
+    assert set(layer.state_dict()) == {"packed_cores", "bias"}
     other.load_state_dict(layer.state_dict())
     x = torch.randn(7, 24, dtype=torch.float64)
     assert torch.equal(other(x), layer(x))
@@ -193,6 +194,16 @@ def test_state_dict_round_trip_and_torch_save():
     wrong = TTMLinear(24, 30, rank=2, in_shape=(2, 3, 4), out_shape=(5, 3, 2), dtype=torch.float64)
     with pytest.raises(RuntimeError, match="size mismatch"):
         wrong.load_state_dict(layer.state_dict())
+    # a state dict with one tensor per core (tensornet before the cores were packed) still loads
+    old = {f"cores.{k}": core.detach().clone() for k, core in enumerate(layer.cores)} | {"bias": layer.bias}
+    fresh = TTMLinear(24, 30, rank=(3, 4), in_shape=(2, 3, 4), out_shape=(5, 3, 2), dtype=torch.float64)
+    fresh.load_state_dict(old)
+    assert torch.equal(fresh(x), layer(x))
+    old["cores.1"] = old["cores.1"][:, :1]
+    with pytest.raises(
+        RuntimeError, match=r"cores\.1 has shape \(3, 1, 3, 4\) but this layer's core has shape"
+    ):
+        fresh.load_state_dict(old)
 
 
 def test_to_dtype_and_optimizer_step():
@@ -231,7 +242,7 @@ def test_autocast_bf16_on_cpu_matches_nn_linear_behaviour():
     # both run in bf16 (unit roundoff 2^-9) but round different intermediates: 3% of the output scale
     np.testing.assert_allclose(as_numpy(y), as_numpy(y_dense), rtol=0, atol=0.03 * scale)
     y.float().sum().backward()
-    assert all(c.grad is not None and c.grad.dtype == torch.float32 for c in layer.cores)
+    assert layer.packed_cores.grad is not None and layer.packed_cores.grad.dtype == torch.float32
     assert x.grad.dtype == torch.float32
 
 
@@ -264,7 +275,7 @@ def test_dense_weight_cache_follows_in_place_updates_dtype_changes_and_grad_mode
     # with gradients needed the cache is bypassed and the cores get their gradients
     y = layer(x)
     y.square().sum().backward()
-    assert all(c.grad is not None for c in layer.cores)
+    assert layer.packed_cores.grad is not None
     # .to() replaces the parameters: the cache rebuilds in the new dtype
     layer = layer.float()
     with torch.no_grad():
@@ -676,7 +687,7 @@ def test_cuda_forward_backward_and_autocast_match_cpu():
     y = cuda(x.cuda())
     np.testing.assert_allclose(as_numpy(y), as_numpy(y_cpu), rtol=1e-4, atol=1e-5)
     y.sum().backward()
-    assert all(c.grad.device.type == "cuda" for c in cuda.cores)
+    assert cuda.packed_cores.grad.device.type == "cuda"
     with torch.autocast("cuda", dtype=torch.bfloat16):
         y16 = cuda(x.cuda())
     assert y16.dtype == torch.bfloat16
@@ -716,7 +727,7 @@ def test_tt_parameters_lists_every_core_once():
     embedding = tn.nn.TTEmbedding(60, 24, rank=2, voc_shape=(3, 4, 5), emb_shape=(2, 3, 4))
     model = nn.Sequential(embedding, shared, nn.Linear(30, 30), shared)  # shared twice: counted once
     cores = tn.nn.tt_parameters(model)
-    expected = list(embedding.cores) + list(shared.cores)
+    expected = [embedding.packed_cores, shared.packed_cores]
     assert [id(p) for p in cores] == [id(p) for p in expected]
     assert tn.nn.tt_parameters(nn.Linear(3, 3)) == []
     with pytest.raises(TypeError, match="expected an nn"):

@@ -253,7 +253,9 @@ def load_model(directory: str | os.PathLike, *, device: str | torch.device | Non
         missing = [k for k in missing if k != "lm_head.weight"]
     unexpected = [k for k in unexpected if not re.search(r"attn\.(masked_)?bias$", k)]  # old HF buffers
     if missing or unexpected:
-        cores = settings is None and any(re.search(r"\.(cores\.\d+|a|b)$", k) for k in unexpected)
+        cores = settings is None and any(
+            re.search(r"\.(packed_cores|cores\.\d+|a|b)$", k) for k in unexpected
+        )
         why = (
             " The weights hold TT cores or low-rank factors but config.json has no tensornet record: restore "
             "the config.json that save_model wrote with them."

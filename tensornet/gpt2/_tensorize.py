@@ -446,19 +446,20 @@ class TiedTTHead(nn.Module):
         self._embedding: tuple[Any] = (embedding,)  # a tuple: not registered twice as a submodule
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from tensornet._linear.autograd import linear_torch
+        from tensornet.nn._common import linear_compute_dtype
+
         embedding = self._embedding[0]
-        cores = list(embedding.cores)
-        autocast = torch.is_autocast_enabled(x.device.type)
-        if x.is_floating_point() and (autocast or x.dtype == cores[0].dtype):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"TiedTTHead: input must be a torch.Tensor, got {type(x).__name__}")
+        if x.is_floating_point():
             # the embedding's cached dense table, under tensornet.nn.dense_weights (None otherwise)
-            compute = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
-            table = embedding.dense_table(x.device, compute)
+            compute = linear_compute_dtype(x, [embedding.packed_cores])
+            table = None if compute is None else embedding.dense_table(x.device, compute)
             if table is not None:
                 return nn.functional.linear(x.to(compute), table[: embedding.num_embeddings])
-        if autocast and x.is_floating_point():
-            cast = torch.get_autocast_dtype(x.device.type)
-            x, cores = x.to(cast), [c.to(cast) for c in cores]
-        logits = tn.linear(x, tn.TTM(cores))  # (..., width) -> (..., padded vocabulary)
+        # the TTM layer product of TTMLinear: (..., width) -> (..., padded vocabulary)
+        logits = linear_torch(x, (embedding.packed_cores,), packed=embedding.core_shapes)
         return logits[..., : embedding.num_embeddings]
 
     def extra_repr(self) -> str:

@@ -161,7 +161,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     cores = [p for p in tt_parameters(model) if p.requires_grad]
     ids = {id(p) for p in cores}
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2 and id(p) not in ids]
-    rest = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    rest = [p for p in model.parameters() if p.requires_grad and p.dim() < 2 and id(p) not in ids]
     groups: list[dict[str, Any]] = [
         {"params": decay, "weight_decay": cfg.weight_decay, "lr_scale": 1.0},
         {"params": rest, "weight_decay": 0.0, "lr_scale": 1.0},

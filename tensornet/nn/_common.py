@@ -287,18 +287,18 @@ class DenseCache:
     def clear(self) -> None:
         self.entries = {}
 
-    def lookup(self, cores: list[Any], device: Any, compute: Any, build: Any) -> Any:
-        """The cached dense weight of ``cores`` in dtype ``compute`` (built by ``build(compute)`` on a
-        miss), or None when the cache must not be used (a gradient of the cores is needed, compiling,
-        the cores are on another device than ``device``)."""
+    def lookup(self, packed: Any, device: Any, compute: Any, build: Any) -> Any:
+        """The cached dense weight of the cores packed in ``packed``, in dtype ``compute`` (built by
+        ``build(compute)`` on a miss), or None when the cache must not be used (a gradient of the cores is
+        needed, compiling, the cores are on another device than ``device``)."""
         if torch.compiler.is_compiling():
             return None
-        if torch.is_grad_enabled() and any(c.requires_grad for c in cores):
+        if torch.is_grad_enabled() and packed.requires_grad:
             self.entries = {}  # training: the cores are about to change, free the matrices now
             return None
-        if device != cores[0].device or any(c.is_inference() for c in cores):
+        if device != packed.device or packed.is_inference():
             return None  # inference tensors have no version counter to key on
-        key = tuple((id(c), c.data_ptr(), c._version) for c in cores)
+        key = (id(packed), packed.data_ptr(), packed._version)
         entry = self.entries.get(compute)
         if entry is not None and entry[0] == key:
             return entry[1]
@@ -322,11 +322,20 @@ def linear_compute_dtype(x: Any, cores: list[Any]) -> Any:
 
 
 class TTCoresModule(nn.Module):
-    """What :class:`TTMLinear` and :class:`TTEmbedding` share: the TT cores as ``nn.Parameter`` s (core k
-    of shape ``(r_{k-1}, rows_k, cols_k, r_k)``), their ranks and size, their initialisation and the
-    dense-weight cache."""
+    """What :class:`TTMLinear` and :class:`TTEmbedding` share: the TT cores, their ranks and size, their
+    initialisation and the dense-weight cache.
 
-    cores: nn.ParameterList
+    The cores are stored as ONE parameter, :attr:`packed_cores` (every core flattened and concatenated in
+    order), and :attr:`cores` gives views of it of shapes ``(r_{k-1}, rows_k, cols_k, r_k)``. One tensor per
+    layer instead of d: an optimizer, gradient clipping and DDP handle one tensor (fewer per-parameter
+    kernels and host reads each step), the layer's gradient is one tensor, and layers with equal core shapes
+    can be stacked for a batched rebuild (:func:`tensornet.nn.materialize`). In-place writes to a view (under
+    ``torch.no_grad()``) write the parameter; ``layer.packed_cores.grad`` holds every core's gradient
+    (:attr:`core_grads` gives it per core).
+    """
+
+    packed_cores: nn.Parameter
+    core_shapes: tuple[tuple[int, int, int, int], ...]
     init: Init
     conversion_error: float | None
     _dense_cache: DenseCache | None
@@ -348,20 +357,32 @@ class TTCoresModule(nn.Module):
         if clip_rank:  # the warning points at the user's constructor call, two frames up
             bonds = clip_ranks(fn, bonds, rows, cols, stacklevel=4)
         self.init = check_init(fn, init)
-        self.cores = nn.ParameterList(
-            [
-                nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
-                for shape in core_shapes(rows, cols, bonds)
-            ]
-        )
+        self.core_shapes = tuple(core_shapes(rows, cols, bonds))
+        total = sum(math.prod(shape) for shape in self.core_shapes)
+        self.packed_cores = nn.Parameter(torch.empty(total, device=device, dtype=dtype))
         self.conversion_error = None
         self._dense_cache = None
 
+    @property
+    def cores(self) -> tuple[torch.Tensor, ...]:
+        """The cores ``(r_{k-1}, rows_k, cols_k, r_k)``: views of :attr:`packed_cores` (differentiable)."""
+        sizes = [a * b * c * d for a, b, c, d in self.core_shapes]
+        return tuple(v.view(s) for v, s in zip(self.packed_cores.split(sizes), self.core_shapes))
+
+    @property
+    def core_grads(self) -> tuple[torch.Tensor, ...] | None:
+        """``packed_cores.grad`` as one view per core (None before a backward pass)."""
+        grad = self.packed_cores.grad
+        if grad is None:
+            return None
+        sizes = [a * b * c * d for a, b, c, d in self.core_shapes]
+        return tuple(v.view(s) for v, s in zip(grad.split(sizes), self.core_shapes))
+
     def _draw_cores(self, fan_in: int, fan_out: int) -> None:
         """Fill the cores for ``self.init`` from torch's global generator (nothing on the meta device)."""
-        if self.cores[0].is_meta:
+        if self.packed_cores.is_meta:
             return
-        values = init_cores([tuple(c.shape) for c in self.cores], self.init, fan_in, fan_out)
+        values = init_cores(list(self.core_shapes), self.init, fan_in, fan_out)
         with torch.no_grad():
             for core, value in zip(self.cores, values):
                 core.copy_(value)
@@ -369,12 +390,12 @@ class TTCoresModule(nn.Module):
     @property
     def ranks(self) -> tuple[int, ...]:
         """TT ranks ``(1, r_1, ..., r_{d-1}, 1)``."""
-        return (1, *(int(c.shape[-1]) for c in self.cores))
+        return (1, *(shape[-1] for shape in self.core_shapes))
 
     @property
     def tt_params(self) -> int:
         """Numbers stored in the cores (a bias not included)."""
-        return sum(c.numel() for c in self.cores)
+        return self.packed_cores.numel()
 
     def cache_dense_weight(self, enabled: bool = True) -> Any:
         """Reuse the rebuilt dense weight across calls that need no gradient (inference, decoding).
@@ -402,11 +423,21 @@ class TTCoresModule(nn.Module):
             cache.clear()
         return super()._apply(fn, *args, **kwargs)
 
-    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any) -> None:
         cache = getattr(self, "_dense_cache", None)
         if cache is not None:
             cache.clear()
-        super()._load_from_state_dict(*args, **kwargs)
+        # cores saved one tensor each (``cores.0``, ``cores.1``, ...: tensornet before packed cores)
+        old = [f"{prefix}cores.{k}" for k in range(len(self.core_shapes))]
+        if f"{prefix}packed_cores" not in state_dict and all(key in state_dict for key in old):
+            for key, shape in zip(old, self.core_shapes):
+                if tuple(state_dict[key].shape) != shape:
+                    raise RuntimeError(
+                        f"{type(self).__name__}: {key} has shape {tuple(state_dict[key].shape)} but this layer's "
+                        f"core has shape {shape}; build the layer with the ranks and shapes it was saved with"
+                    )
+            state_dict[f"{prefix}packed_cores"] = torch.cat([state_dict.pop(key).reshape(-1) for key in old])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _cached_dense(self, device: Any, dtype: Any) -> torch.Tensor | None:
         """The cached dense matrix in ``dtype`` if the cache is on and usable here, else None."""
@@ -414,4 +445,4 @@ class TTCoresModule(nn.Module):
         if cache is None:
             return None
         cores = list(self.cores)
-        return cache.lookup(cores, device, dtype, lambda dt: tn.full(tn.TTM(cores)).to(dt))
+        return cache.lookup(self.packed_cores, device, dtype, lambda dt: tn.full(tn.TTM(cores)).to(dt))

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import tensornet as tn
-from tensornet import _torch_linear
+from tensornet._linear import autograd as _binding
 
 from ._common import (
     Init,
@@ -31,8 +31,8 @@ _NAMES = ("out_features", "in_features", "out_shape", "in_shape")
 class TTMLinear(TTCoresModule):
     """``y = x @ W.T + b`` with ``W`` of shape ``(out_features, in_features)`` stored as a TT-matrix.
 
-    Layout (as everywhere in tensornet): core k is an ``nn.Parameter`` of shape ``(r_{k-1}, m_k, n_k, r_k)``
-    with ``r_0 = r_d = 1``; ``W[(i_1..i_d), (j_1..j_d)] = G_1[:, i_1, j_1, :] @ ... @ G_d[:, i_d, j_d, :]``
+    Layout (as everywhere in tensornet): core k has shape ``(r_{k-1}, m_k, n_k, r_k)`` with
+    ``r_0 = r_d = 1`` (``layer.cores``: views of the one parameter ``layer.packed_cores``); ``W[(i_1..i_d), (j_1..j_d)] = G_1[:, i_1, j_1, :] @ ... @ G_d[:, i_d, j_d, :]``
     where the row multi-index runs over ``out_shape = (m_1..m_d)`` and the column multi-index over
     ``in_shape = (n_1..n_d)`` (C order). ``W`` is stored like ``nn.Linear.weight``: ``(out, in)``.
 
@@ -160,36 +160,27 @@ class TTMLinear(TTCoresModule):
                 f"{type(self).__name__}: input must be a torch.Tensor, got {type(x).__module__}."
                 f"{type(x).__name__}; convert it with torch.as_tensor(x, dtype=...)"
             )
-        cores: list[torch.Tensor] = list(self.cores)
+        packed = self.packed_cores
         bias: torch.Tensor | None = self.bias
-        if (
-            getattr(self, "_dense_cache", None) is not None
-            and isinstance(x, torch.Tensor)
-            and x.is_floating_point()
-        ):
-            compute = linear_compute_dtype(x, cores)
+        if getattr(self, "_dense_cache", None) is not None and x.is_floating_point():
+            compute = linear_compute_dtype(x, [packed])
             weight = None if compute is None else self._cached_dense(x.device, compute)
             if weight is not None:
                 if bias is not None and bias.dtype != weight.dtype:
                     bias = bias.to(weight.dtype)
                 return nn.functional.linear(x.to(weight.dtype), weight, bias)
-        if torch.is_autocast_enabled(x.device.type) and x.is_floating_point():
-            cast = torch.get_autocast_dtype(x.device.type)
-            x = x.to(cast)
-            cores = [c.to(cast) for c in cores]
-            bias = bias.to(cast) if bias is not None else None
-        # The cores were validated at construction and load_state_dict keeps their shapes; re-validating
-        # them on every call costs ~40 us, more than a whole dense decoding step on a GPU. A well-formed
-        # input goes straight to the torch kernel; anything else takes tn.linear's checks (and errors).
+        # The cores were validated at construction and load_state_dict keeps their shapes; a well-formed
+        # input goes straight to the torch binding; anything else takes tn.linear's checks (and errors).
         if (
-            isinstance(x, torch.Tensor)
-            and x.ndim >= 1
+            x.ndim >= 1
             and x.shape[-1] == self.in_features
-            and x.device == cores[0].device
+            and x.device == packed.device
             and (bias is None or bias.device == x.device)
         ):
-            return _torch_linear.linear(x, cores, bias, self.save_weight)
-        return tn.linear(x, tn.TTM._trusted(cores), bias, save_weight=self.save_weight)
+            return _binding.linear_torch(
+                x, (packed,), bias, save_weight=self.save_weight, packed=self.core_shapes
+            )
+        return tn.linear(x, self.weight, bias, save_weight=self.save_weight)
 
     # --- conversion -------------------------------------------------------------------------------
     @classmethod
@@ -279,7 +270,7 @@ class TTMLinear(TTCoresModule):
         """The dense ``nn.Linear`` with the rebuilt weight (same dtype, device and bias)."""
         with torch.no_grad():
             weight = tn.full(self.weight)
-            first = self.cores[0]
+            first = self.packed_cores
             linear = nn.Linear(
                 self.in_features,
                 self.out_features,
@@ -339,8 +330,8 @@ def dense_weights(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def tt_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The TT cores of every :class:`TTMLinear` and :class:`TTEmbedding` in ``model`` (each once), e.g. to
-    give them their own optimizer group.
+    """The TT cores of every :class:`TTMLinear` and :class:`TTEmbedding` in ``model`` (each layer's
+    :attr:`~TTMLinear.packed_cores`, each once), e.g. to give them their own optimizer group.
 
     With Adam every entry moves by about ``lr`` per step, and a change of one core moves the product
     ``W`` by that change times the other cores, so at a dense model's ``lr`` a TT weight learns several
@@ -359,5 +350,5 @@ def tt_parameters(model: nn.Module) -> list[nn.Parameter]:
     found: dict[int, nn.Parameter] = {}
     for module in model.modules():
         if isinstance(module, TTCoresModule):
-            found.update((id(p), p) for p in module.cores)
+            found[id(module.packed_cores)] = module.packed_cores
     return list(found.values())

@@ -1,0 +1,267 @@
+"""The torch binding of ``linear``: :func:`linear_torch`, the one place that reads autocast, casts, plans
+and calls the autograd Function, and the Function itself (imports torch; loaded only for torch inputs).
+
+The Function saves only ``x`` and the cores for backward (no intermediates: the activation memory of a
+dense layer's input plus the parameters) and recomputes what the backward strategy needs from them with
+the same kernels :func:`tensornet.adjoint.linear` uses. The cores may be given as one packed vector (a TT
+layer's single parameter) with their shapes: the Function then takes views of it and returns one
+gradient for it.
+
+* Autocast: :func:`linear_torch` casts ``x``, the cores and the bias to the autocast dtype once, so the
+  kernels run in bf16/fp16 and the backward runs under the forward's autocast state; gradients come back
+  in the inputs' dtypes.
+* ``save_weight``: a forward that rebuilds W for a ``dense`` backward keeps W (if x needs a gradient) and
+  the halves of its product (if the cores do) instead of rebuilding them in backward.
+* Double backward (``create_graph=True``: gradient penalties, Hessian-vector products) is exact: the
+  backward then rebuilds W with plain differentiable ops and lets autograd form the gradients and their
+  graph (the memory rule does not apply to that pass).
+* ``torch.compile``: the routes of all token buckets for the cores are made once while tracing
+  (:func:`_route_table`, a constant for dynamo), so the graph only compares the (possibly symbolic) token
+  count with a few bounds. Compiled with gradients on, the Function runs inside a checkpointed region: AOT
+  autograd would otherwise merge the backward's rebuild of W with the forward's and save W, so the compiled
+  graph saves at most x and the cores too. Not under ``torch.export``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.utils.checkpoint
+
+from . import kernels as K
+from . import plan as P
+from .strategies import BACKWARD, FORWARD
+
+__all__ = ["function_for", "linear_torch"]
+
+# positions of Function.apply's arguments
+_ROUTE, _X, _BIAS, _CORES = 0, 1, 2, 3
+_MAX_BUCKET_EXPONENT = 24
+
+
+def _unpack(tensors: Sequence[Any], packed: Any) -> list[Any]:
+    """The cores: views of the packed vector ``tensors[0]`` when ``packed`` holds their shapes."""
+    if packed is None:
+        return list(tensors)
+    sizes = [a * b * c * d for a, b, c, d in packed]
+    return [v.view(s) for v, s in zip(tensors[0].split(sizes), packed)]
+
+
+def _pack(grads: Sequence[Any]) -> Any:
+    return torch.cat([g.reshape(-1) for g in grads])
+
+
+def _make_function(device_type: str) -> type:
+    class TTMLinearFunction(torch.autograd.Function):
+        """``y = x2d @ W.T (+ bias)`` for ``x2d`` (B, N) and TTM cores; saves x2d and the cores only
+        (with ``keep``: also the rebuilt W and/or its halves, as far as backward reads them).
+
+        ``route = (forward, forward path, backward, backward path, keep, packed core shapes or None)``."""
+
+        @staticmethod
+        def forward(ctx: Any, route: tuple[Any, ...], x2d: Any, bias: Any, *tensors: Any) -> Any:
+            forward, path, _, _, keep, packed = route
+            ctx.route, ctx.has_bias, ctx.count = route, bias is not None, len(tensors)
+            ctx.autocast = (
+                torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+            )
+            cores = _unpack(tensors, packed)
+            ctx.kept = None
+            if forward != "rebuild":
+                ctx.save_for_backward(x2d, *tensors)
+                y = FORWARD[forward].forward(x2d, cores, K.torch_ops(), path)
+                # under autocast y is in the autocast dtype; keep it there (as nn.Linear does)
+                return y if bias is None else y + bias.to(y.dtype)
+            recipe = K.rebuild_recipe(tuple(tuple(c.shape) for c in cores))
+            weight, parts = K.rebuild(cores, recipe, K.torch_ops(), parts=True)
+            if keep and parts is not None:
+                # save_weight: keep only what backward reads (W for grad x, the halves for the cores)
+                keep_w = ctx.needs_input_grad[_X]
+                keep_halves = any(ctx.needs_input_grad[_CORES:])
+                kept = ([weight] if keep_w else []) + (list(parts) if keep_halves else [])
+                ctx.kept = (keep_w, keep_halves)
+                ctx.save_for_backward(x2d, *kept, *tensors)
+            else:
+                ctx.save_for_backward(x2d, *tensors)
+            if bias is not None:
+                # bias fused into the GEMM as nn.Linear does (a separate add re-reads all of y)
+                return torch.addmm(bias, x2d, weight.mT)
+            return x2d @ weight.mT
+
+        @staticmethod
+        def backward(ctx: Any, grad_y: Any) -> Any:  # type: ignore[override]
+            if torch.is_grad_enabled():  # create_graph=True: the gradients will be differentiated
+                return _differentiable_backward(ctx, grad_y)
+            if ctx.autocast is not None:
+                with torch.autocast(device_type, dtype=ctx.autocast):
+                    return _backward(ctx, grad_y)
+            if torch.is_autocast_enabled(device_type):  # the forward ran without autocast
+                with torch.autocast(device_type, enabled=False):
+                    return _backward(ctx, grad_y)
+            return _backward(ctx, grad_y)
+
+    def _backward(ctx: Any, grad_y: Any) -> Any:
+        _, _, backward, path, _, packed = ctx.route
+        saved = ctx.saved_tensors
+        x2d, tensors = saved[0], saved[len(saved) - ctx.count :]
+        kept = None
+        if ctx.kept is not None:
+            keep_w, keep_halves = ctx.kept
+            extra = list(saved[1 : len(saved) - ctx.count])
+            weight = extra.pop(0) if keep_w else None
+            kept = (weight, tuple(extra) if keep_halves else None)
+        need_x = ctx.needs_input_grad[_X]
+        need_cores = any(ctx.needs_input_grad[_CORES:])
+        cores = _unpack(tensors, packed)
+        grad_x, grads = BACKWARD[backward].backward(
+            x2d, cores, grad_y, K.torch_ops(), path, need_x=need_x, need_cores=need_cores, kept=kept
+        )
+        return _finish(ctx, grad_y, x2d, tensors, grad_x, grads, packed)
+
+    def _differentiable_backward(ctx: Any, grad_y: Any) -> Any:
+        """The backward as a graph of plain torch ops: autograd differentiates ``x2d @ W.T`` with W rebuilt
+        from the cores, recording how the gradients depend on grad_y, x2d and the cores."""
+        _, _, _, _, _, packed = ctx.route
+        saved = ctx.saved_tensors
+        x2d, tensors = saved[0], list(saved[len(saved) - ctx.count :])
+        wanted = [x2d] if ctx.needs_input_grad[_X] else []
+        wanted += [t for t, need in zip(tensors, ctx.needs_input_grad[_CORES:]) if need]
+        grads: list[Any] = []
+        if wanted:
+            with torch.enable_grad():
+                cores = _unpack(tensors, packed)
+                recipe = K.rebuild_recipe(tuple(tuple(c.shape) for c in cores))
+                y = x2d @ K.rebuild(cores, recipe, K.torch_ops()).mT
+                grads = list(torch.autograd.grad(y, wanted, grad_y, create_graph=True, allow_unused=True))
+        grad_x = grads.pop(0) if ctx.needs_input_grad[_X] else None
+        core_grads = [grads.pop(0) if need else None for need in ctx.needs_input_grad[_CORES:]]
+        grad_bias = grad_y.sum(0) if ctx.has_bias and ctx.needs_input_grad[_BIAS] else None
+        if grad_x is not None and grad_x.dtype != x2d.dtype:
+            grad_x = grad_x.to(x2d.dtype)
+        core_grads = [
+            g if g is None or g.dtype == t.dtype else g.to(t.dtype) for g, t in zip(core_grads, tensors)
+        ]
+        return (None, grad_x, grad_bias, *core_grads)
+
+    def _finish(
+        ctx: Any, grad_y: Any, x2d: Any, tensors: Sequence[Any], grad_x: Any, grads: Any, packed: Any
+    ) -> tuple[Any, ...]:
+        if grad_x is not None and grad_x.dtype != x2d.dtype:
+            grad_x = grad_x.to(x2d.dtype)
+        grad_bias = grad_y.sum(0) if ctx.has_bias and ctx.needs_input_grad[_BIAS] else None
+        if grads is None:
+            tensor_grads: list[Any] = [None] * len(tensors)
+        elif packed is not None:
+            tensor_grads = [_pack(grads)]
+        else:
+            tensor_grads = list(grads)
+        tensor_grads = [
+            g if g is None or g.dtype == t.dtype else g.to(t.dtype) for g, t in zip(tensor_grads, tensors)
+        ]
+        return (None, grad_x, grad_bias, *tensor_grads)
+
+    TTMLinearFunction.__qualname__ = f"TTMLinearFunction[{device_type}]"
+    return TTMLinearFunction
+
+
+# made at import: dynamo cannot trace a class definition, so a miss inside a compiled region would break
+_FUNCTIONS: dict[str, type] = {device_type: _make_function(device_type) for device_type in ("cpu", "cuda")}
+
+
+def function_for(device_type: str) -> Any:
+    """The autograd Function class for tensors on ``device_type`` ('cpu', 'cuda', ...)."""
+    function = _FUNCTIONS.get(device_type)
+    if function is None:
+        function = _FUNCTIONS[device_type] = _make_function(device_type)
+    return function
+
+
+def _assume_constant_result(fn: Any) -> Any:
+    # What torch.compiler.assume_constant_result does (dynamo calls fn at trace time and bakes in the
+    # result), without importing torch._dynamo (~3 s) when this module is imported.
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_assume_constant_result
+def _route_table(shapes: str, dtype: str, device: str) -> tuple[tuple[Any, ...], ...]:
+    """Under torch.compile: the routes of every token bucket up to 2^24 for these cores, merged into
+    ranges ``(max_tokens, route)``, baked into the graph as constants (``shapes`` is a string: dynamo wants
+    constants)."""
+    core_shapes = tuple(tuple(int(s) for s in part.split("x")) for part in shapes.split(","))
+    table: list[tuple[Any, ...]] = []
+    for exponent in range(_MAX_BUCKET_EXPONENT + 1):
+        route = P.lookup(core_shapes, 1 << exponent, dtype, device, "torch").route  # type: ignore[arg-type]
+        if table and table[-1][1] == route:
+            table[-1] = (1 << exponent, route)
+        else:
+            table.append((1 << exponent, route))
+    table[-1] = (2**62, table[-1][1])
+    return tuple(table)
+
+
+def _compiled_route(tokens: Any, shapes: K.CoreShapes, dtype: Any, device: Any) -> tuple[Any, ...]:
+    key = ",".join("x".join(str(s) for s in shape) for shape in shapes)
+    for bound, route in _route_table(key, str(dtype), str(device)):
+        if tokens <= bound:
+            return route
+    raise AssertionError("unreachable: the last range is unbounded")
+
+
+def linear_torch(
+    x: Any, tensors: Sequence[Any], bias: Any = None, *, save_weight: bool = False, packed: Any = None
+) -> Any:
+    """``x @ W.T + bias`` for torch ``x`` of shape ``(..., N)`` and TTM cores ``tensors`` (or one packed
+    vector with ``packed`` = the core shapes), validated by the caller."""
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        compute = torch.get_autocast_dtype(device_type)
+        if x.is_floating_point() and x.dtype != compute:
+            x = x.to(compute)
+        tensors = [t if t.dtype == compute else t.to(compute) for t in tensors]
+        if bias is not None and bias.dtype != compute:
+            bias = bias.to(compute)
+    elif x.dtype != tensors[0].dtype or (bias is not None and bias.dtype != x.dtype):
+        raise TypeError(
+            f"linear: x is {x.dtype} but W is {tensors[0].dtype}"
+            + (f" and bias {bias.dtype}" if bias is not None else "")
+            + "; use one dtype (or run under torch.autocast)"
+        )
+    shapes = packed if packed is not None else tuple(tuple(c.shape) for c in tensors)
+    lead = x.shape[:-1]
+    x2d = x.reshape(-1, x.shape[-1])
+    rows = 1
+    for shape in shapes:
+        rows *= shape[1]
+    tokens = x2d.shape[0]
+    if tokens == 0:
+        return x2d.new_zeros((0, rows)).reshape(*lead, rows)
+    if torch.compiler.is_compiling():
+        forward, path, backward, backward_path = _compiled_route(tokens, shapes, x2d.dtype, x.device)
+    else:
+        plan = P.lookup(shapes, tokens, x2d.dtype, x.device, "torch")
+        if P._SETTINGS["autotune"] and not plan.autotuned:
+            plan = P._tune(plan, x2d, _unpack(tensors, packed), "torch")
+        forward, path, backward, backward_path = plan.route
+    # save_weight applies where the forward rebuilds W for a backward that works from the dense W
+    keep = save_weight and forward == "rebuild" and backward == "dense"
+    route = (forward, path, backward, backward_path, keep, packed)
+    function = function_for(device_type)
+    if (
+        torch.compiler.is_compiling()
+        and not torch.compiler.is_exporting()
+        and not keep
+        and torch.is_grad_enabled()
+    ):
+        # compiled, AOT autograd would merge the backward's rebuild of W with the forward's and save it;
+        # in a checkpointed region its partitioner recomputes instead (the big GEMM is not needed by
+        # backward, so it is not recomputed). Where save_weight keeps W, the compiler may keep it.
+        def run(x2d: Any, bias: Any, *tensors: Any) -> Any:
+            return function.apply(route, x2d, bias, *tensors)
+
+        y = torch.utils.checkpoint.checkpoint(run, x2d, bias, *tensors, use_reentrant=False)
+    else:
+        y = function.apply(route, x2d, bias, *tensors)
+    return y.reshape(*lead, rows)

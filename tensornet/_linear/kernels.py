@@ -1,0 +1,376 @@
+"""The array kernels of the TTM layer product ``y = x @ W.T``: plain reshapes, permutes and matrix products.
+
+Every kernel takes its array operations as an explicit :class:`ArrayOps` argument (torch's own functions
+on the hot path, the array-API namespace otherwise), so the same code runs on numpy, under the torch
+autograd Function and under ``torch.compile``. All shapes a kernel needs are computed once per core shapes
+into a recipe (a named tuple), so a call does no shape arithmetic.
+
+Layouts: ``x`` is flattened to ``(B, N)``; TTM core k is ``(r_{k-1}, m_k, n_k, r_k)``; ``y`` is ``(B, M)``.
+"Interleaved" modes are ordered ``(m_1, n_1, m_2, n_2, ...)`` (a TT over merged modes ``p_k = m_k n_k``);
+the matrix layout is ``(m_1..m_d, n_1..n_d)``. :func:`rebuild` and :func:`rebuild_grads` also take a
+stack of trains with leading dimensions ``lead`` (cores ``(*lead, r, m, n, r')``): that is how the weights
+of many layers are rebuilt in one batched pass.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, NamedTuple
+
+import array_api_compat
+
+Shape = tuple[int, ...]
+CoreShapes = tuple[tuple[int, int, int, int], ...]
+
+
+@dataclass(frozen=True)
+class ArrayOps:
+    """The array operations the kernels use (arrays must also support ``@``)."""
+
+    reshape: Callable[[Any, Shape], Any]
+    permute: Callable[[Any, Shape], Any]
+    mT: Callable[[Any], Any]  # the transpose of the last two axes
+    contract: Callable[..., Any]  # contract(equation, *operands) for the einsum strategy's steps
+
+
+def array_ops(*arrays: Any) -> ArrayOps:
+    """The :class:`ArrayOps` of the arrays' library (torch's own functions for torch tensors)."""
+    if array_api_compat.is_torch_array(arrays[0]):
+        return torch_ops()
+    xp = array_api_compat.array_namespace(*arrays)
+    return ArrayOps(xp.reshape, xp.permute_dims, xp.matrix_transpose, None)  # type: ignore[arg-type]
+
+
+@lru_cache(maxsize=1)
+def torch_ops() -> ArrayOps:
+    import torch
+
+    return ArrayOps(torch.reshape, torch.permute, lambda a: a.mT, torch.einsum)
+
+
+def _axes(lead: int, axes: Sequence[int]) -> Shape:
+    """``axes`` of the trailing dimensions, with ``lead`` leading dimensions kept in place."""
+    return (*range(lead), *(a + lead for a in axes))
+
+
+def split_point(shapes: Sequence[Sequence[int]]) -> int:
+    """Where the dense train is formed as one product ``L @ R`` of its left (cores ``< s``) and right
+    halves: the ``s`` minimising the halves' sizes ``(P_{<s} + P_{>=s}) r_s`` (the final GEMM costs
+    ``2 P r_s`` whatever ``s``). Shapes are TT ``(r, p, r')`` or TTM ``(r, m, n, r')``."""
+    sizes = [math.prod([int(v) for v in shape[1:-1]]) for shape in shapes]  # lists: dynamo traces them
+    best, best_cost = 1, math.inf
+    for split in range(1, len(shapes)):
+        cost = (math.prod(sizes[:split]) + math.prod(sizes[split:])) * int(shapes[split][0])
+        if cost < best_cost:
+            best, best_cost = split, cost
+    return best
+
+
+# --- rebuilding W --------------------------------------------------------------------------------------
+class Regroup(NamedTuple):
+    """A reshape, permute and reshape that reorders one half's modes from interleaved to blocked."""
+
+    shape: Shape
+    axes: Shape
+    final: Shape
+
+
+class RebuildRecipe(NamedTuple):
+    """Every shape :func:`rebuild` and :func:`rebuild_grads` use for cores of ``shapes`` under ``lead``."""
+
+    lead: Shape
+    shapes: CoreShapes
+    split: int  # cores < split form the left half L, the others the right half R
+    left_first: Shape  # core 0 as (*lead, m n, r_1) (r_0 = 1)
+    left_steps: tuple[tuple[Shape, Shape], ...]  # per core of L after the first: its matrix, the product's
+    right_first: Shape  # the last core as (*lead, r, m n)
+    right_steps: tuple[tuple[Shape, Shape], ...]
+    regroup_left: Regroup | None  # None: one core, already blocked
+    regroup_right: Regroup | None
+    blocks: Shape  # (*lead, M_<s, N_<s, M_>=s, N_>=s)
+    block_axes: Shape  # (..., 0, 2, 1, 3): blocks to (M_<s, M_>=s, N_<s, N_>=s)
+    size: Shape  # (*lead, M, N)
+    grad_blocks: Shape  # (*lead, M_<s, M_>=s, N_<s, N_>=s): dW as blocks
+    grad_blocked: Shape  # (*lead, M_<s N_<s, M_>=s N_>=s): dW in the layout of L @ R
+    left_cores: CoreShapes  # the halves as TTM trains of their own (the open bond folded into a mode)
+    right_cores: CoreShapes
+
+
+@lru_cache(maxsize=4096)
+def rebuild_recipe(shapes: CoreShapes, lead: Shape = ()) -> RebuildRecipe:
+    """The :class:`RebuildRecipe` for TTM cores of ``shapes`` (a pure function, memoised; dynamo traces
+    it to constants)."""
+    d = len(shapes)
+    rows = [s[1] for s in shapes]
+    cols = [s[2] for s in shapes]
+    split = split_point(shapes)  # 1 for a single core: no right half
+    bond = shapes[split][0] if split < d else 1
+    _, m0, n0, r1 = shapes[0]
+    left_steps = tuple(((*lead, s[0], s[1] * s[2] * s[3]), (*lead, -1, s[3])) for s in shapes[1:split])
+    last = shapes[-1]
+    right_steps = tuple(
+        ((*lead, s[0] * s[1] * s[2], s[3]), (*lead, s[0], -1)) for s in reversed(shapes[split : d - 1])
+    )
+
+    def regroup(part: CoreShapes, axis: int) -> Regroup | None:
+        k = len(part)
+        if k == 1:  # (m, n) is already blocked
+            return None
+        inner = [v for s in part for v in (s[1], s[2])]
+        order = (*range(0, 2 * k, 2), *range(1, 2 * k, 2))
+        size = math.prod(inner)
+        if axis == 0:  # L: (modes..., bond)
+            return Regroup((*lead, *inner, bond), _axes(len(lead), (*order, 2 * k)), (*lead, size, bond))
+        return Regroup(
+            (*lead, bond, *inner), _axes(len(lead), (0, *(a + 1 for a in order))), (*lead, bond, size)
+        )
+
+    m_left, m_right = math.prod(rows[:split]), math.prod(rows[split:])
+    n_left, n_right = math.prod(cols[:split]), math.prod(cols[split:])
+    left_cores = [*shapes[:split]]
+    end = left_cores[-1]
+    left_cores[-1] = (end[0], end[1] * end[2], end[3], 1)  # the bond becomes a column mode of size r_s
+    right_cores = [*shapes[split:]]
+    if right_cores:
+        start = right_cores[0]
+        right_cores[0] = (1, start[0] * start[1], start[2], start[3])
+    return RebuildRecipe(
+        lead=lead,
+        shapes=shapes,
+        split=split,
+        left_first=(*lead, m0 * n0, r1),
+        left_steps=left_steps,
+        right_first=(*lead, last[0], last[1] * last[2] * last[3]),
+        right_steps=right_steps,
+        regroup_left=regroup(shapes[:split], 0),
+        regroup_right=regroup(shapes[split:], 1),
+        blocks=(*lead, m_left, n_left, m_right, n_right),
+        block_axes=_axes(len(lead), (0, 2, 1, 3)),
+        size=(*lead, m_left * m_right, n_left * n_right),
+        grad_blocks=(*lead, m_left, m_right, n_left, n_right),
+        grad_blocked=(*lead, m_left * n_left, m_right * n_right),
+        left_cores=tuple(left_cores),  # type: ignore[arg-type]
+        right_cores=tuple(right_cores),  # type: ignore[arg-type]
+    )
+
+
+def core_shapes(cores: Sequence[Any], lead: int = 0) -> CoreShapes:
+    return tuple(tuple(int(v) for v in c.shape[lead:]) for c in cores)  # type: ignore[misc]
+
+
+def halves(cores: Sequence[Any], recipe: RebuildRecipe, ops: ArrayOps) -> tuple[Any, Any]:
+    """``(L, R)``: the products of the left and right halves of the train, reordered to blocked modes:
+    ``L`` is ``(*lead, M_<s N_<s, r_s)`` and ``R`` is ``(*lead, r_s, M_>=s N_>=s)``."""
+    reshape = ops.reshape
+    left = reshape(cores[0], recipe.left_first)
+    for core, (core_shape, out_shape) in zip(cores[1 : recipe.split], recipe.left_steps):
+        left = reshape(left @ reshape(core, core_shape), out_shape)
+    right = reshape(cores[-1], recipe.right_first)
+    for core, (core_shape, out_shape) in zip(reversed(cores[recipe.split : -1]), recipe.right_steps):
+        right = reshape(reshape(core, core_shape) @ right, out_shape)
+    if recipe.regroup_left is not None:
+        shape, axes, final = recipe.regroup_left
+        left = reshape(ops.permute(reshape(left, shape), axes), final)
+    if recipe.regroup_right is not None:
+        shape, axes, final = recipe.regroup_right
+        right = reshape(ops.permute(reshape(right, shape), axes), final)
+    return left, right
+
+
+def rebuild(cores: Sequence[Any], recipe: RebuildRecipe, ops: ArrayOps, *, parts: bool = False) -> Any:
+    """The dense ``(*lead, M, N)`` matrix of TTM cores: the halves' one big product ``L @ R`` gives
+    ``(M_<s, N_<s, M_>=s, N_>=s)`` blocks and one block transpose gives ``(M, N)``. With ``parts`` returns
+    ``(W, (L, R))`` for the backward. Cost: ``2 M N r_s`` plus the halves (``O(sqrt(M N) r^2)`` for balanced
+    shapes)."""
+    if len(cores) == 1:
+        dense = ops.reshape(cores[0], recipe.size)
+        return (dense, None) if parts else dense
+    left, right = halves(cores, recipe, ops)
+    dense = ops.reshape(ops.permute(ops.reshape(left @ right, recipe.blocks), recipe.block_axes), recipe.size)
+    return (dense, (left, right)) if parts else dense
+
+
+def rebuild_grads(
+    cores: Sequence[Any], grad_w: Any, recipe: RebuildRecipe, ops: ArrayOps, parts: Any = None
+) -> list[Any]:
+    """The core gradients for the cotangent ``grad_w`` (``(*lead, M, N)``) of the rebuilt matrix (VJP of
+    :func:`rebuild`; ``parts`` the halves it returned, recomputed when None): a block transpose of
+    ``grad_w``, ``dL = G R^T`` and ``dR = L^T G`` (``2 M N r_s`` each), then each half's own core
+    gradients with shared environments."""
+    if len(cores) == 1:
+        return [ops.reshape(grad_w, (*recipe.lead, *recipe.shapes[0]))]
+    left, right = parts if parts is not None else halves(cores, recipe, ops)
+    blocked = ops.reshape(
+        ops.permute(ops.reshape(grad_w, recipe.grad_blocks), recipe.block_axes), recipe.grad_blocked
+    )
+    grad_left = blocked @ ops.mT(right)  # (*lead, M_<s N_<s, r_s), blocked modes
+    grad_right = ops.mT(left) @ blocked  # (*lead, r_s, M_>=s N_>=s)
+    split = recipe.split
+    lead = recipe.lead
+    if recipe.regroup_left is not None:  # back to interleaved modes (the inverse of the regroup)
+        grad_left = _interleave(grad_left, recipe.shapes[:split], 0, lead, ops)
+    if recipe.regroup_right is not None:
+        grad_right = _interleave(grad_right, recipe.shapes[split:], 1, lead, ops)
+    grads = train_grads(cores[:split], grad_left, recipe.left_cores, lead, ops)
+    return grads + train_grads(cores[split:], grad_right, recipe.right_cores, lead, ops)
+
+
+def _interleave(matrix: Any, part: CoreShapes, axis: int, lead: Shape, ops: ArrayOps) -> Any:
+    """Reorder the mode axis of a half's gradient from blocked ``(m.., n..)`` to interleaved order."""
+    k = len(part)
+    inner = (*(s[1] for s in part), *(s[2] for s in part))
+    order = tuple(a for j in range(k) for a in (j, k + j))
+    size = math.prod(inner)
+    bond = int(matrix.shape[-1] if axis == 0 else matrix.shape[-2])
+    if axis == 0:
+        shape, axes, final = (*lead, *inner, bond), (*order, 2 * k), (*lead, size, bond)
+    else:
+        shape, axes, final = (*lead, bond, *inner), (0, *(a + 1 for a in order)), (*lead, bond, size)
+    return ops.reshape(ops.permute(ops.reshape(matrix, shape), _axes(len(lead), axes)), final)
+
+
+def train_grads(cores: Sequence[Any], grad: Any, shapes: CoreShapes, lead: Shape, ops: ArrayOps) -> list[Any]:
+    """VJP of a half's product (interleaved modes, its open bond last or first) w.r.t. its cores, for the
+    cotangent ``grad``: a left-to-right sweep keeps ``P_k`` = ``grad`` contracted with the cores before k,
+    core k's gradient is ``P_k`` against the right environment ``R_{k+1}`` (the product of the cores
+    after k). Every step is one GEMM; intermediates are shared by all core gradients. ``shapes`` are the
+    half's cores with the open bond folded into the end core's column mode (see the recipe)."""
+    d = len(shapes)
+    flat = [ops.reshape(c, (*lead, s[0], s[1] * s[2], s[3])) for c, s in zip(cores, shapes)]
+    envs = right_environments(flat, [(s[0], s[1] * s[2], s[3]) for s in shapes], lead, ops)
+    partial = ops.reshape(grad, (*lead, 1, -1))
+    grads = []
+    for k, (core, shape) in enumerate(zip(flat, shapes)):
+        left, size, right = shape[0], shape[1] * shape[2], shape[3]
+        partial = ops.reshape(partial, (*lead, left * size, -1))
+        if k == d - 1:
+            grads.append(partial)
+            break
+        grads.append(partial @ ops.mT(envs[k + 1]))
+        partial = ops.mT(ops.reshape(core, (*lead, left * size, right))) @ partial
+    original = [tuple(int(v) for v in c.shape[len(lead) :]) for c in cores]
+    return [ops.reshape(g, (*lead, *s)) for g, s in zip(grads, original)]
+
+
+def right_environments(flat: Sequence[Any], shapes: Sequence[Shape], lead: Shape, ops: ArrayOps) -> list[Any]:
+    """``R[k]`` for ``k >= 1``: cores ``k..d-1`` (``(r, p, r')``) contracted, as ``(*lead, r_{k-1},
+    p_k..p_d)`` matrices, one GEMM per core. ``R[0]`` (the whole train) is never formed: no core gradient
+    needs it. Cost: ``O(r^2 prod(p_{>=2}))``."""
+    d = len(flat)
+    current = ops.reshape(flat[-1], (*lead, shapes[-1][0], -1))
+    envs: list[Any] = [None] * d
+    envs[d - 1] = current
+    for k in range(d - 2, 0, -1):
+        left, size, right = shapes[k]
+        current = ops.reshape(ops.reshape(flat[k], (*lead, left * size, right)) @ current, (*lead, left, -1))
+        envs[k] = current
+    return envs
+
+
+def tt_grads_from_dense(flat_cores: Sequence[Any], grad: Any, ops: ArrayOps) -> list[Any]:
+    """VJP of a TT's dense tensor (cores ``(r, p, r')``) w.r.t. its cores for the cotangent ``grad`` (any
+    shape with the tensor's size, in the TT's mode order)."""
+    shapes = tuple((int(c.shape[0]), int(c.shape[1]), 1, int(c.shape[2])) for c in flat_cores)
+    return train_grads(flat_cores, grad, shapes, (), ops)  # type: ignore[arg-type]
+
+
+def dense_to_interleaved(cores: Sequence[Any], dense: Any, ops: ArrayOps) -> Any:
+    """A ``(M, N)`` matrix as the tensor over interleaved modes ``(m_1, n_1, m_2, n_2, ...)``."""
+    shapes = core_shapes(cores)
+    if len(shapes) == 1:
+        return ops.reshape(dense, (1, -1))
+    d = len(shapes)
+    inner = (*(s[1] for s in shapes), *(s[2] for s in shapes))
+    return ops.permute(ops.reshape(dense, inner), tuple(a for k in range(d) for a in (k, d + k)))
+
+
+# --- the factorised sweep ------------------------------------------------------------------------------
+# The state before core k is a matrix with layout (r_{k-1}, in_k, IN_{>k}, B, OUT_{<k}); one GEMM with
+# core k's (out_k r_k, r_{k-1} in_k) matrix and one 2-D transpose (out_k moves to the back) give the next
+# state. After the last core the state is (B, OUT). "in" is n and "out" is m for y = x @ W.T; the
+# transposed sweep (dx = dy @ W) swaps them.
+class SweepRecipe(NamedTuple):
+    axes: Shape  # the permutation making core k a (out_k r_k, r_{k-1} in_k) matrix
+    matrices: tuple[Shape, ...]  # those matrix shapes
+    size_in: tuple[int, ...]
+    size_out: tuple[int, ...]
+    next_state: tuple[int, ...]  # the row count of the state entering core k + 1
+
+
+@lru_cache(maxsize=4096)
+def sweep_recipe(shapes: CoreShapes, transpose: bool) -> SweepRecipe:
+    size_out = tuple(s[2] if transpose else s[1] for s in shapes)
+    size_in = tuple(s[1] if transpose else s[2] for s in shapes)
+    matrices = tuple((o * s[3], s[0] * i) for s, o, i in zip(shapes, size_out, size_in))
+    following = tuple(matrices[k][0] // size_out[k] * size_in[k + 1] for k in range(len(shapes) - 1))
+    return SweepRecipe((2, 3, 0, 1) if transpose else (1, 3, 0, 2), matrices, size_in, size_out, following)
+
+
+def sweep(
+    x2d: Any, cores: Sequence[Any], ops: ArrayOps, *, transpose: bool = False, keep: bool = False
+) -> Any:
+    """Contract ``x2d`` (B, IN) with the cores one at a time; returns ``(y2d, states, matrices)`` when
+    ``keep`` (the states are what the reverse sweep needs), else ``y2d``. Cost: one GEMM and one 2-D
+    transpose per core, no ``M x N`` array."""
+    recipe = sweep_recipe(core_shapes(cores), transpose)
+    mats = [ops.reshape(ops.permute(c, recipe.axes), m) for c, m in zip(cores, recipe.matrices)]
+    batch = int(x2d.shape[0])
+    state = ops.reshape(ops.mT(x2d), (recipe.size_in[0], -1))
+    states = []
+    last = len(mats) - 1
+    for k, mat in enumerate(mats):
+        if keep:
+            states.append(state)
+        state = ops.mT(ops.reshape(mat @ state, (recipe.size_out[k], -1)))
+        if k < last:
+            state = ops.reshape(state, (recipe.next_state[k], -1))
+    y2d = ops.reshape(state, (batch, -1))
+    return (y2d, states, mats) if keep else y2d
+
+
+def sweep_grads(
+    x2d: Any, cores: Sequence[Any], grad_y: Any, need_x: bool, ops: ArrayOps
+) -> tuple[Any, list[Any]]:
+    """Reverse mode through the sweep (its states recomputed from ``x2d``): dx and every core gradient in
+    one right-to-left pass, two GEMMs per core."""
+    _, states, mats = sweep(x2d, cores, ops, keep=True)
+    shapes = core_shapes(cores)
+    size_out = [s[1] for s in shapes]
+    d = len(cores)
+    grad_out = ops.reshape(ops.mT(ops.reshape(grad_y, (-1, size_out[-1]))), (int(mats[-1].shape[0]), -1))
+    grads: list[Any] = [None] * d
+    grad_x = None
+    for k in range(d - 1, -1, -1):
+        left, m, n, right = shapes[k]
+        grads[k] = ops.permute(ops.reshape(grad_out @ ops.mT(states[k]), (m, right, left, n)), (2, 0, 3, 1))
+        if k == 0 and not need_x:
+            break
+        grad_state = ops.mT(mats[k]) @ grad_out
+        if k > 0:
+            grad_out = ops.reshape(
+                ops.mT(ops.reshape(grad_state, (-1, size_out[k - 1]))), (int(mats[k - 1].shape[0]), -1)
+            )
+        else:
+            grad_x = ops.mT(ops.reshape(grad_state, (int(x2d.shape[1]), -1)))
+    return grad_x, grads
+
+
+def device_of(x: Any) -> Any:
+    return array_api_compat.device(x)
+
+
+def rows_of(cores: Sequence[Any]) -> int:
+    rows = 1
+    for c in cores:  # a loop, not math.prod of a generator: dynamo traces it
+        rows *= int(c.shape[1])
+    return rows
+
+
+def cols_of(cores: Sequence[Any]) -> int:
+    cols = 1
+    for c in cores:
+        cols *= int(c.shape[2])
+    return cols
