@@ -27,6 +27,30 @@ def namespace(*arrays: Array, where: str = "tensornet") -> Any:
         ) from err
 
 
+_NUMPY_ARRAY_API = int(np.__version__.split(".")[0]) >= 2
+
+
+def fast_namespace(*arrays: Array) -> Any:
+    """:func:`namespace`, or the library itself where it implements what sweeps over small matrices
+    use (numpy >= 2, torch): the compat wrappers cost microseconds per call, which adds up there.
+    Callers use only ``matmul, reshape, concat, zeros, abs, max`` (whole array), ``linalg.qr``,
+    ``linalg.svd``, ``linalg.vector_norm`` and the ``.T`` of 2-D arrays, which agree in both."""
+    if _NUMPY_ARRAY_API and all(type(a) is np.ndarray for a in arrays):
+        return np
+    if arrays and all(array_api_compat.is_torch_array(a) for a in arrays):
+        return importlib.import_module("torch")
+    return namespace(*arrays)
+
+
+def max_abs(x: Array) -> float:
+    """``max |x|`` as a Python float (NaN if x has a NaN), without an |x|-sized temporary on torch."""
+    if array_api_compat.is_torch_array(x):
+        torch = importlib.import_module("torch")
+        return to_float(torch.linalg.vector_norm(x.detach(), ord=float("inf")))
+    xp = namespace(x)
+    return to_float(xp.max(xp.abs(x)))
+
+
 def is_array(x: object) -> bool:
     return array_api_compat.is_array_api_obj(x) and not isinstance(x, (int, float, complex, bool))
 

@@ -7,354 +7,44 @@ per-unfolding threshold. ``max_rank`` caps every rank (an int, or one int per bo
 given and the cap is tighter than eps requires, the cap wins and a :class:`RankCapWarning` states the
 error bound actually achieved; ``return_error=True`` also returns that bound. Ranks never exceed their
 useful maximum ``min(prod n_1..n_k, prod n_{k+1}..n_d)`` (they are clipped by the SVD itself).
+
+The bound counts what truncation discards, computed from orthogonal factorisations (or from a Gram
+matrix only where the discarded norm is measured on the rotated data itself, see
+:mod:`tensornet._truncation`); like any SVD-based algorithm the result also carries floating-point
+rounding of order ``u ||x||`` (u the unit roundoff), amplified only where the train's cores cancel.
 """
 
 from __future__ import annotations
 
-import builtins
-import importlib
 import math
 import numbers
-import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
-import numpy as np
-
 from . import _backend as B
+from . import _round
 from . import ops as _ops
-from ._einsum import einsum
+from ._truncation import (
+    RankCapWarning,
+    _check_dense,
+    _check_eps,
+    _check_max_rank,
+    _check_precision,
+    _choose_rank,
+    _core_exponents,
+    _differentiable,
+    _ErrorLog,
+    _normalize_cores,
+    _restore_scale,
+    _safe_norm,
+    _scale_exponent,
+    _svd,
+    _truncated_factors,
+)
 from .tt import TT, TTM
 
-__all__ = ["RankCapWarning", "orthogonalize", "round", "tt_svd", "ttm_svd"]
-
-
-class RankCapWarning(UserWarning):
-    """``max_rank`` stopped the result from meeting ``eps``; the message gives the achieved bound."""
-
-
-# --- argument checks --------------------------------------------------------------------------------
-def _check_eps(fn: str, eps: Any) -> float | None:
-    if eps is None:
-        return None
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
-        raise TypeError(f"{fn}: eps must be a real number or None, got {type(eps).__name__}")
-    value = float(eps)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{fn}: eps must be finite and >= 0 (a relative Frobenius error), got {eps}")
-    return value
-
-
-def _check_max_rank(fn: str, max_rank: Any, bonds: int) -> list[int | None]:
-    if max_rank is None:
-        return [None] * bonds
-    values = [max_rank] * bonds if not isinstance(max_rank, Sequence) else list(max_rank)
-    if len(values) != bonds:
-        raise ValueError(f"{fn}: max_rank has {len(values)} entries but the train has {bonds} bonds (d - 1)")
-    for k, value in enumerate(values):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise TypeError(
-                f"{fn}: max_rank must be an int or a sequence of ints, got {value!r} for bond {k}"
-            )
-        if value < 1:
-            raise ValueError(f"{fn}: max_rank must be >= 1, got {value} for bond {k}")
-    return [int(v) for v in values]
-
-
-def _check_precision(fn: str, dtype: Any) -> None:
-    name = B.dtype_name(dtype)
-    if name not in ("float32", "float64"):
-        raise TypeError(
-            f"{fn}: dtype {name} is not supported (the SVDs and QRs behind it exist in float32 and float64 "
-            f"only, and a half-precision result could not keep the eps guarantee); convert with "
-            f".astype('float32') / .to(torch.float32) or t.to(dtype='float32')"
-        )
-
-
-def _check_dense(fn: str, x: Any) -> int:
-    """Validate a dense input; return the power-of-two exponent to divide it by before decomposing
-    (0 unless its largest magnitude is far from 1, see :func:`_scale_exponent`)."""
-    if not B.is_array(x):
-        raise TypeError(f"{fn}: expected a numpy array or torch tensor, got {type(x).__name__}")
-    if x.ndim < 1:
-        raise ValueError(f"{fn}: expected an array with at least one dimension, got a 0-d array")
-    if any(int(n) == 0 for n in x.shape):
-        raise ValueError(f"{fn}: the array has a zero-size dimension (shape {tuple(x.shape)})")
-    if B.is_complex(x) or not B.is_floating(x):
-        raise TypeError(f"{fn}: dtype {x.dtype} is not supported; use float32 or float64")
-    _check_precision(fn, x.dtype)
-    xp = B.namespace(x)
-    top = B.to_float(xp.max(xp.abs(x)))  # NaN propagates through max: one pass checks finiteness too
-    if not math.isfinite(top):
-        raise ValueError(f"{fn}: the array contains NaN or inf; the decomposition is undefined")
-    return _scale_exponent([top], x.dtype)
-
-
-# --- scale ------------------------------------------------------------------------------------------
-# The SVDs and QRs are scale-safe (LAPACK rescales internally), but what tensornet computes around them
-# (Gram matrices, products of cores, squares of singular values) is not at the ends of the dtype's
-# range. Data far from 1 are therefore divided by a power of two first (exact) and the factor is put
-# back on one core of the result at the end, so eps and the error bound hold at every finite scale.
-def _scale_exponent(tops: Sequence[float], dtype: Any) -> int:
-    """0 when the magnitudes ``tops`` (of a dense array, or of each core of a train) multiply to
-    something safely inside ``dtype``'s range; otherwise the sum of their power-of-two exponents."""
-    exponents = [math.frexp(t)[1] if t > 0 else 0 for t in tops]
-    safe = 32 if B.dtype_name(dtype) == "float32" else 256  # a quarter of the exponent range
-    return 0 if builtins.sum(abs(e) for e in exponents) <= safe else builtins.sum(exponents)
-
-
-def _core_exponents(cores: Sequence[Any]) -> list[int]:
-    xp = B.namespace(*cores)
-    tops = xp.stack([xp.max(xp.abs(c)) for c in cores])  # one host transfer for all cores
-    values = np.asarray(B.to_backend(tops, "numpy"), dtype=np.float64)
-    if not np.all(np.isfinite(values)):
-        raise ValueError("the train has NaN or inf entries; the operation is undefined")
-    return [math.frexp(float(t))[1] if t > 0 else 0 for t in values]
-
-
-def _normalize_cores(fn: str, cores: list[Any]) -> tuple[list[Any], int]:
-    """Cores divided by powers of two near their magnitudes when their scale is extreme (see above),
-    and the exponent to put back on the result; ``(cores, 0)`` unchanged otherwise."""
-    try:
-        exponents = _core_exponents(cores)
-    except ValueError as err:
-        raise ValueError(f"{fn}: {err}") from None
-    dtype = cores[0].dtype
-    if _scale_exponent([2.0 ** max(min(e, 1000), -1000) for e in exponents], dtype) == 0:
-        return cores, 0
-    return [B.scale_pow2(c, -e) for c, e in zip(cores, exponents)], builtins.sum(exponents)
-
-
-def _restore_scale(cores: list[Any], exponent: int, at: int) -> list[Any]:
-    """Multiply the train by ``2^exponent``: on core ``at`` where that core can hold it (it carries the
-    norm in the results here), else spread over all cores (a norm near the dtype's maximum)."""
-    if exponent == 0:
-        return cores
-    cores = list(cores)
-    xp = B.namespace(*cores)
-    top = B.to_float(xp.max(xp.abs(cores[at])))
-    finfo = xp.finfo(cores[at].dtype)
-    if top == 0.0 or (
-        float(finfo.smallest_normal) <= math.ldexp(top, exponent) < float(finfo.max)
-        if -1100 < exponent + math.frexp(top)[1] < 1100
-        else False
-    ):
-        cores[at] = B.scale_pow2(cores[at], exponent)
-        return cores
-    share, rest = divmod(exponent, len(cores))
-    return [B.scale_pow2(c, share + (rest if k == at % len(cores) else 0)) for k, c in enumerate(cores)]
-
-
-# --- truncation -------------------------------------------------------------------------------------
-def _choose_rank(singular: Any, threshold: float, cap: int | None) -> tuple[int, float, int]:
-    """(rank kept, norm of the discarded values, rank eps alone would keep).
-
-    The values are divided by the largest before squaring, so the choice is the same at every scale of
-    the data (squares of 1e-200 underflow, of 1e200 overflow)."""
-    s = np.asarray(B.to_backend(singular, "numpy"), dtype=np.float64)
-    top = float(np.max(s)) if s.size else 0.0
-    if not top > 0.0:
-        return 1, 0.0, 1
-    scaled = s / top
-    tail = np.concatenate([np.cumsum((scaled * scaled)[::-1])[::-1], [0.0]])  # tail[r] = sum_{i >= r}
-    with np.errstate(over="ignore"):  # a threshold far above every value keeps rank 1
-        limit = (threshold / top) ** 2
-    fits = np.nonzero(tail <= limit)[0]
-    needed = max(1, int(fits[0]))
-    rank = needed if cap is None else min(needed, cap)
-    return rank, math.sqrt(float(tail[rank])) * top, needed
-
-
-class _ErrorLog:
-    def __init__(self, fn: str, eps: float | None) -> None:
-        self.fn, self.eps, self.discarded, self.capped, self.bound = fn, eps, 0.0, False, 0.0
-        self.relative, self.total, self.threshold = 0.0, 0.0, 0.0
-
-    def pending(self, singular: Any) -> float:
-        """Set ``total = ||singular||`` (the tensor's norm) and return the per-unfolding threshold."""
-        s = np.asarray(B.to_backend(singular, "numpy"), dtype=np.float64)
-        top = float(np.max(s)) if s.size else 0.0
-        self.total = top * float(np.linalg.norm(s / top)) if top > 0 else 0.0  # no overflow
-        self.threshold = self.relative * self.total
-        return self.threshold
-
-    def add(self, rank: int, discarded: float, needed: int) -> None:
-        """Record one truncation; ``discarded`` is the norm (not the square) of what it dropped."""
-        self.discarded = math.hypot(self.discarded, discarded)  # no overflow or underflow in squares
-        self.capped = self.capped or rank < needed
-
-    def finish(self, reference_norm: float, stacklevel: int) -> float:
-        bound = self.discarded / reference_norm if reference_norm > 0 else 0.0
-        if self.capped and self.eps is not None and bound > self.eps:
-            warnings.warn(
-                f"{self.fn}: max_rank kept the result from meeting eps={self.eps:g}; the achieved relative "
-                f"error bound is {bound:.3g}. Raise max_rank to meet eps.",
-                RankCapWarning,
-                stacklevel=stacklevel,
-            )
-        return bound
-
-
-def _svd(matrix: Any) -> tuple[Any, Any, Any]:
-    xp = B.namespace(matrix)
-    return xp.linalg.svd(matrix, full_matrices=False)
-
-
-# Fast kernels. With the data not requiring grad, every SVD is taken on the small side of its matrix.
-# A wide (m, N) unfolding first tries the certified Gram route (_gram_factors: A A^T, its eigenvectors
-# V, B = V^T A; two BLAS-3 passes, and the rank and error are verified from B itself). When that cannot
-# be certified (singular values within ~sqrt(machine eps) ||A|| of the threshold, a binding max_rank,
-# eps = 0, extreme scaling) it is reduced to the (m, m) triangle R of a QR of its transpose
-# (A = R^T Q^T, blocked so that each block's Householder QR runs in cache); the SVD of R^T = U S W^T
-# gives U and S of A, and the kept rows S W^T Q^T are formed as U_r^T A (one GEMM); Q is never built.
-# Tensors that require grad take the plain SVD path, which autograd differentiates.
-_BLOCK_ELEMENTS = 32768  # one block of the blocked QR: (rows, m) with rows * m ~ 256 KiB of float64
-
-
-def _safe_norm(x: Any) -> float:
-    """||x||_F without overflow or underflow in the squares (NaN/inf entries give NaN/inf)."""
-    xp = B.namespace(x)
-    top = B.to_float(xp.max(xp.abs(x)))
-    if not math.isfinite(top) or top == 0.0:
-        return top
-    return top * B.to_float(xp.linalg.vector_norm(x / top))
-
-
-def _is_torch(x: Any) -> bool:
-    return B.backend_name(x) == "torch"
-
-
-def _differentiable(x: Any) -> bool:
-    return bool(getattr(x, "requires_grad", False))
-
-
-def _qr_r(x: Any) -> Any:
-    """The R factor of a (stack of) QR factorisation(s), Q not formed."""
-    if _is_torch(x):
-        torch = importlib.import_module("torch")
-        return torch.linalg.qr(x, mode="r")[1]
-    return np.linalg.qr(x, mode="r")
-
-
-def _block_rows(total: int, width: int, target: int) -> int | None:
-    """A divisor ``b`` of ``total`` with ``width <= b <= target`` (the largest found), or None."""
-    for b in range(min(target, total // 2), width - 1, -1):
-        if total % b == 0:
-            return b
-    return None
-
-
-def _r_of_transpose(a: Any) -> Any:
-    """Upper-triangular (m, m) R with ``a = R^T Q^T`` for a wide C-ordered (m, N) matrix ``a``."""
-    xp = B.namespace(a)
-    m, total = (int(n) for n in a.shape)
-    target = max(_BLOCK_ELEMENTS // max(m, 1), 4 * m)
-    rows = _block_rows(total, m, target) if total >= 8 * m else None
-    if rows is None:
-        return _qr_r(xp.permute_dims(a, (1, 0)))
-    # blocks (nb, rows, m) of a^T: each block's columns are contiguous pieces of a's rows
-    blocks = xp.permute_dims(xp.reshape(a, (m, total // rows, rows)), (1, 2, 0))
-    stacked = xp.reshape(_qr_r(blocks), (-1, m))  # (nb * m, m): a^T = diag(Q_b) stacked
-    while int(stacked.shape[0]) > 4 * target:
-        count = int(stacked.shape[0]) // m
-        group = _block_rows(count, 2, max(target // m, 2)) or count
-        stacked = xp.reshape(_qr_r(xp.reshape(stacked, (count // group, group * m, m))), (-1, m))
-    return _qr_r(stacked)
-
-
-def _truncated_factors(
-    matrix: Any, threshold: float | None, cap: int | None, log: _ErrorLog
-) -> tuple[Any, Any, Any]:
-    """(U_r, S_r V_r^T, singular values) of the truncated SVD of ``matrix`` (m, N); the rank is
-    chosen by :func:`_choose_rank` (``threshold`` None: from the norm of ``matrix``) and logged."""
-    xp = B.namespace(matrix)
-    m, total = (int(n) for n in matrix.shape)
-    if not _differentiable(matrix) and total >= 2 * m:
-        certified = _gram_factors(matrix, threshold, cap, log)
-        if certified is not None:
-            return certified
-        u, s, _ = _svd(xp.permute_dims(_r_of_transpose(matrix), (1, 0)))
-        rank = _log_rank(s, threshold, cap, log)
-        kept = u[:, :rank]
-        return kept, xp.matmul(xp.permute_dims(kept, (1, 0)), matrix), s
-    u, s, vh = _svd(matrix)
-    rank = _log_rank(s, threshold, cap, log)
-    return u[:, :rank], s[:rank, None] * vh[:rank, :], s
-
-
-def _row_norms2(b: Any) -> np.ndarray:
-    """Squared row norms of ``b`` as float64 numpy (no (m, N) temporary on numpy)."""
-    if _is_torch(b):
-        xp = B.namespace(b)
-        return np.asarray(B.to_backend(xp.sum(b * b, axis=1), "numpy"), dtype=np.float64)
-    return np.einsum("ij,ij->i", b, b).astype(np.float64)
-
-
-def _gram_factors(
-    matrix: Any, threshold: float | None, cap: int | None, log: _ErrorLog
-) -> tuple[Any, Any, Any] | None:
-    """Truncated factors of a wide ``matrix`` (m, N) from its Gram matrix, or None if not certified.
-
-    Notes: ``V`` = eigenvectors of ``G = A A^T`` (descending) and ``B = V^T A`` cost two BLAS-3
-    passes over A. B has A's singular values sigma_i. Because V is orthogonal, keeping B's first r
-    rows discards exactly ``tail(r) = sum_{i >= r} ||B_i||^2``, computed from B itself, so the eps
-    guarantee holds whatever V's accuracy, and ``sum_{i >= r} sigma_i^2 <= tail(r)``: the rank r
-    chosen from ``tail`` is at least the SVD's. Minimality is certified from the kept rows
-    ``B_K = D C D`` (D = their norms, C their correlation matrix, rho = ||C - I||_2 plus the
-    rounding allowance of forming C): by interlacing and Ostrowski's theorem
-    ``sigma_{r-1}^2 >= sigma_{r-1}(B_K)^2 >= (1 - rho) min_{i<r} ||B_i||^2``, and if that exceeds
-    the threshold squared the SVD cannot keep fewer than r values. Where it does not (a kept
-    singular value that alone is below the threshold), or ``max_rank`` binds, or eps = 0, or the
-    squares would overflow/underflow, None sends the caller to the QR route. Cost ``O(m^2 N)``.
-    """
-    xp = B.namespace(matrix)
-    m, total = (int(n) for n in matrix.shape)
-    if (threshold is not None and threshold <= 0.0) or log.relative <= 0.0:
-        return None
-    unit = B.finfo_eps(matrix)
-    with np.errstate(all="ignore"):  # overflow/underflow is detected below and sent the QR route
-        gram = xp.matmul(matrix, xp.permute_dims(matrix, (1, 0)))
-        trace = B.to_float(xp.sum(xp.linalg.diagonal(gram)))
-    finfo = xp.finfo(matrix.dtype)
-    if not float(finfo.smallest_normal) / unit**2 < trace < float(finfo.max) / (4 * m):
-        return None  # squares would underflow or overflow: the QR route scales safely
-    _, vectors = xp.linalg.eigh(gram)
-    order = xp.arange(m - 1, -1, -1, device=B.device(matrix))
-    vectors = xp.take(vectors, order, axis=1)  # descending eigenvalues, a copy: BLAS-ready strides
-    rows = xp.matmul(xp.permute_dims(vectors, (1, 0)), matrix)  # B = V^T A, (m, N)
-    norms2 = _row_norms2(rows)
-    norm2 = float(np.sum(norms2))
-    first = threshold is None
-    if threshold is None:
-        threshold = log.relative * math.sqrt(norm2)
-    tail = np.concatenate([np.cumsum(norms2[::-1])[::-1], [0.0]])  # tail[r] = sum_{i >= r} ||B_i||^2
-    needed = max(1, int(np.nonzero(tail <= threshold * threshold)[0][0]))
-    if cap is not None and cap < needed:
-        return None
-    if needed > 1:
-        kept = rows[:needed, :]
-        cross = np.asarray(
-            B.to_backend(xp.matmul(kept, xp.permute_dims(kept, (1, 0))), "numpy"), dtype=np.float64
-        )
-        scale = np.sqrt(np.diag(cross))
-        if not np.all(scale > 0):
-            return None
-        rho = float(np.linalg.norm(cross / np.outer(scale, scale) - np.eye(needed), 2))
-        rho += 2.0 * total * unit  # rounding of the products forming ``cross`` (worst case)
-        if (1.0 - rho) * float(np.min(norms2[:needed])) <= threshold * threshold:
-            return None
-    if first:  # ||x||_F of tt_svd's first unfolding
-        log.total, log.threshold = math.sqrt(norm2), threshold
-    log.add(needed, math.sqrt(float(tail[needed])), needed)
-    return vectors[:, :needed], rows[:needed, :], None
-
-
-def _log_rank(singular: Any, threshold: float | None, cap: int | None, log: _ErrorLog) -> int:
-    if threshold is None:  # the caller needs the norm first (first unfolding of tt_svd)
-        threshold = log.pending(singular)
-    rank, discarded, needed = _choose_rank(singular, threshold, cap)
-    log.add(rank, discarded, needed)
-    return rank
+__all__ = ["RankCapWarning", "orthogonalize", "round", "round_sum", "tt_svd", "ttm_svd"]
+__all__ += ["_check_eps", "_check_max_rank"]  # used by tensornet.cross
 
 
 def _tt_svd_cores(x: Any, eps: float | None, caps: list[int | None], log: _ErrorLog) -> list[Any]:
@@ -484,7 +174,10 @@ def _left_step(core: Any, nxt: Any) -> tuple[Any, Any]:
     r, n, _ = (int(s) for s in core.shape)
     q, rmat = xp.linalg.qr(xp.reshape(core, (r * n, -1)))
     new = int(q.shape[1])
-    return xp.reshape(q, (r, n, new)), einsum("ab,bnc->anc", rmat, nxt)
+    r2, n2, r3 = (int(s) for s in nxt.shape)
+    return xp.reshape(q, (r, n, new)), xp.reshape(
+        xp.matmul(rmat, xp.reshape(nxt, (r2, n2 * r3))), (new, n2, r3)
+    )
 
 
 def _right_step(prev: Any, core: Any) -> tuple[Any, Any]:
@@ -493,7 +186,9 @@ def _right_step(prev: Any, core: Any) -> tuple[Any, Any]:
     _, n, r2 = (int(s) for s in core.shape)
     q, rmat = xp.linalg.qr(xp.permute_dims(xp.reshape(core, (-1, n * r2)), (1, 0)))
     new = int(q.shape[1])
-    return einsum("anb,cb->anc", prev, rmat), xp.reshape(xp.permute_dims(q, (1, 0)), (new, n, r2))
+    r0, n0, r1 = (int(s) for s in prev.shape)
+    left = xp.matmul(xp.reshape(prev, (r0 * n0, r1)), xp.permute_dims(rmat, (1, 0)))
+    return xp.reshape(left, (r0, n0, new)), xp.reshape(xp.permute_dims(q, (1, 0)), (new, n, r2))
 
 
 def _orthogonalized(cores: list[Any], center: int) -> list[Any]:
@@ -537,28 +232,133 @@ def round(
 ) -> Any:
     """Recompress a TT or TTM to the smallest ranks meeting ``eps`` and/or ``max_rank``.
 
-    Right-to-left QR sweep, then left-to-right truncated SVDs (module notes give the exact rule and
-    the guarantee ``||x - round(x)||_F <= eps ||x||_F``). Cost: ``O(d n r^3)``.
+    Notes: a right-to-left sweep of R-only QRs, then left-to-right truncations of small matrices
+    (module notes give the exact rule and the guarantee ``||x - round(x)||_F <= eps ||x||_F``). The
+    route is chosen per call and per bond (see :mod:`tensornet._round`): rows of the QRs' R factors that
+    hold only rounding are dropped (exactly rank-deficient sums such as ``t + t + t`` then cost what
+    their true rank costs), and each truncation uses the certified Gram kernel where it can certify
+    and the SVD where it cannot; cores requiring grad take the Q-forming QR and SVD path, which autograd
+    differentiates.
+
+    Cost: ``O(d n R^3)`` for input ranks R (output ranks r: ``O(d n r R^2)`` for the truncations).
+
+    Raises TypeError for non-trains and float16/bfloat16 cores, ValueError for NaN/inf entries and
+    bad ``eps``/``max_rank`` (see :func:`tt_svd`).
     """
     eps = _check_eps("round", eps)
     _ops._require_train("round", x)
     _check_precision("round", x.dtype)
     caps = _check_max_rank("round", max_rank, x.ndim - 1)
-    cores, shift = _normalize_cores("round", _ops._flat_cores(x))
-    log = _ErrorLog("round", eps)
-    log.relative = (eps or 0.0) / math.sqrt(max(len(cores) - 1, 1))
-    if len(cores) == 1 or any(_differentiable(c) for c in cores):
-        cores = _round_differentiable(cores, caps, log)
-    else:
-        cores = _round_fast(cores, caps, log)
-    result = _ops._like(x, _restore_scale(cores, shift, at=-1))
-    bound = log.finish(log.total, stacklevel=4)  # user -> round -> finish
+    result, log = _rounded("round", x, [_ops._flat_cores(x)], eps, caps, _round.AUTO)
+    bound = log.finish(log.total, stacklevel=3)  # user -> round -> finish
     return (result, bound) if return_error else result
 
 
-def _refuse_non_finite(total: float) -> None:
-    if not math.isfinite(total):
-        raise ValueError("round: the train has NaN or inf entries; rounding is undefined")
+def round_sum(
+    trains: Sequence[Any],
+    *,
+    eps: float | None = None,
+    max_rank: int | Sequence[int] | None = None,
+    return_error: bool = False,
+) -> Any:
+    """``round(t_1 + ... + t_m, eps=..., max_rank=...)`` without forming the sum's block cores.
+
+    Same result and guarantee as :func:`round` of the sum (``||s - result||_F <= eps ||s||_F`` for
+    ``s = t_1 + ... + t_m``, smallest ranks meeting the per-unfolding threshold).
+
+    Notes: the sum's core k is block diagonal (ranks ``R_k = r_1k + ... + r_mk``); the sweeps only
+    multiply it by small matrices, block by block, so the zero blocks are neither stored nor
+    multiplied. With ``P`` (s, R) a carry: ``P x_1 core_k`` costs ``s n sum_i r_i^2`` instead of
+    ``s n R^2``, and the same for ``core_k x_3 F``; the R-only QRs of the first sweep (``O(n R^3)``
+    per core) are what remains of the dense cost. Terms that repeat or are linear combinations of
+    others are recognised by those QRs at working precision, and the rest of the sweep then runs at
+    the sum's true rank.
+
+    Cost: ``O(d n R^3)`` with ``R = sum_i r_i``; memory ``O(n R max_i r_i)`` per core instead of
+    ``O(n R^2)``.
+
+    Raises TypeError unless ``trains`` is a non-empty sequence of TT (or of TTM) trains, ValueError
+    when their shapes, dtypes or devices disagree (naming the term), and as :func:`round`.
+    """
+    fn = "round_sum"
+    eps = _check_eps(fn, eps)
+    terms = _check_terms(fn, trains)
+    first = terms[0]
+    _check_precision(fn, first.dtype)
+    caps = _check_max_rank(fn, max_rank, first.ndim - 1)
+    result, log = _rounded(fn, first, [_ops._flat_cores(t) for t in terms], eps, caps, _round.AUTO)
+    bound = log.finish(log.total, stacklevel=3)  # user -> round_sum -> finish
+    return (result, bound) if return_error else result
+
+
+def _check_terms(fn: str, trains: Any) -> list[Any]:
+    if isinstance(trains, (TT, TTM)) or not isinstance(trains, Sequence) or isinstance(trains, str):
+        raise TypeError(
+            f"{fn}: expected a sequence of TT or TTM trains such as [t1, t2, t3], got "
+            f"{type(trains).__name__}; to round a single train use tn.round"
+        )
+    terms = list(trains)
+    if not terms:
+        raise ValueError(f"{fn}: the sequence of trains is empty; give at least one train")
+    for i, t in enumerate(terms):
+        _ops._require_train(fn, t, f"term {i}")
+    for i, t in enumerate(terms[1:], start=1):
+        try:
+            _ops._check_same_structure(fn, terms[0], t)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"{err} (term 0 against term {i})") from None
+    return terms
+
+
+def _rounded(
+    fn: str, like: Any, trains: list[list[Any]], eps: float | None, caps: list[int | None], route: Any
+) -> tuple[Any, _ErrorLog]:
+    """Round the sum of ``trains`` (lists of TT-layout cores; one list: a plain train) and wrap the
+    result like ``like``; returns it with the error log (``log.total`` = the norm of the input)."""
+    d = len(trains[0])
+    log = _ErrorLog(fn, eps)
+    log.relative = (eps or 0.0) / math.sqrt(max(d - 1, 1))
+    if len(trains) == 1:
+        cores, shift = _normalize_cores(fn, trains[0])
+        operand: Any = _round.Train(cores)
+    else:
+        scaled, shift = _normalize_terms(fn, trains)
+        operand = _round.Sum(scaled)
+    if d == 1 or any(_differentiable(c) for cores in trains for c in cores):
+        flat = operand.cores if isinstance(operand, _round.Train) else operand.dense_cores()
+        cores = _round_differentiable(flat, caps, log)
+    else:
+        cores = _round.sweep(operand, caps, log, route)
+    return _ops._like(like, _restore_scale(cores, shift, at=-1)), log
+
+
+def _normalize_terms(fn: str, trains: list[list[Any]]) -> tuple[list[list[Any]], int]:
+    """The terms of a sum put on one safe scale by powers of two (exact), and the exponent to put back.
+
+    Each term's cores are divided by powers of two near their magnitudes and the term's own factor
+    ``2^(E_i - E)`` (E the largest E_i) is spread over its cores, so that the scaled terms keep their
+    ratios: the sum is ``2^E`` times the sum of the scaled terms. A term below ``2^-1000`` of the
+    largest may underflow to zero, which changes the sum by less than its rounding."""
+    exponents = []
+    for i, cores in enumerate(trains):
+        try:
+            exponents.append(_core_exponents(cores))
+        except ValueError as err:
+            raise ValueError(f"{fn}: term {i}: {err}") from None
+    dtype = trains[0][0].dtype
+    totals = [sum(e) for e in exponents]
+    top = max(totals)
+    safe = all(_scale_exponent([2.0 ** max(min(e, 1000), -1000) for e in es], dtype) == 0 for es in exponents)
+    if safe and top - min(totals) <= 64:  # every term safe, and none far below another
+        return trains, 0
+    d = len(trains[0])
+    scaled = []
+    for cores, es, total in zip(trains, exponents, totals):
+        share, rest = divmod(total - top, d)  # the term's factor 2^(total - top) <= 1, spread evenly
+        scaled.append(
+            [B.scale_pow2(c, -e + share + (rest if k == 0 else 0)) for k, (c, e) in enumerate(zip(cores, es))]
+        )
+    return scaled, top
 
 
 def _round_differentiable(cores: list[Any], caps: list[int | None], log: _ErrorLog) -> list[Any]:
@@ -566,55 +366,17 @@ def _round_differentiable(cores: list[Any], caps: list[int | None], log: _ErrorL
     cores = _orthogonalized(cores, 0)
     xp = B.namespace(*cores)
     log.total = _safe_norm(cores[0])
-    _refuse_non_finite(log.total)
+    if not math.isfinite(log.total):
+        raise ValueError(f"{log.fn}: the train has NaN or inf entries; rounding is undefined")
     threshold = log.relative * log.total
     for k in range(len(cores) - 1):
         r, n, _ = (int(s) for s in cores[k].shape)
         u, s, vh = _svd(xp.reshape(cores[k], (r * n, -1)))
         rank, discarded, needed = _choose_rank(s, threshold, caps[k])
         log.add(rank, discarded, needed)
+        log.kernels.append("svd")
         cores[k] = xp.reshape(u[:, :rank], (r, n, rank))
-        cores[k + 1] = einsum("ab,bnc->anc", s[:rank, None] * vh[:rank, :], cores[k + 1])
-    return cores
-
-
-def _round_fast(cores: list[Any], caps: list[int | None], log: _ErrorLog) -> list[Any]:
-    """Rounding with only the R factors of the right-to-left orthogonalisation.
-
-    Notes: with X_{>k} the (r_k, n_{k+1}...n_d) unfolding of the cores right of k, a right-to-left
-    sweep of R-only QRs gives ``X_{>k} = F_k Q_k^T`` (F_k small, Q_k orthonormal, never formed):
-    ``F_{k-1} = R`` of the QR of ``(core_k x_3 F_k)`` unfolded ``(r_{k-1}, n_k r_k)`` and transposed.
-    Left to right, with the kept cores left-orthonormal and ``M_k = P_{k-1} core_k`` (r n, r_k), the
-    k-th unfolding of x is ``U_{<k} M_k F_k Q_k^T``, so the truncated SVD of the small ``M_k F_k``
-    (r n, rho_k) gives the rank, the new core U_r and the discarded norm exactly as the Q-formed
-    algorithm does; the carry is ``P_k = U_r^T M_k`` (the Q_k-free form of S_r W_r^T). The sweep
-    costs one R-only QR and two small GEMMs per core instead of a Q-forming QR, and every SVD is of
-    an (r n, rho) matrix with the already truncated rank r. Cost: ``O(d n R^3)``.
-    """
-    xp = B.namespace(*cores)
-    d = len(cores)
-    factors: list[Any] = [None] * d
-    factor = None
-    for k in range(d - 1, 0, -1):
-        core = cores[k] if factor is None else einsum("anb,cb->anc", cores[k], factor)
-        r = int(core.shape[0])
-        factor = _qr_r(xp.permute_dims(xp.reshape(core, (r, -1)), (1, 0)))  # (rho, r_{k-1})
-        factors[k] = factor
-    cores = list(cores)
-    carry = None
-    for k in range(d - 1):
-        core = cores[k] if carry is None else einsum("ab,bnc->anc", carry, cores[k])
-        r, n, right = (int(s) for s in core.shape)
-        matrix = xp.reshape(core, (r * n, right))
-        reduced = xp.matmul(matrix, xp.permute_dims(factors[k + 1], (1, 0)))  # (r n, rho)
-        if k == 0 and not B.all_finite(reduced):
-            _refuse_non_finite(math.nan)
-        u, s, _ = _svd(reduced)
-        threshold = log.pending(s) if k == 0 else log.threshold
-        rank, discarded, needed = _choose_rank(s, threshold, caps[k])
-        log.add(rank, discarded, needed)
-        kept = u[:, :rank]
-        cores[k] = xp.reshape(kept, (r, n, rank))
-        carry = xp.matmul(xp.permute_dims(kept, (1, 0)), matrix)  # (rank, r_k)
-    cores[d - 1] = einsum("ab,bnc->anc", carry, cores[d - 1])
+        r2, n2, r3 = (int(v) for v in cores[k + 1].shape)
+        carry = s[:rank, None] * vh[:rank, :]
+        cores[k + 1] = xp.reshape(xp.matmul(carry, xp.reshape(cores[k + 1], (r2, n2 * r3))), (rank, n2, r3))
     return cores

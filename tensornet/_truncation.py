@@ -1,0 +1,349 @@
+"""Truncation kernels shared by TT-SVD and rounding: argument checks, exact power-of-two scaling,
+the rank rule, the error log, and the SVD / R-only QR / certified Gram kernels.
+
+Private: :mod:`tensornet.decomp` holds the public functions and states the truncation rule.
+"""
+
+from __future__ import annotations
+
+import builtins
+import importlib
+import math
+import numbers
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from . import _backend as B
+
+
+class RankCapWarning(UserWarning):
+    """``max_rank`` stopped the result from meeting ``eps``; the message gives the achieved bound."""
+
+
+# --- argument checks --------------------------------------------------------------------------------
+def _check_eps(fn: str, eps: Any) -> float | None:
+    if eps is None:
+        return None
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"{fn}: eps must be a real number or None, got {type(eps).__name__}")
+    value = float(eps)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{fn}: eps must be finite and >= 0 (a relative Frobenius error), got {eps}")
+    return value
+
+
+def _check_max_rank(fn: str, max_rank: Any, bonds: int) -> list[int | None]:
+    if max_rank is None:
+        return [None] * bonds
+    values = [max_rank] * bonds if not isinstance(max_rank, Sequence) else list(max_rank)
+    if len(values) != bonds:
+        raise ValueError(f"{fn}: max_rank has {len(values)} entries but the train has {bonds} bonds (d - 1)")
+    for k, value in enumerate(values):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(
+                f"{fn}: max_rank must be an int or a sequence of ints, got {value!r} for bond {k}"
+            )
+        if value < 1:
+            raise ValueError(f"{fn}: max_rank must be >= 1, got {value} for bond {k}")
+    return [int(v) for v in values]
+
+
+def _check_precision(fn: str, dtype: Any) -> None:
+    name = B.dtype_name(dtype)
+    if name not in ("float32", "float64"):
+        raise TypeError(
+            f"{fn}: dtype {name} is not supported (the SVDs and QRs behind it exist in float32 and float64 "
+            f"only, and a half-precision result could not keep the eps guarantee); convert with "
+            f".astype('float32') / .to(torch.float32) or t.to(dtype='float32')"
+        )
+
+
+def _check_dense(fn: str, x: Any) -> int:
+    """Validate a dense input; return the power-of-two exponent to divide it by before decomposing
+    (0 unless its largest magnitude is far from 1, see :func:`_scale_exponent`)."""
+    if not B.is_array(x):
+        raise TypeError(f"{fn}: expected a numpy array or torch tensor, got {type(x).__name__}")
+    if x.ndim < 1:
+        raise ValueError(f"{fn}: expected an array with at least one dimension, got a 0-d array")
+    if any(int(n) == 0 for n in x.shape):
+        raise ValueError(f"{fn}: the array has a zero-size dimension (shape {tuple(x.shape)})")
+    if B.is_complex(x) or not B.is_floating(x):
+        raise TypeError(f"{fn}: dtype {x.dtype} is not supported; use float32 or float64")
+    _check_precision(fn, x.dtype)
+    top = B.max_abs(x)  # NaN propagates through max: one pass checks finiteness too
+    if not math.isfinite(top):
+        raise ValueError(f"{fn}: the array contains NaN or inf; the decomposition is undefined")
+    return _scale_exponent([top], x.dtype)
+
+
+# --- scale ------------------------------------------------------------------------------------------
+# The SVDs and QRs are scale-safe (LAPACK rescales internally), but what tensornet computes around them
+# (Gram matrices, products of cores, squares of singular values) is not at the ends of the dtype's
+# range. Data far from 1 are therefore divided by a power of two first (exact) and the factor is put
+# back on one core of the result at the end, so eps and the error bound hold at every finite scale.
+def _scale_exponent(tops: Sequence[float], dtype: Any) -> int:
+    """0 when the magnitudes ``tops`` (of a dense array, or of each core of a train) multiply to
+    something safely inside ``dtype``'s range; otherwise the sum of their power-of-two exponents."""
+    exponents = [math.frexp(t)[1] if t > 0 else 0 for t in tops]
+    safe = 32 if B.dtype_name(dtype) == "float32" else 256  # a quarter of the exponent range
+    return 0 if builtins.sum(abs(e) for e in exponents) <= safe else builtins.sum(exponents)
+
+
+def _core_exponents(cores: Sequence[Any]) -> list[int]:
+    xp = B.namespace(*cores)
+    tops = xp.stack([xp.max(xp.abs(c)) for c in cores])  # one host transfer for all cores
+    values = np.asarray(B.to_backend(tops, "numpy"), dtype=np.float64)
+    if not np.all(np.isfinite(values)):
+        raise ValueError("the train has NaN or inf entries; the operation is undefined")
+    return [math.frexp(float(t))[1] if t > 0 else 0 for t in values]
+
+
+def _normalize_cores(fn: str, cores: list[Any]) -> tuple[list[Any], int]:
+    """Cores divided by powers of two near their magnitudes when their scale is extreme (see above),
+    and the exponent to put back on the result; ``(cores, 0)`` unchanged otherwise."""
+    try:
+        exponents = _core_exponents(cores)
+    except ValueError as err:
+        raise ValueError(f"{fn}: {err}") from None
+    dtype = cores[0].dtype
+    if _scale_exponent([2.0 ** max(min(e, 1000), -1000) for e in exponents], dtype) == 0:
+        return cores, 0
+    return [B.scale_pow2(c, -e) for c, e in zip(cores, exponents)], builtins.sum(exponents)
+
+
+def _restore_scale(cores: list[Any], exponent: int, at: int) -> list[Any]:
+    """Multiply the train by ``2^exponent``: on core ``at`` where that core can hold it (it carries the
+    norm in the results here), else spread over all cores (a norm near the dtype's maximum)."""
+    if exponent == 0:
+        return cores
+    cores = list(cores)
+    xp = B.namespace(*cores)
+    top = B.to_float(xp.max(xp.abs(cores[at])))
+    finfo = xp.finfo(cores[at].dtype)
+    if top == 0.0 or (
+        float(finfo.smallest_normal) <= math.ldexp(top, exponent) < float(finfo.max)
+        if -1100 < exponent + math.frexp(top)[1] < 1100
+        else False
+    ):
+        cores[at] = B.scale_pow2(cores[at], exponent)
+        return cores
+    share, rest = divmod(exponent, len(cores))
+    return [B.scale_pow2(c, share + (rest if k == at % len(cores) else 0)) for k, c in enumerate(cores)]
+
+
+# --- truncation -------------------------------------------------------------------------------------
+def _choose_rank(singular: Any, threshold: float, cap: int | None) -> tuple[int, float, int]:
+    """(rank kept, norm of the discarded values, rank eps alone would keep).
+
+    The values are divided by the largest before squaring, so the choice is the same at every scale of
+    the data (squares of 1e-200 underflow, of 1e200 overflow)."""
+    s = np.asarray(B.to_backend(singular, "numpy"), dtype=np.float64)
+    top = float(np.max(s)) if s.size else 0.0
+    if not top > 0.0:
+        return 1, 0.0, 1
+    scaled = s / top
+    tail = np.concatenate([np.cumsum((scaled * scaled)[::-1])[::-1], [0.0]])  # tail[r] = sum_{i >= r}
+    with np.errstate(over="ignore"):  # a threshold far above every value keeps rank 1
+        limit = (threshold / top) ** 2
+    fits = np.nonzero(tail <= limit)[0]
+    needed = max(1, int(fits[0]))
+    rank = needed if cap is None else min(needed, cap)
+    return rank, math.sqrt(float(tail[rank])) * top, needed
+
+
+class _ErrorLog:
+    def __init__(self, fn: str, eps: float | None) -> None:
+        self.fn, self.eps, self.discarded, self.capped, self.bound = fn, eps, 0.0, False, 0.0
+        self.relative, self.total, self.threshold = 0.0, 0.0, 0.0
+        self.kernels: list[str] = []  # per truncated bond of a rounding: "gram" or "svd" (for tests)
+        self.noise_rows = 0  # rows of R factors dropped as rounding noise by the first sweep of round
+
+    def pending(self, singular: Any) -> float:
+        """Set ``total = ||singular||`` (the tensor's norm) and return the per-unfolding threshold."""
+        s = np.asarray(B.to_backend(singular, "numpy"), dtype=np.float64)
+        top = float(np.max(s)) if s.size else 0.0
+        self.total = top * float(np.linalg.norm(s / top)) if top > 0 else 0.0  # no overflow
+        self.threshold = self.relative * self.total
+        return self.threshold
+
+    def add(self, rank: int, discarded: float, needed: int) -> None:
+        """Record one truncation; ``discarded`` is the norm (not the square) of what it dropped."""
+        self.discarded = math.hypot(self.discarded, discarded)  # no overflow or underflow in squares
+        self.capped = self.capped or rank < needed
+
+    def finish(self, reference_norm: float, stacklevel: int) -> float:
+        bound = self.discarded / reference_norm if reference_norm > 0 else 0.0
+        if self.capped and self.eps is not None and bound > self.eps:
+            warnings.warn(
+                f"{self.fn}: max_rank kept the result from meeting eps={self.eps:g}; the achieved relative "
+                f"error bound is {bound:.3g}. Raise max_rank to meet eps.",
+                RankCapWarning,
+                stacklevel=stacklevel,
+            )
+        return bound
+
+
+def _svd(matrix: Any) -> tuple[Any, Any, Any]:
+    xp = B.namespace(matrix)
+    return xp.linalg.svd(matrix, full_matrices=False)
+
+
+# Fast kernels. With the data not requiring grad, every SVD is taken on the small side of its matrix.
+# A wide (m, N) unfolding first tries the certified Gram route (_gram_factors: A A^T, its eigenvectors
+# V, B = V^T A; two BLAS-3 passes, and the rank and error are verified from B itself). When that cannot
+# be certified (singular values within ~sqrt(machine eps) ||A|| of the threshold, a binding max_rank,
+# eps = 0, extreme scaling) it is reduced to the (m, m) triangle R of a QR of its transpose
+# (A = R^T Q^T, blocked so that each block's Householder QR runs in cache); the SVD of R^T = U S W^T
+# gives U and S of A, and the kept rows S W^T Q^T are formed as U_r^T A (one GEMM); Q is never built.
+# Tensors that require grad take the plain SVD path, which autograd differentiates.
+_BLOCK_ELEMENTS = 32768  # one block of the blocked QR: (rows, m) with rows * m ~ 256 KiB of float64
+
+
+def _safe_norm(x: Any) -> float:
+    """||x||_F without overflow or underflow in the squares (NaN/inf entries give NaN/inf)."""
+    xp = B.namespace(x)
+    top = B.to_float(xp.max(xp.abs(x)))
+    if not math.isfinite(top) or top == 0.0:
+        return top
+    return top * B.to_float(xp.linalg.vector_norm(x / top))
+
+
+def _is_torch(x: Any) -> bool:
+    return B.backend_name(x) == "torch"
+
+
+def _differentiable(x: Any) -> bool:
+    return bool(getattr(x, "requires_grad", False))
+
+
+def _qr_r(x: Any) -> Any:
+    """The R factor of a (stack of) QR factorisation(s), Q not formed."""
+    if _is_torch(x):
+        torch = importlib.import_module("torch")
+        return torch.linalg.qr(x, mode="r")[1]
+    return np.linalg.qr(x, mode="r")
+
+
+def _block_rows(total: int, width: int, target: int) -> int | None:
+    """A divisor ``b`` of ``total`` with ``width <= b <= target`` (the largest found), or None."""
+    for b in range(min(target, total // 2), width - 1, -1):
+        if total % b == 0:
+            return b
+    return None
+
+
+def _r_of_transpose(a: Any) -> Any:
+    """Upper-triangular (m, m) R with ``a = R^T Q^T`` for a wide C-ordered (m, N) matrix ``a``."""
+    xp = B.namespace(a)
+    m, total = (int(n) for n in a.shape)
+    target = max(_BLOCK_ELEMENTS // max(m, 1), 4 * m)
+    rows = _block_rows(total, m, target) if total >= 8 * m else None
+    if rows is None:
+        return _qr_r(xp.permute_dims(a, (1, 0)))
+    # blocks (nb, rows, m) of a^T: each block's columns are contiguous pieces of a's rows
+    blocks = xp.permute_dims(xp.reshape(a, (m, total // rows, rows)), (1, 2, 0))
+    stacked = xp.reshape(_qr_r(blocks), (-1, m))  # (nb * m, m): a^T = diag(Q_b) stacked
+    while int(stacked.shape[0]) > 4 * target:
+        count = int(stacked.shape[0]) // m
+        group = _block_rows(count, 2, max(target // m, 2)) or count
+        stacked = xp.reshape(_qr_r(xp.reshape(stacked, (count // group, group * m, m))), (-1, m))
+    return _qr_r(stacked)
+
+
+def _truncated_factors(
+    matrix: Any, threshold: float | None, cap: int | None, log: _ErrorLog
+) -> tuple[Any, Any, Any]:
+    """(U_r, S_r V_r^T, singular values) of the truncated SVD of ``matrix`` (m, N); the rank is
+    chosen by :func:`_choose_rank` (``threshold`` None: from the norm of ``matrix``) and logged."""
+    xp = B.namespace(matrix)
+    m, total = (int(n) for n in matrix.shape)
+    if not _differentiable(matrix) and total >= 2 * m:
+        certified = _gram_factors(matrix, threshold, cap, log)
+        if certified is not None:
+            return certified
+        u, s, _ = _svd(xp.permute_dims(_r_of_transpose(matrix), (1, 0)))
+        rank = _log_rank(s, threshold, cap, log)
+        kept = u[:, :rank]
+        return kept, xp.matmul(xp.permute_dims(kept, (1, 0)), matrix), s
+    u, s, vh = _svd(matrix)
+    rank = _log_rank(s, threshold, cap, log)
+    return u[:, :rank], s[:rank, None] * vh[:rank, :], s
+
+
+def _row_norms2(b: Any) -> np.ndarray:
+    """Squared row norms of ``b`` as float64 numpy (no (m, N) temporary on numpy)."""
+    if _is_torch(b):  # no (m, N) temporary: large CPU allocations cost torch page faults
+        torch = importlib.import_module("torch")
+        norms = np.asarray(B.to_backend(torch.linalg.vector_norm(b, dim=1), "numpy"), dtype=np.float64)
+        return norms * norms
+    return np.einsum("ij,ij->i", b, b).astype(np.float64)
+
+
+def _gram_factors(
+    matrix: Any, threshold: float | None, cap: int | None, log: _ErrorLog
+) -> tuple[Any, Any, Any] | None:
+    """Truncated factors of a wide ``matrix`` (m, N) from its Gram matrix, or None if not certified.
+
+    Notes: ``V`` = eigenvectors of ``G = A A^T`` (descending) and ``B = V^T A`` cost two BLAS-3
+    passes over A. B has A's singular values sigma_i. Because V is orthogonal, keeping B's first r
+    rows discards exactly ``tail(r) = sum_{i >= r} ||B_i||^2``, computed from B itself, so the eps
+    guarantee holds whatever V's accuracy, and ``sum_{i >= r} sigma_i^2 <= tail(r)``: the rank r
+    chosen from ``tail`` is at least the SVD's. Minimality is certified from the kept rows
+    ``B_K = D C D`` (D = their norms, C their correlation matrix, rho = ||C - I||_2 plus the
+    rounding allowance of forming C): by interlacing and Ostrowski's theorem
+    ``sigma_{r-1}^2 >= sigma_{r-1}(B_K)^2 >= (1 - rho) min_{i<r} ||B_i||^2``, and if that exceeds
+    the threshold squared the SVD cannot keep fewer than r values. Where it does not (a kept
+    singular value that alone is below the threshold), or ``max_rank`` binds, or eps = 0, or the
+    squares would overflow/underflow, None sends the caller to the QR route. Cost ``O(m^2 N)``.
+    """
+    xp = B.namespace(matrix)
+    m, total = (int(n) for n in matrix.shape)
+    if (threshold is not None and threshold <= 0.0) or log.relative <= 0.0:
+        return None
+    unit = B.finfo_eps(matrix)
+    with np.errstate(all="ignore"):  # overflow/underflow is detected below and sent the QR route
+        gram = xp.matmul(matrix, xp.permute_dims(matrix, (1, 0)))
+        trace = B.to_float(xp.sum(xp.linalg.diagonal(gram)))
+    finfo = xp.finfo(matrix.dtype)
+    if not float(finfo.smallest_normal) / unit**2 < trace < float(finfo.max) / (4 * m):
+        return None  # squares would underflow or overflow: the QR route scales safely
+    _, vectors = xp.linalg.eigh(gram)
+    order = xp.arange(m - 1, -1, -1, device=B.device(matrix))
+    vectors = xp.take(vectors, order, axis=1)  # descending eigenvalues, a copy: BLAS-ready strides
+    rows = xp.matmul(xp.permute_dims(vectors, (1, 0)), matrix)  # B = V^T A, (m, N)
+    norms2 = _row_norms2(rows)
+    norm2 = float(np.sum(norms2))
+    first = threshold is None
+    if threshold is None:
+        threshold = log.relative * math.sqrt(norm2)
+    tail = np.concatenate([np.cumsum(norms2[::-1])[::-1], [0.0]])  # tail[r] = sum_{i >= r} ||B_i||^2
+    needed = max(1, int(np.nonzero(tail <= threshold * threshold)[0][0]))
+    if cap is not None and cap < needed:
+        return None
+    if needed > 1:
+        kept = rows[:needed, :]
+        cross = np.asarray(
+            B.to_backend(xp.matmul(kept, xp.permute_dims(kept, (1, 0))), "numpy"), dtype=np.float64
+        )
+        scale = np.sqrt(np.diag(cross))
+        if not np.all(scale > 0):
+            return None
+        rho = float(np.linalg.norm(cross / np.outer(scale, scale) - np.eye(needed), 2))
+        rho += 2.0 * total * unit  # rounding of the products forming ``cross`` (worst case)
+        if (1.0 - rho) * float(np.min(norms2[:needed])) <= threshold * threshold:
+            return None
+    if first:  # ||x||_F of tt_svd's first unfolding
+        log.total, log.threshold = math.sqrt(norm2), threshold
+    log.add(needed, math.sqrt(float(tail[needed])), needed)
+    return vectors[:, :needed], rows[:needed, :], None
+
+
+def _log_rank(singular: Any, threshold: float | None, cap: int | None, log: _ErrorLog) -> int:
+    if threshold is None:  # the caller needs the norm first (first unfolding of tt_svd)
+        threshold = log.pending(singular)
+    rank, discarded, needed = _choose_rank(singular, threshold, cap)
+    log.add(rank, discarded, needed)
+    return rank
