@@ -11,9 +11,12 @@ import importlib
 from typing import Any
 
 from . import contract, shapes
+from ._cross import ConvergenceWarning, EvalCapWarning, apply, cross
+from .construct import delta, eye, laplacian, ones, zeros
 from .decomp import RankCapWarning, orthogonalize, round, tt_svd, ttm_svd
-from .ops import add, dot, full, hadamard, kron, linear, matmul, matvec, norm, scale, sum, transpose
+from .ops import add, dot, full, gather, hadamard, kron, linear, matmul, matvec, norm, scale, sum, transpose
 from .random import random_tt, random_ttm
+from .structure import reshape
 from .tt import TT, TTM
 
 __version__ = "0.1.0"
@@ -21,20 +24,30 @@ __version__ = "0.1.0"
 __all__ = [
     "TT",
     "TTM",
+    "ConvergenceWarning",
+    "EvalCapWarning",
     "RankCapWarning",
     "add",
+    "apply",
     "contract",
+    "cross",
+    "delta",
     "dot",
+    "eye",
     "full",
+    "gather",
     "hadamard",
     "kron",
+    "laplacian",
     "linear",
     "matmul",
     "matvec",
     "norm",
+    "ones",
     "orthogonalize",
     "random_tt",
     "random_ttm",
+    "reshape",
     "round",
     "scale",
     "shapes",
@@ -42,6 +55,7 @@ __all__ = [
     "transpose",
     "tt_svd",
     "ttm_svd",
+    "zeros",
 ]
 
 _LAZY = ("adjoint", "nn", "gpt2", "testing")

@@ -6,9 +6,12 @@ objects. Cost lines use d cores, mode size n (m x n for TTM), ranks r (and s for
 
 from __future__ import annotations
 
+import builtins
 import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
+
+import numpy as np
 
 from . import _backend as B
 from . import _linear
@@ -17,8 +20,10 @@ from ._einsum import einsum
 
 __all__ = [
     "add",
+    "add_scalar",
     "dot",
     "full",
+    "gather",
     "getitem",
     "hadamard",
     "is_scalar",
@@ -27,6 +32,7 @@ __all__ = [
     "matmul",
     "matvec",
     "norm",
+    "power",
     "scale",
     "sum",
     "transpose",
@@ -294,10 +300,24 @@ def norm(x: Any) -> Any:
     return value + (v - B.detach(v)) * factor
 
 
-def sum(x: Any) -> Any:
-    """Sum of all entries as a 0-d array, renormalised like :func:`dot` (finite whenever the sum is
-    representable, never NaN from finite cores). Cost: ``O(d n r^2)``."""
+def sum(x: Any, axis: int | Sequence[int] | None = None) -> Any:
+    """Sum of the entries over all modes (a 0-d array) or over the modes in ``axis`` (a TT over the
+    others: a marginal).
+
+    Notes: summing mode k replaces core k by the matrix ``sum_i G_k[:, i, :]``, which is multiplied into
+    the next kept core (the previous one for trailing modes). Cores and running products are renormalised
+    by powers of two like :func:`dot`: finite whenever the result is representable, never NaN from
+    finite cores. ``axis`` (ints, negative from the end) applies to TT modes; a TTM sums all entries.
+    Cost: ``O(d n r^2 + d r^3)``.
+
+    Raises TypeError for an axis that is not an int or a sequence of ints (or given for a TTM),
+    ValueError for one out of range or repeated.
+    """
     _require_train("sum", x)
+    if axis is not None:
+        axes = _check_axes("sum", x, axis)
+        if len(axes) < x.ndim:
+            return _sum_modes(x, axes)
     cores, exponent = _normalized_cores(_flat_cores(x))
     xp = B.namespace(*cores)
     start = xp.ones((1, 1), dtype=x.dtype, device=x.device)
@@ -428,3 +448,165 @@ def getitem(x: Any, index: Any) -> Any:
 def _positions(core: Any, positions: range) -> Any:
     xp = B.namespace(core)
     return xp.asarray(list(positions), dtype=xp.int64, device=B.device(core))
+
+
+# --- entries, marginals, scalar shifts and powers ------------------------------------------------------
+def _index_rows(fn: str, index: Any, shape: Sequence[int], name: str = "index") -> Any:
+    """``index`` (a ``(k, d)`` integer numpy/torch array or nested sequence) as host int64 rows, checked
+    against ``shape`` and with negative entries counted from the end."""
+    if B.is_array(index):
+        if B.is_complex(index) or B.is_floating(index) or str(index.dtype) in ("bool", "torch.bool"):
+            raise TypeError(f"{fn}: {name} must hold integers, got dtype {index.dtype}")
+        rows = np.asarray(B.to_backend(index, "numpy"))
+    elif isinstance(index, Sequence) and not isinstance(index, str):
+        rows = np.asarray(index)
+        if rows.size and not np.issubdtype(rows.dtype, np.integer):
+            raise TypeError(f"{fn}: {name} must hold integers, got {rows.dtype} entries")
+    else:
+        raise TypeError(f"{fn}: {name} must be a (k, d) integer array, got {type(index).__name__}")
+    d = len(shape)
+    if rows.ndim != 2 or int(rows.shape[1]) != d:
+        raise ValueError(
+            f"{fn}: {name} has shape {tuple(rows.shape)} but must be (k, {d}): one row (i_1, ..., i_{d}) "
+            f"per entry of the shape-{tuple(shape)} train (wrap a single index as [index])"
+        )
+    rows = rows.astype(np.int64, copy=False)
+    sizes = np.asarray(shape, dtype=np.int64)
+    bad = np.argwhere((rows < -sizes) | (rows >= sizes))
+    if bad.size:
+        j, k = (int(v) for v in bad[0])
+        raise IndexError(
+            f"{fn}: {name} row {j} has {int(rows[j, k])} in mode {k}, which has size {int(sizes[k])} "
+            f"(valid: {-int(sizes[k])} .. {int(sizes[k]) - 1})"
+        )
+    return np.where(rows < 0, rows + sizes, rows)
+
+
+def gather(x: Any, index: Any) -> Any:
+    """Many entries at once: ``x[index[j]]`` for each row of a ``(k, d)`` integer array, as a 1-D array
+    of ``k`` values on ``x``'s backend, dtype and device.
+
+    Notes: row j is ``G_1[:, i_1, :] G_2[:, i_2, :] ... G_d[:, i_d, :]``, computed for all rows together
+    core by core, each running row divided by a power of two near its size (exact), so an entry is
+    right at any scale of the cores (inf only when it overflows). Negative indices count from the end.
+    Differentiable with torch cores. Cost: ``O(k d r^2)``.
+
+    Raises TypeError for a non-TT ``x`` or a non-integer index, ValueError for an index of the wrong
+    shape, IndexError for an entry out of range.
+    """
+    _require("gather", x, _tt.TT, "x")
+    rows = B.to_backend(_index_rows("gather", index, x.shape), x.backend, device=x.device)
+    xp = B.namespace(*x.cores)
+    if int(rows.shape[0]) == 0:
+        return xp.zeros((0,), dtype=x.dtype, device=x.device)
+    cores, exponent = _normalized_cores(x.cores)
+    values = xp.take(cores[0][0], rows[:, 0], axis=0)  # (k, r_1)
+    for k in range(1, len(cores)):
+        values = einsum("ka,akb->kb", values, xp.take(cores[k], rows[:, k], axis=1))
+        e = B.exponent(xp.max(xp.abs(values), axis=1))
+        values = B.scale_pow2(values, -e[:, None])
+        exponent = exponent + e
+    return B.scale_pow2(values[:, 0], exponent)
+
+
+def _check_axes(fn: str, x: Any, axis: Any) -> tuple[int, ...]:
+    if isinstance(x, _tt.TTM):
+        raise TypeError(f"{fn}: axis applies to the modes of a TT; a TTM sums all entries (axis=None)")
+    items = [axis] if isinstance(axis, numbers.Integral) else axis
+    if isinstance(axis, bool) or not isinstance(items, Sequence) or isinstance(items, str):
+        raise TypeError(f"{fn}: axis must be an int or a sequence of ints, got {axis!r}")
+    d = x.ndim
+    axes = []
+    for a in items:
+        if isinstance(a, bool) or not isinstance(a, numbers.Integral):
+            raise TypeError(f"{fn}: axis entries must be ints, got {a!r}")
+        if not -d <= int(a) < d:
+            raise ValueError(f"{fn}: axis {a} is out of range for a TT with {d} modes")
+        axes.append(int(a) % d)
+    if len(set(axes)) != len(axes):
+        raise ValueError(f"{fn}: axis {tuple(items)} repeats a mode")
+    return tuple(sorted(axes))
+
+
+def _sum_modes(x: Any, axes: tuple[int, ...]) -> Any:
+    """Sum over the modes ``axes`` (not all of them): the summed cores become matrices, multiplied into
+    the next kept core (the last kept one takes the trailing matrices); the scale is put back spread
+    over the kept cores so that no core over- or underflows on its own."""
+    cores, exponent = _normalized_cores(x.cores)
+    xp = B.namespace(*cores)
+    kept: list[Any] = []
+    pending = None  # product of the summed matrices not yet absorbed
+    for k, core in enumerate(cores):
+        if k in axes:
+            matrix = xp.sum(core, axis=1)
+            pending, e = B.normalized(matrix if pending is None else pending @ matrix)
+            exponent = exponent + e
+            continue
+        if pending is not None:
+            core, e = B.normalized(einsum("ab,bnc->anc", pending, core))
+            exponent = exponent + e
+            pending = None
+        kept.append(core)
+    if pending is not None:
+        kept[-1], e = B.normalized(einsum("anb,bc->anc", kept[-1], pending))
+        exponent = exponent + e
+    return _tt.TT._trusted(_spread_pow2(kept, exponent))
+
+
+def _spread_pow2(cores: list[Any], exponent: Any) -> list[Any]:
+    """The train of ``cores`` times ``2^exponent``, the factor split evenly over the cores (each core
+    near 1 gets at most its share, so none over- or underflows unless the train's entries do)."""
+    count = len(cores)
+    share = exponent // count
+    rest = exponent - share * count
+    return [B.scale_pow2(c, share + rest if k == 0 else share) for k, c in enumerate(cores)]
+
+
+def add_scalar(x: Any, alpha: Any) -> Any:
+    """``x + alpha`` entrywise (``alpha`` added to every entry): ``x`` plus ``alpha`` times the all-ones
+    train, so the ranks grow by 1. ``alpha`` follows :func:`scale`'s rule (a real number or 0-d array
+    that never changes the train's dtype or device). Cost: ``O(d n (r + 1)^2)``."""
+    _require_train("add_scalar", x)
+    alpha = _scalar_like("add_scalar", x, alpha)
+    xp = B.namespace(*x.cores)
+    flat = _flat_cores(x)
+    ones = [xp.ones((1, int(c.shape[1]), 1), dtype=x.dtype, device=x.device) for c in flat]
+    ones[0] = ones[0] * alpha
+    return add(x, _like(x, ones))
+
+
+def power(x: Any, exponent: Any) -> Any:
+    """``x ** k`` entrywise for an integer ``k >= 0``: ``k - 1`` Hadamard products, ranks ``r^k``
+    (``k = 0``: the all-ones train). Round afterwards to recompress; for other exponents use
+    :func:`tensornet.apply`. Cost: ``O(d n r^(2k))``.
+
+    Raises TypeError for a non-integer exponent, ValueError for a negative one or one whose ranks
+    would not fit in this machine's memory.
+    """
+    _require_train("power", x)
+    if isinstance(exponent, bool) or not isinstance(exponent, numbers.Integral):
+        raise TypeError(
+            f"power: the exponent must be an int >= 0, got {exponent!r}; for other powers use "
+            "tn.apply(lambda v: v ** p, t)"
+        )
+    k = int(exponent)
+    if k < 0:
+        raise ValueError(f"power: exponent {k} < 0; a reciprocal is not exact in TT form, use tn.apply")
+    flat = _flat_cores(x)
+    if k == 0:
+        xp = B.namespace(*flat)
+        return _like(x, [xp.ones((1, int(c.shape[1]), 1), dtype=x.dtype, device=x.device) for c in flat])
+    from .random import _physical_memory
+
+    ranks = x.ranks
+    entries = builtins.sum(ranks[j] ** k * int(c.shape[1]) * ranks[j + 1] ** k for j, c in enumerate(flat))
+    memory = _physical_memory()
+    if memory is not None and entries * int(x.cores[0].itemsize) > memory:
+        raise ValueError(
+            f"power: x ** {k} has ranks {tuple(r**k for r in ranks)} ({entries:,} entries), more than this "
+            f"machine's memory; round between products (tn.round(t * t, eps=...)) or use tn.apply"
+        )
+    result = x
+    for _ in range(k - 1):
+        result = hadamard(result, x)
+    return result

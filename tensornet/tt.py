@@ -170,10 +170,23 @@ class _Train:
         return _ops.full(self)
 
     def __add__(self, other: Any) -> Any:
-        return _ops.add(self, other) if isinstance(other, _Train) else NotImplemented
+        if isinstance(other, _Train):
+            return _ops.add(self, other)
+        return _ops.add_scalar(self, other) if _ops.is_scalar(other) else NotImplemented
+
+    def __radd__(self, other: Any) -> Any:
+        return _ops.add_scalar(self, other) if _ops.is_scalar(other) else NotImplemented
 
     def __sub__(self, other: Any) -> Any:
-        return _ops.add(self, _ops.scale(other, -1.0)) if isinstance(other, _Train) else NotImplemented
+        if isinstance(other, _Train):
+            return _ops.add(self, _ops.scale(other, -1.0))
+        return _ops.add_scalar(self, -other) if _ops.is_scalar(other) else NotImplemented
+
+    def __rsub__(self, other: Any) -> Any:
+        return _ops.add_scalar(-self, other) if _ops.is_scalar(other) else NotImplemented
+
+    def __pow__(self, exponent: Any) -> Any:
+        return _ops.power(self, exponent)
 
     def __neg__(self) -> Any:
         return _ops.scale(self, -1.0)
@@ -240,8 +253,8 @@ class TT(_Train):
     def __rmatmul__(self, other: Any) -> Any:
         return _ops.matvec(other, self) if isinstance(other, TTM) else NotImplemented
 
-    def sum(self) -> Any:
-        return _ops.sum(self)
+    def sum(self, axis: Any = None) -> Any:
+        return _ops.sum(self, axis=axis)
 
     def norm(self) -> Any:
         return _ops.norm(self)

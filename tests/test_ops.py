@@ -217,7 +217,7 @@ def test_structure_mismatch_errors():
     with pytest.raises(TypeError, match="must be a tensornet TT or TTM"):
         tn.norm(np.ones(3))
     with pytest.raises(TypeError):
-        a + 1.0
+        a + "1"  # numbers are added entrywise (tests/test_construct.py); other objects are refused
     with pytest.raises(TypeError, match="must be a tensornet TTM"):
         tn.transpose(a)
 

@@ -1,8 +1,10 @@
-"""Testing helpers for tensornet users: hypothesis strategies in :mod:`tensornet.testing.strategies`.
+"""Testing helpers for tensornet users: :func:`assert_allclose` for trains (in TT form) and hypothesis
+strategies in :mod:`tensornet.testing.strategies`.
 
 Importing this package needs ``hypothesis`` (the ``test`` extra).
 """
 
 from . import strategies
+from ._assert import assert_allclose
 
-__all__ = ["strategies"]
+__all__ = ["assert_allclose", "strategies"]

@@ -20,8 +20,12 @@ import importlib.util
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+from hypothesis import assume
 from hypothesis import strategies as st
 
+from .. import ops as _ops
+from ..decomp import orthogonalize
 from ..random import random_tt, random_ttm
 from ..tt import TT, TTM
 
@@ -31,10 +35,15 @@ __all__ = [
     "bond_ranks",
     "core_shapes",
     "dtypes",
+    "low_rank_arrays",
     "mode_shapes",
+    "orthogonal_tts",
+    "redundant_tts",
+    "scaled_tts",
     "ttm_shapes",
     "ttms",
     "tts",
+    "zero_tts",
 ]
 
 
@@ -158,3 +167,78 @@ def ttms(
     seed = draw(st.integers(0, 2**32 - 1))
     train = random_ttm(row_shape, col_shape, ranks, std=std, seed=seed)
     return _placed(train, _resolve(draw, backend, backends()), _resolve(draw, dtype, dtypes()))
+
+
+# --- edge cases for users' property tests ---------------------------------------------------------------
+@st.composite
+def zero_tts(draw: Any, **kwargs: Any) -> TT:
+    """A TT whose tensor is exactly zero although its ranks need not be 1: one drawn core is zeroed.
+    Keyword arguments as :func:`tts`."""
+    train = draw(tts(**kwargs))
+    k = draw(st.integers(0, train.ndim - 1))
+    cores = list(train.cores)
+    cores[k] = cores[k] * 0.0
+    return TT(cores)
+
+
+@st.composite
+def redundant_tts(draw: Any, **kwargs: Any) -> TT:
+    """A TT stored with ranks above its TT ranks: ``a + c a`` for a drawn TT ``a`` and ``c`` in
+    [0.5, 2] (stored ranks ``2 r``, tensor ``(1 + c) a`` of a's TT ranks; rounding must shrink them).
+    Keyword arguments as :func:`tts`."""
+    train = draw(tts(**kwargs))
+    factor = draw(st.floats(0.5, 2.0))
+    return _ops.add(train, _ops.scale(train, factor))
+
+
+@st.composite
+def scaled_tts(draw: Any, *, exponent: Any = None, **kwargs: Any) -> TT:
+    """A TT multiplied by ``10 ** exponent`` on one drawn core, by default ``+-100`` for float64 and
+    ``+-30`` for float32 (entries near the ends of the dtype's range: guarantees must hold at every
+    finite scale). Keyword arguments as :func:`tts`."""
+    train = draw(tts(**kwargs))
+    limit = 30 if "float32" in str(train.dtype) else 100
+    power = _resolve(draw, exponent, st.sampled_from([-limit, limit]))
+    k = draw(st.integers(0, train.ndim - 1))
+    cores = list(train.cores)
+    cores[k] = cores[k] * 10.0**power
+    return TT(cores)
+
+
+@st.composite
+def orthogonal_tts(draw: Any, *, center: Any = None, **kwargs: Any) -> TT:
+    """A TT orthogonalised around a drawn (or given) core: cores left-orthogonal before ``center``,
+    right-orthogonal after it (:func:`tensornet.orthogonalize`). Keyword arguments as :func:`tts`."""
+    train = draw(tts(**kwargs))
+    position = _resolve(draw, center, st.integers(0, train.ndim - 1))
+    return orthogonalize(train, center=position)
+
+
+@st.composite
+def low_rank_arrays(
+    draw: Any,
+    *,
+    shape: Any = None,
+    max_ndim: int = 4,
+    max_size: int = 5,
+    max_rank: int = 3,
+    backend: Any = None,
+    dtype: Any = None,
+) -> tuple[Any, tuple[int, ...]]:
+    """``(array, ranks)``: a dense array whose TT ranks are exactly ``ranks`` (with the boundary 1s).
+
+    The array is the full tensor of a random TT with reachable ranks (:func:`bond_ranks`); draws in
+    which an unfolding's ``r_k``-th singular value is below ``1e-6`` of its largest (nearly rank-
+    deficient, which a float32 round-trip could not tell apart) are rejected, so ``tt_svd(array,
+    eps=1e-8)`` (1e-4 in float32) recovers ``ranks`` exactly."""
+    shape = _resolve(draw, shape, mode_shapes(max_ndim=max_ndim, max_size=max_size))
+    bonds = draw(bond_ranks(shape, max_rank=max_rank))
+    seed = draw(st.integers(0, 2**32 - 1))
+    dense = np.asarray(random_tt(shape, bonds, seed=seed).full())
+    for k, r in enumerate(bonds):
+        singular = np.linalg.svd(dense.reshape(int(np.prod(shape[: k + 1])), -1), compute_uv=False)
+        assume(singular[r - 1] > 1e-6 * singular[0])
+    train = TT([dense.reshape(1, -1, 1)])
+    placed = _placed(train, _resolve(draw, backend, backends()), _resolve(draw, dtype, dtypes()))
+    xp_array = placed.cores[0]
+    return xp_array.reshape(tuple(shape)), (1, *bonds, 1)
