@@ -1,16 +1,18 @@
 """Benchmark: tensornet.tt_svd / tensornet.round against teneva, torchTT, tntorch and tensorly.
 
-Run:  python benchmarks/bench_decomp.py [--repeats 7] [--out benchmarks/results/decomp_cpu.md]
+Run:  python benchmarks/bench_decomp.py [--repeats 7] [--threads 2] [--only round] [--out FILE.md]
 
-The cases are those of REFERENCE.md's "Measured baselines" table, float64, 2 threads:
+The cases are those of REFERENCE.md's tables and of issue 14, float64, ``--threads`` BLAS/torch threads:
 
 * ``tt-svd 8^7 rank 6``: the dense 8^7 tensor of a random TT with ranks (1, 6, ..., 6, 1), eps 1e-8.
 * ``tt-svd sin 10^6`` and ``tt-svd sin 4^11``: f(x) = sin(10 ||x||_2) sampled on the uniform grid of
   [0, 1]^d (n points per axis, end points included), eps 1e-6. The radial sine gives TT-ranks 10-13.
-* ``round d=20 n=8 60->20`` and ``round d=40 n=4 90->30``: x = a + 1e-10 * b with a a random TT of rank
-  20 (30) and b a random TT of rank 40 (60), both of unit norm; x is stored with rank 60 (90) (the
-  cores of a sum), and rounding at eps 1e-8 must recover rank 20 (30): the rank-40 (60) perturbation
-  is below the per-unfolding threshold eps / sqrt(d - 1) ||x||, a's singular values are far above it.
+* Rounding (issue 14): each case gives ``x`` as the block cores of a sum of trains (what ``a + b`` stores)
+  and rounds it at ``eps``; the kinds are ``a+a+a`` (true rank r, input 3r: the rank-deficient sum of
+  REFERENCE.md), ``a + 1e-10 b`` (a of rank r, b of rank 2r, both unit norm: rounding must recover rank r,
+  the perturbation being below the per-unfolding threshold), and ``sum of m``: ``t_i = c_i a + delta b_i``
+  (c_i in [0.5, 1.5], b_i random rank r, delta below the threshold), input rank m r, output rank r.
+  ``tensornet round_sum`` rows round the same sum from its terms without forming the block cores.
 
 Every result is checked for ``||x - y||_F <= eps ||x||_F``: against the dense tensor for TT-SVD, and
 for rounding through the TT of x - y (block cores) orthogonalised by a QR sweep, which gives its norm
@@ -21,7 +23,9 @@ threshold is absolute per unfolding, so it gets ``e = eps / sqrt(d - 1) * ||x||`
 it), tensorly ``tensor_train(x, rank)`` (it has no accuracy argument; it gets the ranks tensornet
 found). Times are medians over ``--repeats`` interleaved rounds (each method once per round, fewer rounds
 for a case past its time budget) after one warm-up; the ratio column is the time over
-the fastest *correct* peer (error <= eps).
+the fastest *correct* peer (error <= eps). "cpu ms" is the median CPU time of the process over the same
+calls (all its threads): on a shared machine far less noisy than wall time, and with ``--threads 1`` the
+compute each method needs; ratios are given for both. "torch/numpy" compares tensornet's two rows.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.p
 
 import tensornet as tn  # noqa: E402
 
-THREADS = 2
+THREADS = 2  # overridden by --threads
 
 
 # --- inputs -------------------------------------------------------------------------------------------
@@ -133,6 +137,9 @@ def ranks_of(cores: list[np.ndarray]) -> tuple[int, ...]:
 
 
 # --- timing ------------------------------------------------------------------------------------------
+CPU_TIMES: dict[str, list[float]] = {}  # the CPU times of the last case, per method
+
+
 def timed_interleaved(
     methods: dict[str, Callable[[], Any]], repeats: int, budget: float
 ) -> tuple[dict[str, list[float]], dict[str, Any], dict[str, str]]:
@@ -147,16 +154,19 @@ def timed_interleaved(
         except Exception as err:  # a failing peer is reported, not fatal
             failures[name] = f"{type(err).__name__}: {str(err)[:60]}"
     times: dict[str, list[float]] = {name: [] for name in results}
+    cpu: dict[str, list[float]] = {name: [] for name in results}
     spent = 0.0
     for round_index in range(repeats):
         if round_index >= 3 and spent > budget:
             break
         for name in results:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             results[name] = methods[name]()
             elapsed = time.perf_counter() - start
+            cpu[name].append(time.process_time() - start_cpu)
             times[name].append(elapsed)
             spent += elapsed
+    CPU_TIMES.update(cpu)
     return times, results, failures
 
 
@@ -172,7 +182,7 @@ def run_case(
     rows: dict[str, tuple[float, float, float, tuple[int, ...]]] = {}
     times, results, failures = timed_interleaved(methods, repeats, budget)
     for name, message in failures.items():
-        lines.append(f"| {title} | {name} | failed: {message} | | | | |")
+        lines.append(f"| {title} | {name} | failed: {message} | | | | | | |")
     for name, result in results.items():
         cores = as_numpy_cores(result)
         rows[name] = (
@@ -181,22 +191,34 @@ def run_case(
             error_of(cores),
             ranks_of(cores),
         )
+    cpu = {name: float(np.median(CPU_TIMES[name])) for name in rows}
     correct_peers = {k: v for k, v in rows.items() if not k.startswith("tensornet") and v[2] <= eps}
     fastest = min(correct_peers.items(), key=lambda kv: kv[1][0]) if correct_peers else None
+    fastest_cpu = min((cpu[k] for k in correct_peers), default=None)
     for name, (median, best, err, ranks) in rows.items():
         ok = "yes" if err <= eps else "NO"
         ratio = f"{median / fastest[1][0]:.2f}" if fastest else "n/a"
+        ratio_cpu = f"{cpu[name] / fastest_cpu:.2f}" if fastest_cpu else "n/a"
+        numpy_row = name.replace("(torch)", "(numpy)")
+        versus = f"{cpu[name] / cpu[numpy_row]:.2f}" if name.endswith("(torch)") and numpy_row in cpu else ""
         shown = f"{max(ranks)} {list(ranks)}" if len(ranks) <= 13 else f"{max(ranks)}"
         lines.append(
-            f"| {title} | {name} | {median * 1e3:.1f} | {best * 1e3:.1f} | {ratio} | {err:.2e} {ok} | {shown} |"
+            f"| {title} | {name} | {median * 1e3:.1f} | {best * 1e3:.1f} | {ratio} | {cpu[name] * 1e3:.1f} "
+            f"| {ratio_cpu} | {versus} | {err:.2e} {ok} | {shown} |"
         )
     if fastest:
-        mine = rows.get("tensornet (numpy)")
-        verdict = ""
-        if mine:
-            met = mine[0] <= 0.5 * fastest[1][0] and max(mine[3]) <= max(fastest[1][3]) and mine[2] <= eps
-            verdict = f"target <= 0.5x: {'MET' if met else 'MISSED'}"
-        lines.append(f"|  | fastest correct peer: {fastest[0]} | | | | | {verdict} |")
+        verdicts = []
+        for mine_name in ("tensornet (numpy)", "tensornet round_sum (numpy)"):
+            mine = rows.get(mine_name)
+            if mine and fastest_cpu:
+                met = (
+                    cpu[mine_name] <= 0.5 * fastest_cpu
+                    and max(mine[3]) <= max(fastest[1][3])
+                    and mine[2] <= eps
+                )
+                verdicts.append(f"{mine_name.removeprefix('tensornet ')} {'MET' if met else 'MISSED'}")
+        verdict = f"target <= 0.5x (cpu): {', '.join(verdicts)}" if verdicts else ""
+        lines.append(f"|  | fastest correct peer: {fastest[0]} | | | | | | | | {verdict} |")
     for line in lines[-(len(rows) + len(failures) + 1) :]:
         print(line, flush=True)
     return rows
@@ -236,16 +258,39 @@ def tt_svd_case(
     run_case(title, eps, methods, error_of, repeats, lines)
 
 
-def round_case(
-    title: str, n: int, d: int, rank: int, eps: float, repeats: int, found: dict[str, Any], lines: list[str]
-) -> None:
-    rng = np.random.default_rng(2024 + d)
+def round_terms(kind: str, n: int, d: int, rank: int, terms: int, eps: float) -> list[list[np.ndarray]]:
+    """The terms of the sum to round (see the module notes): 'repeat', 'small' or 'sum'."""
+    rng = np.random.default_rng(2024 + d + 7 * terms + rank)
     a = random_cores(rng, n, d, rank)
-    b = random_cores(rng, n, d, 2 * rank)
-    x = sum_cores(a, [c * (1e-10 ** (1.0 / d)) for c in b])
+    if kind == "repeat":
+        return [a] * terms
+    if kind == "small":
+        b = random_cores(rng, n, d, 2 * rank)
+        return [a, [c * (1e-10 ** (1.0 / d)) for c in b]]
+    delta = 0.01 * eps / math.sqrt(terms * (d - 1))  # each b_i far below the per-unfolding threshold
+    out = []
+    for _ in range(terms):  # t_i = c_i a + delta b_i, rank 2 r each
+        b = random_cores(rng, n, d, rank)
+        out.append(sum_cores([a[0] * float(rng.uniform(0.5, 1.5)), *a[1:]], [b[0] * delta, *b[1:]]))
+    return out
+
+
+def round_case(
+    title: str,
+    terms: list[list[np.ndarray]],
+    eps: float,
+    repeats: int,
+    found: dict[str, Any],
+    lines: list[str],
+) -> None:
+    x = terms[0]
+    for term in terms[1:]:
+        x = sum_cores(x, term)
     norm_x = tt_norm(x)
     xt = [torch.from_numpy(c) for c in x]
     x_tn, xt_tn = tn.TT(x), tn.TT(xt)
+    terms_tn = [tn.TT(t) for t in terms]
+    terms_tt = [t.to("torch") for t in terms_tn]
 
     def error_of(cores: list[np.ndarray]) -> float:
         return tt_norm(sum_cores(x, [-cores[0], *cores[1:]])) / norm_x
@@ -253,6 +298,8 @@ def round_case(
     methods: dict[str, Callable[[], Any]] = {
         "tensornet (numpy)": lambda: tn.round(x_tn, eps=eps).cores,
         "tensornet (torch)": lambda: tn.round(xt_tn, eps=eps).cores,
+        "tensornet round_sum (numpy)": lambda: tn.round_sum(terms_tn, eps=eps).cores,
+        "tensornet round_sum (torch)": lambda: tn.round_sum(terms_tt, eps=eps).cores,
     }
     if "teneva" in found:
         teneva = found["teneva"]
@@ -307,9 +354,12 @@ def machine() -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=2, help="BLAS and torch threads (default 2)")
     parser.add_argument("--out", default=None, help="also write the markdown table here")
     parser.add_argument("--only", default=None, help="run only cases whose title contains this")
     args = parser.parse_args()
+    global THREADS
+    THREADS = args.threads
     torch.set_num_threads(THREADS)
     try:
         import threadpoolctl
@@ -319,8 +369,9 @@ def main() -> None:
         pass
     found = peers()
     lines = [
-        "| case | method | median ms | min ms | ratio to fastest correct peer | rel. error <= eps | max rank [ranks] |",
-        "|---|---|---|---|---|---|---|",
+        "| case | method | median ms | min ms | ratio (wall) | cpu ms | ratio (cpu) | torch/numpy (cpu) "
+        "| rel. error <= eps | max rank [ranks] |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     print("\n".join(lines))
     start = time.perf_counter()
@@ -349,15 +400,80 @@ def main() -> None:
             ),
         ),
         (
-            "round d=20 n=8 60->20, eps 1e-8",
+            "round a+a+a d=20 n=8 r=20 (60->20), eps 1e-8",
             lambda: round_case(
-                "round d=20 n=8 60->20, eps 1e-8", 8, 20, 20, 1e-8, args.repeats, found, lines
+                "round a+a+a d=20 n=8 r=20 (60->20), eps 1e-8",
+                round_terms("repeat", 8, 20, 20, 3, 1e-08),
+                1e-08,
+                args.repeats,
+                found,
+                lines,
             ),
         ),
         (
-            "round d=40 n=4 90->30, eps 1e-8",
+            "round a+a+a d=40 n=4 r=30 (90->30), eps 1e-8",
             lambda: round_case(
-                "round d=40 n=4 90->30, eps 1e-8", 4, 40, 30, 1e-8, args.repeats, found, lines
+                "round a+a+a d=40 n=4 r=30 (90->30), eps 1e-8",
+                round_terms("repeat", 4, 40, 30, 3, 1e-08),
+                1e-08,
+                args.repeats,
+                found,
+                lines,
+            ),
+        ),
+        (
+            "round a+1e-10b d=20 n=8 60->20, eps 1e-8",
+            lambda: round_case(
+                "round a+1e-10b d=20 n=8 60->20, eps 1e-8",
+                round_terms("small", 8, 20, 20, 2, 1e-08),
+                1e-08,
+                args.repeats,
+                found,
+                lines,
+            ),
+        ),
+        (
+            "round a+1e-10b d=40 n=4 90->30, eps 1e-8",
+            lambda: round_case(
+                "round a+1e-10b d=40 n=4 90->30, eps 1e-8",
+                round_terms("small", 4, 40, 30, 2, 1e-08),
+                1e-08,
+                args.repeats,
+                found,
+                lines,
+            ),
+        ),
+        (
+            "round a+a d=100 n=2 r=20 (40->20), eps 1e-10",
+            lambda: round_case(
+                "round a+a d=100 n=2 r=20 (40->20), eps 1e-10",
+                round_terms("repeat", 2, 100, 20, 2, 1e-10),
+                1e-10,
+                args.repeats,
+                found,
+                lines,
+            ),
+        ),
+        (
+            "round sum of 10 d=10 n=16 (200->10), eps 1e-3",
+            lambda: round_case(
+                "round sum of 10 d=10 n=16 (200->10), eps 1e-3",
+                round_terms("sum", 16, 10, 10, 10, 0.001),
+                0.001,
+                args.repeats,
+                found,
+                lines,
+            ),
+        ),
+        (
+            "round sum of 5 d=30 n=4 (100->10), eps 1e-6",
+            lambda: round_case(
+                "round sum of 5 d=30 n=4 (100->10), eps 1e-6",
+                round_terms("sum", 4, 30, 10, 5, 1e-06),
+                1e-06,
+                args.repeats,
+                found,
+                lines,
             ),
         ),
     ]
@@ -376,8 +492,9 @@ def main() -> None:
             *machine(),
             "",
             "Inputs, accuracy checks and peer calls are described in the docstring of benchmarks/bench_decomp.py.",
-            "Ratio = median time / median of the fastest peer whose result met eps. Target: tensornet (numpy)",
-            "<= 0.5x with max rank no larger than that peer's.",
+            "Ratios: median time (wall, and CPU time of the process) over that of the fastest peer whose result",
+            "met eps; torch/numpy: tensornet's torch row over its numpy row (CPU time). Targets (issue 14):",
+            "round <= 0.5x the fastest correct peer with ranks no larger; torch <= 1.3x numpy.",
             "",
         ]
         with open(args.out, "w") as fh:

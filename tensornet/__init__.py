@@ -13,7 +13,7 @@ from typing import Any
 from . import contract, shapes
 from ._cross import ConvergenceWarning, EvalCapWarning, apply, cross
 from .construct import delta, eye, laplacian, ones, zeros
-from .decomp import RankCapWarning, orthogonalize, round, tt_svd, ttm_svd
+from .decomp import RankCapWarning, orthogonalize, round, round_sum, tt_svd, ttm_svd
 from .ops import add, dot, full, gather, hadamard, kron, linear, matmul, matvec, norm, scale, sum, transpose
 from .random import random_tt, random_ttm
 from .structure import reshape
@@ -49,6 +49,7 @@ __all__ = [
     "random_ttm",
     "reshape",
     "round",
+    "round_sum",
     "scale",
     "shapes",
     "sum",

@@ -34,8 +34,6 @@ import numpy as np
 from . import _backend as B
 from ._truncation import _choose_rank, _ErrorLog, _gram_factors, _log_rank, _qr_r, _row_norms2, _svd
 
-# Below this size the (s n, rho) matrix's SVD is cheaper than the Gram route's extra calls.
-_GRAM_MIN = 48
 # Noise tolerance of the first sweep, in units of u ||A||_F: Householder QR's backward error is
 # O(sqrt(m n) u ||A||); the trailing rows of exactly dependent columns measure ~2 u ||A||_F.
 _NOISE_FACTOR = 4.0
@@ -52,6 +50,7 @@ class Route:
     gram: bool = True
     drop_noise: bool = True
     split: bool = True
+    gram_min: int = 48  # below this size the (s n, rho) matrix's SVD is cheaper than the Gram route
 
 
 AUTO = Route()
@@ -173,10 +172,31 @@ class Sum:
 
 
 # --- first sweep ------------------------------------------------------------------------------------
+def _select(matrix: Any, keep: np.ndarray, axis: int) -> Any:
+    """The rows (axis 0) or columns (axis 1) ``keep`` (sorted indices) of ``matrix``."""
+    if int(keep.size) == int(matrix.shape[axis]):
+        return matrix
+    if int(keep[-1]) == int(keep.size) - 1:  # a leading block: a view
+        return matrix[: int(keep.size)] if axis == 0 else matrix[:, : int(keep.size)]
+    xp = B.namespace(matrix)
+    return xp.take(matrix, xp.asarray(keep, device=B.device(matrix)), axis=axis)
+
+
+def _negligible(norms2: np.ndarray, budget2: float) -> np.ndarray:
+    """Sorted indices to keep once the smallest entries of ``norms2`` whose sum is at most ``budget2``
+    are set aside (at least one index is kept)."""
+    order = np.argsort(norms2, kind="stable")
+    dropped = int(np.searchsorted(np.cumsum(norms2[order]), budget2, side="right"))
+    dropped = min(dropped, int(norms2.size) - 1)
+    return np.sort(order[dropped:])
+
+
 def _drop_noise(factor: Any, tolerance: float, log: _ErrorLog) -> Any:
-    """``factor`` without its trailing rows whose root-sum-square is at most ``tolerance ||factor||_F``
-    (at least one row is kept). The rows of R past an exactly dependent set of columns hold only the
-    QR's rounding; dropping them changes the factorised matrix by less than the QR's backward error."""
+    """``factor`` without its rows whose root-sum-square is at most ``tolerance ||factor||_F`` (at least
+    one row is kept). With ``A^T = Q R``, dropping any set S of rows of R (and columns of Q) changes A^T
+    by exactly ``||R_S||_F``; the rows of R past a column that depends on earlier ones hold only the
+    QR's rounding, and dropping them changes the factorised matrix by less than the QR's backward error.
+    The kept rows need not stay triangular: F only has to satisfy ``X = F^T Q^T`` with Q orthonormal."""
     rows = int(factor.shape[0])
     if rows <= 1:
         return factor
@@ -185,12 +205,10 @@ def _drop_noise(factor: Any, tolerance: float, log: _ErrorLog) -> Any:
     if not top > 0.0:
         log.noise_rows += rows - 1
         return factor[:1, :]
-    tail = np.concatenate([np.cumsum((norms2 / top)[::-1])[::-1], [0.0]])  # tail[j] = sum_{i >= j}
-    keep = max(1, int(np.nonzero(tail <= tolerance * tolerance * tail[0])[0][0]))
-    if keep == rows:
-        return factor
-    log.noise_rows += rows - keep
-    return factor[:keep, :]
+    scaled = norms2 / top
+    keep = _negligible(scaled, tolerance * tolerance * float(np.sum(scaled)))
+    log.noise_rows += rows - int(keep.size)
+    return _select(factor, keep, axis=0)
 
 
 def right_factors(op: Train | Sum, log: _ErrorLog, route: Route) -> list[Any]:
@@ -220,7 +238,7 @@ def _truncate(reduced: Any, threshold: float | None, cap: int | None, log: _Erro
         kept = _split_truncate(reduced, threshold, cap, log)
         if kept is not None:
             return kept
-    if route.gram and min(m, p) >= _GRAM_MIN:
+    if route.gram and min(m, p) >= route.gram_min:
         if m >= p:  # tall: V from the (p, p) Gram, then an orthonormal basis of reduced V_r
             found = _gram_factors(reduced.T, threshold, cap, log)
             if found is not None:
@@ -239,11 +257,12 @@ def _truncate(reduced: Any, threshold: float | None, cap: int | None, log: _Erro
 
 
 def _split_truncate(reduced: Any, threshold: float | None, cap: int | None, log: _ErrorLog) -> Any | None:
-    """The truncation of ``reduced = [B S]`` (m, p) from the SVD of its leading columns B alone, where
-    the trailing columns S hold at most 1% of the squared threshold; None where that is not certified.
+    """The truncation of ``reduced = [B S]`` (m, p; columns in any order) from the SVD of B alone, S
+    being the smallest columns that hold at most 1% of the squared threshold; None where that is not
+    certified.
 
     Notes: the columns of ``reduced`` follow the rows of the first sweep's R factor, so the directions
-    of a small term of a sum (``a + 1e-10 b``) come last. For any orthonormal U,
+    of a small term of a sum (``a + 1e-10 b``) are columns of small norm. For any orthonormal U,
     ``||(I - U U^T) [B S]||_F^2 = ||(I - U U^T) B||_F^2 + ||(I - U U^T) S||_F^2``, so keeping the
     leading singular vectors of B discards at most ``tail_B(r)^2 + ||S||_F^2``: the rank is chosen for
     ``sqrt(threshold^2 - ||S||_F^2)`` and the bound logged includes ``||S||_F``. The rank is minimal for
@@ -257,20 +276,22 @@ def _split_truncate(reduced: Any, threshold: float | None, cap: int | None, log:
     total = math.sqrt(top) * math.sqrt(float(np.sum(norms2 / top)))
     # first bond (threshold None): ||reduced||_F is the train's norm
     limit = log.relative * total if threshold is None else threshold
-    tail = np.concatenate([np.cumsum((norms2 / top)[::-1])[::-1], [0.0]]) * top
     budget = 0.01 * limit * limit
-    cut = int(np.nonzero(tail <= budget)[0][0])
-    if cut >= int(norms2.size) or cut < 1:
+    keep = _negligible(norms2 / top, budget / top)
+    if int(keep.size) >= int(norms2.size):
         return None
-    u, s, _ = _svd(reduced[:, :cut])
-    rank, discarded, needed = _choose_rank(s, math.sqrt(limit * limit - float(tail[cut])), cap)
+    aside = np.ones(norms2.size, dtype=bool)
+    aside[keep] = False
+    small = float(np.sum(norms2[aside]))  # the set-aside columns' squared norm (at most the budget)
+    u, s, _ = _svd(_select(reduced, keep, axis=1))
+    rank, discarded, needed = _choose_rank(s, math.sqrt(limit * limit - small), cap)
     if rank < needed:
         return None
     if rank > 1 and not B.to_float(s[rank - 1]) > limit:
         return None
     if threshold is None:
         log.total, log.threshold = total, limit
-    log.add(rank, math.hypot(discarded, math.sqrt(float(tail[cut]))), needed)
+    log.add(rank, math.hypot(discarded, math.sqrt(small)), needed)
     log.kernels.append("split")
     return u[:, :rank]
 
