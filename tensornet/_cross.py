@@ -223,6 +223,8 @@ class _Sweeps:
         self.useful = max_ranks(self.shape)
         self.delta = _TRUNCATION * eps / math.sqrt(max(d - 1, 1))
         self.cap_reached = False
+        self.pivots: dict[tuple[int, bool], np.ndarray] = {}  # keys of the rows maxvol chose, per step
+        self.chosen = 0  # how many of the rows _select returned maxvol chose
         anchor = np.array([[int(rng.integers(0, n)) for n in self.shape]], dtype=np.int64)
         # left[k]: rows of indices of the modes before k, right[k]: of modes k, k + 1, ... (and their words);
         # left[k > 0] is set by the first half-sweep before it is read
@@ -246,34 +248,47 @@ class _Sweeps:
         radix = self.evaluations.radix[k]
         if forward:
             candidates = self.left_words[k][:, None, :] + np.arange(n)[None, :, None] * radix
-            known = self._known(candidates.reshape(p * n, -1), self.left_words[k + 1])
-            rows, coefficient = self._select(fiber.reshape(p * n, q), k, known)
+            keys = self.evaluations._keys(candidates.reshape(p * n, -1))
+            known, start = self._previous(keys, self.left_words[k + 1], (k, forward))
+            rows, coefficient = self._select(fiber.reshape(p * n, q), k, known, start)
             self.cores[k] = coefficient.reshape(p, n, rows.size)
             a, i = np.divmod(rows, n)
             self.left[k + 1] = np.concatenate([left[a], i[:, None]], axis=1)
             self.left_words[k + 1] = self.left_words[k][a] + i[:, None] * radix
         else:
             candidates = np.arange(n)[:, None, None] * radix + self.right_words[k + 1][None, :, :]
-            known = self._known(candidates.reshape(n * q, -1), self.right_words[k])
-            rows, coefficient = self._select(fiber.reshape(p, n * q).T, k - 1, known)
+            keys = self.evaluations._keys(candidates.reshape(n * q, -1))
+            known, start = self._previous(keys, self.right_words[k], (k, forward))
+            rows, coefficient = self._select(fiber.reshape(p, n * q).T, k - 1, known, start)
             self.cores[k] = coefficient.T.reshape(rows.size, n, q)
             i, b = np.divmod(rows, q)
             self.right[k] = np.concatenate([i[:, None], right[b]], axis=1)
             self.right_words[k] = i[:, None] * radix + self.right_words[k + 1][b]
+        self.pivots[(k, forward)] = keys[rows[: self.chosen]]
 
-    def _known(self, candidates: np.ndarray, previous: Any) -> np.ndarray:
-        """Which candidate rows (words ``(N, W)``) are in the previous index set of the bond."""
+    def _previous(self, keys: np.ndarray, previous: Any, step: tuple[int, bool]) -> tuple[np.ndarray, Any]:
+        """Which candidate rows (their ``keys``) are in the bond's previous index set, and the positions
+        of the rows maxvol chose at this step last time (None before the first time)."""
         if previous is None:
-            return np.zeros(candidates.shape[0], dtype=bool)
+            return np.zeros(keys.shape[0], dtype=bool), None
         old = np.sort(self.evaluations._keys(previous))
-        keys = self.evaluations._keys(candidates)
-        return old[np.minimum(np.searchsorted(old, keys), old.shape[0] - 1)] == keys
+        known = old[np.minimum(np.searchsorted(old, keys), old.shape[0] - 1)] == keys
+        pivots = self.pivots.get(step)
+        if pivots is None:
+            return known, None
+        order = np.argsort(keys)
+        at = np.minimum(np.searchsorted(keys, pivots, sorter=order), keys.shape[0] - 1)
+        start = order[at]
+        return known, start[keys[start] == pivots]
 
-    def _select(self, matrix: np.ndarray, bond: int, known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _select(
+        self, matrix: np.ndarray, bond: int, known: np.ndarray, start: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Rows of the unfolded fiber ``matrix`` (N, q) to keep as the next index set, and the
-        interpolation coefficients ``U_s pinv(U_s[rows])`` (N, len(rows)). The extra rows are drawn at
-        random, first among the ``known`` rows (those of the bond's previous index set): index sets
-        then settle, and once they have, a half-sweep finds its fibers in the cache."""
+        interpolation coefficients ``U_s pinv(U_s[rows])`` (N, len(rows)). Maxvol starts from the rows
+        it chose at this step in the previous sweep when they are all still there (``start``). The extra
+        rows are drawn at random, first among the ``known`` rows (those of the bond's previous index
+        set): index sets then settle, and once they have, a half-sweep finds its fibers in the cache."""
         n_rows, n_cols = matrix.shape
         u, s, _ = np.linalg.svd(matrix, full_matrices=False)
         tail = np.sqrt(np.cumsum((s * s)[::-1])[::-1])  # tail[j] = ||s[j:]||
@@ -288,10 +303,12 @@ class _Sweeps:
         target = min(keep + grow, limit)
         keep = min(keep, target)
         basis = u[:, :keep]
+        self.chosen = keep
         if target == n_rows:  # every row is kept: no choice to make
+            self.chosen = 0
             rows = np.arange(n_rows)
             return rows, basis @ basis.T if keep < n_rows else np.eye(n_rows)
-        rows, coefficient = _maxvol.maxvol(basis)
+        rows, coefficient = _maxvol.maxvol(basis, start=start)
         if target > keep:  # exploration: random further rows, so that the next fibers see new directions
             draw = self.rng.random(n_rows) - known  # known rows first
             draw[rows] = np.inf

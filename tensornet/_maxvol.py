@@ -12,6 +12,7 @@ the largest residual norm, then project it out), which is already close to domin
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -19,17 +20,28 @@ __all__ = ["coefficients", "maxvol"]
 
 _TOL = 1.05  # swap while some |B_ij| > 1.05: each swap grows |det U[I]| by at least 5%
 _MAX_SWAPS = 100  # a bound, never reached in practice: the greedy start is close to dominant
+_WARM_LIMIT = 1e3  # a warm start whose coefficients exceed this is too far from dominant: start afresh
 
 
-def maxvol(u: np.ndarray, *, tol: float = _TOL) -> tuple[np.ndarray, np.ndarray]:
+def maxvol(u: np.ndarray, *, tol: float = _TOL, start: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """``(rows, B)``: ``r`` distinct rows of the tall ``(N, r)`` matrix ``u`` (full column rank) with
-    ``B = u @ inv(u[rows])`` bounded by ``tol`` entrywise (or after ``_MAX_SWAPS`` swaps).
+    ``B = u @ inv(u[rows])`` bounded by ``tol`` entrywise (or after ``_MAX_SWAPS`` swaps). ``start``: ``r``
+    distinct rows to begin the swaps from (a previous answer) instead of the greedy selection; ignored
+    if they are not ``r`` or their submatrix is (nearly) singular.
 
     Cost: ``O(N r^2)`` for the greedy start and ``O(N r)`` per swap.
     """
     n, r = u.shape
     if n == r:
         return np.arange(r), np.eye(r)
+    if start is not None and len(start) == r:
+        rows = np.array(start, dtype=np.int64)
+        try:
+            coefficient = np.linalg.solve(u[rows].T, u.T).T
+        except np.linalg.LinAlgError:
+            coefficient = None
+        if coefficient is not None and np.all(np.abs(coefficient) < _WARM_LIMIT):
+            return _swaps(rows, coefficient, tol)
     residual = u.copy()
     norms = np.einsum("ij,ij->i", residual, residual)
     rows = np.empty(r, dtype=np.int64)
@@ -41,7 +53,12 @@ def maxvol(u: np.ndarray, *, tol: float = _TOL) -> tuple[np.ndarray, np.ndarray]
         residual -= np.outer(projection, pivot)
         norms -= projection * projection
         norms[rows[: j + 1]] = -np.inf  # chosen rows are spent (their residual is zero up to rounding)
-    coefficient = np.linalg.solve(u[rows].T, u.T).T
+    return _swaps(rows, np.linalg.solve(u[rows].T, u.T).T, tol)
+
+
+def _swaps(rows: np.ndarray, coefficient: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
+    """The maxvol iteration from ``rows`` with ``coefficient = u inv(u[rows])``."""
+    r = rows.shape[0]
     for _ in range(_MAX_SWAPS):
         i, j = divmod(int(np.argmax(np.abs(coefficient))), r)
         b = coefficient[i, j]
