@@ -43,11 +43,13 @@ class ConvergenceWarning(UserWarning):
     message gives the estimate."""
 
 
+_ANCHORS = 3  # random multi-indices whose tails are the first right index sets
 _KICK = 2  # random extra rows per bond and step: the rank grows by at least this while it is short
 _TRUNCATION = 0.05  # fiber truncation threshold, relative to eps / sqrt(d - 1) (tightened on stalls)
 _STALL_LIMIT = 4  # half-sweeps in a row without halving the best validation error end the search
 _FLOOR = 1e-16  # the truncation threshold is never tightened below float64's resolution
 _WORD = 2**62  # a multi-index is stored as int64 words, each a mixed-radix number below this
+_HASH_SEED = 20100611  # fixed: the cache keys of huge grids are the same in every run
 
 
 class _Budget(Exception):
@@ -59,9 +61,11 @@ class _Evaluations:
     """Calls ``f`` for the indices not asked for before, checks and counts what it returns.
 
     A multi-index is encoded as ``W`` int64 words (mixed radix over consecutive groups of modes whose
-    sizes multiply below 2^62; one word unless the grid has more than 2^62 points), so the cache is a
-    sorted array searched with ``searchsorted``; the words of a fiber's points are sums of the words
-    of its left and right index sets, so a fiber is looked up without building its index rows.
+    sizes multiply below 2^62), and the words of a fiber's points are sums of the words of its left and
+    right index sets, so a fiber is looked up without building its index rows. The cache is sorted by an
+    int64 key searched with ``searchsorted``: the word itself when ``W = 1`` (grids of fewer than 2^62
+    points), else a hash of the words, with every hit checked against the stored words (a hash collision
+    can only cost a repeated evaluation, never a wrong value).
     """
 
     def __init__(self, f: Callable[[Any], Any], shape: tuple[int, ...], max_evals: int | None, like: Any):
@@ -82,10 +86,10 @@ class _Evaluations:
             for k in reversed(modes):
                 self.radix[k, w] = place
                 place *= shape[k]
-        self.key_dtype = (
-            np.dtype(np.int64) if self.words == 1 else np.dtype([(f"w{w}", "<i8") for w in range(self.words)])
-        )
-        self.keys = np.empty(0, dtype=self.key_dtype)
+        # odd multipliers of a multiplicative hash (int64 products wrap around, as intended)
+        self.mix = np.random.default_rng(_HASH_SEED).integers(1, 2**62, self.words, dtype=np.int64) * 2 + 1
+        self.keys = np.empty(0, dtype=np.int64)
+        self.stored = np.empty((0, self.words), dtype=np.int64)  # words of the cached points (W > 1)
         self.values = np.empty(0, dtype=np.float64)
         self.count = 0
         self.calls = 0
@@ -93,47 +97,56 @@ class _Evaluations:
 
     def encode(self, rows: np.ndarray, start: int) -> np.ndarray:
         """Words ``(m, W)`` of index rows over modes ``start, start + 1, ...``."""
-        return (
-            rows @ self.radix[start : start + rows.shape[1]]
-            if rows.shape[1]
-            else np.zeros((rows.shape[0], self.words), dtype=np.int64)
-        )
+        if rows.shape[1] == 0:
+            return np.zeros((rows.shape[0], self.words), dtype=np.int64)
+        return rows @ self.radix[start : start + rows.shape[1]]
 
     def _keys(self, words: np.ndarray) -> np.ndarray:
-        words = np.ascontiguousarray(words)
-        return words[:, 0] if self.words == 1 else words.view(self.key_dtype)[:, 0]
+        if self.words == 1:
+            return words[:, 0]
+        with np.errstate(over="ignore"):
+            key = words @ self.mix
+            return key ^ (key >> 31)
 
-    def _lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _lookup(self, keys: np.ndarray, words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         values = np.empty(keys.shape[0], dtype=np.float64)
         if self.keys.shape[0] == 0:
             return values, np.ones(keys.shape[0], dtype=bool)
         at = np.minimum(np.searchsorted(self.keys, keys), self.keys.shape[0] - 1)
         found = self.keys[at] == keys
+        if self.words > 1:
+            found &= np.all(self.stored[at] == words, axis=1)
         values[found] = self.values[at[found]]
         return values, ~found
 
-    def _store(self, keys: np.ndarray, values: np.ndarray) -> None:
-        """Merge new (absent, distinct) keys into the sorted cache."""
-        order = np.argsort(keys)
+    def _store(self, keys: np.ndarray, words: np.ndarray, values: np.ndarray) -> None:
+        """Merge new (absent, distinct) points into the sorted cache."""
+        order = np.argsort(keys, kind="stable")
         keys, values = keys[order], values[order]
         slots = np.searchsorted(self.keys, keys) + np.arange(keys.shape[0])
         old = np.ones(self.keys.shape[0] + keys.shape[0], dtype=bool)
         old[slots] = False
-        merged_keys = np.empty(old.shape[0], dtype=self.key_dtype)
+        merged_keys = np.empty(old.shape[0], dtype=np.int64)
         merged_values = np.empty(old.shape[0], dtype=np.float64)
         merged_keys[slots], merged_values[slots] = keys, values
         merged_keys[old], merged_values[old] = self.keys, self.values
+        if self.words > 1:
+            merged_words = np.empty((old.shape[0], self.words), dtype=np.int64)
+            merged_words[slots], merged_words[old] = words[order], self.stored
+            self.stored = merged_words
         self.keys, self.values = merged_keys, merged_values
 
     def points(self, rows: np.ndarray) -> np.ndarray:
         """Values at arbitrary index rows ``(m, d)`` (repeats and cached rows are not re-evaluated)."""
-        keys = self._keys(self.encode(rows, 0))
-        values, missing = self._lookup(keys)
-        if missing.any():
-            unique, first, inverse = np.unique(keys[missing], return_index=True, return_inverse=True)
-            fresh = self._call(rows[np.flatnonzero(missing)[first]])
-            values[missing] = fresh[inverse]
-            self._store(unique, fresh)
+        words = self.encode(rows, 0)
+        keys = self._keys(words)
+        values, missing = self._lookup(keys, words)
+        positions = np.flatnonzero(missing)
+        if positions.size:
+            _, first, inverse = np.unique(words[positions], axis=0, return_index=True, return_inverse=True)
+            fresh = self._call(rows[positions[first]])
+            values[positions] = fresh[inverse.reshape(-1)]
+            self._store(keys[positions[first]], words[positions[first]], fresh)
         return values
 
     def fiber(
@@ -143,17 +156,19 @@ class _Evaluations:
         n = self.shape[k]
         p, q = left.shape[0], right.shape[0]
         mode = np.arange(n, dtype=np.int64)[:, None] * self.radix[k]
-        words = left_words[:, None, None, :] + mode[None, :, None, :] + right_words[None, None, :, :]
-        keys = self._keys(words.reshape(p * n * q, self.words))
-        values, missing = self._lookup(keys)
-        if missing.any():
-            positions = np.flatnonzero(missing)
+        words = (
+            left_words[:, None, None, :] + mode[None, :, None, :] + right_words[None, None, :, :]
+        ).reshape(p * n * q, self.words)
+        keys = self._keys(words)
+        values, missing = self._lookup(keys, words)
+        positions = np.flatnonzero(missing)
+        if positions.size:
             a, rest = np.divmod(positions, n * q)
             i, b = np.divmod(rest, q)
             rows = np.concatenate([left[a], i[:, None], right[b]], axis=1)
             fresh = self._call(rows)
             values[positions] = fresh
-            self._store(keys[positions], fresh)
+            self._store(keys[positions], words[positions], fresh)
         return values.reshape(p, n, q)
 
     def _call(self, rows: np.ndarray) -> np.ndarray:
@@ -164,24 +179,12 @@ class _Evaluations:
         if self.like is not None and B.backend_name(self.like) != "numpy":
             index = B.to_backend(rows, B.backend_name(self.like), device=B.device(self.like))
         out = self.f(index)
-        if not B.is_array(out):
-            raise TypeError(
-                f"cross: f returned a {type(out).__name__}; it must return an array (numpy or torch) of "
-                f"{m} values, one per row of its ({m}, {d}) index argument"
-            )
-        if tuple(int(s) for s in out.shape) != (m,):
-            raise ValueError(
-                f"cross: f returned an array of shape {tuple(out.shape)} for {m} indices; it must return "
-                f"shape ({m},), one value per row of the ({m}, {d}) index array (reduce over axis 1, "
-                "e.g. f = lambda idx: np.sin(idx.sum(axis=1)))"
-            )
-        if B.is_complex(out) or str(out.dtype) in ("bool", "torch.bool"):
-            raise TypeError(f"cross: f returned dtype {out.dtype}; it must return real numbers")
-        if B.backend_name(out) == "torch":
-            out = out.detach().cpu().double()
-        values = np.asarray(B.to_backend(out, "numpy"), dtype=np.float64)
-        bad = np.flatnonzero(~np.isfinite(values))
-        if bad.size:
+        if isinstance(out, np.ndarray) and out.shape == (m,) and out.dtype.kind in "fiu":
+            values = out.astype(np.float64, copy=False)  # the common case, checked in three steps
+        else:
+            values = _host_values(out, m, d)
+        if not np.isfinite(values).all():
+            bad = np.flatnonzero(~np.isfinite(values))
             j = int(bad[0])
             raise ValueError(
                 f"cross: f returned {values[j]} at index {tuple(int(i) for i in rows[j])} ({bad.size} of "
@@ -201,6 +204,26 @@ class _Evaluations:
                     "cross: f's values span more than float64's range relative to each other; rescale f"
                 )
         return values
+
+
+def _host_values(out: Any, m: int, d: int) -> np.ndarray:
+    """What ``f`` returned for ``m`` indices, checked and brought to the host as float64."""
+    if not B.is_array(out):
+        raise TypeError(
+            f"cross: f returned a {type(out).__name__}; it must return an array (numpy or torch) of "
+            f"{m} values, one per row of its ({m}, {d}) index argument"
+        )
+    if tuple(int(s) for s in out.shape) != (m,):
+        raise ValueError(
+            f"cross: f returned an array of shape {tuple(out.shape)} for {m} indices; it must return "
+            f"shape ({m},), one value per row of the ({m}, {d}) index array (reduce over axis 1, "
+            "e.g. f = lambda idx: np.sin(idx.sum(axis=1)))"
+        )
+    if B.is_complex(out) or str(out.dtype) in ("bool", "torch.bool"):
+        raise TypeError(f"cross: f returned dtype {out.dtype}; it must return real numbers")
+    if B.backend_name(out) == "torch":
+        out = out.detach().cpu().double()
+    return np.asarray(B.to_backend(out, "numpy"), dtype=np.float64)
 
 
 # --- the sweeps -----------------------------------------------------------------------------------
@@ -225,11 +248,15 @@ class _Sweeps:
         self.cap_reached = False
         self.pivots: dict[tuple[int, bool], np.ndarray] = {}  # keys of the rows maxvol chose, per step
         self.chosen = 0  # how many of the rows _select returned maxvol chose
-        anchor = np.array([[int(rng.integers(0, n)) for n in self.shape]], dtype=np.int64)
+        anchor = np.stack([rng.integers(0, n, _ANCHORS) for n in self.shape], axis=1).astype(np.int64)
         # left[k]: rows of indices of the modes before k, right[k]: of modes k, k + 1, ... (and their words);
         # left[k > 0] is set by the first half-sweep before it is read
         self.left: list[Any] = [np.zeros((1, 0), dtype=np.int64)] + [None] * d
-        self.right: list[Any] = [anchor[:, k:] for k in range(d + 1)]
+        # the tails of the anchors, repeats dropped (a set index never repeats a row)
+        tails = [list(dict.fromkeys(map(tuple, anchor[:, k:].tolist()))) for k in range(d + 1)]
+        self.right: list[Any] = [
+            np.array(tail, dtype=np.int64).reshape(len(tail), d - k) for k, tail in enumerate(tails)
+        ]
         self.left_words: list[Any] = [evaluations.encode(self.left[0], 0)] + [None] * d
         self.right_words: list[Any] = [evaluations.encode(self.right[k], k) for k in range(d + 1)]
         self.cores: list[Any] = [None] * d
@@ -445,7 +472,7 @@ def cross(
     rng = np.random.default_rng(seed)
     rows = _validation_rows("cross", validation, shape, rng)
     evaluations = _Evaluations(f, shape, budget, reference)
-    if budget is not None and budget < np.unique(evaluations._keys(evaluations.encode(rows, 0))).size:
+    if budget is not None and budget < np.unique(rows, axis=0).shape[0]:
         raise ValueError(
             f"cross: max_evals={budget} is less than the {rows.shape[0]} validation indices; raise it or "
             "pass a smaller validation="
@@ -455,7 +482,7 @@ def cross(
     cores, error = _rounded(cores, rows, exact, eps_value, error, evaluations, caps)
     if error > eps_value and reason is not None:
         _warn(reason, eps_value, error, rows.shape[0], budget, evaluations.count)
-    result = TT(_place("cross", _restore(cores, evaluations.exponent), like, dtype))
+    result = TT._trusted(_place("cross", _restore(cores, evaluations.exponent), like, dtype))
     return (result, error) if return_error else result
 
 
@@ -564,7 +591,8 @@ def _warn(reason: str, eps: float, error: float, checks: int, budget: int | None
     else:
         message = (
             f"cross: the error stopped improving before eps={eps:g} was met ({count} evaluations); "
-            f"{estimate}. f may be noisy or eps below its precision; a larger eps or max_rank may help."
+            f"{estimate}. f may be noisy, eps below its precision, or the tensor of high rank (then a "
+            "larger eps, or a max_rank to bound the work, may be what you want)."
         )
         category = ConvergenceWarning
     warnings.warn(message, category, stacklevel=3)
