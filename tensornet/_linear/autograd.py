@@ -24,6 +24,8 @@ gradient for it.
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,12 +43,24 @@ _ROUTE, _X, _BIAS, _CORES = 0, 1, 2, 3
 _MAX_BUCKET_EXPONENT = 24
 
 
+@functools.lru_cache(maxsize=1024)
+def _layout(shapes: K.CoreShapes) -> tuple[tuple[K.Shape, K.Shape, int], ...]:
+    """``(shape, strides, offset)`` of each core inside the packed vector (C order, one after another)."""
+    out, offset = [], 0
+    for shape in shapes:
+        strides = tuple(math.prod(shape[i + 1 :]) for i in range(len(shape)))
+        out.append((shape, strides, offset))
+        offset += math.prod(shape)
+    return tuple(out)
+
+
 def _unpack(tensors: Sequence[Any], packed: Any) -> list[Any]:
-    """The cores: views of the packed vector ``tensors[0]`` when ``packed`` holds their shapes."""
+    """The cores: views of the packed vector ``tensors[0]`` when ``packed`` holds their shapes (one
+    ``as_strided`` each: inside the Function no autograd tracks them)."""
     if packed is None:
         return list(tensors)
-    sizes = [a * b * c * d for a, b, c, d in packed]
-    return [v.view(s) for v, s in zip(tensors[0].split(sizes), packed)]
+    vector = tensors[0]
+    return [vector.as_strided(shape, strides, offset) for shape, strides, offset in _layout(packed)]
 
 
 def _pack(grads: Sequence[Any]) -> Any:
@@ -64,9 +78,7 @@ def _make_function(device_type: str) -> type:
         def forward(ctx: Any, route: tuple[Any, ...], x2d: Any, bias: Any, *tensors: Any) -> Any:
             forward, path, _, _, keep, packed = route
             ctx.route, ctx.has_bias, ctx.count = route, bias is not None, len(tensors)
-            ctx.autocast = (
-                torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
-            )
+            ctx.autocast = autocast_dtype(device_type)
             cores = _unpack(tensors, packed)
             ctx.kept = None
             if forward != "rebuild":
@@ -97,7 +109,7 @@ def _make_function(device_type: str) -> type:
             if ctx.autocast is not None:
                 with torch.autocast(device_type, dtype=ctx.autocast):
                     return _backward(ctx, grad_y)
-            if torch.is_autocast_enabled(device_type):  # the forward ran without autocast
+            if autocast_dtype(device_type) is not None:  # the forward ran without autocast
                 with torch.autocast(device_type, enabled=False):
                     return _backward(ctx, grad_y)
             return _backward(ctx, grad_y)
@@ -210,20 +222,35 @@ def _compiled_route(tokens: Any, shapes: K.CoreShapes, dtype: Any, device: Any) 
     raise AssertionError("unreachable: the last range is unbounded")
 
 
+def autocast_dtype(device_type: str) -> Any:
+    """The autocast dtype when autocast is on for ``device_type``, else None (the one place tensornet reads
+    autocast; devices without autocast, such as ``meta``, have none)."""
+    if device_type in ("cpu", "cuda", "xpu", "mps", "hpu", "xla") and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+def compute_dtype(dtype: Any, device_type: str) -> Any:
+    """The dtype a product of inputs of ``dtype`` runs in: the autocast dtype for the floating dtypes
+    autocast casts (not float64, as torch's autocast), else ``dtype`` itself."""
+    cast = autocast_dtype(device_type)
+    if cast is None or dtype == torch.float64 or not dtype.is_floating_point:
+        return dtype
+    return cast
+
+
 def linear_torch(
     x: Any, tensors: Sequence[Any], bias: Any = None, *, save_weight: bool = False, packed: Any = None
 ) -> Any:
     """``x @ W.T + bias`` for torch ``x`` of shape ``(..., N)`` and TTM cores ``tensors`` (or one packed
     vector with ``packed`` = the core shapes), validated by the caller."""
     device_type = x.device.type
-    if torch.is_autocast_enabled(device_type):
-        compute = torch.get_autocast_dtype(device_type)
-        if x.is_floating_point() and x.dtype != compute:
-            x = x.to(compute)
-        tensors = [t if t.dtype == compute else t.to(compute) for t in tensors]
-        if bias is not None and bias.dtype != compute:
-            bias = bias.to(compute)
-    elif x.dtype != tensors[0].dtype or (bias is not None and bias.dtype != x.dtype):
+    if autocast_dtype(device_type) is not None:  # cast once, as autocast casts nn.Linear's input and weight
+        x = x.to(compute_dtype(x.dtype, device_type))
+        tensors = [t.to(compute_dtype(t.dtype, device_type)) for t in tensors]
+        if bias is not None:
+            bias = bias.to(compute_dtype(bias.dtype, device_type))
+    if x.dtype != tensors[0].dtype or (bias is not None and bias.dtype != x.dtype):
         raise TypeError(
             f"linear: x is {x.dtype} but W is {tensors[0].dtype}"
             + (f" and bias {bias.dtype}" if bias is not None else "")

@@ -90,6 +90,8 @@ class RebuildRecipe(NamedTuple):
     right_steps: tuple[tuple[Shape, Shape], ...]
     regroup_left: Regroup | None  # None: one core, already blocked
     regroup_right: Regroup | None
+    interleave_left: Regroup | None  # the inverse reorders, for the halves' gradients
+    interleave_right: Regroup | None
     blocks: Shape  # (*lead, M_<s, N_<s, M_>=s, N_>=s)
     block_axes: Shape  # (..., 0, 2, 1, 3): blocks to (M_<s, M_>=s, N_<s, N_>=s)
     size: Shape  # (*lead, M, N)
@@ -97,6 +99,8 @@ class RebuildRecipe(NamedTuple):
     grad_blocked: Shape  # (*lead, M_<s N_<s, M_>=s N_>=s): dW in the layout of L @ R
     left_cores: CoreShapes  # the halves as TTM trains of their own (the open bond folded into a mode)
     right_cores: CoreShapes
+    left_grads: TrainGradRecipe | None  # train_grads' shapes for each half
+    right_grads: TrainGradRecipe | None
 
 
 @lru_cache(maxsize=4096)
@@ -115,12 +119,16 @@ def rebuild_recipe(shapes: CoreShapes, lead: Shape = ()) -> RebuildRecipe:
         ((*lead, s[0] * s[1] * s[2], s[3]), (*lead, s[0], -1)) for s in reversed(shapes[split : d - 1])
     )
 
-    def regroup(part: CoreShapes, axis: int) -> Regroup | None:
+    def regroup(part: CoreShapes, axis: int, inverse: bool) -> Regroup | None:
+        """Interleaved (m_1, n_1, m_2, ...) to blocked (m.., n..) modes of a half, or back (``inverse``)."""
         k = len(part)
         if k == 1:  # (m, n) is already blocked
             return None
-        inner = [v for s in part for v in (s[1], s[2])]
-        order = (*range(0, 2 * k, 2), *range(1, 2 * k, 2))
+        interleaved = [v for s in part for v in (s[1], s[2])]
+        to_blocked = (*range(0, 2 * k, 2), *range(1, 2 * k, 2))
+        to_interleaved = tuple(a for j in range(k) for a in (j, k + j))
+        inner = [interleaved[a] for a in to_blocked] if inverse else interleaved
+        order = to_interleaved if inverse else to_blocked
         size = math.prod(inner)
         if axis == 0:  # L: (modes..., bond)
             return Regroup((*lead, *inner, bond), _axes(len(lead), (*order, 2 * k)), (*lead, size, bond))
@@ -145,8 +153,10 @@ def rebuild_recipe(shapes: CoreShapes, lead: Shape = ()) -> RebuildRecipe:
         left_steps=left_steps,
         right_first=(*lead, last[0], last[1] * last[2] * last[3]),
         right_steps=right_steps,
-        regroup_left=regroup(shapes[:split], 0),
-        regroup_right=regroup(shapes[split:], 1),
+        regroup_left=regroup(shapes[:split], 0, False),
+        regroup_right=regroup(shapes[split:], 1, False),
+        interleave_left=regroup(shapes[:split], 0, True),
+        interleave_right=regroup(shapes[split:], 1, True),
         blocks=(*lead, m_left, n_left, m_right, n_right),
         block_axes=_axes(len(lead), (0, 2, 1, 3)),
         size=(*lead, m_left * m_right, n_left * n_right),
@@ -154,6 +164,8 @@ def rebuild_recipe(shapes: CoreShapes, lead: Shape = ()) -> RebuildRecipe:
         grad_blocked=(*lead, m_left * n_left, m_right * n_right),
         left_cores=tuple(left_cores),  # type: ignore[arg-type]
         right_cores=tuple(right_cores),  # type: ignore[arg-type]
+        left_grads=train_grad_recipe(tuple(left_cores), shapes[:split], lead),  # type: ignore[arg-type]
+        right_grads=train_grad_recipe(tuple(right_cores), shapes[split:], lead) if right_cores else None,  # type: ignore[arg-type]
     )
 
 
@@ -172,12 +184,14 @@ def halves(cores: Sequence[Any], recipe: RebuildRecipe, ops: ArrayOps) -> tuple[
     for core, (core_shape, out_shape) in zip(reversed(cores[recipe.split : -1]), recipe.right_steps):
         right = reshape(reshape(core, core_shape) @ right, out_shape)
     if recipe.regroup_left is not None:
-        shape, axes, final = recipe.regroup_left
-        left = reshape(ops.permute(reshape(left, shape), axes), final)
+        left = _reorder(left, recipe.regroup_left, ops)
     if recipe.regroup_right is not None:
-        shape, axes, final = recipe.regroup_right
-        right = reshape(ops.permute(reshape(right, shape), axes), final)
+        right = _reorder(right, recipe.regroup_right, ops)
     return left, right
+
+
+def _reorder(matrix: Any, regroup: Regroup, ops: ArrayOps) -> Any:
+    return ops.reshape(ops.permute(ops.reshape(matrix, regroup.shape), regroup.axes), regroup.final)
 
 
 def rebuild(cores: Sequence[Any], recipe: RebuildRecipe, ops: ArrayOps, *, parts: bool = False) -> Any:
@@ -209,72 +223,76 @@ def rebuild_grads(
     grad_left = blocked @ ops.mT(right)  # (*lead, M_<s N_<s, r_s), blocked modes
     grad_right = ops.mT(left) @ blocked  # (*lead, r_s, M_>=s N_>=s)
     split = recipe.split
-    lead = recipe.lead
-    if recipe.regroup_left is not None:  # back to interleaved modes (the inverse of the regroup)
-        grad_left = _interleave(grad_left, recipe.shapes[:split], 0, lead, ops)
-    if recipe.regroup_right is not None:
-        grad_right = _interleave(grad_right, recipe.shapes[split:], 1, lead, ops)
-    grads = train_grads(cores[:split], grad_left, recipe.left_cores, lead, ops)
-    return grads + train_grads(cores[split:], grad_right, recipe.right_cores, lead, ops)
+    if recipe.interleave_left is not None:  # back to interleaved modes
+        grad_left = _reorder(grad_left, recipe.interleave_left, ops)
+    if recipe.interleave_right is not None:
+        grad_right = _reorder(grad_right, recipe.interleave_right, ops)
+    assert recipe.left_grads is not None and recipe.right_grads is not None  # two halves: d > 1
+    grads = train_grads(cores[:split], grad_left, recipe.left_grads, ops)
+    return grads + train_grads(cores[split:], grad_right, recipe.right_grads, ops)
 
 
-def _interleave(matrix: Any, part: CoreShapes, axis: int, lead: Shape, ops: ArrayOps) -> Any:
-    """Reorder the mode axis of a half's gradient from blocked ``(m.., n..)`` to interleaved order."""
-    k = len(part)
-    inner = (*(s[1] for s in part), *(s[2] for s in part))
-    order = tuple(a for j in range(k) for a in (j, k + j))
-    size = math.prod(inner)
-    bond = int(matrix.shape[-1] if axis == 0 else matrix.shape[-2])
-    if axis == 0:
-        shape, axes, final = (*lead, *inner, bond), (*order, 2 * k), (*lead, size, bond)
-    else:
-        shape, axes, final = (*lead, bond, *inner), (0, *(a + 1 for a in order)), (*lead, bond, size)
-    return ops.reshape(ops.permute(ops.reshape(matrix, shape), _axes(len(lead), axes)), final)
+class TrainGradRecipe(NamedTuple):
+    """Shapes :func:`train_grads` uses for a train of cores (lead dimensions included)."""
+
+    flat: tuple[Shape, ...]  # core k as (*lead, r, p, r')
+    env_matrices: tuple[Shape, ...]  # core k as (*lead, r p, r') for the environments and carries
+    env_out: tuple[Shape, ...]  # environment k as (*lead, r, -1)
+    last: Shape  # the last core as (*lead, r, -1): the first environment
+    partials: tuple[Shape, ...]  # the carry before core k as (*lead, r p, -1)
+    first: Shape  # the cotangent as (*lead, 1, -1)
+    outputs: tuple[Shape, ...]  # the core gradients in the cores' own shapes
 
 
-def train_grads(cores: Sequence[Any], grad: Any, shapes: CoreShapes, lead: Shape, ops: ArrayOps) -> list[Any]:
-    """VJP of a half's product (interleaved modes, its open bond last or first) w.r.t. its cores, for the
-    cotangent ``grad``: a left-to-right sweep keeps ``P_k`` = ``grad`` contracted with the cores before k,
-    core k's gradient is ``P_k`` against the right environment ``R_{k+1}`` (the product of the cores
-    after k). Every step is one GEMM; intermediates are shared by all core gradients. ``shapes`` are the
-    half's cores with the open bond folded into the end core's column mode (see the recipe)."""
-    d = len(shapes)
-    flat = [ops.reshape(c, (*lead, s[0], s[1] * s[2], s[3])) for c, s in zip(cores, shapes)]
-    envs = right_environments(flat, [(s[0], s[1] * s[2], s[3]) for s in shapes], lead, ops)
-    partial = ops.reshape(grad, (*lead, 1, -1))
+@lru_cache(maxsize=4096)
+def train_grad_recipe(shapes: CoreShapes, original: CoreShapes, lead: Shape) -> TrainGradRecipe:
+    flat = tuple((s[0], s[1] * s[2], s[3]) for s in shapes)
+    return TrainGradRecipe(
+        flat=tuple((*lead, *f) for f in flat),
+        env_matrices=tuple((*lead, f[0] * f[1], f[2]) for f in flat),
+        env_out=tuple((*lead, f[0], -1) for f in flat),
+        last=(*lead, flat[-1][0], -1),
+        partials=tuple((*lead, f[0] * f[1], -1) for f in flat),
+        first=(*lead, 1, -1),
+        outputs=tuple((*lead, *o) for o in original),
+    )
+
+
+def train_grads(cores: Sequence[Any], grad: Any, recipe: TrainGradRecipe, ops: ArrayOps) -> list[Any]:
+    """VJP of a train's dense product (modes interleaved, as one vector per lead index) w.r.t. its cores,
+    for the cotangent ``grad``: a left-to-right sweep keeps ``P_k`` = ``grad`` contracted with the cores
+    before k, and core k's gradient is ``P_k`` against the right environment ``R_{k+1}`` (the product of
+    the cores after k; ``R_0``, the whole train, is never formed). Every step is one GEMM; intermediates
+    are shared by all core gradients. The halves of :func:`rebuild` are such trains, their open bond folded
+    into the end core's mode (see the recipe). Cost: ``O(r prod(p))`` for the first core, geometrically
+    less for the others."""
+    reshape, mT = ops.reshape, ops.mT
+    d = len(cores)
+    matrices = [reshape(c, m) for c, m in zip(cores, recipe.env_matrices)]
+    envs: list[Any] = [None] * d
+    current = reshape(cores[-1], recipe.last)
+    envs[d - 1] = current
+    for k in range(d - 2, 0, -1):
+        current = reshape(matrices[k] @ current, recipe.env_out[k])
+        envs[k] = current
+    partial = reshape(grad, recipe.first)
     grads = []
-    for k, (core, shape) in enumerate(zip(flat, shapes)):
-        left, size, right = shape[0], shape[1] * shape[2], shape[3]
-        partial = ops.reshape(partial, (*lead, left * size, -1))
+    for k in range(d):
+        partial = reshape(partial, recipe.partials[k])
         if k == d - 1:
             grads.append(partial)
             break
-        grads.append(partial @ ops.mT(envs[k + 1]))
-        partial = ops.mT(ops.reshape(core, (*lead, left * size, right))) @ partial
-    original = [tuple(int(v) for v in c.shape[len(lead) :]) for c in cores]
-    return [ops.reshape(g, (*lead, *s)) for g, s in zip(grads, original)]
-
-
-def right_environments(flat: Sequence[Any], shapes: Sequence[Shape], lead: Shape, ops: ArrayOps) -> list[Any]:
-    """``R[k]`` for ``k >= 1``: cores ``k..d-1`` (``(r, p, r')``) contracted, as ``(*lead, r_{k-1},
-    p_k..p_d)`` matrices, one GEMM per core. ``R[0]`` (the whole train) is never formed: no core gradient
-    needs it. Cost: ``O(r^2 prod(p_{>=2}))``."""
-    d = len(flat)
-    current = ops.reshape(flat[-1], (*lead, shapes[-1][0], -1))
-    envs: list[Any] = [None] * d
-    envs[d - 1] = current
-    for k in range(d - 2, 0, -1):
-        left, size, right = shapes[k]
-        current = ops.reshape(ops.reshape(flat[k], (*lead, left * size, right)) @ current, (*lead, left, -1))
-        envs[k] = current
-    return envs
+        grads.append(partial @ mT(envs[k + 1]))
+        partial = mT(matrices[k]) @ partial
+    return [reshape(g, o) for g, o in zip(grads, recipe.outputs)]
 
 
 def tt_grads_from_dense(flat_cores: Sequence[Any], grad: Any, ops: ArrayOps) -> list[Any]:
     """VJP of a TT's dense tensor (cores ``(r, p, r')``) w.r.t. its cores for the cotangent ``grad`` (any
     shape with the tensor's size, in the TT's mode order)."""
     shapes = tuple((int(c.shape[0]), int(c.shape[1]), 1, int(c.shape[2])) for c in flat_cores)
-    return train_grads(flat_cores, grad, shapes, (), ops)  # type: ignore[arg-type]
+    original = tuple(tuple(int(v) for v in c.shape) for c in flat_cores)
+    return train_grads(flat_cores, grad, train_grad_recipe(shapes, original, ()), ops)  # type: ignore[arg-type]
 
 
 def dense_to_interleaved(cores: Sequence[Any], dense: Any, ops: ArrayOps) -> Any:

@@ -230,11 +230,9 @@ class Sweep:
             cost.gemm(rows, rests[k], cols, f"dG_{k}")
             cost.gemm(cols, rows, rests[k], f"d state {k}")
             total = cols * rests[k]
-            if k > 0:
+            if k > 0:  # (dx itself is returned as a transposed view: no copy)
                 final = (recipe.matrices[k - 1][0], -1)
                 _transposed_reshape(cost, total // size_out[k - 1], size_out[k - 1], final, f"d state {k}")
-            else:
-                _transposed_reshape(cost, shapes[0][2], total // shapes[0][2], (batch, -1), "dx")
         return Candidate(self.backward_name, tuple(cost.steps))
 
     @staticmethod

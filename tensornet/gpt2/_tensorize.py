@@ -15,6 +15,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+import tensornet
 import tensornet as tn
 
 from ._lowrank import LowRankLinear
@@ -377,6 +378,7 @@ def tensorize(
     if embeddings or rank is None or eps is not None or len({lay.ranks for lay in report.layers}) > 1:
         settings["layer_ranks"] = {lay.name: list(lay.ranks) for lay in report.layers}
     _record(model, settings)
+    tensornet.nn.materialize(model)  # all c_fc (all c_proj) rebuild their weights together in training
     return model, report
 
 

@@ -7,6 +7,7 @@ shape ``(r_{k-1}, m_k, n_k, r_k)``; a layer weight is stored like ``nn.Linear.we
 from ._common import RankClipWarning
 from ._embedding import TTEmbedding
 from ._linear import TTMLinear, dense_weights, tt_parameters
+from ._materialize import materialize, release_weights
 from ._tensorize import LayerReport, Rule, TensorizeReport, tensorize
 
 __all__ = [
@@ -17,6 +18,8 @@ __all__ = [
     "TTMLinear",
     "TensorizeReport",
     "dense_weights",
+    "materialize",
+    "release_weights",
     "tensorize",
     "tt_parameters",
 ]

@@ -14,6 +14,7 @@ from torch import nn
 
 import tensornet as tn
 from tensornet import shapes as _shapes
+from tensornet._linear.autograd import compute_dtype
 
 __all__ = ["RankClipWarning"]
 
@@ -252,13 +253,6 @@ def conv1d_class() -> Any:
     return getattr(module, "Conv1D", None) if module is not None else None
 
 
-def autocast_dtype(device_type: str) -> torch.dtype | None:
-    """The autocast dtype when autocast is on for ``device_type``, else None."""
-    if torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return None
-
-
 class DenseCache:
     """The dense weight rebuilt from a layer's cores, reused while the cores are unchanged.
 
@@ -313,12 +307,11 @@ class DenseCache:
 
 
 def linear_compute_dtype(x: Any, cores: list[Any]) -> Any:
-    """The dtype a linear map of ``x`` runs in: the autocast dtype, else ``x``'s when it matches the
-    cores (None on a mismatch, which the uncached path reports with its own error)."""
-    cast = autocast_dtype(x.device.type)
-    if cast is not None:
-        return cast
-    return x.dtype if x.dtype == cores[0].dtype else None
+    """The dtype a linear map of ``x`` runs in (the autocast dtype for what autocast casts), or None when
+    ``x`` and the cores end up in different dtypes (the uncached path reports that with its own error)."""
+    device_type = x.device.type
+    dtype = compute_dtype(x.dtype, device_type)
+    return dtype if dtype == compute_dtype(cores[0].dtype, device_type) else None
 
 
 class TTCoresModule(nn.Module):

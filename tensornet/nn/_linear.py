@@ -169,6 +169,11 @@ class TTMLinear(TTCoresModule):
                 if bias is not None and bias.dtype != weight.dtype:
                     bias = bias.to(weight.dtype)
                 return nn.functional.linear(x.to(weight.dtype), weight, bias)
+        group = self.__dict__.get("_weight_group")  # tensornet.nn.materialize
+        if group is not None and x.ndim >= 1 and x.shape[-1] == self.in_features:
+            weight = group[0].weight(group[1], x)
+            if weight is not None:
+                return nn.functional.linear(x, weight, bias)
         # The cores were validated at construction and load_state_dict keeps their shapes; a well-formed
         # input goes straight to the torch binding; anything else takes tn.linear's checks (and errors).
         if (

@@ -13,6 +13,7 @@ from torch import nn
 from ._common import conv1d_class
 from ._embedding import TTEmbedding
 from ._linear import TTMLinear
+from ._materialize import materialize
 
 __all__ = ["LayerReport", "Rule", "TensorizeReport", "tensorize"]
 
@@ -252,7 +253,9 @@ def tensorize(
         print(report)
 
     Tied weights (GPT-2's ``lm_head`` shares ``wte.weight``) stay dense where they are still used; the
-    report notes it, and its model parameter counts show what was actually saved.
+    report notes it, and its model parameter counts show what was actually saved. The model comes back
+    with :func:`materialize` on (its TTM layers of equal core shapes rebuild their weights together in
+    training; ``materialize(model, enabled=False)`` turns that off).
 
     Raises
     ------
@@ -317,4 +320,5 @@ def tensorize(
             )
         )
     after = sum(p.numel() for p in model.parameters())
+    materialize(model)  # layers with equal core shapes rebuild their weights together in training
     return TensorizeReport(layers=layers, model_params_before=before, model_params_after=after)

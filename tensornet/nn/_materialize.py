@@ -1,0 +1,156 @@
+"""Training with the dense weights of all TT layers rebuilt at once: :func:`materialize`.
+
+In a training step at many tokens every :class:`TTMLinear` rebuilds its W, and its backward rebuilds W
+again and turns dW into core gradients: tens of small kernels per layer, which on a GPU cost more than the
+big GEMM. Layers with equal core shapes (all of GPT-2's ``c_fc``, all its ``c_proj``) can share that work:
+their packed cores are stacked and W is rebuilt for the whole group by batched GEMMs, once per step; every
+layer then runs ``F.linear`` on its W as ``nn.Linear`` does, and autograd turns the group's dW into core
+gradients in one batched pass. The extra work per step is a handful of kernels per group instead of tens
+per layer, and the backward has no Python in it.
+
+Memory: each group holds its rebuilt W from the first layer call of a step until the backward has used
+it (bf16 under bf16 autocast): at most the dense model's weight bytes, plus the halves of each product,
+where the per-layer path saves only the input and the cores.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from tensornet._linear import kernels as K
+from tensornet._linear import plan as P
+from tensornet._linear.autograd import compute_dtype
+
+from ._linear import TTMLinear
+
+__all__ = ["materialize"]
+
+
+class PassCounter:
+    """Counts forward passes of the model :func:`materialize` was applied to (a forward pre-hook): the
+    rebuilt weights are reused within one pass only, so two passes never share an autograd graph."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, module: nn.Module, args: Any) -> None:
+        self.count += 1
+
+
+class WeightGroup:
+    """TT layers with equal core shapes whose dense weights are rebuilt together.
+
+    ``weight(index, x)`` gives layer ``index``'s W for the input ``x``: from the group's batched rebuild
+    (made at the first call after the cores changed or a backward used the previous one), or None where the
+    per-layer path is the better one (few tokens, no gradient needed, under ``torch.compile``, the layers'
+    cores on different devices or dtypes)."""
+
+    def __init__(self, layers: Sequence[TTMLinear], passes: PassCounter) -> None:
+        self.layers = list(layers)
+        self.passes = passes
+        self.core_shapes: K.CoreShapes = layers[0].core_shapes
+        self._key: Any = None
+        self._weights: tuple[Any, ...] = ()
+
+    def __getstate__(self) -> dict[str, Any]:  # a copy or pickle carries the grouping, not the matrices
+        return {**self.__dict__, "_key": None, "_weights": ()}
+
+    def release(self) -> None:
+        """Drop the rebuilt matrices (done automatically once a backward pass has used them)."""
+        self._key, self._weights = None, ()
+
+    def weight(self, index: int, x: torch.Tensor) -> torch.Tensor | None:
+        layer = self.layers[index]
+        packed = layer.packed_cores
+        if torch.compiler.is_compiling() or not torch.is_grad_enabled() or not packed.requires_grad:
+            return None
+        tokens = x.numel() // max(layer.in_features, 1)
+        compute = compute_dtype(packed.dtype, x.device.type)
+        plan = P.lookup(self.core_shapes, tokens, compute, packed.device, "torch")
+        if plan.forward.strategy != "rebuild":  # decoding-sized calls: the factorised per-layer path
+            return None
+        params = [m.packed_cores for m in self.layers]
+        key = (self.passes.count, compute, *((p.data_ptr(), p._version) for p in params))
+        if key != self._key:
+            if any(p.device != packed.device or p.dtype != packed.dtype for p in params):
+                return None
+            self._weights = self._rebuild(params, compute)
+            self._key = key
+        return self._weights[index]
+
+    def _rebuild(self, params: list[Any], compute: Any) -> tuple[Any, ...]:
+        stacked = torch.stack(params)  # (G, P): one copy; its backward hands each layer a view
+        if stacked.dtype != compute:
+            stacked = stacked.to(compute)
+        count = stacked.shape[0]
+        sizes = [a * b * c * d for a, b, c, d in self.core_shapes]
+        cores = [
+            part.view(count, *shape) for part, shape in zip(stacked.split(sizes, dim=1), self.core_shapes)
+        ]
+        recipe = K.rebuild_recipe(self.core_shapes, (count,))
+        weights = K.rebuild(cores, recipe, K.torch_ops())  # (G, M, N), batched GEMMs
+        if weights.requires_grad:
+            ref = weakref.ref(self)
+
+            def used(grad: Any) -> None:  # the backward has read every W: free them
+                group = ref()
+                if group is not None and group._weights and group._weights[0]._base is weights:
+                    group.release()
+
+            weights.register_hook(used)
+        return weights.unbind(0)
+
+
+def materialize(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Rebuild the dense weights of ``model``'s :class:`TTMLinear` layers group-wise in training.
+
+    Layers with equal core shapes, dtype and device form a group (found now; call again after adding
+    layers). While training (gradients on, at token counts where the layer's plan rebuilds W anyway) the
+    first layer call of a step rebuilds W for the whole group in one batched pass, and every layer runs
+    ``F.linear`` on its W; autograd forms all the groups' core gradients in one batched pass too. Decoding
+    and small batches, ``torch.no_grad()`` and ``torch.compile`` keep the per-layer path. Results equal
+    the per-layer path's (the same products, batched). Returns ``model``; ``enabled=False`` undoes it.
+    Models from :func:`tensornet.nn.tensorize` and ``tensornet.gpt2.tensorize`` have it on.
+
+    Memory: a group holds its rebuilt W from the first layer call of a step until the backward has used
+    it: at most the dense model's weight bytes (half under bf16 autocast), where the per-layer path saves
+    only each layer's input and cores. A forward pass under gradients that is never followed by a backward
+    keeps them until the next step (``tensornet.nn.release_weights(model)`` frees them).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"materialize: expected an nn.Module, got {type(model).__name__}")
+    if not isinstance(enabled, bool):
+        raise TypeError(f"materialize: enabled must be True or False, got {enabled!r}")
+    layers = {id(m): m for m in model.modules() if isinstance(m, TTMLinear)}.values()
+    for layer in layers:
+        layer.__dict__.pop("_weight_group", None)
+    handle = model.__dict__.pop("_tensornet_materialize", None)
+    if handle is not None:
+        handle.remove()
+    if not enabled:
+        return model
+    passes = PassCounter()
+    model.__dict__["_tensornet_materialize"] = model.register_forward_pre_hook(passes)
+    groups: dict[Any, list[TTMLinear]] = {}
+    for layer in layers:
+        packed = layer.packed_cores
+        groups.setdefault((layer.core_shapes, packed.dtype, packed.device), []).append(layer)
+    for members in groups.values():
+        group = WeightGroup(members, passes)
+        for index, layer in enumerate(members):
+            layer.__dict__["_weight_group"] = (group, index)
+    return model
+
+
+def release_weights(model: nn.Module) -> None:
+    """Free the dense weights :func:`materialize`'s groups hold (e.g. after a forward pass under gradients
+    that will not be followed by a backward)."""
+    for module in model.modules():
+        entry = module.__dict__.get("_weight_group")
+        if entry is not None:
+            entry[0].release()

@@ -1,0 +1,176 @@
+"""tensornet.nn.materialize: the weights of TT layers with equal core shapes rebuilt together in training;
+the same values and gradients as the per-layer path, fewer dispatched kernels, W released after backward."""
+
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+from collections import Counter
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import tensornet as tn
+from tensornet.nn import TTMLinear, materialize, release_weights
+
+
+def stack(count: int, *, bias: bool = True, dtype=torch.float64, seed: int = 0) -> nn.Sequential:
+    """``count`` TT layers of one shape (a group) with an odd one out and dense layers between them."""
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    for _ in range(count):
+        layers += [TTMLinear(48, 96, rank=4, in_shape=(4, 4, 3), out_shape=(4, 4, 6), bias=bias, dtype=dtype)]
+        layers += [nn.Tanh(), nn.Linear(96, 48, dtype=dtype)]
+    layers += [TTMLinear(48, 24, rank=3, in_shape=(4, 12), out_shape=(4, 6), dtype=dtype)]
+    return nn.Sequential(*layers)
+
+
+def group_of(model: nn.Module):
+    return model[0].__dict__["_weight_group"][0]
+
+
+def grads(model: nn.Module) -> list[torch.Tensor]:
+    return [p.grad.clone() for p in model.parameters()]
+
+
+@given(st.integers(1, 3), st.sampled_from([1, 7, 300, 1000]), st.booleans(), st.integers(0, 99))
+def test_same_values_and_gradients_as_the_per_layer_path(count, tokens, bias, seed):
+    model = stack(count, bias=bias, seed=seed)
+    reference = copy.deepcopy(model)
+    materialize(model)
+    x = torch.randn(tokens, 48, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    y, y_ref = model(x), reference(x)
+    grouped = len(group_of(model)._weights) == count
+    # the plan rebuilds W from 300 tokens on for these layers: there the group path runs
+    assert grouped == (tn.contract.plan_linear((tokens, 48), model[0].cores).forward.strategy == "rebuild")
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+    y.square().sum().backward()
+    y_ref.square().sum().backward()
+    for a, b in zip(grads(model), grads(reference)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert group_of(model)._weights == ()  # the backward used them: released
+
+
+def test_gradcheck_through_the_group_path(monkeypatch):
+    model = materialize(stack(2))
+    x = torch.randn(400, 48, dtype=torch.float64, requires_grad=True)
+    params = [model[0].packed_cores, model[3].packed_cores, model[0].bias]
+    group = group_of(model)
+    rebuilds = []
+    rebuild = group._rebuild
+    monkeypatch.setattr(group, "_rebuild", lambda *args: rebuilds.append(1) or rebuild(*args))
+
+    def f(x, *_):
+        return model(x).sum(-1)
+
+    assert torch.autograd.gradcheck(f, (x, *params), fast_mode=True)
+    assert rebuilds  # the path under test was the group's
+
+
+def test_optimizer_steps_and_gradient_accumulation():
+    model = materialize(stack(2))
+    reference = copy.deepcopy(model)
+    materialize(reference, enabled=False)
+    x1, x2 = (torch.randn(500, 48, dtype=torch.float64) for _ in range(2))
+    for m in (model, reference):
+        optimizer = torch.optim.SGD(m.parameters(), lr=0.1)
+        # two forward passes, one backward of their sum; then an accumulating second backward; then a step
+        (m(x1).square().mean() + m(x2).square().mean()).backward()
+        m(x1).sum().backward()
+        optimizer.step()
+    for a, b in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(model(x2), reference(x2), rtol=1e-10, atol=1e-12)  # rebuilt after the step
+
+
+def test_no_grad_and_released_weights_hold_nothing():
+    model = materialize(stack(2))
+    x = torch.randn(600, 48, dtype=torch.float64)
+    with torch.no_grad():
+        model(x)
+    assert group_of(model)._weights == ()
+    model(x)  # under gradients without a backward: held until the next pass, or released on request
+    assert len(group_of(model)._weights) == 2
+    release_weights(model)
+    assert group_of(model)._weights == ()
+
+
+def test_bf16_autocast_holds_bf16_weights_and_matches_the_per_layer_path():
+    model = materialize(stack(2, dtype=torch.float32))
+    reference = copy.deepcopy(model)
+    materialize(reference, enabled=False)
+    x = torch.randn(600, 48)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = model(x)
+        y_ref = reference(x)
+    assert group_of(model)._weights[0].dtype == torch.bfloat16 and y.dtype == torch.bfloat16
+    scale = float(y_ref.detach().float().abs().max())
+    # both in bf16 (unit roundoff 2^-9), summed in different orders
+    torch.testing.assert_close(y.detach().float(), y_ref.detach().float(), rtol=0, atol=3e-2 * scale)
+    y.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
+
+
+class Ops(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view and func.overloadpacket is not torch.ops.aten._unsafe_view:
+            self.count[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_group_dispatches_fewer_kernels_than_its_layers():
+    model = stack(4)
+    grouped = materialize(copy.deepcopy(model))
+    x = torch.randn(1024, 48, dtype=torch.float64)
+    counts = []
+    for m in (model, grouped):
+        m(x).sum().backward()  # warm the plans
+        with Ops() as ops:
+            m(x).sum().backward()
+        counts.append(sum(ops.count.values()))
+    # per layer the rebuild, its recomputation in backward and the core gradients (tens of kernels) become
+    # F.linear's; the group adds one batched rebuild and one batched gradient pass
+    assert counts[1] < 0.7 * counts[0], counts
+
+
+def test_copies_pickles_state_dicts_and_turning_it_off():
+    model = materialize(stack(2))
+    x = torch.randn(400, 48, dtype=torch.float64)
+    model(x)
+    twin = copy.deepcopy(model)
+    assert group_of(twin) is not group_of(model) and group_of(twin).layers[0] is twin[0]
+    assert group_of(twin)._weights == ()  # copies carry the grouping, not the matrices
+    torch.testing.assert_close(twin(x), model(x))
+    restored = pickle.loads(pickle.dumps(model))
+    torch.testing.assert_close(restored(x), model(x))
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    assert not any("group" in key for key in model.state_dict())
+    materialize(model, enabled=False)
+    assert "_weight_group" not in model[0].__dict__ and not model._forward_pre_hooks
+    with pytest.raises(TypeError, match=r"materialize: expected an nn\.Module"):
+        materialize([model])
+
+
+def test_layers_that_no_longer_share_a_dtype_fall_back_to_their_own_path():
+    model = materialize(stack(2))
+    model[3].float()
+    x = torch.randn(500, 48, dtype=torch.float64)
+    out = model[0](x)
+    assert group_of(model)._weights == () and out.dtype == torch.float64
+
+
+def test_tensorize_returns_a_materialized_model():
+    model = nn.Sequential(nn.Linear(48, 96), nn.Linear(96, 48), nn.Linear(48, 96))
+    rule = tn.nn.Rule("[02]", rank=3, from_weights=False, in_shape=(4, 4, 3), out_shape=(4, 4, 6))
+    tn.nn.tensorize(model, rule)
+    assert model[0].__dict__["_weight_group"][0] is model[2].__dict__["_weight_group"][0]
