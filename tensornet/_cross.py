@@ -390,6 +390,7 @@ def _restore(cores: list[np.ndarray], exponent: int) -> list[np.ndarray]:
     return [np.ldexp(c, share + (rest if k == 0 else 0)) for k, c in enumerate(cores)]
 
 
+@B.exact
 def cross(
     f: Callable[[Any], Any],
     shape: Sequence[int],
@@ -438,15 +439,20 @@ def cross(
     rectangular cross of Mikhalev & Oseledets 2018); the last core is the fiber itself. Right-to-left
     half-sweeps do the same on the transposed unfoldings for ``J_k``. The ranks follow the numerical
     ranks of the fibers (plus the few extra rows), as in DMRG cross (Savostyanov & Oseledets 2011), at
-    the cost of one fiber per core instead of two.
+    the cost of one fiber per core instead of two. The first right sets are the tails of 3 random
+    multi-indices. The random extra rows are drawn first among the rows of the bond's previous index set,
+    and maxvol starts from its previous choice, so the index sets settle: a half-sweep over settled sets
+    finds its values in the cache and costs no evaluations.
 
     After each half-sweep the current TT is compared with ``f`` on the validation indices; the search
     stops when the relative error there is at most ``eps / 2``. When it stops halving, ``delta``
     (initially ``eps / (20 sqrt(d - 1))``) is divided by 10; after 4 half-sweeps in a row without halving
-    the best error, the search ends with a warning. The result is rounded with ``eps / 2``
-    (the rule of :func:`tensornet.round`), so the total error is about ``eps`` or less; the kept estimate is the
-    rounded train's error on the validation indices (a sample estimate, not a bound). Values of ``f``
-    far from 1 are divided by a power of two while searching (exact) and the factor is put back.
+    the best error, the search ends with a warning (so it always ends: the error cannot halve forever).
+    The result is rounded with ``eps / 2`` (the rule of :func:`tensornet.round`), so the total error is
+    about ``eps`` or less; the kept estimate is the rounded train's error on the validation indices (a
+    sample estimate, not a bound: a feature that no sampled index sees, e.g. a narrow peak, is invisible
+    to any cross). Values of ``f`` far from 1 are divided by a power of two while searching (exact) and
+    the factor is put back. The result carries no gradient of ``f``'s values (they are detached).
 
     Cost: ``O(r^2 n)`` evaluations and ``O(r^3 n)`` operations per core and half-sweep, ``O(d r^2 n)``
     memory, for ranks r and mode sizes n.
@@ -598,6 +604,7 @@ def _warn(reason: str, eps: float, error: float, checks: int, budget: int | None
     warnings.warn(message, category, stacklevel=3)
 
 
+@B.exact
 def apply(
     f: Callable[..., Any],
     *trains: Any,
