@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import as_numpy, torch
+from conftest import as_numpy, gpu, torch
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -291,3 +291,34 @@ def test_no_warnings_when_eps_is_met():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         tn.cross(lambda i: np.exp(-grid(i, 12).sum(axis=1)), (12,) * 5, eps=1e-6, max_evals=10**6, seed=0)
+
+
+# --- CUDA (skipped without a GPU) ---------------------------------------------------------------------------
+@pytest.mark.gpu
+@gpu
+def test_cross_gather_sum_reshape_and_constructors_on_cuda():
+    like = torch.zeros((), dtype=torch.float64, device="cuda")
+    devices = []
+
+    def f(index):
+        devices.append(index.device.type)
+        return torch.cos(index.to(torch.float64).sum(dim=1) / 7.0)
+
+    t = tn.cross(f, (6,) * 5, eps=1e-10, like=like, seed=0)
+    assert set(devices) == {"cuda"} and t.device.type == "cuda" and t.ranks == (1, 2, 2, 2, 2, 1)
+    cpu = t.to("numpy")
+    index = np.array([[0, 1, 2, 3, 4], [5, 5, 5, 5, 5]])
+    pairs = [
+        (tn.gather(t, index), tn.gather(cpu, index)),
+        (tn.sum(t, axis=(1, 3)).full(), tn.sum(cpu, axis=(1, 3)).full()),
+        (
+            tn.reshape(tn.sum(t, axis=0), (2, 3, 216), eps=1e-12).full(),
+            tn.sum(cpu, axis=0).full().reshape(2, 3, 216),
+        ),
+        ((t + 1.5).full(), cpu.full() + 1.5),
+        (tn.laplacian((3, 4), like=like).full(), tn.laplacian((3, 4)).full()),
+        (tn.apply(torch.square, t, seed=0).full(), cpu.full() ** 2),
+    ]
+    for on_gpu, on_cpu in pairs:
+        assert on_gpu.device.type == "cuda"
+        np.testing.assert_allclose(as_numpy(on_gpu), as_numpy(on_cpu), rtol=1e-9, atol=1e-12)
