@@ -6,7 +6,10 @@ Nothing here holds global state; every function receives the arrays it works on.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
+import sys
 from typing import Any
 
 import array_api_compat
@@ -123,6 +126,8 @@ def dtype_name(dtype: Any) -> str:
     text = str(dtype)
     if text.startswith("torch."):
         return text[len("torch.") :]
+    if text == "bfloat16":  # torch-only: numpy has no name for it
+        return text
     return np.dtype(dtype).name
 
 
@@ -209,3 +214,27 @@ def normalized(x: Array) -> tuple[Array, Array]:
 def detach(x: Array) -> Array:
     """``x`` cut from autograd's graph (torch); other backends have no graph."""
     return x.detach() if hasattr(x, "detach") else x
+
+
+def exact(fn: Any) -> Any:
+    """Run ``fn`` with torch's autocast off (a decorator for tensornet's algebra).
+
+    Autocast is for neural-network layers: under ``torch.autocast`` a product of float32 cores would run
+    in bf16/fp16, mix dtypes between steps and break the accuracy the algebra promises. Decorated functions
+    compute in the trains' own dtype whatever the autocast state (``tensornet.linear`` alone follows
+    autocast, as ``nn.Linear`` does). Costs nothing when torch is not imported or autocast is off."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        torch = sys.modules.get("torch")
+        if torch is None:
+            return fn(*args, **kwargs)
+        on = [device for device in ("cpu", "cuda") if torch.is_autocast_enabled(device)]
+        if not on:
+            return fn(*args, **kwargs)
+        with contextlib.ExitStack() as stack:
+            for device in on:
+                stack.enter_context(torch.autocast(device, enabled=False))
+            return fn(*args, **kwargs)
+
+    return wrapper

@@ -56,8 +56,8 @@ def _check_precision(fn: str, dtype: Any) -> None:
     if name not in ("float32", "float64"):
         raise TypeError(
             f"{fn}: dtype {name} is not supported (the SVDs and QRs behind it exist in float32 and float64 "
-            f"only, and a half-precision result could not keep the eps guarantee); convert with "
-            f".astype('float32') / .to(torch.float32) or t.to(dtype='float32')"
+            f"only, and a result stored in another precision could not keep the eps guarantee); convert "
+            f"with .astype('float32') / .to(torch.float32) or t.to(dtype='float32')"
         )
 
 
@@ -123,11 +123,9 @@ def _restore_scale(cores: list[Any], exponent: int, at: int) -> list[Any]:
     xp = B.namespace(*cores)
     top = B.to_float(xp.max(xp.abs(cores[at])))
     finfo = xp.finfo(cores[at].dtype)
-    if top == 0.0 or (
-        float(finfo.smallest_normal) <= math.ldexp(top, exponent) < float(finfo.max)
-        if -1100 < exponent + math.frexp(top)[1] < 1100
-        else False
-    ):
+    # compared in log2: the scaled value itself may not be representable (math.ldexp would raise)
+    size = math.log2(top) + exponent if top > 0.0 else 0.0
+    if top == 0.0 or math.log2(float(finfo.smallest_normal)) <= size < math.log2(float(finfo.max)):
         cores[at] = B.scale_pow2(cores[at], exponent)
         return cores
     share, rest = divmod(exponent, len(cores))

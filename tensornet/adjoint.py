@@ -72,6 +72,7 @@ def _unflat(grads: Sequence[Any], cores: Sequence[Any]) -> list[Any]:
 
 
 # --- rules ------------------------------------------------------------------------------------------
+@B.exact
 def full(x: Any, grad: Any) -> list[Any]:
     """VJP of :func:`tensornet.full`: the core gradients of ``sum(grad * full(x))``.
 
@@ -91,6 +92,7 @@ def full(x: Any, grad: Any) -> list[Any]:
     return _unflat(_linear.tt_grads_from_dense(_flat(cores), grad, ops), cores)
 
 
+@B.exact
 def dot(a: Any, b: Any, grad: Any = 1.0) -> tuple[list[Any], list[Any]]:
     """VJP of :func:`tensornet.dot` (``<a, b>``): ``(grads of a's cores, grads of b's cores)`` for the
     scalar cotangent ``grad``.
@@ -129,6 +131,7 @@ def _check_same_modes(fn: str, ca: Sequence[Any], cb: Sequence[Any]) -> None:
             )
 
 
+@B.exact
 def hadamard(a: Any, b: Any, grad: Any) -> tuple[list[Any], list[Any]]:
     """VJP of :func:`tensornet.hadamard` for cotangent cores ``grad`` shaped like the result's
     ``(r s, n, r' s')`` (``(r s, m, n, r' s')`` for TTM). Core-wise. Cost: ``O(d n r^2 s^2)``."""
@@ -150,6 +153,7 @@ def hadamard(a: Any, b: Any, grad: Any) -> tuple[list[Any], list[Any]]:
     return _unflat(grads_a, a.cores), _unflat(grads_b, b.cores)
 
 
+@B.exact
 def matvec(a: Any, x: Any, grad: Any) -> tuple[list[Any], list[Any]]:
     """VJP of :func:`tensornet.matvec` (``A @ x``) for cotangent cores ``grad`` shaped like the
     result's ``(r s, m, r' s')``: ``(grads of A's cores, grads of x's cores)``. Core-wise.
@@ -174,6 +178,7 @@ def matvec(a: Any, x: Any, grad: Any) -> tuple[list[Any], list[Any]]:
     return grads_a, grads_x
 
 
+@B.exact
 def matmul(a: Any, b: Any, grad: Any) -> tuple[list[Any], list[Any]]:
     """VJP of :func:`tensornet.matmul` (``A @ B``) for cotangent cores ``grad`` shaped like the
     result's ``(r s, m, n, r' s')``. Core-wise. Cost: ``O(d m k n r^2 s^2)``."""

@@ -72,6 +72,7 @@ def _tt_svd_cores(x: Any, eps: float | None, caps: list[int | None], log: _Error
     return cores
 
 
+@B.exact
 def tt_svd(
     x: Any,
     *,
@@ -104,6 +105,7 @@ def tt_svd(
     return (result, log.bound) if return_error else result
 
 
+@B.exact
 def ttm_svd(
     a: Any,
     row_shape: Sequence[int],
@@ -200,6 +202,7 @@ def _orthogonalized(cores: list[Any], center: int) -> list[Any]:
     return cores
 
 
+@B.exact
 def orthogonalize(x: Any, *, center: int | Literal["left", "right"] = "left") -> Any:
     """The same tensor with cores left-orthogonal before ``center`` and right-orthogonal after it.
 
@@ -223,6 +226,7 @@ def orthogonalize(x: Any, *, center: int | Literal["left", "right"] = "left") ->
     return _ops._like(x, _restore_scale(_orthogonalized(cores, center), shift, at=center))
 
 
+@B.exact
 def round(
     x: Any,
     *,
@@ -254,6 +258,7 @@ def round(
     return (result, bound) if return_error else result
 
 
+@B.exact
 def round_sum(
     trains: Sequence[Any],
     *,

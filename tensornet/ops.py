@@ -114,6 +114,7 @@ def _like(x: Any, flat_cores: Sequence[Any]) -> Any:
 
 
 # --- dense -----------------------------------------------------------------------------------------
+@B.exact
 def full(x: Any) -> Any:
     """The dense array of a TT (shape ``x.shape``) or TTM (shape ``(M, N)``).
 
@@ -157,9 +158,14 @@ def _scalar_like(fn: str, x: Any, alpha: Any) -> Any:
     if not is_scalar(alpha):
         raise TypeError(f"{fn}: the scalar must be a real number or a 0-d array, got {type(alpha).__name__}")
     if isinstance(alpha, numbers.Number):
-        if not isinstance(alpha, numbers.Real):
+        if isinstance(alpha, numbers.Complex) and not isinstance(alpha, numbers.Real):
             raise TypeError(f"{fn}: complex scalar {alpha!r}; tensornet supports real floats only")
-        return float(alpha)
+        try:
+            return float(alpha)  # type: ignore[arg-type]  # Python/numpy reals, Fraction, Decimal
+        except (TypeError, ValueError, OverflowError) as err:
+            raise ValueError(
+                f"{fn}: the scalar {alpha!r:.40} is not representable as a float ({err})"
+            ) from None
     if B.is_complex(alpha):
         raise TypeError(f"{fn}: complex scalar of dtype {alpha.dtype}; tensornet supports real floats only")
     if B.backend_name(alpha) == x.backend:
@@ -180,6 +186,7 @@ def scale(x: Any, alpha: Any) -> Any:
     return type(x)._trusted([x.cores[0] * alpha, *x.cores[1:]])
 
 
+@B.exact
 def hadamard(a: Any, b: Any) -> Any:
     """Elementwise product; ranks multiply (``r s``). Cost: ``O(d n r^2 s^2)``."""
     _check_same_structure("hadamard", a, b)
@@ -238,6 +245,7 @@ def _chain(first: Any, steps: Sequence[Callable[[Any], Any]], exponent: Any) -> 
     return B.scale_pow2(xp.reshape(value, ()), exponent)
 
 
+@B.exact
 def dot(a: Any, b: Any) -> Any:
     """Inner product ``<a, b> = sum(a * b)`` (Frobenius for TTM) as a 0-d array.
 
@@ -271,6 +279,7 @@ def _norm_sweep(cores: Sequence[Any]) -> Any:
     raise AssertionError("unreachable: a train has at least one core")
 
 
+@B.exact
 def norm(x: Any) -> Any:
     """Frobenius norm as a 0-d array, by a QR sweep: accurate to working precision, also for
     differences of nearly equal trains.
@@ -284,6 +293,9 @@ def norm(x: Any) -> Any:
     """
     _require_train("norm", x)
     cores = _flat_cores(x)
+    if B.dtype_name(x.dtype) in ("float16", "bfloat16"):  # QR has no half-precision kernels: in float32
+        wide = [B.to_backend(c, x.backend, dtype="float32") for c in cores]
+        return B.to_backend(norm(_like(x, wide)), x.backend, dtype=x.dtype)
     if not any(getattr(c, "requires_grad", False) for c in cores):
         return _norm_sweep(cores)
     value = _norm_sweep([B.detach(c) for c in cores])
@@ -301,6 +313,7 @@ def norm(x: Any) -> Any:
     return value + (v - B.detach(v)) * factor
 
 
+@B.exact
 def sum(x: Any, axis: int | Sequence[int] | None = None) -> Any:
     """Sum of the entries over all modes (a 0-d array) or over the modes in ``axis`` (a TT over the
     others: a marginal).
@@ -327,6 +340,7 @@ def sum(x: Any, axis: int | Sequence[int] | None = None) -> Any:
 
 
 # --- products --------------------------------------------------------------------------------------
+@B.exact
 def matvec(a: Any, x: Any) -> Any:
     """``A @ x`` for a TTM ``A`` (M, N) and a TT ``x`` of shape ``A.col_shape``: a TT of shape
     ``A.row_shape`` with ranks ``r s``. Cost: ``O(d m n r^2 s^2)``."""
@@ -346,6 +360,7 @@ def matvec(a: Any, x: Any) -> Any:
     return _tt.TT._trusted(cores)
 
 
+@B.exact
 def matmul(a: Any, b: Any) -> Any:
     """``A @ B`` for TTMs with ``A.col_shape == B.row_shape``; ranks multiply.
     Cost: ``O(d m k n r^2 s^2)``."""
@@ -397,6 +412,7 @@ def linear(x: Any, w: Any, bias: Any = None, *, save_weight: bool = False) -> An
 
 
 # --- indexing --------------------------------------------------------------------------------------
+@B.exact
 def getitem(x: Any, index: Any) -> Any:
     """``x[i, j, k]`` (a 0-d array) or ``x[:, 2, 1:5]`` (a TT over the sliced modes).
 
@@ -483,6 +499,7 @@ def _index_rows(fn: str, index: Any, shape: Sequence[int], name: str = "index") 
     return np.where(rows < 0, rows + sizes, rows)
 
 
+@B.exact
 def gather(x: Any, index: Any) -> Any:
     """Many entries at once: ``x[index[j]]`` for each row of a ``(k, d)`` integer array, as a 1-D array
     of ``k`` values on ``x``'s backend, dtype and device.
@@ -563,6 +580,7 @@ def _spread_pow2(cores: list[Any], exponent: Any) -> list[Any]:
     return [B.scale_pow2(c, share + rest if k == 0 else share) for k, c in enumerate(cores)]
 
 
+@B.exact
 def add_scalar(x: Any, alpha: Any) -> Any:
     """``x + alpha`` entrywise (``alpha`` added to every entry): ``x`` plus ``alpha`` times the all-ones
     train, so the ranks grow by 1. ``alpha`` follows :func:`scale`'s rule (a real number or 0-d array
@@ -576,6 +594,7 @@ def add_scalar(x: Any, alpha: Any) -> Any:
     return add(x, _like(x, ones))
 
 
+@B.exact
 def _memory_bytes() -> int | None:
     """This machine's physical memory in bytes (None where the OS does not say)."""
     try:
@@ -605,13 +624,15 @@ def power(x: Any, exponent: Any) -> Any:
     if k == 0:
         xp = B.namespace(*flat)
         return _like(x, [xp.ones((1, int(c.shape[1]), 1), dtype=x.dtype, device=x.device) for c in flat])
+    from .random import _available_memory
+
     ranks = x.ranks
     entries = builtins.sum(ranks[j] ** k * int(c.shape[1]) * ranks[j + 1] ** k for j, c in enumerate(flat))
-    memory = _memory_bytes()
+    memory = _available_memory()
     if memory is not None and entries * int(x.cores[0].itemsize) > memory:
         raise ValueError(
-            f"power: x ** {k} has ranks {tuple(r**k for r in ranks)} ({entries:,} entries), more than this "
-            f"machine's memory; round between products (tn.round(t * t, eps=...)) or use tn.apply"
+            f"power: x ** {k} has ranks {tuple(r**k for r in ranks)} ({entries:,} entries), more than the "
+            f"memory available; round between products (tn.round(t * t, eps=...)) or use tn.apply"
         )
     result = x
     for _ in range(k - 1):

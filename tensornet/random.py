@@ -25,6 +25,8 @@ __all__ = ["core_std", "random_tt", "random_ttm"]
 def _check_shape(fn: str, name: str, shape: Any) -> tuple[int, ...]:
     if isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
         shape = (shape,)
+    if isinstance(shape, np.ndarray) and shape.ndim == 1 and np.issubdtype(shape.dtype, np.integer):
+        shape = [int(n) for n in shape]
     if not isinstance(shape, Sequence) or len(shape) == 0:
         raise TypeError(f"{fn}: {name} must be a non-empty sequence of positive ints, got {shape!r}")
     for k, n in enumerate(shape):
@@ -67,24 +69,28 @@ def core_std(std: float, bond_ranks: Sequence[int]) -> float:
     return std ** (1.0 / d) * math.prod(bond_ranks) ** (-1.0 / (2 * d))
 
 
-def _physical_memory() -> int | None:
+def _available_memory() -> int | None:
+    """Physical memory not in use now (POSIX), or None where it is not known."""
     try:
-        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
-    except (AttributeError, ValueError, OSError):  # not POSIX: no limit known
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_AVPHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
         return None
 
 
-def _check_size(fn: str, mode_shapes: list[tuple[int, ...]], ranks: tuple[int, ...]) -> None:
-    """Refuse, before allocating, cores that cannot fit in this machine's memory (they are drawn as
-    float64 on the host first)."""
-    nparams = sum(ranks[k] * math.prod(m) * ranks[k + 1] for k, m in enumerate(mode_shapes))
-    memory = _physical_memory()
-    if memory is not None and 8 * nparams > memory:
+def _check_size(fn: str, mode_shapes: list[tuple[int, ...]], ranks: tuple[int, ...], itemsize: int) -> None:
+    """Refuse, before allocating, cores that cannot fit in the memory available now. They are drawn as
+    float64 on the host (each core with one temporary of its size while it is scaled) and then converted,
+    so the peak is ``8 n + 8 max(core) + itemsize n`` bytes for n parameters."""
+    sizes = [ranks[k] * math.prod(m) * ranks[k + 1] for k, m in enumerate(mode_shapes)]
+    nparams = sum(sizes)
+    peak = 8 * nparams + 8 * max(sizes) + itemsize * nparams
+    memory = _available_memory()
+    if memory is not None and peak > memory:
         useful = max_ranks([math.prod(m) for m in mode_shapes])
         raise ValueError(
-            f"{fn}: ranks {ranks} give {nparams:,} parameters ({8 * nparams / 2**30:,.1f} GiB as float64), "
-            f"more than this machine's {memory / 2**30:,.1f} GiB of memory; lower the rank (ranks above "
-            f"the useful maximum {useful} add parameters, not expressiveness)"
+            f"{fn}: ranks {ranks} give {nparams:,} parameters (about {peak / 2**30:,.1f} GiB at the peak of "
+            f"drawing them), more than the {memory / 2**30:,.1f} GiB of memory available; lower the rank "
+            f"(ranks above the useful maximum {useful} add parameters, not expressiveness)"
         )
 
 
@@ -98,7 +104,9 @@ def _cores(
     dtype: Any,
 ) -> list[Any]:
     ranks = (1, *bonds, 1)
-    _check_size(fn, mode_shapes, ranks)
+    reference = like.cores[0] if isinstance(like, (TT, TTM)) else like
+    target = dtype if dtype is not None else getattr(reference, "dtype", "float64")
+    _check_size(fn, mode_shapes, ranks, np.dtype(B.dtype_name(target)).itemsize if target is not None else 8)
     rng = np.random.default_rng(seed)
     scale = core_std(std, bonds)
     cores = [

@@ -120,5 +120,9 @@ def max_ranks(mode_sizes: Sequence[int]) -> tuple[int, ...]:
 
     For a TTM pass ``m_k * n_k`` as the mode sizes.
     """
-    sizes = [int(n) for n in mode_sizes]
+    sizes: list[int] = []
+    for k, n in enumerate(mode_sizes):
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+            raise ValueError(f"max_ranks: mode size {k} is {n!r}; every mode size must be a positive int")
+        sizes.append(int(n))
     return tuple(min(math.prod(sizes[: k + 1]), math.prod(sizes[k + 1 :])) for k in range(len(sizes) - 1))

@@ -60,6 +60,7 @@ def _rank(singular: Any, threshold: float) -> int:
     return max(1, int(np.flatnonzero(tail <= threshold)[0]))
 
 
+@B.exact
 def reshape(t: Any, shape: Sequence[int], *, eps: float | None = None) -> TT:
     """The same tensor with its modes regrouped in C order, e.g. ``(1024, 1024) <-> (2,) * 20``.
 

@@ -382,7 +382,7 @@ def test_half_precision_is_refused_with_a_message(make):
 # --- inputs checked where they enter, before any allocation ----------------------------------------
 def test_impossible_ranks_are_refused_before_allocating():
     start = time.perf_counter()
-    with pytest.raises(ValueError, match=r"random_tt: ranks .* more than this machine's"):
+    with pytest.raises(ValueError, match=r"random_tt: ranks .* more than the .* of memory available"):
         tn.random_tt((4, 4, 4), 10**12)
     with pytest.raises(ValueError, match="random_ttm: ranks"):
         tn.random_ttm((4, 4), (4, 4), 10**9)
@@ -423,3 +423,90 @@ def test_ttmlinear_refuses_non_tensors_like_nn_linear():
             layer(bad)
     with pytest.raises(TypeError, match="TTEmbedding: indices"):
         tn.nn.TTEmbedding(12, 6, rank=1)(np.array([1, 2]))
+
+
+# --- found by an adversarial review -------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_norms_just_past_the_float64_maximum_do_not_raise(backend):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 5, 6))
+    x = x / np.max(np.abs(x)) * 1e308  # ||x|| ~ 1e309: not representable, every entry is
+    xb = place(x, backend, "float64")
+    t, bound = tn.tt_svd(xb, eps=0.1, return_error=True)
+    assert relative_error(t.full(), xb) <= bound + 1e-12 and np.all(np.isfinite(as_numpy(t.full())))
+    w = tn.ttm_svd(xb.reshape(20, 6), (4, 5), (2, 3), eps=0.1)
+    assert np.all(np.isfinite(as_numpy(w.full())))
+    huge = tn.TT([np.full((1, 2, 1), 1e300), np.full((1, 2, 1), 1e10)]).to(backend)
+    for result in (tn.round(huge, eps=0.1), tn.orthogonalize(huge)):
+        with np.errstate(over="ignore"):  # the entries are 1e310: the dense tensor is inf, honestly
+            assert np.all(np.isinf(as_numpy(result.full())))
+
+
+def test_the_algebra_ignores_autocast():
+    t = tn.random_tt((3, 4, 5), (1, 2, 3, 1), seed=0).to("torch", dtype="float32")
+    u = tn.random_tt((3, 4, 5), 2, seed=1).to("torch", dtype="float32")
+    a = tn.random_ttm((2, 3), (3, 2), 2, seed=2).to("torch", dtype="float32")
+    ops = {
+        "full": lambda: tn.full(t),
+        "norm": lambda: tn.norm(t),
+        "sum": lambda: tn.sum(t),
+        "dot": lambda: tn.dot(t, u),
+        "hadamard": lambda: tn.full(t * u),
+        "matvec": lambda: tn.full(a @ tn.random_tt((3, 2), 2, seed=3).to("torch", dtype="float32")),
+        "round": lambda: tn.full(tn.round(t + u, eps=1e-6)),
+        "orthogonalize": lambda: tn.full(tn.orthogonalize(t)),
+        "tt_svd": lambda: tn.full(tn.tt_svd(tn.full(t), eps=1e-6)),
+        "index": lambda: t[1, :, 2].full(),
+    }
+    for name, op in ops.items():
+        expected = op()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = op()
+        assert got.dtype == torch.float32, name  # not bf16: autocast is for layers
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize(
+    ("backend", "dtype"), [("numpy", "float16"), ("torch", "float16"), ("torch", "bfloat16")]
+)
+def test_norm_of_half_precision_trains(backend, dtype):
+    t = tn.random_tt((3, 4, 5), 2, seed=0)
+    half = t.to(backend, dtype=dtype)
+    value = tn.norm(half)
+    assert B_dtype(value) == dtype
+    wide = half.to(backend, dtype="float32").to("numpy", dtype="float64")  # the same half-precision values
+    reference = np.linalg.norm(dense_tt(wide))
+    assert float(value) == pytest.approx(reference, rel=1e-2)  # half precision: ~3 digits
+
+
+def B_dtype(x) -> str:
+    return tn._backend.dtype_name(x.dtype)
+
+
+def test_scalars_of_every_numeric_kind():
+    from decimal import Decimal
+    from fractions import Fraction
+
+    t = tn.random_tt((2, 3), 2, seed=0, dtype="float32")
+    for alpha in (Decimal("2.5"), Fraction(1, 3)):
+        scaled = t * alpha
+        assert scaled.dtype == t.dtype
+        np.testing.assert_allclose(scaled.full(), float(alpha) * t.full(), rtol=1e-6)
+    with pytest.raises(ValueError, match="not representable as a float"):
+        t * 10**400
+
+
+def test_shapes_from_numpy_and_checked_mode_sizes():
+    assert tn.random_tt(np.array([2, 3]), 2, seed=0).shape == (2, 3)
+    with pytest.raises(ValueError, match="max_ranks: mode size 0 is -1"):
+        tn.shapes.max_ranks([-1, 2])
+
+
+def test_ttmlinear_follows_autocast_as_nn_linear_does():
+    layer = tn.nn.TTMLinear(12, 8, rank=2, dtype=torch.float64)
+    x = torch.randn(3, 12, dtype=torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(x).dtype == torch.nn.Linear(12, 8, dtype=torch.float64)(x).dtype == torch.float64
+        assert layer.float()(x.float()).dtype == torch.bfloat16
+    meta = tn.nn.TTMLinear(12, 8, rank=2, device="meta")
+    assert meta(torch.randn(3, 12, device="meta")).shape == (3, 8)  # as nn.Linear on the meta device
