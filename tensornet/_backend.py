@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import os
 import sys
 from typing import Any
 
@@ -214,6 +215,14 @@ def normalized(x: Array) -> tuple[Array, Array]:
 def detach(x: Array) -> Array:
     """``x`` cut from autograd's graph (torch); other backends have no graph."""
     return x.detach() if hasattr(x, "detach") else x
+
+
+def available_memory() -> int | None:
+    """Host memory not in use now, in bytes (POSIX), or None where the OS does not say."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_AVPHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def exact(fn: Any) -> Any:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import builtins
 import numbers
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -595,14 +594,6 @@ def add_scalar(x: Any, alpha: Any) -> Any:
 
 
 @B.exact
-def _memory_bytes() -> int | None:
-    """This machine's physical memory in bytes (None where the OS does not say)."""
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
 def power(x: Any, exponent: Any) -> Any:
     """``x ** k`` entrywise for an integer ``k >= 0``: ``k - 1`` Hadamard products, ranks ``r^k``
     (``k = 0``: the all-ones train). Round afterwards to recompress; for other exponents use
@@ -624,11 +615,9 @@ def power(x: Any, exponent: Any) -> Any:
     if k == 0:
         xp = B.namespace(*flat)
         return _like(x, [xp.ones((1, int(c.shape[1]), 1), dtype=x.dtype, device=x.device) for c in flat])
-    from .random import _available_memory
-
     ranks = x.ranks
     entries = builtins.sum(ranks[j] ** k * int(c.shape[1]) * ranks[j + 1] ** k for j, c in enumerate(flat))
-    memory = _available_memory()
+    memory = B.available_memory()
     if memory is not None and entries * int(x.cores[0].itemsize) > memory:
         raise ValueError(
             f"power: x ** {k} has ranks {tuple(r**k for r in ranks)} ({entries:,} entries), more than the "

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -69,14 +68,6 @@ def core_std(std: float, bond_ranks: Sequence[int]) -> float:
     return std ** (1.0 / d) * math.prod(bond_ranks) ** (-1.0 / (2 * d))
 
 
-def _available_memory() -> int | None:
-    """Physical memory not in use now (POSIX), or None where it is not known."""
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_AVPHYS_PAGES"))
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
 def _check_size(fn: str, mode_shapes: list[tuple[int, ...]], ranks: tuple[int, ...], itemsize: int) -> None:
     """Refuse, before allocating, cores that cannot fit in the memory available now. They are drawn as
     float64 on the host (each core with one temporary of its size while it is scaled) and then converted,
@@ -84,7 +75,7 @@ def _check_size(fn: str, mode_shapes: list[tuple[int, ...]], ranks: tuple[int, .
     sizes = [ranks[k] * math.prod(m) * ranks[k + 1] for k, m in enumerate(mode_shapes)]
     nparams = sum(sizes)
     peak = 8 * nparams + 8 * max(sizes) + itemsize * nparams
-    memory = _available_memory()
+    memory = B.available_memory()
     if memory is not None and peak > memory:
         useful = max_ranks([math.prod(m) for m in mode_shapes])
         raise ValueError(
