@@ -4,14 +4,13 @@ A ``(N, r)`` matrix ``U`` of full column rank has a *dominant* set of ``r`` rows
 ``B = U U[I]^{-1}`` is at most ``tol`` in magnitude; then ``U = B U[I]`` reconstructs every row from the
 chosen ones with coefficients bounded by ``tol``, which is what keeps interpolation from amplifying
 errors (Goreinov, Oseledets, Savostyanov, Tyrtyshnikov, Zamarashkin 2010, "How to find a good
-submatrix"). The start is the greedy row selection of a pivoted Gram-Schmidt on the rows (the row with
-the largest residual norm, then project it out), which is already close to dominant; each swap of the
-``maxvol`` iteration then multiplies the volume ``|det U[I]|`` by more than ``tol``.
+submatrix"). The start is the row order of Gaussian elimination with partial pivoting (as the LU
+factorisation of U chooses it), usually close to dominant; each swap of the ``maxvol`` iteration then
+multiplies the volume ``|det U[I]|`` by more than ``tol``.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -42,17 +41,15 @@ def maxvol(u: np.ndarray, *, tol: float = _TOL, start: Any = None) -> tuple[np.n
             coefficient = None
         if coefficient is not None and np.all(np.abs(coefficient) < _WARM_LIMIT):
             return _swaps(rows, coefficient, tol)
-    residual = u.copy()
-    norms = np.einsum("ij,ij->i", residual, residual)
+    # Gaussian elimination with partial pivoting on u (N, r): column j picks the row of largest
+    # remaining magnitude, the rank-one update removes it from the others (the start LAPACK's LU gives)
+    work = u.copy()
     rows = np.empty(r, dtype=np.int64)
     for j in range(r):
-        i = int(np.argmax(norms))
+        column = work[:, j]
+        i = int(np.abs(column).argmax())
         rows[j] = i
-        pivot = residual[i] / math.sqrt(max(float(norms[i]), np.finfo(np.float64).tiny))
-        projection = residual @ pivot
-        residual -= np.outer(projection, pivot)
-        norms -= projection * projection
-        norms[rows[: j + 1]] = -np.inf  # chosen rows are spent (their residual is zero up to rounding)
+        work -= np.multiply.outer(column / column[i], work[i])
     return _swaps(rows, np.linalg.solve(u[rows].T, u.T).T, tol)
 
 
