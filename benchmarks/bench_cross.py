@@ -26,7 +26,8 @@ on the test indices, ties to the faster), as the settings in ``TUNED`` record. O
 the underlying sweeps cost when the answer is known in advance.
 
 Times are medians over ``--repeats`` interleaved rounds (every method once per round, after a warm-up),
-so load from other jobs on a shared machine hits all alike; one BLAS/torch thread each (the matrices are
+so load from other jobs on a shared machine hits all alike (``--clock cpu`` times this process's CPU time
+instead of the wall clock); one BLAS/torch thread each (the matrices are
 at most ~100 x 20, where threads only add overhead). tensornet's target is <= 0.5x the time of the fastest
 peer that meets eps, with no more evaluations than it and an error no larger.
 """
@@ -62,6 +63,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.p
 import tensornet as tn  # noqa: E402
 
 TEST_POINTS = 10_000
+CLOCK = (
+    time.perf_counter
+)  # --clock cpu: time.process_time (this process's CPU time: less sensitive to other jobs)
 
 
 # --- cases ---------------------------------------------------------------------------------------------
@@ -139,9 +143,9 @@ def seeds_row(case: Case, seeds: int) -> str:
     """tensornet over seeds 0..seeds-1 (one run each): how much the random choices matter."""
     times, evals, errors = [], [], []
     for seed in range(seeds):
-        start = time.perf_counter()
+        start = CLOCK()
         cores, count = run_tensornet(case, seed)
-        times.append(time.perf_counter() - start)
+        times.append(CLOCK() - start)
         evals.append(count)
         errors.append(test_error(case, cores))
     return (
@@ -249,9 +253,9 @@ def run_case(case: Case, index: int, found: dict[str, bool], repeats: int, lines
     times: dict[str, list[float]] = {name: [] for name in results}
     for _ in range(repeats):
         for name in results:
-            start = time.perf_counter()
+            start = CLOCK()
             results[name] = methods[name][1]()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(CLOCK() - start)
     rows = {}
     for name, (cores, evals) in results.items():
         rows[name] = (
@@ -377,7 +381,10 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="also write the markdown table here")
     parser.add_argument("--tune", action="store_true", help="grid-search the peers' settings instead")
     parser.add_argument("--tune-only", default=None, help="with --tune: only this peer (e.g. teneva)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="wall-clock or CPU time")
     args = parser.parse_args()
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(1)
     found = {}
     for module in ("teneva", "torchtt", "tntorch"):
@@ -398,7 +405,7 @@ def main() -> None:
     uptime = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     for index, case in enumerate(CASES):
         run_case(case, index, found, args.repeats, lines)
-    footer = [f"- load average at the start (1, 5, 15 min): {uptime}", *machine(found)]
+    footer = [f"- load average at the start (1, 5, 15 min): {uptime}; clock: {args.clock}", *machine(found)]
     footer.append(
         f"- total benchmark time {time.perf_counter() - start:.0f} s; command: python {' '.join(sys.argv)}"
     )
