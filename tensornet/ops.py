@@ -582,10 +582,13 @@ def _spread_pow2(cores: list[Any], exponent: Any) -> list[Any]:
 @B.exact
 def add_scalar(x: Any, alpha: Any) -> Any:
     """``x + alpha`` entrywise (``alpha`` added to every entry): ``x`` plus ``alpha`` times the all-ones
-    train, so the ranks grow by 1. ``alpha`` follows :func:`scale`'s rule (a real number or 0-d array
-    that never changes the train's dtype or device). Cost: ``O(d n (r + 1)^2)``."""
+    train, so the ranks grow by 1 (a host number 0 returns ``x`` itself, so ``sum(trains)`` does not grow
+    them). ``alpha`` follows :func:`scale`'s rule (a real number or 0-d array that never changes the
+    train's dtype or device). Cost: ``O(d n (r + 1)^2)``."""
     _require_train("add_scalar", x)
     alpha = _scalar_like("add_scalar", x, alpha)
+    if isinstance(alpha, float) and alpha == 0.0:
+        return x
     xp = B.namespace(*x.cores)
     flat = _flat_cores(x)
     ones = [xp.ones((1, int(c.shape[1]), 1), dtype=x.dtype, device=x.device) for c in flat]

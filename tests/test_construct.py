@@ -262,7 +262,8 @@ def test_scalar_shifts_and_powers(t, c, k):
     ):
         assert type(result) is type(t) and result.dtype == t.dtype
         assert_close(result.full(), expected, t.dtype, scale)
-    assert (t + c).ranks == tuple(r + 1 if 0 < j < t.ndim else 1 for j, r in enumerate(t.ranks))
+    grown = tuple(r + 1 if 0 < j < t.ndim else 1 for j, r in enumerate(t.ranks))
+    assert (t + c).ranks == (t.ranks if c == 0 else grown)  # adding 0 returns t itself
     powered = t**k
     assert type(powered) is type(t) and powered.dtype == t.dtype
     assert_close(powered.full(), dense**k, t.dtype, max(np.abs(dense).max(), 1.0) ** k)
@@ -276,6 +277,8 @@ def test_power_errors_and_torch_scalar_gradient():
         t**0.5
     with pytest.raises(TypeError):
         t + "1"
+    trains = [tn.random_tt((3, 4), 2, seed=s) for s in range(3)]
+    assert sum(trains).ranks == (1, 6, 1)  # Python's sum starts from 0, which adds nothing
     c = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
     shifted = t.to("torch") + c
     tn.sum(shifted).backward()
