@@ -36,7 +36,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tensornet.nn import TTMLinear
+from tensornet.nn import TTMLinear, materialize
 
 
 class OpCounter(TorchDispatchMode):
@@ -63,13 +63,16 @@ def count(fn) -> OpCounter:  # type: ignore[no-untyped-def]
     return counter
 
 
+def paper_layer() -> TTMLinear:
+    return TTMLinear(768, 3072, rank=64, in_shape=(8, 8, 12, 1), out_shape=(8, 8, 8, 6), clip_rank=False)
+
+
 def layer_cases() -> dict[str, nn.Module]:
     return {
         "nn.Linear": nn.Linear(768, 3072),
-        "TTMLinear paper r=64": TTMLinear(
-            768, 3072, rank=64, in_shape=(8, 8, 12, 1), out_shape=(8, 8, 8, 6), clip_rank=False
-        ),
+        "TTMLinear paper r=64": paper_layer(),
         "TTMLinear 3-core r=64": TTMLinear(768, 3072, rank=64, ncores=3),
+        "TTMLinear paper r=64, materialized": materialize(paper_layer()),
     }
 
 
@@ -78,6 +81,19 @@ def layer_ops(tokens: int) -> list[tuple[str, OpCounter]]:
     for name, layer in layer_cases().items():
         x = torch.randn(tokens, 768, requires_grad=True)
         rows.append((name, count(lambda layer=layer, x=x: layer(x).sum().backward())))
+    # in a model, a group of layers with equal core shapes shares one batched rebuild (GPT-2: 12 c_fc)
+    stacks = {"12 x nn.Linear": [nn.Linear(768, 3072) for _ in range(12)]}
+    stacks["12 x TTMLinear paper r=64, materialized"] = [paper_layer() for _ in range(12)]
+    for name, layers in stacks.items():
+        model = materialize(nn.ModuleList(layers))
+        x = torch.randn(tokens, 768, requires_grad=True)
+
+        def step(model=model, x=x) -> None:  # type: ignore[no-untyped-def]
+            sum(layer(x).sum() for layer in model).backward()
+
+        counter = count(step)
+        counter.ops = Counter({k: v / 12 for k, v in counter.ops.items()})  # per layer
+        rows.append((name + " (per layer)", counter))
     return rows
 
 
@@ -118,28 +134,46 @@ def gpt2_ops(tokens: int) -> list[tuple[str, OpCounter, int]]:
     return rows
 
 
+def _median_us(call, iters: int) -> float:  # type: ignore[no-untyped-def]
+    for _ in range(200):
+        call()
+    samples = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(iters):
+            call()
+        samples.append((time.perf_counter() - start) / iters * 1e6)
+    return statistics.median(samples)
+
+
+def tiny_layer() -> TTMLinear:
+    return TTMLinear(64, 64, rank=4, in_shape=(4, 4, 4), out_shape=(4, 4, 4))
+
+
 def host_overhead(iters: int) -> list[tuple[str, float]]:
+    """Forward + backward at 8 tokens of a layer whose compute is negligible: the time is host work."""
     torch.set_num_threads(1)
     layers = {
         "nn.Linear 64": nn.Linear(64, 64),
-        "TTMLinear 64 (4,4,4) r=4": TTMLinear(64, 64, rank=4, in_shape=(4, 4, 4), out_shape=(4, 4, 4)),
+        "TTMLinear 64 (4,4,4) r=4": tiny_layer(),
+        "same, materialized": materialize(tiny_layer()),
     }
     rows = []
+    x = torch.randn(8, 64, requires_grad=True)
     for name, layer in layers.items():
-        x = torch.randn(8, 64, requires_grad=True)
-
-        def call(layer=layer, x=x) -> None:  # type: ignore[no-untyped-def]
-            layer(x).sum().backward()
-
-        for _ in range(200):
-            call()
-        samples = []
-        for _ in range(5):
-            start = time.perf_counter()
-            for _ in range(iters):
-                call()
-            samples.append((time.perf_counter() - start) / iters * 1e6)
-        rows.append((name, statistics.median(samples)))
+        rows.append((name, _median_us(lambda layer=layer: layer(x).sum().backward(), iters)))
+    # per layer call inside a step of 12 layers (as GPT-2's 12 c_fc): the group's rebuild is shared
+    for name, stack in (
+        ("12 x nn.Linear 64, per layer", nn.ModuleList(nn.Linear(64, 64) for _ in range(12))),
+        (
+            "12 x TTMLinear materialized, per layer",
+            materialize(nn.ModuleList(tiny_layer() for _ in range(12))),
+        ),
+    ):
+        total = _median_us(
+            lambda stack=stack: sum(m(x).sum() for m in stack).backward(), max(iters // 12, 10)
+        )
+        rows.append((name, total / 12))
     return rows
 
 
@@ -159,9 +193,9 @@ def main() -> None:
 
     print(f"\none layer call, forward + backward, {args.layer_tokens:,} tokens, non-view aten ops:")
     rows = layer_ops(args.layer_tokens)
-    base = rows[0][1].total
     for name, counter in rows:
-        print(f"  {name:<24} {counter.total:5d} ops  {counter.total / base:5.2f}x nn.Linear")
+        base = (rows[-2] if "per layer" in name else rows[0])[1].total
+        print(f"  {name:<48} {counter.total:7.1f} ops  {counter.total / base:5.2f}x nn.Linear")
         if args.top:
             print("    " + ", ".join(f"{k} {v}" for k, v in counter.ops.most_common(args.top)))
     result["layer"] = {name: c.total for name, c in rows}
@@ -181,7 +215,8 @@ def main() -> None:
     print("\nhost overhead, forward + backward at 8 tokens, 1 thread (median of 5):")
     hrows = host_overhead(args.iters)
     for name, us in hrows:
-        print(f"  {name:<26} {us:7.1f} us  {us / hrows[0][1]:5.2f}x nn.Linear")
+        base = hrows[3][1] if "per layer" in name else hrows[0][1]
+        print(f"  {name:<40} {us:7.1f} us  {us / base:5.2f}x nn.Linear")
     result["host_us"] = dict(hrows)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

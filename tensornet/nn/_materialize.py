@@ -15,6 +15,8 @@ where the per-layer path saves only the input and the cores.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -24,7 +26,7 @@ from torch import nn
 
 from tensornet._linear import kernels as K
 from tensornet._linear import plan as P
-from tensornet._linear.autograd import compute_dtype
+from tensornet._linear.autograd import autocast_dtype, compute_dtype
 
 from ._linear import TTMLinear
 
@@ -54,56 +56,109 @@ class WeightGroup:
         self.layers = list(layers)
         self.passes = passes
         self.core_shapes: K.CoreShapes = layers[0].core_shapes
-        self._key: Any = None
+        self._stamps: Any = None
         self._weights: tuple[Any, ...] = ()
 
     def __getstate__(self) -> dict[str, Any]:  # a copy or pickle carries the grouping, not the matrices
-        return {**self.__dict__, "_key": None, "_weights": ()}
+        return {**self.__dict__, "_stamps": None, "_weights": ()}
 
     def release(self) -> None:
         """Drop the rebuilt matrices (done automatically once a backward pass has used them)."""
-        self._key, self._weights = None, ()
+        self._stamps, self._weights = None, ()
 
     def weight(self, index: int, x: torch.Tensor) -> torch.Tensor | None:
         layer = self.layers[index]
         packed = layer.packed_cores
         if torch.compiler.is_compiling() or not torch.is_grad_enabled() or not packed.requires_grad:
             return None
-        tokens = x.numel() // max(layer.in_features, 1)
         compute = compute_dtype(packed.dtype, x.device.type)
-        plan = P.lookup(self.core_shapes, tokens, compute, packed.device, "torch")
-        if plan.forward.strategy != "rebuild":  # decoding-sized calls: the factorised per-layer path
-            return None
-        params = [m.packed_cores for m in self.layers]
-        key = (self.passes.count, compute, *((p.data_ptr(), p._version) for p in params))
-        if key != self._key:
+        tokens = x.numel() // max(layer.in_features, 1)
+        if P.lookup(self.core_shapes, tokens, compute, packed.device, "torch").forward.strategy != "rebuild":
+            return None  # decoding-sized calls: the factorised per-layer path
+        # valid while this pass, the compute dtype and this layer's cores (storage, in-place version) are
+        # those of the rebuild: any layer whose cores changed notices it when called
+        stamps = self._stamps
+        if (
+            stamps is None
+            or stamps[0] != (self.passes.count, compute)
+            or stamps[1][index] != (packed.data_ptr(), packed._version)
+        ):
+            params = [m.packed_cores for m in self.layers]
             if any(p.device != packed.device or p.dtype != packed.dtype for p in params):
                 return None
-            self._weights = self._rebuild(params, compute)
-            self._key = key
+            self._weights = _GroupRebuild.apply(self.core_shapes, compute, weakref.ref(self), *params)
+            self._stamps = ((self.passes.count, compute), [(p.data_ptr(), p._version) for p in params])
         return self._weights[index]
 
-    def _rebuild(self, params: list[Any], compute: Any) -> tuple[Any, ...]:
-        stacked = torch.stack(params)  # (G, P): one copy; its backward hands each layer a view
+
+def _views(stacked: Any, shapes: K.CoreShapes) -> list[Any]:
+    """The cores of every layer: ``(G, *shape)`` views of the stacked packed vectors ``(G, P)``."""
+    count, width = stacked.shape
+    out, offset = [], 0
+    for shape in shapes:
+        strides = tuple(math.prod(shape[i + 1 :]) for i in range(len(shape)))
+        out.append(stacked.as_strided((count, *shape), (width, *strides), stacked.storage_offset() + offset))
+        offset += math.prod(shape)
+    return out
+
+
+class _GroupRebuild(torch.autograd.Function):
+    """The dense W of every layer of a group from their packed cores: ``(W_0, ..., W_{G-1})``.
+
+    Forward: one stack of the packed cores, then :func:`tensornet._linear.kernels.rebuild` with the layers
+    as a leading batch dimension (batched GEMMs). Backward: the layers' dW stacked, the batched core
+    gradients (:func:`~tensornet._linear.kernels.rebuild_grads`, reusing the halves), one gradient per
+    layer; then the group's matrices are released. Saves the stacked cores and the halves (small).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, shapes: K.CoreShapes, compute: Any, group: Any, *params: Any) -> Any:
+        stacked = torch.stack(params)  # (G, P)
         if stacked.dtype != compute:
             stacked = stacked.to(compute)
-        count = stacked.shape[0]
-        sizes = [a * b * c * d for a, b, c, d in self.core_shapes]
-        cores = [
-            part.view(count, *shape) for part, shape in zip(stacked.split(sizes, dim=1), self.core_shapes)
-        ]
-        recipe = K.rebuild_recipe(self.core_shapes, (count,))
-        weights = K.rebuild(cores, recipe, K.torch_ops())  # (G, M, N), batched GEMMs
-        if weights.requires_grad:
-            ref = weakref.ref(self)
-
-            def used(grad: Any) -> None:  # the backward has read every W: free them
-                group = ref()
-                if group is not None and group._weights and group._weights[0]._base is weights:
-                    group.release()
-
-            weights.register_hook(used)
+        recipe = K.rebuild_recipe(shapes, (len(params),))
+        weights, parts = K.rebuild(_views(stacked, shapes), recipe, K.torch_ops(), parts=True)
+        ctx.shapes, ctx.group, ctx.dtype = shapes, group, params[0].dtype
+        ctx.autocast = autocast_dtype(params[0].device.type)
+        ctx.save_for_backward(stacked, *(parts or ()), *params)
+        ctx.count = len(params)
         return weights.unbind(0)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Any) -> Any:  # type: ignore[override]
+        saved = ctx.saved_tensors
+        stacked, parts, params = saved[0], saved[1 : len(saved) - ctx.count], saved[len(saved) - ctx.count :]
+        if any(g is None for g in grads):  # layers of the group not used in this step
+            used = next(g for g in grads if g is not None)
+            grads = tuple(torch.zeros_like(used) if g is None else g for g in grads)
+        if torch.is_grad_enabled():  # create_graph=True: the gradients will be differentiated
+            with torch.enable_grad():
+                again = torch.stack(params).to(stacked.dtype)
+                recipe = K.rebuild_recipe(ctx.shapes, (ctx.count,))
+                weights = K.rebuild(_views(again, ctx.shapes), recipe, K.torch_ops())
+                result = torch.autograd.grad(weights.unbind(0), params, grads, create_graph=True)
+            return (None, None, None, *result)
+        device_type = stacked.device.type
+        context = (
+            torch.autocast(device_type, dtype=ctx.autocast)
+            if ctx.autocast is not None
+            else torch.autocast(device_type, enabled=False)
+            if autocast_dtype(device_type) is not None
+            else contextlib.nullcontext()
+        )
+        with context:
+            grad_w = torch.stack(grads)  # (G, M, N)
+            recipe = K.rebuild_recipe(ctx.shapes, (ctx.count,))
+            core_grads = K.rebuild_grads(
+                _views(stacked, ctx.shapes), grad_w, recipe, K.torch_ops(), parts or None
+            )
+            flat = torch.cat([g.reshape(ctx.count, -1) for g in core_grads], dim=1)  # (G, P)
+        if flat.dtype != ctx.dtype:
+            flat = flat.to(ctx.dtype)
+        group = ctx.group()
+        if group is not None:  # every layer's W has been used: free them
+            group.release()
+        return (None, None, None, *flat.unbind(0))
 
 
 def materialize(model: nn.Module, enabled: bool = True) -> nn.Module:
