@@ -197,7 +197,7 @@ def main() -> None:
         base = (rows[-2] if "per layer" in name else rows[0])[1].total
         print(f"  {name:<48} {counter.total:7.1f} ops  {counter.total / base:5.2f}x nn.Linear")
         if args.top:
-            print("    " + ", ".join(f"{k} {v}" for k, v in counter.ops.most_common(args.top)))
+            print("    " + ", ".join(f"{k} {v:.3g}" for k, v in counter.ops.most_common(args.top)))
     result["layer"] = {name: c.total for name, c in rows}
 
     if not args.skip_gpt2:
@@ -209,7 +209,7 @@ def main() -> None:
                 f"  {name:<18} {counter.total:6d} ops  {counter.total / base:5.3f}x dense  {params:,} params"
             )
             if args.top:
-                print("    " + ", ".join(f"{k} {v}" for k, v in counter.ops.most_common(args.top)))
+                print("    " + ", ".join(f"{k} {v:.3g}" for k, v in counter.ops.most_common(args.top)))
         result["gpt2"] = {name: c.total for name, c, _ in grows}
 
     print("\nhost overhead, forward + backward at 8 tokens, 1 thread (median of 5):")

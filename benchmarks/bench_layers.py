@@ -83,6 +83,9 @@ def build_layers(rank: int, device: str, compiled: bool = False) -> dict[str, Ca
         layer.save_weight = True
         return layer
 
+    def ttm_materialized() -> nn.Module:  # a group of one: W rebuilt by the group's batched Function
+        return tn.nn.materialize(ttm())
+
     def tltorch(implementation: str) -> Callable[[], nn.Module]:
         def make() -> nn.Module:
             module = _quiet_import("tltorch")
@@ -117,6 +120,7 @@ def build_layers(rank: int, device: str, compiled: bool = False) -> dict[str, Ca
         **extra,
         f"tensornet TTMLinear r={rank}": ttm,
         f"tensornet TTMLinear r={rank} {TRAINING_ONLY}": ttm_keeping,
+        f"tensornet TTMLinear r={rank} materialized {TRAINING_ONLY}": ttm_materialized,
         f"tensornet TTMLinear r={rank} {INFERENCE_ONLY}": ttm_cached,
         f"tltorch blocktt factorized r={rank}": tltorch("factorized"),
         f"tltorch blocktt reconstructed r={rank}": tltorch("reconstructed"),

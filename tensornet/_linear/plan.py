@@ -97,8 +97,8 @@ class LinearPlan:
 
 
 def token_bucket(tokens: int) -> int:
-    """``tokens`` rounded up to a power of two (at least 1)."""
-    return 1 << max(int(tokens) - 1, 0).bit_length()
+    """``tokens`` rounded up to a power of two (at least 1): plans are made once per bucket."""
+    return 1 << max(tokens - 1, 0).bit_length()
 
 
 def _describe_dtype(dtype: Any) -> tuple[str, int]:
@@ -137,7 +137,7 @@ def _make(shapes: K.CoreShapes, bucket: int, dtype_text: str, item: int, device_
 def lookup(shapes: K.CoreShapes, tokens: int, dtype: Any, device: Any, backend: str) -> LinearPlan:
     """The cached plan (made on a miss) for cores of ``shapes`` and ``tokens`` rows."""
     dtype_text, item = _describe_dtype(dtype)
-    bucket = 1 << max(tokens - 1, 0).bit_length()
+    bucket = token_bucket(tokens)
     device_text = str(device)
     key = (shapes, dtype_text, backend, device_text, bucket)
     plan = _PLANS.get(key)
