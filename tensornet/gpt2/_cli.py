@@ -13,13 +13,23 @@ from pathlib import Path
 import torch
 
 from . import _data, _files
-from ._model import PRESETS, build_model, check_model_target, gpt2_config, load_model, save_model
+from ._model import (
+    PRESETS,
+    build_model,
+    check_model_target,
+    gpt2_config,
+    load_model,
+    save_model,
+    save_run_model,
+)
 from ._tensorize import LAYER_GROUPS, count_params, lowrank, tensorize
 from ._train import (
     CHECKPOINT,
     Distributed,
     TrainConfig,
+    check_checkpoint_fits,
     check_resume,
+    check_tokens,
     default_device,
     evaluate,
     train,
@@ -154,7 +164,26 @@ def _device(value: str) -> str:
     return value
 
 
-_STEPS, _POS, _NONNEG = _int(1), _int(1), _int(0)
+def _path(text: str) -> str:
+    """An argparse ``type=`` for paths: not empty (``""`` would silently mean the current folder)."""
+    if not text:
+        raise argparse.ArgumentTypeError("the path is empty; give a file or folder")
+    return text
+
+
+_path.__name__ = "path"
+
+# upper bounds of the size flags: far above what fits a machine today (the memory check refuses sooner), low
+# enough that no flag overflows an integer or builds a model for hours before failing
+MAX_LAYERS, MAX_WIDTH, MAX_HEADS = 1024, 65536, 4096
+MAX_BLOCK, MAX_BATCH, MAX_STEPS = 65536, 65536, 10**9
+MAX_RANK, MAX_NCORES, MAX_THREADS = 65536, 64, 1024
+MAX_CHARS = MAX_TOKENS = 2**40
+_STEPS, _NONNEG_STEPS = _int(1, MAX_STEPS), _int(0, MAX_STEPS)
+_LAYERS, _WIDTH, _HEADS = _int(1, MAX_LAYERS), _int(1, MAX_WIDTH), _int(1, MAX_HEADS)
+_BLOCK, _BATCH = _int(1, MAX_BLOCK), _int(1, MAX_BATCH)
+_RANK, _RANK0, _NCORES = _int(1, MAX_RANK), _int(0, MAX_RANK), _int(1, MAX_NCORES)
+_CHARS, _TOKENS, _THREADS = _int(1, MAX_CHARS), _int(0, MAX_TOKENS), _int(1, MAX_THREADS)
 _SEED = _int(0, 2**32 - 1)
 _VOCAB = _int(257, 2**31 - 1)
 _UNIT = _float(0, 1)  # [0, 1]
@@ -169,19 +198,21 @@ def _add_data_args(p: argparse.ArgumentParser, *, max_chars: int | None) -> None
     g = p.add_argument_group("data")
     g.add_argument(
         "--data",
+        type=_path,
         metavar="PATH",
         help="UTF-8 text file or folder of them (default: the embedded Python standard library corpus)",
     )
     g.add_argument(
         "--max-chars",
-        type=_POS,
+        type=_CHARS,
         default=max_chars,
         metavar="N",
-        help="use only the first N characters of training text (and N/10 of validation text)"
+        help="use only the first N characters of training text (and N/10 of validation text), N <= 2**40"
         + (f"; default {max_chars:,}" if max_chars else "; default: all"),
     )
     g.add_argument(
         "--tokenizer",
+        type=_path,
         metavar="PATH",
         help="saved tokenizer (tokenizer.json, or a GPT-2 folder with "
         "vocab.json + merges.txt); default: train a byte-level BPE on the training text and cache it",
@@ -196,6 +227,7 @@ def _add_data_args(p: argparse.ArgumentParser, *, max_chars: int | None) -> None
     )
     g.add_argument(
         "--cache-dir",
+        type=_path,
         metavar="DIR",
         help="tokenizer/token cache (default $TENSORNET_CACHE or ~/.cache/tensornet)",
     )
@@ -215,9 +247,11 @@ def _add_model_args(
             + f" (default {preset})",
         )
     where = "(overrides the preset)" if preset is not None else "(default %(default)s)"
-    g.add_argument("--n-layer", type=_POS, default=n_layer, help=f"number of blocks {where}")
-    g.add_argument("--n-embd", type=_POS, default=n_embd, help=f"model width {where}")
-    g.add_argument("--n-head", type=_POS, default=n_head, help=f"attention heads {where}")
+    g.add_argument(
+        "--n-layer", type=_LAYERS, default=n_layer, help=f"number of blocks, 1 to {MAX_LAYERS} {where}"
+    )
+    g.add_argument("--n-embd", type=_WIDTH, default=n_embd, help=f"model width, 1 to {MAX_WIDTH} {where}")
+    g.add_argument("--n-head", type=_HEADS, default=n_head, help=f"attention heads, 1 to {MAX_HEADS} {where}")
     g.add_argument(
         "--dropout",
         type=_BETA,
@@ -230,7 +264,7 @@ def _add_ttm_args(
     p: argparse.ArgumentParser, *, rank: int | None, shapes: str, help_rank: str, ncores: int = 3
 ) -> None:
     g = p.add_argument_group("tensorization")
-    g.add_argument("--rank", type=_NONNEG if rank == 0 else _POS, default=rank, help=help_rank)
+    g.add_argument("--rank", type=_RANK0 if rank == 0 else _RANK, default=rank, help=help_rank)
     g.add_argument(
         "--shapes",
         type=_shapes,
@@ -242,9 +276,9 @@ def _add_ttm_args(
     )
     g.add_argument(
         "--ncores",
-        type=_POS,
+        type=_NCORES,
         default=ncores,
-        help=f"number of TT cores for --shapes balanced (default {ncores})",
+        help=f"number of TT cores for --shapes balanced, 1 to {MAX_NCORES} (default {ncores})",
     )
     g.add_argument(
         "--layers",
@@ -268,7 +302,10 @@ def _add_embedding_args(g) -> None:
         help="also make the token embedding a TT embedding (the LM head stays tied to it)",
     )
     g.add_argument(
-        "--embedding-rank", type=_POS, default=None, help="TT rank of the embedding (default: --rank)"
+        "--embedding-rank",
+        type=_RANK,
+        default=None,
+        help=f"TT rank of the embedding, 1 to {MAX_RANK} (default: --rank)",
     )
 
 
@@ -278,15 +315,20 @@ def _add_train_args(
     """The optimisation flags with ``d``'s defaults; ``helps`` replaces a flag's default note (by dest)."""
     helps = helps or {}
     g = p.add_argument_group("optimisation (" + recipe_note + ")")
-    g.add_argument("--steps", type=_STEPS, default=d.steps, help=f"optimizer steps (default {d.steps})")
     g.add_argument(
-        "--batch-size",
-        type=_POS,
-        default=d.batch_size,
-        help=f"sequences per step over all processes (default {d.batch_size})",
+        "--steps", type=_STEPS, default=d.steps, help=f"optimizer steps, 1 to 10**9 (default {d.steps})"
     )
     g.add_argument(
-        "--block-size", type=_POS, default=d.block_size, help=f"sequence length (default {d.block_size})"
+        "--batch-size",
+        type=_BATCH,
+        default=d.batch_size,
+        help=f"sequences per step over all processes, 1 to {MAX_BATCH} (default {d.batch_size})",
+    )
+    g.add_argument(
+        "--block-size",
+        type=_BLOCK,
+        default=d.block_size,
+        help=f"sequence length, 1 to {MAX_BLOCK} (default {d.block_size})",
     )
     g.add_argument(
         "--lr",
@@ -302,7 +344,7 @@ def _add_train_args(
     )
     g.add_argument(
         "--warmup",
-        type=_NONNEG,
+        type=_NONNEG_STEPS,
         default=d.warmup,
         help="linear warmup steps " + helps.get("warmup", f"(default {d.warmup})"),
     )
@@ -336,15 +378,15 @@ def _add_train_args(
     )
     g.add_argument(
         "--eval-every",
-        type=_NONNEG,
+        type=_NONNEG_STEPS,
         default=d.eval_every,
         help="evaluate every N steps (0: only at the end; default %(default)s)",
     )
     g.add_argument(
         "--eval-tokens",
-        type=_NONNEG,
+        type=_TOKENS,
         default=d.eval_tokens,
-        help="validation tokens per evaluation, 0 = all (default %(default)s)",
+        help="validation tokens per evaluation: 0 = all, else at least --block-size (default %(default)s)",
     )
     g.add_argument(
         "--device", type=_device, default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)"
@@ -371,13 +413,10 @@ def _train_config(args, **extra) -> TrainConfig:
     )
 
 
-def _tokens(args, corpus, *, vocab_size: int):
+def _tokenizer(args, corpus, *, vocab_size: int):
     if args.tokenizer:
-        tokenizer = _data.load_tokenizer(args.tokenizer)
-    else:
-        tokenizer = _data.cached_tokenizer(corpus, vocab_size, args.cache_dir)
-    train_ids, val_ids = _data.cached_tokens(corpus, tokenizer, args.cache_dir)
-    return tokenizer, train_ids, val_ids
+        return _data.load_tokenizer(args.tokenizer)
+    return _data.cached_tokenizer(corpus, vocab_size, args.cache_dir)
 
 
 # ------------------------------------------------------------------------------------- checks before work
@@ -418,6 +457,13 @@ def _dims(args) -> tuple[int, int, int]:
     return layers, width, heads
 
 
+def _cli_spelling(message: str) -> str:
+    """A library message in the command line's words (``--shapes balanced``, not ``shapes='balanced'``)."""
+    return message.replace("shapes='balanced'", "--shapes balanced").replace(
+        "shapes='paper'", "--shapes paper"
+    )
+
+
 def _dry_run(args, width: int, heads: int, *, rank: int, lowrank_rank: int | None = None) -> int | None:
     """Tensorize one block of a meta-device model (nothing is allocated), so a --rank, --shapes or --ncores
     that cannot work is reported now rather than after the tokenizer is trained. With ``lowrank_rank=-1`` the
@@ -430,9 +476,10 @@ def _dry_run(args, width: int, heads: int, *, rank: int, lowrank_rank: int | Non
         vocab_size=257, block_size=args.block_size, preset=None, n_layer=1, n_embd=width, n_head=heads
     )
     bias = not args.no_bias if hasattr(args, "no_bias") else True
-    try:
-        with warnings.catch_warnings(), torch.device("meta"):
-            warnings.simplefilter("ignore")
+    sized = lowrank_rank == -1
+    with warnings.catch_warnings(), torch.device("meta"):
+        warnings.simplefilter("ignore")
+        try:
             if rank:
                 _, report = tensorize(
                     build_model(config),
@@ -442,15 +489,53 @@ def _dry_run(args, width: int, heads: int, *, rank: int, lowrank_rank: int | Non
                     bias=bias,
                     ncores=args.ncores,
                 )
-                if lowrank_rank == -1:
+                if sized:
                     lowrank_rank = lowrank_rank_for(
                         report.layers[0].params_after, width, 4 * width, bias=bias
                     )
+        except (ValueError, TypeError) as err:
+            raise UsageError(_cli_spelling(str(err))) from None
+        try:
             if lowrank_rank:
                 lowrank(build_model(config), rank=lowrank_rank, layers=args.layers, bias=bias)
-    except (ValueError, TypeError) as err:
-        raise UsageError(str(err)) from None
+        except (ValueError, TypeError) as err:
+            if sized:
+                raise UsageError(
+                    f"{err}. compare sizes its low-rank baseline to match the TTM model of --rank {rank}: lower "
+                    "--rank, or pass --no-lowrank to skip the baseline"
+                ) from None
+            raise UsageError(f"--lowrank {lowrank_rank}: {err}") from None
     return lowrank_rank
+
+
+def _check_memory(args, *, layers: int, width: int, vocab: int, block: int, training: bool) -> None:
+    """Refuse what cannot fit this machine's (or the device's) memory: the dense model as built (before any
+    tensorization) with, when ``training``, its gradients and AdamW state, plus a lower bound of the
+    activations of one batch (the logits and a few tensors per layer). Only sure failures are refused."""
+    from ._model import dense_params, memory_bytes
+
+    device = torch.device(args.device) if args.device else default_device()
+    have = memory_bytes(device)
+    if have is None:
+        return
+    params = dense_params(vocab=vocab, positions=block, width=width, layers=layers)
+    activations = 4 * args.batch_size * block * (2 * vocab + (10 if training else 2) * layers * width)
+    need = (16 if training else 4) * params + activations
+    if need > have:
+        what = "trained" if training else "evaluated"
+        raise UsageError(
+            f"a model of {params:,} parameters {what} on batches of --batch-size {args.batch_size} x "
+            f"--block-size {block} needs at least {need / 2**30:,.1f} GiB, more than the {have / 2**30:,.1f} "
+            f"GiB of memory on {device}: lower --n-layer, --n-embd, --vocab-size, --batch-size or --block-size"
+        )
+
+
+def _check_eval_tokens(args, block: int) -> None:
+    if 0 < args.eval_tokens < block:
+        raise UsageError(
+            f"--eval-tokens {args.eval_tokens} is fewer than one window of --block-size {block}: evaluation "
+            "would find no window; give 0 (all) or at least the block size"
+        )
 
 
 def _check_data_args(args) -> None:
@@ -463,7 +548,13 @@ def _check_data_args(args) -> None:
 
 def check_compare(args) -> None:
     _check_data_args(args)
-    _, width, heads = _dims(args)
+    layers, width, heads = _dims(args)
+    Distributed()  # a malformed torchrun environment
+    _check_eval_tokens(args, args.block_size)
+    vocab = (
+        (args.vocab_size or 4096) if not args.tokenizer else 257
+    )  # a given tokenizer's size: not known yet
+    _check_memory(args, layers=layers, width=width, vocab=vocab, block=args.block_size, training=True)
     if args.embedding_rank is not None and not args.embeddings:
         raise UsageError("--embedding-rank sets the TT embedding's rank; it needs --embeddings")
     _files.check_run_folder(Path(args.out), kind="compare", overwrite=args.overwrite)
@@ -481,7 +572,10 @@ def _resolve_train_defaults(args) -> None:
 def check_train(args) -> None:
     _resolve_train_defaults(args)
     _check_data_args(args)
-    _, width, heads = _dims(args)
+    layers, width, heads = _dims(args)
+    _check_eval_tokens(args, args.block_size)
+    vocab = (args.vocab_size or (4096 if args.preset == "tiny" else 16384)) if not args.tokenizer else 257
+    _check_memory(args, layers=layers, width=width, vocab=vocab, block=args.block_size, training=True)
     if args.rank and args.lowrank:
         raise UsageError(
             "--rank (a TTM model) and --lowrank (the low-rank baseline) choose different models; give one"
@@ -506,18 +600,63 @@ def check_train(args) -> None:
 def check_compress(args) -> None:
     if args.rank is None and args.eps is None:
         raise UsageError("give exactly one of --rank and --eps")
-    check_eval(args)
+    sizes = check_eval(args)
     if args.embedding_rank is not None and not args.embeddings:
         raise UsageError("--embedding-rank sets the TT embedding's rank; it needs --embeddings")
+    src, out = Path(args.model).resolve(), Path(args.out).resolve()
+    if out == src or src in out.parents:
+        raise UsageError(
+            f"--out {args.out!r} is the source model folder {args.model!r} or inside it: the compressed model "
+            "would replace the model it is made from; choose another folder"
+        )
+    if out in src.parents:
+        raise UsageError(
+            f"--out {args.out!r} holds the source model folder {args.model!r}; choose another folder"
+        )
     check_model_target(Path(args.out), overwrite=args.overwrite, where="--out")
+    # the core shapes of every converted layer, from the model's sizes (nothing is loaded)
+    from ._tensorize import resolve_shapes
+
+    width = sizes["n_embd"]
+    inner = sizes["n_inner"] or 4 * width
+    dims = {
+        "mlp.c_fc": (width, inner),
+        "mlp.c_proj": (inner, width),
+        "attn.c_attn": (width, 3 * width),
+        "attn.c_proj": (width, width),
+    }
+    for group in args.layers:
+        for suffix in LAYER_GROUPS[group]:
+            try:
+                resolve_shapes(
+                    *dims[suffix], suffix, rank=args.rank or 64, shapes=args.shapes, ncores=args.ncores
+                )
+            except (ValueError, TypeError) as err:
+                raise UsageError(_cli_spelling(str(err))) from None
 
 
-def check_eval(args) -> None:
+def check_eval(args) -> dict:
+    """The model folder's config.json (checked; nothing is loaded) against --block-size, --eval-tokens,
+    --batch-size and this machine's memory; returns the model's sizes."""
+    from ._model import read_config
+
     if not Path(args.model).exists():
         raise UsageError(f"model folder {args.model!r} does not exist")
     _check_exists("the model folder", args.model, folder=True)
     _check_exists("--text", args.text)
     _check_exists("--tokenizer", args.tokenizer)
+    _, sizes = read_config(args.model)
+    block = min(args.block_size or sizes["n_positions"], sizes["n_positions"])
+    _check_eval_tokens(args, block)
+    _check_memory(
+        args,
+        layers=sizes["n_layer"],
+        width=sizes["n_embd"],
+        vocab=sizes["vocab_size"],
+        block=block,
+        training=False,
+    )
+    return sizes
 
 
 # --------------------------------------------------------------------------------------------------- compare
@@ -528,7 +667,17 @@ def cmd_compare(args) -> int:
     with _files.RunFolder.open(out, kind="compare", overwrite=args.overwrite):
         corpus = _data.load_corpus(args.data, max_chars=args.max_chars)
         print(f"corpus: {corpus.description}")
-        tokenizer, train_ids, val_ids = _tokens(args, corpus, vocab_size=args.vocab_size or 4096)
+        tokenizer = _tokenizer(args, corpus, vocab_size=args.vocab_size or 4096)
+        _check_memory(
+            args,
+            layers=args.n_layer,
+            width=args.n_embd,
+            vocab=tokenizer.get_vocab_size(),
+            block=args.block_size,
+            training=True,
+        )
+        train_ids, val_ids = _data.cached_tokens(corpus, tokenizer, args.cache_dir)
+        check_tokens(train_ids, val_ids, _train_config(args))
         print(
             f"tokens: {train_ids.numel():,} train / {val_ids.numel():,} validation, vocabulary "
             f"{tokenizer.get_vocab_size():,}"
@@ -597,8 +746,15 @@ def cmd_train(args) -> int:
 def _train(args, dist: Distributed, out: Path) -> int:
     tiny = args.preset == "tiny"
     corpus = _data.load_corpus(args.data, max_chars=args.max_chars)
-    tokenizer, train_ids, val_ids = _tokens(
-        args, corpus, vocab_size=args.vocab_size or (4096 if tiny else 16384)
+    tokenizer = _tokenizer(args, corpus, vocab_size=args.vocab_size or (4096 if tiny else 16384))
+    layers, width, _ = _dims(args)
+    _check_memory(
+        args,
+        layers=layers,
+        width=width,
+        vocab=tokenizer.get_vocab_size(),
+        block=args.block_size,
+        training=True,
     )
     config = gpt2_config(
         vocab_size=tokenizer.get_vocab_size(),
@@ -626,6 +782,17 @@ def _train(args, dist: Distributed, out: Path) -> int:
     elif args.lowrank:
         model, report = lowrank(model, rank=args.lowrank, layers=args.layers, bias=not args.no_bias)
     cfg = _train_config(args, checkpoint_every=args.checkpoint_every, compile=args.compile)
+    model_settings = json.loads(model.config.to_json_string(use_diff=False))
+    model_settings.pop("transformers_version", None)  # a library upgrade does not change the model
+    signature = {
+        "model": model_settings,
+        "corpus": corpus.fingerprint(),
+        "tokenizer": _data.tokenizer_id(tokenizer),
+    }
+    if args.resume:  # the checkpoint's shapes and settings against this model, before the tokens are read
+        check_checkpoint_fits(out, model, cfg, signature)
+    train_ids, val_ids = _data.cached_tokens(corpus, tokenizer, args.cache_dir)
+    check_tokens(train_ids, val_ids, cfg)
     if dist.main:
         print(f"corpus: {corpus.description}")
         print(
@@ -636,13 +803,6 @@ def _train(args, dist: Distributed, out: Path) -> int:
             f"optimisation: {cfg.steps} steps x {cfg.batch_size} x {cfg.block_size}, lr {cfg.lr:g}, warmup "
             f"{cfg.warmup}" + (f", TT cores at lr x{cfg.tt_lr_scale:g}" if args.rank else "")
         )
-    model_settings = json.loads(model.config.to_json_string(use_diff=False))
-    model_settings.pop("transformers_version", None)  # a library upgrade does not change the model
-    signature = {
-        "model": model_settings,
-        "corpus": corpus.fingerprint(),
-        "tokenizer": _data.tokenizer_id(tokenizer),
-    }
 
     def on_eval(step: int, loss: float) -> None:
         if not args.no_progress:
@@ -667,13 +827,19 @@ def _train(args, dist: Distributed, out: Path) -> int:
     if dist.main:
         finished = len(history.loss) >= cfg.steps
         if finished:  # the run folder is this run's own: its model/ is replaced
-            save_model(model, out / "model", tokenizer=tokenizer, overwrite=True)
+            save_run_model(model, out / "model", tokenizer=tokenizer)
         last = f", validation perplexity {history.val_ppl:.2f}" if history.val else ""
-        print(
-            f"{'finished' if finished else 'stopped'} at step {len(history.loss)}/{cfg.steps}: train loss "
-            f"{history.loss[-1]:.4f}{last}, {history.tokens_per_s:,.0f} tokens/s, peak memory "
-            f"{history.peak_memory_mib:,.0f} MiB"
-        )
+        state = "finished" if finished else "stopped"
+        if history.steps_run == 0:  # resumed at the step it was asked to reach: nothing was trained
+            print(
+                f"nothing to train: the run in {str(out)!r} had already {state} at step {len(history.loss)}/"
+                f"{cfg.steps}: train loss {history.loss[-1]:.4f}{last}"
+            )
+        else:
+            print(
+                f"{state} at step {len(history.loss)}/{cfg.steps}: train loss {history.loss[-1]:.4f}{last}, "
+                f"{history.tokens_per_s:,.0f} tokens/s, peak memory {history.peak_memory_mib:,.0f} MiB"
+            )
         print(
             f"checkpoint: {out / CHECKPOINT}"
             + (f"; model: {out / 'model'}" if finished else "; continue with --resume")
@@ -682,14 +848,27 @@ def _train(args, dist: Distributed, out: Path) -> int:
 
 
 # -------------------------------------------------------------------------------------------- compress/eval
-def _eval_tokens(args, model_dir: Path):
-    tokenizer = _data.load_tokenizer(args.tokenizer or model_dir)
+def _eval_tokens(args, model_dir: Path, model):
+    if args.tokenizer:
+        tokenizer = _data.load_tokenizer(args.tokenizer)
+    else:
+        tokenizer = _data.load_tokenizer(model_dir, flag="the model folder's tokenizer (or give --tokenizer)")
     if args.text:
-        corpus = _data.load_corpus(args.text)
+        corpus = _data.load_corpus(args.text, flag="--text")
         texts = corpus.train + corpus.val  # evaluate all of it
     else:
         texts = _data.stdlib_corpus(max_chars=args.max_chars).val
-    return tokenizer, _data.encode(tokenizer, texts)
+    ids = _data.encode(tokenizer, texts)
+    block = min(args.block_size or model.config.n_positions, model.config.n_positions)
+    if ids.numel() < block + 1:
+        source = (
+            f"--text {args.text!r}" if args.text else "the embedded corpus's validation text (--max-chars)"
+        )
+        raise ValueError(
+            f"{source} has {ids.numel():,} tokens, fewer than one evaluation window of {block + 1:,} "
+            "(--block-size + 1); give more text or a smaller --block-size"
+        )
+    return tokenizer, ids
 
 
 def _perplexity(model, ids, args) -> float:
@@ -718,7 +897,7 @@ def _check_vocab(model, tokenizer, where: Path) -> None:
 def cmd_compress(args) -> int:
     src = Path(args.model)
     model = load_model(src)
-    tokenizer, ids = _eval_tokens(args, src)
+    tokenizer, ids = _eval_tokens(args, src, model)
     _check_vocab(model, tokenizer, src)
     before = _perplexity(model, ids, args)
     model.cpu()
@@ -748,7 +927,7 @@ def cmd_compress(args) -> int:
 def cmd_eval(args) -> int:
     src = Path(args.model)
     model = load_model(src)
-    tokenizer, ids = _eval_tokens(args, src)
+    tokenizer, ids = _eval_tokens(args, src, model)
     _check_vocab(model, tokenizer, src)
     ppl = _perplexity(model, ids, args)
     print(f"{src}: {count_params(model):,} parameters, perplexity {ppl:.3f} on {ids.numel():,} tokens")
@@ -772,7 +951,7 @@ def parser() -> argparse.ArgumentParser:
         "paper-style table and write results.json and loss_curves.png to --out.",
         epilog=_EPILOG,
     )
-    p.add_argument("--out", default="runs/compare", help="output folder (default runs/compare)")
+    p.add_argument("--out", type=_path, default="runs/compare", help="output folder (default runs/compare)")
     p.add_argument(
         "--overwrite",
         action="store_true",
@@ -784,9 +963,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-lowrank", action="store_true", help="skip the low-rank baseline")
     p.add_argument(
         "--threads",
-        type=_POS,
+        type=_THREADS,
         default=None,
-        help="torch CPU threads per training process (default: torch's default, the number of cores)",
+        help=f"torch CPU threads per training process, 1 to {MAX_THREADS} (default: torch's default, the "
+        "number of cores)",
     )
     _add_train_args(
         p,
@@ -826,6 +1006,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--out",
+        type=_path,
         default="runs/train",
         help="output folder for the checkpoint, log and model: new, empty, or this command's own (default "
         "runs/train); locked while the run is alive",
@@ -842,7 +1023,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--lowrank",
-        type=_NONNEG,
+        type=_RANK0,
         default=0,
         metavar="R",
         help="train the low-rank baseline with inner size R instead (default 0: off)",
@@ -861,7 +1042,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(lr=None, warmup=None)
     p.add_argument(
         "--checkpoint-every",
-        type=_NONNEG,
+        type=_NONNEG_STEPS,
         default=0,
         help="checkpoint every N steps (always at the end)",
     )
@@ -890,29 +1071,53 @@ def parser() -> argparse.ArgumentParser:
             help=text,
             description=text + ". Evaluation text: --text, else the embedded corpus's validation split.",
         )
-        p.add_argument("model", help="model folder (save_pretrained / tensornet.gpt2.save_model)")
-        p.add_argument("--text", metavar="PATH", help="UTF-8 text file or folder to evaluate on")
+        p.add_argument("model", type=_path, help="model folder (save_pretrained / tensornet.gpt2.save_model)")
+        p.add_argument("--text", type=_path, metavar="PATH", help="UTF-8 text file or folder to evaluate on")
         p.add_argument(
-            "--max-chars", type=_POS, default=None, help="limit the embedded corpus to N characters"
+            "--max-chars", type=_CHARS, default=None, help="limit the embedded corpus to N characters"
         )
-        p.add_argument("--tokenizer", metavar="PATH", help="tokenizer (default: the one in the model folder)")
         p.add_argument(
-            "--block-size", type=_POS, default=None, help="evaluation window (default n_positions)"
+            "--tokenizer",
+            type=_path,
+            metavar="PATH",
+            help="tokenizer (default: the one in the model folder)",
         )
-        p.add_argument("--batch-size", type=_POS, default=8, help="windows per forward pass (default 8)")
-        p.add_argument("--eval-tokens", type=_NONNEG, default=0, help="evaluate at most N tokens (0: all)")
+        p.add_argument(
+            "--block-size",
+            type=_BLOCK,
+            default=None,
+            help=f"evaluation window, 1 to {MAX_BLOCK} (default n_positions)",
+        )
+        p.add_argument(
+            "--batch-size",
+            type=_BATCH,
+            default=8,
+            help=f"windows per forward pass, 1 to {MAX_BATCH} (default 8)",
+        )
+        p.add_argument(
+            "--eval-tokens",
+            type=_TOKENS,
+            default=0,
+            help="evaluate at most N tokens: 0 = all, else at least the block size",
+        )
         p.add_argument(
             "--device", type=_device, default=None, help="cpu, cuda, ... (default: cuda if available)"
         )
         if name == "compress":
-            p.add_argument("--out", required=True, help="folder for the compressed model (new, or empty)")
+            p.add_argument(
+                "--out",
+                type=_path,
+                required=True,
+                help="folder for the compressed model (new, or empty; not the source folder)",
+            )
             p.add_argument(
                 "--overwrite",
                 action="store_true",
-                help="replace --out if it is a model folder written by tensornet (holding only its files)",
+                help="replace --out if it is a model folder written by tensornet's save_model (marked by "
+                "tensornet-model.json, holding only its files)",
             )
             g = p.add_mutually_exclusive_group()
-            g.add_argument("--rank", type=_POS, help="TT rank of every converted layer")
+            g.add_argument("--rank", type=_RANK, help=f"TT rank of every converted layer, 1 to {MAX_RANK}")
             g.add_argument(
                 "--eps",
                 type=_EPS,
@@ -924,7 +1129,12 @@ def parser() -> argparse.ArgumentParser:
                 default="paper",
                 help="'paper', 'balanced' or a JSON object (see train)",
             )
-            p.add_argument("--ncores", type=_POS, default=3, help="cores for --shapes balanced")
+            p.add_argument(
+                "--ncores",
+                type=_NCORES,
+                default=3,
+                help=f"cores for --shapes balanced, 1 to {MAX_NCORES} (default 3)",
+            )
             p.add_argument(
                 "--layers",
                 type=_layers,

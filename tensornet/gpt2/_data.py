@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sysconfig
 import warnings
 import zlib
@@ -147,15 +148,17 @@ def stdlib_corpus(*, max_chars: int | None = None) -> Corpus:
     return Corpus(tuple(train), tuple(val), description)
 
 
-def text_corpus(path: str | os.PathLike, *, max_chars: int | None = None) -> Corpus:
+def text_corpus(path: str | os.PathLike, *, max_chars: int | None = None, flag: str = "--data") -> Corpus:
     """A corpus from a UTF-8 text file or a folder of them (all non-hidden files, recursively, sorted).
 
     A folder with at least two files is split by file like the embedded corpus (at least one validation file);
-    a single file is split at the line boundary nearest 95% of its length.
+    a single file is split at the line boundary nearest 95% of its length. ``flag`` names the option in messages.
     """
+    if not str(path):
+        raise ValueError(f"{flag}: the path is empty; give a text file or folder")
     root = Path(path)
     if not root.exists():
-        raise FileNotFoundError(f"--data: {str(root)!r} does not exist")
+        raise FileNotFoundError(f"{flag}: {str(root)!r} does not exist")
     if root.is_dir():
         files = sorted(
             p
@@ -163,20 +166,20 @@ def text_corpus(path: str | os.PathLike, *, max_chars: int | None = None) -> Cor
             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
         )
         if not files:
-            raise ValueError(f"--data: folder {str(root)!r} contains no files")
+            raise ValueError(f"{flag}: folder {str(root)!r} contains no files")
         texts = [(p.relative_to(root).as_posix(), read_text_file(p)) for p in files]
     else:
         texts = [(root.name, read_text_file(root))]
     texts = [(rel, t) for rel, t in texts if t.strip()]
     if not texts:
-        raise ValueError(f"--data: {str(root)!r} contains only empty text")
+        raise ValueError(f"{flag}: {str(root)!r} contains only empty text")
     if len(texts) == 1:
         text = texts[0][1]
         cut = text.rfind("\n", 0, int(len(text) * 0.95))
         cut = cut + 1 if cut > 0 else int(len(text) * 0.95)
         train, val = [text[:cut]], [text[cut:]]
         if not val[0].strip() or not train[0].strip():
-            raise ValueError(f"--data: {str(root)!r} is too short to split into training and validation text")
+            raise ValueError(f"{flag}: {str(root)!r} is too short to split into training and validation text")
     else:
         train = [t for rel, t in texts if not _is_val(rel)]
         val = [t for rel, t in texts if _is_val(rel)]
@@ -205,9 +208,13 @@ def _truncate(texts: list[str], budget: int) -> list[str]:
     return out
 
 
-def load_corpus(data: str | os.PathLike | None = None, *, max_chars: int | None = None) -> Corpus:
+def load_corpus(
+    data: str | os.PathLike | None = None, *, max_chars: int | None = None, flag: str = "--data"
+) -> Corpus:
     """``data`` (a file or folder) or, when None, the embedded standard-library corpus."""
-    return stdlib_corpus(max_chars=max_chars) if data is None else text_corpus(data, max_chars=max_chars)
+    if data is None:
+        return stdlib_corpus(max_chars=max_chars)
+    return text_corpus(data, max_chars=max_chars, flag=flag)
 
 
 # ----------------------------------------------------------------------------------------------- tokenizer
@@ -230,38 +237,89 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int):
     return tokenizer
 
 
-def load_tokenizer(path: str | os.PathLike):
+TOKENIZER_BYTES = 256 * 2**20  # the most a tokenizer file may hold (GPT-2's tokenizer.json: 1.4 MB)
+# the cache's own file names: only these (and their temporary names) are ever removed there
+_TOKENIZER_CACHE = re.compile(r"bpe-\d+-[0-9a-f]{16}\.json")
+_TOKENS_CACHE = re.compile(r"[0-9a-f]{16}-[0-9a-f]{16}\.safetensors")
+
+
+def _tokenizer_text(path: Path, flag: str) -> str:
+    raw = _files.read_small_file(path, TOKENIZER_BYTES, flag)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{flag}: {str(path)!r} is not UTF-8 text") from None
+
+
+def load_tokenizer(path: str | os.PathLike, *, flag: str = "--tokenizer"):
     """A saved tokenizer: a ``tokenizer.json`` file, or a folder with ``tokenizer.json`` or GPT-2's
-    ``vocab.json`` + ``merges.txt``."""
+    ``vocab.json`` + ``merges.txt``. The files must be regular files of at most ``TOKENIZER_BYTES``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
+    if not str(path):
+        raise ValueError(f"{flag}: the path is empty; give a tokenizer.json file or a tokenizer folder")
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"--tokenizer: {str(p)!r} does not exist")
+        raise FileNotFoundError(f"{flag}: {str(p)!r} does not exist")
     if p.is_dir():
-        if (p / "tokenizer.json").is_file():
+        if (p / "tokenizer.json").exists():
             p = p / "tokenizer.json"
-        elif (p / "vocab.json").is_file() and (p / "merges.txt").is_file():
-            tokenizer = Tokenizer(models.BPE.from_file(str(p / "vocab.json"), str(p / "merges.txt")))
+        elif (p / "vocab.json").exists() and (p / "merges.txt").exists():
+            vocab_text = _tokenizer_text(p / "vocab.json", flag)
+            merges_text = _tokenizer_text(p / "merges.txt", flag)
+            try:
+                vocab = _files.parse_json(vocab_text)
+            except ValueError as err:
+                raise ValueError(f"{flag}: {str(p / 'vocab.json')!r} is not valid JSON ({err})") from None
+            if not (
+                isinstance(vocab, dict)
+                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in vocab.values())
+            ):
+                raise ValueError(
+                    f"{flag}: {str(p / 'vocab.json')!r} is not a GPT-2 vocabulary (an object of token: id)"
+                )
+            merges = []
+            for n, line in enumerate(merges_text.splitlines(), 1):
+                if not line.strip() or (n == 1 and line.startswith("#version")):
+                    continue
+                pair = line.split(" ")
+                if len(pair) != 2:
+                    raise ValueError(
+                        f"{flag}: line {n} of {str(p / 'merges.txt')!r} is not a merge (two tokens separated "
+                        f"by one space): {line[:80]!r}"
+                    )
+                merges.append((pair[0], pair[1]))
+            try:
+                tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+            except Exception as err:  # tokenizers raises a bare Exception for inconsistent files
+                raise ValueError(
+                    f"{flag}: {str(p / 'vocab.json')!r} and {str(p / 'merges.txt')!r} do not form a BPE "
+                    f"tokenizer: {err}"
+                ) from None
             tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
             tokenizer.decoder = decoders.ByteLevel()
-            _check_eot(tokenizer, p)
+            _check_eot(tokenizer, p, flag)
             return tokenizer
         else:
             raise ValueError(
-                f"--tokenizer: folder {str(p)!r} has neither tokenizer.json nor vocab.json+merges.txt"
+                f"{flag}: folder {str(p)!r} has neither tokenizer.json nor vocab.json+merges.txt"
             )
+    text = _tokenizer_text(p, flag)
     try:
-        tokenizer = Tokenizer.from_file(str(p))
+        tokenizer = Tokenizer.from_str(text)
     except Exception as err:  # tokenizers raises a bare Exception for malformed JSON
-        raise ValueError(f"--tokenizer: cannot read {str(p)!r} as a tokenizers JSON file: {err}") from None
-    _check_eot(tokenizer, p)
+        raise ValueError(f"{flag}: cannot read {str(p)!r} as a tokenizers JSON file: {err}") from None
+    _check_eot(tokenizer, p, flag)
     return tokenizer
 
 
-def _check_eot(tokenizer, path: Path) -> None:
+def _check_eot(tokenizer, path: Path, flag: str = "--tokenizer") -> None:
     if tokenizer.token_to_id(EOT) is None:
-        raise ValueError(f"--tokenizer: {str(path)!r} has no {EOT!r} token, which separates documents")
+        raise ValueError(f"{flag}: {str(path)!r} has no {EOT!r} token, which separates documents")
+
+
+def _tokenizer_json(tokenizer) -> bytes:
+    return tokenizer.to_str(pretty=True).encode("utf-8")  # what Tokenizer.save writes
 
 
 def cached_tokenizer(corpus: Corpus, vocab_size: int, cache_dir: str | os.PathLike | None = None):
@@ -271,19 +329,20 @@ def cached_tokenizer(corpus: Corpus, vocab_size: int, cache_dir: str | os.PathLi
     path = cache / "tokenizers" / f"bpe-{vocab_size}-{corpus.fingerprint()}.json"
     if path.is_file():
         try:
-            return load_tokenizer(path)
+            return load_tokenizer(path, flag="cached_tokenizer")
         except ValueError as err:
             warnings.warn(
                 f"cached_tokenizer: rebuilding the damaged cache file {str(path)!r} ({err})", stacklevel=2
             )
     tokenizer = train_tokenizer(corpus.train, vocab_size)
-    _cache_dir(path.parent)
-    _files.atomic_write(path, lambda tmp: tokenizer.save(str(tmp)))
+    _cache_dir(path.parent, _TOKENIZER_CACHE)
+    data = _tokenizer_json(tokenizer)
+    _files.atomic_write(path, lambda f: f.write(data))
     return tokenizer
 
 
-def _cache_dir(folder: Path) -> None:
-    """Create a cache folder and clear leftovers of writers that were killed."""
+def _cache_dir(folder: Path, names: re.Pattern[str]) -> None:
+    """Create a cache folder and clear leftovers of writers that were killed (only the cache's own names)."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -291,7 +350,7 @@ def _cache_dir(folder: Path) -> None:
             f"--cache-dir: cannot create the cache folder {str(folder)!r} ({err.strerror or err}); "
             "give a writable --cache-dir or set TENSORNET_CACHE"
         ) from None
-    _files.remove_stale_tmp(folder, None, live=False)
+    _files.remove_stale_tmp(folder, names, live=False)
 
 
 def tokenizer_id(tokenizer) -> str:
@@ -324,14 +383,15 @@ def cached_tokens(corpus: Corpus, tokenizer, cache_dir: str | os.PathLike | None
         except ValueError as err:
             warnings.warn(f"cached_tokens: rebuilding the damaged token cache ({err})", stacklevel=2)
     train, val = encode(tokenizer, corpus.train), encode(tokenizer, corpus.val)
-    _cache_dir(path.parent)
+    _cache_dir(path.parent, _TOKENS_CACHE)
     _files.save_tensors(path, {"train": train.int(), "val": val.int()})
     return train, val
 
 
 def save_tokenizer(tokenizer, directory: str | os.PathLike) -> None:
     Path(directory).mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(Path(directory) / "tokenizer.json"))
+    data = _tokenizer_json(tokenizer)
+    _files.atomic_write(Path(directory) / "tokenizer.json", lambda f: f.write(data))
 
 
 # ------------------------------------------------------------------------------------------------ batches
@@ -370,12 +430,17 @@ def train_batch(
 def val_batches(tokens: torch.Tensor, *, block_size: int, max_tokens: int | None = None) -> torch.Tensor:
     """Non-overlapping validation windows ``(n, block_size + 1)`` (consecutive windows share one token)."""
     usable = tokens.numel() - 1
+    if max_tokens is not None and max_tokens < min(usable, block_size):
+        raise ValueError(
+            f"--eval-tokens {max_tokens} is fewer than one window of --block-size {block_size} tokens; "
+            "give 0 (all) or at least the block size"
+        )
     if max_tokens is not None:
         usable = min(usable, max_tokens)
     n = usable // block_size
     if n < 1:
         raise ValueError(
-            f"the validation text has {tokens.numel()} tokens, fewer than block_size + 1 = {block_size + 1}; "
+            f"the validation text has {tokens.numel()} tokens, fewer than --block-size + 1 = {block_size + 1}; "
             "give more text or a smaller --block-size"
         )
     idx = torch.arange(n)[:, None] * block_size + torch.arange(block_size + 1)[None, :]

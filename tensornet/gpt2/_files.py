@@ -18,16 +18,20 @@ import json
 import math
 import os
 import re
+import stat
 import struct
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
 # --------------------------------------------------------------------------------------------- atomic writes
 _TMP = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)(?P<pid>\d+)$")
+# every file this package creates: a new entry only (O_EXCL), never through a symbolic link (O_NOFOLLOW)
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+_TRIES = 8
 
 
 def tmp_path(path: Path, tag: str = "tmp") -> Path:
@@ -54,24 +58,104 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """``write(tmp)``, flush it to disk, then rename it over ``path``: ``path`` is never half-written."""
+def clear_leftover(path: Path, dir_files: Iterable[str] = ()) -> None:
+    """Make room at one of the package's own temporary names (``.NAME.tmpPID``/``.NAME.oldPID`` of this
+    process). A symbolic link there is unlinked (that never touches what it points to), as is a regular file
+    (a leftover of a killed writer that had this pid); a folder holding nothing but ``dir_files`` (and their
+    own leftovers) is emptied and removed. Anything else there is refused: nothing is written through it."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode) or stat.S_ISREG(st.st_mode):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    names = set(dir_files)
+    if stat.S_ISDIR(st.st_mode) and names:
+        inside = list(path.iterdir())
+        if all(_plain_file(p) and (p.name in names or _own_tmp(p.name, names)) for p in inside):
+            for p in inside:
+                p.unlink()
+            path.rmdir()
+            return
+    raise FileExistsError(
+        f"cannot use the temporary name {str(path)!r}: something tensornet did not write is there; remove it"
+    )
+
+
+def _plain_file(path: Path) -> bool:
+    """A regular file, not a symbolic link (``Path.is_file`` follows links)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def create_file(path: Path, mode: int = 0o666) -> int:
+    """Open a new file at one of the package's temporary names for writing and return its descriptor: created
+    with ``O_CREAT | O_EXCL | O_NOFOLLOW``, so it is never a file someone planted there and never written
+    through a symbolic link. A leftover at the name is cleared first (see :func:`clear_leftover`)."""
+    for _ in range(_TRIES):
+        try:
+            return os.open(path, _CREATE, mode)
+        except FileExistsError:
+            clear_leftover(path)
+    raise FileExistsError(f"cannot create {str(path)!r}: something keeps re-creating it; remove it")
+
+
+def make_tmp_dir(path: Path, dir_files: Iterable[str]) -> Path:
+    """Create the folder ``.NAME.tmpPID`` next to ``path`` (never through a link); return it."""
+    tmp = tmp_path(path)
+    for _ in range(_TRIES):
+        try:
+            os.mkdir(tmp)
+            return tmp
+        except FileExistsError:
+            clear_leftover(tmp, dir_files)
+    raise FileExistsError(f"cannot create {str(tmp)!r}: something keeps re-creating it; remove it")
+
+
+def write_error(path: Path, err: OSError) -> OSError:
+    """``err`` (a failed write of ``path``) as an error naming the file and saying what to do."""
+    hint = ""
+    if err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        hint = ": free some space or choose a folder on another disk"
+    elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = ": choose a writable folder"
+    return type(err)(f"cannot write {str(path)!r} ({err.strerror or err}){hint}")
+
+
+def write_new(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Create ``path`` (see :func:`create_file`), ``write(f)`` to it and flush it to disk."""
+    fd = create_file(path)
+    with os.fdopen(fd, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """``write(f)`` to a new temporary file next to ``path``, flush it to disk, then rename it over ``path``:
+    ``path`` is never half-written, and a symbolic link at ``path`` is replaced itself, never written
+    through. An ``OSError`` (a full disk) names ``path``."""
     path = Path(path)
     tmp = tmp_path(path)
     try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        write_new(tmp, write)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
-            tmp.unlink()
+            if _plain_file(tmp):
+                tmp.unlink()
+        if isinstance(err, OSError) and err.errno is not None:
+            raise write_error(path, err) from None
         raise
     _fsync_dir(path.parent)
 
 
 def write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -79,16 +163,50 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(Path(path), json.dumps(obj, indent=2) + "\n")
 
 
+def parse_json(text: str | bytes) -> Any:
+    """``json.loads``, with nesting too deep for the parser (a crafted file) raised as a ValueError."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("the JSON is nested too deeply") from None
+
+
+def read_small_file(path: Path, limit: int, where: str) -> bytes:
+    """The bytes of ``path``, which must be a regular file of at most ``limit`` bytes (a device or a FIFO
+    would never end; a huge file is not what was meant). Opened without blocking, checked on the open file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as err:
+        raise ValueError(f"{where}: cannot read {str(path)!r} ({err.strerror or err})") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{where}: {str(path)!r} is not a regular file; give a file")
+        if st.st_size > limit:
+            raise ValueError(
+                f"{where}: {str(path)!r} is {st.st_size:,} bytes, more than the {limit:,} such a file may hold"
+            )
+        try:
+            return f.read(limit + 1)[:limit]
+        except OSError as err:
+            raise ValueError(f"{where}: cannot read {str(path)!r} ({err.strerror or err})") from None
+
+
 def remove_stale_tmp(
-    folder: Path, names: Iterable[str] | None, *, dir_files: Iterable[str] = (), live: bool
+    folder: Path,
+    names: Iterable[str] | re.Pattern[str],
+    *,
+    dir_files: Iterable[str] = (),
+    live: bool,
 ) -> list[Path]:
-    """Remove ``.NAME.tmpPID`` / ``.NAME.oldPID`` leftovers in ``folder`` whose NAME is in ``names``.
+    """Remove ``.NAME.tmpPID`` / ``.NAME.oldPID`` leftovers in ``folder`` whose NAME is one the package writes
+    there: in ``names``, or matching it when it is a pattern (a cache folder's file names).
 
     ``live=True`` (the caller holds the folder's lock, so no writer can be alive) removes them whatever the
-    pid; otherwise only those whose process is gone. ``names=None`` (a cache folder, all of it the
-    package's): any NAME. A leftover folder (an interrupted ``save_model``) is
-    removed only when it holds nothing but ``dir_files`` (and their own leftovers)."""
-    own = None if names is None else set(names)
+    pid; otherwise only those whose process is gone. A symbolic link under such a name is always removed (the
+    package never creates one; unlinking it leaves what it points to alone). A leftover folder (an interrupted
+    ``save_model``) is removed only when it holds nothing but ``dir_files`` (and their own leftovers)."""
+    own = names.fullmatch if isinstance(names, re.Pattern) else set(names).__contains__
     dir_files = set(dir_files)
     removed: list[Path] = []
     try:
@@ -97,23 +215,27 @@ def remove_stale_tmp(
         return removed
     for entry in entries:
         match = _TMP.match(entry.name)
-        if match is None or (own is not None and match["name"] not in own) or entry.is_symlink():
+        if match is None or not own(match["name"]):
+            continue
+        try:
+            link = stat.S_ISLNK(os.lstat(entry).st_mode)
+        except OSError:
             continue
         pid = int(match["pid"])
-        if not live and (pid == os.getpid() or pid_alive(pid)):
+        if not link and not live and (pid == os.getpid() or pid_alive(pid)):
             continue
         with contextlib.suppress(OSError):
-            if entry.is_dir():
+            if link or not entry.is_dir():
+                entry.unlink()
+            else:
                 inside = list(entry.iterdir())
                 if not all(
-                    p.is_file() and (p.name in dir_files or _own_tmp(p.name, dir_files)) for p in inside
+                    _plain_file(p) and (p.name in dir_files or _own_tmp(p.name, dir_files)) for p in inside
                 ):
                     continue
                 for p in inside:
                     p.unlink()
                 entry.rmdir()
-            else:
-                entry.unlink()
             removed.append(entry)
     return removed
 
@@ -127,7 +249,7 @@ def probe_writable(folder: Path, where: str) -> None:
     """Create and remove a file in ``folder``: a permission or read-only file system shows up now."""
     probe = tmp_path(folder / ".tensornet-probe")
     try:
-        probe.write_bytes(b"")
+        os.close(create_file(probe))
         probe.unlink()
     except OSError as err:
         raise PermissionError(
@@ -259,11 +381,14 @@ _SAFETENSORS_DTYPES = {
 }
 
 
-def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Write ``tensors`` to ``path`` in the safetensors format (an 8-byte little-endian header length, a JSON
+_DTYPE_OF_CODE = {code: dtype for dtype, code in _SAFETENSORS_DTYPES.items()}
+
+
+def write_safetensors(f: BinaryIO, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write ``tensors`` to the open binary file ``f`` in the safetensors format (an 8-byte little-endian header length, a JSON
     header of dtypes, shapes and byte ranges with ``metadata`` under ``__metadata__``, then the bytes),
-    streaming each tensor's own bytes: no second copy in memory and no temporary file of its own (the caller
-    picks the name, so a killed write leaves only names it knows how to clean)."""
+    streaming each tensor's own bytes: no second copy in memory and no file of its own (the caller creates the
+    file, safely, under a name it knows how to clean)."""
     if sys.byteorder != "little":
         raise NotImplementedError(
             "write_safetensors: safetensors stores little-endian bytes; this host is big-endian"
@@ -285,11 +410,10 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: di
     header["__metadata__"] = metadata
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        for name in names:
-            f.write(_tensor_bytes(tensors[name].detach().cpu()))
+    f.write(struct.pack("<Q", len(raw)))
+    f.write(raw)
+    for name in names:
+        f.write(_tensor_bytes(tensors[name].detach().cpu()))
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
@@ -304,7 +428,7 @@ def save_checkpoint(path: Path, payload: dict) -> None:
         "skeleton": skeleton,
         "sha256": content_sha256(tensors, header),
     }
-    atomic_write(path, lambda tmp: write_safetensors(tmp, tensors, metadata))
+    atomic_write(path, lambda f: write_safetensors(f, tensors, metadata))
 
 
 def _open_error(path: Path, where: str, err: Exception) -> ValueError:
@@ -314,13 +438,29 @@ def _open_error(path: Path, where: str, err: Exception) -> ValueError:
     )
 
 
+def not_a_file(path: Path) -> str | None:
+    """What ``path`` is when it is not a readable regular file (following links), for messages; None if it is."""
+    if path.is_symlink() and not path.exists():
+        return f"is a broken symbolic link (to {os.readlink(path)!r})"
+    if not path.exists():
+        return None if path.is_file() else "does not exist"
+    if path.is_dir():
+        return "is a folder, not a file"
+    if not path.is_file():
+        return "is not a regular file"
+    return None
+
+
 def checkpoint_metadata(path: Path, where: str = "load_checkpoint") -> dict:
     """The checked header of a checkpoint (format, version) and its parsed skeleton, without the tensors."""
     from safetensors import safe_open
 
     path = Path(path)
-    if not path.is_file():
+    what = not_a_file(path)
+    if what == "does not exist":
         raise FileNotFoundError(f"{where}: no checkpoint at {str(path)!r}")
+    if what is not None:
+        raise ValueError(f"{where}: the checkpoint {str(path)!r} {what}; restore the file or start a new run")
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
@@ -337,10 +477,44 @@ def checkpoint_metadata(path: Path, where: str = "load_checkpoint") -> dict:
             f"reads version {CHECKPOINT_VERSION}: resume it with the tensornet that wrote it"
         )
     try:
-        skeleton = json.loads(metadata.get("skeleton", ""))
-    except json.JSONDecodeError as err:
+        skeleton = parse_json(metadata.get("skeleton", ""))
+    except ValueError as err:
         raise _open_error(path, where, err) from None
     return {"metadata": metadata, "skeleton": skeleton}
+
+
+def _decode_payload(path: Path, where: str, skeleton: Any, tensors: dict[str, torch.Tensor]) -> dict:
+    used: set[str] = set()
+    try:
+        payload = _decode(skeleton, tensors, used)
+    except RecursionError:
+        raise _open_error(path, where, ValueError("the skeleton is nested too deeply")) from None
+    except ValueError as err:
+        raise _open_error(path, where, err) from None
+    if used != set(tensors) or not isinstance(payload, dict):
+        raise _open_error(path, where, ValueError("skeleton and tensors disagree"))
+    return payload
+
+
+def checkpoint_outline(path: Path, where: str = "load_checkpoint") -> dict:
+    """The checkpoint's structure with every tensor as a ``meta`` tensor of its stored shape and dtype, read
+    from the header alone (no tensor data, no checksum): cheap checks before the real load."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    head = checkpoint_metadata(path, where)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {}
+            for name in f.keys():  # noqa: SIM118  (safe_open is not a mapping)
+                part = f.get_slice(name)
+                dtype = _DTYPE_OF_CODE.get(part.get_dtype())
+                if dtype is None:
+                    raise ValueError(f"tensor {name} has dtype {part.get_dtype()}")
+                tensors[name] = torch.empty(part.get_shape(), dtype=dtype, device="meta")
+    except Exception as err:  # safetensors raises its own error type for every malformed file
+        raise _open_error(path, where, err) from None
+    return _decode_payload(path, where, head["skeleton"], tensors)
 
 
 def load_checkpoint(path: Path, where: str = "load_checkpoint") -> dict:
@@ -360,21 +534,15 @@ def load_checkpoint(path: Path, where: str = "load_checkpoint") -> dict:
             f"{where}: {str(path)!r} fails its checksum: the file was damaged after it was written; "
             "nothing was resumed. Restore it from a copy or start a new run"
         )
-    used: set[str] = set()
-    try:
-        payload = _decode(head["skeleton"], tensors, used)
-    except ValueError as err:
-        raise _open_error(path, where, err) from None
-    if used != set(tensors) or not isinstance(payload, dict):
-        raise _open_error(path, where, ValueError("skeleton and tensors disagree"))
-    return payload
+    return _decode_payload(path, where, head["skeleton"], tensors)
 
 
 # ----------------------------------------------------------------------------------------------- run folder
 MANIFEST = "tensornet-run.json"
 LOCK = ".tensornet-run.lock"
 RUN_FORMAT = "tensornet-run"
-MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")  # what save_model writes
+MODEL_MARK = "tensornet-model.json"  # save_model's mark: --overwrite replaces only folders that carry it
+MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", MODEL_MARK)  # what save_model writes
 OUTPUTS = {
     "train": ("checkpoint.safetensors", "log.jsonl", *(f"model/{f}" for f in MODEL_FILES)),
     "compare": ("results.json", "loss_curves.png", "tokens.safetensors"),
@@ -388,8 +556,8 @@ def _read_manifest(path: Path) -> dict | None:
     if not file.is_file():
         return None
     try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        manifest = parse_json(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # (UnicodeDecodeError and JSONDecodeError are ValueErrors)
         raise ValueError(f"{err}") from None
     if not (
         isinstance(manifest, dict)
@@ -597,7 +765,7 @@ def check_run_folder(
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     """Atomically write ``tensors`` as safetensors with their SHA-256 in the metadata."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: write_safetensors(tmp, tensors, {"sha256": content_sha256(tensors)}))
+    atomic_write(path, lambda f: write_safetensors(f, tensors, {"sha256": content_sha256(tensors)}))
 
 
 def load_token_file(path: Path, vocab_size: int | None, where: str) -> tuple[torch.Tensor, torch.Tensor]:

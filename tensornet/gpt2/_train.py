@@ -3,6 +3,7 @@ exact resume (checkpoint and log) and DDP (started by ``torchrun``)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -93,6 +94,7 @@ class History:
     tokens_per_s: float = float("nan")
     peak_memory_mib: float = float("nan")
     train_seconds: float = 0.0
+    steps_run: int = 0  # optimizer steps this call ran (0: a resumed run that had already finished)
 
     @property
     def val_ppl(self) -> float:
@@ -104,13 +106,33 @@ def _ppl(loss: float) -> float:
     return math.exp(loss) if loss < 700 else float("inf")
 
 
+def _env_int(name: str, default: int, lo: int) -> int:
+    """An integer torchrun puts in the environment, checked (a hand-set ``WORLD_SIZE=0`` is an error)."""
+    text = os.environ.get(name, "").strip() or str(default)
+    try:
+        value = int(text)
+    except ValueError:
+        value = lo - 1
+    if value < lo:
+        raise ValueError(
+            f"the environment variable {name}={os.environ.get(name)!r} must be an integer >= {lo}; torchrun "
+            f"sets it: unset it to run one process"
+        )
+    return value
+
+
 class Distributed:
     """Process rank/world from torchrun's environment; ``init()`` starts the process group when world > 1."""
 
     def __init__(self) -> None:
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.world = _env_int("WORLD_SIZE", 1, 1)
+        self.rank = _env_int("RANK", 0, 0)
+        self.local_rank = _env_int("LOCAL_RANK", 0, 0)
+        if self.rank >= self.world:
+            raise ValueError(
+                f"the environment gives RANK={self.rank} but WORLD_SIZE={self.world} (ranks 0 to "
+                f"{self.world - 1}); start the processes with torchrun, or unset RANK and WORLD_SIZE"
+            )
         self.started = False
 
     @property
@@ -254,6 +276,12 @@ def check_resume(out: str | os.PathLike, cfg: TrainConfig | None = None, stop_at
     checksum is verified when ``train`` loads it), written with the same optimisation settings as ``cfg``
     (when given), at a step not after ``stop_at``."""
     path = Path(out) / CHECKPOINT
+    what = _files.not_a_file(path)
+    if what is not None and what != "does not exist":
+        raise ValueError(
+            f"--resume: the checkpoint {str(path)!r} {what}; restore the file, or start the run over with "
+            "--overwrite"
+        )
     if not path.is_file():
         legacy = Path(out) / LEGACY_CHECKPOINT
         if legacy.is_file():
@@ -291,7 +319,11 @@ class RunLog:
             if i + 1 in evals:
                 lines.append(self._eval(i + 1, evals[i + 1]))
         _files.write_text(path, "".join(lines))
-        self._file: IO[str] | None = path.open("a", encoding="utf-8")
+        try:  # the file just written (a link put there since is not followed)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        except OSError as err:
+            raise _files.write_error(path, err) from None
+        self._file: IO[str] | None = os.fdopen(fd, "a", encoding="utf-8")
 
     def _step(self, step: int, loss: float) -> str:
         return json.dumps({"step": step + 1, "loss": loss, "lr": self.cfg.lr_at(step)}) + "\n"
@@ -309,12 +341,16 @@ class RunLog:
 
     def _write(self, line: str) -> None:
         if self._file is not None:
-            self._file.write(line)
-            self._file.flush()
+            try:
+                self._file.write(line)
+                self._file.flush()
+            except OSError as err:
+                raise _files.write_error(self.path, err) from None
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
+            with contextlib.suppress(OSError):  # every line was flushed (or its failure reported) already
+                self._file.close()
             self._file = None
 
 
@@ -335,35 +371,188 @@ def _signature(cfg: TrainConfig, extra: dict | None) -> dict:
 
 
 _CHECKPOINT_KEYS = ("model", "optimizer", "step", "history", "rng", "signature")
+# AdamW settings that shape the updates, and the flags that set them (eps and the rest are fixed by the code)
+_OPTIMIZER_SETTINGS = {
+    "betas": "--beta1/--beta2",
+    "weight_decay": "--weight-decay",
+    "lr_scale": "--tt-lr-scale",
+    "eps": "AdamW's eps",
+    "amsgrad": "AdamW's amsgrad",
+    "maximize": "AdamW's maximize",
+}
 
 
-def _restore(path: Path, signature: dict, model: nn.Module, optimizer, history: History) -> int:
-    """Load ``path`` into the model, optimizer, history and RNGs; return the step to continue from."""
-    if not path.is_file():
-        check_resume(path.parent)  # raises the right message (none there, or an old pickle checkpoint)
-    ckpt = _files.load_checkpoint(path, "--resume")
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_checkpoint(path: Path, ckpt: dict, model: nn.Module, optimizer, cfg: TrainConfig) -> None:
+    """Everything in ``ckpt`` that ``_restore`` loads, against this run: the step (an integer in [0, steps])
+    and its history, the model's tensor names, shapes and dtypes, the optimizer's groups (their AdamW
+    settings must be this run's) and state shapes, the RNG states. Works on the real tensors or on the
+    header's ``meta`` tensors (``checkpoint_outline``)."""
+
+    def bad(why: str) -> ValueError:
+        return ValueError(
+            f"--resume: {str(path)!r} does not fit this run: {why}; resume with the settings that wrote it, or "
+            "start a new run in another --out"
+        )
+
     missing = [k for k in _CHECKPOINT_KEYS if k not in ckpt]
     if missing:
         raise ValueError(f"--resume: {str(path)!r} is not a tensornet training checkpoint (no {missing})")
+    step = ckpt["step"]
+    if not (isinstance(step, int) and not isinstance(step, bool) and 0 <= step <= cfg.steps):
+        raise bad(f"its step {step!r} is not an integer in [0, --steps {cfg.steps}]")
+    history = ckpt["history"]
+    if not (isinstance(history, dict) and isinstance(history.get("loss"), list)):
+        raise bad("it has no list of training losses")
+    loss, val = history["loss"], history.get("val")
+    if len(loss) != step or not all(_number(v) for v in loss):
+        raise bad(f"it records {len(loss)} losses for step {step} (or losses that are not finite numbers)")
+    if not (
+        isinstance(val, list)
+        and all(
+            isinstance(e, (list, tuple))
+            and len(e) == 2
+            and _number(e[0])
+            and isinstance(e[0], int)
+            and _number(e[1])
+            for e in val
+        )
+        and [e[0] for e in val] == sorted({e[0] for e in val})
+        and all(1 <= e[0] <= step for e in val)
+    ):
+        raise bad("its evaluations are not (step, loss) pairs at increasing steps up to its step")
+    state, own = ckpt["model"], model.state_dict()
+    if not isinstance(state, dict) or set(state) != set(own):
+        names = sorted(map(str, set(state) ^ set(own))) if isinstance(state, dict) else ["not a state dict"]
+        raise bad(f"its model tensors differ from this model's ({', '.join(names[:5])})")
+    for name, tensor in own.items():
+        saved = state[name]
+        if not (
+            isinstance(saved, torch.Tensor) and saved.shape == tensor.shape and saved.dtype == tensor.dtype
+        ):
+            what = f"{tuple(saved.shape)} {saved.dtype}" if isinstance(saved, torch.Tensor) else type(saved)
+            raise bad(f"its {name} is {what}, this model's is {tuple(tensor.shape)} {tensor.dtype}")
+    opt = ckpt["optimizer"]
+    groups = opt.get("param_groups") if isinstance(opt, dict) else None
+    saved_state = opt.get("state") if isinstance(opt, dict) else None
+    if not (isinstance(groups, list) and isinstance(saved_state, dict)):
+        raise bad("its optimizer state is not AdamW's (param_groups and state)")
+    if len(groups) != len(optimizer.param_groups):
+        raise bad(
+            f"its optimizer has {len(groups)} parameter groups, this run's {len(optimizer.param_groups)}"
+        )
+    params: dict[Any, torch.Tensor] = {}
+    for i, (saved_group, group) in enumerate(zip(groups, optimizer.param_groups)):
+        ids = saved_group.get("params") if isinstance(saved_group, dict) else None
+        if not (isinstance(ids, list) and len(ids) == len(group["params"])):
+            raise bad(f"its optimizer group {i} does not hold this run's {len(group['params'])} parameters")
+        for key, flag in _OPTIMIZER_SETTINGS.items():
+            if key in group and saved_group.get(key) != group[key]:
+                raise bad(
+                    f"its optimizer group {i} has {key} {saved_group.get(key)!r}, this run {group[key]!r} "
+                    f"({flag})"
+                )
+        params.update(zip(ids, group["params"]))
+    for key, entry in saved_state.items():
+        param = params.get(key)
+        if param is None or not isinstance(entry, dict):
+            raise bad(f"its optimizer state {key!r} belongs to no parameter of this run")
+        for name, value in entry.items():
+            if name == "step":
+                if not (_number(value) or (isinstance(value, torch.Tensor) and value.numel() == 1)):
+                    raise bad(f"its optimizer state {key!r} has step {value!r}")
+            elif not (
+                isinstance(value, torch.Tensor) and value.shape == param.shape and value.is_floating_point()
+            ):
+                what = (
+                    f"{tuple(value.shape)} {value.dtype}" if isinstance(value, torch.Tensor) else type(value)
+                )
+                raise bad(
+                    f"its optimizer state {key!r} has {name} {what}, for a parameter of shape "
+                    f"{tuple(param.shape)}"
+                )
+    rng = ckpt["rng"]
+    if not (
+        isinstance(rng, dict)
+        and isinstance(rng.get("torch"), torch.Tensor)
+        and rng["torch"].dtype == torch.uint8
+        and rng["torch"].shape == torch.get_rng_state().shape
+        and isinstance(rng.get("python"), tuple)
+    ):
+        raise bad("its random-number-generator states are not torch's and Python's")
+
+
+def check_checkpoint_fits(
+    out: str | os.PathLike, model: nn.Module, cfg: TrainConfig, signature: dict
+) -> None:
+    """Before any tokens are loaded: the checkpoint in ``out`` (its header: shapes and settings, no tensor data
+    and no checksum) fits ``model`` and ``cfg`` and was written with ``signature``."""
+    path = Path(out) / CHECKPOINT
+    outline = _files.checkpoint_outline(path, "--resume")
+    try:
+        if not isinstance(outline.get("signature"), dict):
+            raise ValueError(f"--resume: {str(path)!r} is not a tensornet training checkpoint (no settings)")
+        mismatch = _signature_mismatch(path, outline["signature"], _signature(cfg, signature))
+        if mismatch is not None:
+            raise mismatch
+        _check_checkpoint(path, outline, model, make_optimizer(model, cfg), cfg)
+    except ValueError:
+        _files.load_checkpoint(path, "--resume")  # damage rather than a mismatch: the checksum says so
+        raise
+
+
+def _restore(
+    path: Path, signature: dict, model: nn.Module, optimizer, history: History, cfg: TrainConfig
+) -> int:
+    """Load ``path`` into the model, optimizer, history and RNGs; return the step to continue from. Everything
+    is checked first (``_check_checkpoint``); the optimizer keeps this run's AdamW settings."""
+    if not path.is_file():
+        check_resume(path.parent)  # raises the right message (none there, or an old pickle checkpoint)
+    ckpt = _files.load_checkpoint(path, "--resume")
+    if not isinstance(ckpt.get("signature"), dict):
+        raise ValueError(f"--resume: {str(path)!r} is not a tensornet training checkpoint (no settings)")
     mismatch = _signature_mismatch(path, ckpt["signature"], signature)
     if mismatch is not None:
         raise mismatch
+    _check_checkpoint(path, ckpt, model, optimizer, cfg)
+    settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     try:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        start = ckpt["step"]
-        loss = [float(v) for v in ckpt["history"]["loss"]]
-        val = [(int(s), float(v)) for s, v in ckpt["history"]["val"]]
-        if not isinstance(start, int) or len(loss) != start:
-            raise ValueError(f"step {start!r} with {len(loss)} recorded losses")
+        for group, own in zip(optimizer.param_groups, settings):
+            group.update(own)  # this run's settings (checked equal above), not the file's
         _set_rng_state(ckpt["rng"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise ValueError(
             f"--resume: {str(path)!r} does not fit this run ({type(err).__name__}: {str(err)[:300]}); "
             "resume with the settings that wrote it, or start a new run in another --out"
         ) from None
-    history.loss, history.val = loss, val
-    return start
+    history.loss = [float(v) for v in ckpt["history"]["loss"]]
+    history.val = [(int(s), float(v)) for s, v in ckpt["history"]["val"]]
+    return ckpt["step"]
+
+
+def check_tokens(train_ids: torch.Tensor, val_ids: torch.Tensor, cfg: TrainConfig) -> None:
+    """Enough tokens for ``cfg.block_size``, checked before step 1 (not at the first or final evaluation)."""
+    block = cfg.block_size
+    if train_ids.numel() < block + 2:
+        raise ValueError(
+            f"the training text has {train_ids.numel():,} tokens; --block-size {block} needs at least "
+            f"{block + 2:,}: give more text (--data, --max-chars) or a smaller --block-size"
+        )
+    if val_ids.numel() < block + 1:
+        raise ValueError(
+            f"the validation text has {val_ids.numel():,} tokens; --block-size {block} needs at least "
+            f"{block + 1:,}: give more text (--data, --max-chars) or a smaller --block-size"
+        )
+    if 0 < cfg.eval_tokens < block:
+        raise ValueError(
+            f"--eval-tokens {cfg.eval_tokens} is fewer than one window of --block-size {block}; give 0 (all) "
+            "or at least the block size"
+        )
 
 
 def train(
@@ -399,6 +588,7 @@ def train(
     cfg.check()
     if stop_at is not None and stop_at < 1:
         raise ValueError(f"train: stop_at must be >= 1, got {stop_at}")
+    check_tokens(train_ids, val_ids, cfg)
     if resume and out is None:
         raise ValueError("--resume needs --out, the folder holding the checkpoint")
     dist = Distributed()
@@ -419,7 +609,7 @@ def train(
         optimizer = make_optimizer(model, cfg)
         history, start = History(), 0
         if resume and ckpt_path is not None:  # (resume without out was refused above)
-            start = _restore(ckpt_path, signature, model, optimizer, history)
+            start = _restore(ckpt_path, signature, model, optimizer, history, cfg)
             if stop_at is not None and stop_at < start:
                 raise ValueError(f"--stop-at {stop_at} is before the checkpoint's step {start}")
         if folder is not None:
@@ -440,6 +630,22 @@ def train(
                     },
                 )
             dist.barrier()
+
+        def run_eval(done: int) -> None:
+            val = evaluate(
+                raw,
+                val_ids,
+                block_size=cfg.block_size,
+                batch_size=max(cfg.batch_size // dist.world, 1),
+                max_tokens=cfg.eval_tokens if cfg.eval_tokens > 0 else None,
+                device=device,
+                dist=dist,
+            )
+            history.val.append((done, val))
+            if log is not None:
+                log.eval(done, val)
+            if on_eval is not None and dist.main:
+                on_eval(done, val)
 
         raw = model
         if dist.world > 1:
@@ -498,27 +704,18 @@ def train(
                 if timed_seconds > 0:
                     postfix["tok/s"] = f"{timed_tokens / timed_seconds:,.0f}"
                 bar.set_postfix(postfix)
-            if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
-                val = evaluate(
-                    raw,
-                    val_ids,
-                    block_size=cfg.block_size,
-                    batch_size=max(cfg.batch_size // dist.world, 1),
-                    max_tokens=cfg.eval_tokens if cfg.eval_tokens > 0 else None,
-                    device=device,
-                    dist=dist,
-                )
-                history.val.append((done, val))
-                if log is not None:
-                    log.eval(done, val)
-                if on_eval is not None and dist.main:
-                    on_eval(done, val)
+            if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
+                run_eval(done)
             if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < end:
                 checkpoint(done)
         if bar is not None:
             bar.close()
         if end > start:
-            checkpoint(end)
+            checkpoint(end)  # the trained state is safe before the final evaluation
+        if end == cfg.steps and not (history.val and history.val[-1][0] == cfg.steps):
+            run_eval(cfg.steps)
+            checkpoint(end)  # again, with the evaluation in its history
+        history.steps_run = max(end - start, 0)
         if timed_seconds > 0:
             history.tokens_per_s = timed_tokens / timed_seconds
         elif all_seconds > 0:
