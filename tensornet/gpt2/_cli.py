@@ -508,10 +508,13 @@ def _dry_run(args, width: int, heads: int, *, rank: int, lowrank_rank: int | Non
     return lowrank_rank
 
 
-def _check_memory(args, *, layers: int, width: int, vocab: int, block: int, training: bool) -> None:
+def _check_memory(
+    args, *, layers: int, width: int, vocab: int, block: int, training: bool, model: str | None = None
+) -> None:
     """Refuse what cannot fit this machine's (or the device's) memory: the dense model as built (before any
     tensorization) with, when ``training``, its gradients and AdamW state, plus a lower bound of the
-    activations of one batch (the logits and a few tensors per layer). Only sure failures are refused."""
+    activations of one batch (the logits and a few tensors per layer). Only sure failures are refused.
+    ``model``: the config.json the sizes come from (eval/compress), else they come from the flags."""
     from ._model import dense_params, memory_bytes
 
     device = torch.device(args.device) if args.device else default_device()
@@ -519,14 +522,25 @@ def _check_memory(args, *, layers: int, width: int, vocab: int, block: int, trai
     if have is None:
         return
     params = dense_params(vocab=vocab, positions=block, width=width, layers=layers)
+    weights = (16 if training else 4) * params
     activations = 4 * args.batch_size * block * (2 * vocab + (10 if training else 2) * layers * width)
-    need = (16 if training else 4) * params + activations
-    if need > have:
+    where = f"the {have / 2**30:,.1f} GiB of memory on {device}"
+    if model is not None and weights > have:
+        raise UsageError(
+            f"the model {model!r} describes (vocab_size {vocab:,}, n_embd {width:,}, n_layer {layers:,}: "
+            f"{params:,} parameters) needs {weights / 2**30:,.1f} GiB, more than {where}"
+        )
+    if weights + activations > have:
         what = "trained" if training else "evaluated"
+        lower = (
+            "--batch-size or --block-size"
+            if model
+            else "--n-layer, --n-embd, --vocab-size, --batch-size or --block-size"
+        )
         raise UsageError(
             f"a model of {params:,} parameters {what} on batches of --batch-size {args.batch_size} x "
-            f"--block-size {block} needs at least {need / 2**30:,.1f} GiB, more than the {have / 2**30:,.1f} "
-            f"GiB of memory on {device}: lower --n-layer, --n-embd, --vocab-size, --batch-size or --block-size"
+            f"--block-size {block} needs at least {(weights + activations) / 2**30:,.1f} GiB, more than "
+            f"{where}: lower {lower}"
         )
 
 
@@ -655,6 +669,7 @@ def check_eval(args) -> dict:
         vocab=sizes["vocab_size"],
         block=block,
         training=False,
+        model=str(Path(args.model) / "config.json"),
     )
     return sizes
 
@@ -854,7 +869,7 @@ def _eval_tokens(args, model_dir: Path, model):
     else:
         tokenizer = _data.load_tokenizer(model_dir, flag="the model folder's tokenizer (or give --tokenizer)")
     if args.text:
-        corpus = _data.load_corpus(args.text, flag="--text")
+        corpus = _data.load_corpus(args.text, flag="--text", split=False)
         texts = corpus.train + corpus.val  # evaluate all of it
     else:
         texts = _data.stdlib_corpus(max_chars=args.max_chars).val

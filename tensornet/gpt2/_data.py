@@ -148,11 +148,14 @@ def stdlib_corpus(*, max_chars: int | None = None) -> Corpus:
     return Corpus(tuple(train), tuple(val), description)
 
 
-def text_corpus(path: str | os.PathLike, *, max_chars: int | None = None, flag: str = "--data") -> Corpus:
+def text_corpus(
+    path: str | os.PathLike, *, max_chars: int | None = None, flag: str = "--data", split: bool = True
+) -> Corpus:
     """A corpus from a UTF-8 text file or a folder of them (all non-hidden files, recursively, sorted).
 
     A folder with at least two files is split by file like the embedded corpus (at least one validation file);
-    a single file is split at the line boundary nearest 95% of its length. ``flag`` names the option in messages.
+    a single file is split at the line boundary nearest 95% of its length. ``flag`` names the option in messages;
+    ``split=False`` keeps all of the text as training text (evaluation reads all of it).
     """
     if not str(path):
         raise ValueError(f"{flag}: the path is empty; give a text file or folder")
@@ -173,7 +176,9 @@ def text_corpus(path: str | os.PathLike, *, max_chars: int | None = None, flag: 
     texts = [(rel, t) for rel, t in texts if t.strip()]
     if not texts:
         raise ValueError(f"{flag}: {str(root)!r} contains only empty text")
-    if len(texts) == 1:
+    if not split:
+        train, val = [t for _, t in texts], []
+    elif len(texts) == 1:
         text = texts[0][1]
         cut = text.rfind("\n", 0, int(len(text) * 0.95))
         cut = cut + 1 if cut > 0 else int(len(text) * 0.95)
@@ -209,12 +214,16 @@ def _truncate(texts: list[str], budget: int) -> list[str]:
 
 
 def load_corpus(
-    data: str | os.PathLike | None = None, *, max_chars: int | None = None, flag: str = "--data"
+    data: str | os.PathLike | None = None,
+    *,
+    max_chars: int | None = None,
+    flag: str = "--data",
+    split: bool = True,
 ) -> Corpus:
     """``data`` (a file or folder) or, when None, the embedded standard-library corpus."""
     if data is None:
         return stdlib_corpus(max_chars=max_chars)
-    return text_corpus(data, max_chars=max_chars, flag=flag)
+    return text_corpus(data, max_chars=max_chars, flag=flag, split=split)
 
 
 # ----------------------------------------------------------------------------------------------- tokenizer

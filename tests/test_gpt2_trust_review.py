@@ -1,0 +1,536 @@
+"""The adversarial review of tensornet.gpt2's trust at the edges: temporary files never written through planted
+links, a run never lost at its final evaluation, --overwrite and compress never replace what tensornet did not
+write, crafted config.json/checkpoints/tokenizers refused before anything is built or trained, every size flag
+bounded, empty paths refused, and errors that say what the file is."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from tensornet.gpt2 import _data, _files, _model, _train, build_model, gpt2_config, load_model, save_model
+from tensornet.gpt2._cli import main
+from tensornet.gpt2._data import cached_tokenizer, cached_tokens, stdlib_corpus, token_cache_path
+from tensornet.gpt2._files import load_checkpoint, save_checkpoint
+
+TINY = [
+    *("--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size", "16", "--vocab-size", "300"),
+    *("--max-chars", "20000", "--batch-size", "4", "--warmup", "2", "--no-progress", "--device", "cpu"),
+]
+COMPARE = ["compare", *(a for a in TINY if a != "--no-progress")]
+PID = os.getpid()
+DEAD = 2**22 + 12345  # above Linux's default pid_max: no such process
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """A tokenizer/token cache and one finished 3-step dense run, shared by the module."""
+    root = tmp_path_factory.mktemp("review")
+    cache, run = root / "cache", root / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["train", *TINY, "--steps", "3", "--cache-dir", str(cache), "--out", str(run)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return {"cache": cache, "run": run}
+
+
+def code(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as exit_info:
+        return int(exit_info.code or 0)
+
+
+def train_argv(shared, out: Path, *extra: str, cache: Path | None = None) -> list[str]:
+    cache = cache or shared["cache"]
+    return ["train", *TINY, "--steps", "3", "--cache-dir", str(cache), "--out", str(out), *extra]
+
+
+def copy_run(shared, dst: Path) -> Path:
+    shutil.copytree(shared["run"], dst, ignore=shutil.ignore_patterns(".tensornet-run.lock"))
+    return dst
+
+
+def one_line_error(capsys, *needles: str) -> str:
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    assert "Traceback" not in captured.err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def victim(tmp_path: Path) -> Path:
+    file = tmp_path / "victim.txt"
+    file.write_text("precious")
+    return file
+
+
+# ------------------------------------------------------------------ 1. no write through a planted link
+def test_atomic_writes_never_follow_a_planted_link(tmp_path):
+    target, precious = tmp_path / "out.json", victim(tmp_path)
+    tmp = _files.tmp_path(target)
+    tmp.symlink_to(precious)
+    _files.write_json(target, {"a": 1})
+    assert precious.read_text() == "precious"
+    assert not target.is_symlink() and json.loads(target.read_text()) == {"a": 1}
+    assert not tmp.exists() and not tmp.is_symlink()
+    # the final name a link: the link itself is replaced, never its target
+    link = tmp_path / "link.safetensors"
+    link.symlink_to(precious)
+    _files.save_tensors(link, {"train": torch.arange(3), "val": torch.arange(2)})
+    assert precious.read_text() == "precious" and not link.is_symlink()
+    # the writability probe
+    probe = _files.tmp_path(tmp_path / ".tensornet-probe")
+    probe.symlink_to(precious)
+    _files.probe_writable(tmp_path, "--out")
+    assert precious.read_text() == "precious" and not probe.is_symlink()
+    # a folder at the temporary name is not the package's: refused, left alone
+    blocked = tmp_path / "blocked.json"
+    _files.tmp_path(blocked).mkdir()
+    (_files.tmp_path(blocked) / "keep").write_text("x")
+    with pytest.raises(FileExistsError, match="temporary name"):
+        _files.write_json(blocked, {})
+    assert (_files.tmp_path(blocked) / "keep").read_text() == "x"
+
+
+def test_a_run_never_writes_through_links_planted_at_its_temporary_names(shared, tmp_path, capsys):
+    precious = victim(tmp_path)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    run = copy_run(shared, tmp_path / "run")
+    names = [
+        ".tensornet-run.json",
+        ".checkpoint.safetensors",
+        ".log.jsonl",
+        "..tensornet-probe",
+    ]
+    for name in names:  # links named as this process's temporaries (the test runs the CLI in-process)
+        (run / f"{name}.tmp{PID}").symlink_to(precious)
+    (run / f".model.tmp{PID}").symlink_to(mine, target_is_directory=True)
+    (run / f".model.old{PID}").symlink_to(mine, target_is_directory=True)
+    # a cache whose tokenizer and tokens must be written again, with links at their temporary names
+    cache = tmp_path / "cache"
+    shutil.copytree(shared["cache"], cache)
+    for folder in ("tokenizers", "tokens"):
+        for file in (cache / folder).iterdir():
+            file.unlink()
+            (cache / folder / f".{file.name}.tmp{PID}").symlink_to(precious)
+            (cache / folder / f".{file.name}.tmp{DEAD}").symlink_to(precious)
+    assert code(train_argv(shared, run, "--overwrite", cache=cache)) == 0
+    capsys.readouterr()
+    assert precious.read_text() == "precious" and sorted(p.name for p in mine.iterdir()) == ["keep.txt"]
+    for file in [*run.iterdir(), *(run / "model").iterdir(), *(cache / "tokens").iterdir()]:
+        assert not file.is_symlink(), file  # every output a regular file, every planted link gone
+    assert not list((cache / "tokenizers").glob(".*"))
+    assert load_checkpoint(run / "checkpoint.safetensors")["step"] == 3
+    assert load_model(run / "model") is not None
+
+
+def test_save_model_and_the_tokenizer_cache_never_follow_links(shared, tmp_path):
+    precious = victim(tmp_path)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    config = gpt2_config(vocab_size=97, block_size=16, n_layer=1, n_embd=32, n_head=2)
+    model = build_model(config, seed=0)
+    target = tmp_path / "model"
+    _files.tmp_path(target).symlink_to(mine, target_is_directory=True)
+    save_model(model, target)
+    _files.tmp_path(target, "old").symlink_to(mine, target_is_directory=True)
+    save_model(model, target, overwrite=True)
+    assert sorted(p.name for p in mine.iterdir()) == ["keep.txt"]
+    assert not any(p.is_symlink() for p in tmp_path.iterdir() if p.name.startswith(".model."))
+    corpus = stdlib_corpus(max_chars=20000)
+    cache = tmp_path / "cache"
+    path = cache / "tokenizers" / f"bpe-300-{corpus.fingerprint()}.json"
+    path.parent.mkdir(parents=True)
+    _files.tmp_path(path).symlink_to(precious)
+    tokenizer = cached_tokenizer(corpus, 300, cache)
+    assert precious.read_text() == "precious" and not path.is_symlink()
+    assert _data.load_tokenizer(path).to_str() == tokenizer.to_str()
+
+
+# ------------------------------------------------------------ 2. a run is not lost at its final evaluation
+def test_a_failing_final_evaluation_keeps_the_finished_run(shared, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    real = _train.evaluate
+
+    def failing(*args, **kwargs):
+        raise ValueError("evaluation failed")
+
+    monkeypatch.setattr(_train, "evaluate", failing)
+    assert code(train_argv(shared, out)) == 2
+    assert "evaluation failed" in capsys.readouterr().err
+    assert load_checkpoint(out / "checkpoint.safetensors")["step"] == 3  # the trained state was kept
+    monkeypatch.setattr(_train, "evaluate", real)
+    assert code(train_argv(shared, out, "--resume")) == 0  # runs the final evaluation
+    ref = shared["run"]
+    assert (out / "log.jsonl").read_bytes() == (ref / "log.jsonl").read_bytes()
+    assert (
+        load_checkpoint(out / "checkpoint.safetensors")["history"]
+        == load_checkpoint(ref / "checkpoint.safetensors")["history"]
+    )
+
+
+def test_too_little_text_is_refused_before_step_one(shared, tmp_path, capsys):
+    text = tmp_path / "short.txt"
+    text.write_text("".join(f"line {i} of the training text, a few words each\n" for i in range(200)))
+    out = tmp_path / "run"
+    assert code(train_argv(shared, out, "--data", str(text), "--block-size", "256")) == 2
+    one_line_error(capsys, "validation text has", "--block-size 256")
+    assert not (out / "log.jsonl").exists() and not (out / "checkpoint.safetensors").exists()
+    argv = [*COMPARE, "--rank", "4", "--steps", "2", "--cache-dir", str(shared["cache"])]
+    assert code([*argv, "--out", str(tmp_path / "c"), "--data", str(text), "--block-size", "256"]) == 2
+    assert "validation text has" in capsys.readouterr().err
+    assert not (tmp_path / "c" / "results.json").exists()
+    # --eval-tokens below one window: at parse time, and the library's message names the flag
+    assert code(train_argv(shared, tmp_path / "e", "--eval-tokens", "5")) == 2
+    one_line_error(capsys, "--eval-tokens 5", "--block-size 16")
+    assert not (tmp_path / "e").exists()
+    with pytest.raises(ValueError, match="--eval-tokens 5 is fewer than one window"):
+        _data.val_batches(torch.arange(100), block_size=16, max_tokens=5)
+
+
+# --------------------------------------------------- 3. compress and --overwrite replace only tensornet's own
+def test_compress_never_replaces_its_source_or_an_unmarked_folder(shared, tmp_path, capsys):
+    src = tmp_path / "src"
+    shutil.copytree(shared["run"] / "model", src)
+    before = {p.name: p.read_bytes() for p in src.iterdir()}
+    base = ["compress", "--rank", "2", "--shapes", "balanced", "--device", "cpu"]
+    for out in (src, src / "sub", tmp_path):
+        assert code([*base, str(src), "--out", str(out), "--overwrite"]) == 2
+        assert "source model folder" in one_line_error(capsys)
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == before
+    # a folder with save_model's file names that save_model did not write (no mark): refused
+    hf = tmp_path / "hf"
+    shutil.copytree(src, hf)
+    (hf / _files.MODEL_MARK).unlink()
+    kept = {p.name: p.read_bytes() for p in hf.iterdir()}
+    assert code([*base, str(src), "--out", str(hf), "--overwrite"]) == 2
+    one_line_error(capsys, "was not written by tensornet's save_model")
+    with pytest.raises(FileExistsError, match="not written by tensornet's save_model"):
+        save_model(load_model(src), hf, overwrite=True)
+    assert {p.name: p.read_bytes() for p in hf.iterdir()} == kept
+    # save_model's own folder is replaced
+    save_model(load_model(src), tmp_path / "copy")
+    save_model(load_model(src), tmp_path / "copy", overwrite=True)
+    # and a run folder's model/ from before the mark is still replaced when the run finishes
+    run = copy_run(shared, tmp_path / "run")
+    (run / "model" / _files.MODEL_MARK).unlink()
+    assert code(train_argv(shared, run, "--overwrite")) == 0
+    assert (run / "model" / _files.MODEL_MARK).is_file()
+
+
+# ------------------------------------------------------------------------- 4. cache cleanup: own names only
+def test_cache_cleanup_removes_only_the_cache_files_leftovers(shared, tmp_path):
+    corpus = stdlib_corpus(max_chars=20000)
+    tokenizer = cached_tokenizer(corpus, 300, shared["cache"])
+    cache = tmp_path / "cache"
+    shutil.copytree(shared["cache"], cache)
+    path = token_cache_path(corpus, tokenizer, cache)
+    path.unlink()  # the next call writes it, cleaning the folder first
+    users = [path.parent / f".notes.txt.tmp{DEAD}", path.parent / f".bashrc.old{DEAD}"]
+    for file in users:
+        file.write_text("mine")
+    own = path.parent / f".{path.name}.tmp{DEAD}"
+    own.write_bytes(b"partial")
+    cached_tokens(corpus, tokenizer, cache)
+    assert all(file.read_text() == "mine" for file in users) and not own.exists()
+
+
+# -------------------------------------------------------------- 5. crafted config.json: refused, nothing built
+CONFIG_EDITS = [
+    ({"vocab_size": 10**9}, "vocab_size"),
+    ({"n_positions": 10**9}, "n_positions"),
+    ({"n_embd": 2**20, "n_head": 1}, "n_embd"),
+    ({"n_layer": 10**7}, "n_layer"),
+    ({"n_layer": 5}, "n_layer 5"),
+    ({"n_positions": 32}, "n_positions"),
+    ({"n_embd": -32}, "n_embd"),
+    ({"n_head": 0}, "n_head"),
+    ({"n_head": 3}, "n_head"),
+    ({"n_layer": 1.5}, "n_layer"),
+    ({"n_embd": "32"}, "n_embd"),
+    ({"n_layer": [1]}, "n_layer"),
+    ({"layer_norm_epsilon": float("nan")}, "layer_norm_epsilon"),
+    ({"activation_function": "__import__('os')"}, "activation_function"),
+    ({"_attn_implementation": "flash_attention_2"}, "_attn_implementation"),
+    ({"model_type": "llama"}, "llama"),
+    ({"tie_word_embeddings": "yes"}, "tie_word_embeddings"),
+    ({"tensornet": {"method": "ttm", "layers": ["mlp"], "bias": True, "shapes": [1]}}, "shapes"),
+    ({"tensornet": {"method": "ttm", "layers": "mlp", "bias": True}}, "layers"),
+    ({"tensornet": {"method": "lowrank", "layers": ["mlp"], "bias": True, "rank": 2.7}}, "rank"),
+    ({"tensornet": [1, 2]}, "tensornet"),
+]
+
+
+def test_crafted_configs_are_refused_before_anything_is_built(shared, tmp_path, capsys, monkeypatch):
+    src = shared["run"] / "model"
+    base = json.loads((src / "config.json").read_text())
+    built = []
+    monkeypatch.setattr(_model, "rebuild", lambda *a: built.append(a))
+    for i, (edit, key) in enumerate(CONFIG_EDITS):
+        folder = tmp_path / str(i)
+        shutil.copytree(src, folder)
+        (folder / "config.json").write_text(json.dumps({**base, **edit}))
+        with pytest.raises(ValueError, match=r"config\.json") as err:
+            load_model(folder)
+        assert key in str(err.value), (edit, str(err.value))
+    assert not built
+    # through the command line: one line, exit 2
+    assert code(["eval", str(tmp_path / "0"), "--device", "cpu", "--max-chars", "2000"]) == 2
+    one_line_error(capsys, "vocab_size", "config.json")
+    # deep nesting, a device, and a model that cannot fit this machine's memory
+    (tmp_path / "1" / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match="nested too deeply"):
+        load_model(tmp_path / "1")
+    (tmp_path / "2" / "config.json").unlink()
+    (tmp_path / "2" / "config.json").symlink_to("/dev/zero")
+    with pytest.raises(ValueError, match="not a regular file"):
+        load_model(tmp_path / "2")
+    monkeypatch.setattr(_model, "memory_bytes", lambda device=None: 2**10)
+    with pytest.raises(ValueError, match="more than this machine's"):
+        load_model(src)
+
+
+# ------------------------------------------------------------- 6. crafted metadata, checkpoints, tokenizers
+def crafted(shared, tmp_path: Path, name: str, edit) -> Path:
+    run = copy_run(shared, tmp_path / name)
+    ckpt = load_checkpoint(run / "checkpoint.safetensors")
+    edit(ckpt)
+    save_checkpoint(run / "checkpoint.safetensors", ckpt)  # a valid checksum: crafted, not damaged
+    return run
+
+
+CHECKPOINT_EDITS = {
+    "opt-state-shape": (
+        lambda c: c["optimizer"]["state"][0].update(exp_avg=torch.zeros(1)),
+        "exp_avg (1,)",
+    ),
+    "opt-betas": (
+        lambda c: [g.update(betas=(0.5, 0.5)) for g in c["optimizer"]["param_groups"]],
+        "--beta1/--beta2",
+    ),
+    "opt-lr-scale": (
+        lambda c: [g.update(lr_scale=1e30) for g in c["optimizer"]["param_groups"]],
+        "--tt-lr-scale",
+    ),
+    "opt-weight-decay": (
+        lambda c: [g.update(weight_decay=0.5) for g in c["optimizer"]["param_groups"]],
+        "--weight-decay",
+    ),
+    "step-past-end": (lambda c: c.update(step=10, history={"loss": [1.0] * 10, "val": []}), "step 10"),
+    "step-bool": (lambda c: c.update(step=True, history={"loss": [1.0], "val": []}), "step True"),
+    "losses": (lambda c: c["history"].update(loss=[1.0]), "1 losses for step 3"),
+    "nan-loss": (lambda c: c["history"].update(loss=[float("nan")] * 3), "not finite"),
+    "model-dtype": (
+        lambda c: c["model"].update({k: v.half() for k, v in c["model"].items()}),
+        "torch.float16",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CHECKPOINT_EDITS))
+def test_crafted_checkpoints_are_refused_before_the_tokens(shared, tmp_path, capsys, monkeypatch, case):
+    edit, needle = CHECKPOINT_EDITS[case]
+    run = crafted(shared, tmp_path, case, edit)
+
+    def no_tokens(*args, **kwargs):
+        raise AssertionError("the tokens were read before the checkpoint was checked")
+
+    monkeypatch.setattr(_data, "cached_tokens", no_tokens)
+    assert code(train_argv(shared, run, "--resume")) == 2
+    one_line_error(capsys, "does not fit this run", needle)
+    # the library's resume checks the same, on the loaded checkpoint
+    monkeypatch.undo()
+    corpus = stdlib_corpus(max_chars=20000)
+    tokenizer = cached_tokenizer(corpus, 300, shared["cache"])
+    config = gpt2_config(vocab_size=tokenizer.get_vocab_size(), block_size=16, n_layer=1, n_embd=32, n_head=2)
+    cfg = _train.TrainConfig(steps=3, batch_size=4, block_size=16, lr=1e-3, warmup=2)
+    model = build_model(config)
+    signature = _train._signature(cfg, load_checkpoint(run / "checkpoint.safetensors")["signature"])
+    with pytest.raises(ValueError, match="does not fit this run"):
+        _train._restore(
+            run / "checkpoint.safetensors",
+            signature,
+            model,
+            _train.make_optimizer(model, cfg),
+            _train.History(),
+            cfg,
+        )
+
+
+def test_deeply_nested_metadata_is_an_error_not_a_crash(shared, tmp_path, capsys):
+    run = copy_run(shared, tmp_path / "run")
+    deep = "[" * 100_000 + "]" * 100_000
+    skeleton = deep
+    header = f"{_files.CHECKPOINT_FORMAT}\n{_files.CHECKPOINT_VERSION}\n{skeleton}"
+    metadata = {
+        "format": _files.CHECKPOINT_FORMAT,
+        "version": str(_files.CHECKPOINT_VERSION),
+        "skeleton": skeleton,
+        "sha256": _files.content_sha256({}, header),
+    }
+    _files.atomic_write(run / "checkpoint.safetensors", lambda f: _files.write_safetensors(f, {}, metadata))
+    assert code(train_argv(shared, run, "--resume")) == 2
+    one_line_error(capsys, "nested too deeply", "checkpoint.safetensors")
+    with pytest.raises(ValueError, match="nested too deeply"):
+        load_checkpoint(run / "checkpoint.safetensors")
+    (run / "tensornet-run.json").write_text(deep)
+    assert code(train_argv(shared, run, "--resume")) == 2
+    one_line_error(capsys, "tensornet-run.json", "nested too deeply")
+
+
+def test_malformed_gpt2_tokenizer_files_are_errors(tmp_path, capsys, shared):
+    cases = {
+        "not-json": ("x", "a b\n"),
+        "unknown-token": ('{"a": 0, "<|endoftext|>": 1}', "#version: 0.2\nx y\n"),
+        "not-a-merge": ('{"a": 0}', "a b c\n"),
+    }
+    for name, (vocab, merges) in cases.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "vocab.json").write_text(vocab)
+        (folder / "merges.txt").write_text(merges)
+        with pytest.raises(ValueError, match="--tokenizer"):
+            _data.load_tokenizer(folder)
+    model = str(shared["run"] / "model")
+    assert code(["eval", model, "--tokenizer", str(tmp_path / "unknown-token"), "--device", "cpu"]) == 2
+    one_line_error(capsys, "do not form a BPE tokenizer")
+    # a device or a FIFO: refused at once, not read forever
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in ("/dev/zero", str(fifo)):
+        assert code(["eval", model, "--tokenizer", path, "--device", "cpu", "--max-chars", "2000"]) == 2
+        one_line_error(capsys, "not a regular file")
+
+
+# ------------------------------------------------------------------ 7 and 8. flags bounded, paths not empty
+BIG = "99999999999999999999999"
+BAD = [
+    ("train", ["--n-layer", "100000"], "--n-layer"),
+    ("train", ["--n-layer", BIG], "--n-layer"),
+    ("train", ["--n-embd", "1048576"], "--n-embd"),
+    ("train", ["--n-head", BIG], "--n-head"),
+    ("train", ["--block-size", BIG], "--block-size"),
+    ("train", ["--batch-size", BIG], "--batch-size"),
+    ("train", ["--steps", BIG], "--steps"),
+    ("train", ["--rank", BIG], "--rank"),
+    ("train", ["--ncores", "100"], "--ncores"),
+    ("train", ["--n-layer", "256", "--n-embd", "16384", "--n-head", "16"], "--n-layer"),
+    ("train", ["--eval-tokens", "15"], "--eval-tokens"),
+    ("train", ["--data", ""], "--data"),
+    ("train", ["--tokenizer", ""], "--tokenizer"),
+    ("train", ["--cache-dir", ""], "--cache-dir"),
+    ("train", ["--out", ""], "--out"),
+    ("compare", ["--threads", BIG], "--threads"),
+    ("compare", ["--block-size", BIG], "--block-size"),
+    ("compare", ["--rank", "32"], "--no-lowrank"),
+    ("compress", ["--rank", "2", "--ncores", "99999"], "--ncores"),
+    ("compress", ["--rank", BIG], "--rank"),
+    ("compress", ["--rank", "2"], "--shapes balanced"),
+    ("compress", ["--rank", "2", "--shapes", "balanced", "--eval-tokens", "3"], "--eval-tokens"),
+    ("compress", ["--rank", "2", "--shapes", "balanced", "--text", ""], "--text"),
+    ("eval", ["--text", ""], "--text"),
+    ("eval", ["--tokenizer", ""], "--tokenizer"),
+    ("eval", ["--batch-size", BIG], "--batch-size"),
+    ("eval", ["--eval-tokens", "3"], "--eval-tokens"),
+    ("eval", ["--batch-size", "65536", "--block-size", "16"], "--batch-size"),
+]
+
+
+@pytest.mark.parametrize(("command", "flags", "names"), BAD)
+def test_out_of_bound_flags_are_one_line_errors_before_any_work(
+    shared, tmp_path, capsys, monkeypatch, command, flags, names
+):
+    out, cache = tmp_path / "out", tmp_path / "fresh-cache"
+    if command == "eval" and "65536" in flags:  # the logits of one batch cannot fit 1 GiB
+        monkeypatch.setattr(_model, "memory_bytes", lambda device=None: 2**30)
+    if command in ("train", "compare"):
+        argv = [*(COMPARE if command == "compare" else ["train", *TINY]), "--steps", "2"]
+        if "--out" not in flags:
+            argv += ["--out", str(out)]
+        if "--cache-dir" not in flags:
+            argv += ["--cache-dir", str(cache)]
+    else:
+        argv = [command, str(shared["run"] / "model"), "--device", "cpu"]
+        argv += ["--out", str(out)] if command == "compress" else []
+    assert code(argv + flags) == 2
+    one_line_error(capsys, names)
+    assert not out.exists() and not cache.exists()
+
+
+def test_a_malformed_torchrun_environment_is_an_error(shared, tmp_path, capsys, monkeypatch):
+    for value in ("0", "-2", "abc"):
+        monkeypatch.setenv("WORLD_SIZE", value)
+        compare = [*COMPARE, "--cache-dir", str(shared["cache"]), "--out", str(tmp_path / "c")]
+        for argv in (train_argv(shared, tmp_path / "t"), compare):
+            assert code(argv) == 2
+            one_line_error(capsys, "WORLD_SIZE")
+    assert not (tmp_path / "t").exists() and not (tmp_path / "c").exists()
+
+
+def test_eval_text_is_named_and_not_split(shared, tmp_path, capsys):
+    model = str(shared["run"] / "model")
+    short = tmp_path / "short.txt"
+    short.write_text("hello world\n")
+    assert code(["eval", model, "--text", str(short), "--device", "cpu"]) == 2
+    line = one_line_error(capsys, "--text")
+    assert "--data" not in line and "split" not in line
+    text = tmp_path / "text.txt"
+    text.write_text("def f(x):\n    return x + 1\n" * 20)
+    assert code(["eval", model, "--text", str(text), "--device", "cpu"]) == 0
+    assert "perplexity" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------- 9. errors that say what happened
+def test_resume_says_what_the_checkpoint_is(shared, tmp_path, capsys):
+    run = copy_run(shared, tmp_path / "dir")
+    (run / "checkpoint.safetensors").unlink()
+    (run / "checkpoint.safetensors").mkdir()
+    assert code(train_argv(shared, run, "--resume")) == 2
+    assert "stopped before" not in one_line_error(capsys, "is a folder")
+    run = copy_run(shared, tmp_path / "link")
+    (run / "checkpoint.safetensors").unlink()
+    (run / "checkpoint.safetensors").symlink_to(tmp_path / "gone")
+    assert code(train_argv(shared, run, "--resume")) == 2
+    one_line_error(capsys, "broken symbolic link")
+    # resuming a finished run: no "nan tokens/s"
+    run = copy_run(shared, tmp_path / "done")
+    assert code(train_argv(shared, run, "--resume")) == 0
+    out = capsys.readouterr().out
+    assert "nothing to train" in out and "already finished at step 3/3" in out and "nan" not in out
+
+
+def test_a_full_disk_names_the_file(shared, tmp_path, capsys, monkeypatch):
+    fsync = os.fsync
+
+    def full(fd: int) -> None:
+        if ".checkpoint.safetensors.tmp" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full)
+    out = tmp_path / "run"
+    assert code(train_argv(shared, out)) == 2
+    one_line_error(capsys, "cannot write", str(out / "checkpoint.safetensors"), "No space left", "free some")
+    assert not list(out.glob(".checkpoint.safetensors.tmp*"))  # the partial file is removed
