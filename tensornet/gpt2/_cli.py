@@ -509,19 +509,28 @@ def _dry_run(args, width: int, heads: int, *, rank: int, lowrank_rank: int | Non
 
 
 def _check_memory(
-    args, *, layers: int, width: int, vocab: int, block: int, training: bool, model: str | None = None
+    args,
+    *,
+    layers: int,
+    width: int,
+    vocab: int,
+    block: int,
+    training: bool,
+    model: str | None = None,
+    positions: int | None = None,
 ) -> None:
     """Refuse what cannot fit this machine's (or the device's) memory: the dense model as built (before any
     tensorization) with, when ``training``, its gradients and AdamW state, plus a lower bound of the
     activations of one batch (the logits and a few tensors per layer). Only sure failures are refused.
-    ``model``: the config.json the sizes come from (eval/compress), else they come from the flags."""
+    ``model``: the config.json the sizes come from (eval/compress: ``positions`` is its n_positions), else
+    they come from the flags."""
     from ._model import dense_params, memory_bytes
 
     device = torch.device(args.device) if args.device else default_device()
     have = memory_bytes(device)
     if have is None:
         return
-    params = dense_params(vocab=vocab, positions=block, width=width, layers=layers)
+    params = dense_params(vocab=vocab, positions=positions or block, width=width, layers=layers)
     weights = (16 if training else 4) * params
     activations = 4 * args.batch_size * block * (2 * vocab + (10 if training else 2) * layers * width)
     where = f"the {have / 2**30:,.1f} GiB of memory on {device}"
@@ -565,9 +574,8 @@ def check_compare(args) -> None:
     layers, width, heads = _dims(args)
     Distributed()  # a malformed torchrun environment
     _check_eval_tokens(args, args.block_size)
-    vocab = (
-        (args.vocab_size or 4096) if not args.tokenizer else 257
-    )  # a given tokenizer's size: not known yet
+    # a given tokenizer's size is not known yet: the smallest one possible (the tokens are checked again)
+    vocab = (args.vocab_size or 4096) if not args.tokenizer else 257
     _check_memory(args, layers=layers, width=width, vocab=vocab, block=args.block_size, training=True)
     if args.embedding_rank is not None and not args.embeddings:
         raise UsageError("--embedding-rank sets the TT embedding's rank; it needs --embeddings")
@@ -588,6 +596,7 @@ def check_train(args) -> None:
     _check_data_args(args)
     layers, width, heads = _dims(args)
     _check_eval_tokens(args, args.block_size)
+    # a given tokenizer's size is not known yet: the smallest one possible (checked again once it is read)
     vocab = (args.vocab_size or (4096 if args.preset == "tiny" else 16384)) if not args.tokenizer else 257
     _check_memory(args, layers=layers, width=width, vocab=vocab, block=args.block_size, training=True)
     if args.rank and args.lowrank:
@@ -670,6 +679,7 @@ def check_eval(args) -> dict:
         block=block,
         training=False,
         model=str(Path(args.model) / "config.json"),
+        positions=sizes["n_positions"],
     )
     return sizes
 

@@ -5,8 +5,11 @@
   skeleton and every tensor's name, dtype, shape and bytes, verified on load;
 * run folders: ``tensornet-run.json`` marks a folder as the package's own and lists the files it may write
   there; a lock file (``fcntl.flock``) keeps a second run out while the first is alive;
-* atomic writes: a temporary ``.NAME.tmpPID`` next to the target, ``fsync``, ``os.replace``. Leftovers of a
-  killed writer are removed at the next start (only names of this pattern, only the package's own names).
+* atomic writes: a temporary ``.NAME.tmpPID`` next to the target, created with ``O_EXCL | O_NOFOLLOW`` (never
+  a file or a symbolic link someone planted there) and written through its descriptor, ``fsync``,
+  ``os.replace`` (a link at the target is replaced itself, never written through). Leftovers of a killed
+  writer, and links planted under these names, are removed at the next start (only names of this pattern,
+  only the names the package writes in that folder).
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ def clear_leftover(path: Path, dir_files: Iterable[str] = ()) -> None:
     names = set(dir_files)
     if stat.S_ISDIR(st.st_mode) and names:
         inside = list(path.iterdir())
-        if all(_plain_file(p) and (p.name in names or _own_tmp(p.name, names)) for p in inside):
+        if all(plain_file(p) and (p.name in names or _own_tmp(p.name, names)) for p in inside):
             for p in inside:
                 p.unlink()
             path.rmdir()
@@ -84,7 +87,7 @@ def clear_leftover(path: Path, dir_files: Iterable[str] = ()) -> None:
     )
 
 
-def _plain_file(path: Path) -> bool:
+def plain_file(path: Path) -> bool:
     """A regular file, not a symbolic link (``Path.is_file`` follows links)."""
     try:
         return stat.S_ISREG(os.lstat(path).st_mode)
@@ -146,7 +149,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
         os.replace(tmp, path)
     except BaseException as err:
         with contextlib.suppress(OSError):
-            if _plain_file(tmp):
+            if plain_file(tmp):
                 tmp.unlink()
         if isinstance(err, OSError) and err.errno is not None:
             raise write_error(path, err) from None
@@ -230,7 +233,7 @@ def remove_stale_tmp(
             else:
                 inside = list(entry.iterdir())
                 if not all(
-                    _plain_file(p) and (p.name in dir_files or _own_tmp(p.name, dir_files)) for p in inside
+                    plain_file(p) and (p.name in dir_files or _own_tmp(p.name, dir_files)) for p in inside
                 ):
                     continue
                 for p in inside:

@@ -90,7 +90,7 @@ _MARK = {"format": "tensornet-model", "version": 1, "written_by": "tensornet.gpt
 def _marked(folder: Path) -> bool:
     """Whether ``folder`` carries save_model's mark file (a regular file with its format tag)."""
     mark = folder / _files.MODEL_MARK
-    if not _files._plain_file(mark):
+    if not _files.plain_file(mark):
         return False
     try:
         record = _files.parse_json(_files.read_small_file(mark, 65536, "save_model"))
@@ -124,7 +124,7 @@ def check_model_target(
                 f"{where}: {str(target)!r} already exists and is not empty; pass {flag} to replace a model "
                 "folder written by save_model, or choose a new folder"
             )
-        foreign = [p.name for p in entries if p.name not in _files.MODEL_FILES or not _files._plain_file(p)]
+        foreign = [p.name for p in entries if p.name not in _files.MODEL_FILES or not _files.plain_file(p)]
         if foreign:
             raise FileExistsError(
                 f"{where}: {str(target)!r} holds files save_model does not write ({', '.join(foreign[:5])}); "
