@@ -346,7 +346,7 @@ def _add_train_args(
         "--warmup",
         type=_NONNEG_STEPS,
         default=d.warmup,
-        help="linear warmup steps " + helps.get("warmup", f"(default {d.warmup})"),
+        help="linear warmup steps, up to 10**9 " + helps.get("warmup", f"(default {d.warmup})"),
     )
     g.add_argument(
         "--weight-decay",
@@ -380,13 +380,14 @@ def _add_train_args(
         "--eval-every",
         type=_NONNEG_STEPS,
         default=d.eval_every,
-        help="evaluate every N steps (0: only at the end; default %(default)s)",
+        help="evaluate every N steps, N <= 10**9 (0: only at the end; default %(default)s)",
     )
     g.add_argument(
         "--eval-tokens",
         type=_TOKENS,
         default=d.eval_tokens,
-        help="validation tokens per evaluation: 0 = all, else at least --block-size (default %(default)s)",
+        help="validation tokens per evaluation: 0 = all, else from --block-size to 2**40 (default "
+        "%(default)s)",
     )
     g.add_argument(
         "--device", type=_device, default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)"
@@ -984,7 +985,13 @@ def parser() -> argparse.ArgumentParser:
     )
     _add_data_args(p, max_chars=1_500_000)
     _add_model_args(p, preset=None, n_layer=4, n_embd=256, n_head=4)
-    _add_ttm_args(p, rank=32, shapes="balanced", ncores=4, help_rank="TT rank of the TTM model (default 32)")
+    _add_ttm_args(
+        p,
+        rank=32,
+        shapes="balanced",
+        ncores=4,
+        help_rank=f"TT rank of the TTM model, 1 to {MAX_RANK} (default 32)",
+    )
     p.add_argument("--no-lowrank", action="store_true", help="skip the low-rank baseline")
     p.add_argument(
         "--threads",
@@ -1044,14 +1051,17 @@ def parser() -> argparse.ArgumentParser:
     _add_data_args(p, max_chars=None)
     _add_model_args(p, preset="tiny")
     _add_ttm_args(
-        p, rank=0, shapes="paper", help_rank="TT rank for TTM layers; 0 trains the dense model (default 0)"
+        p,
+        rank=0,
+        shapes="paper",
+        help_rank=f"TT rank for TTM layers, up to {MAX_RANK}; 0 trains the dense model (default 0)",
     )
     p.add_argument(
         "--lowrank",
         type=_RANK0,
         default=0,
         metavar="R",
-        help="train the low-rank baseline with inner size R instead (default 0: off)",
+        help=f"train the low-rank baseline with inner size R <= {MAX_RANK} instead (default 0: off)",
     )
     _add_train_args(
         p,
@@ -1069,7 +1079,7 @@ def parser() -> argparse.ArgumentParser:
         "--checkpoint-every",
         type=_NONNEG_STEPS,
         default=0,
-        help="checkpoint every N steps (always at the end)",
+        help="checkpoint every N steps, N <= 10**9 (always at the end)",
     )
     p.add_argument(
         "--resume",
@@ -1081,7 +1091,7 @@ def parser() -> argparse.ArgumentParser:
         type=_STEPS,
         default=None,
         metavar="STEP",
-        help="stop (with a checkpoint) after STEP steps; continue later with --resume",
+        help="stop (with a checkpoint) after STEP steps, STEP <= 10**9; continue later with --resume",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -1099,7 +1109,10 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("model", type=_path, help="model folder (save_pretrained / tensornet.gpt2.save_model)")
         p.add_argument("--text", type=_path, metavar="PATH", help="UTF-8 text file or folder to evaluate on")
         p.add_argument(
-            "--max-chars", type=_CHARS, default=None, help="limit the embedded corpus to N characters"
+            "--max-chars",
+            type=_CHARS,
+            default=None,
+            help="limit the embedded corpus to N characters, N <= 2**40",
         )
         p.add_argument(
             "--tokenizer",
@@ -1123,7 +1136,7 @@ def parser() -> argparse.ArgumentParser:
             "--eval-tokens",
             type=_TOKENS,
             default=0,
-            help="evaluate at most N tokens: 0 = all, else at least the block size",
+            help="evaluate at most N tokens: 0 = all, else from the block size to 2**40",
         )
         p.add_argument(
             "--device", type=_device, default=None, help="cpu, cuda, ... (default: cuda if available)"
