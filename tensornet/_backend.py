@@ -11,12 +11,18 @@ import functools
 import importlib
 import os
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
 
 import array_api_compat
 import numpy as np
 
 Array = Any
+"""An array of any supported library (numpy ``ndarray``, ``torch.Tensor``); the array API has no static
+type that covers them all."""
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 def namespace(*arrays: Array, where: str = "tensornet") -> Any:
@@ -225,7 +231,7 @@ def available_memory() -> int | None:
         return None
 
 
-def exact(fn: Any) -> Any:
+def exact(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     """Run ``fn`` with torch's autocast off (a decorator for tensornet's algebra).
 
     Autocast is for neural-network layers: under ``torch.autocast`` a product of float32 cores would run
@@ -234,7 +240,7 @@ def exact(fn: Any) -> Any:
     autocast, as ``nn.Linear`` does). Costs nothing when torch is not imported or autocast is off."""
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         torch = sys.modules.get("torch")
         if torch is None:
             return fn(*args, **kwargs)

@@ -12,7 +12,7 @@ first sweep and each truncation of the second sweep are computed, chosen per cal
   This is done only where that tolerance is below 1% of the relative per-bond threshold, never for
   ``eps = 0``.
 * Second sweep (left to right), per bond: the certified Gram truncation of the small (s n, rho) matrix
-  (:func:`tensornet._truncation._gram_factors`: eigenvectors of its Gram matrix, discarded norm measured
+  (:func:`tensornet._truncation.gram_factors`: eigenvectors of its Gram matrix, discarded norm measured
   from the rotated matrix itself, rank minimality certified by Ostrowski's theorem, the Gram-SVD idea of
   Al Daas, Ballard and Benner, "Parallel algorithms for tensor train arithmetic", SISC 44 (2022)), which
   falls back to the SVD at that bond where it cannot certify (eps = 0, a binding ``max_rank``, a kept
@@ -32,7 +32,20 @@ from typing import Any
 import numpy as np
 
 from . import _backend as B
-from ._truncation import _choose_rank, _ErrorLog, _gram_factors, _log_rank, _qr_r, _row_norms2, _svd
+from . import _pow2
+from ._backend import Array
+from ._truncation import (
+    ErrorLog,
+    choose_rank,
+    differentiable,
+    gram_factors,
+    log_rank,
+    qr_r,
+    row_norms2,
+    safe_norm,
+    svd,
+)
+from .tt import TrainT
 
 # Noise tolerance of the first sweep, in units of u ||A||_F: Householder QR's backward error is
 # O(sqrt(m n) u ||A||); the trailing rows of exactly dependent columns measure ~2 u ||A||_F.
@@ -191,7 +204,7 @@ def _negligible(norms2: np.ndarray, budget2: float) -> np.ndarray:
     return np.sort(order[dropped:])
 
 
-def _drop_noise(factor: Any, tolerance: float, log: _ErrorLog) -> Any:
+def _drop_noise(factor: Any, tolerance: float, log: ErrorLog) -> Any:
     """``factor`` without its rows whose root-sum-square is at most ``tolerance ||factor||_F`` (at least
     one row is kept). With ``A^T = Q R``, dropping any set S of rows of R (and columns of Q) changes A^T
     by exactly ``||R_S||_F``; the rows of R past a column that depends on earlier ones hold only the
@@ -200,7 +213,7 @@ def _drop_noise(factor: Any, tolerance: float, log: _ErrorLog) -> Any:
     rows = int(factor.shape[0])
     if rows <= 1:
         return factor
-    norms2 = _row_norms2(factor)  # one pass and one host transfer
+    norms2 = row_norms2(factor)  # one pass and one host transfer
     top = float(np.max(norms2))
     if not top > 0.0:
         log.noise_rows += rows - 1
@@ -211,14 +224,14 @@ def _drop_noise(factor: Any, tolerance: float, log: _ErrorLog) -> Any:
     return _select(factor, keep, axis=0)
 
 
-def right_factors(op: Train | Sum, log: _ErrorLog, route: Route) -> list[Any]:
+def right_factors(op: Train | Sum, log: ErrorLog, route: Route) -> list[Any]:
     """Right to left, the R factors ``F_k`` (rho_k, r_{k-1}) with ``X_{>=k} = F_k^T Q_k^T``, Q_k
     orthonormal and never formed (X_{>=k}: the (r_{k-1}, n_k...n_d) unfolding of the cores from k on)."""
     factors: list[Any] = [None] * op.d
     factor = None
     for k in range(op.d - 1, 0, -1):
         unfolding = op.right(k, factor)  # (r_{k-1}, n_k rho_k) = X_{>=k} in the basis Q_{k+1}
-        factor = _qr_r(unfolding.T)
+        factor = qr_r(unfolding.T)
         if route.drop_noise:
             rows, cols = (int(s) for s in unfolding.shape)
             tolerance = _NOISE_FACTOR * math.sqrt(max(rows, cols)) * B.finfo_eps(unfolding)
@@ -229,7 +242,7 @@ def right_factors(op: Train | Sum, log: _ErrorLog, route: Route) -> list[Any]:
 
 
 # --- second sweep -----------------------------------------------------------------------------------
-def _truncate(reduced: Any, threshold: float | None, cap: int | None, log: _ErrorLog, route: Route) -> Any:
+def _truncate(reduced: Any, threshold: float | None, cap: int | None, log: ErrorLog, route: Route) -> Any:
     """Orthonormal ``U_r`` (m, rank) spanning the kept left singular subspace of ``reduced`` (m, p);
     the rank and the discarded norm are logged (``threshold`` None: from ``||reduced||_F``)."""
     xp = B.fast_namespace(reduced)
@@ -240,23 +253,23 @@ def _truncate(reduced: Any, threshold: float | None, cap: int | None, log: _Erro
             return kept
     if route.gram and min(m, p) >= route.gram_min:
         if m >= p:  # tall: V from the (p, p) Gram, then an orthonormal basis of reduced V_r
-            found = _gram_factors(reduced.T, threshold, cap, log)
+            found = gram_factors(reduced.T, threshold, cap, log)
             if found is not None:
                 log.kernels.append("gram")
                 q, _ = xp.linalg.qr(found[1].T)
                 return q
         else:  # wide: U straight from the (m, m) Gram
-            found = _gram_factors(reduced, threshold, cap, log)
+            found = gram_factors(reduced, threshold, cap, log)
             if found is not None:
                 log.kernels.append("gram")
                 return found[0]
-    u, s, _ = _svd(reduced)
-    rank = _log_rank(s, threshold, cap, log)
+    u, s, _ = svd(reduced)
+    rank = log_rank(s, threshold, cap, log)
     log.kernels.append("svd")
     return u[:, :rank]
 
 
-def _split_truncate(reduced: Any, threshold: float | None, cap: int | None, log: _ErrorLog) -> Any | None:
+def _split_truncate(reduced: Any, threshold: float | None, cap: int | None, log: ErrorLog) -> Any | None:
     """The truncation of ``reduced = [B S]`` (m, p; columns in any order) from the SVD of B alone, S
     being the smallest columns that hold at most 1% of the squared threshold; None where that is not
     certified.
@@ -269,7 +282,7 @@ def _split_truncate(reduced: Any, threshold: float | None, cap: int | None, log:
     ``reduced`` too when the smallest kept singular value of B exceeds the threshold (by interlacing,
     the SVD of ``reduced`` cannot drop it); otherwise, and where ``max_rank`` binds (Eckart-Young needs
     the whole matrix), None sends the caller to the full SVD. Cost: the SVD of (m, p') for p' <= p."""
-    norms2 = _row_norms2(reduced.T)
+    norms2 = row_norms2(reduced.T)
     top = float(np.max(norms2)) if norms2.size else 0.0
     if not top > 0.0 or not math.isfinite(top):
         return None
@@ -283,8 +296,8 @@ def _split_truncate(reduced: Any, threshold: float | None, cap: int | None, log:
     aside = np.ones(norms2.size, dtype=bool)
     aside[keep] = False
     small = float(np.sum(norms2[aside]))  # the set-aside columns' squared norm (at most the budget)
-    u, s, _ = _svd(_select(reduced, keep, axis=1))
-    rank, discarded, needed = _choose_rank(s, math.sqrt(limit * limit - small), cap)
+    u, s, _ = svd(_select(reduced, keep, axis=1))
+    rank, discarded, needed = choose_rank(s, math.sqrt(limit * limit - small), cap)
     if rank < needed:
         return None
     if rank > 1 and not B.to_float(s[rank - 1]) > limit:
@@ -296,7 +309,7 @@ def _split_truncate(reduced: Any, threshold: float | None, cap: int | None, log:
     return u[:, :rank]
 
 
-def sweep(op: Train | Sum, caps: list[int | None], log: _ErrorLog, route: Route) -> list[Any]:
+def sweep(op: Train | Sum, caps: list[int | None], log: ErrorLog, route: Route) -> list[Any]:
     """Round ``op`` (d >= 2): the cores of the result, left-orthonormal but the last.
 
     Notes: with the R factors ``F_k`` of :func:`right_factors` and the kept cores left-orthonormal,
@@ -321,3 +334,86 @@ def sweep(op: Train | Sum, caps: list[int | None], log: _ErrorLog, route: Route)
     last = op.last(carry)
     cores.append(xp.reshape(last, (int(last.shape[0]), op.mode(op.d - 1), 1)))
     return cores
+
+
+# --- orthogonalisation and the differentiable route --------------------------------------------------
+def _left_step(core: Array, nxt: Array) -> tuple[Array, Array]:
+    """QR of ``core`` (r, n, r'): the left-orthogonal core and the next core times R."""
+    xp = B.namespace(core)
+    r, n, _ = (int(s) for s in core.shape)
+    q, rmat = xp.linalg.qr(xp.reshape(core, (r * n, -1)))
+    new = int(q.shape[1])
+    r2, n2, r3 = (int(s) for s in nxt.shape)
+    moved = xp.matmul(rmat, xp.reshape(nxt, (r2, n2 * r3)))
+    return xp.reshape(q, (r, n, new)), xp.reshape(moved, (new, n2, r3))
+
+
+def _right_step(prev: Array, core: Array) -> tuple[Array, Array]:
+    """LQ of ``core`` (r, n, r'): the previous core times L and the right-orthogonal core."""
+    xp = B.namespace(core)
+    _, n, r2 = (int(s) for s in core.shape)
+    q, rmat = xp.linalg.qr(xp.permute_dims(xp.reshape(core, (-1, n * r2)), (1, 0)))
+    new = int(q.shape[1])
+    r0, n0, r1 = (int(s) for s in prev.shape)
+    left = xp.matmul(xp.reshape(prev, (r0 * n0, r1)), xp.permute_dims(rmat, (1, 0)))
+    return xp.reshape(left, (r0, n0, new)), xp.reshape(xp.permute_dims(q, (1, 0)), (new, n, r2))
+
+
+def orthogonalized(cores: list[Array], center: int) -> list[Array]:
+    """TT-layout cores left-orthogonal before ``center`` and right-orthogonal after it (Q formed)."""
+    cores = list(cores)
+    for k in range(center):
+        cores[k], cores[k + 1] = _left_step(cores[k], cores[k + 1])
+    for k in range(len(cores) - 1, center, -1):
+        cores[k - 1], cores[k] = _right_step(cores[k - 1], cores[k])
+    return cores
+
+
+def differentiable_sweep(cores: list[Array], caps: list[int | None], log: ErrorLog) -> list[Array]:
+    """TT-Toolbox rounding: right-to-left QR sweep (Q formed), then left-to-right truncated SVDs.
+
+    The route for cores that require grad (autograd differentiates every step) and for one core.
+    """
+    cores = orthogonalized(cores, 0)
+    xp = B.namespace(*cores)
+    log.total = safe_norm(cores[0])
+    if not math.isfinite(log.total):
+        raise ValueError(f"{log.fn}: the train has NaN or inf entries; rounding is undefined")
+    threshold = log.relative * log.total
+    for k in range(len(cores) - 1):
+        r, n, _ = (int(s) for s in cores[k].shape)
+        u, s, vh = svd(xp.reshape(cores[k], (r * n, -1)))
+        rank, discarded, needed = choose_rank(s, threshold, caps[k])
+        log.add(rank, discarded, needed)
+        log.kernels.append("svd")
+        cores[k] = xp.reshape(u[:, :rank], (r, n, rank))
+        r2, n2, r3 = (int(v) for v in cores[k + 1].shape)
+        carry = s[:rank, None] * vh[:rank, :]
+        cores[k + 1] = xp.reshape(xp.matmul(carry, xp.reshape(cores[k + 1], (r2, n2 * r3))), (rank, n2, r3))
+    return cores
+
+
+def rounded(
+    fn: str, like: TrainT, trains: list[list[Array]], eps: float | None, caps: list[int | None], route: Route
+) -> tuple[TrainT, ErrorLog]:
+    """Round the sum of ``trains`` (lists of TT-layout cores; one list: a plain train).
+
+    The result is wrapped like ``like``; returns it with the error log (``log.total`` is the norm of
+    the input). Data far from 1 are scaled by powers of two around the sweeps (:mod:`tensornet._pow2`).
+    """
+    d = len(trains[0])
+    log = ErrorLog(fn, eps)
+    log.relative = (eps or 0.0) / math.sqrt(max(d - 1, 1))
+    operand: Train | Sum
+    if len(trains) == 1:
+        cores, shift = _pow2.normalize_cores(fn, trains[0])
+        operand = Train(cores)
+    else:
+        scaled, shift = _pow2.normalize_terms(fn, trains)
+        operand = Sum(scaled)
+    if d == 1 or any(differentiable(c) for cores in trains for c in cores):
+        flat = operand.cores if isinstance(operand, Train) else operand.dense_cores()
+        result = differentiable_sweep(flat, caps, log)
+    else:
+        result = sweep(operand, caps, log, route)
+    return like._from_tt_layout(_pow2.restore(result, shift, at=-1)), log

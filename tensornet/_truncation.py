@@ -1,17 +1,14 @@
-"""Truncation kernels shared by TT-SVD and rounding: argument checks, exact power-of-two scaling,
-the rank rule, the error log, and the SVD / R-only QR / certified Gram kernels.
+"""Truncation kernels shared by TT-SVD and rounding: the rank rule, the error log, and the SVD / R-only
+QR / certified Gram kernels.
 
 Private: :mod:`tensornet.decomp` holds the public functions and states the truncation rule.
 """
 
 from __future__ import annotations
 
-import builtins
 import importlib
 import math
-import numbers
 import warnings
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -23,117 +20,8 @@ class RankCapWarning(UserWarning):
     """``max_rank`` stopped the result from meeting ``eps``; the message gives the achieved bound."""
 
 
-# --- argument checks --------------------------------------------------------------------------------
-def _check_eps(fn: str, eps: Any) -> float | None:
-    if eps is None:
-        return None
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
-        raise TypeError(f"{fn}: eps must be a real number or None, got {type(eps).__name__}")
-    value = float(eps)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{fn}: eps must be finite and >= 0 (a relative Frobenius error), got {eps}")
-    return value
-
-
-def _check_max_rank(fn: str, max_rank: Any, bonds: int) -> list[int | None]:
-    if max_rank is None:
-        return [None] * bonds
-    values = [max_rank] * bonds if not isinstance(max_rank, Sequence) else list(max_rank)
-    if len(values) != bonds:
-        raise ValueError(f"{fn}: max_rank has {len(values)} entries but the train has {bonds} bonds (d - 1)")
-    for k, value in enumerate(values):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise TypeError(
-                f"{fn}: max_rank must be an int or a sequence of ints, got {value!r} for bond {k}"
-            )
-        if value < 1:
-            raise ValueError(f"{fn}: max_rank must be >= 1, got {value} for bond {k}")
-    return [int(v) for v in values]
-
-
-def _check_precision(fn: str, dtype: Any) -> None:
-    name = B.dtype_name(dtype)
-    if name not in ("float32", "float64"):
-        raise TypeError(
-            f"{fn}: dtype {name} is not supported (the SVDs and QRs behind it exist in float32 and float64 "
-            f"only, and a result stored in another precision could not keep the eps guarantee); convert "
-            f"with .astype('float32') / .to(torch.float32) or t.to(dtype='float32')"
-        )
-
-
-def _check_dense(fn: str, x: Any) -> int:
-    """Validate a dense input; return the power-of-two exponent to divide it by before decomposing
-    (0 unless its largest magnitude is far from 1, see :func:`_scale_exponent`)."""
-    if not B.is_array(x):
-        raise TypeError(f"{fn}: expected a numpy array or torch tensor, got {type(x).__name__}")
-    if x.ndim < 1:
-        raise ValueError(f"{fn}: expected an array with at least one dimension, got a 0-d array")
-    if any(int(n) == 0 for n in x.shape):
-        raise ValueError(f"{fn}: the array has a zero-size dimension (shape {tuple(x.shape)})")
-    if B.is_complex(x) or not B.is_floating(x):
-        raise TypeError(f"{fn}: dtype {x.dtype} is not supported; use float32 or float64")
-    _check_precision(fn, x.dtype)
-    top = B.max_abs(x)  # NaN propagates through max: one pass checks finiteness too
-    if not math.isfinite(top):
-        raise ValueError(f"{fn}: the array contains NaN or inf; the decomposition is undefined")
-    return _scale_exponent([top], x.dtype)
-
-
-# --- scale ------------------------------------------------------------------------------------------
-# The SVDs and QRs are scale-safe (LAPACK rescales internally), but what tensornet computes around them
-# (Gram matrices, products of cores, squares of singular values) is not at the ends of the dtype's
-# range. Data far from 1 are therefore divided by a power of two first (exact) and the factor is put
-# back on one core of the result at the end, so eps and the error bound hold at every finite scale.
-def _scale_exponent(tops: Sequence[float], dtype: Any) -> int:
-    """0 when the magnitudes ``tops`` (of a dense array, or of each core of a train) multiply to
-    something safely inside ``dtype``'s range; otherwise the sum of their power-of-two exponents."""
-    exponents = [math.frexp(t)[1] if t > 0 else 0 for t in tops]
-    safe = 32 if B.dtype_name(dtype) == "float32" else 256  # a quarter of the exponent range
-    return 0 if builtins.sum(abs(e) for e in exponents) <= safe else builtins.sum(exponents)
-
-
-def _core_exponents(cores: Sequence[Any]) -> list[int]:
-    xp = B.namespace(*cores)
-    tops = xp.stack([xp.max(xp.abs(c)) for c in cores])  # one host transfer for all cores
-    values = np.asarray(B.to_backend(tops, "numpy"), dtype=np.float64)
-    if not np.all(np.isfinite(values)):
-        raise ValueError("the train has NaN or inf entries; the operation is undefined")
-    return [math.frexp(float(t))[1] if t > 0 else 0 for t in values]
-
-
-def _normalize_cores(fn: str, cores: list[Any]) -> tuple[list[Any], int]:
-    """Cores divided by powers of two near their magnitudes when their scale is extreme (see above),
-    and the exponent to put back on the result; ``(cores, 0)`` unchanged otherwise."""
-    try:
-        exponents = _core_exponents(cores)
-    except ValueError as err:
-        raise ValueError(f"{fn}: {err}") from None
-    dtype = cores[0].dtype
-    if _scale_exponent([2.0 ** max(min(e, 1000), -1000) for e in exponents], dtype) == 0:
-        return cores, 0
-    return [B.scale_pow2(c, -e) for c, e in zip(cores, exponents)], builtins.sum(exponents)
-
-
-def _restore_scale(cores: list[Any], exponent: int, at: int) -> list[Any]:
-    """Multiply the train by ``2^exponent``: on core ``at`` where that core can hold it (it carries the
-    norm in the results here), else spread over all cores (a norm near the dtype's maximum)."""
-    if exponent == 0:
-        return cores
-    cores = list(cores)
-    xp = B.namespace(*cores)
-    top = B.to_float(xp.max(xp.abs(cores[at])))
-    finfo = xp.finfo(cores[at].dtype)
-    # compared in log2: the scaled value itself may not be representable (math.ldexp would raise)
-    size = math.log2(top) + exponent if top > 0.0 else 0.0
-    if top == 0.0 or math.log2(float(finfo.smallest_normal)) <= size < math.log2(float(finfo.max)):
-        cores[at] = B.scale_pow2(cores[at], exponent)
-        return cores
-    share, rest = divmod(exponent, len(cores))
-    return [B.scale_pow2(c, share + (rest if k == at % len(cores) else 0)) for k, c in enumerate(cores)]
-
-
 # --- truncation -------------------------------------------------------------------------------------
-def _choose_rank(singular: Any, threshold: float, cap: int | None) -> tuple[int, float, int]:
+def choose_rank(singular: Any, threshold: float, cap: int | None) -> tuple[int, float, int]:
     """(rank kept, norm of the discarded values, rank eps alone would keep).
 
     The values are divided by the largest before squaring, so the choice is the same at every scale of
@@ -152,7 +40,7 @@ def _choose_rank(singular: Any, threshold: float, cap: int | None) -> tuple[int,
     return rank, math.sqrt(float(tail[rank])) * top, needed
 
 
-class _ErrorLog:
+class ErrorLog:
     def __init__(self, fn: str, eps: float | None) -> None:
         self.fn, self.eps, self.discarded, self.capped, self.bound = fn, eps, 0.0, False, 0.0
         self.relative, self.total, self.threshold = 0.0, 0.0, 0.0
@@ -184,13 +72,13 @@ class _ErrorLog:
         return bound
 
 
-def _svd(matrix: Any) -> tuple[Any, Any, Any]:
+def svd(matrix: Any) -> tuple[Any, Any, Any]:
     xp = B.namespace(matrix)
     return xp.linalg.svd(matrix, full_matrices=False)
 
 
 # Fast kernels. With the data not requiring grad, every SVD is taken on the small side of its matrix.
-# A wide (m, N) unfolding first tries the certified Gram route (_gram_factors: A A^T, its eigenvectors
+# A wide (m, N) unfolding first tries the certified Gram route (gram_factors: A A^T, its eigenvectors
 # V, B = V^T A; two BLAS-3 passes, and the rank and error are verified from B itself). When that cannot
 # be certified (singular values within ~sqrt(machine eps) ||A|| of the threshold, a binding max_rank,
 # eps = 0, extreme scaling) it is reduced to the (m, m) triangle R of a QR of its transpose
@@ -200,7 +88,7 @@ def _svd(matrix: Any) -> tuple[Any, Any, Any]:
 _BLOCK_ELEMENTS = 32768  # one block of the blocked QR: (rows, m) with rows * m ~ 256 KiB of float64
 
 
-def _safe_norm(x: Any) -> float:
+def safe_norm(x: Any) -> float:
     """||x||_F without overflow or underflow in the squares (NaN/inf entries give NaN/inf)."""
     xp = B.namespace(x)
     top = B.to_float(xp.max(xp.abs(x)))
@@ -213,11 +101,11 @@ def _is_torch(x: Any) -> bool:
     return B.backend_name(x) == "torch"
 
 
-def _differentiable(x: Any) -> bool:
+def differentiable(x: Any) -> bool:
     return bool(getattr(x, "requires_grad", False))
 
 
-def _qr_r(x: Any) -> Any:
+def qr_r(x: Any) -> Any:
     """The R factor of a (stack of) QR factorisation(s), Q not formed."""
     if _is_torch(x):
         torch = importlib.import_module("torch")
@@ -240,38 +128,38 @@ def _r_of_transpose(a: Any) -> Any:
     target = max(_BLOCK_ELEMENTS // max(m, 1), 4 * m)
     rows = _block_rows(total, m, target) if total >= 8 * m else None
     if rows is None:
-        return _qr_r(xp.permute_dims(a, (1, 0)))
+        return qr_r(xp.permute_dims(a, (1, 0)))
     # blocks (nb, rows, m) of a^T: each block's columns are contiguous pieces of a's rows
     blocks = xp.permute_dims(xp.reshape(a, (m, total // rows, rows)), (1, 2, 0))
-    stacked = xp.reshape(_qr_r(blocks), (-1, m))  # (nb * m, m): a^T = diag(Q_b) stacked
+    stacked = xp.reshape(qr_r(blocks), (-1, m))  # (nb * m, m): a^T = diag(Q_b) stacked
     while int(stacked.shape[0]) > 4 * target:
         count = int(stacked.shape[0]) // m
         group = _block_rows(count, 2, max(target // m, 2)) or count
-        stacked = xp.reshape(_qr_r(xp.reshape(stacked, (count // group, group * m, m))), (-1, m))
-    return _qr_r(stacked)
+        stacked = xp.reshape(qr_r(xp.reshape(stacked, (count // group, group * m, m))), (-1, m))
+    return qr_r(stacked)
 
 
-def _truncated_factors(
-    matrix: Any, threshold: float | None, cap: int | None, log: _ErrorLog
+def truncated_factors(
+    matrix: Any, threshold: float | None, cap: int | None, log: ErrorLog
 ) -> tuple[Any, Any, Any]:
     """(U_r, S_r V_r^T, singular values) of the truncated SVD of ``matrix`` (m, N); the rank is
-    chosen by :func:`_choose_rank` (``threshold`` None: from the norm of ``matrix``) and logged."""
+    chosen by :func:`choose_rank` (``threshold`` None: from the norm of ``matrix``) and logged."""
     xp = B.namespace(matrix)
     m, total = (int(n) for n in matrix.shape)
-    if not _differentiable(matrix) and total >= 2 * m:
-        certified = _gram_factors(matrix, threshold, cap, log)
+    if not differentiable(matrix) and total >= 2 * m:
+        certified = gram_factors(matrix, threshold, cap, log)
         if certified is not None:
             return certified
-        u, s, _ = _svd(xp.permute_dims(_r_of_transpose(matrix), (1, 0)))
-        rank = _log_rank(s, threshold, cap, log)
+        u, s, _ = svd(xp.permute_dims(_r_of_transpose(matrix), (1, 0)))
+        rank = log_rank(s, threshold, cap, log)
         kept = u[:, :rank]
         return kept, xp.matmul(xp.permute_dims(kept, (1, 0)), matrix), s
-    u, s, vh = _svd(matrix)
-    rank = _log_rank(s, threshold, cap, log)
+    u, s, vh = svd(matrix)
+    rank = log_rank(s, threshold, cap, log)
     return u[:, :rank], s[:rank, None] * vh[:rank, :], s
 
 
-def _row_norms2(b: Any) -> np.ndarray:
+def row_norms2(b: Any) -> np.ndarray:
     """Squared row norms of ``b`` as float64 numpy (no (m, N) temporary on numpy)."""
     if _is_torch(b):  # no (m, N) temporary: large CPU allocations cost torch page faults
         torch = importlib.import_module("torch")
@@ -280,8 +168,8 @@ def _row_norms2(b: Any) -> np.ndarray:
     return np.einsum("ij,ij->i", b, b).astype(np.float64)
 
 
-def _gram_factors(
-    matrix: Any, threshold: float | None, cap: int | None, log: _ErrorLog
+def gram_factors(
+    matrix: Any, threshold: float | None, cap: int | None, log: ErrorLog
 ) -> tuple[Any, Any, Any] | None:
     """Truncated factors of a wide ``matrix`` (m, N) from its Gram matrix, or None if not certified.
 
@@ -312,7 +200,7 @@ def _gram_factors(
     order = xp.arange(m - 1, -1, -1, device=B.device(matrix))
     vectors = xp.take(vectors, order, axis=1)  # descending eigenvalues, a copy: BLAS-ready strides
     rows = xp.matmul(xp.permute_dims(vectors, (1, 0)), matrix)  # B = V^T A, (m, N)
-    norms2 = _row_norms2(rows)
+    norms2 = row_norms2(rows)
     norm2 = float(np.sum(norms2))
     first = threshold is None
     if threshold is None:
@@ -339,9 +227,9 @@ def _gram_factors(
     return vectors[:, :needed], rows[:needed, :], None
 
 
-def _log_rank(singular: Any, threshold: float | None, cap: int | None, log: _ErrorLog) -> int:
+def log_rank(singular: Any, threshold: float | None, cap: int | None, log: ErrorLog) -> int:
     if threshold is None:  # the caller needs the norm first (first unfolding of tt_svd)
         threshold = log.pending(singular)
-    rank, discarded, needed = _choose_rank(singular, threshold, cap)
+    rank, discarded, needed = choose_rank(singular, threshold, cap)
     log.add(rank, discarded, needed)
     return rank

@@ -12,8 +12,9 @@ shaped like the result's cores (a TT/TTM or a list of arrays): these ops act cor
 core-wise too. No rule differentiates through ``round`` or renormalisation.
 
 Which ops use which rule with torch: ``linear`` has a custom autograd Function built on
-:func:`linear` (it saves only ``x`` and the cores unless ``save_weight`` is asked for); the other ops use plain autograd through their
-einsums, which for them keeps no more than their (small) inputs and the result cores.
+:func:`linear` (it saves only ``x`` and the cores unless ``save_weight`` is asked for); the other ops
+use plain autograd through their einsums, which for them keeps no more than their (small) inputs and
+the result cores.
 """
 
 from __future__ import annotations
@@ -22,26 +23,21 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import _backend as B
-from . import _linear
-from . import tt as _tt
+from . import _checks, _linear
+from ._backend import Array
 from ._einsum import einsum
+from ._layout import reshape_each, tt_layout
+from .tt import TT, TTM, Train, TrainT
 
 __all__ = ["dot", "full", "hadamard", "linear", "matmul", "matvec"]
 
+CoreGrads = list[Array]
+"""One gradient per core, shaped like the cores."""
+
 
 # --- helpers ----------------------------------------------------------------------------------------
-def _cores(
-    fn: str, train: Any, name: str, kind: type | tuple[type, ...] = (_tt.TT, _tt.TTM)
-) -> tuple[Any, ...]:
-    if not isinstance(train, kind):
-        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
-        raise TypeError(f"adjoint.{fn}: {name} must be a tensornet {names}, got {type(train).__name__}")
-    cores: tuple[Any, ...] = train.cores  # type: ignore[attr-defined]
-    return cores
-
-
-def _cotangent_cores(fn: str, grad: Any, expected: Sequence[tuple[int, ...]]) -> list[Any]:
-    cores = list(grad.cores) if isinstance(grad, (_tt.TT, _tt.TTM)) else list(grad)
+def _cotangent_cores(fn: str, grad: Any, expected: Sequence[tuple[int, ...]]) -> list[Array]:
+    cores = list(grad.cores) if isinstance(grad, (TT, TTM)) else list(grad)
     if len(cores) != len(expected):
         raise ValueError(
             f"adjoint.{fn}: the cotangent has {len(cores)} cores but the result has {len(expected)}; "
@@ -56,55 +52,93 @@ def _cotangent_cores(fn: str, grad: Any, expected: Sequence[tuple[int, ...]]) ->
     return cores
 
 
-def _flat(cores: Sequence[Any]) -> list[Any]:
-    """TTM cores as TT cores over merged modes ``m n`` (TT cores unchanged)."""
-    xp = B.namespace(*cores)
-    if cores[0].ndim == 3:
-        return list(cores)
-    return [
-        xp.reshape(c, (int(c.shape[0]), int(c.shape[1]) * int(c.shape[2]), int(c.shape[3]))) for c in cores
-    ]
+def _check_same_modes(fn: str, ca: Sequence[Array], cb: Sequence[Array]) -> None:
+    if len(ca) != len(cb):
+        raise ValueError(f"adjoint.{fn}: the trains have {len(ca)} and {len(cb)} cores; they must match")
+    for k, (x, y) in enumerate(zip(ca, cb)):
+        if int(x.shape[1]) != int(y.shape[1]):
+            raise ValueError(
+                f"adjoint.{fn}: core {k} has mode size {int(x.shape[1])} in the first train and "
+                f"{int(y.shape[1])} in the second; they must match"
+            )
 
 
-def _unflat(grads: Sequence[Any], cores: Sequence[Any]) -> list[Any]:
-    xp = B.namespace(*grads)
-    return [xp.reshape(g, tuple(int(s) for s in c.shape)) for g, c in zip(grads, cores)]
+def _shapes(cores: Sequence[Array]) -> list[tuple[int, ...]]:
+    return [tuple(int(s) for s in c.shape) for c in cores]
 
 
 # --- rules ------------------------------------------------------------------------------------------
 @B.exact
-def full(x: Any, grad: Any) -> list[Any]:
+def full(x: Train, grad: Array) -> CoreGrads:
     """VJP of :func:`tensornet.full`: the core gradients of ``sum(grad * full(x))``.
 
-    ``grad`` has the dense shape (``x.shape`` for a TT, ``(M, N)`` for a TTM).
-    Cost: ``O(r prod(n))`` for the first core, geometrically less for the others (one GEMM each,
-    the right environments shared).
+    Parameters
+    ----------
+    x : TT or TTM
+    grad : array
+        The dense cotangent, of shape ``x.shape`` (``(M, N)`` for a TTM).
+
+    Returns
+    -------
+    list of arrays
+        One gradient per core of ``x``, shaped like it.
+
+    Raises
+    ------
+    TypeError
+        ``x`` not a train.
+    ValueError
+        ``grad`` of another shape.
+
+    Cost: ``O(r prod(n))`` for the first core, geometrically less for the others (one GEMM each, the
+    right environments shared).
     """
-    cores = _cores("full", x, "x")
-    expected = x.shape
-    if tuple(int(s) for s in grad.shape) != tuple(expected):
+    _checks.check_train("adjoint.full", x, "x")
+    if tuple(int(s) for s in grad.shape) != tuple(x.shape):
         raise ValueError(
-            f"adjoint.full: grad has shape {tuple(grad.shape)} but full(x) has shape {tuple(expected)}"
+            f"adjoint.full: grad has shape {tuple(grad.shape)} but full(x) has shape {tuple(x.shape)}"
         )
-    ops = _linear.array_ops(grad, *cores)
-    if isinstance(x, _tt.TTM):
-        grad = _linear.dense_to_interleaved(cores, grad, ops)
-    return _unflat(_linear.tt_grads_from_dense(_flat(cores), grad, ops), cores)
+    ops = _linear.array_ops(grad, *x.cores)
+    if isinstance(x, TTM):
+        grad = _linear.dense_to_interleaved(x.cores, grad, ops)
+    return reshape_each(_linear.tt_grads_from_dense(x._tt_layout(), grad, ops), _shapes(x.cores))
 
 
 @B.exact
-def dot(a: Any, b: Any, grad: Any = 1.0) -> tuple[list[Any], list[Any]]:
-    """VJP of :func:`tensornet.dot` (``<a, b>``): ``(grads of a's cores, grads of b's cores)`` for the
-    scalar cotangent ``grad``.
+def dot(a: TrainT, b: TrainT, grad: Any = 1.0) -> tuple[CoreGrads, CoreGrads]:
+    """VJP of :func:`tensornet.dot` (``<a, b>``) for the scalar cotangent ``grad``.
 
+    Parameters
+    ----------
+    a, b : TT or TTM
+        Of one type and mode sizes.
+    grad : float or 0-d array
+
+    Returns
+    -------
+    (list of arrays, list of arrays)
+        The gradients of ``a``'s cores and of ``b``'s cores.
+
+    Raises
+    ------
+    TypeError
+        Not two trains of one type.
+    ValueError
+        Different numbers of cores or mode sizes.
+
+    Notes
+    -----
     Left environments ``L_k`` (``r_a x r_b``) and right environments ``R_k`` are built once; core k's
     gradient is ``L_k`` and ``R_{k+1}`` around the other train's core k. Unlike ``dot`` itself this does
     not renormalise: trains whose partial products overflow need rescaling first.
+
     Cost: ``O(d n r s (r + s))``.
     """
-    ca, cb = _flat(_cores("dot", a, "a")), _flat(_cores("dot", b, "b"))
+    _checks.check_train("adjoint.dot", a, "a")
+    _checks.check_train("adjoint.dot", b, "b")
     if type(a) is not type(b):
         raise TypeError(f"adjoint.dot: cannot combine a {type(a).__name__} with a {type(b).__name__}")
+    ca, cb = a._tt_layout(), b._tt_layout()
     _check_same_modes("dot", ca, cb)
     xp = B.namespace(*ca, *cb)
     d = len(ca)
@@ -117,31 +151,45 @@ def dot(a: Any, b: Any, grad: Any = 1.0) -> tuple[list[Any], list[Any]]:
         right[k] = einsum("anc,bnd,cd->ab", ca[k], cb[k], right[k + 1])
     grads_a = [einsum("ab,bnd,cd->anc", left[k], cb[k], right[k + 1]) * grad for k in range(d)]
     grads_b = [einsum("ab,anc,cd->bnd", left[k], ca[k], right[k + 1]) * grad for k in range(d)]
-    return _unflat(grads_a, a.cores), _unflat(grads_b, b.cores)
-
-
-def _check_same_modes(fn: str, ca: Sequence[Any], cb: Sequence[Any]) -> None:
-    if len(ca) != len(cb):
-        raise ValueError(f"adjoint.{fn}: the trains have {len(ca)} and {len(cb)} cores; they must match")
-    for k, (x, y) in enumerate(zip(ca, cb)):
-        if int(x.shape[1]) != int(y.shape[1]):
-            raise ValueError(
-                f"adjoint.{fn}: core {k} has mode size {int(x.shape[1])} in the first train and "
-                f"{int(y.shape[1])} in the second; they must match"
-            )
+    return reshape_each(grads_a, _shapes(a.cores)), reshape_each(grads_b, _shapes(b.cores))
 
 
 @B.exact
-def hadamard(a: Any, b: Any, grad: Any) -> tuple[list[Any], list[Any]]:
-    """VJP of :func:`tensornet.hadamard` for cotangent cores ``grad`` shaped like the result's
-    ``(r s, n, r' s')`` (``(r s, m, n, r' s')`` for TTM). Core-wise. Cost: ``O(d n r^2 s^2)``."""
-    ca, cb = _flat(_cores("hadamard", a, "a")), _flat(_cores("hadamard", b, "b"))
+def hadamard(a: TrainT, b: TrainT, grad: Any) -> tuple[CoreGrads, CoreGrads]:
+    """VJP of :func:`tensornet.hadamard` (``a * b``), core-wise.
+
+    Parameters
+    ----------
+    a, b : TT or TTM
+        Of one type and mode sizes.
+    grad : TT, TTM or list of arrays
+        Cotangent cores shaped like the result's ``(r s, n, r' s')`` (``(r s, m, n, r' s')`` for TTM).
+
+    Returns
+    -------
+    (list of arrays, list of arrays)
+        The gradients of ``a``'s and ``b``'s cores.
+
+    Raises
+    ------
+    ValueError
+        Mode sizes that differ, cotangent cores of the wrong number or shape.
+
+    Cost: ``O(d n r^2 s^2)``.
+    """
+    _checks.check_train("adjoint.hadamard", a, "a")
+    _checks.check_train("adjoint.hadamard", b, "b")
+    ca, cb = a._tt_layout(), b._tt_layout()
     _check_same_modes("hadamard", ca, cb)
     expected = [
-        (x.shape[0] * y.shape[0], *tuple(int(s) for s in xc.shape[1:-1]), x.shape[2] * y.shape[2])
+        (
+            int(x.shape[0]) * int(y.shape[0]),
+            *(int(s) for s in xc.shape[1:-1]),
+            int(x.shape[2]) * int(y.shape[2]),
+        )
         for x, y, xc in zip(ca, cb, a.cores)
     ]
-    gy = _flat(_cotangent_cores("hadamard", grad, [tuple(int(s) for s in e) for e in expected]))
+    gy = tt_layout(_cotangent_cores("hadamard", grad, expected))
     xp = B.namespace(*ca, *cb, *gy)
     grads_a, grads_b = [], []
     for x, y, g in zip(ca, cb, gy):
@@ -150,43 +198,12 @@ def hadamard(a: Any, b: Any, grad: Any) -> tuple[list[Any], list[Any]]:
         g5 = xp.reshape(g, (ra, rb, n, ra2, rb2))
         grads_a.append(einsum("acnbd,cnd->anb", g5, y))
         grads_b.append(einsum("acnbd,anb->cnd", g5, x))
-    return _unflat(grads_a, a.cores), _unflat(grads_b, b.cores)
+    return reshape_each(grads_a, _shapes(a.cores)), reshape_each(grads_b, _shapes(b.cores))
 
 
-@B.exact
-def matvec(a: Any, x: Any, grad: Any) -> tuple[list[Any], list[Any]]:
-    """VJP of :func:`tensornet.matvec` (``A @ x``) for cotangent cores ``grad`` shaped like the
-    result's ``(r s, m, r' s')``: ``(grads of A's cores, grads of x's cores)``. Core-wise.
-    Cost: ``O(d m n r^2 s^2)``."""
-    ca = _cores("matvec", a, "A", _tt.TTM)
-    cx = _cores("matvec", x, "x", _tt.TT)
-    if a.col_shape != x.shape:
-        raise ValueError(f"adjoint.matvec: A has col_shape {a.col_shape} but x has shape {x.shape}")
-    expected = [
-        (int(p.shape[0]) * int(q.shape[0]), int(p.shape[1]), int(p.shape[3]) * int(q.shape[2]))
-        for p, q in zip(ca, cx)
-    ]
-    gy = _cotangent_cores("matvec", grad, expected)
-    xp = B.namespace(*ca, *cx, *gy)
-    grads_a, grads_x = [], []
-    for p, q, g in zip(ca, cx, gy):
-        ra, m, _, ra2 = (int(s) for s in p.shape)
-        rx, _, rx2 = (int(s) for s in q.shape)
-        g5 = xp.reshape(g, (ra, rx, m, ra2, rx2))
-        grads_a.append(einsum("acmbd,cnd->amnb", g5, q))
-        grads_x.append(einsum("acmbd,amnb->cnd", g5, p))
-    return grads_a, grads_x
-
-
-@B.exact
-def matmul(a: Any, b: Any, grad: Any) -> tuple[list[Any], list[Any]]:
-    """VJP of :func:`tensornet.matmul` (``A @ B``) for cotangent cores ``grad`` shaped like the
-    result's ``(r s, m, n, r' s')``. Core-wise. Cost: ``O(d m k n r^2 s^2)``."""
-    ca = _cores("matmul", a, "A", _tt.TTM)
-    cb = _cores("matmul", b, "B", _tt.TTM)
-    if a.col_shape != b.row_shape:
-        raise ValueError(f"adjoint.matmul: A has col_shape {a.col_shape} but B has row_shape {b.row_shape}")
-    expected = [
+def _product_expected(ca: Sequence[Array], cb: Sequence[Array]) -> list[tuple[int, ...]]:
+    """The result's core shapes ``(r s, m, n, r' s')`` of the TTM product of cores ``ca`` and ``cb``."""
+    return [
         (
             int(p.shape[0]) * int(q.shape[0]),
             int(p.shape[1]),
@@ -195,7 +212,12 @@ def matmul(a: Any, b: Any, grad: Any) -> tuple[list[Any], list[Any]]:
         )
         for p, q in zip(ca, cb)
     ]
-    gy = _cotangent_cores("matmul", grad, expected)
+
+
+def _product_grads(
+    ca: Sequence[Array], cb: Sequence[Array], gy: Sequence[Array]
+) -> tuple[CoreGrads, CoreGrads]:
+    """Core-wise VJP of the TTM product ``C_k[:, i, j, :] = sum_l A_k[:, i, l, :] (x) B_k[:, l, j, :]``."""
     xp = B.namespace(*ca, *cb, *gy)
     grads_a, grads_b = [], []
     for p, q, g in zip(ca, cb, gy):
@@ -207,19 +229,117 @@ def matmul(a: Any, b: Any, grad: Any) -> tuple[list[Any], list[Any]]:
     return grads_a, grads_b
 
 
+@B.exact
+def matvec(a: TTM, x: TT, grad: Any) -> tuple[CoreGrads, CoreGrads]:
+    """VJP of :func:`tensornet.matvec` (``A @ x``), core-wise.
+
+    Parameters
+    ----------
+    a : TTM
+    x : TT
+        Of shape ``A.col_shape``.
+    grad : TT or list of arrays
+        Cotangent cores shaped like the result's ``(r s, m, r' s')``.
+
+    Returns
+    -------
+    (list of arrays, list of arrays)
+        The gradients of ``A``'s and ``x``'s cores.
+
+    Raises
+    ------
+    TypeError
+        ``A`` not a TTM, ``x`` not a TT.
+    ValueError
+        ``A.col_shape != x.shape``, cotangent cores of the wrong number or shape.
+
+    Notes
+    -----
+    ``x`` is the TTM with one column (``n_k = 1``): the rule is :func:`matmul`'s.
+
+    Cost: ``O(d m n r^2 s^2)``.
+    """
+    _checks.check_type("adjoint.matvec", a, TTM, "A")
+    _checks.check_type("adjoint.matvec", x, TT, "x")
+    if a.col_shape != x.shape:
+        raise ValueError(f"adjoint.matvec: A has col_shape {a.col_shape} but x has shape {x.shape}")
+    columns = reshape_each(x.cores, [(r, n, 1, s) for r, n, s in _shapes(x.cores)])
+    expected = _product_expected(a.cores, columns)
+    gy = _cotangent_cores("matvec", grad, [(e[0], e[1], e[3]) for e in expected])
+    grads_a, grads_x = _product_grads(a.cores, columns, reshape_each(gy, expected))
+    return grads_a, reshape_each(grads_x, _shapes(x.cores))
+
+
+@B.exact
+def matmul(a: TTM, b: TTM, grad: Any) -> tuple[CoreGrads, CoreGrads]:
+    """VJP of :func:`tensornet.matmul` (``A @ B``), core-wise.
+
+    Parameters
+    ----------
+    a, b : TTM
+        With ``A.col_shape == B.row_shape``.
+    grad : TTM or list of arrays
+        Cotangent cores shaped like the result's ``(r s, m, n, r' s')``.
+
+    Returns
+    -------
+    (list of arrays, list of arrays)
+        The gradients of ``A``'s and ``B``'s cores.
+
+    Raises
+    ------
+    TypeError
+        Not two TTMs.
+    ValueError
+        ``A.col_shape != B.row_shape``, cotangent cores of the wrong number or shape.
+
+    Cost: ``O(d m k n r^2 s^2)``.
+    """
+    _checks.check_type("adjoint.matmul", a, TTM, "A")
+    _checks.check_type("adjoint.matmul", b, TTM, "B")
+    if a.col_shape != b.row_shape:
+        raise ValueError(f"adjoint.matmul: A has col_shape {a.col_shape} but B has row_shape {b.row_shape}")
+    gy = _cotangent_cores("matmul", grad, _product_expected(a.cores, b.cores))
+    return _product_grads(a.cores, b.cores, gy)
+
+
 def linear(
-    x: Any, w: Any, grad_y: Any, *, need_x: bool = True, need_cores: bool = True
-) -> tuple[Any, list[Any] | None]:
+    x: Array, w: TTM, grad_y: Array, *, need_x: bool = True, need_cores: bool = True
+) -> tuple[Array | None, CoreGrads | None]:
     """VJP of :func:`tensornet.linear` (``y = x @ W.full().T``): ``(grad_x, grads of W's cores)``.
 
-    ``x`` is ``(..., N)`` and ``grad_y`` ``(..., M)``. The path is planned per token bucket
-    (:func:`tensornet.contract.plan_linear`): at large batch ``dx = dy W`` and ``dW = dy^T x`` (two
-    GEMMs, W rebuilt) then the core gradients from ``dW`` with shared environments; at small batch
-    reverse mode through the factorised sweep. A bias's gradient is ``grad_y`` summed over the
-    leading dimensions. Unrequested gradients are None.
+    Parameters
+    ----------
+    x : array of shape ``(..., N)``
+    w : TTM of shape (M, N)
+    grad_y : array of shape ``(..., M)``
+        With ``x``'s leading dimensions.
+    need_x, need_cores : bool
+        Which gradients to form; unrequested ones are None.
+
+    Returns
+    -------
+    (array or None, list of arrays or None)
+        ``grad_x`` shaped like ``x`` and the gradients of ``W``'s cores. A bias's gradient is ``grad_y``
+        summed over the leading dimensions.
+
+    Raises
+    ------
+    TypeError
+        ``W`` not a TTM.
+    ValueError
+        ``x`` not ending in N, ``grad_y`` not ending in M, leading dimensions that differ.
+
+    Notes
+    -----
+    The path is planned per token bucket (:func:`tensornet.contract.plan_linear`): at large batch
+    ``dx = dy W`` and ``dW = dy^T x`` (two GEMMs, W rebuilt) then the core gradients from ``dW`` with
+    shared environments; at small batch reverse mode through the factorised sweep.
+
     Cost: ``~4 B M N + O(M N r)`` or ``~2x`` the factorised forward, whichever is planned cheaper.
     """
-    cores = _cores("linear", w, "W", _tt.TTM)
+    _checks.check_type("adjoint.linear", w, TTM, "W")
+    cores = w.cores
     out_features, in_features = w.shape
     if int(x.shape[-1]) != in_features or int(grad_y.shape[-1]) != out_features:
         raise ValueError(
@@ -238,13 +358,8 @@ def linear(
         grad_x = xp.zeros(x.shape, dtype=x.dtype, device=B.device(x)) if need_x else None
         return grad_x, ([xp.zeros_like(c) for c in cores] if need_cores else None)
     plan = _linear.planned(x2d, cores, B.backend_name(x2d))
+    strategy, path = plan.backward.strategy, plan.backward.path
     grad_x, grads = _linear.linear_backward(
-        x2d,
-        cores,
-        gy2d,
-        plan.backward.strategy,
-        need_x=need_x,
-        need_cores=need_cores,
-        path=plan.backward.path,
+        x2d, cores, gy2d, strategy, need_x=need_x, need_cores=need_cores, path=path
     )
     return (xp.reshape(grad_x, x.shape) if grad_x is not None else None), grads

@@ -15,44 +15,11 @@ from typing import Any
 import numpy as np
 
 from . import _backend as B
-from .random import _check_shape
+from . import _checks
+from ._place import place
 from .tt import TT, TTM
 
 __all__ = ["delta", "eye", "laplacian", "ones", "zeros"]
-
-
-def _reference(fn: str, like: Any) -> Any:
-    if like is None:
-        return None
-    reference = like.cores[0] if isinstance(like, (TT, TTM)) else like
-    if not B.is_array(reference):
-        raise TypeError(f"{fn}: like must be an array, TT or TTM, got {type(like).__name__}")
-    return reference
-
-
-def _place(fn: str, cores: Sequence[np.ndarray], like: Any, dtype: Any) -> list[Any]:
-    """Host float64 ``cores`` on ``like``'s backend and device, in ``dtype`` (default: ``like``'s
-    dtype, or float64 without ``like``)."""
-    reference = _reference(fn, like)
-    if dtype is not None:
-        try:
-            B.dtype_name(dtype)
-        except TypeError:
-            raise TypeError(
-                f"{fn}: dtype {dtype!r} is not a dtype; use e.g. 'float32' or 'float64'"
-            ) from None
-    if reference is None:
-        target = np.dtype(B.dtype_name(dtype)) if dtype is not None else np.dtype(np.float64)
-        placed = [np.asarray(c, dtype=target) for c in cores]
-    else:
-        backend, device = B.backend_name(reference), B.device(reference)
-        placed = [B.to_backend(c, backend, device=device, dtype=dtype or reference.dtype) for c in cores]
-    if not B.is_floating(placed[0]) or B.is_complex(placed[0]):
-        raise TypeError(
-            f"{fn}: the cores would have dtype {placed[0].dtype}; trains are real floating point: pass "
-            "dtype='float64' (or 'float32'), or a floating-point like"
-        )
-    return placed
 
 
 def zeros(shape: Sequence[int], *, like: Any = None, dtype: Any = None) -> TT:
@@ -61,8 +28,8 @@ def zeros(shape: Sequence[int], *, like: Any = None, dtype: Any = None) -> TT:
     Raises TypeError/ValueError for a shape that is not a non-empty sequence of positive ints, a
     ``like`` that is not an array/TT/TTM, or a non-floating dtype.
     """
-    shape = _check_shape("zeros", "shape", shape)
-    return TT(_place("zeros", [np.zeros((1, n, 1)) for n in shape], like, dtype))
+    shape = _checks.check_shape("zeros", "shape", shape, scalar=True)
+    return TT(place("zeros", [np.zeros((1, n, 1)) for n in shape], like, dtype))
 
 
 def ones(shape: Sequence[int], *, like: Any = None, dtype: Any = None) -> TT:
@@ -70,8 +37,8 @@ def ones(shape: Sequence[int], *, like: Any = None, dtype: Any = None) -> TT:
 
     Raises as :func:`zeros`.
     """
-    shape = _check_shape("ones", "shape", shape)
-    return TT(_place("ones", [np.ones((1, n, 1)) for n in shape], like, dtype))
+    shape = _checks.check_shape("ones", "shape", shape, scalar=True)
+    return TT(place("ones", [np.ones((1, n, 1)) for n in shape], like, dtype))
 
 
 def delta(shape: Sequence[int], index: Sequence[int], *, like: Any = None, dtype: Any = None) -> TT:
@@ -83,7 +50,7 @@ def delta(shape: Sequence[int], index: Sequence[int], *, like: Any = None, dtype
     Raises TypeError for an index that is not a sequence of ints, ValueError for one of the wrong
     length or out of range (and as :func:`zeros`).
     """
-    shape = _check_shape("delta", "shape", shape)
+    shape = _checks.check_shape("delta", "shape", shape, scalar=True)
     if B.is_array(index) or not isinstance(index, Sequence) or isinstance(index, str):
         raise TypeError(f"delta: index must be a tuple of {len(shape)} ints, got {type(index).__name__}")
     if len(index) != len(shape):
@@ -99,7 +66,7 @@ def delta(shape: Sequence[int], index: Sequence[int], *, like: Any = None, dtype
         core = np.zeros((1, n, 1))
         core[0, int(i) % n, 0] = 1.0
         cores.append(core)
-    return TT(_place("delta", cores, like, dtype))
+    return TT(place("delta", cores, like, dtype))
 
 
 def eye(shape: Sequence[int], *, like: Any = None, dtype: Any = None) -> TTM:
@@ -109,8 +76,8 @@ def eye(shape: Sequence[int], *, like: Any = None, dtype: Any = None) -> TTM:
 
     Raises as :func:`zeros`.
     """
-    shape = _check_shape("eye", "shape", shape)
-    return TTM(_place("eye", [np.eye(n).reshape(1, n, n, 1) for n in shape], like, dtype))
+    shape = _checks.check_shape("eye", "shape", shape, scalar=True)
+    return TTM(place("eye", [np.eye(n).reshape(1, n, n, 1) for n in shape], like, dtype))
 
 
 def _check_step(step: Any, d: int) -> list[float]:
@@ -144,7 +111,7 @@ def laplacian(
     Raises TypeError/ValueError for a bad shape, a step that is not positive and finite (or not one per
     mode), and as :func:`zeros`.
     """
-    shape = _check_shape("laplacian", "shape", shape)
+    shape = _checks.check_shape("laplacian", "shape", shape, scalar=True)
     steps = _check_step(step, len(shape))
     d = len(shape)
     cores = []
@@ -163,4 +130,4 @@ def laplacian(
             core[1, :, :, 0] = second
             core[1, :, :, 1] = identity
             cores.append(core)
-    return TTM(_place("laplacian", cores, like, dtype))
+    return TTM(place("laplacian", cores, like, dtype))

@@ -2,7 +2,7 @@
 
 Every core has i.i.d. N(0, s^2) entries with ``s = std^(1/d) * (r_1 ... r_{d-1})^(-1/(2d))``, so each
 entry of the rebuilt tensor has mean 0 and variance exactly ``std^2``: an entry is a sum of
-``r_1 ... r_{d-1}`` products of d independent zero-mean factors (the t3f rule).
+``r_1 ... r_{d-1}`` products of d independent zero-mean factors (the rule of t3f's initialisers).
 """
 
 from __future__ import annotations
@@ -15,45 +15,11 @@ from typing import Any
 import numpy as np
 
 from . import _backend as B
-from .shapes import max_ranks
+from . import _checks, _place
+from .shapes import useful_ranks
 from .tt import TT, TTM
 
 __all__ = ["core_std", "random_tt", "random_ttm"]
-
-
-def _check_shape(fn: str, name: str, shape: Any) -> tuple[int, ...]:
-    if isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
-        shape = (shape,)
-    if isinstance(shape, np.ndarray) and shape.ndim == 1 and np.issubdtype(shape.dtype, np.integer):
-        shape = [int(n) for n in shape]
-    if not isinstance(shape, Sequence) or len(shape) == 0:
-        raise TypeError(f"{fn}: {name} must be a non-empty sequence of positive ints, got {shape!r}")
-    for k, n in enumerate(shape):
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-            raise ValueError(f"{fn}: {name}[{k}] = {n!r}; every mode size must be a positive int")
-    return tuple(int(n) for n in shape)
-
-
-def _check_ranks(fn: str, rank: Any, d: int) -> tuple[int, ...]:
-    """Bond ranks (r_1..r_{d-1}) from an int, d - 1 bond ranks, or d + 1 ranks with boundary 1s."""
-    if isinstance(rank, numbers.Integral) and not isinstance(rank, bool):
-        values = [int(rank)] * (d - 1)
-    elif isinstance(rank, Sequence) and not isinstance(rank, str):
-        values = [int(r) if isinstance(r, numbers.Integral) and not isinstance(r, bool) else r for r in rank]
-        if len(values) == d + 1:
-            if values[0] != 1 or values[-1] != 1:
-                raise ValueError(f"{fn}: ranks {tuple(rank)} given with boundaries must start and end with 1")
-            values = values[1:-1]
-        elif len(values) != d - 1:
-            raise ValueError(
-                f"{fn}: rank has {len(values)} entries; give an int, d - 1 = {d - 1} bond ranks or d + 1 = {d + 1} ranks"
-            )
-    else:
-        raise TypeError(f"{fn}: rank must be an int or a sequence of ints, got {type(rank).__name__}")
-    for k, r in enumerate(values):
-        if not isinstance(r, int) or r < 1:
-            raise ValueError(f"{fn}: rank {r!r} for bond {k + 1} must be an int >= 1")
-    return tuple(values)
 
 
 def _check_std(fn: str, std: Any) -> float:
@@ -63,21 +29,36 @@ def _check_std(fn: str, std: Any) -> float:
 
 
 def core_std(std: float, bond_ranks: Sequence[int]) -> float:
-    """Per-core entry std making the rebuilt entries have standard deviation ``std``."""
+    """Per-core entry std making the rebuilt entries have standard deviation ``std``.
+
+    Parameters
+    ----------
+    std : float
+        The target entry standard deviation of the dense tensor.
+    bond_ranks : sequence of int
+        ``(r_1, ..., r_{d-1})``.
+
+    Returns
+    -------
+    float
+        ``std^(1/d) * (r_1 ... r_{d-1})^(-1/(2d))``.
+    """
     d = len(bond_ranks) + 1
-    return std ** (1.0 / d) * math.prod(bond_ranks) ** (-1.0 / (2 * d))
+    return float(std ** (1.0 / d) * math.prod(bond_ranks) ** (-1.0 / (2 * d)))
 
 
 def _check_size(fn: str, mode_shapes: list[tuple[int, ...]], ranks: tuple[int, ...], itemsize: int) -> None:
-    """Refuse, before allocating, cores that cannot fit in the memory available now. They are drawn as
-    float64 on the host (each core with one temporary of its size while it is scaled) and then converted,
-    so the peak is ``8 n + 8 max(core) + itemsize n`` bytes for n parameters."""
+    """Refuse, before allocating, cores that cannot fit in the memory available now.
+
+    They are drawn as float64 on the host (each core with one temporary of its size while it is scaled)
+    and then converted, so the peak is ``8 n + 8 max(core) + itemsize n`` bytes for n parameters.
+    """
     sizes = [ranks[k] * math.prod(m) * ranks[k + 1] for k, m in enumerate(mode_shapes)]
     nparams = sum(sizes)
     peak = 8 * nparams + 8 * max(sizes) + itemsize * nparams
     memory = B.available_memory()
     if memory is not None and peak > memory:
-        useful = max_ranks([math.prod(m) for m in mode_shapes])
+        useful = useful_ranks([math.prod(m) for m in mode_shapes])
         raise ValueError(
             f"{fn}: ranks {ranks} give {nparams:,} parameters (about {peak / 2**30:,.1f} GiB at the peak of "
             f"drawing them), more than the {memory / 2**30:,.1f} GiB of memory available; lower the rank "
@@ -94,30 +75,19 @@ def _cores(
     like: Any,
     dtype: Any,
 ) -> list[Any]:
+    """Draw the cores on the host and place them like ``like`` (see :func:`random_tt`)."""
     ranks = (1, *bonds, 1)
-    reference = like.cores[0] if isinstance(like, (TT, TTM)) else like
-    target = dtype if dtype is not None else getattr(reference, "dtype", "float64")
-    _check_size(fn, mode_shapes, ranks, np.dtype(B.dtype_name(target)).itemsize if target is not None else 8)
+    _check_size(fn, mode_shapes, ranks, _place.target_itemsize(fn, like, dtype))
     rng = np.random.default_rng(seed)
     scale = core_std(std, bonds)
     cores = [
         scale * rng.standard_normal((ranks[k], *modes, ranks[k + 1])) for k, modes in enumerate(mode_shapes)
     ]
-    if like is not None:
-        reference = like.cores[0] if isinstance(like, (TT, TTM)) else like
-        if not B.is_array(reference):
-            raise TypeError(f"{fn}: like must be an array, TT or TTM, got {type(like).__name__}")
-        return [
-            B.to_backend(
-                c, B.backend_name(reference), device=B.device(reference), dtype=dtype or reference.dtype
-            )
-            for c in cores
-        ]
-    return [c.astype(np.dtype(B.dtype_name(dtype))) if dtype is not None else c for c in cores]
+    return _place.place(fn, cores, like, dtype)
 
 
 def random_tt(
-    shape: Sequence[int],
+    shape: int | Sequence[int],
     rank: int | Sequence[int],
     *,
     std: float = 1.0,
@@ -127,19 +97,48 @@ def random_tt(
 ) -> TT:
     """A random TT whose full tensor has entries of mean 0 and standard deviation ``std``.
 
-    ``rank``: an int, d - 1 bond ranks, or d + 1 ranks with the boundary 1s. ``seed``: anything
-    ``numpy.random.default_rng`` takes. ``like``: an array (or TT/TTM) whose backend, device and dtype
-    the cores get; ``dtype`` overrides the dtype (default float64 on numpy).
+    Parameters
+    ----------
+    shape : int or sequence of int
+        Mode sizes ``(n_1, ..., n_d)``.
+    rank : int or sequence of int
+        A rank spec: an int, the d - 1 bond ranks, or the d + 1 ranks with the boundary 1s.
+    std : float
+        Target standard deviation of the entries (>= 0).
+    seed : optional
+        Anything ``numpy.random.default_rng`` takes.
+    like : array, TT or TTM, optional
+        Whose backend, device and dtype the cores get.
+    dtype : optional
+        Overrides the dtype (default: ``like``'s, or float64).
+
+    Returns
+    -------
+    TT
+
+    Raises
+    ------
+    TypeError
+        A shape or rank that is not made of ints, a bad ``like`` or ``dtype``.
+    ValueError
+        Sizes or ranks below 1, a rank spec of the wrong length, a negative or non-finite std, ranks
+        whose cores would not fit in the memory available.
+
+    Notes
+    -----
+    The cores are drawn as float64 on the host with the module's rule, then converted.
+
+    Cost: ``O(d n r^2)``.
     """
-    shape = _check_shape("random_tt", "shape", shape)
-    bonds = _check_ranks("random_tt", rank, len(shape))
+    shape = _checks.check_shape("random_tt", "shape", shape, scalar=True)
+    bonds = _checks.parse_ranks("random_tt", "rank", rank, len(shape))
     std = _check_std("random_tt", std)
     return TT(_cores("random_tt", [(n,) for n in shape], bonds, std, seed, like, dtype))
 
 
 def random_ttm(
-    row_shape: Sequence[int],
-    col_shape: Sequence[int],
+    row_shape: int | Sequence[int],
+    col_shape: int | Sequence[int],
     rank: int | Sequence[int],
     *,
     std: float = 1.0,
@@ -149,15 +148,27 @@ def random_ttm(
 ) -> TTM:
     """A random TTM of shape ``(prod row_shape, prod col_shape)`` with entries of std ``std``.
 
-    Arguments as :func:`random_tt`; ``row_shape`` and ``col_shape`` have one entry per core.
+    Parameters
+    ----------
+    row_shape, col_shape : int or sequence of int
+        One entry per core each.
+    rank, std, seed, like, dtype
+        As :func:`random_tt`.
+
+    Returns
+    -------
+    TTM
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`random_tt`; shapes of different lengths.
+
+    Cost: ``O(d m n r^2)``.
     """
-    row_shape = _check_shape("random_ttm", "row_shape", row_shape)
-    col_shape = _check_shape("random_ttm", "col_shape", col_shape)
-    if len(row_shape) != len(col_shape):
-        raise ValueError(
-            f"random_ttm: row_shape {row_shape} and col_shape {col_shape} have different lengths; "
-            "pad the shorter with 1s"
-        )
-    bonds = _check_ranks("random_ttm", rank, len(row_shape))
+    row_shape = _checks.check_shape("random_ttm", "row_shape", row_shape, scalar=True)
+    col_shape = _checks.check_shape("random_ttm", "col_shape", col_shape, scalar=True)
+    _checks.check_same_length("random_ttm", ("row_shape", "col_shape"), row_shape, col_shape)
+    bonds = _checks.parse_ranks("random_ttm", "rank", rank, len(row_shape))
     std = _check_std("random_ttm", std)
     return TTM(_cores("random_ttm", list(zip(row_shape, col_shape)), bonds, std, seed, like, dtype))

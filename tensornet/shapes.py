@@ -6,7 +6,9 @@ import math
 import numbers
 from collections.abc import Sequence
 
-__all__ = ["factorize", "max_ranks", "prime_factors", "ttm_shapes"]
+from . import _checks
+
+__all__ = ["factorize", "prime_factors", "ttm_shapes", "useful_ranks"]
 
 
 _LARGEST = 2**64  # mode sizes and layer widths are far below this; larger numbers are refused
@@ -115,14 +117,29 @@ def ttm_shapes(
     return factorize(out_features, ncores), factorize(in_features, ncores)
 
 
-def max_ranks(mode_sizes: Sequence[int]) -> tuple[int, ...]:
-    """Useful maximum bond ranks ``min(prod n_1..n_k, prod n_{k+1}..n_d)`` for k = 1..d-1.
+def useful_ranks(mode_sizes: Sequence[int]) -> tuple[int, ...]:
+    """The largest useful bond ranks of a train with modes of ``mode_sizes``.
 
-    For a TTM pass ``m_k * n_k`` as the mode sizes.
+    Parameters
+    ----------
+    mode_sizes : sequence of int
+        ``(n_1, ..., n_d)``; for a TTM pass ``m_k * n_k``.
+
+    Returns
+    -------
+    tuple of int
+        ``min(prod n_1..n_k, prod n_{k+1}..n_d)`` for k = 1..d-1: the rank of unfolding k of any tensor
+        of this shape, so a larger TT rank adds parameters and no expressiveness.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Sizes that are not positive ints.
     """
-    sizes: list[int] = []
-    for k, n in enumerate(mode_sizes):
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-            raise ValueError(f"max_ranks: mode size {k} is {n!r}; every mode size must be a positive int")
-        sizes.append(int(n))
+    if isinstance(mode_sizes, Sequence) and len(mode_sizes) == 0:
+        return ()
+    sizes = _checks.check_shape("useful_ranks", "mode_sizes", mode_sizes)
     return tuple(min(math.prod(sizes[: k + 1]), math.prod(sizes[k + 1 :])) for k in range(len(sizes) - 1))
+
+
+max_ranks = useful_ranks  # TODO(issue 15): remove once gpt2 uses useful_ranks

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 
 from . import _backend as B
-from . import ops as _ops
-from .contract import einsum
-from .decomp import _check_eps, _check_precision, orthogonalize
-from .random import _check_shape
+from . import _checks, _pow2
+from ._einsum import einsum
+from ._truncation import choose_rank
+from .decomp import orthogonalize
 from .tt import TT
 
 __all__ = ["reshape"]
@@ -53,13 +53,6 @@ def _groups(sizes: tuple[int, ...], atoms: list[int]) -> list[int]:
     return counts
 
 
-def _rank(singular: Any, threshold: float) -> int:
-    """Smallest rank whose discarded tail has norm at most ``threshold`` (at least 1)."""
-    s = np.asarray(B.to_backend(singular, "numpy"), dtype=np.float64)
-    tail = np.concatenate([np.sqrt(np.cumsum((s * s)[::-1])[::-1]), [0.0]])
-    return max(1, int(np.flatnonzero(tail <= threshold)[0]))
-
-
 @B.exact
 def reshape(t: Any, shape: Sequence[int], *, eps: float | None = None) -> TT:
     """The same tensor with its modes regrouped in C order, e.g. ``(1024, 1024) <-> (2,) * 20``.
@@ -86,16 +79,16 @@ def reshape(t: Any, shape: Sequence[int], *, eps: float | None = None) -> TT:
     ValueError
         Sizes whose products differ, shapes that are not regroupings of each other, a bad ``eps``.
     """
-    _ops._require("reshape", t, TT, "t")
-    shape = _check_shape("reshape", "shape", shape)
-    eps = _check_eps("reshape", eps)
+    _checks.check_type("reshape", t, TT, "t")
+    shape = _checks.check_shape("reshape", "shape", shape, scalar=True)
+    eps = _checks.check_eps("reshape", eps)
     if math.prod(shape) != math.prod(t.shape):
         raise ValueError(
             f"reshape: shape {shape} has {math.prod(shape)} entries but the train's shape {t.shape} has "
             f"{math.prod(t.shape)}"
         )
     xp = B.namespace(*t.cores)
-    cores, exponent = _ops._normalized_cores(t.cores)
+    cores, exponent = _pow2.normalized_cores(t.cores)
     cores = _drop_unit_modes(cores)
     old = tuple(int(c.shape[1]) for c in cores)
     new = tuple(n for n in shape if n > 1)
@@ -104,11 +97,11 @@ def reshape(t: Any, shape: Sequence[int], *, eps: float | None = None) -> TT:
         cores = [xp.reshape(value, (1, 1, 1))] + [
             xp.ones((1, 1, 1), dtype=t.dtype, device=t.device) for _ in shape[1:]
         ]
-        return TT._trusted(_ops._spread_pow2(cores, exponent))
+        return TT._trusted(_pow2.spread(cores, exponent))
     atoms = _atoms("reshape", old, new)
     splits = [count for count in _groups(old, atoms) if count > 1]
     if splits:
-        _check_precision("reshape", t.dtype)
+        _checks.check_precision("reshape", t.dtype)
     pieces = _split(cores, _groups(old, atoms), atoms, eps, sum(count - 1 for count in splits))
     merged, j = [], 0
     for count in _groups(new, atoms):
@@ -118,7 +111,7 @@ def reshape(t: Any, shape: Sequence[int], *, eps: float | None = None) -> TT:
             core = xp.reshape(einsum("anb,bmc->anmc", core, piece), (r, n * int(piece.shape[1]), -1))
         merged.append(core)
         j += count
-    return TT._trusted(_ops._spread_pow2(_insert_unit_modes(merged, shape), exponent))
+    return TT._trusted(_pow2.spread(_insert_unit_modes(merged, shape), exponent))
 
 
 def _drop_unit_modes(cores: list[Any]) -> list[Any]:
@@ -182,7 +175,7 @@ def _split(cores: list[Any], counts: list[int], atoms: list[int], eps: float | N
             rest = int(core.shape[1]) // size
             right = int(core.shape[2])
             u, s, vh = xp.linalg.svd(xp.reshape(core, (r * size, rest * right)), full_matrices=False)
-            rank = _rank(s, threshold) if eps is not None else int(s.shape[0])
+            rank = choose_rank(s, threshold, None)[0] if eps is not None else int(s.shape[0])
             pieces.append(xp.reshape(u[:, :rank], (r, size, rank)))
             core = xp.reshape(s[:rank, None] * vh[:rank, :], (rank, rest, right))
         if eps is not None and k < len(cores) - 1:

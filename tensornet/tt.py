@@ -2,81 +2,30 @@
 
 Both are immutable lists of cores, validated once at construction; every operation returns a new
 object. The array library (numpy, torch, ...) is whatever the cores are.
+
+Vocabulary shared by both classes and the whole package: ``ncores`` is the number of cores d, ``ranks``
+the d + 1 TT ranks with the boundary 1s, ``largest_rank`` their maximum, ``nparams`` the numbers the
+cores store; ``shape`` and ``ndim`` are those of the dense object (a tensor for TT, a matrix for TTM).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from . import _backend as B
-from . import ops as _ops
-from ._einsum import einsum
+from . import _checks
+from ._backend import Array
+from ._layout import tt_layout, ttm_layout
 
-__all__ = ["TT", "TTM"]
+if TYPE_CHECKING:
+    from typing import TypeAlias
 
+__all__ = ["TT", "TTM", "Train", "TrainT"]
 
-def _validate(kind: str, cores: Any, core_ndim: int) -> tuple[Any, ...]:
-    if B.is_array(cores) or not isinstance(cores, Sequence):
-        raise TypeError(
-            f"{kind}: cores must be a list or tuple of arrays, got {type(cores).__name__}; "
-            f"wrap a single core as [core]"
-        )
-    cores = tuple(cores)
-    if not cores:
-        raise ValueError(f"{kind}: needs at least one core, got an empty list")
-    layout = "(r_{k-1}, n_k, r_k)" if core_ndim == 3 else "(r_{k-1}, m_k, n_k, r_k)"
-    for k, core in enumerate(cores):
-        if not B.is_array(core):
-            raise TypeError(f"{kind}: core {k} is a {type(core).__name__}, not an array")
-        if core.ndim != core_ndim:
-            raise ValueError(
-                f"{kind}: core {k} has shape {tuple(core.shape)} ({core.ndim}-D) but {kind} cores are "
-                f"{core_ndim}-D {layout}"
-            )
-        if any(int(n) == 0 for n in core.shape):
-            raise ValueError(f"{kind}: core {k} has shape {tuple(core.shape)} with a zero-size dimension")
-        if B.is_complex(core):
-            raise TypeError(
-                f"{kind}: core {k} is complex ({core.dtype}); tensornet supports real floats only"
-            )
-        if not B.is_floating(core):
-            raise TypeError(
-                f"{kind}: core {k} has dtype {core.dtype}; cores must be floating point (float32/float64), "
-                "convert with .astype / .to(dtype)"
-            )
-    B.namespace(*cores, where=kind)
-    first = cores[0]
-    for k, core in enumerate(cores[1:], start=1):
-        if core.dtype != first.dtype:
-            raise TypeError(
-                f"{kind}: core {k} has dtype {core.dtype} but core 0 has {first.dtype}; use one dtype"
-            )
-        if B.device(core) != B.device(first):
-            raise ValueError(
-                f"{kind}: core {k} is on device {B.device(core)} but core 0 is on {B.device(first)}; "
-                "move all cores to one device"
-            )
-    if int(cores[0].shape[0]) != 1:
-        raise ValueError(
-            f"{kind}: core 0 has shape {tuple(cores[0].shape)}; its first (boundary) rank must be 1, "
-            f"not {int(cores[0].shape[0])}"
-        )
-    if int(cores[-1].shape[-1]) != 1:
-        raise ValueError(
-            f"{kind}: core {len(cores) - 1} has shape {tuple(cores[-1].shape)}; its last (boundary) rank "
-            f"must be 1, not {int(cores[-1].shape[-1])}"
-        )
-    for k in range(len(cores) - 1):
-        left, right = int(cores[k].shape[-1]), int(cores[k + 1].shape[0])
-        if left != right:
-            raise ValueError(
-                f"{kind}: core {k} has shape {tuple(cores[k].shape)} but core {k + 1} has shape "
-                f"{tuple(cores[k + 1].shape)}; ranks must chain: the last size of core {k} ({left}) must "
-                f"equal the first size of core {k + 1} ({right})"
-            )
-    return cores
+TrainT = TypeVar("TrainT", bound="_Train")
+"""A TT or a TTM; functions annotated with it return the type they were given."""
 
 
 class _Train:
@@ -86,32 +35,40 @@ class _Train:
     _core_ndim = 0
     __array_ufunc__ = None  # numpy scalars defer to our reflected operators instead of densifying
 
-    _cores: tuple[Any, ...]
+    _cores: tuple[Array, ...]
 
-    def __init__(self, cores: Sequence[Any]) -> None:
-        object.__setattr__(self, "_cores", _validate(type(self).__name__, cores, self._core_ndim))
+    def __init__(self, cores: Sequence[Array]) -> None:
+        object.__setattr__(self, "_cores", _checks.check_cores(type(self).__name__, cores, self._core_ndim))
 
     @classmethod
-    def _trusted(cls, cores: Sequence[Any]) -> Any:
+    def _trusted(cls: type[TrainT], cores: Sequence[Array]) -> TrainT:
         """Wrap cores that are valid by construction (results of tensornet's own kernels)."""
         obj = object.__new__(cls)
         object.__setattr__(obj, "_cores", tuple(cores))
         return obj
 
+    def _tt_layout(self) -> list[Array]:
+        """The cores as TT cores ``(r, p, r')`` (a TTM's modes merged, ``p = m n``)."""
+        return tt_layout(self._cores)
+
+    def _from_tt_layout(self: TrainT, flat: Sequence[Array]) -> TrainT:
+        """A train of this one's type and mode shapes from TT-layout cores (ranks may differ)."""
+        raise NotImplementedError
+
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"{type(self).__name__} is immutable; operations return new objects")
 
-    def __reduce__(self) -> Any:
+    def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (list(self._cores),))
 
     # --- structure -------------------------------------------------------------------------------
     @property
-    def cores(self) -> tuple[Any, ...]:
+    def cores(self) -> tuple[Array, ...]:
         """The cores, a tuple of arrays (do not modify them in place)."""
         return self._cores
 
     @property
-    def ndim(self) -> int:
+    def ncores(self) -> int:
         """Number of cores d."""
         return len(self._cores)
 
@@ -121,15 +78,18 @@ class _Train:
         return (1, *(int(c.shape[-1]) for c in self._cores))
 
     @property
-    def max_rank(self) -> int:
+    def largest_rank(self) -> int:
+        """The largest TT rank ``max_k r_k``."""
         return max(self.ranks)
 
     @property
     def dtype(self) -> Any:
+        """The cores' dtype (a numpy dtype or a ``torch.dtype``)."""
         return self._cores[0].dtype
 
     @property
     def device(self) -> Any:
+        """The cores' device ('cpu' for numpy)."""
         return B.device(self._cores[0])
 
     @property
@@ -143,19 +103,26 @@ class _Train:
         return sum(math.prod(int(n) for n in c.shape) for c in self._cores)
 
     @property
-    def compression(self) -> float:
-        """Dense size divided by ``nparams``."""
-        return math.prod(self._dense_shape()) / self.nparams
-
-    def _dense_shape(self) -> tuple[int, ...]:
+    def shape(self) -> tuple[int, ...]:
+        """The dense shape (see the subclasses)."""
         raise NotImplementedError
 
-    def to(self, backend: str | None = None, *, device: Any = None, dtype: Any = None) -> Any:
+    @property
+    def ndim(self) -> int:
+        """Number of dimensions of the dense object, ``len(shape)``."""
+        return len(self.shape)
+
+    @property
+    def compression(self) -> float:
+        """Dense size divided by ``nparams``."""
+        return math.prod(self.shape) / self.nparams
+
+    def to(self: TrainT, backend: str | None = None, *, device: Any = None, dtype: Any = None) -> TrainT:
         """A copy on another backend ('numpy'/'torch'), device ('cpu'/'cuda') or dtype."""
         backend = backend or self.backend
         return type(self)([B.to_backend(c, backend, device=device, dtype=dtype) for c in self._cores])
 
-    def numpy(self) -> Any:
+    def numpy(self: TrainT) -> TrainT:
         """The same train with numpy cores (detached, on the CPU)."""
         return self.to("numpy")
 
@@ -165,49 +132,54 @@ class _Train:
         return f"ranks={self.ranks}, {self.backend} {dtype}{dev}, {self.nparams} params"
 
     # --- arithmetic sugar over tensornet.ops ----------------------------------------------------
-    def full(self) -> Any:
+    def full(self) -> Array:
         """The dense array (memory ``prod(shape)``; use only for small trains)."""
-        return _ops.full(self)
+        return _ops.full(cast("Train", self))
 
-    def __add__(self, other: Any) -> Any:
+    def norm(self) -> Array:
+        """The Frobenius norm (:func:`tensornet.norm`)."""
+        return _ops.norm(cast("Train", self))
+
+    # the binary operators pass any train on: ops checks that the operands are of one type
+    def __add__(self: TrainT, other: Any) -> TrainT:
         if isinstance(other, _Train):
-            return _ops.add(self, other)
-        return _ops.add_scalar(self, other) if _ops.is_scalar(other) else NotImplemented
+            return _ops.add(self, cast(TrainT, other))
+        return _ops.add_scalar(self, other) if _checks.is_scalar(other) else NotImplemented
 
-    def __radd__(self, other: Any) -> Any:
-        return _ops.add_scalar(self, other) if _ops.is_scalar(other) else NotImplemented
+    def __radd__(self: TrainT, other: Any) -> TrainT:
+        return _ops.add_scalar(self, other) if _checks.is_scalar(other) else NotImplemented
 
-    def __sub__(self, other: Any) -> Any:
+    def __sub__(self: TrainT, other: Any) -> TrainT:
         if isinstance(other, _Train):
-            return _ops.add(self, _ops.scale(other, -1.0))
-        return _ops.add_scalar(self, -other) if _ops.is_scalar(other) else NotImplemented
+            return _ops.add(self, _ops.scale(cast(TrainT, other), -1.0))
+        return _ops.add_scalar(self, -other) if _checks.is_scalar(other) else NotImplemented
 
-    def __rsub__(self, other: Any) -> Any:
-        return _ops.add_scalar(-self, other) if _ops.is_scalar(other) else NotImplemented
+    def __rsub__(self: TrainT, other: Any) -> TrainT:
+        return _ops.add_scalar(-self, other) if _checks.is_scalar(other) else NotImplemented
 
-    def __pow__(self, exponent: Any) -> Any:
+    def __pow__(self: TrainT, exponent: int) -> TrainT:
         return _ops.power(self, exponent)
 
-    def __neg__(self) -> Any:
+    def __neg__(self: TrainT) -> TrainT:
         return _ops.scale(self, -1.0)
 
-    def __pos__(self) -> Any:
+    def __pos__(self: TrainT) -> TrainT:
         return self
 
-    def __mul__(self, other: Any) -> Any:
+    def __mul__(self: TrainT, other: Any) -> TrainT:
         if isinstance(other, _Train):
-            return _ops.hadamard(self, other)
-        if _ops.is_scalar(other):
+            return _ops.hadamard(self, cast(TrainT, other))
+        if _checks.is_scalar(other):
             return _ops.scale(self, other)
         return NotImplemented
 
-    def __rmul__(self, other: Any) -> Any:
-        return _ops.scale(self, other) if _ops.is_scalar(other) else NotImplemented
+    def __rmul__(self: TrainT, other: Any) -> TrainT:
+        return _ops.scale(self, other) if _checks.is_scalar(other) else NotImplemented
 
-    def __truediv__(self, other: Any) -> Any:
-        if not _ops.is_scalar(other):
+    def __truediv__(self: TrainT, other: Any) -> TrainT:
+        if not _checks.is_scalar(other):
             return NotImplemented
-        other = _ops._scalar_like("/", self, other)
+        other = _checks.check_scalar("/", self, other)
         if not isinstance(other, float) and not getattr(other, "requires_grad", False):
             other = float(other)  # no graph to keep: a host number, checked below like any other
         if isinstance(other, float) and other == 0.0:
@@ -219,7 +191,8 @@ class TT(_Train):
     """A tensor in tensor-train format.
 
     Core ``k`` has shape ``(r_{k-1}, n_k, r_k)`` with boundary ranks ``r_0 = r_d = 1``; the tensor is
-    ``x[i_1, ..., i_d] = G_1[:, i_1, :] @ G_2[:, i_2, :] @ ... @ G_d[:, i_d, :]``.
+    ``x[i_1, ..., i_d] = G_1[:, i_1, :] @ G_2[:, i_2, :] @ ... @ G_d[:, i_d, :]``. ``shape`` is
+    ``(n_1, ..., n_d)``, so ``ndim == ncores``.
 
     Parameters
     ----------
@@ -236,13 +209,13 @@ class TT(_Train):
     __slots__ = ()
     _core_ndim = 3
 
+    def _from_tt_layout(self, flat: Sequence[Array]) -> TT:
+        return TT._trusted(flat)
+
     @property
     def shape(self) -> tuple[int, ...]:
         """Mode sizes ``(n_1, ..., n_d)``."""
         return tuple(int(c.shape[1]) for c in self._cores)
-
-    def _dense_shape(self) -> tuple[int, ...]:
-        return self.shape
 
     def __repr__(self) -> str:
         return f"TT(shape={self.shape}, {self._describe()})"
@@ -250,14 +223,12 @@ class TT(_Train):
     def __getitem__(self, index: Any) -> Any:
         return _ops.getitem(self, index)
 
-    def __rmatmul__(self, other: Any) -> Any:
+    def __rmatmul__(self, other: Any) -> TT:
         return _ops.matvec(other, self) if isinstance(other, TTM) else NotImplemented
 
-    def sum(self, axis: Any = None) -> Any:
+    def sum(self, axis: int | Sequence[int] | None = None) -> Any:
+        """Sum over all modes or over ``axis`` (:func:`tensornet.sum`)."""
         return _ops.sum(self, axis=axis)
-
-    def norm(self) -> Any:
-        return _ops.norm(self)
 
 
 class TTM(_Train):
@@ -268,6 +239,12 @@ class TTM(_Train):
     over ``row_shape = m`` and column index ``(j_1..j_d)`` over ``col_shape = n``:
     ``A[(i_1..i_d), (j_1..j_d)] = G_1[:, i_1, j_1, :] @ ... @ G_d[:, i_d, j_d, :]``.
     A layer weight is stored like ``torch.nn.Linear.weight``: ``(out_features, in_features)``.
+    ``shape`` is ``(M, N)``, so ``ndim == 2``; ``ncores`` counts the cores.
+
+    Parameters
+    ----------
+    cores : sequence of arrays
+        d >= 1 arrays of one backend, dtype and device, real floating point.
 
     Raises
     ------
@@ -278,21 +255,23 @@ class TTM(_Train):
     __slots__ = ()
     _core_ndim = 4
 
+    def _from_tt_layout(self, flat: Sequence[Array]) -> TTM:
+        return TTM._trusted(ttm_layout(flat, self.row_shape, self.col_shape))
+
     @property
     def row_shape(self) -> tuple[int, ...]:
+        """Row mode sizes ``(m_1, ..., m_d)``."""
         return tuple(int(c.shape[1]) for c in self._cores)
 
     @property
     def col_shape(self) -> tuple[int, ...]:
+        """Column mode sizes ``(n_1, ..., n_d)``."""
         return tuple(int(c.shape[2]) for c in self._cores)
 
     @property
     def shape(self) -> tuple[int, int]:
         """The matrix shape ``(M, N)``."""
         return (math.prod(self.row_shape), math.prod(self.col_shape))
-
-    def _dense_shape(self) -> tuple[int, ...]:
-        return self.shape
 
     @property
     def T(self) -> TTM:
@@ -312,31 +291,10 @@ class TTM(_Train):
             return _ops.matmul(self, other)
         return NotImplemented
 
-    def norm(self) -> Any:
-        return _ops.norm(self)
 
+Train: TypeAlias = "TT | TTM"
+"""Either train type, for arguments that take both."""
 
-def _full_tt(cores: Sequence[Any]) -> Any:
-    """Dense tensor of TT cores, contracted left to right (one GEMM per core)."""
-    xp = B.namespace(*cores)
-    result = cores[0]
-    shape = [int(result.shape[1])]
-    result = xp.reshape(result, (shape[0], int(result.shape[2])))
-    for core in cores[1:]:
-        result = einsum("ar,rbs->abs", result, core)
-        shape.append(int(core.shape[1]))
-        result = xp.reshape(result, (-1, int(core.shape[2])))
-    return xp.reshape(result, tuple(shape))
-
-
-def _full_ttm(cores: Sequence[Any]) -> Any:
-    xp = B.namespace(*cores)
-    rows, cols = 1, 1
-    result = xp.reshape(cores[0], tuple(int(n) for n in cores[0].shape[1:]))  # (m, n, r)
-    rows, cols = int(cores[0].shape[1]), int(cores[0].shape[2])
-    for core in cores[1:]:
-        m, n = int(core.shape[1]), int(core.shape[2])
-        result = einsum("MNr,rmns->MmNns", result, core)
-        rows, cols = rows * m, cols * n
-        result = xp.reshape(result, (rows, cols, int(core.shape[3])))
-    return xp.reshape(result, (rows, cols))
+# ops implements the operators and builds trains of these classes: imported once they exist, so that either
+# module may be imported first
+from . import ops as _ops  # noqa: E402

@@ -56,7 +56,7 @@ def _jvp_multilinear(f, args, tangents, *, corewise=False):
     total = None
     for i, (arg, tangent) in enumerate(zip(args, tangents)):
         if isinstance(arg, (tn.TT, tn.TTM)) and not corewise:
-            for k in range(arg.ndim):
+            for k in range(arg.ncores):
                 replaced = list(args)
                 replaced[i] = _replace(arg, k, tangent.cores[k])
                 part = f(*replaced)
@@ -76,7 +76,7 @@ def _params(args):
     return out
 
 
-SMALL = dict(max_ndim=3, max_size=3, max_rank=3)
+SMALL = dict(max_ncores=3, max_size=3, max_rank=3)
 
 
 @given(tst.tts(**SMALL), st.integers(0, 2**16))
@@ -160,7 +160,7 @@ def test_matmul_identity(data, seed):
     _check_identity(jv, w.cores, [*va.cores, *vb.cores], [*ga, *gb], tn._backend.dtype_name(a.dtype))
 
 
-@given(tst.ttms(max_ndim=3, max_size=3, max_rank=3), st.integers(1, 9), st.integers(0, 2**16))
+@given(tst.ttms(max_ncores=3, max_size=3, max_rank=3), st.integers(1, 9), st.integers(0, 2**16))
 def test_linear_identity(w_train, tokens, seed):
     rows, cols = w_train.shape
     x = _random_array((tokens, cols), w_train.cores[0], seed)
@@ -195,7 +195,7 @@ def _check_finite_difference(f, args, tangents, cotangent_parts, vjp_parts):
 NUMPY64 = dict(backend="numpy", dtype="float64")
 
 
-@given(tst.ttms(max_ndim=3, max_size=3, max_rank=3, **NUMPY64), st.integers(1, 6), st.integers(0, 2**16))
+@given(tst.ttms(max_ncores=3, max_size=3, max_rank=3, **NUMPY64), st.integers(1, 6), st.integers(0, 2**16))
 def test_linear_finite_differences(w_train, tokens, seed):
     rows, cols = w_train.shape
     rng = np.random.default_rng(seed)
@@ -209,7 +209,7 @@ def test_linear_finite_differences(w_train, tokens, seed):
     _check_finite_difference(lambda p, q: [tn.linear(p, q)], [x, w_train], [vx, vw], [gy], [gx, *gcores])
 
 
-@given(tst.tts(max_ndim=3, max_size=3, max_rank=3, **NUMPY64), st.integers(0, 2**16))
+@given(tst.tts(max_ncores=3, max_size=3, max_rank=3, **NUMPY64), st.integers(0, 2**16))
 def test_full_and_dot_finite_differences(t, seed):
     v, u = _like(t, seed), _like(t, seed + 1)
     w = np.random.default_rng(seed).standard_normal(t.shape)
@@ -218,7 +218,7 @@ def test_full_and_dot_finite_differences(t, seed):
     _check_finite_difference(lambda x, y: [tn.dot(x, y)], [t, u], [v, _like(u, seed + 2)], [1.0], [*ga, *gb])
 
 
-@given(tst.ttms(max_ndim=3, max_size=3, max_rank=2, **NUMPY64), st.integers(0, 2**16))
+@given(tst.ttms(max_ncores=3, max_size=3, max_rank=2, **NUMPY64), st.integers(0, 2**16))
 def test_matvec_matmul_hadamard_finite_differences(a, seed):
     x = tn.random_tt(a.col_shape, 2, seed=seed)
     b = tn.random_ttm(a.col_shape, a.row_shape, 2, seed=seed + 1)

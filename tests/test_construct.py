@@ -262,7 +262,7 @@ def test_scalar_shifts_and_powers(t, c, k):
     ):
         assert type(result) is type(t) and result.dtype == t.dtype
         assert_close(result.full(), expected, t.dtype, scale)
-    grown = tuple(r + 1 if 0 < j < t.ndim else 1 for j, r in enumerate(t.ranks))
+    grown = tuple(r + 1 if 0 < j < t.ncores else 1 for j, r in enumerate(t.ranks))
     assert (t + c).ranks == (t.ranks if c == 0 else grown)  # adding 0 returns t itself
     powered = t**k
     assert type(powered) is type(t) and powered.dtype == t.dtype

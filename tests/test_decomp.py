@@ -61,7 +61,7 @@ def test_tt_svd_meets_eps_with_minimal_ranks(x, eps):
     # never larger than the per-unfolding minimal ranks of x (and never above the useful maximum)
     if "float64" in str(x.dtype):
         assert all(r <= m for r, m in zip(t.ranks[1:-1], unfolding_min_ranks(x, eps)))
-    assert all(r <= m for r, m in zip(t.ranks[1:-1], tn.shapes.max_ranks(t.shape)))
+    assert all(r <= m for r, m in zip(t.ranks[1:-1], tn.shapes.useful_ranks(t.shape)))
     assert t.backend == tn.TT([x.reshape(1, -1, 1)]).backend and t.dtype == x.dtype
 
 
@@ -123,7 +123,7 @@ def test_ttm_svd_round_trip(a, backend):
     assert rel_error(b.full(), w) <= 1e-10
 
 
-@given(tst.ttm_shapes(min_ndim=2), st.sampled_from([1e-1, 1e-3]), st.integers(0, 99), tst.dtypes())
+@given(tst.ttm_shapes(min_ncores=2), st.sampled_from([1e-1, 1e-3]), st.integers(0, 99), tst.dtypes())
 def test_ttm_svd_meets_eps(shapes, eps, seed, dtype):
     rows, cols = shapes
     w = on("numpy", dtype, np.random.default_rng(seed).standard_normal((math.prod(rows), math.prod(cols))))
@@ -150,7 +150,7 @@ def test_round_meets_eps(t, eps):
     r, bound = tn.round(noisy, eps=eps, return_error=True)
     exact = as_numpy(noisy.full())
     assert bound <= eps + 1e-15
-    assert rel_error(r.full(), exact) <= bound * (1 + 1e-6) + rtol(t.dtype) * math.sqrt(t.ndim) * 10
+    assert rel_error(r.full(), exact) <= bound * (1 + 1e-6) + rtol(t.dtype) * math.sqrt(t.ncores) * 10
     assert type(r) is type(t) and r.dtype == t.dtype
     assert all(a <= b for a, b in zip(r.ranks, noisy.ranks))
 
@@ -172,7 +172,7 @@ def test_round_max_rank(t, cap):
 @st.composite
 def orth_case(draw):
     t = draw(st.one_of(tst.tts(), tst.ttms()))
-    center = draw(st.one_of(st.integers(-t.ndim, t.ndim - 1), st.sampled_from(["left", "right"])))
+    center = draw(st.one_of(st.integers(-t.ncores, t.ncores - 1), st.sampled_from(["left", "right"])))
     return t, center
 
 
@@ -180,8 +180,8 @@ def orth_case(draw):
 def test_orthogonalize(case):
     t, center = case
     o = tn.orthogonalize(t, center=center)
-    assert_close(o.full(), t.full(), t.dtype, float(np.abs(as_numpy(t.full())).max()) * t.ndim)
-    c = {"left": t.ndim - 1, "right": 0}.get(center, center) % t.ndim
+    assert_close(o.full(), t.full(), t.dtype, float(np.abs(as_numpy(t.full())).max()) * t.ncores)
+    c = {"left": t.ncores - 1, "right": 0}.get(center, center) % t.ncores
     for k, core in enumerate(o.cores):
         m = as_numpy(core).reshape(core.shape[0], -1, core.shape[-1])
         if k < c:
@@ -213,7 +213,12 @@ def test_orthogonalize_bad_center():
         ({"max_rank": 0}, ValueError, "max_rank must be >= 1"),
         ({"max_rank": -2}, ValueError, "max_rank must be >= 1"),
         ({"max_rank": 2.5}, TypeError, "max_rank must be an int"),
-        ({"max_rank": (2, 2, 2, 2)}, ValueError, "max_rank has 4 entries but the train has 2 bonds"),
+        (
+            {"max_rank": (2, 2, 2, 2, 2)},
+            ValueError,
+            r"max_rank has 5 entries but the train has 3 cores \(2 bonds\)",
+        ),
+        ({"max_rank": (2, 2, 2, 2)}, ValueError, "max_rank .* must start and end with 1"),
     ],
 )
 def test_bad_options(kwargs, error, match):

@@ -85,7 +85,7 @@ def test_tt_svd_guarantee_at_every_scale(x, eps):
 
 @given(st.data())
 def test_ttm_svd_guarantee_at_every_scale(data):
-    row_shape, col_shape = data.draw(tst.ttm_shapes(min_ndim=2, max_ndim=3))
+    row_shape, col_shape = data.draw(tst.ttm_shapes(min_ncores=2, max_ncores=3))
     dtype = data.draw(tst.dtypes())
     a = tn.random_ttm(row_shape, col_shape, 2, seed=data.draw(st.integers(0, 99))).full()
     a = place(a / np.max(np.abs(a)) * scale_of(dtype, data.draw), data.draw(tst.backends()), dtype)
@@ -100,7 +100,7 @@ def scaled_train(draw):
     """``t + t + t`` (rank-deficient) or ``t + u``, with one drawn core scaled by a power of ten and
     another by its inverse's square root: the scale sits unevenly across the cores."""
     dtype = draw(tst.dtypes())
-    t = draw(tst.tts(backend="numpy", dtype="float64", max_size=4, max_ndim=4))
+    t = draw(tst.tts(backend="numpy", dtype="float64", max_size=4, max_ncores=4))
     u = draw(tst.tts(shape=t.shape, backend="numpy", dtype="float64"))
     train = t + t + t if draw(st.booleans()) else t + u
     cores = [c / np.max(np.abs(c)) for c in train.cores]
@@ -175,7 +175,7 @@ def check_value(actual, value_normalized, exponent, dtype) -> None:
 
 def uneven(draw, dtype, backend, shape=None) -> tn.TT:
     """A train whose cores carry independently drawn scales (their product may leave the range)."""
-    t = draw(tst.tts(shape=shape, backend="numpy", dtype="float64", max_ndim=4, max_size=3))
+    t = draw(tst.tts(shape=shape, backend="numpy", dtype="float64", max_ncores=4, max_size=3))
     cores = [c / np.max(np.abs(c)) * scale_of(dtype, draw) for c in t.cores]
     return tn.TT(cores).to(backend, dtype=dtype)
 
@@ -223,7 +223,7 @@ def test_norm_and_dot_gradients_at_zero_are_zero():
     assert all(torch.equal(g, torch.zeros_like(g)) for g in grads)
 
 
-@given(tst.tts(backend="torch", dtype="float64", max_ndim=3, max_size=3), st.integers(-100, 100))
+@given(tst.tts(backend="torch", dtype="float64", max_ncores=3, max_size=3), st.integers(-100, 100))
 def test_norm_gradient_matches_dense_autograd(t, exponent):
     # +-100: the reference (torch.linalg.vector_norm of the dense tensor) squares without scaling
     cores = [c.clone().requires_grad_() for c in t.cores]
@@ -244,7 +244,7 @@ def test_norm_gradient_by_finite_differences():
 # --- double backward through linear: exact, tested against autograd through the dense product --------
 @given(st.data())
 def test_linear_double_backward_matches_dense(data):
-    row_shape, col_shape = data.draw(tst.ttm_shapes(min_ndim=1, max_ndim=3, max_size=3))
+    row_shape, col_shape = data.draw(tst.ttm_shapes(min_ncores=1, max_ncores=3, max_size=3))
     w = tn.random_ttm(row_shape, col_shape, 2, seed=data.draw(st.integers(0, 99))).to("torch")
     cores = [c.clone().requires_grad_() for c in w.cores]
     tokens = data.draw(st.sampled_from([1, 3, 300]))  # different plans: sweep forward or rebuild
@@ -313,7 +313,7 @@ def scalars(backend: str):
 
 @given(st.data())
 def test_scalar_never_changes_the_dtype(data):
-    t = data.draw(tst.tts(max_ndim=3))
+    t = data.draw(tst.tts(max_ncores=3))
     alpha = data.draw(scalars(t.backend))
     value = float(alpha)
     for result, factor in (
@@ -498,8 +498,8 @@ def test_scalars_of_every_numeric_kind():
 
 def test_shapes_from_numpy_and_checked_mode_sizes():
     assert tn.random_tt(np.array([2, 3]), 2, seed=0).shape == (2, 3)
-    with pytest.raises(ValueError, match="max_ranks: mode size 0 is -1"):
-        tn.shapes.max_ranks([-1, 2])
+    with pytest.raises(ValueError, match=r"useful_ranks: mode_sizes\[0\] = -1"):
+        tn.shapes.useful_ranks([-1, 2])
 
 
 def test_ttmlinear_follows_autocast_as_nn_linear_does():

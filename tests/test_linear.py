@@ -48,7 +48,7 @@ def _x(shape, like, seed):
 
 # --- forward: every path the planner can choose ----------------------------------------------------------
 @given(
-    tst.ttms(max_ndim=4, max_size=4, max_rank=4),
+    tst.ttms(max_ncores=4, max_size=4, max_rank=4),
     st.lists(st.integers(1, 4), min_size=0, max_size=2),
     st.booleans(),
     st.integers(0, 2**16),
@@ -74,7 +74,7 @@ def test_every_forward_path_equals_dense(w, lead, with_bias, seed):
             _close(y2d, (as_numpy(x2d) @ _dense(w).T), dtype, "torch ops " + candidate.strategy)
 
 
-@given(tst.ttms(max_ndim=4, max_size=4, max_rank=4), st.integers(1, 12), st.integers(0, 2**16))
+@given(tst.ttms(max_ncores=4, max_size=4, max_rank=4), st.integers(1, 12), st.integers(0, 2**16))
 def test_every_backward_path_equals_dense(w, tokens, seed):
     rows, cols = w.shape
     dtype = tn._backend.dtype_name(w.dtype)

@@ -43,7 +43,7 @@ def charged(candidate, kind: str) -> int:
 MACHINE = Machine.for_device("cpu", 8)
 
 
-@given(tst.ttms(backend="torch", dtype="float64", max_ndim=4, max_size=4, max_rank=4), st.integers(1, 40))
+@given(tst.ttms(backend="torch", dtype="float64", max_ncores=4, max_size=4, max_rank=4), st.integers(1, 40))
 def test_rebuild_and_sweep_charge_exactly_the_kernels_they_run(w, tokens):
     cores = list(w.cores)
     shapes = K.core_shapes(cores)
@@ -63,7 +63,7 @@ def test_rebuild_and_sweep_charge_exactly_the_kernels_they_run(w, tokens):
         assert backward.count(COPIES) == charged(model, "copy"), (strategy.backward_name, backward.ops)
 
 
-@given(tst.ttms(backend="torch", dtype="float64", max_ndim=3, max_size=3, max_rank=3), st.integers(1, 12))
+@given(tst.ttms(backend="torch", dtype="float64", max_ncores=3, max_size=3, max_rank=3), st.integers(1, 12))
 def test_einsum_runs_the_pairs_it_charges(w, tokens):
     cores = list(w.cores)
     shapes = K.core_shapes(cores)

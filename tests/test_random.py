@@ -53,8 +53,9 @@ def test_like_picks_backend_dtype_device():
     ("call", "error", "match"),
     [
         (lambda: tn.random_tt((3, 0), 2), ValueError, r"shape\[1\] = 0"),
-        (lambda: tn.random_tt((3, 4), 0), ValueError, "rank 0 for bond 1"),
-        (lambda: tn.random_tt((3, 4), (2, 2)), ValueError, "rank has 2 entries"),
+        (lambda: tn.random_tt((3, 4), 0), ValueError, "rank must be >= 1, got 0"),
+        (lambda: tn.random_tt((3, 4, 5), (2, 0)), ValueError, "rank must be >= 1, got 0 for bond 2"),
+        (lambda: tn.random_tt((3, 4), (2, 2)), ValueError, "rank has 2 entries but the train has 2 cores"),
         (lambda: tn.random_tt((3, 4), (2, 2, 2)), ValueError, "must start and end with 1"),
         (lambda: tn.random_tt((3, 4), 2, std=-1.0), ValueError, "std must be a finite number"),
         (lambda: tn.random_tt((3, 4), 2, std=float("nan")), ValueError, "std must be a finite number"),
@@ -78,7 +79,7 @@ def test_factorize():
         for d in range(1, 5):
             factors = tn.shapes.factorize(n, d)
             assert len(factors) == d and int(np.prod(factors)) == n
-    assert tn.shapes.max_ranks((2, 3, 4)) == (2, 4)
+    assert tn.shapes.useful_ranks((2, 3, 4)) == (2, 4)
     with pytest.raises(ValueError, match=r"ncores must be an int in \[1, 4096\)"):
         tn.shapes.factorize(8, 0)
 

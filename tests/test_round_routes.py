@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from test_edges import full_f64, min_ranks, scale_of
 
 import tensornet as tn
-from tensornet import _round, decomp
+from tensornet import _checks, _round
 from tensornet.testing import strategies as tst
 
 ROUTES = {
@@ -31,10 +31,10 @@ EPS = st.sampled_from([0.0, 1e-12, 1.5e-8, 1e-8, 3e-4, 1e-3, 1e-1, 0.5])
 
 def rounded(x, eps, route, max_rank=None):
     """Round through the private entry with a forced route: (result, bound, log)."""
-    caps = decomp._check_max_rank("round", max_rank, x.ndim - 1)
+    caps = _checks.rank_caps("round", max_rank, x.ncores)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", tn.RankCapWarning)
-        y, log = decomp._rounded("round", x, [decomp._ops._flat_cores(x)], eps, caps, route)
+        y, log = _round.rounded("round", x, [x._tt_layout()], eps, caps, route)
         bound = log.finish(log.total, stacklevel=2)
     return y, bound, log
 
@@ -49,12 +49,12 @@ def relative_error(y, x) -> float:
 
 
 @st.composite
-def sums(draw, max_ndim=4):
+def sums(draw, max_ncores=4):
     """A train from the arithmetic rounding lives on: ``t + t + t`` (rank-deficient), ``t - 2t + 3u`` (a
     combination), ``t + 1e-6 u`` (a small term: the split route's case) or ``t + u``; one core scaled by a
     drawn power of ten (the scale sits unevenly across cores); a drawn backend and dtype."""
     dtype = draw(tst.dtypes())
-    t = draw(tst.tts(backend="numpy", dtype="float64", max_size=4, max_ndim=max_ndim))
+    t = draw(tst.tts(backend="numpy", dtype="float64", max_size=4, max_ncores=max_ncores))
     u = draw(tst.tts(shape=t.shape, backend="numpy", dtype="float64"))
     kind = draw(st.sampled_from(["ttt", "combination", "small", "generic"]))
     train = {
@@ -86,7 +86,7 @@ def test_every_route_keeps_the_guarantee(x, eps, route):
     check(x, y, bound, eps, log)
 
 
-@given(sums(max_ndim=3), st.sampled_from([1e-3, 1e-8]), st.integers(1, 3), st.sampled_from(sorted(ROUTES)))
+@given(sums(max_ncores=3), st.sampled_from([1e-3, 1e-8]), st.integers(1, 3), st.sampled_from(sorted(ROUTES)))
 def test_every_route_with_a_rank_cap(x, eps, cap, route):
     y, bound, _ = rounded(x, eps, ROUTES[route], max_rank=cap)
     assert max(y.ranks) <= cap
@@ -142,7 +142,7 @@ def term_lists(draw):
     """2-5 terms of one shape, with repeats and linear combinations, each on its own scale."""
     dtype = draw(tst.dtypes())
     backend = draw(tst.backends())
-    base = draw(tst.tts(backend="numpy", dtype="float64", max_size=4, max_ndim=4))
+    base = draw(tst.tts(backend="numpy", dtype="float64", max_size=4, max_ncores=4))
     terms = [base]
     for _ in range(draw(st.integers(1, 4))):
         kind = draw(st.sampled_from(["repeat", "new", "small"]))

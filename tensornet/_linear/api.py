@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .. import _backend as B
+from .. import _checks
 from . import kernels as K
 from . import plan as P
 from .strategies import BACKWARD, FORWARD
@@ -62,8 +63,7 @@ def linear(x: Any, cores: Sequence[Any], bias: Any = None, *, save_weight: bool 
     """``x @ W.T (+ bias)`` for the TTM cores of W (see :func:`tensornet.linear`, which checks W itself):
     validates ``x`` and ``bias`` against the cores and dispatches to the torch binding or runs the planned
     forward."""
-    if not isinstance(save_weight, bool):
-        raise TypeError(f"linear: save_weight must be True or False, got {save_weight!r}")
+    _checks.check_flag("linear", "save_weight", save_weight)
     shape = (K.rows_of(cores), K.cols_of(cores))
     if _is_torch(x):
         # checked without array_api_compat so that torch.compile traces this function cleanly

@@ -24,8 +24,6 @@ gradient for it.
 
 from __future__ import annotations
 
-import functools
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,64 +41,125 @@ _ROUTE, _X, _BIAS, _CORES = 0, 1, 2, 3
 _MAX_BUCKET_EXPONENT = 24
 
 
-@functools.lru_cache(maxsize=1024)
-def _layout(shapes: K.CoreShapes) -> tuple[tuple[K.Shape, K.Shape, int], ...]:
-    """``(shape, strides, offset)`` of each core inside the packed vector (C order, one after another)."""
-    out, offset = [], 0
-    for shape in shapes:
-        strides = tuple(math.prod(shape[i + 1 :]) for i in range(len(shape)))
-        out.append((shape, strides, offset))
-        offset += math.prod(shape)
-    return tuple(out)
-
-
 def _unpack(tensors: Sequence[Any], packed: Any) -> list[Any]:
-    """The cores: views of the packed vector ``tensors[0]`` when ``packed`` holds their shapes (one
-    ``as_strided`` each: inside the Function no autograd tracks them)."""
-    if packed is None:
-        return list(tensors)
-    vector = tensors[0]
-    return [vector.as_strided(shape, strides, offset) for shape, strides, offset in _layout(packed)]
+    """The cores: ``tensors`` themselves, or views of the packed vector ``tensors[0]`` when ``packed`` holds
+    their shapes."""
+    return list(tensors) if packed is None else K.unpack(tensors[0], packed)
 
 
 def _pack(grads: Sequence[Any]) -> Any:
     return torch.cat([g.reshape(-1) for g in grads])
 
 
-def _make_function(device_type: str) -> type:
-    class TTMLinearFunction(torch.autograd.Function):
-        """``y = x2d @ W.T (+ bias)`` for ``x2d`` (B, N) and TTM cores; saves x2d and the cores only
-        (with ``keep``: also the rebuilt W and/or its halves, as far as backward reads them).
+def _forward(
+    ctx: Any, device_type: str, route: tuple[Any, ...], x2d: Any, bias: Any, tensors: tuple[Any, ...]
+) -> Any:
+    """The Function's forward: saves ``x2d`` and the cores (and what ``keep`` asks for), returns ``y``."""
+    forward, path, _, _, keep, packed = route
+    ctx.route, ctx.has_bias, ctx.count = route, bias is not None, len(tensors)
+    ctx.autocast = autocast_dtype(device_type)
+    cores = _unpack(tensors, packed)
+    ctx.kept = None
+    if forward != "rebuild":
+        ctx.save_for_backward(x2d, *tensors)
+        y = FORWARD[forward].forward(x2d, cores, K.torch_ops(), path)
+        # under autocast y is in the autocast dtype; keep it there (as nn.Linear does)
+        return y if bias is None else y + bias.to(y.dtype)
+    recipe = K.rebuild_recipe(tuple(tuple(c.shape) for c in cores))
+    weight, parts = K.rebuild(cores, recipe, K.torch_ops(), parts=True)
+    if keep and parts is not None:
+        # save_weight: keep only what backward reads (W for grad x, the halves for the cores)
+        keep_w = ctx.needs_input_grad[_X]
+        keep_halves = any(ctx.needs_input_grad[_CORES:])
+        kept = ([weight] if keep_w else []) + (list(parts) if keep_halves else [])
+        ctx.kept = (keep_w, keep_halves)
+        ctx.save_for_backward(x2d, *kept, *tensors)
+    else:
+        ctx.save_for_backward(x2d, *tensors)
+    if bias is not None:
+        # bias fused into the GEMM as nn.Linear does (a separate add re-reads all of y)
+        return torch.addmm(bias, x2d, weight.mT)
+    return x2d @ weight.mT
 
-        ``route = (forward, forward path, backward, backward path, keep, packed core shapes or None)``."""
+
+def _saved(ctx: Any) -> tuple[Any, tuple[Any, ...], Any]:
+    """``(x2d, the saved core tensors, (W or None, halves or None) or None)`` from the Function's ctx."""
+    saved = ctx.saved_tensors
+    x2d, tensors = saved[0], saved[len(saved) - ctx.count :]
+    if ctx.kept is None:
+        return x2d, tensors, None
+    keep_w, keep_halves = ctx.kept
+    extra = list(saved[1 : len(saved) - ctx.count])
+    weight = extra.pop(0) if keep_w else None
+    return x2d, tensors, (weight, tuple(extra) if keep_halves else None)
+
+
+def _backward(ctx: Any, grad_y: Any) -> tuple[Any, ...]:
+    """The Function's backward by the planned strategy, from what the forward saved."""
+    _, _, backward, path, _, packed = ctx.route
+    x2d, tensors, kept = _saved(ctx)
+    need_x = ctx.needs_input_grad[_X]
+    need_cores = any(ctx.needs_input_grad[_CORES:])
+    cores = _unpack(tensors, packed)
+    grad_x, grads = BACKWARD[backward].backward(
+        x2d, cores, grad_y, K.torch_ops(), path, need_x=need_x, need_cores=need_cores, kept=kept
+    )
+    if grads is None:
+        tensor_grads: list[Any] = [None] * len(tensors)
+    else:
+        tensor_grads = [_pack(grads)] if packed is not None else list(grads)
+    return _finish(ctx, grad_y, x2d, tensors, grad_x, tensor_grads)
+
+
+def _differentiable_backward(ctx: Any, grad_y: Any) -> tuple[Any, ...]:
+    """The backward as a graph of plain torch ops (``create_graph=True``).
+
+    Autograd differentiates ``x2d @ W.T`` with W rebuilt from the cores, recording how the gradients
+    depend on grad_y, x2d and the cores.
+    """
+    packed = ctx.route[-1]
+    saved = ctx.saved_tensors
+    x2d, tensors = saved[0], list(saved[len(saved) - ctx.count :])
+    wanted = [x2d] if ctx.needs_input_grad[_X] else []
+    wanted += [t for t, need in zip(tensors, ctx.needs_input_grad[_CORES:]) if need]
+    grads: list[Any] = []
+    if wanted:
+        with torch.enable_grad():
+            cores = _unpack(tensors, packed)
+            recipe = K.rebuild_recipe(tuple(tuple(c.shape) for c in cores))
+            y = x2d @ K.rebuild(cores, recipe, K.torch_ops()).mT
+            grads = list(torch.autograd.grad(y, wanted, grad_y, create_graph=True, allow_unused=True))
+    grad_x = grads.pop(0) if ctx.needs_input_grad[_X] else None
+    core_grads = [grads.pop(0) if need else None for need in ctx.needs_input_grad[_CORES:]]
+    return _finish(ctx, grad_y, x2d, tensors, grad_x, core_grads)
+
+
+def _finish(
+    ctx: Any, grad_y: Any, x2d: Any, tensors: Sequence[Any], grad_x: Any, tensor_grads: list[Any]
+) -> tuple[Any, ...]:
+    """The Function's gradients in the inputs' dtypes: ``(None, grad_x, grad_bias, *grads of tensors)``."""
+    if grad_x is not None and grad_x.dtype != x2d.dtype:
+        grad_x = grad_x.to(x2d.dtype)
+    grad_bias = grad_y.sum(0) if ctx.has_bias and ctx.needs_input_grad[_BIAS] else None
+    tensor_grads = [
+        g if g is None or g.dtype == t.dtype else g.to(t.dtype) for g, t in zip(tensor_grads, tensors)
+    ]
+    return (None, grad_x, grad_bias, *tensor_grads)
+
+
+def _make_function(device_type: str) -> type:
+    """The autograd Function for tensors on ``device_type`` (its backward restores that device's autocast)."""
+
+    class TTMLinearFunction(torch.autograd.Function):
+        """``y = x2d @ W.T (+ bias)`` for ``x2d`` (B, N) and TTM cores; saves x2d and the cores only.
+
+        With ``keep`` also the rebuilt W and/or its halves, as far as backward reads them.
+        ``route = (forward, forward path, backward, backward path, keep, packed core shapes or None)``.
+        """
 
         @staticmethod
         def forward(ctx: Any, route: tuple[Any, ...], x2d: Any, bias: Any, *tensors: Any) -> Any:
-            forward, path, _, _, keep, packed = route
-            ctx.route, ctx.has_bias, ctx.count = route, bias is not None, len(tensors)
-            ctx.autocast = autocast_dtype(device_type)
-            cores = _unpack(tensors, packed)
-            ctx.kept = None
-            if forward != "rebuild":
-                ctx.save_for_backward(x2d, *tensors)
-                y = FORWARD[forward].forward(x2d, cores, K.torch_ops(), path)
-                # under autocast y is in the autocast dtype; keep it there (as nn.Linear does)
-                return y if bias is None else y + bias.to(y.dtype)
-            recipe = K.rebuild_recipe(tuple(tuple(c.shape) for c in cores))
-            weight, parts = K.rebuild(cores, recipe, K.torch_ops(), parts=True)
-            if keep and parts is not None:
-                # save_weight: keep only what backward reads (W for grad x, the halves for the cores)
-                keep_w = ctx.needs_input_grad[_X]
-                keep_halves = any(ctx.needs_input_grad[_CORES:])
-                kept = ([weight] if keep_w else []) + (list(parts) if keep_halves else [])
-                ctx.kept = (keep_w, keep_halves)
-                ctx.save_for_backward(x2d, *kept, *tensors)
-            else:
-                ctx.save_for_backward(x2d, *tensors)
-            if bias is not None:
-                # bias fused into the GEMM as nn.Linear does (a separate add re-reads all of y)
-                return torch.addmm(bias, x2d, weight.mT)
-            return x2d @ weight.mT
+            return _forward(ctx, device_type, route, x2d, bias, tensors)
 
         @staticmethod
         def backward(ctx: Any, grad_y: Any) -> Any:  # type: ignore[override]
@@ -113,66 +172,6 @@ def _make_function(device_type: str) -> type:
                 with torch.autocast(device_type, enabled=False):
                     return _backward(ctx, grad_y)
             return _backward(ctx, grad_y)
-
-    def _backward(ctx: Any, grad_y: Any) -> Any:
-        _, _, backward, path, _, packed = ctx.route
-        saved = ctx.saved_tensors
-        x2d, tensors = saved[0], saved[len(saved) - ctx.count :]
-        kept = None
-        if ctx.kept is not None:
-            keep_w, keep_halves = ctx.kept
-            extra = list(saved[1 : len(saved) - ctx.count])
-            weight = extra.pop(0) if keep_w else None
-            kept = (weight, tuple(extra) if keep_halves else None)
-        need_x = ctx.needs_input_grad[_X]
-        need_cores = any(ctx.needs_input_grad[_CORES:])
-        cores = _unpack(tensors, packed)
-        grad_x, grads = BACKWARD[backward].backward(
-            x2d, cores, grad_y, K.torch_ops(), path, need_x=need_x, need_cores=need_cores, kept=kept
-        )
-        return _finish(ctx, grad_y, x2d, tensors, grad_x, grads, packed)
-
-    def _differentiable_backward(ctx: Any, grad_y: Any) -> Any:
-        """The backward as a graph of plain torch ops: autograd differentiates ``x2d @ W.T`` with W rebuilt
-        from the cores, recording how the gradients depend on grad_y, x2d and the cores."""
-        _, _, _, _, _, packed = ctx.route
-        saved = ctx.saved_tensors
-        x2d, tensors = saved[0], list(saved[len(saved) - ctx.count :])
-        wanted = [x2d] if ctx.needs_input_grad[_X] else []
-        wanted += [t for t, need in zip(tensors, ctx.needs_input_grad[_CORES:]) if need]
-        grads: list[Any] = []
-        if wanted:
-            with torch.enable_grad():
-                cores = _unpack(tensors, packed)
-                recipe = K.rebuild_recipe(tuple(tuple(c.shape) for c in cores))
-                y = x2d @ K.rebuild(cores, recipe, K.torch_ops()).mT
-                grads = list(torch.autograd.grad(y, wanted, grad_y, create_graph=True, allow_unused=True))
-        grad_x = grads.pop(0) if ctx.needs_input_grad[_X] else None
-        core_grads = [grads.pop(0) if need else None for need in ctx.needs_input_grad[_CORES:]]
-        grad_bias = grad_y.sum(0) if ctx.has_bias and ctx.needs_input_grad[_BIAS] else None
-        if grad_x is not None and grad_x.dtype != x2d.dtype:
-            grad_x = grad_x.to(x2d.dtype)
-        core_grads = [
-            g if g is None or g.dtype == t.dtype else g.to(t.dtype) for g, t in zip(core_grads, tensors)
-        ]
-        return (None, grad_x, grad_bias, *core_grads)
-
-    def _finish(
-        ctx: Any, grad_y: Any, x2d: Any, tensors: Sequence[Any], grad_x: Any, grads: Any, packed: Any
-    ) -> tuple[Any, ...]:
-        if grad_x is not None and grad_x.dtype != x2d.dtype:
-            grad_x = grad_x.to(x2d.dtype)
-        grad_bias = grad_y.sum(0) if ctx.has_bias and ctx.needs_input_grad[_BIAS] else None
-        if grads is None:
-            tensor_grads: list[Any] = [None] * len(tensors)
-        elif packed is not None:
-            tensor_grads = [_pack(grads)]
-        else:
-            tensor_grads = list(grads)
-        tensor_grads = [
-            g if g is None or g.dtype == t.dtype else g.to(t.dtype) for g, t in zip(tensor_grads, tensors)
-        ]
-        return (None, grad_x, grad_bias, *tensor_grads)
 
     TTMLinearFunction.__qualname__ = f"TTMLinearFunction[{device_type}]"
     return TTMLinearFunction
@@ -239,13 +238,11 @@ def compute_dtype(dtype: Any, device_type: str) -> Any:
     return cast
 
 
-def linear_torch(
-    x: Any, tensors: Sequence[Any], bias: Any = None, *, save_weight: bool = False, packed: Any = None
-) -> Any:
-    """``x @ W.T + bias`` for torch ``x`` of shape ``(..., N)`` and TTM cores ``tensors`` (or one packed
-    vector with ``packed`` = the core shapes), validated by the caller."""
+def _cast(x: Any, tensors: Sequence[Any], bias: Any) -> tuple[Any, Sequence[Any], Any]:
+    """``x``, the cores and the bias in the dtype the product runs in (once, as autocast casts
+    ``nn.Linear``'s input and weight); ``TypeError`` when they still disagree."""
     device_type = x.device.type
-    if autocast_dtype(device_type) is not None:  # cast once, as autocast casts nn.Linear's input and weight
+    if autocast_dtype(device_type) is not None:
         x = x.to(compute_dtype(x.dtype, device_type))
         tensors = [t.to(compute_dtype(t.dtype, device_type)) for t in tensors]
         if bias is not None:
@@ -256,35 +253,50 @@ def linear_torch(
             + (f" and bias {bias.dtype}" if bias is not None else "")
             + "; use one dtype (or run under torch.autocast)"
         )
+    return x, tensors, bias
+
+
+def _route(x2d: Any, tensors: Sequence[Any], packed: Any, shapes: K.CoreShapes) -> tuple[Any, Any, Any, Any]:
+    """``(forward, path, backward, path)`` for these rows: from the compiled route table or the plan cache."""
+    tokens = x2d.shape[0]
+    if torch.compiler.is_compiling():
+        return _compiled_route(tokens, shapes, x2d.dtype, x2d.device)
+    plan = P.lookup(shapes, tokens, x2d.dtype, x2d.device, "torch")
+    if P.autotune() and not plan.autotuned:
+        plan = P.tune(plan, x2d, _unpack(tensors, packed), "torch")
+    return plan.route
+
+
+def linear_torch(
+    x: Any, tensors: Sequence[Any], bias: Any = None, *, save_weight: bool = False, packed: Any = None
+) -> Any:
+    """``x @ W.T + bias`` for torch ``x`` of shape ``(..., N)`` and TTM cores ``tensors``.
+
+    ``tensors`` may be one packed vector with ``packed`` = the core shapes. Validated by the caller.
+    """
+    x, tensors, bias = _cast(x, tensors, bias)
     shapes = packed if packed is not None else tuple(tuple(c.shape) for c in tensors)
     lead = x.shape[:-1]
     x2d = x.reshape(-1, x.shape[-1])
     rows = 1
-    for shape in shapes:
+    for shape in shapes:  # a loop, not math.prod of a generator: dynamo traces it
         rows *= shape[1]
-    tokens = x2d.shape[0]
-    if tokens == 0:
+    if x2d.shape[0] == 0:
         return x2d.new_zeros((0, rows)).reshape(*lead, rows)
-    if torch.compiler.is_compiling():
-        forward, path, backward, backward_path = _compiled_route(tokens, shapes, x2d.dtype, x.device)
-    else:
-        plan = P.lookup(shapes, tokens, x2d.dtype, x.device, "torch")
-        if P._SETTINGS["autotune"] and not plan.autotuned:
-            plan = P._tune(plan, x2d, _unpack(tensors, packed), "torch")
-        forward, path, backward, backward_path = plan.route
+    forward, path, backward, backward_path = _route(x2d, tensors, packed, shapes)
     # save_weight applies where the forward rebuilds W for a backward that works from the dense W
     keep = save_weight and forward == "rebuild" and backward == "dense"
     route = (forward, path, backward, backward_path, keep, packed)
-    function = function_for(device_type)
+    function = function_for(x.device.type)
     if (
         torch.compiler.is_compiling()
         and not torch.compiler.is_exporting()
         and not keep
         and torch.is_grad_enabled()
     ):
-        # compiled, AOT autograd would merge the backward's rebuild of W with the forward's and save it;
-        # in a checkpointed region its partitioner recomputes instead (the big GEMM is not needed by
-        # backward, so it is not recomputed). Where save_weight keeps W, the compiler may keep it.
+        # compiled, AOT autograd would merge the backward's rebuild of W with the forward's and save it; in
+        # a checkpointed region its partitioner recomputes instead (the big GEMM is not needed by backward,
+        # so it is not recomputed). Where save_weight keeps W, the compiler may keep it.
         def run(x2d: Any, bias: Any, *tensors: Any) -> Any:
             return function.apply(route, x2d, bias, *tensors)
 

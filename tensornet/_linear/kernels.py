@@ -22,6 +22,8 @@ from typing import Any, NamedTuple
 
 import array_api_compat
 
+from .._layout import tt_core_shape
+
 Shape = tuple[int, ...]
 CoreShapes = tuple[tuple[int, int, int, int], ...]
 
@@ -103,70 +105,105 @@ class RebuildRecipe(NamedTuple):
     right_grads: TrainGradRecipe | None
 
 
+def _regroup(part: CoreShapes, axis: int, inverse: bool, lead: Shape, bond: int) -> Regroup | None:
+    """Interleaved ``(m_1, n_1, m_2, ...)`` to blocked ``(m.., n..)`` modes of a half, or back (``inverse``).
+
+    ``axis`` 0: the left half ``(modes..., bond)``; 1: the right half ``(bond, modes...)``. None for one
+    core, whose ``(m, n)`` is already blocked.
+    """
+    k = len(part)
+    if k == 1:
+        return None
+    interleaved = [v for s in part for v in (s[1], s[2])]
+    to_blocked = (*range(0, 2 * k, 2), *range(1, 2 * k, 2))
+    to_interleaved = tuple(a for j in range(k) for a in (j, k + j))
+    inner = [interleaved[a] for a in to_blocked] if inverse else interleaved
+    order = to_interleaved if inverse else to_blocked
+    size = math.prod(inner)
+    if axis == 0:
+        return Regroup((*lead, *inner, bond), _axes(len(lead), (*order, 2 * k)), (*lead, size, bond))
+    return Regroup((*lead, bond, *inner), _axes(len(lead), (0, *(a + 1 for a in order))), (*lead, bond, size))
+
+
+def _half_trains(shapes: CoreShapes, split: int) -> tuple[CoreShapes, CoreShapes]:
+    """The halves as TTM trains of their own, the open bond folded into the end core's mode."""
+    left = [*shapes[:split]]
+    end = left[-1]
+    left[-1] = (end[0], end[1] * end[2], end[3], 1)  # the bond becomes a column mode of size r_s
+    right = [*shapes[split:]]
+    if right:
+        start = right[0]
+        right[0] = (1, start[0] * start[1], start[2], start[3])
+    return tuple(left), tuple(right)
+
+
 @lru_cache(maxsize=4096)
 def rebuild_recipe(shapes: CoreShapes, lead: Shape = ()) -> RebuildRecipe:
-    """The :class:`RebuildRecipe` for TTM cores of ``shapes`` (a pure function, memoised; dynamo traces
-    it to constants)."""
+    """The :class:`RebuildRecipe` for TTM cores of ``shapes`` (a pure function, memoised).
+
+    Dynamo traces it to constants.
+    """
     d = len(shapes)
     rows = [s[1] for s in shapes]
     cols = [s[2] for s in shapes]
     split = split_point(shapes)  # 1 for a single core: no right half
     bond = shapes[split][0] if split < d else 1
     _, m0, n0, r1 = shapes[0]
-    left_steps = tuple(((*lead, s[0], s[1] * s[2] * s[3]), (*lead, -1, s[3])) for s in shapes[1:split])
     last = shapes[-1]
-    right_steps = tuple(
-        ((*lead, s[0] * s[1] * s[2], s[3]), (*lead, s[0], -1)) for s in reversed(shapes[split : d - 1])
-    )
-
-    def regroup(part: CoreShapes, axis: int, inverse: bool) -> Regroup | None:
-        """Interleaved (m_1, n_1, m_2, ...) to blocked (m.., n..) modes of a half, or back (``inverse``)."""
-        k = len(part)
-        if k == 1:  # (m, n) is already blocked
-            return None
-        interleaved = [v for s in part for v in (s[1], s[2])]
-        to_blocked = (*range(0, 2 * k, 2), *range(1, 2 * k, 2))
-        to_interleaved = tuple(a for j in range(k) for a in (j, k + j))
-        inner = [interleaved[a] for a in to_blocked] if inverse else interleaved
-        order = to_interleaved if inverse else to_blocked
-        size = math.prod(inner)
-        if axis == 0:  # L: (modes..., bond)
-            return Regroup((*lead, *inner, bond), _axes(len(lead), (*order, 2 * k)), (*lead, size, bond))
-        return Regroup(
-            (*lead, bond, *inner), _axes(len(lead), (0, *(a + 1 for a in order))), (*lead, bond, size)
-        )
-
     m_left, m_right = math.prod(rows[:split]), math.prod(rows[split:])
     n_left, n_right = math.prod(cols[:split]), math.prod(cols[split:])
-    left_cores = [*shapes[:split]]
-    end = left_cores[-1]
-    left_cores[-1] = (end[0], end[1] * end[2], end[3], 1)  # the bond becomes a column mode of size r_s
-    right_cores = [*shapes[split:]]
-    if right_cores:
-        start = right_cores[0]
-        right_cores[0] = (1, start[0] * start[1], start[2], start[3])
+    left_cores, right_cores = _half_trains(shapes, split)
     return RebuildRecipe(
         lead=lead,
         shapes=shapes,
         split=split,
         left_first=(*lead, m0 * n0, r1),
-        left_steps=left_steps,
+        left_steps=tuple(((*lead, s[0], s[1] * s[2] * s[3]), (*lead, -1, s[3])) for s in shapes[1:split]),
         right_first=(*lead, last[0], last[1] * last[2] * last[3]),
-        right_steps=right_steps,
-        regroup_left=regroup(shapes[:split], 0, False),
-        regroup_right=regroup(shapes[split:], 1, False),
-        interleave_left=regroup(shapes[:split], 0, True),
-        interleave_right=regroup(shapes[split:], 1, True),
+        right_steps=tuple(
+            ((*lead, s[0] * s[1] * s[2], s[3]), (*lead, s[0], -1)) for s in reversed(shapes[split : d - 1])
+        ),
+        regroup_left=_regroup(shapes[:split], 0, False, lead, bond),
+        regroup_right=_regroup(shapes[split:], 1, False, lead, bond),
+        interleave_left=_regroup(shapes[:split], 0, True, lead, bond),
+        interleave_right=_regroup(shapes[split:], 1, True, lead, bond),
         blocks=(*lead, m_left, n_left, m_right, n_right),
         block_axes=_axes(len(lead), (0, 2, 1, 3)),
         size=(*lead, m_left * m_right, n_left * n_right),
         grad_blocks=(*lead, m_left, m_right, n_left, n_right),
         grad_blocked=(*lead, m_left * n_left, m_right * n_right),
-        left_cores=tuple(left_cores),  # type: ignore[arg-type]
-        right_cores=tuple(right_cores),  # type: ignore[arg-type]
-        left_grads=train_grad_recipe(tuple(left_cores), shapes[:split], lead),  # type: ignore[arg-type]
-        right_grads=train_grad_recipe(tuple(right_cores), shapes[split:], lead) if right_cores else None,  # type: ignore[arg-type]
+        left_cores=left_cores,
+        right_cores=right_cores,
+        left_grads=train_grad_recipe(left_cores, shapes[:split], lead),
+        right_grads=train_grad_recipe(right_cores, shapes[split:], lead) if right_cores else None,
     )
+
+
+@lru_cache(maxsize=1024)
+def packed_layout(shapes: tuple[Shape, ...]) -> tuple[tuple[Shape, Shape, int], ...]:
+    """``(shape, strides, offset)`` of each core inside a packed vector (C order, one after another).
+
+    A TT layer stores its cores as one parameter this way (:class:`tensornet.nn.TTMLinear`).
+    """
+    out, offset = [], 0
+    for shape in shapes:
+        strides = tuple(math.prod(shape[i + 1 :]) for i in range(len(shape)))
+        out.append((shape, strides, offset))
+        offset += math.prod(shape)
+    return tuple(out)
+
+
+def unpack(packed: Any, shapes: tuple[Shape, ...]) -> list[Any]:
+    """The cores as views of a packed torch vector ``(P,)``, or of a stack of them ``(G, P)``.
+
+    One ``as_strided`` per core (inside an autograd Function no autograd tracks them); a stack gives
+    cores ``(G, *shape)``, one train per row.
+    """
+    if packed.ndim == 1:  # a layer's parameter (storage offset 0; dynamo traces no storage_offset() call)
+        return [packed.as_strided(s, st, o) for s, st, o in packed_layout(shapes)]
+    count, width = packed.shape
+    base = packed.storage_offset()
+    return [packed.as_strided((count, *s), (width, *st), base + o) for s, st, o in packed_layout(shapes)]
 
 
 def core_shapes(cores: Sequence[Any], lead: int = 0) -> CoreShapes:
@@ -246,7 +283,7 @@ class TrainGradRecipe(NamedTuple):
 
 @lru_cache(maxsize=4096)
 def train_grad_recipe(shapes: CoreShapes, original: CoreShapes, lead: Shape) -> TrainGradRecipe:
-    flat = tuple((s[0], s[1] * s[2], s[3]) for s in shapes)
+    flat = tuple(tt_core_shape(s) for s in shapes)
     return TrainGradRecipe(
         flat=tuple((*lead, *f) for f in flat),
         env_matrices=tuple((*lead, f[0] * f[1], f[2]) for f in flat),

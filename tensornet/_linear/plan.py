@@ -171,7 +171,7 @@ def planned(x2d: Any, cores: Sequence[Any], backend: str, *, dtype: Any = None) 
     shapes: Any = tuple(tuple(c.shape) for c in cores)
     plan = lookup(shapes, int(x2d.shape[0]), dtype or x2d.dtype, K.device_of(x2d), backend)
     if _SETTINGS["autotune"] and not plan.autotuned and int(x2d.shape[0]) > 0:
-        plan = _tune(plan, x2d, cores, backend)
+        plan = tune(plan, x2d, cores, backend)
     return plan
 
 
@@ -210,7 +210,9 @@ def _timed(fn: Any, sync: Any, repeat: int = 3) -> float:
     return best
 
 
-def _tune(plan: LinearPlan, x2d: Any, cores: Sequence[Any], backend: str) -> LinearPlan:
+def tune(plan: LinearPlan, x2d: Any, cores: Sequence[Any], backend: str) -> LinearPlan:
+    """``plan`` with its candidates timed on these arrays and the fastest chosen (cached as well)."""
+
     def sync() -> None:
         return None
 

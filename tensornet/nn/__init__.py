@@ -4,8 +4,8 @@ This is the only part of tensornet that imports torch. Layout (as in :class:`ten
 shape ``(r_{k-1}, m_k, n_k, r_k)``; a layer weight is stored like ``nn.Linear.weight``, ``(out, in)``.
 """
 
-from ._common import RankClipWarning
 from ._embedding import TTEmbedding
+from ._factor import RankClipWarning
 from ._linear import TTMLinear, dense_weights, tt_parameters
 from ._materialize import materialize, release_weights
 from ._tensorize import LayerReport, Rule, TensorizeReport, tensorize

@@ -11,15 +11,11 @@ import torch
 from torch import nn
 
 import tensornet as tn
+from tensornet import _checks
 
-from ._common import (
-    Init,
-    TTCoresModule,
-    check_features,
-    check_ncores,
-    check_rank,
-    resolve_shapes,
-)
+from ._cores import TTCoresModule, compress
+from ._factor import resolve_shapes
+from ._init import Init
 
 __all__ = ["TTEmbedding"]
 
@@ -94,10 +90,10 @@ class TTEmbedding(TTCoresModule):
     ) -> None:
         super().__init__()
         fn = type(self).__name__
-        self.num_embeddings = check_features(fn, "num_embeddings", num_embeddings)
-        self.embedding_dim = check_features(fn, "embedding_dim", embedding_dim)
+        self.num_embeddings = _checks.check_count(fn, "num_embeddings", num_embeddings)
+        self.embedding_dim = _checks.check_count(fn, "embedding_dim", embedding_dim)
         self.padding_idx: int | None = _check_padding_idx(fn, padding_idx, self.num_embeddings)
-        ncores = check_ncores(fn, ncores)
+        ncores = _checks.check_count(fn, "ncores", ncores)
         voc_shape, emb_shape = resolve_shapes(
             fn, self.num_embeddings, self.embedding_dim, voc_shape, emb_shape, ncores, _NAMES, pad_rows=True
         )
@@ -120,15 +116,15 @@ class TTEmbedding(TTCoresModule):
 
     @property
     def compression(self) -> float:
-        """Dense table size (unpadded) divided by :attr:`tt_params`."""
-        return self.num_embeddings * self.embedding_dim / self.tt_params
+        """Dense table size (unpadded) divided by :attr:`nparams`."""
+        return self.num_embeddings * self.embedding_dim / self.nparams
 
     def extra_repr(self) -> str:
         padded = math.prod(self.voc_shape)
         pad = f" (padded to {padded:,})" if padded != self.num_embeddings else ""
         return (
             f"{self.num_embeddings}{pad}, {self.embedding_dim}, voc_shape={self.voc_shape}, "
-            f"emb_shape={self.emb_shape}, ranks={self.ranks}, params={self.tt_params:,} "
+            f"emb_shape={self.emb_shape}, ranks={self.ranks}, params={self.nparams:,} "
             f"(dense {self.num_embeddings * self.embedding_dim:,}, compression {self.compression:.1f}x)"
             + (f", padding_idx={self.padding_idx}" if getattr(self, "padding_idx", None) is not None else "")
         )
@@ -226,7 +222,7 @@ class TTEmbedding(TTCoresModule):
             weight = weight.to("torch")
         rows, cols = weight.shape
         num_embeddings = (
-            rows if num_embeddings is None else check_features(fn, "num_embeddings", num_embeddings)
+            rows if num_embeddings is None else _checks.check_count(fn, "num_embeddings", num_embeddings)
         )
         if num_embeddings > rows:
             raise ValueError(f"{fn}: num_embeddings = {num_embeddings} exceeds the TTM's {rows} rows")
@@ -241,11 +237,7 @@ class TTEmbedding(TTCoresModule):
             clip_rank=False,
             padding_idx=padding_idx,
         )
-        layer = layer.to_empty(device=weight.device)
-        with torch.no_grad():
-            for core, value in zip(layer.cores, weight.cores):
-                core.copy_(value)
-        return layer
+        return layer._copy_cores(weight)
 
     @classmethod
     def from_embedding(
@@ -276,21 +268,16 @@ class TTEmbedding(TTCoresModule):
             raise ValueError(f"{fn}: give rank, eps or both (with neither the TTM would be exact and larger)")
         weight = embedding.weight
         rows, cols = (int(n) for n in weight.shape)
-        ncores = check_ncores(fn, ncores)
+        ncores = _checks.check_count(fn, "ncores", ncores)
         voc_shape, emb_shape = resolve_shapes(
             fn, rows, cols, voc_shape, emb_shape, ncores, _NAMES, pad_rows=True
         )
-        max_rank = check_rank(fn, rank, len(voc_shape)) if rank is not None else None
+        bonds = None if rank is None else _checks.parse_ranks(fn, "rank", rank, len(voc_shape), owner="layer")
         dense = weight.detach().to(device="cpu", dtype=torch.float64)
         if embedding.padding_idx is not None:  # never read: zero, so it costs no rank
             dense = dense.clone()
             dense[embedding.padding_idx] = 0.0
-        padded = torch.zeros(math.prod(voc_shape), cols, dtype=torch.float64)
-        padded[:rows] = dense
-        ttm = tn.ttm_svd(padded, voc_shape, emb_shape, eps=eps, max_rank=max_rank)
-        reference = float(torch.linalg.vector_norm(dense))
-        rebuilt = tn.full(ttm)[:rows]
-        error = float(torch.linalg.vector_norm(rebuilt - dense)) / reference if reference > 0 else 0.0
+        ttm, error = compress(dense, voc_shape, emb_shape, rank=bonds, eps=eps, rows=rows)
         layer = cls.from_ttm(
             ttm.to(device=weight.device, dtype=weight.dtype), rows, padding_idx=embedding.padding_idx
         )

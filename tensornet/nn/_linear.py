@@ -10,18 +10,14 @@ import torch
 from torch import nn
 
 import tensornet as tn
+from tensornet import _checks
 from tensornet._linear import autograd as _binding
 
-from ._common import (
-    Init,
-    TTCoresModule,
-    check_features,
-    check_ncores,
-    check_rank,
-    conv1d_class,
-    linear_compute_dtype,
-    resolve_shapes,
-)
+from ._cache import linear_compute_dtype
+from ._cores import TTCoresModule, compress
+from ._factor import resolve_shapes
+from ._hf import dense_weight
+from ._init import Init
 
 __all__ = ["TTMLinear", "dense_weights", "tt_parameters"]
 
@@ -98,9 +94,9 @@ class TTMLinear(TTCoresModule):
         super().__init__()
         fn = type(self).__name__
         self.save_weight = save_weight
-        self.in_features = check_features(fn, "in_features", in_features)
-        self.out_features = check_features(fn, "out_features", out_features)
-        ncores = check_ncores(fn, ncores)
+        self.in_features = _checks.check_count(fn, "in_features", in_features)
+        self.out_features = _checks.check_count(fn, "out_features", out_features)
+        ncores = _checks.check_count(fn, "ncores", ncores)
         out_shape, in_shape = resolve_shapes(
             fn, self.out_features, self.in_features, out_shape, in_shape, ncores, _NAMES
         )
@@ -130,13 +126,13 @@ class TTMLinear(TTCoresModule):
 
     @property
     def compression(self) -> float:
-        """Dense weight size divided by :attr:`tt_params`."""
-        return self.in_features * self.out_features / self.tt_params
+        """Dense weight size divided by :attr:`nparams`."""
+        return self.in_features * self.out_features / self.nparams
 
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, in_shape={self.in_shape}, "
-            f"out_shape={self.out_shape}, ranks={self.ranks}, params={self.tt_params:,} "
+            f"out_shape={self.out_shape}, ranks={self.ranks}, params={self.nparams:,} "
             f"(dense {self.in_features * self.out_features:,}, compression {self.compression:.1f}x), "
             f"bias={self.bias is not None}" + (", save_weight=True" if self.save_weight else "")
         )
@@ -149,9 +145,7 @@ class TTMLinear(TTCoresModule):
 
     @save_weight.setter
     def save_weight(self, value: bool) -> None:
-        if not isinstance(value, bool):
-            raise TypeError(f"{type(self).__name__}: save_weight must be True or False, got {value!r}")
-        self._save_weight = value
+        self._save_weight = _checks.check_flag(type(self).__name__, "save_weight", value)
 
     # --- forward ----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -218,11 +212,9 @@ class TTMLinear(TTCoresModule):
             clip_rank=False,
             save_weight=save_weight,
         )
-        layer = layer.to_empty(device=weight.device)
-        with torch.no_grad():
-            for core, value in zip(layer.cores, weight.cores):
-                core.copy_(value)
-            if bias is not None:
+        layer = layer._copy_cores(weight)
+        if bias is not None:
+            with torch.no_grad():
                 layer.bias.copy_(bias)
         return layer
 
@@ -248,21 +240,18 @@ class TTMLinear(TTCoresModule):
         Cost: ``O(M N r)`` for the SVDs plus ``O(M N)`` memory for the float64 copy.
         """
         fn = f"{cls.__name__}.from_linear"
-        if not isinstance(save_weight, bool):
-            raise TypeError(f"{fn}: save_weight must be True or False, got {save_weight!r}")
-        weight, bias = _dense_weight(fn, linear)
+        _checks.check_flag(fn, "save_weight", save_weight)
+        weight, bias = dense_weight(fn, linear)
         out_features, in_features = (int(n) for n in weight.shape)
         if rank is None and eps is None:
             raise ValueError(f"{fn}: give rank, eps or both (with neither the TTM would be exact and larger)")
-        ncores = check_ncores(fn, ncores)
+        ncores = _checks.check_count(fn, "ncores", ncores)
         out_shape, in_shape = resolve_shapes(
             fn, out_features, in_features, out_shape, in_shape, ncores, _NAMES
         )
-        max_rank = check_rank(fn, rank, len(in_shape)) if rank is not None else None
+        bonds = None if rank is None else _checks.parse_ranks(fn, "rank", rank, len(in_shape), owner="layer")
         dense = weight.detach().to(device="cpu", dtype=torch.float64)
-        ttm = tn.ttm_svd(dense, out_shape, in_shape, eps=eps, max_rank=max_rank)
-        reference = float(torch.linalg.vector_norm(dense))
-        error = float(torch.linalg.vector_norm(tn.full(ttm) - dense)) / reference if reference > 0 else 0.0
+        ttm, error = compress(dense, out_shape, in_shape, rank=bonds, eps=eps)
         layer = cls.from_ttm(
             ttm.to(device=weight.device, dtype=weight.dtype),
             None if bias is None else bias.detach(),
@@ -287,22 +276,6 @@ class TTMLinear(TTCoresModule):
             if self.bias is not None:
                 linear.bias.copy_(self.bias)
         return linear
-
-
-def _dense_weight(fn: str, module: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(weight (out, in), bias)`` of an ``nn.Linear`` or a GPT-2 ``Conv1D`` (whose weight is (in, out))."""
-    if isinstance(module, nn.Linear):
-        return module.weight, module.bias
-    conv1d = conv1d_class()
-    if conv1d is not None and isinstance(module, conv1d):
-        weight = module.weight  # (nx, nf) = (in, out): GPT-2 computes x @ W + b
-        if tuple(weight.shape) != (module.nx, module.nf):
-            raise ValueError(
-                f"{fn}: Conv1D has nx={module.nx}, nf={module.nf} but weight shape {tuple(weight.shape)}; "
-                f"expected (nx, nf)"
-            )
-        return weight.T, module.bias
-    raise TypeError(f"{fn}: expected an nn.Linear or transformers' Conv1D, got {type(module).__name__}")
 
 
 @contextlib.contextmanager

@@ -16,7 +16,6 @@ where the per-layer path saves only the input and the cores.
 from __future__ import annotations
 
 import contextlib
-import math
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -91,17 +90,6 @@ class WeightGroup:
         return self._weights[index]
 
 
-def _views(stacked: Any, shapes: K.CoreShapes) -> list[Any]:
-    """The cores of every layer: ``(G, *shape)`` views of the stacked packed vectors ``(G, P)``."""
-    count, width = stacked.shape
-    out, offset = [], 0
-    for shape in shapes:
-        strides = tuple(math.prod(shape[i + 1 :]) for i in range(len(shape)))
-        out.append(stacked.as_strided((count, *shape), (width, *strides), stacked.storage_offset() + offset))
-        offset += math.prod(shape)
-    return out
-
-
 class _GroupRebuild(torch.autograd.Function):
     """The dense W of every layer of a group from their packed cores: ``(W_0, ..., W_{G-1})``.
 
@@ -117,7 +105,7 @@ class _GroupRebuild(torch.autograd.Function):
         if stacked.dtype != compute:
             stacked = stacked.to(compute)
         recipe = K.rebuild_recipe(shapes, (len(params),))
-        weights, parts = K.rebuild(_views(stacked, shapes), recipe, K.torch_ops(), parts=True)
+        weights, parts = K.rebuild(K.unpack(stacked, shapes), recipe, K.torch_ops(), parts=True)
         ctx.shapes, ctx.group, ctx.dtype = shapes, group, params[0].dtype
         ctx.autocast = autocast_dtype(params[0].device.type)
         ctx.save_for_backward(stacked, *(parts or ()), *params)
@@ -135,7 +123,7 @@ class _GroupRebuild(torch.autograd.Function):
             with torch.enable_grad():
                 again = torch.stack(params).to(stacked.dtype)
                 recipe = K.rebuild_recipe(ctx.shapes, (ctx.count,))
-                weights = K.rebuild(_views(again, ctx.shapes), recipe, K.torch_ops())
+                weights = K.rebuild(K.unpack(again, ctx.shapes), recipe, K.torch_ops())
                 result = torch.autograd.grad(weights.unbind(0), params, grads, create_graph=True)
             return (None, None, None, *result)
         device_type = stacked.device.type
@@ -150,7 +138,7 @@ class _GroupRebuild(torch.autograd.Function):
             grad_w = torch.stack(grads)  # (G, M, N)
             recipe = K.rebuild_recipe(ctx.shapes, (ctx.count,))
             core_grads = K.rebuild_grads(
-                _views(stacked, ctx.shapes), grad_w, recipe, K.torch_ops(), parts or None
+                K.unpack(stacked, ctx.shapes), grad_w, recipe, K.torch_ops(), parts or None
             )
             flat = torch.cat([g.reshape(ctx.count, -1) for g in core_grads], dim=1)  # (G, P)
         if flat.dtype != ctx.dtype:

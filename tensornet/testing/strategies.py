@@ -5,7 +5,7 @@ For property tests of your own tensor code::
     from hypothesis import given
     from tensornet.testing import strategies as tst
 
-    @given(tst.tts(max_ndim=4, max_rank=3))
+    @given(tst.tts(max_ncores=4, max_rank=3))
     def test_norm_is_nonnegative(t):
         assert float(tn.norm(t)) >= 0
 
@@ -72,10 +72,10 @@ def mode_shapes(*, min_ndim: int = 1, max_ndim: int = 4, min_size: int = 1, max_
 
 @st.composite
 def ttm_shapes(
-    draw: Any, *, min_ndim: int = 1, max_ndim: int = 3, max_size: int = 4
+    draw: Any, *, min_ncores: int = 1, max_ncores: int = 3, max_size: int = 4
 ) -> tuple[tuple[int, ...], ...]:
-    """``(row_shape, col_shape)`` of equal length."""
-    d = draw(st.integers(min_ndim, max_ndim))
+    """``(row_shape, col_shape)`` of equal length (the number of cores)."""
+    d = draw(st.integers(min_ncores, max_ncores))
     rows = tuple(draw(st.lists(st.integers(1, max_size), min_size=d, max_size=d)))
     cols = tuple(draw(st.lists(st.integers(1, max_size), min_size=d, max_size=d)))
     return rows, cols
@@ -124,15 +124,15 @@ def tts(
     *,
     shape: Any = None,
     ranks: Any = None,
-    max_ndim: int = 4,
+    max_ncores: int = 4,
     max_size: int = 5,
     max_rank: int = 3,
     backend: Any = None,
     dtype: Any = None,
     std: float = 1.0,
 ) -> TT:
-    """A random :class:`~tensornet.TT` (entries of std ``std``)."""
-    shape = _resolve(draw, shape, mode_shapes(max_ndim=max_ndim, max_size=max_size))
+    """A random :class:`~tensornet.TT` (entries of std ``std``) with at most ``max_ncores`` cores."""
+    shape = _resolve(draw, shape, mode_shapes(max_ndim=max_ncores, max_size=max_size))
     ranks = _resolve(draw, ranks, bond_ranks(shape, max_rank=max_rank))
     seed = draw(st.integers(0, 2**32 - 1))
     train = random_tt(shape, ranks, std=std, seed=seed)
@@ -146,7 +146,7 @@ def ttms(
     row_shape: Any = None,
     col_shape: Any = None,
     ranks: Any = None,
-    max_ndim: int = 3,
+    max_ncores: int = 3,
     max_size: int = 4,
     max_rank: int = 3,
     backend: Any = None,
@@ -155,7 +155,7 @@ def ttms(
 ) -> TTM:
     """A random :class:`~tensornet.TTM`; give ``row_shape``/``col_shape`` to fix either."""
     if row_shape is None and col_shape is None:
-        row_shape, col_shape = draw(ttm_shapes(max_ndim=max_ndim, max_size=max_size))
+        row_shape, col_shape = draw(ttm_shapes(max_ncores=max_ncores, max_size=max_size))
     else:
         known = row_shape if row_shape is not None else col_shape
         d = len(_resolve(draw, known, None))
@@ -175,7 +175,7 @@ def zero_tts(draw: Any, **kwargs: Any) -> TT:
     """A TT whose tensor is exactly zero although its ranks need not be 1: one drawn core is zeroed.
     Keyword arguments as :func:`tts`."""
     train = draw(tts(**kwargs))
-    k = draw(st.integers(0, train.ndim - 1))
+    k = draw(st.integers(0, train.ncores - 1))
     cores = list(train.cores)
     cores[k] = cores[k] * 0.0
     return TT(cores)
@@ -199,7 +199,7 @@ def scaled_tts(draw: Any, *, exponent: Any = None, **kwargs: Any) -> TT:
     train = draw(tts(**kwargs))
     limit = 30 if "float32" in str(train.dtype) else 100
     power = _resolve(draw, exponent, st.sampled_from([-limit, limit]))
-    k = draw(st.integers(0, train.ndim - 1))
+    k = draw(st.integers(0, train.ncores - 1))
     cores = list(train.cores)
     cores[k] = cores[k] * 10.0**power
     return TT(cores)
@@ -210,7 +210,7 @@ def orthogonal_tts(draw: Any, *, center: Any = None, **kwargs: Any) -> TT:
     """A TT orthogonalised around a drawn (or given) core: cores left-orthogonal before ``center``,
     right-orthogonal after it (:func:`tensornet.orthogonalize`). Keyword arguments as :func:`tts`."""
     train = draw(tts(**kwargs))
-    position = _resolve(draw, center, st.integers(0, train.ndim - 1))
+    position = _resolve(draw, center, st.integers(0, train.ncores - 1))
     return orthogonalize(train, center=position)
 
 

@@ -1,0 +1,503 @@
+"""Argument checks shared by every public function: shapes, rank specs, counts, flags, eps and scalars.
+
+One vocabulary for the whole package:
+
+* a **shape** is a non-empty sequence of positive ints (a 1-D integer numpy array too); the core
+  functions also take a bare int ``n`` for ``(n,)``;
+* a **rank spec** (the ``rank`` of a constructor or layer, the ``max_rank`` cap of a decomposition) is an
+  int (every bond), the ``d - 1`` bond ranks ``(r_1, ..., r_{d-1})``, or the ``d + 1`` ranks
+  ``(1, r_1, ..., r_{d-1}, 1)`` with the boundary 1s, as a train's ``ranks`` property gives them.
+
+Every message names the function, the argument and the sizes that disagree, with a hint.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from . import _backend as B
+from ._backend import Array
+
+
+def _integer_list(value: Any) -> list[Any] | None:
+    """``value`` as a list when it is a sequence (not a string) or a 1-D integer numpy array, else None."""
+    if isinstance(value, np.ndarray) and value.ndim == 1 and np.issubdtype(value.dtype, np.integer):
+        return [int(v) for v in value]
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return list(value)
+    return None
+
+
+def is_int(value: Any) -> bool:
+    """An integral number that is not a bool (Python and numpy ints)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+# --- shapes -----------------------------------------------------------------------------------------
+def check_shape(fn: str, name: str, shape: Any, *, scalar: bool = False) -> tuple[int, ...]:
+    """``shape`` as a tuple of positive ints.
+
+    Parameters
+    ----------
+    fn, name : str
+        The calling function and the argument's name, for messages.
+    shape : sequence of int, 1-D integer numpy array, or (with ``scalar``) an int
+        The shape to check.
+    scalar : bool
+        Accept a bare int ``n`` as ``(n,)`` (the core functions' ``shape``; a layer's factor shapes
+        must be sequences).
+
+    Returns
+    -------
+    tuple of int
+
+    Raises
+    ------
+    TypeError
+        Not a non-empty sequence, or an entry that is not an int.
+    ValueError
+        An entry below 1.
+    """
+    if scalar and is_int(shape):
+        shape = (shape,)
+    values = _integer_list(shape)
+    if not values:
+        raise TypeError(f"{fn}: {name} must be a non-empty sequence of positive ints, got {shape!r}")
+    for k, n in enumerate(values):
+        if not is_int(n):
+            raise TypeError(
+                f"{fn}: {name}[{k}] must be an int, got {type(n).__name__} {n!r} ({name} must be a "
+                "sequence of positive ints)"
+            )
+        if n < 1:
+            raise ValueError(f"{fn}: {name}[{k}] = {n}; every entry must be >= 1 (use 1 to pad)")
+    return tuple(int(n) for n in values)
+
+
+def check_same_length(fn: str, names: tuple[str, str], first: Sequence[int], second: Sequence[int]) -> None:
+    """Raise ``ValueError`` unless two factor shapes have one entry per core each."""
+    if len(first) != len(second):
+        raise ValueError(
+            f"{fn}: {names[0]} {tuple(first)} has {len(first)} factors but {names[1]} {tuple(second)} has "
+            f"{len(second)}; they have different lengths: give one factor per core (pad the shorter with 1s)"
+        )
+
+
+def check_product(fn: str, name: str, shape: Sequence[int], size: int, what: str) -> None:
+    """Raise ``ValueError`` unless ``prod(shape) == size``; ``what`` says whose size it is.
+
+    E.g. ``what="in_features = 24"`` or ``"the matrix has 6 rows"``.
+    """
+    if math.prod(shape) != size:
+        raise ValueError(
+            f"{fn}: {name} {tuple(shape)} multiplies to {math.prod(shape)} but {what}; the factors must "
+            f"multiply to {size}"
+        )
+
+
+# --- rank specs -------------------------------------------------------------------------------------
+def parse_ranks(fn: str, name: str, rank: Any, ncores: int, *, owner: str = "train") -> tuple[int, ...]:
+    """The bond ranks ``(r_1, ..., r_{d-1})`` of a rank spec for ``ncores = d`` cores.
+
+    Parameters
+    ----------
+    fn, name : str
+        The calling function and the argument's name (``"rank"``, ``"max_rank"``), for messages.
+    rank : int or sequence of int
+        An int (every bond), ``d - 1`` bond ranks, or ``d + 1`` ranks starting and ending with 1.
+    ncores : int
+        The number of cores d.
+    owner : str
+        What has the cores, for messages ("train", "layer").
+
+    Returns
+    -------
+    tuple of int
+        ``d - 1`` ranks, each at least 1.
+
+    Raises
+    ------
+    TypeError
+        Not an int or a sequence of ints.
+    ValueError
+        A wrong number of entries, boundary ranks other than 1 in the ``d + 1`` form, a rank below 1.
+    """
+    bonds = ncores - 1
+    if is_int(rank):
+        if rank < 1:
+            raise ValueError(f"{fn}: {name} must be >= 1, got {rank}")
+        return (int(rank),) * bonds
+    values = _integer_list(rank)
+    if values is None:
+        raise TypeError(
+            f"{fn}: {name} must be an int or a sequence of ints (one per bond), got {type(rank).__name__} "
+            f"{rank!r}"
+        )
+    if len(values) == ncores + 1:
+        if values[0] != 1 or values[-1] != 1:
+            raise ValueError(
+                f"{fn}: {name} {tuple(values)} has d + 1 = {ncores + 1} entries, so it must start and end "
+                "with 1 (the boundary ranks must be 1)"
+            )
+        values = values[1:-1]
+    elif len(values) != bonds:
+        raise ValueError(
+            f"{fn}: {name} has {len(values)} entries but the {owner} has {ncores} cores ({bonds} bonds); give "
+            f"an int, d - 1 = {bonds} bond ranks or d + 1 = {ncores + 1} ranks with the boundary 1s"
+        )
+    for k, value in enumerate(values, start=1):
+        if not is_int(value):
+            raise TypeError(
+                f"{fn}: {name} must be an int or a sequence of ints, got {type(value).__name__} {value!r} "
+                f"for bond {k}"
+            )
+        if value < 1:
+            raise ValueError(f"{fn}: {name} must be >= 1, got {value} for bond {k}")
+    return tuple(int(v) for v in values)
+
+
+def rank_caps(fn: str, max_rank: Any, ncores: int) -> list[int | None]:
+    """Per-bond rank caps from a ``max_rank`` spec (:func:`parse_ranks`); None caps nothing."""
+    if max_rank is None:
+        return [None] * (ncores - 1)
+    return list(parse_ranks(fn, "max_rank", max_rank, ncores))
+
+
+# --- numbers and flags ------------------------------------------------------------------------------
+def check_count(fn: str, name: str, value: Any, *, minimum: int = 1, optional: bool = False) -> Any:
+    """``value`` as an int ``>= minimum`` (or None when ``optional``).
+
+    Raises
+    ------
+    TypeError
+        Not an int (a bool is not one).
+    ValueError
+        Below ``minimum``.
+    """
+    if optional and value is None:
+        return None
+    if not is_int(value):
+        kind = "an int or None" if optional else "an int"
+        raise TypeError(f"{fn}: {name} must be {kind}, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{fn}: {name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_flag(fn: str, name: str, value: Any) -> bool:
+    """``value`` when it is a bool; ``TypeError`` otherwise (1 and "yes" are not flags)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{fn}: {name} must be True or False, got {value!r}")
+    return value
+
+
+def check_eps(fn: str, eps: Any) -> float | None:
+    """A relative accuracy ``eps >= 0`` as a float, or None.
+
+    Raises
+    ------
+    TypeError
+        Not a real number.
+    ValueError
+        Negative, NaN or infinite.
+    """
+    if eps is None:
+        return None
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"{fn}: eps must be a real number or None, got {type(eps).__name__}")
+    value = float(eps)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{fn}: eps must be finite and >= 0 (a relative Frobenius error), got {eps}")
+    return value
+
+
+def check_precision(fn: str, dtype: Any) -> None:
+    """Raise ``TypeError`` unless ``dtype`` is float32 or float64 (the SVDs and QRs exist in those only)."""
+    name = B.dtype_name(dtype)
+    if name not in ("float32", "float64"):
+        raise TypeError(
+            f"{fn}: dtype {name} is not supported (the SVDs and QRs behind it exist in float32 and float64 "
+            f"only, and a result stored in another precision could not keep the eps guarantee); convert "
+            f"with .astype('float32') / .to(torch.float32) or t.to(dtype='float32')"
+        )
+
+
+def is_scalar(x: Any) -> bool:
+    """A Python/numpy number or a 0-d array (a bool is not a scalar here)."""
+    if isinstance(x, bool):
+        return False
+    if isinstance(x, numbers.Number):
+        return True
+    return B.is_array(x) and x.ndim == 0
+
+
+def check_scalar(fn: str, x: Any, alpha: Any) -> Any:
+    """``alpha`` in a form that multiplies the train ``x``'s cores without changing their dtype or device.
+
+    A scalar never changes a train's dtype (numpy's NEP 50 and torch's rule for Python scalars):
+    numbers, numpy scalars and 0-d numpy arrays become Python floats, 0-d arrays of the train's own
+    backend are cast to its dtype and device (a torch scalar that requires grad keeps its graph).
+
+    Raises
+    ------
+    TypeError
+        Not a real number or a 0-d array; a complex scalar; a 0-d array of another backend than numpy
+        or the train's.
+    ValueError
+        A number not representable as a float.
+    """
+    if not is_scalar(alpha):
+        raise TypeError(f"{fn}: the scalar must be a real number or a 0-d array, got {type(alpha).__name__}")
+    if isinstance(alpha, numbers.Number):
+        if isinstance(alpha, numbers.Complex) and not isinstance(alpha, numbers.Real):
+            raise TypeError(f"{fn}: complex scalar {alpha!r}; tensornet supports real floats only")
+        try:
+            return float(alpha)  # type: ignore[arg-type]  # Python/numpy reals, Fraction, Decimal
+        except (TypeError, ValueError, OverflowError) as err:
+            raise ValueError(
+                f"{fn}: the scalar {alpha!r:.40} is not representable as a float ({err})"
+            ) from None
+    if B.is_complex(alpha):
+        raise TypeError(f"{fn}: complex scalar of dtype {alpha.dtype}; tensornet supports real floats only")
+    if B.backend_name(alpha) == x.backend:
+        return B.to_backend(alpha, x.backend, device=x.device, dtype=x.dtype)
+    if B.backend_name(alpha) == "numpy":
+        return float(alpha)
+    raise TypeError(
+        f"{fn}: the scalar is a {B.backend_name(alpha)} array but the train's cores are {x.backend}; "
+        "convert one of them"
+    )
+
+
+# --- indices ----------------------------------------------------------------------------------------
+def index_rows(fn: str, index: Any, shape: Sequence[int], name: str = "index") -> np.ndarray:
+    """``index`` (a ``(k, d)`` integer array or nested sequence) as host int64 rows within ``shape``.
+
+    Negative entries count from the end of their mode.
+
+    Raises
+    ------
+    TypeError
+        Not an integer array or sequence.
+    ValueError
+        Not of shape ``(k, d)``.
+    IndexError
+        An entry outside its mode.
+    """
+    rows = _host_rows(fn, index, name)
+    d = len(shape)
+    if rows.ndim != 2 or int(rows.shape[1]) != d:
+        raise ValueError(
+            f"{fn}: {name} has shape {tuple(rows.shape)} but must be (k, {d}): one row (i_1, ..., i_{d}) "
+            f"per entry of the shape-{tuple(shape)} train (wrap a single index as [index])"
+        )
+    rows = rows.astype(np.int64, copy=False)
+    sizes = np.asarray(shape, dtype=np.int64)
+    bad = np.argwhere((rows < -sizes) | (rows >= sizes))
+    if bad.size:
+        j, k = (int(v) for v in bad[0])
+        raise IndexError(
+            f"{fn}: {name} row {j} has {int(rows[j, k])} in mode {k}, which has size {int(sizes[k])} "
+            f"(valid: {-int(sizes[k])} .. {int(sizes[k]) - 1})"
+        )
+    return np.where(rows < 0, rows + sizes, rows)
+
+
+def _host_rows(fn: str, index: Any, name: str) -> np.ndarray:
+    if B.is_array(index):
+        if B.is_complex(index) or B.is_floating(index) or str(index.dtype) in ("bool", "torch.bool"):
+            raise TypeError(f"{fn}: {name} must hold integers, got dtype {index.dtype}")
+        return np.asarray(B.to_backend(index, "numpy"))
+    if isinstance(index, Sequence) and not isinstance(index, str):
+        rows = np.asarray(index)
+        if rows.size and not np.issubdtype(rows.dtype, np.integer):
+            raise TypeError(f"{fn}: {name} must hold integers, got {rows.dtype} entries")
+        return rows
+    raise TypeError(f"{fn}: {name} must be a (k, d) integer array, got {type(index).__name__}")
+
+
+def check_axes(fn: str, axis: Any, ndim: int) -> tuple[int, ...]:
+    """``axis`` (an int or a sequence of ints, negative from the end) as sorted distinct modes.
+
+    Raises
+    ------
+    TypeError
+        Not an int or a sequence of ints.
+    ValueError
+        A mode out of range or repeated.
+    """
+    items = [axis] if isinstance(axis, numbers.Integral) else axis
+    if isinstance(axis, bool) or not isinstance(items, Sequence) or isinstance(items, str):
+        raise TypeError(f"{fn}: axis must be an int or a sequence of ints, got {axis!r}")
+    axes = []
+    for a in items:
+        if not is_int(a):
+            raise TypeError(f"{fn}: axis entries must be ints, got {a!r}")
+        if not -ndim <= int(a) < ndim:
+            raise ValueError(f"{fn}: axis {a} is out of range for a TT with {ndim} modes")
+        axes.append(int(a) % ndim)
+    if len(set(axes)) != len(axes):
+        raise ValueError(f"{fn}: axis {tuple(items)} repeats a mode")
+    return tuple(sorted(axes))
+
+
+# --- dense arrays -----------------------------------------------------------------------------------
+def check_dense(fn: str, x: Any) -> Array:
+    """Raise unless ``x`` is a float32/float64 array with at least one dimension and no zero-size one.
+
+    Raises
+    ------
+    TypeError
+        Not an array, or not float32/float64.
+    ValueError
+        A 0-d array or a zero-size dimension.
+    """
+    if not B.is_array(x):
+        raise TypeError(f"{fn}: expected a numpy array or torch tensor, got {type(x).__name__}")
+    if x.ndim < 1:
+        raise ValueError(f"{fn}: expected an array with at least one dimension, got a 0-d array")
+    if any(int(n) == 0 for n in x.shape):
+        raise ValueError(f"{fn}: the array has a zero-size dimension (shape {tuple(x.shape)})")
+    if B.is_complex(x) or not B.is_floating(x):
+        raise TypeError(f"{fn}: dtype {x.dtype} is not supported; use float32 or float64")
+    check_precision(fn, x.dtype)
+    return x
+
+
+# --- cores of a train -------------------------------------------------------------------------------
+def check_cores(kind: str, cores: Any, core_ndim: int) -> tuple[Array, ...]:
+    """The cores of a ``kind`` ("TT" or "TTM") as a tuple, validated (see :class:`tensornet.TT`).
+
+    Raises
+    ------
+    TypeError
+        Not a sequence of arrays; integer or complex cores; mixed backends or dtypes.
+    ValueError
+        No cores, cores of the wrong dimension, zero-size dimensions, mixed devices, boundary ranks
+        other than 1, ranks that do not chain.
+    """
+    if B.is_array(cores) or not isinstance(cores, Sequence):
+        raise TypeError(
+            f"{kind}: cores must be a list or tuple of arrays, got {type(cores).__name__}; "
+            f"wrap a single core as [core]"
+        )
+    cores = tuple(cores)
+    if not cores:
+        raise ValueError(f"{kind}: needs at least one core, got an empty list")
+    for k, core in enumerate(cores):
+        _check_core(kind, k, core, core_ndim)
+    B.namespace(*cores, where=kind)
+    _check_storage(kind, cores)
+    _check_chain(kind, cores)
+    return cores
+
+
+def _check_core(kind: str, k: int, core: Any, core_ndim: int) -> None:
+    layout = "(r_{k-1}, n_k, r_k)" if core_ndim == 3 else "(r_{k-1}, m_k, n_k, r_k)"
+    if not B.is_array(core):
+        raise TypeError(f"{kind}: core {k} is a {type(core).__name__}, not an array")
+    if core.ndim != core_ndim:
+        raise ValueError(
+            f"{kind}: core {k} has shape {tuple(core.shape)} ({core.ndim}-D) but {kind} cores are "
+            f"{core_ndim}-D {layout}"
+        )
+    if any(int(n) == 0 for n in core.shape):
+        raise ValueError(f"{kind}: core {k} has shape {tuple(core.shape)} with a zero-size dimension")
+    if B.is_complex(core):
+        raise TypeError(f"{kind}: core {k} is complex ({core.dtype}); tensornet supports real floats only")
+    if not B.is_floating(core):
+        raise TypeError(
+            f"{kind}: core {k} has dtype {core.dtype}; cores must be floating point (float32/float64), "
+            "convert with .astype / .to(dtype)"
+        )
+
+
+def _check_storage(kind: str, cores: tuple[Array, ...]) -> None:
+    first = cores[0]
+    for k, core in enumerate(cores[1:], start=1):
+        if core.dtype != first.dtype:
+            raise TypeError(
+                f"{kind}: core {k} has dtype {core.dtype} but core 0 has {first.dtype}; use one dtype"
+            )
+        if B.device(core) != B.device(first):
+            raise ValueError(
+                f"{kind}: core {k} is on device {B.device(core)} but core 0 is on {B.device(first)}; "
+                "move all cores to one device"
+            )
+
+
+def _check_chain(kind: str, cores: tuple[Array, ...]) -> None:
+    if int(cores[0].shape[0]) != 1:
+        raise ValueError(
+            f"{kind}: core 0 has shape {tuple(cores[0].shape)}; its first (boundary) rank must be 1, "
+            f"not {int(cores[0].shape[0])}"
+        )
+    if int(cores[-1].shape[-1]) != 1:
+        raise ValueError(
+            f"{kind}: core {len(cores) - 1} has shape {tuple(cores[-1].shape)}; its last (boundary) rank "
+            f"must be 1, not {int(cores[-1].shape[-1])}"
+        )
+    for k in range(len(cores) - 1):
+        left, right = int(cores[k].shape[-1]), int(cores[k + 1].shape[0])
+        if left != right:
+            raise ValueError(
+                f"{kind}: core {k} has shape {tuple(cores[k].shape)} but core {k + 1} has shape "
+                f"{tuple(cores[k + 1].shape)}; ranks must chain: the last size of core {k} ({left}) must "
+                f"equal the first size of core {k + 1} ({right})"
+            )
+
+
+# --- trains as arguments ----------------------------------------------------------------------------
+def check_train(fn: str, x: Any, name: str = "argument") -> None:
+    """Raise ``TypeError`` unless ``x`` is a TT or a TTM."""
+    if not isinstance(x, (_tt.TT, _tt.TTM)):
+        raise TypeError(f"{fn}: {name} must be a tensornet TT or TTM, got {type(x).__name__}")
+
+
+def check_type(fn: str, x: Any, cls: type, name: str) -> None:
+    """Raise ``TypeError`` unless ``x`` is a ``cls`` (TT or TTM)."""
+    if not isinstance(x, cls):
+        raise TypeError(f"{fn}: {name} must be a tensornet {cls.__name__}, got {type(x).__name__}")
+
+
+def check_same_storage(fn: str, a: Any, b: Any) -> None:
+    """Raise unless two trains share backend, dtype (``TypeError``) and device (``ValueError``)."""
+    if a.backend != b.backend:
+        raise TypeError(
+            f"{fn}: operands use different backends ({a.backend} and {b.backend}); convert with .to()"
+        )
+    if a.dtype != b.dtype:
+        raise TypeError(
+            f"{fn}: operands have different dtypes ({a.dtype} and {b.dtype}); convert with .to(dtype=...)"
+        )
+    if a.device != b.device:
+        raise ValueError(
+            f"{fn}: operands are on different devices ({a.device} and {b.device}); move one with .to()"
+        )
+
+
+def check_same_structure(fn: str, a: Any, b: Any) -> None:
+    """Raise unless ``a`` and ``b`` are trains of one type, storage and mode shapes (elementwise operands)."""
+    check_train(fn, a, "first operand")
+    check_train(fn, b, "second operand")
+    if type(a) is not type(b):
+        raise TypeError(f"{fn}: cannot combine a {type(a).__name__} with a {type(b).__name__}")
+    check_same_storage(fn, a, b)
+    if isinstance(a, _tt.TTM):
+        if (a.row_shape, a.col_shape) != (b.row_shape, b.col_shape):
+            raise ValueError(
+                f"{fn}: TTM shapes differ: row_shape {a.row_shape} x col_shape {a.col_shape} vs "
+                f"row_shape {b.row_shape} x col_shape {b.col_shape}; both must match core by core"
+            )
+    elif a.shape != b.shape:
+        raise ValueError(f"{fn}: TT shapes differ: {a.shape} vs {b.shape}; they must match mode by mode")
+
+
+# the train checks above need the classes, whose module needs these checks: imported last, so that either
+# module may be imported first
+from . import tt as _tt  # noqa: E402

@@ -1,0 +1,186 @@
+"""The base class of the TT layers: the cores packed in one parameter, their shapes, initialisation and
+dense-weight cache (:class:`TTCoresModule`), and the TT-SVD that converts a trained weight."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+import tensornet as tn
+from tensornet import _checks
+
+from ._cache import DenseCache
+from ._factor import clip_ranks, core_shapes
+from ._init import Init, check_init, init_cores
+
+__all__ = ["TTCoresModule", "compress"]
+
+
+def compress(
+    dense: torch.Tensor,
+    row_shape: tuple[int, ...],
+    col_shape: tuple[int, ...],
+    *,
+    rank: tuple[int, ...] | None,
+    eps: float | None,
+    rows: int | None = None,
+) -> tuple[tn.TTM, float]:
+    """The TTM of a float64 CPU matrix by :func:`tensornet.ttm_svd`, and its measured relative error.
+
+    ``rows``: the matrix is zero-padded to ``prod(row_shape)`` rows before the decomposition (an
+    embedding's padded vocabulary) and the error is measured over the first ``rows`` rows.
+
+    Cost: ``O(M N r)`` for the SVDs.
+    """
+    real = int(dense.shape[0]) if rows is None else rows
+    padded = dense
+    if math.prod(row_shape) != int(dense.shape[0]):
+        padded = torch.zeros(math.prod(row_shape), int(dense.shape[1]), dtype=dense.dtype)
+        padded[:real] = dense
+    ttm = tn.ttm_svd(padded, row_shape, col_shape, eps=eps, max_rank=rank)
+    reference = float(torch.linalg.vector_norm(dense))
+    error = float(torch.linalg.vector_norm(tn.full(ttm)[:real] - dense)) / reference if reference > 0 else 0.0
+    return ttm, error
+
+
+class TTCoresModule(nn.Module):
+    """What :class:`TTMLinear` and :class:`TTEmbedding` share: the TT cores, their ranks and size, their
+    initialisation and the dense-weight cache.
+
+    The cores are stored as ONE parameter, :attr:`packed_cores` (every core flattened and concatenated in
+    order), and :attr:`cores` gives views of it of shapes ``(r_{k-1}, rows_k, cols_k, r_k)``. One tensor per
+    layer instead of d: an optimizer, gradient clipping and DDP handle one tensor (fewer per-parameter
+    kernels and host reads each step), the layer's gradient is one tensor, and layers with equal core shapes
+    can be stacked for a batched rebuild (:func:`tensornet.nn.materialize`). In-place writes to a view (under
+    ``torch.no_grad()``) write the parameter; ``layer.packed_cores.grad`` holds every core's gradient
+    (:attr:`core_grads` gives it per core).
+    """
+
+    packed_cores: nn.Parameter
+    core_shapes: tuple[tuple[int, int, int, int], ...]
+    init: Init
+    conversion_error: float | None
+    _dense_cache: DenseCache | None
+
+    def _make_cores(
+        self,
+        fn: str,
+        rows: tuple[int, ...],
+        cols: tuple[int, ...],
+        rank: int | tuple[int, ...],
+        *,
+        clip_rank: bool,
+        init: Any,
+        device: Any,
+        dtype: Any,
+    ) -> None:
+        """Validate ``rank``/``init`` (clipping the rank with a warning if asked) and create empty cores."""
+        bonds = _checks.parse_ranks(fn, "rank", rank, len(rows), owner="layer")
+        if clip_rank:  # the warning points at the user's constructor call, two frames up
+            bonds = clip_ranks(fn, bonds, rows, cols, stacklevel=4)
+        self.init = check_init(fn, init)
+        self.core_shapes = tuple(core_shapes(rows, cols, bonds))
+        total = sum(math.prod(shape) for shape in self.core_shapes)
+        self.packed_cores = nn.Parameter(torch.empty(total, device=device, dtype=dtype))
+        self.conversion_error = None
+        self._dense_cache = None
+
+    @property
+    def cores(self) -> tuple[torch.Tensor, ...]:
+        """The cores ``(r_{k-1}, rows_k, cols_k, r_k)``: views of :attr:`packed_cores` (differentiable)."""
+        sizes = [a * b * c * d for a, b, c, d in self.core_shapes]
+        return tuple(v.view(s) for v, s in zip(self.packed_cores.split(sizes), self.core_shapes))
+
+    @property
+    def core_grads(self) -> tuple[torch.Tensor, ...] | None:
+        """``packed_cores.grad`` as one view per core (None before a backward pass)."""
+        grad = self.packed_cores.grad
+        if grad is None:
+            return None
+        sizes = [a * b * c * d for a, b, c, d in self.core_shapes]
+        return tuple(v.view(s) for v, s in zip(grad.split(sizes), self.core_shapes))
+
+    def _draw_cores(self, fan_in: int, fan_out: int) -> None:
+        """Fill the cores for ``self.init`` from torch's global generator (nothing on the meta device)."""
+        if self.packed_cores.is_meta:
+            return
+        values = init_cores(list(self.core_shapes), self.init, fan_in, fan_out)
+        with torch.no_grad():
+            for core, value in zip(self.cores, values):
+                core.copy_(value)
+
+    @property
+    def ranks(self) -> tuple[int, ...]:
+        """TT ranks ``(1, r_1, ..., r_{d-1}, 1)``."""
+        return (1, *(shape[-1] for shape in self.core_shapes))
+
+    @property
+    def ncores(self) -> int:
+        """Number of cores d."""
+        return len(self.core_shapes)
+
+    @property
+    def nparams(self) -> int:
+        """Numbers stored in the cores (a bias not included)."""
+        return self.packed_cores.numel()
+
+    def _copy_cores(self, weight: tn.TTM) -> Any:
+        """This layer (built on the meta device) materialised on ``weight``'s device with its cores."""
+        layer = self.to_empty(device=weight.device)
+        with torch.no_grad():
+            for core, value in zip(layer.cores, weight.cores):
+                core.copy_(value)
+        return layer
+
+    def cache_dense_weight(self, enabled: bool = True) -> Any:
+        """Reuse the rebuilt dense weight across calls that need no gradient (inference, decoding).
+
+        While enabled, a forward pass under ``torch.no_grad()``/``inference_mode()`` (or with cores that
+        do not require grad) rebuilds the dense matrix once per (core values, compute dtype, device) and
+        then runs the dense layer's kernel on it (``F.linear``, ``F.embedding``), so decoding costs what a
+        dense layer costs. The cache is checked on every call against the cores' in-place version
+        counters and identities: an optimizer step, ``load_state_dict`` or ``.to()`` invalidates it. It
+        holds the dense matrix (the memory the TT format saves), is never saved in ``state_dict`` and is
+        bypassed under ``torch.compile`` and whenever a gradient of the cores is needed.
+        ``enabled=False`` frees it. See :func:`tensornet.nn.dense_weights` for a whole model. Returns
+        ``self``. Writes through ``core.data`` bypass the version counter and are not seen: use in-place
+        ops on the parameters (as optimizers do) or call this method again. A TT embedding's cached lookup
+        returns the table's dtype under autocast, as ``nn.Embedding`` does.
+        """
+        self._dense_cache = DenseCache() if enabled else None
+        return self
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        # .to()/.float()/.cuda() may keep a core's identity and version counter while changing its values
+        # (a round trip through another dtype), so a cached matrix is dropped whenever they are applied
+        cache = getattr(self, "_dense_cache", None)
+        if cache is not None:
+            cache.clear()
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any) -> None:
+        cache = getattr(self, "_dense_cache", None)
+        if cache is not None:
+            cache.clear()
+        # cores saved one tensor each (``cores.0``, ``cores.1``, ...: tensornet before packed cores)
+        old = [f"{prefix}cores.{k}" for k in range(len(self.core_shapes))]
+        if f"{prefix}packed_cores" not in state_dict and all(key in state_dict for key in old):
+            for key, shape in zip(old, self.core_shapes):
+                if tuple(state_dict[key].shape) != shape:
+                    raise RuntimeError(
+                        f"{type(self).__name__}: {key} has shape {tuple(state_dict[key].shape)} but this layer's "
+                        f"core has shape {shape}; build the layer with the ranks and shapes it was saved with"
+                    )
+            state_dict[f"{prefix}packed_cores"] = torch.cat([state_dict.pop(key).reshape(-1) for key in old])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _cached_dense(self, device: Any, dtype: Any) -> torch.Tensor | None:
+        """The cached dense matrix in ``dtype`` if the cache is on and usable here, else None."""
+        cache = getattr(self, "_dense_cache", None)  # absent on modules pickled by older versions
+        if cache is None:
+            return None
+        cores = list(self.cores)
+        return cache.lookup(self.packed_cores, device, dtype, lambda dt: tn.full(tn.TTM(cores)).to(dt))
