@@ -21,6 +21,7 @@ def _timed(fn, *args, **kwargs):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the tour (``argv``: the command line without the program name); returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m tensornet", description=__doc__.splitlines()[0])
     parser.add_argument("--eps", type=float, default=1e-6, help="relative accuracy of TT-SVD (default 1e-6)")
     parser.add_argument("--ndim", type=int, default=6, help="number of modes of the function tensor")

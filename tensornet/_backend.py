@@ -41,10 +41,12 @@ _NUMPY_ARRAY_API = int(np.__version__.split(".")[0]) >= 2
 
 
 def fast_namespace(*arrays: Array) -> Any:
-    """:func:`namespace`, or the library itself where it implements what sweeps over small matrices
-    use (numpy >= 2, torch): the compat wrappers cost microseconds per call, which adds up there.
-    Callers use only ``matmul, reshape, concat, zeros, abs, max`` (whole array), ``linalg.qr``,
-    ``linalg.svd``, ``linalg.vector_norm`` and the ``.T`` of 2-D arrays, which agree in both."""
+    """:func:`namespace`, or the library itself where it implements what sweeps over small matrices use.
+
+    numpy >= 2 and torch implement it: the compat wrappers cost time on every call, which adds up in
+    sweeps over small matrices. Callers use only ``matmul, reshape, concat, zeros, abs, max`` (whole array), ``linalg.qr``,
+    ``linalg.svd``, ``linalg.vector_norm`` and the ``.T`` of 2-D arrays, which agree in both.
+    """
     if _NUMPY_ARRAY_API and all(type(a) is np.ndarray for a in arrays):
         return np
     if arrays and all(array_api_compat.is_torch_array(a) for a in arrays):
@@ -152,8 +154,11 @@ def asarray_like(values: Any, like: Array) -> Array:
 # (unless the result itself over- or underflows), so a scale factor taken out and put back leaves no
 # rounding behind, and a result that overflows saturates to inf instead of turning into inf/inf = NaN.
 def exponent(size: Array) -> Array:
-    """An integer 0-d array ``e`` with ``2^(e-2) <= size < 2^(e+1)`` for a finite ``size > 0`` (0 for zero
-    or non-finite ``size``): the power of two to divide by so that ``size`` lands near 1."""
+    """The power of two to divide by so that ``size`` lands near 1.
+
+    An integer 0-d array ``e`` with ``2^(e-2) <= size < 2^(e+1)`` for a finite ``size > 0`` (0 for zero
+    or non-finite ``size``).
+    """
     xp = namespace(size)
     usable = xp.logical_and(size > 0, xp.isfinite(size))
     safe = xp.where(usable, size, xp.ones_like(size))
@@ -180,9 +185,11 @@ def _pow2_torch(e: Array, like: Array) -> Array:
 
 
 def _pow2_steps(dtype: Any) -> tuple[int, int]:
-    """``(step, count)``: 2^step and 2^-step are normal numbers of ``dtype``, and ``count`` steps span
-    its whole range (any non-zero finite value times 2^(count step) overflows, times 2^-(count step)
-    underflows)."""
+    """``(step, count)``: ``count`` steps of ``2^step`` span the whole range of ``dtype``.
+
+    2^step and 2^-step are normal numbers of ``dtype``; any non-zero finite value times 2^(count step)
+    overflows, times 2^-(count step) underflows.
+    """
     finfo = np.finfo(np.float64) if "float64" in str(dtype) else None
     if finfo is None:
         torch = importlib.import_module("torch") if str(dtype).startswith("torch.") else None
@@ -194,8 +201,11 @@ def _pow2_steps(dtype: Any) -> tuple[int, int]:
 
 
 def scale_pow2(x: Array, e: Any) -> Array:
-    """``x * 2^e`` exactly, up to the final over- or underflow (inf or 0, never NaN); ``e`` an int or an
-    integer 0-d array of any size. Differentiable in ``x`` (the factors are constants)."""
+    """``x * 2^e`` exactly, up to the final over- or underflow (inf or 0, never NaN).
+
+    ``e`` is an int or an integer 0-d array of any size. Differentiable in ``x`` (the factors are
+    constants).
+    """
     if array_api_compat.is_numpy_array(x) or isinstance(x, np.generic):
         with np.errstate(over="ignore", under="ignore"):  # inf / 0 is the honest saturated answer
             return np.ldexp(x, np.clip(np.asarray(e, dtype=np.int64), -(2**20), 2**20))
@@ -237,7 +247,8 @@ def exact(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     Autocast is for neural-network layers: under ``torch.autocast`` a product of float32 cores would run
     in bf16/fp16, mix dtypes between steps and break the accuracy the algebra promises. Decorated functions
     compute in the trains' own dtype whatever the autocast state (``tensornet.linear`` alone follows
-    autocast, as ``nn.Linear`` does). Costs nothing when torch is not imported or autocast is off."""
+    autocast, as ``nn.Linear`` does). Costs nothing when torch is not imported or autocast is off.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:

@@ -16,7 +16,7 @@ import math
 import numbers
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 
@@ -26,20 +26,25 @@ from ._cross_cache import Budget, Evaluations
 from ._cross_sweeps import Sweeps, host_gather, relative_error
 from ._index import gather
 from ._truncation import ErrorLog, RankCapWarning
-from .tt import TT
+from .decomp import RankSpec
+from .tt import TT, TrainT
 
 __all__ = ["ConvergenceWarning", "EvalCapWarning", "apply", "cross"]
 
 
 class EvalCapWarning(UserWarning):
-    """``max_evals`` stopped :func:`cross` before it met ``eps``; the message gives the error estimated
-    on the validation indices (``return_error=True`` returns it)."""
+    """``max_evals`` stopped :func:`cross` before it met ``eps``.
+
+    The message gives the error estimated on the validation indices (``return_error=True`` returns it).
+    """
 
 
 class ConvergenceWarning(UserWarning):
-    """:func:`cross` stopped without meeting ``eps`` because the error on the validation indices stopped
-    improving (``f`` noisy, ``eps`` below ``f``'s precision, or a function of very high rank); the
-    message gives the estimate."""
+    """:func:`cross` stopped without meeting ``eps``: the error on the validation indices stopped improving.
+
+    Causes: ``f`` noisy, ``eps`` below ``f``'s precision, or a function of very high rank; the message
+    gives the estimate.
+    """
 
 
 _STALL_LIMIT = 4  # half-sweeps in a row without halving the best validation error end the search
@@ -62,20 +67,48 @@ def _validation_rows(fn: str, validation: Any, shape: tuple[int, ...], rng: Any)
     return rows
 
 
+@overload
+def cross(
+    f: Callable[[Any], Any],
+    shape: int | Sequence[int],
+    *,
+    eps: float = ...,
+    max_rank: RankSpec | None = ...,
+    max_evals: int | None = ...,
+    seed: Any = ...,
+    like: Any = ...,
+    dtype: Any = ...,
+    validation: Any = ...,
+    return_error: Literal[False] = ...,
+) -> TT: ...
+@overload
+def cross(
+    f: Callable[[Any], Any],
+    shape: int | Sequence[int],
+    *,
+    eps: float = ...,
+    max_rank: RankSpec | None = ...,
+    max_evals: int | None = ...,
+    seed: Any = ...,
+    like: Any = ...,
+    dtype: Any = ...,
+    validation: Any = ...,
+    return_error: Literal[True],
+) -> tuple[TT, float]: ...
 @B.exact
 def cross(
     f: Callable[[Any], Any],
-    shape: Sequence[int],
+    shape: int | Sequence[int],
     *,
     eps: float = 1e-10,
-    max_rank: int | Sequence[int] | None = None,
+    max_rank: RankSpec | None = None,
     max_evals: int | None = None,
     seed: Any = None,
     like: Any = None,
     dtype: Any = None,
     validation: Any = 100,
     return_error: bool = False,
-) -> Any:
+) -> TT | tuple[TT, float]:
     """A TT of the tensor ``x[i] = f(i)`` over ``shape``, from a few evaluations of ``f`` (TT-cross).
 
     Parameters
@@ -84,20 +117,41 @@ def cross(
         Takes an integer array of shape ``(k, d)`` (row j is the multi-index ``(i_1..i_d)``; numpy int64,
         or int64 on ``like``'s backend and device) and returns ``k`` real values (numpy or torch array of
         shape ``(k,)``). Called once per sweep step, only with indices it has not been given before.
-    shape : mode sizes ``(n_1, ..., n_d)``, d >= 1.
-    eps : relative accuracy (> 0): the search stops when the relative error on the validation indices is
+    shape : int or sequence of int
+        Mode sizes ``(n_1, ..., n_d)``, d >= 1.
+    eps : float
+        Relative accuracy (> 0): the search stops when the relative error on the validation indices is
         at most ``eps / 2``, and the result is rounded with ``eps / 2``.
-    max_rank : int or one int per bond capping the result's ranks (the search explores with index sets
-        of up to ``max_rank + 2`` and rounds to the cap); if it keeps the error above eps, a
+    max_rank : int or sequence of int, optional
+        A rank spec capping the result's ranks (the search explores with index sets of up to
+        ``max_rank + 2`` and rounds to the cap); if it keeps the error above eps, a
         :class:`~tensornet.RankCapWarning` gives the estimated error.
-    max_evals : cap on the number of indices ``f`` is asked for (validation included); if it stops the
-        search before eps is met, an :class:`EvalCapWarning` gives the estimated error.
-    seed : anything ``numpy.random.default_rng`` takes; the result is deterministic for a given seed.
-    like, dtype : backend, device and dtype of the result, as :func:`tensornet.random_tt` (default numpy
-        float64). The search itself runs in float64 on the host.
-    validation : how many random indices (default 100) measure the error, or a ``(k, d)`` integer array of
-        chosen ones. They are evaluated once and count in ``max_evals``.
-    return_error : also return the relative error estimated on the validation indices.
+    max_evals : int, optional
+        Cap on the number of indices ``f`` is asked for (validation included); if it stops the search
+        before eps is met, an :class:`EvalCapWarning` gives the estimated error.
+    seed : optional
+        Anything ``numpy.random.default_rng`` takes; the result is deterministic for a given seed.
+    like, dtype : optional
+        Backend, device and dtype of the result, as :func:`tensornet.random_tt` (default numpy float64).
+        The search itself runs in float64 on the host.
+    validation : int or (k, d) integer array
+        How many random indices (default 100) measure the error, or chosen ones. They are evaluated once
+        and count in ``max_evals``.
+    return_error : bool
+        Also return the relative error estimated on the validation indices.
+
+    Returns
+    -------
+    TT, or (TT, float) with ``return_error``
+
+    Raises
+    ------
+    TypeError
+        ``f`` not callable or returning something that is not an array of real numbers; bad ``like``,
+        ``dtype``, ``max_rank``, ``max_evals`` or ``validation``.
+    ValueError
+        ``f`` returning the wrong shape or a NaN/inf (the message names the index); ``eps`` not > 0;
+        ``max_evals`` too small to finish the first half-sweep; bad shapes or index arrays.
 
     Notes
     -----
@@ -128,15 +182,6 @@ def cross(
 
     Cost: ``O(r^2 n)`` evaluations and ``O(r^3 n)`` operations per core and half-sweep, ``O(d r^2 n)``
     memory, for ranks r and mode sizes n.
-
-    Raises
-    ------
-    TypeError
-        ``f`` not callable or returning something that is not an array of real numbers; bad ``like``,
-        ``dtype``, ``max_rank``, ``max_evals`` or ``validation``.
-    ValueError
-        ``f`` returning the wrong shape or a NaN/inf (the message names the index); ``eps`` not > 0;
-        ``max_evals`` too small to finish the first half-sweep; bad shapes or index arrays.
     """
     if not callable(f):
         raise TypeError(f"cross: f must be callable (index array (k, d) -> k values), got {type(f).__name__}")
@@ -174,8 +219,10 @@ def _search(
     caps: list[int | None],
     rng: Any,
 ) -> tuple[list[np.ndarray], float, str | None]:
-    """Half-sweeps until the validation error is at most eps / 2 or the search stops; returns the last
-    complete TT, its validation error and why it stopped (None: converged)."""
+    """Half-sweeps until the validation error is at most eps / 2 or the search stops.
+
+    Returns the last complete TT, its validation error and why it stopped (None: converged).
+    """
     sweeps = Sweeps(evaluations, eps, caps, rng)
     scale = math.sqrt(rows.shape[0]) * float(np.max(np.abs(exact), initial=0.0))
     best, stalls = math.inf, 0
@@ -234,8 +281,10 @@ def _rounded(
     evaluations: Evaluations,
     caps: list[int | None],
 ) -> tuple[list[np.ndarray], float]:
-    """The cores rounded with eps / 2 (and to the caps) and their validation error; the unrounded ones
-    if rounding would take a train that meets eps and the caps above eps."""
+    """The cores rounded with eps / 2 (and to the caps), and their validation error.
+
+    The unrounded ones are kept if rounding would take a train that meets eps and the caps above eps.
+    """
     rounded = _round_host(cores, eps / 2, caps)
     scale = math.sqrt(rows.shape[0]) * float(np.max(np.abs(evaluations.values), initial=0.0))
     rounded_error = relative_error(host_gather(rounded, rows), exact, scale)
@@ -264,31 +313,70 @@ def _warn(reason: str, eps: float, error: float, checks: int, budget: int | None
     warnings.warn(message, category, stacklevel=3)
 
 
+@overload
+def apply(
+    f: Callable[..., Any],
+    *trains: TrainT,
+    eps: float = ...,
+    max_rank: RankSpec | None = ...,
+    max_evals: int | None = ...,
+    seed: Any = ...,
+    validation: Any = ...,
+    return_error: Literal[False] = ...,
+) -> TrainT: ...
+@overload
+def apply(
+    f: Callable[..., Any],
+    *trains: TrainT,
+    eps: float = ...,
+    max_rank: RankSpec | None = ...,
+    max_evals: int | None = ...,
+    seed: Any = ...,
+    validation: Any = ...,
+    return_error: Literal[True],
+) -> tuple[TrainT, float]: ...
 @B.exact
 def apply(
     f: Callable[..., Any],
-    *trains: Any,
+    *trains: TrainT,
     eps: float = 1e-10,
-    max_rank: int | Sequence[int] | None = None,
+    max_rank: RankSpec | None = None,
     max_evals: int | None = None,
     seed: Any = None,
     validation: Any = 100,
     return_error: bool = False,
-) -> Any:
+) -> TrainT | tuple[TrainT, float]:
     """An elementwise function of one or more trains of one shape, by cross on their entries.
 
-    ``f(v_1, ..., v_m)`` takes ``m`` arrays of ``k`` entries (one per train, on the trains' backend) and
-    returns the ``k`` values, e.g. ``tn.apply(np.exp, t)``, ``tn.apply(lambda a, b: a / b, t, u)``;
-    entries are gathered from the cores (:func:`tensornet.gather`), never through ``full()``.
-    The result is a train of the same type (TT or TTM, modes ``m_k n_k`` merged for the cross), backend,
-    dtype and device. Other arguments as :func:`cross`.
+    Parameters
+    ----------
+    f : callable
+        ``f(v_1, ..., v_m)`` takes ``m`` arrays of ``k`` entries (one per train, on the trains' backend)
+        and returns the ``k`` values, e.g. ``tn.apply(np.exp, t)``, ``tn.apply(lambda a, b: a / b, t, u)``.
+    *trains : TT or TTM
+        Of one type, shape, backend, dtype and device.
+    eps, max_rank, max_evals, seed, validation, return_error
+        As :func:`cross`.
 
-    Notes: ``y[i] = f(x_1[i], ..., x_m[i])`` is approximated by :func:`cross` on the index function
-    ``i -> f(gather(x_1, i), ...)``. Cost: that of :func:`cross` plus ``O(d r^2)`` per entry gathered
-    from each train of rank r.
+    Returns
+    -------
+    TT or TTM (the trains' type, backend, dtype and device), or (train, float) with ``return_error``
 
-    Raises TypeError for no trains, trains of different types, backends or dtypes, or a non-callable
-    ``f``; ValueError for different shapes or devices; and as :func:`cross`.
+    Raises
+    ------
+    TypeError
+        No trains, trains of different types, backends or dtypes, a non-callable ``f``; and as
+        :func:`cross`.
+    ValueError
+        Different shapes or devices; and as :func:`cross`.
+
+    Notes
+    -----
+    ``y[i] = f(x_1[i], ..., x_m[i])`` is approximated by :func:`cross` on the index function
+    ``i -> f(gather(x_1, i), ...)``: entries are gathered from the cores (:func:`tensornet.gather`),
+    never through ``full()``; a TTM's modes ``m_k n_k`` are merged for the cross.
+
+    Cost: that of :func:`cross` plus ``O(d r^2)`` per entry gathered from each train of rank r.
     """
     if not callable(f):
         raise TypeError(
@@ -305,7 +393,7 @@ def apply(
     def entries(index: Any) -> Any:
         return f(*(gather(t, index) for t in flat))
 
-    result = cross(
+    train, error = cross(
         entries,
         flat[0].shape,
         eps=eps,
@@ -314,8 +402,7 @@ def apply(
         seed=seed,
         like=first,
         validation=validation,
-        return_error=return_error,
+        return_error=True,
     )
-    train, error = result if return_error else (result, None)
-    train = first._from_tt_layout(train.cores)
-    return (train, error) if return_error else train
+    shaped = first._from_tt_layout(train.cores)
+    return (shaped, error) if return_error else shaped

@@ -90,8 +90,11 @@ class Evaluations:
         return values, ~found
 
     def _store(self, keys: np.ndarray, words: np.ndarray, values: np.ndarray) -> None:
-        """Add new (absent, distinct) points to the sorted cache (a stable sort of the concatenation of
-        two sorted runs, which numpy's timsort merges in about linear time)."""
+        """Add new (absent, distinct) points to the sorted cache.
+
+        A stable sort of the concatenation of two sorted runs, which numpy's timsort merges in about
+        linear time.
+        """
         order = np.argsort(np.concatenate([self.keys, keys]), kind="stable")
         self.keys = np.concatenate([self.keys, keys])[order]
         self.values = np.concatenate([self.values, values])[order]

@@ -87,8 +87,11 @@ class Sweeps:
         self.pivots[(k, forward)] = keys[rows[: self.chosen]]
 
     def _previous(self, keys: np.ndarray, previous: Any, step: tuple[int, bool]) -> tuple[np.ndarray, Any]:
-        """Which candidate rows (their ``keys``) are in the bond's previous index set, and the positions
-        of the rows maxvol chose at this step last time (None before the first time)."""
+        """Which candidate rows (their ``keys``) are in the bond's previous index set, and maxvol's last choice.
+
+        The second is the positions of the rows maxvol chose at this step last time (None before the
+        first time).
+        """
         if previous is None:
             return np.zeros(keys.shape[0], dtype=bool), None
         old = np.sort(self.evaluations.key_of(previous))
@@ -104,11 +107,13 @@ class Sweeps:
     def _select(
         self, matrix: np.ndarray, bond: int, known: np.ndarray, start: Any
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Rows of the unfolded fiber ``matrix`` (N, q) to keep as the next index set, and the
-        interpolation coefficients ``U_s pinv(U_s[rows])`` (N, len(rows)). Maxvol starts from the rows
-        it chose at this step in the previous sweep when they are all still there (``start``). The extra
-        rows are drawn at random, first among the ``known`` rows (those of the bond's previous index
-        set): index sets then settle, and once they have, a half-sweep finds its fibers in the cache."""
+        """Rows of the unfolded fiber ``matrix`` (N, q) to keep as the next index set, and their coefficients.
+
+        The coefficients are the interpolation ``U_s pinv(U_s[rows])`` (N, len(rows)). Maxvol starts from
+        the rows it chose at this step in the previous sweep when they are all still there (``start``).
+        The extra rows are drawn at random, first among the ``known`` rows (those of the bond's previous
+        index set): index sets then settle, and once they have, a half-sweep finds its fibers in the cache.
+        """
         n_rows, n_cols = matrix.shape
         u, s, _ = np.linalg.svd(matrix, full_matrices=False)
         tail = np.sqrt(np.cumsum((s * s)[::-1])[::-1])  # tail[j] = ||s[j:]||

@@ -1,5 +1,6 @@
-"""Einsum networks: paths found once per (equation, operand shapes) by ``opt_einsum`` and compiled
-expressions reused (the private home of :mod:`tensornet.contract`'s network functions).
+"""Einsum networks: paths found once per (equation, operand shapes) by ``opt_einsum``, compiled once.
+
+The private home of :mod:`tensornet.contract`'s network functions.
 
 The path is ``optimal`` for few operands, ``dp`` for moderate and ``greedy`` for many. Paths depend on
 shapes only, so these plans are shared by every backend, dtype and device.
@@ -7,17 +8,13 @@ shapes only, so these plans are shared by every backend, dtype and device.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import opt_einsum as oe
 
 from ._backend import Array
-
-_MAX_PLANS = 4096
-_plans: dict[tuple[Any, ...], Any] = {}
-_stats = {"hits": 0, "misses": 0}
 
 
 class CacheInfo(NamedTuple):
@@ -28,12 +25,46 @@ class CacheInfo(NamedTuple):
     currsize: int
 
 
+class PlanCache:
+    """A bounded cache of plans with hit and miss counts (the oldest plan goes first when it is full)."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.limit = limit
+        self.plans: dict[tuple[Any, ...], Any] = {}
+        self.hits = self.misses = 0
+
+    def get(self, key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
+        """The plan stored under ``key``, or ``make()`` stored there (a miss: one planner invocation)."""
+        plan = self.plans.get(key)
+        if plan is not None:
+            self.hits += 1
+            return plan
+        self.misses += 1
+        if len(self.plans) >= self.limit:
+            self.plans.pop(next(iter(self.plans)))
+        plan = self.plans[key] = make()
+        return plan
+
+    def info(self) -> CacheInfo:
+        """Hit and miss counts and the number of plans held."""
+        return CacheInfo(self.hits, self.misses, len(self.plans))
+
+    def clear(self) -> None:
+        """Forget every plan and reset the counters."""
+        self.plans.clear()
+        self.hits = self.misses = 0
+
+
+_PLANS = PlanCache()
+
+
 def symbols(count: int, start: int = 0) -> list[str]:
     """``count`` distinct einsum subscripts (from ``opt_einsum.get_symbol``)."""
     return [oe.get_symbol(i) for i in range(start, start + count)]
 
 
 def optimizer_for(num_operands: int) -> str:
+    """The ``opt_einsum`` optimizer for a network of ``num_operands`` operands."""
     if num_operands <= 4:
         return "optimal"
     if num_operands <= 12:
@@ -41,30 +72,14 @@ def optimizer_for(num_operands: int) -> str:
     return "greedy"
 
 
-def _lookup(key: tuple[Any, ...]) -> Any:
-    plan = _plans.get(key)
-    if plan is not None:
-        _stats["hits"] += 1
-    return plan
-
-
-def _store(key: tuple[Any, ...], plan: Any) -> Any:
-    _stats["misses"] += 1
-    if len(_plans) >= _MAX_PLANS:
-        _plans.pop(next(iter(_plans)))
-    _plans[key] = plan
-    return plan
-
-
 def cache_info() -> CacheInfo:
     """Hit/miss counts of the network plan cache (a miss is one path search)."""
-    return CacheInfo(_stats["hits"], _stats["misses"], len(_plans))
+    return _PLANS.info()
 
 
 def cache_clear() -> None:
     """Forget every network plan and reset the counters (plans are rebuilt on next use)."""
-    _plans.clear()
-    _stats["hits"] = _stats["misses"] = 0
+    _PLANS.clear()
 
 
 # --- general networks -------------------------------------------------------------------------------
@@ -83,17 +98,20 @@ class NetworkPlan:
 
 
 def plan_network(equation: str, *shapes: tuple[int, ...], optimize: Any = None) -> NetworkPlan:
-    """The cached plan for ``equation`` on operands of ``shapes`` (a path given as a list of pairs is
-    used as is)."""
+    """The cached plan for ``equation`` on operands of ``shapes``.
+
+    A path given as a list of pairs is used as is.
+    """
     key_shapes = tuple(tuple(int(n) for n in s) for s in shapes)
     optimize = optimize if optimize is not None else optimizer_for(len(shapes))
     hashable = tuple(map(tuple, optimize)) if isinstance(optimize, (list, tuple)) else optimize
     key = ("network", equation, key_shapes, hashable)
-    plan = _lookup(key)
-    if plan is None:
+
+    def make() -> NetworkPlan:
         expr = oe.contract_expression(equation, *key_shapes, optimize=optimize)
-        plan = _store(key, NetworkPlan(equation, key_shapes, optimize, expr))
-    return plan
+        return NetworkPlan(equation, key_shapes, optimize, expr)
+
+    return _PLANS.get(key, make)
 
 
 def expression(equation: str, *shapes: tuple[int, ...], optimize: Any = None) -> Any:
@@ -102,9 +120,11 @@ def expression(equation: str, *shapes: tuple[int, ...], optimize: Any = None) ->
 
 
 def run_path(equation: str, path: Sequence[Sequence[int]], operands: Sequence[Any], contract_fn: Any) -> Any:
-    """Execute ``equation`` pairwise along an ``opt_einsum`` ``path`` (each new intermediate appended
-    last), calling ``contract_fn(subscripts, *arrays)`` per step, e.g. ``torch.einsum``. Pure Python
-    bookkeeping, so ``torch.compile`` traces it."""
+    """Execute ``equation`` pairwise along an ``opt_einsum`` ``path``, one ``contract_fn`` call per step.
+
+    Each new intermediate is appended last; ``contract_fn(subscripts, *arrays)`` is e.g. ``torch.einsum``.
+    Pure Python bookkeeping, so ``torch.compile`` traces it.
+    """
     inputs, output = equation.split("->")
     terms = inputs.split(",")
     arrays = list(operands)

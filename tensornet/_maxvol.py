@@ -23,10 +23,11 @@ _WARM_LIMIT = 1e3  # a warm start whose coefficients exceed this is too far from
 
 
 def maxvol(u: np.ndarray, *, tol: float = _TOL, start: Any = None) -> tuple[np.ndarray, np.ndarray]:
-    """``(rows, B)``: ``r`` distinct rows of the tall ``(N, r)`` matrix ``u`` (full column rank) with
-    ``B = u @ inv(u[rows])`` bounded by ``tol`` entrywise (or after ``_MAX_SWAPS`` swaps). ``start``: ``r``
-    distinct rows to begin the swaps from (a previous answer) instead of the greedy selection; ignored
-    if they are not ``r`` or their submatrix is (nearly) singular.
+    """``(rows, B)``: ``r`` dominant rows of the tall ``(N, r)`` matrix ``u`` and ``B = u @ inv(u[rows])``.
+
+    The matrix ``u`` has full column rank; ``B = u @ inv(u[rows])`` bounded by ``tol`` entrywise (or after
+    ``_MAX_SWAPS`` swaps). ``start``: ``r`` distinct rows to begin the swaps from (a previous answer) instead
+    of the greedy selection; ignored if they are not ``r`` or their submatrix is (nearly) singular.
 
     Cost: ``O(N r^2)`` for the greedy start and ``O(N r)`` per swap.
     """
@@ -70,9 +71,11 @@ def _swaps(rows: np.ndarray, coefficient: np.ndarray, tol: float) -> tuple[np.nd
 
 
 def coefficients(u: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``u @ pinv(u[rows])`` for ``len(rows) >= r`` rows of the ``(N, r)`` matrix ``u`` whose submatrix
-    ``u[rows]`` has full column rank: the least-squares interpolation from the chosen rows (the
+    """``u @ pinv(u[rows])`` for ``len(rows) >= r`` rows of the ``(N, r)`` matrix ``u``.
+
+    The submatrix ``u[rows]`` has full column rank: the least-squares interpolation from the chosen rows (the
     rectangular cross of Mikhalev & Oseledets 2018, "Rectangular maximum-volume submatrices and their
-    applications"). Cost: ``O(N r k)`` for ``k`` rows."""
+    applications"). Cost: ``O(N r k)`` for ``k`` rows.
+    """
     chosen = u[rows]
     return u @ np.linalg.solve(chosen.T @ chosen, chosen.T)

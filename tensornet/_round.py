@@ -58,7 +58,8 @@ class Route:
 
     ``gram``: try the certified Gram truncation at each bond of the second sweep (SVD where it cannot
     certify); ``drop_noise``: drop the first sweep's trailing R rows within the QR's rounding;
-    ``split``: take the SVD of the leading columns only when the trailing ones are negligible."""
+    ``split``: take the SVD of the leading columns only when the trailing ones are negligible.
+    """
 
     gram: bool = True
     drop_noise: bool = True
@@ -74,7 +75,7 @@ PLAIN = Route(gram=False, drop_noise=False, split=False)  # R-only QRs, then SVD
 class Train:
     """A train's cores ``(r_{k-1}, n_k, r_k)``."""
 
-    def __init__(self, cores: list[Any]) -> None:
+    def __init__(self, cores: list[Array]) -> None:
         self.cores = cores
         self.d = len(cores)
         self.xp = B.fast_namespace(*cores)
@@ -82,7 +83,7 @@ class Train:
     def mode(self, k: int) -> int:
         return int(self.cores[k].shape[1])
 
-    def right(self, k: int, factor: Any) -> Any:
+    def right(self, k: int, factor: Array) -> Any:
         """``core_k x_3 factor`` unfolded ``(r_{k-1}, n_k rho)``; ``factor`` (rho, r_k) or None."""
         xp, core = self.xp, self.cores[k]
         r, n, rk = (int(s) for s in core.shape)
@@ -90,7 +91,7 @@ class Train:
             return xp.reshape(core, (r, n * rk))
         return xp.reshape(xp.matmul(xp.reshape(core, (r * n, rk)), factor.T), (r, -1))
 
-    def left(self, k: int, carry: Any) -> Any:
+    def left(self, k: int, carry: Array) -> Any:
         """``carry x_1 core_k`` unfolded ``(s n_k, r_k)``; ``carry`` (s, r_{k-1}) or None."""
         xp, core = self.xp, self.cores[k]
         r, n, rk = (int(s) for s in core.shape)
@@ -98,16 +99,19 @@ class Train:
             return xp.reshape(core, (r * n, rk))
         return xp.reshape(xp.matmul(carry, xp.reshape(core, (r, n * rk))), (-1, rk))
 
-    def last(self, carry: Any) -> Any:
+    def last(self, carry: Array) -> Any:
         """``carry x_1 core_{d-1}`` as ``(s, n_d)``."""
         xp, core = self.xp, self.cores[-1]
         return xp.matmul(carry, xp.reshape(core, (int(core.shape[0]), -1)))
 
 
 class Sum:
-    """The sum of trains ``t_1 + ... + t_m`` without its block cores: its core k is block diagonal
-    (first core: the terms' first cores side by side; last core: stacked), so a product with it costs
-    ``sum_i r_i^2`` instead of ``(sum_i r_i)^2`` per slice, and the zero blocks are never stored."""
+    """The sum of trains ``t_1 + ... + t_m`` without its block cores.
+
+    As a train, its core k is block diagonal (first core: the terms' first cores side by side; last core:
+    stacked), so a product with it costs ``sum_i r_i^2`` instead of ``(sum_i r_i)^2`` per slice, and the zero
+    blocks are never stored.
+    """
 
     def __init__(self, trains: list[list[Any]]) -> None:
         self.trains = trains
@@ -121,7 +125,7 @@ class Sum:
     def mode(self, k: int) -> int:
         return int(self.trains[0][k].shape[1])
 
-    def right(self, k: int, factor: Any) -> Any:
+    def right(self, k: int, factor: Array) -> Any:
         xp = self.xp
         pieces = []
         for i, cores in enumerate(self.trains):
@@ -134,7 +138,7 @@ class Sum:
             pieces.append(xp.reshape(xp.matmul(xp.reshape(core, (r * n, rk)), part.T), (r, -1)))
         return xp.concat(pieces, axis=0)
 
-    def left(self, k: int, carry: Any) -> Any:
+    def left(self, k: int, carry: Array) -> Any:
         xp = self.xp
         pieces = []
         for i, cores in enumerate(self.trains):
@@ -147,7 +151,7 @@ class Sum:
             pieces.append(xp.reshape(xp.matmul(part, xp.reshape(core, (r, n * rk))), (-1, rk)))
         return xp.concat(pieces, axis=1)
 
-    def last(self, carry: Any) -> Any:
+    def last(self, carry: Array) -> Any:
         xp = self.xp
         total = None
         for i, cores in enumerate(self.trains):
@@ -156,7 +160,7 @@ class Sum:
             total = term if total is None else total + term
         return total
 
-    def dense_cores(self) -> list[Any]:
+    def dense_cores(self) -> list[Array]:
         """The block cores of the sum (what ``t_1 + ... + t_m`` stores)."""
         xp, d = self.xp, self.d
         if d == 1:
@@ -185,7 +189,7 @@ class Sum:
 
 
 # --- first sweep ------------------------------------------------------------------------------------
-def _select(matrix: Any, keep: np.ndarray, axis: int) -> Any:
+def _select(matrix: Array, keep: np.ndarray, axis: int) -> Any:
     """The rows (axis 0) or columns (axis 1) ``keep`` (sorted indices) of ``matrix``."""
     if int(keep.size) == int(matrix.shape[axis]):
         return matrix
@@ -196,20 +200,24 @@ def _select(matrix: Any, keep: np.ndarray, axis: int) -> Any:
 
 
 def _negligible(norms2: np.ndarray, budget2: float) -> np.ndarray:
-    """Sorted indices to keep once the smallest entries of ``norms2`` whose sum is at most ``budget2``
-    are set aside (at least one index is kept)."""
+    """Sorted indices to keep once the smallest entries of ``norms2`` are set aside.
+
+    Set aside: the smallest entries whose sum is at most ``budget2``; at least one index is kept.
+    """
     order = np.argsort(norms2, kind="stable")
     dropped = int(np.searchsorted(np.cumsum(norms2[order]), budget2, side="right"))
     dropped = min(dropped, int(norms2.size) - 1)
     return np.sort(order[dropped:])
 
 
-def _drop_noise(factor: Any, tolerance: float, log: ErrorLog) -> Any:
-    """``factor`` without its rows whose root-sum-square is at most ``tolerance ||factor||_F`` (at least
-    one row is kept). With ``A^T = Q R``, dropping any set S of rows of R (and columns of Q) changes A^T
-    by exactly ``||R_S||_F``; the rows of R past a column that depends on earlier ones hold only the
-    QR's rounding, and dropping them changes the factorised matrix by less than the QR's backward error.
-    The kept rows need not stay triangular: F only has to satisfy ``X = F^T Q^T`` with Q orthonormal."""
+def _drop_noise(factor: Array, tolerance: float, log: ErrorLog) -> Any:
+    """``factor`` without its rows whose root-sum-square is at most ``tolerance ||factor||_F``.
+
+    At least one row is kept. With ``A^T = Q R``, dropping any set S of rows of R (and columns of Q) changes
+    A^T by exactly ``||R_S||_F``; the rows of R past a column that depends on earlier ones hold only the QR's
+    rounding, and dropping them changes the factorised matrix by less than the QR's backward error. The kept
+    rows need not stay triangular: F only has to satisfy ``X = F^T Q^T`` with Q orthonormal.
+    """
     rows = int(factor.shape[0])
     if rows <= 1:
         return factor
@@ -224,9 +232,12 @@ def _drop_noise(factor: Any, tolerance: float, log: ErrorLog) -> Any:
     return _select(factor, keep, axis=0)
 
 
-def right_factors(op: Train | Sum, log: ErrorLog, route: Route) -> list[Any]:
-    """Right to left, the R factors ``F_k`` (rho_k, r_{k-1}) with ``X_{>=k} = F_k^T Q_k^T``, Q_k
-    orthonormal and never formed (X_{>=k}: the (r_{k-1}, n_k...n_d) unfolding of the cores from k on)."""
+def right_factors(op: Train | Sum, log: ErrorLog, route: Route) -> list[Array]:
+    """Right to left, the R factors ``F_k`` (rho_k, r_{k-1}) with ``X_{>=k} = F_k^T Q_k^T``.
+
+    Q_k is orthonormal and never formed; ``X_{>=k}`` is the (r_{k-1}, n_k...n_d) unfolding of the cores from k
+    on.
+    """
     factors: list[Any] = [None] * op.d
     factor = None
     for k in range(op.d - 1, 0, -1):
@@ -242,9 +253,11 @@ def right_factors(op: Train | Sum, log: ErrorLog, route: Route) -> list[Any]:
 
 
 # --- second sweep -----------------------------------------------------------------------------------
-def _truncate(reduced: Any, threshold: float | None, cap: int | None, log: ErrorLog, route: Route) -> Any:
-    """Orthonormal ``U_r`` (m, rank) spanning the kept left singular subspace of ``reduced`` (m, p);
-    the rank and the discarded norm are logged (``threshold`` None: from ``||reduced||_F``)."""
+def _truncate(reduced: Array, threshold: float | None, cap: int | None, log: ErrorLog, route: Route) -> Any:
+    """Orthonormal ``U_r`` (m, rank) spanning the kept left singular subspace of ``reduced`` (m, p).
+
+    The rank and the discarded norm are logged (``threshold`` None: from ``||reduced||_F``).
+    """
     xp = B.fast_namespace(reduced)
     m, p = (int(s) for s in reduced.shape)
     if route.split and p > 1 and log.relative > 0.0:
@@ -269,9 +282,10 @@ def _truncate(reduced: Any, threshold: float | None, cap: int | None, log: Error
     return u[:, :rank]
 
 
-def _split_truncate(reduced: Any, threshold: float | None, cap: int | None, log: ErrorLog) -> Any | None:
-    """The truncation of ``reduced = [B S]`` (m, p; columns in any order) from the SVD of B alone, S
-    being the smallest columns that hold at most 1% of the squared threshold; None where that is not
+def _split_truncate(reduced: Array, threshold: float | None, cap: int | None, log: ErrorLog) -> Any | None:
+    """The truncation of ``reduced = [B S]`` (m, p; columns in any order) from the SVD of B alone.
+
+    S is made of the smallest columns that hold at most 1% of the squared threshold; None where that is not
     certified.
 
     Notes: the columns of ``reduced`` follow the rows of the first sweep's R factor, so the directions
@@ -281,7 +295,8 @@ def _split_truncate(reduced: Any, threshold: float | None, cap: int | None, log:
     ``sqrt(threshold^2 - ||S||_F^2)`` and the bound logged includes ``||S||_F``. The rank is minimal for
     ``reduced`` too when the smallest kept singular value of B exceeds the threshold (by interlacing,
     the SVD of ``reduced`` cannot drop it); otherwise, and where ``max_rank`` binds (Eckart-Young needs
-    the whole matrix), None sends the caller to the full SVD. Cost: the SVD of (m, p') for p' <= p."""
+    the whole matrix), None sends the caller to the full SVD. Cost: the SVD of (m, p') for p' <= p.
+    """
     norms2 = row_norms2(reduced.T)
     top = float(np.max(norms2)) if norms2.size else 0.0
     if not top > 0.0 or not math.isfinite(top):
@@ -309,7 +324,7 @@ def _split_truncate(reduced: Any, threshold: float | None, cap: int | None, log:
     return u[:, :rank]
 
 
-def sweep(op: Train | Sum, caps: list[int | None], log: ErrorLog, route: Route) -> list[Any]:
+def sweep(op: Train | Sum, caps: list[int | None], log: ErrorLog, route: Route) -> list[Array]:
     """Round ``op`` (d >= 2): the cores of the result, left-orthonormal but the last.
 
     Notes: with the R factors ``F_k`` of :func:`right_factors` and the kept cores left-orthonormal,
@@ -317,7 +332,8 @@ def sweep(op: Train | Sum, caps: list[int | None], log: ErrorLog, route: Route) 
     so the truncated SVD of the small ``M_k F_{k+1}^T`` (s n, rho) gives the rank, the new core U_r and
     the discarded norm exactly as the Q-formed algorithm (TT-Toolbox) does; the carry is
     ``P_k = U_r^T M_k``. Cost: ``O(d n R^3)`` for the first sweep (R the input ranks), ``O(d n r R^2)``
-    for the second (r the output ranks)."""
+    for the second (r the output ranks).
+    """
     xp = op.xp
     factors = right_factors(op, log, route)
     cores = []

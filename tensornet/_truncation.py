@@ -1,5 +1,6 @@
-"""Truncation kernels shared by TT-SVD and rounding: the rank rule, the error log, and the SVD / R-only
-QR / certified Gram kernels.
+"""Truncation kernels shared by TT-SVD and rounding.
+
+They are the rank rule, the error log, and the SVD / R-only QR / certified Gram kernels.
 
 Private: :mod:`tensornet.decomp` holds the public functions and states the truncation rule.
 """
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from . import _backend as B
+from ._backend import Array
 
 
 class RankCapWarning(UserWarning):
@@ -21,11 +23,12 @@ class RankCapWarning(UserWarning):
 
 
 # --- truncation -------------------------------------------------------------------------------------
-def choose_rank(singular: Any, threshold: float, cap: int | None) -> tuple[int, float, int]:
+def choose_rank(singular: Array, threshold: float, cap: int | None) -> tuple[int, float, int]:
     """(rank kept, norm of the discarded values, rank eps alone would keep).
 
     The values are divided by the largest before squaring, so the choice is the same at every scale of
-    the data (squares of 1e-200 underflow, of 1e200 overflow)."""
+    the data (squares of 1e-200 underflow, of 1e200 overflow).
+    """
     s = np.asarray(B.to_backend(singular, "numpy"), dtype=np.float64)
     top = float(np.max(s)) if s.size else 0.0
     if not top > 0.0:
@@ -47,7 +50,7 @@ class ErrorLog:
         self.kernels: list[str] = []  # per truncated bond of a rounding: "gram" or "svd" (for tests)
         self.noise_rows = 0  # rows of R factors dropped as rounding noise by the first sweep of round
 
-    def pending(self, singular: Any) -> float:
+    def pending(self, singular: Array) -> float:
         """Set ``total = ||singular||`` (the tensor's norm) and return the per-unfolding threshold."""
         s = np.asarray(B.to_backend(singular, "numpy"), dtype=np.float64)
         top = float(np.max(s)) if s.size else 0.0
@@ -72,7 +75,7 @@ class ErrorLog:
         return bound
 
 
-def svd(matrix: Any) -> tuple[Any, Any, Any]:
+def svd(matrix: Array) -> tuple[Any, Any, Any]:
     xp = B.namespace(matrix)
     return xp.linalg.svd(matrix, full_matrices=False)
 
@@ -88,7 +91,7 @@ def svd(matrix: Any) -> tuple[Any, Any, Any]:
 _BLOCK_ELEMENTS = 32768  # one block of the blocked QR: (rows, m) with rows * m ~ 256 KiB of float64
 
 
-def safe_norm(x: Any) -> float:
+def safe_norm(x: Array) -> float:
     """||x||_F without overflow or underflow in the squares (NaN/inf entries give NaN/inf)."""
     xp = B.namespace(x)
     top = B.to_float(xp.max(xp.abs(x)))
@@ -97,15 +100,15 @@ def safe_norm(x: Any) -> float:
     return top * B.to_float(xp.linalg.vector_norm(x / top))
 
 
-def _is_torch(x: Any) -> bool:
+def _is_torch(x: Array) -> bool:
     return B.backend_name(x) == "torch"
 
 
-def differentiable(x: Any) -> bool:
+def differentiable(x: Array) -> bool:
     return bool(getattr(x, "requires_grad", False))
 
 
-def qr_r(x: Any) -> Any:
+def qr_r(x: Array) -> Any:
     """The R factor of a (stack of) QR factorisation(s), Q not formed."""
     if _is_torch(x):
         torch = importlib.import_module("torch")
@@ -121,7 +124,7 @@ def _block_rows(total: int, width: int, target: int) -> int | None:
     return None
 
 
-def _r_of_transpose(a: Any) -> Any:
+def _r_of_transpose(a: Array) -> Any:
     """Upper-triangular (m, m) R with ``a = R^T Q^T`` for a wide C-ordered (m, N) matrix ``a``."""
     xp = B.namespace(a)
     m, total = (int(n) for n in a.shape)
@@ -140,10 +143,12 @@ def _r_of_transpose(a: Any) -> Any:
 
 
 def truncated_factors(
-    matrix: Any, threshold: float | None, cap: int | None, log: ErrorLog
+    matrix: Array, threshold: float | None, cap: int | None, log: ErrorLog
 ) -> tuple[Any, Any, Any]:
-    """(U_r, S_r V_r^T, singular values) of the truncated SVD of ``matrix`` (m, N); the rank is
-    chosen by :func:`choose_rank` (``threshold`` None: from the norm of ``matrix``) and logged."""
+    """``(U_r, S_r V_r^T, singular values)`` of the truncated SVD of ``matrix`` (m, N).
+
+    The rank is chosen by :func:`choose_rank` (``threshold`` None: from the norm of ``matrix``) and logged.
+    """
     xp = B.namespace(matrix)
     m, total = (int(n) for n in matrix.shape)
     if not differentiable(matrix) and total >= 2 * m:
@@ -159,7 +164,7 @@ def truncated_factors(
     return u[:, :rank], s[:rank, None] * vh[:rank, :], s
 
 
-def row_norms2(b: Any) -> np.ndarray:
+def row_norms2(b: Array) -> np.ndarray:
     """Squared row norms of ``b`` as float64 numpy (no (m, N) temporary on numpy)."""
     if _is_torch(b):  # no (m, N) temporary: large CPU allocations cost torch page faults
         torch = importlib.import_module("torch")
@@ -169,7 +174,7 @@ def row_norms2(b: Any) -> np.ndarray:
 
 
 def gram_factors(
-    matrix: Any, threshold: float | None, cap: int | None, log: ErrorLog
+    matrix: Array, threshold: float | None, cap: int | None, log: ErrorLog
 ) -> tuple[Any, Any, Any] | None:
     """Truncated factors of a wide ``matrix`` (m, N) from its Gram matrix, or None if not certified.
 
@@ -185,10 +190,33 @@ def gram_factors(
     singular value that alone is below the threshold), or ``max_rank`` binds, or eps = 0, or the
     squares would overflow/underflow, None sends the caller to the QR route. Cost ``O(m^2 N)``.
     """
-    xp = B.namespace(matrix)
-    m, total = (int(n) for n in matrix.shape)
     if (threshold is not None and threshold <= 0.0) or log.relative <= 0.0:
         return None
+    rotated = _rotated(matrix)
+    if rotated is None:
+        return None
+    vectors, rows = rotated
+    norms2 = row_norms2(rows)
+    norm2 = float(np.sum(norms2))
+    first = threshold is None
+    if threshold is None:
+        threshold = log.relative * math.sqrt(norm2)
+    tail = np.concatenate([np.cumsum(norms2[::-1])[::-1], [0.0]])  # tail[r] = sum_{i >= r} ||B_i||^2
+    needed = max(1, int(np.nonzero(tail <= threshold * threshold)[0][0]))
+    if cap is not None and cap < needed:
+        return None
+    if needed > 1 and not _certified_minimal(rows[:needed, :], norms2[:needed], threshold):
+        return None
+    if first:  # ||x||_F of tt_svd's first unfolding
+        log.total, log.threshold = math.sqrt(norm2), threshold
+    log.add(needed, math.sqrt(float(tail[needed])), needed)
+    return vectors[:, :needed], rows[:needed, :], None
+
+
+def _rotated(matrix: Array) -> tuple[Any, Any] | None:
+    """``(V, B = V^T A)`` with V the eigenvectors of ``A A^T`` (descending), or None if squares over/underflow."""
+    xp = B.namespace(matrix)
+    m = int(matrix.shape[0])
     unit = B.finfo_eps(matrix)
     with np.errstate(all="ignore"):  # overflow/underflow is detected below and sent the QR route
         gram = xp.matmul(matrix, xp.permute_dims(matrix, (1, 0)))
@@ -199,35 +227,28 @@ def gram_factors(
     _, vectors = xp.linalg.eigh(gram)
     order = xp.arange(m - 1, -1, -1, device=B.device(matrix))
     vectors = xp.take(vectors, order, axis=1)  # descending eigenvalues, a copy: BLAS-ready strides
-    rows = xp.matmul(xp.permute_dims(vectors, (1, 0)), matrix)  # B = V^T A, (m, N)
-    norms2 = row_norms2(rows)
-    norm2 = float(np.sum(norms2))
-    first = threshold is None
-    if threshold is None:
-        threshold = log.relative * math.sqrt(norm2)
-    tail = np.concatenate([np.cumsum(norms2[::-1])[::-1], [0.0]])  # tail[r] = sum_{i >= r} ||B_i||^2
-    needed = max(1, int(np.nonzero(tail <= threshold * threshold)[0][0]))
-    if cap is not None and cap < needed:
-        return None
-    if needed > 1:
-        kept = rows[:needed, :]
-        cross = np.asarray(
-            B.to_backend(xp.matmul(kept, xp.permute_dims(kept, (1, 0))), "numpy"), dtype=np.float64
-        )
-        scale = np.sqrt(np.diag(cross))
-        if not np.all(scale > 0):
-            return None
-        rho = float(np.linalg.norm(cross / np.outer(scale, scale) - np.eye(needed), 2))
-        rho += 2.0 * total * unit  # rounding of the products forming ``cross`` (worst case)
-        if (1.0 - rho) * float(np.min(norms2[:needed])) <= threshold * threshold:
-            return None
-    if first:  # ||x||_F of tt_svd's first unfolding
-        log.total, log.threshold = math.sqrt(norm2), threshold
-    log.add(needed, math.sqrt(float(tail[needed])), needed)
-    return vectors[:, :needed], rows[:needed, :], None
+    return vectors, xp.matmul(xp.permute_dims(vectors, (1, 0)), matrix)  # B = V^T A, (m, N)
 
 
-def log_rank(singular: Any, threshold: float | None, cap: int | None, log: ErrorLog) -> int:
+def _certified_minimal(kept: Any, norms2: np.ndarray, threshold: float) -> bool:
+    """Whether no SVD could keep fewer than ``len(kept)`` values: ``(1 - rho) min ||B_i||^2 > threshold^2``.
+
+    ``rho = ||C - I||_2`` of the kept rows' correlation matrix C, plus the rounding allowance of forming it.
+    """
+    xp = B.namespace(kept)
+    needed, total = (int(n) for n in kept.shape)
+    cross = np.asarray(
+        B.to_backend(xp.matmul(kept, xp.permute_dims(kept, (1, 0))), "numpy"), dtype=np.float64
+    )
+    scale = np.sqrt(np.diag(cross))
+    if not np.all(scale > 0):
+        return False
+    rho = float(np.linalg.norm(cross / np.outer(scale, scale) - np.eye(needed), 2))
+    rho += 2.0 * total * B.finfo_eps(kept)  # rounding of the products forming ``cross`` (worst case)
+    return (1.0 - rho) * float(np.min(norms2)) > threshold * threshold
+
+
+def log_rank(singular: Array, threshold: float | None, cap: int | None, log: ErrorLog) -> int:
     if threshold is None:  # the caller needs the norm first (first unfolding of tt_svd)
         threshold = log.pending(singular)
     rank, discarded, needed = choose_rank(singular, threshold, cap)

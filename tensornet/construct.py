@@ -22,33 +22,71 @@ from .tt import TT, TTM
 __all__ = ["delta", "eye", "laplacian", "ones", "zeros"]
 
 
-def zeros(shape: Sequence[int], *, like: Any = None, dtype: Any = None) -> TT:
-    """The zero tensor of ``shape`` as a TT of rank 1. Cost: ``O(d n)``.
+def zeros(shape: int | Sequence[int], *, like: Any = None, dtype: Any = None) -> TT:
+    """The zero tensor of ``shape`` as a TT of rank 1.
 
-    Raises TypeError/ValueError for a shape that is not a non-empty sequence of positive ints, a
-    ``like`` that is not an array/TT/TTM, or a non-floating dtype.
+    Parameters
+    ----------
+    shape : int or sequence of int
+        Mode sizes ``(n_1, ..., n_d)``.
+    like : array, TT or TTM, optional
+        Whose backend and device (and dtype, unless ``dtype`` is given) the cores get.
+    dtype : optional
+        The cores' dtype (default: ``like``'s, or float64).
+
+    Returns
+    -------
+    TT
+
+    Raises
+    ------
+    TypeError
+        A shape that is not a non-empty sequence of ints, a ``like`` that is not an array/TT/TTM, a
+        dtype that is not real floating point.
+    ValueError
+        Sizes below 1.
+
+    Cost: ``O(d n)``.
     """
     shape = _checks.check_shape("zeros", "shape", shape, scalar=True)
     return TT(place("zeros", [np.zeros((1, n, 1)) for n in shape], like, dtype))
 
 
-def ones(shape: Sequence[int], *, like: Any = None, dtype: Any = None) -> TT:
-    """The all-ones tensor of ``shape`` as a TT of rank 1 (every core all ones). Cost: ``O(d n)``.
+def ones(shape: int | Sequence[int], *, like: Any = None, dtype: Any = None) -> TT:
+    """The all-ones tensor of ``shape`` as a TT of rank 1 (every core all ones).
 
-    Raises as :func:`zeros`.
+    Parameters, returns and errors as :func:`zeros`. Cost: ``O(d n)``.
     """
     shape = _checks.check_shape("ones", "shape", shape, scalar=True)
     return TT(place("ones", [np.ones((1, n, 1)) for n in shape], like, dtype))
 
 
-def delta(shape: Sequence[int], index: Sequence[int], *, like: Any = None, dtype: Any = None) -> TT:
+def delta(shape: int | Sequence[int], index: Sequence[int], *, like: Any = None, dtype: Any = None) -> TT:
     """The tensor that is 1 at ``index`` and 0 elsewhere, as a TT of rank 1.
 
-    Notes: ``delta[i_1..i_d] = prod_k [i_k = index_k]``, so core k is the unit vector ``e_{index_k}``.
-    Negative entries of ``index`` count from the end, as in numpy. Cost: ``O(d n)``.
+    Parameters
+    ----------
+    shape, like, dtype
+        As :func:`zeros`.
+    index : sequence of int
+        One entry per mode; negative entries count from the end, as in numpy.
 
-    Raises TypeError for an index that is not a sequence of ints, ValueError for one of the wrong
-    length or out of range (and as :func:`zeros`).
+    Returns
+    -------
+    TT
+
+    Raises
+    ------
+    TypeError
+        An index that is not a sequence of ints; and as :func:`zeros`.
+    ValueError
+        An index of the wrong length or out of range; and as :func:`zeros`.
+
+    Notes
+    -----
+    ``delta[i_1..i_d] = prod_k [i_k = index_k]``, so core k is the unit vector ``e_{index_k}``.
+
+    Cost: ``O(d n)``.
     """
     shape = _checks.check_shape("delta", "shape", shape, scalar=True)
     if B.is_array(index) or not isinstance(index, Sequence) or isinstance(index, str):
@@ -69,12 +107,16 @@ def delta(shape: Sequence[int], index: Sequence[int], *, like: Any = None, dtype
     return TT(place("delta", cores, like, dtype))
 
 
-def eye(shape: Sequence[int], *, like: Any = None, dtype: Any = None) -> TTM:
+def eye(shape: int | Sequence[int], *, like: Any = None, dtype: Any = None) -> TTM:
     """The identity matrix of size ``prod(shape)`` as a TTM of rank 1 (``row_shape = col_shape = shape``).
 
-    Notes: ``I = I_{n_1} (x) ... (x) I_{n_d}``: core k is the identity of size ``n_k``. Cost: ``O(d n^2)``.
+    Parameters, returns and errors as :func:`zeros` (a TTM).
 
-    Raises as :func:`zeros`.
+    Notes
+    -----
+    ``I = I_{n_1} (x) ... (x) I_{n_d}``: core k is the identity of size ``n_k``.
+
+    Cost: ``O(d n^2)``.
     """
     shape = _checks.check_shape("eye", "shape", shape, scalar=True)
     return TTM(place("eye", [np.eye(n).reshape(1, n, n, 1) for n in shape], like, dtype))
@@ -93,9 +135,27 @@ def _check_step(step: Any, d: int) -> list[float]:
 
 
 def laplacian(
-    shape: Sequence[int], *, step: float | Sequence[float] = 1.0, like: Any = None, dtype: Any = None
+    shape: int | Sequence[int], *, step: float | Sequence[float] = 1.0, like: Any = None, dtype: Any = None
 ) -> TTM:
     """The d-dimensional second-difference operator with Dirichlet boundaries, as a TTM of rank 2.
+
+    Parameters
+    ----------
+    shape, like, dtype
+        As :func:`zeros`; ``row_shape = col_shape = shape``.
+    step : float or sequence of float
+        The grid spacing ``h_k`` of each mode (one for all, or one per mode), finite and > 0.
+
+    Returns
+    -------
+    TTM
+
+    Raises
+    ------
+    TypeError
+        A step that is not a real number; and as :func:`zeros`.
+    ValueError
+        A step that is not positive and finite, or not one per mode; and as :func:`zeros`.
 
     Notes
     -----
@@ -106,10 +166,9 @@ def laplacian(
     Its TT rank is 2 (Kazeev & Khoromskij 2012, "Low-rank explicit QTT representation of the Laplace
     operator and its inverse"): bond state 1 means "no ``D`` placed yet", state 0 "``D`` placed", so
     core k is ``[[I, 0], [D_k, I]]`` between the first ``[D_1, I]`` and the last ``[I; D_d]``.
-    ``row_shape = col_shape = shape``; one mode gives ``D_1`` (rank 1). Cost: ``O(d n^2)``.
+    One mode gives ``D_1`` (rank 1).
 
-    Raises TypeError/ValueError for a bad shape, a step that is not positive and finite (or not one per
-    mode), and as :func:`zeros`.
+    Cost: ``O(d n^2)``.
     """
     shape = _checks.check_shape("laplacian", "shape", shape, scalar=True)
     steps = _check_step(step, len(shape))

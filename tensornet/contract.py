@@ -67,8 +67,7 @@ CacheInfo = _einsum.CacheInfo
 
 
 def cache_info() -> CacheInfo:
-    """Hits and misses (planner invocations) of the network and ``linear`` plan caches together, and the
-    number of plans they hold."""
+    """Hits and misses of the network and ``linear`` plan caches together, and the plans they hold."""
     networks, linear = _einsum.cache_info(), _linear_plan.cache_info()
     return CacheInfo(
         networks.hits + linear.hits, networks.misses + linear.misses, networks.currsize + linear.currsize
@@ -81,13 +80,30 @@ def cache_clear() -> None:
     _linear_plan.cache_clear()
 
 
-def explain(x_shape: Any, w: Any, *more: Any, optimize: Any = None) -> Any:
+def explain(x_shape: Any, w: Any, *more: Any, optimize: Any = None) -> LinearPlan | NetworkPlan:
     """How tensornet contracts a network, as a plan whose ``repr`` is a readable cost table.
 
-    ``explain(x_shape, W)`` for ``linear(x, W)`` (``x_shape`` a shape or the input array, ``W`` a TTM
-    or a list of its core shapes): the candidates compared, their FLOPs, bytes moved, largest
-    intermediate and modelled (or measured) time, and why the chosen one won. ``explain(equation,
-    *shapes)`` for any einsum network: the ``opt_einsum`` path and its cost.
+    Parameters
+    ----------
+    x_shape : tuple of int, array, or str
+        ``explain(x_shape, W)`` for ``linear(x, W)``: the shape of ``x`` or ``x`` itself.
+        ``explain(equation, *shapes)`` for any einsum network.
+    w : TTM, list of core shapes, or an operand shape
+        The weight of ``linear`` (a TTM or the shapes ``(r, m, n, r')`` of its cores), or the first
+        operand's shape of ``equation``.
+    *more : tuple of int
+        The other operands' shapes of ``equation``.
+    optimize : optional
+        An ``opt_einsum`` optimizer or path for ``equation``.
+
+    Returns
+    -------
+    LinearPlan or NetworkPlan
+        For ``linear``: the candidates compared, their FLOPs, bytes moved, largest intermediate and
+        modelled (or measured) time, and why the chosen one won. For a network: the ``opt_einsum`` path
+        and its cost.
+
+    Cost: one cost-model evaluation per new shape bucket (cached).
     """
     if isinstance(x_shape, str):
         return plan_network(x_shape, w, *more, optimize=optimize)

@@ -41,8 +41,10 @@ def _is_prime(n: int) -> bool:
 
 
 def _split(n: int) -> int:
-    """A non-trivial factor of a composite ``n`` with no factor below ``_TRIAL`` (Pollard-Brent rho:
-    about n^(1/4) steps, at most ~2^16 for n < 2^64)."""
+    """A non-trivial factor of a composite ``n`` with no factor below ``_TRIAL``.
+
+    Pollard-Brent rho: about n^(1/4) steps, at most ~2^16 for n < 2^64.
+    """
     for c in range(1, 64):
         y, m, g, r, q = 2, 128, 1, 1, 1
         x = ys = y
@@ -70,10 +72,27 @@ def _split(n: int) -> int:
 
 
 def prime_factors(n: int) -> list[int]:
-    """Prime factors of ``1 <= n < 2^64`` in ascending order (``[]`` for 1); milliseconds at most.
+    """Prime factors of ``1 <= n < 2^64`` in ascending order (``[]`` for 1).
 
-    Trial division by small numbers, then Miller-Rabin and Pollard-Brent rho for the rest (a large
-    prime is recognised at once instead of trial-dividing up to its square root).
+    Parameters
+    ----------
+    n : int
+
+    Returns
+    -------
+    list of int
+
+    Raises
+    ------
+    ValueError
+        ``n`` not an int in ``[1, 2^64)``.
+
+    Notes
+    -----
+    Trial division by small numbers, then Miller-Rabin and Pollard-Brent rho for the rest (a large prime
+    is recognised at once instead of trial-dividing up to its square root).
+
+    Cost: ``O(2^12)`` trial divisions plus about ``n^(1/4)`` steps of rho for the remaining factors.
     """
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 1 <= n < _LARGEST:
         raise ValueError(f"prime_factors: n must be an int in [1, 2^64), got {n!r}")
@@ -98,8 +117,28 @@ def prime_factors(n: int) -> list[int]:
 def factorize(n: int, ncores: int) -> tuple[int, ...]:
     """``n`` as a product of ``ncores`` factors as equal as possible, ascending (1s pad primes).
 
+    Parameters
+    ----------
+    n : int
+        In ``[1, 2^64)``.
+    ncores : int
+        In ``[1, 4096)``.
+
+    Returns
+    -------
+    tuple of int
+        E.g. ``factorize(768, 3) == (8, 8, 12)``, ``factorize(3072, 3) == (12, 16, 16)``.
+
+    Raises
+    ------
+    ValueError
+        An argument out of its range or not an int.
+
+    Notes
+    -----
     Greedy: each prime factor, largest first, goes to the currently smallest factor.
-    ``factorize(768, 3) == (8, 8, 12)``, ``factorize(3072, 3) == (12, 16, 16)``.
+
+    Cost: that of :func:`prime_factors`.
     """
     for name, value, top, text in (("n", n, _LARGEST, "2^64"), ("ncores", ncores, 4096, "4096")):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value < top:
@@ -113,7 +152,10 @@ def factorize(n: int, ncores: int) -> tuple[int, ...]:
 def ttm_shapes(
     out_features: int, in_features: int, ncores: int = 3
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Balanced ``(row_shape, col_shape)`` for a weight of shape ``(out_features, in_features)``."""
+    """Balanced ``(row_shape, col_shape)`` for a weight of shape ``(out_features, in_features)``.
+
+    Each side is :func:`factorize` d into ``ncores`` factors; errors as :func:`factorize`.
+    """
     return factorize(out_features, ncores), factorize(in_features, ncores)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from . import _backend as B
 from . import _checks, _pow2
+from ._backend import Array
 from ._einsum import einsum
 from ._truncation import choose_rank
 from .decomp import orthogonalize
@@ -23,8 +24,11 @@ __all__ = ["reshape"]
 
 
 def _atoms(fn: str, old: tuple[int, ...], new: tuple[int, ...]) -> list[int]:
-    """The common refinement of two shapes without size-1 modes: mode sizes whose prefix products are
-    the union of both shapes' prefix products (each must divide the next)."""
+    """The common refinement of two shapes without size-1 modes.
+
+    The mode sizes whose prefix products are the union of both shapes' prefix products (each must divide the
+    next).
+    """
     marks = sorted(set(np.cumprod(old, dtype=object).tolist()) | set(np.cumprod(new, dtype=object).tolist()))
     atoms, previous = [], 1
     for mark in marks:
@@ -54,11 +58,30 @@ def _groups(sizes: tuple[int, ...], atoms: list[int]) -> list[int]:
 
 
 @B.exact
-def reshape(t: Any, shape: Sequence[int], *, eps: float | None = None) -> TT:
+def reshape(t: TT, shape: int | Sequence[int], *, eps: float | None = None) -> TT:
     """The same tensor with its modes regrouped in C order, e.g. ``(1024, 1024) <-> (2,) * 20``.
 
-    Each new mode must be a product of consecutive old modes or a factor of one (the shapes' prefix
-    products must form a chain under division; modes of size 1 may be added or dropped anywhere).
+    Parameters
+    ----------
+    t : TT
+    shape : int or sequence of int
+        The new mode sizes. Each new mode must be a product of consecutive old modes or a factor of one
+        (the shapes' prefix products must form a chain under division; modes of size 1 may be added or
+        dropped anywhere).
+    eps : float, optional
+        Relative accuracy of the splits: ``||t - reshape(t)||_F <= eps ||t||_F``. None: exact splits.
+
+    Returns
+    -------
+    TT
+
+    Raises
+    ------
+    TypeError
+        ``t`` not a TT, a shape that is not a sequence of positive ints, half-precision cores when a
+        mode is split.
+    ValueError
+        Sizes whose products differ, shapes that are not regroupings of each other, a bad ``eps``.
 
     Notes
     -----
@@ -69,15 +92,8 @@ def reshape(t: Any, shape: Sequence[int], *, eps: float | None = None) -> TT:
     in all): ``||t - reshape(t)||_F <= eps ||t||_F``. Without ``eps`` splits are exact (ranks up to
     ``min(r a, b r')``). Merges never truncate; :func:`tensornet.round` recompresses further. Cores are
     divided by powers of two while working and the scale is put back, so any finite scale is safe.
-    Cost: ``O(d n r^3)`` for splits, ``O(r^2 N)`` for a merged mode of size N.
 
-    Raises
-    ------
-    TypeError
-        ``t`` not a TT, a shape that is not a sequence of positive ints, half-precision cores when a
-        mode is split.
-    ValueError
-        Sizes whose products differ, shapes that are not regroupings of each other, a bad ``eps``.
+    Cost: ``O(d n r^3)`` for splits, ``O(r^2 N)`` for a merged mode of size N.
     """
     _checks.check_type("reshape", t, TT, "t")
     shape = _checks.check_shape("reshape", "shape", shape, scalar=True)
@@ -103,20 +119,29 @@ def reshape(t: Any, shape: Sequence[int], *, eps: float | None = None) -> TT:
     if splits:
         _checks.check_precision("reshape", t.dtype)
     pieces = _split(cores, _groups(old, atoms), atoms, eps, sum(count - 1 for count in splits))
+    merged = _merge(pieces, _groups(new, atoms))
+    return TT._trusted(_pow2.spread(_insert_unit_modes(merged, shape), exponent))
+
+
+def _merge(pieces: list[Array], counts: list[int]) -> list[Array]:
+    """Consecutive cores contracted into one, ``counts[k]`` of them for new core k (exact)."""
+    xp = B.namespace(*pieces)
     merged, j = [], 0
-    for count in _groups(new, atoms):
+    for count in counts:
         core = pieces[j]
         for piece in pieces[j + 1 : j + count]:
             r, n, _ = (int(s) for s in core.shape)
             core = xp.reshape(einsum("anb,bmc->anmc", core, piece), (r, n * int(piece.shape[1]), -1))
         merged.append(core)
         j += count
-    return TT._trusted(_pow2.spread(_insert_unit_modes(merged, shape), exponent))
+    return merged
 
 
 def _drop_unit_modes(cores: list[Any]) -> list[Any]:
-    """Cores of size-1 modes multiplied into the next core of size > 1 (the previous one at the end);
-    a single core remains if every mode has size 1."""
+    """Cores of size-1 modes multiplied into the next core of size > 1 (the previous one at the end).
+
+    A single core remains if every mode has size 1.
+    """
     xp = B.namespace(*cores)
     kept: list[Any] = []
     pending = None

@@ -28,6 +28,88 @@ TrainT = TypeVar("TrainT", bound="_Train")
 """A TT or a TTM; functions annotated with it return the type they were given."""
 
 
+def _validate(kind: str, cores: Any, core_ndim: int) -> tuple[Array, ...]:
+    """The cores of a ``kind`` ("TT" or "TTM") as a tuple, validated (see :class:`tensornet.TT`).
+
+    Raises
+    ------
+    TypeError
+        Not a sequence of arrays; integer or complex cores; mixed backends or dtypes.
+    ValueError
+        No cores, cores of the wrong dimension, zero-size dimensions, mixed devices, boundary ranks
+        other than 1, ranks that do not chain.
+    """
+    if B.is_array(cores) or not isinstance(cores, Sequence):
+        raise TypeError(
+            f"{kind}: cores must be a list or tuple of arrays, got {type(cores).__name__}; "
+            f"wrap a single core as [core]"
+        )
+    cores = tuple(cores)
+    if not cores:
+        raise ValueError(f"{kind}: needs at least one core, got an empty list")
+    for k, core in enumerate(cores):
+        _check_core(kind, k, core, core_ndim)
+    B.namespace(*cores, where=kind)
+    _check_storage(kind, cores)
+    _check_chain(kind, cores)
+    return cores
+
+
+def _check_core(kind: str, k: int, core: Any, core_ndim: int) -> None:
+    layout = "(r_{k-1}, n_k, r_k)" if core_ndim == 3 else "(r_{k-1}, m_k, n_k, r_k)"
+    if not B.is_array(core):
+        raise TypeError(f"{kind}: core {k} is a {type(core).__name__}, not an array")
+    if core.ndim != core_ndim:
+        raise ValueError(
+            f"{kind}: core {k} has shape {tuple(core.shape)} ({core.ndim}-D) but {kind} cores are "
+            f"{core_ndim}-D {layout}"
+        )
+    if any(int(n) == 0 for n in core.shape):
+        raise ValueError(f"{kind}: core {k} has shape {tuple(core.shape)} with a zero-size dimension")
+    if B.is_complex(core):
+        raise TypeError(f"{kind}: core {k} is complex ({core.dtype}); tensornet supports real floats only")
+    if not B.is_floating(core):
+        raise TypeError(
+            f"{kind}: core {k} has dtype {core.dtype}; cores must be floating point (float32/float64), "
+            "convert with .astype / .to(dtype)"
+        )
+
+
+def _check_storage(kind: str, cores: tuple[Array, ...]) -> None:
+    first = cores[0]
+    for k, core in enumerate(cores[1:], start=1):
+        if core.dtype != first.dtype:
+            raise TypeError(
+                f"{kind}: core {k} has dtype {core.dtype} but core 0 has {first.dtype}; use one dtype"
+            )
+        if B.device(core) != B.device(first):
+            raise ValueError(
+                f"{kind}: core {k} is on device {B.device(core)} but core 0 is on {B.device(first)}; "
+                "move all cores to one device"
+            )
+
+
+def _check_chain(kind: str, cores: tuple[Array, ...]) -> None:
+    if int(cores[0].shape[0]) != 1:
+        raise ValueError(
+            f"{kind}: core 0 has shape {tuple(cores[0].shape)}; its first (boundary) rank must be 1, "
+            f"not {int(cores[0].shape[0])}"
+        )
+    if int(cores[-1].shape[-1]) != 1:
+        raise ValueError(
+            f"{kind}: core {len(cores) - 1} has shape {tuple(cores[-1].shape)}; its last (boundary) rank "
+            f"must be 1, not {int(cores[-1].shape[-1])}"
+        )
+    for k in range(len(cores) - 1):
+        left, right = int(cores[k].shape[-1]), int(cores[k + 1].shape[0])
+        if left != right:
+            raise ValueError(
+                f"{kind}: core {k} has shape {tuple(cores[k].shape)} but core {k + 1} has shape "
+                f"{tuple(cores[k + 1].shape)}; ranks must chain: the last size of core {k} ({left}) must "
+                f"equal the first size of core {k + 1} ({right})"
+            )
+
+
 class _Train:
     """Shared behaviour of TT and TTM (not public)."""
 
@@ -38,7 +120,7 @@ class _Train:
     _cores: tuple[Array, ...]
 
     def __init__(self, cores: Sequence[Array]) -> None:
-        object.__setattr__(self, "_cores", _checks.check_cores(type(self).__name__, cores, self._core_ndim))
+        object.__setattr__(self, "_cores", _validate(type(self).__name__, cores, self._core_ndim))
 
     @classmethod
     def _trusted(cls: type[TrainT], cores: Sequence[Array]) -> TrainT:

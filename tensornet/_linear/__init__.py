@@ -1,5 +1,6 @@
-"""The one home of the TTM layer product ``y = x @ W.T`` (``tensornet.linear``, ``TTMLinear``, the tied TT
-head and ``tensornet.adjoint.linear`` all call into it).
+"""The one home of the TTM layer product ``y = x @ W.T``.
+
+``tensornet.linear``, ``TTMLinear``, the tied TT head and ``tensornet.adjoint.linear`` all call into it.
 
 Read it top down:
 

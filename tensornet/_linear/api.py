@@ -9,6 +9,7 @@ from typing import Any
 
 from .. import _backend as B
 from .. import _checks
+from .._backend import Array
 from . import kernels as K
 from . import plan as P
 from .strategies import BACKWARD, FORWARD
@@ -17,7 +18,7 @@ __all__ = ["linear", "linear_backward", "linear_forward"]
 
 
 def linear_forward(
-    x2d: Any, cores: Sequence[Any], strategy: str, path: Any = None, *, ops: Any = None
+    x2d: Array, cores: Sequence[Array], strategy: str, path: Any = None, *, ops: Any = None
 ) -> Any:
     """``x2d @ W.T`` for a ``(B, N)`` array by ``strategy`` ('rebuild', 'sweep' or 'einsum' with ``path``)."""
     if strategy not in FORWARD:
@@ -26,9 +27,9 @@ def linear_forward(
 
 
 def linear_backward(
-    x2d: Any,
-    cores: Sequence[Any],
-    grad_y: Any,
+    x2d: Array,
+    cores: Sequence[Array],
+    grad_y: Array,
     strategy: str,
     *,
     need_x: bool = True,
@@ -36,19 +37,21 @@ def linear_backward(
     path: Any = None,
     ops: Any = None,
 ) -> tuple[Any, list[Any] | None]:
-    """``(grad_x, grad_cores)`` of ``y = x2d @ W.T`` for the cotangent ``grad_y`` (B, M) by ``strategy``
-    ('dense', 'sweep' or 'einsum'); unneeded gradients are None."""
+    """``(grad_x, grad_cores)`` of ``y = x2d @ W.T`` for the cotangent ``grad_y`` (B, M).
+
+    By ``strategy`` ('dense', 'sweep' or 'einsum'); unneeded gradients are None.
+    """
     if strategy not in BACKWARD:
         raise ValueError(f"linear: unknown backward strategy {strategy!r}; use one of {sorted(BACKWARD)}")
     ops = ops or K.array_ops(x2d, grad_y, *cores)
     return BACKWARD[strategy].backward(x2d, cores, grad_y, ops, path, need_x=need_x, need_cores=need_cores)
 
 
-def _is_torch(x: Any) -> bool:
+def _is_torch(x: Array) -> bool:
     return type(x).__module__.split(".")[0] == "torch" and hasattr(x, "requires_grad")
 
 
-def _check_shapes(x: Any, shape: tuple[int, int], bias: Any) -> None:
+def _check_shapes(x: Array, shape: tuple[int, int], bias: Array) -> None:
     out_features, in_features = shape
     if x.ndim < 1 or int(x.shape[-1]) != in_features:
         raise ValueError(
@@ -59,10 +62,12 @@ def _check_shapes(x: Any, shape: tuple[int, int], bias: Any) -> None:
         raise ValueError(f"linear: bias has shape {tuple(bias.shape)}, expected ({out_features},)")
 
 
-def linear(x: Any, cores: Sequence[Any], bias: Any = None, *, save_weight: bool = False) -> Any:
-    """``x @ W.T (+ bias)`` for the TTM cores of W (see :func:`tensornet.linear`, which checks W itself):
-    validates ``x`` and ``bias`` against the cores and dispatches to the torch binding or runs the planned
-    forward."""
+def linear(x: Array, cores: Sequence[Array], bias: Array = None, *, save_weight: bool = False) -> Any:
+    """``x @ W.T (+ bias)`` for the TTM cores of W (:func:`tensornet.linear` checks W itself).
+
+    It validates ``x`` and ``bias`` against the cores and dispatches to the torch binding or runs the planned
+    forward.
+    """
     _checks.check_flag("linear", "save_weight", save_weight)
     shape = (K.rows_of(cores), K.cols_of(cores))
     if _is_torch(x):

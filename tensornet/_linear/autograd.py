@@ -1,5 +1,6 @@
-"""The torch binding of ``linear``: :func:`linear_torch`, the one place that reads autocast, casts, plans
-and calls the autograd Function, and the Function itself (imports torch; loaded only for torch inputs).
+"""The torch binding of ``linear`` and its autograd Function (imports torch; loaded for torch inputs).
+
+:func:`linear_torch` is the one place that reads autocast, casts, plans and calls the Function.
 
 The Function saves only ``x`` and the cores for backward (no intermediates: the activation memory of a
 dense layer's input plus the parameters) and recomputes what the backward strategy needs from them with
@@ -41,18 +42,22 @@ _ROUTE, _X, _BIAS, _CORES = 0, 1, 2, 3
 _MAX_BUCKET_EXPONENT = 24
 
 
-def _unpack(tensors: Sequence[Any], packed: Any) -> list[Any]:
-    """The cores: ``tensors`` themselves, or views of the packed vector ``tensors[0]`` when ``packed`` holds
-    their shapes."""
+def _unpack(tensors: Sequence[torch.Tensor], packed: K.CoreShapes | None) -> list[torch.Tensor]:
+    """The cores: ``tensors``, or views of the packed vector ``tensors[0]`` (``packed``: their shapes)."""
     return list(tensors) if packed is None else K.unpack(tensors[0], packed)
 
 
-def _pack(grads: Sequence[Any]) -> Any:
+def _pack(grads: Sequence[torch.Tensor]) -> Any:
     return torch.cat([g.reshape(-1) for g in grads])
 
 
 def _forward(
-    ctx: Any, device_type: str, route: tuple[Any, ...], x2d: Any, bias: Any, tensors: tuple[Any, ...]
+    ctx: Any,
+    device_type: str,
+    route: tuple[Any, ...],
+    x2d: torch.Tensor,
+    bias: torch.Tensor | None,
+    tensors: tuple[Any, ...],
 ) -> Any:
     """The Function's forward: saves ``x2d`` and the cores (and what ``keep`` asks for), returns ``y``."""
     forward, path, _, _, keep, packed = route
@@ -94,7 +99,7 @@ def _saved(ctx: Any) -> tuple[Any, tuple[Any, ...], Any]:
     return x2d, tensors, (weight, tuple(extra) if keep_halves else None)
 
 
-def _backward(ctx: Any, grad_y: Any) -> tuple[Any, ...]:
+def _backward(ctx: Any, grad_y: torch.Tensor) -> tuple[Any, ...]:
     """The Function's backward by the planned strategy, from what the forward saved."""
     _, _, backward, path, _, packed = ctx.route
     x2d, tensors, kept = _saved(ctx)
@@ -111,7 +116,7 @@ def _backward(ctx: Any, grad_y: Any) -> tuple[Any, ...]:
     return _finish(ctx, grad_y, x2d, tensors, grad_x, tensor_grads)
 
 
-def _differentiable_backward(ctx: Any, grad_y: Any) -> tuple[Any, ...]:
+def _differentiable_backward(ctx: Any, grad_y: torch.Tensor) -> tuple[Any, ...]:
     """The backward as a graph of plain torch ops (``create_graph=True``).
 
     Autograd differentiates ``x2d @ W.T`` with W rebuilt from the cores, recording how the gradients
@@ -135,7 +140,12 @@ def _differentiable_backward(ctx: Any, grad_y: Any) -> tuple[Any, ...]:
 
 
 def _finish(
-    ctx: Any, grad_y: Any, x2d: Any, tensors: Sequence[Any], grad_x: Any, tensor_grads: list[Any]
+    ctx: Any,
+    grad_y: torch.Tensor,
+    x2d: torch.Tensor,
+    tensors: Sequence[torch.Tensor],
+    grad_x: Any,
+    tensor_grads: list[Any],
 ) -> tuple[Any, ...]:
     """The Function's gradients in the inputs' dtypes: ``(None, grad_x, grad_bias, *grads of tensors)``."""
     if grad_x is not None and grad_x.dtype != x2d.dtype:
@@ -158,11 +168,13 @@ def _make_function(device_type: str) -> type:
         """
 
         @staticmethod
-        def forward(ctx: Any, route: tuple[Any, ...], x2d: Any, bias: Any, *tensors: Any) -> Any:
+        def forward(
+            ctx: Any, route: tuple[Any, ...], x2d: torch.Tensor, bias: torch.Tensor | None, *tensors: Any
+        ) -> Any:
             return _forward(ctx, device_type, route, x2d, bias, tensors)
 
         @staticmethod
-        def backward(ctx: Any, grad_y: Any) -> Any:  # type: ignore[override]
+        def backward(ctx: Any, grad_y: torch.Tensor) -> Any:  # type: ignore[override]
             if torch.is_grad_enabled():  # create_graph=True: the gradients will be differentiated
                 return _differentiable_backward(ctx, grad_y)
             if ctx.autocast is not None:
@@ -198,9 +210,11 @@ def _assume_constant_result(fn: Any) -> Any:
 
 @_assume_constant_result
 def _route_table(shapes: str, dtype: str, device: str) -> tuple[tuple[Any, ...], ...]:
-    """Under torch.compile: the routes of every token bucket up to 2^24 for these cores, merged into
-    ranges ``(max_tokens, route)``, baked into the graph as constants (``shapes`` is a string: dynamo wants
-    constants)."""
+    """Under torch.compile: the routes of every token bucket up to 2^24 for these cores.
+
+    They are merged into ranges ``(max_tokens, route)``, baked into the graph as constants (``shapes`` is a
+    string: dynamo wants constants).
+    """
     core_shapes = tuple(tuple(int(s) for s in part.split("x")) for part in shapes.split(","))
     table: list[tuple[Any, ...]] = []
     for exponent in range(_MAX_BUCKET_EXPONENT + 1):
@@ -222,25 +236,34 @@ def _compiled_route(tokens: Any, shapes: K.CoreShapes, dtype: Any, device: Any) 
 
 
 def autocast_dtype(device_type: str) -> Any:
-    """The autocast dtype when autocast is on for ``device_type``, else None (the one place tensornet reads
-    autocast; devices without autocast, such as ``meta``, have none)."""
+    """The autocast dtype when autocast is on for ``device_type``, else None.
+
+    The one place tensornet reads autocast; devices without autocast, such as ``meta``, have none.
+    """
     if device_type in ("cpu", "cuda", "xpu", "mps", "hpu", "xla") and torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return None
 
 
 def compute_dtype(dtype: Any, device_type: str) -> Any:
-    """The dtype a product of inputs of ``dtype`` runs in: the autocast dtype for the floating dtypes
-    autocast casts (not float64, as torch's autocast), else ``dtype`` itself."""
+    """The dtype a product of inputs of ``dtype`` runs in.
+
+    It is the autocast dtype for the floating dtypes autocast casts (not float64, as torch's autocast), else
+    ``dtype`` itself.
+    """
     cast = autocast_dtype(device_type)
     if cast is None or dtype == torch.float64 or not dtype.is_floating_point:
         return dtype
     return cast
 
 
-def _cast(x: Any, tensors: Sequence[Any], bias: Any) -> tuple[Any, Sequence[Any], Any]:
-    """``x``, the cores and the bias in the dtype the product runs in (once, as autocast casts
-    ``nn.Linear``'s input and weight); ``TypeError`` when they still disagree."""
+def _cast(
+    x: torch.Tensor, tensors: Sequence[torch.Tensor], bias: torch.Tensor | None
+) -> tuple[torch.Tensor, Sequence[torch.Tensor], torch.Tensor | None]:
+    """``x``, the cores and the bias in the dtype the product runs in.
+
+    Cast once, as autocast casts ``nn.Linear``'s input and weight; ``TypeError`` when they still disagree.
+    """
     device_type = x.device.type
     if autocast_dtype(device_type) is not None:
         x = x.to(compute_dtype(x.dtype, device_type))
@@ -256,7 +279,9 @@ def _cast(x: Any, tensors: Sequence[Any], bias: Any) -> tuple[Any, Sequence[Any]
     return x, tensors, bias
 
 
-def _route(x2d: Any, tensors: Sequence[Any], packed: Any, shapes: K.CoreShapes) -> tuple[Any, Any, Any, Any]:
+def _route(
+    x2d: torch.Tensor, tensors: Sequence[torch.Tensor], packed: K.CoreShapes | None, shapes: K.CoreShapes
+) -> tuple[Any, Any, Any, Any]:
     """``(forward, path, backward, path)`` for these rows: from the compiled route table or the plan cache."""
     tokens = x2d.shape[0]
     if torch.compiler.is_compiling():
@@ -268,14 +293,19 @@ def _route(x2d: Any, tensors: Sequence[Any], packed: Any, shapes: K.CoreShapes) 
 
 
 def linear_torch(
-    x: Any, tensors: Sequence[Any], bias: Any = None, *, save_weight: bool = False, packed: Any = None
+    x: torch.Tensor,
+    tensors: Sequence[torch.Tensor],
+    bias: torch.Tensor | None = None,
+    *,
+    save_weight: bool = False,
+    packed: K.CoreShapes | None = None,
 ) -> Any:
     """``x @ W.T + bias`` for torch ``x`` of shape ``(..., N)`` and TTM cores ``tensors``.
 
     ``tensors`` may be one packed vector with ``packed`` = the core shapes. Validated by the caller.
     """
     x, tensors, bias = _cast(x, tensors, bias)
-    shapes = packed if packed is not None else tuple(tuple(c.shape) for c in tensors)
+    shapes = packed if packed is not None else K.core_shapes(tensors)
     lead = x.shape[:-1]
     x2d = x.reshape(-1, x.shape[-1])
     rows = 1
@@ -297,7 +327,7 @@ def linear_torch(
         # compiled, AOT autograd would merge the backward's rebuild of W with the forward's and save it; in
         # a checkpointed region its partitioner recomputes instead (the big GEMM is not needed by backward,
         # so it is not recomputed). Where save_weight keeps W, the compiler may keep it.
-        def run(x2d: Any, bias: Any, *tensors: Any) -> Any:
+        def run(x2d: torch.Tensor, bias: torch.Tensor | None, *tensors: Any) -> Any:
             return function.apply(route, x2d, bias, *tensors)
 
         y = torch.utils.checkpoint.checkpoint(run, x2d, bias, *tensors, use_reentrant=False)

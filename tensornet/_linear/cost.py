@@ -37,8 +37,10 @@ class Machine:
 
 @dataclass(frozen=True)
 class Step:
-    """One kernel: ``what`` it does, its ``kind`` ("gemm" or "copy"), FLOPs, bytes moved, output size and
-    modelled seconds."""
+    """One kernel of a candidate, as the cost model charges it.
+
+    ``what`` it does, its ``kind`` ("gemm" or "copy"), FLOPs, bytes moved, output size and modelled seconds.
+    """
 
     what: str
     kind: str

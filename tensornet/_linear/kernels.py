@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 import array_api_compat
 
+from .._backend import Array
 from .._layout import tt_core_shape
 
 Shape = tuple[int, ...]
@@ -59,9 +60,11 @@ def _axes(lead: int, axes: Sequence[int]) -> Shape:
 
 
 def split_point(shapes: Sequence[Sequence[int]]) -> int:
-    """Where the dense train is formed as one product ``L @ R`` of its left (cores ``< s``) and right
-    halves: the ``s`` minimising the halves' sizes ``(P_{<s} + P_{>=s}) r_s`` (the final GEMM costs
-    ``2 P r_s`` whatever ``s``). Shapes are TT ``(r, p, r')`` or TTM ``(r, m, n, r')``."""
+    """Where the dense train is formed as one product ``L @ R`` of its left and right halves.
+
+    It is the ``s`` minimising the halves' sizes ``(P_{<s} + P_{>=s}) r_s`` (the final GEMM costs ``2 P r_s``
+    whatever ``s``). Shapes are TT ``(r, p, r')`` or TTM ``(r, m, n, r')``.
+    """
     sizes = [math.prod([int(v) for v in shape[1:-1]]) for shape in shapes]  # lists: dynamo traces them
     best, best_cost = 1, math.inf
     for split in range(1, len(shapes)):
@@ -193,7 +196,7 @@ def packed_layout(shapes: tuple[Shape, ...]) -> tuple[tuple[Shape, Shape, int], 
     return tuple(out)
 
 
-def unpack(packed: Any, shapes: tuple[Shape, ...]) -> list[Any]:
+def unpack(packed: Array, shapes: tuple[Shape, ...]) -> list[Array]:
     """The cores as views of a packed torch vector ``(P,)``, or of a stack of them ``(G, P)``.
 
     One ``as_strided`` per core (inside an autograd Function no autograd tracks them); a stack gives
@@ -206,13 +209,15 @@ def unpack(packed: Any, shapes: tuple[Shape, ...]) -> list[Any]:
     return [packed.as_strided((count, *s), (width, *st), base + o) for s, st, o in packed_layout(shapes)]
 
 
-def core_shapes(cores: Sequence[Any], lead: int = 0) -> CoreShapes:
+def core_shapes(cores: Sequence[Array], lead: int = 0) -> CoreShapes:
     return tuple(tuple(int(v) for v in c.shape[lead:]) for c in cores)  # type: ignore[misc]
 
 
-def halves(cores: Sequence[Any], recipe: RebuildRecipe, ops: ArrayOps) -> tuple[Any, Any]:
-    """``(L, R)``: the products of the left and right halves of the train, reordered to blocked modes:
-    ``L`` is ``(*lead, M_<s N_<s, r_s)`` and ``R`` is ``(*lead, r_s, M_>=s N_>=s)``."""
+def halves(cores: Sequence[Array], recipe: RebuildRecipe, ops: ArrayOps) -> tuple[Any, Any]:
+    """``(L, R)``: the products of the train's left and right halves, in blocked modes.
+
+    ``L`` is ``(*lead, M_<s N_<s, r_s)`` and ``R`` is ``(*lead, r_s, M_>=s N_>=s)``.
+    """
     reshape = ops.reshape
     left = reshape(cores[0], recipe.left_first)
     for core, (core_shape, out_shape) in zip(cores[1 : recipe.split], recipe.left_steps):
@@ -227,15 +232,17 @@ def halves(cores: Sequence[Any], recipe: RebuildRecipe, ops: ArrayOps) -> tuple[
     return left, right
 
 
-def _reorder(matrix: Any, regroup: Regroup, ops: ArrayOps) -> Any:
+def _reorder(matrix: Array, regroup: Regroup, ops: ArrayOps) -> Any:
     return ops.reshape(ops.permute(ops.reshape(matrix, regroup.shape), regroup.axes), regroup.final)
 
 
-def rebuild(cores: Sequence[Any], recipe: RebuildRecipe, ops: ArrayOps, *, parts: bool = False) -> Any:
-    """The dense ``(*lead, M, N)`` matrix of TTM cores: the halves' one big product ``L @ R`` gives
-    ``(M_<s, N_<s, M_>=s, N_>=s)`` blocks and one block transpose gives ``(M, N)``. With ``parts`` returns
-    ``(W, (L, R))`` for the backward. Cost: ``2 M N r_s`` plus the halves (``O(sqrt(M N) r^2)`` for balanced
-    shapes)."""
+def rebuild(cores: Sequence[Array], recipe: RebuildRecipe, ops: ArrayOps, *, parts: bool = False) -> Any:
+    """The dense ``(*lead, M, N)`` matrix of TTM cores.
+
+    The halves' one big product ``L @ R`` gives ``(M_<s, N_<s, M_>=s, N_>=s)`` blocks and one block
+    transpose gives ``(M, N)``. With ``parts`` returns ``(W, (L, R))`` for the backward. Cost: ``2 M N r_s``
+    plus the halves (``O(sqrt(M N) r^2)`` for balanced shapes).
+    """
     if len(cores) == 1:
         dense = ops.reshape(cores[0], recipe.size)
         return (dense, None) if parts else dense
@@ -245,12 +252,14 @@ def rebuild(cores: Sequence[Any], recipe: RebuildRecipe, ops: ArrayOps, *, parts
 
 
 def rebuild_grads(
-    cores: Sequence[Any], grad_w: Any, recipe: RebuildRecipe, ops: ArrayOps, parts: Any = None
-) -> list[Any]:
-    """The core gradients for the cotangent ``grad_w`` (``(*lead, M, N)``) of the rebuilt matrix (VJP of
-    :func:`rebuild`; ``parts`` the halves it returned, recomputed when None): a block transpose of
-    ``grad_w``, ``dL = G R^T`` and ``dR = L^T G`` (``2 M N r_s`` each), then each half's own core
-    gradients with shared environments."""
+    cores: Sequence[Array], grad_w: Array, recipe: RebuildRecipe, ops: ArrayOps, parts: Any = None
+) -> list[Array]:
+    """The core gradients for the cotangent ``grad_w`` (``(*lead, M, N)``) of the rebuilt matrix.
+
+    The VJP of :func:`rebuild` (``parts``: the halves it returned, recomputed when None): a block transpose of
+    ``grad_w``, ``dL = G R^T`` and ``dR = L^T G`` (``2 M N r_s`` each), then each half's own core gradients
+    with shared environments.
+    """
     if len(cores) == 1:
         return [ops.reshape(grad_w, (*recipe.lead, *recipe.shapes[0]))]
     left, right = parts if parts is not None else halves(cores, recipe, ops)
@@ -295,14 +304,16 @@ def train_grad_recipe(shapes: CoreShapes, original: CoreShapes, lead: Shape) -> 
     )
 
 
-def train_grads(cores: Sequence[Any], grad: Any, recipe: TrainGradRecipe, ops: ArrayOps) -> list[Any]:
-    """VJP of a train's dense product (modes interleaved, as one vector per lead index) w.r.t. its cores,
-    for the cotangent ``grad``: a left-to-right sweep keeps ``P_k`` = ``grad`` contracted with the cores
-    before k, and core k's gradient is ``P_k`` against the right environment ``R_{k+1}`` (the product of
-    the cores after k; ``R_0``, the whole train, is never formed). Every step is one GEMM; intermediates
-    are shared by all core gradients. The halves of :func:`rebuild` are such trains, their open bond folded
-    into the end core's mode (see the recipe). Cost: ``O(r prod(p))`` for the first core, geometrically
-    less for the others."""
+def train_grads(cores: Sequence[Array], grad: Array, recipe: TrainGradRecipe, ops: ArrayOps) -> list[Array]:
+    """VJP of a train's dense product (one vector per lead index) w.r.t. its cores.
+
+    The modes are interleaved. For the cotangent ``grad``, a left-to-right sweep keeps ``P_k`` = ``grad``
+    contracted with the cores before k, and core k's gradient is ``P_k`` against the right environment
+    ``R_{k+1}`` (the product of the cores after k; ``R_0``, the whole train, is never formed). Every step is
+    one GEMM; intermediates are shared by all core gradients. The halves of :func:`rebuild` are such trains,
+    their open bond folded into the end core's mode (see the recipe). Cost: ``O(r prod(p))`` for the first
+    core, geometrically less for the others.
+    """
     reshape, mT = ops.reshape, ops.mT
     d = len(cores)
     matrices = [reshape(c, m) for c, m in zip(cores, recipe.env_matrices)]
@@ -324,15 +335,17 @@ def train_grads(cores: Sequence[Any], grad: Any, recipe: TrainGradRecipe, ops: A
     return [reshape(g, o) for g, o in zip(grads, recipe.outputs)]
 
 
-def tt_grads_from_dense(flat_cores: Sequence[Any], grad: Any, ops: ArrayOps) -> list[Any]:
-    """VJP of a TT's dense tensor (cores ``(r, p, r')``) w.r.t. its cores for the cotangent ``grad`` (any
-    shape with the tensor's size, in the TT's mode order)."""
+def tt_grads_from_dense(flat_cores: Sequence[Array], grad: Array, ops: ArrayOps) -> list[Array]:
+    """VJP of a TT's dense tensor (cores ``(r, p, r')``) w.r.t. its cores for the cotangent ``grad``.
+
+    ``grad`` has any shape with the tensor's size, in the TT's mode order.
+    """
     shapes = tuple((int(c.shape[0]), int(c.shape[1]), 1, int(c.shape[2])) for c in flat_cores)
     original = tuple(tuple(int(v) for v in c.shape) for c in flat_cores)
     return train_grads(flat_cores, grad, train_grad_recipe(shapes, original, ()), ops)  # type: ignore[arg-type]
 
 
-def dense_to_interleaved(cores: Sequence[Any], dense: Any, ops: ArrayOps) -> Any:
+def dense_to_interleaved(cores: Sequence[Array], dense: Array, ops: ArrayOps) -> Any:
     """A ``(M, N)`` matrix as the tensor over interleaved modes ``(m_1, n_1, m_2, n_2, ...)``."""
     shapes = core_shapes(cores)
     if len(shapes) == 1:
@@ -365,11 +378,13 @@ def sweep_recipe(shapes: CoreShapes, transpose: bool) -> SweepRecipe:
 
 
 def sweep(
-    x2d: Any, cores: Sequence[Any], ops: ArrayOps, *, transpose: bool = False, keep: bool = False
+    x2d: Array, cores: Sequence[Array], ops: ArrayOps, *, transpose: bool = False, keep: bool = False
 ) -> Any:
-    """Contract ``x2d`` (B, IN) with the cores one at a time; returns ``(y2d, states, matrices)`` when
-    ``keep`` (the states are what the reverse sweep needs), else ``y2d``. Cost: one GEMM and one 2-D
-    transpose per core, no ``M x N`` array."""
+    """Contract ``x2d`` (B, IN) with the cores one at a time.
+
+    It returns ``(y2d, states, matrices)`` when ``keep`` (the states are what the reverse sweep needs), else
+    ``y2d``. Cost: one GEMM and one 2-D transpose per core, no ``M x N`` array.
+    """
     recipe = sweep_recipe(core_shapes(cores), transpose)
     mats = [ops.reshape(ops.permute(c, recipe.axes), m) for c, m in zip(cores, recipe.matrices)]
     batch = int(x2d.shape[0])
@@ -387,10 +402,12 @@ def sweep(
 
 
 def sweep_grads(
-    x2d: Any, cores: Sequence[Any], grad_y: Any, need_x: bool, ops: ArrayOps
+    x2d: Array, cores: Sequence[Array], grad_y: Array, need_x: bool, ops: ArrayOps
 ) -> tuple[Any, list[Any]]:
-    """Reverse mode through the sweep (its states recomputed from ``x2d``): dx and every core gradient in
-    one right-to-left pass, two GEMMs per core."""
+    """Reverse mode through the sweep: dx and every core gradient in one right-to-left pass.
+
+    The forward states are recomputed from ``x2d``; two GEMMs per core.
+    """
     _, states, mats = sweep(x2d, cores, ops, keep=True)
     shapes = core_shapes(cores)
     size_out = [s[1] for s in shapes]
@@ -413,18 +430,18 @@ def sweep_grads(
     return grad_x, grads
 
 
-def device_of(x: Any) -> Any:
+def device_of(x: Array) -> Any:
     return array_api_compat.device(x)
 
 
-def rows_of(cores: Sequence[Any]) -> int:
+def rows_of(cores: Sequence[Array]) -> int:
     rows = 1
     for c in cores:  # a loop, not math.prod of a generator: dynamo traces it
         rows *= int(c.shape[1])
     return rows
 
 
-def cols_of(cores: Sequence[Any]) -> int:
+def cols_of(cores: Sequence[Array]) -> int:
     cols = 1
     for c in cores:
         cols *= int(c.shape[2])

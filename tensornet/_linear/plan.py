@@ -14,26 +14,18 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, NamedTuple
+from typing import Any
 
+from .._backend import Array
+from .._einsum import CacheInfo, PlanCache
 from . import kernels as K
 from .cost import Candidate, Machine
 from .strategies import BACKWARD, FORWARD, STRATEGIES
 
 __all__ = ["CacheInfo", "LinearPlan", "autotune", "cache_clear", "cache_info", "plan_linear", "token_bucket"]
 
-_MAX_PLANS = 4096
-_PLANS: dict[tuple[Any, ...], LinearPlan] = {}
-_STATS = {"hits": 0, "misses": 0}
+_PLANS = PlanCache()
 _SETTINGS = {"autotune": os.environ.get("TENSORNET_AUTOTUNE", "0").lower() in ("1", "true", "yes", "on")}
-
-
-class CacheInfo(NamedTuple):
-    """``misses`` is the number of planner invocations; ``currsize`` the number of cached plans."""
-
-    hits: int
-    misses: int
-    currsize: int
 
 
 @dataclass(frozen=True)
@@ -107,7 +99,7 @@ def _describe_dtype(dtype: Any) -> tuple[str, int]:
     return text, item
 
 
-def _shapes_of(cores: Sequence[Any]) -> K.CoreShapes:
+def _shapes_of(cores: Sequence[Array]) -> K.CoreShapes:
     out = []
     for c in cores:
         shape = tuple(int(s) for s in (c if isinstance(c, tuple) else c.shape))
@@ -140,19 +132,17 @@ def lookup(shapes: K.CoreShapes, tokens: int, dtype: Any, device: Any, backend: 
     bucket = token_bucket(tokens)
     device_text = str(device)
     key = (shapes, dtype_text, backend, device_text, bucket)
-    plan = _PLANS.get(key)
-    if plan is not None:
-        _STATS["hits"] += 1
-        return plan
-    _STATS["misses"] += 1
-    if len(_PLANS) >= _MAX_PLANS:
-        _PLANS.pop(next(iter(_PLANS)))
-    plan = _PLANS[key] = _make(shapes, bucket, dtype_text, item, device_text)
+    plan: LinearPlan = _PLANS.get(key, lambda: _make(shapes, bucket, dtype_text, item, device_text))
     return plan
 
 
 def plan_linear(
-    x_shape: Sequence[int], cores: Sequence[Any], *, dtype: Any = None, device: Any = "cpu", backend: str = ""
+    x_shape: Sequence[int],
+    cores: Sequence[Array],
+    *,
+    dtype: Any = None,
+    device: Any = "cpu",
+    backend: str = "",
 ) -> LinearPlan:
     """The cached plan for ``linear`` on ``x`` of ``x_shape`` (``(..., N)``) and TTM ``cores``.
 
@@ -166,7 +156,7 @@ def plan_linear(
     return lookup(shapes, tokens, dtype, device, backend)
 
 
-def planned(x2d: Any, cores: Sequence[Any], backend: str, *, dtype: Any = None) -> LinearPlan:
+def planned(x2d: Array, cores: Sequence[Array], backend: str, *, dtype: Any = None) -> LinearPlan:
     """The plan for these arrays; with autotuning on, a plan not yet tuned is timed on them first."""
     shapes: Any = tuple(tuple(c.shape) for c in cores)
     plan = lookup(shapes, int(x2d.shape[0]), dtype or x2d.dtype, K.device_of(x2d), backend)
@@ -189,13 +179,12 @@ def autotune(enabled: bool | None = None) -> bool:
 
 def cache_info() -> CacheInfo:
     """Hit/miss counts of the plan cache (a miss is one planner invocation)."""
-    return CacheInfo(_STATS["hits"], _STATS["misses"], len(_PLANS))
+    return _PLANS.info()
 
 
 def cache_clear() -> None:
     """Forget every plan and reset the counters (plans are rebuilt on next use)."""
     _PLANS.clear()
-    _STATS["hits"] = _STATS["misses"] = 0
 
 
 def _timed(fn: Any, sync: Any, repeat: int = 3) -> float:
@@ -210,7 +199,7 @@ def _timed(fn: Any, sync: Any, repeat: int = 3) -> float:
     return best
 
 
-def tune(plan: LinearPlan, x2d: Any, cores: Sequence[Any], backend: str) -> LinearPlan:
+def tune(plan: LinearPlan, x2d: Array, cores: Sequence[Array], backend: str) -> LinearPlan:
     """``plan`` with its candidates timed on these arrays and the fastest chosen (cached as well)."""
 
     def sync() -> None:
@@ -243,5 +232,5 @@ def tune(plan: LinearPlan, x2d: Any, cores: Sequence[Any], backend: str) -> Line
         autotuned=True,
     )
     key = (plan.core_shapes, plan.dtype, backend, plan.device, plan.tokens)
-    _PLANS[key] = tuned
+    _PLANS.plans[key] = tuned
     return tuned

@@ -1,5 +1,6 @@
-"""The ways to compute ``y = x @ W.T`` and its VJP, each one object that carries its cost model next to the
-kernels it runs, both derived from the same recipe (so the model charges exactly the GEMMs and copies the
+"""The ways to compute ``y = x @ W.T`` and its VJP, each with its cost model next to its kernels.
+
+Model and kernels are both derived from the same recipe (so the model charges exactly the GEMMs and copies the
 kernels perform; ``tests/test_linear_plan.py`` counts the dispatched kernels against the model).
 
 * :data:`REBUILD`: W rebuilt as the product of the train's two halves, one permuting copy, then one
@@ -20,6 +21,7 @@ from typing import Any
 import opt_einsum as oe
 
 from .. import _einsum
+from .._backend import Array
 from . import kernels as K
 from .cost import Candidate, Costing, Machine
 
@@ -27,10 +29,11 @@ __all__ = ["EINSUM", "REBUILD", "STRATEGIES", "SWEEP", "linear_equation", "linea
 
 
 def reshape_copies(shape: Sequence[int], axes: Sequence[int], final: Sequence[int]) -> bool:
-    """Whether reshaping a C-contiguous array of ``shape``, permuted by ``axes``, to ``final`` (one entry may
-    be -1) has to copy. The permuted dimensions fall into chunks that are contiguous in memory; the
-    reshape is a view (torch's and numpy's rule) exactly when every chunk boundary is also a boundary of
-    ``final``'s dimensions."""
+    """Whether reshaping a C-contiguous array, permuted by ``axes``, to ``final`` has to copy.
+
+    The permuted dimensions fall into chunks that are contiguous in memory; the reshape is a view (torch's and
+    numpy's rule) exactly when every chunk boundary is also a boundary of ``final``'s dimensions.
+    """
     total = math.prod(int(n) for n in shape)
     known = math.prod(int(n) for n in final if int(n) != -1)
     target = [total // known if int(n) == -1 else int(n) for n in final]
@@ -154,14 +157,14 @@ class Rebuild:
         return Candidate(self.backward_name, tuple(cost.steps))
 
     @staticmethod
-    def forward(x2d: Any, cores: Sequence[Any], ops: K.ArrayOps, path: Any = None) -> Any:
+    def forward(x2d: Array, cores: Sequence[Array], ops: K.ArrayOps, path: Any = None) -> Any:
         return x2d @ ops.mT(K.rebuild(cores, K.rebuild_recipe(K.core_shapes(cores)), ops))
 
     @staticmethod
     def backward(
-        x2d: Any,
-        cores: Sequence[Any],
-        grad_y: Any,
+        x2d: Array,
+        cores: Sequence[Array],
+        grad_y: Array,
         ops: K.ArrayOps,
         path: Any = None,
         *,
@@ -236,14 +239,14 @@ class Sweep:
         return Candidate(self.backward_name, tuple(cost.steps))
 
     @staticmethod
-    def forward(x2d: Any, cores: Sequence[Any], ops: K.ArrayOps, path: Any = None) -> Any:
+    def forward(x2d: Array, cores: Sequence[Array], ops: K.ArrayOps, path: Any = None) -> Any:
         return K.sweep(x2d, cores, ops)
 
     @staticmethod
     def backward(
-        x2d: Any,
-        cores: Sequence[Any],
-        grad_y: Any,
+        x2d: Array,
+        cores: Sequence[Array],
+        grad_y: Array,
         ops: K.ArrayOps,
         path: Any = None,
         *,
@@ -271,9 +274,11 @@ def linear_equation(d: int) -> str:
 
 
 def linear_grad_equations(d: int) -> tuple[str, ...]:
-    """The einsums of ``linear``'s VJP on ``x`` (B, n..), ``grad_y`` (B, m..) and the d cores: first
-    ``dx`` (from ``grad_y`` and the cores), then ``dG_k`` (from ``x``, ``grad_y`` and the other cores),
-    whose outputs leave out the boundary ranks (reshape to the core shape)."""
+    """The einsums of ``linear``'s VJP on ``x`` (B, n..), ``grad_y`` (B, m..) and the d cores.
+
+    They are first ``dx`` (from ``grad_y`` and the cores), then ``dG_k`` (from ``x``, ``grad_y`` and the other
+    cores), whose outputs leave out the boundary ranks (reshape to the core shape).
+    """
     sym = iter(_einsum.symbols(3 * d + 2))
     batch = next(sym)
     rows = [next(sym) for _ in range(d)]
@@ -317,7 +322,7 @@ def _network_cost(
     return tuple(tuple(p) for p in path)
 
 
-def _run_network(equation: str, path: Any, operands: Sequence[Any], ops: K.ArrayOps) -> Any:
+def _run_network(equation: str, path: Any, operands: Sequence[Array], ops: K.ArrayOps) -> Any:
     if ops.contract is not None:
         return _einsum.run_path(equation, path, operands, ops.contract)
     shapes = [tuple(o.shape) for o in operands]
@@ -346,7 +351,7 @@ class Einsum:
         return Candidate(self.backward_name, tuple(cost.steps), tuple(paths))  # type: ignore[arg-type]
 
     @staticmethod
-    def forward(x2d: Any, cores: Sequence[Any], ops: K.ArrayOps, path: Any = None) -> Any:
+    def forward(x2d: Array, cores: Sequence[Array], ops: K.ArrayOps, path: Any = None) -> Any:
         batch = int(x2d.shape[0])
         xr = ops.reshape(x2d, (batch, *(int(c.shape[2]) for c in cores)))
         y = _run_network(linear_equation(len(cores)), path, [xr, *cores], ops)
@@ -354,9 +359,9 @@ class Einsum:
 
     @staticmethod
     def backward(
-        x2d: Any,
-        cores: Sequence[Any],
-        grad_y: Any,
+        x2d: Array,
+        cores: Sequence[Array],
+        grad_y: Array,
         ops: K.ArrayOps,
         path: Any = None,
         *,

@@ -40,9 +40,11 @@ class DenseCache:
         self.entries = {}
 
     def lookup(self, packed: Any, device: Any, compute: Any, build: Any) -> Any:
-        """The cached dense weight of the cores packed in ``packed``, in dtype ``compute`` (built by
-        ``build(compute)`` on a miss), or None when the cache must not be used (a gradient of the cores is
-        needed, compiling, the cores are on another device than ``device``)."""
+        """The cached dense weight of the cores packed in ``packed``, in dtype ``compute``.
+
+        It is built by ``build(compute)`` on a miss. None when the cache must not be used: a gradient of the
+        cores is needed, compiling, or the cores are on another device than ``device``.
+        """
         if torch.compiler.is_compiling():
             return None
         if torch.is_grad_enabled() and packed.requires_grad:

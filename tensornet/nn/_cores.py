@@ -1,5 +1,8 @@
-"""The base class of the TT layers: the cores packed in one parameter, their shapes, initialisation and
-dense-weight cache (:class:`TTCoresModule`), and the TT-SVD that converts a trained weight."""
+"""The base class of the TT layers, and the TT-SVD that converts a trained weight.
+
+The base class, :class:`TTCoresModule`, holds the cores packed in one parameter, their shapes, initialisation
+and dense-weight cache.
+"""
 
 from __future__ import annotations
 
@@ -47,8 +50,9 @@ def compress(
 
 
 class TTCoresModule(nn.Module):
-    """What :class:`TTMLinear` and :class:`TTEmbedding` share: the TT cores, their ranks and size, their
-    initialisation and the dense-weight cache.
+    """What :class:`TTMLinear` and :class:`TTEmbedding` share.
+
+    The TT cores, their ranks and size, their initialisation and the dense-weight cache.
 
     The cores are stored as ONE parameter, :attr:`packed_cores` (every core flattened and concatenated in
     order), and :attr:`cores` gives views of it of shapes ``(r_{k-1}, rows_k, cols_k, r_k)``. One tensor per
@@ -128,7 +132,7 @@ class TTCoresModule(nn.Module):
         return self.packed_cores.numel()
 
     def _copy_cores(self, weight: tn.TTM) -> Any:
-        """This layer (built on the meta device) materialised on ``weight``'s device with its cores."""
+        """The layer (built on the meta device) materialised on ``weight``'s device with its cores."""
         layer = self.to_empty(device=weight.device)
         with torch.no_grad():
             for core, value in zip(layer.cores, weight.cores):

@@ -1,5 +1,7 @@
-"""``TTEmbedding``: an embedding table stored as a TT-matrix (Hrinchuk et al. 2020, "Tensorized Embedding
-Layers"), looked up row by row from the cores without rebuilding the table."""
+"""``TTEmbedding``: an embedding table stored as a TT-matrix, looked up row by row from the cores.
+
+The table is never rebuilt (Hrinchuk et al. 2020, "Tensorized Embedding Layers").
+"""
 
 from __future__ import annotations
 
@@ -49,8 +51,8 @@ class TTEmbedding(TTCoresModule):
     Cost per token ``O(sum_k (n_1..n_k) r_{k-1} r_k)`` flops and ``O(max_k r_{k-1} n_k r_k)`` memory for the
     gathered slices; the ``(num_embeddings, embedding_dim)`` table is never built. For large batches the
     leading cores are first contracted over all their index prefixes (a small, batch-independent table,
-    see :meth:`prefix_cores`), which saves the per-token copies of the big middle cores: for GPT-2's
-    vocabulary at rank 64 and 8,192 tokens about 7x less memory saved for backward. ``self.lookup =
+    see :meth:`prefix_cores`), which saves the per-token copies of the big middle cores (the memory saved
+    for backward is measured in ``benchmarks/results/layers.md``). ``self.lookup =
     "gather"`` turns that off.
 
     Parameters
@@ -130,8 +132,9 @@ class TTEmbedding(TTCoresModule):
         )
 
     def prefix_cores(self, tokens: int) -> int:
-        """How many leading cores the lookup of ``tokens`` indices contracts into a table of all their
-        prefixes first (1 = gather core slices per token from the start).
+        """How many leading cores the lookup of ``tokens`` indices contracts into a prefix table first.
+
+        1 means gathering core slices per token from the start.
 
         A table over the prefixes ``(i_1..i_k)`` costs ``M_k = m_1...m_k`` rows whatever the batch, while
         gathering per token costs ``tokens`` rows and keeps a copy of each gathered core slice for
@@ -151,21 +154,8 @@ class TTEmbedding(TTCoresModule):
         return merged
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        fn = type(self).__name__
-        if not isinstance(input, torch.Tensor) or input.dtype not in (torch.int64, torch.int32):
-            what = input.dtype if isinstance(input, torch.Tensor) else type(input).__name__
-            raise TypeError(f"{fn}: indices must be an int64 or int32 tensor, got {what}")
-        # An out-of-range index would otherwise map silently to a padding row (or wrap around).
-        if input.device.type == "cpu" and not torch.compiler.is_compiling():
-            if input.numel() > 0:
-                low, high = int(input.min()), int(input.max())
-                if low < 0 or high >= self.num_embeddings:
-                    raise IndexError(
-                        f"{fn}: indices must lie in [0, {self.num_embeddings}), got values from {low} to {high}"
-                    )
-        else:  # checked on the device, without a host sync (a device-side assert, as nn.Embedding)
-            inside = ((input >= 0) & (input < self.num_embeddings)).all()
-            torch._assert_async(inside, f"{fn}: an index is outside [0, {self.num_embeddings})")
+        """The rows of the table at the integer indices ``input`` (any shape): ``(*input.shape, dim)``."""
+        self._check_indices(input)
         table = self.dense_table(input.device, self.cores[0].dtype)
         if table is not None:
             return self._mask_padding(input, nn.functional.embedding(input, table))
@@ -176,10 +166,40 @@ class TTEmbedding(TTCoresModule):
             digits.append(rest % m)
             rest = rest // m
         digits.reverse()
+        rows = self._lookup(digits, int(flat.shape[0]))
+        return self._mask_padding(input, rows.reshape(*input.shape, self.embedding_dim))
+
+    def _check_indices(self, input: Any) -> None:
+        """Raise unless ``input`` holds int64/int32 indices in ``[0, num_embeddings)``.
+
+        An out-of-range index would otherwise map silently to a padding row (or wrap around). On the CPU
+        the check is on the host; elsewhere (and compiled) it is a device-side assert, as ``nn.Embedding``
+        does, without a host sync.
+        """
+        fn = type(self).__name__
+        if not isinstance(input, torch.Tensor) or input.dtype not in (torch.int64, torch.int32):
+            what = input.dtype if isinstance(input, torch.Tensor) else type(input).__name__
+            raise TypeError(f"{fn}: indices must be an int64 or int32 tensor, got {what}")
+        if input.device.type == "cpu" and not torch.compiler.is_compiling():
+            if input.numel() > 0:
+                low, high = int(input.min()), int(input.max())
+                if low < 0 or high >= self.num_embeddings:
+                    raise IndexError(
+                        f"{fn}: indices must lie in [0, {self.num_embeddings}), got values from {low} to {high}"
+                    )
+        else:
+            inside = ((input >= 0) & (input < self.num_embeddings)).all()
+            torch._assert_async(inside, f"{fn}: an index is outside [0, {self.num_embeddings})")
+
+    def _lookup(self, digits: list[torch.Tensor], tokens: int) -> torch.Tensor:
+        """The rows ``(tokens, dim)`` of the multi-indices ``digits`` (one index tensor per mode), from the cores.
+
+        The first :meth:`prefix_cores` cores are contracted into a table of every prefix ``(i_1..i_k)``
+        (``(M_k, n_1..n_k, r_k)``, batch-independent); the remaining cores contribute one gathered slice
+        per token.
+        """
         cores = list(self.cores)
-        tokens = int(flat.shape[0])
         merged = self.prefix_cores(tokens)
-        # Rows for every prefix (i_1..i_k) of the first `merged` cores: (M_k, n_1..n_k, r_k), batch-independent.
         table = cores[0][0]  # (m_1, n_1, r_1)
         prefix = digits[0]
         cols = self.emb_shape[0]
@@ -190,13 +210,13 @@ class TTEmbedding(TTCoresModule):
             table = table.reshape(rows * m, cols, int(cores[k].shape[-1]))
             prefix = prefix * m + digits[k]
         result = table.index_select(0, prefix)  # (B, n_1..n_k, r_k)
-        for k in range(merged, len(cores)):  # the remaining cores: one gathered slice per token
+        for k in range(merged, len(cores)):
             core, n = cores[k], self.emb_shape[k]
             piece = core.permute(1, 0, 2, 3).index_select(0, digits[k])  # (B, r_{k-1}, n_k, r_k)
             result = torch.einsum("bar,brns->bans", result, piece)  # (B, n_1..n_{k-1}, n_k, r_k)
             cols *= n
             result = result.reshape(tokens, cols, int(core.shape[-1]))
-        return self._mask_padding(input, result.reshape(*input.shape, self.embedding_dim))
+        return result
 
     def _mask_padding(self, input: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """Zeros (and no gradient) where ``input == padding_idx``."""
@@ -206,15 +226,39 @@ class TTEmbedding(TTCoresModule):
         return out.masked_fill((input == padding_idx).unsqueeze(-1), 0.0)
 
     def dense_table(self, device: Any, dtype: Any) -> torch.Tensor | None:
-        """The cached padded table in ``dtype`` when :meth:`cache_dense_weight` is on and may be used
-        here, else None. For layers tied to this one, such as an LM head."""
+        """The cached padded table in ``dtype``, or None.
+
+        Given when :meth:`cache_dense_weight` is on and may be used here; for layers tied to this one, such as
+        an LM head.
+        """
         return self._cached_dense(device, dtype)
 
     @classmethod
     def from_ttm(
         cls, weight: tn.TTM, num_embeddings: int | None = None, *, padding_idx: int | None = None
     ) -> TTEmbedding:
-        """An embedding whose (padded) table is a copy of ``weight`` (rows past ``num_embeddings`` unused)."""
+        """An embedding whose (padded) table is a copy of ``weight``.
+
+        Parameters
+        ----------
+        weight : TTM
+            The table ``(prod(voc_shape), embedding_dim)``; its dtype and device are kept.
+        num_embeddings : int, optional
+            The rows in use (default: all); rows past it are never looked up.
+        padding_idx : int, optional
+            As ``nn.Embedding``.
+
+        Returns
+        -------
+        TTEmbedding
+
+        Raises
+        ------
+        TypeError
+            ``weight`` not a TTM.
+        ValueError
+            ``num_embeddings`` larger than the TTM's rows.
+        """
         fn = f"{cls.__name__}.from_ttm"
         if not isinstance(weight, tn.TTM):
             raise TypeError(f"{fn}: weight must be a tensornet.TTM, got {type(weight).__name__}")
@@ -250,12 +294,31 @@ class TTEmbedding(TTCoresModule):
         emb_shape: tuple[int, ...] | None = None,
         ncores: int = 3,
     ) -> TTEmbedding:
-        """Compress a trained ``nn.Embedding`` by TT-SVD of its table (zero-padded to ``prod(voc_shape)`` rows).
+        """Compress a trained ``nn.Embedding`` by TT-SVD of its table, zero-padded to ``prod(voc_shape)`` rows.
 
-        As :meth:`TTMLinear.from_linear`: float64 ``ttm_svd`` with ``eps`` and ``rank`` as the cap;
-        :attr:`conversion_error` is the measured relative Frobenius error over the real rows.
-        ``padding_idx`` is carried over (its row is zeroed before the decomposition: it is never read);
-        ``max_norm`` and sparse gradients are not supported (a ValueError says so).
+        Parameters
+        ----------
+        embedding : nn.Embedding
+            ``padding_idx`` is carried over (its row is zeroed before the decomposition: it is never read).
+        rank, eps
+            As :meth:`TTMLinear.from_linear` (a rank spec cap and/or a relative accuracy; at least one).
+        voc_shape, emb_shape, ncores
+            As in the constructor.
+
+        Returns
+        -------
+        TTEmbedding
+            :attr:`conversion_error` is the measured relative Frobenius error over the real rows.
+
+        Raises
+        ------
+        TypeError
+            Not an ``nn.Embedding``.
+        ValueError
+            ``max_norm`` or sparse gradients (not supported), neither ``rank`` nor ``eps``, bad shapes or
+            ranks.
+
+        Cost: ``O(M N r)`` for the SVDs of the padded ``(M, N)`` table.
         """
         fn = f"{cls.__name__}.from_embedding"
         if not isinstance(embedding, nn.Embedding):
@@ -285,8 +348,10 @@ class TTEmbedding(TTCoresModule):
         return layer
 
     def to_embedding(self) -> nn.Embedding:
-        """The dense ``nn.Embedding`` with the rebuilt table (real rows only; same dtype and device; the
-        ``padding_idx`` row zero, as the TT lookup reads it)."""
+        """The dense ``nn.Embedding`` with the rebuilt table.
+
+        Real rows only, same dtype and device; the ``padding_idx`` row is zero, as the TT lookup reads it.
+        """
         with torch.no_grad():
             table = tn.full(self.weight)[: self.num_embeddings]
             embedding = nn.Embedding(

@@ -12,7 +12,7 @@ __all__ = ["conv1d_class", "dense_weight"]
 
 
 def conv1d_class() -> Any:
-    """transformers' GPT-2 ``Conv1D`` if transformers is already imported (never imports it), else None."""
+    """Transformers' GPT-2 ``Conv1D`` if transformers is already imported (never imports it), else None."""
     module = sys.modules.get("transformers.pytorch_utils")
     return getattr(module, "Conv1D", None) if module is not None else None
 

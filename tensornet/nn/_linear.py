@@ -56,9 +56,8 @@ class TTMLinear(TTCoresModule):
         the backward saves only the input and the cores and rebuilds W; with True, when the forward
         rebuilds W and the backward works from the dense W (the plans for many tokens), the forward
         keeps W (if the input needs a gradient) and the two halves of its product (if the cores do),
-        so the backward skips one rebuild. 768->3072 at 2,048 tokens on a 2-core CPU: ~2.3% of a step
-        at r=64, within noise at r=16, for ``M * N`` more saved entries per call (plus the halves), as
-        tensorly-torch's reconstructed layers keep. Under ``torch.compile`` the default saves at most
+        so the backward skips one rebuild, for ``M * N`` more saved entries per call (plus the halves),
+        as tensorly-torch's reconstructed layers keep (timings: ``benchmarks/results/layers.md``). Under ``torch.compile`` the default saves at most
         the input and the cores too; with True the compiler may keep W and chooses what else to keep.
 
     The forward is :func:`tensornet.linear` (the contraction path is chosen per shape); inputs may have any
@@ -186,10 +185,27 @@ class TTMLinear(TTCoresModule):
     def from_ttm(
         cls, weight: tn.TTM, bias: torch.Tensor | None = None, *, save_weight: bool = False
     ) -> TTMLinear:
-        """A layer whose weight is (a copy of) the TTM ``weight`` (torch or numpy cores) and bias ``bias``.
+        """A layer whose weight is (a copy of) the TTM ``weight`` and bias ``bias``.
 
-        The layer takes the dtype and device of the cores (numpy cores become CPU tensors);
-        ``save_weight`` as in the constructor.
+        Parameters
+        ----------
+        weight : TTM
+            Torch or numpy cores ``(out, in)``; the layer takes their dtype and device (numpy cores
+            become CPU tensors). Ranks are kept as they are (not clipped).
+        bias : torch.Tensor of shape ``(out_features,)``, optional
+        save_weight : bool
+            As in the constructor.
+
+        Returns
+        -------
+        TTMLinear
+
+        Raises
+        ------
+        TypeError
+            ``weight`` not a TTM.
+        ValueError
+            A bias of another shape.
         """
         fn = f"{cls.__name__}.from_ttm"
         if not isinstance(weight, tn.TTM):
@@ -232,11 +248,37 @@ class TTMLinear(TTCoresModule):
     ) -> TTMLinear:
         """Compress a trained ``nn.Linear`` (or transformers' GPT-2 ``Conv1D``) by TT-SVD.
 
-        :func:`tensornet.ttm_svd` runs in float64 on the CPU with ``eps`` (relative Frobenius accuracy) and
-        ``rank`` as the cap (if both are given and the cap wins, ``ttm_svd`` warns with the error bound).
-        ``Conv1D`` stores its weight ``(in, out)``; it is transposed here on purpose. The layer keeps the
-        source's dtype, device and bias; :attr:`conversion_error` holds the measured relative error;
-        ``save_weight`` as in the constructor.
+        Parameters
+        ----------
+        linear : nn.Linear or Conv1D
+            ``Conv1D`` stores its weight ``(in, out)``; it is transposed here on purpose.
+        rank : int or tuple of int, optional
+            A rank spec capping the ranks (an int, d - 1 bond ranks or d + 1 ranks with the boundary 1s).
+        eps : float, optional
+            Relative Frobenius accuracy. At least one of ``rank`` and ``eps``; if both are given and the
+            cap wins, :func:`tensornet.ttm_svd` warns with the error bound.
+        in_shape, out_shape, ncores
+            As in the constructor.
+        save_weight : bool
+            As in the constructor.
+
+        Returns
+        -------
+        TTMLinear
+            With the source's dtype, device and bias; :attr:`conversion_error` holds the measured
+            relative error.
+
+        Raises
+        ------
+        TypeError
+            Not a linear layer; bad argument types.
+        ValueError
+            Neither ``rank`` nor ``eps``; shapes that do not factor the features; bad ranks.
+
+        Notes
+        -----
+        :func:`tensornet.ttm_svd` runs in float64 on the CPU.
+
         Cost: ``O(M N r)`` for the SVDs plus ``O(M N)`` memory for the float64 copy.
         """
         fn = f"{cls.__name__}.from_linear"
@@ -280,10 +322,9 @@ class TTMLinear(TTCoresModule):
 
 @contextlib.contextmanager
 def dense_weights(model: nn.Module) -> Iterator[nn.Module]:
-    """Within the block, every :class:`TTMLinear` and :class:`TTEmbedding` in ``model`` reuses its
-    rebuilt dense weight (table).
+    """Within the block, every TT layer in ``model`` reuses its rebuilt dense weight (table).
 
-    For inference and decoding: a forward pass that needs no gradient of the cores rebuilds each ``W``
+    For inference and decoding, for every :class:`TTMLinear` and :class:`TTEmbedding`: a forward pass that needs no gradient of the cores rebuilds each ``W``
     once and then costs what ``nn.Linear`` (``nn.Embedding``) costs (see
     :meth:`TTMLinear.cache_dense_weight`). The memory of the dense matrices is held until the block
     exits; layers that had caching on before keep it.
@@ -308,15 +349,13 @@ def dense_weights(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def tt_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The TT cores of every :class:`TTMLinear` and :class:`TTEmbedding` in ``model`` (each layer's
-    :attr:`~TTMLinear.packed_cores`, each once), e.g. to give them their own optimizer group.
+    """The TT cores of every :class:`TTMLinear` and :class:`TTEmbedding` in ``model``, e.g. for an optimizer group.
 
-    With Adam every entry moves by about ``lr`` per step, and a change of one core moves the product
-    ``W`` by that change times the other cores, so at a dense model's ``lr`` a TT weight learns several
-    times slower. In the 4-core GPT-2 model of ``benchmarks/results/gpt2_compare_cpu.md``, which stalls
-    at the dense rate, cores at 3x-64x the dense learning rate closed the gap to the dense model; a
-    smaller 3-core model (notebook 04) was best at 1x, so treat the factor as a hyperparameter
-    (``tensornet.gpt2``'s ``--tt-lr-scale``):
+    Each layer's :attr:`~TTMLinear.packed_cores` is returned once. With Adam every entry moves by about
+    ``lr`` per step, and a change of one core moves the product ``W`` by that change times the other
+    cores, so at a dense model's ``lr`` a TT weight may learn more slowly; the cores' learning rate
+    factor is a hyperparameter (``tensornet.gpt2``'s ``--tt-lr-scale``; runs in
+    ``benchmarks/results/gpt2_compare_cpu.md``):
 
     >>> cores = tensornet.nn.tt_parameters(model)  # doctest: +SKIP
     >>> ids = {id(p) for p in cores}

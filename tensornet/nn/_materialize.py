@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tensornet import _checks
 from tensornet._linear import kernels as K
 from tensornet._linear import plan as P
 from tensornet._linear.autograd import autocast_dtype, compute_dtype
@@ -33,8 +34,10 @@ __all__ = ["materialize"]
 
 
 class PassCounter:
-    """Counts forward passes of the model :func:`materialize` was applied to (a forward pre-hook): the
-    rebuilt weights are reused within one pass only, so two passes never share an autograd graph."""
+    """Counts forward passes of the model :func:`materialize` was applied to (a forward pre-hook).
+
+    The rebuilt weights are reused within one pass only, so two passes never share an autograd graph.
+    """
 
     def __init__(self) -> None:
         self.count = 0
@@ -49,7 +52,8 @@ class WeightGroup:
     ``weight(index, x)`` gives layer ``index``'s W for the input ``x``: from the group's batched rebuild
     (made at the first call after the cores changed or a backward used the previous one), or None where the
     per-layer path is the better one (few tokens, no gradient needed, under ``torch.compile``, the layers'
-    cores on different devices or dtypes)."""
+    cores on different devices or dtypes).
+    """
 
     def __init__(self, layers: Sequence[TTMLinear], passes: PassCounter) -> None:
         self.layers = list(layers)
@@ -120,21 +124,8 @@ class _GroupRebuild(torch.autograd.Function):
             used = next(g for g in grads if g is not None)
             grads = tuple(torch.zeros_like(used) if g is None else g for g in grads)
         if torch.is_grad_enabled():  # create_graph=True: the gradients will be differentiated
-            with torch.enable_grad():
-                again = torch.stack(params).to(stacked.dtype)
-                recipe = K.rebuild_recipe(ctx.shapes, (ctx.count,))
-                weights = K.rebuild(K.unpack(again, ctx.shapes), recipe, K.torch_ops())
-                result = torch.autograd.grad(weights.unbind(0), params, grads, create_graph=True)
-            return (None, None, None, *result)
-        device_type = stacked.device.type
-        context = (
-            torch.autocast(device_type, dtype=ctx.autocast)
-            if ctx.autocast is not None
-            else torch.autocast(device_type, enabled=False)
-            if autocast_dtype(device_type) is not None
-            else contextlib.nullcontext()
-        )
-        with context:
+            return (None, None, None, *_differentiable_grads(ctx, params, stacked.dtype, grads))
+        with _forward_autocast(ctx.autocast, stacked.device.type):
             grad_w = torch.stack(grads)  # (G, M, N)
             recipe = K.rebuild_recipe(ctx.shapes, (ctx.count,))
             core_grads = K.rebuild_grads(
@@ -149,16 +140,62 @@ class _GroupRebuild(torch.autograd.Function):
         return (None, None, None, *flat.unbind(0))
 
 
+def _differentiable_grads(ctx: Any, params: Any, dtype: Any, grads: Any) -> tuple[Any, ...]:
+    """The group's core gradients as a graph autograd can differentiate (``create_graph=True``)."""
+    with torch.enable_grad():
+        again = torch.stack(params).to(dtype)
+        recipe = K.rebuild_recipe(ctx.shapes, (ctx.count,))
+        weights = K.rebuild(K.unpack(again, ctx.shapes), recipe, K.torch_ops())
+        return tuple(torch.autograd.grad(weights.unbind(0), params, grads, create_graph=True))
+
+
+def _forward_autocast(dtype: Any, device_type: str) -> Any:
+    """A context restoring the forward's autocast state (``dtype`` None: autocast was off)."""
+    if dtype is not None:
+        return torch.autocast(device_type, dtype=dtype)
+    if autocast_dtype(device_type) is not None:
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _detach(model: nn.Module) -> list[TTMLinear]:
+    """Undo :func:`materialize` on ``model``; its TTM layers, each once."""
+    layers = list({id(m): m for m in model.modules() if isinstance(m, TTMLinear)}.values())
+    for layer in layers:
+        layer.__dict__.pop("_weight_group", None)
+    handle = model.__dict__.pop("_tensornet_materialize", None)
+    if handle is not None:
+        handle.remove()
+    return layers
+
+
 def materialize(model: nn.Module, enabled: bool = True) -> nn.Module:
     """Rebuild the dense weights of ``model``'s :class:`TTMLinear` layers group-wise in training.
 
+    Parameters
+    ----------
+    model : nn.Module
+    enabled : bool
+        False undoes it.
+
+    Returns
+    -------
+    nn.Module
+        ``model`` itself.
+
+    Raises
+    ------
+    TypeError
+        ``model`` not a module, ``enabled`` not a bool.
+
+    Notes
+    -----
     Layers with equal core shapes, dtype and device form a group (found now; call again after adding
     layers). While training (gradients on, at token counts where the layer's plan rebuilds W anyway) the
     first layer call of a step rebuilds W for the whole group in one batched pass, and every layer runs
     ``F.linear`` on its W; autograd forms all the groups' core gradients in one batched pass too. Decoding
     and small batches, ``torch.no_grad()`` and ``torch.compile`` keep the per-layer path. Results equal
-    the per-layer path's (the same products, batched). Returns ``model``; ``enabled=False`` undoes it.
-    Models from :func:`tensornet.nn.tensorize` and ``tensornet.gpt2.tensorize`` have it on.
+    the per-layer path's (the same products, batched). Models from :func:`tensornet.nn.tensorize` and ``tensornet.gpt2.tensorize`` have it on.
 
     Memory: a group holds its rebuilt W from the first layer call of a step until the backward has used
     it: at most the dense model's weight bytes (half under bf16 autocast), where the per-layer path saves
@@ -167,14 +204,8 @@ def materialize(model: nn.Module, enabled: bool = True) -> nn.Module:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"materialize: expected an nn.Module, got {type(model).__name__}")
-    if not isinstance(enabled, bool):
-        raise TypeError(f"materialize: enabled must be True or False, got {enabled!r}")
-    layers = {id(m): m for m in model.modules() if isinstance(m, TTMLinear)}.values()
-    for layer in layers:
-        layer.__dict__.pop("_weight_group", None)
-    handle = model.__dict__.pop("_tensornet_materialize", None)
-    if handle is not None:
-        handle.remove()
+    _checks.check_flag("materialize", "enabled", enabled)
+    layers = _detach(model)
     if not enabled:
         return model
     passes = PassCounter()
@@ -191,8 +222,10 @@ def materialize(model: nn.Module, enabled: bool = True) -> nn.Module:
 
 
 def release_weights(model: nn.Module) -> None:
-    """Free the dense weights :func:`materialize`'s groups hold (e.g. after a forward pass under gradients
-    that will not be followed by a backward)."""
+    """Free the dense weights :func:`materialize`'s groups hold.
+
+    E.g. after a forward pass under gradients that will not be followed by a backward.
+    """
     for module in model.modules():
         entry = module.__dict__.get("_weight_group")
         if entry is not None:

@@ -1,5 +1,6 @@
-"""Testing helpers for tensornet users: :func:`assert_allclose` for trains (in TT form) and hypothesis
-strategies in :mod:`tensornet.testing.strategies`.
+"""Testing helpers for tensornet users: :func:`assert_allclose` and hypothesis strategies.
+
+Trains are compared in TT form; the strategies are in :mod:`tensornet.testing.strategies`.
 
 Importing this package needs ``hypothesis`` (the ``test`` extra).
 """

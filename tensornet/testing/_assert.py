@@ -23,11 +23,23 @@ def assert_allclose(
 ) -> None:
     """Raise ``AssertionError`` unless ``||actual - desired||_F <= atol + rtol ||desired||_F``.
 
-    Both are TT or both TTM of the same shape, on any backends and dtypes: they are compared in float64
-    on the host (detached), through the TT of their difference and the QR-based :func:`tensornet.norm`
-    (accurate to working precision for nearly equal trains, and at any scale), never through ``full()``.
-    Unlike ``numpy.testing.assert_allclose`` the test is on the Frobenius norm of the whole difference,
-    not entry by entry. NaN or inf entries fail. Cost: ``O(d n (r + s)^3)``.
+    Parameters
+    ----------
+    actual, desired : TT or TTM
+        Both TT or both TTM of the same shape, on any backends and dtypes.
+    rtol, atol : float
+        Relative and absolute tolerances (>= 0).
+    err_msg : str
+        Prepended to the failure message.
+
+    Notes
+    -----
+    The trains are compared in float64 on the host (detached), through the TT of their difference and
+    the QR-based :func:`tensornet.norm` (accurate to working precision for nearly equal trains, and at
+    any scale), never through ``full()``. Unlike ``numpy.testing.assert_allclose`` the test is on the
+    Frobenius norm of the whole difference, not entry by entry. NaN or inf entries fail.
+
+    Cost: ``O(d n (r + s)^3)``.
 
     Raises
     ------

@@ -85,9 +85,11 @@ def ttm_shapes(
 def bond_ranks(
     draw: Any, mode_sizes: Sequence[int], *, max_rank: int = 3, clip: bool = True
 ) -> tuple[int, ...]:
-    """Bond ranks ``(r_1..r_{d-1})`` for modes of ``mode_sizes`` (``m_k n_k`` for a TTM), each in
-    ``1..max_rank``. With ``clip`` (default) they are also reachable: ``r_k <= r_{k-1} n_k`` and
-    ``r_k <= n_{k+1} r_{k+1}``, so a generic TT with these ranks has exactly these TT ranks."""
+    """Bond ranks ``(r_1..r_{d-1})`` for modes of ``mode_sizes``, each in ``1..max_rank``.
+
+    Mode sizes are ``m_k n_k`` for a TTM. With ``clip`` (default) they are also reachable: ``r_k <= r_{k-1}
+    n_k`` and ``r_k <= n_{k+1} r_{k+1}``, so a generic TT with these ranks has exactly these TT ranks.
+    """
     sizes = [int(n) for n in mode_sizes]
     ranks = [1]
     for k in range(len(sizes) - 1):
@@ -172,8 +174,10 @@ def ttms(
 # --- edge cases for users' property tests ---------------------------------------------------------------
 @st.composite
 def zero_tts(draw: Any, **kwargs: Any) -> TT:
-    """A TT whose tensor is exactly zero although its ranks need not be 1: one drawn core is zeroed.
-    Keyword arguments as :func:`tts`."""
+    """A TT whose tensor is exactly zero although its ranks need not be 1.
+
+    One drawn core is zeroed. Keyword arguments as :func:`tts`.
+    """
     train = draw(tts(**kwargs))
     k = draw(st.integers(0, train.ncores - 1))
     cores = list(train.cores)
@@ -183,9 +187,11 @@ def zero_tts(draw: Any, **kwargs: Any) -> TT:
 
 @st.composite
 def redundant_tts(draw: Any, **kwargs: Any) -> TT:
-    """A TT stored with ranks above its TT ranks: ``a + c a`` for a drawn TT ``a`` and ``c`` in
-    [0.5, 2] (stored ranks ``2 r``, tensor ``(1 + c) a`` of a's TT ranks; rounding must shrink them).
-    Keyword arguments as :func:`tts`."""
+    """A TT stored with ranks above its TT ranks: ``a + c a`` for a drawn TT ``a``.
+
+    ``c`` is in [0.5, 2] (stored ranks ``2 r``, tensor ``(1 + c) a`` of a's TT ranks; rounding must shrink
+    them). Keyword arguments as :func:`tts`.
+    """
     train = draw(tts(**kwargs))
     factor = draw(st.floats(0.5, 2.0))
     return _ops.add(train, _ops.scale(train, factor))
@@ -193,9 +199,11 @@ def redundant_tts(draw: Any, **kwargs: Any) -> TT:
 
 @st.composite
 def scaled_tts(draw: Any, *, exponent: Any = None, **kwargs: Any) -> TT:
-    """A TT multiplied by ``10 ** exponent`` on one drawn core, by default ``+-100`` for float64 and
-    ``+-30`` for float32 (entries near the ends of the dtype's range: guarantees must hold at every
-    finite scale). Keyword arguments as :func:`tts`."""
+    """A TT multiplied by ``10 ** exponent`` on one drawn core.
+
+    The exponent is by default ``+-100`` for float64 and ``+-30`` for float32 (entries near the ends of the
+    dtype's range: guarantees must hold at every finite scale). Keyword arguments as :func:`tts`.
+    """
     train = draw(tts(**kwargs))
     limit = 30 if "float32" in str(train.dtype) else 100
     power = _resolve(draw, exponent, st.sampled_from([-limit, limit]))
@@ -207,8 +215,11 @@ def scaled_tts(draw: Any, *, exponent: Any = None, **kwargs: Any) -> TT:
 
 @st.composite
 def orthogonal_tts(draw: Any, *, center: Any = None, **kwargs: Any) -> TT:
-    """A TT orthogonalised around a drawn (or given) core: cores left-orthogonal before ``center``,
-    right-orthogonal after it (:func:`tensornet.orthogonalize`). Keyword arguments as :func:`tts`."""
+    """A TT orthogonalised around a drawn (or given) core.
+
+    Cores are left-orthogonal before ``center``, right-orthogonal after it (:func:`tensornet.orthogonalize`).
+    Keyword arguments as :func:`tts`.
+    """
     train = draw(tts(**kwargs))
     position = _resolve(draw, center, st.integers(0, train.ncores - 1))
     return orthogonalize(train, center=position)
@@ -230,7 +241,8 @@ def low_rank_arrays(
     The array is the full tensor of a random TT with reachable ranks (:func:`bond_ranks`); draws in
     which an unfolding's ``r_k``-th singular value is below ``1e-6`` of its largest (nearly rank-
     deficient, which a float32 round-trip could not tell apart) are rejected, so ``tt_svd(array,
-    eps=1e-8)`` (1e-4 in float32) recovers ``ranks`` exactly."""
+    eps=1e-8)`` (1e-4 in float32) recovers ``ranks`` exactly.
+    """
     shape = _resolve(draw, shape, mode_shapes(max_ndim=max_ndim, max_size=max_size))
     bonds = draw(bond_ranks(shape, max_rank=max_rank))
     seed = draw(st.integers(0, 2**32 - 1))

@@ -1,0 +1,136 @@
+"""Products of TTMs with trains and with dense arrays: ``A @ x``, ``A @ B`` and the layer product.
+
+Re-exported by :mod:`tensornet.ops`; ``linear`` itself lives in :mod:`tensornet._linear`.
+"""
+
+from __future__ import annotations
+
+from . import _backend as B
+from . import _checks, _linear
+from ._backend import Array
+from ._einsum import einsum
+from .tt import TT, TTM
+
+__all__ = ["linear", "matmul", "matvec"]
+
+
+@B.exact
+def matvec(a: TTM, x: TT) -> TT:
+    """``A @ x`` for a TTM ``A`` of shape (M, N) and a TT ``x`` of shape ``A.col_shape``.
+
+    Returns
+    -------
+    TT
+        Shape ``A.row_shape``, ranks ``r s``.
+
+    Raises
+    ------
+    TypeError
+        ``A`` not a TTM, ``x`` not a TT, different backends or dtypes.
+    ValueError
+        ``A.col_shape != x.shape``, different devices.
+
+    Notes
+    -----
+    ``Y_k[:, i, :] = sum_j A_k[:, i, j, :] (x) X_k[:, j, :]``.
+
+    Cost: ``O(d m n r^2 s^2)``.
+    """
+    _checks.check_type("matvec", a, TTM, "A")
+    _checks.check_type("matvec", x, TT, "x")
+    _checks.check_same_storage("matvec", a, x)
+    if a.col_shape != x.shape:
+        raise ValueError(
+            f"matvec: A has col_shape {a.col_shape} but x has shape {x.shape}; they must match core by core"
+        )
+    xp = B.namespace(*a.cores)
+    cores = []
+    for ca, cx in zip(a.cores, x.cores):
+        ra, m, _, ra2 = (int(s) for s in ca.shape)
+        rx, _, rx2 = (int(s) for s in cx.shape)
+        cores.append(xp.reshape(einsum("amnb,cnd->acmbd", ca, cx), (ra * rx, m, ra2 * rx2)))
+    return TT._trusted(cores)
+
+
+@B.exact
+def matmul(a: TTM, b: TTM) -> TTM:
+    """``A @ B`` for TTMs with ``A.col_shape == B.row_shape``.
+
+    Returns
+    -------
+    TTM
+        Row shape ``A.row_shape``, column shape ``B.col_shape``, ranks ``r s``.
+
+    Raises
+    ------
+    TypeError
+        Not two TTMs of one backend and dtype.
+    ValueError
+        ``A.col_shape != B.row_shape``, different devices.
+
+    Notes
+    -----
+    ``C_k[:, i, j, :] = sum_l A_k[:, i, l, :] (x) B_k[:, l, j, :]``.
+
+    Cost: ``O(d m k n r^2 s^2)``.
+    """
+    _checks.check_type("matmul", a, TTM, "A")
+    _checks.check_type("matmul", b, TTM, "B")
+    _checks.check_same_storage("matmul", a, b)
+    if a.col_shape != b.row_shape:
+        raise ValueError(
+            f"matmul: A has col_shape {a.col_shape} but B has row_shape {b.row_shape}; they must match core by core"
+        )
+    xp = B.namespace(*a.cores)
+    cores = []
+    for ca, cb in zip(a.cores, b.cores):
+        ra, m, _, ra2 = (int(s) for s in ca.shape)
+        rb, _, n, rb2 = (int(s) for s in cb.shape)
+        cores.append(xp.reshape(einsum("amkb,ckne->acmnbe", ca, cb), (ra * rb, m, n, ra2 * rb2)))
+    return TTM._trusted(cores)
+
+
+def linear(x: Array, w: TTM, bias: Array | None = None, *, save_weight: bool = False) -> Array:
+    """``x @ W.full().T (+ bias)`` for dense ``x`` of shape ``(..., N)`` and a TTM ``W`` of shape (M, N).
+
+    Parameters
+    ----------
+    x : array of shape ``(..., N)``
+        Any number of leading dimensions.
+    w : TTM
+        The weight, stored like ``torch.nn.Linear.weight``: ``(out_features, in_features)``.
+    bias : array of shape ``(M,)``, optional
+    save_weight : bool
+        Torch only (numpy has no backward). A forward that rebuilds W, with a backward planned from the
+        dense W (both are the plans for many tokens), keeps W (if x needs a gradient) and the halves of
+        its product (if the cores do) instead of saving only ``x`` and the cores: one rebuild less per
+        step for up to ``M N`` more saved entries per call.
+
+    Returns
+    -------
+    array of shape ``(..., M)``
+
+    Raises
+    ------
+    TypeError
+        ``W`` not a TTM, ``x`` not an array, backend or dtype mismatch (dtypes may differ under torch
+        autocast), ``save_weight`` not a bool.
+    ValueError
+        ``x.shape[-1] != N``, a bias that is not ``(M,)``, devices that differ.
+
+    Notes
+    -----
+    The contraction is planned per shape bucket by :func:`tensornet.contract.plan_linear` (rebuild W
+    then one GEMM, or a factorised core-by-core sweep; see :func:`tensornet.contract.explain`). With
+    torch tensors the product is a ``torch.autograd.Function`` that saves only ``x`` and the cores
+    (activation memory no more than a dense layer's) and whose backward uses
+    :func:`tensornet.adjoint.linear`'s kernels; it works under autocast and ``torch.compile``; double
+    backward (``create_graph=True``: gradient penalties, Hessian-vector products) is exact, through a
+    differentiable rebuild of W in that pass. Under ``torch.compile`` the default saves at most ``x`` and
+    the cores too; with ``save_weight`` the compiler may keep W and chooses what else to keep.
+
+    Cost: ``min(2 B M N + O(M N r), O(B (M + N) d r^2 max(m, n)))`` for B rows, as planned.
+    """
+    if not isinstance(w, TTM):
+        raise TypeError(f"linear: W must be a tensornet TTM, got {type(w).__name__}")
+    return _linear.linear(x, w.cores, bias, save_weight=save_weight)
