@@ -142,7 +142,8 @@ def cross(
 
     Returns
     -------
-    TT, or (TT, float) with ``return_error``
+    TT
+        Placed like ``like``; with ``return_error``, a pair of it and the estimated relative error.
 
     Raises
     ------

@@ -5,6 +5,9 @@ Re-exported by :mod:`tensornet.ops`; ``linear`` itself lives in :mod:`tensornet.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from . import _backend as B
 from . import _checks, _linear
 from ._backend import Array
@@ -36,20 +39,11 @@ def matvec(a: TTM, x: TT) -> TT:
 
     Cost: ``O(d m n r^2 s^2)``.
     """
-    _checks.check_type("matvec", a, TTM, "A")
-    _checks.check_type("matvec", x, TT, "x")
-    _checks.check_same_storage("matvec", a, x)
-    if a.col_shape != x.shape:
-        raise ValueError(
-            f"matvec: A has col_shape {a.col_shape} but x has shape {x.shape}; they must match core by core"
-        )
+    _check_operands("matvec", a, x, TT, ("x", "shape", x.shape if isinstance(x, TT) else ()))
     xp = B.namespace(*a.cores)
-    cores = []
-    for ca, cx in zip(a.cores, x.cores):
-        ra, m, _, ra2 = (int(s) for s in ca.shape)
-        rx, _, rx2 = (int(s) for s in cx.shape)
-        cores.append(xp.reshape(einsum("amnb,cnd->acmbd", ca, cx), (ra * rx, m, ra2 * rx2)))
-    return TT._trusted(cores)
+    columns = [xp.reshape(c, (int(c.shape[0]), int(c.shape[1]), 1, int(c.shape[2]))) for c in x.cores]
+    cores = _product_cores(a.cores, columns)
+    return TT._trusted([xp.reshape(c, (int(c.shape[0]), int(c.shape[1]), int(c.shape[3]))) for c in cores])
 
 
 @B.exact
@@ -74,20 +68,31 @@ def matmul(a: TTM, b: TTM) -> TTM:
 
     Cost: ``O(d m k n r^2 s^2)``.
     """
-    _checks.check_type("matmul", a, TTM, "A")
-    _checks.check_type("matmul", b, TTM, "B")
-    _checks.check_same_storage("matmul", a, b)
-    if a.col_shape != b.row_shape:
+    _check_operands("matmul", a, b, TTM, ("B", "row_shape", b.row_shape if isinstance(b, TTM) else ()))
+    return TTM._trusted(_product_cores(a.cores, b.cores))
+
+
+def _check_operands(fn: str, a: Any, b: Any, kind: type, modes: tuple[str, str, tuple[int, ...]]) -> None:
+    """Raise unless ``a`` is a TTM and ``b`` a ``kind`` of one storage whose ``modes`` match ``A.col_shape``."""
+    name, what, shape = modes
+    _checks.check_type(fn, a, TTM, "A")
+    _checks.check_type(fn, b, kind, name)
+    _checks.check_same_storage(fn, a, b)
+    if a.col_shape != shape:
         raise ValueError(
-            f"matmul: A has col_shape {a.col_shape} but B has row_shape {b.row_shape}; they must match core by core"
+            f"{fn}: A has col_shape {a.col_shape} but {name} has {what} {shape}; they must match core by core"
         )
-    xp = B.namespace(*a.cores)
+
+
+def _product_cores(ca: Sequence[Array], cb: Sequence[Array]) -> list[Array]:
+    """``C_k[:, i, j, :] = sum_l A_k[:, i, l, :] (x) B_k[:, l, j, :]``: the cores of the TTM product."""
+    xp = B.namespace(*ca)
     cores = []
-    for ca, cb in zip(a.cores, b.cores):
-        ra, m, _, ra2 = (int(s) for s in ca.shape)
-        rb, _, n, rb2 = (int(s) for s in cb.shape)
-        cores.append(xp.reshape(einsum("amkb,ckne->acmnbe", ca, cb), (ra * rb, m, n, ra2 * rb2)))
-    return TTM._trusted(cores)
+    for p, q in zip(ca, cb):
+        ra, m, _, ra2 = (int(s) for s in p.shape)
+        rb, _, n, rb2 = (int(s) for s in q.shape)
+        cores.append(xp.reshape(einsum("amkb,ckne->acmnbe", p, q), (ra * rb, m, n, ra2 * rb2)))
+    return cores
 
 
 def linear(x: Array, w: TTM, bias: Array | None = None, *, save_weight: bool = False) -> Array:

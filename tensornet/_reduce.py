@@ -23,19 +23,8 @@ __all__ = ["dot", "norm", "sum"]
 def dot(a: TrainT, b: TrainT) -> Array:
     """Inner product ``<a, b> = sum(a * b)`` (Frobenius for TTM) as a 0-d array.
 
-    Parameters
-    ----------
-    a, b : TT or TTM
-        Of one type, shape, backend, dtype and device.
-
-    Returns
-    -------
-    0-d array
-
-    Raises
-    ------
-    TypeError, ValueError
-        As :func:`add`.
+    ``a`` and ``b`` are trains of one structure and storage, as for :func:`tensornet.add` (which also
+    lists the errors); the result is a 0-d array.
 
     Notes
     -----
@@ -96,16 +85,13 @@ def norm(x: Train) -> Array:
     Parameters
     ----------
     x : TT or TTM
+        The train to measure.
 
     Returns
     -------
     0-d array
-        In ``x``'s dtype (computed in float32 for float16/bfloat16 trains, which QR does not support).
-
-    Raises
-    ------
-    TypeError
-        ``x`` not a train.
+        ``||x||_F`` in ``x``'s dtype (computed in float32 for float16/bfloat16 trains, which QR does not support).
+        A ``TypeError`` if ``x`` is not a train.
 
     Notes
     -----

@@ -111,13 +111,14 @@ def dot(a: TrainT, b: TrainT, grad: Any = 1.0) -> tuple[CoreGrads, CoreGrads]:
     Parameters
     ----------
     a, b : TT or TTM
-        Of one type and mode sizes.
+        The arguments of the inner product, of one type and mode sizes.
     grad : float or 0-d array
+        The cotangent of the scalar ``<a, b>``.
 
     Returns
     -------
     (list of arrays, list of arrays)
-        The gradients of ``a``'s cores and of ``b``'s cores.
+        ``(d<a, b>/d a's cores, d<a, b>/d b's cores)`` times ``grad``.
 
     Raises
     ------
@@ -161,14 +162,14 @@ def hadamard(a: TrainT, b: TrainT, grad: Any) -> tuple[CoreGrads, CoreGrads]:
     Parameters
     ----------
     a, b : TT or TTM
-        Of one type and mode sizes.
+        The factors of the elementwise product, of one type and mode sizes.
     grad : TT, TTM or list of arrays
         Cotangent cores shaped like the result's ``(r s, n, r' s')`` (``(r s, m, n, r' s')`` for TTM).
 
     Returns
     -------
     (list of arrays, list of arrays)
-        The gradients of ``a``'s and ``b``'s cores.
+        One gradient per core of ``a``, then one per core of ``b``, each shaped like its core.
 
     Raises
     ------
@@ -233,29 +234,9 @@ def _product_grads(
 def matvec(a: TTM, x: TT, grad: Any) -> tuple[CoreGrads, CoreGrads]:
     """VJP of :func:`tensornet.matvec` (``A @ x``), core-wise.
 
-    Parameters
-    ----------
-    a : TTM
-    x : TT
-        Of shape ``A.col_shape``.
-    grad : TT or list of arrays
-        Cotangent cores shaped like the result's ``(r s, m, r' s')``.
-
-    Returns
-    -------
-    (list of arrays, list of arrays)
-        The gradients of ``A``'s and ``x``'s cores.
-
-    Raises
-    ------
-    TypeError
-        ``A`` not a TTM, ``x`` not a TT.
-    ValueError
-        ``A.col_shape != x.shape``, cotangent cores of the wrong number or shape.
-
-    Notes
-    -----
-    ``x`` is the TTM with one column (``n_k = 1``): the rule is :func:`matmul`'s.
+    ``x`` (a TT of shape ``A.col_shape``) is the TTM with one column (``n_k = 1``), so the rule, its
+    returns and its errors are :func:`matmul`'s; ``grad`` (a TT or a list of arrays) has the result's
+    core shapes ``(r s, m, r' s')``.
 
     Cost: ``O(d m n r^2 s^2)``.
     """

@@ -56,6 +56,7 @@ def full(x: Train) -> Array:
     Parameters
     ----------
     x : TT or TTM
+        A train small enough to hold densely.
 
     Returns
     -------
@@ -177,17 +178,12 @@ def hadamard(a: TrainT, b: TrainT) -> TrainT:
     Parameters
     ----------
     a, b : TT or TTM
-        Of one type, shape, backend, dtype and device.
+        Trains of one structure and storage, as for :func:`add` (which also lists the errors).
 
     Returns
     -------
     TT or TTM
         Ranks ``r s``.
-
-    Raises
-    ------
-    TypeError, ValueError
-        As :func:`add`.
 
     Notes
     -----

@@ -323,15 +323,7 @@ class TTM(_Train):
     A layer weight is stored like ``torch.nn.Linear.weight``: ``(out_features, in_features)``.
     ``shape`` is ``(M, N)``, so ``ndim == 2``; ``ncores`` counts the cores.
 
-    Parameters
-    ----------
-    cores : sequence of arrays
-        d >= 1 arrays of one backend, dtype and device, real floating point.
-
-    Raises
-    ------
-    TypeError, ValueError
-        As :class:`TT`, for 4-D cores.
+    The cores are checked as :class:`TT`'s are (same errors), for 4-D cores.
     """
 
     __slots__ = ()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import opt_einsum as oe
 
@@ -62,6 +62,61 @@ def _permute_cost(cost: Costing, shape: K.Shape, axes: K.Shape, final: K.Shape, 
 def _transposed_reshape(cost: Costing, rows: int, cols: int, final: K.Shape, what: str) -> None:
     """``reshape(a.mT, final)`` for ``a`` of shape ``(rows, cols)``."""
     _permute_cost(cost, (rows, cols), (1, 0), final, what)
+
+
+# --- the strategies' common interface -----------------------------------------------------------------
+Grads = tuple[Any, list[Any] | None]
+"""``(grad_x or None, core gradients or None)``."""
+
+
+class BackwardCall(NamedTuple):
+    """The arguments of one backward pass (see :meth:`Strategy.backward`)."""
+
+    x2d: Array
+    cores: Sequence[Array]
+    grad_y: Array
+    ops: K.ArrayOps
+    path: Any
+    need_x: bool
+    need_cores: bool
+    kept: Any
+
+
+class Strategy:
+    """One way to compute ``y = x2d @ W.T`` (``forward``) and its VJP (``backward``), with their costs."""
+
+    forward_name = ""
+    backward_name = ""
+
+    def forward_cost(self, machine: Machine, item: int, shapes: K.CoreShapes, batch: int) -> Candidate:
+        """The forward's kernels for ``batch`` rows, priced by the cost model."""
+        raise NotImplementedError
+
+    def backward_cost(self, machine: Machine, item: int, shapes: K.CoreShapes, batch: int) -> Candidate:
+        """The backward's kernels for ``batch`` rows, priced by the cost model."""
+        raise NotImplementedError
+
+    def forward(self, x2d: Array, cores: Sequence[Array], ops: K.ArrayOps, path: Any = None) -> Array:
+        """``x2d @ W.T`` for ``x2d`` (B, N) and the TTM cores of W (``path``: the einsum path, if any)."""
+        raise NotImplementedError
+
+    def backward(
+        self,
+        x2d: Array,
+        cores: Sequence[Array],
+        grad_y: Array,
+        ops: K.ArrayOps,
+        path: Any = None,
+        *,
+        need_x: bool = True,
+        need_cores: bool = True,
+        kept: Any = None,
+    ) -> Grads:
+        """``(grad_x, core gradients)`` for the cotangent ``grad_y`` (B, M); unneeded ones are None."""
+        return self._backward(BackwardCall(x2d, cores, grad_y, ops, path, need_x, need_cores, kept))
+
+    def _backward(self, call: BackwardCall) -> Grads:
+        raise NotImplementedError
 
 
 # --- rebuild (forward) and dense (backward) ------------------------------------------------------------
@@ -133,7 +188,7 @@ def _rebuild_grads_cost(cost: Costing, recipe: K.RebuildRecipe) -> None:
     _train_grads_cost(cost, recipe.right_cores, batch, "right half")
 
 
-class Rebuild:
+class Rebuild(Strategy):
     """Forward ``rebuild``: W rebuilt, then one GEMM. Backward ``dense``: from the dense W and dW."""
 
     forward_name = "rebuild"
@@ -156,29 +211,18 @@ class Rebuild:
         _rebuild_grads_cost(cost, recipe)
         return Candidate(self.backward_name, tuple(cost.steps))
 
-    @staticmethod
-    def forward(x2d: Array, cores: Sequence[Array], ops: K.ArrayOps, path: Any = None) -> Any:
+    def forward(self, x2d: Array, cores: Sequence[Array], ops: K.ArrayOps, path: Any = None) -> Array:
         return x2d @ ops.mT(K.rebuild(cores, K.rebuild_recipe(K.core_shapes(cores)), ops))
 
-    @staticmethod
-    def backward(
-        x2d: Array,
-        cores: Sequence[Array],
-        grad_y: Array,
-        ops: K.ArrayOps,
-        path: Any = None,
-        *,
-        need_x: bool = True,
-        need_cores: bool = True,
-        kept: Any = None,
-    ) -> tuple[Any, list[Any] | None]:
-        """``kept``: ``(W or None, (L, R) or None)`` from a forward that kept them (``save_weight``)."""
+    def _backward(self, call: BackwardCall) -> Grads:
+        """``call.kept``: ``(W or None, (L, R) or None)`` from a forward that kept them (``save_weight``)."""
+        x2d, cores, grad_y, ops = call.x2d, call.cores, call.grad_y, call.ops
         recipe = K.rebuild_recipe(K.core_shapes(cores))
-        weight, parts = kept if kept is not None else (None, None)
-        if need_x and weight is None:
+        weight, parts = call.kept if call.kept is not None else (None, None)
+        if call.need_x and weight is None:
             weight, parts = K.rebuild(cores, recipe, ops, parts=True)
-        grad_x = grad_y @ weight if need_x else None
-        if not need_cores:
+        grad_x = grad_y @ weight if call.need_x else None
+        if not call.need_cores:
             return grad_x, None
         del weight
         grad_w = ops.mT(grad_y) @ x2d
@@ -204,7 +248,7 @@ def _sweep_cost(cost: Costing, shapes: K.CoreShapes, batch: int, transpose: bool
         )
 
 
-class Sweep:
+class Sweep(Strategy):
     """The factorised core-by-core product and its reverse mode."""
 
     forward_name = backward_name = "sweep"
@@ -238,26 +282,14 @@ class Sweep:
                 _transposed_reshape(cost, total // size_out[k - 1], size_out[k - 1], final, f"d state {k}")
         return Candidate(self.backward_name, tuple(cost.steps))
 
-    @staticmethod
-    def forward(x2d: Array, cores: Sequence[Array], ops: K.ArrayOps, path: Any = None) -> Any:
+    def forward(self, x2d: Array, cores: Sequence[Array], ops: K.ArrayOps, path: Any = None) -> Array:
         return K.sweep(x2d, cores, ops)
 
-    @staticmethod
-    def backward(
-        x2d: Array,
-        cores: Sequence[Array],
-        grad_y: Array,
-        ops: K.ArrayOps,
-        path: Any = None,
-        *,
-        need_x: bool = True,
-        need_cores: bool = True,
-        kept: Any = None,
-    ) -> tuple[Any, list[Any] | None]:
-        if not need_cores:
-            return (K.sweep(grad_y, cores, ops, transpose=True) if need_x else None), None
-        grad_x, grads = K.sweep_grads(x2d, cores, grad_y, need_x, ops)
-        return (grad_x if need_x else None), grads
+    def _backward(self, call: BackwardCall) -> Grads:
+        if not call.need_cores:
+            return (K.sweep(call.grad_y, call.cores, call.ops, transpose=True) if call.need_x else None), None
+        grad_x, grads = K.sweep_grads(call.x2d, call.cores, call.grad_y, call.need_x, call.ops)
+        return (grad_x if call.need_x else None), grads
 
 
 # --- einsum ------------------------------------------------------------------------------------------
@@ -329,7 +361,7 @@ def _run_network(equation: str, path: Any, operands: Sequence[Array], ops: K.Arr
     return _einsum.expression(equation, *shapes, optimize=list(path) if path else None)(*operands)
 
 
-class Einsum:
+class Einsum(Strategy):
     """The FLOP-optimal path of the whole network (forward), and one such network per gradient."""
 
     forward_name = backward_name = "einsum"
@@ -350,35 +382,24 @@ class Einsum:
             paths.append(_network_cost(cost, equation, operands, "dx: " if k == 0 else f"dG_{k - 1}: "))
         return Candidate(self.backward_name, tuple(cost.steps), tuple(paths))  # type: ignore[arg-type]
 
-    @staticmethod
-    def forward(x2d: Array, cores: Sequence[Array], ops: K.ArrayOps, path: Any = None) -> Any:
+    def forward(self, x2d: Array, cores: Sequence[Array], ops: K.ArrayOps, path: Any = None) -> Array:
         batch = int(x2d.shape[0])
         xr = ops.reshape(x2d, (batch, *(int(c.shape[2]) for c in cores)))
         y = _run_network(linear_equation(len(cores)), path, [xr, *cores], ops)
         return ops.reshape(y, (batch, -1))
 
-    @staticmethod
-    def backward(
-        x2d: Array,
-        cores: Sequence[Array],
-        grad_y: Array,
-        ops: K.ArrayOps,
-        path: Any = None,
-        *,
-        need_x: bool = True,
-        need_cores: bool = True,
-        kept: Any = None,
-    ) -> tuple[Any, list[Any] | None]:
+    def _backward(self, call: BackwardCall) -> Grads:
+        cores, ops = call.cores, call.ops
         d = len(cores)
         equations = linear_grad_equations(d)
-        batch = int(x2d.shape[0])
-        xr = ops.reshape(x2d, (batch, *(int(c.shape[2]) for c in cores)))
-        gyr = ops.reshape(grad_y, (batch, *(int(c.shape[1]) for c in cores)))
-        paths = path if path is not None else [None] * (d + 1)
+        batch = int(call.x2d.shape[0])
+        xr = ops.reshape(call.x2d, (batch, *(int(c.shape[2]) for c in cores)))
+        gyr = ops.reshape(call.grad_y, (batch, *(int(c.shape[1]) for c in cores)))
+        paths = call.path if call.path is not None else [None] * (d + 1)
         grad_x = None
-        if need_x:
+        if call.need_x:
             grad_x = ops.reshape(_run_network(equations[0], paths[0], [gyr, *cores], ops), (batch, -1))
-        if not need_cores:
+        if not call.need_cores:
             return grad_x, None
         grads = []
         for k in range(d):
