@@ -32,7 +32,7 @@ def bench(variant: str, args) -> dict:
     import torch.nn.functional as F
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from tensornet.gpt2 import count_params, tensorize
+    from tensornet.gpt2 import tensorize
     from tensornet.nn import TTMLinear, materialize
 
     torch.manual_seed(0)
@@ -77,7 +77,7 @@ def bench(variant: str, args) -> dict:
     ms = 1000 * statistics.median(times)
     result = {
         "variant": variant,
-        "params": count_params(model),
+        "params": sum(p.numel() for p in model.parameters()),
         "ms_per_step": ms,
         "tokens_per_s": args.batch * args.seq / (ms / 1000),
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30,

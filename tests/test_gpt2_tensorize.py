@@ -13,13 +13,13 @@ from transformers.pytorch_utils import Conv1D
 import tensornet as tn
 from tensornet.gpt2 import (
     LowRankLinear,
+    TensorizeConfig,
     TiedTTHead,
     build_model,
-    count_params,
     gpt2_config,
     load_model,
     lowrank,
-    paper_pairs,
+    paper_shapes,
     save_model,
     tensorize,
 )
@@ -27,6 +27,14 @@ from tensornet.nn import RankClipWarning, TTMLinear
 
 SMALL = GPT2Config()  # GPT-2 small: 12 x 768, vocabulary 50,257, 1,024 positions
 MEDIUM = GPT2Config(n_layer=24, n_embd=1024, n_head=16)
+
+
+def nparams(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def pairs(layer):
+    return tuple(zip(layer.row_shape, layer.col_shape))
 
 
 @pytest.fixture(autouse=True)
@@ -50,26 +58,27 @@ def one_thread():
 def test_paper_parameter_counts(config, rank, bias, expected, cores):
     with torch.device("meta"):  # nothing big is allocated
         model = GPT2LMHeadModel(config)
-        dense = count_params(model)
+        dense = nparams(model)
         model, report = tensorize(model, rank=rank, shapes="paper", bias=bias)
     assert dense == (124_439_808 if config is SMALL else 354_823_168)
-    assert report.params_before == dense and report.params_after == count_params(model) == expected
+    assert report.model_params_before == dense and report.model_params_after == nparams(model) == expected
     assert len(report.layers) == 2 * config.n_layer
     fc, proj = report.layers[:2]
-    assert len(fc.pairs) == cores and proj.pairs == tuple((o, i) for i, o in fc.pairs)  # mirrored
-    assert fc.ranks == (1, *[rank] * (cores - 1), 1)  # the paper keeps r next to a (1, 6) core
+    assert len(pairs(fc)) == cores and pairs(proj) == tuple((n, m) for m, n in pairs(fc))  # mirrored
+    assert fc.ranks == (1, *[rank] * (cores - 1), 1)  # the paper keeps r next to a (6, 1) core
     layer = model.transformer.h[0].mlp.c_fc
     assert isinstance(layer, TTMLinear) and (layer.bias is not None) == bias
-    assert layer.weight.shape == (4 * config.n_embd, config.n_embd)  # (out, in) like nn.Linear
-    assert model.config.tensornet["shapes"]["mlp.c_fc"] == [list(p) for p in fc.pairs]
+    assert layer.weight.shape == fc.shape == (4 * config.n_embd, config.n_embd)  # (out, in) like nn.Linear
+    assert model.config.tensornet["shapes"]["mlp.c_fc"] == [list(p) for p in pairs(fc)]
 
 
-def test_paper_pairs_table():
-    assert paper_pairs(768, 3072, 16) == ((4, 4), (4, 4), (4, 4), (4, 4), (3, 12))
-    assert paper_pairs(768, 3072, 64) == ((8, 8), (8, 8), (12, 8), (1, 6))
-    assert paper_pairs(3072, 768, 80) == ((16, 16), (16, 16), (12, 3))
-    assert paper_pairs(1024, 4096, 72) == ((16, 16), (16, 16), (4, 16))
-    assert paper_pairs(256, 1024, 16) is None
+def test_paper_shapes_table():
+    # (out_k, in_k) pairs: c_fc is (3072, 768) = (out, in), c_proj the reverse
+    assert paper_shapes((3072, 768), 16) == ((4, 4), (4, 4), (4, 4), (4, 4), (12, 3))
+    assert paper_shapes((3072, 768), 64) == ((8, 8), (8, 8), (8, 12), (6, 1))
+    assert paper_shapes((768, 3072), 80) == ((16, 16), (16, 16), (3, 12))
+    assert paper_shapes((4096, 1024), 72) == ((16, 16), (16, 16), (16, 4))
+    assert paper_shapes((1024, 256), 16) is None
 
 
 def tiny(seed=0, **kw):
@@ -94,7 +103,7 @@ def test_from_weights_at_full_rank_is_exact():
     emb, report = tensorize(
         copy.deepcopy(dense), rank=512, shapes="balanced", ncores=2, from_weights=True, embeddings=True
     )
-    assert report.layers[-1].name == "transformer.wte" and report.max_error < 1e-12
+    assert "transformer.wte" in [layer.name for layer in report.layers] and report.max_error < 1e-12
     torch.testing.assert_close(emb(input_ids=x).logits, ref, rtol=1e-9, atol=1e-9)
     # truncation is visible in the report and in the output
     ttm4, report = tensorize(copy.deepcopy(dense), rank=4, shapes="balanced", ncores=2, from_weights=True)
@@ -113,7 +122,7 @@ def test_conv1d_is_transposed_on_purpose():
     tensorize(
         model,
         rank=24,
-        shapes={"mlp.c_fc": [(2, 4), (4, 6)], "mlp.c_proj": [(4, 2), (6, 4)]},
+        shapes={"mlp.c_fc": [(4, 2), (6, 4)], "mlp.c_proj": [(2, 4), (4, 6)]},  # (out_k, in_k)
         from_weights=True,
     )
     layer = model.transformer.h[0].mlp.c_fc
@@ -144,7 +153,8 @@ def test_save_load_round_trip_and_generate(tmp_path, method):
         tensorize(model, rank=6, shapes="balanced", layers=("mlp", "attn"), bias=False)
     elif method == "ttm-eps":
         tensorize(model, rank=None, eps=0.6, shapes="balanced", ncores=2, from_weights=True)
-        assert "layer_ranks" in model.config.tensornet
+        record = model.config.tensornet
+        assert record["rank"] is None and len(record["ranks"]) == 4  # the ranks eps chose, per layer
     elif method == "ttm-emb":
         tensorize(model, rank=6, shapes="balanced", embeddings=True, embedding_rank=12)
         assert isinstance(model.lm_head, TiedTTHead)
@@ -192,10 +202,10 @@ def test_bad_arguments_raise_clear_errors(tmp_path):
         tensorize(tiny(), rank=10_000, shapes="balanced")
     with pytest.raises(ValueError, match="larger than useful"):
         lowrank(tiny(), rank=65)
-    with pytest.raises(ValueError, match="multiply to in=60"):
-        tensorize(tiny(), rank=4, shapes={"mlp.c_fc": [(6, 16), (10, 16)], "mlp.c_proj": [(16, 8), (16, 8)]})
+    with pytest.raises(ValueError, match=r"multiply to \(out, in\) = \(256, 60\)"):
+        tensorize(tiny(), rank=4, shapes={"mlp.c_fc": [(16, 6), (16, 10)], "mlp.c_proj": [(8, 16), (8, 16)]})
     with pytest.raises(ValueError, match=r"no entry for .mlp\.c_proj."):
-        tensorize(tiny(), rank=4, shapes={"mlp.c_fc": [(8, 16), (8, 16)]})
+        tensorize(tiny(), rank=4, shapes={"mlp.c_fc": [(16, 8), (16, 8)]})
     with pytest.raises(ValueError, match="paper gives shapes only"):
         tensorize(tiny(), rank=4, shapes="paper")
     with pytest.raises(ValueError, match="shapes must be 'paper', 'balanced'"):
@@ -211,3 +221,51 @@ def test_bad_arguments_raise_clear_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match=r"no config\.json"):
         load_model(tmp_path / "empty")
+
+
+def test_the_record_is_a_frozen_config_that_rebuilds_the_model(tmp_path):
+    model, _ = tensorize(tiny(), rank=6, shapes="balanced", layers=("mlp", "attn"), embeddings=True)
+    config = TensorizeConfig.of(model)
+    assert config is not None and config.method == "ttm" and config.layers == ("mlp", "attn")
+    assert config.shapes["mlp.c_fc"] == ((4, 4), (8, 4), (8, 4))  # (out_k, in_k): c_fc is (256, 64)
+    assert config.ranks["transformer.h.1.attn.c_proj"] == (1, 6, 6, 1) and "transformer.wte" in config.ranks
+    assert TensorizeConfig.from_json(config.to_json()) == config
+    with pytest.raises(AttributeError):
+        config.rank = 3  # frozen
+    with torch.device("meta"):  # apply builds the same layers in a dense model of the same size
+        again = config.apply(build_model(tiny().config))
+    assert {k: v.shape for k, v in again.state_dict().items()} == {
+        k: v.shape for k, v in model.state_dict().items()
+    }
+    assert isinstance(again.lm_head, TiedTTHead) and again.lm_head.embedding is again.transformer.wte
+    assert TensorizeConfig.of(tiny()) is None  # dense
+    low, _ = lowrank(tiny(), rank=3)
+    assert TensorizeConfig.of(low) == TensorizeConfig("lowrank", ("mlp",), True, 3)
+
+
+def test_a_model_saved_by_an_older_tensornet_is_refused_with_a_reason(tmp_path):
+    model, _ = tensorize(tiny(), rank=4, shapes="balanced")
+    folder = save_model(model, tmp_path / "m")
+    config = json.loads((folder / "config.json").read_text())
+    record = config["tensornet"]
+    # what tensornet wrote before TensorizeConfig: (in_k, out_k) pairs, layer_ranks, no version
+    old = {**{k: v for k, v in record.items() if k not in ("version", "ranks")}, "clip_rank": True}
+    old["shapes"] = {key: [[n, m] for m, n in pairs] for key, pairs in record["shapes"].items()}
+    (folder / "config.json").write_text(json.dumps({**config, "tensornet": old}))
+    with pytest.raises(ValueError, match=r"format version None \(an older tensornet.*tensorize or compress"):
+        load_model(folder)
+
+
+def test_lowrank_and_rules_convert_conv1d_in_place_and_can_drop_biases():
+    model = tiny()
+    conv = model.transformer.h[0].mlp.c_fc
+    low, report = lowrank(copy.deepcopy(model), rank=64, from_weights=True, bias=False)
+    layer = low.transformer.h[0].mlp.c_fc
+    assert layer.bias is None and report.layers[0].kind == "Conv1D" and report.layers[0].shape == (256, 64)
+    x = torch.randn(3, 64, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), conv(x) - conv.bias, rtol=1e-9, atol=1e-9)
+    ttm, _ = tensorize(
+        copy.deepcopy(model), rank=128, shapes="balanced", ncores=2, from_weights=True, bias=False
+    )
+    assert ttm.transformer.h[0].mlp.c_fc.bias is None
+    torch.testing.assert_close(ttm.transformer.h[0].mlp.c_fc(x), conv(x) - conv.bias, rtol=1e-9, atol=1e-9)

@@ -287,7 +287,7 @@ def test_crafted_configs_are_refused_before_anything_is_built(shared, tmp_path, 
     src = shared["run"] / "model"
     base = json.loads((src / "config.json").read_text())
     built = []
-    monkeypatch.setattr(_model, "rebuild", lambda *a: built.append(a))
+    monkeypatch.setattr(_model.TensorizeConfig, "apply", lambda *a: built.append(a))
     for i, (edit, key) in enumerate(CONFIG_EDITS):
         folder = tmp_path / str(i)
         shutil.copytree(src, folder)

@@ -50,7 +50,9 @@ def test_exact_conversion_keeps_the_model_function():
     model = Mlp()
     ids = torch.randint(0, 60, (3, 5))
     expected = model(ids)
-    report = tensorize(model, {"blocks.*": {"eps": 1e-12}, "embed": {"eps": 1e-12, "voc_shape": (3, 4, 5)}})
+    _, report = tensorize(
+        model, {"blocks.*": {"eps": 1e-12}, "embed": {"eps": 1e-12, "voc_shape": (3, 4, 5)}}
+    )
     assert isinstance(report, TensorizeReport) and len(report.layers) == 5
     assert isinstance(model.embed, TTEmbedding) and all(
         isinstance(m, TTMLinear) for b in model.blocks for m in b
@@ -62,7 +64,7 @@ def test_exact_conversion_keeps_the_model_function():
 
 def test_first_matching_rule_wins_and_regex_patterns():
     model = Mlp()
-    report = tensorize(
+    _, report = tensorize(
         model,
         [
             Rule(re.compile(r"blocks\.\d+\.0"), rank=2, from_weights=False, init="glorot"),
@@ -82,7 +84,7 @@ def test_gpt2_conv1d_mlp_and_the_report_table():
     ids = torch.randint(0, 60, (2, 8))
     with torch.no_grad():
         before = model(ids).logits
-    report = tensorize(
+    _, report = tensorize(
         model,
         [
             Rule("transformer.h.*.mlp.c_fc", eps=1e-6, in_shape=(2, 3, 4), out_shape=(4, 4, 6)),

@@ -22,7 +22,7 @@ from ._model import (
     save_model,
     save_run_model,
 )
-from ._tensorize import LAYER_GROUPS, count_params, lowrank, tensorize
+from ._tensorize import LAYER_GROUPS, SHAPE_KEYS, layer_shapes, lowrank, nparams, tensorize
 from ._train import (
     CHECKPOINT,
     Distributed,
@@ -96,11 +96,8 @@ def _float(lo: float, hi: float = math.inf, *, lo_open: bool = False, hi_open: b
     return parse
 
 
-_SHAPE_KEYS = (*(k for keys in LAYER_GROUPS.values() for k in keys), "wte")
-
-
 def _shapes(value: str):
-    """``--shapes``: 'paper', 'balanced' or a JSON object of (in_k, out_k) pairs per layer name."""
+    """``--shapes``: 'paper', 'balanced' or a JSON object of (out_k, in_k) pairs per layer name."""
     if value in ("paper", "balanced"):
         return value
     try:
@@ -111,11 +108,11 @@ def _shapes(value: str):
         ) from None
     if not isinstance(shapes, dict) or not shapes:
         raise argparse.ArgumentTypeError(
-            f"JSON must be a non-empty object mapping layer names to lists of [in_k, out_k] pairs, got {value!r}"
+            f"JSON must be a non-empty object mapping layer names to lists of [out_k, in_k] pairs, got {value!r}"
         )
     for key, pairs in shapes.items():
-        if key not in _SHAPE_KEYS:
-            raise argparse.ArgumentTypeError(f"unknown layer {key!r}; the keys are among {list(_SHAPE_KEYS)}")
+        if key not in SHAPE_KEYS:
+            raise argparse.ArgumentTypeError(f"unknown layer {key!r}; the keys are among {list(SHAPE_KEYS)}")
         if not (
             isinstance(pairs, list)
             and pairs
@@ -127,7 +124,7 @@ def _shapes(value: str):
             )
         ):
             raise argparse.ArgumentTypeError(
-                f"{key!r} must be a non-empty list of [in_k, out_k] pairs of positive integers, got {pairs!r}"
+                f"{key!r} must be a non-empty list of [out_k, in_k] pairs of positive integers, got {pairs!r}"
             )
     return shapes
 
@@ -271,8 +268,8 @@ def _add_ttm_args(
         default=shapes,
         help="core shapes: 'paper' (the paper's shapes for GPT-2 small/"
         "medium MLPs), 'balanced' (--ncores near-equal factors), or a JSON object such as "
-        '\'{"mlp.c_fc": [[8,8],[8,8],[4,16]], "mlp.c_proj": [[8,8],[8,8],[16,4]]}\' of (in_k, out_k) '
-        f"pairs (default {shapes})",
+        '\'{"mlp.c_fc": [[8,8],[8,8],[16,4]], "mlp.c_proj": [[8,8],[8,8],[4,16]]}\' of (out_k, in_k) '
+        f"pairs, as nn.Linear.weight is (out, in) (default {shapes})",
     )
     g.add_argument(
         "--ncores",
@@ -639,22 +636,18 @@ def check_compress(args) -> None:
         )
     check_model_target(Path(args.out), overwrite=args.overwrite, where="--out")
     # the core shapes of every converted layer, from the model's sizes (nothing is loaded)
-    from ._tensorize import resolve_shapes
-
     width = sizes["n_embd"]
     inner = sizes["n_inner"] or 4 * width
-    dims = {
-        "mlp.c_fc": (width, inner),
-        "mlp.c_proj": (inner, width),
-        "attn.c_attn": (width, 3 * width),
+    weights = {  # (out, in)
+        "mlp.c_fc": (inner, width),
+        "mlp.c_proj": (width, inner),
+        "attn.c_attn": (3 * width, width),
         "attn.c_proj": (width, width),
     }
     for group in args.layers:
-        for suffix in LAYER_GROUPS[group]:
+        for key in LAYER_GROUPS[group]:
             try:
-                resolve_shapes(
-                    *dims[suffix], suffix, rank=args.rank or 64, shapes=args.shapes, ncores=args.ncores
-                )
+                layer_shapes(key, weights[key], rank=args.rank or 64, shapes=args.shapes, ncores=args.ncores)
             except (ValueError, TypeError) as err:
                 raise UsageError(_cli_spelling(str(err))) from None
 
@@ -823,7 +816,7 @@ def _train(args, dist: Distributed, out: Path) -> int:
         print(f"corpus: {corpus.description}")
         print(
             f"model: {config.n_layer} layers x {config.n_embd}, vocabulary {config.vocab_size:,}, "
-            f"{count_params(model):,} parameters" + ("" if report is None else f"\n{report}")
+            f"{nparams(model):,} parameters" + ("" if report is None else f"\n{report}")
         )
         print(
             f"optimisation: {cfg.steps} steps x {cfg.batch_size} x {cfg.block_size}, lr {cfg.lr:g}, warmup "
@@ -956,7 +949,7 @@ def cmd_eval(args) -> int:
     tokenizer, ids = _eval_tokens(args, src, model)
     _check_vocab(model, tokenizer, src)
     ppl = _perplexity(model, ids, args)
-    print(f"{src}: {count_params(model):,} parameters, perplexity {ppl:.3f} on {ids.numel():,} tokens")
+    print(f"{src}: {nparams(model):,} parameters, perplexity {ppl:.3f} on {ids.numel():,} tokens")
     return 0
 
 

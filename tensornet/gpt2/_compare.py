@@ -15,7 +15,7 @@ from tensornet.nn import RankClipWarning
 
 from ._files import atomic_write, load_token_file, write_json
 from ._model import build_model, gpt2_config
-from ._tensorize import count_params, lowrank, lowrank_rank_for, tensorize
+from ._tensorize import lowrank, lowrank_rank_for, nparams, tensorize
 from ._train import TrainConfig, train
 
 
@@ -53,7 +53,7 @@ def run_variant(spec: dict) -> dict:
     history = train(model, train_ids, val_ids, cfg, device=spec["device"])
     return {
         "variant": spec["variant"],
-        "params": count_params(model),
+        "params": nparams(model),
         "val_loss": history.val[-1][1],
         "val_ppl": history.val_ppl,
         "tokens_per_s": history.tokens_per_s,

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from tensornet.nn._hf import dense_weight
+
 
 class LowRankLinear(nn.Module):
     """``y = x @ (B @ A).T + b`` with ``A`` ``(rank, in)`` and ``B`` ``(out, rank)``: weight stored ``(out, in)``
@@ -30,14 +32,16 @@ class LowRankLinear(nn.Module):
         self.conversion_error: float | None = None
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, *, rank: int, bias: bool = True) -> LowRankLinear:
-        """Truncated SVD of ``linear.weight`` ``(out, in)``; ``conversion_error`` = relative Frobenius error."""
-        w = linear.weight.detach()
+    def from_linear(cls, linear: nn.Module, *, rank: int, bias: bool = True) -> LowRankLinear:
+        """Truncated SVD of the weight ``(out, in)`` of an ``nn.Linear`` or GPT-2 ``Conv1D`` (transposed on
+        purpose); ``conversion_error`` = relative Frobenius error; ``bias=False`` drops the bias."""
+        w, source_bias = dense_weight("LowRankLinear.from_linear", linear)
+        w = w.detach()
         new = cls(
-            linear.in_features,
-            linear.out_features,
+            int(w.shape[1]),
+            int(w.shape[0]),
             rank=rank,
-            bias=bias and linear.bias is not None,
+            bias=bias and source_bias is not None,
             device=w.device,
             dtype=w.dtype,
         )
@@ -46,8 +50,8 @@ class LowRankLinear(nn.Module):
         with torch.no_grad():
             new.b.copy_(u[:, :rank] * root)  # (out, r)
             new.a.copy_(root[:, None] * vh[:rank])  # (r, in)
-            if new.bias is not None:
-                new.bias.copy_(linear.bias.detach())
+            if new.bias is not None and source_bias is not None:
+                new.bias.copy_(source_bias.detach())
         norm = torch.linalg.vector_norm(s)
         new.conversion_error = float(torch.linalg.vector_norm(s[rank:]) / norm) if norm > 0 else 0.0
         return new

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from . import _files
-from ._tensorize import rebuild
+from ._tensorize import TensorizeConfig
 
 # name -> (n_layer, n_embd, n_head); GPT-2 small and medium as published, "tiny" for CPU runs.
 PRESETS: dict[str, tuple[int, int, int]] = {
@@ -246,17 +246,6 @@ _FLAGS = (
     "use_cache",
 )
 _ATTENTION = (None, "eager", "sdpa")  # what runs without optional packages
-_SETTINGS_KEYS = (
-    "method",
-    "rank",
-    "shapes",
-    "layers",
-    "bias",
-    "init",
-    "clip_rank",
-    "embeddings",
-    "layer_ranks",
-)
 
 
 def _is_int(value: Any) -> bool:
@@ -352,70 +341,6 @@ def _check_config(raw: Any, file: Path) -> dict[str, Any]:
     return sizes
 
 
-def _check_settings(settings: Any, file: Path) -> None:
-    """The shape of a ``config.tensornet`` record (types and bounds); ``rebuild`` checks the rest."""
-    from ._tensorize import LAYER_GROUPS
-
-    def bad(key: str, rule: str, value: Any) -> ValueError:
-        return ValueError(
-            f"load_model: the tensornet record in {str(file)!r} is malformed: {key} must be {rule}, got "
-            f"{value!r:.120}"
-        )
-
-    if not isinstance(settings, dict):
-        raise bad("tensornet", "an object", settings)
-    method = settings.get("method")
-    if method not in ("ttm", "lowrank"):
-        raise bad("method", "'ttm' or 'lowrank'", method)
-    layers = settings.get("layers")
-    if not (
-        isinstance(layers, list) and layers and all(isinstance(g, str) and g in LAYER_GROUPS for g in layers)
-    ):
-        raise bad("layers", f"a non-empty list of {sorted(LAYER_GROUPS)}", layers)
-    for key in ("bias", "clip_rank", "embeddings"):
-        if key in settings and not isinstance(settings[key], bool):
-            raise bad(key, "true or false", settings[key])
-    if "bias" not in settings:
-        raise bad("bias", "true or false", None)
-    rank: Any = settings.get("rank")
-    if (rank is not None or method == "lowrank") and not (_is_int(rank) and 1 <= rank <= 2**31):
-        raise bad("rank", "an integer in [1, 2**31]" + (" or null" if method == "ttm" else ""), rank)
-    if method == "lowrank":
-        return
-    shapes = settings.get("shapes")
-    keys = (*(k for group in LAYER_GROUPS.values() for k in group), "wte")
-    if not isinstance(shapes, dict) or not shapes:
-        raise bad("shapes", "an object of layer name: [[in_k, out_k], ...]", shapes)
-    for key, pairs in shapes.items():
-        if key not in keys:
-            raise bad("shapes", f"keyed by {list(keys)}", key)
-        if not (
-            isinstance(pairs, list)
-            and 1 <= len(pairs) <= 64
-            and all(
-                isinstance(p, list) and len(p) == 2 and all(_is_int(n) and 1 <= n <= 2**31 for n in p)
-                for p in pairs
-            )
-        ):
-            raise bad(f"shapes[{key!r}]", "a list of 1 to 64 [in_k, out_k] pairs of positive integers", pairs)
-    init = settings.get("init", "gpt2")
-    if not (isinstance(init, str) or _is_number(init)):
-        raise bad("init", "a name or a number", init)
-    ranks = settings.get("layer_ranks")
-    if ranks is not None:
-        if not isinstance(ranks, dict):
-            raise bad("layer_ranks", "an object of layer name: [1, r_1, ..., 1]", ranks)
-        for key, value in ranks.items():
-            if not (
-                isinstance(value, list)
-                and 2 <= len(value) <= 65
-                and all(_is_int(r) and 1 <= r <= 2**31 for r in value)
-            ):
-                raise bad(f"layer_ranks[{key!r}]", "a list of 2 to 65 positive integers", value)
-    if (rank is None or settings.get("embeddings")) and ranks is None:
-        raise bad("layer_ranks", "given when rank is null or the embedding is tensorized", ranks)
-
-
 def _read_header(file: Path) -> dict[str, tuple[int, ...]]:
     """Tensor name -> shape from a safetensors file's header alone (8 bytes and a JSON object)."""
 
@@ -490,15 +415,15 @@ def _check_fit(
         )
 
 
-def _expected_state(config, settings: dict | None) -> dict[str, tuple[int, ...]]:
+def _expected_state(config, tensorized: TensorizeConfig | None) -> dict[str, tuple[int, ...]]:
     """Tensor name -> shape of the model ``config`` (and the tensornet record) describe, built on the meta
     device (nothing is allocated)."""
     from transformers import GPT2LMHeadModel
 
     with torch.device("meta"):
         model: Any = GPT2LMHeadModel(config)
-        if settings is not None:
-            rebuild(model, settings)
+        if tensorized is not None:
+            tensorized.apply(model)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
@@ -563,10 +488,11 @@ def load_model(directory: str | os.PathLike, *, device: str | torch.device | Non
             )
         raise ValueError(f"{str(path)!r} has no {_WEIGHTS}")
     header = _read_header(weights)
-    settings = raw.get("tensornet")
-    if settings is not None:
-        _check_settings(settings, config_file)
-    elif header and not any(k.startswith("transformer.") for k in header):  # a GPT2Model (base) checkpoint
+    record = raw.get("tensornet")
+    tensorized = None if record is None else TensorizeConfig.from_json(record, str(config_file), "load_model")
+    if (
+        tensorized is None and header and not any(k.startswith("transformer.") for k in header)
+    ):  # a GPT2Model (base) checkpoint
         header = {(k if k.startswith("lm_head.") else f"transformer.{k}"): v for k, v in header.items()}
     _check_fit(sizes, header, config_file, weights)
     try:
@@ -576,17 +502,16 @@ def load_model(directory: str | os.PathLike, *, device: str | torch.device | Non
             f"load_model: {str(config_file)!r} is not a valid GPT-2 config ({type(err).__name__}: {err})"
         ) from None
     try:
-        expected = _expected_state(config, settings)
+        expected = _expected_state(config, tensorized)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as err:
         raise ValueError(
             f"load_model: the tensornet record in {str(config_file)!r} is malformed "
             f"({type(err).__name__}: {err})"
         ) from None
-    tied = bool(settings.get("embeddings")) if settings is not None else False
-    tied = tied or bool(config.tie_word_embeddings)
+    tied = (tensorized is not None and tensorized.embeddings) or bool(config.tie_word_embeddings)
     missing, unexpected, shapes = _mismatch(expected, header, tied)
     if missing or unexpected or shapes:
-        cores = settings is None and any(
+        cores = tensorized is None and any(
             re.search(r"\.(packed_cores|cores\.\d+|a|b)$", k) for k in unexpected
         )
         why = (
@@ -606,8 +531,8 @@ def load_model(directory: str | os.PathLike, *, device: str | torch.device | Non
     if state and not any(k.startswith("transformer.") for k in state):
         state = {(k if k.startswith("lm_head.") else f"transformer.{k}"): v for k, v in state.items()}
     model: Any = GPT2LMHeadModel(config)
-    if settings is not None:
-        rebuild(model, settings)
+    if tensorized is not None:
+        tensorized.apply(model)
     dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
     if len(dtypes) == 1:  # keep the saved precision (GPT2LMHeadModel(config) builds float32)
         model.to(dtypes.pop())
@@ -617,7 +542,7 @@ def load_model(directory: str | os.PathLike, *, device: str | torch.device | Non
         raise ValueError(
             f"load_model: the weights in {str(weights)!r} do not fit {str(config_file)!r}: {str(err)[:400]}"
         ) from None
-    if not (settings or {}).get("embeddings") and config.tie_word_embeddings:
+    if not (tensorized is not None and tensorized.embeddings) and config.tie_word_embeddings:
         model.tie_weights()  # a TT embedding's head is tied by construction
     model.eval()
     return model.to(device) if device is not None else model

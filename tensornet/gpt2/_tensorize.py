@@ -1,8 +1,13 @@
-"""Turn a Hugging Face ``GPT2LMHeadModel`` into a TTM model (or a low-rank baseline), and record how.
+"""GPT-2 with TTM layers: a preset over :func:`tensornet.nn.tensorize`, the low-rank baseline, and their record.
 
-GPT-2's linear layers are ``transformers.pytorch_utils.Conv1D``, which stores its weight as ``(in, out)`` and
-computes ``x @ W + b``; tensornet layers store ``(out, in)`` like ``torch.nn.Linear``. Every conversion below
-transposes on purpose and checks the shapes on both sides.
+The preset knows GPT-2's layer names, the paper's core shapes (Chekalina et al. 2023, see ``docs/reference.md``)
+and the LM head tied to the token embedding; ``tensornet.nn`` builds the layers. What was built is recorded as a
+:class:`TensorizeConfig` in ``model.config.tensornet`` (so in ``config.json``), which ``load_model`` applies to a
+dense model of the same size before loading the weights.
+
+One pair order everywhere: ``(m_k, n_k)``, a TTM core's row and column factors. For a linear layer that is
+``(out_k, in_k)``, as ``nn.Linear.weight`` is ``(out, in)``; for the token embedding ``(vocabulary_k, width_k)``.
+GPT-2's ``Conv1D`` stores its weight ``(in, out)``: ``tensornet.nn`` transposes it, on purpose, in one place.
 """
 
 from __future__ import annotations
@@ -10,242 +15,290 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-import torch
 from torch import nn
 
-import tensornet
 import tensornet as tn
+from tensornet import _checks
+from tensornet.nn import LayerReport, Rule, TensorizeReport
+from tensornet.nn import tensorize as nn_tensorize
+from tensornet.nn._head import TiedTTHead
+from tensornet.nn._hf import dense_weight
 
 from ._lowrank import LowRankLinear
 
-# Module names inside each ``GPT2Block``, per layer group.
+# module names inside each GPT2Block, per layer group; "wte" names the token embedding in `shapes`
 LAYER_GROUPS: dict[str, tuple[str, ...]] = {
     "mlp": ("mlp.c_fc", "mlp.c_proj"),
     "attn": ("attn.c_attn", "attn.c_proj"),
 }
+SHAPE_KEYS = (*(key for keys in LAYER_GROUPS.values() for key in keys), "wte")
 
-Pairs = tuple[tuple[int, int], ...]  # ((in_1, out_1), ..., (in_d, out_d))
+Pairs = tuple[tuple[int, int], ...]  # ((m_1, n_1), ..., (m_d, n_d)): a (prod m, prod n) weight
 
-# The paper's core shapes (REFERENCE.md) for c_fc, as (in_k, out_k) pairs, keyed by (width, mlp width).
-# GPT-2 small has one shape per rank range; c_proj uses the mirrored pairs (out_k, in_k).
-_PAPER_SMALL_5: Pairs = ((4, 4), (4, 4), (4, 4), (4, 4), (3, 12))
-_PAPER_SMALL_4: Pairs = ((8, 8), (8, 8), (12, 8), (1, 6))
-_PAPER_SMALL_3: Pairs = ((16, 16), (16, 16), (3, 12))
-_PAPER_MEDIUM_3: Pairs = ((16, 16), (16, 16), (4, 16))
+# The paper's c_fc core shapes as (out_k, in_k) pairs, by (width, MLP width), each with the largest rank it is
+# used for; c_proj (MLP width -> width) takes every pair reversed.
+PAPER_SHAPES: dict[tuple[int, int], tuple[tuple[float, Pairs], ...]] = {
+    (768, 3072): (  # GPT-2 small: the paper's r = 16 (5 cores), 32 and 64 (4 cores), 80 (3 cores)
+        (16, ((4, 4), (4, 4), (4, 4), (4, 4), (12, 3))),
+        (64, ((8, 8), (8, 8), (8, 12), (6, 1))),
+        (math.inf, ((16, 16), (16, 16), (12, 3))),
+    ),
+    (1024, 4096): ((math.inf, ((16, 16), (16, 16), (16, 4))),),  # GPT-2 medium: r = 72
+}
 
 
-def paper_pairs(in_features: int, out_features: int, rank: int) -> Pairs | None:
-    """The paper's c_fc/c_proj core shapes for this layer and rank, or None when the paper has none.
-
-    GPT-2 small (768 <-> 3072): rank <= 16 -> 5 cores, 16 < rank <= 64 -> 4 cores, rank > 64 -> 3 cores
-    (the paper used r = 16, 32/64, 80). GPT-2 medium (1024 <-> 4096): 3 cores at every rank (paper: r = 72).
-    """
-    for width, hidden, table in (
-        (768, 3072, ((16, _PAPER_SMALL_5), (64, _PAPER_SMALL_4), (math.inf, _PAPER_SMALL_3))),
-        (1024, 4096, ((math.inf, _PAPER_MEDIUM_3),)),
-    ):
+def paper_shapes(shape: tuple[int, int], rank: int) -> Pairs | None:
+    """The paper's core pairs ``(out_k, in_k)`` for a GPT-2 MLP weight of ``shape = (out, in)`` at ``rank``, or
+    None when the paper has none (only GPT-2 small and medium MLPs have shapes)."""
+    for (width, hidden), table in PAPER_SHAPES.items():
         pairs = next(p for bound, p in table if rank <= bound)
-        if (in_features, out_features) == (width, hidden):
+        if tuple(shape) == (hidden, width):  # c_fc
             return pairs
-        if (in_features, out_features) == (hidden, width):
-            return tuple((o, i) for i, o in pairs)
+        if tuple(shape) == (width, hidden):  # c_proj
+            return tuple((n, m) for m, n in pairs)
     return None
 
 
-def balanced_pairs(in_features: int, out_features: int, ncores: int) -> Pairs:
-    """``tn.shapes.factorize`` of both sides into ``ncores`` factors, paired in ascending order."""
-    return tuple(zip(tn.shapes.factorize(in_features, ncores), tn.shapes.factorize(out_features, ncores)))
+def balanced_shapes(shape: tuple[int, int], ncores: int) -> Pairs:
+    """``(out_k, in_k)`` pairs of ``tn.shapes.factorize`` of both sides of ``shape = (out, in)``, ascending."""
+    return tuple(zip(tn.shapes.factorize(shape[0], ncores), tn.shapes.factorize(shape[1], ncores)))
 
 
-def _check_pairs(pairs, in_features: int, out_features: int, where: str) -> Pairs:
+def _check_pairs(pairs: Any, shape: tuple[int, int], where: str) -> Pairs:
     try:
-        pairs = tuple((int(i), int(o)) for i, o in pairs)
+        pairs = tuple((int(m), int(n)) for m, n in pairs)
     except (TypeError, ValueError):
         raise TypeError(
-            f"tensorize: shapes for {where} must be a sequence of (in_k, out_k) pairs, got {pairs!r}"
+            f"tensorize: shapes for {where} must be a sequence of (out_k, in_k) pairs, got {pairs!r}"
         ) from None
-    if not pairs or any(i < 1 or o < 1 for i, o in pairs):
+    if not pairs or any(m < 1 or n < 1 for m, n in pairs):
         raise ValueError(f"tensorize: shapes for {where} must be non-empty positive pairs, got {pairs!r}")
-    prod_in, prod_out = math.prod(i for i, _ in pairs), math.prod(o for _, o in pairs)
-    if (prod_in, prod_out) != (in_features, out_features):
+    product = (math.prod(m for m, _ in pairs), math.prod(n for _, n in pairs))
+    if product != tuple(shape):
         raise ValueError(
-            f"tensorize: shapes for {where} multiply to in={prod_in}, out={prod_out}, but the layer is "
-            f"{in_features} -> {out_features}; choose factors whose products are the layer's widths"
+            f"tensorize: shapes for {where} multiply to (out, in) = {product}, but the layer's weight is "
+            f"{tuple(shape)}; choose (out_k, in_k) pairs whose products are the layer's sizes"
         )
     return pairs
 
 
-@dataclass
-class LayerReport:
-    """One replaced layer: name, shapes, ranks, parameters before/after, relative error when converted."""
-
-    name: str
-    in_features: int
-    out_features: int
-    pairs: Pairs
-    ranks: tuple[int, ...]
-    params_before: int
-    params_after: int
-    error: float | None = None
-
-
-@dataclass
-class TensorizeReport:
-    """What ``tensorize``/``lowrank`` did to a model; ``str()`` gives a table."""
-
-    method: str
-    params_before: int
-    params_after: int
-    layers: list[LayerReport] = field(default_factory=list)
-
-    @property
-    def ratio(self) -> float:
-        return self.params_after / self.params_before
-
-    @property
-    def max_error(self) -> float | None:
-        errors = [layer.error for layer in self.layers if layer.error is not None]
-        return max(errors) if errors else None
-
-    def __str__(self) -> str:
-        lines = [
-            f"{'layer':<28} {'in->out':>11} {'shape (in,out)':<34} {'ranks':<18} {'params':>9} {'rel.err':>8}"
-        ]
-        for lay in self.layers:
-            shape = "".join(f"({i},{o})" for i, o in lay.pairs)
-            ranks = ",".join(map(str, lay.ranks))
-            err = "" if lay.error is None else f"{lay.error:.4f}"
-            lines.append(
-                f"{lay.name:<28} {lay.in_features:>5}->{lay.out_features:<5} {shape:<34} {ranks:<18} "
-                f"{lay.params_after:>9,} {err:>8}"
+def layer_shapes(
+    key: str, shape: tuple[int, int], *, rank: int, shapes: Any = "paper", ncores: int = 3
+) -> Pairs:
+    """The ``(out_k, in_k)`` core pairs of the layer ``key`` (``"mlp.c_fc"``, ...) with weight ``shape = (out,
+    in)``: the paper's (``shapes="paper"``; attention, which the paper keeps dense, falls back to balanced),
+    ``ncores`` near-equal factors per side (``"balanced"``), or ``shapes[key]`` from a mapping."""
+    where = f"{key} (out, in) = {tuple(shape)}"
+    if isinstance(shapes, Mapping):
+        if key not in shapes:
+            raise ValueError(
+                f"tensorize: shapes has no entry for {key!r}; keys must be among {sorted(shapes)}"
             )
-        lines.append(
-            f"{self.method}: {self.params_before:,} -> {self.params_after:,} parameters ({100 * self.ratio:.1f}%)"
+        return _check_pairs(shapes[key], shape, where)
+    if shapes not in ("paper", "balanced"):
+        raise ValueError(f"tensorize: shapes must be 'paper', 'balanced' or a mapping, got {shapes!r}")
+    pairs = paper_shapes(shape, rank) if shapes == "paper" else None
+    if pairs is None and shapes == "paper" and key.startswith("mlp."):
+        raise ValueError(
+            f"tensorize: the paper gives shapes only for GPT-2 small (768 <-> 3072) and medium (1024 <-> 4096) "
+            f"MLPs, not {where}; use shapes='balanced' or give them explicitly"
         )
-        return "\n".join(lines)
+    return pairs or balanced_shapes(shape, ncores)
 
 
-def count_params(model: nn.Module) -> int:
-    """Parameters counted once each (GPT-2's tied LM head shares the token embedding)."""
+def nparams(model: nn.Module) -> int:
+    """The model's parameters, each counted once (GPT-2's LM head shares the token embedding's)."""
     return sum(p.numel() for p in model.parameters())
 
 
-def _conv_dims(module: nn.Module, name: str) -> tuple[int, int]:
-    """(in_features, out_features) of a GPT-2 Conv1D ((in, out) weight) or an nn.Linear ((out, in) weight)."""
-    from transformers.pytorch_utils import Conv1D
-
-    if isinstance(module, Conv1D):
-        in_features, out_features = module.weight.shape  # Conv1D: (in, out)
-        if out_features != module.nf:
-            raise ValueError(
-                f"tensorize: {name} is a Conv1D with nf={module.nf} but weight {tuple(module.weight.shape)}"
-            )
-        return in_features, out_features
-    if isinstance(module, nn.Linear):
-        return module.in_features, module.out_features
-    raise TypeError(f"tensorize: {name} is a {type(module).__name__}, expected GPT-2's Conv1D or nn.Linear")
-
-
-def _as_linear(module: Any, name: str) -> nn.Linear:
-    """The layer as an ``nn.Linear`` with weight ``(out, in)`` (GPT-2's Conv1D weight is transposed here)."""
-    in_features, out_features = _conv_dims(module, name)
-    if isinstance(module, nn.Linear):
-        return module
-    linear = nn.Linear(
-        in_features,
-        out_features,
-        bias=module.bias is not None,
-        device=module.weight.device,
-        dtype=module.weight.dtype,
-    )
-    with torch.no_grad():
-        weight = module.weight.detach().T  # (in, out) -> (out, in)
-        if tuple(weight.shape) != (out_features, in_features):
-            raise ValueError(
-                f"tensorize: {name} weight transposes to {tuple(weight.shape)}, not {(out_features, in_features)}"
-            )
-        linear.weight.copy_(weight)
-        if module.bias is not None:
-            linear.bias.copy_(module.bias.detach())
-    return linear
-
-
-def _targets(model: nn.Module, layers: Sequence[str]) -> list[tuple[str, nn.Module, str]]:
-    """(full name, parent module, attribute) of every layer to replace, in block order."""
-    unknown = [g for g in layers if g not in LAYER_GROUPS]
-    if unknown or not layers:
+def _targets(model: nn.Module, layers: Sequence[str]) -> list[tuple[str, str, nn.Module]]:
+    """``(name, key, module)`` of every layer of the groups ``layers``, in block order."""
+    if not layers or any(group not in LAYER_GROUPS for group in layers):
         raise ValueError(
             f"tensorize: layers must be a non-empty subset of {tuple(LAYER_GROUPS)}, got {tuple(layers)!r}"
         )
-    transformer = getattr(model, "transformer", None)
-    blocks = getattr(transformer, "h", None)
+    blocks = getattr(getattr(model, "transformer", None), "h", None)
     if blocks is None:
         raise TypeError(
             f"tensorize: expected a GPT2LMHeadModel/GPT2Model-like model with .transformer.h, got {type(model).__name__}"
         )
-    out = []
-    for b, block in enumerate(blocks):
-        for group in layers:
-            for suffix in LAYER_GROUPS[group]:
-                parent_name, attr = suffix.split(".")
-                out.append((f"transformer.h.{b}.{suffix}", getattr(block, parent_name), attr))
-    return out
+    return [
+        (f"transformer.h.{b}.{key}", key, block.get_submodule(key))
+        for b, block in enumerate(blocks)
+        for group in layers
+        for key in LAYER_GROUPS[group]
+    ]
 
 
-def resolve_shapes(
-    in_features: int, out_features: int, suffix: str, *, rank: int, shapes, ncores: int
-) -> Pairs:
-    """The (in_k, out_k) core pairs for one layer, from "paper", "balanced" or an explicit mapping."""
-    where = f"{suffix} ({in_features} -> {out_features})"
-    if isinstance(shapes, Mapping):
-        if suffix not in shapes:
-            raise ValueError(
-                f"tensorize: shapes has no entry for {suffix!r}; keys must be among {sorted(shapes)}"
-            )
-        return _check_pairs(shapes[suffix], in_features, out_features, where)
-    if shapes == "paper":
-        pairs = paper_pairs(in_features, out_features, rank)
-        if pairs is not None:
-            return pairs
-        if suffix.startswith("mlp."):
-            raise ValueError(
-                f"tensorize: the paper gives shapes only for GPT-2 small (768 <-> 3072) and medium (1024 <-> 4096) "
-                f"MLPs, not {where}; use shapes='balanced' or give them explicitly"
-            )
-        return balanced_pairs(in_features, out_features, ncores)  # attention: the paper has no shapes
-    if shapes == "balanced":
-        return balanced_pairs(in_features, out_features, ncores)
-    raise ValueError(f"tensorize: shapes must be 'paper', 'balanced' or a mapping, got {shapes!r}")
+def _weight_shape(module: nn.Module) -> tuple[int, int]:
+    """``(out, in)`` of an ``nn.Linear`` or GPT-2 ``Conv1D``."""
+    out_features, in_features = dense_weight("tensorize", module)[0].shape
+    return int(out_features), int(in_features)
 
 
-def _check_rank_type(rank) -> int:
-    if isinstance(rank, bool) or not isinstance(rank, int):
-        raise TypeError(f"tensorize: rank must be an int, got {type(rank).__name__} {rank!r}")
-    if rank < 1:
-        raise ValueError(f"tensorize: rank must be >= 1, got {rank}")
-    return rank
-
-
-def _check_ttm_rank(rank: int, pairs: Pairs, name: str) -> None:
+def _check_useful(rank: int, pairs: Pairs, name: str) -> None:
     """A rank above every bond's useful maximum ``min(prod_{j<=k} m_j n_j, prod_{j>k} m_j n_j)`` is an error."""
-    useful = tn.shapes.max_ranks([i * o for i, o in pairs]) or (1,)
+    useful = tn.shapes.useful_ranks([m * n for m, n in pairs]) or (1,)
     if rank > max(useful):
-        shape = "".join(f"({i},{o})" for i, o in pairs)
+        shape = "".join(f"({m},{n})" for m, n in pairs)
         raise ValueError(
             f"tensorize: rank {rank} is larger than useful for {name} with core shapes {shape}: no bond can use "
             f"more than {max(useful)} (useful maxima {useful}); lower --rank or use more/larger cores"
         )
 
 
-def _check_lowrank_rank(rank: int, in_features: int, out_features: int, name: str) -> None:
-    _check_rank_type(rank)
-    if rank > min(in_features, out_features):
-        raise ValueError(
-            f"lowrank: rank {rank} is larger than useful for {name} ({in_features} -> {out_features}): a "
-            f"factorisation with inner size above min(in, out) = {min(in_features, out_features)} fits no better"
+@dataclass(frozen=True)
+class TensorizeConfig:
+    """What :func:`tensorize` or :func:`lowrank` built in a GPT-2, recorded in its ``config.json``.
+
+    Stored as ``model.config.tensornet`` (:meth:`to_json`, with a ``version``); :func:`load_model` reads it back
+    (:meth:`from_json`, checked) and :meth:`apply` builds the same layers in a dense model of the same size.
+
+    Attributes
+    ----------
+    method : "ttm" or "lowrank"
+    layers : the layer groups replaced in every block (``"mlp"``, ``"attn"``)
+    bias : whether the replaced layers have biases
+    rank : the rank asked for (TTM: None when ``eps`` chose the ranks; low-rank: the inner size)
+    shapes : TTM: the core pairs ``(m_k, n_k)`` per layer key (``"mlp.c_fc"``, ..., ``"wte"``)
+    ranks : TTM: the TT ranks ``(1, r_1, ..., 1)`` of every replaced layer, by module name
+    embeddings : TTM: the token embedding is a ``TTEmbedding`` and the LM head a ``TiedTTHead`` on it
+    """
+
+    VERSION: ClassVar[int] = 2  # 1 (before): pairs were (in_k, out_k) and the record had no version
+    method: Literal["ttm", "lowrank"]
+    layers: tuple[str, ...]
+    bias: bool
+    rank: int | None
+    shapes: Mapping[str, Pairs] = field(default_factory=dict)
+    ranks: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    embeddings: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        record: dict[str, Any] = {"version": self.VERSION, "method": self.method, "layers": list(self.layers)}
+        record |= {"bias": self.bias, "rank": self.rank}
+        if self.method == "ttm":
+            record["shapes"] = {key: [list(p) for p in pairs] for key, pairs in self.shapes.items()}
+            record["ranks"] = {name: list(ranks) for name, ranks in self.ranks.items()}
+            record["embeddings"] = self.embeddings
+        return record
+
+    @classmethod
+    def of(cls, model: nn.Module) -> TensorizeConfig | None:
+        """The record ``model.config.tensornet`` of a tensorized model (None for a dense one)."""
+        record = getattr(getattr(model, "config", None), "tensornet", None)
+        return None if record is None else cls.from_json(record, "model.config.tensornet")
+
+    @classmethod
+    def from_json(
+        cls, record: Any, where: str = "the record", fn: str = "TensorizeConfig.from_json"
+    ) -> TensorizeConfig:
+        """The record, checked (types and bounds; :meth:`apply` checks it against the model). ValueError names
+        the caller ``fn``, the file or object ``where`` and the key at fault."""
+
+        def bad(key: str, rule: str, value: Any) -> ValueError:
+            return ValueError(
+                f"{fn}: the tensornet record in {where!r} is malformed: {key} must be {rule}, got {value!r:.120}"
+            )
+
+        def is_count(value: Any, top: int = 2**31) -> bool:
+            return _checks.is_int(value) and 1 <= value <= top
+
+        if not isinstance(record, dict):
+            raise bad("tensornet", "an object", record)
+        method, layers, rank = record.get("method"), record.get("layers"), record.get("rank")
+        if method not in ("ttm", "lowrank"):
+            raise bad("method", "'ttm' or 'lowrank'", method)
+        if not (isinstance(layers, list) and layers and all(g in LAYER_GROUPS for g in layers)):
+            raise bad("layers", f"a non-empty list of {sorted(LAYER_GROUPS)}", layers)
+        for key in ("bias", "embeddings"):
+            if (key == "bias" or key in record) and not isinstance(record.get(key), bool):
+                raise bad(key, "true or false", record.get(key))
+        if (rank is not None or method == "lowrank") and not is_count(rank):
+            raise bad("rank", "an integer in [1, 2**31]" + (" or null" if method == "ttm" else ""), rank)
+        shapes = record.get("shapes", {})
+        if not isinstance(shapes, dict) or (method == "ttm" and not shapes):
+            raise bad("shapes", "an object of layer key: [[m_k, n_k], ...]", shapes)
+        for key, pairs in shapes.items():
+            if key not in SHAPE_KEYS:
+                raise bad("shapes", f"keyed by {list(SHAPE_KEYS)}", key)
+            if not (isinstance(pairs, list) and 1 <= len(pairs) <= 64 and all(
+                isinstance(p, list) and len(p) == 2 and all(is_count(n) for n in p) for p in pairs
+            )):  # fmt: skip
+                raise bad(
+                    f"shapes[{key!r}]", "a list of 1 to 64 [m_k, n_k] pairs of positive integers", pairs
+                )
+        if record.get("version") != cls.VERSION:
+            raise ValueError(
+                f"{fn}: {where!r} records a tensorization of format version {record.get('version')!r} (an "
+                f"older tensornet, which wrote core pairs as (in, out)); this tensornet reads version "
+                f"{cls.VERSION}: tensorize or compress the model again with this version"
+            )
+        ranks = record.get("ranks", {})
+        if not isinstance(ranks, dict) or (method == "ttm" and not ranks):
+            raise bad("ranks", "an object of layer name: [1, r_1, ..., 1]", ranks)
+        for name, value in ranks.items():
+            if not (isinstance(value, list) and 2 <= len(value) <= 65 and all(is_count(r) for r in value)):
+                raise bad(f"ranks[{name!r}]", "a list of 2 to 65 positive integers", value)
+        return cls(
+            method=method,
+            layers=tuple(layers),
+            bias=record["bias"],
+            rank=rank,
+            shapes={key: tuple((m, n) for m, n in pairs) for key, pairs in shapes.items()},
+            ranks={name: tuple(value) for name, value in ranks.items()},
+            embeddings=record.get("embeddings", False),
         )
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        """Build these layers, from scratch (nothing converted), in the dense GPT-2 ``model`` of the size they
+        were made for: what :func:`load_model` does before it loads the weights. Returns ``model``."""
+        if self.method == "lowrank":
+            if self.rank is None:
+                raise ValueError("TensorizeConfig: a low-rank record needs its rank (the inner size)")
+            lowrank(model, rank=self.rank, layers=self.layers, bias=self.bias)
+            return model
+        names = {name: key for name, key, _ in _targets(model, self.layers)}
+        names |= {"transformer.wte": "wte"} if self.embeddings else {}
+        if set(names) != set(self.ranks) or not set(names.values()) <= set(self.shapes):
+            raise ValueError(
+                f"the record's ranks name {sorted(self.ranks)[:4]}... and shapes {sorted(self.shapes)}, but this "
+                f"model's {self.layers} layers are {sorted(names)[:4]}..."
+            )
+        rules = []
+        for name, key in names.items():
+            rows, cols = zip(*self.shapes[key])
+            options: dict[str, Any] = {"voc_shape": rows, "emb_shape": cols}
+            if key != "wte":
+                options = {"out_shape": rows, "in_shape": cols, "bias": self.bias}
+            rules.append(Rule(name, rank=self.ranks[name], from_weights=False, clip_rank=False, **options))
+        _tensorize_tied(model, rules, embeddings=self.embeddings)
+        _record(model, self)
+        return model
+
+
+def _record(model: Any, config: TensorizeConfig) -> None:
+    """``config`` into ``model.config.tensornet`` (saved in config.json); a model without a config keeps none."""
+    if getattr(model, "config", None) is not None:
+        model.config.tensornet = config.to_json()
+
+
+def _tensorize_tied(model: Any, rules: list[Rule], *, embeddings: bool) -> TensorizeReport:
+    """``tensornet.nn.tensorize`` with GPT-2's LM head tied to the token embedding: when the embedding becomes
+    a ``TTEmbedding`` the head becomes a ``TiedTTHead`` on it (it shares the cores, as it shared the table)."""
+    if not embeddings:
+        return nn_tensorize(model, rules)[1]
+    head = model.lm_head
+    model.lm_head = nn.Identity()  # untied while the embedding is converted: nothing else holds its table
+    try:
+        _, report = nn_tensorize(model, rules)
+    except BaseException:
+        model.lm_head = head
+        raise
+    model.lm_head = TiedTTHead(model.transformer.wte)
+    return report
 
 
 def tensorize(
@@ -260,125 +313,63 @@ def tensorize(
     embeddings: bool = False,
     ncores: int = 3,
     eps: float | None = None,
-    layer_ranks: Mapping[str, Sequence[int]] | None = None,
     clip_rank: bool | None = None,
     embedding_rank: int | None = None,
 ) -> tuple[nn.Module, TensorizeReport]:
     """Replace GPT-2's linear layers by ``tensornet.nn.TTMLinear`` in place; return ``(model, report)``.
 
     ``layers``: ``"mlp"`` (c_fc, c_proj: the paper), ``"attn"`` (c_attn, c_proj). ``shapes``: ``"paper"`` (the
-    paper's core shapes for GPT-2 small/medium MLPs, see ``paper_pairs``; attention falls back to balanced),
-    ``"balanced"`` (``ncores`` near-equal factors per side) or ``{"mlp.c_fc": ((in_1, out_1), ...), ...}``.
-    ``from_weights=True`` converts the existing weights with ``ttm_svd`` at ``rank`` (report: relative error per
-    layer); otherwise the TT cores are initialised with ``init``. ``bias=False`` drops the biases (the paper's
-    r = 16/32/64 runs). ``embeddings=True`` also makes the token embedding a ``tensornet.nn.TTEmbedding``
-    (TT rank ``embedding_rank``, default ``rank``; ``ncores`` balanced cores, the vocabulary padded to a size
-    that factors well) and the LM head a ``TiedTTHead`` computing logits from the same cores, so the head
-    stays tied as in GPT-2. The settings are recorded in ``model.config.tensornet`` so ``load_model`` can rebuild it.
+    paper's core shapes for GPT-2 small/medium MLPs, :func:`paper_shapes`; attention falls back to balanced),
+    ``"balanced"`` (``ncores`` near-equal factors per side) or ``{"mlp.c_fc": ((out_1, in_1), ...), ...}``
+    (pairs ``(out_k, in_k)``, as ``nn.Linear.weight`` is ``(out, in)``). ``from_weights=True`` converts the
+    existing weights with ``ttm_svd`` (``rank`` the cap and/or ``eps`` the relative accuracy; the report gives
+    each layer's error); otherwise the cores are initialised with ``init``. ``bias=False`` drops the biases (the
+    paper's r = 16/32/64 runs). ``embeddings=True`` also makes the token embedding a ``TTEmbedding`` (rank
+    ``embedding_rank``, default ``rank``; pairs ``shapes["wte"]`` or ``ncores`` balanced cores, the vocabulary
+    padded to a size that factors well) and the LM head a ``TiedTTHead`` on its cores, so it stays tied as in
+    GPT-2. What was built is recorded in ``model.config.tensornet`` (:class:`TensorizeConfig`).
 
-    Bond ranks above their useful maximum are clipped by ``TTMLinear`` (with a ``RankClipWarning``) unless
-    ``clip_rank=False``; the default keeps them for ``shapes="paper"``, whose published parameter counts use the
-    uniform rank even where the last core (e.g. (1, 6)) cannot use it.
+    Bond ranks above their useful maximum are clipped (``RankClipWarning``) unless ``clip_rank=False``; the
+    default keeps them for ``shapes="paper"``, whose published parameter counts use the uniform rank even where
+    the last core (e.g. (6, 1)) cannot use it. The model comes back with ``tensornet.nn.materialize`` on.
 
-    Raises ValueError for a rank below 1 or (from scratch) above every bond's useful maximum, shapes that do not multiply to the layer's
-    widths, unknown layer groups.
+    Raises ValueError for a rank below 1 or (from scratch) above every bond's useful maximum, shapes that do not
+    multiply to the layer's sizes, unknown layer groups; nothing is replaced when an error is raised.
     """
-    from tensornet.nn import TTMLinear
-
+    rank = _checks.check_count("tensorize", "rank", rank, optional=True)
     if eps is not None and not from_weights:
         raise ValueError("tensorize: eps selects ranks from existing weights; it needs from_weights=True")
-    if rank is None and eps is None and layer_ranks is None:
+    if rank is None and eps is None:
         raise ValueError("tensorize: give rank (or eps with from_weights=True)")
-    if rank is not None:
-        _check_rank_type(rank)
-    if clip_rank is None:
-        clip_rank = shapes != "paper"
-    before = count_params(model)
-    report = TensorizeReport("ttm", before, before)
+    clip_rank = shapes != "paper" if clip_rank is None else clip_rank
+    scratch = {} if from_weights else {"init": init, "clip_rank": clip_rank}
     resolved: dict[str, Pairs] = {}
-    for name, parent, attr in _targets(model, layers):
-        old = getattr(parent, attr)
-        in_features, out_features = _conv_dims(old, name)
-        suffix = ".".join(name.split(".")[-2:])
-        shape_rank = rank if rank is not None else 64  # "paper" ties the shape choice to a rank
-        pairs = resolve_shapes(
-            in_features, out_features, suffix, rank=shape_rank, shapes=shapes, ncores=ncores
-        )
-        resolved[suffix] = pairs
-        if (
-            rank is not None and not from_weights
-        ):  # converting, rank is a cap: ttm_svd stops at the useful size
-            _check_ttm_rank(rank, pairs, name)
-        in_shape, out_shape = tuple(i for i, _ in pairs), tuple(o for _, o in pairs)
-        layer_rank: Any = tuple(layer_ranks[name][1:-1]) if layer_ranks is not None else rank
-        error = None
-        if from_weights:
-            new = TTMLinear.from_linear(
-                _as_linear(old, name), rank=layer_rank, eps=eps, in_shape=in_shape, out_shape=out_shape
+    rules = []
+    for name, key, module in _targets(model, layers):
+        if key not in resolved:  # every block has the same sizes
+            # "paper" ties the shapes to the rank; with eps alone the rank-64 shapes
+            resolved[key] = layer_shapes(
+                key, _weight_shape(module), rank=rank or 64, shapes=shapes, ncores=ncores
             )
-            error = new.conversion_error
-            if not bias and new.bias is not None:
-                new.register_parameter("bias", None)
-        else:
-            new = TTMLinear(
-                in_features,
-                out_features,
-                rank=layer_rank,
-                in_shape=in_shape,
-                out_shape=out_shape,
-                bias=bias,
-                clip_rank=clip_rank,
-                device=old.weight.device,
-                dtype=old.weight.dtype,
-                init=init,
+            if rank is not None and not from_weights:  # converting, rank is a cap: ttm_svd stops where useful
+                _check_useful(rank, resolved[key], name)
+            rows, cols = zip(*resolved[key])
+            options = {"out_shape": rows, "in_shape": cols, "bias": bias, **scratch}
+            rules.append(
+                Rule(f"transformer.h.*.{key}", rank=rank, eps=eps, from_weights=from_weights, **options)
             )
-        w = new.weight
-        if w.shape != (out_features, in_features):
-            raise RuntimeError(
-                f"tensorize: {name} became a TTM of shape {w.shape}, not {(out_features, in_features)}"
-            )
-        setattr(parent, attr, new)
-        report.layers.append(
-            LayerReport(
-                name,
-                in_features,
-                out_features,
-                pairs,
-                tuple(w.ranks),
-                sum(p.numel() for p in old.parameters()),
-                sum(p.numel() for p in new.parameters()),
-                error,
-            )
-        )
     if embeddings:
-        emb_rank = embedding_rank if embedding_rank is not None else rank
-        pairs = _tensorize_embedding(
-            model,
-            rank=emb_rank,
-            eps=eps,
-            from_weights=from_weights,
-            init=init,
-            ncores=ncores,
-            shapes=shapes.get("wte") if isinstance(shapes, Mapping) else None,
-            ranks=None if layer_ranks is None else layer_ranks.get("transformer.wte"),
-            report=report,
-        )
-        resolved["wte"] = pairs
-    report.params_after = count_params(model)
-    settings: dict[str, Any] = {
-        "method": "ttm",
-        "rank": rank,
-        "shapes": {k: [list(p) for p in v] for k, v in resolved.items()},
-        "layers": list(layers),
-        "bias": bias,
-        "init": init,
-        "clip_rank": clip_rank,
-    }
-    settings["embeddings"] = bool(embeddings)
-    if embeddings or rank is None or eps is not None or len({lay.ranks for lay in report.layers}) > 1:
-        settings["layer_ranks"] = {lay.name: list(lay.ranks) for lay in report.layers}
-    _record(model, settings)
-    tensornet.nn.materialize(model)  # all c_fc (all c_proj) rebuild their weights together in training
+        pairs = shapes.get("wte") if isinstance(shapes, Mapping) else None
+        emb_rank = _checks.check_count("tensorize", "embedding_rank", embedding_rank, optional=True) or rank
+        options = {"ncores": ncores} if pairs is None else dict(zip(("voc_shape", "emb_shape"), zip(*pairs)))
+        options |= {} if from_weights else {"init": init}  # the embedding's ranks are always clipped
+        rules.append(Rule("transformer.wte", rank=emb_rank, eps=eps, from_weights=from_weights, **options))
+    report = _tensorize_tied(model, rules, embeddings=embeddings)
+    if embeddings:
+        wte: Any = model.get_submodule("transformer.wte")
+        resolved["wte"] = tuple(zip(wte.voc_shape, wte.emb_shape))
+    ranks = {layer.name: tuple(layer.ranks) for layer in report.layers}
+    _record(model, TensorizeConfig("ttm", tuple(layers), bias, rank, resolved, ranks, embeddings))
     return model, report
 
 
@@ -390,162 +381,51 @@ def lowrank(
     bias: bool = True,
     from_weights: bool = False,
 ) -> tuple[nn.Module, TensorizeReport]:
-    """The paper's low-rank baseline: each selected layer becomes ``W = B @ A`` with inner size ``rank``
-    (truncated SVD of the existing weights when ``from_weights``, else initialised so W entries have std 0.02)."""
-    before = count_params(model)
-    report = TensorizeReport("lowrank", before, before)
-    for name, parent, attr in _targets(model, layers):
-        old = getattr(parent, attr)
-        in_features, out_features = _conv_dims(old, name)
-        _check_lowrank_rank(rank, in_features, out_features, name)
-        if from_weights:
-            new = LowRankLinear.from_linear(_as_linear(old, name), rank=rank, bias=bias)
-        else:
-            new = LowRankLinear(
-                in_features,
-                out_features,
-                rank=rank,
-                bias=bias,
-                device=old.weight.device,
-                dtype=old.weight.dtype,
+    """The paper's low-rank baseline: each selected layer becomes ``W = B @ A`` with inner size ``rank`` (truncated
+    SVD of the existing weights when ``from_weights``, else initialised so W's entries have std 0.02).
+
+    The report describes ``W`` as the two-core TTM it is: pairs ``(out, 1), (1, in)``, ranks ``(1, rank, 1)``.
+    """
+    rank = _checks.check_count("lowrank", "rank", rank)
+    before = nparams(model)
+    built = []
+    for name, _, old in _targets(model, layers):
+        out_features, in_features = _weight_shape(old)
+        if rank > min(in_features, out_features):
+            raise ValueError(
+                f"lowrank: rank {rank} is larger than useful for {name} ({in_features} -> {out_features}): a "
+                f"factorisation with inner size above min(in, out) = {min(in_features, out_features)} fits no better"
             )
-        setattr(parent, attr, new)
-        report.layers.append(
+        if from_weights:
+            new = LowRankLinear.from_linear(old, rank=rank, bias=bias)
+        else:
+            weight = old.weight
+            new = LowRankLinear(
+                in_features, out_features, rank=rank, bias=bias, device=weight.device, dtype=weight.dtype
+            )
+        built.append((name, old, new))
+    reports = []
+    for name, old, new in built:
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, new)
+        out_features, in_features = new.out_features, new.in_features
+        reports.append(
             LayerReport(
-                name,
-                in_features,
-                out_features,
-                ((in_features, out_features),),
-                (1, rank, 1),
-                sum(p.numel() for p in old.parameters()),
-                sum(p.numel() for p in new.parameters()),
-                new.conversion_error,
+                name=name,
+                kind=type(old).__name__,
+                shape=(out_features, in_features),
+                row_shape=(out_features, 1),
+                col_shape=(1, in_features),
+                ranks=(1, rank, 1),
+                params_before=sum(p.numel() for p in old.parameters()),
+                params_after=sum(p.numel() for p in new.parameters()),
+                error=new.conversion_error,
             )
         )
-    report.params_after = count_params(model)
-    _record(model, {"method": "lowrank", "rank": rank, "layers": list(layers), "bias": bias})
-    return model, report
+    _record(model, TensorizeConfig("lowrank", tuple(layers), bias, rank))
+    return model, TensorizeReport(reports, before, nparams(model))
 
 
 def lowrank_rank_for(params: int, in_features: int, out_features: int, *, bias: bool) -> int:
     """The inner size whose low-rank layer has about ``params`` parameters (at least 1)."""
     return max(1, round((params - (out_features if bias else 0)) / (in_features + out_features)))
-
-
-def _record(model: nn.Module, settings: dict) -> None:
-    config = getattr(model, "config", None)
-    if config is not None:
-        config.tensornet = settings
-
-
-class TiedTTHead(nn.Module):
-    """GPT-2's LM head tied to a ``TTEmbedding``: ``logits = x @ E.T`` with ``E`` the embedding's TT table
-    ``(padded vocabulary, width)``, padded rows dropped. It holds no parameters of its own (the cores are the
-    embedding's), so ``state_dict`` stores them once. Cost per token: that of ``tn.linear`` on ``E``."""
-
-    def __init__(self, embedding: nn.Module) -> None:
-        super().__init__()
-        self._embedding: tuple[Any] = (embedding,)  # a tuple: not registered twice as a submodule
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from tensornet._linear.autograd import linear_torch
-        from tensornet.nn._common import linear_compute_dtype
-
-        embedding = self._embedding[0]
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"TiedTTHead: input must be a torch.Tensor, got {type(x).__name__}")
-        if x.is_floating_point():
-            # the embedding's cached dense table, under tensornet.nn.dense_weights (None otherwise)
-            compute = linear_compute_dtype(x, [embedding.packed_cores])
-            table = None if compute is None else embedding.dense_table(x.device, compute)
-            if table is not None:
-                return nn.functional.linear(x.to(compute), table[: embedding.num_embeddings])
-        # the TTM layer product of TTMLinear: (..., width) -> (..., padded vocabulary)
-        logits = linear_torch(x, (embedding.packed_cores,), packed=embedding.core_shapes)
-        return logits[..., : embedding.num_embeddings]
-
-    def extra_repr(self) -> str:
-        return f"tied to the TT embedding ({self._embedding[0].num_embeddings} x {self._embedding[0].embedding_dim})"
-
-
-def _tensorize_embedding(model, *, rank, eps, from_weights, init, ncores, shapes, ranks, report) -> tuple:
-    """Replace ``transformer.wte`` by a TTEmbedding and ``lm_head`` by a TiedTTHead; return its core pairs."""
-    from tensornet.nn import TTEmbedding
-
-    old = model.transformer.wte
-    if not isinstance(old, nn.Embedding):
-        raise TypeError(f"tensorize: transformer.wte is a {type(old).__name__}, expected nn.Embedding")
-    vocab, width = old.num_embeddings, old.embedding_dim
-    voc_shape = tuple(v for v, _ in shapes) if shapes else None
-    emb_shape = tuple(e for _, e in shapes) if shapes else None
-    if ranks is not None:
-        new = TTEmbedding(
-            vocab,
-            width,
-            rank=tuple(ranks[1:-1]),
-            voc_shape=voc_shape,
-            emb_shape=emb_shape,
-            device=old.weight.device,
-            dtype=old.weight.dtype,
-            init=init,
-            clip_rank=False,
-        )
-    elif from_weights:
-        new = TTEmbedding.from_embedding(
-            old, rank=rank, eps=eps, voc_shape=voc_shape, emb_shape=emb_shape, ncores=ncores
-        )
-    else:
-        _check_rank_type(rank)
-        new = TTEmbedding(
-            vocab,
-            width,
-            rank=rank,
-            voc_shape=voc_shape,
-            emb_shape=emb_shape,
-            ncores=ncores,
-            device=old.weight.device,
-            dtype=old.weight.dtype,
-            init=init,
-        )
-    before = old.weight.numel()
-    model.transformer.wte = new
-    model.lm_head = TiedTTHead(new)
-    pairs = tuple(zip(new.voc_shape, new.emb_shape))
-    report.layers.append(
-        LayerReport(
-            "transformer.wte",
-            width,
-            vocab,
-            pairs,
-            tuple(new.ranks),
-            before,
-            sum(p.numel() for p in new.parameters()),
-            new.conversion_error,
-        )
-    )
-    return pairs
-
-
-def rebuild(model: nn.Module, settings: Mapping) -> nn.Module:
-    """Apply recorded ``config.tensornet`` settings to a freshly built dense model (no weights converted)."""
-    method = settings.get("method")
-    if method == "ttm":
-        rank = settings.get("rank")
-        tensorize(
-            model,
-            rank=None if rank is None else int(rank),
-            shapes={k: [tuple(p) for p in v] for k, v in settings["shapes"].items()},
-            layers=tuple(settings["layers"]),
-            bias=bool(settings["bias"]),
-            init=settings.get("init", "gpt2"),
-            layer_ranks=settings.get("layer_ranks"),
-            clip_rank=bool(settings.get("clip_rank", True)),
-            embeddings=bool(settings.get("embeddings", False)),
-        )
-    elif method == "lowrank":
-        lowrank(
-            model, rank=int(settings["rank"]), layers=tuple(settings["layers"]), bias=bool(settings["bias"])
-        )
-    else:
-        raise ValueError(f"config.tensornet has an unknown method {method!r}; expected 'ttm' or 'lowrank'")
-    return model

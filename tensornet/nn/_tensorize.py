@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -10,15 +11,15 @@ from typing import Any
 
 from torch import nn
 
-from ._common import conv1d_class
 from ._embedding import TTEmbedding
+from ._hf import conv1d_class, dense_weight
 from ._linear import TTMLinear
 from ._materialize import materialize
 
 __all__ = ["LayerReport", "Rule", "TensorizeReport", "tensorize"]
 
-_LINEAR_OPTIONS = {"in_shape", "out_shape", "ncores", "save_weight"}
-_LINEAR_SCRATCH = _LINEAR_OPTIONS | {"bias", "init", "clip_rank"}
+_LINEAR_OPTIONS = {"in_shape", "out_shape", "ncores", "save_weight", "bias"}
+_LINEAR_SCRATCH = _LINEAR_OPTIONS | {"init", "clip_rank"}
 _EMBEDDING_OPTIONS = {"voc_shape", "emb_shape", "ncores"}
 _EMBEDDING_SCRATCH = _EMBEDDING_OPTIONS | {"init", "clip_rank"}
 
@@ -38,8 +39,10 @@ class Rule:
         True: compress the layer's trained weights (:meth:`TTMLinear.from_linear`,
         :meth:`TTEmbedding.from_embedding`). False: a freshly initialised TT layer of the same size.
     **options :
-        Passed to the layer: ``in_shape``, ``out_shape``, ``ncores``, ``save_weight`` (linear); ``voc_shape``, ``emb_shape``,
-        ``ncores`` (embedding); from scratch also ``init``, ``clip_rank`` and (linear) ``bias``.
+        Passed to the layer: ``in_shape``, ``out_shape``, ``ncores``, ``save_weight``, ``bias`` (linear);
+        ``voc_shape``, ``emb_shape``, ``ncores`` (embedding); from scratch also ``init`` and ``clip_rank``.
+        ``bias``: from weights, False drops the layer's bias (True keeps it, if it has one); from scratch,
+        whether the new layer has one (default: as the layer it replaces).
     """
 
     __slots__ = ("eps", "from_weights", "options", "pattern", "rank")
@@ -108,6 +111,17 @@ class TensorizeReport:
     layers: list[LayerReport] = field(default_factory=list)
     model_params_before: int = 0
     model_params_after: int = 0
+
+    @property
+    def ratio(self) -> float:
+        """Model parameters after divided by before."""
+        return self.model_params_after / self.model_params_before if self.model_params_before else math.nan
+
+    @property
+    def max_error(self) -> float | None:
+        """The largest relative error of a layer converted from weights (None when none was)."""
+        errors = [layer.error for layer in self.layers if layer.error is not None]
+        return max(errors) if errors else None
 
     def __str__(self) -> str:
         header = (
@@ -211,10 +225,10 @@ def _build(name: str, module: Any, kind: str, rule: Rule) -> TTMLinear | TTEmbed
     _check_options(name, rule, kind)
     options = dict(rule.options)
     rank: Any = rule.rank  # not None when building from scratch (checked by Rule)
+    weight = module.weight
     if kind == "Embedding":
         if rule.from_weights:
             return TTEmbedding.from_embedding(module, rank=rule.rank, eps=rule.eps, **options)
-        weight = module.weight
         return TTEmbedding(
             module.num_embeddings,
             module.embedding_dim,
@@ -224,36 +238,87 @@ def _build(name: str, module: Any, kind: str, rule: Rule) -> TTMLinear | TTEmbed
             padding_idx=module.padding_idx,
             **options,
         )
+    bias = options.pop("bias", module.bias is not None)
     if rule.from_weights:
-        return TTMLinear.from_linear(module, rank=rule.rank, eps=rule.eps, **options)
-    weight = module.weight
-    in_features, out_features = (
-        (module.in_features, module.out_features) if kind == "Linear" else (module.nx, module.nf)
-    )
-    options.setdefault("bias", module.bias is not None)
+        new = TTMLinear.from_linear(module, rank=rule.rank, eps=rule.eps, **options)
+        if not bias:
+            new.register_parameter("bias", None)
+        return new
+    out_features, in_features = dense_weight("tensorize", module)[0].shape  # (out, in), Conv1D transposed
     return TTMLinear(
-        in_features, out_features, rank=rank, device=weight.device, dtype=weight.dtype, **options
+        in_features, out_features, rank=rank, bias=bias, device=weight.device, dtype=weight.dtype, **options
+    )
+
+
+def _convert(model: nn.Module, rules: list[Rule]) -> list[tuple[str, Any, TTMLinear | TTEmbedding, str]]:
+    """``(name, old, new, kind)`` for every eligible layer a rule matches (the first rule wins); nothing is
+    replaced yet, so an error leaves the model as it was."""
+    eligible = [
+        (name, module, kind) for name, module in model.named_modules() if name and (kind := _kind(module))
+    ]
+    used = [False] * len(rules)
+    converted = []
+    for name, module, kind in eligible:
+        index = next((i for i, candidate in enumerate(rules) if candidate.matches(name)), None)
+        if index is None:
+            continue
+        used[index] = True
+        try:
+            converted.append((name, module, _build(name, module, kind, rules[index]), kind))
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"tensorize: layer {name} ({kind}): {error}") from error
+    for index in (i for i, was_used in enumerate(used) if not was_used):
+        names = [name for name, _, _ in eligible]
+        shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
+        raise ValueError(
+            f"tensorize: {rules[index]!r} matched no Linear/Conv1D/Embedding layer "
+            f"(or only ones an earlier rule took); eligible names: {shown or 'none'}"
+        )
+    return converted
+
+
+def _layer_report(
+    model: nn.Module, name: str, old: Any, new: TTMLinear | TTEmbedding, kind: str
+) -> LayerReport:
+    """The record of one replaced layer (``model`` already holds ``new``)."""
+    shared = [n for n, p in model.named_parameters(remove_duplicate=False) if p is old.weight]
+    rows, cols = new.weight.shape
+    return LayerReport(
+        name=name,
+        kind=kind,
+        shape=(old.num_embeddings, cols) if kind == "Embedding" else (rows, cols),
+        row_shape=new.weight.row_shape,
+        col_shape=new.weight.col_shape,
+        ranks=new.ranks,
+        params_before=sum(p.numel() for p in old.parameters()),
+        params_after=sum(p.numel() for p in new.parameters()),
+        error=new.conversion_error,
+        note=f"its dense weight is still used by {', '.join(shared)} (tied), so it is not freed"
+        if shared
+        else "",
     )
 
 
 def tensorize(
     model: nn.Module, rule: Rule | Sequence[Rule] | Mapping[str, Mapping[str, Any]]
-) -> TensorizeReport:
+) -> tuple[nn.Module, TensorizeReport]:
     """Replace, in place, every ``nn.Linear``, GPT-2 ``Conv1D`` and ``nn.Embedding`` whose dotted name
-    matches a rule by a :class:`TTMLinear` / :class:`TTEmbedding`; return a :class:`TensorizeReport`.
+    matches a rule by a :class:`TTMLinear` / :class:`TTEmbedding`; return ``(model, report)``.
 
     ``rule``: a :class:`Rule`, a list of Rules (the first that matches a layer wins) or a dict
     ``{pattern: {"rank": 64, "eps": 0.3, ...}}``. Other module types are never touched, even if their
-    name matches. Converted layers keep their dtype, device and bias.
+    name matches. Converted layers keep their dtype, device and bias. ``model`` itself is returned (changed
+    in place) so that ``model, report = tensorize(build(), ...)`` reads as one step.
 
     Example::
 
-        report = tensorize(model, [Rule("transformer.h.*.mlp.c_fc", rank=64, in_shape=(8, 8, 12, 1),
-                                        out_shape=(8, 8, 8, 6))])
+        model, report = tensorize(model, [Rule("transformer.h.*.mlp.c_fc", rank=64, in_shape=(8, 8, 12, 1),
+                                               out_shape=(8, 8, 8, 6))])
         print(report)
 
     Tied weights (GPT-2's ``lm_head`` shares ``wte.weight``) stay dense where they are still used; the
-    report notes it, and its model parameter counts show what was actually saved. The model comes back
+    report notes it, and its model parameter counts show what was actually saved
+    (:func:`tensornet.gpt2.tensorize` ties GPT-2's head to a TT embedding instead). The model comes back
     with :func:`materialize` on (its TTM layers of equal core shapes rebuild their weights together in
     training; ``materialize(model, enabled=False)`` turns that off).
 
@@ -261,64 +326,17 @@ def tensorize(
     ------
     TypeError for a bad rule or options that do not fit a matched layer; ValueError when a rule matches
     no eligible layer (the message lists them); the layers' own errors (shapes, ranks) name the layer.
+    Nothing is replaced when an error is raised.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"tensorize: model must be an nn.Module, got {type(model).__name__}")
     rules = _rules(rule)
     before = sum(p.numel() for p in model.parameters())
-    eligible = [
-        (name, module, kind) for name, module in model.named_modules() if name and (kind := _kind(module))
-    ]
-    used = [False] * len(rules)
-    replaced: list[tuple[str, Any, TTMLinear | TTEmbedding, str, Rule]] = []
-    for name, module, kind in eligible:
-        for index, candidate in enumerate(rules):
-            if candidate.matches(name):
-                used[index] = True
-                try:
-                    new = _build(name, module, kind, candidate)
-                except (TypeError, ValueError) as error:
-                    raise type(error)(f"tensorize: layer {name} ({kind}): {error}") from error
-                replaced.append((name, module, new, kind, candidate))
-                break
-    for index, was_used in enumerate(used):
-        if not was_used:
-            names = [name for name, _, _ in eligible]
-            shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
-            raise ValueError(
-                f"tensorize: {rules[index]!r} matched no Linear/Conv1D/Embedding layer "
-                f"(or only ones an earlier rule took); eligible names: {shown or 'none'}"
-            )
-    for name, _, new, _, _ in replaced:
+    converted = _convert(model, rules)
+    for name, _, new, _ in converted:
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, new)
-    owners: dict[int, list[str]] = {}
-    for param_name, param in model.named_parameters(remove_duplicate=False):
-        owners.setdefault(id(param), []).append(param_name)
-    layers = []
-    for name, old, new, kind, _ in replaced:
-        shared = owners.get(id(old.weight), [])
-        note = (
-            f"its dense weight is still used by {', '.join(shared)} (tied), so it is not freed"
-            if shared
-            else ""
-        )
-        rows, cols = new.weight.shape
-        shape = (old.num_embeddings, cols) if kind == "Embedding" else (rows, cols)
-        layers.append(
-            LayerReport(
-                name=name,
-                kind=kind,
-                shape=shape,
-                row_shape=new.weight.row_shape,
-                col_shape=new.weight.col_shape,
-                ranks=new.ranks,
-                params_before=sum(p.numel() for p in old.parameters()),
-                params_after=sum(p.numel() for p in new.parameters()),
-                error=new.conversion_error,
-                note=note,
-            )
-        )
+    layers = [_layer_report(model, name, old, new, kind) for name, old, new, kind in converted]
     after = sum(p.numel() for p in model.parameters())
     materialize(model)  # layers with equal core shapes rebuild their weights together in training
-    return TensorizeReport(layers=layers, model_params_before=before, model_params_after=after)
+    return model, TensorizeReport(layers=layers, model_params_before=before, model_params_after=after)
