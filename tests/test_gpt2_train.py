@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from tensornet.gpt2 import TrainConfig, build_model, gpt2_config, stdlib_corpus, train
+from tensornet.gpt2._checkpoint import load_checkpoint
 from tensornet.gpt2._data import (
     _is_val,
     cached_tokenizer,
@@ -24,7 +25,6 @@ from tensornet.gpt2._data import (
     train_batch,
     val_batches,
 )
-from tensornet.gpt2._files import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,9 +19,10 @@ import pytest
 import torch
 
 from tensornet.gpt2 import build_model, gpt2_config, load_model, save_model, stdlib_corpus, tensorize
+from tensornet.gpt2._checkpoint import load_checkpoint, load_token_file, save_checkpoint
 from tensornet.gpt2._cli import main
 from tensornet.gpt2._data import cached_tokenizer, cached_tokens, token_cache_path
-from tensornet.gpt2._files import RunFolder, load_checkpoint, load_token_file, save_checkpoint
+from tensornet.gpt2._files import RunFolder
 
 ROOT = Path(__file__).resolve().parents[1]
 # a 1-layer model on 20,000 characters: every run here is dominated by Python's start-up, not by training
@@ -149,7 +150,7 @@ def test_token_cache_contents_are_validated(shared, tmp_path):
     cache = tmp_path / "cache"
     shutil.copytree(shared["cache"], cache)
     path = token_cache_path(corpus, tokenizer, cache)
-    from tensornet.gpt2._files import save_tensors
+    from tensornet.gpt2._checkpoint import save_tensors
 
     bad = {
         "ids outside the vocabulary": {"train": torch.tensor([1, 2, 300]), "val": torch.tensor([1, 2])},

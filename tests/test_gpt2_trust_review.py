@@ -14,10 +14,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from tensornet.gpt2 import _data, _files, _model, _train, build_model, gpt2_config, load_model, save_model
+from tensornet.gpt2 import (
+    _checkpoint,
+    _data,
+    _files,
+    _model,
+    _train,
+    build_model,
+    gpt2_config,
+    load_model,
+    save_model,
+)
+from tensornet.gpt2._checkpoint import load_checkpoint, save_checkpoint
 from tensornet.gpt2._cli import main
 from tensornet.gpt2._data import cached_tokenizer, cached_tokens, stdlib_corpus, token_cache_path
-from tensornet.gpt2._files import load_checkpoint, save_checkpoint
 
 TINY = [
     *("--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size", "16", "--vocab-size", "300"),
@@ -95,7 +105,7 @@ def test_atomic_writes_never_follow_a_planted_link(tmp_path):
     # the final name a link: the link itself is replaced, never its target
     link = tmp_path / "link.safetensors"
     link.symlink_to(precious)
-    _files.save_tensors(link, {"train": torch.arange(3), "val": torch.arange(2)})
+    _checkpoint.save_tensors(link, {"train": torch.arange(3), "val": torch.arange(2)})
     assert precious.read_text() == "precious" and not link.is_symlink()
     # the writability probe
     probe = _files.tmp_path(tmp_path / ".tensornet-probe")
@@ -383,14 +393,16 @@ def test_deeply_nested_metadata_is_an_error_not_a_crash(shared, tmp_path, capsys
     run = copy_run(shared, tmp_path / "run")
     deep = "[" * 100_000 + "]" * 100_000
     skeleton = deep
-    header = f"{_files.CHECKPOINT_FORMAT}\n{_files.CHECKPOINT_VERSION}\n{skeleton}"
+    header = f"{_checkpoint.CHECKPOINT_FORMAT}\n{_checkpoint.CHECKPOINT_VERSION}\n{skeleton}"
     metadata = {
-        "format": _files.CHECKPOINT_FORMAT,
-        "version": str(_files.CHECKPOINT_VERSION),
+        "format": _checkpoint.CHECKPOINT_FORMAT,
+        "version": str(_checkpoint.CHECKPOINT_VERSION),
         "skeleton": skeleton,
-        "sha256": _files.content_sha256({}, header),
+        "sha256": _checkpoint.content_sha256({}, header),
     }
-    _files.atomic_write(run / "checkpoint.safetensors", lambda f: _files.write_safetensors(f, {}, metadata))
+    _files.atomic_write(
+        run / "checkpoint.safetensors", lambda f: _checkpoint.write_safetensors(f, {}, metadata)
+    )
     assert code(train_argv(shared, run, "--resume")) == 2
     one_line_error(capsys, "nested too deeply", "checkpoint.safetensors")
     with pytest.raises(ValueError, match="nested too deeply"):

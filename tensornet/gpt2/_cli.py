@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from . import _data, _files
+from . import _checkpoint, _data, _files
 from ._model import (
     PRESETS,
     build_model,
@@ -735,7 +735,7 @@ def cmd_compare(args) -> int:
             f"training {', '.join(variants)}: {args.steps} steps x {args.batch_size} x {args.block_size} = "
             f"{tokens:,} tokens each, seed {args.seed}, on {device}; lr {args.lr:g} (TT cores x{args.tt_lr_scale:g})"
         )
-        _files.save_tensors(token_file, {"train": train_ids.int(), "val": val_ids.int()})
+        _checkpoint.save_tensors(token_file, {"train": train_ids.int(), "val": val_ids.int()})
         try:
             summary = compare(spec, out=out, variants=variants)
         finally:

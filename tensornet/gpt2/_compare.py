@@ -13,7 +13,8 @@ import torch
 
 from tensornet.nn import RankClipWarning
 
-from ._files import atomic_write, load_token_file, write_json
+from ._checkpoint import load_token_file
+from ._files import atomic_write, write_json
 from ._model import build_model, gpt2_config
 from ._tensorize import lowrank, lowrank_rank_for, nparams, tensorize
 from ._train import TrainConfig, train

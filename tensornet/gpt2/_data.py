@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from . import _files
+from . import _checkpoint, _files
 
 EOT = "<|endoftext|>"
 _EXCLUDED_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"})
@@ -388,12 +388,12 @@ def cached_tokens(corpus: Corpus, tokenizer, cache_dir: str | os.PathLike | None
     path = token_cache_path(corpus, tokenizer, cache_dir)
     if path.is_file():
         try:
-            return _files.load_token_file(path, tokenizer.get_vocab_size(), "cached_tokens")
+            return _checkpoint.load_token_file(path, tokenizer.get_vocab_size(), "cached_tokens")
         except ValueError as err:
             warnings.warn(f"cached_tokens: rebuilding the damaged token cache ({err})", stacklevel=2)
     train, val = encode(tokenizer, corpus.train), encode(tokenizer, corpus.val)
     _cache_dir(path.parent, _TOKENS_CACHE)
-    _files.save_tensors(path, {"train": train.int(), "val": val.int()})
+    _checkpoint.save_tensors(path, {"train": train.int(), "val": val.int()})
     return train, val
 
 

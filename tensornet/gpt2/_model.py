@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import _files
+from . import _checkpoint, _files
 from ._tensorize import TensorizeConfig
 
 # name -> (n_layer, n_embd, n_head); GPT-2 small and medium as published, "tiny" for CPU runs.
@@ -179,11 +179,11 @@ def _write_model(model: nn.Module, given: Path, tokenizer) -> None:
         config.validate()
     config_json = config.to_json_string(use_diff=True).encode("utf-8")  # what save_pretrained writes
     tokenizer_json = None if tokenizer is None else tokenizer.to_str(pretty=True).encode("utf-8")
-    metadata = {"format": "pt", _CHECKSUM: _files.content_sha256(state)}
+    metadata = {"format": "pt", _CHECKSUM: _checkpoint.content_sha256(state)}
     tmp = _files.make_tmp_dir(target, _files.MODEL_FILES)
     try:
         _files.write_new(tmp / "config.json", lambda f: f.write(config_json))
-        _files.write_new(tmp / _WEIGHTS, lambda f: _files.write_safetensors(f, state, metadata))
+        _files.write_new(tmp / _WEIGHTS, lambda f: _checkpoint.write_safetensors(f, state, metadata))
         if tokenizer_json is not None:
             _files.write_new(tmp / "tokenizer.json", lambda f: f.write(tokenizer_json))
         mark = (json.dumps(_MARK, indent=2) + "\n").encode("utf-8")
@@ -223,7 +223,7 @@ def _read_weights(file: Path) -> dict[str, torch.Tensor]:
             "truncated or damaged: save the model again or restore the file"
         ) from None
     expected = metadata.get(_CHECKSUM)
-    if expected is not None and _files.content_sha256(state) != expected:
+    if expected is not None and _checkpoint.content_sha256(state) != expected:
         raise ValueError(
             f"load_model: {str(file)!r} fails its checksum: the weights changed after save_model wrote them; "
             "save the model again or restore the file"

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import _files
+from . import _checkpoint, _files
 from ._data import train_batch, val_batches
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -292,7 +292,7 @@ def check_resume(out: str | os.PathLike, cfg: TrainConfig | None = None, stop_at
                 "start it over with --overwrite"
             )
         raise FileNotFoundError(f"--resume: no checkpoint at {str(path)!r}; run without --resume to start")
-    skeleton = _files.checkpoint_metadata(path, "--resume")["skeleton"]
+    skeleton = _checkpoint.checkpoint_metadata(path, "--resume")["skeleton"]
     if not isinstance(skeleton, dict) or not isinstance(skeleton.get("signature"), dict):
         raise ValueError(f"--resume: {str(path)!r} is not a tensornet training checkpoint (no settings)")
     if cfg is not None:
@@ -491,7 +491,7 @@ def check_checkpoint_fits(
     """Before any tokens are loaded: the checkpoint in ``out`` (its header: shapes and settings, no tensor data
     and no checksum) fits ``model`` and ``cfg`` and was written with ``signature``."""
     path = Path(out) / CHECKPOINT
-    outline = _files.checkpoint_outline(path, "--resume")
+    outline = _checkpoint.checkpoint_outline(path, "--resume")
     try:
         if not isinstance(outline.get("signature"), dict):
             raise ValueError(f"--resume: {str(path)!r} is not a tensornet training checkpoint (no settings)")
@@ -500,7 +500,7 @@ def check_checkpoint_fits(
             raise mismatch
         _check_checkpoint(path, outline, model, make_optimizer(model, cfg), cfg)
     except ValueError:
-        _files.load_checkpoint(path, "--resume")  # damage rather than a mismatch: the checksum says so
+        _checkpoint.load_checkpoint(path, "--resume")  # damage rather than a mismatch: the checksum says so
         raise
 
 
@@ -511,7 +511,7 @@ def _restore(
     is checked first (``_check_checkpoint``); the optimizer keeps this run's AdamW settings."""
     if not path.is_file():
         check_resume(path.parent)  # raises the right message (none there, or an old pickle checkpoint)
-    ckpt = _files.load_checkpoint(path, "--resume")
+    ckpt = _checkpoint.load_checkpoint(path, "--resume")
     if not isinstance(ckpt.get("signature"), dict):
         raise ValueError(f"--resume: {str(path)!r} is not a tensornet training checkpoint (no settings)")
     mismatch = _signature_mismatch(path, ckpt["signature"], signature)
@@ -618,7 +618,7 @@ def train(
 
         def checkpoint(step: int) -> None:
             if ckpt_path is not None and dist.main:
-                _files.save_checkpoint(
+                _checkpoint.save_checkpoint(
                     ckpt_path,
                     {
                         "model": raw.state_dict(),
