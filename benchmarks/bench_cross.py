@@ -1,6 +1,6 @@
 """Benchmark: tensornet.cross against teneva, torchTT and tntorch on the same functions, in one run.
 
-Run:  python benchmarks/bench_cross.py [--repeats 7] [--out benchmarks/results/cross_cpu.md]
+Run:  python benchmarks/bench_cross.py [--repeats 7] [--out benchmarks/results/cross.md]
       python benchmarks/bench_cross.py --tune     (re-derive the peers' settings below; ~2 min)
 
 Cases (float64; x_k = i_k / (n - 1) on [0, 1], t = i / (2^30 - 1) with i the C-order index of the bits):
@@ -28,8 +28,9 @@ the underlying sweeps cost when the answer is known in advance.
 Times are medians over ``--repeats`` interleaved rounds (every method once per round, after a warm-up),
 so load from other jobs on a shared machine hits all alike (``--clock cpu`` times this process's CPU time
 instead of the wall clock); one BLAS/torch thread each (the matrices are
-at most ~100 x 20, where threads only add overhead). tensornet's target is <= 0.5x the time of the fastest
-peer that meets eps, with no more evaluations than it and an error no larger.
+at most ~100 x 20, where threads only add overhead). After each case, tensornet is compared with the
+fastest peer and with the peer of fewest evaluations among those meeting eps (time ratio, evaluations,
+error).
 """
 
 from __future__ import annotations
@@ -43,29 +44,22 @@ import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import io  # noqa: E402
 import itertools  # noqa: E402
-import math  # noqa: E402
-import platform  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
 
-warnings.filterwarnings("ignore")  # peers warn on import (torchTT's missing C++ extension) and while running
-
+import _harness as H  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))  # a checkout
-
 import tensornet as tn  # noqa: E402
 
+warnings.filterwarnings("ignore")  # peers warn on import (torchTT's missing C++ extension) and while running
 TEST_POINTS = 10_000
-CLOCK = (
-    time.perf_counter
-)  # --clock cpu: time.process_time (this process's CPU time: less sensitive to other jobs)
+PEERS = ("teneva", "torchTT", "tntorch")
+CLOCK = "wall"  # --clock cpu: this process's CPU time (less sensitive to other jobs)
 
 
 # --- cases ---------------------------------------------------------------------------------------------
@@ -99,7 +93,7 @@ CASES = [
     Case("sqrt(t) sin(20t), QTT 2^30, eps 1e-6", qtt_function, (2,) * 30, 1e-6),
 ]
 
-# The peers' settings found by --tune on the machine of benchmarks/results/cross_cpu.md (per case, in the
+# The peers' settings found by --tune on the machine of benchmarks/results/cross.md (per case, in the
 # order of CASES). teneva: (r0, dr_max, stop, cache) with stop ("e", value) or ("vld", n_vld) -- "teneva" has
 # the fewest evaluations meeting eps, "teneva fastest" the shortest time meeting eps (its cache of values
 # saves evaluations but costs time); torchTT: (kick, eps passed); tntorch: (kickrank, val_size);
@@ -141,13 +135,11 @@ def run_tensornet(case: Case, seed: int = 0) -> tuple[list[np.ndarray], int]:
 
 def seeds_row(case: Case, seeds: int) -> str:
     """tensornet over seeds 0..seeds-1 (one run each): how much the random choices matter."""
-    times, evals, errors = [], [], []
-    for seed in range(seeds):
-        start = CLOCK()
-        cores, count = run_tensornet(case, seed)
-        times.append(CLOCK() - start)
-        evals.append(count)
-        errors.append(test_error(case, cores))
+    runs = {seed: (lambda seed=seed: run_tensornet(case, seed)) for seed in range(seeds)}
+    measured = H.time_interleaved(runs, rounds=1, min_rounds=1, warmup=0)  # type: ignore[arg-type]
+    times = list(measured.median(CLOCK).values())
+    evals = [measured.results[seed][1] for seed in runs]
+    errors = [test_error(case, measured.results[seed][0]) for seed in runs]
     return (
         f"| {case.title} | tensornet, seeds 0-{seeds - 1} | median (max) | {np.median(times) * 1e3:.1f} "
         f"({max(times) * 1e3:.1f}) | | {int(np.median(evals)):,} ({max(evals):,}) | "
@@ -243,23 +235,15 @@ def methods_for(case: Case, index: int, found: dict[str, bool]) -> dict[str, tup
 
 def run_case(case: Case, index: int, found: dict[str, bool], repeats: int, lines: list[str]) -> None:
     methods = methods_for(case, index, found)
-    results: dict[str, tuple[list[np.ndarray], int]] = {}
-    failures: dict[str, str] = {}
-    for name, (_, call) in methods.items():
-        try:
-            results[name] = call()  # warm-up
-        except Exception as err:  # a failing peer is reported, not fatal
-            failures[name] = f"{type(err).__name__}: {str(err)[:80]}"
-    times: dict[str, list[float]] = {name: [] for name in results}
-    for _ in range(repeats):
-        for name in results:
-            start = CLOCK()
-            results[name] = methods[name][1]()
-            times[name].append(CLOCK() - start)
+    measured = H.time_interleaved(
+        {name: call for name, (_, call) in methods.items()}, rounds=repeats, min_rounds=repeats
+    )
+    results, failures = measured.results, measured.failures
+    times = measured.median(CLOCK)
     rows = {}
     for name, (cores, evals) in results.items():
         rows[name] = (
-            float(np.median(times[name])),
+            times[name],
             evals,
             test_error(case, cores),
             max(c.shape[2] for c in cores),
@@ -281,12 +265,12 @@ def run_case(case: Case, index: int, found: dict[str, bool], repeats: int, lines
         for label, peer_name in (("fastest", fastest), ("fewest evaluations", fewest)):
             peer = rows[peer_name]
             checks = [
-                f"time {mine[0] / peer[0]:.2f}x ({'met' if mine[0] <= 0.5 * peer[0] else 'MISSED'})",
-                f"evaluations {mine[1]:,} vs {peer[1]:,} ({'met' if mine[1] <= peer[1] else 'MISSED'})",
-                f"error {mine[2]:.1e} vs {peer[2]:.1e} ({'met' if mine[2] <= peer[2] else 'MISSED'})",
+                f"time {mine[0] / peer[0]:.2f}x",
+                f"evaluations {mine[1]:,} vs {peer[1]:,}",
+                f"error {mine[2]:.1e} vs {peer[2]:.1e}",
             ]
             lines.append(
-                f"| | **target vs the {label} peer meeting eps: {peer_name}** | {'; '.join(checks)} | | | | | |"
+                f"| | **tensornet vs the {label} peer meeting eps: {peer_name}** | {'; '.join(checks)} | | | | | |"
             )
             verdicts += 1
     lines.append(seeds_row(case, 10))
@@ -330,14 +314,13 @@ def tune(found: dict[str, bool], only: str | None = None) -> None:
             best: tuple[int, float, Any] | None = None
             fastest: tuple[int, float, Any] | None = None
             for settings in grid:
-                elapsed = math.inf
-                try:
-                    for _ in range(3):
-                        start = time.perf_counter()
-                        cores, evals = call(case, *settings)
-                        elapsed = min(elapsed, time.perf_counter() - start)
-                except Exception:
+                run = H.time_interleaved(
+                    {"run": lambda s=settings, c=call, k=case: c(k, *s)}, rounds=3, warmup=0
+                )
+                if run.failures:
                     continue
+                cores, evals = run.results["run"]
+                elapsed = run.timings["run"].best
                 if test_error(case, cores) > case.eps:
                     continue
                 if best is None or (evals, elapsed) < best[:2]:
@@ -349,42 +332,16 @@ def tune(found: dict[str, bool], only: str | None = None) -> None:
                 print(f"{'teneva fastest':14s} {case.title:40s} shortest time {fastest}", flush=True)
 
 
-def machine(found: dict[str, bool]) -> list[str]:
-    try:
-        cpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        model = next(
-            (ln.split(":", 1)[1].strip() for ln in cpu.splitlines() if ln.startswith("Model name")), "?"
-        )
-    except OSError:
-        model = "?"
-    from importlib import metadata
-
-    versions = []
-    for dist in ("teneva", "torchTT", "tntorch"):
-        try:
-            versions.append(f"{dist} {metadata.version(dist)}")
-        except metadata.PackageNotFoundError:
-            versions.append(f"{dist} missing")
-    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    return [
-        f"- CPU: {model}, {os.cpu_count()} logical cores; {platform.platform()}",
-        f"- Python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}; one BLAS and "
-        "one torch thread",
-        f"- load average at the end of the run (1, 5, 15 min): {load} (other jobs shared the cores)",
-        "- peers: " + ", ".join(versions),
-    ]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--out", default=None, help="also write the markdown table here")
+    parser.add_argument("--out", default=None, help="also write the report (markdown) here")
     parser.add_argument("--tune", action="store_true", help="grid-search the peers' settings instead")
     parser.add_argument("--tune-only", default=None, help="with --tune: only this peer (e.g. teneva)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="wall-clock or CPU time")
     args = parser.parse_args()
     global CLOCK
-    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    CLOCK = args.clock
     torch.set_num_threads(1)
     found = {}
     for module in ("teneva", "torchtt", "tntorch"):
@@ -402,17 +359,14 @@ def main() -> None:
     ]
     print("\n".join(lines))
     start = time.perf_counter()
-    uptime = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     for index, case in enumerate(CASES):
         run_case(case, index, found, args.repeats, lines)
-    footer = [f"- load average at the start (1, 5, 15 min): {uptime}; clock: {args.clock}", *machine(found)]
-    footer.append(
-        f"- total benchmark time {time.perf_counter() - start:.0f} s; command: python {' '.join(sys.argv)}"
-    )
+    footer = [
+        f"- clock: {args.clock}; total benchmark time {time.perf_counter() - start:.0f} s",
+        *H.machine(peers=PEERS),
+    ]
     print("\n".join(footer))
-    if args.out:
-        with open(args.out, "w") as handle:
-            handle.write("\n".join([*lines, "", *footer]) + "\n")
+    H.write_report(args.out, [*lines, "", *footer])
 
 
 if __name__ == "__main__":

@@ -2,14 +2,14 @@
 
 Run:  python benchmarks/bench_decomp.py [--repeats 7] [--threads 2] [--only round] [--out FILE.md]
 
-The cases are those of REFERENCE.md's tables and of issue 14, float64, ``--threads`` BLAS/torch threads:
+The cases are the peer baselines of ``docs/reference.md`` and the rounding cases of issue 14, float64,
+``--threads`` BLAS/torch threads:
 
 * ``tt-svd 8^7 rank 6``: the dense 8^7 tensor of a random TT with ranks (1, 6, ..., 6, 1), eps 1e-8.
 * ``tt-svd sin 10^6`` and ``tt-svd sin 4^11``: f(x) = sin(10 ||x||_2) sampled on the uniform grid of
   [0, 1]^d (n points per axis, end points included), eps 1e-6. The radial sine gives TT-ranks 10-13.
 * Rounding (issue 14): each case gives ``x`` as the block cores of a sum of trains (what ``a + b`` stores)
-  and rounds it at ``eps``; the kinds are ``a+a+a`` (true rank r, input 3r: the rank-deficient sum of
-  REFERENCE.md), ``a + 1e-10 b`` (a of rank r, b of rank 2r, both unit norm: rounding must recover rank r,
+  and rounds it at ``eps``; the kinds are ``a+a+a`` (true rank r, input 3r: a rank-deficient sum), ``a + 1e-10 b`` (a of rank r, b of rank 2r, both unit norm: rounding must recover rank r,
   the perturbation being below the per-unfolding threshold), and ``sum of m``: ``t_i = c_i a + delta b_i``
   (c_i in [0.5, 1.5], b_i random rank r, delta below the threshold), input rank m r, output rank r.
   ``tensornet round_sum`` rows round the same sum from its terms without forming the block cores.
@@ -32,25 +32,19 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import platform
-import subprocess
-import sys
 import time
 import warnings
 from collections.abc import Callable
 from typing import Any
 
+import _harness as H
+import numpy as np
+import torch
+
+import tensornet as tn
+
 warnings.filterwarnings("ignore")  # torchTT warns on import that its C++ extension is missing
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))  # a checkout
-
-import tensornet as tn  # noqa: E402
-
-THREADS = 2  # overridden by --threads
+PEERS = ("teneva", "torchTT", "tntorch", "tensorly")
 
 
 # --- inputs -------------------------------------------------------------------------------------------
@@ -136,40 +130,6 @@ def ranks_of(cores: list[np.ndarray]) -> tuple[int, ...]:
     return (1, *(int(c.shape[-1]) for c in cores))
 
 
-# --- timing ------------------------------------------------------------------------------------------
-CPU_TIMES: dict[str, list[float]] = {}  # the CPU times of the last case, per method
-
-
-def timed_interleaved(
-    methods: dict[str, Callable[[], Any]], repeats: int, budget: float
-) -> tuple[dict[str, list[float]], dict[str, Any], dict[str, str]]:
-    """Times of every method over rounds that run each method once in turn (after one warm-up
-    call each), so that load from other jobs on a shared machine hits all methods alike. Stops
-    after ``repeats`` rounds, or after 3 rounds once ``budget`` seconds are spent."""
-    results: dict[str, Any] = {}
-    failures: dict[str, str] = {}
-    for name, fn in methods.items():
-        try:
-            results[name] = fn()  # warm-up (also compiles caches and allocators)
-        except Exception as err:  # a failing peer is reported, not fatal
-            failures[name] = f"{type(err).__name__}: {str(err)[:60]}"
-    times: dict[str, list[float]] = {name: [] for name in results}
-    cpu: dict[str, list[float]] = {name: [] for name in results}
-    spent = 0.0
-    for round_index in range(repeats):
-        if round_index >= 3 and spent > budget:
-            break
-        for name in results:
-            start, start_cpu = time.perf_counter(), time.process_time()
-            results[name] = methods[name]()
-            elapsed = time.perf_counter() - start
-            cpu[name].append(time.process_time() - start_cpu)
-            times[name].append(elapsed)
-            spent += elapsed
-    CPU_TIMES.update(cpu)
-    return times, results, failures
-
-
 def run_case(
     title: str,
     eps: float,
@@ -180,18 +140,15 @@ def run_case(
     budget: float = 40.0,
 ) -> dict[str, tuple[float, float, float, tuple[int, ...]]]:
     rows: dict[str, tuple[float, float, float, tuple[int, ...]]] = {}
-    times, results, failures = timed_interleaved(methods, repeats, budget)
+    measured = H.time_interleaved(methods, rounds=repeats, budget=budget / max(len(methods), 1))
+    results, failures = measured.results, measured.failures
     for name, message in failures.items():
         lines.append(f"| {title} | {name} | failed: {message} | | | | | | |")
     for name, result in results.items():
         cores = as_numpy_cores(result)
-        rows[name] = (
-            float(np.median(times[name])),
-            float(np.min(times[name])),
-            error_of(cores),
-            ranks_of(cores),
-        )
-    cpu = {name: float(np.median(CPU_TIMES[name])) for name in rows}
+        timing = measured.timings[name]
+        rows[name] = (timing.median, timing.best, error_of(cores), ranks_of(cores))
+    cpu = measured.median("cpu")
     correct_peers = {k: v for k, v in rows.items() if not k.startswith("tensornet") and v[2] <= eps}
     fastest = min(correct_peers.items(), key=lambda kv: kv[1][0]) if correct_peers else None
     fastest_cpu = min((cpu[k] for k in correct_peers), default=None)
@@ -207,18 +164,7 @@ def run_case(
             f"| {ratio_cpu} | {versus} | {err:.2e} {ok} | {shown} |"
         )
     if fastest:
-        verdicts = []
-        for mine_name in ("tensornet (numpy)", "tensornet round_sum (numpy)"):
-            mine = rows.get(mine_name)
-            if mine and fastest_cpu:
-                met = (
-                    cpu[mine_name] <= 0.5 * fastest_cpu
-                    and max(mine[3]) <= max(fastest[1][3])
-                    and mine[2] <= eps
-                )
-                verdicts.append(f"{mine_name.removeprefix('tensornet ')} {'MET' if met else 'MISSED'}")
-        verdict = f"target <= 0.5x (cpu): {', '.join(verdicts)}" if verdicts else ""
-        lines.append(f"|  | fastest correct peer: {fastest[0]} | | | | | | | | {verdict} |")
+        lines.append(f"|  | fastest correct peer: {fastest[0]} | | | | | | | | |")
     for line in lines[-(len(rows) + len(failures) + 1) :]:
         print(line, flush=True)
     return rows
@@ -320,51 +266,18 @@ def round_case(
     run_case(title, eps, methods, error_of, repeats, lines)
 
 
-def machine() -> list[str]:
-    try:
-        cpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        model = next(
-            (ln.split(":", 1)[1].strip() for ln in cpu.splitlines() if ln.startswith("Model name")), "?"
-        )
-    except OSError:
-        model = "?"
-    from importlib import metadata
-
-    found = {}
-    for dist in ("teneva", "torchTT", "tntorch", "tensorly"):
-        try:
-            found[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            found[dist] = "missing"
-    try:
-        blas_info = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-        blas = f"{blas_info.get('name')} {blas_info.get('version')}"
-    except Exception:
-        blas = "?"
-    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    return [
-        f"- CPU: {model}, {os.cpu_count()} logical cores; {platform.platform()}",
-        f"- Python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__} "
-        f"(torch.set_num_threads({THREADS})), numpy BLAS: {blas} (its default threads: one per core)",
-        f"- load average at the end of the run (1, 5, 15 min): {load} -- other jobs shared the 2 cores",
-        "- peers: " + ", ".join(f"{k} {v}" for k, v in found.items()),
-    ]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2, help="BLAS and torch threads (default 2)")
-    parser.add_argument("--out", default=None, help="also write the markdown table here")
+    parser.add_argument("--out", default=None, help="also write the report (markdown) here")
     parser.add_argument("--only", default=None, help="run only cases whose title contains this")
     args = parser.parse_args()
-    global THREADS
-    THREADS = args.threads
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(args.threads)
     try:
         import threadpoolctl
 
-        threadpoolctl.threadpool_limits(THREADS)
+        threadpoolctl.threadpool_limits(args.threads)
     except ImportError:
         pass
     found = peers()
@@ -482,23 +395,15 @@ def main() -> None:
             case()
     elapsed = time.perf_counter() - start
     print(f"# total {elapsed:.0f} s")
-    if args.out:
-        header = [
-            "# tensornet decompositions vs peers (CPU)",
-            "",
-            f"Command: `python {' '.join(sys.argv)}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-            f"{elapsed:.0f} s)",
-            "",
-            *machine(),
-            "",
-            "Inputs, accuracy checks and peer calls are described in the docstring of benchmarks/bench_decomp.py.",
-            "Ratios: median time (wall, and CPU time of the process) over that of the fastest peer whose result",
-            "met eps; torch/numpy: tensornet's torch row over its numpy row (CPU time). Targets (issue 14):",
-            "round <= 0.5x the fastest correct peer with ranks no larger; torch <= 1.3x numpy.",
-            "",
-        ]
-        with open(args.out, "w") as fh:
-            fh.write("\n".join(header + lines) + "\n")
+    header = [
+        "# tensornet decompositions vs peers (CPU)",
+        "",
+        f"{elapsed:.0f} s in all. Inputs, accuracy checks and peer calls: the docstring of benchmarks/bench_decomp.py.",
+        "Ratios: median time (wall, and CPU time of the process) over that of the fastest peer whose result",
+        "met eps; torch/numpy: tensornet's torch row over its numpy row (CPU time).",
+        "",
+    ]
+    H.write_report(args.out, [*header, *lines, "", *H.machine(peers=PEERS)])
 
 
 if __name__ == "__main__":

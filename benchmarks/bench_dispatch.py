@@ -1,40 +1,44 @@
-"""Dispatched aten ops per training step and per layer call, and per-call host overhead (CPU).
-
-On a GPU every dispatched op is at least one kernel launch (~5 us), so at bf16 the number of ops, not
-FLOPs, decides how a TT model's step compares with dense. Ops are counted with a ``TorchDispatchMode``;
-view ops (reshape/permute/transpose/expand/..., and ``_unsafe_view``, the metadata-only reshape of a fresh
-copy) launch nothing and are left out. Everything else counts, host-side scalar reads
-(``_local_scalar_dense``) included. Counts do not depend on the machine, so this CPU run stands in for
-the GPU's launch count.
-
-Cases:
-* one layer call, forward + backward at 8,192 tokens: ``nn.Linear(768, 3072)`` vs ``TTMLinear`` (r=64,
-  the paper's 4 cores, and 3 balanced cores);
-* one GPT-2 small training step at 1,024 tokens (batch 1 x 1,024): forward, backward, gradient clipping
-  and ``torch.optim.AdamW(foreach=True)`` (as on GPU): dense, MLPs as TTM r=64 with the paper's shapes,
-  and with 3 balanced cores;
-* host overhead: median microseconds per ``TTMLinear`` forward + backward at 8 tokens on a tiny layer
-  (the time is all Python and dispatcher) vs ``nn.Linear``.
+"""Dispatched aten ops per training step and per layer call, and the per-call host overhead (CPU).
 
     OMP_NUM_THREADS=2 python benchmarks/bench_dispatch.py [--skip-gpt2] [--json out.json]
+    python benchmarks/bench_dispatch.py --suite overhead [--iters 2000] [--profile]
+
+On a GPU every dispatched op is at least one kernel launch (a few microseconds), so at bf16 the number of
+ops, not FLOPs, decides how a TT model's step compares with dense; at decoding sizes the host's Python and
+dispatcher work per call does. Both are measured here, on the CPU:
+
+* ``--suite ops`` (default): non-view aten ops, counted with a ``TorchDispatchMode`` (views -- reshape,
+  permute, transpose, expand, ..., and ``_unsafe_view``, the metadata-only reshape of a fresh copy --
+  launch nothing and are left out; host-side scalar reads count). Counts do not depend on the machine, so
+  this CPU run stands in for the GPU's launch count. Cases: one layer call, forward + backward at 8,192
+  tokens (``nn.Linear(768, 3072)`` vs ``TTMLinear`` r=64 with the paper's 4 cores, 3 balanced cores, and
+  materialized, alone and per layer inside a group of 12); one GPT-2 small training step at 1,024 tokens
+  (forward, backward, gradient clipping and ``AdamW(foreach=True)``): dense, MLPs as TTM r=64 with the
+  paper's shapes and with 3 balanced cores. Then the host overhead at 8 tokens (below).
+* ``--suite overhead``: median microseconds per call, one thread, of the forward (``no_grad``) and of
+  forward + backward at 1 and 8 tokens, for a tiny 64 x 64 layer (the time is all host work) and for the
+  768 -> 3072 layers; the tiny layer also materialized and per layer in a group of 12. ``--profile`` adds
+  a cProfile breakdown (tottime) of the tiny layer's forward + backward.
+
+Results: ``benchmarks/results/dispatch.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import json
-import platform
-import statistics
-import sys
-import time
+import pstats
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import _harness as H
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tensornet.nn import TTMLinear, materialize
 
@@ -52,11 +56,11 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
     @property
-    def total(self) -> int:
+    def total(self) -> float:
         return sum(self.ops.values())
 
 
-def count(fn) -> OpCounter:  # type: ignore[no-untyped-def]
+def count(fn: Callable[[], Any]) -> OpCounter:
     fn()  # warm: plans and caches made outside the count
     with OpCounter() as counter:
         fn()
@@ -67,61 +71,55 @@ def paper_layer() -> TTMLinear:
     return TTMLinear(768, 3072, rank=64, in_shape=(8, 8, 12, 1), out_shape=(8, 8, 8, 6), clip_rank=False)
 
 
-def layer_cases() -> dict[str, nn.Module]:
-    return {
+def tiny_layer() -> TTMLinear:
+    return TTMLinear(64, 64, rank=4, in_shape=(4, 4, 4), out_shape=(4, 4, 4))
+
+
+# --- suite: ops -----------------------------------------------------------------------------------------
+def layer_ops(tokens: int) -> list[tuple[str, OpCounter]]:
+    cases: dict[str, nn.Module] = {
         "nn.Linear": nn.Linear(768, 3072),
         "TTMLinear paper r=64": paper_layer(),
         "TTMLinear 3-core r=64": TTMLinear(768, 3072, rank=64, ncores=3),
         "TTMLinear paper r=64, materialized": materialize(paper_layer()),
     }
-
-
-def layer_ops(tokens: int) -> list[tuple[str, OpCounter]]:
     rows = []
-    for name, layer in layer_cases().items():
+    for name, layer in cases.items():
         x = torch.randn(tokens, 768, requires_grad=True)
         rows.append((name, count(lambda layer=layer, x=x: layer(x).sum().backward())))
     # in a model, a group of layers with equal core shapes shares one batched rebuild (GPT-2: 12 c_fc)
-    stacks = {"12 x nn.Linear": [nn.Linear(768, 3072) for _ in range(12)]}
-    stacks["12 x TTMLinear paper r=64, materialized"] = [paper_layer() for _ in range(12)]
+    stacks = {
+        "12 x nn.Linear": [nn.Linear(768, 3072) for _ in range(12)],
+        "12 x TTMLinear paper r=64, materialized": [paper_layer() for _ in range(12)],
+    }
     for name, layers in stacks.items():
         model = materialize(nn.ModuleList(layers))
         x = torch.randn(tokens, 768, requires_grad=True)
-
-        def step(model=model, x=x) -> None:  # type: ignore[no-untyped-def]
-            sum(layer(x).sum() for layer in model).backward()
-
-        counter = count(step)
+        counter = count(lambda model=model, x=x: sum(layer(x).sum() for layer in model).backward())
         counter.ops = Counter({k: v / 12 for k, v in counter.ops.items()})  # per layer
         rows.append((name + " (per layer)", counter))
     return rows
 
 
-def gpt2_models() -> dict[str, nn.Module]:
+def gpt2_ops(tokens: int) -> list[tuple[str, OpCounter, int]]:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from tensornet.gpt2 import tensorize
 
     config = GPT2Config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    models = {}
+    rows = []
     for name in ("dense", "TTM paper r=64", "TTM 3-core r=64"):
         torch.manual_seed(0)
         model = GPT2LMHeadModel(config)
         if name != "dense":
-            shapes = "paper" if "paper" in name else "balanced"
-            model, _ = tensorize(model, rank=64, shapes=shapes, ncores=3, bias=False)
-        models[name] = model
-    return models
-
-
-def gpt2_ops(tokens: int) -> list[tuple[str, OpCounter, int]]:
-    rows = []
-    for name, model in gpt2_models().items():
+            model, _ = tensorize(
+                model, rank=64, shapes="paper" if "paper" in name else "balanced", ncores=3, bias=False
+            )
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
-        ids = torch.randint(0, model.config.vocab_size, (1, tokens + 1))
+        ids = torch.randint(0, config.vocab_size, (1, tokens + 1))
 
-        def step(model=model, optimizer=optimizer, ids=ids) -> None:  # type: ignore[no-untyped-def]
+        def step(model: nn.Module = model, optimizer: Any = optimizer, ids: torch.Tensor = ids) -> None:
             logits = model(input_ids=ids[:, :-1], use_cache=False).logits
             loss = nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
             optimizer.zero_grad(set_to_none=True)
@@ -129,95 +127,169 @@ def gpt2_ops(tokens: int) -> list[tuple[str, OpCounter, int]]:
             nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
             optimizer.step()
 
-        params = sum(p.numel() for p in model.parameters())
-        rows.append((name, count(step), params))
+        rows.append((name, count(step), sum(p.numel() for p in model.parameters())))
     return rows
 
 
-def _median_us(call, iters: int) -> float:  # type: ignore[no-untyped-def]
-    for _ in range(200):
-        call()
-    samples = []
-    for _ in range(5):
-        start = time.perf_counter()
-        for _ in range(iters):
-            call()
-        samples.append((time.perf_counter() - start) / iters * 1e6)
-    return statistics.median(samples)
+def _op_lines(
+    rows: list[tuple[str, OpCounter]], base_of: Callable[[str], float], unit: str, top: int
+) -> list[str]:
+    lines = []
+    for name, counter in rows:
+        lines.append(f"| {name} | {counter.total:,.1f} | {H.ratio(counter.total, base_of(name))} {unit} |")
+        if top:
+            lines.append("| | " + ", ".join(f"{k} {v:.3g}" for k, v in counter.ops.most_common(top)) + " | |")
+    return lines
 
 
-def tiny_layer() -> TTMLinear:
-    return TTMLinear(64, 64, rank=4, in_shape=(4, 4, 4), out_shape=(4, 4, 4))
+def suite_ops(args: argparse.Namespace, result: dict[str, Any]) -> list[str]:
+    rows = layer_ops(args.layer_tokens)
+    totals = {name: c.total for name, c in rows}
+    lines = [f"## One layer call, forward + backward, 768 -> 3072, {args.layer_tokens:,} tokens", ""]
+    lines += ["| case | non-view aten ops | vs nn.Linear |", "|---|---:|---:|"]
+    lines += _op_lines(
+        rows,
+        lambda n: totals["12 x nn.Linear (per layer)" if "per layer" in n else "nn.Linear"],
+        args.top,
+    )
+    result["layer"] = totals
+    if not args.skip_gpt2:
+        grows = gpt2_ops(args.gpt2_tokens)
+        lines += ["", f"## GPT-2 small, one training step (AdamW foreach), {args.gpt2_tokens:,} tokens", ""]
+        lines += ["| model | non-view aten ops | vs dense | params |", "|---|---:|---:|---:|"]
+        base = grows[0][1].total
+        lines += [
+            f"| {name} | {c.total:,.0f} | {H.ratio(c.total, base, 3)} | {params:,} |"
+            for name, c, params in grows
+        ]
+        result["gpt2"] = {name: c.total for name, c, _ in grows}
+    lines += suite_overhead(args, result, tokens=(8,), sizes=("tiny",))
+    return lines
 
 
-def host_overhead(iters: int) -> list[tuple[str, float]]:
-    """Forward + backward at 8 tokens of a layer whose compute is negligible: the time is host work."""
-    torch.set_num_threads(1)
-    layers = {
-        "nn.Linear 64": nn.Linear(64, 64),
-        "TTMLinear 64 (4,4,4) r=4": tiny_layer(),
-        "same, materialized": materialize(tiny_layer()),
-    }
-    rows = []
-    x = torch.randn(8, 64, requires_grad=True)
-    for name, layer in layers.items():
-        rows.append((name, _median_us(lambda layer=layer: layer(x).sum().backward(), iters)))
-    # per layer call inside a step of 12 layers (as GPT-2's 12 c_fc): the group's rebuild is shared
-    for name, stack in (
-        ("12 x nn.Linear 64, per layer", nn.ModuleList(nn.Linear(64, 64) for _ in range(12))),
-        (
-            "12 x TTMLinear materialized, per layer",
-            materialize(nn.ModuleList(tiny_layer() for _ in range(12))),
-        ),
-    ):
-        total = _median_us(
-            lambda stack=stack: sum(m(x).sum() for m in stack).backward(), max(iters // 12, 10)
+# --- suite: overhead ------------------------------------------------------------------------------------
+def overhead_layers(size: str) -> dict[str, nn.Module]:
+    if size == "tiny":  # compute is negligible: the time is the host overhead alone
+        return {
+            "nn.Linear 64": nn.Linear(64, 64),
+            "TTMLinear 64 (4,4,4) r=4": tiny_layer(),
+            "same, materialized": materialize(tiny_layer()),
+        }
+    out: dict[str, nn.Module] = {"nn.Linear 768->3072": nn.Linear(768, 3072)}
+    for rank in (16, 64):
+        out[f"TTMLinear paper r={rank}"] = TTMLinear(
+            768, 3072, rank=rank, in_shape=(8, 8, 12, 1), out_shape=(8, 8, 8, 6), clip_rank=False
         )
-        rows.append((name, total / 12))
-    return rows
+        out[f"TTMLinear 3-core r={rank}"] = TTMLinear(768, 3072, rank=rank, ncores=3)
+    return out
+
+
+def _calls(layers: dict[str, nn.Module], tokens: int) -> dict[str, Callable[[], Any]]:
+    calls: dict[str, Callable[[], Any]] = {}
+    for name, layer in layers.items():
+        features = layer[0].in_features if isinstance(layer, nn.ModuleList) else layer.in_features
+        x = torch.randn(tokens, int(features))
+        xg = x.clone().requires_grad_(True)
+        if isinstance(layer, nn.ModuleList):  # a group of 12: forward + backward only
+            calls[f"{name} fwd+bwd"] = lambda stack=layer, xg=xg: sum(m(xg).sum() for m in stack).backward()
+            continue
+        calls[f"{name} fwd"] = _no_grad(layer, x)
+        calls[f"{name} fwd+bwd"] = lambda layer=layer, xg=xg: layer(xg).sum().backward()
+    return calls
+
+
+def _no_grad(layer: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
+    def forward() -> Any:
+        with torch.no_grad():
+            return layer(x)
+
+    return forward
+
+
+def suite_overhead(
+    args: argparse.Namespace,
+    result: dict[str, Any],
+    tokens: tuple[int, ...] = (1, 8),
+    sizes: tuple[str, ...] = ("tiny", "full"),
+) -> list[str]:
+    torch.set_num_threads(1)
+    lines = ["", "## Host overhead per call, 1 thread (median of 5 samples of --iters calls)", ""]
+    lines += [
+        "| layer | tokens | fwd us | fwd+bwd us | fwd vs nn.Linear | fwd+bwd vs nn.Linear |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for size in sizes:
+        layers = overhead_layers(size)
+        if size == "tiny":
+            layers["12 x nn.Linear 64, per layer"] = nn.ModuleList(nn.Linear(64, 64) for _ in range(12))
+            layers["12 x TTMLinear materialized, per layer"] = materialize(
+                nn.ModuleList(tiny_layer() for _ in range(12))
+            )
+        for count_tokens in tokens:
+            measured = H.time_interleaved(
+                _calls(layers, count_tokens),
+                rounds=5,
+                min_rounds=5,
+                warmup=max(args.iters // 10, 10),
+                inner=args.iters,
+            )
+            us = {name: 1e6 * value for name, value in measured.median().items()}
+            for name, layer in layers.items():
+                per = 12 if isinstance(layer, nn.ModuleList) else 1
+                base = next(iter(layers)) if per == 1 else "12 x nn.Linear 64, per layer"
+                fwd, both = us.get(f"{name} fwd"), us[f"{name} fwd+bwd"] / per
+                base_both = us[f"{base} fwd+bwd"] / (12 if per == 12 else 1)
+                lines.append(
+                    f"| {name} | {count_tokens} | {H.number(fwd)} | {H.number(both)} | {H.ratio(fwd, us.get(f'{base} fwd'))} | {H.ratio(both, base_both)} |"
+                )
+                result.setdefault("host_us", {})[f"{name}, {count_tokens} tokens"] = both
+    if args.profile:
+        lines += [
+            "",
+            "## cProfile, TTMLinear 64 (4,4,4) r=4, 8 tokens, forward+backward, 500 calls, by tottime",
+            "",
+            "```",
+            profile(tiny_layer(), 8, 500, args.top or 25),
+            "```",
+        ]
+    return lines
+
+
+def profile(layer: nn.Module, tokens: int, iters: int, top: int) -> str:
+    x = torch.randn(tokens, int(layer.in_features), requires_grad=True)
+    for _ in range(20):
+        layer(x).sum().backward()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(iters):
+        layer(x).sum().backward()
+    prof.disable()
+    stream = io.StringIO()
+    pstats.Stats(prof, stream=stream).sort_stats("tottime").print_stats(top)
+    return stream.getvalue()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--suite", choices=("ops", "overhead"), default="ops")
     parser.add_argument("--layer-tokens", type=int, default=8192)
     parser.add_argument("--gpt2-tokens", type=int, default=1024)
     parser.add_argument("--iters", type=int, default=2000, help="host-overhead calls per sample")
     parser.add_argument("--skip-gpt2", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="overhead: add a cProfile breakdown")
+    parser.add_argument(
+        "--top", type=int, default=0, help="the N most frequent ops (or profile lines) per case"
+    )
     parser.add_argument("--json", help="also write the figures here")
-    parser.add_argument("--top", type=int, default=0, help="print the N most frequent ops of each case")
+    parser.add_argument("--out", default=None, help="also write the report (markdown) here")
     args = parser.parse_args()
-    result: dict = {"machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}"}
-    print(result["machine"])
-
-    print(f"\none layer call, forward + backward, {args.layer_tokens:,} tokens, non-view aten ops:")
-    rows = layer_ops(args.layer_tokens)
-    for name, counter in rows:
-        base = (rows[-2] if "per layer" in name else rows[0])[1].total
-        print(f"  {name:<48} {counter.total:7.1f} ops  {counter.total / base:5.2f}x nn.Linear")
-        if args.top:
-            print("    " + ", ".join(f"{k} {v:.3g}" for k, v in counter.ops.most_common(args.top)))
-    result["layer"] = {name: c.total for name, c in rows}
-
-    if not args.skip_gpt2:
-        print(f"\nGPT-2 small training step, {args.gpt2_tokens:,} tokens (AdamW foreach), non-view aten ops:")
-        grows = gpt2_ops(args.gpt2_tokens)
-        base = grows[0][1].total
-        for name, counter, params in grows:
-            print(
-                f"  {name:<18} {counter.total:6d} ops  {counter.total / base:5.3f}x dense  {params:,} params"
-            )
-            if args.top:
-                print("    " + ", ".join(f"{k} {v:.3g}" for k, v in counter.ops.most_common(args.top)))
-        result["gpt2"] = {name: c.total for name, c, _ in grows}
-
-    print("\nhost overhead, forward + backward at 8 tokens, 1 thread (median of 5):")
-    hrows = host_overhead(args.iters)
-    for name, us in hrows:
-        base = hrows[3][1] if "per layer" in name else hrows[0][1]
-        print(f"  {name:<40} {us:7.1f} us  {us / base:5.2f}x nn.Linear")
-    result["host_us"] = dict(hrows)
+    torch.manual_seed(0)
+    result: dict[str, Any] = {}
+    lines = ["# Dispatched ops and host overhead per call (CPU)", ""]
+    lines += suite_ops(args, result) if args.suite == "ops" else suite_overhead(args, result)
+    lines += ["", *H.machine()]
+    print("\n".join(lines))
+    H.write_report(args.out, lines)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 

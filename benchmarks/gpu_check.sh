@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One prepared GPU pass (device machine: python3 with torch + transformers, no network), under ~9.5 minutes:
-# the CUDA tests, the TT-layer benchmark (gpu_layers.py; LAYERS_S=0 skips it), the GPT-2 training-step
+# the CUDA tests, the TT-layer benchmark (bench_layers.py --device cuda; LAYERS_S=0 skips it), the GPT-2 training-step
 # benchmark eager (dense, TTM materialized, TTM per-layer, save_weight), then dense and TTM compiled with CUDA
 # graphs (GPT2C_S=0 skips it). Wheels the image lacks are carried in .gpu_wheels/.
 set -u
@@ -16,7 +16,7 @@ if [ "${LAYERS_S:-120}" != 0 ]; then  # TT layers vs dense and peers (peers from
   for wheel in .gpu_wheels/tensorly-*.whl .gpu_wheels/tensorly_torch-*.whl; do
     [ -f "$wheel" ] && python3 -m pip install -q --no-deps --no-index "$wheel"
   done
-  timeout "${LAYERS_S:-120}" python3 benchmarks/gpu_layers.py 2>&1 | tee "$out/gpu_layers.txt"
+  timeout "${LAYERS_S:-120}" python3 benchmarks/bench_layers.py --device cuda 2>&1 | tee "$out/gpu_layers.txt"
 fi
 if [ -f benchmarks/gpu_gpt2.py ]; then
   timeout "${GPT2_S:-180}" python3 benchmarks/gpu_gpt2.py ${GPT2_ARGS:-} 2>&1 | tee "$out/gpu_gpt2.txt"
