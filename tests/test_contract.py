@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import tensornet as tn
 from tensornet import contract
 
-# The paper's c_fc 768 -> 3072 core shapes (r, out_k, in_k, r') for each rank (REFERENCE.md).
+# The paper's c_fc 768 -> 3072 core shapes as (in_k, out_k) pairs for each rank (docs/reference.md).
 PAPER = {
     16: ((4, 4), (4, 4), (4, 4), (4, 4), (3, 12)),
     32: ((8, 8), (8, 8), (12, 8), (1, 6)),

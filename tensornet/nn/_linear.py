@@ -57,8 +57,9 @@ class TTMLinear(TTCoresModule):
         rebuilds W and the backward works from the dense W (the plans for many tokens), the forward
         keeps W (if the input needs a gradient) and the two halves of its product (if the cores do),
         so the backward skips one rebuild, for ``M * N`` more saved entries per call (plus the halves),
-        as tensorly-torch's reconstructed layers keep (timings: ``benchmarks/results/layers.md``). Under ``torch.compile`` the default saves at most
-        the input and the cores too; with True the compiler may keep W and chooses what else to keep.
+        as tensorly-torch's reconstructed layers keep (timings: ``benchmarks/results/layers.md``). Under
+        ``torch.compile`` the default saves at most the input and the cores too; with True the compiler
+        may keep W and chooses what else to keep.
 
     The forward is :func:`tensornet.linear` (the contraction path is chosen per shape); inputs may have any
     leading dimensions. Under ``torch.autocast`` the input, cores and bias are cast to the autocast dtype,

@@ -195,7 +195,8 @@ def materialize(model: nn.Module, enabled: bool = True) -> nn.Module:
     first layer call of a step rebuilds W for the whole group in one batched pass, and every layer runs
     ``F.linear`` on its W; autograd forms all the groups' core gradients in one batched pass too. Decoding
     and small batches, ``torch.no_grad()`` and ``torch.compile`` keep the per-layer path. Results equal
-    the per-layer path's (the same products, batched). Models from :func:`tensornet.nn.tensorize` and ``tensornet.gpt2.tensorize`` have it on.
+    the per-layer path's (the same products, batched). Models from :func:`tensornet.nn.tensorize` and
+    ``tensornet.gpt2.tensorize`` have it on.
 
     Memory: a group holds its rebuilt W from the first layer call of a step until the backward has used
     it: at most the dense model's weight bytes (half under bf16 autocast), where the per-layer path saves
