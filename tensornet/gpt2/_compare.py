@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import math
 import multiprocessing
 import platform
 import warnings
@@ -14,8 +13,9 @@ import torch
 from tensornet.nn import RankClipWarning
 
 from ._checkpoint import load_token_file
-from ._files import atomic_write, write_json
+from ._files import write_json
 from ._model import build_model, gpt2_config
+from ._plot import plot_losses
 from ._tensorize import lowrank, lowrank_rank_for, nparams, tensorize
 from ._train import TrainConfig, train
 
@@ -134,43 +134,3 @@ def table(summary: dict) -> str:
             f"{r['ppl_vs_dense_percent']:+.1f}% | {r['tokens_per_s']:,.0f} | {r['peak_memory_mib']:,.0f} |"
         )
     return "\n".join(lines)
-
-
-def plot_losses(results: list[dict], path: Path, *, tokens_per_step: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in results:
-        loss = r["loss"]
-        window = max(1, len(loss) // 50)
-        smooth = [
-            sum(loss[max(0, i - window + 1) : i + 1]) / len(loss[max(0, i - window + 1) : i + 1])
-            for i in range(len(loss))
-        ]
-        (line,) = ax.plot(
-            [(i + 1) * tokens_per_step for i in range(len(loss))],
-            smooth,
-            label=f"{r['variant']} train ({r['params']:,} params)",
-            lw=1.2,
-        )
-        if r["val"]:
-            ax.plot(
-                [s * tokens_per_step for s, _ in r["val"]],
-                [v for _, v in r["val"]],
-                "o--",
-                color=line.get_color(),
-                label=f"{r['variant']} val (ppl {r['val_ppl']:.1f})",
-            )
-    ax.set_xlabel("training tokens")
-    ax.set_ylabel("loss (nats / token)")
-    finite = [v for r in results for v in r["loss"] if math.isfinite(v)]
-    if finite:
-        ax.set_ylim(min(finite) * 0.95, min(max(finite), min(finite) * 2.2))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, dpi=120, format="png"))
-    plt.close(fig)
