@@ -130,3 +130,17 @@ def test_count_label():
         "1.5M",
         "2B",
     ]
+
+
+def test_compare_run_folder_owns_the_svg(tmp_path):
+    """The SVG is one of compare's outputs: it marks the folder as used and --overwrite replaces it."""
+    from tensornet.gpt2._files import RunFolder, check_run_folder
+
+    out = tmp_path / "run"
+    with RunFolder.open(out, kind="compare"):
+        plot_losses(_results(steps=20), out / "loss_curves.png", tokens_per_step=10)
+    (out / "loss_curves.png").unlink()  # only the SVG is left of the earlier run
+    with pytest.raises(FileExistsError, match=r"loss_curves\.svg"):
+        check_run_folder(out, kind="compare")
+    with RunFolder.open(out, kind="compare", overwrite=True):
+        assert not (out / "loss_curves.svg").exists()

@@ -296,7 +296,7 @@ MODEL_MARK = "tensornet-model.json"  # save_model's mark: --overwrite replaces o
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", MODEL_MARK)  # what save_model writes
 OUTPUTS = {
     "train": ("checkpoint.safetensors", "log.jsonl", *(f"model/{f}" for f in MODEL_FILES)),
-    "compare": ("results.json", "loss_curves.png", "tokens.safetensors"),
+    "compare": ("results.json", "loss_curves.png", "loss_curves.svg", "tokens.safetensors"),
 }
 _HELD: dict[Path, RunFolder] = {}
 
