@@ -1,4 +1,4 @@
-"""``python -m tensornet``: a one-minute tour of TT-SVD and rounding on the CPU.
+"""``python -m tensornet``: a tour of TT-SVD and rounding on the CPU, a few seconds long.
 
 Decomposes a smooth function sampled on a grid and a random TT-matrix, and prints ranks, the
 achieved error against the eps guarantee, compression and timings.
