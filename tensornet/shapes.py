@@ -182,6 +182,3 @@ def useful_ranks(mode_sizes: Sequence[int]) -> tuple[int, ...]:
         return ()
     sizes = _checks.check_shape("useful_ranks", "mode_sizes", mode_sizes)
     return tuple(min(math.prod(sizes[: k + 1]), math.prod(sizes[k + 1 :])) for k in range(len(sizes) - 1))
-
-
-max_ranks = useful_ranks  # TODO(issue 15): remove once gpt2 uses useful_ranks

@@ -210,6 +210,8 @@ def test_cli_errors_are_clear(tmp_path, capsys, make, args, message):
             "20000",
             "--steps",
             "2",
+            "--warmup",
+            "1",
             "--batch-size",
             "2",
             "--no-progress",

@@ -567,12 +567,12 @@ def test_resume_with_other_settings_names_the_setting(shared, tmp_path, capsys):
 
 
 def test_interrupted_compare_does_not_advise_resume(shared, tmp_path, capsys, monkeypatch):
-    from tensornet.gpt2 import _cli
+    from tensornet.gpt2 import _data
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(_cli._data, "load_corpus", interrupt)
+    monkeypatch.setattr(_data, "load_corpus", interrupt)
     argv = [
         *COMPARE,
         "--rank",

@@ -19,6 +19,7 @@ from tensornet.gpt2 import (
     _data,
     _files,
     _model,
+    _resume,
     _train,
     build_model,
     gpt2_config,
@@ -377,15 +378,10 @@ def test_crafted_checkpoints_are_refused_before_the_tokens(shared, tmp_path, cap
     config = gpt2_config(vocab_size=tokenizer.get_vocab_size(), block_size=16, n_layer=1, n_embd=32, n_head=2)
     cfg = _train.TrainConfig(steps=3, batch_size=4, block_size=16, lr=1e-3, warmup=2)
     model = build_model(config)
-    signature = _train._signature(cfg, load_checkpoint(run / "checkpoint.safetensors")["signature"])
+    signature = _resume.signature(cfg, load_checkpoint(run / "checkpoint.safetensors")["signature"])
     with pytest.raises(ValueError, match="does not fit this run"):
-        _train._restore(
-            run / "checkpoint.safetensors",
-            signature,
-            model,
-            _train.make_optimizer(model, cfg),
-            _train.History(),
-            cfg,
+        _resume.restore(
+            run / "checkpoint.safetensors", signature, model, _train.make_optimizer(model, cfg), cfg
         )
 
 

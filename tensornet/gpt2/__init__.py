@@ -5,40 +5,54 @@ GPT-2 is Hugging Face transformers' ``GPT2LMHeadModel``, built from a ``GPT2Conf
 from the existing weights, reproducing the parameter counts of Chekalina et al. 2023 with ``shapes="paper"``;
 ``save_model``/``load_model`` round-trip a tensorized model through a ``save_pretrained``-style folder, its
 ``config.json`` recording how it was tensorized (``TensorizeConfig``).
+
+The names are imported on first use (torch and transformers load then), so ``python -m tensornet.gpt2 --help``
+answers at once.
 """
 
-from tensornet.nn import LayerReport, TensorizeReport
-from tensornet.nn._head import TiedTTHead
+from __future__ import annotations
 
-from ._data import Corpus, load_corpus, load_tokenizer, stdlib_corpus, train_tokenizer
-from ._lowrank import LowRankLinear
-from ._model import PRESETS, build_model, gpt2_config, load_model, save_model
-from ._tensorize import TensorizeConfig, balanced_shapes, layer_shapes, lowrank, paper_shapes, tensorize
-from ._train import History, TrainConfig, evaluate, train
+import importlib
+from typing import Any
 
-__all__ = [
-    "PRESETS",
-    "Corpus",
-    "History",
-    "LayerReport",
-    "LowRankLinear",
-    "TensorizeConfig",
-    "TensorizeReport",
-    "TiedTTHead",
-    "TrainConfig",
-    "balanced_shapes",
-    "build_model",
-    "evaluate",
-    "gpt2_config",
-    "layer_shapes",
-    "load_corpus",
-    "load_model",
-    "load_tokenizer",
-    "lowrank",
-    "paper_shapes",
-    "save_model",
-    "stdlib_corpus",
-    "tensorize",
-    "train",
-    "train_tokenizer",
-]
+# public name -> the module that defines it
+_HOMES = {
+    "LayerReport": "tensornet.nn",
+    "TensorizeReport": "tensornet.nn",
+    "TiedTTHead": "tensornet.nn",
+    "Corpus": "._data",
+    "load_corpus": "._data",
+    "load_tokenizer": "._data",
+    "stdlib_corpus": "._data",
+    "train_tokenizer": "._data",
+    "LowRankLinear": "._lowrank",
+    "PRESETS": "._config",
+    "TrainConfig": "._config",
+    "build_model": "._model",
+    "gpt2_config": "._model",
+    "load_model": "._model",
+    "save_model": "._model",
+    "TensorizeConfig": "._tensorize",
+    "balanced_shapes": "._tensorize",
+    "layer_shapes": "._tensorize",
+    "lowrank": "._tensorize",
+    "paper_shapes": "._tensorize",
+    "tensorize": "._tensorize",
+    "History": "._train",
+    "evaluate": "._train",
+    "train": "._train",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'tensornet.gpt2' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home, __name__), name)
+    globals()[name] = value  # once imported, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOMES))

@@ -6,13 +6,16 @@ import concurrent.futures
 import multiprocessing
 import platform
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from queue import Empty
 
 import torch
 
 from tensornet.nn import RankClipWarning
 
 from ._checkpoint import load_token_file
+from ._data import eval_token_count
 from ._files import write_json
 from ._model import build_model, gpt2_config
 from ._plot import plot_losses
@@ -44,19 +47,33 @@ def build_variant(spec: dict):
     return model, report
 
 
-def run_variant(spec: dict) -> dict:
-    """Train one variant (run in a fresh process so its peak memory is its own) and return its results."""
+_PROGRESS = None  # in a worker process: the queue its training steps are reported on
+
+
+def _start_worker(queue) -> None:
+    global _PROGRESS
+    _PROGRESS = queue
+
+
+def run_variant(spec: dict, on_step: Callable[[str, int, float], None] | None = None) -> dict:
+    """Train one variant (run in a fresh process so its peak memory is its own) and return its results.
+    ``on_step(variant, step, loss)`` follows the training (in a worker: the queue it was started with)."""
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     train_ids, val_ids = load_token_file(Path(spec["tokens"]), spec["config"]["vocab_size"], "compare")
     model, report = build_variant(spec)
     cfg = TrainConfig(**spec["train"])
-    history = train(model, train_ids, val_ids, cfg, device=spec["device"])
+    variant, queue = spec["variant"], _PROGRESS
+    if on_step is None and queue is not None:
+        on_step = lambda *event: queue.put(event)  # noqa: E731
+    step = None if on_step is None else lambda s, loss: on_step(variant, s, loss)
+    history = train(model, train_ids, val_ids, cfg, device=spec["device"], on_step=step)
     return {
-        "variant": spec["variant"],
+        "variant": variant,
         "params": nparams(model),
         "val_loss": history.val[-1][1],
         "val_ppl": history.val_ppl,
+        "val_tokens": eval_token_count(val_ids.numel(), cfg.block_size, cfg.eval_tokens or None),
         "tokens_per_s": history.tokens_per_s,
         "peak_memory_mib": history.peak_memory_mib,
         "train_seconds": history.train_seconds,
@@ -67,6 +84,26 @@ def run_variant(spec: dict) -> dict:
     }
 
 
+def _in_worker(spec: dict, on_step) -> dict:
+    """``run_variant`` in a fresh process, its steps relayed to ``on_step`` while it trains."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    with concurrent.futures.ProcessPoolExecutor(
+        1, mp_context=ctx, initializer=_start_worker, initargs=(queue,)
+    ) as pool:
+        future = pool.submit(run_variant, spec)
+        while True:
+            try:
+                event = queue.get(timeout=0.2)
+            except Empty:
+                if future.done():
+                    break
+                continue
+            if on_step is not None:
+                on_step(*event)
+        return future.result()
+
+
 def mlp_params_per_layer(spec: dict) -> int:
     """Parameters of one tensorized c_fc in the TTM variant (to size the low-rank baseline)."""
     with torch.device("meta"):
@@ -74,9 +111,19 @@ def mlp_params_per_layer(spec: dict) -> int:
     return report.layers[0].params_after
 
 
-def compare(spec: dict, *, out: Path, variants=("dense", "ttm", "lowrank"), isolate: bool = True) -> dict:
+def compare(
+    spec: dict,
+    *,
+    out: Path,
+    variants=("dense", "ttm", "lowrank"),
+    isolate: bool = True,
+    on_step: Callable[[str, int, float], None] | None = None,
+    on_result: Callable[[dict], None] | None = None,
+) -> dict:
     """Train each variant on the token file ``spec["tokens"]``; write ``results.json`` and ``loss_curves.png`` to
-    ``out``, an existing folder (the CLI opens it as a run folder, with its checks and lock)."""
+    ``out``, an existing folder (the CLI opens it as a run folder, with its checks and lock). ``isolate``: each
+    variant in a fresh process (its own peak memory). ``on_step(variant, step, loss)`` follows the training,
+    ``on_result(result)`` is called as each variant finishes."""
     width = spec["config"]["n_embd"]
     if "lowrank" in variants:
         ttm_layer = mlp_params_per_layer(spec)
@@ -84,12 +131,9 @@ def compare(spec: dict, *, out: Path, variants=("dense", "ttm", "lowrank"), isol
     results = []
     for variant in variants:
         vspec = {**spec, "variant": variant}
-        if isolate:
-            ctx = multiprocessing.get_context("spawn")
-            with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
-                results.append(pool.submit(run_variant, vspec).result())
-        else:
-            results.append(run_variant(vspec))
+        results.append(_in_worker(vspec, on_step) if isolate else run_variant(vspec, on_step))
+        if on_result is not None:
+            on_result(results[-1])
     dense = next((r for r in results if r["variant"] == "dense"), results[0])
     for r in results:
         r["percent_of_dense"] = 100 * r["params"] / dense["params"]
@@ -119,8 +163,10 @@ def machine_description(device: str) -> str:
 
 def table(summary: dict) -> str:
     """The paper-style markdown table of a ``compare`` summary."""
+    cuda = str(summary["spec"].get("device", "cpu")).startswith("cuda")
+    memory = "peak allocated CUDA memory (MiB)" if cuda else "peak RSS of its process (MiB)"
     lines = [
-        "| model | params | % of dense | val perplexity | vs dense | tokens/s | peak memory (MiB) |",
+        f"| model | params | % of dense | val perplexity | vs dense | tokens/s | {memory} |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in summary["results"]:

@@ -454,3 +454,10 @@ def val_batches(tokens: torch.Tensor, *, block_size: int, max_tokens: int | None
         )
     idx = torch.arange(n)[:, None] * block_size + torch.arange(block_size + 1)[None, :]
     return tokens[idx]
+
+
+def eval_token_count(ntokens: int, block_size: int, max_tokens: int | None = None) -> int:
+    """How many tokens an evaluation of ``ntokens`` validation tokens predicts: ``val_batches``'s windows times
+    ``block_size`` (the last token of the stream starts no window; ``max_tokens`` caps the tokens used)."""
+    usable = ntokens - 1 if max_tokens is None else min(ntokens - 1, max_tokens)
+    return max(usable, 0) // block_size * block_size

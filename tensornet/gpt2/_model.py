@@ -15,14 +15,8 @@ import torch
 from torch import nn
 
 from . import _checkpoint, _files
+from ._config import PRESETS
 from ._tensorize import TensorizeConfig
-
-# name -> (n_layer, n_embd, n_head); GPT-2 small and medium as published, "tiny" for CPU runs.
-PRESETS: dict[str, tuple[int, int, int]] = {
-    "tiny": (4, 256, 4),
-    "small": (12, 768, 12),
-    "medium": (24, 1024, 16),
-}
 
 
 def gpt2_config(

@@ -21,19 +21,12 @@ from torch import nn
 
 import tensornet as tn
 from tensornet import _checks
-from tensornet.nn import LayerReport, Rule, TensorizeReport
+from tensornet.nn import LayerReport, Rule, TensorizeReport, TiedTTHead
 from tensornet.nn import tensorize as nn_tensorize
-from tensornet.nn._head import TiedTTHead
 from tensornet.nn._hf import dense_weight
 
+from ._config import LAYER_GROUPS, SHAPE_KEYS
 from ._lowrank import LowRankLinear
-
-# module names inside each GPT2Block, per layer group; "wte" names the token embedding in `shapes`
-LAYER_GROUPS: dict[str, tuple[str, ...]] = {
-    "mlp": ("mlp.c_fc", "mlp.c_proj"),
-    "attn": ("attn.c_attn", "attn.c_proj"),
-}
-SHAPE_KEYS = (*(key for keys in LAYER_GROUPS.values() for key in keys), "wte")
 
 Pairs = tuple[tuple[int, int], ...]  # ((m_1, n_1), ..., (m_d, n_d)): a (prod m, prod n) weight
 

@@ -7,11 +7,11 @@ import contextlib
 import json
 import math
 import os
-import random
 import resource
 import time
+import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -19,70 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import _checkpoint, _files
+from . import _checkpoint, _files, _resume
+from ._config import TrainConfig
 from ._data import train_batch, val_batches
 
-CHECKPOINT = "checkpoint.safetensors"
-LEGACY_CHECKPOINT = "checkpoint.pt"  # pickle, written by tensornet before 0.2: refused, never loaded
-LOG = "log.jsonl"
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation settings. Defaults are the paper's GPT-2 small recipe except the step count and batch."""
-
-    steps: int = 1000
-    batch_size: int = 16  # sequences per optimizer step, over all processes
-    block_size: int = 512
-    lr: float = 6.25e-5
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    warmup: int = 4000
-    weight_decay: float = 1e-4
-    beta1: float = 0.9
-    beta2: float = 0.999
-    clip: float = 1.0  # max gradient norm; 0 disables
-    # learning-rate multiplier for the TT cores (TTMLinear, TTEmbedding): a product of cores moves W less
-    # per Adam step than a dense matrix (see make_optimizer)
-    tt_lr_scale: float = 1.0
-    seed: int = 0
-    eval_every: int = 0  # 0: only at the end
-    eval_tokens: int = 65536  # validation tokens per evaluation (None-like when <= 0: all)
-    checkpoint_every: int = 0  # 0: only at the end (when out is set)
-    compile: bool = False
-
-    def check(self) -> None:
-        """Raise ValueError naming the first setting out of its range."""
-
-        def bad(name: str, rule: str) -> ValueError:
-            return ValueError(f"TrainConfig: {name} must be {rule}, got {getattr(self, name)!r}")
-
-        for name in ("steps", "batch_size", "block_size"):
-            if getattr(self, name) < 1:
-                raise bad(name, ">= 1")
-        for name in ("warmup", "eval_every", "checkpoint_every", "seed"):
-            if getattr(self, name) < 0:
-                raise bad(name, ">= 0")
-        for name in ("weight_decay", "clip"):
-            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
-                raise bad(name, ">= 0 and finite")
-        for name in ("lr", "tt_lr_scale"):
-            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
-                raise bad(name, "> 0 and finite")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise bad("min_lr_ratio", "in [0, 1]")
-        for name in ("beta1", "beta2"):
-            if not 0 <= getattr(self, name) < 1:
-                raise bad(name, "in [0, 1)")
-
-    def lr_at(self, step: int) -> float:
-        """Learning rate of optimizer step ``step`` (0-based): linear warmup, then cosine to lr * min_lr_ratio."""
-        if step < self.warmup:
-            return self.lr * (step + 1) / self.warmup
-        decay_steps = max(self.steps - self.warmup, 1)
-        progress = min((step - self.warmup) / decay_steps, 1.0)
-        return self.lr * (
-            self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-        )
+# torch.compile warns when it traces through a functools.lru_cache; tensornet's caches map core shapes to plans
+# (pure functions of their arguments), so tracing through them gives the same graph: silenced while compiling
+DYNAMO_CACHE_WARNING = "Dynamo detected a call to a `functools.lru_cache`"
 
 
 @dataclass
@@ -234,77 +177,6 @@ def evaluate(
     return total / count
 
 
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """The settings that differ between two signatures, as ``name: checkpoint X, now Y`` (nested names dotted)."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        out: list[str] = []
-        for key in sorted(set(old) | set(new), key=str):
-            out += _diff(old.get(key, "<unset>"), new.get(key, "<unset>"), f"{prefix}{key}.")
-        return out
-    if old == new:
-        return []
-    return [f"{prefix.rstrip('.')}: checkpoint {old!r}, now {new!r}"]
-
-
-def _signature_mismatch(path: Path, old: Any, new: dict) -> ValueError | None:
-    diff = _diff(old, new)
-    if not diff:
-        return None
-    more = f" (and {len(diff) - 5} more)" if len(diff) > 5 else ""
-    return ValueError(
-        f"--resume: {str(path)!r} was written by a run with different settings: {'; '.join(diff[:5])}{more}. "
-        "Resume with the original settings, or start a new run in another --out"
-    )
-
-
-def check_resume(out: str | os.PathLike, cfg: TrainConfig | None = None, stop_at: int | None = None) -> None:
-    """Cheap checks before any data is loaded: ``out`` holds a tensornet checkpoint (format and version; the
-    checksum is verified when ``train`` loads it), written with the same optimisation settings as ``cfg``
-    (when given), at a step not after ``stop_at``."""
-    path = Path(out) / CHECKPOINT
-    what = _files.not_a_file(path)
-    if what is not None and what != "does not exist":
-        raise ValueError(
-            f"--resume: the checkpoint {str(path)!r} {what}; restore the file, or start the run over with "
-            "--overwrite"
-        )
-    if not path.is_file():
-        legacy = Path(out) / LEGACY_CHECKPOINT
-        if legacy.is_file():
-            raise ValueError(f"--resume: {str(legacy)!r} is a pickle checkpoint: {_files.PICKLE_NOTE}")
-        if (Path(out) / LOG).is_file():  # a run killed before its first checkpoint
-            raise FileNotFoundError(
-                f"--resume: no checkpoint at {str(path)!r}: the run there stopped before its first checkpoint; "
-                "start it over with --overwrite"
-            )
-        raise FileNotFoundError(f"--resume: no checkpoint at {str(path)!r}; run without --resume to start")
-    skeleton = _checkpoint.checkpoint_metadata(path, "--resume")["skeleton"]
-    if not isinstance(skeleton, dict) or not isinstance(skeleton.get("signature"), dict):
-        raise ValueError(f"--resume: {str(path)!r} is not a tensornet training checkpoint (no settings)")
-    if cfg is not None:
-        now = {"train": _signature(cfg, None)["train"]}
-        err = _signature_mismatch(path, {"train": skeleton["signature"].get("train")}, now)
-        if err is not None:
-            raise err
-    step = skeleton.get("step")
-    if stop_at is not None and isinstance(step, int) and stop_at < step:
-        raise ValueError(f"--stop-at {stop_at} is before the checkpoint's step {step} in {str(path)!r}")
-
-
 class RunLog:
     """``log.jsonl``: one line per optimizer step (``step``, ``loss``, ``lr``) and per evaluation (``step``,
     ``val_loss``, ``val_ppl``), numbers only (no timings), so a run resumed from a checkpoint has exactly the
@@ -361,180 +233,6 @@ def peak_memory_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _signature(cfg: TrainConfig, extra: dict | None) -> dict:
-    """What must not change between a checkpoint and its resume: the optimisation settings that shape the
-    losses (not eval/checkpoint frequency or compilation) and the caller's model/data description."""
-    train_settings = asdict(cfg)
-    for name in ("eval_every", "checkpoint_every", "compile"):
-        train_settings.pop(name)
-    return {"train": train_settings, **(extra or {})}
-
-
-_CHECKPOINT_KEYS = ("model", "optimizer", "step", "history", "rng", "signature")
-# AdamW settings that shape the updates, and the flags that set them (eps and the rest are fixed by the code)
-_OPTIMIZER_SETTINGS = {
-    "betas": "--beta1/--beta2",
-    "weight_decay": "--weight-decay",
-    "lr_scale": "--tt-lr-scale",
-    "eps": "AdamW's eps",
-    "amsgrad": "AdamW's amsgrad",
-    "maximize": "AdamW's maximize",
-}
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _check_checkpoint(path: Path, ckpt: dict, model: nn.Module, optimizer, cfg: TrainConfig) -> None:
-    """Everything in ``ckpt`` that ``_restore`` loads, against this run: the step (an integer in [0, steps])
-    and its history, the model's tensor names, shapes and dtypes, the optimizer's groups (their AdamW
-    settings must be this run's) and state shapes, the RNG states. Works on the real tensors or on the
-    header's ``meta`` tensors (``checkpoint_outline``)."""
-
-    def bad(why: str) -> ValueError:
-        return ValueError(
-            f"--resume: {str(path)!r} does not fit this run: {why}; resume with the settings that wrote it, or "
-            "start a new run in another --out"
-        )
-
-    missing = [k for k in _CHECKPOINT_KEYS if k not in ckpt]
-    if missing:
-        raise ValueError(f"--resume: {str(path)!r} is not a tensornet training checkpoint (no {missing})")
-    step = ckpt["step"]
-    if not (isinstance(step, int) and not isinstance(step, bool) and 0 <= step <= cfg.steps):
-        raise bad(f"its step {step!r} is not an integer in [0, --steps {cfg.steps}]")
-    history = ckpt["history"]
-    if not (isinstance(history, dict) and isinstance(history.get("loss"), list)):
-        raise bad("it has no list of training losses")
-    loss, val = history["loss"], history.get("val")
-    if len(loss) != step or not all(_number(v) for v in loss):
-        raise bad(f"it records {len(loss)} losses for step {step} (or losses that are not finite numbers)")
-    if not (
-        isinstance(val, list)
-        and all(
-            isinstance(e, (list, tuple))
-            and len(e) == 2
-            and _number(e[0])
-            and isinstance(e[0], int)
-            and _number(e[1])
-            for e in val
-        )
-        and [e[0] for e in val] == sorted({e[0] for e in val})
-        and all(1 <= e[0] <= step for e in val)
-    ):
-        raise bad("its evaluations are not (step, loss) pairs at increasing steps up to its step")
-    state, own = ckpt["model"], model.state_dict()
-    if not isinstance(state, dict) or set(state) != set(own):
-        names = sorted(map(str, set(state) ^ set(own))) if isinstance(state, dict) else ["not a state dict"]
-        raise bad(f"its model tensors differ from this model's ({', '.join(names[:5])})")
-    for name, tensor in own.items():
-        saved = state[name]
-        if not (
-            isinstance(saved, torch.Tensor) and saved.shape == tensor.shape and saved.dtype == tensor.dtype
-        ):
-            what = f"{tuple(saved.shape)} {saved.dtype}" if isinstance(saved, torch.Tensor) else type(saved)
-            raise bad(f"its {name} is {what}, this model's is {tuple(tensor.shape)} {tensor.dtype}")
-    opt = ckpt["optimizer"]
-    groups = opt.get("param_groups") if isinstance(opt, dict) else None
-    saved_state = opt.get("state") if isinstance(opt, dict) else None
-    if not (isinstance(groups, list) and isinstance(saved_state, dict)):
-        raise bad("its optimizer state is not AdamW's (param_groups and state)")
-    if len(groups) != len(optimizer.param_groups):
-        raise bad(
-            f"its optimizer has {len(groups)} parameter groups, this run's {len(optimizer.param_groups)}"
-        )
-    params: dict[Any, torch.Tensor] = {}
-    for i, (saved_group, group) in enumerate(zip(groups, optimizer.param_groups)):
-        ids = saved_group.get("params") if isinstance(saved_group, dict) else None
-        if not (isinstance(ids, list) and len(ids) == len(group["params"])):
-            raise bad(f"its optimizer group {i} does not hold this run's {len(group['params'])} parameters")
-        for key, flag in _OPTIMIZER_SETTINGS.items():
-            if key in group and saved_group.get(key) != group[key]:
-                raise bad(
-                    f"its optimizer group {i} has {key} {saved_group.get(key)!r}, this run {group[key]!r} "
-                    f"({flag})"
-                )
-        params.update(zip(ids, group["params"]))
-    for key, entry in saved_state.items():
-        param = params.get(key)
-        if param is None or not isinstance(entry, dict):
-            raise bad(f"its optimizer state {key!r} belongs to no parameter of this run")
-        for name, value in entry.items():
-            if name == "step":
-                if not (_number(value) or (isinstance(value, torch.Tensor) and value.numel() == 1)):
-                    raise bad(f"its optimizer state {key!r} has step {value!r}")
-            elif not (
-                isinstance(value, torch.Tensor) and value.shape == param.shape and value.is_floating_point()
-            ):
-                what = (
-                    f"{tuple(value.shape)} {value.dtype}" if isinstance(value, torch.Tensor) else type(value)
-                )
-                raise bad(
-                    f"its optimizer state {key!r} has {name} {what}, for a parameter of shape "
-                    f"{tuple(param.shape)}"
-                )
-    rng = ckpt["rng"]
-    if not (
-        isinstance(rng, dict)
-        and isinstance(rng.get("torch"), torch.Tensor)
-        and rng["torch"].dtype == torch.uint8
-        and rng["torch"].shape == torch.get_rng_state().shape
-        and isinstance(rng.get("python"), tuple)
-    ):
-        raise bad("its random-number-generator states are not torch's and Python's")
-
-
-def check_checkpoint_fits(
-    out: str | os.PathLike, model: nn.Module, cfg: TrainConfig, signature: dict
-) -> None:
-    """Before any tokens are loaded: the checkpoint in ``out`` (its header: shapes and settings, no tensor data
-    and no checksum) fits ``model`` and ``cfg`` and was written with ``signature``."""
-    path = Path(out) / CHECKPOINT
-    outline = _checkpoint.checkpoint_outline(path, "--resume")
-    try:
-        if not isinstance(outline.get("signature"), dict):
-            raise ValueError(f"--resume: {str(path)!r} is not a tensornet training checkpoint (no settings)")
-        mismatch = _signature_mismatch(path, outline["signature"], _signature(cfg, signature))
-        if mismatch is not None:
-            raise mismatch
-        _check_checkpoint(path, outline, model, make_optimizer(model, cfg), cfg)
-    except ValueError:
-        _checkpoint.load_checkpoint(path, "--resume")  # damage rather than a mismatch: the checksum says so
-        raise
-
-
-def _restore(
-    path: Path, signature: dict, model: nn.Module, optimizer, history: History, cfg: TrainConfig
-) -> int:
-    """Load ``path`` into the model, optimizer, history and RNGs; return the step to continue from. Everything
-    is checked first (``_check_checkpoint``); the optimizer keeps this run's AdamW settings."""
-    if not path.is_file():
-        check_resume(path.parent)  # raises the right message (none there, or an old pickle checkpoint)
-    ckpt = _checkpoint.load_checkpoint(path, "--resume")
-    if not isinstance(ckpt.get("signature"), dict):
-        raise ValueError(f"--resume: {str(path)!r} is not a tensornet training checkpoint (no settings)")
-    mismatch = _signature_mismatch(path, ckpt["signature"], signature)
-    if mismatch is not None:
-        raise mismatch
-    _check_checkpoint(path, ckpt, model, optimizer, cfg)
-    settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-    try:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        for group, own in zip(optimizer.param_groups, settings):
-            group.update(own)  # this run's settings (checked equal above), not the file's
-        _set_rng_state(ckpt["rng"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        raise ValueError(
-            f"--resume: {str(path)!r} does not fit this run ({type(err).__name__}: {str(err)[:300]}); "
-            "resume with the settings that wrote it, or start a new run in another --out"
-        ) from None
-    history.loss = [float(v) for v in ckpt["history"]["loss"]]
-    history.val = [(int(s), float(v)) for s, v in ckpt["history"]["val"]]
-    return ckpt["step"]
-
-
 def check_tokens(train_ids: torch.Tensor, val_ids: torch.Tensor, cfg: TrainConfig) -> None:
     """Enough tokens for ``cfg.block_size``, checked before step 1 (not at the first or final evaluation)."""
     block = cfg.block_size
@@ -555,6 +253,138 @@ def check_tokens(train_ids: torch.Tensor, val_ids: torch.Tensor, cfg: TrainConfi
         )
 
 
+class _Run:
+    """One call of :func:`train`: the model (and its DDP/compiled forms), optimizer, history, log and folder."""
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, dist: Distributed, device: torch.device) -> None:
+        self.raw, self.cfg, self.dist, self.device = model, cfg, dist, device
+        model.to(device)
+        model.train()
+        self.optimizer = make_optimizer(model, cfg)
+        self.history = History()
+        self.log: RunLog | None = None
+        self.checkpoint_path: Path | None = None
+        self.signature: dict = {}
+        self.timed_tokens, self.timed_seconds = 0, 0.0  # after the first steps (allocators, compilation)
+        self.all_tokens, self.all_seconds = 0, 0.0  # every step: for runs too short to skip the first ones
+        wrapped = model
+        if dist.world > 1:
+            wrapped = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        self.wrapped = wrapped
+        self.step_model = wrapped if cfg.compile is None else torch.compile(wrapped, mode=cfg.compile)
+
+    def step(self, step: int, train_ids: torch.Tensor, first_timed: int) -> float:
+        """Optimizer step ``step`` (0-based): the loss of its batch, averaged over the processes."""
+        t0 = time.perf_counter()
+        cfg, dist, device = self.cfg, self.dist, self.device
+        set_lr(self.optimizer, cfg, step)
+        batch = dict(batch_size=cfg.batch_size, block_size=cfg.block_size, rank=dist.rank, world=dist.world)
+        x, y = train_batch(train_ids, step=step, seed=cfg.seed, **batch)
+        with warnings.catch_warnings():
+            if cfg.compile is not None:
+                warnings.filterwarnings("ignore", message=DYNAMO_CACHE_WARNING)
+            loss = _loss(self.step_model, x.to(device), y.to(device), device.type == "cuda")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.clip > 0:
+            nn.utils.clip_grad_norm_(self.wrapped.parameters(), cfg.clip)
+        self.optimizer.step()
+        (value,) = dist.sum([float(loss.detach())], device)
+        value /= dist.world
+        if not math.isfinite(value):
+            raise FloatingPointError(f"training loss became {value} at step {step + 1}; lower --lr")
+        self.history.loss.append(value)
+        if self.log is not None:
+            self.log.step(step, value)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds, tokens = time.perf_counter() - t0, cfg.batch_size * cfg.block_size
+        self.all_seconds, self.all_tokens = self.all_seconds + seconds, self.all_tokens + tokens
+        if step >= first_timed:
+            self.timed_seconds, self.timed_tokens = self.timed_seconds + seconds, self.timed_tokens + tokens
+        return value
+
+    def evaluate(
+        self, done: int, val_ids: torch.Tensor, on_eval: Callable[[int, float], None] | None
+    ) -> None:
+        cfg = self.cfg
+        batch = max(cfg.batch_size // self.dist.world, 1)
+        tokens = cfg.eval_tokens or None
+        val = evaluate(
+            self.raw, val_ids, block_size=cfg.block_size, batch_size=batch, max_tokens=tokens,
+            device=self.device, dist=self.dist,
+        )  # fmt: skip
+        self.history.val.append((done, val))
+        if self.log is not None:
+            self.log.eval(done, val)
+        if on_eval is not None and self.dist.main:
+            on_eval(done, val)
+
+    def checkpoint(self, step: int) -> None:
+        if self.checkpoint_path is not None and self.dist.main:
+            payload = {
+                "model": self.raw.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "step": step,
+                "history": {"loss": self.history.loss, "val": self.history.val},
+                "rng": _resume.rng_state(),
+                "signature": self.signature,
+            }
+            _checkpoint.save_checkpoint(self.checkpoint_path, payload)
+        self.dist.barrier()
+
+    def open(self, out, folder, described: dict | None, *, resume: bool, stop_at: int | None) -> int:
+        """Where the run checkpoints and logs; on ``resume`` the checkpoint restored. Returns the first step."""
+        self.signature = _resume.signature(self.cfg, described)
+        start = 0
+        if out is not None:
+            self.checkpoint_path = Path(out) / _resume.CHECKPOINT
+        if resume and self.checkpoint_path is not None:
+            path, model, optimizer = self.checkpoint_path, self.raw, self.optimizer
+            start, self.history.loss, self.history.val = _resume.restore(
+                path, self.signature, model, optimizer, self.cfg
+            )
+            if stop_at is not None and stop_at < start:
+                raise ValueError(f"--stop-at {stop_at} is before the checkpoint's step {start}")
+        if folder is not None:
+            self.log = RunLog(folder.path / _resume.LOG, self.cfg, self.history)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        return start
+
+    def loop(self, start: int, end: int, train_ids, val_ids, on_step, on_eval) -> None:
+        """Steps ``start`` to ``end`` (0-based), evaluating and checkpointing on the way; the final evaluation
+        when the run reaches its last step."""
+        cfg = self.cfg
+        for step in range(start, end):
+            loss = self.step(step, train_ids, first_timed=start + 2)
+            done = step + 1
+            if on_step is not None and self.dist.main:
+                on_step(done, loss)
+            if done < cfg.steps and cfg.evaluates_at(done):
+                self.evaluate(done, val_ids, on_eval)
+            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < end:
+                self.checkpoint(done)
+        if end > start:
+            self.checkpoint(end)  # the trained state is safe before the final evaluation
+        if end == cfg.steps and not (self.history.val and self.history.val[-1][0] == cfg.steps):
+            self.evaluate(cfg.steps, val_ids, on_eval)
+            self.checkpoint(end)  # again, with the evaluation in its history
+
+    def summarize(self, steps_run: int) -> History:
+        history = self.history
+        history.steps_run = steps_run
+        if self.timed_seconds > 0:
+            history.tokens_per_s = self.timed_tokens / self.timed_seconds
+        elif self.all_seconds > 0:
+            history.tokens_per_s = self.all_tokens / self.all_seconds
+        history.train_seconds = self.timed_seconds
+        history.peak_memory_mib = peak_memory_mib(self.device)
+        return history
+
+
 def train(
     model: nn.Module,
     train_ids: torch.Tensor,
@@ -566,8 +396,8 @@ def train(
     overwrite: bool = False,
     stop_at: int | None = None,
     device: torch.device | str | None = None,
-    progress: bool = False,
     signature: dict | None = None,
+    on_step: Callable[[int, float], None] | None = None,
     on_eval: Callable[[int, float], None] | None = None,
 ) -> History:
     """Train ``model`` in place for ``cfg.steps`` optimizer steps and return its ``History``.
@@ -576,7 +406,8 @@ def train(
     optimizer, step, history and RNG states, so ``resume=True`` continues from ``out/checkpoint.safetensors``
     with exactly the losses of an uninterrupted run. ``stop_at`` ends (with a checkpoint) after that many
     steps, as an interruption would. ``signature`` (model and data description) must match the checkpoint's
-    on resume.
+    on resume. ``on_step(step, loss)`` and ``on_eval(step, loss)`` are called after every step and evaluation
+    (steps counted from 1; under DDP in the first process only), e.g. for a progress bar.
 
     ``out`` is a run folder (see ``_files.RunFolder``): new or empty, or one this package wrote; it is locked
     for the run. A folder holding a previous run is refused unless ``resume`` (continue it) or ``overwrite``
@@ -595,136 +426,19 @@ def train(
     device = torch.device(device) if device is not None else default_device(dist)
     if device.type == "cuda" and device.index is None:  # under torchrun each process takes its own GPU
         device = torch.device("cuda", dist.local_rank)
-    out_dir = Path(out) if out is not None else None
-    ckpt_path = out_dir / CHECKPOINT if out_dir is not None else None
-    signature = _signature(cfg, signature)
     folder = None
-    if out_dir is not None and dist.main:
-        folder = _files.RunFolder.open(out_dir, kind="train", resume=resume, overwrite=overwrite)
-    log = None
+    if out is not None and dist.main:
+        folder = _files.RunFolder.open(Path(out), kind="train", resume=resume, overwrite=overwrite)
+    run = None
     try:
         dist.init(device)
-        model.to(device)
-        model.train()
-        optimizer = make_optimizer(model, cfg)
-        history, start = History(), 0
-        if resume and ckpt_path is not None:  # (resume without out was refused above)
-            start = _restore(ckpt_path, signature, model, optimizer, history, cfg)
-            if stop_at is not None and stop_at < start:
-                raise ValueError(f"--stop-at {stop_at} is before the checkpoint's step {start}")
-        if folder is not None:
-            log = RunLog(folder.path / LOG, cfg, history)
-        autocast = device.type == "cuda"
-
-        def checkpoint(step: int) -> None:
-            if ckpt_path is not None and dist.main:
-                _checkpoint.save_checkpoint(
-                    ckpt_path,
-                    {
-                        "model": raw.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "step": step,
-                        "history": {"loss": history.loss, "val": history.val},
-                        "rng": _rng_state(),
-                        "signature": signature,
-                    },
-                )
-            dist.barrier()
-
-        def run_eval(done: int) -> None:
-            val = evaluate(
-                raw,
-                val_ids,
-                block_size=cfg.block_size,
-                batch_size=max(cfg.batch_size // dist.world, 1),
-                max_tokens=cfg.eval_tokens if cfg.eval_tokens > 0 else None,
-                device=device,
-                dist=dist,
-            )
-            history.val.append((done, val))
-            if log is not None:
-                log.eval(done, val)
-            if on_eval is not None and dist.main:
-                on_eval(done, val)
-
-        raw = model
-        if dist.world > 1:
-            model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None
-            )
-        step_model = torch.compile(model) if cfg.compile else model
-
+        run = _Run(model, cfg, dist, device)
+        start = run.open(out, folder, signature, resume=resume, stop_at=stop_at)
         end = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
-        bar = None
-        if progress and dist.main:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=cfg.steps, initial=start, unit="step", dynamic_ncols=True)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        timed_tokens, timed_seconds = 0, 0.0
-        all_tokens, all_seconds = 0, 0.0  # fallback for runs too short to skip the first steps
-        tokens_per_step = cfg.batch_size * cfg.block_size
-        for step in range(start, end):
-            t0 = time.perf_counter()
-            set_lr(optimizer, cfg, step)
-            x, y = train_batch(
-                train_ids,
-                step=step,
-                seed=cfg.seed,
-                batch_size=cfg.batch_size,
-                block_size=cfg.block_size,
-                rank=dist.rank,
-                world=dist.world,
-            )
-            loss = _loss(step_model, x.to(device), y.to(device), autocast)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            optimizer.step()
-            (loss_value,) = dist.sum([float(loss.detach())], device)
-            loss_value /= dist.world
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(f"training loss became {loss_value} at step {step + 1}; lower --lr")
-            history.loss.append(loss_value)
-            if log is not None:
-                log.step(step, loss_value)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            all_seconds += time.perf_counter() - t0
-            all_tokens += tokens_per_step
-            if step >= start + 2:  # the first steps warm up allocators and compilation
-                timed_seconds += time.perf_counter() - t0
-                timed_tokens += tokens_per_step
-            done = step + 1
-            if bar is not None:
-                bar.update(1)
-                postfix = {"loss": f"{loss_value:.3f}"}
-                if timed_seconds > 0:
-                    postfix["tok/s"] = f"{timed_tokens / timed_seconds:,.0f}"
-                bar.set_postfix(postfix)
-            if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
-                run_eval(done)
-            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < end:
-                checkpoint(done)
-        if bar is not None:
-            bar.close()
-        if end > start:
-            checkpoint(end)  # the trained state is safe before the final evaluation
-        if end == cfg.steps and not (history.val and history.val[-1][0] == cfg.steps):
-            run_eval(cfg.steps)
-            checkpoint(end)  # again, with the evaluation in its history
-        history.steps_run = max(end - start, 0)
-        if timed_seconds > 0:
-            history.tokens_per_s = timed_tokens / timed_seconds
-        elif all_seconds > 0:
-            history.tokens_per_s = all_tokens / all_seconds
-        history.train_seconds = timed_seconds
-        history.peak_memory_mib = peak_memory_mib(device)
-        return history
+        run.loop(start, end, train_ids, val_ids, on_step, on_eval)
+        return run.summarize(max(end - start, 0))
     finally:
-        if log is not None:
-            log.close()
+        if run is not None and run.log is not None:
+            run.log.close()
         if folder is not None:
             folder.close()

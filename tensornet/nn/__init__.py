@@ -1,4 +1,4 @@
-"""PyTorch layers with tensor-train weights: :class:`TTMLinear`, :class:`TTEmbedding`, :func:`tensorize`.
+"""PyTorch layers with tensor-train weights: :class:`TTMLinear`, :class:`TTEmbedding`, :class:`TiedTTHead`, :func:`tensorize`.
 
 This is the only part of tensornet that imports torch. Layout (as in :class:`tensornet.TTM`): core k has
 shape ``(r_{k-1}, m_k, n_k, r_k)``; a layer weight is stored like ``nn.Linear.weight``, ``(out, in)``.
@@ -6,6 +6,7 @@ shape ``(r_{k-1}, m_k, n_k, r_k)``; a layer weight is stored like ``nn.Linear.we
 
 from ._embedding import TTEmbedding
 from ._factor import RankClipWarning
+from ._head import TiedTTHead
 from ._linear import TTMLinear, dense_weights, tt_parameters
 from ._materialize import materialize, release_weights
 from ._tensorize import LayerReport, Rule, TensorizeReport, tensorize
@@ -17,6 +18,7 @@ __all__ = [
     "TTEmbedding",
     "TTMLinear",
     "TensorizeReport",
+    "TiedTTHead",
     "dense_weights",
     "materialize",
     "release_weights",

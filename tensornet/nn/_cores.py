@@ -14,8 +14,9 @@ from torch import nn
 
 import tensornet as tn
 from tensornet import _checks
+from tensornet._linear import autograd as _binding
 
-from ._cache import DenseCache
+from ._cache import DenseCache, linear_compute_dtype
 from ._factor import clip_ranks, core_shapes
 from ._init import Init, check_init, init_cores
 
@@ -65,6 +66,7 @@ class TTCoresModule(nn.Module):
 
     packed_cores: nn.Parameter
     core_shapes: tuple[tuple[int, int, int, int], ...]
+    _columns: int
     init: Init
     conversion_error: float | None
     _dense_cache: DenseCache | None
@@ -87,6 +89,7 @@ class TTCoresModule(nn.Module):
             bonds = clip_ranks(fn, bonds, rows, cols, stacklevel=4)
         self.init = check_init(fn, init)
         self.core_shapes = tuple(core_shapes(rows, cols, bonds))
+        self._columns = math.prod(cols)  # of the matrix W (its input size)
         total = sum(math.prod(shape) for shape in self.core_shapes)
         self.packed_cores = nn.Parameter(torch.empty(total, device=device, dtype=dtype))
         self.conversion_error = None
@@ -188,3 +191,43 @@ class TTCoresModule(nn.Module):
             return None
         cores = list(self.cores)
         return cache.lookup(self.packed_cores, device, dtype, lambda dt: tn.full(tn.TTM(cores)).to(dt))
+
+    def _product(
+        self, x: torch.Tensor, bias: torch.Tensor | None = None, *, save_weight: bool = False, owner: str = ""
+    ) -> torch.Tensor:
+        """``x @ W.T + bias`` for ``W`` the ``(prod rows, prod cols)`` matrix of the cores.
+
+        The forward of :class:`TTMLinear` and of the tied LM head (:class:`TiedTTHead`): the cached dense
+        matrix under :meth:`cache_dense_weight` when usable, else a :func:`tensornet.nn.materialize` group's
+        rebuilt W, else the TTM product. The cores were validated at construction and ``load_state_dict``
+        keeps their shapes, so a well-formed input goes straight to the torch binding; anything else takes
+        :func:`tensornet.linear`'s checks (and errors). ``owner`` names the calling layer in errors (default:
+        this one).
+        """
+        if not isinstance(x, torch.Tensor):  # as nn.Linear: a numpy array or list is not converted
+            raise TypeError(
+                f"{owner or type(self).__name__}: input must be a torch.Tensor, got {type(x).__module__}."
+                f"{type(x).__name__}; convert it with torch.as_tensor(x, dtype=...)"
+            )
+        packed = self.packed_cores
+        if getattr(self, "_dense_cache", None) is not None and x.is_floating_point():
+            compute = linear_compute_dtype(x, [packed])
+            dense = None if compute is None else self._cached_dense(x.device, compute)
+            if dense is not None:
+                if bias is not None and bias.dtype != dense.dtype:
+                    bias = bias.to(dense.dtype)
+                return nn.functional.linear(x.to(dense.dtype), dense, bias)
+        columns = self._columns
+        group = self.__dict__.get("_weight_group")  # tensornet.nn.materialize
+        if group is not None and x.ndim >= 1 and x.shape[-1] == columns:
+            dense = group[0].weight(group[1], x)
+            if dense is not None:
+                return nn.functional.linear(x, dense, bias)
+        if (
+            x.ndim >= 1
+            and x.shape[-1] == columns
+            and x.device == packed.device
+            and (bias is None or bias.device == x.device)
+        ):
+            return _binding.linear_torch(x, (packed,), bias, save_weight=save_weight, packed=self.core_shapes)
+        return tn.linear(x, tn.TTM(list(self.cores)), bias, save_weight=save_weight)

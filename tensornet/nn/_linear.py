@@ -11,9 +11,7 @@ from torch import nn
 
 import tensornet as tn
 from tensornet import _checks
-from tensornet._linear import autograd as _binding
 
-from ._cache import linear_compute_dtype
 from ._cores import TTCoresModule, compress
 from ._factor import resolve_shapes
 from ._hf import dense_weight
@@ -149,37 +147,7 @@ class TTMLinear(TTCoresModule):
 
     # --- forward ----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor):  # as nn.Linear: a numpy array or list is not converted
-            raise TypeError(
-                f"{type(self).__name__}: input must be a torch.Tensor, got {type(x).__module__}."
-                f"{type(x).__name__}; convert it with torch.as_tensor(x, dtype=...)"
-            )
-        packed = self.packed_cores
-        bias: torch.Tensor | None = self.bias
-        if getattr(self, "_dense_cache", None) is not None and x.is_floating_point():
-            compute = linear_compute_dtype(x, [packed])
-            weight = None if compute is None else self._cached_dense(x.device, compute)
-            if weight is not None:
-                if bias is not None and bias.dtype != weight.dtype:
-                    bias = bias.to(weight.dtype)
-                return nn.functional.linear(x.to(weight.dtype), weight, bias)
-        group = self.__dict__.get("_weight_group")  # tensornet.nn.materialize
-        if group is not None and x.ndim >= 1 and x.shape[-1] == self.in_features:
-            weight = group[0].weight(group[1], x)
-            if weight is not None:
-                return nn.functional.linear(x, weight, bias)
-        # The cores were validated at construction and load_state_dict keeps their shapes; a well-formed
-        # input goes straight to the torch binding; anything else takes tn.linear's checks (and errors).
-        if (
-            x.ndim >= 1
-            and x.shape[-1] == self.in_features
-            and x.device == packed.device
-            and (bias is None or bias.device == x.device)
-        ):
-            return _binding.linear_torch(
-                x, (packed,), bias, save_weight=self.save_weight, packed=self.core_shapes
-            )
-        return tn.linear(x, self.weight, bias, save_weight=self.save_weight)
+        return self._product(x, self.bias, save_weight=self.save_weight)
 
     # --- conversion -------------------------------------------------------------------------------
     @classmethod

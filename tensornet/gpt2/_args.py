@@ -1,0 +1,528 @@
+"""The command line's flags: value parsers (each flag's range, checked while parsing) and the parser.
+
+Imports no torch or transformers (``--help`` reads only this module and ``_config``); a flag that needs torch to
+be checked (``--device``) imports it when it is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Callable
+
+from ._config import COMPILE_MODES, LAYER_GROUPS, PRESETS, SHAPE_KEYS, TrainConfig
+
+EPILOG = """The embedded corpus (used when --data is not given) is the Python standard library's source code:
+deterministic file order, a fixed ~5% validation split by file name, no network. The tokenizer is a
+byte-level BPE trained on the training text with Hugging Face tokenizers and cached under --cache-dir.
+Output folders: a new or empty folder, or one this command wrote (marked by tensornet-run.json); --overwrite
+replaces only the files it wrote there."""
+
+MODEL_FOLDER = (
+    "a model folder (save_model, or a local Hugging Face GPT-2 save_pretrained): config.json, model.safetensors "
+    "(pickle weights such as pytorch_model.bin are refused) and, unless --tokenizer is given, its tokenizer: "
+    "tokenizer.json, or GPT-2's vocab.json + merges.txt"
+)
+
+# learning-rate multiplier of the TT cores in `compare` (chosen for its model in
+# benchmarks/results/gpt2_compare_cpu.md; not a universal setting)
+TT_LR_SCALE = 5.0
+
+# compare's defaults: short runs sized for 2 CPU cores (benchmarks/results/gpt2_compare_cpu.md)
+COMPARE_RECIPE = TrainConfig(
+    steps=300,
+    batch_size=16,
+    block_size=128,
+    lr=2e-3,
+    warmup=30,
+    weight_decay=0.01,
+    beta2=0.99,
+    eval_tokens=0,
+    tt_lr_scale=TT_LR_SCALE,
+)
+
+
+class UsageError(ValueError):
+    """A flag's value, or a combination of flags, that the command refuses before doing any work."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line ``error: ...`` (exit status 2) instead of the usage block."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the help states it or there is none to state."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            not action.option_strings
+            or "default" in text
+            or action.default in (None, False, argparse.SUPPRESS)
+        ):
+            return text
+        return f"{text} (default %(default)s)"
+
+
+# ------------------------------------------------------------------------------------------ value parsers
+def _int(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type=``: an integer in ``[lo, hi]``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < lo or (hi is not None and value > hi):
+            rule = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def _float(lo: float, hi: float = math.inf, *, lo_open: bool = False, hi_open: bool = False):
+    """An argparse ``type=``: a finite number in the interval from ``lo`` to ``hi`` (open ends as flagged)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        inside = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
+        if not math.isfinite(value) or not inside:
+            if hi == math.inf:
+                rule = f"{'>' if lo_open else '>='} {lo:g}"
+            else:
+                rule = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+            raise argparse.ArgumentTypeError(f"must be a finite number {rule}, got {text}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def _is_pairs(pairs: object) -> bool:
+    return (
+        isinstance(pairs, list)
+        and bool(pairs)
+        and all(
+            isinstance(p, list)
+            and len(p) == 2
+            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in p)
+            for p in pairs
+        )
+    )
+
+
+def _shapes(value: str):
+    """``--shapes``: 'paper', 'balanced' or a JSON object of (out_k, in_k) pairs per layer name."""
+    if value in ("paper", "balanced"):
+        return value
+    try:
+        shapes = json.loads(value)
+    except json.JSONDecodeError:
+        raise argparse.ArgumentTypeError(
+            f"must be 'paper', 'balanced' or a JSON object, got {value!r} (not valid JSON)"
+        ) from None
+    if not isinstance(shapes, dict) or not shapes:
+        raise argparse.ArgumentTypeError(
+            f"JSON must be a non-empty object mapping layer names to lists of [out_k, in_k] pairs, got {value!r}"
+        )
+    for key, pairs in shapes.items():
+        if key not in SHAPE_KEYS:
+            raise argparse.ArgumentTypeError(f"unknown layer {key!r}; the keys are among {list(SHAPE_KEYS)}")
+        if not _is_pairs(pairs):
+            raise argparse.ArgumentTypeError(
+                f"{key!r} must be a non-empty list of [out_k, in_k] pairs of positive integers, got {pairs!r}"
+            )
+    return shapes
+
+
+def _layers(value: str) -> tuple[str, ...]:
+    layers = tuple(s.strip() for s in value.split(",") if s.strip())
+    bad = [s for s in layers if s not in LAYER_GROUPS]
+    if bad or not layers:
+        raise argparse.ArgumentTypeError(
+            f"must be a comma-separated subset of {sorted(LAYER_GROUPS)}, got {value!r}"
+        )
+    return layers
+
+
+def _device(value: str) -> str:
+    """``--device``: a torch device string this machine has."""
+    import torch
+
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a device: {value!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise argparse.ArgumentTypeError(f"{value!r} asks for CUDA, but torch sees no CUDA device here")
+        if device.index is not None and device.index >= count:
+            raise argparse.ArgumentTypeError(
+                f"{value!r}: this machine has {count} CUDA device(s), 0 to {count - 1}"
+            )
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise argparse.ArgumentTypeError(f"{value!r}: the MPS backend is not available here")
+    elif device.type != "cpu":
+        raise argparse.ArgumentTypeError(f"unsupported device {value!r}; use cpu, cuda or cuda:N")
+    return value
+
+
+def _path(text: str) -> str:
+    """An argparse ``type=`` for paths: not empty (``""`` would silently mean the current folder)."""
+    if not text:
+        raise argparse.ArgumentTypeError("the path is empty; give a file or folder")
+    return text
+
+
+_path.__name__ = "path"
+
+# upper bounds of the size flags: far above what fits a machine today (the memory check refuses sooner), low
+# enough that no flag overflows an integer or builds a model for hours before failing
+MAX_LAYERS, MAX_WIDTH, MAX_HEADS = 1024, 65536, 4096
+MAX_BLOCK, MAX_BATCH, MAX_STEPS = 65536, 65536, 10**9
+MAX_RANK, MAX_NCORES, MAX_THREADS = 65536, 64, 1024
+MAX_CHARS = MAX_TOKENS = 2**40
+_STEPS, _NONNEG_STEPS = _int(1, MAX_STEPS), _int(0, MAX_STEPS)
+_LAYERS, _WIDTH, _HEADS = _int(1, MAX_LAYERS), _int(1, MAX_WIDTH), _int(1, MAX_HEADS)
+_BLOCK, _BATCH = _int(1, MAX_BLOCK), _int(1, MAX_BATCH)
+_RANK, _RANK0, _NCORES = _int(1, MAX_RANK), _int(0, MAX_RANK), _int(1, MAX_NCORES)
+_CHARS, _TOKENS, _THREADS = _int(1, MAX_CHARS), _int(0, MAX_TOKENS), _int(1, MAX_THREADS)
+_SEED = _int(0, 2**32 - 1)
+_VOCAB = _int(257, 2**31 - 1)
+_UNIT = _float(0, 1)  # [0, 1]
+_BETA = _float(0, 1, hi_open=True)  # [0, 1)
+_LR = _float(0, 1, lo_open=True)  # (0, 1]
+_NONNEG_F = _float(0)
+_POS_F = _float(0, lo_open=True)
+_EPS = _float(0, 1, lo_open=True, hi_open=True)
+
+
+# ------------------------------------------------------------------------------------------- flag groups
+def _add_out(p: argparse.ArgumentParser, default: str, what: str, overwrite: str) -> None:
+    p.add_argument("--out", type=_path, default=default, help=what)
+    p.add_argument("--overwrite", action="store_true", help=overwrite)
+
+
+def _add_data_args(p: argparse.ArgumentParser, *, max_chars: int | None) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--data",
+        type=_path,
+        metavar="PATH",
+        help="UTF-8 text file or folder of them (default: the embedded Python standard library corpus)",
+    )
+    limit = "use only the first N characters of training text (and N/10 of validation text), N <= 2**40"
+    g.add_argument(
+        "--max-chars",
+        type=_CHARS,
+        default=max_chars,
+        metavar="N",
+        help=limit + ("" if max_chars else "; default: all"),
+    )
+    g.add_argument(
+        "--tokenizer",
+        type=_path,
+        metavar="PATH",
+        help="saved tokenizer (tokenizer.json, or a GPT-2 folder with vocab.json + merges.txt); default: train "
+        "a byte-level BPE on the training text and cache it",
+    )
+    g.add_argument(
+        "--vocab-size",
+        type=_VOCAB,
+        metavar="V",
+        help="BPE vocabulary size when training the tokenizer (default 4096 for compare and train --preset "
+        "tiny, 16384 otherwise)",
+    )
+    g.add_argument(
+        "--cache-dir",
+        type=_path,
+        metavar="DIR",
+        help="tokenizer/token cache (default $TENSORNET_CACHE or ~/.cache/tensornet)",
+    )
+
+
+def _add_model_args(p: argparse.ArgumentParser, *, preset: str | None, dims=(None, None, None)) -> None:
+    g = p.add_argument_group("model")
+    if preset is not None:
+        sizes = ", ".join(f"{k} = {v[0]} layers x {v[1]} wide, {v[2]} heads" for k, v in PRESETS.items())
+        g.add_argument("--preset", choices=sorted(PRESETS), default=preset, help=f"size: {sizes}")
+    where = " (overrides the preset)" if preset is not None else ""
+    n_layer, n_embd, n_head = dims
+    g.add_argument(
+        "--n-layer", type=_LAYERS, default=n_layer, help=f"number of blocks, 1 to {MAX_LAYERS}{where}"
+    )
+    g.add_argument("--n-embd", type=_WIDTH, default=n_embd, help=f"model width, 1 to {MAX_WIDTH}{where}")
+    g.add_argument("--n-head", type=_HEADS, default=n_head, help=f"attention heads, 1 to {MAX_HEADS}{where}")
+    g.add_argument(
+        "--dropout", type=_BETA, default=0.0, help="dropout on embeddings, attention and residuals, in [0, 1)"
+    )
+
+
+def _add_shape_args(g, *, shapes: str, ncores: int) -> None:
+    g.add_argument(
+        "--shapes",
+        type=_shapes,
+        default=shapes,
+        help="core shapes: 'paper' (the paper's shapes for GPT-2 small/medium MLPs), 'balanced' (--ncores "
+        'near-equal factors), or a JSON object such as \'{"mlp.c_fc": [[8,8],[8,8],[16,4]], "mlp.c_proj": '
+        "[[8,8],[8,8],[4,16]]}' of (out_k, in_k) pairs, as nn.Linear.weight is (out, in)",
+    )
+    g.add_argument(
+        "--ncores", type=_NCORES, default=ncores, help=f"TT cores for --shapes balanced, 1 to {MAX_NCORES}"
+    )
+    g.add_argument(
+        "--layers",
+        type=_layers,
+        default="mlp",
+        help=f"comma-separated layer groups to tensorize, from {sorted(LAYER_GROUPS)} (mlp: as in the paper)",
+    )
+    g.add_argument(
+        "--no-bias",
+        action="store_true",
+        help="drop the biases of tensorized layers (the paper's r=16/32/64 runs)",
+    )
+    g.add_argument(
+        "--embeddings",
+        action="store_true",
+        help="also make the token embedding a TT embedding (the LM head stays tied to it)",
+    )
+    g.add_argument(
+        "--embedding-rank", type=_RANK, help=f"TT rank of the embedding, 1 to {MAX_RANK} (default: --rank)"
+    )
+
+
+def _add_train_args(
+    p: argparse.ArgumentParser, d: TrainConfig, *, recipe: str, helps: dict[str, str]
+) -> None:
+    """The optimisation flags with ``d``'s defaults; ``helps`` adds a note to a flag's help (by dest)."""
+    g = p.add_argument_group(f"optimisation ({recipe})")
+
+    def add(flag: str, type_, text: str, **kw) -> None:
+        dest = flag[2:].replace("-", "_")
+        g.add_argument(flag, type=type_, default=getattr(d, dest), help=f"{text}{helps.get(dest, '')}", **kw)
+
+    add("--steps", _STEPS, "optimizer steps, 1 to 10**9")
+    add("--batch-size", _BATCH, f"sequences per step over all processes, 1 to {MAX_BATCH}")
+    add("--block-size", _BLOCK, f"sequence length, 1 to {MAX_BLOCK}")
+    add("--lr", _LR, "peak AdamW learning rate")
+    add("--min-lr-ratio", _UNIT, "cosine decays to lr x this")
+    add("--warmup", _NONNEG_STEPS, "linear warmup steps, up to 10**9")
+    add("--weight-decay", _NONNEG_F, "AdamW weight decay on matrices and TT cores")
+    add("--beta1", _BETA, "AdamW beta1")
+    add("--beta2", _BETA, "AdamW beta2")
+    add("--clip", _NONNEG_F, "gradient-norm clip, 0 = off")
+    add(
+        "--tt-lr-scale",
+        _POS_F,
+        "learning-rate multiplier for the TT cores, which move W less per Adam step "
+        "than a dense matrix does; a per-model hyperparameter (benchmarks/results/gpt2_compare_cpu.md)",
+        metavar="X",
+    )
+    add("--seed", _SEED, "seed for initialisation and data order")
+    add("--eval-every", _NONNEG_STEPS, "evaluate every N steps, N <= 10**9 (0: only at the end)")
+    add(
+        "--eval-tokens", _TOKENS, "validation tokens per evaluation: 0 = all, else from --block-size to 2**40"
+    )
+    g.add_argument(
+        "--compile",
+        nargs="?",
+        const="default",
+        choices=COMPILE_MODES,
+        metavar="MODE",
+        help="torch.compile the training step; MODE (default when the flag is given bare): 'default' (inductor "
+        "kernels; on CPU it needs a C++ compiler), 'reduce-overhead' (also CUDA graphs, which cut the launch "
+        "cost of small kernels on GPU), 'max-autotune' (also searches kernel configurations: slow to start). "
+        "Off unless given",
+    )
+    g.add_argument("--device", type=_device, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+# ----------------------------------------------------------------------------------------------- commands
+def _compare_parser(sub) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="train dense, TTM and low-rank GPT-2 side by side (CPU: < 10 min)",
+        description="Train a dense GPT-2, the same model with TTM MLPs and a low-rank (SVD-style) baseline of "
+        "similar size, each with the same seed, token budget and data order; print a paper-style table and "
+        "write results.json and loss_curves.png to --out.",
+        epilog=EPILOG,
+        formatter_class=_Formatter,
+    )
+    _add_out(
+        p,
+        "runs/compare",
+        "output folder",
+        "replace the results of an earlier compare in --out (only the files compare wrote)",
+    )
+    _add_data_args(p, max_chars=1_500_000)
+    _add_model_args(p, preset=None, dims=(4, 256, 4))
+    g = p.add_argument_group("tensorization")
+    g.add_argument("--rank", type=_RANK, default=32, help=f"TT rank of the TTM model, 1 to {MAX_RANK}")
+    _add_shape_args(g, shapes="balanced", ncores=4)
+    g.add_argument("--no-lowrank", action="store_true", help="skip the low-rank baseline")
+    p.add_argument(
+        "--threads",
+        type=_THREADS,
+        help=f"torch CPU threads per training process, 1 to {MAX_THREADS} (default: torch's default, the "
+        "number of cores)",
+    )
+    _add_train_args(
+        p,
+        COMPARE_RECIPE,
+        recipe="short-run defaults sized for 2 CPU cores",
+        helps={
+            "tt_lr_scale": "; compare's default is the one chosen for its model; the low-rank baseline keeps 1"
+        },
+    )
+    p.set_defaults(command="compare", _parser=p)
+
+
+def _train_parser(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="pre-train one GPT-2 (dense, TTM or low-rank), with checkpoints and DDP",
+        description="Pre-train GPT-2 from scratch. Under torchrun it uses DDP (nccl on GPU, gloo on CPU). bf16 "
+        "autocast on GPU. Writes checkpoint.safetensors, log.jsonl (one line per step and evaluation; after "
+        "--resume the same as an uninterrupted run's) and, when done, a model/ folder loadable with "
+        "tensornet.gpt2.load_model.",
+        epilog=EPILOG,
+        formatter_class=_Formatter,
+    )
+    _add_out(
+        p,
+        "runs/train",
+        "output folder for the checkpoint, log and model: new, empty, or this command's own; "
+        "locked while the run is alive",
+        "start over in an --out that holds a previous run (replaces only the files train wrote there)",
+    )
+    _add_data_args(p, max_chars=None)
+    _add_model_args(p, preset="tiny")
+    g = p.add_argument_group("tensorization")
+    g.add_argument(
+        "--rank",
+        type=_RANK0,
+        default=0,
+        help=f"TT rank for TTM layers, up to {MAX_RANK}; 0 trains the dense model",
+    )
+    _add_shape_args(g, shapes="paper", ncores=3)
+    g.add_argument(
+        "--lowrank",
+        type=_RANK0,
+        default=0,
+        metavar="R",
+        help=f"train the low-rank baseline with inner size R <= {MAX_RANK} instead (0: off)",
+    )
+    _add_train_args(
+        p,
+        TrainConfig(),
+        recipe="the paper's recipe: AdamW, warmup, cosine, clip 1.0",
+        helps={
+            "lr": " (default 1e-3 for --preset tiny, the paper's 6.25e-5 otherwise)",
+            "warmup": " (default 100 for --preset tiny, the paper's 4000 otherwise)",
+            "beta2": "; the paper's medium run used 0.95",
+            "tt_lr_scale": "; 1 is the paper's recipe, compare uses 5 for its model",
+        },
+    )
+    p.set_defaults(lr=None, warmup=None)
+    g = p.add_argument_group("checkpoints")
+    g.add_argument(
+        "--checkpoint-every",
+        type=_NONNEG_STEPS,
+        default=0,
+        help="checkpoint every N steps, N <= 10**9 (0: only at the end; there is always one at the end)",
+    )
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue exactly from --out/checkpoint.safetensors (same settings required)",
+    )
+    g.add_argument(
+        "--stop-at",
+        type=_STEPS,
+        metavar="STEP",
+        help="stop (with a checkpoint) after STEP steps, STEP <= 10**9; continue later with --resume",
+    )
+    p.set_defaults(command="train", _parser=p)
+
+
+def _model_file_parser(sub, name: str, text: str) -> argparse.ArgumentParser:
+    """``compress`` and ``eval``: a model folder and the text to measure its perplexity on."""
+    p = sub.add_parser(
+        name,
+        help=text,
+        description=f"{text}. MODEL is {MODEL_FOLDER}. Evaluation text: --text, else the embedded corpus's "
+        "validation split.",
+        formatter_class=_Formatter,
+    )
+    p.add_argument(
+        "model",
+        type=_path,
+        metavar="MODEL",
+        help="model folder (save_pretrained or tensornet.gpt2.save_model)",
+    )
+    p.add_argument("--text", type=_path, metavar="PATH", help="UTF-8 text file or folder to evaluate on")
+    p.add_argument("--max-chars", type=_CHARS, help="limit the embedded corpus to N characters, N <= 2**40")
+    p.add_argument("--tokenizer", type=_path, metavar="PATH", help="tokenizer (default: the model folder's)")
+    p.add_argument(
+        "--block-size",
+        type=_BLOCK,
+        help=f"evaluation window, 1 to {MAX_BLOCK} (default: the model's n_positions)",
+    )
+    p.add_argument("--batch-size", type=_BATCH, default=8, help=f"windows per forward pass, 1 to {MAX_BATCH}")
+    p.add_argument(
+        "--eval-tokens",
+        type=_TOKENS,
+        default=0,
+        help="evaluate at most N tokens: 0 = all, else from the block size to 2**40",
+    )
+    p.add_argument("--device", type=_device, help="cpu, cuda, ... (default: cuda if available)")
+    p.set_defaults(command=name, _parser=p)
+    return p
+
+
+def _compress_parser(sub) -> None:
+    p = _model_file_parser(sub, "compress", "convert a local GPT-2 folder to TTM with ttm_svd")
+    p.add_argument(
+        "--out",
+        type=_path,
+        required=True,
+        help="folder for the compressed model (new, or empty; not the source folder)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out if it is a model folder written by tensornet's save_model (marked by "
+        "tensornet-model.json, holding only its files)",
+    )
+    g = p.add_argument_group("tensorization (give --rank or --eps)").add_mutually_exclusive_group()
+    g.add_argument("--rank", type=_RANK, help=f"TT rank of every converted layer, 1 to {MAX_RANK}")
+    g.add_argument(
+        "--eps", type=_EPS, help="relative-error target per layer, in (0, 1) (ranks chosen by ttm_svd)"
+    )
+    _add_shape_args(p.add_argument_group("core shapes"), shapes="paper", ncores=3)
+
+
+def parser() -> argparse.ArgumentParser:
+    root = _Parser(
+        prog="python -m tensornet.gpt2",
+        description="Pre-train, compress and evaluate GPT-2 with tensor-train-matrix (TTM) layers.",
+        epilog=EPILOG,
+    )
+    sub = root.add_subparsers(dest="command", required=True, metavar="{compare,train,compress,eval}")
+    _compare_parser(sub)
+    _train_parser(sub)
+    _compress_parser(sub)
+    _model_file_parser(sub, "eval", "perplexity of a saved (dense or TTM) model")
+    return root

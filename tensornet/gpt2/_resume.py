@@ -1,0 +1,305 @@
+"""Exact resume: what a checkpoint must match (the run's settings, the model, the optimizer), checked from
+its header before any data is loaded and again on the loaded tensors, and the restore itself."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import _checkpoint, _files
+from ._config import TrainConfig
+
+CHECKPOINT = "checkpoint.safetensors"
+LEGACY_CHECKPOINT = "checkpoint.pt"  # pickle, written by tensornet before 0.2: refused, never loaded
+LOG = "log.jsonl"
+# signature names that are not "--" + the name with dashes
+_FLAGS = {
+    "model.n_positions": "--block-size",
+    "model.vocab_size": "--vocab-size or --tokenizer",
+    "model.resid_pdrop": "--dropout",
+    "model.embd_pdrop": "--dropout",
+    "model.attn_pdrop": "--dropout",
+    "model.tensornet": "--rank, --shapes, --ncores, --layers, --no-bias, --embeddings or --lowrank",
+    "corpus": "--data or --max-chars",
+    "tokenizer": "--tokenizer or --vocab-size",
+}
+
+
+def _flag(name: str) -> str:
+    """The command-line flag that sets the signature entry ``name`` (``train.lr`` -> ``--lr``)."""
+    for key, flag in _FLAGS.items():
+        if name == key or name.startswith(key + "."):
+            return flag
+    return "--" + name.rpartition(".")[2].replace("_", "-")
+
+
+def signature(cfg: TrainConfig, extra: dict | None) -> dict:
+    """What must not change between a checkpoint and its resume: the optimisation settings that shape the
+    losses (with the compile mode: compiled steps round differently; not the evaluation or checkpoint
+    frequency) and the caller's model/data description."""
+    train_settings = asdict(cfg)
+    for name in ("eval_every", "eval_at", "checkpoint_every"):
+        train_settings.pop(name)
+    return {"train": train_settings, **(extra or {})}
+
+
+_CHECKPOINT_KEYS = ("model", "optimizer", "step", "history", "rng", "signature")
+# AdamW settings that shape the updates, and the flags that set them (eps and the rest are fixed by the code)
+_OPTIMIZER_SETTINGS = {
+    "betas": "--beta1/--beta2",
+    "weight_decay": "--weight-decay",
+    "lr_scale": "--tt-lr-scale",
+    "eps": "AdamW's eps",
+    "amsgrad": "AdamW's amsgrad",
+    "maximize": "AdamW's maximize",
+}
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_checkpoint(path: Path, ckpt: dict, model: nn.Module, optimizer, cfg: TrainConfig) -> None:
+    """Everything in ``ckpt`` that ``_restore`` loads, against this run: the step (an integer in [0, steps])
+    and its history, the model's tensor names, shapes and dtypes, the optimizer's groups (their AdamW
+    settings must be this run's) and state shapes, the RNG states. Works on the real tensors or on the
+    header's ``meta`` tensors (``checkpoint_outline``)."""
+
+    def bad(why: str) -> ValueError:
+        return ValueError(
+            f"--resume: {str(path)!r} does not fit this run: {why}; resume with the settings that wrote it, or "
+            "start a new run in another --out"
+        )
+
+    missing = [k for k in _CHECKPOINT_KEYS if k not in ckpt]
+    if missing:
+        raise ValueError(f"--resume: {str(path)!r} is not a tensornet training checkpoint (no {missing})")
+    step = ckpt["step"]
+    if not (isinstance(step, int) and not isinstance(step, bool) and 0 <= step <= cfg.steps):
+        raise bad(f"its step {step!r} is not an integer in [0, --steps {cfg.steps}]")
+    history = ckpt["history"]
+    if not (isinstance(history, dict) and isinstance(history.get("loss"), list)):
+        raise bad("it has no list of training losses")
+    loss, val = history["loss"], history.get("val")
+    if len(loss) != step or not all(_number(v) for v in loss):
+        raise bad(f"it records {len(loss)} losses for step {step} (or losses that are not finite numbers)")
+    if not (
+        isinstance(val, list)
+        and all(
+            isinstance(e, (list, tuple))
+            and len(e) == 2
+            and _number(e[0])
+            and isinstance(e[0], int)
+            and _number(e[1])
+            for e in val
+        )
+        and [e[0] for e in val] == sorted({e[0] for e in val})
+        and all(1 <= e[0] <= step for e in val)
+    ):
+        raise bad("its evaluations are not (step, loss) pairs at increasing steps up to its step")
+    state, own = ckpt["model"], model.state_dict()
+    if not isinstance(state, dict) or set(state) != set(own):
+        names = sorted(map(str, set(state) ^ set(own))) if isinstance(state, dict) else ["not a state dict"]
+        raise bad(f"its model tensors differ from this model's ({', '.join(names[:5])})")
+    for name, tensor in own.items():
+        saved = state[name]
+        if not (
+            isinstance(saved, torch.Tensor) and saved.shape == tensor.shape and saved.dtype == tensor.dtype
+        ):
+            what = f"{tuple(saved.shape)} {saved.dtype}" if isinstance(saved, torch.Tensor) else type(saved)
+            raise bad(f"its {name} is {what}, this model's is {tuple(tensor.shape)} {tensor.dtype}")
+    opt = ckpt["optimizer"]
+    groups = opt.get("param_groups") if isinstance(opt, dict) else None
+    saved_state = opt.get("state") if isinstance(opt, dict) else None
+    if not (isinstance(groups, list) and isinstance(saved_state, dict)):
+        raise bad("its optimizer state is not AdamW's (param_groups and state)")
+    if len(groups) != len(optimizer.param_groups):
+        raise bad(
+            f"its optimizer has {len(groups)} parameter groups, this run's {len(optimizer.param_groups)}"
+        )
+    params: dict[Any, torch.Tensor] = {}
+    for i, (saved_group, group) in enumerate(zip(groups, optimizer.param_groups)):
+        ids = saved_group.get("params") if isinstance(saved_group, dict) else None
+        if not (isinstance(ids, list) and len(ids) == len(group["params"])):
+            raise bad(f"its optimizer group {i} does not hold this run's {len(group['params'])} parameters")
+        for key, flag in _OPTIMIZER_SETTINGS.items():
+            if key in group and saved_group.get(key) != group[key]:
+                raise bad(
+                    f"its optimizer group {i} has {key} {saved_group.get(key)!r}, this run {group[key]!r} "
+                    f"({flag})"
+                )
+        params.update(zip(ids, group["params"]))
+    for key, entry in saved_state.items():
+        param = params.get(key)
+        if param is None or not isinstance(entry, dict):
+            raise bad(f"its optimizer state {key!r} belongs to no parameter of this run")
+        for name, value in entry.items():
+            if name == "step":
+                if not (_number(value) or (isinstance(value, torch.Tensor) and value.numel() == 1)):
+                    raise bad(f"its optimizer state {key!r} has step {value!r}")
+            elif not (
+                isinstance(value, torch.Tensor) and value.shape == param.shape and value.is_floating_point()
+            ):
+                what = (
+                    f"{tuple(value.shape)} {value.dtype}" if isinstance(value, torch.Tensor) else type(value)
+                )
+                raise bad(
+                    f"its optimizer state {key!r} has {name} {what}, for a parameter of shape "
+                    f"{tuple(param.shape)}"
+                )
+    rng = ckpt["rng"]
+    if not (
+        isinstance(rng, dict)
+        and isinstance(rng.get("torch"), torch.Tensor)
+        and rng["torch"].dtype == torch.uint8
+        and rng["torch"].shape == torch.get_rng_state().shape
+        and isinstance(rng.get("python"), tuple)
+    ):
+        raise bad("its random-number-generator states are not torch's and Python's")
+
+
+def check_checkpoint_fits(
+    out: str | os.PathLike,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    described: dict,
+) -> int:
+    """Before any tokens are loaded: the checkpoint in ``out`` (its header: shapes and settings, no tensor data
+    and no checksum) fits ``model``, ``optimizer`` and ``cfg`` and was written by a run ``described`` so (its
+    model and data); returns its step."""
+    path = Path(out) / CHECKPOINT
+    outline = _checkpoint.checkpoint_outline(path, "--resume")
+    try:
+        if not isinstance(outline.get("signature"), dict):
+            raise ValueError(f"--resume: {str(path)!r} is not a tensornet training checkpoint (no settings)")
+        mismatch = _signature_mismatch(path, outline["signature"], signature(cfg, described))
+        if mismatch is not None:
+            raise mismatch
+        _check_checkpoint(path, outline, model, optimizer, cfg)
+    except ValueError:
+        _checkpoint.load_checkpoint(path, "--resume")  # damage rather than a mismatch: the checksum says so
+        raise
+    return int(outline["step"])
+
+
+def restore(
+    path: Path, expected: dict, model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig
+) -> tuple[int, list[float], list[tuple[int, float]]]:
+    """Load ``path`` into the model, optimizer and RNGs; return the step to continue from and the history
+    (training losses, evaluations). Everything is checked first: the ``expected`` signature and
+    ``_check_checkpoint``; the optimizer keeps this run's AdamW settings."""
+    if not path.is_file():
+        check_resume(path.parent)  # raises the right message (none there, or an old pickle checkpoint)
+    ckpt = _checkpoint.load_checkpoint(path, "--resume")
+    if not isinstance(ckpt.get("signature"), dict):
+        raise ValueError(f"--resume: {str(path)!r} is not a tensornet training checkpoint (no settings)")
+    mismatch = _signature_mismatch(path, ckpt["signature"], expected)
+    if mismatch is not None:
+        raise mismatch
+    _check_checkpoint(path, ckpt, model, optimizer, cfg)
+    settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        for group, own in zip(optimizer.param_groups, settings):
+            group.update(own)  # this run's settings (checked equal above), not the file's
+        _set_rng_state(ckpt["rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(
+            f"--resume: {str(path)!r} does not fit this run ({type(err).__name__}: {str(err)[:300]}); "
+            "resume with the settings that wrote it, or start a new run in another --out"
+        ) from None
+    loss = [float(v) for v in ckpt["history"]["loss"]]
+    return ckpt["step"], loss, [(int(s), float(v)) for s, v in ckpt["history"]["val"]]
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The settings that differ between two signatures, as ``name: checkpoint X, now Y (--flag)`` (nested names
+    dotted)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in sorted(set(old) | set(new), key=str):
+            out += _diff(old.get(key, "<unset>"), new.get(key, "<unset>"), f"{prefix}{key}.")
+        return out
+    if old == new:
+        return []
+    name = prefix.rstrip(".")
+    return [f"{name}: checkpoint {old!r}, now {new!r} ({_flag(name)})"]
+
+
+def _signature_mismatch(path: Path, old: Any, new: dict) -> ValueError | None:
+    diff = _diff(old, new)
+    if not diff:
+        return None
+    more = f" (and {len(diff) - 5} more)" if len(diff) > 5 else ""
+    hint = "Resume with the original settings, or start a new run in another --out"
+    if any(line.startswith("train.steps:") for line in diff):
+        hint = (
+            "--steps fixes the learning-rate schedule (warmup, then cosine to its end), so a run cannot be "
+            "lengthened: resume with the original --steps, or start a longer run in another --out"
+        )
+    elif any(line.startswith("train.compile:") for line in diff):
+        hint = (
+            "compiled and eager steps round differently, so a run resumes with the --compile mode it started "
+            "with; or start a new run in another --out"
+        )
+    return ValueError(
+        f"--resume: {str(path)!r} was written by a run with different settings: {'; '.join(diff[:5])}{more}. "
+        f"{hint}"
+    )
+
+
+def check_resume(out: str | os.PathLike, cfg: TrainConfig | None = None, stop_at: int | None = None) -> None:
+    """Cheap checks before any data is loaded: ``out`` holds a tensornet checkpoint (format and version; the
+    checksum is verified when ``train`` loads it), written with the same optimisation settings as ``cfg``
+    (when given), at a step not after ``stop_at``."""
+    path = Path(out) / CHECKPOINT
+    what = _files.not_a_file(path)
+    if what is not None and what != "does not exist":
+        raise ValueError(
+            f"--resume: the checkpoint {str(path)!r} {what}; restore the file, or start the run over with "
+            "--overwrite"
+        )
+    if not path.is_file():
+        legacy = Path(out) / LEGACY_CHECKPOINT
+        if legacy.is_file():
+            raise ValueError(f"--resume: {str(legacy)!r} is a pickle checkpoint: {_files.PICKLE_NOTE}")
+        if (Path(out) / LOG).is_file():  # a run killed before its first checkpoint
+            raise FileNotFoundError(
+                f"--resume: no checkpoint at {str(path)!r}: the run there stopped before its first checkpoint; "
+                "start it over with --overwrite"
+            )
+        raise FileNotFoundError(f"--resume: no checkpoint at {str(path)!r}; run without --resume to start")
+    skeleton = _checkpoint.checkpoint_metadata(path, "--resume")["skeleton"]
+    if not isinstance(skeleton, dict) or not isinstance(skeleton.get("signature"), dict):
+        raise ValueError(f"--resume: {str(path)!r} is not a tensornet training checkpoint (no settings)")
+    if cfg is not None:
+        now = {"train": signature(cfg, None)["train"]}
+        err = _signature_mismatch(path, {"train": skeleton["signature"].get("train")}, now)
+        if err is not None:
+            raise err
+    step = skeleton.get("step")
+    if stop_at is not None and isinstance(step, int) and stop_at < step:
+        raise ValueError(f"--stop-at {stop_at} is before the checkpoint's step {step} in {str(path)!r}")
