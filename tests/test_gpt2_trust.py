@@ -410,7 +410,7 @@ def test_a_second_run_on_a_folder_is_refused(shared, tmp_path, capsys):
 def test_stale_temporary_files_are_removed_and_only_those(tmp_path):
     out = tmp_path / "run"
     with RunFolder.open(out, kind="train"):
-        pass
+        (out / "notes.txt").write_text("mine")  # the folder is kept (one with nothing in it is removed)
     dead = 2**22 + 12345  # above Linux's default pid_max: no such process
     stale = [out / f".checkpoint.safetensors.tmp{dead}", out / f".log.jsonl.tmp{os.getpid()}"]
     for p in stale:

@@ -389,6 +389,27 @@ def _compare_parser(sub) -> None:
     p.set_defaults(command="compare", _parser=p)
 
 
+def _add_checkpoint_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("checkpoints")
+    g.add_argument(
+        "--checkpoint-every",
+        type=_NONNEG_STEPS,
+        default=0,
+        help="checkpoint every N steps, N <= 10**9 (0: only at the end; there is always one at the end)",
+    )
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue exactly from --out/checkpoint.safetensors (same settings required)",
+    )
+    g.add_argument(
+        "--stop-at",
+        type=_STEPS,
+        metavar="STEP",
+        help="stop (with a checkpoint) after STEP steps, STEP <= 10**9; continue later with --resume",
+    )
+
+
 def _train_parser(sub) -> None:
     p = sub.add_parser(
         "train",
@@ -436,24 +457,7 @@ def _train_parser(sub) -> None:
         },
     )
     p.set_defaults(lr=None, warmup=None)
-    g = p.add_argument_group("checkpoints")
-    g.add_argument(
-        "--checkpoint-every",
-        type=_NONNEG_STEPS,
-        default=0,
-        help="checkpoint every N steps, N <= 10**9 (0: only at the end; there is always one at the end)",
-    )
-    g.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue exactly from --out/checkpoint.safetensors (same settings required)",
-    )
-    g.add_argument(
-        "--stop-at",
-        type=_STEPS,
-        metavar="STEP",
-        help="stop (with a checkpoint) after STEP steps, STEP <= 10**9; continue later with --resume",
-    )
+    _add_checkpoint_args(p)
     p.set_defaults(command="train", _parser=p)
 
 

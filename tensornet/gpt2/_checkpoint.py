@@ -279,9 +279,8 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     atomic_write(path, lambda f: write_safetensors(f, tensors, {"sha256": content_sha256(tensors)}))
 
 
-def load_token_file(path: Path, vocab_size: int | None, where: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(train, val)`` int64 token ids from a safetensors token file, checked: two 1-D integer tensors with
-    ids in ``[0, vocab_size)`` and a matching checksum. Any problem raises ValueError naming the file."""
+def read_safetensors(path: Path, unreadable: str, hint: str = "") -> tuple[dict, dict[str, torch.Tensor]]:
+    """The metadata and tensors of a safetensors file; a malformed file raises ValueError ``unreadable (why)hint``."""
     from safetensors import safe_open
 
     try:
@@ -289,9 +288,14 @@ def load_token_file(path: Path, vocab_size: int | None, where: str) -> tuple[tor
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118  (safe_open is not a mapping)
     except Exception as err:  # safetensors raises its own error type for every malformed file
-        raise ValueError(
-            f"{where}: {str(path)!r} is not a readable token file ({type(err).__name__}: {err})"
-        ) from None
+        raise ValueError(f"{unreadable} ({type(err).__name__}: {err}){hint}") from None
+    return metadata, tensors
+
+
+def load_token_file(path: Path, vocab_size: int | None, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(train, val)`` int64 token ids from a safetensors token file, checked: two 1-D integer tensors with
+    ids in ``[0, vocab_size)`` and a matching checksum. Any problem raises ValueError naming the file."""
+    metadata, tensors = read_safetensors(path, f"{where}: {str(path)!r} is not a readable token file")
     if set(tensors) != {"train", "val"}:
         raise ValueError(f"{where}: {str(path)!r} holds {sorted(tensors)}, expected train and val")
     if metadata.get("sha256") != content_sha256(tensors):

@@ -28,9 +28,10 @@ CompileMode = Literal["default", "reduce-overhead", "max-autotune"]
 COMPILE_MODES: tuple[CompileMode, ...] = ("default", "reduce-overhead", "max-autotune")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings. Defaults are the paper's GPT-2 small recipe except the step count and batch."""
+    """Optimisation settings (frozen: a run's settings do not change under it). Defaults are the paper's GPT-2
+    small recipe except the step count and batch."""
 
     steps: int = 1000
     batch_size: int = 16  # sequences per optimizer step, over all processes

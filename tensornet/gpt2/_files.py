@@ -327,8 +327,11 @@ class RunFolder:
     ``open`` is re-entrant within a process (the CLI opens the folder before loading data; ``train`` then
     opens it again): the second open returns the same holder."""
 
-    def __init__(self, path: Path, kind: str, fd: int) -> None:
+    def __init__(self, path: Path, kind: str, fd: int, created: list[Path] | None = None) -> None:
         self.path, self.kind, self._fd, self._count = path, kind, fd, 1
+        # the folders this run created (deepest first) when it found none there, [path] alone when it found the
+        # folder empty, else None: a run that writes nothing leaves the folder as it found it
+        self._created = created
 
     @classmethod
     def open(
@@ -349,6 +352,9 @@ class RunFolder:
             held._count += 1
             return held
         check_run_folder(path, kind=kind, resume=resume, overwrite=overwrite, where=where)
+        created = [p for p in (path, *path.parents) if not p.exists()] or None
+        if created is None and not any(p.name != LOCK for p in path.iterdir()):
+            created = []  # an empty folder: kept, emptied again
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -357,7 +363,7 @@ class RunFolder:
             ) from None
         probe_writable(path, where)
         fd = _lock(path, where)
-        folder = cls(path, kind, fd)
+        folder = cls(path, kind, fd, created)
         try:
             # again, now that no other run can change the folder between the check and the writes
             check_run_folder(path, kind=kind, resume=resume, overwrite=overwrite, where=where)
@@ -403,7 +409,22 @@ class RunFolder:
         self._count -= 1
         if self._count == 0:
             _HELD.pop(self.path.resolve(), None)
+            unused = self._created is not None and self._holds_only_marks()
+            if unused:  # removed while the lock is held
+                for name in (MANIFEST, LOCK):
+                    with contextlib.suppress(OSError):
+                        (self.path / name).unlink()
             os.close(self._fd)  # releases the lock
+            for folder in (self._created or []) if unused else []:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only when empty
+
+    def _holds_only_marks(self) -> bool:
+        """The folder holds nothing but this package's manifest and lock (the run wrote no output)."""
+        try:
+            return all(p.name in (MANIFEST, LOCK) and p.is_file() for p in self.path.iterdir())
+        except OSError:
+            return False
 
     def __enter__(self) -> RunFolder:
         return self
@@ -440,6 +461,23 @@ def _lock(path: Path, where: str) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def _check_model_folder(model: Path, where: str) -> None:
+    """A train run's ``model/``, which the finished run replaces: nothing in it but what save_model writes."""
+    if not (model.exists() or model.is_symlink()):
+        return
+    if model.is_symlink() or not model.is_dir():
+        foreign = [model.name]
+    else:
+        foreign = [
+            p.name for p in model.iterdir() if p.name not in MODEL_FILES or not p.is_file() or p.is_symlink()
+        ]
+    if foreign:
+        raise FileExistsError(
+            f"{where}: {str(model)!r} holds files train does not write ({', '.join(sorted(foreign)[:5])}); "
+            "the run would replace that folder when it finishes: move them elsewhere first"
+        )
 
 
 def check_run_folder(
@@ -486,22 +524,8 @@ def check_run_folder(
         raise FileExistsError(
             f"{where}: {str(path)!r} holds a {manifest['kind']} run, not a {kind} run; choose another folder"
         )
-    model = path / "model"
-    if kind == "train" and (model.exists() or model.is_symlink()):  # the finished run replaces model/
-        foreign = (
-            [model.name]
-            if model.is_symlink() or not model.is_dir()
-            else [
-                p.name
-                for p in model.iterdir()
-                if p.name not in MODEL_FILES or not p.is_file() or p.is_symlink()
-            ]
-        )
-        if foreign:
-            raise FileExistsError(
-                f"{where}: {str(model)!r} holds files train does not write ({', '.join(sorted(foreign)[:5])}); "
-                "the run would replace that folder when it finishes: move them elsewhere first"
-            )
+    if kind == "train":
+        _check_model_folder(path / "model", where)
     used = [n for n in OUTPUTS[kind] if (path / n).exists()]
     if used and not resume and not overwrite:
         hint = "--resume to continue it or --overwrite" if kind == "train" else "--overwrite"

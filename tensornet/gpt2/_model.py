@@ -205,17 +205,11 @@ def _write_model(model: nn.Module, given: Path, tokenizer) -> None:
 
 def _read_weights(file: Path) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file, checked against the checksum ``save_model`` stores (when present)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(file), framework="pt") as f:
-            metadata = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118  (safe_open is not a mapping)
-    except Exception as err:  # safetensors raises its own error type for every malformed file
-        raise ValueError(
-            f"load_model: {str(file)!r} is not a readable safetensors file ({type(err).__name__}: {err}); it is "
-            "truncated or damaged: save the model again or restore the file"
-        ) from None
+    metadata, state = _checkpoint.read_safetensors(
+        file,
+        f"load_model: {str(file)!r} is not a readable safetensors file",
+        "; it is truncated or damaged: save the model again or restore the file",
+    )
     expected = metadata.get(_CHECKSUM)
     if expected is not None and _checkpoint.content_sha256(state) != expected:
         raise ValueError(
@@ -462,32 +456,66 @@ def load_model(directory: str | os.PathLike, *, device: str | torch.device | Non
 
     ``config.json`` is checked before anything is built: types and ranges of its settings, the tensornet
     record, agreement with the tensor shapes in the weights file's header, and the memory the model needs."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2LMHeadModel
 
     path = Path(directory)
-    raw, sizes = read_config(directory)
-    config_file = path / "config.json"
+    config, tensorized, weights = _checked_folder(path)
+    state = _base_names(_read_weights(weights))
+    model: Any = GPT2LMHeadModel(config)
+    if tensorized is not None:
+        tensorized.apply(model)
+    dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
+    if len(dtypes) == 1:  # keep the saved precision (GPT2LMHeadModel(config) builds float32)
+        model.to(dtypes.pop())
+    try:
+        model.load_state_dict(state, strict=False)
+    except RuntimeError as err:
+        raise ValueError(
+            f"load_model: the weights in {str(weights)!r} do not fit {str(path / 'config.json')!r}: "
+            f"{str(err)[:400]}"
+        ) from None
+    if not (tensorized is not None and tensorized.embeddings) and config.tie_word_embeddings:
+        model.tie_weights()  # a TT embedding's head is tied by construction
+    model.eval()
+    return model.to(device) if device is not None else model
+
+
+def _base_names(names: dict) -> dict:
+    """A GPT2Model (base) checkpoint's names as GPT2LMHeadModel's (``transformer.`` prefixed)."""
+    if names and not any(k.startswith("transformer.") for k in names):
+        return {(k if k.startswith("lm_head.") else f"transformer.{k}"): v for k, v in names.items()}
+    return names
+
+
+def _weights_file(path: Path) -> Path:
+    """The folder's safetensors weights; pickle or sharded weights are refused, with what to do."""
     weights = path / _WEIGHTS
-    if not weights.exists():
-        pickled = [name for name in _PICKLE_WEIGHTS if (path / name).is_file()]
-        if pickled:
-            raise ValueError(
-                f"load_model: {str(path)!r} holds {pickled[0]} but no {_WEIGHTS}; pickle weights are not loaded "
-                "because unpickling can run arbitrary code. Convert them to safetensors once, where you trust the file, with "
-                "GPT2LMHeadModel.from_pretrained(folder).save_pretrained(folder, safe_serialization=True)"
-            )
-        if (path / f"{_WEIGHTS}.index.json").is_file():
-            raise ValueError(
-                f"load_model: {str(path)!r} holds sharded weights, which load_model does not read"
-            )
-        raise ValueError(f"{str(path)!r} has no {_WEIGHTS}")
-    header = _read_header(weights)
+    if weights.exists():
+        return weights
+    pickled = [name for name in _PICKLE_WEIGHTS if (path / name).is_file()]
+    if pickled:
+        raise ValueError(
+            f"load_model: {str(path)!r} holds {pickled[0]} but no {_WEIGHTS}; pickle weights are not loaded "
+            "because unpickling can run arbitrary code. Convert them to safetensors once, where you trust the "
+            "file, with GPT2LMHeadModel.from_pretrained(folder).save_pretrained(folder, safe_serialization=True)"
+        )
+    if (path / f"{_WEIGHTS}.index.json").is_file():
+        raise ValueError(f"load_model: {str(path)!r} holds sharded weights, which load_model does not read")
+    raise ValueError(f"{str(path)!r} has no {_WEIGHTS}")
+
+
+def _checked_folder(path: Path) -> tuple[Any, TensorizeConfig | None, Path]:
+    """The folder's GPT2Config, tensornet record and weights file, checked against the weights' header."""
+    from transformers import GPT2Config
+
+    raw, sizes = read_config(path)
+    config_file = path / "config.json"
+    weights = _weights_file(path)
     record = raw.get("tensornet")
     tensorized = None if record is None else TensorizeConfig.from_json(record, str(config_file), "load_model")
-    if (
-        tensorized is None and header and not any(k.startswith("transformer.") for k in header)
-    ):  # a GPT2Model (base) checkpoint
-        header = {(k if k.startswith("lm_head.") else f"transformer.{k}"): v for k, v in header.items()}
+    header = _read_header(weights)
+    if tensorized is None:
+        header = _base_names(header)
     _check_fit(sizes, header, config_file, weights)
     try:
         config = GPT2Config.from_dict(raw)
@@ -499,21 +527,17 @@ def load_model(directory: str | os.PathLike, *, device: str | torch.device | Non
         expected = _expected_state(config, tensorized)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as err:
         raise ValueError(
-            f"load_model: the tensornet record in {str(config_file)!r} is malformed "
-            f"({type(err).__name__}: {err})"
+            f"load_model: the tensornet record in {str(config_file)!r} is malformed ({type(err).__name__}: {err})"
         ) from None
     tied = (tensorized is not None and tensorized.embeddings) or bool(config.tie_word_embeddings)
     missing, unexpected, shapes = _mismatch(expected, header, tied)
     if missing or unexpected or shapes:
-        cores = tensorized is None and any(
-            re.search(r"\.(packed_cores|cores\.\d+|a|b)$", k) for k in unexpected
-        )
-        why = (
-            " The weights hold TT cores or low-rank factors but config.json has no tensornet record: restore "
-            "the config.json that save_model wrote with them."
-            if cores
-            else ""
-        )
+        why = ""
+        if tensorized is None and any(re.search(r"\.(packed_cores|cores\.\d+|a|b)$", k) for k in unexpected):
+            why = (
+                " The weights hold TT cores or low-rank factors but config.json has no tensornet record: "
+                "restore the config.json that save_model wrote with them."
+            )
         raise ValueError(
             f"load_model: the weights in {str(weights)!r} do not match {str(config_file)!r}: missing "
             f"{missing[:5]}{' ...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
@@ -521,22 +545,4 @@ def load_model(directory: str | os.PathLike, *, device: str | torch.device | Non
             + (f", other shapes {shapes[:3]}{' ...' if len(shapes) > 3 else ''}" if shapes else "")
             + f".{why}"
         )
-    state = _read_weights(weights)
-    if state and not any(k.startswith("transformer.") for k in state):
-        state = {(k if k.startswith("lm_head.") else f"transformer.{k}"): v for k, v in state.items()}
-    model: Any = GPT2LMHeadModel(config)
-    if tensorized is not None:
-        tensorized.apply(model)
-    dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
-    if len(dtypes) == 1:  # keep the saved precision (GPT2LMHeadModel(config) builds float32)
-        model.to(dtypes.pop())
-    try:
-        model.load_state_dict(state, strict=False)
-    except RuntimeError as err:
-        raise ValueError(
-            f"load_model: the weights in {str(weights)!r} do not fit {str(config_file)!r}: {str(err)[:400]}"
-        ) from None
-    if not (tensorized is not None and tensorized.embeddings) and config.tie_word_embeddings:
-        model.tie_weights()  # a TT embedding's head is tied by construction
-    model.eval()
-    return model.to(device) if device is not None else model
+    return config, tensorized, weights

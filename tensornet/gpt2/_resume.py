@@ -67,7 +67,7 @@ def _number(value: Any) -> bool:
 
 
 def _check_checkpoint(path: Path, ckpt: dict, model: nn.Module, optimizer, cfg: TrainConfig) -> None:
-    """Everything in ``ckpt`` that ``_restore`` loads, against this run: the step (an integer in [0, steps])
+    """Everything in ``ckpt`` that ``restore`` loads, against this run: the step (an integer in [0, steps])
     and its history, the model's tensor names, shapes and dtypes, the optimizer's groups (their AdamW
     settings must be this run's) and state shapes, the RNG states. Works on the real tensors or on the
     header's ``meta`` tensors (``checkpoint_outline``)."""
@@ -81,88 +81,98 @@ def _check_checkpoint(path: Path, ckpt: dict, model: nn.Module, optimizer, cfg: 
     missing = [k for k in _CHECKPOINT_KEYS if k not in ckpt]
     if missing:
         raise ValueError(f"--resume: {str(path)!r} is not a tensornet training checkpoint (no {missing})")
-    step = ckpt["step"]
+    for why in (
+        _history_fault(ckpt["step"], ckpt["history"], cfg),
+        _model_fault(ckpt["model"], model),
+        _optimizer_fault(ckpt["optimizer"], optimizer),
+        _rng_fault(ckpt["rng"]),
+    ):
+        if why is not None:
+            raise bad(why)
+
+
+def _history_fault(step: Any, history: Any, cfg: TrainConfig) -> str | None:
+    """What is wrong with a checkpoint's step and history (None: nothing)."""
     if not (isinstance(step, int) and not isinstance(step, bool) and 0 <= step <= cfg.steps):
-        raise bad(f"its step {step!r} is not an integer in [0, --steps {cfg.steps}]")
-    history = ckpt["history"]
+        return f"its step {step!r} is not an integer in [0, --steps {cfg.steps}]"
     if not (isinstance(history, dict) and isinstance(history.get("loss"), list)):
-        raise bad("it has no list of training losses")
+        return "it has no list of training losses"
     loss, val = history["loss"], history.get("val")
     if len(loss) != step or not all(_number(v) for v in loss):
-        raise bad(f"it records {len(loss)} losses for step {step} (or losses that are not finite numbers)")
-    if not (
-        isinstance(val, list)
-        and all(
-            isinstance(e, (list, tuple))
-            and len(e) == 2
-            and _number(e[0])
-            and isinstance(e[0], int)
-            and _number(e[1])
-            for e in val
-        )
-        and [e[0] for e in val] == sorted({e[0] for e in val})
-        and all(1 <= e[0] <= step for e in val)
-    ):
-        raise bad("its evaluations are not (step, loss) pairs at increasing steps up to its step")
-    state, own = ckpt["model"], model.state_dict()
+        return f"it records {len(loss)} losses for step {step} (or losses that are not finite numbers)"
+    pairs = isinstance(val, list) and all(
+        isinstance(e, (list, tuple))
+        and len(e) == 2
+        and isinstance(e[0], int)
+        and _number(e[0])
+        and _number(e[1])
+        for e in val
+    )
+    steps = [e[0] for e in val] if pairs and isinstance(val, list) else []
+    if not (pairs and steps == sorted(set(steps)) and all(1 <= s <= step for s in steps)):
+        return "its evaluations are not (step, loss) pairs at increasing steps up to its step"
+    return None
+
+
+def _model_fault(state: Any, model: nn.Module) -> str | None:
+    own = model.state_dict()
     if not isinstance(state, dict) or set(state) != set(own):
         names = sorted(map(str, set(state) ^ set(own))) if isinstance(state, dict) else ["not a state dict"]
-        raise bad(f"its model tensors differ from this model's ({', '.join(names[:5])})")
+        return f"its model tensors differ from this model's ({', '.join(names[:5])})"
     for name, tensor in own.items():
         saved = state[name]
         if not (
             isinstance(saved, torch.Tensor) and saved.shape == tensor.shape and saved.dtype == tensor.dtype
         ):
             what = f"{tuple(saved.shape)} {saved.dtype}" if isinstance(saved, torch.Tensor) else type(saved)
-            raise bad(f"its {name} is {what}, this model's is {tuple(tensor.shape)} {tensor.dtype}")
-    opt = ckpt["optimizer"]
+            return f"its {name} is {what}, this model's is {tuple(tensor.shape)} {tensor.dtype}"
+    return None
+
+
+def _optimizer_fault(opt: Any, optimizer: torch.optim.Optimizer) -> str | None:
     groups = opt.get("param_groups") if isinstance(opt, dict) else None
     saved_state = opt.get("state") if isinstance(opt, dict) else None
     if not (isinstance(groups, list) and isinstance(saved_state, dict)):
-        raise bad("its optimizer state is not AdamW's (param_groups and state)")
+        return "its optimizer state is not AdamW's (param_groups and state)"
     if len(groups) != len(optimizer.param_groups):
-        raise bad(
-            f"its optimizer has {len(groups)} parameter groups, this run's {len(optimizer.param_groups)}"
-        )
+        return f"its optimizer has {len(groups)} parameter groups, this run's {len(optimizer.param_groups)}"
     params: dict[Any, torch.Tensor] = {}
     for i, (saved_group, group) in enumerate(zip(groups, optimizer.param_groups)):
         ids = saved_group.get("params") if isinstance(saved_group, dict) else None
         if not (isinstance(ids, list) and len(ids) == len(group["params"])):
-            raise bad(f"its optimizer group {i} does not hold this run's {len(group['params'])} parameters")
+            return f"its optimizer group {i} does not hold this run's {len(group['params'])} parameters"
         for key, flag in _OPTIMIZER_SETTINGS.items():
             if key in group and saved_group.get(key) != group[key]:
-                raise bad(
-                    f"its optimizer group {i} has {key} {saved_group.get(key)!r}, this run {group[key]!r} "
-                    f"({flag})"
-                )
+                return f"its optimizer group {i} has {key} {saved_group.get(key)!r}, this run {group[key]!r} ({flag})"
         params.update(zip(ids, group["params"]))
     for key, entry in saved_state.items():
         param = params.get(key)
         if param is None or not isinstance(entry, dict):
-            raise bad(f"its optimizer state {key!r} belongs to no parameter of this run")
+            return f"its optimizer state {key!r} belongs to no parameter of this run"
         for name, value in entry.items():
             if name == "step":
                 if not (_number(value) or (isinstance(value, torch.Tensor) and value.numel() == 1)):
-                    raise bad(f"its optimizer state {key!r} has step {value!r}")
+                    return f"its optimizer state {key!r} has step {value!r}"
             elif not (
                 isinstance(value, torch.Tensor) and value.shape == param.shape and value.is_floating_point()
             ):
                 what = (
                     f"{tuple(value.shape)} {value.dtype}" if isinstance(value, torch.Tensor) else type(value)
                 )
-                raise bad(
-                    f"its optimizer state {key!r} has {name} {what}, for a parameter of shape "
-                    f"{tuple(param.shape)}"
-                )
-    rng = ckpt["rng"]
+                return f"its optimizer state {key!r} has {name} {what}, for a parameter of shape {tuple(param.shape)}"
+    return None
+
+
+def _rng_fault(rng: Any) -> str | None:
+    torch_state = rng.get("torch") if isinstance(rng, dict) else None
     if not (
-        isinstance(rng, dict)
-        and isinstance(rng.get("torch"), torch.Tensor)
-        and rng["torch"].dtype == torch.uint8
-        and rng["torch"].shape == torch.get_rng_state().shape
+        isinstance(torch_state, torch.Tensor)
+        and torch_state.dtype == torch.uint8
+        and torch_state.shape == torch.get_rng_state().shape
         and isinstance(rng.get("python"), tuple)
     ):
-        raise bad("its random-number-generator states are not torch's and Python's")
+        return "its random-number-generator states are not torch's and Python's"
+    return None
 
 
 def check_checkpoint_fits(

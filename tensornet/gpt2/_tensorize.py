@@ -294,6 +294,28 @@ def _tensorize_tied(model: Any, rules: list[Rule], *, embeddings: bool) -> Tenso
     return report
 
 
+def _layer_rules(
+    model: nn.Module, layers: Sequence[str], shapes: Any, ncores: int, convert: dict, options: dict
+) -> tuple[list[Rule], dict[str, Pairs]]:
+    """One ``Rule`` per layer key of the groups ``layers`` (every block has the same sizes) and its core pairs.
+    ``convert``: rank, eps, from_weights; ``options``: the layer's other settings."""
+    rank, from_weights = convert["rank"], convert["from_weights"]
+    resolved: dict[str, Pairs] = {}
+    rules = []
+    for name, key, module in _targets(model, layers):
+        if key in resolved:
+            continue
+        # "paper" ties the shapes to the rank; with eps alone the rank-64 shapes
+        resolved[key] = layer_shapes(
+            key, _weight_shape(module), rank=rank or 64, shapes=shapes, ncores=ncores
+        )
+        if rank is not None and not from_weights:  # converting, rank is a cap: ttm_svd stops where useful
+            _check_useful(rank, resolved[key], name)
+        rows, cols = zip(*resolved[key])
+        rules.append(Rule(f"transformer.h.*.{key}", out_shape=rows, in_shape=cols, **convert, **options))
+    return rules, resolved
+
+
 def tensorize(
     model: nn.Module,
     *,
@@ -336,25 +358,14 @@ def tensorize(
         raise ValueError("tensorize: give rank (or eps with from_weights=True)")
     clip_rank = shapes != "paper" if clip_rank is None else clip_rank
     scratch = {} if from_weights else {"init": init, "clip_rank": clip_rank}
-    resolved: dict[str, Pairs] = {}
-    rules = []
-    for name, key, module in _targets(model, layers):
-        if key not in resolved:  # every block has the same sizes
-            # "paper" ties the shapes to the rank; with eps alone the rank-64 shapes
-            resolved[key] = layer_shapes(
-                key, _weight_shape(module), rank=rank or 64, shapes=shapes, ncores=ncores
-            )
-            if rank is not None and not from_weights:  # converting, rank is a cap: ttm_svd stops where useful
-                _check_useful(rank, resolved[key], name)
-            rows, cols = zip(*resolved[key])
-            options = {"out_shape": rows, "in_shape": cols, "bias": bias, **scratch}
-            rules.append(
-                Rule(f"transformer.h.*.{key}", rank=rank, eps=eps, from_weights=from_weights, **options)
-            )
+    convert = dict(rank=rank, eps=eps, from_weights=from_weights)
+    rules, resolved = _layer_rules(model, layers, shapes, ncores, convert, {"bias": bias, **scratch})
     if embeddings:
         pairs = shapes.get("wte") if isinstance(shapes, Mapping) else None
         emb_rank = _checks.check_count("tensorize", "embedding_rank", embedding_rank, optional=True) or rank
-        options = {"ncores": ncores} if pairs is None else dict(zip(("voc_shape", "emb_shape"), zip(*pairs)))
+        options: dict[str, Any] = (
+            {"ncores": ncores} if pairs is None else dict(zip(("voc_shape", "emb_shape"), zip(*pairs)))
+        )
         options |= {} if from_weights else {"init": init}  # the embedding's ranks are always clipped
         rules.append(Rule("transformer.wte", rank=emb_rank, eps=eps, from_weights=from_weights, **options))
     report = _tensorize_tied(model, rules, embeddings=embeddings)
