@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import re
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ import torch
 
 from tensornet.gpt2 import _commands, _data, _precheck
 from tensornet.gpt2._cli import main
+from tensornet.gpt2._commands import log_spaced
 from tensornet.gpt2._compare import table
 from tensornet.gpt2._data import cached_tokenizer, eval_token_count, stdlib_corpus, val_batches
 
@@ -304,6 +306,10 @@ def test_resume_names_the_setting_that_differs(run, tmp_path, capsys):
     assert (
         "(--steps)" in err and "cannot be lengthened" in err and "start a longer run in another --out" in err
     )
+    assert code([*base, "--steps", "3", "--compile", "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "train.compile: checkpoint eager, now 'default' (--compile)" in err
+    assert "resumes with the --compile mode it started with" in err
 
 
 def test_resume_says_where_it_resumed_and_a_finished_run_has_no_nan(run, tmp_path, capsys):
@@ -354,3 +360,15 @@ def test_compare_shows_one_bar_and_a_line_per_model(run, tmp_path, capsys):
         assert "on 64 tokens" in line and "parameters" in line
     assert "lowrank (3/3)" in captured.err and "9/9" in captured.err  # one bar over every model's steps
     assert "peak RSS of its process (MiB)" in captured.out
+    # without --eval-every, log-spaced evaluations give loss_curves.png its validation curves
+    assert "evaluation: after steps 1, 2, 3, on 64 validation tokens" in captured.out
+    results = json.loads((tmp_path / "c" / "results.json").read_text())["results"]
+    assert all([step for step, _ in r["val"]] == [1, 2, 3] for r in results)
+
+
+def test_log_spaced_evaluations():
+    assert log_spaced(300) == (3, 7, 17, 45, 116, 300)
+    assert log_spaced(1) == (1,) and log_spaced(4) == (1, 2, 3, 4)
+    for steps in (1, 2, 10, 999, 10**6):
+        points = log_spaced(steps)
+        assert points[-1] == steps and list(points) == sorted(set(points)) and points[0] >= 1

@@ -107,9 +107,16 @@ def _compare_spec(args, out: Path) -> tuple[dict, tuple[str, ...]]:
         args, layers=args.n_layer, width=args.n_embd, vocab=vocab, block=args.block_size, training=True
     )
     train_ids, val_ids = _data.cached_tokens(corpus, tokenizer, args.cache_dir)
-    cfg = train_config(args)
+    # without --eval-every, a few log-spaced evaluations: the validation curves of loss_curves.png
+    cfg = train_config(args, eval_at=() if args.eval_every else log_spaced(args.steps))
     check_tokens(train_ids, val_ids, cfg)
     print(f"tokens: {train_ids.numel():,} train / {val_ids.numel():,} validation, vocabulary {vocab:,}")
+    at = (
+        f"every {cfg.eval_every} steps"
+        if cfg.eval_every
+        else "after steps " + ", ".join(map(str, cfg.eval_at))
+    )
+    print(f"evaluation: {at}, on {_eval_note(cfg, val_ids)}")
     config = dict(vocab_size=vocab, block_size=args.block_size, preset=None, n_layer=args.n_layer)
     config |= dict(n_embd=args.n_embd, n_head=args.n_head, dropout=args.dropout)
     spec = {
@@ -131,6 +138,11 @@ def _compare_spec(args, out: Path) -> tuple[dict, tuple[str, ...]]:
         "val_ids": val_ids.int(),
     }
     return spec, ("dense", "ttm") + (() if args.no_lowrank else ("lowrank",))
+
+
+def log_spaced(steps: int, points: int = 6) -> tuple[int, ...]:
+    """About ``points`` steps spaced evenly on a log scale from the first to the last."""
+    return tuple(sorted({max(1, round(steps ** (k / points))) for k in range(1, points + 1)}))
 
 
 # ----------------------------------------------------------------------------------------------------- train

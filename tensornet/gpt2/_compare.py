@@ -139,7 +139,7 @@ def compare(
         r["percent_of_dense"] = 100 * r["params"] / dense["params"]
         r["ppl_vs_dense_percent"] = 100 * (r["val_ppl"] / dense["val_ppl"] - 1)
     summary = {
-        "machine": machine_description(spec["device"]),
+        "machine": machine_description(spec["device"], spec.get("threads")),
         "spec": {k: v for k, v in spec.items() if k != "tokens"},
         "results": results,
     }
@@ -152,11 +152,12 @@ def compare(
     return summary
 
 
-def machine_description(device: str) -> str:
+def machine_description(device: str, threads: int | None = None) -> str:
+    """The device the models trained on; on CPU with the threads each training process used."""
     if str(device).startswith("cuda") and torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
     return (
-        f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"CPU {platform.processor() or platform.machine()}, {threads or torch.get_num_threads()} threads, "
         f"torch {torch.__version__}, Python {platform.python_version()}"
     )
 

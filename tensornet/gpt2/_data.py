@@ -397,12 +397,6 @@ def cached_tokens(corpus: Corpus, tokenizer, cache_dir: str | os.PathLike | None
     return train, val
 
 
-def save_tokenizer(tokenizer, directory: str | os.PathLike) -> None:
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    data = _tokenizer_json(tokenizer)
-    _files.atomic_write(Path(directory) / "tokenizer.json", lambda f: f.write(data))
-
-
 # ------------------------------------------------------------------------------------------------ batches
 def train_batch(
     tokens: torch.Tensor,

@@ -43,10 +43,13 @@ def _flag(name: str) -> str:
 def signature(cfg: TrainConfig, extra: dict | None) -> dict:
     """What must not change between a checkpoint and its resume: the optimisation settings that shape the
     losses (with the compile mode: compiled steps round differently; not the evaluation or checkpoint
-    frequency) and the caller's model/data description."""
+    frequency) and the caller's model/data description. An eager run records no compile mode, as the
+    checkpoints written before the modes existed, so those resume as eager runs."""
     train_settings = asdict(cfg)
     for name in ("eval_every", "eval_at", "checkpoint_every"):
         train_settings.pop(name)
+    if train_settings["compile"] is None:
+        train_settings.pop("compile")
     return {"train": train_settings, **(extra or {})}
 
 
@@ -256,6 +259,9 @@ def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
     if old == new:
         return []
     name = prefix.rstrip(".")
+    if name == "train.compile":  # absent: an eager run
+        old, new = ("eager" if v in ("<unset>", None) else repr(v) for v in (old, new))
+        return [f"{name}: checkpoint {old}, now {new} ({_flag(name)})"]
     return [f"{name}: checkpoint {old!r}, now {new!r} ({_flag(name)})"]
 
 
