@@ -18,7 +18,7 @@ from tensornet.gpt2 import (
     _checkpoint,
     _data,
     _files,
-    _model,
+    _modelfile,
     _resume,
     _train,
     build_model,
@@ -298,7 +298,7 @@ def test_crafted_configs_are_refused_before_anything_is_built(shared, tmp_path, 
     src = shared["run"] / "model"
     base = json.loads((src / "config.json").read_text())
     built = []
-    monkeypatch.setattr(_model.TensorizeConfig, "apply", lambda *a: built.append(a))
+    monkeypatch.setattr(_modelfile.TensorizeConfig, "apply", lambda *a: built.append(a))
     for i, (edit, key) in enumerate(CONFIG_EDITS):
         folder = tmp_path / str(i)
         shutil.copytree(src, folder)
@@ -318,7 +318,7 @@ def test_crafted_configs_are_refused_before_anything_is_built(shared, tmp_path, 
     (tmp_path / "2" / "config.json").symlink_to("/dev/zero")
     with pytest.raises(ValueError, match="not a regular file"):
         load_model(tmp_path / "2")
-    monkeypatch.setattr(_model, "memory_bytes", lambda device=None: 2**10)
+    monkeypatch.setattr(_modelfile, "memory_bytes", lambda device=None: 2**10)
     with pytest.raises(ValueError, match="more than this machine's"):
         load_model(src)
 
@@ -472,7 +472,7 @@ def test_out_of_bound_flags_are_one_line_errors_before_any_work(
 ):
     out, cache = tmp_path / "out", tmp_path / "fresh-cache"
     if command == "eval" and "65536" in flags:  # the logits of one batch cannot fit 1 GiB
-        monkeypatch.setattr(_model, "memory_bytes", lambda device=None: 2**30)
+        monkeypatch.setattr(_modelfile, "memory_bytes", lambda device=None: 2**30)
     if command in ("train", "compare"):
         argv = [*(COMPARE if command == "compare" else ["train", *TINY]), "--steps", "2"]
         if "--out" not in flags:

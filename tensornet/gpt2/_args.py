@@ -7,11 +7,43 @@ be checked (``--device``) imports it when it is given.
 from __future__ import annotations
 
 import argparse
-import json
-import math
-from collections.abc import Callable
 
-from ._config import COMPILE_MODES, LAYER_GROUPS, PRESETS, SHAPE_KEYS, TrainConfig
+from ._argtypes import (
+    _BATCH,
+    _BETA,
+    _BLOCK,
+    _CHARS,
+    _EPS,
+    _HEADS,
+    _LAYERS,
+    _LR,
+    _NCORES,
+    _NONNEG_F,
+    _NONNEG_STEPS,
+    _POS_F,
+    _RANK,
+    _RANK0,
+    _SEED,
+    _STEPS,
+    _THREADS,
+    _TOKENS,
+    _UNIT,
+    _VOCAB,
+    _WIDTH,
+    MAX_BATCH,
+    MAX_BLOCK,
+    MAX_HEADS,
+    MAX_LAYERS,
+    MAX_NCORES,
+    MAX_RANK,
+    MAX_THREADS,
+    MAX_WIDTH,
+    _device,
+    _layers,
+    _path,
+    _shapes,
+)
+from ._config import COMPILE_MODES, LAYER_GROUPS, PRESETS, TrainConfig
 
 EPILOG = """The embedded corpus (used when --data is not given) is the Python standard library's source code:
 deterministic file order, a fixed ~5% validation split by file name, no network. The tokenizer is a
@@ -66,146 +98,6 @@ class _Formatter(argparse.HelpFormatter):
         ):
             return text
         return f"{text} (default %(default)s)"
-
-
-# ------------------------------------------------------------------------------------------ value parsers
-def _int(lo: int, hi: int | None = None) -> Callable[[str], int]:
-    """An argparse ``type=``: an integer in ``[lo, hi]``."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < lo or (hi is not None and value > hi):
-            rule = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-            raise argparse.ArgumentTypeError(f"must be {rule}, got {value}")
-        return value
-
-    parse.__name__ = "integer"
-    return parse
-
-
-def _float(lo: float, hi: float = math.inf, *, lo_open: bool = False, hi_open: bool = False):
-    """An argparse ``type=``: a finite number in the interval from ``lo`` to ``hi`` (open ends as flagged)."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        inside = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
-        if not math.isfinite(value) or not inside:
-            if hi == math.inf:
-                rule = f"{'>' if lo_open else '>='} {lo:g}"
-            else:
-                rule = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
-            raise argparse.ArgumentTypeError(f"must be a finite number {rule}, got {text}")
-        return value
-
-    parse.__name__ = "number"
-    return parse
-
-
-def _is_pairs(pairs: object) -> bool:
-    return (
-        isinstance(pairs, list)
-        and bool(pairs)
-        and all(
-            isinstance(p, list)
-            and len(p) == 2
-            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in p)
-            for p in pairs
-        )
-    )
-
-
-def _shapes(value: str):
-    """``--shapes``: 'paper', 'balanced' or a JSON object of (out_k, in_k) pairs per layer name."""
-    if value in ("paper", "balanced"):
-        return value
-    try:
-        shapes = json.loads(value)
-    except json.JSONDecodeError:
-        raise argparse.ArgumentTypeError(
-            f"must be 'paper', 'balanced' or a JSON object, got {value!r} (not valid JSON)"
-        ) from None
-    if not isinstance(shapes, dict) or not shapes:
-        raise argparse.ArgumentTypeError(
-            f"JSON must be a non-empty object mapping layer names to lists of [out_k, in_k] pairs, got {value!r}"
-        )
-    for key, pairs in shapes.items():
-        if key not in SHAPE_KEYS:
-            raise argparse.ArgumentTypeError(f"unknown layer {key!r}; the keys are among {list(SHAPE_KEYS)}")
-        if not _is_pairs(pairs):
-            raise argparse.ArgumentTypeError(
-                f"{key!r} must be a non-empty list of [out_k, in_k] pairs of positive integers, got {pairs!r}"
-            )
-    return shapes
-
-
-def _layers(value: str) -> tuple[str, ...]:
-    layers = tuple(s.strip() for s in value.split(",") if s.strip())
-    bad = [s for s in layers if s not in LAYER_GROUPS]
-    if bad or not layers:
-        raise argparse.ArgumentTypeError(
-            f"must be a comma-separated subset of {sorted(LAYER_GROUPS)}, got {value!r}"
-        )
-    return layers
-
-
-def _device(value: str) -> str:
-    """``--device``: a torch device string this machine has."""
-    import torch
-
-    try:
-        device = torch.device(value)
-    except (RuntimeError, ValueError):
-        raise argparse.ArgumentTypeError(f"not a device: {value!r}; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise argparse.ArgumentTypeError(f"{value!r} asks for CUDA, but torch sees no CUDA device here")
-        if device.index is not None and device.index >= count:
-            raise argparse.ArgumentTypeError(
-                f"{value!r}: this machine has {count} CUDA device(s), 0 to {count - 1}"
-            )
-    elif device.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise argparse.ArgumentTypeError(f"{value!r}: the MPS backend is not available here")
-    elif device.type != "cpu":
-        raise argparse.ArgumentTypeError(f"unsupported device {value!r}; use cpu, cuda or cuda:N")
-    return value
-
-
-def _path(text: str) -> str:
-    """An argparse ``type=`` for paths: not empty (``""`` would silently mean the current folder)."""
-    if not text:
-        raise argparse.ArgumentTypeError("the path is empty; give a file or folder")
-    return text
-
-
-_path.__name__ = "path"
-
-# upper bounds of the size flags: far above what fits a machine today (the memory check refuses sooner), low
-# enough that no flag overflows an integer or builds a model for hours before failing
-MAX_LAYERS, MAX_WIDTH, MAX_HEADS = 1024, 65536, 4096
-MAX_BLOCK, MAX_BATCH, MAX_STEPS = 65536, 65536, 10**9
-MAX_RANK, MAX_NCORES, MAX_THREADS = 65536, 64, 1024
-MAX_CHARS = MAX_TOKENS = 2**40
-_STEPS, _NONNEG_STEPS = _int(1, MAX_STEPS), _int(0, MAX_STEPS)
-_LAYERS, _WIDTH, _HEADS = _int(1, MAX_LAYERS), _int(1, MAX_WIDTH), _int(1, MAX_HEADS)
-_BLOCK, _BATCH = _int(1, MAX_BLOCK), _int(1, MAX_BATCH)
-_RANK, _RANK0, _NCORES = _int(1, MAX_RANK), _int(0, MAX_RANK), _int(1, MAX_NCORES)
-_CHARS, _TOKENS, _THREADS = _int(1, MAX_CHARS), _int(0, MAX_TOKENS), _int(1, MAX_THREADS)
-_SEED = _int(0, 2**32 - 1)
-_VOCAB = _int(257, 2**31 - 1)
-_UNIT = _float(0, 1)  # [0, 1]
-_BETA = _float(0, 1, hi_open=True)  # [0, 1)
-_LR = _float(0, 1, lo_open=True)  # (0, 1]
-_NONNEG_F = _float(0)
-_POS_F = _float(0, lo_open=True)
-_EPS = _float(0, 1, lo_open=True, hi_open=True)
 
 
 # ------------------------------------------------------------------------------------------- flag groups

@@ -91,7 +91,10 @@ def cmd_compare(args) -> int:
             token_file.unlink(missing_ok=True)  # scratch for the worker processes
             if bar is not None:
                 bar.close()
-    print(f"\n{summary['machine']}; {tokens:,} training tokens per model\n")
+    val_tokens = summary["results"][0]["val_tokens"]
+    print(
+        f"\n{summary['machine']}; {tokens:,} training tokens per model, validation on {val_tokens:,} tokens\n"
+    )
     print(table(summary))
     print(f"\nwrote {out / 'results.json'} and {out / 'loss_curves.png'}")
     return 0

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
 import os
-import re
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +12,7 @@ from torch import nn
 
 from . import _checkpoint, _files
 from ._config import PRESETS
-from ._tensorize import TensorizeConfig
+from ._modelfile import _CHECKSUM, _WEIGHTS, base_names, checked_folder
 
 
 def gpt2_config(
@@ -75,9 +71,6 @@ def build_model(config, *, seed: int | None = None, device: str | torch.device |
     return model.to(device) if device is not None else model
 
 
-_WEIGHTS = "model.safetensors"
-_CHECKSUM = "tensornet.sha256"  # safetensors metadata key: SHA-256 of the tensors, verified by load_model
-_PICKLE_WEIGHTS = ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")
 _MARK = {"format": "tensornet-model", "version": 1, "written_by": "tensornet.gpt2.save_model"}
 
 
@@ -219,237 +212,6 @@ def _read_weights(file: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-# ---------------------------------------------------------------------------------- checks before building
-CONFIG_BYTES = 16 * 2**20  # the most a config.json may hold
-_HEADER_BYTES = 100 * 2**20  # safetensors' own limit on a header
-# (key, upper bound): integers GPT2Config reads, checked before anything is built
-_SIZES = {"vocab_size": 2**31 - 1, "n_positions": 2**20, "n_embd": 2**16, "n_layer": 1024, "n_head": 2**16}
-_PROBABILITIES = ("resid_pdrop", "embd_pdrop", "attn_pdrop", "summary_first_dropout")
-_FLAGS = (
-    "add_cross_attention",
-    "scale_attn_weights",
-    "scale_attn_by_inverse_layer_idx",
-    "reorder_and_upcast_attn",
-    "tie_word_embeddings",
-    "use_cache",
-)
-_ATTENTION = (None, "eager", "sdpa")  # what runs without optional packages
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def memory_bytes(device: torch.device | str | None = None) -> int | None:
-    """The memory a model on ``device`` can use: a CUDA device's total memory, else this machine's physical
-    memory (or its cgroup limit when lower); None when unknown."""
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    if device.type == "cuda" and torch.cuda.is_available():
-        return int(torch.cuda.get_device_properties(device.index or 0).total_memory)
-    total: int | None = None
-    with contextlib.suppress(ValueError, OSError, AttributeError):
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        with contextlib.suppress(ValueError, OSError):
-            limit = int(Path(limit_file).read_text().strip())  # "max": no limit (ValueError)
-            total = limit if total is None else min(total, limit)
-    return total
-
-
-def dense_params(*, vocab: int, positions: int, width: int, layers: int, inner: int | None = None) -> int:
-    """Parameters of the dense ``GPT2LMHeadModel`` (head tied), which is built before any tensorization."""
-    inner = inner or 4 * width
-    block = 4 * width + (3 * width * width + 3 * width) + (width * width + width)
-    block += (width * inner + inner) + (inner * width + width)
-    return vocab * width + positions * width + layers * block + 2 * width
-
-
-def _bad(file: Path, key: str, rule: str, value: Any) -> ValueError:
-    return ValueError(
-        f"load_model: {str(file)!r}: {key} must be {rule}, got {value!r}; restore the config.json that was "
-        "saved with the weights"
-    )
-
-
-def _check_config(raw: Any, file: Path) -> dict[str, Any]:
-    """Types and ranges of the GPT-2 settings in a parsed ``config.json`` (nothing is built); returns the
-    sizes the model would have, with GPT2Config's defaults for keys not given."""
-    from transformers import GPT2Config
-    from transformers.activations import ACT2FN
-
-    if not isinstance(raw, dict):
-        raise ValueError(
-            f"load_model: {str(file)!r} is not a GPT-2 config (a JSON object), it is a {type(raw).__name__}"
-        )
-    model_type = raw.get("model_type", "gpt2")
-    if model_type != "gpt2":
-        raise ValueError(
-            f"load_model: {str(file)!r} describes a {model_type!r} model; load_model reads GPT-2 folders"
-        )
-    defaults = GPT2Config()
-    sizes: dict[str, Any] = {}
-    for key, top in _SIZES.items():
-        value = raw.get(key, getattr(defaults, key))
-        if not _is_int(value) or not 1 <= value <= top:
-            raise _bad(file, key, f"an integer in [1, {top:,}]", value)
-        sizes[key] = value
-    inner = raw.get("n_inner")
-    if inner is not None and (not _is_int(inner) or not 1 <= inner <= 2**20):
-        raise _bad(file, "n_inner", "null or an integer in [1, 1,048,576]", inner)
-    sizes["n_inner"] = inner
-    if sizes["n_embd"] % sizes["n_head"]:
-        raise _bad(file, "n_head", f"a divisor of n_embd {sizes['n_embd']}", sizes["n_head"])
-    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        value = raw.get(key)
-        if value is not None and (not _is_int(value) or value < 0):
-            raise _bad(file, key, "null or a token id >= 0", value)
-    for key in _PROBABILITIES:
-        value = raw.get(key, 0.0)
-        if not _is_number(value) or not 0 <= value <= 1:
-            raise _bad(file, key, "a number in [0, 1]", value)
-    for key, rule in (("layer_norm_epsilon", "a finite number > 0"), ("initializer_range", "a number >= 0")):
-        value = raw.get(key, getattr(defaults, key))
-        if not _is_number(value) or value < 0 or (key == "layer_norm_epsilon" and value == 0):
-            raise _bad(file, key, rule, value)
-    for key in _FLAGS:
-        if key in raw and not isinstance(raw[key], bool):
-            raise _bad(file, key, "true or false", raw[key])
-    activation = raw.get("activation_function", "gelu_new")
-    if not isinstance(activation, str) or activation not in ACT2FN:
-        raise _bad(file, "activation_function", f"one of {sorted(ACT2FN)}", activation)
-    for key in ("_attn_implementation", "attn_implementation"):
-        if raw.get(key) not in _ATTENTION:
-            raise _bad(
-                file, key, "null, 'eager' or 'sdpa' (what runs here without optional packages)", raw[key]
-            )
-    return sizes
-
-
-def _read_header(file: Path) -> dict[str, tuple[int, ...]]:
-    """Tensor name -> shape from a safetensors file's header alone (8 bytes and a JSON object)."""
-
-    def damaged(why: str) -> ValueError:
-        return ValueError(
-            f"load_model: {str(file)!r} is not a readable safetensors file ({why}); it is truncated or "
-            "damaged: save the model again or restore the file"
-        )
-
-    what = _files.not_a_file(file)
-    if what is not None:
-        raise ValueError(f"load_model: {str(file)!r} {what}; give a model folder with its weights file")
-    try:
-        with open(file, "rb") as f:
-            start = f.read(8)
-            if len(start) < 8:
-                raise damaged("shorter than a header")
-            (size,) = struct.unpack("<Q", start)
-            if size > _HEADER_BYTES:
-                raise damaged(f"a header of {size:,} bytes")
-            header = _files.parse_json(f.read(size))
-    except OSError as err:
-        raise ValueError(f"load_model: cannot read {str(file)!r} ({err.strerror or err})") from None
-    except ValueError as err:
-        if str(err).startswith("load_model:"):
-            raise
-        raise damaged(f"its header is not JSON: {err}") from None
-    if not isinstance(header, dict):
-        raise damaged("its header is not a JSON object")
-    shapes = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        shape = entry.get("shape") if isinstance(entry, dict) else None
-        if not (isinstance(shape, list) and all(_is_int(n) and n >= 0 for n in shape)):
-            raise damaged(f"no shape for {name!r}")
-        shapes[name] = tuple(shape)
-    return shapes
-
-
-def _check_fit(
-    sizes: dict[str, Any], header: dict[str, tuple[int, ...]], config: Path, weights: Path
-) -> None:
-    """config.json's sizes against the tensors the weights file holds, and the dense model against memory:
-    a config that does not describe these weights is refused before anything is allocated."""
-    width, positions, layers = sizes["n_embd"], sizes["n_positions"], sizes["n_layer"]
-    blocks = {int(m[1]) for k in header if (m := re.match(r"(?:transformer\.)?h\.(\d+)\.", k))}
-    if blocks and blocks != set(range(layers)):
-        raise ValueError(
-            f"load_model: {str(config)!r} says n_layer {layers}, but {str(weights)!r} holds {len(blocks)} "
-            "blocks; restore the config.json that was saved with the weights"
-        )
-    for key, expected, names in (
-        ("wpe", (positions, width), "n_positions, n_embd"),
-        ("wte", (sizes["vocab_size"], width), "vocab_size, n_embd"),
-        ("ln_f", (width,), "n_embd"),
-    ):
-        for name in (f"transformer.{key}.weight", f"{key}.weight"):
-            if name in header and header[name] != expected:
-                raise ValueError(
-                    f"load_model: {str(config)!r} gives ({names}) = {expected}, but {name} in {str(weights)!r} "
-                    f"has shape {header[name]}; restore the config.json that was saved with the weights"
-                )
-    need = 4 * dense_params(
-        vocab=sizes["vocab_size"], positions=positions, width=width, layers=layers, inner=sizes["n_inner"]
-    )
-    have = memory_bytes()
-    if have is not None and need > have:
-        raise ValueError(
-            f"load_model: the model {str(config)!r} describes needs {need / 2**30:,.1f} GiB to build, more than "
-            f"this machine's {have / 2**30:,.1f} GiB of memory"
-        )
-
-
-def _expected_state(config, tensorized: TensorizeConfig | None) -> dict[str, tuple[int, ...]]:
-    """Tensor name -> shape of the model ``config`` (and the tensornet record) describe, built on the meta
-    device (nothing is allocated)."""
-    from transformers import GPT2LMHeadModel
-
-    with torch.device("meta"):
-        model: Any = GPT2LMHeadModel(config)
-        if tensorized is not None:
-            tensorized.apply(model)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
-
-def _mismatch(
-    expected: dict[str, tuple[int, ...]], got: dict[str, tuple[int, ...]], tied: bool
-) -> tuple[list[str], list[str], list[str]]:
-    missing = [k for k in expected if k not in got and not (tied and k == "lm_head.weight")]
-    unexpected = [k for k in got if k not in expected and not re.search(r"attn\.(masked_)?bias$", k)]
-    shapes = [
-        f"{k} {got[k]} (expected {expected[k]})" for k in got if k in expected and got[k] != expected[k]
-    ]
-    return missing, unexpected, shapes
-
-
-def read_config(directory: str | os.PathLike) -> tuple[dict, dict[str, Any]]:
-    """A model folder's ``config.json``, parsed and checked (``_check_config``), and the sizes it gives:
-    cheap, nothing built. Raises ValueError (or FileNotFoundError/NotADirectoryError) naming the file."""
-    if not str(directory):
-        raise ValueError("load_model: the model folder path is empty")
-    path = Path(directory)
-    if not path.exists():
-        raise FileNotFoundError(f"model folder {str(path)!r} does not exist")
-    if not path.is_dir():
-        raise NotADirectoryError(f"load_model: {str(path)!r} is a file; give the model's folder")
-    config_file = path / "config.json"
-    if not config_file.exists():
-        raise ValueError(
-            f"{str(path)!r} has no config.json; expected a folder written by save_pretrained/save_model"
-        )
-    try:
-        raw = _files.parse_json(_files.read_small_file(config_file, CONFIG_BYTES, "load_model"))
-    except ValueError as err:
-        if str(err).startswith("load_model:"):
-            raise
-        raise ValueError(f"load_model: {str(config_file)!r} is not valid JSON ({err})") from None
-    return raw, _check_config(raw, config_file)
-
-
 def load_model(directory: str | os.PathLike, *, device: str | torch.device | None = None):
     """Load a folder written by ``save_model`` (dense or tensorized) or a local Hugging Face GPT-2 folder with
     ``model.safetensors``. Pickle weights (``pytorch_model.bin``) are refused: unpickling can run code.
@@ -459,8 +221,8 @@ def load_model(directory: str | os.PathLike, *, device: str | torch.device | Non
     from transformers import GPT2LMHeadModel
 
     path = Path(directory)
-    config, tensorized, weights = _checked_folder(path)
-    state = _base_names(_read_weights(weights))
+    config, tensorized, weights = checked_folder(path)
+    state = base_names(_read_weights(weights))
     model: Any = GPT2LMHeadModel(config)
     if tensorized is not None:
         tensorized.apply(model)
@@ -478,71 +240,3 @@ def load_model(directory: str | os.PathLike, *, device: str | torch.device | Non
         model.tie_weights()  # a TT embedding's head is tied by construction
     model.eval()
     return model.to(device) if device is not None else model
-
-
-def _base_names(names: dict) -> dict:
-    """A GPT2Model (base) checkpoint's names as GPT2LMHeadModel's (``transformer.`` prefixed)."""
-    if names and not any(k.startswith("transformer.") for k in names):
-        return {(k if k.startswith("lm_head.") else f"transformer.{k}"): v for k, v in names.items()}
-    return names
-
-
-def _weights_file(path: Path) -> Path:
-    """The folder's safetensors weights; pickle or sharded weights are refused, with what to do."""
-    weights = path / _WEIGHTS
-    if weights.exists():
-        return weights
-    pickled = [name for name in _PICKLE_WEIGHTS if (path / name).is_file()]
-    if pickled:
-        raise ValueError(
-            f"load_model: {str(path)!r} holds {pickled[0]} but no {_WEIGHTS}; pickle weights are not loaded "
-            "because unpickling can run arbitrary code. Convert them to safetensors once, where you trust the "
-            "file, with GPT2LMHeadModel.from_pretrained(folder).save_pretrained(folder, safe_serialization=True)"
-        )
-    if (path / f"{_WEIGHTS}.index.json").is_file():
-        raise ValueError(f"load_model: {str(path)!r} holds sharded weights, which load_model does not read")
-    raise ValueError(f"{str(path)!r} has no {_WEIGHTS}")
-
-
-def _checked_folder(path: Path) -> tuple[Any, TensorizeConfig | None, Path]:
-    """The folder's GPT2Config, tensornet record and weights file, checked against the weights' header."""
-    from transformers import GPT2Config
-
-    raw, sizes = read_config(path)
-    config_file = path / "config.json"
-    weights = _weights_file(path)
-    record = raw.get("tensornet")
-    tensorized = None if record is None else TensorizeConfig.from_json(record, str(config_file), "load_model")
-    header = _read_header(weights)
-    if tensorized is None:
-        header = _base_names(header)
-    _check_fit(sizes, header, config_file, weights)
-    try:
-        config = GPT2Config.from_dict(raw)
-    except Exception as err:  # transformers' own validation raises several error types
-        raise ValueError(
-            f"load_model: {str(config_file)!r} is not a valid GPT-2 config ({type(err).__name__}: {err})"
-        ) from None
-    try:
-        expected = _expected_state(config, tensorized)
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as err:
-        raise ValueError(
-            f"load_model: the tensornet record in {str(config_file)!r} is malformed ({type(err).__name__}: {err})"
-        ) from None
-    tied = (tensorized is not None and tensorized.embeddings) or bool(config.tie_word_embeddings)
-    missing, unexpected, shapes = _mismatch(expected, header, tied)
-    if missing or unexpected or shapes:
-        why = ""
-        if tensorized is None and any(re.search(r"\.(packed_cores|cores\.\d+|a|b)$", k) for k in unexpected):
-            why = (
-                " The weights hold TT cores or low-rank factors but config.json has no tensornet record: "
-                "restore the config.json that save_model wrote with them."
-            )
-        raise ValueError(
-            f"load_model: the weights in {str(weights)!r} do not match {str(config_file)!r}: missing "
-            f"{missing[:5]}{' ...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
-            f"{' ...' if len(unexpected) > 5 else ''}"
-            + (f", other shapes {shapes[:3]}{' ...' if len(shapes) > 3 else ''}" if shapes else "")
-            + f".{why}"
-        )
-    return config, tensorized, weights

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import torch
 
-from . import _data, _files, _model
+from . import _data, _files, _modelfile
 from ._args import UsageError
 from ._config import LAYER_GROUPS, PRESETS, TrainConfig
-from ._model import build_model, check_model_target, dense_params, gpt2_config, read_config
+from ._model import build_model, check_model_target, gpt2_config
+from ._modelfile import dense_params, read_config
 from ._resume import check_resume
 from ._tensorize import layer_shapes, lowrank, lowrank_rank_for, tensorize
 from ._train import Distributed, default_device
@@ -126,7 +127,7 @@ def check_memory(
     ``model``: the config.json the sizes come from (eval/compress: ``positions`` is its n_positions), else
     they come from the flags."""
     device = torch.device(args.device) if args.device else default_device()
-    have = _model.memory_bytes(device)  # (looked up on the module: tests replace it)
+    have = _modelfile.memory_bytes(device)  # (looked up on the module: tests replace it)
     if have is None:
         return
     params = dense_params(vocab=vocab, positions=positions or block, width=width, layers=layers)
