@@ -372,3 +372,13 @@ def test_log_spaced_evaluations():
     for steps in (1, 2, 10, 999, 10**6):
         points = log_spaced(steps)
         assert points[-1] == steps and list(points) == sorted(set(points)) and points[0] >= 1
+
+
+def test_train_on_data_says_why_eval_measures_other_tokens(run, tmp_path, capsys):
+    data = tmp_path / "text.txt"
+    data.write_text("".join(f"def f{i}(x):\n    return x * {i} + {i % 7}\n\n" for i in range(600)))
+    argv = ["train", *TINY, "--steps", "2", "--warmup", "1", "--no-progress", "--data", str(data)]
+    assert code([*argv, "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert f"not the validation split train held out of --data {data}" in printed
+    assert "the same evaluation of the saved model" not in printed

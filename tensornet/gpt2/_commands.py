@@ -315,22 +315,20 @@ def _report_train(args, job: _TrainJob, history: History, out: Path, val_ids: to
         + (f"; model: {out / 'model'}" if finished else "; continue with --resume")
     )
     if finished and history.val:
-        print(
-            f"the same evaluation of the saved model: python -m tensornet.gpt2 eval {out / 'model'} "
-            + _eval_flags(args, cfg)
+        print(_same_evaluation(args, cfg, out / "model"))
+
+
+def _same_evaluation(args, cfg, model: Path) -> str:
+    """How ``eval`` measures the saved model as train did (on the embedded corpus), or why it cannot."""
+    if args.data:
+        return (
+            f"eval --text reads all of a file, not the validation split train held out of --data {args.data}: "
+            "on that file eval measures other tokens than these"
         )
-
-
-def _eval_flags(args, cfg) -> str:
-    """The ``eval`` flags that evaluate the saved model on train's validation tokens (embedded corpus only)."""
     flags = f"--block-size {cfg.block_size} --eval-tokens {cfg.eval_tokens}"
     if args.max_chars:
-        flags = f"--max-chars {args.max_chars} " + flags
-    if args.data:  # eval --text reads a whole file, not train's validation split of it
-        return (
-            flags + f" (train held out a validation split of --data {args.data}; eval --text reads all of it)"
-        )
-    return flags
+        flags = f"--max-chars {args.max_chars} {flags}"
+    return f"the same evaluation of the saved model: python -m tensornet.gpt2 eval {model} {flags}"
 
 
 # -------------------------------------------------------------------------------------------- compress/eval
