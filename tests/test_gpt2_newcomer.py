@@ -88,6 +88,7 @@ def test_compress_help_shows_defaults_and_the_files_a_model_folder_needs(capsys)
         "(default 3)",  # --ncores
         "(default 8)",  # --batch-size
         "(default mlp)",
+        "2**40 (default 0)",  # --eval-tokens: a default of 0 is stated too
     ):
         assert needle in text, needle
 

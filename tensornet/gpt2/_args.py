@@ -94,7 +94,7 @@ class _Formatter(argparse.HelpFormatter):
         if (
             not action.option_strings
             or "default" in text
-            or action.default in (None, False, argparse.SUPPRESS)
+            or any(action.default is v for v in (None, False, argparse.SUPPRESS))  # 0 is a default to state
         ):
             return text
         return f"{text} (default %(default)s)"

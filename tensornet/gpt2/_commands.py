@@ -1,4 +1,5 @@
-"""What each command of ``python -m tensornet.gpt2`` does once its flags were checked (the only code that prints)."""
+"""What each command of ``python -m tensornet.gpt2`` does once its flags were checked (with ``_precheck``'s
+warnings, the only code that prints)."""
 
 from __future__ import annotations
 
@@ -96,7 +97,7 @@ def cmd_compare(args) -> int:
         f"\n{summary['machine']}; {tokens:,} training tokens per model, validation on {val_tokens:,} tokens\n"
     )
     print(table(summary))
-    print(f"\nwrote {out / 'results.json'} and {out / 'loss_curves.png'}")
+    print(f"\nwrote {out / 'results.json'}, {out / 'loss_curves.png'} and {out / 'loss_curves.svg'}")
     return 0
 
 
