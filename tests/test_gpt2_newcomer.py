@@ -248,39 +248,20 @@ def test_the_issue_examples_fail_before_any_work(flags, needle, tmp_path, capsys
 def test_a_failed_run_leaves_no_folder_behind(run, tmp_path, capsys):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
-    for command in ("train", "compare"):
-        out = tmp_path / command / "out"
-        argv = [
-            command,
-            *TINY,
-            *(["--rank", "4"] if command == "compare" else []),
-            "--steps",
-            "2",
-            "--warmup",
-            "1",
-            "--no-progress",
-            "--data",
-            str(empty),
-        ]
+
+    def fails(command: str, out: Path) -> None:
+        rank = ["--rank", "4"] if command == "compare" else []
+        argv = [command, *TINY, *rank, "--steps", "2", "--warmup", "1", "--no-progress", "--data", str(empty)]
         assert code([*argv, "--cache-dir", str(run["cache"]), "--out", str(out)]) == 2
         assert "only empty text" in capsys.readouterr().err
+
+    for command in ("train", "compare"):
+        out = tmp_path / command / "out"
+        fails(command, out)
         assert not out.exists() and not out.parent.exists()  # neither it nor the parent it created
     kept = tmp_path / "kept"  # an empty folder the user made stays, empty
     kept.mkdir()
-    argv = [
-        "compare",
-        *TINY,
-        "--rank",
-        "4",
-        "--steps",
-        "2",
-        "--warmup",
-        "1",
-        "--no-progress",
-        "--data",
-        str(empty),
-    ]
-    assert code([*argv, "--cache-dir", str(run["cache"]), "--out", str(kept)]) == 2
+    fails("compare", kept)
     assert kept.is_dir() and list(kept.iterdir()) == []
 
 
