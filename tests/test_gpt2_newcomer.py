@@ -124,6 +124,16 @@ def test_compile_without_a_cpp_compiler_is_a_usage_error(tmp_path, capsys, monke
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
 
 
+def test_reduce_overhead_on_cpu_is_warned(tmp_path, capsys):
+    from tensornet.gpt2._args import parser
+
+    argv = ["train", *TINY, "--compile", "reduce-overhead", "--out", str(tmp_path / "o")]
+    _precheck.check(parser().parse_args([*argv, "--cache-dir", str(tmp_path / "c")]))
+    err = capsys.readouterr().err
+    assert "warning: --compile reduce-overhead adds CUDA graphs, which need a GPU" in err
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.filterwarnings(
     "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"
