@@ -263,3 +263,31 @@ def test_from_embedding_carries_padding_idx_and_to_embedding_round_trips():
     back = layer.to_embedding()
     assert back.padding_idx == 3 and torch.count_nonzero(back.weight[3]) == 0
     np.testing.assert_allclose(as_numpy(back(ids)), as_numpy(layer(ids)), rtol=1e-12, atol=1e-12)
+
+
+def test_tied_head_is_the_linear_forward_on_the_embedding_cores(monkeypatch):
+    from tensornet.nn import TiedTTHead, TTMLinear, dense_weights
+
+    torch.manual_seed(0)
+    embedding = TTEmbedding(50, 12, rank=3, voc_shape=(4, 4, 4), emb_shape=(2, 2, 3)).double()
+    head = TiedTTHead(embedding)
+    x = torch.randn(2, 5, 12, dtype=torch.float64, requires_grad=True)
+    table = tn.full(embedding.weight)  # (64, 12): the padded vocabulary
+    # the cores were validated once, at construction: a forward builds no TTM (no per-call checks)
+    built = []
+    real_init = tn.TTM.__init__
+    monkeypatch.setattr(
+        tn.TTM, "__init__", lambda self, *a, **k: (built.append(1), real_init(self, *a, **k))[1]
+    )
+    logits = head(x)
+    assert not built and logits.shape == (2, 5, 50)
+    np.testing.assert_allclose(as_numpy(logits), as_numpy(x @ table[:50].T), rtol=1e-12, atol=1e-12)
+    logits.sum().backward()  # gradients reach the embedding's cores through the shared product
+    assert embedding.packed_cores.grad is not None and x.grad is not None
+    # the same path as TTMLinear's: a linear layer on the same cores gives the same (padded) logits
+    with torch.no_grad():
+        linear = TTMLinear.from_ttm(embedding.weight, bias=None)
+    with torch.no_grad(), dense_weights(head.embedding):  # and the cached dense table under dense_weights
+        np.testing.assert_allclose(as_numpy(head(x)), as_numpy(linear(x)[..., :50]), rtol=1e-12, atol=1e-12)
+    with pytest.raises(TypeError, match=r"TiedTTHead: input must be a torch\.Tensor"):
+        head(np.zeros((2, 12)))

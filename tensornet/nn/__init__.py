@@ -1,4 +1,6 @@
-"""PyTorch layers with tensor-train weights: :class:`TTMLinear`, :class:`TTEmbedding`, :class:`TiedTTHead`, :func:`tensorize`.
+"""PyTorch layers with tensor-train weights: :class:`TTMLinear`, :class:`TTEmbedding`, :func:`tensorize`.
+
+The LM head tied to a TT embedding, :class:`TiedTTHead`, runs :class:`TTMLinear`'s forward on its cores.
 
 This is the only part of tensornet that imports torch. Layout (as in :class:`tensornet.TTM`): core k has
 shape ``(r_{k-1}, m_k, n_k, r_k)``; a layer weight is stored like ``nn.Linear.weight``, ``(out, in)``.
