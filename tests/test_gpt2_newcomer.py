@@ -203,6 +203,17 @@ def test_a_warmup_longer_than_the_run_is_warned(run):
     assert "only reaches 0.0006" in run["stderr"]  # 1e-3 * 3 / 5
 
 
+def test_warnings_are_said_by_the_first_process_only(tmp_path, capsys, monkeypatch):
+    from tensornet.gpt2._args import parser
+
+    argv = ["train", *TINY, "--steps", "2", "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c")]
+    for rank, said in (("0", True), ("1", False)):
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", rank)
+        _precheck.check(parser().parse_args(argv))
+        assert ("warning: --steps 2 ends inside --warmup 100" in capsys.readouterr().err) == said
+
+
 def test_warnings_are_not_said_when_a_check_fails(tmp_path, capsys):
     argv = ["train", *TINY, "--steps", "2", "--n-head", "3", "--out", str(tmp_path / "o")]  # 32 % 3
     assert code([*argv, "--cache-dir", str(tmp_path / "c")]) == 2

@@ -327,5 +327,6 @@ def check(args) -> None:
         CHECKS[args.command](args)
     finally:
         said, _deferred = _deferred, None
-    for message in said:
-        warn(message)
+    if Distributed().main:  # under torchrun, said once (by the first process)
+        for message in said:
+            warn(message)
