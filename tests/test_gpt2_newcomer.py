@@ -385,3 +385,25 @@ def test_train_on_data_says_why_eval_measures_other_tokens(run, tmp_path, capsys
     printed = capsys.readouterr().out
     assert f"not the validation split train held out of --data {data}" in printed
     assert "the same evaluation of the saved model" not in printed
+
+
+def test_a_killed_compare_worker_is_a_clear_error(run, tmp_path, capsys, monkeypatch):
+    import multiprocessing
+
+    from tensornet.gpt2 import _compare
+
+    real = _compare.compare
+
+    def killing(spec, *, on_step, **kwargs):
+        def kill(*event):  # as the system's out-of-memory killer would, at the first step
+            for child in multiprocessing.active_children():
+                child.kill()
+
+        return real(spec, on_step=kill, **kwargs)
+
+    monkeypatch.setattr(_compare, "compare", killing)
+    argv = ["compare", *TINY, "--rank", "4", "--steps", "50", "--warmup", "1", "--no-progress"]
+    assert code([*argv, "--cache-dir", str(run["cache"]), "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert "error: compare: the process training the dense model ended without a result" in err
+    assert "Traceback" not in err and not (tmp_path / "c").exists()

@@ -101,7 +101,13 @@ def _in_worker(spec: dict, on_step) -> dict:
                 continue
             if on_step is not None:
                 on_step(*event)
-        return future.result()
+        try:
+            return future.result()
+        except concurrent.futures.process.BrokenProcessPool:
+            raise ChildProcessError(
+                f"compare: the process training the {spec['variant']} model ended without a result (killed, "
+                "e.g. by the system for lack of memory); try a smaller model, --batch-size or --block-size"
+            ) from None
 
 
 def mlp_params_per_layer(spec: dict) -> int:
