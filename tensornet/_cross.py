@@ -169,7 +169,10 @@ def cross(
     the cost of one fiber per core instead of two. The first right sets are the tails of 3 random
     multi-indices. The random extra rows are drawn first among the rows of the bond's previous index set,
     and maxvol starts from its previous choice, so the index sets settle: a half-sweep over settled sets
-    finds its values in the cache and costs no evaluations.
+    finds its values in the cache and costs no evaluations. After a half-sweep that did not halve the
+    error, the extra rows are drawn first among rows whose index of the step's mode no kept row has,
+    then outside the previous set: index sets that settled on too few distinct indices of a mode to see
+    a bond's rank (a rank-3 bond between rank-1 bonds needs 3) take in new ones.
 
     After each half-sweep the current TT is compared with ``f`` on the validation indices; the search
     stops when the relative error there is at most ``eps / 2``. When it stops halving, ``delta``
@@ -249,9 +252,11 @@ def _search(
             return cores, error, None
         if error <= best / 2:
             best, stalls = error, 0
+            sweeps.explore = False
             continue
         stalls += 1
         sweeps.delta = max(sweeps.delta / 10, _FLOOR)
+        sweeps.explore = True
         if stalls >= _STALL_LIMIT:
             return cores, error, "rank" if sweeps.cap_reached else "stall"
     raise AssertionError("unreachable")

@@ -39,6 +39,9 @@ class Sweeps:
         self.useful = useful_ranks(self.shape)
         self.delta = _TRUNCATION * eps / math.sqrt(max(d - 1, 1))
         self.cap_reached = False
+        # explore: the random extra rows prefer rows outside the bond's previous index set (set on a stall:
+        # index sets that settled on too few distinct indices otherwise keep seeing the same low rank)
+        self.explore = False
         self.pivots: dict[tuple[int, bool], np.ndarray] = {}  # keys of the rows maxvol chose, per step
         self.chosen = 0  # how many of the rows _select returned maxvol chose
         anchor = np.stack([rng.integers(0, n, _ANCHORS) for n in self.shape], axis=1).astype(np.int64)
@@ -70,7 +73,7 @@ class Sweeps:
             candidates = self.left_words[k][:, None, :] + np.arange(n)[None, :, None] * radix
             keys = self.evaluations.key_of(candidates.reshape(p * n, -1))
             known, start = self._previous(keys, self.left_words[k + 1], (k, forward))
-            rows, coefficient = self._select(fiber.reshape(p * n, q), k, known, start)
+            rows, coefficient = self._select(fiber.reshape(p * n, q), k, known, start, np.arange(p * n) % n)
             self.cores[k] = coefficient.reshape(p, n, rows.size)
             a, i = np.divmod(rows, n)
             self.left[k + 1] = np.concatenate([left[a], i[:, None]], axis=1)
@@ -79,7 +82,9 @@ class Sweeps:
             candidates = np.arange(n)[:, None, None] * radix + self.right_words[k + 1][None, :, :]
             keys = self.evaluations.key_of(candidates.reshape(n * q, -1))
             known, start = self._previous(keys, self.right_words[k], (k, forward))
-            rows, coefficient = self._select(fiber.reshape(p, n * q).T, k - 1, known, start)
+            rows, coefficient = self._select(
+                fiber.reshape(p, n * q).T, k - 1, known, start, np.arange(n * q) // q
+            )
             self.cores[k] = coefficient.T.reshape(rows.size, n, q)
             i, b = np.divmod(rows, q)
             self.right[k] = np.concatenate([i[:, None], right[b]], axis=1)
@@ -105,14 +110,17 @@ class Sweeps:
         return known, start[keys[start] == pivots]
 
     def _select(
-        self, matrix: np.ndarray, bond: int, known: np.ndarray, start: Any
+        self, matrix: np.ndarray, bond: int, known: np.ndarray, start: Any, modes: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """Rows of the unfolded fiber ``matrix`` (N, q) to keep as the next index set, and their coefficients.
 
         The coefficients are the interpolation ``U_s pinv(U_s[rows])`` (N, len(rows)). Maxvol starts from
         the rows it chose at this step in the previous sweep when they are all still there (``start``).
-        The extra rows are drawn at random, first among the ``known`` rows (those of the bond's previous
-        index set): index sets then settle, and once they have, a half-sweep finds its fibers in the cache.
+        The extra rows are drawn at random: first rows whose index of the step's mode (``modes``, one per
+        row) no kept row has yet, so that the next index set holds as many distinct indices of that mode
+        as it has rows (a set with too few cannot see the bond's rank); then, while the search improves,
+        rows of the bond's previous index set (``known``), so that index sets settle and a half-sweep over
+        settled sets finds its fibers in the cache; after a stall (``explore``), other rows first.
         """
         n_rows, n_cols = matrix.shape
         u, s, _ = np.linalg.svd(matrix, full_matrices=False)
@@ -135,10 +143,17 @@ class Sweeps:
             return rows, basis @ basis.T if keep < n_rows else np.eye(n_rows)
         rows, coefficient = _maxvol.maxvol(basis, start=start)
         if target > keep:  # exploration: random further rows, so that the next fibers see new directions
-            draw = self.rng.random(n_rows) - known  # known rows first
+            draw = self.rng.random(n_rows) + np.where(known, 1.0 if self.explore else -1.0, 0.0)
             draw[rows] = np.inf
-            extra = np.argpartition(draw, target - keep - 1)[: target - keep]
-            rows = np.concatenate([rows, extra])
+            covered = np.zeros(int(modes.max()) + 1, dtype=bool)
+            covered[modes[rows] if self.explore else slice(None)] = True
+            extra = []
+            for _ in range(target - keep):  # a few rows: 2, or a quarter of the rank
+                row = int(np.argmin(draw + 4.0 * covered[modes]))  # an uncovered mode index first
+                extra.append(row)
+                draw[row] = np.inf
+                covered[modes[row]] = True
+            rows = np.concatenate([rows, np.asarray(extra, dtype=rows.dtype)])
             coefficient = _maxvol.coefficients(basis, rows)
         return rows, coefficient
 
