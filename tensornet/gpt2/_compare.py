@@ -154,6 +154,7 @@ def compare(
         results,
         out / "loss_curves.png",
         tokens_per_step=spec["train"]["batch_size"] * spec["train"]["block_size"],
+        spec=spec,
     )
     return summary
 
