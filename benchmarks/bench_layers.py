@@ -55,7 +55,7 @@ from tensornet.nn import TTEmbedding, TTMLinear
 IN_FEATURES, OUT_FEATURES = 768, 3072
 IN_SHAPE, OUT_SHAPE = (8, 8, 12), (12, 16, 16)
 INFERENCE_ONLY = "+ cache_dense_weight (inference only)"
-TRAINING_ONLY = "save_weight=True (training only)"
+TRAINING_ONLY = "(training only)"
 # (in_k, out_k) pairs of c_fc 768 -> 3072 per rank in arXiv 2306.02697 (docs/reference.md)
 PAPER = {
     16: ((4, 4), (4, 4), (4, 4), (4, 4), (3, 12)),
@@ -122,14 +122,18 @@ def build_layers(rank: int, device: str, compiled: bool = False) -> dict[str, Ca
         extra = {
             "nn.Linear + torch.compile": lambda: torch.compile(dense()),
             f"tensornet TTMLinear r={rank} + torch.compile": lambda: torch.compile(ttm()),
-            f"tensornet TTMLinear r={rank} + torch.compile {TRAINING_ONLY}": lambda: torch.compile(ttm(True)),
+            f"tensornet TTMLinear r={rank} + torch.compile save_weight=True {TRAINING_ONLY}": lambda: (
+                torch.compile(ttm(True))
+            ),
         }
     return {
         "nn.Linear (dense)": dense,
         **extra,
         f"tensornet TTMLinear r={rank}": ttm,
-        f"tensornet TTMLinear r={rank} {TRAINING_ONLY}": lambda: ttm(True),
-        f"tensornet TTMLinear r={rank} materialized {TRAINING_ONLY}": lambda: tn.nn.materialize(ttm()),
+        f"tensornet TTMLinear r={rank} save_weight=True {TRAINING_ONLY}": lambda: ttm(True),
+        f"tensornet TTMLinear r={rank} materialized, a group of one {TRAINING_ONLY}": lambda: (
+            tn.nn.materialize(ttm())
+        ),
         f"tensornet TTMLinear r={rank} {INFERENCE_ONLY}": lambda: ttm().cache_dense_weight(),
         f"tltorch blocktt factorized r={rank}": tltorch("factorized"),
         f"tltorch blocktt reconstructed r={rank}": tltorch("reconstructed"),
