@@ -25,13 +25,13 @@ _EMBEDDING_SCRATCH = _EMBEDDING_OPTIONS | {"init", "clip_rank"}
 
 
 class Rule:
-    """Which layers to replace and how.
+    r"""Which layers to replace and how.
 
     Parameters
     ----------
     pattern : str or re.Pattern
         A ``str`` is an fnmatch pattern over the module's dotted name (``"transformer.h.*.mlp.c_fc"``,
-        ``"*.c_proj"``); a compiled ``re.Pattern`` must match the whole name (``re.compile(r"h\\.\\d+\\.mlp\\..*")``).
+        ``"*.c_proj"``); a compiled ``re.Pattern`` must match the whole name (``re.compile(r"h\.\d+\.mlp\..*")``).
     rank, eps :
         From weights (default): TT-SVD with relative accuracy ``eps`` and/or the rank cap ``rank``.
         From scratch: ``rank`` is required and ``eps`` must be None.
@@ -251,8 +251,10 @@ def _build(name: str, module: Any, kind: str, rule: Rule) -> TTMLinear | TTEmbed
 
 
 def _convert(model: nn.Module, rules: list[Rule]) -> list[tuple[str, Any, TTMLinear | TTEmbedding, str]]:
-    """``(name, old, new, kind)`` for every eligible layer a rule matches (the first rule wins); nothing is
-    replaced yet, so an error leaves the model as it was."""
+    """``(name, old, new, kind)`` for every eligible layer a rule matches (the first rule wins).
+
+    Nothing is replaced yet, so an error leaves the model as it was.
+    """
     eligible = [
         (name, module, kind) for name, module in model.named_modules() if name and (kind := _kind(module))
     ]
@@ -302,31 +304,46 @@ def _layer_report(
 def tensorize(
     model: nn.Module, rule: Rule | Sequence[Rule] | Mapping[str, Mapping[str, Any]]
 ) -> tuple[nn.Module, TensorizeReport]:
-    """Replace, in place, every ``nn.Linear``, GPT-2 ``Conv1D`` and ``nn.Embedding`` whose dotted name
-    matches a rule by a :class:`TTMLinear` / :class:`TTEmbedding`; return ``(model, report)``.
+    """Replace, in place, the ``nn.Linear``, GPT-2 ``Conv1D`` and ``nn.Embedding`` layers a rule matches.
 
-    ``rule``: a :class:`Rule`, a list of Rules (the first that matches a layer wins) or a dict
-    ``{pattern: {"rank": 64, "eps": 0.3, ...}}``. Other module types are never touched, even if their
-    name matches. Converted layers keep their dtype, device and bias. ``model`` itself is returned (changed
-    in place) so that ``model, report = tensorize(build(), ...)`` reads as one step.
+    Each matched layer becomes a :class:`TTMLinear` / :class:`TTEmbedding` with the layer's dtype, device
+    and bias. Other module types are never touched, even if their name matches.
 
-    Example::
+    Parameters
+    ----------
+    model : nn.Module
+        Changed in place.
+    rule : Rule, sequence of Rule, or mapping
+        A :class:`Rule`, a list of Rules (the first that matches a layer wins) or a dict
+        ``{pattern: {"rank": 64, "eps": 0.3, ...}}``.
 
-        model, report = tensorize(model, [Rule("transformer.h.*.mlp.c_fc", rank=64, in_shape=(8, 8, 12, 1),
-                                               out_shape=(8, 8, 8, 6))])
-        print(report)
+    Returns
+    -------
+    tuple of (nn.Module, TensorizeReport)
+        ``model`` itself (so that ``model, report = tensorize(build(), ...)`` reads as one step) and the
+        report of every replaced layer.
 
+    Raises
+    ------
+    TypeError
+        A bad rule, or options that do not fit a matched layer.
+    ValueError
+        A rule that matches no eligible layer (the message lists them); the layers' own errors (shapes,
+        ranks) name the layer. Nothing is replaced when an error is raised.
+
+    Notes
+    -----
     Tied weights (GPT-2's ``lm_head`` shares ``wte.weight``) stay dense where they are still used; the
     report notes it, and its model parameter counts show what was actually saved
     (:func:`tensornet.gpt2.tensorize` ties GPT-2's head to a TT embedding instead). The model comes back
     with :func:`materialize` on (its TTM layers of equal core shapes rebuild their weights together in
     training; ``materialize(model, enabled=False)`` turns that off).
 
-    Raises
-    ------
-    TypeError for a bad rule or options that do not fit a matched layer; ValueError when a rule matches
-    no eligible layer (the message lists them); the layers' own errors (shapes, ranks) name the layer.
-    Nothing is replaced when an error is raised.
+    Examples
+    --------
+    >>> model, report = tensorize(model, [Rule("transformer.h.*.mlp.c_fc", rank=64,  # doctest: +SKIP
+    ...                                        in_shape=(8, 8, 12, 1), out_shape=(8, 8, 8, 6))])
+    >>> print(report)  # doctest: +SKIP
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"tensorize: model must be an nn.Module, got {type(model).__name__}")
