@@ -1,3 +1,5 @@
+"""``python -m tensornet.gpt2``: run the command line and exit with its status."""
+
 import sys
 
 from ._cli import main

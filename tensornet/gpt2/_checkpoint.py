@@ -1,4 +1,6 @@
-"""What is in the GPT-2 adapter's files, treated as data only (nothing is unpickled):
+"""What is in the GPT-2 adapter's files, treated as data only (nothing is unpickled).
+
+The files are:
 
 * checkpoints: one safetensors file holding every tensor, with the rest of the structure (step, history,
   optimizer settings, Python's RNG state, ...) as a JSON skeleton in its metadata and a SHA-256 over the
@@ -131,10 +133,13 @@ _DTYPE_OF_CODE = {code: dtype for dtype, code in _SAFETENSORS_DTYPES.items()}
 
 
 def write_safetensors(f: BinaryIO, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Write ``tensors`` to the open binary file ``f`` in the safetensors format (an 8-byte little-endian header length, a JSON
-    header of dtypes, shapes and byte ranges with ``metadata`` under ``__metadata__``, then the bytes),
-    streaming each tensor's own bytes: no second copy in memory and no file of its own (the caller creates the
-    file, safely, under a name it knows how to clean)."""
+    """Write ``tensors`` to the open binary file ``f`` in safetensors format, streaming each tensor's bytes.
+
+    The format: an 8-byte little-endian header length, a JSON header of dtypes, shapes and byte ranges with
+    ``metadata`` under ``__metadata__``, then the bytes. Each tensor's own bytes are streamed: no second copy
+    in memory and no file of its own (the caller creates the file, safely, under a name it knows how to
+    clean).
+    """
     if sys.byteorder != "little":
         raise NotImplementedError(
             "write_safetensors: safetensors stores little-endian bytes; this host is big-endian"
@@ -163,8 +168,10 @@ def write_safetensors(f: BinaryIO, tensors: dict[str, torch.Tensor], metadata: d
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
-    """Write ``payload`` (nested dicts/lists/tuples of tensors, numbers, strings, None) to one safetensors
-    file, atomically."""
+    """Write ``payload`` to one safetensors file, atomically.
+
+    ``payload``: nested dicts/lists/tuples of tensors, numbers, strings, None.
+    """
     tensors: dict[str, torch.Tensor] = {}
     skeleton = json.dumps(_encode(payload, tensors, {}), separators=(",", ":"), allow_nan=False)
     header = f"{CHECKPOINT_FORMAT}\n{CHECKPOINT_VERSION}\n{skeleton}"
@@ -230,8 +237,10 @@ def _decode_payload(path: Path, where: str, skeleton: Any, tensors: dict[str, to
 
 
 def checkpoint_outline(path: Path, where: str = "load_checkpoint") -> dict:
-    """The checkpoint's structure with every tensor as a ``meta`` tensor of its stored shape and dtype, read
-    from the header alone (no tensor data, no checksum): cheap checks before the real load."""
+    """The checkpoint's structure with every tensor as a ``meta`` tensor of its stored shape and dtype.
+
+    Read from the header alone (no tensor data, no checksum): cheap checks before the real load.
+    """
     from safetensors import safe_open
 
     path = Path(path)
@@ -293,8 +302,11 @@ def read_safetensors(path: Path, unreadable: str, hint: str = "") -> tuple[dict,
 
 
 def load_token_file(path: Path, vocab_size: int | None, where: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(train, val)`` int64 token ids from a safetensors token file, checked: two 1-D integer tensors with
-    ids in ``[0, vocab_size)`` and a matching checksum. Any problem raises ValueError naming the file."""
+    """``(train, val)`` int64 token ids from a safetensors token file, checked.
+
+    The file must hold two 1-D integer tensors with ids in ``[0, vocab_size)`` and a matching checksum. Any
+    problem raises ValueError naming the file.
+    """
     metadata, tensors = read_safetensors(path, f"{where}: {str(path)!r} is not a readable token file")
     if set(tensors) != {"train", "val"}:
         raise ValueError(f"{where}: {str(path)!r} holds {sorted(tensors)}, expected train and val")

@@ -27,8 +27,11 @@ def _interrupted(args) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; usage errors exit with status 2 (``SystemExit``), errors found while working
-    (a damaged file, a diverged run) print ``error: ...`` and return 2."""
+    """Run the command line.
+
+    Usage errors exit with status 2 (``SystemExit``); errors found while working (a damaged file, a diverged
+    run) print ``error: ...`` and return 2.
+    """
     args = parser().parse_args(argv)
     try:
         from ._precheck import check

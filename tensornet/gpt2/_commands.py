@@ -1,5 +1,7 @@
-"""What each command of ``python -m tensornet.gpt2`` does once its flags were checked (with ``_precheck``'s
-warnings, the only code that prints)."""
+"""What each command of ``python -m tensornet.gpt2`` does once its flags were checked.
+
+The flags are checked by ``_precheck``, whose warnings are the only code that prints.
+"""
 
 from __future__ import annotations
 

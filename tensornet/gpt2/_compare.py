@@ -56,8 +56,11 @@ def _start_worker(queue) -> None:
 
 
 def run_variant(spec: dict, on_step: Callable[[str, int, float], None] | None = None) -> dict:
-    """Train one variant (run in a fresh process so its peak memory is its own) and return its results.
-    ``on_step(variant, step, loss)`` follows the training (in a worker: the queue it was started with)."""
+    """Train one variant and return its results.
+
+    The variant runs in a fresh process so its peak memory is its own. ``on_step(variant, step, loss)``
+    follows the training (in a worker: the queue it was started with).
+    """
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     train_ids, val_ids = load_token_file(Path(spec["tokens"]), spec["config"]["vocab_size"], "compare")
@@ -126,10 +129,12 @@ def compare(
     on_step: Callable[[str, int, float], None] | None = None,
     on_result: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Train each variant on the token file ``spec["tokens"]``; write ``results.json`` and ``loss_curves.png`` to
-    ``out``, an existing folder (the CLI opens it as a run folder, with its checks and lock). ``isolate``: each
-    variant in a fresh process (its own peak memory). ``on_step(variant, step, loss)`` follows the training,
-    ``on_result(result)`` is called as each variant finishes."""
+    """Train each variant on the token file ``spec["tokens"]``; write results.json and loss_curves.png.
+
+    The files go to ``out``, an existing folder (the CLI opens it as a run folder, with its checks and lock).
+    ``isolate``: each variant in a fresh process (its own peak memory). ``on_step(variant, step, loss)``
+    follows the training, ``on_result(result)`` is called as each variant finishes.
+    """
     width = spec["config"]["n_embd"]
     if "lowrank" in variants:
         ttm_layer = mlp_params_per_layer(spec)

@@ -30,8 +30,10 @@ COMPILE_MODES: tuple[CompileMode, ...] = ("default", "reduce-overhead", "max-aut
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings (frozen: a run's settings do not change under it). Defaults are the paper's GPT-2
-    small recipe except the step count and batch."""
+    """Optimisation settings (frozen: a run's settings do not change under it).
+
+    Defaults are the paper's GPT-2 small recipe except the step count and batch.
+    """
 
     steps: int = 1000
     batch_size: int = 16  # sequences per optimizer step, over all processes

@@ -101,8 +101,11 @@ def read_text_file(path: Path) -> str:
 
 
 def stdlib_corpus(*, max_chars: int | None = None) -> Corpus:
-    """The embedded corpus; with ``max_chars``, the first files (in the fixed order) up to that many characters
-    of training text and a tenth of it of validation text."""
+    """The embedded corpus.
+
+    With ``max_chars``, the first files (in the fixed order) up to that many characters of training text and a
+    tenth of it of validation text.
+    """
     if max_chars is not None and max_chars < 1:
         raise ValueError(f"stdlib_corpus: max_chars must be >= 1, got {max_chars}")
     root = Path(sysconfig.get_paths()["stdlib"])
@@ -261,8 +264,11 @@ def _tokenizer_text(path: Path, flag: str) -> str:
 
 
 def load_tokenizer(path: str | os.PathLike, *, flag: str = "--tokenizer"):
-    """A saved tokenizer: a ``tokenizer.json`` file, or a folder with ``tokenizer.json`` or GPT-2's
-    ``vocab.json`` + ``merges.txt``. The files must be regular files of at most ``TOKENIZER_BYTES``."""
+    """A saved tokenizer: a ``tokenizer.json`` file, or a folder with it or GPT-2's vocab and merges.
+
+    The folder holds ``tokenizer.json`` or GPT-2's ``vocab.json`` + ``merges.txt``. The files must be regular
+    files of at most ``TOKENIZER_BYTES``.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     if not str(path):
@@ -332,8 +338,10 @@ def _tokenizer_json(tokenizer) -> bytes:
 
 
 def cached_tokenizer(corpus: Corpus, vocab_size: int, cache_dir: str | os.PathLike | None = None):
-    """Train the BPE on ``corpus.train`` once and keep it under ``cache_dir/tokenizers``; an unreadable cache
-    entry is retrained (with a warning)."""
+    """Train the BPE on ``corpus.train`` once and keep it under ``cache_dir/tokenizers``.
+
+    An unreadable cache entry is retrained (with a warning).
+    """
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = cache / "tokenizers" / f"bpe-{vocab_size}-{corpus.fingerprint()}.json"
     if path.is_file():
@@ -382,9 +390,11 @@ def token_cache_path(corpus: Corpus, tokenizer, cache_dir: str | os.PathLike | N
 
 
 def cached_tokens(corpus: Corpus, tokenizer, cache_dir: str | os.PathLike | None = None):
-    """``(train_ids, val_ids)``, encoded once per (corpus, tokenizer) and cached as int32 safetensors. A cache
-    entry that fails its checks (unreadable, wrong shape or dtype, ids outside the vocabulary) is rebuilt,
-    with a warning."""
+    """``(train_ids, val_ids)``, encoded once per (corpus, tokenizer) and cached as int32 safetensors.
+
+    A cache entry that fails its checks (unreadable, wrong shape or dtype, ids outside the vocabulary) is
+    rebuilt, with a warning.
+    """
     path = token_cache_path(corpus, tokenizer, cache_dir)
     if path.is_file():
         try:
@@ -408,9 +418,11 @@ def train_batch(
     rank: int = 0,
     world: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``step``-th training batch: ``batch_size`` windows at offsets drawn from a generator seeded by
-    ``(seed, step)``, so the data order is a pure function of the step (exact resume) and the same global batch
-    is used whatever the number of DDP processes; ``rank`` takes its contiguous slice of it.
+    """The ``step``-th training batch: ``batch_size`` windows at offsets drawn from a seeded generator.
+
+    The generator is seeded by ``(seed, step)``, so the data order is a pure function of the step (exact
+    resume) and the same global batch is used whatever the number of DDP processes; ``rank`` takes its
+    contiguous slice of it.
 
     Returns ``(x, y)``, each ``(batch_size // world, block_size)``, with ``y`` shifted by one token.
     """
@@ -451,7 +463,10 @@ def val_batches(tokens: torch.Tensor, *, block_size: int, max_tokens: int | None
 
 
 def eval_token_count(ntokens: int, block_size: int, max_tokens: int | None = None) -> int:
-    """How many tokens an evaluation of ``ntokens`` validation tokens predicts: ``val_batches``'s windows times
-    ``block_size`` (the last token of the stream starts no window; ``max_tokens`` caps the tokens used)."""
+    """How many tokens an evaluation of ``ntokens`` validation tokens predicts.
+
+    That is ``val_batches``'s windows times ``block_size`` (the last token of the stream starts no window;
+    ``max_tokens`` caps the tokens used).
+    """
     usable = ntokens - 1 if max_tokens is None else min(ntokens - 1, max_tokens)
     return max(usable, 0) // block_size * block_size

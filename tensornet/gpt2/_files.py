@@ -1,4 +1,6 @@
-"""Files the GPT-2 adapter writes, written so that nothing the user owns is lost (no torch here):
+"""Files the GPT-2 adapter writes, written so that nothing the user owns is lost (no torch here).
+
+Two mechanisms:
 
 * atomic writes: a temporary ``.NAME.tmpPID`` next to the target, created with ``O_EXCL | O_NOFOLLOW`` (never
   a file or a symbolic link someone planted there) and written through its descriptor, ``fsync``,
@@ -61,10 +63,13 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def clear_leftover(path: Path, dir_files: Iterable[str] = ()) -> None:
-    """Make room at one of the package's own temporary names (``.NAME.tmpPID``/``.NAME.oldPID`` of this
-    process). A symbolic link there is unlinked (that never touches what it points to), as is a regular file
-    (a leftover of a killed writer that had this pid); a folder holding nothing but ``dir_files`` (and their
-    own leftovers) is emptied and removed. Anything else there is refused: nothing is written through it."""
+    """Make room at one of the package's own temporary names (``.NAME.tmpPID``/``.NAME.oldPID``).
+
+    The names are those of this process. A symbolic link there is unlinked (that never touches what it points
+    to), as is a regular file (a leftover of a killed writer that had this pid); a folder holding nothing but
+    ``dir_files`` (and their own leftovers) is emptied and removed. Anything else there is refused: nothing is
+    written through it.
+    """
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -95,9 +100,12 @@ def plain_file(path: Path) -> bool:
 
 
 def create_file(path: Path, mode: int = 0o666) -> int:
-    """Open a new file at one of the package's temporary names for writing and return its descriptor: created
-    with ``O_CREAT | O_EXCL | O_NOFOLLOW``, so it is never a file someone planted there and never written
-    through a symbolic link. A leftover at the name is cleared first (see :func:`clear_leftover`)."""
+    """Open a new file at one of the package's temporary names for writing and return its descriptor.
+
+    It is created with ``O_CREAT | O_EXCL | O_NOFOLLOW``, so it is never a file someone planted there and
+    never written through a symbolic link. A leftover at the name is cleared first (see
+    :func:`clear_leftover`).
+    """
     for _ in range(_TRIES):
         try:
             return os.open(path, _CREATE, mode)
@@ -138,9 +146,11 @@ def write_new(path: Path, write: Callable[[BinaryIO], object]) -> None:
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """``write(f)`` to a new temporary file next to ``path``, flush it to disk, then rename it over ``path``:
-    ``path`` is never half-written, and a symbolic link at ``path`` is replaced itself, never written
-    through. An ``OSError`` (a full disk) names ``path``."""
+    """``write(f)`` to a new temporary file next to ``path``, flush it to disk, then rename it over ``path``.
+
+    ``path`` is never half-written, and a symbolic link at ``path`` is replaced itself, never written through.
+    An ``OSError`` (a full disk) names ``path``.
+    """
     path = Path(path)
     tmp = tmp_path(path)
     try:
@@ -174,8 +184,11 @@ def parse_json(text: str | bytes) -> Any:
 
 
 def read_small_file(path: Path, limit: int, where: str) -> bytes:
-    """The bytes of ``path``, which must be a regular file of at most ``limit`` bytes (a device or a FIFO
-    would never end; a huge file is not what was meant). Opened without blocking, checked on the open file."""
+    """The bytes of ``path``, which must be a regular file of at most ``limit`` bytes.
+
+    A device or a FIFO would never end; a huge file is not what was meant. Opened without blocking, checked on
+    the open file.
+    """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as err:
@@ -201,13 +214,16 @@ def remove_stale_tmp(
     dir_files: Iterable[str] = (),
     live: bool,
 ) -> list[Path]:
-    """Remove ``.NAME.tmpPID`` / ``.NAME.oldPID`` leftovers in ``folder`` whose NAME is one the package writes
-    there: in ``names``, or matching it when it is a pattern (a cache folder's file names).
+    """Remove ``.NAME.tmpPID`` / ``.NAME.oldPID`` leftovers in ``folder`` of names the package writes there.
+
+    A NAME the package writes there is in ``names``, or matches it when it is a pattern (a cache folder's file
+    names).
 
     ``live=True`` (the caller holds the folder's lock, so no writer can be alive) removes them whatever the
     pid; otherwise only those whose process is gone. A symbolic link under such a name is always removed (the
     package never creates one; unlinking it leaves what it points to alone). A leftover folder (an interrupted
-    ``save_model``) is removed only when it holds nothing but ``dir_files`` (and their own leftovers)."""
+    ``save_model``) is removed only when it holds nothing but ``dir_files`` (and their own leftovers).
+    """
     own = names.fullmatch if isinstance(names, re.Pattern) else set(names).__contains__
     dir_files = set(dir_files)
     removed: list[Path] = []
@@ -321,11 +337,14 @@ def _read_manifest(path: Path) -> dict | None:
 
 
 class RunFolder:
-    """A run's output folder, held for the whole run: created if needed, checked to be the package's own,
-    locked against a second run, cleaned of leftover temporary files and marked by ``tensornet-run.json``.
+    """A run's output folder, held for the whole run.
+
+    It is created if needed, checked to be the package's own, locked against a second run, cleaned of leftover
+    temporary files and marked by ``tensornet-run.json``.
 
     ``open`` is re-entrant within a process (the CLI opens the folder before loading data; ``train`` then
-    opens it again): the second open returns the same holder."""
+    opens it again): the second open returns the same holder.
+    """
 
     def __init__(self, path: Path, kind: str, fd: int, created: list[Path] | None = None) -> None:
         self.path, self.kind, self._fd, self._count = path, kind, fd, 1
@@ -388,8 +407,10 @@ class RunFolder:
         return folder
 
     def remove_outputs(self) -> list[str]:
-        """Delete the outputs this package writes for this kind of run that the folder's manifest lists
-        (never anything else, never through a symbolic link)."""
+        """Delete the outputs this package writes for this kind of run that the folder's manifest lists.
+
+        Never anything else, never through a symbolic link.
+        """
         try:
             listed = set((_read_manifest(self.path) or {}).get("files", []))
         except ValueError:

@@ -11,9 +11,12 @@ from tensornet.nn._hf import dense_weight
 
 
 class LowRankLinear(nn.Module):
-    """``y = x @ (B @ A).T + b`` with ``A`` ``(rank, in)`` and ``B`` ``(out, rank)``: weight stored ``(out, in)``
-    like ``nn.Linear``. From scratch, ``A`` and ``B`` are N(0, s^2) with ``s = sqrt(0.02 / sqrt(rank))`` so the
-    product's entries have GPT-2's std 0.02. Cost per token: ``O(rank (in + out))``."""
+    """``y = x @ (B @ A).T + b`` with ``A`` ``(rank, in)`` and ``B`` ``(out, rank)``.
+
+    The weight is stored ``(out, in)`` like ``nn.Linear``. From scratch, ``A`` and ``B`` are N(0, s^2) with
+    ``s = sqrt(0.02 / sqrt(rank))`` so the product's entries have GPT-2's std 0.02. Cost per token:
+    ``O(rank (in + out))``.
+    """
 
     def __init__(
         self, in_features: int, out_features: int, *, rank: int, bias: bool = True, device=None, dtype=None
@@ -33,8 +36,11 @@ class LowRankLinear(nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Module, *, rank: int, bias: bool = True) -> LowRankLinear:
-        """Truncated SVD of the weight ``(out, in)`` of an ``nn.Linear`` or GPT-2 ``Conv1D`` (transposed on
-        purpose); ``conversion_error`` = relative Frobenius error; ``bias=False`` drops the bias."""
+        """Truncated SVD of the weight ``(out, in)`` of an ``nn.Linear`` or GPT-2 ``Conv1D``.
+
+        The ``Conv1D`` weight is transposed on purpose. ``conversion_error`` = relative Frobenius error;
+        ``bias=False`` drops the bias.
+        """
         w, source_bias = dense_weight("LowRankLinear.from_linear", linear)
         w = w.detach()
         new = cls(

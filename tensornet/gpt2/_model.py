@@ -94,7 +94,8 @@ def check_model_target(
     A file is always refused; an existing folder is used when empty, and replaced only with ``overwrite`` and
     only when it holds nothing but what ``save_model`` writes, including its mark file ``tensornet-model.json``
     (``require_mark=False``: a run folder's own ``model/``, which its manifest vouches for). Nothing is created
-    or changed."""
+    or changed.
+    """
     target = Path(target)
     if target.is_symlink():
         raise FileExistsError(f"{where}: {str(target)!r} is a symbolic link; give a real folder path")
@@ -130,9 +131,10 @@ def check_model_target(
 def save_model(
     model: nn.Module, directory: str | os.PathLike, *, tokenizer=None, overwrite: bool = False
 ) -> Path:
-    """Write ``config.json`` (with ``config.tensornet`` recording any tensorization), ``model.safetensors``
-    (the tied LM head left out, as Hugging Face does, with a SHA-256 of the tensors in its metadata),
-    optionally ``tokenizer.json``, and the mark ``tensornet-model.json``.
+    """Write config.json, model.safetensors, optionally tokenizer.json, and the mark tensornet-model.json.
+
+    ``config.json`` has ``config.tensornet`` recording any tensorization; ``model.safetensors`` leaves the
+    tied LM head out, as Hugging Face does, with a SHA-256 of the tensors in its metadata.
 
     An existing ``directory`` is used only when empty, or with ``overwrite=True`` when it is a folder
     ``save_model`` wrote (marked, holding nothing but these files); a file, or any other folder, is refused.
@@ -147,8 +149,11 @@ def save_model(
 
 
 def save_run_model(model: nn.Module, directory: Path, *, tokenizer=None) -> Path:
-    """``save_model`` into a run folder's own ``model/`` (held under the run's lock; its manifest lists the
-    model files): replaced when it holds nothing but save_model's files, marked or not (older tensornet)."""
+    """``save_model`` into a run folder's own ``model/``.
+
+    The folder is held under the run's lock; its manifest lists the model files. ``model/`` is replaced when
+    it holds nothing but save_model's files, marked or not (older tensornet).
+    """
     check_model_target(directory, overwrite=True, where="--out", require_mark=False)
     _write_model(model, directory, tokenizer)
     return directory
@@ -213,11 +218,14 @@ def _read_weights(file: Path) -> dict[str, torch.Tensor]:
 
 
 def load_model(directory: str | os.PathLike, *, device: str | torch.device | None = None):
-    """Load a folder written by ``save_model`` (dense or tensorized) or a local Hugging Face GPT-2 folder with
-    ``model.safetensors``. Pickle weights (``pytorch_model.bin``) are refused: unpickling can run code.
+    """Load a folder written by ``save_model`` (dense or tensorized) or a local Hugging Face GPT-2 folder.
+
+    A Hugging Face folder needs ``model.safetensors``. Pickle weights (``pytorch_model.bin``) are refused:
+    unpickling can run code.
 
     ``config.json`` is checked before anything is built: types and ranges of its settings, the tensornet
-    record, agreement with the tensor shapes in the weights file's header, and the memory the model needs."""
+    record, agreement with the tensor shapes in the weights file's header, and the memory the model needs.
+    """
     from transformers import GPT2LMHeadModel
 
     path = Path(directory)

@@ -1,5 +1,8 @@
-"""What a model folder must hold, checked before anything is built: ``config.json`` (types, ranges, the
-tensornet record), the weights file's header against it, and the memory the model needs."""
+"""What a model folder must hold, checked before anything is built.
+
+That is ``config.json`` (types, ranges, the tensornet record), the weights file's header against it, and the
+memory the model needs.
+"""
 
 from __future__ import annotations
 
@@ -47,8 +50,10 @@ def _is_number(value: Any) -> bool:
 
 
 def memory_bytes(device: torch.device | str | None = None) -> int | None:
-    """The memory a model on ``device`` can use: a CUDA device's total memory, else this machine's physical
-    memory (or its cgroup limit when lower); None when unknown."""
+    """The memory a model on ``device`` can use; None when unknown.
+
+    A CUDA device's total memory, else this machine's physical memory (or its cgroup limit when lower).
+    """
     device = torch.device(device) if device is not None else torch.device("cpu")
     if device.type == "cuda" and torch.cuda.is_available():
         return int(torch.cuda.get_device_properties(device.index or 0).total_memory)
@@ -78,8 +83,10 @@ def _bad(file: Path, key: str, rule: str, value: Any) -> ValueError:
 
 
 def _check_config(raw: Any, file: Path) -> dict[str, Any]:
-    """Types and ranges of the GPT-2 settings in a parsed ``config.json`` (nothing is built); returns the
-    sizes the model would have, with GPT2Config's defaults for keys not given."""
+    """Types and ranges of the GPT-2 settings in a parsed ``config.json`` (nothing is built).
+
+    Returns the sizes the model would have, with GPT2Config's defaults for keys not given.
+    """
     from transformers import GPT2Config
     from transformers.activations import ACT2FN
 
@@ -174,8 +181,10 @@ def _read_header(file: Path) -> dict[str, tuple[int, ...]]:
 def _check_fit(
     sizes: dict[str, Any], header: dict[str, tuple[int, ...]], config: Path, weights: Path
 ) -> None:
-    """config.json's sizes against the tensors the weights file holds, and the dense model against memory:
-    a config that does not describe these weights is refused before anything is allocated."""
+    """config.json's sizes against the tensors the weights file holds, and the dense model against memory.
+
+    A config that does not describe these weights is refused before anything is allocated.
+    """
     width, positions, layers = sizes["n_embd"], sizes["n_positions"], sizes["n_layer"]
     blocks = {int(m[1]) for k in header if (m := re.match(r"(?:transformer\.)?h\.(\d+)\.", k))}
     if blocks and blocks != set(range(layers)):
@@ -206,8 +215,10 @@ def _check_fit(
 
 
 def _expected_state(config, tensorized: TensorizeConfig | None) -> dict[str, tuple[int, ...]]:
-    """Tensor name -> shape of the model ``config`` (and the tensornet record) describe, built on the meta
-    device (nothing is allocated)."""
+    """Tensor name -> shape of the model ``config`` (and the tensornet record) describe.
+
+    Built on the meta device (nothing is allocated).
+    """
     from transformers import GPT2LMHeadModel
 
     with torch.device("meta"):
@@ -229,8 +240,10 @@ def _mismatch(
 
 
 def read_config(directory: str | os.PathLike) -> tuple[dict, dict[str, Any]]:
-    """A model folder's ``config.json``, parsed and checked (``_check_config``), and the sizes it gives:
-    cheap, nothing built. Raises ValueError (or FileNotFoundError/NotADirectoryError) naming the file."""
+    """A model folder's ``config.json``, parsed and checked (``_check_config``), and the sizes it gives.
+
+    Cheap, nothing built. Raises ValueError (or FileNotFoundError/NotADirectoryError) naming the file.
+    """
     if not str(directory):
         raise ValueError("load_model: the model folder path is empty")
     path = Path(directory)

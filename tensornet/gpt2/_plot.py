@@ -115,8 +115,11 @@ def count_label(x: float) -> str:
 
 
 def _smooth_log(loss: np.ndarray, fraction: float = 0.1) -> np.ndarray:
-    """Mean of the finite losses of steps ``i - w .. i + w`` with ``w = fraction * i``: a window of constant width
-    on a log step axis, so the first steps stay sharp and the late, noisy ones are averaged over many."""
+    """Mean of the finite losses of steps ``i - w .. i + w`` with ``w = fraction * i``.
+
+    A window of constant width on a log step axis, so the first steps stay sharp and the late, noisy ones are
+    averaged over many.
+    """
     n = loss.size
     ok = np.isfinite(loss)
     sums = np.concatenate([[0.0], np.cumsum(np.where(ok, loss, 0.0))])

@@ -1,6 +1,9 @@
-"""The command line's checks before work: each command's check runs right after parsing, before any corpus is
-read, tokenizer trained or folder created. What it raises is reported as a usage error (``error: ...``, exit
-status 2); what it only doubts is printed as a ``warning: ...`` and the command goes on."""
+"""The command line's checks before work.
+
+Each command's check runs right after parsing, before any corpus is read, tokenizer trained or folder created.
+What it raises is reported as a usage error (``error: ...``, exit status 2); what it only doubts is printed as
+a ``warning: ...`` and the command goes on.
+"""
 
 from __future__ import annotations
 
@@ -85,9 +88,11 @@ def dims(args) -> tuple[int, int, int]:
 
 
 def _dry_run(args, width: int, heads: int, *, rank: int, lowrank_rank: int | None = None) -> None:
-    """Tensorize one block of a meta-device model (nothing is allocated), so a --rank, --shapes or --ncores
-    that cannot work is reported now rather than after the tokenizer is trained. With ``lowrank_rank=-1`` the
-    low-rank baseline is sized like compare does."""
+    """Tensorize one block of a meta-device model (nothing is allocated).
+
+    This way a --rank, --shapes or --ncores that cannot work is reported now rather than after the tokenizer
+    is trained. With ``lowrank_rank=-1`` the low-rank baseline is sized like compare does.
+    """
     if not rank and not lowrank_rank:
         return
     config = gpt2_config(
@@ -121,11 +126,13 @@ def _dry_run(args, width: int, heads: int, *, rank: int, lowrank_rank: int | Non
 def check_memory(
     args, *, layers: int, width: int, vocab: int, block: int, training: bool, model=None, positions=None
 ):
-    """Refuse what cannot fit this machine's (or the device's) memory: the dense model as built (before any
-    tensorization) with, when ``training``, its gradients and AdamW state, plus a lower bound of the
-    activations of one batch (the logits and a few tensors per layer). Only sure failures are refused.
-    ``model``: the config.json the sizes come from (eval/compress: ``positions`` is its n_positions), else
-    they come from the flags."""
+    """Refuse what cannot fit this machine's (or the device's) memory.
+
+    What is counted: the dense model as built (before any tensorization) with, when ``training``, its
+    gradients and AdamW state, plus a lower bound of the activations of one batch (the logits and a few
+    tensors per layer). Only sure failures are refused. ``model``: the config.json the sizes come from
+    (eval/compress: ``positions`` is its n_positions), else they come from the flags.
+    """
     device = torch.device(args.device) if args.device else default_device()
     have = _modelfile.memory_bytes(device)  # (looked up on the module: tests replace it)
     if have is None:
@@ -293,8 +300,10 @@ def check_compress(args) -> None:
 
 
 def check_eval(args) -> dict:
-    """The model folder's config.json (checked; nothing is loaded) against --block-size, --eval-tokens,
-    --batch-size and this machine's memory; returns the model's sizes."""
+    """The model folder's config.json (checked; nothing loaded) against the flags and this machine's memory.
+
+    The flags are --block-size, --eval-tokens and --batch-size. Returns the model's sizes.
+    """
     if not Path(args.model).exists():
         raise UsageError(f"model folder {args.model!r} does not exist")
     _check_exists("the model folder", args.model, folder=True)

@@ -1,5 +1,8 @@
-"""Exact resume: what a checkpoint must match (the run's settings, the model, the optimizer), checked from
-its header before any data is loaded and again on the loaded tensors, and the restore itself."""
+"""Exact resume: what a checkpoint must match, and the restore itself.
+
+A checkpoint must match the run's settings, the model and the optimizer; this is checked from its header
+before any data is loaded and again on the loaded tensors.
+"""
 
 from __future__ import annotations
 
@@ -41,10 +44,13 @@ def _flag(name: str) -> str:
 
 
 def signature(cfg: TrainConfig, extra: dict | None) -> dict:
-    """What must not change between a checkpoint and its resume: the optimisation settings that shape the
-    losses (with the compile mode: compiled steps round differently; not the evaluation or checkpoint
-    frequency) and the caller's model/data description. An eager run records no compile mode, as the
-    checkpoints written before the modes existed, so those resume as eager runs."""
+    """What must not change between a checkpoint and its resume.
+
+    That is the optimisation settings that shape the losses (with the compile mode: compiled steps round
+    differently; not the evaluation or checkpoint frequency) and the caller's model/data description. An eager
+    run records no compile mode, as the checkpoints written before the modes existed, so those resume as eager
+    runs.
+    """
     train_settings = asdict(cfg)
     for name in ("eval_every", "eval_at", "checkpoint_every"):
         train_settings.pop(name)
@@ -70,10 +76,12 @@ def _number(value: Any) -> bool:
 
 
 def _check_checkpoint(path: Path, ckpt: dict, model: nn.Module, optimizer, cfg: TrainConfig) -> None:
-    """Everything in ``ckpt`` that ``restore`` loads, against this run: the step (an integer in [0, steps])
-    and its history, the model's tensor names, shapes and dtypes, the optimizer's groups (their AdamW
-    settings must be this run's) and state shapes, the RNG states. Works on the real tensors or on the
-    header's ``meta`` tensors (``checkpoint_outline``)."""
+    """Everything in ``ckpt`` that ``restore`` loads, against this run.
+
+    Checked: the step (an integer in [0, steps]) and its history, the model's tensor names, shapes and dtypes,
+    the optimizer's groups (their AdamW settings must be this run's) and state shapes, the RNG states. Works
+    on the real tensors or on the header's ``meta`` tensors (``checkpoint_outline``).
+    """
 
     def bad(why: str) -> ValueError:
         return ValueError(
@@ -185,9 +193,11 @@ def check_checkpoint_fits(
     cfg: TrainConfig,
     described: dict,
 ) -> int:
-    """Before any tokens are loaded: the checkpoint in ``out`` (its header: shapes and settings, no tensor data
-    and no checksum) fits ``model``, ``optimizer`` and ``cfg`` and was written by a run ``described`` so (its
-    model and data); returns its step."""
+    """Before any tokens are loaded: check the checkpoint in ``out`` against this run; return its step.
+
+    The checkpoint's header (shapes and settings, no tensor data and no checksum) must fit ``model``,
+    ``optimizer`` and ``cfg``, and it must have been written by a run ``described`` so (its model and data).
+    """
     path = Path(out) / CHECKPOINT
     outline = _checkpoint.checkpoint_outline(path, "--resume")
     try:
@@ -206,9 +216,11 @@ def check_checkpoint_fits(
 def restore(
     path: Path, expected: dict, model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig
 ) -> tuple[int, list[float], list[tuple[int, float]]]:
-    """Load ``path`` into the model, optimizer and RNGs; return the step to continue from and the history
-    (training losses, evaluations). Everything is checked first: the ``expected`` signature and
-    ``_check_checkpoint``; the optimizer keeps this run's AdamW settings."""
+    """Load ``path`` into the model, optimizer and RNGs; return the step to continue from and the history.
+
+    The history is the training losses and evaluations. Everything is checked first: the ``expected``
+    signature and ``_check_checkpoint``; the optimizer keeps this run's AdamW settings.
+    """
     if not path.is_file():
         check_resume(path.parent)  # raises the right message (none there, or an old pickle checkpoint)
     ckpt = _checkpoint.load_checkpoint(path, "--resume")
@@ -249,8 +261,10 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """The settings that differ between two signatures, as ``name: checkpoint X, now Y (--flag)`` (nested names
-    dotted)."""
+    """The settings that differ between two signatures, as ``name: checkpoint X, now Y (--flag)``.
+
+    Nested names are dotted.
+    """
     if isinstance(old, dict) and isinstance(new, dict):
         out: list[str] = []
         for key in sorted(set(old) | set(new), key=str):
@@ -288,9 +302,11 @@ def _signature_mismatch(path: Path, old: Any, new: dict) -> ValueError | None:
 
 
 def check_resume(out: str | os.PathLike, cfg: TrainConfig | None = None, stop_at: int | None = None) -> None:
-    """Cheap checks before any data is loaded: ``out`` holds a tensornet checkpoint (format and version; the
-    checksum is verified when ``train`` loads it), written with the same optimisation settings as ``cfg``
-    (when given), at a step not after ``stop_at``."""
+    """Cheap checks before any data is loaded: ``out`` holds a tensornet checkpoint this run can resume.
+
+    Checked: its format and version (the checksum is verified when ``train`` loads it), that it was written
+    with the same optimisation settings as ``cfg`` (when given), at a step not after ``stop_at``.
+    """
     path = Path(out) / CHECKPOINT
     what = _files.not_a_file(path)
     if what is not None and what != "does not exist":

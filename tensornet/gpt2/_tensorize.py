@@ -43,8 +43,10 @@ PAPER_SHAPES: dict[tuple[int, int], tuple[tuple[float, Pairs], ...]] = {
 
 
 def paper_shapes(shape: tuple[int, int], rank: int) -> Pairs | None:
-    """The paper's core pairs ``(out_k, in_k)`` for a GPT-2 MLP weight of ``shape = (out, in)`` at ``rank``, or
-    None when the paper has none (only GPT-2 small and medium MLPs have shapes)."""
+    """The paper's core pairs ``(out_k, in_k)`` for a GPT-2 MLP weight of ``shape = (out, in)`` at ``rank``.
+
+    None when the paper has none (only GPT-2 small and medium MLPs have shapes).
+    """
     for (width, hidden), table in PAPER_SHAPES.items():
         pairs = next(p for bound, p in table if rank <= bound)
         if tuple(shape) == (hidden, width):  # c_fc
@@ -80,9 +82,12 @@ def _check_pairs(pairs: Any, shape: tuple[int, int], where: str) -> Pairs:
 def layer_shapes(
     key: str, shape: tuple[int, int], *, rank: int, shapes: Any = "paper", ncores: int = 3
 ) -> Pairs:
-    """The ``(out_k, in_k)`` core pairs of the layer ``key`` (``"mlp.c_fc"``, ...) with weight ``shape = (out,
-    in)``: the paper's (``shapes="paper"``; attention, which the paper keeps dense, falls back to balanced),
-    ``ncores`` near-equal factors per side (``"balanced"``), or ``shapes[key]`` from a mapping."""
+    """The ``(out_k, in_k)`` core pairs of the layer ``key`` (``"mlp.c_fc"``, ...) with weight ``shape``.
+
+    ``shape`` is ``(out, in)``. The pairs are the paper's (``shapes="paper"``; attention, which the paper
+    keeps dense, falls back to balanced), ``ncores`` near-equal factors per side (``"balanced"``), or
+    ``shapes[key]`` from a mapping.
+    """
     where = f"{key} (out, in) = {tuple(shape)}"
     if isinstance(shapes, Mapping):
         if key not in shapes:
@@ -188,8 +193,10 @@ class TensorizeConfig:
     def from_json(
         cls, record: Any, where: str = "the record", fn: str = "TensorizeConfig.from_json"
     ) -> TensorizeConfig:
-        """The record, checked (types and bounds; :meth:`apply` checks it against the model). ValueError names
-        the caller ``fn``, the file or object ``where`` and the key at fault."""
+        """The record, checked (types and bounds; :meth:`apply` checks it against the model).
+
+        ValueError names the caller ``fn``, the file or object ``where`` and the key at fault.
+        """
 
         def bad(key: str, rule: str, value: Any) -> ValueError:
             return ValueError(
@@ -246,8 +253,11 @@ class TensorizeConfig:
         )
 
     def apply(self, model: nn.Module) -> nn.Module:
-        """Build these layers, from scratch (nothing converted), in the dense GPT-2 ``model`` of the size they
-        were made for: what :func:`load_model` does before it loads the weights. Returns ``model``."""
+        """Build these layers from scratch (nothing converted) in the dense GPT-2 ``model``; return it.
+
+        ``model`` must be of the size the layers were made for. This is what :func:`load_model` does before it
+        loads the weights.
+        """
         if self.method == "lowrank":
             if self.rank is None:
                 raise ValueError("TensorizeConfig: a low-rank record needs its rank (the inner size)")
@@ -279,8 +289,11 @@ def _record(model: Any, config: TensorizeConfig) -> None:
 
 
 def _tensorize_tied(model: Any, rules: list[Rule], *, embeddings: bool) -> TensorizeReport:
-    """``tensornet.nn.tensorize`` with GPT-2's LM head tied to the token embedding: when the embedding becomes
-    a ``TTEmbedding`` the head becomes a ``TiedTTHead`` on it (it shares the cores, as it shared the table)."""
+    """``tensornet.nn.tensorize`` with GPT-2's LM head tied to the token embedding.
+
+    When the embedding becomes a ``TTEmbedding`` the head becomes a ``TiedTTHead`` on it (it shares the cores,
+    as it shared the table).
+    """
     if not embeddings:
         return nn_tensorize(model, rules)[1]
     head = model.lm_head
@@ -297,8 +310,11 @@ def _tensorize_tied(model: Any, rules: list[Rule], *, embeddings: bool) -> Tenso
 def _layer_rules(
     model: nn.Module, layers: Sequence[str], shapes: Any, ncores: int, convert: dict, options: dict
 ) -> tuple[list[Rule], dict[str, Pairs]]:
-    """One ``Rule`` per layer key of the groups ``layers`` (every block has the same sizes) and its core pairs.
-    ``convert``: rank, eps, from_weights; ``options``: the layer's other settings."""
+    """One ``Rule`` per layer key of the groups ``layers`` and its core pairs.
+
+    Every block has the same sizes. ``convert``: rank, eps, from_weights; ``options``: the layer's other
+    settings.
+    """
     rank, from_weights = convert["rank"], convert["from_weights"]
     resolved: dict[str, Pairs] = {}
     rules = []
@@ -385,8 +401,10 @@ def lowrank(
     bias: bool = True,
     from_weights: bool = False,
 ) -> tuple[nn.Module, TensorizeReport]:
-    """The paper's low-rank baseline: each selected layer becomes ``W = B @ A`` with inner size ``rank`` (truncated
-    SVD of the existing weights when ``from_weights``, else initialised so W's entries have std 0.02).
+    """The paper's low-rank baseline: each selected layer becomes ``W = B @ A`` with inner size ``rank``.
+
+    ``A`` and ``B`` come from a truncated SVD of the existing weights when ``from_weights``, else they are
+    initialised so W's entries have std 0.02.
 
     The report describes ``W`` as the two-core TTM it is: pairs ``(out, 1), (1, in)``, ranks ``(1, rank, 1)``.
     """

@@ -1,5 +1,8 @@
-"""The training loop: AdamW, linear warmup + cosine decay, gradient clipping, evaluation, atomic checkpoints,
-exact resume (checkpoint and log) and DDP (started by ``torchrun``)."""
+"""The training loop.
+
+AdamW, linear warmup + cosine decay, gradient clipping, evaluation, atomic checkpoints, exact resume
+(checkpoint and log) and DDP (started by ``torchrun``).
+"""
 
 from __future__ import annotations
 
@@ -160,7 +163,9 @@ def evaluate(
     dist: Distributed | None = None,
 ) -> float:
     """Mean next-token loss (nats) over non-overlapping validation windows; ``exp`` of it is the perplexity.
-    Under DDP each process takes every ``world``-th window and the sums are all-reduced."""
+
+    Under DDP each process takes every ``world``-th window and the sums are all-reduced.
+    """
     dist = dist or Distributed()
     device = torch.device(device)
     windows = val_batches(val_ids, block_size=block_size, max_tokens=max_tokens)[dist.rank :: dist.world]
@@ -178,9 +183,12 @@ def evaluate(
 
 
 class RunLog:
-    """``log.jsonl``: one line per optimizer step (``step``, ``loss``, ``lr``) and per evaluation (``step``,
-    ``val_loss``, ``val_ppl``), numbers only (no timings), so a run resumed from a checkpoint has exactly the
-    log of an uninterrupted one: opening it rewrites it, atomically, from the checkpoint's history."""
+    """``log.jsonl``: one line per optimizer step and per evaluation, numbers only (no timings).
+
+    A step's line holds ``step``, ``loss``, ``lr``; an evaluation's ``step``, ``val_loss``, ``val_ppl``.
+    With no timings, a run resumed from a checkpoint has exactly the log of an uninterrupted one: opening it
+    rewrites it, atomically, from the checkpoint's history.
+    """
 
     def __init__(self, path: Path, cfg: TrainConfig, history: History) -> None:
         self.path, self.cfg = path, cfg
@@ -355,8 +363,10 @@ class _Run:
         return start
 
     def loop(self, start: int, end: int, train_ids, val_ids, on_step, on_eval) -> None:
-        """Steps ``start`` to ``end`` (0-based), evaluating and checkpointing on the way; the final evaluation
-        when the run reaches its last step."""
+        """Steps ``start`` to ``end`` (0-based), evaluating and checkpointing on the way.
+
+        The final evaluation runs when the run reaches its last step.
+        """
         cfg = self.cfg
         for step in range(start, end):
             loss = self.step(step, train_ids, first_timed=start + 2)
