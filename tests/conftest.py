@@ -97,3 +97,12 @@ def saved_storage_bytes(fn, *, exclude=()) -> int:
         y = fn()
     y.float().square().sum().backward()
     return sum(storages.values())
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: tiny models run fastest so, and a busy machine does not stall them."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

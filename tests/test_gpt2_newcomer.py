@@ -23,17 +23,11 @@ from tensornet.gpt2._commands import log_spaced
 from tensornet.gpt2._compare import table
 from tensornet.gpt2._data import cached_tokenizer, eval_token_count, stdlib_corpus, val_batches
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny models run faster on one thread (conftest)
+
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = ("--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size", "16")
 TINY = [*SIZE, "--vocab-size", "300", "--max-chars", "20000", "--batch-size", "4", "--device", "cpu"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def code(argv: list[str]) -> int:

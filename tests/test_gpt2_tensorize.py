@@ -25,6 +25,8 @@ from tensornet.gpt2 import (
 )
 from tensornet.nn import RankClipWarning, TTMLinear
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny models run faster on one thread (conftest)
+
 SMALL = GPT2Config()  # GPT-2 small: 12 x 768, vocabulary 50,257, 1,024 positions
 MEDIUM = GPT2Config(n_layer=24, n_embd=1024, n_head=16)
 
@@ -35,14 +37,6 @@ def nparams(model):
 
 def pairs(layer):
     return tuple(zip(layer.row_shape, layer.col_shape))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize(

@@ -26,16 +26,9 @@ from tensornet.gpt2._data import (
     val_batches,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny models run faster on one thread (conftest)
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and a busy machine does not stall them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

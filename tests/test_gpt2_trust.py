@@ -24,6 +24,8 @@ from tensornet.gpt2._cli import main
 from tensornet.gpt2._data import cached_tokenizer, cached_tokens, token_cache_path
 from tensornet.gpt2._files import RunFolder
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny models run faster on one thread (conftest)
+
 ROOT = Path(__file__).resolve().parents[1]
 # a 1-layer model on 20,000 characters: every run here is dominated by Python's start-up, not by training
 TINY = [
@@ -47,14 +49,6 @@ class Payload:
 def plant_pickle(path: Path, marker: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(Payload(marker), path)  # a real torch pickle file, as torch.save writes them
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

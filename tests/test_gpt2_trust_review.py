@@ -30,6 +30,8 @@ from tensornet.gpt2._checkpoint import load_checkpoint, save_checkpoint
 from tensornet.gpt2._cli import main
 from tensornet.gpt2._data import cached_tokenizer, cached_tokens, stdlib_corpus, token_cache_path
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny models run faster on one thread (conftest)
+
 TINY = [
     *("--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size", "16", "--vocab-size", "300"),
     *("--max-chars", "20000", "--batch-size", "4", "--warmup", "2", "--no-progress", "--device", "cpu"),
@@ -37,14 +39,6 @@ TINY = [
 COMPARE = ["compare", *(a for a in TINY if a != "--no-progress")]
 PID = os.getpid()
 DEAD = 2**22 + 12345  # above Linux's default pid_max: no such process
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
