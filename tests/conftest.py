@@ -106,3 +106,38 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# --- the GPT-2 command line -----------------------------------------------------------------------------
+# a 1-layer model on 20,000 characters: every run is dominated by Python's start-up, not by training
+GPT2_TINY = [
+    *("--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size", "16", "--vocab-size", "300"),
+    *("--max-chars", "20000", "--batch-size", "4", "--warmup", "2", "--no-progress", "--device", "cpu"),
+]
+
+
+def cli_status(argv: list[str]) -> int:
+    """``python -m tensornet.gpt2``'s exit status: usage errors exit through argparse, later errors return 2."""
+    from tensornet.gpt2._cli import main
+
+    try:
+        return main(argv)
+    except SystemExit as exit_info:
+        return int(exit_info.code or 0)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """One tokenizer/token cache and one finished 3-step dense run (checkpoint, log, model/) per module."""
+    root = tmp_path_factory.mktemp("run")
+    cache, run = root / "cache", root / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert (
+            cli_status(["train", *GPT2_TINY, "--steps", "3", "--cache-dir", str(cache), "--out", str(run)])
+            == 0
+        )
+    finally:
+        torch.set_num_threads(threads)
+    return {"cache": cache, "run": run}

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import cli_status
 
 from tensornet.gpt2 import _commands, _data, _precheck
 from tensornet.gpt2._cli import main
@@ -30,11 +31,7 @@ SIZE = ("--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size", "16
 TINY = [*SIZE, "--vocab-size", "300", "--max-chars", "20000", "--batch-size", "4", "--device", "cpu"]
 
 
-def code(argv: list[str]) -> int:
-    try:
-        return main(argv)
-    except SystemExit as exit_info:
-        return int(exit_info.code or 0)
+code = cli_status
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import GPT2_TINY, cli_status
 
 from tensornet.gpt2 import build_model, gpt2_config, load_model, save_model, stdlib_corpus, tensorize
 from tensornet.gpt2._checkpoint import load_checkpoint, load_token_file, save_checkpoint
@@ -27,11 +28,7 @@ from tensornet.gpt2._files import RunFolder
 pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny models run faster on one thread (conftest)
 
 ROOT = Path(__file__).resolve().parents[1]
-# a 1-layer model on 20,000 characters: every run here is dominated by Python's start-up, not by training
-TINY = [
-    *("--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size", "16", "--vocab-size", "300"),
-    *("--max-chars", "20000", "--batch-size", "4", "--warmup", "2", "--no-progress", "--device", "cpu"),
-]
+TINY = GPT2_TINY
 COMPARE = ["compare", *(a for a in TINY if a != "--no-progress")]  # compare shows no progress bar
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
@@ -51,26 +48,7 @@ def plant_pickle(path: Path, marker: Path) -> None:
     torch.save(Payload(marker), path)  # a real torch pickle file, as torch.save writes them
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    """One tokenizer/token cache and one finished 3-step dense run (checkpoint, log, model/) for the module."""
-    root = tmp_path_factory.mktemp("trust")
-    cache, run = root / "cache", root / "run"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(["train", *TINY, "--steps", "3", "--cache-dir", str(cache), "--out", str(run)]) == 0
-    finally:
-        torch.set_num_threads(threads)
-    return {"cache": cache, "run": run}
-
-
-def code(argv: list[str]) -> int:
-    """``main``'s exit status: usage errors exit through argparse (SystemExit), later errors return 2."""
-    try:
-        return main(argv)
-    except SystemExit as exit_info:
-        return int(exit_info.code or 0)
+code = cli_status
 
 
 def train_argv(shared, out: Path, *extra: str) -> list[str]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import GPT2_TINY, cli_status
 
 from tensornet.gpt2 import (
     _checkpoint,
@@ -27,39 +28,17 @@ from tensornet.gpt2 import (
     save_model,
 )
 from tensornet.gpt2._checkpoint import load_checkpoint, save_checkpoint
-from tensornet.gpt2._cli import main
 from tensornet.gpt2._data import cached_tokenizer, cached_tokens, stdlib_corpus, token_cache_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny models run faster on one thread (conftest)
 
-TINY = [
-    *("--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size", "16", "--vocab-size", "300"),
-    *("--max-chars", "20000", "--batch-size", "4", "--warmup", "2", "--no-progress", "--device", "cpu"),
-]
+TINY = GPT2_TINY
 COMPARE = ["compare", *(a for a in TINY if a != "--no-progress")]
 PID = os.getpid()
 DEAD = 2**22 + 12345  # above Linux's default pid_max: no such process
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    """A tokenizer/token cache and one finished 3-step dense run, shared by the module."""
-    root = tmp_path_factory.mktemp("review")
-    cache, run = root / "cache", root / "run"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(["train", *TINY, "--steps", "3", "--cache-dir", str(cache), "--out", str(run)]) == 0
-    finally:
-        torch.set_num_threads(threads)
-    return {"cache": cache, "run": run}
-
-
-def code(argv: list[str]) -> int:
-    try:
-        return main(argv)
-    except SystemExit as exit_info:
-        return int(exit_info.code or 0)
+code = cli_status
 
 
 def train_argv(shared, out: Path, *extra: str, cache: Path | None = None) -> list[str]:
