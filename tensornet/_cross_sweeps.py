@@ -145,17 +145,33 @@ class Sweeps:
         if target > keep:  # exploration: random further rows, so that the next fibers see new directions
             draw = self.rng.random(n_rows) + np.where(known, 1.0 if self.explore else -1.0, 0.0)
             draw[rows] = np.inf
-            covered = np.zeros(int(modes.max()) + 1, dtype=bool)
-            covered[modes[rows] if self.explore else slice(None)] = True
-            extra = []
-            for _ in range(target - keep):  # a few rows: 2, or a quarter of the rank
-                row = int(np.argmin(draw + 4.0 * covered[modes]))  # an uncovered mode index first
-                extra.append(row)
-                draw[row] = np.inf
-                covered[modes[row]] = True
-            rows = np.concatenate([rows, np.asarray(extra, dtype=rows.dtype)])
+            count = target - keep
+            extra = (
+                _uncovered_first(draw, modes, rows, count)
+                if self.explore
+                else np.argpartition(draw, count - 1)[:count]
+            )
+            rows = np.concatenate([rows, extra.astype(rows.dtype)])
             coefficient = _maxvol.coefficients(basis, rows)
         return rows, coefficient
+
+
+def _uncovered_first(draw: np.ndarray, modes: np.ndarray, rows: np.ndarray, count: int) -> np.ndarray:
+    """``count`` rows by smallest ``draw``, each taken among rows whose mode index no kept row has yet.
+
+    ``draw`` is the random priority of each row (inf for the ``rows`` already kept); ``modes`` gives each
+    row's index of the step's mode. Falls back to any row once every mode index is covered.
+    """
+    draw = draw.copy()
+    covered = np.zeros(int(modes.max()) + 1, dtype=bool)
+    covered[modes[rows]] = True
+    extra = []
+    for _ in range(count):  # a few rows: 2, or a quarter of the rank
+        row = int(np.argmin(draw + 4.0 * covered[modes]))  # draw < 2: an uncovered row always wins
+        extra.append(row)
+        draw[row] = np.inf
+        covered[modes[row]] = True
+    return np.asarray(extra, dtype=np.int64)
 
 
 def relative_error(approx: np.ndarray, exact: np.ndarray, scale: float) -> float:
