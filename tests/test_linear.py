@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -268,6 +269,30 @@ def test_gradients_equal_plain_autograd(tokens, dtype, with_bias, seed):
         _close(c.grad, r.grad, dtype)
     if with_bias:
         _close(bias.grad, bias_ref.grad, dtype)
+
+
+@given(
+    tst.ttms(backend="torch", max_ncores=4, max_size=4, max_rank=4),
+    st.integers(1, 40),
+    st.booleans(),
+    st.sampled_from(["no_grad", "inference_mode", "frozen"]),
+    st.integers(0, 2**16),
+)
+def test_without_gradients_the_kernels_run_alone_and_give_the_same_result(w, tokens, with_bias, mode, seed):
+    # no_grad / inference_mode / nothing requiring a gradient: the planned kernels run without the autograd
+    # Function (its apply is host time decoding does not need); the result is the Function's, bit for bit
+    rows, cols = w.shape
+    x = _x((tokens, cols), w.cores[0], seed)
+    bias = _x((rows,), w.cores[0], seed + 1) if with_bias else None
+    tracked = [c.clone().requires_grad_() for c in w.cores]
+    expected = tn.linear(x, tn.TTM(tracked), bias)
+    assert "TTMLinearFunction" in _graph_names(expected)
+    context = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode}.get(mode, torch.enable_grad)
+    with mock.patch.object(binding, "function_for", side_effect=AssertionError("the Function was used")):
+        with context():
+            y = tn.linear(x, w, bias)
+    assert y.grad_fn is None and not y.requires_grad
+    assert torch.equal(y, expected.detach())
 
 
 def test_only_requested_gradients_are_computed():

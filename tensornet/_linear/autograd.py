@@ -1,6 +1,8 @@
 """The torch binding of ``linear`` and its autograd Function (imports torch; loaded for torch inputs).
 
-:func:`linear_torch` is the one place that reads autocast, casts, plans and calls the Function.
+:func:`linear_torch` is the one place that reads autocast, casts, plans and calls the Function. Where no
+gradient is wanted (``torch.no_grad``, inference mode, nothing requiring one) it runs the planned kernels
+directly: the Function's ``apply`` would be host time with nothing to record.
 
 The Function saves only ``x`` and the cores for backward (no intermediates: the activation memory of a
 dense layer's input plus the parameters) and recomputes what the backward strategy needs from them with
@@ -60,18 +62,11 @@ def _forward(
     tensors: tuple[Any, ...],
 ) -> Any:
     """The Function's forward: saves ``x2d`` and the cores (and what ``keep`` asks for), returns ``y``."""
-    forward, path, _, _, keep, packed = route
+    keep = route[4]
     ctx.route, ctx.has_bias, ctx.count = route, bias is not None, len(tensors)
     ctx.autocast = autocast_dtype(device_type)
-    cores = _unpack(tensors, packed)
     ctx.kept = None
-    if forward != "rebuild":
-        ctx.save_for_backward(x2d, *tensors)
-        y = FORWARD[forward].forward(x2d, cores, K.torch_ops(), path)
-        # under autocast y is in the autocast dtype; keep it there (as nn.Linear does)
-        return y if bias is None else y + bias.to(y.dtype)
-    recipe = K.rebuild_recipe(tuple(tuple(c.shape) for c in cores))
-    weight, parts = K.rebuild(cores, recipe, K.torch_ops(), parts=True)
+    y, weight, parts = _product(route, x2d, bias, tensors)
     if keep and parts is not None:
         # save_weight: keep only what backward reads (W for grad x, the halves for the cores)
         keep_w = ctx.needs_input_grad[_X]
@@ -81,10 +76,28 @@ def _forward(
         ctx.save_for_backward(x2d, *kept, *tensors)
     else:
         ctx.save_for_backward(x2d, *tensors)
+    return y
+
+
+def _product(
+    route: tuple[Any, ...], x2d: torch.Tensor, bias: torch.Tensor | None, tensors: Sequence[Any]
+) -> tuple[Any, Any, Any]:
+    """``(y, W, (L, R))`` by the route's forward; W and its halves are None unless it rebuilds W.
+
+    The Function's forward, and the whole product where no gradient is wanted (no Function then).
+    """
+    forward, path, packed = route[0], route[1], route[5]
+    cores = _unpack(tensors, packed)
+    if forward != "rebuild":
+        y = FORWARD[forward].forward(x2d, cores, K.torch_ops(), path)
+        # under autocast y is in the autocast dtype; keep it there (as nn.Linear does)
+        return (y if bias is None else y + bias.to(y.dtype)), None, None
+    recipe = K.rebuild_recipe(tuple(tuple(c.shape) for c in cores))
+    weight, parts = K.rebuild(cores, recipe, K.torch_ops(), parts=True)
     if bias is not None:
         # bias fused into the GEMM as nn.Linear does (a separate add re-reads all of y)
-        return torch.addmm(bias, x2d, weight.mT)
-    return x2d @ weight.mT
+        return torch.addmm(bias, x2d, weight.mT), weight, parts
+    return x2d @ weight.mT, weight, parts
 
 
 def _saved(ctx: Any) -> tuple[Any, tuple[Any, ...], Any]:
@@ -317,6 +330,11 @@ def linear_torch(
     # save_weight applies where the forward rebuilds W for a backward that works from the dense W
     keep = save_weight and forward == "rebuild" and backward == "dense"
     route = (forward, path, backward, backward_path, keep, packed)
+    if not torch.is_grad_enabled() or not (
+        x2d.requires_grad or (bias is not None and bias.requires_grad) or any(t.requires_grad for t in tensors)
+    ):
+        # no gradient wanted (decoding, evaluation): the kernels alone, no autograd Function around them
+        return _product(route, x2d, bias, tensors)[0].reshape(*lead, rows)
     function = function_for(x.device.type)
     if (
         torch.compiler.is_compiling()
