@@ -8,6 +8,7 @@ shapes only, so these plans are shared by every backend, dtype and device.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -119,25 +120,43 @@ def expression(equation: str, *shapes: tuple[int, ...], optimize: Any = None) ->
     return plan_network(equation, *shapes, optimize=optimize).expression
 
 
+@functools.lru_cache(maxsize=4096)
+def path_calls(equation: str, path: tuple[tuple[int, ...], ...]) -> tuple[tuple[tuple[int, ...], str], ...]:
+    """The calls :func:`run_path` makes for ``equation`` along ``path``: ``(operand positions, subscripts)``.
+
+    Positions index the working list (the taken operands are removed, the new intermediate is appended last);
+    a last call with one operand reorders the result's modes when the pairs leave them in another order.
+    A pure function of its arguments (memoised), so a run does no string work and the cost model can charge
+    exactly these calls.
+    """
+    inputs, output = equation.split("->")
+    terms = inputs.split(",")
+    calls: list[tuple[tuple[int, ...], str]] = []
+    for step in path:
+        positions = tuple(sorted(step, reverse=True))
+        taken = [terms.pop(i) for i in positions]
+        keep = set("".join(terms)) | set(output)
+        seen = "".join(dict.fromkeys(c for term in taken for c in term))
+        result = "".join(c for c in seen if c in keep)
+        calls.append((positions, ",".join(taken) + "->" + result))
+        terms.append(result)
+    if len(terms) != 1:
+        raise ValueError(f"run_path: the path leaves {len(terms)} operands of {equation!r}, expected 1")
+    if terms[0] != output:
+        calls.append(((0,), terms[0] + "->" + output))
+    return tuple(calls)
+
+
 def run_path(equation: str, path: Sequence[Sequence[int]], operands: Sequence[Any], contract_fn: Any) -> Any:
     """Execute ``equation`` pairwise along an ``opt_einsum`` ``path``, one ``contract_fn`` call per step.
 
     Each new intermediate is appended last; ``contract_fn(subscripts, *arrays)`` is e.g. ``torch.einsum``.
-    Pure Python bookkeeping, so ``torch.compile`` traces it.
+    The calls are :func:`path_calls`; ``torch.compile`` traces them.
     """
-    inputs, output = equation.split("->")
-    terms = inputs.split(",")
     arrays = list(operands)
-    for step in path:
-        taken = [(terms.pop(i), arrays.pop(i)) for i in sorted(step, reverse=True)]
-        keep = set("".join(terms)) | set(output)
-        seen = "".join(dict.fromkeys(c for term, _ in taken for c in term))
-        result = "".join(c for c in seen if c in keep)
-        arrays.append(contract_fn(",".join(t for t, _ in taken) + "->" + result, *(a for _, a in taken)))
-        terms.append(result)
-    if len(arrays) != 1:
-        raise ValueError(f"run_path: the path leaves {len(arrays)} operands of {equation!r}, expected 1")
-    return arrays[0] if terms[0] == output else contract_fn(terms[0] + "->" + output, arrays[0])
+    for positions, subscripts in path_calls(equation, tuple(tuple(int(i) for i in step) for step in path)):
+        arrays.append(contract_fn(subscripts, *[arrays.pop(i) for i in positions]))
+    return arrays[0]
 
 
 def einsum(equation: str, *operands: Array, optimize: Any = None) -> Array:

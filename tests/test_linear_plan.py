@@ -80,10 +80,14 @@ def test_einsum_runs_the_pairs_it_charges(w, tokens):
     y = EINSUM.forward(x, cores, ops, forward.path)
     torch.testing.assert_close(y, x @ tn.full(w).T)
     assert pairs.count(2) == charged(forward, "gemm")
+    # every torch.einsum call is charged its host time (~20 us, where an mm costs ~3): tiny pairs are
+    # host-bound, and a model without it chose einsum for a 64 x 64 layer at 1 token at 3x the sweep's time
+    assert forward.seconds >= len(pairs) * (MACHINE.einsum_call + MACHINE.launch)
     pairs.clear()
     backward = EINSUM.backward_cost(MACHINE, 8, shapes, tokens)
     EINSUM.backward(x, cores, gy, ops, backward.path)
     assert pairs.count(2) == charged(backward, "gemm")
+    assert backward.seconds >= len(pairs) * (MACHINE.einsum_call + MACHINE.launch)
 
 
 @given(

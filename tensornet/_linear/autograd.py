@@ -331,7 +331,9 @@ def linear_torch(
     keep = save_weight and forward == "rebuild" and backward == "dense"
     route = (forward, path, backward, backward_path, keep, packed)
     if not torch.is_grad_enabled() or not (
-        x2d.requires_grad or (bias is not None and bias.requires_grad) or any(t.requires_grad for t in tensors)
+        x2d.requires_grad
+        or (bias is not None and bias.requires_grad)
+        or any(t.requires_grad for t in tensors)
     ):
         # no gradient wanted (decoding, evaluation): the kernels alone, no autograd Function around them
         return _product(route, x2d, bias, tensors)[0].reshape(*lead, rows)

@@ -18,7 +18,10 @@ class Machine:
     """Roofline constants of the cost model (rough; autotuning replaces them with measurements).
 
     ``thin``: a GEMM dimension of this size runs at half the peak rate (efficiency ``s / (s + thin)``
-    per dimension, the contracted one counted at half weight).
+    per dimension, the contracted one counted at half weight). ``einsum_call``: the host time one
+    ``torch.einsum`` call spends beyond its kernel's launch (parsing the subscripts, planning the permutes
+    and reshapes around its GEMM): ~20 us per call against ~3 us for ``torch.mm`` on a tiny pair, measured
+    on CPU with torch 2.13 (the same host work precedes a CUDA launch).
     """
 
     name: str
@@ -26,6 +29,7 @@ class Machine:
     bandwidth: float
     launch: float
     thin: float
+    einsum_call: float = 16e-6
 
     @staticmethod
     def for_device(device: str, itemsize: int) -> Machine:
@@ -56,20 +60,20 @@ class Costing:
     def __init__(self, machine: Machine, itemsize: int) -> None:
         self.machine, self.item, self.steps = machine, itemsize, []  # type: ignore[var-annotated]
 
-    def gemm(self, m: int, k: int, n: int, what: str, batch: int = 1) -> None:
-        """A (batched) ``(m, k) @ (k, n)`` product."""
+    def gemm(self, m: int, k: int, n: int, what: str, batch: int = 1, host: float = 0.0) -> None:
+        """A (batched) ``(m, k) @ (k, n)`` product (``host``: extra host seconds of the call that runs it)."""
         machine, item = self.machine, self.item
         flops = 2 * m * k * n * batch
         moved = item * (m * k + k * n + m * n) * batch
         eff = (m / (m + machine.thin)) * (n / (n + machine.thin)) * math.sqrt(k / (k + machine.thin))
-        seconds = max(flops / (machine.peak_flops * eff), moved / machine.bandwidth) + machine.launch
+        seconds = max(flops / (machine.peak_flops * eff), moved / machine.bandwidth) + machine.launch + host
         label = f"{what}: GEMM ({m} x {k}) @ ({k} x {n})" + (f" x {batch}" if batch > 1 else "")
         self.steps.append(Step(label, "gemm", flops, moved, m * n * batch, seconds))
 
-    def copy(self, elements: int, what: str) -> None:
+    def copy(self, elements: int, what: str, host: float = 0.0) -> None:
         """A permuting copy of ``elements`` entries (strided reads run well below streaming bandwidth)."""
         moved = 2 * self.item * elements
-        seconds = 2 * moved / self.machine.bandwidth + self.machine.launch
+        seconds = 2 * moved / self.machine.bandwidth + self.machine.launch + host
         self.steps.append(Step(f"{what}: copy of {elements} elements", "copy", 0, moved, elements, seconds))
 
 

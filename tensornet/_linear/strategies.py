@@ -346,12 +346,27 @@ def _network_cost(
                 for i, t in enumerate(terms)
             ]
             shared = math.prod(sizes[c] for c in set(terms[0]) & set(terms[1]) & set(output))
-            cost.gemm(kept[0] * shared, contracted, kept[1], f"{label}pair {number} {einsum_str}")
+            cost.gemm(
+                kept[0] * shared,
+                contracted,
+                kept[1],
+                f"{label}pair {number} {einsum_str}",
+                host=cost.machine.einsum_call,  # each step is one torch.einsum call
+            )
         else:
-            cost.copy(out_size, f"{label}{einsum_str}")
+            cost.copy(out_size, f"{label}{einsum_str}", host=cost.machine.einsum_call)
         if blas not in ("GEMM", "DOT"):  # tensordot transposes both operands into GEMM layout and back
             cost.copy(sum(volume) + out_size, f"{label}pair {number} permutes")
-    return tuple(tuple(p) for p in path)
+    path = tuple(tuple(int(i) for i in p) for p in path)
+    calls = _einsum.path_calls(equation, path)
+    if len(calls[-1][0]) == 1:  # the pairs leave the output's modes in another order: one more call
+        output = equation.split("->")[1]
+        cost.copy(
+            math.prod(sizes[c] for c in output),
+            f"{label}reorder {calls[-1][1]}",
+            host=cost.machine.einsum_call,
+        )
+    return path
 
 
 def _run_network(equation: str, path: Any, operands: Sequence[Array], ops: K.ArrayOps) -> Any:
