@@ -1,7 +1,7 @@
 """Dispatched aten ops per training step and per layer call, and the per-call host overhead (CPU).
 
     OMP_NUM_THREADS=2 python benchmarks/bench_dispatch.py [--skip-gpt2] [--json out.json]
-    python benchmarks/bench_dispatch.py --suite overhead [--iters 2000] [--profile]
+    python benchmarks/bench_dispatch.py --suite overhead [--iters 2000] [--tiny-only] [--profile]
 
 On a GPU every dispatched op is at least one kernel launch (a few microseconds), so at bf16 the number of
 ops, not FLOPs, decides how a TT model's step compares with dense; at decoding sizes the host's Python and
@@ -17,8 +17,9 @@ dispatcher work per call does. Both are measured here, on the CPU:
   paper's shapes and with 3 balanced cores. Then the host overhead at 8 tokens (below).
 * ``--suite overhead``: median microseconds per call, one thread, of the forward (``no_grad``) and of
   forward + backward at 1 and 8 tokens, for a tiny 64 x 64 layer (the time is all host work) and for the
-  768 -> 3072 layers; the tiny layer also materialized and per layer in a group of 12. ``--profile`` adds
-  a cProfile breakdown (tottime) of the tiny layer's forward + backward.
+  768 -> 3072 layers; the tiny layer also materialized, per layer in a group of 12, and as a floor: its
+  product written out by hand in one Function that saves W (the least host work an eager TT layer can
+  do). ``--profile`` adds a cProfile breakdown (tottime) of the tiny layer's forward + backward.
 
 Results: ``benchmarks/results/dispatch.md``.
 """
@@ -73,6 +74,54 @@ def paper_layer() -> TTMLinear:
 
 def tiny_layer() -> TTMLinear:
     return TTMLinear(64, 64, rank=4, in_shape=(4, 4, 4), out_shape=(4, 4, 4))
+
+
+class _FloorProduct(torch.autograd.Function):
+    """The least host work an eager TT layer can do: the tiny layer's product written out by hand.
+
+    Three GEMMs and one permuting copy rebuild W; W and the partial products are saved (so the backward
+    rebuilds nothing: more memory than the library's rule allows); the backward is 6 GEMMs, one copy, one
+    cat and the bias sum. A reference row for the overhead suite, not a layer of the library.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        weight, *parts = _floor_weight(packed)
+        ctx.save_for_backward(x, weight, *parts)
+        return torch.addmm(bias, x, weight.mT)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:  # type: ignore[override]
+        x, weight, first, middle, last, left = ctx.saved_tensors
+        blocked = (grad.mT @ x).view(4, 4, 4, 4, 4, 4).permute(0, 3, 1, 4, 2, 5).reshape(256, 16)
+        grad_left = (blocked @ last.mT).view(16, 64)
+        grads = (grad_left @ middle.mT, first.mT @ grad_left, left.mT @ blocked)
+        return grad @ weight, torch.cat([g.reshape(-1) for g in grads]), grad.sum(0)
+
+
+def _floor_weight(packed: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    # the tiny layer's cores (1,4,4,4), (4,4,4,4), (4,4,4,1) as GEMM operands, in packed order
+    first, middle, last = packed[:64].view(16, 4), packed[64:320].view(4, 64), packed[320:].view(4, 16)
+    left = (first @ middle).view(256, 4)  # (m0 n0 m1 n1, r2)
+    weight = (left @ last).view(4, 4, 4, 4, 4, 4).permute(0, 2, 4, 1, 3, 5).reshape(64, 64)
+    return weight, first, middle, last, left
+
+
+class FloorLayer(nn.Module):
+    """:class:`_FloorProduct` on a tiny layer's parameters (its output and gradients checked when built)."""
+
+    def __init__(self, layer: TTMLinear) -> None:
+        super().__init__()
+        self.in_features = layer.in_features
+        self.packed, self.bias = layer.packed_cores, layer.bias
+        x = torch.randn(3, 64, requires_grad=True)
+        mine = torch.autograd.grad(self(x).square().sum(), (x, self.packed, self.bias))
+        theirs = torch.autograd.grad(layer(x).square().sum(), (x, self.packed, self.bias))
+        for a, b in zip(mine, theirs):
+            torch.testing.assert_close(a, b)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _FloorProduct.apply(x, self.packed, self.bias)
 
 
 # --- suite: ops -----------------------------------------------------------------------------------------
@@ -174,6 +223,7 @@ def overhead_layers(size: str) -> dict[str, nn.Module]:
             "nn.Linear 64": nn.Linear(64, 64),
             "TTMLinear 64 (4,4,4) r=4": tiny_layer(),
             "same, materialized": materialize(tiny_layer()),
+            "floor: the same product by hand, W saved": FloorLayer(tiny_layer()),
         }
     out: dict[str, nn.Module] = {"nn.Linear 768->3072": nn.Linear(768, 3072)}
     for rank in (16, 64):
@@ -276,6 +326,7 @@ def main() -> None:
     parser.add_argument("--gpt2-tokens", type=int, default=1024)
     parser.add_argument("--iters", type=int, default=2000, help="host-overhead calls per sample")
     parser.add_argument("--skip-gpt2", action="store_true")
+    parser.add_argument("--tiny-only", action="store_true", help="overhead: the 64 x 64 layers only")
     parser.add_argument("--profile", action="store_true", help="overhead: add a cProfile breakdown")
     parser.add_argument(
         "--top", type=int, default=0, help="the N most frequent ops (or profile lines) per case"
@@ -286,7 +337,8 @@ def main() -> None:
     torch.manual_seed(0)
     result: dict[str, Any] = {}
     lines = ["# Dispatched ops and host overhead per call (CPU)", ""]
-    lines += suite_ops(args, result) if args.suite == "ops" else suite_overhead(args, result)
+    sizes = ("tiny",) if args.tiny_only else ("tiny", "full")
+    lines += suite_ops(args, result) if args.suite == "ops" else suite_overhead(args, result, sizes=sizes)
     lines += ["", *H.machine()]
     print("\n".join(lines))
     H.write_report(args.out, lines)
