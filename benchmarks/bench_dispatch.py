@@ -1,7 +1,7 @@
 """Dispatched aten ops per training step and per layer call, and the per-call host overhead (CPU).
 
     OMP_NUM_THREADS=2 python benchmarks/bench_dispatch.py [--skip-gpt2] [--json out.json]
-    python benchmarks/bench_dispatch.py --suite overhead [--iters 2000] [--tiny-only] [--profile]
+    python benchmarks/bench_dispatch.py --suite overhead [--iters 2000] [--tiny-only] [--native] [--profile]
 
 On a GPU every dispatched op is at least one kernel launch (a few microseconds), so at bf16 the number of
 ops, not FLOPs, decides how a TT model's step compares with dense; at decoding sizes the host's Python and
@@ -19,7 +19,9 @@ dispatcher work per call does. Both are measured here, on the CPU:
   forward + backward at 1 and 8 tokens, for a tiny 64 x 64 layer (the time is all host work) and for the
   768 -> 3072 layers; the tiny layer also materialized, per layer in a group of 12, and as a floor: its
   product written out by hand in one Function that saves W (the least host work an eager TT layer can
-  do). ``--profile`` adds a cProfile breakdown (tottime) of the tiny layer's forward + backward.
+  do); ``--native`` adds that product as a C++ autograd Function of ATen calls saving only x and the cores
+  (compiled on the spot: what a native op without Python in the step would cost). ``--profile`` adds a
+  cProfile breakdown (tottime) of the tiny layer's forward + backward.
 
 Results: ``benchmarks/results/dispatch.md``.
 """
@@ -124,6 +126,66 @@ class FloorLayer(nn.Module):
         return _FloorProduct.apply(x, self.packed, self.bias)
 
 
+_NATIVE_SOURCE = r"""
+#include <torch/extension.h>
+using torch::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// the tiny layer's cores (1,4,4,4), (4,4,4,4), (4,4,4,1) as GEMM operands, W, and the left partial product
+static std::vector<Tensor> weight_of(const Tensor& p) {
+  auto first = p.narrow(0, 0, 64).view({16, 4});
+  auto middle = p.narrow(0, 64, 256).view({4, 64});
+  auto last = p.narrow(0, 320, 64).view({4, 16});
+  auto left = at::mm(first, middle).view({256, 4});
+  auto w = at::mm(left, last).view({4, 4, 4, 4, 4, 4}).permute({0, 2, 4, 1, 3, 5}).reshape({64, 64});
+  return {w, first, middle, last, left};
+}
+
+// saves x and the packed cores only (the library's memory rule): the backward rebuilds W
+struct FloorProduct : public torch::autograd::Function<FloorProduct> {
+  static Tensor forward(AutogradContext* ctx, Tensor x, Tensor p, Tensor b) {
+    ctx->save_for_backward({x, p});
+    return at::addmm(b, x, weight_of(p)[0].t());
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    auto g = grads[0];
+    auto parts = weight_of(saved[1]);
+    auto blocked = at::mm(g.t(), saved[0]).view({4, 4, 4, 4, 4, 4}).permute({0, 3, 1, 4, 2, 5}).reshape({256, 16});
+    auto grad_left = at::mm(blocked, parts[3].t()).view({16, 64});
+    auto packed = at::cat({at::mm(grad_left, parts[2].t()).reshape(-1), at::mm(parts[1].t(), grad_left).reshape(-1),
+                           at::mm(parts[4].t(), blocked).reshape(-1)});
+    return {at::mm(g, parts[0]), packed, g.sum(0)};
+  }
+};
+
+Tensor floor_product(Tensor x, Tensor p, Tensor b) { return FloorProduct::apply(x, p, b); }
+"""
+
+
+class NativeFloorLayer(FloorLayer):
+    """The tiny layer's product as a C++ autograd Function of ATen calls, saving only x and the cores.
+
+    Compiled on first use with ``torch.utils.cpp_extension.load_inline`` (a C++ compiler and ninja; ~30 s):
+    what a native op built from ATen calls would cost, without Python in the step.
+    """
+
+    def __init__(self, layer: TTMLinear) -> None:
+        from torch.utils.cpp_extension import load_inline
+
+        self.native = load_inline(
+            "tensornet_bench_floor",
+            cpp_sources=_NATIVE_SOURCE,
+            functions=["floor_product"],
+            extra_cflags=["-O2"],  # load_inline passes no optimisation level of its own
+        )
+        super().__init__(layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.native.floor_product(x, self.packed, self.bias)
+
+
 # --- suite: ops -----------------------------------------------------------------------------------------
 def layer_ops(tokens: int) -> list[tuple[str, OpCounter]]:
     cases: dict[str, nn.Module] = {
@@ -217,14 +279,17 @@ def suite_ops(args: argparse.Namespace, result: dict[str, Any]) -> list[str]:
 
 
 # --- suite: overhead ------------------------------------------------------------------------------------
-def overhead_layers(size: str) -> dict[str, nn.Module]:
+def overhead_layers(size: str, native: bool = False) -> dict[str, nn.Module]:
     if size == "tiny":  # compute is negligible: the time is the host overhead alone
-        return {
+        layers = {
             "nn.Linear 64": nn.Linear(64, 64),
             "TTMLinear 64 (4,4,4) r=4": tiny_layer(),
             "same, materialized": materialize(tiny_layer()),
             "floor: the same product by hand, W saved": FloorLayer(tiny_layer()),
         }
+        if native:
+            layers["floor in C++ (ATen calls), x and cores saved"] = NativeFloorLayer(tiny_layer())
+        return layers
     out: dict[str, nn.Module] = {"nn.Linear 768->3072": nn.Linear(768, 3072)}
     for rank in (16, 64):
         out[f"TTMLinear paper r={rank}"] = TTMLinear(
@@ -269,7 +334,7 @@ def suite_overhead(
         "|---|---:|---:|---:|---:|---:|",
     ]
     for size in sizes:
-        layers = overhead_layers(size)
+        layers = overhead_layers(size, getattr(args, "native", False))
         if size == "tiny":
             layers["12 x nn.Linear 64, per layer"] = nn.ModuleList(nn.Linear(64, 64) for _ in range(12))
             layers["12 x TTMLinear materialized, per layer"] = materialize(
@@ -327,6 +392,9 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=2000, help="host-overhead calls per sample")
     parser.add_argument("--skip-gpt2", action="store_true")
     parser.add_argument("--tiny-only", action="store_true", help="overhead: the 64 x 64 layers only")
+    parser.add_argument(
+        "--native", action="store_true", help="overhead: add the floor as a C++ Function (compiles, ~30 s)"
+    )
     parser.add_argument("--profile", action="store_true", help="overhead: add a cProfile breakdown")
     parser.add_argument(
         "--top", type=int, default=0, help="the N most frequent ops (or profile lines) per case"
