@@ -46,14 +46,37 @@ def test_same_values_and_gradients_as_the_per_layer_path(count, tokens, bias, se
     x = torch.randn(tokens, 48, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
     y, y_ref = model(x), reference(x)
     grouped = len(group_of(model)._weights) == count
-    # the plan rebuilds W from 300 tokens on for these layers: there the group path runs
-    assert grouped == (tn.contract.plan_linear((tokens, 48), model[0].cores).forward.strategy == "rebuild")
+    # the group path runs where the plan rebuilds W, or where sharing the rebuild's launches pays
+    assert grouped == tn.contract.plan_linear((tokens, 48), model[0].cores).rebuilds_in_group(count)
     torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
     y.square().sum().backward()
     y_ref.square().sum().backward()
     for a, b in zip(grads(model), grads(reference)):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     assert group_of(model)._weights == ()  # the backward used them: released
+
+
+def test_a_group_rebuilds_where_sharing_the_launches_pays():
+    # 64 x 64 layers at 1 token: alone, the sweep beats a rebuild (the per-layer path); in a group of 12 the
+    # rebuild's launches are shared and the group path runs (it took 3x the time per layer otherwise)
+    torch.manual_seed(0)
+    layers = [TTMLinear(64, 64, rank=4, in_shape=(4, 4, 4), out_shape=(4, 4, 4)) for _ in range(12)]
+    plan = tn.contract.plan_linear((1, 64), layers[0].cores)
+    assert plan.forward.strategy != "rebuild" and not plan.rebuilds_in_group(1) and plan.rebuilds_in_group(12)
+    reference = copy.deepcopy(nn.ModuleList(layers))
+    alone = materialize(copy.deepcopy(layers[0]))
+    group = materialize(nn.ModuleList(layers))
+    x = torch.randn(1, 64)
+    y = sum(m(x).square().sum() for m in group)
+    assert len(group[0].__dict__["_weight_group"][0]._weights) == 12
+    alone(x)
+    assert alone.__dict__["_weight_group"][0]._weights == ()
+    y_ref = sum(m(x).square().sum() for m in reference)
+    torch.testing.assert_close(y, y_ref)
+    y.backward()
+    y_ref.backward()
+    for a, b in zip(group.parameters(), reference.parameters()):
+        torch.testing.assert_close(a.grad, b.grad)
 
 
 def test_gradcheck_through_the_group_path(monkeypatch):

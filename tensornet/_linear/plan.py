@@ -57,6 +57,21 @@ class LinearPlan:
         """``(forward strategy, its path, backward strategy, its path)``."""
         return (self.forward.strategy, self.forward.path, self.backward.strategy, self.backward.path)
 
+    def rebuilds_in_group(self, count: int) -> bool:
+        """Whether ``count`` layers of these cores should rebuild W together in training at this bucket.
+
+        A group (:func:`tensornet.nn.materialize`) runs the rebuild forward and the dense backward of every
+        layer as batched kernels: the same work per layer, but each launch of the rebuild and of the core
+        gradients is shared by the ``count`` layers (the three GEMMs with x stay per layer). Yes when that
+        costs no more than this plan's own forward + backward (always where the plan rebuilds W anyway).
+        """
+        if self.forward.strategy == "rebuild":
+            return True
+        rebuild = next(c for c in self.forward_candidates if c.strategy == "rebuild")
+        dense = next(c for c in self.backward_candidates if c.strategy == "dense")
+        shared = (len(rebuild.steps) + len(dense.steps) - 3) * self.machine.launch * (1 - 1 / max(count, 1))
+        return rebuild.seconds + dense.seconds - shared <= self.forward.seconds + self.backward.seconds
+
     def _why(self, chosen: Candidate, others: Sequence[Candidate]) -> str:
         rivals = [c for c in others if c is not chosen]
         basis = "measured" if self.autotuned else "modelled"

@@ -51,8 +51,9 @@ class WeightGroup:
 
     ``weight(index, x)`` gives layer ``index``'s W for the input ``x``: from the group's batched rebuild
     (made at the first call after the cores changed or a backward used the previous one), or None where the
-    per-layer path is the better one (few tokens, no gradient needed, under ``torch.compile``, the layers'
-    cores on different devices or dtypes).
+    per-layer path is the better one (no gradient needed, under ``torch.compile``, the layers' cores on
+    different devices or dtypes, or token counts where the plan's factorised path costs less than the group's
+    share of a rebuild: :meth:`~tensornet._linear.plan.LinearPlan.rebuilds_in_group`).
     """
 
     def __init__(self, layers: Sequence[TTMLinear], passes: PassCounter) -> None:
@@ -76,8 +77,9 @@ class WeightGroup:
             return None
         compute = compute_dtype(packed.dtype, x.device.type)
         tokens = x.numel() // max(layer.in_features, 1)
-        if P.lookup(self.core_shapes, tokens, compute, packed.device, "torch").forward.strategy != "rebuild":
-            return None  # decoding-sized calls: the factorised per-layer path
+        plan = P.lookup(self.core_shapes, tokens, compute, packed.device, "torch")
+        if not plan.rebuilds_in_group(len(self.layers)):
+            return None  # decoding-sized calls of large layers: the factorised per-layer path
         # valid while this pass, the compute dtype and this layer's cores (storage, in-place version) are
         # those of the rebuild: any layer whose cores changed notices it when called
         stamps = self._stamps
@@ -191,7 +193,8 @@ def materialize(model: nn.Module, enabled: bool = True) -> nn.Module:
     Notes
     -----
     Layers with equal core shapes, dtype and device form a group (found now; call again after adding
-    layers). While training (gradients on, at token counts where the layer's plan rebuilds W anyway) the
+    layers). While training (gradients on, at token counts where the plan says the group's batched rebuild,
+    its launches shared by the group, costs no more than the layer's own path) the
     first layer call of a step rebuilds W for the whole group in one batched pass, and every layer runs
     ``F.linear`` on its W; autograd forms all the groups' core gradients in one batched pass too. Decoding
     and small batches, ``torch.no_grad()`` and ``torch.compile`` keep the per-layer path. Results equal
