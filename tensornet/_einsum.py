@@ -120,15 +120,24 @@ def expression(equation: str, *shapes: tuple[int, ...], optimize: Any = None) ->
     return plan_network(equation, *shapes, optimize=optimize).expression
 
 
-@functools.lru_cache(maxsize=4096)
 def path_calls(equation: str, path: tuple[tuple[int, ...], ...]) -> tuple[tuple[tuple[int, ...], str], ...]:
     """The calls :func:`run_path` makes for ``equation`` along ``path``: ``(operand positions, subscripts)``.
 
     Positions index the working list (the taken operands are removed, the new intermediate is appended last);
     a last call with one operand reorders the result's modes when the pairs leave them in another order.
     A pure function of its arguments (memoised), so a run does no string work and the cost model can charge
-    exactly these calls.
+    exactly these calls. Under ``torch.compile`` it runs once at trace time and its result is a constant.
     """
+    return _path_calls(equation, path)
+
+
+# what torch.compiler.assume_constant_result sets (without importing torch here): dynamo calls the function
+# while tracing and bakes in its result, instead of tracing the string and list work inside it
+setattr(path_calls, "_dynamo_marked_constant", True)  # noqa: B010
+
+
+@functools.lru_cache(maxsize=4096)
+def _path_calls(equation: str, path: tuple[tuple[int, ...], ...]) -> tuple[tuple[tuple[int, ...], str], ...]:
     inputs, output = equation.split("->")
     terms = inputs.split(",")
     calls: list[tuple[tuple[int, ...], str]] = []
@@ -151,11 +160,13 @@ def run_path(equation: str, path: Sequence[Sequence[int]], operands: Sequence[An
     """Execute ``equation`` pairwise along an ``opt_einsum`` ``path``, one ``contract_fn`` call per step.
 
     Each new intermediate is appended last; ``contract_fn(subscripts, *arrays)`` is e.g. ``torch.einsum``.
-    The calls are :func:`path_calls`; ``torch.compile`` traces them.
+    The calls are :func:`path_calls`; the working list is rebuilt, never mutated, so ``torch.compile``
+    traces a run without graph breaks.
     """
     arrays = list(operands)
     for positions, subscripts in path_calls(equation, tuple(tuple(int(i) for i in step) for step in path)):
-        arrays.append(contract_fn(subscripts, *[arrays.pop(i) for i in positions]))
+        result = contract_fn(subscripts, *[arrays[i] for i in positions])
+        arrays = [a for i, a in enumerate(arrays) if i not in positions] + [result]
     return arrays[0]
 
 

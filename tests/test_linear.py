@@ -3,6 +3,7 @@ autograd gradients, saved bytes, autocast, torch.compile, double backward); bad 
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from unittest import mock
@@ -360,6 +361,45 @@ def test_autocast_bf16_on_cpu():
         assert tn.linear(x.detach().bfloat16(), tn.TTM(cores)).dtype == torch.bfloat16
     with pytest.raises(TypeError, match="use one dtype"):
         tn.linear(x.detach().bfloat16(), tn.TTM(cores))
+
+
+@COMPILE_WARNINGS[0]
+@COMPILE_WARNINGS[1]
+@COMPILE_WARNINGS[2]
+@pytest.mark.parametrize("route", [("rebuild", "dense"), ("sweep", "sweep"), ("einsum", "einsum")])
+def test_torch_compile_fullgraph_runs_every_route(route, monkeypatch):
+    # each planned route traces without a graph break (the einsum route's list bookkeeping used to break
+    # the graph), with and without gradients; the plan is forced so every route is reached
+    torch._dynamo.reset()
+    lookup = tn._linear.plan.lookup
+
+    def forced(*args, **kwargs):
+        plan = lookup(*args, **kwargs)
+        forward = next(c for c in plan.forward_candidates if c.strategy == route[0])
+        backward = next(c for c in plan.backward_candidates if c.strategy == route[1])
+        return dataclasses.replace(plan, forward=forward, backward=backward)
+
+    monkeypatch.setattr(tn._linear.plan, "lookup", forced)
+    torch.manual_seed(0)
+    cores = _layer(torch.float32)
+    w = tn.TTM(cores)
+    bias = torch.randn(12, requires_grad=True)
+    x = torch.randn(5, 12)
+
+    def f(x):
+        return tn.linear(x, w, bias)
+
+    assert binding._route(x, cores, None, tuple(tuple(c.shape) for c in cores))[::2] == route
+    y_eager = f(x)
+    grads_eager = torch.autograd.grad(y_eager.square().sum(), [*cores, bias])
+    y_comp = torch.compile(f, fullgraph=True, backend="aot_eager")(x)
+    grads_comp = torch.autograd.grad(y_comp.square().sum(), [*cores, bias])
+    torch.testing.assert_close(y_comp, y_eager, rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads_comp, grads_eager):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        y_free = torch.compile(f, fullgraph=True, backend="aot_eager")(x)
+    torch.testing.assert_close(y_free, y_eager.detach(), rtol=1e-5, atol=1e-5)
 
 
 @COMPILE_WARNINGS[0]
