@@ -802,3 +802,40 @@ def test_dense_weight_cache_skips_cores_made_in_inference_mode():
     assert not layer._dense_cache.entries
     weight, bias = dense_reference(layer)
     np.testing.assert_allclose(as_numpy(y), as_numpy(x @ weight.T + bias), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("tokens", [1, 8, 300])
+@pytest.mark.parametrize("how", ["vector_to_parameters", "functional_call"])
+def test_packed_cores_that_are_views_into_a_flat_vector_are_read_where_they_live(tokens, how):
+    # vector_to_parameters and functional_call hand a layer parameters that are slices of one vector (a
+    # nonzero storage offset); the product must read them there, on every route and in the backward too
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(64, 64), TTMLinear(64, 64, rank=4, in_shape=(4, 4, 4), out_shape=(4, 4, 4))
+    )
+    flat = torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone().requires_grad_()
+    sizes = [p.numel() for p in model.parameters()]
+    views = {name: v.view_as(p) for (name, p), v in zip(model.named_parameters(), flat.split(sizes))}
+    x = torch.randn(tokens, 64)
+    if how == "vector_to_parameters":
+        with torch.no_grad():
+            torch.nn.utils.vector_to_parameters(flat.detach(), model.parameters())
+        assert model[1].packed_cores.storage_offset() > 0
+        y = model(x)
+    else:
+        y = torch.func.functional_call(model, views, (x,))
+    layer = model[1]
+    cores = [
+        v.view(s)
+        for v, s in zip(
+            views["1.packed_cores"].split([math.prod(s) for s in layer.core_shapes]), layer.core_shapes
+        )
+    ]
+    hidden = nn.functional.linear(x, views["0.weight"], views["0.bias"])
+    expected = nn.functional.linear(hidden, tn.full(tn.TTM(cores)), views["1.bias"])
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+    params = list(model.parameters()) if how == "vector_to_parameters" else [flat]
+    got = torch.autograd.grad(y.square().sum(), params)
+    want = torch.autograd.grad(expected.square().sum(), [flat])[0]
+    got_flat = torch.cat([g.reshape(-1) for g in got])
+    torch.testing.assert_close(got_flat, want, rtol=1e-4, atol=1e-4)

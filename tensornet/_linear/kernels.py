@@ -183,30 +183,33 @@ def rebuild_recipe(shapes: CoreShapes, lead: Shape = ()) -> RebuildRecipe:
 
 
 @lru_cache(maxsize=1024)
-def packed_layout(shapes: tuple[Shape, ...]) -> tuple[tuple[Shape, Shape, int], ...]:
-    """``(shape, strides, offset)`` of each core inside a packed vector (C order, one after another).
+def packed_layout(shapes: tuple[Shape, ...]) -> tuple[tuple[Shape, Shape, int, int], ...]:
+    """``(shape, strides, offset, size)`` of each core inside a packed vector (C order, one after another).
 
     A TT layer stores its cores as one parameter this way (:class:`tensornet.nn.TTMLinear`).
     """
     out, offset = [], 0
     for shape in shapes:
         strides = tuple(math.prod(shape[i + 1 :]) for i in range(len(shape)))
-        out.append((shape, strides, offset))
-        offset += math.prod(shape)
+        size = math.prod(shape)
+        out.append((shape, strides, offset, size))
+        offset += size
     return tuple(out)
 
 
 def unpack(packed: Array, shapes: tuple[Shape, ...]) -> list[Array]:
     """The cores as views of a packed torch vector ``(P,)``, or of a stack of them ``(G, P)``.
 
-    One ``as_strided`` per core (inside an autograd Function no autograd tracks them); a stack gives
+    One view per core (inside an autograd Function no autograd tracks them); a stack gives
     cores ``(G, *shape)``, one train per row.
     """
-    if packed.ndim == 1:  # a layer's parameter (storage offset 0; dynamo traces no storage_offset() call)
-        return [packed.as_strided(s, st, o) for s, st, o in packed_layout(shapes)]
-    count, width = packed.shape
+    if packed.ndim == 1:
+        # a layer's parameter: views relative to it, so a parameter that is itself a view (a slice of one flat
+        # vector: vector_to_parameters, functional_call) is read where it lives
+        return [packed.narrow(0, o, n).view(s) for s, _, o, n in packed_layout(shapes)]
+    count, width = packed.shape  # a stack the library made (contiguous)
     base = packed.storage_offset()
-    return [packed.as_strided((count, *s), (width, *st), base + o) for s, st, o in packed_layout(shapes)]
+    return [packed.as_strided((count, *s), (width, *st), base + o) for s, st, o, _ in packed_layout(shapes)]
 
 
 def core_shapes(cores: Sequence[Array], lead: int = 0) -> CoreShapes:
