@@ -839,3 +839,25 @@ def test_packed_cores_that_are_views_into_a_flat_vector_are_read_where_they_live
     want = torch.autograd.grad(expected.square().sum(), [flat])[0]
     got_flat = torch.cat([g.reshape(-1) for g in got])
     torch.testing.assert_close(got_flat, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("lead", [(0,), (2, 0)])
+@pytest.mark.parametrize("needs", ["x", "cores", "both"])
+@pytest.mark.parametrize("materialized", [False, True])
+def test_zero_tokens_with_gradients_give_a_graph_and_zero_gradients_as_nn_linear(lead, needs, materialized):
+    # an expert or masked branch that gets no tokens in a step: nn.Linear returns a connected graph and
+    # zero parameter gradients; so must a TT layer (it returned a constant, and backward raised)
+    torch.manual_seed(0)
+    layer = TTMLinear(64, 48, rank=4, in_shape=(4, 4, 4), out_shape=(4, 4, 3))
+    if materialized:
+        layer = tn.nn.materialize(layer)
+    layer.requires_grad_(needs != "x")
+    x = torch.randn(*lead, 64, requires_grad=needs != "cores")
+    y = layer(x)
+    assert tuple(y.shape) == (*lead, 48) and y.requires_grad
+    (y.sum() + 1.0).backward()
+    if needs != "cores":
+        assert x.grad is not None and tuple(x.grad.shape) == tuple(x.shape)
+    if needs != "x":
+        assert torch.equal(layer.packed_cores.grad, torch.zeros_like(layer.packed_cores))
+        assert torch.equal(layer.bias.grad, torch.zeros_like(layer.bias))

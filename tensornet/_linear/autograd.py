@@ -324,19 +324,24 @@ def linear_torch(
     rows = 1
     for shape in shapes:  # a loop, not math.prod of a generator: dynamo traces it
         rows *= shape[1]
+    wants_grad = torch.is_grad_enabled() and (
+        x2d.requires_grad or (bias is not None and bias.requires_grad) or any(t.requires_grad for t in tensors)
+    )
     if x2d.shape[0] == 0:
-        return x2d.new_zeros((0, rows)).reshape(*lead, rows)
-    forward, path, backward, backward_path = _route(x2d, tensors, packed, shapes)
-    # save_weight applies where the forward rebuilds W for a backward that works from the dense W
-    keep = save_weight and forward == "rebuild" and backward == "dense"
-    route = (forward, path, backward, backward_path, keep, packed)
-    if not torch.is_grad_enabled() or not (
-        x2d.requires_grad
-        or (bias is not None and bias.requires_grad)
-        or any(t.requires_grad for t in tensors)
-    ):
-        # no gradient wanted (decoding, evaluation): the kernels alone, no autograd Function around them
-        return _product(route, x2d, bias, tensors)[0].reshape(*lead, rows)
+        if not wants_grad:
+            return x2d.new_zeros((0, rows)).reshape(*lead, rows)
+        # zero rows with gradients on: a graph as nn.Linear's (zero gradients), by the one route whose kernels
+        # do not depend on the rows (W rebuilt, then GEMMs with an empty dimension)
+        route: tuple[Any, ...] = ("rebuild", None, "dense", None, False, packed)
+    else:
+        forward, path, backward, backward_path = _route(x2d, tensors, packed, shapes)
+        # save_weight applies where the forward rebuilds W for a backward that works from the dense W
+        keep = save_weight and forward == "rebuild" and backward == "dense"
+        route = (forward, path, backward, backward_path, keep, packed)
+        if not wants_grad:
+            # no gradient wanted (decoding, evaluation): the kernels alone, no autograd Function around them
+            return _product(route, x2d, bias, tensors)[0].reshape(*lead, rows)
+    keep = route[4]
     function = function_for(x.device.type)
     if (
         torch.compiler.is_compiling()
