@@ -79,6 +79,27 @@ def test_a_group_rebuilds_where_sharing_the_launches_pays():
         torch.testing.assert_close(a.grad, b.grad)
 
 
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_a_group_layer_unused_in_a_step_gets_no_gradient(create_graph):
+    # as on the per-layer path (and nn.Linear): None, not zeros, which AdamW's weight decay would move
+    model = materialize(stack(2))
+    reference = materialize(copy.deepcopy(model), enabled=False)
+    x = torch.randn(600, 48, dtype=torch.float64)
+    found = []
+    for m in (reference, model):
+        wanted = [m[0].packed_cores, m[3].packed_cores, m[3].bias]
+        loss = m[0](x).square().sum()
+        found.append(torch.autograd.grad(loss, wanted, create_graph=create_graph, allow_unused=True))
+    assert len(group_of(model).layers) == 2 and found[1][1] is None and found[1][2] is None
+    assert found[0][1] is None
+    torch.testing.assert_close(found[1][0], found[0][0])
+    model[0](x).square().sum().backward()
+    assert model[3].packed_cores.grad is None
+    before = model[3].packed_cores.detach().clone()
+    torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1).step()
+    assert torch.equal(model[3].packed_cores, before)
+
+
 def test_gradcheck_through_the_group_path(monkeypatch):
     model = materialize(stack(2))
     x = torch.randn(400, 48, dtype=torch.float64, requires_grad=True)

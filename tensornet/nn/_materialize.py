@@ -113,6 +113,7 @@ class _GroupRebuild(torch.autograd.Function):
         recipe = K.rebuild_recipe(shapes, (len(params),))
         weights, parts = K.rebuild(K.unpack(stacked, shapes), recipe, K.torch_ops(), parts=True)
         ctx.shapes, ctx.group, ctx.dtype = shapes, group, params[0].dtype
+        ctx.set_materialize_grads(False)  # an unused layer's W gets None (not zeros): its cores get no gradient
         ctx.autocast = autocast_dtype(params[0].device.type)
         ctx.save_for_backward(stacked, *(parts or ()), *params)
         ctx.count = len(params)
@@ -122,11 +123,15 @@ class _GroupRebuild(torch.autograd.Function):
     def backward(ctx: Any, *grads: Any) -> Any:  # type: ignore[override]
         saved = ctx.saved_tensors
         stacked, parts, params = saved[0], saved[1 : len(saved) - ctx.count], saved[len(saved) - ctx.count :]
-        if any(g is None for g in grads):  # layers of the group not used in this step
+        unused = [g is None for g in grads]  # layers of the group not used in this step: no gradient, as alone
+        if all(unused):
+            return (None,) * (3 + ctx.count)
+        if any(unused):
             used = next(g for g in grads if g is not None)
             grads = tuple(torch.zeros_like(used) if g is None else g for g in grads)
         if torch.is_grad_enabled():  # create_graph=True: the gradients will be differentiated
-            return (None, None, None, *_differentiable_grads(ctx, params, stacked.dtype, grads))
+            core_grads = _differentiable_grads(ctx, params, stacked.dtype, grads)
+            return (None, None, None, *(None if u else g for g, u in zip(core_grads, unused)))
         with _forward_autocast(ctx.autocast, stacked.device.type):
             grad_w = torch.stack(grads)  # (G, M, N)
             recipe = K.rebuild_recipe(ctx.shapes, (ctx.count,))
@@ -139,7 +144,7 @@ class _GroupRebuild(torch.autograd.Function):
         group = ctx.group()
         if group is not None:  # every layer's W has been used: free them
             group.release()
-        return (None, None, None, *flat.unbind(0))
+        return (None, None, None, *(None if u else g for g, u in zip(flat.unbind(0), unused)))
 
 
 def _differentiable_grads(ctx: Any, params: Any, dtype: Any, grads: Any) -> tuple[Any, ...]:
