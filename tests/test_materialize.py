@@ -100,6 +100,21 @@ def test_a_group_layer_unused_in_a_step_gets_no_gradient(create_graph):
     assert torch.equal(model[3].packed_cores, before)
 
 
+@pytest.mark.filterwarnings("ignore:Dynamo detected a call to a `functools.lru_cache`")
+@pytest.mark.filterwarnings("ignore:.*should not be instantiated:DeprecationWarning")
+def test_a_compiled_step_over_a_materialized_model_compiles_once():
+    # the pass counter (a forward pre-hook) must not be traced: dynamo guarded on its value and recompiled
+    # every step, and with fullgraph=True raised at the recompile limit
+    torch._dynamo.reset()
+    model = materialize(stack(1, dtype=torch.float32))
+    step = torch.compile(lambda t: model(t).square().mean(), backend="eager", fullgraph=True)
+    x = torch.randn(16, 48)
+    step(x).backward()
+    with torch.compiler.set_stance("fail_on_recompile"):
+        for _ in range(3):
+            step(x).backward()
+
+
 def test_gradcheck_through_the_group_path(monkeypatch):
     model = materialize(stack(2))
     x = torch.randn(400, 48, dtype=torch.float64, requires_grad=True)

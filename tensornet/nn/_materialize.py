@@ -43,7 +43,10 @@ class PassCounter:
         self.count = 0
 
     def __call__(self, module: nn.Module, args: Any) -> None:
-        self.count += 1
+        # compiled, the groups are not used (the per-layer path runs): counting there would only make dynamo
+        # guard on the count and recompile every pass
+        if not torch.compiler.is_compiling():
+            self.count += 1
 
 
 class WeightGroup:
