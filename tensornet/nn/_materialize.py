@@ -44,8 +44,9 @@ class PassCounter:
 
     def __call__(self, module: nn.Module, args: Any) -> None:
         # compiled, the groups are not used (the per-layer path runs): counting there would only make dynamo
-        # guard on the count and recompile every pass
-        if not torch.compiler.is_compiling():
+        # guard on the count and recompile every pass. Inside a backward the pass is activation checkpointing
+        # recomputing one already counted.
+        if not torch.compiler.is_compiling() and torch._C._current_graph_task_id() == -1:
             self.count += 1
 
 
@@ -63,15 +64,16 @@ class WeightGroup:
         self.layers = list(layers)
         self.passes = passes
         self.core_shapes: K.CoreShapes = layers[0].core_shapes
-        self._stamps: Any = None
+        self._stamps: Any = None  # ((pass, compute dtype), (data_ptr, version) per layer, the building layer)
         self._weights: tuple[Any, ...] = ()
+        self._served: set[int] = set()  # the layers given the matrices in this pass
 
     def __getstate__(self) -> dict[str, Any]:  # a copy or pickle carries the grouping, not the matrices
-        return {**self.__dict__, "_stamps": None, "_weights": ()}
+        return {**self.__dict__, "_stamps": None, "_weights": (), "_served": set()}
 
     def release(self) -> None:
         """Drop the rebuilt matrices (done automatically once a backward pass has used them)."""
-        self._stamps, self._weights = None, ()
+        self._stamps, self._weights, self._served = None, (), set()
 
     def weight(self, index: int, x: torch.Tensor) -> torch.Tensor | None:
         layer = self.layers[index]
@@ -86,17 +88,35 @@ class WeightGroup:
         # valid while this pass, the compute dtype and this layer's cores (storage, in-place version) are
         # those of the rebuild: any layer whose cores changed notices it when called
         stamps = self._stamps
-        if (
-            stamps is None
-            or stamps[0] != (self.passes.count, compute)
-            or stamps[1][index] != (packed.data_ptr(), packed._version)
-        ):
-            params = [m.packed_cores for m in self.layers]
+        valid = (
+            stamps is not None
+            and stamps[0] == (self.passes.count, compute)
+            and stamps[1][index] == (packed.data_ptr(), packed._version)
+        )
+        params = [m.packed_cores for m in self.layers]
+        if torch._C._current_graph_task_id() != -1:
+            # a forward inside a backward: activation checkpointing recomputing this layer. The recomputation
+            # must save what the forward saved: the per-layer path where the forward took it (a reentrant
+            # checkpoint's forward runs without gradients), the group's matrices where the forward took them,
+            # and where the forward built them here, a second build (serving this recomputation only)
+            if not valid or index not in self._served:
+                return None
+            if stamps[2] == index:
+                return _GroupRebuild.apply(self.core_shapes, compute, _no_group, *params)[index]
+            return self._weights[index]
+        if not valid:
             if any(p.device != packed.device or p.dtype != packed.dtype for p in params):
                 return None
             self._weights = _GroupRebuild.apply(self.core_shapes, compute, weakref.ref(self), *params)
-            self._stamps = ((self.passes.count, compute), [(p.data_ptr(), p._version) for p in params])
+            self._stamps = ((self.passes.count, compute), [(p.data_ptr(), p._version) for p in params], index)
+            self._served = set()
+        self._served.add(index)
         return self._weights[index]
+
+
+def _no_group() -> None:
+    """The group reference of a rebuild that owns no group's matrices (it releases nothing)."""
+    return None
 
 
 class _GroupRebuild(torch.autograd.Function):
@@ -116,7 +136,9 @@ class _GroupRebuild(torch.autograd.Function):
         recipe = K.rebuild_recipe(shapes, (len(params),))
         weights, parts = K.rebuild(K.unpack(stacked, shapes), recipe, K.torch_ops(), parts=True)
         ctx.shapes, ctx.group, ctx.dtype = shapes, group, params[0].dtype
-        ctx.set_materialize_grads(False)  # an unused layer's W gets None (not zeros): its cores get no gradient
+        ctx.set_materialize_grads(
+            False
+        )  # an unused layer's W gets None (not zeros): its cores get no gradient
         ctx.autocast = autocast_dtype(params[0].device.type)
         ctx.save_for_backward(stacked, *(parts or ()), *params)
         ctx.count = len(params)
@@ -126,15 +148,17 @@ class _GroupRebuild(torch.autograd.Function):
     def backward(ctx: Any, *grads: Any) -> Any:  # type: ignore[override]
         saved = ctx.saved_tensors
         stacked, parts, params = saved[0], saved[1 : len(saved) - ctx.count], saved[len(saved) - ctx.count :]
-        unused = [g is None for g in grads]  # layers of the group not used in this step: no gradient, as alone
+        unused = [
+            g is None for g in grads
+        ]  # layers of the group not used in this step: no gradient, as alone
         if all(unused):
             return (None,) * (3 + ctx.count)
         if any(unused):
             used = next(g for g in grads if g is not None)
             grads = tuple(torch.zeros_like(used) if g is None else g for g in grads)
         if torch.is_grad_enabled():  # create_graph=True: the gradients will be differentiated
-            core_grads = _differentiable_grads(ctx, params, stacked.dtype, grads)
-            return (None, None, None, *(None if u else g for g, u in zip(core_grads, unused)))
+            graphed = _differentiable_grads(ctx, params, stacked.dtype, grads)
+            return (None, None, None, *(None if u else g for g, u in zip(graphed, unused)))
         with _forward_autocast(ctx.autocast, stacked.device.type):
             grad_w = torch.stack(grads)  # (G, M, N)
             recipe = K.rebuild_recipe(ctx.shapes, (ctx.count,))
