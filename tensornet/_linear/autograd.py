@@ -325,7 +325,9 @@ def linear_torch(
     for shape in shapes:  # a loop, not math.prod of a generator: dynamo traces it
         rows *= shape[1]
     wants_grad = torch.is_grad_enabled() and (
-        x2d.requires_grad or (bias is not None and bias.requires_grad) or any(t.requires_grad for t in tensors)
+        x2d.requires_grad
+        or (bias is not None and bias.requires_grad)
+        or any(t.requires_grad for t in tensors)
     )
     if x2d.shape[0] == 0:
         if not wants_grad:
