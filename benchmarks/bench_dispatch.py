@@ -261,6 +261,7 @@ def suite_ops(args: argparse.Namespace, result: dict[str, Any]) -> list[str]:
     lines += _op_lines(
         rows,
         lambda n: totals["12 x nn.Linear (per layer)" if "per layer" in n else "nn.Linear"],
+        "",
         args.top,
     )
     result["layer"] = totals
