@@ -861,3 +861,25 @@ def test_zero_tokens_with_gradients_give_a_graph_and_zero_gradients_as_nn_linear
     if needs != "x":
         assert torch.equal(layer.packed_cores.grad, torch.zeros_like(layer.packed_cores))
         assert torch.equal(layer.bias.grad, torch.zeros_like(layer.bias))
+
+
+@pytest.mark.parametrize("tokens", [1, 8, 300])
+def test_a_strided_packed_parameter_is_read_where_it_lives(tokens):
+    torch.manual_seed(0)
+    layer = TTMLinear(64, 64, rank=4, in_shape=(4, 4, 4), out_shape=(4, 4, 4))
+    values = layer.packed_cores.detach().clone()
+    with torch.no_grad():
+        layer.packed_cores.data = torch.stack([values, -values], 1).reshape(-1)[::2]  # stride 2, same values
+    assert layer.packed_cores.stride(0) == 2
+    x = torch.randn(tokens, 64)
+    reference = values.clone().requires_grad_()
+    cores = [
+        v.view(s)
+        for v, s in zip(reference.split([math.prod(s) for s in layer.core_shapes]), layer.core_shapes)
+    ]
+    expected = nn.functional.linear(x, tn.full(tn.TTM(cores)), layer.bias)
+    y = layer(x)
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+    (got,) = torch.autograd.grad(y.square().sum(), [layer.packed_cores])
+    (want,) = torch.autograd.grad(expected.square().sum(), [reference])
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

@@ -204,9 +204,16 @@ def unpack(packed: Array, shapes: tuple[Shape, ...]) -> list[Array]:
     cores ``(G, *shape)``, one train per row.
     """
     if packed.ndim == 1:
-        # a layer's parameter: views relative to it, so a parameter that is itself a view (a slice of one flat
-        # vector: vector_to_parameters, functional_call) is read where it lives
-        return [packed.narrow(0, o, n).view(s) for s, _, o, n in packed_layout(shapes)]
+        # a layer's parameter, which may itself be a view (a slice of one flat vector: vector_to_parameters,
+        # functional_call): as_strided offsets are absolute in the storage, so add the parameter's own (a third
+        # of the host time of narrow + view); a strided parameter, and dynamo, which traces no
+        # storage_offset(), take relative views
+        import torch
+
+        if packed.stride(0) != 1 or torch.compiler.is_compiling():
+            return [packed.narrow(0, o, n).view(s) for s, _, o, n in packed_layout(shapes)]
+        base = packed.storage_offset()
+        return [packed.as_strided(s, st, base + o) for s, st, o, _ in packed_layout(shapes)]
     count, width = packed.shape  # a stack the library made (contiguous)
     base = packed.storage_offset()
     return [packed.as_strided((count, *s), (width, *st), base + o) for s, st, o, _ in packed_layout(shapes)]
