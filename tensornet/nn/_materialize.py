@@ -93,7 +93,6 @@ class WeightGroup:
             and stamps[0] == (self.passes.count, compute)
             and stamps[1][index] == (packed.data_ptr(), packed._version)
         )
-        params = [m.packed_cores for m in self.layers]
         if torch._C._current_graph_task_id() != -1:
             # a forward inside a backward: activation checkpointing recomputing this layer. The recomputation
             # must save what the forward saved: the per-layer path where the forward took it (a reentrant
@@ -102,9 +101,11 @@ class WeightGroup:
             if not valid or index not in self._served:
                 return None
             if stamps[2] == index:
+                params = [m.packed_cores for m in self.layers]
                 return _GroupRebuild.apply(self.core_shapes, compute, _no_group, *params)[index]
             return self._weights[index]
         if not valid:
+            params = [m.packed_cores for m in self.layers]
             if any(p.device != packed.device or p.dtype != packed.dtype for p in params):
                 return None
             self._weights = _GroupRebuild.apply(self.core_shapes, compute, weakref.ref(self), *params)
