@@ -298,3 +298,27 @@ def test_a_tensorized_gpt2_compiles_as_one_graph():
     torch.testing.assert_close(compiled_loss, loss)
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.filterwarnings(
+    "ignore:`torch.jit.script` is deprecated:DeprecationWarning"
+)  # torch.func's import
+def test_torch_func_transforms_over_a_materialized_model():
+    # under torch.func the layers take their own path (the group's Function has no functorch rules)
+    model = materialize(stack(2))
+    reference = materialize(copy.deepcopy(model), enabled=False)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    x = torch.randn(600, 48, dtype=torch.float64)
+
+    def loss(m):
+        return lambda p: torch.func.functional_call(m, p, (x,)).square().sum()
+
+    got, want = torch.func.grad(loss(model))(params), torch.func.grad(loss(reference))(params)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-10, atol=1e-10)
+    tangent = {k: torch.randn_like(v) for k, v in params.items()}
+    got_t = torch.func.jvp(lambda p: torch.func.functional_call(model, p, (x,)), (params,), (tangent,))[1]
+    want_t = torch.func.jvp(lambda p: torch.func.functional_call(reference, p, (x,)), (params,), (tangent,))[
+        1
+    ]
+    torch.testing.assert_close(got_t, want_t, rtol=1e-10, atol=1e-10)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 
@@ -883,3 +884,61 @@ def test_a_strided_packed_parameter_is_read_where_it_lives(tokens):
     (got,) = torch.autograd.grad(y.square().sum(), [layer.packed_cores])
     (want,) = torch.autograd.grad(expected.square().sum(), [reference])
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.filterwarnings(
+    "ignore:`torch.jit.script` is deprecated:DeprecationWarning"
+)  # torch.func's import
+@pytest.mark.parametrize("route", [("rebuild", "dense"), ("sweep", "sweep"), ("einsum", "einsum")])
+@pytest.mark.parametrize("save_weight", [False, True])
+def test_torch_func_grad_vmap_and_jvp_match_dense(route, save_weight, monkeypatch):
+    # torch.func transforms over a TT layer, as over nn.Linear: gradients (torch.func.grad), per-sample
+    # gradients (vmap of grad) and forward-mode derivatives (jvp), on every route, against dense math
+    lookup = tn._linear.plan.lookup
+
+    def forced(*args, **kwargs):
+        plan = lookup(*args, **kwargs)
+        forward = next(c for c in plan.forward_candidates if c.strategy == route[0])
+        backward = next(c for c in plan.backward_candidates if c.strategy == route[1])
+        return dataclasses.replace(plan, forward=forward, backward=backward)
+
+    monkeypatch.setattr(tn._linear.plan, "lookup", forced)
+    torch.manual_seed(0)
+    layer = TTMLinear(
+        48, 96, rank=4, in_shape=(4, 4, 3), out_shape=(4, 4, 6), dtype=torch.float64, save_weight=save_weight
+    )
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+    sizes = [math.prod(s) for s in layer.core_shapes]
+    x = torch.randn(5, 48, dtype=torch.float64)
+
+    def tt(p, x):
+        return torch.func.functional_call(layer, p, (x,))
+
+    def dense(p, x):
+        cores = [v.view(s) for v, s in zip(p["packed_cores"].split(sizes), layer.core_shapes)]
+        return nn.functional.linear(x, tn.full(tn.TTM(cores)), p["bias"])
+
+    def close(a, b):
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-9, atol=1e-10)
+
+    def loss(fn):
+        return lambda p, x: fn(p, x).square().sum()
+
+    close(torch.func.grad(loss(tt))(params, x), torch.func.grad(loss(dense))(params, x))
+    per_sample = torch.func.vmap(torch.func.grad(loss(tt)), in_dims=(None, 0))(params, x[:, None, :])
+    close(per_sample, torch.func.vmap(torch.func.grad(loss(dense)), in_dims=(None, 0))(params, x[:, None, :]))
+    tangent = {k: torch.randn_like(v) for k, v in params.items()}
+    x_tangent = torch.randn_like(x)
+    got = torch.func.jvp(tt, (params, x), (tangent, x_tangent))
+    want = torch.func.jvp(dense, (params, x), (tangent, x_tangent))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+    # forward-mode AD outside torch.func (dual tensors): the eager Function's jvp
+    import torch.autograd.forward_ad as fwad
+
+    with fwad.dual_level():
+        duals = {k: fwad.make_dual(v, tangent[k]) for k, v in params.items()}
+        y = fwad.unpack_dual(tt(duals, fwad.make_dual(x, x_tangent)))
+    torch.testing.assert_close(y.primal, want[0], rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(y.tangent, want[1], rtol=1e-9, atol=1e-10)

@@ -18,6 +18,8 @@ gradient for it.
 * Double backward (``create_graph=True``: gradient penalties, Hessian-vector products) is exact: the
   backward then rebuilds W with plain differentiable ops and lets autograd form the gradients and their
   graph (the memory rule does not apply to that pass).
+* ``torch.func`` (``grad``, ``vmap``, ``jvp``, per-sample gradients) and forward-mode AD are supported:
+  :func:`function_for` picks the Function form each needs (see :func:`_make_function`).
 * ``torch.compile``: the routes of all token buckets for the cores are made once while tracing
   (:func:`_route_table`, a constant for dynamo), so the graph only compares the (possibly symbolic) token
   count with a few bounds. Compiled with gradients on, the Function runs inside a checkpointed region: AOT
@@ -54,29 +56,38 @@ def _pack(grads: Sequence[torch.Tensor]) -> Any:
 
 
 def _forward(
-    ctx: Any,
-    device_type: str,
-    route: tuple[Any, ...],
-    x2d: torch.Tensor,
-    bias: torch.Tensor | None,
-    tensors: tuple[Any, ...],
+    route: tuple[Any, ...], x2d: torch.Tensor, bias: torch.Tensor | None, tensors: Sequence[Any]
 ) -> Any:
-    """The Function's forward: saves ``x2d`` and the cores (and what ``keep`` asks for), returns ``y``."""
-    keep = route[4]
+    """The product: ``y``, or with ``keep`` ``(y, W, *halves)`` for :func:`_setup_context` to save."""
+    y, weight, parts = _product(route, x2d, bias, tensors)
+    if route[4] and parts is not None:
+        return (y, weight, *parts)
+    return y
+
+
+def _setup_context(ctx: Any, device_type: str, inputs: tuple[Any, ...], output: Any, returned: bool) -> None:
+    """Saves ``x2d`` and the cores, and with ``keep`` what the backward reads of W and the halves.
+
+    ``returned``: W and the halves are outputs of the Function (marked not differentiable), as a
+    ``torch.func`` Function's forward must return what ``setup_context`` saves.
+    """
+    route, x2d, bias, *tensors = inputs
     ctx.route, ctx.has_bias, ctx.count = route, bias is not None, len(tensors)
     ctx.autocast = autocast_dtype(device_type)
-    ctx.kept = None
-    y, weight, parts = _product(route, x2d, bias, tensors)
-    if keep and parts is not None:
+    ctx.kept, ctx.kept_outputs = None, ()
+    if isinstance(output, tuple):
+        extras = output[1:]
+        if returned:
+            ctx.kept_outputs = extras
+            ctx.mark_non_differentiable(*extras)
         # save_weight: keep only what backward reads (W for grad x, the halves for the cores)
         keep_w = ctx.needs_input_grad[_X]
         keep_halves = any(ctx.needs_input_grad[_CORES:])
-        kept = ([weight] if keep_w else []) + (list(parts) if keep_halves else [])
+        kept = ([extras[0]] if keep_w else []) + (list(extras[1:]) if keep_halves else [])
         ctx.kept = (keep_w, keep_halves)
         ctx.save_for_backward(x2d, *kept, *tensors)
     else:
         ctx.save_for_backward(x2d, *tensors)
-    return y
 
 
 def _product(
@@ -129,6 +140,32 @@ def _backward(ctx: Any, grad_y: torch.Tensor) -> tuple[Any, ...]:
     return _finish(ctx, grad_y, x2d, tensors, grad_x, tensor_grads)
 
 
+def _jvp(ctx: Any, x_t: Any, bias_t: Any, tensor_ts: Sequence[Any]) -> Any:
+    """Forward-mode AD: the tangent of ``y`` for tangents of ``x2d``, the bias and the cores (None: zero).
+
+    ``W`` is multilinear in the cores, so its tangent is the sum over cores of W rebuilt with that core
+    replaced by its tangent; ``y_t = x_t W^T + x W_t^T + bias_t``.
+    """
+    packed = ctx.route[5]
+    x2d, tensors = ctx.saved_tensors[0], ctx.saved_tensors[len(ctx.saved_tensors) - ctx.count :]
+    cores = _unpack(tensors, packed)
+    ops = K.torch_ops()
+    recipe = K.rebuild_recipe(tuple(tuple(c.shape) for c in cores))
+    y_t = None if bias_t is None else bias_t.expand(x2d.shape[0], -1)
+    if x_t is not None:
+        term = x_t @ K.rebuild(cores, recipe, ops).mT
+        y_t = term if y_t is None else y_t + term
+    if any(t is not None for t in tensor_ts):
+        core_ts = _unpack(tensor_ts, packed) if packed is not None else list(tensor_ts)
+        for k, t in enumerate(core_ts):
+            if t is not None:
+                term = x2d @ K.rebuild([*cores[:k], t, *cores[k + 1 :]], recipe, ops).mT
+                y_t = term if y_t is None else y_t + term
+    if y_t is None:
+        y_t = x2d.new_zeros((x2d.shape[0], recipe.size[-2]))
+    return y_t
+
+
 def _differentiable_backward(ctx: Any, grad_y: torch.Tensor) -> tuple[Any, ...]:
     """The backward as a graph of plain torch ops (``create_graph=True``).
 
@@ -170,10 +207,34 @@ def _finish(
     return (None, grad_x, grad_bias, *tensor_grads)
 
 
-def _make_function(device_type: str) -> type:
-    """The autograd Function for tensors on ``device_type`` (its backward restores that device's autocast)."""
+def _make_function(device_type: str) -> tuple[type, type, type]:
+    """The autograd Functions for tensors on ``device_type`` (the backward restores that device's autocast).
 
-    class TTMLinearFunction(torch.autograd.Function):
+    ``(compiled, eager, functorch)``:
+
+    * compiled: forward and backward (dynamo traces no custom ``jvp``);
+    * eager: also forward-mode AD (``jvp``, e.g. ``torch.autograd.forward_ad``);
+    * functorch, for ``torch.func`` transforms (``grad``, ``vmap``, ``jvp``): the same in the form they need
+      (a ctx-free forward and ``setup_context``), which ``Function.apply`` pays for with a signature binding
+      on every call (~40 us), hence not the default.
+    """
+
+    def backward_fn(ctx: Any, grad_y: torch.Tensor, *_: Any) -> Any:
+        if torch.is_grad_enabled():  # create_graph=True: the gradients will be differentiated
+            return _differentiable_backward(ctx, grad_y)
+        if ctx.autocast is not None:
+            with torch.autocast(device_type, dtype=ctx.autocast):
+                return _backward(ctx, grad_y)
+        if autocast_dtype(device_type) is not None:  # the forward ran without autocast
+            with torch.autocast(device_type, enabled=False):
+                return _backward(ctx, grad_y)
+        return _backward(ctx, grad_y)
+
+    def jvp_fn(ctx: Any, _: Any, x_t: Any, bias_t: Any, *tensor_ts: Any) -> Any:
+        y_t = _jvp(ctx, x_t, bias_t, tensor_ts)
+        return (y_t, *(None for _ in ctx.kept_outputs)) if ctx.kept_outputs else y_t
+
+    class TTMLinearCompiledFunction(torch.autograd.Function):
         """``y = x2d @ W.T (+ bias)`` for ``x2d`` (B, N) and TTM cores; saves x2d and the cores only.
 
         With ``keep`` also the rebuilt W and/or its halves, as far as backward reads them.
@@ -184,34 +245,67 @@ def _make_function(device_type: str) -> type:
         def forward(
             ctx: Any, route: tuple[Any, ...], x2d: torch.Tensor, bias: torch.Tensor | None, *tensors: Any
         ) -> Any:
-            return _forward(ctx, device_type, route, x2d, bias, tensors)
+            output = _forward(route, x2d, bias, tensors)
+            _setup_context(ctx, device_type, (route, x2d, bias, *tensors), output, returned=False)
+            return _first(output)
+
+        backward = staticmethod(backward_fn)  # type: ignore[assignment]
+
+    class TTMLinearFunction(TTMLinearCompiledFunction):
+        """The eager Function: its parent with forward-mode AD (``jvp``)."""
 
         @staticmethod
-        def backward(ctx: Any, grad_y: torch.Tensor) -> Any:  # type: ignore[override]
-            if torch.is_grad_enabled():  # create_graph=True: the gradients will be differentiated
-                return _differentiable_backward(ctx, grad_y)
-            if ctx.autocast is not None:
-                with torch.autocast(device_type, dtype=ctx.autocast):
-                    return _backward(ctx, grad_y)
-            if autocast_dtype(device_type) is not None:  # the forward ran without autocast
-                with torch.autocast(device_type, enabled=False):
-                    return _backward(ctx, grad_y)
-            return _backward(ctx, grad_y)
+        def forward(
+            ctx: Any, route: tuple[Any, ...], x2d: torch.Tensor, bias: torch.Tensor | None, *tensors: Any
+        ) -> Any:
+            output = _forward(route, x2d, bias, tensors)
+            _setup_context(ctx, device_type, (route, x2d, bias, *tensors), output, returned=False)
+            ctx.save_for_forward(x2d, *tensors)  # for jvp (references)
+            return _first(output)
 
-    TTMLinearFunction.__qualname__ = f"TTMLinearFunction[{device_type}]"
-    return TTMLinearFunction
+        jvp = staticmethod(jvp_fn)
+
+    class TTMLinearFuncFunction(torch.autograd.Function):
+        """The Function in the form ``torch.func`` transforms need (and a vmap rule generated from it)."""
+
+        generate_vmap_rule = True
+
+        @staticmethod
+        def forward(
+            route: tuple[Any, ...], x2d: torch.Tensor, bias: torch.Tensor | None, *tensors: Any
+        ) -> Any:
+            return _forward(route, x2d, bias, tensors)
+
+        @staticmethod
+        def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+            _setup_context(ctx, device_type, inputs, output, returned=True)
+            ctx.save_for_forward(inputs[1], *inputs[3:])
+
+        backward = staticmethod(backward_fn)  # type: ignore[assignment]
+        jvp = staticmethod(jvp_fn)
+
+    for cls in (TTMLinearCompiledFunction, TTMLinearFunction, TTMLinearFuncFunction):
+        cls.__qualname__ = f"{cls.__name__}[{device_type}]"
+    return TTMLinearCompiledFunction, TTMLinearFunction, TTMLinearFuncFunction
 
 
 # made at import: dynamo cannot trace a class definition, so a miss inside a compiled region would break
-_FUNCTIONS: dict[str, type] = {device_type: _make_function(device_type) for device_type in ("cpu", "cuda")}
+_FUNCTIONS: dict[str, tuple[type, type, type]] = {
+    device: _make_function(device) for device in ("cpu", "cuda")
+}
 
 
-def function_for(device_type: str) -> Any:
-    """The autograd Function class for tensors on ``device_type`` ('cpu', 'cuda', ...)."""
-    function = _FUNCTIONS.get(device_type)
-    if function is None:
-        function = _FUNCTIONS[device_type] = _make_function(device_type)
-    return function
+def function_for(device_type: str, compiled: bool = False) -> Any:
+    """The autograd Function class for tensors on ``device_type`` ('cpu', 'cuda', ...).
+
+    ``compiled``: the one dynamo traces; under a ``torch.func`` transform the one those need; else the eager one.
+    """
+    functions = _FUNCTIONS.get(device_type)
+    if functions is None:
+        functions = _FUNCTIONS[device_type] = _make_function(device_type)
+    if compiled:
+        return functions[0]
+    return functions[2] if torch._C._are_functorch_transforms_active() else functions[1]
 
 
 def _assume_constant_result(fn: Any) -> Any:
@@ -246,6 +340,11 @@ def _compiled_route(tokens: Any, shapes: K.CoreShapes, dtype: Any, device: Any) 
         if tokens <= bound:
             return route
     raise AssertionError("unreachable: the last range is unbounded")
+
+
+def _first(output: Any) -> Any:
+    """``y`` of the Function's output (``(y, W, *halves)`` where ``save_weight`` keeps them)."""
+    return output[0] if isinstance(output, tuple) else output
 
 
 def autocast_dtype(device_type: str) -> Any:
@@ -344,7 +443,7 @@ def linear_torch(
             # no gradient wanted (decoding, evaluation): the kernels alone, no autograd Function around them
             return _product(route, x2d, bias, tensors)[0].reshape(*lead, rows)
     keep = route[4]
-    function = function_for(x.device.type)
+    function = function_for(x.device.type, torch.compiler.is_compiling())
     if (
         torch.compiler.is_compiling()
         and not torch.compiler.is_exporting()
@@ -355,9 +454,9 @@ def linear_torch(
         # a checkpointed region its partitioner recomputes instead (the big GEMM is not needed by backward,
         # so it is not recomputed). Where save_weight keeps W, the compiler may keep it.
         def run(x2d: torch.Tensor, bias: torch.Tensor | None, *tensors: Any) -> Any:
-            return function.apply(route, x2d, bias, *tensors)
+            return _first(function.apply(route, x2d, bias, *tensors))
 
         y = torch.utils.checkpoint.checkpoint(run, x2d, bias, *tensors, use_reentrant=False)
     else:
-        y = function.apply(route, x2d, bias, *tensors)
+        y = _first(function.apply(route, x2d, bias, *tensors))
     return y.reshape(*lead, rows)

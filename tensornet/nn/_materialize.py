@@ -55,7 +55,8 @@ class WeightGroup:
 
     ``weight(index, x)`` gives layer ``index``'s W for the input ``x``: from the group's batched rebuild
     (made at the first call after the cores changed or a backward used the previous one), or None where the
-    per-layer path is the better one (no gradient needed, under ``torch.compile``, the layers' cores on
+    per-layer path is the better one (no gradient needed, under ``torch.compile`` or a ``torch.func``
+    transform, the layers' cores on
     different devices or dtypes, or token counts where the plan's factorised path costs less than the group's
     share of a rebuild: :meth:`~tensornet._linear.plan.LinearPlan.rebuilds_in_group`).
     """
@@ -78,7 +79,12 @@ class WeightGroup:
     def weight(self, index: int, x: torch.Tensor) -> torch.Tensor | None:
         layer = self.layers[index]
         packed = layer.packed_cores
-        if torch.compiler.is_compiling() or not torch.is_grad_enabled() or not packed.requires_grad:
+        if (
+            torch.compiler.is_compiling()
+            or not torch.is_grad_enabled()
+            or not packed.requires_grad
+            or torch._C._are_functorch_transforms_active()  # torch.func: the per-layer Function supports it
+        ):
             return None
         compute = compute_dtype(packed.dtype, x.device.type)
         tokens = x.numel() // max(layer.in_features, 1)
