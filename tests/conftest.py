@@ -108,6 +108,27 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def force_route(monkeypatch):
+    """``force_route(forward, backward)``: every ``linear`` plan made afterwards in the test takes that route."""
+    import dataclasses
+
+    from tensornet._linear import plan as planner
+
+    lookup = planner.lookup
+
+    def force(forward: str, backward: str) -> None:
+        def forced(*args, **kwargs):
+            plan = lookup(*args, **kwargs)
+            chosen = next(c for c in plan.forward_candidates if c.strategy == forward)
+            back = next(c for c in plan.backward_candidates if c.strategy == backward)
+            return dataclasses.replace(plan, forward=chosen, backward=back)
+
+        monkeypatch.setattr(planner, "lookup", forced)
+
+    return force
+
+
 # --- the GPT-2 command line -----------------------------------------------------------------------------
 # a 1-layer model on 20,000 characters: every run is dominated by Python's start-up, not by training
 GPT2_TINY = [

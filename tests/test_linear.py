@@ -3,7 +3,6 @@ autograd gradients, saved bytes, autocast, torch.compile, double backward); bad 
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 import sys
 from unittest import mock
@@ -367,19 +366,11 @@ def test_autocast_bf16_on_cpu():
 @COMPILE_WARNINGS[1]
 @COMPILE_WARNINGS[2]
 @pytest.mark.parametrize("route", [("rebuild", "dense"), ("sweep", "sweep"), ("einsum", "einsum")])
-def test_torch_compile_fullgraph_runs_every_route(route, monkeypatch):
+def test_torch_compile_fullgraph_runs_every_route(route, force_route):
     # each planned route traces without a graph break (the einsum route's list bookkeeping used to break
     # the graph), with and without gradients; the plan is forced so every route is reached
     torch._dynamo.reset()
-    lookup = tn._linear.plan.lookup
-
-    def forced(*args, **kwargs):
-        plan = lookup(*args, **kwargs)
-        forward = next(c for c in plan.forward_candidates if c.strategy == route[0])
-        backward = next(c for c in plan.backward_candidates if c.strategy == route[1])
-        return dataclasses.replace(plan, forward=forward, backward=backward)
-
-    monkeypatch.setattr(tn._linear.plan, "lookup", forced)
+    force_route(*route)
     torch.manual_seed(0)
     cores = _layer(torch.float32)
     w = tn.TTM(cores)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import math
 
@@ -891,18 +890,10 @@ def test_a_strided_packed_parameter_is_read_where_it_lives(tokens):
 )  # torch.func's import
 @pytest.mark.parametrize("route", [("rebuild", "dense"), ("sweep", "sweep"), ("einsum", "einsum")])
 @pytest.mark.parametrize("save_weight", [False, True])
-def test_torch_func_grad_vmap_and_jvp_match_dense(route, save_weight, monkeypatch):
+def test_torch_func_grad_vmap_and_jvp_match_dense(route, save_weight, force_route):
     # torch.func transforms over a TT layer, as over nn.Linear: gradients (torch.func.grad), per-sample
     # gradients (vmap of grad) and forward-mode derivatives (jvp), on every route, against dense math
-    lookup = tn._linear.plan.lookup
-
-    def forced(*args, **kwargs):
-        plan = lookup(*args, **kwargs)
-        forward = next(c for c in plan.forward_candidates if c.strategy == route[0])
-        backward = next(c for c in plan.backward_candidates if c.strategy == route[1])
-        return dataclasses.replace(plan, forward=forward, backward=backward)
-
-    monkeypatch.setattr(tn._linear.plan, "lookup", forced)
+    force_route(*route)
     torch.manual_seed(0)
     layer = TTMLinear(
         48, 96, rank=4, in_shape=(4, 4, 3), out_shape=(4, 4, 6), dtype=torch.float64, save_weight=save_weight

@@ -258,10 +258,8 @@ def _make_function(device_type: str) -> tuple[type, type, type]:
         def forward(
             ctx: Any, route: tuple[Any, ...], x2d: torch.Tensor, bias: torch.Tensor | None, *tensors: Any
         ) -> Any:
-            output = _forward(route, x2d, bias, tensors)
-            _setup_context(ctx, device_type, (route, x2d, bias, *tensors), output, returned=False)
             ctx.save_for_forward(x2d, *tensors)  # for jvp (references)
-            return _first(output)
+            return TTMLinearCompiledFunction.forward(ctx, route, x2d, bias, *tensors)
 
         jvp = staticmethod(jvp_fn)
 
