@@ -147,7 +147,7 @@ def _jvp(ctx: Any, x_t: Any, bias_t: Any, tensor_ts: Sequence[Any]) -> Any:
     replaced by its tangent; ``y_t = x_t W^T + x W_t^T + bias_t``.
     """
     packed = ctx.route[5]
-    x2d, tensors = ctx.saved_tensors[0], ctx.saved_tensors[len(ctx.saved_tensors) - ctx.count :]
+    x2d, *tensors = ctx.saved_tensors  # what the forward gave save_for_forward
     cores = _unpack(tensors, packed)
     ops = K.torch_ops()
     recipe = K.rebuild_recipe(tuple(tuple(c.shape) for c in cores))

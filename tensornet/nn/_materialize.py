@@ -56,9 +56,9 @@ class WeightGroup:
     ``weight(index, x)`` gives layer ``index``'s W for the input ``x``: from the group's batched rebuild
     (made at the first call after the cores changed or a backward used the previous one), or None where the
     per-layer path is the better one (no gradient needed, under ``torch.compile`` or a ``torch.func``
-    transform, the layers' cores on
-    different devices or dtypes, or token counts where the plan's factorised path costs less than the group's
-    share of a rebuild: :meth:`~tensornet._linear.plan.LinearPlan.rebuilds_in_group`).
+    transform, the layers' cores on different devices or dtypes, or token counts where the plan's factorised
+    path costs less than the group's share of a rebuild:
+    :meth:`~tensornet._linear.plan.LinearPlan.rebuilds_in_group`).
     """
 
     def __init__(self, layers: Sequence[TTMLinear], passes: PassCounter) -> None:
@@ -143,9 +143,8 @@ class _GroupRebuild(torch.autograd.Function):
         recipe = K.rebuild_recipe(shapes, (len(params),))
         weights, parts = K.rebuild(K.unpack(stacked, shapes), recipe, K.torch_ops(), parts=True)
         ctx.shapes, ctx.group, ctx.dtype = shapes, group, params[0].dtype
-        ctx.set_materialize_grads(
-            False
-        )  # an unused layer's W gets None (not zeros): its cores get no gradient
+        # an unused layer's W gets None (not zeros) in backward: its cores get no gradient
+        ctx.set_materialize_grads(False)
         ctx.autocast = autocast_dtype(params[0].device.type)
         ctx.save_for_backward(stacked, *(parts or ()), *params)
         ctx.count = len(params)
@@ -155,9 +154,8 @@ class _GroupRebuild(torch.autograd.Function):
     def backward(ctx: Any, *grads: Any) -> Any:  # type: ignore[override]
         saved = ctx.saved_tensors
         stacked, parts, params = saved[0], saved[1 : len(saved) - ctx.count], saved[len(saved) - ctx.count :]
-        unused = [
-            g is None for g in grads
-        ]  # layers of the group not used in this step: no gradient, as alone
+        # layers of the group not used in this step get no gradient, as on their own
+        unused = [g is None for g in grads]
         if all(unused):
             return (None,) * (3 + ctx.count)
         if any(unused):
@@ -232,12 +230,12 @@ def materialize(model: nn.Module, enabled: bool = True) -> nn.Module:
     Notes
     -----
     Layers with equal core shapes, dtype and device form a group (found now; call again after adding
-    layers). While training (gradients on, at token counts where the plan says the group's batched rebuild,
-    its launches shared by the group, costs no more than the layer's own path) the
-    first layer call of a step rebuilds W for the whole group in one batched pass, and every layer runs
-    ``F.linear`` on its W; autograd forms all the groups' core gradients in one batched pass too. Decoding
-    and small batches, ``torch.no_grad()`` and ``torch.compile`` keep the per-layer path. Results equal
-    the per-layer path's (the same products, batched). Models from :func:`tensornet.nn.tensorize` and
+    layers). While training (gradients on, at token counts where the group's batched rebuild, its launches
+    shared by the group, costs no more than the layer's own path) the first layer call of a step rebuilds W
+    for the whole group in one batched pass, and every layer runs ``F.linear`` on its W; autograd forms all
+    the groups' core gradients in one batched pass too. Small batches of large layers, ``torch.no_grad()``,
+    ``torch.compile`` and ``torch.func`` transforms keep the per-layer path. Results equal the per-layer
+    path's (the same products, batched). Models from :func:`tensornet.nn.tensorize` and
     ``tensornet.gpt2.tensorize`` have it on.
 
     Memory: a group holds its rebuilt W from the first layer call of a step until the backward has used
