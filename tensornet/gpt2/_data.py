@@ -11,7 +11,9 @@ CPython 3.11 this is 729 files (690 train, 39 validation) and 12.08M characters;
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import os
 import re
 import sysconfig
@@ -32,11 +34,16 @@ _VAL_MODULUS = 20
 
 @dataclass(frozen=True)
 class Corpus:
-    """Documents split into training and validation text; ``description`` says where they came from."""
+    """Documents split into training and validation text.
+
+    ``description`` says where they came from (the path, the sizes); ``name`` is what a figure's title calls
+    them (``Python 3.11 standard library source``, a file's name), never an absolute path.
+    """
 
     train: tuple[str, ...]
     val: tuple[str, ...]
     description: str
+    name: str = "text corpus"
 
     @property
     def train_chars(self) -> int:
@@ -46,15 +53,20 @@ class Corpus:
     def val_chars(self) -> int:
         return sum(len(t) for t in self.val)
 
-    def fingerprint(self) -> str:
-        """A short hash of the whole content, used to key the tokenizer and token caches."""
+    @functools.cached_property
+    def digest(self) -> str:
+        """The SHA-256 of the whole content, split by split (recorded in the caches built from it)."""
         digest = hashlib.sha256()
         for split in (self.train, self.val):
             for text in split:
                 digest.update(text.encode("utf-8"))
                 digest.update(b"\x00")
             digest.update(b"\x01")
-        return digest.hexdigest()[:16]
+        return digest.hexdigest()
+
+    def fingerprint(self) -> str:
+        """A short hash of the whole content, used to name the tokenizer and token caches."""
+        return self.digest[:16]
 
 
 def default_cache_dir() -> Path:
@@ -143,12 +155,13 @@ def stdlib_corpus(*, max_chars: int | None = None) -> Corpus:
     if not train or not val:
         raise RuntimeError(f"stdlib_corpus: found no usable Python source under {str(root)!r}")
     limit = "" if max_chars is None else f", first {max_chars:,} characters"
+    name = f"Python {sysconfig.get_python_version()} standard library source"
     description = (
-        f"Python {sysconfig.get_python_version()} standard library source ({root}{limit}): "
+        f"{name} ({root}{limit}): "
         f"{len(train)} train files / {train_n:,} chars, {len(val)} validation files / {val_n:,} chars"
         + (f", {skipped} unreadable files skipped" if skipped else "")
     )
-    return Corpus(tuple(train), tuple(val), description)
+    return Corpus(tuple(train), tuple(val), description, name)
 
 
 def text_corpus(
@@ -202,7 +215,7 @@ def text_corpus(
         f"{root}: {len(train)} train / {len(val)} validation documents, "
         f"{sum(map(len, train)):,} / {sum(map(len, val)):,} chars"
     )
-    return Corpus(tuple(train), tuple(val), description)
+    return Corpus(tuple(train), tuple(val), description, root.resolve().name or str(root))
 
 
 def _truncate(texts: list[str], budget: int) -> list[str]:
@@ -250,9 +263,18 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int):
 
 
 TOKENIZER_BYTES = 256 * 2**20  # the most a tokenizer file may hold (GPT-2's tokenizer.json: 1.4 MB)
-# the cache's own file names: only these (and their temporary names) are ever removed there
-_TOKENIZER_CACHE = re.compile(r"bpe-\d+-[0-9a-f]{16}\.json")
-_TOKENS_CACHE = re.compile(r"[0-9a-f]{16}-[0-9a-f]{16}\.safetensors")
+# the caches' own file names: only these (and their temporary names) are ever removed or replaced there. The
+# "-v2" files record what they were built from (older, unmarked cache files are never read, nor removed)
+_TOKENIZER_CACHE = re.compile(r"bpe-\d+-[0-9a-f]{16}-v2\.json")
+_TOKENS_CACHE = re.compile(r"[0-9a-f]{16}-[0-9a-f]{16}-v2\.safetensors")
+TOKENIZER_CACHE_FORMAT = "tensornet-tokenizer-cache"
+TOKENS_FORMAT = "tensornet-tokens"
+# how the token cache turns documents into ids (encode): recorded, so that another rule never reads it
+_ENCODING = "byte-level BPE ids of each document, then <|endoftext|>"
+
+
+class ForeignCacheFile(ValueError):
+    """A file at one of the caches' names that the cache did not write: refused, and left alone."""
 
 
 def _tokenizer_text(path: Path, flag: str) -> str:
@@ -337,23 +359,71 @@ def _tokenizer_json(tokenizer) -> bytes:
     return tokenizer.to_str(pretty=True).encode("utf-8")  # what Tokenizer.save writes
 
 
+def tokenizer_cache_path(corpus: Corpus, vocab_size: int, cache_dir: str | os.PathLike | None = None) -> Path:
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return cache / "tokenizers" / f"bpe-{vocab_size}-{corpus.fingerprint()}-v2.json"
+
+
+def _foreign(where: str, path: Path, what: str) -> ForeignCacheFile:
+    return ForeignCacheFile(
+        f"{where}: {str(path)!r} is at the cache's name but {what}; tensornet did not write it, so it is neither "
+        "used nor replaced: move it away, or give another --cache-dir (or $TENSORNET_CACHE)"
+    )
+
+
+def _read_cached_tokenizer(path: Path, corpus: Corpus, vocab_size: int):
+    """The tokenizer the cache file ``path`` holds, checked to be the cache's own and built from ``corpus``.
+
+    Raises :class:`ForeignCacheFile` for a file the cache did not write (not its JSON record) and ValueError for
+    the cache's own record of another corpus or vocabulary size, or a damaged one.
+    """
+    from tokenizers import Tokenizer
+
+    where = "cached_tokenizer"
+    try:
+        record = _files.parse_json(_files.read_small_file(path, TOKENIZER_BYTES, where))
+    except ValueError as err:
+        raise _foreign(where, path, f"it is not a tokenizer cache record ({err})") from None
+    if not (isinstance(record, dict) and record.get("format") == TOKENIZER_CACHE_FORMAT):
+        raise _foreign(where, path, f"it has no {TOKENIZER_CACHE_FORMAT!r} record")
+    built = {"corpus": corpus.digest, "vocab_size": vocab_size}
+    other = [key for key, value in built.items() if record.get(key) != value]
+    if other:
+        raise ValueError(f"{str(path)!r} was trained on another {' and '.join(other)}")
+    try:
+        tokenizer = Tokenizer.from_str(json.dumps(record.get("tokenizer")))
+    except Exception as err:  # tokenizers raises a bare Exception for a malformed tokenizer
+        raise ValueError(f"{str(path)!r} holds no readable tokenizer ({err})") from None
+    _check_eot(tokenizer, path, where)
+    return tokenizer
+
+
 def cached_tokenizer(corpus: Corpus, vocab_size: int, cache_dir: str | os.PathLike | None = None):
     """Train the BPE on ``corpus.train`` once and keep it under ``cache_dir/tokenizers``.
 
-    An unreadable cache entry is retrained (with a warning).
+    The cache file records the corpus (its SHA-256) and the vocabulary size it was trained for, and is used
+    only when both are this call's. The cache's own file of another corpus (a copied file) or a damaged one is
+    retrained and replaced, with a warning; a file the cache did not write under its name is an error, left
+    as it is.
     """
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = cache / "tokenizers" / f"bpe-{vocab_size}-{corpus.fingerprint()}.json"
-    if path.is_file():
+    path = tokenizer_cache_path(corpus, vocab_size, cache_dir)
+    if path.exists() or path.is_symlink():
         try:
-            return load_tokenizer(path, flag="cached_tokenizer")
+            return _read_cached_tokenizer(path, corpus, vocab_size)
+        except ForeignCacheFile:
+            raise
         except ValueError as err:
-            warnings.warn(
-                f"cached_tokenizer: rebuilding the damaged cache file {str(path)!r} ({err})", stacklevel=2
-            )
+            warnings.warn(f"cached_tokenizer: rebuilding the tokenizer cache: {err}", stacklevel=2)
     tokenizer = train_tokenizer(corpus.train, vocab_size)
     _cache_dir(path.parent, _TOKENIZER_CACHE)
-    data = _tokenizer_json(tokenizer)
+    record = {
+        "format": TOKENIZER_CACHE_FORMAT,
+        "version": 2,
+        "corpus": corpus.digest,
+        "vocab_size": vocab_size,
+        "tokenizer": json.loads(tokenizer.to_str()),
+    }
+    data = (json.dumps(record) + "\n").encode("utf-8")
     _files.atomic_write(path, lambda f: f.write(data))
     return tokenizer
 
@@ -370,8 +440,13 @@ def _cache_dir(folder: Path, names: re.Pattern[str]) -> None:
     _files.remove_stale_tmp(folder, names, live=False)
 
 
+def tokenizer_digest(tokenizer) -> str:
+    """The SHA-256 of the tokenizer's JSON (recorded in the token caches built with it)."""
+    return hashlib.sha256(tokenizer.to_str().encode("utf-8")).hexdigest()
+
+
 def tokenizer_id(tokenizer) -> str:
-    return hashlib.sha256(tokenizer.to_str().encode("utf-8")).hexdigest()[:16]
+    return tokenizer_digest(tokenizer)[:16]
 
 
 def encode(tokenizer, texts: Sequence[str]) -> torch.Tensor:
@@ -386,24 +461,45 @@ def encode(tokenizer, texts: Sequence[str]) -> torch.Tensor:
 
 def token_cache_path(corpus: Corpus, tokenizer, cache_dir: str | os.PathLike | None = None) -> Path:
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return cache / "tokens" / f"{corpus.fingerprint()}-{tokenizer_id(tokenizer)}.safetensors"
+    return cache / "tokens" / f"{corpus.fingerprint()}-{tokenizer_id(tokenizer)}-v2.safetensors"
+
+
+def token_identity(corpus: Corpus, tokenizer) -> dict[str, str]:
+    """What a token cache file was built from, as recorded in its metadata."""
+    return {
+        "format": TOKENS_FORMAT,
+        "corpus": corpus.digest,
+        "tokenizer": tokenizer_digest(tokenizer),
+        "encoding": _ENCODING,
+    }
 
 
 def cached_tokens(corpus: Corpus, tokenizer, cache_dir: str | os.PathLike | None = None):
     """``(train_ids, val_ids)``, encoded once per (corpus, tokenizer) and cached as int32 safetensors.
 
-    A cache entry that fails its checks (unreadable, wrong shape or dtype, ids outside the vocabulary) is
-    rebuilt, with a warning.
+    The cache file records the corpus and the tokenizer (their SHA-256) and the encoding rule, and is used
+    only when all three are this call's. The cache's own file that fails a check (another corpus or tokenizer,
+    a failed checksum, wrong shapes or dtypes, ids outside the vocabulary) is rebuilt and replaced, with a
+    warning; a file the cache did not write under its name (unreadable, or without the record) is an error,
+    left as it is.
     """
     path = token_cache_path(corpus, tokenizer, cache_dir)
-    if path.is_file():
+    identity = token_identity(corpus, tokenizer)
+    if path.exists() or path.is_symlink():
+        where = "cached_tokens"
         try:
-            return _checkpoint.load_token_file(path, tokenizer.get_vocab_size(), "cached_tokens")
+            metadata, _ = _checkpoint.read_safetensors(path, f"{where}: {str(path)!r} is not a token file")
         except ValueError as err:
-            warnings.warn(f"cached_tokens: rebuilding the damaged token cache ({err})", stacklevel=2)
+            raise _foreign(where, path, f"it is not a readable safetensors file ({err})") from None
+        if metadata.get("format") != TOKENS_FORMAT:
+            raise _foreign(where, path, f"it has no {TOKENS_FORMAT!r} record")
+        try:
+            return _checkpoint.load_token_file(path, tokenizer.get_vocab_size(), where, identity=identity)
+        except ValueError as err:
+            warnings.warn(f"cached_tokens: rebuilding the token cache: {err}", stacklevel=2)
     train, val = encode(tokenizer, corpus.train), encode(tokenizer, corpus.val)
     _cache_dir(path.parent, _TOKENS_CACHE)
-    _checkpoint.save_tensors(path, {"train": train.int(), "val": val.int()})
+    _checkpoint.save_tensors(path, {"train": train.int(), "val": val.int()}, metadata=identity)
     return train, val
 
 

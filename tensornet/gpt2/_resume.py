@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from . import _checkpoint, _files
+from . import _skeleton as sk
 from ._config import TrainConfig
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -56,15 +57,49 @@ def signature(cfg: TrainConfig, extra: dict | None) -> dict:
         train_settings.pop(name)
     if train_settings["compile"] is None:
         train_settings.pop("compile")
+    if train_settings["lowrank_lr_scale"] == 1.0:  # as runs from before the setting recorded it: absent
+        train_settings.pop("lowrank_lr_scale")
     return {"train": train_settings, **(extra or {})}
 
 
-_CHECKPOINT_KEYS = ("model", "optimizer", "step", "history", "rng", "signature")
+# What a training checkpoint holds (``_Run.checkpoint`` writes it), decoded by type before anything reads it.
+# Python's Mersenne Twister state: version 3, 624 32-bit words and the position in them, and the spare gauss
+_PYTHON_RNG = sk.Tuple(
+    (
+        sk.Int(3, 3),
+        sk.Where(
+            sk.Tuple(rest=sk.Int(0, 2**32 - 1)),
+            lambda words: len(words) == 625 and words[-1] <= 624,
+            "a tuple of 624 32-bit words and a position in [0, 624]",
+        ),
+        sk.OneOf((sk.Float(), sk.Null())),
+    )
+)
+_PARAM_ID = sk.Int(0, 2**31)
+CHECKPOINT_SCHEMA = sk.Record(
+    {
+        "model": sk.Mapping(sk.Str(), sk.Tensor()),
+        "optimizer": sk.Record(
+            {
+                "state": sk.Mapping(_PARAM_ID, sk.Mapping(sk.Str(), sk.OneOf((sk.Tensor(), sk.Float())))),
+                "param_groups": sk.List(sk.Record({"params": sk.List(_PARAM_ID)}, rest=sk.JSON)),
+            }
+        ),
+        "step": sk.Int(0, sk.INT64[1]),
+        "history": sk.Record(
+            {"loss": sk.List(sk.Float()), "val": sk.List(sk.Tuple((sk.Int(0, sk.INT64[1]), sk.Float())))}
+        ),
+        "rng": sk.Record(
+            {"torch": sk.Tensor(), "python": _PYTHON_RNG}, optional={"cuda": sk.List(sk.Tensor())}
+        ),
+        "signature": sk.Mapping(sk.Str(), sk.JSON),
+    }
+)
 # AdamW settings that shape the updates, and the flags that set them (eps and the rest are fixed by the code)
 _OPTIMIZER_SETTINGS = {
     "betas": "--beta1/--beta2",
     "weight_decay": "--weight-decay",
-    "lr_scale": "--tt-lr-scale",
+    "lr_scale": "--tt-lr-scale or --lowrank-lr-scale",
     "eps": "AdamW's eps",
     "amsgrad": "AdamW's amsgrad",
     "maximize": "AdamW's maximize",
@@ -89,9 +124,6 @@ def _check_checkpoint(path: Path, ckpt: dict, model: nn.Module, optimizer, cfg: 
             "start a new run in another --out"
         )
 
-    missing = [k for k in _CHECKPOINT_KEYS if k not in ckpt]
-    if missing:
-        raise ValueError(f"--resume: {str(path)!r} is not a tensornet training checkpoint (no {missing})")
     for why in (
         _history_fault(ckpt["step"], ckpt["history"], cfg),
         _model_fault(ckpt["model"], model),
@@ -199,16 +231,16 @@ def check_checkpoint_fits(
     ``optimizer`` and ``cfg``, and it must have been written by a run ``described`` so (its model and data).
     """
     path = Path(out) / CHECKPOINT
-    outline = _checkpoint.checkpoint_outline(path, "--resume")
+    outline = _checkpoint.checkpoint_outline(path, "--resume", CHECKPOINT_SCHEMA)
     try:
-        if not isinstance(outline.get("signature"), dict):
-            raise ValueError(f"--resume: {str(path)!r} is not a tensornet training checkpoint (no settings)")
         mismatch = _signature_mismatch(path, outline["signature"], signature(cfg, described))
         if mismatch is not None:
             raise mismatch
         _check_checkpoint(path, outline, model, optimizer, cfg)
     except ValueError:
-        _checkpoint.load_checkpoint(path, "--resume")  # damage rather than a mismatch: the checksum says so
+        _checkpoint.load_checkpoint(
+            path, "--resume", CHECKPOINT_SCHEMA
+        )  # damage rather than a mismatch: the checksum says so
         raise
     return int(outline["step"])
 
@@ -223,9 +255,7 @@ def restore(
     """
     if not path.is_file():
         check_resume(path.parent)  # raises the right message (none there, or an old pickle checkpoint)
-    ckpt = _checkpoint.load_checkpoint(path, "--resume")
-    if not isinstance(ckpt.get("signature"), dict):
-        raise ValueError(f"--resume: {str(path)!r} is not a tensornet training checkpoint (no settings)")
+    ckpt = _checkpoint.load_checkpoint(path, "--resume", CHECKPOINT_SCHEMA)
     mismatch = _signature_mismatch(path, ckpt["signature"], expected)
     if mismatch is not None:
         raise mismatch
@@ -324,14 +354,13 @@ def check_resume(out: str | os.PathLike, cfg: TrainConfig | None = None, stop_at
                 "start it over with --overwrite"
             )
         raise FileNotFoundError(f"--resume: no checkpoint at {str(path)!r}; run without --resume to start")
-    skeleton = _checkpoint.checkpoint_metadata(path, "--resume")["skeleton"]
-    if not isinstance(skeleton, dict) or not isinstance(skeleton.get("signature"), dict):
-        raise ValueError(f"--resume: {str(path)!r} is not a tensornet training checkpoint (no settings)")
+    outline = _checkpoint.checkpoint_outline(path, "--resume", CHECKPOINT_SCHEMA)
     if cfg is not None:
         now = {"train": signature(cfg, None)["train"]}
-        err = _signature_mismatch(path, {"train": skeleton["signature"].get("train")}, now)
+        err = _signature_mismatch(path, {"train": outline["signature"].get("train")}, now)
         if err is not None:
             raise err
-    step = skeleton.get("step")
-    if stop_at is not None and isinstance(step, int) and stop_at < step:
-        raise ValueError(f"--stop-at {stop_at} is before the checkpoint's step {step} in {str(path)!r}")
+    if stop_at is not None and stop_at < outline["step"]:
+        raise ValueError(
+            f"--stop-at {stop_at} is before the checkpoint's step {outline['step']} in {str(path)!r}"
+        )

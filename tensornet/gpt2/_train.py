@@ -119,15 +119,23 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     The TT cores (:func:`tensornet.nn.tt_parameters`) form their own group whose learning rate is
     ``cfg.tt_lr_scale`` times the schedule's: Adam moves every entry by about ``lr`` per step, and a
     change of one core moves the product ``W`` by that change times the other cores, so at the dense
-    model's ``lr`` a TT weight learns several times slower (measured in
-    benchmarks/results/gpt2_compare_cpu.md; the low-rank baseline's two factors were measured too, and
-    are better at the base rate, so they stay in the dense group). AdamW's decoupled decay is
-    ``lr * weight_decay``, so the cores' decay is scaled by the same factor (as in the measured runs).
+    model's ``lr`` a TT weight learns several times slower. The low-rank baseline's two factors
+    (:class:`LowRankLinear`) are such a product too: with ``cfg.lowrank_lr_scale`` other than 1 they form
+    a group of their own at that multiple (at 1 they stay in the dense group, as in runs from before the
+    setting, whose checkpoints keep resuming). Both multipliers are per-model hyperparameters, measured for
+    ``compare``'s model in benchmarks/results/gpt2_compare_cpu.md. AdamW's decoupled decay is
+    ``lr * weight_decay``, so a group's decay is scaled by its multiplier too (as in the measured runs).
     """
     from tensornet.nn import tt_parameters
 
+    from ._lowrank import LowRankLinear
+
     cores = [p for p in tt_parameters(model) if p.requires_grad]
-    ids = {id(p) for p in cores}
+    factors: list[nn.Parameter] = []
+    if cfg.lowrank_lr_scale != 1.0:
+        lowrank = (m for m in model.modules() if isinstance(m, LowRankLinear))
+        factors = [p for m in lowrank for p in (m.a, m.b) if p.requires_grad]
+    ids = {id(p) for p in cores + factors}
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2 and id(p) not in ids]
     rest = [p for p in model.parameters() if p.requires_grad and p.dim() < 2 and id(p) not in ids]
     groups: list[dict[str, Any]] = [
@@ -136,6 +144,8 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     ]
     if cores:
         groups.append({"params": cores, "weight_decay": cfg.weight_decay, "lr_scale": cfg.tt_lr_scale})
+    if factors:
+        groups.append({"params": factors, "weight_decay": cfg.weight_decay, "lr_scale": cfg.lowrank_lr_scale})
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
 
 
