@@ -387,8 +387,16 @@ def _perplexity(model, ids, args) -> tuple[float, int]:
     return _ppl(loss), _data.eval_token_count(ids.numel(), block, limit)
 
 
+def _say_model(args) -> None:
+    """Which folder MODEL stood for, when it was a run folder (``_precheck._model_folder``)."""
+    note = getattr(args, "model_note", None)
+    if note:
+        print(f"model: {args.model} ({note})")
+
+
 def cmd_compress(args) -> int:
     src = Path(args.model)
+    _say_model(args)
     model = load_model(src)
     tokenizer, ids, source = _eval_tokens(args, src, model)
     before, counted = _perplexity(model, ids, args)
@@ -409,6 +417,7 @@ def cmd_compress(args) -> int:
 
 def cmd_eval(args) -> int:
     src = Path(args.model)
+    _say_model(args)
     model = load_model(src)
     _, ids, source = _eval_tokens(args, src, model)
     ppl, counted = _perplexity(model, ids, args)

@@ -6,7 +6,9 @@ Two mechanisms:
   a file or a symbolic link someone planted there) and written through its descriptor, ``fsync``,
   ``os.replace`` (a link at the target is replaced itself, never written through). Leftovers of a killed
   writer, and links planted under these names, are removed at the next start (only names of this pattern,
-  only the names the package writes in that folder);
+  only the names the package writes in that folder); a folder set aside as ``.NAME.oldPID`` by a
+  ``save_model`` killed between its two renames is renamed back to NAME. A NAME too long to take the suffix
+  within the file system's limit on a name is shortened in the temporary name (its head and a hash);
 * run folders: ``tensornet-run.json`` marks a folder as the package's own and lists the files it may write
   there; a lock file (``fcntl.flock``) keeps a second run out while the first is alive.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import re
@@ -32,15 +35,42 @@ PICKLE_NOTE = (
 
 
 # --------------------------------------------------------------------------------------------- atomic writes
-_TMP = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)(?P<pid>\d+)$")
+_TMP = re.compile(r"^\.(?P<name>.+)\.(?P<tag>tmp|old)(?P<pid>\d+)$")
 # every file this package creates: a new entry only (O_EXCL), never through a symbolic link (O_NOFOLLOW)
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 _TRIES = 8
+NAME_MAX = 255  # bytes in one file name: Linux's and macOS's file systems (ext4, xfs, btrfs, tmpfs, APFS)
+# the longest NAME kept whole in ".NAME.tmpPID": the name limit less ".", ".tmp" and a pid of up to 7 digits
+_STEM_MAX = NAME_MAX - 12
+
+
+def tmp_stem(name: str) -> str:
+    """``name``, or when it is too long to take the temporary suffix, its first bytes and a hash of all of it.
+
+    Every temporary name (``.STEM.tmpPID``, ``.STEM.oldPID``) then fits ``NAME_MAX`` bytes, and two long names
+    with a common head still get different temporary names.
+    """
+    raw = os.fsencode(name)
+    if len(raw) <= _STEM_MAX:
+        return name
+    digest = hashlib.sha256(raw).hexdigest()[:16]
+    return f"{os.fsdecode(raw[: _STEM_MAX - 17])}~{digest}"
 
 
 def tmp_path(path: Path, tag: str = "tmp") -> Path:
-    """``.NAME.tmpPID`` next to ``path``: the temporary name of every atomic write."""
-    return path.with_name(f".{path.name}.{tag}{os.getpid()}")
+    """``.NAME.tmpPID`` next to ``path``: the temporary name of every atomic write (NAME: :func:`tmp_stem`)."""
+    return path.with_name(f".{tmp_stem(path.name)}.{tag}{os.getpid()}")
+
+
+def check_name_length(path: Path, where: str) -> None:
+    """Refuse a ``path`` with a name longer than the file system takes, before any work is done."""
+    for part in Path(path).parts:
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise OSError(
+                errno.ENAMETOOLONG,
+                f"{where}: the name {part[:40]!r}... in {str(path)[:80]!r} is {len(os.fsencode(part))} bytes, "
+                f"more than the {NAME_MAX} a file system takes; choose a shorter name",
+            )
 
 
 def pid_alive(pid: int) -> bool:
@@ -207,6 +237,22 @@ def read_small_file(path: Path, limit: int, where: str) -> bytes:
             raise ValueError(f"{where}: cannot read {str(path)!r} ({err.strerror or err})") from None
 
 
+def _owners(names: Iterable[str] | re.Pattern[str]) -> Callable[[str], str | None]:
+    """The NAME (of ``names``, or matching the pattern) whose temporary names have the stem given, or None."""
+    if isinstance(names, re.Pattern):
+        pattern = names
+        return lambda stem: stem if pattern.fullmatch(stem) else None
+    stems = {tmp_stem(n): n for n in names}
+    return stems.get
+
+
+def _holds_only(folder: Path, dir_files: set[str]) -> bool:
+    """``folder`` holds nothing but regular files named in ``dir_files`` (and their own leftovers)."""
+    return all(
+        plain_file(p) and (p.name in dir_files or _own_tmp(p.name, dir_files)) for p in folder.iterdir()
+    )
+
+
 def remove_stale_tmp(
     folder: Path,
     names: Iterable[str] | re.Pattern[str],
@@ -222,18 +268,21 @@ def remove_stale_tmp(
     ``live=True`` (the caller holds the folder's lock, so no writer can be alive) removes them whatever the
     pid; otherwise only those whose process is gone. A symbolic link under such a name is always removed (the
     package never creates one; unlinking it leaves what it points to alone). A leftover folder (an interrupted
-    ``save_model``) is removed only when it holds nothing but ``dir_files`` (and their own leftovers).
+    ``save_model``) is removed only when it holds nothing but ``dir_files`` (and their own leftovers); an
+    ``.oldPID`` folder whose NAME is missing (``save_model`` killed between its two renames) is renamed back
+    to NAME instead: the folder it replaced comes back whole.
     """
-    own = names.fullmatch if isinstance(names, re.Pattern) else set(names).__contains__
+    owner = _owners(names)
     dir_files = set(dir_files)
     removed: list[Path] = []
     try:
-        entries = list(folder.iterdir())
+        entries = sorted(folder.iterdir(), key=lambda p: p.name)
     except OSError:
         return removed
     for entry in entries:
         match = _TMP.match(entry.name)
-        if match is None or not own(match["name"]):
+        name = None if match is None else owner(match["name"])
+        if match is None or name is None:
             continue
         try:
             link = stat.S_ISLNK(os.lstat(entry).st_mode)
@@ -245,22 +294,35 @@ def remove_stale_tmp(
         with contextlib.suppress(OSError):
             if link or not entry.is_dir():
                 entry.unlink()
+            elif not _holds_only(entry, dir_files):
+                continue
+            elif match["tag"] == "old" and not os.path.lexists(folder / name):
+                os.replace(entry, folder / name)  # the folder a killed save_model had set aside
+                _fsync_dir(folder)
             else:
-                inside = list(entry.iterdir())
-                if not all(
-                    plain_file(p) and (p.name in dir_files or _own_tmp(p.name, dir_files)) for p in inside
-                ):
-                    continue
-                for p in inside:
+                for p in entry.iterdir():
                     p.unlink()
                 entry.rmdir()
             removed.append(entry)
     return removed
 
 
+def restore_set_aside(path: Path, dir_files: Iterable[str]) -> bool:
+    """Rename back the folder a killed ``save_model`` of ``path`` had set aside, when ``path`` is missing.
+
+    Only a ``.NAME.oldPID`` folder of a process that is gone, holding nothing but ``dir_files``. Returns whether
+    ``path`` was restored.
+    """
+    path = Path(path)
+    if os.path.lexists(path) or not path.parent.is_dir():
+        return False
+    remove_stale_tmp(path.parent, [path.name], dir_files=dir_files, live=False)
+    return path.is_dir()
+
+
 def _own_tmp(name: str, names: set[str]) -> bool:
     match = _TMP.match(name)
-    return match is not None and match["name"] in names
+    return match is not None and match["name"] in {tmp_stem(n) for n in names}
 
 
 def probe_writable(folder: Path, where: str) -> None:
@@ -276,7 +338,11 @@ def probe_writable(folder: Path, where: str) -> None:
 
 
 def check_creatable(path: Path, where: str) -> None:
-    """``path`` does not exist: its nearest existing ancestor must be a writable folder (nothing is created)."""
+    """``path`` does not exist: its nearest existing ancestor must be a writable folder (nothing is created).
+
+    Every name in ``path`` must fit the file system's limit (``NAME_MAX`` bytes).
+    """
+    check_name_length(path, where)
     parent = path.parent
     while not parent.exists():
         if parent.is_symlink():  # a dangling link
@@ -317,7 +383,7 @@ OUTPUTS = {
 _HELD: dict[Path, RunFolder] = {}
 
 
-def _read_manifest(path: Path) -> dict | None:
+def read_manifest(path: Path) -> dict | None:
     """The folder's manifest, or None when it has none; a malformed one raises ValueError."""
     file = path / MANIFEST
     if not file.is_file():
@@ -412,7 +478,7 @@ class RunFolder:
         Never anything else, never through a symbolic link.
         """
         try:
-            listed = set((_read_manifest(self.path) or {}).get("files", []))
+            listed = set((read_manifest(self.path) or {}).get("files", []))
         except ValueError:
             listed = set()
         removed = []
@@ -506,6 +572,7 @@ def check_run_folder(
 ) -> None:
     """Refuse, with a message, an output folder the run may not use (nothing is created or changed)."""
     path = Path(path)
+    check_name_length(path, where)
     if resume and overwrite:
         raise ValueError(
             f"{where}: --resume continues the run in the folder and --overwrite replaces it; give one"
@@ -527,7 +594,7 @@ def check_run_folder(
         probe_writable(path, where)
         return
     try:
-        manifest = _read_manifest(path)
+        manifest = read_manifest(path)
     except ValueError as err:
         raise FileExistsError(
             f"{where}: {str(path)!r} has an unreadable {MANIFEST} ({err}); nothing in it is touched: "
@@ -548,6 +615,10 @@ def check_run_folder(
     if kind == "train":
         _check_model_folder(path / "model", where)
     used = [n for n in OUTPUTS[kind] if (path / n).exists()]
+    if kind == "train" and used == ["log.jsonl"]:
+        # a run stopped before its first checkpoint: nothing to resume, and the log is rewritten when the same
+        # command starts it over (what the interrupted run said to do)
+        used = []
     if used and not resume and not overwrite:
         hint = "--resume to continue it or --overwrite" if kind == "train" else "--overwrite"
         raise FileExistsError(

@@ -299,14 +299,40 @@ def check_compress(args) -> None:
         )
 
 
+def _model_folder(args) -> None:
+    """MODEL, checked to be a folder; a train run folder stands for its ``model/`` (``args.model`` is set to it).
+
+    A model folder that a killed ``save_model`` had set aside is restored first.
+    """
+    path = Path(args.model)
+    _files.restore_set_aside(path, _files.MODEL_FILES)
+    if not path.exists():
+        raise UsageError(f"model folder {args.model!r} does not exist")
+    _check_exists("the model folder", args.model, folder=True)
+    if (path / "config.json").exists() or not (path / _files.MANIFEST).is_file():
+        return
+    try:
+        kind = (_files.read_manifest(path) or {}).get("kind")
+    except ValueError:
+        return  # an unreadable manifest: not a run folder to look into (read_config says what is missing)
+    model = path / "model"
+    _files.restore_set_aside(model, _files.MODEL_FILES)
+    if kind == "train" and (model / "config.json").is_file():
+        args.model = str(model)
+        args.model_note = f"the model of the train run in {str(path)!r}"
+    elif kind == "train":
+        raise UsageError(
+            f"{str(path)!r} is a train run folder without a model yet: a run writes model/ when it finishes; "
+            f"finish it with train --resume --out {path}, then give {str(model)!r}"
+        )
+
+
 def check_eval(args) -> dict:
     """The model folder's config.json (checked; nothing loaded) against the flags and this machine's memory.
 
     The flags are --block-size, --eval-tokens and --batch-size. Returns the model's sizes.
     """
-    if not Path(args.model).exists():
-        raise UsageError(f"model folder {args.model!r} does not exist")
-    _check_exists("the model folder", args.model, folder=True)
+    _model_folder(args)
     _check_exists("--text", args.text)
     _check_exists("--tokenizer", args.tokenizer)
     _, sizes = read_config(args.model)

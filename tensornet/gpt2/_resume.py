@@ -350,8 +350,8 @@ def check_resume(out: str | os.PathLike, cfg: TrainConfig | None = None, stop_at
             raise ValueError(f"--resume: {str(legacy)!r} is a pickle checkpoint: {_files.PICKLE_NOTE}")
         if (Path(out) / LOG).is_file():  # a run killed before its first checkpoint
             raise FileNotFoundError(
-                f"--resume: no checkpoint at {str(path)!r}: the run there stopped before its first checkpoint; "
-                "start it over with --overwrite"
+                f"--resume: no checkpoint at {str(path)!r}: the run there stopped before its first checkpoint, "
+                "so there is nothing to resume; run the same command without --resume to start it over"
             )
         raise FileNotFoundError(f"--resume: no checkpoint at {str(path)!r}; run without --resume to start")
     outline = _checkpoint.checkpoint_outline(path, "--resume", CHECKPOINT_SCHEMA)
