@@ -404,7 +404,7 @@ def test_stale_temporary_files_are_removed_and_only_those(tmp_path):
     assert not any(p.exists() for p in [*stale, half_model])
     assert all(p.read_text() == "mine" for p in kept)
     # a lock file replaced by a link to someone's file: refused, the file untouched
-    (out / ".tensornet-run.lock").unlink()
+    assert not (out / ".tensornet-run.lock").exists()  # the finished holder removed its lock file
     (out / ".tensornet-run.lock").symlink_to(out / "notes.txt")
     with pytest.raises(FileExistsError, match="symbolic link"):
         RunFolder.open(out, kind="train")

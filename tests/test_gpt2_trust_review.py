@@ -427,7 +427,7 @@ BAD = [
     ("compare", ["--rank", "32"], "--no-lowrank"),
     ("compress", ["--rank", "2", "--ncores", "99999"], "--ncores"),
     ("compress", ["--rank", BIG], "--rank"),
-    ("compress", ["--rank", "2"], "--shapes balanced"),
+    ("compress", ["--rank", "2", "--shapes", "paper"], "--shapes balanced"),
     ("compress", ["--rank", "2", "--shapes", "balanced", "--eval-tokens", "3"], "--eval-tokens"),
     ("compress", ["--rank", "2", "--shapes", "balanced", "--text", ""], "--text"),
     ("eval", ["--text", ""], "--text"),

@@ -467,7 +467,7 @@ class RunFolder:
                 {"format": RUN_FORMAT, "version": 1, "kind": kind, "files": [MANIFEST, LOCK, *OUTPUTS[kind]]},
             )
         except BaseException:
-            os.close(fd)
+            _unlock(path / LOCK, fd)
             raise
         _HELD[key] = folder
         return folder
@@ -498,10 +498,9 @@ class RunFolder:
             _HELD.pop(self.path.resolve(), None)
             unused = self._created is not None and self._holds_only_marks()
             if unused:  # removed while the lock is held
-                for name in (MANIFEST, LOCK):
-                    with contextlib.suppress(OSError):
-                        (self.path / name).unlink()
-            os.close(self._fd)  # releases the lock
+                with contextlib.suppress(OSError):
+                    (self.path / MANIFEST).unlink()
+            _unlock(self.path / LOCK, self._fd)
             for folder in (self._created or []) if unused else []:
                 with contextlib.suppress(OSError):
                     folder.rmdir()  # only when empty
@@ -520,34 +519,62 @@ class RunFolder:
         self.close()
 
 
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether the open file ``fd`` is the file at ``path`` now (not one unlinked or replaced since)."""
+    try:
+        here, there = os.fstat(fd), os.lstat(path)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
 def _lock(path: Path, where: str) -> int:
+    """Open and ``flock`` the folder's lock file; return its descriptor (held until :func:`_unlock`).
+
+    A finished run removes its lock file, so a lock taken on a file that was unlinked meanwhile is no lock:
+    the file at the name is checked to be the one locked, and the lock taken again if not.
+    """
     import fcntl
 
     file = path / LOCK
-    try:
-        fd = os.open(file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)  # never through a link
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise FileExistsError(
-                f"{where}: {str(file)!r} is a symbolic link, not tensornet's lock file; remove it"
+    for _ in range(_TRIES):
+        try:
+            fd = os.open(file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)  # never through a link
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise FileExistsError(
+                    f"{where}: {str(file)!r} is a symbolic link, not tensornet's lock file; remove it"
+                ) from None
+            raise PermissionError(
+                f"{where}: cannot write in {str(path)!r} ({err.strerror or err}); choose a writable folder"
             ) from None
-        raise PermissionError(
-            f"{where}: cannot write in {str(path)!r} ({err.strerror or err}); choose a writable folder"
-        ) from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as err:
-        owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-        os.close(fd)
-        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise BlockingIOError(
-                f"{where}: another run (pid {owner or '?'}) is using {str(path)!r}; wait for it to finish "
-                "or choose another folder"
-            ) from None
-        raise
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise BlockingIOError(
+                    f"{where}: another run (pid {owner or '?'}) is using {str(path)!r}; wait for it to finish "
+                    "or choose another folder"
+                ) from None
+            raise
+        if _same_file(fd, file):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            return fd
+        os.close(fd)  # the run that held it finished and removed the file: lock the new one
+    raise BlockingIOError(
+        f"{where}: the lock file {str(file)!r} keeps changing; wait for other runs to finish"
+    )
+
+
+def _unlock(file: Path, fd: int) -> None:
+    """Remove the lock file this run holds (only that file: not one put at the name since), then release it."""
+    if _same_file(fd, file):
+        with contextlib.suppress(OSError):
+            file.unlink()
+    os.close(fd)
 
 
 def _check_model_folder(model: Path, where: str) -> None:

@@ -30,9 +30,12 @@ _FLAGS = {
     "model.resid_pdrop": "--dropout",
     "model.embd_pdrop": "--dropout",
     "model.attn_pdrop": "--dropout",
-    "model.tensornet": "--rank, --shapes, --ncores, --layers, --no-bias, --embeddings or --lowrank",
+    "model.tensornet": "--rank, --shapes, --ncores, --layers, --no-bias, --embeddings, --embedding-rank or --lowrank",
     "corpus": "--data or --max-chars",
     "tokenizer": "--tokenizer or --vocab-size",
+    "runtime.device": "--device",
+    "runtime.threads": "--threads",
+    "runtime.processes": "torchrun's --nproc-per-node",
 }
 
 
@@ -44,22 +47,57 @@ def _flag(name: str) -> str:
     return "--" + name.rpartition(".")[2].replace("_", "-")
 
 
-def signature(cfg: TrainConfig, extra: dict | None) -> dict:
-    """What must not change between a checkpoint and its resume.
+def signature(cfg: TrainConfig, extra: dict | None, runtime: dict | None = None) -> dict:
+    """What must not change between a checkpoint and its resume: everything the log depends on.
 
     That is the optimisation settings that shape the losses (with the compile mode: compiled steps round
-    differently; not the evaluation or checkpoint frequency) and the caller's model/data description. An eager
-    run records no compile mode, as the checkpoints written before the modes existed, so those resume as eager
-    runs.
+    differently) and the evaluation steps (``eval_every``, ``eval_at``: the log has a line per evaluation),
+    the caller's model/data description, and the ``runtime`` (:func:`runtime`: device type, processes, CPU
+    threads; each changes the order of floating-point sums). Not the checkpoint frequency, which the log does
+    not show. Settings that older checkpoints lack are left out at their old value (an eager run records no
+    compile mode, a run without low-rank factors no multiplier for them), so those checkpoints still resume.
     """
     train_settings = asdict(cfg)
-    for name in ("eval_every", "eval_at", "checkpoint_every"):
-        train_settings.pop(name)
+    train_settings.pop("checkpoint_every")
     if train_settings["compile"] is None:
         train_settings.pop("compile")
     if train_settings["lowrank_lr_scale"] == 1.0:  # as runs from before the setting recorded it: absent
         train_settings.pop("lowrank_lr_scale")
-    return {"train": train_settings, **(extra or {})}
+    out = {"train": train_settings, **(extra or {})}
+    if runtime is not None:
+        out["runtime"] = runtime
+    return out
+
+
+def runtime(device: torch.device | str, processes: int) -> dict:
+    """Where a run computes: the device type, the number of processes and (on CPU) torch's thread count.
+
+    Each changes the order of floating-point sums, so the losses (and the log) of a resumed run equal an
+    uninterrupted run's only when these are the same.
+    """
+    device = torch.device(device)
+    out: dict[str, Any] = {"device": device.type, "processes": processes}
+    if device.type == "cpu":
+        out["threads"] = torch.get_num_threads()
+    return out
+
+
+# entries a checkpoint written before they were recorded lacks: not compared for such a checkpoint
+_RECORDED_LATER_TRAIN = ("eval_every", "eval_at")
+
+
+def _with_later_entries(old: Any, new: dict) -> Any:
+    """``old`` with the entries it predates (the runtime, ``_RECORDED_LATER_TRAIN``) taken from ``new``."""
+    if not isinstance(old, dict):
+        return old
+    old = dict(old)
+    if "runtime" not in old and "runtime" in new:
+        old["runtime"] = new["runtime"]
+    then, now = old.get("train"), new.get("train")
+    if isinstance(then, dict) and isinstance(now, dict):
+        later = {k: now[k] for k in _RECORDED_LATER_TRAIN if k in now and k not in then}
+        old["train"] = {**then, **later}
+    return old
 
 
 # What a training checkpoint holds (``_Run.checkpoint`` writes it), decoded by type before anything reads it.
@@ -224,16 +262,18 @@ def check_checkpoint_fits(
     optimizer: torch.optim.Optimizer,
     cfg: TrainConfig,
     described: dict,
+    where: dict | None = None,
 ) -> int:
     """Before any tokens are loaded: check the checkpoint in ``out`` against this run; return its step.
 
     The checkpoint's header (shapes and settings, no tensor data and no checksum) must fit ``model``,
-    ``optimizer`` and ``cfg``, and it must have been written by a run ``described`` so (its model and data).
+    ``optimizer`` and ``cfg``, and it must have been written by a run ``described`` so (its model and data)
+    and, when given, computing ``where`` (:func:`runtime`).
     """
     path = Path(out) / CHECKPOINT
     outline = _checkpoint.checkpoint_outline(path, "--resume", CHECKPOINT_SCHEMA)
     try:
-        mismatch = _signature_mismatch(path, outline["signature"], signature(cfg, described))
+        mismatch = _signature_mismatch(path, outline["signature"], signature(cfg, described, where))
         if mismatch is not None:
             raise mismatch
         _check_checkpoint(path, outline, model, optimizer, cfg)
@@ -310,7 +350,7 @@ def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 
 def _signature_mismatch(path: Path, old: Any, new: dict) -> ValueError | None:
-    diff = _diff(old, new)
+    diff = _diff(_with_later_entries(old, new), new)
     if not diff:
         return None
     more = f" (and {len(diff) - 5} more)" if len(diff) > 5 else ""
@@ -324,6 +364,17 @@ def _signature_mismatch(path: Path, old: Any, new: dict) -> ValueError | None:
         hint = (
             "compiled and eager steps round differently, so a run resumes with the --compile mode it started "
             "with; or start a new run in another --out"
+        )
+    elif any(line.startswith("runtime.") for line in diff):
+        hint = (
+            "the device, the number of processes and the CPU thread count each change the order of "
+            "floating-point sums, so a run resumes exactly (its log that of an uninterrupted run) only where it "
+            "started: resume with those settings, or start a new run in another --out"
+        )
+    elif any(line.startswith(("train.eval_every:", "train.eval_at:")) for line in diff):
+        hint = (
+            "the log has a line per evaluation, so a run resumes with the evaluations it started with (its log "
+            "that of an uninterrupted run); or start a new run in another --out"
         )
     return ValueError(
         f"--resume: {str(path)!r} was written by a run with different settings: {'; '.join(diff[:5])}{more}. "

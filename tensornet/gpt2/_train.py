@@ -41,6 +41,8 @@ class History:
     peak_memory_mib: float = float("nan")
     train_seconds: float = 0.0
     steps_run: int = 0  # optimizer steps this call ran (0: a resumed run that had already finished)
+    # the machine's 1-minute load average while it trained (mean over the steps): is tokens_per_s an idle speed?
+    load_average: float = float("nan")
 
     @property
     def val_ppl(self) -> float:
@@ -50,6 +52,24 @@ class History:
 def _ppl(loss: float) -> float:
     """Perplexity ``exp(loss)``, infinite rather than an OverflowError for a diverged model."""
     return math.exp(loss) if loss < 700 else float("inf")
+
+
+def busy(load: float | None, cores: int | None = None) -> bool:
+    """Whether a 1-minute load average ``load`` means a busy machine: more runnable threads than cores.
+
+    Then a run's threads waited for other processes' and a speed measured meanwhile is below the idle one.
+    ``cores``: the machine's (``os.cpu_count()``), as the load average counts the whole machine.
+    """
+    cores = cores or os.cpu_count() or 1
+    return load is not None and math.isfinite(load) and load > cores + 0.5
+
+
+def load_note(load: float | None, cores: int | None = None) -> str:
+    """``measured while the machine was busy (...)`` for a speed measured under ``load``; "" when idle."""
+    cores = cores or os.cpu_count() or 1
+    if load is None or not busy(load, cores):
+        return ""
+    return f"measured while the machine was busy (load average {load:.1f} on {cores} cores)"
 
 
 def _env_int(name: str, default: int, lo: int) -> int:
@@ -285,6 +305,7 @@ class _Run:
         self.signature: dict = {}
         self.timed_tokens, self.timed_seconds = 0, 0.0  # after the first steps (allocators, compilation)
         self.all_tokens, self.all_seconds = 0, 0.0  # every step: for runs too short to skip the first ones
+        self.loads: list[float] = []  # the 1-minute load average at every step
         wrapped = model
         if dist.world > 1:
             wrapped = nn.parallel.DistributedDataParallel(
@@ -319,6 +340,8 @@ class _Run:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds, tokens = time.perf_counter() - t0, cfg.batch_size * cfg.block_size
+        if hasattr(os, "getloadavg"):
+            self.loads.append(os.getloadavg()[0])
         self.all_seconds, self.all_tokens = self.all_seconds + seconds, self.all_tokens + tokens
         if step >= first_timed:
             self.timed_seconds, self.timed_tokens = self.timed_seconds + seconds, self.timed_tokens + tokens
@@ -355,7 +378,7 @@ class _Run:
 
     def open(self, out, folder, described: dict | None, *, resume: bool, stop_at: int | None) -> int:
         """Where the run checkpoints and logs; on ``resume`` the checkpoint restored. Returns the first step."""
-        self.signature = _resume.signature(self.cfg, described)
+        self.signature = _resume.signature(self.cfg, described, _resume.runtime(self.device, self.dist.world))
         start = 0
         if out is not None:
             self.checkpoint_path = Path(out) / _resume.CHECKPOINT
@@ -402,6 +425,8 @@ class _Run:
             history.tokens_per_s = self.all_tokens / self.all_seconds
         history.train_seconds = self.timed_seconds
         history.peak_memory_mib = peak_memory_mib(self.device)
+        if self.loads:
+            history.load_average = sum(self.loads) / len(self.loads)
         return history
 
 
