@@ -17,7 +17,7 @@ import tomllib
 import torch
 from conftest import GPT2_TINY, cli_status
 
-from tensornet.gpt2 import _files, _precheck, _resume, _train
+from tensornet.gpt2 import _precheck, _resume, _runfolder, _train
 from tensornet.gpt2._args import parser
 from tensornet.gpt2._compare import table
 
@@ -212,17 +212,17 @@ def test_a_resume_with_any_changed_flag_that_shapes_the_log_is_refused(shared, t
 
 # ------------------------------------------------------------------ the lock file, the run folder's model
 def test_a_finished_run_leaves_no_lock_file(shared, tmp_path):
-    assert not (shared["run"] / _files.LOCK).exists()
+    assert not (shared["run"] / _runfolder.LOCK).exists()
     out = tmp_path / "run"
     assert cli_status(train_argv(shared, out, "--stop-at", "1")) == 0
-    assert not (out / _files.LOCK).exists()  # stopped: no lock either
+    assert not (out / _runfolder.LOCK).exists()  # stopped: no lock either
     assert cli_status(train_argv(shared, out, "--resume")) == 0
-    assert not (out / _files.LOCK).exists() and (out / "model").is_dir()
+    assert not (out / _runfolder.LOCK).exists() and (out / "model").is_dir()
 
 
 def test_only_the_lock_file_the_run_created_is_removed(tmp_path):
-    folder = _files.RunFolder.open(tmp_path / "run", kind="train")
-    lock = tmp_path / "run" / _files.LOCK
+    folder = _runfolder.RunFolder.open(tmp_path / "run", kind="train")
+    lock = tmp_path / "run" / _runfolder.LOCK
     other = tmp_path / "other"
     other.write_text("not the run's")
     os.replace(other, lock)  # someone put another file at the name while the run held its lock

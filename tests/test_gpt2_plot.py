@@ -139,7 +139,7 @@ def test_count_label():
 
 def test_compare_run_folder_owns_the_svg(tmp_path):
     """The SVG is one of compare's outputs: it marks the folder as used and --overwrite replaces it."""
-    from tensornet.gpt2._files import RunFolder, check_run_folder
+    from tensornet.gpt2._runfolder import RunFolder, check_run_folder
 
     out = tmp_path / "run"
     with RunFolder.open(out, kind="compare"):

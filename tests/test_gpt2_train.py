@@ -15,8 +15,8 @@ import torch
 
 from tensornet.gpt2 import TrainConfig, build_model, gpt2_config, stdlib_corpus, train
 from tensornet.gpt2._checkpoint import load_checkpoint
+from tensornet.gpt2._corpus import _is_val
 from tensornet.gpt2._data import (
-    _is_val,
     cached_tokenizer,
     cached_tokens,
     read_text_file,

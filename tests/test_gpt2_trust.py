@@ -23,7 +23,7 @@ from tensornet.gpt2 import build_model, gpt2_config, load_model, save_model, std
 from tensornet.gpt2._checkpoint import load_checkpoint, load_token_file, save_checkpoint
 from tensornet.gpt2._cli import main
 from tensornet.gpt2._data import cached_tokenizer, cached_tokens, token_cache_path
-from tensornet.gpt2._files import RunFolder
+from tensornet.gpt2._runfolder import RunFolder
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny models run faster on one thread (conftest)
 
@@ -364,7 +364,7 @@ def test_a_second_run_on_a_folder_is_refused(shared, tmp_path, capsys):
         [
             sys.executable,
             "-c",
-            "import sys, time; from tensornet.gpt2._files import RunFolder; "
+            "import sys, time; from tensornet.gpt2._runfolder import RunFolder; "
             "f = RunFolder.open(sys.argv[1], kind='train'); print('held', flush=True); time.sleep(60)",
             str(out),
         ],

@@ -321,7 +321,8 @@ def _add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--resume",
         action="store_true",
-        help="continue exactly from --out/checkpoint.safetensors (same settings required)",
+        help="continue exactly from --out/checkpoint.safetensors: every setting the log depends on must be the "
+        "run's (flags, device, processes, --threads), so that the log equals an uninterrupted run's",
     )
     g.add_argument(
         "--stop-at",

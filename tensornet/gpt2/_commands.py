@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from . import _checkpoint, _data, _files
+from . import _checkpoint, _data, _runfolder
 from ._args import EVAL_POINTS
 from ._model import build_model, gpt2_config, load_model, save_model, save_run_model
 from ._precheck import check_memory, dims, train_config, warn
@@ -68,7 +68,7 @@ def cmd_compare(args) -> int:
     from ._compare import compare, table
 
     out = Path(args.out)
-    with _files.RunFolder.open(out, kind="compare", overwrite=args.overwrite):
+    with _runfolder.RunFolder.open(out, kind="compare", overwrite=args.overwrite):
         spec, variants = _compare_spec(args, out)
         token_file = Path(spec["tokens"])
         tokens = args.steps * args.batch_size * args.block_size
@@ -189,7 +189,7 @@ def cmd_train(args) -> int:
     out = Path(args.out)
     folder = None
     if dist.main:  # held for the whole run: the checkpoint, the log and the model folder
-        folder = _files.RunFolder.open(out, kind="train", resume=args.resume, overwrite=args.overwrite)
+        folder = _runfolder.RunFolder.open(out, kind="train", resume=args.resume, overwrite=args.overwrite)
     try:
         job = _build_train_job(args, out)
         train_ids, val_ids = _data.cached_tokens(job.corpus, job.tokenizer, args.cache_dir)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from . import _data, _files, _modelfile
+from . import _data, _files, _modelfile, _runfolder
 from ._args import UsageError
 from ._config import LAYER_GROUPS, PRESETS, TrainConfig
 from ._model import build_model, check_model_target, gpt2_config
@@ -242,7 +242,7 @@ def _check_training(args, *, preset_vocab: int) -> tuple[int, int, int]:
 def check_compare(args) -> None:
     _, width, heads = _check_training(args, preset_vocab=4096)
     resolve_shapes(args, width, 4 * width)
-    _files.check_run_folder(Path(args.out), kind="compare", overwrite=args.overwrite)
+    _runfolder.check_run_folder(Path(args.out), kind="compare", overwrite=args.overwrite)
     _dry_run(args, width, heads, rank=args.rank, lowrank_rank=None if args.no_lowrank else -1)
 
 
@@ -262,7 +262,9 @@ def check_train(args) -> None:
     _, width, heads = _check_training(args, preset_vocab=4096 if tiny else 16384)
     resolve_shapes(args, width, 4 * width)
     if Distributed().main:
-        _files.check_run_folder(Path(args.out), kind="train", resume=args.resume, overwrite=args.overwrite)
+        _runfolder.check_run_folder(
+            Path(args.out), kind="train", resume=args.resume, overwrite=args.overwrite
+        )
     if args.resume:
         check_resume(args.out, train_config(args, checkpoint_every=args.checkpoint_every), args.stop_at)
     _dry_run(args, width, heads, rank=args.rank, lowrank_rank=args.lowrank or None)
@@ -333,10 +335,10 @@ def _model_folder(args) -> None:
     if not path.exists():
         raise UsageError(f"model folder {args.model!r} does not exist")
     _check_exists("the model folder", args.model, folder=True)
-    if (path / "config.json").exists() or not (path / _files.MANIFEST).is_file():
+    if (path / "config.json").exists() or not (path / _runfolder.MANIFEST).is_file():
         return
     try:
-        kind = (_files.read_manifest(path) or {}).get("kind")
+        kind = (_runfolder.read_manifest(path) or {}).get("kind")
     except ValueError:
         return  # an unreadable manifest: not a run folder to look into (read_config says what is missing)
     model = path / "model"

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import _checkpoint, _files, _resume
+from . import _checkpoint, _files, _resume, _runfolder
 from ._config import TrainConfig
 from ._data import train_batch, val_batches
 
@@ -454,7 +454,7 @@ def train(
     on resume. ``on_step(step, loss)`` and ``on_eval(step, loss)`` are called after every step and evaluation
     (steps counted from 1; under DDP in the first process only), e.g. for a progress bar.
 
-    ``out`` is a run folder (see ``_files.RunFolder``): new or empty, or one this package wrote; it is locked
+    ``out`` is a run folder (see ``_runfolder.RunFolder``): new or empty, or one this package wrote; it is locked
     for the run. A folder holding a previous run is refused unless ``resume`` (continue it) or ``overwrite``
     (replace the package's files in it; other files are kept). ``out/log.jsonl`` gets one line per step and
     per evaluation; on resume it is rewritten from the checkpoint, so it always equals an uninterrupted run's.
@@ -473,7 +473,7 @@ def train(
         device = torch.device("cuda", dist.local_rank)
     folder = None
     if out is not None and dist.main:
-        folder = _files.RunFolder.open(Path(out), kind="train", resume=resume, overwrite=overwrite)
+        folder = _runfolder.RunFolder.open(Path(out), kind="train", resume=resume, overwrite=overwrite)
     run = None
     try:
         dist.init(device)
