@@ -126,6 +126,27 @@ def is_complex(x: Array) -> bool:
     return bool(np.issubdtype(np.dtype(x.dtype), np.complexfloating))
 
 
+def real_dtype_name(dtype: Any) -> str:
+    """The dtype of a complex dtype's parts ('complex64' -> 'float32'); a real dtype's own name."""
+    name = dtype_name(dtype)
+    return {"complex64": "float32", "complex128": "float64"}.get(name, name)
+
+
+def complex_dtype_name(dtype: Any) -> str:
+    """The complex dtype of a real dtype's precision ('float32' -> 'complex64'); a complex dtype's own name."""
+    name = dtype_name(dtype)
+    return {"float32": "complex64", "float64": "complex128"}.get(name, name)
+
+
+def conj(x: Array) -> Array:
+    """The complex conjugate of ``x`` (``x`` itself when real: no copy)."""
+    if not is_complex(x):
+        return x
+    if array_api_compat.is_torch_array(x):
+        return x.conj_physical()  # not torch's lazy conj view, which .numpy() and some kernels refuse
+    return np.conj(x)
+
+
 def finfo_eps(x: Array) -> float:
     xp = namespace(x)
     return float(xp.finfo(x.dtype).eps)
@@ -211,16 +232,18 @@ def exponent(size: Array) -> Array:
 def _pow2_torch(e: Array, like: Array) -> Array:
     """``2.0**e`` built from its bit pattern (exact on every device), ``e`` within the normal range."""
     torch = importlib.import_module("torch")
+    # a complex array is scaled by a real factor of its parts' dtype
+    real = {torch.complex128: torch.float64, torch.complex64: torch.float32}.get(like.dtype, like.dtype)
     bits = {
         torch.float64: (1023, 52, torch.int64),
         torch.float32: (127, 23, torch.int32),
         torch.float16: (15, 10, torch.int16),
         torch.bfloat16: (127, 7, torch.int16),
-    }.get(like.dtype)
+    }.get(real)
     if bits is None:
-        return torch.pow(torch.tensor(2.0, dtype=like.dtype, device=like.device), e.to(like.dtype))
+        return torch.pow(torch.tensor(2.0, dtype=real, device=like.device), e.to(real))
     bias, mantissa, integer = bits
-    return torch.bitwise_left_shift((e + bias).to(integer), mantissa).view(like.dtype)
+    return torch.bitwise_left_shift((e + bias).to(integer), mantissa).view(real)
 
 
 def _pow2_steps(dtype: Any) -> tuple[int, int]:
@@ -229,7 +252,7 @@ def _pow2_steps(dtype: Any) -> tuple[int, int]:
     2^step and 2^-step are normal numbers of ``dtype``; any non-zero finite value times 2^(count step)
     overflows, times 2^-(count step) underflows.
     """
-    finfo = np.finfo(np.float64) if "float64" in str(dtype) else None
+    finfo = np.finfo(np.float64) if "float64" in str(dtype) or "complex128" in str(dtype) else None
     if finfo is None:
         torch = importlib.import_module("torch") if str(dtype).startswith("torch.") else None
         finfo = torch.finfo(dtype) if torch is not None else np.finfo(dtype)
@@ -246,8 +269,14 @@ def scale_pow2(x: Array, e: Any) -> Array:
     constants).
     """
     if array_api_compat.is_numpy_array(x) or isinstance(x, np.generic):
+        e = np.clip(np.asarray(e, dtype=np.int64), -(2**20), 2**20)
         with np.errstate(over="ignore", under="ignore"):  # inf / 0 is the honest saturated answer
-            return np.ldexp(x, np.clip(np.asarray(e, dtype=np.int64), -(2**20), 2**20))
+            if np.iscomplexobj(x):  # ldexp takes real arrays: scale both parts (each exactly)
+                real, imag = np.ldexp(x.real, e), np.ldexp(x.imag, e)
+                out = np.empty(np.broadcast_shapes(real.shape, imag.shape), dtype=x.dtype)
+                out.real, out.imag = real, imag
+                return out
+            return np.ldexp(x, e)
     xp = namespace(x)
     if isinstance(e, int):
         e = xp.asarray(e, dtype=xp.int64, device=device(x))

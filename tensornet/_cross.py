@@ -269,8 +269,8 @@ def _with_graph(
         )
     target = _place.place(fn, [np.zeros((1, 1, 1))], reference, dtype)[0]
     placed = [c.to(device=target.device) for c in _cross_graph.graph_train(evaluations, cores, target.dtype)]
-    host = [np.asarray(B.to_backend(c, "numpy"), dtype=np.float64) for c in placed]
-    values = np.ldexp(exact, evaluations.exponent)
+    host = [np.asarray(B.to_backend(c, "numpy")) for c in placed]
+    values = B.scale_pow2(exact, evaluations.exponent)
     scale = float(np.linalg.norm(values)) or 1.0
     return placed, relative_error(host_gather(host, rows), values, scale)
 

@@ -103,5 +103,6 @@ def graph_train(evaluations: Evaluations, cores: list[np.ndarray], dtype: Any) -
     rows, shapes, positions = fiber_rows(cores)
     values = evaluations.with_graph(rows)
     xp = B.namespace(values)
-    values = xp.astype(values, xp.float64)  # the interpolation in float64, as the search; cast at the end
+    wide = xp.complex128 if B.is_complex(values) else xp.float64
+    values = xp.astype(values, wide)  # the interpolation in double precision, as the search; cast at the end
     return [xp.astype(c, dtype) for c in interpolant(values, shapes, positions)]

@@ -335,7 +335,7 @@ def _check_terms(fn: str, trains: Any) -> list[Train]:
             _checks.check_same_structure(fn, terms[0], t)
         except (TypeError, ValueError) as err:
             raise type(err)(f"{err} (term 0 against term {i})") from None
-    return terms
+    return _checks.promoted(*terms)
 
 
 @overload

@@ -2,7 +2,9 @@
 
 Every core has i.i.d. N(0, s^2) entries with ``s = std^(1/d) * (r_1 ... r_{d-1})^(-1/(2d))``, so each
 entry of the rebuilt tensor has mean 0 and variance exactly ``std^2``: an entry is a sum of
-``r_1 ... r_{d-1}`` products of d independent zero-mean factors (the rule of t3f's initialisers).
+``r_1 ... r_{d-1}`` products of d independent zero-mean factors (the rule of t3f's initialisers). Complex
+dtypes draw circular complex normal entries (real and imaginary parts N(0, s^2 / 2) each), so
+``E|x|^2 = std^2`` as well.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import numbers
 from collections.abc import Sequence
 from typing import Any
 
+from . import _backend as B
 from . import _checks, _place
 from .shapes import useful_ranks
 from .tt import TT, TTM
@@ -68,12 +71,20 @@ def _cores(
 ) -> list[Any]:
     """Draw the cores on the host and place them like ``like`` (see :func:`random_tt`)."""
     ranks = (1, *bonds, 1)
-    _check_size(fn, mode_shapes, ranks, _place.target_itemsize(fn, like, dtype))
+    itemsize = _place.target_itemsize(fn, like, dtype)
+    _check_size(fn, mode_shapes, ranks, itemsize)
     rng = _checks.rng(fn, seed)
     scale = core_std(std, bonds)
-    cores = [
-        scale * rng.standard_normal((ranks[k], *modes, ranks[k + 1])) for k, modes in enumerate(mode_shapes)
-    ]
+    target = _place.reference(fn, like)
+    name = B.dtype_name(dtype if dtype is not None else target.dtype if target is not None else "float64")
+    shapes = [(ranks[k], *modes, ranks[k + 1]) for k, modes in enumerate(mode_shapes)]
+    if name in ("complex64", "complex128"):  # circular: real and imaginary parts of variance s^2 / 2 each
+        part = scale / math.sqrt(2.0)
+        cores = [
+            part * rng.standard_normal(shape) + 1j * (part * rng.standard_normal(shape)) for shape in shapes
+        ]
+    else:
+        cores = [scale * rng.standard_normal(shape) for shape in shapes]
     return _place.place(fn, cores, like, dtype)
 
 
@@ -101,7 +112,7 @@ def random_tt(
     like : array, TT or TTM, optional
         Whose backend, device and dtype the cores get.
     dtype : optional
-        Overrides the dtype (default: ``like``'s, or float64).
+        Overrides the dtype (default: ``like``'s, or float64); complex64/complex128 draw complex cores.
 
     Returns
     -------

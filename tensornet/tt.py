@@ -34,7 +34,7 @@ def _validate(kind: str, cores: Any, core_ndim: int) -> tuple[Array, ...]:
     Raises
     ------
     TypeError
-        Not a sequence of arrays; integer or complex cores; mixed backends or dtypes.
+        Not a sequence of arrays; integer, bool or complex32 cores; mixed backends or dtypes.
     ValueError
         No cores, cores of the wrong dimension, zero-size dimensions, mixed devices, boundary ranks
         other than 1, ranks that do not chain.
@@ -68,11 +68,14 @@ def _check_core(kind: str, k: int, core: Any, core_ndim: int) -> None:
     if any(int(n) == 0 for n in core.shape):
         raise ValueError(f"{kind}: core {k} has shape {tuple(core.shape)} with a zero-size dimension")
     if B.is_complex(core):
-        raise TypeError(f"{kind}: core {k} is complex ({core.dtype}); tensornet supports real floats only")
-    if not B.is_floating(core):
+        if B.dtype_name(core.dtype) not in ("complex64", "complex128"):
+            raise TypeError(
+                f"{kind}: core {k} has dtype {core.dtype}; complex cores must be complex64 or complex128"
+            )
+    elif not B.is_floating(core):
         raise TypeError(
-            f"{kind}: core {k} has dtype {core.dtype}; cores must be floating point (float32/float64), "
-            "convert with .astype / .to(dtype)"
+            f"{kind}: core {k} has dtype {core.dtype}; cores must be floating point (float32/float64, or "
+            "complex64/complex128), convert with .astype / .to(dtype)"
         )
 
 
@@ -242,6 +245,20 @@ class _Train:
         """The Frobenius norm (:func:`tensornet.norm`)."""
         return _ops.norm(cast("Train", self))
 
+    def conj(self: TrainT) -> TrainT:
+        """The complex conjugate (:func:`tensornet.conj`)."""
+        return _ops.conj(self)
+
+    @property
+    def real(self: TrainT) -> TrainT:
+        """The real part (:func:`tensornet.real`)."""
+        return _ops.real(self)
+
+    @property
+    def imag(self: TrainT) -> TrainT:
+        """The imaginary part (:func:`tensornet.imag`)."""
+        return _ops.imag(self)
+
     # the binary operators pass any train on: ops checks that the operands are of one type
     def __add__(self: TrainT, other: Any) -> TrainT:
         if isinstance(other, _Train):
@@ -282,9 +299,10 @@ class _Train:
         if not _checks.is_scalar(other):
             return NotImplemented
         other = _checks.check_scalar("/", self, other)
-        if not isinstance(other, float) and not getattr(other, "requires_grad", False):
-            other = float(other)  # no graph to keep: a host number, checked below like any other
-        if isinstance(other, float) and other == 0.0:
+        if not isinstance(other, (float, complex)) and not getattr(other, "requires_grad", False):
+            # no graph to keep: a host number, checked below like any other
+            other = complex(other) if B.is_complex(other) else float(other)
+        if isinstance(other, (float, complex)) and other == 0.0:
             raise ZeroDivisionError(f"{type(self).__name__} / 0: division of a train by zero")
         return _ops.scale(self, 1.0 / other)
 
@@ -299,13 +317,13 @@ class TT(_Train):
     Parameters
     ----------
     cores : sequence of arrays
-        d >= 1 arrays of one backend, dtype and device, real floating point.
+        d >= 1 arrays of one backend, dtype and device: real floating point or complex64/complex128.
 
     Raises
     ------
     TypeError, ValueError
         Cores that are not 3-D arrays, ranks that do not chain, boundary ranks other than 1,
-        mixed backends, dtypes or devices, zero-size dimensions, integer or complex dtypes.
+        mixed backends, dtypes or devices, zero-size dimensions, integer, bool or complex32 dtypes.
     """
 
     __slots__ = ()
@@ -371,6 +389,11 @@ class TTM(_Train):
     def T(self) -> TTM:
         """The transpose (swaps row and column modes of every core)."""
         return _ops.transpose(self)
+
+    @property
+    def H(self) -> TTM:
+        """The conjugate transpose (Hermitian adjoint; the transpose of a real TTM)."""
+        return _ops.transpose(self, conjugate=True)
 
     def __repr__(self) -> str:
         return (

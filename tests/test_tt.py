@@ -149,7 +149,7 @@ def test_rank_chain_error_names_cores_and_sizes():
         ([np.ones((1, 3, 2))], ValueError, "last .boundary. rank must be 1"),
         ([np.ones((1, 0, 1))], ValueError, "zero-size"),
         ([np.ones((1, 3, 1), dtype=np.int64)], TypeError, "floating point"),
-        ([np.ones((1, 3, 1), dtype=np.complex128)], TypeError, "complex"),
+        ([np.ones((1, 3, 1), dtype=bool)], TypeError, "floating point"),
         ([np.ones((1, 3, 1)), "core"], TypeError, "core 1 is a str"),
         ([np.ones((1, 3, 2)), np.ones((2, 3, 1), dtype=np.float32)], TypeError, "dtype"),
     ],
@@ -157,6 +157,12 @@ def test_rank_chain_error_names_cores_and_sizes():
 def test_bad_cores(cores, error, match):
     with pytest.raises(error, match=match):
         tn.TT(cores)
+
+
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
+def test_half_precision_complex_cores_are_refused():
+    with pytest.raises(TypeError, match="complex cores must be complex64 or complex128"):
+        tn.TT([torch.ones((1, 3, 1), dtype=torch.complex32)])
 
 
 def test_mixed_backends_refused():
