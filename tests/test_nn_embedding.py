@@ -141,6 +141,21 @@ def test_bad_arguments_raise_clear_errors(kwargs, error, match):
     assert str(info.value).startswith("TTEmbedding: ")
 
 
+@pytest.mark.filterwarnings("ignore:Complex modules are a new feature")  # torch, on .to(complex)
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.int64, torch.bool])
+def test_dtypes_other_than_real_floating_are_refused_at_construction(dtype):
+    # complex built and looked up; int64 and bool gave torch's "Only Tensors of floating point ..."
+    match = "do not support complex dtypes yet" if dtype.is_complex else "hold trainable cores in one of"
+    with pytest.raises(TypeError, match=rf"TTEmbedding: dtype is {dtype}.*{match}"):
+        TTEmbedding(60, 24, rank=3, dtype=dtype)
+    if dtype.is_complex:
+        with pytest.raises(TypeError, match=r"TTEmbedding\.from_embedding: the embedding's dtype is .*yet"):
+            TTEmbedding.from_embedding(nn.Embedding(60, 24, dtype=dtype), rank=3)
+        layer = TTEmbedding(60, 24, rank=3).to(dtype)
+        with pytest.raises(TypeError, match=r"TTEmbedding: the cores' dtype is torch\.complex64.*yet"):
+            layer(torch.arange(5))
+
+
 def test_bad_lookups_and_conversions():
     layer = make(57, 24, (3, 4, 5), (2, 3, 4), 2)
     with pytest.raises(IndexError, match=r"indices must lie in \[0, 57\), got values from 0 to 57"):

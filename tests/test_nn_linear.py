@@ -654,7 +654,9 @@ def test_bad_arguments_raise_clear_errors(kwargs, error, match):
 
 def test_bad_forward_and_conversion_arguments():
     layer = make(24, 30, (2, 3, 4), (5, 3, 2), 2)
-    with pytest.raises(ValueError, match="last dimension of x must be N = 24"):
+    with pytest.raises(
+        ValueError, match=r"TTMLinear: the input has shape .3, 25. but the layer takes 24 features"
+    ):
         layer(torch.randn(3, 25, dtype=torch.float64))
     linear = nn.Linear(24, 30)
     with pytest.raises(ValueError, match="give rank, eps or both"):
@@ -667,6 +669,72 @@ def test_bad_forward_and_conversion_arguments():
         TTMLinear.from_linear(linear, rank=0)
     with pytest.raises(ValueError, match="eps must be finite"):
         TTMLinear.from_linear(linear, eps=-0.1)
+
+
+@pytest.mark.filterwarnings("ignore:Complex modules are a new feature")  # torch, on .to(complex)
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+def test_complex_dtypes_are_refused_where_the_layer_is_made(dtype):
+    # they built and ran a forward with no conjugation in the hand-written backward; complex layers are a
+    # later feature, until then one message at construction (and at the forward of a layer cast later)
+    with pytest.raises(
+        TypeError, match=r"TTMLinear: dtype is torch\.complex.*do not support complex dtypes yet"
+    ):
+        TTMLinear(24, 30, rank=2, dtype=dtype)
+    with pytest.raises(TypeError, match=r"TTMLinear\.from_linear: the layer's dtype is torch\.complex.*yet"):
+        TTMLinear.from_linear(nn.Linear(24, 30, dtype=dtype), rank=2)
+    layer = make(24, 30, (2, 3, 4), (5, 3, 2), 2).to(dtype)
+    with pytest.raises(TypeError, match=r"TTMLinear: the cores' dtype is torch\.complex.*yet"):
+        layer(torch.randn(3, 24, dtype=dtype))
+    head = tn.nn.TiedTTHead(tn.nn.TTEmbedding(30, 24, rank=2).to(dtype))
+    with pytest.raises(TypeError, match=r"TiedTTHead: the cores' dtype is torch\.complex.*yet"):
+        head(torch.randn(3, 24, dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.bool, "float32", np.float32])
+def test_non_floating_dtypes_are_refused_with_one_message(dtype):
+    # torch.int64 and bool gave torch's "Only Tensors of floating point and complex dtype can require
+    # gradients"; a string or numpy dtype gave torch.empty's argument error
+    with pytest.raises(
+        TypeError, match=r"TTMLinear: dtype .*torch\.float16, torch\.bfloat16, torch\.float32"
+    ):
+        TTMLinear(24, 30, rank=2, dtype=dtype)
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        assert TTMLinear(24, 30, rank=2, dtype=dtype).packed_cores.dtype == dtype
+
+
+@pytest.mark.parametrize("materialized", [False, True])
+def test_operand_mismatches_name_the_layer_and_the_operand_that_differs(materialized):
+    # they named tensornet.linear's x and W, said "x is torch.float32 but W is torch.float32 and bias
+    # torch.float64" where the bias differed, and a bias on another device failed inside torch
+    layer = tn.nn.materialize(make(24, 30, (2, 3, 4), (5, 3, 2), 2), enabled=materialized)
+    x = torch.randn(600, 24, dtype=torch.float64)
+    with pytest.raises(
+        TypeError, match=r"TTMLinear: the input is torch\.float32 but the weight and the bias are"
+    ):
+        layer(x.float())
+    with pytest.raises(TypeError, match=r"TTMLinear: the input is torch\.int64 but the weight and the bias"):
+        layer(x.long())
+    with pytest.raises(
+        ValueError, match="TTMLinear: the input is on meta but the weight and the bias are on cpu"
+    ):
+        layer(x.to("meta"))
+    layer.bias = nn.Parameter(layer.bias.detach().float())
+    with pytest.raises(
+        TypeError, match=r"TTMLinear: the bias is torch\.float32 but the input and the weight are"
+    ):
+        layer(x)
+    layer.bias = nn.Parameter(layer.bias.detach().double().to("meta"))
+    with pytest.raises(
+        ValueError, match="TTMLinear: the bias is on meta but the input and the weight are on cpu"
+    ):
+        layer(x)
+    head = tn.nn.TiedTTHead(tn.nn.TTEmbedding(30, 24, rank=2))
+    with pytest.raises(
+        TypeError, match=r"TiedTTHead: the input is torch\.float64 but the weight is torch\.float32"
+    ):
+        head(x)
+    with pytest.raises(ValueError, match=r"TiedTTHead: the input has shape .600, 23. but the layer takes 24"):
+        head(x[:, :23].float())
 
 
 # --- GPU --------------------------------------------------------------------------------------------------

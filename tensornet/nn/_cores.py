@@ -14,13 +14,48 @@ from torch import nn
 
 import tensornet as tn
 from tensornet import _checks
+from tensornet._linear import api as _linear_api
 from tensornet._linear import autograd as _binding
 
 from ._cache import DenseCache, linear_compute_dtype
 from ._factor import clip_ranks, core_shapes
 from ._init import Init, check_init, init_cores
 
-__all__ = ["TTCoresModule", "compress"]
+__all__ = ["TTCoresModule", "check_dtype", "compress"]
+
+# how a layer's messages name the operands of its product (x, W, bias)
+_OPERANDS = ("the input", "the weight", "the bias")
+
+
+def _same_compute(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether ``x``, the cores and the bias meet in one dtype (equal, or so cast by autocast)."""
+    if x.dtype == packed.dtype and (bias is None or bias.dtype == packed.dtype):
+        return True
+    compute = linear_compute_dtype(x, [packed])
+    return compute is not None and (bias is None or linear_compute_dtype(bias, [packed]) == compute)
+
+
+# the dtypes the TT layers train in (torch's floating dtypes that randn, QR and GEMMs support)
+LAYER_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_dtype(fn: str, dtype: Any, what: str = "dtype") -> None:
+    """Raise ``TypeError`` unless ``dtype`` is None or one of :data:`LAYER_DTYPES`.
+
+    Complex layers are not supported yet: refused with a message saying so (their gradients would need
+    conjugated products). Integer and bool dtypes cannot hold trainable cores.
+    """
+    if dtype is None or dtype in LAYER_DTYPES:
+        return
+    names = ", ".join(str(d) for d in LAYER_DTYPES)
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"{fn}: {what} must be a torch.dtype ({names}), got {dtype!r}")
+    if dtype.is_complex:
+        raise TypeError(
+            f"{fn}: {what} is {dtype}, but the TT layers do not support complex dtypes yet (planned); "
+            f"use one of {names}"
+        )
+    raise TypeError(f"{fn}: {what} is {dtype}; the TT layers hold trainable cores in one of {names}")
 
 
 def compress(
@@ -83,7 +118,8 @@ class TTCoresModule(nn.Module):
         device: Any,
         dtype: Any,
     ) -> None:
-        """Validate ``rank``/``init`` (clipping the rank with a warning if asked) and create empty cores."""
+        """Validate ``rank``/``init``/``dtype`` (clipping the rank with a warning if asked); empty cores."""
+        check_dtype(fn, dtype)
         bonds = _checks.parse_ranks(fn, "rank", rank, len(rows), owner="layer")
         if clip_rank:  # the warning points at the user's constructor call, two frames up
             bonds = clip_ranks(fn, bonds, rows, cols, stacklevel=4)
@@ -200,16 +236,33 @@ class TTCoresModule(nn.Module):
         The forward of :class:`TTMLinear` and of the tied LM head (:class:`TiedTTHead`): the cached dense
         matrix under :meth:`cache_dense_weight` when usable, else a :func:`tensornet.nn.materialize` group's
         rebuilt W, else the TTM product. The cores were validated at construction and ``load_state_dict``
-        keeps their shapes, so a well-formed input goes straight to the torch binding; anything else takes
-        :func:`tensornet.linear`'s checks (and errors). ``owner`` names the calling layer in errors (default:
-        this one).
+        keeps their shapes, so the input and bias are checked here (shape, device; the torch binding checks
+        dtypes) and go straight to the binding. ``owner`` names the calling layer in errors (default: this
+        one).
         """
+        fn = owner or type(self).__name__
         if not isinstance(x, torch.Tensor):  # as nn.Linear: a numpy array or list is not converted
             raise TypeError(
-                f"{owner or type(self).__name__}: input must be a torch.Tensor, got {type(x).__module__}."
-                f"{type(x).__name__}; convert it with torch.as_tensor(x, dtype=...)"
+                f"{fn}: input must be a torch.Tensor, got {type(x).__module__}.{type(x).__name__}; convert it "
+                "with torch.as_tensor(x, dtype=...)"
             )
         packed = self.packed_cores
+        if packed.dtype not in LAYER_DTYPES:  # made so after construction, e.g. by .to(torch.complex64)
+            check_dtype(fn, packed.dtype, "the cores' dtype")
+        columns = self._columns
+        if x.ndim < 1 or x.shape[-1] != columns:
+            raise ValueError(
+                f"{fn}: the input has shape {tuple(x.shape)} but the layer takes {columns} features; the "
+                f"last dimension of the input must be {columns}"
+            )
+        if x.device != packed.device or (bias is not None and bias.device != packed.device):
+            devices = {_OPERANDS[0]: x.device, _OPERANDS[1]: packed.device}
+            if bias is not None:
+                devices[_OPERANDS[2]] = bias.device
+            raise ValueError(
+                f"{fn}: {_linear_api.operand_mismatch(devices, _OPERANDS[1], on=True)}; move the input "
+                "(x.to(device)) or the layer (layer.to(device)) to one device"
+            )
         if getattr(self, "_dense_cache", None) is not None and x.is_floating_point():
             compute = linear_compute_dtype(x, [packed])
             dense = None if compute is None else self._cached_dense(x.device, compute)
@@ -217,17 +270,14 @@ class TTCoresModule(nn.Module):
                 if bias is not None and bias.dtype != dense.dtype:
                     bias = bias.to(dense.dtype)
                 return nn.functional.linear(x.to(dense.dtype), dense, bias)
-        columns = self._columns
         group = self.__dict__.get("_weight_group")  # tensornet.nn.materialize
-        if group is not None and x.ndim >= 1 and x.shape[-1] == columns:
+        # a shallow copy (nn.DataParallel's replicas) shares the __dict__, hence the group, but not the
+        # parameters: the group's W are the original's, so the copy takes the per-layer path. Operands of
+        # other dtypes take it too, for its error (F.linear's would name mat1 and mat2).
+        if group is not None and group[0].layers[group[1]] is self and _same_compute(x, packed, bias):
             dense = group[0].weight(group[1], x)
             if dense is not None:
                 return nn.functional.linear(x, dense, bias)
-        if (
-            x.ndim >= 1
-            and x.shape[-1] == columns
-            and x.device == packed.device
-            and (bias is None or bias.device == x.device)
-        ):
-            return _binding.linear_torch(x, (packed,), bias, save_weight=save_weight, packed=self.core_shapes)
-        return tn.linear(x, tn.TTM(list(self.cores)), bias, save_weight=save_weight)
+        return _binding.linear_torch(
+            x, (packed,), bias, save_weight=save_weight, packed=self.core_shapes, names=(fn, *_OPERANDS)
+        )

@@ -12,7 +12,7 @@ from torch import nn
 import tensornet as tn
 from tensornet import _checks
 
-from ._cores import TTCoresModule, compress
+from ._cores import TTCoresModule, check_dtype, compress
 from ._factor import resolve_shapes
 from ._hf import dense_weight
 from ._init import Init
@@ -181,6 +181,7 @@ class TTMLinear(TTCoresModule):
             raise TypeError(f"{fn}: weight must be a tensornet.TTM, got {type(weight).__name__}")
         if weight.backend != "torch":
             weight = weight.to("torch")
+        check_dtype(fn, weight.dtype, "the TTM's dtype")
         out_features, in_features = weight.shape
         if bias is not None and (not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (out_features,)):
             shape = tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__
@@ -253,6 +254,7 @@ class TTMLinear(TTCoresModule):
         fn = f"{cls.__name__}.from_linear"
         _checks.check_flag(fn, "save_weight", save_weight)
         weight, bias = dense_weight(fn, linear)
+        check_dtype(fn, weight.dtype, "the layer's dtype")
         out_features, in_features = (int(n) for n in weight.shape)
         if rank is None and eps is None:
             raise ValueError(f"{fn}: give rank, eps or both (with neither the TTM would be exact and larger)")
