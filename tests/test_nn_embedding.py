@@ -93,6 +93,21 @@ def test_init_std_and_state_dict():
     assert torch.equal(other(ids), layer(ids))
 
 
+def test_a_state_of_another_factorisation_is_refused_and_the_same_loads():
+    # (3, 4, 5) x (2, 3, 4) and (5, 4, 3) x (4, 3, 2) at equal ranks pack as many entries: it loaded silently
+    saved = TTEmbedding(60, 24, rank=3, voc_shape=(3, 4, 5), emb_shape=(2, 3, 4))
+    layer = TTEmbedding(60, 24, rank=3, voc_shape=(5, 4, 3), emb_shape=(4, 3, 2))
+    assert saved.nparams == layer.nparams
+    with pytest.raises(
+        RuntimeError, match=r"voc_shape=\(3, 4, 5\), emb_shape=\(2, 3, 4\).*voc_shape=\(5, 4, 3\)"
+    ):
+        layer.load_state_dict(saved.state_dict(), strict=False)
+    same = TTEmbedding(60, 24, rank=3, voc_shape=(3, 4, 5), emb_shape=(2, 3, 4))
+    same.load_state_dict(saved.state_dict())
+    ids = torch.arange(60)
+    assert torch.equal(same(ids), saved(ids))
+
+
 @pytest.mark.parametrize("eps", [0.3, 1e-8])
 def test_from_embedding_error_within_eps_and_to_embedding(eps):
     w = tn.random_ttm((3, 4, 5), (2, 3, 4), 2, seed=0).full()[:57]

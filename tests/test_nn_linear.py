@@ -182,7 +182,8 @@ def test_paper_uneven_shapes_and_rank_clipping():
 def test_state_dict_round_trip_and_torch_save():
     layer = make(24, 30, (2, 3, 4), (5, 3, 2), (3, 4))
     other = TTMLinear(24, 30, rank=(3, 4), in_shape=(2, 3, 4), out_shape=(5, 3, 2), dtype=torch.float64)
-    assert set(layer.state_dict()) == {"packed_cores", "bias"}
+    # the packed cores, the bias and the core shapes (checked on load)
+    assert set(layer.state_dict()) == {"packed_cores", "bias", "_extra_state"}
     other.load_state_dict(layer.state_dict())
     x = torch.randn(7, 24, dtype=torch.float64)
     assert torch.equal(other(x), layer(x))
@@ -192,8 +193,13 @@ def test_state_dict_round_trip_and_torch_save():
     other.load_state_dict(torch.load(buffer, weights_only=True))
     assert torch.equal(other(x), layer(x))
     wrong = TTMLinear(24, 30, rank=2, in_shape=(2, 3, 4), out_shape=(5, 3, 2), dtype=torch.float64)
-    with pytest.raises(RuntimeError, match="size mismatch"):
+    with pytest.raises(
+        RuntimeError, match=r"factorisation mismatch .* rank=\(1, 3, 4, 1\)\) but .* rank=\(1, 2, 2, 1\)"
+    ):
         wrong.load_state_dict(layer.state_dict())
+    old_format = {k: v for k, v in layer.state_dict().items() if k != "_extra_state"}
+    with pytest.raises(RuntimeError, match="size mismatch"):  # no recorded shapes: torch's size check
+        wrong.load_state_dict(old_format)
     # a state dict with one tensor per core (tensornet before the cores were packed) still loads
     old = {f"cores.{k}": core.detach().clone() for k, core in enumerate(layer.cores)} | {"bias": layer.bias}
     fresh = TTMLinear(24, 30, rank=(3, 4), in_shape=(2, 3, 4), out_shape=(5, 3, 2), dtype=torch.float64)
@@ -204,6 +210,61 @@ def test_state_dict_round_trip_and_torch_save():
         RuntimeError, match=r"cores\.1 has shape \(3, 1, 3, 4\) but this layer's core has shape"
     ):
         fresh.load_state_dict(old)
+
+
+def test_a_state_of_another_factorisation_is_refused_naming_both():
+    # the same number of packed entries factorised another way loaded ("All keys matched") and computed
+    # another function (outputs differed by ~1)
+    torch.manual_seed(0)
+    saved = TTMLinear(128, 512, rank=16, in_shape=(4, 4, 8), out_shape=(8, 8, 8))
+    layer = TTMLinear(128, 512, rank=16, in_shape=(8, 4, 4), out_shape=(8, 8, 8))
+    assert saved.nparams == layer.nparams
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    message = (
+        r"factorisation mismatch for packed_cores: .*\(out_shape=\(8, 8, 8\), in_shape=\(4, 4, 8\), "
+        r"rank=\(1, 16, 16, 1\)\) but this TTMLinear's have .*\(out_shape=\(8, 8, 8\), in_shape=\(8, 4, 4\), "
+        r"rank=\(1, 16, 16, 1\)\); build the layer with out_shape=\(8, 8, 8\), in_shape=\(4, 4, 8\)"
+    )
+    for strict in (True, False):
+        with pytest.raises(RuntimeError, match=message):
+            layer.load_state_dict(saved.state_dict(), strict=strict)
+    assert all(torch.equal(v, before[k]) for k, v in layer.state_dict().items())  # the cores are untouched
+    # inside a model, after a torch.save / torch.load(weights_only=True) round trip
+    buffer = io.BytesIO()
+    torch.save(nn.Sequential(nn.Tanh(), saved).state_dict(), buffer)
+    buffer.seek(0)
+    with pytest.raises(RuntimeError, match=r"factorisation mismatch for 1\.packed_cores"):
+        nn.Sequential(nn.Tanh(), layer).load_state_dict(torch.load(buffer, weights_only=True))
+    state = saved.state_dict() | {"_extra_state": torch.ones(3)}
+    with pytest.raises(RuntimeError, match=r"_extra_state should be the int64 \(cores, 4\) tensor"):
+        layer.load_state_dict(state)
+
+
+@pytest.mark.parametrize("route", ["in memory", "torch.save", "safetensors", "materialized", "no shapes"])
+@pytest.mark.parametrize("strict", [True, False])
+def test_a_state_of_the_same_factorisation_loads_every_way(route, strict, tmp_path):
+    torch.manual_seed(0)
+    saved = nn.Sequential(make(24, 30, (2, 3, 4), (5, 3, 2), (3, 4)), nn.Tanh())
+    model = nn.Sequential(make(24, 30, (2, 3, 4), (5, 3, 2), (3, 4)), nn.Tanh())
+    with torch.no_grad():
+        model[0].packed_cores.normal_()
+    state = saved.state_dict()
+    if route == "torch.save":
+        torch.save(state, tmp_path / "state.pt")
+        state = torch.load(tmp_path / "state.pt", weights_only=True)
+    elif route == "safetensors":
+        safetensors = pytest.importorskip("safetensors.torch", reason="safetensors not installed")
+        safetensors.save_file(state, tmp_path / "state.safetensors")
+        state = safetensors.load_file(tmp_path / "state.safetensors")
+    elif route == "materialized":
+        tn.nn.materialize(model)
+    elif route == "no shapes":  # a state saved before the layers recorded their core shapes
+        state = {k: v for k, v in state.items() if not k.endswith("_extra_state")}
+    x = torch.randn(600, 24, dtype=torch.float64)
+    model(x)  # a materialized model holds its rebuilt W: the load must be seen
+    result = model.load_state_dict(state, strict=strict)
+    assert result.missing_keys == [] and result.unexpected_keys == []
+    torch.testing.assert_close(model(x), saved(x), rtol=1e-12, atol=1e-12)
 
 
 def test_to_dtype_and_optimizer_step():

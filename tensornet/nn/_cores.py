@@ -20,6 +20,7 @@ from tensornet._linear import autograd as _binding
 from ._cache import DenseCache, linear_compute_dtype
 from ._factor import clip_ranks, core_shapes
 from ._init import Init, check_init, init_cores
+from ._state import check_loaded_shapes, shapes_state
 
 __all__ = ["TTCoresModule", "check_dtype", "compress"]
 
@@ -97,10 +98,17 @@ class TTCoresModule(nn.Module):
     can be stacked for a batched rebuild (:func:`tensornet.nn.materialize`). In-place writes to a view (under
     ``torch.no_grad()``) write the parameter; ``layer.packed_cores.grad`` holds every core's gradient
     (:attr:`core_grads` gives it per core).
+
+    ``state_dict()`` holds ``packed_cores`` (and a bias) and ``_extra_state``: the core shapes, an int64
+    ``(d, 4)`` tensor. ``load_state_dict`` (``strict=False`` too) refuses a state whose cores are
+    factorised otherwise, naming both factorisations, before copying anything into the layer: one flat
+    vector of the same size would otherwise load into another function. States saved without the shapes
+    (tensornet before they were recorded) load as before, checked by size.
     """
 
     packed_cores: nn.Parameter
     core_shapes: tuple[tuple[int, int, int, int], ...]
+    _SHAPE_NAMES: tuple[str, str] = ("rows", "cols")  # the constructor's names of the row and column shapes
     _columns: int
     init: Init
     conversion_error: float | None
@@ -204,10 +212,34 @@ class TTCoresModule(nn.Module):
             cache.clear()
         return super()._apply(fn, *args, **kwargs)
 
-    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any) -> None:
+    def get_extra_state(self) -> torch.Tensor:
+        """The core shapes, ``(d, 4)`` int64: a state dict says how its packed cores are factorised."""
+        return shapes_state(self.core_shapes)
+
+    def set_extra_state(self, state: Any) -> None:
+        """Nothing to set: :meth:`_load_from_state_dict` has checked the shapes before any value was copied."""
+
+    def _load_from_state_dict(
+        self,
+        state_dict: Any,
+        prefix: str,
+        local_metadata: Any,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
         cache = getattr(self, "_dense_cache", None)
         if cache is not None:
             cache.clear()
+        packed = f"{prefix}packed_cores"
+        # a state of another factorisation: its packed cores are not copied (torch does the same for a
+        # parameter of another size), and the reason is raised with load_state_dict's other errors
+        matches = check_loaded_shapes(
+            type(self).__name__, self.core_shapes, self._SHAPE_NAMES, state_dict, prefix, error_msgs
+        )
+        if not matches:
+            state_dict.pop(packed, None)
         # cores saved one tensor each (``cores.0``, ``cores.1``, ...: tensornet before packed cores)
         old = [f"{prefix}cores.{k}" for k in range(len(self.core_shapes))]
         if f"{prefix}packed_cores" not in state_dict and all(key in state_dict for key in old):
@@ -217,8 +249,13 @@ class TTCoresModule(nn.Module):
                         f"{type(self).__name__}: {key} has shape {tuple(state_dict[key].shape)} but this layer's "
                         f"core has shape {shape}; build the layer with the ranks and shapes it was saved with"
                     )
-            state_dict[f"{prefix}packed_cores"] = torch.cat([state_dict.pop(key).reshape(-1) for key in old])
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+            state_dict[packed] = torch.cat([state_dict.pop(key).reshape(-1) for key in old])
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        # not missing: refused above; a state saved before the core shapes were recorded: checked by size
+        absent = {f"{prefix}_extra_state"} | (set() if matches else {packed})
+        missing_keys[:] = [key for key in missing_keys if key not in absent]
 
     def _cached_dense(self, device: Any, dtype: Any) -> torch.Tensor | None:
         """The cached dense matrix in ``dtype`` if the cache is on and usable here, else None."""

@@ -74,6 +74,7 @@ class TTEmbedding(TTCoresModule):
     """
 
     conversion_error: float | None
+    _SHAPE_NAMES = ("voc_shape", "emb_shape")
 
     def __init__(
         self,

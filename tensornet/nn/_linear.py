@@ -72,6 +72,7 @@ class TTMLinear(TTCoresModule):
 
     conversion_error: float | None
     """Relative Frobenius error ``||W - W_tt|| / ||W||`` of :meth:`from_linear` (None when built from scratch)."""
+    _SHAPE_NAMES = ("out_shape", "in_shape")
 
     def __init__(
         self,
