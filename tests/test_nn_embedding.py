@@ -93,6 +93,18 @@ def test_init_std_and_state_dict():
     assert torch.equal(other(ids), layer(ids))
 
 
+@pytest.mark.parametrize("scale", [1e300, 1e-300, 1e-310])
+def test_from_embedding_reports_its_error_at_every_finite_scale(scale):
+    # NaN near 1e300 (the squares overflowed), 0.0 near 1e-300 (they underflowed)
+    torch.manual_seed(0)
+    embedding = nn.Embedding(60, 24, dtype=torch.float64)
+    expected = TTEmbedding.from_embedding(embedding, rank=3).conversion_error
+    with torch.no_grad():
+        embedding.weight.mul_(scale)
+    assert 0.1 < expected < 1
+    assert TTEmbedding.from_embedding(embedding, rank=3).conversion_error == pytest.approx(expected, rel=1e-9)
+
+
 def test_a_state_of_another_factorisation_is_refused_and_the_same_loads():
     # (3, 4, 5) x (2, 3, 4) and (5, 4, 3) x (4, 3, 2) at equal ranks pack as many entries: it loaded silently
     saved = TTEmbedding(60, 24, rank=3, voc_shape=(3, 4, 5), emb_shape=(2, 3, 4))

@@ -611,6 +611,27 @@ def test_from_linear_error_within_eps(eps):
         assert float((layer(x) - linear(x)).norm()) <= 1.01 * eps * float(x.norm()) * float(w.norm()) + 1e-12
 
 
+@pytest.mark.parametrize("scale", [1e300, 1e-300, 1e-310])
+def test_from_linear_reports_its_error_at_every_finite_scale(scale):
+    # the sums of squares overflowed near 1e300 (conversion_error NaN) and underflowed near 1e-300 (0.0,
+    # as if the conversion were exact)
+    torch.manual_seed(0)
+    linear = nn.Linear(24, 30, dtype=torch.float64)
+    expected = TTMLinear.from_linear(linear, rank=2, in_shape=(2, 3, 4), out_shape=(5, 3, 2)).conversion_error
+    with torch.no_grad():
+        linear.weight.mul_(scale)
+    layer = TTMLinear.from_linear(linear, rank=2, in_shape=(2, 3, 4), out_shape=(5, 3, 2))
+    assert 0.1 < expected < 1 and layer.conversion_error == pytest.approx(expected, rel=1e-9)
+
+
+def test_init_std_beyond_the_dtype_is_refused():
+    # the cores were finite but the rebuilt W overflowed to inf (its entry RMS came out NaN)
+    with pytest.raises(ValueError, match=r"TTMLinear: init std 1e\+39 exceeds the largest finite value"):
+        TTMLinear(24, 30, rank=2, init=1e39, dtype=torch.float32)
+    layer = TTMLinear(24, 30, rank=2, init=1e39, dtype=torch.float64)
+    assert float(tn.norm(layer.weight).detach()) == pytest.approx(1e39 * math.sqrt(24 * 30), rel=1e-9)
+
+
 def test_from_linear_rank_cap_and_exactness():
     linear = low_rank_linear((4, 6, 4), (6, 4, 5), 3, noise=0.0, dtype=torch.float32)
     layer = TTMLinear.from_linear(linear, rank=3, in_shape=(4, 6, 4), out_shape=(6, 4, 5))

@@ -240,3 +240,12 @@ def test_a_rule_matching_only_such_layers_is_refused_naming_them(build, pattern,
     ):
         tensorize(model, Rule(pattern, rank=2))
     assert not any(isinstance(m, TTMLinear) for m in model.modules())  # nothing replaced
+
+
+def test_the_report_gives_finite_errors_for_weights_near_the_top_of_the_range():
+    model = nn.Sequential(nn.Linear(24, 30, dtype=torch.float64), nn.Linear(30, 24, dtype=torch.float64))
+    with torch.no_grad():
+        model[0].weight.mul_(1e300)
+        model[1].weight.mul_(1e-300)
+    _, report = tensorize(model, Rule("*", rank=2))
+    assert all(0.1 < layer.error < 1 for layer in report.layers) and 0.1 < report.max_error < 1

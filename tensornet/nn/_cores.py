@@ -22,7 +22,7 @@ from ._factor import clip_ranks, core_shapes
 from ._init import Init, check_init, init_cores
 from ._state import check_loaded_shapes, shapes_state
 
-__all__ = ["TTCoresModule", "check_dtype", "compress"]
+__all__ = ["TTCoresModule", "check_dtype", "compress", "relative_error"]
 
 # how a layer's messages name the operands of its product (x, W, bias)
 _OPERANDS = ("the input", "the weight", "the bias")
@@ -81,9 +81,24 @@ def compress(
         padded = torch.zeros(math.prod(row_shape), int(dense.shape[1]), dtype=dense.dtype)
         padded[:real] = dense
     ttm = tn.ttm_svd(padded, row_shape, col_shape, eps=eps, max_rank=rank)
-    reference = float(torch.linalg.vector_norm(dense))
-    error = float(torch.linalg.vector_norm(tn.full(ttm)[:real] - dense)) / reference if reference > 0 else 0.0
-    return ttm, error
+    return ttm, relative_error(tn.full(ttm)[:real], dense)
+
+
+def relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
+    """``||approx - exact||_F / ||exact||_F`` at any finite scale of the dtype (0 when both are zero).
+
+    Both are divided by the largest ``|exact|`` first: the sums of squares of entries near 1e300
+    overflowed (an error of NaN) and of entries near 1e-300 underflowed to 0 (an error of 0 for any
+    approximation).
+
+    Cost: ``O(M N)``.
+    """
+    peak = exact.abs().max() if exact.numel() else exact.new_zeros(())
+    if peak == 0:
+        return 0.0 if not bool(approx.any()) else math.inf
+    return float(
+        torch.linalg.vector_norm(approx / peak - exact / peak) / torch.linalg.vector_norm(exact / peak)
+    )
 
 
 class TTCoresModule(nn.Module):
@@ -132,6 +147,12 @@ class TTCoresModule(nn.Module):
         if clip_rank:  # the warning points at the user's constructor call, two frames up
             bonds = clip_ranks(fn, bonds, rows, cols, stacklevel=4)
         self.init = check_init(fn, init)
+        largest = torch.finfo(dtype if dtype is not None else torch.get_default_dtype()).max
+        if isinstance(self.init, float) and self.init > largest:  # W's entries would overflow to inf
+            raise ValueError(
+                f"{fn}: init std {self.init:g} exceeds the largest finite value of the layer's dtype "
+                f"({largest:g}); give a smaller std or a wider dtype"
+            )
         self.core_shapes = tuple(core_shapes(rows, cols, bonds))
         self._columns = math.prod(cols)  # of the matrix W (its input size)
         total = sum(math.prod(shape) for shape in self.core_shapes)
