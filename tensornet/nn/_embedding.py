@@ -317,7 +317,7 @@ class TTEmbedding(TTCoresModule):
         Raises
         ------
         TypeError
-            Not an ``nn.Embedding``.
+            Not an ``nn.Embedding``, or of a dtype the layers do not hold (complex).
         ValueError
             ``max_norm`` or sparse gradients (not supported), neither ``rank`` nor ``eps``, bad shapes or
             ranks.

@@ -67,7 +67,9 @@ class TTMLinear(TTCoresModule):
     ------
     TypeError, ValueError
         Naming the argument: non-int features, shapes whose product differs from the features, shapes of
-        different lengths, rank < 1 or with the wrong number of entries, an unknown init.
+        different lengths, rank < 1 or with the wrong number of entries, an unknown init or a std beyond
+        the dtype's range, a dtype other than float16, bfloat16, float32 and float64 (complex layers are
+        not supported yet; a layer cast to complex later is refused at its forward).
     """
 
     conversion_error: float | None
@@ -173,7 +175,7 @@ class TTMLinear(TTCoresModule):
         Raises
         ------
         TypeError
-            ``weight`` not a TTM.
+            ``weight`` not a TTM, or of a dtype the layers do not hold.
         ValueError
             A bias of another shape.
         """
@@ -242,7 +244,7 @@ class TTMLinear(TTCoresModule):
         Raises
         ------
         TypeError
-            Not a linear layer; bad argument types.
+            Not a linear layer; bad argument types; a weight of a dtype the layers do not hold (complex).
         ValueError
             Neither ``rank`` nor ``eps``; shapes that do not factor the features; bad ranks.
 

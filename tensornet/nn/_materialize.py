@@ -284,6 +284,18 @@ def materialize(model: nn.Module, enabled: bool = True) -> nn.Module:
     path's (the same products, batched). Models from :func:`tensornet.nn.tensorize` and
     ``tensornet.gpt2.tensorize`` have it on.
 
+    Every call pattern ``nn.Linear`` accepts works, with the per-layer path's values and gradients: a layer
+    called several times in a step, outside its model or in two materialized models, each loss
+    backpropagated on its own, ``retain_graph``, gradients of some parameters only, double backward. A
+    rebuilt W stands in for the parameters, so its batched rebuild can be backpropagated any number of
+    times. A layer belongs to one group, that of the latest ``materialize`` of a model holding it (other
+    models sharing it use it too; their other layers keep their groups); materializing a model replaces
+    the materialization of its submodules. A shallow copy of a layer (``nn.DataParallel``'s replicas)
+    takes the per-layer path. The rebuilt W is reused until the next forward pass of any materialized
+    model, a backward through it, or an in-place change of a layer's cores (their version counters):
+    writes through ``.data`` bypass those counters, so make them between passes or call
+    :func:`release_weights` (optimizers write in place and are seen).
+
     Memory: a group holds its rebuilt W from the first layer call of a step until the backward has used
     it: at most the dense model's weight bytes (half under bf16 autocast), where the per-layer path saves
     only each layer's input and cores. A forward pass under gradients that is never followed by a backward

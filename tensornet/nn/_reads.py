@@ -13,25 +13,33 @@ class whose source is unavailable is not seen.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import re
+import weakref
 
 from torch import nn
 
 __all__ = ["direct_reader"]
 
 
-@functools.lru_cache(maxsize=256)
+# per class, read once (classes made at run time are not kept alive by it)
+_SOURCES: weakref.WeakKeyDictionary[type, str] = weakref.WeakKeyDictionary()
+
+
 def _forward_source(cls: type) -> str:
     """The source of ``cls.forward`` ('' where it is torch's default or cannot be read)."""
+    cached = _SOURCES.get(cls)
+    if cached is not None:
+        return cached
     forward = getattr(cls, "forward", None)
-    if forward is None or forward is nn.Module.forward:
-        return ""
-    try:
-        return inspect.getsource(forward)
-    except (OSError, TypeError):  # built in, compiled or made at run time: nothing to read
-        return ""
+    source = ""
+    if forward is not None and forward is not nn.Module.forward:
+        try:
+            source = inspect.getsource(forward)
+        except (OSError, TypeError):  # built in, compiled or made at run time: nothing to read
+            source = ""
+    _SOURCES[cls] = source
+    return source
 
 
 def direct_reader(model: nn.Module, name: str) -> str | None:
