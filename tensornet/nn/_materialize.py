@@ -90,7 +90,7 @@ class WeightGroup:
 
         ``build``: only if they are those of that rebuild (a later one may have replaced them).
         """
-        if build is None or build == self._build:
+        if build is None or build == getattr(self, "_build", 0):
             self._stamps, self._weights, self._served = None, (), set()
 
     def remove(self, layer: TTMLinear) -> None:
@@ -138,7 +138,8 @@ class WeightGroup:
             params = [m.packed_cores for m in self.layers]
             if any(p.device != packed.device or p.dtype != packed.dtype for p in params):
                 return None
-            self._build += 1
+            # getattr: a group pickled by an older tensornet has no count
+            self._build = getattr(self, "_build", 0) + 1
             owner = (weakref.ref(self), self._build)
             self._weights = _GroupRebuild.apply(self.core_shapes, compute, owner, *params)
             self._stamps = ((_PASSES[0], compute), [(p.data_ptr(), p._version) for p in params], index)
