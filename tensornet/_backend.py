@@ -80,6 +80,40 @@ def device(x: Array) -> Any:
     return array_api_compat.device(x)
 
 
+def _owns_frozen(x: np.ndarray) -> bool:
+    """Whether no writeable array shares ``x``'s memory (every array in its base chain is read-only)."""
+    base: Any = x
+    while isinstance(base, np.ndarray):
+        if base.flags.writeable:
+            return False
+        base = base.base
+    return base is None or isinstance(base, bytes)
+
+
+def frozen(x: Array, *, copy: bool) -> Array:
+    """``x`` as a read-only numpy array (other backends unchanged).
+
+    With ``copy``, memory that a writeable array elsewhere can still change is copied first, so that no
+    one can change the result in place; without it the result is a read-only view (for arrays the caller
+    made itself). Cost: a view, or a copy of ``x``.
+    """
+    if not isinstance(x, np.ndarray):
+        return x
+    if copy and not _owns_frozen(x):
+        x = np.array(x, copy=True)  # a plain ndarray: also drops subclasses such as np.matrix or memmap
+    elif type(x) is not np.ndarray or x.flags.writeable:
+        x = x.view(np.ndarray)
+    x.flags.writeable = False
+    return x
+
+
+def copy(x: Array) -> Array:
+    """A copy of ``x`` that shares no memory with it (differentiable on torch)."""
+    if array_api_compat.is_torch_array(x):
+        return x.clone()
+    return np.array(x, copy=True)
+
+
 def is_floating(x: Array) -> bool:
     if array_api_compat.is_torch_array(x):
         return bool(x.is_floating_point())
@@ -109,14 +143,19 @@ def to_float(x: Array) -> float:
     return float(x)
 
 
-def to_backend(x: Array, backend: str, *, device: Any = None, dtype: Any = None) -> Array:
-    """Convert one array to ``backend`` ('numpy' or 'torch'), keeping values (and dtype unless given)."""
+def to_backend(x: Array, backend: str, *, device: Any = None, dtype: Any = None, copy: bool = False) -> Array:
+    """Convert one array to ``backend`` ('numpy' or 'torch'), keeping values (and dtype unless given).
+
+    With ``copy`` the result never shares memory with ``x``; without it, it may (numpy -> torch always
+    copies: a torch tensor must not write into a read-only numpy core). torch -> torch stays
+    differentiable (torch -> numpy detaches).
+    """
     if backend == "numpy":
         if array_api_compat.is_torch_array(x):
             x = x.detach().cpu().numpy()
-        out = np.asarray(x)
+        out = np.array(x, copy=True) if copy else np.asarray(x)
         if dtype is not None:
-            out = out.astype(np.dtype(dtype_name(dtype)))
+            out = out.astype(np.dtype(dtype_name(dtype)), copy=False)
         if device not in (None, "cpu"):
             raise ValueError(f"to: numpy arrays live on the CPU; device={device!r} is not possible")
         return out
@@ -125,8 +164,8 @@ def to_backend(x: Array, backend: str, *, device: Any = None, dtype: Any = None)
         if dtype is not None:
             dtype = getattr(torch, dtype_name(dtype))
         if array_api_compat.is_torch_array(x):
-            return x.to(device=device if device is not None else x.device, dtype=dtype or x.dtype)
-        return torch.as_tensor(np.asarray(x), device=device, dtype=dtype)
+            return x.to(device=device if device is not None else x.device, dtype=dtype or x.dtype, copy=copy)
+        return torch.tensor(np.asarray(x), device=device, dtype=dtype)
     raise ValueError(f"to: unknown backend {backend!r}; use 'numpy' or 'torch'")
 
 
@@ -145,7 +184,7 @@ def asarray_like(values: Any, like: Array) -> Array:
     xp = namespace(like)
     if array_api_compat.is_torch_array(like):
         torch = importlib.import_module("torch")
-        return torch.as_tensor(np.asarray(values), dtype=like.dtype, device=like.device)
+        return torch.tensor(np.asarray(values), dtype=like.dtype, device=like.device)
     return xp.asarray(values, dtype=like.dtype)
 
 

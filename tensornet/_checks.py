@@ -227,6 +227,37 @@ def check_precision(fn: str, dtype: Any) -> None:
         )
 
 
+def rng(fn: str, seed: Any) -> np.random.Generator:
+    """``numpy.random.default_rng(seed)``, with a message naming ``fn`` for a seed it does not take.
+
+    Accepted: None, an int >= 0, a sequence of such ints, a ``Generator``, ``BitGenerator`` or
+    ``SeedSequence``.
+
+    Raises
+    ------
+    TypeError
+        A seed of another type (a float, a string, a bool).
+    ValueError
+        A negative int.
+    """
+    if isinstance(seed, (bool, np.bool_, float, complex, str, bytes)):
+        raise TypeError(
+            f"{fn}: seed must be None, an int >= 0, a sequence of such ints or a numpy Generator, got "
+            f"{type(seed).__name__} {seed!r}"
+        )
+    try:
+        return np.random.default_rng(seed)
+    except TypeError:
+        raise TypeError(
+            f"{fn}: seed must be None, an int >= 0, a sequence of such ints or a numpy Generator, got "
+            f"{type(seed).__name__} {seed!r:.60}"
+        ) from None
+    except ValueError:
+        raise ValueError(
+            f"{fn}: seed must be >= 0 (numpy's generators take no negative seeds), got {seed!r:.60}"
+        ) from None
+
+
 def is_scalar(x: Any) -> bool:
     """A Python/numpy number or a 0-d array (a bool is not a scalar here)."""
     if isinstance(x, bool):
@@ -278,14 +309,16 @@ def check_scalar(fn: str, x: Any, alpha: Any) -> Any:
 def index_rows(fn: str, index: Any, shape: Sequence[int], name: str = "index") -> np.ndarray:
     """``index`` (a ``(k, d)`` integer array or nested sequence) as host int64 rows within ``shape``.
 
-    Negative entries count from the end of their mode.
+    Negative entries count from the end of their mode. Every entry is range-checked in its own integer
+    type before any cast (an unsigned 2^64 - 1 or a Python int beyond int64 is out of range, never
+    wrapped).
 
     Raises
     ------
     TypeError
-        Not an integer array or sequence.
+        Not an integer array or sequence (bools, floats, a masked array).
     ValueError
-        Not of shape ``(k, d)``.
+        Not of shape ``(k, d)``, or ragged rows.
     IndexError
         An entry outside its mode.
     """
@@ -296,29 +329,57 @@ def index_rows(fn: str, index: Any, shape: Sequence[int], name: str = "index") -
             f"{fn}: {name} has shape {tuple(rows.shape)} but must be (k, {d}): one row (i_1, ..., i_{d}) "
             f"per entry of the shape-{tuple(shape)} train (wrap a single index as [index])"
         )
-    rows = rows.astype(np.int64, copy=False)
-    sizes = np.asarray(shape, dtype=np.int64)
-    bad = np.argwhere((rows < -sizes) | (rows >= sizes))
+    if rows.dtype.kind == "u":  # compared unsigned: a cast to int64 first would wrap 2^64 - 1 to -1
+        sizes: Any = np.asarray(shape, dtype=rows.dtype)
+        bad = np.argwhere(rows >= sizes)
+    else:  # signed ints, or Python ints of any size (object dtype) compared exactly
+        sizes = np.asarray(shape, dtype=np.int64 if rows.dtype.kind == "i" else object)
+        bad = np.argwhere((rows < -sizes) | (rows >= sizes))
     if bad.size:
         j, k = (int(v) for v in bad[0])
         raise IndexError(
-            f"{fn}: {name} row {j} has {int(rows[j, k])} in mode {k}, which has size {int(sizes[k])} "
-            f"(valid: {-int(sizes[k])} .. {int(sizes[k]) - 1})"
+            f"{fn}: {name} row {j} has {int(rows[j, k])} in mode {k}, which has size {int(shape[k])} "
+            f"(valid: {-int(shape[k])} .. {int(shape[k]) - 1})"
         )
+    rows = rows.astype(np.int64)
+    sizes = np.asarray(shape, dtype=np.int64)
     return np.where(rows < 0, rows + sizes, rows)
 
 
 def _host_rows(fn: str, index: Any, name: str) -> np.ndarray:
+    """``index`` as a host numpy array of an integer dtype (or object dtype holding Python ints)."""
     if B.is_array(index):
+        check_unmasked(fn, name, index)
         if B.is_complex(index) or B.is_floating(index) or str(index.dtype) in ("bool", "torch.bool"):
             raise TypeError(f"{fn}: {name} must hold integers, got dtype {index.dtype}")
         return np.asarray(B.to_backend(index, "numpy"))
-    if isinstance(index, Sequence) and not isinstance(index, str):
+    if not isinstance(index, Sequence) or isinstance(index, (str, bytes)):
+        raise TypeError(f"{fn}: {name} must be a (k, d) integer array, got {type(index).__name__}")
+    nested = [isinstance(row, Sequence) and not isinstance(row, (str, bytes)) for row in index]
+    if any(nested) and not all(nested):
+        j = nested.index(not nested[0])
+        raise ValueError(
+            f"{fn}: {name} mixes rows and single values (entry 0 is {'a row' if nested[0] else 'a value'}, "
+            f"entry {j} is not); give a (k, d) array, one multi-index of d entries per row"
+        )
+    lengths = sorted({len(row) for row in index}) if all(nested) else []
+    if len(lengths) > 1:
+        raise ValueError(
+            f"{fn}: {name} is ragged: its rows have lengths {lengths}; give a (k, d) array, one multi-index "
+            "of d entries per row"
+        )
+    try:
         rows = np.asarray(index)
-        if rows.size and not np.issubdtype(rows.dtype, np.integer):
-            raise TypeError(f"{fn}: {name} must hold integers, got {rows.dtype} entries")
-        return rows
-    raise TypeError(f"{fn}: {name} must be a (k, d) integer array, got {type(index).__name__}")
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{fn}: {name} is not a (k, d) array of integers ({err})") from None
+    if rows.size and rows.dtype.kind not in "iu":
+        # numpy promotes mixed integer types (np.uint64 with int) to float64, and ints beyond int64 to
+        # object: look at the entries themselves, exactly
+        rows = np.asarray(index, dtype=object)
+        for v in rows.reshape(-1).tolist():
+            if not is_int(v):
+                raise TypeError(f"{fn}: {name} must hold integers, got {type(v).__name__} {v!r}")
+    return rows
 
 
 def check_axes(fn: str, axis: Any, ndim: int) -> tuple[int, ...]:
@@ -347,6 +408,15 @@ def check_axes(fn: str, axis: Any, ndim: int) -> tuple[int, ...]:
 
 
 # --- dense arrays -----------------------------------------------------------------------------------
+def check_unmasked(fn: str, name: str, x: Any) -> None:
+    """Raise ``TypeError`` for a numpy masked array: its masked entries have no value to decompose."""
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(
+            f"{fn}: {name} is a numpy masked array; tensornet needs a value for every entry. Fill the masked "
+            "entries (x.filled(value)) or pass x.data to use the stored values as they are"
+        )
+
+
 def check_dense(fn: str, x: Any) -> Array:
     """Raise unless ``x`` is a float32/float64 array with at least one dimension and no zero-size one.
 
@@ -359,6 +429,7 @@ def check_dense(fn: str, x: Any) -> Array:
     """
     if not B.is_array(x):
         raise TypeError(f"{fn}: expected a numpy array or torch tensor, got {type(x).__name__}")
+    check_unmasked(fn, "the array", x)
     if x.ndim < 1:
         raise ValueError(f"{fn}: expected an array with at least one dimension, got a 0-d array")
     if any(int(n) == 0 for n in x.shape):

@@ -64,6 +64,8 @@ class Evaluations:
         self.count = 0
         self.calls = 0
         self.exponent = 0  # values are stored divided by 2^exponent (set from the first call)
+        self.graph = False  # whether f's values carry an autograd graph (then the result is rebuilt with it)
+        self.graph_count = 0  # evaluations made to rebuild the result with the graph (not in max_evals)
 
     def encode(self, rows: np.ndarray, start: int) -> np.ndarray:
         """Words ``(m, W)`` of index rows over modes ``start, start + 1, ...``."""
@@ -144,6 +146,7 @@ class Evaluations:
         if self.like is not None and B.backend_name(self.like) != "numpy":
             index = B.to_backend(rows, B.backend_name(self.like), device=B.device(self.like))
         out = self.f(index)
+        self.graph = self.graph or bool(getattr(out, "requires_grad", False))
         if isinstance(out, np.ndarray) and out.shape == (m,) and out.dtype.kind in "fiu":
             values = out.astype(np.float64, copy=False)  # the common case, checked in three steps
         else:
@@ -169,6 +172,24 @@ class Evaluations:
                     "cross: f's values span more than float64's range relative to each other; rescale f"
                 )
         return values
+
+    def with_graph(self, rows: np.ndarray) -> Any:
+        """``f`` at ``rows`` as it returns them (an array carrying its autograd graph), checked as :meth:`points`.
+
+        Not cached and not counted in ``max_evals`` (``graph_count`` counts them).
+        """
+        m, d = rows.shape
+        index = B.to_backend(rows, B.backend_name(self.like), device=B.device(self.like))
+        out = self.f(index)
+        values = _host_values(out, m, d)
+        if not np.isfinite(values).all():
+            j = int(np.flatnonzero(~np.isfinite(values))[0])
+            raise ValueError(
+                f"cross: f returned {values[j]} at index {tuple(int(i) for i in rows[j])}; cross needs finite "
+                "values: check f's domain there (a log, a square root or a division by zero)"
+            )
+        self.graph_count += m
+        return out
 
 
 def _host_values(out: Any, m: int, d: int) -> np.ndarray:

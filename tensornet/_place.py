@@ -32,6 +32,32 @@ def reference(fn: str, like: Any) -> Array | None:
     return found
 
 
+def check_memory(
+    fn: str, sizes: Sequence[int], itemsize: int, *, temporaries: int = 1, what: str = "", hint: str = ""
+) -> None:
+    """Refuse, before allocating, cores of ``sizes`` entries that cannot fit in the memory available now.
+
+    The cores are built as float64 on the host (with ``temporaries`` scratch arrays of the largest core's
+    size) and then placed in ``itemsize`` bytes per entry, so the peak is
+    ``8 n + 8 temporaries max(size) + itemsize n`` bytes for ``n`` entries in all.
+
+    Raises
+    ------
+    ValueError
+        The peak exceeds the memory available (the message starts with ``what``, by default "the cores
+        would hold n entries", and ends with ``hint``).
+    """
+    total = sum(sizes)
+    peak = 8 * total + 8 * temporaries * max(sizes) + itemsize * total
+    memory = B.available_memory()
+    if memory is not None and peak > memory:
+        what = what or f"the cores would hold {total:,} entries"
+        raise ValueError(
+            f"{fn}: {what} (about {peak / 2**30:,.1f} GiB at the peak of building them), more than the "
+            f"{memory / 2**30:,.1f} GiB of memory available{hint}"
+        )
+
+
 def target_itemsize(fn: str, like: Any, dtype: Any) -> int:
     """Bytes per entry of the cores :func:`place` will make (for memory checks before drawing them)."""
     found = reference(fn, like)
@@ -59,13 +85,21 @@ def place(fn: str, cores: Sequence[np.ndarray], like: Any, dtype: Any) -> list[A
             ) from None
     if found is None:
         target = np.dtype(B.dtype_name(dtype)) if dtype is not None else np.dtype(np.float64)
-        placed = [np.asarray(c, dtype=target) for c in cores]
+        with np.errstate(over="ignore"):  # checked below, with a message
+            placed = [np.asarray(c, dtype=target) for c in cores]
     else:
         backend, device = B.backend_name(found), B.device(found)
-        placed = [B.to_backend(c, backend, device=device, dtype=dtype or found.dtype) for c in cores]
+        with np.errstate(over="ignore"):
+            placed = [B.to_backend(c, backend, device=device, dtype=dtype or found.dtype) for c in cores]
     if not B.is_floating(placed[0]) or B.is_complex(placed[0]):
         raise TypeError(
             f"{fn}: the cores would have dtype {placed[0].dtype}; trains are real floating point: pass "
             "dtype='float64' (or 'float32'), or a floating-point like"
         )
+    for k, (core, host) in enumerate(zip(placed, cores)):
+        if not B.all_finite(core) and bool(np.all(np.isfinite(host))):
+            raise ValueError(
+                f"{fn}: core {k} has entries up to {float(np.max(np.abs(host))):.3g}, beyond the range of "
+                f"{B.dtype_name(core.dtype)}; use a wider dtype (float64) or rescale"
+            )
     return placed

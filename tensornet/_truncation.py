@@ -35,9 +35,11 @@ def choose_rank(singular: Array, threshold: float, cap: int | None) -> tuple[int
         return 1, 0.0, 1
     scaled = s / top
     tail = np.concatenate([np.cumsum((scaled * scaled)[::-1])[::-1], [0.0]])  # tail[r] = sum_{i >= r}
-    with np.errstate(over="ignore"):  # a threshold far above every value keeps rank 1
-        limit = (threshold / top) ** 2
-    fits = np.nonzero(tail <= limit)[0]
+    # compared as norms, not squares: the threshold may be any finite size (eps = 1e300 means "rank 1 is
+    # fine"), and its ratio to the top value may overflow to inf, which keeps rank 1 as it should
+    with np.errstate(over="ignore"):
+        limit = np.float64(threshold) / np.float64(top)
+    fits = np.nonzero(np.sqrt(tail) <= limit)[0]
     needed = max(1, int(fits[0]))
     rank = needed if cap is None else min(needed, cap)
     return rank, math.sqrt(float(tail[rank])) * top, needed

@@ -55,7 +55,7 @@ def _tt_svd_cores(x: Array, eps: float | None, caps: list[int | None], log: Erro
     d = len(shape)
     if d == 1:
         log.bound = log.finish(safe_norm(x), stacklevel=5)
-        return [xp.reshape(x, (1, shape[0], 1))]
+        return [B.copy(xp.reshape(x, (1, shape[0], 1)))]  # the train must not share the caller's memory
     # ||x||_F is the norm of the first unfolding's singular values: no separate pass over x
     log.relative = (eps or 0.0) / math.sqrt(d - 1)
     cores = []

@@ -75,7 +75,8 @@ def full(x: Train) -> Array:
     Cost: ``O(r^2 prod(n))`` time and ``O(r prod(n))`` memory.
     """
     _checks.check_train("full", x)
-    return _full_tt(x.cores) if isinstance(x, TT) else _full_ttm(x.cores)
+    dense = _full_tt(x.cores) if isinstance(x, TT) else _full_ttm(x.cores)
+    return B.copy(dense) if x.ncores == 1 else dense  # one core: a view of it, which is read-only
 
 
 def _full_tt(cores: Sequence[Array]) -> Array:

@@ -12,9 +12,6 @@ import numbers
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
-from . import _backend as B
 from . import _checks, _place
 from .shapes import useful_ranks
 from .tt import TT, TTM
@@ -51,19 +48,13 @@ def _check_size(fn: str, mode_shapes: list[tuple[int, ...]], ranks: tuple[int, .
     """Refuse, before allocating, cores that cannot fit in the memory available now.
 
     They are drawn as float64 on the host (each core with one temporary of its size while it is scaled)
-    and then converted, so the peak is ``8 n + 8 max(core) + itemsize n`` bytes for n parameters.
+    and then converted (:func:`tensornet._place.check_memory`).
     """
     sizes = [ranks[k] * math.prod(m) * ranks[k + 1] for k, m in enumerate(mode_shapes)]
-    nparams = sum(sizes)
-    peak = 8 * nparams + 8 * max(sizes) + itemsize * nparams
-    memory = B.available_memory()
-    if memory is not None and peak > memory:
-        useful = useful_ranks([math.prod(m) for m in mode_shapes])
-        raise ValueError(
-            f"{fn}: ranks {ranks} give {nparams:,} parameters (about {peak / 2**30:,.1f} GiB at the peak of "
-            f"drawing them), more than the {memory / 2**30:,.1f} GiB of memory available; lower the rank "
-            f"(ranks above the useful maximum {useful} add parameters, not expressiveness)"
-        )
+    useful = useful_ranks([math.prod(m) for m in mode_shapes])
+    what = f"ranks {ranks} give {sum(sizes):,} parameters"
+    hint = f"; lower the rank (ranks above the useful maximum {useful} add parameters, not expressiveness)"
+    _place.check_memory(fn, sizes, itemsize, what=what, hint=hint)
 
 
 def _cores(
@@ -78,7 +69,7 @@ def _cores(
     """Draw the cores on the host and place them like ``like`` (see :func:`random_tt`)."""
     ranks = (1, *bonds, 1)
     _check_size(fn, mode_shapes, ranks, _place.target_itemsize(fn, like, dtype))
-    rng = np.random.default_rng(seed)
+    rng = _checks.rng(fn, seed)
     scale = core_std(std, bonds)
     cores = [
         scale * rng.standard_normal((ranks[k], *modes, ranks[k + 1])) for k, modes in enumerate(mode_shapes)

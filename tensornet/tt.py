@@ -52,13 +52,14 @@ def _validate(kind: str, cores: Any, core_ndim: int) -> tuple[Array, ...]:
     B.namespace(*cores, where=kind)
     _check_storage(kind, cores)
     _check_chain(kind, cores)
-    return cores
+    return tuple(B.frozen(c, copy=True) for c in cores)
 
 
 def _check_core(kind: str, k: int, core: Any, core_ndim: int) -> None:
     layout = "(r_{k-1}, n_k, r_k)" if core_ndim == 3 else "(r_{k-1}, m_k, n_k, r_k)"
     if not B.is_array(core):
         raise TypeError(f"{kind}: core {k} is a {type(core).__name__}, not an array")
+    _checks.check_unmasked(kind, f"core {k}", core)
     if core.ndim != core_ndim:
         raise ValueError(
             f"{kind}: core {k} has shape {tuple(core.shape)} ({core.ndim}-D) but {kind} cores are "
@@ -126,7 +127,7 @@ class _Train:
     def _trusted(cls: type[TrainT], cores: Sequence[Array]) -> TrainT:
         """Wrap cores that are valid by construction (results of tensornet's own kernels)."""
         obj = object.__new__(cls)
-        object.__setattr__(obj, "_cores", tuple(cores))
+        object.__setattr__(obj, "_cores", tuple(B.frozen(c, copy=False) for c in cores))
         return obj
 
     def _tt_layout(self) -> list[Array]:
@@ -139,6 +140,19 @@ class _Train:
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"{type(self).__name__} is immutable; operations return new objects")
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> Any:
+        # refused, not densified: np.asarray(t) would otherwise build a 0-d object array around the train
+        raise TypeError(
+            f"a {type(self).__name__} is not converted to a numpy array implicitly (its dense form has "
+            f"{math.prod(self.shape):,} entries); use tn.full(t) for the dense array, or t.cores"
+        )
+
+    def __bool__(self) -> bool:
+        raise TypeError(
+            f"the truth value of a {type(self).__name__} is ambiguous (as numpy's for an array of many "
+            "entries); compare a number instead, e.g. tn.norm(t) > 0"
+        )
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (list(self._cores),))
@@ -200,9 +214,15 @@ class _Train:
         return math.prod(self.shape) / self.nparams
 
     def to(self: TrainT, backend: str | None = None, *, device: Any = None, dtype: Any = None) -> TrainT:
-        """A copy on another backend ('numpy'/'torch'), device ('cpu'/'cuda') or dtype."""
+        """A copy on another backend ('numpy'/'torch'), device ('cpu'/'cuda') or dtype.
+
+        Always a copy: the result shares no memory with this train, even when nothing changes (so a torch
+        result can be trained in place without touching the original). torch -> torch keeps the autograd
+        graph (the copy is differentiable); converting to numpy detaches.
+        """
         backend = backend or self.backend
-        return type(self)([B.to_backend(c, backend, device=device, dtype=dtype) for c in self._cores])
+        cores = [B.to_backend(c, backend, device=device, dtype=dtype, copy=True) for c in self._cores]
+        return type(self)._trusted(cores) if dtype is None else type(self)(cores)
 
     def numpy(self: TrainT) -> TrainT:
         """The same train with numpy cores (detached, on the CPU)."""

@@ -33,10 +33,10 @@ gpu = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 
 
 def as_numpy(array) -> np.ndarray:
-    """Any backend's array as a float64 numpy array (detached)."""
+    """Any backend's array as a float64 numpy array (detached; a copy: a train's numpy cores are read-only)."""
     if isinstance(array, torch.Tensor):
         array = array.detach().cpu().numpy()
-    return np.asarray(array, dtype=np.float64)
+    return np.array(array, dtype=np.float64)
 
 
 def rtol(dtype) -> float:
