@@ -366,9 +366,10 @@ def linear(
     Raises
     ------
     TypeError
-        ``W`` not a TTM.
+        ``W`` not a TTM; ``x``, ``grad_y`` and ``W`` of different backends or dtypes.
     ValueError
-        ``x`` not ending in N, ``grad_y`` not ending in M, leading dimensions that differ.
+        ``x`` not ending in N, ``grad_y`` not ending in M, leading dimensions that differ, devices that
+        differ.
 
     Notes
     -----
@@ -384,6 +385,7 @@ def linear(
             "adjoint.linear: complex operands are not supported (as tn.linear); use adjoint.matvec"
         )
     cores = w.cores
+    _linear.check_operands("adjoint.linear", {"x": x, "grad_y": grad_y, "W": cores[0]})
     out_features, in_features = w.shape
     if int(x.shape[-1]) != in_features or int(grad_y.shape[-1]) != out_features:
         raise ValueError(
