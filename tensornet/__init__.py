@@ -14,7 +14,24 @@ from . import contract, shapes
 from ._cross import ConvergenceWarning, EvalCapWarning, apply, cross
 from .construct import delta, eye, laplacian, ones, zeros
 from .decomp import RankCapWarning, orthogonalize, round, round_sum, tt_svd, ttm_svd
-from .ops import add, dot, full, gather, hadamard, kron, linear, matmul, matvec, norm, scale, sum, transpose
+from .ops import (
+    add,
+    conj,
+    dot,
+    full,
+    gather,
+    hadamard,
+    imag,
+    kron,
+    linear,
+    matmul,
+    matvec,
+    norm,
+    real,
+    scale,
+    sum,
+    transpose,
+)
 from .random import random_tt, random_ttm
 from .structure import reshape
 from .tt import TT, TTM
@@ -29,6 +46,7 @@ __all__ = [
     "RankCapWarning",
     "add",
     "apply",
+    "conj",
     "contract",
     "cross",
     "delta",
@@ -37,6 +55,7 @@ __all__ = [
     "full",
     "gather",
     "hadamard",
+    "imag",
     "kron",
     "laplacian",
     "linear",
@@ -47,6 +66,7 @@ __all__ = [
     "orthogonalize",
     "random_tt",
     "random_ttm",
+    "real",
     "reshape",
     "round",
     "round_sum",

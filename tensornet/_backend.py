@@ -80,6 +80,40 @@ def device(x: Array) -> Any:
     return array_api_compat.device(x)
 
 
+def _owns_frozen(x: np.ndarray) -> bool:
+    """Whether no writeable array shares ``x``'s memory (every array in its base chain is read-only)."""
+    base: Any = x
+    while isinstance(base, np.ndarray):
+        if base.flags.writeable:
+            return False
+        base = base.base
+    return base is None or isinstance(base, bytes)
+
+
+def frozen(x: Array, *, copy: bool) -> Array:
+    """``x`` as a read-only numpy array (other backends unchanged).
+
+    With ``copy``, memory that a writeable array elsewhere can still change is copied first, so that no
+    one can change the result in place; without it the result is a read-only view (for arrays the caller
+    made itself). Cost: a view, or a copy of ``x``.
+    """
+    if not isinstance(x, np.ndarray):
+        return x
+    if copy and not _owns_frozen(x):
+        x = np.array(x, copy=True)  # a plain ndarray: also drops subclasses such as np.matrix or memmap
+    elif type(x) is not np.ndarray or x.flags.writeable:
+        x = x.view(np.ndarray)
+    x.flags.writeable = False
+    return x
+
+
+def copy(x: Array) -> Array:
+    """A copy of ``x`` that shares no memory with it (differentiable on torch)."""
+    if array_api_compat.is_torch_array(x):
+        return x.clone()
+    return np.array(x, copy=True)
+
+
 def is_floating(x: Array) -> bool:
     if array_api_compat.is_torch_array(x):
         return bool(x.is_floating_point())
@@ -90,6 +124,27 @@ def is_complex(x: Array) -> bool:
     if array_api_compat.is_torch_array(x):
         return bool(x.is_complex())
     return bool(np.issubdtype(np.dtype(x.dtype), np.complexfloating))
+
+
+def real_dtype_name(dtype: Any) -> str:
+    """The dtype of a complex dtype's parts ('complex64' -> 'float32'); a real dtype's own name."""
+    name = dtype_name(dtype)
+    return {"complex64": "float32", "complex128": "float64"}.get(name, name)
+
+
+def complex_dtype_name(dtype: Any) -> str:
+    """The complex dtype of a real dtype's precision ('float32' -> 'complex64'); a complex dtype's own name."""
+    name = dtype_name(dtype)
+    return {"float32": "complex64", "float64": "complex128"}.get(name, name)
+
+
+def conj(x: Array) -> Array:
+    """The complex conjugate of ``x`` (``x`` itself when real: no copy)."""
+    if not is_complex(x):
+        return x
+    if array_api_compat.is_torch_array(x):
+        return x.conj_physical()  # not torch's lazy conj view, which .numpy() and some kernels refuse
+    return np.conj(x)
 
 
 def finfo_eps(x: Array) -> float:
@@ -109,14 +164,19 @@ def to_float(x: Array) -> float:
     return float(x)
 
 
-def to_backend(x: Array, backend: str, *, device: Any = None, dtype: Any = None) -> Array:
-    """Convert one array to ``backend`` ('numpy' or 'torch'), keeping values (and dtype unless given)."""
+def to_backend(x: Array, backend: str, *, device: Any = None, dtype: Any = None, copy: bool = False) -> Array:
+    """Convert one array to ``backend`` ('numpy' or 'torch'), keeping values (and dtype unless given).
+
+    With ``copy`` the result never shares memory with ``x``; without it, it may (numpy -> torch always
+    copies: a torch tensor must not write into a read-only numpy core). torch -> torch stays
+    differentiable (torch -> numpy detaches).
+    """
     if backend == "numpy":
         if array_api_compat.is_torch_array(x):
             x = x.detach().cpu().numpy()
-        out = np.asarray(x)
+        out = np.array(x, copy=True) if copy else np.asarray(x)
         if dtype is not None:
-            out = out.astype(np.dtype(dtype_name(dtype)))
+            out = out.astype(np.dtype(dtype_name(dtype)), copy=False)
         if device not in (None, "cpu"):
             raise ValueError(f"to: numpy arrays live on the CPU; device={device!r} is not possible")
         return out
@@ -125,8 +185,8 @@ def to_backend(x: Array, backend: str, *, device: Any = None, dtype: Any = None)
         if dtype is not None:
             dtype = getattr(torch, dtype_name(dtype))
         if array_api_compat.is_torch_array(x):
-            return x.to(device=device if device is not None else x.device, dtype=dtype or x.dtype)
-        return torch.as_tensor(np.asarray(x), device=device, dtype=dtype)
+            return x.to(device=device if device is not None else x.device, dtype=dtype or x.dtype, copy=copy)
+        return torch.tensor(np.asarray(x), device=device, dtype=dtype)
     raise ValueError(f"to: unknown backend {backend!r}; use 'numpy' or 'torch'")
 
 
@@ -145,7 +205,7 @@ def asarray_like(values: Any, like: Array) -> Array:
     xp = namespace(like)
     if array_api_compat.is_torch_array(like):
         torch = importlib.import_module("torch")
-        return torch.as_tensor(np.asarray(values), dtype=like.dtype, device=like.device)
+        return torch.tensor(np.asarray(values), dtype=like.dtype, device=like.device)
     return xp.asarray(values, dtype=like.dtype)
 
 
@@ -172,16 +232,18 @@ def exponent(size: Array) -> Array:
 def _pow2_torch(e: Array, like: Array) -> Array:
     """``2.0**e`` built from its bit pattern (exact on every device), ``e`` within the normal range."""
     torch = importlib.import_module("torch")
+    # a complex array is scaled by a real factor of its parts' dtype
+    real = {torch.complex128: torch.float64, torch.complex64: torch.float32}.get(like.dtype, like.dtype)
     bits = {
         torch.float64: (1023, 52, torch.int64),
         torch.float32: (127, 23, torch.int32),
         torch.float16: (15, 10, torch.int16),
         torch.bfloat16: (127, 7, torch.int16),
-    }.get(like.dtype)
+    }.get(real)
     if bits is None:
-        return torch.pow(torch.tensor(2.0, dtype=like.dtype, device=like.device), e.to(like.dtype))
+        return torch.pow(torch.tensor(2.0, dtype=real, device=like.device), e.to(real))
     bias, mantissa, integer = bits
-    return torch.bitwise_left_shift((e + bias).to(integer), mantissa).view(like.dtype)
+    return torch.bitwise_left_shift((e + bias).to(integer), mantissa).view(real)
 
 
 def _pow2_steps(dtype: Any) -> tuple[int, int]:
@@ -190,7 +252,7 @@ def _pow2_steps(dtype: Any) -> tuple[int, int]:
     2^step and 2^-step are normal numbers of ``dtype``; any non-zero finite value times 2^(count step)
     overflows, times 2^-(count step) underflows.
     """
-    finfo = np.finfo(np.float64) if "float64" in str(dtype) else None
+    finfo = np.finfo(np.float64) if "float64" in str(dtype) or "complex128" in str(dtype) else None
     if finfo is None:
         torch = importlib.import_module("torch") if str(dtype).startswith("torch.") else None
         finfo = torch.finfo(dtype) if torch is not None else np.finfo(dtype)
@@ -207,8 +269,14 @@ def scale_pow2(x: Array, e: Any) -> Array:
     constants).
     """
     if array_api_compat.is_numpy_array(x) or isinstance(x, np.generic):
+        e = np.clip(np.asarray(e, dtype=np.int64), -(2**20), 2**20)
         with np.errstate(over="ignore", under="ignore"):  # inf / 0 is the honest saturated answer
-            return np.ldexp(x, np.clip(np.asarray(e, dtype=np.int64), -(2**20), 2**20))
+            if np.iscomplexobj(x):  # ldexp takes real arrays: scale both parts (each exactly)
+                real, imag = np.ldexp(x.real, e), np.ldexp(x.imag, e)
+                out = np.empty(np.broadcast_shapes(real.shape, imag.shape), dtype=x.dtype)
+                out.real, out.imag = real, imag
+                return out
+            return np.ldexp(x, e)
     xp = namespace(x)
     if isinstance(e, int):
         e = xp.asarray(e, dtype=xp.int64, device=device(x))

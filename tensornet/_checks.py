@@ -217,14 +217,48 @@ def check_eps(fn: str, eps: Any) -> float | None:
 
 
 def check_precision(fn: str, dtype: Any) -> None:
-    """Raise ``TypeError`` unless ``dtype`` is float32 or float64 (the SVDs and QRs exist in those only)."""
+    """Raise ``TypeError`` unless ``dtype`` is float32, float64, complex64 or complex128.
+
+    The SVDs and QRs behind the decompositions exist in those precisions only.
+    """
     name = B.dtype_name(dtype)
-    if name not in ("float32", "float64"):
+    if name not in ("float32", "float64", "complex64", "complex128"):
         raise TypeError(
-            f"{fn}: dtype {name} is not supported (the SVDs and QRs behind it exist in float32 and float64 "
-            f"only, and a result stored in another precision could not keep the eps guarantee); convert "
-            f"with .astype('float32') / .to(torch.float32) or t.to(dtype='float32')"
+            f"{fn}: dtype {name} is not supported (the SVDs and QRs behind it exist in float32/float64 and "
+            f"complex64/complex128 only, and a result stored in another precision could not keep the eps "
+            f"guarantee); convert with .astype('float32') / .to(torch.float32) or t.to(dtype='float32')"
         )
+
+
+def rng(fn: str, seed: Any) -> np.random.Generator:
+    """``numpy.random.default_rng(seed)``, with a message naming ``fn`` for a seed it does not take.
+
+    Accepted: None, an int >= 0, a sequence of such ints, a ``Generator``, ``BitGenerator`` or
+    ``SeedSequence``.
+
+    Raises
+    ------
+    TypeError
+        A seed of another type (a float, a string, a bool).
+    ValueError
+        A negative int.
+    """
+    if isinstance(seed, (bool, np.bool_, float, complex, str, bytes)):
+        raise TypeError(
+            f"{fn}: seed must be None, an int >= 0, a sequence of such ints or a numpy Generator, got "
+            f"{type(seed).__name__} {seed!r}"
+        )
+    try:
+        return np.random.default_rng(seed)
+    except TypeError:
+        raise TypeError(
+            f"{fn}: seed must be None, an int >= 0, a sequence of such ints or a numpy Generator, got "
+            f"{type(seed).__name__} {seed!r:.60}"
+        ) from None
+    except ValueError:
+        raise ValueError(
+            f"{fn}: seed must be >= 0 (numpy's generators take no negative seeds), got {seed!r:.60}"
+        ) from None
 
 
 def is_scalar(x: Any) -> bool:
@@ -239,53 +273,65 @@ def is_scalar(x: Any) -> bool:
 def check_scalar(fn: str, x: Any, alpha: Any) -> Any:
     """``alpha`` in a form that multiplies the train ``x``'s cores without changing their dtype or device.
 
-    A scalar never changes a train's dtype (numpy's NEP 50 and torch's rule for Python scalars):
-    numbers, numpy scalars and 0-d numpy arrays become Python floats, 0-d arrays of the train's own
-    backend are cast to its dtype and device (a torch scalar that requires grad keeps its graph).
+    A real scalar never changes a train's dtype (numpy's NEP 50 and torch's rule for Python scalars):
+    real numbers, numpy scalars and 0-d numpy arrays become Python floats, complex ones Python complex
+    numbers, and 0-d arrays of the train's own backend are cast to its dtype and device (a torch scalar
+    that requires grad keeps its graph). A complex scalar with a real train is returned as a complex
+    number (or a complex 0-d array of the train's precision): the caller promotes the train
+    (:func:`scalar_promoted`), as numpy does.
 
     Raises
     ------
     TypeError
-        Not a real number or a 0-d array; a complex scalar; a 0-d array of another backend than numpy
-        or the train's.
+        Not a number or a 0-d array; a 0-d array of another backend than numpy or the train's.
     ValueError
-        A number not representable as a float.
+        A number not representable as a float (or complex).
     """
     if not is_scalar(alpha):
-        raise TypeError(f"{fn}: the scalar must be a real number or a 0-d array, got {type(alpha).__name__}")
+        raise TypeError(f"{fn}: the scalar must be a number or a 0-d array, got {type(alpha).__name__}")
     if isinstance(alpha, numbers.Number):
-        if isinstance(alpha, numbers.Complex) and not isinstance(alpha, numbers.Real):
-            raise TypeError(f"{fn}: complex scalar {alpha!r}; tensornet supports real floats only")
         try:
+            if isinstance(alpha, numbers.Complex) and not isinstance(alpha, numbers.Real):
+                return complex(alpha)
             return float(alpha)  # type: ignore[arg-type]  # Python/numpy reals, Fraction, Decimal
         except (TypeError, ValueError, OverflowError) as err:
             raise ValueError(
                 f"{fn}: the scalar {alpha!r:.40} is not representable as a float ({err})"
             ) from None
-    if B.is_complex(alpha):
-        raise TypeError(f"{fn}: complex scalar of dtype {alpha.dtype}; tensornet supports real floats only")
+    widen = B.is_complex(alpha) and not B.is_complex(x.cores[0])  # the caller promotes x to complex
+    dtype = B.complex_dtype_name(x.dtype) if widen else x.dtype
     if B.backend_name(alpha) == x.backend:
-        return B.to_backend(alpha, x.backend, device=x.device, dtype=x.dtype)
+        return B.to_backend(alpha, x.backend, device=x.device, dtype=dtype)
     if B.backend_name(alpha) == "numpy":
-        return float(alpha)
+        return complex(alpha) if B.is_complex(alpha) else float(alpha)
     raise TypeError(
         f"{fn}: the scalar is a {B.backend_name(alpha)} array but the train's cores are {x.backend}; "
         "convert one of them"
     )
 
 
+def scalar_promoted(x: Any, alpha: Any) -> Any:
+    """``x``, or a complex copy of it when the checked scalar ``alpha`` is complex and ``x`` real."""
+    complex_scalar = isinstance(alpha, complex) or (B.is_array(alpha) and B.is_complex(alpha))
+    if complex_scalar and not B.is_complex(x.cores[0]):
+        return x.to(dtype=B.complex_dtype_name(x.dtype))
+    return x
+
+
 # --- indices ----------------------------------------------------------------------------------------
 def index_rows(fn: str, index: Any, shape: Sequence[int], name: str = "index") -> np.ndarray:
     """``index`` (a ``(k, d)`` integer array or nested sequence) as host int64 rows within ``shape``.
 
-    Negative entries count from the end of their mode.
+    Negative entries count from the end of their mode. Every entry is range-checked in its own integer
+    type before any cast (an unsigned 2^64 - 1 or a Python int beyond int64 is out of range, never
+    wrapped).
 
     Raises
     ------
     TypeError
-        Not an integer array or sequence.
+        Not an integer array or sequence (bools, floats, a masked array).
     ValueError
-        Not of shape ``(k, d)``.
+        Not of shape ``(k, d)``, or ragged rows.
     IndexError
         An entry outside its mode.
     """
@@ -296,29 +342,57 @@ def index_rows(fn: str, index: Any, shape: Sequence[int], name: str = "index") -
             f"{fn}: {name} has shape {tuple(rows.shape)} but must be (k, {d}): one row (i_1, ..., i_{d}) "
             f"per entry of the shape-{tuple(shape)} train (wrap a single index as [index])"
         )
-    rows = rows.astype(np.int64, copy=False)
-    sizes = np.asarray(shape, dtype=np.int64)
-    bad = np.argwhere((rows < -sizes) | (rows >= sizes))
+    if rows.dtype.kind == "u":  # compared unsigned: a cast to int64 first would wrap 2^64 - 1 to -1
+        sizes: Any = np.asarray(shape, dtype=rows.dtype)
+        bad = np.argwhere(rows >= sizes)
+    else:  # signed ints, or Python ints of any size (object dtype) compared exactly
+        sizes = np.asarray(shape, dtype=np.int64 if rows.dtype.kind == "i" else object)
+        bad = np.argwhere((rows < -sizes) | (rows >= sizes))
     if bad.size:
         j, k = (int(v) for v in bad[0])
         raise IndexError(
-            f"{fn}: {name} row {j} has {int(rows[j, k])} in mode {k}, which has size {int(sizes[k])} "
-            f"(valid: {-int(sizes[k])} .. {int(sizes[k]) - 1})"
+            f"{fn}: {name} row {j} has {int(rows[j, k])} in mode {k}, which has size {int(shape[k])} "
+            f"(valid: {-int(shape[k])} .. {int(shape[k]) - 1})"
         )
+    rows = rows.astype(np.int64)
+    sizes = np.asarray(shape, dtype=np.int64)
     return np.where(rows < 0, rows + sizes, rows)
 
 
 def _host_rows(fn: str, index: Any, name: str) -> np.ndarray:
+    """``index`` as a host numpy array of an integer dtype (or object dtype holding Python ints)."""
     if B.is_array(index):
+        check_unmasked(fn, name, index)
         if B.is_complex(index) or B.is_floating(index) or str(index.dtype) in ("bool", "torch.bool"):
             raise TypeError(f"{fn}: {name} must hold integers, got dtype {index.dtype}")
         return np.asarray(B.to_backend(index, "numpy"))
-    if isinstance(index, Sequence) and not isinstance(index, str):
+    if not isinstance(index, Sequence) or isinstance(index, (str, bytes)):
+        raise TypeError(f"{fn}: {name} must be a (k, d) integer array, got {type(index).__name__}")
+    nested = [isinstance(row, Sequence) and not isinstance(row, (str, bytes)) for row in index]
+    if any(nested) and not all(nested):
+        j = nested.index(not nested[0])
+        raise ValueError(
+            f"{fn}: {name} mixes rows and single values (entry 0 is {'a row' if nested[0] else 'a value'}, "
+            f"entry {j} is not); give a (k, d) array, one multi-index of d entries per row"
+        )
+    lengths = sorted({len(row) for row in index}) if all(nested) else []
+    if len(lengths) > 1:
+        raise ValueError(
+            f"{fn}: {name} is ragged: its rows have lengths {lengths}; give a (k, d) array, one multi-index "
+            "of d entries per row"
+        )
+    try:
         rows = np.asarray(index)
-        if rows.size and not np.issubdtype(rows.dtype, np.integer):
-            raise TypeError(f"{fn}: {name} must hold integers, got {rows.dtype} entries")
-        return rows
-    raise TypeError(f"{fn}: {name} must be a (k, d) integer array, got {type(index).__name__}")
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{fn}: {name} is not a (k, d) array of integers ({err})") from None
+    if rows.size and rows.dtype.kind not in "iu":
+        # numpy promotes mixed integer types (np.uint64 with int) to float64, and ints beyond int64 to
+        # object: look at the entries themselves, exactly
+        rows = np.asarray(index, dtype=object)
+        for v in rows.reshape(-1).tolist():
+            if not is_int(v):
+                raise TypeError(f"{fn}: {name} must hold integers, got {type(v).__name__} {v!r}")
+    return rows
 
 
 def check_axes(fn: str, axis: Any, ndim: int) -> tuple[int, ...]:
@@ -347,24 +421,36 @@ def check_axes(fn: str, axis: Any, ndim: int) -> tuple[int, ...]:
 
 
 # --- dense arrays -----------------------------------------------------------------------------------
+def check_unmasked(fn: str, name: str, x: Any) -> None:
+    """Raise ``TypeError`` for a numpy masked array: its masked entries have no value to decompose."""
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(
+            f"{fn}: {name} is a numpy masked array; tensornet needs a value for every entry. Fill the masked "
+            "entries (x.filled(value)) or pass x.data to use the stored values as they are"
+        )
+
+
 def check_dense(fn: str, x: Any) -> Array:
-    """Raise unless ``x`` is a float32/float64 array with at least one dimension and no zero-size one.
+    """Raise unless ``x`` is a float32/64 or complex64/128 array with at least one dimension, none of size 0.
 
     Raises
     ------
     TypeError
-        Not an array, or not float32/float64.
+        Not an array, or not of those dtypes.
     ValueError
         A 0-d array or a zero-size dimension.
     """
     if not B.is_array(x):
         raise TypeError(f"{fn}: expected a numpy array or torch tensor, got {type(x).__name__}")
+    check_unmasked(fn, "the array", x)
     if x.ndim < 1:
         raise ValueError(f"{fn}: expected an array with at least one dimension, got a 0-d array")
     if any(int(n) == 0 for n in x.shape):
         raise ValueError(f"{fn}: the array has a zero-size dimension (shape {tuple(x.shape)})")
-    if B.is_complex(x) or not B.is_floating(x):
-        raise TypeError(f"{fn}: dtype {x.dtype} is not supported; use float32 or float64")
+    if not (B.is_complex(x) or B.is_floating(x)):
+        raise TypeError(
+            f"{fn}: dtype {x.dtype} is not supported; use float32/float64 or complex64/complex128"
+        )
     check_precision(fn, x.dtype)
     return x
 
@@ -382,20 +468,56 @@ def check_type(fn: str, x: Any, cls: type, name: str) -> None:
         raise TypeError(f"{fn}: {name} must be a tensornet {cls.__name__}, got {type(x).__name__}")
 
 
+def common_dtype(fn: str, a: Any, b: Any) -> str:
+    """The dtype two trains combine in: their own if equal, numpy's promotion of a real and a complex one.
+
+    ``float64`` with ``complex64`` gives ``complex128`` (as numpy); two real (or two complex) dtypes of
+    different precisions are refused: convert one explicitly.
+
+    Raises
+    ------
+    TypeError
+        Dtypes that differ other than by being real and complex.
+    """
+    first, second = B.dtype_name(a.dtype), B.dtype_name(b.dtype)
+    if first == second:
+        return first
+    if (first in _COMPLEX) == (second in _COMPLEX):
+        raise TypeError(
+            f"{fn}: operands have different dtypes ({a.dtype} and {b.dtype}); convert with .to(dtype=...)"
+        )
+    return str(np.result_type(first, second))
+
+
+_COMPLEX = ("complex64", "complex128")
+
+
 def check_same_storage(fn: str, a: Any, b: Any) -> None:
-    """Raise unless two trains share backend, dtype (``TypeError``) and device (``ValueError``)."""
+    """Raise unless two trains share backend (``TypeError``), device (``ValueError``) and a dtype.
+
+    A real and a complex train combine (:func:`common_dtype`); other dtype differences are a ``TypeError``.
+    """
     if a.backend != b.backend:
         raise TypeError(
             f"{fn}: operands use different backends ({a.backend} and {b.backend}); convert with .to()"
         )
-    if a.dtype != b.dtype:
-        raise TypeError(
-            f"{fn}: operands have different dtypes ({a.dtype} and {b.dtype}); convert with .to(dtype=...)"
-        )
+    common_dtype(fn, a, b)
     if a.device != b.device:
         raise ValueError(
             f"{fn}: operands are on different devices ({a.device} and {b.device}); move one with .to()"
         )
+
+
+def promoted(*trains: Any) -> list[Any]:
+    """The trains converted to the dtype they combine in (checked first by :func:`check_same_storage`).
+
+    A real train combined with a complex one becomes complex (a copy, differentiable on torch); trains
+    already of that dtype are returned as they are.
+    """
+    target = B.dtype_name(trains[0].dtype)
+    for t in trains[1:]:
+        target = str(np.result_type(target, B.dtype_name(t.dtype)))
+    return [t if B.dtype_name(t.dtype) == target else t.to(dtype=target) for t in trains]
 
 
 def check_same_structure(fn: str, a: Any, b: Any) -> None:

@@ -21,7 +21,7 @@ from typing import Any, Literal, overload
 import numpy as np
 
 from . import _backend as B
-from . import _checks, _place, _pow2, _round
+from . import _checks, _cross_graph, _place, _pow2, _round
 from ._cross_cache import Budget, Evaluations
 from ._cross_sweeps import Sweeps, host_gather, relative_error
 from ._index import gather
@@ -182,37 +182,97 @@ def cross(
     about ``eps`` or less; the kept estimate is the rounded train's error on the validation indices (a
     sample estimate, not a bound: a feature that no sampled index sees, e.g. a narrow peak, is invisible
     to any cross). Values of ``f`` far from 1 are divided by a power of two while searching (exact) and
-    the factor is put back. The result carries no gradient of ``f``'s values (they are detached).
+    the factor is put back.
+
+    Gradients: when ``f``'s values carry an autograd graph (torch values that require grad, e.g. ``f``
+    closes over parameters), the result is instead the cross interpolant at the rounded train's own
+    nested index sets (maxvol on its orthogonal factors), built from one more call of ``f`` at its fibers
+    (``sum_k r_{k-1} n_k r_k`` points, not counted in ``max_evals``) by differentiable operations
+    (:mod:`tensornet._cross_graph`): a loss of the result then has that train's exact gradient with respect
+    to everything ``f`` depends on (the index sets themselves are piecewise constant). Its error is
+    measured and returned like the search's; if it misses eps while the search met it, a
+    :class:`ConvergenceWarning` says so. ``like`` must then be a torch array or train.
 
     Cost: ``O(r^2 n)`` evaluations and ``O(r^3 n)`` operations per core and half-sweep, ``O(d r^2 n)``
     memory, for ranks r and mode sizes n.
     """
+    return _cross("cross", f, shape, eps, max_rank, max_evals, seed, like, dtype, validation, return_error)
+
+
+def _cross(
+    fn: str,
+    f: Callable[[Any], Any],
+    shape: Any,
+    eps: Any,
+    max_rank: Any,
+    max_evals: Any,
+    seed: Any,
+    like: Any,
+    dtype: Any,
+    validation: Any,
+    return_error: bool,
+) -> Any:
+    """:func:`cross`, its messages naming ``fn`` (``cross`` or ``apply``)."""
     if not callable(f):
-        raise TypeError(f"cross: f must be callable (index array (k, d) -> k values), got {type(f).__name__}")
-    shape = _checks.check_shape("cross", "shape", shape, scalar=True)
-    eps_value = _checks.check_eps("cross", eps)
+        raise TypeError(f"{fn}: f must be callable (index array (k, d) -> k values), got {type(f).__name__}")
+    shape = _checks.check_shape(fn, "shape", shape, scalar=True)
+    eps_value = _checks.check_eps(fn, eps)
     if not eps_value:
-        raise ValueError(f"cross: eps must be > 0 (a relative accuracy), got {eps}; e.g. 1e-14 for float64's")
-    caps = _checks.rank_caps("cross", max_rank, len(shape))
-    budget = _checks.check_count("cross", "max_evals", max_evals, optional=True)
-    reference = _place.reference("cross", like)
-    rng = np.random.default_rng(seed)
-    rows = _validation_rows("cross", validation, shape, rng)
+        raise ValueError(f"{fn}: eps must be > 0 (a relative accuracy), got {eps}; e.g. 1e-14 for float64's")
+    caps = _checks.rank_caps(fn, max_rank, len(shape))
+    budget = _checks.check_count(fn, "max_evals", max_evals, optional=True)
+    reference = _place.reference(fn, like)
+    _check_size(fn, shape)
+    rng = _checks.rng(fn, seed)
+    rows = _validation_rows(fn, validation, shape, rng)
     evaluations = Evaluations(f, shape, budget, reference)
     if budget is not None and budget < np.unique(rows, axis=0).shape[0]:
         raise ValueError(
-            f"cross: max_evals={budget} is less than the {rows.shape[0]} validation indices; raise it or "
+            f"{fn}: max_evals={budget} is less than the {rows.shape[0]} validation indices; raise it or "
             "pass a smaller validation="
         )
     exact = evaluations.points(rows)
     cores, error, reason = _search(evaluations, rows, exact, eps_value, caps, rng)
     cores, error = _rounded(cores, rows, exact, eps_value, error, evaluations, caps)
+    if evaluations.graph:
+        placed, error = _with_graph(fn, evaluations, cores, rows, exact, reference, dtype)
+        if error > eps_value and reason is None:
+            reason = "graph"
+    else:
+        placed = _place.place(fn, _pow2.restore(cores, evaluations.exponent, at=-1), like, dtype)
     if error > eps_value and reason is not None:
-        _warn(reason, eps_value, error, rows.shape[0], budget, evaluations.count)
-    result = TT._trusted(
-        _place.place("cross", _pow2.restore(cores, evaluations.exponent, at=-1), like, dtype)
-    )
+        _warn(fn, reason, eps_value, error, rows.shape[0], budget, evaluations.count)
+    result = TT._trusted(placed)
     return (result, error) if return_error else result
+
+
+def _check_size(fn: str, shape: tuple[int, ...]) -> None:
+    """Refuse modes too large for even the first fibers (3 index rows of d ints and a value per entry)."""
+    sizes = [n * 3 * (len(shape) + 1) for n in shape]
+    _place.check_memory(fn, sizes, 8, hint="; a mode this large needs a coarser grid or a QTT reshaping")
+
+
+def _with_graph(
+    fn: str,
+    evaluations: Evaluations,
+    cores: list[np.ndarray],
+    rows: np.ndarray,
+    exact: np.ndarray,
+    reference: Any,
+    dtype: Any,
+) -> tuple[list[Any], float]:
+    """The differentiable cores (:mod:`tensornet._cross_graph`) placed like ``reference``, and their error."""
+    if reference is None or B.backend_name(reference) != "torch":
+        raise TypeError(
+            f"{fn}: f returned values that require grad, but the result would be a numpy train, which cannot "
+            "carry their gradient; pass like=<a torch tensor or train> to get a differentiable torch train"
+        )
+    target = _place.place(fn, [np.zeros((1, 1, 1))], reference, dtype)[0]
+    placed = [c.to(device=target.device) for c in _cross_graph.graph_train(evaluations, cores, target.dtype)]
+    host = [np.asarray(B.to_backend(c, "numpy")) for c in placed]
+    values = B.scale_pow2(exact, evaluations.exponent)
+    scale = float(np.linalg.norm(values)) or 1.0
+    return placed, relative_error(host_gather(host, rows), values, scale)
 
 
 def _search(
@@ -300,18 +360,27 @@ def _rounded(
     return rounded, rounded_error
 
 
-def _warn(reason: str, eps: float, error: float, checks: int, budget: int | None, count: int) -> None:
+def _warn(
+    fn: str, reason: str, eps: float, error: float, checks: int, budget: int | None, count: int
+) -> None:
     estimate = f"the relative error estimated on {checks} validation indices is {error:.3g}"
     if reason == "evals":
-        message = f"cross: max_evals={budget} stopped the search before eps={eps:g} was met; {estimate}. "
+        message = f"{fn}: max_evals={budget} stopped the search before eps={eps:g} was met; {estimate}. "
         message += "Raise max_evals to meet eps."
         category: type[Warning] = EvalCapWarning
     elif reason == "rank":
-        message = f"cross: max_rank kept the result from meeting eps={eps:g}; {estimate}. Raise max_rank."
+        message = f"{fn}: max_rank kept the result from meeting eps={eps:g}; {estimate}. Raise max_rank."
         category = RankCapWarning
+    elif reason == "graph":
+        message = (
+            f"{fn}: the search met eps={eps:g}, but its differentiable form (the cross interpolant at the "
+            f"result's index sets, which carries the gradient) did not: {estimate}. A smaller eps gives the "
+            "interpolant more room."
+        )
+        category = ConvergenceWarning
     else:
         message = (
-            f"cross: the error stopped improving before eps={eps:g} was met ({count} evaluations); "
+            f"{fn}: the error stopped improving before eps={eps:g} was met ({count} evaluations); "
             f"{estimate}. f may be noisy, eps below its precision, or the tensor of high rank (then a "
             "larger eps, or a max_rank to bound the work, may be what you want)."
         )
@@ -380,7 +449,9 @@ def apply(
     -----
     ``y[i] = f(x_1[i], ..., x_m[i])`` is approximated by :func:`cross` on the index function
     ``i -> f(gather(x_1, i), ...)``: entries are gathered from the cores (:func:`tensornet.gather`),
-    never through ``full()``; a TTM's modes ``m_k n_k`` are merged for the cross.
+    never through ``full()``; a TTM's modes ``m_k n_k`` are merged for the cross. With torch trains that
+    require grad (and a differentiable ``f``), the result is differentiable in their cores (see
+    :func:`cross`: the cross interpolant at the result's index sets).
 
     Cost: that of :func:`cross` plus ``O(d r^2)`` per entry gathered from each train of rank r.
     """
@@ -399,16 +470,8 @@ def apply(
     def entries(index: Any) -> Any:
         return f(*(gather(t, index) for t in flat))
 
-    train, error = cross(
-        entries,
-        flat[0].shape,
-        eps=eps,
-        max_rank=max_rank,
-        max_evals=max_evals,
-        seed=seed,
-        like=first,
-        validation=validation,
-        return_error=True,
+    train, error = _cross(
+        "apply", entries, flat[0].shape, eps, max_rank, max_evals, seed, first, None, validation, True
     )
     shaped = first._from_tt_layout(train.cores)
     return (shaped, error) if return_error else shaped

@@ -64,6 +64,8 @@ class Evaluations:
         self.count = 0
         self.calls = 0
         self.exponent = 0  # values are stored divided by 2^exponent (set from the first call)
+        self.graph = False  # whether f's values carry an autograd graph (then the result is rebuilt with it)
+        self.graph_count = 0  # evaluations made to rebuild the result with the graph (not in max_evals)
 
     def encode(self, rows: np.ndarray, start: int) -> np.ndarray:
         """Words ``(m, W)`` of index rows over modes ``start, start + 1, ...``."""
@@ -79,7 +81,7 @@ class Evaluations:
             return key ^ (key >> 31)
 
     def _lookup(self, keys: np.ndarray, words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        values = np.empty(keys.shape[0], dtype=np.float64)
+        values = np.empty(keys.shape[0], dtype=self.values.dtype)  # float64, or complex128 once f gave one
         if self.keys.shape[0] == 0:
             return values, np.ones(keys.shape[0], dtype=bool)
         at = np.minimum(np.searchsorted(self.keys, keys), self.keys.shape[0] - 1)
@@ -110,6 +112,7 @@ class Evaluations:
         if positions.size:
             _, first, inverse = np.unique(words[positions], axis=0, return_index=True, return_inverse=True)
             fresh = self._call(rows[positions[first]])
+            values = values.astype(np.result_type(values, fresh), copy=False)
             values[positions] = fresh[inverse.reshape(-1)]
             self._store(keys[positions[first]], words[positions[first]], fresh)
         return values
@@ -132,6 +135,7 @@ class Evaluations:
             i, b = np.divmod(rest, q)
             rows = np.concatenate([left[a], i[:, None], right[b]], axis=1)
             fresh = self._call(rows)
+            values = values.astype(np.result_type(values, fresh), copy=False)
             values[positions] = fresh
             self._store(keys[positions], words[positions], fresh)
         return values.reshape(p, n, q)
@@ -144,8 +148,11 @@ class Evaluations:
         if self.like is not None and B.backend_name(self.like) != "numpy":
             index = B.to_backend(rows, B.backend_name(self.like), device=B.device(self.like))
         out = self.f(index)
+        self.graph = self.graph or bool(getattr(out, "requires_grad", False))
         if isinstance(out, np.ndarray) and out.shape == (m,) and out.dtype.kind in "fiu":
             values = out.astype(np.float64, copy=False)  # the common case, checked in three steps
+        elif isinstance(out, np.ndarray) and out.shape == (m,) and out.dtype.kind == "c":
+            values = out.astype(np.complex128, copy=False)
         else:
             values = _host_values(out, m, d)
         if not np.isfinite(values).all():
@@ -163,12 +170,30 @@ class Evaluations:
             if top > 0 and not 2.0**-100 < top < 2.0**100:  # far from 1: keep the algebra in range
                 self.exponent = math.frexp(top)[1]
         if self.exponent:
-            values = np.ldexp(values, -self.exponent)
+            values = B.scale_pow2(values, -self.exponent)
             if not np.all(np.isfinite(values)):
                 raise ValueError(
                     "cross: f's values span more than float64's range relative to each other; rescale f"
                 )
         return values
+
+    def with_graph(self, rows: np.ndarray) -> Any:
+        """``f`` at ``rows`` as it returns them (an array carrying its autograd graph), checked as :meth:`points`.
+
+        Not cached and not counted in ``max_evals`` (``graph_count`` counts them).
+        """
+        m, d = rows.shape
+        index = B.to_backend(rows, B.backend_name(self.like), device=B.device(self.like))
+        out = self.f(index)
+        values = _host_values(out, m, d)
+        if not np.isfinite(values).all():
+            j = int(np.flatnonzero(~np.isfinite(values))[0])
+            raise ValueError(
+                f"cross: f returned {values[j]} at index {tuple(int(i) for i in rows[j])}; cross needs finite "
+                "values: check f's domain there (a log, a square root or a division by zero)"
+            )
+        self.graph_count += m
+        return out
 
 
 def _host_values(out: Any, m: int, d: int) -> np.ndarray:
@@ -184,11 +209,12 @@ def _host_values(out: Any, m: int, d: int) -> np.ndarray:
             f"shape ({m},), one value per row of the ({m}, {d}) index array (reduce over axis 1, "
             "e.g. f = lambda idx: np.sin(idx.sum(axis=1)))"
         )
-    if B.is_complex(out) or str(out.dtype) in ("bool", "torch.bool"):
-        raise TypeError(f"cross: f returned dtype {out.dtype}; it must return real numbers")
+    if str(out.dtype) in ("bool", "torch.bool"):
+        raise TypeError(f"cross: f returned dtype {out.dtype}; it must return real or complex numbers")
+    wide = np.complex128 if B.is_complex(out) else np.float64
     if B.backend_name(out) == "torch":
-        out = out.detach().cpu().double()
-    return np.asarray(B.to_backend(out, "numpy"), dtype=np.float64)
+        out = out.detach().cpu()
+    return np.asarray(B.to_backend(out, "numpy"), dtype=wide)
 
 
 # --- the sweeps -----------------------------------------------------------------------------------

@@ -140,7 +140,7 @@ class Sweeps:
         if target == n_rows:  # every row is kept: no choice to make
             self.chosen = 0
             rows = np.arange(n_rows)
-            return rows, basis @ basis.T if keep < n_rows else np.eye(n_rows)
+            return rows, basis @ basis.conj().T if keep < n_rows else np.eye(n_rows)
         rows, coefficient = _maxvol.maxvol(basis, start=start)
         if target > keep:  # exploration: random further rows, so that the next fibers see new directions
             draw = self.rng.random(n_rows) + np.where(known, 1.0 if self.explore else -1.0, 0.0)

@@ -5,8 +5,9 @@ Re-exported by :mod:`tensornet.ops`; ``TT.__getitem__`` is :func:`getitem`.
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
+
+import numpy as np
 
 from . import _backend as B
 from . import _checks, _pow2
@@ -20,10 +21,11 @@ __all__ = ["gather", "getitem"]
 def _expand(index: Any, ncores: int) -> tuple[Any, ...]:
     """``index`` as one entry per mode: a tuple, ``...`` expanded, missing trailing modes as ``:``."""
     index = index if isinstance(index, tuple) else (index,)
-    if len([i for i in index if i is Ellipsis]) > 1:
+    ellipses = [at for at, i in enumerate(index) if i is Ellipsis]  # identity: arrays compare elementwise
+    if len(ellipses) > 1:
         raise IndexError("TT index: at most one Ellipsis (...) is allowed")
-    if Ellipsis in index:
-        at = index.index(Ellipsis)
+    if ellipses:
+        at = ellipses[0]
         fill = ncores - (len(index) - 1)
         index = index[:at] + (slice(None),) * fill + index[at + 1 :]
     if len(index) > ncores:
@@ -31,21 +33,83 @@ def _expand(index: Any, ncores: int) -> tuple[Any, ...]:
     return index + (slice(None),) * (ncores - len(index))
 
 
-def _positions(core: Array, positions: range) -> Array:
+def _positions(core: Array, positions: Any) -> Array:
     xp = B.namespace(core)
     return xp.asarray(list(positions), dtype=xp.int64, device=B.device(core))
 
 
+def _mode_index(idx: Any, k: int, n: int) -> int | slice | list[int]:
+    """One mode's index as an int (pick), a slice (keep a range) or a list of positions (keep those).
+
+    Integers are Python/numpy ints or 0-d integer arrays; positions come from a 1-D integer array or
+    sequence (negative from the end) or a 1-D boolean mask of the mode's size, as numpy reads them.
+    """
+    if isinstance(idx, slice):
+        return idx
+    if _checks.is_int(idx):
+        i = int(idx)
+    elif B.is_array(idx) and idx.ndim == 0 and not B.is_floating(idx) and not B.is_complex(idx):
+        if str(idx.dtype) in ("bool", "torch.bool"):
+            raise TypeError(f"TT index: mode {k} got a 0-d boolean array; use an int, a slice or a 1-D mask")
+        i = int(idx)
+    elif isinstance(idx, (bool, float, complex, str, bytes)) or idx is None:
+        raise TypeError(
+            f"TT index: mode {k} got {type(idx).__name__} {idx!r}; use an int, a slice, ..., or one 1-D "
+            "array of ints (or a boolean mask) per index"
+        )
+    else:
+        return _positions_of(idx, k, n)
+    if not -n <= i < n:
+        raise IndexError(f"TT index: index {i} is out of range for mode {k} of size {n}")
+    return i % n
+
+
+def _positions_of(idx: Any, k: int, n: int) -> list[int]:
+    """The positions a 1-D integer array / sequence or a boolean mask selects in a mode of size ``n``."""
+    values = np.asarray(B.to_backend(idx, "numpy")) if B.is_array(idx) else None
+    if values is None:
+        try:
+            values = np.asarray(idx)
+        except (TypeError, ValueError):
+            values = np.asarray(idx, dtype=object)
+    if values.ndim != 1:
+        raise IndexError(
+            f"TT index: mode {k} got an array of shape {values.shape}; an index array must be 1-D (it keeps "
+            "the mode with the selected positions); for entries at arbitrary multi-indices use "
+            "tn.gather(t, rows) with a (k, d) array"
+        )
+    if values.size == 0:
+        raise IndexError(
+            f"TT index: the index of mode {k} (size {n}) selects nothing; a TT has no empty modes"
+        )
+    if values.dtype == bool:
+        if values.shape[0] != n:
+            raise IndexError(f"TT index: a boolean mask of mode {k} has length {values.shape[0]}, not {n}")
+        selected = np.flatnonzero(values)
+        if selected.size == 0:
+            raise IndexError(f"TT index: the mask of mode {k} selects nothing; a TT has no empty modes")
+        return [int(p) for p in selected]
+    if values.dtype.kind not in "iuO" or not all(_checks.is_int(v) for v in values.tolist()):
+        raise TypeError(f"TT index: the array of mode {k} must hold integers, got dtype {values.dtype}")
+    positions: list[int] = []
+    for v in values.tolist():  # Python ints: compared exactly, whatever the array's integer type
+        if not -n <= v < n:
+            raise IndexError(f"TT index: position {v} in the array of mode {k} is out of range for size {n}")
+        positions.append(v % n)
+    return positions
+
+
 @B.exact
 def getitem(x: _tt.TT, index: Any) -> Any:
-    """``x[i, j, k]`` (a 0-d array) or ``x[:, 2, 1:5]`` (a TT over the sliced modes).
+    """``x[i, j, k]`` (a 0-d array), ``x[:, 2, 1:5]`` or ``x[[0, 3], :, 1]`` (a TT over the kept modes).
 
     Parameters
     ----------
     x : TT
-    index : int, slice, ``...`` or a tuple of them
-        Integers pick an entry of a mode (the mode is removed), slices keep a range of it; missing
-        trailing modes are kept whole.
+    index : int, slice, ``...``, a 1-D integer array or boolean mask, or a tuple of them
+        Integers pick an entry of a mode (the mode is removed), slices keep a range of it, a 1-D array of
+        positions (negative from the end) or a boolean mask of the mode's size keeps those positions in
+        that order (numpy's rule for a single advanced index); missing trailing modes are kept whole.
 
     Returns
     -------
@@ -54,39 +118,53 @@ def getitem(x: _tt.TT, index: Any) -> Any:
     Raises
     ------
     TypeError
-        ``x`` not a TT, an index that is not an int, slice or ``...`` (arrays of indices: use
-        :func:`gather`).
+        ``x`` not a TT, an index that is not an int, slice, ``...`` or 1-D array.
     IndexError
-        An index out of range, an empty slice, too many indices, two ``...``.
+        An index out of range, an empty selection, too many indices, two ``...``, index arrays in more
+        than one mode (numpy would pair their entries up: that is :func:`gather`) or of more than one
+        dimension, an index array and integers separated by a slice (numpy would move the array's mode
+        to the front).
 
     Notes
     -----
-    The picked matrices ``G_k[:, i_k, :]`` are multiplied together and into the next kept core.
+    The picked matrices ``G_k[:, i_k, :]`` are multiplied together and into the next kept core; an
+    index array takes its positions of the core's mode.
 
     Cost: ``O(d r^3)`` for an entry.
     """
     _checks.check_type("getitem", x, _tt.TT, "x")
     xp = B.namespace(*x.cores)
+    modes = [
+        _mode_index(idx, k, int(core.shape[1]))
+        for k, (core, idx) in enumerate(zip(x.cores, _expand(index, x.ncores)))
+    ]
+    arrays = [k for k, m in enumerate(modes) if isinstance(m, list)]
+    if len(arrays) > 1:
+        raise IndexError(
+            f"TT index: index arrays in modes {arrays}; numpy would pair their entries up (one entry per "
+            "position), which is tn.gather(t, rows) with a (k, d) array of multi-indices; a TT index takes "
+            "an array in one mode only"
+        )
+    advanced = [k for k, m in enumerate(modes) if not isinstance(m, slice)]
+    if arrays and advanced[-1] - advanced[0] + 1 != len(advanced):
+        raise IndexError(
+            f"TT index: an index array and integers separated by a slice (modes {advanced}): numpy would move "
+            "the array's mode to the front there, while a TT keeps its modes in order; index in two steps "
+            "instead, e.g. t[0][:, [1, 2]] for t[0, :, [1, 2]]"
+        )
     kept: list[Array] = []
     pending = None  # product of the picked (r x r') matrices not yet absorbed
-    for k, (core, idx) in enumerate(zip(x.cores, _expand(index, x.ncores))):
-        n = int(core.shape[1])
-        if isinstance(idx, bool) or not isinstance(idx, (numbers.Integral, slice)):
-            raise TypeError(
-                f"TT index: mode {k} got {type(idx).__name__}; use integers, slices or ... "
-                "(arrays of indices are not supported)"
-            )
-        if isinstance(idx, slice):
-            piece = _sliced(core, idx, k)
-            if pending is not None:
-                piece, pending = einsum("ab,bnc->anc", pending, piece), None
-            kept.append(piece)
+    for k, (core, idx) in enumerate(zip(x.cores, modes)):
+        if isinstance(idx, int):
+            matrix = core[:, idx, :]
+            pending = matrix if pending is None else pending @ matrix
             continue
-        i = int(idx)
-        if not -n <= i < n:
-            raise IndexError(f"TT index: index {i} is out of range for mode {k} of size {n}")
-        matrix = core[:, i % n, :]
-        pending = matrix if pending is None else pending @ matrix
+        piece = (
+            _sliced(core, idx, k) if isinstance(idx, slice) else xp.take(core, _positions(core, idx), axis=1)
+        )
+        if pending is not None:
+            piece, pending = einsum("ab,bnc->anc", pending, piece), None
+        kept.append(piece)
     if not kept:
         return xp.reshape(pending, ())
     if pending is not None:

@@ -78,4 +78,5 @@ def coefficients(u: np.ndarray, rows: np.ndarray) -> np.ndarray:
     applications"). Cost: ``O(N r k)`` for ``k`` rows.
     """
     chosen = u[rows]
-    return u @ np.linalg.solve(chosen.T @ chosen, chosen.T)
+    adjoint = chosen.conj().T  # pinv(C) = (C^H C)^{-1} C^H (C^T for real data)
+    return u @ np.linalg.solve(adjoint @ chosen, adjoint)

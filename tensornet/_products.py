@@ -40,6 +40,7 @@ def matvec(a: TTM, x: TT) -> TT:
     Cost: ``O(d m n r^2 s^2)``.
     """
     _check_operands("matvec", a, x, TT, ("x", "shape", x.shape if isinstance(x, TT) else ()))
+    a, x = _checks.promoted(a, x)
     xp = B.namespace(*a.cores)
     columns = [xp.reshape(c, (int(c.shape[0]), int(c.shape[1]), 1, int(c.shape[2]))) for c in x.cores]
     cores = _product_cores(a.cores, columns)
@@ -69,6 +70,7 @@ def matmul(a: TTM, b: TTM) -> TTM:
     Cost: ``O(d m k n r^2 s^2)``.
     """
     _check_operands("matmul", a, b, TTM, ("B", "row_shape", b.row_shape if isinstance(b, TTM) else ()))
+    a, b = _checks.promoted(a, b)
     return TTM._trusted(_product_cores(a.cores, b.cores))
 
 
@@ -138,4 +140,10 @@ def linear(x: Array, w: TTM, bias: Array | None = None, *, save_weight: bool = F
     """
     if not isinstance(w, TTM):
         raise TypeError(f"linear: W must be a tensornet TTM, got {type(w).__name__}")
+    if B.is_complex(w.cores[0]) or (B.is_array(x) and B.is_complex(x)):
+        raise TypeError(
+            "linear: complex operands are not supported by the layer product (its planned kernels and "
+            "custom backward are real); for a complex TTM times a complex train use tn.matvec(W, x), or "
+            "split into real and imaginary parts (tn.real, tn.imag)"
+        )
     return _linear.linear(x, w.cores, bias, save_weight=save_weight)

@@ -21,10 +21,12 @@ __all__ = ["dot", "norm", "sum"]
 # --- scalars ---------------------------------------------------------------------------------------
 @B.exact
 def dot(a: TrainT, b: TrainT) -> Array:
-    """Inner product ``<a, b> = sum(a * b)`` (Frobenius for TTM) as a 0-d array.
+    """Inner product ``<a, b> = sum(conj(a) * b)`` (Frobenius for TTM) as a 0-d array.
 
     ``a`` and ``b`` are trains of one structure and storage, as for :func:`tensornet.add` (which also
-    lists the errors); the result is a 0-d array.
+    lists the errors); the result is a 0-d array. For complex trains the product is sesquilinear:
+    conjugate-linear in ``a``, as ``numpy.vdot``, so ``dot(a, b) == conj(dot(b, a))`` and
+    ``dot(a, a) == norm(a)**2``. A real and a complex train combine as complex.
 
     Notes
     -----
@@ -36,7 +38,8 @@ def dot(a: TrainT, b: TrainT) -> Array:
     Cost: ``O(d n r s (r + s))``.
     """
     _checks.check_same_structure("dot", a, b)
-    ca, ea = _pow2.normalized_cores(a._tt_layout())
+    a, b = _checks.promoted(a, b)
+    ca, ea = _pow2.normalized_cores([B.conj(c) for c in a._tt_layout()])
     cb, eb = _pow2.normalized_cores(b._tt_layout())
     xp = B.namespace(*ca)
     start = xp.ones((1, 1), dtype=a.dtype, device=a.device)
@@ -72,8 +75,10 @@ def _norm_with_gradient(cores: list[Array], value: Array) -> Array:
     xp = B.namespace(*cores)
     v = xp.ones((1, 1), dtype=cores[0].dtype, device=B.device(cores[0]))
     for y, z in zip(scaled, fixed):
-        v, _ = B.normalized(einsum("ab,anc,bnd->cd", v, y, z))
+        v, _ = B.normalized(einsum("ab,anc,bnd->cd", v, B.conj(y), z))
     v = xp.reshape(v, ())
+    if B.is_complex(v):  # <y, z> = ||y||^2 up to rounding: its real part carries d||x||^2 / 2
+        v = xp.real(v)
     factor = B.detach(xp.where(v != 0, value / xp.where(v != 0, v, xp.ones_like(v)), xp.zeros_like(v)))
     return value + (v - B.detach(v)) * factor
 
@@ -90,7 +95,8 @@ def norm(x: Train) -> Array:
     Returns
     -------
     0-d array
-        ``||x||_F`` in ``x``'s dtype (computed in float32 for float16/bfloat16 trains, which QR does not support).
+        ``||x||_F`` in ``x``'s dtype, real for complex trains (float32 for complex64); computed in
+        float32 for float16/bfloat16 trains, which QR does not support.
         A ``TypeError`` if ``x`` is not a train.
 
     Notes

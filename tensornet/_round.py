@@ -331,7 +331,8 @@ def sweep(op: Train | Sum, caps: list[int | None], log: ErrorLog, route: Route) 
     the k-th unfolding of x is ``U_{<k} M_k F_{k+1}^T Q_{k+1}^T`` with ``M_k = P_{k-1} core_k`` (s n, r_k),
     so the truncated SVD of the small ``M_k F_{k+1}^T`` (s n, rho) gives the rank, the new core U_r and
     the discarded norm exactly as the Q-formed algorithm (TT-Toolbox) does; the carry is
-    ``P_k = U_r^T M_k``. Cost: ``O(d n R^3)`` for the first sweep (R the input ranks), ``O(d n r R^2)``
+    ``P_k = U_r^H M_k``. For complex trains the first sweep's ``X = F^T Q^T`` keeps plain transposes
+    (``Q^T`` has orthonormal rows when ``Q^H Q = I``), and only the carry is conjugated. Cost: ``O(d n R^3)`` for the first sweep (R the input ranks), ``O(d n r R^2)``
     for the second (r the output ranks).
     """
     xp = op.xp
@@ -346,7 +347,7 @@ def sweep(op: Train | Sum, caps: list[int | None], log: ErrorLog, route: Route) 
         kept = _truncate(reduced, None if k == 0 else log.threshold, caps[k], log, route)
         rows = 1 if carry is None else int(carry.shape[0])
         cores.append(xp.reshape(kept, (rows, op.mode(k), int(kept.shape[1]))))
-        carry = xp.matmul(kept.T, matrix)  # P_k (rank, r_k)
+        carry = xp.matmul(B.conj(kept.T), matrix)  # P_k = U_r^H M_k (rank, r_k)
     last = op.last(carry)
     cores.append(xp.reshape(last, (int(last.shape[0]), op.mode(op.d - 1), 1)))
     return cores

@@ -35,9 +35,11 @@ def choose_rank(singular: Array, threshold: float, cap: int | None) -> tuple[int
         return 1, 0.0, 1
     scaled = s / top
     tail = np.concatenate([np.cumsum((scaled * scaled)[::-1])[::-1], [0.0]])  # tail[r] = sum_{i >= r}
-    with np.errstate(over="ignore"):  # a threshold far above every value keeps rank 1
-        limit = (threshold / top) ** 2
-    fits = np.nonzero(tail <= limit)[0]
+    # compared as norms, not squares: the threshold may be any finite size (eps = 1e300 means "rank 1 is
+    # fine"), and its ratio to the top value may overflow to inf, which keeps rank 1 as it should
+    with np.errstate(over="ignore"):
+        limit = np.float64(threshold) / np.float64(top)
+    fits = np.nonzero(np.sqrt(tail) <= limit)[0]
     needed = max(1, int(fits[0]))
     rank = needed if cap is None else min(needed, cap)
     return rank, math.sqrt(float(tail[rank])) * top, needed
@@ -158,7 +160,7 @@ def truncated_factors(
         u, s, _ = svd(xp.permute_dims(_r_of_transpose(matrix), (1, 0)))
         rank = log_rank(s, threshold, cap, log)
         kept = u[:, :rank]
-        return kept, xp.matmul(xp.permute_dims(kept, (1, 0)), matrix), s
+        return kept, xp.matmul(B.conj(xp.permute_dims(kept, (1, 0))), matrix), s  # U_r^H A
     u, s, vh = svd(matrix)
     rank = log_rank(s, threshold, cap, log)
     return u[:, :rank], s[:rank, None] * vh[:rank, :], s
@@ -170,6 +172,10 @@ def row_norms2(b: Array) -> np.ndarray:
         torch = importlib.import_module("torch")
         norms = np.asarray(B.to_backend(torch.linalg.vector_norm(b, dim=1), "numpy"), dtype=np.float64)
         return norms * norms
+    if np.iscomplexobj(b):
+        return np.einsum("ij,ij->i", b.real, b.real).astype(np.float64) + np.einsum(
+            "ij,ij->i", b.imag, b.imag
+        ).astype(np.float64)
     return np.einsum("ij,ij->i", b, b).astype(np.float64)
 
 
@@ -214,20 +220,20 @@ def gram_factors(
 
 
 def _rotated(matrix: Array) -> tuple[Any, Any] | None:
-    """``(V, B = V^T A)`` with V the eigenvectors of ``A A^T`` (descending), or None if squares over/underflow."""
+    """``(V, B = V^H A)`` with V the eigenvectors of ``A A^H`` (descending), or None if squares over/underflow."""
     xp = B.namespace(matrix)
     m = int(matrix.shape[0])
     unit = B.finfo_eps(matrix)
     with np.errstate(all="ignore"):  # overflow/underflow is detected below and sent the QR route
-        gram = xp.matmul(matrix, xp.permute_dims(matrix, (1, 0)))
-        trace = B.to_float(xp.sum(xp.linalg.diagonal(gram)))
+        gram = xp.matmul(matrix, B.conj(xp.permute_dims(matrix, (1, 0))))  # A A^H, Hermitian
+        trace = B.to_float(xp.real(xp.sum(xp.linalg.diagonal(gram))))
     finfo = xp.finfo(matrix.dtype)
     if not float(finfo.smallest_normal) / unit**2 < trace < float(finfo.max) / (4 * m):
         return None  # squares would underflow or overflow: the QR route scales safely
     _, vectors = xp.linalg.eigh(gram)
     order = xp.arange(m - 1, -1, -1, device=B.device(matrix))
     vectors = xp.take(vectors, order, axis=1)  # descending eigenvalues, a copy: BLAS-ready strides
-    return vectors, xp.matmul(xp.permute_dims(vectors, (1, 0)), matrix)  # B = V^T A, (m, N)
+    return vectors, xp.matmul(B.conj(xp.permute_dims(vectors, (1, 0))), matrix)  # B = V^H A, (m, N)
 
 
 def _certified_minimal(kept: Any, norms2: np.ndarray, threshold: float) -> bool:
@@ -237,10 +243,8 @@ def _certified_minimal(kept: Any, norms2: np.ndarray, threshold: float) -> bool:
     """
     xp = B.namespace(kept)
     needed, total = (int(n) for n in kept.shape)
-    cross = np.asarray(
-        B.to_backend(xp.matmul(kept, xp.permute_dims(kept, (1, 0))), "numpy"), dtype=np.float64
-    )
-    scale = np.sqrt(np.diag(cross))
+    cross = np.asarray(B.to_backend(xp.matmul(kept, B.conj(xp.permute_dims(kept, (1, 0)))), "numpy"))
+    scale = np.sqrt(np.real(np.diag(cross)))
     if not np.all(scale > 0):
         return False
     rho = float(np.linalg.norm(cross / np.outer(scale, scale) - np.eye(needed), 2))

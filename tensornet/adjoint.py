@@ -11,6 +11,12 @@ Cotangents of train-valued results (``matvec``, ``matmul``, ``hadamard``) are gi
 shaped like the result's cores (a TT/TTM or a list of arrays): these ops act core-wise, so the VJP is
 core-wise too. No rule differentiates through ``round`` or renormalisation.
 
+Complex trains follow torch's convention for complex gradients: for a real loss ``L`` the gradient of
+a complex argument ``z`` is ``dL/dRe z + i dL/dIm z``, so a holomorphic op ``y = f(x)`` (``full``,
+``hadamard``, ``matvec``, ``matmul``) has the VJP ``x_bar = J^H y_bar``, and ``dot`` (conjugate-linear in
+its first argument) the corresponding rule; a real argument gets the real part of its gradient. The rules
+agree with torch's autograd on the same data (tested).
+
 Which ops use which rule with torch: ``linear`` has a custom autograd Function built on
 :func:`linear` (it saves only ``x`` and the cores unless ``save_weight`` is asked for); the other ops
 use plain autograd through their einsums, which for them keeps no more than their (small) inputs and
@@ -21,6 +27,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 from . import _backend as B
 from . import _checks, _linear
@@ -67,6 +75,32 @@ def _shapes(cores: Sequence[Array]) -> list[tuple[int, ...]]:
     return [tuple(int(s) for s in c.shape) for c in cores]
 
 
+def _widened(*groups: Sequence[Array]) -> list[list[Array]]:
+    """Each group of arrays in the one dtype they all combine in (numpy's promotion: real with complex is complex)."""
+    target = str(np.result_type(*(B.dtype_name(a.dtype) for group in groups for a in group)))
+    return [
+        [
+            a if B.dtype_name(a.dtype) == target else B.to_backend(a, B.backend_name(a), dtype=target)
+            for a in group
+        ]
+        for group in groups
+    ]
+
+
+def _conjugated(arrays: Sequence[Array]) -> list[Array]:
+    return [B.conj(a) for a in arrays]
+
+
+def _as_primal(grads: Sequence[Array], cores: Sequence[Array]) -> list[Array]:
+    """Gradients in their cores' kind: the real part for a real core (torch's rule for real inputs)."""
+    out = []
+    for g, c in zip(grads, cores):
+        if B.is_complex(g) and not B.is_complex(c):
+            g = B.namespace(g).real(g)
+        out.append(g)
+    return out
+
+
 # --- rules ------------------------------------------------------------------------------------------
 @B.exact
 def full(x: Train, grad: Array) -> CoreGrads:
@@ -98,10 +132,13 @@ def full(x: Train, grad: Array) -> CoreGrads:
         raise ValueError(
             f"adjoint.full: grad has shape {tuple(grad.shape)} but full(x) has shape {tuple(x.shape)}"
         )
-    ops = _linear.array_ops(grad, *x.cores)
+    # J^H y_bar = conj(J^T conj(y_bar)): the real rule on the conjugated cotangent, conjugated
+    (grad,), flat = _widened([B.conj(grad)], x._tt_layout())
+    ops = _linear.array_ops(grad, *flat)
     if isinstance(x, TTM):
         grad = _linear.dense_to_interleaved(x.cores, grad, ops)
-    return reshape_each(_linear.tt_grads_from_dense(x._tt_layout(), grad, ops), _shapes(x.cores))
+    grads = _conjugated(_linear.tt_grads_from_dense(flat, grad, ops))
+    return reshape_each(_as_primal(grads, x.cores), _shapes(x.cores))
 
 
 @B.exact
@@ -141,6 +178,16 @@ def dot(a: TrainT, b: TrainT, grad: Any = 1.0) -> tuple[CoreGrads, CoreGrads]:
         raise TypeError(f"adjoint.dot: cannot combine a {type(a).__name__} with a {type(b).__name__}")
     ca, cb = a._tt_layout(), b._tt_layout()
     _check_same_modes("dot", ca, cb)
+    # <a, b> = p(conj(a), b) with p bilinear; torch's convention then gives a_bar = p_a(conj(a), b) conj(g)
+    # (no outer conjugate: a enters conjugated) and b_bar = conj(p_b(conj(a), b) conj(g))
+    complex_ = (
+        any(B.is_complex(c) for c in (*ca, *cb))
+        or isinstance(grad, complex)
+        or (B.is_array(grad) and B.is_complex(grad))
+    )
+    ca, cb = _widened(_conjugated(ca), cb)
+    if complex_:
+        grad = grad.conjugate() if isinstance(grad, (int, float, complex)) else B.conj(grad)
     xp = B.namespace(*ca, *cb)
     d = len(ca)
     one = xp.ones((1, 1), dtype=ca[0].dtype, device=B.device(ca[0]))
@@ -151,8 +198,11 @@ def dot(a: TrainT, b: TrainT, grad: Any = 1.0) -> tuple[CoreGrads, CoreGrads]:
     for k in range(d - 1, 0, -1):
         right[k] = einsum("anc,bnd,cd->ab", ca[k], cb[k], right[k + 1])
     grads_a = [einsum("ab,bnd,cd->anc", left[k], cb[k], right[k + 1]) * grad for k in range(d)]
-    grads_b = [einsum("ab,anc,cd->bnd", left[k], ca[k], right[k + 1]) * grad for k in range(d)]
-    return reshape_each(grads_a, _shapes(a.cores)), reshape_each(grads_b, _shapes(b.cores))
+    grads_b = _conjugated([einsum("ab,anc,cd->bnd", left[k], ca[k], right[k + 1]) * grad for k in range(d)])
+    return (
+        reshape_each(_as_primal(grads_a, a.cores), _shapes(a.cores)),
+        reshape_each(_as_primal(grads_b, b.cores), _shapes(b.cores)),
+    )
 
 
 @B.exact
@@ -191,15 +241,19 @@ def hadamard(a: TrainT, b: TrainT, grad: Any) -> tuple[CoreGrads, CoreGrads]:
         for x, y, xc in zip(ca, cb, a.cores)
     ]
     gy = tt_layout(_cotangent_cores("hadamard", grad, expected))
+    ca, cb, gy = _widened(ca, cb, _conjugated(gy))  # J^H y_bar = conj(J^T conj(y_bar))
     xp = B.namespace(*ca, *cb, *gy)
     grads_a, grads_b = [], []
     for x, y, g in zip(ca, cb, gy):
         ra, n, ra2 = (int(s) for s in x.shape)
         rb, _, rb2 = (int(s) for s in y.shape)
         g5 = xp.reshape(g, (ra, rb, n, ra2, rb2))
-        grads_a.append(einsum("acnbd,cnd->anb", g5, y))
-        grads_b.append(einsum("acnbd,anb->cnd", g5, x))
-    return reshape_each(grads_a, _shapes(a.cores)), reshape_each(grads_b, _shapes(b.cores))
+        grads_a.append(B.conj(einsum("acnbd,cnd->anb", g5, y)))
+        grads_b.append(B.conj(einsum("acnbd,anb->cnd", g5, x)))
+    return (
+        reshape_each(_as_primal(grads_a, a.cores), _shapes(a.cores)),
+        reshape_each(_as_primal(grads_b, b.cores), _shapes(b.cores)),
+    )
 
 
 def _product_expected(ca: Sequence[Array], cb: Sequence[Array]) -> list[tuple[int, ...]]:
@@ -218,16 +272,21 @@ def _product_expected(ca: Sequence[Array], cb: Sequence[Array]) -> list[tuple[in
 def _product_grads(
     ca: Sequence[Array], cb: Sequence[Array], gy: Sequence[Array]
 ) -> tuple[CoreGrads, CoreGrads]:
-    """Core-wise VJP of the TTM product ``C_k[:, i, j, :] = sum_l A_k[:, i, l, :] (x) B_k[:, l, j, :]``."""
+    """Core-wise VJP of the TTM product ``C_k[:, i, j, :] = sum_l A_k[:, i, l, :] (x) B_k[:, l, j, :]``.
+
+    ``J^H y_bar = conj(J^T conj(y_bar))``; a real core gets the real part of its gradient.
+    """
+    primal_a, primal_b = ca, cb
+    ca, cb, gy = _widened(ca, cb, _conjugated(gy))
     xp = B.namespace(*ca, *cb, *gy)
     grads_a, grads_b = [], []
     for p, q, g in zip(ca, cb, gy):
         ra, m, _, ra2 = (int(s) for s in p.shape)
         rb, _, n, rb2 = (int(s) for s in q.shape)
         g6 = xp.reshape(g, (ra, rb, m, n, ra2, rb2))
-        grads_a.append(einsum("acmnbe,ckne->amkb", g6, q))
-        grads_b.append(einsum("acmnbe,amkb->ckne", g6, p))
-    return grads_a, grads_b
+        grads_a.append(B.conj(einsum("acmnbe,ckne->amkb", g6, q)))
+        grads_b.append(B.conj(einsum("acmnbe,amkb->ckne", g6, p)))
+    return _as_primal(grads_a, primal_a), _as_primal(grads_b, primal_b)
 
 
 @B.exact
@@ -307,9 +366,10 @@ def linear(
     Raises
     ------
     TypeError
-        ``W`` not a TTM.
+        ``W`` not a TTM; ``x``, ``grad_y`` and ``W`` of different backends or dtypes.
     ValueError
-        ``x`` not ending in N, ``grad_y`` not ending in M, leading dimensions that differ.
+        ``x`` not ending in N, ``grad_y`` not ending in M, leading dimensions that differ, devices that
+        differ.
 
     Notes
     -----
@@ -320,7 +380,12 @@ def linear(
     Cost: ``~4 B M N + O(M N r)`` or ``~2x`` the factorised forward, whichever is planned cheaper.
     """
     _checks.check_type("adjoint.linear", w, TTM, "W")
+    if B.is_complex(w.cores[0]) or B.is_complex(x) or B.is_complex(grad_y):
+        raise TypeError(
+            "adjoint.linear: complex operands are not supported (as tn.linear); use adjoint.matvec"
+        )
     cores = w.cores
+    _linear.check_operands("adjoint.linear", {"x": x, "grad_y": grad_y, "W": cores[0]})
     out_features, in_features = w.shape
     if int(x.shape[-1]) != in_features or int(grad_y.shape[-1]) != out_features:
         raise ValueError(

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import _backend as B
 from . import _checks
-from ._place import place
+from ._place import check_memory, place, target_itemsize
 from .tt import TT, TTM
 
 __all__ = ["delta", "eye", "laplacian", "ones", "zeros"]
@@ -49,6 +49,7 @@ def zeros(shape: int | Sequence[int], *, like: Any = None, dtype: Any = None) ->
     Cost: ``O(d n)``.
     """
     shape = _checks.check_shape("zeros", "shape", shape, scalar=True)
+    _check_memory("zeros", list(shape), like, dtype)
     return TT(place("zeros", [np.zeros((1, n, 1)) for n in shape], like, dtype))
 
 
@@ -58,6 +59,7 @@ def ones(shape: int | Sequence[int], *, like: Any = None, dtype: Any = None) -> 
     Parameters, returns and errors as :func:`zeros`. Cost: ``O(d n)``.
     """
     shape = _checks.check_shape("ones", "shape", shape, scalar=True)
+    _check_memory("ones", list(shape), like, dtype)
     return TT(place("ones", [np.ones((1, n, 1)) for n in shape], like, dtype))
 
 
@@ -89,6 +91,7 @@ def delta(shape: int | Sequence[int], index: Sequence[int], *, like: Any = None,
     Cost: ``O(d n)``.
     """
     shape = _checks.check_shape("delta", "shape", shape, scalar=True)
+    _check_memory("delta", list(shape), like, dtype)
     if B.is_array(index) or not isinstance(index, Sequence) or isinstance(index, str):
         raise TypeError(f"delta: index must be a tuple of {len(shape)} ints, got {type(index).__name__}")
     if len(index) != len(shape):
@@ -119,7 +122,13 @@ def eye(shape: int | Sequence[int], *, like: Any = None, dtype: Any = None) -> T
     Cost: ``O(d n^2)``.
     """
     shape = _checks.check_shape("eye", "shape", shape, scalar=True)
+    _check_memory("eye", [n * n for n in shape], like, dtype)
     return TTM(place("eye", [np.eye(n).reshape(1, n, n, 1) for n in shape], like, dtype))
+
+
+def _check_memory(fn: str, sizes: list[int], like: Any, dtype: Any, temporaries: int = 1) -> None:
+    """Refuse shapes whose cores (``sizes`` entries each) cannot be built in the memory available."""
+    check_memory(fn, sizes, target_itemsize(fn, like, dtype), temporaries=temporaries)
 
 
 def _check_step(step: Any, d: int) -> list[float]:
@@ -173,9 +182,21 @@ def laplacian(
     shape = _checks.check_shape("laplacian", "shape", shape, scalar=True)
     steps = _check_step(step, len(shape))
     d = len(shape)
+    # 4 n^2 per inner core, and the tridiagonal and identity temporaries of n^2 each
+    _check_memory("laplacian", [4 * n * n for n in shape], like, dtype, temporaries=2)
     cores = []
     for k, (n, h) in enumerate(zip(shape, steps)):
-        second = (np.diag(np.full(n - 1, 1.0), -1) - 2.0 * np.eye(n) + np.diag(np.full(n - 1, 1.0), 1)) / h**2
+        # 1 / h^2 is formed as 1 / h / h: a Python float h**2 raises OverflowError for h > 1e154
+        scale = 1.0 / h / h
+        if not np.finfo(np.float64).tiny <= scale <= np.finfo(np.float64).max / 4:
+            raise ValueError(
+                f"laplacian: step[{k}] = {h} gives entries of size 1 / h^2 = {scale:.3g}, outside float64's "
+                "normal range; build it with step=1 and scale by 1 / h^2 where the values stay representable "
+                "(e.g. multiply the right-hand side by h^2 instead)"
+            )
+        second = (
+            np.diag(np.full(n - 1, 1.0), -1) - 2.0 * np.eye(n) + np.diag(np.full(n - 1, 1.0), 1)
+        ) * scale
         identity = np.eye(n)
         if d == 1:
             cores.append(second.reshape(1, n, n, 1))

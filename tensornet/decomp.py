@@ -55,7 +55,7 @@ def _tt_svd_cores(x: Array, eps: float | None, caps: list[int | None], log: Erro
     d = len(shape)
     if d == 1:
         log.bound = log.finish(safe_norm(x), stacklevel=5)
-        return [xp.reshape(x, (1, shape[0], 1))]
+        return [B.copy(xp.reshape(x, (1, shape[0], 1)))]  # the train must not share the caller's memory
     # ||x||_F is the norm of the first unfolding's singular values: no separate pass over x
     log.relative = (eps or 0.0) / math.sqrt(d - 1)
     cores = []
@@ -335,7 +335,7 @@ def _check_terms(fn: str, trains: Any) -> list[Train]:
             _checks.check_same_structure(fn, terms[0], t)
         except (TypeError, ValueError) as err:
             raise type(err)(f"{err} (term 0 against term {i})") from None
-    return terms
+    return _checks.promoted(*terms)
 
 
 @overload

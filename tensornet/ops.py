@@ -30,11 +30,13 @@ from .tt import TT, TTM, Train, TrainT
 __all__ = [
     "add",
     "add_scalar",
+    "conj",
     "dot",
     "full",
     "gather",
     "getitem",
     "hadamard",
+    "imag",
     "is_scalar",
     "kron",
     "linear",
@@ -42,6 +44,7 @@ __all__ = [
     "matvec",
     "norm",
     "power",
+    "real",
     "scale",
     "sum",
     "transpose",
@@ -75,7 +78,8 @@ def full(x: Train) -> Array:
     Cost: ``O(r^2 prod(n))`` time and ``O(r prod(n))`` memory.
     """
     _checks.check_train("full", x)
-    return _full_tt(x.cores) if isinstance(x, TT) else _full_ttm(x.cores)
+    dense = _full_tt(x.cores) if isinstance(x, TT) else _full_ttm(x.cores)
+    return B.copy(dense) if x.ncores == 1 else dense  # one core: a view of it, which is read-only
 
 
 def _full_tt(cores: Sequence[Array]) -> Array:
@@ -129,6 +133,7 @@ def add(a: TrainT, b: TrainT) -> TrainT:
     Cost: ``O(d n (r + s)^2)`` memory for the block cores.
     """
     _checks.check_same_structure("add", a, b)
+    a, b = _checks.promoted(a, b)
     ca, cb = a._tt_layout(), b._tt_layout()
     xp = B.namespace(*ca, *cb)
     if len(ca) == 1:
@@ -150,8 +155,9 @@ def scale(x: TrainT, alpha: Any) -> TrainT:
     Parameters
     ----------
     x : TT or TTM
-    alpha : real number or 0-d array
-        Never changes the train's dtype or device (a torch scalar that requires grad keeps its graph).
+    alpha : number or 0-d array
+        A real scalar never changes the train's dtype or device (a torch scalar that requires grad keeps
+        its graph); a complex scalar on a real train gives a complex train of its precision (as numpy).
 
     Returns
     -------
@@ -160,7 +166,7 @@ def scale(x: TrainT, alpha: Any) -> TrainT:
     Raises
     ------
     TypeError
-        ``x`` not a train, ``alpha`` not a real scalar of numpy or ``x``'s backend.
+        ``x`` not a train, ``alpha`` not a scalar of numpy or ``x``'s backend.
     ValueError
         ``alpha`` not representable as a float.
 
@@ -168,6 +174,7 @@ def scale(x: TrainT, alpha: Any) -> TrainT:
     """
     _checks.check_train("scale", x)
     alpha = _checks.check_scalar("scale", x, alpha)
+    x = _checks.scalar_promoted(x, alpha)
     return type(x)._trusted([x.cores[0] * alpha, *x.cores[1:]])
 
 
@@ -192,6 +199,7 @@ def hadamard(a: TrainT, b: TrainT) -> TrainT:
     Cost: ``O(d n r^2 s^2)``.
     """
     _checks.check_same_structure("hadamard", a, b)
+    a, b = _checks.promoted(a, b)
     xp = B.namespace(*a.cores)
     cores = []
     for ca, cb in zip(a._tt_layout(), b._tt_layout()):
@@ -227,22 +235,104 @@ def kron(a: TrainT, b: TrainT) -> TrainT:
     if type(a) is not type(b):
         raise TypeError(f"kron: cannot combine a {type(a).__name__} with a {type(b).__name__}")
     _checks.check_same_storage("kron", a, b)
+    a, b = _checks.promoted(a, b)
     return type(a)._trusted([*a.cores, *b.cores])
 
 
-def transpose(a: TTM) -> TTM:
-    """The transposed TTM (row and column modes swapped core by core).
+def transpose(a: TTM, *, conjugate: bool = False) -> TTM:
+    """The transposed TTM (row and column modes swapped core by core), conjugated with ``conjugate``.
+
+    Parameters
+    ----------
+    a : TTM
+    conjugate : bool
+        Also conjugate the entries: the Hermitian adjoint ``A^H`` (``A.H``); no effect on real TTMs.
 
     Raises
     ------
     TypeError
-        ``a`` not a TTM.
+        ``a`` not a TTM, ``conjugate`` not a bool.
 
     Cost: ``O(d m n r^2)`` copy.
     """
     _checks.check_type("transpose", a, TTM, "a")
+    _checks.check_flag("transpose", "conjugate", conjugate)
     xp = B.namespace(*a.cores)
-    return TTM._trusted([xp.permute_dims(c, (0, 2, 1, 3)) for c in a.cores])
+    cores = [xp.permute_dims(c, (0, 2, 1, 3)) for c in a.cores]
+    return TTM._trusted([B.conj(c) for c in cores] if conjugate else cores)
+
+
+def conj(x: TrainT) -> TrainT:
+    """The complex conjugate of a train: every core conjugated (a real train is returned as it is).
+
+    ``conj(x)[i] = conj(x[i])`` because an entry is a product of core entries. Cost: ``O(d n r^2)``.
+
+    Raises
+    ------
+    TypeError
+        ``x`` not a train.
+    """
+    _checks.check_train("conj", x)
+    if not B.is_complex(x.cores[0]):
+        return x
+    return type(x)._trusted([B.conj(c) for c in x.cores])
+
+
+def real(x: TrainT) -> TrainT:
+    """The real part ``(x + conj(x)) / 2`` as a real train of the same precision (ranks double).
+
+    A real train is returned as it is. Cost: ``O(d n r^2)`` memory for ranks ``2 r``; round afterwards.
+
+    Raises
+    ------
+    TypeError
+        ``x`` not a train.
+    """
+    _checks.check_train("real", x)
+    return _part(x, imaginary=False)
+
+
+def imag(x: TrainT) -> TrainT:
+    """The imaginary part ``(x - conj(x)) / 2i`` as a real train of the same precision (ranks double).
+
+    A real train gives the zero train of its shape (rank 1). Cost as :func:`real`.
+
+    Raises
+    ------
+    TypeError
+        ``x`` not a train.
+    """
+    _checks.check_train("imag", x)
+    return _part(x, imaginary=True)
+
+
+def _part(x: TrainT, *, imaginary: bool) -> TrainT:
+    """The real (or imaginary) part of a train as a real train: the block cores ``[[Re, -Im], [Im, Re]]``.
+
+    With ``G = A + i B`` per core, the product of the real 2x2-block matrices ``[[A, -B], [B, A]]`` represents
+    the complex product, and its first block column holds ``(Re, Im)`` of the entry.
+    """
+    xp = B.namespace(*x.cores)
+    flat = x._tt_layout()
+    if not B.is_complex(flat[0]):
+        if not imaginary:
+            return x
+        return scale(x, 0.0)
+    d = len(flat)
+    cores = []
+    for k, core in enumerate(flat):
+        re, im = xp.real(core), xp.imag(core)
+        top = xp.concat([re, -im], axis=2)
+        bottom = xp.concat([im, re], axis=2)
+        block = xp.concat([top, bottom], axis=0)  # (2r, n, 2r')
+        if k == 0:
+            block = block[:1] if not imaginary else block[1:2]  # the row of Re (or Im) of the entry
+            if d == 1:
+                block = block[:, :, :1]
+        elif k == d - 1:
+            block = block[:, :, :1]  # the first column: (Re; Im) of the suffix
+        cores.append(block)
+    return x._from_tt_layout(cores)
 
 
 # --- scalar shifts and powers ----------------------------------------------------------------------
@@ -271,8 +361,9 @@ def add_scalar(x: TrainT, alpha: Any) -> TrainT:
     """
     _checks.check_train("add_scalar", x)
     alpha = _checks.check_scalar("add_scalar", x, alpha)
-    if isinstance(alpha, float) and alpha == 0.0:
+    if isinstance(alpha, (float, complex)) and alpha == 0.0:
         return x
+    x = _checks.scalar_promoted(x, alpha)
     return add(x, scale(_ones_like(x), alpha))
 
 

@@ -2,7 +2,9 @@
 
 Every core has i.i.d. N(0, s^2) entries with ``s = std^(1/d) * (r_1 ... r_{d-1})^(-1/(2d))``, so each
 entry of the rebuilt tensor has mean 0 and variance exactly ``std^2``: an entry is a sum of
-``r_1 ... r_{d-1}`` products of d independent zero-mean factors (the rule of t3f's initialisers).
+``r_1 ... r_{d-1}`` products of d independent zero-mean factors (the rule of t3f's initialisers). Complex
+dtypes draw circular complex normal entries (real and imaginary parts N(0, s^2 / 2) each), so
+``E|x|^2 = std^2`` as well.
 """
 
 from __future__ import annotations
@@ -11,8 +13,6 @@ import math
 import numbers
 from collections.abc import Sequence
 from typing import Any
-
-import numpy as np
 
 from . import _backend as B
 from . import _checks, _place
@@ -51,19 +51,13 @@ def _check_size(fn: str, mode_shapes: list[tuple[int, ...]], ranks: tuple[int, .
     """Refuse, before allocating, cores that cannot fit in the memory available now.
 
     They are drawn as float64 on the host (each core with one temporary of its size while it is scaled)
-    and then converted, so the peak is ``8 n + 8 max(core) + itemsize n`` bytes for n parameters.
+    and then converted (:func:`tensornet._place.check_memory`).
     """
     sizes = [ranks[k] * math.prod(m) * ranks[k + 1] for k, m in enumerate(mode_shapes)]
-    nparams = sum(sizes)
-    peak = 8 * nparams + 8 * max(sizes) + itemsize * nparams
-    memory = B.available_memory()
-    if memory is not None and peak > memory:
-        useful = useful_ranks([math.prod(m) for m in mode_shapes])
-        raise ValueError(
-            f"{fn}: ranks {ranks} give {nparams:,} parameters (about {peak / 2**30:,.1f} GiB at the peak of "
-            f"drawing them), more than the {memory / 2**30:,.1f} GiB of memory available; lower the rank "
-            f"(ranks above the useful maximum {useful} add parameters, not expressiveness)"
-        )
+    useful = useful_ranks([math.prod(m) for m in mode_shapes])
+    what = f"ranks {ranks} give {sum(sizes):,} parameters"
+    hint = f"; lower the rank (ranks above the useful maximum {useful} add parameters, not expressiveness)"
+    _place.check_memory(fn, sizes, itemsize, what=what, hint=hint)
 
 
 def _cores(
@@ -77,12 +71,20 @@ def _cores(
 ) -> list[Any]:
     """Draw the cores on the host and place them like ``like`` (see :func:`random_tt`)."""
     ranks = (1, *bonds, 1)
-    _check_size(fn, mode_shapes, ranks, _place.target_itemsize(fn, like, dtype))
-    rng = np.random.default_rng(seed)
+    itemsize = _place.target_itemsize(fn, like, dtype)
+    _check_size(fn, mode_shapes, ranks, itemsize)
+    rng = _checks.rng(fn, seed)
     scale = core_std(std, bonds)
-    cores = [
-        scale * rng.standard_normal((ranks[k], *modes, ranks[k + 1])) for k, modes in enumerate(mode_shapes)
-    ]
+    target = _place.reference(fn, like)
+    name = B.dtype_name(dtype if dtype is not None else target.dtype if target is not None else "float64")
+    shapes = [(ranks[k], *modes, ranks[k + 1]) for k, modes in enumerate(mode_shapes)]
+    if name in ("complex64", "complex128"):  # circular: real and imaginary parts of variance s^2 / 2 each
+        part = scale / math.sqrt(2.0)
+        cores = [
+            part * rng.standard_normal(shape) + 1j * (part * rng.standard_normal(shape)) for shape in shapes
+        ]
+    else:
+        cores = [scale * rng.standard_normal(shape) for shape in shapes]
     return _place.place(fn, cores, like, dtype)
 
 
@@ -110,7 +112,7 @@ def random_tt(
     like : array, TT or TTM, optional
         Whose backend, device and dtype the cores get.
     dtype : optional
-        Overrides the dtype (default: ``like``'s, or float64).
+        Overrides the dtype (default: ``like``'s, or float64); complex64/complex128 draw complex cores.
 
     Returns
     -------

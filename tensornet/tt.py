@@ -34,7 +34,7 @@ def _validate(kind: str, cores: Any, core_ndim: int) -> tuple[Array, ...]:
     Raises
     ------
     TypeError
-        Not a sequence of arrays; integer or complex cores; mixed backends or dtypes.
+        Not a sequence of arrays; integer, bool or complex32 cores; mixed backends or dtypes.
     ValueError
         No cores, cores of the wrong dimension, zero-size dimensions, mixed devices, boundary ranks
         other than 1, ranks that do not chain.
@@ -52,13 +52,14 @@ def _validate(kind: str, cores: Any, core_ndim: int) -> tuple[Array, ...]:
     B.namespace(*cores, where=kind)
     _check_storage(kind, cores)
     _check_chain(kind, cores)
-    return cores
+    return tuple(B.frozen(c, copy=True) for c in cores)
 
 
 def _check_core(kind: str, k: int, core: Any, core_ndim: int) -> None:
     layout = "(r_{k-1}, n_k, r_k)" if core_ndim == 3 else "(r_{k-1}, m_k, n_k, r_k)"
     if not B.is_array(core):
         raise TypeError(f"{kind}: core {k} is a {type(core).__name__}, not an array")
+    _checks.check_unmasked(kind, f"core {k}", core)
     if core.ndim != core_ndim:
         raise ValueError(
             f"{kind}: core {k} has shape {tuple(core.shape)} ({core.ndim}-D) but {kind} cores are "
@@ -67,11 +68,14 @@ def _check_core(kind: str, k: int, core: Any, core_ndim: int) -> None:
     if any(int(n) == 0 for n in core.shape):
         raise ValueError(f"{kind}: core {k} has shape {tuple(core.shape)} with a zero-size dimension")
     if B.is_complex(core):
-        raise TypeError(f"{kind}: core {k} is complex ({core.dtype}); tensornet supports real floats only")
-    if not B.is_floating(core):
+        if B.dtype_name(core.dtype) not in ("complex64", "complex128"):
+            raise TypeError(
+                f"{kind}: core {k} has dtype {core.dtype}; complex cores must be complex64 or complex128"
+            )
+    elif not B.is_floating(core):
         raise TypeError(
-            f"{kind}: core {k} has dtype {core.dtype}; cores must be floating point (float32/float64), "
-            "convert with .astype / .to(dtype)"
+            f"{kind}: core {k} has dtype {core.dtype}; cores must be floating point (float32/float64, or "
+            "complex64/complex128), convert with .astype / .to(dtype)"
         )
 
 
@@ -126,7 +130,7 @@ class _Train:
     def _trusted(cls: type[TrainT], cores: Sequence[Array]) -> TrainT:
         """Wrap cores that are valid by construction (results of tensornet's own kernels)."""
         obj = object.__new__(cls)
-        object.__setattr__(obj, "_cores", tuple(cores))
+        object.__setattr__(obj, "_cores", tuple(B.frozen(c, copy=False) for c in cores))
         return obj
 
     def _tt_layout(self) -> list[Array]:
@@ -139,6 +143,19 @@ class _Train:
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"{type(self).__name__} is immutable; operations return new objects")
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> Any:
+        # refused, not densified: np.asarray(t) would otherwise build a 0-d object array around the train
+        raise TypeError(
+            f"a {type(self).__name__} is not converted to a numpy array implicitly (its dense form has "
+            f"{math.prod(self.shape):,} entries); use tn.full(t) for the dense array, or t.cores"
+        )
+
+    def __bool__(self) -> bool:
+        raise TypeError(
+            f"the truth value of a {type(self).__name__} is ambiguous (as numpy's for an array of many "
+            "entries); compare a number instead, e.g. tn.norm(t) > 0"
+        )
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (list(self._cores),))
@@ -200,9 +217,15 @@ class _Train:
         return math.prod(self.shape) / self.nparams
 
     def to(self: TrainT, backend: str | None = None, *, device: Any = None, dtype: Any = None) -> TrainT:
-        """A copy on another backend ('numpy'/'torch'), device ('cpu'/'cuda') or dtype."""
+        """A copy on another backend ('numpy'/'torch'), device ('cpu'/'cuda') or dtype.
+
+        Always a copy: the result shares no memory with this train, even when nothing changes (so a torch
+        result can be trained in place without touching the original). torch -> torch keeps the autograd
+        graph (the copy is differentiable); converting to numpy detaches.
+        """
         backend = backend or self.backend
-        return type(self)([B.to_backend(c, backend, device=device, dtype=dtype) for c in self._cores])
+        cores = [B.to_backend(c, backend, device=device, dtype=dtype, copy=True) for c in self._cores]
+        return type(self)._trusted(cores) if dtype is None else type(self)(cores)
 
     def numpy(self: TrainT) -> TrainT:
         """The same train with numpy cores (detached, on the CPU)."""
@@ -221,6 +244,20 @@ class _Train:
     def norm(self) -> Array:
         """The Frobenius norm (:func:`tensornet.norm`)."""
         return _ops.norm(cast("Train", self))
+
+    def conj(self: TrainT) -> TrainT:
+        """The complex conjugate (:func:`tensornet.conj`)."""
+        return _ops.conj(self)
+
+    @property
+    def real(self: TrainT) -> TrainT:
+        """The real part (:func:`tensornet.real`)."""
+        return _ops.real(self)
+
+    @property
+    def imag(self: TrainT) -> TrainT:
+        """The imaginary part (:func:`tensornet.imag`)."""
+        return _ops.imag(self)
 
     # the binary operators pass any train on: ops checks that the operands are of one type
     def __add__(self: TrainT, other: Any) -> TrainT:
@@ -262,9 +299,10 @@ class _Train:
         if not _checks.is_scalar(other):
             return NotImplemented
         other = _checks.check_scalar("/", self, other)
-        if not isinstance(other, float) and not getattr(other, "requires_grad", False):
-            other = float(other)  # no graph to keep: a host number, checked below like any other
-        if isinstance(other, float) and other == 0.0:
+        if not isinstance(other, (float, complex)) and not getattr(other, "requires_grad", False):
+            # no graph to keep: a host number, checked below like any other
+            other = complex(other) if B.is_complex(other) else float(other)
+        if isinstance(other, (float, complex)) and other == 0.0:
             raise ZeroDivisionError(f"{type(self).__name__} / 0: division of a train by zero")
         return _ops.scale(self, 1.0 / other)
 
@@ -279,13 +317,13 @@ class TT(_Train):
     Parameters
     ----------
     cores : sequence of arrays
-        d >= 1 arrays of one backend, dtype and device, real floating point.
+        d >= 1 arrays of one backend, dtype and device: real floating point or complex64/complex128.
 
     Raises
     ------
     TypeError, ValueError
         Cores that are not 3-D arrays, ranks that do not chain, boundary ranks other than 1,
-        mixed backends, dtypes or devices, zero-size dimensions, integer or complex dtypes.
+        mixed backends, dtypes or devices, zero-size dimensions, integer, bool or complex32 dtypes.
     """
 
     __slots__ = ()
@@ -351,6 +389,11 @@ class TTM(_Train):
     def T(self) -> TTM:
         """The transpose (swaps row and column modes of every core)."""
         return _ops.transpose(self)
+
+    @property
+    def H(self) -> TTM:
+        """The conjugate transpose (Hermitian adjoint; the transpose of a real TTM)."""
+        return _ops.transpose(self, conjugate=True)
 
     def __repr__(self) -> str:
         return (

@@ -33,22 +33,24 @@ gpu = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 
 
 def as_numpy(array) -> np.ndarray:
-    """Any backend's array as a float64 numpy array (detached)."""
+    """Any backend's array as a float64 (complex128 if complex) numpy array (detached; a copy: a train's numpy
+    cores are read-only)."""
     if isinstance(array, torch.Tensor):
-        array = array.detach().cpu().numpy()
-    return np.asarray(array, dtype=np.float64)
+        array = array.detach().cpu().resolve_conj().numpy()
+    wide = np.complex128 if np.iscomplexobj(array) else np.float64
+    return np.array(array, dtype=wide)
 
 
 def rtol(dtype) -> float:
     """Relative tolerance for results computed in ``dtype`` (a few hundred ulps of the dtype)."""
-    return 2e-4 if "float32" in str(dtype) else 1e-10
+    return 2e-4 if "float32" in str(dtype) or "complex64" in str(dtype) else 1e-10
 
 
 def dense_tt(train) -> np.ndarray:
     """Entry by entry, the product of core slices (a reference that shares no code with tensornet)."""
     cores = [as_numpy(c) for c in train.cores]
     shape = tuple(c.shape[1] for c in cores)
-    out = np.empty(shape)
+    out = np.empty(shape, dtype=np.result_type(*cores))
     for index in itertools.product(*(range(n) for n in shape)):
         value = np.ones((1, 1))
         for core, i in zip(cores, index):
@@ -61,7 +63,7 @@ def dense_ttm(train) -> np.ndarray:
     cores = [as_numpy(c) for c in train.cores]
     rows = tuple(c.shape[1] for c in cores)
     cols = tuple(c.shape[2] for c in cores)
-    out = np.empty((int(np.prod(rows)), int(np.prod(cols))))
+    out = np.empty((int(np.prod(rows)), int(np.prod(cols))), dtype=np.result_type(*cores))
     for i, row in enumerate(itertools.product(*(range(n) for n in rows))):
         for j, col in enumerate(itertools.product(*(range(n) for n in cols))):
             value = np.ones((1, 1))

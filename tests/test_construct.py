@@ -89,7 +89,7 @@ def test_laplacian_per_mode_steps_and_float32_dtype():
         (lambda: tn.delta((2, 3), (1, 3)), ValueError, r"index\[1\] = 3 is out of range for mode 1"),
         (lambda: tn.delta((2, 3), (1, 1.0)), TypeError, r"index\[1\] = 1.0 is not an int"),
         (lambda: tn.eye((2,), like="torch"), TypeError, "like must be an array"),
-        (lambda: tn.eye((2,), dtype="int64"), TypeError, "trains are real floating point"),
+        (lambda: tn.eye((2,), dtype="int64"), TypeError, "trains are floating point or complex"),
         (lambda: tn.laplacian((3, 3), step=0.0), ValueError, r"step\[0\] = 0.0 must be finite and > 0"),
         (lambda: tn.laplacian((3, 3), step=(1.0,)), ValueError, "step has 1 entries but the grid has 2"),
     ],
@@ -342,3 +342,64 @@ def test_low_rank_arrays_have_their_ranks(case):
 def test_scaled_tts_are_far_from_one(t):
     limit = 30 if "float32" in str(t.dtype) else 100
     assert abs(math.log10(float(tn.norm(t)))) > limit / 2  # 10^+-limit times a train of norm ~1
+
+
+# --- indices checked in their own integer type; rows of one length -----------------------------------
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_gather_checks_every_integer_type_before_casting(backend):
+    t = tn.random_tt((3, 4, 5), 2, seed=0).to(backend)
+    cases = [
+        np.array([[2**64 - 1, 0, 0]], dtype=np.uint64),  # wrapped to -1 (the last entry) before the fix
+        [[2**64 - 1, 0, 0]],
+        [[np.uint64(2**64 - 1), 0, 0]],  # numpy promotes it with ints to float64
+        [[2**70, 0, 0]],  # beyond int64: an object array of Python ints
+        [[-(2**70), 0, 0]],
+    ]
+    for index in cases:
+        with pytest.raises(IndexError, match=r"row 0 has -?1[0-9]+ in mode 0, which has size 3"):
+            tn.gather(t, index)
+    dense = as_numpy(t.full())
+    for index in (np.array([[2, 3, 4]], dtype=np.uint8), [[np.uint64(2), 3, 4]], torch.tensor([[2, 3, 4]])):
+        np.testing.assert_allclose(as_numpy(tn.gather(t, index)), [dense[2, 3, 4]], rtol=1e-6)
+
+
+def test_gather_ragged_and_mixed_indices_are_named():
+    t = tn.random_tt((3, 4), 2, seed=0)
+    with pytest.raises(ValueError, match=r"gather: index is ragged: its rows have lengths \[1, 2\]"):
+        tn.gather(t, [[0, 1], [0]])
+    with pytest.raises(ValueError, match="gather: index mixes rows and single values"):
+        tn.gather(t, [[0, 1], 0])
+    with pytest.raises(TypeError, match=r"gather: index must hold integers, got float 1.5"):
+        tn.gather(t, [[1.5, 0]])
+    with pytest.raises(TypeError, match="gather: index is a numpy masked array"):
+        tn.gather(t, np.ma.masked_array([[0, 1]]))
+
+
+# --- constructors check memory before allocating -------------------------------------------------------
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: tn.ones((10**11, 10)),
+        lambda: tn.zeros((10**11,)),
+        lambda: tn.delta((10**11, 2), (0, 0)),
+        lambda: tn.eye((10**6,)),
+        lambda: tn.laplacian((10**6, 3)),
+    ],
+)
+def test_constructors_refuse_what_cannot_fit_in_memory(build):
+    with pytest.raises(ValueError, match=r"more than the .* GiB of memory available"):
+        build()
+
+
+def test_laplacian_steps_at_the_edges_of_float64():
+    # 1 / h / h: h**2 raised OverflowError for h > 1e154; entries that over- or underflow are refused
+    with pytest.raises(ValueError, match=r"step\[0\] = 1e\+200 gives entries of size 1 / h\^2 = 0"):
+        tn.laplacian(4, step=1e200)
+    with pytest.raises(ValueError, match=r"step\[1\] = 1e-200 .* = inf"):
+        tn.laplacian((3, 3), step=(1.0, 1e-200))
+    big = tn.laplacian(3, step=1e150)
+    np.testing.assert_allclose(
+        big.full(), np.diag([-2.0] * 3) * 1e-300 + np.diag([1e-300] * 2, 1) + np.diag([1e-300] * 2, -1)
+    )
+    with pytest.raises(ValueError, match="beyond the range of float32"):
+        tn.laplacian(3, step=1e-20, dtype="float32")  # 2e40: finite in float64, inf once cast

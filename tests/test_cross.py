@@ -227,8 +227,7 @@ def test_noise_stops_with_a_convergence_warning():
         (lambda i: np.ones((len(i), 1)), ValueError, r"shape \(\d+, 1\) for \d+ indices; it must return"),
         (lambda i: np.ones(3), ValueError, r"f returned an array of shape \(3,\)"),
         (lambda i: [1.0] * len(i), TypeError, "f returned a list"),
-        (lambda i: np.ones(len(i)) * 1j, TypeError, "complex"),
-        (lambda i: np.ones(len(i), dtype=bool), TypeError, "real numbers"),
+        (lambda i: np.ones(len(i), dtype=bool), TypeError, "real or complex numbers"),
     ],
 )
 def test_bad_functions_give_clear_errors(f, error, match):
@@ -337,3 +336,29 @@ def test_cross_gather_sum_reshape_and_constructors_on_cuda():
     for on_gpu, on_cpu in pairs:
         assert on_gpu.device.type == "cuda"
         np.testing.assert_allclose(as_numpy(on_gpu), as_numpy(on_cpu), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("seed", "error", "match"),
+    [(-1, ValueError, "seed must be >= 0"), ("abc", TypeError, "got str"), (1.5, TypeError, "got float")],
+)
+def test_bad_seeds_name_the_function(seed, error, match):
+    with pytest.raises(error, match="cross: .*" + match):
+        tn.cross(lambda i: i.sum(axis=1) * 1.0, (3, 3), seed=seed)
+    with pytest.raises(error, match="apply: .*" + match):
+        tn.apply(np.exp, tn.random_tt((3, 3), 1, seed=0), seed=seed)
+
+
+def test_apply_names_itself_in_its_messages():
+    t = tn.random_tt((3, 3), 1, seed=0)
+    with pytest.raises(ValueError, match="apply: eps must be > 0"):
+        tn.apply(np.exp, t, eps=0.0)
+    with pytest.raises(ValueError, match="apply: max_rank must be >= 1"):
+        tn.apply(np.exp, t, max_rank=0)
+
+
+def test_modes_too_large_for_memory_are_refused_before_evaluating():
+    calls = []
+    with pytest.raises(ValueError, match=r"cross: the cores would hold .* GiB of memory available"):
+        tn.cross(lambda i: calls.append(i) or i.sum(axis=1) * 1.0, (10**12, 3))
+    assert not calls

@@ -295,7 +295,7 @@ def test_ttmlinear_hessian_vector_product_matches_dense():
         torch.testing.assert_close(a, b)
 
 
-# --- scalars never change a train's dtype; complex scalars are refused ----------------------------
+# --- real scalars never change a train's dtype; complex ones promote a real train to complex ---------
 def scalars(backend: str):
     values = [
         3,
@@ -337,14 +337,25 @@ def pickle_round_trip(t):
 
 
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
-def test_complex_scalars_are_refused(backend):
-    t = tn.random_tt((2, 3), 2, seed=0).to(backend, dtype="float32")
-    bad = [1 + 2j, np.complex64(1), np.array(1j)] + ([torch.tensor(1j)] if backend == "torch" else [])
-    ops = (lambda a: t * a, lambda a: a * t, lambda a: t / a, lambda a: tn.scale(t, a))
-    for alpha in bad:
-        for op in ops:
-            with pytest.raises(TypeError, match="complex"):
-                op(alpha)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_complex_scalars_promote_a_real_train_to_complex_of_its_precision(backend, dtype):
+    t = tn.random_tt((2, 3), 2, seed=0).to(backend, dtype=dtype)
+    wide = {"float32": "complex64", "float64": "complex128"}[dtype]
+    values = [1 + 2j, np.complex64(1 - 1j), np.array(0.5j)] + (
+        [torch.tensor(1j)] if backend == "torch" else []
+    )
+    for alpha in values:
+        for result, factor in (
+            (t * alpha, complex(alpha)),
+            (alpha * t, complex(alpha)),
+            (t / alpha, 1 / complex(alpha)),
+            (tn.scale(t, alpha), complex(alpha)),
+            (t + alpha, None),
+        ):
+            assert tn._backend.dtype_name(result.dtype) == wide
+            assert all(tn._backend.dtype_name(c.dtype) == wide for c in result.cores)
+            expected = as_numpy(t.full()) + complex(alpha) if factor is None else factor * as_numpy(t.full())
+            np.testing.assert_allclose(as_numpy(result.full()), expected, rtol=rtol(dtype), atol=1e-6)
 
 
 def test_torch_scalar_keeps_its_graph_and_division_by_zero_is_clear():

@@ -250,6 +250,33 @@ def test_a_model_saved_by_an_older_tensornet_is_refused_with_a_reason(tmp_path):
         load_model(folder)
 
 
+def test_a_model_saved_before_the_tt_layers_recorded_their_core_shapes_still_loads(tmp_path):
+    # the TT layers' state dicts gained "_extra_state" (their core shapes, checked on load); folders and
+    # checkpoints written without it must still load and resume
+    from safetensors import safe_open
+
+    from tensornet.gpt2 import _checkpoint
+    from tensornet.gpt2._resume import _model_fault
+
+    model, _ = tensorize(tiny(), rank=4, shapes="balanced")
+    folder = save_model(model, tmp_path / "m")
+    weights = folder / "model.safetensors"
+    with safe_open(str(weights), "pt") as f:
+        names = list(f.keys())  # a safe_open handle is not iterable
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in names}
+    assert any(k.endswith("._extra_state") for k in tensors)
+    tensors = {k: v for k, v in tensors.items() if not k.endswith("._extra_state")}
+    metadata["tensornet.sha256"] = _checkpoint.content_sha256(tensors)
+    weights.unlink()
+    with open(weights, "wb") as f:
+        _checkpoint.write_safetensors(f, tensors, metadata)
+    loaded = load_model(folder)
+    prompt = torch.tensor([[1, 2, 3]])
+    assert torch.equal(loaded(prompt).logits, model(prompt).logits)
+    old_state = {k: v for k, v in model.state_dict().items() if not k.endswith("._extra_state")}
+    assert _model_fault(old_state, loaded) is None and _model_fault(model.state_dict(), loaded) is None
+
+
 def test_lowrank_and_rules_convert_conv1d_in_place_and_can_drop_biases():
     model = tiny()
     conv = model.transformer.h[0].mlp.c_fc

@@ -3,6 +3,7 @@ autograd gradients, saved bytes, autocast, torch.compile, double backward); bad 
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from unittest import mock
@@ -117,6 +118,53 @@ def test_zero_tokens_and_numpy_errors():
         tn.linear(torch.ones(2, 6, dtype=torch.float64), w)
     with pytest.raises(TypeError, match="numpy array but W has torch cores"):
         tn.linear(np.ones((2, 6)), w.to("torch"))
+
+
+# (x dtype, bias dtype or None, the message's naming); W is float64. The message named x and W even where
+# the bias was the operand that differs ("x is float64 but W is float64").
+OPERAND_DTYPES = [
+    ("float64", "int64", "bias is {int64} but x and W are {float64}"),
+    ("float64", "float32", "bias is {float32} but x and W are {float64}"),
+    ("float32", "float64", "x is {float32} but W and bias are {float64}"),
+    ("float32", None, "x is {float32} but W is {float64}"),
+    ("float32", "float32", "x and bias are {float32} but W is {float64}"),
+    ("float32", "int64", "x is {float32} and bias is {int64} but W is {float64}"),
+]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize(("x_dtype", "bias_dtype", "message"), OPERAND_DTYPES)
+def test_dtype_mismatches_name_the_operand_that_differs(backend, x_dtype, bias_dtype, message):
+    w = tn.random_ttm((2, 3), (3, 2), 2, seed=0).to(backend)
+    lib = np if backend == "numpy" else torch
+    prefix = "" if backend == "numpy" else "torch."
+    names = {k: prefix + k for k in ("float64", "float32", "int64")}
+    x = lib.ones((2, 6), dtype=getattr(lib, x_dtype))
+    bias = None if bias_dtype is None else lib.ones(6, dtype=getattr(lib, bias_dtype))
+    with pytest.raises(TypeError, match=re.escape(f"linear: {message.format(**names)}; use one dtype")):
+        tn.linear(x, w, bias)
+
+
+def test_device_and_backend_mismatches_name_the_operand_that_differs():
+    w = tn.random_ttm((2, 3), (3, 2), 2, seed=0).to("torch")
+    x, bias = torch.ones(2, 6, dtype=torch.float64), torch.ones(6, dtype=torch.float64)
+    # the bias's device was not checked: torch's own error came from inside the product
+    with pytest.raises(ValueError, match="linear: bias is on meta but x and W are on cpu; move them"):
+        tn.linear(x, w, bias.to("meta"))
+    with pytest.raises(ValueError, match="linear: x is on meta but W and bias are on cpu; move them"):
+        tn.linear(x.to("meta"), w, bias)
+    # tensornet.adjoint.linear checked none of its operands against W
+    gy = torch.ones(2, 6, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"adjoint.linear: grad_y is on meta but x and W are on cpu"):
+        tn.adjoint.linear(x, w, gy.to("meta"))
+    with pytest.raises(
+        TypeError, match=r"adjoint.linear: grad_y is torch.float32 but x and W are torch.float64"
+    ):
+        tn.adjoint.linear(x, w, gy.float())
+    with pytest.raises(TypeError, match=r"adjoint.linear: x and grad_y are numpy but W is torch arrays"):
+        tn.adjoint.linear(np.ones((2, 6)), w, np.ones((2, 6)))
+    with pytest.raises(TypeError, match=r"adjoint.linear: grad_y is float32 but x and W are float64"):
+        tn.adjoint.linear(np.ones((2, 6)), w.to("numpy"), np.ones((2, 6), dtype=np.float32))
 
 
 def test_numpy_linear_does_not_import_torch():

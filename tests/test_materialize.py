@@ -322,3 +322,176 @@ def test_torch_func_transforms_over_a_materialized_model():
         1
     ]
     torch.testing.assert_close(got_t, want_t, rtol=1e-10, atol=1e-10)
+
+
+# --- every call pattern nn.Linear accepts (issue 21) ------------------------------------------------------
+# Each pattern runs on a materialized model and on its per-layer copy: the same outputs and gradients. A
+# rebuilt W used by two graphs that are backpropagated one after the other used to raise "Trying to
+# backward through the graph a second time" (the group's rebuild was one autograd node that the first
+# backward freed), and a layer shared by two materialized models belonged to the second one's group only.
+
+
+def _loss(y: torch.Tensor) -> torch.Tensor:
+    return y.square().sum()
+
+
+def _called_twice_directly(m, mat, x, x2):
+    y1, y2 = m[0](x), m[0](x2)
+    _loss(y1).backward()
+    _loss(y2).backward()
+    return [y1, y2]
+
+
+def _two_group_layers_backpropagated_apart(m, mat, x, x2):
+    a, b = m[0](x), m[3](x2)  # two layers of one group: one rebuild serves both
+    _loss(b).backward()
+    _loss(a).backward()
+    return [a, b]
+
+
+def _two_passes_backpropagated_in_reverse(m, mat, x, x2):
+    y1, y2 = m(x), m(x2)
+    _loss(y2).backward()
+    _loss(y1).backward()
+    return [y1, y2]
+
+
+def _inside_and_outside_the_model(m, mat, x, x2):
+    y, z = m(x), m[3](x2)
+    _loss(y).backward()
+    _loss(z).backward()
+    return [y, z]
+
+
+def _called_twice_in_one_pass(m, mat, x, x2):
+    y = m[0](x) + m[0](x2)
+    _loss(y).backward()
+    return [y]
+
+
+def _retain_graph(m, mat, x, x2):
+    y = m(x)
+    loss = _loss(y)
+    loss.backward(retain_graph=True)
+    loss.backward()
+    return [y]
+
+
+def _no_grad_then_grad(m, mat, x, x2):
+    with torch.no_grad():
+        y0 = m(x)
+    y = m(x)
+    _loss(y).backward()
+    return [y0, y]
+
+
+def _autograd_grad_of_some_then_backward(m, mat, x, x2):
+    y = m(x)
+    (g,) = torch.autograd.grad(_loss(y), [m[3].packed_cores])
+    z = m(x2)
+    _loss(z).backward()
+    return [y, g, z]
+
+
+def _gradient_penalty_then_backward(m, mat, x, x2):
+    y, z = m(x), m(x2)
+    (g,) = torch.autograd.grad(_loss(y), [m[0].packed_cores], create_graph=True)
+    g.square().sum().backward()
+    _loss(z).backward()
+    return [y, g, z]
+
+
+def _shared_by_two_models(m, mat, x, x2):
+    torch.manual_seed(5)
+    other = mat(nn.Sequential(m[0], nn.Tanh(), nn.Linear(96, 48, dtype=torch.float64), m[3]))
+    y1, y2, y3 = m(x), other(x2), m(x2)
+    _loss(y2).backward()
+    _loss(y1).backward()
+    _loss(y3).backward()
+    y4 = other(x)  # a step of the second model alone
+    _loss(y4).backward()
+    return [y1, y2, y3, y4, *(p.grad for p in other.parameters())]
+
+
+def _step_between_two_uses(m, mat, x, x2):
+    optimizer = torch.optim.SGD(m.parameters(), lr=1e-3)
+    y1 = m[0](x)
+    _loss(y1).backward()
+    optimizer.step()
+    y2 = m[0](x)  # the cores changed in place: a new W
+    _loss(y2).backward()
+    return [y1, y2]
+
+
+CALL_PATTERNS = [
+    _called_twice_directly,
+    _two_group_layers_backpropagated_apart,
+    _two_passes_backpropagated_in_reverse,
+    _inside_and_outside_the_model,
+    _called_twice_in_one_pass,
+    _retain_graph,
+    _no_grad_then_grad,
+    _autograd_grad_of_some_then_backward,
+    _gradient_penalty_then_backward,
+    _shared_by_two_models,
+    _step_between_two_uses,
+]
+
+
+@pytest.mark.parametrize("pattern", CALL_PATTERNS, ids=lambda f: f.__name__.strip("_"))
+def test_every_call_pattern_gives_the_per_layer_paths_values_and_gradients(pattern, monkeypatch):
+    from tensornet.nn import _materialize
+
+    builds = []
+    apply = _materialize._GroupRebuild.apply
+    monkeypatch.setattr(_materialize._GroupRebuild, "apply", lambda *a: builds.append(1) or apply(*a))
+    x, x2 = (
+        torch.randn(600, 48, dtype=torch.float64, generator=torch.Generator().manual_seed(s)) for s in (1, 2)
+    )
+    found = []
+    for mat in (materialize, lambda m: m):
+        model = mat(stack(2))
+        outputs = pattern(model, mat, x, x2)
+        found.append((outputs, [p.grad for p in model.parameters()]))
+    assert builds  # the materialized run took the group path
+    (got, got_grads), (want, want_grads) = found
+    for a, b in zip(got + got_grads, want + want_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_a_shallow_copy_of_a_materialized_layer_uses_its_own_cores():
+    # nn.DataParallel's replicas share the module's __dict__ (so its group) but hold their own parameters
+    model = materialize(stack(2))
+    replica = copy.copy(model[0])
+    replica._parameters = {k: nn.Parameter(2.0 * v.detach()) for k, v in model[0]._parameters.items()}
+    x = torch.randn(600, 48, dtype=torch.float64)
+    expected = materialize(copy.deepcopy(replica), enabled=False)(x)
+    model[0](x)  # the group holds the original's W
+    torch.testing.assert_close(replica(x), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_a_layer_taken_by_a_second_materialize_leaves_the_first_models_group():
+    model = materialize(stack(2))
+    first = group_of(model)
+    other = materialize(nn.Sequential(model[0], nn.Tanh()))
+    assert group_of(other) is not first and group_of(other).layers == [model[0]]
+    # the first model's group keeps its other layer, renumbered, and no longer rebuilds the taken one's W
+    assert first.layers == [model[3]] and model[3].__dict__["_weight_group"] == (first, 0)
+    materialize(other, enabled=False)
+    assert "_weight_group" not in model[0].__dict__ and first.layers == [model[3]]
+    # materializing a model removes the pass counters of submodules materialized on their own
+    inner = materialize(stack(1))
+    outer = materialize(nn.Sequential(inner, nn.Tanh()))
+    assert not inner._forward_pre_hooks and "_tensornet_materialize" not in inner.__dict__
+    assert len(outer._forward_pre_hooks) == 1 and group_of(inner).layers == [inner[0]]
+
+
+@pytest.mark.parametrize("materialized", [True, False])
+def test_double_backward_after_an_in_place_step_is_refused_on_both_paths(materialized):
+    model = materialize(stack(2), enabled=materialized)
+    x = torch.randn(600, 48, dtype=torch.float64)
+    loss = model(x).square().sum()
+    with torch.no_grad():
+        model[0].packed_cores.mul_(1.5)
+    with pytest.raises(RuntimeError, match=r"modified (by an inplace operation|in place)"):
+        torch.autograd.grad(loss, [model[0].packed_cores], create_graph=True)

@@ -93,6 +93,33 @@ def test_init_std_and_state_dict():
     assert torch.equal(other(ids), layer(ids))
 
 
+@pytest.mark.parametrize("scale", [1e300, 1e-300, 1e-310])
+def test_from_embedding_reports_its_error_at_every_finite_scale(scale):
+    # NaN near 1e300 (the squares overflowed), 0.0 near 1e-300 (they underflowed)
+    torch.manual_seed(0)
+    embedding = nn.Embedding(60, 24, dtype=torch.float64)
+    expected = TTEmbedding.from_embedding(embedding, rank=3).conversion_error
+    with torch.no_grad():
+        embedding.weight.mul_(scale)
+    assert 0.1 < expected < 1
+    assert TTEmbedding.from_embedding(embedding, rank=3).conversion_error == pytest.approx(expected, rel=1e-9)
+
+
+def test_a_state_of_another_factorisation_is_refused_and_the_same_loads():
+    # (3, 4, 5) x (2, 3, 4) and (5, 4, 3) x (4, 3, 2) at equal ranks pack as many entries: it loaded silently
+    saved = TTEmbedding(60, 24, rank=3, voc_shape=(3, 4, 5), emb_shape=(2, 3, 4))
+    layer = TTEmbedding(60, 24, rank=3, voc_shape=(5, 4, 3), emb_shape=(4, 3, 2))
+    assert saved.nparams == layer.nparams
+    with pytest.raises(
+        RuntimeError, match=r"voc_shape=\(3, 4, 5\), emb_shape=\(2, 3, 4\).*voc_shape=\(5, 4, 3\)"
+    ):
+        layer.load_state_dict(saved.state_dict(), strict=False)
+    same = TTEmbedding(60, 24, rank=3, voc_shape=(3, 4, 5), emb_shape=(2, 3, 4))
+    same.load_state_dict(saved.state_dict())
+    ids = torch.arange(60)
+    assert torch.equal(same(ids), saved(ids))
+
+
 @pytest.mark.parametrize("eps", [0.3, 1e-8])
 def test_from_embedding_error_within_eps_and_to_embedding(eps):
     w = tn.random_ttm((3, 4, 5), (2, 3, 4), 2, seed=0).full()[:57]
@@ -139,6 +166,21 @@ def test_bad_arguments_raise_clear_errors(kwargs, error, match):
     with pytest.raises(error, match=match) as info:
         TTEmbedding(60, 24, **kwargs)
     assert str(info.value).startswith("TTEmbedding: ")
+
+
+@pytest.mark.filterwarnings("ignore:Complex modules are a new feature")  # torch, on .to(complex)
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.int64, torch.bool])
+def test_dtypes_other_than_real_floating_are_refused_at_construction(dtype):
+    # complex built and looked up; int64 and bool gave torch's "Only Tensors of floating point ..."
+    match = "do not support complex dtypes yet" if dtype.is_complex else "hold trainable cores in one of"
+    with pytest.raises(TypeError, match=rf"TTEmbedding: dtype is {dtype}.*{match}"):
+        TTEmbedding(60, 24, rank=3, dtype=dtype)
+    if dtype.is_complex:
+        with pytest.raises(TypeError, match=r"TTEmbedding\.from_embedding: the embedding's dtype is .*yet"):
+            TTEmbedding.from_embedding(nn.Embedding(60, 24, dtype=dtype), rank=3)
+        layer = TTEmbedding(60, 24, rank=3).to(dtype)
+        with pytest.raises(TypeError, match=r"TTEmbedding: the cores' dtype is torch\.complex64.*yet"):
+            layer(torch.arange(5))
 
 
 def test_bad_lookups_and_conversions():

@@ -182,7 +182,8 @@ def test_paper_uneven_shapes_and_rank_clipping():
 def test_state_dict_round_trip_and_torch_save():
     layer = make(24, 30, (2, 3, 4), (5, 3, 2), (3, 4))
     other = TTMLinear(24, 30, rank=(3, 4), in_shape=(2, 3, 4), out_shape=(5, 3, 2), dtype=torch.float64)
-    assert set(layer.state_dict()) == {"packed_cores", "bias"}
+    # the packed cores, the bias and the core shapes (checked on load)
+    assert set(layer.state_dict()) == {"packed_cores", "bias", "_extra_state"}
     other.load_state_dict(layer.state_dict())
     x = torch.randn(7, 24, dtype=torch.float64)
     assert torch.equal(other(x), layer(x))
@@ -192,8 +193,13 @@ def test_state_dict_round_trip_and_torch_save():
     other.load_state_dict(torch.load(buffer, weights_only=True))
     assert torch.equal(other(x), layer(x))
     wrong = TTMLinear(24, 30, rank=2, in_shape=(2, 3, 4), out_shape=(5, 3, 2), dtype=torch.float64)
-    with pytest.raises(RuntimeError, match="size mismatch"):
+    with pytest.raises(
+        RuntimeError, match=r"factorisation mismatch .* rank=\(1, 3, 4, 1\)\) but .* rank=\(1, 2, 2, 1\)"
+    ):
         wrong.load_state_dict(layer.state_dict())
+    old_format = {k: v for k, v in layer.state_dict().items() if k != "_extra_state"}
+    with pytest.raises(RuntimeError, match="size mismatch"):  # no recorded shapes: torch's size check
+        wrong.load_state_dict(old_format)
     # a state dict with one tensor per core (tensornet before the cores were packed) still loads
     old = {f"cores.{k}": core.detach().clone() for k, core in enumerate(layer.cores)} | {"bias": layer.bias}
     fresh = TTMLinear(24, 30, rank=(3, 4), in_shape=(2, 3, 4), out_shape=(5, 3, 2), dtype=torch.float64)
@@ -204,6 +210,61 @@ def test_state_dict_round_trip_and_torch_save():
         RuntimeError, match=r"cores\.1 has shape \(3, 1, 3, 4\) but this layer's core has shape"
     ):
         fresh.load_state_dict(old)
+
+
+def test_a_state_of_another_factorisation_is_refused_naming_both():
+    # the same number of packed entries factorised another way loaded ("All keys matched") and computed
+    # another function (outputs differed by ~1)
+    torch.manual_seed(0)
+    saved = TTMLinear(128, 512, rank=16, in_shape=(4, 4, 8), out_shape=(8, 8, 8))
+    layer = TTMLinear(128, 512, rank=16, in_shape=(8, 4, 4), out_shape=(8, 8, 8))
+    assert saved.nparams == layer.nparams
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    message = (
+        r"factorisation mismatch for packed_cores: .*\(out_shape=\(8, 8, 8\), in_shape=\(4, 4, 8\), "
+        r"rank=\(1, 16, 16, 1\)\) but this TTMLinear's have .*\(out_shape=\(8, 8, 8\), in_shape=\(8, 4, 4\), "
+        r"rank=\(1, 16, 16, 1\)\); build the layer with out_shape=\(8, 8, 8\), in_shape=\(4, 4, 8\)"
+    )
+    for strict in (True, False):
+        with pytest.raises(RuntimeError, match=message):
+            layer.load_state_dict(saved.state_dict(), strict=strict)
+    assert all(torch.equal(v, before[k]) for k, v in layer.state_dict().items())  # the cores are untouched
+    # inside a model, after a torch.save / torch.load(weights_only=True) round trip
+    buffer = io.BytesIO()
+    torch.save(nn.Sequential(nn.Tanh(), saved).state_dict(), buffer)
+    buffer.seek(0)
+    with pytest.raises(RuntimeError, match=r"factorisation mismatch for 1\.packed_cores"):
+        nn.Sequential(nn.Tanh(), layer).load_state_dict(torch.load(buffer, weights_only=True))
+    state = saved.state_dict() | {"_extra_state": torch.ones(3)}
+    with pytest.raises(RuntimeError, match=r"_extra_state should be the int64 \(cores, 4\) tensor"):
+        layer.load_state_dict(state)
+
+
+@pytest.mark.parametrize("route", ["in memory", "torch.save", "safetensors", "materialized", "no shapes"])
+@pytest.mark.parametrize("strict", [True, False])
+def test_a_state_of_the_same_factorisation_loads_every_way(route, strict, tmp_path):
+    torch.manual_seed(0)
+    saved = nn.Sequential(make(24, 30, (2, 3, 4), (5, 3, 2), (3, 4)), nn.Tanh())
+    model = nn.Sequential(make(24, 30, (2, 3, 4), (5, 3, 2), (3, 4)), nn.Tanh())
+    with torch.no_grad():
+        model[0].packed_cores.normal_()
+    state = saved.state_dict()
+    if route == "torch.save":
+        torch.save(state, tmp_path / "state.pt")
+        state = torch.load(tmp_path / "state.pt", weights_only=True)
+    elif route == "safetensors":
+        safetensors = pytest.importorskip("safetensors.torch", reason="safetensors not installed")
+        safetensors.save_file(state, tmp_path / "state.safetensors")
+        state = safetensors.load_file(tmp_path / "state.safetensors")
+    elif route == "materialized":
+        tn.nn.materialize(model)
+    elif route == "no shapes":  # a state saved before the layers recorded their core shapes
+        state = {k: v for k, v in state.items() if not k.endswith("_extra_state")}
+    x = torch.randn(600, 24, dtype=torch.float64)
+    model(x)  # a materialized model holds its rebuilt W: the load must be seen
+    result = model.load_state_dict(state, strict=strict)
+    assert result.missing_keys == [] and result.unexpected_keys == []
+    torch.testing.assert_close(model(x), saved(x), rtol=1e-12, atol=1e-12)
 
 
 def test_to_dtype_and_optimizer_step():
@@ -550,6 +611,27 @@ def test_from_linear_error_within_eps(eps):
         assert float((layer(x) - linear(x)).norm()) <= 1.01 * eps * float(x.norm()) * float(w.norm()) + 1e-12
 
 
+@pytest.mark.parametrize("scale", [1e300, 1e-300, 1e-310])
+def test_from_linear_reports_its_error_at_every_finite_scale(scale):
+    # the sums of squares overflowed near 1e300 (conversion_error NaN) and underflowed near 1e-300 (0.0,
+    # as if the conversion were exact)
+    torch.manual_seed(0)
+    linear = nn.Linear(24, 30, dtype=torch.float64)
+    expected = TTMLinear.from_linear(linear, rank=2, in_shape=(2, 3, 4), out_shape=(5, 3, 2)).conversion_error
+    with torch.no_grad():
+        linear.weight.mul_(scale)
+    layer = TTMLinear.from_linear(linear, rank=2, in_shape=(2, 3, 4), out_shape=(5, 3, 2))
+    assert 0.1 < expected < 1 and layer.conversion_error == pytest.approx(expected, rel=1e-9)
+
+
+def test_init_std_beyond_the_dtype_is_refused():
+    # the cores were finite but the rebuilt W overflowed to inf (its entry RMS came out NaN)
+    with pytest.raises(ValueError, match=r"TTMLinear: init std 1e\+39 exceeds the largest finite value"):
+        TTMLinear(24, 30, rank=2, init=1e39, dtype=torch.float32)
+    layer = TTMLinear(24, 30, rank=2, init=1e39, dtype=torch.float64)
+    assert float(tn.norm(layer.weight).detach()) == pytest.approx(1e39 * math.sqrt(24 * 30), rel=1e-9)
+
+
 def test_from_linear_rank_cap_and_exactness():
     linear = low_rank_linear((4, 6, 4), (6, 4, 5), 3, noise=0.0, dtype=torch.float32)
     layer = TTMLinear.from_linear(linear, rank=3, in_shape=(4, 6, 4), out_shape=(6, 4, 5))
@@ -654,7 +736,9 @@ def test_bad_arguments_raise_clear_errors(kwargs, error, match):
 
 def test_bad_forward_and_conversion_arguments():
     layer = make(24, 30, (2, 3, 4), (5, 3, 2), 2)
-    with pytest.raises(ValueError, match="last dimension of x must be N = 24"):
+    with pytest.raises(
+        ValueError, match=r"TTMLinear: the input has shape .3, 25. but the layer takes 24 features"
+    ):
         layer(torch.randn(3, 25, dtype=torch.float64))
     linear = nn.Linear(24, 30)
     with pytest.raises(ValueError, match="give rank, eps or both"):
@@ -667,6 +751,72 @@ def test_bad_forward_and_conversion_arguments():
         TTMLinear.from_linear(linear, rank=0)
     with pytest.raises(ValueError, match="eps must be finite"):
         TTMLinear.from_linear(linear, eps=-0.1)
+
+
+@pytest.mark.filterwarnings("ignore:Complex modules are a new feature")  # torch, on .to(complex)
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+def test_complex_dtypes_are_refused_where_the_layer_is_made(dtype):
+    # they built and ran a forward with no conjugation in the hand-written backward; complex layers are a
+    # later feature, until then one message at construction (and at the forward of a layer cast later)
+    with pytest.raises(
+        TypeError, match=r"TTMLinear: dtype is torch\.complex.*do not support complex dtypes yet"
+    ):
+        TTMLinear(24, 30, rank=2, dtype=dtype)
+    with pytest.raises(TypeError, match=r"TTMLinear\.from_linear: the layer's dtype is torch\.complex.*yet"):
+        TTMLinear.from_linear(nn.Linear(24, 30, dtype=dtype), rank=2)
+    layer = make(24, 30, (2, 3, 4), (5, 3, 2), 2).to(dtype)
+    with pytest.raises(TypeError, match=r"TTMLinear: the cores' dtype is torch\.complex.*yet"):
+        layer(torch.randn(3, 24, dtype=dtype))
+    head = tn.nn.TiedTTHead(tn.nn.TTEmbedding(30, 24, rank=2).to(dtype))
+    with pytest.raises(TypeError, match=r"TiedTTHead: the cores' dtype is torch\.complex.*yet"):
+        head(torch.randn(3, 24, dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.bool, "float32", np.float32])
+def test_non_floating_dtypes_are_refused_with_one_message(dtype):
+    # torch.int64 and bool gave torch's "Only Tensors of floating point and complex dtype can require
+    # gradients"; a string or numpy dtype gave torch.empty's argument error
+    with pytest.raises(
+        TypeError, match=r"TTMLinear: dtype .*torch\.float16, torch\.bfloat16, torch\.float32"
+    ):
+        TTMLinear(24, 30, rank=2, dtype=dtype)
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        assert TTMLinear(24, 30, rank=2, dtype=dtype).packed_cores.dtype == dtype
+
+
+@pytest.mark.parametrize("materialized", [False, True])
+def test_operand_mismatches_name_the_layer_and_the_operand_that_differs(materialized):
+    # they named tensornet.linear's x and W, said "x is torch.float32 but W is torch.float32 and bias
+    # torch.float64" where the bias differed, and a bias on another device failed inside torch
+    layer = tn.nn.materialize(make(24, 30, (2, 3, 4), (5, 3, 2), 2), enabled=materialized)
+    x = torch.randn(600, 24, dtype=torch.float64)
+    with pytest.raises(
+        TypeError, match=r"TTMLinear: the input is torch\.float32 but the weight and the bias are"
+    ):
+        layer(x.float())
+    with pytest.raises(TypeError, match=r"TTMLinear: the input is torch\.int64 but the weight and the bias"):
+        layer(x.long())
+    with pytest.raises(
+        ValueError, match="TTMLinear: the input is on meta but the weight and the bias are on cpu"
+    ):
+        layer(x.to("meta"))
+    layer.bias = nn.Parameter(layer.bias.detach().float())
+    with pytest.raises(
+        TypeError, match=r"TTMLinear: the bias is torch\.float32 but the input and the weight are"
+    ):
+        layer(x)
+    layer.bias = nn.Parameter(layer.bias.detach().double().to("meta"))
+    with pytest.raises(
+        ValueError, match="TTMLinear: the bias is on meta but the input and the weight are on cpu"
+    ):
+        layer(x)
+    head = tn.nn.TiedTTHead(tn.nn.TTEmbedding(30, 24, rank=2))
+    with pytest.raises(
+        TypeError, match=r"TiedTTHead: the input is torch\.float64 but the weight is torch\.float32"
+    ):
+        head(x)
+    with pytest.raises(ValueError, match=r"TiedTTHead: the input has shape .600, 23. but the layer takes 24"):
+        head(x[:, :23].float())
 
 
 # --- GPU --------------------------------------------------------------------------------------------------

@@ -171,3 +171,81 @@ def test_embedding_padding_idx_is_carried_over(from_weights):
     tensorize(model, {"0": {"rank": 4, "voc_shape": (3, 4, 5), "from_weights": from_weights}})
     assert isinstance(model[0], TTEmbedding) and model[0].padding_idx == 5
     assert torch.count_nonzero(model(torch.tensor([5, 5]))) == 0
+
+
+class ReadsItsChildWeight(nn.Module):
+    """A model that hands a child's weight to F.linear itself, as torch's attention modules do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(24, 24, dtype=torch.float64)
+        self.head = nn.Linear(24, 24, dtype=torch.float64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(nn.functional.linear(x, self.proj.weight, self.proj.bias))
+
+
+def test_layers_whose_parents_read_their_weight_are_left_dense_and_named():
+    # MultiheadAttention passes out_proj.weight to a fused kernel: tensorize accepted it and the model then
+    # failed in forward with "linear(): argument 'weight' must be Tensor, not TTM"
+    torch.manual_seed(0)
+    layer = nn.TransformerDecoderLayer(24, 2, 48, dropout=0.0, batch_first=True, dtype=torch.float64)
+    reference = [layer(torch.ones(2, 3, 24, dtype=torch.float64), torch.ones(2, 4, 24, dtype=torch.float64))]
+    with pytest.warns(UserWarning, match=r"left dense .*self_attn\.out_proj .*MultiheadAttention"):
+        _, report = tensorize(layer, Rule("*", eps=1e-12))
+    assert [r.name for r in report.layers] == ["linear1", "linear2"]
+    assert [name for name, _ in report.skipped] == ["self_attn.out_proj", "multihead_attn.out_proj"]
+    assert "reads out_proj.weight in forward" in report.skipped[0][1]
+    assert "skipped (left dense): self_attn.out_proj: Linear, self_attn (MultiheadAttention)" in str(report)
+    assert isinstance(layer.self_attn.out_proj, nn.Linear) and isinstance(layer.linear1, TTMLinear)
+    out = layer(torch.ones(2, 3, 24, dtype=torch.float64), torch.ones(2, 4, 24, dtype=torch.float64))
+    torch.testing.assert_close(out, reference[0], rtol=1e-9, atol=1e-9)  # exact conversion
+
+    model = ReadsItsChildWeight()
+    with pytest.warns(
+        UserWarning, match=r"proj \(Linear, the model \(ReadsItsChildWeight\) reads proj\.weight"
+    ):
+        tensorize(model, Rule("*", rank=2, from_weights=False))
+    assert isinstance(model.head, TTMLinear) and isinstance(model.proj, nn.Linear)
+    model(torch.ones(3, 24, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    ("build", "pattern", "reader"),
+    [
+        (
+            lambda: nn.MultiheadAttention(24, 2),
+            "out_proj",
+            r"the model \(MultiheadAttention\) reads out_proj\.weight",
+        ),
+        (
+            lambda: nn.TransformerEncoderLayer(24, 2, 48, batch_first=True),
+            "linear*",
+            r"linear1: the model \(TransformerEncoderLayer\) reads linear1\.weight",
+        ),
+        (
+            lambda: nn.TransformerEncoder(nn.TransformerEncoderLayer(24, 2, 48, batch_first=True), 2),
+            "layers.*.self_attn.out_proj",
+            r"layers\.0 \(TransformerEncoderLayer\) reads self_attn\.out_proj\.weight",
+        ),
+    ],
+    ids=["MultiheadAttention", "TransformerEncoderLayer", "TransformerEncoder"],
+)
+def test_a_rule_matching_only_such_layers_is_refused_naming_them(build, pattern, reader):
+    # nn.TransformerEncoderLayer's inference fast path hands linear1/linear2 to a fused kernel: a TT layer
+    # there trained and then failed at evaluation under no_grad inside an nn.TransformerEncoder
+    model = build()
+    with pytest.raises(
+        ValueError, match=rf"matched only layers whose parents read their weight tensors .*{reader}"
+    ):
+        tensorize(model, Rule(pattern, rank=2))
+    assert not any(isinstance(m, TTMLinear) for m in model.modules())  # nothing replaced
+
+
+def test_the_report_gives_finite_errors_for_weights_near_the_top_of_the_range():
+    model = nn.Sequential(nn.Linear(24, 30, dtype=torch.float64), nn.Linear(30, 24, dtype=torch.float64))
+    with torch.no_grad():
+        model[0].weight.mul_(1e300)
+        model[1].weight.mul_(1e-300)
+    _, report = tensorize(model, Rule("*", rank=2))
+    assert all(0.1 < layer.error < 1 for layer in report.layers) and 0.1 < report.max_error < 1

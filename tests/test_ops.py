@@ -212,7 +212,7 @@ def test_structure_mismatch_errors():
         tn.matvec(tn.random_ttm((2, 2), (2, 2), 1, seed=0), a)
     with pytest.raises(ValueError, match="A has col_shape"):
         tn.matmul(tn.random_ttm((2, 2), (2, 2), 1, seed=0), tn.random_ttm((2, 3), (2, 2), 1, seed=0))
-    with pytest.raises(TypeError, match="scale: the scalar must be a real number"):
+    with pytest.raises(TypeError, match="scale: the scalar must be a number or a 0-d array"):
         tn.scale(a, np.ones(3))
     with pytest.raises(TypeError, match="must be a tensornet TT or TTM"):
         tn.norm(np.ones(3))

@@ -96,3 +96,26 @@ def test_lazy_submodules_and_unknown_attribute():
     assert tn.testing.strategies.tts is not None
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         tn.nope  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    ("seed", "error", "match"),
+    [
+        (-1, ValueError, "random_tt: seed must be >= 0"),
+        ("abc", TypeError, "random_tt: seed must be None, an int >= 0.*got str 'abc'"),
+        (1.5, TypeError, "random_tt: seed must be None.*got float 1.5"),
+        (True, TypeError, "random_tt: seed must be None.*got bool"),
+    ],
+)
+def test_bad_seeds_are_named(seed, error, match):
+    with pytest.raises(error, match=match):
+        tn.random_tt((3, 4), 2, seed=seed)
+    with pytest.raises(error, match=match.replace("random_tt", "random_ttm")):
+        tn.random_ttm((3,), (4,), 2, seed=seed)
+
+
+def test_every_seed_numpy_takes_still_works():
+    first = tn.random_tt((3, 4), 2, seed=7)
+    for seed in (np.int64(7), [7], np.random.SeedSequence(7)):
+        np.testing.assert_array_equal(tn.random_tt((3, 4), 2, seed=seed).full(), first.full())
+    assert tn.random_tt((3, 4), 2, seed=np.random.default_rng(1)).shape == (3, 4)

@@ -124,8 +124,7 @@ def test_indexing_ellipsis_and_errors():
         t[0, 0, 0, 0]
     with pytest.raises(IndexError, match="empty"):
         t[:, 2:2]
-    with pytest.raises(TypeError, match="arrays of indices"):
-        t[[0, 1]]
+    np.testing.assert_allclose(t[[0, 1]].full(), x[[0, 1]], atol=1e-12)  # a 1-D index array keeps the mode
     with pytest.raises(IndexError, match="at most one Ellipsis"):
         t[..., 0, ...]
 
@@ -150,7 +149,7 @@ def test_rank_chain_error_names_cores_and_sizes():
         ([np.ones((1, 3, 2))], ValueError, "last .boundary. rank must be 1"),
         ([np.ones((1, 0, 1))], ValueError, "zero-size"),
         ([np.ones((1, 3, 1), dtype=np.int64)], TypeError, "floating point"),
-        ([np.ones((1, 3, 1), dtype=np.complex128)], TypeError, "complex"),
+        ([np.ones((1, 3, 1), dtype=bool)], TypeError, "floating point"),
         ([np.ones((1, 3, 1)), "core"], TypeError, "core 1 is a str"),
         ([np.ones((1, 3, 2)), np.ones((2, 3, 1), dtype=np.float32)], TypeError, "dtype"),
     ],
@@ -160,17 +159,22 @@ def test_bad_cores(cores, error, match):
         tn.TT(cores)
 
 
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
+def test_half_precision_complex_cores_are_refused():
+    with pytest.raises(TypeError, match="complex cores must be complex64 or complex128"):
+        tn.TT([torch.ones((1, 3, 1), dtype=torch.complex32)])
+
+
 def test_mixed_backends_refused():
     with pytest.raises(TypeError, match="different or unsupported libraries"):
         tn.TT([np.ones((1, 3, 2)), torch.ones((2, 3, 1), dtype=torch.float64)])
 
 
-def test_cores_are_not_copied_or_mutated():
+def test_operations_never_mutate_cores():
     core = np.ones((1, 3, 1))
     t = tn.TT([core])
-    assert t.cores[0] is core
     u = 2.0 * t
-    assert np.all(core == 1.0) and u.cores[0] is not core
+    assert np.all(core == 1.0) and np.all(t.cores[0] == 1.0) and np.all(u.cores[0] == 2.0)
 
 
 @st.composite
@@ -191,3 +195,153 @@ def test_malformed_cores_raise_value_error_or_build(shapes):
     else:
         with pytest.raises(ValueError, match="TT: core"):
             tn.TT(cores)
+
+
+# --- immutability and conversions: what a train promises about its memory ----------------------------
+def test_numpy_cores_are_read_only_and_norm_cannot_be_changed_behind_the_trains_back():
+    t = tn.random_tt((3, 4, 5), 2, seed=0)
+    before = float(tn.norm(t))
+    for core in t.cores:
+        assert not core.flags.writeable
+        with pytest.raises(ValueError, match="read-only"):
+            core[0, 0, 0] += 100.0
+    assert float(tn.norm(t)) == before
+    for result in (t + t, 2.0 * t, tn.round(t, eps=1e-8), t[:, 1], tn.orthogonalize(t)):
+        assert not any(c.flags.writeable for c in result.cores)
+
+
+def test_constructor_copies_arrays_the_caller_can_still_write():
+    core = np.ones((1, 3, 1))
+    base = np.ones((2, 1, 3, 1))
+    t, u = tn.TT([core]), tn.TT([base[0]])
+    core[0, 0, 0] = 100.0
+    base[0, 0, 0, 0] = 100.0
+    assert np.all(t.full() == 1.0) and np.all(u.full() == 1.0)
+    # a read-only view of writeable memory is copied too: the memory can still change through its base
+    view = base[1].view()
+    view.flags.writeable = False
+    v = tn.TT([view])
+    base[1, 0, 0, 0] = 7.0
+    assert np.all(v.full() == 1.0)
+    # cores of another train are shared, not copied: nobody can write them
+    assert tn.TT(list(t.cores)).cores[0] is not None and np.shares_memory(
+        tn.TT(list(t.cores)).cores[0], t.cores[0]
+    )
+
+
+def test_tt_svd_of_one_mode_and_full_do_not_share_memory_with_the_caller():
+    x = np.arange(1.0, 6.0)
+    t = tn.tt_svd(x)
+    x[0] = 100.0
+    assert float(t[0]) == 1.0
+    dense = tn.full(t)
+    dense[1] = -1.0  # full() returns the caller's own array, writeable
+    assert float(t[1]) == 2.0
+
+
+@pytest.mark.parametrize("source", ["numpy", "torch"])
+@pytest.mark.parametrize("target", ["numpy", "torch"])
+def test_to_is_always_a_copy(source, target):
+    t = tn.random_tt((3, 4), 2, seed=1).to(source)
+    u = t.to(target)
+    before = np.array(as_numpy(t.cores[0]))
+    if target == "torch":
+        with torch.no_grad():
+            u.cores[0].add_(5.0)  # training the torch copy in place
+    else:
+        with pytest.raises(ValueError, match="read-only"):
+            u.cores[0][0, 0, 0] = 5.0
+    np.testing.assert_array_equal(as_numpy(t.cores[0]), before)
+    assert t.to().cores[0] is not t.cores[0]
+
+
+def test_to_torch_keeps_the_graph_and_to_numpy_detaches():
+    core = torch.ones((1, 3, 1), dtype=torch.float64, requires_grad=True)
+    t = tn.TT([core])
+    (t.to(dtype="float32").full().sum()).backward()
+    assert core.grad is not None and torch.all(core.grad == 1.0)
+    assert not t.to("numpy").cores[0].flags.writeable
+
+
+def test_masked_cores_are_refused():
+    core = np.ma.masked_array(np.ones((1, 3, 1)), mask=[[[0], [1], [0]]])
+    with pytest.raises(TypeError, match="masked array"):
+        tn.TT([core])
+
+
+def test_no_implicit_conversion_or_truth_value():
+    t = tn.random_tt((3, 4), 2, seed=1)
+    with pytest.raises(TypeError, match=r"tn\.full"):
+        np.asarray(t)
+    with pytest.raises(TypeError, match=r"tn\.full"):
+        np.array([t, t])
+    with pytest.raises(TypeError, match="ambiguous"):
+        bool(t)
+    with pytest.raises(TypeError, match="ambiguous"):
+        bool(tn.eye((2, 2)))
+    assert isinstance(np.float64(2.0) * t, tn.TT)  # numpy scalars still defer to the train's operators
+
+
+# --- index arrays -------------------------------------------------------------------------------------
+@st.composite
+def tt_and_array_index(draw):
+    """A TT and an index with one 1-D integer array or boolean mask among ints and slices (numpy's rule)."""
+    t = draw(tst.tts(max_ncores=4, max_size=5, max_rank=3))
+    d = t.ncores
+    at = draw(st.integers(0, d - 1))
+    index = []
+    for k, n in enumerate(t.shape):
+        if k == at:
+            if draw(st.booleans()):
+                mask = draw(st.lists(st.booleans(), min_size=n, max_size=n).filter(any))
+                index.append(np.array(mask))
+            else:
+                positions = draw(st.lists(st.integers(-n, n - 1), min_size=1, max_size=6))
+                kind = draw(st.sampled_from(["list", "int64", "uint8", "torch"]))
+                if kind == "uint8":
+                    positions = [p % n for p in positions]
+                index.append(
+                    positions
+                    if kind == "list"
+                    else torch.tensor(positions)
+                    if kind == "torch"
+                    else np.array(positions, dtype=kind)
+                )
+        else:
+            index.append(draw(st.one_of(st.integers(-n, n - 1), st.just(slice(None)))))
+    return t, tuple(index)
+
+
+@given(tt_and_array_index())
+def test_index_arrays_match_numpy(case):
+    t, index = case
+    dense = as_numpy(t.full())
+    expected = dense[tuple(as_numpy(i).astype(np.int64) if isinstance(i, torch.Tensor) else i for i in index)]
+    advanced = [k for k, i in enumerate(index) if not isinstance(i, slice)]
+    if advanced[-1] - advanced[0] + 1 != len(advanced):  # numpy moves the array's mode to the front
+        with pytest.raises(IndexError, match="separated by a slice"):
+            t[index]
+        return
+    result = t[index]
+    value = result.full() if isinstance(result, tn.TT) else result
+    assert_close(value, expected, t.dtype, scale=max(float(np.abs(dense).max()), 1e-300))
+
+
+def test_index_array_errors_name_the_mode_and_gather():
+    t = tn.random_tt((3, 4, 5), 2, seed=0)
+    with pytest.raises(IndexError, match=r"modes \[0, 1\].*tn\.gather"):
+        t[np.array([0, 1]), np.array([0, 1])]
+    with pytest.raises(IndexError, match=r"1-D.*tn\.gather"):
+        t[np.zeros((2, 2), dtype=int)]
+    with pytest.raises(IndexError, match="position 5 in the array of mode 0"):
+        t[[5]]
+    with pytest.raises(IndexError, match="position 18446744073709551615"):
+        t[np.array([2**64 - 1], dtype=np.uint64)]
+    with pytest.raises(IndexError, match="selects nothing"):
+        t[[]]
+    with pytest.raises(IndexError, match="mask of mode 1 has length 2, not 4"):
+        t[:, np.array([True, False])]
+    with pytest.raises(TypeError, match="must hold integers"):
+        t[[1.5]]
+    with pytest.raises(TypeError, match="mode 0 got NoneType"):
+        t[None]

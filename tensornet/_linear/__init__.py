@@ -18,7 +18,7 @@ Read it top down:
 
 from __future__ import annotations
 
-from .api import linear, linear_backward, linear_forward
+from .api import check_operands, linear, linear_backward, linear_forward, operand_mismatch
 from .kernels import (
     ArrayOps,
     array_ops,
@@ -34,10 +34,12 @@ from .plan import planned
 __all__ = [
     "ArrayOps",
     "array_ops",
+    "check_operands",
     "dense_to_interleaved",
     "linear",
     "linear_backward",
     "linear_forward",
+    "operand_mismatch",
     "planned",
     "rebuild",
     "rebuild_grads",

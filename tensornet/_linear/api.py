@@ -14,7 +14,7 @@ from . import kernels as K
 from . import plan as P
 from .strategies import BACKWARD, FORWARD
 
-__all__ = ["linear", "linear_backward", "linear_forward"]
+__all__ = ["check_operands", "linear", "linear_backward", "linear_forward", "operand_mismatch"]
 
 
 def linear_forward(
@@ -51,6 +51,49 @@ def _is_torch(x: Array) -> bool:
     return type(x).__module__.split(".")[0] == "torch" and hasattr(x, "requires_grad")
 
 
+def operand_mismatch(values: dict[str, Any], reference: str, *, on: bool = False) -> str:
+    """Which operands differ from ``reference`` in a property (a dtype, or with ``on`` a device).
+
+    ``values`` maps operand names to the property: e.g. "bias is int64 but x and W are float64" or
+    "x is on cuda:0 but W and bias are on cpu".
+    """
+    prep = "on " if on else ""
+    groups: dict[str, list[str]] = {}
+    for name, value in values.items():
+        groups.setdefault(str(value), []).append(name)
+    wanted = str(values[reference])
+    parts = [_names_are(names, f"{prep}{value}") for value, names in groups.items() if value != wanted]
+    return f"{' and '.join(parts)} but {_names_are(groups[wanted], f'{prep}{wanted}')}"
+
+
+def _names_are(names: list[str], what: str) -> str:
+    if len(names) == 1:
+        return f"{names[0]} is {what}"
+    return f"{', '.join(names[:-1])} and {names[-1]} are {what}"
+
+
+def check_operands(fn: str, operands: dict[str, Any], reference: str = "W") -> None:
+    """Raise unless the arrays ``operands`` share ``reference``'s backend, device and dtype.
+
+    ``operands`` maps names to arrays (None: an absent operand, e.g. no bias). ``TypeError`` for a backend or dtype, ``ValueError`` for a device, naming the operands that differ.
+    """
+    given = {name: value for name, value in operands.items() if value is not None}
+    for name, value in given.items():
+        if not B.is_array(value):
+            raise TypeError(f"{fn}: {name} must be an array, got {type(value).__name__}")
+    backends = {name: B.backend_name(value) for name, value in given.items()}
+    if len(set(backends.values())) > 1:
+        raise TypeError(
+            f"{fn}: {operand_mismatch(backends, reference)} arrays; use one backend (W.to('torch') or W.to('numpy') converts W)"
+        )
+    devices = {name: str(B.device(value)) for name, value in given.items()}
+    if len(set(devices.values())) > 1:
+        raise ValueError(f"{fn}: {operand_mismatch(devices, reference, on=True)}; move them to one device")
+    dtypes = {name: value.dtype for name, value in given.items()}
+    if len(set(map(str, dtypes.values()))) > 1:
+        raise TypeError(f"{fn}: {operand_mismatch(dtypes, reference)}; use one dtype")
+
+
 def _check_shapes(x: Array, shape: tuple[int, int], bias: Array) -> None:
     out_features, in_features = shape
     if x.ndim < 1 or int(x.shape[-1]) != in_features:
@@ -77,8 +120,11 @@ def linear(x: Array, cores: Sequence[Array], bias: Array = None, *, save_weight:
         _check_shapes(x, shape, bias)
         if bias is not None and not _is_torch(bias):
             raise TypeError(f"linear: bias must be a torch tensor like x, got {type(bias).__name__}")
-        if x.device != cores[0].device:
-            raise ValueError(f"linear: x is on {x.device} but W is on {cores[0].device}; move one with .to()")
+        if x.device != cores[0].device or (bias is not None and bias.device != cores[0].device):
+            devices = {"x": x.device, "W": cores[0].device} | ({} if bias is None else {"bias": bias.device})
+            raise ValueError(
+                f"linear: {operand_mismatch(devices, 'W', on=True)}; move them to one device with .to()"
+            )
         # sys.modules first: torch.compile traces a dict lookup but not import_module
         binding = sys.modules.get("tensornet._linear.autograd") or importlib.import_module(
             "tensornet._linear.autograd"
@@ -94,8 +140,7 @@ def linear(x: Array, cores: Sequence[Array], bias: Array = None, *, save_weight:
     if bias is not None and (not B.is_array(bias) or B.backend_name(bias) != backend):
         raise TypeError(f"linear: bias must be a {backend} array like x, got {type(bias).__name__}")
     _check_shapes(x, shape, bias)
-    if x.dtype != cores[0].dtype or (bias is not None and bias.dtype != cores[0].dtype):
-        raise TypeError(f"linear: x is {x.dtype} but W is {cores[0].dtype}; use one dtype (bias too)")
+    check_operands("linear", {"x": x, "W": cores[0], "bias": bias})
     xp = B.namespace(x, *cores)
     lead = tuple(int(s) for s in x.shape[:-1])
     x2d = xp.reshape(x, (-1, shape[1]))

@@ -37,9 +37,10 @@ import torch.utils.checkpoint
 
 from . import kernels as K
 from . import plan as P
+from .api import operand_mismatch
 from .strategies import BACKWARD, FORWARD
 
-__all__ = ["function_for", "linear_torch"]
+__all__ = ["LINEAR_NAMES", "function_for", "linear_torch"]
 
 # positions of Function.apply's arguments
 _ROUTE, _X, _BIAS, _CORES = 0, 1, 2, 3
@@ -367,12 +368,20 @@ def compute_dtype(dtype: Any, device_type: str) -> Any:
     return cast
 
 
+# the names a message gives the function and its operands (x, W, bias): tensornet.linear's, or a layer's
+LINEAR_NAMES = ("linear", "x", "W", "bias")
+
+
 def _cast(
-    x: torch.Tensor, tensors: Sequence[torch.Tensor], bias: torch.Tensor | None
+    x: torch.Tensor,
+    tensors: Sequence[torch.Tensor],
+    bias: torch.Tensor | None,
+    names: tuple[str, str, str, str] = LINEAR_NAMES,
 ) -> tuple[torch.Tensor, Sequence[torch.Tensor], torch.Tensor | None]:
     """``x``, the cores and the bias in the dtype the product runs in.
 
-    Cast once, as autocast casts ``nn.Linear``'s input and weight; ``TypeError`` when they still disagree.
+    Cast once, as autocast casts ``nn.Linear``'s input and weight; ``TypeError`` naming the operand that
+    differs when they still disagree.
     """
     device_type = x.device.type
     if autocast_dtype(device_type) is not None:
@@ -380,11 +389,14 @@ def _cast(
         tensors = [t.to(compute_dtype(t.dtype, device_type)) for t in tensors]
         if bias is not None:
             bias = bias.to(compute_dtype(bias.dtype, device_type))
-    if x.dtype != tensors[0].dtype or (bias is not None and bias.dtype != x.dtype):
+    if x.dtype != tensors[0].dtype or (bias is not None and bias.dtype != tensors[0].dtype):
+        fn, x_name, w_name, bias_name = names
+        dtypes = {x_name: x.dtype, w_name: tensors[0].dtype} | (
+            {} if bias is None else {bias_name: bias.dtype}
+        )
         raise TypeError(
-            f"linear: x is {x.dtype} but W is {tensors[0].dtype}"
-            + (f" and bias {bias.dtype}" if bias is not None else "")
-            + "; use one dtype (or run under torch.autocast)"
+            f"{fn}: {operand_mismatch(dtypes, w_name)}; use one dtype (.to(dtype) converts a tensor or a layer), "
+            "or run under torch.autocast"
         )
     return x, tensors, bias
 
@@ -409,12 +421,15 @@ def linear_torch(
     *,
     save_weight: bool = False,
     packed: K.CoreShapes | None = None,
+    names: tuple[str, str, str, str] = LINEAR_NAMES,
 ) -> Any:
     """``x @ W.T + bias`` for torch ``x`` of shape ``(..., N)`` and TTM cores ``tensors``.
 
-    ``tensors`` may be one packed vector with ``packed`` = the core shapes. Validated by the caller.
+    ``tensors`` may be one packed vector with ``packed`` = the core shapes. Validated by the caller but
+    for dtypes (they may differ under autocast): a mismatch is named with ``names`` (the function, x, W,
+    bias).
     """
-    x, tensors, bias = _cast(x, tensors, bias)
+    x, tensors, bias = _cast(x, tensors, bias, names)
     shapes = packed if packed is not None else K.core_shapes(tensors)
     lead = x.shape[:-1]
     x2d = x.reshape(-1, x.shape[-1])

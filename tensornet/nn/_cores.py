@@ -14,13 +14,49 @@ from torch import nn
 
 import tensornet as tn
 from tensornet import _checks
+from tensornet._linear import api as _linear_api
 from tensornet._linear import autograd as _binding
 
 from ._cache import DenseCache, linear_compute_dtype
 from ._factor import clip_ranks, core_shapes
 from ._init import Init, check_init, init_cores
+from ._state import check_loaded_shapes, shapes_state
 
-__all__ = ["TTCoresModule", "compress"]
+__all__ = ["TTCoresModule", "check_dtype", "compress", "relative_error"]
+
+# how a layer's messages name the operands of its product (x, W, bias)
+_OPERANDS = ("the input", "the weight", "the bias")
+
+
+def _same_compute(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether ``x``, the cores and the bias meet in one dtype (equal, or so cast by autocast)."""
+    if x.dtype == packed.dtype and (bias is None or bias.dtype == packed.dtype):
+        return True
+    compute = linear_compute_dtype(x, [packed])
+    return compute is not None and (bias is None or linear_compute_dtype(bias, [packed]) == compute)
+
+
+# the dtypes the TT layers train in (torch's floating dtypes that randn, QR and GEMMs support)
+LAYER_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_dtype(fn: str, dtype: Any, what: str = "dtype") -> None:
+    """Raise ``TypeError`` unless ``dtype`` is None or one of :data:`LAYER_DTYPES`.
+
+    Complex layers are not supported yet: refused with a message saying so (their gradients would need
+    conjugated products). Integer and bool dtypes cannot hold trainable cores.
+    """
+    if dtype is None or dtype in LAYER_DTYPES:
+        return
+    names = ", ".join(str(d) for d in LAYER_DTYPES)
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"{fn}: {what} must be a torch.dtype ({names}), got {dtype!r}")
+    if dtype.is_complex:
+        raise TypeError(
+            f"{fn}: {what} is {dtype}, but the TT layers do not support complex dtypes yet (planned); "
+            f"use one of {names}"
+        )
+    raise TypeError(f"{fn}: {what} is {dtype}; the TT layers hold trainable cores in one of {names}")
 
 
 def compress(
@@ -45,9 +81,24 @@ def compress(
         padded = torch.zeros(math.prod(row_shape), int(dense.shape[1]), dtype=dense.dtype)
         padded[:real] = dense
     ttm = tn.ttm_svd(padded, row_shape, col_shape, eps=eps, max_rank=rank)
-    reference = float(torch.linalg.vector_norm(dense))
-    error = float(torch.linalg.vector_norm(tn.full(ttm)[:real] - dense)) / reference if reference > 0 else 0.0
-    return ttm, error
+    return ttm, relative_error(tn.full(ttm)[:real], dense)
+
+
+def relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
+    """``||approx - exact||_F / ||exact||_F`` at any finite scale of the dtype (0 when both are zero).
+
+    Both are divided by the largest ``|exact|`` first: the sums of squares of entries near 1e300
+    overflowed (an error of NaN) and of entries near 1e-300 underflowed to 0 (an error of 0 for any
+    approximation).
+
+    Cost: ``O(M N)``.
+    """
+    peak = exact.abs().max() if exact.numel() else exact.new_zeros(())
+    if peak == 0:
+        return 0.0 if not bool(approx.any()) else math.inf
+    return float(
+        torch.linalg.vector_norm(approx / peak - exact / peak) / torch.linalg.vector_norm(exact / peak)
+    )
 
 
 class TTCoresModule(nn.Module):
@@ -62,10 +113,17 @@ class TTCoresModule(nn.Module):
     can be stacked for a batched rebuild (:func:`tensornet.nn.materialize`). In-place writes to a view (under
     ``torch.no_grad()``) write the parameter; ``layer.packed_cores.grad`` holds every core's gradient
     (:attr:`core_grads` gives it per core).
+
+    ``state_dict()`` holds ``packed_cores`` (and a bias) and ``_extra_state``: the core shapes, an int64
+    ``(d, 4)`` tensor. ``load_state_dict`` (``strict=False`` too) refuses a state whose cores are
+    factorised otherwise, naming both factorisations, before copying anything into the layer: one flat
+    vector of the same size would otherwise load into another function. States saved without the shapes
+    (tensornet before they were recorded) load as before, checked by size.
     """
 
     packed_cores: nn.Parameter
     core_shapes: tuple[tuple[int, int, int, int], ...]
+    _SHAPE_NAMES: tuple[str, str] = ("rows", "cols")  # the constructor's names of the row and column shapes
     _columns: int
     init: Init
     conversion_error: float | None
@@ -83,11 +141,18 @@ class TTCoresModule(nn.Module):
         device: Any,
         dtype: Any,
     ) -> None:
-        """Validate ``rank``/``init`` (clipping the rank with a warning if asked) and create empty cores."""
+        """Validate ``rank``/``init``/``dtype`` (clipping the rank with a warning if asked); empty cores."""
+        check_dtype(fn, dtype)
         bonds = _checks.parse_ranks(fn, "rank", rank, len(rows), owner="layer")
         if clip_rank:  # the warning points at the user's constructor call, two frames up
             bonds = clip_ranks(fn, bonds, rows, cols, stacklevel=4)
         self.init = check_init(fn, init)
+        largest = torch.finfo(dtype if dtype is not None else torch.get_default_dtype()).max
+        if isinstance(self.init, float) and self.init > largest:  # W's entries would overflow to inf
+            raise ValueError(
+                f"{fn}: init std {self.init:g} exceeds the largest finite value of the layer's dtype "
+                f"({largest:g}); give a smaller std or a wider dtype"
+            )
         self.core_shapes = tuple(core_shapes(rows, cols, bonds))
         self._columns = math.prod(cols)  # of the matrix W (its input size)
         total = sum(math.prod(shape) for shape in self.core_shapes)
@@ -168,10 +233,34 @@ class TTCoresModule(nn.Module):
             cache.clear()
         return super()._apply(fn, *args, **kwargs)
 
-    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any) -> None:
+    def get_extra_state(self) -> torch.Tensor:
+        """The core shapes, ``(d, 4)`` int64: a state dict says how its packed cores are factorised."""
+        return shapes_state(self.core_shapes)
+
+    def set_extra_state(self, state: Any) -> None:
+        """Nothing to set: :meth:`_load_from_state_dict` has checked the shapes before any value was copied."""
+
+    def _load_from_state_dict(
+        self,
+        state_dict: Any,
+        prefix: str,
+        local_metadata: Any,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
         cache = getattr(self, "_dense_cache", None)
         if cache is not None:
             cache.clear()
+        packed = f"{prefix}packed_cores"
+        # a state of another factorisation: its packed cores are not copied (torch does the same for a
+        # parameter of another size), and the reason is raised with load_state_dict's other errors
+        matches = check_loaded_shapes(
+            type(self).__name__, self.core_shapes, self._SHAPE_NAMES, state_dict, prefix, error_msgs
+        )
+        if not matches:
+            state_dict.pop(packed, None)
         # cores saved one tensor each (``cores.0``, ``cores.1``, ...: tensornet before packed cores)
         old = [f"{prefix}cores.{k}" for k in range(len(self.core_shapes))]
         if f"{prefix}packed_cores" not in state_dict and all(key in state_dict for key in old):
@@ -181,8 +270,13 @@ class TTCoresModule(nn.Module):
                         f"{type(self).__name__}: {key} has shape {tuple(state_dict[key].shape)} but this layer's "
                         f"core has shape {shape}; build the layer with the ranks and shapes it was saved with"
                     )
-            state_dict[f"{prefix}packed_cores"] = torch.cat([state_dict.pop(key).reshape(-1) for key in old])
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+            state_dict[packed] = torch.cat([state_dict.pop(key).reshape(-1) for key in old])
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        # not missing: refused above; a state saved before the core shapes were recorded: checked by size
+        absent = {f"{prefix}_extra_state"} | (set() if matches else {packed})
+        missing_keys[:] = [key for key in missing_keys if key not in absent]
 
     def _cached_dense(self, device: Any, dtype: Any) -> torch.Tensor | None:
         """The cached dense matrix in ``dtype`` if the cache is on and usable here, else None."""
@@ -200,16 +294,33 @@ class TTCoresModule(nn.Module):
         The forward of :class:`TTMLinear` and of the tied LM head (:class:`TiedTTHead`): the cached dense
         matrix under :meth:`cache_dense_weight` when usable, else a :func:`tensornet.nn.materialize` group's
         rebuilt W, else the TTM product. The cores were validated at construction and ``load_state_dict``
-        keeps their shapes, so a well-formed input goes straight to the torch binding; anything else takes
-        :func:`tensornet.linear`'s checks (and errors). ``owner`` names the calling layer in errors (default:
-        this one).
+        keeps their shapes, so the input and bias are checked here (shape, device; the torch binding checks
+        dtypes) and go straight to the binding. ``owner`` names the calling layer in errors (default: this
+        one).
         """
+        fn = owner or type(self).__name__
         if not isinstance(x, torch.Tensor):  # as nn.Linear: a numpy array or list is not converted
             raise TypeError(
-                f"{owner or type(self).__name__}: input must be a torch.Tensor, got {type(x).__module__}."
-                f"{type(x).__name__}; convert it with torch.as_tensor(x, dtype=...)"
+                f"{fn}: input must be a torch.Tensor, got {type(x).__module__}.{type(x).__name__}; convert it "
+                "with torch.as_tensor(x, dtype=...)"
             )
         packed = self.packed_cores
+        if packed.dtype not in LAYER_DTYPES:  # made so after construction, e.g. by .to(torch.complex64)
+            check_dtype(fn, packed.dtype, "the cores' dtype")
+        columns = self._columns
+        if x.ndim < 1 or x.shape[-1] != columns:
+            raise ValueError(
+                f"{fn}: the input has shape {tuple(x.shape)} but the layer takes {columns} features; the "
+                f"last dimension of the input must be {columns}"
+            )
+        if x.device != packed.device or (bias is not None and bias.device != packed.device):
+            devices = {_OPERANDS[0]: x.device, _OPERANDS[1]: packed.device}
+            if bias is not None:
+                devices[_OPERANDS[2]] = bias.device
+            raise ValueError(
+                f"{fn}: {_linear_api.operand_mismatch(devices, _OPERANDS[1], on=True)}; move the input "
+                "(x.to(device)) or the layer (layer.to(device)) to one device"
+            )
         if getattr(self, "_dense_cache", None) is not None and x.is_floating_point():
             compute = linear_compute_dtype(x, [packed])
             dense = None if compute is None else self._cached_dense(x.device, compute)
@@ -217,17 +328,14 @@ class TTCoresModule(nn.Module):
                 if bias is not None and bias.dtype != dense.dtype:
                     bias = bias.to(dense.dtype)
                 return nn.functional.linear(x.to(dense.dtype), dense, bias)
-        columns = self._columns
         group = self.__dict__.get("_weight_group")  # tensornet.nn.materialize
-        if group is not None and x.ndim >= 1 and x.shape[-1] == columns:
+        # a shallow copy (nn.DataParallel's replicas) shares the __dict__, hence the group, but not the
+        # parameters: the group's W are the original's, so the copy takes the per-layer path. Operands of
+        # other dtypes take it too, for its error (F.linear's would name mat1 and mat2).
+        if group is not None and group[0].layers[group[1]] is self and _same_compute(x, packed, bias):
             dense = group[0].weight(group[1], x)
             if dense is not None:
                 return nn.functional.linear(x, dense, bias)
-        if (
-            x.ndim >= 1
-            and x.shape[-1] == columns
-            and x.device == packed.device
-            and (bias is None or bias.device == x.device)
-        ):
-            return _binding.linear_torch(x, (packed,), bias, save_weight=save_weight, packed=self.core_shapes)
-        return tn.linear(x, tn.TTM(list(self.cores)), bias, save_weight=save_weight)
+        return _binding.linear_torch(
+            x, (packed,), bias, save_weight=save_weight, packed=self.core_shapes, names=(fn, *_OPERANDS)
+        )

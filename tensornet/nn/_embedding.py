@@ -15,7 +15,7 @@ from torch import nn
 import tensornet as tn
 from tensornet import _checks
 
-from ._cores import TTCoresModule, compress
+from ._cores import LAYER_DTYPES, TTCoresModule, check_dtype, compress
 from ._factor import resolve_shapes
 from ._init import Init
 
@@ -74,6 +74,7 @@ class TTEmbedding(TTCoresModule):
     """
 
     conversion_error: float | None
+    _SHAPE_NAMES = ("voc_shape", "emb_shape")
 
     def __init__(
         self,
@@ -156,6 +157,8 @@ class TTEmbedding(TTCoresModule):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         """The rows of the table at the integer indices ``input`` (any shape): ``(*input.shape, dim)``."""
         self._check_indices(input)
+        if self.packed_cores.dtype not in LAYER_DTYPES:  # made so after construction, e.g. by .to()
+            check_dtype(type(self).__name__, self.packed_cores.dtype, "the cores' dtype")
         table = self.dense_table(input.device, self.cores[0].dtype)
         if table is not None:
             return self._mask_padding(input, nn.functional.embedding(input, table))
@@ -264,6 +267,7 @@ class TTEmbedding(TTCoresModule):
             raise TypeError(f"{fn}: weight must be a tensornet.TTM, got {type(weight).__name__}")
         if weight.backend != "torch":
             weight = weight.to("torch")
+        check_dtype(fn, weight.dtype, "the TTM's dtype")
         rows, cols = weight.shape
         num_embeddings = (
             rows if num_embeddings is None else _checks.check_count(fn, "num_embeddings", num_embeddings)
@@ -313,7 +317,7 @@ class TTEmbedding(TTCoresModule):
         Raises
         ------
         TypeError
-            Not an ``nn.Embedding``.
+            Not an ``nn.Embedding``, or of a dtype the layers do not hold (complex).
         ValueError
             ``max_norm`` or sparse gradients (not supported), neither ``rank`` nor ``eps``, bad shapes or
             ranks.
@@ -330,6 +334,7 @@ class TTEmbedding(TTCoresModule):
         if rank is None and eps is None:
             raise ValueError(f"{fn}: give rank, eps or both (with neither the TTM would be exact and larger)")
         weight = embedding.weight
+        check_dtype(fn, weight.dtype, "the embedding's dtype")
         rows, cols = (int(n) for n in weight.shape)
         ncores = _checks.check_count(fn, "ncores", ncores)
         voc_shape, emb_shape = resolve_shapes(

@@ -12,7 +12,7 @@ from torch import nn
 import tensornet as tn
 from tensornet import _checks
 
-from ._cores import TTCoresModule, compress
+from ._cores import TTCoresModule, check_dtype, compress
 from ._factor import resolve_shapes
 from ._hf import dense_weight
 from ._init import Init
@@ -67,11 +67,14 @@ class TTMLinear(TTCoresModule):
     ------
     TypeError, ValueError
         Naming the argument: non-int features, shapes whose product differs from the features, shapes of
-        different lengths, rank < 1 or with the wrong number of entries, an unknown init.
+        different lengths, rank < 1 or with the wrong number of entries, an unknown init or a std beyond
+        the dtype's range, a dtype other than float16, bfloat16, float32 and float64 (complex layers are
+        not supported yet; a layer cast to complex later is refused at its forward).
     """
 
     conversion_error: float | None
     """Relative Frobenius error ``||W - W_tt|| / ||W||`` of :meth:`from_linear` (None when built from scratch)."""
+    _SHAPE_NAMES = ("out_shape", "in_shape")
 
     def __init__(
         self,
@@ -172,7 +175,7 @@ class TTMLinear(TTCoresModule):
         Raises
         ------
         TypeError
-            ``weight`` not a TTM.
+            ``weight`` not a TTM, or of a dtype the layers do not hold.
         ValueError
             A bias of another shape.
         """
@@ -181,6 +184,7 @@ class TTMLinear(TTCoresModule):
             raise TypeError(f"{fn}: weight must be a tensornet.TTM, got {type(weight).__name__}")
         if weight.backend != "torch":
             weight = weight.to("torch")
+        check_dtype(fn, weight.dtype, "the TTM's dtype")
         out_features, in_features = weight.shape
         if bias is not None and (not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (out_features,)):
             shape = tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__
@@ -240,7 +244,7 @@ class TTMLinear(TTCoresModule):
         Raises
         ------
         TypeError
-            Not a linear layer; bad argument types.
+            Not a linear layer; bad argument types; a weight of a dtype the layers do not hold (complex).
         ValueError
             Neither ``rank`` nor ``eps``; shapes that do not factor the features; bad ranks.
 
@@ -253,6 +257,7 @@ class TTMLinear(TTCoresModule):
         fn = f"{cls.__name__}.from_linear"
         _checks.check_flag(fn, "save_weight", save_weight)
         weight, bias = dense_weight(fn, linear)
+        check_dtype(fn, weight.dtype, "the layer's dtype")
         out_features, in_features = (int(n) for n in weight.shape)
         if rank is None and eps is None:
             raise ValueError(f"{fn}: give rank, eps or both (with neither the TTM would be exact and larger)")

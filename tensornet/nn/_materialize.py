@@ -33,21 +33,32 @@ from ._linear import TTMLinear
 __all__ = ["materialize"]
 
 
+# forward passes of every materialized model, counted together: a layer shared by two models (or called
+# outside its model) sees the passes of all of them
+_PASSES = [0]
+
+
+def passes() -> int:
+    """The number of forward passes of materialized models so far (all models together)."""
+    return _PASSES[0]
+
+
 class PassCounter:
-    """Counts forward passes of the model :func:`materialize` was applied to (a forward pre-hook).
+    """Counts forward passes of the models :func:`materialize` was applied to (a forward pre-hook).
 
-    The rebuilt weights are reused within one pass only, so two passes never share an autograd graph.
+    A group rebuilds its weights at its first call in a pass. Reusing them across passes would be correct
+    too (a rebuild can be backpropagated any number of times, and in-place changes of the cores are seen
+    by their version counters), but a pass bounds how long they are held and which writes through
+    ``.data`` (that bypass the version counters) can go unseen. The count is one for all models (a
+    stateless hook: copies and pickles of a model carry nothing of it).
     """
-
-    def __init__(self) -> None:
-        self.count = 0
 
     def __call__(self, module: nn.Module, args: Any) -> None:
         # compiled, the groups are not used (the per-layer path runs): counting there would only make dynamo
         # guard on the count and recompile every pass. Inside a backward the pass is activation checkpointing
         # recomputing one already counted.
         if not torch.compiler.is_compiling() and torch._C._current_graph_task_id() == -1:
-            self.count += 1
+            _PASSES[0] += 1
 
 
 class WeightGroup:
@@ -61,20 +72,33 @@ class WeightGroup:
     :meth:`~tensornet._linear.plan.LinearPlan.rebuilds_in_group`).
     """
 
-    def __init__(self, layers: Sequence[TTMLinear], passes: PassCounter) -> None:
+    def __init__(self, layers: Sequence[TTMLinear]) -> None:
         self.layers = list(layers)
-        self.passes = passes
         self.core_shapes: K.CoreShapes = layers[0].core_shapes
         self._stamps: Any = None  # ((pass, compute dtype), (data_ptr, version) per layer, the building layer)
         self._weights: tuple[Any, ...] = ()
         self._served: set[int] = set()  # the layers given the matrices in this pass
+        self._build = 0  # which rebuild ``_weights`` came from (a backward releases only its own)
+        for index, layer in enumerate(self.layers):
+            layer.__dict__["_weight_group"] = (self, index)
 
     def __getstate__(self) -> dict[str, Any]:  # a copy or pickle carries the grouping, not the matrices
         return {**self.__dict__, "_stamps": None, "_weights": (), "_served": set()}
 
-    def release(self) -> None:
-        """Drop the rebuilt matrices (done automatically once a backward pass has used them)."""
-        self._stamps, self._weights, self._served = None, (), set()
+    def release(self, build: int | None = None) -> None:
+        """Drop the rebuilt matrices (done automatically once a backward pass has used them).
+
+        ``build``: only if they are those of that rebuild (a later one may have replaced them).
+        """
+        if build is None or build == getattr(self, "_build", 0):
+            self._stamps, self._weights, self._served = None, (), set()
+
+    def remove(self, layer: TTMLinear) -> None:
+        """Take ``layer`` out of the group (the others keep theirs, renumbered)."""
+        self.layers = [m for m in self.layers if m is not layer]
+        self.release()
+        for index, member in enumerate(self.layers):
+            member.__dict__["_weight_group"] = (self, index)
 
     def weight(self, index: int, x: torch.Tensor) -> torch.Tensor | None:
         layer = self.layers[index]
@@ -96,7 +120,7 @@ class WeightGroup:
         stamps = self._stamps
         valid = (
             stamps is not None
-            and stamps[0] == (self.passes.count, compute)
+            and stamps[0] == (_PASSES[0], compute)
             and stamps[1][index] == (packed.data_ptr(), packed._version)
         )
         if torch._C._current_graph_task_id() != -1:
@@ -108,22 +132,20 @@ class WeightGroup:
                 return None
             if stamps[2] == index:
                 params = [m.packed_cores for m in self.layers]
-                return _GroupRebuild.apply(self.core_shapes, compute, _no_group, *params)[index]
+                return _GroupRebuild.apply(self.core_shapes, compute, None, *params)[index]
             return self._weights[index]
         if not valid:
             params = [m.packed_cores for m in self.layers]
             if any(p.device != packed.device or p.dtype != packed.dtype for p in params):
                 return None
-            self._weights = _GroupRebuild.apply(self.core_shapes, compute, weakref.ref(self), *params)
-            self._stamps = ((self.passes.count, compute), [(p.data_ptr(), p._version) for p in params], index)
+            # getattr: a group pickled by an older tensornet has no count
+            self._build = getattr(self, "_build", 0) + 1
+            owner = (weakref.ref(self), self._build)
+            self._weights = _GroupRebuild.apply(self.core_shapes, compute, owner, *params)
+            self._stamps = ((_PASSES[0], compute), [(p.data_ptr(), p._version) for p in params], index)
             self._served = set()
         self._served.add(index)
         return self._weights[index]
-
-
-def _no_group() -> None:
-    """The group reference of a rebuild that owns no group's matrices (it releases nothing)."""
-    return None
 
 
 class _GroupRebuild(torch.autograd.Function):
@@ -132,7 +154,14 @@ class _GroupRebuild(torch.autograd.Function):
     Forward: one stack of the packed cores, then :func:`tensornet._linear.kernels.rebuild` with the layers
     as a leading batch dimension (batched GEMMs). Backward: the layers' dW stacked, the batched core
     gradients (:func:`~tensornet._linear.kernels.rebuild_grads`, reusing the halves), one gradient per
-    layer; then the group's matrices are released. Saves the stacked cores and the halves (small).
+    layer; then the group's matrices are released. Keeps the stacked cores and the halves (small).
+
+    The matrices stand in for the layers' parameters, which any number of graphs may use, each
+    backpropagated on its own (a layer called twice, or in two models, and each loss's ``backward()``),
+    so this node must serve any number of backward passes: what it keeps is held on ``ctx`` (not
+    ``save_for_backward``, which the first backward frees) until the node itself is freed with the last
+    graph that uses it. Its gradients are those at the forward's values (the stacked copy); only the
+    double-backward pass reads the parameters again, and it refuses ones changed in place since.
     """
 
     @staticmethod
@@ -146,14 +175,14 @@ class _GroupRebuild(torch.autograd.Function):
         # an unused layer's W gets None (not zeros) in backward: its cores get no gradient
         ctx.set_materialize_grads(False)
         ctx.autocast = autocast_dtype(params[0].device.type)
-        ctx.save_for_backward(stacked, *(parts or ()), *params)
+        # made here, never handed out: nothing can change them in place
+        ctx.kept = (stacked, tuple(parts or ()), params, tuple(p._version for p in params))
         ctx.count = len(params)
         return weights.unbind(0)
 
     @staticmethod
     def backward(ctx: Any, *grads: Any) -> Any:  # type: ignore[override]
-        saved = ctx.saved_tensors
-        stacked, parts, params = saved[0], saved[1 : len(saved) - ctx.count], saved[len(saved) - ctx.count :]
+        stacked, parts, params, versions = ctx.kept
         # layers of the group not used in this step get no gradient, as on their own
         unused = [g is None for g in grads]
         if all(unused):
@@ -162,7 +191,7 @@ class _GroupRebuild(torch.autograd.Function):
             used = next(g for g in grads if g is not None)
             grads = tuple(torch.zeros_like(used) if g is None else g for g in grads)
         if torch.is_grad_enabled():  # create_graph=True: the gradients will be differentiated
-            graphed = _differentiable_grads(ctx, params, stacked.dtype, grads)
+            graphed = _differentiable_grads(ctx, params, versions, stacked.dtype, grads)
             return (None, None, None, *(None if u else g for g, u in zip(graphed, unused)))
         with _forward_autocast(ctx.autocast, stacked.device.type):
             grad_w = torch.stack(grads)  # (G, M, N)
@@ -173,14 +202,25 @@ class _GroupRebuild(torch.autograd.Function):
             flat = torch.cat([g.reshape(ctx.count, -1) for g in core_grads], dim=1)  # (G, P)
         if flat.dtype != ctx.dtype:
             flat = flat.to(ctx.dtype)
-        group = ctx.group()
-        if group is not None:  # every layer's W has been used: free them
-            group.release()
+        group = None if ctx.group is None else ctx.group[0]()
+        if group is not None:  # every layer's W has been used: free them (if still this rebuild's)
+            group.release(ctx.group[1])
         return (None, None, None, *(None if u else g for g, u in zip(flat.unbind(0), unused)))
 
 
-def _differentiable_grads(ctx: Any, params: Any, dtype: Any, grads: Any) -> tuple[Any, ...]:
-    """The group's core gradients as a graph autograd can differentiate (``create_graph=True``)."""
+def _differentiable_grads(ctx: Any, params: Any, versions: Any, dtype: Any, grads: Any) -> tuple[Any, ...]:
+    """The group's core gradients as a graph autograd can differentiate (``create_graph=True``).
+
+    They are formed from the parameters themselves, so parameters changed in place since the forward
+    (an optimizer step) are refused, as autograd refuses tensors it saved.
+    """
+    for k, (param, version) in enumerate(zip(params, versions)):
+        if param._version != version:
+            raise RuntimeError(
+                f"materialize: the packed cores of layer {k} of a group were modified in place (an optimizer "
+                f"step?) after the forward pass that this double backward (create_graph=True) goes through; "
+                f"run the forward again after changing the parameters"
+            )
     with torch.enable_grad():
         again = torch.stack(params).to(dtype)
         recipe = K.rebuild_recipe(ctx.shapes, (ctx.count,))
@@ -198,13 +238,20 @@ def _forward_autocast(dtype: Any, device_type: str) -> Any:
 
 
 def _detach(model: nn.Module) -> list[TTMLinear]:
-    """Undo :func:`materialize` on ``model``; its TTM layers, each once."""
+    """Undo :func:`materialize` on ``model`` and its submodules; its TTM layers, each once.
+
+    A layer is taken out of its group wherever that group came from (another model sharing the layer
+    keeps its other layers grouped).
+    """
     layers = list({id(m): m for m in model.modules() if isinstance(m, TTMLinear)}.values())
     for layer in layers:
-        layer.__dict__.pop("_weight_group", None)
-    handle = model.__dict__.pop("_tensornet_materialize", None)
-    if handle is not None:
-        handle.remove()
+        entry = layer.__dict__.pop("_weight_group", None)
+        if entry is not None:
+            entry[0].remove(layer)
+    for module in model.modules():
+        handle = module.__dict__.pop("_tensornet_materialize", None)
+        if handle is not None:
+            handle.remove()
     return layers
 
 
@@ -238,6 +285,18 @@ def materialize(model: nn.Module, enabled: bool = True) -> nn.Module:
     path's (the same products, batched). Models from :func:`tensornet.nn.tensorize` and
     ``tensornet.gpt2.tensorize`` have it on.
 
+    Every call pattern ``nn.Linear`` accepts works, with the per-layer path's values and gradients: a layer
+    called several times in a step, outside its model or in two materialized models, each loss
+    backpropagated on its own, ``retain_graph``, gradients of some parameters only, double backward. A
+    rebuilt W stands in for the parameters, so its batched rebuild can be backpropagated any number of
+    times. A layer belongs to one group, that of the latest ``materialize`` of a model holding it (other
+    models sharing it use it too; their other layers keep their groups); materializing a model replaces
+    the materialization of its submodules. A shallow copy of a layer (``nn.DataParallel``'s replicas)
+    takes the per-layer path. The rebuilt W is reused until the next forward pass of any materialized
+    model, a backward through it, or an in-place change of a layer's cores (their version counters):
+    writes through ``.data`` bypass those counters, so make them between passes or call
+    :func:`release_weights` (optimizers write in place and are seen).
+
     Memory: a group holds its rebuilt W from the first layer call of a step until the backward has used
     it: at most the dense model's weight bytes (half under bf16 autocast), where the per-layer path saves
     only each layer's input and cores. A forward pass under gradients that is never followed by a backward
@@ -249,16 +308,13 @@ def materialize(model: nn.Module, enabled: bool = True) -> nn.Module:
     layers = _detach(model)
     if not enabled:
         return model
-    passes = PassCounter()
-    model.__dict__["_tensornet_materialize"] = model.register_forward_pre_hook(passes)
+    model.__dict__["_tensornet_materialize"] = model.register_forward_pre_hook(PassCounter())
     groups: dict[Any, list[TTMLinear]] = {}
     for layer in layers:
         packed = layer.packed_cores
         groups.setdefault((layer.core_shapes, packed.dtype, packed.device), []).append(layer)
     for members in groups.values():
-        group = WeightGroup(members, passes)
-        for index, layer in enumerate(members):
-            layer.__dict__["_weight_group"] = (group, index)
+        WeightGroup(members)  # each member now points at its group
     return model
 
 

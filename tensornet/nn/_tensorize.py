@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,7 @@ from ._embedding import TTEmbedding
 from ._hf import conv1d_class, dense_weight
 from ._linear import TTMLinear
 from ._materialize import materialize
+from ._reads import direct_reader
 
 __all__ = ["LayerReport", "Rule", "TensorizeReport", "tensorize"]
 
@@ -106,11 +108,16 @@ class LayerReport:
 
 @dataclass(frozen=True)
 class TensorizeReport:
-    """Per-layer records and the model's parameter counts (shared parameters counted once)."""
+    """Per-layer records and the model's parameter counts (shared parameters counted once).
+
+    ``skipped``: ``(name, why)`` of each layer a rule matched but that was left dense because its parent
+    reads its weight tensor directly (see :func:`tensorize`).
+    """
 
     layers: list[LayerReport] = field(default_factory=list)
     model_params_before: int = 0
     model_params_after: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def ratio(self) -> float:
@@ -167,6 +174,7 @@ class TensorizeReport:
             f"{len(self.layers)} layers replaced; model parameters {before:,} -> {after:,} ({share:.1f}% of before)"
         )
         lines += [f"note: {layer.name}: {layer.note}" for layer in self.layers if layer.note]
+        lines += [f"skipped (left dense): {name}: {why}" for name, why in self.skipped]
         return "\n".join(lines)
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:  # IPython / notebooks
@@ -250,33 +258,50 @@ def _build(name: str, module: Any, kind: str, rule: Rule) -> TTMLinear | TTEmbed
     )
 
 
-def _convert(model: nn.Module, rules: list[Rule]) -> list[tuple[str, Any, TTMLinear | TTEmbedding, str]]:
+def _convert(
+    model: nn.Module, rules: list[Rule]
+) -> tuple[list[tuple[str, Any, TTMLinear | TTEmbedding, str]], list[tuple[str, str]]]:
     """``(name, old, new, kind)`` for every eligible layer a rule matches (the first rule wins).
 
-    Nothing is replaced yet, so an error leaves the model as it was.
+    And ``(name, why)`` of the matched layers left dense because an ancestor reads their weight tensor
+    directly (:func:`~tensornet.nn._reads.direct_reader`). Nothing is replaced yet, so an error leaves the
+    model as it was.
     """
-    eligible = [
+    found = [
         (name, module, kind) for name, module in model.named_modules() if name and (kind := _kind(module))
     ]
-    used = [False] * len(rules)
-    converted = []
-    for name, module, kind in eligible:
+    readers = {name: direct_reader(model, name) for name, _, _ in found}
+    eligible = [entry for entry in found if readers[entry[0]] is None]
+    used: list[list[str]] = [[] for _ in rules]  # the layers each rule matched (converted or skipped)
+    converted, skipped = [], []
+    for name, module, kind in found:
         index = next((i for i, candidate in enumerate(rules) if candidate.matches(name)), None)
         if index is None:
             continue
-        used[index] = True
+        used[index].append(name)
+        why = readers[name]
+        if why is not None:
+            skipped.append((name, f"{kind}, {why}; a TT layer there would fail in forward"))
+            continue
         try:
             converted.append((name, module, _build(name, module, kind, rules[index]), kind))
         except (TypeError, ValueError) as error:
             raise type(error)(f"tensorize: layer {name} ({kind}): {error}") from error
-    for index in (i for i, was_used in enumerate(used) if not was_used):
-        names = [name for name, _, _ in eligible]
-        shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
-        raise ValueError(
-            f"tensorize: {rules[index]!r} matched no Linear/Conv1D/Embedding layer "
-            f"(or only ones an earlier rule took); eligible names: {shown or 'none'}"
-        )
-    return converted
+    for rule, matched in zip(rules, used):
+        if matched and all(readers[name] is not None for name in matched):
+            raise ValueError(
+                f"tensorize: {rule!r} matched only layers whose parents read their weight tensors directly "
+                f"instead of calling them ({'; '.join(f'{n}: {readers[n]}' for n in matched)}); a TT layer "
+                "cannot stand in for them, leave them dense"
+            )
+        if not matched:
+            names = [name for name, _, _ in eligible]
+            shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
+            raise ValueError(
+                f"tensorize: {rule!r} matched no Linear/Conv1D/Embedding layer "
+                f"(or only ones an earlier rule took); eligible names: {shown or 'none'}"
+            )
+    return converted, skipped
 
 
 def _layer_report(
@@ -307,7 +332,8 @@ def tensorize(
     """Replace, in place, the ``nn.Linear``, GPT-2 ``Conv1D`` and ``nn.Embedding`` layers a rule matches.
 
     Each matched layer becomes a :class:`TTMLinear` / :class:`TTEmbedding` with the layer's dtype, device
-    and bias. Other module types are never touched, even if their name matches.
+    and bias. Other module types are never touched, even if their name matches, nor are layers whose
+    parent reads their ``.weight``/``.bias`` tensor itself instead of calling them (see Notes).
 
     Parameters
     ----------
@@ -328,11 +354,25 @@ def tensorize(
     TypeError
         A bad rule, or options that do not fit a matched layer.
     ValueError
-        A rule that matches no eligible layer (the message lists them); the layers' own errors (shapes,
-        ranks) name the layer. Nothing is replaced when an error is raised.
+        A rule that matches no eligible layer (the message lists them), or only layers whose parents read
+        their weights; the layers' own errors (shapes, ranks) name the layer. Nothing is replaced when an
+        error is raised.
+
+    Warns
+    -----
+    UserWarning
+        Naming the matched layers left dense because their parents read their weights.
 
     Notes
     -----
+    A TT layer's ``.weight`` is a :class:`tensornet.TTM`, so it can stand in only where the model calls the
+    layer. Layers whose parent (or another ancestor) reads ``self.<layer>.weight`` or ``.bias`` in its
+    ``forward`` are left dense and listed in ``report.skipped``: torch's ``nn.MultiheadAttention`` (its
+    ``out_proj``, so also in ``nn.TransformerEncoderLayer``, ``nn.TransformerDecoderLayer`` and
+    ``nn.Transformer``) and ``nn.TransformerEncoderLayer``'s ``linear1``/``linear2`` (read by its inference
+    fast path), and models written the same way. The reads are found in the ancestors' ``forward`` source;
+    a read through another name (``getattr``, a local alias) is not seen.
+
     Tied weights (GPT-2's ``lm_head`` shares ``wte.weight``) stay dense where they are still used; the
     report notes it, and its model parameter counts show what was actually saved
     (:func:`tensornet.gpt2.tensorize` ties GPT-2's head to a TT embedding instead). The model comes back
@@ -349,11 +389,21 @@ def tensorize(
         raise TypeError(f"tensorize: model must be an nn.Module, got {type(model).__name__}")
     rules = _rules(rule)
     before = sum(p.numel() for p in model.parameters())
-    converted = _convert(model, rules)
+    converted, skipped = _convert(model, rules)
+    if skipped:
+        warnings.warn(
+            "tensorize: left dense (their parents read their weight tensors directly): "
+            + "; ".join(f"{name} ({why})" for name, why in skipped),
+            UserWarning,
+            stacklevel=2,
+        )
     for name, _, new, _ in converted:
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, new)
     layers = [_layer_report(model, name, old, new, kind) for name, old, new, kind in converted]
     after = sum(p.numel() for p in model.parameters())
     materialize(model)  # layers with equal core shapes rebuild their weights together in training
-    return model, TensorizeReport(layers=layers, model_params_before=before, model_params_after=after)
+    report = TensorizeReport(
+        layers=layers, model_params_before=before, model_params_after=after, skipped=skipped
+    )
+    return model, report

@@ -34,7 +34,7 @@ def assert_allclose(
 
     Notes
     -----
-    The trains are compared in float64 on the host (detached), through the TT of their difference and
+    The trains are compared in float64 (complex128 if either is complex) on the host (detached), through the TT of their difference and
     the QR-based :func:`tensornet.norm` (accurate to working precision for nearly equal trains, and at
     any scale), never through ``full()``. Unlike ``numpy.testing.assert_allclose`` the test is on the
     Frobenius norm of the whole difference, not entry by entry. NaN or inf entries fail.
@@ -61,8 +61,9 @@ def assert_allclose(
         raise AssertionError(
             f"{prefix}trains differ in structure: {_describe(actual)} vs {_describe(desired)}"
         )
-    a = actual.to("numpy", dtype="float64")
-    b = desired.to("numpy", dtype="float64")
+    wide = "complex128" if any("complex" in str(t.dtype) for t in (actual, desired)) else "float64"
+    a = actual.to("numpy", dtype=wide)
+    b = desired.to("numpy", dtype=wide)
     difference = float(_ops.norm(_ops.add(a, _ops.scale(b, -1.0))))
     reference = float(_ops.norm(b))
     bound = atol + rtol * reference

@@ -11,7 +11,9 @@ For property tests of your own tensor code::
 
 Every strategy draws a seed and builds cores with :func:`tensornet.random_tt` (fast even for large
 cores; shrinking goes towards smaller shapes, ranks and seed 0). Shapes can be fixed by passing a tuple,
-or left to the strategy. ``backend`` / ``dtype`` are fixed values or None (drawn).
+or left to the strategy. ``backend`` / ``dtype`` are fixed values, strategies or None (drawn from
+:func:`dtypes`: real; pass ``dtype=dtypes(complex=True)`` to draw complex trains too, whose cores are
+circular complex normal).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ __all__ = [
     "available_backends",
     "backends",
     "bond_ranks",
+    "complex_dtypes",
     "core_shapes",
     "dtypes",
     "low_rank_arrays",
@@ -60,9 +63,20 @@ def backends() -> st.SearchStrategy[str]:
     return st.sampled_from(available_backends())
 
 
-def dtypes() -> st.SearchStrategy[str]:
-    """'float64' or 'float32'."""
-    return st.sampled_from(["float64", "float32"])
+def dtypes(*, complex: bool = False) -> st.SearchStrategy[str]:
+    """'float64' or 'float32', and with ``complex`` also 'complex128' or 'complex64'."""
+    return st.sampled_from(
+        ["float64", "float32", "complex128", "complex64"] if complex else ["float64", "float32"]
+    )
+
+
+def complex_dtypes() -> st.SearchStrategy[str]:
+    """'complex128' or 'complex64'."""
+    return st.sampled_from(["complex128", "complex64"])
+
+
+def _is_complex(dtype: Any) -> bool:
+    return "complex" in str(dtype)
 
 
 def mode_shapes(*, min_ndim: int = 1, max_ndim: int = 4, min_size: int = 1, max_size: int = 5) -> Any:
@@ -137,8 +151,9 @@ def tts(
     shape = _resolve(draw, shape, mode_shapes(max_ndim=max_ncores, max_size=max_size))
     ranks = _resolve(draw, ranks, bond_ranks(shape, max_rank=max_rank))
     seed = draw(st.integers(0, 2**32 - 1))
-    train = random_tt(shape, ranks, std=std, seed=seed)
-    return _placed(train, _resolve(draw, backend, backends()), _resolve(draw, dtype, dtypes()))
+    dtype = _resolve(draw, dtype, dtypes())
+    train = random_tt(shape, ranks, std=std, seed=seed, dtype="complex128" if _is_complex(dtype) else None)
+    return _placed(train, _resolve(draw, backend, backends()), dtype)
 
 
 @st.composite
@@ -167,8 +182,10 @@ def ttms(
     sizes = [m * n for m, n in zip(row_shape, col_shape)]
     ranks = _resolve(draw, ranks, bond_ranks(sizes, max_rank=max_rank))
     seed = draw(st.integers(0, 2**32 - 1))
-    train = random_ttm(row_shape, col_shape, ranks, std=std, seed=seed)
-    return _placed(train, _resolve(draw, backend, backends()), _resolve(draw, dtype, dtypes()))
+    dtype = _resolve(draw, dtype, dtypes())
+    wide = "complex128" if _is_complex(dtype) else None
+    train = random_ttm(row_shape, col_shape, ranks, std=std, seed=seed, dtype=wide)
+    return _placed(train, _resolve(draw, backend, backends()), dtype)
 
 
 # --- edge cases for users' property tests ---------------------------------------------------------------
@@ -205,7 +222,7 @@ def scaled_tts(draw: Any, *, exponent: Any = None, **kwargs: Any) -> TT:
     dtype's range: guarantees must hold at every finite scale). Keyword arguments as :func:`tts`.
     """
     train = draw(tts(**kwargs))
-    limit = 30 if "float32" in str(train.dtype) else 100
+    limit = 30 if "float32" in str(train.dtype) or "complex64" in str(train.dtype) else 100
     power = _resolve(draw, exponent, st.sampled_from([-limit, limit]))
     k = draw(st.integers(0, train.ncores - 1))
     cores = list(train.cores)
@@ -246,11 +263,13 @@ def low_rank_arrays(
     shape = _resolve(draw, shape, mode_shapes(max_ndim=max_ndim, max_size=max_size))
     bonds = draw(bond_ranks(shape, max_rank=max_rank))
     seed = draw(st.integers(0, 2**32 - 1))
-    dense = np.asarray(random_tt(shape, bonds, seed=seed).full())
+    dtype = _resolve(draw, dtype, dtypes())
+    wide = "complex128" if _is_complex(dtype) else None
+    dense = np.asarray(random_tt(shape, bonds, seed=seed, dtype=wide).full())
     for k, r in enumerate(bonds):
         singular = np.linalg.svd(dense.reshape(int(np.prod(shape[: k + 1])), -1), compute_uv=False)
         assume(singular[r - 1] > 1e-6 * singular[0])
     train = TT([dense.reshape(1, -1, 1)])
-    placed = _placed(train, _resolve(draw, backend, backends()), _resolve(draw, dtype, dtypes()))
+    placed = _placed(train, _resolve(draw, backend, backends()), dtype)
     xp_array = placed.cores[0]
     return xp_array.reshape(tuple(shape)), (1, *bonds, 1)
