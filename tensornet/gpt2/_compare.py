@@ -178,8 +178,18 @@ def machine_description(device: str, threads: int | None = None) -> str:
     )
 
 
+def _at_lr(summary: dict, setting: str, what: str) -> str:
+    """``, cores at 5x lr``: a factorised model's learning-rate multiplier, as the summary's spec records it."""
+    scale = (summary["spec"].get("train") or {}).get(setting)
+    return "" if scale is None else f", {what} at {scale:g}x lr"
+
+
 def table(summary: dict) -> str:
-    """The paper-style markdown table of a ``compare`` summary."""
+    """The paper-style markdown table of a ``compare`` summary.
+
+    Each factorised model's row says its learning-rate multiplier; a tokens/s measured on a busy machine is
+    marked ``(busy)`` and explained under the table.
+    """
     cuda = str(summary["spec"].get("device", "cpu")).startswith("cuda")
     memory = "peak allocated CUDA memory (MiB)" if cuda else "peak RSS of its process (MiB)"
     lines = [
@@ -194,8 +204,10 @@ def table(summary: dict) -> str:
             busy.append(f"{NAMES.get(r['variant'], r['variant'])}: {note.removeprefix('measured while ')}")
         name = {
             "dense": "dense",
-            "ttm": f"TTM r={summary['spec']['rank']} (ranks {','.join(map(str, r.get('ranks') or []))})",
-            "lowrank": f"low-rank r={summary['spec'].get('lowrank_rank')}",
+            "ttm": f"TTM r={summary['spec']['rank']} (ranks {','.join(map(str, r.get('ranks') or []))})"
+            + _at_lr(summary, "tt_lr_scale", "cores"),
+            "lowrank": f"low-rank r={summary['spec'].get('lowrank_rank')}"
+            + _at_lr(summary, "lowrank_lr_scale", "factors"),
         }[r["variant"]]
         lines.append(
             f"| {name} | {r['params']:,} | {r['percent_of_dense']:.1f} | {r['val_ppl']:.2f} | "
