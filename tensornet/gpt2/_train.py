@@ -142,9 +142,12 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     model's ``lr`` a TT weight learns several times slower. The low-rank baseline's two factors
     (:class:`LowRankLinear`) are such a product too: with ``cfg.lowrank_lr_scale`` other than 1 they form
     a group of their own at that multiple (at 1 they stay in the dense group, as in runs from before the
-    setting, whose checkpoints keep resuming). Both multipliers are per-model hyperparameters, measured for
-    ``compare``'s model in benchmarks/results/gpt2_compare_cpu.md. AdamW's decoupled decay is
-    ``lr * weight_decay``, so a group's decay is scaled by its multiplier too (as in the measured runs).
+    setting, whose checkpoints keep resuming). Both multipliers are per-model hyperparameters: for
+    ``compare``'s model the cores were best at 3x-5x (perplexity 56% above dense at 1x, 9% below at 5x) and
+    the factors at 4x-9x (about 8% lower perplexity than at 1x, averaged over seeds; their runs are erratic),
+    see benchmarks/results/gpt2_compare_cpu.md, while notebook 04's smaller TTM model is best at 1x. AdamW's
+    decoupled decay is ``lr * weight_decay``, so a group's decay is scaled by its multiplier too (as in the
+    measured runs).
     """
     from tensornet.nn import tt_parameters
 
