@@ -12,7 +12,7 @@ from typing import Any
 
 from . import contract, shapes
 from ._cross import ConvergenceWarning, EvalCapWarning, apply, cross
-from .construct import delta, eye, laplacian, ones, zeros
+from .construct import delta, eye, laplacian, ones, qft, zeros
 from .decomp import RankCapWarning, orthogonalize, round, round_sum, tt_svd, ttm_svd
 from .ops import (
     add,
@@ -64,6 +64,7 @@ __all__ = [
     "norm",
     "ones",
     "orthogonalize",
+    "qft",
     "random_tt",
     "random_ttm",
     "real",

@@ -73,7 +73,7 @@ def safe_exponent(tops: Sequence[float], dtype: Any) -> int:
     of their power-of-two exponents is returned, the factor to divide by.
     """
     exponents = [math.frexp(t)[1] if t > 0 else 0 for t in tops]
-    safe = 32 if B.dtype_name(dtype) == "float32" else 256  # a quarter of the exponent range
+    safe = 32 if B.real_dtype_name(dtype) == "float32" else 256  # a quarter of the exponent range
     return 0 if sum(abs(e) for e in exponents) <= safe else sum(exponents)
 
 

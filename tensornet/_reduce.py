@@ -56,7 +56,7 @@ def _norm_sweep(cores: Sequence[Array]) -> Array:
         current, e = B.normalized(core if carry is None else einsum("ab,bnc->anc", carry, core))
         exponent = exponent + e
         r, n, r2 = (int(s) for s in current.shape)
-        _, carry = xp.linalg.qr(xp.reshape(current, (r * n, r2)))
+        _, carry = B.qr(xp.reshape(current, (r * n, r2)))
     last = scaled[-1] if carry is None else einsum("ab,bnc->anc", carry, scaled[-1])
     last, e = B.normalized(last)
     return B.scale_pow2(xp.linalg.vector_norm(last), exponent + e)

@@ -258,7 +258,6 @@ def _truncate(reduced: Array, threshold: float | None, cap: int | None, log: Err
 
     The rank and the discarded norm are logged (``threshold`` None: from ``||reduced||_F``).
     """
-    xp = B.fast_namespace(reduced)
     m, p = (int(s) for s in reduced.shape)
     if route.split and p > 1 and log.relative > 0.0:
         kept = _split_truncate(reduced, threshold, cap, log)
@@ -269,7 +268,7 @@ def _truncate(reduced: Array, threshold: float | None, cap: int | None, log: Err
             found = gram_factors(reduced.T, threshold, cap, log)
             if found is not None:
                 log.kernels.append("gram")
-                q, _ = xp.linalg.qr(found[1].T)
+                q, _ = B.qr(found[1].T)
                 return q
         else:  # wide: U straight from the (m, m) Gram
             found = gram_factors(reduced, threshold, cap, log)
@@ -358,7 +357,7 @@ def _left_step(core: Array, nxt: Array) -> tuple[Array, Array]:
     """QR of ``core`` (r, n, r'): the left-orthogonal core and the next core times R."""
     xp = B.namespace(core)
     r, n, _ = (int(s) for s in core.shape)
-    q, rmat = xp.linalg.qr(xp.reshape(core, (r * n, -1)))
+    q, rmat = B.qr(xp.reshape(core, (r * n, -1)))
     new = int(q.shape[1])
     r2, n2, r3 = (int(s) for s in nxt.shape)
     moved = xp.matmul(rmat, xp.reshape(nxt, (r2, n2 * r3)))
@@ -369,7 +368,7 @@ def _right_step(prev: Array, core: Array) -> tuple[Array, Array]:
     """LQ of ``core`` (r, n, r'): the previous core times L and the right-orthogonal core."""
     xp = B.namespace(core)
     _, n, r2 = (int(s) for s in core.shape)
-    q, rmat = xp.linalg.qr(xp.permute_dims(xp.reshape(core, (-1, n * r2)), (1, 0)))
+    q, rmat = B.qr(xp.permute_dims(xp.reshape(core, (-1, n * r2)), (1, 0)))
     new = int(q.shape[1])
     r0, n0, r1 = (int(s) for s in prev.shape)
     left = xp.matmul(xp.reshape(prev, (r0 * n0, r1)), xp.permute_dims(rmat, (1, 0)))

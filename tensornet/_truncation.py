@@ -111,11 +111,8 @@ def differentiable(x: Array) -> bool:
 
 
 def qr_r(x: Array) -> Any:
-    """The R factor of a (stack of) QR factorisation(s), Q not formed."""
-    if _is_torch(x):
-        torch = importlib.import_module("torch")
-        return torch.linalg.qr(x, mode="r")[1]
-    return np.linalg.qr(x, mode="r")
+    """The R factor of a (stack of) QR factorisation(s), Q not formed (:func:`tensornet._backend.qr_r`)."""
+    return B.qr_r(x)
 
 
 def _block_rows(total: int, width: int, target: int) -> int | None:

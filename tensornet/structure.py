@@ -205,7 +205,7 @@ def _split(cores: list[Any], counts: list[int], atoms: list[int], eps: float | N
             core = xp.reshape(s[:rank, None] * vh[:rank, :], (rank, rest, right))
         if eps is not None and k < len(cores) - 1:
             r, n, right = (int(s) for s in core.shape)
-            q, carry = xp.linalg.qr(xp.reshape(core, (r * n, right)))
+            q, carry = B.qr(xp.reshape(core, (r * n, right)))
             core = xp.reshape(q, (r, n, int(q.shape[1])))
         pieces.append(core)
     return pieces

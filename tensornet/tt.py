@@ -346,6 +346,11 @@ class TT(_Train):
     def __rmatmul__(self, other: Any) -> TT:
         return _ops.matvec(other, self) if isinstance(other, TTM) else NotImplemented
 
+    @property
+    def T(self) -> TT:
+        """The tensor with its modes in reverse order, as numpy's ``x.T`` (:func:`tensornet.transpose`)."""
+        return _ops.transpose(self)
+
     def sum(self, axis: int | Sequence[int] | None = None) -> Any:
         """Sum over all modes or over ``axis`` (:func:`tensornet.sum`)."""
         return _ops.sum(self, axis=axis)
