@@ -59,7 +59,7 @@ __all__ = [
     "zeros",
 ]
 
-_LAZY = ("adjoint", "nn", "gpt2", "testing")
+_LAZY = ("adjoint", "linalg", "nn", "gpt2", "testing")
 
 
 def __getattr__(name: str) -> Any:
