@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import math
+import sys
 from collections.abc import Sequence
 from typing import Any, Literal, overload
 
@@ -127,9 +129,31 @@ def solve(
     max_rank = _checks.check_count(fn, "max_rank", max_rank, optional=True)
     max_sweeps = _checks.check_count(fn, "max_sweeps", max_sweeps)
     return_info = _checks.check_flag(fn, "return_info", return_info)
-    x, info = _solve_scaled(a, b, x0, tol, max_rank, max_sweeps)
+    if _needs_graph(*a.cores, *b.cores):
+        holder: dict[str, SolveInfo] = {}
+
+        def run(a_detached: TTM, b_detached: TT) -> TT:
+            x, holder["info"] = _solve_scaled(a_detached, b_detached, _detached(x0), tol, max_rank, max_sweeps)
+            return x
+
+        x = importlib.import_module("tensornet.linalg._torch").solve(a, b, tol, run)
+        info = holder["info"]
+    else:
+        x, info = _solve_scaled(a, b, x0, tol, max_rank, max_sweeps)
     _solve.warn_unconverged(info, tol, max_sweeps, stacklevel=3)
     return (x, info) if return_info else x
+
+
+def _needs_graph(*cores: Array) -> bool:
+    """Whether torch is recording and some core requires grad (then the autograd binding is used)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.is_grad_enabled():
+        return False
+    return any(bool(getattr(c, "requires_grad", False)) for c in cores)
+
+
+def _detached(t: TT | None) -> TT | None:
+    return None if t is None else TT._trusted([B.detach(c) for c in t.cores])
 
 
 def _solve_scaled(
@@ -263,15 +287,38 @@ def eigsh(
     max_rank = _checks.check_count(fn, "max_rank", max_rank, optional=True)
     max_sweeps = _checks.check_count(fn, "max_sweeps", max_sweeps)
     return_info = _checks.check_flag(fn, "return_info", return_info)
-    w, _ = _pow2.normalize_cores(fn, list(a.cores))  # NaN/inf check; the values scale with A, so A is kept
+    _pow2.normalize_cores(fn, list(a.cores))  # the NaN/inf check (the values scale with A, so A is kept)
     skew = asymmetry(a)
     if skew > symmetric_tolerance(a):
         raise ValueError(
             f"eigsh: A is not symmetric: ||A - A^T||_F = {skew:.3g} ||A||_F (tolerance {symmetric_tolerance(a):.2g}); "
             "eigsh is for symmetric (Hermitian) operators, e.g. (A + A^T) / 2"
         )
+
+    def run(operator: TTM) -> tuple[Array, list[TT], EigInfo]:
+        return _eigsh_run(operator, k, which, tol, vectors, max_rank, max_sweeps)
+
+    if _needs_graph(*a.cores):
+        result, ordered, info = importlib.import_module("tensornet.linalg._torch").eig_values(a, run)
+    else:
+        result, ordered, info = run(a)
+    _eig.warn_unconverged(info, tol, max_sweeps, stacklevel=3)
+    return (result, ordered, info) if return_info else (result, ordered)
+
+
+def _eigsh_run(
+    a: TTM,
+    k: int,
+    which: str,
+    tol: float,
+    vectors: list[TT] | None,
+    max_rank: int | None,
+    max_sweeps: int,
+) -> tuple[Array, list[TT], EigInfo]:
+    """:func:`eigsh` on checked arguments: ascending values on A's backend, their vectors, the info."""
+    dimension = math.prod(a.row_shape)
     ops = Ops(a.cores[0])
-    cores, center = _block(ops, a, vectors, k)
+    cores, center = _block(ops, a, None if vectors is None else [_detached(v) for v in vectors], k)  # type: ignore[misc]
     kick = EIG_KICK
     z0 = list(orthogonalize(random_tt(a.col_shape, kick, seed=1, like=a.cores[0]), center=0).cores)
     size = B.to_float(norm(a))
@@ -281,10 +328,7 @@ def eigsh(
         max_sweeps=max_sweeps, kick=kick,
     )  # fmt: skip
     order = np.argsort(values, kind="stable")
-    _eig.warn_unconverged(info, tol, max_sweeps, stacklevel=3)
-    result = ops.real_asarray(values[order])
-    ordered = [vecs[i] for i in order]
-    return (result, ordered, info) if return_info else (result, ordered)
+    return ops.real_asarray(values[order]), [vecs[i] for i in order], info
 
 
 def _check_x0(a: TTM, x0: Any, k: int) -> list[TT] | None:
