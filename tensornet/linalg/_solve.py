@@ -244,20 +244,29 @@ def run(
 def _compressed(a: TTM, b: TT, best: tuple[float, list[Array]], tol: float, norm_b: float) -> tuple[float, list[Array]]:
     """The solution rounded to smaller ranks where the TT-form residual stays within ``max(tol, reached)``.
 
-    The last pass leaves the enrichment's directions (zero or small) in the ranks; rounding at ``tol / 10``
-    (relative Frobenius) and, failing that, at the rounding level ``100 u`` removes them; each candidate is
-    kept only if its residual, checked in TT form, still meets the limit.
+    The last pass leaves the enrichment's directions (zero or small) in the ranks. Rounding at ``tol / 10``
+    (relative Frobenius) is tried first; if the residual grows past the limit (an ill-conditioned A
+    amplifies the rounding), the growth measured per unit of eps sets a second, smaller eps, and the
+    rounding level ``100 u`` (only the zero directions) comes last. A candidate is kept only if its
+    residual, checked in TT form, meets the limit.
     """
     residual, cores = best
     x = TT._trusted(cores)
     limit = max(tol, residual * 1.01)
-    for eps in (0.1 * tol, 100.0 * B.finfo_eps(cores[0])):
+    floor = 100.0 * B.finfo_eps(cores[0])
+    eps = 0.1 * tol
+    for attempt in range(3):
         candidate = round_tt(x, eps=eps)
         if candidate.ranks == x.ranks:
-            continue
-        value = residual_norm(a, candidate, b) / norm_b
-        if value <= limit:
-            return min(value, limit), list(candidate.cores)
+            value = residual
+        else:
+            value = residual_norm(a, candidate, b) / norm_b
+            if value <= limit:
+                return value, list(candidate.cores)
+        if attempt == 0 and value > residual:  # the residual's growth per unit of eps sets the next eps
+            eps = max(0.5 * (limit - residual) * eps / (value - residual), floor)
+        else:
+            eps = floor
     return residual, cores
 
 
@@ -266,7 +275,7 @@ def warn_unconverged(info: SolveInfo, tol: float, max_sweeps: int, stacklevel: i
     if info.converged:
         return
     if info.capped:
-        why = "max_rank capped the ranks; raise max_rank to meet tol"
+        why = "max_rank capped the ranks (no room left to grow them); raise max_rank to meet tol"
     elif info.stagnated:
         why = (
             f"the residual stopped falling (less than {1 / STALL_FACTOR:g}x over {STALL_WINDOW} passes): tol is "

@@ -164,7 +164,9 @@ class Sweeper:
         extra = min(self.kick, max(4, rank))
         if self.max_rank is None:
             return extra
-        return max(0, min(extra, self.max_rank - rank))
+        allowed = max(0, min(extra, self.max_rank - rank))
+        self.capped = self.capped or allowed < extra  # the cap kept the ranks from growing
+        return allowed
 
     def _dominant(self, mat: Array, count: int, *, columns: bool) -> Array:
         """The ``count`` dominant left (``columns``) or right singular vectors of ``mat`` (as columns/rows)."""
