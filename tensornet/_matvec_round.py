@@ -95,7 +95,7 @@ def rounded_matvec(
     spec = None if all(c is None for c in caps) else caps  # rank_caps gives all ints or all None
     ac, ea = _pow2.normalize_cores(fn, list(a.cores))
     xc, ex = _pow2.normalize_cores(fn, list(x.cores))
-    d = len(ac)
+    len(ac)
     product_rank = max(int(p.shape[0]) * int(q.shape[0]) for p, q in zip(ac, xc))
     grams, gexp = _grams(ac, xc)
     norm2 = float(np.real(B.to_backend(grams[0], "numpy")).reshape(-1)[0])
@@ -103,7 +103,9 @@ def rounded_matvec(
         zero = exact_fn(TTM._trusted(ac), TT._trusted(xc))
         return round_fn(zero, eps=None, max_rank=1), 0.0
     budget = (eps or 0.0) ** 2  # relative squared error allowed
-    rank = min(product_rank, max(x.largest_rank, max((c or 0) for c in caps) if any(caps) else 0) + OVERSAMPLE)
+    rank = min(
+        product_rank, max(x.largest_rank, max((c or 0) for c in caps) if any(caps) else 0) + OVERSAMPLE
+    )
     if 2 * rank >= product_rank:  # a sketch would need most of the product's rank: form it and round it
         return _formed(fn, ac, xc, ea + ex, eps, spec, round_fn, exact_fn)
     cores, error2, allowance2 = _frame(ac, xc, grams, gexp, rank)
@@ -125,7 +127,14 @@ def rounded_matvec(
 
 
 def _formed(
-    fn: str, ac: list[Array], xc: list[Array], shift: int, eps: float | None, spec: Any, round_fn: Any, exact_fn: Any
+    fn: str,
+    ac: list[Array],
+    xc: list[Array],
+    shift: int,
+    eps: float | None,
+    spec: Any,
+    round_fn: Any,
+    exact_fn: Any,
 ) -> tuple[TT, float]:
     """The product formed and rounded by the certified two-sweep algorithm (scale ``2^shift`` put back)."""
     exact = exact_fn(TTM._trusted(ac), TT._trusted(xc))
@@ -167,7 +176,9 @@ def _frame(
         size_g = B.to_float(xp.linalg.vector_norm(gram))
         slack = 10.0 * math.sqrt(q_ * m + big_r * r) * u
         error2 += max(B.to_float(xp.real(term)), 0.0) * scale
-        allowance2 += (2 * slack * size_c * size_e + (slack * size_c) ** 2 + 4 * d * u * size_e**2) * size_g * scale
+        allowance2 += (
+            (2 * slack * size_c * size_e + (slack * size_c) ** 2 + 4 * d * u * size_e**2) * size_g * scale
+        )
         cores.append(xp.reshape(basis, (q_, m, int(basis.shape[1]))))
         env, e = _normalized(xp.reshape(coef, (int(basis.shape[1]), big_r, r)))
         e_env += e

@@ -114,7 +114,9 @@ def merge(cores: list[Array], parts: list[tuple[int, int]]) -> Array:
     for core in cores[1:]:
         left, size, _ = (int(v) for v in t.shape)
         r, n, r2 = (int(v) for v in core.shape)
-        t = xp.reshape(xp.matmul(xp.reshape(t, (left * size, r)), xp.reshape(core, (r, n * r2))), (left, size * n, r2))
+        t = xp.reshape(
+            xp.matmul(xp.reshape(t, (left * size, r)), xp.reshape(core, (r, n * r2))), (left, size * n, r2)
+        )
     s = len(parts)
     r, _, r2 = (int(v) for v in t.shape)
     t = xp.reshape(t, (r, *(v for part in parts for v in part), r2))

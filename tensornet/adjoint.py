@@ -29,11 +29,11 @@ from . import _checks, _linear
 from ._backend import Array
 from ._einsum import einsum
 from ._layout import reshape_each, tt_layout
-from .tt import TT, TTM, Train, TrainT
 
 # The rules of the solvers live with them (tensornet.linalg, which does not import this module); they are
 # re-exported here so that every VJP rule of the package has one home.
-from .linalg._vjp import eigsh, solve  # noqa: E402,F401
+from .linalg._vjp import eigsh, solve
+from .tt import TT, TTM, Train, TrainT
 
 __all__ = ["dot", "eigsh", "full", "hadamard", "linear", "matmul", "matvec", "solve"]
 

@@ -16,8 +16,8 @@ from . import _backend as B
 from . import _checks, _pow2
 from ._backend import Array
 from ._einsum import einsum
-from ._truncation import choose_rank
 from ._reshape_ttm import reshape_ttm
+from ._truncation import choose_rank
 from .decomp import orthogonalize
 from .tt import TT, TTM
 

@@ -198,7 +198,7 @@ def test_eigsh_largest():
 
 
 def test_eigsh_indefinite_heisenberg_matches_dense():
-    values, vectors = eigsh(heisenberg(8), 3, tol=1e-12)
+    values, _vectors = eigsh(heisenberg(8), 3, tol=1e-12)
     reference = np.linalg.eigvalsh(as_numpy(heisenberg(8).full()))[:3]
     np.testing.assert_allclose(as_numpy(values), reference, rtol=1e-9)
 
@@ -249,7 +249,11 @@ B3 = tn.ones((2, 3))
         (lambda: solve(B3, B3), TypeError, r"solve: A must be a tensornet TTM"),
         (lambda: solve(A3, A3), TypeError, r"solve: b must be a tensornet TT"),
         (lambda: solve(tn.random_ttm((2, 3), (3, 2), 1), B3), ValueError, r"solve: A must be square"),
-        (lambda: solve(A3, tn.ones((3, 2))), ValueError, r"solve: b has shape \(3, 2\) but A has col_shape \(2, 3\)"),
+        (
+            lambda: solve(A3, tn.ones((3, 2))),
+            ValueError,
+            r"solve: b has shape \(3, 2\) but A has col_shape \(2, 3\)",
+        ),
         (lambda: solve(A3, B3, tol=-1e-8), ValueError, r"solve: tol must be a finite relative tolerance"),
         (lambda: solve(A3, B3, tol=0.0), ValueError, r"0 < tol < 1"),
         (lambda: solve(A3, B3, tol=float("nan")), ValueError, r"tol must be"),

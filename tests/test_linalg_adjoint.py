@@ -12,7 +12,11 @@ import tensornet as tn
 from tensornet import adjoint
 from tensornet.linalg import eigsh, solve
 
-SHAPE = (2, 3, 2)  # small enough for dense references; solutions of full rank (the tangent space is everything)
+SHAPE = (
+    2,
+    3,
+    2,
+)  # small enough for dense references; solutions of full rank (the tangent space is everything)
 
 
 def operator(seed, *, symmetric):
@@ -75,13 +79,15 @@ def test_solve_rule_finite_differences():
 
 def test_eigsh_rule_finite_differences():
     a = operator(11, symmetric=True)
-    values, vectors = eigsh(a, 2, tol=1e-13)
+    _values, vectors = eigsh(a, 2, tol=1e-13)
     da = like(a, 12)
     weights = [1.0, -0.5]
 
     def loss(t):
         m = tn.TTM([p + t * q for p, q in zip(a.cores, da.cores)]).full()
-        w = np.linalg.eigvalsh((m + m.T) / 2)  # A(t) is not symmetric; its eigenvalues' derivative is v^T dA v
+        w = np.linalg.eigvalsh(
+            (m + m.T) / 2
+        )  # A(t) is not symmetric; its eigenvalues' derivative is v^T dA v
         return weights[0] * w[0] + weights[1] * w[1]
 
     h = 1e-6

@@ -40,7 +40,10 @@ def test_qtt_laplacian_is_rank_3_on_a_million_points():
 
 
 def test_qtt_laplacian_errors():
-    with pytest.raises(ValueError, match=r"laplacian: qtt=True needs every mode size to be a power of two >= 2, but mode 1 has size 6"):
+    with pytest.raises(
+        ValueError,
+        match=r"laplacian: qtt=True needs every mode size to be a power of two >= 2, but mode 1 has size 6",
+    ):
         tn.laplacian((4, 6), qtt=True)
     with pytest.raises(TypeError, match=r"laplacian: qtt must be True or False"):
         tn.laplacian((4,), qtt="yes")
@@ -142,7 +145,9 @@ def test_matvec_eps_torch_matches_numpy():
     y_np = tn.matvec(a, x, eps=1e-6)
     y_torch = tn.matvec(a.to("torch"), x.to("torch"), eps=1e-6)
     assert y_torch.backend == "torch"
-    np.testing.assert_allclose(as_numpy(y_torch.full()), as_numpy(y_np.full()), atol=1e-5 * float(tn.norm(y_np)))
+    np.testing.assert_allclose(
+        as_numpy(y_torch.full()), as_numpy(y_np.full()), atol=1e-5 * float(tn.norm(y_np))
+    )
 
 
 def test_matvec_eps_errors():
@@ -187,7 +192,9 @@ def test_heisenberg_errors():
 @pytest.mark.parametrize("size", [1, 5, 8])
 def test_laplacian_inverse_dense(size):
     inverse = laplacian_inverse(size, step=0.3)
-    np.testing.assert_allclose(as_numpy(inverse.full()) @ as_numpy(tn.laplacian(size, step=0.3).full()), np.eye(size), atol=1e-12)
+    np.testing.assert_allclose(
+        as_numpy(inverse.full()) @ as_numpy(tn.laplacian(size, step=0.3).full()), np.eye(size), atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("level", [1, 2, 3, 6])
@@ -215,7 +222,9 @@ def test_poisson_by_the_qtt_inverse_to_working_precision(level):
 
 
 def test_laplacian_inverse_errors():
-    with pytest.raises(ValueError, match=r"laplacian_inverse: qtt=True needs a power of two >= 2, got size 6"):
+    with pytest.raises(
+        ValueError, match=r"laplacian_inverse: qtt=True needs a power of two >= 2, got size 6"
+    ):
         laplacian_inverse(6, qtt=True)
     with pytest.raises(ValueError, match=r"laplacian_inverse: step must be > 0"):
         laplacian_inverse(4, step=-1.0)

@@ -12,15 +12,15 @@ import numpy as np
 
 from .. import _backend as B
 from .. import _checks, _pow2
+from .._backend import Array
 from ..construct import zeros
 from ..decomp import orthogonalize
-from .._backend import Array
 from ..ops import norm, scale
 from ..random import random_tt
 from ..tt import TT, TTM
 from . import _eig, _solve
-from ._eig import EigInfo
 from ._checks import asymmetry, check_square, check_tol, check_vector, symmetric_tolerance
+from ._eig import EigInfo
 from ._ops import Ops
 from ._solve import SolveInfo
 
@@ -111,7 +111,7 @@ def solve(
     chosen by the residual, not by the Frobenius norm of u, so an ill-conditioned A keeps what it needs),
     then enriched with the residual projected on ``X_{<k}`` and the right frame of a rank-4 train Z that
     tracks the residual (refitted at every step); this lets ranks grow and avoids the stalls of ALS.
-    Local systems of up to 400 unknowns are solved by LU on the assembled matrix; larger ones by CG
+    Local systems of up to 400 unknowns (the measured crossover) are solved by LU on the assembled matrix; larger ones by CG
     (symmetric A: ``||A - A^T|| <= sqrt(u) ||A||``) or GMRES(40), the local operator applied in factored
     form (three GEMMs) and preconditioned by the inverse of its Kronecker-sum part (exact for
     Laplacian-like sums; see :mod:`tensornet.linalg`). Early passes solve loosely (to 5% of the current
@@ -133,7 +133,9 @@ def solve(
         holder: dict[str, SolveInfo] = {}
 
         def run(a_detached: TTM, b_detached: TT) -> TT:
-            x, holder["info"] = _solve_scaled(a_detached, b_detached, _detached(x0), tol, max_rank, max_sweeps)
+            x, holder["info"] = _solve_scaled(
+                a_detached, b_detached, _detached(x0), tol, max_rank, max_sweeps
+            )
             return x
 
         x = importlib.import_module("tensornet.linalg._torch").solve(a, b, tol, run)
@@ -264,7 +266,7 @@ def eigsh(
     The k vectors share every core but the centre, which carries the block index (block TT format,
     Dolgov, Khoromskij, Oseledets & Savostyanov 2014). At core k the Rayleigh-Ritz problem
     ``(X_{!=k}^T A X_{!=k}) U = U Theta`` (the local operator applied in factored form) is solved by a
-    dense ``eigh`` up to 200 unknowns and by a restarted block Krylov method from the current centre
+    dense ``eigh`` up to 128 unknowns and by a restarted block Krylov method from the current centre
     above; the centre's ``(r n, r' k)`` unfolding is truncated to the fewest singular values whose
     discarded root-sum-square is at most ``sqrt(tol / (d - 1)) ||U||_F`` (an eigenvalue moves by the square of
     a perturbation of its vector), and enriched as in :func:`solve` by the block residual
@@ -279,7 +281,9 @@ def eigsh(
     k = _checks.check_count(fn, "k", k)
     dimension = math.prod(a.row_shape)
     if k > dimension:
-        raise ValueError(f"eigsh: k = {k} exceeds the dimension of A, {dimension}; ask for at most {dimension}")
+        raise ValueError(
+            f"eigsh: k = {k} exceeds the dimension of A, {dimension}; ask for at most {dimension}"
+        )
     if not isinstance(which, str) or which not in ("SA", "LA"):
         raise ValueError(f"eigsh: which must be 'SA' (smallest) or 'LA' (largest), got {which!r}")
     tol = check_tol(fn, tol)
@@ -338,7 +342,9 @@ def _check_x0(a: TTM, x0: Any, k: int) -> list[TT] | None:
     if not isinstance(vectors, Sequence) or isinstance(vectors, str):
         raise TypeError(f"eigsh: x0 must be a TT or a sequence of {k} TTs, got {type(x0).__name__}")
     if len(vectors) != k:
-        raise ValueError(f"eigsh: x0 has {len(vectors)} vectors but k = {k}; give one initial TT per eigenpair")
+        raise ValueError(
+            f"eigsh: x0 has {len(vectors)} vectors but k = {k}; give one initial TT per eigenpair"
+        )
     return [check_vector("eigsh", f"x0[{i}]", v, a) for i, v in enumerate(vectors)]
 
 
@@ -355,7 +361,7 @@ def _block(ops: Ops, a: TTM, vectors: list[TT] | None, k: int) -> tuple[list[Arr
 
 
 def block_cores(ops: Ops, trains: list[list[Array]]) -> tuple[list[Array], Array]:
-    """k trains as one block train: the sum structure with the block index on core 0, right-orthonormalised."""
+    """K trains as one block train: the sum structure with the block index on core 0, right-orthonormalised."""
     d, k = len(trains[0]), len(trains)
     if d == 1:
         return [trains[0][0]], ops.concat([ops.reshape(t[0], (1, -1, 1, 1)) for t in trains], axis=3)
@@ -377,7 +383,9 @@ def block_cores(ops: Ops, trains: list[list[Array]]) -> tuple[list[Array], Array
     columns, offset = [], 0
     for t in trains:
         c = int(t[0].shape[2])
-        padded = ops.concat([ops.zeros((1, n0, offset)), t[0], ops.zeros((1, n0, width - offset - c))], axis=2)
+        padded = ops.concat(
+            [ops.zeros((1, n0, offset)), t[0], ops.zeros((1, n0, width - offset - c))], axis=2
+        )
         columns.append(ops.reshape(padded, (1, n0, width, 1)))
         offset += c
     center = ops.concat(columns, axis=3)

@@ -18,10 +18,11 @@ from ._local import vec_left, vec_right
 from ._ops import Ops
 from ._sweep import Sweeper, frobenius_rank
 
-# Local eigenproblems up to this size are assembled and solved by one dense ``eigh`` (~9 N^3 flops); larger
-# ones by the block Krylov solver from the current centre, which needs a few factored products when warm
-# (measured: the two meet near N = 200 for the ranks of the test problems; benchmarks/results/solvers.md).
-DENSE_EIG = 48
+# Local eigenproblems up to this size are assembled and solved by one dense ``eigh`` (~9 N^3 flops); larger ones by
+# Lanczos (or preconditioned Davidson) from the current centre, which a sweep hands over nearly converged. Measured
+# on one CPU thread (``python benchmarks/bench_solvers.py --switch``, benchmarks/results/solvers.md): dense eigh
+# 0.5 ms at N = 72, 1.5 ms at 128, 8.9 ms at 288; Lanczos from a 1e-3-perturbed eigenvector 1.1, 1.4, 1.6 ms.
+DENSE_EIG = 128
 LOOSE = 0.02  # early passes solve their local problems to 2% of the previous pass's largest residual
 
 
@@ -51,7 +52,9 @@ class EigInfo:
 class EigSweeper(Sweeper):
     """Block AMEn for ``A X = X Lambda``: local Rayleigh-Ritz problems, Frobenius truncation, residual kicks."""
 
-    def __init__(self, ops: Ops, w: list[Array], x: list[Array], center: Array, z: list[Array], kick: int) -> None:
+    def __init__(
+        self, ops: Ops, w: list[Array], x: list[Array], center: Array, z: list[Array], kick: int
+    ) -> None:
         super().__init__(ops, w, x, center, z, kick)
         self.p = int(center.shape[3])
         self.nzl: list[Any] = [ops.eye(1)] + [None] * (self.d - 1)
@@ -62,6 +65,7 @@ class EigSweeper(Sweeper):
         self.target = 0.0  # absolute residual the local eigensolver aims for
         self.tight = 0.0  # the target of the last passes (preconditioned solves always aim for it)
         self.max_initial = 0.0
+        self.try_precond = True  # off for "LA" and once a local operator's Kronecker-sum part is indefinite
         self.build()
 
     def _update_left(self, k: int) -> None:
@@ -87,7 +91,7 @@ class EigSweeper(Sweeper):
     def residual(self, k: int, u: Array, left: str, right: str) -> Array:
         ops = self.ops
         h = self.local_operator(k, left, right)
-        r0, n, r1, p = (int(v) for v in u.shape)
+        _r0, n, _r1, p = (int(v) for v in u.shape)
         hu = ops.reshape(h.matvec(ops.reshape(u, (h.cols, p))), (h.s, n, h.s2, p))
         self.stats["products"] += p
         nu = self._project(u, self.nzl[k] if left == "z" else None, self.nzr[k] if right == "z" else None)
@@ -103,7 +107,7 @@ class EigSweeper(Sweeper):
             initial = _ritz_residual(ops, ops.mm(dense, u0), u0)
             result = _krylov.dense_eigh(ops, dense, self.p, largest=self.largest)
             self.stats["dense"] += 1
-        elif (precond := h.kron_sum() if not self.largest else None) is not None:
+        elif (precond := h.kron_sum() if self.try_precond else None) is not None:
             # with a near-inverse preconditioner a tight solve costs a few products: no loose early passes
             result = _krylov.block_eigh(
                 ops, h.matvec, u0, self.p, self.tight, 40 * self.p, largest=False, precond=precond.apply
@@ -115,9 +119,12 @@ class EigSweeper(Sweeper):
             initial = result.initial
             self.stats["krylov"] += 1
         else:
-            result = _krylov.block_eigh(ops, h.matvec, u0, self.p, self.target, 40 * self.p, largest=self.largest)
+            result = _krylov.block_eigh(
+                ops, h.matvec, u0, self.p, self.target, 40 * self.p, largest=self.largest
+            )
             initial = result.initial
             self.stats["krylov"] += 1
+        self.try_precond = self.try_precond and not h.indefinite  # an indefinite A stays indefinite
         self.stats["products"] += h.products
         self.max_initial = max(self.max_initial, initial)
         self.values = result.values
@@ -161,6 +168,7 @@ def run(
     d = a.ncores
     sweeper = EigSweeper(ops, list(a.cores), x, center, z, kick)
     sweeper.largest, sweeper.max_rank = largest, max_rank
+    sweeper.try_precond = not largest
     sweeper.trunc_rel = math.sqrt(tol / max(d - 1, 1))
     values: list[np.ndarray] = []
     ranks: list[tuple[int, ...]] = []

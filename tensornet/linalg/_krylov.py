@@ -33,7 +33,9 @@ class KrylovResult:
     breakdown: bool = False  # cg met a direction of non-positive curvature
 
 
-def cg(ops: Ops, apply: Apply, f: Array, x0: Array, target: float, maxiter: int, precond: Apply | None) -> KrylovResult:
+def cg(
+    ops: Ops, apply: Apply, f: Array, x0: Array, target: float, maxiter: int, precond: Apply | None
+) -> KrylovResult:
     """Preconditioned CG for ``A x = f`` (one column) until ``||f - A x|| <= target``."""
     x = x0
     r = f - apply(x)
@@ -78,12 +80,10 @@ def gmres(
     """Restarted GMRES(restart), right-preconditioned, for ``A x = f`` until ``||f - A x|| <= target``."""
     x = x0
     products = 0
-    res = math.inf
     while products < maxiter:
         r = f - apply(x)
         products += 1
         beta = ops.norm(r)
-        res = beta
         if beta <= target or beta == 0.0:
             return KrylovResult(x, beta, products, True)
         steps = min(restart, maxiter - products)
@@ -138,8 +138,10 @@ class EigResult:
 
 
 def _orthonormal_block(ops: Ops, block: Array, against: Array | None, drop: float) -> Array | None:
-    """``block`` orthogonalised against the orthonormal ``against`` (classical Gram-Schmidt, twice) and
-    orthonormalised; columns that lose all but ``drop`` of their norm are dropped (None if none is left)."""
+    """``block`` orthogonalised against the orthonormal ``against`` and orthonormalised (None if nothing is left).
+
+    Classical Gram-Schmidt, twice; columns that keep less than ``drop`` of their norm are dropped.
+    """
     if against is not None:
         for _ in range(2):
             block = block - ops.mm(against, ops.inner(against, block))
@@ -202,7 +204,11 @@ def block_eigh(
         if res_norm <= target or products >= maxiter:
             break
         active = np.nonzero(norms > target)[0]
-        block = resid if active.size == k else ops.xp.take(resid, ops.xp.asarray(active, device=ops.device), axis=1)
+        block = (
+            resid
+            if active.size == k
+            else ops.xp.take(resid, ops.xp.asarray(active, device=ops.device), axis=1)
+        )
         if precond is not None:
             block = precond(block)
         if int(v.shape[1]) + int(block.shape[1]) > max_basis:  # restart from the Ritz vectors (no products)

@@ -106,6 +106,7 @@ class LocalOperator:
         self._wm = ops.reshape(ops.permute(w, (0, 2, 1, 3)), (self.big_r * self.n, self.m * self.big_r2))
         self._rm = ops.reshape(ops.permute(right, (1, 2, 0)), (self.big_r2 * self.r2, self.s2))
         self.products = 0  # columns multiplied (the local work counter reported by return_info)
+        self.indefinite = False  # set when its Kronecker-sum part turned out indefinite
 
     def matvec(self, u: Array) -> Array:
         """``H u`` for ``u`` of shape (cols, p)."""
@@ -118,7 +119,9 @@ class LocalOperator:
         t = ops.mm(self._lm, ops.reshape(u, (r, n * r2 * p)))  # (s, R, n, r', p)
         t = ops.reshape(ops.permute(ops.reshape(t, (s, big_r, n, r2, p)), (0, 3, 4, 1, 2)), (-1, big_r * n))
         t = ops.mm(t, self._wm)  # (s, r', p, m, R')
-        t = ops.reshape(ops.permute(ops.reshape(t, (s, r2, p, m, big_r2)), (0, 3, 2, 4, 1)), (-1, big_r2 * r2))
+        t = ops.reshape(
+            ops.permute(ops.reshape(t, (s, r2, p, m, big_r2)), (0, 3, 2, 4, 1)), (-1, big_r2 * r2)
+        )
         t = ops.mm(t, self._rm)  # (s, m, p, s')
         return ops.reshape(ops.permute(ops.reshape(t, (s, m, p, s2)), (0, 1, 3, 2)), (self.size, p))
 
@@ -192,7 +195,9 @@ class KronSumPreconditioner:
     spectrum, so that it is a valid preconditioner for CG.
     """
 
-    def __init__(self, ops: Ops, factors: list[Array], denominators: Array, shape: tuple[int, int, int]) -> None:
+    def __init__(
+        self, ops: Ops, factors: list[Array], denominators: Array, shape: tuple[int, int, int]
+    ) -> None:
         self.ops, self.factors, self.denominators, self.shape = ops, factors, denominators, shape
 
     @classmethod
@@ -209,26 +214,34 @@ class KronSumPreconditioner:
         cr = ops.mm(ops.reshape(tl, (1, -1)), tw) / (h.s * h.n)  # (1, R')
         cw = ops.reshape(tl, (-1, 1)) * ops.reshape(tr, (1, -1)) / (h.s * h.r2)  # (R, R')
         mu = ops.mm(ops.mm(ops.reshape(tl, (1, -1)), tw), ops.reshape(tr, (-1, 1)))[0, 0] / (h.s * h.n * h.r2)
-        a_left = ops.reshape(ops.mm(ops.reshape(ops.permute(h.left, (0, 2, 1)), (h.s * h.s, h.big_r)), cl), (h.s, h.s))
+        a_left = ops.reshape(
+            ops.mm(ops.reshape(ops.permute(h.left, (0, 2, 1)), (h.s * h.s, h.big_r)), cl), (h.s, h.s)
+        )
         a_right = ops.reshape(
-            ops.mm(ops.reshape(ops.permute(h.right, (0, 2, 1)), (h.s2 * h.s2, h.big_r2)), ops.reshape(cr, (-1, 1))),
+            ops.mm(
+                ops.reshape(ops.permute(h.right, (0, 2, 1)), (h.s2 * h.s2, h.big_r2)),
+                ops.reshape(cr, (-1, 1)),
+            ),
             (h.s2, h.s2),
         )
         w_terms = ops.reshape(ops.permute(h.w, (1, 2, 0, 3)), (h.n * h.n, h.big_r * h.big_r2))
         a_mid = ops.reshape(ops.mm(w_terms, ops.reshape(cw, (-1, 1))), (h.n, h.n))
+        mu_host = float(np.real(ops.host(mu)))
+        if _distance(h, [ops.host(a) for a in (a_left, a_mid, a_right)], mu_host) > MAX_DISTANCE:
+            return None  # H is far from a Kronecker sum: K would steer the iteration wrong (checked before any eigh)
         factors, spectra = [], []
         for a in (a_left, a_mid, a_right):
             sym = (a + ops.H(a)) / 2
             values, vectors = ops.eigh(sym)
             factors.append(vectors)
             spectra.append(ops.host(values).real.astype(np.float64))
-        shift = 2.0 * float(np.real(ops.host(mu)))
-        total = spectra[0][:, None, None] + spectra[1][None, :, None] + spectra[2][None, None, :] - shift
+        total = (
+            spectra[0][:, None, None] + spectra[1][None, :, None] + spectra[2][None, None, :] - 2.0 * mu_host
+        )
         low, high = float(np.min(total)), float(np.max(total))
         if not (math.isfinite(low) and math.isfinite(high)) or low <= 1e-12 * high or high <= 0.0:
-            return None  # not positive definite: no valid preconditioner for CG
-        if _distance(h, [ops.host(a) for a in (a_left, a_mid, a_right)], float(np.real(ops.host(mu)))) > MAX_DISTANCE:
-            return None  # H is far from a Kronecker sum: K would steer the iteration wrong
+            h.indefinite = True  # not positive definite: no valid preconditioner for CG (callers remember)
+            return None
         return cls(ops, factors, ops.real_asarray(total), (h.s, h.n, h.s2))
 
     def apply(self, v: Array) -> Array:

@@ -68,7 +68,9 @@ def heisenberg(
     """
     fn = "heisenberg"
     sites = _checks.check_count(fn, "sites", sites, minimum=2)
-    j, delta, h = (_real(fn, n, v) for n, v in (("coupling", coupling), ("anisotropy", anisotropy), ("field", field)))
+    j, delta, h = (
+        _real(fn, n, v) for n, v in (("coupling", coupling), ("anisotropy", anisotropy), ("field", field))
+    )
     eye = np.eye(2)
     sz = np.diag([0.5, -0.5])
     splus = np.array([[0.0, 1.0], [0.0, 0.0]])

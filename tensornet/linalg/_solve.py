@@ -19,11 +19,12 @@ from ._local import vec_left, vec_local, vec_right
 from ._ops import Ops
 from ._sweep import Sweeper
 
-# Local systems up to this many unknowns are assembled and solved by LU; larger ones by a Krylov method with
-# the operator applied in factored form. Measured on one CPU thread (benchmarks/results/solvers.md): an LU of
-# N unknowns costs ~N^3/3 flops plus N^2 R^2 to assemble, a preconditioned Krylov solve ~30-100 factored
-# products of O(R r^3 n) each plus a Python-level overhead of ~20 us per iteration; the two meet between
-# N = 300 and N = 600 for the ranks and modes of the test problems (n = 2 .. 32, R = 2 .. 5).
+# Local systems up to this many unknowns are assembled and solved by LU; larger ones by a Krylov method with the
+# operator applied in factored form. LU costs ~N^3/3 flops plus N^2 R^2 to assemble; CG ~k factored products of
+# O(R r^3 n) each plus ~20 us of Python per iteration. Measured on one CPU thread (``python
+# benchmarks/bench_solvers.py --switch``, benchmarks/results/solvers.md; CG without preconditioner from a
+# 1e-3-perturbed solution, as a sweep hands it over): LU 1.3 ms vs CG 2.1 ms at N = 288, 6.5 vs 3.3 ms at
+# N = 512; the Kronecker-sum preconditioner only moves the crossover down.
 DENSE_SOLVE = 400
 
 # The residual has to fall by this factor over the last STALL_WINDOW passes, or the solver stops (stagnation).
@@ -60,7 +61,9 @@ class SolveInfo:
 class SolveSweeper(Sweeper):
     """AMEn for ``A x = b``: local Galerkin systems, residual-based truncation, enrichment by the residual."""
 
-    def __init__(self, ops: Ops, w: list[Array], b: list[Array], x: list[Array], z: list[Array], kick: int) -> None:
+    def __init__(
+        self, ops: Ops, w: list[Array], b: list[Array], x: list[Array], z: list[Array], kick: int
+    ) -> None:
         center = ops.reshape(x[0], (*(int(v) for v in x[0].shape), 1))
         super().__init__(ops, w, x, center, z, kick)
         self.b = b
@@ -96,7 +99,9 @@ class SolveSweeper(Sweeper):
         h = self.local_operator(k, left, right)
         hu = h.matvec(ops.reshape(u, (h.cols, 1)))
         self.stats["products"] += 1
-        return ops.reshape(f, (*(int(v) for v in f.shape), 1)) - ops.reshape(hu, (*(int(v) for v in f.shape), 1))
+        return ops.reshape(f, (*(int(v) for v in f.shape), 1)) - ops.reshape(
+            hu, (*(int(v) for v in f.shape), 1)
+        )
 
     def solve_local(self, k: int) -> None:
         ops = self.ops
@@ -241,7 +246,9 @@ def run(
     return TT._trusted(best[1]), info
 
 
-def _compressed(a: TTM, b: TT, best: tuple[float, list[Array]], tol: float, norm_b: float) -> tuple[float, list[Array]]:
+def _compressed(
+    a: TTM, b: TT, best: tuple[float, list[Array]], tol: float, norm_b: float
+) -> tuple[float, list[Array]]:
     """The solution rounded to smaller ranks where the TT-form residual stays within ``max(tol, reached)``.
 
     The last pass leaves the enrichment's directions (zero or small) in the ranks. Rounding at ``tol / 10``

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .._backend import Array
-from ._local import LocalOperator, op_left, op_right, vec_left, vec_local, vec_right
+from ._local import LocalOperator, op_left, op_right
 from ._ops import Ops
 
 
@@ -38,7 +38,13 @@ class Sweeper:
     """
 
     def __init__(
-        self, ops: Ops, op_cores: list[Array], x_cores: list[Array], center: Array, z_cores: list[Array], kick: int
+        self,
+        ops: Ops,
+        op_cores: list[Array],
+        x_cores: list[Array],
+        center: Array,
+        z_cores: list[Array],
+        kick: int,
     ) -> None:
         # x_cores[0] is replaced by ``center`` (r0, n, r1, p); the others are right-orthonormal
         self.ops, self.w, self.d, self.kick = ops, op_cores, len(op_cores), kick
@@ -154,7 +160,9 @@ class Sweeper:
         self.x[k] = ops.reshape(ops.H(q), (rank2, n, r1))
         prev = self.x[k - 1]
         r_, n0, _ = (int(v) for v in prev.shape)
-        t = ops.mm(ops.reshape(prev, (r_ * n0, r0)), ops.reshape(carry, (r0, p * rank2)))  # (r_, n0, p, rank')
+        t = ops.mm(
+            ops.reshape(prev, (r_ * n0, r0)), ops.reshape(carry, (r0, p * rank2))
+        )  # (r_, n0, p, rank')
         self.u = ops.permute(ops.reshape(t, (r_, n0, p, rank2)), (0, 1, 3, 2))
         self._update_right(k)
         self.k = k - 1
@@ -216,7 +224,7 @@ def svd_tail(s: np.ndarray) -> np.ndarray:
 
 
 def frobenius_rank(s: np.ndarray, threshold: float, cap: int | None) -> tuple[int, bool]:
-    """Smallest rank whose discarded singular values have root-sum-square <= ``threshold``; and capped?"""
+    """The smallest rank whose discarded singular values have root-sum-square <= ``threshold``, and if capped."""
     tail = svd_tail(s)
     fits = np.nonzero(tail <= threshold)[0]
     needed = max(1, int(fits[0])) if fits.size else int(s.size)

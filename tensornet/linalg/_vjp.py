@@ -1,5 +1,6 @@
-"""Adjoint (VJP) rules of :func:`solve` and :func:`eigsh` (pure functions, any backend); re-exported by
-:mod:`tensornet.adjoint`.
+"""Adjoint (VJP) rules of :func:`solve` and :func:`eigsh` (pure functions, any backend).
+
+They are re-exported by :mod:`tensornet.adjoint`.
 
 * ``x = A^{-1} b``: for a loss L with tensor gradient ``g = dL/dx``, one adjoint solve ``A^T lambda = g`` gives
   ``dL/db = lambda`` and ``dL/dA = -lambda x^T``; both reach the cores by the chain rule through the bilinear
@@ -147,9 +148,13 @@ def eigsh(A: TTM, vectors: list[TT], grad_values: Any) -> list[Array]:
     if isinstance(vectors, TT):
         vectors = [vectors]
     vectors = [check_vector(fn, f"vectors[{i}]", v, a) for i, v in enumerate(vectors)]
-    weights = np.asarray(B.to_backend(grad_values, "numpy") if B.is_array(grad_values) else grad_values).reshape(-1)
+    weights = np.asarray(
+        B.to_backend(grad_values, "numpy") if B.is_array(grad_values) else grad_values
+    ).reshape(-1)
     if weights.size != len(vectors):
-        raise ValueError(f"{fn}: {weights.size} cotangents for {len(vectors)} vectors; give one per eigenvalue")
+        raise ValueError(
+            f"{fn}: {weights.size} cotangents for {len(vectors)} vectors; give one per eigenvalue"
+        )
     ops = Ops(a.cores[0])
     total: list[Any] = [None] * a.ncores
     for weight, v in zip(weights, vectors):
