@@ -382,6 +382,40 @@ def _local_solvers(
     }
 
 
+def matvec_cases(repeats: int) -> list[str]:
+    """``tn.matvec(A, x, eps=)`` (sketch + certificate, or formed and rounded) against ``round(matvec(A, x), eps)``."""
+    ground = eigsh(heisenberg(24), tol=1e-8)[1][0]
+    chain = heisenberg(24)
+    squared = tn.round(chain @ chain, eps=1e-14)
+    wide = tn.random_ttm((4,) * 8, (4,) * 8, 8, seed=1)
+    cases = [
+        ("Heisenberg(24) @ ground state (R = 5, r = 55)", chain, ground),
+        ("Heisenberg(24)^2 @ ground state (R = 9)", squared, ground),
+        ("random rank-8 TTM @ rank-3 TT, 4^8", wide, tn.random_tt((4,) * 8, 3, seed=2)),
+    ]
+    rows = []
+    for name, a, x in cases:
+        exact = tn.matvec(a, x)
+        for eps in (1e-6, 1e-10):
+            fns = {
+                "matvec(eps=)": lambda a=a, x=x, eps=eps: tn.matvec(a, x, eps=eps),
+                "round(matvec(), eps=)": lambda a=a, x=x, eps=eps: tn.round(tn.matvec(a, x), eps=eps),
+            }
+            got = measure(fns, repeats)
+            t = got.median("cpu")
+            error = float(tn.norm(got.results["matvec(eps=)"] - exact) / tn.norm(exact))
+            rows.append([
+                name, f"{eps:g}", f"{t['matvec(eps=)'] * 1e3:.1f}", f"{t['round(matvec(), eps=)'] * 1e3:.1f}",
+                _harness.ratio(t["matvec(eps=)"], t["round(matvec(), eps=)"]), f"{error:.1e}",
+                got.results["matvec(eps=)"].largest_rank,
+            ])  # fmt: skip
+    return _harness.markdown_table(
+        ["case", "eps", "matvec(eps=) ms (CPU)", "round(matvec()) ms (CPU)", "ratio", "error", "rank"],
+        rows,
+        right=(2, 3, 4),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -389,6 +423,7 @@ def main() -> None:
         "--slow", action="store_true", help="also torchTT on the QTT case at eps 1e-8 (~3 min)"
     )
     parser.add_argument("--switch", action="store_true", help="also the dense/Krylov switch-point table")
+    parser.add_argument("--matvec", action="store_true", help="also tn.matvec(eps=) against round(matvec)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     start = time.perf_counter()
@@ -397,6 +432,8 @@ def main() -> None:
     lines += ["", "## Linear systems: Laplacian", "", *solve_cases(args.repeats)]
     lines += ["", "## 1-D Poisson in QTT, 2^20 points", "", *qtt_case(args.slow, args.repeats)]
     lines += ["", "## Eigenvalues", "", *eigen_cases(args.repeats)]
+    if args.matvec:
+        lines += ["", "## Rounded products", "", *matvec_cases(args.repeats)]
     if args.switch:
         lines += ["", "## Dense vs Krylov local solves (CPU ms)", "", *switch_point()]
     lines += ["", f"- total benchmark time {time.perf_counter() - start:.0f} s"]

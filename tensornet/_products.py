@@ -32,8 +32,8 @@ def matvec(a: TTM, x: TT, *, eps: float | None = None, max_rank: RankSpec | None
     x : TT
         Shape ``A.col_shape``, on A's backend, dtype and device.
     eps : float, optional
-        Round the product: ``||A x - result||_F <= eps ||A x||_F`` (the guarantee of :func:`tensornet.round`),
-        computed without forming the product of rank ``r s`` (module notes of :mod:`tensornet._matvec_round`).
+        Round the product: ``||A x - result||_F <= eps ||A x||_F`` (the guarantee of :func:`tensornet.round`);
+        see the notes for when the product of rank ``r s`` is formed first.
     max_rank : int or sequence of int, optional
         Cap the result's ranks (a rank spec as for :func:`tensornet.round`); with eps, the cap wins and a
         :class:`tensornet.RankCapWarning` gives the error bound achieved.
@@ -53,15 +53,16 @@ def matvec(a: TTM, x: TT, *, eps: float | None = None, max_rank: RankSpec | None
 
     Notes
     -----
-    ``Y_k[:, i, :] = sum_j A_k[:, i, j, :] (x) X_k[:, j, :]``. Rounded: a randomised frame (sketch rank
-    ``r_x + 8``, doubled while short), the exact projection of ``A x`` on it, a certified bound of the
-    frame's error from the telescoping sum of ``||(I - U_k U_k^H) Ct_k (A x)_{>k}||`` (each piece formed
-    before squaring), then :func:`tensornet.round` of the projection with the rest of ``eps``; where the
-    rounding of those pieces could hide an error of eps (tiny eps, ill-conditioned products), the
-    product is formed and rounded instead.
+    ``Y_k[:, i, :] = sum_j A_k[:, i, j, :] (x) X_k[:, j, :]``. Rounded: where the product's cores fit in a
+    quarter of the free memory it is formed and rounded by :func:`tensornet.round` (measured the fastest
+    certified route); otherwise a randomised frame (sketch rank ``r_x + 8``), the exact projection of
+    ``A x`` on it and a certified bound of the frame's error from the telescoping sum of
+    ``||(I - U_k U_k^H) Ct_k (A x)_{>k}||`` (each piece formed before squaring), then :func:`tensornet.round`
+    of the projection with the rest of ``eps``, never holding the product's cores
+    (:mod:`tensornet._matvec_round`).
 
-    Cost: ``O(d m n r^2 s^2)`` exact; rounded ``O(d (n s^2 r^3 + m n s^3 r^2 + m n s r l^2))`` for sketch rank
-    l (vs ``O(d n s^3 r^3)`` for rounding the formed product), plus the final rounding ``O(d m l^3)``.
+    Cost: ``O(d m n r^2 s^2)`` exact; rounded, that plus ``O(d m (r s)^3)`` (formed) or
+    ``O(d (n s^2 r^3 + m n s^3 r^2 + m n s r l^2))`` for sketch rank l (sketched).
     """
     _check_operands("matvec", a, x, TT, ("x", "shape", x.shape if isinstance(x, TT) else ()))
     if eps is None and max_rank is None:

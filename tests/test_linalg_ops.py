@@ -3,6 +3,7 @@ operators of tensornet.linalg (Heisenberg chain, closed-form inverse Laplacian),
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 
@@ -90,32 +91,75 @@ def test_ttm_reshape_errors():
 
 
 # --- matvec rounded to eps ---------------------------------------------------------------------------------
+@contextlib.contextmanager
+def forced(route):
+    """matvec(eps=) on one route: the product formed and rounded (the default where it fits), or the sketch."""
+    from tensornet import _matvec_round
+
+    before = _matvec_round.SKETCH_ONLY_IF_TOO_LARGE
+    _matvec_round.SKETCH_ONLY_IF_TOO_LARGE = route == "formed"
+    try:
+        yield
+    finally:
+        _matvec_round.SKETCH_ONLY_IF_TOO_LARGE = before
+
+
+ROUTES = pytest.mark.parametrize("route", ["formed", "sketch"])
+
+
+@ROUTES
 @given(
     a=tst.ttms(row_shape=(3, 2, 3, 2), col_shape=(2, 3, 2, 3), max_rank=4),
     x=tst.tts(shape=(2, 3, 2, 3), max_rank=4, backend="numpy"),
     eps=st.sampled_from([0.3, 1e-2, 1e-6, 1e-12]),
 )
-def test_matvec_eps_meets_the_round_guarantee(a, x, eps):
+def test_matvec_eps_meets_the_round_guarantee(route, a, x, eps):
     x = x.to(a.backend, dtype=a.dtype)
     exact = as_numpy(a.full()) @ as_numpy(x.full()).ravel()
-    result = tn.matvec(a, x, eps=eps)
+    with forced(route):
+        result = tn.matvec(a, x, eps=eps)
     error = np.linalg.norm(as_numpy(result.full()).ravel() - exact)
-    slack = 1e-4 if a.dtype in (np.float32, "float32") or "float32" in str(a.dtype) else 1e-12
+    slack = 1e-4 if "float32" in str(a.dtype) else 1e-12  # the rounding of the arithmetic itself
     assert error <= (eps + slack) * np.linalg.norm(exact) + 1e-30
     assert result.largest_rank <= tn.round(tn.matvec(a, x), eps=eps).largest_rank + 1
 
 
-def test_matvec_eps_takes_the_sketch_route_and_is_certified():
-    # a rank-6 operator on a rank-2 vector: the sketch (rank 10) is far below the product's rank 12 ... 36
-    rng = np.random.default_rng(0)
+def test_matvec_eps_sketch_route_is_taken_and_certified(monkeypatch):
+    from tensornet import _matvec_round
+
+    monkeypatch.setattr(_matvec_round, "SKETCH_ONLY_IF_TOO_LARGE", False)
+    frames, formed = [], []
+    frame, form = _matvec_round._frame, _matvec_round._formed
+    monkeypatch.setattr(_matvec_round, "_frame", lambda *args: frames.append(1) or frame(*args))
+    monkeypatch.setattr(_matvec_round, "_formed", lambda *args: formed.append(1) or form(*args))
     shape = (4,) * 6
-    a = tn.random_ttm(shape, shape, 6, seed=1)
+    # six copies of a rank-2 operator: stored rank 12, true rank 2, so the product (stored rank 24) has rank <= 4
+    # and a sketch of rank 10 captures it: the certified bound holds without forming the product
+    b = tn.random_ttm(shape, shape, 2, seed=1)
+    a = b
+    for _ in range(5):
+        a = a + b
     x = tn.random_tt(shape, 2, seed=2)
+    reference = tn.matvec(a, x)
     for eps in (1e-2, 1e-8):
         result = tn.matvec(a, x, eps=eps)
-        reference = tn.matvec(a, x)
         assert float(tn.norm(result - reference)) <= eps * float(tn.norm(reference))
-    del rng
+        assert result.largest_rank <= 4
+    assert frames and not formed
+    # a random rank-12 operator: the product's rank is near 24, the sketch misses eps and the product is formed
+    a = tn.random_ttm(shape, shape, 12, seed=3)
+    reference = tn.matvec(a, x)
+    result = tn.matvec(a, x, eps=1e-8)
+    assert float(tn.norm(result - reference)) <= 1e-8 * float(tn.norm(reference))
+    assert formed
+
+
+def test_matvec_eps_forms_the_product_where_it_fits():
+    from tensornet import _matvec_round
+
+    shape = (3,) * 4
+    a, x = tn.random_ttm(shape, shape, 5, seed=3), tn.random_tt(shape, 2, seed=4)
+    assert _matvec_round._fits(list(a.cores), list(x.cores))
 
 
 def test_matvec_max_rank_warns_with_the_bound():
@@ -129,21 +173,26 @@ def test_matvec_max_rank_warns_with_the_bound():
         assert tn.matvec(a, x, max_rank=2).largest_rank <= 2  # no eps: nothing to warn about
 
 
-def test_matvec_eps_zero_product_and_scales():
+@ROUTES
+def test_matvec_eps_zero_product_and_scales(route):
     shape = (2, 3, 2)
     a, x = tn.random_ttm(shape, shape, 2, seed=5), tn.random_tt(shape, 2, seed=6)
-    assert float(tn.norm(tn.matvec(a, tn.zeros(shape), eps=1e-8))) == 0.0
+    with forced(route):
+        assert float(tn.norm(tn.matvec(a, tn.zeros(shape), eps=1e-8))) == 0.0
     for scale in (1e-200, 1e200):
-        big = tn.matvec(tn.scale(a, scale), x, eps=1e-10)
+        with forced(route):
+            big = tn.matvec(tn.scale(a, scale), x, eps=1e-10)
         reference = tn.matvec(a, x)
         assert float(tn.norm(tn.scale(big, 1 / scale) - reference)) <= 1e-9 * float(tn.norm(reference))
 
 
-def test_matvec_eps_torch_matches_numpy():
+@ROUTES
+def test_matvec_eps_torch_matches_numpy(route):
     shape = (3, 3, 3)
     a, x = tn.random_ttm(shape, shape, 3, seed=7), tn.random_tt(shape, 3, seed=8)
-    y_np = tn.matvec(a, x, eps=1e-6)
-    y_torch = tn.matvec(a.to("torch"), x.to("torch"), eps=1e-6)
+    with forced(route):
+        y_np = tn.matvec(a, x, eps=1e-6)
+        y_torch = tn.matvec(a.to("torch"), x.to("torch"), eps=1e-6)
     assert y_torch.backend == "torch"
     np.testing.assert_allclose(
         as_numpy(y_torch.full()), as_numpy(y_np.full()), atol=1e-5 * float(tn.norm(y_np))
