@@ -244,8 +244,9 @@ def eigsh(
     -------
     values : 1-D array of k reals, ascending, on A's backend (a torch tensor for torch cores)
     vectors : list of k TTs
-        Orthonormal (``<v_i, v_j> = delta_ij`` to working precision); they share the block's frames, so
-        their ranks are the block's (round each with :func:`tensornet.round` for smaller ranks).
+        Orthonormal (``<v_i, v_j> = delta_ij`` to working precision); each is the block's shared frames
+        rounded at ``100 u`` (only the directions it does not use are dropped), so its ranks can exceed its
+        own; round with :func:`tensornet.round` and an eps for smaller ones.
     info : EigInfo, with ``return_info``
 
     Raises

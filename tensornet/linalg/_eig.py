@@ -12,6 +12,7 @@ import numpy as np
 
 from .._backend import Array
 from .._cross import ConvergenceWarning
+from ..decomp import round as round_tt
 from ..tt import TT, TTM
 from . import _krylov
 from ._local import vec_left, vec_right
@@ -197,7 +198,10 @@ def run(
         ):
             converged = True
             break
-    vectors = [TT._trusted(sweeper.cores(i)) for i in range(sweeper.p)]
+    # the shared frames carry every vector's directions (and, next to the centre, k times the left states):
+    # rounding at 100 u drops only the directions a vector does not use, so orthonormality is kept
+    floor = 100.0 * ops.eps
+    vectors = [round_tt(TT._trusted(sweeper.cores(i)), eps=floor) for i in range(sweeper.p)]
     stats = sweeper.stats
     info = EigInfo(
         values=values, ranks=ranks, local_residuals=local, passes=len(values), local_solves=stats["local_solves"],
