@@ -234,7 +234,8 @@ def eigsh(
     which : "SA" or "LA"
         Smallest algebraic (default) or largest algebraic eigenvalues.
     tol : float
-        Relative accuracy of the values, ``0 < tol < 1`` (relative to the largest ``|lambda|``).
+        Relative accuracy of the values, ``0 < tol < 1``: relative to ``max(max_i |lambda_i|, ||A||_F /
+        sqrt(N))`` (the second is the RMS eigenvalue, which sets the scale when the wanted values are near 0).
     x0 : TT or sequence of k TTs, optional
         Initial vectors; default a fixed random block of rank ``max(4, k)``.
     max_rank, max_sweeps, return_info
@@ -270,10 +271,14 @@ def eigsh(
     dense ``eigh`` up to 128 unknowns and by a restarted block Krylov method from the current centre
     above; the centre's ``(r n, r' k)`` unfolding is truncated to the fewest singular values whose
     discarded root-sum-square is at most ``sqrt(tol / (d - 1)) ||U||_F`` (an eigenvalue moves by the square of
-    a perturbation of its vector), and enriched as in :func:`solve` by the block residual
-    ``A U - U Theta`` projected on a rank-4 residual train. Stops when the values change by at most
-    ``tol * max|lambda|`` over a pass and every centre met its local problem with a residual below
-    ``sqrt(tol) max|lambda|``.
+    a perturbation of its vector; the singular values come from the small Gram matrix where that threshold
+    is far above its rounding), and enriched as in :func:`solve` by the block residual ``A U - U Theta``
+    projected on a residual train of rank 16 (``min(16, max(4, r))`` new columns at a bond of rank r, so
+    ranks can double per pass). Once no bond is limited by that growth the enrichment stops (one-core DMRG,
+    as DMRG3S turns its expansion off). Local eigenproblems of a positive definite A use the
+    Kronecker-sum preconditioner (Davidson); of others, Lanczos (k = 1) or block Krylov. Stops when the values
+    change by at most ``tol * scale`` over a pass and every centre met its local problem with a residual
+    below ``sqrt(tol) scale`` (scale as for ``tol``).
 
     Cost: per pass ``O(d k (R r^3 n + R^2 r^2 n^2) m)`` for m Krylov steps per centre.
     """

@@ -152,8 +152,10 @@ class SolveSweeper(Sweeper):
         h, f = self._h, self._f
 
         def fits(rank: int) -> bool:
-            # p = 1: the (r n, r') and (r, n r') unfoldings flatten to the same C-order vector
+            # p = 1: the (r n, r') unfolding flattens to the centre's C order; moving left, the factors are those
+            # of the conjugate transpose of the (r, n r') unfolding
             approx = ops.mm(u_mat[:, :rank] * s[None, :rank], vh[:rank, :])
+            approx = approx if rows_first else ops.H(approx)
             self.stats["products"] += 1
             return ops.norm(f - h.matvec(ops.reshape(approx, (h.cols, 1)))) <= limit
 

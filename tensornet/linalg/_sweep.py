@@ -59,6 +59,11 @@ class Sweeper:
         self.zr: list[Any] = list(self.xr)
         self.max_rank: int | None = None
         self.capped = False
+        self.enrich = True  # eigsh turns it off once no bond is limited by growth (the ranks have settled)
+        # eigsh: the relative threshold of its truncations; where its square exceeds 10 u cols, the Gram route
+        # of _truncated resolves every singular value it could discard (0: always the SVD)
+        self.gram_rank = 0.0
+        self.growth_limited = False  # some truncation in this pass kept every column it was given
         self.stats = {"local_solves": 0, "products": 0, "dense": 0, "krylov": 0}
 
     def build(self) -> None:
@@ -71,13 +76,15 @@ class Sweeper:
         """Environments of core k + 1 from the final left-orthonormal X and Z cores k."""
         ops = self.ops
         self.xl[k + 1] = op_left(ops, self.xl[k], self.x[k], self.w[k], self.x[k])
-        self.zl[k + 1] = op_left(ops, self.zl[k], self.z[k], self.w[k], self.x[k])
+        if self.enrich:
+            self.zl[k + 1] = op_left(ops, self.zl[k], self.z[k], self.w[k], self.x[k])
 
     def _update_right(self, k: int) -> None:
         """Environments of core k - 1 from the final right-orthonormal X and Z cores k."""
         ops = self.ops
         self.xr[k - 1] = op_right(ops, self.xr[k], self.x[k], self.w[k], self.x[k])
-        self.zr[k - 1] = op_right(ops, self.zr[k], self.z[k], self.w[k], self.x[k])
+        if self.enrich:
+            self.zr[k - 1] = op_right(ops, self.zr[k], self.z[k], self.w[k], self.x[k])
 
     def local_operator(self, k: int, left: str = "x", right: str = "x") -> LocalOperator:
         """The operator projected on the ``left`` and ``right`` frames ('x' or 'z') around core k."""
@@ -112,20 +119,19 @@ class Sweeper:
         ops = self.ops
         r0, n, r1, p = (int(v) for v in self.u.shape)
         mat = ops.reshape(self.u, (r0 * n, r1 * p))
-        u_mat, s, vh = ops.svd(mat)
-        rank = self.choose_rank(k, (u_mat, s, vh), True)
-        kept = u_mat[:, :rank]
-        carry = s[:rank, None] * vh[:rank, :]  # (rank, r1 p)
-        trunc = ops.reshape(ops.mm(kept, carry), (r0, n, r1, p))
-        extra = self._kick_columns(rank)
+        kept, trunc_mat, orthonormal = self._truncated(k, mat, forward=True)
+        rank = int(kept.shape[1])
+        trunc = ops.reshape(trunc_mat, (r0, n, r1, p))
+        extra = self._kick_columns(rank) if self.enrich else 0
         if extra > 0:
             zt = self.residual(k, trunc, "x", "z")  # (r0, n, rz, p)
             zt = self._dominant(ops.reshape(zt, (r0 * n, -1)), extra, columns=True)
             q, _ = ops.qr(ops.concat([kept, zt], axis=1))
         else:
-            q = kept
-        carry = ops.mm(ops.H(q), ops.mm(kept, carry))  # (rank', r1 p)
-        self._refit_z(k, trunc, forward=True)
+            q = kept if orthonormal else ops.qr(kept)[0]
+        carry = ops.mm(ops.H(q), trunc_mat)  # (rank', r1 p)
+        if self.enrich:
+            self._refit_z(k, trunc, forward=True)
         rank2 = int(q.shape[1])
         self.x[k] = ops.reshape(q, (r0, n, rank2))
         nxt = self.x[k + 1]
@@ -140,22 +146,22 @@ class Sweeper:
         ops = self.ops
         r0, n, r1, p = (int(v) for v in self.u.shape)
         mat = ops.reshape(ops.permute(self.u, (0, 3, 1, 2)), (r0 * p, n * r1))
-        u_mat, s, vh = ops.svd(mat)
-        rank = self.choose_rank(k, (u_mat, s, vh), False)
-        rows = vh[:rank, :]
-        carry = u_mat[:, :rank] * s[None, :rank]  # (r0 p, rank)
-        trunc_mat = ops.mm(carry, rows)
+        kept, trunc_mat, orthonormal = self._truncated(k, ops.H(mat), forward=False)
+        rows = ops.H(kept)  # (rank, n r1)
+        trunc_mat = ops.H(trunc_mat)
+        rank = int(rows.shape[0])
         trunc = ops.permute(ops.reshape(trunc_mat, (r0, p, n, r1)), (0, 2, 3, 1))
-        extra = self._kick_columns(rank)
+        extra = self._kick_columns(rank) if self.enrich else 0
         if extra > 0:
             zt = self.residual(k, trunc, "z", "x")  # (rz, n, r1, p)
             zt = ops.reshape(ops.permute(zt, (0, 3, 1, 2)), (-1, n * r1))
             zt = self._dominant(zt, extra, columns=False)
             q, _ = ops.qr(ops.H(ops.concat([rows, zt], axis=0)))  # (n r1, rank')
         else:
-            q = ops.H(rows)
+            q = ops.H(rows) if orthonormal else ops.qr(ops.H(rows))[0]
         carry = ops.mm(trunc_mat, q)  # (r0 p, rank')
-        self._refit_z(k, trunc, forward=False)
+        if self.enrich:
+            self._refit_z(k, trunc, forward=False)
         rank2 = int(q.shape[1])
         self.x[k] = ops.reshape(ops.H(q), (rank2, n, r1))
         prev = self.x[k - 1]
@@ -166,6 +172,39 @@ class Sweeper:
         self.u = ops.permute(ops.reshape(t, (r_, n0, p, rank2)), (0, 1, 3, 2))
         self._update_right(k)
         self.k = k - 1
+
+    def _truncated(self, k: int, mat: Array, *, forward: bool) -> tuple[Array, Array, bool]:
+        """``(kept, truncated, orthonormal)`` for the unfolding ``mat`` (the bond's side as rows).
+
+        ``kept`` spans the kept left singular subspace (orthonormal when the flag says so; otherwise its columns
+        are orthogonal with the singular values as norms) and ``truncated`` is ``mat`` projected on it. By an
+        SVD, or, where ``gram_rank^2 >= 10 u cols``, by the eigenvectors of the small Gram matrix ``mat^H mat``:
+        ``mat V_r`` and ``mat V_r V_r^H`` (an exact projection whatever the accuracy of V), ~3x cheaper than
+        the SVD at rank 80 and accurate in the squared singular values to ``~u cols s_max^2``, a tenth of what
+        that threshold lets a bond discard.
+        """
+        ops = self.ops
+        rows, cols = (int(v) for v in mat.shape)
+        room = rows  # the bond's whole space on this side
+        if cols <= rows and self.gram_rank**2 >= 10.0 * ops.eps * cols:
+            values, vectors = ops.eigh(ops.mm(ops.H(mat), mat))
+            order = ops.xp.asarray(list(range(cols - 1, -1, -1)), device=ops.device)
+            vectors = ops.xp.take(vectors, order, axis=1)
+            s = ops.xp.sqrt(ops.xp.clip(ops.xp.take(ops.xp.real(values), order), 0, None))
+            rank = self.choose_rank(k, (None, s, None), forward)
+            self._note_growth(rank, cols, room)
+            basis = vectors[:, :rank]
+            kept = ops.mm(mat, basis)
+            return kept, ops.mm(kept, ops.H(basis)), False
+        u_mat, s, vh = ops.svd(mat)
+        rank = self.choose_rank(k, (u_mat, s, vh), forward)
+        self._note_growth(rank, int(s.shape[0]), room)
+        kept = u_mat[:, :rank]
+        return kept, ops.mm(kept, s[:rank, None] * vh[:rank, :]), True
+
+    def _note_growth(self, rank: int, available: int, room: int) -> None:
+        """Record whether this bond's rank is limited by growth: every column kept, and the space not full."""
+        self.growth_limited = self.growth_limited or (rank == available and available < room)
 
     def _kick_columns(self, rank: int) -> int:
         """Enrichment columns at a bond of this rank: ``min(kick, max(4, rank))`` (growth by up to 2x), capped."""
