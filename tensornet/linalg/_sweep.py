@@ -124,8 +124,9 @@ class Sweeper:
         trunc = ops.reshape(trunc_mat, (r0, n, r1, p))
         extra = self._kick_columns(rank) if self.enrich else 0
         if extra > 0:
-            zt = self.residual(k, trunc, "x", "z")  # (r0, n, rz, p)
-            zt = self._dominant(ops.reshape(zt, (r0 * n, -1)), extra, columns=True)
+            zt = ops.reshape(self.residual(k, trunc, "x", "z"), (r0 * n, -1))  # (r0 n, rz p)
+            if int(zt.shape[1]) > extra:  # more residual directions than room: the dominant ones
+                zt = self._dominant(zt, extra, columns=True)
             q, _ = ops.qr(ops.concat([kept, zt], axis=1))
         else:
             q = kept if orthonormal else ops.qr(kept)[0]
@@ -155,7 +156,8 @@ class Sweeper:
         if extra > 0:
             zt = self.residual(k, trunc, "z", "x")  # (rz, n, r1, p)
             zt = ops.reshape(ops.permute(zt, (0, 3, 1, 2)), (-1, n * r1))
-            zt = self._dominant(zt, extra, columns=False)
+            if int(zt.shape[0]) > extra:
+                zt = self._dominant(zt, extra, columns=False)
             q, _ = ops.qr(ops.H(ops.concat([rows, zt], axis=0)))  # (n r1, rank')
         else:
             q = ops.H(rows) if orthonormal else ops.qr(ops.H(rows))[0]
