@@ -297,3 +297,11 @@ def test_solve_and_eigsh_on_cuda():
     assert dense_residual(a, x, b) <= 1e-10 * 1.01
     values, vectors = eigsh(a, 2, tol=1e-10)
     assert values.device.type == "cuda" and vectors[0].device.type == "cuda"
+
+
+def test_eigsh_float32():
+    a = spd((3, 3, 3), 2, seed=15, dtype="float32")
+    values, vectors = eigsh(a, 2, tol=1e-5)
+    assert values.dtype == np.float32 and vectors[0].dtype == np.float32
+    reference = np.linalg.eigvalsh(as_numpy(a.full()))[:2]
+    np.testing.assert_allclose(as_numpy(values), reference, rtol=1e-4)  # float32: ~1e-7 u times the spread

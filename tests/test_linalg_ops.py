@@ -9,6 +9,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from conftest import as_numpy, dense_ttm
 from hypothesis import given
 from hypothesis import strategies as st
@@ -279,3 +280,20 @@ def test_laplacian_inverse_errors():
         laplacian_inverse(4, step=-1.0)
     with pytest.raises(ValueError, match=r"laplacian_inverse: size must be >= 1"):
         laplacian_inverse(0)
+
+
+def test_constructors_and_reshape_on_torch():
+    like = torch.zeros(1, dtype=torch.float32)
+    qtt = tn.laplacian((4, 8), step=0.5, qtt=True, like=like)
+    assert qtt.backend == "torch" and qtt.dtype == torch.float32
+    np.testing.assert_allclose(as_numpy(qtt.full()), dense_ttm(tn.laplacian((4, 8), step=0.5)), atol=1e-5)
+    back = tn.reshape(qtt, (4, 8))
+    assert back.backend == "torch"
+    np.testing.assert_allclose(as_numpy(back.full()), dense_ttm(tn.laplacian((4, 8), step=0.5)), atol=1e-5)
+    chain = heisenberg(4, like=like)
+    assert chain.backend == "torch"
+    np.testing.assert_allclose(as_numpy(chain.full()), dense_ttm(heisenberg(4)), atol=1e-6)
+    inverse = laplacian_inverse(8, qtt=True, like=torch.zeros(1, dtype=torch.float64))
+    np.testing.assert_allclose(
+        as_numpy(inverse.full()), dense_ttm(laplacian_inverse(8, qtt=True)), atol=1e-12
+    )
