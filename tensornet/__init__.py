@@ -1,8 +1,8 @@
 """tensornet: tensor-train (TT) and TT-matrix (TTM) algebra on any array backend.
 
-The public API is re-exported here; ``tensornet.nn`` (PyTorch layers), ``tensornet.gpt2`` (the GPT-2
-adapter) and ``tensornet.testing`` (hypothesis strategies) are imported on first attribute access,
-so ``import tensornet`` imports neither torch nor hypothesis.
+The public API is re-exported here; ``tensornet.linalg`` (solvers), ``tensornet.nn`` (PyTorch layers),
+``tensornet.gpt2`` (the GPT-2 adapter) and ``tensornet.testing`` (hypothesis strategies) are imported on
+first attribute access, so ``import tensornet`` imports neither torch nor hypothesis.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ __all__ = [
     "zeros",
 ]
 
-_LAZY = ("adjoint", "nn", "gpt2", "testing")
+_LAZY = ("adjoint", "linalg", "nn", "gpt2", "testing")
 
 
 def __getattr__(name: str) -> Any:
