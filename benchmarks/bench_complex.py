@@ -178,10 +178,14 @@ def qft_case(repeats: int) -> list[str]:
     alpha = 1234.37
     index = np.arange(n)
     v = np.exp(2j * math.pi * alpha * index / n)
-    k = np.arange(n)
-    phase = np.exp(2j * math.pi * (alpha - k)) - 1.0
-    closed = phase / (np.exp(2j * math.pi * (alpha - k) / n) - 1.0) / math.sqrt(n)
-    x = tn.reshape(tn.TT([v.reshape(1, n, 1)]), (2,) * d, eps=1e-14)
+    # the geometric sum in extended precision (float64's own rounding of it is ~1e-11 near alpha)
+    k = np.arange(n, dtype=np.longdouble)
+    a = np.longdouble(alpha) - k
+    two_pi = 2 * np.arccos(np.longdouble(-1))  # pi in extended precision
+    numerator = np.exp(1j * two_pi * a) - 1
+    closed = (numerator / (np.exp(1j * two_pi * a / n) - 1) / np.sqrt(np.longdouble(n))).astype(np.complex128)
+    bits = 2 ** np.arange(d - 1, -1, -1)  # mode 0 is the most significant bit of the index
+    x = tn.cross(lambda i: np.exp(2j * math.pi * alpha * (i @ bits) / n), (2,) * d, eps=1e-13, seed=0)
     q = tn.qft(d, eps=1e-12)
     eps = 1e-10
     methods: dict[str, Callable[[], Any]] = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -326,6 +327,19 @@ def normalized(x: Array) -> tuple[Array, Array]:
     """``(x / 2^e, e)`` with the largest magnitude of the result near 1 (``x`` unchanged if all zero)."""
     xp = namespace(x)
     e = exponent(xp.max(xp.abs(x)))
+    return scale_pow2(x, -e), e
+
+
+def renormalized(x: Array, bound: int = 256) -> tuple[Array, int]:
+    """``(x / 2^e, e)``, renormalised only when ``x``'s largest magnitude leaves ``[2^-bound, 2^bound]``.
+
+    Otherwise ``(x, 0)``: one max over ``x``, no copy. For the running products of sweeps, which need
+    renormalising only when they drift far from 1.
+    """
+    top = max_abs(x)
+    if 2.0**-bound < top < 2.0**bound or top == 0.0 or not math.isfinite(top):
+        return x, 0
+    e = math.frexp(top)[1]
     return scale_pow2(x, -e), e
 
 

@@ -334,7 +334,8 @@ def _round_host(cores: list[np.ndarray], eps: float, caps: list[int | None]) -> 
     log = ErrorLog("cross", eps)
     log.relative = eps / math.sqrt(len(cores) - 1)
     mirrored = [np.ascontiguousarray(c.transpose(2, 1, 0)) for c in reversed(cores)]
-    rounded = _round.differentiable_sweep(mirrored, caps[::-1], log)
+    rounded, exponent = _round.differentiable_sweep(mirrored, caps[::-1], log)
+    rounded = _pow2.restore(rounded, exponent, at=-1)
     return [np.ascontiguousarray(c.transpose(2, 1, 0)) for c in reversed(rounded)]
 
 

@@ -51,6 +51,9 @@ class ErrorLog:
         self.relative, self.total, self.threshold = 0.0, 0.0, 0.0
         self.kernels: list[str] = []  # per truncated bond of a rounding: "gram" or "svd" (for tests)
         self.noise_rows = 0  # rows of R factors dropped as rounding noise by the first sweep of round
+        # the bond being truncated holds its data divided by 2^unit relative to the first bond's (the
+        # sweeps renormalise their running factors): discarded norms are logged times 2^unit
+        self.unit = 0
 
     def pending(self, singular: Array) -> float:
         """Set ``total = ||singular||`` (the tensor's norm) and return the per-unfolding threshold."""
@@ -62,6 +65,9 @@ class ErrorLog:
 
     def add(self, rank: int, discarded: float, needed: int) -> None:
         """Record one truncation; ``discarded`` is the norm (not the square) of what it dropped."""
+        if self.unit:
+            with np.errstate(over="ignore", under="ignore"):
+                discarded = float(np.ldexp(np.float64(discarded), self.unit))
         self.discarded = math.hypot(self.discarded, discarded)  # no overflow or underflow in squares
         self.capped = self.capped or rank < needed
 

@@ -263,7 +263,8 @@ def orthogonalize(x: TrainT, *, center: int | Literal["left", "right"] = "left")
     _checks.check_precision("orthogonalize", x.dtype)
     at = int(position) % d
     cores, shift = _pow2.normalize_cores("orthogonalize", x._tt_layout())
-    return x._from_tt_layout(_pow2.restore(_round.orthogonalized(cores, at), shift, at=at))
+    result, extra = _round.orthogonalized(cores, at)
+    return x._from_tt_layout(_pow2.restore(result, shift + extra, at=at))
 
 
 @overload

@@ -576,3 +576,43 @@ def test_ttmlinear_follows_autocast_as_nn_linear_does():
         assert layer.float()(x.float()).dtype == torch.bfloat16
     meta = tn.nn.TTMLinear(12, 8, rank=2, device="meta")
     assert meta(torch.randn(3, 12, device="meta")).shape == (3, 8)  # as nn.Linear on the meta device
+
+
+# --- trains whose norm is far below the product of their cores' scales ----------------------------------
+def linear_function_qtt(d: int) -> tn.TT:
+    """The rank-2 QTT of f(p) = p on 2^d points: cores [[1, 2^(d-1-j) p_j], [0, 1]] (core scales 2^(d-1-j)).
+
+    Each core is normalised by its own largest entry in rounding; the product of those scales is 2^(d(d-1)/2)
+    while the train's norm is about 2^(3d/2): the normalised train's norm underflowed to 0 before the sweeps
+    renormalised their running factors (round returned 0 with an error bound of 0).
+    """
+    cores = []
+    for j in range(d):
+        core = np.zeros((2, 2, 2))
+        for p in range(2):
+            core[:, p, :] = [[1.0, 2.0 ** (d - 1 - j) * p], [0.0, 1.0]]
+        cores.append(core)
+    cores[0], cores[-1] = cores[0][:1], cores[-1][:, :, 1:]
+    return tn.TT(cores)
+
+
+@pytest.mark.parametrize("d", [40, 60, 100])
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_round_orthogonalize_reshape_keep_trains_whose_cores_scale_geometrically(d, backend):
+    t = linear_function_qtt(d).to(backend)
+    norm = float(tn.norm(t))
+    # ||f||^2 = sum_p p^2 = (N - 1) N (2N - 1) / 6, N = 2^d
+    n = 2.0**d
+    assert norm == pytest.approx(math.sqrt((n - 1) * n * (2 * n - 1) / 6), rel=1e-12)
+    rounded, bound = tn.round(t, eps=1e-12, return_error=True)
+    # the low bits of p are below eps relative to ||f|| past bond ~40: rank 1 there is the right answer
+    assert all(r <= s for r, s in zip(rounded.ranks, t.ranks)) and rounded.ranks[1] == 2 and bound <= 1e-12
+    # plus the sweeps' own rounding, about d unit roundoffs
+    assert float(tn.norm(rounded - t)) <= bound * norm * (1 + 1e-6) + d * 2.2e-16 * norm
+    assert float(tn.norm(tn.orthogonalize(t, center=d // 2))) == pytest.approx(norm, rel=1e-12)
+    assert float(tn.norm(tn.round_sum([t, t], eps=1e-12))) == pytest.approx(2 * norm, rel=1e-12)
+    regrouped = tn.reshape(t, (4,) * (d // 2), eps=1e-10)
+    assert float(tn.norm(regrouped)) == pytest.approx(norm, rel=1e-10)
+    index = [[1] * d, [0] * (d - 1) + [1]]
+    # entries are accurate to the Frobenius bound (relative to the norm ~ N^1.5, not to each entry)
+    np.testing.assert_allclose(as_numpy(tn.gather(rounded, index)), [n - 1, 1.0], rtol=0, atol=1e-11 * norm)
