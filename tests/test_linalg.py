@@ -305,3 +305,49 @@ def test_eigsh_float32():
     assert values.dtype == np.float32 and vectors[0].dtype == np.float32
     reference = np.linalg.eigvalsh(as_numpy(a.full()))[:2]
     np.testing.assert_allclose(as_numpy(values), reference, rtol=1e-4)  # float32: ~1e-7 u times the spread
+
+
+# --- complex operators ------------------------------------------------------------------------------------
+def hermitian_pd(shape, rank, seed, *, backend="numpy"):
+    """``B^H B + I`` for a random complex TTM B (Hermitian positive definite), rounded."""
+    b = tn.random_ttm(shape, shape, rank, seed=seed, dtype="complex128")
+    return tn.round(b.H @ b + tn.eye(shape, dtype="complex128"), eps=1e-14).to(backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("hermitian", [True, False])
+def test_complex_solve_matches_dense(backend, hermitian):
+    shape = (3, 4, 3)
+    a = hermitian_pd(shape, 2, seed=3, backend=backend)
+    if not hermitian:  # complex symmetric, not Hermitian: a non-symmetric solve
+        a = tn.round(a + 0.3j * tn.random_ttm(shape, shape, 1, seed=9).to(backend), eps=1e-14)
+    b = tn.random_tt(shape, 2, seed=4, dtype="complex128").to(backend)
+    x = solve(a, b, tol=1e-10)
+    assert "complex" in str(x.dtype)
+    assert dense_residual(a, x, b) <= 1e-10 * 1.01
+    exact = np.linalg.solve(as_numpy(a.full()), as_numpy(b.full()).ravel())
+    np.testing.assert_allclose(as_numpy(x.full()).ravel(), exact, atol=1e-8 * np.abs(exact).max())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("k", [1, 3])
+def test_hermitian_eigsh_matches_eigh(backend, k):
+    shape = (3, 4, 3)
+    b = tn.random_ttm(shape, shape, 2, seed=5, dtype="complex128")
+    h = tn.round(b + b.H, eps=1e-14).to(backend)
+    values, vectors = eigsh(h, k=k, tol=1e-12)
+    dense = as_numpy(h.full())
+    expected = np.linalg.eigvalsh(dense)[:k]
+    assert not np.iscomplexobj(as_numpy(values))  # a Hermitian operator's eigenvalues are real
+    np.testing.assert_allclose(as_numpy(values), expected, atol=1e-9 * np.abs(expected).max())
+    gram = np.array([[complex(as_numpy(tn.dot(u, v))) for v in vectors] for u in vectors])
+    np.testing.assert_allclose(gram, np.eye(k), atol=1e-9)
+    for value, vector in zip(as_numpy(values), vectors):
+        residual = dense @ as_numpy(vector.full()).ravel() - value * as_numpy(vector.full()).ravel()
+        assert np.linalg.norm(residual) <= 1e-6 * np.abs(expected).max()
+
+
+def test_a_complex_symmetric_operator_is_not_hermitian():
+    b = tn.random_ttm((3, 4), (3, 4), 2, seed=0, dtype="complex128")
+    with pytest.raises(ValueError, match=r"eigsh: A is not Hermitian: \|\|A - A\^H\|\|_F"):
+        eigsh(b + b.T)

@@ -300,9 +300,10 @@ def eigsh(
     _pow2.normalize_cores(fn, list(a.cores))  # the NaN/inf check (the values scale with A, so A is kept)
     skew = asymmetry(a)
     if skew > symmetric_tolerance(a):
+        kind, adjoint = ("Hermitian", "A^H") if B.is_complex(a.cores[0]) else ("symmetric", "A^T")
         raise ValueError(
-            f"eigsh: A is not symmetric: ||A - A^T||_F = {skew:.3g} ||A||_F (tolerance {symmetric_tolerance(a):.2g}); "
-            "eigsh is for symmetric (Hermitian) operators, e.g. (A + A^T) / 2"
+            f"eigsh: A is not {kind}: ||A - {adjoint}||_F = {skew:.3g} ||A||_F (tolerance "
+            f"{symmetric_tolerance(a):.2g}); eigsh is for symmetric (Hermitian) operators, e.g. (A + {adjoint}) / 2"
         )
 
     def run(operator: TTM) -> tuple[Array, list[TT], EigInfo]:
