@@ -64,6 +64,25 @@ def max_abs(x: Array) -> float:
     return to_float(xp.max(xp.abs(x)))
 
 
+def magnitude(x: Array) -> float:
+    """The largest absolute value of ``x``'s real and imaginary parts, as a Python float.
+
+    ``max |x|`` for real ``x``; within a factor ``sqrt(2)`` of it for complex ``x`` (no square roots: what
+    power-of-two normalisation needs, at a quarter of the cost of ``max |x|`` on complex arrays). NaN if
+    ``x`` has a NaN. Cost: one pass over ``x``, no ``x``-sized temporary.
+    """
+    if array_api_compat.is_torch_array(x):
+        torch = importlib.import_module("torch")
+        parts = torch.view_as_real(x.detach().resolve_conj()) if x.is_complex() else x.detach()
+        return to_float(torch.linalg.vector_norm(parts, ord=float("inf")))
+    parts = np.asarray(x)
+    if parts.dtype.kind == "c":
+        parts = np.ascontiguousarray(parts).view(parts.real.dtype)
+    if parts.size == 0:
+        return 0.0
+    return float(max(parts.max(), -parts.min()))
+
+
 def is_array(x: object) -> bool:
     return array_api_compat.is_array_api_obj(x) and not isinstance(x, (int, float, complex, bool))
 
@@ -326,7 +345,10 @@ def scale_pow2(x: Array, e: Any) -> Array:
 def normalized(x: Array) -> tuple[Array, Array]:
     """``(x / 2^e, e)`` with the largest magnitude of the result near 1 (``x`` unchanged if all zero)."""
     xp = namespace(x)
-    e = exponent(xp.max(xp.abs(x)))
+    if is_complex(x):  # the parts' largest magnitude: a power of two near |x| without the square roots
+        e = exponent(xp.maximum(xp.max(xp.abs(xp.real(x))), xp.max(xp.abs(xp.imag(x)))))
+    else:
+        e = exponent(xp.max(xp.abs(x)))
     return scale_pow2(x, -e), e
 
 
@@ -336,7 +358,7 @@ def renormalized(x: Array, bound: int = 256) -> tuple[Array, int]:
     Otherwise ``(x, 0)``: one max over ``x``, no copy. For the running products of sweeps, which need
     renormalising only when they drift far from 1.
     """
-    top = max_abs(x)
+    top = magnitude(x)
     if 2.0**-bound < top < 2.0**bound or top == 0.0 or not math.isfinite(top):
         return x, 0
     e = math.frexp(top)[1]

@@ -42,7 +42,7 @@ def _dense_shift(fn: str, x: Any) -> int:
     0 unless its largest magnitude is far from 1 (:func:`tensornet._pow2.safe_exponent`).
     """
     _checks.check_dense(fn, x)
-    top = B.max_abs(x)  # NaN propagates through max: one pass checks finiteness too
+    top = B.magnitude(x)  # NaN propagates through max: one pass checks finiteness too
     if not math.isfinite(top):
         raise ValueError(f"{fn}: the array contains NaN or inf; the decomposition is undefined")
     return _pow2.safe_exponent([top], x.dtype)
