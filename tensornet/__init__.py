@@ -12,6 +12,8 @@ from typing import Any
 
 from . import contract, shapes
 from ._cross import ConvergenceWarning, EvalCapWarning, apply, cross
+from ._files import load, save
+from ._report import BondReport, plot_spectra, report
 from .construct import delta, eye, laplacian, ones, qft, zeros
 from .decomp import RankCapWarning, orthogonalize, round, round_sum, tt_svd, ttm_svd
 from .ops import (
@@ -41,6 +43,7 @@ __version__ = "0.1.0"
 __all__ = [
     "TT",
     "TTM",
+    "BondReport",
     "ConvergenceWarning",
     "EvalCapWarning",
     "RankCapWarning",
@@ -59,18 +62,22 @@ __all__ = [
     "kron",
     "laplacian",
     "linear",
+    "load",
     "matmul",
     "matvec",
     "norm",
     "ones",
     "orthogonalize",
+    "plot_spectra",
     "qft",
     "random_tt",
     "random_ttm",
     "real",
+    "report",
     "reshape",
     "round",
     "round_sum",
+    "save",
     "scale",
     "shapes",
     "sum",
@@ -80,7 +87,7 @@ __all__ = [
     "zeros",
 ]
 
-_LAZY = ("adjoint", "linalg", "nn", "gpt2", "testing")
+_LAZY = ("adjoint", "interop", "linalg", "nn", "gpt2", "testing")
 
 
 def __getattr__(name: str) -> Any:
