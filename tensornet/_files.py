@@ -59,7 +59,7 @@ def _host_cores(t: Train) -> list[Any]:
 def _digest(core: Any) -> str:
     """SHA-256 of a stored core's bytes (numpy array or CPU torch tensor, contiguous)."""
     if isinstance(core, np.ndarray):
-        return hashlib.sha256(memoryview(core).cast("B")).hexdigest()
+        return hashlib.sha256(core.data).hexdigest()  # contiguous: its buffer is its bytes
     torch = importlib.import_module("torch")
     return hashlib.sha256(memoryview(core.reshape(-1).view(torch.uint8).numpy())).hexdigest()
 

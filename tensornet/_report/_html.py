@@ -6,6 +6,7 @@ import html
 from typing import TYPE_CHECKING, Any
 
 from .. import _backend as B
+from ..tt import TTM
 
 if TYPE_CHECKING:
     from ..tt import Train
@@ -25,9 +26,8 @@ def _table(caption: str, rows: list[tuple[str, Any]]) -> str:
 
 def train_html(t: Train) -> str:
     """A compact table of a TT or TTM: shape, ranks, dtype, backend and device, parameters."""
-    kind = type(t).__name__
     rows: list[tuple[str, Any]] = [("shape", t.shape)]
-    if kind == "TTM":
+    if isinstance(t, TTM):
         rows += [("row_shape", t.row_shape), ("col_shape", t.col_shape)]
     device = "" if t.backend == "numpy" else f" on {t.device}"
     rows += [
@@ -36,7 +36,7 @@ def train_html(t: Train) -> str:
         ("backend", f"{t.backend}{device}"),
         ("parameters", f"{t.nparams:,} ({t.compression:,.3g}x fewer than dense)"),
     ]
-    return _table(kind, rows)
+    return _table(type(t).__name__, rows)
 
 
 def report_html(r: BondReport) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -42,7 +42,7 @@ def check_train(fn: str, t: Any, kinds: tuple[type, ...] = (TT, TTM)) -> Train:
     if not isinstance(t, kinds):
         names = " or ".join(k.__name__ for k in kinds)
         raise TypeError(f"{fn}: expected a tensornet {names}, got {type(t).__name__}")
-    return t
+    return cast(Train, t)
 
 
 def torch_cores(t: Train) -> list[Any]:

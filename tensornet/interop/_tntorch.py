@@ -55,7 +55,9 @@ def from_tntorch(x: Any) -> Train:
     Parameters
     ----------
     x : tntorch.Tensor or tntorch.TTMatrix
-        A Tensor with Tucker factors or CP cores is first cast to pure TT by tntorch's own ``tt()``.
+        Tucker factors are multiplied into the cores (tntorch's ``decompress_tucker_factors``); CP factors
+        ``(n_k, R)`` become TT cores with diagonal slices, in the factors' dtype (tntorch's own ``tt()``
+        builds them in torch's default dtype, float32, which would round float64 factors).
 
     Returns
     -------
@@ -69,7 +71,7 @@ def from_tntorch(x: Any) -> Train:
     ValueError
         A batched tntorch object (a batch of trains, not one), or cores that do not make a valid train.
 
-    Cost: ``O(d)``, or tntorch's ``tt()`` for Tucker/CP.
+    Cost: ``O(d)``; ``O(d n r^2)`` for Tucker factors or CP cores.
     """
     tntorch = peer("from_tntorch", "tntorch")
     if not isinstance(x, (tntorch.Tensor, tntorch.TTMatrix)):
@@ -83,5 +85,28 @@ def from_tntorch(x: Any) -> Train:
         if any(int(c.ndim) != 4 for c in cores):
             raise ValueError("from_tntorch: a TTMatrix's cores must be 4-D (r, i, o, r')")
         return TTM(cores)
-    pure = x if all(u is None for u in x.Us) and all(int(c.ndim) == 3 for c in x.cores) else x.tt()
-    return wrap("from_tntorch", own("from_tntorch", pure.cores))
+    pure = x if all(u is None for u in x.Us) else x.decompress_tucker_factors()
+    cores = own("from_tntorch", pure.cores)
+    return wrap("from_tntorch", [_tt_core(c, k, len(cores)) for k, c in enumerate(cores)])
+
+
+def _tt_core(core: Any, k: int, d: int) -> Any:
+    """A tntorch core as a TT core, in its own dtype and device.
+
+    CP factors ``(n, R)`` become ``(1, n, R)``, ``(R, n, R)`` with diagonal slices, or ``(R, n, 1)`` (first,
+    middle, last core); TT cores are returned as they are.
+    """
+    if int(core.ndim) != 2:
+        return core
+    if d == 1:
+        return core.sum(dim=1).reshape(1, -1, 1)
+    if k == 0:
+        return core[None]
+    if k == d - 1:
+        return core.T[..., None]
+    n, rank = (int(s) for s in core.shape)
+    torch = peer("from_tntorch", "torch")
+    diagonal = torch.zeros((rank, n, rank), dtype=core.dtype, device=core.device)
+    index = torch.arange(rank, device=core.device)
+    diagonal[index, :, index] = core.T  # slice i is diag(core[i, :])
+    return diagonal
