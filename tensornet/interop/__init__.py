@@ -4,18 +4,33 @@ Each converter imports its peer only when called (the ``interop`` extra installs
 gives the peer an object it owns (copies of the cores; torch cores are cloned, so gradients still flow
 back); ``from_X(x)`` wraps the peer's cores, validated as :class:`tensornet.TT` validates any cores.
 
-=========  ===========================================  ==================================  ===============
-peer       TT                                           TT-matrix (TTM)                     complex
-=========  ===========================================  ==================================  ===============
-torchTT    ``torchtt.TT``: cores ``(r, n, r')``         ``torchtt.TT``: ``(r, m, n, r')``   yes
-tntorch    ``tntorch.Tensor``: ``(r, n, r')``           ``TTMatrix``: ``(r, i, o, r')``,    held; rounding
-                                                        rows over ``i`` (= ``m``)           real only
-teneva     ``list`` of numpy ``(r, n, r')``             none (TT of ``m n`` modes)          held; rounding
-                                                                                            real only
-tensorly   ``TTTensor`` factors ``(r, n, r')``          ``TTMatrix``: ``(r, m, n, r')``     yes
-quimb      ``MatrixProductState``, arrays ``'lrp'``:    ``MatrixProductOperator``, ``'lrud'``:  yes
-           ``(l, r, p)``, ends without their bond       upper ``u`` = rows ``m``
-=========  ===========================================  ==================================  ===============
+.. list-table::
+   :header-rows: 1
+
+   * - peer
+     - TT
+     - TT-matrix (TTM)
+     - complex
+   * - torchTT
+     - ``torchtt.TT``, cores ``(r, n, r')``
+     - ``torchtt.TT``, cores ``(r, m, n, r')``
+     - yes
+   * - tntorch
+     - ``tntorch.Tensor``, cores ``(r, n, r')`` (Tucker and CP converted)
+     - ``tntorch.TTMatrix``, cores ``(r, i, o, r')``, rows over ``i`` (tensornet's ``m``)
+     - held; its rounding assumes real data
+   * - teneva
+     - a ``list`` of numpy cores ``(r, n, r')``
+     - none (a TT of merged ``m n`` modes)
+     - held; its rounding assumes real data
+   * - tensorly
+     - ``TTTensor``, factors ``(r, n, r')``
+     - ``TTMatrix``, factors ``(r, m, n, r')``
+     - yes
+   * - quimb
+     - ``MatrixProductState``, arrays ``(l, r, p)`` (``'lrp'``), the end sites without their outer bond
+     - ``MatrixProductOperator``, arrays ``(l, r, u, d)`` (``'lrud'``), upper ``u`` = rows ``m``
+     - yes
 
 tensornet's own layouts: TT core ``(r_{k-1}, n_k, r_k)``, TTM core ``(r_{k-1}, m_k, n_k, r_k)`` with the
 row (output) mode before the column (input) mode, ``r_0 = r_d = 1``.
