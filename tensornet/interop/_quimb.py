@@ -54,6 +54,18 @@ def to_quimb(t: Train) -> Any:
     ``(prod n, 1)``. quimb supports complex arrays throughout.
 
     Cost: a copy of the cores, ``O(nparams)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import tensornet as tn
+    >>> from tensornet import interop
+    >>> a = tn.random_ttm((2, 3), (4, 5), 2, seed=0)
+    >>> mpo = interop.to_quimb(a)
+    >>> [tuple(x.shape) for x in mpo.arrays]
+    [(2, 2, 4), (2, 3, 5)]
+    >>> bool(np.allclose(mpo.to_dense(), tn.full(a)))
+    True
     """
     check_train("to_quimb", t)
     qtn = peer("to_quimb", "quimb.tensor")

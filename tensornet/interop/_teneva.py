@@ -37,6 +37,20 @@ def to_teneva(t: TT) -> list[np.ndarray]:
     on complex ones: convert complex trains for storage or evaluation only.
 
     Cost: a copy of the cores, ``O(nparams)``.
+
+    Examples
+    --------
+    >>> import numpy as np, teneva
+    >>> import tensornet as tn
+    >>> from tensornet import interop
+    >>> t = tn.random_tt((4, 5, 6), 3, seed=0)
+    >>> y = interop.to_teneva(t)
+    >>> [c.shape for c in y]
+    [(1, 4, 3), (3, 5, 3), (3, 6, 1)]
+    >>> bool(np.allclose(teneva.full(y), tn.full(t)))
+    True
+    >>> bool(tn.norm(interop.from_teneva(y) - t) < 1e-12)
+    True
     """
     check_train("to_teneva", t, (TT,))
     peer("to_teneva", "teneva")

@@ -332,10 +332,15 @@ def tt_parameters(model: nn.Module) -> list[nn.Parameter]:
     factor is a hyperparameter (``tensornet.gpt2``'s ``--tt-lr-scale``; runs in
     ``benchmarks/results/gpt2_compare_cpu.md``):
 
-    >>> cores = tensornet.nn.tt_parameters(model)  # doctest: +SKIP
+    >>> import torch, tensornet
+    >>> model = torch.nn.Sequential(tensornet.nn.TTMLinear(16, 32, rank=2), torch.nn.Linear(32, 4))
+    >>> lr = 1e-3
+    >>> cores = tensornet.nn.tt_parameters(model)
     >>> ids = {id(p) for p in cores}
     >>> rest = [p for p in model.parameters() if id(p) not in ids]
     >>> opt = torch.optim.AdamW([{"params": rest}, {"params": cores, "lr": 5 * lr}], lr=lr)
+    >>> len(cores), len(rest)
+    (1, 3)
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"tt_parameters: expected an nn.Module, got {type(model).__name__}")
