@@ -35,7 +35,7 @@ def rounded(x, eps, route, max_rank=None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", tn.RankCapWarning)
         y, log = _round.rounded("round", x, [x._tt_layout()], eps, caps, route)
-        bound = log.finish(log.total, stacklevel=2)
+        bound = log.finish(log.total)
     return y, bound, log
 
 
