@@ -80,7 +80,7 @@ __all__ = [
     "zeros",
 ]
 
-_LAZY = ("adjoint", "nn", "gpt2", "testing")
+_LAZY = ("adjoint", "nn", "gpt2", "riemannian", "testing")
 
 
 def __getattr__(name: str) -> Any:

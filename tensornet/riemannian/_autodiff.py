@@ -117,7 +117,8 @@ def grad(f: Callable[[TT], Any], x: TT, *, return_value: bool = False) -> Any:
     Returns
     -------
     Tangent, or (Tangent, value) with ``return_value``
-        ``grad f(x) = P_x nabla f(x)``, the projection of the Euclidean gradient onto the tangent space.
+        ``grad f(x) = P_x nabla f(x)``, the projection of the Euclidean gradient onto the tangent space
+        (and ``f(x)``, detached from autograd's graph).
 
     Raises
     ------
@@ -138,7 +139,7 @@ def grad(f: Callable[[TT], Any], x: TT, *, return_value: bool = False) -> Any:
     """
     _checks.check_type("grad", x, TT, "x")
     value, g = _riemannian("grad", f, frame_of("grad", x))
-    return (g, value) if return_value else g
+    return (g, B.detach(value)) if return_value else g
 
 
 # --- Hessian-vector products ---------------------------------------------------------------------------
