@@ -19,5 +19,7 @@ re-exported at the top level (``tn.complete``, ``tn.argmax``, ``tn.argmin``, ``t
 from __future__ import annotations
 
 from ._complete import CompletionInfo, Step, complete
+from ._optima import argmax, argmin
+from ._sample import sample
 
-__all__ = ["CompletionInfo", "Step", "complete"]
+__all__ = ["CompletionInfo", "Step", "argmax", "argmin", "complete", "sample"]
