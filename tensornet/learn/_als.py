@@ -28,7 +28,7 @@ from .._einsum import einsum
 
 __all__ = ["Samples", "orthogonalize_right", "sweep"]
 
-RIDGE = 1e-10  # relative ridge: rho tr(A) / p added to each slice's normal matrix
+RIDGE = 1e-10  # relative ridge: rho tr(A) / p added to each slice's normal matrix (at least 10 u of the dtype)
 
 
 @dataclass
@@ -103,6 +103,7 @@ def solve_core(left: Array, right: Array, samples: Samples, k: int, ridge: float
     eye = xp.eye(p, dtype=gram.dtype, device=B.device(gram))
     trace = xp.sum(gram * eye, axis=(1, 2)) / p
     # an empty slice (no samples) has trace 0: its shift 1 makes its solution 0
+    ridge = max(ridge, 10.0 * B.finfo_eps(gram))
     shift = xp.where(trace > 0, ridge * trace, xp.ones_like(trace))
     solution = xp.linalg.solve(gram + shift[:, None, None] * eye, rhs)
     return xp.permute_dims(xp.reshape(solution, (n, r, s)), (1, 0, 2))

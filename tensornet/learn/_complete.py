@@ -26,6 +26,8 @@ _GAIN = 0.9  # a rank step counts as progress when it takes the held-back error 
 _PATIENCE = 2  # rank steps in a row without progress end the search
 _UNINFORMED = 0.9  # while the best held-back error is above this, ranks grow whatever it does
 _STAGE_SWEEPS = 60  # at most this many sweeps at one set of ranks
+_STARTS = 8  # rank-1 starts tried (ones, then random), each for a few sweeps: rank-1 ALS has local minima
+_START_SWEEPS = 4
 _REFIT_SWEEPS = 20  # sweeps on all samples at the chosen ranks
 
 
@@ -110,6 +112,19 @@ class _Search:
             if fitted[-1] <= self.floor or (len(fitted) > 3 and fitted[-1] > _SLOW * fitted[-4]):
                 break
         return best[0], best[1], cores
+
+    def start(self, candidates: list[list[Array]]) -> list[Array]:
+        """The candidate whose few sweeps fit best (rank-1 sweeps cost ``O(k d)``: trying several is cheap)."""
+        best: tuple[float, list[Array]] = (math.inf, candidates[0])
+        for cores in candidates:
+            cores = _als.orthogonalize_right(cores)
+            rights = _als.right_interfaces(cores, self.fit)
+            for _ in range(_START_SWEEPS):
+                cores, rights, predicted = _als.sweep(cores, rights, self.fit)
+            error = _error(predicted, self.fit)
+            if error < best[0]:
+                best = (error, cores)
+        return best[1]
 
     def grow(self, cores: list[Array]) -> list[Array] | None:
         """Every bond one rank higher where the caps, useful ranks and sample counts allow (None: none can)."""
@@ -209,8 +224,8 @@ def complete(
     max_iter : int
         The most sweeps in all (each sweep solves every core twice).
     seed : optional
-        Anything ``numpy.random.default_rng`` takes: the held-back samples are drawn from it, and everything
-        else is deterministic, so the result is deterministic for a seed.
+        Anything ``numpy.random.default_rng`` takes: the held-back samples and the random rank-1 starts are
+        drawn from it, so the result is deterministic for a seed.
     weights : (k,) array, optional
         Non-negative weights of a weighted least-squares fit (e.g. inverse noise variances); errors are
         weighted the same way.
@@ -243,7 +258,9 @@ def complete(
     -----
     Alternating least squares on the sampled entries (:mod:`tensornet.learn._als`): with the other cores
     fixed, core k's slices solve independent linear least-squares problems (relative ridge 1e-10), the other
-    cores kept orthogonal. The ranks are found by continuation from rank 1 (or ``x0``): sweeps run at fixed
+    cores kept orthogonal. Rank-1 ALS has local minima even on small exact problems, so without ``x0`` eight
+    rank-1 starts (ones, seven random) get 4 sweeps each and the best fit is kept (cheap: ``O(k d)`` a sweep).
+    The ranks are found by continuation from there (or from ``x0``): sweeps run at fixed
     ranks until three of them improve the fitting error by less than 10%; then one pass adds a direction to
     every bond -- the leading singular vector of the residual's gradient with respect to the merged pair of
     cores around it (the enrichment of AMEn, Dolgov & Savostyanov 2014), with a zero row in the next core so
@@ -251,9 +268,9 @@ def complete(
     samples per slice (``r_{k-1} r_k`` unknowns per slice) stop it. The model with the smallest held-back
     error is kept; the search ends when two rank steps in a row do not take it below 0.9x the best, when it
     meets ``eps`` (without ``eps``: ``sqrt(u) / 10``, 1.5e-9 in float64), or at the limits. The chosen
-    model is refitted on all samples at its ranks and rounded with ``eps`` equal to its held-back error, which
-    drops directions the data do not resolve (exactly low-rank data returns its true ranks; the measured
-    test error does not grow). Values are divided by a power of two near their largest magnitude while
+    model is rounded with ``eps`` equal to its held-back error, which drops directions the data do not
+    resolve (exactly low-rank data returns its true ranks; the measured test error does not grow), and
+    refitted on all samples at those ranks. Values are divided by a power of two near their largest magnitude while
     fitting (exact), and the factor is put back.
 
     Why continuation: growing from rank 1 starts each stage near the previous fit, which finds far better
@@ -288,15 +305,17 @@ def complete(
     cores = _data.starting_cores(fn, x0, shape, scaled, int(exponent))
     fit_rows, held_rows = _data.split(rng, int(rows.shape[0]), held_count)
     search, cores, chosen_error, stop = _run(
-        rows, scaled, weights, shape, fit_rows, held_rows, caps, eps, budget, cores
+        rows, scaled, weights, shape, fit_rows, held_rows, caps, eps, budget, cores, rng, x0 is None
     )
+    # rounded at its own error level first: directions the data do not resolve are dropped before the refit,
+    # which would otherwise let them drift on entries no sample constrains
+    tolerance = max(chosen_error, search.floor)
+    cores = list(tt_round(TT._trusted(cores), eps=tolerance).cores)
     train_error = chosen_error
     if held_count:
         everything = _als.make_samples(rows, scaled, weights, shape)
-        cores, train_error = search.refit(cores, everything)
-    tolerance = max(chosen_error, search.floor)
-    result = tt_round(TT._trusted(cores), eps=tolerance)
-    result = TT._trusted(_pow2.spread(list(result.cores), exponent))
+        cores, train_error = search.refit(_als.orthogonalize_right(cores), everything)
+    result = TT._trusted(_pow2.spread(cores, exponent))
     _warn(fn, chosen_error, eps, stop, held_count > 0)
     if not return_info:
         return result
@@ -316,6 +335,8 @@ def _run(
     eps: float | None,
     budget: int,
     cores: list[Array],
+    rng: np.random.Generator,
+    starts: bool,
 ) -> tuple[_Search, list[Array], float, str]:
     """The rank search on the fitting samples, judged on the held-back ones."""
     xp = B.namespace(scaled)
@@ -327,8 +348,17 @@ def _run(
 
     held = subset(held_rows) if held_rows.shape[0] else None
     search = _Search(subset(fit_rows), held, caps, eps, budget, shape)
+    if starts:
+        cores = search.start([cores, *(_random_start(rng, shape, scaled) for _ in range(_STARTS - 1))])
     error, cores, stop = search.run(_als.orthogonalize_right(cores))
     return search, cores, error, stop
+
+
+def _random_start(rng: np.random.Generator, shape: tuple[int, ...], like: Array) -> list[Array]:
+    return [
+        B.to_backend(rng.standard_normal((1, n, 1)), B.backend_name(like), device=B.device(like), dtype=like.dtype)
+        for n in shape
+    ]
 
 
 def _warn(fn: str, error: float, eps: float | None, stop: str, held: bool) -> None:
