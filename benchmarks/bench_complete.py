@@ -44,7 +44,9 @@ import torch  # noqa: E402
 
 import tensornet as tn  # noqa: E402
 
-warnings.filterwarnings("ignore")  # peers warn on import; tensornet's ConvergenceWarning is reported in the table
+warnings.filterwarnings(
+    "ignore"
+)  # peers warn on import; tensornet's ConvergenceWarning is reported in the table
 TEST_POINTS = 4000
 PEERS = ("teneva", "torchTT")
 
@@ -121,7 +123,9 @@ def run_torchtt(case: Case, index: np.ndarray, values: np.ndarray) -> tuple[Any,
     x = torchtt.randn(list(case.shape), ranks, dtype=torch.float64)
     start, steps = time.perf_counter(), 0
     for steps in range(1, 301):  # noqa: B007
-        grad = torchtt.manifold.riemannian_gradient(x, lambda t: 0.5 * ((_sampled(t.cores, index_t) - y) ** 2).sum())
+        grad = torchtt.manifold.riemannian_gradient(
+            x, lambda t: 0.5 * ((_sampled(t.cores, index_t) - y) ** 2).sum()
+        )
         with torch.no_grad():
             residual = _sampled(x.cores, index_t) - y
             direction = _sampled(grad.cores, index_t)
@@ -157,7 +161,9 @@ def measure(case: Case) -> list[list[Any]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", default=str(H.RESULTS / "complete.md"))
     parser.add_argument("--cases", default="a,b,c,d,e")
     args = parser.parse_args()

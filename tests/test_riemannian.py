@@ -99,7 +99,9 @@ def test_project_of_a_sum_is_the_sum_of_projections(x, seed):
     apart = rm.project(x, a) + rm.project(x, b) + rm.project(x, a)
     assert float((together - apart).norm()) <= 1e-12 * float(together.norm())
     expected = dense_projector(x) @ (2 * dense(a) + dense(b)).reshape(-1)
-    np.testing.assert_allclose(dense(together.to_tt()).reshape(-1), expected, atol=1e-11 * np.abs(expected).max())
+    np.testing.assert_allclose(
+        dense(together.to_tt()).reshape(-1), expected, atol=1e-11 * np.abs(expected).max()
+    )
 
 
 def test_project_is_right_at_extreme_scales():
@@ -118,7 +120,9 @@ def test_tangent_arithmetic_and_inner(x, seed):
     u, v = rm.project(x, like(x, 2, seed)), rm.project(x, like(x, 1, seed + 1))
     combo = u + 2.0 * v - v / 4.0
     np.testing.assert_allclose(
-        dense(combo.to_tt()), dense(u.to_tt()) + 1.75 * dense(v.to_tt()), atol=1e-11 * np.abs(dense(u.to_tt())).max()
+        dense(combo.to_tt()),
+        dense(u.to_tt()) + 1.75 * dense(v.to_tt()),
+        atol=1e-11 * np.abs(dense(u.to_tt())).max(),
     )
     np.testing.assert_allclose(dense((-u).to_tt()), -dense(u.to_tt()), atol=0)
     expected = np.vdot(dense(u.to_tt()), dense(v.to_tt()))
@@ -158,7 +162,9 @@ def test_transport_is_the_projection_at_the_new_point(x, seed):
     w = rm.transport(x, y, v)
     assert w.point is y
     expected = dense_projector(y) @ dense(v.to_tt()).reshape(-1)
-    np.testing.assert_allclose(dense(w.to_tt()).reshape(-1), expected, atol=1e-11 * max(1.0, np.abs(expected).max()))
+    np.testing.assert_allclose(
+        dense(w.to_tt()).reshape(-1), expected, atol=1e-11 * max(1.0, np.abs(expected).max())
+    )
     assert float((rm.transport(y, y, w) - w).norm()) <= 1e-12 * float(w.norm()) + 1e-300
 
 
@@ -227,7 +233,9 @@ def central_difference(f, x, v, h=1e-5):
     return (field(rm.retract(x, h * v)) - field(rm.retract(x, -h * v))) / (2 * h)
 
 
-@pytest.mark.parametrize("shape,ranks", [((4, 5, 6), (2, 3)), ((3, 3, 3, 3), (2, 3, 2)), ((5,), 1), ((4, 6), 2)])
+@pytest.mark.parametrize(
+    "shape,ranks", [((4, 5, 6), (2, 3)), ((3, 3, 3, 3), (2, 3, 2)), ((5,), 1), ((4, 6), 2)]
+)
 def test_hess_vec_torch_against_central_differences(shape, ranks):
     x = tn.random_tt(shape, ranks, seed=0).to("torch")
     a = tn.random_tt(shape, 3, seed=1).to("torch")
@@ -272,7 +280,7 @@ def test_errors_name_the_function_and_the_fix():
     x = tn.random_tt((3, 4, 5), 2, seed=0)
     with pytest.raises(TypeError, match="project: x must be a tensornet TT"):
         rm.project(np.zeros((3, 4, 5)), x)
-    with pytest.raises(ValueError, match="does not have full TT rank.*tn.round"):
+    with pytest.raises(ValueError, match=r"does not have full TT rank.*tn.round"):
         big = tn.random_tt((4, 5, 6), 2, seed=0)
         rm.project(big + big, big)  # ranks 4 but unfolding ranks 2
     with pytest.raises(ValueError, match="more than its unfolding can have"):
@@ -285,7 +293,7 @@ def test_errors_name_the_function_and_the_fix():
         rm.project(x, x.to(dtype="complex128"))
     y = tn.random_tt((3, 4, 5), 2, seed=1)
     u, v = rm.project(x, y), rm.project(y, x)
-    with pytest.raises(ValueError, match="different points.*transport"):
+    with pytest.raises(ValueError, match=r"different points.*transport"):
         u + v
     with pytest.raises(ValueError, match="different points"):
         rm.inner(u, v)
@@ -312,7 +320,7 @@ def test_errors_name_the_function_and_the_fix():
         rm.hess_vec(lambda t: tn.norm(t), xc, rm.project(xc, xc))
     with pytest.raises(ValueError, match="hess_vec: v is not a tangent vector at x"):
         rm.hess_vec(lambda t: tn.dot(t, t), y, u)
-    with pytest.raises(TypeError, match="transport: v must be a tensornet.riemannian.Tangent"):
+    with pytest.raises(TypeError, match=r"transport: v must be a tensornet.riemannian.Tangent"):
         rm.transport(x, y, x)
 
 

@@ -28,7 +28,9 @@ from .._einsum import einsum
 
 __all__ = ["Samples", "orthogonalize_right", "sweep"]
 
-RIDGE = 1e-10  # relative ridge: rho tr(A) / p added to each slice's normal matrix (at least 10 u of the dtype)
+RIDGE = (
+    1e-10  # relative ridge: rho tr(A) / p added to each slice's normal matrix (at least 10 u of the dtype)
+)
 
 
 @dataclass
@@ -143,7 +145,9 @@ def right_interfaces(cores: list[Array], samples: Samples) -> list[Array]:
     return out
 
 
-def sweep(cores: list[Array], rights: list[Array], samples: Samples, ridge: float = RIDGE) -> tuple[list[Array], list[Array], Array]:
+def sweep(
+    cores: list[Array], rights: list[Array], samples: Samples, ridge: float = RIDGE
+) -> tuple[list[Array], list[Array], Array]:
     """One left-to-right and one right-to-left pass; returns the cores, the new right interfaces and predictions.
 
     On entry cores 1..d-1 are right-orthogonal and ``rights`` their interfaces; on exit the same holds again.
@@ -199,9 +203,13 @@ def _residual_direction(left: Array, right: Array, residual: Array, modes: tuple
     total = None
     for start in range(0, m, _CHUNK):
         part = slice(start, min(start + _CHUNK, m))
-        a = (residual[part, None] * left[part])[:, :, None] * _one_hot(modes[0][part], sizes[0], left)[:, None, :]
+        a = (residual[part, None] * left[part])[:, :, None] * _one_hot(modes[0][part], sizes[0], left)[
+            :, None, :
+        ]
         b = _one_hot(modes[1][part], sizes[1], left)[:, :, None] * right[part][:, None, :]
-        block = xp.matmul(xp.permute_dims(xp.reshape(a, (-1, r * sizes[0])), (1, 0)), xp.reshape(b, (-1, sizes[1] * t)))
+        block = xp.matmul(
+            xp.permute_dims(xp.reshape(a, (-1, r * sizes[0])), (1, 0)), xp.reshape(b, (-1, sizes[1] * t))
+        )
         total = block if total is None else total + block
     u, _, _ = xp.linalg.svd(total, full_matrices=False)
     return u[:, 0]
@@ -210,7 +218,9 @@ def _residual_direction(left: Array, right: Array, residual: Array, modes: tuple
 _CHUNK = 8192  # samples per block when forming the enrichment matrix (bounds its memory)
 
 
-def growth_sweep(cores: list[Array], samples: Samples, grow: Sequence[bool], ridge: float = RIDGE) -> list[Array]:
+def growth_sweep(
+    cores: list[Array], samples: Samples, grow: Sequence[bool], ridge: float = RIDGE
+) -> list[Array]:
     """A left-to-right pass that adds one direction to each bond k with ``grow[k]``; returns right-orthogonal cores.
 
     After core k is solved and orthogonalised, the residual's steepest direction for the pair of cores
@@ -232,7 +242,9 @@ def growth_sweep(cores: list[Array], samples: Samples, grow: Sequence[bool], rid
     return orthogonalize_right(cores)
 
 
-def _enriched(core: Array, nxt: Array, left: Array, right: Array, samples: Samples, k: int) -> tuple[Array, Array]:
+def _enriched(
+    core: Array, nxt: Array, left: Array, right: Array, samples: Samples, k: int
+) -> tuple[Array, Array]:
     """``core`` with one more orthonormal column (the residual direction) and ``nxt`` with a zero row."""
     xp = B.namespace(core)
     r, n, s = (int(v) for v in core.shape)

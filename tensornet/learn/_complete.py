@@ -98,7 +98,9 @@ class _Search:
         self.steps.append(Step(len(self.steps) + 1, ranks, train, check, phase))
         return train if check is None else check
 
-    def stage(self, cores: list[Array], patient: bool = False) -> tuple[float, list[Array] | None, list[Array]]:
+    def stage(
+        self, cores: list[Array], patient: bool = False
+    ) -> tuple[float, list[Array] | None, list[Array]]:
         """Sweeps at fixed ranks; ``(best error, its cores, last cores)`` (best by held-back error).
 
         ``patient``: nothing learnt yet, so at least ``_PATIENT_SWEEPS`` sweeps before the slow-progress rule
@@ -395,7 +397,9 @@ def _random_train(
 
 def _random_start(rng: np.random.Generator, shape: tuple[int, ...], like: Array) -> list[Array]:
     return [
-        B.to_backend(rng.standard_normal((1, n, 1)), B.backend_name(like), device=B.device(like), dtype=like.dtype)
+        B.to_backend(
+            rng.standard_normal((1, n, 1)), B.backend_name(like), device=B.device(like), dtype=like.dtype
+        )
         for n in shape
     ]
 

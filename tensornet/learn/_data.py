@@ -87,8 +87,10 @@ def validation_count(fn: str, validation: Any, count: int) -> int:
         held = int(validation)
     else:
         if not (0.0 <= float(validation) < 1.0):
-            raise ValueError(f"{fn}: validation must be a fraction in [0, 1) or an int count, got {validation}")
-        held = math.ceil(float(validation) * count) if validation > 0 else 0
+            raise ValueError(
+                f"{fn}: validation must be a fraction in [0, 1) or an int count, got {validation}"
+            )
+        held = math.ceil(float(validation) * count) if float(validation) > 0 else 0
     if held < 0 or held >= count:
         raise ValueError(
             f"{fn}: validation={validation} holds back {held} of {count} samples; at least one must remain for "

@@ -36,10 +36,12 @@ def _beam(cores: list[np.ndarray], width: int) -> np.ndarray:
     prefixes = np.zeros((1, 0), dtype=np.int64)
     vectors = np.ones((1, 1))
     for core in cores:
-        r, n, s = core.shape
+        _, n, s = core.shape
         grown = np.einsum("ka,anb->knb", vectors, core).reshape(-1, s)
         grown /= np.max(np.abs(grown)) or 1.0  # one common scale: only the ranking matters
-        extended = np.concatenate([np.repeat(prefixes, n, axis=0), np.tile(np.arange(n), len(prefixes))[:, None]], 1)
+        extended = np.concatenate(
+            [np.repeat(prefixes, n, axis=0), np.tile(np.arange(n), len(prefixes))[:, None]], 1
+        )
         scores = np.linalg.norm(grown, axis=1)
         keep = set(np.argsort(-scores, kind="stable")[:width].tolist())
         if grown.shape[0] > s > 1:
@@ -103,7 +105,9 @@ def _search_max(t: TT, width: int) -> np.ndarray:
 def _check(fn: str, t: Any, beam: Any) -> int:
     _checks.check_type(fn, t, TT, "t")
     if B.is_complex(t.cores[0]):
-        raise TypeError(f"{fn}: t is complex, whose entries have no order; use tn.real(t), or |t|^2 = t * tn.conj(t)")
+        raise TypeError(
+            f"{fn}: t is complex, whose entries have no order; use tn.real(t), or |t|^2 = t * tn.conj(t)"
+        )
     return _checks.check_count(fn, "beam", beam)
 
 

@@ -67,7 +67,9 @@ def _linear(fn: str, t: TT, uniform: np.ndarray) -> np.ndarray:
         weights = grown @ sums[k]  # (count, n): the mass of each extension
         mass = np.sum(np.abs(weights), axis=1, keepdims=True)
         if k == 0 and not np.any(weights > 0):
-            raise ValueError(f"{fn}: t has no positive mass (its entries sum to {np.sum(weights[0]):.3g}); nothing to sample")
+            raise ValueError(
+                f"{fn}: t has no positive mass (its entries sum to {np.sum(weights[0]):.3g}); nothing to sample"
+            )
         negative = np.any(weights < -_NEGATIVE * mass, axis=1) | (np.sum(weights, axis=1) <= 0)
         if np.any(negative):
             row = int(np.argmax(negative))
@@ -143,7 +145,9 @@ def sample(t: TT, k: int, *, seed: Any = None, squared: bool = False) -> Any:
     count = _checks.check_count(fn, "k", k, minimum=0)
     squared = _checks.check_flag(fn, "squared", squared)
     if B.is_complex(t.cores[0]) and not squared:
-        raise TypeError(f"{fn}: t is complex; a distribution needs real non-negative weights: use squared=True (|t|^2)")
+        raise TypeError(
+            f"{fn}: t is complex; a distribution needs real non-negative weights: use squared=True (|t|^2)"
+        )
     uniform = _checks.rng(fn, seed).random((count, t.ncores))
     if squared:
         if count and float(B.to_backend(B.detach(t.norm()), "numpy")) == 0.0:

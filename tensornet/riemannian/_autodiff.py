@@ -20,14 +20,16 @@ from .. import _checks
 from .._backend import Array
 from ..tt import TT
 from ._frame import Frame, frame_of, shape3
-from ._tangent import Tangent, _check_tangent, gauge, project, retract, tangent_cores, to_tt, ungauged
+from ._tangent import Tangent, _check_tangent, gauge, retract, tangent_cores, to_tt, ungauged
 
 __all__ = ["grad", "hess_vec"]
 
 
 def _value(fn: str, out: Any) -> Any:
     if not (B.is_array(out) and out.ndim == 0) and not isinstance(out, (int, float)):
-        raise TypeError(f"{fn}: f must return a real scalar (a 0-d array or a float), got {type(out).__name__}")
+        raise TypeError(
+            f"{fn}: f must return a real scalar (a 0-d array or a float), got {type(out).__name__}"
+        )
     if B.is_array(out) and B.is_complex(out):
         raise TypeError(f"{fn}: f returned a complex value; a gradient needs a real scalar function")
     return out
@@ -85,7 +87,9 @@ def _torch_grads(
     return value, [torch.zeros_like(o) if g is None else g for g, o in zip(grads, offsets)]
 
 
-def _riemannian(fn: str, f: Callable[[TT], Any], frame: Frame, create_graph: bool = False) -> tuple[Any, Tangent]:
+def _riemannian(
+    fn: str, f: Callable[[TT], Any], frame: Frame, create_graph: bool = False
+) -> tuple[Any, Tangent]:
     if not callable(f):
         raise TypeError(f"{fn}: f must be callable (a TT -> a real scalar), got {type(f).__name__}")
     if frame.point.backend == "torch":
@@ -148,7 +152,9 @@ def _solve_right(matrix: Array, bond: Array) -> Array:
     xp = B.namespace(matrix)
     r, n, s = shape3(matrix)
     flat = xp.reshape(matrix, (r * n, s))
-    solved = xp.permute_dims(xp.linalg.solve(xp.permute_dims(bond, (1, 0)), xp.permute_dims(flat, (1, 0))), (1, 0))
+    solved = xp.permute_dims(
+        xp.linalg.solve(xp.permute_dims(bond, (1, 0)), xp.permute_dims(flat, (1, 0))), (1, 0)
+    )
     return xp.reshape(solved, (r, n, s))
 
 
@@ -247,8 +253,5 @@ def hess_vec(f: Callable[[TT], Any], x: TT, v: Tangent) -> Tangent:
     frame = frame_of("hess_vec", x)
     if not callable(f):
         raise TypeError(f"hess_vec: f must be callable (a TT -> a real scalar), got {type(f).__name__}")
-    if x.backend == "torch":
-        deltas = _hess_torch(f, frame, v)
-    else:
-        deltas = _hess_numpy(f, x, frame, v)
+    deltas = _hess_torch(f, frame, v) if x.backend == "torch" else _hess_numpy(f, x, frame, v)
     return Tangent(frame, deltas)

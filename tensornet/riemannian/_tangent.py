@@ -126,11 +126,15 @@ class Tangent:
 def _scalar(fn: str, v: Tangent, alpha: Any) -> Any:
     if isinstance(alpha, numbers.Number) and not isinstance(alpha, bool):
         if isinstance(alpha, complex) and not B.is_complex(v._deltas[0]):
-            raise TypeError(f"{fn}: a complex scalar cannot scale a real tangent vector; convert x to complex")
+            raise TypeError(
+                f"{fn}: a complex scalar cannot scale a real tangent vector; convert x to complex"
+            )
         return alpha
     if B.is_array(alpha) and alpha.ndim == 0 and B.backend_name(alpha) == B.backend_name(v._deltas[0]):
         if B.is_complex(alpha) and not B.is_complex(v._deltas[0]):
-            raise TypeError(f"{fn}: a complex scalar cannot scale a real tangent vector; convert x to complex")
+            raise TypeError(
+                f"{fn}: a complex scalar cannot scale a real tangent vector; convert x to complex"
+            )
         return alpha
     raise TypeError(
         f"{fn}: expected a number or a 0-d {B.backend_name(v._deltas[0])} array, got {type(alpha).__name__}"
@@ -284,7 +288,9 @@ def ungauged(frame: Frame, z: list[Array]) -> list[Array]:
         env, e = _scaled(einsum("cie,eb,aib->ca", cores[k], rights[k], B.conj(frame.right[k])), right_e[k])
         rights[k - 1], right_e[k - 1] = env, e
     return [
-        B.scale_pow2(einsum("ac,cie,eb->aib", lefts[k], cores[k], rights[k]), exponent + left_e[k] + right_e[k])
+        B.scale_pow2(
+            einsum("ac,cie,eb->aib", lefts[k], cores[k], rights[k]), exponent + left_e[k] + right_e[k]
+        )
         for k in range(d)
     ]
 
