@@ -165,9 +165,9 @@ def test_complete_errors():
     values = np.ones(30)
     with pytest.raises(IndexError, match=r"complete: indices row .* mode 1, which has size 5"):
         tn.complete(np.array([[0, 5]]), [1.0], (4, 5))
-    with pytest.raises(ValueError, match=r"values has shape \\(29,\\) but indices has 30 rows"):
+    with pytest.raises(ValueError, match=r"values has shape \(29,\) but indices has 30 rows"):
         tn.complete(index, values[:29], (4, 5))
-    with pytest.raises(ValueError, match=r"must be \\(k, 2\\)"):
+    with pytest.raises(ValueError, match=r"must be \(k, 2\)"):
         tn.complete(index[:, :1], values, (4, 5))
     nan = values.copy()
     nan[3] = np.nan
@@ -179,7 +179,7 @@ def test_complete_errors():
         tn.complete(index, values, (4, 5), weights=np.zeros(30))
     with pytest.raises(ValueError, match="at least one must remain"):
         tn.complete(index, values, (4, 5), validation=30)
-    with pytest.raises(ValueError, match=r"fraction in \\[0, 1\\)"):
+    with pytest.raises(ValueError, match=r"fraction in \[0, 1\)"):
         tn.complete(index, values, (4, 5), validation=1.5)
     with pytest.raises(ValueError, match=r"validation=0 leaves no samples.*max_rank or eps"):
         tn.complete(index, values, (4, 5), validation=0)

@@ -83,6 +83,7 @@ class _Search:
         shape: tuple[int, ...],
     ) -> None:
         self.fit, self.held, self.caps, self.eps, self.budget = fit, held, caps, eps, budget
+        self.informed = False  # set when the search starts from the user's x0
         self.shape = shape
         self.steps: list[Step] = []
         self.floor = 10.0 * B.finfo_eps(fit.values)
@@ -157,7 +158,9 @@ class _Search:
         best: tuple[float, list[Array]] = (math.inf, cores)
         stalls = 0
         while True:
-            error, chosen, cores = self.stage(cores, patient=best[0] >= _UNINFORMED)
+            # an x0 (informed start) is not made to wait at its own ranks
+            patient = best[0] >= _UNINFORMED and (best[0] < math.inf or not self.informed)
+            error, chosen, cores = self.stage(cores, patient=patient)
             if chosen is None:
                 return best[0], best[1], "max_iter"
             progress = error < _GAIN * best[0]
@@ -322,7 +325,19 @@ def complete(
     cores = _data.starting_cores(fn, x0, shape, scaled, int(exponent))
     fit_rows, held_rows = _data.split(rng, int(rows.shape[0]), held_count)
     search, cores, chosen_error, stop = _run(
-        rows, scaled, weights, shape, fit_rows, held_rows, caps, eps, budget, cores, rng, x0 is None
+        rows,
+        scaled,
+        weights,
+        shape,
+        fit_rows,
+        held_rows,
+        caps,
+        eps,
+        budget,
+        cores,
+        rng,
+        x0 is None,
+        x0 is not None,
     )
     restarts = _checks.check_count(fn, "restarts", restarts, minimum=0)
     for attempt in range(restarts if x0 is None else 0):
@@ -362,6 +377,7 @@ def _run(
     cores: list[Array],
     rng: np.random.Generator,
     starts: bool,
+    informed: bool = False,
 ) -> tuple[_Search, list[Array], float, str]:
     """The rank search on the fitting samples, judged on the held-back ones."""
     xp = B.namespace(scaled)
@@ -373,6 +389,7 @@ def _run(
 
     held = subset(held_rows) if held_rows.shape[0] else None
     search = _Search(subset(fit_rows), held, caps, eps, budget, shape)
+    search.informed = informed
     if starts:
         cores = search.start([cores, *(_random_start(rng, shape, scaled) for _ in range(_STARTS - 1))])
     error, cores, stop = search.run(_als.orthogonalize_right(cores))
