@@ -178,6 +178,27 @@ def check_api(app, env) -> None:
                 logger.warning(f"public name {module_name}.{name} is not documented: add it to {page}")
 
 
+def resolve_short_names(app, env, node, contnode):
+    """Resolve a short cross-reference (``:func:`complete``` in ``tensornet.learn``) that names exactly one
+    documented public object, wherever its page is (a subpackage's names re-exported by ``tensornet`` are
+    documented once, on the ``tensornet`` page). Ambiguous or unknown names stay unresolved: an error."""
+    if node.get("refdomain") != "py":
+        return None
+    target = node.get("reftarget", "").lstrip("~.")
+    if not target or target.startswith("_"):
+        return None
+    py = env.get_domain("py")
+    matches = [
+        name
+        for name in py.objects
+        if name.endswith("." + target) and name.startswith("tensornet") and "._" not in name
+    ]
+    if len(matches) != 1:
+        return None
+    return py.resolve_xref(env, node["refdoc"], app.builder, node["reftype"], matches[0], node, contnode)
+
+
 def setup(app) -> None:
+    app.connect("missing-reference", resolve_short_names)
     app.connect("env-check-consistency", check_api)
     app.connect("autodoc-skip-member", skip_reexports)

@@ -1,8 +1,10 @@
 """tensornet: tensor-train (TT) and TT-matrix (TTM) algebra on any array backend.
 
 The public API is re-exported here; ``tensornet.linalg`` (solvers), ``tensornet.nn`` (PyTorch layers),
-``tensornet.gpt2`` (the GPT-2 adapter) and ``tensornet.testing`` (hypothesis strategies) are imported on
-first attribute access, so ``import tensornet`` imports neither torch nor hypothesis.
+``tensornet.gpt2`` (the GPT-2 adapter), ``tensornet.riemannian`` (tangent spaces of fixed-rank trains),
+``tensornet.interop`` (converters to and from the peer libraries) and ``tensornet.testing`` (hypothesis
+strategies) are imported on first attribute access, so ``import tensornet`` imports neither torch nor
+hypothesis.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from ._files import load, save
 from ._report import BondReport, plot_spectra, report
 from .construct import delta, eye, laplacian, ones, qft, zeros
 from .decomp import RankCapWarning, orthogonalize, round, round_sum, tt_svd, ttm_svd
+from .learn import argmax, argmin, complete, sample
 from .ops import (
     add,
     conj,
@@ -49,6 +52,9 @@ __all__ = [
     "RankCapWarning",
     "add",
     "apply",
+    "argmax",
+    "argmin",
+    "complete",
     "conj",
     "contract",
     "cross",
@@ -77,6 +83,7 @@ __all__ = [
     "reshape",
     "round",
     "round_sum",
+    "sample",
     "save",
     "scale",
     "shapes",
@@ -87,7 +94,7 @@ __all__ = [
     "zeros",
 ]
 
-_LAZY = ("adjoint", "interop", "linalg", "nn", "gpt2", "testing")
+_LAZY = ("adjoint", "interop", "linalg", "nn", "gpt2", "riemannian", "testing")
 
 
 def __getattr__(name: str) -> Any:

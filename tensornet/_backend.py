@@ -12,6 +12,7 @@ import importlib
 import math
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
@@ -368,6 +369,24 @@ def renormalized(x: Array, bound: int = 256) -> tuple[Array, int]:
 def detach(x: Array) -> Array:
     """``x`` cut from autograd's graph (torch); other backends have no graph."""
     return x.detach() if hasattr(x, "detach") else x
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn(message: str, category: type[Warning]) -> None:
+    """``warnings.warn`` attributed to the first caller outside tensornet (no hand-counted stacklevel).
+
+    The frames of tensornet's own modules (public functions, their decorators and helpers) are skipped, so
+    the warning names the user's line whatever path inside the package raised it (as Python 3.12's
+    ``skip_file_prefixes`` does).
+    """
+    frame: Any = sys._getframe(1)
+    level = 2  # stacklevel 2 is warn's caller
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 def available_memory() -> int | None:

@@ -616,3 +616,19 @@ def test_round_orthogonalize_reshape_keep_trains_whose_cores_scale_geometrically
     index = [[1] * d, [0] * (d - 1) + [1]]
     # entries are accurate to the Frobenius bound (relative to the norm ~ N^1.5, not to each entry)
     np.testing.assert_allclose(as_numpy(tn.gather(rounded, index)), [n - 1, 1.0], rtol=0, atol=1e-11 * norm)
+
+
+# --- warnings name the user's line, whatever path inside the package raised them ---------------------------
+def test_warnings_point_at_the_callers_line():
+    x = np.random.default_rng(0).standard_normal((4, 4, 4))
+    t = tn.random_tt((4, 4, 4), 3, seed=0)
+    calls = [
+        lambda: tn.tt_svd(x, eps=1e-3, max_rank=1),  # through tt_svd's decorator and its kernels
+        lambda: tn.round(t + t, eps=1e-6, max_rank=1),
+        lambda: tn.round_sum([t, t], eps=1e-6, max_rank=1),
+        lambda: tn.cross(lambda i: np.sin(i.sum(axis=1) * 1.7), (8,) * 4, eps=1e-12, max_rank=1, seed=0),
+    ]
+    for call in calls:
+        with pytest.warns(UserWarning) as record:
+            call()
+        assert {w.filename for w in record} == {__file__}, [(w.filename, w.lineno) for w in record]
