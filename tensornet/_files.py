@@ -16,6 +16,7 @@ import hashlib
 import importlib
 import json
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -144,8 +145,8 @@ def _check_path(fn: str, path: Any) -> Path:
 
 def _write_new(target: Path, data: bytes, overwrite: bool) -> None:
     """``data`` into ``target`` through a temporary file renamed into place (no-clobber without overwrite)."""
-    temp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    fd = os.open(temp, _CREATE, 0o644)
+    temp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")  # a new name: never someone's file
+    fd = os.open(temp, _CREATE, 0o666)  # the umask applies, as for any file the user creates
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -153,11 +154,12 @@ def _write_new(target: Path, data: bytes, overwrite: bool) -> None:
             os.fsync(handle.fileno())
         if overwrite:
             os.replace(temp, target)
-        else:
-            # link() refuses an existing name, so a file created since the check above is not replaced
+            return
+        try:
+            # link() refuses an existing name, so a file created since the check in save() is not replaced
             os.link(temp, target)
-    except FileExistsError:
-        raise FileExistsError(f"tn.save: {target} exists; pass overwrite=True to replace it") from None
+        except FileExistsError:
+            raise FileExistsError(f"tn.save: {target} exists; pass overwrite=True to replace it") from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
@@ -276,8 +278,13 @@ def _read_cores(source: Path, header: dict[str, Any]) -> list[Any]:
     safetensors = importlib.import_module("safetensors")
     with safetensors.safe_open(source, framework=framework) as handle:
         stored = [handle.get_tensor(f"core_{k}") for k in range(len(header["shapes"]))]
+    kind = "float64" if header["dtype"] == _PAIRS else header["dtype"]
     for k, (core, shape, digest) in enumerate(zip(stored, header["shapes"], header["sha256"])):
         expected = [*shape, 2] if header["dtype"] == _PAIRS else shape
+        if B.dtype_name(core.dtype) != kind:
+            raise _NotATrainFile(
+                f"core {k} holds {B.dtype_name(core.dtype)} numbers but the header says {kind}"
+            )
         if [int(n) for n in core.shape] != expected:
             raise _NotATrainFile(
                 f"core {k} has shape {tuple(core.shape)} but the header says {tuple(expected)}"

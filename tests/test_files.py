@@ -112,6 +112,22 @@ def test_existing_file_is_kept_unless_overwrite(tmp_path):
         tn.save(tmp_path, t)
 
 
+def test_a_leftover_temporary_file_is_not_in_the_way(tmp_path, monkeypatch):
+    """A crashed save's temporary file, or anyone's file, never blocks or receives a new save."""
+    (tmp_path / ".t.safetensors.tmp").write_text("theirs")
+    (tmp_path / ".t.safetensors.000000000000.tmp").write_text("theirs")
+    monkeypatch.setattr("secrets.token_hex", lambda n: "000000000000")  # the next name is taken
+    with pytest.raises(FileExistsError):
+        tn.save(tmp_path / "t.safetensors", tn.random_tt((3,), 1))
+    assert (tmp_path / ".t.safetensors.000000000000.tmp").read_text() == "theirs"
+    assert not (tmp_path / "t.safetensors").exists()
+    monkeypatch.undo()
+    tn.save(tmp_path / "t.safetensors", tn.random_tt((3,), 1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [".t.safetensors.tmp", ".t.safetensors.000000000000.tmp", "t.safetensors"]
+    )
+
+
 def test_overwrite_replaces_a_link_not_its_target(tmp_path):
     target = tmp_path / "target.txt"
     target.write_text("precious")
@@ -196,6 +212,11 @@ def _rewrite(tmp_path, t, edit):
         (lambda h, t: h["shapes"].append([2, 2, 1]), "no SHA-256 for every core"),
         (lambda h, t: t.pop("core_1"), r"holds tensors \['core_0'\] where the header names"),
         (lambda h, t: h.__setitem__("shapes", [[1, 3, "2"], [2, 4, 1]]), "not a list of 3-D TT core shapes"),
+        (
+            lambda h, t: h.__setitem__("dtype", "float32"),
+            "core 0 holds float64 numbers but the header says float32",
+        ),
+        (lambda h, t: h.__setitem__("dtype", "complex128"), "core 0 has shape"),
     ],
 )
 def test_damaged_or_forged_files_are_refused(tmp_path, edit, reason):
