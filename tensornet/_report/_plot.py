@@ -52,6 +52,8 @@ def plot_spectra(t: Any, *, eps: float | None = None, axes: Any = None) -> Any:
     -----
     Left: the singular values of bond k divided by the norm, at x = k on a log scale (exact zeros are
     not drawn). Right: the rank of each bond, and with ``eps`` the rank :meth:`BondReport.cut` gives.
+    The figure is made with pyplot, so ``plt.show()`` shows it; in a notebook, a bare ``t.plot()`` as the
+    last line of a cell shows it twice (once as a pyplot figure, once as the value): end it with ``;``.
 
     Cost: that of :func:`tensornet.report` (``O(d n r^3)``) and drawing ``sum_k r_k`` points.
     """
