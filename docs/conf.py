@@ -24,7 +24,7 @@ import tensornet  # noqa: E402
 
 project = "tensornet"
 author = "the tensornet authors"
-copyright = "the tensornet authors"  # noqa: A001
+copyright = "the tensornet authors"
 version = release = tensornet.__version__
 
 extensions = [
@@ -179,9 +179,11 @@ def check_api(app, env) -> None:
 
 
 def resolve_short_names(app, env, node, contnode):
-    """Resolve a short cross-reference (``:func:`complete``` in ``tensornet.learn``) that names exactly one
-    documented public object, wherever its page is (a subpackage's names re-exported by ``tensornet`` are
-    documented once, on the ``tensornet`` page). Ambiguous or unknown names stay unresolved: an error."""
+    """Resolve a short cross-reference that names exactly one documented public object.
+
+    E.g. ``:func:`complete``` in ``tensornet.learn``, whose names ``tensornet`` re-exports and documents
+    once, on its own page. Ambiguous or unknown names stay unresolved: an error.
+    """
     if node.get("refdomain") != "py":
         return None
     target = node.get("reftarget", "").lstrip("~.")
@@ -199,6 +201,7 @@ def resolve_short_names(app, env, node, contnode):
 
 
 def setup(app) -> None:
+    """Connect the checks and the resolver."""
     app.connect("missing-reference", resolve_short_names)
     app.connect("env-check-consistency", check_api)
     app.connect("autodoc-skip-member", skip_reexports)
