@@ -89,4 +89,5 @@ def spread_pow2(cores: list[np.ndarray], factor: float) -> list[np.ndarray]:
     d = len(cores)
     shares = [(exponent - 1) // d + (1 if k < (exponent - 1) % d else 0) for k in range(d)]
     sign = -1.0 if mantissa < 0 else 1.0
-    return [np.ldexp(c, s) * (sign if k == 0 else 1.0) for k, (c, s) in enumerate(zip(cores, shares))]
+    # multiplying by 2^s is exact (np.ldexp takes no complex arrays)
+    return [c * (math.ldexp(sign if k == 0 else 1.0, s)) for k, (c, s) in enumerate(zip(cores, shares))]

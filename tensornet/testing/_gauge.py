@@ -139,13 +139,24 @@ def scaled(t: TrainT, exponents: Sequence[int]) -> TrainT:
     return type(t)(cores)
 
 
+def edge_exponents(bonds: int, limit: int, sign: int) -> list[int]:
+    """Bond exponents that push cores to the edge: ``+-limit`` with alternating signs, the first ``sign``.
+
+    The interior cores move by ``2^(+-2 limit)`` (the end cores by ``2^(+-limit)``); a single bond takes
+    ``2 limit`` alone.
+    """
+    if bonds == 1:
+        return [2 * limit * sign]
+    return [limit * sign * (-1) ** k for k in range(bonds)]
+
+
 def _check_exponents(t: Any, exponents: Any, rng: np.random.Generator) -> list[int]:
     bonds = t.ncores - 1
     limit = exponent_limit(t)
     if isinstance(exponents, str):
         if exponents != "edge":
             raise ValueError(f"regauge: exponents must be None, 'edge' or {bonds} ints, got {exponents!r}")
-        return [int(limit * s) for s in rng.choice([-1, 1], bonds)]
+        return edge_exponents(bonds, limit, int(rng.choice([-1, 1])))
     values = list(exponents)
     if len(values) != bonds or not all(
         isinstance(e, numbers.Integral) and not isinstance(e, bool) for e in values
@@ -189,8 +200,9 @@ def regauge(
         The condition number of each transform (default 16; 1 and only 1 for ``"orthogonal"``).
     exponents : None, "edge" or sequence of int
         Bond k is further scaled by ``2^e_k`` (and ``2^-e_k`` on its other side), which is exact and moves
-        core k by ``2^(e_k - e_{k-1})``. ``"edge"`` draws ``e_k = +-L`` with the largest ``L`` that keeps every
-        core finite and away from subnormals, so cores sit near the ends of the dtype's range.
+        core k by ``2^(e_k - e_{k-1})``. ``"edge"`` takes ``e_k = +-L`` with alternating signs (a random first
+        one) and the largest ``L`` that keeps every core finite and away from subnormals, so the interior
+        cores move by ``2^(+-2L)`` to the ends of the dtype's range (one bond: ``e_1 = +-2L``).
 
     Returns
     -------

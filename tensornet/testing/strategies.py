@@ -236,46 +236,62 @@ def _default_condition(train: Any) -> float:
     return 2.0**3 if single else 2.0**10
 
 
-@st.composite
 def gauge_equivalent(
-    draw: Any,
     t: TT | TTM,
     *,
     kinds: Sequence[str] = _gauge.KINDS,
     max_condition: float | None = None,
     edge: bool = True,
-) -> Any:
+) -> st.SearchStrategy[Any]:
     """A train representing ``t``'s tensor in other cores (:func:`tensornet.testing.regauge`).
 
     Each bond is transformed by a random invertible matrix of a drawn kind (``"monomial"``: signed
     permutations times powers of two, exact; ``"orthogonal"``; ``"general"``: condition number a drawn power of
     two up to ``max_condition``), and, with ``edge``, scaled by ``2^e_k`` with ``e_k`` drawn up to the largest
-    that keeps every core within the dtype's range, so single cores can sit near overflow or underflow
-    while the tensor stays the same. Shrinks towards a monomial transform of condition 1 and no scaling.
+    that keeps every core within the dtype's range (half the draws at that limit with alternating signs, as
+    ``regauge(..., exponents="edge")``), so single cores sit near overflow or underflow while the tensor
+    stays the same. Shrinks towards a monomial transform of condition 1 and no scaling.
 
     ``max_condition`` defaults to ``2^10`` in float64/complex128 and ``2^3`` in float32/complex64; properties
     exact for ``t`` hold for the drawn train to ``tensornet.testing.gauge_rtol(t, max_condition)`` plus the
     tolerance of the operation compared. A train with one core has no bond and is returned as is. Use
     ``st.data()`` or ``tts(...).flatmap(lambda t: gauge_equivalent(t).map(lambda g: (t, g)))`` to draw both.
+
+    Raises
+    ------
+    TypeError
+        ``t`` not a train.
+    ValueError
+        ``kinds`` empty or holding an unknown kind; ``max_condition`` not a finite number >= 1.
     """
     _checks.check_train("gauge_equivalent", t, "t")
     if not kinds or any(k not in _gauge.KINDS for k in kinds):
         raise ValueError(
             f"gauge_equivalent: kinds must be a non-empty subset of {_gauge.KINDS}, got {kinds!r}"
         )
-    limit = _default_condition(t) if max_condition is None else float(max_condition)
-    if not 1 <= limit < math.inf:
+    limit = _default_condition(t) if max_condition is None else max_condition
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 1 <= limit < math.inf:
         raise ValueError(
             f"gauge_equivalent: max_condition must be a finite number >= 1, got {max_condition!r}"
         )
-    kind = draw(st.sampled_from(list(kinds)))
-    steps = math.floor(math.log2(limit))
-    condition = 1.0 if kind == "orthogonal" else 2.0 ** draw(st.integers(0, steps))
+    return _regauged(t, tuple(kinds), math.floor(math.log2(limit)), edge)
+
+
+@st.composite
+def _regauged(draw: Any, t: Any, kinds: tuple[str, ...], steps: int, edge: bool) -> Any:
+    # every choice is drawn whatever the branch: hypothesis prefers shorter choice sequences, and a branch
+    # that skipped a draw would count as simpler than the one the strategy means to shrink to
+    kind = draw(st.sampled_from(kinds))
+    power = draw(st.integers(0, steps))
+    condition = 1.0 if kind == "orthogonal" else 2.0**power
     seed = draw(SEEDS)
     out = _gauge.transformed(t, np.random.default_rng(seed), kind, condition)
     if edge and t.ncores > 1:
-        bound = _gauge.exponent_limit(out)
-        exponents = draw(st.lists(st.integers(-bound, bound), min_size=t.ncores - 1, max_size=t.ncores - 1))
+        bound, bonds = _gauge.exponent_limit(out), t.ncores - 1
+        exponents = draw(st.lists(st.integers(-bound, bound), min_size=bonds, max_size=bonds))
+        at_edge, sign = draw(st.booleans()), draw(st.sampled_from([1, -1]))
+        if at_edge:  # half the draws at the edge itself, which uniform exponents rarely reach
+            exponents = _gauge.edge_exponents(bonds, bound, sign)
         out = _gauge.scaled(out, exponents)
     return out
 
