@@ -204,7 +204,7 @@ def test_regauge_bad_input():
         regauge(np.ones(3))
     with pytest.raises(ValueError, match="regauge: kind must be one of"):
         regauge(t, kind="unitary")
-    with pytest.raises(ValueError, match="condition must be a real number >= 1, got 0.5"):
+    with pytest.raises(ValueError, match=r"condition must be a real number >= 1, got 0\.5"):
         regauge(t, condition=0.5)
     with pytest.raises(ValueError, match="condition must be finite"):
         regauge(t, condition=math.inf)

@@ -327,7 +327,7 @@ def test_check_bad_input():
     ):
         check_vjp(tn.dot, A, B, vjp=lambda a, b, g: (adjoint.dot(a, b, g)[0],))
     with pytest.raises(ValueError, match=r"cotangent of core 0 of argument 0 \('x'\) has shape \(1, 4, 2\)"):
-        check_vjp(tn.full, A, vjp=lambda x, g: [np.ones((1, 4, 2))] + adjoint.full(x, g)[1:])
+        check_vjp(tn.full, A, vjp=lambda x, g: [np.ones((1, 4, 2)), *adjoint.full(x, g)[1:]])
     with pytest.raises(ValueError, match="rtol must be a number in"):
         check_vjp(tn.dot, A, B, vjp=adjoint.dot, rtol=0.0)
     with pytest.raises(ValueError, match="cotangent must be 'cores' or 'tensor'"):
