@@ -162,6 +162,18 @@ def test_check_vjp_passes_the_rules_of_solve_and_eigsh():
     check_vjp(values, spd, vjp=values_vjp, rtol=1e-6)
 
 
+@given(st.data())
+def test_the_cotangent_cores_given_to_a_rule_are_those_of_the_probe(data):
+    """check_vjp's "cores" cotangent of a train output is the gradient of Re <w, y> (adjoint.dot's rule)."""
+    from tensornet.testing._probe import Probe
+
+    y = data.draw(tst.tts(backend="numpy", dtype=st.sampled_from(["float64", "complex128"]), **SMALL))
+    probe = Probe("test", y, np.random.default_rng(data.draw(st.integers(0, 100))))
+    expected = adjoint.dot(probe.w, y, 1.0)[1]
+    for got, want in zip(probe.cotangent_cores(y), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+
+
 # --- torch: reverse and forward mode ---------------------------------------------------------------------
 TORCH = dict(backend="torch", dtype=st.sampled_from(["float64", "complex128"]))
 

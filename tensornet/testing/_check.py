@@ -49,7 +49,7 @@ def no_grad(blocks: Sequence[P.Block]) -> Any:
 
 def _inner(g: Any, v: Any) -> float:
     """``Re <g, v>`` (``g`` conjugated) on the host."""
-    return float(np.real(np.vdot(P._host(g).ravel(), P._host(v).ravel())))
+    return float(np.real(np.vdot(P.host(g).ravel(), P.host(v).ravel())))
 
 
 class Checker:
@@ -140,11 +140,10 @@ class Checker:
                 ratios.append(c.error / c.tolerance if c.tolerance > 0 else math.inf)
             candidates = halves[int(np.nanargmax(ratios))] if not all(map(math.isnan, ratios)) else halves[0]
         index = tuple(int(i) for i in np.unravel_index(int(candidates[0]), shape))
-        size = P._norm(block.value)
+        size = P.norm_of(block.value)
         scale = size / math.sqrt(max(math.prod(shape), 1)) if size > 0 else 1.0
-        parts = [(1.0, "real")] + ([(1j, "imag")] if block.complex else [])
         got, want = 0j, 0j
-        for unit, _ in parts:
+        for unit in (1.0, 1j) if block.complex else (1.0,):  # d phi / d Re x, then d phi / d Im x
             e = np.zeros(shape, dtype=np.complex128 if block.complex else np.float64)
             e[index] = unit * scale
             direction = {j: B.asarray_like(e, block.value)}
@@ -162,9 +161,11 @@ class Checker:
 # --- VJP --------------------------------------------------------------------------------------------
 class _VJPChecker(Checker):
     def __init__(self, *a: Any, vjp: Any, cotangent: str, **k: Any) -> None:
-        super().__init__(*a, **k)
         if cotangent not in ("cores", "tensor"):
-            raise ValueError(f"{self.fn}: cotangent must be 'cores' or 'tensor', got {cotangent!r}")
+            raise ValueError(f"check_vjp: cotangent must be 'cores' or 'tensor', got {cotangent!r}")
+        if vjp is not None and not callable(vjp):
+            raise TypeError(f"check_vjp: vjp must be callable, got {type(vjp).__name__}")
+        super().__init__(*a, **k)
         self.grads = self._torch_grads() if vjp is None else self._rule_grads(vjp, cotangent)
 
     def _torch_grads(self) -> list[Array]:
@@ -183,8 +184,6 @@ class _VJPChecker(Checker):
         return [torch.zeros_like(leaf) if g is None else g for g, leaf in zip(grads, leaves.values())]
 
     def _rule_grads(self, vjp: Callable[..., Any], cotangent: str) -> list[Array]:
-        if not callable(vjp):
-            raise TypeError(f"{self.fn}: vjp must be callable, got {type(vjp).__name__}")
         probe = self.probe
         if probe.kind == "train":
             given = probe.cotangent_cores(self.y0) if cotangent == "cores" else probe.w
@@ -201,7 +200,7 @@ class _VJPChecker(Checker):
             )
         grads = []
         for block in self.blocks:
-            g = result[block.arg]
+            g = result[block.arg]  # one cotangent per argument: core gradients for a train
             if g is not None and block.core is not None:
                 g = list(g.cores) if isinstance(g, (TT, TTM)) else list(g)
                 g = g[block.core] if block.core < len(g) else None
@@ -217,7 +216,7 @@ class _VJPChecker(Checker):
 
     def derivative(self, direction: P.Direction) -> tuple[float, float]:
         value = sum(_inner(self.grads[j], t) for j, t in direction.items())
-        bound = sum(P._norm(self.grads[j]) * P._norm(t) for j, t in direction.items())
+        bound = sum(P.norm_of(self.grads[j]) * P.norm_of(t) for j, t in direction.items())
         return value, bound
 
 

@@ -17,9 +17,9 @@ __all__ = ["check_jvp"]
 
 class _JVPChecker(Checker):
     def __init__(self, *a: Any, jvp: Any, **k: Any) -> None:
-        super().__init__(*a, **k)
         if jvp is not None and not callable(jvp):
-            raise TypeError(f"{self.fn}: jvp must be callable, got {type(jvp).__name__}")
+            raise TypeError(f"check_jvp: jvp must be callable, got {type(jvp).__name__}")
+        super().__init__(*a, **k)
         if jvp is None and B.backend_name(self.blocks[0].value) != "torch":
             raise TypeError(
                 f"{self.fn}: numpy arguments need the JVP rule under test: pass jvp=..., called as "
@@ -72,7 +72,7 @@ class _JVPChecker(Checker):
                 tangent = self.jvp(tuple(self.args), self._tangents(direction))
         probe = self.probe
         if probe.kind != "train" or isinstance(tangent, (TT, TTM)):
-            size = probe.size(tangent) if probe.kind == "train" else P._norm(probe.w) * P._norm(tangent)
+            size = probe.size(tangent) if probe.kind == "train" else P.norm_of(probe.w) * P.norm_of(tangent)
             return probe.phi(tangent), size
         if len(tangent) != y.ncores:
             raise ValueError(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,18 +41,18 @@ def _is_float_array(x: Any) -> bool:
     return inexact(x) and not isinstance(x, np.generic)
 
 
-def _host(x: Any) -> np.ndarray:
+def host(x: Any) -> np.ndarray:
     """``x`` as a numpy array on the host (detached)."""
     return np.asarray(B.to_backend(x, "numpy")) if B.is_array(x) else np.asarray(x)
 
 
-def _norm(x: Any) -> float:
-    return float(np.linalg.norm(_host(x).ravel()))
+def norm_of(x: Any) -> float:
+    return float(np.linalg.norm(host(x).ravel()))
 
 
 def as_complex(x: Any) -> complex:
     """A scalar (Python number, 0-d numpy or torch array) as a Python complex."""
-    return complex(_host(x).reshape(()).item())
+    return complex(host(x).reshape(()).item())
 
 
 @dataclass(frozen=True)
@@ -91,17 +92,19 @@ def blocks_of(fn: str, f: Callable[..., Any], args: Sequence[Any], wrt: Any) -> 
     if wrt is None:
         chosen = [i for i, a in enumerate(args) if _is_train(a) or _is_float_array(a)]
     else:
-        chosen = [wrt] if isinstance(wrt, int) and not isinstance(wrt, bool) else list(wrt)
-        for i in chosen:
-            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(args):
+        given = [wrt] if isinstance(wrt, numbers.Integral) and not isinstance(wrt, bool) else list(wrt)
+        chosen = []
+        for i in given:
+            if isinstance(i, bool) or not isinstance(i, numbers.Integral) or not 0 <= int(i) < len(args):
                 raise ValueError(
                     f"{fn}: wrt holds {i!r}, not the position of one of the {len(args)} arguments"
                 )
-            if not (_is_train(args[i]) or _is_float_array(args[i])):
+            if not (_is_train(args[int(i)]) or _is_float_array(args[int(i)])):
                 raise TypeError(
-                    f"{fn}: argument {i} is a {type(args[i]).__name__}; only trains and floating-point "
+                    f"{fn}: argument {i} is a {type(args[int(i)]).__name__}; only trains and floating-point "
                     "arrays can be differentiated (leave it out of wrt)"
                 )
+            chosen.append(int(i))
     if not chosen:
         raise ValueError(f"{fn}: no argument to differentiate; give a TT, a TTM or a floating-point array")
     names = argument_names(f, len(args))
@@ -122,11 +125,11 @@ def blocks_of(fn: str, f: Callable[..., Any], args: Sequence[Any], wrt: Any) -> 
     return blocks
 
 
-def random_like(value: Any, rng: np.random.Generator, *, complex_: bool | None = None) -> Any:
-    """Standard normal entries shaped like ``value``, in its backend, dtype and device."""
+def random_like(value: Any, rng: np.random.Generator) -> Any:
+    """Standard normal entries shaped like ``value`` (circular complex if it is complex), on its backend."""
     shape = tuple(int(s) for s in value.shape)
     out = rng.standard_normal(shape)
-    if B.is_complex(value) if complex_ is None else complex_:
+    if B.is_complex(value):
         out = (out + 1j * rng.standard_normal(shape)) / math.sqrt(2.0)
     return B.asarray_like(out, value)
 
@@ -136,8 +139,8 @@ def random_direction(blocks: Sequence[Block], rng: np.random.Generator) -> Direc
     direction = {}
     for j, block in enumerate(blocks):
         tangent = random_like(block.value, rng)
-        size = _norm(block.value)
-        direction[j] = tangent * ((size if size > 0 else 1.0) / max(_norm(tangent), 1e-300))
+        size = norm_of(block.value)
+        direction[j] = tangent * ((size if size > 0 else 1.0) / max(norm_of(tangent), 1e-300))
     return direction
 
 
@@ -184,7 +187,7 @@ class Probe:
         elif isinstance(y0, (int, float, complex, np.number)) or inexact(y0):
             self.kind = "scalar"
             self.complex = isinstance(y0, complex) or (
-                not isinstance(y0, (int, float)) and np.iscomplexobj(_host(y0))
+                not isinstance(y0, (int, float)) and np.iscomplexobj(host(y0))
             )
             value = rng.standard_normal(2)
             self.w = complex(value[0], value[1]) if self.complex else float(value[0])
@@ -199,8 +202,8 @@ class Probe:
         if self.kind == "train":
             return as_complex(_ops.dot(self.w, y)).real
         if self.kind == "array":
-            return float(np.real(np.vdot(_host(self.w).ravel(), _host(y).ravel())))
-        return (np.conj(self.w) * as_complex(y)).real
+            return float(np.real(np.vdot(host(self.w).ravel(), host(y).ravel())))
+        return (self.w.conjugate() * as_complex(y)).real
 
     def loss(self, y: Any) -> Any:
         """``Re <w, y>`` on ``y``'s own backend, for autograd."""
@@ -210,14 +213,14 @@ class Probe:
             xp = B.namespace(y)
             value = xp.sum(B.conj(self.w) * y)
         else:
-            value = np.conj(self.w) * y if self.complex else self.w * y
+            value = self.w.conjugate() * y  # a Python number: y's backend does the product
         return value.real if B.is_array(value) and B.is_complex(value) else value
 
     def size(self, y: Any) -> float:
         """``||w|| ||y||``: the scale that rounding errors in evaluating ``phi(y)`` are relative to."""
         if self.kind == "train":
             return float(_ops.norm(self.w)) * float(B.to_float(_ops.norm(y)))
-        return _norm(self.w) * _norm(y)
+        return norm_of(self.w) * norm_of(y)
 
     def cotangent_cores(self, y: Any) -> list[Any]:
         """The gradients of ``Re <w, y>`` with respect to the cores of the train ``y`` (torch's convention)."""
