@@ -1,8 +1,9 @@
 """tensornet: tensor-train (TT) and TT-matrix (TTM) algebra on any array backend.
 
 The public API is re-exported here; ``tensornet.linalg`` (solvers), ``tensornet.nn`` (PyTorch layers),
-``tensornet.gpt2`` (the GPT-2 adapter) and ``tensornet.testing`` (hypothesis strategies) are imported on
-first attribute access, so ``import tensornet`` imports neither torch nor hypothesis.
+``tensornet.gpt2`` (the GPT-2 adapter), ``tensornet.riemannian`` (tangent spaces of fixed-rank trains) and
+``tensornet.testing`` (hypothesis strategies) are imported on first attribute access, so ``import tensornet``
+imports neither torch nor hypothesis.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from . import contract, shapes
 from ._cross import ConvergenceWarning, EvalCapWarning, apply, cross
 from .construct import delta, eye, laplacian, ones, qft, zeros
 from .decomp import RankCapWarning, orthogonalize, round, round_sum, tt_svd, ttm_svd
+from .learn import argmax, argmin, complete, sample
 from .ops import (
     add,
     conj,
@@ -46,6 +48,9 @@ __all__ = [
     "RankCapWarning",
     "add",
     "apply",
+    "argmax",
+    "argmin",
+    "complete",
     "conj",
     "contract",
     "cross",
@@ -71,6 +76,7 @@ __all__ = [
     "reshape",
     "round",
     "round_sum",
+    "sample",
     "scale",
     "shapes",
     "sum",
@@ -80,7 +86,7 @@ __all__ = [
     "zeros",
 ]
 
-_LAZY = ("adjoint", "linalg", "nn", "gpt2", "testing")
+_LAZY = ("adjoint", "linalg", "nn", "gpt2", "riemannian", "testing")
 
 
 def __getattr__(name: str) -> Any:

@@ -12,6 +12,7 @@ import importlib
 import math
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
@@ -62,6 +63,25 @@ def max_abs(x: Array) -> float:
         return to_float(torch.linalg.vector_norm(x.detach(), ord=float("inf")))
     xp = namespace(x)
     return to_float(xp.max(xp.abs(x)))
+
+
+def magnitude(x: Array) -> float:
+    """The largest absolute value of ``x``'s real and imaginary parts, as a Python float.
+
+    ``max |x|`` for real ``x``; within a factor ``sqrt(2)`` of it for complex ``x`` (no square roots: what
+    power-of-two normalisation needs, at a quarter of the cost of ``max |x|`` on complex arrays). NaN if
+    ``x`` has a NaN. Cost: one pass over ``x``, no ``x``-sized temporary.
+    """
+    if array_api_compat.is_torch_array(x):
+        torch = importlib.import_module("torch")
+        parts = torch.view_as_real(x.detach().resolve_conj()) if x.is_complex() else x.detach()
+        return to_float(torch.linalg.vector_norm(parts, ord=float("inf")))
+    parts = np.asarray(x)
+    if parts.dtype.kind == "c":
+        parts = np.ascontiguousarray(parts).view(parts.real.dtype)
+    if parts.size == 0:
+        return 0.0
+    return float(max(parts.max(), -parts.min()))
 
 
 def is_array(x: object) -> bool:
@@ -326,7 +346,10 @@ def scale_pow2(x: Array, e: Any) -> Array:
 def normalized(x: Array) -> tuple[Array, Array]:
     """``(x / 2^e, e)`` with the largest magnitude of the result near 1 (``x`` unchanged if all zero)."""
     xp = namespace(x)
-    e = exponent(xp.max(xp.abs(x)))
+    if is_complex(x):  # the parts' largest magnitude: a power of two near |x| without the square roots
+        e = exponent(xp.maximum(xp.max(xp.abs(xp.real(x))), xp.max(xp.abs(xp.imag(x)))))
+    else:
+        e = exponent(xp.max(xp.abs(x)))
     return scale_pow2(x, -e), e
 
 
@@ -336,7 +359,7 @@ def renormalized(x: Array, bound: int = 256) -> tuple[Array, int]:
     Otherwise ``(x, 0)``: one max over ``x``, no copy. For the running products of sweeps, which need
     renormalising only when they drift far from 1.
     """
-    top = max_abs(x)
+    top = magnitude(x)
     if 2.0**-bound < top < 2.0**bound or top == 0.0 or not math.isfinite(top):
         return x, 0
     e = math.frexp(top)[1]
@@ -346,6 +369,24 @@ def renormalized(x: Array, bound: int = 256) -> tuple[Array, int]:
 def detach(x: Array) -> Array:
     """``x`` cut from autograd's graph (torch); other backends have no graph."""
     return x.detach() if hasattr(x, "detach") else x
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn(message: str, category: type[Warning]) -> None:
+    """``warnings.warn`` attributed to the first caller outside tensornet (no hand-counted stacklevel).
+
+    The frames of tensornet's own modules (public functions, their decorators and helpers) are skipped, so
+    the warning names the user's line whatever path inside the package raised it (as Python 3.12's
+    ``skip_file_prefixes`` does).
+    """
+    frame: Any = sys._getframe(1)
+    level = 2  # stacklevel 2 is warn's caller
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 def available_memory() -> int | None:

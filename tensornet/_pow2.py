@@ -77,16 +77,22 @@ def safe_exponent(tops: Sequence[float], dtype: Any) -> int:
 
 
 def core_exponents(cores: Sequence[Array]) -> list[int]:
-    """The power-of-two exponent of each core's largest magnitude (one host transfer for all cores).
+    """The power-of-two exponent of each core's largest magnitude (of its parts, for complex cores).
 
     Raises
     ------
     ValueError
         A core with NaN or inf entries.
     """
-    xp = B.namespace(*cores)
-    tops = xp.stack([xp.max(xp.abs(c)) for c in cores])
-    values = np.asarray(B.to_backend(tops, "numpy"), dtype=np.float64)
+    if all(isinstance(c, np.ndarray) for c in cores):
+        values = np.array([B.magnitude(c) for c in cores], dtype=np.float64)
+    else:  # one host transfer for all cores
+        xp = B.namespace(*cores)
+        parts = [xp.real(c) for c in cores] + [xp.imag(c) for c in cores if B.is_complex(c)]
+        tops = xp.stack([xp.max(xp.abs(p)) for p in parts])
+        values = np.asarray(B.to_backend(tops, "numpy"), dtype=np.float64)
+        if len(parts) > len(cores):
+            values = np.maximum(values[: len(cores)], values[len(cores) :])
     if not np.all(np.isfinite(values)):
         raise ValueError("the train has NaN or inf entries; the operation is undefined")
     return [math.frexp(float(t))[1] if t > 0 else 0 for t in values]

@@ -5,7 +5,6 @@ Re-exported by :mod:`tensornet.ops`; ``linear`` itself lives in :mod:`tensornet.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -73,11 +72,10 @@ def matvec(a: TTM, x: TT, *, eps: float | None = None, max_rank: RankSpec | None
     caps = _checks.rank_caps("matvec", max_rank, a.ncores)
     result, bound = rounded_matvec("matvec", a, x, eps, caps, round_train, _exact_matvec)
     if eps is not None and bound > eps and any(c is not None for c in caps):
-        warnings.warn(
+        B.warn(
             f"matvec: max_rank kept the result from meeting eps={eps:g}; the achieved relative error bound is "
             f"{bound:.3g}. Raise max_rank to meet eps.",
             RankCapWarning,
-            stacklevel=3,
         )
     return result
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import math
-import warnings
 from typing import Any
 
 import numpy as np
@@ -71,14 +70,14 @@ class ErrorLog:
         self.discarded = math.hypot(self.discarded, discarded)  # no overflow or underflow in squares
         self.capped = self.capped or rank < needed
 
-    def finish(self, reference_norm: float, stacklevel: int) -> float:
+    def finish(self, reference_norm: float) -> float:
+        """The relative error bound; a :class:`RankCapWarning` (at the user's line) if a cap kept it above eps."""
         bound = self.discarded / reference_norm if reference_norm > 0 else 0.0
         if self.capped and self.eps is not None and bound > self.eps:
-            warnings.warn(
+            B.warn(
                 f"{self.fn}: max_rank kept the result from meeting eps={self.eps:g}; the achieved relative "
                 f"error bound is {bound:.3g}. Raise max_rank to meet eps.",
                 RankCapWarning,
-                stacklevel=stacklevel,
             )
         return bound
 

@@ -394,3 +394,12 @@ def test_complex_functions_known_ranks_and_dense_reference(backend):
 def test_complex_values_with_a_real_dtype_are_refused():
     with pytest.raises(TypeError, match=r"the values are complex but dtype=float64 is real"):
         tn.cross(lambda i: np.exp(1j * i.sum(axis=1)), (3, 3), dtype="float64", seed=0)
+
+
+def test_a_cap_that_rounding_enforces_after_the_search_met_eps_is_reported():
+    # sin of a sum has rank 2: the search (exploring up to max_rank + 2) meets eps at rank 2, then the
+    # result is rounded to max_rank = 1; that lost eps silently before (relative error 0.87, no warning)
+    f = lambda i: np.sin(i.sum(axis=1) * 1.7)  # noqa: E731
+    with pytest.warns(tn.RankCapWarning, match=r"cross: max_rank kept the result from meeting eps=1e-12"):
+        t, error = tn.cross(f, (8,) * 4, eps=1e-12, max_rank=1, seed=0, return_error=True)
+    assert t.ranks == (1,) * 5 and error > 0.1

@@ -142,7 +142,7 @@ def solve(
         info = holder["info"]
     else:
         x, info = _solve_scaled(a, b, x0, tol, max_rank, max_sweeps)
-    _solve.warn_unconverged(info, tol, max_sweeps, stacklevel=3)
+    _solve.warn_unconverged(info, tol, max_sweeps)
     return (x, info) if return_info else x
 
 
@@ -313,7 +313,7 @@ def eigsh(
         result, ordered, info = importlib.import_module("tensornet.linalg._torch").eig_values(a, run)
     else:
         result, ordered, info = run(a)
-    _eig.warn_unconverged(info, tol, max_sweeps, stacklevel=3)
+    _eig.warn_unconverged(info, tol, max_sweeps)
     return (result, ordered, info) if return_info else (result, ordered)
 
 

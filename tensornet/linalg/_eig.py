@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from .. import _backend as B
 from .._backend import Array
 from .._cross import ConvergenceWarning
 from ..decomp import round as round_tt
@@ -219,16 +219,15 @@ def run(
     return np.array(sweeper.values), vectors, info
 
 
-def warn_unconverged(info: EigInfo, tol: float, max_sweeps: int, stacklevel: int) -> None:
+def warn_unconverged(info: EigInfo, tol: float, max_sweeps: int) -> None:
     """The :class:`ConvergenceWarning` of an eigsh that did not settle within ``max_sweeps`` passes."""
     if info.converged:
         return
     change = float(np.max(np.abs(info.values[-1] - info.values[-2]))) if len(info.values) > 1 else math.inf
     why = "max_rank capped the ranks; raise max_rank" if info.capped else "raise max_sweeps"
-    warnings.warn(
+    B.warn(
         f"eigsh: not converged after {info.passes} passes (max_sweeps={max_sweeps}): the values changed by "
         f"{change:.3g} in the last pass and the largest local residual was {info.local_residuals[-1]:.3g} "
         f"(tol={tol:g}); {why}",
         ConvergenceWarning,
-        stacklevel=stacklevel,
     )

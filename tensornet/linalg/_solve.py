@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -279,7 +278,7 @@ def _compressed(
     return residual, cores
 
 
-def warn_unconverged(info: SolveInfo, tol: float, max_sweeps: int, stacklevel: int) -> None:
+def warn_unconverged(info: SolveInfo, tol: float, max_sweeps: int) -> None:
     """The :class:`ConvergenceWarning` of a solve that did not meet ``tol``, saying why."""
     if info.converged:
         return
@@ -293,8 +292,7 @@ def warn_unconverged(info: SolveInfo, tol: float, max_sweeps: int, stacklevel: i
         )
     else:
         why = f"max_sweeps={max_sweeps} passes were not enough; raise max_sweeps"
-    warnings.warn(
+    B.warn(
         f"solve: ||A x - b|| / ||b|| = {info.residual:.3g} > tol = {tol:g} after {info.passes} passes; {why}",
         ConvergenceWarning,
-        stacklevel=stacklevel,
     )
