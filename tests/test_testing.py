@@ -178,6 +178,7 @@ def test_the_cotangent_cores_given_to_a_rule_are_those_of_the_probe(data):
 TORCH = dict(backend="torch", dtype=st.sampled_from(["float64", "complex128"]))
 
 
+@settings(max_examples=20)  # five or six checks per example: ci's 50 took 45 s on the shared 2-core machine
 @given(st.data())
 def test_check_vjp_passes_torch_autograd_through_the_algebra(data):
     t = data.draw(tst.tts(**TORCH, **SMALL))
@@ -198,6 +199,7 @@ def test_check_vjp_passes_the_custom_autograd_function_of_linear(w, tokens):
     assert report.ok and report.comparisons[0].what == "all arguments at once"
 
 
+@settings(max_examples=20)  # five or six checks per example: ci's 50 took 45 s on the shared 2-core machine
 @given(st.data())
 def test_check_jvp_passes_torch_forward_mode_through_the_algebra(data):
     t = data.draw(tst.tts(**TORCH, **SMALL))
