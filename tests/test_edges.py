@@ -632,3 +632,23 @@ def test_warnings_point_at_the_callers_line():
         with pytest.warns(UserWarning) as record:
             call()
         assert {w.filename for w in record} == {__file__}, [(w.filename, w.lineno) for w in record]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "complex128"])
+def test_norm_has_exact_second_derivatives(dtype):
+    # the gradient used to be attached through a detached factor: first derivatives right, second wrong
+    t = tn.random_tt((3, 4, 2), 2, seed=0, dtype=dtype).to("torch")
+    cores = [c.clone().requires_grad_() for c in t.cores]
+    assert torch.autograd.gradgradcheck(lambda *c: tn.norm(tn.TT(list(c))), cores)
+    # Hessian-vector products of ||x||^2 through norm and through dot agree
+    directions = [torch.randn_like(c) for c in cores]
+    results = []
+    for loss in (lambda: tn.norm(tn.TT(cores)) ** 2, lambda: tn.dot(tn.TT(cores), tn.TT(cores)).real):
+        grads = torch.autograd.grad(loss(), cores, create_graph=True)
+        inner = sum((g.conj() * v).real.sum() for g, v in zip(grads, directions))
+        results.append(torch.autograd.grad(inner, cores))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    zero = [torch.zeros_like(c, requires_grad=True) for c in cores]
+    (g,) = torch.autograd.grad(tn.norm(tn.TT(zero)), zero[:1], create_graph=True)
+    assert torch.all(g == 0) and not torch.isnan(g).any()
