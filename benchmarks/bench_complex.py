@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 import tensornet as tn
+from tensornet import interop
 
 warnings.filterwarnings("ignore")  # torchTT warns on import that its C++ extension is missing
 PEERS = ("torchTT", "tntorch", "teneva")
@@ -53,17 +54,9 @@ def peers() -> dict[str, Any]:
 
 
 def cores_of(result: Any) -> list[np.ndarray]:
-    """Plain complex TT cores of a peer's or tensornet's result (tntorch's Tucker factors merged in)."""
-    cores = list(getattr(result, "cores", result))
-    factors = list(getattr(result, "Us", [None] * len(cores)))
-    out = []
-    for c, u in zip(cores, factors):
-        if u is not None:
-            c = torch.einsum("asb,ns->anb", c, u)
-        if isinstance(c, torch.Tensor):
-            c = c.detach().cpu().resolve_conj().numpy()
-        out.append(np.asarray(c, dtype=np.complex128))
-    return out
+    """Plain complex TT cores of a peer's or tensornet's result, by ``tensornet.interop`` (tntorch's Tucker
+    factors merged in)."""
+    return H.host_cores(result, np.complex128)
 
 
 def relative_error_tt(cores: list[np.ndarray], reference: tn.TT) -> float:
@@ -111,11 +104,11 @@ def tt_svd_cases(found: dict[str, Any], repeats: int) -> list[str]:
         norm_x = float(np.linalg.norm(x))
         d = x.ndim
         methods: dict[str, Callable[[], Any]] = {
-            "tensornet (numpy)": lambda x=x, eps=eps: tn.tt_svd(x, eps=eps).cores,
-            "tensornet (torch)": lambda xt=xt, eps=eps: tn.tt_svd(xt, eps=eps).cores,
+            "tensornet (numpy)": lambda x=x, eps=eps: tn.tt_svd(x, eps=eps),
+            "tensornet (torch)": lambda xt=xt, eps=eps: tn.tt_svd(xt, eps=eps),
         }
         if "torchTT" in found:
-            methods["torchTT"] = lambda xt=xt, eps=eps: found["torchTT"].TT(xt, eps=eps).cores
+            methods["torchTT"] = lambda xt=xt, eps=eps: found["torchTT"].TT(xt, eps=eps)
         if "tntorch" in found:
             methods["tntorch"] = lambda xt=xt, eps=eps: found["tntorch"].Tensor(xt, eps=eps)
         if "teneva" in found:
@@ -134,25 +127,24 @@ def round_methods(x: tn.TT, found: dict[str, Any], eps: float) -> dict[str, Call
     """Every method's rounding of the train ``x`` (its block cores handed to the peers as they are)."""
     d = x.ncores
     on_torch = x.to("torch")
-    cores = [torch.from_numpy(np.array(c)) for c in x.cores]
     methods: dict[str, Callable[[], Any]] = {
-        "tensornet (numpy)": lambda: tn.round(x, eps=eps).cores,
-        "tensornet (torch)": lambda: tn.round(on_torch, eps=eps).cores,
+        "tensornet (numpy)": lambda: tn.round(x, eps=eps),
+        "tensornet (torch)": lambda: tn.round(on_torch, eps=eps),
     }
     if "torchTT" in found:
-        peer = found["torchTT"].TT(cores)
-        methods["torchTT"] = lambda: peer.round(eps).cores
+        peer = interop.to_torchtt(x)
+        methods["torchTT"] = lambda: peer.round(eps)
     if "tntorch" in found:
 
         def tntorch_round() -> Any:
-            y = found["tntorch"].Tensor([c.clone() for c in cores])
+            y = interop.to_tntorch(on_torch)  # a copy of the cores: round_tt works in place
             y.round_tt(eps)
             return y
 
         methods["tntorch"] = tntorch_round
     if "teneva" in found:
         norm = float(tn.norm(x))
-        host = [np.array(c) for c in x.cores]
+        host = interop.to_teneva(x)
         methods["teneva"] = lambda: found["teneva"].truncate(host, e=eps / math.sqrt(d - 1) * norm)
     return methods
 

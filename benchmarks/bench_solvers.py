@@ -51,6 +51,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import tensornet as tn  # noqa: E402
+from tensornet import interop  # noqa: E402
 from tensornet.linalg import ConvergenceWarning, eigsh, heisenberg, laplacian_inverse, solve  # noqa: E402
 
 torch.set_num_threads(1)
@@ -89,34 +90,16 @@ def torchtt_module() -> Any:
     return torchtt
 
 
-def to_torchtt(train: tn.TT | tn.TTM) -> Any:
-    return torchtt_module().TT([torch.as_tensor(np.asarray(c)) for c in train.cores])
-
-
-def from_torchtt(x: Any) -> tn.TT:
-    return tn.TT([c.detach().numpy() for c in x.cores])
-
-
 def torchtt_solve(a: tn.TTM, b: tn.TT, eps: float) -> Callable[[], tn.TT]:
     tt = torchtt_module()
-    a_t, b_t = to_torchtt(a), to_torchtt(b)
-    return lambda: from_torchtt(tt.solvers.amen_solve(a_t, b_t, eps=eps, verbose=False))
+    a_t, b_t = interop.to_torchtt(a), interop.to_torchtt(b)
+    return lambda: interop.from_torchtt(tt.solvers.amen_solve(a_t, b_t, eps=eps, verbose=False)).to("numpy")
 
 
 def quimb_mpo(a: tn.TTM) -> Any:
-    import quimb.tensor as qtn
-
-    arrays = []
-    d = a.ncores
-    for k, core in enumerate(a.cores):
-        c = np.asarray(core)  # (r, m, n, r') -> quimb's 'lrud' without the missing end bonds
-        if k == 0:
-            arrays.append(np.transpose(c[0], (2, 0, 1)))
-        elif k == d - 1:
-            arrays.append(c[..., 0])
-        else:
-            arrays.append(np.transpose(c, (0, 3, 1, 2)))
-    return qtn.MatrixProductOperator(arrays, shape="lrud")
+    return interop.to_quimb(
+        a
+    )  # (r, m, n, r') in quimb's 'lrud' order, the end sites without their outer bond
 
 
 def quimb_dmrg(

@@ -5,7 +5,7 @@ Also the operators they are explored with: :func:`heisenberg` (spin chains) and 
 ``tn.matvec(A, x, eps=...)`` lives in the core (:func:`tensornet.matvec`).
 
 Conventions (all of :mod:`tensornet.linalg`): square TTMs ``A`` with ``row_shape == col_shape``; tolerances
-are relative; a :class:`ConvergenceWarning` (the class :func:`tensornet.cross` uses) is issued whenever a
+are relative; a :class:`~tensornet.ConvergenceWarning` (the class :func:`tensornet.cross` uses) is issued whenever a
 result misses its tolerance, with what was reached. Everything runs on the cores' backend and device: the
 local Krylov solvers are written on the array namespace, and only small projected matrices (Hessenberg,
 Rayleigh-Ritz) go to the host.

@@ -101,7 +101,7 @@ def solve(
 
     Notes
     -----
-    Unless a :class:`ConvergenceWarning` is issued, ``||A x - b|| <= tol ||b||``, checked in TT form
+    Unless a :class:`~tensornet.ConvergenceWarning` is issued, ``||A x - b|| <= tol ||b||``, checked in TT form
     after every pass (``A x - b`` as a train of rank ``R r + r_b``, its norm by a QR sweep).
 
     Sweeps (Dolgov & Savostyanov 2014): with the cores left of core k left-orthonormal and those right of

@@ -81,6 +81,7 @@ class Rule:
         self.options = dict(options)
 
     def matches(self, name: str) -> bool:
+        """Whether the module name ``name`` matches the rule's pattern (a glob, or a regex matched in full)."""
         if isinstance(self.pattern, re.Pattern):
             return self.pattern.fullmatch(name) is not None
         return fnmatch.fnmatchcase(name, self.pattern)

@@ -71,6 +71,7 @@ class Tangent:
 
     @property
     def dtype(self) -> Any:
+        """The dtype of the tangent vector's cores (its base point's)."""
         return self._deltas[0].dtype
 
     def __repr__(self) -> str:

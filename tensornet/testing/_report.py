@@ -26,10 +26,12 @@ class Comparison:
 
     @property
     def error(self) -> float:
+        """``|derivative - finite_difference|``."""
         return abs(self.derivative - self.finite_difference)
 
     @property
     def ok(self) -> bool:
+        """Whether ``error <= tolerance`` (False for NaN)."""
         return self.error <= self.tolerance  # False for NaN
 
 
@@ -49,6 +51,7 @@ class DerivativeReport:
 
     @property
     def ok(self) -> bool:
+        """Whether every comparison is within its tolerance."""
         return all(c.ok for c in self.comparisons)
 
     def __str__(self) -> str:
