@@ -285,3 +285,34 @@ def device_sync(device: str) -> Callable[[], None] | None:
 
         return torch.cuda.synchronize
     return None
+
+
+# --- peers' results as trains ----------------------------------------------------------------------------
+def as_train(result: Any) -> Any:
+    """A tensornet train from a method's result: a train, or a peer's object through ``tensornet.interop``.
+
+    torchTT ``TT``, tntorch ``Tensor`` (Tucker factors and CP cores included), tensorly ``TTTensor``, quimb
+    MPS, and teneva's format (a list of numpy cores). Conversions happen outside the timed calls.
+    """
+    import tensornet as tn
+    from tensornet import interop
+
+    if isinstance(result, (tn.TT, tn.TTM)):
+        return result
+    home = type(result).__module__.split(".")[0]
+    convert = {
+        "torchtt": interop.from_torchtt,
+        "tntorch": interop.from_tntorch,
+        "tensorly": interop.from_tensorly,
+        "quimb": interop.from_quimb,
+    }.get(home)
+    if convert is not None:
+        return convert(result)
+    return interop.from_teneva(list(result))  # teneva: a list of numpy cores
+
+
+def host_cores(result: Any, dtype: Any) -> list[Any]:
+    """The cores of :func:`as_train` ``(result)`` as numpy arrays of ``dtype`` (detached, on the host)."""
+    import numpy as np
+
+    return [np.asarray(c, dtype=dtype) for c in as_train(result).to("numpy").cores]

@@ -161,7 +161,7 @@ def run_teneva(
         index = np.stack([rng.integers(0, n, int(stop[1])) for n in case.shape], axis=1)
         options.update(I_vld=index, y_vld=f(index), e_vld=case.eps)
     y = teneva.cross(f, teneva.rand(list(case.shape), r0, seed=0), **options)
-    return [np.asarray(c) for c in teneva.truncate(y, case.eps)], f.evals
+    return H.host_cores(teneva.truncate(y, case.eps), np.float64), f.evals
 
 
 def run_teneva_oracle(case: Case, r0: int, budget: int) -> tuple[list[np.ndarray], int]:
@@ -169,7 +169,7 @@ def run_teneva_oracle(case: Case, r0: int, budget: int) -> tuple[list[np.ndarray
 
     f = Counted(case.f)
     y = teneva.cross(f, teneva.rand(list(case.shape), r0, seed=0), m=budget, dr_max=0)
-    return [np.asarray(c) for c in teneva.truncate(y, case.eps)], f.evals
+    return H.host_cores(teneva.truncate(y, case.eps), np.float64), f.evals
 
 
 def run_torchtt(case: Case, kick: int, eps: float) -> tuple[list[np.ndarray], int]:
@@ -178,7 +178,7 @@ def run_torchtt(case: Case, kick: int, eps: float) -> tuple[list[np.ndarray], in
     torch.manual_seed(0)
     f = Counted(case.f, convert=torch_index)
     x = torchtt.interpolate.dmrg_cross(f, list(case.shape), eps=eps, nswp=20, kick=kick)
-    return [c.numpy() for c in x.cores], f.evals
+    return H.host_cores(x, np.float64), f.evals
 
 
 def run_tntorch(case: Case, kickrank: int, val_size: int) -> tuple[list[np.ndarray], int]:
@@ -194,7 +194,7 @@ def run_tntorch(case: Case, kickrank: int, val_size: int) -> tuple[list[np.ndarr
             val_size=val_size, max_iter=50, verbose=False, suppress_warnings=True,
         )  # fmt: skip
         t.round_tt(case.eps)
-    return [c.detach().numpy() for c in t.cores], f.evals
+    return H.host_cores(t, np.float64), f.evals
 
 
 # --- measuring -----------------------------------------------------------------------------------------------

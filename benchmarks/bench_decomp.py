@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 import tensornet as tn
+from tensornet import interop
 
 warnings.filterwarnings("ignore")  # torchTT warns on import that its C++ extension is missing
 PEERS = ("teneva", "torchTT", "tntorch", "tensorly")
@@ -112,18 +113,9 @@ def peers() -> dict[str, Any]:
 
 
 def as_numpy_cores(result: Any) -> list[np.ndarray]:
-    """Plain TT cores (r, n, r') of a result: a list of cores, or a tntorch Tensor (whose TT-SVD can
-    put Tucker factors U_k (n_k, s_k) on modes; they are merged into the cores here, outside timing)."""
-    cores = list(getattr(result, "cores", result))
-    factors = list(getattr(result, "Us", [None] * len(cores)))
-    out = []
-    for c, u in zip(cores, factors):
-        if u is not None:
-            c = torch.einsum("asb,ns->anb", c, u)
-        if isinstance(c, torch.Tensor):
-            c = c.detach().cpu().numpy()
-        out.append(np.asarray(c, dtype=np.float64))
-    return out
+    """Plain float64 TT cores (r, n, r') of a result, converted by ``tensornet.interop`` outside timing
+    (a tntorch Tensor's Tucker factors U_k (n_k, s_k), which its TT-SVD can put on modes, included)."""
+    return H.host_cores(result, np.float64)
 
 
 def ranks_of(cores: list[np.ndarray]) -> tuple[int, ...]:
@@ -183,15 +175,15 @@ def tt_svd_case(
 
     mine = tn.tt_svd(x, eps=eps)
     methods: dict[str, Callable[[], Any]] = {
-        "tensornet (numpy)": lambda: tn.tt_svd(x, eps=eps).cores,
-        "tensornet (torch)": lambda: tn.tt_svd(xt, eps=eps).cores,
+        "tensornet (numpy)": lambda: tn.tt_svd(x, eps=eps),
+        "tensornet (torch)": lambda: tn.tt_svd(xt, eps=eps),
     }
     if "teneva" in found:
         teneva = found["teneva"]
         methods["teneva"] = lambda: teneva.svd(x, e=eps / math.sqrt(d - 1) * np.linalg.norm(x))
     if "torchTT" in found:
         torchtt = found["torchTT"]
-        methods["torchTT"] = lambda: torchtt.TT(xt, eps=eps).cores
+        methods["torchTT"] = lambda: torchtt.TT(xt, eps=eps)
     if "tntorch" in found:
         tntorch = found["tntorch"]
         methods["tntorch"] = lambda: tntorch.Tensor(xt, eps=eps)
@@ -200,7 +192,7 @@ def tt_svd_case(
         from tensorly.decomposition import tensor_train
 
         tensorly.set_backend("numpy")
-        methods["tensorly (tensornet's ranks)"] = lambda: tensor_train(x, list(mine.ranks)).factors
+        methods["tensorly (tensornet's ranks)"] = lambda: tensor_train(x, list(mine.ranks))
     run_case(title, eps, methods, error_of, repeats, lines)
 
 
@@ -242,23 +234,22 @@ def round_case(
         return tt_norm(sum_cores(x, [-cores[0], *cores[1:]])) / norm_x
 
     methods: dict[str, Callable[[], Any]] = {
-        "tensornet (numpy)": lambda: tn.round(x_tn, eps=eps).cores,
-        "tensornet (torch)": lambda: tn.round(xt_tn, eps=eps).cores,
-        "tensornet round_sum (numpy)": lambda: tn.round_sum(terms_tn, eps=eps).cores,
-        "tensornet round_sum (torch)": lambda: tn.round_sum(terms_tt, eps=eps).cores,
+        "tensornet (numpy)": lambda: tn.round(x_tn, eps=eps),
+        "tensornet (torch)": lambda: tn.round(xt_tn, eps=eps),
+        "tensornet round_sum (numpy)": lambda: tn.round_sum(terms_tn, eps=eps),
+        "tensornet round_sum (torch)": lambda: tn.round_sum(terms_tt, eps=eps),
     }
     if "teneva" in found:
         teneva = found["teneva"]
-        methods["teneva"] = lambda: teneva.truncate(x, e=eps)
+        x_teneva = interop.to_teneva(x_tn)
+        methods["teneva"] = lambda: teneva.truncate(x_teneva, e=eps)
     if "torchTT" in found:
-        torchtt = found["torchTT"]
-        x_ttt = torchtt.TT(xt)
-        methods["torchTT"] = lambda: x_ttt.round(eps).cores
+        x_ttt = interop.to_torchtt(xt_tn)
+        methods["torchTT"] = lambda: x_ttt.round(eps)
     if "tntorch" in found:
-        tntorch = found["tntorch"]
 
         def tntorch_round() -> Any:
-            t = tntorch.Tensor([c.clone() for c in xt])  # round_tt works in place
+            t = interop.to_tntorch(xt_tn)  # a copy of the cores: round_tt works in place
             t.round_tt(eps)
             return t
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, overload
 
@@ -234,6 +233,10 @@ def _cross(
     exact = evaluations.points(rows)
     cores, error, reason = _search(evaluations, rows, exact, eps_value, caps, rng)
     cores, error = _rounded(cores, rows, exact, eps_value, error, evaluations, caps)
+    if error > eps_value and reason is None:
+        # the search met eps with index sets past the caps (it explores up to max_rank + 2); rounding to
+        # max_rank is what lost it (without caps the unrounded train is kept when rounding would)
+        reason = "rank"
     if evaluations.graph:
         placed, error = _with_graph(fn, evaluations, cores, rows, exact, reference, dtype)
         if error > eps_value and reason is None:
@@ -334,7 +337,8 @@ def _round_host(cores: list[np.ndarray], eps: float, caps: list[int | None]) -> 
     log = ErrorLog("cross", eps)
     log.relative = eps / math.sqrt(len(cores) - 1)
     mirrored = [np.ascontiguousarray(c.transpose(2, 1, 0)) for c in reversed(cores)]
-    rounded = _round.differentiable_sweep(mirrored, caps[::-1], log)
+    rounded, exponent = _round.differentiable_sweep(mirrored, caps[::-1], log)
+    rounded = _pow2.restore(rounded, exponent, at=-1)
     return [np.ascontiguousarray(c.transpose(2, 1, 0)) for c in reversed(rounded)]
 
 
@@ -385,7 +389,7 @@ def _warn(
             "larger eps, or a max_rank to bound the work, may be what you want)."
         )
         category = ConvergenceWarning
-    warnings.warn(message, category, stacklevel=3)
+    B.warn(message, category)
 
 
 @overload

@@ -86,7 +86,7 @@ def interpolant(values: Any, shapes: list[tuple[int, int, int]], positions: list
         if k == len(shapes) - 1:
             cores.append(xp.reshape(fiber, (p, n, q)))
             continue
-        basis, _ = xp.linalg.qr(fiber)
+        basis, _ = B.qr(fiber)
         pivots = xp.take(basis, _index(positions[k], basis), axis=0)
         core = xp.linalg.solve(xp.permute_dims(pivots, (1, 0)), xp.permute_dims(basis, (1, 0)))
         cores.append(xp.reshape(xp.permute_dims(core, (1, 0)), (p, n, q)))

@@ -160,7 +160,7 @@ def run_path(equation: str, path: Sequence[Sequence[int]], operands: Sequence[An
     """Execute ``equation`` pairwise along an ``opt_einsum`` ``path``, one ``contract_fn`` call per step.
 
     Each new intermediate is appended last; ``contract_fn(subscripts, *arrays)`` is e.g. ``torch.einsum``.
-    The calls are :func:`path_calls`; the working list is rebuilt, never mutated, so ``torch.compile``
+    The calls are ``path_calls``; the working list is rebuilt, never mutated, so ``torch.compile``
     traces a run without graph breaks.
     """
     arrays = list(operands)

@@ -73,28 +73,39 @@ def safe_exponent(tops: Sequence[float], dtype: Any) -> int:
     of their power-of-two exponents is returned, the factor to divide by.
     """
     exponents = [math.frexp(t)[1] if t > 0 else 0 for t in tops]
-    safe = 32 if B.dtype_name(dtype) == "float32" else 256  # a quarter of the exponent range
-    return 0 if sum(abs(e) for e in exponents) <= safe else sum(exponents)
+    return 0 if _is_safe(exponents, dtype) else sum(exponents)
 
 
 def core_exponents(cores: Sequence[Array]) -> list[int]:
-    """The power-of-two exponent of each core's largest magnitude (one host transfer for all cores).
+    """The power-of-two exponent of each core's largest magnitude (of its parts, for complex cores).
 
     Raises
     ------
     ValueError
         A core with NaN or inf entries.
     """
-    xp = B.namespace(*cores)
-    tops = xp.stack([xp.max(xp.abs(c)) for c in cores])
-    values = np.asarray(B.to_backend(tops, "numpy"), dtype=np.float64)
+    if all(isinstance(c, np.ndarray) for c in cores):
+        values = np.array([B.magnitude(c) for c in cores], dtype=np.float64)
+    else:  # one host transfer for all cores
+        xp = B.namespace(*cores)
+        parts = [xp.real(c) for c in cores] + [xp.imag(c) for c in cores if B.is_complex(c)]
+        tops = xp.stack([xp.max(xp.abs(p)) for p in parts])
+        values = np.asarray(B.to_backend(tops, "numpy"), dtype=np.float64)
+        if len(parts) > len(cores):
+            values = np.maximum(values[: len(cores)], values[len(cores) :])
     if not np.all(np.isfinite(values)):
         raise ValueError("the train has NaN or inf entries; the operation is undefined")
     return [math.frexp(float(t))[1] if t > 0 else 0 for t in values]
 
 
 def _is_safe(exponents: Sequence[int], dtype: Any) -> bool:
-    return safe_exponent([2.0 ** max(min(e, 1000), -1000) for e in exponents], dtype) == 0
+    """Whether factors of these power-of-two exponents multiply safely inside ``dtype``'s range.
+
+    Their magnitudes must sum to at most a quarter of the exponent range: exponents that cancel (cores at
+    ``2^-470``, ``2^952``, ``2^-485``) are not safe, as the products and squares on the way are not.
+    """
+    safe = 32 if B.real_dtype_name(dtype) == "float32" else 256  # a quarter of the exponent range
+    return sum(abs(e) for e in exponents) <= safe
 
 
 def normalize_cores(fn: str, cores: list[Array]) -> tuple[list[Array], int]:

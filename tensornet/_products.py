@@ -12,35 +12,76 @@ from . import _backend as B
 from . import _checks, _linear
 from ._backend import Array
 from ._einsum import einsum
+from ._matvec_round import rounded_matvec
+from ._truncation import RankCapWarning
+from .decomp import RankSpec
+from .decomp import round as round_train
 from .tt import TT, TTM
 
 __all__ = ["linear", "matmul", "matvec"]
 
 
 @B.exact
-def matvec(a: TTM, x: TT) -> TT:
-    """``A @ x`` for a TTM ``A`` of shape (M, N) and a TT ``x`` of shape ``A.col_shape``.
+def matvec(a: TTM, x: TT, *, eps: float | None = None, max_rank: RankSpec | None = None) -> TT:
+    """``A @ x`` for a TTM ``A`` of shape (M, N) and a TT ``x`` of shape ``A.col_shape``, optionally rounded.
+
+    Parameters
+    ----------
+    a : TTM
+    x : TT
+        Shape ``A.col_shape``, on A's backend, dtype and device.
+    eps : float, optional
+        Round the product: ``||A x - result||_F <= eps ||A x||_F`` (the guarantee of :func:`tensornet.round`);
+        see the notes for when the product of rank ``r s`` is formed first.
+    max_rank : int or sequence of int, optional
+        Cap the result's ranks (a rank spec as for :func:`tensornet.round`); with eps, the cap wins and a
+        :class:`tensornet.RankCapWarning` gives the error bound achieved.
 
     Returns
     -------
     TT
-        Shape ``A.row_shape``, ranks ``r s``.
+        Shape ``A.row_shape``; ranks ``r s`` (exact product) or as small as eps and max_rank allow.
 
     Raises
     ------
     TypeError
-        ``A`` not a TTM, ``x`` not a TT, different backends or dtypes.
+        ``A`` not a TTM, ``x`` not a TT, different backends or dtypes, a bad ``eps``/``max_rank`` type,
+        half-precision cores with eps or max_rank.
     ValueError
-        ``A.col_shape != x.shape``, different devices.
+        ``A.col_shape != x.shape``, different devices, negative/NaN eps, max_rank < 1.
 
     Notes
     -----
-    ``Y_k[:, i, :] = sum_j A_k[:, i, j, :] (x) X_k[:, j, :]``.
+    ``Y_k[:, i, :] = sum_j A_k[:, i, j, :] (x) X_k[:, j, :]``. Rounded: where the product's cores fit in a
+    quarter of the free memory it is formed and rounded by :func:`tensornet.round` (measured the fastest
+    certified route); otherwise a randomised frame (sketch rank ``r_x + 8``), the exact projection of
+    ``A x`` on it and a certified bound of the frame's error from the telescoping sum of
+    ``||(I - U_k U_k^H) Ct_k (A x)_{>k}||`` (each piece formed before squaring), then :func:`tensornet.round`
+    of the projection with the rest of ``eps``, never holding the product's cores
+    (:mod:`tensornet._matvec_round`).
 
-    Cost: ``O(d m n r^2 s^2)``.
+    Cost: ``O(d m n r^2 s^2)`` exact; rounded, that plus ``O(d m (r s)^3)`` (formed) or
+    ``O(d (n s^2 r^3 + m n s^3 r^2 + m n s r l^2))`` for sketch rank l (sketched).
     """
     _check_operands("matvec", a, x, TT, ("x", "shape", x.shape if isinstance(x, TT) else ()))
     a, x = _checks.promoted(a, x)
+    if eps is None and max_rank is None:
+        return _exact_matvec(a, x)
+    eps = _checks.check_eps("matvec", eps)
+    _checks.check_precision("matvec", a.dtype)
+    caps = _checks.rank_caps("matvec", max_rank, a.ncores)
+    result, bound = rounded_matvec("matvec", a, x, eps, caps, round_train, _exact_matvec)
+    if eps is not None and bound > eps and any(c is not None for c in caps):
+        B.warn(
+            f"matvec: max_rank kept the result from meeting eps={eps:g}; the achieved relative error bound is "
+            f"{bound:.3g}. Raise max_rank to meet eps.",
+            RankCapWarning,
+        )
+    return result
+
+
+def _exact_matvec(a: TTM, x: TT) -> TT:
+    """The product's cores ``(r s, m, r' s')`` (no checks)."""
     xp = B.namespace(*a.cores)
     columns = [xp.reshape(c, (int(c.shape[0]), int(c.shape[1]), 1, int(c.shape[2]))) for c in x.cores]
     cores = _product_cores(a.cores, columns)

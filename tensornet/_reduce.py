@@ -56,31 +56,38 @@ def _norm_sweep(cores: Sequence[Array]) -> Array:
         current, e = B.normalized(core if carry is None else einsum("ab,bnc->anc", carry, core))
         exponent = exponent + e
         r, n, r2 = (int(s) for s in current.shape)
-        _, carry = xp.linalg.qr(xp.reshape(current, (r * n, r2)))
+        _, carry = B.qr(xp.reshape(current, (r * n, r2)))
     last = scaled[-1] if carry is None else einsum("ab,bnc->anc", carry, scaled[-1])
     last, e = B.normalized(last)
     return B.scale_pow2(xp.linalg.vector_norm(last), exponent + e)
 
 
 def _norm_with_gradient(cores: list[Array], value: Array) -> Array:
-    """``value`` (the QR sweep's norm) with the gradient ``x / ||x||`` taken through ``<x, x>``.
+    """``value`` (the QR sweep's norm) carrying the derivatives of ``sqrt(<x, x>)``, to every order.
 
-    With ``y = x / 2^e`` (cores scaled by constants) and ``z`` its detached copy, the normalised chain
-    gives ``v = <y, z> / 2^c``, so ``<x, x> = v 2^(c + 2e)`` and ``d||x|| = d<x, x> / (2 ||x||) = (||x|| / v)
-    dv``: that gradient is attached to the exact value (``v - v.detach()`` is exactly 0). At the zero
-    train the gradient is 0, the subgradient torch's own norm uses.
+    ``<x, x> = v 2^c`` by the normalised chain (cores and running products divided by powers of two, which
+    are constants for autograd), so ``s = sqrt(v 2^(c mod 2)) 2^(c // 2)`` is ``||x||`` with its whole graph;
+    ``value + (s - s.detach())`` has the QR sweep's value (accurate also for differences of nearly equal
+    trains) and ``s``'s derivatives, first, second and beyond (double backward: Hessian-vector products of
+    losses of the norm). At the zero train the gradient is 0, the subgradient torch's own norm uses.
     """
-    scaled, _ = _pow2.normalized_cores(cores)
-    fixed = [B.detach(c) for c in scaled]
+    scaled, exponent = _pow2.normalized_cores(cores)
+    total = 2 * exponent  # <x, x> = <y, y> 2^(2 e): each core's exponent counts twice
     xp = B.namespace(*cores)
     v = xp.ones((1, 1), dtype=cores[0].dtype, device=B.device(cores[0]))
-    for y, z in zip(scaled, fixed):
-        v, _ = B.normalized(einsum("ab,anc,bnd->cd", v, B.conj(y), z))
+    for y in scaled:
+        v, e = B.normalized(einsum("ab,anc,bnd->cd", v, B.conj(y), y))
+        total = total + e  # and the chain's own renormalisations once
     v = xp.reshape(v, ())
-    if B.is_complex(v):  # <y, z> = ||y||^2 up to rounding: its real part carries d||x||^2 / 2
+    if B.is_complex(v):  # <y, y> is real (its imaginary part is rounding)
         v = xp.real(v)
-    factor = B.detach(xp.where(v != 0, value / xp.where(v != 0, v, xp.ones_like(v)), xp.zeros_like(v)))
-    return value + (v - B.detach(v)) * factor
+    odd = total % 2
+    positive = v > 0
+    root = xp.sqrt(
+        xp.where(positive, B.scale_pow2(v, odd), xp.ones_like(v))
+    )  # no sqrt'(0) = inf in the graph
+    s = xp.where(positive, B.scale_pow2(root, (total - odd) // 2), xp.zeros_like(root))
+    return value + (s - B.detach(s))
 
 
 @B.exact

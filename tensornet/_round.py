@@ -232,13 +232,17 @@ def _drop_noise(factor: Array, tolerance: float, log: ErrorLog) -> Any:
     return _select(factor, keep, axis=0)
 
 
-def right_factors(op: Train | Sum, log: ErrorLog, route: Route) -> list[Array]:
-    """Right to left, the R factors ``F_k`` (rho_k, r_{k-1}) with ``X_{>=k} = F_k^T Q_k^T``.
+def right_factors(op: Train | Sum, log: ErrorLog, route: Route) -> tuple[list[Array], list[int]]:
+    """Right to left, the R factors ``F_k`` (rho_k, r_{k-1}) with ``X_{>=k} = 2^(E_k) F_k^T Q_k^T``.
 
     Q_k is orthonormal and never formed; ``X_{>=k}`` is the (r_{k-1}, n_k...n_d) unfolding of the cores from k
-    on.
+    on. Each factor is divided by a power of two near its largest entry and ``E_k`` (the second list, with
+    ``E_d = 0`` last) accumulates those exponents, so the running product neither under- nor overflows however
+    the cores' scales run along the train (per-core normalisation alone can leave the train's norm far below
+    the product of its cores' scales).
     """
     factors: list[Any] = [None] * op.d
+    exponents = [0] * (op.d + 1)
     factor = None
     for k in range(op.d - 1, 0, -1):
         unfolding = op.right(k, factor)  # (r_{k-1}, n_k rho_k) = X_{>=k} in the basis Q_{k+1}
@@ -248,8 +252,10 @@ def right_factors(op: Train | Sum, log: ErrorLog, route: Route) -> list[Array]:
             tolerance = _NOISE_FACTOR * math.sqrt(max(rows, cols)) * B.finfo_eps(unfolding)
             if tolerance <= 0.01 * log.relative:  # far below what eps lets each bond discard
                 factor = _drop_noise(factor, tolerance, log)
+        factor, e = B.renormalized(factor)
+        exponents[k] = exponents[k + 1] + e
         factors[k] = factor
-    return factors
+    return factors, exponents
 
 
 # --- second sweep -----------------------------------------------------------------------------------
@@ -258,7 +264,6 @@ def _truncate(reduced: Array, threshold: float | None, cap: int | None, log: Err
 
     The rank and the discarded norm are logged (``threshold`` None: from ``||reduced||_F``).
     """
-    xp = B.fast_namespace(reduced)
     m, p = (int(s) for s in reduced.shape)
     if route.split and p > 1 and log.relative > 0.0:
         kept = _split_truncate(reduced, threshold, cap, log)
@@ -269,7 +274,7 @@ def _truncate(reduced: Array, threshold: float | None, cap: int | None, log: Err
             found = gram_factors(reduced.T, threshold, cap, log)
             if found is not None:
                 log.kernels.append("gram")
-                q, _ = xp.linalg.qr(found[1].T)
+                q, _ = B.qr(found[1].T)
                 return q
         else:  # wide: U straight from the (m, m) Gram
             found = gram_factors(reduced, threshold, cap, log)
@@ -324,74 +329,107 @@ def _split_truncate(reduced: Array, threshold: float | None, cap: int | None, lo
     return u[:, :rank]
 
 
-def sweep(op: Train | Sum, caps: list[int | None], log: ErrorLog, route: Route) -> list[Array]:
-    """Round ``op`` (d >= 2): the cores of the result, left-orthonormal but the last.
+def sweep(op: Train | Sum, caps: list[int | None], log: ErrorLog, route: Route) -> tuple[list[Array], int]:
+    """Round ``op`` (d >= 2): the cores of the result, left-orthonormal but the last, and an exponent.
+
+    The result is ``2^exponent`` times the train of the returned cores.
 
     Notes: with the R factors ``F_k`` of :func:`right_factors` and the kept cores left-orthonormal,
     the k-th unfolding of x is ``U_{<k} M_k F_{k+1}^T Q_{k+1}^T`` with ``M_k = P_{k-1} core_k`` (s n, r_k),
     so the truncated SVD of the small ``M_k F_{k+1}^T`` (s n, rho) gives the rank, the new core U_r and
     the discarded norm exactly as the Q-formed algorithm (TT-Toolbox) does; the carry is
     ``P_k = U_r^H M_k``. For complex trains the first sweep's ``X = F^T Q^T`` keeps plain transposes
-    (``Q^T`` has orthonormal rows when ``Q^H Q = I``), and only the carry is conjugated. Cost: ``O(d n R^3)`` for the first sweep (R the input ranks), ``O(d n r R^2)``
-    for the second (r the output ranks).
+    (``Q^T`` has orthonormal rows when ``Q^H Q = I``), and only the carry is conjugated. The factors and the
+    carry are renormalised by powers of two as the sweeps go; each bond's threshold and discarded norm are
+    converted to the first bond's units (:attr:`ErrorLog.unit`), so the rule is the one stated. Cost:
+    ``O(d n R^3)`` for the first sweep (R the input ranks), ``O(d n r R^2)`` for the second (r the output
+    ranks).
     """
     xp = op.xp
-    factors = right_factors(op, log, route)
+    factors, exponents = right_factors(op, log, route)
     cores = []
     carry = None
+    carried = 0  # the carry is 2^carried times the stored one
     for k in range(op.d - 1):
         matrix = op.left(k, carry)  # M_k (s n_k, r_k)
         reduced = xp.matmul(matrix, factors[k + 1].T)  # (s n_k, rho_{k+1})
         if k == 0 and not B.all_finite(reduced):
             raise ValueError(f"{log.fn}: the train has NaN or inf entries; rounding is undefined")
-        kept = _truncate(reduced, None if k == 0 else log.threshold, caps[k], log, route)
+        log.unit = exponents[k + 1] - exponents[1] + carried
+        threshold = None if k == 0 else _in_units(log.threshold, log.unit)
+        kept = _truncate(reduced, threshold, caps[k], log, route)
         rows = 1 if carry is None else int(carry.shape[0])
         cores.append(xp.reshape(kept, (rows, op.mode(k), int(kept.shape[1]))))
-        carry = xp.matmul(B.conj(kept.T), matrix)  # P_k = U_r^H M_k (rank, r_k)
+        carry, e = B.renormalized(xp.matmul(B.conj(kept.T), matrix))  # P_k = U_r^H M_k (rank, r_k)
+        carried += e
+    log.unit = 0
     last = op.last(carry)
     cores.append(xp.reshape(last, (int(last.shape[0]), op.mode(op.d - 1), 1)))
-    return cores
+    return cores, carried
+
+
+def _in_units(threshold: float, unit: int) -> float:
+    """``threshold / 2^unit`` (inf or 0 where that leaves float64's range: keep everything or nothing)."""
+    with np.errstate(over="ignore", under="ignore"):
+        return float(np.ldexp(np.float64(threshold), -unit))
 
 
 # --- orthogonalisation and the differentiable route --------------------------------------------------
-def _left_step(core: Array, nxt: Array) -> tuple[Array, Array]:
-    """QR of ``core`` (r, n, r'): the left-orthogonal core and the next core times R."""
+def _left_step(core: Array, nxt: Array) -> tuple[Array, Array, int]:
+    """QR of ``core`` (r, n, r'): the left-orthogonal core, the next core times R, and an exponent.
+
+    The next core times R is renormalised (:func:`tensornet._backend.renormalized`): it was divided by 2 to
+    the returned exponent, so the running product never under- or overflows.
+    """
     xp = B.namespace(core)
     r, n, _ = (int(s) for s in core.shape)
-    q, rmat = xp.linalg.qr(xp.reshape(core, (r * n, -1)))
+    q, rmat = B.qr(xp.reshape(core, (r * n, -1)))
     new = int(q.shape[1])
     r2, n2, r3 = (int(s) for s in nxt.shape)
-    moved = xp.matmul(rmat, xp.reshape(nxt, (r2, n2 * r3)))
-    return xp.reshape(q, (r, n, new)), xp.reshape(moved, (new, n2, r3))
+    moved, e = B.renormalized(xp.matmul(rmat, xp.reshape(nxt, (r2, n2 * r3))))
+    return xp.reshape(q, (r, n, new)), xp.reshape(moved, (new, n2, r3)), e
 
 
-def _right_step(prev: Array, core: Array) -> tuple[Array, Array]:
-    """LQ of ``core`` (r, n, r'): the previous core times L and the right-orthogonal core."""
+def _right_step(prev: Array, core: Array) -> tuple[Array, Array, int]:
+    """LQ of ``core`` (r, n, r'): the previous core times L, the right-orthogonal core, and an exponent.
+
+    The previous core times L is renormalised as in :func:`_left_step`.
+    """
     xp = B.namespace(core)
     _, n, r2 = (int(s) for s in core.shape)
-    q, rmat = xp.linalg.qr(xp.permute_dims(xp.reshape(core, (-1, n * r2)), (1, 0)))
+    q, rmat = B.qr(xp.permute_dims(xp.reshape(core, (-1, n * r2)), (1, 0)))
     new = int(q.shape[1])
     r0, n0, r1 = (int(s) for s in prev.shape)
-    left = xp.matmul(xp.reshape(prev, (r0 * n0, r1)), xp.permute_dims(rmat, (1, 0)))
-    return xp.reshape(left, (r0, n0, new)), xp.reshape(xp.permute_dims(q, (1, 0)), (new, n, r2))
+    left, e = B.renormalized(xp.matmul(xp.reshape(prev, (r0 * n0, r1)), xp.permute_dims(rmat, (1, 0))))
+    return xp.reshape(left, (r0, n0, new)), xp.reshape(xp.permute_dims(q, (1, 0)), (new, n, r2)), e
 
 
-def orthogonalized(cores: list[Array], center: int) -> list[Array]:
-    """TT-layout cores left-orthogonal before ``center`` and right-orthogonal after it (Q formed)."""
+def orthogonalized(cores: list[Array], center: int) -> tuple[list[Array], int]:
+    """TT-layout cores left-orthogonal before ``center`` and right-orthogonal after it (Q formed).
+
+    Returns the cores and the exponent ``e``: the train is ``2^e`` times the train of the returned cores
+    (the carried factors are renormalised by powers of two as the sweeps go).
+    """
     cores = list(cores)
+    total = 0
     for k in range(center):
-        cores[k], cores[k + 1] = _left_step(cores[k], cores[k + 1])
+        cores[k], cores[k + 1], e = _left_step(cores[k], cores[k + 1])
+        total += e
     for k in range(len(cores) - 1, center, -1):
-        cores[k - 1], cores[k] = _right_step(cores[k - 1], cores[k])
-    return cores
+        cores[k - 1], cores[k], e = _right_step(cores[k - 1], cores[k])
+        total += e
+    return cores, total
 
 
-def differentiable_sweep(cores: list[Array], caps: list[int | None], log: ErrorLog) -> list[Array]:
+def differentiable_sweep(
+    cores: list[Array], caps: list[int | None], log: ErrorLog
+) -> tuple[list[Array], int]:
     """TT-Toolbox rounding: right-to-left QR sweep (Q formed), then left-to-right truncated SVDs.
 
     The route for cores that require grad (autograd differentiates every step) and for one core.
+    Returns the cores and the exponent of 2 the train was divided by (:func:`orthogonalized`).
     """
-    cores = orthogonalized(cores, 0)
+    cores, exponent = orthogonalized(cores, 0)
     xp = B.namespace(*cores)
     log.total = safe_norm(cores[0])
     if not math.isfinite(log.total):
@@ -407,7 +445,7 @@ def differentiable_sweep(cores: list[Array], caps: list[int | None], log: ErrorL
         r2, n2, r3 = (int(v) for v in cores[k + 1].shape)
         carry = s[:rank, None] * vh[:rank, :]
         cores[k + 1] = xp.reshape(xp.matmul(carry, xp.reshape(cores[k + 1], (r2, n2 * r3))), (rank, n2, r3))
-    return cores
+    return cores, exponent
 
 
 def rounded(
@@ -430,7 +468,7 @@ def rounded(
         operand = Sum(scaled)
     if d == 1 or any(differentiable(c) for cores in trains for c in cores):
         flat = operand.cores if isinstance(operand, Train) else operand.dense_cores()
-        result = differentiable_sweep(flat, caps, log)
+        result, extra = differentiable_sweep(flat, caps, log)
     else:
-        result = sweep(operand, caps, log, route)
-    return like._from_tt_layout(_pow2.restore(result, shift, at=-1)), log
+        result, extra = sweep(operand, caps, log, route)
+    return like._from_tt_layout(_pow2.restore(result, shift + extra, at=-1)), log

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import math
-import warnings
 from typing import Any
 
 import numpy as np
@@ -51,6 +50,9 @@ class ErrorLog:
         self.relative, self.total, self.threshold = 0.0, 0.0, 0.0
         self.kernels: list[str] = []  # per truncated bond of a rounding: "gram" or "svd" (for tests)
         self.noise_rows = 0  # rows of R factors dropped as rounding noise by the first sweep of round
+        # the bond being truncated holds its data divided by 2^unit relative to the first bond's (the
+        # sweeps renormalise their running factors): discarded norms are logged times 2^unit
+        self.unit = 0
 
     def pending(self, singular: Array) -> float:
         """Set ``total = ||singular||`` (the tensor's norm) and return the per-unfolding threshold."""
@@ -62,17 +64,20 @@ class ErrorLog:
 
     def add(self, rank: int, discarded: float, needed: int) -> None:
         """Record one truncation; ``discarded`` is the norm (not the square) of what it dropped."""
+        if self.unit:
+            with np.errstate(over="ignore", under="ignore"):
+                discarded = float(np.ldexp(np.float64(discarded), self.unit))
         self.discarded = math.hypot(self.discarded, discarded)  # no overflow or underflow in squares
         self.capped = self.capped or rank < needed
 
-    def finish(self, reference_norm: float, stacklevel: int) -> float:
+    def finish(self, reference_norm: float) -> float:
+        """The relative error bound; a :class:`RankCapWarning` (at the user's line) if a cap kept it above eps."""
         bound = self.discarded / reference_norm if reference_norm > 0 else 0.0
         if self.capped and self.eps is not None and bound > self.eps:
-            warnings.warn(
+            B.warn(
                 f"{self.fn}: max_rank kept the result from meeting eps={self.eps:g}; the achieved relative "
                 f"error bound is {bound:.3g}. Raise max_rank to meet eps.",
                 RankCapWarning,
-                stacklevel=stacklevel,
             )
         return bound
 
@@ -111,11 +116,8 @@ def differentiable(x: Array) -> bool:
 
 
 def qr_r(x: Array) -> Any:
-    """The R factor of a (stack of) QR factorisation(s), Q not formed."""
-    if _is_torch(x):
-        torch = importlib.import_module("torch")
-        return torch.linalg.qr(x, mode="r")[1]
-    return np.linalg.qr(x, mode="r")
+    """The R factor of a (stack of) QR factorisation(s), Q not formed (:func:`tensornet._backend.qr_r`)."""
+    return B.qr_r(x)
 
 
 def _block_rows(total: int, width: int, target: int) -> int | None:

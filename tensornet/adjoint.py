@@ -9,7 +9,9 @@ once per call, so all d gradients cost about as much as two contractions of the 
 
 Cotangents of train-valued results (``matvec``, ``matmul``, ``hadamard``) are given core by core,
 shaped like the result's cores (a TT/TTM or a list of arrays): these ops act core-wise, so the VJP is
-core-wise too. No rule differentiates through ``round`` or renormalisation.
+core-wise too. No rule differentiates through ``round`` or renormalisation. The solvers' rules
+(:func:`solve`: one adjoint solve; :func:`eigsh`: Hellmann-Feynman for the values) take the cotangent of the
+solution as a tensor instead: their results' cores come out of iterations whose gauge means nothing.
 
 Complex trains follow torch's convention for complex gradients: for a real loss ``L`` the gradient of
 a complex argument ``z`` is ``dL/dRe z + i dL/dIm z``, so a holomorphic op ``y = f(x)`` (``full``,
@@ -35,9 +37,13 @@ from . import _checks, _linear
 from ._backend import Array
 from ._einsum import einsum
 from ._layout import reshape_each, tt_layout
+
+# The rules of the solvers live with them (tensornet.linalg, which does not import this module); they are
+# re-exported here so that every VJP rule of the package has one home.
+from .linalg._vjp import eigsh, solve
 from .tt import TT, TTM, Train, TrainT
 
-__all__ = ["dot", "full", "hadamard", "linear", "matmul", "matvec"]
+__all__ = ["dot", "eigsh", "full", "hadamard", "linear", "matmul", "matvec", "solve"]
 
 CoreGrads = list[Array]
 """One gradient per core, shaped like the cores."""

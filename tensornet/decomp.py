@@ -42,7 +42,7 @@ def _dense_shift(fn: str, x: Any) -> int:
     0 unless its largest magnitude is far from 1 (:func:`tensornet._pow2.safe_exponent`).
     """
     _checks.check_dense(fn, x)
-    top = B.max_abs(x)  # NaN propagates through max: one pass checks finiteness too
+    top = B.magnitude(x)  # NaN propagates through max: one pass checks finiteness too
     if not math.isfinite(top):
         raise ValueError(f"{fn}: the array contains NaN or inf; the decomposition is undefined")
     return _pow2.safe_exponent([top], x.dtype)
@@ -54,7 +54,7 @@ def _tt_svd_cores(x: Array, eps: float | None, caps: list[int | None], log: Erro
     shape = tuple(int(n) for n in x.shape)
     d = len(shape)
     if d == 1:
-        log.bound = log.finish(safe_norm(x), stacklevel=5)
+        log.bound = log.finish(safe_norm(x))
         return [B.copy(xp.reshape(x, (1, shape[0], 1)))]  # the train must not share the caller's memory
     # ||x||_F is the norm of the first unfolding's singular values: no separate pass over x
     log.relative = (eps or 0.0) / math.sqrt(d - 1)
@@ -70,7 +70,7 @@ def _tt_svd_cores(x: Array, eps: float | None, caps: list[int | None], log: Erro
         cores.append(xp.reshape(kept, (rank, shape[k], new_rank)))
         rank = new_rank
     cores.append(xp.reshape(rest, (rank, shape[-1], 1)))
-    log.bound = log.finish(log.total, stacklevel=5)  # user -> tt_svd -> _tt_svd_cores -> finish
+    log.bound = log.finish(log.total)
     return cores
 
 
@@ -263,7 +263,8 @@ def orthogonalize(x: TrainT, *, center: int | Literal["left", "right"] = "left")
     _checks.check_precision("orthogonalize", x.dtype)
     at = int(position) % d
     cores, shift = _pow2.normalize_cores("orthogonalize", x._tt_layout())
-    return x._from_tt_layout(_pow2.restore(_round.orthogonalized(cores, at), shift, at=at))
+    result, extra = _round.orthogonalized(cores, at)
+    return x._from_tt_layout(_pow2.restore(result, shift + extra, at=at))
 
 
 @overload
@@ -315,7 +316,7 @@ def round(
     _checks.check_precision("round", x.dtype)
     caps = _checks.rank_caps("round", max_rank, x.ncores)
     result, log = _round.rounded("round", x, [x._tt_layout()], eps, caps, _round.AUTO)
-    bound = log.finish(log.total, stacklevel=3)  # user -> round -> finish
+    bound = log.finish(log.total)
     return (result, bound) if return_error else result
 
 
@@ -403,5 +404,5 @@ def round_sum(
     _checks.check_precision(fn, first.dtype)
     caps = _checks.rank_caps(fn, max_rank, first.ncores)
     result, log = _round.rounded(fn, first, [t._tt_layout() for t in terms], eps, caps, _round.AUTO)
-    bound = log.finish(log.total, stacklevel=3)  # user -> round_sum -> finish
+    bound = log.finish(log.total)
     return (result, bound) if return_error else result  # type: ignore[return-value]

@@ -25,7 +25,7 @@ from ._einsum import einsum
 from ._index import gather, getitem
 from ._products import linear, matmul, matvec
 from ._reduce import dot, norm, sum
-from .tt import TT, TTM, Train, TrainT
+from .tt import TT, Train, TrainT
 
 __all__ = [
     "add",
@@ -239,27 +239,33 @@ def kron(a: TrainT, b: TrainT) -> TrainT:
     return type(a)._trusted([*a.cores, *b.cores])
 
 
-def transpose(a: TTM, *, conjugate: bool = False) -> TTM:
-    """The transposed TTM (row and column modes swapped core by core), conjugated with ``conjugate``.
+def transpose(a: TrainT, *, conjugate: bool = False) -> TrainT:
+    """The transpose: of a TTM, the matrix transpose; of a TT, its modes in reverse order (numpy's ``x.T``).
 
     Parameters
     ----------
-    a : TTM
+    a : TTM or TT
+        A TTM's row and column modes are swapped core by core (``A.T``); a TT's cores are taken in reverse
+        order, each transposed, so ``transpose(t)[i_1, ..., i_d] = t[i_d, ..., i_1]`` (for a QTT vector
+        that is the bit reversal of its index).
     conjugate : bool
-        Also conjugate the entries: the Hermitian adjoint ``A^H`` (``A.H``); no effect on real TTMs.
+        Also conjugate the entries: the Hermitian adjoint ``A^H`` (``A.H``); no effect on real trains.
 
     Raises
     ------
     TypeError
-        ``a`` not a TTM, ``conjugate`` not a bool.
+        ``a`` not a train, ``conjugate`` not a bool.
 
-    Cost: ``O(d m n r^2)`` copy.
+    Cost: ``O(d m n r^2)`` copy (a TT: none, its cores are views).
     """
-    _checks.check_type("transpose", a, TTM, "a")
+    _checks.check_train("transpose", a, "a")
     _checks.check_flag("transpose", "conjugate", conjugate)
     xp = B.namespace(*a.cores)
-    cores = [xp.permute_dims(c, (0, 2, 1, 3)) for c in a.cores]
-    return TTM._trusted([B.conj(c) for c in cores] if conjugate else cores)
+    if isinstance(a, TT):
+        cores = [xp.permute_dims(c, (2, 1, 0)) for c in reversed(a.cores)]
+    else:
+        cores = [xp.permute_dims(c, (0, 2, 1, 3)) for c in a.cores]
+    return type(a)._trusted([B.conj(c) for c in cores] if conjugate else cores)
 
 
 def conj(x: TrainT) -> TrainT:

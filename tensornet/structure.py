@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -16,9 +16,10 @@ from . import _backend as B
 from . import _checks, _pow2
 from ._backend import Array
 from ._einsum import einsum
+from ._reshape_ttm import reshape_ttm
 from ._truncation import choose_rank
 from .decomp import orthogonalize
-from .tt import TT
+from .tt import TT, TTM
 
 __all__ = ["reshape"]
 
@@ -57,17 +58,24 @@ def _groups(sizes: tuple[int, ...], atoms: list[int]) -> list[int]:
     return counts
 
 
+@overload
+def reshape(t: TT, shape: int | Sequence[int], *, eps: float | None = ...) -> TT: ...
+@overload
+def reshape(t: TTM, shape: Any, *, eps: float | None = ...) -> TTM: ...
 @B.exact
-def reshape(t: TT, shape: int | Sequence[int], *, eps: float | None = None) -> TT:
+def reshape(t: TT | TTM, shape: Any, *, eps: float | None = None) -> TT | TTM:
     """The same tensor with its modes regrouped in C order, e.g. ``(1024, 1024) <-> (2,) * 20``.
 
     Parameters
     ----------
-    t : TT
-    shape : int or sequence of int
+    t : TT or TTM
+        A TTM's row and column modes are regrouped together (a TTM to and from QTT).
+    shape : int or sequence of int, or a pair of them for a TTM
         The new mode sizes. Each new mode must be a product of consecutive old modes or a factor of one
         (the shapes' prefix products must form a chain under division; modes of size 1 may be added or
-        dropped anywhere).
+        dropped anywhere). For a TTM: ``(row_shape, col_shape)``, or one shape for both when the TTM is
+        square; new core j's row and column modes must come from the same old cores (or from the same
+        old core, split at the same place for both).
     eps : float, optional
         Relative accuracy of the splits: ``||t - reshape(t)||_F <= eps ||t||_F``. None: exact splits.
 
@@ -78,10 +86,12 @@ def reshape(t: TT, shape: int | Sequence[int], *, eps: float | None = None) -> T
     Raises
     ------
     TypeError
-        ``t`` not a TT, a shape that is not a sequence of positive ints, half-precision cores when a
-        mode is split.
+        ``t`` not a TT or TTM, a shape that is not a sequence of positive ints, half-precision cores when
+        a mode is split.
     ValueError
-        Sizes whose products differ, shapes that are not regroupings of each other, a bad ``eps``.
+        Sizes whose products differ, shapes that are not regroupings of each other, a bad ``eps``; for a
+        TTM, row and column shapes of different lengths or cut at different places, one shape for a
+        non-square TTM.
 
     Notes
     -----
@@ -92,10 +102,18 @@ def reshape(t: TT, shape: int | Sequence[int], *, eps: float | None = None) -> T
     in all): ``||t - reshape(t)||_F <= eps ||t||_F``. Without ``eps`` splits are exact (ranks up to
     ``min(r a, b r')``). Merges never truncate; :func:`tensornet.round` recompresses further. Cores are
     divided by powers of two while working and the scale is put back, so any finite scale is safe.
+    A TTM core ``(r, m, n, r')`` is the TT core ``(r, m n, r')`` with its row and column pieces interleaved
+    (``m = a_1 a_2``, ``n = c_1 c_2``: mode ``(a_1 c_1)(a_2 c_2)``), split as a TT would be (same eps
+    guarantee), and pieces are merged back into TTM cores (exact): e.g. the TTM of a ``1024 x 1024``
+    matrix on one core becomes its QTT form with ``row_shape = col_shape = (2,) * 10``.
 
-    Cost: ``O(d n r^3)`` for splits, ``O(r^2 N)`` for a merged mode of size N.
+    Cost: ``O(d n r^3)`` for splits, ``O(r^2 N)`` for a merged mode of size N (``n = m_k n_k`` for a TTM).
     """
-    _checks.check_type("reshape", t, TT, "t")
+    if isinstance(t, TTM):
+        eps = _checks.check_eps("reshape", eps)
+        return reshape_ttm(t, shape, eps, reshape)
+    if not isinstance(t, TT):
+        raise TypeError(f"reshape: t must be a tensornet TT or TTM, got {type(t).__name__}")
     shape = _checks.check_shape("reshape", "shape", shape, scalar=True)
     eps = _checks.check_eps("reshape", eps)
     if math.prod(shape) != math.prod(t.shape):
@@ -205,7 +223,7 @@ def _split(cores: list[Any], counts: list[int], atoms: list[int], eps: float | N
             core = xp.reshape(s[:rank, None] * vh[:rank, :], (rank, rest, right))
         if eps is not None and k < len(cores) - 1:
             r, n, right = (int(s) for s in core.shape)
-            q, carry = xp.linalg.qr(xp.reshape(core, (r * n, right)))
+            q, carry = B.qr(xp.reshape(core, (r * n, right)))
             core = xp.reshape(q, (r, n, int(q.shape[1])))
         pieces.append(core)
     return pieces

@@ -231,6 +231,14 @@ class _Train:
         """The same train with numpy cores (detached, on the CPU)."""
         return self.to("numpy")
 
+    def _repr_html_(self) -> str:
+        """A compact HTML table for notebooks: shape, ranks, dtype, backend, parameters."""
+        return _report_html(cast("Train", self))
+
+    def plot(self, *, eps: float | None = None, axes: Any = None) -> Any:
+        """Draw the singular values at every bond and the ranks (:func:`tensornet.plot_spectra`)."""
+        return _report.plot_spectra(self, eps=eps, axes=axes)
+
     def _describe(self) -> str:
         dev = "" if self.backend == "numpy" else f" on {self.device}"
         dtype = B.dtype_name(self.dtype)
@@ -346,6 +354,11 @@ class TT(_Train):
     def __rmatmul__(self, other: Any) -> TT:
         return _ops.matvec(other, self) if isinstance(other, TTM) else NotImplemented
 
+    @property
+    def T(self) -> TT:
+        """The tensor with its modes in reverse order, as numpy's ``x.T`` (:func:`tensornet.transpose`)."""
+        return _ops.transpose(self)
+
     def sum(self, axis: int | Sequence[int] | None = None) -> Any:
         """Sum over all modes or over ``axis`` (:func:`tensornet.sum`)."""
         return _ops.sum(self, axis=axis)
@@ -414,4 +427,6 @@ Train: TypeAlias = "TT | TTM"
 
 # ops implements the operators and builds trains of these classes: imported once they exist, so that either
 # module may be imported first
+from . import _report  # noqa: E402
 from . import ops as _ops  # noqa: E402
+from ._report._html import train_html as _report_html  # noqa: E402

@@ -275,3 +275,74 @@ def test_adjoint_rejects_mismatched_cotangents():
         adjoint.linear(np.ones((2, 5)), a, np.ones((2, 6)))
     with pytest.raises(TypeError, match="must be a tensornet TTM"):
         adjoint.linear(np.ones((2, 6)), x, np.ones((2, 6)))
+
+
+# --- complex trains: the numpy rules against torch's autograd (its convention for complex gradients) ----
+def _torch_leaves(train):
+    cores = [c.clone().requires_grad_(True) for c in train.to("torch").cores]
+    return type(train)(cores), cores
+
+
+def _complex_cotangent(shapes, seed):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(s) + 1j * rng.standard_normal(s) for s in shapes]
+
+
+def _real_loss(cotangents, outputs):
+    """``Re <y_bar, y>``: the real loss whose gradient with respect to y is y_bar in torch's convention."""
+    import torch
+
+    return sum(torch.real((torch.as_tensor(g).conj() * y).sum()) for g, y in zip(cotangents, outputs))
+
+
+def _assert_grads(numpy_grads, leaves):
+    for g, leaf in zip(numpy_grads, leaves):
+        expected = as_numpy(leaf.grad)
+        got = as_numpy(g)
+        assert got.shape == expected.shape and np.iscomplexobj(got) == np.iscomplexobj(expected)
+        np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-11 * max(1.0, np.abs(expected).max()))
+
+
+complex_or_real = st.sampled_from(["complex128", "float64"])
+
+
+@given(st.data())
+def test_complex_rules_match_torch_autograd(data):
+    kind_a, kind_b = data.draw(complex_or_real), data.draw(st.sampled_from(["complex128"]))
+    a = data.draw(tst.tts(dtype=kind_a, backend="numpy", **SMALL))
+    b = data.draw(tst.tts(shape=a.shape, dtype=kind_b, backend="numpy", **SMALL))
+    seed = data.draw(st.integers(0, 1000))
+    # full: a dense complex cotangent
+    (g,) = _complex_cotangent([a.shape], seed)
+    ta, leaves = _torch_leaves(b)
+    _real_loss([g], [tn.full(ta)]).backward()
+    _assert_grads(adjoint.full(b, g), leaves)
+    # dot, conjugate-linear in its first argument, with a complex cotangent (a real argument: real grads)
+    gbar = complex(*np.random.default_rng(seed).standard_normal(2))
+    (ta, la), (tb, lb) = _torch_leaves(a), _torch_leaves(b)
+    _real_loss([np.array(gbar)], [tn.dot(ta, tb)]).backward()
+    grads_a, grads_b = adjoint.dot(a, b, gbar)
+    _assert_grads(grads_a + grads_b, la + lb)
+    # hadamard: cotangent cores shaped like the result's
+    result = a * b
+    gy = _complex_cotangent([c.shape for c in result.cores], seed + 1)
+    (ta, la), (tb, lb) = _torch_leaves(a), _torch_leaves(b)
+    _real_loss(gy, (ta * tb).cores).backward()
+    grads_a, grads_b = adjoint.hadamard(a, b, gy)
+    _assert_grads(grads_a + grads_b, la + lb)
+
+
+@given(st.data())
+def test_complex_product_rules_match_torch_autograd(data):
+    kind = data.draw(complex_or_real)
+    a = data.draw(tst.ttms(dtype="complex128", backend="numpy", max_ncores=3, max_size=3, max_rank=2))
+    x = data.draw(tst.tts(shape=a.col_shape, dtype=kind, backend="numpy", **SMALL))
+    b = data.draw(tst.ttms(row_shape=a.col_shape, dtype=kind, backend="numpy", max_size=3, max_rank=2))
+    seed = data.draw(st.integers(0, 1000))
+    for rule, other in ((adjoint.matvec, x), (adjoint.matmul, b)):
+        result = a @ other
+        gy = _complex_cotangent([c.shape for c in result.cores], seed)
+        (ta, la), (to, lo) = _torch_leaves(a), _torch_leaves(other)
+        _real_loss(gy, (ta @ to).cores).backward()
+        grads_a, grads_o = rule(a, other, gy)
+        _assert_grads(grads_a + grads_o, la + lo)

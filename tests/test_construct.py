@@ -119,7 +119,7 @@ def regroupings(draw):
         return tuple(shape)
 
     old, new = grouping(), grouping()
-    t = draw(tst.tts(shape=old, max_rank=3))
+    t = draw(tst.tts(shape=old, max_rank=3, dtype=tst.dtypes(complex=True)))
     return t, new
 
 
@@ -134,7 +134,7 @@ def test_reshape_exact(case):
 @given(regroupings(), st.sampled_from([1e-1, 1e-3, 1e-6]))
 def test_reshape_with_eps_meets_it(case, eps):
     t, shape = case
-    t = t.to(dtype="float64")
+    t = t.to(dtype="complex128" if "complex" in str(t.dtype) else "float64")
     result = tn.reshape(t, shape, eps=eps)
     dense = as_numpy(t.full())
     assert np.linalg.norm(as_numpy(result.full()) - dense.reshape(shape)) <= eps * np.linalg.norm(dense) * (
@@ -160,8 +160,8 @@ def test_reshape_errors():
         tn.reshape(t, (4, 6))
     with pytest.raises(ValueError, match="has 25 entries but the train's shape"):
         tn.reshape(t, (5, 5))
-    with pytest.raises(TypeError, match="reshape: t must be a tensornet TT"):
-        tn.reshape(tn.eye((2, 2)), (4,))
+    with pytest.raises(TypeError, match="reshape: t must be a tensornet TT or TTM"):
+        tn.reshape(t.full(), (4, 6))  # a TTM is reshaped too now (tests/test_linalg_ops.py)
     with pytest.raises(ValueError, match="eps must be finite"):
         tn.reshape(t, (2, 3, 4), eps=-1.0)
 
@@ -214,7 +214,7 @@ def test_gather_and_marginals_of_scaled_trains(t):
 
 @given(st.data())
 def test_gather_against_dense(data):
-    t = data.draw(tst.tts())
+    t = data.draw(tst.tts(dtype=tst.dtypes(complex=True)))
     count = data.draw(st.integers(0, 20))
     columns = [data.draw(st.lists(st.integers(-n, n - 1), min_size=count, max_size=count)) for n in t.shape]
     index = np.array(columns, dtype=np.int64).T.reshape(count, t.ndim)
@@ -403,3 +403,92 @@ def test_laplacian_steps_at_the_edges_of_float64():
     )
     with pytest.raises(ValueError, match="beyond the range of float32"):
         tn.laplacian(3, step=1e-20, dtype="float32")  # 2e40: finite in float64, inf once cast
+
+
+# --- complex: constructors, gather, sum, reshape; the quantum Fourier transform ------------------------
+@given(tst.tts(dtype=tst.complex_dtypes(), max_ncores=4, max_size=4))
+def test_gather_sum_reshape_of_complex_trains(t):
+    dense = as_numpy(t.full())
+    scale = np.abs(dense).max()
+    rows = np.stack([np.arange(12) % n for n in t.shape], axis=1)
+    assert_close(tn.gather(t, rows), dense[tuple(rows.T)], t.dtype, scale)
+    assert_close(tn.sum(t), dense.sum(), t.dtype, np.abs(dense).sum())
+    assert_close(
+        tn.sum(t, axis=0).full() if t.ncores > 1 else tn.sum(t, axis=0),
+        dense.sum(axis=0),
+        t.dtype,
+        np.abs(dense).sum(),
+    )
+    flat = tn.reshape(t, (int(np.prod(t.shape)),))
+    assert_close(flat.full(), dense.reshape(-1), t.dtype, scale)
+    back = tn.reshape(flat, t.shape, eps=1e-6)
+    assert float(tn.norm(back - t)) <= 1e-6 * float(tn.norm(t)) + 1e-4 * scale * ("complex64" in str(t.dtype))
+
+
+@pytest.mark.parametrize("dtype", ["complex64", "complex128"])
+def test_constructors_take_complex_dtypes(dtype):
+    assert all(str(c.dtype).endswith(dtype) for c in tn.ones((2, 3), dtype=dtype).cores)
+    assert tn.eye((2, 2), like=tn.zeros(1, dtype=dtype).to("torch")).cores[0].dtype == getattr(torch, dtype)
+    assert np.iscomplexobj(as_numpy(tn.random_tt((3, 4), 2, seed=0, dtype=dtype).full()))
+
+
+@pytest.mark.parametrize("d", [2, 4])
+def test_complex_random_tt_entry_std_and_circularity(d):
+    # over many small independent draws (entries of one draw are correlated), as test_random does for reals
+    samples = np.concatenate(
+        [
+            as_numpy(tn.random_tt((2,) * d, 3, std=0.5, seed=s, dtype="complex128").full()).ravel()
+            for s in range(2000)
+        ]
+    )
+    assert abs(np.sqrt(np.mean(np.abs(samples) ** 2)) / 0.5 - 1) < 0.10  # E|x|^2 = std^2
+    assert abs(np.mean(samples.real**2) / np.mean(samples.imag**2) - 1) < 0.15  # circular
+    assert abs(np.mean(samples**2)) < 0.05  # pseudo-variance E[x^2] = 0
+
+
+def bit_reversed(k: int, d: int) -> int:
+    return int(format(k, f"0{d}b")[::-1], 2)
+
+
+@pytest.mark.parametrize("d", range(1, 13))
+@pytest.mark.parametrize("inverse", [False, True])
+def test_qft_is_numpys_unitary_dft_with_the_output_bits_reversed(d, inverse):
+    q = tn.qft(d, inverse=inverse)
+    n = 2**d
+    order = [bit_reversed(k, d) for k in range(n)]
+    transform = np.fft.ifft if inverse else np.fft.fft
+    if d <= 8:  # the whole matrix
+        expected = transform(np.eye(n), axis=0, norm="ortho")[order]
+        np.testing.assert_allclose(q.full(), expected, atol=1e-12)
+    rng = np.random.default_rng(d)
+    v = rng.standard_normal(n) + 1j * rng.standard_normal(n)
+    x = tn.reshape(tn.TT([v.reshape(1, n, 1)]), (2,) * d) if d > 1 else tn.TT([v.reshape(1, n, 1)])
+    y = q @ x
+    np.testing.assert_allclose(
+        as_numpy(y.full()).reshape(-1), transform(v, norm="ortho")[order], atol=1e-11 * np.sqrt(n)
+    )
+    # the modes reversed give the spectrum in natural order
+    np.testing.assert_allclose(
+        as_numpy(y.T.full()).reshape(-1), transform(v, norm="ortho"), atol=1e-11 * np.sqrt(n)
+    )
+
+
+@pytest.mark.parametrize("d", [10, 25, 40])
+def test_qft_is_unitary_in_tt_form_and_its_ranks_stay_small(d):
+    q = tn.qft(d, eps=1e-12)
+    identity = tn.eye((2,) * d, dtype="complex128")
+    assert float(tn.norm(q.H @ q - identity)) <= 1e-11 * float(tn.norm(identity))
+    assert q.largest_rank <= 16  # ranks bounded independently of d (13 at 1e-12 for d >= 8)
+    assert q.ranks == tuple(reversed(q.ranks))
+
+
+def test_qft_arguments():
+    assert tn.qft(3, like=torch.zeros(1, dtype=torch.complex64)).cores[0].dtype == torch.complex64
+    with pytest.raises(TypeError, match="qft: the Fourier transform is complex; dtype float64 is real"):
+        tn.qft(3, dtype="float64")
+    with pytest.raises(ValueError, match="qft: d must be >= 1"):
+        tn.qft(0)
+    with pytest.raises(TypeError, match="qft: d must be an int"):
+        tn.qft(2.0)
+    with pytest.raises(ValueError, match="qft: eps must be > 0"):
+        tn.qft(3, eps=0.0)

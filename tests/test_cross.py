@@ -40,7 +40,7 @@ def relative_error_on(t, f, shape, count=2000, seed=99):
     """||t - f|| / ||f|| on random indices (for tensors too large to form)."""
     rng = np.random.default_rng(seed)
     index = np.stack([rng.integers(0, n, count) for n in shape], axis=1)
-    exact = np.asarray(f(index), dtype=np.float64)
+    exact = np.asarray(f(index))
     top = np.max(np.abs(exact))  # both divided by it: the norms neither underflow nor overflow
     return float(np.linalg.norm((as_numpy(tn.gather(t, index)) - exact) / top) / np.linalg.norm(exact / top))
 
@@ -362,3 +362,44 @@ def test_modes_too_large_for_memory_are_refused_before_evaluating():
     with pytest.raises(ValueError, match=r"cross: the cores would hold .* GiB of memory available"):
         tn.cross(lambda i: calls.append(i) or i.sum(axis=1) * 1.0, (10**12, 3))
     assert not calls
+
+
+# --- complex functions ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_complex_functions_known_ranks_and_dense_reference(backend):
+    like = tn.zeros(1).to(backend)
+    # exp(i k . x) is a product of univariate functions: rank 1; cos + i sin of a sum has rank 1 too
+    phase = tn.cross(
+        lambda i: np.exp(1j * as_numpy(i).sum(axis=1) / 3.0), (6,) * 7, eps=1e-10, like=like, seed=0
+    )
+    assert phase.ranks == (1,) * 8 and "complex128" in str(phase.dtype)
+    assert relative_error_on(phase, lambda i: np.exp(1j * i.sum(axis=1) / 3.0), phase.shape) <= 1e-10
+    # a complex function of a real train by apply, against the dense tensor
+    t = tn.random_tt((5, 4, 6), 2, seed=1, std=0.5).to(backend)
+    y, error = tn.apply(
+        lambda v: (v + 1j) ** 2,
+        t,
+        eps=1e-12,
+        return_error=True,
+        seed=0,
+    )
+    assert error <= 1e-12 and "complex" in str(y.dtype)
+    np.testing.assert_allclose(as_numpy(y.full()), (as_numpy(t.full()) + 1j) ** 2, atol=1e-11)
+    # of a complex train
+    z = tn.random_tt((5, 4, 6), 2, seed=2, std=0.5, dtype="complex128").to(backend)
+    w = tn.apply(np.exp if backend == "numpy" else torch.exp, z, eps=1e-12, seed=0)
+    np.testing.assert_allclose(as_numpy(w.full()), np.exp(as_numpy(z.full())), atol=1e-11)
+
+
+def test_complex_values_with_a_real_dtype_are_refused():
+    with pytest.raises(TypeError, match=r"the values are complex but dtype=float64 is real"):
+        tn.cross(lambda i: np.exp(1j * i.sum(axis=1)), (3, 3), dtype="float64", seed=0)
+
+
+def test_a_cap_that_rounding_enforces_after_the_search_met_eps_is_reported():
+    # sin of a sum has rank 2: the search (exploring up to max_rank + 2) meets eps at rank 2, then the
+    # result is rounded to max_rank = 1; that lost eps silently before (relative error 0.87, no warning)
+    f = lambda i: np.sin(i.sum(axis=1) * 1.7)  # noqa: E731
+    with pytest.warns(tn.RankCapWarning, match=r"cross: max_rank kept the result from meeting eps=1e-12"):
+        t, error = tn.cross(f, (8,) * 4, eps=1e-12, max_rank=1, seed=0, return_error=True)
+    assert t.ranks == (1,) * 5 and error > 0.1

@@ -41,11 +41,20 @@ def unfolding_min_ranks(x, eps):
 @st.composite
 def dense_case(draw):
     """A dense tensor: a random low-rank TT plus noise of a drawn level, on a drawn backend/dtype."""
-    t = draw(tst.tts(backend="numpy", dtype="float64", max_size=4))
+    dtype = draw(tst.dtypes(complex=True))
+    wide = "complex128" if "complex" in dtype else "float64"
+    t = draw(tst.tts(backend="numpy", dtype=wide, max_size=4))
     noise = draw(st.sampled_from([0.0, 1e-6, 1e-2, 1.0]))
     rng = np.random.default_rng(draw(st.integers(0, 1000)))
     x = t.full() + noise * rng.standard_normal(t.shape)
-    return on(draw(tst.backends()), draw(tst.dtypes()), x)
+    if "complex" in dtype:
+        x = x + 1j * noise * rng.standard_normal(t.shape)
+    return on(draw(tst.backends()), dtype, x)
+
+
+def double(dtype) -> bool:
+    """float64 or complex128: the precision in which rank minimality is checked exactly."""
+    return "float64" in str(dtype) or "complex128" in str(dtype)
 
 
 eps_values = st.sampled_from([1e-1, 1e-2, 1e-4, 1e-8, 0.0])
@@ -59,13 +68,13 @@ def test_tt_svd_meets_eps_with_minimal_ranks(x, eps):
     assert bound <= eps + 1e-15
     assert error <= bound * (1 + 1e-6) + slack
     # never larger than the per-unfolding minimal ranks of x (and never above the useful maximum)
-    if "float64" in str(x.dtype):
+    if double(x.dtype):
         assert all(r <= m for r, m in zip(t.ranks[1:-1], unfolding_min_ranks(x, eps)))
     assert all(r <= m for r, m in zip(t.ranks[1:-1], tn.shapes.useful_ranks(t.shape)))
     assert t.backend == tn.TT([x.reshape(1, -1, 1)]).backend and t.dtype == x.dtype
 
 
-@given(tst.tts(backend="numpy", dtype="float64"))
+@given(tst.tts(backend="numpy", dtype=st.sampled_from(["float64", "complex128"])))
 def test_tt_svd_round_trip_recovers_ranks(t):
     u = tn.tt_svd(t.full(), eps=1e-10)
     assert u.ranks == t.ranks  # strategies draw ranks within the useful maximum: generic TT has them
@@ -115,18 +124,26 @@ def test_one_dimensional_tensor():
 
 
 # --- TTM-SVD ---------------------------------------------------------------------------------------
-@given(tst.ttms(backend="numpy", dtype="float64"), st.sampled_from(["numpy", *tst.available_backends()]))
+@given(
+    tst.ttms(backend="numpy", dtype=st.sampled_from(["float64", "complex128"])),
+    st.sampled_from(["numpy", *tst.available_backends()]),
+)
 def test_ttm_svd_round_trip(a, backend):
-    w = on(backend, "float64", a.full())
+    w = on(backend, str(a.dtype), a.full())
     b = tn.ttm_svd(w, a.row_shape, a.col_shape, eps=1e-10)
     assert b.row_shape == a.row_shape and b.col_shape == a.col_shape and b.ranks == a.ranks
     assert rel_error(b.full(), w) <= 1e-10
 
 
-@given(tst.ttm_shapes(min_ncores=2), st.sampled_from([1e-1, 1e-3]), st.integers(0, 99), tst.dtypes())
+@given(
+    tst.ttm_shapes(min_ncores=2), st.sampled_from([1e-1, 1e-3]), st.integers(0, 99), tst.dtypes(complex=True)
+)
 def test_ttm_svd_meets_eps(shapes, eps, seed, dtype):
     rows, cols = shapes
-    w = on("numpy", dtype, np.random.default_rng(seed).standard_normal((math.prod(rows), math.prod(cols))))
+    rng = np.random.default_rng(seed)
+    size = (math.prod(rows), math.prod(cols))
+    w = rng.standard_normal(size) + (1j * rng.standard_normal(size) if "complex" in dtype else 0)
+    w = on("numpy", dtype, w)
     a = tn.ttm_svd(w, rows, cols, eps=eps)
     assert rel_error(a.full(), w) <= eps + rtol(dtype) * 10
 
@@ -144,7 +161,13 @@ def test_ttm_svd_shape_errors():
 
 
 # --- rounding ----------------------------------------------------------------------------------------
-@given(st.one_of(tst.tts(max_rank=3), tst.ttms(max_rank=3)), st.sampled_from([1e-1, 1e-3, 1e-8]))
+@given(
+    st.one_of(
+        tst.tts(max_rank=3, dtype=tst.dtypes(complex=True)),
+        tst.ttms(max_rank=3, dtype=tst.dtypes(complex=True)),
+    ),
+    st.sampled_from([1e-1, 1e-3, 1e-8]),
+)
 def test_round_meets_eps(t, eps):
     noisy = t + tn.scale(t, 0.5) + tn.scale(t * t, 1e-3)
     r, bound = tn.round(noisy, eps=eps, return_error=True)
@@ -155,7 +178,7 @@ def test_round_meets_eps(t, eps):
     assert all(a <= b for a, b in zip(r.ranks, noisy.ranks))
 
 
-@given(tst.tts(backend="numpy", dtype="float64"))
+@given(tst.tts(backend="numpy", dtype=st.sampled_from(["float64", "complex128"])))
 def test_round_of_sum_recovers_ranks(t):
     r = tn.round(t + t + t, eps=1e-10)
     assert r.ranks == t.ranks
@@ -263,7 +286,7 @@ def test_torch_input_keeps_backend_and_gradients():
 
 @given(dense_case(), st.sampled_from([1e-150, 1e150]), st.sampled_from([1e-2, 1e-6]))
 def test_tt_svd_and_round_with_huge_and_tiny_values(x, factor, eps):
-    if "float32" in str(x.dtype):
+    if "float32" in str(x.dtype) or "complex64" in str(x.dtype):
         factor = factor ** (30 / 150)  # keep the values inside float32's range (1e-38 .. 3e38)
     x = x * factor
     t = tn.tt_svd(x, eps=eps)

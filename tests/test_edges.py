@@ -17,7 +17,7 @@ import tensornet as tn
 from tensornet.testing import strategies as tst
 
 # Scales as powers of ten (not exact in binary), spanning the finite range of each dtype.
-SCALE_EXPONENT = {"float64": 300, "float32": 37}
+SCALE_EXPONENT = {"float64": 300, "float32": 37, "complex128": 300, "complex64": 37}
 
 
 def scale_of(dtype, draw) -> float:
@@ -25,19 +25,30 @@ def scale_of(dtype, draw) -> float:
     return 10.0 ** draw(st.integers(-limit, limit))
 
 
+def ldexp(a: np.ndarray, e) -> np.ndarray:
+    """``a 2^e`` exactly, for real or complex ``a`` (numpy's ldexp takes real arrays only)."""
+    if np.iscomplexobj(a):
+        return np.ldexp(a.real, e) + 1j * np.ldexp(a.imag, e)
+    return np.ldexp(a, e)
+
+
 def normalized_f64(array) -> tuple[np.ndarray, int]:
-    """``(a / 2^e, e)`` in float64, exact: a reference whose squares neither overflow nor underflow."""
+    """``(a / 2^e, e)`` in float64 (complex128), exact: a reference whose squares neither over- nor underflow."""
     a = as_numpy(array)
     top = float(np.max(np.abs(a)))
     e = math.frexp(top)[1] if top > 0 else 0
-    return np.ldexp(a, -e), e
+    return ldexp(a, -e), e
 
 
 def relative_error(approx, exact) -> float:
     """``||approx - exact|| / ||exact||`` computed on both divided by the same power of two."""
     b, e = normalized_f64(exact)
-    a = np.ldexp(as_numpy(approx), -e)
+    a = ldexp(as_numpy(approx), -e)
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def double(dtype) -> bool:
+    return "float64" in str(dtype) or "complex128" in str(dtype)
 
 
 def min_ranks(x: np.ndarray, eps: float) -> list[int]:
@@ -60,11 +71,12 @@ def place(array: np.ndarray, backend: str, dtype: str):
 @st.composite
 def scaled_dense(draw):
     """A low-rank tensor plus noise, scaled by a drawn power of ten, on a drawn backend and dtype."""
-    t = draw(tst.tts(backend="numpy", dtype="float64", max_size=4))
+    dtype = draw(tst.dtypes(complex=True))
+    t = draw(tst.tts(backend="numpy", dtype="complex128" if "complex" in dtype else "float64", max_size=4))
     rng = np.random.default_rng(draw(st.integers(0, 1000)))
-    x = t.full() + draw(st.sampled_from([0.0, 1e-4, 1e-1])) * rng.standard_normal(t.shape)
+    noise = rng.standard_normal(t.shape) + (1j * rng.standard_normal(t.shape) if "complex" in dtype else 0)
+    x = t.full() + draw(st.sampled_from([0.0, 1e-4, 1e-1])) * noise
     x = x / np.max(np.abs(x))
-    dtype = draw(tst.dtypes())
     return place(x * scale_of(dtype, draw), draw(tst.backends()), dtype)
 
 
@@ -79,15 +91,16 @@ def test_tt_svd_guarantee_at_every_scale(x, eps):
     slack = rtol(x.dtype) * math.sqrt(x.ndim)  # rounding of the SVDs themselves
     assert bound <= eps + 1e-15
     assert error <= bound * (1 + 1e-6) + slack, (error, bound)
-    if "float64" in str(x.dtype):  # the ranks are those of the same data at scale 1
+    if double(x.dtype):  # the ranks are those of the same data at scale 1
         assert all(r <= m for r, m in zip(t.ranks[1:-1], min_ranks(normalized_f64(x)[0], eps)))
 
 
 @given(st.data())
 def test_ttm_svd_guarantee_at_every_scale(data):
     row_shape, col_shape = data.draw(tst.ttm_shapes(min_ncores=2, max_ncores=3))
-    dtype = data.draw(tst.dtypes())
-    a = tn.random_ttm(row_shape, col_shape, 2, seed=data.draw(st.integers(0, 99))).full()
+    dtype = data.draw(tst.dtypes(complex=True))
+    wide = "complex128" if "complex" in dtype else "float64"
+    a = tn.random_ttm(row_shape, col_shape, 2, seed=data.draw(st.integers(0, 99)), dtype=wide).full()
     a = place(a / np.max(np.abs(a)) * scale_of(dtype, data.draw), data.draw(tst.backends()), dtype)
     eps = data.draw(eps_values)
     w, bound = tn.ttm_svd(a, row_shape, col_shape, eps=eps, return_error=True)
@@ -99,9 +112,10 @@ def test_ttm_svd_guarantee_at_every_scale(data):
 def scaled_train(draw):
     """``t + t + t`` (rank-deficient) or ``t + u``, with one drawn core scaled by a power of ten and
     another by its inverse's square root: the scale sits unevenly across the cores."""
-    dtype = draw(tst.dtypes())
-    t = draw(tst.tts(backend="numpy", dtype="float64", max_size=4, max_ncores=4))
-    u = draw(tst.tts(shape=t.shape, backend="numpy", dtype="float64"))
+    dtype = draw(tst.dtypes(complex=True))
+    wide = "complex128" if "complex" in dtype else "float64"
+    t = draw(tst.tts(backend="numpy", dtype=wide, max_size=4, max_ncores=4))
+    u = draw(tst.tts(shape=t.shape, backend="numpy", dtype=wide))
     train = t + t + t if draw(st.booleans()) else t + u
     cores = [c / np.max(np.abs(c)) for c in train.cores]
     cores[draw(st.integers(0, len(cores) - 1))] *= scale_of(dtype, draw)
@@ -125,11 +139,11 @@ def test_round_guarantee_at_every_scale(x, eps):
     assert y.dtype == x.dtype
     reference, e_ref = full_f64(x)
     approx, e_approx = full_f64(y)
-    error = np.linalg.norm(np.ldexp(approx, e_approx - e_ref) - reference) / np.linalg.norm(reference)
+    error = np.linalg.norm(ldexp(approx, e_approx - e_ref) - reference) / np.linalg.norm(reference)
     assert bound <= eps + 1e-15
     # float32 cores rescaled by a power of ten (inexact) carry their own rounding into the reference
     assert error <= bound * (1 + 1e-6) + 10 * rtol(x.dtype) * math.sqrt(x.ndim), (error, bound)
-    if "float64" in str(x.dtype):
+    if double(x.dtype):
         assert all(r <= m for r, m in zip(y.ranks[1:-1], min_ranks(reference, eps)))
 
 
@@ -139,11 +153,13 @@ def test_orthogonalize_at_every_scale(x, data):
     y = tn.orthogonalize(x, center=center)
     reference, e_ref = full_f64(x)
     approx, e_approx = full_f64(y)
-    error = np.linalg.norm(np.ldexp(approx, e_approx - e_ref) - reference) / np.linalg.norm(reference)
+    error = np.linalg.norm(ldexp(approx, e_approx - e_ref) - reference) / np.linalg.norm(reference)
     assert error <= 10 * rtol(x.dtype) * math.sqrt(x.ndim)
     for k, core in enumerate(y.cores[:center]):  # cores left of the center are left-orthonormal
         m = as_numpy(core).reshape(-1, core.shape[-1])
-        np.testing.assert_allclose(m.T @ m, np.eye(m.shape[1]), atol=10 * rtol(x.dtype), err_msg=str(k))
+        np.testing.assert_allclose(
+            m.conj().T @ m, np.eye(m.shape[1]), atol=10 * rtol(x.dtype), err_msg=str(k)
+        )
 
 
 # --- norm, dot, sum: the finite answer whenever it is representable, inf when not, never NaN -------
@@ -191,6 +207,45 @@ def test_norm_dot_sum_at_every_scale(data):
     u = uneven(data.draw, dtype, backend, shape=t.shape)
     reference_u, e_u = full_f64(u)
     check_value(tn.dot(t, u), float(np.sum(reference * reference_u)), e + e_u, t.dtype)
+
+
+@given(st.data())
+def test_complex_norm_and_dot_at_every_scale(data):
+    dtype, backend = data.draw(tst.complex_dtypes()), data.draw(tst.backends())
+    real = {"complex64": "float32", "complex128": "float64"}[dtype]
+    t = data.draw(tst.tts(backend="numpy", dtype="complex128", max_ncores=4, max_size=3))
+    z = tn.TT([c / np.max(np.abs(c)) * scale_of(real, data.draw) for c in t.cores]).to(backend, dtype=dtype)
+    reference, e = full_f64(z)
+    norm = tn.norm(z)
+    assert "complex" not in str(norm.dtype)
+    top = np.max(np.abs(reference))  # the reference's norm, without squares that under- or overflow
+    check_value(norm, top * np.linalg.norm(reference / top), e, real)
+    value = np.vdot(reference / top, reference / top) * top * top
+    dot = tn.dot(z, z)
+    check_value(dot.real, float(value.real), 2 * e, real)  # |z|^2: real, the imaginary part 0 or tiny
+    assert not np.isnan(as_numpy(dot.imag))
+    assert abs(float(as_numpy(dot.imag))) <= 1e-3 * abs(float(as_numpy(dot.real)))
+
+
+@given(tst.tts(backend="torch", dtype="complex128", max_ncores=3, max_size=3), st.integers(0, 100))
+def test_real_functions_of_complex_trains_have_torchs_gradients(t, seed):
+    # finite differences of real losses of complex cores (gradcheck perturbs real and imaginary parts)
+    cores = [c.clone().requires_grad_() for c in t.cores]
+    u = tn.random_tt(t.shape, 2, seed=seed, dtype="complex128").to("torch")
+    losses = [
+        lambda *c: tn.norm(tn.TT(list(c))),
+        lambda *c: tn.dot(tn.TT(list(c)), tn.TT(list(c))).real,
+        lambda *c: tn.dot(u, tn.TT(list(c))).imag,
+        lambda *c: tn.sum(tn.TT(list(c)) * tn.conj(tn.TT(list(c)))).real,
+        # rounding a sum of distinct terms (no repeated singular values: SVD gradients are defined)
+        lambda *c: tn.full(tn.round(tn.TT(list(c)) + u, eps=1e-12)).abs().square().sum(),
+    ]
+    for loss in losses:
+        assert torch.autograd.gradcheck(loss, cores)
+    grads = torch.autograd.grad(tn.norm(tn.TT(cores)), cores)
+    reference = torch.autograd.grad(torch.linalg.vector_norm(tn.TT(cores).full()), cores)
+    for g, r in zip(grads, reference):
+        torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-12)
 
 
 def test_norm_near_the_float32_maximum_is_finite():
@@ -521,3 +576,79 @@ def test_ttmlinear_follows_autocast_as_nn_linear_does():
         assert layer.float()(x.float()).dtype == torch.bfloat16
     meta = tn.nn.TTMLinear(12, 8, rank=2, device="meta")
     assert meta(torch.randn(3, 12, device="meta")).shape == (3, 8)  # as nn.Linear on the meta device
+
+
+# --- trains whose norm is far below the product of their cores' scales ----------------------------------
+def linear_function_qtt(d: int) -> tn.TT:
+    """The rank-2 QTT of f(p) = p on 2^d points: cores [[1, 2^(d-1-j) p_j], [0, 1]] (core scales 2^(d-1-j)).
+
+    Each core is normalised by its own largest entry in rounding; the product of those scales is 2^(d(d-1)/2)
+    while the train's norm is about 2^(3d/2): the normalised train's norm underflowed to 0 before the sweeps
+    renormalised their running factors (round returned 0 with an error bound of 0).
+    """
+    cores = []
+    for j in range(d):
+        core = np.zeros((2, 2, 2))
+        for p in range(2):
+            core[:, p, :] = [[1.0, 2.0 ** (d - 1 - j) * p], [0.0, 1.0]]
+        cores.append(core)
+    cores[0], cores[-1] = cores[0][:1], cores[-1][:, :, 1:]
+    return tn.TT(cores)
+
+
+@pytest.mark.parametrize("d", [40, 60, 100])
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_round_orthogonalize_reshape_keep_trains_whose_cores_scale_geometrically(d, backend):
+    t = linear_function_qtt(d).to(backend)
+    norm = float(tn.norm(t))
+    # ||f||^2 = sum_p p^2 = (N - 1) N (2N - 1) / 6, N = 2^d
+    n = 2.0**d
+    assert norm == pytest.approx(math.sqrt((n - 1) * n * (2 * n - 1) / 6), rel=1e-12)
+    rounded, bound = tn.round(t, eps=1e-12, return_error=True)
+    # the low bits of p are below eps relative to ||f|| past bond ~40: rank 1 there is the right answer
+    assert all(r <= s for r, s in zip(rounded.ranks, t.ranks)) and rounded.ranks[1] == 2 and bound <= 1e-12
+    # plus the sweeps' own rounding, about d unit roundoffs
+    assert float(tn.norm(rounded - t)) <= bound * norm * (1 + 1e-6) + d * 2.2e-16 * norm
+    assert float(tn.norm(tn.orthogonalize(t, center=d // 2))) == pytest.approx(norm, rel=1e-12)
+    assert float(tn.norm(tn.round_sum([t, t], eps=1e-12))) == pytest.approx(2 * norm, rel=1e-12)
+    regrouped = tn.reshape(t, (4,) * (d // 2), eps=1e-10)
+    assert float(tn.norm(regrouped)) == pytest.approx(norm, rel=1e-10)
+    index = [[1] * d, [0] * (d - 1) + [1]]
+    # entries are accurate to the Frobenius bound (relative to the norm ~ N^1.5, not to each entry)
+    np.testing.assert_allclose(as_numpy(tn.gather(rounded, index)), [n - 1, 1.0], rtol=0, atol=1e-11 * norm)
+
+
+# --- warnings name the user's line, whatever path inside the package raised them ---------------------------
+def test_warnings_point_at_the_callers_line():
+    x = np.random.default_rng(0).standard_normal((4, 4, 4))
+    t = tn.random_tt((4, 4, 4), 3, seed=0)
+    calls = [
+        lambda: tn.tt_svd(x, eps=1e-3, max_rank=1),  # through tt_svd's decorator and its kernels
+        lambda: tn.round(t + t, eps=1e-6, max_rank=1),
+        lambda: tn.round_sum([t, t], eps=1e-6, max_rank=1),
+        lambda: tn.cross(lambda i: np.sin(i.sum(axis=1) * 1.7), (8,) * 4, eps=1e-12, max_rank=1, seed=0),
+    ]
+    for call in calls:
+        with pytest.warns(UserWarning) as record:
+            call()
+        assert {w.filename for w in record} == {__file__}, [(w.filename, w.lineno) for w in record]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "complex128"])
+def test_norm_has_exact_second_derivatives(dtype):
+    # the gradient used to be attached through a detached factor: first derivatives right, second wrong
+    t = tn.random_tt((3, 4, 2), 2, seed=0, dtype=dtype).to("torch")
+    cores = [c.clone().requires_grad_() for c in t.cores]
+    assert torch.autograd.gradgradcheck(lambda *c: tn.norm(tn.TT(list(c))), cores)
+    # Hessian-vector products of ||x||^2 through norm and through dot agree
+    directions = [torch.randn_like(c) for c in cores]
+    results = []
+    for loss in (lambda: tn.norm(tn.TT(cores)) ** 2, lambda: tn.dot(tn.TT(cores), tn.TT(cores)).real):
+        grads = torch.autograd.grad(loss(), cores, create_graph=True)
+        inner = sum((g.conj() * v).real.sum() for g, v in zip(grads, directions))
+        results.append(torch.autograd.grad(inner, cores))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    zero = [torch.zeros_like(c, requires_grad=True) for c in cores]
+    (g,) = torch.autograd.grad(tn.norm(tn.TT(zero)), zero[:1], create_graph=True)
+    assert torch.all(g == 0) and not torch.isnan(g).any()

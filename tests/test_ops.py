@@ -1,10 +1,10 @@
-"""Operations against dense references, on numpy and torch, float64 and float32."""
+"""Operations against dense references, on numpy and torch, float64, float32, complex128 and complex64."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import as_numpy, assert_close, torch
+from conftest import as_numpy, assert_close, dense_tt, torch
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -14,7 +14,7 @@ from tensornet.testing import strategies as tst
 
 @st.composite
 def tt_pair(draw, kind="tt"):
-    backend, dtype = draw(tst.backends()), draw(tst.dtypes())
+    backend, dtype = draw(tst.backends()), draw(tst.dtypes(complex=True))
     if kind == "tt":
         shape = draw(tst.mode_shapes())
         make = lambda: tst.tts(shape=shape, backend=backend, dtype=dtype)  # noqa: E731
@@ -44,14 +44,15 @@ def test_add_sub_neg(pair):
     )
 
 
-@given(pairs, st.floats(-3, 3))
+@given(pairs, st.one_of(st.floats(-3, 3), st.complex_numbers(max_magnitude=3)))
 def test_scale(pair, alpha):
     a, _ = pair
     assert_close(tn.scale(a, alpha).full(), alpha * dense(a), a.dtype, np.abs(dense(a)).max() * 3)
     assert_close((alpha * a).full(), tn.scale(a, alpha).full(), a.dtype, np.abs(dense(a)).max() * 3)
     assert_close((a * alpha).full(), tn.scale(a, alpha).full(), a.dtype, np.abs(dense(a)).max() * 3)
     assert_close((a / 2.0).full(), dense(a) / 2.0, a.dtype)
-    assert_close((np.float64(alpha) * a).full(), alpha * dense(a), a.dtype, np.abs(dense(a)).max() * 3)
+    numpy_alpha = np.complex128(alpha) if isinstance(alpha, complex) else np.float64(alpha)
+    assert_close((numpy_alpha * a).full(), alpha * dense(a), a.dtype, np.abs(dense(a)).max() * 3)
 
 
 @given(pairs)
@@ -67,13 +68,16 @@ def test_hadamard(pair):
 def test_dot_and_norm(pair):
     a, b = pair
     scale = np.linalg.norm(dense(a)) * np.linalg.norm(dense(b))
-    assert_close(tn.dot(a, b), np.sum(dense(a) * dense(b)), a.dtype, scale)
+    assert_close(tn.dot(a, b), np.vdot(dense(a), dense(b)), a.dtype, scale)  # conjugate-linear in a
+    assert_close(tn.dot(a, b), np.conj(as_numpy(tn.dot(b, a))), a.dtype, scale)
     assert_close(tn.norm(a), np.linalg.norm(dense(a)), a.dtype)
+    assert_close(tn.norm(a) ** 2, tn.dot(a, a), a.dtype, np.linalg.norm(dense(a)) ** 2)
+    assert not np.iscomplexobj(as_numpy(tn.norm(a)))  # real, also for complex trains
     assert_close(a.norm(), tn.norm(a), a.dtype)
     assert tn.dot(a, b).shape == ()
 
 
-@given(st.one_of(tst.tts(), tst.ttms()))
+@given(st.one_of(tst.tts(dtype=tst.dtypes(complex=True)), tst.ttms(dtype=tst.dtypes(complex=True))))
 def test_sum(a):
     assert_close(tn.sum(a), dense(a).sum(), a.dtype, np.abs(dense(a)).sum())
 
@@ -90,7 +94,7 @@ def test_kron(pair):
 
 @st.composite
 def matvec_case(draw):
-    backend, dtype = draw(tst.backends()), draw(tst.dtypes())
+    backend, dtype = draw(tst.backends()), draw(tst.dtypes(complex=True))
     a = draw(tst.ttms(backend=backend, dtype=dtype))
     x = draw(tst.tts(shape=a.col_shape, backend=backend, dtype=dtype))
     return a, x
@@ -107,7 +111,7 @@ def test_matvec(case):
 
 @st.composite
 def matmul_case(draw):
-    backend, dtype = draw(tst.backends()), draw(tst.dtypes())
+    backend, dtype = draw(tst.backends()), draw(tst.dtypes(complex=True))
     a = draw(tst.ttms(backend=backend, dtype=dtype))
     b = draw(tst.ttms(row_shape=a.col_shape, backend=backend, dtype=dtype))
     return a, b
@@ -122,6 +126,52 @@ def test_matmul_and_transpose(case):
     assert_close((a @ b).full(), expected, a.dtype, scale)
     assert_close(tn.transpose(a).full(), dense(a).T, a.dtype)
     assert_close(a.T.full(), tn.transpose(a).full(), a.dtype)
+    assert_close(a.H.full(), dense(a).conj().T, a.dtype)
+    assert_close(tn.transpose(a, conjugate=True).full(), dense(a).conj().T, a.dtype)
+
+
+@given(tst.tts(dtype=tst.dtypes(complex=True)))
+def test_conj_real_imag_and_reversed_modes(t):
+    x = dense(t)
+    scale = np.abs(x).max()
+    assert_close(tn.conj(t).full(), x.conj(), t.dtype, scale)
+    assert_close(t.conj().full(), x.conj(), t.dtype, scale)
+    for part, expected in ((tn.real(t), x.real), (tn.imag(t), x.imag), (t.real, x.real), (t.imag, x.imag)):
+        assert "complex" not in str(part.dtype)
+        assert_close(part.full(), expected, t.dtype, scale)
+    assert_close(t.T.full(), x.T, t.dtype, scale)  # numpy's x.T: the modes reversed
+    assert_close(tn.transpose(t, conjugate=True).full(), x.conj().T, t.dtype, scale)
+
+
+@given(st.data())
+def test_real_and_complex_operands_promote_as_numpy_does(data):
+    backend = data.draw(tst.backends())
+    real_dtype = data.draw(tst.dtypes())
+    complex_dtype = data.draw(tst.complex_dtypes())
+    shape = data.draw(tst.mode_shapes(max_ndim=3))
+    a = data.draw(tst.tts(shape=shape, backend=backend, dtype=real_dtype))
+    b = data.draw(tst.tts(shape=shape, backend=backend, dtype=complex_dtype))
+    expected_dtype = str(np.result_type(real_dtype, complex_dtype))
+    x, y = dense_tt(a), dense_tt(b)  # exact references from the cores (full() works in the operand's dtype)
+    scale = np.abs(x).max() * np.abs(y).max() + np.abs(x).max() + np.abs(y).max()
+    for result, value in (
+        (a + b, x + y),
+        (b - a, y - x),
+        (a * b, x * y),
+        (tn.kron(a, b), np.multiply.outer(x, y)),
+    ):
+        assert tn._backend.dtype_name(result.dtype) == expected_dtype
+        assert_close(result.full(), value, expected_dtype, scale)
+    assert_close(tn.dot(a, b), np.vdot(x, y), expected_dtype, scale * x.size)
+    assert tn._backend.dtype_name(tn.round_sum([a, b, a], eps=1e-3).dtype) == expected_dtype
+
+
+def test_real_and_complex_of_different_precisions_are_refused():
+    a = tn.random_tt((2, 3), 2, seed=0, dtype="complex64")
+    with pytest.raises(TypeError, match="different dtypes"):
+        a + a.to(dtype="complex128")
+    with pytest.raises(TypeError, match=r"linear: complex operands are not supported.*tn\.matvec"):
+        tn.linear(np.ones((2, 6)), tn.random_ttm((2, 3), (3, 2), 2, seed=0, dtype="complex128"))
 
 
 @st.composite
@@ -218,8 +268,10 @@ def test_structure_mismatch_errors():
         tn.norm(np.ones(3))
     with pytest.raises(TypeError):
         a + "1"  # numbers are added entrywise (tests/test_construct.py); other objects are refused
-    with pytest.raises(TypeError, match="must be a tensornet TTM"):
-        tn.transpose(a)
+    with pytest.raises(TypeError, match="transpose: a must be a tensornet TT or TTM"):
+        tn.transpose(np.ones((2, 2)))
+    with pytest.raises(TypeError, match="conjugate must be True or False"):
+        tn.transpose(a, conjugate=1)
 
 
 def test_mixed_backend_operands_refused():

@@ -83,3 +83,27 @@ def test_readme_pytorch_and_gpt2_snippet_runs():
     assert ns["report"].model_params_after == int(stated.group(1).replace(",", ""))
     assert ns["y"].shape == (4, 128, 3072) and ns["conv"].conversion_error <= 0.3
     assert ns["logits"].shape == (1, 16, 50257) and torch.isfinite(ns["logits"]).all()
+
+
+def test_readme_files_interop_and_report_snippet_runs():
+    pytest.importorskip("quimb", reason="quimb is not installed (tensornet's 'interop' extra)")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    code = PYTHON[2]
+    ns = _run(code)
+    t, u, back, r = ns["t"], ns["u"], ns["back"], ns["r"]
+    assert all((a == b).all() for a, b in zip(t.cores, u.cores)) and u.ranks == t.ranks  # "exactly t"
+    tn.testing.assert_allclose(back, t, rtol=1e-14)
+    stated = re.search(r"r\.cut\(1e-4\)\s+# (\(.*?\))", code)
+    assert stated is not None and str(r.cut(1e-4)) == stated.group(1) == str(tn.round(t, eps=1e-4).ranks)
+    assert len(ns["fig"].axes) == 2
+
+
+def test_readme_docs_command_builds_and_serves_the_site():
+    block = next(code for lang, code in BLOCKS if lang == "bash" and "sphinx" in code)
+    command = next(line for line in block.splitlines() if line.strip() and not line.startswith("#"))
+    assert '-e ".[docs]"' in command and "-m sphinx -b html -W -n docs docs/_build/html" in command
+    assert command.endswith("-m http.server -d docs/_build/html 8000")
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert "-m sphinx -b html -W --keep-going -n" in ci and ".[test,docs]" in ci  # CI builds it the same way

@@ -11,7 +11,7 @@ import pytest
 from conftest import as_numpy, rtol, torch
 from hypothesis import given
 from hypothesis import strategies as st
-from test_edges import full_f64, min_ranks, scale_of
+from test_edges import full_f64, ldexp, min_ranks, scale_of
 
 import tensornet as tn
 from tensornet import _checks, _round
@@ -35,7 +35,7 @@ def rounded(x, eps, route, max_rank=None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", tn.RankCapWarning)
         y, log = _round.rounded("round", x, [x._tt_layout()], eps, caps, route)
-        bound = log.finish(log.total, stacklevel=2)
+        bound = log.finish(log.total)
     return y, bound, log
 
 
@@ -43,7 +43,7 @@ def relative_error(y, x) -> float:
     """``||x - y|| / ||x||`` on float64 references normalised by powers of two (exact)."""
     reference, e_ref = full_f64(x)
     approx, e_approx = full_f64(y)
-    difference = float(np.linalg.norm(np.ldexp(approx, e_approx - e_ref) - reference))
+    difference = float(np.linalg.norm(ldexp(approx, e_approx - e_ref) - reference))
     total = float(np.linalg.norm(reference))
     return difference / total if total > 0 else difference  # the zero train must round to zero
 
@@ -53,9 +53,10 @@ def sums(draw, max_ncores=4):
     """A train from the arithmetic rounding lives on: ``t + t + t`` (rank-deficient), ``t - 2t + 3u`` (a
     combination), ``t + 1e-6 u`` (a small term: the split route's case) or ``t + u``; one core scaled by a
     drawn power of ten (the scale sits unevenly across cores); a drawn backend and dtype."""
-    dtype = draw(tst.dtypes())
-    t = draw(tst.tts(backend="numpy", dtype="float64", max_size=4, max_ncores=max_ncores))
-    u = draw(tst.tts(shape=t.shape, backend="numpy", dtype="float64"))
+    dtype = draw(tst.dtypes(complex=True))
+    wide = "complex128" if "complex" in dtype else "float64"
+    t = draw(tst.tts(backend="numpy", dtype=wide, max_size=4, max_ncores=max_ncores))
+    u = draw(tst.tts(shape=t.shape, backend="numpy", dtype=wide))
     kind = draw(st.sampled_from(["ttt", "combination", "small", "generic"]))
     train = {
         "ttt": lambda: t + t + t,
@@ -75,7 +76,9 @@ def check(x, y, bound, eps, log=None):
     slack = 10 * rtol(x.dtype) * math.sqrt(x.ndim)  # rounding of the factorisations themselves
     error = relative_error(y, x)
     assert error <= bound * (1 + 1e-6) + slack, (error, bound, log.kernels if log else None)
-    if "float64" in str(x.dtype) and isinstance(x, tn.TT):  # the smallest ranks meeting the rule
+    if ("float64" in str(x.dtype) or "complex128" in str(x.dtype)) and isinstance(
+        x, tn.TT
+    ):  # the smallest ranks meeting the rule
         reference, _ = full_f64(x)
         assert all(r <= m for r, m in zip(y.ranks[1:-1], min_ranks(reference, eps))), (y.ranks, log)
 
@@ -140,9 +143,10 @@ def test_routes_agree_on_ranks():
 @st.composite
 def term_lists(draw):
     """2-5 terms of one shape, with repeats and linear combinations, each on its own scale."""
-    dtype = draw(tst.dtypes())
+    dtype = draw(tst.dtypes(complex=True))
+    wide = "complex128" if "complex" in dtype else "float64"
     backend = draw(tst.backends())
-    base = draw(tst.tts(backend="numpy", dtype="float64", max_size=4, max_ncores=4))
+    base = draw(tst.tts(backend="numpy", dtype=wide, max_size=4, max_ncores=4))
     terms = [base]
     for _ in range(draw(st.integers(1, 4))):
         kind = draw(st.sampled_from(["repeat", "new", "small"]))
@@ -151,7 +155,7 @@ def term_lists(draw):
                 draw(st.sampled_from(terms)) * draw(st.sampled_from([1.0, 2.0, 0.5]))
             )  # no cancellation
         else:
-            u = draw(tst.tts(shape=base.shape, backend="numpy", dtype="float64"))
+            u = draw(tst.tts(shape=base.shape, backend="numpy", dtype=wide))
             terms.append(u if kind == "new" else 1e-7 * u)
     scaled = []
     for term in terms:  # one core of each term scaled: terms on different scales, unevenly spread

@@ -21,20 +21,20 @@ def cores_of(shape, ranks, extra=()):
 
 
 # --- properties and dense form ---------------------------------------------------------------------
-@given(tst.tts())
+@given(tst.tts(dtype=tst.dtypes(complex=True)))
 def test_tt_full_matches_product_of_core_slices(t):
     assert_close(t.full(), dense_tt(t), t.dtype)
     assert tuple(t.full().shape) == t.shape
     assert t.full().dtype == t.dtype
 
 
-@given(tst.ttms())
+@given(tst.ttms(dtype=tst.dtypes(complex=True)))
 def test_ttm_full_matches_product_of_core_slices(a):
     assert_close(a.full(), dense_ttm(a), a.dtype)
     assert tuple(a.full().shape) == a.shape == (int(np.prod(a.row_shape)), int(np.prod(a.col_shape)))
 
 
-@given(tst.tts())
+@given(tst.tts(dtype=tst.dtypes(complex=True)))
 def test_tt_properties(t):
     d = len(t.shape)
     assert t.ndim == d and len(t.ranks) == d + 1 and t.ranks[0] == t.ranks[-1] == 1
@@ -45,7 +45,7 @@ def test_tt_properties(t):
     assert text.startswith("TT(shape=") and str(t.ranks) in text and "params" in text and "[" not in text
 
 
-@given(tst.ttms())
+@given(tst.ttms(dtype=tst.dtypes(complex=True)))
 def test_ttm_properties_and_transpose(a):
     assert a.T.row_shape == a.col_shape and a.T.col_shape == a.row_shape
     assert_close(a.T.full(), as_numpy(a.full()).T, a.dtype)
@@ -86,7 +86,7 @@ def test_to_unknown_backend():
 # --- indexing ------------------------------------------------------------------------------------
 @st.composite
 def tt_and_index(draw):
-    t = draw(tst.tts())
+    t = draw(tst.tts(dtype=tst.dtypes(complex=True)))
     index = []
     for n in t.shape:
         kind = draw(st.sampled_from(["int", "neg", "slice", "all"]))
@@ -286,7 +286,7 @@ def test_no_implicit_conversion_or_truth_value():
 @st.composite
 def tt_and_array_index(draw):
     """A TT and an index with one 1-D integer array or boolean mask among ints and slices (numpy's rule)."""
-    t = draw(tst.tts(max_ncores=4, max_size=5, max_rank=3))
+    t = draw(tst.tts(max_ncores=4, max_size=5, max_rank=3, dtype=tst.dtypes(complex=True)))
     d = t.ncores
     at = draw(st.integers(0, d - 1))
     index = []

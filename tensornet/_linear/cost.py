@@ -33,6 +33,7 @@ class Machine:
 
     @staticmethod
     def for_device(device: str, itemsize: int) -> Machine:
+        """The machine model for ``device`` ('cpu' or 'cuda...') and an element size in bytes."""
         if device.startswith("cuda"):
             peak = 400e12 if itemsize <= 2 else 50e12
             return Machine("cuda", peak, 2.0e12, 8e-6, 128.0)
@@ -88,10 +89,12 @@ class Candidate:
 
     @property
     def flops(self) -> int:
+        """Floating-point operations of all the steps."""
         return sum(s.flops for s in self.steps)
 
     @property
     def bytes(self) -> int:
+        """Bytes moved by all the steps."""
         return sum(s.bytes for s in self.steps)
 
     @property
@@ -105,6 +108,7 @@ class Candidate:
         return self.measured if self.measured is not None else sum(s.seconds for s in self.steps)
 
     def row(self) -> str:
+        """One line of the cost table (modelled and, where timed, measured)."""
         timed = f"{self.measured * 1e3:9.3f} ms measured" if self.measured is not None else ""
         modelled = sum(s.seconds for s in self.steps)
         return (

@@ -50,6 +50,7 @@ class LinearPlan:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """The weight's ``(out, in)`` shape."""
         return (math.prod(s[1] for s in self.core_shapes), math.prod(s[2] for s in self.core_shapes))
 
     @property

@@ -38,10 +38,12 @@ class Corpus:
 
     @property
     def train_chars(self) -> int:
+        """Characters in the training texts."""
         return sum(len(t) for t in self.train)
 
     @property
     def val_chars(self) -> int:
+        """Characters in the validation texts."""
         return sum(len(t) for t in self.val)
 
     @functools.cached_property

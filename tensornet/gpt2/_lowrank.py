@@ -63,6 +63,7 @@ class LowRankLinear(nn.Module):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(x @ a.T) @ b.T + bias`` for ``x`` ``(..., in_features)``: ``(..., out_features)``."""
         return nn.functional.linear(
             nn.functional.linear(x, self.a), self.b, self.bias
         )  # (..., in) -> (..., out)

@@ -175,6 +175,7 @@ class TensorizeConfig:
     embeddings: bool = False
 
     def to_json(self) -> dict[str, Any]:
+        """The record written to a model folder's ``config.json`` (read back by :meth:`from_json`)."""
         record: dict[str, Any] = {"version": self.VERSION, "method": self.method, "layers": list(self.layers)}
         record |= {"bias": self.bias, "rank": self.rank}
         if self.method == "ttm":

@@ -46,6 +46,7 @@ class History:
 
     @property
     def val_ppl(self) -> float:
+        """The last validation perplexity (NaN before the first evaluation)."""
         return _ppl(self.val[-1][1]) if self.val else float("nan")
 
 

@@ -145,7 +145,7 @@ class TTCoresModule(nn.Module):
         check_dtype(fn, dtype)
         bonds = _checks.parse_ranks(fn, "rank", rank, len(rows), owner="layer")
         if clip_rank:  # the warning points at the user's constructor call, two frames up
-            bonds = clip_ranks(fn, bonds, rows, cols, stacklevel=4)
+            bonds = clip_ranks(fn, bonds, rows, cols)
         self.init = check_init(fn, init)
         largest = torch.finfo(dtype if dtype is not None else torch.get_default_dtype()).max
         if isinstance(self.init, float) and self.init > largest:  # W's entries would overflow to inf

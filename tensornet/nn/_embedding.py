@@ -119,7 +119,7 @@ class TTEmbedding(TTCoresModule):
 
     @property
     def compression(self) -> float:
-        """Dense table size (unpadded) divided by :attr:`nparams`."""
+        """Dense table size (unpadded) divided by ``nparams``."""
         return self.num_embeddings * self.embedding_dim / self.nparams
 
     def extra_repr(self) -> str:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
-from tensornet import _checks
+from tensornet import _backend, _checks
 from tensornet import shapes as _shapes
 
 __all__ = ["RankClipWarning", "clip_ranks", "core_shapes", "padded_factorization", "resolve_shapes"]
@@ -102,8 +101,6 @@ def clip_ranks(
     bonds: tuple[int, ...],
     row_shape: tuple[int, ...],
     col_shape: tuple[int, ...],
-    *,
-    stacklevel: int,
 ) -> tuple[int, ...]:
     """Each bond rank lowered to its useful maximum ``min(prod_{j<=k} m_j n_j, prod_{j>k} m_j n_j)``.
 
@@ -115,12 +112,11 @@ def clip_ranks(
         where = ", ".join(
             f"bond {k + 1}: {r} -> {c}" for k, (r, c) in enumerate(zip(bonds, clipped)) if r != c
         )
-        warnings.warn(
+        _backend.warn(
             f"{fn}: ranks {(1, *bonds, 1)} exceed their useful maximum {(1, *useful, 1)} for row_shape "
             f"{row_shape} x col_shape {col_shape} (larger ranks add parameters, not expressiveness); "
             f"clipped ({where}). Pass clip_rank=False to keep them.",
             RankClipWarning,
-            stacklevel=stacklevel,
         )
     return clipped
 

@@ -127,7 +127,7 @@ class TTMLinear(TTCoresModule):
 
     @property
     def compression(self) -> float:
-        """Dense weight size divided by :attr:`nparams`."""
+        """Dense weight size divided by ``nparams``."""
         return self.in_features * self.out_features / self.nparams
 
     def extra_repr(self) -> str:
@@ -150,6 +150,7 @@ class TTMLinear(TTCoresModule):
 
     # --- forward ----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x @ W.T + bias`` for ``x`` ``(..., in_features)``, on the planner's path: ``(..., out_features)``."""
         return self._product(x, self.bias, save_weight=self.save_weight)
 
     # --- conversion -------------------------------------------------------------------------------
@@ -325,16 +326,21 @@ def dense_weights(model: nn.Module) -> Iterator[nn.Module]:
 def tt_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The TT cores of every :class:`TTMLinear` and :class:`TTEmbedding` in ``model``, e.g. for an optimizer group.
 
-    Each layer's :attr:`~TTMLinear.packed_cores` is returned once. With Adam every entry moves by about
+    Each layer's ``packed_cores`` (a parameter) is returned once. With Adam every entry moves by about
     ``lr`` per step, and a change of one core moves the product ``W`` by that change times the other
     cores, so at a dense model's ``lr`` a TT weight may learn more slowly; the cores' learning rate
     factor is a hyperparameter (``tensornet.gpt2``'s ``--tt-lr-scale``; runs in
     ``benchmarks/results/gpt2_compare_cpu.md``):
 
-    >>> cores = tensornet.nn.tt_parameters(model)  # doctest: +SKIP
+    >>> import torch, tensornet
+    >>> model = torch.nn.Sequential(tensornet.nn.TTMLinear(16, 32, rank=2), torch.nn.Linear(32, 4))
+    >>> lr = 1e-3
+    >>> cores = tensornet.nn.tt_parameters(model)
     >>> ids = {id(p) for p in cores}
     >>> rest = [p for p in model.parameters() if id(p) not in ids]
     >>> opt = torch.optim.AdamW([{"params": rest}, {"params": cores, "lr": 5 * lr}], lr=lr)
+    >>> len(cores), len(rest)
+    (1, 3)
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"tt_parameters: expected an nn.Module, got {type(model).__name__}")

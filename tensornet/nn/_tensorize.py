@@ -5,12 +5,13 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
+
+from tensornet import _backend
 
 from ._embedding import TTEmbedding
 from ._hf import conv1d_class, dense_weight
@@ -80,6 +81,7 @@ class Rule:
         self.options = dict(options)
 
     def matches(self, name: str) -> bool:
+        """Whether the module name ``name`` matches the rule's pattern (a glob, or a regex matched in full)."""
         if isinstance(self.pattern, re.Pattern):
             return self.pattern.fullmatch(name) is not None
         return fnmatch.fnmatchcase(name, self.pattern)
@@ -391,11 +393,10 @@ def tensorize(
     before = sum(p.numel() for p in model.parameters())
     converted, skipped = _convert(model, rules)
     if skipped:
-        warnings.warn(
+        _backend.warn(
             "tensorize: left dense (their parents read their weight tensors directly): "
             + "; ".join(f"{name} ({why})" for name, why in skipped),
             UserWarning,
-            stacklevel=2,
         )
     for name, _, new, _ in converted:
         parent_name, _, child = name.rpartition(".")

@@ -1,4 +1,4 @@
-"""Hypothesis strategies for TT / TTM objects, shapes, ranks, backends and dtypes.
+"""Hypothesis strategies for TT / TTM objects, shapes, ranks, backends, dtypes and gauge-equivalent trains.
 
 For property tests of your own tensor code::
 
@@ -9,16 +9,21 @@ For property tests of your own tensor code::
     def test_norm_is_nonnegative(t):
         assert float(tn.norm(t)) >= 0
 
-Every strategy draws a seed and builds cores with :func:`tensornet.random_tt` (fast even for large
-cores; shrinking goes towards smaller shapes, ranks and seed 0). Shapes can be fixed by passing a tuple,
-or left to the strategy. ``backend`` / ``dtype`` are fixed values, strategies or None (drawn from
-:func:`dtypes`: real; pass ``dtype=dtypes(complex=True)`` to draw complex trains too, whose cores are
-circular complex normal).
+The strategies draw one element per core (its mode size, the rank of the bond to its right and a seed for
+its entries), so hypothesis shrinks a failing train towards fewer cores, ranks 1, mode sizes 1 or 2, seeds
+0, float64 on numpy and scale 1: a property that fails for every train with a bond of rank >= 2 shrinks to
+a 2-core train of shape ``(2, 2)`` with that bond at 2. Failing trains are printed compactly (shape, ranks,
+backend, dtype) and with their cores when they have at most 32 parameters. Shapes and ranks can be fixed by
+passing tuples, or left to the strategy. ``backend`` / ``dtype`` are fixed values, strategies or None
+(drawn from :func:`dtypes`: real; pass ``dtype=dtypes(complex=True)`` to draw complex trains too, whose
+cores are circular complex normal). :func:`gauge_equivalent` draws the same tensor in other cores for
+metamorphic properties; the recipes are in ``docs/testing.md``.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,10 +31,13 @@ import numpy as np
 from hypothesis import assume
 from hypothesis import strategies as st
 
+from .. import _checks
 from .. import ops as _ops
 from ..decomp import orthogonalize
-from ..random import random_tt, random_ttm
+from ..random import random_tt
 from ..tt import TT, TTM
+from . import _draw, _gauge, _show
+from ._draw import SEEDS, is_complex, resolve
 
 __all__ = [
     "available_backends",
@@ -38,16 +46,20 @@ __all__ = [
     "complex_dtypes",
     "core_shapes",
     "dtypes",
+    "gauge_equivalent",
     "low_rank_arrays",
     "mode_shapes",
     "orthogonal_tts",
     "redundant_tts",
     "scaled_tts",
+    "scales",
     "ttm_shapes",
     "ttms",
     "tts",
     "zero_tts",
 ]
+
+_show.register()
 
 
 def available_backends() -> list[str]:
@@ -59,12 +71,12 @@ def available_backends() -> list[str]:
 
 
 def backends() -> st.SearchStrategy[str]:
-    """One of :func:`available_backends`."""
+    """One of :func:`available_backends` (shrinking towards 'numpy')."""
     return st.sampled_from(available_backends())
 
 
 def dtypes(*, complex: bool = False) -> st.SearchStrategy[str]:
-    """'float64' or 'float32', and with ``complex`` also 'complex128' or 'complex64'."""
+    """'float64' or 'float32', and with ``complex`` also 'complex128' or 'complex64' (shrinking towards 'float64')."""
     return st.sampled_from(
         ["float64", "float32", "complex128", "complex64"] if complex else ["float64", "float32"]
     )
@@ -75,8 +87,14 @@ def complex_dtypes() -> st.SearchStrategy[str]:
     return st.sampled_from(["complex128", "complex64"])
 
 
-def _is_complex(dtype: Any) -> bool:
-    return "complex" in str(dtype)
+def scales(*, max_exponent: int = 100) -> st.SearchStrategy[float]:
+    """Powers of two ``2^k`` with ``|k| <= max_exponent`` (shrinking towards 1), for ``tts(scale=...)``.
+
+    The default reaches ``2^+-100``, inside float32's range as well as float64's.
+    """
+    if isinstance(max_exponent, bool) or not isinstance(max_exponent, int) or max_exponent < 0:
+        raise ValueError(f"scales: max_exponent must be an int >= 0, got {max_exponent!r}")
+    return st.integers(-max_exponent, max_exponent).map(lambda k: math.ldexp(1.0, k))
 
 
 def mode_shapes(*, min_ndim: int = 1, max_ndim: int = 4, min_size: int = 1, max_size: int = 5) -> Any:
@@ -89,10 +107,14 @@ def ttm_shapes(
     draw: Any, *, min_ncores: int = 1, max_ncores: int = 3, max_size: int = 4
 ) -> tuple[tuple[int, ...], ...]:
     """``(row_shape, col_shape)`` of equal length (the number of cores)."""
-    d = draw(st.integers(min_ncores, max_ncores))
-    rows = tuple(draw(st.lists(st.integers(1, max_size), min_size=d, max_size=d)))
-    cols = tuple(draw(st.lists(st.integers(1, max_size), min_size=d, max_size=d)))
-    return rows, cols
+    pairs = draw(
+        st.lists(
+            st.tuples(st.integers(1, max_size), st.integers(1, max_size)),
+            min_size=min_ncores,
+            max_size=max_ncores,
+        )
+    )
+    return tuple(m for m, _ in pairs), tuple(n for _, n in pairs)
 
 
 @st.composite
@@ -105,15 +127,8 @@ def bond_ranks(
     n_k`` and ``r_k <= n_{k+1} r_{k+1}``, so a generic TT with these ranks has exactly these TT ranks.
     """
     sizes = [int(n) for n in mode_sizes]
-    ranks = [1]
-    for k in range(len(sizes) - 1):
-        limit = min(max_rank, ranks[-1] * sizes[k]) if clip else max_rank
-        ranks.append(draw(st.integers(1, max(1, limit))))
-    ranks.append(1)
-    if clip:
-        for k in range(len(sizes) - 1, 0, -1):
-            ranks[k] = min(ranks[k], sizes[k] * ranks[k + 1])
-    return tuple(ranks[1:-1])
+    wanted = draw(st.lists(st.integers(1, max_rank), min_size=len(sizes) - 1, max_size=len(sizes) - 1))
+    return _draw.reachable(sizes, wanted) if clip else tuple(wanted)
 
 
 def core_shapes(mode_sizes: Sequence[int], ranks: Sequence[int]) -> list[tuple[int, int, int]]:
@@ -122,16 +137,17 @@ def core_shapes(mode_sizes: Sequence[int], ranks: Sequence[int]) -> list[tuple[i
     return [(full[k], int(n), full[k + 1]) for k, n in enumerate(mode_sizes)]
 
 
-def _resolve(draw: Any, value: Any, default: Any) -> Any:
-    if value is None:
-        return draw(default)
-    if isinstance(value, st.SearchStrategy):
-        return draw(value)
-    return value
+def _bonds(fn: str, ranks: Any, sizes: Sequence[int], wanted: Sequence[int]) -> tuple[int, ...]:
+    if ranks is None:
+        return _draw.reachable(sizes, wanted)
+    return _checks.parse_ranks(fn, "ranks", ranks, len(sizes))
 
 
-def _placed(train: Any, backend: str, dtype: str) -> Any:
-    return train.to(backend, dtype=dtype)
+def _finish(draw: Any, cls: type, cores: list[Any], backend: Any, dtype: str, scale: Any) -> Any:
+    factor = resolve(draw, scale, None)
+    if factor is not None:
+        cores = _draw.spread_pow2(cores, float(factor))
+    return cls(cores).to(resolve(draw, backend, backends()), dtype=dtype)
 
 
 @st.composite
@@ -140,20 +156,39 @@ def tts(
     *,
     shape: Any = None,
     ranks: Any = None,
+    min_ncores: int = 1,
     max_ncores: int = 4,
     max_size: int = 5,
     max_rank: int = 3,
     backend: Any = None,
     dtype: Any = None,
     std: float = 1.0,
+    scale: Any = None,
 ) -> TT:
-    """A random :class:`~tensornet.TT` (entries of std ``std``) with at most ``max_ncores`` cores."""
-    shape = _resolve(draw, shape, mode_shapes(max_ndim=max_ncores, max_size=max_size))
-    ranks = _resolve(draw, ranks, bond_ranks(shape, max_rank=max_rank))
-    seed = draw(st.integers(0, 2**32 - 1))
-    dtype = _resolve(draw, dtype, dtypes())
-    train = random_tt(shape, ranks, std=std, seed=seed, dtype="complex128" if _is_complex(dtype) else None)
-    return _placed(train, _resolve(draw, backend, backends()), dtype)
+    """A random :class:`~tensornet.TT` (entries of std ``std``) with ``min_ncores..max_ncores`` cores.
+
+    ``shape`` and ``ranks`` (the d - 1 bond ranks, an int, or a rank spec as :func:`tensornet.random_tt`
+    takes) are fixed values, strategies, or None: drawn, mode sizes in ``1..max_size`` and bond ranks in
+    ``1..max_rank`` clipped to reachable ones (so a generic train has exactly them). ``scale`` (a number, a
+    strategy such as :func:`scales`, or None for 1) multiplies the tensor; a power of two is spread exactly
+    over the cores.
+    """
+    shape = resolve(draw, shape, None)
+    if shape is None:
+        sizes = st.integers(1, max_size)
+        elements = draw(
+            st.lists(st.tuples(sizes, st.integers(1, max_rank)), min_size=min_ncores, max_size=max_ncores)
+        )
+        shape = tuple(n for n, _ in elements)
+    else:
+        shape = tuple(int(n) for n in shape)
+        d = len(shape)
+        elements = draw(st.lists(st.tuples(st.just(0), st.integers(1, max_rank)), min_size=d, max_size=d))
+    bonds = _bonds("tts", resolve(draw, ranks, None), shape, [r for _, r in elements][:-1])
+    dtype = resolve(draw, dtype, dtypes())
+    seed = draw(SEEDS)
+    cores = _draw.cores_from_seed([(n,) for n in shape], bonds, seed, std=std, complex_=is_complex(dtype))
+    return _finish(draw, TT, cores, backend, dtype, scale)
 
 
 @st.composite
@@ -163,29 +198,102 @@ def ttms(
     row_shape: Any = None,
     col_shape: Any = None,
     ranks: Any = None,
+    min_ncores: int = 1,
     max_ncores: int = 3,
     max_size: int = 4,
     max_rank: int = 3,
     backend: Any = None,
     dtype: Any = None,
     std: float = 1.0,
+    scale: Any = None,
 ) -> TTM:
-    """A random :class:`~tensornet.TTM`; give ``row_shape``/``col_shape`` to fix either."""
-    if row_shape is None and col_shape is None:
-        row_shape, col_shape = draw(ttm_shapes(max_ncores=max_ncores, max_size=max_size))
+    """A random :class:`~tensornet.TTM`; give ``row_shape``/``col_shape`` to fix either (other arguments as :func:`tts`)."""
+    rows, cols = resolve(draw, row_shape, None), resolve(draw, col_shape, None)
+    size = st.integers(1, max_size)
+    if rows is None and cols is None:
+        element = st.tuples(size, size, st.integers(1, max_rank))
+        elements = draw(st.lists(element, min_size=min_ncores, max_size=max_ncores))
     else:
-        known = row_shape if row_shape is not None else col_shape
-        d = len(_resolve(draw, known, None))
-        other = st.lists(st.integers(1, max_size), min_size=d, max_size=d).map(tuple)
-        row_shape = _resolve(draw, row_shape, other)
-        col_shape = _resolve(draw, col_shape, other)
-    sizes = [m * n for m, n in zip(row_shape, col_shape)]
-    ranks = _resolve(draw, ranks, bond_ranks(sizes, max_rank=max_rank))
-    seed = draw(st.integers(0, 2**32 - 1))
-    dtype = _resolve(draw, dtype, dtypes())
-    wide = "complex128" if _is_complex(dtype) else None
-    train = random_ttm(row_shape, col_shape, ranks, std=std, seed=seed, dtype=wide)
-    return _placed(train, _resolve(draw, backend, backends()), dtype)
+        d = len(rows if rows is not None else cols)
+        row = st.just(0) if rows is not None else size
+        col = st.just(0) if cols is not None else size
+        elements = draw(st.lists(st.tuples(row, col, st.integers(1, max_rank)), min_size=d, max_size=d))
+    rows = tuple(int(m) for m in rows) if rows is not None else tuple(e[0] for e in elements)
+    cols = tuple(int(n) for n in cols) if cols is not None else tuple(e[1] for e in elements)
+    if len(rows) != len(cols):
+        raise ValueError(f"ttms: row_shape {rows} and col_shape {cols} must have one entry per core each")
+    sizes = [m * n for m, n in zip(rows, cols)]
+    bonds = _bonds("ttms", resolve(draw, ranks, None), sizes, [e[2] for e in elements][:-1])
+    dtype = resolve(draw, dtype, dtypes())
+    seed = draw(SEEDS)
+    cores = _draw.cores_from_seed(list(zip(rows, cols)), bonds, seed, std=std, complex_=is_complex(dtype))
+    return _finish(draw, TTM, cores, backend, dtype, scale)
+
+
+# --- the same tensor in other cores ------------------------------------------------------------------------
+def _default_condition(train: Any) -> float:
+    single = "float32" in str(train.dtype) or "complex64" in str(train.dtype)
+    return 2.0**3 if single else 2.0**10
+
+
+def gauge_equivalent(
+    t: TT | TTM,
+    *,
+    kinds: Sequence[str] = _gauge.KINDS,
+    max_condition: float | None = None,
+    edge: bool = True,
+) -> st.SearchStrategy[Any]:
+    """A train representing ``t``'s tensor in other cores (:func:`tensornet.testing.regauge`).
+
+    Each bond is transformed by a random invertible matrix of a drawn kind (``"monomial"``: signed
+    permutations times powers of two, exact; ``"orthogonal"``; ``"general"``: condition number a drawn power of
+    two up to ``max_condition``), and, with ``edge``, scaled by ``2^e_k`` with ``e_k`` drawn up to the largest
+    that keeps every core within the dtype's range (half the draws at that limit with alternating signs, as
+    ``regauge(..., exponents="edge")``), so single cores sit near overflow or underflow while the tensor
+    stays the same. Shrinks towards a monomial transform of condition 1 and no scaling.
+
+    ``max_condition`` defaults to ``2^10`` in float64/complex128 and ``2^3`` in float32/complex64; properties
+    exact for ``t`` hold for the drawn train to ``tensornet.testing.gauge_rtol(t, max_condition)`` plus the
+    tolerance of the operation compared. A train with one core has no bond and is returned as is. Use
+    ``st.data()`` or ``tts(...).flatmap(lambda t: gauge_equivalent(t).map(lambda g: (t, g)))`` to draw both.
+
+    Raises
+    ------
+    TypeError
+        ``t`` not a train.
+    ValueError
+        ``kinds`` empty or holding an unknown kind; ``max_condition`` not a finite number >= 1.
+    """
+    _checks.check_train("gauge_equivalent", t, "t")
+    if not kinds or any(k not in _gauge.KINDS for k in kinds):
+        raise ValueError(
+            f"gauge_equivalent: kinds must be a non-empty subset of {_gauge.KINDS}, got {kinds!r}"
+        )
+    limit = _default_condition(t) if max_condition is None else max_condition
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 1 <= limit < math.inf:
+        raise ValueError(
+            f"gauge_equivalent: max_condition must be a finite number >= 1, got {max_condition!r}"
+        )
+    return _regauged(t, tuple(kinds), math.floor(math.log2(limit)), edge)
+
+
+@st.composite
+def _regauged(draw: Any, t: Any, kinds: tuple[str, ...], steps: int, edge: bool) -> Any:
+    # every choice is drawn whatever the branch: hypothesis prefers shorter choice sequences, and a branch
+    # that skipped a draw would count as simpler than the one the strategy means to shrink to
+    kind = draw(st.sampled_from(kinds))
+    power = draw(st.integers(0, steps))
+    condition = 1.0 if kind == "orthogonal" else 2.0**power
+    seed = draw(SEEDS)
+    out = _gauge.transformed(t, np.random.default_rng(seed), kind, condition)
+    if edge and t.ncores > 1:
+        bound, bonds = _gauge.exponent_limit(out), t.ncores - 1
+        exponents = draw(st.lists(st.integers(-bound, bound), min_size=bonds, max_size=bonds))
+        at_edge, sign = draw(st.booleans()), draw(st.sampled_from([1, -1]))
+        if at_edge:  # half the draws at the edge itself, which uniform exponents rarely reach
+            exponents = _gauge.edge_exponents(bonds, bound, sign)
+        out = _gauge.scaled(out, exponents)
+    return out
 
 
 # --- edge cases for users' property tests ---------------------------------------------------------------
@@ -223,7 +331,7 @@ def scaled_tts(draw: Any, *, exponent: Any = None, **kwargs: Any) -> TT:
     """
     train = draw(tts(**kwargs))
     limit = 30 if "float32" in str(train.dtype) or "complex64" in str(train.dtype) else 100
-    power = _resolve(draw, exponent, st.sampled_from([-limit, limit]))
+    power = resolve(draw, exponent, st.sampled_from([-limit, limit]))
     k = draw(st.integers(0, train.ncores - 1))
     cores = list(train.cores)
     cores[k] = cores[k] * 10.0**power
@@ -238,7 +346,7 @@ def orthogonal_tts(draw: Any, *, center: Any = None, **kwargs: Any) -> TT:
     Keyword arguments as :func:`tts`.
     """
     train = draw(tts(**kwargs))
-    position = _resolve(draw, center, st.integers(0, train.ncores - 1))
+    position = resolve(draw, center, st.integers(0, train.ncores - 1))
     return orthogonalize(train, center=position)
 
 
@@ -260,16 +368,16 @@ def low_rank_arrays(
     deficient, which a float32 round-trip could not tell apart) are rejected, so ``tt_svd(array,
     eps=1e-8)`` (1e-4 in float32) recovers ``ranks`` exactly.
     """
-    shape = _resolve(draw, shape, mode_shapes(max_ndim=max_ndim, max_size=max_size))
+    shape = resolve(draw, shape, mode_shapes(max_ndim=max_ndim, max_size=max_size))
     bonds = draw(bond_ranks(shape, max_rank=max_rank))
     seed = draw(st.integers(0, 2**32 - 1))
-    dtype = _resolve(draw, dtype, dtypes())
-    wide = "complex128" if _is_complex(dtype) else None
+    dtype = resolve(draw, dtype, dtypes())
+    wide = "complex128" if is_complex(dtype) else None
     dense = np.asarray(random_tt(shape, bonds, seed=seed, dtype=wide).full())
     for k, r in enumerate(bonds):
         singular = np.linalg.svd(dense.reshape(int(np.prod(shape[: k + 1])), -1), compute_uv=False)
         assume(singular[r - 1] > 1e-6 * singular[0])
     train = TT([dense.reshape(1, -1, 1)])
-    placed = _placed(train, _resolve(draw, backend, backends()), dtype)
+    placed = train.to(resolve(draw, backend, backends()), dtype=dtype)
     xp_array = placed.cores[0]
     return xp_array.reshape(tuple(shape)), (1, *bonds, 1)
