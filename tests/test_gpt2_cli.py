@@ -69,7 +69,10 @@ def test_compare_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert (
-        "| dense |" in printed and "| TTM r=4 (ranks 1,4,4,4,1) |" in printed and "| low-rank r=" in printed
+        "| dense |" in printed
+        and "| TTM r=4 (ranks 1,4,4,4,1), cores at 5x lr |" in printed
+        and "| low-rank r=" in printed
+        and ", factors at 9x lr |" in printed
     )
     summary = json.loads((out / "results.json").read_text())
     results = {r["variant"]: r for r in summary["results"]}

@@ -75,7 +75,7 @@ def test_compress_help_shows_defaults_and_the_files_a_model_folder_needs(capsys)
         "model.safetensors",
         "tokenizer.json",
         "vocab.json + merges.txt",
-        "(default paper)",
+        "(default auto)",
         "(default 3)",  # --ncores
         "(default 8)",  # --batch-size
         "(default mlp)",
@@ -237,7 +237,7 @@ ISSUE_EXAMPLES = [
     (["--batch-size", "0"], "--batch-size"),
     (["--lr", "-1"], "--lr"),
     (["--shapes", "papr"], "--shapes"),
-    (["--rank", "8"], "--shapes balanced"),  # the tiny preset has no paper shapes
+    (["--rank", "8", "--shapes", "paper"], "--shapes balanced"),  # the tiny preset has no paper shapes
 ]
 
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import math
+import sysconfig
 import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
+from conftest import GPT2_TINY
 
-from tensornet.gpt2._plot import count_label, plot_losses
+from tensornet.gpt2 import _commands, _precheck
+from tensornet.gpt2._args import parser
+from tensornet.gpt2._plot import _title, count_label, plot_losses
 
 TOKENS_PER_STEP = 16 * 128
 SPEC = {
@@ -17,6 +21,7 @@ SPEC = {
     "lowrank_rank": 96,
     "seed": 0,
     "corpus": "Python 3.12 standard library source (/usr/lib/python3.12): 900 train files / 9,000,000 chars",
+    "corpus_name": "Python 3.12 standard library source",
 }
 
 
@@ -134,7 +139,7 @@ def test_count_label():
 
 def test_compare_run_folder_owns_the_svg(tmp_path):
     """The SVG is one of compare's outputs: it marks the folder as used and --overwrite replaces it."""
-    from tensornet.gpt2._files import RunFolder, check_run_folder
+    from tensornet.gpt2._runfolder import RunFolder, check_run_folder
 
     out = tmp_path / "run"
     with RunFolder.open(out, kind="compare"):
@@ -144,3 +149,24 @@ def test_compare_run_folder_owns_the_svg(tmp_path):
         check_run_folder(out, kind="compare")
     with RunFolder.open(out, kind="compare", overwrite=True):
         assert not (out / "loss_curves.svg").exists()
+
+
+def test_the_title_of_compare_names_the_corpus_never_a_path(shared, tmp_path, capsys):
+    argv = [
+        "compare",
+        *GPT2_TINY,
+        "--rank",
+        "4",
+        "--steps",
+        "2",
+        "--cache-dir",
+        str(shared["cache"]),
+        "--out",
+        str(tmp_path),
+    ]
+    args = parser().parse_args(argv)
+    _precheck.check(args)
+    spec, _ = _commands._compare_spec(args, tmp_path)
+    title = _title([], spec, 1000)
+    assert f"Python {sysconfig.get_python_version()} standard library source" in title, title
+    assert sysconfig.get_paths()["stdlib"] not in title and "/" not in title, title

@@ -15,8 +15,8 @@ import torch
 
 from tensornet.gpt2 import TrainConfig, build_model, gpt2_config, stdlib_corpus, train
 from tensornet.gpt2._checkpoint import load_checkpoint
+from tensornet.gpt2._corpus import _is_val
 from tensornet.gpt2._data import (
-    _is_val,
     cached_tokenizer,
     cached_tokens,
     read_text_file,
@@ -146,7 +146,8 @@ def test_tt_cores_get_their_own_learning_rate(data):
     # every parameter in exactly one group
     grouped = [id(p) for group in optimizer.param_groups for p in group["params"]]
     assert sorted(grouped) == sorted(id(p) for p in model.parameters())
-    # dense and low-rank models: no cores, no third group (low-rank factors train at the base rate)
+    # dense and low-rank models: no cores, no third group (low-rank factors at lowrank_lr_scale 1: the dense
+    # group, as runs from before that setting, whose checkpoints keep resuming)
     assert len(make_optimizer(tiny_model(vocab), cfg).param_groups) == 2
     assert len(make_optimizer(lowrank(tiny_model(vocab), rank=3)[0], cfg).param_groups) == 2
     # the loop applies the scale on top of the schedule
@@ -156,6 +157,33 @@ def test_tt_cores_get_their_own_learning_rate(data):
     assert len(history.loss) == 2 and all(math.isfinite(v) for v in history.loss)
     with pytest.raises(ValueError, match="tt_lr_scale must be > 0"):
         TrainConfig(tt_lr_scale=0.0).check()
+
+
+def test_the_lowrank_baseline_gets_its_own_measured_learning_rate(data):
+    from tensornet.gpt2 import LowRankLinear, lowrank
+    from tensornet.gpt2._args import COMPARE_RECIPE, LOWRANK_LR_SCALE, TT_LR_SCALE
+    from tensornet.gpt2._compare import table
+    from tensornet.gpt2._train import make_optimizer, set_lr
+
+    _, tokenizer, _, _ = data
+    cfg = TrainConfig(steps=2, batch_size=2, block_size=32, lr=1e-3, warmup=1, lowrank_lr_scale=9.0)
+    model, _ = lowrank(tiny_model(tokenizer.get_vocab_size(), dropout=0.0), rank=3)
+    factors = {id(p) for m in model.modules() if isinstance(m, LowRankLinear) for p in (m.a, m.b)}
+    optimizer = make_optimizer(model, cfg)
+    assert [group["lr_scale"] for group in optimizer.param_groups] == [1.0, 1.0, 9.0]
+    assert {id(p) for p in optimizer.param_groups[2]["params"]} == factors
+    set_lr(optimizer, cfg, 1)
+    assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([1e-3, 1e-3, 9e-3])
+    # compare trains its baseline at its best measured multiplier, as its own, and says so in its table
+    assert COMPARE_RECIPE.lowrank_lr_scale == LOWRANK_LR_SCALE and COMPARE_RECIPE.tt_lr_scale == TT_LR_SCALE
+    results = (ROOT / "benchmarks" / "results" / "gpt2_compare_cpu.md").read_text()
+    assert f"low-rank r=33, factors at {LOWRANK_LR_SCALE:g}x lr" in results
+    row = dict(variant="lowrank", params=10, percent_of_dense=50.0, val_ppl=5.0, ppl_vs_dense_percent=1.0)
+    row |= dict(tokens_per_s=1.0, peak_memory_mib=2.0)
+    spec = {"device": "cpu", "rank": 4, "lowrank_rank": 3, "train": {"lowrank_lr_scale": LOWRANK_LR_SCALE}}
+    assert f"| low-rank r=3, factors at {LOWRANK_LR_SCALE:g}x lr |" in table({"spec": spec, "results": [row]})
+    with pytest.raises(ValueError, match="lowrank_lr_scale must be > 0"):
+        TrainConfig(lowrank_lr_scale=0.0).check()
 
 
 def test_training_lowers_the_loss_and_resume_is_exact(data, tmp_path):

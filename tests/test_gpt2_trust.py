@@ -23,7 +23,7 @@ from tensornet.gpt2 import build_model, gpt2_config, load_model, save_model, std
 from tensornet.gpt2._checkpoint import load_checkpoint, load_token_file, save_checkpoint
 from tensornet.gpt2._cli import main
 from tensornet.gpt2._data import cached_tokenizer, cached_tokens, token_cache_path
-from tensornet.gpt2._files import RunFolder
+from tensornet.gpt2._runfolder import RunFolder
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny models run faster on one thread (conftest)
 
@@ -96,7 +96,8 @@ def test_pickles_are_never_unpickled(shared, tmp_path, capsys):
         load_model(model)
     assert code(["eval", str(model), "--max-chars", "2000", "--device", "cpu"]) == 2
     assert "pickle" in capsys.readouterr().err
-    # 4. a token cache (and compare's token file): a damaged cache is rebuilt, with a warning
+    # 4. a token cache (and compare's token file): a pickle at the cache's name is not the cache's file: an
+    # error, the file left alone; once it is moved away the cache is rebuilt
     corpus = stdlib_corpus(max_chars=20000)
     tokenizer = cached_tokenizer(corpus, 300, shared["cache"])
     expected = cached_tokens(corpus, tokenizer, shared["cache"])
@@ -105,10 +106,13 @@ def test_pickles_are_never_unpickled(shared, tmp_path, capsys):
     path = token_cache_path(corpus, tokenizer, cache)
     plant_pickle(path, marker)
     plant_pickle(path.with_suffix(".pt"), marker)  # the name older versions used
-    with pytest.warns(UserWarning, match="rebuilding the damaged token cache"):
-        train_ids, val_ids = cached_tokens(corpus, tokenizer, cache)
+    with pytest.raises(ValueError, match="tensornet did not write it"):
+        cached_tokens(corpus, tokenizer, cache)
+    assert path.is_file() and not marker.exists()
+    path.unlink()
+    train_ids, val_ids = cached_tokens(corpus, tokenizer, cache)
     assert torch.equal(train_ids, expected[0]) and torch.equal(val_ids, expected[1])
-    assert torch.equal(cached_tokens(corpus, tokenizer, cache)[0], expected[0])  # rebuilt: no warning now
+    assert torch.equal(cached_tokens(corpus, tokenizer, cache)[0], expected[0])
     plant_pickle(tmp_path / "tokens.safetensors", marker)
     with pytest.raises(ValueError, match="not a readable token file"):
         load_token_file(tmp_path / "tokens.safetensors", 300, "compare")
@@ -123,14 +127,15 @@ def test_token_cache_contents_are_validated(shared, tmp_path):
     shutil.copytree(shared["cache"], cache)
     path = token_cache_path(corpus, tokenizer, cache)
     from tensornet.gpt2._checkpoint import save_tensors
+    from tensornet.gpt2._data import token_identity
 
     bad = {
         "ids outside the vocabulary": {"train": torch.tensor([1, 2, 300]), "val": torch.tensor([1, 2])},
         "2-D": {"train": torch.ones(2, 2, dtype=torch.int32), "val": torch.tensor([1, 2])},
         "floats": {"train": torch.ones(3), "val": torch.tensor([1, 2])},
     }
-    for tensors in bad.values():
-        save_tensors(path, tensors)
+    for tensors in bad.values():  # the cache's own file (its record), with bad contents
+        save_tensors(path, tensors, metadata=token_identity(corpus, tokenizer))
         with pytest.warns(UserWarning, match="rebuilding"):
             assert torch.equal(cached_tokens(corpus, tokenizer, cache)[0], expected)
     data = bytearray(path.read_bytes())
@@ -359,7 +364,7 @@ def test_a_second_run_on_a_folder_is_refused(shared, tmp_path, capsys):
         [
             sys.executable,
             "-c",
-            "import sys, time; from tensornet.gpt2._files import RunFolder; "
+            "import sys, time; from tensornet.gpt2._runfolder import RunFolder; "
             "f = RunFolder.open(sys.argv[1], kind='train'); print('held', flush=True); time.sleep(60)",
             str(out),
         ],
@@ -399,7 +404,7 @@ def test_stale_temporary_files_are_removed_and_only_those(tmp_path):
     assert not any(p.exists() for p in [*stale, half_model])
     assert all(p.read_text() == "mine" for p in kept)
     # a lock file replaced by a link to someone's file: refused, the file untouched
-    (out / ".tensornet-run.lock").unlink()
+    assert not (out / ".tensornet-run.lock").exists()  # the finished holder removed its lock file
     (out / ".tensornet-run.lock").symlink_to(out / "notes.txt")
     with pytest.raises(FileExistsError, match="symbolic link"):
         RunFolder.open(out, kind="train")

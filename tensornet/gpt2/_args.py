@@ -57,9 +57,12 @@ MODEL_FOLDER = (
     "tokenizer.json, or GPT-2's vocab.json + merges.txt"
 )
 
-# learning-rate multiplier of the TT cores in `compare` (chosen for its model in
-# benchmarks/results/gpt2_compare_cpu.md; not a universal setting)
+# learning-rate multipliers of the TT cores and of the low-rank baseline's factors in `compare`: each the best
+# measured for its model in benchmarks/results/gpt2_compare_cpu.md (per-model settings, not universal ones)
 TT_LR_SCALE = 5.0
+LOWRANK_LR_SCALE = 9.0
+# compare's evaluations without --eval-every: this many log-spaced steps, the last the end (loss_curves.png)
+EVAL_POINTS = 6
 
 # compare's defaults: short runs sized for 2 CPU cores (benchmarks/results/gpt2_compare_cpu.md)
 COMPARE_RECIPE = TrainConfig(
@@ -72,6 +75,7 @@ COMPARE_RECIPE = TrainConfig(
     beta2=0.99,
     eval_tokens=0,
     tt_lr_scale=TT_LR_SCALE,
+    lowrank_lr_scale=LOWRANK_LR_SCALE,
 )
 
 
@@ -167,7 +171,9 @@ def _add_shape_args(g, *, shapes: str, ncores: int) -> None:
         type=_shapes,
         default=shapes,
         help="core shapes: 'paper' (the paper's shapes for GPT-2 small/medium MLPs), 'balanced' (--ncores "
-        'near-equal factors), or a JSON object such as \'{"mlp.c_fc": [[8,8],[8,8],[16,4]], "mlp.c_proj": '
+        "near-equal factors), 'auto' (the paper's where the model is GPT-2 small or medium, balanced "
+        "otherwise; the command says which it used), or a JSON object such as "
+        '\'{"mlp.c_fc": [[8,8],[8,8],[16,4]], "mlp.c_proj": '
         "[[8,8],[8,8],[4,16]]}' of (out_k, in_k) pairs, as nn.Linear.weight is (out, in)",
     )
     g.add_argument(
@@ -195,9 +201,17 @@ def _add_shape_args(g, *, shapes: str, ncores: int) -> None:
 
 
 def _add_train_args(
-    p: argparse.ArgumentParser, d: TrainConfig, *, recipe: str, helps: dict[str, str]
+    p: argparse.ArgumentParser,
+    d: TrainConfig,
+    *,
+    recipe: str,
+    helps: dict[str, str],
+    eval_zero: str = "only at the end",
 ) -> None:
-    """The optimisation flags with ``d``'s defaults; ``helps`` adds a note to a flag's help (by dest)."""
+    """The optimisation flags with ``d``'s defaults; ``helps`` adds a note to a flag's help (by dest).
+
+    ``eval_zero``: what ``--eval-every 0`` does.
+    """
     g = p.add_argument_group(f"optimisation ({recipe})")
 
     def add(flag: str, type_, text: str, **kw) -> None:
@@ -221,8 +235,15 @@ def _add_train_args(
         "than a dense matrix does; a per-model hyperparameter (benchmarks/results/gpt2_compare_cpu.md)",
         metavar="X",
     )
+    add(
+        "--lowrank-lr-scale",
+        _POS_F,
+        "learning-rate multiplier for the low-rank baseline's two factors (a product too); a per-model "
+        "hyperparameter (benchmarks/results/gpt2_compare_cpu.md)",
+        metavar="X",
+    )
     add("--seed", _SEED, "seed for initialisation and data order")
-    add("--eval-every", _NONNEG_STEPS, "evaluate every N steps, N <= 10**9 (0: only at the end)")
+    add("--eval-every", _NONNEG_STEPS, f"evaluate every N steps, N <= 10**9 (0: {eval_zero})")
     add(
         "--eval-tokens", _TOKENS, "validation tokens per evaluation: 0 = all, else from --block-size to 2**40"
     )
@@ -241,10 +262,20 @@ def _add_train_args(
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--threads",
+        type=_THREADS,
+        help=f"torch CPU threads per training process, 1 to {MAX_THREADS} (default: torch's default, the "
+        "number of cores)",
+    )
+
+
 # ----------------------------------------------------------------------------------------------- commands
 def _compare_parser(sub) -> None:
     p = sub.add_parser(
         "compare",
+        allow_abbrev=False,
         help="train dense, TTM and low-rank GPT-2 side by side (CPU: < 10 min)",
         description="Train a dense GPT-2, the same model with TTM MLPs and a low-rank (SVD-style) baseline of "
         "similar size, each with the same seed, token budget and data order; print a paper-style table and "
@@ -264,19 +295,17 @@ def _compare_parser(sub) -> None:
     g.add_argument("--rank", type=_RANK, default=32, help=f"TT rank of the TTM model, 1 to {MAX_RANK}")
     _add_shape_args(g, shapes="balanced", ncores=4)
     g.add_argument("--no-lowrank", action="store_true", help="skip the low-rank baseline")
-    p.add_argument(
-        "--threads",
-        type=_THREADS,
-        help=f"torch CPU threads per training process, 1 to {MAX_THREADS} (default: torch's default, the "
-        "number of cores)",
-    )
+    _add_threads(p)
     _add_train_args(
         p,
         COMPARE_RECIPE,
         recipe="short-run defaults sized for 2 CPU cores",
         helps={
-            "tt_lr_scale": "; compare's default is the one chosen for its model; the low-rank baseline keeps 1"
+            "tt_lr_scale": "; compare's default is the best measured for its model",
+            "lowrank_lr_scale": "; compare's default is the best measured for its low-rank baseline",
         },
+        eval_zero=f"after {EVAL_POINTS} log-spaced steps, the last of them the end: the validation curves of "
+        "loss_curves.png",
     )
     p.set_defaults(command="compare", _parser=p)
 
@@ -292,7 +321,8 @@ def _add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--resume",
         action="store_true",
-        help="continue exactly from --out/checkpoint.safetensors (same settings required)",
+        help="continue exactly from --out/checkpoint.safetensors: every setting the log depends on must be the "
+        "run's (flags, device, processes, --threads), so that the log equals an uninterrupted run's",
     )
     g.add_argument(
         "--stop-at",
@@ -305,6 +335,7 @@ def _add_checkpoint_args(p: argparse.ArgumentParser) -> None:
 def _train_parser(sub) -> None:
     p = sub.add_parser(
         "train",
+        allow_abbrev=False,
         help="pre-train one GPT-2 (dense, TTM or low-rank), with checkpoints and DDP",
         description="Pre-train GPT-2 from scratch. Under torchrun it uses DDP (nccl on GPU, gloo on CPU). bf16 "
         "autocast on GPU. Writes checkpoint.safetensors, log.jsonl (one line per step and evaluation; after "
@@ -322,6 +353,7 @@ def _train_parser(sub) -> None:
     )
     _add_data_args(p, max_chars=None)
     _add_model_args(p, preset="tiny")
+    _add_threads(p)
     g = p.add_argument_group("tensorization")
     g.add_argument(
         "--rank",
@@ -329,7 +361,7 @@ def _train_parser(sub) -> None:
         default=0,
         help=f"TT rank for TTM layers, up to {MAX_RANK}; 0 trains the dense model",
     )
-    _add_shape_args(g, shapes="paper", ncores=3)
+    _add_shape_args(g, shapes="auto", ncores=3)
     g.add_argument(
         "--lowrank",
         type=_RANK0,
@@ -345,7 +377,8 @@ def _train_parser(sub) -> None:
             "lr": " (default 1e-3 for --preset tiny, the paper's 6.25e-5 otherwise)",
             "warmup": " (default 100 for --preset tiny, the paper's 4000 otherwise)",
             "beta2": "; the paper's medium run used 0.95",
-            "tt_lr_scale": "; 1 is the paper's recipe, compare uses 5 for its model",
+            "tt_lr_scale": f"; 1 is the paper's recipe, compare uses {TT_LR_SCALE:g} for its model",
+            "lowrank_lr_scale": f"; compare uses {LOWRANK_LR_SCALE:g} for its model",
         },
     )
     p.set_defaults(lr=None, warmup=None)
@@ -357,6 +390,7 @@ def _model_file_parser(sub, name: str, text: str) -> argparse.ArgumentParser:
     """``compress`` and ``eval``: a model folder and the text to measure its perplexity on."""
     p = sub.add_parser(
         name,
+        allow_abbrev=False,
         help=text,
         description=f"{text}. MODEL is {MODEL_FOLDER}. Evaluation text: --text, else the embedded corpus's "
         "validation split.",
@@ -407,12 +441,13 @@ def _compress_parser(sub) -> None:
     g.add_argument(
         "--eps", type=_EPS, help="relative-error target per layer, in (0, 1) (ranks chosen by ttm_svd)"
     )
-    _add_shape_args(p.add_argument_group("core shapes"), shapes="paper", ncores=3)
+    _add_shape_args(p.add_argument_group("core shapes"), shapes="auto", ncores=3)
 
 
 def parser() -> argparse.ArgumentParser:
     root = _Parser(
         prog="python -m tensornet.gpt2",
+        allow_abbrev=False,  # "--step 5" is not "--steps 5": a typo is an error, never another flag
         description="Pre-train, compress and evaluate GPT-2 with tensor-train-matrix (TTM) layers.",
         epilog=EPILOG,
     )

@@ -66,14 +66,14 @@ def _is_pairs(pairs: object) -> bool:
 
 
 def _shapes(value: str):
-    """``--shapes``: 'paper', 'balanced' or a JSON object of (out_k, in_k) pairs per layer name."""
-    if value in ("paper", "balanced"):
+    """``--shapes``: 'auto', 'paper', 'balanced' or a JSON object of (out_k, in_k) pairs per layer name."""
+    if value in ("auto", "paper", "balanced"):
         return value
     try:
         shapes = json.loads(value)
     except json.JSONDecodeError:
         raise argparse.ArgumentTypeError(
-            f"must be 'paper', 'balanced' or a JSON object, got {value!r} (not valid JSON)"
+            f"must be 'auto', 'paper', 'balanced' or a JSON object, got {value!r} (not valid JSON)"
         ) from None
     if not isinstance(shapes, dict) or not shapes:
         raise argparse.ArgumentTypeError(

@@ -22,6 +22,7 @@ from typing import Any, BinaryIO
 
 import torch
 
+from . import _skeleton
 from ._files import atomic_write, not_a_file, parse_json
 
 CHECKPOINT_FORMAT = "tensornet-checkpoint"
@@ -59,34 +60,6 @@ def _encode(obj: Any, tensors: dict[str, torch.Tensor], seen: dict[tuple, str]) 
             return {k: _encode(v, tensors, seen) for k, v in obj.items()}
         return {"$dict": [[_encode(k, tensors, seen), _encode(v, tensors, seen)] for k, v in obj.items()]}
     raise TypeError(f"save_checkpoint: cannot store a {type(obj).__name__} ({obj!r:.80}) in a checkpoint")
-
-
-def _decode(obj: Any, tensors: dict[str, torch.Tensor], used: set[str]) -> Any:
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    if isinstance(obj, list):
-        return [_decode(v, tensors, used) for v in obj]
-    if not isinstance(obj, dict):
-        raise ValueError(f"unexpected {type(obj).__name__} in the skeleton")
-    if len(obj) == 1 and next(iter(obj)).startswith("$"):
-        ((tag, value),) = obj.items()
-        if tag == "$tensor" and isinstance(value, str) and value in tensors:
-            used.add(value)
-            return tensors[value]
-        if tag == "$float" and value in ("nan", "inf", "-inf"):
-            return float(value)
-        if tag == "$tuple" and isinstance(value, list):
-            return tuple(_decode(v, tensors, used) for v in value)
-        if (
-            tag == "$dict"
-            and isinstance(value, list)
-            and all(isinstance(p, list) and len(p) == 2 for p in value)
-        ):
-            return {_decode(k, tensors, used): _decode(v, tensors, used) for k, v in value}
-        raise ValueError(f"malformed skeleton entry {tag!r}")
-    if any(k.startswith("$") for k in obj):
-        raise ValueError("malformed skeleton object")
-    return {k: _decode(v, tensors, used) for k, v in obj.items()}
 
 
 def _tensor_bytes(t: torch.Tensor) -> bytes | memoryview:
@@ -185,6 +158,11 @@ def save_checkpoint(path: Path, payload: dict) -> None:
 
 
 def _open_error(path: Path, where: str, err: Exception) -> ValueError:
+    if isinstance(err, _skeleton.SkeletonError):
+        return ValueError(
+            f"{where}: {str(path)!r} is not a checkpoint tensornet wrote: {err}; it is damaged or crafted: "
+            "restore it or start a new run"
+        )
     return ValueError(
         f"{where}: {str(path)!r} is not a readable checkpoint ({type(err).__name__}: {err}); it is truncated "
         "or damaged: restore it or start a new run"
@@ -223,23 +201,29 @@ def checkpoint_metadata(path: Path, where: str = "load_checkpoint") -> dict:
     return {"metadata": metadata, "skeleton": skeleton}
 
 
-def _decode_payload(path: Path, where: str, skeleton: Any, tensors: dict[str, torch.Tensor]) -> dict:
-    used: set[str] = set()
+def _decode_payload(
+    path: Path, where: str, skeleton: Any, tensors: dict[str, torch.Tensor], schema: _skeleton.Schema
+) -> dict:
+    """The skeleton decoded by ``schema`` (types and ranges checked), holding every tensor of the file."""
     try:
-        payload = _decode(skeleton, tensors, used)
+        payload, used = _skeleton.decode(skeleton, schema, tensors)
     except RecursionError:
         raise _open_error(path, where, ValueError("the skeleton is nested too deeply")) from None
-    except ValueError as err:
+    except _skeleton.SkeletonError as err:
         raise _open_error(path, where, err) from None
     if used != set(tensors) or not isinstance(payload, dict):
         raise _open_error(path, where, ValueError("skeleton and tensors disagree"))
     return payload
 
 
-def checkpoint_outline(path: Path, where: str = "load_checkpoint") -> dict:
+def checkpoint_outline(
+    path: Path, where: str = "load_checkpoint", schema: _skeleton.Schema = _skeleton.JSON
+) -> dict:
     """The checkpoint's structure with every tensor as a ``meta`` tensor of its stored shape and dtype.
 
-    Read from the header alone (no tensor data, no checksum): cheap checks before the real load.
+    Read from the header alone (no tensor data, no checksum): cheap checks before the real load. The skeleton
+    is decoded by ``schema`` (``_skeleton``): a value of the wrong type or range is a ValueError naming the
+    file and where the value is.
     """
     from safetensors import safe_open
 
@@ -256,11 +240,16 @@ def checkpoint_outline(path: Path, where: str = "load_checkpoint") -> dict:
                 tensors[name] = torch.empty(part.get_shape(), dtype=dtype, device="meta")
     except Exception as err:  # safetensors raises its own error type for every malformed file
         raise _open_error(path, where, err) from None
-    return _decode_payload(path, where, head["skeleton"], tensors)
+    return _decode_payload(path, where, head["skeleton"], tensors, schema)
 
 
-def load_checkpoint(path: Path, where: str = "load_checkpoint") -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint`, verifying its format and checksum."""
+def load_checkpoint(
+    path: Path, where: str = "load_checkpoint", schema: _skeleton.Schema = _skeleton.JSON
+) -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint`, verifying its format and checksum.
+
+    The skeleton is decoded by ``schema`` after the checksum is verified (see :func:`checkpoint_outline`).
+    """
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -276,16 +265,19 @@ def load_checkpoint(path: Path, where: str = "load_checkpoint") -> dict:
             f"{where}: {str(path)!r} fails its checksum: the file was damaged after it was written; "
             "nothing was resumed. Restore it from a copy or start a new run"
         )
-    return _decode_payload(path, where, head["skeleton"], tensors)
+    return _decode_payload(path, where, head["skeleton"], tensors, schema)
 
 
 # ----------------------------------------------------------------------------------------------- run folder
 
 
-def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    """Atomically write ``tensors`` as safetensors with their SHA-256 in the metadata."""
+def save_tensors(
+    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
+    """Atomically write ``tensors`` as safetensors with their SHA-256 (and ``metadata``) in the metadata."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    atomic_write(path, lambda f: write_safetensors(f, tensors, {"sha256": content_sha256(tensors)}))
+    record = {**(metadata or {}), "sha256": content_sha256(tensors)}
+    atomic_write(path, lambda f: write_safetensors(f, tensors, record))
 
 
 def read_safetensors(path: Path, unreadable: str, hint: str = "") -> tuple[dict, dict[str, torch.Tensor]]:
@@ -301,13 +293,19 @@ def read_safetensors(path: Path, unreadable: str, hint: str = "") -> tuple[dict,
     return metadata, tensors
 
 
-def load_token_file(path: Path, vocab_size: int | None, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+def load_token_file(
+    path: Path, vocab_size: int | None, where: str, identity: dict[str, str] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(train, val)`` int64 token ids from a safetensors token file, checked.
 
-    The file must hold two 1-D integer tensors with ids in ``[0, vocab_size)`` and a matching checksum. Any
-    problem raises ValueError naming the file.
+    The file must hold two 1-D integer tensors with ids in ``[0, vocab_size)`` and a matching checksum, and
+    its metadata must hold ``identity`` (what the tokens were built from) when given. Any problem raises
+    ValueError naming the file.
     """
     metadata, tensors = read_safetensors(path, f"{where}: {str(path)!r} is not a readable token file")
+    other = [key for key, value in (identity or {}).items() if metadata.get(key) != value]
+    if other:
+        raise ValueError(f"{where}: {str(path)!r} holds the tokens of another {' and '.join(other)}")
     if set(tensors) != {"train", "val"}:
         raise ValueError(f"{where}: {str(path)!r} holds {sorted(tensors)}, expected train and val")
     if metadata.get("sha256") != content_sha256(tensors):

@@ -20,7 +20,10 @@ def _interrupted(args) -> str:
 
         if (Path(args.out) / CHECKPOINT).is_file():
             return "interrupted; the last checkpoint is intact: continue with the same command and --resume"
-        return "interrupted before the first checkpoint; nothing to resume: run the command again"
+        return (
+            "interrupted before the first checkpoint; nothing to resume: run the same command again (without "
+            "--resume) to start the run over"
+        )
     if args.command == "compare":
         return "interrupted; compare keeps no partial results and cannot continue where it stopped: run the command again"
     return f"interrupted; {args.command} wrote nothing: run it again"

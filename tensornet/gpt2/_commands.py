@@ -14,12 +14,22 @@ from typing import Any
 
 import torch
 
-from . import _checkpoint, _data, _files
+from . import _checkpoint, _data, _runfolder
+from ._args import EVAL_POINTS
 from ._model import build_model, gpt2_config, load_model, save_model, save_run_model
 from ._precheck import check_memory, dims, train_config, warn
-from ._resume import CHECKPOINT, check_checkpoint_fits
+from ._resume import CHECKPOINT, check_checkpoint_fits, runtime
 from ._tensorize import lowrank, nparams, tensorize
-from ._train import Distributed, History, check_tokens, default_device, evaluate, make_optimizer, train
+from ._train import (
+    Distributed,
+    History,
+    check_tokens,
+    default_device,
+    evaluate,
+    load_note,
+    make_optimizer,
+    train,
+)
 
 
 def _ppl(loss: float) -> float:
@@ -58,14 +68,16 @@ def cmd_compare(args) -> int:
     from ._compare import compare, table
 
     out = Path(args.out)
-    with _files.RunFolder.open(out, kind="compare", overwrite=args.overwrite):
+    with _runfolder.RunFolder.open(out, kind="compare", overwrite=args.overwrite):
         spec, variants = _compare_spec(args, out)
         token_file = Path(spec["tokens"])
         tokens = args.steps * args.batch_size * args.block_size
         print(
             f"training {', '.join(variants)}: {args.steps} steps x {args.batch_size} x {args.block_size} = "
             f"{tokens:,} tokens each, seed {args.seed}, on {spec['device']}; lr {args.lr:g} (TT cores "
-            f"x{args.tt_lr_scale:g})"
+            f"x{args.tt_lr_scale:g}"
+            + ("" if args.no_lowrank else f", low-rank factors x{args.lowrank_lr_scale:g}")
+            + ")"
         )
         bar = _bar(args.steps * len(variants), enabled=not args.no_progress)
         done = 0
@@ -81,10 +93,12 @@ def cmd_compare(args) -> int:
         def on_result(result: dict) -> None:
             nonlocal done
             done += args.steps
+            note = load_note(result["load_average"]) if spec["device"] == "cpu" else ""
             _say(
                 bar,
                 f"{result['variant']}: validation perplexity {result['val_ppl']:.2f} on {result['val_tokens']:,} "
-                f"tokens, {result['params']:,} parameters, {result['tokens_per_s']:,.0f} tokens/s",
+                f"tokens, {result['params']:,} parameters, {result['tokens_per_s']:,.0f} tokens/s"
+                + (f" ({note})" if note else ""),
             )
 
         try:
@@ -107,6 +121,8 @@ def _compare_spec(args, out: Path) -> tuple[dict, tuple[str, ...]]:
     """The corpus, tokenizer and tokens (checked), and the description of the models compare trains."""
     corpus = _data.load_corpus(args.data, max_chars=args.max_chars)
     print(f"corpus: {corpus.description}")
+    if getattr(args, "shapes_note", None):
+        print(f"core shapes of the TTM model: {args.shapes_note}")
     tokenizer = _tokenizer(args, corpus, vocab_size=args.vocab_size or 4096)
     vocab = tokenizer.get_vocab_size()
     check_memory(
@@ -139,6 +155,7 @@ def _compare_spec(args, out: Path) -> tuple[dict, tuple[str, ...]]:
         "tokens": str(out / "tokens.safetensors"),
         "train": asdict(cfg),
         "corpus": corpus.description,
+        "corpus_name": corpus.name,
         "threads": args.threads,
         "train_ids": train_ids.int(),
         "val_ids": val_ids.int(),
@@ -146,7 +163,7 @@ def _compare_spec(args, out: Path) -> tuple[dict, tuple[str, ...]]:
     return spec, ("dense", "ttm") + (() if args.no_lowrank else ("lowrank",))
 
 
-def log_spaced(steps: int, points: int = 6) -> tuple[int, ...]:
+def log_spaced(steps: int, points: int = EVAL_POINTS) -> tuple[int, ...]:
     """About ``points`` steps spaced evenly on a log scale from the first to the last."""
     return tuple(sorted({max(1, round(steps ** (k / points))) for k in range(1, points + 1)}))
 
@@ -166,11 +183,13 @@ class _TrainJob:
 
 
 def cmd_train(args) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dist = Distributed()
     out = Path(args.out)
     folder = None
     if dist.main:  # held for the whole run: the checkpoint, the log and the model folder
-        folder = _files.RunFolder.open(out, kind="train", resume=args.resume, overwrite=args.overwrite)
+        folder = _runfolder.RunFolder.open(out, kind="train", resume=args.resume, overwrite=args.overwrite)
     try:
         job = _build_train_job(args, out)
         train_ids, val_ids = _data.cached_tokens(job.corpus, job.tokenizer, args.cache_dir)
@@ -230,7 +249,10 @@ def _build_train_job(args, out: Path) -> _TrainJob:
     }
     job = _TrainJob(corpus, tokenizer, model, report, cfg, signature)
     if args.resume:  # the checkpoint's shapes and settings against this model, before the tokens are read
-        job.start = check_checkpoint_fits(out, model, make_optimizer(model, cfg), cfg, signature)
+        dist = Distributed()
+        device = torch.device(args.device) if args.device else default_device(dist)
+        where = runtime(device, dist.world)
+        job.start = check_checkpoint_fits(out, model, make_optimizer(model, cfg), cfg, signature, where)
     return job
 
 
@@ -246,9 +268,12 @@ def _describe_train(args, job: _TrainJob, val_ids: torch.Tensor) -> None:
         f"model: {config.n_layer} layers x {config.n_embd}, vocabulary {config.vocab_size:,}, "
         f"{nparams(job.model):,} parameters" + ("" if job.report is None else f"\n{job.report}")
     )
+    if args.rank and getattr(args, "shapes_note", None):
+        print(f"core shapes: {args.shapes_note}")
     print(
         f"optimisation: {cfg.steps} steps x {cfg.batch_size} x {cfg.block_size}, lr {cfg.lr:g}, warmup {cfg.warmup}"
         + (f", TT cores at lr x{cfg.tt_lr_scale:g}" if args.rank else "")
+        + (f", low-rank factors at lr x{cfg.lowrank_lr_scale:g}" if args.lowrank else "")
         + (f", compiled ({cfg.compile})" if cfg.compile else "")
         + f"; each evaluation on {_eval_note(cfg, val_ids)}"
     )
@@ -309,9 +334,12 @@ def _report_train(args, job: _TrainJob, history: History, out: Path, val_ids: to
             )
     else:
         device = args.device or str(default_device())
+        note = load_note(history.load_average) if torch.device(device).type == "cpu" else ""
         print(
             f"{state} at step {len(history.loss)}/{cfg.steps}: train loss {history.loss[-1]:.4f}{last}; "
-            f"{history.tokens_per_s:,.0f} tokens/s, {_memory_note(device)} {history.peak_memory_mib:,.0f} MiB"
+            f"{history.tokens_per_s:,.0f} tokens/s"
+            + (f" ({note})" if note else "")
+            + f", {_memory_note(device)} {history.peak_memory_mib:,.0f} MiB"
         )
     print(
         f"checkpoint: {out / CHECKPOINT}"
@@ -387,8 +415,16 @@ def _perplexity(model, ids, args) -> tuple[float, int]:
     return _ppl(loss), _data.eval_token_count(ids.numel(), block, limit)
 
 
+def _say_model(args) -> None:
+    """Which folder MODEL stood for, when it was a run folder (``_precheck._model_folder``)."""
+    note = getattr(args, "model_note", None)
+    if note:
+        print(f"model: {args.model} ({note})")
+
+
 def cmd_compress(args) -> int:
     src = Path(args.model)
+    _say_model(args)
     model = load_model(src)
     tokenizer, ids, source = _eval_tokens(args, src, model)
     before, counted = _perplexity(model, ids, args)
@@ -396,6 +432,8 @@ def cmd_compress(args) -> int:
     options = dict(shapes=args.shapes, layers=args.layers, bias=not args.no_bias, ncores=args.ncores)
     options |= dict(embeddings=args.embeddings, embedding_rank=args.embedding_rank)
     model, report = tensorize(model, rank=args.rank, eps=args.eps, from_weights=True, **options)
+    if getattr(args, "shapes_note", None):
+        print(f"core shapes: {args.shapes_note}")
     after, _ = _perplexity(model, ids, args)
     save_model(model, args.out, tokenizer=tokenizer, overwrite=args.overwrite)
     print(report)
@@ -409,6 +447,7 @@ def cmd_compress(args) -> int:
 
 def cmd_eval(args) -> int:
     src = Path(args.model)
+    _say_model(args)
     model = load_model(src)
     _, ids, source = _eval_tokens(args, src, model)
     ppl, counted = _perplexity(model, ids, args)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import concurrent.futures
+import math
 import multiprocessing
+import os
 import platform
 import warnings
 from collections.abc import Callable
@@ -18,9 +20,9 @@ from ._checkpoint import load_token_file
 from ._data import eval_token_count
 from ._files import write_json
 from ._model import build_model, gpt2_config
-from ._plot import plot_losses
+from ._plot import NAMES, plot_losses
 from ._tensorize import lowrank, lowrank_rank_for, nparams, tensorize
-from ._train import TrainConfig, train
+from ._train import TrainConfig, load_note, train
 
 
 def build_variant(spec: dict):
@@ -78,6 +80,8 @@ def run_variant(spec: dict, on_step: Callable[[str, int, float], None] | None = 
         "val_ppl": history.val_ppl,
         "val_tokens": eval_token_count(val_ids.numel(), cfg.block_size, cfg.eval_tokens or None),
         "tokens_per_s": history.tokens_per_s,
+        "load_average": history.load_average if math.isfinite(history.load_average) else None,
+        "cores": os.cpu_count(),
         "peak_memory_mib": history.peak_memory_mib,
         "train_seconds": history.train_seconds,
         "loss": history.loss,
@@ -174,22 +178,44 @@ def machine_description(device: str, threads: int | None = None) -> str:
     )
 
 
+def _at_lr(summary: dict, setting: str, what: str) -> str:
+    """``, cores at 5x lr``: a factorised model's learning-rate multiplier, as the summary's spec records it."""
+    scale = (summary["spec"].get("train") or {}).get(setting)
+    return "" if scale is None else f", {what} at {scale:g}x lr"
+
+
 def table(summary: dict) -> str:
-    """The paper-style markdown table of a ``compare`` summary."""
+    """The paper-style markdown table of a ``compare`` summary.
+
+    Each factorised model's row says its learning-rate multiplier; a tokens/s measured on a busy machine is
+    marked ``(busy)`` and explained under the table.
+    """
     cuda = str(summary["spec"].get("device", "cpu")).startswith("cuda")
     memory = "peak allocated CUDA memory (MiB)" if cuda else "peak RSS of its process (MiB)"
     lines = [
         f"| model | params | % of dense | val perplexity | vs dense | tokens/s | {memory} |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
+    busy = []
     for r in summary["results"]:
+        note = load_note(r.get("load_average"), r.get("cores"))
+        speed = f"{r['tokens_per_s']:,.0f}" + (" (busy)" if note else "")
+        if note:
+            busy.append(f"{NAMES.get(r['variant'], r['variant'])}: {note.removeprefix('measured while ')}")
         name = {
             "dense": "dense",
-            "ttm": f"TTM r={summary['spec']['rank']} (ranks {','.join(map(str, r.get('ranks') or []))})",
-            "lowrank": f"low-rank r={summary['spec'].get('lowrank_rank')}",
+            "ttm": f"TTM r={summary['spec']['rank']} (ranks {','.join(map(str, r.get('ranks') or []))})"
+            + _at_lr(summary, "tt_lr_scale", "cores"),
+            "lowrank": f"low-rank r={summary['spec'].get('lowrank_rank')}"
+            + _at_lr(summary, "lowrank_lr_scale", "factors"),
         }[r["variant"]]
         lines.append(
             f"| {name} | {r['params']:,} | {r['percent_of_dense']:.1f} | {r['val_ppl']:.2f} | "
-            f"{r['ppl_vs_dense_percent']:+.1f}% | {r['tokens_per_s']:,.0f} | {r['peak_memory_mib']:,.0f} |"
+            f"{r['ppl_vs_dense_percent']:+.1f}% | {speed} | {r['peak_memory_mib']:,.0f} |"
+        )
+    if busy:
+        lines.append(
+            "\n(busy): tokens/s measured while other processes kept the machine busy (more runnable threads "
+            f"than cores; the mean 1-minute load average): {'; '.join(busy)}. An idle machine trains faster."
         )
     return "\n".join(lines)

@@ -48,6 +48,8 @@ class TrainConfig:
     # learning-rate multiplier for the TT cores (TTMLinear, TTEmbedding): a product of cores moves W less
     # per Adam step than a dense matrix (see make_optimizer)
     tt_lr_scale: float = 1.0
+    # the same for the two factors of the low-rank baseline (LowRankLinear): at 1 they stay in the dense group
+    lowrank_lr_scale: float = 1.0
     seed: int = 0
     eval_every: int = 0  # 0: only at the end
     eval_at: tuple[int, ...] = ()  # evaluate also after these steps (compare: log-spaced, for its figure)
@@ -70,7 +72,7 @@ class TrainConfig:
         for name in ("weight_decay", "clip"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise bad(name, ">= 0 and finite")
-        for name in ("lr", "tt_lr_scale"):
+        for name in ("lr", "tt_lr_scale", "lowrank_lr_scale"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
                 raise bad(name, "> 0 and finite")
         if not 0 <= self.min_lr_ratio <= 1:

@@ -1,234 +1,52 @@
-"""Text corpora, the byte-level BPE tokenizer and deterministic token batches.
+"""The byte-level BPE tokenizer, the tokenizer and token caches, and deterministic token batches.
 
-The embedded corpus is the Python standard library's own source code, which every Python installation carries:
-all ``*.py`` files under ``sysconfig.get_paths()["stdlib"]`` except ``site-packages``/``dist-packages``, test
-suites (``test``, ``tests``, ``idle_test`` folders) and the machine-generated ``_sysconfigdata*`` module, read
-as UTF-8 in sorted relative-path order. A file goes to the validation split when ``crc32(relative path) % 20 ==
-0`` (about 5%), so the split is fixed by the file name alone and does not move when other files change. On
-CPython 3.11 this is 729 files (690 train, 39 validation) and 12.08M characters; CPython 3.12: 511 files,
-10.1M characters.
+The corpora are ``_corpus``'s (re-exported here).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
-import sysconfig
 import warnings
-import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from . import _checkpoint, _files
+from ._corpus import Corpus, load_corpus, read_text_file, stdlib_corpus, stdlib_files, text_corpus
+
+__all__ = [  # the corpus names are _corpus's, imported from here too
+    "EOT",
+    "Corpus",
+    "ForeignCacheFile",
+    "cached_tokenizer",
+    "cached_tokens",
+    "default_cache_dir",
+    "encode",
+    "eval_token_count",
+    "load_corpus",
+    "load_tokenizer",
+    "read_text_file",
+    "stdlib_corpus",
+    "stdlib_files",
+    "text_corpus",
+    "token_cache_path",
+    "tokenizer_cache_path",
+    "train_batch",
+    "train_tokenizer",
+    "val_batches",
+]
 
 EOT = "<|endoftext|>"
-_EXCLUDED_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"})
-_VAL_MODULUS = 20
-
-
-@dataclass(frozen=True)
-class Corpus:
-    """Documents split into training and validation text; ``description`` says where they came from."""
-
-    train: tuple[str, ...]
-    val: tuple[str, ...]
-    description: str
-
-    @property
-    def train_chars(self) -> int:
-        """Characters in the training texts."""
-        return sum(len(t) for t in self.train)
-
-    @property
-    def val_chars(self) -> int:
-        """Characters in the validation texts."""
-        return sum(len(t) for t in self.val)
-
-    def fingerprint(self) -> str:
-        """A short hash of the whole content, used to key the tokenizer and token caches."""
-        digest = hashlib.sha256()
-        for split in (self.train, self.val):
-            for text in split:
-                digest.update(text.encode("utf-8"))
-                digest.update(b"\x00")
-            digest.update(b"\x01")
-        return digest.hexdigest()[:16]
 
 
 def default_cache_dir() -> Path:
     """``$TENSORNET_CACHE`` if set, else ``~/.cache/tensornet``."""
     env = os.environ.get("TENSORNET_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "tensornet"
-
-
-def stdlib_files() -> list[Path]:
-    """The embedded corpus's files, in their fixed order (sorted relative path)."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    files = []
-    for path in root.rglob("*.py"):
-        rel = path.relative_to(root)
-        if any(part in _EXCLUDED_DIRS for part in rel.parts[:-1]) or rel.name.startswith("_sysconfigdata"):
-            continue
-        if rel.parts[0].startswith("config-"):
-            continue
-        files.append(path)
-    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
-
-
-def _is_val(rel: str) -> bool:
-    return zlib.crc32(rel.encode("utf-8")) % _VAL_MODULUS == 0
-
-
-def read_text_file(path: Path) -> str:
-    """Read ``path`` as UTF-8 text, with a clear error for missing, empty, binary or non-UTF-8 files."""
-    if not path.exists():
-        raise FileNotFoundError(f"text file {str(path)!r} does not exist")
-    if not path.is_file():
-        raise ValueError(f"{str(path)!r} is not a regular file")
-    raw = path.read_bytes()
-    if b"\x00" in raw[:65536]:
-        raise ValueError(f"{str(path)!r} looks binary (it contains NUL bytes); give a UTF-8 text file")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(
-            f"{str(path)!r} is not valid UTF-8 (byte {err.start}: {raw[err.start : err.start + 1]!r}); "
-            "convert it, e.g. `iconv -f latin1 -t utf-8`"
-        ) from None
-    return text
-
-
-def stdlib_corpus(*, max_chars: int | None = None) -> Corpus:
-    """The embedded corpus.
-
-    With ``max_chars``, the first files (in the fixed order) up to that many characters of training text and a
-    tenth of it of validation text.
-    """
-    if max_chars is not None and max_chars < 1:
-        raise ValueError(f"stdlib_corpus: max_chars must be >= 1, got {max_chars}")
-    root = Path(sysconfig.get_paths()["stdlib"])
-    train: list[str] = []
-    val: list[str] = []
-    train_budget = max_chars if max_chars is not None else float("inf")
-    val_budget = max(max_chars // 10, 1) if max_chars is not None else float("inf")
-    train_n = val_n = 0
-    skipped = 0
-    for path in stdlib_files():
-        rel = path.relative_to(root).as_posix()
-        is_val = _is_val(rel)
-        if (val_n if is_val else train_n) >= (val_budget if is_val else train_budget):
-            continue
-        try:
-            text = read_text_file(path)
-        except ValueError:
-            skipped += (
-                1  # a broken stdlib file is the installation's problem; the corpus is what reads cleanly
-            )
-            continue
-        if not text.strip():
-            continue
-        if is_val:
-            val.append(text)
-            val_n += len(text)
-        else:
-            train.append(text)
-            train_n += len(text)
-        if train_n >= train_budget and val_n >= val_budget:
-            break
-    if max_chars is not None:  # whole files were taken; cut the last one at the budget
-        train, val = _truncate(train, max_chars), _truncate(val, max(max_chars // 10, 1))
-        train_n, val_n = sum(map(len, train)), sum(map(len, val))
-    if not train or not val:
-        raise RuntimeError(f"stdlib_corpus: found no usable Python source under {str(root)!r}")
-    limit = "" if max_chars is None else f", first {max_chars:,} characters"
-    description = (
-        f"Python {sysconfig.get_python_version()} standard library source ({root}{limit}): "
-        f"{len(train)} train files / {train_n:,} chars, {len(val)} validation files / {val_n:,} chars"
-        + (f", {skipped} unreadable files skipped" if skipped else "")
-    )
-    return Corpus(tuple(train), tuple(val), description)
-
-
-def text_corpus(
-    path: str | os.PathLike, *, max_chars: int | None = None, flag: str = "--data", split: bool = True
-) -> Corpus:
-    """A corpus from a UTF-8 text file or a folder of them (all non-hidden files, recursively, sorted).
-
-    A folder with at least two files is split by file like the embedded corpus (at least one validation file);
-    a single file is split at the line boundary nearest 95% of its length. ``flag`` names the option in messages;
-    ``split=False`` keeps all of the text as training text (evaluation reads all of it).
-    """
-    if not str(path):
-        raise ValueError(f"{flag}: the path is empty; give a text file or folder")
-    root = Path(path)
-    if not root.exists():
-        raise FileNotFoundError(f"{flag}: {str(root)!r} does not exist")
-    if root.is_dir():
-        files = sorted(
-            p
-            for p in root.rglob("*")
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
-        )
-        if not files:
-            raise ValueError(f"{flag}: folder {str(root)!r} contains no files")
-        texts = [(p.relative_to(root).as_posix(), read_text_file(p)) for p in files]
-    else:
-        texts = [(root.name, read_text_file(root))]
-    texts = [(rel, t) for rel, t in texts if t.strip()]
-    if not texts:
-        raise ValueError(f"{flag}: {str(root)!r} contains only empty text")
-    if not split:
-        train, val = [t for _, t in texts], []
-    elif len(texts) == 1:
-        text = texts[0][1]
-        cut = text.rfind("\n", 0, int(len(text) * 0.95))
-        cut = cut + 1 if cut > 0 else int(len(text) * 0.95)
-        train, val = [text[:cut]], [text[cut:]]
-        if not val[0].strip() or not train[0].strip():
-            raise ValueError(f"{flag}: {str(root)!r} is too short to split into training and validation text")
-    else:
-        train = [t for rel, t in texts if not _is_val(rel)]
-        val = [t for rel, t in texts if _is_val(rel)]
-        if not val:  # small folders: the last file validates
-            val = [train.pop()]
-        if not train:
-            train = [val.pop(0)]
-    if max_chars is not None:
-        train = _truncate(train, max_chars)
-        val = _truncate(val, max(max_chars // 10, 1))
-    description = (
-        f"{root}: {len(train)} train / {len(val)} validation documents, "
-        f"{sum(map(len, train)):,} / {sum(map(len, val)):,} chars"
-    )
-    return Corpus(tuple(train), tuple(val), description)
-
-
-def _truncate(texts: list[str], budget: int) -> list[str]:
-    out: list[str] = []
-    total = 0
-    for text in texts:
-        if total >= budget:
-            break
-        out.append(text[: budget - total])
-        total += len(out[-1])
-    return out
-
-
-def load_corpus(
-    data: str | os.PathLike | None = None,
-    *,
-    max_chars: int | None = None,
-    flag: str = "--data",
-    split: bool = True,
-) -> Corpus:
-    """``data`` (a file or folder) or, when None, the embedded standard-library corpus."""
-    if data is None:
-        return stdlib_corpus(max_chars=max_chars)
-    return text_corpus(data, max_chars=max_chars, flag=flag, split=split)
 
 
 # ----------------------------------------------------------------------------------------------- tokenizer
@@ -252,9 +70,18 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int):
 
 
 TOKENIZER_BYTES = 256 * 2**20  # the most a tokenizer file may hold (GPT-2's tokenizer.json: 1.4 MB)
-# the cache's own file names: only these (and their temporary names) are ever removed there
-_TOKENIZER_CACHE = re.compile(r"bpe-\d+-[0-9a-f]{16}\.json")
-_TOKENS_CACHE = re.compile(r"[0-9a-f]{16}-[0-9a-f]{16}\.safetensors")
+# the caches' own file names: only these (and their temporary names) are ever removed or replaced there. The
+# "-v2" files record what they were built from (older, unmarked cache files are never read, nor removed)
+_TOKENIZER_CACHE = re.compile(r"bpe-\d+-[0-9a-f]{16}-v2\.json")
+_TOKENS_CACHE = re.compile(r"[0-9a-f]{16}-[0-9a-f]{16}-v2\.safetensors")
+TOKENIZER_CACHE_FORMAT = "tensornet-tokenizer-cache"
+TOKENS_FORMAT = "tensornet-tokens"
+# how the token cache turns documents into ids (encode): recorded, so that another rule never reads it
+_ENCODING = "byte-level BPE ids of each document, then <|endoftext|>"
+
+
+class ForeignCacheFile(ValueError):
+    """A file at one of the caches' names that the cache did not write: refused, and left alone."""
 
 
 def _tokenizer_text(path: Path, flag: str) -> str:
@@ -339,23 +166,71 @@ def _tokenizer_json(tokenizer) -> bytes:
     return tokenizer.to_str(pretty=True).encode("utf-8")  # what Tokenizer.save writes
 
 
+def tokenizer_cache_path(corpus: Corpus, vocab_size: int, cache_dir: str | os.PathLike | None = None) -> Path:
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return cache / "tokenizers" / f"bpe-{vocab_size}-{corpus.fingerprint()}-v2.json"
+
+
+def _foreign(where: str, path: Path, what: str) -> ForeignCacheFile:
+    return ForeignCacheFile(
+        f"{where}: {str(path)!r} is at the cache's name but {what}; tensornet did not write it, so it is neither "
+        "used nor replaced: move it away, or give another --cache-dir (or $TENSORNET_CACHE)"
+    )
+
+
+def _read_cached_tokenizer(path: Path, corpus: Corpus, vocab_size: int):
+    """The tokenizer the cache file ``path`` holds, checked to be the cache's own and built from ``corpus``.
+
+    Raises :class:`ForeignCacheFile` for a file the cache did not write (not its JSON record) and ValueError for
+    the cache's own record of another corpus or vocabulary size, or a damaged one.
+    """
+    from tokenizers import Tokenizer
+
+    where = "cached_tokenizer"
+    try:
+        record = _files.parse_json(_files.read_small_file(path, TOKENIZER_BYTES, where))
+    except ValueError as err:
+        raise _foreign(where, path, f"it is not a tokenizer cache record ({err})") from None
+    if not (isinstance(record, dict) and record.get("format") == TOKENIZER_CACHE_FORMAT):
+        raise _foreign(where, path, f"it has no {TOKENIZER_CACHE_FORMAT!r} record")
+    built = {"corpus": corpus.digest, "vocab_size": vocab_size}
+    other = [key for key, value in built.items() if record.get(key) != value]
+    if other:
+        raise ValueError(f"{str(path)!r} was trained on another {' and '.join(other)}")
+    try:
+        tokenizer = Tokenizer.from_str(json.dumps(record.get("tokenizer")))
+    except Exception as err:  # tokenizers raises a bare Exception for a malformed tokenizer
+        raise ValueError(f"{str(path)!r} holds no readable tokenizer ({err})") from None
+    _check_eot(tokenizer, path, where)
+    return tokenizer
+
+
 def cached_tokenizer(corpus: Corpus, vocab_size: int, cache_dir: str | os.PathLike | None = None):
     """Train the BPE on ``corpus.train`` once and keep it under ``cache_dir/tokenizers``.
 
-    An unreadable cache entry is retrained (with a warning).
+    The cache file records the corpus (its SHA-256) and the vocabulary size it was trained for, and is used
+    only when both are this call's. The cache's own file of another corpus (a copied file) or a damaged one is
+    retrained and replaced, with a warning; a file the cache did not write under its name is an error, left
+    as it is.
     """
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = cache / "tokenizers" / f"bpe-{vocab_size}-{corpus.fingerprint()}.json"
-    if path.is_file():
+    path = tokenizer_cache_path(corpus, vocab_size, cache_dir)
+    if path.exists() or path.is_symlink():
         try:
-            return load_tokenizer(path, flag="cached_tokenizer")
+            return _read_cached_tokenizer(path, corpus, vocab_size)
+        except ForeignCacheFile:
+            raise
         except ValueError as err:
-            warnings.warn(
-                f"cached_tokenizer: rebuilding the damaged cache file {str(path)!r} ({err})", stacklevel=2
-            )
+            warnings.warn(f"cached_tokenizer: rebuilding the tokenizer cache: {err}", stacklevel=2)
     tokenizer = train_tokenizer(corpus.train, vocab_size)
     _cache_dir(path.parent, _TOKENIZER_CACHE)
-    data = _tokenizer_json(tokenizer)
+    record = {
+        "format": TOKENIZER_CACHE_FORMAT,
+        "version": 2,
+        "corpus": corpus.digest,
+        "vocab_size": vocab_size,
+        "tokenizer": json.loads(tokenizer.to_str()),
+    }
+    data = (json.dumps(record) + "\n").encode("utf-8")
     _files.atomic_write(path, lambda f: f.write(data))
     return tokenizer
 
@@ -372,8 +247,13 @@ def _cache_dir(folder: Path, names: re.Pattern[str]) -> None:
     _files.remove_stale_tmp(folder, names, live=False)
 
 
+def tokenizer_digest(tokenizer) -> str:
+    """The SHA-256 of the tokenizer's JSON (recorded in the token caches built with it)."""
+    return hashlib.sha256(tokenizer.to_str().encode("utf-8")).hexdigest()
+
+
 def tokenizer_id(tokenizer) -> str:
-    return hashlib.sha256(tokenizer.to_str().encode("utf-8")).hexdigest()[:16]
+    return tokenizer_digest(tokenizer)[:16]
 
 
 def encode(tokenizer, texts: Sequence[str]) -> torch.Tensor:
@@ -388,24 +268,45 @@ def encode(tokenizer, texts: Sequence[str]) -> torch.Tensor:
 
 def token_cache_path(corpus: Corpus, tokenizer, cache_dir: str | os.PathLike | None = None) -> Path:
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return cache / "tokens" / f"{corpus.fingerprint()}-{tokenizer_id(tokenizer)}.safetensors"
+    return cache / "tokens" / f"{corpus.fingerprint()}-{tokenizer_id(tokenizer)}-v2.safetensors"
+
+
+def token_identity(corpus: Corpus, tokenizer) -> dict[str, str]:
+    """What a token cache file was built from, as recorded in its metadata."""
+    return {
+        "format": TOKENS_FORMAT,
+        "corpus": corpus.digest,
+        "tokenizer": tokenizer_digest(tokenizer),
+        "encoding": _ENCODING,
+    }
 
 
 def cached_tokens(corpus: Corpus, tokenizer, cache_dir: str | os.PathLike | None = None):
     """``(train_ids, val_ids)``, encoded once per (corpus, tokenizer) and cached as int32 safetensors.
 
-    A cache entry that fails its checks (unreadable, wrong shape or dtype, ids outside the vocabulary) is
-    rebuilt, with a warning.
+    The cache file records the corpus and the tokenizer (their SHA-256) and the encoding rule, and is used
+    only when all three are this call's. The cache's own file that fails a check (another corpus or tokenizer,
+    a failed checksum, wrong shapes or dtypes, ids outside the vocabulary) is rebuilt and replaced, with a
+    warning; a file the cache did not write under its name (unreadable, or without the record) is an error,
+    left as it is.
     """
     path = token_cache_path(corpus, tokenizer, cache_dir)
-    if path.is_file():
+    identity = token_identity(corpus, tokenizer)
+    if path.exists() or path.is_symlink():
+        where = "cached_tokens"
         try:
-            return _checkpoint.load_token_file(path, tokenizer.get_vocab_size(), "cached_tokens")
+            metadata, _ = _checkpoint.read_safetensors(path, f"{where}: {str(path)!r} is not a token file")
         except ValueError as err:
-            warnings.warn(f"cached_tokens: rebuilding the damaged token cache ({err})", stacklevel=2)
+            raise _foreign(where, path, f"it is not a readable safetensors file ({err})") from None
+        if metadata.get("format") != TOKENS_FORMAT:
+            raise _foreign(where, path, f"it has no {TOKENS_FORMAT!r} record")
+        try:
+            return _checkpoint.load_token_file(path, tokenizer.get_vocab_size(), where, identity=identity)
+        except ValueError as err:
+            warnings.warn(f"cached_tokens: rebuilding the token cache: {err}", stacklevel=2)
     train, val = encode(tokenizer, corpus.train), encode(tokenizer, corpus.val)
     _cache_dir(path.parent, _TOKENS_CACHE)
-    _checkpoint.save_tensors(path, {"train": train.int(), "val": val.int()})
+    _checkpoint.save_tensors(path, {"train": train.int(), "val": val.int()}, metadata=identity)
     return train, val
 
 

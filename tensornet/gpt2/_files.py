@@ -1,22 +1,22 @@
 """Files the GPT-2 adapter writes, written so that nothing the user owns is lost (no torch here).
 
-Two mechanisms:
-
 * atomic writes: a temporary ``.NAME.tmpPID`` next to the target, created with ``O_EXCL | O_NOFOLLOW`` (never
   a file or a symbolic link someone planted there) and written through its descriptor, ``fsync``,
   ``os.replace`` (a link at the target is replaced itself, never written through). Leftovers of a killed
   writer, and links planted under these names, are removed at the next start (only names of this pattern,
-  only the names the package writes in that folder);
-* run folders: ``tensornet-run.json`` marks a folder as the package's own and lists the files it may write
-  there; a lock file (``fcntl.flock``) keeps a second run out while the first is alive.
+  only the names the package writes in that folder); a folder set aside as ``.NAME.oldPID`` by a
+  ``save_model`` killed between its two renames is renamed back to NAME. A NAME too long to take the suffix
+  within the file system's limit on a name is shortened in the temporary name (its head and a hash);
 
-What is in the files (safetensors checkpoints, token files) is ``_checkpoint``'s.
+Run folders (a manifest and a lock) are ``_runfolder``'s; what is in the files (safetensors checkpoints, token
+files) is ``_checkpoint``'s.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import re
@@ -32,15 +32,42 @@ PICKLE_NOTE = (
 
 
 # --------------------------------------------------------------------------------------------- atomic writes
-_TMP = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)(?P<pid>\d+)$")
+_TMP = re.compile(r"^\.(?P<name>.+)\.(?P<tag>tmp|old)(?P<pid>\d+)$")
 # every file this package creates: a new entry only (O_EXCL), never through a symbolic link (O_NOFOLLOW)
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-_TRIES = 8
+TRIES = 8
+NAME_MAX = 255  # bytes in one file name: Linux's and macOS's file systems (ext4, xfs, btrfs, tmpfs, APFS)
+# the longest NAME kept whole in ".NAME.tmpPID": the name limit less ".", ".tmp" and a pid of up to 7 digits
+_STEM_MAX = NAME_MAX - 12
+
+
+def tmp_stem(name: str) -> str:
+    """``name``, or when it is too long to take the temporary suffix, its first bytes and a hash of all of it.
+
+    Every temporary name (``.STEM.tmpPID``, ``.STEM.oldPID``) then fits ``NAME_MAX`` bytes, and two long names
+    with a common head still get different temporary names.
+    """
+    raw = os.fsencode(name)
+    if len(raw) <= _STEM_MAX:
+        return name
+    digest = hashlib.sha256(raw).hexdigest()[:16]
+    return f"{os.fsdecode(raw[: _STEM_MAX - 17])}~{digest}"
 
 
 def tmp_path(path: Path, tag: str = "tmp") -> Path:
-    """``.NAME.tmpPID`` next to ``path``: the temporary name of every atomic write."""
-    return path.with_name(f".{path.name}.{tag}{os.getpid()}")
+    """``.NAME.tmpPID`` next to ``path``: the temporary name of every atomic write (NAME: :func:`tmp_stem`)."""
+    return path.with_name(f".{tmp_stem(path.name)}.{tag}{os.getpid()}")
+
+
+def check_name_length(path: Path, where: str) -> None:
+    """Refuse a ``path`` with a name longer than the file system takes, before any work is done."""
+    for part in Path(path).parts:
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise OSError(
+                errno.ENAMETOOLONG,
+                f"{where}: the name {part[:40]!r}... in {str(path)[:80]!r} is {len(os.fsencode(part))} bytes, "
+                f"more than the {NAME_MAX} a file system takes; choose a shorter name",
+            )
 
 
 def pid_alive(pid: int) -> bool:
@@ -106,7 +133,7 @@ def create_file(path: Path, mode: int = 0o666) -> int:
     never written through a symbolic link. A leftover at the name is cleared first (see
     :func:`clear_leftover`).
     """
-    for _ in range(_TRIES):
+    for _ in range(TRIES):
         try:
             return os.open(path, _CREATE, mode)
         except FileExistsError:
@@ -117,7 +144,7 @@ def create_file(path: Path, mode: int = 0o666) -> int:
 def make_tmp_dir(path: Path, dir_files: Iterable[str]) -> Path:
     """Create the folder ``.NAME.tmpPID`` next to ``path`` (never through a link); return it."""
     tmp = tmp_path(path)
-    for _ in range(_TRIES):
+    for _ in range(TRIES):
         try:
             os.mkdir(tmp)
             return tmp
@@ -207,6 +234,22 @@ def read_small_file(path: Path, limit: int, where: str) -> bytes:
             raise ValueError(f"{where}: cannot read {str(path)!r} ({err.strerror or err})") from None
 
 
+def _owners(names: Iterable[str] | re.Pattern[str]) -> Callable[[str], str | None]:
+    """The NAME (of ``names``, or matching the pattern) whose temporary names have the stem given, or None."""
+    if isinstance(names, re.Pattern):
+        pattern = names
+        return lambda stem: stem if pattern.fullmatch(stem) else None
+    stems = {tmp_stem(n): n for n in names}
+    return stems.get
+
+
+def _holds_only(folder: Path, dir_files: set[str]) -> bool:
+    """``folder`` holds nothing but regular files named in ``dir_files`` (and their own leftovers)."""
+    return all(
+        plain_file(p) and (p.name in dir_files or _own_tmp(p.name, dir_files)) for p in folder.iterdir()
+    )
+
+
 def remove_stale_tmp(
     folder: Path,
     names: Iterable[str] | re.Pattern[str],
@@ -222,18 +265,21 @@ def remove_stale_tmp(
     ``live=True`` (the caller holds the folder's lock, so no writer can be alive) removes them whatever the
     pid; otherwise only those whose process is gone. A symbolic link under such a name is always removed (the
     package never creates one; unlinking it leaves what it points to alone). A leftover folder (an interrupted
-    ``save_model``) is removed only when it holds nothing but ``dir_files`` (and their own leftovers).
+    ``save_model``) is removed only when it holds nothing but ``dir_files`` (and their own leftovers); an
+    ``.oldPID`` folder whose NAME is missing (``save_model`` killed between its two renames) is renamed back
+    to NAME instead: the folder it replaced comes back whole.
     """
-    own = names.fullmatch if isinstance(names, re.Pattern) else set(names).__contains__
+    owner = _owners(names)
     dir_files = set(dir_files)
     removed: list[Path] = []
     try:
-        entries = list(folder.iterdir())
+        entries = sorted(folder.iterdir(), key=lambda p: p.name)
     except OSError:
         return removed
     for entry in entries:
         match = _TMP.match(entry.name)
-        if match is None or not own(match["name"]):
+        name = None if match is None else owner(match["name"])
+        if match is None or name is None:
             continue
         try:
             link = stat.S_ISLNK(os.lstat(entry).st_mode)
@@ -245,22 +291,35 @@ def remove_stale_tmp(
         with contextlib.suppress(OSError):
             if link or not entry.is_dir():
                 entry.unlink()
+            elif not _holds_only(entry, dir_files):
+                continue
+            elif match["tag"] == "old" and not os.path.lexists(folder / name):
+                os.replace(entry, folder / name)  # the folder a killed save_model had set aside
+                _fsync_dir(folder)
             else:
-                inside = list(entry.iterdir())
-                if not all(
-                    plain_file(p) and (p.name in dir_files or _own_tmp(p.name, dir_files)) for p in inside
-                ):
-                    continue
-                for p in inside:
+                for p in entry.iterdir():
                     p.unlink()
                 entry.rmdir()
             removed.append(entry)
     return removed
 
 
+def restore_set_aside(path: Path, dir_files: Iterable[str]) -> bool:
+    """Rename back the folder a killed ``save_model`` of ``path`` had set aside, when ``path`` is missing.
+
+    Only a ``.NAME.oldPID`` folder of a process that is gone, holding nothing but ``dir_files``. Returns whether
+    ``path`` was restored.
+    """
+    path = Path(path)
+    if os.path.lexists(path) or not path.parent.is_dir():
+        return False
+    remove_stale_tmp(path.parent, [path.name], dir_files=dir_files, live=False)
+    return path.is_dir()
+
+
 def _own_tmp(name: str, names: set[str]) -> bool:
     match = _TMP.match(name)
-    return match is not None and match["name"] in names
+    return match is not None and match["name"] in {tmp_stem(n) for n in names}
 
 
 def probe_writable(folder: Path, where: str) -> None:
@@ -276,7 +335,11 @@ def probe_writable(folder: Path, where: str) -> None:
 
 
 def check_creatable(path: Path, where: str) -> None:
-    """``path`` does not exist: its nearest existing ancestor must be a writable folder (nothing is created)."""
+    """``path`` does not exist: its nearest existing ancestor must be a writable folder (nothing is created).
+
+    Every name in ``path`` must fit the file system's limit (``NAME_MAX`` bytes).
+    """
+    check_name_length(path, where)
     parent = path.parent
     while not parent.exists():
         if parent.is_symlink():  # a dangling link
@@ -305,256 +368,5 @@ def not_a_file(path: Path) -> str | None:
     return None
 
 
-MANIFEST = "tensornet-run.json"
-LOCK = ".tensornet-run.lock"
-RUN_FORMAT = "tensornet-run"
 MODEL_MARK = "tensornet-model.json"  # save_model's mark: --overwrite replaces only folders that carry it
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", MODEL_MARK)  # what save_model writes
-OUTPUTS = {
-    "train": ("checkpoint.safetensors", "log.jsonl", *(f"model/{f}" for f in MODEL_FILES)),
-    "compare": ("results.json", "loss_curves.png", "loss_curves.svg", "tokens.safetensors"),
-}
-_HELD: dict[Path, RunFolder] = {}
-
-
-def _read_manifest(path: Path) -> dict | None:
-    """The folder's manifest, or None when it has none; a malformed one raises ValueError."""
-    file = path / MANIFEST
-    if not file.is_file():
-        return None
-    try:
-        manifest = parse_json(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:  # (UnicodeDecodeError and JSONDecodeError are ValueErrors)
-        raise ValueError(f"{err}") from None
-    if not (
-        isinstance(manifest, dict)
-        and manifest.get("format") == RUN_FORMAT
-        and manifest.get("kind") in OUTPUTS
-        and isinstance(manifest.get("files"), list)
-    ):
-        raise ValueError("not a tensornet run manifest")
-    return manifest
-
-
-class RunFolder:
-    """A run's output folder, held for the whole run.
-
-    It is created if needed, checked to be the package's own, locked against a second run, cleaned of leftover
-    temporary files and marked by ``tensornet-run.json``.
-
-    ``open`` is re-entrant within a process (the CLI opens the folder before loading data; ``train`` then
-    opens it again): the second open returns the same holder.
-    """
-
-    def __init__(self, path: Path, kind: str, fd: int, created: list[Path] | None = None) -> None:
-        self.path, self.kind, self._fd, self._count = path, kind, fd, 1
-        # the folders this run created (deepest first) when it found none there, [path] alone when it found the
-        # folder empty, else None: a run that writes nothing leaves the folder as it found it
-        self._created = created
-
-    @classmethod
-    def open(
-        cls,
-        path: str | os.PathLike,
-        *,
-        kind: str,
-        resume: bool = False,
-        overwrite: bool = False,
-        where: str = "--out",
-    ) -> RunFolder:
-        path = Path(path)
-        key = path.resolve()
-        held = _HELD.get(key)
-        if held is not None:
-            if held.kind != kind:
-                raise ValueError(f"{where}: {str(path)!r} is already open for a {held.kind} run")
-            held._count += 1
-            return held
-        check_run_folder(path, kind=kind, resume=resume, overwrite=overwrite, where=where)
-        created = [p for p in (path, *path.parents) if not p.exists()] or None
-        if created is None and not any(p.name != LOCK for p in path.iterdir()):
-            created = []  # an empty folder: kept, emptied again
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise type(err)(
-                f"{where}: cannot create the folder {str(path)!r} ({err.strerror or err}); choose another --out"
-            ) from None
-        probe_writable(path, where)
-        fd = _lock(path, where)
-        folder = cls(path, kind, fd, created)
-        try:
-            # again, now that no other run can change the folder between the check and the writes
-            check_run_folder(path, kind=kind, resume=resume, overwrite=overwrite, where=where)
-            remove_stale_tmp(
-                path,
-                [*(n for n in OUTPUTS[kind] if "/" not in n), MANIFEST, "model", ".tensornet-probe"],
-                dir_files=MODEL_FILES,
-                live=True,
-            )
-            if (path / "model").is_dir():
-                remove_stale_tmp(path / "model", MODEL_FILES, live=True)
-            if overwrite:
-                folder.remove_outputs()
-            write_json(
-                path / MANIFEST,
-                {"format": RUN_FORMAT, "version": 1, "kind": kind, "files": [MANIFEST, LOCK, *OUTPUTS[kind]]},
-            )
-        except BaseException:
-            os.close(fd)
-            raise
-        _HELD[key] = folder
-        return folder
-
-    def remove_outputs(self) -> list[str]:
-        """Delete the outputs this package writes for this kind of run that the folder's manifest lists.
-
-        Never anything else, never through a symbolic link.
-        """
-        try:
-            listed = set((_read_manifest(self.path) or {}).get("files", []))
-        except ValueError:
-            listed = set()
-        removed = []
-        for name in (n for n in OUTPUTS[self.kind] if n in listed):
-            file = self.path / name
-            if file.is_file() and not file.is_symlink():
-                file.unlink()
-                removed.append(name)
-        with contextlib.suppress(OSError):
-            if (self.path / "model").is_dir() and self.kind == "train":
-                (self.path / "model").rmdir()  # only when empty
-        return removed
-
-    def close(self) -> None:
-        self._count -= 1
-        if self._count == 0:
-            _HELD.pop(self.path.resolve(), None)
-            unused = self._created is not None and self._holds_only_marks()
-            if unused:  # removed while the lock is held
-                for name in (MANIFEST, LOCK):
-                    with contextlib.suppress(OSError):
-                        (self.path / name).unlink()
-            os.close(self._fd)  # releases the lock
-            for folder in (self._created or []) if unused else []:
-                with contextlib.suppress(OSError):
-                    folder.rmdir()  # only when empty
-
-    def _holds_only_marks(self) -> bool:
-        """The folder holds nothing but this package's manifest and lock (the run wrote no output)."""
-        try:
-            return all(p.name in (MANIFEST, LOCK) and p.is_file() for p in self.path.iterdir())
-        except OSError:
-            return False
-
-    def __enter__(self) -> RunFolder:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _lock(path: Path, where: str) -> int:
-    import fcntl
-
-    file = path / LOCK
-    try:
-        fd = os.open(file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)  # never through a link
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise FileExistsError(
-                f"{where}: {str(file)!r} is a symbolic link, not tensornet's lock file; remove it"
-            ) from None
-        raise PermissionError(
-            f"{where}: cannot write in {str(path)!r} ({err.strerror or err}); choose a writable folder"
-        ) from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as err:
-        owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-        os.close(fd)
-        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise BlockingIOError(
-                f"{where}: another run (pid {owner or '?'}) is using {str(path)!r}; wait for it to finish "
-                "or choose another folder"
-            ) from None
-        raise
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
-
-
-def _check_model_folder(model: Path, where: str) -> None:
-    """A train run's ``model/``, which the finished run replaces: nothing in it but what save_model writes."""
-    if not (model.exists() or model.is_symlink()):
-        return
-    if model.is_symlink() or not model.is_dir():
-        foreign = [model.name]
-    else:
-        foreign = [
-            p.name for p in model.iterdir() if p.name not in MODEL_FILES or not p.is_file() or p.is_symlink()
-        ]
-    if foreign:
-        raise FileExistsError(
-            f"{where}: {str(model)!r} holds files train does not write ({', '.join(sorted(foreign)[:5])}); "
-            "the run would replace that folder when it finishes: move them elsewhere first"
-        )
-
-
-def check_run_folder(
-    path: Path, *, kind: str, resume: bool = False, overwrite: bool = False, where: str = "--out"
-) -> None:
-    """Refuse, with a message, an output folder the run may not use (nothing is created or changed)."""
-    path = Path(path)
-    if resume and overwrite:
-        raise ValueError(
-            f"{where}: --resume continues the run in the folder and --overwrite replaces it; give one"
-        )
-    if path.is_symlink() and not path.exists():
-        raise NotADirectoryError(f"{where}: {str(path)!r} is a broken symbolic link")
-    if not path.exists():
-        check_creatable(path, where)
-        return
-    if not path.is_dir():
-        raise FileExistsError(f"{where}: {str(path)!r} is a file, not a folder; choose a folder path")
-    try:
-        entries = sorted(p.name for p in path.iterdir() if p.name != LOCK)  # the lock alone: still empty
-    except OSError as err:
-        raise PermissionError(
-            f"{where}: cannot read the folder {str(path)!r} ({err.strerror or err})"
-        ) from None
-    if not entries:
-        probe_writable(path, where)
-        return
-    try:
-        manifest = _read_manifest(path)
-    except ValueError as err:
-        raise FileExistsError(
-            f"{where}: {str(path)!r} has an unreadable {MANIFEST} ({err}); nothing in it is touched: "
-            "choose a new or empty folder"
-        ) from None
-    if manifest is None:
-        note = ""
-        if "checkpoint.pt" in entries:
-            note = f" It holds checkpoint.pt from an older tensornet: {PICKLE_NOTE}."
-        raise FileExistsError(
-            f"{where}: {str(path)!r} is not empty and is not a tensornet run folder (no {MANIFEST}); "
-            f"nothing in it is overwritten: choose a new or empty folder.{note}"
-        )
-    if manifest["kind"] != kind:
-        raise FileExistsError(
-            f"{where}: {str(path)!r} holds a {manifest['kind']} run, not a {kind} run; choose another folder"
-        )
-    if kind == "train":
-        _check_model_folder(path / "model", where)
-    used = [n for n in OUTPUTS[kind] if (path / n).exists()]
-    if used and not resume and not overwrite:
-        hint = "--resume to continue it or --overwrite" if kind == "train" else "--overwrite"
-        raise FileExistsError(
-            f"{where}: {str(path)!r} holds a previous {kind} run ({', '.join(used)}); pass {hint} to replace "
-            "its files (other files are kept), or choose another folder"
-        )
-    probe_writable(path, where)
-
-
-# ------------------------------------------------------------------------------------------- token tensors

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -97,6 +98,8 @@ def check_model_target(
     or changed.
     """
     target = Path(target)
+    _files.check_name_length(target, where)
+    _files.restore_set_aside(target, _files.MODEL_FILES)  # a save_model killed between its two renames
     if target.is_symlink():
         raise FileExistsError(f"{where}: {str(target)!r} is a symbolic link; give a real folder path")
     if not target.exists():
@@ -173,6 +176,7 @@ def _write_model(model: nn.Module, given: Path, tokenizer) -> None:
     tokenizer_json = None if tokenizer is None else tokenizer.to_str(pretty=True).encode("utf-8")
     metadata = {"format": "pt", _CHECKSUM: _checkpoint.content_sha256(state)}
     tmp = _files.make_tmp_dir(target, _files.MODEL_FILES)
+    set_aside: Path | None = None  # the replaced folder while it is out of place
     try:
         _files.write_new(tmp / "config.json", lambda f: f.write(config_json))
         _files.write_new(tmp / _WEIGHTS, lambda f: _checkpoint.write_safetensors(f, state, metadata))
@@ -181,16 +185,23 @@ def _write_model(model: nn.Module, given: Path, tokenizer) -> None:
         mark = (json.dumps(_MARK, indent=2) + "\n").encode("utf-8")
         _files.write_new(tmp / _files.MODEL_MARK, lambda f: f.write(mark))
         if target.is_dir() and any(target.iterdir()):  # checked above: only save_model's files
+            # two renames: killed between them, the next start renames the old folder back
+            # (_files.remove_stale_tmp); failing between them, it is renamed back below
             old = _files.tmp_path(target, "old")
             _files.clear_leftover(old, _files.MODEL_FILES)
             os.replace(target, old)
+            set_aside = old
             os.replace(tmp, target)
+            set_aside = None
             for file in old.iterdir():
                 file.unlink()
             old.rmdir()
         else:  # new, or an empty folder (rename replaces an empty folder)
             os.replace(tmp, target)
     except BaseException as err:
+        if set_aside is not None and not os.path.lexists(target):
+            with contextlib.suppress(OSError):
+                os.replace(set_aside, target)
         if tmp.is_dir() and not tmp.is_symlink():
             for file in tmp.iterdir():
                 file.unlink()

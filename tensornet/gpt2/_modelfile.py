@@ -252,6 +252,7 @@ def read_config(directory: str | os.PathLike) -> tuple[dict, dict[str, Any]]:
     if not str(directory):
         raise ValueError("load_model: the model folder path is empty")
     path = Path(directory)
+    _files.restore_set_aside(path, _files.MODEL_FILES)  # a save_model killed between its two renames
     if not path.exists():
         raise FileNotFoundError(f"model folder {str(path)!r} does not exist")
     if not path.is_dir():

@@ -32,7 +32,7 @@ def plot_losses(
     evaluation. The y range holds every finite loss, from the first step to the highest spike.
 
     The title is ``title`` if given, else it says what was trained (from ``spec``, ``compare``'s spec, when given:
-    model size, corpus, seed) and on how many tokens. Returns the matplotlib ``Figure`` (not attached to pyplot,
+    model size, the corpus's ``corpus_name``, seed) and on how many tokens. Returns the matplotlib ``Figure`` (not attached to pyplot,
     so nothing needs closing and the global backend is left alone).
     """
     from matplotlib.figure import Figure
@@ -162,8 +162,8 @@ def _title(results: Sequence[dict], spec: dict | None, tokens: int) -> str:
             if config.get("vocab_size"):
                 size += f", vocabulary {config['vocab_size']:,}"
             first += f" ({size})"
-        if spec.get("corpus"):
-            second.insert(0, str(spec["corpus"]).split(": ")[0])
+        if spec.get("corpus_name"):  # what the corpus is, never a path on this machine
+            second.insert(0, str(spec["corpus_name"]))
         if spec.get("seed") is not None:
             second.append(f"seed {spec['seed']}, same data order")
     lines = textwrap.wrap(first, WIDTH)

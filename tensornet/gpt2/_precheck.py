@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 
-from . import _data, _files, _modelfile
+from . import _data, _files, _modelfile, _runfolder
 from ._args import UsageError
 from ._config import LAYER_GROUPS, PRESETS, TrainConfig
 from ._model import build_model, check_model_target, gpt2_config
 from ._modelfile import dense_params, read_config
 from ._resume import check_resume
-from ._tensorize import layer_shapes, lowrank, lowrank_rank_for, tensorize
+from ._tensorize import layer_shapes, lowrank, lowrank_rank_for, paper_shapes, tensorize
 from ._train import Distributed, default_device
 
 _deferred: list[str] | None = None  # while the checks run: their warnings, said only if no check fails
@@ -46,7 +46,8 @@ def cli_spelling(message: str) -> str:
 def train_config(args, **extra) -> TrainConfig:
     """The optimisation flags as a :class:`TrainConfig`."""
     names = (
-        "steps batch_size block_size lr min_lr_ratio warmup weight_decay beta1 beta2 clip tt_lr_scale seed"
+        "steps batch_size block_size lr min_lr_ratio warmup weight_decay beta1 beta2 clip tt_lr_scale"
+        " lowrank_lr_scale seed"
     )
     names += " eval_every eval_tokens compile"
     return TrainConfig(**{name: getattr(args, name) for name in names.split()}, **extra)
@@ -85,6 +86,26 @@ def dims(args) -> tuple[int, int, int]:
     if width % heads:
         raise UsageError(f"--n-embd {width} is not divisible by --n-head {heads}")
     return layers, width, heads
+
+
+def resolve_shapes(args, width: int, inner: int) -> None:
+    """``--shapes auto``: the paper's core shapes where it has them for this MLP and rank, else balanced.
+
+    ``args.shapes`` becomes ``"paper"`` or ``"balanced"``, and ``args.shapes_note`` says which and why (the
+    command prints it).
+    """
+    if args.shapes != "auto":
+        return
+    rank = args.rank or 64  # (compress --eps: the rank-64 shapes, as tensorize uses)
+    if paper_shapes((inner, width), rank) is not None:
+        args.shapes = "paper"
+        args.shapes_note = "the paper's (--shapes auto: this is a GPT-2 small/medium MLP)"
+    else:
+        args.shapes = "balanced"
+        args.shapes_note = (
+            f"balanced, {args.ncores} cores (--shapes auto: the paper gives shapes only for GPT-2 small and "
+            f"medium MLPs, 768 <-> 3072 and 1024 <-> 4096, not {width} <-> {inner}; --ncores sets the count)"
+        )
 
 
 def _dry_run(args, width: int, heads: int, *, rank: int, lowrank_rank: int | None = None) -> None:
@@ -220,7 +241,8 @@ def _check_training(args, *, preset_vocab: int) -> tuple[int, int, int]:
 
 def check_compare(args) -> None:
     _, width, heads = _check_training(args, preset_vocab=4096)
-    _files.check_run_folder(Path(args.out), kind="compare", overwrite=args.overwrite)
+    resolve_shapes(args, width, 4 * width)
+    _runfolder.check_run_folder(Path(args.out), kind="compare", overwrite=args.overwrite)
     _dry_run(args, width, heads, rank=args.rank, lowrank_rank=None if args.no_lowrank else -1)
 
 
@@ -238,8 +260,11 @@ def check_train(args) -> None:
     if args.resume and args.overwrite:
         raise UsageError("--resume continues the run in --out and --overwrite replaces it; give one")
     _, width, heads = _check_training(args, preset_vocab=4096 if tiny else 16384)
+    resolve_shapes(args, width, 4 * width)
     if Distributed().main:
-        _files.check_run_folder(Path(args.out), kind="train", resume=args.resume, overwrite=args.overwrite)
+        _runfolder.check_run_folder(
+            Path(args.out), kind="train", resume=args.resume, overwrite=args.overwrite
+        )
     if args.resume:
         check_resume(args.out, train_config(args, checkpoint_every=args.checkpoint_every), args.stop_at)
     _dry_run(args, width, heads, rank=args.rank, lowrank_rank=args.lowrank or None)
@@ -282,6 +307,7 @@ def check_compress(args) -> None:
             f"--out {args.out!r} holds the source model folder {args.model!r}; choose another folder"
         )
     check_model_target(Path(args.out), overwrite=args.overwrite, where="--out")
+    resolve_shapes(args, sizes["n_embd"], sizes["n_inner"] or 4 * sizes["n_embd"])
     dense, tt = 0, 0
     for key, weight in _layer_weights(sizes).items():
         if key not in (k for group in args.layers for k in LAYER_GROUPS[group]):
@@ -299,14 +325,40 @@ def check_compress(args) -> None:
         )
 
 
+def _model_folder(args) -> None:
+    """MODEL, checked to be a folder; a train run folder stands for its ``model/`` (``args.model`` is set to it).
+
+    A model folder that a killed ``save_model`` had set aside is restored first.
+    """
+    path = Path(args.model)
+    _files.restore_set_aside(path, _files.MODEL_FILES)
+    if not path.exists():
+        raise UsageError(f"model folder {args.model!r} does not exist")
+    _check_exists("the model folder", args.model, folder=True)
+    if (path / "config.json").exists() or not (path / _runfolder.MANIFEST).is_file():
+        return
+    try:
+        kind = (_runfolder.read_manifest(path) or {}).get("kind")
+    except ValueError:
+        return  # an unreadable manifest: not a run folder to look into (read_config says what is missing)
+    model = path / "model"
+    _files.restore_set_aside(model, _files.MODEL_FILES)
+    if kind == "train" and (model / "config.json").is_file():
+        args.model = str(model)
+        args.model_note = f"the model of the train run in {str(path)!r}"
+    elif kind == "train":
+        raise UsageError(
+            f"{str(path)!r} is a train run folder without a model yet: a run writes model/ when it finishes; "
+            f"finish it with train --resume --out {path}, then give {str(model)!r}"
+        )
+
+
 def check_eval(args) -> dict:
     """The model folder's config.json (checked; nothing loaded) against the flags and this machine's memory.
 
     The flags are --block-size, --eval-tokens and --batch-size. Returns the model's sizes.
     """
-    if not Path(args.model).exists():
-        raise UsageError(f"model folder {args.model!r} does not exist")
-    _check_exists("the model folder", args.model, folder=True)
+    _model_folder(args)
     _check_exists("--text", args.text)
     _check_exists("--tokenizer", args.tokenizer)
     _, sizes = read_config(args.model)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from . import _checkpoint, _files
+from . import _skeleton as sk
 from ._config import TrainConfig
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -29,9 +30,12 @@ _FLAGS = {
     "model.resid_pdrop": "--dropout",
     "model.embd_pdrop": "--dropout",
     "model.attn_pdrop": "--dropout",
-    "model.tensornet": "--rank, --shapes, --ncores, --layers, --no-bias, --embeddings or --lowrank",
+    "model.tensornet": "--rank, --shapes, --ncores, --layers, --no-bias, --embeddings, --embedding-rank or --lowrank",
     "corpus": "--data or --max-chars",
     "tokenizer": "--tokenizer or --vocab-size",
+    "runtime.device": "--device",
+    "runtime.threads": "--threads",
+    "runtime.processes": "torchrun's --nproc-per-node",
 }
 
 
@@ -43,28 +47,97 @@ def _flag(name: str) -> str:
     return "--" + name.rpartition(".")[2].replace("_", "-")
 
 
-def signature(cfg: TrainConfig, extra: dict | None) -> dict:
-    """What must not change between a checkpoint and its resume.
+def signature(cfg: TrainConfig, extra: dict | None, runtime: dict | None = None) -> dict:
+    """What must not change between a checkpoint and its resume: everything the log depends on.
 
     That is the optimisation settings that shape the losses (with the compile mode: compiled steps round
-    differently; not the evaluation or checkpoint frequency) and the caller's model/data description. An eager
-    run records no compile mode, as the checkpoints written before the modes existed, so those resume as eager
-    runs.
+    differently) and the evaluation steps (``eval_every``, ``eval_at``: the log has a line per evaluation),
+    the caller's model/data description, and the ``runtime`` (:func:`runtime`: device type, processes, CPU
+    threads; each changes the order of floating-point sums). Not the checkpoint frequency, which the log does
+    not show. Settings that older checkpoints lack are left out at their old value (an eager run records no
+    compile mode, a run without low-rank factors no multiplier for them), so those checkpoints still resume.
     """
     train_settings = asdict(cfg)
-    for name in ("eval_every", "eval_at", "checkpoint_every"):
-        train_settings.pop(name)
+    train_settings.pop("checkpoint_every")
     if train_settings["compile"] is None:
         train_settings.pop("compile")
-    return {"train": train_settings, **(extra or {})}
+    if train_settings["lowrank_lr_scale"] == 1.0:  # as runs from before the setting recorded it: absent
+        train_settings.pop("lowrank_lr_scale")
+    out = {"train": train_settings, **(extra or {})}
+    if runtime is not None:
+        out["runtime"] = runtime
+    return out
 
 
-_CHECKPOINT_KEYS = ("model", "optimizer", "step", "history", "rng", "signature")
+def runtime(device: torch.device | str, processes: int) -> dict:
+    """Where a run computes: the device type, the number of processes and (on CPU) torch's thread count.
+
+    Each changes the order of floating-point sums, so the losses (and the log) of a resumed run equal an
+    uninterrupted run's only when these are the same.
+    """
+    device = torch.device(device)
+    out: dict[str, Any] = {"device": device.type, "processes": processes}
+    if device.type == "cpu":
+        out["threads"] = torch.get_num_threads()
+    return out
+
+
+# entries a checkpoint written before they were recorded lacks: not compared for such a checkpoint
+_RECORDED_LATER_TRAIN = ("eval_every", "eval_at")
+
+
+def _with_later_entries(old: Any, new: dict) -> Any:
+    """``old`` with the entries it predates (the runtime, ``_RECORDED_LATER_TRAIN``) taken from ``new``."""
+    if not isinstance(old, dict):
+        return old
+    old = dict(old)
+    if "runtime" not in old and "runtime" in new:
+        old["runtime"] = new["runtime"]
+    then, now = old.get("train"), new.get("train")
+    if isinstance(then, dict) and isinstance(now, dict):
+        later = {k: now[k] for k in _RECORDED_LATER_TRAIN if k in now and k not in then}
+        old["train"] = {**then, **later}
+    return old
+
+
+# What a training checkpoint holds (``_Run.checkpoint`` writes it), decoded by type before anything reads it.
+# Python's Mersenne Twister state: version 3, 624 32-bit words and the position in them, and the spare gauss
+_PYTHON_RNG = sk.Tuple(
+    (
+        sk.Int(3, 3),
+        sk.Where(
+            sk.Tuple(rest=sk.Int(0, 2**32 - 1)),
+            lambda words: len(words) == 625 and words[-1] <= 624,
+            "a tuple of 624 32-bit words and a position in [0, 624]",
+        ),
+        sk.OneOf((sk.Float(), sk.Null())),
+    )
+)
+_PARAM_ID = sk.Int(0, 2**31)
+CHECKPOINT_SCHEMA = sk.Record(
+    {
+        "model": sk.Mapping(sk.Str(), sk.Tensor()),
+        "optimizer": sk.Record(
+            {
+                "state": sk.Mapping(_PARAM_ID, sk.Mapping(sk.Str(), sk.OneOf((sk.Tensor(), sk.Float())))),
+                "param_groups": sk.List(sk.Record({"params": sk.List(_PARAM_ID)}, rest=sk.JSON)),
+            }
+        ),
+        "step": sk.Int(0, sk.INT64[1]),
+        "history": sk.Record(
+            {"loss": sk.List(sk.Float()), "val": sk.List(sk.Tuple((sk.Int(0, sk.INT64[1]), sk.Float())))}
+        ),
+        "rng": sk.Record(
+            {"torch": sk.Tensor(), "python": _PYTHON_RNG}, optional={"cuda": sk.List(sk.Tensor())}
+        ),
+        "signature": sk.Mapping(sk.Str(), sk.JSON),
+    }
+)
 # AdamW settings that shape the updates, and the flags that set them (eps and the rest are fixed by the code)
 _OPTIMIZER_SETTINGS = {
     "betas": "--beta1/--beta2",
     "weight_decay": "--weight-decay",
-    "lr_scale": "--tt-lr-scale",
+    "lr_scale": "--tt-lr-scale or --lowrank-lr-scale",
     "eps": "AdamW's eps",
     "amsgrad": "AdamW's amsgrad",
     "maximize": "AdamW's maximize",
@@ -89,9 +162,6 @@ def _check_checkpoint(path: Path, ckpt: dict, model: nn.Module, optimizer, cfg: 
             "start a new run in another --out"
         )
 
-    missing = [k for k in _CHECKPOINT_KEYS if k not in ckpt]
-    if missing:
-        raise ValueError(f"--resume: {str(path)!r} is not a tensornet training checkpoint (no {missing})")
     for why in (
         _history_fault(ckpt["step"], ckpt["history"], cfg),
         _model_fault(ckpt["model"], model),
@@ -196,23 +266,25 @@ def check_checkpoint_fits(
     optimizer: torch.optim.Optimizer,
     cfg: TrainConfig,
     described: dict,
+    where: dict | None = None,
 ) -> int:
     """Before any tokens are loaded: check the checkpoint in ``out`` against this run; return its step.
 
     The checkpoint's header (shapes and settings, no tensor data and no checksum) must fit ``model``,
-    ``optimizer`` and ``cfg``, and it must have been written by a run ``described`` so (its model and data).
+    ``optimizer`` and ``cfg``, and it must have been written by a run ``described`` so (its model and data)
+    and, when given, computing ``where`` (:func:`runtime`).
     """
     path = Path(out) / CHECKPOINT
-    outline = _checkpoint.checkpoint_outline(path, "--resume")
+    outline = _checkpoint.checkpoint_outline(path, "--resume", CHECKPOINT_SCHEMA)
     try:
-        if not isinstance(outline.get("signature"), dict):
-            raise ValueError(f"--resume: {str(path)!r} is not a tensornet training checkpoint (no settings)")
-        mismatch = _signature_mismatch(path, outline["signature"], signature(cfg, described))
+        mismatch = _signature_mismatch(path, outline["signature"], signature(cfg, described, where))
         if mismatch is not None:
             raise mismatch
         _check_checkpoint(path, outline, model, optimizer, cfg)
     except ValueError:
-        _checkpoint.load_checkpoint(path, "--resume")  # damage rather than a mismatch: the checksum says so
+        _checkpoint.load_checkpoint(
+            path, "--resume", CHECKPOINT_SCHEMA
+        )  # damage rather than a mismatch: the checksum says so
         raise
     return int(outline["step"])
 
@@ -227,9 +299,7 @@ def restore(
     """
     if not path.is_file():
         check_resume(path.parent)  # raises the right message (none there, or an old pickle checkpoint)
-    ckpt = _checkpoint.load_checkpoint(path, "--resume")
-    if not isinstance(ckpt.get("signature"), dict):
-        raise ValueError(f"--resume: {str(path)!r} is not a tensornet training checkpoint (no settings)")
+    ckpt = _checkpoint.load_checkpoint(path, "--resume", CHECKPOINT_SCHEMA)
     mismatch = _signature_mismatch(path, ckpt["signature"], expected)
     if mismatch is not None:
         raise mismatch
@@ -284,7 +354,7 @@ def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 
 def _signature_mismatch(path: Path, old: Any, new: dict) -> ValueError | None:
-    diff = _diff(old, new)
+    diff = _diff(_with_later_entries(old, new), new)
     if not diff:
         return None
     more = f" (and {len(diff) - 5} more)" if len(diff) > 5 else ""
@@ -298,6 +368,17 @@ def _signature_mismatch(path: Path, old: Any, new: dict) -> ValueError | None:
         hint = (
             "compiled and eager steps round differently, so a run resumes with the --compile mode it started "
             "with; or start a new run in another --out"
+        )
+    elif any(line.startswith("runtime.") for line in diff):
+        hint = (
+            "the device, the number of processes and the CPU thread count each change the order of "
+            "floating-point sums, so a run resumes exactly (its log that of an uninterrupted run) only where it "
+            "started: resume with those settings, or start a new run in another --out"
+        )
+    elif any(line.startswith(("train.eval_every:", "train.eval_at:")) for line in diff):
+        hint = (
+            "the log has a line per evaluation, so a run resumes with the evaluations it started with (its log "
+            "that of an uninterrupted run); or start a new run in another --out"
         )
     return ValueError(
         f"--resume: {str(path)!r} was written by a run with different settings: {'; '.join(diff[:5])}{more}. "
@@ -324,18 +405,17 @@ def check_resume(out: str | os.PathLike, cfg: TrainConfig | None = None, stop_at
             raise ValueError(f"--resume: {str(legacy)!r} is a pickle checkpoint: {_files.PICKLE_NOTE}")
         if (Path(out) / LOG).is_file():  # a run killed before its first checkpoint
             raise FileNotFoundError(
-                f"--resume: no checkpoint at {str(path)!r}: the run there stopped before its first checkpoint; "
-                "start it over with --overwrite"
+                f"--resume: no checkpoint at {str(path)!r}: the run there stopped before its first checkpoint, "
+                "so there is nothing to resume; run the same command without --resume to start it over"
             )
         raise FileNotFoundError(f"--resume: no checkpoint at {str(path)!r}; run without --resume to start")
-    skeleton = _checkpoint.checkpoint_metadata(path, "--resume")["skeleton"]
-    if not isinstance(skeleton, dict) or not isinstance(skeleton.get("signature"), dict):
-        raise ValueError(f"--resume: {str(path)!r} is not a tensornet training checkpoint (no settings)")
+    outline = _checkpoint.checkpoint_outline(path, "--resume", CHECKPOINT_SCHEMA)
     if cfg is not None:
         now = {"train": signature(cfg, None)["train"]}
-        err = _signature_mismatch(path, {"train": skeleton["signature"].get("train")}, now)
+        err = _signature_mismatch(path, {"train": outline["signature"].get("train")}, now)
         if err is not None:
             raise err
-    step = skeleton.get("step")
-    if stop_at is not None and isinstance(step, int) and stop_at < step:
-        raise ValueError(f"--stop-at {stop_at} is before the checkpoint's step {step} in {str(path)!r}")
+    if stop_at is not None and stop_at < outline["step"]:
+        raise ValueError(
+            f"--stop-at {stop_at} is before the checkpoint's step {outline['step']} in {str(path)!r}"
+        )

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import _checkpoint, _files, _resume
+from . import _checkpoint, _files, _resume, _runfolder
 from ._config import TrainConfig
 from ._data import train_batch, val_batches
 
@@ -41,6 +41,8 @@ class History:
     peak_memory_mib: float = float("nan")
     train_seconds: float = 0.0
     steps_run: int = 0  # optimizer steps this call ran (0: a resumed run that had already finished)
+    # the machine's 1-minute load average while it trained (mean over the steps): is tokens_per_s an idle speed?
+    load_average: float = float("nan")
 
     @property
     def val_ppl(self) -> float:
@@ -51,6 +53,24 @@ class History:
 def _ppl(loss: float) -> float:
     """Perplexity ``exp(loss)``, infinite rather than an OverflowError for a diverged model."""
     return math.exp(loss) if loss < 700 else float("inf")
+
+
+def busy(load: float | None, cores: int | None = None) -> bool:
+    """Whether a 1-minute load average ``load`` means a busy machine: more runnable threads than cores.
+
+    Then a run's threads waited for other processes' and a speed measured meanwhile is below the idle one.
+    ``cores``: the machine's (``os.cpu_count()``), as the load average counts the whole machine.
+    """
+    cores = cores or os.cpu_count() or 1
+    return load is not None and math.isfinite(load) and load > cores + 0.5
+
+
+def load_note(load: float | None, cores: int | None = None) -> str:
+    """``measured while the machine was busy (...)`` for a speed measured under ``load``; "" when idle."""
+    cores = cores or os.cpu_count() or 1
+    if load is None or not busy(load, cores):
+        return ""
+    return f"measured while the machine was busy (load average {load:.1f} on {cores} cores)"
 
 
 def _env_int(name: str, default: int, lo: int) -> int:
@@ -120,15 +140,26 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     The TT cores (:func:`tensornet.nn.tt_parameters`) form their own group whose learning rate is
     ``cfg.tt_lr_scale`` times the schedule's: Adam moves every entry by about ``lr`` per step, and a
     change of one core moves the product ``W`` by that change times the other cores, so at the dense
-    model's ``lr`` a TT weight learns several times slower (measured in
-    benchmarks/results/gpt2_compare_cpu.md; the low-rank baseline's two factors were measured too, and
-    are better at the base rate, so they stay in the dense group). AdamW's decoupled decay is
-    ``lr * weight_decay``, so the cores' decay is scaled by the same factor (as in the measured runs).
+    model's ``lr`` a TT weight learns several times slower. The low-rank baseline's two factors
+    (:class:`LowRankLinear`) are such a product too: with ``cfg.lowrank_lr_scale`` other than 1 they form
+    a group of their own at that multiple (at 1 they stay in the dense group, as in runs from before the
+    setting, whose checkpoints keep resuming). Both multipliers are per-model hyperparameters: for
+    ``compare``'s model the cores were best at 3x-5x (perplexity 56% above dense at 1x, 9% below at 5x) and
+    the factors at 4x-9x (about 8% lower perplexity than at 1x, averaged over seeds; their runs are erratic),
+    see benchmarks/results/gpt2_compare_cpu.md, while notebook 04's smaller TTM model is best at 1x. AdamW's
+    decoupled decay is ``lr * weight_decay``, so a group's decay is scaled by its multiplier too (as in the
+    measured runs).
     """
     from tensornet.nn import tt_parameters
 
+    from ._lowrank import LowRankLinear
+
     cores = [p for p in tt_parameters(model) if p.requires_grad]
-    ids = {id(p) for p in cores}
+    factors: list[nn.Parameter] = []
+    if cfg.lowrank_lr_scale != 1.0:
+        lowrank = (m for m in model.modules() if isinstance(m, LowRankLinear))
+        factors = [p for m in lowrank for p in (m.a, m.b) if p.requires_grad]
+    ids = {id(p) for p in cores + factors}
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2 and id(p) not in ids]
     rest = [p for p in model.parameters() if p.requires_grad and p.dim() < 2 and id(p) not in ids]
     groups: list[dict[str, Any]] = [
@@ -137,6 +168,8 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     ]
     if cores:
         groups.append({"params": cores, "weight_decay": cfg.weight_decay, "lr_scale": cfg.tt_lr_scale})
+    if factors:
+        groups.append({"params": factors, "weight_decay": cfg.weight_decay, "lr_scale": cfg.lowrank_lr_scale})
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
 
 
@@ -276,6 +309,7 @@ class _Run:
         self.signature: dict = {}
         self.timed_tokens, self.timed_seconds = 0, 0.0  # after the first steps (allocators, compilation)
         self.all_tokens, self.all_seconds = 0, 0.0  # every step: for runs too short to skip the first ones
+        self.loads: list[float] = []  # the 1-minute load average at every step
         wrapped = model
         if dist.world > 1:
             wrapped = nn.parallel.DistributedDataParallel(
@@ -310,6 +344,8 @@ class _Run:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds, tokens = time.perf_counter() - t0, cfg.batch_size * cfg.block_size
+        if hasattr(os, "getloadavg"):
+            self.loads.append(os.getloadavg()[0])
         self.all_seconds, self.all_tokens = self.all_seconds + seconds, self.all_tokens + tokens
         if step >= first_timed:
             self.timed_seconds, self.timed_tokens = self.timed_seconds + seconds, self.timed_tokens + tokens
@@ -346,7 +382,7 @@ class _Run:
 
     def open(self, out, folder, described: dict | None, *, resume: bool, stop_at: int | None) -> int:
         """Where the run checkpoints and logs; on ``resume`` the checkpoint restored. Returns the first step."""
-        self.signature = _resume.signature(self.cfg, described)
+        self.signature = _resume.signature(self.cfg, described, _resume.runtime(self.device, self.dist.world))
         start = 0
         if out is not None:
             self.checkpoint_path = Path(out) / _resume.CHECKPOINT
@@ -393,6 +429,8 @@ class _Run:
             history.tokens_per_s = self.all_tokens / self.all_seconds
         history.train_seconds = self.timed_seconds
         history.peak_memory_mib = peak_memory_mib(self.device)
+        if self.loads:
+            history.load_average = sum(self.loads) / len(self.loads)
         return history
 
 
@@ -420,7 +458,7 @@ def train(
     on resume. ``on_step(step, loss)`` and ``on_eval(step, loss)`` are called after every step and evaluation
     (steps counted from 1; under DDP in the first process only), e.g. for a progress bar.
 
-    ``out`` is a run folder (see ``_files.RunFolder``): new or empty, or one this package wrote; it is locked
+    ``out`` is a run folder (see ``_runfolder.RunFolder``): new or empty, or one this package wrote; it is locked
     for the run. A folder holding a previous run is refused unless ``resume`` (continue it) or ``overwrite``
     (replace the package's files in it; other files are kept). ``out/log.jsonl`` gets one line per step and
     per evaluation; on resume it is rewritten from the checkpoint, so it always equals an uninterrupted run's.
@@ -439,7 +477,7 @@ def train(
         device = torch.device("cuda", dist.local_rank)
     folder = None
     if out is not None and dist.main:
-        folder = _files.RunFolder.open(Path(out), kind="train", resume=resume, overwrite=overwrite)
+        folder = _runfolder.RunFolder.open(Path(out), kind="train", resume=resume, overwrite=overwrite)
     run = None
     try:
         dist.init(device)

@@ -1,0 +1,306 @@
+"""Run folders: the output folder of a ``train`` or ``compare`` run, the package's own and one run at a time.
+
+``tensornet-run.json`` marks a folder as the package's own and lists the files it may write there; a lock file
+(``fcntl.flock``) keeps a second run out while the first is alive, and the run removes it when it ends (only the
+file it locked). No torch here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from pathlib import Path
+
+from ._files import (
+    MODEL_FILES,
+    PICKLE_NOTE,
+    TRIES,
+    check_creatable,
+    check_name_length,
+    parse_json,
+    probe_writable,
+    remove_stale_tmp,
+    write_json,
+)
+
+MANIFEST = "tensornet-run.json"
+LOCK = ".tensornet-run.lock"
+RUN_FORMAT = "tensornet-run"
+OUTPUTS = {
+    "train": ("checkpoint.safetensors", "log.jsonl", *(f"model/{f}" for f in MODEL_FILES)),
+    "compare": ("results.json", "loss_curves.png", "loss_curves.svg", "tokens.safetensors"),
+}
+_HELD: dict[Path, RunFolder] = {}
+
+
+def read_manifest(path: Path) -> dict | None:
+    """The folder's manifest, or None when it has none; a malformed one raises ValueError."""
+    file = path / MANIFEST
+    if not file.is_file():
+        return None
+    try:
+        manifest = parse_json(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # (UnicodeDecodeError and JSONDecodeError are ValueErrors)
+        raise ValueError(f"{err}") from None
+    if not (
+        isinstance(manifest, dict)
+        and manifest.get("format") == RUN_FORMAT
+        and manifest.get("kind") in OUTPUTS
+        and isinstance(manifest.get("files"), list)
+    ):
+        raise ValueError("not a tensornet run manifest")
+    return manifest
+
+
+class RunFolder:
+    """A run's output folder, held for the whole run.
+
+    It is created if needed, checked to be the package's own, locked against a second run, cleaned of leftover
+    temporary files and marked by ``tensornet-run.json``.
+
+    ``open`` is re-entrant within a process (the CLI opens the folder before loading data; ``train`` then
+    opens it again): the second open returns the same holder.
+    """
+
+    def __init__(self, path: Path, kind: str, fd: int, created: list[Path] | None = None) -> None:
+        self.path, self.kind, self._fd, self._count = path, kind, fd, 1
+        # the folders this run created (deepest first) when it found none there, [path] alone when it found the
+        # folder empty, else None: a run that writes nothing leaves the folder as it found it
+        self._created = created
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike,
+        *,
+        kind: str,
+        resume: bool = False,
+        overwrite: bool = False,
+        where: str = "--out",
+    ) -> RunFolder:
+        path = Path(path)
+        key = path.resolve()
+        held = _HELD.get(key)
+        if held is not None:
+            if held.kind != kind:
+                raise ValueError(f"{where}: {str(path)!r} is already open for a {held.kind} run")
+            held._count += 1
+            return held
+        check_run_folder(path, kind=kind, resume=resume, overwrite=overwrite, where=where)
+        created = [p for p in (path, *path.parents) if not p.exists()] or None
+        if created is None and not any(p.name != LOCK for p in path.iterdir()):
+            created = []  # an empty folder: kept, emptied again
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise type(err)(
+                f"{where}: cannot create the folder {str(path)!r} ({err.strerror or err}); choose another --out"
+            ) from None
+        probe_writable(path, where)
+        fd = _lock(path, where)
+        folder = cls(path, kind, fd, created)
+        try:
+            # again, now that no other run can change the folder between the check and the writes
+            check_run_folder(path, kind=kind, resume=resume, overwrite=overwrite, where=where)
+            remove_stale_tmp(
+                path,
+                [*(n for n in OUTPUTS[kind] if "/" not in n), MANIFEST, "model", ".tensornet-probe"],
+                dir_files=MODEL_FILES,
+                live=True,
+            )
+            if (path / "model").is_dir():
+                remove_stale_tmp(path / "model", MODEL_FILES, live=True)
+            if overwrite:
+                folder.remove_outputs()
+            write_json(
+                path / MANIFEST,
+                {"format": RUN_FORMAT, "version": 1, "kind": kind, "files": [MANIFEST, LOCK, *OUTPUTS[kind]]},
+            )
+        except BaseException:
+            _unlock(path / LOCK, fd)
+            raise
+        _HELD[key] = folder
+        return folder
+
+    def remove_outputs(self) -> list[str]:
+        """Delete the outputs this package writes for this kind of run that the folder's manifest lists.
+
+        Never anything else, never through a symbolic link.
+        """
+        try:
+            listed = set((read_manifest(self.path) or {}).get("files", []))
+        except ValueError:
+            listed = set()
+        removed = []
+        for name in (n for n in OUTPUTS[self.kind] if n in listed):
+            file = self.path / name
+            if file.is_file() and not file.is_symlink():
+                file.unlink()
+                removed.append(name)
+        with contextlib.suppress(OSError):
+            if (self.path / "model").is_dir() and self.kind == "train":
+                (self.path / "model").rmdir()  # only when empty
+        return removed
+
+    def close(self) -> None:
+        self._count -= 1
+        if self._count == 0:
+            _HELD.pop(self.path.resolve(), None)
+            unused = self._created is not None and self._holds_only_marks()
+            if unused:  # removed while the lock is held
+                with contextlib.suppress(OSError):
+                    (self.path / MANIFEST).unlink()
+            _unlock(self.path / LOCK, self._fd)
+            for folder in (self._created or []) if unused else []:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only when empty
+
+    def _holds_only_marks(self) -> bool:
+        """The folder holds nothing but this package's manifest and lock (the run wrote no output)."""
+        try:
+            return all(p.name in (MANIFEST, LOCK) and p.is_file() for p in self.path.iterdir())
+        except OSError:
+            return False
+
+    def __enter__(self) -> RunFolder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether the open file ``fd`` is the file at ``path`` now (not one unlinked or replaced since)."""
+    try:
+        here, there = os.fstat(fd), os.lstat(path)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
+def _lock(path: Path, where: str) -> int:
+    """Open and ``flock`` the folder's lock file; return its descriptor (held until :func:`_unlock`).
+
+    A finished run removes its lock file, so a lock taken on a file that was unlinked meanwhile is no lock:
+    the file at the name is checked to be the one locked, and the lock taken again if not.
+    """
+    import fcntl
+
+    file = path / LOCK
+    for _ in range(TRIES):
+        try:
+            fd = os.open(file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)  # never through a link
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise FileExistsError(
+                    f"{where}: {str(file)!r} is a symbolic link, not tensornet's lock file; remove it"
+                ) from None
+            raise PermissionError(
+                f"{where}: cannot write in {str(path)!r} ({err.strerror or err}); choose a writable folder"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise BlockingIOError(
+                    f"{where}: another run (pid {owner or '?'}) is using {str(path)!r}; wait for it to finish "
+                    "or choose another folder"
+                ) from None
+            raise
+        if _same_file(fd, file):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            return fd
+        os.close(fd)  # the run that held it finished and removed the file: lock the new one
+    raise BlockingIOError(
+        f"{where}: the lock file {str(file)!r} keeps changing; wait for other runs to finish"
+    )
+
+
+def _unlock(file: Path, fd: int) -> None:
+    """Remove the lock file this run holds (only that file: not one put at the name since), then release it."""
+    if _same_file(fd, file):
+        with contextlib.suppress(OSError):
+            file.unlink()
+    os.close(fd)
+
+
+def _check_model_folder(model: Path, where: str) -> None:
+    """A train run's ``model/``, which the finished run replaces: nothing in it but what save_model writes."""
+    if not (model.exists() or model.is_symlink()):
+        return
+    if model.is_symlink() or not model.is_dir():
+        foreign = [model.name]
+    else:
+        foreign = [
+            p.name for p in model.iterdir() if p.name not in MODEL_FILES or not p.is_file() or p.is_symlink()
+        ]
+    if foreign:
+        raise FileExistsError(
+            f"{where}: {str(model)!r} holds files train does not write ({', '.join(sorted(foreign)[:5])}); "
+            "the run would replace that folder when it finishes: move them elsewhere first"
+        )
+
+
+def check_run_folder(
+    path: Path, *, kind: str, resume: bool = False, overwrite: bool = False, where: str = "--out"
+) -> None:
+    """Refuse, with a message, an output folder the run may not use (nothing is created or changed)."""
+    path = Path(path)
+    check_name_length(path, where)
+    if resume and overwrite:
+        raise ValueError(
+            f"{where}: --resume continues the run in the folder and --overwrite replaces it; give one"
+        )
+    if path.is_symlink() and not path.exists():
+        raise NotADirectoryError(f"{where}: {str(path)!r} is a broken symbolic link")
+    if not path.exists():
+        check_creatable(path, where)
+        return
+    if not path.is_dir():
+        raise FileExistsError(f"{where}: {str(path)!r} is a file, not a folder; choose a folder path")
+    try:
+        entries = sorted(p.name for p in path.iterdir() if p.name != LOCK)  # the lock alone: still empty
+    except OSError as err:
+        raise PermissionError(
+            f"{where}: cannot read the folder {str(path)!r} ({err.strerror or err})"
+        ) from None
+    if not entries:
+        probe_writable(path, where)
+        return
+    try:
+        manifest = read_manifest(path)
+    except ValueError as err:
+        raise FileExistsError(
+            f"{where}: {str(path)!r} has an unreadable {MANIFEST} ({err}); nothing in it is touched: "
+            "choose a new or empty folder"
+        ) from None
+    if manifest is None:
+        note = ""
+        if "checkpoint.pt" in entries:
+            note = f" It holds checkpoint.pt from an older tensornet: {PICKLE_NOTE}."
+        raise FileExistsError(
+            f"{where}: {str(path)!r} is not empty and is not a tensornet run folder (no {MANIFEST}); "
+            f"nothing in it is overwritten: choose a new or empty folder.{note}"
+        )
+    if manifest["kind"] != kind:
+        raise FileExistsError(
+            f"{where}: {str(path)!r} holds a {manifest['kind']} run, not a {kind} run; choose another folder"
+        )
+    if kind == "train":
+        _check_model_folder(path / "model", where)
+    used = [n for n in OUTPUTS[kind] if (path / n).exists()]
+    if kind == "train" and used == ["log.jsonl"]:
+        # a run stopped before its first checkpoint: nothing to resume, and the log is rewritten when the same
+        # command starts it over (what the interrupted run said to do)
+        used = []
+    if used and not resume and not overwrite:
+        hint = "--resume to continue it or --overwrite" if kind == "train" else "--overwrite"
+        raise FileExistsError(
+            f"{where}: {str(path)!r} holds a previous {kind} run ({', '.join(used)}); pass {hint} to replace "
+            "its files (other files are kept), or choose another folder"
+        )
+    probe_writable(path, where)
