@@ -17,7 +17,7 @@ from .._cross import ConvergenceWarning
 from .._truncation import RankCapWarning
 from ..decomp import round as tt_round
 from ..tt import TT
-from . import _als, _data
+from . import _als, _data, _gauss_newton
 
 __all__ = ["CompletionInfo", "Step", "complete"]
 
@@ -31,6 +31,9 @@ _STAGE_SWEEPS = 60  # at most this many sweeps at one set of ranks
 _STARTS = 8  # rank-1 starts tried (ones, then random), each for a few sweeps: rank-1 ALS has local minima
 _START_SWEEPS = 4
 _REFIT_SWEEPS = 20  # sweeps on all samples at the chosen ranks
+_SWAMP = 0.99  # a stage that ends slow while its last sweep still gained 1% is crawling: Gauss-Newton steps
+_NEWTON_GAIN = 0.9  # Gauss-Newton steps go on while two of them take the fitting error below 0.9x
+_NEWTON_STEPS = 8  # at most this many Gauss-Newton steps a stage
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,7 @@ class _Search:
         self.informed = False  # set when the search starts from the user's x0
         self.shape = shape
         self.steps: list[Step] = []
+        self.pairs: _gauss_newton.PairLayouts | None = None  # built on the first Gauss-Newton step
         self.floor = 10.0 * B.finfo_eps(fit.values)
         # without eps, a held-back error this small ends the search: sqrt(u) / 10 is 1.5e-9 in float64
         self.exact = math.sqrt(B.finfo_eps(fit.values)) / 10 if eps is None else self.floor
@@ -118,10 +122,45 @@ class _Search:
             fitted.append(self.steps[-1].train_error)
             if error < best[0]:
                 best = (error, list(cores))
+            if error <= self.exact or (self.eps is not None and error <= self.eps):
+                break  # the search stops here (``_stop``): sweeping on is wasted
             slow = len(fitted) > max(3, _PATIENT_SWEEPS if patient else 0) and fitted[-1] > _SLOW * fitted[-4]
             if fitted[-1] <= self.floor or slow:
+                if slow and fitted[-1] < _SWAMP * fitted[-2]:
+                    best, cores = self.newton(cores, best)
                 break
         return best[0], best[1], cores
+
+    def newton(
+        self, cores: list[Array], best: tuple[float, list[Array] | None]
+    ) -> tuple[tuple[float, list[Array] | None], list[Array]]:
+        """Gauss-Newton steps on all cores (``_gauss_newton``) where ALS crawls; the best and the last cores.
+
+        Only for at most ``MAX_UNKNOWNS`` unknowns; at most ``_NEWTON_STEPS``, while two steps together gain
+        10%, within the sweep budget (each step counts as a sweep).
+        """
+        if _gauss_newton.unknowns(cores) > _gauss_newton.MAX_UNKNOWNS:
+            return best, cores
+        if self.pairs is None:
+            self.pairs = _gauss_newton.PairLayouts(self.fit, self.shape)
+        fitted = [self.steps[-1].train_error]
+        found = [best]
+
+        def accept(moved: list[Array], predicted: Array) -> bool:
+            error = self._measure(moved, predicted, "search")
+            fitted.append(self.steps[-1].train_error)
+            if error < found[0][0]:
+                found[0] = (error, list(moved))
+            gained = len(fitted) < 3 or fitted[-1] < _NEWTON_GAIN * fitted[-3]
+            return (
+                gained
+                and fitted[-1] > self.floor
+                and len(fitted) <= _NEWTON_STEPS
+                and len(self.steps) < self.budget
+            )
+
+        cores = _gauss_newton.levenberg_marquardt(cores, self.fit, self.pairs, accept)
+        return found[0], cores
 
     def start(self, candidates: list[list[Array]]) -> list[Array]:
         """The candidate whose few sweeps fit best (rank-1 sweeps cost ``O(k d)``: trying several is cheap)."""
@@ -348,8 +387,10 @@ def complete(
         if found[2] < chosen_error:
             search, cores, chosen_error, stop = found
     # rounded at its own error level first: directions the data do not resolve are dropped before the refit,
-    # which would otherwise let them drift on entries no sample constrains
-    tolerance = max(chosen_error, search.floor)
+    # which would otherwise let them drift on entries no sample constrains. Every bond drops the singular
+    # values below that level (tt_round spreads its eps over the d - 1 bonds, hence the sqrt(d - 1)); below
+    # sqrt(u) / 10 everything counts as resolved to rounding.
+    tolerance = max(chosen_error, search.exact) * math.sqrt(max(len(shape) - 1, 1))
     cores = list(tt_round(TT._trusted(cores), eps=tolerance).cores)
     train_error = chosen_error
     if held_count:
