@@ -22,14 +22,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from .. import _backend as B
 from .._backend import Array
 from .._einsum import einsum
 from . import _als
 
-__all__ = ["MAX_UNKNOWNS", "PairLayouts", "levenberg_marquardt", "unknowns"]
+__all__ = ["MAX_UNKNOWNS", "PairLayouts", "levenberg_marquardt", "pair_layouts", "unknowns"]
 
 MAX_UNKNOWNS = 2000  # the system is P x P: 32 MB in float64 at this size, an O(P^3) solve a step
+_PADDING = 4  # a pair's padded groups may hold at most 4x the samples (uniform samples: about 1-2x)
 _DAMPING = 1e-3  # the first lambda
 _GIVE_UP = 1e6  # lambda this large and still no decrease: a minimum (to rounding)
 
@@ -41,16 +44,31 @@ def unknowns(cores: list[Array]) -> int:
 class PairLayouts:
     """The samples grouped by the pair ``(i_k, i_l)`` for every ``k < l`` (built once per sample set)."""
 
-    def __init__(self, samples: _als.Samples, shape: tuple[int, ...]) -> None:
-        rows = samples.rows
-        self.shape = shape
-        self.layouts: dict[tuple[int, int], tuple[Any, Any]] = {}
-        for k in range(len(shape)):
-            for l in range(k + 1, len(shape)):
-                codes = rows[:, k] * shape[l] + rows[:, l]
-                self.layouts[k, l] = _als.layout(
-                    codes, shape[k] * shape[l], samples.values, samples.root_weights
-                )
+    def __init__(self, layouts: dict[tuple[int, int], tuple[Any, Any]]) -> None:
+        self.layouts = layouts
+
+
+def pair_layouts(samples: _als.Samples, shape: tuple[int, ...]) -> PairLayouts | None:
+    """The :class:`PairLayouts` of ``samples``, or None where padding would take over 4x their memory.
+
+    Padded groups are ``n_k n_l`` wide times the largest count of a pair: samples bunched on a few pairs of
+    indices (or modes so large that most pairs are empty) would make them mostly padding.
+    """
+    rows = samples.rows
+    codes = {}
+    for k in range(len(shape)):
+        for l in range(k + 1, len(shape)):
+            codes[k, l] = rows[:, k] * shape[l] + rows[:, l]
+            groups = shape[k] * shape[l]
+            widest = int(np.bincount(codes[k, l], minlength=groups).max(initial=0))
+            if groups * max(widest, 1) > _PADDING * max(samples.count, 1):
+                return None
+    return PairLayouts(
+        {
+            pair: _als.layout(code, shape[pair[0]] * shape[pair[1]], samples.values, samples.root_weights)
+            for pair, code in codes.items()
+        }
+    )
 
 
 def _interfaces(cores: list[Array], samples: _als.Samples) -> tuple[list[Array], list[Array], Array]:
