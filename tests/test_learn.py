@@ -4,6 +4,7 @@ too large to form); samples against exact marginals by chi-square with fixed see
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 
@@ -74,6 +75,7 @@ def test_complete_finds_the_ranks_of_a_random_train():
     assert [s.sweep for s in info.steps] == list(range(1, len(info.steps) + 1))
 
 
+@pytest.mark.slow
 def test_complete_of_a_smooth_function_is_accurate_off_the_samples():
     shape = (10,) * 6
     f = lambda i: 1.0 / (1.0 + (i / 9.0).sum(axis=1))  # noqa: E731
@@ -81,9 +83,28 @@ def test_complete_of_a_smooth_function_is_accurate_off_the_samples():
     result, info = tn.complete(index, f(index), shape, seed=0, return_info=True)
     test = entries(shape, 4000, 1)
     error = relative(as_numpy(tn.gather(result, test)), f(test))
-    assert error <= 1e-3  # measured 3e-4 (benchmarks/results/complete.md); the held-back estimate is lower
-    assert info.validation_error <= 1e-4
-    assert max(result.ranks) <= 6
+    # the issue's target; measured 3e-6 (benchmark case c); 2e-4 before the Gauss-Newton steps
+    assert error <= 1e-4
+    assert info.validation_error <= 1e-5
+    assert max(result.ranks) <= 7
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_complete_of_a_smooth_function_does_not_stop_in_a_swamp(backend):
+    """Stages that end while ALS crawls get Gauss-Newton steps; without them the search takes a worse path.
+
+    ``1/(1 + x_1 + .. + x_4)`` on 10^4 from 1,500 samples: measured 1.6e-6 test error with the steps, 9e-5
+    without (the errors then sit in the corner of small indices: largest values, fewest samples).
+    """
+    shape = (10,) * 4
+    f = lambda i: 1.0 / (1.0 + (i / 9.0).sum(axis=1))  # noqa: E731
+    index = entries(shape, 1500, 0)
+    values = f(index) if backend == "numpy" else torch.tensor(f(index))
+    result, info = tn.complete(index, values, shape, seed=0, return_info=True)
+    assert result.backend == backend
+    test = entries(shape, 4000, 1)
+    assert relative(as_numpy(tn.gather(result, test)), f(test)) <= 1e-5
+    assert info.validation_error <= 1e-5
 
 
 def test_complete_stops_at_the_noise_level():
@@ -321,3 +342,113 @@ def test_no_warnings_leak():
         truth = tn.random_tt((5, 5, 5), 2, seed=0)
         index = entries(truth.shape, 800, 1)
         tn.complete(index, tn.gather(truth, index), truth.shape, seed=0)
+
+
+# --- completion kernels: proximal ALS sweeps and Gauss-Newton steps ---------------------------------------
+def _samples(truth, count, seed, backend, weighted):
+    from tensornet.learn import _als
+
+    index = entries(truth.shape, count, seed)
+    values = np.asarray(tn.gather(truth, index))
+    weights = np.random.default_rng(seed).uniform(0.5, 2.0, count) if weighted else None
+    if backend == "torch":
+        values = torch.tensor(values)
+        weights = None if weights is None else torch.tensor(weights)
+    return _als.make_samples(index, values, weights, truth.shape)
+
+
+@settings(max_examples=6)
+@given(st.integers(0, 2**16), st.sampled_from(["numpy", "torch"]))
+def test_proximal_sweeps_never_raise_the_fitting_error(seed, backend):
+    """Trains fitted past their true ranks: a ridge toward zero let the fitting error jump between sweeps
+    (measured 20x at 1e-9 on a random rank-3 train of 10^6), the proximal term cannot."""
+    from tensornet.learn import _als
+
+    truth = tn.random_tt((6, 6, 6, 6), 2, seed=seed)
+    samples = _samples(truth, 700, seed + 1, backend, weighted=False)
+    start = tn.random_tt(truth.shape, 3, seed=seed + 2).to(backend)  # one rank too many on every bond
+    cores = _als.orthogonalize_right(list(start.cores))
+    rights = _als.right_interfaces(cores, samples)
+    values = as_numpy(samples.values)
+    errors = []
+    for _ in range(40):
+        cores, rights, predicted = _als.sweep(cores, rights, samples)
+        errors.append(relative(as_numpy(predicted), values))
+    for before, after in itertools.pairwise(errors):
+        assert after <= before * (1 + 1e-9) + 1e-13, errors  # rounding of the products: 1e-13 of the values
+    assert errors[-1] <= 1e-6
+
+
+def _dense_jacobian(cores, index):
+    """The Jacobian of the sampled values, column by column: the train is linear in each core (numpy)."""
+    columns = []
+    for k, core in enumerate(cores):
+        r, n, s = core.shape
+        for i in range(n):
+            for a in range(r):
+                for b in range(s):
+                    unit = np.zeros_like(core)
+                    unit[a, i, b] = 1.0
+                    probe = [*cores[:k], unit, *cores[k + 1 :]]
+                    columns.append(np.asarray(tn.gather(tn.TT(probe), index)))
+    return np.stack(columns, axis=1)  # slice-major order: core k's unknowns as (n, r, s)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_gauss_newton_normal_equations_match_the_dense_jacobian(backend):
+    from tensornet.learn import _gauss_newton
+
+    truth = tn.random_tt((4, 3, 5, 2), (2, 3, 2), seed=0)
+    samples = _samples(truth, 300, 1, backend, weighted=True)
+    cores = [as_numpy(c) for c in tn.random_tt(truth.shape, (2, 2, 2), seed=2).cores]
+    pairs = _gauss_newton.pair_layouts(samples, truth.shape)
+    normal, gradient, predicted = _gauss_newton._normal_equations(
+        [c if backend == "numpy" else torch.tensor(c) for c in cores], samples, pairs
+    )
+    index = samples.rows
+    jacobian = _dense_jacobian(cores, index)
+    w = as_numpy(samples.root_weights) ** 2
+    residual = as_numpy(samples.values) - as_numpy(predicted)
+    np.testing.assert_allclose(as_numpy(predicted), np.asarray(tn.gather(tn.TT(cores), index)), rtol=1e-12)
+    scale = np.abs(jacobian.T @ (w[:, None] * jacobian)).max()
+    np.testing.assert_allclose(as_numpy(normal), jacobian.T @ (w[:, None] * jacobian), atol=1e-12 * scale)
+    np.testing.assert_allclose(as_numpy(gradient), jacobian.T @ (w * residual), atol=1e-12 * scale)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_gauss_newton_steps_lower_the_error_and_converge(backend):
+    from tensornet.learn import _gauss_newton
+
+    truth = tn.random_tt((5, 6, 5, 4), 2, seed=3)
+    samples = _samples(truth, 500, 4, backend, weighted=False)
+    rng = np.random.default_rng(5)
+    near = [
+        as_numpy(c) + 0.3 * rng.standard_normal(c.shape) * np.abs(as_numpy(c)).mean() for c in truth.cores
+    ]
+    cores = [c if backend == "numpy" else torch.tensor(c) for c in near]
+    errors = []
+
+    def accept(moved, predicted):
+        errors.append(relative(as_numpy(predicted), as_numpy(samples.values)))
+        return len(errors) < 30 and errors[-1] > 1e-13
+
+    result = _gauss_newton.levenberg_marquardt(
+        cores, samples, _gauss_newton.pair_layouts(samples, truth.shape), accept
+    )
+    assert all(after < before for before, after in itertools.pairwise(errors))  # only steps that lower it
+    assert errors[-1] <= 1e-10  # quadratic convergence near an exact fit: measured 1e-15 in 6 steps
+    test = entries(truth.shape, 500, 6)
+    assert relative(as_numpy(tn.gather(tn.TT(result), test)), as_numpy(tn.gather(truth, test))) <= 1e-8
+
+
+def test_gauss_newton_is_skipped_where_pairs_would_be_mostly_padding():
+    from tensornet.learn import _als, _gauss_newton
+
+    index = np.zeros((50, 3), dtype=np.int64)  # every sample on one entry: 400 pairs of indices, 50 deep
+    index[:, 2] = np.arange(50) % 20
+    samples = _als.make_samples(index, np.ones(50), None, (20, 20, 20))
+    assert _gauss_newton.pair_layouts(samples, (20, 20, 20)) is None
+    spread = entries((20, 20, 20), 2000, 0)
+    assert _gauss_newton.pair_layouts(
+        _als.make_samples(spread, np.ones(2000), None, (20, 20, 20)), (20, 20, 20)
+    )

@@ -18,30 +18,11 @@ from .._truncation import RankCapWarning
 from ..decomp import round as tt_round
 from ..tt import TT
 from . import _als, _data
+from ._search import UNINFORMED, Search, Step
 
 __all__ = ["CompletionInfo", "Step", "complete"]
 
-_SLOW = 0.9  # a stage ends once three sweeps improve the fitting error by less than 10%
-_GAIN = 0.9  # a rank step counts as progress when it takes the held-back error below 0.9x the best
-_PATIENCE = 2  # rank steps in a row without progress end the search
-_UNINFORMED = 0.9  # while the best held-back error is above this (nothing learnt yet), patience is longer
-_UNINFORMED_PATIENCE = 4
-_PATIENT_SWEEPS = 15
-_STAGE_SWEEPS = 60  # at most this many sweeps at one set of ranks
 _STARTS = 8  # rank-1 starts tried (ones, then random), each for a few sweeps: rank-1 ALS has local minima
-_START_SWEEPS = 4
-_REFIT_SWEEPS = 20  # sweeps on all samples at the chosen ranks
-
-
-@dataclass(frozen=True)
-class Step:
-    """One sweep: its number, the ranks, the relative error on the fitted and on the held-back samples."""
-
-    sweep: int
-    ranks: tuple[int, ...]
-    train_error: float
-    validation_error: float | None
-    phase: str  # "search" (held-back samples unseen) or "refit" (all samples, at the chosen ranks)
 
 
 @dataclass(frozen=True)
@@ -60,142 +41,6 @@ class CompletionInfo:
     validation_error: float | None
     train_error: float
     stop: str
-
-
-def _error(predicted: Array, samples: _als.Samples) -> float:
-    xp = B.namespace(predicted)
-    w = samples.root_weights
-    top = B.to_float(xp.linalg.vector_norm(w * (predicted - samples.values)))
-    bottom = B.to_float(xp.linalg.vector_norm(w * samples.values))
-    return top / bottom if bottom > 0 else top
-
-
-class _Search:
-    """Sweeps at growing ranks, keeping the model with the smallest held-back error."""
-
-    def __init__(
-        self,
-        fit: _als.Samples,
-        held: _als.Samples | None,
-        caps: list[int | None],
-        eps: float | None,
-        budget: int,
-        shape: tuple[int, ...],
-    ) -> None:
-        self.fit, self.held, self.caps, self.eps, self.budget = fit, held, caps, eps, budget
-        self.informed = False  # set when the search starts from the user's x0
-        self.shape = shape
-        self.steps: list[Step] = []
-        self.floor = 10.0 * B.finfo_eps(fit.values)
-        # without eps, a held-back error this small ends the search: sqrt(u) / 10 is 1.5e-9 in float64
-        self.exact = math.sqrt(B.finfo_eps(fit.values)) / 10 if eps is None else self.floor
-
-    def _measure(self, cores: list[Array], predicted: Array, phase: str, held: bool = True) -> float:
-        train = _error(predicted, self.fit)
-        check = None
-        if held and self.held is not None:
-            check = _error(_als.evaluate(cores, self.held.index), self.held)
-        ranks = (1, *(int(c.shape[2]) for c in cores))
-        self.steps.append(Step(len(self.steps) + 1, ranks, train, check, phase))
-        return train if check is None else check
-
-    def stage(
-        self, cores: list[Array], patient: bool = False
-    ) -> tuple[float, list[Array] | None, list[Array]]:
-        """Sweeps at fixed ranks; ``(best error, its cores, last cores)`` (best by held-back error).
-
-        ``patient``: nothing learnt yet, so at least ``_PATIENT_SWEEPS`` sweeps before the slow-progress rule
-        (from an uninformed start, ALS can crawl for a while before it finds the structure).
-        """
-        rights = _als.right_interfaces(cores, self.fit)
-        best: tuple[float, list[Array] | None] = (math.inf, None)
-        fitted: list[float] = []
-        for _ in range(_STAGE_SWEEPS):
-            if len(self.steps) >= self.budget:
-                break
-            cores, rights, predicted = _als.sweep(cores, rights, self.fit)
-            error = self._measure(cores, predicted, "search")
-            fitted.append(self.steps[-1].train_error)
-            if error < best[0]:
-                best = (error, list(cores))
-            slow = len(fitted) > max(3, _PATIENT_SWEEPS if patient else 0) and fitted[-1] > _SLOW * fitted[-4]
-            if fitted[-1] <= self.floor or slow:
-                break
-        return best[0], best[1], cores
-
-    def start(self, candidates: list[list[Array]]) -> list[Array]:
-        """The candidate whose few sweeps fit best (rank-1 sweeps cost ``O(k d)``: trying several is cheap)."""
-        best: tuple[float, list[Array]] = (math.inf, candidates[0])
-        for cores in candidates:
-            cores = _als.orthogonalize_right(cores)
-            rights = _als.right_interfaces(cores, self.fit)
-            for _ in range(_START_SWEEPS):
-                cores, rights, predicted = _als.sweep(cores, rights, self.fit)
-            error = _error(predicted, self.fit)
-            if error < best[0]:
-                best = (error, cores)
-        return best[1]
-
-    def grow(self, cores: list[Array]) -> list[Array] | None:
-        """Every bond one rank higher where the caps, useful ranks and sample counts allow (None: none can)."""
-        d = len(cores)
-        ranks = [1, *(int(c.shape[2]) for c in cores)]
-        per_slice = [self.fit.count / n for n in self.shape]  # samples per slice of each mode
-        grow = []
-        for k in range(1, d):
-            r = ranks[k] + 1
-            useful = min(math.prod(self.shape[:k]), math.prod(self.shape[k:]))
-            cap = self.caps[k - 1]
-            fits = ranks[k - 1] * r <= per_slice[k - 1] and r * ranks[k + 1] <= per_slice[k]
-            grow.append(r <= useful and (cap is None or r <= cap) and fits)
-        if not any(grow):
-            return None
-        grown = _als.growth_sweep(cores, self.fit, grow)
-        return grown if [int(c.shape[2]) for c in grown] != ranks[1:] else None
-
-    def run(self, cores: list[Array]) -> tuple[float, list[Array], str]:
-        """The rank search: stages at growing ranks until the held-back error stops falling (or a limit)."""
-        best: tuple[float, list[Array]] = (math.inf, cores)
-        stalls = 0
-        while True:
-            # an x0 (informed start) is not made to wait at its own ranks
-            patient = best[0] >= _UNINFORMED and (best[0] < math.inf or not self.informed)
-            error, chosen, cores = self.stage(cores, patient=patient)
-            if chosen is None:
-                return best[0], best[1], "max_iter"
-            progress = error < _GAIN * best[0]
-            if error < best[0]:
-                best = (error, chosen)
-            stalls = 0 if progress else stalls + 1
-            stop = self._stop(best[0], stalls)
-            if stop is None:
-                grown = self.grow(cores)
-                stop = "max_rank" if grown is None else None
-                cores = grown if grown is not None else cores
-            if stop is not None:
-                return best[0], best[1], stop
-
-    def _stop(self, best: float, stalls: int) -> str | None:
-        if self.eps is not None and best <= self.eps:
-            return "eps"
-        if best <= self.exact:
-            return "exact"
-        if len(self.steps) >= self.budget:
-            return "max_iter"
-        patience = _UNINFORMED_PATIENCE if best >= _UNINFORMED else _PATIENCE
-        return "validation" if stalls >= patience else None
-
-    def refit(self, cores: list[Array], everything: _als.Samples) -> tuple[list[Array], float]:
-        """Sweeps on all samples at the chosen ranks; the cores and their error on all samples."""
-        self.fit = everything
-        rights = _als.right_interfaces(cores, everything)
-        fitted: list[float] = []
-        for _ in range(_REFIT_SWEEPS):
-            cores, rights, predicted = _als.sweep(cores, rights, everything)
-            fitted.append(self._measure(cores, predicted, "refit", held=False))
-            if fitted[-1] <= self.floor or (len(fitted) > 3 and fitted[-1] > _SLOW * fitted[-4]):
-                break
-        return cores, (fitted[-1] if fitted else _error(_als.evaluate(cores, everything.index), everything))
 
 
 @B.exact
@@ -274,35 +119,42 @@ def complete(
     Notes
     -----
     Alternating least squares on the sampled entries (:mod:`tensornet.learn._als`): with the other cores
-    fixed, core k's slices solve independent linear least-squares problems (relative ridge 1e-10), the other
-    cores kept orthogonal. Rank-1 ALS has local minima even on small exact problems, so without ``x0`` eight
-    rank-1 starts (ones, seven random) get 4 sweeps each and the best fit is kept (cheap: ``O(k d)`` a sweep).
-    The ranks are found by continuation from there (or from ``x0``): sweeps run at fixed
-    ranks until three of them improve the fitting error by less than 10%; then one pass adds a direction to
-    every bond -- the leading singular vector of the residual's gradient with respect to the merged pair of
-    cores around it (the enrichment of AMEn, Dolgov & Savostyanov 2014), with a zero row in the next core so
-    the fit is unchanged until the next solve uses it. A bond stays where ``max_rank``, its useful rank or the
-    samples per slice (``r_{k-1} r_k`` unknowns per slice) stop it. The model with the smallest held-back
-    error is kept; the search ends when two rank steps in a row do not take it below 0.9x the best (four
-    while it is above 0.9, when nothing has been learnt yet), when it
-    meets ``eps`` (without ``eps``: ``sqrt(u) / 10``, 1.5e-9 in float64), or at the limits. The chosen
-    model is rounded with ``eps`` equal to its held-back error, which drops directions the data do not
-    resolve (exactly low-rank data returns its true ranks; the measured test error does not grow), and
-    refitted on all samples at those ranks. Values are divided by a power of two near their largest magnitude while
-    fitting (exact), and the factor is put back.
+    fixed, core k's slices solve independent linear least-squares problems, the other cores kept orthogonal,
+    with a proximal term ``1e-6 tr(A^T A)/p ||g - g_old||^2`` (each solve can only lower the fitting error,
+    and the fixed points are those of the plain problem). Rank-1 ALS has local minima even on small exact
+    problems, so without ``x0`` eight rank-1 starts (ones, seven random) get 4 sweeps each and the best fit
+    is kept (cheap: ``O(k d)`` a sweep). The ranks are found by continuation from there (or from ``x0``):
+    sweeps run at fixed ranks until three of them improve the fitting error by less than 10%. Where the last
+    sweep still gained 1% (ALS crawling through a "swamp" of strongly coupled cores), up to 8 Levenberg-
+    Marquardt steps on all cores at once finish the stage (:mod:`tensornet.learn._gauss_newton`; only for at
+    most 2000 unknowns; each step counts as a sweep). Then one pass adds a direction to every bond -- the
+    leading singular vector of the residual's gradient with respect to the merged pair of cores around it
+    (the enrichment of AMEn, Dolgov & Savostyanov 2014), with a zero row in the next core so the fit is
+    unchanged until the next solve uses it. A bond stays where ``max_rank``, its useful rank or the samples
+    per slice (``r_{k-1} r_k`` unknowns per slice) stop it. The model with the smallest held-back error is
+    kept; the search ends when two rank steps in a row do not take it below 0.9x the best (four while it is
+    above 0.9, when nothing has been learnt yet), when it meets ``eps`` (without ``eps``: ``sqrt(u) / 10``,
+    1.5e-9 in float64), or at the limits. Every bond of the chosen model drops the singular values below its
+    held-back error (at least ``sqrt(u) / 10``), which removes directions the data do not resolve (exactly
+    low-rank data returns its true ranks), and it is refitted on all samples at those ranks. Values are
+    divided by a power of two near their largest magnitude while fitting (exact), and the factor is put back.
 
     Why continuation: growing from rank 1 starts each stage near the previous fit, which finds far better
     minima than sweeps at the final ranks from a random train (a rank-(4, 5, 3) train on 20^4 from 10,000
-    samples: 2e-10 test error, against 1e-3 for ALS told the rank; ``benchmarks/results/complete.md``).
+    samples: 2e-15 test error, against 1e-3 for ALS told the rank; ``benchmarks/results/complete.md``). Why
+    the Gauss-Newton steps: a stage that ends before it converges sends the next ranks down a worse path
+    (``1/(1 + x_1 + .. + x_6)`` on 10^6 from 5,000 samples: 2.0e-4 test error without them, 2.7e-6 with).
     Noisy data: the held-back error stops falling at the noise level, and the ranks stop there. Limits,
     measured: random trains of many modes are hard from scratch for every local method tried (ALS,
-    Riemannian CG, Riemannian Gauss-Newton): a random rank-3 train on 10^8 is not recovered from 20,000
-    samples, nor from 80,000, though sweeps from a perturbed truth converge; a good ``x0`` is what helps
-    there; when the search from rank 1 learns nothing, ``restarts`` searches from random trains of ranks 2, 3,
-    ... are tried (on a random rank-3 train of 10^6 from 15,000 samples, 4 of 9 such starts succeed). Slices
-    with no samples get zero cores (the ridge).
+    Gauss-Newton, Riemannian CG, regularisation continuations, reweightings): a random rank-3 train on 10^8
+    is not recovered from 20,000 samples, nor from 80,000. Sweeps converge from the truth with noise of the
+    cores' size on every core, not from noise 1.5 times that: the basin is far smaller than random starts
+    can hit. A good ``x0`` is what helps there; when the search from rank 1 learns nothing, ``restarts``
+    searches from random trains of ranks 2, 3, ... are tried (on a random rank-3 train of 10^6 from 15,000
+    samples, about half of such starts succeed). Slices with no samples get zero cores.
 
-    Cost: ``O(k d r^4 + d n r^6)`` per sweep for k samples and ranks r; memory ``O(k (d + r^2))``.
+    Cost: ``O(k d r^4 + d n r^6)`` per sweep for k samples and ranks r; memory ``O(k (d + r^2))``; a
+    Gauss-Newton step ``O(k d^2 r^4 + P^3)`` for ``P <= 2000`` unknowns.
     """
     fn = "complete"
     shape = _checks.check_shape(fn, "shape", shape, scalar=True)
@@ -341,15 +193,17 @@ def complete(
     )
     restarts = _checks.check_count(fn, "restarts", restarts, minimum=0)
     for attempt in range(restarts if x0 is None else 0):
-        if chosen_error < _UNINFORMED:
+        if chosen_error < UNINFORMED:
             break
         start = _random_train(rng, shape, caps, 2 + attempt, scaled)
         found = _run(rows, scaled, weights, shape, fit_rows, held_rows, caps, eps, budget, start, rng, False)
         if found[2] < chosen_error:
             search, cores, chosen_error, stop = found
     # rounded at its own error level first: directions the data do not resolve are dropped before the refit,
-    # which would otherwise let them drift on entries no sample constrains
-    tolerance = max(chosen_error, search.floor)
+    # which would otherwise let them drift on entries no sample constrains. Every bond drops the singular
+    # values below that level (tt_round spreads its eps over the d - 1 bonds, hence the sqrt(d - 1)); below
+    # sqrt(u) / 10 everything counts as resolved to rounding.
+    tolerance = max(chosen_error, search.exact) * math.sqrt(max(len(shape) - 1, 1))
     cores = list(tt_round(TT._trusted(cores), eps=tolerance).cores)
     train_error = chosen_error
     if held_count:
@@ -378,7 +232,7 @@ def _run(
     rng: np.random.Generator,
     starts: bool,
     informed: bool = False,
-) -> tuple[_Search, list[Array], float, str]:
+) -> tuple[Search, list[Array], float, str]:
     """The rank search on the fitting samples, judged on the held-back ones."""
     xp = B.namespace(scaled)
 
@@ -388,7 +242,7 @@ def _run(
         return _als.make_samples(rows[positions], xp.take(scaled, where, axis=0), part, shape)
 
     held = subset(held_rows) if held_rows.shape[0] else None
-    search = _Search(subset(fit_rows), held, caps, eps, budget, shape)
+    search = Search(subset(fit_rows), held, caps, eps, budget, shape)
     search.informed = informed
     if starts:
         cores = search.start([cores, *(_random_start(rng, shape, scaled) for _ in range(_STARTS - 1))])
