@@ -5,9 +5,10 @@
 Read it top down:
 
 * :mod:`.api` -- ``linear(x, W, bias)``: validates once and dispatches (numpy: plan and run; torch:
-  :mod:`.autograd`);
-* :mod:`.autograd` -- the torch binding: the one place that reads autocast, casts and plans, and the
-  autograd Function (saves only ``x`` and the cores);
+  :mod:`.binding`);
+* :mod:`.binding` -- the torch binding: the one place that reads autocast, casts and plans; and the one
+  interface :mod:`tensornet.nn` uses (a layer's product, the compute dtype, the batched rebuild);
+* :mod:`.autograd` -- the autograd Function (saves only ``x`` and the cores);
 * :mod:`.plan` -- the one plan cache: per (core shapes, dtype, backend, device, token bucket) the cheapest
   forward and backward strategy, from the cost model or measured (autotune);
 * :mod:`.strategies` -- rebuild / sweep / einsum, each one object with its cost model next to its
