@@ -20,7 +20,7 @@ from typing import Any, Literal, overload
 import numpy as np
 
 from . import _backend as B
-from . import _checks, _cross_graph, _place, _pow2, _round
+from . import _checks, _cross_graph, _place, _pow2, _round, _train_checks
 from ._cross_cache import Budget, Evaluations
 from ._cross_sweeps import Sweeps, host_gather, relative_error
 from ._index import gather
@@ -466,9 +466,9 @@ def apply(
     if not trains:
         raise TypeError("apply: give at least one TT or TTM after f, e.g. tn.apply(np.exp, t)")
     first = trains[0]
-    _checks.check_train("apply", first, "train 0")
+    _train_checks.check_train("apply", first, "train 0")
     for other in trains[1:]:
-        _checks.check_same_structure("apply", first, other)
+        _train_checks.check_same_structure("apply", first, other)
     flat = [TT._trusted(t._tt_layout()) for t in trains]
 
     def entries(index: Any) -> Any:

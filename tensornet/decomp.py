@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any, Literal, overload
 
 from . import _backend as B
-from . import _checks, _pow2, _round
+from . import _checks, _pow2, _round, _train_checks
 from ._backend import Array
 from ._layout import ttm_layout
 from ._truncation import ErrorLog, RankCapWarning, safe_norm, truncated_factors
@@ -253,7 +253,7 @@ def orthogonalize(x: TrainT, *, center: int | Literal["left", "right"] = "left")
 
     Cost: ``O(d n r^3)``.
     """
-    _checks.check_train("orthogonalize", x)
+    _train_checks.check_train("orthogonalize", x)
     d = x.ncores
     position = {"left": d - 1, "right": 0}.get(center, center) if isinstance(center, str) else center
     if isinstance(position, bool) or not isinstance(position, numbers.Integral):
@@ -312,7 +312,7 @@ def round(
     Cost: ``O(d n R^3)`` for input ranks R (output ranks r: ``O(d n r R^2)`` for the truncations).
     """
     eps = _checks.check_eps("round", eps)
-    _checks.check_train("round", x)
+    _train_checks.check_train("round", x)
     _checks.check_precision("round", x.dtype)
     caps = _checks.rank_caps("round", max_rank, x.ncores)
     result, log = _round.rounded("round", x, [x._tt_layout()], eps, caps, _round.AUTO)
@@ -330,13 +330,13 @@ def _check_terms(fn: str, trains: Any) -> list[Train]:
     if not terms:
         raise ValueError(f"{fn}: the sequence of trains is empty; give at least one train")
     for i, t in enumerate(terms):
-        _checks.check_train(fn, t, f"term {i}")
+        _train_checks.check_train(fn, t, f"term {i}")
     for i, t in enumerate(terms[1:], start=1):
         try:
-            _checks.check_same_structure(fn, terms[0], t)
+            _train_checks.check_same_structure(fn, terms[0], t)
         except (TypeError, ValueError) as err:
             raise type(err)(f"{err} (term 0 against term {i})") from None
-    return _checks.promoted(*terms)
+    return _train_checks.promoted(*terms)
 
 
 @overload

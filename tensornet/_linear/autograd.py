@@ -132,7 +132,14 @@ def _backward(ctx: Any, grad_y: torch.Tensor) -> tuple[Any, ...]:
     need_cores = any(ctx.needs_input_grad[_CORES:])
     cores = _unpack(tensors, packed)
     grad_x, grads = BACKWARD[route.backward].backward(
-        x2d, cores, grad_y, K.torch_ops(), route.backward_path, need_x=need_x, need_cores=need_cores, kept=kept
+        x2d,
+        cores,
+        grad_y,
+        K.torch_ops(),
+        route.backward_path,
+        need_x=need_x,
+        need_cores=need_cores,
+        kept=kept,
     )
     if grads is None:
         tensor_grads: list[Any] = [None] * len(tensors)
@@ -242,7 +249,6 @@ def _make_function(device_type: str) -> tuple[type, type, type]:
       (a ctx-free forward and ``setup_context``), which ``Function.apply`` pays for with a signature binding
       on every call (~40 us), hence not the default.
     """
-
     backward_fn = _backward_entry(device_type)
 
     class TTMLinearCompiledFunction(torch.autograd.Function):
@@ -279,9 +285,7 @@ def _make_function(device_type: str) -> tuple[type, type, type]:
         generate_vmap_rule = True
 
         @staticmethod
-        def forward(
-            route: Route, x2d: torch.Tensor, bias: torch.Tensor | None, *tensors: Any
-        ) -> Any:
+        def forward(route: Route, x2d: torch.Tensor, bias: torch.Tensor | None, *tensors: Any) -> Any:
             return _forward(route, x2d, bias, tensors)
 
         @staticmethod
@@ -341,5 +345,3 @@ def compute_dtype(dtype: Any, device_type: str) -> Any:
     if cast is None or dtype == torch.float64 or not dtype.is_floating_point:
         return dtype
     return cast
-
-
