@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any, Literal, overload
 
 from . import _backend as B
-from . import _checks, _pow2, _round, _train_checks
+from . import _checks, _orthogonal, _pow2, _round, _train_checks
 from ._backend import Array
 from ._layout import ttm_layout
 from ._truncation import ErrorLog, RankCapWarning, safe_norm, truncated_factors
@@ -271,7 +271,7 @@ def orthogonalize(x: TrainT, *, center: int | Literal["left", "right"] = "left")
     _checks.check_precision("orthogonalize", x.dtype)
     at = int(position) % d
     cores, shift = _pow2.normalize_cores("orthogonalize", x._tt_layout())
-    result, extra = _round.orthogonalized(cores, at)
+    result, extra = _orthogonal.orthogonalized(cores, at)
     return x._from_tt_layout(_pow2.restore(result, shift + extra, at=at))
 
 

@@ -14,6 +14,7 @@ Read it top down:
 * :mod:`.strategies` -- rebuild / sweep / einsum, each one object with its cost model next to its
   kernels, both from the same recipe;
 * :mod:`.kernels` -- the array kernels (reshapes, permutes, matrix products) and their shape recipes;
+* :mod:`.sweep_kernels` -- the factorised sweep (core by core, never forming W) and its reverse;
 * :mod:`.cost` -- the roofline model the strategies price their steps with.
 """
 
