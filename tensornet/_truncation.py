@@ -91,7 +91,6 @@ class ErrorLog:
                 f"error bound is {bound:.3g}. Raise max_rank to meet eps.",
                 RankCapWarning,
             )
-        return bound
 
 
 def svd(matrix: Array) -> tuple[Any, Any, Any]:
