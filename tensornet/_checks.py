@@ -1,4 +1,4 @@
-"""Argument checks shared by every public function: shapes, rank specs, counts, flags, eps and scalars.
+"""Argument checks shared by every public function: shapes, rank specs, counts, flags, eps, indices.
 
 One vocabulary for the whole package:
 
@@ -8,7 +8,9 @@ One vocabulary for the whole package:
   int (every bond), the ``d - 1`` bond ranks ``(r_1, ..., r_{d-1})``, or the ``d + 1`` ranks
   ``(1, r_1, ..., r_{d-1}, 1)`` with the boundary 1s, as a train's ``ranks`` property gives them.
 
-Every message names the function, the argument and the sizes that disagree, with a hint.
+Every message names the function, the argument and the sizes that disagree, with a hint. The checks of a
+train argument need the train classes and live above :mod:`tensornet.tt` in :mod:`tensornet._train_checks`;
+this module imports nothing above :mod:`tensornet._backend` (the scalar operand: :mod:`tensornet._scalars`).
 """
 
 from __future__ import annotations
@@ -261,63 +263,6 @@ def rng(fn: str, seed: Any) -> np.random.Generator:
         ) from None
 
 
-def is_scalar(x: Any) -> bool:
-    """A Python/numpy number or a 0-d array (a bool is not a scalar here)."""
-    if isinstance(x, bool):
-        return False
-    if isinstance(x, numbers.Number):
-        return True
-    return B.is_array(x) and x.ndim == 0
-
-
-def check_scalar(fn: str, x: Any, alpha: Any) -> Any:
-    """``alpha`` in a form that multiplies the train ``x``'s cores without changing their dtype or device.
-
-    A real scalar never changes a train's dtype (numpy's NEP 50 and torch's rule for Python scalars):
-    real numbers, numpy scalars and 0-d numpy arrays become Python floats, complex ones Python complex
-    numbers, and 0-d arrays of the train's own backend are cast to its dtype and device (a torch scalar
-    that requires grad keeps its graph). A complex scalar with a real train is returned as a complex
-    number (or a complex 0-d array of the train's precision): the caller promotes the train
-    (:func:`scalar_promoted`), as numpy does.
-
-    Raises
-    ------
-    TypeError
-        Not a number or a 0-d array; a 0-d array of another backend than numpy or the train's.
-    ValueError
-        A number not representable as a float (or complex).
-    """
-    if not is_scalar(alpha):
-        raise TypeError(f"{fn}: the scalar must be a number or a 0-d array, got {type(alpha).__name__}")
-    if isinstance(alpha, numbers.Number):
-        try:
-            if isinstance(alpha, numbers.Complex) and not isinstance(alpha, numbers.Real):
-                return complex(alpha)
-            return float(alpha)  # type: ignore[arg-type]  # Python/numpy reals, Fraction, Decimal
-        except (TypeError, ValueError, OverflowError) as err:
-            raise ValueError(
-                f"{fn}: the scalar {alpha!r:.40} is not representable as a float ({err})"
-            ) from None
-    widen = B.is_complex(alpha) and not B.is_complex(x.cores[0])  # the caller promotes x to complex
-    dtype = B.complex_dtype_name(x.dtype) if widen else x.dtype
-    if B.backend_name(alpha) == x.backend:
-        return B.to_backend(alpha, x.backend, device=x.device, dtype=dtype)
-    if B.backend_name(alpha) == "numpy":
-        return complex(alpha) if B.is_complex(alpha) else float(alpha)
-    raise TypeError(
-        f"{fn}: the scalar is a {B.backend_name(alpha)} array but the train's cores are {x.backend}; "
-        "convert one of them"
-    )
-
-
-def scalar_promoted(x: Any, alpha: Any) -> Any:
-    """``x``, or a complex copy of it when the checked scalar ``alpha`` is complex and ``x`` real."""
-    complex_scalar = isinstance(alpha, complex) or (B.is_array(alpha) and B.is_complex(alpha))
-    if complex_scalar and not B.is_complex(x.cores[0]):
-        return x.to(dtype=B.complex_dtype_name(x.dtype))
-    return x
-
-
 # --- indices ----------------------------------------------------------------------------------------
 def index_rows(fn: str, index: Any, shape: Sequence[int], name: str = "index") -> np.ndarray:
     """``index`` (a ``(k, d)`` integer array or nested sequence) as host int64 rows within ``shape``.
@@ -455,88 +400,8 @@ def check_dense(fn: str, x: Any) -> Array:
     return x
 
 
-# --- trains as arguments ----------------------------------------------------------------------------
-def check_train(fn: str, x: Any, name: str = "argument") -> None:
-    """Raise ``TypeError`` unless ``x`` is a TT or a TTM."""
-    if not isinstance(x, (_tt.TT, _tt.TTM)):
-        raise TypeError(f"{fn}: {name} must be a tensornet TT or TTM, got {type(x).__name__}")
-
-
+# --- an argument of a given class ------------------------------------------------------------------
 def check_type(fn: str, x: Any, cls: type, name: str) -> None:
     """Raise ``TypeError`` unless ``x`` is a ``cls`` (TT or TTM)."""
     if not isinstance(x, cls):
         raise TypeError(f"{fn}: {name} must be a tensornet {cls.__name__}, got {type(x).__name__}")
-
-
-def common_dtype(fn: str, a: Any, b: Any) -> str:
-    """The dtype two trains combine in: their own if equal, numpy's promotion of a real and a complex one.
-
-    ``float64`` with ``complex64`` gives ``complex128`` (as numpy); two real (or two complex) dtypes of
-    different precisions are refused: convert one explicitly.
-
-    Raises
-    ------
-    TypeError
-        Dtypes that differ other than by being real and complex.
-    """
-    first, second = B.dtype_name(a.dtype), B.dtype_name(b.dtype)
-    if first == second:
-        return first
-    if (first in _COMPLEX) == (second in _COMPLEX):
-        raise TypeError(
-            f"{fn}: operands have different dtypes ({a.dtype} and {b.dtype}); convert with .to(dtype=...)"
-        )
-    return str(np.result_type(first, second))
-
-
-_COMPLEX = ("complex64", "complex128")
-
-
-def check_same_storage(fn: str, a: Any, b: Any) -> None:
-    """Raise unless two trains share backend (``TypeError``), device (``ValueError``) and a dtype.
-
-    A real and a complex train combine (:func:`common_dtype`); other dtype differences are a ``TypeError``.
-    """
-    if a.backend != b.backend:
-        raise TypeError(
-            f"{fn}: operands use different backends ({a.backend} and {b.backend}); convert with .to()"
-        )
-    common_dtype(fn, a, b)
-    if a.device != b.device:
-        raise ValueError(
-            f"{fn}: operands are on different devices ({a.device} and {b.device}); move one with .to()"
-        )
-
-
-def promoted(*trains: Any) -> list[Any]:
-    """The trains converted to the dtype they combine in (checked first by :func:`check_same_storage`).
-
-    A real train combined with a complex one becomes complex (a copy, differentiable on torch); trains
-    already of that dtype are returned as they are.
-    """
-    target = B.dtype_name(trains[0].dtype)
-    for t in trains[1:]:
-        target = str(np.result_type(target, B.dtype_name(t.dtype)))
-    return [t if B.dtype_name(t.dtype) == target else t.to(dtype=target) for t in trains]
-
-
-def check_same_structure(fn: str, a: Any, b: Any) -> None:
-    """Raise unless ``a`` and ``b`` are trains of one type, storage and mode shapes (elementwise operands)."""
-    check_train(fn, a, "first operand")
-    check_train(fn, b, "second operand")
-    if type(a) is not type(b):
-        raise TypeError(f"{fn}: cannot combine a {type(a).__name__} with a {type(b).__name__}")
-    check_same_storage(fn, a, b)
-    if isinstance(a, _tt.TTM):
-        if (a.row_shape, a.col_shape) != (b.row_shape, b.col_shape):
-            raise ValueError(
-                f"{fn}: TTM shapes differ: row_shape {a.row_shape} x col_shape {a.col_shape} vs "
-                f"row_shape {b.row_shape} x col_shape {b.col_shape}; both must match core by core"
-            )
-    elif a.shape != b.shape:
-        raise ValueError(f"{fn}: TT shapes differ: {a.shape} vs {b.shape}; they must match mode by mode")
-
-
-# the train checks above need the classes, whose module needs these checks: imported last, so that either
-# module may be imported first
-from . import tt as _tt  # noqa: E402

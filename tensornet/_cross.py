@@ -11,8 +11,6 @@ values are brought to the host. The result is placed like :func:`tensornet.rando
 
 from __future__ import annotations
 
-import itertools
-import math
 import numbers
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, overload
@@ -20,11 +18,12 @@ from typing import Any, Literal, overload
 import numpy as np
 
 from . import _backend as B
-from . import _checks, _cross_graph, _place, _pow2, _round
-from ._cross_cache import Budget, Evaluations
-from ._cross_sweeps import Sweeps, host_gather, relative_error
+from . import _checks, _cross_graph, _place, _pow2, _train_checks
+from ._cross_cache import Evaluations
+from ._cross_search import rounded, search
+from ._cross_sweeps import host_gather, relative_error
 from ._index import gather
-from ._truncation import ErrorLog, RankCapWarning
+from ._truncation import RankCapWarning
 from .decomp import RankSpec
 from .tt import TT, TrainT
 
@@ -44,10 +43,6 @@ class ConvergenceWarning(UserWarning):
     Causes: ``f`` noisy, ``eps`` below ``f``'s precision, or a function of very high rank; the message
     gives the estimate.
     """
-
-
-_STALL_LIMIT = 4  # half-sweeps in a row without halving the best validation error end the search
-_FLOOR = 1e-16  # the truncation threshold is never tightened below float64's resolution
 
 
 def _validation_rows(fn: str, validation: Any, shape: tuple[int, ...], rng: Any) -> np.ndarray:
@@ -231,8 +226,8 @@ def _cross(
             "pass a smaller validation="
         )
     exact = evaluations.points(rows)
-    cores, error, reason = _search(evaluations, rows, exact, eps_value, caps, rng)
-    cores, error = _rounded(cores, rows, exact, eps_value, error, evaluations, caps)
+    cores, error, reason = search(evaluations, rows, exact, eps_value, caps, rng)
+    cores, error = rounded(cores, rows, exact, eps_value, error, evaluations, caps)
     if error > eps_value and reason is None:
         # the search met eps with index sets past the caps (it explores up to max_rank + 2); rounding to
         # max_rank is what lost it (without caps the unrounded train is kept when rounding would)
@@ -276,92 +271,6 @@ def _with_graph(
     values = B.scale_pow2(exact, evaluations.exponent)
     scale = float(np.linalg.norm(values)) or 1.0
     return placed, relative_error(host_gather(host, rows), values, scale)
-
-
-def _search(
-    evaluations: Evaluations,
-    rows: np.ndarray,
-    exact: np.ndarray,
-    eps: float,
-    caps: list[int | None],
-    rng: Any,
-) -> tuple[list[np.ndarray], float, str | None]:
-    """Half-sweeps until the validation error is at most eps / 2 or the search stops.
-
-    Returns the last complete TT, its validation error and why it stopped (None: converged).
-    """
-    sweeps = Sweeps(evaluations, eps, caps, rng)
-    scale = math.sqrt(rows.shape[0]) * float(np.max(np.abs(exact), initial=0.0))
-    best, stalls = math.inf, 0
-    state: tuple[list[np.ndarray], float] | None = None
-    for half in itertools.count():
-        sweeps.cap_reached = False
-        try:
-            sweeps.half_sweep(forward=half % 2 == 0)
-        except Budget:
-            if state is None:
-                raise ValueError(
-                    f"cross: max_evals={evaluations.max_evals} ran out during the first half-sweep, after "
-                    f"{evaluations.count} evaluations ({rows.shape[0]} of them for validation); a first "
-                    f"half-sweep of shape {evaluations.shape} needs at least "
-                    f"{sum(evaluations.shape)} more. Raise max_evals"
-                ) from None
-            return state[0], state[1], "evals"
-        cores = list(sweeps.cores)
-        scale = scale or math.sqrt(rows.shape[0]) * float(np.max(np.abs(evaluations.values), initial=0.0))
-        error = relative_error(host_gather(cores, rows), exact, scale)
-        state = (cores, error)
-        if error <= eps / 2:
-            return cores, error, None
-        if error <= best / 2:
-            best, stalls = error, 0
-            sweeps.explore = False
-            continue
-        stalls += 1
-        sweeps.delta = max(sweeps.delta / 10, _FLOOR)
-        sweeps.explore = True
-        if stalls >= _STALL_LIMIT:
-            return cores, error, "rank" if sweeps.cap_reached else "stall"
-    raise AssertionError("unreachable")
-
-
-def _round_host(cores: list[np.ndarray], eps: float, caps: list[int | None]) -> list[np.ndarray]:
-    """TT rounding of host float64 cores with the rule of :func:`tensornet.round`, from the right.
-
-    A cross ends with its own values in the first core, so the QR sweep runs left to right and the SVDs
-    right to left (starting where the values are leaves less round-off): the differentiable sweep of
-    :mod:`tensornet._round` applied to the reversed train (cores transposed, caps reversed).
-    """
-    if len(cores) == 1:
-        return cores
-    log = ErrorLog("cross", eps)
-    log.relative = eps / math.sqrt(len(cores) - 1)
-    mirrored = [np.ascontiguousarray(c.transpose(2, 1, 0)) for c in reversed(cores)]
-    rounded, exponent = _round.differentiable_sweep(mirrored, caps[::-1], log)
-    rounded = _pow2.restore(rounded, exponent, at=-1)
-    return [np.ascontiguousarray(c.transpose(2, 1, 0)) for c in reversed(rounded)]
-
-
-def _rounded(
-    cores: list[np.ndarray],
-    rows: np.ndarray,
-    exact: np.ndarray,
-    eps: float,
-    error: float,
-    evaluations: Evaluations,
-    caps: list[int | None],
-) -> tuple[list[np.ndarray], float]:
-    """The cores rounded with eps / 2 (and to the caps), and their validation error.
-
-    The unrounded ones are kept if rounding would take a train that meets eps and the caps above eps.
-    """
-    rounded = _round_host(cores, eps / 2, caps)
-    scale = math.sqrt(rows.shape[0]) * float(np.max(np.abs(evaluations.values), initial=0.0))
-    rounded_error = relative_error(host_gather(rounded, rows), exact, scale)
-    within = all(cap is None or int(c.shape[2]) <= cap for c, cap in zip(cores, caps))
-    if rounded_error > eps >= error and within:
-        return cores, error
-    return rounded, rounded_error
 
 
 def _warn(
@@ -466,9 +375,9 @@ def apply(
     if not trains:
         raise TypeError("apply: give at least one TT or TTM after f, e.g. tn.apply(np.exp, t)")
     first = trains[0]
-    _checks.check_train("apply", first, "train 0")
+    _train_checks.check_train("apply", first, "train 0")
     for other in trains[1:]:
-        _checks.check_same_structure("apply", first, other)
+        _train_checks.check_same_structure("apply", first, other)
     flat = [TT._trusted(t._tt_layout()) for t in trains]
 
     def entries(index: Any) -> Any:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import _backend as B
-from . import _checks, _linear
+from . import _checks, _linear, _train_checks
 from ._backend import Array
 from ._einsum import einsum
 from ._matvec_round import rounded_matvec
@@ -64,7 +64,7 @@ def matvec(a: TTM, x: TT, *, eps: float | None = None, max_rank: RankSpec | None
     ``O(d (n s^2 r^3 + m n s^3 r^2 + m n s r l^2))`` for sketch rank l (sketched).
     """
     _check_operands("matvec", a, x, TT, ("x", "shape", x.shape if isinstance(x, TT) else ()))
-    a, x = _checks.promoted(a, x)
+    a, x = _train_checks.promoted(a, x)
     if eps is None and max_rank is None:
         return _exact_matvec(a, x)
     eps = _checks.check_eps("matvec", eps)
@@ -111,7 +111,7 @@ def matmul(a: TTM, b: TTM) -> TTM:
     Cost: ``O(d m k n r^2 s^2)``.
     """
     _check_operands("matmul", a, b, TTM, ("B", "row_shape", b.row_shape if isinstance(b, TTM) else ()))
-    a, b = _checks.promoted(a, b)
+    a, b = _train_checks.promoted(a, b)
     return TTM._trusted(_product_cores(a.cores, b.cores))
 
 
@@ -120,7 +120,7 @@ def _check_operands(fn: str, a: Any, b: Any, kind: type, modes: tuple[str, str, 
     name, what, shape = modes
     _checks.check_type(fn, a, TTM, "A")
     _checks.check_type(fn, b, kind, name)
-    _checks.check_same_storage(fn, a, b)
+    _train_checks.check_same_storage(fn, a, b)
     if a.col_shape != shape:
         raise ValueError(
             f"{fn}: A has col_shape {a.col_shape} but {name} has {what} {shape}; they must match core by core"

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import overload
 
 from . import _backend as B
-from . import _checks, _pow2
+from . import _checks, _pow2, _train_checks
 from ._backend import Array
 from ._einsum import einsum
 from .tt import TT, TTM, Train, TrainT
@@ -37,8 +37,8 @@ def dot(a: TrainT, b: TrainT) -> Array:
 
     Cost: ``O(d n r s (r + s))``.
     """
-    _checks.check_same_structure("dot", a, b)
-    a, b = _checks.promoted(a, b)
+    _train_checks.check_same_structure("dot", a, b)
+    a, b = _train_checks.promoted(a, b)
     ca, ea = _pow2.normalized_cores([B.conj(c) for c in a._tt_layout()])
     cb, eb = _pow2.normalized_cores(b._tt_layout())
     xp = B.namespace(*ca)
@@ -117,7 +117,7 @@ def norm(x: Train) -> Array:
 
     Cost: ``O(d n r^3)``.
     """
-    _checks.check_train("norm", x)
+    _train_checks.check_train("norm", x)
     cores = x._tt_layout()
     if B.dtype_name(x.dtype) in ("float16", "bfloat16"):  # QR has no half-precision kernels: in float32
         wide = [B.to_backend(c, x.backend, dtype="float32") for c in cores]
@@ -163,7 +163,7 @@ def sum(x: Train, axis: int | Sequence[int] | None = None) -> TT | Array:
 
     Cost: ``O(d n r^2 + d r^3)``.
     """
-    _checks.check_train("sum", x)
+    _train_checks.check_train("sum", x)
     if axis is not None:
         if isinstance(x, TTM):
             raise TypeError("sum: axis applies to the modes of a TT; a TTM sums all entries (axis=None)")

@@ -46,7 +46,7 @@ def choose_rank(singular: Array, threshold: float, cap: int | None) -> tuple[int
 
 class ErrorLog:
     def __init__(self, fn: str, eps: float | None) -> None:
-        self.fn, self.eps, self.discarded, self.capped, self.bound = fn, eps, 0.0, False, 0.0
+        self.fn, self.eps, self.discarded, self.capped = fn, eps, 0.0, False
         self.relative, self.total, self.threshold = 0.0, 0.0, 0.0
         self.kernels: list[str] = []  # per truncated bond of a rounding: "gram" or "svd" (for tests)
         self.noise_rows = 0  # rows of R factors dropped as rounding noise by the first sweep of round
@@ -70,16 +70,27 @@ class ErrorLog:
         self.discarded = math.hypot(self.discarded, discarded)  # no overflow or underflow in squares
         self.capped = self.capped or rank < needed
 
+    def relative_bound(self, reference_norm: float) -> float:
+        """The relative error bound: the norm of all that was discarded over ``reference_norm``."""
+        return self.discarded / reference_norm if reference_norm > 0 else 0.0
+
     def finish(self, reference_norm: float) -> float:
         """The relative error bound; a :class:`RankCapWarning` (at the user's line) if a cap kept it above eps."""
-        bound = self.discarded / reference_norm if reference_norm > 0 else 0.0
+        bound = self.relative_bound(reference_norm)
+        self.warn_if_capped(bound)
+        return bound
+
+    def warn_if_capped(self, bound: float) -> None:
+        """Warn (:class:`RankCapWarning`, at the user's line) if a rank cap kept ``bound`` above eps.
+
+        :func:`tensornet._backend.warn` finds the user's frame: no hand-counted stacklevel.
+        """
         if self.capped and self.eps is not None and bound > self.eps:
             B.warn(
                 f"{self.fn}: max_rank kept the result from meeting eps={self.eps:g}; the achieved relative "
                 f"error bound is {bound:.3g}. Raise max_rank to meet eps.",
                 RankCapWarning,
             )
-        return bound
 
 
 def svd(matrix: Array) -> tuple[Any, Any, Any]:

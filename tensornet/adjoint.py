@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from . import _backend as B
-from . import _checks, _linear
+from . import _checks, _linear, _train_checks
 from ._backend import Array
 from ._einsum import einsum
 from ._layout import reshape_each, tt_layout
@@ -133,7 +133,7 @@ def full(x: Train, grad: Array) -> CoreGrads:
     Cost: ``O(r prod(n))`` for the first core, geometrically less for the others (one GEMM each, the
     right environments shared).
     """
-    _checks.check_train("adjoint.full", x, "x")
+    _train_checks.check_train("adjoint.full", x, "x")
     if tuple(int(s) for s in grad.shape) != tuple(x.shape):
         raise ValueError(
             f"adjoint.full: grad has shape {tuple(grad.shape)} but full(x) has shape {tuple(x.shape)}"
@@ -178,8 +178,8 @@ def dot(a: TrainT, b: TrainT, grad: Any = 1.0) -> tuple[CoreGrads, CoreGrads]:
 
     Cost: ``O(d n r s (r + s))``.
     """
-    _checks.check_train("adjoint.dot", a, "a")
-    _checks.check_train("adjoint.dot", b, "b")
+    _train_checks.check_train("adjoint.dot", a, "a")
+    _train_checks.check_train("adjoint.dot", b, "b")
     if type(a) is not type(b):
         raise TypeError(f"adjoint.dot: cannot combine a {type(a).__name__} with a {type(b).__name__}")
     ca, cb = a._tt_layout(), b._tt_layout()
@@ -234,8 +234,8 @@ def hadamard(a: TrainT, b: TrainT, grad: Any) -> tuple[CoreGrads, CoreGrads]:
 
     Cost: ``O(d n r^2 s^2)``.
     """
-    _checks.check_train("adjoint.hadamard", a, "a")
-    _checks.check_train("adjoint.hadamard", b, "b")
+    _train_checks.check_train("adjoint.hadamard", a, "a")
+    _train_checks.check_train("adjoint.hadamard", b, "b")
     ca, cb = a._tt_layout(), b._tt_layout()
     _check_same_modes("hadamard", ca, cb)
     expected = [

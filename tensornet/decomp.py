@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any, Literal, overload
 
 from . import _backend as B
-from . import _checks, _pow2, _round
+from . import _checks, _orthogonal, _pow2, _round, _train_checks
 from ._backend import Array
 from ._layout import ttm_layout
 from ._truncation import ErrorLog, RankCapWarning, safe_norm, truncated_factors
@@ -48,14 +48,20 @@ def _dense_shift(fn: str, x: Any) -> int:
     return _pow2.safe_exponent([top], x.dtype)
 
 
-def _tt_svd_cores(x: Array, eps: float | None, caps: list[int | None], log: ErrorLog) -> list[Array]:
-    """The TT cores of the dense ``x`` by sequential truncated SVDs of its unfoldings."""
+def _tt_svd_cores(
+    x: Array, eps: float | None, caps: list[int | None], log: ErrorLog
+) -> tuple[list[Array], float]:
+    """The TT cores of the dense ``x`` by sequential truncated SVDs, and the relative bound of what they dropped.
+
+    ``log`` records the truncations (whether a rank cap kept the bound above ``eps``); nothing is warned
+    here: the public function does that.
+    """
     xp = B.namespace(x)
     shape = tuple(int(n) for n in x.shape)
     d = len(shape)
     if d == 1:
-        log.bound = log.finish(safe_norm(x))
-        return [B.copy(xp.reshape(x, (1, shape[0], 1)))]  # the train must not share the caller's memory
+        # the train must not share the caller's memory
+        return [B.copy(xp.reshape(x, (1, shape[0], 1)))], log.relative_bound(safe_norm(x))
     # ||x||_F is the norm of the first unfolding's singular values: no separate pass over x
     log.relative = (eps or 0.0) / math.sqrt(d - 1)
     cores = []
@@ -70,17 +76,15 @@ def _tt_svd_cores(x: Array, eps: float | None, caps: list[int | None], log: Erro
         cores.append(xp.reshape(kept, (rank, shape[k], new_rank)))
         rank = new_rank
     cores.append(xp.reshape(rest, (rank, shape[-1], 1)))
-    log.bound = log.finish(log.total)
-    return cores
+    return cores, log.relative_bound(log.total)
 
 
 def _decomposed(
-    fn: str, tensor: Array, eps: float | None, caps: list[int | None], shift: int
+    tensor: Array, caps: list[int | None], shift: int, log: ErrorLog
 ) -> tuple[list[Array], float]:
     """TT-SVD of ``tensor`` divided by ``2^shift``, the scale restored on the last core, and the bound."""
-    log = ErrorLog(fn, eps)
-    cores = _tt_svd_cores(B.scale_pow2(tensor, -shift) if shift else tensor, eps, caps, log)
-    return _pow2.restore(cores, shift, at=-1), log.bound
+    cores, bound = _tt_svd_cores(B.scale_pow2(tensor, -shift) if shift else tensor, log.eps, caps, log)
+    return _pow2.restore(cores, shift, at=-1), bound
 
 
 @overload
@@ -131,7 +135,9 @@ def tt_svd(
     eps = _checks.check_eps("tt_svd", eps)
     shift = _dense_shift("tt_svd", x)
     caps = _checks.rank_caps("tt_svd", max_rank, x.ndim)
-    cores, bound = _decomposed("tt_svd", x, eps, caps, shift)
+    log = ErrorLog("tt_svd", eps)
+    cores, bound = _decomposed(x, caps, shift, log)
+    log.warn_if_capped(bound)  # at the user's line: B.warn skips tensornet's frames
     result = TT._trusted(cores)
     return (result, bound) if return_error else result
 
@@ -216,7 +222,9 @@ def ttm_svd(
     order = [axis for k in range(d) for axis in (k, d + k)]
     merged = tuple(m * n for m, n in zip(row_shape, col_shape))
     tensor = xp.reshape(xp.permute_dims(tensor, tuple(order)), merged)
-    cores, bound = _decomposed("ttm_svd", tensor, eps, caps, shift)
+    log = ErrorLog("ttm_svd", eps)
+    cores, bound = _decomposed(tensor, caps, shift, log)
+    log.warn_if_capped(bound)  # at the user's line: B.warn skips tensornet's frames
     result = TTM._trusted(ttm_layout(cores, row_shape, col_shape))
     return (result, bound) if return_error else result
 
@@ -253,7 +261,7 @@ def orthogonalize(x: TrainT, *, center: int | Literal["left", "right"] = "left")
 
     Cost: ``O(d n r^3)``.
     """
-    _checks.check_train("orthogonalize", x)
+    _train_checks.check_train("orthogonalize", x)
     d = x.ncores
     position = {"left": d - 1, "right": 0}.get(center, center) if isinstance(center, str) else center
     if isinstance(position, bool) or not isinstance(position, numbers.Integral):
@@ -263,7 +271,7 @@ def orthogonalize(x: TrainT, *, center: int | Literal["left", "right"] = "left")
     _checks.check_precision("orthogonalize", x.dtype)
     at = int(position) % d
     cores, shift = _pow2.normalize_cores("orthogonalize", x._tt_layout())
-    result, extra = _round.orthogonalized(cores, at)
+    result, extra = _orthogonal.orthogonalized(cores, at)
     return x._from_tt_layout(_pow2.restore(result, shift + extra, at=at))
 
 
@@ -312,7 +320,7 @@ def round(
     Cost: ``O(d n R^3)`` for input ranks R (output ranks r: ``O(d n r R^2)`` for the truncations).
     """
     eps = _checks.check_eps("round", eps)
-    _checks.check_train("round", x)
+    _train_checks.check_train("round", x)
     _checks.check_precision("round", x.dtype)
     caps = _checks.rank_caps("round", max_rank, x.ncores)
     result, log = _round.rounded("round", x, [x._tt_layout()], eps, caps, _round.AUTO)
@@ -330,13 +338,13 @@ def _check_terms(fn: str, trains: Any) -> list[Train]:
     if not terms:
         raise ValueError(f"{fn}: the sequence of trains is empty; give at least one train")
     for i, t in enumerate(terms):
-        _checks.check_train(fn, t, f"term {i}")
+        _train_checks.check_train(fn, t, f"term {i}")
     for i, t in enumerate(terms[1:], start=1):
         try:
-            _checks.check_same_structure(fn, terms[0], t)
+            _train_checks.check_same_structure(fn, terms[0], t)
         except (TypeError, ValueError) as err:
             raise type(err)(f"{err} (term 0 against term {i})") from None
-    return _checks.promoted(*terms)
+    return _train_checks.promoted(*terms)
 
 
 @overload

@@ -18,13 +18,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import _backend as B
-from . import _checks
+from . import _checks, _scalars, _train_checks
 from ._backend import Array
-from ._checks import is_scalar
 from ._einsum import einsum
 from ._index import gather, getitem
 from ._products import linear, matmul, matvec
 from ._reduce import dot, norm, sum
+from ._scalars import is_scalar
 from .tt import TT, Train, TrainT
 
 __all__ = [
@@ -77,7 +77,7 @@ def full(x: Train) -> Array:
 
     Cost: ``O(r^2 prod(n))`` time and ``O(r prod(n))`` memory.
     """
-    _checks.check_train("full", x)
+    _train_checks.check_train("full", x)
     dense = _full_tt(x.cores) if isinstance(x, TT) else _full_ttm(x.cores)
     return B.copy(dense) if x.ncores == 1 else dense  # one core: a view of it, which is read-only
 
@@ -132,8 +132,8 @@ def add(a: TrainT, b: TrainT) -> TrainT:
 
     Cost: ``O(d n (r + s)^2)`` memory for the block cores.
     """
-    _checks.check_same_structure("add", a, b)
-    a, b = _checks.promoted(a, b)
+    _train_checks.check_same_structure("add", a, b)
+    a, b = _train_checks.promoted(a, b)
     ca, cb = a._tt_layout(), b._tt_layout()
     xp = B.namespace(*ca, *cb)
     if len(ca) == 1:
@@ -172,9 +172,9 @@ def scale(x: TrainT, alpha: Any) -> TrainT:
 
     Cost: ``O(n r)``.
     """
-    _checks.check_train("scale", x)
-    alpha = _checks.check_scalar("scale", x, alpha)
-    x = _checks.scalar_promoted(x, alpha)
+    _train_checks.check_train("scale", x)
+    alpha = _scalars.check_scalar("scale", x, alpha)
+    x = _scalars.scalar_promoted(x, alpha)
     return type(x)._trusted([x.cores[0] * alpha, *x.cores[1:]])
 
 
@@ -198,8 +198,8 @@ def hadamard(a: TrainT, b: TrainT) -> TrainT:
 
     Cost: ``O(d n r^2 s^2)``.
     """
-    _checks.check_same_structure("hadamard", a, b)
-    a, b = _checks.promoted(a, b)
+    _train_checks.check_same_structure("hadamard", a, b)
+    a, b = _train_checks.promoted(a, b)
     xp = B.namespace(*a.cores)
     cores = []
     for ca, cb in zip(a._tt_layout(), b._tt_layout()):
@@ -230,12 +230,12 @@ def kron(a: TrainT, b: TrainT) -> TrainT:
 
     Cost: none (no arithmetic).
     """
-    _checks.check_train("kron", a, "first operand")
-    _checks.check_train("kron", b, "second operand")
+    _train_checks.check_train("kron", a, "first operand")
+    _train_checks.check_train("kron", b, "second operand")
     if type(a) is not type(b):
         raise TypeError(f"kron: cannot combine a {type(a).__name__} with a {type(b).__name__}")
-    _checks.check_same_storage("kron", a, b)
-    a, b = _checks.promoted(a, b)
+    _train_checks.check_same_storage("kron", a, b)
+    a, b = _train_checks.promoted(a, b)
     return type(a)._trusted([*a.cores, *b.cores])
 
 
@@ -258,7 +258,7 @@ def transpose(a: TrainT, *, conjugate: bool = False) -> TrainT:
 
     Cost: ``O(d m n r^2)`` copy (a TT: none, its cores are views).
     """
-    _checks.check_train("transpose", a, "a")
+    _train_checks.check_train("transpose", a, "a")
     _checks.check_flag("transpose", "conjugate", conjugate)
     xp = B.namespace(*a.cores)
     if isinstance(a, TT):
@@ -278,7 +278,7 @@ def conj(x: TrainT) -> TrainT:
     TypeError
         ``x`` not a train.
     """
-    _checks.check_train("conj", x)
+    _train_checks.check_train("conj", x)
     if not B.is_complex(x.cores[0]):
         return x
     return type(x)._trusted([B.conj(c) for c in x.cores])
@@ -294,7 +294,7 @@ def real(x: TrainT) -> TrainT:
     TypeError
         ``x`` not a train.
     """
-    _checks.check_train("real", x)
+    _train_checks.check_train("real", x)
     return _part(x, imaginary=False)
 
 
@@ -308,7 +308,7 @@ def imag(x: TrainT) -> TrainT:
     TypeError
         ``x`` not a train.
     """
-    _checks.check_train("imag", x)
+    _train_checks.check_train("imag", x)
     return _part(x, imaginary=True)
 
 
@@ -365,11 +365,11 @@ def add_scalar(x: TrainT, alpha: Any) -> TrainT:
 
     Cost: ``O(d n (r + 1)^2)``.
     """
-    _checks.check_train("add_scalar", x)
-    alpha = _checks.check_scalar("add_scalar", x, alpha)
+    _train_checks.check_train("add_scalar", x)
+    alpha = _scalars.check_scalar("add_scalar", x, alpha)
     if isinstance(alpha, (float, complex)) and alpha == 0.0:
         return x
-    x = _checks.scalar_promoted(x, alpha)
+    x = _scalars.scalar_promoted(x, alpha)
     return add(x, scale(_ones_like(x), alpha))
 
 
@@ -405,7 +405,7 @@ def power(x: TrainT, exponent: int) -> TrainT:
 
     Cost: ``O(d n r^(2k))``.
     """
-    _checks.check_train("power", x)
+    _train_checks.check_train("power", x)
     if isinstance(exponent, bool) or not isinstance(exponent, numbers.Integral):
         raise TypeError(
             f"power: the exponent must be an int >= 0, got {exponent!r}; for other powers use "

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from . import _backend as B
-from . import _checks
+from . import _checks, _scalars
 from ._backend import Array
 from ._layout import tt_layout, ttm_layout
 
@@ -271,18 +271,18 @@ class _Train:
     def __add__(self: TrainT, other: Any) -> TrainT:
         if isinstance(other, _Train):
             return _ops.add(self, cast(TrainT, other))
-        return _ops.add_scalar(self, other) if _checks.is_scalar(other) else NotImplemented
+        return _ops.add_scalar(self, other) if _scalars.is_scalar(other) else NotImplemented
 
     def __radd__(self: TrainT, other: Any) -> TrainT:
-        return _ops.add_scalar(self, other) if _checks.is_scalar(other) else NotImplemented
+        return _ops.add_scalar(self, other) if _scalars.is_scalar(other) else NotImplemented
 
     def __sub__(self: TrainT, other: Any) -> TrainT:
         if isinstance(other, _Train):
             return _ops.add(self, _ops.scale(cast(TrainT, other), -1.0))
-        return _ops.add_scalar(self, -other) if _checks.is_scalar(other) else NotImplemented
+        return _ops.add_scalar(self, -other) if _scalars.is_scalar(other) else NotImplemented
 
     def __rsub__(self: TrainT, other: Any) -> TrainT:
-        return _ops.add_scalar(-self, other) if _checks.is_scalar(other) else NotImplemented
+        return _ops.add_scalar(-self, other) if _scalars.is_scalar(other) else NotImplemented
 
     def __pow__(self: TrainT, exponent: int) -> TrainT:
         return _ops.power(self, exponent)
@@ -296,17 +296,17 @@ class _Train:
     def __mul__(self: TrainT, other: Any) -> TrainT:
         if isinstance(other, _Train):
             return _ops.hadamard(self, cast(TrainT, other))
-        if _checks.is_scalar(other):
+        if _scalars.is_scalar(other):
             return _ops.scale(self, other)
         return NotImplemented
 
     def __rmul__(self: TrainT, other: Any) -> TrainT:
-        return _ops.scale(self, other) if _checks.is_scalar(other) else NotImplemented
+        return _ops.scale(self, other) if _scalars.is_scalar(other) else NotImplemented
 
     def __truediv__(self: TrainT, other: Any) -> TrainT:
-        if not _checks.is_scalar(other):
+        if not _scalars.is_scalar(other):
             return NotImplemented
-        other = _checks.check_scalar("/", self, other)
+        other = _scalars.check_scalar("/", self, other)
         if not isinstance(other, (float, complex)) and not getattr(other, "requires_grad", False):
             # no graph to keep: a host number, checked below like any other
             other = complex(other) if B.is_complex(other) else float(other)

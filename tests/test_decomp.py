@@ -327,3 +327,24 @@ def test_masked_arrays_are_refused_with_a_way_out():
     with pytest.raises(TypeError, match="ttm_svd: the array is a numpy masked array"):
         tn.ttm_svd(x.reshape(12, 5), (3, 4), (5, 1))
     assert tn.tt_svd(x.data, eps=1e-12).shape == (3, 4, 5)
+
+
+def test_tt_svd_kernel_returns_its_bound_and_the_public_functions_warn():
+    # the kernel reports what it discarded and warns nothing; tt_svd and ttm_svd warn at the caller's line
+    from tensornet._truncation import ErrorLog
+    from tensornet.decomp import _tt_svd_cores
+
+    x = np.random.default_rng(0).standard_normal((4, 4, 4))
+    log = ErrorLog("tt_svd", 1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cores, bound = _tt_svd_cores(x, 1e-3, [2, 2], log)
+    assert log.capped and bound > 1e-3
+    assert rel_error(tn.TT(cores).full(), x) <= bound * (1 + 1e-9)
+    for call in (
+        lambda: tn.tt_svd(x, eps=1e-3, max_rank=2, return_error=True),
+        lambda: tn.ttm_svd(x.reshape(16, 4), (4, 4), (2, 2), eps=1e-3, max_rank=1, return_error=True),
+    ):
+        with pytest.warns(tn.RankCapWarning) as record:
+            _, public_bound = call()
+        assert public_bound > 1e-3 and {w.filename for w in record} == {__file__}

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import tensornet as tn
 from tensornet import _linear
-from tensornet._linear import autograd as binding
+from tensornet._linear import autograd, binding
 from tensornet._linear.kernels import torch_ops
 from tensornet.testing import strategies as tst
 
@@ -201,8 +201,8 @@ def test_gradcheck_every_forward_backward_pair(forward, backward):
     plan = tn.contract.plan_linear((3, 4), cores)
     path = plan.forward_candidates[2].path
     backward_path = {c.strategy: c.path for c in plan.backward_candidates}[backward]
-    function = binding.function_for("cpu")
-    route = (forward, path, backward, backward_path, False, None)
+    function = autograd.function_for("cpu")
+    route = autograd.Route(forward, path, backward, backward_path, False, None)
     assert torch.autograd.gradcheck(lambda x, b, *cs: function.apply(route, x, b, *cs), (x, bias, *cores))
 
 
@@ -220,12 +220,13 @@ def test_gradcheck_dense_backward_for_each_set_of_inputs_needing_grad(needs, wit
     cores = [c.detach().requires_grad_(cores_grad) for c in _layer(rows=(2, 3, 2), cols=(2, 1, 3), rank=2)]
     x = torch.randn(4, 6, dtype=torch.float64, requires_grad=x_grad)
     bias = torch.randn(12, dtype=torch.float64, requires_grad=True) if with_bias else None
-    function = binding.function_for("cpu")
+    function = autograd.function_for("cpu")
     inputs = (x, bias, *cores) if with_bias else (x, *cores)
 
     def f(x, *rest):
         b, cs = (rest[0], rest[1:]) if with_bias else (None, rest)
-        return binding._first(function.apply(("rebuild", None, "dense", None, keep, None), x, b, *cs))
+        route = autograd.Route("rebuild", None, "dense", None, keep, None)
+        return autograd.first_output(function.apply(route, x, b, *cs))
 
     assert torch.autograd.gradcheck(f, inputs)
 
@@ -428,7 +429,8 @@ def test_torch_compile_fullgraph_runs_every_route(route, force_route):
     def f(x):
         return tn.linear(x, w, bias)
 
-    assert binding._route(x, cores, None, tuple(tuple(c.shape) for c in cores))[::2] == route
+    planned = binding._planned_route(x, cores, None, save_weight=False)
+    assert (planned.forward, planned.backward) == route
     y_eager = f(x)
     grads_eager = torch.autograd.grad(y_eager.square().sum(), [*cores, bias])
     y_comp = torch.compile(f, fullgraph=True, backend="aot_eager")(x)

@@ -126,8 +126,8 @@ def linear(x: Array, cores: Sequence[Array], bias: Array = None, *, save_weight:
                 f"linear: {operand_mismatch(devices, 'W', on=True)}; move them to one device with .to()"
             )
         # sys.modules first: torch.compile traces a dict lookup but not import_module
-        binding = sys.modules.get("tensornet._linear.autograd") or importlib.import_module(
-            "tensornet._linear.autograd"
+        binding = sys.modules.get("tensornet._linear.binding") or importlib.import_module(
+            "tensornet._linear.binding"
         )
         return binding.linear_torch(x, cores, bias, save_weight=save_weight)
     if not B.is_array(x):

@@ -23,6 +23,7 @@ import opt_einsum as oe
 from .. import _einsum
 from .._backend import Array
 from . import kernels as K
+from . import sweep_kernels as SK
 from .cost import Candidate, Costing, Machine
 
 __all__ = ["EINSUM", "REBUILD", "STRATEGIES", "SWEEP", "linear_equation", "linear_grad_equations"]
@@ -231,7 +232,7 @@ class Rebuild(Strategy):
 
 # --- sweep -------------------------------------------------------------------------------------------
 def _sweep_cost(cost: Costing, shapes: K.CoreShapes, batch: int, transpose: bool, what: str = "") -> None:
-    recipe = K.sweep_recipe(shapes, transpose)
+    recipe = SK.sweep_recipe(shapes, transpose)
     axes = recipe.axes
     for k, (s, matrix) in enumerate(zip(shapes, recipe.matrices)):
         _permute_cost(cost, s, axes, matrix, f"{what}core {k} as a matrix")
@@ -261,7 +262,7 @@ class Sweep(Strategy):
     def backward_cost(self, machine: Machine, item: int, shapes: K.CoreShapes, batch: int) -> Candidate:
         cost = Costing(machine, item)
         _sweep_cost(cost, shapes, batch, transpose=False, what="recomputed ")
-        recipe = K.sweep_recipe(shapes, False)
+        recipe = SK.sweep_recipe(shapes, False)
         size_out = [s[1] for s in shapes]
         rows_last = recipe.matrices[-1][0]
         out_total = batch * math.prod(size_out)
@@ -283,12 +284,14 @@ class Sweep(Strategy):
         return Candidate(self.backward_name, tuple(cost.steps))
 
     def forward(self, x2d: Array, cores: Sequence[Array], ops: K.ArrayOps, path: Any = None) -> Array:
-        return K.sweep(x2d, cores, ops)
+        return SK.sweep(x2d, cores, ops)
 
     def _backward(self, call: BackwardCall) -> Grads:
         if not call.need_cores:
-            return (K.sweep(call.grad_y, call.cores, call.ops, transpose=True) if call.need_x else None), None
-        grad_x, grads = K.sweep_grads(call.x2d, call.cores, call.grad_y, call.need_x, call.ops)
+            return (
+                SK.sweep(call.grad_y, call.cores, call.ops, transpose=True) if call.need_x else None
+            ), None
+        grad_x, grads = SK.sweep_grads(call.x2d, call.cores, call.grad_y, call.need_x, call.ops)
         return (grad_x if call.need_x else None), grads
 
 

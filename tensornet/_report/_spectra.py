@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .. import _backend as B
-from .. import _checks, _pow2, _round
+from .. import _checks, _orthogonal, _pow2
 from .._layout import tt_layout
 from .._truncation import choose_rank
 from ..tt import TT, TTM, Train
@@ -212,7 +212,7 @@ def _host(core: Any) -> np.ndarray:
 def _bond_spectra(cores: Sequence[np.ndarray]) -> tuple[tuple[np.ndarray, ...], float]:
     """The singular values at every bond (absolute) and the norm, from host TT-layout cores."""
     scaled, shift = _pow2.normalize_cores("tn.report", list(cores))
-    ortho, extra = _round.orthogonalized(scaled, 0)  # cores 2..d right-orthonormal; x = 2^e train
+    ortho, extra = _orthogonal.orthogonalized(scaled, 0)  # cores 2..d right-orthonormal; x = 2^e train
     exponent = shift + extra
     carry = ortho[0]
     values = []

@@ -7,7 +7,7 @@ import numbers
 from typing import Any
 
 from .. import _backend as B
-from .. import _checks
+from .. import _checks, _train_checks
 from ..ops import add, norm, transpose
 from ..tt import TT, TTM
 
@@ -32,7 +32,7 @@ def check_vector(fn: str, name: str, t: Any, a: TTM) -> TT:
         raise ValueError(
             f"{fn}: {name} has shape {t.shape} but A has col_shape {a.col_shape}; they must match mode by mode"
         )
-    _checks.check_same_storage(fn, a, t)
+    _train_checks.check_same_storage(fn, a, t)
     return t
 
 

@@ -152,6 +152,46 @@ def _ritz_residual(ops: Ops, hu: Array, u: Array) -> float:
     return float(np.max(ops.col_norms(resid)))
 
 
+def _sweeper(
+    ops: Ops, a: TTM, x: list[Array], center: Array, z: list[Array], tol: float, largest: bool,
+    max_rank: int | None, kick: int,
+) -> EigSweeper:  # fmt: skip
+    """The sweeper of an eigsh: its truncation rule from ``tol``, preconditioned for the smallest values."""
+    sweeper = EigSweeper(ops, list(a.cores), x, center, z, kick)
+    sweeper.largest, sweeper.max_rank = largest, max_rank
+    sweeper.try_precond = not largest
+    sweeper.trunc_rel = math.sqrt(tol / max(a.ncores - 1, 1))
+    sweeper.gram_rank = sweeper.trunc_rel
+    return sweeper
+
+
+def _sweep_once(sweeper: EigSweeper, sweep: int, d: int, tol: float, scale: float, previous: float) -> None:
+    """One AMEn pass over the cores (a local solve for d = 1); the local targets from the last pass."""
+    # the frames move while the block is far from converged: solve to a fraction of the last pass's residual
+    sweeper.tight = 0.1 * math.sqrt(tol) * scale
+    sweeper.target = max(sweeper.tight, LOOSE * min(previous, scale))
+    sweeper.max_initial = 0.0
+    sweeper.growth_limited = False
+    if d == 1:
+        sweeper.solve_local(0)
+    else:
+        for _ in range(d - 1):
+            sweeper.step(sweep % 2 == 0)
+    if sweep >= 1 and not sweeper.growth_limited:
+        # every bond now truncates by tol (or holds its whole space): the ranks have settled, and the rest
+        # is one-core DMRG without the residual train (its refits cost ~a third of a step)
+        sweeper.enrich = False
+
+
+def _settled(values: list[np.ndarray], local: float, tol: float, scale: float) -> bool:
+    """Whether the values moved by at most ``tol * scale`` in the last pass and the local residuals are small."""
+    return (
+        len(values) >= 2
+        and float(np.max(np.abs(values[-1] - values[-2]))) <= tol * scale
+        and local <= math.sqrt(tol) * scale
+    )
+
+
 def run(
     ops: Ops,
     a: TTM,
@@ -169,41 +209,18 @@ def run(
     """Block AMEn passes until the values and the local residuals settle, or ``max_sweeps`` passes."""
     start = time.perf_counter()
     d = a.ncores
-    sweeper = EigSweeper(ops, list(a.cores), x, center, z, kick)
-    sweeper.largest, sweeper.max_rank = largest, max_rank
-    sweeper.try_precond = not largest
-    sweeper.trunc_rel = math.sqrt(tol / max(d - 1, 1))
-    sweeper.gram_rank = sweeper.trunc_rel
+    sweeper = _sweeper(ops, a, x, center, z, tol, largest, max_rank, kick)
     values: list[np.ndarray] = []
     ranks: list[tuple[int, ...]] = []
     local: list[float] = []
     converged = False
-    previous = math.inf
     for sweep in range(max_sweeps):
-        # the frames move while the block is far from converged: solve to a fraction of the last pass's residual
-        sweeper.tight = 0.1 * math.sqrt(tol) * scale
-        sweeper.target = max(sweeper.tight, LOOSE * min(previous, scale))
-        sweeper.max_initial = 0.0
-        sweeper.growth_limited = False
-        if d == 1:
-            sweeper.solve_local(0)
-        else:
-            for _ in range(d - 1):
-                sweeper.step(sweep % 2 == 0)
-        if sweep >= 1 and not sweeper.growth_limited:
-            # every bond now truncates by tol (or holds its whole space): the ranks have settled, and the rest
-            # is one-core DMRG without the residual train (its refits cost ~a third of a step)
-            sweeper.enrich = False
+        _sweep_once(sweeper, sweep, d, tol, scale, local[-1] if local else math.inf)
         values.append(np.array(sweeper.values))
         ranks.append(sweeper.ranks())
         local.append(sweeper.max_initial)
-        previous = sweeper.max_initial
         scale = max(scale, float(np.max(np.abs(sweeper.values))))
-        if d == 1 or (
-            len(values) >= 2
-            and float(np.max(np.abs(values[-1] - values[-2]))) <= tol * scale
-            and sweeper.max_initial <= math.sqrt(tol) * scale
-        ):
+        if d == 1 or _settled(values, sweeper.max_initial, tol, scale):
             converged = True
             break
     # the shared frames carry every vector's directions (and, next to the centre, k times the left states):

@@ -178,6 +178,26 @@ def residual_norm(a: TTM, x: TT, b: TT) -> float:
     return B.to_float(norm(add(matvec(a, x), scale(b, -1.0))))
 
 
+def _sweep_once(sweeper: SolveSweeper, forward: bool, d: int, local_tol: float, residual: float) -> None:
+    """One AMEn pass (a local solve for d = 1); ``residual`` is the last pass's ``||A x - b||``."""
+    # early passes solve loosely (the frames will change); the targets tighten with the residual
+    sweeper.trunc_target = local_tol
+    sweeper.solve_target = max(0.5 * local_tol, 0.05 * residual)
+    sweeper.max_initial = 0.0
+    if d == 1:
+        sweeper.solve_local(0)
+    else:
+        for _ in range(d - 1):
+            sweeper.step(forward)
+
+
+def _stagnated(residuals: list[float]) -> bool:
+    """Whether the last :data:`STALL_WINDOW` passes failed to cut the best earlier residual by STALL_FACTOR."""
+    return len(residuals) > STALL_WINDOW and min(residuals[-STALL_WINDOW:]) > STALL_FACTOR * min(
+        residuals[:-STALL_WINDOW]
+    )
+
+
 def run(
     ops: Ops,
     a: TTM,
@@ -204,16 +224,7 @@ def run(
     current = 1.0
     stagnated = False
     for sweep in range(max_sweeps):
-        # early passes solve loosely (the frames will change); the targets tighten with the residual
-        sweeper.trunc_target = local_tol
-        sweeper.solve_target = max(0.5 * local_tol, 0.05 * current * norm_b)
-        sweeper.max_initial = 0.0
-        forward = sweep % 2 == 0
-        if d == 1:
-            sweeper.solve_local(0)
-        else:
-            for _ in range(d - 1):
-                sweeper.step(forward)
+        _sweep_once(sweeper, sweep % 2 == 0, d, local_tol, current * norm_b)
         x = TT._trusted(sweeper.cores())
         current = residual_norm(a, x, b) / norm_b
         residuals.append(current)
@@ -222,9 +233,7 @@ def run(
             best = (current, list(x.cores))
         if current <= tol:
             break
-        if len(residuals) > STALL_WINDOW and min(residuals[-STALL_WINDOW:]) > STALL_FACTOR * min(
-            residuals[:-STALL_WINDOW]
-        ):
+        if _stagnated(residuals):
             stagnated = True
             break
     best = _compressed(a, b, best, tol, norm_b)

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from tensornet._linear.autograd import compute_dtype
+from tensornet._linear.binding import compute_dtype
 
 __all__ = ["DenseCache", "linear_compute_dtype"]
 

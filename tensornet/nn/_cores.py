@@ -14,26 +14,18 @@ from torch import nn
 
 import tensornet as tn
 from tensornet import _checks
-from tensornet._linear import api as _linear_api
-from tensornet._linear import autograd as _binding
+from tensornet._linear import binding
 
-from ._cache import DenseCache, linear_compute_dtype
+from ._cache import DenseCache
 from ._factor import clip_ranks, core_shapes
 from ._init import Init, check_init, init_cores
+from ._source import WeightSource, choose_source
 from ._state import check_loaded_shapes, shapes_state
 
 __all__ = ["TTCoresModule", "check_dtype", "compress", "relative_error"]
 
 # how a layer's messages name the operands of its product (x, W, bias)
 _OPERANDS = ("the input", "the weight", "the bias")
-
-
-def _same_compute(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """Whether ``x``, the cores and the bias meet in one dtype (equal, or so cast by autocast)."""
-    if x.dtype == packed.dtype and (bias is None or bias.dtype == packed.dtype):
-        return True
-    compute = linear_compute_dtype(x, [packed])
-    return compute is not None and (bias is None or linear_compute_dtype(bias, [packed]) == compute)
 
 
 # the dtypes the TT layers train in (torch's floating dtypes that randn, QR and GEMMs support)
@@ -159,6 +151,7 @@ class TTCoresModule(nn.Module):
         self.packed_cores = nn.Parameter(torch.empty(total, device=device, dtype=dtype))
         self.conversion_error = None
         self._dense_cache = None
+        self._choose_weight_source()
 
     @property
     def cores(self) -> tuple[torch.Tensor, ...]:
@@ -223,7 +216,16 @@ class TTCoresModule(nn.Module):
         returns the table's dtype under autocast, as ``nn.Embedding`` does.
         """
         self._dense_cache = DenseCache() if enabled else None
+        self._choose_weight_source()
         return self
+
+    def _choose_weight_source(self) -> WeightSource:
+        """Choose where :meth:`_product` takes W from, for the layer's present state (see :mod:`._source`).
+
+        Called when that state changes: :meth:`cache_dense_weight`, :func:`tensornet.nn.materialize`.
+        """
+        source = self.__dict__["_weight_source"] = choose_source(self)
+        return source
 
     def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         # .to()/.float()/.cuda() may keep a core's identity and version counter while changing its values
@@ -291,9 +293,10 @@ class TTCoresModule(nn.Module):
     ) -> torch.Tensor:
         """``x @ W.T + bias`` for ``W`` the ``(prod rows, prod cols)`` matrix of the cores.
 
-        The forward of :class:`TTMLinear` and of the tied LM head (:class:`TiedTTHead`): the cached dense
-        matrix under :meth:`cache_dense_weight` when usable, else a :func:`tensornet.nn.materialize` group's
-        rebuilt W, else the TTM product. The cores were validated at construction and ``load_state_dict``
+        The forward of :class:`TTMLinear` and of the tied LM head (:class:`TiedTTHead`), on the layer's
+        weight source (:meth:`_choose_weight_source`): the cached dense matrix under
+        :meth:`cache_dense_weight` when usable, else a :func:`tensornet.nn.materialize` group's rebuilt W,
+        else the TTM product. The cores were validated at construction and ``load_state_dict``
         keeps their shapes, so the input and bias are checked here (shape, device; the torch binding checks
         dtypes) and go straight to the binding. ``owner`` names the calling layer in errors (default: this
         one).
@@ -318,24 +321,9 @@ class TTCoresModule(nn.Module):
             if bias is not None:
                 devices[_OPERANDS[2]] = bias.device
             raise ValueError(
-                f"{fn}: {_linear_api.operand_mismatch(devices, _OPERANDS[1], on=True)}; move the input "
+                f"{fn}: {binding.operand_mismatch(devices, _OPERANDS[1], on=True)}; move the input "
                 "(x.to(device)) or the layer (layer.to(device)) to one device"
             )
-        if getattr(self, "_dense_cache", None) is not None and x.is_floating_point():
-            compute = linear_compute_dtype(x, [packed])
-            dense = None if compute is None else self._cached_dense(x.device, compute)
-            if dense is not None:
-                if bias is not None and bias.dtype != dense.dtype:
-                    bias = bias.to(dense.dtype)
-                return nn.functional.linear(x.to(dense.dtype), dense, bias)
-        group = self.__dict__.get("_weight_group")  # tensornet.nn.materialize
-        # a shallow copy (nn.DataParallel's replicas) shares the __dict__, hence the group, but not the
-        # parameters: the group's W are the original's, so the copy takes the per-layer path. Operands of
-        # other dtypes take it too, for its error (F.linear's would name mat1 and mat2).
-        if group is not None and group[0].layers[group[1]] is self and _same_compute(x, packed, bias):
-            dense = group[0].weight(group[1], x)
-            if dense is not None:
-                return nn.functional.linear(x, dense, bias)
-        return _binding.linear_torch(
-            x, (packed,), bias, save_weight=save_weight, packed=self.core_shapes, names=(fn, *_OPERANDS)
-        )
+        # modules pickled before the sources were recorded choose theirs at their first call
+        source = self.__dict__.get("_weight_source") or self._choose_weight_source()
+        return source.product(self, x, bias, save_weight, (fn, *_OPERANDS))

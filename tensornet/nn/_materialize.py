@@ -24,9 +24,7 @@ import torch
 from torch import nn
 
 from tensornet import _checks
-from tensornet._linear import kernels as K
-from tensornet._linear import plan as P
-from tensornet._linear.autograd import autocast_dtype, compute_dtype
+from tensornet._linear import binding
 
 from ._linear import TTMLinear
 
@@ -69,18 +67,19 @@ class WeightGroup:
     per-layer path is the better one (no gradient needed, under ``torch.compile`` or a ``torch.func``
     transform, the layers' cores on different devices or dtypes, or token counts where the plan's factorised
     path costs less than the group's share of a rebuild:
-    :meth:`~tensornet._linear.plan.LinearPlan.rebuilds_in_group`).
+    :func:`~tensornet._linear.binding.rebuilds_in_group`).
     """
 
     def __init__(self, layers: Sequence[TTMLinear]) -> None:
         self.layers = list(layers)
-        self.core_shapes: K.CoreShapes = layers[0].core_shapes
+        self.core_shapes: binding.CoreShapes = layers[0].core_shapes
         self._stamps: Any = None  # ((pass, compute dtype), (data_ptr, version) per layer, the building layer)
         self._weights: tuple[Any, ...] = ()
         self._served: set[int] = set()  # the layers given the matrices in this pass
         self._build = 0  # which rebuild ``_weights`` came from (a backward releases only its own)
         for index, layer in enumerate(self.layers):
             layer.__dict__["_weight_group"] = (self, index)
+            layer._choose_weight_source()
 
     def __getstate__(self) -> dict[str, Any]:  # a copy or pickle carries the grouping, not the matrices
         return {**self.__dict__, "_stamps": None, "_weights": (), "_served": set()}
@@ -110,10 +109,9 @@ class WeightGroup:
             or torch._C._are_functorch_transforms_active()  # torch.func: the per-layer Function supports it
         ):
             return None
-        compute = compute_dtype(packed.dtype, x.device.type)
+        compute = binding.compute_dtype(packed.dtype, x.device.type)
         tokens = x.numel() // max(layer.in_features, 1)
-        plan = P.lookup(self.core_shapes, tokens, compute, packed.device, "torch")
-        if not plan.rebuilds_in_group(len(self.layers)):
+        if not binding.rebuilds_in_group(self.core_shapes, tokens, compute, packed.device, len(self.layers)):
             return None  # decoding-sized calls of large layers: the factorised per-layer path
         # valid while this pass, the compute dtype and this layer's cores (storage, in-place version) are
         # those of the rebuild: any layer whose cores changed notices it when called
@@ -151,9 +149,9 @@ class WeightGroup:
 class _GroupRebuild(torch.autograd.Function):
     """The dense W of every layer of a group from their packed cores: ``(W_0, ..., W_{G-1})``.
 
-    Forward: one stack of the packed cores, then :func:`tensornet._linear.kernels.rebuild` with the layers
-    as a leading batch dimension (batched GEMMs). Backward: the layers' dW stacked, the batched core
-    gradients (:func:`~tensornet._linear.kernels.rebuild_grads`, reusing the halves), one gradient per
+    Forward: one stack of the packed cores, then :func:`tensornet._linear.binding.rebuild_stacked` with the
+    layers as a leading batch dimension (batched GEMMs). Backward: the layers' dW stacked, the batched core
+    gradients (:func:`~tensornet._linear.binding.rebuild_stacked_grads`, reusing the halves), one gradient per
     layer; then the group's matrices are released. Keeps the stacked cores and the halves (small).
 
     The matrices stand in for the layers' parameters, which any number of graphs may use, each
@@ -165,16 +163,15 @@ class _GroupRebuild(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, shapes: K.CoreShapes, compute: Any, group: Any, *params: Any) -> Any:
+    def forward(ctx: Any, shapes: binding.CoreShapes, compute: Any, group: Any, *params: Any) -> Any:
         stacked = torch.stack(params)  # (G, P)
         if stacked.dtype != compute:
             stacked = stacked.to(compute)
-        recipe = K.rebuild_recipe(shapes, (len(params),))
-        weights, parts = K.rebuild(K.unpack(stacked, shapes), recipe, K.torch_ops(), parts=True)
+        weights, parts = binding.rebuild_stacked(stacked, shapes, parts=True)
         ctx.shapes, ctx.group, ctx.dtype = shapes, group, params[0].dtype
         # an unused layer's W gets None (not zeros) in backward: its cores get no gradient
         ctx.set_materialize_grads(False)
-        ctx.autocast = autocast_dtype(params[0].device.type)
+        ctx.autocast = binding.autocast_dtype(params[0].device.type)
         # made here, never handed out: nothing can change them in place
         ctx.kept = (stacked, tuple(parts or ()), params, tuple(p._version for p in params))
         ctx.count = len(params)
@@ -195,11 +192,7 @@ class _GroupRebuild(torch.autograd.Function):
             return (None, None, None, *(None if u else g for g, u in zip(graphed, unused)))
         with _forward_autocast(ctx.autocast, stacked.device.type):
             grad_w = torch.stack(grads)  # (G, M, N)
-            recipe = K.rebuild_recipe(ctx.shapes, (ctx.count,))
-            core_grads = K.rebuild_grads(
-                K.unpack(stacked, ctx.shapes), grad_w, recipe, K.torch_ops(), parts or None
-            )
-            flat = torch.cat([g.reshape(ctx.count, -1) for g in core_grads], dim=1)  # (G, P)
+            flat = binding.rebuild_stacked_grads(stacked, ctx.shapes, grad_w, parts or None)  # (G, P)
         if flat.dtype != ctx.dtype:
             flat = flat.to(ctx.dtype)
         group = None if ctx.group is None else ctx.group[0]()
@@ -222,9 +215,7 @@ def _differentiable_grads(ctx: Any, params: Any, versions: Any, dtype: Any, grad
                 f"run the forward again after changing the parameters"
             )
     with torch.enable_grad():
-        again = torch.stack(params).to(dtype)
-        recipe = K.rebuild_recipe(ctx.shapes, (ctx.count,))
-        weights = K.rebuild(K.unpack(again, ctx.shapes), recipe, K.torch_ops())
+        weights = binding.rebuild_stacked(torch.stack(params).to(dtype), ctx.shapes)
         return tuple(torch.autograd.grad(weights.unbind(0), params, grads, create_graph=True))
 
 
@@ -232,7 +223,7 @@ def _forward_autocast(dtype: Any, device_type: str) -> Any:
     """A context restoring the forward's autocast state (``dtype`` None: autocast was off)."""
     if dtype is not None:
         return torch.autocast(device_type, dtype=dtype)
-    if autocast_dtype(device_type) is not None:
+    if binding.autocast_dtype(device_type) is not None:
         return torch.autocast(device_type, enabled=False)
     return contextlib.nullcontext()
 
@@ -248,6 +239,7 @@ def _detach(model: nn.Module) -> list[TTMLinear]:
         entry = layer.__dict__.pop("_weight_group", None)
         if entry is not None:
             entry[0].remove(layer)
+            layer._choose_weight_source()
     for module in model.modules():
         handle = module.__dict__.pop("_tensornet_materialize", None)
         if handle is not None:

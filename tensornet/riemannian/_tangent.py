@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .. import _backend as B
-from .. import _checks, _pow2
+from .. import _checks, _pow2, _train_checks
 from .._backend import Array
 from .._einsum import einsum
 from ..decomp import round as tt_round
@@ -307,7 +307,7 @@ def _terms(fn: str, x: TT, z: Any) -> list[TT]:
     out = [to_tt(t) if isinstance(t, Tangent) else t for t in items]
     for i, t in enumerate(out):
         _checks.check_type(fn, t, TT, f"term {i} of z" if len(out) > 1 else "z")
-        _checks.check_same_structure(fn, x, t)
+        _train_checks.check_same_structure(fn, x, t)
     if any(B.is_complex(t.cores[0]) for t in out) and not B.is_complex(x.cores[0]):
         raise TypeError(
             f"{fn}: z is complex but x is real; the tangent space of a real manifold holds real vectors "

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .. import _backend as B
-from .. import _checks
+from .. import _checks, _train_checks
 from ..tt import TT, TTM, TrainT
 
 __all__ = ["exponent_limit", "gauge_rtol", "regauge"]
@@ -65,7 +65,7 @@ def _transform(rng: np.random.Generator, r: int, kind: str, condition: float, co
 
 
 def _check_arguments(t: Any, kind: Any, condition: Any) -> float:
-    _checks.check_train("regauge", t, "t")
+    _train_checks.check_train("regauge", t, "t")
     if kind not in KINDS:
         raise ValueError(f"regauge: kind must be one of {', '.join(map(repr, KINDS))}, got {kind!r}")
     if condition is None:
@@ -274,7 +274,7 @@ def gauge_rtol(t: TT | TTM, condition: float = 1.0) -> float:
 
     Cost: ``O(1)``.
     """
-    _checks.check_train("gauge_rtol", t, "t")
+    _train_checks.check_train("gauge_rtol", t, "t")
     if (
         isinstance(condition, bool)
         or not isinstance(condition, numbers.Real)

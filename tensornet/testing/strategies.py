@@ -31,7 +31,7 @@ import numpy as np
 from hypothesis import assume
 from hypothesis import strategies as st
 
-from .. import _checks
+from .. import _checks, _train_checks
 from .. import ops as _ops
 from ..decomp import orthogonalize
 from ..random import random_tt
@@ -264,7 +264,7 @@ def gauge_equivalent(
     ValueError
         ``kinds`` empty or holding an unknown kind; ``max_condition`` not a finite number >= 1.
     """
-    _checks.check_train("gauge_equivalent", t, "t")
+    _train_checks.check_train("gauge_equivalent", t, "t")
     if not kinds or any(k not in _gauge.KINDS for k in kinds):
         raise ValueError(
             f"gauge_equivalent: kinds must be a non-empty subset of {_gauge.KINDS}, got {kinds!r}"
