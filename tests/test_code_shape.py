@@ -17,7 +17,7 @@ MAX_MODULE_LINES = 460
 MAX_FUNCTION_LINES = 60
 
 # TEMPORARY: being split on branches small-adapter/complete2; the lead removes this exclusion at merge
-EXCLUDED = ("gpt2", "learn")
+EXCLUDED = ("gpt2",)
 
 # functions allowed past MAX_FUNCTION_LINES, "module path:qualified name" -> why (keep this short)
 ALLOWED: dict[str, str] = {}

