@@ -81,7 +81,7 @@ def _round_host(cores: list[np.ndarray], eps: float, caps: list[int | None]) -> 
     if len(cores) == 1:
         return cores
     log = ErrorLog("cross", eps)
-    log.relative = eps / math.sqrt(len(cores) - 1)
+    log.spread(eps, len(cores) - 1)
     mirrored = [np.ascontiguousarray(c.transpose(2, 1, 0)) for c in reversed(cores)]
     swept, exponent = _orthogonal.differentiable_sweep(mirrored, caps[::-1], log)
     swept = _pow2.restore(swept, exponent, at=-1)

@@ -384,7 +384,7 @@ def rounded(
     """
     d = len(trains[0])
     log = ErrorLog(fn, eps)
-    log.relative = (eps or 0.0) / math.sqrt(max(d - 1, 1))
+    log.spread(eps, d - 1)
     operand: Train | Sum
     if len(trains) == 1:
         cores, shift = _pow2.normalize_cores(fn, trains[0])

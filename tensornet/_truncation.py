@@ -70,9 +70,24 @@ class ErrorLog:
         self.discarded = math.hypot(self.discarded, discarded)  # no overflow or underflow in squares
         self.capped = self.capped or rank < needed
 
+    def spread(self, eps: float | None, bonds: int) -> None:
+        """Set the per-bond relative threshold for ``eps`` over ``bonds`` truncated bonds.
+
+        ``eps / sqrt(bonds)`` keeps the sum of the squared discarded norms within ``eps^2 ||x||^2``. From
+        ``eps >= 1`` on, rank 1 everywhere already meets eps (every truncation here is an orthogonal
+        projection, so its error is at most ``||x||``), and the threshold is ``eps ||x||``: each unfolding's
+        tail past its first singular value is below ``||x||``, so every bond is cut to rank 1.
+        """
+        eps = eps or 0.0
+        self.relative = eps if eps >= 1.0 else eps / math.sqrt(max(bonds, 1))
+
     def relative_bound(self, reference_norm: float) -> float:
-        """The relative error bound: the norm of all that was discarded over ``reference_norm``."""
-        return self.discarded / reference_norm if reference_norm > 0 else 0.0
+        """The relative error bound: the norm of all that was discarded over ``reference_norm``.
+
+        At most 1: the result is an orthogonal projection of the input, whose error is at most its norm
+        (the sum over bonds may exceed that when every bond is cut hard).
+        """
+        return min(self.discarded / reference_norm, 1.0) if reference_norm > 0 else 0.0
 
     def finish(self, reference_norm: float) -> float:
         """The relative error bound; a :class:`RankCapWarning` (at the user's line) if a cap kept it above eps."""

@@ -63,7 +63,7 @@ def _tt_svd_cores(
         # the train must not share the caller's memory
         return [B.copy(xp.reshape(x, (1, shape[0], 1)))], log.relative_bound(safe_norm(x))
     # ||x||_F is the norm of the first unfolding's singular values: no separate pass over x
-    log.relative = (eps or 0.0) / math.sqrt(d - 1)
+    log.spread(eps, d - 1)
     cores = []
     rank = 1
     rest = x

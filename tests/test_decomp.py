@@ -348,3 +348,24 @@ def test_tt_svd_kernel_returns_its_bound_and_the_public_functions_warn():
         with pytest.warns(tn.RankCapWarning) as record:
             _, public_bound = call()
         assert public_bound > 1e-3 and {w.filename for w in record} == {__file__}
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_eps_of_exactly_one_cuts_every_bond_to_rank_one(backend):
+    # found by the ci profile: eps = 1 spread as 1/sqrt(d - 1) per bond kept rank 2 on a 4-mode train
+    cores = [
+        [[[0.2762, 0.6568], [0.2641, -1.0417], [0.7237, 0.3568], [-0.4292, 0.4645]]],
+        [
+            [[0.4263, 0.993, 0.1454], [0.1748, 0.454, 0.186]],
+            [[-0.6774, 0.2796, 0.497], [-0.4167, 0.233, 0.5865]],
+        ],
+        [[[-0.9599], [0.6597], [0.509]], [[-0.1541], [0.875], [-0.5015]], [[0.6992], [0.736], [0.1061]]],
+        [[[-0.0881]]],
+    ]
+    t = tn.TT([np.array(c) for c in cores]).to(backend)
+    x = t.full()
+    result, bound = tn.tt_svd(x, eps=1.0, return_error=True)
+    assert result.ranks == (1, 1, 1, 1, 1) and bound <= 1.0  # was (1, 2, 2, 1, 1)
+    assert rel_error(result.full(), x) <= 1.0
+    rounded, bound = tn.round(t + t, eps=1.0, return_error=True)
+    assert rounded.ranks == (1, 1, 1, 1, 1) and bound <= 1.0
