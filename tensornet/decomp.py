@@ -3,7 +3,8 @@
 Truncation rule (TT-Toolbox): with ``eps`` given, each of the d - 1 unfoldings drops the largest
 number of trailing singular values whose root-sum-square is at most ``eps / sqrt(d - 1) * ||x||_F``,
 which guarantees ``||x - result||_F <= eps * ||x||_F`` and gives the smallest ranks meeting the
-per-unfolding threshold. ``max_rank`` caps every rank: a rank spec (an int, the d - 1 bond ranks, or
+per-unfolding threshold; ``eps >= 1`` (any finite size) gives rank 1 everywhere, which meets it because
+truncation is an orthogonal projection. ``max_rank`` caps every rank: a rank spec (an int, the d - 1 bond ranks, or
 the d + 1 ranks with the boundary 1s, such as another train's ``ranks``). When both are given and the
 cap is tighter than eps requires, the cap wins and a :class:`RankCapWarning` states the error bound
 actually achieved; ``return_error=True`` also returns that bound. Ranks never exceed their useful
