@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import GPT2_TINY, cli_status
 
-from tensornet.gpt2 import _commands, _files, load_model, save_model
+from tensornet.gpt2 import _files, load_model, save_model
+from tensornet.gpt2.app import _commands
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny models run faster on one thread (conftest)
 

@@ -254,9 +254,10 @@ def test_a_model_saved_before_the_tt_layers_recorded_their_core_shapes_still_loa
     # the TT layers' state dicts gained "_extra_state" (their core shapes, checked on load); folders and
     # checkpoints written without it must still load and resume
     from safetensors import safe_open
+    from safetensors.torch import save_file
 
-    from tensornet.gpt2 import _checkpoint
-    from tensornet.gpt2._resume import _model_fault
+    from tensornet.gpt2 import _modelfile
+    from tensornet.gpt2.app._resume import _model_fault
 
     model, _ = tensorize(tiny(), rank=4, shapes="balanced")
     folder = save_model(model, tmp_path / "m")
@@ -266,10 +267,9 @@ def test_a_model_saved_before_the_tt_layers_recorded_their_core_shapes_still_loa
         metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in names}
     assert any(k.endswith("._extra_state") for k in tensors)
     tensors = {k: v for k, v in tensors.items() if not k.endswith("._extra_state")}
-    metadata["tensornet.sha256"] = _checkpoint.content_sha256(tensors)
+    metadata["tensornet.sha256"] = _modelfile.content_sha256(tensors)
     weights.unlink()
-    with open(weights, "wb") as f:
-        _checkpoint.write_safetensors(f, tensors, metadata)
+    save_file(tensors, weights, metadata=metadata)
     loaded = load_model(folder)
     prompt = torch.tensor([[1, 2, 3]])
     assert torch.equal(loaded(prompt).logits, model(prompt).logits)

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from tensornet.gpt2 import TrainConfig, build_model, gpt2_config, stdlib_corpus, train
-from tensornet.gpt2._checkpoint import load_checkpoint
-from tensornet.gpt2._corpus import _is_val
-from tensornet.gpt2._data import (
+from tensornet.gpt2.app._checkpoint import load_checkpoint
+from tensornet.gpt2.app._corpus import _is_val
+from tensornet.gpt2.app._data import (
     cached_tokenizer,
     cached_tokens,
     read_text_file,
@@ -132,7 +132,7 @@ def test_lr_schedule_warmup_then_cosine():
 
 def test_tt_cores_get_their_own_learning_rate(data):
     from tensornet.gpt2 import lowrank, tensorize
-    from tensornet.gpt2._train import make_optimizer, set_lr
+    from tensornet.gpt2.app._train import make_optimizer, set_lr
     from tensornet.nn import TTMLinear
 
     _, tokenizer, train_ids, val_ids = data
@@ -161,9 +161,9 @@ def test_tt_cores_get_their_own_learning_rate(data):
 
 def test_the_lowrank_baseline_gets_its_own_measured_learning_rate(data):
     from tensornet.gpt2 import LowRankLinear, lowrank
-    from tensornet.gpt2._args import COMPARE_RECIPE, LOWRANK_LR_SCALE, TT_LR_SCALE
-    from tensornet.gpt2._compare import table
-    from tensornet.gpt2._train import make_optimizer, set_lr
+    from tensornet.gpt2.app._args import COMPARE_RECIPE, LOWRANK_LR_SCALE, TT_LR_SCALE
+    from tensornet.gpt2.app._compare import table
+    from tensornet.gpt2.app._train import make_optimizer, set_lr
 
     _, tokenizer, _, _ = data
     cfg = TrainConfig(steps=2, batch_size=2, block_size=32, lr=1e-3, warmup=1, lowrank_lr_scale=9.0)

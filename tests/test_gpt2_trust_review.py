@@ -16,19 +16,16 @@ import torch
 from conftest import GPT2_TINY, cli_status
 
 from tensornet.gpt2 import (
-    _checkpoint,
-    _data,
     _files,
     _modelfile,
-    _resume,
-    _train,
     build_model,
     gpt2_config,
     load_model,
     save_model,
 )
-from tensornet.gpt2._checkpoint import load_checkpoint, save_checkpoint
-from tensornet.gpt2._data import cached_tokenizer, cached_tokens, stdlib_corpus, token_cache_path
+from tensornet.gpt2.app import _checkpoint, _data, _resume, _train
+from tensornet.gpt2.app._checkpoint import load_checkpoint, save_checkpoint
+from tensornet.gpt2.app._data import cached_tokenizer, cached_tokens, stdlib_corpus, token_cache_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny models run faster on one thread (conftest)
 
@@ -368,9 +365,7 @@ def test_deeply_nested_metadata_is_an_error_not_a_crash(shared, tmp_path, capsys
         "skeleton": skeleton,
         "sha256": _checkpoint.content_sha256({}, header),
     }
-    _files.atomic_write(
-        run / "checkpoint.safetensors", lambda f: _checkpoint.write_safetensors(f, {}, metadata)
-    )
+    _checkpoint.write_safetensors(run / "checkpoint.safetensors", {}, metadata)
     assert code(train_argv(shared, run, "--resume")) == 2
     one_line_error(capsys, "nested too deeply", "checkpoint.safetensors")
     with pytest.raises(ValueError, match="nested too deeply"):

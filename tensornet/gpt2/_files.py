@@ -80,6 +80,15 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def fsync_file(path: Path) -> None:
+    """Flush a file written by a library that takes a path (``safetensors.torch.save_file``) to disk."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fsync_dir(folder: Path) -> None:
     with contextlib.suppress(OSError):  # not every file system lets a folder be opened and synced
         fd = os.open(folder, os.O_RDONLY)
@@ -178,10 +187,24 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     ``path`` is never half-written, and a symbolic link at ``path`` is replaced itself, never written through.
     An ``OSError`` (a full disk) names ``path``.
     """
-    path = Path(path)
+    _replace(Path(path), lambda tmp: write_new(tmp, write))
+
+
+def atomic_save(path: Path, save: Callable[[str], object]) -> None:
+    """:func:`atomic_write` for a library that writes to a file name (``safetensors.torch.save_file``)."""
+
+    def fill(tmp: Path) -> None:
+        os.close(create_file(tmp))  # the name is claimed new (never a planted file or link), then filled
+        save(str(tmp))
+        fsync_file(tmp)
+
+    _replace(Path(path), fill)
+
+
+def _replace(path: Path, fill: Callable[[Path], object]) -> None:
     tmp = tmp_path(path)
     try:
-        write_new(tmp, write)
+        fill(tmp)
         os.replace(tmp, path)
     except BaseException as err:
         with contextlib.suppress(OSError):

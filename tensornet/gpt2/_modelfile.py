@@ -7,12 +7,15 @@ memory the model needs.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
 import os
 import re
 import struct
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -22,6 +25,71 @@ from ._tensorize import TensorizeConfig
 _WEIGHTS = "model.safetensors"
 _CHECKSUM = "tensornet.sha256"  # safetensors metadata key: SHA-256 of the tensors, verified by load_model
 _PICKLE_WEIGHTS = ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")
+
+
+# ------------------------------------------------------------------------------ safetensors with checksum
+def _tensor_bytes(t: torch.Tensor) -> bytes | memoryview:
+    flat = t.contiguous().reshape(-1)
+    if flat.numel() == 0:
+        return b""
+    return flat.view(torch.uint8).numpy().data  # the tensor's own bytes, not a copy
+
+
+def content_sha256(tensors: dict[str, torch.Tensor], header: str = "") -> str:
+    """SHA-256 over ``header`` and, in name order, every tensor's name, dtype, shape and bytes."""
+    digest = hashlib.sha256(header.encode("utf-8"))
+    for name in sorted(tensors):
+        t = tensors[name]
+        digest.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode("utf-8"))
+        digest.update(_tensor_bytes(t))
+    return digest.hexdigest()
+
+
+def read_safetensors(path: Path, unreadable: str, hint: str = "") -> tuple[dict, dict[str, torch.Tensor]]:
+    """The metadata and tensors of a safetensors file; a malformed file raises ValueError ``unreadable (why)hint``."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118  (safe_open is not a mapping)
+    except Exception as err:  # safetensors raises its own error type for every malformed file
+        raise ValueError(f"{unreadable} ({type(err).__name__}: {err}){hint}") from None
+    return metadata, tensors
+
+
+_DTYPE_CODES = {  # torch dtype name -> safetensors code
+    **{f"float{n}": f"F{n}" for n in (16, 32, 64)},
+    **{f"int{n}": f"I{n}" for n in (8, 16, 32, 64)},
+    **{"bfloat16": "BF16", "uint8": "U8", "bool": "BOOL"},
+}
+
+
+def write_weights(f: BinaryIO, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write ``tensors`` (float, int, bool) to the open file ``f`` as safetensors, keys in sorted order.
+
+    Not ``safetensors.torch.save_file``: it writes the metadata keys in hash order, so the same model gives
+    different bytes from run to run; a saved model is reproducible byte for byte (format: 8-byte header
+    length, JSON header of dtypes, shapes, byte ranges and ``__metadata__``, then the bytes).
+    """
+    if sys.byteorder != "little":
+        raise NotImplementedError("save_model: safetensors stores little-endian bytes; this host is big-endian")
+    header: dict[str, Any] = {}
+    offset = 0
+    for name in sorted(tensors):
+        t = tensors[name]
+        code = _DTYPE_CODES.get(str(t.dtype).removeprefix("torch."))
+        if code is None:
+            raise TypeError(f"save_model: {name} has dtype {t.dtype}, which save_model does not store")
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": code, "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    header["__metadata__"] = dict(sorted(metadata.items()))
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
+    f.write(struct.pack("<Q", len(raw)) + raw)
+    for name in sorted(tensors):
+        f.write(_tensor_bytes(tensors[name].detach().cpu()))
 
 
 # ---------------------------------------------------------------------------------- checks before building

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from .._config import LAYER_GROUPS, PRESETS
 from ._argtypes import (
     _BATCH,
     _BETA,
@@ -43,7 +44,7 @@ from ._argtypes import (
     _path,
     _shapes,
 )
-from ._config import COMPILE_MODES, LAYER_GROUPS, PRESETS, TrainConfig
+from ._config import COMPILE_MODES, TrainConfig
 
 EPILOG = """The embedded corpus (used when --data is not given) is the Python standard library's source code:
 deterministic file order, a fixed ~5% validation split by file name, no network. The tokenizer is a

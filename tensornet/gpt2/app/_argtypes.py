@@ -10,7 +10,7 @@ import json
 import math
 from collections.abc import Callable
 
-from ._config import LAYER_GROUPS, SHAPE_KEYS
+from .._config import LAYER_GROUPS, SHAPE_KEYS
 
 
 # ------------------------------------------------------------------------------------------ value parsers

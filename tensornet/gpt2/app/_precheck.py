@@ -16,13 +16,15 @@ from pathlib import Path
 
 import torch
 
-from . import _data, _files, _modelfile, _runfolder
+from .. import _files, _modelfile
+from .._config import LAYER_GROUPS, PRESETS
+from .._model import build_model, check_model_target, gpt2_config
+from .._modelfile import dense_params, read_config
+from .._tensorize import layer_shapes, lowrank, lowrank_rank_for, paper_shapes, tensorize
+from . import _data, _runfolder
 from ._args import UsageError
-from ._config import LAYER_GROUPS, PRESETS, TrainConfig
-from ._model import build_model, check_model_target, gpt2_config
-from ._modelfile import dense_params, read_config
+from ._config import TrainConfig
 from ._resume import check_resume
-from ._tensorize import layer_shapes, lowrank, lowrank_rank_for, paper_shapes, tensorize
 from ._train import Distributed, default_device
 
 _deferred: list[str] | None = None  # while the checks run: their warnings, said only if no check fails

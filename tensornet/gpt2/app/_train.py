@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import _checkpoint, _files, _resume, _runfolder
+from .. import _files
+from . import _checkpoint, _resume, _runfolder
 from ._config import TrainConfig
 from ._data import train_batch, val_batches
 
@@ -152,7 +153,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """
     from tensornet.nn import tt_parameters
 
-    from ._lowrank import LowRankLinear
+    from .._lowrank import LowRankLinear
 
     cores = [p for p in tt_parameters(model) if p.requires_grad]
     factors: list[nn.Parameter] = []

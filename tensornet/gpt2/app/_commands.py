@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 
+from .._model import build_model, gpt2_config, load_model, save_model, save_run_model
+from .._tensorize import lowrank, nparams, tensorize
 from . import _checkpoint, _data, _runfolder
 from ._args import EVAL_POINTS
-from ._model import build_model, gpt2_config, load_model, save_model, save_run_model
 from ._precheck import check_memory, dims, train_config, warn
 from ._resume import CHECKPOINT, check_checkpoint_fits, runtime
-from ._tensorize import lowrank, nparams, tensorize
 from ._train import (
     Distributed,
     History,
