@@ -256,7 +256,7 @@ def test_a_model_saved_before_the_tt_layers_recorded_their_core_shapes_still_loa
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from tensornet.gpt2 import _modelfile
+    from tensornet.gpt2 import files
     from tensornet.gpt2.app._resume import _model_fault
 
     model, _ = tensorize(tiny(), rank=4, shapes="balanced")
@@ -267,7 +267,7 @@ def test_a_model_saved_before_the_tt_layers_recorded_their_core_shapes_still_loa
         metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in names}
     assert any(k.endswith("._extra_state") for k in tensors)
     tensors = {k: v for k, v in tensors.items() if not k.endswith("._extra_state")}
-    metadata["tensornet.sha256"] = _modelfile.content_sha256(tensors)
+    metadata["tensornet.sha256"] = files.content_sha256(tensors)
     weights.unlink()
     save_file(tensors, weights, metadata=metadata)
     loaded = load_model(folder)

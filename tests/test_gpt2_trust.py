@@ -595,7 +595,7 @@ KILL_ARGS = ["--steps", str(KILL_STEPS), "--checkpoint-every", "1", "--eval-ever
 # temporary file is complete and before the checkpoint is replaced (the worst moment a kill can pick)
 KILL_IN_WRITE = """
 import os, signal, sys
-from tensornet.gpt2 import _files
+from tensornet.gpt2 import files
 from tensornet.gpt2.app._cli import main
 replace, seen = os.replace, []
 def dying_replace(src, dst):
@@ -604,7 +604,7 @@ def dying_replace(src, dst):
         if len(seen) == int(sys.argv[1]):
             os.kill(os.getpid(), signal.SIGKILL)
     return replace(src, dst)
-_files.os.replace = dying_replace
+files.os.replace = dying_replace
 sys.exit(main(sys.argv[2:]))
 """
 

@@ -7,7 +7,6 @@ memory the model needs.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -19,43 +18,12 @@ from typing import Any, BinaryIO
 
 import torch
 
-from . import _files
+from . import files as _files
 from ._tensorize import TensorizeConfig
 
 _WEIGHTS = "model.safetensors"
 _CHECKSUM = "tensornet.sha256"  # safetensors metadata key: SHA-256 of the tensors, verified by load_model
 _PICKLE_WEIGHTS = ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")
-
-
-# ------------------------------------------------------------------------------ safetensors with checksum
-def _tensor_bytes(t: torch.Tensor) -> bytes | memoryview:
-    flat = t.contiguous().reshape(-1)
-    if flat.numel() == 0:
-        return b""
-    return flat.view(torch.uint8).numpy().data  # the tensor's own bytes, not a copy
-
-
-def content_sha256(tensors: dict[str, torch.Tensor], header: str = "") -> str:
-    """SHA-256 over ``header`` and, in name order, every tensor's name, dtype, shape and bytes."""
-    digest = hashlib.sha256(header.encode("utf-8"))
-    for name in sorted(tensors):
-        t = tensors[name]
-        digest.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode("utf-8"))
-        digest.update(_tensor_bytes(t))
-    return digest.hexdigest()
-
-
-def read_safetensors(path: Path, unreadable: str, hint: str = "") -> tuple[dict, dict[str, torch.Tensor]]:
-    """The metadata and tensors of a safetensors file; a malformed file raises ValueError ``unreadable (why)hint``."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118  (safe_open is not a mapping)
-    except Exception as err:  # safetensors raises its own error type for every malformed file
-        raise ValueError(f"{unreadable} ({type(err).__name__}: {err}){hint}") from None
-    return metadata, tensors
 
 
 _DTYPE_CODES = {  # torch dtype name -> safetensors code
@@ -73,7 +41,9 @@ def write_weights(f: BinaryIO, tensors: dict[str, torch.Tensor], metadata: dict[
     length, JSON header of dtypes, shapes, byte ranges and ``__metadata__``, then the bytes).
     """
     if sys.byteorder != "little":
-        raise NotImplementedError("save_model: safetensors stores little-endian bytes; this host is big-endian")
+        raise NotImplementedError(
+            "save_model: safetensors stores little-endian bytes; this host is big-endian"
+        )
     header: dict[str, Any] = {}
     offset = 0
     for name in sorted(tensors):
@@ -89,7 +59,7 @@ def write_weights(f: BinaryIO, tensors: dict[str, torch.Tensor], metadata: dict[
     raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
     f.write(struct.pack("<Q", len(raw)) + raw)
     for name in sorted(tensors):
-        f.write(_tensor_bytes(tensors[name].detach().cpu()))
+        f.write(_files.tensor_bytes(tensors[name].detach().cpu()))
 
 
 # ---------------------------------------------------------------------------------- checks before building

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from .._config import LAYER_GROUPS, PRESETS
+from .. import LAYER_GROUPS, PRESETS
 from ._argtypes import (
     _BATCH,
     _BETA,

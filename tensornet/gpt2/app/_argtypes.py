@@ -10,7 +10,9 @@ import json
 import math
 from collections.abc import Callable
 
-from .._config import LAYER_GROUPS, SHAPE_KEYS
+from .. import LAYER_GROUPS
+
+SHAPE_KEYS = (*(key for keys in LAYER_GROUPS.values() for key in keys), "wte")  # `shapes` keys
 
 
 # ------------------------------------------------------------------------------------------ value parsers

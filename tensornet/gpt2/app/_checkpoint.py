@@ -19,8 +19,7 @@ from typing import Any
 
 import torch
 
-from .._files import atomic_save, not_a_file, parse_json
-from .._modelfile import content_sha256, read_safetensors
+from ..files import atomic_save, content_sha256, not_a_file, parse_json, read_safetensors
 from . import _skeleton
 
 CHECKPOINT_FORMAT = "tensornet-checkpoint"

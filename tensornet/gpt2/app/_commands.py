@@ -14,8 +14,7 @@ from typing import Any
 
 import torch
 
-from .._model import build_model, gpt2_config, load_model, save_model, save_run_model
-from .._tensorize import lowrank, nparams, tensorize
+from .. import build_model, gpt2_config, load_model, lowrank, save_model, save_run_model, tensorize
 from . import _checkpoint, _data, _runfolder
 from ._args import EVAL_POINTS
 from ._precheck import check_memory, dims, train_config, warn
@@ -28,6 +27,7 @@ from ._train import (
     evaluate,
     load_note,
     make_optimizer,
+    nparams,
     train,
 )
 

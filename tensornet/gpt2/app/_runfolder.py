@@ -12,7 +12,7 @@ import errno
 import os
 from pathlib import Path
 
-from .._files import (
+from ..files import (
     MODEL_FILES,
     PICKLE_NOTE,
     TRIES,

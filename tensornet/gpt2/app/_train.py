@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import _files
+from .. import files as _files
 from . import _checkpoint, _resume, _runfolder
 from ._config import TrainConfig
 from ._data import train_batch, val_batches
@@ -49,6 +49,11 @@ class History:
     def val_ppl(self) -> float:
         """The last validation perplexity (NaN before the first evaluation)."""
         return _ppl(self.val[-1][1]) if self.val else float("nan")
+
+
+def nparams(model: nn.Module) -> int:
+    """The model's parameters, each counted once (GPT-2's LM head shares the token embedding's)."""
+    return sum(p.numel() for p in model.parameters())
 
 
 def _ppl(loss: float) -> float:
@@ -153,7 +158,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """
     from tensornet.nn import tt_parameters
 
-    from .._lowrank import LowRankLinear
+    from .. import LowRankLinear
 
     cores = [p for p in tt_parameters(model) if p.requires_grad]
     factors: list[nn.Parameter] = []

@@ -71,6 +71,7 @@ def check_name_length(path: Path, where: str) -> None:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (someone else's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -89,7 +90,8 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (a rename) to disk, where the file system allows it."""
     with contextlib.suppress(OSError):  # not every file system lets a folder be opened and synced
         fd = os.open(folder, os.O_RDONLY)
         try:
@@ -213,10 +215,11 @@ def _replace(path: Path, fill: Callable[[Path], object]) -> None:
         if isinstance(err, OSError) and err.errno is not None:
             raise write_error(path, err) from None
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def write_text(path: Path, text: str) -> None:
+    """Atomically write ``text`` as UTF-8 (:func:`atomic_write`)."""
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
@@ -318,7 +321,7 @@ def remove_stale_tmp(
                 continue
             elif match["tag"] == "old" and not os.path.lexists(folder / name):
                 os.replace(entry, folder / name)  # the folder a killed save_model had set aside
-                _fsync_dir(folder)
+                fsync_dir(folder)
             else:
                 for p in entry.iterdir():
                     p.unlink()
@@ -375,9 +378,6 @@ def check_creatable(path: Path, where: str) -> None:
     probe_writable(parent, where)
 
 
-# ----------------------------------------------------------------------------------------------- checkpoint
-
-
 def not_a_file(path: Path) -> str | None:
     """What ``path`` is when it is not a readable regular file (following links), for messages; None if it is."""
     if path.is_symlink() and not path.exists():
@@ -389,6 +389,40 @@ def not_a_file(path: Path) -> str | None:
     if not path.is_file():
         return "is not a regular file"
     return None
+
+
+# ------------------------------------------------------------------------------ safetensors with checksum
+def tensor_bytes(t: Any) -> bytes | memoryview:
+    """A torch tensor's own bytes (C order), not a copy."""
+    import torch
+
+    flat = t.contiguous().reshape(-1)
+    if flat.numel() == 0:
+        return b""
+    return flat.view(torch.uint8).numpy().data  # the tensor's own bytes, not a copy
+
+
+def content_sha256(tensors: dict[str, Any], header: str = "") -> str:
+    """SHA-256 over ``header`` and, in name order, every tensor's name, dtype, shape and bytes."""
+    digest = hashlib.sha256(header.encode("utf-8"))
+    for name in sorted(tensors):
+        t = tensors[name]
+        digest.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode("utf-8"))
+        digest.update(tensor_bytes(t))
+    return digest.hexdigest()
+
+
+def read_safetensors(path: Path, unreadable: str, hint: str = "") -> tuple[dict, dict[str, Any]]:
+    """The metadata and tensors of a safetensors file; a malformed file raises ValueError ``unreadable (why)hint``."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118  (safe_open is not a mapping)
+    except Exception as err:  # safetensors raises its own error type for every malformed file
+        raise ValueError(f"{unreadable} ({type(err).__name__}: {err}){hint}") from None
+    return metadata, tensors
 
 
 MODEL_MARK = "tensornet-model.json"  # save_model's mark: --overwrite replaces only folders that carry it
