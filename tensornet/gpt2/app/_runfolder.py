@@ -31,7 +31,6 @@ OUTPUTS = {
     "train": ("checkpoint.safetensors", "log.jsonl", *(f"model/{f}" for f in MODEL_FILES)),
     "compare": ("results.json", "loss_curves.png", "loss_curves.svg", "tokens.safetensors"),
 }
-_HELD: dict[Path, RunFolder] = {}
 
 
 def read_manifest(path: Path) -> dict | None:
@@ -57,14 +56,12 @@ class RunFolder:
     """A run's output folder, held for the whole run.
 
     It is created if needed, checked to be the package's own, locked against a second run, cleaned of leftover
-    temporary files and marked by ``tensornet-run.json``.
-
-    ``open`` is re-entrant within a process (the CLI opens the folder before loading data; ``train`` then
-    opens it again): the second open returns the same holder.
+    temporary files and marked by ``tensornet-run.json``. Opened once, by the caller (the CLI, before loading
+    data), and handed to ``train``.
     """
 
     def __init__(self, path: Path, kind: str, fd: int, created: list[Path] | None = None) -> None:
-        self.path, self.kind, self._fd, self._count = path, kind, fd, 1
+        self.path, self.kind, self._fd = path, kind, fd
         # the folders this run created (deepest first) when it found none there, [path] alone when it found the
         # folder empty, else None: a run that writes nothing leaves the folder as it found it
         self._created = created
@@ -80,13 +77,6 @@ class RunFolder:
         where: str = "--out",
     ) -> RunFolder:
         path = Path(path)
-        key = path.resolve()
-        held = _HELD.get(key)
-        if held is not None:
-            if held.kind != kind:
-                raise ValueError(f"{where}: {str(path)!r} is already open for a {held.kind} run")
-            held._count += 1
-            return held
         check_run_folder(path, kind=kind, resume=resume, overwrite=overwrite, where=where)
         created = [p for p in (path, *path.parents) if not p.exists()] or None
         if created is None and not any(p.name != LOCK for p in path.iterdir()):
@@ -120,7 +110,6 @@ class RunFolder:
         except BaseException:
             _unlock(path / LOCK, fd)
             raise
-        _HELD[key] = folder
         return folder
 
     def remove_outputs(self) -> list[str]:
@@ -144,17 +133,14 @@ class RunFolder:
         return removed
 
     def close(self) -> None:
-        self._count -= 1
-        if self._count == 0:
-            _HELD.pop(self.path.resolve(), None)
-            unused = self._created is not None and self._holds_only_marks()
-            if unused:  # removed while the lock is held
-                with contextlib.suppress(OSError):
-                    (self.path / MANIFEST).unlink()
-            _unlock(self.path / LOCK, self._fd)
-            for folder in (self._created or []) if unused else []:
-                with contextlib.suppress(OSError):
-                    folder.rmdir()  # only when empty
+        unused = self._created is not None and self._holds_only_marks()
+        if unused:  # removed while the lock is held
+            with contextlib.suppress(OSError):
+                (self.path / MANIFEST).unlink()
+        _unlock(self.path / LOCK, self._fd)
+        for folder in (self._created or []) if unused else []:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty
 
     def _holds_only_marks(self) -> bool:
         """The folder holds nothing but this package's manifest and lock (the run wrote no output)."""

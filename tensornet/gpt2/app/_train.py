@@ -446,7 +446,7 @@ def train(
     val_ids: torch.Tensor,
     cfg: TrainConfig,
     *,
-    out: str | os.PathLike | None = None,
+    out: str | os.PathLike | _runfolder.RunFolder | None = None,
     resume: bool = False,
     overwrite: bool = False,
     stop_at: int | None = None,
@@ -464,8 +464,8 @@ def train(
     on resume. ``on_step(step, loss)`` and ``on_eval(step, loss)`` are called after every step and evaluation
     (steps counted from 1; under DDP in the first process only), e.g. for a progress bar.
 
-    ``out`` is a run folder (see ``_runfolder.RunFolder``): new or empty, or one this package wrote; it is locked
-    for the run. A folder holding a previous run is refused unless ``resume`` (continue it) or ``overwrite``
+    ``out`` is a run folder: new or empty, or one this package wrote; it is locked for the run (a caller that
+    holds it already, as the CLI does, passes its ``RunFolder``). A folder holding a previous run is refused unless ``resume`` (continue it) or ``overwrite``
     (replace the package's files in it; other files are kept). ``out/log.jsonl`` gets one line per step and
     per evaluation; on resume it is rewritten from the checkpoint, so it always equals an uninterrupted run's.
     Under ``torchrun`` (WORLD_SIZE > 1) the model is wrapped in DDP and each process takes its slice of the
@@ -481,9 +481,11 @@ def train(
     device = torch.device(device) if device is not None else default_device(dist)
     if device.type == "cuda" and device.index is None:  # under torchrun each process takes its own GPU
         device = torch.device("cuda", dist.local_rank)
-    folder = None
-    if out is not None and dist.main:
+    folder = out if isinstance(out, _runfolder.RunFolder) else None
+    opened = folder is None and out is not None and dist.main  # else the caller holds the folder, or none
+    if opened:
         folder = _runfolder.RunFolder.open(Path(out), kind="train", resume=resume, overwrite=overwrite)
+    out = None if out is None else Path(getattr(out, "path", out))
     run = None
     try:
         dist.init(device)
@@ -495,5 +497,5 @@ def train(
     finally:
         if run is not None and run.log is not None:
             run.log.close()
-        if folder is not None:
+        if opened and folder is not None:
             folder.close()
