@@ -136,7 +136,7 @@ class TrainConfig:
     @staticmethod
     def bounds(name: str) -> Range:
         """The range of setting ``name``."""
-        return {f.name: f.metadata.get("range") for f in fields(TrainConfig)}[name]
+        return next(f.metadata["range"] for f in fields(TrainConfig) if f.name == name)
 
     def evaluates_at(self, done: int) -> bool:
         """Whether the run evaluates after ``done`` steps (always after the last)."""

@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -482,15 +482,18 @@ def train(
     if device.type == "cuda" and device.index is None:  # under torchrun each process takes its own GPU
         device = torch.device("cuda", dist.local_rank)
     folder = out if isinstance(out, _runfolder.RunFolder) else None
-    opened = folder is None and out is not None and dist.main  # else the caller holds the folder, or none
-    if opened:
-        folder = _runfolder.RunFolder.open(Path(out), kind="train", resume=resume, overwrite=overwrite)
-    out = None if out is None else Path(getattr(out, "path", out))
+    path = folder.path if folder is not None else None if out is None else Path(cast(str, out))
+    opened = False  # the caller may hold the folder; other processes of a DDP run hold none
+    if folder is None and path is not None and dist.main:
+        folder, opened = (
+            _runfolder.RunFolder.open(path, kind="train", resume=resume, overwrite=overwrite),
+            True,
+        )
     run = None
     try:
         dist.init(device)
         run = _Run(model, cfg, dist, device)
-        start = run.open(out, folder, signature, resume=resume, stop_at=stop_at)
+        start = run.open(path, folder, signature, resume=resume, stop_at=stop_at)
         end = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
         run.loop(start, end, train_ids, val_ids, on_step, on_eval)
         return run.summarize(max(end - start, 0))
