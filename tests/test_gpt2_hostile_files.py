@@ -1,4 +1,4 @@
-"""The adversarial review of tensornet.gpt2's trust at the edges: temporary files never written through planted
+"""Hostile files and flags: temporary files never written through planted
 links, a run never lost at its final evaluation, --overwrite and compress never replace what tensornet did not
 write, crafted config.json/checkpoints/tokenizers refused before anything is built or trained, every size flag
 bounded, empty paths refused, and errors that say what the file is."""

@@ -1,4 +1,4 @@
-"""Trust at the edges of tensornet.gpt2: files are data (nothing is unpickled, damage is an error naming the
+"""tensornet.gpt2's guarantees end to end: files are data (nothing is unpickled, damage is an error naming the
 file), nothing the user owns is deleted, every CLI flag is checked before any work, one run per folder, and a
 run killed at any point resumes to exactly the uninterrupted run (losses, log, weights)."""
 

@@ -1,4 +1,4 @@
-"""The command line as a newcomer meets it (issue 16) and its compile modes (issue 12): fast and complete help,
+"""What the command line says: help that needs no torch and states every default, the compile modes,
 progress that survives evaluation lines and Ctrl-C, numbers that say what they were computed on and agree
 between train and eval, warnings for settings that cannot do what was meant, errors before any work, and no
 empty folder left by a failed run."""
@@ -242,7 +242,7 @@ ISSUE_EXAMPLES = [
 
 
 @pytest.mark.parametrize(("flags", "needle"), ISSUE_EXAMPLES)
-def test_the_issue_examples_fail_before_any_work(flags, needle, tmp_path, capsys, monkeypatch):
+def test_impossible_settings_fail_before_any_work(flags, needle, tmp_path, capsys, monkeypatch):
     def no_data(*args, **kwargs):
         raise AssertionError("data loaded before the arguments were checked")
 
