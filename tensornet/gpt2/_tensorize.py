@@ -13,7 +13,6 @@ GPT-2's ``Conv1D`` stores its weight ``(in, out)``: ``tensornet.nn`` transposes 
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -25,6 +24,8 @@ from tensornet.nn import LayerReport, Rule, TensorizeReport, TiedTTHead, linear_
 from tensornet.nn import tensorize as nn_tensorize
 
 from ._config import LAYER_GROUPS, SHAPE_KEYS
+from ._config import count as _count
+from ._config import is_int as _is_int
 from ._lowrank import LowRankLinear
 
 Pairs = tuple[tuple[int, int], ...]  # ((m_1, n_1), ..., (m_d, n_d)): a (prod m, prod n) weight
@@ -39,22 +40,6 @@ PAPER_SHAPES: dict[tuple[int, int], tuple[tuple[float, Pairs], ...]] = {
     ),
     (1024, 4096): ((math.inf, ((16, 16), (16, 16), (16, 4))),),  # GPT-2 medium: r = 72
 }
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _count(fn: str, name: str, value: Any, *, optional: bool = False) -> Any:
-    """``value`` as an int ``>= 1`` (None passes when ``optional``); else TypeError/ValueError naming it."""
-    if optional and value is None:
-        return None
-    if not _is_int(value):
-        kind = "an int or None" if optional else "an int"
-        raise TypeError(f"{fn}: {name} must be {kind}, got {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"{fn}: {name} must be >= 1, got {value}")
-    return int(value)
 
 
 def paper_shapes(shape: tuple[int, int], rank: int) -> Pairs | None:

@@ -1,15 +1,16 @@
-"""Files the GPT-2 adapter writes, written so that nothing the user owns is lost (no torch here).
+"""The file guarantees of ``save_model``/``load_model`` and of the application: nothing the user owns is lost.
 
-* atomic writes: a temporary ``.NAME.tmpPID`` next to the target, created with ``O_EXCL | O_NOFOLLOW`` (never
-  a file or a symbolic link someone planted there) and written through its descriptor, ``fsync``,
-  ``os.replace`` (a link at the target is replaced itself, never written through). Leftovers of a killed
-  writer, and links planted under these names, are removed at the next start (only names of this pattern,
-  only the names the package writes in that folder); a folder set aside as ``.NAME.oldPID`` by a
-  ``save_model`` killed between its two renames is renamed back to NAME. A NAME too long to take the suffix
-  within the file system's limit on a name is shortened in the temporary name (its head and a hash);
-
-Run folders (a manifest and a lock) are ``_runfolder``'s; what is in the files (safetensors checkpoints, token
-files) is ``_checkpoint``'s.
+* atomic writes (:func:`atomic_write`, :func:`atomic_save`): a temporary ``.NAME.tmpPID`` next to the target,
+  created with ``O_EXCL | O_NOFOLLOW`` (never a file or a symbolic link someone planted there), flushed to
+  disk and renamed over the target with ``os.replace`` (a link at the target is replaced itself, never
+  written through). Not ``tempfile.mkstemp``: the writer's pid in the name is what lets the next start tell
+  a killed writer's leftover from a live writer's file. Leftovers, and links planted under these names, are
+  removed at the next start (:func:`remove_stale_tmp`: only names of this pattern, only names the package
+  writes in that folder); a folder set aside as ``.NAME.oldPID`` by a ``save_model`` killed between its two
+  renames is renamed back to NAME. A NAME too long to take the suffix within the file system's limit on a
+  name is shortened in the temporary name (its head and a hash);
+* checked reads: :func:`read_small_file` (a regular file of bounded size), :func:`parse_json`,
+  :func:`read_safetensors` and :func:`content_sha256` (the SHA-256 the package stores with its tensors).
 """
 
 from __future__ import annotations
@@ -24,6 +25,36 @@ import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
+
+__all__ = [
+    "MODEL_FILES",
+    "MODEL_MARK",
+    "NAME_MAX",
+    "PICKLE_NOTE",
+    "atomic_save",
+    "atomic_write",
+    "check_creatable",
+    "check_name_length",
+    "clear_leftover",
+    "content_sha256",
+    "fsync_dir",
+    "make_tmp_dir",
+    "not_a_file",
+    "parse_json",
+    "plain_file",
+    "probe_writable",
+    "read_safetensors",
+    "read_small_file",
+    "remove_stale_tmp",
+    "restore_set_aside",
+    "tensor_bytes",
+    "tmp_path",
+    "tmp_stem",
+    "write_error",
+    "write_json",
+    "write_new",
+    "write_text",
+]
 
 PICKLE_NOTE = (
     "pickle files are not loaded because unpickling can run arbitrary code; "
@@ -175,7 +206,7 @@ def write_error(path: Path, err: OSError) -> OSError:
 
 
 def write_new(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Create ``path`` (see :func:`create_file`), ``write(f)`` to it and flush it to disk."""
+    """Create ``path`` (see ``create_file``), ``write(f)`` to it and flush it to disk."""
     fd = create_file(path)
     with os.fdopen(fd, "wb") as f:
         write(f)

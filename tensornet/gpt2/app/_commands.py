@@ -17,13 +17,12 @@ import torch
 from .. import build_model, gpt2_config, load_model, lowrank, save_model, save_run_model, tensorize
 from . import _checkpoint, _data, _runfolder
 from ._args import EVAL_POINTS
+from ._distributed import Distributed, default_device
 from ._precheck import check_memory, dims, train_config, warn
 from ._resume import CHECKPOINT, check_checkpoint_fits, runtime
 from ._train import (
-    Distributed,
     History,
     check_tokens,
-    default_device,
     evaluate,
     load_note,
     make_optimizer,

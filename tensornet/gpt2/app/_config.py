@@ -74,6 +74,12 @@ CompileMode = Literal["default", "reduce-overhead", "max-autotune"]
 COMPILE_MODES: tuple[CompileMode, ...] = ("default", "reduce-overhead", "max-autotune")
 
 
+def _multiplier(what: str) -> Any:
+    """A learning-rate multiplier field (default 1, > 0) for ``what``."""
+    text = f"learning-rate multiplier for {what}; a per-model hyperparameter (benchmarks/results/gpt2_compare_cpu.md)"
+    return _set(1.0, Range(0, lo_open=True), text, metavar="X")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation settings (frozen: a run's settings do not change under it).
@@ -92,23 +98,11 @@ class TrainConfig:
     beta1: float = _set(0.9, Range(0, 1, hi_open=True), "AdamW beta1")
     beta2: float = _set(0.999, Range(0, 1, hi_open=True), "AdamW beta2")
     clip: float = _set(1.0, Range(0), "gradient-norm clip, 0 = off")
-    # learning-rate multiplier for the TT cores (TTMLinear, TTEmbedding): a product of cores moves W less
-    # per Adam step than a dense matrix (see make_optimizer)
-    tt_lr_scale: float = _set(
-        1.0,
-        Range(0, lo_open=True),
-        "learning-rate multiplier for the TT cores, which move W less per Adam step than a dense matrix does; "
-        "a per-model hyperparameter (benchmarks/results/gpt2_compare_cpu.md)",
-        metavar="X",
-    )
-    # the same for the two factors of the low-rank baseline (LowRankLinear): at 1 they stay in the dense group
-    lowrank_lr_scale: float = _set(
-        1.0,
-        Range(0, lo_open=True),
-        "learning-rate multiplier for the low-rank baseline's two factors (a product too); a per-model "
-        "hyperparameter (benchmarks/results/gpt2_compare_cpu.md)",
-        metavar="X",
-    )
+    # learning-rate multipliers for the TT cores (TTMLinear, TTEmbedding) and for the low-rank baseline's two
+    # factors (LowRankLinear; at 1 they stay in the dense group): a product of factors moves W less per Adam
+    # step than a dense matrix (see make_optimizer)
+    tt_lr_scale: float = _multiplier("the TT cores, which move W less per Adam step than a dense matrix does")
+    lowrank_lr_scale: float = _multiplier("the low-rank baseline's two factors (a product too)")
     seed: int = _set(0, _int(0, 2**32 - 1), "seed for initialisation and data order")
     eval_every: int = _set(0, _int(0, MAX_STEPS), "evaluate every N steps, N <= 10**9 (0: {eval_zero})")
     eval_at: tuple[int, ...] = ()  # evaluate also after these steps (compare: log-spaced, for its figure)

@@ -36,8 +36,8 @@ from .. import files as _files
 from . import _data, _runfolder
 from ._args import UsageError
 from ._config import TrainConfig
+from ._distributed import Distributed, default_device
 from ._resume import check_resume
-from ._train import Distributed, default_device
 
 _deferred: list[str] | None = None  # while the checks run: their warnings, said only if no check fails
 

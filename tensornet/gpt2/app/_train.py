@@ -26,6 +26,7 @@ from .. import files as _files
 from . import _checkpoint, _resume, _runfolder
 from ._config import TrainConfig
 from ._data import train_batch, val_batches
+from ._distributed import Distributed, default_device
 
 # torch.compile warns when it traces through a functools.lru_cache; tensornet's caches map core shapes to plans
 # (pure functions of their arguments), so tracing through them gives the same graph: silenced while compiling
@@ -77,67 +78,6 @@ def load_note(load: float | None, cores: int | None = None) -> str:
     if load is None or not busy(load, cores):
         return ""
     return f"measured while the machine was busy (load average {load:.1f} on {cores} cores)"
-
-
-def _env_int(name: str, default: int, lo: int) -> int:
-    """An integer torchrun puts in the environment, checked (a hand-set ``WORLD_SIZE=0`` is an error)."""
-    text = os.environ.get(name, "").strip() or str(default)
-    try:
-        value = int(text)
-    except ValueError:
-        value = lo - 1
-    if value < lo:
-        raise ValueError(
-            f"the environment variable {name}={os.environ.get(name)!r} must be an integer >= {lo}; torchrun "
-            f"sets it: unset it to run one process"
-        )
-    return value
-
-
-class Distributed:
-    """Process rank/world from torchrun's environment; ``init()`` starts the process group when world > 1."""
-
-    def __init__(self) -> None:
-        self.world = _env_int("WORLD_SIZE", 1, 1)
-        self.rank = _env_int("RANK", 0, 0)
-        self.local_rank = _env_int("LOCAL_RANK", 0, 0)
-        if self.rank >= self.world:
-            raise ValueError(
-                f"the environment gives RANK={self.rank} but WORLD_SIZE={self.world} (ranks 0 to "
-                f"{self.world - 1}); start the processes with torchrun, or unset RANK and WORLD_SIZE"
-            )
-        self.started = False
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def init(self, device: torch.device) -> None:
-        if self.world > 1 and not torch.distributed.is_initialized():
-            backend = "nccl" if device.type == "cuda" else "gloo"
-            torch.distributed.init_process_group(backend=backend)
-            self.started = True
-
-    def close(self) -> None:
-        if self.started:
-            torch.distributed.destroy_process_group()
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            torch.distributed.barrier()
-
-    def sum(self, values: list[float], device: torch.device) -> list[float]:
-        if self.world == 1:
-            return values
-        t = torch.tensor(values, dtype=torch.float64, device=device)
-        torch.distributed.all_reduce(t)
-        return t.tolist()
-
-
-def default_device(dist: Distributed | None = None) -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", dist.local_rank if dist is not None else 0)
-    return torch.device("cpu")
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
