@@ -108,7 +108,7 @@ EXAMPLES = {
 
 @pytest.mark.parametrize("case", sorted(EXAMPLES))
 @pytest.mark.parametrize("valid_checksum", [True, False])
-def test_the_issue_examples_are_errors_naming_the_file(base, tmp_path, case, valid_checksum):
+def test_malformed_checkpoint_examples_are_errors_naming_the_file(base, tmp_path, case, valid_checksum):
     skeleton = copy.deepcopy(base["skeleton"])
     EXAMPLES[case](skeleton)
     path = write(tmp_path, skeleton, base["tensors"], valid_checksum=valid_checksum)

@@ -290,3 +290,19 @@ def test_lowrank_and_rules_convert_conv1d_in_place_and_can_drop_biases():
     )
     assert ttm.transformer.h[0].mlp.c_fc.bias is None
     torch.testing.assert_close(ttm.transformer.h[0].mlp.c_fc(x), conv(x) - conv.bias, rtol=1e-9, atol=1e-9)
+
+
+def test_linear_weight_reads_linear_and_conv1d_as_out_in():
+    from tensornet.nn import linear_weight
+
+    linear = torch.nn.Linear(3, 5)
+    weight, bias = linear_weight(linear)
+    assert weight is linear.weight and bias is linear.bias
+    conv = Conv1D(5, 3)  # nf=5 outputs, nx=3 inputs: its weight is stored (in, out)
+    weight, bias = linear_weight(conv)
+    assert weight.shape == (5, 3) and torch.equal(weight, conv.weight.T) and bias is conv.bias
+    assert weight.data_ptr() == conv.weight.data_ptr()  # a view, not a copy
+    with pytest.raises(TypeError, match=r"linear_weight: expected an nn\.Linear"):
+        linear_weight(torch.nn.ReLU())
+    with pytest.raises(TypeError, match=r"mine: expected an nn\.Linear"):
+        linear_weight(torch.nn.ReLU(), where="mine")
