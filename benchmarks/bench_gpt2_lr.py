@@ -9,7 +9,7 @@ both defaults come from this sweep (results in ``benchmarks/results/gpt2_compare
 Every run is ``compare``'s: its model (4 layers x 256, vocabulary 4,096, the low-rank inner size matched to
 the TTM model's parameters), data (the first 1.5M characters of the embedded corpus), seed, schedule and
 evaluation on the whole validation split, built by the same functions ``compare`` calls
-(``tensornet.gpt2._compare.build_variant`` and ``train``); only the multiplier changes. ``--jobs`` runs go
+(``tensornet.gpt2.app._compare.build_variant`` and ``train``); only the multiplier changes. ``--jobs`` runs go
 side by side, each in its own process with ``--threads`` torch threads (the thread count changes the float
 summation order, which moves the low-rank model's perplexity by a few percent: compare rows of one setting).
 Prints a markdown row per run and the machine with its load average.
@@ -26,7 +26,8 @@ from dataclasses import asdict, replace
 
 import _harness
 
-from tensornet.gpt2 import _args, _compare, _data, _tensorize, _train
+from tensornet.gpt2 import _tensorize
+from tensornet.gpt2.app import _args, _compare, _data, _train
 
 
 def spec(cache: str, variant: str, *, seed: int, steps: int, warmup: int) -> dict:

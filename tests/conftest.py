@@ -141,7 +141,7 @@ GPT2_TINY = [
 
 def cli_status(argv: list[str]) -> int:
     """``python -m tensornet.gpt2``'s exit status: usage errors exit through argparse, later errors return 2."""
-    from tensornet.gpt2._cli import main
+    from tensornet.gpt2.app._cli import main
 
     try:
         return main(argv)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tensornet.gpt2 import _checkpoint, _data
-from tensornet.gpt2._data import cached_tokenizer, cached_tokens, encode, stdlib_corpus, token_cache_path
+from tensornet.gpt2.app import _checkpoint, _data
+from tensornet.gpt2.app._data import cached_tokenizer, cached_tokens, encode, stdlib_corpus, token_cache_path
 
 
 @pytest.fixture(scope="module")

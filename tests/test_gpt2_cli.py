@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from tensornet.gpt2 import load_model
-from tensornet.gpt2._checkpoint import load_checkpoint
-from tensornet.gpt2._cli import main
+from tensornet.gpt2.app._checkpoint import load_checkpoint
+from tensornet.gpt2.app._cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--n-layer", "2", "--n-embd", "64", "--n-head", "2", "--block-size", "32", "--vocab-size", "300"]

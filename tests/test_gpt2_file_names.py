@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import GPT2_TINY, cli_status
 
-from tensornet.gpt2 import _commands, _files, load_model, save_model
+from tensornet.gpt2 import files, load_model, save_model
+from tensornet.gpt2.app import _commands
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny models run faster on one thread (conftest)
 
@@ -26,22 +27,22 @@ def test_temporary_names_of_long_names_fit_and_stay_distinct(tmp_path):
     for name in (LONG, "é" * 127, "x" * 255):  # bytes, not characters, count
         target = tmp_path / name
         for tag in ("tmp", "old"):
-            assert nbytes(_files.tmp_path(target, tag)) <= _files.NAME_MAX, (name, tag)
-        _files.write_json(target, {"a": 1})  # an atomic write at the long name works
+            assert nbytes(files.tmp_path(target, tag)) <= files.NAME_MAX, (name, tag)
+        files.write_json(target, {"a": 1})  # an atomic write at the long name works
         assert target.read_text().strip().endswith("}")
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     short = tmp_path / "short.json"
-    assert _files.tmp_path(short).name == f".short.json.tmp{os.getpid()}"  # short names unchanged
+    assert files.tmp_path(short).name == f".short.json.tmp{os.getpid()}"  # short names unchanged
     a, b = tmp_path / (LONG + "a"), tmp_path / (LONG + "b")  # a common head of 250 bytes
-    assert _files.tmp_path(a) != _files.tmp_path(b)
+    assert files.tmp_path(a) != files.tmp_path(b)
 
 
 def test_leftovers_of_long_names_are_removed_and_only_those(tmp_path):
-    own = tmp_path / f".{_files.tmp_stem(LONG)}.tmp{DEAD}"
-    other = tmp_path / f".{_files.tmp_stem('n' * 250)}.tmp{DEAD}"  # another long name, not listed
+    own = tmp_path / f".{files.tmp_stem(LONG)}.tmp{DEAD}"
+    other = tmp_path / f".{files.tmp_stem('n' * 250)}.tmp{DEAD}"  # another long name, not listed
     own.write_text("partial")
     other.write_text("someone's")
-    assert _files.remove_stale_tmp(tmp_path, [LONG], live=False) == [own]
+    assert files.remove_stale_tmp(tmp_path, [LONG], live=False) == [own]
     assert not own.exists() and other.read_text() == "someone's"
 
 

@@ -17,9 +17,9 @@ import tomllib
 import torch
 from conftest import GPT2_TINY, cli_status
 
-from tensornet.gpt2 import _precheck, _resume, _runfolder, _train
-from tensornet.gpt2._args import parser
-from tensornet.gpt2._compare import table
+from tensornet.gpt2.app import _precheck, _resume, _runfolder, _train
+from tensornet.gpt2.app._args import parser
+from tensornet.gpt2.app._compare import table
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny models run faster on one thread (conftest)
 
@@ -89,8 +89,8 @@ def _help(command: str, flag: str) -> str:
 
 
 def test_eval_every_0_means_what_each_command_does():
-    from tensornet.gpt2._args import COMPARE_RECIPE, EVAL_POINTS
-    from tensornet.gpt2._commands import log_spaced
+    from tensornet.gpt2.app._args import COMPARE_RECIPE, EVAL_POINTS
+    from tensornet.gpt2.app._commands import log_spaced
 
     assert "only at the end" in _help("train", "--eval-every")
     compare = _help("compare", "--eval-every")
@@ -183,7 +183,7 @@ def test_a_resume_with_any_changed_flag_that_shapes_the_log_is_refused(shared, t
     assert cli_status([*base, "--stop-at", "2"]) == 0
     text = tmp_path / "data.txt"
     text.write_text("def f(x):\n    return x\n" * 2000)
-    from tensornet.gpt2._data import stdlib_corpus, train_tokenizer
+    from tensornet.gpt2.app._data import stdlib_corpus, train_tokenizer
 
     tokenizer = tmp_path / "tokenizer.json"
     train_tokenizer(stdlib_corpus(max_chars=20000).train, 280).save(str(tokenizer))

@@ -14,7 +14,8 @@ import pytest
 import torch
 from conftest import GPT2_TINY, cli_status
 
-from tensornet.gpt2 import _train, load_model, save_model
+from tensornet.gpt2 import load_model, save_model
+from tensornet.gpt2.app import _train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny models run faster on one thread (conftest)
 

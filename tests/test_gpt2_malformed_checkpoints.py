@@ -14,8 +14,9 @@ from conftest import cli_status
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tensornet.gpt2 import _checkpoint, _files, _resume, _train, build_model, gpt2_config
-from tensornet.gpt2._data import cached_tokenizer, stdlib_corpus
+from tensornet.gpt2 import build_model, gpt2_config
+from tensornet.gpt2.app import _checkpoint, _resume, _train
+from tensornet.gpt2.app._data import cached_tokenizer, stdlib_corpus
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny models run faster on one thread (conftest)
 
@@ -52,7 +53,7 @@ def write(folder: Path, skeleton, tensors, *, valid_checksum: bool = True) -> Pa
         "sha256": _checkpoint.content_sha256(tensors, header) if valid_checksum else "0" * 64,
     }
     path = folder / CKPT
-    _files.atomic_write(path, lambda f: _checkpoint.write_safetensors(f, tensors, metadata))
+    _checkpoint.write_safetensors(path, tensors, metadata)
     return path
 
 
@@ -107,7 +108,7 @@ EXAMPLES = {
 
 @pytest.mark.parametrize("case", sorted(EXAMPLES))
 @pytest.mark.parametrize("valid_checksum", [True, False])
-def test_the_issue_examples_are_errors_naming_the_file(base, tmp_path, case, valid_checksum):
+def test_malformed_checkpoint_examples_are_errors_naming_the_file(base, tmp_path, case, valid_checksum):
     skeleton = copy.deepcopy(base["skeleton"])
     EXAMPLES[case](skeleton)
     path = write(tmp_path, skeleton, base["tensors"], valid_checksum=valid_checksum)

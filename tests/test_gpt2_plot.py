@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from conftest import GPT2_TINY
 
-from tensornet.gpt2 import _commands, _precheck
-from tensornet.gpt2._args import parser
-from tensornet.gpt2._plot import _title, count_label, plot_losses
+from tensornet.gpt2.app import _commands, _precheck
+from tensornet.gpt2.app._args import parser
+from tensornet.gpt2.app._plot import _title, count_label, plot_losses
 
 TOKENS_PER_STEP = 16 * 128
 SPEC = {
@@ -139,7 +139,7 @@ def test_count_label():
 
 def test_compare_run_folder_owns_the_svg(tmp_path):
     """The SVG is one of compare's outputs: it marks the folder as used and --overwrite replaces it."""
-    from tensornet.gpt2._runfolder import RunFolder, check_run_folder
+    from tensornet.gpt2.app._runfolder import RunFolder, check_run_folder
 
     out = tmp_path / "run"
     with RunFolder.open(out, kind="compare"):

@@ -254,9 +254,10 @@ def test_a_model_saved_before_the_tt_layers_recorded_their_core_shapes_still_loa
     # the TT layers' state dicts gained "_extra_state" (their core shapes, checked on load); folders and
     # checkpoints written without it must still load and resume
     from safetensors import safe_open
+    from safetensors.torch import save_file
 
-    from tensornet.gpt2 import _checkpoint
-    from tensornet.gpt2._resume import _model_fault
+    from tensornet.gpt2 import files
+    from tensornet.gpt2.app._resume import _model_fault
 
     model, _ = tensorize(tiny(), rank=4, shapes="balanced")
     folder = save_model(model, tmp_path / "m")
@@ -266,10 +267,9 @@ def test_a_model_saved_before_the_tt_layers_recorded_their_core_shapes_still_loa
         metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in names}
     assert any(k.endswith("._extra_state") for k in tensors)
     tensors = {k: v for k, v in tensors.items() if not k.endswith("._extra_state")}
-    metadata["tensornet.sha256"] = _checkpoint.content_sha256(tensors)
+    metadata["tensornet.sha256"] = files.content_sha256(tensors)
     weights.unlink()
-    with open(weights, "wb") as f:
-        _checkpoint.write_safetensors(f, tensors, metadata)
+    save_file(tensors, weights, metadata=metadata)
     loaded = load_model(folder)
     prompt = torch.tensor([[1, 2, 3]])
     assert torch.equal(loaded(prompt).logits, model(prompt).logits)
@@ -290,3 +290,19 @@ def test_lowrank_and_rules_convert_conv1d_in_place_and_can_drop_biases():
     )
     assert ttm.transformer.h[0].mlp.c_fc.bias is None
     torch.testing.assert_close(ttm.transformer.h[0].mlp.c_fc(x), conv(x) - conv.bias, rtol=1e-9, atol=1e-9)
+
+
+def test_linear_weight_reads_linear_and_conv1d_as_out_in():
+    from tensornet.nn import linear_weight
+
+    linear = torch.nn.Linear(3, 5)
+    weight, bias = linear_weight(linear)
+    assert weight is linear.weight and bias is linear.bias
+    conv = Conv1D(5, 3)  # nf=5 outputs, nx=3 inputs: its weight is stored (in, out)
+    weight, bias = linear_weight(conv)
+    assert weight.shape == (5, 3) and torch.equal(weight, conv.weight.T) and bias is conv.bias
+    assert weight.data_ptr() == conv.weight.data_ptr()  # a view, not a copy
+    with pytest.raises(TypeError, match=r"linear_weight: expected an nn\.Linear"):
+        linear_weight(torch.nn.ReLU())
+    with pytest.raises(TypeError, match=r"mine: expected an nn\.Linear"):
+        linear_weight(torch.nn.ReLU(), where="mine")

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from tensornet.gpt2 import TrainConfig, build_model, gpt2_config, stdlib_corpus, train
-from tensornet.gpt2._checkpoint import load_checkpoint
-from tensornet.gpt2._corpus import _is_val
-from tensornet.gpt2._data import (
+from tensornet.gpt2.app._checkpoint import load_checkpoint
+from tensornet.gpt2.app._corpus import _is_val
+from tensornet.gpt2.app._data import (
     cached_tokenizer,
     cached_tokens,
     read_text_file,
@@ -126,13 +126,39 @@ def test_lr_schedule_warmup_then_cosine():
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in itertools.pairwise(lrs[9:]))
     assert cfg.lr_at(100) == pytest.approx(0.1)
-    with pytest.raises(ValueError, match="steps must be >= 1"):
+    with pytest.raises(ValueError, match=r"steps must be in \[1, "):
         TrainConfig(steps=0).check()
+
+
+def test_train_settings_are_one_schema_the_cli_and_check_agree():
+    """Every optimisation flag refuses what ``TrainConfig.check`` refuses, at both ends of its range."""
+    from dataclasses import fields
+
+    from tensornet.gpt2.app._args import parser
+
+    with pytest.raises(ValueError, match=r"lr must be a finite number in \(0, 1\]"):
+        TrainConfig(lr=2.0).check()  # the CLI caps --lr at 1: so does the API
+    flagged = [f for f in fields(TrainConfig) if f.metadata.get("help")]
+    assert len(flagged) == 15
+    for f in flagged:
+        r = f.metadata["range"]
+        outside = [r.lo if r.lo_open else r.lo - 1]
+        if r.hi != math.inf:
+            outside.append(r.hi if r.hi_open else r.hi + 1)
+        for value in outside:
+            with pytest.raises(ValueError, match=f"TrainConfig: {f.name} must be"):
+                TrainConfig(**{f.name: value}).check()
+            with pytest.raises(SystemExit) as exit_info:
+                parser().parse_args(["train", "--" + f.name.replace("_", "-"), str(value)])
+            assert exit_info.value.code == 2
+        inside = r.hi if r.hi != math.inf and not r.hi_open else r.lo if not r.lo_open else r.lo + 0.5
+        TrainConfig(**{f.name: inside}).check()
+        assert parser().parse_args(["train", "--" + f.name.replace("_", "-"), str(inside)])
 
 
 def test_tt_cores_get_their_own_learning_rate(data):
     from tensornet.gpt2 import lowrank, tensorize
-    from tensornet.gpt2._train import make_optimizer, set_lr
+    from tensornet.gpt2.app._train import make_optimizer, set_lr
     from tensornet.nn import TTMLinear
 
     _, tokenizer, train_ids, val_ids = data
@@ -155,15 +181,15 @@ def test_tt_cores_get_their_own_learning_rate(data):
     assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([1e-3, 1e-3, 3e-3])
     history = train(model, train_ids, val_ids, cfg, device="cpu")
     assert len(history.loss) == 2 and all(math.isfinite(v) for v in history.loss)
-    with pytest.raises(ValueError, match="tt_lr_scale must be > 0"):
+    with pytest.raises(ValueError, match="tt_lr_scale must be a finite number > 0"):
         TrainConfig(tt_lr_scale=0.0).check()
 
 
 def test_the_lowrank_baseline_gets_its_own_measured_learning_rate(data):
     from tensornet.gpt2 import LowRankLinear, lowrank
-    from tensornet.gpt2._args import COMPARE_RECIPE, LOWRANK_LR_SCALE, TT_LR_SCALE
-    from tensornet.gpt2._compare import table
-    from tensornet.gpt2._train import make_optimizer, set_lr
+    from tensornet.gpt2.app._args import COMPARE_RECIPE, LOWRANK_LR_SCALE, TT_LR_SCALE
+    from tensornet.gpt2.app._compare import table
+    from tensornet.gpt2.app._train import make_optimizer, set_lr
 
     _, tokenizer, _, _ = data
     cfg = TrainConfig(steps=2, batch_size=2, block_size=32, lr=1e-3, warmup=1, lowrank_lr_scale=9.0)
@@ -182,7 +208,7 @@ def test_the_lowrank_baseline_gets_its_own_measured_learning_rate(data):
     row |= dict(tokens_per_s=1.0, peak_memory_mib=2.0)
     spec = {"device": "cpu", "rank": 4, "lowrank_rank": 3, "train": {"lowrank_lr_scale": LOWRANK_LR_SCALE}}
     assert f"| low-rank r=3, factors at {LOWRANK_LR_SCALE:g}x lr |" in table({"spec": spec, "results": [row]})
-    with pytest.raises(ValueError, match="lowrank_lr_scale must be > 0"):
+    with pytest.raises(ValueError, match="lowrank_lr_scale must be a finite number > 0"):
         TrainConfig(lowrank_lr_scale=0.0).check()
 
 

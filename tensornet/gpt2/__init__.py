@@ -6,8 +6,11 @@ from the existing weights, reproducing the parameter counts of Chekalina et al. 
 ``save_model``/``load_model`` round-trip a tensorized model through a ``save_pretrained``-style folder, its
 ``config.json`` recording how it was tensorized (``TensorizeConfig``).
 
-The names are imported on first use (torch and transformers load then), so ``python -m tensornet.gpt2 --help``
-answers at once.
+The application (``python -m tensornet.gpt2``: the training loop, resume, data and tokenizer caches, run
+folders, figures) is :mod:`tensornet.gpt2.app`, built on this adapter's public names; ``train``, ``evaluate``,
+``TrainConfig`` and the corpus helpers are re-exported here. :mod:`tensornet.gpt2.files` holds the file
+guarantees both share (atomic writes, checked reads). The names are imported on first use (torch and
+transformers load then), so ``python -m tensornet.gpt2 --help`` answers at once.
 """
 
 from __future__ import annotations
@@ -20,27 +23,34 @@ _HOMES = {
     "LayerReport": "tensornet.nn",
     "TensorizeReport": "tensornet.nn",
     "TiedTTHead": "tensornet.nn",
-    "Corpus": "._data",
-    "load_corpus": "._data",
-    "load_tokenizer": "._data",
-    "stdlib_corpus": "._data",
-    "train_tokenizer": "._data",
+    "Corpus": ".app._data",
+    "load_corpus": ".app._data",
+    "load_tokenizer": ".app._data",
+    "stdlib_corpus": ".app._data",
+    "train_tokenizer": ".app._data",
     "LowRankLinear": "._lowrank",
+    "LAYER_GROUPS": "._config",
     "PRESETS": "._config",
-    "TrainConfig": "._config",
+    "TrainConfig": ".app._config",
     "build_model": "._model",
     "gpt2_config": "._model",
+    "check_model_target": "._model",
     "load_model": "._model",
     "save_model": "._model",
+    "save_run_model": "._model",
+    "dense_params": "._modelfile",
+    "memory_bytes": "._modelfile",
+    "read_config": "._modelfile",
     "TensorizeConfig": "._tensorize",
     "balanced_shapes": "._tensorize",
     "layer_shapes": "._tensorize",
     "lowrank": "._tensorize",
+    "lowrank_rank_for": "._tensorize",
     "paper_shapes": "._tensorize",
     "tensorize": "._tensorize",
-    "History": "._train",
-    "evaluate": "._train",
-    "train": "._train",
+    "History": ".app._train",
+    "evaluate": ".app._train",
+    "train": ".app._train",
 }
 __all__ = sorted(_HOMES)
 

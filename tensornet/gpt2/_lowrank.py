@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from tensornet.nn._hf import dense_weight
+from tensornet.nn import linear_weight
 
 
 class LowRankLinear(nn.Module):
@@ -41,7 +41,7 @@ class LowRankLinear(nn.Module):
         The ``Conv1D`` weight is transposed on purpose. ``conversion_error`` = relative Frobenius error;
         ``bias=False`` drops the bias.
         """
-        w, source_bias = dense_weight("LowRankLinear.from_linear", linear)
+        w, source_bias = linear_weight(linear, where="LowRankLinear.from_linear")
         w = w.detach()
         new = cls(
             int(w.shape[1]),

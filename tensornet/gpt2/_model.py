@@ -11,9 +11,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import _checkpoint, _files
+from . import files as _files
 from ._config import PRESETS
-from ._modelfile import _CHECKSUM, _WEIGHTS, base_names, checked_folder
+from ._modelfile import _CHECKSUM, _WEIGHTS, base_names, checked_folder, write_weights
 
 
 def gpt2_config(
@@ -174,12 +174,12 @@ def _write_model(model: nn.Module, given: Path, tokenizer) -> None:
         config.validate()
     config_json = config.to_json_string(use_diff=True).encode("utf-8")  # what save_pretrained writes
     tokenizer_json = None if tokenizer is None else tokenizer.to_str(pretty=True).encode("utf-8")
-    metadata = {"format": "pt", _CHECKSUM: _checkpoint.content_sha256(state)}
+    metadata = {"format": "pt", _CHECKSUM: _files.content_sha256(state)}
     tmp = _files.make_tmp_dir(target, _files.MODEL_FILES)
     set_aside: Path | None = None  # the replaced folder while it is out of place
     try:
         _files.write_new(tmp / "config.json", lambda f: f.write(config_json))
-        _files.write_new(tmp / _WEIGHTS, lambda f: _checkpoint.write_safetensors(f, state, metadata))
+        _files.write_new(tmp / _WEIGHTS, lambda f: write_weights(f, state, metadata))
         if tokenizer_json is not None:
             _files.write_new(tmp / "tokenizer.json", lambda f: f.write(tokenizer_json))
         mark = (json.dumps(_MARK, indent=2) + "\n").encode("utf-8")
@@ -209,18 +209,18 @@ def _write_model(model: nn.Module, given: Path, tokenizer) -> None:
         if isinstance(err, OSError) and err.errno is not None:
             raise _files.write_error(target, err) from None
         raise
-    _files._fsync_dir(target.parent)
+    _files.fsync_dir(target.parent)
 
 
 def _read_weights(file: Path) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file, checked against the checksum ``save_model`` stores (when present)."""
-    metadata, state = _checkpoint.read_safetensors(
+    metadata, state = _files.read_safetensors(
         file,
         f"load_model: {str(file)!r} is not a readable safetensors file",
         "; it is truncated or damaged: save the model again or restore the file",
     )
     expected = metadata.get(_CHECKSUM)
-    if expected is not None and _checkpoint.content_sha256(state) != expected:
+    if expected is not None and _files.content_sha256(state) != expected:
         raise ValueError(
             f"load_model: {str(file)!r} fails its checksum: the weights changed after save_model wrote them; "
             "save the model again or restore the file"

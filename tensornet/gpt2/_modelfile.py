@@ -7,21 +7,59 @@ memory the model needs.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import re
 import struct
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
-from . import _files
+from . import files as _files
 from ._tensorize import TensorizeConfig
 
 _WEIGHTS = "model.safetensors"
 _CHECKSUM = "tensornet.sha256"  # safetensors metadata key: SHA-256 of the tensors, verified by load_model
 _PICKLE_WEIGHTS = ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")
+
+
+_DTYPE_CODES = {  # torch dtype name -> safetensors code
+    **{f"float{n}": f"F{n}" for n in (16, 32, 64)},
+    **{f"int{n}": f"I{n}" for n in (8, 16, 32, 64)},
+    **{"bfloat16": "BF16", "uint8": "U8", "bool": "BOOL"},
+}
+
+
+def write_weights(f: BinaryIO, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write ``tensors`` (float, int, bool) to the open file ``f`` as safetensors, keys in sorted order.
+
+    Not ``safetensors.torch.save_file``: it writes the metadata keys in hash order, so the same model gives
+    different bytes from run to run; a saved model is reproducible byte for byte (format: 8-byte header
+    length, JSON header of dtypes, shapes, byte ranges and ``__metadata__``, then the bytes).
+    """
+    if sys.byteorder != "little":
+        raise NotImplementedError(
+            "save_model: safetensors stores little-endian bytes; this host is big-endian"
+        )
+    header: dict[str, Any] = {}
+    offset = 0
+    for name in sorted(tensors):
+        t = tensors[name]
+        code = _DTYPE_CODES.get(str(t.dtype).removeprefix("torch."))
+        if code is None:
+            raise TypeError(f"save_model: {name} has dtype {t.dtype}, which save_model does not store")
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": code, "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    header["__metadata__"] = dict(sorted(metadata.items()))
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
+    f.write(struct.pack("<Q", len(raw)) + raw)
+    for name in sorted(tensors):
+        f.write(_files.tensor_bytes(tensors[name].detach().cpu()))
 
 
 # ---------------------------------------------------------------------------------- checks before building

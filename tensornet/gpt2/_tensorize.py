@@ -20,12 +20,12 @@ from typing import Any, ClassVar, Literal
 from torch import nn
 
 import tensornet as tn
-from tensornet import _checks
-from tensornet.nn import LayerReport, Rule, TensorizeReport, TiedTTHead
+from tensornet.nn import LayerReport, Rule, TensorizeReport, TiedTTHead, linear_weight
 from tensornet.nn import tensorize as nn_tensorize
-from tensornet.nn._hf import dense_weight
 
 from ._config import LAYER_GROUPS, SHAPE_KEYS
+from ._config import count as _count
+from ._config import is_int as _is_int
 from ._lowrank import LowRankLinear
 
 Pairs = tuple[tuple[int, int], ...]  # ((m_1, n_1), ..., (m_d, n_d)): a (prod m, prod n) weight
@@ -132,7 +132,7 @@ def _targets(model: nn.Module, layers: Sequence[str]) -> list[tuple[str, str, nn
 
 def _weight_shape(module: nn.Module) -> tuple[int, int]:
     """``(out, in)`` of an ``nn.Linear`` or GPT-2 ``Conv1D``."""
-    out_features, in_features = dense_weight("tensorize", module)[0].shape
+    out_features, in_features = linear_weight(module, where="tensorize")[0].shape
     return int(out_features), int(in_features)
 
 
@@ -205,7 +205,7 @@ class TensorizeConfig:
             )
 
         def is_count(value: Any, top: int = 2**31) -> bool:
-            return _checks.is_int(value) and 1 <= value <= top
+            return _is_int(value) and 1 <= value <= top
 
         if not isinstance(record, dict):
             raise bad("tensornet", "an object", record)
@@ -368,7 +368,7 @@ def tensorize(
     Raises ValueError for a rank below 1 or (from scratch) above every bond's useful maximum, shapes that do not
     multiply to the layer's sizes, unknown layer groups; nothing is replaced when an error is raised.
     """
-    rank = _checks.check_count("tensorize", "rank", rank, optional=True)
+    rank = _count("tensorize", "rank", rank, optional=True)
     if eps is not None and not from_weights:
         raise ValueError("tensorize: eps selects ranks from existing weights; it needs from_weights=True")
     if rank is None and eps is None:
@@ -379,7 +379,7 @@ def tensorize(
     rules, resolved = _layer_rules(model, layers, shapes, ncores, convert, {"bias": bias, **scratch})
     if embeddings:
         pairs = shapes.get("wte") if isinstance(shapes, Mapping) else None
-        emb_rank = _checks.check_count("tensorize", "embedding_rank", embedding_rank, optional=True) or rank
+        emb_rank = _count("tensorize", "embedding_rank", embedding_rank, optional=True) or rank
         options: dict[str, Any] = (
             {"ncores": ncores} if pairs is None else dict(zip(("voc_shape", "emb_shape"), zip(*pairs)))
         )
@@ -409,7 +409,7 @@ def lowrank(
 
     The report describes ``W`` as the two-core TTM it is: pairs ``(out, 1), (1, in)``, ranks ``(1, rank, 1)``.
     """
-    rank = _checks.check_count("lowrank", "rank", rank)
+    rank = _count("lowrank", "rank", rank)
     before = nparams(model)
     built = []
     for name, _, old in _targets(model, layers):

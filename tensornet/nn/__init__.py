@@ -9,6 +9,7 @@ shape ``(r_{k-1}, m_k, n_k, r_k)``; a layer weight is stored like ``nn.Linear.we
 from ._embedding import TTEmbedding
 from ._factor import RankClipWarning
 from ._head import TiedTTHead
+from ._hf import linear_weight
 from ._linear import TTMLinear, dense_weights, tt_parameters
 from ._materialize import materialize, release_weights
 from ._tensorize import LayerReport, Rule, TensorizeReport, tensorize
@@ -22,6 +23,7 @@ __all__ = [
     "TensorizeReport",
     "TiedTTHead",
     "dense_weights",
+    "linear_weight",
     "materialize",
     "release_weights",
     "tensorize",

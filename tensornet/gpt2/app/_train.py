@@ -16,15 +16,17 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import _checkpoint, _files, _resume, _runfolder
+from .. import files as _files
+from . import _checkpoint, _resume, _runfolder
 from ._config import TrainConfig
 from ._data import train_batch, val_batches
+from ._distributed import Distributed, default_device
 
 # torch.compile warns when it traces through a functools.lru_cache; tensornet's caches map core shapes to plans
 # (pure functions of their arguments), so tracing through them gives the same graph: silenced while compiling
@@ -50,6 +52,11 @@ class History:
         return _ppl(self.val[-1][1]) if self.val else float("nan")
 
 
+def nparams(model: nn.Module) -> int:
+    """The model's parameters, each counted once (GPT-2's LM head shares the token embedding's)."""
+    return sum(p.numel() for p in model.parameters())
+
+
 def _ppl(loss: float) -> float:
     """Perplexity ``exp(loss)``, infinite rather than an OverflowError for a diverged model."""
     return math.exp(loss) if loss < 700 else float("inf")
@@ -73,67 +80,6 @@ def load_note(load: float | None, cores: int | None = None) -> str:
     return f"measured while the machine was busy (load average {load:.1f} on {cores} cores)"
 
 
-def _env_int(name: str, default: int, lo: int) -> int:
-    """An integer torchrun puts in the environment, checked (a hand-set ``WORLD_SIZE=0`` is an error)."""
-    text = os.environ.get(name, "").strip() or str(default)
-    try:
-        value = int(text)
-    except ValueError:
-        value = lo - 1
-    if value < lo:
-        raise ValueError(
-            f"the environment variable {name}={os.environ.get(name)!r} must be an integer >= {lo}; torchrun "
-            f"sets it: unset it to run one process"
-        )
-    return value
-
-
-class Distributed:
-    """Process rank/world from torchrun's environment; ``init()`` starts the process group when world > 1."""
-
-    def __init__(self) -> None:
-        self.world = _env_int("WORLD_SIZE", 1, 1)
-        self.rank = _env_int("RANK", 0, 0)
-        self.local_rank = _env_int("LOCAL_RANK", 0, 0)
-        if self.rank >= self.world:
-            raise ValueError(
-                f"the environment gives RANK={self.rank} but WORLD_SIZE={self.world} (ranks 0 to "
-                f"{self.world - 1}); start the processes with torchrun, or unset RANK and WORLD_SIZE"
-            )
-        self.started = False
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def init(self, device: torch.device) -> None:
-        if self.world > 1 and not torch.distributed.is_initialized():
-            backend = "nccl" if device.type == "cuda" else "gloo"
-            torch.distributed.init_process_group(backend=backend)
-            self.started = True
-
-    def close(self) -> None:
-        if self.started:
-            torch.distributed.destroy_process_group()
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            torch.distributed.barrier()
-
-    def sum(self, values: list[float], device: torch.device) -> list[float]:
-        if self.world == 1:
-            return values
-        t = torch.tensor(values, dtype=torch.float64, device=device)
-        torch.distributed.all_reduce(t)
-        return t.tolist()
-
-
-def default_device(dist: Distributed | None = None) -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", dist.local_rank if dist is not None else 0)
-    return torch.device("cpu")
-
-
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices and TT cores (dim >= 2), none on biases and LayerNorm.
 
@@ -152,7 +98,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """
     from tensornet.nn import tt_parameters
 
-    from ._lowrank import LowRankLinear
+    from .. import LowRankLinear
 
     cores = [p for p in tt_parameters(model) if p.requires_grad]
     factors: list[nn.Parameter] = []
@@ -440,7 +386,7 @@ def train(
     val_ids: torch.Tensor,
     cfg: TrainConfig,
     *,
-    out: str | os.PathLike | None = None,
+    out: str | os.PathLike | _runfolder.RunFolder | None = None,
     resume: bool = False,
     overwrite: bool = False,
     stop_at: int | None = None,
@@ -458,8 +404,8 @@ def train(
     on resume. ``on_step(step, loss)`` and ``on_eval(step, loss)`` are called after every step and evaluation
     (steps counted from 1; under DDP in the first process only), e.g. for a progress bar.
 
-    ``out`` is a run folder (see ``_runfolder.RunFolder``): new or empty, or one this package wrote; it is locked
-    for the run. A folder holding a previous run is refused unless ``resume`` (continue it) or ``overwrite``
+    ``out`` is a run folder: new or empty, or one this package wrote; it is locked for the run (a caller that
+    holds it already, as the CLI does, passes its ``RunFolder``). A folder holding a previous run is refused unless ``resume`` (continue it) or ``overwrite``
     (replace the package's files in it; other files are kept). ``out/log.jsonl`` gets one line per step and
     per evaluation; on resume it is rewritten from the checkpoint, so it always equals an uninterrupted run's.
     Under ``torchrun`` (WORLD_SIZE > 1) the model is wrapped in DDP and each process takes its slice of the
@@ -475,19 +421,24 @@ def train(
     device = torch.device(device) if device is not None else default_device(dist)
     if device.type == "cuda" and device.index is None:  # under torchrun each process takes its own GPU
         device = torch.device("cuda", dist.local_rank)
-    folder = None
-    if out is not None and dist.main:
-        folder = _runfolder.RunFolder.open(Path(out), kind="train", resume=resume, overwrite=overwrite)
+    folder = out if isinstance(out, _runfolder.RunFolder) else None
+    path = folder.path if folder is not None else None if out is None else Path(cast(str, out))
+    opened = False  # the caller may hold the folder; other processes of a DDP run hold none
+    if folder is None and path is not None and dist.main:
+        folder, opened = (
+            _runfolder.RunFolder.open(path, kind="train", resume=resume, overwrite=overwrite),
+            True,
+        )
     run = None
     try:
         dist.init(device)
         run = _Run(model, cfg, dist, device)
-        start = run.open(out, folder, signature, resume=resume, stop_at=stop_at)
+        start = run.open(path, folder, signature, resume=resume, stop_at=stop_at)
         end = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
         run.loop(start, end, train_ids, val_ids, on_step, on_eval)
         return run.summarize(max(end - start, 0))
     finally:
         if run is not None and run.log is not None:
             run.log.close()
-        if folder is not None:
+        if opened and folder is not None:
             folder.close()

@@ -1,21 +1,20 @@
 """Run folders: the output folder of a ``train`` or ``compare`` run, the package's own and one run at a time.
 
 ``tensornet-run.json`` marks a folder as the package's own and lists the files it may write there; a lock file
-(``fcntl.flock``) keeps a second run out while the first is alive, and the run removes it when it ends (only the
+(``filelock``) keeps a second run out while the first is alive, and the run removes it when it ends (only the
 file it locked). No torch here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 from pathlib import Path
+from typing import cast
 
-from ._files import (
+from ..files import (
     MODEL_FILES,
     PICKLE_NOTE,
-    TRIES,
     check_creatable,
     check_name_length,
     parse_json,
@@ -31,7 +30,6 @@ OUTPUTS = {
     "train": ("checkpoint.safetensors", "log.jsonl", *(f"model/{f}" for f in MODEL_FILES)),
     "compare": ("results.json", "loss_curves.png", "loss_curves.svg", "tokens.safetensors"),
 }
-_HELD: dict[Path, RunFolder] = {}
 
 
 def read_manifest(path: Path) -> dict | None:
@@ -57,14 +55,12 @@ class RunFolder:
     """A run's output folder, held for the whole run.
 
     It is created if needed, checked to be the package's own, locked against a second run, cleaned of leftover
-    temporary files and marked by ``tensornet-run.json``.
-
-    ``open`` is re-entrant within a process (the CLI opens the folder before loading data; ``train`` then
-    opens it again): the second open returns the same holder.
+    temporary files and marked by ``tensornet-run.json``. Opened once, by the caller (the CLI, before loading
+    data), and handed to ``train``.
     """
 
-    def __init__(self, path: Path, kind: str, fd: int, created: list[Path] | None = None) -> None:
-        self.path, self.kind, self._fd, self._count = path, kind, fd, 1
+    def __init__(self, path: Path, kind: str, lock: _Lock, created: list[Path] | None = None) -> None:
+        self.path, self.kind, self._lock = path, kind, lock
         # the folders this run created (deepest first) when it found none there, [path] alone when it found the
         # folder empty, else None: a run that writes nothing leaves the folder as it found it
         self._created = created
@@ -80,13 +76,6 @@ class RunFolder:
         where: str = "--out",
     ) -> RunFolder:
         path = Path(path)
-        key = path.resolve()
-        held = _HELD.get(key)
-        if held is not None:
-            if held.kind != kind:
-                raise ValueError(f"{where}: {str(path)!r} is already open for a {held.kind} run")
-            held._count += 1
-            return held
         check_run_folder(path, kind=kind, resume=resume, overwrite=overwrite, where=where)
         created = [p for p in (path, *path.parents) if not p.exists()] or None
         if created is None and not any(p.name != LOCK for p in path.iterdir()):
@@ -98,8 +87,8 @@ class RunFolder:
                 f"{where}: cannot create the folder {str(path)!r} ({err.strerror or err}); choose another --out"
             ) from None
         probe_writable(path, where)
-        fd = _lock(path, where)
-        folder = cls(path, kind, fd, created)
+        lock = _Lock(path, where)
+        folder = cls(path, kind, lock, created)
         try:
             # again, now that no other run can change the folder between the check and the writes
             check_run_folder(path, kind=kind, resume=resume, overwrite=overwrite, where=where)
@@ -118,9 +107,8 @@ class RunFolder:
                 {"format": RUN_FORMAT, "version": 1, "kind": kind, "files": [MANIFEST, LOCK, *OUTPUTS[kind]]},
             )
         except BaseException:
-            _unlock(path / LOCK, fd)
+            lock.release()
             raise
-        _HELD[key] = folder
         return folder
 
     def remove_outputs(self) -> list[str]:
@@ -144,17 +132,14 @@ class RunFolder:
         return removed
 
     def close(self) -> None:
-        self._count -= 1
-        if self._count == 0:
-            _HELD.pop(self.path.resolve(), None)
-            unused = self._created is not None and self._holds_only_marks()
-            if unused:  # removed while the lock is held
-                with contextlib.suppress(OSError):
-                    (self.path / MANIFEST).unlink()
-            _unlock(self.path / LOCK, self._fd)
-            for folder in (self._created or []) if unused else []:
-                with contextlib.suppress(OSError):
-                    folder.rmdir()  # only when empty
+        unused = self._created is not None and self._holds_only_marks()
+        if unused:  # removed while the lock is held
+            with contextlib.suppress(OSError):
+                (self.path / MANIFEST).unlink()
+        self._lock.release()
+        for folder in (self._created or []) if unused else []:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty
 
     def _holds_only_marks(self) -> bool:
         """The folder holds nothing but this package's manifest and lock (the run wrote no output)."""
@@ -170,62 +155,55 @@ class RunFolder:
         self.close()
 
 
-def _same_file(fd: int, path: Path) -> bool:
-    """Whether the open file ``fd`` is the file at ``path`` now (not one unlinked or replaced since)."""
-    try:
-        here, there = os.fstat(fd), os.lstat(path)
-    except OSError:
-        return False
-    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+class _Lock:
+    """The folder's lock: ``filelock`` (``flock`` on POSIX, ``msvcrt`` on Windows; gone with its process).
 
-
-def _lock(path: Path, where: str) -> int:
-    """Open and ``flock`` the folder's lock file; return its descriptor (held until :func:`_unlock`).
-
-    A finished run removes its lock file, so a lock taken on a file that was unlinked meanwhile is no lock:
-    the file at the name is checked to be the one locked, and the lock taken again if not.
+    The holder's pid is in the file, for the message a second run gets; the file is removed when the run ends
+    (only the file this run locked, not one put at the name since).
     """
-    import fcntl
 
-    file = path / LOCK
-    for _ in range(TRIES):
+    def __init__(self, path: Path, where: str) -> None:
+        from filelock import FileLock, Timeout
+
+        self.file, self.held = path / LOCK, cast("os.stat_result | None", None)
+        if self.file.is_symlink():  # filelock opens it O_NOFOLLOW too; this says what to do
+            raise FileExistsError(
+                f"{where}: {str(self.file)!r} is a symbolic link, not tensornet's lock file; remove it"
+            )
+        self.lock = FileLock(self.file, blocking=False, on_acquired=self._acquired)
         try:
-            fd = os.open(file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)  # never through a link
+            self.lock.acquire()
+        except Timeout:
+            owner = _read_pid(self.file)
+            raise BlockingIOError(
+                f"{where}: another run (pid {owner or '?'}) is using {str(path)!r}; wait for it to finish or "
+                "choose another folder"
+            ) from None
         except OSError as err:
-            if err.errno == errno.ELOOP:
-                raise FileExistsError(
-                    f"{where}: {str(file)!r} is a symbolic link, not tensornet's lock file; remove it"
-                ) from None
             raise PermissionError(
                 f"{where}: cannot write in {str(path)!r} ({err.strerror or err}); choose a writable folder"
             ) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-            os.close(fd)
-            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise BlockingIOError(
-                    f"{where}: another run (pid {owner or '?'}) is using {str(path)!r}; wait for it to finish "
-                    "or choose another folder"
-                ) from None
-            raise
-        if _same_file(fd, file):
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            return fd
-        os.close(fd)  # the run that held it finished and removed the file: lock the new one
-    raise BlockingIOError(
-        f"{where}: the lock file {str(file)!r} keeps changing; wait for other runs to finish"
-    )
 
+    def _acquired(self, fd: int) -> None:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.held = os.fstat(fd)
 
-def _unlock(file: Path, fd: int) -> None:
-    """Remove the lock file this run holds (only that file: not one put at the name since), then release it."""
-    if _same_file(fd, file):
+    def release(self) -> None:
         with contextlib.suppress(OSError):
-            file.unlink()
-    os.close(fd)
+            if self.held is not None and os.path.samestat(os.lstat(self.file), self.held):
+                self.file.unlink()  # while still locked: the next run creates a new one
+        self.lock.release()
+
+
+def _read_pid(file: Path) -> str:
+    with contextlib.suppress(OSError):
+        fd = os.open(file, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        try:
+            return os.read(fd, 32).decode("ascii", "replace").strip()
+        finally:
+            os.close(fd)
+    return ""
 
 
 def _check_model_folder(model: Path, where: str) -> None:

@@ -14,20 +14,19 @@ from typing import Any
 
 import torch
 
+from .. import build_model, gpt2_config, load_model, lowrank, save_model, save_run_model, tensorize
 from . import _checkpoint, _data, _runfolder
 from ._args import EVAL_POINTS
-from ._model import build_model, gpt2_config, load_model, save_model, save_run_model
+from ._distributed import Distributed, default_device
 from ._precheck import check_memory, dims, train_config, warn
 from ._resume import CHECKPOINT, check_checkpoint_fits, runtime
-from ._tensorize import lowrank, nparams, tensorize
 from ._train import (
-    Distributed,
     History,
     check_tokens,
-    default_device,
     evaluate,
     load_note,
     make_optimizer,
+    nparams,
     train,
 )
 
@@ -196,7 +195,7 @@ def cmd_train(args) -> int:
         check_tokens(train_ids, val_ids, job.cfg)
         if dist.main:
             _describe_train(args, job, val_ids)
-        history = _run_train(args, job, train_ids, val_ids, out, dist)
+        history = _run_train(args, job, train_ids, val_ids, folder or out, dist)
         if dist.main:
             _report_train(args, job, history, out, val_ids)
         return 0
@@ -281,7 +280,8 @@ def _describe_train(args, job: _TrainJob, val_ids: torch.Tensor) -> None:
         print(f"resumed from step {job.start}/{cfg.steps} ({Path(args.out) / CHECKPOINT})")
 
 
-def _run_train(args, job: _TrainJob, train_ids, val_ids, out: Path, dist: Distributed) -> History:
+def _run_train(args, job: _TrainJob, train_ids, val_ids, out, dist: Distributed) -> History:
+    """``train`` with a progress bar; ``out``: the run folder the caller holds (its path in other processes)."""
     bar = _bar(job.cfg.steps, job.start, enabled=not args.no_progress and dist.main)
 
     def on_step(step: int, loss: float) -> None:

@@ -7,7 +7,9 @@ be checked (``--device``) imports it when it is given.
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 
+from .. import LAYER_GROUPS, PRESETS
 from ._argtypes import (
     _BATCH,
     _BETA,
@@ -16,18 +18,12 @@ from ._argtypes import (
     _EPS,
     _HEADS,
     _LAYERS,
-    _LR,
     _NCORES,
-    _NONNEG_F,
-    _NONNEG_STEPS,
-    _POS_F,
     _RANK,
     _RANK0,
-    _SEED,
     _STEPS,
     _THREADS,
     _TOKENS,
-    _UNIT,
     _VOCAB,
     _WIDTH,
     MAX_BATCH,
@@ -43,7 +39,7 @@ from ._argtypes import (
     _path,
     _shapes,
 )
-from ._config import COMPILE_MODES, LAYER_GROUPS, PRESETS, TrainConfig
+from ._config import COMPILE_MODES, TrainConfig
 
 EPILOG = """The embedded corpus (used when --data is not given) is the Python standard library's source code:
 deterministic file order, a fixed ~5% validation split by file name, no network. The tokenizer is a
@@ -214,39 +210,14 @@ def _add_train_args(
     """
     g = p.add_argument_group(f"optimisation ({recipe})")
 
-    def add(flag: str, type_, text: str, **kw) -> None:
-        dest = flag[2:].replace("-", "_")
-        g.add_argument(flag, type=type_, default=getattr(d, dest), help=f"{text}{helps.get(dest, '')}", **kw)
-
-    add("--steps", _STEPS, "optimizer steps, 1 to 10**9")
-    add("--batch-size", _BATCH, f"sequences per step over all processes, 1 to {MAX_BATCH}")
-    add("--block-size", _BLOCK, f"sequence length, 1 to {MAX_BLOCK}")
-    add("--lr", _LR, "peak AdamW learning rate")
-    add("--min-lr-ratio", _UNIT, "cosine decays to lr x this")
-    add("--warmup", _NONNEG_STEPS, "linear warmup steps, up to 10**9")
-    add("--weight-decay", _NONNEG_F, "AdamW weight decay on matrices and TT cores")
-    add("--beta1", _BETA, "AdamW beta1")
-    add("--beta2", _BETA, "AdamW beta2")
-    add("--clip", _NONNEG_F, "gradient-norm clip, 0 = off")
-    add(
-        "--tt-lr-scale",
-        _POS_F,
-        "learning-rate multiplier for the TT cores, which move W less per Adam step "
-        "than a dense matrix does; a per-model hyperparameter (benchmarks/results/gpt2_compare_cpu.md)",
-        metavar="X",
-    )
-    add(
-        "--lowrank-lr-scale",
-        _POS_F,
-        "learning-rate multiplier for the low-rank baseline's two factors (a product too); a per-model "
-        "hyperparameter (benchmarks/results/gpt2_compare_cpu.md)",
-        metavar="X",
-    )
-    add("--seed", _SEED, "seed for initialisation and data order")
-    add("--eval-every", _NONNEG_STEPS, f"evaluate every N steps, N <= 10**9 (0: {eval_zero})")
-    add(
-        "--eval-tokens", _TOKENS, "validation tokens per evaluation: 0 = all, else from --block-size to 2**40"
-    )
+    for f in fields(TrainConfig):
+        if f.metadata.get("help"):  # the settings with a flag: type, range and help from TrainConfig
+            text = f.metadata["help"].format(eval_zero=eval_zero) + helps.get(f.name, "")
+            flag = "--" + f.name.replace("_", "-")
+            kw = f.metadata["flag"]
+            g.add_argument(
+                flag, type=f.metadata["range"].parser(), default=getattr(d, f.name), help=text, **kw
+            )
     g.add_argument(
         "--compile",
         nargs="?",
@@ -314,7 +285,7 @@ def _add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("checkpoints")
     g.add_argument(
         "--checkpoint-every",
-        type=_NONNEG_STEPS,
+        type=TrainConfig.bounds("checkpoint_every").parser(),
         default=0,
         help="checkpoint every N steps, N <= 10**9 (0: only at the end; there is always one at the end)",
     )

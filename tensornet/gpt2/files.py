@@ -1,15 +1,16 @@
-"""Files the GPT-2 adapter writes, written so that nothing the user owns is lost (no torch here).
+"""The file guarantees of ``save_model``/``load_model`` and of the application: nothing the user owns is lost.
 
-* atomic writes: a temporary ``.NAME.tmpPID`` next to the target, created with ``O_EXCL | O_NOFOLLOW`` (never
-  a file or a symbolic link someone planted there) and written through its descriptor, ``fsync``,
-  ``os.replace`` (a link at the target is replaced itself, never written through). Leftovers of a killed
-  writer, and links planted under these names, are removed at the next start (only names of this pattern,
-  only the names the package writes in that folder); a folder set aside as ``.NAME.oldPID`` by a
-  ``save_model`` killed between its two renames is renamed back to NAME. A NAME too long to take the suffix
-  within the file system's limit on a name is shortened in the temporary name (its head and a hash);
-
-Run folders (a manifest and a lock) are ``_runfolder``'s; what is in the files (safetensors checkpoints, token
-files) is ``_checkpoint``'s.
+* atomic writes (:func:`atomic_write`, :func:`atomic_save`): a temporary ``.NAME.tmpPID`` next to the target,
+  created with ``O_EXCL | O_NOFOLLOW`` (never a file or a symbolic link someone planted there), flushed to
+  disk and renamed over the target with ``os.replace`` (a link at the target is replaced itself, never
+  written through). Not ``tempfile.mkstemp``: the writer's pid in the name is what lets the next start tell
+  a killed writer's leftover from a live writer's file. Leftovers, and links planted under these names, are
+  removed at the next start (:func:`remove_stale_tmp`: only names of this pattern, only names the package
+  writes in that folder); a folder set aside as ``.NAME.oldPID`` by a ``save_model`` killed between its two
+  renames is renamed back to NAME. A NAME too long to take the suffix within the file system's limit on a
+  name is shortened in the temporary name (its head and a hash);
+* checked reads: :func:`read_small_file` (a regular file of bounded size), :func:`parse_json`,
+  :func:`read_safetensors` and :func:`content_sha256` (the SHA-256 the package stores with its tensors).
 """
 
 from __future__ import annotations
@@ -24,6 +25,36 @@ import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
+
+__all__ = [
+    "MODEL_FILES",
+    "MODEL_MARK",
+    "NAME_MAX",
+    "PICKLE_NOTE",
+    "atomic_save",
+    "atomic_write",
+    "check_creatable",
+    "check_name_length",
+    "clear_leftover",
+    "content_sha256",
+    "fsync_dir",
+    "make_tmp_dir",
+    "not_a_file",
+    "parse_json",
+    "plain_file",
+    "probe_writable",
+    "read_safetensors",
+    "read_small_file",
+    "remove_stale_tmp",
+    "restore_set_aside",
+    "tensor_bytes",
+    "tmp_path",
+    "tmp_stem",
+    "write_error",
+    "write_json",
+    "write_new",
+    "write_text",
+]
 
 PICKLE_NOTE = (
     "pickle files are not loaded because unpickling can run arbitrary code; "
@@ -71,6 +102,7 @@ def check_name_length(path: Path, where: str) -> None:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (someone else's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -80,7 +112,17 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_file(path: Path) -> None:
+    """Flush a file written by a library that takes a path (``safetensors.torch.save_file``) to disk."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (a rename) to disk, where the file system allows it."""
     with contextlib.suppress(OSError):  # not every file system lets a folder be opened and synced
         fd = os.open(folder, os.O_RDONLY)
         try:
@@ -164,7 +206,7 @@ def write_error(path: Path, err: OSError) -> OSError:
 
 
 def write_new(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Create ``path`` (see :func:`create_file`), ``write(f)`` to it and flush it to disk."""
+    """Create ``path`` (see ``create_file``), ``write(f)`` to it and flush it to disk."""
     fd = create_file(path)
     with os.fdopen(fd, "wb") as f:
         write(f)
@@ -178,10 +220,24 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     ``path`` is never half-written, and a symbolic link at ``path`` is replaced itself, never written through.
     An ``OSError`` (a full disk) names ``path``.
     """
-    path = Path(path)
+    _replace(Path(path), lambda tmp: write_new(tmp, write))
+
+
+def atomic_save(path: Path, save: Callable[[str], object]) -> None:
+    """:func:`atomic_write` for a library that writes to a file name (``safetensors.torch.save_file``)."""
+
+    def fill(tmp: Path) -> None:
+        os.close(create_file(tmp))  # the name is claimed new (never a planted file or link), then filled
+        save(str(tmp))
+        fsync_file(tmp)
+
+    _replace(Path(path), fill)
+
+
+def _replace(path: Path, fill: Callable[[Path], object]) -> None:
     tmp = tmp_path(path)
     try:
-        write_new(tmp, write)
+        fill(tmp)
         os.replace(tmp, path)
     except BaseException as err:
         with contextlib.suppress(OSError):
@@ -190,10 +246,11 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
         if isinstance(err, OSError) and err.errno is not None:
             raise write_error(path, err) from None
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def write_text(path: Path, text: str) -> None:
+    """Atomically write ``text`` as UTF-8 (:func:`atomic_write`)."""
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
@@ -295,7 +352,7 @@ def remove_stale_tmp(
                 continue
             elif match["tag"] == "old" and not os.path.lexists(folder / name):
                 os.replace(entry, folder / name)  # the folder a killed save_model had set aside
-                _fsync_dir(folder)
+                fsync_dir(folder)
             else:
                 for p in entry.iterdir():
                     p.unlink()
@@ -352,9 +409,6 @@ def check_creatable(path: Path, where: str) -> None:
     probe_writable(parent, where)
 
 
-# ----------------------------------------------------------------------------------------------- checkpoint
-
-
 def not_a_file(path: Path) -> str | None:
     """What ``path`` is when it is not a readable regular file (following links), for messages; None if it is."""
     if path.is_symlink() and not path.exists():
@@ -366,6 +420,40 @@ def not_a_file(path: Path) -> str | None:
     if not path.is_file():
         return "is not a regular file"
     return None
+
+
+# ------------------------------------------------------------------------------ safetensors with checksum
+def tensor_bytes(t: Any) -> bytes | memoryview:
+    """A torch tensor's own bytes (C order), not a copy."""
+    import torch
+
+    flat = t.contiguous().reshape(-1)
+    if flat.numel() == 0:
+        return b""
+    return flat.view(torch.uint8).numpy().data  # the tensor's own bytes, not a copy
+
+
+def content_sha256(tensors: dict[str, Any], header: str = "") -> str:
+    """SHA-256 over ``header`` and, in name order, every tensor's name, dtype, shape and bytes."""
+    digest = hashlib.sha256(header.encode("utf-8"))
+    for name in sorted(tensors):
+        t = tensors[name]
+        digest.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode("utf-8"))
+        digest.update(tensor_bytes(t))
+    return digest.hexdigest()
+
+
+def read_safetensors(path: Path, unreadable: str, hint: str = "") -> tuple[dict, dict[str, Any]]:
+    """The metadata and tensors of a safetensors file; a malformed file raises ValueError ``unreadable (why)hint``."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118  (safe_open is not a mapping)
+    except Exception as err:  # safetensors raises its own error type for every malformed file
+        raise ValueError(f"{unreadable} ({type(err).__name__}: {err}){hint}") from None
+    return metadata, tensors
 
 
 MODEL_MARK = "tensornet-model.json"  # save_model's mark: --overwrite replaces only folders that carry it

@@ -7,23 +7,20 @@ The files are:
   skeleton and every tensor's name, dtype, shape and bytes, verified on load;
 * token files: the train and validation token ids, with their SHA-256.
 
-Every file is written through ``_files.atomic_write``.
+Every file is written through ``_files.atomic_save``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import struct
-import sys
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 
+from ..files import atomic_save, content_sha256, not_a_file, parse_json, read_safetensors
 from . import _skeleton
-from ._files import atomic_write, not_a_file, parse_json
 
 CHECKPOINT_FORMAT = "tensornet-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -62,82 +59,42 @@ def _encode(obj: Any, tensors: dict[str, torch.Tensor], seen: dict[tuple, str]) 
     raise TypeError(f"save_checkpoint: cannot store a {type(obj).__name__} ({obj!r:.80}) in a checkpoint")
 
 
-def _tensor_bytes(t: torch.Tensor) -> bytes | memoryview:
-    flat = t.contiguous().reshape(-1)
-    if flat.numel() == 0:
-        return b""
-    return flat.view(torch.uint8).numpy().data  # the tensor's own bytes, not a copy
-
-
-def content_sha256(tensors: dict[str, torch.Tensor], header: str = "") -> str:
-    """SHA-256 over ``header`` and, in name order, every tensor's name, dtype, shape and bytes."""
-    digest = hashlib.sha256(header.encode("utf-8"))
-    for name in sorted(tensors):
-        t = tensors[name]
-        digest.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode("utf-8"))
-        digest.update(_tensor_bytes(t))
-    return digest.hexdigest()
-
-
-_SAFETENSORS_DTYPES = {
-    getattr(torch, name): code
-    for name, code in (
-        ("float64", "F64"),
-        ("float32", "F32"),
-        ("float16", "F16"),
-        ("bfloat16", "BF16"),
-        ("int64", "I64"),
-        ("int32", "I32"),
-        ("int16", "I16"),
-        ("int8", "I8"),
-        ("uint8", "U8"),
-        ("bool", "BOOL"),
-        ("uint16", "U16"),
-        ("uint32", "U32"),
-        ("uint64", "U64"),
-        ("float8_e4m3fn", "F8_E4M3"),
-        ("float8_e5m2", "F8_E5M2"),
+# safetensors' dtype codes (a file's header) -> torch dtypes, for the outline's meta tensors
+_DTYPE_OF_CODE = {
+    code: getattr(torch, name)
+    for code, name in (
+        ("F64", "float64"),
+        ("F32", "float32"),
+        ("F16", "float16"),
+        ("BF16", "bfloat16"),
+        ("I64", "int64"),
+        ("I32", "int32"),
+        ("I16", "int16"),
+        ("I8", "int8"),
+        ("U8", "uint8"),
+        ("BOOL", "bool"),
+        ("U16", "uint16"),
+        ("U32", "uint32"),
+        ("U64", "uint64"),
+        ("F8_E4M3", "float8_e4m3fn"),
+        ("F8_E5M2", "float8_e5m2"),
     )
     if hasattr(torch, name)
 }
 
 
-_DTYPE_OF_CODE = {code: dtype for dtype, code in _SAFETENSORS_DTYPES.items()}
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Atomically write ``tensors`` and ``metadata`` as a safetensors file (``safetensors.torch.save_file``)."""
+    from safetensors.torch import save_file
 
-
-def write_safetensors(f: BinaryIO, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Write ``tensors`` to the open binary file ``f`` in safetensors format, streaming each tensor's bytes.
-
-    The format: an 8-byte little-endian header length, a JSON header of dtypes, shapes and byte ranges with
-    ``metadata`` under ``__metadata__``, then the bytes. Each tensor's own bytes are streamed: no second copy
-    in memory and no file of its own (the caller creates the file, safely, under a name it knows how to
-    clean).
-    """
-    if sys.byteorder != "little":
-        raise NotImplementedError(
-            "write_safetensors: safetensors stores little-endian bytes; this host is big-endian"
-        )
-    header: dict[str, Any] = {}
-    offset = 0
-    names = sorted(tensors)
-    for name in names:
-        t = tensors[name]
-        if t.dtype not in _SAFETENSORS_DTYPES:
-            raise TypeError(f"write_safetensors: {name} has dtype {t.dtype}, which safetensors cannot store")
-        size = t.numel() * t.element_size()
-        header[name] = {
-            "dtype": _SAFETENSORS_DTYPES[t.dtype],
-            "shape": list(t.shape),
-            "data_offsets": [offset, offset + size],
-        }
-        offset += size
-    header["__metadata__"] = metadata
-    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
-    f.write(struct.pack("<Q", len(raw)))
-    f.write(raw)
-    for name in names:
-        f.write(_tensor_bytes(tensors[name].detach().cpu()))
+    stored, seen = {}, set()
+    for name, t in tensors.items():
+        t = t.detach().cpu().contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        stored[name] = t.clone() if t.numel() and ptr in seen else t  # save_file refuses shared memory
+        seen.add(ptr)
+    tensors = stored
+    atomic_save(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
@@ -154,7 +111,7 @@ def save_checkpoint(path: Path, payload: dict) -> None:
         "skeleton": skeleton,
         "sha256": content_sha256(tensors, header),
     }
-    atomic_write(path, lambda f: write_safetensors(f, tensors, metadata))
+    write_safetensors(path, tensors, metadata)
 
 
 def _open_error(path: Path, where: str, err: Exception) -> ValueError:
@@ -277,20 +234,7 @@ def save_tensors(
     """Atomically write ``tensors`` as safetensors with their SHA-256 (and ``metadata``) in the metadata."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     record = {**(metadata or {}), "sha256": content_sha256(tensors)}
-    atomic_write(path, lambda f: write_safetensors(f, tensors, record))
-
-
-def read_safetensors(path: Path, unreadable: str, hint: str = "") -> tuple[dict, dict[str, torch.Tensor]]:
-    """The metadata and tensors of a safetensors file; a malformed file raises ValueError ``unreadable (why)hint``."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118  (safe_open is not a mapping)
-    except Exception as err:  # safetensors raises its own error type for every malformed file
-        raise ValueError(f"{unreadable} ({type(err).__name__}: {err}){hint}") from None
-    return metadata, tensors
+    write_safetensors(path, tensors, record)
 
 
 def load_token_file(

@@ -1,4 +1,4 @@
-"""The adversarial review of tensornet.gpt2's trust at the edges: temporary files never written through planted
+"""Hostile files and flags: temporary files never written through planted
 links, a run never lost at its final evaluation, --overwrite and compress never replace what tensornet did not
 write, crafted config.json/checkpoints/tokenizers refused before anything is built or trained, every size flag
 bounded, empty paths refused, and errors that say what the file is."""
@@ -15,20 +15,18 @@ import pytest
 import torch
 from conftest import GPT2_TINY, cli_status
 
+import tensornet.gpt2 as gpt2
 from tensornet.gpt2 import (
-    _checkpoint,
-    _data,
-    _files,
     _modelfile,
-    _resume,
-    _train,
     build_model,
+    files,
     gpt2_config,
     load_model,
     save_model,
 )
-from tensornet.gpt2._checkpoint import load_checkpoint, save_checkpoint
-from tensornet.gpt2._data import cached_tokenizer, cached_tokens, stdlib_corpus, token_cache_path
+from tensornet.gpt2.app import _checkpoint, _data, _resume, _train
+from tensornet.gpt2.app._checkpoint import load_checkpoint, save_checkpoint
+from tensornet.gpt2.app._data import cached_tokenizer, cached_tokens, stdlib_corpus, token_cache_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny models run faster on one thread (conftest)
 
@@ -70,9 +68,9 @@ def victim(tmp_path: Path) -> Path:
 # ------------------------------------------------------------------ 1. no write through a planted link
 def test_atomic_writes_never_follow_a_planted_link(tmp_path):
     target, precious = tmp_path / "out.json", victim(tmp_path)
-    tmp = _files.tmp_path(target)
+    tmp = files.tmp_path(target)
     tmp.symlink_to(precious)
-    _files.write_json(target, {"a": 1})
+    files.write_json(target, {"a": 1})
     assert precious.read_text() == "precious"
     assert not target.is_symlink() and json.loads(target.read_text()) == {"a": 1}
     assert not tmp.exists() and not tmp.is_symlink()
@@ -82,17 +80,17 @@ def test_atomic_writes_never_follow_a_planted_link(tmp_path):
     _checkpoint.save_tensors(link, {"train": torch.arange(3), "val": torch.arange(2)})
     assert precious.read_text() == "precious" and not link.is_symlink()
     # the writability probe
-    probe = _files.tmp_path(tmp_path / ".tensornet-probe")
+    probe = files.tmp_path(tmp_path / ".tensornet-probe")
     probe.symlink_to(precious)
-    _files.probe_writable(tmp_path, "--out")
+    files.probe_writable(tmp_path, "--out")
     assert precious.read_text() == "precious" and not probe.is_symlink()
     # a folder at the temporary name is not the package's: refused, left alone
     blocked = tmp_path / "blocked.json"
-    _files.tmp_path(blocked).mkdir()
-    (_files.tmp_path(blocked) / "keep").write_text("x")
+    files.tmp_path(blocked).mkdir()
+    (files.tmp_path(blocked) / "keep").write_text("x")
     with pytest.raises(FileExistsError, match="temporary name"):
-        _files.write_json(blocked, {})
-    assert (_files.tmp_path(blocked) / "keep").read_text() == "x"
+        files.write_json(blocked, {})
+    assert (files.tmp_path(blocked) / "keep").read_text() == "x"
 
 
 def test_a_run_never_writes_through_links_planted_at_its_temporary_names(shared, tmp_path, capsys):
@@ -137,9 +135,9 @@ def test_save_model_and_the_tokenizer_cache_never_follow_links(shared, tmp_path)
     config = gpt2_config(vocab_size=97, block_size=16, n_layer=1, n_embd=32, n_head=2)
     model = build_model(config, seed=0)
     target = tmp_path / "model"
-    _files.tmp_path(target).symlink_to(mine, target_is_directory=True)
+    files.tmp_path(target).symlink_to(mine, target_is_directory=True)
     save_model(model, target)
-    _files.tmp_path(target, "old").symlink_to(mine, target_is_directory=True)
+    files.tmp_path(target, "old").symlink_to(mine, target_is_directory=True)
     save_model(model, target, overwrite=True)
     assert sorted(p.name for p in mine.iterdir()) == ["keep.txt"]
     assert not any(p.is_symlink() for p in tmp_path.iterdir() if p.name.startswith(".model."))
@@ -147,7 +145,7 @@ def test_save_model_and_the_tokenizer_cache_never_follow_links(shared, tmp_path)
     cache = tmp_path / "cache"
     path = _data.tokenizer_cache_path(corpus, 300, cache)
     path.parent.mkdir(parents=True)
-    _files.tmp_path(path).symlink_to(precious)
+    files.tmp_path(path).symlink_to(precious)
     tokenizer = cached_tokenizer(corpus, 300, cache)
     assert precious.read_text() == "precious" and not path.is_symlink()
     assert cached_tokenizer(corpus, 300, cache).to_str() == tokenizer.to_str()
@@ -207,7 +205,7 @@ def test_compress_never_replaces_its_source_or_an_unmarked_folder(shared, tmp_pa
     # a folder with save_model's file names that save_model did not write (no mark): refused
     hf = tmp_path / "hf"
     shutil.copytree(src, hf)
-    (hf / _files.MODEL_MARK).unlink()
+    (hf / files.MODEL_MARK).unlink()
     kept = {p.name: p.read_bytes() for p in hf.iterdir()}
     assert code([*base, str(src), "--out", str(hf), "--overwrite"]) == 2
     one_line_error(capsys, "was not written by tensornet's save_model")
@@ -219,9 +217,9 @@ def test_compress_never_replaces_its_source_or_an_unmarked_folder(shared, tmp_pa
     save_model(load_model(src), tmp_path / "copy", overwrite=True)
     # and a run folder's model/ from before the mark is still replaced when the run finishes
     run = copy_run(shared, tmp_path / "run")
-    (run / "model" / _files.MODEL_MARK).unlink()
+    (run / "model" / files.MODEL_MARK).unlink()
     assert code(train_argv(shared, run, "--overwrite")) == 0
-    assert (run / "model" / _files.MODEL_MARK).is_file()
+    assert (run / "model" / files.MODEL_MARK).is_file()
 
 
 # ------------------------------------------------------------------------- 4. cache cleanup: own names only
@@ -368,9 +366,7 @@ def test_deeply_nested_metadata_is_an_error_not_a_crash(shared, tmp_path, capsys
         "skeleton": skeleton,
         "sha256": _checkpoint.content_sha256({}, header),
     }
-    _files.atomic_write(
-        run / "checkpoint.safetensors", lambda f: _checkpoint.write_safetensors(f, {}, metadata)
-    )
+    _checkpoint.write_safetensors(run / "checkpoint.safetensors", {}, metadata)
     assert code(train_argv(shared, run, "--resume")) == 2
     one_line_error(capsys, "nested too deeply", "checkpoint.safetensors")
     with pytest.raises(ValueError, match="nested too deeply"):
@@ -444,7 +440,7 @@ def test_out_of_bound_flags_are_one_line_errors_before_any_work(
 ):
     out, cache = tmp_path / "out", tmp_path / "fresh-cache"
     if command == "eval" and "65536" in flags:  # the logits of one batch cannot fit 1 GiB
-        monkeypatch.setattr(_modelfile, "memory_bytes", lambda device=None: 2**30)
+        monkeypatch.setattr(gpt2, "memory_bytes", lambda device=None: 2**30)
     if command in ("train", "compare"):
         argv = [*(COMPARE if command == "compare" else ["train", *TINY]), "--steps", "2"]
         if "--out" not in flags:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._files import atomic_write
+from ..files import atomic_write
 
 WIDTH = 90  # characters per title line at the figure's width
 NAMES = {"dense": "dense", "ttm": "TTM", "lowrank": "low-rank"}

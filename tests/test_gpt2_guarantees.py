@@ -1,4 +1,4 @@
-"""Trust at the edges of tensornet.gpt2: files are data (nothing is unpickled, damage is an error naming the
+"""tensornet.gpt2's guarantees end to end: files are data (nothing is unpickled, damage is an error naming the
 file), nothing the user owns is deleted, every CLI flag is checked before any work, one run per folder, and a
 run killed at any point resumes to exactly the uninterrupted run (losses, log, weights)."""
 
@@ -20,10 +20,10 @@ import torch
 from conftest import GPT2_TINY, cli_status
 
 from tensornet.gpt2 import build_model, gpt2_config, load_model, save_model, stdlib_corpus, tensorize
-from tensornet.gpt2._checkpoint import load_checkpoint, load_token_file, save_checkpoint
-from tensornet.gpt2._cli import main
-from tensornet.gpt2._data import cached_tokenizer, cached_tokens, token_cache_path
-from tensornet.gpt2._runfolder import RunFolder
+from tensornet.gpt2.app._checkpoint import load_checkpoint, load_token_file, save_checkpoint
+from tensornet.gpt2.app._cli import main
+from tensornet.gpt2.app._data import cached_tokenizer, cached_tokens, token_cache_path
+from tensornet.gpt2.app._runfolder import RunFolder
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny models run faster on one thread (conftest)
 
@@ -126,8 +126,8 @@ def test_token_cache_contents_are_validated(shared, tmp_path):
     cache = tmp_path / "cache"
     shutil.copytree(shared["cache"], cache)
     path = token_cache_path(corpus, tokenizer, cache)
-    from tensornet.gpt2._checkpoint import save_tensors
-    from tensornet.gpt2._data import token_identity
+    from tensornet.gpt2.app._checkpoint import save_tensors
+    from tensornet.gpt2.app._data import token_identity
 
     bad = {
         "ids outside the vocabulary": {"train": torch.tensor([1, 2, 300]), "val": torch.tensor([1, 2])},
@@ -364,7 +364,7 @@ def test_a_second_run_on_a_folder_is_refused(shared, tmp_path, capsys):
         [
             sys.executable,
             "-c",
-            "import sys, time; from tensornet.gpt2._runfolder import RunFolder; "
+            "import sys, time; from tensornet.gpt2.app._runfolder import RunFolder; "
             "f = RunFolder.open(sys.argv[1], kind='train'); print('held', flush=True); time.sleep(60)",
             str(out),
         ],
@@ -544,7 +544,7 @@ def test_resume_with_other_settings_names_the_setting(shared, tmp_path, capsys):
 
 
 def test_interrupted_compare_does_not_advise_resume(shared, tmp_path, capsys, monkeypatch):
-    from tensornet.gpt2 import _data
+    from tensornet.gpt2.app import _data
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
@@ -595,8 +595,8 @@ KILL_ARGS = ["--steps", str(KILL_STEPS), "--checkpoint-every", "1", "--eval-ever
 # temporary file is complete and before the checkpoint is replaced (the worst moment a kill can pick)
 KILL_IN_WRITE = """
 import os, signal, sys
-from tensornet.gpt2 import _files
-from tensornet.gpt2._cli import main
+from tensornet.gpt2 import files
+from tensornet.gpt2.app._cli import main
 replace, seen = os.replace, []
 def dying_replace(src, dst):
     if os.path.basename(str(src)).startswith(".checkpoint.safetensors.tmp"):
@@ -604,7 +604,7 @@ def dying_replace(src, dst):
         if len(seen) == int(sys.argv[1]):
             os.kill(os.getpid(), signal.SIGKILL)
     return replace(src, dst)
-_files.os.replace = dying_replace
+files.os.replace = dying_replace
 sys.exit(main(sys.argv[2:]))
 """
 

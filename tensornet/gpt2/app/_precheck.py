@@ -16,14 +16,28 @@ from pathlib import Path
 
 import torch
 
-from . import _data, _files, _modelfile, _runfolder
+import tensornet.gpt2 as gpt2
+
+from .. import (
+    LAYER_GROUPS,
+    PRESETS,
+    build_model,
+    check_model_target,
+    dense_params,
+    gpt2_config,
+    layer_shapes,
+    lowrank,
+    lowrank_rank_for,
+    paper_shapes,
+    read_config,
+    tensorize,
+)
+from .. import files as _files
+from . import _data, _runfolder
 from ._args import UsageError
-from ._config import LAYER_GROUPS, PRESETS, TrainConfig
-from ._model import build_model, check_model_target, gpt2_config
-from ._modelfile import dense_params, read_config
+from ._config import TrainConfig
+from ._distributed import Distributed, default_device
 from ._resume import check_resume
-from ._tensorize import layer_shapes, lowrank, lowrank_rank_for, paper_shapes, tensorize
-from ._train import Distributed, default_device
 
 _deferred: list[str] | None = None  # while the checks run: their warnings, said only if no check fails
 
@@ -155,7 +169,7 @@ def check_memory(
     (eval/compress: ``positions`` is its n_positions), else they come from the flags.
     """
     device = torch.device(args.device) if args.device else default_device()
-    have = _modelfile.memory_bytes(device)  # (looked up on the module: tests replace it)
+    have = gpt2.memory_bytes(device)  # (looked up on the module: tests replace it)
     if have is None:
         return
     params = dense_params(vocab=vocab, positions=positions or block, width=width, layers=layers)

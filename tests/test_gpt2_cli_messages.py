@@ -1,4 +1,4 @@
-"""The command line as a newcomer meets it (issue 16) and its compile modes (issue 12): fast and complete help,
+"""What the command line says: help that needs no torch and states every default, the compile modes,
 progress that survives evaluation lines and Ctrl-C, numbers that say what they were computed on and agree
 between train and eval, warnings for settings that cannot do what was meant, errors before any work, and no
 empty folder left by a failed run."""
@@ -18,11 +18,11 @@ import pytest
 import torch
 from conftest import cli_status
 
-from tensornet.gpt2 import _commands, _data, _precheck
-from tensornet.gpt2._cli import main
-from tensornet.gpt2._commands import log_spaced
-from tensornet.gpt2._compare import table
-from tensornet.gpt2._data import cached_tokenizer, eval_token_count, stdlib_corpus, val_batches
+from tensornet.gpt2.app import _commands, _data, _precheck
+from tensornet.gpt2.app._cli import main
+from tensornet.gpt2.app._commands import log_spaced
+from tensornet.gpt2.app._compare import table
+from tensornet.gpt2.app._data import cached_tokenizer, eval_token_count, stdlib_corpus, val_batches
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny models run faster on one thread (conftest)
 
@@ -56,7 +56,7 @@ def run(tmp_path_factory):
 def test_help_loads_neither_torch_nor_transformers(command):
     # what makes --help fast: the parser needs only the flags (timings are measured, not asserted)
     program = (
-        "import sys\nfrom tensornet.gpt2._cli import main\n"
+        "import sys\nfrom tensornet.gpt2.app._cli import main\n"
         f"try:\n    main([{command!r}, '--help'])\nexcept SystemExit:\n    pass\n"
         "print('LOADED', 'torch' in sys.modules, 'transformers' in sys.modules)"
     )
@@ -96,7 +96,7 @@ def test_compile_modes_are_documented_and_checked_while_parsing(capsys):
 
 
 def test_bare_compile_means_default(tmp_path):
-    from tensornet.gpt2._args import parser
+    from tensornet.gpt2.app._args import parser
 
     args = parser().parse_args(["train", "--compile"])
     assert args.compile == "default"
@@ -116,7 +116,7 @@ def test_compile_without_a_cpp_compiler_is_a_usage_error(tmp_path, capsys, monke
 
 
 def test_reduce_overhead_on_cpu_is_warned(tmp_path, capsys):
-    from tensornet.gpt2._args import parser
+    from tensornet.gpt2.app._args import parser
 
     argv = ["train", *TINY, "--compile", "reduce-overhead", "--out", str(tmp_path / "o")]
     _precheck.check(parser().parse_args([*argv, "--cache-dir", str(tmp_path / "c")]))
@@ -195,7 +195,7 @@ def test_a_warmup_longer_than_the_run_is_warned(run):
 
 
 def test_warnings_are_said_by_the_first_process_only(tmp_path, capsys, monkeypatch):
-    from tensornet.gpt2._args import parser
+    from tensornet.gpt2.app._args import parser
 
     argv = ["train", *TINY, "--steps", "2", "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c")]
     for rank, said in (("0", True), ("1", False)):
@@ -242,7 +242,7 @@ ISSUE_EXAMPLES = [
 
 
 @pytest.mark.parametrize(("flags", "needle"), ISSUE_EXAMPLES)
-def test_the_issue_examples_fail_before_any_work(flags, needle, tmp_path, capsys, monkeypatch):
+def test_impossible_settings_fail_before_any_work(flags, needle, tmp_path, capsys, monkeypatch):
     def no_data(*args, **kwargs):
         raise AssertionError("data loaded before the arguments were checked")
 
@@ -381,7 +381,7 @@ def test_train_on_data_says_why_eval_measures_other_tokens(run, tmp_path, capsys
 def test_a_killed_compare_worker_is_a_clear_error(run, tmp_path, capsys, monkeypatch):
     import multiprocessing
 
-    from tensornet.gpt2 import _compare
+    from tensornet.gpt2.app import _compare
 
     real = _compare.compare
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from . import _checkpoint, _files
+from .. import files as _files
+from . import _checkpoint
 from ._corpus import Corpus, load_corpus, read_text_file, stdlib_corpus, stdlib_files, text_corpus
 
 __all__ = [  # the corpus names are _corpus's, imported from here too

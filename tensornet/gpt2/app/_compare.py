@@ -16,13 +16,12 @@ import torch
 
 from tensornet.nn import RankClipWarning
 
+from .. import build_model, gpt2_config, lowrank, lowrank_rank_for, tensorize
+from ..files import write_json
 from ._checkpoint import load_token_file
 from ._data import eval_token_count
-from ._files import write_json
-from ._model import build_model, gpt2_config
 from ._plot import NAMES, plot_losses
-from ._tensorize import lowrank, lowrank_rank_for, nparams, tensorize
-from ._train import TrainConfig, load_note, train
+from ._train import TrainConfig, load_note, nparams, train
 
 
 def build_variant(spec: dict):

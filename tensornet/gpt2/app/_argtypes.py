@@ -10,46 +10,21 @@ import json
 import math
 from collections.abc import Callable
 
-from ._config import LAYER_GROUPS, SHAPE_KEYS
+from .. import LAYER_GROUPS
+from ._config import MAX_SIZE, MAX_STEPS, MAX_TOKENS, Range
+
+SHAPE_KEYS = (*(key for keys in LAYER_GROUPS.values() for key in keys), "wte")  # `shapes` keys
 
 
 # ------------------------------------------------------------------------------------------ value parsers
-def _int(lo: int, hi: int | None = None) -> Callable[[str], int]:
+def _int(lo: int, hi: int) -> Callable[[str], int]:
     """An argparse ``type=``: an integer in ``[lo, hi]``."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < lo or (hi is not None and value > hi):
-            rule = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-            raise argparse.ArgumentTypeError(f"must be {rule}, got {value}")
-        return value
-
-    parse.__name__ = "integer"
-    return parse
+    return Range(lo, hi, integer=True).parser()
 
 
 def _float(lo: float, hi: float = math.inf, *, lo_open: bool = False, hi_open: bool = False):
     """An argparse ``type=``: a finite number in the interval from ``lo`` to ``hi`` (open ends as flagged)."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        inside = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
-        if not math.isfinite(value) or not inside:
-            if hi == math.inf:
-                rule = f"{'>' if lo_open else '>='} {lo:g}"
-            else:
-                rule = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
-            raise argparse.ArgumentTypeError(f"must be a finite number {rule}, got {text}")
-        return value
-
-    parse.__name__ = "number"
-    return parse
+    return Range(lo, hi, lo_open, hi_open).parser()
 
 
 def _is_pairs(pairs: object) -> bool:
@@ -135,9 +110,9 @@ _path.__name__ = "path"
 # upper bounds of the size flags: far above what fits a machine today (the memory check refuses sooner), low
 # enough that no flag overflows an integer or builds a model for hours before failing
 MAX_LAYERS, MAX_WIDTH, MAX_HEADS = 1024, 65536, 4096
-MAX_BLOCK, MAX_BATCH, MAX_STEPS = 65536, 65536, 10**9
+MAX_BLOCK = MAX_BATCH = MAX_SIZE
 MAX_RANK, MAX_NCORES, MAX_THREADS = 65536, 64, 1024
-MAX_CHARS = MAX_TOKENS = 2**40
+MAX_CHARS = MAX_TOKENS
 _STEPS, _NONNEG_STEPS = _int(1, MAX_STEPS), _int(0, MAX_STEPS)
 _LAYERS, _WIDTH, _HEADS = _int(1, MAX_LAYERS), _int(1, MAX_WIDTH), _int(1, MAX_HEADS)
 _BLOCK, _BATCH = _int(1, MAX_BLOCK), _int(1, MAX_BATCH)
@@ -145,9 +120,5 @@ _RANK, _RANK0, _NCORES = _int(1, MAX_RANK), _int(0, MAX_RANK), _int(1, MAX_NCORE
 _CHARS, _TOKENS, _THREADS = _int(1, MAX_CHARS), _int(0, MAX_TOKENS), _int(1, MAX_THREADS)
 _SEED = _int(0, 2**32 - 1)
 _VOCAB = _int(257, 2**31 - 1)
-_UNIT = _float(0, 1)  # [0, 1]
 _BETA = _float(0, 1, hi_open=True)  # [0, 1)
-_LR = _float(0, 1, lo_open=True)  # (0, 1]
-_NONNEG_F = _float(0)
-_POS_F = _float(0, lo_open=True)
 _EPS = _float(0, 1, lo_open=True, hi_open=True)

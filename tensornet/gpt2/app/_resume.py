@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import _checkpoint, _files
+from .. import files as _files
+from . import _checkpoint
 from . import _skeleton as sk
 from ._config import TrainConfig
 
