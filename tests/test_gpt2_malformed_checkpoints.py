@@ -104,6 +104,10 @@ EXAMPLES = {
     "rng-position-625": lambda s: words(s).__setitem__(624, 625),
     "rng-word-negative": lambda s: words(s).__setitem__(0, -1),
     "step-bool": lambda s: s.__setitem__("step", True),
+    # a list where an object belongs, an optimizer-state key no parameter id has, a signature too deep to compare
+    "history-as-list": lambda s: s.__setitem__("history", [s["history"]]),
+    "param-id-2^40": lambda s: s["optimizer"]["state"]["$dict"][0].__setitem__(0, 2**40),
+    "signature-100-deep": lambda s: s["signature"].__setitem__("deep", json.loads("[" * 100 + "]" * 100)),
 }
 
 

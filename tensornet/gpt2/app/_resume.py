@@ -19,6 +19,7 @@ from torch import nn
 from .. import files as _files
 from . import _checkpoint
 from ._config import TrainConfig
+from ._layout import check_layout
 
 CHECKPOINT = "checkpoint.safetensors"
 LEGACY_CHECKPOINT = "checkpoint.pt"  # pickle, written by tensornet before 0.2: refused, never loaded
@@ -98,102 +99,6 @@ def _with_later_entries(old: Any, new: dict) -> Any:
         later = {k: now[k] for k in _RECORDED_LATER_TRAIN if k in now and k not in then}
         old["train"] = {**then, **later}
     return old
-
-
-def _need(ok: bool, at: str, rule: str, value: Any) -> None:
-    if not ok:
-        raise _checkpoint.Malformed(f"{at} must be {rule}, got {_checkpoint.shown(value)}")
-
-
-def _is_int(value: Any, lo: int = 0, hi: int = _checkpoint.INT64[1]) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
-
-
-def _is_float(value: Any) -> bool:
-    return isinstance(value, float) or _is_int(value, _checkpoint.INT64[0])
-
-
-def _keys(value: Any, at: str, keys: set[str], optional: frozenset[str] = frozenset()) -> None:
-    ok = isinstance(value, dict) and keys <= set(value) <= keys | optional
-    _need(ok, at, f"an object of {', '.join(sorted(keys))}", value)
-
-
-def _shallow(value: Any, depth: int = 0) -> bool:
-    """Nested at most 64 deep (what the comparison of signatures recurses through)."""
-    children = (
-        value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
-    )
-    return depth <= 64 and all(_shallow(c, depth + 1) for c in children)
-
-
-def check_layout(ckpt: dict) -> None:
-    """Every value a training checkpoint (``_Run.checkpoint``) holds has its type and range, before any use.
-
-    Raises ``_checkpoint.Malformed`` naming where the first wrong value is (``history.loss[3] must be ...``).
-    The ranges that depend on this run (the step against ``--steps``, the shapes) are ``_check_checkpoint``'s.
-    """
-    _keys(ckpt, "the checkpoint", {"model", "optimizer", "step", "history", "rng", "signature"})
-    _need(isinstance(ckpt["model"], dict), "model", "an object", ckpt["model"])
-    for name, value in ckpt["model"].items():
-        _need(
-            isinstance(name, str) and isinstance(value, torch.Tensor), f"model[{name!r}]", "a tensor", value
-        )
-    _keys(ckpt["optimizer"], "optimizer", {"state", "param_groups"})
-    state, groups = ckpt["optimizer"]["state"], ckpt["optimizer"]["param_groups"]
-    _need(isinstance(state, dict), "optimizer.state", "an object", state)
-    for key, entry in state.items():
-        _need(
-            _is_int(key, 0, 2**31) and isinstance(entry, dict),
-            f"optimizer.state[{key!r}]",
-            "a parameter's state",
-            key,
-        )
-        for name, value in entry.items():
-            ok = isinstance(name, str) and (isinstance(value, torch.Tensor) or _is_float(value))
-            _need(ok, f"optimizer.state[{key!r}][{name!r}]", "a tensor or a number", value)
-    _need(isinstance(groups, list), "optimizer.param_groups", "a list", groups)
-    for i, group in enumerate(groups):
-        at = f"optimizer.param_groups[{i}]"
-        _need(
-            isinstance(group, dict) and isinstance(group.get("params"), list),
-            at,
-            "an object with params",
-            group,
-        )
-        for j, value in enumerate(group["params"]):
-            _need(_is_int(value, 0, 2**31), f"{at}.params[{j}]", "a parameter id in [0, 2**31]", value)
-    _need(_is_int(ckpt["step"]), "step", "an integer >= 0", ckpt["step"])
-    _keys(ckpt["history"], "history", {"loss", "val"})
-    loss, val = ckpt["history"]["loss"], ckpt["history"]["val"]
-    _need(
-        isinstance(loss, list) and isinstance(val, list), "history", "lists of losses and evaluations", loss
-    )
-    for i, value in enumerate(loss):
-        _need(_is_float(value), f"history.loss[{i}]", "a number", value)
-    for i, pair in enumerate(val):
-        ok = isinstance(pair, tuple) and len(pair) == 2 and _is_int(pair[0]) and _is_float(pair[1])
-        _need(ok, f"history.val[{i}]", "a (step, loss) pair", pair)
-    _keys(ckpt["rng"], "rng", {"torch", "python"}, frozenset({"cuda"}))
-    rng = ckpt["rng"]
-    _need(isinstance(rng["torch"], torch.Tensor), "rng.torch", "a tensor", rng["torch"])
-    cuda = rng.get("cuda", [])
-    _need(
-        isinstance(cuda, list) and all(isinstance(t, torch.Tensor) for t in cuda), "rng.cuda", "tensors", cuda
-    )
-    # Python's Mersenne Twister: version 3, 624 32-bit words and the position in them, and the spare gauss
-    py = rng["python"]
-    ok = (
-        isinstance(py, tuple)
-        and len(py) == 3
-        and py[0] == 3
-        and isinstance(py[1], tuple)
-        and len(py[1]) == 625
-    )
-    _need(ok and (py[2] is None or _is_float(py[2])), "rng.python", "Python's random state (version 3)", py)
-    for i, word in enumerate(py[1]):
-        _need(_is_int(word, 0, 624 if i == 624 else 2**32 - 1), f"rng.python[1][{i}]", "a 32-bit word", word)
-    sig = ckpt["signature"]
-    _need(isinstance(sig, dict) and _shallow(sig), "signature", "an object nested at most 64 deep", sig)
 
 
 # AdamW settings that shape the updates, and the flags that set them (eps and the rest are fixed by the code)
