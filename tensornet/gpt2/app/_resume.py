@@ -181,8 +181,10 @@ def _optimizer_fault(opt: dict, optimizer: torch.optim.Optimizer) -> str | None:
         if key not in params:
             return f"its optimizer state {key!r} belongs to no parameter of this run"
         for name, value in entry.items():
-            if name == "step" and isinstance(value, torch.Tensor) and value.numel() != 1:
-                return f"its optimizer state {key!r} has a step of {value.numel()} numbers"
+            if name == "step" and not (
+                value.numel() == 1 if isinstance(value, torch.Tensor) else math.isfinite(value)
+            ):
+                return f"its optimizer state {key!r} has step {_checkpoint.shown(value)}"
             if name != "step" and not (
                 isinstance(value, torch.Tensor)
                 and value.shape == params[key].shape
