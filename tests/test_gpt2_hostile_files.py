@@ -308,6 +308,7 @@ CHECKPOINT_EDITS = {
         lambda c: c["optimizer"]["state"][0].update(exp_avg=torch.zeros(1)),
         "exp_avg (1,)",
     ),
+    "opt-step-inf": (lambda c: c["optimizer"]["state"][0].update(step=float("inf")), "has step inf"),
     "opt-betas": (
         lambda c: [g.update(betas=(0.5, 0.5)) for g in c["optimizer"]["param_groups"]],
         "--beta1/--beta2",

@@ -1,6 +1,7 @@
 """A checkpoint whose JSON skeleton has the wrong types or ranges is one clear error naming the file, never a
-traceback: the skeleton is decoded by type before anything reads it, and before the checksum is checked (so a
-crafted file needs no valid checksum). Property-tested with malformed skeletons made from a real one."""
+traceback: the skeleton is decoded (int64 integers, known tags) and its layout checked by type and range before
+anything reads it, and before the checksum is checked (so a crafted file needs no valid checksum).
+Property-tested with malformed skeletons made from a real one."""
 
 from __future__ import annotations
 
@@ -103,6 +104,10 @@ EXAMPLES = {
     "rng-position-625": lambda s: words(s).__setitem__(624, 625),
     "rng-word-negative": lambda s: words(s).__setitem__(0, -1),
     "step-bool": lambda s: s.__setitem__("step", True),
+    # a list where an object belongs, an optimizer-state key no parameter id has, a signature too deep to compare
+    "history-as-list": lambda s: s.__setitem__("history", [s["history"]]),
+    "param-id-2^40": lambda s: s["optimizer"]["state"]["$dict"][0].__setitem__(0, 2**40),
+    "signature-100-deep": lambda s: s["signature"].__setitem__("deep", json.loads("[" * 100 + "]" * 100)),
 }
 
 
@@ -114,7 +119,7 @@ def test_malformed_checkpoint_examples_are_errors_naming_the_file(base, tmp_path
     path = write(tmp_path, skeleton, base["tensors"], valid_checksum=valid_checksum)
     for call in (
         lambda: _resume.check_resume(tmp_path, base["cfg"], None),
-        lambda: _checkpoint.checkpoint_outline(path, "--resume", _resume.CHECKPOINT_SCHEMA),
+        lambda: _checkpoint.checkpoint_outline(path, "--resume", _resume.check_layout),
         lambda: _resume.restore(
             path,
             base["signature"],
@@ -143,14 +148,17 @@ def test_train_resume_of_a_malformed_skeleton_is_one_line_exit_2(shared, base, t
     assert len(err) == 1 and err[0].startswith("error: ") and str(path) in err[0], err
 
 
-def test_the_typed_decoder_says_where_the_value_is(base, tmp_path):
-    skeleton = copy.deepcopy(base["skeleton"])
-    EXAMPLES["loss-10^400"](skeleton)
-    path = write(tmp_path, skeleton, base["tensors"])
-    with pytest.raises(
-        ValueError, match=r"history\.loss\[0\] must be a number a float holds, got an integer of 401"
+def test_the_error_says_where_the_value_is(base, tmp_path):
+    for case, message in (
+        ("loss-10^400", r"history\.loss\[0\] must be an integer of int64, got an integer of 401 digits"),
+        ("rng-word-2^32", r"rng\.python\[1\]\[5\] must be a 32-bit word, got 4294967296"),
+        ("step-bool", r"step must be an integer >= 0, got True"),
     ):
-        _checkpoint.checkpoint_outline(path, "--resume", _resume.CHECKPOINT_SCHEMA)
+        skeleton = copy.deepcopy(base["skeleton"])
+        EXAMPLES[case](skeleton)
+        path = write(tmp_path / case, skeleton, base["tensors"])
+        with pytest.raises(ValueError, match=message):
+            _checkpoint.checkpoint_outline(path, "--resume", _resume.check_layout)
     # the generic decoder (any payload save_checkpoint writes) refuses unhashable keys and huge integers too
     for bad in ({"$dict": [[[1], 2]]}, {"a": 10**400}, {"$dict": [[{"$tuple": [[1]]}, 2]]}):
         write(tmp_path / "generic", bad, {})

@@ -14,16 +14,31 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..files import atomic_save, content_sha256, not_a_file, parse_json, read_safetensors
-from . import _skeleton
 
 CHECKPOINT_FORMAT = "tensornet-checkpoint"
 CHECKPOINT_VERSION = 1
+INT64 = (-(2**63), 2**63 - 1)
+
+
+class Malformed(ValueError):
+    """A checkpoint value of the wrong type or out of range; the message starts with where it is."""
+
+
+def shown(value: Any) -> str:
+    """``value`` in a message: itself when short, else its kind (an integer of 400 digits is not printed)."""
+    if isinstance(value, int) and not isinstance(value, bool) and len(str(abs(value))) > 20:
+        return f"an integer of {len(str(abs(value)))} digits"
+    if isinstance(value, (list, tuple, dict)):
+        return f"a {type(value).__name__} of {len(value)}"
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
 
 
 def _encode(obj: Any, tensors: dict[str, torch.Tensor], seen: dict[tuple, str]) -> Any:
@@ -57,6 +72,45 @@ def _encode(obj: Any, tensors: dict[str, torch.Tensor], seen: dict[tuple, str]) 
             return {k: _encode(v, tensors, seen) for k, v in obj.items()}
         return {"$dict": [[_encode(k, tensors, seen), _encode(v, tensors, seen)] for k, v in obj.items()]}
     raise TypeError(f"save_checkpoint: cannot store a {type(obj).__name__} ({obj!r:.80}) in a checkpoint")
+
+
+def _decode(obj: Any, tensors: dict[str, Any], used: set[str], at: str = "") -> Any:
+    """The inverse of :func:`_encode` on a parsed skeleton that may hold anything JSON does.
+
+    Raises :class:`Malformed` naming where the first value no encoder writes is: an unknown tag, a tensor
+    the file lacks, an integer outside int64, a dict key that is not a scalar or a tuple of scalars.
+    """
+    where = at or "the skeleton"
+    if isinstance(obj, list):
+        return [_decode(v, tensors, used, f"{at}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, int) and not isinstance(obj, bool) and not INT64[0] <= obj <= INT64[1]:
+        raise Malformed(f"{where} must be an integer of int64, got {shown(obj)}")
+    if not isinstance(obj, dict):
+        return obj
+    tag, value = next(iter(obj.items())) if len(obj) == 1 else ("", None)
+    if tag == "$tensor":
+        if not (isinstance(value, str) and value in tensors):
+            raise Malformed(f"{where} must be a tensor of the file, got {shown(value)}")
+        used.add(value)
+        return tensors[value]
+    if tag == "$float":
+        if value not in ("nan", "inf", "-inf"):
+            raise Malformed(f"{where} must be nan, inf or -inf, got {shown(value)}")
+        return float(value)
+    if tag == "$tuple" and isinstance(value, list):
+        return tuple(_decode(v, tensors, used, f"{at}[{i}]") for i, v in enumerate(value))
+    if tag == "$dict" and isinstance(value, list) and all(isinstance(p, list) and len(p) == 2 for p in value):
+        out = {}
+        for i, (k, v) in enumerate(value):
+            key = _decode(k, tensors, used, f"{where} key {i}")
+            parts = key if isinstance(key, tuple) else (key,)
+            if not all(p is None or isinstance(p, (bool, int, float, str)) for p in parts):
+                raise Malformed(f"{where} key {i} must be a scalar or a tuple of scalars, got {shown(key)}")
+            out[key] = _decode(v, tensors, used, f"{at}[{key!r}]")
+        return out
+    if any(k.startswith("$") for k in obj):
+        raise Malformed(f"{where} has an unknown or malformed tag {next(iter(obj))[:40]!r}")
+    return {k: _decode(v, tensors, used, f"{at}.{k}" if at else k) for k, v in obj.items()}
 
 
 # safetensors' dtype codes (a file's header) -> torch dtypes, for the outline's meta tensors
@@ -115,7 +169,7 @@ def save_checkpoint(path: Path, payload: dict) -> None:
 
 
 def _open_error(path: Path, where: str, err: Exception) -> ValueError:
-    if isinstance(err, _skeleton.SkeletonError):
+    if isinstance(err, Malformed):
         return ValueError(
             f"{where}: {str(path)!r} is not a checkpoint tensornet wrote: {err}; it is damaged or crafted: "
             "restore it or start a new run"
@@ -159,28 +213,35 @@ def checkpoint_metadata(path: Path, where: str = "load_checkpoint") -> dict:
 
 
 def _decode_payload(
-    path: Path, where: str, skeleton: Any, tensors: dict[str, torch.Tensor], schema: _skeleton.Schema
+    path: Path,
+    where: str,
+    skeleton: Any,
+    tensors: dict[str, torch.Tensor],
+    check: Callable[[dict], None] | None,
 ) -> dict:
-    """The skeleton decoded by ``schema`` (types and ranges checked), holding every tensor of the file."""
+    """The skeleton decoded, holding every tensor of the file, and then ``check``-ed (types and ranges)."""
+    used: set[str] = set()
     try:
-        payload, used = _skeleton.decode(skeleton, schema, tensors)
+        payload = _decode(skeleton, tensors, used)
+        if used != set(tensors) or not isinstance(payload, dict):
+            raise Malformed("skeleton and tensors disagree")
+        if check is not None:
+            check(payload)
     except RecursionError:
-        raise _open_error(path, where, ValueError("the skeleton is nested too deeply")) from None
-    except _skeleton.SkeletonError as err:
+        raise _open_error(path, where, Malformed("the skeleton is nested too deeply")) from None
+    except Malformed as err:
         raise _open_error(path, where, err) from None
-    if used != set(tensors) or not isinstance(payload, dict):
-        raise _open_error(path, where, ValueError("skeleton and tensors disagree"))
     return payload
 
 
 def checkpoint_outline(
-    path: Path, where: str = "load_checkpoint", schema: _skeleton.Schema = _skeleton.JSON
+    path: Path, where: str = "load_checkpoint", check: Callable[[dict], None] | None = None
 ) -> dict:
     """The checkpoint's structure with every tensor as a ``meta`` tensor of its stored shape and dtype.
 
-    Read from the header alone (no tensor data, no checksum): cheap checks before the real load. The skeleton
-    is decoded by ``schema`` (``_skeleton``): a value of the wrong type or range is a ValueError naming the
-    file and where the value is.
+    Read from the header alone (no tensor data, no checksum): cheap checks before the real load. The decoded
+    payload is passed to ``check``, which raises :class:`Malformed` for a value of the wrong type or range:
+    a ValueError naming the file and where the value is.
     """
     from safetensors import safe_open
 
@@ -197,15 +258,15 @@ def checkpoint_outline(
                 tensors[name] = torch.empty(part.get_shape(), dtype=dtype, device="meta")
     except Exception as err:  # safetensors raises its own error type for every malformed file
         raise _open_error(path, where, err) from None
-    return _decode_payload(path, where, head["skeleton"], tensors, schema)
+    return _decode_payload(path, where, head["skeleton"], tensors, check)
 
 
 def load_checkpoint(
-    path: Path, where: str = "load_checkpoint", schema: _skeleton.Schema = _skeleton.JSON
+    path: Path, where: str = "load_checkpoint", check: Callable[[dict], None] | None = None
 ) -> dict:
     """Read a checkpoint written by :func:`save_checkpoint`, verifying its format and checksum.
 
-    The skeleton is decoded by ``schema`` after the checksum is verified (see :func:`checkpoint_outline`).
+    The payload is passed to ``check`` after the checksum is verified (see :func:`checkpoint_outline`).
     """
     from safetensors.torch import load_file
 
@@ -222,7 +283,7 @@ def load_checkpoint(
             f"{where}: {str(path)!r} fails its checksum: the file was damaged after it was written; "
             "nothing was resumed. Restore it from a copy or start a new run"
         )
-    return _decode_payload(path, where, head["skeleton"], tensors, schema)
+    return _decode_payload(path, where, head["skeleton"], tensors, check)
 
 
 # ----------------------------------------------------------------------------------------------- run folder

@@ -18,8 +18,8 @@ from torch import nn
 
 from .. import files as _files
 from . import _checkpoint
-from . import _skeleton as sk
 from ._config import TrainConfig
+from ._layout import check_layout
 
 CHECKPOINT = "checkpoint.safetensors"
 LEGACY_CHECKPOINT = "checkpoint.pt"  # pickle, written by tensornet before 0.2: refused, never loaded
@@ -101,39 +101,6 @@ def _with_later_entries(old: Any, new: dict) -> Any:
     return old
 
 
-# What a training checkpoint holds (``_Run.checkpoint`` writes it), decoded by type before anything reads it.
-# Python's Mersenne Twister state: version 3, 624 32-bit words and the position in them, and the spare gauss
-_PYTHON_RNG = sk.Tuple(
-    (
-        sk.Int(3, 3),
-        sk.Where(
-            sk.Tuple(rest=sk.Int(0, 2**32 - 1)),
-            lambda words: len(words) == 625 and words[-1] <= 624,
-            "a tuple of 624 32-bit words and a position in [0, 624]",
-        ),
-        sk.OneOf((sk.Float(), sk.Null())),
-    )
-)
-_PARAM_ID = sk.Int(0, 2**31)
-CHECKPOINT_SCHEMA = sk.Record(
-    {
-        "model": sk.Mapping(sk.Str(), sk.Tensor()),
-        "optimizer": sk.Record(
-            {
-                "state": sk.Mapping(_PARAM_ID, sk.Mapping(sk.Str(), sk.OneOf((sk.Tensor(), sk.Float())))),
-                "param_groups": sk.List(sk.Record({"params": sk.List(_PARAM_ID)}, rest=sk.JSON)),
-            }
-        ),
-        "step": sk.Int(0, sk.INT64[1]),
-        "history": sk.Record(
-            {"loss": sk.List(sk.Float()), "val": sk.List(sk.Tuple((sk.Int(0, sk.INT64[1]), sk.Float())))}
-        ),
-        "rng": sk.Record(
-            {"torch": sk.Tensor(), "python": _PYTHON_RNG}, optional={"cuda": sk.List(sk.Tensor())}
-        ),
-        "signature": sk.Mapping(sk.Str(), sk.JSON),
-    }
-)
 # AdamW settings that shape the updates, and the flags that set them (eps and the rest are fixed by the code)
 _OPTIMIZER_SETTINGS = {
     "betas": "--beta1/--beta2",
@@ -145,24 +112,18 @@ _OPTIMIZER_SETTINGS = {
 }
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def _check_fits(
+    path: Path, ckpt: dict, expected: dict, model: nn.Module, optimizer, cfg: TrainConfig
+) -> None:
+    """Everything in ``ckpt`` that ``restore`` loads, against this run's ``expected`` signature and objects.
 
-
-def _check_checkpoint(path: Path, ckpt: dict, model: nn.Module, optimizer, cfg: TrainConfig) -> None:
-    """Everything in ``ckpt`` that ``restore`` loads, against this run.
-
-    Checked: the step (an integer in [0, steps]) and its history, the model's tensor names, shapes and dtypes,
-    the optimizer's groups (their AdamW settings must be this run's) and state shapes, the RNG states. Works
-    on the real tensors or on the header's ``meta`` tensors (``checkpoint_outline``).
+    Checked: the signature, the step (at most ``cfg.steps``) and its history, the model's tensor names, shapes
+    and dtypes, the optimizer's groups (their AdamW settings must be this run's) and state shapes, the RNG
+    state. Works on the real tensors or on the header's ``meta`` tensors (``checkpoint_outline``).
     """
-
-    def bad(why: str) -> ValueError:
-        return ValueError(
-            f"--resume: {str(path)!r} does not fit this run: {why}; resume with the settings that wrote it, or "
-            "start a new run in another --out"
-        )
-
+    mismatch = _signature_mismatch(path, ckpt["signature"], expected)
+    if mismatch is not None:
+        raise mismatch
     for why in (
         _history_fault(ckpt["step"], ckpt["history"], cfg),
         _model_fault(ckpt["model"], model),
@@ -170,93 +131,76 @@ def _check_checkpoint(path: Path, ckpt: dict, model: nn.Module, optimizer, cfg: 
         _rng_fault(ckpt["rng"]),
     ):
         if why is not None:
-            raise bad(why)
+            raise ValueError(
+                f"--resume: {str(path)!r} does not fit this run: {why}; resume with the settings that wrote "
+                "it, or start a new run in another --out"
+            )
 
 
-def _history_fault(step: Any, history: Any, cfg: TrainConfig) -> str | None:
-    """What is wrong with a checkpoint's step and history (None: nothing)."""
-    if not (isinstance(step, int) and not isinstance(step, bool) and 0 <= step <= cfg.steps):
-        return f"its step {step!r} is not an integer in [0, --steps {cfg.steps}]"
-    if not (isinstance(history, dict) and isinstance(history.get("loss"), list)):
-        return "it has no list of training losses"
-    loss, val = history["loss"], history.get("val")
-    if len(loss) != step or not all(_number(v) for v in loss):
+def _history_fault(step: int, history: dict, cfg: TrainConfig) -> str | None:
+    """What is wrong with a checkpoint's step and history (None: nothing); their types are ``check_layout``'s."""
+    if step > cfg.steps:
+        return f"its step {step} is after --steps {cfg.steps}"
+    loss, steps = history["loss"], [s for s, _ in history["val"]]
+    if len(loss) != step or not all(math.isfinite(v) for v in [*loss, *(v for _, v in history["val"])]):
         return f"it records {len(loss)} losses for step {step} (or losses that are not finite numbers)"
-    pairs = isinstance(val, list) and all(
-        isinstance(e, (list, tuple))
-        and len(e) == 2
-        and isinstance(e[0], int)
-        and _number(e[0])
-        and _number(e[1])
-        for e in val
-    )
-    steps = [e[0] for e in val] if pairs and isinstance(val, list) else []
-    if not (pairs and steps == sorted(set(steps)) and all(1 <= s <= step for s in steps)):
+    if not (steps == sorted(set(steps)) and all(1 <= s <= step for s in steps)):
         return "its evaluations are not (step, loss) pairs at increasing steps up to its step"
     return None
 
 
-def _model_fault(state: Any, model: nn.Module) -> str | None:
-    own = model.state_dict()
-    if isinstance(
-        state, dict
-    ):  # TT layers' core shapes: absent from checkpoints saved before they were recorded
-        own = {k: v for k, v in own.items() if k in state or not k.endswith("._extra_state")}
-    if not isinstance(state, dict) or set(state) != set(own):
-        names = sorted(map(str, set(state) ^ set(own))) if isinstance(state, dict) else ["not a state dict"]
-        return f"its model tensors differ from this model's ({', '.join(names[:5])})"
+def _model_fault(state: dict, model: nn.Module) -> str | None:
+    """What is wrong with a checkpoint's model tensors for ``model`` (names, shapes, dtypes); None: nothing."""
+    # TT layers' core shapes: absent from checkpoints saved before they were recorded
+    own = {k: v for k, v in model.state_dict().items() if k in state or not k.endswith("._extra_state")}
+    if set(state) != set(own):
+        return f"its model tensors differ from this model's ({', '.join(sorted(set(state) ^ set(own))[:5])})"
     for name, tensor in own.items():
         saved = state[name]
-        if not (
-            isinstance(saved, torch.Tensor) and saved.shape == tensor.shape and saved.dtype == tensor.dtype
-        ):
-            what = f"{tuple(saved.shape)} {saved.dtype}" if isinstance(saved, torch.Tensor) else type(saved)
-            return f"its {name} is {what}, this model's is {tuple(tensor.shape)} {tensor.dtype}"
+        if saved.shape != tensor.shape or saved.dtype != tensor.dtype:
+            return f"its {name} is {tuple(saved.shape)} {saved.dtype}, this model's is {tuple(tensor.shape)} {tensor.dtype}"
     return None
 
 
-def _optimizer_fault(opt: Any, optimizer: torch.optim.Optimizer) -> str | None:
-    groups = opt.get("param_groups") if isinstance(opt, dict) else None
-    saved_state = opt.get("state") if isinstance(opt, dict) else None
-    if not (isinstance(groups, list) and isinstance(saved_state, dict)):
-        return "its optimizer state is not AdamW's (param_groups and state)"
-    if len(groups) != len(optimizer.param_groups):
-        return f"its optimizer has {len(groups)} parameter groups, this run's {len(optimizer.param_groups)}"
-    params: dict[Any, torch.Tensor] = {}
-    for i, (saved_group, group) in enumerate(zip(groups, optimizer.param_groups)):
-        ids = saved_group.get("params") if isinstance(saved_group, dict) else None
-        if not (isinstance(ids, list) and len(ids) == len(group["params"])):
+def _optimizer_fault(opt: dict, optimizer: torch.optim.Optimizer) -> str | None:
+    """What is wrong with a checkpoint's AdamW state for ``optimizer`` (None: nothing)."""
+    groups, own = opt["param_groups"], optimizer.param_groups
+    if len(groups) != len(own):
+        return f"its optimizer has {len(groups)} parameter groups, this run's {len(own)}"
+    params: dict[int, torch.Tensor] = {}
+    for i, (saved, group) in enumerate(zip(groups, own)):
+        if len(saved["params"]) != len(group["params"]):
             return f"its optimizer group {i} does not hold this run's {len(group['params'])} parameters"
         for key, flag in _OPTIMIZER_SETTINGS.items():
-            if key in group and saved_group.get(key) != group[key]:
-                return f"its optimizer group {i} has {key} {saved_group.get(key)!r}, this run {group[key]!r} ({flag})"
-        params.update(zip(ids, group["params"]))
-    for key, entry in saved_state.items():
-        param = params.get(key)
-        if param is None or not isinstance(entry, dict):
+            if key in group and saved.get(key) != group[key]:
+                return (
+                    f"its optimizer group {i} has {key} {saved.get(key)!r}, this run {group[key]!r} ({flag})"
+                )
+        params.update(zip(saved["params"], group["params"]))
+    for key, entry in opt["state"].items():
+        if key not in params:
             return f"its optimizer state {key!r} belongs to no parameter of this run"
         for name, value in entry.items():
-            if name == "step":
-                if not (_number(value) or (isinstance(value, torch.Tensor) and value.numel() == 1)):
-                    return f"its optimizer state {key!r} has step {value!r}"
-            elif not (
-                isinstance(value, torch.Tensor) and value.shape == param.shape and value.is_floating_point()
+            if name == "step" and not (
+                value.numel() == 1 if isinstance(value, torch.Tensor) else math.isfinite(value)
+            ):
+                return f"its optimizer state {key!r} has step {_checkpoint.shown(value)}"
+            if name != "step" and not (
+                isinstance(value, torch.Tensor)
+                and value.shape == params[key].shape
+                and value.is_floating_point()
             ):
                 what = (
-                    f"{tuple(value.shape)} {value.dtype}" if isinstance(value, torch.Tensor) else type(value)
+                    f"{tuple(value.shape)} {value.dtype}" if isinstance(value, torch.Tensor) else "a number"
                 )
-                return f"its optimizer state {key!r} has {name} {what}, for a parameter of shape {tuple(param.shape)}"
+                return f"its optimizer state {key!r} has {name} {what}, for a parameter of shape {tuple(params[key].shape)}"
     return None
 
 
-def _rng_fault(rng: Any) -> str | None:
-    torch_state = rng.get("torch") if isinstance(rng, dict) else None
-    if not (
-        isinstance(torch_state, torch.Tensor)
-        and torch_state.dtype == torch.uint8
-        and torch_state.shape == torch.get_rng_state().shape
-        and isinstance(rng.get("python"), tuple)
-    ):
+def _rng_fault(rng: dict) -> str | None:
+    """What is wrong with a checkpoint's torch RNG state (None: nothing); Python's is ``check_layout``'s."""
+    state = rng["torch"]
+    if state.dtype != torch.uint8 or state.shape != torch.get_rng_state().shape:
         return "its random-number-generator states are not torch's and Python's"
     return None
 
@@ -276,16 +220,11 @@ def check_checkpoint_fits(
     and, when given, computing ``where`` (:func:`runtime`).
     """
     path = Path(out) / CHECKPOINT
-    outline = _checkpoint.checkpoint_outline(path, "--resume", CHECKPOINT_SCHEMA)
+    outline = _checkpoint.checkpoint_outline(path, "--resume", check_layout)
     try:
-        mismatch = _signature_mismatch(path, outline["signature"], signature(cfg, described, where))
-        if mismatch is not None:
-            raise mismatch
-        _check_checkpoint(path, outline, model, optimizer, cfg)
-    except ValueError:
-        _checkpoint.load_checkpoint(
-            path, "--resume", CHECKPOINT_SCHEMA
-        )  # damage rather than a mismatch: the checksum says so
+        _check_fits(path, outline, signature(cfg, described, where), model, optimizer, cfg)
+    except ValueError:  # damage rather than a mismatch: the checksum says so
+        _checkpoint.load_checkpoint(path, "--resume", check_layout)
         raise
     return int(outline["step"])
 
@@ -296,15 +235,12 @@ def restore(
     """Load ``path`` into the model, optimizer and RNGs; return the step to continue from and the history.
 
     The history is the training losses and evaluations. Everything is checked first: the ``expected``
-    signature and ``_check_checkpoint``; the optimizer keeps this run's AdamW settings.
+    signature and ``_check_fits``; the optimizer keeps this run's AdamW settings.
     """
     if not path.is_file():
         check_resume(path.parent)  # raises the right message (none there, or an old pickle checkpoint)
-    ckpt = _checkpoint.load_checkpoint(path, "--resume", CHECKPOINT_SCHEMA)
-    mismatch = _signature_mismatch(path, ckpt["signature"], expected)
-    if mismatch is not None:
-        raise mismatch
-    _check_checkpoint(path, ckpt, model, optimizer, cfg)
+    ckpt = _checkpoint.load_checkpoint(path, "--resume", check_layout)
+    _check_fits(path, ckpt, expected, model, optimizer, cfg)
     settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     try:
         model.load_state_dict(ckpt["model"])
@@ -410,7 +346,7 @@ def check_resume(out: str | os.PathLike, cfg: TrainConfig | None = None, stop_at
                 "so there is nothing to resume; run the same command without --resume to start it over"
             )
         raise FileNotFoundError(f"--resume: no checkpoint at {str(path)!r}; run without --resume to start")
-    outline = _checkpoint.checkpoint_outline(path, "--resume", CHECKPOINT_SCHEMA)
+    outline = _checkpoint.checkpoint_outline(path, "--resume", check_layout)
     if cfg is not None:
         now = {"train": signature(cfg, None)["train"]}
         err = _signature_mismatch(path, {"train": outline["signature"].get("train")}, now)
