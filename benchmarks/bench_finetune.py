@@ -165,15 +165,15 @@ def method_model(method: str, base_state, config, args):
     model.load_state_dict(base_state)
     if method == "full":
         return model, args.lr_full
-    if method == "lora":
+    if method.startswith("lora"):
         from peft import LoraConfig, get_peft_model
 
         lora = LoraConfig(
             r=8, lora_alpha=16, target_modules=TARGETS, lora_dropout=0.0, fan_in_fan_out=True, bias="none"
         )
-        return get_peft_model(model, lora), args.lr_adapter
+        return get_peft_model(model, lora), float(method.split("@")[1])
     tn.nn.adapt(model, TARGETS, rank=args.tt_rank, ncores=args.tt_cores, alpha=args.tt_alpha)
-    return model, args.lr_adapter
+    return model, args.lr_tt
 
 
 def finetune(args) -> str:
@@ -189,10 +189,11 @@ def finetune(args) -> str:
     prose_ids, prose_val = encode(tokenizer, train_text), encode(tokenizer, val_text)
     windows = val_windows(prose_val, args.block, args.val_tokens)
     base_ppl = math.exp(val_loss(base, windows))
-    rows: dict[str, list[dict]] = {m: [] for m in ("full", "lora", "tt")}
+    methods = ["full", *(f"lora@{lr:g}" for lr in args.lr_lora), "tt"]
+    rows: dict[str, list[dict]] = {m: [] for m in methods}
     for seed in args.seeds:
         data = batches(prose_ids, args.steps, args.batch, args.block, seed=seed)
-        for method in ("full", "lora", "tt"):
+        for method in methods:
             torch.manual_seed(seed)  # the adapters' initialisation
             model, lr = method_model(method, base_state, base.config, args)
             trainable = [p for p in model.parameters() if p.requires_grad]
@@ -212,12 +213,13 @@ def finetune(args) -> str:
 
 
 def report_finetune(args, rows, base_ppl, code_ppl, pre_seconds) -> str:
-    names = {
-        "full": "full fine-tuning",
-        "lora": "LoRA r=8 (PEFT)",
-        "tt": f"TT adapter r={args.tt_rank}, {args.tt_cores} cores",
-    }
-    lora = rows["lora"]
+    names = {m: f"LoRA r=8 (PEFT), lr {m.split('@')[1]}" for m in rows if m.startswith("lora")}
+    names["full"] = f"full fine-tuning, lr {args.lr_full:g}"
+    names["tt"] = f"TT adapter r={args.tt_rank}, {args.tt_cores} cores, lr {args.lr_tt:g}"
+    best = min(
+        (m for m in rows if m.startswith("lora")), key=lambda m: statistics.mean(r["ppl"] for r in rows[m])
+    )
+    lora = rows[best]
     lora_ppl = statistics.mean(r["ppl"] for r in lora)
     lora_step = statistics.mean(r["step"] for r in lora)
     lines = [
@@ -248,10 +250,11 @@ def report_finetune(args, rows, base_ppl, code_ppl, pre_seconds) -> str:
         f"({pre_seconds:.0f} s; its code validation perplexity {code_ppl:.1f}); the base model's perplexity on "
         f"the prose validation split before fine-tuning: {base_ppl:.1f}. Fine-tuning: {args.steps} steps x "
         f"{args.batch} x {args.block} = {args.steps * args.batch * args.block:,} tokens per run, seeds "
-        f"{args.seeds}, AdamW betas (0.9, 0.99), no weight decay, clip 1.0, warmup 10%, cosine to 10%; lr "
-        f"{args.lr_full} (full) and {args.lr_adapter} (LoRA and TT); LoRA alpha 16 (scale 2), TT alpha "
+        f"{args.seeds}, AdamW betas (0.9, 0.99), no weight decay, clip 1.0, warmup 10%, cosine to 10%; "
+        f"LoRA alpha 16 (scale 2), dropout 0; TT alpha "
         f"{args.tt_alpha} (scale {args.tt_alpha / args.tt_rank:g}). Validation: the first "
-        f"{args.val_tokens or 'all'} tokens of the prose validation split."
+        f"{args.val_tokens or 'all'} tokens of the prose validation split. 'vs LoRA' compares with the "
+        f"better LoRA ({names[best]})."
     )
     return "\n".join([header, "", *lines, "", *verdict])
 
@@ -360,7 +363,8 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=64)
     parser.add_argument("--val-tokens", type=int, default=4096)
     parser.add_argument("--lr-full", type=float, default=3e-4)
-    parser.add_argument("--lr-adapter", type=float, default=1e-3)
+    parser.add_argument("--lr-lora", type=float, nargs="+", default=[3e-3, 1e-2])
+    parser.add_argument("--lr-tt", type=float, default=1e-2)
     parser.add_argument("--tt-rank", type=int, default=4)
     parser.add_argument("--tt-cores", type=int, default=5)
     parser.add_argument("--tt-alpha", type=float, default=64.0)

@@ -51,11 +51,27 @@ class TTAdapter(nn.Module):
         return self._merged is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``base(x) + scaling * delta(dropout(x))`` (``base(x)`` while merged)."""
-        y = self.base(x)
+        """``base(x) + scaling * delta(dropout(x))`` (``base(x)`` while merged).
+
+        Without dropout the update is folded into the weight for the call: ``W + scaling * delta.W`` is
+        rebuilt (differentiably) and applied as the base layer applies its weight (``F.linear``, or
+        ``Conv1D``'s ``addmm``), one product instead of two: in GPT-2 fine-tuning on 2 CPU cores a step
+        took 1.2x LoRA's this way and 1.5x through the TT product (``benchmarks/results/finetune.md``).
+        The backward holds the ``(out, in)`` sum, as a dense layer holds its weight.
+        """
         if self._merged is not None:
-            return y
-        return y + self.scaling * self.delta(self.dropout(x))
+            return self.base(x)
+        if not isinstance(self.dropout, nn.Identity):
+            return self.base(x) + self.scaling * self.delta(self.dropout(x))
+        weight = _weight(self)
+        update = _rebuild(self.delta.cores)  # (out, in)
+        if isinstance(self.base, nn.Linear):
+            return nn.functional.linear(x, weight + self.scaling * update.to(weight.dtype), self.base.bias)
+        folded = weight + self.scaling * update.T.to(weight.dtype)  # Conv1D stores (in, out)
+        flat = x.reshape(-1, x.shape[-1])
+        bias = self.base.bias
+        y = torch.mm(flat, folded) if bias is None else torch.addmm(bias, flat, folded)
+        return y.view(*x.shape[:-1], folded.shape[1])
 
     def delta_weight(self) -> torch.Tensor:
         """``scaling * delta.W`` as a dense ``(out, in)`` tensor in the base weight's dtype (no gradient)."""
@@ -65,6 +81,18 @@ class TTAdapter(nn.Module):
 
     def extra_repr(self) -> str:
         return f"scaling={self.scaling:g}, merged={self.merged}"
+
+
+def _rebuild(cores: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The ``(prod m, prod n)`` matrix of TTM cores ``(r, m, n, r')``, left to right by torch.einsum.
+
+    Plain torch operations (differentiable, traced by ``torch.compile``). Cost: ``O(M N r)``.
+    """
+    acc = cores[0][0]  # (m_1, n_1, r_1)
+    for core in cores[1:]:
+        rows, cols = acc.shape[0] * core.shape[1], acc.shape[1] * core.shape[2]
+        acc = torch.einsum("abr,rmns->ambns", acc, core).reshape(rows, cols, core.shape[3])
+    return acc[..., 0]
 
 
 def _is_linear(module: nn.Module) -> bool:
