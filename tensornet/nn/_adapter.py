@@ -69,7 +69,7 @@ class TTAdapter(nn.Module):
             return nn.functional.linear(x, weight + self.scaling * update.to(weight.dtype), self.base.bias)
         folded = weight + self.scaling * update.T.to(weight.dtype)  # Conv1D stores (in, out)
         flat = x.reshape(-1, x.shape[-1])
-        bias = self.base.bias
+        bias: torch.Tensor | None = getattr(self.base, "bias", None)
         y = torch.mm(flat, folded) if bias is None else torch.addmm(bias, flat, folded)
         return y.view(*x.shape[:-1], folded.shape[1])
 
