@@ -259,6 +259,34 @@ def report_finetune(args, rows, base_ppl, code_ppl, pre_seconds) -> str:
     return "\n".join([header, "", *lines, "", *verdict])
 
 
+def memory(args) -> str:
+    """Training memory per method, counted: what one step's graph saves for backward, plus gradients and
+    AdamW's two moments of the trainable parameters (float32). Independent of the weights' values."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=tn.nn.RankClipWarning)
+    config = g.gpt2_config(vocab_size=args.vocab, block_size=args.block, preset="tiny")
+    base_state = g.build_model(config, seed=0).state_dict()
+    window = torch.randint(
+        0, args.vocab, (args.batch, args.block + 1), generator=torch.Generator().manual_seed(0)
+    )
+    lines = [
+        "| method | saved for backward (MiB) | grads + AdamW moments (MiB) | total (MiB) |",
+        "|---|---:|---:|---:|",
+    ]
+    for method in ["full", f"lora@{args.lr_lora[0]:g}", "tt"]:
+        model, _ = method_model(method, base_state, config, args)
+        model.train()
+        params = list(model.parameters())
+        saved = _harness.saved_bytes(lambda m=model: m(window[:, :-1]).logits, exclude=params)
+        state = 3 * 4 * sum(p.numel() for p in params if p.requires_grad)
+        name = method.split("@")[0]
+        lines.append(
+            f"| {name} | {saved / 2**20:.1f} | {state / 2**20:.2f} | {(saved + state) / 2**20:.1f} |"
+        )
+    return "\n".join(lines)
+
+
 def truncation(args) -> str:
     code = g.stdlib_corpus(max_chars=args.pretrain_chars)
     tokenizer = g.train_tokenizer(code.train, args.vocab)
@@ -349,7 +377,7 @@ def report_truncation(args, outcomes, steps, cut) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=("finetune", "truncate"), default="finetune")
+    parser.add_argument("--mode", choices=("finetune", "truncate", "memory"), default="finetune")
     parser.add_argument("--quick", action="store_true", help="a smoke run: a few steps of everything")
     parser.add_argument(
         "--write", action="store_true", help="append the result to benchmarks/results/finetune.md"
@@ -378,7 +406,7 @@ def main() -> None:
         args.val_tokens, args.tt_steps, args.tt_cut, args.watch, args.vocab = 512, 8, 4, 2, 512
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     began = time.perf_counter()
-    body = finetune(args) if args.mode == "finetune" else truncation(args)
+    body = {"finetune": finetune, "truncate": truncation, "memory": memory}[args.mode](args)
     took = time.perf_counter() - began
     text = "\n".join(
         [
