@@ -3,7 +3,7 @@
 Parameter-efficient fine-tuning in the manner of LoRA (Hu et al., 2021, arXiv 2106.09685), with the
 low-rank product ``B A`` replaced by a TT-matrix, as in LoRETTA (Yang et al., NAACL 2024,
 arXiv 2402.11417) and TT-LoRA. :func:`merge` folds each update into its base weight and :func:`unmerge`
-takes it out again. Saving and loading the adapters alone: :mod:`tensornet.nn._adapter_files`.
+takes it out again. Saving and loading the adapters alone: :func:`save_adapter`, :func:`load_adapter`.
 """
 
 from __future__ import annotations
@@ -209,9 +209,10 @@ def adapt(
     (left-orthonormal: ``||delta W||_F = (alpha / r) ||G_d||_F``). A TT with every core zero could never
     train (each core's gradient is a product of the others); with one zero core the gradient reaches
     ``G_d`` (as LoRA's zero ``B`` gets its gradient through the random ``A``), and the other cores'
-    gradients follow once it is nonzero. The update is a :class:`TTMLinear`, so :func:`truncate`,
-    :func:`grow`, :func:`materialize`, autocast, ``torch.compile`` and DDP treat it as any TT layer.
-    Reference: LoRETTA, Yang et al., NAACL 2024.
+    gradients follow once it is nonzero. The update is a :class:`TTMLinear`, so :func:`truncate` and
+    :func:`grow` treat it as any TT layer; the adapter's forward folds it into the weight
+    (:class:`TTAdapter`) and runs under autocast, ``torch.compile`` and DDP. Reference: LoRETTA, Yang et
+    al., NAACL 2024.
 
     Cost: ``O(sum of the updates' parameters)`` to build.
     """
