@@ -287,6 +287,48 @@ def memory(args) -> str:
     return "\n".join(lines)
 
 
+def steptime(args) -> str:
+    """Training-step time per method in interleaved rounds (load from other jobs hits every method alike)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=tn.nn.RankClipWarning)
+    config = g.gpt2_config(vocab_size=args.vocab, block_size=args.block, preset="tiny")
+    base_state = g.build_model(config, seed=0).state_dict()
+    window = torch.randint(
+        0, args.vocab, (args.batch, args.block + 1), generator=torch.Generator().manual_seed(0)
+    )
+    steps = {}
+    for method in ["full", f"lora@{args.lr_lora[0]:g}", "tt"]:
+        model, _ = method_model(method, base_state, config, args)
+        model.train()
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+
+        def step(m=model, o=optimizer):
+            o.zero_grad(set_to_none=True)
+            logits = m(window[:, :-1]).logits
+            torch.nn.functional.cross_entropy(logits.flatten(0, 1), window[:, 1:].flatten()).backward()
+            o.step()
+
+        steps[method.split("@")[0]] = step
+    measured = _harness.time_interleaved(steps, rounds=args.rounds, warmup=2)
+    medians = measured.median()
+    cpu = measured.median("cpu")
+    lines = [
+        f"{args.rounds} interleaved rounds of one AdamW step each ({args.batch} x {args.block} tokens); medians.",
+        "",
+        "| method | wall (s) | vs LoRA | CPU time (s) | vs LoRA |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name in medians:
+        lines.append(
+            f"| {name} | {medians[name]:.3f} | {medians[name] / medians['lora']:.2f}x | {cpu[name]:.3f} | "
+            f"{cpu[name] / cpu['lora']:.2f}x |"
+        )
+    ratio = medians["tt"] / medians["lora"]
+    lines += ["", f"- TT step time <= 1.15x LoRA's: {ratio:.2f}x -> {'met' if ratio <= 1.15 else 'missed'}"]
+    return "\n".join(lines)
+
+
 def truncation(args) -> str:
     code = g.stdlib_corpus(max_chars=args.pretrain_chars)
     tokenizer = g.train_tokenizer(code.train, args.vocab)
@@ -377,7 +419,7 @@ def report_truncation(args, outcomes, steps, cut) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=("finetune", "truncate", "memory"), default="finetune")
+    parser.add_argument("--mode", choices=("finetune", "truncate", "memory", "steptime"), default="finetune")
     parser.add_argument("--quick", action="store_true", help="a smoke run: a few steps of everything")
     parser.add_argument(
         "--write", action="store_true", help="append the result to benchmarks/results/finetune.md"
@@ -400,13 +442,16 @@ def main() -> None:
     parser.add_argument("--tt-cut", type=int, default=60)
     parser.add_argument("--watch", type=int, default=6)
     parser.add_argument("--budget", type=float, default=0.8)
+    parser.add_argument("--rounds", type=int, default=30)
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.steps, args.pretrain_steps, args.pretrain_chars = [0], 4, 4, 200_000
         args.val_tokens, args.tt_steps, args.tt_cut, args.watch, args.vocab = 512, 8, 4, 2, 512
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     began = time.perf_counter()
-    body = {"finetune": finetune, "truncate": truncation, "memory": memory}[args.mode](args)
+    body = {"finetune": finetune, "truncate": truncation, "memory": memory, "steptime": steptime}[args.mode](
+        args
+    )
     took = time.perf_counter() - began
     text = "\n".join(
         [
