@@ -173,7 +173,7 @@ def method_model(method: str, base_state, config, args):
         )
         return get_peft_model(model, lora), float(method.split("@")[1])
     tn.nn.adapt(model, TARGETS, rank=args.tt_rank, ncores=args.tt_cores, alpha=args.tt_alpha)
-    return model, args.lr_tt
+    return model, float(method.split("@")[1])
 
 
 def finetune(args) -> str:
@@ -189,7 +189,7 @@ def finetune(args) -> str:
     prose_ids, prose_val = encode(tokenizer, train_text), encode(tokenizer, val_text)
     windows = val_windows(prose_val, args.block, args.val_tokens)
     base_ppl = math.exp(val_loss(base, windows))
-    methods = ["full", *(f"lora@{lr:g}" for lr in args.lr_lora), "tt"]
+    methods = ["full", *(f"lora@{lr:g}" for lr in args.lr_lora), *(f"tt@{lr:g}" for lr in args.lr_tt)]
     rows: dict[str, list[dict]] = {m: [] for m in methods}
     for seed in args.seeds:
         data = batches(prose_ids, args.steps, args.batch, args.block, seed=seed)
@@ -215,10 +215,16 @@ def finetune(args) -> str:
 def report_finetune(args, rows, base_ppl, code_ppl, pre_seconds) -> str:
     names = {m: f"LoRA r=8 (PEFT), lr {m.split('@')[1]}" for m in rows if m.startswith("lora")}
     names["full"] = f"full fine-tuning, lr {args.lr_full:g}"
-    names["tt"] = f"TT adapter r={args.tt_rank}, {args.tt_cores} cores, lr {args.lr_tt:g}"
-    best = min(
-        (m for m in rows if m.startswith("lora")), key=lambda m: statistics.mean(r["ppl"] for r in rows[m])
-    )
+    for m in rows:
+        if m.startswith("tt"):
+            names[m] = f"TT adapter r={args.tt_rank}, {args.tt_cores} cores, lr {m.split('@')[1]}"
+
+    def best_of(kind):
+        return min(
+            (m for m in rows if m.startswith(kind)), key=lambda m: statistics.mean(r["ppl"] for r in rows[m])
+        )
+
+    best, best_tt = best_of("lora"), best_of("tt")
     lora = rows[best]
     lora_ppl = statistics.mean(r["ppl"] for r in lora)
     lora_step = statistics.mean(r["step"] for r in lora)
@@ -235,7 +241,7 @@ def report_finetune(args, rows, base_ppl, code_ppl, pre_seconds) -> str:
             f"{', '.join(format(r['ppl'], '.2f') for r in entries)} | {ppl:.2f} | {100 * (ppl / lora_ppl - 1):+.1f}% | "
             f"{step:.3f} | {step / lora_step:.2f}x | {max(r['rss'] for r in entries):.0f} |"
         )
-    tt = rows["tt"]
+    tt = rows[best_tt]
     tt_ppl = statistics.mean(r["ppl"] for r in tt)
     tt_step = statistics.mean(r["step"] for r in tt)
     verdict = [
@@ -254,7 +260,8 @@ def report_finetune(args, rows, base_ppl, code_ppl, pre_seconds) -> str:
         f"LoRA alpha 16 (scale 2), dropout 0; TT alpha "
         f"{args.tt_alpha} (scale {args.tt_alpha / args.tt_rank:g}). Validation: the first "
         f"{args.val_tokens or 'all'} tokens of the prose validation split. 'vs LoRA' compares with the "
-        f"better LoRA ({names[best]})."
+        f"best LoRA ({names[best]}); the targets compare the best TT ({names[best_tt]}) with it. Each "
+        "method's learning rate is chosen on this validation split (there is no separate test split)."
     )
     return "\n".join([header, "", *lines, "", *verdict])
 
@@ -274,7 +281,7 @@ def memory(args) -> str:
         "| method | saved for backward (MiB) | grads + AdamW moments (MiB) | total (MiB) |",
         "|---|---:|---:|---:|",
     ]
-    for method in ["full", f"lora@{args.lr_lora[0]:g}", "tt"]:
+    for method in ["full", f"lora@{args.lr_lora[0]:g}", f"tt@{args.lr_tt[0]:g}"]:
         model, _ = method_model(method, base_state, config, args)
         model.train()
         params = list(model.parameters())
@@ -298,7 +305,7 @@ def steptime(args) -> str:
         0, args.vocab, (args.batch, args.block + 1), generator=torch.Generator().manual_seed(0)
     )
     steps = {}
-    for method in ["full", f"lora@{args.lr_lora[0]:g}", "tt"]:
+    for method in ["full", f"lora@{args.lr_lora[0]:g}", f"tt@{args.lr_tt[0]:g}"]:
         model, _ = method_model(method, base_state, config, args)
         model.train()
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
@@ -433,8 +440,8 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=64)
     parser.add_argument("--val-tokens", type=int, default=4096)
     parser.add_argument("--lr-full", type=float, default=3e-4)
-    parser.add_argument("--lr-lora", type=float, nargs="+", default=[3e-3, 1e-2])
-    parser.add_argument("--lr-tt", type=float, default=1e-2)
+    parser.add_argument("--lr-lora", type=float, nargs="+", default=[3e-3, 1e-2, 2e-2])
+    parser.add_argument("--lr-tt", type=float, nargs="+", default=[3e-3, 1e-2, 2e-2])
     parser.add_argument("--tt-rank", type=int, default=4)
     parser.add_argument("--tt-cores", type=int, default=5)
     parser.add_argument("--tt-alpha", type=float, default=64.0)
