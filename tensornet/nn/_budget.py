@@ -1,0 +1,255 @@
+"""The parameter budget of ``tensorize(model, rules, budget=...)``: per-layer TT ranks from the layers' spectra.
+
+Each candidate layer's weight ``W_l`` ``(M, N)`` is decomposed exactly (:func:`tensornet.ttm_svd`) and its bond
+spectra read off (:func:`tensornet.report`): bond k's singular values ``sigma_{l,k,1} >= sigma_{l,k,2} >= ...``
+are those of the k-th unfolding of ``W_l``'s TTM tensor. TT-SVD truncated to ranks ``r_{l,k}`` errs by at most
+``||W_l - W~_l||_F^2 <= sum_k sum_{i > r_{l,k}} sigma_{l,k,i}^2`` (Oseledets 2011, Theorem 2.2), and stores
+``P_l(r) = sum_k r_{k-1} m_k n_k r_k`` numbers. The allocator picks ranks for all layers together.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+import torch
+
+import tensornet as tn
+from tensornet import _checks
+from tensornet import shapes as _shapes
+
+from ._factor import resolve_shapes
+from ._hf import dense_weight
+
+ALLOCATION = (
+    "ranks chosen greedily on the TT-SVD error bound (the bound's largest drop per added parameter first; "
+    "not an exact optimum)"
+)
+_NAMES = ("out_features", "in_features", "out_shape", "in_shape")
+
+__all__ = ["Plan", "Spectrum", "Target", "allocate", "check_budget", "core_params", "plan", "spectrum"]
+
+# (name, module, kind, rule) of a layer a rule matched
+Target = tuple[str, Any, str, Any]
+
+
+@dataclass(frozen=True, eq=False)
+class Spectrum:
+    """One layer's bond spectra and rank limits.
+
+    ``sizes``: ``m_k n_k`` per core; ``singular``: per bond, the descending singular values in float64;
+    ``caps``: per bond, the largest rank allowed (the useful maximum, the rule's rank cap, the exact rank);
+    ``norm``: ``||W||_F``; ``dense``: ``M N``.
+    """
+
+    name: str
+    row_shape: tuple[int, ...]
+    col_shape: tuple[int, ...]
+    singular: tuple[np.ndarray, ...]
+    caps: tuple[int, ...]
+    norm: float
+    dense: int
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(m * n for m, n in zip(self.row_shape, self.col_shape))
+
+    def bound(self, bonds: Sequence[int]) -> float:
+        """The TT-SVD bound on ``||W - W~||_F / ||W||_F`` at the bond ranks ``bonds`` (0 for ``W = 0``)."""
+        if not self.norm > 0.0:
+            return 0.0
+        tails = [float(np.sum((s[r:] / self.norm) ** 2)) for s, r in zip(self.singular, bonds)]
+        return math.sqrt(sum(tails))
+
+
+def check_budget(budget: Any) -> float:
+    """``budget`` as a float in ``(0, 1]``, or a TypeError/ValueError saying what it must be."""
+    if isinstance(budget, bool) or not isinstance(budget, numbers.Real):
+        raise TypeError(
+            f"tensorize: budget must be a real number in (0, 1] (the TT cores' parameters over the replaced "
+            f"layers' dense weights), got {type(budget).__name__} {budget!r}"
+        )
+    value = float(budget)
+    if not (math.isfinite(value) and 0.0 < value <= 1.0):
+        raise ValueError(
+            f"tensorize: budget must be in (0, 1] (the TT cores' parameters over the replaced layers' dense "
+            f"weights; 1 allows as many as the dense weights), got {budget!r}"
+        )
+    return value
+
+
+def core_params(sizes: Sequence[int], bonds: Sequence[int]) -> int:
+    """``sum_k r_{k-1} m_k n_k r_k``: the numbers TTM cores of ``sizes = (m_k n_k)`` and ``bonds`` store."""
+    ranks = (1, *bonds, 1)
+    return sum(ranks[k] * size * ranks[k + 1] for k, size in enumerate(sizes))
+
+
+def spectrum(
+    name: str,
+    weight: torch.Tensor,
+    row_shape: tuple[int, ...],
+    col_shape: tuple[int, ...],
+    cap: tuple[int, ...] | None,
+) -> Spectrum:
+    """The bond spectra of ``weight`` ``(M, N)`` for the TTM shape ``row_shape x col_shape``.
+
+    ``cap``: the rule's bond ranks (an upper limit), or None. Cost: ``O(M N min(M, N))`` for the exact
+    TT-SVD plus the report's sweep, on the CPU in float64.
+    """
+    dense = weight.detach().to(device="cpu", dtype=torch.float64).numpy()
+    exact = tn.report(tn.ttm_svd(dense, row_shape, col_shape))
+    useful = _shapes.useful_ranks([m * n for m, n in zip(row_shape, col_shape)])
+    limits = useful if cap is None else tuple(min(u, c) for u, c in zip(useful, cap))
+    caps = tuple(max(1, min(limit, s.size)) for limit, s in zip(limits, exact.singular_values))
+    return Spectrum(
+        name=name,
+        row_shape=row_shape,
+        col_shape=col_shape,
+        singular=exact.singular_values,
+        caps=caps,
+        norm=exact.norm,
+        dense=dense.size,
+    )
+
+
+def _limit(budget: float, spectra: Sequence[Spectrum]) -> tuple[int, int, int]:
+    """``(allowed, minimum, dense)``: cores' parameters the budget allows, rank 1 everywhere takes, dense."""
+    dense = sum(s.dense for s in spectra)
+    allowed = math.floor(Fraction(budget) * dense)  # exact: budget * dense is never rounded up
+    minimum = sum(core_params(s.sizes, (1,) * (len(s.sizes) - 1)) for s in spectra)
+    if minimum > allowed:
+        suggest = math.ceil(minimum / dense * 1e4) / 1e4
+        while Fraction(suggest) * dense < minimum:  # the printed value must itself be feasible
+            suggest += 1e-4
+        raise ValueError(
+            f"tensorize: budget {budget!r} allows {allowed:,} TT parameters for the {len(spectra)} layers' "
+            f"{dense:,} dense weights, but rank 1 at every bond already takes {minimum:,}; give budget >= "
+            f"{suggest:.4g} (or fewer cores per layer, or fewer layers)"
+        )
+    return allowed, minimum, dense
+
+
+def allocate(spectra: Sequence[Spectrum], budget: float) -> list[tuple[int, ...]]:
+    """Bond ranks per layer that fit ``budget`` with a small total TT-SVD error bound (greedy, see Notes).
+
+    Returns
+    -------
+    list of tuple of int
+        Per layer its ``d - 1`` bond ranks, each in ``[1, cap]``.
+
+    Raises
+    ------
+    ValueError
+        The budget is below rank 1 everywhere (the message gives the smallest feasible budget).
+
+    Notes
+    -----
+    Objective: the sum over layers of the squared bound ``sum_k sum_{i > r_k} sigma_{l,k,i}^2``, in absolute
+    terms (the layers' weights together, as the model sees them), subject to ``sum_l P_l(r_l) <= budget *
+    sum_l M_l N_l``. Start from rank 1 everywhere; each step raises by one the bond whose next singular value
+    squared, per parameter the step adds, is largest among the steps that still fit; stop when none fits
+    or every remaining step removes nothing (zero singular values). Ties go to the earlier layer, then the
+    earlier bond, so the result is deterministic. This is not an exact optimum: the bond gains are
+    non-increasing, but a step's cost grows with the neighbouring bonds' ranks (a knapsack with coupled
+    costs), and the bound over-estimates the error TT-SVD reaches. It is optimal when every step costs
+    the same (one bond per layer with equal core sizes). Singular values are divided by the largest
+    layer norm first, so their squares neither overflow nor all underflow at any finite scale.
+
+    Cost: ``O(S L d)`` for S steps over L layers of d cores (``S <= sum`` of the ranks).
+    """
+    allowed, used, _ = _limit(budget, spectra)
+    scale = max((s.norm for s in spectra), default=0.0)
+    if not scale > 0.0:
+        return [(1,) * (len(s.sizes) - 1) for s in spectra]
+    gains = [[(values / scale) ** 2 for values in s.singular] for s in spectra]
+    ranks = [[1] * (len(s.sizes) - 1) for s in spectra]
+    while True:
+        best: tuple[float, int, int, int] | None = None
+        for layer, (s, bonds) in enumerate(zip(spectra, ranks)):
+            full, sizes = (1, *bonds, 1), s.sizes
+            for k, rank in enumerate(bonds):
+                if rank >= s.caps[k] or not gains[layer][k][rank] > 0.0:
+                    continue
+                cost = full[k] * sizes[k] + sizes[k + 1] * full[k + 2]
+                if used + cost > allowed:
+                    continue
+                ratio = float(gains[layer][k][rank]) / cost
+                if best is None or ratio > best[0]:
+                    best = (ratio, layer, k, cost)
+        if best is None:
+            return [tuple(bonds) for bonds in ranks]
+        _, layer, k, cost = best
+        ranks[layer][k] += 1
+        used += cost
+
+
+def parse_cap(name: str, rank: Any, ncores: int) -> tuple[int, ...] | None:
+    """A rule's rank spec as the bond-rank cap of the layer ``name`` (None: no cap)."""
+    if rank is None:
+        return None
+    return _checks.parse_ranks(f"tensorize: layer {name}", "rank", rank, ncores, owner="layer")
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """The budget's choice for one layer: its spectra and bond ranks, and the TT-SVD bound there."""
+
+    spectrum: Spectrum
+    bonds: tuple[int, ...]
+
+    @property
+    def bound(self) -> float:
+        return self.spectrum.bound(self.bonds)
+
+
+def _layer_spectrum(name: str, module: Any, kind: str, rule: Any) -> Spectrum:
+    """A matched layer's spectra, on the TTM shape its rule's options give (as ``from_linear`` would)."""
+    where = f"tensorize: layer {name} ({kind})"
+    if kind == "Embedding":
+        raise ValueError(
+            f"{where}: a budget allocates the ranks of Linear/Conv1D layers only; convert the embedding "
+            "with a rank or eps of its own in a separate tensorize call"
+        )
+    if not rule.from_weights:
+        raise ValueError(
+            f"{where}: {rule!r} builds from scratch, but a budget chooses ranks from the trained weights' "
+            "spectra; use from_weights=True, or give the rule a rank and no budget"
+        )
+    if rule.eps is not None:
+        raise ValueError(
+            f"{where}: {rule!r} gives eps, but with a budget the budget sets the accuracy; drop eps "
+            "(a rule's rank stays allowed: it caps the layer's ranks)"
+        )
+    weight, _ = dense_weight(where, module)  # (out, in), Conv1D transposed
+    ncores = _checks.check_count(where, "ncores", rule.options.get("ncores", 3))
+    out_features, in_features = (int(n) for n in weight.shape)
+    row_shape, col_shape = resolve_shapes(
+        where,
+        out_features,
+        in_features,
+        rule.options.get("out_shape"),
+        rule.options.get("in_shape"),
+        ncores,
+        _NAMES,
+    )
+    return spectrum(name, weight, row_shape, col_shape, parse_cap(name, rule.rank, len(row_shape)))
+
+
+def plan(targets: Sequence[Target], budget: Any) -> dict[str, Plan]:
+    """The budget's ranks for every matched layer, by name (see :func:`tensornet.nn.tensorize`).
+
+    Raises
+    ------
+    TypeError, ValueError
+        A budget that is not a number in ``(0, 1]`` or is below rank 1 everywhere; a matched embedding, a
+        from-scratch rule or a rule with eps.
+    """
+    value = check_budget(budget)
+    spectra = [_layer_spectrum(*target) for target in targets]
+    ranks = allocate(spectra, value)
+    return {s.name: Plan(s, bonds) for s, bonds in zip(spectra, ranks)}
