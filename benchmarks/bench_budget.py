@@ -84,7 +84,6 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     print("\n".join(H.machine()))
-    print(f"- load: {os.getloadavg()}")
 
     corpus = gpt2.stdlib_corpus(max_chars=1_500_000)
     tokenizer = gpt2.train_tokenizer(corpus.train, vocab_size=4096)
