@@ -1,6 +1,6 @@
 """The parameter-budget allocator against uniform ranks at equal parameters, on a trained GPT-2. Not a test.
 
-    python benchmarks/bench_budget.py                      # compare's model, 200 pre-training steps
+    python benchmarks/bench_budget.py                      # compare's model, 150 pre-training steps
     python benchmarks/bench_budget.py --pretrain 100 --steps 30 --seeds 0   # a quick look
 
 A dense GPT-2 of ``python -m tensornet.gpt2 compare``'s size (4 layers x 256, 4 heads, a 4,096-token BPE of the
@@ -73,8 +73,8 @@ def core_params(report) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pretrain", type=int, default=200, help="dense pre-training steps")
-    parser.add_argument("--steps", type=int, default=60, help="training steps after conversion")
+    parser.add_argument("--pretrain", type=int, default=150, help="dense pre-training steps")
+    parser.add_argument("--steps", type=int, default=40, help="training steps after conversion")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--ranks", type=int, nargs="+", default=[8, 16, 32], help="uniform ranks to match")
     parser.add_argument("--train-rank", type=int, default=16, help="the rank whose models are trained")

@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 
-import tensornet as tn
 from tensornet import _checks
 from tensornet import shapes as _shapes
 
@@ -26,8 +25,8 @@ from ._factor import resolve_shapes
 from ._hf import dense_weight
 
 ALLOCATION = (
-    "ranks chosen greedily on the TT-SVD error bound (the bound's largest drop per added parameter first; "
-    "not an exact optimum)"
+    "ranks chosen greedily from the bond spectra (the largest drop in estimated squared error per added "
+    "parameter first; not an exact optimum)"
 )
 _NAMES = ("out_features", "in_features", "out_shape", "in_shape")
 
@@ -97,23 +96,46 @@ def spectrum(
 ) -> Spectrum:
     """The bond spectra of ``weight`` ``(M, N)`` for the TTM shape ``row_shape x col_shape``.
 
-    ``cap``: the rule's bond ranks (an upper limit), or None. Cost: ``O(M N min(M, N))`` for the exact
-    TT-SVD plus the report's sweep, on the CPU in float64.
+    ``cap``: the rule's bond ranks (an upper limit), or None. Cost: one singular-value-only SVD of each
+    unfolding, ``O(M N u_k)`` with ``u_k`` its smaller side, on the CPU in float64.
     """
     dense = weight.detach().to(device="cpu", dtype=torch.float64).numpy()
-    exact = tn.report(tn.ttm_svd(dense, row_shape, col_shape))
+    singular, norm = _unfolding_spectra(dense, row_shape, col_shape)
     useful = _shapes.useful_ranks([m * n for m, n in zip(row_shape, col_shape)])
     limits = useful if cap is None else tuple(min(u, c) for u, c in zip(useful, cap))
-    caps = tuple(max(1, min(limit, s.size)) for limit, s in zip(limits, exact.singular_values))
+    caps = tuple(max(1, min(limit, s.size)) for limit, s in zip(limits, singular))
     return Spectrum(
         name=name,
         row_shape=row_shape,
         col_shape=col_shape,
-        singular=exact.singular_values,
+        singular=singular,
         caps=caps,
-        norm=exact.norm,
+        norm=norm,
         dense=dense.size,
     )
+
+
+def _unfolding_spectra(
+    dense: np.ndarray, row_shape: tuple[int, ...], col_shape: tuple[int, ...]
+) -> tuple[tuple[np.ndarray, ...], float]:
+    """Per bond k, the singular values of the k-th unfolding of the TTM tensor of ``dense``; and its norm.
+
+    The tensor ``(m_1, n_1, ..., m_d, n_d)`` (row index ``(i_1..i_d)`` C-order, as :class:`tensornet.TTM`),
+    its unfolding k has modes 1..k as rows. The matrix is divided by its largest entry first (no overflow
+    or underflow at any finite scale) and the values multiplied back.
+    """
+    d = len(row_shape)
+    peak = float(np.max(np.abs(dense))) if dense.size else 0.0
+    if not peak > 0.0:
+        return tuple(np.zeros(1) for _ in range(d - 1)), 0.0
+    tensor = (dense / peak).reshape(*row_shape, *col_shape)
+    tensor = tensor.transpose([axis for k in range(d) for axis in (k, d + k)])  # (m_1, n_1, ..., m_d, n_d)
+    sizes = [m * n for m, n in zip(row_shape, col_shape)]
+    singular = tuple(
+        peak * np.linalg.svd(tensor.reshape(math.prod(sizes[: k + 1]), -1), compute_uv=False)
+        for k in range(d - 1)
+    )
+    return singular, peak * float(np.linalg.norm(tensor))
 
 
 def _limit(budget: float, spectra: Sequence[Spectrum]) -> tuple[int, int, int]:
@@ -136,7 +158,7 @@ def _limit(budget: float, spectra: Sequence[Spectrum]) -> tuple[int, int, int]:
 
 
 def allocate(spectra: Sequence[Spectrum], budget: float) -> list[tuple[int, ...]]:
-    """Bond ranks per layer that fit ``budget`` with a small total TT-SVD error bound (greedy, see Notes).
+    """Bond ranks per layer that fit ``budget`` with a small total conversion error (greedy, see Notes).
 
     Returns
     -------
@@ -150,41 +172,53 @@ def allocate(spectra: Sequence[Spectrum], budget: float) -> list[tuple[int, ...]
 
     Notes
     -----
-    Objective: the sum over layers of the squared bound ``sum_k sum_{i > r_k} sigma_{l,k,i}^2``, in absolute
-    terms (the layers' weights together, as the model sees them), subject to ``sum_l P_l(r_l) <= budget *
-    sum_l M_l N_l``. Start from rank 1 everywhere; each step raises by one the bond whose next singular value
-    squared, per parameter the step adds, is largest among the steps that still fit; stop when none fits
-    or every remaining step removes nothing (zero singular values). Ties go to the earlier layer, then the
-    earlier bond, so the result is deterministic. This is not an exact optimum: the bond gains are
-    non-increasing, but a step's cost grows with the neighbouring bonds' ranks (a knapsack with coupled
-    costs), and the bound over-estimates the error TT-SVD reaches. It is optimal when every step costs
-    the same (one bond per layer with equal core sizes). Singular values are divided by the largest
-    layer norm first, so their squares neither overflow nor all underflow at any finite scale.
+    With ``t_{l,k} = sum_{i > r_{l,k}} sigma_{l,k,i}^2 / ||W_l||^2`` the share of ``W_l`` bond k's truncation
+    discards, TT-SVD's relative error ``e_l`` satisfies ``max_k t_{l,k} <= e_l^2 <= sum_k t_{l,k}`` (the
+    lower bound holds for any TT with these ranks: each unfolding has at most that rank). The allocation
+    minimises the estimate ``E = sum_l ||W_l||^2 (1 - prod_k (1 - t_{l,k}))``, which lies between the two
+    bounds, equals them when a layer truncates one bond, agrees with the upper bound to first order in the
+    tails, and, unlike the sum, sees that a bond left at a low rank discards what its neighbours keep (the
+    sum would fill the cheap outer bonds of a layer and leave its middle bond at rank 1). Errors count in
+    absolute terms (the layers' weights together, as the model sees them) subject to ``sum_l P_l(r_l) <=
+    floor(budget * sum_l M_l N_l)``.
 
-    Cost: ``O(S L d)`` for S steps over L layers of d cores (``S <= sum`` of the ranks).
+    Greedy: from rank 1 at every bond, each step raises by one the bond whose drop in ``E`` per parameter
+    the step adds is largest among the steps that still fit; it stops when none fits or none lowers ``E``
+    (zero singular values). Ties go to the earlier layer, then the earlier bond (deterministic). Not an
+    exact optimum: a step's cost grows with the neighbouring bonds' ranks (a knapsack with coupled costs)
+    and its gain with the other bonds' kept shares. It is optimal for ``E`` (then the TT-SVD bound) when
+    every step costs the same and gains do not interact (2-core layers of equal core sizes). Singular
+    values are divided by each layer's norm and norms by the largest, so nothing overflows or all
+    underflows at any finite scale.
+
+    Cost: ``O(S L d^2)`` for S steps over L layers of d cores (``S <= sum`` of the ranks).
     """
     allowed, used, _ = _limit(budget, spectra)
     scale = max((s.norm for s in spectra), default=0.0)
-    if not scale > 0.0:
-        return [(1,) * (len(s.sizes) - 1) for s in spectra]
-    gains = [[(values / scale) ** 2 for values in s.singular] for s in spectra]
     ranks = [[1] * (len(s.sizes) - 1) for s in spectra]
+    if not scale > 0.0:
+        return [tuple(bonds) for bonds in ranks]
+    weights = [(s.norm / scale) ** 2 if s.norm > 0.0 else 0.0 for s in spectra]
+    shares = [[(v / s.norm) ** 2 if s.norm > 0.0 else 0.0 * v for v in s.singular] for s in spectra]
+    kept = [[float(values[0]) for values in layer] for layer in shares]
     while True:
         best: tuple[float, int, int, int] | None = None
         for layer, (s, bonds) in enumerate(zip(spectra, ranks)):
             full, sizes = (1, *bonds, 1), s.sizes
             for k, rank in enumerate(bonds):
-                if rank >= s.caps[k] or not gains[layer][k][rank] > 0.0:
+                if rank >= s.caps[k]:
                     continue
+                others = math.prod(min(c, 1.0) for j, c in enumerate(kept[layer]) if j != k)
+                gain = weights[layer] * float(shares[layer][k][rank]) * others
                 cost = full[k] * sizes[k] + sizes[k + 1] * full[k + 2]
-                if used + cost > allowed:
+                if not gain > 0.0 or used + cost > allowed:
                     continue
-                ratio = float(gains[layer][k][rank]) / cost
-                if best is None or ratio > best[0]:
-                    best = (ratio, layer, k, cost)
+                if best is None or gain / cost > best[0]:
+                    best = (gain / cost, layer, k, cost)
         if best is None:
             return [tuple(bonds) for bonds in ranks]
         _, layer, k, cost = best
+        kept[layer][k] += float(shares[layer][k][ranks[layer][k]])
         ranks[layer][k] += 1
         used += cost
 
