@@ -99,14 +99,19 @@ def main() -> None:
         f"dense pre-trained {args.pretrain} steps: val perplexity {ppl(dense):.2f} "
         f"({time.perf_counter() - started:.0f} s so far)\n"
     )
-    print("| uniform rank | model | TT-core params | % of dense MLP weights | conversion error | ppl after conversion |")
+    print(
+        "| uniform rank | model | TT-core params | % of dense MLP weights | conversion error | ppl after conversion |"
+    )
     print("|---:|---|---:|---:|---:|---:|")
     trained_pair = {}
     for rank in args.ranks:
         uniform, uniform_report = convert(dense, rank, None, args.ncores)
         budget = uniform_report.weight_ratio
         allocated, budget_report = convert(dense, None, budget, args.ncores)
-        for name, model, report in (("uniform", uniform, uniform_report), ("budget", allocated, budget_report)):
+        for name, model, report in (
+            ("uniform", uniform, uniform_report),
+            ("budget", allocated, budget_report),
+        ):
             print(
                 f"| {rank} | {name} | {core_params(report):,} | {100 * report.weight_ratio:.2f} | "
                 f"{report.total_error:.4f} | {ppl(model):.2f} |"

@@ -64,12 +64,22 @@ def test_budget_is_met_exactly_or_just_under(budget):
 def test_measured_error_is_within_the_bound_and_matches_the_layers():
     model = stack((64, 32), (32, 64))
     weights = [layer.weight.detach().clone() for layer in model]
-    _, report = tensorize(model, [Rule("*")], budget=0.3)
+    _, report = tensorize(model, [Rule("*", ncores=2)], budget=0.3)
     for layer, dense, record in zip(model, weights, report.layers):
         rebuilt = tn.full(layer.weight).detach()
         error = float(torch.linalg.norm(rebuilt - dense) / torch.linalg.norm(dense))
         assert record.error == pytest.approx(error, rel=1e-9)
         assert record.error <= record.error_bound * (1 + 1e-9)  # the TT-SVD bound holds
+        # and the lower bound: no TT of these ranks beats the best approximation of any one unfolding
+        rows = list(record.row_shape)
+        tensor = (
+            dense.reshape(*rows, *record.col_shape)
+            .permute(0, 2, 1, 3)
+            .reshape(math.prod(rows[:1]) * record.col_shape[0], -1)
+        )
+        singular = torch.linalg.svdvals(tensor)
+        tail = float(torch.sum(singular[record.ranks[1] :] ** 2) / torch.sum(singular**2))
+        assert record.error**2 >= tail * (1 - 1e-9)
         assert record.norm == pytest.approx(float(torch.linalg.norm(dense)), rel=1e-12)
     expected = math.sqrt(
         sum((r.error * r.norm) ** 2 for r in report.layers) / sum(r.norm**2 for r in report.layers)
@@ -195,7 +205,9 @@ def test_shapes_from_the_rule_and_bias_kept():
 def test_too_small_budget_names_the_smallest_that_fits():
     model = stack((64, 64), (64, 64))
     before = [layer.weight.clone() for layer in model]
-    with pytest.raises(ValueError, match=r"rank 1 at every bond already takes 96; give budget >= 0\.0118") as info:
+    with pytest.raises(
+        ValueError, match=r"rank 1 at every bond already takes 96; give budget >= 0\.0118"
+    ) as info:
         tensorize(model, [Rule("*")], budget=0.001)
     assert all(isinstance(layer, nn.Linear) for layer in model)
     assert all(torch.equal(layer.weight, w) for layer, w in zip(model, before))
@@ -232,7 +244,9 @@ def test_rules_that_do_not_fit_a_budget_are_refused():
     with pytest.raises(ValueError, match="builds from scratch, but a budget chooses ranks"):
         tensorize(stack((16, 16)), Rule("*", rank=2, from_weights=False), budget=0.5)
     model = WithEmbedding()
-    with pytest.raises(ValueError, match=r"layer embed \(Embedding\): a budget allocates the ranks of Linear"):
+    with pytest.raises(
+        ValueError, match=r"layer embed \(Embedding\): a budget allocates the ranks of Linear"
+    ):
         tensorize(model, Rule("*"), budget=0.5)
     assert isinstance(model.embed, nn.Embedding) and isinstance(model.out, nn.Linear)
     with pytest.raises(ValueError, match=r"layer 0 \(Linear\).*in_shape"):

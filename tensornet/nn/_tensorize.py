@@ -170,7 +170,13 @@ def _build(
     else:
         out_features, in_features = dense_weight("tensorize", module)[0].shape  # (out, in), Conv1D transposed
         return TTMLinear(
-            in_features, out_features, rank=rank, bias=bias, device=weight.device, dtype=weight.dtype, **options
+            in_features,
+            out_features,
+            rank=rank,
+            bias=bias,
+            device=weight.device,
+            dtype=weight.dtype,
+            **options,
         )
     if not bias:
         new.register_parameter("bias", None)
@@ -342,25 +348,27 @@ def tensorize(
     with :func:`materialize` on (its TTM layers of equal core shapes rebuild their weights together in
     training; ``materialize(model, enabled=False)`` turns that off).
 
-    **The budget's allocation.** Each matched weight ``W_l`` is decomposed exactly once to read its bond
-    spectra: at bond k the singular values ``sigma_{l,k,i}`` of the k-th unfolding of its TTM tensor.
-    TT-SVD truncated to bond ranks ``r_{l,k}`` errs by at most ``||W_l - W~_l||_F^2 <= sum_k sum_{i > r_{l,k}}
-    sigma_{l,k,i}^2`` (Oseledets 2011, Theorem 2.2) and stores ``P_l = sum_k r_{k-1} m_k n_k r_k`` numbers.
-    The allocation minimises the sum over layers of this squared bound in absolute terms (all the replaced
-    weights together, so a layer with larger weights weighs more, as its output error does for the same
-    input) subject to ``sum_l P_l <= floor(budget * sum_l M_l N_l)``: from rank 1 at every bond it raises,
-    one at a time, the bond whose next squared singular value per added parameter is largest among the
-    steps that still fit, until none fits (or none lowers the bound: zero singular values). Ties go to the
-    earlier layer, then the earlier bond (deterministic). The result uses the budget exactly or just under
-    it (no further step fits). It is greedy, not an exact optimum: a step's cost grows with the
-    neighbouring bonds' ranks (a knapsack with coupled costs), and the bound over-estimates the error
-    TT-SVD reaches; it is optimal for the bound when every step costs the same (2-core layers of equal
-    core sizes). The report gives, per layer, the ranks, parameters, measured error and bound
+    **The budget's allocation.** Each matched weight ``W_l`` is read once for its bond spectra: at bond k the
+    singular values ``sigma_{l,k,i}`` of the k-th unfolding of its TTM tensor. With ``t_{l,k}`` the share of
+    ``||W_l||_F^2`` beyond rank ``r_{l,k}`` at bond k, TT-SVD at those ranks has a relative error ``e_l``
+    with ``max_k t_{l,k} <= e_l^2 <= sum_k t_{l,k}`` (Oseledets 2011, Theorem 2.2; the lower bound holds
+    for every TT of those ranks), and the cores store ``P_l = sum_k r_{k-1} m_k n_k r_k`` numbers. The
+    allocation minimises ``sum_l ||W_l||_F^2 (1 - prod_k (1 - t_{l,k}))``, an estimate between the two
+    bounds (the absolute error of all the replaced weights together: a layer with larger weights weighs
+    more, as its output error does for the same input) subject to ``sum_l P_l <= floor(budget * sum_l M_l
+    N_l)``. Greedy: from rank 1 at every bond it raises, one at a time, the bond whose step lowers the
+    estimate most per added parameter among the steps that still fit, until none fits (or none lowers it:
+    zero singular values); ties go to the earlier layer, then the earlier bond (deterministic). So the
+    budget is used exactly or just under (no further step fits). It is not an exact optimum (a step's
+    cost and gain depend on the neighbouring bonds: a knapsack with coupled costs); it is optimal when
+    every step costs the same and gains do not interact (2-core layers of equal core sizes). Core shapes
+    come from the rules (``in_shape``, ``out_shape``, ``ncores``); the allocation does not choose them.
+    The report gives, per layer, the ranks, parameters, measured error and TT-SVD upper bound
     (``LayerReport.error_bound``), and ``TensorizeReport.weight_ratio`` and ``total_error``.
 
     Cost: without a budget, one truncated TT-SVD per layer converted from weights (``O(M N r)``); with
-    a budget, an exact TT-SVD and an orthogonalisation sweep per layer (``O(M N min(M, N))``) for the
-    spectra, then ``O(S L d)`` for the allocation (S steps over L layers of d cores).
+    a budget, also a singular-values-only SVD of each unfolding (``O(M N u)``, u its smaller side) for the
+    spectra, then ``O(S L d^2)`` for the allocation (S steps over L layers of d cores).
 
     Examples
     --------
