@@ -1,0 +1,377 @@
+"""TT adapters: :func:`adapt` adds a trainable TT-matrix update to a frozen model's linear layers.
+
+Parameter-efficient fine-tuning in the manner of LoRA (Hu et al., 2021, arXiv 2106.09685), with the
+low-rank product ``B A`` replaced by a TT-matrix, as in LoRETTA (Yang et al., NAACL 2024,
+arXiv 2402.11417) and TT-LoRA. :func:`merge` folds each update into its base weight and :func:`unmerge`
+takes it out again. Saving and loading the adapters alone: :mod:`tensornet.nn._adapter_files`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from tensornet import _checks
+
+from ._hf import conv1d_class, dense_weight
+from ._linear import TTMLinear
+
+__all__ = ["TTAdapter", "adapt", "adapter_state_dict", "adapters", "merge", "unmerge"]
+
+ShapePair = tuple[tuple[int, ...], tuple[int, ...]]
+
+
+class TTAdapter(nn.Module):
+    """A frozen linear layer plus a trainable TT-matrix update: ``y = base(x) + scaling * delta(dropout(x))``.
+
+    ``base`` is the original ``nn.Linear`` (or transformers' GPT-2 ``Conv1D``), unchanged; ``delta`` is a
+    bias-free :class:`TTMLinear` of the same ``(out, in)`` size. While :attr:`merged`, ``base``'s weight
+    holds ``W + scaling * delta.W`` and the forward is ``base(x)`` alone (the base layer's cost).
+    Built by :func:`adapt`.
+
+    Cost per token: the base layer's plus that of ``delta`` (:func:`tensornet.linear`); merged, the base
+    layer's alone.
+    """
+
+    def __init__(self, base: nn.Module, delta: TTMLinear, scaling: float, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.base = base
+        self.delta = delta
+        self.scaling = float(scaling)
+        self.dropout: nn.Module = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self._merged: tuple[int, int] | None = None  # (id, version) of delta's cores when merged
+
+    @property
+    def merged(self) -> bool:
+        """Whether the update is folded into ``base``'s weight (:func:`merge`)."""
+        return self._merged is not None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``base(x) + scaling * delta(dropout(x))`` (``base(x)`` while merged)."""
+        y = self.base(x)
+        if self._merged is not None:
+            return y
+        return y + self.scaling * self.delta(self.dropout(x))
+
+    def delta_weight(self) -> torch.Tensor:
+        """``scaling * delta.W`` as a dense ``(out, in)`` tensor in the base weight's dtype (no gradient)."""
+        weight, _ = dense_weight("TTAdapter", self.base)
+        with torch.no_grad():
+            return (self.scaling * self.delta.to_linear().weight).to(weight.dtype)
+
+    def extra_repr(self) -> str:
+        return f"scaling={self.scaling:g}, merged={self.merged}"
+
+
+def _is_linear(module: nn.Module) -> bool:
+    conv1d = conv1d_class()
+    return isinstance(module, nn.Linear) or (conv1d is not None and isinstance(module, conv1d))
+
+
+def _matches(fn: str, targets: Any) -> Any:
+    """A predicate on module names for PEFT-style ``targets`` (a regex string, or names matched as suffixes)."""
+    if isinstance(targets, str):
+        try:
+            pattern = re.compile(targets)
+        except re.error as error:
+            raise ValueError(
+                f"{fn}: targets {targets!r} is not a valid regular expression ({error})"
+            ) from None
+        return lambda name: pattern.fullmatch(name) is not None
+    if isinstance(targets, re.Pattern):
+        return lambda name: targets.fullmatch(name) is not None
+    if not isinstance(targets, Sequence | set | frozenset) or not all(isinstance(t, str) for t in targets):
+        raise TypeError(
+            f"{fn}: targets must be a regex string or a list of module names (as PEFT's target_modules), "
+            f"got {targets!r}"
+        )
+    if not targets:
+        raise ValueError(f"{fn}: targets is empty; name the modules to adapt, e.g. ['c_attn', 'c_fc']")
+    suffixes = tuple(targets)
+    return lambda name: any(name == t or name.endswith(f".{t}") for t in suffixes)
+
+
+def _shape_for(fn: str, shapes: Any, name: str) -> ShapePair | tuple[None, None]:
+    """The ``(out_shape, in_shape)`` for the module ``name`` from ``shapes`` (None: factorised)."""
+    if shapes is None:
+        return None, None
+    if isinstance(shapes, Mapping):
+        if name not in shapes:
+            return None, None
+        shapes = shapes[name]
+    if not isinstance(shapes, tuple | list) or len(shapes) != 2:
+        raise TypeError(
+            f"{fn}: shapes must be None, an (out_shape, in_shape) pair or a dict of such pairs by module "
+            f"name, got {shapes!r} for {name}"
+        )
+    out_shape = _checks.check_shape(fn, "shapes[0] (out_shape)", shapes[0])
+    in_shape = _checks.check_shape(fn, "shapes[1] (in_shape)", shapes[1])
+    return out_shape, in_shape
+
+
+def _zero_last_core(delta: TTMLinear) -> None:
+    """Cores 1..d-1 left-orthonormal (random, from torch's global generator), the last core zero."""
+    with torch.no_grad():
+        cores = delta.cores
+        for core in cores[:-1]:
+            r0, m, n, r1 = core.shape
+            draw = torch.randn(r0 * m * n, r1, dtype=torch.float64)
+            q, _ = torch.linalg.qr(draw)  # r1 <= r0 m n: the layer's ranks are clipped to that
+            core.copy_(q.reshape(core.shape).to(core.dtype))
+        cores[-1].zero_()
+
+
+def adapt(
+    model: nn.Module,
+    targets: str | Sequence[str] | re.Pattern[str],
+    *,
+    rank: int | tuple[int, ...],
+    shapes: ShapePair | Mapping[str, ShapePair] | None = None,
+    ncores: int = 3,
+    alpha: float = 8.0,
+    dropout: float = 0.0,
+) -> nn.Module:
+    r"""Freeze ``model`` and add a trainable TT-matrix update to each targeted linear layer, in place.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Any model whose targeted layers are ``nn.Linear`` or transformers' GPT-2 ``Conv1D``.
+    targets : str, re.Pattern or list of str
+        As PEFT's ``target_modules``: a string is a regular expression the whole dotted module name must
+        match (``r".*\.attn\.c_attn"``); a list names modules by their last name components (``"c_attn"``
+        matches ``transformer.h.0.attn.c_attn``).
+    rank : int or tuple of int
+        The update's TT ranks (one for every bond, or per bond); ranks above their useful maximum are
+        clipped with a :class:`RankClipWarning`.
+    shapes : (out_shape, in_shape), or a dict of them by module name, optional
+        The factorisations of the update's TT-matrix; default: :func:`tensornet.shapes.factorize` into
+        ``ncores`` factors.
+    ncores : int
+        Cores of a factorised update (default 3).
+    alpha : float
+        The update is scaled by ``alpha / max(rank)``, as LoRA scales by ``alpha / r`` (PEFT's default
+        ``alpha = 8``).
+    dropout : float
+        Dropout on the update's input (LoRA's ``lora_dropout``), in ``[0, 1)``.
+
+    Returns
+    -------
+    nn.Module
+        ``model`` itself: every parameter frozen (``requires_grad=False``) but the updates' cores; each
+        targeted layer replaced by a :class:`TTAdapter` holding it as ``.base``.
+
+    Raises
+    ------
+    TypeError
+        ``model`` not a module; bad ``targets``/``shapes`` types; a targeted module that is not a linear
+        layer (nothing is changed then).
+    ValueError
+        ``targets`` matching no module, or an already adapted one; ``rank < 1``; shapes that do not factor
+        the layer's size; ``alpha`` not finite and positive; ``dropout`` outside ``[0, 1)``.
+
+    Notes
+    -----
+    At step 0 the adapted model computes exactly what the base model computes: the update
+    ``delta W = (alpha / r) G_1 G_2 ... G_d`` has its LAST core ``G_d`` zero and the others random
+    (left-orthonormal: ``||delta W||_F = (alpha / r) ||G_d||_F``). A TT with every core zero could never
+    train (each core's gradient is a product of the others); with one zero core the gradient reaches
+    ``G_d`` (as LoRA's zero ``B`` gets its gradient through the random ``A``), and the other cores'
+    gradients follow once it is nonzero. The update is a :class:`TTMLinear`, so :func:`truncate`,
+    :func:`grow`, :func:`materialize`, autocast, ``torch.compile`` and DDP treat it as any TT layer.
+    Reference: LoRETTA, Yang et al., NAACL 2024.
+
+    Cost: ``O(sum of the updates' parameters)`` to build.
+    """
+    fn = "adapt"
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{fn}: expected an nn.Module, got {type(model).__name__}")
+    matches = _matches(fn, targets)
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 < float(alpha) < float("inf"):
+        raise ValueError(f"{fn}: alpha must be a finite number > 0, got {alpha!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= float(dropout) < 1:
+        raise ValueError(f"{fn}: dropout must be a number in [0, 1), got {dropout!r}")
+    ncores = _checks.check_count(fn, "ncores", ncores)
+    if _checks.is_int(rank):
+        top = _checks.check_count(fn, "rank", rank)
+    elif isinstance(rank, Sequence):  # the layers check the count of entries; here only their values
+        top = max(_checks.parse_ranks(fn, "rank", rank, len(rank) + 1, owner="update"))
+    else:
+        raise TypeError(f"{fn}: rank must be an int or a tuple of ints, got {type(rank).__name__} {rank!r}")
+    chosen = _targeted(fn, model, matches, targets)
+    built = []
+    for name, module in chosen:  # all built before any is swapped in: an error changes nothing
+        weight, _ = dense_weight(fn, module)
+        out_shape, in_shape = _shape_for(fn, shapes, name)
+        delta = TTMLinear(
+            int(weight.shape[1]),
+            int(weight.shape[0]),
+            rank=rank,
+            in_shape=in_shape,
+            out_shape=out_shape,
+            ncores=ncores,
+            bias=False,
+            device=weight.device,
+            dtype=weight.dtype,
+        )
+        _zero_last_core(delta)
+        built.append((name, TTAdapter(module, delta, float(alpha) / top, float(dropout))))
+    for param in model.parameters():
+        param.requires_grad_(False)
+    for _, adapter in adapters(model):
+        adapter.delta.requires_grad_(True)
+    for name, adapter in built:
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, adapter)
+    return model
+
+
+def _targeted(fn: str, model: nn.Module, matches: Any, targets: Any) -> list[tuple[str, nn.Module]]:
+    """The ``(name, module)`` pairs ``targets`` selects; errors for none, non-linear or adapted ones."""
+    inside = {id(a.base) for _, a in adapters(model)} | {id(a.delta) for _, a in adapters(model)}
+    chosen = []
+    for name, module in model.named_modules():
+        if not name or not matches(name) or id(module) in inside:
+            continue
+        if isinstance(module, TTAdapter):
+            raise ValueError(
+                f"{fn}: {name} is already adapted; unmerge and build a new model to adapt it again"
+            )
+        if not _is_linear(module):
+            raise TypeError(
+                f"{fn}: targets {targets!r} matches {name}, a {type(module).__name__}; only nn.Linear and "
+                "transformers' Conv1D layers can be adapted: name the linear layers inside it"
+            )
+        chosen.append((name, module))
+    if not chosen:
+        names = [n for n, m in model.named_modules() if _is_linear(m)][:8]
+        raise ValueError(
+            f"{fn}: targets {targets!r} matches no module of the model; its linear layers include {names}"
+        )
+    return chosen
+
+
+def adapters(model: nn.Module) -> Iterator[tuple[str, TTAdapter]]:
+    """The ``(name, adapter)`` pairs of every :class:`TTAdapter` in ``model``.
+
+    Raises
+    ------
+    TypeError
+        ``model`` not a module.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"adapters: expected an nn.Module, got {type(model).__name__}")
+    for name, module in model.named_modules():
+        if isinstance(module, TTAdapter):
+            yield name, module
+
+
+def _found(fn: str, model: nn.Module) -> list[tuple[str, TTAdapter]]:
+    found = list(adapters(model))
+    if not found:
+        raise ValueError(
+            f"{fn}: the model has no TT adapters; add them with tensornet.nn.adapt(model, targets, ...)"
+        )
+    return found
+
+
+def _weight(adapter: TTAdapter) -> torch.Tensor:
+    """The base weight as stored: ``(out, in)`` for ``nn.Linear``, ``(in, out)`` for ``Conv1D``."""
+    weight = adapter.base.weight
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"TTAdapter: the base layer's weight is a {type(weight).__name__}, not a tensor")
+    return weight
+
+
+def _stored(adapter: TTAdapter) -> torch.Tensor:
+    """``scaling * delta.W`` in the base weight's stored layout and dtype."""
+    delta = adapter.delta_weight()
+    return delta if isinstance(adapter.base, nn.Linear) else delta.T
+
+
+def merge(model: nn.Module) -> nn.Module:
+    """Fold every adapter's update into its base weight: the forward then costs the base model's.
+
+    Adapters already merged are left as they are.
+
+    Returns
+    -------
+    nn.Module
+        ``model`` itself.
+
+    Raises
+    ------
+    ValueError
+        The model has no adapters.
+
+    Notes
+    -----
+    ``W <- W + scaling * delta.W`` in the base weight's dtype. :func:`unmerge` subtracts the same update,
+    which recovers ``W`` up to rounding (one rounding of the weight's dtype per entry). While merged the
+    update gets no gradient: merge for inference, unmerge to train again.
+
+    Cost: rebuilding each update, ``O(out * in)`` per adapter.
+    """
+    for _, adapter in _found("merge", model):
+        if adapter.merged:
+            continue
+        with torch.no_grad():
+            _weight(adapter).add_(_stored(adapter))
+        packed = adapter.delta.packed_cores
+        adapter._merged = (id(packed), packed._version)
+    return model
+
+
+def unmerge(model: nn.Module) -> nn.Module:
+    """Take every merged adapter's update out of its base weight again (the inverse of :func:`merge`).
+
+    Returns
+    -------
+    nn.Module
+        ``model`` itself.
+
+    Raises
+    ------
+    ValueError
+        The model has no adapters.
+    RuntimeError
+        An adapter's cores changed since :func:`merge` (an optimizer step, :func:`truncate`, a load):
+        subtracting the new update would not give the base weight back. Nothing is changed then.
+    """
+    found = [(name, a) for name, a in _found("unmerge", model) if a.merged]
+    for name, adapter in found:
+        packed = adapter.delta.packed_cores
+        if adapter._merged != (id(packed), packed._version):
+            raise RuntimeError(
+                f"unmerge: the update of {name} changed after merge (its cores were written); the base "
+                "weight cannot be recovered from it. Merge only for inference and unmerge before training"
+            )
+    for _, adapter in found:
+        with torch.no_grad():
+            _weight(adapter).sub_(_stored(adapter))
+        adapter._merged = None
+    return model
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapters' entries of ``model.state_dict()``: each update's packed cores and core shapes.
+
+    ``model.load_state_dict(sd, strict=False)`` loads it back into an adapted model of the same ranks;
+    :func:`load_adapter` also rebuilds updates of other (truncated, grown) ranks.
+
+    Raises
+    ------
+    TypeError
+        ``model`` not a module.
+    ValueError
+        The model has no adapters.
+    """
+    state = {}
+    for name, adapter in _found("adapter_state_dict", model):
+        for key, value in adapter.delta.state_dict().items():
+            state[f"{name}.delta.{key}"] = value.detach()
+    return state

@@ -1,0 +1,198 @@
+"""Adapter files: :func:`save_adapter` and :func:`load_adapter` (safetensors with a JSON header; never pickle)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import tensornet
+
+from ._adapter import TTAdapter, adapter_state_dict, adapters
+from ._linear import TTMLinear
+
+__all__ = ["load_adapter", "save_adapter"]
+
+_KEY = "tensornet_adapter"
+_FORMAT_VERSION = 1
+
+
+def _digest(tensor: torch.Tensor) -> str:
+    return hashlib.sha256(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def save_adapter(path: str | os.PathLike[str], model: nn.Module, *, overwrite: bool = False) -> Path:
+    """Write the adapters of ``model`` alone (their cores, shapes and scalings) to a safetensors file.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file to write.
+    model : nn.Module
+        A model adapted by :func:`adapt` (merged or not).
+    overwrite : bool
+        Replace an existing file; without it an existing path is refused and left as it is.
+
+    Returns
+    -------
+    pathlib.Path
+
+    Raises
+    ------
+    TypeError
+        ``path`` not a str or path-like, ``model`` not a module.
+    ValueError
+        The model has no adapters.
+    FileExistsError
+        ``path`` exists and ``overwrite`` is False.
+
+    Notes
+    -----
+    The file holds each update's packed cores (``<module name>.delta.packed_cores``) and, in the
+    safetensors metadata, a JSON header with every adapter's core shapes, scaling and the cores' SHA-256.
+    It is written to a temporary file beside ``path`` and renamed into place. Its size is the updates'
+    parameters (kilobytes to megabytes), not the model's.
+
+    Cost: ``O(adapter parameters)``.
+    """
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"save_adapter: path must be a str or path-like, got {type(path).__name__}")
+    target = Path(path)
+    if not overwrite and os.path.lexists(target):
+        raise FileExistsError(f"save_adapter: {target} exists; pass overwrite=True to replace it")
+    state = adapter_state_dict(model)
+    tensors = {k: v.to("cpu").contiguous() for k, v in state.items() if k.endswith("packed_cores")}
+    header: dict[str, Any] = {
+        "format_version": _FORMAT_VERSION,
+        "version": tensornet.__version__,
+        "adapters": {},
+    }
+    for name, adapter in adapters(model):
+        key = f"{name}.delta.packed_cores"
+        header["adapters"][name] = {
+            "in_features": adapter.delta.in_features,
+            "out_features": adapter.delta.out_features,
+            "core_shapes": [list(s) for s in adapter.delta.core_shapes],
+            "scaling": adapter.scaling,
+            "sha256": _digest(tensors[key]),
+        }
+    from safetensors.torch import save  # lazily: safetensors comes with transformers, not with tensornet
+
+    data = save(tensors, metadata={_KEY: json.dumps(header)})
+    temp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        with open(temp, "xb") as handle:
+            handle.write(data)
+        if overwrite:
+            os.replace(temp, target)
+        else:
+            os.link(temp, target)  # refuses a name created since the check above
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+    return target
+
+
+def _read(fn: str, path: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The header and tensors of an adapter file, checked against each other."""
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"{fn}: path must be a str or path-like, got {type(path).__name__}")
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # safetensors raises its own error types for a malformed file
+        raise ValueError(f"{fn}: {path} is not a safetensors file ({error})") from None
+    if _KEY not in metadata:
+        raise ValueError(f"{fn}: {path} has no tensornet adapter header; write it with save_adapter")
+    header = json.loads(metadata[_KEY])
+    if header.get("format_version", 0) > _FORMAT_VERSION:
+        raise ValueError(f"{fn}: {path} has format version {header['format_version']}; upgrade tensornet")
+    for name, entry in header["adapters"].items():
+        tensor = tensors.get(f"{name}.delta.packed_cores")
+        size = sum(a * b * c * d for a, b, c, d in entry["core_shapes"])
+        if tensor is None or tensor.numel() != size or _digest(tensor) != entry["sha256"]:
+            raise ValueError(f"{fn}: {path}: the cores of {name} are missing or damaged (size or checksum)")
+    return header, tensors
+
+
+def load_adapter(path: str | os.PathLike[str], model: nn.Module) -> nn.Module:
+    """Load adapters written by :func:`save_adapter` into a model adapted on the same layers.
+
+    Each update takes the file's cores, core shapes (an update truncated or grown before saving is
+    rebuilt with its saved ranks) and scaling.
+
+    Parameters
+    ----------
+    path : str or path-like
+    model : nn.Module
+        Adapted by :func:`adapt` on (at least) the layers the file holds, not merged.
+
+    Returns
+    -------
+    nn.Module
+        ``model`` itself.
+
+    Raises
+    ------
+    FileNotFoundError
+        No file at ``path``.
+    ValueError
+        Not an adapter file, a damaged one (checksums), a layer of the file that the model does not adapt
+        or whose size differs, a merged adapter. Nothing is loaded then.
+
+    Notes
+    -----
+    An optimizer over the old updates' parameters does not see rebuilt ones: build it after loading.
+
+    Cost: ``O(adapter parameters)``.
+    """
+    fn = "load_adapter"
+    header, tensors = _read(fn, path)
+    found = dict(adapters(model))
+    plan = []
+    for name, entry in header["adapters"].items():
+        adapter = found.get(name)
+        if adapter is None:
+            raise ValueError(
+                f"{fn}: {path} holds an adapter for {name}, which the model has not; adapt it first"
+            )
+        sizes = (entry["out_features"], entry["in_features"])
+        if sizes != (adapter.delta.out_features, adapter.delta.in_features):
+            raise ValueError(
+                f"{fn}: {name} is {sizes} in {path} but {adapter.delta.out_features, adapter.delta.in_features} here"
+            )
+        if adapter.merged:
+            raise ValueError(f"{fn}: {name} is merged; unmerge(model) before loading")
+        plan.append((adapter, entry, tensors[f"{name}.delta.packed_cores"]))
+    for adapter, entry, packed in plan:
+        _load_one(adapter, entry, packed)
+    return model
+
+
+def _load_one(adapter: TTAdapter, entry: dict[str, Any], packed: torch.Tensor) -> None:
+    old = adapter.delta
+    shapes = tuple(tuple(int(n) for n in s) for s in entry["core_shapes"])
+    if shapes != old.core_shapes:
+        sizes = [math.prod(s) for s in shapes]
+        cores = [c.reshape(s) for c, s in zip(packed.split(sizes), shapes)]
+        weight = tensornet.TTM([c.to(dtype=old.packed_cores.dtype) for c in cores])
+        new = TTMLinear.from_ttm(weight.to(device=old.packed_cores.device), None)
+        new.packed_cores.requires_grad_(old.packed_cores.requires_grad)
+        adapter.delta = new
+    else:
+        with torch.no_grad():
+            old.packed_cores.copy_(packed)
+    adapter.scaling = float(entry["scaling"])
