@@ -57,7 +57,11 @@ def test_budget_is_met_exactly_or_just_under(budget):
     _, report = tensorize(model, [Rule("0"), Rule("1"), Rule("2")], budget=budget)
     assert all(isinstance(layer, TTMLinear) for layer in model)
     assert_budget_met(report, budget)
-    assert report.budget == budget and "greedily" in report.allocation and f"budget {budget:g}" in str(report)
+    assert (
+        report.budget == budget
+        and "greedy allocations" in report.allocation
+        and f"budget {budget:g}" in str(report)
+    )
     assert model(x).shape == (5, 24)
 
 
@@ -267,3 +271,23 @@ def test_gpt2_conv1d_layers_under_a_budget():
     ]
     assert_budget_met(report, 0.4)
     assert torch.isfinite(model(ids).logits).all()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_no_more_error_than_uniform_ranks_of_the_same_size(seed):
+    # layers of different spectra (scaled, smoothed, random): uniform rank 4 against its own budget
+    torch.manual_seed(seed)
+    shapes = ((64, 32), (32, 64), (64, 64))
+
+    def build() -> nn.Sequential:
+        model = stack(*shapes, seed=seed)
+        with torch.no_grad():
+            model[1].weight.mul_(3.0)
+            model[2].weight.copy_(torch.cumsum(torch.cumsum(model[2].weight, 0), 1) / 64)  # decaying spectra
+        return model
+
+    _, uniform = tensorize(build(), [Rule("*", rank=4)])
+    _, report = tensorize(build(), [Rule("*")], budget=uniform.weight_ratio)
+    assert cores(report) <= cores(uniform)
+    assert report.total_error <= uniform.total_error * (1 + 1e-9)
+    assert_budget_met(report, uniform.weight_ratio)

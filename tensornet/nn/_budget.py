@@ -1,8 +1,7 @@
 """The parameter budget of ``tensorize(model, rules, budget=...)``: per-layer TT ranks from the layers' spectra.
 
-Each candidate layer's weight ``W_l`` ``(M, N)`` is decomposed exactly (:func:`tensornet.ttm_svd`) and its bond
-spectra read off (:func:`tensornet.report`): bond k's singular values ``sigma_{l,k,1} >= sigma_{l,k,2} >= ...``
-are those of the k-th unfolding of ``W_l``'s TTM tensor. TT-SVD truncated to ranks ``r_{l,k}`` errs by at most
+For each matched layer's weight ``W_l`` ``(M, N)``, bond k's singular values ``sigma_{l,k,1} >= sigma_{l,k,2}
+>= ...`` are those of the k-th unfolding of ``W_l``'s TTM tensor. TT-SVD truncated to ranks ``r_{l,k}`` errs by at most
 ``||W_l - W~_l||_F^2 <= sum_k sum_{i > r_{l,k}} sigma_{l,k,i}^2`` (Oseledets 2011, Theorem 2.2), and stores
 ``P_l(r) = sum_k r_{k-1} m_k n_k r_k`` numbers. The allocator picks ranks for all layers together.
 """
@@ -21,12 +20,13 @@ import torch
 from tensornet import _checks
 from tensornet import shapes as _shapes
 
+from ._cores import compress
 from ._factor import resolve_shapes
 from ._hf import dense_weight
 
 ALLOCATION = (
-    "ranks chosen greedily from the bond spectra (the largest drop in estimated squared error per added "
-    "parameter first; not an exact optimum)"
+    "ranks from the bond spectra: four greedy allocations, the one with the least measured error kept "
+    "(not an exact optimum)"
 )
 _NAMES = ("out_features", "in_features", "out_shape", "in_shape")
 
@@ -157,8 +157,21 @@ def _limit(budget: float, spectra: Sequence[Spectrum]) -> tuple[int, int, int]:
     return allowed, minimum, dense
 
 
-def allocate(spectra: Sequence[Spectrum], budget: float) -> list[tuple[int, ...]]:
-    """Bond ranks per layer that fit ``budget`` with a small total conversion error (greedy, see Notes).
+def allocate(
+    spectra: Sequence[Spectrum], budget: float, *, estimate: str = "product", start: str = "one"
+) -> list[tuple[int, ...]]:
+    """Bond ranks per layer that fit ``budget`` with a small estimated conversion error (greedy, see Notes).
+
+    Parameters
+    ----------
+    spectra : sequence of Spectrum
+    budget : float
+        In ``(0, 1]``.
+    estimate : {"product", "bound"}
+        The squared error the greedy lowers: ``"bound"`` the TT-SVD upper bound ``sum_k t_k``,
+        ``"product"`` the estimate ``1 - prod_k (1 - t_k)`` (both times ``||W_l||^2``, see Notes).
+    start : {"one", "uniform"}
+        Rank 1 at every bond, or the largest uniform rank whose cores fit (each bond at most its cap).
 
     Returns
     -------
@@ -173,34 +186,34 @@ def allocate(spectra: Sequence[Spectrum], budget: float) -> list[tuple[int, ...]
     Notes
     -----
     With ``t_{l,k} = sum_{i > r_{l,k}} sigma_{l,k,i}^2 / ||W_l||^2`` the share of ``W_l`` bond k's truncation
-    discards, TT-SVD's relative error ``e_l`` satisfies ``max_k t_{l,k} <= e_l^2 <= sum_k t_{l,k}`` (the
-    lower bound holds for any TT with these ranks: each unfolding has at most that rank). The allocation
-    minimises the estimate ``E = sum_l ||W_l||^2 (1 - prod_k (1 - t_{l,k}))``, which lies between the two
-    bounds, equals them when a layer truncates one bond, agrees with the upper bound to first order in the
-    tails, and, unlike the sum, sees that a bond left at a low rank discards what its neighbours keep (the
-    sum would fill the cheap outer bonds of a layer and leave its middle bond at rank 1). Errors count in
-    absolute terms (the layers' weights together, as the model sees them) subject to ``sum_l P_l(r_l) <=
-    floor(budget * sum_l M_l N_l)``.
-
-    Greedy: from rank 1 at every bond, each step raises by one the bond whose drop in ``E`` per parameter
-    the step adds is largest among the steps that still fit; it stops when none fits or none lowers ``E``
-    (zero singular values). Ties go to the earlier layer, then the earlier bond (deterministic). Not an
-    exact optimum: a step's cost grows with the neighbouring bonds' ranks (a knapsack with coupled costs)
-    and its gain with the other bonds' kept shares. It is optimal for ``E`` (then the TT-SVD bound) when
-    every step costs the same and gains do not interact (2-core layers of equal core sizes). Singular
-    values are divided by each layer's norm and norms by the largest, so nothing overflows or all
-    underflows at any finite scale.
+    discards, TT-SVD's relative error ``e_l`` satisfies ``max_k t_{l,k} <= e_l^2 <= sum_k t_{l,k}``. The
+    product estimate lies between the two bounds and sees that a bond left at a low rank discards what its
+    neighbours keep; the bound does not (it fills a layer's cheap outer bonds first). Each step raises by
+    one the bond whose drop in the estimate, per parameter the step adds, is largest among the steps that
+    still fit; it stops when none fits or none lowers the estimate (zero singular values). Ties go to the
+    earlier layer, then the earlier bond (deterministic). A step's cost grows with the neighbouring bonds'
+    ranks, so this is not an exact optimum; for 2-core layers of equal core sizes every step costs the same,
+    the two estimates agree and the greedy is optimal for them. Singular values are divided by each
+    layer's norm and norms by the largest, so nothing overflows or all underflows at any finite scale.
 
     Cost: ``O(S L d^2)`` for S steps over L layers of d cores (``S <= sum`` of the ranks).
     """
     allowed, used, _ = _limit(budget, spectra)
-    scale = max((s.norm for s in spectra), default=0.0)
     ranks = [[1] * (len(s.sizes) - 1) for s in spectra]
+    if start == "uniform":
+        fits = [
+            r
+            for r in range(1, max((max(s.caps) for s in spectra if s.caps), default=1) + 1)
+            if sum(core_params(s.sizes, [min(r, c) for c in s.caps]) for s in spectra) <= allowed
+        ]
+        ranks = [[min(max(fits), c) for c in s.caps] for s in spectra]
+        used = sum(core_params(s.sizes, bonds) for s, bonds in zip(spectra, ranks))
+    scale = max((s.norm for s in spectra), default=0.0)
     if not scale > 0.0:
         return [tuple(bonds) for bonds in ranks]
     weights = [(s.norm / scale) ** 2 if s.norm > 0.0 else 0.0 for s in spectra]
     shares = [[(v / s.norm) ** 2 if s.norm > 0.0 else 0.0 * v for v in s.singular] for s in spectra]
-    kept = [[float(values[0]) for values in layer] for layer in shares]
+    kept = [[float(np.sum(v[:r])) for v, r in zip(layer, bonds)] for layer, bonds in zip(shares, ranks)]
     while True:
         best: tuple[float, int, int, int] | None = None
         for layer, (s, bonds) in enumerate(zip(spectra, ranks)):
@@ -208,7 +221,9 @@ def allocate(spectra: Sequence[Spectrum], budget: float) -> list[tuple[int, ...]
             for k, rank in enumerate(bonds):
                 if rank >= s.caps[k]:
                     continue
-                others = math.prod(min(c, 1.0) for j, c in enumerate(kept[layer]) if j != k)
+                others = 1.0
+                if estimate == "product":
+                    others = math.prod(min(c, 1.0) for j, c in enumerate(kept[layer]) if j != k)
                 gain = weights[layer] * float(shares[layer][k][rank]) * others
                 cost = full[k] * sizes[k] + sizes[k + 1] * full[k + 2]
                 if not gain > 0.0 or used + cost > allowed:
@@ -275,8 +290,16 @@ def _layer_spectrum(name: str, module: Any, kind: str, rule: Any) -> Spectrum:
     return spectrum(name, weight, row_shape, col_shape, parse_cap(name, rule.rank, len(row_shape)))
 
 
+# the greedy runs the plan compares by measured error: (estimate, start)
+CANDIDATES = (("product", "one"), ("bound", "one"), ("product", "uniform"), ("bound", "uniform"))
+
+
 def plan(targets: Sequence[Target], budget: Any) -> dict[str, Plan]:
     """The budget's ranks for every matched layer, by name (see :func:`tensornet.nn.tensorize`).
+
+    Every run of :data:`CANDIDATES` proposes ranks; each distinct layer choice is converted by TT-SVD and
+    its error measured, and the proposal with the least total squared error (``sum_l e_l^2 ||W_l||^2``)
+    wins (the first on a tie).
 
     Raises
     ------
@@ -286,5 +309,16 @@ def plan(targets: Sequence[Target], budget: Any) -> dict[str, Plan]:
     """
     value = check_budget(budget)
     spectra = [_layer_spectrum(*target) for target in targets]
-    ranks = allocate(spectra, value)
-    return {s.name: Plan(s, bonds) for s, bonds in zip(spectra, ranks)}
+    proposals = [allocate(spectra, value, estimate=e, start=s) for e, s in CANDIDATES]
+    scale = max((s.norm for s in spectra), default=0.0) or 1.0
+    totals = [0.0] * len(proposals)
+    for layer, ((name, module, _, _), s) in enumerate(zip(targets, spectra)):
+        dense = dense_weight(name, module)[0].detach().to(device="cpu", dtype=torch.float64)
+        measured: dict[tuple[int, ...], float] = {}
+        for index, proposal in enumerate(proposals):
+            bonds = proposal[layer]
+            if bonds not in measured:
+                measured[bonds] = compress(dense, s.row_shape, s.col_shape, rank=bonds, eps=None)[1]
+            totals[index] += (measured[bonds] * s.norm / scale) ** 2
+    chosen = proposals[min(range(len(proposals)), key=lambda i: (totals[i], i))]
+    return {s.name: Plan(s, bonds) for s, bonds in zip(spectra, chosen)}

@@ -353,22 +353,30 @@ def tensorize(
     ``||W_l||_F^2`` beyond rank ``r_{l,k}`` at bond k, TT-SVD at those ranks has a relative error ``e_l``
     with ``max_k t_{l,k} <= e_l^2 <= sum_k t_{l,k}`` (Oseledets 2011, Theorem 2.2; the lower bound holds
     for every TT of those ranks), and the cores store ``P_l = sum_k r_{k-1} m_k n_k r_k`` numbers. The
-    allocation minimises ``sum_l ||W_l||_F^2 (1 - prod_k (1 - t_{l,k}))``, an estimate between the two
-    bounds (the absolute error of all the replaced weights together: a layer with larger weights weighs
-    more, as its output error does for the same input) subject to ``sum_l P_l <= floor(budget * sum_l M_l
-    N_l)``. Greedy: from rank 1 at every bond it raises, one at a time, the bond whose step lowers the
-    estimate most per added parameter among the steps that still fit, until none fits (or none lowers it:
-    zero singular values); ties go to the earlier layer, then the earlier bond (deterministic). So the
-    budget is used exactly or just under (no further step fits). It is not an exact optimum (a step's
-    cost and gain depend on the neighbouring bonds: a knapsack with coupled costs); it is optimal when
-    every step costs the same and gains do not interact (2-core layers of equal core sizes). Core shapes
-    come from the rules (``in_shape``, ``out_shape``, ``ncores``); the allocation does not choose them.
-    The report gives, per layer, the ranks, parameters, measured error and TT-SVD upper bound
-    (``LayerReport.error_bound``), and ``TensorizeReport.weight_ratio`` and ``total_error``.
+    objective is the total squared error of the replaced weights in absolute terms, ``sum_l e_l^2
+    ||W_l||_F^2`` (a layer with larger weights weighs more, as its output error does for the same input),
+    subject to ``sum_l P_l <= floor(budget * sum_l M_l N_l)``.
+
+    Four greedy runs propose ranks. Each raises, one at a time, the bond whose step lowers an estimate of
+    the squared error most per added parameter among the steps that still fit, until none fits (or none
+    lowers it: zero singular values), so every proposal uses the budget exactly or just under it. They
+    differ in the estimate (the upper bound ``sum_k t_{l,k}``, or ``1 - prod_k (1 - t_{l,k})``, which lies
+    between the bounds and sees that a bond at a low rank discards what its neighbours keep) and in the
+    start (rank 1 everywhere, or the largest uniform rank that fits). Each proposal is converted and its
+    error measured; the least total wins. Ties go to the earlier layer, then the earlier bond, then the
+    earlier proposal (deterministic). This is not an exact optimum (a step's cost and gain depend on the
+    neighbouring bonds: a knapsack with coupled costs). It is optimal when every step costs the same and
+    gains do not interact (2-core layers of equal core sizes). One proposal starts from the uniform ranks
+    that fit and only adds to them, so in practice the result converts with no more error than uniform
+    ranks of at most the same size. Core shapes come from the rules (``in_shape``, ``out_shape``,
+    ``ncores``); the allocation does not choose them. The report gives, per layer, the ranks, parameters,
+    measured error and TT-SVD upper bound (``LayerReport.error_bound``), and
+    ``TensorizeReport.weight_ratio`` and ``total_error``.
 
     Cost: without a budget, one truncated TT-SVD per layer converted from weights (``O(M N r)``); with
     a budget, also a singular-values-only SVD of each unfolding (``O(M N u)``, u its smaller side) for the
-    spectra, then ``O(S L d^2)`` for the allocation (S steps over L layers of d cores).
+    spectra, ``O(S L d^2)`` per greedy run (S steps over L layers of d cores) and up to four truncated
+    TT-SVDs per layer to measure the proposals.
 
     Examples
     --------
