@@ -86,7 +86,7 @@ class TensorizeReport:
         return max(errors) if errors else None
 
     def __str__(self) -> str:
-        header = (
+        header: tuple[str, ...] = (
             "layer",
             "type",
             "shape",
