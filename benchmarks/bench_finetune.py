@@ -165,15 +165,15 @@ def method_model(method: str, base_state, config, args):
     model.load_state_dict(base_state)
     if method == "full":
         return model, args.lr_full
-    if method == "lora":
+    if method.startswith("lora"):
         from peft import LoraConfig, get_peft_model
 
         lora = LoraConfig(
             r=8, lora_alpha=16, target_modules=TARGETS, lora_dropout=0.0, fan_in_fan_out=True, bias="none"
         )
-        return get_peft_model(model, lora), args.lr_adapter
+        return get_peft_model(model, lora), float(method.split("@")[1])
     tn.nn.adapt(model, TARGETS, rank=args.tt_rank, ncores=args.tt_cores, alpha=args.tt_alpha)
-    return model, args.lr_adapter
+    return model, float(method.split("@")[1])
 
 
 def finetune(args) -> str:
@@ -189,10 +189,11 @@ def finetune(args) -> str:
     prose_ids, prose_val = encode(tokenizer, train_text), encode(tokenizer, val_text)
     windows = val_windows(prose_val, args.block, args.val_tokens)
     base_ppl = math.exp(val_loss(base, windows))
-    rows: dict[str, list[dict]] = {m: [] for m in ("full", "lora", "tt")}
+    methods = ["full", *(f"lora@{lr:g}" for lr in args.lr_lora), *(f"tt@{lr:g}" for lr in args.lr_tt)]
+    rows: dict[str, list[dict]] = {m: [] for m in methods}
     for seed in args.seeds:
         data = batches(prose_ids, args.steps, args.batch, args.block, seed=seed)
-        for method in ("full", "lora", "tt"):
+        for method in methods:
             torch.manual_seed(seed)  # the adapters' initialisation
             model, lr = method_model(method, base_state, base.config, args)
             trainable = [p for p in model.parameters() if p.requires_grad]
@@ -212,12 +213,19 @@ def finetune(args) -> str:
 
 
 def report_finetune(args, rows, base_ppl, code_ppl, pre_seconds) -> str:
-    names = {
-        "full": "full fine-tuning",
-        "lora": "LoRA r=8 (PEFT)",
-        "tt": f"TT adapter r={args.tt_rank}, {args.tt_cores} cores",
-    }
-    lora = rows["lora"]
+    names = {m: f"LoRA r=8 (PEFT), lr {m.split('@')[1]}" for m in rows if m.startswith("lora")}
+    names["full"] = f"full fine-tuning, lr {args.lr_full:g}"
+    for m in rows:
+        if m.startswith("tt"):
+            names[m] = f"TT adapter r={args.tt_rank}, {args.tt_cores} cores, lr {m.split('@')[1]}"
+
+    def best_of(kind):
+        return min(
+            (m for m in rows if m.startswith(kind)), key=lambda m: statistics.mean(r["ppl"] for r in rows[m])
+        )
+
+    best, best_tt = best_of("lora"), best_of("tt")
+    lora = rows[best]
     lora_ppl = statistics.mean(r["ppl"] for r in lora)
     lora_step = statistics.mean(r["step"] for r in lora)
     lines = [
@@ -233,7 +241,7 @@ def report_finetune(args, rows, base_ppl, code_ppl, pre_seconds) -> str:
             f"{', '.join(format(r['ppl'], '.2f') for r in entries)} | {ppl:.2f} | {100 * (ppl / lora_ppl - 1):+.1f}% | "
             f"{step:.3f} | {step / lora_step:.2f}x | {max(r['rss'] for r in entries):.0f} |"
         )
-    tt = rows["tt"]
+    tt = rows[best_tt]
     tt_ppl = statistics.mean(r["ppl"] for r in tt)
     tt_step = statistics.mean(r["step"] for r in tt)
     verdict = [
@@ -248,12 +256,84 @@ def report_finetune(args, rows, base_ppl, code_ppl, pre_seconds) -> str:
         f"({pre_seconds:.0f} s; its code validation perplexity {code_ppl:.1f}); the base model's perplexity on "
         f"the prose validation split before fine-tuning: {base_ppl:.1f}. Fine-tuning: {args.steps} steps x "
         f"{args.batch} x {args.block} = {args.steps * args.batch * args.block:,} tokens per run, seeds "
-        f"{args.seeds}, AdamW betas (0.9, 0.99), no weight decay, clip 1.0, warmup 10%, cosine to 10%; lr "
-        f"{args.lr_full} (full) and {args.lr_adapter} (LoRA and TT); LoRA alpha 16 (scale 2), TT alpha "
+        f"{args.seeds}, AdamW betas (0.9, 0.99), no weight decay, clip 1.0, warmup 10%, cosine to 10%; "
+        f"LoRA alpha 16 (scale 2), dropout 0; TT alpha "
         f"{args.tt_alpha} (scale {args.tt_alpha / args.tt_rank:g}). Validation: the first "
-        f"{args.val_tokens or 'all'} tokens of the prose validation split."
+        f"{args.val_tokens or 'all'} tokens of the prose validation split. 'vs LoRA' compares with the "
+        f"best LoRA ({names[best]}); the targets compare the best TT ({names[best_tt]}) with it. Each "
+        "method's learning rate is chosen on this validation split (there is no separate test split)."
     )
     return "\n".join([header, "", *lines, "", *verdict])
+
+
+def memory(args) -> str:
+    """Training memory per method, counted: what one step's graph saves for backward, plus gradients and
+    AdamW's two moments of the trainable parameters (float32). Independent of the weights' values."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=tn.nn.RankClipWarning)
+    config = g.gpt2_config(vocab_size=args.vocab, block_size=args.block, preset="tiny")
+    base_state = g.build_model(config, seed=0).state_dict()
+    window = torch.randint(
+        0, args.vocab, (args.batch, args.block + 1), generator=torch.Generator().manual_seed(0)
+    )
+    lines = [
+        "| method | saved for backward (MiB) | grads + AdamW moments (MiB) | total (MiB) |",
+        "|---|---:|---:|---:|",
+    ]
+    for method in ["full", f"lora@{args.lr_lora[0]:g}", f"tt@{args.lr_tt[0]:g}"]:
+        model, _ = method_model(method, base_state, config, args)
+        model.train()
+        params = list(model.parameters())
+        saved = _harness.saved_bytes(lambda m=model: m(window[:, :-1]).logits, exclude=params)
+        state = 3 * 4 * sum(p.numel() for p in params if p.requires_grad)
+        name = method.split("@")[0]
+        lines.append(
+            f"| {name} | {saved / 2**20:.1f} | {state / 2**20:.2f} | {(saved + state) / 2**20:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def steptime(args) -> str:
+    """Training-step time per method in interleaved rounds (load from other jobs hits every method alike)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=tn.nn.RankClipWarning)
+    config = g.gpt2_config(vocab_size=args.vocab, block_size=args.block, preset="tiny")
+    base_state = g.build_model(config, seed=0).state_dict()
+    window = torch.randint(
+        0, args.vocab, (args.batch, args.block + 1), generator=torch.Generator().manual_seed(0)
+    )
+    steps = {}
+    for method in ["full", f"lora@{args.lr_lora[0]:g}", f"tt@{args.lr_tt[0]:g}"]:
+        model, _ = method_model(method, base_state, config, args)
+        model.train()
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+
+        def step(m=model, o=optimizer):
+            o.zero_grad(set_to_none=True)
+            logits = m(window[:, :-1]).logits
+            torch.nn.functional.cross_entropy(logits.flatten(0, 1), window[:, 1:].flatten()).backward()
+            o.step()
+
+        steps[method.split("@")[0]] = step
+    measured = _harness.time_interleaved(steps, rounds=args.rounds, warmup=2)
+    medians = measured.median()
+    cpu = measured.median("cpu")
+    lines = [
+        f"{args.rounds} interleaved rounds of one AdamW step each ({args.batch} x {args.block} tokens); medians.",
+        "",
+        "| method | wall (s) | vs LoRA | CPU time (s) | vs LoRA |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name in medians:
+        lines.append(
+            f"| {name} | {medians[name]:.3f} | {medians[name] / medians['lora']:.2f}x | {cpu[name]:.3f} | "
+            f"{cpu[name] / cpu['lora']:.2f}x |"
+        )
+    ratio = medians["tt"] / medians["lora"]
+    lines += ["", f"- TT step time <= 1.15x LoRA's: {ratio:.2f}x -> {'met' if ratio <= 1.15 else 'missed'}"]
+    return "\n".join(lines)
 
 
 def truncation(args) -> str:
@@ -346,7 +426,7 @@ def report_truncation(args, outcomes, steps, cut) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=("finetune", "truncate"), default="finetune")
+    parser.add_argument("--mode", choices=("finetune", "truncate", "memory", "steptime"), default="finetune")
     parser.add_argument("--quick", action="store_true", help="a smoke run: a few steps of everything")
     parser.add_argument(
         "--write", action="store_true", help="append the result to benchmarks/results/finetune.md"
@@ -360,7 +440,8 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=64)
     parser.add_argument("--val-tokens", type=int, default=4096)
     parser.add_argument("--lr-full", type=float, default=3e-4)
-    parser.add_argument("--lr-adapter", type=float, default=1e-3)
+    parser.add_argument("--lr-lora", type=float, nargs="+", default=[3e-3, 1e-2, 2e-2])
+    parser.add_argument("--lr-tt", type=float, nargs="+", default=[3e-3, 1e-2, 2e-2])
     parser.add_argument("--tt-rank", type=int, default=4)
     parser.add_argument("--tt-cores", type=int, default=5)
     parser.add_argument("--tt-alpha", type=float, default=64.0)
@@ -368,13 +449,16 @@ def main() -> None:
     parser.add_argument("--tt-cut", type=int, default=60)
     parser.add_argument("--watch", type=int, default=6)
     parser.add_argument("--budget", type=float, default=0.8)
+    parser.add_argument("--rounds", type=int, default=30)
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.steps, args.pretrain_steps, args.pretrain_chars = [0], 4, 4, 200_000
         args.val_tokens, args.tt_steps, args.tt_cut, args.watch, args.vocab = 512, 8, 4, 2, 512
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     began = time.perf_counter()
-    body = finetune(args) if args.mode == "finetune" else truncation(args)
+    body = {"finetune": finetune, "truncate": truncation, "memory": memory, "steptime": steptime}[args.mode](
+        args
+    )
     took = time.perf_counter() - began
     text = "\n".join(
         [

@@ -227,3 +227,46 @@ def test_bad_arguments_raise_and_change_nothing():
     with pytest.raises(TypeError, match="optimizer must be"):
         tn.nn.truncate(m, eps=0.1, optimizer=[1])
     assert m[0].packed_cores is packed
+
+
+def test_new_cores_keep_the_old_cores_norms():
+    m = model()
+    norms = [float(torch.linalg.vector_norm(c.detach())) for c in m[0].cores]
+    tn.nn.truncate(m, budget=0.5)
+    after = [float(torch.linalg.vector_norm(c.detach())) for c in m[0].cores]
+    # all but the last, which holds what the scalars (product 1) leave
+    np.testing.assert_allclose(after[:-1], norms[:-1], rtol=1e-10)
+
+
+def test_training_goes_on_smoothly_after_a_lossless_truncation():
+    torch.manual_seed(0)
+    m = nn.Sequential(
+        TTMLinear(64, 128, rank=16, init="glorot"), nn.GELU(), TTMLinear(128, 64, rank=16, init="glorot")
+    )
+    x = torch.randn(256, 64)
+    y = torch.tanh(x @ torch.randn(64, 64) / 8)
+
+    def loss():
+        return (m(x) - y).square().mean()
+
+    def value():
+        with torch.no_grad():
+            return float(loss())
+
+    optimizer = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    for _ in range(200):
+        optimizer.zero_grad()
+        loss().backward()
+        optimizer.step()
+    before = value()
+    tn.nn.truncate(m, eps=0.0, optimizer=optimizer)  # a change of gauge only
+    assert math.isclose(value(), before, rel_tol=1e-5)
+    values = []
+    for _ in range(5):
+        optimizer.zero_grad()
+        loss().backward()
+        optimizer.step()
+        values.append(value())
+    # without the new cores rescaled to the old norms, the loss rose 10% within these steps (Adam's
+    # per-entry steps were relatively larger on the orthonormal cores)
+    assert max(values) < before * 1.01 and values[-1] < before

@@ -90,7 +90,7 @@ def test_readme_files_interop_and_report_snippet_runs():
     import matplotlib
 
     matplotlib.use("Agg")
-    code = PYTHON[2]
+    code = next(block for block in PYTHON if "tn.save(" in block)
     ns = _run(code)
     t, u, back, r = ns["t"], ns["u"], ns["back"], ns["r"]
     assert all((a == b).all() for a, b in zip(t.cores, u.cores)) and u.ranks == t.ranks  # "exactly t"
@@ -98,6 +98,14 @@ def test_readme_files_interop_and_report_snippet_runs():
     stated = re.search(r"r\.cut\(1e-4\)\s+# (\(.*?\))", code)
     assert stated is not None and str(r.cut(1e-4)) == stated.group(1) == str(tn.round(t, eps=1e-4).ranks)
     assert len(ns["fig"].axes) == 2
+
+
+def test_readme_adapter_snippet_runs():
+    code = next(block for block in PYTHON if "tensornet.nn.adapt(" in block)
+    namespace = _run(code)
+    model, report = namespace["model"], namespace["report"]
+    assert report.params_after <= 0.6 * report.params_before and namespace["path"].stat().st_size < 8192
+    assert [name for name, _ in tn.nn.adapters(model)] == ["0", "2"]
 
 
 def test_readme_docs_command_builds_and_serves_the_site():

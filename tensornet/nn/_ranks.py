@@ -104,7 +104,10 @@ def _round(
 
 
 def _apply_maps(flat: torch.Tensor, shapes: Any, maps: Maps, squared: bool) -> torch.Tensor:
-    """The maps applied core by core to a flat tensor of the old cores' layout (entrywise squares if asked)."""
+    """The maps applied core by core to a flat tensor of the old cores' layout.
+
+    ``squared``: a second moment ``v``, carried by the maps' entrywise squares, ``(A*A) v (L*L)``.
+    """
     sizes = [math.prod(s) for s in shapes]
     out = []
     for piece, shape, (a, b) in zip(flat.double().split(sizes), shapes, maps):
@@ -112,6 +115,22 @@ def _apply_maps(flat: torch.Tensor, shapes: Any, maps: Maps, squared: bool) -> t
             a, b = a * a, b * b
         out.append(torch.einsum("xa,aijb,by->xijy", a, piece.reshape(shape), b).reshape(-1))
     return torch.cat(out).to(flat.dtype)
+
+
+def _balanced(
+    new: list[torch.Tensor], old: list[torch.Tensor], maps: Maps
+) -> tuple[list[torch.Tensor], Maps]:
+    """The new cores rescaled to the old cores' Frobenius norms (a scalar gauge: W unchanged), the maps too.
+
+    The rounding leaves cores 1..d-1 orthonormal and the weight's norm in the last core; Adam moves every
+    entry by about ``lr`` whatever its size, so without this the relative steps of the cores would change.
+    """
+    scales = []
+    for h, g in zip(new[:-1], old[:-1]):
+        hn, gn = float(torch.linalg.vector_norm(h)), float(torch.linalg.vector_norm(g))
+        scales.append(gn / hn if hn > 0 and gn > 0 else 1.0)
+    scales.append(math.exp(-sum(math.log(c) for c in scales)))  # the product of the scales is 1
+    return [c * h for c, h in zip(scales, new)], [(a, c * b) for c, (a, b) in zip(scales, maps)]
 
 
 def _check_optimizer(fn: str, optimizer: Any, layers: list[tuple[str, TTCoresModule]]) -> None:
@@ -234,11 +253,17 @@ def truncate(
     inverting any factor, the maps ``A_k`` (old left rank index to new) and ``L_k`` (old right index to
     new) with ``H_k = A_k x_1 G_k x_4 L_k``: each new core is a linear image of its old core.
 
+    The new cores are then rescaled to the old cores' Frobenius norms (scalars whose product is 1, so
+    ``W`` is unchanged): Adam moves each entry by about ``lr`` whatever its size, and the rounding's
+    orthonormal cores would otherwise take relatively larger steps than the trained ones did.
+
     The optimizer's state is carried by the same maps: ``exp_avg`` and ``momentum_buffer`` as the cores
-    are (``m' = A m L``); ``exp_avg_sq`` (and ``max_exp_avg_sq``) by the entrywise squares of the maps,
-    ``v' = (A*A) v (L*L)``, the second moment of ``A g L`` if the gradient's entries were independent.
-    It is nonnegative and keeps Adam's step ``m / sqrt(v)`` unchanged where a map only rescales (the
-    gauge changes of the rounding). ``step`` is kept. ``optimizer.state`` then holds the new parameter
+    are (``m' = A m L``); ``exp_avg_sq`` (and ``max_exp_avg_sq``) by the maps' entrywise squares,
+    ``v' = (A*A) v (L*L)``, the second moment of ``A g L`` if the entries of ``g`` were independent:
+    nonnegative, and where a map only rescales, Adam's ``m / sqrt(v)`` is unchanged. (Tried and set
+    aside: ``v' = (|A| sqrt(v) |L|)^2``, which bounds ``|m'|`` by ``sqrt(v')`` but made the steps after
+    a truncation smaller and the recovery slower in ``tests/test_nn_ranks.py``'s model.) ``step`` is
+    kept. ``optimizer.state`` then holds the new parameter
     only (no reference to the old one is kept anywhere). A :func:`materialize`'d model is regrouped.
     Wrap the model in DDP again after a call (DDP holds the old parameters).
 
@@ -257,7 +282,13 @@ def truncate(
     if budget is not None:
         eps = _bisect(fn, prepared, budget * before, before)
     eps = float(eps or 0.0)  # one of the two was given (checked above)
-    results = [_round(c, f, eps) if f is not None else (c, [_identity(c[0])], 0.0) for c, f in prepared]
+    results = []
+    for cores, factors in prepared:
+        if factors is None:  # one core: no bond to round
+            results.append((cores, [_identity(cores[0])], 0.0))
+            continue
+        rounded, maps, error = _round(cores, factors, eps)
+        results.append((*_balanced(rounded, cores, maps), error))
     reports = []
     for (name, layer), (cores, maps, error), powers in zip(layers, results, scales):
         params = layer.nparams
