@@ -33,8 +33,10 @@ class TTAdapter(nn.Module):
     holds ``W + scaling * delta.W`` and the forward is ``base(x)`` alone (the base layer's cost).
     Built by :func:`adapt`.
 
-    Cost per token: the base layer's plus that of ``delta`` (:func:`tensornet.linear`); merged, the base
-    layer's alone.
+    Cost per call: rebuilding ``delta.W`` (``O(out * in * r)``) and the base layer's product on the
+    folded weight; with dropout, the base layer's product plus that of ``delta`` (:func:`tensornet.linear`);
+    merged, the base layer's alone. In training the update's cores need the dense gradient of the weight,
+    one more ``(out, in)``-sized product per step than LoRA's thin factors.
     """
 
     def __init__(self, base: nn.Module, delta: TTMLinear, scaling: float, dropout: float = 0.0) -> None:
@@ -56,7 +58,7 @@ class TTAdapter(nn.Module):
         Without dropout the update is folded into the weight for the call: ``W + scaling * delta.W`` is
         rebuilt (differentiably) and applied as the base layer applies its weight (``F.linear``, or
         ``Conv1D``'s ``addmm``), one product instead of two: in GPT-2 fine-tuning on 2 CPU cores a step
-        took 1.2x LoRA's this way and 1.5x through the TT product (``benchmarks/results/finetune.md``).
+        took 1.25x LoRA's this way and 1.5x through the TT product (``benchmarks/results/finetune.md``).
         The backward holds the ``(out, in)`` sum, as a dense layer holds its weight.
         """
         if self._merged is not None:
