@@ -151,8 +151,8 @@ def test_errors_name_the_problem():
         tensorize(Mlp(), Rule("blocks.0.0", rank=2, voc_shape=(3, 4, 5)))
     with pytest.raises(TypeError, match="unknown options"):
         Rule("blocks.*", rank=2, shapes=(1, 2))
-    with pytest.raises(ValueError, match="give rank"):
-        Rule("blocks.*")
+    with pytest.raises(ValueError, match="neither rank nor eps; give one, or a budget"):
+        tensorize(Mlp(), Rule("blocks.*"))
     with pytest.raises(ValueError, match="from_weights=False needs rank and no eps"):
         Rule("blocks.*", eps=0.1, from_weights=False)
     with pytest.raises(

@@ -1,23 +1,24 @@
-"""``tensorize(model, rule)``: swap a model's linear and embedding layers for TT layers by name pattern."""
+"""``tensorize(model, rule, budget)``: swap a model's linear and embedding layers for TT layers by name pattern."""
 
 from __future__ import annotations
 
 import fnmatch
-import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from tensornet import _backend
 
+from . import _budget
 from ._embedding import TTEmbedding
 from ._hf import conv1d_class, dense_weight
 from ._linear import TTMLinear
 from ._materialize import materialize
 from ._reads import direct_reader
+from ._tensorize_report import LayerReport, TensorizeReport
 
 __all__ = ["LayerReport", "Rule", "TensorizeReport", "tensorize"]
 
@@ -37,7 +38,9 @@ class Rule:
         ``"*.c_proj"``); a compiled ``re.Pattern`` must match the whole name (``re.compile(r"h\.\d+\.mlp\..*")``).
     rank, eps :
         From weights (default): TT-SVD with relative accuracy ``eps`` and/or the rank cap ``rank``.
-        From scratch: ``rank`` is required and ``eps`` must be None.
+        From scratch: ``rank`` is required and ``eps`` must be None. Under ``tensorize(..., budget=b)``
+        neither is needed (``Rule("*.c_fc")``): the budget chooses the ranks, a given ``rank`` caps them
+        (an int, or one rank per bond) and ``eps`` is refused. Without a budget, give one of them.
     from_weights : bool
         True: compress the layer's trained weights (:meth:`TTMLinear.from_linear`,
         :meth:`TTEmbedding.from_embedding`). False: a freshly initialised TT layer of the same size.
@@ -65,8 +68,6 @@ class Rule:
             )
         if not isinstance(from_weights, bool):
             raise TypeError(f"Rule: from_weights must be a bool, got {from_weights!r}")
-        if rank is None and eps is None:
-            raise ValueError(f"Rule {pattern!r}: give rank (and/or eps when converting weights)")
         if not from_weights and (rank is None or eps is not None):
             raise ValueError(
                 f"Rule {pattern!r}: from_weights=False needs rank and no eps (there is nothing to fit)"
@@ -90,97 +91,6 @@ class Rule:
         pattern = self.pattern.pattern if isinstance(self.pattern, re.Pattern) else self.pattern
         extra = "".join(f", {k}={v!r}" for k, v in self.options.items())
         return f"Rule({pattern!r}, rank={self.rank!r}, eps={self.eps!r}, from_weights={self.from_weights}{extra})"
-
-
-@dataclass(frozen=True)
-class LayerReport:
-    """What happened to one layer. ``shape`` is the weight as ``(out, in)`` / ``(num_embeddings, dim)``."""
-
-    name: str
-    kind: str
-    shape: tuple[int, int]
-    row_shape: tuple[int, ...]
-    col_shape: tuple[int, ...]
-    ranks: tuple[int, ...]
-    params_before: int
-    params_after: int
-    error: float | None
-    note: str = ""
-
-
-@dataclass(frozen=True)
-class TensorizeReport:
-    """Per-layer records and the model's parameter counts (shared parameters counted once).
-
-    ``skipped``: ``(name, why)`` of each layer a rule matched but that was left dense because its parent
-    reads its weight tensor directly (see :func:`tensorize`).
-    """
-
-    layers: list[LayerReport] = field(default_factory=list)
-    model_params_before: int = 0
-    model_params_after: int = 0
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-
-    @property
-    def ratio(self) -> float:
-        """Model parameters after divided by before."""
-        return self.model_params_after / self.model_params_before if self.model_params_before else math.nan
-
-    @property
-    def max_error(self) -> float | None:
-        """The largest relative error of a layer converted from weights (None when none was)."""
-        errors = [layer.error for layer in self.layers if layer.error is not None]
-        return max(errors) if errors else None
-
-    def __str__(self) -> str:
-        header = (
-            "layer",
-            "type",
-            "shape",
-            "TT shape (rows x cols)",
-            "ranks",
-            "params",
-            "TT params",
-            "ratio",
-            "rel. error",
-        )
-        rows = [header]
-        for layer in self.layers:
-            pairs = "".join(f"({m},{n})" for m, n in zip(layer.row_shape, layer.col_shape))
-            rows.append(
-                (
-                    layer.name,
-                    layer.kind,
-                    f"{layer.shape[0]}x{layer.shape[1]}",
-                    pairs,
-                    "-".join(str(r) for r in layer.ranks),
-                    f"{layer.params_before:,}",
-                    f"{layer.params_after:,}",
-                    f"{layer.params_before / layer.params_after:.1f}x",
-                    "-" if layer.error is None else f"{layer.error:.3g}",
-                )
-            )
-        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-        right = {5, 6, 7, 8}
-        lines = []
-        for i, row in enumerate(rows):
-            cells = [
-                cell.rjust(w) if j in right else cell.ljust(w) for j, (cell, w) in enumerate(zip(row, widths))
-            ]
-            lines.append("  ".join(cells).rstrip())
-            if i == 0:
-                lines.append("  ".join("-" * w for w in widths))
-        before, after = self.model_params_before, self.model_params_after
-        share = 100.0 * after / before if before else float("nan")
-        lines.append(
-            f"{len(self.layers)} layers replaced; model parameters {before:,} -> {after:,} ({share:.1f}% of before)"
-        )
-        lines += [f"note: {layer.name}: {layer.note}" for layer in self.layers if layer.note]
-        lines += [f"skipped (left dense): {name}: {why}" for name, why in self.skipped]
-        return "\n".join(lines)
-
-    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:  # IPython / notebooks
-        printer.text(str(self))
 
 
 def _rules(rule: Any) -> list[Rule]:
@@ -231,7 +141,9 @@ def _check_options(name: str, rule: Rule, kind: str) -> None:
         )
 
 
-def _build(name: str, module: Any, kind: str, rule: Rule) -> TTMLinear | TTEmbedding:
+def _build(
+    name: str, module: Any, kind: str, rule: Rule, plan: _budget.Plan | None = None
+) -> TTMLinear | TTEmbedding:
     _check_options(name, rule, kind)
     options = dict(rule.options)
     rank: Any = rule.rank  # not None when building from scratch (checked by Rule)
@@ -249,25 +161,32 @@ def _build(name: str, module: Any, kind: str, rule: Rule) -> TTMLinear | TTEmbed
             **options,
         )
     bias = options.pop("bias", module.bias is not None)
-    if rule.from_weights:
+    if plan is not None:  # the budget's ranks, on the shapes its spectra were taken for
+        options.update(in_shape=plan.spectrum.col_shape, out_shape=plan.spectrum.row_shape)
+        new = TTMLinear.from_linear(module, rank=plan.bonds, **options)
+    elif rule.from_weights:
         new = TTMLinear.from_linear(module, rank=rule.rank, eps=rule.eps, **options)
-        if not bias:
-            new.register_parameter("bias", None)
-        return new
-    out_features, in_features = dense_weight("tensorize", module)[0].shape  # (out, in), Conv1D transposed
-    return TTMLinear(
-        in_features, out_features, rank=rank, bias=bias, device=weight.device, dtype=weight.dtype, **options
-    )
+    else:
+        out_features, in_features = dense_weight("tensorize", module)[0].shape  # (out, in), Conv1D transposed
+        return TTMLinear(
+            in_features,
+            out_features,
+            rank=rank,
+            bias=bias,
+            device=weight.device,
+            dtype=weight.dtype,
+            **options,
+        )
+    if not bias:
+        new.register_parameter("bias", None)
+    return new
 
 
-def _convert(
-    model: nn.Module, rules: list[Rule]
-) -> tuple[list[tuple[str, Any, TTMLinear | TTEmbedding, str]], list[tuple[str, str]]]:
-    """``(name, old, new, kind)`` for every eligible layer a rule matches (the first rule wins).
+def _match(model: nn.Module, rules: list[Rule]) -> tuple[list[_budget.Target], list[tuple[str, str]]]:
+    """``(name, module, kind, rule)`` for every eligible layer a rule matches (the first rule wins).
 
     And ``(name, why)`` of the matched layers left dense because an ancestor reads their weight tensor
-    directly (:func:`~tensornet.nn._reads.direct_reader`). Nothing is replaced yet, so an error leaves the
-    model as it was.
+    directly (:func:`~tensornet.nn._reads.direct_reader`).
     """
     found = [
         (name, module, kind) for name, module in model.named_modules() if name and (kind := _kind(module))
@@ -275,7 +194,7 @@ def _convert(
     readers = {name: direct_reader(model, name) for name, _, _ in found}
     eligible = [entry for entry in found if readers[entry[0]] is None]
     used: list[list[str]] = [[] for _ in rules]  # the layers each rule matched (converted or skipped)
-    converted, skipped = [], []
+    targets, skipped = [], []
     for name, module, kind in found:
         index = next((i for i, candidate in enumerate(rules) if candidate.matches(name)), None)
         if index is None:
@@ -285,10 +204,7 @@ def _convert(
         if why is not None:
             skipped.append((name, f"{kind}, {why}; a TT layer there would fail in forward"))
             continue
-        try:
-            converted.append((name, module, _build(name, module, kind, rules[index]), kind))
-        except (TypeError, ValueError) as error:
-            raise type(error)(f"tensorize: layer {name} ({kind}): {error}") from error
+        targets.append((name, module, kind, rules[index]))
     for rule, matched in zip(rules, used):
         if matched and all(readers[name] is not None for name in matched):
             raise ValueError(
@@ -303,15 +219,52 @@ def _convert(
                 f"tensorize: {rule!r} matched no Linear/Conv1D/Embedding layer "
                 f"(or only ones an earlier rule took); eligible names: {shown or 'none'}"
             )
-    return converted, skipped
+    return targets, skipped
+
+
+def _convert(
+    model: nn.Module, rules: list[Rule], budget: float | None
+) -> tuple[
+    list[tuple[str, Any, TTMLinear | TTEmbedding, str]], list[tuple[str, str]], dict[str, _budget.Plan]
+]:
+    """``(name, old, new, kind)`` per converted layer, the skipped layers, and the budget's plans by name.
+
+    Nothing is replaced yet, so an error leaves the model as it was.
+    """
+    targets, skipped = _match(model, rules)
+    if budget is None:
+        for rule in rules:
+            if rule.rank is None and rule.eps is None:
+                raise ValueError(
+                    f"tensorize: {rule!r} has neither rank nor eps; give one, or a budget "
+                    "(tensorize(model, rules, budget=0.5)) to choose the ranks"
+                )
+        plans = {}
+    else:
+        plans = _budget.plan(targets, budget)
+    converted = []
+    for name, module, kind, rule in targets:
+        try:
+            converted.append((name, module, _build(name, module, kind, rule, plans.get(name)), kind))
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"tensorize: layer {name} ({kind}): {error}") from error
+    return converted, skipped, plans
+
+
+def _norm(weight: torch.Tensor) -> float:
+    """``||weight||_F`` in float64, divided by its largest entry first (no overflow at any finite scale)."""
+    dense = weight.detach().to(device="cpu", dtype=torch.float64)
+    peak = float(dense.abs().max()) if dense.numel() else 0.0
+    return peak * float(torch.linalg.vector_norm(dense / peak)) if peak > 0 else 0.0
 
 
 def _layer_report(
-    model: nn.Module, name: str, old: Any, new: TTMLinear | TTEmbedding, kind: str
+    model: nn.Module, name: str, old: Any, new: TTMLinear | TTEmbedding, kind: str, plan: _budget.Plan | None
 ) -> LayerReport:
     """The record of one replaced layer (``model`` already holds ``new``)."""
     shared = [n for n, p in model.named_parameters(remove_duplicate=False) if p is old.weight]
     rows, cols = new.weight.shape
+    bias = getattr(new, "bias", None)
     return LayerReport(
         name=name,
         kind=kind,
@@ -325,11 +278,16 @@ def _layer_report(
         note=f"its dense weight is still used by {', '.join(shared)} (tied), so it is not freed"
         if shared
         else "",
+        error_bound=None if plan is None else plan.bound,
+        norm=None if new.conversion_error is None else _norm(old.weight),
+        bias_params=0 if bias is None else bias.numel(),
     )
 
 
 def tensorize(
-    model: nn.Module, rule: Rule | Sequence[Rule] | Mapping[str, Mapping[str, Any]]
+    model: nn.Module,
+    rule: Rule | Sequence[Rule] | Mapping[str, Mapping[str, Any]],
+    budget: float | None = None,
 ) -> tuple[nn.Module, TensorizeReport]:
     """Replace, in place, the ``nn.Linear``, GPT-2 ``Conv1D`` and ``nn.Embedding`` layers a rule matches.
 
@@ -344,6 +302,12 @@ def tensorize(
     rule : Rule, sequence of Rule, or mapping
         A :class:`Rule`, a list of Rules (the first that matches a layer wins) or a dict
         ``{pattern: {"rank": 64, "eps": 0.3, ...}}``.
+    budget : float in (0, 1], optional
+        Choose the ranks of all matched layers together so that their TT cores hold at most ``budget``
+        times the matched layers' dense weights (biases, kept as they are, count on neither side), with
+        the least total conversion error the allocation finds (see Notes). Matched layers must be linear
+        layers converted from weights; the rules' shapes (``in_shape``, ``out_shape``, ``ncores``) are
+        kept and a rule's ``rank`` caps the ranks.
 
     Returns
     -------
@@ -354,11 +318,13 @@ def tensorize(
     Raises
     ------
     TypeError
-        A bad rule, or options that do not fit a matched layer.
+        A bad rule, or options that do not fit a matched layer; a budget that is not a real number.
     ValueError
         A rule that matches no eligible layer (the message lists them), or only layers whose parents read
-        their weights; the layers' own errors (shapes, ranks) name the layer. Nothing is replaced when an
-        error is raised.
+        their weights; the layers' own errors (shapes, ranks) name the layer. A rule with neither rank nor
+        eps and no budget; a budget outside ``(0, 1]``, or too small for rank 1 at every bond (the message
+        gives the smallest that fits), or with an embedding, a from-scratch rule or an eps among the
+        matched layers. Nothing is replaced when an error is raised.
 
     Warns
     -----
@@ -381,17 +347,50 @@ def tensorize(
     with :func:`materialize` on (its TTM layers of equal core shapes rebuild their weights together in
     training; ``materialize(model, enabled=False)`` turns that off).
 
+    **The budget's allocation.** Each matched weight ``W_l`` is read once for its bond spectra: at bond k the
+    singular values ``sigma_{l,k,i}`` of the k-th unfolding of its TTM tensor. With ``t_{l,k}`` the share of
+    ``||W_l||_F^2`` beyond rank ``r_{l,k}`` at bond k, TT-SVD at those ranks has a relative error ``e_l``
+    with ``max_k t_{l,k} <= e_l^2 <= sum_k t_{l,k}`` (Oseledets 2011, Theorem 2.2; the lower bound holds
+    for every TT of those ranks), and the cores store ``P_l = sum_k r_{k-1} m_k n_k r_k`` numbers. The
+    objective is the total squared error of the replaced weights in absolute terms, ``sum_l e_l^2
+    ||W_l||_F^2`` (a layer with larger weights weighs more, as its output error does for the same input),
+    subject to ``sum_l P_l <= floor(budget * sum_l M_l N_l)``.
+
+    Four greedy runs propose ranks. Each raises, one at a time, the bond whose step lowers an estimate of
+    the squared error most per added parameter among the steps that still fit, until none fits (or none
+    lowers it: zero singular values), so every proposal uses the budget exactly or just under it. They
+    differ in the estimate (the upper bound ``sum_k t_{l,k}``, or ``1 - prod_k (1 - t_{l,k})``, which lies
+    between the bounds and sees that a bond at a low rank discards what its neighbours keep) and in the
+    start (rank 1 everywhere, or the largest uniform rank that fits). Each proposal is converted and its
+    error measured; the least total wins. Ties go to the earlier layer, then the earlier bond, then the
+    earlier proposal (deterministic). This is not an exact optimum (a step's cost and gain depend on the
+    neighbouring bonds: a knapsack with coupled costs). It is optimal when every step costs the same and
+    gains do not interact (2-core layers of equal core sizes). One proposal starts from the uniform ranks
+    that fit and only adds to them, so in practice the result converts with no more error than uniform
+    ranks of at most the same size. Core shapes come from the rules (``in_shape``, ``out_shape``,
+    ``ncores``); the allocation does not choose them. The report gives, per layer, the ranks, parameters,
+    measured error and TT-SVD upper bound (``LayerReport.error_bound``), and
+    ``TensorizeReport.weight_ratio`` and ``total_error``.
+
+    Cost: without a budget, one truncated TT-SVD per layer converted from weights (``O(M N r)``); with
+    a budget, also a singular-values-only SVD of each unfolding (``O(M N u)``, u its smaller side) for the
+    spectra, ``O(S L d^2)`` per greedy run (S steps over L layers of d cores) and up to four truncated
+    TT-SVDs per layer to measure the proposals.
+
     Examples
     --------
     >>> model, report = tensorize(model, [Rule("transformer.h.*.mlp.c_fc", rank=64,  # doctest: +SKIP
     ...                                        in_shape=(8, 8, 12, 1), out_shape=(8, 8, 8, 6))])
     >>> print(report)  # doctest: +SKIP
+    >>> model, report = tensorize(model, [Rule("*.mlp.c_fc"), Rule("*.mlp.c_proj")], budget=0.3)  # doctest: +SKIP
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"tensorize: model must be an nn.Module, got {type(model).__name__}")
     rules = _rules(rule)
+    if budget is not None:
+        budget = _budget.check_budget(budget)
     before = sum(p.numel() for p in model.parameters())
-    converted, skipped = _convert(model, rules)
+    converted, skipped, plans = _convert(model, rules, budget)
     if skipped:
         _backend.warn(
             "tensorize: left dense (their parents read their weight tensors directly): "
@@ -401,10 +400,17 @@ def tensorize(
     for name, _, new, _ in converted:
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, new)
-    layers = [_layer_report(model, name, old, new, kind) for name, old, new, kind in converted]
+    layers = [
+        _layer_report(model, name, old, new, kind, plans.get(name)) for name, old, new, kind in converted
+    ]
     after = sum(p.numel() for p in model.parameters())
     materialize(model)  # layers with equal core shapes rebuild their weights together in training
     report = TensorizeReport(
-        layers=layers, model_params_before=before, model_params_after=after, skipped=skipped
+        layers=layers,
+        model_params_before=before,
+        model_params_after=after,
+        skipped=skipped,
+        budget=budget,
+        allocation="" if budget is None else _budget.ALLOCATION,
     )
     return model, report

@@ -1,0 +1,139 @@
+"""The parameter-budget allocator against uniform ranks at equal parameters, on a trained GPT-2. Not a test.
+
+    python benchmarks/bench_budget.py                      # compare's model, 150 pre-training steps
+    python benchmarks/bench_budget.py --pretrain 100 --steps 30 --seeds 0   # a quick look
+
+A dense GPT-2 of ``python -m tensornet.gpt2 compare``'s size (4 layers x 256, 4 heads, a 4,096-token BPE of the
+embedded standard-library corpus, context 128) is pre-trained for ``--pretrain`` steps with compare's recipe.
+Its MLP layers (``c_fc`` 256 -> 1024, ``c_proj`` 1024 -> 256, 8 layers) are then converted from the trained
+weights two ways, with the same core shapes (4 balanced cores):
+
+* **uniform**: every bond at rank ``r`` (``Rule(..., rank=r)``), today's default;
+* **budget**: ``tensorize(model, [Rule(c_fc), Rule(c_proj)], budget=b)`` with ``b`` the uniform model's
+  TT-core parameters over the dense weights, so the allocator gets at most as many parameters.
+
+Columns: TT-core parameters, the replaced weights' relative conversion error taken together
+(``TensorizeReport.total_error``), validation perplexity right after conversion, and after ``--steps`` steps of
+the same training (one seed per run, the seeds of ``--seeds``; each seed draws other batches). Public names of
+``tensornet.gpt2`` and ``tensornet.nn`` only. Results: ``benchmarks/results/budget.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import statistics
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # shared cores: no spin-waiting OpenMP threads
+
+import _harness as H
+import torch
+
+from tensornet import gpt2
+from tensornet.nn import Rule, tensorize
+
+LAYERS = ("transformer.h.*.mlp.c_fc", "transformer.h.*.mlp.c_proj")
+
+
+def encode(tokenizer, texts) -> torch.Tensor:
+    eot = tokenizer.token_to_id("<|endoftext|>")
+    ids: list[int] = []
+    for encoding in tokenizer.encode_batch(list(texts)):
+        ids += [*encoding.ids, eot]
+    return torch.tensor(ids, dtype=torch.int64)
+
+
+def recipe(steps: int, seed: int, lr: float, warmup: int) -> gpt2.TrainConfig:
+    """compare's recipe (batch 16 x 128, AdamW, cosine) at ``steps`` steps; TT cores at the dense rate."""
+    return gpt2.TrainConfig(
+        steps=steps,
+        batch_size=16,
+        block_size=128,
+        lr=lr,
+        warmup=warmup,
+        weight_decay=0.01,
+        beta2=0.99,
+        eval_tokens=0,
+        seed=seed,
+    )
+
+
+def convert(dense, rank: int | None, budget: float | None, ncores: int):
+    model = copy.deepcopy(dense)
+    rules = [Rule(pattern, rank=rank, ncores=ncores) for pattern in LAYERS]
+    return tensorize(model, rules, budget=budget)
+
+
+def core_params(report) -> int:
+    return sum(layer.params_after - layer.bias_params for layer in report.layers)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pretrain", type=int, default=150, help="dense pre-training steps")
+    parser.add_argument("--steps", type=int, default=40, help="training steps after conversion")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--ranks", type=int, nargs="+", default=[8, 16, 32], help="uniform ranks to match")
+    parser.add_argument("--train-rank", type=int, default=16, help="the rank whose models are trained")
+    parser.add_argument("--ncores", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    print("\n".join(H.machine()))
+
+    corpus = gpt2.stdlib_corpus(max_chars=1_500_000)
+    tokenizer = gpt2.train_tokenizer(corpus.train, vocab_size=4096)
+    train_ids, val_ids = encode(tokenizer, corpus.train), encode(tokenizer, corpus.val)
+    config = gpt2.gpt2_config(vocab_size=4096, block_size=128, preset=None, n_layer=4, n_embd=256, n_head=4)
+    dense = gpt2.build_model(config, seed=0)
+    gpt2.train(dense, train_ids, val_ids, recipe(args.pretrain, 0, 2e-3, 30))
+
+    def ppl(model) -> float:
+        return math.exp(gpt2.evaluate(model, val_ids, block_size=128, batch_size=16))
+
+    print(
+        f"dense pre-trained {args.pretrain} steps: val perplexity {ppl(dense):.2f} "
+        f"({time.perf_counter() - started:.0f} s so far)\n"
+    )
+    print(
+        "| uniform rank | model | TT-core params | % of dense MLP weights | conversion error | ppl after conversion |"
+    )
+    print("|---:|---|---:|---:|---:|---:|")
+    trained_pair = {}
+    for rank in args.ranks:
+        uniform, uniform_report = convert(dense, rank, None, args.ncores)
+        budget = uniform_report.weight_ratio
+        allocated, budget_report = convert(dense, None, budget, args.ncores)
+        for name, model, report in (
+            ("uniform", uniform, uniform_report),
+            ("budget", allocated, budget_report),
+        ):
+            print(
+                f"| {rank} | {name} | {core_params(report):,} | {100 * report.weight_ratio:.2f} | "
+                f"{report.total_error:.4f} | {ppl(model):.2f} |"
+            )
+        if rank == args.train_rank:
+            trained_pair = {"uniform": uniform, "budget": allocated}
+            print(f"\nbudget allocation at rank {rank}'s size:\n{budget_report}\n")
+    if not trained_pair:
+        return
+    print(f"\nafter {args.steps} training steps (lr 5e-4, warmup 10, cosine), val perplexity per seed:\n")
+    print("| model | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean |")
+    print("|---|" + "---:|" * (len(args.seeds) + 1))
+    for name, converted in trained_pair.items():
+        values = []
+        for seed in args.seeds:
+            model = copy.deepcopy(converted)
+            gpt2.train(model, train_ids, val_ids, recipe(args.steps, seed, 5e-4, 10))
+            values.append(ppl(model))
+        cells = " | ".join(f"{v:.2f}" for v in values)
+        print(f"| {name} (rank {args.train_rank} size) | {cells} | {statistics.mean(values):.2f} |")
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
