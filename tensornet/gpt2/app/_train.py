@@ -49,15 +49,10 @@ class History:
     @property
     def val_ppl(self) -> float:
         """The last validation perplexity (NaN before the first evaluation)."""
-        return _ppl(self.val[-1][1]) if self.val else float("nan")
+        return perplexity(self.val[-1][1]) if self.val else float("nan")
 
 
-def nparams(model: nn.Module) -> int:
-    """The model's parameters, each counted once (GPT-2's LM head shares the token embedding's)."""
-    return sum(p.numel() for p in model.parameters())
-
-
-def _ppl(loss: float) -> float:
+def perplexity(loss: float) -> float:
     """Perplexity ``exp(loss)``, infinite rather than an OverflowError for a diverged model."""
     return math.exp(loss) if loss < 700 else float("inf")
 
@@ -190,7 +185,7 @@ class RunLog:
 
     @staticmethod
     def _eval(step: int, loss: float) -> str:
-        return json.dumps({"step": step, "val_loss": loss, "val_ppl": _ppl(loss)}) + "\n"
+        return json.dumps({"step": step, "val_loss": loss, "val_ppl": perplexity(loss)}) + "\n"
 
     def step(self, step: int, loss: float) -> None:
         """Log optimizer step ``step`` (0-based, written 1-based like the evaluations)."""
