@@ -12,13 +12,13 @@ import math
 import os
 import re
 import struct
-import sys
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 
 from . import files as _files
+from ._config import is_int
 from ._tensorize import TensorizeConfig
 
 _WEIGHTS = "model.safetensors"
@@ -26,40 +26,28 @@ _CHECKSUM = "tensornet.sha256"  # safetensors metadata key: SHA-256 of the tenso
 _PICKLE_WEIGHTS = ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")
 
 
-_DTYPE_CODES = {  # torch dtype name -> safetensors code
-    **{f"float{n}": f"F{n}" for n in (16, 32, 64)},
-    **{f"int{n}": f"I{n}" for n in (8, 16, 32, 64)},
-    **{"bfloat16": "BF16", "uint8": "U8", "bool": "BOOL"},
-}
+def write_weights(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write ``tensors`` to the new file ``path`` as safetensors, the same bytes for the same tensors.
 
-
-def write_weights(f: BinaryIO, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Write ``tensors`` (float, int, bool) to the open file ``f`` as safetensors, keys in sorted order.
-
-    Not ``safetensors.torch.save_file``: it writes the metadata keys in hash order, so the same model gives
-    different bytes from run to run; a saved model is reproducible byte for byte (format: 8-byte header
-    length, JSON header of dtypes, shapes, byte ranges and ``__metadata__``, then the bytes).
+    ``safetensors.torch.save_file`` writes the metadata keys in hash order, which changes from process to
+    process; the header is rewritten in place with its keys sorted (the same JSON, so the same length), so a
+    saved model is reproducible byte for byte. The name is claimed new first (never a planted file or link).
     """
-    if sys.byteorder != "little":
-        raise NotImplementedError(
-            "save_model: safetensors stores little-endian bytes; this host is big-endian"
+    from safetensors.torch import save_file
+
+    os.close(_files.create_file(path))
+    save_file(tensors, str(path), metadata=metadata)
+    with open(path, "r+b") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.dumps(
+            json.loads(f.read(size)), sort_keys=True, separators=(",", ":"), ensure_ascii=False
         )
-    header: dict[str, Any] = {}
-    offset = 0
-    for name in sorted(tensors):
-        t = tensors[name]
-        code = _DTYPE_CODES.get(str(t.dtype).removeprefix("torch."))
-        if code is None:
-            raise TypeError(f"save_model: {name} has dtype {t.dtype}, which save_model does not store")
-        size = t.numel() * t.element_size()
-        header[name] = {"dtype": code, "shape": list(t.shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    header["__metadata__"] = dict(sorted(metadata.items()))
-    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
-    f.write(struct.pack("<Q", len(raw)) + raw)
-    for name in sorted(tensors):
-        f.write(_files.tensor_bytes(tensors[name].detach().cpu()))
+        raw = header.encode("utf-8")
+        if len(raw) <= size:  # always, for the same JSON; never a header that does not fit
+            f.seek(8)
+            f.write(raw.ljust(size))
+        f.flush()
+        os.fsync(f.fileno())
 
 
 # ---------------------------------------------------------------------------------- checks before building
@@ -77,10 +65,6 @@ _FLAGS = (
     "use_cache",
 )
 _ATTENTION = (None, "eager", "sdpa")  # what runs without optional packages
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_number(value: Any) -> bool:
@@ -141,18 +125,18 @@ def _check_config(raw: Any, file: Path) -> dict[str, Any]:
     sizes: dict[str, Any] = {}
     for key, top in _SIZES.items():
         value = raw.get(key, getattr(defaults, key))
-        if not _is_int(value) or not 1 <= value <= top:
+        if not is_int(value) or not 1 <= value <= top:
             raise _bad(file, key, f"an integer in [1, {top:,}]", value)
         sizes[key] = value
     inner = raw.get("n_inner")
-    if inner is not None and (not _is_int(inner) or not 1 <= inner <= 2**20):
+    if inner is not None and (not is_int(inner) or not 1 <= inner <= 2**20):
         raise _bad(file, "n_inner", "null or an integer in [1, 1,048,576]", inner)
     sizes["n_inner"] = inner
     if sizes["n_embd"] % sizes["n_head"]:
         raise _bad(file, "n_head", f"a divisor of n_embd {sizes['n_embd']}", sizes["n_head"])
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
         value = raw.get(key)
-        if value is not None and (not _is_int(value) or value < 0):
+        if value is not None and (not is_int(value) or value < 0):
             raise _bad(file, key, "null or a token id >= 0", value)
     for key in _PROBABILITIES:
         value = raw.get(key, 0.0)
@@ -210,7 +194,7 @@ def _read_header(file: Path) -> dict[str, tuple[int, ...]]:
         if name == "__metadata__":
             continue
         shape = entry.get("shape") if isinstance(entry, dict) else None
-        if not (isinstance(shape, list) and all(_is_int(n) and n >= 0 for n in shape)):
+        if not (isinstance(shape, list) and all(is_int(n) and n >= 0 for n in shape)):
             raise damaged(f"no shape for {name!r}")
         shapes[name] = tuple(shape)
     return shapes

@@ -26,36 +26,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-__all__ = [
-    "MODEL_FILES",
-    "MODEL_MARK",
-    "NAME_MAX",
-    "PICKLE_NOTE",
-    "atomic_save",
-    "atomic_write",
-    "check_creatable",
-    "check_name_length",
-    "clear_leftover",
-    "content_sha256",
-    "fsync_dir",
-    "make_tmp_dir",
-    "not_a_file",
-    "parse_json",
-    "plain_file",
-    "probe_writable",
-    "read_safetensors",
-    "read_small_file",
-    "remove_stale_tmp",
-    "restore_set_aside",
-    "tensor_bytes",
-    "tmp_path",
-    "tmp_stem",
-    "write_error",
-    "write_json",
-    "write_new",
-    "write_text",
-]
-
 PICKLE_NOTE = (
     "pickle files are not loaded because unpickling can run arbitrary code; "
     "start a new run (tensornet now writes checkpoint.safetensors)"
@@ -148,16 +118,19 @@ def clear_leftover(path: Path, dir_files: Iterable[str] = ()) -> None:
             os.unlink(path)
         return
     names = set(dir_files)
-    if stat.S_ISDIR(st.st_mode) and names:
-        inside = list(path.iterdir())
-        if all(plain_file(p) and (p.name in names or _own_tmp(p.name, names)) for p in inside):
-            for p in inside:
-                p.unlink()
-            path.rmdir()
-            return
+    if stat.S_ISDIR(st.st_mode) and names and _holds_only(path, names):
+        remove_folder(path)
+        return
     raise FileExistsError(
         f"cannot use the temporary name {str(path)!r}: something tensornet did not write is there; remove it"
     )
+
+
+def remove_folder(folder: Path) -> None:
+    """Remove ``folder`` and the files in it (one of the package's own: checked by the caller)."""
+    for p in folder.iterdir():
+        p.unlink()
+    folder.rmdir()
 
 
 def plain_file(path: Path) -> bool:
@@ -354,9 +327,7 @@ def remove_stale_tmp(
                 os.replace(entry, folder / name)  # the folder a killed save_model had set aside
                 fsync_dir(folder)
             else:
-                for p in entry.iterdir():
-                    p.unlink()
-                entry.rmdir()
+                remove_folder(entry)
             removed.append(entry)
     return removed
 
