@@ -178,7 +178,7 @@ def _write_model(model: nn.Module, given: Path, tokenizer) -> None:
     set_aside: Path | None = None  # the replaced folder while it is out of place
     try:
         _files.write_new(tmp / "config.json", lambda f: f.write(config_json))
-        write_weights(tmp / _WEIGHTS, state, metadata)
+        _files.write_new(tmp / _WEIGHTS, lambda f: write_weights(f, state, metadata))
         if tokenizer_json is not None:
             _files.write_new(tmp / "tokenizer.json", lambda f: f.write(tokenizer_json))
         mark = (json.dumps(_MARK, indent=2) + "\n").encode("utf-8")

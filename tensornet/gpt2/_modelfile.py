@@ -12,8 +12,9 @@ import math
 import os
 import re
 import struct
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -26,28 +27,41 @@ _CHECKSUM = "tensornet.sha256"  # safetensors metadata key: SHA-256 of the tenso
 _PICKLE_WEIGHTS = ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")
 
 
-def write_weights(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Write ``tensors`` to the new file ``path`` as safetensors, the same bytes for the same tensors.
+_DTYPE_CODES = {  # torch dtype name -> safetensors code
+    **{f"float{n}": f"F{n}" for n in (16, 32, 64)},
+    **{f"int{n}": f"I{n}" for n in (8, 16, 32, 64)},
+    **{"bfloat16": "BF16", "uint8": "U8", "bool": "BOOL"},
+}
 
-    ``safetensors.torch.save_file`` writes the metadata keys in hash order, which changes from process to
-    process; the header is rewritten in place with its keys sorted (the same JSON, so the same length), so a
-    saved model is reproducible byte for byte. The name is claimed new first (never a planted file or link).
+
+def write_weights(f: BinaryIO, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write ``tensors`` (float, int, bool) to the open file ``f`` as safetensors, keys in sorted order.
+
+    Not ``safetensors.torch.save_file``: it writes the metadata keys in hash order, so the same model gives
+    different bytes from save to save, and a full disk raises its ``SafetensorError``, not an ``OSError`` naming
+    the file. A saved model is reproducible byte for byte (format: 8-byte header length, JSON header of dtypes,
+    shapes, byte ranges and ``__metadata__``, then the bytes).
     """
-    from safetensors.torch import save_file
-
-    os.close(_files.create_file(path))
-    save_file(tensors, str(path), metadata=metadata)
-    with open(path, "r+b") as f:
-        (size,) = struct.unpack("<Q", f.read(8))
-        header = json.dumps(
-            json.loads(f.read(size)), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    if sys.byteorder != "little":
+        raise NotImplementedError(
+            "save_model: safetensors stores little-endian bytes; this host is big-endian"
         )
-        raw = header.encode("utf-8")
-        if len(raw) <= size:  # always, for the same JSON; never a header that does not fit
-            f.seek(8)
-            f.write(raw.ljust(size))
-        f.flush()
-        os.fsync(f.fileno())
+    header: dict[str, Any] = {}
+    offset = 0
+    for name in sorted(tensors):
+        t = tensors[name]
+        code = _DTYPE_CODES.get(str(t.dtype).removeprefix("torch."))
+        if code is None:
+            raise TypeError(f"save_model: {name} has dtype {t.dtype}, which save_model does not store")
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": code, "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    header["__metadata__"] = dict(sorted(metadata.items()))
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
+    f.write(struct.pack("<Q", len(raw)) + raw)
+    for name in sorted(tensors):
+        f.write(_files.tensor_bytes(tensors[name].detach().cpu()))
 
 
 # ---------------------------------------------------------------------------------- checks before building
