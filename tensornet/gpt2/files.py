@@ -1,14 +1,13 @@
 """The file guarantees of ``save_model``/``load_model`` and of the application: nothing the user owns is lost.
 
 * atomic writes (:func:`atomic_write`, :func:`atomic_save`): a temporary ``.NAME.tmpPID`` next to the target,
-  created with ``O_EXCL | O_NOFOLLOW`` (never a file or a symbolic link someone planted there), flushed to
-  disk and renamed over the target with ``os.replace`` (a link at the target is replaced itself, never
-  written through). Not ``tempfile.mkstemp``: the writer's pid in the name is what lets the next start tell
-  a killed writer's leftover from a live writer's file. Leftovers, and links planted under these names, are
-  removed at the next start (:func:`remove_stale_tmp`: only names of this pattern, only names the package
-  writes in that folder); a folder set aside as ``.NAME.oldPID`` by a ``save_model`` killed between its two
-  renames is renamed back to NAME. A NAME too long to take the suffix within the file system's limit on a
-  name is shortened in the temporary name (its head and a hash);
+  created with ``O_EXCL | O_NOFOLLOW`` (never a planted file or symbolic link), flushed to disk and renamed
+  over the target with ``os.replace`` (a link at the target is replaced, never written through). Not
+  ``tempfile.mkstemp``: the writer's pid in the name tells a killed writer's leftover from a live writer's
+  file. Leftovers, and links planted under these names, are removed at the next start
+  (:func:`remove_stale_tmp`: only these names, only names the package writes in that folder); a folder set
+  aside as ``.NAME.oldPID`` by a ``save_model`` killed between its two renames is renamed back to NAME. A
+  NAME too long for the suffix within the file system's limit is shortened (its head and a hash);
 * checked reads: :func:`read_small_file` (a regular file of bounded size), :func:`parse_json`,
   :func:`read_safetensors` and :func:`content_sha256` (the SHA-256 the package stores with its tensors).
 """
@@ -25,6 +24,37 @@ import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
+
+__all__ = [
+    "MODEL_FILES",
+    "MODEL_MARK",
+    "NAME_MAX",
+    "PICKLE_NOTE",
+    "atomic_save",
+    "atomic_write",
+    "check_creatable",
+    "check_name_length",
+    "clear_leftover",
+    "content_sha256",
+    "fsync_dir",
+    "make_tmp_dir",
+    "not_a_file",
+    "parse_json",
+    "plain_file",
+    "probe_writable",
+    "read_safetensors",
+    "read_small_file",
+    "remove_folder",
+    "remove_stale_tmp",
+    "restore_set_aside",
+    "tensor_bytes",
+    "tmp_path",
+    "tmp_stem",
+    "write_error",
+    "write_json",
+    "write_new",
+    "write_text",
+]
 
 PICKLE_NOTE = (
     "pickle files are not loaded because unpickling can run arbitrary code; "
@@ -275,9 +305,12 @@ def _owners(names: Iterable[str] | re.Pattern[str]) -> Callable[[str], str | Non
 
 def _holds_only(folder: Path, dir_files: set[str]) -> bool:
     """``folder`` holds nothing but regular files named in ``dir_files`` (and their own leftovers)."""
-    return all(
-        plain_file(p) and (p.name in dir_files or _own_tmp(p.name, dir_files)) for p in folder.iterdir()
-    )
+    stems = {tmp_stem(n) for n in dir_files}
+    for p in folder.iterdir():
+        match = _TMP.match(p.name)
+        if not plain_file(p) or not (p.name in dir_files or (match is not None and match["name"] in stems)):
+            return False
+    return True
 
 
 def remove_stale_tmp(
@@ -343,11 +376,6 @@ def restore_set_aside(path: Path, dir_files: Iterable[str]) -> bool:
         return False
     remove_stale_tmp(path.parent, [path.name], dir_files=dir_files, live=False)
     return path.is_dir()
-
-
-def _own_tmp(name: str, names: set[str]) -> bool:
-    match = _TMP.match(name)
-    return match is not None and match["name"] in {tmp_stem(n) for n in names}
 
 
 def probe_writable(folder: Path, where: str) -> None:
