@@ -53,7 +53,6 @@ __all__ = [
     "write_error",
     "write_json",
     "write_new",
-    "write_text",
 ]
 
 PICKLE_NOTE = (
@@ -246,20 +245,19 @@ def _replace(path: Path, fill: Callable[[Path], object]) -> None:
         with contextlib.suppress(OSError):
             if plain_file(tmp):
                 tmp.unlink()
+        wrapped = re.search(r"\(os error (\d+)\)", str(err))  # safetensors' SafetensorError on a failed write
+        if wrapped is not None and isinstance(err, Exception) and not isinstance(err, OSError):
+            err = OSError(int(wrapped[1]), os.strerror(int(wrapped[1])))
         if isinstance(err, OSError) and err.errno is not None:
             raise write_error(path, err) from None
         raise
     fsync_dir(path.parent)
 
 
-def write_text(path: Path, text: str) -> None:
-    """Atomically write ``text`` as UTF-8 (:func:`atomic_write`)."""
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
-
-
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Atomically write ``obj`` as indented JSON."""
-    write_text(Path(path), json.dumps(obj, indent=2) + "\n")
+    """Atomically write ``obj`` as indented JSON (:func:`atomic_write`)."""
+    text = json.dumps(obj, indent=2) + "\n"
+    atomic_write(Path(path), lambda f: f.write(text.encode("utf-8")))
 
 
 def parse_json(text: str | bytes) -> Any:

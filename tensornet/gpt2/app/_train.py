@@ -173,7 +173,8 @@ class RunLog:
             lines.append(self._step(i, loss))
             if i + 1 in evals:
                 lines.append(self._eval(i + 1, evals[i + 1]))
-        _files.write_text(path, "".join(lines))
+        text = "".join(lines).encode("utf-8")
+        _files.atomic_write(path, lambda f: f.write(text))
         try:  # the file just written (a link put there since is not followed)
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
         except OSError as err:
