@@ -16,8 +16,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "tensornet"
 MAX_MODULE_LINES = 460
 MAX_FUNCTION_LINES = 60
 
-# TEMPORARY: being split on branches small-adapter/complete2; the lead removes this exclusion at merge
-EXCLUDED = ("gpt2",)
+# top-level subpackages left out of the limits (none: every module is held to them)
+EXCLUDED: tuple[str, ...] = ()
 
 # functions allowed past MAX_FUNCTION_LINES, "module path:qualified name" -> why (keep this short)
 ALLOWED: dict[str, str] = {}

@@ -511,3 +511,23 @@ def test_a_full_disk_names_the_file(shared, tmp_path, capsys, monkeypatch):
     assert code(train_argv(shared, out)) == 2
     one_line_error(capsys, "cannot write", str(out / "checkpoint.safetensors"), "No space left", "free some")
     assert not list(out.glob(".checkpoint.safetensors.tmp*"))  # the partial file is removed
+
+
+def test_a_full_disk_inside_safetensors_names_the_file(shared, tmp_path, capsys, monkeypatch):
+    # safetensors reports a failed write as its own SafetensorError, the OS error only in the message
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    save_file = safetensors.torch.save_file
+
+    def full(tensors, filename, metadata=None):
+        if ".checkpoint.safetensors.tmp" not in str(filename):
+            return save_file(tensors, filename, metadata=metadata)
+        Path(filename).write_bytes(b"partial")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    out = tmp_path / "run"
+    assert code(train_argv(shared, out)) == 2
+    one_line_error(capsys, "cannot write", str(out / "checkpoint.safetensors"), "No space left", "free some")
+    assert not list(out.glob(".checkpoint.safetensors.tmp*"))  # the partial file is removed

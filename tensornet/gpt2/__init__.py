@@ -46,6 +46,7 @@ _HOMES = {
     "layer_shapes": "._tensorize",
     "lowrank": "._tensorize",
     "lowrank_rank_for": "._tensorize",
+    "nparams": "._tensorize",
     "paper_shapes": "._tensorize",
     "tensorize": "._tensorize",
     "History": ".app._train",

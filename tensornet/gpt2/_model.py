@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from . import files as _files
-from ._config import PRESETS
+from ._config import PRESETS, count
 from ._modelfile import _CHECKSUM, _WEIGHTS, base_names, checked_folder, write_weights
 
 
@@ -42,8 +42,7 @@ def gpt2_config(
         ("n_head", heads),
         ("block_size", block_size),
     ):
-        if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
+        count("gpt2_config", name, value)
     if width % heads:
         raise ValueError(f"n_embd {width} is not divisible by n_head {heads}")
     if not 0.0 <= dropout < 1.0:
@@ -193,9 +192,7 @@ def _write_model(model: nn.Module, given: Path, tokenizer) -> None:
             set_aside = old
             os.replace(tmp, target)
             set_aside = None
-            for file in old.iterdir():
-                file.unlink()
-            old.rmdir()
+            _files.remove_folder(old)
         else:  # new, or an empty folder (rename replaces an empty folder)
             os.replace(tmp, target)
     except BaseException as err:
@@ -203,9 +200,7 @@ def _write_model(model: nn.Module, given: Path, tokenizer) -> None:
             with contextlib.suppress(OSError):
                 os.replace(set_aside, target)
         if tmp.is_dir() and not tmp.is_symlink():
-            for file in tmp.iterdir():
-                file.unlink()
-            tmp.rmdir()
+            _files.remove_folder(tmp)
         if isinstance(err, OSError) and err.errno is not None:
             raise _files.write_error(target, err) from None
         raise

@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 import torch
 
 from . import files as _files
+from ._config import is_int
 from ._tensorize import TensorizeConfig
 
 _WEIGHTS = "model.safetensors"
@@ -37,8 +38,9 @@ def write_weights(f: BinaryIO, tensors: dict[str, torch.Tensor], metadata: dict[
     """Write ``tensors`` (float, int, bool) to the open file ``f`` as safetensors, keys in sorted order.
 
     Not ``safetensors.torch.save_file``: it writes the metadata keys in hash order, so the same model gives
-    different bytes from run to run; a saved model is reproducible byte for byte (format: 8-byte header
-    length, JSON header of dtypes, shapes, byte ranges and ``__metadata__``, then the bytes).
+    different bytes from save to save, and a full disk raises its ``SafetensorError``, not an ``OSError`` naming
+    the file. A saved model is reproducible byte for byte (format: 8-byte header length, JSON header of dtypes,
+    shapes, byte ranges and ``__metadata__``, then the bytes).
     """
     if sys.byteorder != "little":
         raise NotImplementedError(
@@ -77,10 +79,6 @@ _FLAGS = (
     "use_cache",
 )
 _ATTENTION = (None, "eager", "sdpa")  # what runs without optional packages
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_number(value: Any) -> bool:
@@ -141,18 +139,18 @@ def _check_config(raw: Any, file: Path) -> dict[str, Any]:
     sizes: dict[str, Any] = {}
     for key, top in _SIZES.items():
         value = raw.get(key, getattr(defaults, key))
-        if not _is_int(value) or not 1 <= value <= top:
+        if not is_int(value) or not 1 <= value <= top:
             raise _bad(file, key, f"an integer in [1, {top:,}]", value)
         sizes[key] = value
     inner = raw.get("n_inner")
-    if inner is not None and (not _is_int(inner) or not 1 <= inner <= 2**20):
+    if inner is not None and (not is_int(inner) or not 1 <= inner <= 2**20):
         raise _bad(file, "n_inner", "null or an integer in [1, 1,048,576]", inner)
     sizes["n_inner"] = inner
     if sizes["n_embd"] % sizes["n_head"]:
         raise _bad(file, "n_head", f"a divisor of n_embd {sizes['n_embd']}", sizes["n_head"])
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
         value = raw.get(key)
-        if value is not None and (not _is_int(value) or value < 0):
+        if value is not None and (not is_int(value) or value < 0):
             raise _bad(file, key, "null or a token id >= 0", value)
     for key in _PROBABILITIES:
         value = raw.get(key, 0.0)
@@ -210,7 +208,7 @@ def _read_header(file: Path) -> dict[str, tuple[int, ...]]:
         if name == "__metadata__":
             continue
         shape = entry.get("shape") if isinstance(entry, dict) else None
-        if not (isinstance(shape, list) and all(_is_int(n) and n >= 0 for n in shape)):
+        if not (isinstance(shape, list) and all(is_int(n) and n >= 0 for n in shape)):
             raise damaged(f"no shape for {name!r}")
         shapes[name] = tuple(shape)
     return shapes

@@ -1,14 +1,13 @@
 """The file guarantees of ``save_model``/``load_model`` and of the application: nothing the user owns is lost.
 
 * atomic writes (:func:`atomic_write`, :func:`atomic_save`): a temporary ``.NAME.tmpPID`` next to the target,
-  created with ``O_EXCL | O_NOFOLLOW`` (never a file or a symbolic link someone planted there), flushed to
-  disk and renamed over the target with ``os.replace`` (a link at the target is replaced itself, never
-  written through). Not ``tempfile.mkstemp``: the writer's pid in the name is what lets the next start tell
-  a killed writer's leftover from a live writer's file. Leftovers, and links planted under these names, are
-  removed at the next start (:func:`remove_stale_tmp`: only names of this pattern, only names the package
-  writes in that folder); a folder set aside as ``.NAME.oldPID`` by a ``save_model`` killed between its two
-  renames is renamed back to NAME. A NAME too long to take the suffix within the file system's limit on a
-  name is shortened in the temporary name (its head and a hash);
+  created with ``O_EXCL | O_NOFOLLOW`` (never a planted file or symbolic link), flushed to disk and renamed
+  over the target with ``os.replace`` (a link at the target is replaced, never written through). Not
+  ``tempfile.mkstemp``: the writer's pid in the name tells a killed writer's leftover from a live writer's
+  file. Leftovers, and links planted under these names, are removed at the next start
+  (:func:`remove_stale_tmp`: only these names, only names the package writes in that folder); a folder set
+  aside as ``.NAME.oldPID`` by a ``save_model`` killed between its two renames is renamed back to NAME. A
+  NAME too long for the suffix within the file system's limit is shortened (its head and a hash);
 * checked reads: :func:`read_small_file` (a regular file of bounded size), :func:`parse_json`,
   :func:`read_safetensors` and :func:`content_sha256` (the SHA-256 the package stores with its tensors).
 """
@@ -45,6 +44,7 @@ __all__ = [
     "probe_writable",
     "read_safetensors",
     "read_small_file",
+    "remove_folder",
     "remove_stale_tmp",
     "restore_set_aside",
     "tensor_bytes",
@@ -53,7 +53,6 @@ __all__ = [
     "write_error",
     "write_json",
     "write_new",
-    "write_text",
 ]
 
 PICKLE_NOTE = (
@@ -148,16 +147,19 @@ def clear_leftover(path: Path, dir_files: Iterable[str] = ()) -> None:
             os.unlink(path)
         return
     names = set(dir_files)
-    if stat.S_ISDIR(st.st_mode) and names:
-        inside = list(path.iterdir())
-        if all(plain_file(p) and (p.name in names or _own_tmp(p.name, names)) for p in inside):
-            for p in inside:
-                p.unlink()
-            path.rmdir()
-            return
+    if stat.S_ISDIR(st.st_mode) and names and _holds_only(path, names):
+        remove_folder(path)
+        return
     raise FileExistsError(
         f"cannot use the temporary name {str(path)!r}: something tensornet did not write is there; remove it"
     )
+
+
+def remove_folder(folder: Path) -> None:
+    """Remove ``folder`` and the files in it (one of the package's own: checked by the caller)."""
+    for p in folder.iterdir():
+        p.unlink()
+    folder.rmdir()
 
 
 def plain_file(path: Path) -> bool:
@@ -243,20 +245,19 @@ def _replace(path: Path, fill: Callable[[Path], object]) -> None:
         with contextlib.suppress(OSError):
             if plain_file(tmp):
                 tmp.unlink()
+        wrapped = re.search(r"\(os error (\d+)\)", str(err))  # safetensors' SafetensorError on a failed write
+        if wrapped is not None and isinstance(err, Exception) and not isinstance(err, OSError):
+            err = OSError(int(wrapped[1]), os.strerror(int(wrapped[1])))
         if isinstance(err, OSError) and err.errno is not None:
             raise write_error(path, err) from None
         raise
     fsync_dir(path.parent)
 
 
-def write_text(path: Path, text: str) -> None:
-    """Atomically write ``text`` as UTF-8 (:func:`atomic_write`)."""
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
-
-
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Atomically write ``obj`` as indented JSON."""
-    write_text(Path(path), json.dumps(obj, indent=2) + "\n")
+    """Atomically write ``obj`` as indented JSON (:func:`atomic_write`)."""
+    text = json.dumps(obj, indent=2) + "\n"
+    atomic_write(Path(path), lambda f: f.write(text.encode("utf-8")))
 
 
 def parse_json(text: str | bytes) -> Any:
@@ -302,9 +303,12 @@ def _owners(names: Iterable[str] | re.Pattern[str]) -> Callable[[str], str | Non
 
 def _holds_only(folder: Path, dir_files: set[str]) -> bool:
     """``folder`` holds nothing but regular files named in ``dir_files`` (and their own leftovers)."""
-    return all(
-        plain_file(p) and (p.name in dir_files or _own_tmp(p.name, dir_files)) for p in folder.iterdir()
-    )
+    stems = {tmp_stem(n) for n in dir_files}
+    for p in folder.iterdir():
+        match = _TMP.match(p.name)
+        if not plain_file(p) or not (p.name in dir_files or (match is not None and match["name"] in stems)):
+            return False
+    return True
 
 
 def remove_stale_tmp(
@@ -354,9 +358,7 @@ def remove_stale_tmp(
                 os.replace(entry, folder / name)  # the folder a killed save_model had set aside
                 fsync_dir(folder)
             else:
-                for p in entry.iterdir():
-                    p.unlink()
-                entry.rmdir()
+                remove_folder(entry)
             removed.append(entry)
     return removed
 
@@ -372,11 +374,6 @@ def restore_set_aside(path: Path, dir_files: Iterable[str]) -> bool:
         return False
     remove_stale_tmp(path.parent, [path.name], dir_files=dir_files, live=False)
     return path.is_dir()
-
-
-def _own_tmp(name: str, names: set[str]) -> bool:
-    match = _TMP.match(name)
-    return match is not None and match["name"] in {tmp_stem(n) for n in names}
 
 
 def probe_writable(folder: Path, where: str) -> None:

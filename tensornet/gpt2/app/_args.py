@@ -60,6 +60,12 @@ LOWRANK_LR_SCALE = 9.0
 # compare's evaluations without --eval-every: this many log-spaced steps, the last the end (loss_curves.png)
 EVAL_POINTS = 6
 
+
+def log_spaced(steps: int, points: int = EVAL_POINTS) -> tuple[int, ...]:
+    """About ``points`` steps spaced evenly on a log scale from the first to the last."""
+    return tuple(sorted({max(1, round(steps ** (k / points))) for k in range(1, points + 1)}))
+
+
 # compare's defaults: short runs sized for 2 CPU cores (benchmarks/results/gpt2_compare_cpu.md)
 COMPARE_RECIPE = TrainConfig(
     steps=300,
@@ -243,16 +249,26 @@ def _add_threads(p: argparse.ArgumentParser) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- commands
-def _compare_parser(sub) -> None:
-    p = sub.add_parser(
-        "compare",
+def _command(sub, name: str, text: str, description: str, *, epilog: str | None = EPILOG):
+    """The subparser of command ``name``: one-line ``text`` in the overview, ``description`` in its --help."""
+    return sub.add_parser(
+        name,
         allow_abbrev=False,
-        help="train dense, TTM and low-rank GPT-2 side by side (CPU: < 10 min)",
-        description="Train a dense GPT-2, the same model with TTM MLPs and a low-rank (SVD-style) baseline of "
+        help=text,
+        description=description,
+        epilog=epilog,
+        formatter_class=_Formatter,
+    )
+
+
+def _compare_parser(sub) -> None:
+    p = _command(
+        sub,
+        "compare",
+        "train dense, TTM and low-rank GPT-2 side by side (CPU: < 10 min)",
+        "Train a dense GPT-2, the same model with TTM MLPs and a low-rank (SVD-style) baseline of "
         "similar size, each with the same seed, token budget and data order; print a paper-style table and "
         "write results.json and loss_curves.png to --out.",
-        epilog=EPILOG,
-        formatter_class=_Formatter,
     )
     _add_out(
         p,
@@ -304,16 +320,14 @@ def _add_checkpoint_args(p: argparse.ArgumentParser) -> None:
 
 
 def _train_parser(sub) -> None:
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "train",
-        allow_abbrev=False,
-        help="pre-train one GPT-2 (dense, TTM or low-rank), with checkpoints and DDP",
-        description="Pre-train GPT-2 from scratch. Under torchrun it uses DDP (nccl on GPU, gloo on CPU). bf16 "
+        "pre-train one GPT-2 (dense, TTM or low-rank), with checkpoints and DDP",
+        "Pre-train GPT-2 from scratch. Under torchrun it uses DDP (nccl on GPU, gloo on CPU). bf16 "
         "autocast on GPU. Writes checkpoint.safetensors, log.jsonl (one line per step and evaluation; after "
         "--resume the same as an uninterrupted run's) and, when done, a model/ folder loadable with "
         "tensornet.gpt2.load_model.",
-        epilog=EPILOG,
-        formatter_class=_Formatter,
     )
     _add_out(
         p,
@@ -359,14 +373,8 @@ def _train_parser(sub) -> None:
 
 def _model_file_parser(sub, name: str, text: str) -> argparse.ArgumentParser:
     """``compress`` and ``eval``: a model folder and the text to measure its perplexity on."""
-    p = sub.add_parser(
-        name,
-        allow_abbrev=False,
-        help=text,
-        description=f"{text}. MODEL is {MODEL_FOLDER}. Evaluation text: --text, else the embedded corpus's "
-        "validation split.",
-        formatter_class=_Formatter,
-    )
+    what = f"{text}. MODEL is {MODEL_FOLDER}. Evaluation text: --text, else the embedded corpus's validation split."
+    p = _command(sub, name, text, what, epilog=None)
     p.add_argument(
         "model",
         type=_path,

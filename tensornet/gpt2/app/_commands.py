@@ -6,7 +6,6 @@ The flags are checked by ``_precheck``, whose warnings are the only code that pr
 from __future__ import annotations
 
 import json
-import math
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,9 +13,9 @@ from typing import Any
 
 import torch
 
-from .. import build_model, gpt2_config, load_model, lowrank, save_model, save_run_model, tensorize
+from .. import build_model, gpt2_config, load_model, lowrank, nparams, save_model, save_run_model, tensorize
 from . import _checkpoint, _data, _runfolder
-from ._args import EVAL_POINTS
+from ._args import log_spaced
 from ._distributed import Distributed, default_device
 from ._precheck import check_memory, dims, train_config, warn
 from ._resume import CHECKPOINT, check_checkpoint_fits, runtime
@@ -26,13 +25,9 @@ from ._train import (
     evaluate,
     load_note,
     make_optimizer,
-    nparams,
+    perplexity,
     train,
 )
-
-
-def _ppl(loss: float) -> float:
-    return math.exp(loss) if loss < 700 else math.inf
 
 
 def _tokenizer(args, corpus, *, vocab_size: int):
@@ -162,11 +157,6 @@ def _compare_spec(args, out: Path) -> tuple[dict, tuple[str, ...]]:
     return spec, ("dense", "ttm") + (() if args.no_lowrank else ("lowrank",))
 
 
-def log_spaced(steps: int, points: int = EVAL_POINTS) -> tuple[int, ...]:
-    """About ``points`` steps spaced evenly on a log scale from the first to the last."""
-    return tuple(sorted({max(1, round(steps ** (k / points))) for k in range(1, points + 1)}))
-
-
 # ----------------------------------------------------------------------------------------------------- train
 @dataclass
 class _TrainJob:
@@ -224,18 +214,12 @@ def _build_train_job(args, out: Path) -> _TrainJob:
     tiny = args.preset == "tiny"
     corpus = _data.load_corpus(args.data, max_chars=args.max_chars)
     tokenizer = _tokenizer(args, corpus, vocab_size=args.vocab_size or (4096 if tiny else 16384))
-    layers, width, _ = dims(args)
+    layers, width, heads = dims(args)
     vocab = tokenizer.get_vocab_size()
     check_memory(args, layers=layers, width=width, vocab=vocab, block=args.block_size, training=True)
+    sizes = dict(preset=None, n_layer=layers, n_embd=width, n_head=heads, dropout=args.dropout)
     config = gpt2_config(
-        vocab_size=vocab,
-        block_size=args.block_size,
-        preset=args.preset,
-        n_layer=args.n_layer,
-        n_embd=args.n_embd,
-        n_head=args.n_head,
-        dropout=args.dropout,
-        eos_token_id=tokenizer.token_to_id(_data.EOT),
+        vocab_size=vocab, block_size=args.block_size, eos_token_id=tokenizer.token_to_id(_data.EOT), **sizes
     )
     model, report = _build_model(args, config)
     cfg = train_config(args, checkpoint_every=args.checkpoint_every)
@@ -291,7 +275,7 @@ def _run_train(args, job: _TrainJob, train_ids, val_ids, out, dist: Distributed)
 
     def on_eval(step: int, loss: float) -> None:
         note = _eval_note(job.cfg, val_ids)
-        _say(bar, f"step {step}: validation loss {loss:.4f}, perplexity {_ppl(loss):.2f} on {note}")
+        _say(bar, f"step {step}: validation loss {loss:.4f}, perplexity {perplexity(loss):.2f} on {note}")
 
     try:
         return train(
@@ -412,7 +396,7 @@ def _perplexity(model, ids, args) -> tuple[float, int]:
     model.to(device)
     block, limit = _block(args, model), args.eval_tokens or None
     loss = evaluate(model, ids, block_size=block, batch_size=args.batch_size, device=device, max_tokens=limit)
-    return _ppl(loss), _data.eval_token_count(ids.numel(), block, limit)
+    return perplexity(loss), _data.eval_token_count(ids.numel(), block, limit)
 
 
 def _say_model(args) -> None:
@@ -422,12 +406,18 @@ def _say_model(args) -> None:
         print(f"model: {args.model} ({note})")
 
 
-def cmd_compress(args) -> int:
+def _measured(args) -> tuple[Path, Any, Any, torch.Tensor, str, float, int]:
+    """MODEL loaded, its evaluation tokens, and its perplexity on them (``eval`` and ``compress``)."""
     src = Path(args.model)
     _say_model(args)
     model = load_model(src)
     tokenizer, ids, source = _eval_tokens(args, src, model)
-    before, counted = _perplexity(model, ids, args)
+    ppl, counted = _perplexity(model, ids, args)
+    return src, model, tokenizer, ids, source, ppl, counted
+
+
+def cmd_compress(args) -> int:
+    _, model, tokenizer, ids, source, before, counted = _measured(args)
     model.cpu()
     options = dict(shapes=args.shapes, layers=args.layers, bias=not args.no_bias, ncores=args.ncores)
     options |= dict(embeddings=args.embeddings, embedding_rank=args.embedding_rank)
@@ -446,11 +436,7 @@ def cmd_compress(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    src = Path(args.model)
-    _say_model(args)
-    model = load_model(src)
-    _, ids, source = _eval_tokens(args, src, model)
-    ppl, counted = _perplexity(model, ids, args)
+    src, model, _, _, source, ppl, counted = _measured(args)
     print(
         f"{src}: {nparams(model):,} parameters, perplexity {ppl:.3f} on {counted:,} tokens of {source} "
         f"(windows of {_block(args, model)})"

@@ -16,12 +16,12 @@ import torch
 
 from tensornet.nn import RankClipWarning
 
-from .. import build_model, gpt2_config, lowrank, lowrank_rank_for, tensorize
+from .. import build_model, gpt2_config, lowrank, lowrank_rank_for, nparams, tensorize
 from ..files import write_json
 from ._checkpoint import load_token_file
 from ._data import eval_token_count
 from ._plot import NAMES, plot_losses
-from ._train import TrainConfig, load_note, nparams, train
+from ._train import TrainConfig, load_note, train
 
 
 def build_variant(spec: dict):

@@ -80,6 +80,15 @@ def _is_val(rel: str) -> bool:
     return zlib.crc32(rel.encode("utf-8")) % _VAL_MODULUS == 0
 
 
+def existing_path(path: str | os.PathLike, flag: str, what: str) -> Path:
+    """``path`` as a Path; ValueError when it is empty, FileNotFoundError when it does not exist."""
+    if not str(path):
+        raise ValueError(f"{flag}: the path is empty; give {what}")
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{flag}: {str(path)!r} does not exist")
+    return Path(path)
+
+
 def read_text_file(path: Path) -> str:
     """Read ``path`` as UTF-8 text, with a clear error for missing, empty, binary or non-UTF-8 files."""
     if not path.exists():
@@ -160,11 +169,7 @@ def text_corpus(
     a single file is split at the line boundary nearest 95% of its length. ``flag`` names the option in messages;
     ``split=False`` keeps all of the text as training text (evaluation reads all of it).
     """
-    if not str(path):
-        raise ValueError(f"{flag}: the path is empty; give a text file or folder")
-    root = Path(path)
-    if not root.exists():
-        raise FileNotFoundError(f"{flag}: {str(root)!r} does not exist")
+    root = existing_path(path, flag, "a text file or folder")
     if root.is_dir():
         files = sorted(
             p

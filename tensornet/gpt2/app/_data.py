@@ -17,7 +17,15 @@ import torch
 
 from .. import files as _files
 from . import _checkpoint
-from ._corpus import Corpus, load_corpus, read_text_file, stdlib_corpus, stdlib_files, text_corpus
+from ._corpus import (
+    Corpus,
+    existing_path,
+    load_corpus,
+    read_text_file,
+    stdlib_corpus,
+    stdlib_files,
+    text_corpus,
+)
 
 __all__ = [  # the corpus names are _corpus's, imported from here too
     "EOT",
@@ -101,11 +109,7 @@ def load_tokenizer(path: str | os.PathLike, *, flag: str = "--tokenizer"):
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-    if not str(path):
-        raise ValueError(f"{flag}: the path is empty; give a tokenizer.json file or a tokenizer folder")
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"{flag}: {str(p)!r} does not exist")
+    p = existing_path(path, flag, "a tokenizer.json file or a tokenizer folder")
     if p.is_dir():
         if (p / "tokenizer.json").exists():
             p = p / "tokenizer.json"

@@ -15,6 +15,32 @@ WIDTH = 90  # characters per title line at the figure's width
 NAMES = {"dense": "dense", "ttm": "TTM", "lowrank": "low-rank"}
 
 
+def _axes(ax, tokens_per_step: int, last_tokens: int, finite: list[float]) -> None:
+    """Log-scale token axis; a loss axis that holds every finite loss (log scale past a 3x range); grids."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    ax.set_xlim(tokens_per_step / 1.25, last_tokens * 1.25)
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: count_label(x)))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel(f"training tokens (log scale; {tokens_per_step:,} tokens per optimizer step)")
+    ax.set_ylabel("loss (cross-entropy, nats per token)")
+    if finite:
+        lo, hi = min(finite), max(finite)
+        if lo > 0 and hi / lo > 3:  # a divergence or a very long run: a log axis keeps the low end readable
+            ax.set_yscale("log")
+            ax.set_ylim(lo / 1.08, hi * 1.08)
+            ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 4.0, 5.0, 7.0)))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
+            ax.yaxis.set_minor_formatter(NullFormatter())
+        else:
+            pad = 0.04 * (hi - lo) or 0.1
+            ax.set_ylim(lo - pad, hi + pad)
+    ax.grid(which="major", alpha=0.3)
+    ax.grid(which="minor", axis="x", alpha=0.1)
+
+
 def plot_losses(
     results: Sequence[dict],
     path: str | Path,
@@ -36,7 +62,6 @@ def plot_losses(
     so nothing needs closing and the global backend is left alone).
     """
     from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     if tokens_per_step < 1:
         raise ValueError(f"plot_losses: tokens_per_step must be >= 1, got {tokens_per_step}")
@@ -73,26 +98,7 @@ def plot_losses(
             )
         finite += [v for v in loss.tolist() if math.isfinite(v)] + [v for _, v in val if math.isfinite(v)]
 
-    ax.set_xscale("log")
-    ax.set_xlim(tokens_per_step / 1.25, last_tokens * 1.25)
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: count_label(x)))
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel(f"training tokens (log scale; {tokens_per_step:,} tokens per optimizer step)")
-    ax.set_ylabel("loss (cross-entropy, nats per token)")
-    if finite:
-        lo, hi = min(finite), max(finite)
-        if lo > 0 and hi / lo > 3:  # a divergence or a very long run: a log axis keeps the low end readable
-            ax.set_yscale("log")
-            ax.set_ylim(lo / 1.08, hi * 1.08)
-            ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 4.0, 5.0, 7.0)))
-            ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
-            ax.yaxis.set_minor_formatter(NullFormatter())
-        else:
-            pad = 0.04 * (hi - lo) or 0.1
-            ax.set_ylim(lo - pad, hi + pad)
-    ax.grid(which="major", alpha=0.3)
-    ax.grid(which="minor", axis="x", alpha=0.1)
+    _axes(ax, tokens_per_step, last_tokens, finite)
     ax.legend(fontsize=8, loc="lower left", framealpha=0.9)
     ax.set_title(title if title is not None else _title(results, spec, last_tokens), fontsize=10, loc="left")
 

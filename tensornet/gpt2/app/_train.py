@@ -49,15 +49,10 @@ class History:
     @property
     def val_ppl(self) -> float:
         """The last validation perplexity (NaN before the first evaluation)."""
-        return _ppl(self.val[-1][1]) if self.val else float("nan")
+        return perplexity(self.val[-1][1]) if self.val else float("nan")
 
 
-def nparams(model: nn.Module) -> int:
-    """The model's parameters, each counted once (GPT-2's LM head shares the token embedding's)."""
-    return sum(p.numel() for p in model.parameters())
-
-
-def _ppl(loss: float) -> float:
+def perplexity(loss: float) -> float:
     """Perplexity ``exp(loss)``, infinite rather than an OverflowError for a diverged model."""
     return math.exp(loss) if loss < 700 else float("inf")
 
@@ -178,7 +173,8 @@ class RunLog:
             lines.append(self._step(i, loss))
             if i + 1 in evals:
                 lines.append(self._eval(i + 1, evals[i + 1]))
-        _files.write_text(path, "".join(lines))
+        text = "".join(lines).encode("utf-8")
+        _files.atomic_write(path, lambda f: f.write(text))
         try:  # the file just written (a link put there since is not followed)
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
         except OSError as err:
@@ -190,7 +186,7 @@ class RunLog:
 
     @staticmethod
     def _eval(step: int, loss: float) -> str:
-        return json.dumps({"step": step, "val_loss": loss, "val_ppl": _ppl(loss)}) + "\n"
+        return json.dumps({"step": step, "val_loss": loss, "val_ppl": perplexity(loss)}) + "\n"
 
     def step(self, step: int, loss: float) -> None:
         """Log optimizer step ``step`` (0-based, written 1-based like the evaluations)."""
