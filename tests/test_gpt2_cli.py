@@ -235,3 +235,19 @@ def exit_code(argv: list[str]) -> int:
         return main(argv)
     except SystemExit as exit_info:
         return int(exit_info.code or 0)
+
+
+def test_train_threads_sets_torchs_cpu_threads_for_the_run(tmp_path, monkeypatch):
+    calls = []
+    real = torch.set_num_threads
+
+    def recorded(count):
+        calls.append(count)
+        real(count)  # applied too; the autouse fixture puts the process's count back afterwards
+
+    monkeypatch.setattr(torch, "set_num_threads", recorded)
+    assert _train(tmp_path / "two", "--threads", "2", "--steps", "1") == 0
+    assert calls == [2]
+    calls.clear()
+    assert _train(tmp_path / "default", "--steps", "1") == 0
+    assert calls == []  # without --threads, torch's default is left alone
