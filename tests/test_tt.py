@@ -345,3 +345,18 @@ def test_index_array_errors_name_the_mode_and_gather():
         t[[1.5]]
     with pytest.raises(TypeError, match="mode 0 got NoneType"):
         t[None]
+
+
+def test_torch_cores_are_kept_as_given_and_in_place_updates_are_seen():
+    # the README: torch cores are not copied (parameters train through a train), the package never writes
+    # into them, and an in-place update by the caller (an optimizer step) is what the train then holds
+    cores = [torch.randn(1, 3, 2, dtype=torch.float64), torch.randn(2, 4, 1, dtype=torch.float64)]
+    before = [c.clone() for c in cores]
+    t = tn.TT(cores)
+    assert all(a is b for a, b in zip(t.cores, cores))
+    for op in (lambda: tn.round(t + t, eps=1e-12), lambda: tn.norm(t), lambda: tn.tt_svd(t.full(), eps=0)):
+        op()
+    assert all(torch.equal(c, b) for c, b in zip(cores, before))  # nothing wrote into them
+    with torch.no_grad():
+        cores[0].mul_(2.0)
+    assert torch.allclose(t.full(), 2.0 * tn.TT(before).full())
