@@ -360,3 +360,30 @@ def test_ddp_gloo_two_processes_adapter_gradients_equal_single_process(tmp_path)
     assert len(got) == len(expected) == 2
     for a, b in zip(got, expected):  # float32 sums of two halves: relative to the gradient's scale
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * float(np.abs(b).max()))
+
+
+def test_adapt_refuses_a_layer_whose_weight_is_tied_to_another_and_changes_nothing():
+    embed = nn.Embedding(16, 8)
+    head = nn.Linear(8, 16, bias=False)
+    head.weight = embed.weight  # tied, as GPT-2's lm_head and wte
+    model = nn.Sequential(embed, nn.Linear(8, 8), head)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"adapt: 2's weight is shared with 0\.weight.*Untie"):
+        tn.nn.adapt(model, ["1", "2"], rank=2)
+    assert all(p.requires_grad for p in model.parameters())
+    assert not list(tn.nn.adapters(model))
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    same = nn.Linear(8, 8)
+    twice = nn.Sequential(same, nn.Tanh(), same)  # one layer under two names: also a shared weight
+    with pytest.raises(ValueError, match=r"adapt: 0's weight is shared with 2\.weight"):
+        tn.nn.adapt(twice, ["0"], rank=2)
+
+
+def test_hf_gpt2_tied_lm_head_is_refused():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=32, n_positions=8)
+    model = transformers.GPT2LMHeadModel(config)
+    assert model.lm_head.weight is model.transformer.wte.weight
+    with pytest.raises(ValueError, match=r"lm_head's weight is shared with transformer\.wte\.weight"):
+        tn.nn.adapt(model, ["lm_head"], rank=4)
+    assert not list(tn.nn.adapters(model))

@@ -201,7 +201,8 @@ def adapt(
         ``model`` not a module; bad ``targets``/``shapes`` types; a targeted module that is not a linear
         layer (nothing is changed then).
     ValueError
-        ``targets`` matching no module, or an already adapted one; ``rank < 1``; shapes that do not factor
+        ``targets`` matching no module, or an already adapted one, or a layer whose weight is shared
+        with another module (tied weights: untie them first); ``rank < 1``; shapes that do not factor
         the layer's size; ``alpha`` not finite and positive; ``dropout`` outside ``[0, 1)``.
 
     Notes
@@ -278,12 +279,36 @@ def _targeted(fn: str, model: nn.Module, matches: Any, targets: Any) -> list[tup
                 "transformers' Conv1D layers can be adapted: name the linear layers inside it"
             )
         chosen.append((name, module))
+    if chosen:
+        _check_untied(fn, model, chosen)
     if not chosen:
         names = [n for n, m in model.named_modules() if _is_linear(m)][:8]
         raise ValueError(
             f"{fn}: targets {targets!r} matches no module of the model; its linear layers include {names}"
         )
     return chosen
+
+
+def _check_untied(fn: str, model: nn.Module, chosen: list[tuple[str, nn.Module]]) -> None:
+    """Refuse a target whose weight another module (or another name of it) also holds.
+
+    :func:`merge` writes the update into the weight in place: a tied weight (GPT-2's ``lm_head`` is
+    ``wte``) would change the other module too.
+    """
+    owners: dict[int, list[tuple[str, nn.Module]]] = {}
+    for mod_name, module in model.named_modules(remove_duplicate=False):
+        for param_name, param in module.named_parameters(recurse=False):
+            full = f"{mod_name}.{param_name}" if mod_name else param_name
+            owners.setdefault(id(param), []).append((full, module))
+    for name, module in chosen:
+        weight = getattr(module, "weight", None)
+        others = [full for full, _ in owners.get(id(weight), []) if full != f"{name}.weight"]
+        if others:
+            raise ValueError(
+                f"{fn}: {name}'s weight is shared with {', '.join(others)} (tied weights); merge would "
+                f"change them too. Untie it first (e.g. {name}.weight = nn.Parameter({name}.weight.clone()), "
+                "or tie_word_embeddings=False in a transformers config) or leave it out of targets"
+            )
 
 
 def adapters(model: nn.Module) -> Iterator[tuple[str, TTAdapter]]:
