@@ -17,6 +17,7 @@ from torch import nn
 
 from tensornet import _checks
 
+from ._adapter import TTAdapter
 from ._cores import TTCoresModule
 from ._materialize import materialize
 from ._tensorize import LayerReport
@@ -53,6 +54,11 @@ def _tt_layers(fn: str, model: Any) -> list[tuple[str, TTCoresModule]]:
         raise TypeError(f"{fn}: expected an nn.Module, got {type(model).__name__}")
     seen: dict[int, tuple[str, TTCoresModule]] = {}
     for name, module in model.named_modules():
+        if isinstance(module, TTAdapter) and module.merged:  # its base weight holds the old update
+            raise ValueError(
+                f"{fn}: the adapter {name} is merged; unmerge(model) first (unmerge subtracts the update "
+                "merge added, which a changed update could no longer do)"
+            )
         if isinstance(module, TTCoresModule) and id(module) not in seen:
             seen[id(module)] = (name, module)
     if not seen:
@@ -243,8 +249,8 @@ def truncate(
         ``momentum_buffer`` are carried).
     ValueError
         No TT layers; both or neither of ``eps`` and ``budget``; ``eps`` negative or not finite;
-        ``budget`` outside ``(0, 1]`` or below the fraction that rank 1 everywhere keeps.
-        Nothing is changed then.
+        ``budget`` outside ``(0, 1]`` or below the fraction that rank 1 everywhere keeps; a merged
+        TT adapter (:func:`unmerge` first). Nothing is changed then.
 
     Notes
     -----
@@ -375,7 +381,7 @@ def grow(model: nn.Module, rank: int, *, optimizer: Any = None) -> RankReport:
     Raises
     ------
     TypeError, ValueError
-        As :func:`truncate`; ``rank`` not an int or < 1.
+        As :func:`truncate` (a merged adapter included); ``rank`` not an int or < 1.
 
     Notes
     -----
