@@ -387,3 +387,33 @@ def test_hf_gpt2_tied_lm_head_is_refused():
     with pytest.raises(ValueError, match=r"lm_head's weight is shared with transformer\.wte\.weight"):
         tn.nn.adapt(model, ["lm_head"], rank=4)
     assert not list(tn.nn.adapters(model))
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_unmerge_works_on_a_deepcopy_or_pickled_copy_of_a_merged_model(how):
+    import copy
+    import io
+
+    model = tn.nn.adapt(mlp(), ["0", "2"], rank=3)
+    x = torch.randn(10, 24)
+    weights = [model[0].base.weight.clone(), model[2].base.weight.clone()]
+    train(model, x)
+    tn.nn.merge(model)
+    if how == "deepcopy":
+        twin = copy.deepcopy(model)
+    else:  # a whole-module pickle: the user's own choice (tensornet's files never pickle)
+        buffer = io.BytesIO()
+        torch.save(model, buffer)
+        buffer.seek(0)
+        twin = torch.load(buffer, weights_only=False)
+    assert twin[0].merged and twin[2].merged
+    tn.nn.unmerge(twin)
+    for w, adapter in zip(weights, (twin[0], twin[2])):
+        np.testing.assert_allclose(
+            adapter.base.weight.detach(), w, rtol=0, atol=4 * float(w.abs().max()) * 2**-23
+        )
+    with torch.no_grad():  # the copy's check still sees a changed update
+        tn.nn.merge(twin)
+        twin[0].delta.packed_cores.mul_(2.0)
+    with pytest.raises(RuntimeError, match="unmerge: the update of 0 changed after merge"):
+        tn.nn.unmerge(twin)

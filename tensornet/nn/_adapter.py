@@ -45,7 +45,8 @@ class TTAdapter(nn.Module):
         self.delta = delta
         self.scaling = float(scaling)
         self.dropout: nn.Module = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self._merged: tuple[int, int] | None = None  # (id, version) of delta's cores when merged
+        # while merged: delta's packed cores and the scaling as merged (a copy: survives deepcopy/pickle)
+        self._merged: tuple[torch.Tensor, float] | None = None
 
     @property
     def merged(self) -> bool:
@@ -377,8 +378,7 @@ def merge(model: nn.Module) -> nn.Module:
             continue
         with torch.no_grad():
             _weight(adapter).add_(_stored(adapter))
-        packed = adapter.delta.packed_cores
-        adapter._merged = (id(packed), packed._version)
+        adapter._merged = (adapter.delta.packed_cores.detach().clone(), adapter.scaling)
     return model
 
 
@@ -395,13 +395,20 @@ def unmerge(model: nn.Module) -> nn.Module:
     ValueError
         The model has no adapters.
     RuntimeError
-        An adapter's cores changed since :func:`merge` (an optimizer step, :func:`truncate`, a load):
-        subtracting the new update would not give the base weight back. Nothing is changed then.
+        An adapter's cores or scaling changed since :func:`merge` (an optimizer step, a write to the
+        cores): subtracting the new update would not give the base weight back. Nothing is changed then.
+
+    Notes
+    -----
+    :func:`merge` keeps a copy of each update's cores and scaling (the adapter's parameters again, in
+    memory, not in ``state_dict``), compared here value by value: a ``copy.deepcopy`` or pickled copy of
+    a merged model unmerges as the original does.
+
+    Cost: rebuilding each update, ``O(out * in)`` per adapter.
     """
     found = [(name, a) for name, a in _found("unmerge", model) if a.merged]
     for name, adapter in found:
-        packed = adapter.delta.packed_cores
-        if adapter._merged != (id(packed), packed._version):
+        if not _unchanged(adapter):
             raise RuntimeError(
                 f"unmerge: the update of {name} changed after merge (its cores were written); the base "
                 "weight cannot be recovered from it. Merge only for inference and unmerge before training"
@@ -411,6 +418,17 @@ def unmerge(model: nn.Module) -> nn.Module:
             _weight(adapter).sub_(_stored(adapter))
         adapter._merged = None
     return model
+
+
+def _unchanged(adapter: TTAdapter) -> bool:
+    """Whether the adapter's update is the one :func:`merge` folded in (same core shapes, values, scaling)."""
+    if adapter._merged is None:
+        return True
+    cores, scaling = adapter._merged
+    packed = adapter.delta.packed_cores.detach()
+    # the copy is no buffer, so model.to(...) after merge leaves it where it was: compare it moved
+    same = cores.shape == packed.shape and torch.equal(cores.to(packed), packed)
+    return same and scaling == adapter.scaling
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
