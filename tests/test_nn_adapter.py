@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -417,3 +418,71 @@ def test_unmerge_works_on_a_deepcopy_or_pickled_copy_of_a_merged_model(how):
         twin[0].delta.packed_cores.mul_(2.0)
     with pytest.raises(RuntimeError, match="unmerge: the update of 0 changed after merge"):
         tn.nn.unmerge(twin)
+
+
+def _rewrite(src, dst, edit):
+    """A copy of the adapter file ``src`` at ``dst`` whose JSON header went through ``edit``."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), framework="pt") as handle:
+        header = handle.metadata()["tensornet_adapter"]
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+    text = edit(json.loads(header))
+    save_file(
+        tensors, str(dst), metadata={"tensornet_adapter": text if isinstance(text, str) else json.dumps(text)}
+    )
+    return dst
+
+
+def _set(path, value):
+    def edit(header):
+        target = header
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+        return header
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (
+            _set(("adapters", "0", "scaling"), float("nan")),
+            r"adapters\.0\.scaling must be a finite number > 0",
+        ),
+        (_set(("adapters", "2", "scaling"), "big"), r"adapters\.2\.scaling must be a finite number > 0"),
+        (_set(("adapters", "2", "scaling"), -1.0), r"adapters\.2\.scaling must be a finite number > 0"),
+        (_set(("adapters", "2", "core_shapes"), [[1, 5, 3, 2], [2, 6, 8, 1]]), r"adapters\.2\.core_shapes"),
+        # the same sizes and element count, the factors swapped: only the layer's shapes tell
+        (
+            _set(("adapters", "0", "core_shapes"), [[1, 6, 6, 2], [2, 5, 4, 1]]),
+            r"adapters\.0\.core_shapes factors 0",
+        ),
+        (_set(("format_version",), "1"), "format_version must be an int"),
+        (_set(("adapters", "2", "in_features"), True), r"adapters\.2\.in_features must be"),
+        (_set(("adapters",), []), "adapters must be an object"),
+        (lambda header: "{not json", "header is not valid JSON"),
+    ],
+)
+def test_load_adapter_validates_the_whole_header_and_loads_nothing_on_error(tmp_path, edit, match):
+    model = tn.nn.adapt(mlp(), ["0", "2"], rank=2, shapes={"0": ((5, 6), (4, 6)), "2": ((3, 8), (5, 6))})
+    train(model, torch.randn(10, 24))
+    path = tn.nn.save_adapter(tmp_path / "a.safetensors", model)
+    fresh = tn.nn.adapt(mlp(), ["0", "2"], rank=2, shapes={"0": ((5, 6), (4, 6)), "2": ((3, 8), (5, 6))})
+    state = {k: v.clone() for k, v in fresh.state_dict().items()}
+    scalings = [a.scaling for _, a in tn.nn.adapters(fresh)]
+    bad = _rewrite(path, tmp_path / "bad.safetensors", edit)
+    with pytest.raises(ValueError, match=rf"load_adapter: {re.escape(str(bad))}.*{match}"):
+        tn.nn.load_adapter(bad, fresh)
+    assert all(torch.equal(v, state[k]) for k, v in fresh.state_dict().items())  # all or nothing
+    assert [a.scaling for _, a in tn.nn.adapters(fresh)] == scalings
+    tn.nn.load_adapter(
+        _rewrite(path, tmp_path / "good.safetensors", lambda h: h), fresh
+    )  # the same, unedited
+    x = torch.randn(4, 24)
+    assert torch.equal(fresh(x), model(x))
