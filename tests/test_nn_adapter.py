@@ -486,3 +486,15 @@ def test_load_adapter_validates_the_whole_header_and_loads_nothing_on_error(tmp_
     )  # the same, unedited
     x = torch.randn(4, 24)
     assert torch.equal(fresh(x), model(x))
+
+
+def test_adapt_refuses_shapes_keys_that_name_no_target_and_changes_nothing():
+    model = mlp()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    shapes = {"0": ((5, 6), (4, 6)), "layer2": ((5, 6), (4, 6)), "3": ((2, 3), (4, 6))}
+    with pytest.raises(
+        ValueError, match=r"adapt: shapes has keys \['3', 'layer2'\] that name no target.*\['0', '2'\]"
+    ):
+        tn.nn.adapt(model, ["0", "2"], rank=2, shapes=shapes)
+    assert not list(tn.nn.adapters(model)) and all(p.requires_grad for p in model.parameters())
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())

@@ -181,7 +181,8 @@ def adapt(
         clipped with a :class:`RankClipWarning`.
     shapes : (out_shape, in_shape), or a dict of them by module name, optional
         The factorisations of the update's TT-matrix; default: :func:`tensornet.shapes.factorize` into
-        ``ncores`` factors.
+        ``ncores`` factors. A dict's keys are full module names of targets (others left to the default);
+        a key that names no target is an error.
     ncores : int
         Cores of a factorised update (default 3).
     alpha : float
@@ -204,7 +205,8 @@ def adapt(
     ValueError
         ``targets`` matching no module, or an already adapted one, or a layer whose weight is shared
         with another module (tied weights: untie them first); ``rank < 1``; shapes that do not factor
-        the layer's size; ``alpha`` not finite and positive; ``dropout`` outside ``[0, 1)``.
+        the layer's size, or a ``shapes`` key naming no target; ``alpha`` not finite and positive;
+        ``dropout`` outside ``[0, 1)``. Nothing is changed then.
 
     Notes
     -----
@@ -236,6 +238,13 @@ def adapt(
     else:
         raise TypeError(f"{fn}: rank must be an int or a tuple of ints, got {type(rank).__name__} {rank!r}")
     chosen = _targeted(fn, model, matches, targets)
+    if isinstance(shapes, Mapping):  # a misspelt key would silently give that layer the default shapes
+        unmatched = sorted(set(shapes) - {name for name, _ in chosen}, key=str)
+        if unmatched:
+            raise ValueError(
+                f"{fn}: shapes has keys {unmatched} that name no target; its keys are full module names of "
+                f"the targets, which are {[name for name, _ in chosen]}"
+            )
     built = []
     for name, module in chosen:  # all built before any is swapped in: an error changes nothing
         weight, _ = dense_weight(fn, module)
