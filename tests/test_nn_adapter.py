@@ -498,3 +498,23 @@ def test_adapt_refuses_shapes_keys_that_name_no_target_and_changes_nothing():
         tn.nn.adapt(model, ["0", "2"], rank=2, shapes=shapes)
     assert not list(tn.nn.adapters(model)) and all(p.requires_grad for p in model.parameters())
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_errors_name_the_function_the_user_called(tmp_path):
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(16, 24), nn.GELU(), nn.Linear(24, 16))
+    with pytest.raises(ValueError, match=r"^adapt: 0: rank has 3 entries but the layer has 3 cores"):
+        tn.nn.adapt(m, ["0"], rank=(2, 3, 4))
+    with pytest.raises(ValueError, match=r"^adapt: 0: out_shape \(4, 5\) multiplies to 20"):
+        tn.nn.adapt(m, ["0"], rank=2, shapes=((4, 5), (4, 4)))
+    with pytest.raises(ValueError, match=r"^save_adapter: the model has no TT adapters"):
+        tn.nn.save_adapter(tmp_path / "a.safetensors", m)
+    assert not (tmp_path / "a.safetensors").exists()
+    for call in (tn.nn.adapter_state_dict, tn.nn.merge, tn.nn.unmerge):
+        with pytest.raises(TypeError, match=rf"^{call.__name__}: expected an nn.Module, got int"):
+            call(3)
+    with pytest.raises(TypeError, match=r"^save_adapter: expected an nn.Module, got int"):
+        tn.nn.save_adapter(tmp_path / "a.safetensors", 3)
+    tn.nn.save_adapter(tmp_path / "b.safetensors", tn.nn.adapt(m, ["0"], rank=2))
+    with pytest.raises(TypeError, match=r"^load_adapter: expected an nn.Module, got int"):
+        tn.nn.load_adapter(tmp_path / "b.safetensors", 3)

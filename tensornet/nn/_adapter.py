@@ -249,17 +249,21 @@ def adapt(
     for name, module in chosen:  # all built before any is swapped in: an error changes nothing
         weight, _ = dense_weight(fn, module)
         out_shape, in_shape = _shape_for(fn, shapes, name)
-        delta = TTMLinear(
-            int(weight.shape[1]),
-            int(weight.shape[0]),
-            rank=rank,
-            in_shape=in_shape,
-            out_shape=out_shape,
-            ncores=ncores,
-            bias=False,
-            device=weight.device,
-            dtype=weight.dtype,
-        )
+        try:
+            delta = TTMLinear(
+                int(weight.shape[1]),
+                int(weight.shape[0]),
+                rank=rank,
+                in_shape=in_shape,
+                out_shape=out_shape,
+                ncores=ncores,
+                bias=False,
+                device=weight.device,
+                dtype=weight.dtype,
+            )
+        except (TypeError, ValueError) as error:  # the layer's message, under the name the user called
+            text = str(error).removeprefix("TTMLinear: ")
+            raise type(error)(f"{fn}: {name}: {text}") from None
         _zero_last_core(delta)
         built.append((name, TTAdapter(module, delta, float(alpha) / top, float(dropout))))
     for param in model.parameters():
@@ -337,6 +341,8 @@ def adapters(model: nn.Module) -> Iterator[tuple[str, TTAdapter]]:
 
 
 def _found(fn: str, model: nn.Module) -> list[tuple[str, TTAdapter]]:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{fn}: expected an nn.Module, got {type(model).__name__}")
     found = list(adapters(model))
     if not found:
         raise ValueError(
@@ -371,6 +377,8 @@ def merge(model: nn.Module) -> nn.Module:
 
     Raises
     ------
+    TypeError
+        ``model`` not a module.
     ValueError
         The model has no adapters.
 
@@ -401,6 +409,8 @@ def unmerge(model: nn.Module) -> nn.Module:
 
     Raises
     ------
+    TypeError
+        ``model`` not a module.
     ValueError
         The model has no adapters.
     RuntimeError

@@ -17,7 +17,7 @@ from torch import nn
 
 import tensornet
 
-from ._adapter import TTAdapter, adapter_state_dict, adapters
+from ._adapter import TTAdapter, _found, adapter_state_dict, adapters
 from ._linear import TTMLinear
 
 __all__ = ["load_adapter", "save_adapter"]
@@ -69,6 +69,7 @@ def save_adapter(path: str | os.PathLike[str], model: nn.Module, *, overwrite: b
     target = Path(path)
     if not overwrite and os.path.lexists(target):
         raise FileExistsError(f"save_adapter: {target} exists; pass overwrite=True to replace it")
+    _found("save_adapter", model)  # a module with adapters, checked under this function's name
     state = adapter_state_dict(model)
     tensors = {k: v.to("cpu").contiguous() for k, v in state.items() if k.endswith("packed_cores")}
     header: dict[str, Any] = {
@@ -218,8 +219,10 @@ def load_adapter(path: str | os.PathLike[str], model: nn.Module) -> nn.Module:
     ------
     FileNotFoundError
         No file at ``path``.
+    TypeError
+        ``path`` not a str or path-like, ``model`` not a module.
     ValueError
-        Not an adapter file; a header that is not JSON or has a field of the wrong type or range
+        The model has no adapters; not an adapter file; a header that is not JSON or has a field of the wrong type or range
         (``format_version`` not an int, a ``scaling`` not finite and positive, ``core_shapes`` that are
         no TT-matrix chain of the layer's size); a damaged file (checksums); a layer of the file that the
         model does not adapt, or whose size or factorisation (``out_shape``, ``in_shape``) differs; a
@@ -233,7 +236,7 @@ def load_adapter(path: str | os.PathLike[str], model: nn.Module) -> nn.Module:
     """
     fn = "load_adapter"
     header, tensors = _read(fn, path)
-    found = dict(adapters(model))
+    found = dict(_found(fn, model))
     plan = []
     for name, entry in header["adapters"].items():
         adapter = found.get(name)
