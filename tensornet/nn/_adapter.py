@@ -453,8 +453,11 @@ def _unchanged(adapter: TTAdapter) -> bool:
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapters' entries of ``model.state_dict()``: each update's packed cores and core shapes.
 
-    ``model.load_state_dict(sd, strict=False)`` loads it back into an adapted model of the same ranks;
-    :func:`load_adapter` also rebuilds updates of other (truncated, grown) ranks.
+    ``model.load_state_dict(sd, strict=False)`` loads it back into a model adapted on the same layers
+    with the same ranks and shapes AND the same ``alpha``: the dict holds no scaling (``alpha / max(rank)``,
+    kept on each :class:`TTAdapter`), so a model adapted with another ``alpha`` computes a differently
+    scaled update from the same cores, without error. :func:`save_adapter` stores the scaling, and
+    :func:`load_adapter` sets it and rebuilds updates of other (truncated, grown) ranks.
 
     Raises
     ------
