@@ -17,12 +17,18 @@ from torch import nn
 
 from tensornet import _checks
 
-from ._hf import conv1d_class, dense_weight
+from ._adapter_targets import (
+    ShapePair,
+    _check_shape_keys,
+    _check_untied,
+    _is_linear,
+    _matches,
+    _shape_for,
+)
+from ._hf import dense_weight
 from ._linear import TTMLinear
 
 __all__ = ["TTAdapter", "adapt", "adapter_state_dict", "adapters", "merge", "unmerge"]
-
-ShapePair = tuple[tuple[int, ...], tuple[int, ...]]
 
 
 class TTAdapter(nn.Module):
@@ -96,52 +102,6 @@ def _rebuild(cores: tuple[torch.Tensor, ...]) -> torch.Tensor:
         rows, cols = acc.shape[0] * core.shape[1], acc.shape[1] * core.shape[2]
         acc = torch.einsum("abr,rmns->ambns", acc, core).reshape(rows, cols, core.shape[3])
     return acc[..., 0]
-
-
-def _is_linear(module: nn.Module) -> bool:
-    conv1d = conv1d_class()
-    return isinstance(module, nn.Linear) or (conv1d is not None and isinstance(module, conv1d))
-
-
-def _matches(fn: str, targets: Any) -> Any:
-    """A predicate on module names for PEFT-style ``targets`` (a regex string, or names matched as suffixes)."""
-    if isinstance(targets, str):
-        try:
-            pattern = re.compile(targets)
-        except re.error as error:
-            raise ValueError(
-                f"{fn}: targets {targets!r} is not a valid regular expression ({error})"
-            ) from None
-        return lambda name: pattern.fullmatch(name) is not None
-    if isinstance(targets, re.Pattern):
-        return lambda name: targets.fullmatch(name) is not None
-    if not isinstance(targets, Sequence | set | frozenset) or not all(isinstance(t, str) for t in targets):
-        raise TypeError(
-            f"{fn}: targets must be a regex string or a list of module names (as PEFT's target_modules), "
-            f"got {targets!r}"
-        )
-    if not targets:
-        raise ValueError(f"{fn}: targets is empty; name the modules to adapt, e.g. ['c_attn', 'c_fc']")
-    suffixes = tuple(targets)
-    return lambda name: any(name == t or name.endswith(f".{t}") for t in suffixes)
-
-
-def _shape_for(fn: str, shapes: Any, name: str) -> ShapePair | tuple[None, None]:
-    """The ``(out_shape, in_shape)`` for the module ``name`` from ``shapes`` (None: factorised)."""
-    if shapes is None:
-        return None, None
-    if isinstance(shapes, Mapping):
-        if name not in shapes:
-            return None, None
-        shapes = shapes[name]
-    if not isinstance(shapes, tuple | list) or len(shapes) != 2:
-        raise TypeError(
-            f"{fn}: shapes must be None, an (out_shape, in_shape) pair or a dict of such pairs by module "
-            f"name, got {shapes!r} for {name}"
-        )
-    out_shape = _checks.check_shape(fn, "shapes[0] (out_shape)", shapes[0])
-    in_shape = _checks.check_shape(fn, "shapes[1] (in_shape)", shapes[1])
-    return out_shape, in_shape
 
 
 def _zero_last_core(delta: TTMLinear) -> None:
@@ -238,13 +198,7 @@ def adapt(
     else:
         raise TypeError(f"{fn}: rank must be an int or a tuple of ints, got {type(rank).__name__} {rank!r}")
     chosen = _targeted(fn, model, matches, targets)
-    if isinstance(shapes, Mapping):  # a misspelt key would silently give that layer the default shapes
-        unmatched = sorted(set(shapes) - {name for name, _ in chosen}, key=str)
-        if unmatched:
-            raise ValueError(
-                f"{fn}: shapes has keys {unmatched} that name no target; its keys are full module names of "
-                f"the targets, which are {[name for name, _ in chosen]}"
-            )
+    _check_shape_keys(fn, shapes, chosen)
     built = []
     for name, module in chosen:  # all built before any is swapped in: an error changes nothing
         weight, _ = dense_weight(fn, module)
@@ -301,28 +255,6 @@ def _targeted(fn: str, model: nn.Module, matches: Any, targets: Any) -> list[tup
             f"{fn}: targets {targets!r} matches no module of the model; its linear layers include {names}"
         )
     return chosen
-
-
-def _check_untied(fn: str, model: nn.Module, chosen: list[tuple[str, nn.Module]]) -> None:
-    """Refuse a target whose weight another module (or another name of it) also holds.
-
-    :func:`merge` writes the update into the weight in place: a tied weight (GPT-2's ``lm_head`` is
-    ``wte``) would change the other module too.
-    """
-    owners: dict[int, list[tuple[str, nn.Module]]] = {}
-    for mod_name, module in model.named_modules(remove_duplicate=False):
-        for param_name, param in module.named_parameters(recurse=False):
-            full = f"{mod_name}.{param_name}" if mod_name else param_name
-            owners.setdefault(id(param), []).append((full, module))
-    for name, module in chosen:
-        weight = getattr(module, "weight", None)
-        others = [full for full, _ in owners.get(id(weight), []) if full != f"{name}.weight"]
-        if others:
-            raise ValueError(
-                f"{fn}: {name}'s weight is shared with {', '.join(others)} (tied weights); merge would "
-                f"change them too. Untie it first (e.g. {name}.weight = nn.Parameter({name}.weight.clone()), "
-                "or tie_word_embeddings=False in a transformers config) or leave it out of targets"
-            )
 
 
 def adapters(model: nn.Module) -> Iterator[tuple[str, TTAdapter]]:
