@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -360,3 +361,160 @@ def test_ddp_gloo_two_processes_adapter_gradients_equal_single_process(tmp_path)
     assert len(got) == len(expected) == 2
     for a, b in zip(got, expected):  # float32 sums of two halves: relative to the gradient's scale
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * float(np.abs(b).max()))
+
+
+def test_adapt_refuses_a_layer_whose_weight_is_tied_to_another_and_changes_nothing():
+    embed = nn.Embedding(16, 8)
+    head = nn.Linear(8, 16, bias=False)
+    head.weight = embed.weight  # tied, as GPT-2's lm_head and wte
+    model = nn.Sequential(embed, nn.Linear(8, 8), head)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"adapt: 2's weight is shared with 0\.weight.*Untie"):
+        tn.nn.adapt(model, ["1", "2"], rank=2)
+    assert all(p.requires_grad for p in model.parameters())
+    assert not list(tn.nn.adapters(model))
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    same = nn.Linear(8, 8)
+    twice = nn.Sequential(same, nn.Tanh(), same)  # one layer under two names: also a shared weight
+    with pytest.raises(ValueError, match=r"adapt: 0's weight is shared with 2\.weight"):
+        tn.nn.adapt(twice, ["0"], rank=2)
+
+
+def test_hf_gpt2_tied_lm_head_is_refused():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=32, n_positions=8)
+    model = transformers.GPT2LMHeadModel(config)
+    assert model.lm_head.weight is model.transformer.wte.weight
+    with pytest.raises(ValueError, match=r"lm_head's weight is shared with transformer\.wte\.weight"):
+        tn.nn.adapt(model, ["lm_head"], rank=4)
+    assert not list(tn.nn.adapters(model))
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_unmerge_works_on_a_deepcopy_or_pickled_copy_of_a_merged_model(how):
+    import copy
+    import io
+
+    model = tn.nn.adapt(mlp(), ["0", "2"], rank=3)
+    x = torch.randn(10, 24)
+    weights = [model[0].base.weight.clone(), model[2].base.weight.clone()]
+    train(model, x)
+    tn.nn.merge(model)
+    if how == "deepcopy":
+        twin = copy.deepcopy(model)
+    else:  # a whole-module pickle: the user's own choice (tensornet's files never pickle)
+        buffer = io.BytesIO()
+        torch.save(model, buffer)
+        buffer.seek(0)
+        twin = torch.load(buffer, weights_only=False)
+    assert twin[0].merged and twin[2].merged
+    tn.nn.unmerge(twin)
+    for w, adapter in zip(weights, (twin[0], twin[2])):
+        np.testing.assert_allclose(
+            adapter.base.weight.detach(), w, rtol=0, atol=4 * float(w.abs().max()) * 2**-23
+        )
+    with torch.no_grad():  # the copy's check still sees a changed update
+        tn.nn.merge(twin)
+        twin[0].delta.packed_cores.mul_(2.0)
+    with pytest.raises(RuntimeError, match="unmerge: the update of 0 changed after merge"):
+        tn.nn.unmerge(twin)
+
+
+def _rewrite(src, dst, edit):
+    """A copy of the adapter file ``src`` at ``dst`` whose JSON header went through ``edit``."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), framework="pt") as handle:
+        header = handle.metadata()["tensornet_adapter"]
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+    text = edit(json.loads(header))
+    save_file(
+        tensors, str(dst), metadata={"tensornet_adapter": text if isinstance(text, str) else json.dumps(text)}
+    )
+    return dst
+
+
+def _set(path, value):
+    def edit(header):
+        target = header
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+        return header
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (
+            _set(("adapters", "0", "scaling"), float("nan")),
+            r"adapters\.0\.scaling must be a finite number > 0",
+        ),
+        (_set(("adapters", "2", "scaling"), "big"), r"adapters\.2\.scaling must be a finite number > 0"),
+        (_set(("adapters", "2", "scaling"), -1.0), r"adapters\.2\.scaling must be a finite number > 0"),
+        (_set(("adapters", "2", "core_shapes"), [[1, 5, 3, 2], [2, 6, 8, 1]]), r"adapters\.2\.core_shapes"),
+        # the same sizes and element count, the factors swapped: only the layer's shapes tell
+        (
+            _set(("adapters", "0", "core_shapes"), [[1, 6, 6, 2], [2, 5, 4, 1]]),
+            r"adapters\.0\.core_shapes factors 0",
+        ),
+        (_set(("format_version",), "1"), "format_version must be an int"),
+        (_set(("adapters", "2", "in_features"), True), r"adapters\.2\.in_features must be"),
+        (_set(("adapters",), []), "adapters must be an object"),
+        (lambda header: "{not json", "header is not valid JSON"),
+    ],
+)
+def test_load_adapter_validates_the_whole_header_and_loads_nothing_on_error(tmp_path, edit, match):
+    model = tn.nn.adapt(mlp(), ["0", "2"], rank=2, shapes={"0": ((5, 6), (4, 6)), "2": ((3, 8), (5, 6))})
+    train(model, torch.randn(10, 24))
+    path = tn.nn.save_adapter(tmp_path / "a.safetensors", model)
+    fresh = tn.nn.adapt(mlp(), ["0", "2"], rank=2, shapes={"0": ((5, 6), (4, 6)), "2": ((3, 8), (5, 6))})
+    state = {k: v.clone() for k, v in fresh.state_dict().items()}
+    scalings = [a.scaling for _, a in tn.nn.adapters(fresh)]
+    bad = _rewrite(path, tmp_path / "bad.safetensors", edit)
+    with pytest.raises(ValueError, match=rf"load_adapter: {re.escape(str(bad))}.*{match}"):
+        tn.nn.load_adapter(bad, fresh)
+    assert all(torch.equal(v, state[k]) for k, v in fresh.state_dict().items())  # all or nothing
+    assert [a.scaling for _, a in tn.nn.adapters(fresh)] == scalings
+    tn.nn.load_adapter(
+        _rewrite(path, tmp_path / "good.safetensors", lambda h: h), fresh
+    )  # the same, unedited
+    x = torch.randn(4, 24)
+    assert torch.equal(fresh(x), model(x))
+
+
+def test_adapt_refuses_shapes_keys_that_name_no_target_and_changes_nothing():
+    model = mlp()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    shapes = {"0": ((5, 6), (4, 6)), "layer2": ((5, 6), (4, 6)), "3": ((2, 3), (4, 6))}
+    with pytest.raises(
+        ValueError, match=r"adapt: shapes has keys \['3', 'layer2'\] that name no target.*\['0', '2'\]"
+    ):
+        tn.nn.adapt(model, ["0", "2"], rank=2, shapes=shapes)
+    assert not list(tn.nn.adapters(model)) and all(p.requires_grad for p in model.parameters())
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_errors_name_the_function_the_user_called(tmp_path):
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(16, 24), nn.GELU(), nn.Linear(24, 16))
+    with pytest.raises(ValueError, match=r"^adapt: 0: rank has 3 entries but the layer has 3 cores"):
+        tn.nn.adapt(m, ["0"], rank=(2, 3, 4))
+    with pytest.raises(ValueError, match=r"^adapt: 0: out_shape \(4, 5\) multiplies to 20"):
+        tn.nn.adapt(m, ["0"], rank=2, shapes=((4, 5), (4, 4)))
+    with pytest.raises(ValueError, match=r"^save_adapter: the model has no TT adapters"):
+        tn.nn.save_adapter(tmp_path / "a.safetensors", m)
+    assert not (tmp_path / "a.safetensors").exists()
+    for call in (tn.nn.adapter_state_dict, tn.nn.merge, tn.nn.unmerge):
+        with pytest.raises(TypeError, match=rf"^{call.__name__}: expected an nn.Module, got int"):
+            call(3)
+    with pytest.raises(TypeError, match=r"^save_adapter: expected an nn.Module, got int"):
+        tn.nn.save_adapter(tmp_path / "a.safetensors", 3)
+    tn.nn.save_adapter(tmp_path / "b.safetensors", tn.nn.adapt(m, ["0"], rank=2))
+    with pytest.raises(TypeError, match=r"^load_adapter: expected an nn.Module, got int"):
+        tn.nn.load_adapter(tmp_path / "b.safetensors", 3)

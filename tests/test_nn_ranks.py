@@ -270,3 +270,41 @@ def test_training_goes_on_smoothly_after_a_lossless_truncation():
     # without the new cores rescaled to the old norms, the loss rose 10% within these steps (Adam's
     # per-entry steps were relatively larger on the orthonormal cores)
     assert max(values) < before * 1.01 and values[-1] < before
+
+
+@pytest.mark.parametrize("change", ["truncate", "grow"])
+def test_truncate_and_grow_refuse_merged_adapters_and_change_nothing(change):
+    torch.manual_seed(0)
+    m = tn.nn.adapt(nn.Sequential(nn.Linear(16, 24), nn.GELU(), nn.Linear(24, 16)), ["0", "2"], rank=3)
+    with torch.no_grad():
+        for _, adapter in tn.nn.adapters(m):
+            adapter.delta.packed_cores.normal_()
+    weights = [a.base.weight.clone() for _, a in tn.nn.adapters(m)]
+    tn.nn.merge(m)
+    packed = [a.delta.packed_cores for _, a in tn.nn.adapters(m)]
+    with pytest.raises(ValueError, match=rf"{change}: the adapter 0 is merged; unmerge\(model\) first"):
+        if change == "truncate":
+            tn.nn.truncate(m, eps=0.5)
+        else:
+            tn.nn.grow(m, 6)
+    assert all(a.delta.packed_cores is p for (_, a), p in zip(tn.nn.adapters(m), packed))
+    tn.nn.unmerge(m)  # still possible: nothing was changed
+    for (_, adapter), w in zip(tn.nn.adapters(m), weights):  # the base weights back (float32 rounding)
+        np.testing.assert_allclose(adapter.base.weight.detach(), w, rtol=0, atol=1e-5)
+    tn.nn.truncate(m, eps=0.5) if change == "truncate" else tn.nn.grow(m, 6)  # unmerged: allowed
+
+
+def test_grow_to_a_rank_no_bond_is_below_is_an_error_and_changes_nothing():
+    m = model()
+    ranks = [layer.ranks for layer in (m[0], m[2])]
+    packed = [m[0].packed_cores, m[2].packed_cores]
+    low = min(min(r[1:-1]) for r in ranks)  # every bond at or above it
+    assert low > 1
+    for rank in (1, low):
+        with pytest.raises(ValueError, match=rf"grow: no bond of any TT layer can grow to rank {rank}"):
+            tn.nn.grow(m, rank)
+    assert m[0].packed_cores is packed[0] and m[2].packed_cores is packed[1]
+    capped = tn.nn.grow(m, 10_000)  # every bond to its useful maximum
+    assert capped.params_after > capped.params_before
+    with pytest.raises(ValueError, match="or at its useful maximum"):
+        tn.nn.grow(m, 10_000)

@@ -17,12 +17,18 @@ from torch import nn
 
 from tensornet import _checks
 
-from ._hf import conv1d_class, dense_weight
+from ._adapter_targets import (
+    ShapePair,
+    _check_shape_keys,
+    _check_untied,
+    _is_linear,
+    _matches,
+    _shape_for,
+)
+from ._hf import dense_weight
 from ._linear import TTMLinear
 
 __all__ = ["TTAdapter", "adapt", "adapter_state_dict", "adapters", "merge", "unmerge"]
-
-ShapePair = tuple[tuple[int, ...], tuple[int, ...]]
 
 
 class TTAdapter(nn.Module):
@@ -45,7 +51,8 @@ class TTAdapter(nn.Module):
         self.delta = delta
         self.scaling = float(scaling)
         self.dropout: nn.Module = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self._merged: tuple[int, int] | None = None  # (id, version) of delta's cores when merged
+        # while merged: delta's packed cores and the scaling as merged (a copy: survives deepcopy/pickle)
+        self._merged: tuple[torch.Tensor, float] | None = None
 
     @property
     def merged(self) -> bool:
@@ -97,52 +104,6 @@ def _rebuild(cores: tuple[torch.Tensor, ...]) -> torch.Tensor:
     return acc[..., 0]
 
 
-def _is_linear(module: nn.Module) -> bool:
-    conv1d = conv1d_class()
-    return isinstance(module, nn.Linear) or (conv1d is not None and isinstance(module, conv1d))
-
-
-def _matches(fn: str, targets: Any) -> Any:
-    """A predicate on module names for PEFT-style ``targets`` (a regex string, or names matched as suffixes)."""
-    if isinstance(targets, str):
-        try:
-            pattern = re.compile(targets)
-        except re.error as error:
-            raise ValueError(
-                f"{fn}: targets {targets!r} is not a valid regular expression ({error})"
-            ) from None
-        return lambda name: pattern.fullmatch(name) is not None
-    if isinstance(targets, re.Pattern):
-        return lambda name: targets.fullmatch(name) is not None
-    if not isinstance(targets, Sequence | set | frozenset) or not all(isinstance(t, str) for t in targets):
-        raise TypeError(
-            f"{fn}: targets must be a regex string or a list of module names (as PEFT's target_modules), "
-            f"got {targets!r}"
-        )
-    if not targets:
-        raise ValueError(f"{fn}: targets is empty; name the modules to adapt, e.g. ['c_attn', 'c_fc']")
-    suffixes = tuple(targets)
-    return lambda name: any(name == t or name.endswith(f".{t}") for t in suffixes)
-
-
-def _shape_for(fn: str, shapes: Any, name: str) -> ShapePair | tuple[None, None]:
-    """The ``(out_shape, in_shape)`` for the module ``name`` from ``shapes`` (None: factorised)."""
-    if shapes is None:
-        return None, None
-    if isinstance(shapes, Mapping):
-        if name not in shapes:
-            return None, None
-        shapes = shapes[name]
-    if not isinstance(shapes, tuple | list) or len(shapes) != 2:
-        raise TypeError(
-            f"{fn}: shapes must be None, an (out_shape, in_shape) pair or a dict of such pairs by module "
-            f"name, got {shapes!r} for {name}"
-        )
-    out_shape = _checks.check_shape(fn, "shapes[0] (out_shape)", shapes[0])
-    in_shape = _checks.check_shape(fn, "shapes[1] (in_shape)", shapes[1])
-    return out_shape, in_shape
-
-
 def _zero_last_core(delta: TTMLinear) -> None:
     """Cores 1..d-1 left-orthonormal (random, from torch's global generator), the last core zero."""
     with torch.no_grad():
@@ -180,7 +141,8 @@ def adapt(
         clipped with a :class:`RankClipWarning`.
     shapes : (out_shape, in_shape), or a dict of them by module name, optional
         The factorisations of the update's TT-matrix; default: :func:`tensornet.shapes.factorize` into
-        ``ncores`` factors.
+        ``ncores`` factors. A dict's keys are full module names of targets (others left to the default);
+        a key that names no target is an error.
     ncores : int
         Cores of a factorised update (default 3).
     alpha : float
@@ -201,8 +163,10 @@ def adapt(
         ``model`` not a module; bad ``targets``/``shapes`` types; a targeted module that is not a linear
         layer (nothing is changed then).
     ValueError
-        ``targets`` matching no module, or an already adapted one; ``rank < 1``; shapes that do not factor
-        the layer's size; ``alpha`` not finite and positive; ``dropout`` outside ``[0, 1)``.
+        ``targets`` matching no module, or an already adapted one, or a layer whose weight is shared
+        with another module (tied weights: untie them first); ``rank < 1``; shapes that do not factor
+        the layer's size, or a ``shapes`` key naming no target; ``alpha`` not finite and positive;
+        ``dropout`` outside ``[0, 1)``. Nothing is changed then.
 
     Notes
     -----
@@ -234,21 +198,26 @@ def adapt(
     else:
         raise TypeError(f"{fn}: rank must be an int or a tuple of ints, got {type(rank).__name__} {rank!r}")
     chosen = _targeted(fn, model, matches, targets)
+    _check_shape_keys(fn, shapes, chosen)
     built = []
     for name, module in chosen:  # all built before any is swapped in: an error changes nothing
         weight, _ = dense_weight(fn, module)
         out_shape, in_shape = _shape_for(fn, shapes, name)
-        delta = TTMLinear(
-            int(weight.shape[1]),
-            int(weight.shape[0]),
-            rank=rank,
-            in_shape=in_shape,
-            out_shape=out_shape,
-            ncores=ncores,
-            bias=False,
-            device=weight.device,
-            dtype=weight.dtype,
-        )
+        try:
+            delta = TTMLinear(
+                int(weight.shape[1]),
+                int(weight.shape[0]),
+                rank=rank,
+                in_shape=in_shape,
+                out_shape=out_shape,
+                ncores=ncores,
+                bias=False,
+                device=weight.device,
+                dtype=weight.dtype,
+            )
+        except (TypeError, ValueError) as error:  # the layer's message, under the name the user called
+            text = str(error).removeprefix("TTMLinear: ")
+            raise type(error)(f"{fn}: {name}: {text}") from None
         _zero_last_core(delta)
         built.append((name, TTAdapter(module, delta, float(alpha) / top, float(dropout))))
     for param in model.parameters():
@@ -278,6 +247,8 @@ def _targeted(fn: str, model: nn.Module, matches: Any, targets: Any) -> list[tup
                 "transformers' Conv1D layers can be adapted: name the linear layers inside it"
             )
         chosen.append((name, module))
+    if chosen:
+        _check_untied(fn, model, chosen)
     if not chosen:
         names = [n for n, m in model.named_modules() if _is_linear(m)][:8]
         raise ValueError(
@@ -302,6 +273,8 @@ def adapters(model: nn.Module) -> Iterator[tuple[str, TTAdapter]]:
 
 
 def _found(fn: str, model: nn.Module) -> list[tuple[str, TTAdapter]]:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{fn}: expected an nn.Module, got {type(model).__name__}")
     found = list(adapters(model))
     if not found:
         raise ValueError(
@@ -336,6 +309,8 @@ def merge(model: nn.Module) -> nn.Module:
 
     Raises
     ------
+    TypeError
+        ``model`` not a module.
     ValueError
         The model has no adapters.
 
@@ -352,8 +327,7 @@ def merge(model: nn.Module) -> nn.Module:
             continue
         with torch.no_grad():
             _weight(adapter).add_(_stored(adapter))
-        packed = adapter.delta.packed_cores
-        adapter._merged = (id(packed), packed._version)
+        adapter._merged = (adapter.delta.packed_cores.detach().clone(), adapter.scaling)
     return model
 
 
@@ -367,16 +341,25 @@ def unmerge(model: nn.Module) -> nn.Module:
 
     Raises
     ------
+    TypeError
+        ``model`` not a module.
     ValueError
         The model has no adapters.
     RuntimeError
-        An adapter's cores changed since :func:`merge` (an optimizer step, :func:`truncate`, a load):
-        subtracting the new update would not give the base weight back. Nothing is changed then.
+        An adapter's cores or scaling changed since :func:`merge` (an optimizer step, a write to the
+        cores): subtracting the new update would not give the base weight back. Nothing is changed then.
+
+    Notes
+    -----
+    :func:`merge` keeps a copy of each update's cores and scaling (the adapter's parameters again, in
+    memory, not in ``state_dict``), compared here value by value: a ``copy.deepcopy`` or pickled copy of
+    a merged model unmerges as the original does.
+
+    Cost: rebuilding each update, ``O(out * in)`` per adapter.
     """
     found = [(name, a) for name, a in _found("unmerge", model) if a.merged]
     for name, adapter in found:
-        packed = adapter.delta.packed_cores
-        if adapter._merged != (id(packed), packed._version):
+        if not _unchanged(adapter):
             raise RuntimeError(
                 f"unmerge: the update of {name} changed after merge (its cores were written); the base "
                 "weight cannot be recovered from it. Merge only for inference and unmerge before training"
@@ -388,11 +371,25 @@ def unmerge(model: nn.Module) -> nn.Module:
     return model
 
 
+def _unchanged(adapter: TTAdapter) -> bool:
+    """Whether the adapter's update is the one :func:`merge` folded in (same core shapes, values, scaling)."""
+    if adapter._merged is None:
+        return True
+    cores, scaling = adapter._merged
+    packed = adapter.delta.packed_cores.detach()
+    # the copy is no buffer, so model.to(...) after merge leaves it where it was: compare it moved
+    same = cores.shape == packed.shape and torch.equal(cores.to(packed), packed)
+    return same and scaling == adapter.scaling
+
+
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapters' entries of ``model.state_dict()``: each update's packed cores and core shapes.
 
-    ``model.load_state_dict(sd, strict=False)`` loads it back into an adapted model of the same ranks;
-    :func:`load_adapter` also rebuilds updates of other (truncated, grown) ranks.
+    ``model.load_state_dict(sd, strict=False)`` loads it back into a model adapted on the same layers
+    with the same ranks and shapes AND the same ``alpha``: the dict holds no scaling (``alpha / max(rank)``,
+    kept on each :class:`TTAdapter`), so a model adapted with another ``alpha`` computes a differently
+    scaled update from the same cores, without error. :func:`save_adapter` stores the scaling, and
+    :func:`load_adapter` sets it and rebuilds updates of other (truncated, grown) ranks.
 
     Raises
     ------

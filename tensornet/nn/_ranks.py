@@ -17,6 +17,7 @@ from torch import nn
 
 from tensornet import _checks
 
+from ._adapter import TTAdapter
 from ._cores import TTCoresModule
 from ._materialize import materialize
 from ._tensorize import LayerReport
@@ -53,6 +54,11 @@ def _tt_layers(fn: str, model: Any) -> list[tuple[str, TTCoresModule]]:
         raise TypeError(f"{fn}: expected an nn.Module, got {type(model).__name__}")
     seen: dict[int, tuple[str, TTCoresModule]] = {}
     for name, module in model.named_modules():
+        if isinstance(module, TTAdapter) and module.merged:  # its base weight holds the old update
+            raise ValueError(
+                f"{fn}: the adapter {name} is merged; unmerge(model) first (unmerge subtracts the update "
+                "merge added, which a changed update could no longer do)"
+            )
         if isinstance(module, TTCoresModule) and id(module) not in seen:
             seen[id(module)] = (name, module)
     if not seen:
@@ -243,8 +249,8 @@ def truncate(
         ``momentum_buffer`` are carried).
     ValueError
         No TT layers; both or neither of ``eps`` and ``budget``; ``eps`` negative or not finite;
-        ``budget`` outside ``(0, 1]`` or below the fraction that rank 1 everywhere keeps.
-        Nothing is changed then.
+        ``budget`` outside ``(0, 1]`` or below the fraction that rank 1 everywhere keeps; a merged
+        TT adapter (:func:`unmerge` first). Nothing is changed then.
 
     Notes
     -----
@@ -375,7 +381,9 @@ def grow(model: nn.Module, rank: int, *, optimizer: Any = None) -> RankReport:
     Raises
     ------
     TypeError, ValueError
-        As :func:`truncate`; ``rank`` not an int or < 1.
+        As :func:`truncate` (a merged adapter included); ``rank`` not an int or < 1; ``rank`` growing
+        nothing (every bond of every layer already at or above it, or at its useful maximum: a call that
+        would change nothing is taken for a mistake). Layers some of whose bonds grow are not an error.
 
     Notes
     -----
@@ -391,18 +399,26 @@ def grow(model: nn.Module, rank: int, *, optimizer: Any = None) -> RankReport:
     rank = _checks.check_count(fn, "rank", rank)
     layers = _tt_layers(fn, model)
     _check_optimizer(fn, optimizer, layers)
+    targets = [_new_ranks(layer, rank) for _, layer in layers]
+    if all(new == list(layer.ranks) for new, (_, layer) in zip(targets, layers)):
+        raise ValueError(
+            f"{fn}: no bond of any TT layer can grow to rank {rank}: each is at or above it, or at its useful "
+            f"maximum; the ranks are {[layer.ranks for _, layer in layers]}; nothing to grow. Give a higher rank "
+            "(truncate lowers ranks)"
+        )
     before = sum(layer.nparams for _, layer in layers)
     reports = []
-    for name, layer in layers:
+    for (name, layer), new_ranks in zip(layers, targets):
         params, ranks = layer.nparams, layer.ranks
-        cores, maps = _grown(layer, rank)
+        cores, maps = _grown(layer, new_ranks)
         _install(layer, cores, maps, optimizer)
         reports.append(_report(name, layer, params, 0.0, f"ranks {ranks} -> {layer.ranks}"))
     _regroup(model)
     return RankReport(reports, before, sum(layer.nparams for _, layer in layers), None)
 
 
-def _grown(layer: TTCoresModule, rank: int) -> tuple[list[torch.Tensor], Maps]:
+def _new_ranks(layer: TTCoresModule, rank: int) -> list[int]:
+    """Every bond rank raised to ``rank`` where below it, capped at the bond's useful maximum."""
     shapes = layer.core_shapes
     sizes = [s[1] * s[2] for s in shapes]
     old = layer.ranks
@@ -411,6 +427,10 @@ def _grown(layer: TTCoresModule, rank: int) -> tuple[list[torch.Tensor], Maps]:
         cap = min(math.prod(sizes[:k]), math.prod(sizes[k:]))
         new_ranks.append(max(old[k], min(rank, cap)))
     new_ranks.append(1)
+    return new_ranks
+
+
+def _grown(layer: TTCoresModule, new_ranks: list[int]) -> tuple[list[torch.Tensor], Maps]:
     cores, maps = [], []
     for k, core in enumerate(layer.cores):
         core = core.detach()
