@@ -13,11 +13,12 @@ from ._adapter import TTAdapter, adapt, adapter_state_dict, adapters, merge, unm
 from ._adapter_files import load_adapter, save_adapter
 from ._embedding import TTEmbedding
 from ._factor import RankClipWarning
+from ._grow import grow
 from ._head import TiedTTHead
 from ._hf import linear_weight
 from ._linear import TTMLinear, dense_weights, tt_parameters
 from ._materialize import materialize, release_weights
-from ._ranks import RankReport, grow, truncate
+from ._ranks import RankReport, truncate
 from ._tensorize import LayerReport, Rule, TensorizeReport, tensorize
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""Rank changes of TT layers in training: :func:`truncate` (round to eps or a budget) and :func:`grow`.
+"""Rank changes of TT layers in training: :func:`truncate` (round to eps or a budget); :func:`grow` is in ``_grow``.
 
 Both replace each layer's packed cores by a new parameter and carry an optimizer's state over to it, so
 training continues without a restart. The new cores are linear images of the old ones,
@@ -22,7 +22,7 @@ from ._cores import TTCoresModule
 from ._materialize import materialize
 from ._tensorize import LayerReport
 
-__all__ = ["RankReport", "grow", "truncate"]
+__all__ = ["RankReport", "truncate"]
 
 # optimizer state entries that are linear in the gradient (carried by the maps) and those that are
 # squares of it (carried by the maps' entrywise squares); any other entry of the parameter's shape is refused
@@ -360,93 +360,3 @@ def _regroup(model: nn.Module) -> None:
     """Group a materialized model's layers again (their core shapes changed)."""
     if "_tensornet_materialize" in model.__dict__:
         materialize(model)
-
-
-def grow(model: nn.Module, rank: int, *, optimizer: Any = None) -> RankReport:
-    """Raise every bond rank of every TT layer to ``rank`` (capped at its useful maximum), function unchanged.
-
-    Parameters
-    ----------
-    model : nn.Module
-    rank : int
-        The new rank of every bond below it (bonds already at or above it are kept).
-    optimizer : torch.optim.Optimizer, optional
-        As in :func:`truncate`: its state is carried over (zero for the new entries).
-
-    Returns
-    -------
-    RankReport
-        ``error`` 0 for every layer.
-
-    Raises
-    ------
-    TypeError, ValueError
-        As :func:`truncate` (a merged adapter included); ``rank`` not an int or < 1; ``rank`` growing
-        nothing (every bond of every layer already at or above it, or at its useful maximum: a call that
-        would change nothing is taken for a mistake). Layers some of whose bonds grow are not an error.
-
-    Notes
-    -----
-    At a bond grown from ``r`` to ``r'``, core k gets ``r' - r`` new right slices, random (from torch's
-    global generator, at the RMS of the core's entries), and core k+1 gets ``r' - r`` new left slices,
-    zero. Every term through a new direction passes a zero slice, so ``W`` is unchanged; the zero slices'
-    gradients are not zero (they see the random ones), so the new directions train (as LoRA's zero
-    ``B``). Had both been zero, neither would ever get a gradient.
-
-    Cost: ``O(new parameters)``.
-    """
-    fn = "grow"
-    rank = _checks.check_count(fn, "rank", rank)
-    layers = _tt_layers(fn, model)
-    _check_optimizer(fn, optimizer, layers)
-    targets = [_new_ranks(layer, rank) for _, layer in layers]
-    if all(new == list(layer.ranks) for new, (_, layer) in zip(targets, layers)):
-        raise ValueError(
-            f"{fn}: no bond of any TT layer can grow to rank {rank}: each is at or above it, or at its useful "
-            f"maximum; the ranks are {[layer.ranks for _, layer in layers]}; nothing to grow. Give a higher rank "
-            "(truncate lowers ranks)"
-        )
-    before = sum(layer.nparams for _, layer in layers)
-    reports = []
-    for (name, layer), new_ranks in zip(layers, targets):
-        params, ranks = layer.nparams, layer.ranks
-        cores, maps = _grown(layer, new_ranks)
-        _install(layer, cores, maps, optimizer)
-        reports.append(_report(name, layer, params, 0.0, f"ranks {ranks} -> {layer.ranks}"))
-    _regroup(model)
-    return RankReport(reports, before, sum(layer.nparams for _, layer in layers), None)
-
-
-def _new_ranks(layer: TTCoresModule, rank: int) -> list[int]:
-    """Every bond rank raised to ``rank`` where below it, capped at the bond's useful maximum."""
-    shapes = layer.core_shapes
-    sizes = [s[1] * s[2] for s in shapes]
-    old = layer.ranks
-    new_ranks = [1]
-    for k in range(1, len(shapes)):
-        cap = min(math.prod(sizes[:k]), math.prod(sizes[k:]))
-        new_ranks.append(max(old[k], min(rank, cap)))
-    new_ranks.append(1)
-    return new_ranks
-
-
-def _grown(layer: TTCoresModule, new_ranks: list[int]) -> tuple[list[torch.Tensor], Maps]:
-    cores, maps = [], []
-    for k, core in enumerate(layer.cores):
-        core = core.detach()
-        r0, m, n, r1 = core.shape
-        s0, s1 = new_ranks[k], new_ranks[k + 1]
-        grown = core.new_zeros(s0, m, n, s1)
-        grown[:r0, :, :, :r1] = core
-        if s1 > r1:
-            rms = float(core.double().square().mean().sqrt()) or 1 / math.sqrt(r0 * m * n)
-            grown[:r0, :, :, r1:] = torch.randn(r0, m, n, s1 - r1, dtype=core.dtype, device=core.device) * rms
-        cores.append(grown)
-        eye = torch.eye
-        maps.append(
-            (
-                eye(s0, r0, dtype=torch.float64, device=core.device),
-                eye(r1, s1, dtype=torch.float64, device=core.device),
-            )
-        )
-    return cores, maps
