@@ -300,7 +300,7 @@ def test_errors_name_the_function_and_the_fix():
         rm.inner(u, v)
     with pytest.raises(ValueError, match="retract: v is a tangent vector at another point"):
         rm.retract(y, u)
-    with pytest.raises(TypeError, match="number or a 0-d numpy array"):
+    with pytest.raises(TypeError, match="scalar must be a number or a 0-d array, got str"):
         u * "2"
     with pytest.raises(TypeError, match="complex scalar cannot scale a real"):
         u * 1j
@@ -331,3 +331,14 @@ def test_import_does_not_need_torch():
 
     code = "import sys, tensornet as tn; tn.riemannian; tn.complete; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_scaling_a_tangent_vector_by_any_real_scalar_keeps_its_dtype(backend):
+    # a numpy float64 scalar turned a float32 vector into float64 deltas; a 0-d numpy array was refused on torch
+    x = tn.random_tt((3, 4, 5), 2, seed=0, dtype="float32").to(backend)
+    v = rm.project(x, x)
+    for alpha in (2.0, np.float64(2.0), np.array(2.0), np.float32(2.0)):
+        w = v * alpha
+        assert w.dtype == v.dtype
+        np.testing.assert_allclose(as_numpy(w.to_tt().full()), 2.0 * as_numpy(v.to_tt().full()), rtol=1e-6)

@@ -13,7 +13,6 @@ mutually orthogonal, so ``<v, w> = sum_k <D_k^v, D_k^w>``.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +20,7 @@ from .. import _backend as B
 from .. import _checks, _pow2, _train_checks
 from .._backend import Array
 from .._einsum import einsum
+from .._scalars import check_scalar
 from ..decomp import round as tt_round
 from ..tt import TT
 from ._frame import Frame, frame_of, shape3
@@ -125,21 +125,12 @@ class Tangent:
 
 
 def _scalar(fn: str, v: Tangent, alpha: Any) -> Any:
-    if isinstance(alpha, numbers.Number) and not isinstance(alpha, bool):
-        if isinstance(alpha, complex) and not B.is_complex(v._deltas[0]):
-            raise TypeError(
-                f"{fn}: a complex scalar cannot scale a real tangent vector; convert x to complex"
-            )
-        return alpha
-    if B.is_array(alpha) and alpha.ndim == 0 and B.backend_name(alpha) == B.backend_name(v._deltas[0]):
-        if B.is_complex(alpha) and not B.is_complex(v._deltas[0]):
-            raise TypeError(
-                f"{fn}: a complex scalar cannot scale a real tangent vector; convert x to complex"
-            )
-        return alpha
-    raise TypeError(
-        f"{fn}: expected a number or a 0-d {B.backend_name(v._deltas[0])} array, got {type(alpha).__name__}"
-    )
+    """``alpha`` as :func:`tensornet._scalars.check_scalar` gives it for the point's cores (dtype kept)."""
+    alpha = check_scalar(fn, v.point, alpha)
+    complex_scalar = isinstance(alpha, complex) or (B.is_array(alpha) and B.is_complex(alpha))
+    if complex_scalar and not B.is_complex(v._deltas[0]):
+        raise TypeError(f"{fn}: a complex scalar cannot scale a real tangent vector; convert x to complex")
+    return alpha
 
 
 def _check_tangent(fn: str, v: Any, name: str = "v") -> None:
