@@ -323,7 +323,7 @@ def _part(x: TrainT, *, imaginary: bool) -> TrainT:
     if not B.is_complex(flat[0]):
         if not imaginary:
             return x
-        return scale(x, 0.0)
+        return x._from_tt_layout([core[:1, :, :1] * 0 for core in flat])  # the zero train at rank 1
     d = len(flat)
     cores = []
     for k, core in enumerate(flat):

@@ -139,6 +139,8 @@ def test_conj_real_imag_and_reversed_modes(t):
     for part, expected in ((tn.real(t), x.real), (tn.imag(t), x.imag), (t.real, x.real), (t.imag, x.imag)):
         assert "complex" not in str(part.dtype)
         assert_close(part.full(), expected, t.dtype, scale)
+    if "complex" not in str(t.dtype):  # the imaginary part of a real train is the zero train at rank 1
+        assert set(tn.imag(t).ranks) == {1} and tn.imag(t).dtype == t.dtype
     assert_close(t.T.full(), x.T, t.dtype, scale)  # numpy's x.T: the modes reversed
     assert_close(tn.transpose(t, conjugate=True).full(), x.conj().T, t.dtype, scale)
 
