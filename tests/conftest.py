@@ -139,6 +139,21 @@ GPT2_TINY = [
 ]
 
 
+def train_argv(shared: dict, out, *extra: str) -> list[str]:
+    """``train`` of the tiny model for 3 steps into ``out``, on the module's shared token cache."""
+    return [
+        "train",
+        *GPT2_TINY,
+        "--steps",
+        "3",
+        "--cache-dir",
+        str(shared["cache"]),
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
 def cli_status(argv: list[str]) -> int:
     """``python -m tensornet.gpt2``'s exit status: usage errors exit through argparse, later errors return 2."""
     from tensornet.gpt2.app._cli import main
@@ -157,10 +172,7 @@ def shared(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert (
-            cli_status(["train", *GPT2_TINY, "--steps", "3", "--cache-dir", str(cache), "--out", str(run)])
-            == 0
-        )
+        assert cli_status(train_argv({"cache": cache}, run)) == 0
     finally:
         torch.set_num_threads(threads)
     return {"cache": cache, "run": run}

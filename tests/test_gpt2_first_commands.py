@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import tomllib
 import torch
-from conftest import GPT2_TINY, cli_status
+from conftest import cli_status, train_argv
 
 from tensornet.gpt2.app import _precheck, _resume, _runfolder, _train
 from tensornet.gpt2.app._args import parser
@@ -24,20 +24,6 @@ from tensornet.gpt2.app._compare import table
 pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny models run faster on one thread (conftest)
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def train_argv(shared, out: Path, *extra: str) -> list[str]:
-    return [
-        "train",
-        *GPT2_TINY,
-        "--steps",
-        "3",
-        "--cache-dir",
-        str(shared["cache"]),
-        "--out",
-        str(out),
-        *extra,
-    ]
 
 
 # ------------------------------------------------------------------ the defaults work together

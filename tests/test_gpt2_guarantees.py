@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import GPT2_TINY, cli_status
+from conftest import GPT2_TINY, cli_status, train_argv
 
 from tensornet.gpt2 import build_model, gpt2_config, load_model, save_model, stdlib_corpus, tensorize
 from tensornet.gpt2.app._checkpoint import load_checkpoint, load_token_file, save_checkpoint
@@ -49,10 +49,6 @@ def plant_pickle(path: Path, marker: Path) -> None:
 
 
 code = cli_status
-
-
-def train_argv(shared, out: Path, *extra: str) -> list[str]:
-    return ["train", *TINY, "--steps", "3", "--cache-dir", str(shared["cache"]), "--out", str(out), *extra]
 
 
 def copy_run(shared, dst: Path) -> Path:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import GPT2_TINY, cli_status
+from conftest import cli_status, train_argv
 
 from tensornet.gpt2 import load_model, save_model
 from tensornet.gpt2.app import _train
@@ -21,20 +21,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny models run faster
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-
-
-def train_argv(shared, out: Path, *extra: str) -> list[str]:
-    return [
-        "train",
-        *GPT2_TINY,
-        "--steps",
-        "3",
-        "--cache-dir",
-        str(shared["cache"]),
-        "--out",
-        str(out),
-        *extra,
-    ]
 
 
 def tree(path: Path) -> dict[str, bytes]:
