@@ -308,3 +308,30 @@ def test_grow_to_a_rank_no_bond_is_below_is_an_error_and_changes_nothing():
     assert capped.params_after > capped.params_before
     with pytest.raises(ValueError, match="or at its useful maximum"):
         tn.nn.grow(m, 10_000)
+
+
+@pytest.mark.parametrize("change", ["truncate", "grow"])
+def test_a_submodule_of_a_materialized_model_keeps_its_layers_grouped(change):
+    # the layers left their materialize group and the model given (a submodule) was never grouped again
+    torch.manual_seed(0)
+    inner = nn.Sequential(*(TTMLinear(16, 16, rank=4, in_shape=(4, 4), out_shape=(4, 4)) for _ in range(2)))
+    outer = nn.Sequential(inner, TTMLinear(16, 16, rank=4, in_shape=(4, 4), out_shape=(4, 4)))
+    tn.nn.materialize(outer)
+    x = torch.randn(3, 16)
+    if change == "truncate":
+        tn.nn.truncate(inner, budget=0.5)
+    else:
+        tn.nn.grow(inner, 6)
+    groups = [layer.__dict__.get("_weight_group") for layer in inner]
+    assert all(entry is not None for entry in groups)
+    assert groups[0][0] is groups[1][0] and groups[0][0].core_shapes == inner[0].core_shapes
+    assert (
+        outer[1].__dict__["_weight_group"][0].core_shapes == outer[1].core_shapes
+    )  # the other keeps its own
+    y = outer(x)
+    y.sum().backward()  # through the group's rebuilt weights
+    assert all(layer.packed_cores.grad is not None for layer in (*inner, outer[1]))
+    reference = x
+    for layer in (*inner, outer[1]):
+        reference = torch.nn.functional.linear(reference, layer.to_linear().weight, layer.bias)
+    torch.testing.assert_close(y, reference)

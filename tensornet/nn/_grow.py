@@ -16,7 +16,7 @@ from tensornet import _checks
 from tensornet.shapes import useful_ranks
 
 from ._cores import TTCoresModule
-from ._ranks import Maps, RankReport, _check_optimizer, _install, _regroup, _report, _tt_layers
+from ._ranks import Maps, RankReport, _check_optimizer, _groups, _install, _regroup, _report, _tt_layers
 
 __all__ = ["grow"]
 
@@ -66,13 +66,13 @@ def grow(model: nn.Module, rank: int, *, optimizer: Any = None) -> RankReport:
             "(truncate lowers ranks)"
         )
     before = sum(layer.nparams for _, layer in layers)
-    reports = []
+    reports, groups = [], _groups(layers)
     for (name, layer), new_ranks in zip(layers, targets):
         params, ranks = layer.nparams, layer.ranks
         cores, maps = _grown(layer, new_ranks)
         _install(layer, cores, maps, optimizer)
         reports.append(_report(name, layer, params, 0.0, f"ranks {ranks} -> {layer.ranks}"))
-    _regroup(model)
+    _regroup(groups)
     return RankReport(reports, before, sum(layer.nparams for _, layer in layers), None)
 
 

@@ -98,6 +98,9 @@ class WeightGroup:
         self.release()
         for index, member in enumerate(self.layers):
             member.__dict__["_weight_group"] = (self, index)
+        if layer.__dict__.get("_weight_group", (None,))[0] is self:
+            del layer.__dict__["_weight_group"]
+            layer._choose_weight_source()  # not left with a source that names this group
 
     def weight(self, index: int, x: torch.Tensor) -> torch.Tensor | None:
         layer = self.layers[index]
@@ -301,13 +304,21 @@ def materialize(model: nn.Module, enabled: bool = True) -> nn.Module:
     if not enabled:
         return model
     model.__dict__["_tensornet_materialize"] = model.register_forward_pre_hook(PassCounter())
+    regroup(layers)
+    return model
+
+
+def regroup(layers: Sequence[TTMLinear]) -> None:
+    """Put ``layers`` into new groups, one per core shapes, dtype and device; their previous groups are dropped.
+
+    Each member then points at its new group and uses it.
+    """
     groups: dict[Any, list[TTMLinear]] = {}
     for layer in layers:
         packed = layer.packed_cores
         groups.setdefault((layer.core_shapes, packed.dtype, packed.device), []).append(layer)
     for members in groups.values():
-        WeightGroup(members)  # each member now points at its group
-    return model
+        WeightGroup(members)
 
 
 def release_weights(model: nn.Module) -> None:

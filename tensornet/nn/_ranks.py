@@ -19,7 +19,7 @@ from tensornet import _checks
 
 from ._adapter import TTAdapter
 from ._cores import TTCoresModule
-from ._materialize import materialize
+from ._materialize import regroup
 from ._tensorize import LayerReport
 
 __all__ = ["RankReport", "truncate"]
@@ -175,10 +175,7 @@ def _install(layer: TTCoresModule, cores: list[torch.Tensor], maps: Maps, optimi
                 if isinstance(value, torch.Tensor) and value.shape == old.shape:
                     state[key] = _apply_maps(value, layer.core_shapes, maps, key in _SQUARED)
             optimizer.state[new] = state
-    entry = layer.__dict__.pop("_weight_group", None)  # materialize's group was of the old shapes
-    if entry is not None:
-        entry[0].remove(layer)
-    layer.packed_cores = new
+    layer.packed_cores = new  # a materialize group it is in is rebuilt by _regroup (shapes changed)
     layer.core_shapes = tuple(tuple(int(n) for n in c.shape) for c in cores)  # type: ignore[misc]
     cache = getattr(layer, "_dense_cache", None)
     if cache is not None:
@@ -295,14 +292,14 @@ def truncate(
             continue
         rounded, maps, error = _round(cores, factors, eps)
         results.append((*_balanced(rounded, cores, maps), error))
-    reports = []
+    reports, groups = [], _groups(layers)
     for (name, layer), (cores, maps, error), powers in zip(layers, results, scales):
         params = layer.nparams
         ranks = layer.ranks
         # H_k = A_k (G_k / s_k) L_k, so s_k H_k = A_k G_k L_k: the scales return, the maps stay
         _install(layer, [c * p for c, p in zip(cores, powers)], maps, optimizer)
         reports.append(_report(name, layer, params, error, f"ranks {ranks} -> {layer.ranks}"))
-    _regroup(model)
+    _regroup(groups)
     return RankReport(reports, before, sum(layer.nparams for _, layer in layers), eps)
 
 
@@ -356,7 +353,19 @@ def _bisect(fn: str, prepared: list[Any], target: float, before: int) -> float:
     return high
 
 
-def _regroup(model: nn.Module) -> None:
-    """Group a materialized model's layers again (their core shapes changed)."""
-    if "_tensornet_materialize" in model.__dict__:
-        materialize(model)
+def _groups(layers: list[tuple[str, TTCoresModule]]) -> list[Any]:
+    """The :func:`~tensornet.nn.materialize` groups the layers are in (before their shapes change)."""
+    found = {}
+    for _, layer in layers:
+        entry = layer.__dict__.get("_weight_group")
+        if entry is not None:
+            found[id(entry[0])] = entry[0]
+    return list(found.values())
+
+
+def _regroup(groups: list[Any]) -> None:
+    """Group the members of ``groups`` (some changed their core shapes) again by their shapes now.
+
+    This also holds where the model given was a submodule of the materialized one.
+    """
+    regroup([layer for group in groups for layer in group.layers])
