@@ -94,11 +94,11 @@ def _grown(layer: TTCoresModule, new_ranks: list[int]) -> tuple[list[torch.Tenso
             rms = float(core.double().square().mean().sqrt()) or 1 / math.sqrt(r0 * m * n)
             grown[:r0, :, :, r1:] = torch.randn(r0, m, n, s1 - r1, dtype=core.dtype, device=core.device) * rms
         cores.append(grown)
-        eye = torch.eye
+        # the embeddings of the old rank indices into the new ones
         maps.append(
             (
-                eye(s0, r0, dtype=torch.float64, device=core.device),
-                eye(r1, s1, dtype=torch.float64, device=core.device),
+                torch.eye(s0, r0, dtype=torch.float64, device=core.device),
+                torch.eye(r1, s1, dtype=torch.float64, device=core.device),
             )
         )
     return cores, maps
