@@ -12,14 +12,12 @@ GPT-2's ``Conv1D`` stores its weight ``(in, out)``: ``tensornet.nn`` transposes 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from torch import nn
 
-import tensornet as tn
 from tensornet.nn import LayerReport, Rule, TensorizeReport, TiedTTHead, linear_weight
 from tensornet.nn import tensorize as nn_tensorize
 
@@ -27,83 +25,7 @@ from ._config import LAYER_GROUPS, SHAPE_KEYS
 from ._config import count as _count
 from ._config import is_int as _is_int
 from ._lowrank import LowRankLinear
-
-Pairs = tuple[tuple[int, int], ...]  # ((m_1, n_1), ..., (m_d, n_d)): a (prod m, prod n) weight
-
-# The paper's c_fc core shapes as (out_k, in_k) pairs, by (width, MLP width), each with the largest rank it is
-# used for; c_proj (MLP width -> width) takes every pair reversed.
-PAPER_SHAPES: dict[tuple[int, int], tuple[tuple[float, Pairs], ...]] = {
-    (768, 3072): (  # GPT-2 small: the paper's r = 16 (5 cores), 32 and 64 (4 cores), 80 (3 cores)
-        (16, ((4, 4), (4, 4), (4, 4), (4, 4), (12, 3))),
-        (64, ((8, 8), (8, 8), (8, 12), (6, 1))),
-        (math.inf, ((16, 16), (16, 16), (12, 3))),
-    ),
-    (1024, 4096): ((math.inf, ((16, 16), (16, 16), (16, 4))),),  # GPT-2 medium: r = 72
-}
-
-
-def paper_shapes(shape: tuple[int, int], rank: int) -> Pairs | None:
-    """The paper's core pairs ``(out_k, in_k)`` for a GPT-2 MLP weight of ``shape = (out, in)`` at ``rank``.
-
-    None when the paper has none (only GPT-2 small and medium MLPs have shapes).
-    """
-    for (width, hidden), table in PAPER_SHAPES.items():
-        pairs = next(p for bound, p in table if rank <= bound)
-        if tuple(shape) == (hidden, width):  # c_fc
-            return pairs
-        if tuple(shape) == (width, hidden):  # c_proj
-            return tuple((n, m) for m, n in pairs)
-    return None
-
-
-def balanced_shapes(shape: tuple[int, int], ncores: int) -> Pairs:
-    """``(out_k, in_k)`` pairs of ``tn.shapes.factorize`` of both sides of ``shape = (out, in)``, ascending."""
-    return tuple(zip(tn.shapes.factorize(shape[0], ncores), tn.shapes.factorize(shape[1], ncores)))
-
-
-def _check_pairs(pairs: Any, shape: tuple[int, int], where: str) -> Pairs:
-    try:
-        pairs = tuple((int(m), int(n)) for m, n in pairs)
-    except (TypeError, ValueError):
-        raise TypeError(
-            f"tensorize: shapes for {where} must be a sequence of (out_k, in_k) pairs, got {pairs!r}"
-        ) from None
-    if not pairs or any(m < 1 or n < 1 for m, n in pairs):
-        raise ValueError(f"tensorize: shapes for {where} must be non-empty positive pairs, got {pairs!r}")
-    product = (math.prod(m for m, _ in pairs), math.prod(n for _, n in pairs))
-    if product != tuple(shape):
-        raise ValueError(
-            f"tensorize: shapes for {where} multiply to (out, in) = {product}, but the layer's weight is "
-            f"{tuple(shape)}; choose (out_k, in_k) pairs whose products are the layer's sizes"
-        )
-    return pairs
-
-
-def layer_shapes(
-    key: str, shape: tuple[int, int], *, rank: int, shapes: Any = "paper", ncores: int = 3
-) -> Pairs:
-    """The ``(out_k, in_k)`` core pairs of the layer ``key`` (``"mlp.c_fc"``, ...) with weight ``shape``.
-
-    ``shape`` is ``(out, in)``. The pairs are the paper's (``shapes="paper"``; attention, which the paper
-    keeps dense, falls back to balanced), ``ncores`` near-equal factors per side (``"balanced"``), or
-    ``shapes[key]`` from a mapping.
-    """
-    where = f"{key} (out, in) = {tuple(shape)}"
-    if isinstance(shapes, Mapping):
-        if key not in shapes:
-            raise ValueError(
-                f"tensorize: shapes has no entry for {key!r}; keys must be among {sorted(shapes)}"
-            )
-        return _check_pairs(shapes[key], shape, where)
-    if shapes not in ("paper", "balanced"):
-        raise ValueError(f"tensorize: shapes must be 'paper', 'balanced' or a mapping, got {shapes!r}")
-    pairs = paper_shapes(shape, rank) if shapes == "paper" else None
-    if pairs is None and shapes == "paper" and key.startswith("mlp."):
-        raise ValueError(
-            f"tensorize: the paper gives shapes only for GPT-2 small (768 <-> 3072) and medium (1024 <-> 4096) "
-            f"MLPs, not {where}; use shapes='balanced' or give them explicitly"
-        )
-    return pairs or balanced_shapes(shape, ncores)
+from ._shapes import Pairs, _check_useful, layer_shapes
 
 
 def nparams(model: nn.Module) -> int:
@@ -134,17 +56,6 @@ def _weight_shape(module: nn.Module) -> tuple[int, int]:
     """``(out, in)`` of an ``nn.Linear`` or GPT-2 ``Conv1D``."""
     out_features, in_features = linear_weight(module, where="tensorize")[0].shape
     return int(out_features), int(in_features)
-
-
-def _check_useful(rank: int, pairs: Pairs, name: str) -> None:
-    """A rank above every bond's useful maximum ``min(prod_{j<=k} m_j n_j, prod_{j>k} m_j n_j)`` is an error."""
-    useful = tn.shapes.useful_ranks([m * n for m, n in pairs]) or (1,)
-    if rank > max(useful):
-        shape = "".join(f"({m},{n})" for m, n in pairs)
-        raise ValueError(
-            f"tensorize: rank {rank} is larger than useful for {name} with core shapes {shape}: no bond can use "
-            f"more than {max(useful)} (useful maxima {useful}); lower --rank or use more/larger cores"
-        )
 
 
 @dataclass(frozen=True)
