@@ -159,7 +159,7 @@ def test_errors_name_the_problem():
         ValueError, match=r"tensorize: layer blocks.0.0 \(Linear\): TTMLinear.from_linear: in_shape"
     ):
         tensorize(Mlp(), Rule("blocks.0.0", rank=2, in_shape=(5, 5)))
-    with pytest.raises(TypeError, match="rule must be a Rule"):
+    with pytest.raises(TypeError, match="rules must be a Rule"):
         tensorize(Mlp(), "blocks.*")
     with pytest.raises(TypeError, match=r"model must be an nn\.Module"):
         tensorize(object(), Rule("x", rank=1))
@@ -249,3 +249,10 @@ def test_the_report_gives_finite_errors_for_weights_near_the_top_of_the_range():
         model[1].weight.mul_(1e-300)
     _, report = tensorize(model, Rule("*", rank=2))
     assert all(0.1 < layer.error < 1 for layer in report.layers) and 0.1 < report.max_error < 1
+
+
+def test_rules_is_the_keyword_the_design_names():
+    # DESIGN: tn.nn.tensorize(model, rules, budget=...); the keyword spelling works too.
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16))
+    _, report = tensorize(model, rules=[Rule("0", rank=2, ncores=2)])
+    assert isinstance(model[0], TTMLinear) and len(report.layers) == 1

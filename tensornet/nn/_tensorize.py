@@ -111,7 +111,7 @@ def _rules(rule: Any) -> list[Rule]:
             raise ValueError("tensorize: rule is an empty list; give at least one Rule")
         return list(rule)
     raise TypeError(
-        f"tensorize: rule must be a Rule, a list of Rules or a dict {{pattern: options}}, got {type(rule).__name__}"
+        f"tensorize: rules must be a Rule, a list of Rules or a dict {{pattern: options}}, got {type(rule).__name__}"
     )
 
 
@@ -286,7 +286,7 @@ def _layer_report(
 
 def tensorize(
     model: nn.Module,
-    rule: Rule | Sequence[Rule] | Mapping[str, Mapping[str, Any]],
+    rules: Rule | Sequence[Rule] | Mapping[str, Mapping[str, Any]],
     budget: float | None = None,
 ) -> tuple[nn.Module, TensorizeReport]:
     """Replace, in place, the ``nn.Linear``, GPT-2 ``Conv1D`` and ``nn.Embedding`` layers a rule matches.
@@ -299,7 +299,7 @@ def tensorize(
     ----------
     model : nn.Module
         Changed in place.
-    rule : Rule, sequence of Rule, or mapping
+    rules : Rule, sequence of Rule, or mapping
         A :class:`Rule`, a list of Rules (the first that matches a layer wins) or a dict
         ``{pattern: {"rank": 64, "eps": 0.3, ...}}``.
     budget : float in (0, 1], optional
@@ -386,7 +386,7 @@ def tensorize(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"tensorize: model must be an nn.Module, got {type(model).__name__}")
-    rules = _rules(rule)
+    rules = _rules(rules)
     if budget is not None:
         budget = _budget.check_budget(budget)
     before = sum(p.numel() for p in model.parameters())
