@@ -1,11 +1,12 @@
 """Probe: the starts and first stages tried on case b of bench_complete.py, each measured the same way.
 
 Run:  python benchmarks/probe_complete_b.py [--seeds 100,101,102] [--samples 20000] [--modes 8]
-      [--attempts all] [--out benchmarks/results/complete_b_probe.md]
+      [--sweeps 40] [--attempts all] [--out benchmarks/results/complete_b_probe.md]
 
 Case b: a random rank-3 TT on 10^8 (``tn.random_tt``, seed 1) from the benchmark's 20,000 samples and its 4,000
 test entries (seeds 10 and 11); ``--samples`` draws more from the same generator, ``--modes`` changes the number
-of modes of 10. The first 90% of the samples are fitted. Every attempt works at fixed ranks with the sweeps of
+of modes of 10 (the train is still ``random_tt``'s of rank 3 and seed 1), ``--sweeps`` the sweeps of the random
+starts. The first 90% of the samples are fitted. Every attempt works at fixed ranks with the sweeps of
 ``tn.complete`` (``tensornet.learn._als``: proximal ALS, the same kernel), so what differs is only the start
 or the first stage:
 
@@ -50,7 +51,8 @@ Cores = list[np.ndarray]
 class Problem:
     """Case b's samples (scaled to max |y| = 1), the fitting subset and the test entries."""
 
-    def __init__(self, samples: int, modes: int) -> None:
+    def __init__(self, samples: int, modes: int, budget: int = 40) -> None:
+        self.budget = budget  # sweeps of the random starts
         self.shape = (10,) * modes
         self.truth = tn.random_tt(self.shape, 3, seed=1)
         index = _indices(self.shape, samples, 10)
@@ -101,7 +103,8 @@ def truth_noise(p: Problem, rng: np.random.Generator) -> tuple[Cores, str]:
 
 def random_rank(rank: int) -> Callable[[Problem, np.random.Generator], tuple[Cores, str]]:
     def attempt(p: Problem, rng: np.random.Generator) -> tuple[Cores, str]:
-        return p.sweeps(_random(rng, p.shape, rank), 40)[0], "40 sweeps"
+        cores, fitted = p.sweeps(_random(rng, p.shape, rank), p.budget)
+        return cores, f"{p.budget} sweeps, fitting error {fitted:.2g}"
 
     return attempt
 
@@ -222,12 +225,13 @@ def main() -> None:
     parser.add_argument("--seeds", default="100,101,102")
     parser.add_argument("--samples", type=int, default=20_000)
     parser.add_argument("--modes", type=int, default=8)
+    parser.add_argument("--sweeps", type=int, default=40, help="sweeps of the random starts")
     parser.add_argument("--attempts", default="all")
     parser.add_argument("--out", default=str(H.RESULTS / "complete_b_probe.md"))
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     keys = list(ATTEMPTS) if args.attempts == "all" else args.attempts.split(",")
-    problem = Problem(args.samples, args.modes)
+    problem = Problem(args.samples, args.modes, args.sweeps)
     rows = []
     for key in keys:
         name, attempt, random = ATTEMPTS[key]
