@@ -160,9 +160,11 @@ def complete(
     (``1/(1 + x_1 + .. + x_6)`` on 10^6 from 5,000 samples: 2.0e-4 test error without them, 2.7e-6 with).
     Noisy data: the held-back error stops falling at the noise level, and the ranks stop there. Limits,
     measured: random trains of many modes are hard from scratch for every local method tried (ALS,
-    Gauss-Newton, Riemannian CG, regularisation continuations, reweightings): a random rank-3 train on 10^8
-    is not recovered from 20,000 samples, nor from 80,000. Sweeps converge from the truth with noise of the
-    cores' size on every core, not from noise 1.5 times that: the basin is far smaller than random starts
+    Gauss-Newton, Riemannian CG, two-site sweeps, regularisation continuations, reweightings, starts at the
+    true rank, a coarsened problem of merged modes, a spectral start from the sampled unfoldings;
+    ``benchmarks/results/complete.md``): a random rank-3 train on 10^8 is not recovered from 20,000 samples,
+    nor (ALS at the true rank from random starts) from 200,000. Sweeps converge from the truth with noise of
+    the cores' size on every core, not from noise 1.5 times that: the basin is far smaller than random starts
     can hit. A good ``x0`` is what helps there; when the search from rank 1 learns nothing, ``restarts``
     searches from random trains of ranks 2, 3, ... are tried (on a random rank-3 train of 10^6 from 15,000
     samples, about half of such starts succeed). Slices with no samples get zero cores.
