@@ -245,6 +245,16 @@ def test_training_lowers_the_loss_and_resume_is_exact(data, tmp_path):
         train(tiny_model(vocab), train_ids, val_ids, cfg, out=tmp_path / "b")
 
 
+def test_a_global_batch_the_processes_cannot_share_is_refused_before_step_one(data, tmp_path, monkeypatch):
+    _, tokenizer, train_ids, val_ids = data
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it; refused before the process group starts
+    monkeypatch.setenv("RANK", "0")
+    cfg = TrainConfig(steps=2, batch_size=3, block_size=32, warmup=1)
+    with pytest.raises(ValueError, match="--batch-size 3 is not divisible by the 2 processes"):
+        train(tiny_model(tokenizer.get_vocab_size()), train_ids, val_ids, cfg, out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow
 def test_ddp_gloo_two_processes_match_one(tmp_path):
     """torchrun with 2 CPU processes (gloo): each takes half of the same global batch, so the losses equal a
