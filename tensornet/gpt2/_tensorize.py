@@ -319,10 +319,10 @@ def lowrank(
     for name, old, new in built:
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, new)
-        out_features, in_features = new.out_features, new.in_features
-        shapes = ((out_features, in_features), (out_features, 1), (1, in_features), (1, rank, 1))
-        counts = (sum(p.numel() for p in m.parameters()) for m in (old, new))
-        reports.append(LayerReport(name, type(old).__name__, *shapes, *counts, new.conversion_error))
+        m, n = new.out_features, new.in_features  # the weight (out, in), two cores (m, 1) and (1, n)
+        n_old, n_new = (sum(p.numel() for p in module.parameters()) for module in (old, new))
+        kind, error = type(old).__name__, new.conversion_error
+        reports.append(LayerReport(name, kind, (m, n), (m, 1), (1, n), (1, rank, 1), n_old, n_new, error))
     _record(model, TensorizeConfig("lowrank", tuple(layers), bias, rank))
     return model, TensorizeReport(reports, before, nparams(model))
 

@@ -6,6 +6,7 @@ import math
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -84,7 +85,7 @@ def plot_losses(
             last_tokens = max(last_tokens, max(s for s, _ in val) * tokens_per_step)
             ppl = r.get("val_ppl")
             final = f" (final perplexity {ppl:,.1f})" if ppl is not None and math.isfinite(ppl) else ""
-            marks = dict(color=color, lw=1.2, ms=6, mec="white", mew=0.8, zorder=3)
+            marks: dict[str, Any] = dict(color=color, lw=1.2, ms=6, mec="white", mew=0.8, zorder=3)
             x, y = [s * tokens_per_step for s, _ in val], [v for _, v in val]
             ax.plot(x, y, "o--", label=f"{name}: validation{final}", **marks)
         finite += [v for v in loss.tolist() if math.isfinite(v)] + [v for _, v in val if math.isfinite(v)]
