@@ -34,7 +34,7 @@ def build_variant(spec: dict):
         options |= dict(embeddings=spec.get("embeddings", False), embedding_rank=spec.get("embedding_rank"))
         with (
             warnings.catch_warnings()
-        ):  # bonds above their useful maximum are clipped: the table shows the ranks
+        ):  # bonds above their useful maximum are clipped: the table has the ranks
             warnings.simplefilter("ignore", RankClipWarning)
             model, report = tensorize(model, **options)
     elif spec["variant"] == "lowrank":
@@ -48,6 +48,9 @@ _PROGRESS = None  # in a worker process: the queue its training steps are report
 def _start_worker(queue) -> None:
     global _PROGRESS
     _PROGRESS = queue
+
+
+_KEPT = ("tokens_per_s", "peak_memory_mib", "train_seconds", "loss", "val")  # History's fields in a result
 
 
 def run_variant(spec: dict, on_step: Callable[[str, int, float], None] | None = None) -> dict:
@@ -72,10 +75,7 @@ def run_variant(spec: dict, on_step: Callable[[str, int, float], None] | None = 
         "val_loss": history.val[-1][1],
         "val_ppl": history.val_ppl,
         "val_tokens": eval_token_count(val_ids.numel(), cfg.block_size, cfg.eval_tokens or None),
-        **{
-            key: getattr(history, key)
-            for key in ("tokens_per_s", "peak_memory_mib", "train_seconds", "loss", "val")
-        },
+        **{key: getattr(history, key) for key in _KEPT},
         "load_average": history.load_average if math.isfinite(history.load_average) else None,
         "cores": os.cpu_count(),
         "layers": None if report is None else str(report),

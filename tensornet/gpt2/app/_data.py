@@ -1,4 +1,9 @@
-"""The byte-level BPE tokenizer, the tokenizer and token caches, and deterministic token batches."""
+"""The byte-level BPE tokenizer, the tokenizer and token caches, and deterministic token batches.
+
+A cache file records what it was built from (SHA-256s of the corpus and tokenizer, the vocabulary size, the
+encoding rule) and is used only for that. The cache's own file of something else, or a damaged one, is rebuilt
+with a warning; a file at a cache name without the cache's record raises :class:`ForeignCacheFile`, left as is.
+"""
 
 from __future__ import annotations
 
@@ -110,11 +115,9 @@ class ForeignCacheFile(ValueError):
 
 
 def _cached(path: Path, where: str, identity: dict, read: Callable, load: Callable) -> Any:
-    """The cache file ``path``'s value when it was built from ``identity``; None when it must be (re)built.
+    """The cache file's value if it was built from ``identity``, else None: the module's rule.
 
-    ``read(path)`` gives the file's record (ValueError: not a cache file), ``load(path, record)`` its value
-    (ValueError: damaged). A file without the record ``identity["format"]`` raises ForeignCacheFile and is
-    left alone; the cache's own file of something else, or a damaged one, is rebuilt with a warning.
+    ``read(path)``: the file's record (ValueError: not the cache's); ``load(path, record)`` (ValueError: damaged).
     """
     if not (path.exists() or path.is_symlink()):
         return None
@@ -160,12 +163,9 @@ def _tokenizer_record(path: Path) -> dict:
 
 
 def cached_tokenizer(corpus: Corpus, vocab_size: int, cache_dir: str | os.PathLike | None = None):
-    """Train the BPE on ``corpus.train`` once and keep it under ``cache_dir/tokenizers``.
+    """Train the BPE on ``corpus.train`` once and keep it under ``cache_dir/tokenizers`` (the module's rule).
 
-    The cache file records the corpus (its SHA-256) and the vocabulary size it was trained for, and is used
-    only when both are this call's. The cache's own file of another corpus (a copied file) or a damaged one is
-    retrained and replaced, with a warning; a file the cache did not write under its name raises
-    :class:`ForeignCacheFile` and is left as it is.
+    Raises ForeignCacheFile for a file at its cache name that the cache did not write.
     """
     path = tokenizer_cache_path(corpus, vocab_size, cache_dir)
     identity = {"format": TOKENIZER_CACHE_FORMAT, "corpus": corpus.digest, "vocab_size": vocab_size}
@@ -212,13 +212,10 @@ def token_identity(corpus: Corpus, tokenizer) -> dict[str, str]:
 
 
 def cached_tokens(corpus: Corpus, tokenizer, cache_dir: str | os.PathLike | None = None):
-    """``(train_ids, val_ids)``, encoded once per (corpus, tokenizer) and cached as int32 safetensors.
+    """``(train_ids, val_ids)``, encoded once per (corpus, tokenizer), cached as int32 safetensors.
 
-    The cache file records the corpus and the tokenizer (their SHA-256) and the encoding rule, and is used
-    only when all three are this call's. The cache's own file that fails a check (another corpus or tokenizer,
-    a failed checksum, wrong shapes or dtypes, ids outside the vocabulary) is rebuilt and replaced, with a
-    warning; a file the cache did not write under its name (unreadable, or without the record) raises
-    :class:`ForeignCacheFile` and is left as it is.
+    The module's rule; a failed checksum, wrong shapes or dtypes, ids outside the vocabulary: damaged. Raises
+    ForeignCacheFile for a file at its cache name that the cache did not write.
     """
     path = token_cache_path(corpus, tokenizer, cache_dir)
     identity = token_identity(corpus, tokenizer)
@@ -243,14 +240,11 @@ def train_batch(
     rank: int = 0,
     world: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``step``-th training batch: ``batch_size`` windows at offsets drawn from a seeded generator.
+    """The ``step``-th batch ``(x, y)``, each ``(batch_size // world, block_size)``, ``y`` shifted by one token.
 
-    The generator is seeded by ``(seed, step)``, so the data order is a pure function of the step (exact
-    resume) and the same global batch is used whatever the number of DDP processes; ``rank`` takes its
-    contiguous slice of it (``batch_size`` divisible by ``world``, and ``tokens`` at least ``block_size + 2``
-    long: :func:`check_windows`).
-
-    Returns ``(x, y)``, each ``(batch_size // world, block_size)``, with ``y`` shifted by one token.
+    Window offsets come from a generator seeded by ``(seed, step)``: the data order is a function of the step
+    (exact resume), the global batch the same for any number of DDP processes; ``rank`` takes its slice.
+    ``tokens`` must hold ``block_size + 2`` (:func:`check_windows`), ``world`` divide ``batch_size``.
     """
     gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
     offsets = torch.randint(0, tokens.numel() - block_size - 1, (batch_size,), generator=gen)
@@ -291,10 +285,6 @@ def val_batches(tokens: torch.Tensor, *, block_size: int, max_tokens: int | None
 
 
 def eval_token_count(ntokens: int, block_size: int, max_tokens: int | None = None) -> int:
-    """How many tokens an evaluation of ``ntokens`` validation tokens predicts.
-
-    That is ``val_batches``'s windows times ``block_size`` (the last token of the stream starts no window;
-    ``max_tokens`` caps the tokens used).
-    """
+    """How many tokens an evaluation of ``ntokens`` tokens (at most ``max_tokens``) predicts: whole windows."""
     usable = ntokens - 1 if max_tokens is None else min(ntokens - 1, max_tokens)
     return max(usable, 0) // block_size * block_size

@@ -126,7 +126,7 @@ def evaluate(
     """Mean next-token loss (nats) over non-overlapping validation windows; ``exp`` of it is the perplexity.
 
     Under DDP each process takes every ``world``-th window and the sums are all-reduced. Raises ValueError
-    when ``val_ids`` holds no window of ``block_size`` tokens.
+    for no window of ``block_size`` tokens (or a ``max_tokens`` below one).
     """
     dist = dist or Distributed()
     device = torch.device(device)
@@ -150,11 +150,10 @@ def check_tokens(train_ids: torch.Tensor, val_ids: torch.Tensor, cfg: TrainConfi
 
 
 class RunLog:
-    """``log.jsonl``: one line per optimizer step and per evaluation, numbers only (no timings).
+    """``log.jsonl``: a line per step (``step`` from 1, ``loss``, ``lr``) and evaluation (``val_loss``, ``val_ppl``).
 
-    A step's line holds ``step`` (from 1), ``loss``, ``lr``; an evaluation's ``step``, ``val_loss``,
-    ``val_ppl``. Opening it rewrites it, atomically, from the checkpoint's ``history``, so a resumed run's log
-    is exactly an uninterrupted one's.
+    Numbers only, no timings: opening it rewrites it, atomically, from the checkpoint's ``history``, so a
+    resumed run's log is exactly an uninterrupted one's.
     """
 
     def __init__(self, path: Path, cfg: TrainConfig, history: History) -> None:
@@ -351,19 +350,14 @@ def train(
 ) -> History:
     """Train ``model`` in place for ``cfg.steps`` optimizer steps and return its ``History``.
 
-    Batch ``s`` is a pure function of ``(cfg.seed, s)`` (``train_batch``), and checkpoints hold the model,
-    optimizer, step, history and RNG states, so ``resume=True`` continues from ``out/checkpoint.safetensors``
-    with exactly the losses of an uninterrupted run. ``stop_at`` ends (with a checkpoint) after that many
-    steps, as an interruption would. ``signature`` (model and data description) must match the checkpoint's
-    on resume. ``on_step(step, loss)`` and ``on_eval(step, loss)`` are called after every step and evaluation
-    (steps counted from 1; under DDP in the first process only), e.g. for a progress bar.
-
-    ``out`` is a run folder: new or empty, or one this package wrote; it is locked for the run (a caller that
-    holds it already, as the CLI does, passes its ``RunFolder``). A folder holding a previous run is refused
-    unless ``resume`` (continue it) or ``overwrite`` (replace the package's files in it; other files are kept).
-    ``out/log.jsonl`` gets one line per step and per evaluation; on resume it is rewritten from the checkpoint,
-    so it always equals an uninterrupted run's. Under ``torchrun`` (WORLD_SIZE > 1) the model is wrapped in
-    DDP and each process takes its slice of the same global batch; rank 0 writes the folder.
+    Batches are a function of ``(cfg.seed, step)`` and checkpoints hold the model, optimizer, step, history and
+    RNG states, so ``resume=True`` continues ``out/checkpoint.safetensors`` with exactly the losses (and
+    ``out/log.jsonl``) of an uninterrupted run; ``signature`` (model and data) must match the checkpoint's.
+    ``stop_at`` ends after that many steps, as an interruption would. ``on_step``/``on_eval(step, loss)``
+    follow the run (steps from 1; under DDP in the first process). ``out``: a run folder, new or this
+    package's, locked for the run (or the ``RunFolder`` the caller holds); a previous run in it is refused
+    unless ``resume`` or ``overwrite`` (the package's files replaced, others kept). Under ``torchrun`` the
+    model is wrapped in DDP and each process takes its slice of the global batch; rank 0 writes the folder.
 
     Raises ValueError for settings out of bounds, too few tokens, a batch the processes cannot share, or a
     checkpoint that does not fit, before the first step.
