@@ -32,9 +32,8 @@ def build_variant(spec: dict):
     if spec["variant"] == "ttm":
         options = {key: spec[key] for key in ("rank", "shapes", "layers", "bias", "ncores")}
         options |= dict(embeddings=spec.get("embeddings", False), embedding_rank=spec.get("embedding_rank"))
-        with (
-            warnings.catch_warnings()
-        ):  # bonds above their useful maximum are clipped: the table has the ranks
+        # bonds above their useful maximum are clipped; the table shows the ranks actually used
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", RankClipWarning)
             model, report = tensorize(model, **options)
     elif spec["variant"] == "lowrank":

@@ -87,11 +87,9 @@ def existing_path(path: str | os.PathLike, flag: str, what: str) -> Path:
 
 
 def read_text_file(path: Path) -> str:
-    """Read ``path`` as UTF-8 text, with a clear error for missing, empty, binary or non-UTF-8 files."""
-    if not path.exists():
-        raise FileNotFoundError(f"text file {str(path)!r} does not exist")
+    """Read ``path`` as UTF-8 text; ValueError for a missing or irregular, binary or non-UTF-8 file."""
     if not path.is_file():
-        raise ValueError(f"{str(path)!r} is not a regular file")
+        raise ValueError(f"{str(path)!r} is not a regular file (or does not exist)")
     raw = path.read_bytes()
     if b"\x00" in raw[:65536]:
         raise ValueError(f"{str(path)!r} looks binary (it contains NUL bytes); give a UTF-8 text file")

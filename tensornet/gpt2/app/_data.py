@@ -59,12 +59,12 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int):
     return tokenizer
 
 
-def _parsed(text: str | bytes, path: Path, where: str):
+def _parsed(text: str, path: Path, where: str):
     """A tokenizer from its JSON, with ``<|endoftext|>``; ValueError naming ``where`` and ``path``."""
     from tokenizers import Tokenizer
 
     try:
-        tokenizer = Tokenizer.from_str(text if isinstance(text, str) else text.decode("utf-8"))
+        tokenizer = Tokenizer.from_str(text)
     except Exception as err:  # tokenizers raises a bare Exception for malformed JSON
         raise ValueError(f"{where}: cannot read {str(path)!r} as a tokenizers JSON file: {err}") from None
     return _with_eot(tokenizer, path, where)

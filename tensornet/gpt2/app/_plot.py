@@ -95,12 +95,9 @@ def plot_losses(
     ax.set_title(title if title is not None else _title(results, spec, last_tokens), fontsize=10, loc="left")
 
     atomic_write(path, lambda f: fig.savefig(f, dpi=150, format="png"))
-    with rc_context(
-        {"svg.hashsalt": "tensornet"}
-    ):  # no date and a fixed id salt: the same results, the same file
-        atomic_write(
-            path.with_suffix(".svg"), lambda f: fig.savefig(f, format="svg", metadata={"Date": None})
-        )
+    svg = path.with_suffix(".svg")
+    with rc_context({"svg.hashsalt": "tensornet"}):  # no date, a fixed salt: same results, same file
+        atomic_write(svg, lambda f: fig.savefig(f, format="svg", metadata={"Date": None}))
     return fig
 
 

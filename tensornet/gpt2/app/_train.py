@@ -159,8 +159,11 @@ class RunLog:
     def __init__(self, path: Path, cfg: TrainConfig, history: History) -> None:
         self.path, self.cfg, self._file = path, cfg, None
         evals = dict(history.val)
-        lines = [self.step(i, loss) + (self.eval(i + 1, evals[i + 1]) if i + 1 in evals else "")
-                 for i, loss in enumerate(history.loss)]  # fmt: skip
+        lines = []
+        for i, loss in enumerate(history.loss):  # written through step/eval, the file not yet open
+            lines.append(self.step(i, loss))
+            if i + 1 in evals:
+                lines.append(self.eval(i + 1, evals[i + 1]))
         text = "".join(lines).encode("utf-8")
         _files.atomic_write(path, lambda f: f.write(text))
         try:  # the file just written (a link put there since is not followed)
@@ -319,9 +322,8 @@ class _Run:
         history, tokens = self.history, self.cfg.batch_size * self.cfg.block_size
         history.steps_run = len(self.seconds)
         history.train_seconds = sum(self.seconds[2:])
-        timed = (
-            self.seconds[2:] if history.train_seconds > 0 else self.seconds
-        )  # a run too short to skip them
+        # a run too short to skip the first steps is timed on all of them
+        timed = self.seconds[2:] if history.train_seconds > 0 else self.seconds
         if sum(timed) > 0:
             history.tokens_per_s = tokens * len(timed) / sum(timed)
         if self.device.type == "cuda":
@@ -384,14 +386,8 @@ def train(
         dist.init(device)
         run = _Run(model, cfg, dist, device)
         start = run.open(path, folder, signature, resume=resume, stop_at=stop_at)
-        run.loop(
-            start,
-            cfg.steps if stop_at is None else min(cfg.steps, stop_at),
-            train_ids,
-            val_ids,
-            on_step,
-            on_eval,
-        )
+        end = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
+        run.loop(start, end, train_ids, val_ids, on_step, on_eval)
         return run.summarize()
     finally:
         if run is not None and run.log is not None:
