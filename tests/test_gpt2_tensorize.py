@@ -206,8 +206,10 @@ def test_bad_arguments_raise_clear_errors(tmp_path):
         tensorize(tiny(), rank=4, shapes="even")
     with pytest.raises(ValueError, match="layers must be a non-empty subset"):
         tensorize(tiny(), rank=4, shapes="balanced", layers=("mlp", "lm_head"))
-    with pytest.raises(ValueError, match="needs from_weights=True"):
+    with pytest.raises(ValueError, match="from_weights=False needs rank and no eps"):  # tensornet.nn's Rule
         tensorize(tiny(), rank=None, eps=0.1, shapes="balanced")
+    with pytest.raises(ValueError, match="give rank"):
+        tensorize(tiny(), rank=None, shapes="balanced")
     with pytest.raises(TypeError, match="expected a GPT2LMHeadModel"):
         tensorize(torch.nn.Linear(4, 4), rank=2)
     with pytest.raises(FileNotFoundError, match="does not exist"):

@@ -15,16 +15,8 @@ import torch
 
 from tensornet.gpt2 import TrainConfig, build_model, gpt2_config, stdlib_corpus, train
 from tensornet.gpt2.app._checkpoint import load_checkpoint
-from tensornet.gpt2.app._corpus import _is_val
-from tensornet.gpt2.app._data import (
-    cached_tokenizer,
-    cached_tokens,
-    read_text_file,
-    stdlib_files,
-    text_corpus,
-    train_batch,
-    val_batches,
-)
+from tensornet.gpt2.app._corpus import _is_val, read_text_file, stdlib_files, text_corpus
+from tensornet.gpt2.app._data import cached_tokenizer, cached_tokens, check_windows, train_batch, val_batches
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny models run faster on one thread (conftest)
 
@@ -112,10 +104,11 @@ def test_batches_are_a_function_of_the_step_and_sliced_for_ddp(data):
         for r in (0, 1)
     ]
     assert torch.equal(torch.cat(halves), x)
-    with pytest.raises(ValueError, match="not divisible"):
-        train_batch(train_ids, step=0, seed=0, batch_size=3, block_size=16, world=2)
-    with pytest.raises(ValueError, match="fewer than block_size"):
-        train_batch(train_ids[:10], step=0, seed=0, batch_size=1, block_size=16)
+    with pytest.raises(ValueError, match="training text has 10 tokens; --block-size 16 needs at least 18"):
+        check_windows(train_ids[:10], val_ids, 16)
+    with pytest.raises(ValueError, match="validation text has 10 tokens; --block-size 16 needs at least 17"):
+        check_windows(train_ids, val_ids[:10], 16)
+    check_windows(train_ids[:18], val_ids[:17], 16)  # one window each: enough
     windows = val_batches(val_ids, block_size=16)
     assert windows.shape[1] == 17 and torch.equal(windows[0, -1], windows[1, 0])
 
@@ -250,6 +243,16 @@ def test_training_lowers_the_loss_and_resume_is_exact(data, tmp_path):
     # a new run in a folder holding a run: refused unless resumed or overwritten
     with pytest.raises(FileExistsError, match="holds a previous train run"):
         train(tiny_model(vocab), train_ids, val_ids, cfg, out=tmp_path / "b")
+
+
+def test_a_global_batch_the_processes_cannot_share_is_refused_before_step_one(data, tmp_path, monkeypatch):
+    _, tokenizer, train_ids, val_ids = data
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it; refused before the process group starts
+    monkeypatch.setenv("RANK", "0")
+    cfg = TrainConfig(steps=2, batch_size=3, block_size=32, warmup=1)
+    with pytest.raises(ValueError, match="--batch-size 3 is not divisible by the 2 processes"):
+        train(tiny_model(tokenizer.get_vocab_size()), train_ids, val_ids, cfg, out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow

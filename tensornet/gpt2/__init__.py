@@ -18,41 +18,27 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-# public name -> the module that defines it
-_HOMES = {
-    "LayerReport": "tensornet.nn",
-    "TensorizeReport": "tensornet.nn",
-    "TiedTTHead": "tensornet.nn",
-    "Corpus": ".app._data",
-    "load_corpus": ".app._data",
-    "load_tokenizer": ".app._data",
-    "stdlib_corpus": ".app._data",
-    "train_tokenizer": ".app._data",
-    "LowRankLinear": "._lowrank",
-    "LAYER_GROUPS": "._config",
-    "PRESETS": "._config",
-    "TrainConfig": ".app._config",
-    "build_model": "._model",
-    "gpt2_config": "._model",
-    "check_model_target": "._model",
-    "load_model": "._model",
-    "save_model": "._model",
-    "save_run_model": "._model",
-    "dense_params": "._modelfile",
-    "memory_bytes": "._modelfile",
-    "read_config": "._modelfile",
-    "TensorizeConfig": "._tensorize",
-    "balanced_shapes": "._shapes",
-    "layer_shapes": "._shapes",
-    "lowrank": "._tensorize",
-    "lowrank_rank_for": "._tensorize",
-    "nparams": "._tensorize",
-    "paper_shapes": "._shapes",
-    "tensorize": "._tensorize",
-    "History": ".app._train",
-    "evaluate": ".app._train",
-    "train": ".app._train",
+# the module that defines them -> public names
+_NAMES = {
+    "tensornet.nn": ("LayerReport", "TensorizeReport", "TiedTTHead"),
+    "._config": ("LAYER_GROUPS", "PRESETS"),
+    "._lowrank": ("LowRankLinear",),
+    "._model": (
+        "build_model",
+        "check_model_target",
+        "gpt2_config",
+        "load_model",
+        "save_model",
+        "save_run_model",
+    ),
+    "._modelfile": ("dense_params", "memory_bytes", "read_config"),
+    "._shapes": ("balanced_shapes", "layer_shapes", "paper_shapes"),
+    "._tensorize": ("TensorizeConfig", "lowrank", "lowrank_rank_for", "nparams", "tensorize"),
+    ".app._config": ("TrainConfig",),
+    ".app._data": ("Corpus", "load_corpus", "load_tokenizer", "stdlib_corpus", "train_tokenizer"),
+    ".app._train": ("History", "evaluate", "train"),
 }
+_HOMES = {name: home for home, names in _NAMES.items() for name in names}
 __all__ = sorted(_HOMES)
 
 

@@ -1,8 +1,4 @@
-"""The GPT-2 adapter's constants, which need no torch.
-
-Model sizes (``PRESETS``) and the layer names
-``tensorize`` replaces (``LAYER_GROUPS``, ``SHAPE_KEYS``).
-"""
+"""The GPT-2 adapter's constants, which need no torch: model sizes and the layer names ``tensorize`` replaces."""
 
 from __future__ import annotations
 

@@ -43,14 +43,8 @@ class LowRankLinear(nn.Module):
         """
         w, source_bias = linear_weight(linear, where="LowRankLinear.from_linear")
         w = w.detach()
-        new = cls(
-            int(w.shape[1]),
-            int(w.shape[0]),
-            rank=rank,
-            bias=bias and source_bias is not None,
-            device=w.device,
-            dtype=w.dtype,
-        )
+        has_bias = bias and source_bias is not None
+        new = cls(w.shape[1], w.shape[0], rank=rank, bias=has_bias, device=w.device, dtype=w.dtype)
         u, s, vh = torch.linalg.svd(w.double(), full_matrices=False)
         root = s[:rank].sqrt()
         with torch.no_grad():
@@ -64,9 +58,7 @@ class LowRankLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(x @ a.T) @ b.T + bias`` for ``x`` ``(..., in_features)``: ``(..., out_features)``."""
-        return nn.functional.linear(
-            nn.functional.linear(x, self.a), self.b, self.bias
-        )  # (..., in) -> (..., out)
+        return nn.functional.linear(nn.functional.linear(x, self.a), self.b, self.bias)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -74,4 +66,6 @@ class LowRankLinear(nn.Module):
         return self.b @ self.a
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, bias={self.bias is not None}"
+        """The sizes, as ``nn.Linear`` shows them, and the rank."""
+        sizes = f"in_features={self.in_features}, out_features={self.out_features}"
+        return f"{sizes}, rank={self.rank}, bias={self.bias is not None}"

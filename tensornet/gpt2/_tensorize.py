@@ -1,20 +1,17 @@
 """GPT-2 with TTM layers: a preset over :func:`tensornet.nn.tensorize`, the low-rank baseline, and their record.
 
-The preset knows GPT-2's layer names, the paper's core shapes (Chekalina et al. 2023, see ``docs/reference.md``)
-and the LM head tied to the token embedding; ``tensornet.nn`` builds the layers. What was built is recorded as a
-:class:`TensorizeConfig` in ``model.config.tensornet`` (so in ``config.json``), which ``load_model`` applies to a
-dense model of the same size before loading the weights.
-
-One pair order everywhere: ``(m_k, n_k)``, a TTM core's row and column factors. For a linear layer that is
-``(out_k, in_k)``, as ``nn.Linear.weight`` is ``(out, in)``; for the token embedding ``(vocabulary_k, width_k)``.
-GPT-2's ``Conv1D`` stores its weight ``(in, out)``: ``tensornet.nn`` transposes it, on purpose, in one place.
+The preset knows GPT-2's layer names, the paper's core shapes (Chekalina et al. 2023, ``docs/reference.md``) and
+the LM head tied to the token embedding; ``tensornet.nn`` builds the layers. What was built is recorded as a
+:class:`TensorizeConfig` in ``model.config.tensornet`` (``config.json``), which ``load_model`` applies to a
+dense model of the same size before loading the weights. Core pairs are ``(m_k, n_k)``: ``(out_k, in_k)`` for
+a linear layer (GPT-2's ``Conv1D`` is transposed by ``tensornet.nn``), ``(vocabulary_k, width_k)`` for ``wte``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 from torch import nn
 
@@ -54,8 +51,7 @@ def _targets(model: nn.Module, layers: Sequence[str]) -> list[tuple[str, str, nn
 
 def _weight_shape(module: nn.Module) -> tuple[int, int]:
     """``(out, in)`` of an ``nn.Linear`` or GPT-2 ``Conv1D``."""
-    out_features, in_features = linear_weight(module, where="tensorize")[0].shape
-    return int(out_features), int(in_features)
+    return tuple(linear_weight(module, where="tensorize")[0].shape)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -110,50 +106,44 @@ class TensorizeConfig:
         ValueError names the caller ``fn``, the file or object ``where`` and the key at fault.
         """
 
-        def bad(key: str, rule: str, value: Any) -> ValueError:
-            return ValueError(
-                f"{fn}: the tensornet record in {where!r} is malformed: {key} must be {rule}, got {value!r:.120}"
-            )
-
-        def is_count(value: Any, top: int = 2**31) -> bool:
-            return _is_int(value) and 1 <= value <= top
-
-        if not isinstance(record, dict):
-            raise bad("tensornet", "an object", record)
-        method, layers, rank = record.get("method"), record.get("layers"), record.get("rank")
-        if method not in ("ttm", "lowrank"):
-            raise bad("method", "'ttm' or 'lowrank'", method)
-        if not (isinstance(layers, list) and layers and all(g in LAYER_GROUPS for g in layers)):
-            raise bad("layers", f"a non-empty list of {sorted(LAYER_GROUPS)}", layers)
-        for key in ("bias", "embeddings"):
-            if (key == "bias" or key in record) and not isinstance(record.get(key), bool):
-                raise bad(key, "true or false", record.get(key))
-        if (rank is not None or method == "lowrank") and not is_count(rank):
-            raise bad("rank", "an integer in [1, 2**31]" + (" or null" if method == "ttm" else ""), rank)
-        shapes = record.get("shapes", {})
-        if not isinstance(shapes, dict) or (method == "ttm" and not shapes):
-            raise bad("shapes", "an object of layer key: [[m_k, n_k], ...]", shapes)
-        for key, pairs in shapes.items():
-            if key not in SHAPE_KEYS:
-                raise bad("shapes", f"keyed by {list(SHAPE_KEYS)}", key)
-            if not (isinstance(pairs, list) and 1 <= len(pairs) <= 64 and all(
-                isinstance(p, list) and len(p) == 2 and all(is_count(n) for n in p) for p in pairs
-            )):  # fmt: skip
-                raise bad(
-                    f"shapes[{key!r}]", "a list of 1 to 64 [m_k, n_k] pairs of positive integers", pairs
+        def check(ok: Any, key: str, rule: str, value: Any) -> None:
+            if not ok:
+                raise ValueError(
+                    f"{fn}: the tensornet record in {where!r} is malformed: {key} must be {rule}, got {value!r:.120}"
                 )
+
+        def counts(value: Any, lo: int, hi: int) -> bool:  # a list of lo to hi integers in [1, 2**31]
+            ok = isinstance(value, list) and lo <= len(value) <= hi
+            return ok and all(_is_int(n) and 1 <= n <= 2**31 for n in value)
+
+        check(isinstance(record, dict), "tensornet", "an object", record)
+        method, layers, rank = record.get("method"), record.get("layers"), record.get("rank")
+        check(method in ("ttm", "lowrank"), "method", "'ttm' or 'lowrank'", method)
+        groups = isinstance(layers, list) and layers and all(g in LAYER_GROUPS for g in layers)
+        check(groups, "layers", f"a non-empty list of {sorted(LAYER_GROUPS)}", layers)
+        for key, value in (("bias", record.get("bias")), ("embeddings", record.get("embeddings", False))):
+            check(isinstance(value, bool), key, "true or false", value)
+        ttm = method == "ttm"
+        rule = "an integer in [1, 2**31]" + " or null" * ttm
+        check((rank is None and ttm) or counts([rank], 1, 1), "rank", rule, rank)
+        shapes, ranks = record.get("shapes", {}), record.get("ranks", {})
+        rule = "an object of layer key: [[m_k, n_k], ...]"
+        check(isinstance(shapes, dict) and (shapes or not ttm), "shapes", rule, shapes)
+        rule = "a list of 1 to 64 [m_k, n_k] pairs of positive integers"
+        for key, pairs in shapes.items():
+            check(key in SHAPE_KEYS, "shapes", f"keyed by {list(SHAPE_KEYS)}", key)
+            ok = isinstance(pairs, list) and 1 <= len(pairs) <= 64 and all(counts(p, 2, 2) for p in pairs)
+            check(ok, f"shapes[{key!r}]", rule, pairs)
         if record.get("version") != cls.VERSION:
             raise ValueError(
                 f"{fn}: {where!r} records a tensorization of format version {record.get('version')!r} (an "
                 f"older tensornet, which wrote core pairs as (in, out)); this tensornet reads version "
                 f"{cls.VERSION}: tensorize or compress the model again with this version"
             )
-        ranks = record.get("ranks", {})
-        if not isinstance(ranks, dict) or (method == "ttm" and not ranks):
-            raise bad("ranks", "an object of layer name: [1, r_1, ..., 1]", ranks)
+        rule = "an object of layer name: [1, r_1, ..., 1]"
+        check(isinstance(ranks, dict) and (ranks or not ttm), "ranks", rule, ranks)
         for name, value in ranks.items():
-            if not (isinstance(value, list) and 2 <= len(value) <= 65 and all(is_count(r) for r in value)):
-                raise bad(f"ranks[{name!r}]", "a list of 2 to 65 positive integers", value)
+            check(counts(value, 2, 65), f"ranks[{name!r}]", "a list of 2 to 65 positive integers", value)
         return cls(
             method=method,
             layers=tuple(layers),
@@ -171,10 +161,7 @@ class TensorizeConfig:
         loads the weights.
         """
         if self.method == "lowrank":
-            if self.rank is None:
-                raise ValueError("TensorizeConfig: a low-rank record needs its rank (the inner size)")
-            lowrank(model, rank=self.rank, layers=self.layers, bias=self.bias)
-            return model
+            return lowrank(model, rank=cast(int, self.rank), layers=self.layers, bias=self.bias)[0]
         names = {name: key for name, key, _ in _targets(model, self.layers)}
         names |= {"transformer.wte": "wte"} if self.embeddings else {}
         if set(names) != set(self.ranks) or not set(names.values()) <= set(self.shapes):
@@ -201,11 +188,7 @@ def _record(model: Any, config: TensorizeConfig) -> None:
 
 
 def _tensorize_tied(model: Any, rules: list[Rule], *, embeddings: bool) -> TensorizeReport:
-    """``tensornet.nn.tensorize`` with GPT-2's LM head tied to the token embedding.
-
-    When the embedding becomes a ``TTEmbedding`` the head becomes a ``TiedTTHead`` on it (it shares the cores,
-    as it shared the table).
-    """
+    """``tensornet.nn.tensorize``; a ``TTEmbedding`` gets the LM head as a ``TiedTTHead`` on its cores."""
     if not embeddings:
         return nn_tensorize(model, rules)[1]
     head = model.lm_head
@@ -222,11 +205,7 @@ def _tensorize_tied(model: Any, rules: list[Rule], *, embeddings: bool) -> Tenso
 def _layer_rules(
     model: nn.Module, layers: Sequence[str], shapes: Any, ncores: int, convert: dict, options: dict
 ) -> tuple[list[Rule], dict[str, Pairs]]:
-    """One ``Rule`` per layer key of the groups ``layers`` and its core pairs.
-
-    Every block has the same sizes. ``convert``: rank, eps, from_weights; ``options``: the layer's other
-    settings.
-    """
+    """One ``Rule`` per layer key (every block has the same sizes) and its core pairs."""
     rank, from_weights = convert["rank"], convert["from_weights"]
     resolved: dict[str, Pairs] = {}
     rules = []
@@ -280,9 +259,7 @@ def tensorize(
     multiply to the layer's sizes, unknown layer groups; nothing is replaced when an error is raised.
     """
     rank = _count("tensorize", "rank", rank, optional=True)
-    if eps is not None and not from_weights:
-        raise ValueError("tensorize: eps selects ranks from existing weights; it needs from_weights=True")
-    if rank is None and eps is None:
+    if rank is None and eps is None:  # (eps without from_weights: tensornet.nn's Rule says so)
         raise ValueError("tensorize: give rank (or eps with from_weights=True)")
     clip_rank = shapes != "paper" if clip_rank is None else clip_rank
     scratch = {} if from_weights else {"init": init, "clip_rank": clip_rank}
@@ -342,20 +319,10 @@ def lowrank(
     for name, old, new in built:
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, new)
-        out_features, in_features = new.out_features, new.in_features
-        reports.append(
-            LayerReport(
-                name=name,
-                kind=type(old).__name__,
-                shape=(out_features, in_features),
-                row_shape=(out_features, 1),
-                col_shape=(1, in_features),
-                ranks=(1, rank, 1),
-                params_before=sum(p.numel() for p in old.parameters()),
-                params_after=sum(p.numel() for p in new.parameters()),
-                error=new.conversion_error,
-            )
-        )
+        m, n = new.out_features, new.in_features  # the weight (out, in), two cores (m, 1) and (1, n)
+        n_old, n_new = (sum(p.numel() for p in module.parameters()) for module in (old, new))
+        kind, error = type(old).__name__, new.conversion_error
+        reports.append(LayerReport(name, kind, (m, n), (m, 1), (1, n), (1, rank, 1), n_old, n_new, error))
     _record(model, TensorizeConfig("lowrank", tuple(layers), bias, rank))
     return model, TensorizeReport(reports, before, nparams(model))
 

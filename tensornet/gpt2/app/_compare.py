@@ -20,7 +20,7 @@ from .. import build_model, gpt2_config, lowrank, lowrank_rank_for, nparams, ten
 from ..files import write_json
 from ._checkpoint import load_token_file
 from ._data import eval_token_count
-from ._plot import NAMES, plot_losses
+from ._plot import model_name, plot_losses
 from ._train import TrainConfig, load_note, train
 
 
@@ -30,19 +30,12 @@ def build_variant(spec: dict):
     model = build_model(config, seed=spec["seed"])
     report = None
     if spec["variant"] == "ttm":
+        options = {key: spec[key] for key in ("rank", "shapes", "layers", "bias", "ncores")}
+        options |= dict(embeddings=spec.get("embeddings", False), embedding_rank=spec.get("embedding_rank"))
+        # bonds above their useful maximum are clipped; the table shows the ranks actually used
         with warnings.catch_warnings():
-            # bonds above their useful maximum are clipped; the table shows the ranks actually used
             warnings.simplefilter("ignore", RankClipWarning)
-            model, report = tensorize(
-                model,
-                rank=spec["rank"],
-                shapes=spec["shapes"],
-                layers=spec["layers"],
-                bias=spec["bias"],
-                ncores=spec["ncores"],
-                embeddings=spec.get("embeddings", False),
-                embedding_rank=spec.get("embedding_rank"),
-            )
+            model, report = tensorize(model, **options)
     elif spec["variant"] == "lowrank":
         model, report = lowrank(model, rank=spec["lowrank_rank"], layers=spec["layers"], bias=spec["bias"])
     return model, report
@@ -54,6 +47,9 @@ _PROGRESS = None  # in a worker process: the queue its training steps are report
 def _start_worker(queue) -> None:
     global _PROGRESS
     _PROGRESS = queue
+
+
+_KEPT = ("tokens_per_s", "peak_memory_mib", "train_seconds", "loss", "val")  # History's fields in a result
 
 
 def run_variant(spec: dict, on_step: Callable[[str, int, float], None] | None = None) -> dict:
@@ -78,13 +74,9 @@ def run_variant(spec: dict, on_step: Callable[[str, int, float], None] | None = 
         "val_loss": history.val[-1][1],
         "val_ppl": history.val_ppl,
         "val_tokens": eval_token_count(val_ids.numel(), cfg.block_size, cfg.eval_tokens or None),
-        "tokens_per_s": history.tokens_per_s,
+        **{key: getattr(history, key) for key in _KEPT},
         "load_average": history.load_average if math.isfinite(history.load_average) else None,
         "cores": os.cpu_count(),
-        "peak_memory_mib": history.peak_memory_mib,
-        "train_seconds": history.train_seconds,
-        "loss": history.loss,
-        "val": history.val,
         "layers": None if report is None else str(report),
         "ranks": None if report is None else list(report.layers[0].ranks),
     }
@@ -177,10 +169,7 @@ def machine_description(device: str, threads: int | None = None) -> str:
     )
 
 
-def _at_lr(summary: dict, setting: str, what: str) -> str:
-    """``, cores at 5x lr``: a factorised model's learning-rate multiplier, as the summary's spec records it."""
-    scale = (summary["spec"].get("train") or {}).get(setting)
-    return "" if scale is None else f", {what} at {scale:g}x lr"
+_LR_SCALES = {"ttm": ("tt_lr_scale", "cores"), "lowrank": ("lowrank_lr_scale", "factors")}  # settings, groups
 
 
 def table(summary: dict) -> str:
@@ -200,14 +189,13 @@ def table(summary: dict) -> str:
         note = load_note(r.get("load_average"), r.get("cores"))
         speed = f"{r['tokens_per_s']:,.0f}" + (" (busy)" if note else "")
         if note:
-            busy.append(f"{NAMES.get(r['variant'], r['variant'])}: {note.removeprefix('measured while ')}")
-        name = {
-            "dense": "dense",
-            "ttm": f"TTM r={summary['spec']['rank']} (ranks {','.join(map(str, r.get('ranks') or []))})"
-            + _at_lr(summary, "tt_lr_scale", "cores"),
-            "lowrank": f"low-rank r={summary['spec'].get('lowrank_rank')}"
-            + _at_lr(summary, "lowrank_lr_scale", "factors"),
-        }[r["variant"]]
+            busy.append(f"{model_name(r['variant'], None)}: {note.removeprefix('measured while ')}")
+        name = model_name(r["variant"], summary["spec"])
+        if r["variant"] == "ttm":
+            name += f" (ranks {','.join(map(str, r.get('ranks') or []))})"
+        setting, what = _LR_SCALES.get(r["variant"], ("", ""))
+        if (summary["spec"].get("train") or {}).get(setting) is not None:
+            name += f", {what} at {summary['spec']['train'][setting]:g}x lr"
         lines.append(
             f"| {name} | {r['params']:,} | {r['percent_of_dense']:.1f} | {r['val_ppl']:.2f} | "
             f"{r['ppl_vs_dense_percent']:+.1f}% | {speed} | {r['peak_memory_mib']:,.0f} |"

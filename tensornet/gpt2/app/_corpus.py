@@ -1,18 +1,17 @@
 """Text corpora: the embedded Python standard library source, or the user's text files, split for validation.
 
-The embedded corpus is the Python standard library's own source code, which every Python installation carries:
-all ``*.py`` files under ``sysconfig.get_paths()["stdlib"]`` except ``site-packages``/``dist-packages``, test
-suites (``test``, ``tests``, ``idle_test`` folders) and the machine-generated ``_sysconfigdata*`` module, read
-as UTF-8 in sorted relative-path order. A file goes to the validation split when ``crc32(relative path) % 20 ==
-0`` (about 5%), so the split is fixed by the file name alone and does not move when other files change. On
-CPython 3.11 this is 729 files (690 train, 39 validation) and 12.08M characters; CPython 3.12: 511 files,
-10.1M characters.
+The embedded corpus is every ``*.py`` file under ``sysconfig.get_paths()["stdlib"]`` but site/dist-packages,
+test suites and ``_sysconfigdata*``, read as UTF-8 in sorted relative-path order. A file validates when
+``crc32(relative path) % 20 == 0`` (about 5%): the split is fixed by the name alone. CPython 3.11: 729 files
+(690 train, 39 validation), 12.08M characters; 3.12: 511 files, 10.1M characters.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
+import math
 import os
 import sysconfig
 import zlib
@@ -68,11 +67,9 @@ def stdlib_files() -> list[Path]:
     files = []
     for path in root.rglob("*.py"):
         rel = path.relative_to(root)
-        if any(part in _EXCLUDED_DIRS for part in rel.parts[:-1]) or rel.name.startswith("_sysconfigdata"):
-            continue
-        if rel.parts[0].startswith("config-"):
-            continue
-        files.append(path)
+        skip = rel.name.startswith("_sysconfigdata") or rel.parts[0].startswith("config-")
+        if not skip and not any(part in _EXCLUDED_DIRS for part in rel.parts[:-1]):
+            files.append(path)
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
@@ -90,22 +87,19 @@ def existing_path(path: str | os.PathLike, flag: str, what: str) -> Path:
 
 
 def read_text_file(path: Path) -> str:
-    """Read ``path`` as UTF-8 text, with a clear error for missing, empty, binary or non-UTF-8 files."""
-    if not path.exists():
-        raise FileNotFoundError(f"text file {str(path)!r} does not exist")
+    """Read ``path`` as UTF-8 text; ValueError for a missing or irregular, binary or non-UTF-8 file."""
     if not path.is_file():
-        raise ValueError(f"{str(path)!r} is not a regular file")
+        raise ValueError(f"{str(path)!r} is not a regular file (or does not exist)")
     raw = path.read_bytes()
     if b"\x00" in raw[:65536]:
         raise ValueError(f"{str(path)!r} looks binary (it contains NUL bytes); give a UTF-8 text file")
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise ValueError(
             f"{str(path)!r} is not valid UTF-8 (byte {err.start}: {raw[err.start : err.start + 1]!r}); "
             "convert it, e.g. `iconv -f latin1 -t utf-8`"
         ) from None
-    return text
 
 
 def stdlib_corpus(*, max_chars: int | None = None) -> Corpus:
@@ -117,44 +111,30 @@ def stdlib_corpus(*, max_chars: int | None = None) -> Corpus:
     if max_chars is not None and max_chars < 1:
         raise ValueError(f"stdlib_corpus: max_chars must be >= 1, got {max_chars}")
     root = Path(sysconfig.get_paths()["stdlib"])
-    train: list[str] = []
-    val: list[str] = []
-    train_budget = max_chars if max_chars is not None else float("inf")
-    val_budget = max(max_chars // 10, 1) if max_chars is not None else float("inf")
-    train_n = val_n = 0
+    budgets = _budgets(max_chars)
+    splits: tuple[list[str], list[str]] = ([], [])  # training, validation
     skipped = 0
     for path in stdlib_files():
-        rel = path.relative_to(root).as_posix()
-        is_val = _is_val(rel)
-        if (val_n if is_val else train_n) >= (val_budget if is_val else train_budget):
+        is_val = int(_is_val(path.relative_to(root).as_posix()))
+        if sum(map(len, splits[is_val])) >= budgets[is_val]:
             continue
         try:
             text = read_text_file(path)
-        except ValueError:
-            skipped += (
-                1  # a broken stdlib file is the installation's problem; the corpus is what reads cleanly
-            )
+        except ValueError:  # a broken stdlib file is the installation's problem: the corpus is what reads
+            skipped += 1
             continue
-        if not text.strip():
-            continue
-        if is_val:
-            val.append(text)
-            val_n += len(text)
-        else:
-            train.append(text)
-            train_n += len(text)
-        if train_n >= train_budget and val_n >= val_budget:
+        if text.strip():
+            splits[is_val].append(text)
+        if all(sum(map(len, texts)) >= budget for texts, budget in zip(splits, budgets)):
             break
-    if max_chars is not None:  # whole files were taken; cut the last one at the budget
-        train, val = _truncate(train, max_chars), _truncate(val, max(max_chars // 10, 1))
-        train_n, val_n = sum(map(len, train)), sum(map(len, val))
+    train, val = _cut(*splits, max_chars)
     if not train or not val:
         raise RuntimeError(f"stdlib_corpus: found no usable Python source under {str(root)!r}")
     limit = "" if max_chars is None else f", first {max_chars:,} characters"
     name = f"Python {sysconfig.get_python_version()} standard library source"
     description = (
-        f"{name} ({root}{limit}): "
-        f"{len(train)} train files / {train_n:,} chars, {len(val)} validation files / {val_n:,} chars"
+        f"{name} ({root}{limit}): {len(train)} train files / {sum(map(len, train)):,} chars, {len(val)} "
+        f"validation files / {sum(map(len, val)):,} chars"
         + (f", {skipped} unreadable files skipped" if skipped else "")
     )
     return Corpus(tuple(train), tuple(val), description, name)
@@ -200,9 +180,7 @@ def text_corpus(
             val = [train.pop()]
         if not train:
             train = [val.pop(0)]
-    if max_chars is not None:
-        train = _truncate(train, max_chars)
-        val = _truncate(val, max(max_chars // 10, 1))
+    train, val = _cut(train, val, max_chars)
     description = (
         f"{root}: {len(train)} train / {len(val)} validation documents, "
         f"{sum(map(len, train)):,} / {sum(map(len, val)):,} chars"
@@ -210,15 +188,22 @@ def text_corpus(
     return Corpus(tuple(train), tuple(val), description, root.resolve().name or str(root))
 
 
-def _truncate(texts: list[str], budget: int) -> list[str]:
-    out: list[str] = []
-    total = 0
-    for text in texts:
-        if total >= budget:
-            break
-        out.append(text[: budget - total])
-        total += len(out[-1])
-    return out
+def _budgets(max_chars: int | None) -> tuple[float, float]:
+    """Characters of training and validation text: ``max_chars`` and a tenth of it (all when None)."""
+    return (math.inf, math.inf) if max_chars is None else (max_chars, max(max_chars // 10, 1))
+
+
+def _cut(train: list[str], val: list[str], max_chars: int | None) -> tuple[list[str], list[str]]:
+    """The first texts up to their budget (:func:`_budgets`), the last one cut."""
+    if max_chars is None:
+        return train, val
+    train_budget, val_budget = _budgets(max_chars)
+    return _head(train, int(train_budget)), _head(val, int(val_budget))
+
+
+def _head(texts: list[str], budget: int) -> list[str]:
+    starts = itertools.accumulate(map(len, texts), initial=0)
+    return [text[: budget - start] for text, start in zip(texts, starts) if start < budget]
 
 
 def load_corpus(

@@ -1,6 +1,8 @@
 """The byte-level BPE tokenizer, the tokenizer and token caches, and deterministic token batches.
 
-The corpora are ``_corpus``'s (re-exported here).
+A cache file records what it was built from (SHA-256s of the corpus and tokenizer, the vocabulary size, the
+encoding rule) and is used only for that. The cache's own file of something else, or a damaged one, is rebuilt
+with a warning; a file at a cache name without the cache's record raises :class:`ForeignCacheFile`, left as is.
 """
 
 from __future__ import annotations
@@ -10,74 +12,19 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from .. import files as _files
 from . import _checkpoint
-from ._corpus import (
-    Corpus,
-    existing_path,
-    load_corpus,
-    read_text_file,
-    stdlib_corpus,
-    stdlib_files,
-    text_corpus,
-)
-
-__all__ = [  # the corpus names are _corpus's, imported from here too
-    "EOT",
-    "Corpus",
-    "ForeignCacheFile",
-    "cached_tokenizer",
-    "cached_tokens",
-    "default_cache_dir",
-    "encode",
-    "eval_token_count",
-    "load_corpus",
-    "load_tokenizer",
-    "read_text_file",
-    "stdlib_corpus",
-    "stdlib_files",
-    "text_corpus",
-    "token_cache_path",
-    "tokenizer_cache_path",
-    "train_batch",
-    "train_tokenizer",
-    "val_batches",
-]
+from ._corpus import Corpus, existing_path
+from ._corpus import load_corpus as load_corpus  # re-exported: the commands read corpora from here
+from ._corpus import stdlib_corpus as stdlib_corpus
 
 EOT = "<|endoftext|>"
-
-
-def default_cache_dir() -> Path:
-    """``$TENSORNET_CACHE`` if set, else ``~/.cache/tensornet``."""
-    env = os.environ.get("TENSORNET_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "tensornet"
-
-
-# ----------------------------------------------------------------------------------------------- tokenizer
-def train_tokenizer(texts: Sequence[str], vocab_size: int):
-    """A byte-level BPE (GPT-2's scheme) trained on ``texts``, with ``<|endoftext|>`` as token 0."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    if vocab_size < 257:
-        raise ValueError(f"train_tokenizer: vocab_size must be >= 257 (256 bytes + {EOT}), got {vocab_size}")
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[EOT],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(texts, trainer=trainer)
-    return tokenizer
-
-
 TOKENIZER_BYTES = 256 * 2**20  # the most a tokenizer file may hold (GPT-2's tokenizer.json: 1.4 MB)
 # the caches' own file names: only these (and their temporary names) are ever removed or replaced there. The
 # "-v2" files record what they were built from (older, unmarked cache files are never read, nor removed)
@@ -89,155 +36,108 @@ TOKENS_FORMAT = "tensornet-tokens"
 _ENCODING = "byte-level BPE ids of each document, then <|endoftext|>"
 
 
-class ForeignCacheFile(ValueError):
-    """A file at one of the caches' names that the cache did not write: refused, and left alone."""
+def default_cache_dir() -> Path:
+    """``$TENSORNET_CACHE`` if set, else ``~/.cache/tensornet``."""
+    env = os.environ.get("TENSORNET_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "tensornet"
 
 
-def _tokenizer_text(path: Path, flag: str) -> str:
-    raw = _files.read_small_file(path, TOKENIZER_BYTES, flag)
+def train_tokenizer(texts: Sequence[str], vocab_size: int):
+    """A byte-level BPE (GPT-2's scheme) trained on ``texts``, with ``<|endoftext|>`` as token 0."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    if vocab_size < 257:
+        raise ValueError(f"train_tokenizer: vocab_size must be >= 257 (256 bytes + {EOT}), got {vocab_size}")
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[EOT], initial_alphabet=alphabet, show_progress=False
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return tokenizer
+
+
+def _parsed(text: str, path: Path, where: str):
+    """A tokenizer from its JSON, with ``<|endoftext|>``; ValueError naming ``where`` and ``path``."""
+    from tokenizers import Tokenizer
+
     try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"{flag}: {str(path)!r} is not UTF-8 text") from None
+        tokenizer = Tokenizer.from_str(text)
+    except Exception as err:  # tokenizers raises a bare Exception for malformed JSON
+        raise ValueError(f"{where}: cannot read {str(path)!r} as a tokenizers JSON file: {err}") from None
+    return _with_eot(tokenizer, path, where)
+
+
+def _with_eot(tokenizer, path: Path, where: str):
+    if tokenizer.token_to_id(EOT) is None:
+        raise ValueError(f"{where}: {str(path)!r} has no {EOT!r} token, which separates documents")
+    return tokenizer
 
 
 def load_tokenizer(path: str | os.PathLike, *, flag: str = "--tokenizer"):
     """A saved tokenizer: a ``tokenizer.json`` file, or a folder with it or GPT-2's vocab and merges.
 
-    The folder holds ``tokenizer.json`` or GPT-2's ``vocab.json`` + ``merges.txt``. The files must be regular
-    files of at most ``TOKENIZER_BYTES``.
+    The folder holds ``tokenizer.json`` or GPT-2's ``vocab.json`` + ``merges.txt``, regular files of at most
+    ``TOKENIZER_BYTES``. Raises ValueError naming ``flag`` and the file for anything else.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     p = existing_path(path, flag, "a tokenizer.json file or a tokenizer folder")
-    if p.is_dir():
-        if (p / "tokenizer.json").exists():
-            p = p / "tokenizer.json"
-        elif (p / "vocab.json").exists() and (p / "merges.txt").exists():
-            vocab_text = _tokenizer_text(p / "vocab.json", flag)
-            merges_text = _tokenizer_text(p / "merges.txt", flag)
-            try:
-                vocab = _files.parse_json(vocab_text)
-            except ValueError as err:
-                raise ValueError(f"{flag}: {str(p / 'vocab.json')!r} is not valid JSON ({err})") from None
-            if not (
-                isinstance(vocab, dict)
-                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in vocab.values())
-            ):
-                raise ValueError(
-                    f"{flag}: {str(p / 'vocab.json')!r} is not a GPT-2 vocabulary (an object of token: id)"
-                )
-            merges = []
-            for n, line in enumerate(merges_text.splitlines(), 1):
-                if not line.strip() or (n == 1 and line.startswith("#version")):
-                    continue
-                pair = line.split(" ")
-                if len(pair) != 2:
-                    raise ValueError(
-                        f"{flag}: line {n} of {str(p / 'merges.txt')!r} is not a merge (two tokens separated "
-                        f"by one space): {line[:80]!r}"
-                    )
-                merges.append((pair[0], pair[1]))
-            try:
-                tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges))
-            except Exception as err:  # tokenizers raises a bare Exception for inconsistent files
-                raise ValueError(
-                    f"{flag}: {str(p / 'vocab.json')!r} and {str(p / 'merges.txt')!r} do not form a BPE "
-                    f"tokenizer: {err}"
-                ) from None
-            tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-            tokenizer.decoder = decoders.ByteLevel()
-            _check_eot(tokenizer, p, flag)
-            return tokenizer
-        else:
+    vocab, merges = p / "vocab.json", p / "merges.txt"
+    if p.is_dir() and not (p / "tokenizer.json").exists():
+        if not (vocab.exists() and merges.exists()):
             raise ValueError(
                 f"{flag}: folder {str(p)!r} has neither tokenizer.json nor vocab.json+merges.txt"
             )
-    text = _tokenizer_text(p, flag)
-    try:
-        tokenizer = Tokenizer.from_str(text)
-    except Exception as err:  # tokenizers raises a bare Exception for malformed JSON
-        raise ValueError(f"{flag}: cannot read {str(p)!r} as a tokenizers JSON file: {err}") from None
-    _check_eot(tokenizer, p, flag)
-    return tokenizer
-
-
-def _check_eot(tokenizer, path: Path, flag: str = "--tokenizer") -> None:
-    if tokenizer.token_to_id(EOT) is None:
-        raise ValueError(f"{flag}: {str(path)!r} has no {EOT!r} token, which separates documents")
-
-
-def _tokenizer_json(tokenizer) -> bytes:
-    return tokenizer.to_str(pretty=True).encode("utf-8")  # what Tokenizer.save writes
-
-
-def tokenizer_cache_path(corpus: Corpus, vocab_size: int, cache_dir: str | os.PathLike | None = None) -> Path:
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return cache / "tokenizers" / f"bpe-{vocab_size}-{corpus.fingerprint()}-v2.json"
-
-
-def _foreign(where: str, path: Path, what: str) -> ForeignCacheFile:
-    return ForeignCacheFile(
-        f"{where}: {str(path)!r} is at the cache's name but {what}; tensornet did not write it, so it is neither "
-        "used nor replaced: move it away, or give another --cache-dir (or $TENSORNET_CACHE)"
-    )
-
-
-def _read_cached_tokenizer(path: Path, corpus: Corpus, vocab_size: int):
-    """The tokenizer the cache file ``path`` holds, checked to be the cache's own and built from ``corpus``.
-
-    Raises :class:`ForeignCacheFile` for a file the cache did not write (not its JSON record) and ValueError for
-    the cache's own record of another corpus or vocabulary size, or a damaged one.
-    """
-    from tokenizers import Tokenizer
-
-    where = "cached_tokenizer"
-    try:
-        record = _files.parse_json(_files.read_small_file(path, TOKENIZER_BYTES, where))
-    except ValueError as err:
-        raise _foreign(where, path, f"it is not a tokenizer cache record ({err})") from None
-    if not (isinstance(record, dict) and record.get("format") == TOKENIZER_CACHE_FORMAT):
-        raise _foreign(where, path, f"it has no {TOKENIZER_CACHE_FORMAT!r} record")
-    built = {"corpus": corpus.digest, "vocab_size": vocab_size}
-    other = [key for key, value in built.items() if record.get(key) != value]
-    if other:
-        raise ValueError(f"{str(path)!r} was trained on another {' and '.join(other)}")
-    try:
-        tokenizer = Tokenizer.from_str(json.dumps(record.get("tokenizer")))
-    except Exception as err:  # tokenizers raises a bare Exception for a malformed tokenizer
-        raise ValueError(f"{str(path)!r} holds no readable tokenizer ({err})") from None
-    _check_eot(tokenizer, path, where)
-    return tokenizer
-
-
-def cached_tokenizer(corpus: Corpus, vocab_size: int, cache_dir: str | os.PathLike | None = None):
-    """Train the BPE on ``corpus.train`` once and keep it under ``cache_dir/tokenizers``.
-
-    The cache file records the corpus (its SHA-256) and the vocabulary size it was trained for, and is used
-    only when both are this call's. The cache's own file of another corpus (a copied file) or a damaged one is
-    retrained and replaced, with a warning; a file the cache did not write under its name is an error, left
-    as it is.
-    """
-    path = tokenizer_cache_path(corpus, vocab_size, cache_dir)
-    if path.exists() or path.is_symlink():
+        for file in (vocab, merges):  # a regular file of bounded size (not a FIFO, not /dev/zero)
+            _files.read_small_file(file, TOKENIZER_BYTES, flag)
         try:
-            return _read_cached_tokenizer(path, corpus, vocab_size)
-        except ForeignCacheFile:
-            raise
-        except ValueError as err:
-            warnings.warn(f"cached_tokenizer: rebuilding the tokenizer cache: {err}", stacklevel=2)
-    tokenizer = train_tokenizer(corpus.train, vocab_size)
-    _cache_dir(path.parent, _TOKENIZER_CACHE)
-    record = {
-        "format": TOKENIZER_CACHE_FORMAT,
-        "version": 2,
-        "corpus": corpus.digest,
-        "vocab_size": vocab_size,
-        "tokenizer": json.loads(tokenizer.to_str()),
-    }
-    data = (json.dumps(record) + "\n").encode("utf-8")
-    _files.atomic_write(path, lambda f: f.write(data))
-    return tokenizer
+            tokenizer = Tokenizer(models.BPE.from_file(str(vocab), str(merges)))
+        except Exception as err:  # tokenizers raises a bare Exception for inconsistent files
+            raise ValueError(
+                f"{flag}: {str(vocab)!r} and {str(merges)!r} do not form a BPE tokenizer: {err}"
+            ) from None
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        return _with_eot(tokenizer, p, flag)
+    p = p / "tokenizer.json" if p.is_dir() else p
+    raw = _files.read_small_file(p, TOKENIZER_BYTES, flag)
+    try:
+        return _parsed(raw.decode("utf-8"), p, flag)
+    except UnicodeDecodeError:
+        raise ValueError(f"{flag}: {str(p)!r} is not UTF-8 text") from None
+
+
+class ForeignCacheFile(ValueError):
+    """A file at one of the caches' names that the cache did not write: refused, and left alone."""
+
+
+def _cached(path: Path, where: str, identity: dict, read: Callable, load: Callable) -> Any:
+    """The cache file's value if it was built from ``identity``, else None: the module's rule.
+
+    ``read(path)``: the file's record (ValueError: not the cache's); ``load(path, record)`` (ValueError: damaged).
+    """
+    if not (path.exists() or path.is_symlink()):
+        return None
+    try:
+        record = read(path)
+        if not (isinstance(record, dict) and record.get("format") == identity["format"]):
+            raise ValueError(f"it has no {identity['format']!r} record")
+    except ValueError as err:
+        raise ForeignCacheFile(
+            f"{where}: {str(path)!r} is at the cache's name, but tensornet did not write it ({err}), so it is "
+            "neither used nor replaced: move it away, or give another --cache-dir (or $TENSORNET_CACHE)"
+        ) from None
+    try:
+        other = [key for key, value in identity.items() if record.get(key) != value]
+        if other:
+            raise ValueError(f"{str(path)!r} was built from another {' and '.join(other)}")
+        return load(path, record)
+    except ValueError as err:
+        warnings.warn(f"{where}: rebuilding the cache: {err}", stacklevel=3)
+    return None
 
 
 def _cache_dir(folder: Path, names: re.Pattern[str]) -> None:
@@ -252,13 +152,41 @@ def _cache_dir(folder: Path, names: re.Pattern[str]) -> None:
     _files.remove_stale_tmp(folder, names, live=False)
 
 
-def tokenizer_digest(tokenizer) -> str:
-    """The SHA-256 of the tokenizer's JSON (recorded in the token caches built with it)."""
-    return hashlib.sha256(tokenizer.to_str().encode("utf-8")).hexdigest()
+def tokenizer_cache_path(corpus: Corpus, vocab_size: int, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where :func:`cached_tokenizer` keeps the tokenizer of ``corpus`` and ``vocab_size``."""
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return cache / "tokenizers" / f"bpe-{vocab_size}-{corpus.fingerprint()}-v2.json"
+
+
+def _tokenizer_record(path: Path) -> dict:
+    return _files.parse_json(_files.read_small_file(path, TOKENIZER_BYTES, "cached_tokenizer"))
+
+
+def cached_tokenizer(corpus: Corpus, vocab_size: int, cache_dir: str | os.PathLike | None = None):
+    """Train the BPE on ``corpus.train`` once and keep it under ``cache_dir/tokenizers`` (the module's rule).
+
+    Raises ForeignCacheFile for a file at its cache name that the cache did not write.
+    """
+    path = tokenizer_cache_path(corpus, vocab_size, cache_dir)
+    identity = {"format": TOKENIZER_CACHE_FORMAT, "corpus": corpus.digest, "vocab_size": vocab_size}
+    load = lambda p, record: _parsed(json.dumps(record.get("tokenizer")), p, "cached_tokenizer")  # noqa: E731
+    tokenizer = _cached(path, "cached_tokenizer", identity, _tokenizer_record, load)
+    if tokenizer is None:
+        tokenizer = train_tokenizer(corpus.train, vocab_size)
+        _cache_dir(path.parent, _TOKENIZER_CACHE)
+        record = identity | {"version": 2, "tokenizer": json.loads(tokenizer.to_str())}
+        data = (json.dumps(record) + "\n").encode("utf-8")
+        _files.atomic_write(path, lambda f: f.write(data))
+    return tokenizer
 
 
 def tokenizer_id(tokenizer) -> str:
-    return tokenizer_digest(tokenizer)[:16]
+    """A short hash of the tokenizer's JSON, naming its token caches."""
+    return _tokenizer_digest(tokenizer)[:16]
+
+
+def _tokenizer_digest(tokenizer) -> str:
+    return hashlib.sha256(tokenizer.to_str().encode("utf-8")).hexdigest()
 
 
 def encode(tokenizer, texts: Sequence[str]) -> torch.Tensor:
@@ -272,50 +200,36 @@ def encode(tokenizer, texts: Sequence[str]) -> torch.Tensor:
 
 
 def token_cache_path(corpus: Corpus, tokenizer, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where :func:`cached_tokens` keeps the tokens of ``corpus`` under ``tokenizer``."""
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     return cache / "tokens" / f"{corpus.fingerprint()}-{tokenizer_id(tokenizer)}-v2.safetensors"
 
 
 def token_identity(corpus: Corpus, tokenizer) -> dict[str, str]:
     """What a token cache file was built from, as recorded in its metadata."""
-    return {
-        "format": TOKENS_FORMAT,
-        "corpus": corpus.digest,
-        "tokenizer": tokenizer_digest(tokenizer),
-        "encoding": _ENCODING,
-    }
+    digest = _tokenizer_digest(tokenizer)
+    return {"format": TOKENS_FORMAT, "corpus": corpus.digest, "tokenizer": digest, "encoding": _ENCODING}
 
 
 def cached_tokens(corpus: Corpus, tokenizer, cache_dir: str | os.PathLike | None = None):
-    """``(train_ids, val_ids)``, encoded once per (corpus, tokenizer) and cached as int32 safetensors.
+    """``(train_ids, val_ids)``, encoded once per (corpus, tokenizer), cached as int32 safetensors.
 
-    The cache file records the corpus and the tokenizer (their SHA-256) and the encoding rule, and is used
-    only when all three are this call's. The cache's own file that fails a check (another corpus or tokenizer,
-    a failed checksum, wrong shapes or dtypes, ids outside the vocabulary) is rebuilt and replaced, with a
-    warning; a file the cache did not write under its name (unreadable, or without the record) is an error,
-    left as it is.
+    The module's rule; a failed checksum, wrong shapes or dtypes, ids outside the vocabulary: damaged. Raises
+    ForeignCacheFile for a file at its cache name that the cache did not write.
     """
     path = token_cache_path(corpus, tokenizer, cache_dir)
     identity = token_identity(corpus, tokenizer)
-    if path.exists() or path.is_symlink():
-        where = "cached_tokens"
-        try:
-            metadata, _ = _checkpoint.read_safetensors(path, f"{where}: {str(path)!r} is not a token file")
-        except ValueError as err:
-            raise _foreign(where, path, f"it is not a readable safetensors file ({err})") from None
-        if metadata.get("format") != TOKENS_FORMAT:
-            raise _foreign(where, path, f"it has no {TOKENS_FORMAT!r} record")
-        try:
-            return _checkpoint.load_token_file(path, tokenizer.get_vocab_size(), where, identity=identity)
-        except ValueError as err:
-            warnings.warn(f"cached_tokens: rebuilding the token cache: {err}", stacklevel=2)
+    read = lambda p: _checkpoint.read_safetensors(p, "not a readable safetensors file")[0]  # noqa: E731
+    load = lambda p, _: _checkpoint.load_token_file(p, tokenizer.get_vocab_size(), "cached_tokens")  # noqa: E731
+    cached = _cached(path, "cached_tokens", identity, read, load)
+    if cached is not None:
+        return cached
     train, val = encode(tokenizer, corpus.train), encode(tokenizer, corpus.val)
     _cache_dir(path.parent, _TOKENS_CACHE)
     _checkpoint.save_tensors(path, {"train": train.int(), "val": val.int()}, metadata=identity)
     return train, val
 
 
-# ------------------------------------------------------------------------------------------------ batches
 def train_batch(
     tokens: torch.Tensor,
     *,
@@ -326,55 +240,51 @@ def train_batch(
     rank: int = 0,
     world: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``step``-th training batch: ``batch_size`` windows at offsets drawn from a seeded generator.
+    """The ``step``-th batch ``(x, y)``, each ``(batch_size // world, block_size)``, ``y`` shifted by one token.
 
-    The generator is seeded by ``(seed, step)``, so the data order is a pure function of the step (exact
-    resume) and the same global batch is used whatever the number of DDP processes; ``rank`` takes its
-    contiguous slice of it.
-
-    Returns ``(x, y)``, each ``(batch_size // world, block_size)``, with ``y`` shifted by one token.
+    Window offsets come from a generator seeded by ``(seed, step)``: the data order is a function of the step
+    (exact resume), the global batch the same for any number of DDP processes; ``rank`` takes its slice.
+    ``tokens`` must hold ``block_size + 2`` (:func:`check_windows`), ``world`` divide ``batch_size``.
     """
-    if tokens.numel() < block_size + 2:
-        raise ValueError(
-            f"train_batch: the training text has {tokens.numel()} tokens, fewer than block_size + 2 = "
-            f"{block_size + 2}; give more text or a smaller --block-size"
-        )
-    if batch_size % world:
-        raise ValueError(f"batch size {batch_size} is not divisible by the number of processes {world}")
     gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
     offsets = torch.randint(0, tokens.numel() - block_size - 1, (batch_size,), generator=gen)
     local = batch_size // world
     offsets = offsets[rank * local : (rank + 1) * local]
-    idx = offsets[:, None] + torch.arange(block_size + 1)[None, :]  # (B, T+1)
-    chunk = tokens[idx]
+    chunk = tokens[offsets[:, None] + torch.arange(block_size + 1)[None, :]]  # (B, T+1)
     return chunk[:, :-1], chunk[:, 1:]
 
 
+def check_windows(
+    train_ids: torch.Tensor | None, val_ids: torch.Tensor, block: int, eval_tokens: int = 0
+) -> None:
+    """Enough tokens for windows of ``block`` tokens, and ``eval_tokens`` (0: all) at least one window.
+
+    Raises ValueError saying which text is short and the flags that change it.
+    """
+    for name, ids, least in (("training", train_ids, block + 2), ("validation", val_ids, block + 1)):
+        if ids is not None and ids.numel() < least:
+            raise ValueError(
+                f"the {name} text has {ids.numel():,} tokens; --block-size {block} needs at least {least:,}: "
+                "give more text (--data, --max-chars) or a smaller --block-size"
+            )
+    if 0 < eval_tokens < block:
+        raise ValueError(
+            f"--eval-tokens {eval_tokens} is fewer than one window of --block-size {block} tokens; give 0 (all) "
+            "or at least the block size"
+        )
+
+
 def val_batches(tokens: torch.Tensor, *, block_size: int, max_tokens: int | None = None) -> torch.Tensor:
-    """Non-overlapping validation windows ``(n, block_size + 1)`` (consecutive windows share one token)."""
-    usable = tokens.numel() - 1
-    if max_tokens is not None and max_tokens < min(usable, block_size):
-        raise ValueError(
-            f"--eval-tokens {max_tokens} is fewer than one window of --block-size {block_size} tokens; "
-            "give 0 (all) or at least the block size"
-        )
-    if max_tokens is not None:
-        usable = min(usable, max_tokens)
-    n = usable // block_size
-    if n < 1:
-        raise ValueError(
-            f"the validation text has {tokens.numel()} tokens, fewer than --block-size + 1 = {block_size + 1}; "
-            "give more text or a smaller --block-size"
-        )
-    idx = torch.arange(n)[:, None] * block_size + torch.arange(block_size + 1)[None, :]
-    return tokens[idx]
+    """Non-overlapping validation windows ``(n, block_size + 1)`` (consecutive windows share one token).
+
+    Raises ValueError (:func:`check_windows`) when there is not one window.
+    """
+    check_windows(None, tokens, block_size, max_tokens or 0)
+    n = eval_token_count(tokens.numel(), block_size, max_tokens) // block_size
+    return tokens[torch.arange(n)[:, None] * block_size + torch.arange(block_size + 1)[None, :]]
 
 
 def eval_token_count(ntokens: int, block_size: int, max_tokens: int | None = None) -> int:
-    """How many tokens an evaluation of ``ntokens`` validation tokens predicts.
-
-    That is ``val_batches``'s windows times ``block_size`` (the last token of the stream starts no window;
-    ``max_tokens`` caps the tokens used).
-    """
+    """How many tokens an evaluation of ``ntokens`` tokens (at most ``max_tokens``) predicts: whole windows."""
     usable = ntokens - 1 if max_tokens is None else min(ntokens - 1, max_tokens)
     return max(usable, 0) // block_size * block_size

@@ -1,6 +1,6 @@
 """The processes of a run: rank and world size from torchrun's environment, the process group, the device.
 
-Read from the environment, not ``torch.distributed.get_rank``/``get_world_size``: those answer only after
+Read from the environment: ``torch.distributed.get_rank``/``get_world_size`` answer only after
 ``init_process_group``, and the first process must be known before (it alone opens the run folder).
 """
 
@@ -33,29 +33,17 @@ class Distributed:
         self.world = _env_int("WORLD_SIZE", 1, 1)
         self.rank = _env_int("RANK", 0, 0)
         self.local_rank = _env_int("LOCAL_RANK", 0, 0)
+        self.main = self.rank == 0  # the process that writes the run folder and prints
         if self.rank >= self.world:
             raise ValueError(
                 f"the environment gives RANK={self.rank} but WORLD_SIZE={self.world} (ranks 0 to "
                 f"{self.world - 1}); start the processes with torchrun, or unset RANK and WORLD_SIZE"
             )
-        self.started = False
-
-    @property
-    def main(self) -> bool:
-        """Whether this is the first process (the one that writes the run folder and prints)."""
-        return self.rank == 0
 
     def init(self, device: torch.device) -> None:
         """Start the process group (nccl on GPU, gloo on CPU) when there are several processes."""
         if self.world > 1 and not torch.distributed.is_initialized():
-            backend = "nccl" if device.type == "cuda" else "gloo"
-            torch.distributed.init_process_group(backend=backend)
-            self.started = True
-
-    def close(self) -> None:
-        """End the process group this object started."""
-        if self.started:
-            torch.distributed.destroy_process_group()
+            torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
 
     def barrier(self) -> None:
         """Wait for every process."""

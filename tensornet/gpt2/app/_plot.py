@@ -6,6 +6,7 @@ import math
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -51,16 +52,16 @@ def plot_losses(
 ):
     """Draw the loss curves of ``compare``'s ``results`` and save them to ``path`` (PNG) and beside it as SVG.
 
-    Each result needs ``variant``, ``params``, ``loss`` (training loss per optimizer step) and ``val``
-    (``(step, loss)`` per evaluation); ``val_ppl`` and ``percent_of_dense`` are shown when present. The x axis
-    is the number of training tokens (log scale: step ``s`` is ``s * tokens_per_step`` tokens); training loss is
-    drawn raw (faint) and smoothed over a fixed fraction of the log-x width, validation loss at every
-    evaluation. The y range holds every finite loss, from the first step to the highest spike.
+    Each result needs ``variant``, ``params``, ``loss`` (per optimizer step) and ``val`` (``(step, loss)`` per
+    evaluation); ``val_ppl`` and ``percent_of_dense`` are shown when present. x: training tokens (log scale,
+    ``tokens_per_step`` per step); training loss raw (faint) and smoothed over a fixed fraction of the log-x
+    width, validation loss at every evaluation; y holds every finite loss. The title is ``title``, else what
+    was trained (from ``compare``'s ``spec``: model size, ``corpus_name``, seed) and on how many tokens.
+    Returns the matplotlib ``Figure`` (not attached to pyplot: nothing to close, the backend left alone).
 
-    The title is ``title`` if given, else it says what was trained (from ``spec``, ``compare``'s spec, when given:
-    model size, the corpus's ``corpus_name``, seed) and on how many tokens. Returns the matplotlib ``Figure`` (not attached to pyplot,
-    so nothing needs closing and the global backend is left alone).
+    Raises ValueError for ``tokens_per_step`` < 1.
     """
+    from matplotlib import rc_context
     from matplotlib.figure import Figure
 
     if tokens_per_step < 1:
@@ -72,7 +73,7 @@ def plot_losses(
     last_tokens = tokens_per_step
     for index, r in enumerate(results):
         color = f"C{index}"
-        name = _name(r, spec)
+        name = model_name(r["variant"], spec)
         loss = np.asarray(r["loss"], dtype=float)
         val = [(int(s), float(v)) for s, v in r.get("val") or []]
         tokens = np.arange(1, loss.size + 1) * tokens_per_step
@@ -84,18 +85,9 @@ def plot_losses(
             last_tokens = max(last_tokens, max(s for s, _ in val) * tokens_per_step)
             ppl = r.get("val_ppl")
             final = f" (final perplexity {ppl:,.1f})" if ppl is not None and math.isfinite(ppl) else ""
-            ax.plot(
-                [s * tokens_per_step for s, _ in val],
-                [v for _, v in val],
-                "o--",
-                color=color,
-                lw=1.2,
-                ms=6,
-                mec="white",
-                mew=0.8,
-                label=f"{name}: validation{final}",
-                zorder=3,
-            )
+            marks: dict[str, Any] = dict(color=color, lw=1.2, ms=6, mec="white", mew=0.8, zorder=3)
+            x, y = [s * tokens_per_step for s, _ in val], [v for _, v in val]
+            ax.plot(x, y, "o--", label=f"{name}: validation{final}", **marks)
         finite += [v for v in loss.tolist() if math.isfinite(v)] + [v for _, v in val if math.isfinite(v)]
 
     _axes(ax, tokens_per_step, last_tokens, finite)
@@ -103,11 +95,8 @@ def plot_losses(
     ax.set_title(title if title is not None else _title(results, spec, last_tokens), fontsize=10, loc="left")
 
     atomic_write(path, lambda f: fig.savefig(f, dpi=150, format="png"))
-    # no date in the SVG and a fixed id salt: the same results give the same file
     svg = path.with_suffix(".svg")
-    from matplotlib import rc_context
-
-    with rc_context({"svg.hashsalt": "tensornet"}):
+    with rc_context({"svg.hashsalt": "tensornet"}):  # no date, a fixed salt: same results, same file
         atomic_write(svg, lambda f: fig.savefig(f, format="svg", metadata={"Date": None}))
     return fig
 
@@ -140,14 +129,10 @@ def _smooth_log(loss: np.ndarray, fraction: float = 0.1) -> np.ndarray:
     return out
 
 
-def _name(r: dict, spec: dict | None) -> str:
-    variant = r["variant"]
-    name = NAMES.get(variant, variant)
-    if variant == "ttm" and spec and spec.get("rank") is not None:
-        name += f" r={spec['rank']}"
-    elif variant == "lowrank" and spec and spec.get("lowrank_rank") is not None:
-        name += f" r={spec['lowrank_rank']}"
-    return name
+def model_name(variant: str, spec: dict | None) -> str:
+    """``dense``, ``TTM r=32`` or ``low-rank r=33``: a ``compare`` model with the rank its ``spec`` gives."""
+    rank = (spec or {}).get({"ttm": "rank", "lowrank": "lowrank_rank"}.get(variant, ""))
+    return NAMES.get(variant, variant) + ("" if rank is None else f" r={rank}")
 
 
 def _size(r: dict) -> str:
@@ -158,7 +143,7 @@ def _size(r: dict) -> str:
 
 
 def _title(results: Sequence[dict], spec: dict | None, tokens: int) -> str:
-    models = " vs ".join(NAMES.get(r["variant"], r["variant"]) for r in results)
+    models = " vs ".join(model_name(r["variant"], None) for r in results)
     first = f"GPT-2 pre-training: {models}"
     second = [f"{count_label(tokens)} training tokens per model"]
     if spec:

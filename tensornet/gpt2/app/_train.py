@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,7 @@ from torch import nn
 from .. import files as _files
 from . import _checkpoint, _resume, _runfolder
 from ._config import TrainConfig
-from ._data import train_batch, val_batches
+from ._data import check_windows, train_batch, val_batches
 from ._distributed import Distributed, default_device
 
 # torch.compile warns when it traces through a functools.lru_cache; tensornet's caches map core shapes to plans
@@ -57,20 +57,14 @@ def perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 700 else float("inf")
 
 
-def busy(load: float | None, cores: int | None = None) -> bool:
-    """Whether a 1-minute load average ``load`` means a busy machine: more runnable threads than cores.
+def load_note(load: float | None, cores: int | None = None) -> str:
+    """``measured while the machine was busy (...)`` for a speed measured under ``load``; "" when idle.
 
-    Then a run's threads waited for other processes' and a speed measured meanwhile is below the idle one.
-    ``cores``: the machine's (``os.cpu_count()``), as the load average counts the whole machine.
+    Busy: a 1-minute load average above the machine's ``cores`` (``os.cpu_count()``), more runnable threads
+    than cores, so the run's threads waited for other processes' and its speed is below the idle one.
     """
     cores = cores or os.cpu_count() or 1
-    return load is not None and math.isfinite(load) and load > cores + 0.5
-
-
-def load_note(load: float | None, cores: int | None = None) -> str:
-    """``measured while the machine was busy (...)`` for a speed measured under ``load``; "" when idle."""
-    cores = cores or os.cpu_count() or 1
-    if load is None or not busy(load, cores):
+    if load is None or not math.isfinite(load) or load <= cores + 0.5:
         return ""
     return f"measured while the machine was busy (load average {load:.1f} on {cores} cores)"
 
@@ -78,18 +72,12 @@ def load_note(load: float | None, cores: int | None = None) -> str:
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices and TT cores (dim >= 2), none on biases and LayerNorm.
 
-    The TT cores (:func:`tensornet.nn.tt_parameters`) form their own group whose learning rate is
-    ``cfg.tt_lr_scale`` times the schedule's: Adam moves every entry by about ``lr`` per step, and a
-    change of one core moves the product ``W`` by that change times the other cores, so at the dense
-    model's ``lr`` a TT weight learns several times slower. The low-rank baseline's two factors
-    (:class:`LowRankLinear`) are such a product too: with ``cfg.lowrank_lr_scale`` other than 1 they form
-    a group of their own at that multiple (at 1 they stay in the dense group, as in runs from before the
-    setting, whose checkpoints keep resuming). Both multipliers are per-model hyperparameters: for
-    ``compare``'s model the cores were best at 3x-5x (perplexity 56% above dense at 1x, 9% below at 5x) and
-    the factors at 4x-9x (about 8% lower perplexity than at 1x, averaged over seeds; their runs are erratic),
-    see benchmarks/results/gpt2_compare_cpu.md, while notebook 04's smaller TTM model is best at 1x. AdamW's
-    decoupled decay is ``lr * weight_decay``, so a group's decay is scaled by its multiplier too (as in the
-    measured runs).
+    The TT cores (:func:`tensornet.nn.tt_parameters`) form a group at ``cfg.tt_lr_scale`` times the schedule's
+    learning rate: Adam moves each entry by about ``lr``, and a core's change moves ``W`` times the other
+    cores, so at the dense ``lr`` a TT weight learns several times slower. The low-rank factors form a group at
+    ``cfg.lowrank_lr_scale`` when it is not 1 (at 1 they stay in the dense group, as in older checkpoints).
+    For ``compare``'s model the cores were best at 3x-5x and the factors at 4x-9x, notebook 04's smaller
+    model at 1x (benchmarks/results/gpt2_compare_cpu.md). A group's decoupled decay scales with its multiplier.
     """
     from tensornet.nn import tt_parameters
 
@@ -101,16 +89,14 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
         lowrank = (m for m in model.modules() if isinstance(m, LowRankLinear))
         factors = [p for m in lowrank for p in (m.a, m.b) if p.requires_grad]
     ids = {id(p) for p in cores + factors}
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2 and id(p) not in ids]
-    rest = [p for p in model.parameters() if p.requires_grad and p.dim() < 2 and id(p) not in ids]
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
     groups: list[dict[str, Any]] = [
-        {"params": decay, "weight_decay": cfg.weight_decay, "lr_scale": 1.0},
-        {"params": rest, "weight_decay": 0.0, "lr_scale": 1.0},
+        {"params": [p for p in rest if p.dim() >= 2], "weight_decay": cfg.weight_decay, "lr_scale": 1.0},
+        {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0, "lr_scale": 1.0},
     ]
-    if cores:
-        groups.append({"params": cores, "weight_decay": cfg.weight_decay, "lr_scale": cfg.tt_lr_scale})
-    if factors:
-        groups.append({"params": factors, "weight_decay": cfg.weight_decay, "lr_scale": cfg.lowrank_lr_scale})
+    for params, scale in ((cores, cfg.tt_lr_scale), (factors, cfg.lowrank_lr_scale)):
+        if params:
+            groups.append({"params": params, "weight_decay": cfg.weight_decay, "lr_scale": scale})
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
 
 
@@ -139,7 +125,8 @@ def evaluate(
 ) -> float:
     """Mean next-token loss (nats) over non-overlapping validation windows; ``exp`` of it is the perplexity.
 
-    Under DDP each process takes every ``world``-th window and the sums are all-reduced.
+    Under DDP each process takes every ``world``-th window and the sums are all-reduced. Raises ValueError
+    for no window of ``block_size`` tokens (or a ``max_tokens`` below one).
     """
     dist = dist or Distributed()
     device = torch.device(device)
@@ -157,84 +144,58 @@ def evaluate(
     return total / count
 
 
-class RunLog:
-    """``log.jsonl``: one line per optimizer step and per evaluation, numbers only (no timings).
+def check_tokens(train_ids: torch.Tensor, val_ids: torch.Tensor, cfg: TrainConfig) -> None:
+    """Enough tokens for ``cfg.block_size`` and ``cfg.eval_tokens``, checked before step 1."""
+    check_windows(train_ids, val_ids, cfg.block_size, cfg.eval_tokens)
 
-    A step's line holds ``step``, ``loss``, ``lr``; an evaluation's ``step``, ``val_loss``, ``val_ppl``.
-    With no timings, a run resumed from a checkpoint has exactly the log of an uninterrupted one: opening it
-    rewrites it, atomically, from the checkpoint's history.
+
+class RunLog:
+    """``log.jsonl``: a line per step (``step`` from 1, ``loss``, ``lr``) and evaluation (``val_loss``, ``val_ppl``).
+
+    Numbers only, no timings: opening it rewrites it, atomically, from the checkpoint's ``history``, so a
+    resumed run's log is exactly an uninterrupted one's.
     """
 
     def __init__(self, path: Path, cfg: TrainConfig, history: History) -> None:
-        self.path, self.cfg = path, cfg
-        lines = []
+        self.path, self.cfg, self._file = path, cfg, None
         evals = dict(history.val)
-        for i, loss in enumerate(history.loss):
-            lines.append(self._step(i, loss))
+        lines = []
+        for i, loss in enumerate(history.loss):  # written through step/eval, the file not yet open
+            lines.append(self.step(i, loss))
             if i + 1 in evals:
-                lines.append(self._eval(i + 1, evals[i + 1]))
+                lines.append(self.eval(i + 1, evals[i + 1]))
         text = "".join(lines).encode("utf-8")
         _files.atomic_write(path, lambda f: f.write(text))
         try:  # the file just written (a link put there since is not followed)
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
         except OSError as err:
             raise _files.write_error(path, err) from None
-        self._file: IO[str] | None = os.fdopen(fd, "a", encoding="utf-8")
+        self._file = os.fdopen(fd, "a", encoding="utf-8")
 
-    def _step(self, step: int, loss: float) -> str:
-        return json.dumps({"step": step + 1, "loss": loss, "lr": self.cfg.lr_at(step)}) + "\n"
+    def step(self, step: int, loss: float) -> str:
+        """Log optimizer step ``step`` (0-based, written 1-based like the evaluations); return the line."""
+        return self._write({"step": step + 1, "loss": loss, "lr": self.cfg.lr_at(step)})
 
-    @staticmethod
-    def _eval(step: int, loss: float) -> str:
-        return json.dumps({"step": step, "val_loss": loss, "val_ppl": perplexity(loss)}) + "\n"
+    def eval(self, step: int, loss: float) -> str:
+        """Log the evaluation after ``step`` steps; return the line."""
+        return self._write({"step": step, "val_loss": loss, "val_ppl": perplexity(loss)})
 
-    def step(self, step: int, loss: float) -> None:
-        """Log optimizer step ``step`` (0-based, written 1-based like the evaluations)."""
-        self._write(self._step(step, loss))
-
-    def eval(self, step: int, loss: float) -> None:
-        self._write(self._eval(step, loss))
-
-    def _write(self, line: str) -> None:
-        if self._file is not None:
+    def _write(self, record: dict) -> str:
+        line = json.dumps(record) + "\n"
+        if self._file is not None:  # None while the history is replayed
             try:
                 self._file.write(line)
                 self._file.flush()
             except OSError as err:
                 raise _files.write_error(self.path, err) from None
+        return line
 
     def close(self) -> None:
+        """Close the file (every line was flushed, or its failure reported, already)."""
         if self._file is not None:
-            with contextlib.suppress(OSError):  # every line was flushed (or its failure reported) already
+            with contextlib.suppress(OSError):
                 self._file.close()
             self._file = None
-
-
-def peak_memory_mib(device: torch.device) -> float:
-    """Peak allocated CUDA memory, or on CPU the process's peak resident set size."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def check_tokens(train_ids: torch.Tensor, val_ids: torch.Tensor, cfg: TrainConfig) -> None:
-    """Enough tokens for ``cfg.block_size``, checked before step 1 (not at the first or final evaluation)."""
-    block = cfg.block_size
-    if train_ids.numel() < block + 2:
-        raise ValueError(
-            f"the training text has {train_ids.numel():,} tokens; --block-size {block} needs at least "
-            f"{block + 2:,}: give more text (--data, --max-chars) or a smaller --block-size"
-        )
-    if val_ids.numel() < block + 1:
-        raise ValueError(
-            f"the validation text has {val_ids.numel():,} tokens; --block-size {block} needs at least "
-            f"{block + 1:,}: give more text (--data, --max-chars) or a smaller --block-size"
-        )
-    if 0 < cfg.eval_tokens < block:
-        raise ValueError(
-            f"--eval-tokens {cfg.eval_tokens} is fewer than one window of --block-size {block}; give 0 (all) "
-            "or at least the block size"
-        )
 
 
 class _Run:
@@ -249,18 +210,16 @@ class _Run:
         self.log: RunLog | None = None
         self.checkpoint_path: Path | None = None
         self.signature: dict = {}
-        self.timed_tokens, self.timed_seconds = 0, 0.0  # after the first steps (allocators, compilation)
-        self.all_tokens, self.all_seconds = 0, 0.0  # every step: for runs too short to skip the first ones
+        self.seconds: list[float] = []  # every step's time of this call
         self.loads: list[float] = []  # the 1-minute load average at every step
         wrapped = model
         if dist.world > 1:
-            wrapped = nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None
-            )
+            ids = [device.index] if device.type == "cuda" else None
+            wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         self.wrapped = wrapped
         self.step_model = wrapped if cfg.compile is None else torch.compile(wrapped, mode=cfg.compile)
 
-    def step(self, step: int, train_ids: torch.Tensor, first_timed: int) -> float:
+    def step(self, step: int, train_ids: torch.Tensor) -> float:
         """Optimizer step ``step`` (0-based): the loss of its batch, averaged over the processes."""
         t0 = time.perf_counter()
         cfg, dist, device = self.cfg, self.dist, self.device
@@ -285,23 +244,19 @@ class _Run:
             self.log.step(step, value)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        seconds, tokens = time.perf_counter() - t0, cfg.batch_size * cfg.block_size
+        self.seconds.append(time.perf_counter() - t0)
         if hasattr(os, "getloadavg"):
             self.loads.append(os.getloadavg()[0])
-        self.all_seconds, self.all_tokens = self.all_seconds + seconds, self.all_tokens + tokens
-        if step >= first_timed:
-            self.timed_seconds, self.timed_tokens = self.timed_seconds + seconds, self.timed_tokens + tokens
         return value
 
     def evaluate(
         self, done: int, val_ids: torch.Tensor, on_eval: Callable[[int, float], None] | None
     ) -> None:
+        """Evaluate after ``done`` steps, into the history and the log."""
         cfg = self.cfg
-        batch = max(cfg.batch_size // self.dist.world, 1)
-        tokens = cfg.eval_tokens or None
         val = evaluate(
-            self.raw, val_ids, block_size=cfg.block_size, batch_size=batch, max_tokens=tokens,
-            device=self.device, dist=self.dist,
+            self.raw, val_ids, block_size=cfg.block_size, batch_size=max(cfg.batch_size // self.dist.world, 1),
+            max_tokens=cfg.eval_tokens or None, device=self.device, dist=self.dist,
         )  # fmt: skip
         self.history.val.append((done, val))
         if self.log is not None:
@@ -310,6 +265,7 @@ class _Run:
             on_eval(done, val)
 
     def checkpoint(self, step: int) -> None:
+        """Save the model, optimizer, history and RNG states after ``step`` steps (first process)."""
         if self.checkpoint_path is not None and self.dist.main:
             payload = {
                 "model": self.raw.state_dict(),
@@ -329,9 +285,8 @@ class _Run:
         if out is not None:
             self.checkpoint_path = Path(out) / _resume.CHECKPOINT
         if resume and self.checkpoint_path is not None:
-            path, model, optimizer = self.checkpoint_path, self.raw, self.optimizer
             start, self.history.loss, self.history.val = _resume.restore(
-                path, self.signature, model, optimizer, self.cfg
+                self.checkpoint_path, self.signature, self.raw, self.optimizer, self.cfg
             )
             if stop_at is not None and stop_at < start:
                 raise ValueError(f"--stop-at {stop_at} is before the checkpoint's step {start}")
@@ -348,7 +303,7 @@ class _Run:
         """
         cfg = self.cfg
         for step in range(start, end):
-            loss = self.step(step, train_ids, first_timed=start + 2)
+            loss = self.step(step, train_ids)
             done = step + 1
             if on_step is not None and self.dist.main:
                 on_step(done, loss)
@@ -362,15 +317,19 @@ class _Run:
             self.evaluate(cfg.steps, val_ids, on_eval)
             self.checkpoint(end)  # again, with the evaluation in its history
 
-    def summarize(self, steps_run: int) -> History:
-        history = self.history
-        history.steps_run = steps_run
-        if self.timed_seconds > 0:
-            history.tokens_per_s = self.timed_tokens / self.timed_seconds
-        elif self.all_seconds > 0:
-            history.tokens_per_s = self.all_tokens / self.all_seconds
-        history.train_seconds = self.timed_seconds
-        history.peak_memory_mib = peak_memory_mib(self.device)
+    def summarize(self) -> History:
+        """The history with this call's speed (past its first two steps: allocators, compilation) and memory."""
+        history, tokens = self.history, self.cfg.batch_size * self.cfg.block_size
+        history.steps_run = len(self.seconds)
+        history.train_seconds = sum(self.seconds[2:])
+        # a run too short to skip the first steps is timed on all of them
+        timed = self.seconds[2:] if history.train_seconds > 0 else self.seconds
+        if sum(timed) > 0:
+            history.tokens_per_s = tokens * len(timed) / sum(timed)
+        if self.device.type == "cuda":
+            history.peak_memory_mib = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:  # the process's peak resident set size
+            history.peak_memory_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         if self.loads:
             history.load_average = sum(self.loads) / len(self.loads)
         return history
@@ -393,19 +352,17 @@ def train(
 ) -> History:
     """Train ``model`` in place for ``cfg.steps`` optimizer steps and return its ``History``.
 
-    Batch ``s`` is a pure function of ``(cfg.seed, s)`` (``train_batch``), and checkpoints hold the model,
-    optimizer, step, history and RNG states, so ``resume=True`` continues from ``out/checkpoint.safetensors``
-    with exactly the losses of an uninterrupted run. ``stop_at`` ends (with a checkpoint) after that many
-    steps, as an interruption would. ``signature`` (model and data description) must match the checkpoint's
-    on resume. ``on_step(step, loss)`` and ``on_eval(step, loss)`` are called after every step and evaluation
-    (steps counted from 1; under DDP in the first process only), e.g. for a progress bar.
+    Batches are a function of ``(cfg.seed, step)`` and checkpoints hold the model, optimizer, step, history and
+    RNG states, so ``resume=True`` continues ``out/checkpoint.safetensors`` with exactly the losses (and
+    ``out/log.jsonl``) of an uninterrupted run; ``signature`` (model and data) must match the checkpoint's.
+    ``stop_at`` ends after that many steps, as an interruption would. ``on_step``/``on_eval(step, loss)``
+    follow the run (steps from 1; under DDP in the first process). ``out``: a run folder, new or this
+    package's, locked for the run (or the ``RunFolder`` the caller holds); a previous run in it is refused
+    unless ``resume`` or ``overwrite`` (the package's files replaced, others kept). Under ``torchrun`` the
+    model is wrapped in DDP and each process takes its slice of the global batch; rank 0 writes the folder.
 
-    ``out`` is a run folder: new or empty, or one this package wrote; it is locked for the run (a caller that
-    holds it already, as the CLI does, passes its ``RunFolder``). A folder holding a previous run is refused unless ``resume`` (continue it) or ``overwrite``
-    (replace the package's files in it; other files are kept). ``out/log.jsonl`` gets one line per step and
-    per evaluation; on resume it is rewritten from the checkpoint, so it always equals an uninterrupted run's.
-    Under ``torchrun`` (WORLD_SIZE > 1) the model is wrapped in DDP and each process takes its slice of the
-    same global batch; rank 0 writes the folder.
+    Raises ValueError for settings out of bounds, too few tokens, a batch the processes cannot share, or a
+    checkpoint that does not fit, before the first step.
     """
     cfg.check()
     if stop_at is not None and stop_at < 1:
@@ -414,17 +371,16 @@ def train(
     if resume and out is None:
         raise ValueError("--resume needs --out, the folder holding the checkpoint")
     dist = Distributed()
+    if cfg.batch_size % dist.world:
+        raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by the {dist.world} processes")
     device = torch.device(device) if device is not None else default_device(dist)
     if device.type == "cuda" and device.index is None:  # under torchrun each process takes its own GPU
         device = torch.device("cuda", dist.local_rank)
     folder = out if isinstance(out, _runfolder.RunFolder) else None
     path = folder.path if folder is not None else None if out is None else Path(cast(str, out))
-    opened = False  # the caller may hold the folder; other processes of a DDP run hold none
-    if folder is None and path is not None and dist.main:
-        folder, opened = (
-            _runfolder.RunFolder.open(path, kind="train", resume=resume, overwrite=overwrite),
-            True,
-        )
+    opened = folder is None and path is not None and dist.main  # else the caller holds it, or another process
+    if opened:
+        folder = _runfolder.RunFolder.open(cast(Path, path), kind="train", resume=resume, overwrite=overwrite)
     run = None
     try:
         dist.init(device)
@@ -432,7 +388,7 @@ def train(
         start = run.open(path, folder, signature, resume=resume, stop_at=stop_at)
         end = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
         run.loop(start, end, train_ids, val_ids, on_step, on_eval)
-        return run.summarize(max(end - start, 0))
+        return run.summarize()
     finally:
         if run is not None and run.log is not None:
             run.log.close()
