@@ -31,9 +31,11 @@ from tensornet._linear import binding
 __all__ = ["folded_product", "plain_fold"]
 
 
-def _fold(weight: torch.Tensor, update: torch.Tensor, scaling: float, conv1d: bool) -> torch.Tensor:
-    """``W + s * update`` in the weight's stored layout (``Conv1D`` stores ``(in, out)``) and dtype."""
-    return torch.add(weight, update.mT if conv1d else update, alpha=scaling)
+def _folded(weight: torch.Tensor, packed: torch.Tensor, halves: Any, spec: tuple[Any, float, bool, Any]) -> Any:
+    """``W + s * delta.W`` in the weight's stored layout (``Conv1D`` stores ``(in, out)``), cast for the product."""
+    shapes, scaling, conv1d, compute = spec
+    folded = binding.add_rebuilt(weight, packed, halves, shapes, scaling, transposed=conv1d)
+    return folded.to(compute)
 
 
 def _product(x: torch.Tensor, folded: torch.Tensor, bias: torch.Tensor | None, conv1d: bool) -> torch.Tensor:
@@ -52,11 +54,9 @@ def plain_fold(
     packed: torch.Tensor,
     spec: tuple[Any, float, bool, Any],
 ) -> torch.Tensor:
-    """The fold with plain differentiable torch operations (``torch.func``, forward AD, double backward)."""
-    shapes, scaling, conv1d, compute = spec
-    update = binding.rebuild_layer(packed, shapes)
-    folded = _fold(weight, update.to(weight.dtype), scaling, conv1d)
-    return _product(x, folded.to(compute), bias, conv1d)
+    """The fold as plain differentiable torch operations (``torch.func``, forward AD, double backward)."""
+    halves = binding.layer_halves(packed, spec[0])
+    return _product(x, _folded(weight, packed, halves, spec), bias, spec[2])
 
 
 def _no_autocast(device_type: str) -> Any:
@@ -84,24 +84,22 @@ class _FoldedProduct(torch.autograd.Function):
         bias: torch.Tensor | None,
         packed: torch.Tensor,
     ) -> torch.Tensor:
-        shapes, scaling, conv1d, compute = spec
         with _no_autocast(x.device.type):
-            update, halves = binding.rebuild_layer(packed, shapes, parts=True)
-            folded = _fold(weight, update.to(weight.dtype), scaling, conv1d).to(compute)
-            y = _product(x, folded, bias, conv1d)
+            halves = binding.layer_halves(packed, spec[0])
+            y = _product(x, _folded(weight, packed, halves, spec), bias, spec[2])
         ctx.spec, ctx.has_bias = spec, bias is not None
-        ctx.halves = halves is not None
-        ctx.save_for_backward(x, weight, packed, folded, *(halves or ()))
+        # W_f is not kept: rebuilt in backward from the halves (one pass), so that the step's peak memory
+        # does not grow by every adapted layer's (out, in) sum (fresh pages the OS must fault in)
+        ctx.save_for_backward(x, weight, packed, *(halves or ()))
         return y
 
     @staticmethod
     def backward(ctx: Any, grad_y: torch.Tensor) -> Any:  # type: ignore[override]
-        x, weight, packed, folded, *halves = ctx.saved_tensors
-        _, need_x, need_w, need_b, need_cores = ctx.needs_input_grad
+        x, weight, packed, *halves = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: a graph autograd can differentiate again
             return (None, *_differentiable_grads(ctx, grad_y, x, weight, packed))
         with _no_autocast(x.device.type):
-            return (None, *_grads(ctx, grad_y, x, weight, packed, folded, halves))
+            return (None, *_grads(ctx, grad_y, x, weight, packed, halves))
 
 
 def _grads(
@@ -110,7 +108,6 @@ def _grads(
     x: torch.Tensor,
     weight: torch.Tensor,
     packed: torch.Tensor,
-    folded: torch.Tensor,
     halves: list[torch.Tensor],
 ) -> tuple[Any, Any, Any, Any]:
     """``(dx, dW as stored, dbias, d packed)``: two GEMMs of the base layer's size and the halves' VJP."""
@@ -119,7 +116,9 @@ def _grads(
     g2 = grad_y.reshape(-1, grad_y.shape[-1])  # (B, out)
     grad_x = grad_w = grad_b = grad_packed = None
     if need_x:
+        folded = _folded(weight, packed, halves or None, ctx.spec)  # as the forward made it
         grad_x = (g2 @ (folded.mT if conv1d else folded)).view(x.shape)
+        del folded
     if need_w or need_cores:
         dense = g2.mT @ x.reshape(-1, x.shape[-1])  # dW (out, in): the product LoRA's thin factors avoid
         if need_w:
