@@ -12,9 +12,9 @@ the plan cache and the Function can change behind it:
 * :func:`operand_mismatch` -- the message naming the operand whose dtype or device differs;
 * :func:`rebuilds_in_group`, :func:`rebuild_stacked`, :func:`rebuild_stacked_grads` -- the batched rebuild
   of the dense weights of layers with equal core shapes (:func:`tensornet.nn.materialize`);
-* :func:`layer_halves`, :func:`add_rebuilt`, :func:`rebuild_layer`, :func:`rebuild_layer_grads` -- one
-  layer's dense W from its packed cores (or added to another weight) and the VJP back to them (the TT
-  adapter's folded product, :class:`tensornet.nn.TTAdapter`).
+* :func:`layer_halves`, :func:`add_rebuilt`, :func:`rebuild_layer_grads` -- one layer's W from its packed
+  cores added to another weight, and the VJP back to the cores (the TT adapter's folded product,
+  :class:`tensornet.nn.TTAdapter`).
 
 ``torch.compile``: the routes of all token buckets for the cores are made once while tracing
 (:func:`_route_table`, a constant for dynamo), so the graph only compares the (possibly symbolic) token count
@@ -46,7 +46,6 @@ __all__ = [
     "operand_mismatch",
     "add_rebuilt",
     "layer_halves",
-    "rebuild_layer",
     "rebuild_layer_grads",
     "rebuild_stacked",
     "rebuild_stacked_grads",
@@ -311,22 +310,12 @@ def add_rebuilt(
     return total.view(weight.shape)
 
 
-def rebuild_layer(packed: torch.Tensor, shapes: K.CoreShapes, *, parts: bool = False) -> Any:
-    """The dense W ``(M, N)`` of one layer from its packed cores ``(P,)`` (no autograd: plain kernels).
-
-    With ``parts``: ``(W, halves)``, the halves of the product that :func:`rebuild_layer_grads` reuses.
-    Cost: ``2 M N r_s`` plus the halves.
-    """
-    recipe = K.rebuild_recipe(shapes)
-    return K.rebuild(K.unpack(packed, shapes), recipe, K.torch_ops(), parts=parts)
-
-
 def rebuild_layer_grads(
     packed: torch.Tensor, shapes: K.CoreShapes, grad_w: torch.Tensor, halves: Any = None
 ) -> torch.Tensor:
     """The gradient ``(P,)`` of one layer's packed cores for the cotangent ``grad_w`` ``(M, N)`` of its W.
 
-    ``halves``: those :func:`rebuild_layer` gave with ``parts=True`` (recomputed when None). Plain torch
+    ``halves``: those of :func:`layer_halves` (recomputed when None). Plain torch
     operations, so under ``create_graph`` autograd records them. Cost: ``4 M N r_s`` plus the halves.
     """
     recipe = K.rebuild_recipe(shapes)

@@ -1,21 +1,27 @@
 """The TT adapter's training product: ``x (W + s delta.W)^T + b`` with the core gradients taken from ``dW``.
 
 :class:`tensornet.nn.TTAdapter` folds its update into the weight for the call (one product of the base
-layer's size instead of two). Written with plain differentiable torch operations, autograd then walked
-the fold back through every operation of the rebuild (each ``einsum`` step's backward, the scaling, the
-sum, a transpose for ``Conv1D``): in GPT-2 fine-tuning on 2 CPU cores those kernels, not the ``dW``
-product itself, were most of the TT step's extra time over LoRA's (``benchmarks/results/finetune.md``).
-:class:`_FoldedProduct` does the same mathematics as one autograd node: forward rebuilds ``delta.W`` by
-the TT layers' kernels (the halves of the train, one product, :func:`tensornet._linear.binding.rebuild_layer`),
-backward forms ``dx = g W_f`` and ``dW = g^T x`` (the two products a dense layer's backward does) and
-turns ``dW`` into the packed cores' gradient with the halves' VJP
-(:func:`~tensornet._linear.binding.rebuild_layer_grads`, ``O(out * in * r)``).
+layer's size instead of two). Written with plain differentiable torch operations (an ``einsum`` chain
+rebuilding ``delta.W``, a scaling, a sum), autograd walked the fold back through every one of them: in
+GPT-2 fine-tuning on 2 CPU cores those kernels, more than the ``dW`` product itself, made the TT step
+1.25x LoRA's (``benchmarks/results/finetune.md``). :class:`_FoldedProduct` does the same mathematics
+as one autograd node:
+
+* forward: the halves ``L``, ``R`` of the update's train (small), then ``W_f = W + s L R`` as one
+  batched GEMM with ``W`` as its addend, in ``W``'s own layout
+  (:func:`tensornet._linear.binding.add_rebuilt`), then the base layer's own product on ``W_f``;
+* backward: ``dx = g W_f`` and ``dW = g^T x`` (the two products of a dense layer's backward), then the
+  packed cores' gradient from ``dW`` by the halves' VJP (``O(out * in * r)``,
+  :func:`~tensornet._linear.binding.rebuild_layer_grads`), the scaling applied to it (``P`` entries).
+
+What remains over LoRA is ``dW`` (``batch * out * in``, which LoRA's thin factors avoid) and the
+``O(out * in * r)`` passes of the fold and its VJP; measured in ``benchmarks/results/finetune.md``.
 
 Autocast: the input and bias arrive cast to the autocast dtype (as ``nn.Linear``'s are); the update is
-rebuilt and added to the weight in the weight's dtype and the sum is cast for the product, as autocast
-casts ``nn.Linear``'s weight. Double backward (``create_graph=True``) recomputes the fold with plain
-operations and lets autograd differentiate it. ``torch.func`` transforms and forward-mode AD take the
-plain fold (:func:`plain_fold`) directly.
+added to the weight in the weight's dtype and the sum is cast for the product, as autocast casts
+``nn.Linear``'s weight; the cores' gradient is formed in their dtype. Double backward
+(``create_graph=True``) recomputes the fold with plain operations and lets autograd differentiate it.
+``torch.func`` transforms and forward-mode AD take that plain fold (:func:`plain_fold`) directly.
 """
 
 from __future__ import annotations
@@ -86,20 +92,21 @@ class _FoldedProduct(torch.autograd.Function):
     ) -> torch.Tensor:
         with _no_autocast(x.device.type):
             halves = binding.layer_halves(packed, spec[0])
-            y = _product(x, _folded(weight, packed, halves, spec), bias, spec[2])
+            folded = _folded(weight, packed, halves, spec)
+            y = _product(x, folded, bias, spec[2])
         ctx.spec, ctx.has_bias = spec, bias is not None
-        # W_f is not kept: rebuilt in backward from the halves (one pass), so that the step's peak memory
-        # does not grow by every adapted layer's (out, in) sum (fresh pages the OS must fault in)
-        ctx.save_for_backward(x, weight, packed, *(halves or ()))
+        # W_f kept for dx, as a dense layer keeps its weight: rebuilding it in backward from the halves
+        # instead made the GPT-2 step of the benchmark ~4% slower (a second pass over every (out, in) sum)
+        ctx.save_for_backward(x, weight, packed, folded, *(halves or ()))
         return y
 
     @staticmethod
     def backward(ctx: Any, grad_y: torch.Tensor) -> Any:  # type: ignore[override]
-        x, weight, packed, *halves = ctx.saved_tensors
+        x, weight, packed, folded, *halves = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: a graph autograd can differentiate again
             return (None, *_differentiable_grads(ctx, grad_y, x, weight, packed))
         with _no_autocast(x.device.type):
-            return (None, *_grads(ctx, grad_y, x, weight, packed, halves))
+            return (None, *_grads(ctx, grad_y, x, weight, packed, folded, halves))
 
 
 def _grads(
@@ -108,6 +115,7 @@ def _grads(
     x: torch.Tensor,
     weight: torch.Tensor,
     packed: torch.Tensor,
+    folded: torch.Tensor,
     halves: list[torch.Tensor],
 ) -> tuple[Any, Any, Any, Any]:
     """``(dx, dW as stored, dbias, d packed)``: two GEMMs of the base layer's size and the halves' VJP."""
@@ -116,9 +124,7 @@ def _grads(
     g2 = grad_y.reshape(-1, grad_y.shape[-1])  # (B, out)
     grad_x = grad_w = grad_b = grad_packed = None
     if need_x:
-        folded = _folded(weight, packed, halves or None, ctx.spec)  # as the forward made it
         grad_x = (g2 @ (folded.mT if conv1d else folded)).view(x.shape)
-        del folded
     if need_w or need_cores:
         dense = g2.mT @ x.reshape(-1, x.shape[-1])  # dW (out, in): the product LoRA's thin factors avoid
         if need_w:
