@@ -37,7 +37,9 @@ from tensornet._linear import binding
 __all__ = ["folded_product", "plain_fold"]
 
 
-def _folded(weight: torch.Tensor, packed: torch.Tensor, halves: Any, spec: tuple[Any, float, bool, Any]) -> Any:
+def _folded(
+    weight: torch.Tensor, packed: torch.Tensor, halves: Any, spec: tuple[Any, float, bool, Any]
+) -> Any:
     """``W + s * delta.W`` in the weight's stored layout (``Conv1D`` stores ``(in, out)``), cast for the product."""
     shapes, scaling, conv1d, compute = spec
     folded = binding.add_rebuilt(weight, packed, halves, shapes, scaling, transposed=conv1d)
