@@ -64,7 +64,7 @@ def grads_of(fn, inputs, cotangent):
     in_f=st.sampled_from([4, 6, 12, 16]),
     out_f=st.sampled_from([3, 8, 10, 12]),
     rank=st.integers(1, 4),
-    ncores=st.integers(1, 3),
+    ncores=st.integers(1, 4),
     conv1d=st.booleans(),
     train_base=st.booleans(),
     lead=st.sampled_from([(5,), (2, 3), (1, 1, 4)]),
@@ -88,11 +88,12 @@ def test_values_and_gradients_match_the_dense_reference(
 
 
 @pytest.mark.parametrize("conv1d", [False, True])
-def test_float32_gradients_match_the_reference_to_rounding(conv1d):
-    adapter = adapted_layer(24, 30, 3, 3, conv1d, 0, dtype=torch.float32)
-    x = torch.randn(7, 24, requires_grad=True)
+@pytest.mark.parametrize(("in_f", "out_f", "rank", "ncores"), [(24, 30, 3, 3), (256, 768, 4, 5)])
+def test_float32_gradients_match_the_reference_to_rounding(conv1d, in_f, out_f, rank, ncores):
+    adapter = adapted_layer(in_f, out_f, rank, ncores, conv1d, 0, dtype=torch.float32)
+    x = torch.randn(7, in_f, requires_grad=True)
     inputs = [x, adapter.delta.packed_cores]
-    cotangent = torch.randn(7, 30)
+    cotangent = torch.randn(7, out_f)
     got = grads_of(lambda: adapter(x), inputs, cotangent)
     want = grads_of(lambda: reference(adapter, x), inputs, cotangent)
     for a, b in zip(got, want):
