@@ -59,7 +59,7 @@ def grads_of(fn, inputs, cotangent):
     return torch.autograd.grad(fn(), inputs, cotangent)
 
 
-@settings(deadline=None, max_examples=30)
+@settings(deadline=None)
 @given(
     in_f=st.sampled_from([4, 6, 12, 16]),
     out_f=st.sampled_from([3, 8, 10, 12]),
