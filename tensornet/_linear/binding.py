@@ -11,7 +11,10 @@ the plan cache and the Function can change behind it:
 * :func:`autocast_dtype`, :func:`compute_dtype` -- the dtype a product runs in under autocast;
 * :func:`operand_mismatch` -- the message naming the operand whose dtype or device differs;
 * :func:`rebuilds_in_group`, :func:`rebuild_stacked`, :func:`rebuild_stacked_grads` -- the batched rebuild
-  of the dense weights of layers with equal core shapes (:func:`tensornet.nn.materialize`).
+  of the dense weights of layers with equal core shapes (:func:`tensornet.nn.materialize`);
+* :func:`layer_halves`, :func:`add_rebuilt`, :func:`rebuild_layer_grads` -- one layer's W from its packed
+  cores added to another weight, and the VJP back to the cores (the TT adapter's folded product,
+  :class:`tensornet.nn.TTAdapter`).
 
 ``torch.compile``: the routes of all token buckets for the cores are made once while tracing
 (:func:`_route_table`, a constant for dynamo), so the graph only compares the (possibly symbolic) token count
@@ -36,11 +39,14 @@ from .autograd import Route, autocast_dtype, compute_dtype, first_output, functi
 __all__ = [
     "LINEAR_NAMES",
     "CoreShapes",
+    "add_rebuilt",
     "autocast_dtype",
     "compute_dtype",
+    "layer_halves",
     "layer_product",
     "linear_torch",
     "operand_mismatch",
+    "rebuild_layer_grads",
     "rebuild_stacked",
     "rebuild_stacked_grads",
     "rebuilds_in_group",
@@ -247,3 +253,71 @@ def rebuild_stacked_grads(
     recipe = K.rebuild_recipe(shapes, (count,))
     core_grads = K.rebuild_grads(K.unpack(stacked, shapes), grad_w, recipe, K.torch_ops(), halves or None)
     return torch.cat([g.reshape(count, -1) for g in core_grads], dim=1)
+
+
+def layer_halves(packed: torch.Tensor, shapes: K.CoreShapes) -> Any:
+    """The halves ``(L, R)`` of one layer's rebuild from its packed cores ``(P,)``; None for one core.
+
+    Small (``O(sqrt(M N) r)`` for balanced shapes): what :func:`add_rebuilt` and
+    :func:`rebuild_layer_grads` need of the cores. Plain torch operations.
+    """
+    if len(shapes) == 1:
+        return None
+    return K.halves(K.unpack(packed, shapes), K.rebuild_recipe(shapes), K.torch_ops())
+
+
+def add_rebuilt(
+    weight: torch.Tensor,
+    packed: torch.Tensor,
+    halves: Any,
+    shapes: K.CoreShapes,
+    scaling: float,
+    *,
+    transposed: bool = False,
+) -> torch.Tensor:
+    """``weight + scaling * W`` (``W.T`` when ``transposed``), a new tensor in ``weight``'s layout and dtype.
+
+    ``W`` is the layer's ``(M, N)`` matrix from its packed cores, through their ``halves``
+    (:func:`layer_halves`), ``L`` over modes ``(M_<s, N_<s)`` and ``R`` over ``(M_>=s, N_>=s)``: row
+    ``(i_<, i_>)`` of ``W`` is the ``(N_<s, N_>=s)`` block ``L[i_<] @ R[:, i_>]``, so one batched GEMM
+    with ``weight`` as its addend writes the sum in ``weight``'s layout (``W`` is never formed, and there
+    is no permuting copy of it). ``transposed``: row ``(j_<, j_>)`` of ``W.T`` is ``L[:, j_<] @ R[..., j_>]``.
+    Plain torch operations (differentiable). Cost: ``2 M N r_s``, one pass over ``weight``.
+    """
+    if halves is None:  # one core: W is the core itself
+        dense = packed.view(shapes[0][1], shapes[0][2]).to(weight.dtype)
+        return torch.add(weight, dense.mT if transposed else dense, alpha=scaling)
+    m_left, n_left, m_right, n_right = K.rebuild_recipe(shapes).blocks
+    left, right = halves
+    bond = int(left.shape[-1])
+    left = left.to(weight.dtype).view(m_left, n_left, bond)
+    right = right.to(weight.dtype).view(bond, m_right, n_right)
+    if transposed:  # batch (j_<, j_>): (M_<s, r) @ (r, M_>=s)
+        rows = left.permute(1, 0, 2).unsqueeze(1).expand(n_left, n_right, m_left, bond)
+        cols = right.permute(2, 0, 1).unsqueeze(0).expand(n_left, n_right, bond, m_right)
+        blocks = (n_left * n_right, m_left, m_right)
+    else:  # batch (i_<, i_>): (N_<s, r) @ (r, N_>=s)
+        rows = left.unsqueeze(1).expand(m_left, m_right, n_left, bond)
+        cols = right.permute(1, 0, 2).unsqueeze(0).expand(m_left, m_right, bond, n_right)
+        blocks = (m_left * m_right, n_left, n_right)
+    batch = blocks[0]
+    total = torch.baddbmm(
+        weight.reshape(blocks),
+        rows.reshape(batch, blocks[1], bond),
+        cols.reshape(batch, bond, blocks[2]),
+        alpha=scaling,
+    )
+    return total.view(weight.shape)
+
+
+def rebuild_layer_grads(
+    packed: torch.Tensor, shapes: K.CoreShapes, grad_w: torch.Tensor, halves: Any = None
+) -> torch.Tensor:
+    """The gradient ``(P,)`` of one layer's packed cores for the cotangent ``grad_w`` ``(M, N)`` of its W.
+
+    ``halves``: those of :func:`layer_halves` (recomputed when None). Plain torch
+    operations, so under ``create_graph`` autograd records them. Cost: ``4 M N r_s`` plus the halves.
+    """
+    recipe = K.rebuild_recipe(shapes)
+    grads = K.rebuild_grads(K.unpack(packed, shapes), grad_w, recipe, K.torch_ops(), halves or None)
+    return torch.cat([g.reshape(-1) for g in grads])

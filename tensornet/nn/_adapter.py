@@ -17,6 +17,7 @@ from torch import nn
 
 from tensornet import _checks
 
+from ._adapter_product import folded_product
 from ._adapter_targets import (
     ShapePair,
     _check_shape_keys,
@@ -42,7 +43,8 @@ class TTAdapter(nn.Module):
     Cost per call: rebuilding ``delta.W`` (``O(out * in * r)``) and the base layer's product on the
     folded weight; with dropout, the base layer's product plus that of ``delta`` (:func:`tensornet.linear`);
     merged, the base layer's alone. In training the update's cores need the dense gradient of the weight,
-    one more ``(out, in)``-sized product per step than LoRA's thin factors.
+    one more ``(out, in)``-sized product per step than LoRA's thin factors, then ``O(out * in * r)`` to
+    reach the cores.
     """
 
     def __init__(self, base: nn.Module, delta: TTMLinear, scaling: float, dropout: float = 0.0) -> None:
@@ -63,24 +65,21 @@ class TTAdapter(nn.Module):
         """``base(x) + scaling * delta(dropout(x))`` (``base(x)`` while merged).
 
         Without dropout the update is folded into the weight for the call: ``W + scaling * delta.W`` is
-        rebuilt (differentiably) and applied as the base layer applies its weight (``F.linear``, or
-        ``Conv1D``'s ``addmm``), one product instead of two: in GPT-2 fine-tuning on 2 CPU cores a step
-        took 1.25x LoRA's this way and 1.5x through the TT product (``benchmarks/results/finetune.md``).
-        The backward holds the ``(out, in)`` sum, as a dense layer holds its weight.
+        rebuilt and applied as the base layer applies its weight (``F.linear``, or ``Conv1D``'s
+        ``addmm``), one product instead of two, in one autograd node whose backward takes the cores'
+        gradients from ``dW = g^T x`` by the TT kernels (:mod:`._adapter_product`). The backward holds the
+        ``(out, in)`` sum, as a dense layer holds its weight.
         """
         if self._merged is not None:
             return self.base(x)
         if not isinstance(self.dropout, nn.Identity):
             return self.base(x) + self.scaling * self.delta(self.dropout(x))
-        weight = _weight(self)
-        update = _rebuild(self.delta.cores)  # (out, in)
-        if isinstance(self.base, nn.Linear):
-            return nn.functional.linear(x, weight + self.scaling * update.to(weight.dtype), self.base.bias)
-        folded = weight + self.scaling * update.T.to(weight.dtype)  # Conv1D stores (in, out)
-        flat = x.reshape(-1, x.shape[-1])
+        delta = self.delta
         bias: torch.Tensor | None = getattr(self.base, "bias", None)
-        y = torch.mm(flat, folded) if bias is None else torch.addmm(bias, flat, folded)
-        return y.view(*x.shape[:-1], folded.shape[1])
+        conv1d = not isinstance(self.base, nn.Linear)  # Conv1D stores (in, out)
+        return folded_product(
+            x, _weight(self), bias, delta.packed_cores, delta.core_shapes, self.scaling, conv1d
+        )
 
     def delta_weight(self) -> torch.Tensor:
         """``scaling * delta.W`` as a dense ``(out, in)`` tensor in the base weight's dtype (no gradient)."""
@@ -90,18 +89,6 @@ class TTAdapter(nn.Module):
 
     def extra_repr(self) -> str:
         return f"scaling={self.scaling:g}, merged={self.merged}"
-
-
-def _rebuild(cores: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """The ``(prod m, prod n)`` matrix of TTM cores ``(r, m, n, r')``, left to right by torch.einsum.
-
-    Plain torch operations (differentiable, traced by ``torch.compile``). Cost: ``O(M N r)``.
-    """
-    acc = cores[0][0]  # (m_1, n_1, r_1)
-    for core in cores[1:]:
-        rows, cols = acc.shape[0] * core.shape[1], acc.shape[1] * core.shape[2]
-        acc = torch.einsum("abr,rmns->ambns", acc, core).reshape(rows, cols, core.shape[3])
-    return acc[..., 0]
 
 
 def _zero_last_core(delta: TTMLinear) -> None:
