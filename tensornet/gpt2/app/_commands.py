@@ -138,22 +138,15 @@ def _compare_spec(args, out: Path) -> tuple[dict, tuple[str, ...]]:
     sizes |= dict(
         n_embd=args.n_embd, n_head=args.n_head, dropout=args.dropout, eos_token_id=config.eos_token_id
     )
-    spec = {
+    given = ("seed", "rank", "shapes", "ncores", "embeddings", "embedding_rank", "layers", "threads")
+    spec = {name: getattr(args, name) for name in given} | {
         "config": sizes,
-        "seed": args.seed,
-        "rank": args.rank,
-        "shapes": args.shapes,
-        "ncores": args.ncores,
-        "embeddings": args.embeddings,
-        "embedding_rank": args.embedding_rank,
-        "layers": args.layers,
         "bias": not args.no_bias,
         "device": _device(args),
         "tokens": str(out / "tokens.safetensors"),
         "train": asdict(cfg),
         "corpus": corpus.description,
         "corpus_name": corpus.name,
-        "threads": args.threads,
         "train_ids": train_ids.int(),
         "val_ids": val_ids.int(),
     }
@@ -185,23 +178,11 @@ def cmd_train(args) -> int:
             start = check_checkpoint_fits(out, model, make_optimizer(model, cfg), cfg, signature, where)
         train_ids, val_ids = _data.cached_tokens(corpus, tokenizer, args.cache_dir)
         check_tokens(train_ids, val_ids, cfg)
+        evaluated = _eval_note(cfg, val_ids)
         if dist.main:
-            _describe_train(args, model, report, cfg, _eval_note(cfg, val_ids), start)
+            _describe_train(args, model, report, cfg, evaluated, start)
         bar = _bar(cfg.steps, start, enabled=not args.no_progress and dist.main)
-
-        def on_step(step: int, loss: float) -> None:
-            if bar is not None:
-                bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-                bar.update(step - bar.n)
-
-        def on_eval(step: int, loss: float) -> None:
-            note = _eval_note(cfg, val_ids)
-            _say(bar, f"step {step}: validation loss {loss:.4f}, perplexity {perplexity(loss):.2f} on {note}")
-
         try:  # `out`: the run folder this process holds (its path in the others)
-            options = dict(
-                resume=args.resume, overwrite=args.overwrite, stop_at=args.stop_at, device=args.device
-            )
             history = train(
                 model,
                 train_ids,
@@ -209,21 +190,39 @@ def cmd_train(args) -> int:
                 cfg,
                 out=folder or out,
                 signature=signature,
-                on_step=on_step,
-                on_eval=on_eval,
-                **options,
+                **_progress(bar, evaluated),
+                resume=args.resume,
+                overwrite=args.overwrite,
+                stop_at=args.stop_at,
+                device=args.device,
             )
         finally:
             if bar is not None:
                 bar.close()
         if dist.main:
-            _report_train(args, model, tokenizer, cfg, history, _eval_note(cfg, val_ids))
+            _report_train(args, model, tokenizer, cfg, history, evaluated)
         return 0
     finally:
         if folder is not None:
             folder.close()
         if torch.distributed.is_initialized():  # started by train() under torchrun
             torch.distributed.destroy_process_group()
+
+
+def _progress(bar, evaluated: str) -> dict:
+    """``train``'s ``on_step`` and ``on_eval``: the bar moves, an evaluation is a line above it."""
+
+    def on_step(step: int, loss: float) -> None:
+        if bar is not None:
+            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+            bar.update(step - bar.n)
+
+    def on_eval(step: int, loss: float) -> None:
+        _say(
+            bar, f"step {step}: validation loss {loss:.4f}, perplexity {perplexity(loss):.2f} on {evaluated}"
+        )
+
+    return {"on_step": on_step, "on_eval": on_eval}
 
 
 def _build_model(args, config):

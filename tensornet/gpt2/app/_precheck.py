@@ -230,8 +230,6 @@ def check_train(args, said: list[str]) -> None:
         )
     if (args.embeddings or args.embedding_rank is not None) and not args.rank:
         raise ValueError("--embeddings/--embedding-rank make a TT embedding, which needs --rank")
-    if args.resume and args.overwrite:
-        raise ValueError("--resume continues the run in --out and --overwrite replaces it; give one")
     _check_training(args, said)
 
 
