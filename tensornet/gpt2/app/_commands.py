@@ -9,11 +9,11 @@ from pathlib import Path
 
 import torch
 
-from .. import build_model, gpt2_config, load_model, lowrank, nparams, save_model, save_run_model, tensorize
-from . import _checkpoint, _data, _runfolder
+from .. import load_model, nparams, save_model, save_run_model, tensorize
+from . import _checkpoint, _compare, _data, _runfolder
 from ._args import log_spaced
 from ._distributed import Distributed, default_device
-from ._precheck import check_memory, dims, train_config, vocab_size, warn
+from ._precheck import check_memory, dims, model_spec, train_config, vocab_size, warn
 from ._resume import CHECKPOINT, check_checkpoint_fits, runtime
 from ._train import check_tokens, evaluate, load_note, make_optimizer, perplexity, train
 
@@ -33,7 +33,7 @@ def _say(bar, line: str) -> None:
 
 
 def _data_for(args, say: bool):
-    """The corpus, the tokenizer (--tokenizer, or trained and cached) and the model's config (memory checked).
+    """The corpus, the tokenizer (--tokenizer, or trained and cached) and ``gpt2_config``'s arguments.
 
     The memory is checked again now that the tokenizer's size is known.
     """
@@ -47,9 +47,8 @@ def _data_for(args, say: bool):
     layers, width, heads = dims(args)
     vocab = tokenizer.get_vocab_size()
     check_memory(args, layers=layers, width=width, vocab=vocab, block=args.block_size, training=True)
-    sizes = dict(n_layer=layers, n_embd=width, n_head=heads, dropout=args.dropout)
-    eos = tokenizer.token_to_id(_data.EOT)
-    config = gpt2_config(vocab_size=vocab, block_size=args.block_size, preset=None, eos_token_id=eos, **sizes)
+    config = dict(vocab_size=vocab, block_size=args.block_size, preset=None, n_layer=layers, n_embd=width)
+    config |= dict(n_head=heads, dropout=args.dropout, eos_token_id=tokenizer.token_to_id(_data.EOT))
     return corpus, tokenizer, config
 
 
@@ -64,8 +63,6 @@ def _device(args) -> str:
 
 # --------------------------------------------------------------------------------------------------- compare
 def cmd_compare(args) -> int:
-    from ._compare import compare, table
-
     out = Path(args.out)
     with _runfolder.RunFolder.open(out, kind="compare", overwrite=args.overwrite):
         spec, variants = _compare_spec(args, out)
@@ -102,7 +99,7 @@ def cmd_compare(args) -> int:
 
         try:
             _checkpoint.save_tensors(token_file, {"train": spec.pop("train_ids"), "val": spec.pop("val_ids")})
-            summary = compare(spec, out=out, variants=variants, on_step=on_step, on_result=on_result)
+            summary = _compare.compare(spec, out=out, variants=variants, on_step=on_step, on_result=on_result)
         finally:
             token_file.unlink(missing_ok=True)  # scratch for the worker processes
             if bar is not None:
@@ -111,7 +108,7 @@ def cmd_compare(args) -> int:
     print(
         f"\n{summary['machine']}; {tokens:,} training tokens per model, validation on {val_tokens:,} tokens\n"
     )
-    print(table(summary))
+    print(_compare.table(summary))
     print(f"\nwrote {out / 'results.json'}, {out / 'loss_curves.png'} and {out / 'loss_curves.svg'}")
     return 0
 
@@ -126,7 +123,7 @@ def _compare_spec(args, out: Path) -> tuple[dict, tuple[str, ...]]:
     cfg = train_config(args, eval_at=() if args.eval_every else log_spaced(args.steps))
     check_tokens(train_ids, val_ids, cfg)
     print(
-        f"tokens: {train_ids.numel():,} train / {val_ids.numel():,} validation, vocabulary {config.vocab_size:,}"
+        f"tokens: {train_ids.numel():,} train / {val_ids.numel():,} validation, vocabulary {config['vocab_size']:,}"
     )
     at = (
         f"every {cfg.eval_every} steps"
@@ -134,19 +131,13 @@ def _compare_spec(args, out: Path) -> tuple[dict, tuple[str, ...]]:
         else "after steps " + ", ".join(map(str, cfg.eval_at))
     )
     print(f"evaluation: {at}, on {_eval_note(cfg, val_ids)}")
-    sizes = dict(vocab_size=config.vocab_size, block_size=args.block_size, preset=None, n_layer=args.n_layer)
-    sizes |= dict(
-        n_embd=args.n_embd, n_head=args.n_head, dropout=args.dropout, eos_token_id=config.eos_token_id
-    )
-    given = ("seed", "rank", "shapes", "ncores", "embeddings", "embedding_rank", "layers", "threads")
-    spec = {name: getattr(args, name) for name in given} | {
-        "config": sizes,
-        "bias": not args.no_bias,
+    spec = model_spec(args, config) | {
         "device": _device(args),
         "tokens": str(out / "tokens.safetensors"),
         "train": asdict(cfg),
         "corpus": corpus.description,
         "corpus_name": corpus.name,
+        "threads": args.threads,
         "train_ids": train_ids.int(),
         "val_ids": val_ids.int(),
     }
@@ -163,7 +154,7 @@ def cmd_train(args) -> int:
         folder = _runfolder.RunFolder.open(out, kind="train", resume=args.resume, overwrite=args.overwrite)
     try:
         corpus, tokenizer, config = _data_for(args, say=dist.main)
-        model, report = _build_model(args, config)
+        model, report = _compare.build_variant(model_spec(args, config))
         cfg = train_config(args)
         settings = json.loads(model.config.to_json_string(use_diff=False))
         settings.pop("transformers_version", None)  # a library upgrade does not change the model
@@ -223,18 +214,6 @@ def _progress(bar, evaluated: str) -> dict:
         )
 
     return {"on_step": on_step, "on_eval": on_eval}
-
-
-def _build_model(args, config):
-    model = build_model(config, seed=args.seed)
-    options = dict(shapes=args.shapes, layers=args.layers, bias=not args.no_bias, ncores=args.ncores)
-    if args.rank:
-        return tensorize(
-            model, rank=args.rank, embeddings=args.embeddings, embedding_rank=args.embedding_rank, **options
-        )
-    if args.lowrank:
-        return lowrank(model, rank=args.lowrank, layers=args.layers, bias=not args.no_bias)
-    return model, None
 
 
 def _describe_train(args, model, report, cfg, evaluated: str, start: int) -> None:

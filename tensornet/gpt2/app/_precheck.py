@@ -12,8 +12,10 @@ import os
 import shutil
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -21,6 +23,7 @@ import tensornet.gpt2 as gpt2
 
 from .. import files as _files
 from . import _data, _runfolder
+from ._compare import build_variant, mlp_params_per_layer
 from ._config import TrainConfig
 from ._distributed import Distributed, default_device
 from ._resume import check_resume
@@ -65,13 +68,11 @@ def _check_data_args(args) -> None:
 
 
 def dims(args) -> tuple[int, int, int]:
-    """(n_layer, n_embd, n_head) from --preset and the overrides, checked."""
+    """(n_layer, n_embd, n_head) from --preset and the overrides (compare: no preset, every size has a default)."""
     base = gpt2.PRESETS[args.preset] if getattr(args, "preset", None) else (None, None, None)
     layers, width, heads = (
-        v if v is not None else b for v, b in zip((args.n_layer, args.n_embd, args.n_head), base)
+        b if v is None else v for v, b in zip((args.n_layer, args.n_embd, args.n_head), base)
     )
-    if layers is None or width is None or heads is None:
-        raise ValueError("without --preset give --n-layer, --n-embd and --n-head")
     if width % heads:
         raise ValueError(f"--n-embd {width} is not divisible by --n-head {heads}")
     return layers, width, heads
@@ -84,9 +85,7 @@ def resolve_shapes(args, width: int, inner: int) -> None:
     """
     if args.shapes != "auto":
         return
-    if (
-        gpt2.paper_shapes((inner, width), args.rank or 64) is not None
-    ):  # (compress --eps: tensorize's rank-64 shapes)
+    if gpt2.paper_shapes((inner, width), args.rank or 64) is not None:  # (compress --eps: the rank-64 shapes)
         args.shapes = "paper"
         args.shapes_note = "the paper's (--shapes auto: this is a GPT-2 small/medium MLP)"
     else:
@@ -97,35 +96,48 @@ def resolve_shapes(args, width: int, inner: int) -> None:
         )
 
 
-def _dry_run(args, width: int, heads: int, *, rank: int, lowrank_rank: int | None) -> None:
-    """Tensorize one block of a meta-device model (nothing is allocated), to refuse a --rank or --shapes now.
+def model_spec(args, config: dict) -> dict:
+    """Compare's or train's model as ``_compare.build_variant`` builds it; ``config``: ``gpt2_config``'s."""
+    given = ("seed", "rank", "shapes", "ncores", "embeddings", "embedding_rank", "layers")
+    spec = {name: getattr(args, name) for name in given} | {"config": config, "bias": not args.no_bias}
+    if args.command == "train":
+        spec |= {
+            "variant": "ttm" if args.rank else "lowrank" if args.lowrank else "dense",
+            "lowrank_rank": args.lowrank,
+        }
+    return spec
 
-    This says what cannot work before the tokenizer is trained, not after.
-    ``lowrank_rank=-1``: the low-rank baseline sized as compare sizes it.
+
+def _dry_run(args, width: int, heads: int) -> None:
+    """Build one block of the model(s) on the meta device: a --rank or --shapes that cannot work is said now.
+
+    Nothing is allocated; without it the error would come after the tokenizer is trained.
     """
-    config = gpt2.gpt2_config(
+    config = dict(
         vocab_size=257, block_size=args.block_size, preset=None, n_layer=1, n_embd=width, n_head=heads
     )
-    bias, sized = not args.no_bias, ""
+    spec = model_spec(args, config)
     with warnings.catch_warnings(), torch.device("meta"):
         warnings.simplefilter("ignore")
+        if spec.get("variant", "ttm") != "ttm":  # train: dense or low-rank
+            try:
+                build_variant(spec)
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"--lowrank {args.lowrank}: {err}") from None
+            return
         try:
-            if rank:
-                options = dict(shapes=args.shapes, layers=args.layers, bias=bias, ncores=args.ncores)
-                _, report = gpt2.tensorize(gpt2.build_model(config), rank=rank, **options)
-                if lowrank_rank == -1:
-                    lowrank_rank = gpt2.lowrank_rank_for(
-                        report.layers[0].params_after, width, 4 * width, bias=bias
-                    )
-                    sized = f". compare sizes its low-rank baseline to match the TTM model of --rank {rank}: "
-                    sized += "lower --rank, or pass --no-lowrank to skip the baseline"
+            params = mlp_params_per_layer(spec)
         except (ValueError, TypeError) as err:
             raise ValueError(cli_spelling(str(err))) from None
-        try:
-            if lowrank_rank:
-                gpt2.lowrank(gpt2.build_model(config), rank=lowrank_rank, layers=args.layers, bias=bias)
-        except (ValueError, TypeError) as err:
-            raise ValueError(f"{err}{sized}" if rank else f"--lowrank {lowrank_rank}: {err}") from None
+        if args.command == "compare" and not args.no_lowrank:  # sized as compare sizes it
+            rank = gpt2.lowrank_rank_for(params, width, 4 * width, bias=spec["bias"])
+            try:
+                build_variant(spec | {"variant": "lowrank", "lowrank_rank": rank})
+            except (ValueError, TypeError) as err:
+                raise ValueError(
+                    f"{err}. compare sizes its low-rank baseline to match the TTM model of --rank {args.rank}: "
+                    "lower --rank, or pass --no-lowrank to skip the baseline"
+                ) from None
 
 
 def check_memory(
@@ -215,8 +227,7 @@ def _check_training(args, said: list[str]) -> None:
         )
     if args.command == "train" and args.resume:
         check_resume(args.out, train_config(args), args.stop_at)
-    lowrank_rank = args.lowrank if args.command == "train" else None if args.no_lowrank else -1
-    _dry_run(args, width, heads, rank=args.rank, lowrank_rank=lowrank_rank or None)
+    _dry_run(args, width, heads)
 
 
 def check_train(args, said: list[str]) -> None:
@@ -315,7 +326,12 @@ def check_eval(args, said: list[str] | None = None) -> dict:
     return sizes
 
 
-CHECKS = {"compare": _check_training, "train": check_train, "compress": check_compress, "eval": check_eval}
+CHECKS: dict[str, Callable[[Any, list[str]], object]] = {
+    "compare": _check_training,
+    "train": check_train,
+    "compress": check_compress,
+    "eval": check_eval,
+}
 
 
 def check(args) -> None:
