@@ -224,6 +224,16 @@ def _describe_train(args, model, report, cfg, evaluated: str, start: int) -> Non
     )
     if args.rank and getattr(args, "shapes_note", None):
         print(f"core shapes: {args.shapes_note}")
+    layers = report.layers if report is not None and args.rank else []
+    # build_variant keeps tensorize's RankClipWarning quiet (compare's table shows the ranks): said here once
+    clipped = [
+        x for x in layers if x.name != "transformer.wte" and min(x.ranks[1:-1], default=args.rank) < args.rank
+    ]
+    if clipped:
+        warn(
+            f"--rank {args.rank} is above the useful maximum of some TT bonds in {len(clipped)} layers: those "
+            "bonds are clipped (the ranks column shows the ranks used)"
+        )
     print(
         f"optimisation: {cfg.steps} steps x {cfg.batch_size} x {cfg.block_size}, lr {cfg.lr:g}, warmup {cfg.warmup}"
         + (f", TT cores at lr x{cfg.tt_lr_scale:g}" if args.rank else "")
