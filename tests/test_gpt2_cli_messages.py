@@ -212,6 +212,27 @@ def test_warnings_are_not_said_when_a_check_fails(tmp_path, capsys):
     assert err.startswith("error: ") and "warning" not in err
 
 
+def test_a_clipped_rank_is_warned_in_one_line(run, tmp_path, capsys):
+    # c_fc (128, 32) in 4 balanced cores: bonds of useful maxima (4, 32, 16), so rank 20 is clipped in 2 layers
+    argv = [
+        "train",
+        *TINY,
+        "--rank",
+        "20",
+        "--ncores",
+        "4",
+        "--shapes",
+        "balanced",
+        "--steps",
+        "1",
+        "--warmup",
+        "1",
+    ]
+    assert code([*argv, "--no-progress", "--cache-dir", str(run["cache"]), "--out", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: --rank 20 is above the useful maximum of some TT bonds in 2 layers" in err, err
+
+
 def test_compress_to_a_larger_model_is_warned(run, tmp_path, capsys):
     model = str(run["out"] / "model")
     argv = ["compress", model, "--rank", "60000", "--shapes", "balanced", "--max-chars", "20000"]

@@ -1,45 +1,18 @@
-"""The command line's flags: value parsers (each flag's range, checked while parsing) and the parser.
+"""The command line's flags: the optimisation flags generated from :class:`TrainConfig`, the others here.
 
-Imports no torch or transformers (``--help`` reads only this module and ``_config``); a flag that needs torch to
-be checked (``--device``) imports it when it is given.
+Each flag's range is checked while parsing (``Range.parser``). No torch or transformers at import (``--help``
+reads only this module and ``_config``); ``--device`` imports torch when it is given.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+from argparse import ArgumentTypeError as Bad
 from dataclasses import fields
 
 from .. import LAYER_GROUPS, PRESETS
-from ._argtypes import (
-    _BATCH,
-    _BETA,
-    _BLOCK,
-    _CHARS,
-    _EPS,
-    _HEADS,
-    _LAYERS,
-    _NCORES,
-    _RANK,
-    _RANK0,
-    _STEPS,
-    _THREADS,
-    _TOKENS,
-    _VOCAB,
-    _WIDTH,
-    MAX_BATCH,
-    MAX_BLOCK,
-    MAX_HEADS,
-    MAX_LAYERS,
-    MAX_NCORES,
-    MAX_RANK,
-    MAX_THREADS,
-    MAX_WIDTH,
-    _device,
-    _layers,
-    _path,
-    _shapes,
-)
-from ._config import COMPILE_MODES, TrainConfig
+from ._config import COMPILE_MODES, MAX_SIZE, MAX_TOKENS, Range, TrainConfig
 
 EPILOG = """The embedded corpus (used when --data is not given) is the Python standard library's source code:
 deterministic file order, a fixed ~5% validation split by file name, no network. The tokenizer is a
@@ -80,9 +53,74 @@ COMPARE_RECIPE = TrainConfig(
     lowrank_lr_scale=LOWRANK_LR_SCALE,
 )
 
+# upper bounds of the other size flags: far above what fits a machine today (the memory check refuses sooner),
+# low enough that no flag overflows an integer or builds a model for hours before failing
+MAX_LAYERS, MAX_WIDTH, MAX_HEADS, MAX_RANK, MAX_NCORES, MAX_THREADS = 1024, 65536, 4096, 65536, 64, 1024
+SHAPE_KEYS = (*(key for keys in LAYER_GROUPS.values() for key in keys), "wte")  # `--shapes` keys
 
-class UsageError(ValueError):
-    """A flag's value, or a combination of flags, that the command refuses before doing any work."""
+
+def _int(lo: int, hi: int):
+    return Range(lo, hi, integer=True).parser()
+
+
+def _shapes(value: str):
+    """``--shapes``: 'auto', 'paper', 'balanced' or a JSON object of (out_k, in_k) pairs per layer name."""
+    if value in ("auto", "paper", "balanced"):
+        return value
+    try:
+        shapes = json.loads(value)
+    except json.JSONDecodeError:
+        raise Bad(
+            f"must be 'auto', 'paper', 'balanced' or a JSON object, got {value!r} (not valid JSON)"
+        ) from None
+    if not isinstance(shapes, dict) or not shapes:
+        raise Bad(f"JSON must be a non-empty object of layer names to [out_k, in_k] pairs, got {value!r}")
+    for key, pairs in shapes.items():
+        if key not in SHAPE_KEYS:
+            raise Bad(f"unknown layer {key!r}; the keys are among {list(SHAPE_KEYS)}")
+        if not isinstance(pairs, list) or not pairs or not all(_is_pair(p) for p in pairs):
+            raise Bad(
+                f"{key!r} must be a non-empty list of [out_k, in_k] pairs of positive integers, got {pairs!r}"
+            )
+    return shapes
+
+
+def _is_pair(pair: object) -> bool:
+    return isinstance(pair, list) and len(pair) == 2 and all(type(n) is int and n >= 1 for n in pair)
+
+
+def _layers(value: str) -> tuple[str, ...]:
+    layers = tuple(s.strip() for s in value.split(",") if s.strip())
+    if not layers or any(s not in LAYER_GROUPS for s in layers):
+        raise Bad(f"must be a comma-separated subset of {sorted(LAYER_GROUPS)}, got {value!r}")
+    return layers
+
+
+def _device(value: str) -> str:
+    """``--device``: a torch device string this machine has."""
+    import torch
+
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError):
+        raise Bad(f"not a device: {value!r}; use cpu, cuda or cuda:N") from None
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device.type == "cuda" and count == 0:
+        raise Bad(f"{value!r} asks for CUDA, but torch sees no CUDA device here")
+    if device.type == "cuda" and device.index is not None and device.index >= count:
+        raise Bad(f"{value!r}: this machine has {count} CUDA device(s), 0 to {count - 1}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise Bad(f"{value!r}: the MPS backend is not available here")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise Bad(f"unsupported device {value!r}; use cpu, cuda or cuda:N")
+    return value
+
+
+def path(text: str) -> str:
+    """A path flag: not empty (``""`` would silently mean the current folder)."""
+    if not text:
+        raise Bad("the path is empty; give a file or folder")
+    return text
 
 
 class _Parser(argparse.ArgumentParser):
@@ -97,57 +135,39 @@ class _Formatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if (
-            not action.option_strings
-            or "default" in text
-            or any(action.default is v for v in (None, False, argparse.SUPPRESS))  # 0 is a default to state
-        ):
-            return text
-        return f"{text} (default %(default)s)"
+        unstated = any(action.default is v for v in (None, False, argparse.SUPPRESS))  # 0 is stated
+        return (
+            text
+            if not action.option_strings or "default" in text or unstated
+            else f"{text} (default %(default)s)"
+        )
 
 
-# ------------------------------------------------------------------------------------------- flag groups
-def _add_out(p: argparse.ArgumentParser, default: str, what: str, overwrite: str) -> None:
-    p.add_argument("--out", type=_path, default=default, help=what)
+def _add_out(p: argparse.ArgumentParser, default: str | None, what: str, overwrite: str) -> None:
+    p.add_argument("--out", type=path, default=default, required=default is None, help=what)
     p.add_argument("--overwrite", action="store_true", help=overwrite)
 
 
 def _add_data_args(p: argparse.ArgumentParser, *, max_chars: int | None) -> None:
     g = p.add_argument_group("data")
-    g.add_argument(
-        "--data",
-        type=_path,
-        metavar="PATH",
-        help="UTF-8 text file or folder of them (default: the embedded Python standard library corpus)",
-    )
+    data = "UTF-8 text file or folder of them (default: the embedded Python standard library corpus)"
+    g.add_argument("--data", type=path, metavar="PATH", help=data)
     limit = "use only the first N characters of training text (and N/10 of validation text), N <= 2**40"
-    g.add_argument(
-        "--max-chars",
-        type=_CHARS,
-        default=max_chars,
-        metavar="N",
-        help=limit + ("" if max_chars else "; default: all"),
-    )
+    limit += "" if max_chars else "; default: all"
+    g.add_argument("--max-chars", type=_int(1, MAX_TOKENS), default=max_chars, metavar="N", help=limit)
     g.add_argument(
         "--tokenizer",
-        type=_path,
+        type=path,
         metavar="PATH",
         help="saved tokenizer (tokenizer.json, or a GPT-2 folder with vocab.json + merges.txt); default: train "
         "a byte-level BPE on the training text and cache it",
     )
-    g.add_argument(
-        "--vocab-size",
-        type=_VOCAB,
-        metavar="V",
-        help="BPE vocabulary size when training the tokenizer (default 4096 for compare and train --preset "
-        "tiny, 16384 otherwise)",
+    vocab = (
+        "BPE vocabulary size when training the tokenizer (default 4096 for compare and train --preset tiny"
     )
-    g.add_argument(
-        "--cache-dir",
-        type=_path,
-        metavar="DIR",
-        help="tokenizer/token cache (default $TENSORNET_CACHE or ~/.cache/tensornet)",
-    )
+    g.add_argument("--vocab-size", type=_int(257, 2**31 - 1), metavar="V", help=f"{vocab}, 16384 otherwise)")
+    cache = "tokenizer/token cache (default $TENSORNET_CACHE or ~/.cache/tensornet)"
+    g.add_argument("--cache-dir", type=path, metavar="DIR", help=cache)
 
 
 def _add_model_args(p: argparse.ArgumentParser, *, preset: str | None, dims=(None, None, None)) -> None:
@@ -158,13 +178,19 @@ def _add_model_args(p: argparse.ArgumentParser, *, preset: str | None, dims=(Non
     where = " (overrides the preset)" if preset is not None else ""
     n_layer, n_embd, n_head = dims
     g.add_argument(
-        "--n-layer", type=_LAYERS, default=n_layer, help=f"number of blocks, 1 to {MAX_LAYERS}{where}"
+        "--n-layer",
+        type=_int(1, MAX_LAYERS),
+        default=n_layer,
+        help=f"number of blocks, 1 to {MAX_LAYERS}{where}",
     )
-    g.add_argument("--n-embd", type=_WIDTH, default=n_embd, help=f"model width, 1 to {MAX_WIDTH}{where}")
-    g.add_argument("--n-head", type=_HEADS, default=n_head, help=f"attention heads, 1 to {MAX_HEADS}{where}")
     g.add_argument(
-        "--dropout", type=_BETA, default=0.0, help="dropout on embeddings, attention and residuals, in [0, 1)"
+        "--n-embd", type=_int(1, MAX_WIDTH), default=n_embd, help=f"model width, 1 to {MAX_WIDTH}{where}"
     )
+    g.add_argument(
+        "--n-head", type=_int(1, MAX_HEADS), default=n_head, help=f"attention heads, 1 to {MAX_HEADS}{where}"
+    )
+    drop = "dropout on embeddings, attention and residuals, in [0, 1)"
+    g.add_argument("--dropout", type=Range(0, 1, hi_open=True).parser(), default=0.0, help=drop)
 
 
 def _add_shape_args(g, *, shapes: str, ncores: int) -> None:
@@ -178,52 +204,31 @@ def _add_shape_args(g, *, shapes: str, ncores: int) -> None:
         '\'{"mlp.c_fc": [[8,8],[8,8],[16,4]], "mlp.c_proj": '
         "[[8,8],[8,8],[4,16]]}' of (out_k, in_k) pairs, as nn.Linear.weight is (out, in)",
     )
-    g.add_argument(
-        "--ncores", type=_NCORES, default=ncores, help=f"TT cores for --shapes balanced, 1 to {MAX_NCORES}"
-    )
-    g.add_argument(
-        "--layers",
-        type=_layers,
-        default="mlp",
-        help=f"comma-separated layer groups to tensorize, from {sorted(LAYER_GROUPS)} (mlp: as in the paper)",
-    )
-    g.add_argument(
-        "--no-bias",
-        action="store_true",
-        help="drop the biases of tensorized layers (the paper's r=16/32/64 runs)",
-    )
-    g.add_argument(
-        "--embeddings",
-        action="store_true",
-        help="also make the token embedding a TT embedding (the LM head stays tied to it)",
-    )
-    g.add_argument(
-        "--embedding-rank", type=_RANK, help=f"TT rank of the embedding, 1 to {MAX_RANK} (default: --rank)"
-    )
+    ncores_help = f"TT cores for --shapes balanced, 1 to {MAX_NCORES}"
+    g.add_argument("--ncores", type=_int(1, MAX_NCORES), default=ncores, help=ncores_help)
+    groups = f"comma-separated layer groups to tensorize, from {sorted(LAYER_GROUPS)} (mlp: as in the paper)"
+    g.add_argument("--layers", type=_layers, default="mlp", help=groups)
+    bias = "drop the biases of tensorized layers (the paper's r=16/32/64 runs)"
+    g.add_argument("--no-bias", action="store_true", help=bias)
+    embeddings = "also make the token embedding a TT embedding (the LM head stays tied to it)"
+    g.add_argument("--embeddings", action="store_true", help=embeddings)
+    rank = f"TT rank of the embedding, 1 to {MAX_RANK} (default: --rank)"
+    g.add_argument("--embedding-rank", type=_int(1, MAX_RANK), help=rank)
 
 
 def _add_train_args(
-    p: argparse.ArgumentParser,
-    d: TrainConfig,
-    *,
-    recipe: str,
-    helps: dict[str, str],
-    eval_zero: str = "only at the end",
-) -> None:
-    """The optimisation flags with ``d``'s defaults; ``helps`` adds a note to a flag's help (by dest).
+    p, d: TrainConfig, *, recipe: str, helps: dict[str, str], eval_zero: str = "only at the end"
+):
+    """The optimisation flags, from TrainConfig's fields, with ``d``'s defaults and the notes in ``helps``.
 
     ``eval_zero``: what ``--eval-every 0`` does.
     """
     g = p.add_argument_group(f"optimisation ({recipe})")
-
     for f in fields(TrainConfig):
         if f.metadata.get("help"):  # the settings with a flag: type, range and help from TrainConfig
             text = f.metadata["help"].format(eval_zero=eval_zero) + helps.get(f.name, "")
-            flag = "--" + f.name.replace("_", "-")
-            kw = f.metadata["flag"]
-            g.add_argument(
-                flag, type=f.metadata["range"].parser(), default=getattr(d, f.name), help=text, **kw
-            )
+            kw = dict(type=f.metadata["range"].parser(), default=getattr(d, f.name), help=text)
+            g.add_argument("--" + f.name.replace("_", "-"), **kw, **f.metadata["flag"])
     g.add_argument(
         "--compile",
         nargs="?",
@@ -237,21 +242,15 @@ def _add_train_args(
     )
     g.add_argument("--device", type=_device, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def _add_threads(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--threads",
-        type=_THREADS,
-        help=f"torch CPU threads per training process, 1 to {MAX_THREADS} (default: torch's default, the "
-        "number of cores)",
+    threads = (
+        f"torch CPU threads per training process, 1 to {MAX_THREADS} (default: torch's default, the number"
     )
+    p.add_argument("--threads", type=_int(1, MAX_THREADS), help=f"{threads} of cores)")
 
 
-# ----------------------------------------------------------------------------------------------- commands
 def _command(sub, name: str, text: str, description: str, *, epilog: str | None = EPILOG):
     """The subparser of command ``name``: one-line ``text`` in the overview, ``description`` in its --help."""
-    return sub.add_parser(
+    p = sub.add_parser(
         name,
         allow_abbrev=False,
         help=text,
@@ -259,6 +258,8 @@ def _command(sub, name: str, text: str, description: str, *, epilog: str | None 
         epilog=epilog,
         formatter_class=_Formatter,
     )
+    p.set_defaults(command=name, _parser=p)
+    return p
 
 
 def _compare_parser(sub) -> None:
@@ -270,19 +271,16 @@ def _compare_parser(sub) -> None:
         "similar size, each with the same seed, token budget and data order; print a paper-style table and "
         "write results.json and loss_curves.png to --out.",
     )
-    _add_out(
-        p,
-        "runs/compare",
-        "output folder",
-        "replace the results of an earlier compare in --out (only the files compare wrote)",
-    )
+    overwrite = "replace the results of an earlier compare in --out (only the files compare wrote)"
+    _add_out(p, "runs/compare", "output folder", overwrite)
     _add_data_args(p, max_chars=1_500_000)
     _add_model_args(p, preset=None, dims=(4, 256, 4))
     g = p.add_argument_group("tensorization")
-    g.add_argument("--rank", type=_RANK, default=32, help=f"TT rank of the TTM model, 1 to {MAX_RANK}")
+    g.add_argument(
+        "--rank", type=_int(1, MAX_RANK), default=32, help=f"TT rank of the TTM model, 1 to {MAX_RANK}"
+    )
     _add_shape_args(g, shapes="balanced", ncores=4)
     g.add_argument("--no-lowrank", action="store_true", help="skip the low-rank baseline")
-    _add_threads(p)
     _add_train_args(
         p,
         COMPARE_RECIPE,
@@ -293,29 +291,6 @@ def _compare_parser(sub) -> None:
         },
         eval_zero=f"after {EVAL_POINTS} log-spaced steps, the last of them the end: the validation curves of "
         "loss_curves.png",
-    )
-    p.set_defaults(command="compare", _parser=p)
-
-
-def _add_checkpoint_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("checkpoints")
-    g.add_argument(
-        "--checkpoint-every",
-        type=TrainConfig.bounds("checkpoint_every").parser(),
-        default=0,
-        help="checkpoint every N steps, N <= 10**9 (0: only at the end; there is always one at the end)",
-    )
-    g.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue exactly from --out/checkpoint.safetensors: every setting the log depends on must be the "
-        "run's (flags, device, processes, --threads), so that the log equals an uninterrupted run's",
-    )
-    g.add_argument(
-        "--stop-at",
-        type=_STEPS,
-        metavar="STEP",
-        help="stop (with a checkpoint) after STEP steps, STEP <= 10**9; continue later with --resume",
     )
 
 
@@ -329,31 +304,17 @@ def _train_parser(sub) -> None:
         "--resume the same as an uninterrupted run's) and, when done, a model/ folder loadable with "
         "tensornet.gpt2.load_model.",
     )
-    _add_out(
-        p,
-        "runs/train",
-        "output folder for the checkpoint, log and model: new, empty, or this command's own; "
-        "locked while the run is alive",
-        "start over in an --out that holds a previous run (replaces only the files train wrote there)",
-    )
+    out = "output folder for the checkpoint, log and model: new, empty, or this command's own; locked while "
+    overwrite = "start over in an --out that holds a previous run (replaces only the files train wrote there)"
+    _add_out(p, "runs/train", out + "the run is alive", overwrite)
     _add_data_args(p, max_chars=None)
     _add_model_args(p, preset="tiny")
-    _add_threads(p)
     g = p.add_argument_group("tensorization")
-    g.add_argument(
-        "--rank",
-        type=_RANK0,
-        default=0,
-        help=f"TT rank for TTM layers, up to {MAX_RANK}; 0 trains the dense model",
-    )
+    rank = f"TT rank for TTM layers, up to {MAX_RANK}; 0 trains the dense model"
+    g.add_argument("--rank", type=_int(0, MAX_RANK), default=0, help=rank)
     _add_shape_args(g, shapes="auto", ncores=3)
-    g.add_argument(
-        "--lowrank",
-        type=_RANK0,
-        default=0,
-        metavar="R",
-        help=f"train the low-rank baseline with inner size R <= {MAX_RANK} instead (0: off)",
-    )
+    lowrank = f"train the low-rank baseline with inner size R <= {MAX_RANK} instead (0: off)"
+    g.add_argument("--lowrank", type=_int(0, MAX_RANK), default=0, metavar="R", help=lowrank)
     _add_train_args(
         p,
         TrainConfig(),
@@ -366,60 +327,57 @@ def _train_parser(sub) -> None:
             "lowrank_lr_scale": f"; compare uses {LOWRANK_LR_SCALE:g} for its model",
         },
     )
-    p.set_defaults(lr=None, warmup=None)
-    _add_checkpoint_args(p)
-    p.set_defaults(command="train", _parser=p)
+    p.set_defaults(lr=None, warmup=None)  # the preset's (_precheck.check_train)
+    g = p.add_argument_group("checkpoints")
+    every = "checkpoint every N steps, N <= 10**9 (0: only at the end; there is always one at the end)"
+    g.add_argument(
+        "--checkpoint-every", type=TrainConfig.bounds("checkpoint_every").parser(), default=0, help=every
+    )
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue exactly from --out/checkpoint.safetensors: every setting the log depends on must be the "
+        "run's (flags, device, processes, --threads), so that the log equals an uninterrupted run's",
+    )
+    stop = "stop (with a checkpoint) after STEP steps, STEP <= 10**9; continue later with --resume"
+    g.add_argument("--stop-at", type=TrainConfig.bounds("steps").parser(), metavar="STEP", help=stop)
 
 
 def _model_file_parser(sub, name: str, text: str) -> argparse.ArgumentParser:
     """``compress`` and ``eval``: a model folder and the text to measure its perplexity on."""
     what = f"{text}. MODEL is {MODEL_FOLDER}. Evaluation text: --text, else the embedded corpus's validation split."
     p = _command(sub, name, text, what, epilog=None)
-    p.add_argument(
-        "model",
-        type=_path,
-        metavar="MODEL",
-        help="model folder (save_pretrained or tensornet.gpt2.save_model)",
-    )
-    p.add_argument("--text", type=_path, metavar="PATH", help="UTF-8 text file or folder to evaluate on")
-    p.add_argument("--max-chars", type=_CHARS, help="limit the embedded corpus to N characters, N <= 2**40")
-    p.add_argument("--tokenizer", type=_path, metavar="PATH", help="tokenizer (default: the model folder's)")
-    p.add_argument(
-        "--block-size",
-        type=_BLOCK,
-        help=f"evaluation window, 1 to {MAX_BLOCK} (default: the model's n_positions)",
-    )
-    p.add_argument("--batch-size", type=_BATCH, default=8, help=f"windows per forward pass, 1 to {MAX_BATCH}")
-    p.add_argument(
-        "--eval-tokens",
-        type=_TOKENS,
-        default=0,
-        help="evaluate at most N tokens: 0 = all, else from the block size to 2**40",
-    )
+    model = "model folder (save_pretrained or tensornet.gpt2.save_model)"
+    p.add_argument("model", type=path, metavar="MODEL", help=model)
+    p.add_argument("--text", type=path, metavar="PATH", help="UTF-8 text file or folder to evaluate on")
+    chars = "limit the embedded corpus to N characters, N <= 2**40"
+    p.add_argument("--max-chars", type=_int(1, MAX_TOKENS), help=chars)
+    p.add_argument("--tokenizer", type=path, metavar="PATH", help="tokenizer (default: the model folder's)")
+    block = f"evaluation window, 1 to {MAX_SIZE} (default: the model's n_positions)"
+    p.add_argument("--block-size", type=_int(1, MAX_SIZE), help=block)
+    batch = f"windows per forward pass, 1 to {MAX_SIZE}"
+    p.add_argument("--batch-size", type=_int(1, MAX_SIZE), default=8, help=batch)
+    tokens = "evaluate at most N tokens: 0 = all, else from the block size to 2**40"
+    p.add_argument("--eval-tokens", type=_int(0, MAX_TOKENS), default=0, help=tokens)
     p.add_argument("--device", type=_device, help="cpu, cuda, ... (default: cuda if available)")
-    p.set_defaults(command=name, _parser=p)
     return p
 
 
 def _compress_parser(sub) -> None:
     p = _model_file_parser(sub, "compress", "convert a local GPT-2 folder to TTM with ttm_svd")
-    p.add_argument(
-        "--out",
-        type=_path,
-        required=True,
-        help="folder for the compressed model (new, or empty; not the source folder)",
-    )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace --out if it is a model folder written by tensornet's save_model (marked by "
+    _add_out(
+        p,
+        None,
+        "folder for the compressed model (new, or empty; not the source folder)",
+        "replace --out if it is a model folder written by tensornet's save_model (marked by "
         "tensornet-model.json, holding only its files)",
     )
     g = p.add_argument_group("tensorization (give --rank or --eps)").add_mutually_exclusive_group()
-    g.add_argument("--rank", type=_RANK, help=f"TT rank of every converted layer, 1 to {MAX_RANK}")
     g.add_argument(
-        "--eps", type=_EPS, help="relative-error target per layer, in (0, 1) (ranks chosen by ttm_svd)"
+        "--rank", type=_int(1, MAX_RANK), help=f"TT rank of every converted layer, 1 to {MAX_RANK}"
     )
+    eps = "relative-error target per layer, in (0, 1) (ranks chosen by ttm_svd)"
+    g.add_argument("--eps", type=Range(0, 1, lo_open=True, hi_open=True).parser(), help=eps)
     _add_shape_args(p.add_argument_group("core shapes"), shapes="auto", ncores=3)
 
 

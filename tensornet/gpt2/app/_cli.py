@@ -1,7 +1,4 @@
-"""``python -m tensornet.gpt2 {compare,train,compress,eval}``: parse, check before any work, run the command.
-
-Only the flags (``_args``) are imported before parsing, so ``--help`` answers without loading torch.
-"""
+"""``python -m tensornet.gpt2``: parse, check before any work, run the command; errors are one line, status 2."""
 
 from __future__ import annotations
 
@@ -15,25 +12,36 @@ __all__ = ["main", "parser"]
 
 def _interrupted(args) -> str:
     """What Ctrl-C leaves behind, and how to go on."""
-    if args.command == "train":
-        from ._resume import CHECKPOINT
-
-        if (Path(args.out) / CHECKPOINT).is_file():
-            return "interrupted; the last checkpoint is intact: continue with the same command and --resume"
-        return (
-            "interrupted before the first checkpoint; nothing to resume: run the same command again (without "
-            "--resume) to start the run over"
-        )
     if args.command == "compare":
         return "interrupted; compare keeps no partial results and cannot continue where it stopped: run the command again"
-    return f"interrupted; {args.command} wrote nothing: run it again"
+    if args.command != "train":
+        return f"interrupted; {args.command} wrote nothing: run it again"
+    from ._resume import CHECKPOINT
+
+    if (Path(args.out) / CHECKPOINT).is_file():
+        return "interrupted; the last checkpoint is intact: continue with the same command and --resume"
+    return "interrupted before the first checkpoint; nothing to resume: run the same command again (without --resume) to start the run over"
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line.
+    """Run the command line ``python -m tensornet.gpt2`` with the arguments ``argv`` (default: ``sys.argv``).
 
-    Usage errors exit with status 2 (``SystemExit``); errors found while working (a damaged file, a diverged
-    run) print ``error: ...`` and return 2.
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments after the program name, e.g. ``["train", "--steps", "10"]``.
+
+    Returns
+    -------
+    int
+        The exit status: 0 on success, 2 for an error found while working (a damaged file, a diverged run:
+        ``error: ...`` on one line), 130 after Ctrl-C.
+
+    Raises
+    ------
+    SystemExit
+        Status 2 for a usage error (a flag out of range, a missing file: ``error: ...`` on one line), found
+        before any work; status 0 after ``--help``.
     """
     args = parser().parse_args(argv)
     try:

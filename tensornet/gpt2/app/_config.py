@@ -1,7 +1,6 @@
 """The settings of a training run, one schema: :class:`TrainConfig`'s fields carry their range and help.
 
-``TrainConfig.check`` and the command line's optimisation flags (``_args``) both read them, so the two cannot
-disagree. No torch here (``--help`` reads this module).
+``TrainConfig.check`` and the command line's flags (``_args``) both read them, so the two cannot disagree.
 """
 
 from __future__ import annotations
@@ -35,7 +34,6 @@ class Range:
         return f"a finite number in {left}{self.lo:g}, {self.hi:g}{right}"
 
     def holds(self, value: Any) -> bool:
-        """Whether ``value`` is of the range's kind and inside it."""
         if isinstance(value, bool) or not isinstance(value, int if self.integer else (int, float)):
             return False
         above = value > self.lo if self.lo_open else value >= self.lo
@@ -75,7 +73,6 @@ COMPILE_MODES: tuple[CompileMode, ...] = ("default", "reduce-overhead", "max-aut
 
 
 def _multiplier(what: str) -> Any:
-    """A learning-rate multiplier field (default 1, > 0) for ``what``."""
     text = f"learning-rate multiplier for {what}; a per-model hyperparameter (benchmarks/results/gpt2_compare_cpu.md)"
     return _set(1.0, Range(0, lo_open=True), text, metavar="X")
 
@@ -85,10 +82,14 @@ class TrainConfig:
     """Optimisation settings (frozen: a run's settings do not change under it).
 
     Defaults are the paper's GPT-2 small recipe except the step count and batch.
+
+    Raises
+    ------
+    ValueError
+        From :meth:`check`, naming the first setting out of its range.
     """
 
     steps: int = _set(1000, _int(1, MAX_STEPS), "optimizer steps, 1 to 10**9")
-    # sequences per optimizer step, over all processes
     batch_size: int = _set(16, _int(1, MAX_SIZE), f"sequences per step over all processes, 1 to {MAX_SIZE}")
     block_size: int = _set(512, _int(1, MAX_SIZE), f"sequence length, 1 to {MAX_SIZE}")
     lr: float = _set(6.25e-5, Range(0, 1, lo_open=True), "peak AdamW learning rate")
@@ -129,7 +130,6 @@ class TrainConfig:
 
     @staticmethod
     def bounds(name: str) -> Range:
-        """The range of setting ``name``."""
         return next(f.metadata["range"] for f in fields(TrainConfig) if f.name == name)
 
     def evaluates_at(self, done: int) -> bool:
