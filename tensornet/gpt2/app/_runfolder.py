@@ -14,7 +14,6 @@ from typing import cast
 
 from ..files import (
     MODEL_FILES,
-    PICKLE_NOTE,
     check_creatable,
     check_name_length,
     parse_json,
@@ -27,7 +26,7 @@ MANIFEST = "tensornet-run.json"
 LOCK = ".tensornet-run.lock"
 RUN_FORMAT = "tensornet-run"
 OUTPUTS = {
-    "train": ("checkpoint.safetensors", "log.jsonl", *(f"model/{f}" for f in MODEL_FILES)),
+    "train": ("checkpoint.pt", "log.jsonl", *(f"model/{f}" for f in MODEL_FILES)),
     "compare": ("results.json", "loss_curves.png", "loss_curves.svg", "tokens.safetensors"),
 }
 
@@ -257,12 +256,9 @@ def check_run_folder(
             "choose a new or empty folder"
         ) from None
     if manifest is None:
-        note = ""
-        if "checkpoint.pt" in entries:
-            note = f" It holds checkpoint.pt from an older tensornet: {PICKLE_NOTE}."
         raise FileExistsError(
             f"{where}: {str(path)!r} is not empty and is not a tensornet run folder (no {MANIFEST}); "
-            f"nothing in it is overwritten: choose a new or empty folder.{note}"
+            "nothing in it is overwritten: choose a new or empty folder"
         )
     if manifest["kind"] != kind:
         raise FileExistsError(
