@@ -28,20 +28,32 @@ _PICKLE_WEIGHTS = ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")
 CONFIG_BYTES = 16 * 2**20  # the most a config.json may hold
 # (key, upper bound): integers GPT2Config reads, checked before anything is built
 _SIZES = {"vocab_size": 2**31 - 1, "n_positions": 2**20, "n_embd": 2**16, "n_layer": 1024, "n_head": 2**16}
-_PROBABILITIES = ("resid_pdrop", "embd_pdrop", "attn_pdrop", "summary_first_dropout")
-_FLAGS = (
-    "add_cross_attention",
-    "scale_attn_weights",
-    "scale_attn_by_inverse_layer_idx",
-    "reorder_and_upcast_attn",
-    "tie_word_embeddings",
-    "use_cache",
-)
-_ATTENTION = (None, "eager", "sdpa")  # what runs without optional packages
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+_TOKEN = (lambda v: v is None or (is_int(v) and v >= 0), "null or a token id >= 0")
+_FLAG = (lambda v: isinstance(v, bool), "true or false")
+_PROBABILITY = (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]")
+_ATTENTION = (
+    lambda v: v in (None, "eager", "sdpa"),
+    "null, 'eager' or 'sdpa' (what runs here without optional packages)",
+)
+_RULES = {  # key: (test, rule in words), for the keys config.json gives
+    "n_inner": (
+        lambda v: v is None or (is_int(v) and 1 <= v <= 2**20),
+        "null or an integer in [1, 1,048,576]",
+    ),
+    **dict.fromkeys(("bos_token_id", "eos_token_id", "pad_token_id"), _TOKEN),
+    **dict.fromkeys(("resid_pdrop", "embd_pdrop", "attn_pdrop", "summary_first_dropout"), _PROBABILITY),
+    "layer_norm_epsilon": (lambda v: _is_number(v) and v > 0, "a finite number > 0"),
+    "initializer_range": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    **dict.fromkeys(("add_cross_attention", "scale_attn_weights", "scale_attn_by_inverse_layer_idx"), _FLAG),
+    **dict.fromkeys(("reorder_and_upcast_attn", "tie_word_embeddings", "use_cache"), _FLAG),
+    **dict.fromkeys(("_attn_implementation", "attn_implementation"), _ATTENTION),
+}
 
 
 def memory_bytes(device: torch.device | str | None = None) -> int | None:
@@ -95,41 +107,20 @@ def _check_config(raw: Any, file: Path) -> dict[str, Any]:
             f"load_model: {str(file)!r} describes a {model_type!r} model; load_model reads GPT-2 folders"
         )
     defaults = GPT2Config()
-    sizes: dict[str, Any] = {}
+    sizes: dict[str, Any] = {"n_inner": raw.get("n_inner")}
     for key, top in _SIZES.items():
         value = raw.get(key, getattr(defaults, key))
         if not is_int(value) or not 1 <= value <= top:
             raise _bad(file, key, f"an integer in [1, {top:,}]", value)
         sizes[key] = value
-    inner = raw.get("n_inner")
-    if inner is not None and (not is_int(inner) or not 1 <= inner <= 2**20):
-        raise _bad(file, "n_inner", "null or an integer in [1, 1,048,576]", inner)
-    sizes["n_inner"] = inner
+    for key, (ok, rule) in _RULES.items():
+        if key in raw and not ok(raw[key]):
+            raise _bad(file, key, rule, raw[key])
     if sizes["n_embd"] % sizes["n_head"]:
         raise _bad(file, "n_head", f"a divisor of n_embd {sizes['n_embd']}", sizes["n_head"])
-    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        value = raw.get(key)
-        if value is not None and (not is_int(value) or value < 0):
-            raise _bad(file, key, "null or a token id >= 0", value)
-    for key in _PROBABILITIES:
-        value = raw.get(key, 0.0)
-        if not _is_number(value) or not 0 <= value <= 1:
-            raise _bad(file, key, "a number in [0, 1]", value)
-    for key, rule in (("layer_norm_epsilon", "a finite number > 0"), ("initializer_range", "a number >= 0")):
-        value = raw.get(key, getattr(defaults, key))
-        if not _is_number(value) or value < 0 or (key == "layer_norm_epsilon" and value == 0):
-            raise _bad(file, key, rule, value)
-    for key in _FLAGS:
-        if key in raw and not isinstance(raw[key], bool):
-            raise _bad(file, key, "true or false", raw[key])
     activation = raw.get("activation_function", "gelu_new")
     if not isinstance(activation, str) or activation not in ACT2FN:
         raise _bad(file, "activation_function", f"one of {sorted(ACT2FN)}", activation)
-    for key in ("_attn_implementation", "attn_implementation"):
-        if raw.get(key) not in _ATTENTION:
-            raise _bad(
-                file, key, "null, 'eager' or 'sdpa' (what runs here without optional packages)", raw[key]
-            )
     return sizes
 
 
