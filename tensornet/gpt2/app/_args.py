@@ -308,7 +308,7 @@ def _add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--resume",
         action="store_true",
-        help="continue exactly from --out/checkpoint.safetensors: every setting the log depends on must be the "
+        help="continue exactly from --out/checkpoint.pt: every setting the log depends on must be the "
         "run's (flags, device, processes, --threads), so that the log equals an uninterrupted run's",
     )
     g.add_argument(
@@ -325,7 +325,7 @@ def _train_parser(sub) -> None:
         "train",
         "pre-train one GPT-2 (dense, TTM or low-rank), with checkpoints and DDP",
         "Pre-train GPT-2 from scratch. Under torchrun it uses DDP (nccl on GPU, gloo on CPU). bf16 "
-        "autocast on GPU. Writes checkpoint.safetensors, log.jsonl (one line per step and evaluation; after "
+        "autocast on GPU. Writes checkpoint.pt, log.jsonl (one line per step and evaluation; after "
         "--resume the same as an uninterrupted run's) and, when done, a model/ folder loadable with "
         "tensornet.gpt2.load_model.",
     )

@@ -93,7 +93,6 @@ def _check_fits(
         _history_fault(ckpt["step"], ckpt["history"], cfg),
         _model_fault(ckpt["model"], model),
         _optimizer_fault(ckpt["optimizer"], optimizer),
-        _rng_fault(ckpt["rng"]),
     ):
         if why is not None:
             raise ValueError(
@@ -159,14 +158,6 @@ def _optimizer_fault(opt: dict, optimizer: torch.optim.Optimizer) -> str | None:
                     f"{tuple(value.shape)} {value.dtype}" if isinstance(value, torch.Tensor) else "a number"
                 )
                 return f"its optimizer state {key!r} has {name} {what}, for a parameter of shape {tuple(params[key].shape)}"
-    return None
-
-
-def _rng_fault(rng: dict) -> str | None:
-    """What is wrong with a checkpoint's torch RNG state (None: nothing); Python's is ``check_layout``'s."""
-    state = rng["torch"]
-    if state.dtype != torch.uint8 or state.shape != torch.get_rng_state().shape:
-        return "its random-number-generator states are not torch's and Python's"
     return None
 
 

@@ -394,7 +394,7 @@ def train(
     """Train ``model`` in place for ``cfg.steps`` optimizer steps and return its ``History``.
 
     Batch ``s`` is a pure function of ``(cfg.seed, s)`` (``train_batch``), and checkpoints hold the model,
-    optimizer, step, history and RNG states, so ``resume=True`` continues from ``out/checkpoint.safetensors``
+    optimizer, step, history and RNG states, so ``resume=True`` continues from ``out/checkpoint.pt``
     with exactly the losses of an uninterrupted run. ``stop_at`` ends (with a checkpoint) after that many
     steps, as an interruption would. ``signature`` (model and data description) must match the checkpoint's
     on resume. ``on_step(step, loss)`` and ``on_eval(step, loss)`` are called after every step and evaluation
