@@ -13,7 +13,7 @@ from torch import nn
 
 from . import files as _files
 from ._config import PRESETS, count
-from ._modelfile import _CHECKSUM, _WEIGHTS, base_names, checked_folder
+from ._modelfile import _CHECKSUM, _WEIGHTS, base_names, checked_folder, read_weights
 
 
 def gpt2_config(
@@ -204,22 +204,6 @@ def _write_model(model: nn.Module, given: Path, tokenizer) -> None:
     _files.fsync_dir(target.parent)
 
 
-def _read_weights(file: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file, checked against the checksum ``save_model`` stores (when present)."""
-    metadata, state = _files.read_safetensors(
-        file,
-        f"load_model: {str(file)!r} is not a readable safetensors file",
-        "; it is truncated or damaged: save the model again or restore the file",
-    )
-    expected = metadata.get(_CHECKSUM)
-    if expected is not None and _files.content_sha256(state) != expected:
-        raise ValueError(
-            f"load_model: {str(file)!r} fails its checksum: the weights changed after save_model wrote them; "
-            "save the model again or restore the file"
-        )
-    return state
-
-
 def load_model(directory: str | os.PathLike, *, device: str | torch.device | None = None):
     """Load a folder written by ``save_model`` (dense or tensorized) or a local Hugging Face GPT-2 folder.
 
@@ -233,7 +217,7 @@ def load_model(directory: str | os.PathLike, *, device: str | torch.device | Non
 
     path = Path(directory)
     config, tensorized, weights = checked_folder(path)
-    state = base_names(_read_weights(weights))
+    state = base_names(read_weights(weights))
     model: Any = GPT2LMHeadModel(config)
     if tensorized is not None:
         tensorized.apply(model)

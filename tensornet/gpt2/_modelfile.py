@@ -124,21 +124,31 @@ def _check_config(raw: Any, file: Path) -> dict[str, Any]:
     return sizes
 
 
+def _unreadable(file: Path) -> tuple[str, str]:
+    return (
+        f"load_model: {str(file)!r} is not a readable safetensors file",
+        "; it is truncated or damaged: save the model again or restore the file",
+    )
+
+
 def _read_header(file: Path) -> dict[str, tuple[int, ...]]:
     """Tensor name -> shape from a safetensors file's header alone (no tensor is read)."""
-    from safetensors import safe_open
-
     what = _files.not_a_file(file)
     if what is not None:
         raise ValueError(f"load_model: {str(file)!r} {what}; give a model folder with its weights file")
-    try:
-        with safe_open(str(file), framework="pt") as f:
-            return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118
-    except Exception as err:  # safetensors raises its own error type for every malformed file
+    return _files.read_safetensors(file, *_unreadable(file), shapes=True)[1]
+
+
+def read_weights(file: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, checked against the checksum ``save_model`` stores (when present)."""
+    metadata, state = _files.read_safetensors(file, *_unreadable(file))
+    expected = metadata.get(_CHECKSUM)
+    if expected is not None and _files.content_sha256(state) != expected:
         raise ValueError(
-            f"load_model: {str(file)!r} is not a readable safetensors file ({type(err).__name__}: {err}); it is "
-            "truncated or damaged: save the model again or restore the file"
-        ) from None
+            f"load_model: {str(file)!r} fails its checksum: the weights changed after save_model wrote them; "
+            "save the model again or restore the file"
+        )
+    return state
 
 
 def _check_fit(

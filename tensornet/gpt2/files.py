@@ -253,17 +253,14 @@ def remove_stale_tmp(
     dir_files: Iterable[str] = (),
     live: bool,
 ) -> list[Path]:
-    """Remove ``.NAME.tmpPID`` / ``.NAME.oldPID`` leftovers in ``folder`` of names the package writes there.
+    """Remove the leftover temporary files and folders in ``folder`` of names the package writes there.
 
-    A NAME the package writes there is in ``names``, or matches it when it is a pattern (a cache folder's file
-    names).
-
-    ``live=True`` (the caller holds the folder's lock, so no writer can be alive) removes them whatever the
-    pid; otherwise only those whose process is gone. A symbolic link under such a name is always removed (the
-    package never creates one; unlinking it leaves what it points to alone). A leftover folder (an interrupted
-    ``save_model``) is removed only when it holds nothing but ``dir_files`` (and their own leftovers); an
-    ``.oldPID`` folder whose NAME is missing (``save_model`` killed between its two renames) is renamed back
-    to NAME instead: the folder it replaced comes back whole.
+    Those names are ``names``, or match it when it is a pattern (a cache folder's files). ``live=True`` (the
+    caller holds the folder's lock: no writer is alive) removes them whatever the pid in their name, otherwise
+    only those whose process is gone; a symbolic link there is always removed (never what it points to). A
+    folder (a killed ``save_model``) is touched only when it holds nothing but ``dir_files`` (and their
+    leftovers); a set-aside ``.old`` folder whose NAME is missing is renamed back to NAME: the folder it
+    replaced comes back whole.
     """
     owner = _owners(names)
     dir_files = set(dir_files)
@@ -301,7 +298,7 @@ def remove_stale_tmp(
 def restore_set_aside(path: Path, dir_files: Iterable[str]) -> bool:
     """Rename back the folder a killed ``save_model`` of ``path`` had set aside, when ``path`` is missing.
 
-    Only a ``.NAME.oldPID`` folder of a process that is gone, holding nothing but ``dir_files``. Returns whether
+    Only a set-aside folder of a process that is gone, holding nothing but ``dir_files``. Returns whether
     ``path`` was restored.
     """
     path = Path(path)
@@ -413,17 +410,22 @@ def write_safetensors(path: Path, tensors: dict[str, Any], metadata: dict[str, s
     atomic_write(Path(path), lambda f: write_weights(f, tensors, metadata))
 
 
-def read_safetensors(path: Path, unreadable: str, hint: str = "") -> tuple[dict, dict[str, Any]]:
-    """The metadata and tensors of a safetensors file; a malformed file raises ValueError ``unreadable (why)hint``."""
+def read_safetensors(
+    path: Path, unreadable: str, hint: str = "", *, shapes: bool = False
+) -> tuple[dict, dict[str, Any]]:
+    """The metadata and tensors (``shapes``: their shapes alone, from the header) of a safetensors file.
+
+    A malformed file raises ValueError ``unreadable (why)hint``.
+    """
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118  (safe_open is not a mapping)
+            names = list(f.keys())  # safe_open is not a mapping
+            read = (lambda k: tuple(f.get_slice(k).get_shape())) if shapes else f.get_tensor
+            return f.metadata() or {}, {k: read(k) for k in names}
     except Exception as err:  # safetensors raises its own error type for every malformed file
         raise ValueError(f"{unreadable} ({type(err).__name__}: {err}){hint}") from None
-    return metadata, tensors
 
 
 MODEL_MARK = "tensornet-model.json"  # save_model's mark: --overwrite replaces only folders that carry it

@@ -60,7 +60,7 @@ class RunFolder:
 
     def __init__(self, path: Path, kind: str, lock: _Lock, created: list[Path] | None = None) -> None:
         self.path, self.kind, self._lock = path, kind, lock
-        # the folders this run created (deepest first) when it found none there, [path] alone when it found the
+        # the folders this run created (deepest first) when it found none there, [] when it found the
         # folder empty, else None: a run that writes nothing leaves the folder as it found it
         self._created = created
 
@@ -93,7 +93,7 @@ class RunFolder:
             check_run_folder(path, kind=kind, resume=resume, overwrite=overwrite, where=where)
             remove_stale_tmp(
                 path,
-                [*(n for n in OUTPUTS[kind] if "/" not in n), MANIFEST, "model", ".tensornet-probe"],
+                [*(n for n in OUTPUTS[kind] if "/" not in n), MANIFEST, "model"],
                 dir_files=MODEL_FILES,
                 live=True,
             )
