@@ -101,6 +101,14 @@ def test_atomic_writes_never_follow_a_planted_link(tmp_path, monkeypatch):
     (planted(blocked) / "keep").write_text("x")
     files.write_json(blocked, {})
     assert (planted(blocked) / "keep").read_text() == "x" and json.loads(blocked.read_text()) == {}
+    # a folder set aside (save_model's first rename) is never renamed over a planted link or folder
+    predictable(monkeypatch)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "a").write_text("a")
+    planted(folder, "old").symlink_to(blocked)
+    aside = files.set_aside(folder)
+    assert planted(folder, "old").is_symlink() and (aside / "a").read_text() == "a" and not folder.exists()
 
 
 def test_a_run_never_writes_through_links_planted_at_its_temporary_names(
@@ -145,9 +153,11 @@ def test_save_model_and_the_tokenizer_cache_never_follow_links(shared, tmp_path,
     predictable(monkeypatch)
     planted(target).symlink_to(mine, target_is_directory=True)
     save_model(model, target)
-    predictable(monkeypatch)
-    planted(target, "old").symlink_to(mine, target_is_directory=True)
+    predictable(monkeypatch)  # the new folder is FIRST, the old one is set aside as the second name: planted
+    second = target.with_name(f".{target.name}.00000001.old{PID}")
+    second.symlink_to(mine, target_is_directory=True)
     save_model(model, target, overwrite=True)
+    assert not os.path.lexists(second)  # a link at one of its names: removed first, never followed
     assert sorted(p.name for p in mine.iterdir()) == ["keep.txt"]
     assert load_model(target) is not None
     corpus = stdlib_corpus(max_chars=20000)

@@ -186,8 +186,7 @@ def _write_model(model: nn.Module, given: Path, tokenizer) -> None:
         if target.is_dir() and any(target.iterdir()):  # checked above: only save_model's files
             # two renames: killed between them, the next start renames the old folder back
             # (_files.remove_stale_tmp); failing between them, it is renamed back below
-            old = _files.make_tmp_dir(target, "old")
-            os.replace(target, old)  # over the new, empty folder
+            old = _files.set_aside(target)
         os.replace(tmp, target)  # a rename replaces an empty folder, or makes a new one
         if old is not None:
             _files.remove_folder(old)

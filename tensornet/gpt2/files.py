@@ -47,6 +47,7 @@ __all__ = [
     "remove_folder",
     "remove_stale_tmp",
     "restore_set_aside",
+    "set_aside",
     "tensor_bytes",
     "tmp_path",
     "tmp_stem",
@@ -142,6 +143,17 @@ def _claim(path: Path, tag: str, make: Callable[[Path], Any]) -> tuple[Path, Any
 def make_tmp_dir(path: Path, tag: str = "tmp") -> Path:
     """Create a new, empty temporary folder next to ``path`` (:func:`tmp_path`) and return it."""
     return _claim(path, tag, os.mkdir)[0]  # mkdir refuses an existing name, a symbolic link included
+
+
+def set_aside(path: Path) -> Path:
+    """Rename ``path`` to a new temporary name beside it (``.NAME.XXXXXXXX.oldPID``) and return that name."""
+
+    def move(aside: Path) -> None:
+        if os.path.lexists(aside):  # planted: never renamed over
+            raise FileExistsError(aside)
+        os.replace(path, aside)
+
+    return _claim(path, "old", move)[0]
 
 
 def write_error(path: Path, err: OSError) -> OSError:
