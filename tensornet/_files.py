@@ -33,8 +33,6 @@ FORMAT_VERSION = 1
 _KEY = "tensornet"  # the safetensors metadata entry that holds the header
 _DTYPES = ("float16", "bfloat16", "float32", "float64", "complex64", "complex128")
 _PAIRS = "complex128"  # stored as float64 (..., 2): safetensors has no complex128
-# a new file only (O_EXCL), never through a symbolic link (O_NOFOLLOW)
-_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 def _version() -> str:
@@ -57,8 +55,8 @@ def _host_cores(t: Train) -> list[Any]:
     return stored
 
 
-def _digest(core: Any) -> str:
-    """SHA-256 of a stored core's bytes (numpy array or CPU torch tensor, contiguous)."""
+def digest(core: Any) -> str:
+    """SHA-256 of an array's bytes (a contiguous numpy array or CPU torch tensor); shared with ``tensornet.nn``."""
     if isinstance(core, np.ndarray):
         return hashlib.sha256(core.data).hexdigest()  # contiguous: its buffer is its bytes
     torch = importlib.import_module("torch")
@@ -127,13 +125,13 @@ def save(path: str | os.PathLike[str], t: Train, *, overwrite: bool = False) -> 
         "dtype": B.dtype_name(t.dtype),
         "backend": t.backend,
         "version": _version(),
-        "sha256": [_digest(c) for c in stored],
+        "sha256": [digest(c) for c in stored],
     }
     tensors = {f"core_{k}": c for k, c in enumerate(stored)}
     metadata = {_KEY: json.dumps(header)}
     framework = "torch" if t.backend == "torch" else "numpy"
     data = importlib.import_module(f"safetensors.{framework}").save(tensors, metadata=metadata)
-    _write_new(target, data, overwrite)
+    write_atomic(target, data, overwrite=overwrite, fn="tn.save")
     return target
 
 
@@ -143,23 +141,29 @@ def _check_path(fn: str, path: Any) -> Path:
     return Path(path)
 
 
-def _write_new(target: Path, data: bytes, overwrite: bool) -> None:
-    """``data`` into ``target`` through a temporary file renamed into place (no-clobber without overwrite)."""
-    temp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")  # a new name: never someone's file
-    fd = os.open(temp, _CREATE, 0o666)  # the umask applies, as for any file the user creates
+def write_atomic(target: Path, data: bytes, *, overwrite: bool, fn: str) -> None:
+    """Write ``data`` to a new temporary file beside ``target``, flush it to disk, then move it to ``target``.
+
+    The temporary file gets a random name and is created exclusively (``open(..., "x")``: never a planted file,
+    never through a symbolic link; the umask applies, as for any file the user creates). With ``overwrite`` it
+    is renamed over ``target``, otherwise linked to it (``os.link`` refuses a name created since the caller
+    checked). A reader never sees half a file; an interrupted write leaves ``target`` as it was. Shared by
+    :func:`save` and ``tensornet.nn.save_adapter``.
+    """
+    temp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+    handle = open(temp, "xb")  # noqa: SIM115  (closed below; outside the try: a name taken is not ours to remove)
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         if overwrite:
             os.replace(temp, target)
-            return
-        try:
-            # link() refuses an existing name, so a file created since the check in save() is not replaced
-            os.link(temp, target)
-        except FileExistsError:
-            raise FileExistsError(f"tn.save: {target} exists; pass overwrite=True to replace it") from None
+        else:
+            try:
+                os.link(temp, target)
+            except FileExistsError:
+                raise FileExistsError(f"{fn}: {target} exists; pass overwrite=True to replace it") from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
@@ -279,7 +283,7 @@ def _read_cores(source: Path, header: dict[str, Any]) -> list[Any]:
     with safetensors.safe_open(source, framework=framework) as handle:
         stored = [handle.get_tensor(f"core_{k}") for k in range(len(header["shapes"]))]
     kind = "float64" if header["dtype"] == _PAIRS else header["dtype"]
-    for k, (core, shape, digest) in enumerate(zip(stored, header["shapes"], header["sha256"])):
+    for k, (core, shape, expected_sha) in enumerate(zip(stored, header["shapes"], header["sha256"])):
         expected = [*shape, 2] if header["dtype"] == _PAIRS else shape
         if B.dtype_name(core.dtype) != kind:
             raise _NotATrainFile(
@@ -289,7 +293,7 @@ def _read_cores(source: Path, header: dict[str, Any]) -> list[Any]:
             raise _NotATrainFile(
                 f"core {k} has shape {tuple(core.shape)} but the header says {tuple(expected)}"
             )
-        if _digest(core) != digest:
+        if digest(core) != expected_sha:
             raise _NotATrainFile(f"core {k} is damaged: its SHA-256 differs from the header's")
     return stored
 

@@ -126,8 +126,8 @@ def test_train_resume_eval_compress(tmp_path, capsys):
         _train(tmp_path / "split", "--rank", "4", "--shapes", "balanced", "--eval-every", "3", "--resume")
         == 0
     )
-    full = load_checkpoint(tmp_path / "full" / "checkpoint.safetensors")["history"]
-    split = load_checkpoint(tmp_path / "split" / "checkpoint.safetensors")["history"]
+    full = load_checkpoint(tmp_path / "full" / "checkpoint.pt")["history"]
+    split = load_checkpoint(tmp_path / "split" / "checkpoint.pt")["history"]
     assert split == full  # the resumed run's losses equal the uninterrupted run's
     log = [json.loads(line) for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log if "val_loss" in e] == [3, 6]

@@ -31,15 +31,15 @@ def test_temporary_names_of_long_names_fit_and_stay_distinct(tmp_path):
         files.write_json(target, {"a": 1})  # an atomic write at the long name works
         assert target.read_text().strip().endswith("}")
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
-    short = tmp_path / "short.json"
-    assert files.tmp_path(short).name == f".short.json.tmp{os.getpid()}"  # short names unchanged
+    short = files.tmp_path(tmp_path / "short.json").name  # short names kept whole
+    assert short.startswith(".short.json.") and short.endswith(f".tmp{os.getpid()}")
     a, b = tmp_path / (LONG + "a"), tmp_path / (LONG + "b")  # a common head of 250 bytes
-    assert files.tmp_path(a) != files.tmp_path(b)
+    assert files.tmp_stem(a.name) != files.tmp_stem(b.name)
 
 
 def test_leftovers_of_long_names_are_removed_and_only_those(tmp_path):
-    own = tmp_path / f".{files.tmp_stem(LONG)}.tmp{DEAD}"
-    other = tmp_path / f".{files.tmp_stem('n' * 250)}.tmp{DEAD}"  # another long name, not listed
+    own = tmp_path / f".{files.tmp_stem(LONG)}.0123abcd.tmp{DEAD}"
+    other = tmp_path / f".{files.tmp_stem('n' * 250)}.0123abcd.tmp{DEAD}"  # another long name, not listed
     own.write_text("partial")
     other.write_text("someone's")
     assert files.remove_stale_tmp(tmp_path, [LONG], live=False) == [own]

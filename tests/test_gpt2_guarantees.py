@@ -9,6 +9,7 @@ import os
 import random
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -63,25 +64,21 @@ def tree(path: Path) -> dict[str, bytes]:
 # ------------------------------------------------------------------------------------ files are data
 def test_pickles_are_never_unpickled(shared, tmp_path, capsys):
     marker = tmp_path / "pwned"
-    # 1. an old pickle checkpoint.pt in a run folder (no checkpoint.safetensors): refused, naming pickle
+    # 1. a pickle at the checkpoint's name (tensornet 0.1 wrote pickles there): torch.load(weights_only=True)
+    # builds tensors and plain values only, so it is refused, naming the file, and its code never runs
     run = copy_run(shared, tmp_path / "old")
-    (run / "checkpoint.safetensors").unlink()
     plant_pickle(run / "checkpoint.pt", marker)
     assert code(train_argv(shared, run, "--resume")) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "pickle" in err and "Traceback" not in err
-    # ... and in a folder an older tensornet wrote (no tensornet-run.json)
+    assert err.startswith("error: ") and "never unpickled" in err and "Traceback" not in err
+    assert "not a readable checkpoint" in err and str(run / "checkpoint.pt") in err
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        load_checkpoint(run / "checkpoint.pt")
+    # ... and in a folder an older tensornet wrote (no tensornet-run.json): not a run folder, nothing read
     (run / "tensornet-run.json").unlink()
     assert code(train_argv(shared, run, "--resume")) == 2
-    assert "pickle" in capsys.readouterr().err
-    # 2. a pickle under the new checkpoint name
-    run = copy_run(shared, tmp_path / "new")
-    plant_pickle(run / "checkpoint.safetensors", marker)
-    assert code(train_argv(shared, run, "--resume")) == 2
-    err = capsys.readouterr().err
-    assert "not a readable checkpoint" in err and str(run / "checkpoint.safetensors") in err
-    with pytest.raises(ValueError, match="not a readable checkpoint"):
-        load_checkpoint(run / "checkpoint.safetensors")
+    assert "not a tensornet run folder" in capsys.readouterr().err
+    assert not marker.exists()
     # 3. a model folder with only pytorch_model.bin: eval and load_model refuse it
     model = tmp_path / "hf"
     model.mkdir()
@@ -142,29 +139,28 @@ def test_token_cache_contents_are_validated(shared, tmp_path):
 
 
 def test_damaged_checkpoints_are_errors_naming_the_file(shared, tmp_path, capsys):
-    ckpt_name = "checkpoint.safetensors"
-    for case in ("flip-data", "flip-skeleton", "truncate", "foreign"):
+    ckpt_name = "checkpoint.pt"
+    saved = load_checkpoint(shared["run"] / ckpt_name)
+    weight = next(iter(saved["model"].values())).numpy().tobytes()
+    for case in ("flip-data", "flip-loss", "truncate", "foreign"):
         run = copy_run(shared, tmp_path / case)
         ckpt = run / ckpt_name
         data = bytearray(ckpt.read_bytes())
         if case == "flip-data":
-            data[-7] ^= 0x01  # one bit of the last tensor
-        elif case == "flip-skeleton":
-            at = data.index(b'step\\":3') + len(b'step\\":')  # the step inside the JSON skeleton
-            data[at : at + 1] = b"2"
+            data[data.index(weight[:64]) + 3] ^= 0x01  # one bit of a model tensor
+        elif case == "flip-loss":  # one bit of a plain value: the first loss, a pickled big-endian double
+            data[data.index(struct.pack(">d", saved["history"]["loss"][0])) + 7] ^= 0x01
         elif case == "truncate":
             data = data[: len(data) // 2]
         else:
-            from safetensors.torch import save_file
-
-            save_file({"w": torch.zeros(3)}, str(ckpt), metadata={"format": "pt"})
+            torch.save({"w": torch.zeros(3)}, ckpt)
             data = bytearray(ckpt.read_bytes())
         ckpt.write_bytes(bytes(data))
         assert code(train_argv(shared, run, "--resume")) == 2, case
         captured = capsys.readouterr()
         message = {
             "flip-data": "fails its checksum",
-            "flip-skeleton": "fails its checksum",
+            "flip-loss": "fails its checksum",
             "truncate": "not a readable checkpoint",
             "foreign": "not a tensornet checkpoint",
         }[case]
@@ -294,7 +290,7 @@ def test_user_files_survive_every_output_flag(shared, tmp_path, capsys):
 def test_overwrite_replaces_only_the_package_files(shared, tmp_path, capsys):
     run = copy_run(shared, tmp_path / "run")
     (run / "notes.txt").write_text("mine")
-    before = load_checkpoint(run / "checkpoint.safetensors")
+    before = load_checkpoint(run / "checkpoint.pt")
     assert code(train_argv(shared, run)) == 2  # a previous run: refused without --resume/--overwrite
     assert "--resume to continue it or --overwrite" in capsys.readouterr().err
     # a user file inside model/, which the run replaces when it finishes: refused up front, not at the end
@@ -307,7 +303,7 @@ def test_overwrite_replaces_only_the_package_files(shared, tmp_path, capsys):
     (run / "model" / "extra.txt").unlink()
     assert code(train_argv(shared, run, "--overwrite", "--steps", "2", "--lr", "0.002")) == 0
     assert (run / "notes.txt").read_text() == "mine"
-    after = load_checkpoint(run / "checkpoint.safetensors")
+    after = load_checkpoint(run / "checkpoint.pt")
     assert after["step"] == 2 and after["history"]["loss"] != before["history"]["loss"][:2]
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == [1, 2, 2]  # the old run's lines are gone, not appended to
@@ -385,13 +381,17 @@ def test_stale_temporary_files_are_removed_and_only_those(tmp_path):
     with RunFolder.open(out, kind="train"):
         (out / "notes.txt").write_text("mine")  # the folder is kept (one with nothing in it is removed)
     dead = 2**22 + 12345  # above Linux's default pid_max: no such process
-    stale = [out / f".checkpoint.safetensors.tmp{dead}", out / f".log.jsonl.tmp{os.getpid()}"]
+    stale = [out / f".checkpoint.pt.0123abcd.tmp{dead}", out / f".log.jsonl.0123abcd.tmp{os.getpid()}"]
     for p in stale:
         p.write_bytes(b"partial")
-    half_model = out / f".model.tmp{dead}"
+    half_model = out / f".model.0123abcd.tmp{dead}"
     half_model.mkdir()
     (half_model / "config.json").write_text("{}")
-    kept = [out / f".notes.txt.tmp{dead}", out / "notes.txt", out / f".model.old{dead}" / "mine.txt"]
+    kept = [
+        out / f".notes.txt.0123abcd.tmp{dead}",
+        out / "notes.txt",
+        out / f".model.0123abcd.old{dead}" / "mine.txt",
+    ]
     for p in kept:
         p.parent.mkdir(exist_ok=True)
         p.write_text("mine")
@@ -572,15 +572,13 @@ def test_checkpoint_round_trip_keeps_types_and_ties(tmp_path):
         "python": random.getstate(),
         "$odd": [1, None, True, 2.5, float("inf")],
     }
-    save_checkpoint(tmp_path / "c.safetensors", payload)
-    back = load_checkpoint(tmp_path / "c.safetensors")
+    save_checkpoint(tmp_path / "c.pt", payload)
+    back = load_checkpoint(tmp_path / "c.pt")
     assert back["python"] == payload["python"] and isinstance(back["python"], tuple)
     assert back["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.99)
     assert list(back["optimizer"]["state"]) == [0] and back["$odd"] == payload["$odd"]
     assert back["model"]["a"] is back["model"]["tied"] and torch.equal(back["model"]["a"], w)
     assert back["model"]["half"].dtype == torch.bfloat16 and back["model"]["empty"].shape == (0,)
-    with pytest.raises(TypeError, match="cannot store a set"):
-        save_checkpoint(tmp_path / "d.safetensors", {"bad": {1, 2}})
 
 
 # ------------------------------------------------------------------------------- killed at any point
@@ -595,7 +593,7 @@ from tensornet.gpt2 import files
 from tensornet.gpt2.app._cli import main
 replace, seen = os.replace, []
 def dying_replace(src, dst):
-    if os.path.basename(str(src)).startswith(".checkpoint.safetensors.tmp"):
+    if os.path.basename(str(src)).startswith(".checkpoint.pt."):
         seen.append(src)
         if len(seen) == int(sys.argv[1]):
             os.kill(os.getpid(), signal.SIGKILL)
@@ -634,7 +632,7 @@ def kill_at_random(shared, out: Path, rng: random.Random, kills: int) -> int:
     for attempt in range(kills + 3):
         extra = []
         if attempt:
-            extra = ["--resume"] if (out / "checkpoint.safetensors").exists() else ["--overwrite"]
+            extra = ["--resume"] if (out / "checkpoint.pt").exists() else ["--overwrite"]
         proc = run_cli(argv + extra)
         if killed < kills:
             target = rng.randrange(1, KILL_STEPS + KILL_STEPS // 5)
@@ -658,9 +656,9 @@ def test_sigkill_anywhere_then_resume_is_the_uninterrupted_run(shared, tmp_path)
         finish(run_cli(train_argv(shared, tmp_path / "ref", *KILL_ARGS)), 0)
         out = tmp_path / "in-write"
         finish(run_cli(train_argv(shared, out, *KILL_ARGS), kill_in_write=7), -signal.SIGKILL)
-        stale = list(out.glob(".checkpoint.safetensors.tmp*"))
+        stale = list(out.glob(".checkpoint.pt.*.tmp*"))
         assert len(stale) == 1  # the complete temporary file, never renamed into place
-        assert load_checkpoint(out / "checkpoint.safetensors")["step"] == 6  # the previous one is intact
+        assert load_checkpoint(out / "checkpoint.pt")["step"] == 6  # the previous one is intact
         finish(run_cli(train_argv(shared, out, *KILL_ARGS, "--resume")), 0)
         assert not stale[0].exists() and not list(out.glob(".*.tmp*"))
         results["done"] = True
@@ -672,9 +670,9 @@ def test_sigkill_anywhere_then_resume_is_the_uninterrupted_run(shared, tmp_path)
     assert results.get("done"), "the reference / kill-in-write runs failed (see the thread's assertion)"
     assert killed >= 1
     ref = tmp_path / "ref"
-    expected = load_checkpoint(ref / "checkpoint.safetensors")
+    expected = load_checkpoint(ref / "checkpoint.pt")
     for out in (tmp_path / "killed", tmp_path / "in-write"):
-        got = load_checkpoint(out / "checkpoint.safetensors")
+        got = load_checkpoint(out / "checkpoint.pt")
         assert got["history"] == expected["history"], out  # every loss and evaluation, bit for bit
         assert (out / "log.jsonl").read_bytes() == (ref / "log.jsonl").read_bytes(), out
         assert tree(out / "model") == tree(ref / "model"), out

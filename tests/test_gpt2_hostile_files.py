@@ -8,7 +8,9 @@ from __future__ import annotations
 import errno
 import json
 import os
+import pickle
 import shutil
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -66,68 +68,81 @@ def victim(tmp_path: Path) -> Path:
 
 
 # ------------------------------------------------------------------ 1. no write through a planted link
-def test_atomic_writes_never_follow_a_planted_link(tmp_path):
+FIRST = "0123abcd"  # the random part of the first temporary name the package picks (``predictable``)
+
+
+def predictable(monkeypatch) -> None:
+    """The package's temporary names made predictable: FIRST, then other names, so links can be planted."""
+    names = iter([FIRST, *(f"{i:08x}" for i in range(1, 10_000))])
+    monkeypatch.setattr(files, "token_hex", lambda n: next(names))
+
+
+def planted(target: Path, tag: str = "tmp") -> Path:
+    """The first temporary name of ``target`` under ``predictable``."""
+    return target.with_name(f".{files.tmp_stem(target.name)}.{FIRST}.{tag}{PID}")
+
+
+def test_atomic_writes_never_follow_a_planted_link(tmp_path, monkeypatch):
     target, precious = tmp_path / "out.json", victim(tmp_path)
-    tmp = files.tmp_path(target)
-    tmp.symlink_to(precious)
-    files.write_json(target, {"a": 1})
-    assert precious.read_text() == "precious"
+    predictable(monkeypatch)
+    planted(target).symlink_to(precious)
+    files.write_json(target, {"a": 1})  # the taken name is passed over, its link left alone
+    assert precious.read_text() == "precious" and planted(target).is_symlink()
     assert not target.is_symlink() and json.loads(target.read_text()) == {"a": 1}
-    assert not tmp.exists() and not tmp.is_symlink()
     # the final name a link: the link itself is replaced, never its target
     link = tmp_path / "link.safetensors"
     link.symlink_to(precious)
     _checkpoint.save_tensors(link, {"train": torch.arange(3), "val": torch.arange(2)})
     assert precious.read_text() == "precious" and not link.is_symlink()
-    # the writability probe
-    probe = files.tmp_path(tmp_path / ".tensornet-probe")
-    probe.symlink_to(precious)
-    files.probe_writable(tmp_path, "--out")
-    assert precious.read_text() == "precious" and not probe.is_symlink()
-    # a folder at the temporary name is not the package's: refused, left alone
+    # a folder at the temporary name is not the package's: another name is taken, the folder left alone
+    predictable(monkeypatch)
     blocked = tmp_path / "blocked.json"
-    files.tmp_path(blocked).mkdir()
-    (files.tmp_path(blocked) / "keep").write_text("x")
-    with pytest.raises(FileExistsError, match="temporary name"):
-        files.write_json(blocked, {})
-    assert (files.tmp_path(blocked) / "keep").read_text() == "x"
+    planted(blocked).mkdir()
+    (planted(blocked) / "keep").write_text("x")
+    files.write_json(blocked, {})
+    assert (planted(blocked) / "keep").read_text() == "x" and json.loads(blocked.read_text()) == {}
+    # a folder set aside (save_model's first rename) is never renamed over a planted link or folder
+    predictable(monkeypatch)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "a").write_text("a")
+    planted(folder, "old").symlink_to(blocked)
+    aside = files.set_aside(folder)
+    assert planted(folder, "old").is_symlink() and (aside / "a").read_text() == "a" and not folder.exists()
 
 
-def test_a_run_never_writes_through_links_planted_at_its_temporary_names(shared, tmp_path, capsys):
+def test_a_run_never_writes_through_links_planted_at_its_temporary_names(
+    shared, tmp_path, capsys, monkeypatch
+):
     precious = victim(tmp_path)
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "keep.txt").write_text("mine")
     run = copy_run(shared, tmp_path / "run")
-    names = [
-        ".tensornet-run.json",
-        ".checkpoint.safetensors",
-        ".log.jsonl",
-        "..tensornet-probe",
-    ]
-    for name in names:  # links named as this process's temporaries (the test runs the CLI in-process)
-        (run / f"{name}.tmp{PID}").symlink_to(precious)
-    (run / f".model.tmp{PID}").symlink_to(mine, target_is_directory=True)
-    (run / f".model.old{PID}").symlink_to(mine, target_is_directory=True)
+    monkeypatch.setattr(files, "token_hex", lambda n: FIRST)  # every temporary name is known ahead
+    for name in ("tensornet-run.json", "checkpoint.pt", "log.jsonl"):
+        planted(run / name).symlink_to(precious)  # links named as this process's temporaries
+    planted(run / "model").symlink_to(mine, target_is_directory=True)
+    planted(run / "model", "old").symlink_to(mine, target_is_directory=True)
     # a cache whose tokenizer and tokens must be written again, with links at their temporary names
     cache = tmp_path / "cache"
     shutil.copytree(shared["cache"], cache)
     for folder in ("tokenizers", "tokens"):
         for file in (cache / folder).iterdir():
             file.unlink()
-            (cache / folder / f".{file.name}.tmp{PID}").symlink_to(precious)
-            (cache / folder / f".{file.name}.tmp{DEAD}").symlink_to(precious)
+            planted(file).symlink_to(precious)
+            planted(file).with_name(planted(file).name.replace(str(PID), str(DEAD))).symlink_to(precious)
     assert code(train_argv(shared, run, "--overwrite", cache=cache)) == 0
     capsys.readouterr()
     assert precious.read_text() == "precious" and sorted(p.name for p in mine.iterdir()) == ["keep.txt"]
     for file in [*run.iterdir(), *(run / "model").iterdir(), *(cache / "tokens").iterdir()]:
         assert not file.is_symlink(), file  # every output a regular file, every planted link gone
     assert not list((cache / "tokenizers").glob(".*"))
-    assert load_checkpoint(run / "checkpoint.safetensors")["step"] == 3
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 3
     assert load_model(run / "model") is not None
 
 
-def test_save_model_and_the_tokenizer_cache_never_follow_links(shared, tmp_path):
+def test_save_model_and_the_tokenizer_cache_never_follow_links(shared, tmp_path, monkeypatch):
     precious = victim(tmp_path)
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -135,17 +150,22 @@ def test_save_model_and_the_tokenizer_cache_never_follow_links(shared, tmp_path)
     config = gpt2_config(vocab_size=97, block_size=16, n_layer=1, n_embd=32, n_head=2)
     model = build_model(config, seed=0)
     target = tmp_path / "model"
-    files.tmp_path(target).symlink_to(mine, target_is_directory=True)
+    predictable(monkeypatch)
+    planted(target).symlink_to(mine, target_is_directory=True)
     save_model(model, target)
-    files.tmp_path(target, "old").symlink_to(mine, target_is_directory=True)
+    predictable(monkeypatch)  # the new folder is FIRST, the old one is set aside as the second name: planted
+    second = target.with_name(f".{target.name}.00000001.old{PID}")
+    second.symlink_to(mine, target_is_directory=True)
     save_model(model, target, overwrite=True)
+    assert not os.path.lexists(second)  # a link at one of its names: removed first, never followed
     assert sorted(p.name for p in mine.iterdir()) == ["keep.txt"]
-    assert not any(p.is_symlink() for p in tmp_path.iterdir() if p.name.startswith(".model."))
+    assert load_model(target) is not None
     corpus = stdlib_corpus(max_chars=20000)
     cache = tmp_path / "cache"
     path = _data.tokenizer_cache_path(corpus, 300, cache)
     path.parent.mkdir(parents=True)
-    files.tmp_path(path).symlink_to(precious)
+    predictable(monkeypatch)
+    planted(path).symlink_to(precious)
     tokenizer = cached_tokenizer(corpus, 300, cache)
     assert precious.read_text() == "precious" and not path.is_symlink()
     assert cached_tokenizer(corpus, 300, cache).to_str() == tokenizer.to_str()
@@ -162,14 +182,13 @@ def test_a_failing_final_evaluation_keeps_the_finished_run(shared, tmp_path, cap
     monkeypatch.setattr(_train, "evaluate", failing)
     assert code(train_argv(shared, out)) == 2
     assert "evaluation failed" in capsys.readouterr().err
-    assert load_checkpoint(out / "checkpoint.safetensors")["step"] == 3  # the trained state was kept
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 3  # the trained state was kept
     monkeypatch.setattr(_train, "evaluate", real)
     assert code(train_argv(shared, out, "--resume")) == 0  # runs the final evaluation
     ref = shared["run"]
     assert (out / "log.jsonl").read_bytes() == (ref / "log.jsonl").read_bytes()
     assert (
-        load_checkpoint(out / "checkpoint.safetensors")["history"]
-        == load_checkpoint(ref / "checkpoint.safetensors")["history"]
+        load_checkpoint(out / "checkpoint.pt")["history"] == load_checkpoint(ref / "checkpoint.pt")["history"]
     )
 
 
@@ -179,7 +198,7 @@ def test_too_little_text_is_refused_before_step_one(shared, tmp_path, capsys):
     out = tmp_path / "run"
     assert code(train_argv(shared, out, "--data", str(text), "--block-size", "256")) == 2
     one_line_error(capsys, "validation text has", "--block-size 256")
-    assert not (out / "log.jsonl").exists() and not (out / "checkpoint.safetensors").exists()
+    assert not (out / "log.jsonl").exists() and not (out / "checkpoint.pt").exists()
     argv = [*COMPARE, "--rank", "4", "--steps", "2", "--cache-dir", str(shared["cache"])]
     assert code([*argv, "--out", str(tmp_path / "c"), "--data", str(text), "--block-size", "256"]) == 2
     assert "validation text has" in capsys.readouterr().err
@@ -230,10 +249,10 @@ def test_cache_cleanup_removes_only_the_cache_files_leftovers(shared, tmp_path):
     shutil.copytree(shared["cache"], cache)
     path = token_cache_path(corpus, tokenizer, cache)
     path.unlink()  # the next call writes it, cleaning the folder first
-    users = [path.parent / f".notes.txt.tmp{DEAD}", path.parent / f".bashrc.old{DEAD}"]
+    users = [path.parent / f".notes.txt.{FIRST}.tmp{DEAD}", path.parent / f".bashrc.{FIRST}.old{DEAD}"]
     for file in users:
         file.write_text("mine")
-    own = path.parent / f".{path.name}.tmp{DEAD}"
+    own = path.parent / f".{path.name}.{FIRST}.tmp{DEAD}"
     own.write_bytes(b"partial")
     cached_tokens(corpus, tokenizer, cache)
     assert all(file.read_text() == "mine" for file in users) and not own.exists()
@@ -297,9 +316,9 @@ def test_crafted_configs_are_refused_before_anything_is_built(shared, tmp_path, 
 # ------------------------------------------------------------- 6. crafted metadata, checkpoints, tokenizers
 def crafted(shared, tmp_path: Path, name: str, edit) -> Path:
     run = copy_run(shared, tmp_path / name)
-    ckpt = load_checkpoint(run / "checkpoint.safetensors")
+    ckpt = load_checkpoint(run / "checkpoint.pt")
     edit(ckpt)
-    save_checkpoint(run / "checkpoint.safetensors", ckpt)  # a valid checksum: crafted, not damaged
+    save_checkpoint(run / "checkpoint.pt", ckpt)  # a valid checksum: crafted, not damaged
     return run
 
 
@@ -349,30 +368,41 @@ def test_crafted_checkpoints_are_refused_before_the_tokens(shared, tmp_path, cap
     config = gpt2_config(vocab_size=tokenizer.get_vocab_size(), block_size=16, n_layer=1, n_embd=32, n_head=2)
     cfg = _train.TrainConfig(steps=3, batch_size=4, block_size=16, lr=1e-3, warmup=2)
     model = build_model(config)
-    signature = _resume.signature(cfg, load_checkpoint(run / "checkpoint.safetensors")["signature"])
+    signature = _resume.signature(cfg, load_checkpoint(run / "checkpoint.pt")["signature"])
     with pytest.raises(ValueError, match="does not fit this run"):
-        _resume.restore(
-            run / "checkpoint.safetensors", signature, model, _train.make_optimizer(model, cfg), cfg
-        )
+        _resume.restore(run / "checkpoint.pt", signature, model, _train.make_optimizer(model, cfg), cfg)
+
+
+def deeply_nested_checkpoint(path: Path, depth: int) -> None:
+    """A checkpoint whose signature holds lists nested ``depth`` deep (pickle opcodes by hand: a pickler recurses)."""
+    ckpt = load_checkpoint(path)
+    ckpt["signature"]["deep"] = "PLACEHOLDER"
+    raw = pickle.dumps(
+        {
+            "format": _checkpoint.CHECKPOINT_FORMAT,
+            "version": _checkpoint.CHECKPOINT_VERSION,
+            "sha256": "0" * 64,
+            "payload": {
+                k: ckpt[k] for k in ("step", "history", "signature")
+            },  # no tensors: torch pickles those
+        },
+        protocol=2,
+    )
+    raw = raw.replace(b"X\x0b\x00\x00\x00PLACEHOLDER", b"]" * depth + b"a" * (depth - 1))
+    with zipfile.ZipFile(path, "w") as z:  # the layout of torch.save's archive
+        z.writestr("archive/data.pkl", raw)
+        z.writestr("archive/byteorder", "little")
+        z.writestr("archive/version", "3\n")
 
 
 def test_deeply_nested_metadata_is_an_error_not_a_crash(shared, tmp_path, capsys):
     run = copy_run(shared, tmp_path / "run")
-    deep = "[" * 100_000 + "]" * 100_000
-    skeleton = deep
-    header = f"{_checkpoint.CHECKPOINT_FORMAT}\n{_checkpoint.CHECKPOINT_VERSION}\n{skeleton}"
-    metadata = {
-        "format": _checkpoint.CHECKPOINT_FORMAT,
-        "version": str(_checkpoint.CHECKPOINT_VERSION),
-        "skeleton": skeleton,
-        "sha256": _checkpoint.content_sha256({}, header),
-    }
-    _checkpoint.write_safetensors(run / "checkpoint.safetensors", {}, metadata)
+    deeply_nested_checkpoint(run / "checkpoint.pt", 100_000)
     assert code(train_argv(shared, run, "--resume")) == 2
-    one_line_error(capsys, "nested too deeply", "checkpoint.safetensors")
+    one_line_error(capsys, "checkpoint.pt")
     with pytest.raises(ValueError, match="nested too deeply"):
-        load_checkpoint(run / "checkpoint.safetensors")
-    (run / "tensornet-run.json").write_text(deep)
+        load_checkpoint(run / "checkpoint.pt")
+    (run / "tensornet-run.json").write_text("[" * 100_000 + "]" * 100_000)
     assert code(train_argv(shared, run, "--resume")) == 2
     one_line_error(capsys, "tensornet-run.json", "nested too deeply")
 
@@ -482,13 +512,13 @@ def test_eval_text_is_named_and_not_split(shared, tmp_path, capsys):
 # ---------------------------------------------------------------------- 9. errors that say what happened
 def test_resume_says_what_the_checkpoint_is(shared, tmp_path, capsys):
     run = copy_run(shared, tmp_path / "dir")
-    (run / "checkpoint.safetensors").unlink()
-    (run / "checkpoint.safetensors").mkdir()
+    (run / "checkpoint.pt").unlink()
+    (run / "checkpoint.pt").mkdir()
     assert code(train_argv(shared, run, "--resume")) == 2
     assert "stopped before" not in one_line_error(capsys, "is a folder")
     run = copy_run(shared, tmp_path / "link")
-    (run / "checkpoint.safetensors").unlink()
-    (run / "checkpoint.safetensors").symlink_to(tmp_path / "gone")
+    (run / "checkpoint.pt").unlink()
+    (run / "checkpoint.pt").symlink_to(tmp_path / "gone")
     assert code(train_argv(shared, run, "--resume")) == 2
     one_line_error(capsys, "broken symbolic link")
     # resuming a finished run: no "nan tokens/s"
@@ -502,32 +532,28 @@ def test_a_full_disk_names_the_file(shared, tmp_path, capsys, monkeypatch):
     fsync = os.fsync
 
     def full(fd: int) -> None:
-        if ".checkpoint.safetensors.tmp" in os.readlink(f"/proc/self/fd/{fd}"):
+        if ".checkpoint.pt." in os.readlink(f"/proc/self/fd/{fd}"):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         fsync(fd)
 
     monkeypatch.setattr(os, "fsync", full)
     out = tmp_path / "run"
     assert code(train_argv(shared, out)) == 2
-    one_line_error(capsys, "cannot write", str(out / "checkpoint.safetensors"), "No space left", "free some")
-    assert not list(out.glob(".checkpoint.safetensors.tmp*"))  # the partial file is removed
+    one_line_error(capsys, "cannot write", str(out / "checkpoint.pt"), "No space left", "free some")
+    assert not list(out.glob(".checkpoint.pt.*"))  # the partial file is removed
 
 
-def test_a_full_disk_inside_safetensors_names_the_file(shared, tmp_path, capsys, monkeypatch):
-    # safetensors reports a failed write as its own SafetensorError, the OS error only in the message
-    import safetensors.torch
-    from safetensors import SafetensorError
+def test_a_full_disk_inside_torch_save_names_the_file(shared, tmp_path, capsys, monkeypatch):
+    save = torch.save
 
-    save_file = safetensors.torch.save_file
+    def full(obj, f, *args, **kwargs):
+        if ".checkpoint.pt." not in str(getattr(f, "name", "")):
+            return save(obj, f, *args, **kwargs)
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # what torch.save raises from a failed write
 
-    def full(tensors, filename, metadata=None):
-        if ".checkpoint.safetensors.tmp" not in str(filename):
-            return save_file(tensors, filename, metadata=metadata)
-        Path(filename).write_bytes(b"partial")
-        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
-
-    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    monkeypatch.setattr(torch, "save", full)
     out = tmp_path / "run"
     assert code(train_argv(shared, out)) == 2
-    one_line_error(capsys, "cannot write", str(out / "checkpoint.safetensors"), "No space left", "free some")
-    assert not list(out.glob(".checkpoint.safetensors.tmp*"))  # the partial file is removed
+    one_line_error(capsys, "cannot write", str(out / "checkpoint.pt"), "No space left", "free some")
+    assert not list(out.glob(".checkpoint.pt.*"))  # the partial file is removed

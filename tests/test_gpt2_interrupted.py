@@ -43,7 +43,7 @@ def test_ctrl_c_before_the_first_checkpoint_then_the_same_command_works(
     assert cli_status(train_argv(shared, out)) == 130
     err = capsys.readouterr().err
     assert "before the first checkpoint" in err and "run the same command again" in err, err
-    assert (out / "log.jsonl").is_file() and not (out / "checkpoint.safetensors").exists()
+    assert (out / "log.jsonl").is_file() and not (out / "checkpoint.pt").exists()
     monkeypatch.undo()
     # --resume has nothing to continue: it says what works
     assert cli_status(train_argv(shared, out, "--resume")) == 2
@@ -86,7 +86,7 @@ def killed_between_renames(shared, tmp_path: Path) -> tuple[Path, dict[str, byte
     )
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
     assert not target.exists()  # what the kill left: the old folder set aside, the new one beside it
-    assert sorted(p.name[:10] for p in tmp_path.iterdir()) == [".model.old", ".model.tmp"]
+    assert sorted(p.name.split(".")[3][:3] for p in tmp_path.iterdir()) == ["old", "tmp"]  # .model.XXXX.old9
     return target, before
 
 

@@ -216,7 +216,7 @@ def test_training_lowers_the_loss_and_resume_is_exact(data, tmp_path):
     assert full.loss[-1] < full.loss[0]
 
     first = train(tiny_model(vocab), train_ids, val_ids, cfg, out=tmp_path / "b", stop_at=5)
-    assert len(first.loss) == 5 and load_checkpoint(tmp_path / "b" / "checkpoint.safetensors")["step"] == 5
+    assert len(first.loss) == 5 and load_checkpoint(tmp_path / "b" / "checkpoint.pt")["step"] == 5
     # a different seed for the fresh model: everything must come from the checkpoint
     resumed = train(tiny_model(vocab, seed=123), train_ids, val_ids, cfg, out=tmp_path / "b", resume=True)
     assert resumed.loss == full.loss  # bit-exact, dropout included
@@ -235,7 +235,7 @@ def test_training_lowers_the_loss_and_resume_is_exact(data, tmp_path):
         train(tiny_model(vocab), train_ids, val_ids, cfg, out=tmp_path / "c", resume=True)
     # a run folder whose checkpoint was cut short: a clear error naming the file, nothing resumed
     train(tiny_model(vocab), train_ids, val_ids, cfg, out=tmp_path / "d", stop_at=1)
-    ckpt = tmp_path / "d" / "checkpoint.safetensors"
+    ckpt = tmp_path / "d" / "checkpoint.pt"
     ckpt.write_bytes(ckpt.read_bytes()[:-100])
     with pytest.raises(ValueError, match="not a readable checkpoint") as err:
         train(tiny_model(vocab), train_ids, val_ids, cfg, out=tmp_path / "d", resume=True)
@@ -317,8 +317,8 @@ def test_ddp_gloo_two_processes_match_one(tmp_path):
         timeout=180,
     )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    one = load_checkpoint(tmp_path / "one" / "checkpoint.safetensors")
-    two = load_checkpoint(tmp_path / "two" / "checkpoint.safetensors")
+    one = load_checkpoint(tmp_path / "one" / "checkpoint.pt")
+    two = load_checkpoint(tmp_path / "two" / "checkpoint.pt")
     assert len(two["history"]["loss"]) == 3
     assert two["history"]["loss"] == pytest.approx(one["history"]["loss"], rel=1e-4)
     assert two["history"]["val"][-1][1] == pytest.approx(one["history"]["val"][-1][1], rel=1e-4)

@@ -13,7 +13,7 @@ from torch import nn
 
 from . import files as _files
 from ._config import PRESETS, count
-from ._modelfile import _CHECKSUM, _WEIGHTS, base_names, checked_folder, write_weights
+from ._modelfile import _CHECKSUM, _WEIGHTS, base_names, checked_folder, read_weights
 
 
 def gpt2_config(
@@ -174,11 +174,11 @@ def _write_model(model: nn.Module, given: Path, tokenizer) -> None:
     config_json = config.to_json_string(use_diff=True).encode("utf-8")  # what save_pretrained writes
     tokenizer_json = None if tokenizer is None else tokenizer.to_str(pretty=True).encode("utf-8")
     metadata = {"format": "pt", _CHECKSUM: _files.content_sha256(state)}
-    tmp = _files.make_tmp_dir(target, _files.MODEL_FILES)
-    set_aside: Path | None = None  # the replaced folder while it is out of place
+    tmp = _files.make_tmp_dir(target)
+    old: Path | None = None  # the replaced folder while it is out of place
     try:
         _files.write_new(tmp / "config.json", lambda f: f.write(config_json))
-        _files.write_new(tmp / _WEIGHTS, lambda f: write_weights(f, state, metadata))
+        _files.write_new(tmp / _WEIGHTS, lambda f: _files.write_weights(f, state, metadata))
         if tokenizer_json is not None:
             _files.write_new(tmp / "tokenizer.json", lambda f: f.write(tokenizer_json))
         mark = (json.dumps(_MARK, indent=2) + "\n").encode("utf-8")
@@ -186,41 +186,21 @@ def _write_model(model: nn.Module, given: Path, tokenizer) -> None:
         if target.is_dir() and any(target.iterdir()):  # checked above: only save_model's files
             # two renames: killed between them, the next start renames the old folder back
             # (_files.remove_stale_tmp); failing between them, it is renamed back below
-            old = _files.tmp_path(target, "old")
-            _files.clear_leftover(old, _files.MODEL_FILES)
-            os.replace(target, old)
-            set_aside = old
-            os.replace(tmp, target)
-            set_aside = None
+            old = _files.set_aside(target)
+        os.replace(tmp, target)  # a rename replaces an empty folder, or makes a new one
+        if old is not None:
             _files.remove_folder(old)
-        else:  # new, or an empty folder (rename replaces an empty folder)
-            os.replace(tmp, target)
     except BaseException as err:
-        if set_aside is not None and not os.path.lexists(target):
-            with contextlib.suppress(OSError):
-                os.replace(set_aside, target)
-        if tmp.is_dir() and not tmp.is_symlink():
-            _files.remove_folder(tmp)
+        with contextlib.suppress(OSError):
+            if old is not None and not os.path.lexists(target):
+                os.replace(old, target)
+            for folder in (tmp, old):
+                if folder is not None and folder.is_dir() and not folder.is_symlink():
+                    _files.remove_folder(folder)
         if isinstance(err, OSError) and err.errno is not None:
             raise _files.write_error(target, err) from None
         raise
     _files.fsync_dir(target.parent)
-
-
-def _read_weights(file: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file, checked against the checksum ``save_model`` stores (when present)."""
-    metadata, state = _files.read_safetensors(
-        file,
-        f"load_model: {str(file)!r} is not a readable safetensors file",
-        "; it is truncated or damaged: save the model again or restore the file",
-    )
-    expected = metadata.get(_CHECKSUM)
-    if expected is not None and _files.content_sha256(state) != expected:
-        raise ValueError(
-            f"load_model: {str(file)!r} fails its checksum: the weights changed after save_model wrote them; "
-            "save the model again or restore the file"
-        )
-    return state
 
 
 def load_model(directory: str | os.PathLike, *, device: str | torch.device | None = None):
@@ -236,7 +216,7 @@ def load_model(directory: str | os.PathLike, *, device: str | torch.device | Non
 
     path = Path(directory)
     config, tensorized, weights = checked_folder(path)
-    state = base_names(_read_weights(weights))
+    state = base_names(read_weights(weights))
     model: Any = GPT2LMHeadModel(config)
     if tensorized is not None:
         tensorized.apply(model)

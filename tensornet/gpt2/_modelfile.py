@@ -7,14 +7,11 @@ memory the model needs.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import re
-import struct
-import sys
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 
@@ -27,62 +24,36 @@ _CHECKSUM = "tensornet.sha256"  # safetensors metadata key: SHA-256 of the tenso
 _PICKLE_WEIGHTS = ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")
 
 
-_DTYPE_CODES = {  # torch dtype name -> safetensors code
-    **{f"float{n}": f"F{n}" for n in (16, 32, 64)},
-    **{f"int{n}": f"I{n}" for n in (8, 16, 32, 64)},
-    **{"bfloat16": "BF16", "uint8": "U8", "bool": "BOOL"},
-}
-
-
-def write_weights(f: BinaryIO, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Write ``tensors`` (float, int, bool) to the open file ``f`` as safetensors, keys in sorted order.
-
-    Not ``safetensors.torch.save_file``: it writes the metadata keys in hash order, so the same model gives
-    different bytes from save to save, and a full disk raises its ``SafetensorError``, not an ``OSError`` naming
-    the file. A saved model is reproducible byte for byte (format: 8-byte header length, JSON header of dtypes,
-    shapes, byte ranges and ``__metadata__``, then the bytes).
-    """
-    if sys.byteorder != "little":
-        raise NotImplementedError(
-            "save_model: safetensors stores little-endian bytes; this host is big-endian"
-        )
-    header: dict[str, Any] = {}
-    offset = 0
-    for name in sorted(tensors):
-        t = tensors[name]
-        code = _DTYPE_CODES.get(str(t.dtype).removeprefix("torch."))
-        if code is None:
-            raise TypeError(f"save_model: {name} has dtype {t.dtype}, which save_model does not store")
-        size = t.numel() * t.element_size()
-        header[name] = {"dtype": code, "shape": list(t.shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    header["__metadata__"] = dict(sorted(metadata.items()))
-    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
-    f.write(struct.pack("<Q", len(raw)) + raw)
-    for name in sorted(tensors):
-        f.write(_files.tensor_bytes(tensors[name].detach().cpu()))
-
-
 # ---------------------------------------------------------------------------------- checks before building
 CONFIG_BYTES = 16 * 2**20  # the most a config.json may hold
-_HEADER_BYTES = 100 * 2**20  # safetensors' own limit on a header
 # (key, upper bound): integers GPT2Config reads, checked before anything is built
 _SIZES = {"vocab_size": 2**31 - 1, "n_positions": 2**20, "n_embd": 2**16, "n_layer": 1024, "n_head": 2**16}
-_PROBABILITIES = ("resid_pdrop", "embd_pdrop", "attn_pdrop", "summary_first_dropout")
-_FLAGS = (
-    "add_cross_attention",
-    "scale_attn_weights",
-    "scale_attn_by_inverse_layer_idx",
-    "reorder_and_upcast_attn",
-    "tie_word_embeddings",
-    "use_cache",
-)
-_ATTENTION = (None, "eager", "sdpa")  # what runs without optional packages
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+_TOKEN = (lambda v: v is None or (is_int(v) and v >= 0), "null or a token id >= 0")
+_FLAG = (lambda v: isinstance(v, bool), "true or false")
+_PROBABILITY = (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]")
+_ATTENTION = (
+    lambda v: v in (None, "eager", "sdpa"),
+    "null, 'eager' or 'sdpa' (what runs here without optional packages)",
+)
+_RULES = {  # key: (test, rule in words), for the keys config.json gives
+    "n_inner": (
+        lambda v: v is None or (is_int(v) and 1 <= v <= 2**20),
+        "null or an integer in [1, 1,048,576]",
+    ),
+    **dict.fromkeys(("bos_token_id", "eos_token_id", "pad_token_id"), _TOKEN),
+    **dict.fromkeys(("resid_pdrop", "embd_pdrop", "attn_pdrop", "summary_first_dropout"), _PROBABILITY),
+    "layer_norm_epsilon": (lambda v: _is_number(v) and v > 0, "a finite number > 0"),
+    "initializer_range": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    **dict.fromkeys(("add_cross_attention", "scale_attn_weights", "scale_attn_by_inverse_layer_idx"), _FLAG),
+    **dict.fromkeys(("reorder_and_upcast_attn", "tie_word_embeddings", "use_cache"), _FLAG),
+    **dict.fromkeys(("_attn_implementation", "attn_implementation"), _ATTENTION),
+}
 
 
 def memory_bytes(device: torch.device | str | None = None) -> int | None:
@@ -136,82 +107,48 @@ def _check_config(raw: Any, file: Path) -> dict[str, Any]:
             f"load_model: {str(file)!r} describes a {model_type!r} model; load_model reads GPT-2 folders"
         )
     defaults = GPT2Config()
-    sizes: dict[str, Any] = {}
+    sizes: dict[str, Any] = {"n_inner": raw.get("n_inner")}
     for key, top in _SIZES.items():
         value = raw.get(key, getattr(defaults, key))
         if not is_int(value) or not 1 <= value <= top:
             raise _bad(file, key, f"an integer in [1, {top:,}]", value)
         sizes[key] = value
-    inner = raw.get("n_inner")
-    if inner is not None and (not is_int(inner) or not 1 <= inner <= 2**20):
-        raise _bad(file, "n_inner", "null or an integer in [1, 1,048,576]", inner)
-    sizes["n_inner"] = inner
+    for key, (ok, rule) in _RULES.items():
+        if key in raw and not ok(raw[key]):
+            raise _bad(file, key, rule, raw[key])
     if sizes["n_embd"] % sizes["n_head"]:
         raise _bad(file, "n_head", f"a divisor of n_embd {sizes['n_embd']}", sizes["n_head"])
-    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        value = raw.get(key)
-        if value is not None and (not is_int(value) or value < 0):
-            raise _bad(file, key, "null or a token id >= 0", value)
-    for key in _PROBABILITIES:
-        value = raw.get(key, 0.0)
-        if not _is_number(value) or not 0 <= value <= 1:
-            raise _bad(file, key, "a number in [0, 1]", value)
-    for key, rule in (("layer_norm_epsilon", "a finite number > 0"), ("initializer_range", "a number >= 0")):
-        value = raw.get(key, getattr(defaults, key))
-        if not _is_number(value) or value < 0 or (key == "layer_norm_epsilon" and value == 0):
-            raise _bad(file, key, rule, value)
-    for key in _FLAGS:
-        if key in raw and not isinstance(raw[key], bool):
-            raise _bad(file, key, "true or false", raw[key])
     activation = raw.get("activation_function", "gelu_new")
     if not isinstance(activation, str) or activation not in ACT2FN:
         raise _bad(file, "activation_function", f"one of {sorted(ACT2FN)}", activation)
-    for key in ("_attn_implementation", "attn_implementation"):
-        if raw.get(key) not in _ATTENTION:
-            raise _bad(
-                file, key, "null, 'eager' or 'sdpa' (what runs here without optional packages)", raw[key]
-            )
     return sizes
 
 
+def _unreadable(file: Path) -> tuple[str, str]:
+    return (
+        f"load_model: {str(file)!r} is not a readable safetensors file",
+        "; it is truncated or damaged: save the model again or restore the file",
+    )
+
+
 def _read_header(file: Path) -> dict[str, tuple[int, ...]]:
-    """Tensor name -> shape from a safetensors file's header alone (8 bytes and a JSON object)."""
-
-    def damaged(why: str) -> ValueError:
-        return ValueError(
-            f"load_model: {str(file)!r} is not a readable safetensors file ({why}); it is truncated or "
-            "damaged: save the model again or restore the file"
-        )
-
+    """Tensor name -> shape from a safetensors file's header alone (no tensor is read)."""
     what = _files.not_a_file(file)
     if what is not None:
         raise ValueError(f"load_model: {str(file)!r} {what}; give a model folder with its weights file")
-    try:
-        with open(file, "rb") as f:
-            start = f.read(8)
-            if len(start) < 8:
-                raise damaged("shorter than a header")
-            (size,) = struct.unpack("<Q", start)
-            if size > _HEADER_BYTES:
-                raise damaged(f"a header of {size:,} bytes")
-            header = _files.parse_json(f.read(size))
-    except OSError as err:
-        raise ValueError(f"load_model: cannot read {str(file)!r} ({err.strerror or err})") from None
-    except ValueError as err:
-        if str(err).startswith("load_model:"):
-            raise
-        raise damaged(f"its header is not JSON: {err}") from None
-    if not isinstance(header, dict):
-        raise damaged("its header is not a JSON object")
-    shapes = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        shape = entry.get("shape") if isinstance(entry, dict) else None
-        if not (isinstance(shape, list) and all(is_int(n) and n >= 0 for n in shape)):
-            raise damaged(f"no shape for {name!r}")
-        shapes[name] = tuple(shape)
-    return shapes
+    return _files.read_safetensors(file, *_unreadable(file), shapes=True)[1]
+
+
+def read_weights(file: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, checked against the checksum ``save_model`` stores (when present)."""
+    metadata, state = _files.read_safetensors(file, *_unreadable(file))
+    expected = metadata.get(_CHECKSUM)
+    if expected is not None and _files.content_sha256(state) != expected:
+        raise ValueError(
+            f"load_model: {str(file)!r} fails its checksum: the weights changed after save_model wrote them; "
+            "save the model again or restore the file"
+        )
+    return state
 
 
 def _check_fit(

@@ -1,13 +1,12 @@
 """The file guarantees of ``save_model``/``load_model`` and of the application: nothing the user owns is lost.
 
-* atomic writes (:func:`atomic_write`, :func:`atomic_save`): a temporary ``.NAME.tmpPID`` next to the target,
-  created with ``O_EXCL | O_NOFOLLOW`` (never a planted file or symbolic link), flushed to disk and renamed
-  over the target with ``os.replace`` (a link at the target is replaced, never written through). Not
-  ``tempfile.mkstemp``: the writer's pid in the name tells a killed writer's leftover from a live writer's
-  file. Leftovers, and links planted under these names, are removed at the next start
-  (:func:`remove_stale_tmp`: only these names, only names the package writes in that folder); a folder set
-  aside as ``.NAME.oldPID`` by a ``save_model`` killed between its two renames is renamed back to NAME. A
-  NAME too long for the suffix within the file system's limit is shortened (its head and a hash);
+* atomic writes (:func:`atomic_write`, :func:`write_safetensors`): a new temporary file next to the target
+  (``open(..., "x")``: never a planted file or symbolic link), flushed to disk and renamed over the target
+  with ``os.replace`` (a link at the target is replaced, never written through). Its name
+  ``.NAME.XXXXXXXX.tmpPID`` (:func:`tmp_path`) fits the file system's limit whatever NAME's length; leftovers
+  of killed writers are removed at the next start (:func:`remove_stale_tmp`: only these names, only of names
+  the package writes in that folder), and a folder a ``save_model`` killed between its two renames had set
+  aside (``.NAME.XXXXXXXX.oldPID``) is renamed back to NAME;
 * checked reads: :func:`read_small_file` (a regular file of bounded size), :func:`parse_json`,
   :func:`read_safetensors` and :func:`content_sha256` (the SHA-256 the package stores with its tensors).
 """
@@ -21,20 +20,21 @@ import json
 import os
 import re
 import stat
+import struct
+import sys
+import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from secrets import token_hex
 from typing import Any, BinaryIO
 
 __all__ = [
     "MODEL_FILES",
     "MODEL_MARK",
     "NAME_MAX",
-    "PICKLE_NOTE",
-    "atomic_save",
     "atomic_write",
     "check_creatable",
     "check_name_length",
-    "clear_leftover",
     "content_sha256",
     "fsync_dir",
     "make_tmp_dir",
@@ -47,36 +47,27 @@ __all__ = [
     "remove_folder",
     "remove_stale_tmp",
     "restore_set_aside",
+    "set_aside",
     "tensor_bytes",
     "tmp_path",
     "tmp_stem",
     "write_error",
     "write_json",
     "write_new",
+    "write_safetensors",
+    "write_weights",
 ]
 
-PICKLE_NOTE = (
-    "pickle files are not loaded because unpickling can run arbitrary code; "
-    "start a new run (tensornet now writes checkpoint.safetensors)"
-)
-
-
 # --------------------------------------------------------------------------------------------- atomic writes
-_TMP = re.compile(r"^\.(?P<name>.+)\.(?P<tag>tmp|old)(?P<pid>\d+)$")
-# every file this package creates: a new entry only (O_EXCL), never through a symbolic link (O_NOFOLLOW)
-_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-TRIES = 8
+# ".NAME.XXXXXXXX.tmpPID" (or .oldPID): a random part, so no one can plant a file at the name ahead of time
+_TMP = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{8}\.(?P<tag>tmp|old)(?P<pid>\d+)$")
 NAME_MAX = 255  # bytes in one file name: Linux's and macOS's file systems (ext4, xfs, btrfs, tmpfs, APFS)
-# the longest NAME kept whole in ".NAME.tmpPID": the name limit less ".", ".tmp" and a pid of up to 7 digits
-_STEM_MAX = NAME_MAX - 12
+# the longest NAME kept whole in a temporary name: the limit less two dots, 8 hex digits, ".tmp", a 7-digit pid
+_STEM_MAX = NAME_MAX - 21
 
 
 def tmp_stem(name: str) -> str:
-    """``name``, or when it is too long to take the temporary suffix, its first bytes and a hash of all of it.
-
-    Every temporary name (``.STEM.tmpPID``, ``.STEM.oldPID``) then fits ``NAME_MAX`` bytes, and two long names
-    with a common head still get different temporary names.
-    """
+    """``name``, or when it is too long for a temporary name, its first bytes and a hash of all of it."""
     raw = os.fsencode(name)
     if len(raw) <= _STEM_MAX:
         return name
@@ -85,8 +76,12 @@ def tmp_stem(name: str) -> str:
 
 
 def tmp_path(path: Path, tag: str = "tmp") -> Path:
-    """``.NAME.tmpPID`` next to ``path``: the temporary name of every atomic write (NAME: :func:`tmp_stem`)."""
-    return path.with_name(f".{tmp_stem(path.name)}.{tag}{os.getpid()}")
+    """A new temporary name ``.NAME.XXXXXXXX.tmpPID`` next to ``path`` (NAME: :func:`tmp_stem`); nothing is created.
+
+    Not ``tempfile.mkstemp``: it creates files readable by their owner alone, where the user's umask should apply
+    as to any file they create; and the writer's pid in the name tells a killed writer's leftover from a live one's.
+    """
+    return path.with_name(f".{tmp_stem(path.name)}.{token_hex(4)}.{tag}{os.getpid()}")
 
 
 def check_name_length(path: Path, where: str) -> None:
@@ -111,15 +106,6 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def fsync_file(path: Path) -> None:
-    """Flush a file written by a library that takes a path (``safetensors.torch.save_file``) to disk."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def fsync_dir(folder: Path) -> None:
     """Flush a folder's entries (a rename) to disk, where the file system allows it."""
     with contextlib.suppress(OSError):  # not every file system lets a folder be opened and synced
@@ -128,31 +114,6 @@ def fsync_dir(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-def clear_leftover(path: Path, dir_files: Iterable[str] = ()) -> None:
-    """Make room at one of the package's own temporary names (``.NAME.tmpPID``/``.NAME.oldPID``).
-
-    The names are those of this process. A symbolic link there is unlinked (that never touches what it points
-    to), as is a regular file (a leftover of a killed writer that had this pid); a folder holding nothing but
-    ``dir_files`` (and their own leftovers) is emptied and removed. Anything else there is refused: nothing is
-    written through it.
-    """
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if stat.S_ISLNK(st.st_mode) or stat.S_ISREG(st.st_mode):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        return
-    names = set(dir_files)
-    if stat.S_ISDIR(st.st_mode) and names and _holds_only(path, names):
-        remove_folder(path)
-        return
-    raise FileExistsError(
-        f"cannot use the temporary name {str(path)!r}: something tensornet did not write is there; remove it"
-    )
 
 
 def remove_folder(folder: Path) -> None:
@@ -170,31 +131,29 @@ def plain_file(path: Path) -> bool:
         return False
 
 
-def create_file(path: Path, mode: int = 0o666) -> int:
-    """Open a new file at one of the package's temporary names for writing and return its descriptor.
-
-    It is created with ``O_CREAT | O_EXCL | O_NOFOLLOW``, so it is never a file someone planted there and
-    never written through a symbolic link. A leftover at the name is cleared first (see
-    :func:`clear_leftover`).
-    """
-    for _ in range(TRIES):
-        try:
-            return os.open(path, _CREATE, mode)
-        except FileExistsError:
-            clear_leftover(path)
-    raise FileExistsError(f"cannot create {str(path)!r}: something keeps re-creating it; remove it")
+def _claim(path: Path, tag: str, make: Callable[[Path], Any]) -> tuple[Path, Any]:
+    """``make(tmp)`` at a new temporary name next to ``path``; another name while one is taken (planted)."""
+    for _ in range(8):
+        tmp = tmp_path(path, tag)
+        with contextlib.suppress(FileExistsError):
+            return tmp, make(tmp)
+    raise FileExistsError(f"cannot create a temporary file next to {str(path)!r}: every name tried is taken")
 
 
-def make_tmp_dir(path: Path, dir_files: Iterable[str]) -> Path:
-    """Create the folder ``.NAME.tmpPID`` next to ``path`` (never through a link); return it."""
-    tmp = tmp_path(path)
-    for _ in range(TRIES):
-        try:
-            os.mkdir(tmp)
-            return tmp
-        except FileExistsError:
-            clear_leftover(tmp, dir_files)
-    raise FileExistsError(f"cannot create {str(tmp)!r}: something keeps re-creating it; remove it")
+def make_tmp_dir(path: Path, tag: str = "tmp") -> Path:
+    """Create a new, empty temporary folder next to ``path`` (:func:`tmp_path`) and return it."""
+    return _claim(path, tag, os.mkdir)[0]  # mkdir refuses an existing name, a symbolic link included
+
+
+def set_aside(path: Path) -> Path:
+    """Rename ``path`` to a new temporary name beside it (``.NAME.XXXXXXXX.oldPID``) and return that name."""
+
+    def move(aside: Path) -> None:
+        if os.path.lexists(aside):  # planted: never renamed over
+            raise FileExistsError(aside)
+        os.replace(path, aside)
+
+    return _claim(path, "old", move)[0]
 
 
 def write_error(path: Path, err: OSError) -> OSError:
@@ -208,9 +167,11 @@ def write_error(path: Path, err: OSError) -> OSError:
 
 
 def write_new(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Create ``path`` (see ``create_file``), ``write(f)`` to it and flush it to disk."""
-    fd = create_file(path)
-    with os.fdopen(fd, "wb") as f:
+    """Create ``path``, ``write(f)`` to it and flush it to disk.
+
+    ``open(path, "xb")`` is ``O_CREAT | O_EXCL``: a new file, never one planted there, never through a link.
+    """
+    with open(path, "xb") as f:
         write(f)
         f.flush()
         os.fsync(f.fileno())
@@ -220,34 +181,20 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """``write(f)`` to a new temporary file next to ``path``, flush it to disk, then rename it over ``path``.
 
     ``path`` is never half-written, and a symbolic link at ``path`` is replaced itself, never written through.
-    An ``OSError`` (a full disk) names ``path``.
+    An ``OSError`` (a full disk) names ``path``; the temporary file is removed.
     """
-    _replace(Path(path), lambda tmp: write_new(tmp, write))
-
-
-def atomic_save(path: Path, save: Callable[[str], object]) -> None:
-    """:func:`atomic_write` for a library that writes to a file name (``safetensors.torch.save_file``)."""
-
-    def fill(tmp: Path) -> None:
-        os.close(create_file(tmp))  # the name is claimed new (never a planted file or link), then filled
-        save(str(tmp))
-        fsync_file(tmp)
-
-    _replace(Path(path), fill)
-
-
-def _replace(path: Path, fill: Callable[[Path], object]) -> None:
-    tmp = tmp_path(path)
+    path, tmp = Path(path), None
     try:
-        fill(tmp)
+        tmp, f = _claim(path, "tmp", lambda p: open(p, "xb"))  # noqa: SIM115  (closed below)
+        with f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as err:
-        with contextlib.suppress(OSError):
-            if plain_file(tmp):
+        if tmp is not None:
+            with contextlib.suppress(OSError):
                 tmp.unlink()
-        wrapped = re.search(r"\(os error (\d+)\)", str(err))  # safetensors' SafetensorError on a failed write
-        if wrapped is not None and isinstance(err, Exception) and not isinstance(err, OSError):
-            err = OSError(int(wrapped[1]), os.strerror(int(wrapped[1])))
         if isinstance(err, OSError) and err.errno is not None:
             raise write_error(path, err) from None
         raise
@@ -318,17 +265,14 @@ def remove_stale_tmp(
     dir_files: Iterable[str] = (),
     live: bool,
 ) -> list[Path]:
-    """Remove ``.NAME.tmpPID`` / ``.NAME.oldPID`` leftovers in ``folder`` of names the package writes there.
+    """Remove the leftover temporary files and folders in ``folder`` of names the package writes there.
 
-    A NAME the package writes there is in ``names``, or matches it when it is a pattern (a cache folder's file
-    names).
-
-    ``live=True`` (the caller holds the folder's lock, so no writer can be alive) removes them whatever the
-    pid; otherwise only those whose process is gone. A symbolic link under such a name is always removed (the
-    package never creates one; unlinking it leaves what it points to alone). A leftover folder (an interrupted
-    ``save_model``) is removed only when it holds nothing but ``dir_files`` (and their own leftovers); an
-    ``.oldPID`` folder whose NAME is missing (``save_model`` killed between its two renames) is renamed back
-    to NAME instead: the folder it replaced comes back whole.
+    Those names are ``names``, or match it when it is a pattern (a cache folder's files). ``live=True`` (the
+    caller holds the folder's lock: no writer is alive) removes them whatever the pid in their name, otherwise
+    only those whose process is gone; a symbolic link there is always removed (never what it points to). A
+    folder (a killed ``save_model``) is touched only when it holds nothing but ``dir_files`` (and their
+    leftovers); a set-aside ``.old`` folder whose NAME is missing is renamed back to NAME: the folder it
+    replaced comes back whole.
     """
     owner = _owners(names)
     dir_files = set(dir_files)
@@ -366,7 +310,7 @@ def remove_stale_tmp(
 def restore_set_aside(path: Path, dir_files: Iterable[str]) -> bool:
     """Rename back the folder a killed ``save_model`` of ``path`` had set aside, when ``path`` is missing.
 
-    Only a ``.NAME.oldPID`` folder of a process that is gone, holding nothing but ``dir_files``. Returns whether
+    Only a set-aside folder of a process that is gone, holding nothing but ``dir_files``. Returns whether
     ``path`` was restored.
     """
     path = Path(path)
@@ -378,10 +322,8 @@ def restore_set_aside(path: Path, dir_files: Iterable[str]) -> bool:
 
 def probe_writable(folder: Path, where: str) -> None:
     """Create and remove a file in ``folder``: a permission or read-only file system shows up now."""
-    probe = tmp_path(folder / ".tensornet-probe")
     try:
-        os.close(create_file(probe))
-        probe.unlink()
+        tempfile.TemporaryFile(dir=folder).close()
     except OSError as err:
         raise PermissionError(
             f"{where}: cannot write in {str(folder)!r} ({err.strerror or err}); choose a writable folder"
@@ -440,17 +382,62 @@ def content_sha256(tensors: dict[str, Any], header: str = "") -> str:
     return digest.hexdigest()
 
 
-def read_safetensors(path: Path, unreadable: str, hint: str = "") -> tuple[dict, dict[str, Any]]:
-    """The metadata and tensors of a safetensors file; a malformed file raises ValueError ``unreadable (why)hint``."""
+_DTYPE_CODES = {  # torch dtype name -> safetensors code
+    **{f"float{n}": f"F{n}" for n in (16, 32, 64)},
+    **{f"int{n}": f"I{n}" for n in (8, 16, 32, 64)},
+    **{"bfloat16": "BF16", "uint8": "U8", "bool": "BOOL"},
+}
+
+
+def write_weights(f: BinaryIO, tensors: dict[str, Any], metadata: dict[str, str]) -> None:
+    """Write torch ``tensors`` (float, int, bool) to the open file ``f`` as safetensors, keys in sorted order.
+
+    Not ``safetensors.torch.save_file``: it writes the metadata keys in hash order, so the same model gives
+    different bytes from save to save, and a full disk raises its ``SafetensorError``, not an ``OSError`` naming
+    the file. Format: 8-byte header length, JSON header of dtypes, shapes, byte ranges and ``__metadata__``,
+    then the bytes.
+    """
+    if sys.byteorder != "little":
+        raise NotImplementedError("safetensors stores little-endian bytes; this host is big-endian")
+    header: dict[str, Any] = {}
+    offset = 0
+    for name in sorted(tensors):
+        t = tensors[name]
+        code = _DTYPE_CODES.get(str(t.dtype).removeprefix("torch."))
+        if code is None:
+            raise TypeError(f"{name} has dtype {t.dtype}, which tensornet does not store")
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": code, "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    header["__metadata__"] = dict(sorted(metadata.items()))
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
+    f.write(struct.pack("<Q", len(raw)) + raw)
+    for name in sorted(tensors):
+        f.write(tensor_bytes(tensors[name].detach().cpu()))
+
+
+def write_safetensors(path: Path, tensors: dict[str, Any], metadata: dict[str, str]) -> None:
+    """Atomically write ``tensors`` and ``metadata`` as a safetensors file (:func:`write_weights`)."""
+    atomic_write(Path(path), lambda f: write_weights(f, tensors, metadata))
+
+
+def read_safetensors(
+    path: Path, unreadable: str, hint: str = "", *, shapes: bool = False
+) -> tuple[dict, dict[str, Any]]:
+    """The metadata and tensors (``shapes``: their shapes alone, from the header) of a safetensors file.
+
+    A malformed file raises ValueError ``unreadable (why)hint``.
+    """
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118  (safe_open is not a mapping)
+            names = list(f.keys())  # safe_open is not a mapping
+            read = (lambda k: tuple(f.get_slice(k).get_shape())) if shapes else f.get_tensor
+            return f.metadata() or {}, {k: read(k) for k in names}
     except Exception as err:  # safetensors raises its own error type for every malformed file
         raise ValueError(f"{unreadable} ({type(err).__name__}: {err}){hint}") from None
-    return metadata, tensors
 
 
 MODEL_MARK = "tensornet-model.json"  # save_model's mark: --overwrite replaces only folders that carry it

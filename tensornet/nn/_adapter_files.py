@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import itertools
 import json
 import math
 import os
-import secrets
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +13,7 @@ import torch
 from torch import nn
 
 import tensornet
+from tensornet._files import digest, write_atomic
 
 from ._adapter import TTAdapter, _found, adapter_state_dict, adapters
 from ._linear import TTMLinear
@@ -24,10 +22,6 @@ __all__ = ["load_adapter", "save_adapter"]
 
 _KEY = "tensornet_adapter"
 _FORMAT_VERSION = 1
-
-
-def _digest(tensor: torch.Tensor) -> str:
-    return hashlib.sha256(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
 def save_adapter(path: str | os.PathLike[str], model: nn.Module, *, overwrite: bool = False) -> Path:
@@ -84,22 +78,13 @@ def save_adapter(path: str | os.PathLike[str], model: nn.Module, *, overwrite: b
             "out_features": adapter.delta.out_features,
             "core_shapes": [list(s) for s in adapter.delta.core_shapes],
             "scaling": adapter.scaling,
-            "sha256": _digest(tensors[key]),
+            "sha256": digest(tensors[key]),
         }
     from safetensors.torch import save  # lazily: safetensors comes with transformers, not with tensornet
 
-    data = save(tensors, metadata={_KEY: json.dumps(header)})
-    temp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        with open(temp, "xb") as handle:
-            handle.write(data)
-        if overwrite:
-            os.replace(temp, target)
-        else:
-            os.link(temp, target)  # refuses a name created since the check above
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
+    write_atomic(
+        target, save(tensors, metadata={_KEY: json.dumps(header)}), overwrite=overwrite, fn="save_adapter"
+    )
     return target
 
 
@@ -127,7 +112,7 @@ def _read(fn: str, path: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     for name, entry in header["adapters"].items():
         tensor = tensors.get(f"{name}.delta.packed_cores")
         size = sum(a * b * c * d for a, b, c, d in entry["core_shapes"])
-        if tensor is None or tensor.numel() != size or _digest(tensor) != entry["sha256"]:
+        if tensor is None or tensor.numel() != size or digest(tensor) != entry["sha256"]:
             raise ValueError(f"{fn}: {path}: the cores of {name} are missing or damaged (size or checksum)")
     return header, tensors
 

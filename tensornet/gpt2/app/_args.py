@@ -300,7 +300,7 @@ def _train_parser(sub) -> None:
         "train",
         "pre-train one GPT-2 (dense, TTM or low-rank), with checkpoints and DDP",
         "Pre-train GPT-2 from scratch. Under torchrun it uses DDP (nccl on GPU, gloo on CPU). bf16 "
-        "autocast on GPU. Writes checkpoint.safetensors, log.jsonl (one line per step and evaluation; after "
+        "autocast on GPU. Writes checkpoint.pt, log.jsonl (one line per step and evaluation; after "
         "--resume the same as an uninterrupted run's) and, when done, a model/ folder loadable with "
         "tensornet.gpt2.load_model.",
     )
@@ -336,7 +336,7 @@ def _train_parser(sub) -> None:
     g.add_argument(
         "--resume",
         action="store_true",
-        help="continue exactly from --out/checkpoint.safetensors: every setting the log depends on must be the "
+        help="continue exactly from --out/checkpoint.pt: every setting the log depends on must be the "
         "run's (flags, device, processes, --threads), so that the log equals an uninterrupted run's",
     )
     stop = "stop (with a checkpoint) after STEP steps, STEP <= 10**9; continue later with --resume"

@@ -1,30 +1,35 @@
-"""What is in the GPT-2 adapter's files, treated as data only (nothing is unpickled).
+"""The application's files, read as data only.
 
-The files are:
-
-* checkpoints: one safetensors file holding every tensor, with the rest of the structure (step, history,
-  optimizer settings, Python's RNG state, ...) as a JSON skeleton in its metadata and a SHA-256 over the
-  skeleton and every tensor's name, dtype, shape and bytes, verified on load;
-* token files: the train and validation token ids, with their SHA-256.
-
-Every file is written through ``_files.atomic_save``.
+* checkpoints: ``torch.save`` of the payload with its format, version and a SHA-256 over every value, read by
+  ``torch.load(weights_only=True)``: an allow-list unpickler that builds tensors and plain values, never code.
+  What is read back is checked by type and range (:func:`check_layout`) before anything uses it;
+* token files: the train and validation token ids as safetensors, with their SHA-256.
 """
 
 from __future__ import annotations
 
-import json
-import math
+import hashlib
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..files import atomic_save, content_sha256, not_a_file, parse_json, read_safetensors
+from ..files import (
+    atomic_write,
+    content_sha256,
+    not_a_file,
+    read_safetensors,
+    tensor_bytes,
+    write_safetensors,
+)
+
+__all__ = ["load_checkpoint", "load_token_file", "read_safetensors", "save_checkpoint", "save_tensors"]
 
 CHECKPOINT_FORMAT = "tensornet-checkpoint"
-CHECKPOINT_VERSION = 1
-INT64 = (-(2**63), 2**63 - 1)
+CHECKPOINT_VERSION = 2  # 1: safetensors with a JSON skeleton (never released)
+INT64 = 2**63 - 1
 
 
 class Malformed(ValueError):
@@ -33,157 +38,65 @@ class Malformed(ValueError):
 
 def shown(value: Any) -> str:
     """``value`` in a message: itself when short, else its kind (an integer of 400 digits is not printed)."""
-    if isinstance(value, int) and not isinstance(value, bool) and len(str(abs(value))) > 20:
-        return f"an integer of {len(str(abs(value)))} digits"
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
     if isinstance(value, (list, tuple, dict)):
         return f"a {type(value).__name__} of {len(value)}"
     text = repr(value)
     return text if len(text) <= 60 else f"{text[:57]}..."
 
 
-def _encode(obj: Any, tensors: dict[str, torch.Tensor], seen: dict[tuple, str]) -> Any:
-    if isinstance(obj, torch.Tensor):
-        t = obj.detach()
-        key = (
-            t.device,
-            t.untyped_storage().data_ptr(),
-            t.storage_offset(),
-            tuple(t.shape),
-            t.stride(),
-            t.dtype,
-        )
-        if t.numel() and key in seen:  # the same tensor twice (tied weights): stored once
-            return {"$tensor": seen[key]}
-        name = f"t{len(tensors)}"
-        tensors[name] = t.cpu().contiguous()
-        if t.numel():
-            seen[key] = name
-        return {"$tensor": name}
-    if obj is None or isinstance(obj, (bool, int, str)):
-        return obj
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else {"$float": repr(obj)}
-    if isinstance(obj, tuple):
-        return {"$tuple": [_encode(v, tensors, seen) for v in obj]}
-    if isinstance(obj, list):
-        return [_encode(v, tensors, seen) for v in obj]
-    if isinstance(obj, dict):
-        if all(isinstance(k, str) and not k.startswith("$") for k in obj):
-            return {k: _encode(v, tensors, seen) for k, v in obj.items()}
-        return {"$dict": [[_encode(k, tensors, seen), _encode(v, tensors, seen)] for k, v in obj.items()]}
-    raise TypeError(f"save_checkpoint: cannot store a {type(obj).__name__} ({obj!r:.80}) in a checkpoint")
+def payload_sha256(payload: Any) -> str:
+    """SHA-256 over every value of ``payload``: containers' kinds and sizes, scalars, tensors' dtype, shape, bytes."""
+    digest = hashlib.sha256()
 
+    def visit(obj: Any) -> None:
+        if isinstance(obj, torch.Tensor):
+            digest.update(f"T{obj.dtype}{tuple(obj.shape)}".encode())
+            digest.update(tensor_bytes(obj.detach().cpu()))
+        elif isinstance(obj, (dict, list, tuple)):
+            digest.update(f"{type(obj).__name__}{len(obj)}".encode())
+            for item in obj.items() if isinstance(obj, dict) else obj:
+                visit(item)
+        else:  # hex: an integer of any size, without str()'s digit limit
+            digest.update(f"{type(obj).__name__}:{hex(obj) if isinstance(obj, int) else repr(obj)};".encode())
 
-def _decode(obj: Any, tensors: dict[str, Any], used: set[str], at: str = "") -> Any:
-    """The inverse of :func:`_encode` on a parsed skeleton that may hold anything JSON does.
-
-    Raises :class:`Malformed` naming where the first value no encoder writes is: an unknown tag, a tensor
-    the file lacks, an integer outside int64, a dict key that is not a scalar or a tuple of scalars.
-    """
-    where = at or "the skeleton"
-    if isinstance(obj, list):
-        return [_decode(v, tensors, used, f"{at}[{i}]") for i, v in enumerate(obj)]
-    if isinstance(obj, int) and not isinstance(obj, bool) and not INT64[0] <= obj <= INT64[1]:
-        raise Malformed(f"{where} must be an integer of int64, got {shown(obj)}")
-    if not isinstance(obj, dict):
-        return obj
-    tag, value = next(iter(obj.items())) if len(obj) == 1 else ("", None)
-    if tag == "$tensor":
-        if not (isinstance(value, str) and value in tensors):
-            raise Malformed(f"{where} must be a tensor of the file, got {shown(value)}")
-        used.add(value)
-        return tensors[value]
-    if tag == "$float":
-        if value not in ("nan", "inf", "-inf"):
-            raise Malformed(f"{where} must be nan, inf or -inf, got {shown(value)}")
-        return float(value)
-    if tag == "$tuple" and isinstance(value, list):
-        return tuple(_decode(v, tensors, used, f"{at}[{i}]") for i, v in enumerate(value))
-    if tag == "$dict" and isinstance(value, list) and all(isinstance(p, list) and len(p) == 2 for p in value):
-        out = {}
-        for i, (k, v) in enumerate(value):
-            key = _decode(k, tensors, used, f"{where} key {i}")
-            parts = key if isinstance(key, tuple) else (key,)
-            if not all(p is None or isinstance(p, (bool, int, float, str)) for p in parts):
-                raise Malformed(f"{where} key {i} must be a scalar or a tuple of scalars, got {shown(key)}")
-            out[key] = _decode(v, tensors, used, f"{at}[{key!r}]")
-        return out
-    if any(k.startswith("$") for k in obj):
-        raise Malformed(f"{where} has an unknown or malformed tag {next(iter(obj))[:40]!r}")
-    return {k: _decode(v, tensors, used, f"{at}.{k}" if at else k) for k, v in obj.items()}
-
-
-# safetensors' dtype codes (a file's header) -> torch dtypes, for the outline's meta tensors
-_DTYPE_OF_CODE = {
-    code: getattr(torch, name)
-    for code, name in (
-        ("F64", "float64"),
-        ("F32", "float32"),
-        ("F16", "float16"),
-        ("BF16", "bfloat16"),
-        ("I64", "int64"),
-        ("I32", "int32"),
-        ("I16", "int16"),
-        ("I8", "int8"),
-        ("U8", "uint8"),
-        ("BOOL", "bool"),
-        ("U16", "uint16"),
-        ("U32", "uint32"),
-        ("U64", "uint64"),
-        ("F8_E4M3", "float8_e4m3fn"),
-        ("F8_E5M2", "float8_e5m2"),
-    )
-    if hasattr(torch, name)
-}
-
-
-def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Atomically write ``tensors`` and ``metadata`` as a safetensors file (``safetensors.torch.save_file``)."""
-    from safetensors.torch import save_file
-
-    stored, seen = {}, set()
-    for name, t in tensors.items():
-        t = t.detach().cpu().contiguous()
-        ptr = t.untyped_storage().data_ptr()
-        stored[name] = t.clone() if t.numel() and ptr in seen else t  # save_file refuses shared memory
-        seen.add(ptr)
-    tensors = stored
-    atomic_save(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    visit(payload)
+    return digest.hexdigest()
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
-    """Write ``payload`` to one safetensors file, atomically.
-
-    ``payload``: nested dicts/lists/tuples of tensors, numbers, strings, None.
-    """
-    tensors: dict[str, torch.Tensor] = {}
-    skeleton = json.dumps(_encode(payload, tensors, {}), separators=(",", ":"), allow_nan=False)
-    header = f"{CHECKPOINT_FORMAT}\n{CHECKPOINT_VERSION}\n{skeleton}"
-    metadata = {
+    """Write ``payload`` (dicts, lists, tuples of tensors, numbers, strings, None) atomically with its SHA-256."""
+    record = {
         "format": CHECKPOINT_FORMAT,
-        "version": str(CHECKPOINT_VERSION),
-        "skeleton": skeleton,
-        "sha256": content_sha256(tensors, header),
+        "version": CHECKPOINT_VERSION,
+        "sha256": payload_sha256(payload),
+        "payload": payload,
     }
-    write_safetensors(path, tensors, metadata)
+    atomic_write(Path(path), lambda f: torch.save(record, f))
 
 
-def _open_error(path: Path, where: str, err: Exception) -> ValueError:
-    if isinstance(err, Malformed):
-        return ValueError(
-            f"{where}: {str(path)!r} is not a checkpoint tensornet wrote: {err}; it is damaged or crafted: "
-            "restore it or start a new run"
-        )
+def _unreadable(path: Path, where: str, why: str) -> ValueError:
     return ValueError(
-        f"{where}: {str(path)!r} is not a readable checkpoint ({type(err).__name__}: {err}); it is truncated "
-        "or damaged: restore it or start a new run"
+        f"{where}: {str(path)!r} is not a readable checkpoint ({why}); it is truncated, damaged or not "
+        "tensornet's: restore it or start a new run"
     )
 
 
-def checkpoint_metadata(path: Path, where: str = "load_checkpoint") -> dict:
-    """The checked header of a checkpoint (format, version) and its parsed skeleton, without the tensors."""
-    from safetensors import safe_open
+def load_checkpoint(
+    path: Path,
+    where: str = "load_checkpoint",
+    check: Callable[[dict], None] | None = None,
+    *,
+    verify: bool = True,
+) -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint`: its format, version, layout and checksum.
 
+    The payload is passed to ``check`` (raising :class:`Malformed` for a value of the wrong type or range)
+    before the checksum is verified; ``verify=False`` skips the checksum and maps the file instead of reading
+    it (the cheap checks before a run). Every problem is a ValueError naming the file (FileNotFoundError when
+    there is none).
+    """
     path = Path(path)
     what = not_a_file(path)
     if what == "does not exist":
@@ -191,111 +104,153 @@ def checkpoint_metadata(path: Path, where: str = "load_checkpoint") -> dict:
     if what is not None:
         raise ValueError(f"{where}: the checkpoint {str(path)!r} {what}; restore the file or start a new run")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-    except Exception as err:  # safetensors raises its own error type for every malformed file
-        raise _open_error(path, where, err) from None
-    if metadata.get("format") != CHECKPOINT_FORMAT:
+        record = torch.load(str(path), map_location="cpu", weights_only=True, mmap=not verify)
+    except Exception as err:  # torch raises several types for a file that is no torch archive
+        why = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        if isinstance(err, pickle.UnpicklingError):  # torch's message suggests weights_only=False
+            why = "it holds objects other than tensors and plain values, which are never unpickled"
+        raise _unreadable(path, where, why) from None
+    if not isinstance(record, dict) or record.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
-            f"{where}: {str(path)!r} is not a tensornet checkpoint (its format tag is "
-            f"{metadata.get('format')!r}); point --out at the run folder that wrote it"
+            f"{where}: {str(path)!r} is not a tensornet checkpoint (no {CHECKPOINT_FORMAT!r} format tag); point "
+            "--out at the run folder that wrote it"
         )
-    if metadata.get("version") != str(CHECKPOINT_VERSION):
+    if record.get("version") != CHECKPOINT_VERSION:
         raise ValueError(
-            f"{where}: {str(path)!r} is checkpoint format version {metadata.get('version')!r}; this tensornet "
+            f"{where}: {str(path)!r} is checkpoint format version {shown(record.get('version'))}; this tensornet "
             f"reads version {CHECKPOINT_VERSION}: resume it with the tensornet that wrote it"
         )
+    payload = record.get("payload")
     try:
-        skeleton = parse_json(metadata.get("skeleton", ""))
-    except ValueError as err:
-        raise _open_error(path, where, err) from None
-    return {"metadata": metadata, "skeleton": skeleton}
-
-
-def _decode_payload(
-    path: Path,
-    where: str,
-    skeleton: Any,
-    tensors: dict[str, torch.Tensor],
-    check: Callable[[dict], None] | None,
-) -> dict:
-    """The skeleton decoded, holding every tensor of the file, and then ``check``-ed (types and ranges)."""
-    used: set[str] = set()
-    try:
-        payload = _decode(skeleton, tensors, used)
-        if used != set(tensors) or not isinstance(payload, dict):
-            raise Malformed("skeleton and tensors disagree")
+        if not isinstance(payload, dict):
+            raise Malformed(f"the payload must be an object, got {shown(payload)}")
         if check is not None:
             check(payload)
-    except RecursionError:
-        raise _open_error(path, where, Malformed("the skeleton is nested too deeply")) from None
+        same = not verify or payload_sha256(payload) == record.get("sha256")
     except Malformed as err:
-        raise _open_error(path, where, err) from None
-    return payload
-
-
-def checkpoint_outline(
-    path: Path, where: str = "load_checkpoint", check: Callable[[dict], None] | None = None
-) -> dict:
-    """The checkpoint's structure with every tensor as a ``meta`` tensor of its stored shape and dtype.
-
-    Read from the header alone (no tensor data, no checksum): cheap checks before the real load. The decoded
-    payload is passed to ``check``, which raises :class:`Malformed` for a value of the wrong type or range:
-    a ValueError naming the file and where the value is.
-    """
-    from safetensors import safe_open
-
-    path = Path(path)
-    head = checkpoint_metadata(path, where)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            tensors = {}
-            for name in f.keys():  # noqa: SIM118  (safe_open is not a mapping)
-                part = f.get_slice(name)
-                dtype = _DTYPE_OF_CODE.get(part.get_dtype())
-                if dtype is None:
-                    raise ValueError(f"tensor {name} has dtype {part.get_dtype()}")
-                tensors[name] = torch.empty(part.get_shape(), dtype=dtype, device="meta")
-    except Exception as err:  # safetensors raises its own error type for every malformed file
-        raise _open_error(path, where, err) from None
-    return _decode_payload(path, where, head["skeleton"], tensors, check)
-
-
-def load_checkpoint(
-    path: Path, where: str = "load_checkpoint", check: Callable[[dict], None] | None = None
-) -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint`, verifying its format and checksum.
-
-    The payload is passed to ``check`` after the checksum is verified (see :func:`checkpoint_outline`).
-    """
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    head = checkpoint_metadata(path, where)
-    metadata = head["metadata"]
-    try:
-        tensors = load_file(str(path))
-    except Exception as err:
-        raise _open_error(path, where, err) from None
-    header = f"{CHECKPOINT_FORMAT}\n{CHECKPOINT_VERSION}\n{metadata['skeleton']}"
-    if content_sha256(tensors, header) != metadata.get("sha256"):
+        raise ValueError(
+            f"{where}: {str(path)!r} is not a checkpoint tensornet wrote: {err}; it is damaged or crafted: "
+            "restore it or start a new run"
+        ) from None
+    except RecursionError:
+        raise _unreadable(path, where, "it is nested too deeply") from None
+    if not same:
         raise ValueError(
             f"{where}: {str(path)!r} fails its checksum: the file was damaged after it was written; "
             "nothing was resumed. Restore it from a copy or start a new run"
         )
-    return _decode_payload(path, where, head["skeleton"], tensors, check)
+    return payload
 
 
-# ----------------------------------------------------------------------------------------------- run folder
+# -------------------------------------------------------------------------- the training checkpoint's layout
+_PARAM_ID = 2**31
 
 
+def _need(ok: bool, at: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise Malformed(f"{at} must be {rule}, got {shown(value)}")
+
+
+def _is_int(value: Any, lo: int = 0, hi: int = INT64) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+
+
+def _is_float(value: Any) -> bool:
+    return isinstance(value, float) or _is_int(value, -INT64 - 1)
+
+
+def _keys(value: Any, at: str, keys: set[str], optional: frozenset[str] = frozenset()) -> None:
+    ok = isinstance(value, dict) and keys <= set(value) <= keys | optional
+    _need(ok, at, f"an object of {', '.join(sorted(keys))}", value)
+
+
+def _shallow(value: Any, depth: int = 0) -> bool:
+    """Nested at most 64 deep (what the comparison of signatures recurses through)."""
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    return depth <= 64 and all(_shallow(item, depth + 1) for item in items)
+
+
+def check_layout(ckpt: dict) -> None:
+    """Every value of a training checkpoint (what ``_Run.checkpoint`` writes) has its type and range.
+
+    Raises :class:`Malformed` naming the first that has not (``rng.python[1][5] must be a 32-bit word``). The
+    ranges that depend on the run (the step against ``--steps``, the shapes) are ``_resume``'s.
+
+    Cost: one pass over the values (the tensors' data is not read).
+    """
+    _keys(ckpt, "the checkpoint", {"model", "optimizer", "step", "history", "rng", "signature"})
+    _need(isinstance(ckpt["model"], dict), "model", "an object", ckpt["model"])
+    for name, value in ckpt["model"].items():
+        ok = isinstance(name, str) and isinstance(value, torch.Tensor)
+        _need(ok, f"model[{shown(name)}]", "a tensor", value)
+    _check_optimizer(ckpt["optimizer"])
+    _need(_is_int(ckpt["step"]), "step", "an integer >= 0", ckpt["step"])
+    _keys(ckpt["history"], "history", {"loss", "val"})
+    loss, val = ckpt["history"]["loss"], ckpt["history"]["val"]
+    _need(isinstance(loss, list) and isinstance(val, list), "history", "two lists", ckpt["history"])
+    for i, value in enumerate(loss):
+        _need(_is_float(value), f"history.loss[{i}]", "a number", value)
+    for i, pair in enumerate(val):
+        ok = isinstance(pair, tuple) and len(pair) == 2 and _is_int(pair[0]) and _is_float(pair[1])
+        _need(ok, f"history.val[{i}]", "a (step, loss) pair", pair)
+    _check_rng(ckpt["rng"])
+    sig = ckpt["signature"]
+    _need(isinstance(sig, dict) and _shallow(sig), "signature", "an object nested at most 64 deep", sig)
+
+
+def _check_optimizer(opt: Any) -> None:
+    """AdamW's ``state_dict()``: per-parameter states of tensors and numbers, and groups of parameter ids."""
+    _keys(opt, "optimizer", {"state", "param_groups"})
+    state, groups = opt["state"], opt["param_groups"]
+    _need(isinstance(state, dict), "optimizer.state", "an object", state)
+    for key, entry in state.items():
+        at = f"optimizer.state[{shown(key)}]"
+        _need(_is_int(key, 0, _PARAM_ID) and isinstance(entry, dict), at, "a parameter id's state", key)
+        for name, value in entry.items():
+            ok = isinstance(name, str) and (isinstance(value, torch.Tensor) or _is_float(value))
+            _need(ok, f"{at}[{shown(name)}]", "a tensor or a number", value)
+    _need(isinstance(groups, list), "optimizer.param_groups", "a list", groups)
+    for i, group in enumerate(groups):
+        at = f"optimizer.param_groups[{i}]"
+        ok = isinstance(group, dict) and isinstance(group.get("params"), list)
+        _need(ok, at, "an object with params", group)
+        _need(_shallow(group), at, "an object nested at most 64 deep", group)
+        for j, value in enumerate(group["params"]):
+            _need(_is_int(value, 0, _PARAM_ID), f"{at}.params[{j}]", "a parameter id in [0, 2**31]", value)
+
+
+def _check_rng(rng: Any) -> None:
+    """The RNG states: torch's (a tensor), CUDA's (tensors), Python's (version 3, 625 words, the spare gauss)."""
+    _keys(rng, "rng", {"torch", "python"}, frozenset({"cuda"}))
+    own = torch.get_rng_state()
+    ok = isinstance(rng["torch"], torch.Tensor) and (rng["torch"].dtype, rng["torch"].shape) == (
+        own.dtype,
+        own.shape,
+    )
+    _need(ok, "rng.torch", f"torch's RNG state ({own.numel()} bytes)", rng["torch"])
+    cuda = rng.get("cuda", [])
+    ok = isinstance(cuda, list) and all(isinstance(t, torch.Tensor) for t in cuda)
+    _need(ok, "rng.cuda", "tensors", cuda)
+    py = rng["python"]
+    ok = (
+        isinstance(py, tuple)
+        and len(py) == 3
+        and py[0] == 3
+        and isinstance(py[1], tuple)
+        and len(py[1]) == 625
+    )
+    _need(ok and (py[2] is None or _is_float(py[2])), "rng.python", "Python's random state (version 3)", py)
+    for i, word in enumerate(py[1]):
+        _need(_is_int(word, 0, 624 if i == 624 else 2**32 - 1), f"rng.python[1][{i}]", "a 32-bit word", word)
+
+
+# ------------------------------------------------------------------------------------------------ token files
 def save_tensors(
     path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
 ) -> None:
     """Atomically write ``tensors`` as safetensors with their SHA-256 (and ``metadata``) in the metadata."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    record = {**(metadata or {}), "sha256": content_sha256(tensors)}
-    write_safetensors(path, tensors, record)
+    write_safetensors(path, tensors, {**(metadata or {}), "sha256": content_sha256(tensors)})
 
 
 def load_token_file(
@@ -303,9 +258,9 @@ def load_token_file(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(train, val)`` int64 token ids from a safetensors token file, checked.
 
-    The file must hold two 1-D integer tensors with ids in ``[0, vocab_size)`` and a matching checksum, and
-    its metadata must hold ``identity`` (what the tokens were built from) when given. Any problem raises
-    ValueError naming the file.
+    The file must hold two non-empty 1-D integer tensors with ids in ``[0, vocab_size)`` and a matching
+    checksum, and its metadata must hold ``identity`` (what the tokens were built from) when given. Any
+    problem raises ValueError naming the file.
     """
     metadata, tensors = read_safetensors(path, f"{where}: {str(path)!r} is not a readable token file")
     other = [key for key, value in (identity or {}).items() if metadata.get(key) != value]

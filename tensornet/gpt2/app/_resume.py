@@ -1,7 +1,7 @@
 """Exact resume: what a checkpoint must match, and the restore itself.
 
-A checkpoint must match the run's settings, the model and the optimizer; this is checked from its header
-before any data is loaded and again on the loaded tensors.
+A checkpoint must match the run's settings, the model and the optimizer: checked before any data is loaded
+(:func:`check_resume`, :func:`check_checkpoint_fits`) and again on the verified file (:func:`restore`).
 """
 
 from __future__ import annotations
@@ -18,11 +18,10 @@ from torch import nn
 
 from .. import files as _files
 from . import _checkpoint
+from ._checkpoint import check_layout
 from ._config import TrainConfig
-from ._layout import check_layout
 
-CHECKPOINT = "checkpoint.safetensors"
-LEGACY_CHECKPOINT = "checkpoint.pt"  # pickle, written by tensornet before 0.2: refused, never loaded
+CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
 # signature names that are not "--" + the name with dashes
 _FLAGS = {
@@ -51,23 +50,12 @@ def _flag(name: str) -> str:
 def signature(cfg: TrainConfig, extra: dict | None, runtime: dict | None = None) -> dict:
     """What must not change between a checkpoint and its resume: everything the log depends on.
 
-    That is the optimisation settings that shape the losses (with the compile mode: compiled steps round
-    differently) and the evaluation steps (``eval_every``, ``eval_at``: the log has a line per evaluation),
-    the caller's model/data description, and the ``runtime`` (:func:`runtime`: device type, processes, CPU
-    threads; each changes the order of floating-point sums). Not the checkpoint frequency, which the log does
-    not show. Settings that older checkpoints lack are left out at their old value (an eager run records no
-    compile mode, a run without low-rank factors no multiplier for them), so those checkpoints still resume.
+    That is the training settings but the checkpoint frequency (the log does not show it), the caller's
+    model/data description ``extra``, and the ``runtime`` (:func:`runtime`).
     """
     train_settings = asdict(cfg)
     train_settings.pop("checkpoint_every")
-    if train_settings["compile"] is None:
-        train_settings.pop("compile")
-    if train_settings["lowrank_lr_scale"] == 1.0:  # as runs from before the setting recorded it: absent
-        train_settings.pop("lowrank_lr_scale")
-    out = {"train": train_settings, **(extra or {})}
-    if runtime is not None:
-        out["runtime"] = runtime
-    return out
+    return {"train": train_settings, **(extra or {}), **({"runtime": runtime} if runtime is not None else {})}
 
 
 def runtime(device: torch.device | str, processes: int) -> dict:
@@ -81,24 +69,6 @@ def runtime(device: torch.device | str, processes: int) -> dict:
     if device.type == "cpu":
         out["threads"] = torch.get_num_threads()
     return out
-
-
-# entries a checkpoint written before they were recorded lacks: not compared for such a checkpoint
-_RECORDED_LATER_TRAIN = ("eval_every", "eval_at")
-
-
-def _with_later_entries(old: Any, new: dict) -> Any:
-    """``old`` with the entries it predates (the runtime, ``_RECORDED_LATER_TRAIN``) taken from ``new``."""
-    if not isinstance(old, dict):
-        return old
-    old = dict(old)
-    if "runtime" not in old and "runtime" in new:
-        old["runtime"] = new["runtime"]
-    then, now = old.get("train"), new.get("train")
-    if isinstance(then, dict) and isinstance(now, dict):
-        later = {k: now[k] for k in _RECORDED_LATER_TRAIN if k in now and k not in then}
-        old["train"] = {**then, **later}
-    return old
 
 
 # AdamW settings that shape the updates, and the flags that set them (eps and the rest are fixed by the code)
@@ -115,12 +85,7 @@ _OPTIMIZER_SETTINGS = {
 def _check_fits(
     path: Path, ckpt: dict, expected: dict, model: nn.Module, optimizer, cfg: TrainConfig
 ) -> None:
-    """Everything in ``ckpt`` that ``restore`` loads, against this run's ``expected`` signature and objects.
-
-    Checked: the signature, the step (at most ``cfg.steps``) and its history, the model's tensor names, shapes
-    and dtypes, the optimizer's groups (their AdamW settings must be this run's) and state shapes, the RNG
-    state. Works on the real tensors or on the header's ``meta`` tensors (``checkpoint_outline``).
-    """
+    """Everything in ``ckpt`` that ``restore`` loads, against this run's ``expected`` signature and objects."""
     mismatch = _signature_mismatch(path, ckpt["signature"], expected)
     if mismatch is not None:
         raise mismatch
@@ -128,7 +93,6 @@ def _check_fits(
         _history_fault(ckpt["step"], ckpt["history"], cfg),
         _model_fault(ckpt["model"], model),
         _optimizer_fault(ckpt["optimizer"], optimizer),
-        _rng_fault(ckpt["rng"]),
     ):
         if why is not None:
             raise ValueError(
@@ -197,14 +161,6 @@ def _optimizer_fault(opt: dict, optimizer: torch.optim.Optimizer) -> str | None:
     return None
 
 
-def _rng_fault(rng: dict) -> str | None:
-    """What is wrong with a checkpoint's torch RNG state (None: nothing); Python's is ``check_layout``'s."""
-    state = rng["torch"]
-    if state.dtype != torch.uint8 or state.shape != torch.get_rng_state().shape:
-        return "its random-number-generator states are not torch's and Python's"
-    return None
-
-
 def check_checkpoint_fits(
     out: str | os.PathLike,
     model: nn.Module,
@@ -215,18 +171,18 @@ def check_checkpoint_fits(
 ) -> int:
     """Before any tokens are loaded: check the checkpoint in ``out`` against this run; return its step.
 
-    The checkpoint's header (shapes and settings, no tensor data and no checksum) must fit ``model``,
-    ``optimizer`` and ``cfg``, and it must have been written by a run ``described`` so (its model and data)
-    and, when given, computing ``where`` (:func:`runtime`).
+    It must fit ``model``, ``optimizer`` and ``cfg`` and have been written by a run ``described`` so (its model
+    and data) and, when given, computing ``where`` (:func:`runtime`). The checksum is verified only when
+    something does not fit (damage, not a mismatch, is then what the error says).
     """
     path = Path(out) / CHECKPOINT
-    outline = _checkpoint.checkpoint_outline(path, "--resume", check_layout)
+    ckpt = _checkpoint.load_checkpoint(path, "--resume", check_layout, verify=False)
     try:
-        _check_fits(path, outline, signature(cfg, described, where), model, optimizer, cfg)
-    except ValueError:  # damage rather than a mismatch: the checksum says so
+        _check_fits(path, ckpt, signature(cfg, described, where), model, optimizer, cfg)
+    except ValueError:
         _checkpoint.load_checkpoint(path, "--resume", check_layout)
         raise
-    return int(outline["step"])
+    return int(ckpt["step"])
 
 
 def restore(
@@ -234,11 +190,11 @@ def restore(
 ) -> tuple[int, list[float], list[tuple[int, float]]]:
     """Load ``path`` into the model, optimizer and RNGs; return the step to continue from and the history.
 
-    The history is the training losses and evaluations. Everything is checked first: the ``expected``
-    signature and ``_check_fits``; the optimizer keeps this run's AdamW settings.
+    The file is verified and checked against the ``expected`` signature first; the optimizer keeps this run's
+    AdamW settings.
     """
     if not path.is_file():
-        check_resume(path.parent)  # raises the right message (none there, or an old pickle checkpoint)
+        check_resume(path.parent)  # raises the right message (none there, or not a file)
     ckpt = _checkpoint.load_checkpoint(path, "--resume", check_layout)
     _check_fits(path, ckpt, expected, model, optimizer, cfg)
     settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
@@ -291,7 +247,7 @@ def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 
 def _signature_mismatch(path: Path, old: Any, new: dict) -> ValueError | None:
-    diff = _diff(_with_later_entries(old, new), new)
+    diff = _diff(old, new)
     if not diff:
         return None
     more = f" (and {len(diff) - 5} more)" if len(diff) > 5 else ""
@@ -326,8 +282,8 @@ def _signature_mismatch(path: Path, old: Any, new: dict) -> ValueError | None:
 def check_resume(out: str | os.PathLike, cfg: TrainConfig | None = None, stop_at: int | None = None) -> None:
     """Cheap checks before any data is loaded: ``out`` holds a tensornet checkpoint this run can resume.
 
-    Checked: its format and version (the checksum is verified when ``train`` loads it), that it was written
-    with the same optimisation settings as ``cfg`` (when given), at a step not after ``stop_at``.
+    Checked: its format, version and layout (the checksum is verified when ``train`` loads it), that it was
+    written with the same training settings as ``cfg`` (when given), at a step not after ``stop_at``.
     """
     path = Path(out) / CHECKPOINT
     what = _files.not_a_file(path)
@@ -336,23 +292,24 @@ def check_resume(out: str | os.PathLike, cfg: TrainConfig | None = None, stop_at
             f"--resume: the checkpoint {str(path)!r} {what}; restore the file, or start the run over with "
             "--overwrite"
         )
-    if not path.is_file():
-        legacy = Path(out) / LEGACY_CHECKPOINT
-        if legacy.is_file():
-            raise ValueError(f"--resume: {str(legacy)!r} is a pickle checkpoint: {_files.PICKLE_NOTE}")
-        if (Path(out) / LOG).is_file():  # a run killed before its first checkpoint
-            raise FileNotFoundError(
-                f"--resume: no checkpoint at {str(path)!r}: the run there stopped before its first checkpoint, "
-                "so there is nothing to resume; run the same command without --resume to start it over"
+    if what is not None:
+        stopped = (Path(out) / LOG).is_file()  # a run killed before its first checkpoint
+        raise FileNotFoundError(
+            f"--resume: no checkpoint at {str(path)!r}"
+            + (
+                ": the run there stopped before its first checkpoint, so there is nothing to resume; run the "
+                "same command without --resume to start it over"
+                if stopped
+                else "; run without --resume to start"
             )
-        raise FileNotFoundError(f"--resume: no checkpoint at {str(path)!r}; run without --resume to start")
-    outline = _checkpoint.checkpoint_outline(path, "--resume", check_layout)
+        )
+    ckpt = _checkpoint.load_checkpoint(path, "--resume", check_layout, verify=False)
     if cfg is not None:
         now = {"train": signature(cfg, None)["train"]}
-        err = _signature_mismatch(path, {"train": outline["signature"].get("train")}, now)
+        err = _signature_mismatch(path, {"train": ckpt["signature"].get("train")}, now)
         if err is not None:
             raise err
-    if stop_at is not None and stop_at < outline["step"]:
+    if stop_at is not None and stop_at < ckpt["step"]:
         raise ValueError(
-            f"--stop-at {stop_at} is before the checkpoint's step {outline['step']} in {str(path)!r}"
+            f"--stop-at {stop_at} is before the checkpoint's step {ckpt['step']} in {str(path)!r}"
         )

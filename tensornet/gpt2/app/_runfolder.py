@@ -12,22 +12,13 @@ import os
 from pathlib import Path
 from typing import cast
 
-from ..files import (
-    MODEL_FILES,
-    PICKLE_NOTE,
-    check_creatable,
-    check_name_length,
-    parse_json,
-    probe_writable,
-    remove_stale_tmp,
-    write_json,
-)
+from .. import files as _files
 
 MANIFEST = "tensornet-run.json"
 LOCK = ".tensornet-run.lock"
 RUN_FORMAT = "tensornet-run"
 OUTPUTS = {
-    "train": ("checkpoint.safetensors", "log.jsonl", *(f"model/{f}" for f in MODEL_FILES)),
+    "train": ("checkpoint.pt", "log.jsonl", *(f"model/{f}" for f in _files.MODEL_FILES)),
     "compare": ("results.json", "loss_curves.png", "loss_curves.svg", "tokens.safetensors"),
 }
 
@@ -38,7 +29,7 @@ def read_manifest(path: Path) -> dict | None:
     if not file.is_file():
         return None
     try:
-        manifest = parse_json(file.read_text(encoding="utf-8"))
+        manifest = _files.parse_json(file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:  # (UnicodeDecodeError and JSONDecodeError are ValueErrors)
         raise ValueError(f"{err}") from None
     if not (
@@ -61,7 +52,7 @@ class RunFolder:
 
     def __init__(self, path: Path, kind: str, lock: _Lock, created: list[Path] | None = None) -> None:
         self.path, self.kind, self._lock = path, kind, lock
-        # the folders this run created (deepest first) when it found none there, [path] alone when it found the
+        # the folders this run created (deepest first) when it found none there, [] when it found the
         # folder empty, else None: a run that writes nothing leaves the folder as it found it
         self._created = created
 
@@ -86,23 +77,23 @@ class RunFolder:
             raise type(err)(
                 f"{where}: cannot create the folder {str(path)!r} ({err.strerror or err}); choose another --out"
             ) from None
-        probe_writable(path, where)
+        _files.probe_writable(path, where)
         lock = _Lock(path, where)
         folder = cls(path, kind, lock, created)
         try:
             # again, now that no other run can change the folder between the check and the writes
             check_run_folder(path, kind=kind, resume=resume, overwrite=overwrite, where=where)
-            remove_stale_tmp(
+            _files.remove_stale_tmp(
                 path,
-                [*(n for n in OUTPUTS[kind] if "/" not in n), MANIFEST, "model", ".tensornet-probe"],
-                dir_files=MODEL_FILES,
+                [*(n for n in OUTPUTS[kind] if "/" not in n), MANIFEST, "model"],
+                dir_files=_files.MODEL_FILES,
                 live=True,
             )
             if (path / "model").is_dir():
-                remove_stale_tmp(path / "model", MODEL_FILES, live=True)
+                _files.remove_stale_tmp(path / "model", _files.MODEL_FILES, live=True)
             if overwrite:
                 folder.remove_outputs()
-            write_json(
+            _files.write_json(
                 path / MANIFEST,
                 {"format": RUN_FORMAT, "version": 1, "kind": kind, "files": [MANIFEST, LOCK, *OUTPUTS[kind]]},
             )
@@ -214,7 +205,9 @@ def _check_model_folder(model: Path, where: str) -> None:
         foreign = [model.name]
     else:
         foreign = [
-            p.name for p in model.iterdir() if p.name not in MODEL_FILES or not p.is_file() or p.is_symlink()
+            p.name
+            for p in model.iterdir()
+            if p.name not in _files.MODEL_FILES or not p.is_file() or p.is_symlink()
         ]
     if foreign:
         raise FileExistsError(
@@ -228,7 +221,7 @@ def check_run_folder(
 ) -> None:
     """Refuse, with a message, an output folder the run may not use (nothing is created or changed)."""
     path = Path(path)
-    check_name_length(path, where)
+    _files.check_name_length(path, where)
     if resume and overwrite:
         raise ValueError(
             f"{where}: --resume continues the run in the folder and --overwrite replaces it; give one"
@@ -236,7 +229,7 @@ def check_run_folder(
     if path.is_symlink() and not path.exists():
         raise NotADirectoryError(f"{where}: {str(path)!r} is a broken symbolic link")
     if not path.exists():
-        check_creatable(path, where)
+        _files.check_creatable(path, where)
         return
     if not path.is_dir():
         raise FileExistsError(f"{where}: {str(path)!r} is a file, not a folder; choose a folder path")
@@ -247,7 +240,7 @@ def check_run_folder(
             f"{where}: cannot read the folder {str(path)!r} ({err.strerror or err})"
         ) from None
     if not entries:
-        probe_writable(path, where)
+        _files.probe_writable(path, where)
         return
     try:
         manifest = read_manifest(path)
@@ -257,12 +250,9 @@ def check_run_folder(
             "choose a new or empty folder"
         ) from None
     if manifest is None:
-        note = ""
-        if "checkpoint.pt" in entries:
-            note = f" It holds checkpoint.pt from an older tensornet: {PICKLE_NOTE}."
         raise FileExistsError(
             f"{where}: {str(path)!r} is not empty and is not a tensornet run folder (no {MANIFEST}); "
-            f"nothing in it is overwritten: choose a new or empty folder.{note}"
+            "nothing in it is overwritten: choose a new or empty folder"
         )
     if manifest["kind"] != kind:
         raise FileExistsError(
@@ -281,4 +271,4 @@ def check_run_folder(
             f"{where}: {str(path)!r} holds a previous {kind} run ({', '.join(used)}); pass {hint} to replace "
             "its files (other files are kept), or choose another folder"
         )
-    probe_writable(path, where)
+    _files.probe_writable(path, where)

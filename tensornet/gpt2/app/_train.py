@@ -353,7 +353,7 @@ def train(
     """Train ``model`` in place for ``cfg.steps`` optimizer steps and return its ``History``.
 
     Batches are a function of ``(cfg.seed, step)`` and checkpoints hold the model, optimizer, step, history and
-    RNG states, so ``resume=True`` continues ``out/checkpoint.safetensors`` with exactly the losses (and
+    RNG states, so ``resume=True`` continues ``out/checkpoint.pt`` with exactly the losses (and
     ``out/log.jsonl``) of an uninterrupted run; ``signature`` (model and data) must match the checkpoint's.
     ``stop_at`` ends after that many steps, as an interruption would. ``on_step``/``on_eval(step, loss)``
     follow the run (steps from 1; under DDP in the first process). ``out``: a run folder, new or this
