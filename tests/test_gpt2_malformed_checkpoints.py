@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import math
 import shutil
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -194,6 +195,18 @@ def test_the_checksum_covers_every_value(base, tmp_path):
     torch.save({**record, "payload": {**record["payload"], "model": model}}, path)
     with pytest.raises(ValueError, match="fails its checksum"):
         _checkpoint.load_checkpoint(path)
+
+
+def test_a_compressed_archive_is_refused_before_it_is_inflated(base, tmp_path):
+    # torch.save stores its records uncompressed; a deflated record (a zip bomb's tool) is refused unread
+    path = write(tmp_path, base["payload"])
+    packed = tmp_path / "packed.pt"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    with pytest.raises(ValueError, match=r"compressed records, which torch\.save never writes"):
+        _checkpoint.load_checkpoint(packed)
+    assert _checkpoint.load_checkpoint(path)["step"] == base["payload"]["step"]  # the stored original reads
 
 
 # ------------------------------------------------------------------ malformed checkpoints, property-tested

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,10 @@ def load_checkpoint(
         raise FileNotFoundError(f"{where}: no checkpoint at {str(path)!r}")
     if what is not None:
         raise ValueError(f"{where}: the checkpoint {str(path)!r} {what}; restore the file or start a new run")
+    if _compressed(
+        path
+    ):  # torch.save stores records uncompressed; a deflated one could inflate past any size
+        raise _unreadable(path, where, "it holds compressed records, which torch.save never writes")
     try:
         record = torch.load(str(path), map_location="cpu", weights_only=True, mmap=not verify)
     except Exception as err:  # torch raises several types for a file that is no torch archive
@@ -140,6 +145,14 @@ def load_checkpoint(
             "nothing was resumed. Restore it from a copy or start a new run"
         )
     return payload
+
+
+def _compressed(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(info.compress_type != zipfile.ZIP_STORED for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError):
+        return False  # not a zip archive: torch.load says what it is
 
 
 # -------------------------------------------------------------------------- the training checkpoint's layout
