@@ -291,3 +291,24 @@ def test_no_more_error_than_uniform_ranks_of_the_same_size(seed):
     assert cores(report) <= cores(uniform)
     assert report.total_error <= uniform.total_error * (1 + 1e-9)
     assert_budget_met(report, uniform.weight_ratio)
+
+
+def test_conversion_reuses_the_decomposition_the_budget_measured(monkeypatch):
+    # every distinct (layer, ranks) is decomposed once: the chosen TTM is not computed again to convert
+    calls = []
+    original = tn.ttm_svd
+
+    def counting(a, *args, **kwargs):
+        calls.append((hash(np.asarray(a).tobytes()), tuple(kwargs.get("max_rank") or ())))
+        return original(a, *args, **kwargs)
+
+    monkeypatch.setattr(tn, "ttm_svd", counting)
+    model = stack((64, 32), (32, 64), (48, 16))
+    weights = [layer.weight.detach().clone() for layer in model]
+    _, report = tensorize(model, [Rule("*")], budget=0.3)
+    assert len(calls) == len(set(calls)) >= len(report.layers)
+    for layer, dense, record in zip(model, weights, report.layers):  # and the layers hold that TTM
+        rebuilt = tn.full(layer.weight).detach()
+        assert record.error == pytest.approx(
+            float(torch.linalg.norm(rebuilt - dense) / torch.linalg.norm(dense)), rel=1e-9
+        )

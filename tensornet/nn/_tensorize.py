@@ -13,6 +13,7 @@ from torch import nn
 from tensornet import _backend
 
 from . import _budget
+from ._calibration import check_calibration
 from ._embedding import TTEmbedding
 from ._hf import conv1d_class, dense_weight
 from ._linear import TTMLinear
@@ -161,9 +162,14 @@ def _build(
             **options,
         )
     bias = options.pop("bias", module.bias is not None)
-    if plan is not None:  # the budget's ranks, on the shapes its spectra were taken for
-        options.update(in_shape=plan.spectrum.col_shape, out_shape=plan.spectrum.row_shape)
-        new = TTMLinear.from_linear(module, rank=plan.bonds, **options)
+    if plan is not None:  # the budget's TTM, decomposed once while the proposals were compared
+        dense, dense_bias = dense_weight(f"tensorize: layer {name}", module)
+        new = TTMLinear.from_ttm(
+            plan.ttm.to(device=dense.device, dtype=dense.dtype),
+            None if dense_bias is None else dense_bias.detach(),
+            save_weight=options.get("save_weight", False),
+        )
+        new.conversion_error = plan.error
     elif rule.from_weights:
         new = TTMLinear.from_linear(module, rank=rule.rank, eps=rule.eps, **options)
     else:
@@ -223,7 +229,7 @@ def _match(model: nn.Module, rules: list[Rule]) -> tuple[list[_budget.Target], l
 
 
 def _convert(
-    model: nn.Module, rules: list[Rule], budget: float | None
+    model: nn.Module, rules: list[Rule], budget: float | None, calibration: Any = None
 ) -> tuple[
     list[tuple[str, Any, TTMLinear | TTEmbedding, str]], list[tuple[str, str]], dict[str, _budget.Plan]
 ]:
@@ -241,7 +247,7 @@ def _convert(
                 )
         plans = {}
     else:
-        plans = _budget.plan(targets, budget)
+        plans = _budget.plan(targets, budget, model, calibration)
     converted = []
     for name, module, kind, rule in targets:
         try:
@@ -288,6 +294,8 @@ def tensorize(
     model: nn.Module,
     rule: Rule | Sequence[Rule] | Mapping[str, Mapping[str, Any]],
     budget: float | None = None,
+    *,
+    calibration: Any = None,
 ) -> tuple[nn.Module, TensorizeReport]:
     """Replace, in place, the ``nn.Linear``, GPT-2 ``Conv1D`` and ``nn.Embedding`` layers a rule matches.
 
@@ -308,6 +316,12 @@ def tensorize(
         the least total conversion error the allocation finds (see Notes). Matched layers must be linear
         layers converted from weights; the rules' shapes (``in_shape``, ``out_shape``, ``ncores``) are
         kept and a rule's ``rank`` caps the ranks.
+    calibration : tensor, tuple, dict or list of them, optional
+        With a budget only: a few batches of the model's inputs (a tensor: ``model(x)``; a tuple:
+        ``model(*args)``; a dict: ``model(**kwargs)``; a list: one batch each). The model runs on them
+        once (eval mode, no grad; its train/eval flags are restored) and the budget then minimises each
+        layer's error on the inputs it receives, ``||(W - W~) X^T||``, instead of the weights' error
+        (see Notes). Recommended: the weights' error alone can starve a layer whose output matters.
 
     Returns
     -------
@@ -318,13 +332,15 @@ def tensorize(
     Raises
     ------
     TypeError
-        A bad rule, or options that do not fit a matched layer; a budget that is not a real number.
+        A bad rule, or options that do not fit a matched layer; a budget that is not a real number; a
+        calibration argument of another form.
     ValueError
         A rule that matches no eligible layer (the message lists them), or only layers whose parents read
         their weights; the layers' own errors (shapes, ranks) name the layer. A rule with neither rank nor
         eps and no budget; a budget outside ``(0, 1]``, or too small for rank 1 at every bond (the message
         gives the smallest that fits), or with an embedding, a from-scratch rule or an eps among the
-        matched layers. Nothing is replaced when an error is raised.
+        matched layers. Calibration without a budget, an empty list of batches, batches that never reach
+        a matched layer or give non-finite activations. Nothing is replaced when an error is raised.
 
     Warns
     -----
@@ -389,8 +405,15 @@ def tensorize(
     rules = _rules(rule)
     if budget is not None:
         budget = _budget.check_budget(budget)
+    if calibration is not None:
+        if budget is None:
+            raise ValueError(
+                "tensorize: calibration is used only to choose the ranks under a budget; give budget= too "
+                "(tensorize(model, rules, budget=0.3, calibration=batches)) or drop calibration"
+            )
+        check_calibration(calibration)
     before = sum(p.numel() for p in model.parameters())
-    converted, skipped, plans = _convert(model, rules, budget)
+    converted, skipped, plans = _convert(model, rules, budget, calibration)
     if skipped:
         _backend.warn(
             "tensorize: left dense (their parents read their weight tensors directly): "
