@@ -1,7 +1,7 @@
 """The parameter-budget allocator against uniform ranks at equal parameters, on a trained GPT-2. Not a test.
 
     python benchmarks/bench_budget.py                      # compare's model, 150 pre-training steps
-    python benchmarks/bench_budget.py --pretrain 100 --steps 30 --seeds 0   # a quick look
+    python benchmarks/bench_budget.py --pretrain 100 --steps 30 --seeds 0 --train-ranks 16  # a quick look
 
 A dense GPT-2 of ``python -m tensornet.gpt2 compare``'s size (4 layers x 256, 4 heads, a 4,096-token BPE of the
 embedded standard-library corpus, context 128) is pre-trained for ``--pretrain`` steps with compare's recipe.
@@ -9,12 +9,17 @@ Its MLP layers (``c_fc`` 256 -> 1024, ``c_proj`` 1024 -> 256, 8 layers) are then
 weights two ways, with the same core shapes (4 balanced cores):
 
 * **uniform**: every bond at rank ``r`` (``Rule(..., rank=r)``), today's default;
-* **budget**: ``tensorize(model, [Rule(c_fc), Rule(c_proj)], budget=b)`` with ``b`` the uniform model's
-  TT-core parameters over the dense weights, so the allocator gets at most as many parameters.
+* **budget**: ``tensorize(model, [Rule(c_fc), Rule(c_proj)], budget=b, calibration=batches)`` with ``b`` the
+  uniform model's TT-core parameters over the dense weights, so the allocator gets at most as many
+  parameters, and ``batches`` ``--calibration`` training batches of 16 x 128 tokens (drawn with seed 1234,
+  none of the validation split): the allocation minimises the layers' output error on them;
+* **budget, weights only**: the same without calibration (the weights' error; conversion only).
 
 Columns: TT-core parameters, the replaced weights' relative conversion error taken together
 (``TensorizeReport.total_error``), validation perplexity right after conversion, and after ``--steps`` steps of
-the same training (one seed per run, the seeds of ``--seeds``; each seed draws other batches). Public names of
+the same training (one seed per run, the seeds of ``--seeds``; each seed draws other batches) for the
+uniform and budget models at the ranks of ``--train-ranks`` (a budget model with the uniform model's ranks
+is the same model: trained once). Public names of
 ``tensornet.gpt2`` and ``tensornet.nn`` only. Results: ``benchmarks/results/budget.md``.
 """
 
@@ -61,10 +66,21 @@ def recipe(steps: int, seed: int, lr: float, warmup: int) -> gpt2.TrainConfig:
     )
 
 
-def convert(dense, rank: int | None, budget: float | None, ncores: int):
+def convert(dense, rank: int | None, budget: float | None, ncores: int, calibration=None):
     model = copy.deepcopy(dense)
     rules = [Rule(pattern, rank=rank, ncores=ncores) for pattern in LAYERS]
-    return tensorize(model, rules, budget=budget)
+    return tensorize(model, rules, budget=budget, calibration=calibration)
+
+
+def calibration_batches(train_ids: torch.Tensor, count: int) -> list[torch.Tensor]:
+    """``count`` batches of 16 x 128 training tokens at offsets drawn with a fixed seed (1234)."""
+    gen = torch.Generator().manual_seed(1234)
+    starts = torch.randint(0, len(train_ids) - 129, (count, 16), generator=gen)
+    return [torch.stack([train_ids[i : i + 128] for i in row.tolist()]) for row in starts]
+
+
+def ranks_of(report) -> list[tuple[int, ...]]:
+    return [layer.ranks for layer in report.layers]
 
 
 def core_params(report) -> int:
@@ -77,7 +93,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40, help="training steps after conversion")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--ranks", type=int, nargs="+", default=[8, 16, 32], help="uniform ranks to match")
-    parser.add_argument("--train-rank", type=int, default=16, help="the rank whose models are trained")
+    parser.add_argument(
+        "--train-ranks", type=int, nargs="*", default=None, help="the ranks whose models are trained (all)"
+    )
+    parser.add_argument("--calibration", type=int, default=4, help="calibration batches of 16 x 128")
     parser.add_argument("--ncores", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -99,39 +118,51 @@ def main() -> None:
         f"dense pre-trained {args.pretrain} steps: val perplexity {ppl(dense):.2f} "
         f"({time.perf_counter() - started:.0f} s so far)\n"
     )
+    batches = calibration_batches(train_ids, args.calibration)
     print(
         "| uniform rank | model | TT-core params | % of dense MLP weights | conversion error | ppl after conversion |"
     )
     print("|---:|---|---:|---:|---:|---:|")
-    trained_pair = {}
+    trained = {}
     for rank in args.ranks:
         uniform, uniform_report = convert(dense, rank, None, args.ncores)
         budget = uniform_report.weight_ratio
-        allocated, budget_report = convert(dense, None, budget, args.ncores)
+        allocated, budget_report = convert(dense, None, budget, args.ncores, batches)
+        plain, plain_report = convert(dense, None, budget, args.ncores)
         for name, model, report in (
             ("uniform", uniform, uniform_report),
             ("budget", allocated, budget_report),
+            ("budget, weights only", plain, plain_report),
         ):
             print(
                 f"| {rank} | {name} | {core_params(report):,} | {100 * report.weight_ratio:.2f} | "
                 f"{report.total_error:.4f} | {ppl(model):.2f} |"
             )
-        if rank == args.train_rank:
-            trained_pair = {"uniform": uniform, "budget": allocated}
-            print(f"\nbudget allocation at rank {rank}'s size:\n{budget_report}\n")
-    if not trained_pair:
-        return
-    print(f"\nafter {args.steps} training steps (lr 5e-4, warmup 10, cosine), val perplexity per seed:\n")
-    print("| model | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean |")
-    print("|---|" + "---:|" * (len(args.seeds) + 1))
-    for name, converted in trained_pair.items():
-        values = []
-        for seed in args.seeds:
-            model = copy.deepcopy(converted)
-            gpt2.train(model, train_ids, val_ids, recipe(args.steps, seed, 5e-4, 10))
-            values.append(ppl(model))
-        cells = " | ".join(f"{v:.2f}" for v in values)
-        print(f"| {name} (rank {args.train_rank} size) | {cells} | {statistics.mean(values):.2f} |")
+        print(f"\nbudget allocation at rank {rank}'s size:\n{budget_report}\n")
+        if args.train_ranks is None or rank in args.train_ranks:
+            same = ranks_of(budget_report) == ranks_of(uniform_report)
+            trained[rank] = {"uniform": uniform, "budget": None if same else allocated}
+    for rank, pair in trained.items():
+        print(
+            f"\nrank {rank}'s size, {args.steps} training steps (lr 5e-4, warmup 10, cosine), val ppl per seed:\n"
+        )
+        print("| model | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean |")
+        print("|---|" + "---:|" * (len(args.seeds) + 1))
+        rows = {}
+        for name, converted in pair.items():
+            if converted is None:  # the allocation chose the uniform ranks: the same model, trained once
+                rows[name] = rows["uniform"]
+                continue
+            values = []
+            for seed in args.seeds:
+                model = copy.deepcopy(converted)
+                gpt2.train(model, train_ids, val_ids, recipe(args.steps, seed, 5e-4, 10))
+                values.append(ppl(model))
+            rows[name] = values
+        for name, values in rows.items():
+            cells = " | ".join(f"{v:.2f}" for v in values)
+            same = " (the uniform model)" if pair[name] is None else ""
+            print(f"| {name}{same} | {cells} | {statistics.mean(values):.2f} |", flush=True)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
 
 

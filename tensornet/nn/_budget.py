@@ -27,10 +27,20 @@ from ._cores import compress
 from ._factor import resolve_shapes
 from ._hf import dense_weight
 
-ALLOCATION = (
-    "ranks from the bond spectra: four greedy allocations, the one with the least measured error kept "
-    "(not an exact optimum)"
-)
+
+def allocation(calibrated: bool) -> str:
+    """The report's one-line account of the allocation and its objective."""
+    objective = (
+        "the least squared output error on the calibration inputs, sum_l ||(W_l - W~_l) X_l^T||^2"
+        if calibrated
+        else "the least squared weight error, sum_l ||W_l - W~_l||^2 (no calibration inputs given)"
+    )
+    return (
+        f"ranks from the bond spectra: six greedy allocations (not an exact optimum), the one with {objective} "
+        "kept"
+    )
+
+
 _NAMES = ("out_features", "in_features", "out_shape", "in_shape")
 
 __all__ = ["Plan", "Spectrum", "Target", "allocate", "check_budget", "core_params", "plan", "spectrum"]

@@ -62,8 +62,13 @@ class _Accumulator:
         self.matrix.add_(scaled.T @ scaled)
 
 
-def check_calibration(calibration: Any) -> list[Any]:
+def check_calibration(calibration: Any, budget: Any = 1.0) -> list[Any]:
     """The calibration argument as a list of batches, or a TypeError/ValueError saying what it must be."""
+    if budget is None:
+        raise ValueError(
+            "tensorize: calibration is used only to choose the ranks under a budget; give budget= too "
+            "(tensorize(model, rules, budget=0.3, calibration=batches)) or drop calibration"
+        )
     single = (torch.Tensor, tuple, Mapping)
     batches = [calibration] if isinstance(calibration, single) else calibration
     if not isinstance(batches, Sequence) or isinstance(batches, (str, bytes)):

@@ -368,30 +368,41 @@ def tensorize(
     ``||W_l||_F^2`` beyond rank ``r_{l,k}`` at bond k, TT-SVD at those ranks has a relative error ``e_l``
     with ``max_k t_{l,k} <= e_l^2 <= sum_k t_{l,k}`` (Oseledets 2011, Theorem 2.2; the lower bound holds
     for every TT of those ranks), and the cores store ``P_l = sum_k r_{k-1} m_k n_k r_k`` numbers. The
-    objective is the total squared error of the replaced weights in absolute terms, ``sum_l e_l^2
-    ||W_l||_F^2`` (a layer with larger weights weighs more, as its output error does for the same input),
-    subject to ``sum_l P_l <= floor(budget * sum_l M_l N_l)``.
+    constraint is ``sum_l P_l <= floor(budget * sum_l M_l N_l)``. The objective, with calibration
+    batches, is the layers' total squared output error on the inputs ``X_l`` each receives from them,
+    ``sum_l ||(W_l - W~_l) X_l^T||_F^2 = sum_l tr(D_l G_l D_l^T)`` (``D_l = W_l - W~_l``, ``G_l = X_l^T
+    X_l`` accumulated in float64; the activations are not kept); without, the weights' total squared
+    error ``sum_l ||W_l - W~_l||_F^2``. The weights' error alone can be a poor guide: on a trained GPT-2
+    (``benchmarks/results/budget.md``) it gave the MLP's ``c_proj`` layers, whose weights are small but
+    whose inputs are large and aligned with them, rank 1 and trained worse than uniform ranks; the output
+    error ranks them by what they contribute.
 
-    Four greedy runs propose ranks. Each raises, one at a time, the bond whose step lowers an estimate of
-    the squared error most per added parameter among the steps that still fit, until none fits (or none
-    lowers it: zero singular values), so every proposal uses the budget exactly or just under it. They
-    differ in the estimate (the upper bound ``sum_k t_{l,k}``, or ``1 - prod_k (1 - t_{l,k})``, which lies
-    between the bounds and sees that a bond at a low rank discards what its neighbours keep) and in the
-    start (rank 1 everywhere, or the largest uniform rank that fits). Each proposal is converted and its
-    error measured; the least total wins. Ties go to the earlier layer, then the earlier bond, then the
-    earlier proposal (deterministic). This is not an exact optimum (a step's cost and gain depend on the
-    neighbouring bonds: a knapsack with coupled costs). It is optimal when every step costs the same and
-    gains do not interact (2-core layers of equal core sizes). One proposal starts from the uniform ranks
-    that fit and only adds to them, so in practice the result converts with no more error than uniform
-    ranks of at most the same size. Core shapes come from the rules (``in_shape``, ``out_shape``,
-    ``ncores``); the allocation does not choose them. The report gives, per layer, the ranks, parameters,
-    measured error and TT-SVD upper bound (``LayerReport.error_bound``), and
-    ``TensorizeReport.weight_ratio`` and ``total_error``.
+    Six greedy runs propose ranks. Each raises, one at a time, the bond whose step lowers an estimate of
+    the objective most per added parameter among the steps that still fit, until none fits (or none
+    lowers it: zero singular values), so every proposal uses the budget exactly or just under it. The
+    estimate of layer l's term is ``w_l`` times an estimate of ``e_l^2``, with ``w_l`` its output energy
+    on the calibration inputs ``tr(W_l G_l W_l^T)`` (or ``||W_l||_F^2``): the discarded share of the
+    output is taken to be that of the weights. The runs differ in the estimate of ``e_l^2`` (the upper
+    bound ``sum_k t_{l,k}``, or ``1 - prod_k (1 - t_{l,k})``, which lies between the bounds and sees that
+    a bond at a low rank discards what its neighbours keep) and in the start (rank 1 everywhere, half the
+    largest uniform rank that fits, or that rank). Each proposal is converted by TT-SVD (each distinct
+    choice for a layer once; the chosen TTM becomes the layer, nothing is decomposed twice) and its
+    objective measured exactly; the least wins. Ties go to the earlier layer, then the earlier bond, then
+    the earlier proposal (deterministic). This is greedy, not an exact optimum (a step's cost and gain
+    depend on the neighbouring bonds: a knapsack with coupled costs). It is optimal when every step costs
+    the same and gains do not interact (2-core layers of equal core sizes, weights' error). One proposal
+    starts from the uniform ranks that fit and only adds to them, so the result has no larger objective
+    than those uniform ranks when its greedy lowers the measured objective, as it does in practice. Core
+    shapes come from the rules (``in_shape``, ``out_shape``, ``ncores``); the allocation does not choose
+    them. The report gives, per layer, the ranks, parameters, measured error and TT-SVD upper bound
+    (``LayerReport.error_bound``), ``TensorizeReport.weight_ratio`` and ``total_error``, and the
+    objective used (``TensorizeReport.allocation``).
 
     Cost: without a budget, one truncated TT-SVD per layer converted from weights (``O(M N r)``); with
     a budget, also a singular-values-only SVD of each unfolding (``O(M N u)``, u its smaller side) for the
-    spectra, ``O(S L d^2)`` per greedy run (S steps over L layers of d cores) and up to four truncated
-    TT-SVDs per layer to measure the proposals.
+    spectra, ``O(S L d^2)`` per greedy run (S steps over L layers of d cores), up to six truncated TT-SVDs
+    per layer (one per distinct proposal, the conversion included) and, with calibration, the forward
+    passes plus ``O(n N^2 + M N^2)`` per layer for its Gram matrix and the scores (n input vectors).
 
     Examples
     --------
@@ -399,6 +410,8 @@ def tensorize(
     ...                                        in_shape=(8, 8, 12, 1), out_shape=(8, 8, 8, 6))])
     >>> print(report)  # doctest: +SKIP
     >>> model, report = tensorize(model, [Rule("*.mlp.c_fc"), Rule("*.mlp.c_proj")], budget=0.3)  # doctest: +SKIP
+    >>> model, report = tensorize(model, [Rule("*.mlp.c_fc"), Rule("*.mlp.c_proj")],  # doctest: +SKIP
+    ...                           budget=0.3, calibration=[ids[:16], ids[16:32]])
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"tensorize: model must be an nn.Module, got {type(model).__name__}")
@@ -406,12 +419,7 @@ def tensorize(
     if budget is not None:
         budget = _budget.check_budget(budget)
     if calibration is not None:
-        if budget is None:
-            raise ValueError(
-                "tensorize: calibration is used only to choose the ranks under a budget; give budget= too "
-                "(tensorize(model, rules, budget=0.3, calibration=batches)) or drop calibration"
-            )
-        check_calibration(calibration)
+        check_calibration(calibration, budget)
     before = sum(p.numel() for p in model.parameters())
     converted, skipped, plans = _convert(model, rules, budget, calibration)
     if skipped:
@@ -434,6 +442,6 @@ def tensorize(
         model_params_after=after,
         skipped=skipped,
         budget=budget,
-        allocation="" if budget is None else _budget.ALLOCATION,
+        allocation="" if budget is None else _budget.allocation(calibration is not None),
     )
     return model, report
