@@ -35,6 +35,7 @@ import time
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # shared cores: no spin-waiting OpenMP threads
 
 import _harness as H
+import safetensors.torch
 import torch
 
 from tensornet import gpt2
@@ -96,6 +97,11 @@ def main() -> None:
     parser.add_argument(
         "--train-ranks", type=int, nargs="*", default=None, help="the ranks whose models are trained (all)"
     )
+    parser.add_argument(
+        "--dense",
+        default=None,
+        help="a .safetensors file: read the pre-trained model if it exists, else write it",
+    )
     parser.add_argument("--calibration", type=int, default=4, help="calibration batches of 16 x 128")
     parser.add_argument("--ncores", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
@@ -109,7 +115,13 @@ def main() -> None:
     train_ids, val_ids = encode(tokenizer, corpus.train), encode(tokenizer, corpus.val)
     config = gpt2.gpt2_config(vocab_size=4096, block_size=128, preset=None, n_layer=4, n_embd=256, n_head=4)
     dense = gpt2.build_model(config, seed=0)
-    gpt2.train(dense, train_ids, val_ids, recipe(args.pretrain, 0, 2e-3, 30))
+    if args.dense and os.path.exists(args.dense):  # a pre-trained state this script wrote (data, no pickle)
+        safetensors.torch.load_model(dense, args.dense)
+        print(f"pre-trained model read from {args.dense}")
+    else:
+        gpt2.train(dense, train_ids, val_ids, recipe(args.pretrain, 0, 2e-3, 30))
+        if args.dense:
+            safetensors.torch.save_model(dense, args.dense)
 
     def ppl(model) -> float:
         return math.exp(gpt2.evaluate(model, val_ids, block_size=128, batch_size=16))

@@ -394,7 +394,7 @@ def test_bad_calibration_is_refused_and_the_model_kept():
         tensorize(model, [Rule("*", rank=2)], calibration=x)
     with pytest.raises(ValueError, match="calibration is an empty list"):
         tensorize(model, [Rule("*")], budget=0.5, calibration=[])
-    with pytest.raises(TypeError, match="calibration must be the model's input .* got str"):
+    with pytest.raises(TypeError, match=r"calibration must be the model's input .* got str"):
         tensorize(model, [Rule("*")], budget=0.5, calibration="text")
     with pytest.raises(TypeError, match="calibration batch 1 is a int"):
         tensorize(model, [Rule("*")], budget=0.5, calibration=[x, 3])

@@ -36,8 +36,8 @@ def allocation(calibrated: bool) -> str:
         else "the least squared weight error, sum_l ||W_l - W~_l||^2 (no calibration inputs given)"
     )
     return (
-        f"ranks from the bond spectra: six greedy allocations (not an exact optimum), the one with {objective} "
-        "kept"
+        f"ranks from the bond spectra: {12 if calibrated else 6} greedy allocations (not an exact optimum), the "
+        f"one with {objective} kept"
     )
 
 
@@ -363,7 +363,11 @@ def plan(
     # each layer's score is (its factor / the largest)^2 times an O(1) number: no overflow at any scale
     scales = relative_squares(factors)
     weights = [scale * energy for scale, energy in zip(scales, energies)]
-    proposals = [allocate(spectra, value, estimate=e, start=s, weights=weights) for e, s in CANDIDATES]
+    # with calibration, the runs on the weights' norms propose too (scored by the output error as well)
+    weightings = [weights] if grams is None else [weights, None]
+    proposals = [
+        allocate(spectra, value, estimate=e, start=s, weights=w) for w in weightings for e, s in CANDIDATES
+    ]
     totals = [0.0] * len(proposals)
     converted: list[dict[tuple[int, ...], tuple[tn.TTM, float, float]]] = []
     for layer, ((dense, peak), s) in enumerate(zip(denses, spectra)):

@@ -377,12 +377,12 @@ def tensorize(
     whose inputs are large and aligned with them, rank 1 and trained worse than uniform ranks; the output
     error ranks them by what they contribute.
 
-    Six greedy runs propose ranks. Each raises, one at a time, the bond whose step lowers an estimate of
+    Six greedy runs propose ranks (twelve with calibration). Each raises, one at a time, the bond whose step lowers an estimate of
     the objective most per added parameter among the steps that still fit, until none fits (or none
     lowers it: zero singular values), so every proposal uses the budget exactly or just under it. The
     estimate of layer l's term is ``w_l`` times an estimate of ``e_l^2``, with ``w_l`` its output energy
-    on the calibration inputs ``tr(W_l G_l W_l^T)`` (or ``||W_l||_F^2``): the discarded share of the
-    output is taken to be that of the weights. The runs differ in the estimate of ``e_l^2`` (the upper
+    on the calibration inputs ``tr(W_l G_l W_l^T)`` (or ``||W_l||_F^2``; with calibration, six runs use
+    each): the discarded share of the output is taken to be that of the weights. The runs differ in the estimate of ``e_l^2`` (the upper
     bound ``sum_k t_{l,k}``, or ``1 - prod_k (1 - t_{l,k})``, which lies between the bounds and sees that
     a bond at a low rank discards what its neighbours keep) and in the start (rank 1 everywhere, half the
     largest uniform rank that fits, or that rank). Each proposal is converted by TT-SVD (each distinct
@@ -400,8 +400,8 @@ def tensorize(
 
     Cost: without a budget, one truncated TT-SVD per layer converted from weights (``O(M N r)``); with
     a budget, also a singular-values-only SVD of each unfolding (``O(M N u)``, u its smaller side) for the
-    spectra, ``O(S L d^2)`` per greedy run (S steps over L layers of d cores), up to six truncated TT-SVDs
-    per layer (one per distinct proposal, the conversion included) and, with calibration, the forward
+    spectra, ``O(S L d^2)`` per greedy run (S steps over L layers of d cores), up to six (twelve) truncated
+    TT-SVDs per layer (one per distinct proposal, the conversion included) and, with calibration, the forward
     passes plus ``O(n N^2 + M N^2)`` per layer for its Gram matrix and the scores (n input vectors).
 
     Examples
