@@ -410,3 +410,27 @@ def test_bad_calibration_is_refused_and_the_model_kept():
         tensorize(only, [Rule("*")], budget=0.5, calibration=x)
     assert isinstance(model.a, nn.Linear) and isinstance(only.b, nn.Linear)
     assert not model.a._forward_pre_hooks and not only.a._forward_pre_hooks
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    dims=st.lists(st.sampled_from([8, 12, 16, 24]), min_size=2, max_size=4),
+    budget=st.floats(0.15, 1.0),
+    seed=st.integers(0, 1000),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+)
+def test_calibrated_budget_property(dims, budget, seed, dtype):
+    # a chain of layers on random inputs: the budget is met, the errors within the bound, the layers' dtype
+    model = stack(*zip(dims[1:], dims[:-1]), seed=seed, dtype=dtype)
+    x = torch.randn(2, 6, dims[0], generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    rules = [Rule(str(i), ncores=2) for i in range(len(dims) - 1)]
+    try:
+        _, report = tensorize(model, rules, budget=budget, calibration=[x[0], x[1]])
+    except ValueError as error:
+        assert "rank 1 at every bond already takes" in str(error)
+        return
+    assert_budget_met(report, budget)
+    for record in report.layers:
+        assert record.error <= record.error_bound * (1 + 1e-5) + 1e-6  # float32 layers: rounding of W
+    assert all(layer.weight.dtype == dtype for layer in model)
+    assert model(x).shape == (2, 6, dims[-1])

@@ -3,7 +3,10 @@
 For each matched layer's weight ``W_l`` ``(M, N)``, bond k's singular values ``sigma_{l,k,1} >= sigma_{l,k,2}
 >= ...`` are those of the k-th unfolding of ``W_l``'s TTM tensor. TT-SVD truncated to ranks ``r_{l,k}`` errs by at most
 ``||W_l - W~_l||_F^2 <= sum_k sum_{i > r_{l,k}} sigma_{l,k,i}^2`` (Oseledets 2011, Theorem 2.2), and stores
-``P_l(r) = sum_k r_{k-1} m_k n_k r_k`` numbers. The allocator picks ranks for all layers together.
+``P_l(r) = sum_k r_{k-1} m_k n_k r_k`` numbers. The allocator picks ranks for all layers together: greedy
+proposals (not an exact optimum), the one with the least measured objective kept. The objective is the layers'
+squared output error on calibration inputs, ``sum_l ||(W_l - W~_l) X_l^T||_F^2``, when the caller gives them,
+else the weights' ``sum_l ||W_l - W~_l||_F^2``.
 """
 
 from __future__ import annotations
@@ -193,13 +196,15 @@ def allocate(
         In ``(0, 1]``.
     estimate : {"product", "bound"}
         The squared error the greedy lowers: ``"bound"`` the TT-SVD upper bound ``sum_k t_k``,
-        ``"product"`` the estimate ``1 - prod_k (1 - t_k)`` (both times ``||W_l||^2``, see Notes).
+        ``"product"`` the estimate ``1 - prod_k (1 - t_k)`` (both times the layer's weight, see Notes).
     start : {"one", "half", "uniform"}
         Rank 1 at every bond; half the largest uniform rank whose cores fit (rounded down, at least 1); or
         that largest uniform rank (each bond at most its cap).
     weights : sequence of float, optional
-        Each layer's weight in the objective, ``w_l >= 0``: the squared error is ``sum_l w_l e_l^2``.
-        Default ``||W_l||_F^2`` (the absolute squared error of the weights).
+        Each layer's weight in the objective, ``w_l >= 0``: the squared error is ``sum_l w_l e_l^2``
+        (only ratios matter). Default ``||W_l||_F^2`` (the absolute squared error of the weights); the
+        output energy on calibration inputs, ``tr(W_l G_l W_l^T)``, makes it an estimate of the output
+        error.
 
     Returns
     -------
@@ -222,7 +227,7 @@ def allocate(
     earlier layer, then the earlier bond (deterministic). A step's cost grows with the neighbouring bonds'
     ranks, so this is not an exact optimum; for 2-core layers of equal core sizes every step costs the same,
     the two estimates agree and the greedy is optimal for them. Singular values are divided by each
-    layer's norm and norms by the largest, so nothing overflows or all underflows at any finite scale.
+    layer's norm and weights by the largest, so nothing overflows or all underflows at any finite scale.
 
     Cost: ``O(S L d^2)`` for S steps over L layers of d cores (``S <= sum`` of the ranks).
     """

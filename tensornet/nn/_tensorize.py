@@ -373,30 +373,31 @@ def tensorize(
     ``sum_l ||(W_l - W~_l) X_l^T||_F^2 = sum_l tr(D_l G_l D_l^T)`` (``D_l = W_l - W~_l``, ``G_l = X_l^T
     X_l`` accumulated in float64; the activations are not kept); without, the weights' total squared
     error ``sum_l ||W_l - W~_l||_F^2``. The weights' error alone can be a poor guide: on a trained GPT-2
-    (``benchmarks/results/budget.md``) it gave the MLP's ``c_proj`` layers, whose weights are small but
-    whose inputs are large and aligned with them, rank 1 and trained worse than uniform ranks; the output
-    error ranks them by what they contribute.
+    (``benchmarks/results/budget.md``) it gave the MLP's ``c_proj`` layers, whose weights are the smallest but
+    whose outputs on the model's own inputs are comparable to the other layers' in the first blocks, a rank-1
+    bond, and the model trained worse than with uniform ranks; the output error ranks layers by what they
+    contribute.
 
-    Six greedy runs propose ranks (twelve with calibration). Each raises, one at a time, the bond whose step lowers an estimate of
-    the objective most per added parameter among the steps that still fit, until none fits (or none
-    lowers it: zero singular values), so every proposal uses the budget exactly or just under it. The
-    estimate of layer l's term is ``w_l`` times an estimate of ``e_l^2``, with ``w_l`` its output energy
-    on the calibration inputs ``tr(W_l G_l W_l^T)`` (or ``||W_l||_F^2``; with calibration, six runs use
-    each): the discarded share of the output is taken to be that of the weights. The runs differ in the estimate of ``e_l^2`` (the upper
-    bound ``sum_k t_{l,k}``, or ``1 - prod_k (1 - t_{l,k})``, which lies between the bounds and sees that
-    a bond at a low rank discards what its neighbours keep) and in the start (rank 1 everywhere, half the
-    largest uniform rank that fits, or that rank). Each proposal is converted by TT-SVD (each distinct
-    choice for a layer once; the chosen TTM becomes the layer, nothing is decomposed twice) and its
-    objective measured exactly; the least wins. Ties go to the earlier layer, then the earlier bond, then
-    the earlier proposal (deterministic). This is greedy, not an exact optimum (a step's cost and gain
-    depend on the neighbouring bonds: a knapsack with coupled costs). It is optimal when every step costs
+    Six greedy runs propose ranks (twelve with calibration). Each raises, one at a time, the bond whose step
+    lowers an estimate of the objective most per added parameter among the steps that still fit, until none
+    fits (or none lowers it: zero singular values), so every proposal uses the budget exactly or just under
+    it. The estimate of layer l's term is ``w_l`` times an estimate of ``e_l^2``, with ``w_l`` its output
+    energy on the calibration inputs ``tr(W_l G_l W_l^T)`` (or ``||W_l||_F^2``; with calibration, six runs use
+    each): the discarded share of the output is taken to be that of the weights. The runs differ in the
+    estimate of ``e_l^2`` (the upper bound ``sum_k t_{l,k}``, or ``1 - prod_k (1 - t_{l,k})``, which lies
+    between the bounds and sees that a bond at a low rank discards what its neighbours keep) and in the start
+    (rank 1 everywhere, half the largest uniform rank that fits, or that rank). Each proposal is converted by
+    TT-SVD (each distinct choice for a layer once; the chosen TTM becomes the layer, nothing is decomposed
+    twice) and its objective measured exactly; the least wins. Ties go to the earlier layer, then the earlier
+    bond, then the earlier proposal (deterministic). This is greedy, not an exact optimum (a step's cost and
+    gain depend on the neighbouring bonds: a knapsack with coupled costs). It is optimal when every step costs
     the same and gains do not interact (2-core layers of equal core sizes, weights' error). One proposal
-    starts from the uniform ranks that fit and only adds to them, so the result has no larger objective
-    than those uniform ranks when its greedy lowers the measured objective, as it does in practice. Core
-    shapes come from the rules (``in_shape``, ``out_shape``, ``ncores``); the allocation does not choose
-    them. The report gives, per layer, the ranks, parameters, measured error and TT-SVD upper bound
-    (``LayerReport.error_bound``), ``TensorizeReport.weight_ratio`` and ``total_error``, and the
-    objective used (``TensorizeReport.allocation``).
+    starts from the uniform ranks that fit and only adds to them, so the result has no larger objective than
+    those uniform ranks when its greedy lowers the measured objective, as it does in practice. Core shapes
+    come from the rules (``in_shape``, ``out_shape``, ``ncores``); the allocation does not choose them. The
+    report gives, per layer, the ranks, parameters, measured error and TT-SVD upper bound
+    (``LayerReport.error_bound``), ``TensorizeReport.weight_ratio`` and ``total_error``, and the objective
+    used (``TensorizeReport.allocation``).
 
     Cost: without a budget, one truncated TT-SVD per layer converted from weights (``O(M N r)``); with
     a budget, also a singular-values-only SVD of each unfolding (``O(M N u)``, u its smaller side) for the
