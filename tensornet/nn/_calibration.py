@@ -1,4 +1,4 @@
-"""The calibration inputs of ``tensorize(model, rules, budget=..., calibration=...)``: each layer's input Gram matrix.
+"""Calibration inputs for ``tensorize(..., budget=..., calibration=...)``: each layer's input Gram matrix.
 
 With the inputs ``X_l`` ``(n, N)`` a matched layer receives when the model runs on the caller's batches,
 the layer's output error is ``||(W_l - W~_l) X_l^T||_F^2 = tr(D_l G_l D_l^T)`` with ``D_l = W_l - W~_l`` and
