@@ -41,6 +41,7 @@ import torch
 from tensornet import gpt2
 from tensornet.nn import Rule, tensorize
 
+MODELS = ("uniform", "budget", "weights")
 LAYERS = ("transformer.h.*.mlp.c_fc", "transformer.h.*.mlp.c_proj")
 
 
@@ -98,9 +99,16 @@ def main() -> None:
         "--train-ranks", type=int, nargs="*", default=None, help="the ranks whose models are trained (all)"
     )
     parser.add_argument(
-        "--dense",
+        "--cache",
         default=None,
-        help="a .safetensors file: read the pre-trained model if it exists, else write it",
+        help="a folder: read the token ids and pre-trained model (safetensors) there if present, else write them",
+    )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        choices=MODELS,
+        default=list(MODELS),
+        help="the conversions to show (the uniform and budget ones are trained); one per process splits a run",
     )
     parser.add_argument("--calibration", type=int, default=4, help="calibration batches of 16 x 128")
     parser.add_argument("--ncores", type=int, default=4)
@@ -110,18 +118,31 @@ def main() -> None:
     started = time.perf_counter()
     print("\n".join(H.machine()))
 
-    corpus = gpt2.stdlib_corpus(max_chars=1_500_000)
-    tokenizer = gpt2.train_tokenizer(corpus.train, vocab_size=4096)
-    train_ids, val_ids = encode(tokenizer, corpus.train), encode(tokenizer, corpus.val)
+    # the cache holds data only (safetensors: tensors, no pickle), written by this script's own steps
+    ids_path, dense_path = (
+        (None, None)
+        if not args.cache
+        else (f"{args.cache}/ids.safetensors", f"{args.cache}/dense.safetensors")
+    )
+    if ids_path and os.path.exists(ids_path):
+        ids = safetensors.torch.load_file(ids_path)
+        train_ids, val_ids = ids["train"], ids["val"]
+    else:
+        corpus = gpt2.stdlib_corpus(max_chars=1_500_000)
+        tokenizer = gpt2.train_tokenizer(corpus.train, vocab_size=4096)
+        train_ids, val_ids = encode(tokenizer, corpus.train), encode(tokenizer, corpus.val)
+        if ids_path:
+            os.makedirs(args.cache, exist_ok=True)
+            safetensors.torch.save_file({"train": train_ids, "val": val_ids}, ids_path)
     config = gpt2.gpt2_config(vocab_size=4096, block_size=128, preset=None, n_layer=4, n_embd=256, n_head=4)
     dense = gpt2.build_model(config, seed=0)
-    if args.dense and os.path.exists(args.dense):  # a pre-trained state this script wrote (data, no pickle)
-        safetensors.torch.load_model(dense, args.dense)
-        print(f"pre-trained model read from {args.dense}")
+    if dense_path and os.path.exists(dense_path):
+        safetensors.torch.load_model(dense, dense_path)
+        print(f"pre-trained model ({args.pretrain} steps) read from {dense_path}")
     else:
         gpt2.train(dense, train_ids, val_ids, recipe(args.pretrain, 0, 2e-3, 30))
-        if args.dense:
-            safetensors.torch.save_model(dense, args.dense)
+        if dense_path:
+            safetensors.torch.save_model(dense, dense_path)
 
     def ppl(model) -> float:
         return math.exp(gpt2.evaluate(model, val_ids, block_size=128, batch_size=16))
@@ -139,21 +160,27 @@ def main() -> None:
     for rank in args.ranks:
         uniform, uniform_report = convert(dense, rank, None, args.ncores)
         budget = uniform_report.weight_ratio
-        allocated, budget_report = convert(dense, None, budget, args.ncores, batches)
-        plain, plain_report = convert(dense, None, budget, args.ncores)
-        for name, model, report in (
-            ("uniform", uniform, uniform_report),
-            ("budget", allocated, budget_report),
-            ("budget, weights only", plain, plain_report),
-        ):
+        made = {"uniform": (uniform, uniform_report)}
+        if "budget" in args.models:
+            made["budget"] = convert(dense, None, budget, args.ncores, batches)
+        if "weights" in args.models:
+            made["budget, weights only"] = convert(dense, None, budget, args.ncores)
+        for name, (model, report) in made.items():
+            if name.split(",")[0] not in args.models and name != "budget, weights only":
+                continue
             print(
                 f"| {rank} | {name} | {core_params(report):,} | {100 * report.weight_ratio:.2f} | "
                 f"{report.total_error:.4f} | {ppl(model):.2f} |"
             )
-        print(f"\nbudget allocation at rank {rank}'s size:\n{budget_report}\n")
+        if "budget" in made:
+            allocated, budget_report = made["budget"]
+            print(f"\nbudget allocation at rank {rank}'s size:\n{budget_report}\n")
         if args.train_ranks is None or rank in args.train_ranks:
-            same = ranks_of(budget_report) == ranks_of(uniform_report)
-            trained[rank] = {"uniform": uniform, "budget": None if same else allocated}
+            pair = {"uniform": uniform} if "uniform" in args.models else {}
+            if "budget" in made:
+                same = ranks_of(budget_report) == ranks_of(uniform_report)
+                pair["budget"] = None if same and "uniform" in pair else allocated
+            trained[rank] = pair
     for rank, pair in trained.items():
         print(
             f"\nrank {rank}'s size, {args.steps} training steps (lr 5e-4, warmup 10, cosine), val ppl per seed:\n"
