@@ -2,6 +2,7 @@
 
     python benchmarks/bench_budget.py                      # compare's model, 150 pre-training steps
     python benchmarks/bench_budget.py --pretrain 100 --steps 30 --seeds 0 --train-ranks 16  # a quick look
+    python benchmarks/bench_budget.py --cache DIR --ranks 16 --models budget --seeds 1  # one piece of a run
 
 A dense GPT-2 of ``python -m tensornet.gpt2 compare``'s size (4 layers x 256, 4 heads, a 4,096-token BPE of the
 embedded standard-library corpus, context 128) is pre-trained for ``--pretrain`` steps with compare's recipe.
@@ -19,8 +20,10 @@ Columns: TT-core parameters, the replaced weights' relative conversion error tak
 (``TensorizeReport.total_error``), validation perplexity right after conversion, and after ``--steps`` steps of
 the same training (one seed per run, the seeds of ``--seeds``; each seed draws other batches) for the
 uniform and budget models at the ranks of ``--train-ranks`` (a budget model with the uniform model's ranks
-is the same model: trained once). Public names of
-``tensornet.gpt2`` and ``tensornet.nn`` only. Results: ``benchmarks/results/budget.md``.
+is the same model: trained once). ``--cache DIR`` keeps the token ids and the pre-trained model there
+(safetensors; read when present), so a run can be split over processes by ``--ranks``, ``--models`` and
+``--seeds``. Public names of ``tensornet.gpt2`` and ``tensornet.nn`` only. Results:
+``benchmarks/results/budget.md``.
 """
 
 from __future__ import annotations
