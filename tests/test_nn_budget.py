@@ -291,3 +291,146 @@ def test_no_more_error_than_uniform_ranks_of_the_same_size(seed):
     assert cores(report) <= cores(uniform)
     assert report.total_error <= uniform.total_error * (1 + 1e-9)
     assert_budget_met(report, uniform.weight_ratio)
+
+
+def test_conversion_reuses_the_decomposition_the_budget_measured(monkeypatch):
+    # every distinct (layer, ranks) is decomposed once: the chosen TTM is not computed again to convert
+    calls = []
+    original = tn.ttm_svd
+
+    def counting(a, *args, **kwargs):
+        calls.append((hash(np.asarray(a).tobytes()), tuple(kwargs.get("max_rank") or ())))
+        return original(a, *args, **kwargs)
+
+    monkeypatch.setattr(tn, "ttm_svd", counting)
+    model = stack((64, 32), (32, 64), (48, 16))
+    weights = [layer.weight.detach().clone() for layer in model]
+    _, report = tensorize(model, [Rule("*")], budget=0.3)
+    assert len(calls) == len(set(calls)) >= len(report.layers)
+    for layer, dense, record in zip(model, weights, report.layers):  # and the layers hold that TTM
+        rebuilt = tn.full(layer.weight).detach()
+        assert record.error == pytest.approx(
+            float(torch.linalg.norm(rebuilt - dense) / torch.linalg.norm(dense)), rel=1e-9
+        )
+
+
+class TwoBranches(nn.Module):
+    """``a(x * sa) + b(x * sb)``: two layers of equal weights' norm whose inputs differ in scale."""
+
+    def __init__(self, sa: float, sb: float, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.a = nn.Linear(32, 64, dtype=torch.float64)
+        self.b = nn.Linear(32, 64, dtype=torch.float64)
+        self.sa, self.sb = sa, sb
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a(x * self.sa) + self.b(x * self.sb)
+
+
+def output_error(model: nn.Module, dense: list[torch.Tensor], x: torch.Tensor, scales) -> float:
+    """``sum_l ||(W_l - W~_l) X_l^T||_F^2`` of the two branches on the inputs ``x``."""
+    total = 0.0
+    for layer, weight, scale in zip((model.a, model.b), dense, scales):
+        inputs = x * scale
+        total += float(torch.sum((inputs @ (weight - tn.full(layer.weight).detach()).T) ** 2))
+    return total
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-150, 1e150])
+def test_calibration_spends_the_budget_where_the_outputs_are(scale):
+    # branch b sees inputs 100x smaller: the weights' error splits the budget evenly, the output error
+    # gives a the ranks; its output error on the calibration inputs is lower than both alternatives'
+    torch.manual_seed(5)
+    x = torch.randn(3, 8, 32, dtype=torch.float64)
+    batches = [x[0] * scale, (x[1] * scale,), {"x": x[2] * scale}]  # the three forms of a batch
+    models = {key: TwoBranches(1.0, 0.01) for key in ("plain", "calibrated", "uniform")}
+    dense = [models["plain"].a.weight.detach().clone(), models["plain"].b.weight.detach().clone()]
+    _, uniform = tensorize(models["uniform"], [Rule("*", rank=4, ncores=2)])
+    _, plain = tensorize(models["plain"], [Rule("*", ncores=2)], budget=uniform.weight_ratio)
+    _, report = tensorize(
+        models["calibrated"], [Rule("*", ncores=2)], budget=uniform.weight_ratio, calibration=batches
+    )
+    assert_budget_met(report, uniform.weight_ratio)
+    assert "output error on the calibration inputs" in report.allocation
+    assert "weight error" in plain.allocation
+    a, b = (layer.ranks[1] for layer in report.layers)
+    assert a > b and a > plain.layers[0].ranks[1]
+    inputs = torch.cat([x[0], x[1], x[2]])
+    errors = {key: output_error(m, dense, inputs, (1.0, 0.01)) for key, m in models.items()}
+    assert errors["calibrated"] < errors["plain"] and errors["calibrated"] < errors["uniform"]
+
+
+def test_calibration_restores_the_mode_and_removes_its_hooks():
+    model = TwoBranches(1.0, 1.0).train()
+    model.b.eval()
+    seen = []
+    old = model.a
+    old.register_forward_pre_hook(lambda module, args: seen.append(module.training))
+    tensorize(model, [Rule("a", ncores=2)], budget=0.5, calibration=torch.randn(4, 32, dtype=torch.float64))
+    assert seen == [False]  # the calibration pass ran in eval mode
+    assert model.training and not model.b.training
+    assert len(old._forward_pre_hooks) == 1 and not model.b._forward_pre_hooks  # the user's hook only
+
+
+def test_calibration_gram_is_the_inputs_gram():
+    from tensornet.nn._calibration import record_grams
+
+    model = TwoBranches(1.0, 3.0)
+    batches = [torch.randn(5, 32, dtype=torch.float64), torch.randn(2, 3, 32, dtype=torch.float64) * 7]
+    grams = record_grams(model, [("a", model.a), ("b", model.b)], batches)
+    for name, scale in (("a", 1.0), ("b", 3.0)):
+        inputs = torch.cat([batches[0], batches[1].reshape(-1, 32)]) * scale
+        gram = grams[name]
+        assert gram.rows == 11
+        assert gram.scale == pytest.approx(float(inputs.abs().max()), rel=1e-15)
+        torch.testing.assert_close(gram.matrix * gram.scale**2, inputs.T @ inputs, rtol=1e-12, atol=0)
+
+
+def test_bad_calibration_is_refused_and_the_model_kept():
+    model = TwoBranches(1.0, 1.0)
+    x = torch.randn(4, 32, dtype=torch.float64)
+    with pytest.raises(ValueError, match="calibration is used only to choose the ranks under a budget"):
+        tensorize(model, [Rule("*", rank=2)], calibration=x)
+    with pytest.raises(ValueError, match="calibration is an empty list"):
+        tensorize(model, [Rule("*")], budget=0.5, calibration=[])
+    with pytest.raises(TypeError, match=r"calibration must be the model's input .* got str"):
+        tensorize(model, [Rule("*")], budget=0.5, calibration="text")
+    with pytest.raises(TypeError, match="calibration batch 1 is a int"):
+        tensorize(model, [Rule("*")], budget=0.5, calibration=[x, 3])
+    with pytest.raises(ValueError, match="non-finite activations at the input of layer a"):
+        tensorize(model, [Rule("*")], budget=0.5, calibration=x * math.inf)
+
+    class OnlyA(TwoBranches):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.a(x)
+
+    only = OnlyA(1.0, 1.0)
+    with pytest.raises(ValueError, match=r"calibration batches never reached layer\(s\) b"):
+        tensorize(only, [Rule("*")], budget=0.5, calibration=x)
+    assert isinstance(model.a, nn.Linear) and isinstance(only.b, nn.Linear)
+    assert not model.a._forward_pre_hooks and not only.a._forward_pre_hooks
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    dims=st.lists(st.sampled_from([8, 12, 16, 24]), min_size=2, max_size=4),
+    budget=st.floats(0.15, 1.0),
+    seed=st.integers(0, 1000),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+)
+def test_calibrated_budget_property(dims, budget, seed, dtype):
+    # a chain of layers on random inputs: the budget is met, the errors within the bound, the layers' dtype
+    model = stack(*zip(dims[1:], dims[:-1]), seed=seed, dtype=dtype)
+    x = torch.randn(2, 6, dims[0], generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    rules = [Rule(str(i), ncores=2) for i in range(len(dims) - 1)]
+    try:
+        _, report = tensorize(model, rules, budget=budget, calibration=[x[0], x[1]])
+    except ValueError as error:
+        assert "rank 1 at every bond already takes" in str(error)
+        return
+    assert_budget_met(report, budget)
+    for record in report.layers:
+        assert record.error <= record.error_bound * (1 + 1e-5) + 1e-6  # float32 layers: rounding of W
+    assert all(layer.weight.dtype == dtype for layer in model)
+    assert model(x).shape == (2, 6, dims[-1])

@@ -3,31 +3,47 @@
 For each matched layer's weight ``W_l`` ``(M, N)``, bond k's singular values ``sigma_{l,k,1} >= sigma_{l,k,2}
 >= ...`` are those of the k-th unfolding of ``W_l``'s TTM tensor. TT-SVD truncated to ranks ``r_{l,k}`` errs by at most
 ``||W_l - W~_l||_F^2 <= sum_k sum_{i > r_{l,k}} sigma_{l,k,i}^2`` (Oseledets 2011, Theorem 2.2), and stores
-``P_l(r) = sum_k r_{k-1} m_k n_k r_k`` numbers. The allocator picks ranks for all layers together.
+``P_l(r) = sum_k r_{k-1} m_k n_k r_k`` numbers. The allocator picks ranks for all layers together: greedy
+proposals (not an exact optimum), the one with the least measured objective kept. The objective is the layers'
+squared output error on calibration inputs, ``sum_l ||(W_l - W~_l) X_l^T||_F^2``, when the caller gives them,
+else the weights' ``sum_l ||W_l - W~_l||_F^2``.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
+import tensornet as tn
 from tensornet import _checks
 from tensornet import shapes as _shapes
 
+from ._calibration import Gram, record_grams
 from ._cores import compress
 from ._factor import resolve_shapes
 from ._hf import dense_weight
 
-ALLOCATION = (
-    "ranks from the bond spectra: four greedy allocations, the one with the least measured error kept "
-    "(not an exact optimum)"
-)
+
+def allocation(calibrated: bool) -> str:
+    """The report's one-line account of the allocation and its objective."""
+    objective = (
+        "the least squared output error on the calibration inputs, sum_l ||(W_l - W~_l) X_l^T||^2"
+        if calibrated
+        else "the least squared weight error, sum_l ||W_l - W~_l||^2 (no calibration inputs given)"
+    )
+    return (
+        f"ranks from the bond spectra: {12 if calibrated else 6} greedy allocations (not an exact optimum), the "
+        f"one with {objective} kept"
+    )
+
+
 _NAMES = ("out_features", "in_features", "out_shape", "in_shape")
 
 __all__ = ["Plan", "Spectrum", "Target", "allocate", "check_budget", "core_params", "plan", "spectrum"]
@@ -157,8 +173,19 @@ def _limit(budget: float, spectra: Sequence[Spectrum]) -> tuple[int, int, int]:
     return allowed, minimum, dense
 
 
+def relative_squares(values: Sequence[float]) -> list[float]:
+    """``(v_l / max v)^2`` for non-negative ``values`` (all 0 if they are), at any finite scale."""
+    top = max(values, default=0.0)
+    return [(v / top) ** 2 if top > 0.0 else 0.0 for v in values]
+
+
 def allocate(
-    spectra: Sequence[Spectrum], budget: float, *, estimate: str = "product", start: str = "one"
+    spectra: Sequence[Spectrum],
+    budget: float,
+    *,
+    estimate: str = "product",
+    start: str = "one",
+    weights: Sequence[float] | None = None,
 ) -> list[tuple[int, ...]]:
     """Bond ranks per layer that fit ``budget`` with a small estimated conversion error (greedy, see Notes).
 
@@ -169,9 +196,15 @@ def allocate(
         In ``(0, 1]``.
     estimate : {"product", "bound"}
         The squared error the greedy lowers: ``"bound"`` the TT-SVD upper bound ``sum_k t_k``,
-        ``"product"`` the estimate ``1 - prod_k (1 - t_k)`` (both times ``||W_l||^2``, see Notes).
-    start : {"one", "uniform"}
-        Rank 1 at every bond, or the largest uniform rank whose cores fit (each bond at most its cap).
+        ``"product"`` the estimate ``1 - prod_k (1 - t_k)`` (both times the layer's weight, see Notes).
+    start : {"one", "half", "uniform"}
+        Rank 1 at every bond; half the largest uniform rank whose cores fit (rounded down, at least 1); or
+        that largest uniform rank (each bond at most its cap).
+    weights : sequence of float, optional
+        Each layer's weight in the objective, ``w_l >= 0``: the squared error is ``sum_l w_l e_l^2``
+        (only ratios matter). Default ``||W_l||_F^2`` (the absolute squared error of the weights); the
+        output energy on calibration inputs, ``tr(W_l G_l W_l^T)``, makes it an estimate of the output
+        error.
 
     Returns
     -------
@@ -194,24 +227,26 @@ def allocate(
     earlier layer, then the earlier bond (deterministic). A step's cost grows with the neighbouring bonds'
     ranks, so this is not an exact optimum; for 2-core layers of equal core sizes every step costs the same,
     the two estimates agree and the greedy is optimal for them. Singular values are divided by each
-    layer's norm and norms by the largest, so nothing overflows or all underflows at any finite scale.
+    layer's norm and weights by the largest, so nothing overflows or all underflows at any finite scale.
 
     Cost: ``O(S L d^2)`` for S steps over L layers of d cores (``S <= sum`` of the ranks).
     """
     allowed, used, _ = _limit(budget, spectra)
     ranks = [[1] * (len(s.sizes) - 1) for s in spectra]
-    if start == "uniform":
+    if start != "one":
         fits = [
             r
             for r in range(1, max((max(s.caps) for s in spectra if s.caps), default=1) + 1)
             if sum(core_params(s.sizes, [min(r, c) for c in s.caps]) for s in spectra) <= allowed
         ]
-        ranks = [[min(max(fits), c) for c in s.caps] for s in spectra]
+        top = max(fits) if start == "uniform" else max(1, max(fits) // 2)
+        ranks = [[min(top, c) for c in s.caps] for s in spectra]
         used = sum(core_params(s.sizes, bonds) for s, bonds in zip(spectra, ranks))
-    scale = max((s.norm for s in spectra), default=0.0)
+    weights = relative_squares([s.norm for s in spectra]) if weights is None else list(weights)
+    scale = max(weights, default=0.0)
     if not scale > 0.0:
         return [tuple(bonds) for bonds in ranks]
-    weights = [(s.norm / scale) ** 2 if s.norm > 0.0 else 0.0 for s in spectra]
+    weights = [w / scale if s.norm > 0.0 else 0.0 for s, w in zip(spectra, weights)]
     shares = [[(v / s.norm) ** 2 if s.norm > 0.0 else 0.0 * v for v in s.singular] for s in spectra]
     kept = [[float(np.sum(v[:r])) for v, r in zip(layer, bonds)] for layer, bonds in zip(shares, ranks)]
     while True:
@@ -247,10 +282,16 @@ def parse_cap(name: str, rank: Any, ncores: int) -> tuple[int, ...] | None:
 
 @dataclass(frozen=True, eq=False)
 class Plan:
-    """The budget's choice for one layer: its spectra and bond ranks, and the TT-SVD bound there."""
+    """The budget's choice for one layer: its spectra and bond ranks, the TT-SVD bound there, and the TTM.
+
+    ``ttm``: the layer's float64 CPU TTM at ``bonds`` (TT-SVD, computed once while the proposals are
+    compared and reused for the conversion); ``error``: its measured relative error.
+    """
 
     spectrum: Spectrum
     bonds: tuple[int, ...]
+    ttm: tn.TTM
+    error: float
 
     @property
     def bound(self) -> float:
@@ -290,16 +331,21 @@ def _layer_spectrum(name: str, module: Any, kind: str, rule: Any) -> Spectrum:
     return spectrum(name, weight, row_shape, col_shape, parse_cap(name, rule.rank, len(row_shape)))
 
 
-# the greedy runs the plan compares by measured error: (estimate, start)
-CANDIDATES = (("product", "one"), ("bound", "one"), ("product", "uniform"), ("bound", "uniform"))
+# the greedy runs the plan compares by the measured objective: (estimate, start)
+CANDIDATES = tuple((e, s) for s in ("one", "half", "uniform") for e in ("product", "bound"))
 
 
-def plan(targets: Sequence[Target], budget: Any) -> dict[str, Plan]:
+def plan(
+    targets: Sequence[Target], budget: Any, model: nn.Module | None = None, calibration: Any = None
+) -> dict[str, Plan]:
     """The budget's ranks for every matched layer, by name (see :func:`tensornet.nn.tensorize`).
 
-    Every run of :data:`CANDIDATES` proposes ranks; each distinct layer choice is converted by TT-SVD and
-    its error measured, and the proposal with the least total squared error (``sum_l e_l^2 ||W_l||^2``)
-    wins (the first on a tie).
+    Every run of :data:`CANDIDATES` proposes ranks; each distinct layer choice is converted by TT-SVD once
+    and scored, and the proposal with the least total wins (the first on a tie). The score is the
+    layers' squared output error on the inputs ``X_l`` they receive when ``model`` runs on the
+    ``calibration`` batches, ``sum_l ||(W_l - W~_l) X_l^T||_F^2``, when they are given, else the weights'
+    ``sum_l ||W_l - W~_l||_F^2``.
+    The winner's TTMs are kept in the plans, so the conversion runs no second TT-SVD.
 
     Raises
     ------
@@ -309,16 +355,48 @@ def plan(targets: Sequence[Target], budget: Any) -> dict[str, Plan]:
     """
     value = check_budget(budget)
     spectra = [_layer_spectrum(*target) for target in targets]
-    proposals = [allocate(spectra, value, estimate=e, start=s) for e, s in CANDIDATES]
-    scale = max((s.norm for s in spectra), default=0.0) or 1.0
+    grams: Mapping[str, Gram] | None = None
+    if calibration is not None and model is not None:
+        grams = record_grams(model, [(name, module) for name, module, _, _ in targets], calibration)
+    denses = [_weight(name, module) for name, module, _, _ in targets]
+    if grams is None:  # the weights' own energy: ||W_l||^2 = peak_l^2 ||W_l / peak_l||^2
+        factors = [peak for _, peak in denses]
+        energies = [float(torch.sum(_divide(dense, peak) ** 2)) for dense, peak in denses]
+    else:
+        factors = [peak * grams[s.name].scale for (_, peak), s in zip(denses, spectra)]
+        energies = [grams[s.name].energy(_divide(dense, peak)) for (dense, peak), s in zip(denses, spectra)]
+    # each layer's score is (its factor / the largest)^2 times an O(1) number: no overflow at any scale
+    scales = relative_squares(factors)
+    weights = [scale * energy for scale, energy in zip(scales, energies)]
+    # with calibration, the runs on the weights' norms propose too (scored by the output error as well)
+    weightings = [weights] if grams is None else [weights, None]
+    proposals = [
+        allocate(spectra, value, estimate=e, start=s, weights=w) for w in weightings for e, s in CANDIDATES
+    ]
     totals = [0.0] * len(proposals)
-    for layer, ((name, module, _, _), s) in enumerate(zip(targets, spectra)):
-        dense = dense_weight(name, module)[0].detach().to(device="cpu", dtype=torch.float64)
-        measured: dict[tuple[int, ...], float] = {}
+    converted: list[dict[tuple[int, ...], tuple[tn.TTM, float, float]]] = []
+    for layer, ((dense, peak), s) in enumerate(zip(denses, spectra)):
+        gram = None if grams is None else grams[s.name]
+        found: dict[tuple[int, ...], tuple[tn.TTM, float, float]] = {}
         for index, proposal in enumerate(proposals):
             bonds = proposal[layer]
-            if bonds not in measured:
-                measured[bonds] = compress(dense, s.row_shape, s.col_shape, rank=bonds, eps=None)[1]
-            totals[index] += (measured[bonds] * s.norm / scale) ** 2
+            if bonds not in found:
+                ttm, error = compress(dense, s.row_shape, s.col_shape, rank=bonds, eps=None)
+                residual = _divide(dense - tn.full(ttm), peak)
+                score = float(torch.sum(residual**2)) if gram is None else gram.energy(residual)
+                found[bonds] = (ttm, error, scales[layer] * score)
+            totals[index] += found[bonds][2]
+        converted.append(found)
     chosen = proposals[min(range(len(proposals)), key=lambda i: (totals[i], i))]
-    return {s.name: Plan(s, bonds) for s, bonds in zip(spectra, chosen)}
+    return {s.name: Plan(s, bonds, *found[bonds][:2]) for s, bonds, found in zip(spectra, chosen, converted)}
+
+
+def _weight(name: str, module: Any) -> tuple[torch.Tensor, float]:
+    """A layer's weight ``(out, in)`` in float64 on the CPU, and its largest ``|entry|``."""
+    dense = dense_weight(name, module)[0].detach().to(device="cpu", dtype=torch.float64)
+    return dense, float(dense.abs().max()) if dense.numel() else 0.0
+
+
+def _divide(matrix: torch.Tensor, peak: float) -> torch.Tensor:
+    """``matrix / peak`` (``matrix`` itself for a zero layer, whose peak is 0)."""
+    return matrix / peak if peak > 0.0 else matrix

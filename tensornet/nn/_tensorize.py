@@ -13,6 +13,7 @@ from torch import nn
 from tensornet import _backend
 
 from . import _budget
+from ._calibration import check_calibration
 from ._embedding import TTEmbedding
 from ._hf import conv1d_class, dense_weight
 from ._linear import TTMLinear
@@ -161,9 +162,14 @@ def _build(
             **options,
         )
     bias = options.pop("bias", module.bias is not None)
-    if plan is not None:  # the budget's ranks, on the shapes its spectra were taken for
-        options.update(in_shape=plan.spectrum.col_shape, out_shape=plan.spectrum.row_shape)
-        new = TTMLinear.from_linear(module, rank=plan.bonds, **options)
+    if plan is not None:  # the budget's TTM, decomposed once while the proposals were compared
+        dense, dense_bias = dense_weight(f"tensorize: layer {name}", module)
+        new = TTMLinear.from_ttm(
+            plan.ttm.to(device=dense.device, dtype=dense.dtype),
+            None if dense_bias is None else dense_bias.detach(),
+            save_weight=options.get("save_weight", False),
+        )
+        new.conversion_error = plan.error
     elif rule.from_weights:
         new = TTMLinear.from_linear(module, rank=rule.rank, eps=rule.eps, **options)
     else:
@@ -223,7 +229,7 @@ def _match(model: nn.Module, rules: list[Rule]) -> tuple[list[_budget.Target], l
 
 
 def _convert(
-    model: nn.Module, rules: list[Rule], budget: float | None
+    model: nn.Module, rules: list[Rule], budget: float | None, calibration: Any = None
 ) -> tuple[
     list[tuple[str, Any, TTMLinear | TTEmbedding, str]], list[tuple[str, str]], dict[str, _budget.Plan]
 ]:
@@ -241,7 +247,7 @@ def _convert(
                 )
         plans = {}
     else:
-        plans = _budget.plan(targets, budget)
+        plans = _budget.plan(targets, budget, model, calibration)
     converted = []
     for name, module, kind, rule in targets:
         try:
@@ -288,6 +294,8 @@ def tensorize(
     model: nn.Module,
     rules: Rule | Sequence[Rule] | Mapping[str, Mapping[str, Any]],
     budget: float | None = None,
+    *,
+    calibration: Any = None,
 ) -> tuple[nn.Module, TensorizeReport]:
     """Replace, in place, the ``nn.Linear``, GPT-2 ``Conv1D`` and ``nn.Embedding`` layers a rule matches.
 
@@ -308,6 +316,12 @@ def tensorize(
         the least total conversion error the allocation finds (see Notes). Matched layers must be linear
         layers converted from weights; the rules' shapes (``in_shape``, ``out_shape``, ``ncores``) are
         kept and a rule's ``rank`` caps the ranks.
+    calibration : tensor, tuple, dict or list of them, optional
+        With a budget only: a few batches of the model's inputs (a tensor: ``model(x)``; a tuple:
+        ``model(*args)``; a dict: ``model(**kwargs)``; a list: one batch each). The model runs on them
+        once (eval mode, no grad; its train/eval flags are restored) and the budget then minimises each
+        layer's error on the inputs it receives, ``||(W - W~) X^T||``, instead of the weights' error
+        (see Notes). Recommended: the weights' error alone can starve a layer whose output matters.
 
     Returns
     -------
@@ -318,13 +332,15 @@ def tensorize(
     Raises
     ------
     TypeError
-        A bad rule, or options that do not fit a matched layer; a budget that is not a real number.
+        A bad rule, or options that do not fit a matched layer; a budget that is not a real number; a
+        calibration argument of another form.
     ValueError
         A rule that matches no eligible layer (the message lists them), or only layers whose parents read
         their weights; the layers' own errors (shapes, ranks) name the layer. A rule with neither rank nor
         eps and no budget; a budget outside ``(0, 1]``, or too small for rank 1 at every bond (the message
         gives the smallest that fits), or with an embedding, a from-scratch rule or an eps among the
-        matched layers. Nothing is replaced when an error is raised.
+        matched layers. Calibration without a budget, an empty list of batches, batches that never reach
+        a matched layer or give non-finite activations. Nothing is replaced when an error is raised.
 
     Warns
     -----
@@ -352,30 +368,42 @@ def tensorize(
     ``||W_l||_F^2`` beyond rank ``r_{l,k}`` at bond k, TT-SVD at those ranks has a relative error ``e_l``
     with ``max_k t_{l,k} <= e_l^2 <= sum_k t_{l,k}`` (Oseledets 2011, Theorem 2.2; the lower bound holds
     for every TT of those ranks), and the cores store ``P_l = sum_k r_{k-1} m_k n_k r_k`` numbers. The
-    objective is the total squared error of the replaced weights in absolute terms, ``sum_l e_l^2
-    ||W_l||_F^2`` (a layer with larger weights weighs more, as its output error does for the same input),
-    subject to ``sum_l P_l <= floor(budget * sum_l M_l N_l)``.
+    constraint is ``sum_l P_l <= floor(budget * sum_l M_l N_l)``. The objective, with calibration
+    batches, is the layers' total squared output error on the inputs ``X_l`` each receives from them,
+    ``sum_l ||(W_l - W~_l) X_l^T||_F^2 = sum_l tr(D_l G_l D_l^T)`` (``D_l = W_l - W~_l``, ``G_l = X_l^T
+    X_l`` accumulated in float64; the activations are not kept); without, the weights' total squared
+    error ``sum_l ||W_l - W~_l||_F^2``. The weights' error alone can be a poor guide: on a trained GPT-2
+    (``benchmarks/results/budget.md``) it gave the MLP's ``c_proj`` layers, whose weights are the smallest but
+    whose outputs on the model's own inputs are comparable to the other layers' in the first blocks, a rank-1
+    bond, and the model trained worse than with uniform ranks; the output error ranks layers by what they
+    contribute.
 
-    Four greedy runs propose ranks. Each raises, one at a time, the bond whose step lowers an estimate of
-    the squared error most per added parameter among the steps that still fit, until none fits (or none
-    lowers it: zero singular values), so every proposal uses the budget exactly or just under it. They
-    differ in the estimate (the upper bound ``sum_k t_{l,k}``, or ``1 - prod_k (1 - t_{l,k})``, which lies
-    between the bounds and sees that a bond at a low rank discards what its neighbours keep) and in the
-    start (rank 1 everywhere, or the largest uniform rank that fits). Each proposal is converted and its
-    error measured; the least total wins. Ties go to the earlier layer, then the earlier bond, then the
-    earlier proposal (deterministic). This is not an exact optimum (a step's cost and gain depend on the
-    neighbouring bonds: a knapsack with coupled costs). It is optimal when every step costs the same and
-    gains do not interact (2-core layers of equal core sizes). One proposal starts from the uniform ranks
-    that fit and only adds to them, so in practice the result converts with no more error than uniform
-    ranks of at most the same size. Core shapes come from the rules (``in_shape``, ``out_shape``,
-    ``ncores``); the allocation does not choose them. The report gives, per layer, the ranks, parameters,
-    measured error and TT-SVD upper bound (``LayerReport.error_bound``), and
-    ``TensorizeReport.weight_ratio`` and ``total_error``.
+    Six greedy runs propose ranks (twelve with calibration). Each raises, one at a time, the bond whose step
+    lowers an estimate of the objective most per added parameter among the steps that still fit, until none
+    fits (or none lowers it: zero singular values), so every proposal uses the budget exactly or just under
+    it. The estimate of layer l's term is ``w_l`` times an estimate of ``e_l^2``, with ``w_l`` its output
+    energy on the calibration inputs ``tr(W_l G_l W_l^T)`` (or ``||W_l||_F^2``; with calibration, six runs use
+    each): the discarded share of the output is taken to be that of the weights. The runs differ in the
+    estimate of ``e_l^2`` (the upper bound ``sum_k t_{l,k}``, or ``1 - prod_k (1 - t_{l,k})``, which lies
+    between the bounds and sees that a bond at a low rank discards what its neighbours keep) and in the start
+    (rank 1 everywhere, half the largest uniform rank that fits, or that rank). Each proposal is converted by
+    TT-SVD (each distinct choice for a layer once; the chosen TTM becomes the layer, nothing is decomposed
+    twice) and its objective measured exactly; the least wins. Ties go to the earlier layer, then the earlier
+    bond, then the earlier proposal (deterministic). This is greedy, not an exact optimum (a step's cost and
+    gain depend on the neighbouring bonds: a knapsack with coupled costs). It is optimal when every step costs
+    the same and gains do not interact (2-core layers of equal core sizes, weights' error). One proposal
+    starts from the uniform ranks that fit and only adds to them, so the result has no larger objective than
+    those uniform ranks when its greedy lowers the measured objective, as it does in practice. Core shapes
+    come from the rules (``in_shape``, ``out_shape``, ``ncores``); the allocation does not choose them. The
+    report gives, per layer, the ranks, parameters, measured error and TT-SVD upper bound
+    (``LayerReport.error_bound``), ``TensorizeReport.weight_ratio`` and ``total_error``, and the objective
+    used (``TensorizeReport.allocation``).
 
     Cost: without a budget, one truncated TT-SVD per layer converted from weights (``O(M N r)``); with
     a budget, also a singular-values-only SVD of each unfolding (``O(M N u)``, u its smaller side) for the
-    spectra, ``O(S L d^2)`` per greedy run (S steps over L layers of d cores) and up to four truncated
-    TT-SVDs per layer to measure the proposals.
+    spectra, ``O(S L d^2)`` per greedy run (S steps over L layers of d cores), up to six (twelve) truncated
+    TT-SVDs per layer (one per distinct proposal, the conversion included) and, with calibration, the forward
+    passes plus ``O(n N^2 + M N^2)`` per layer for its Gram matrix and the scores (n input vectors).
 
     Examples
     --------
@@ -383,14 +411,18 @@ def tensorize(
     ...                                        in_shape=(8, 8, 12, 1), out_shape=(8, 8, 8, 6))])
     >>> print(report)  # doctest: +SKIP
     >>> model, report = tensorize(model, [Rule("*.mlp.c_fc"), Rule("*.mlp.c_proj")], budget=0.3)  # doctest: +SKIP
+    >>> model, report = tensorize(model, [Rule("*.mlp.c_fc"), Rule("*.mlp.c_proj")],  # doctest: +SKIP
+    ...                           budget=0.3, calibration=[ids[:16], ids[16:32]])
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"tensorize: model must be an nn.Module, got {type(model).__name__}")
     rules = _rules(rules)
     if budget is not None:
         budget = _budget.check_budget(budget)
+    if calibration is not None:
+        check_calibration(calibration, budget)
     before = sum(p.numel() for p in model.parameters())
-    converted, skipped, plans = _convert(model, rules, budget)
+    converted, skipped, plans = _convert(model, rules, budget, calibration)
     if skipped:
         _backend.warn(
             "tensorize: left dense (their parents read their weight tensors directly): "
@@ -411,6 +443,6 @@ def tensorize(
         model_params_after=after,
         skipped=skipped,
         budget=budget,
-        allocation="" if budget is None else _budget.ALLOCATION,
+        allocation="" if budget is None else _budget.allocation(calibration is not None),
     )
     return model, report
