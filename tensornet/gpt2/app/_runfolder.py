@@ -103,10 +103,7 @@ class RunFolder:
         return folder
 
     def remove_outputs(self) -> list[str]:
-        """Delete the outputs this package writes for this kind of run that the folder's manifest lists.
-
-        Never anything else, never through a symbolic link.
-        """
+        """Delete the outputs of this kind of run that the manifest lists; nothing else, never through a link."""
         try:
             listed = set((read_manifest(self.path) or {}).get("files", []))
         except ValueError:
