@@ -68,10 +68,9 @@ def run_variant(spec: dict, on_step: Callable[[str, int, float], None] | None = 
 
 def _worker(spec: dict, pipe) -> None:
     try:
-        result = ("result", run_variant(spec, lambda *event: pipe.send(("step", event))))
+        pipe.send(("result", run_variant(spec, lambda *event: pipe.send(("step", event)))))
     except Exception as err:  # raised in the parent, as by a variant trained in place
-        result = ("error", err)
-    pipe.send(result)
+        pipe.send(("error", err))
 
 
 def _in_worker(spec: dict, on_step) -> dict:

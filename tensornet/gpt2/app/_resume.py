@@ -236,7 +236,7 @@ def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 
 # why a setting that differs cannot change on resume (the first entry whose settings differ says it)
-_WHY = {
+_WHY: dict[str | tuple[str, ...], str] = {
     "train.steps:": "--steps fixes the learning-rate schedule (warmup, then cosine to its end), so a run cannot "
     "be lengthened: resume with the original --steps, or start a longer run in another --out",
     "train.compile:": "compiled and eager steps round differently, so a run resumes with the --compile mode it "
