@@ -298,25 +298,6 @@ def test_a_failed_run_leaves_no_folder_behind(run, tmp_path, capsys):
     assert kept.is_dir() and list(kept.iterdir()) == []
 
 
-def test_vocab_size_with_a_given_tokenizer_is_refused_before_training(run, tmp_path, capsys):
-    path = tmp_path / "tokenizer.json"
-    cached_tokenizer(stdlib_corpus(max_chars=20000), 280, run["cache"]).save(str(path))
-    out = tmp_path / "out"
-    argv = [
-        "train",
-        *TINY,
-        "--steps",
-        "2",
-        "--no-progress",
-        "--tokenizer",
-        str(path),
-    ]  # TINY has --vocab-size
-    assert code([*argv, "--cache-dir", str(run["cache"]), "--out", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: --vocab-size sizes a tokenizer trained here") and "Traceback" not in err
-    assert not out.exists()  # the run folder it opened is gone again
-
-
 # ---------------------------------------------------------------------------------- resume messages
 def test_resume_names_the_setting_that_differs(run, tmp_path, capsys):
     out = tmp_path / "run"

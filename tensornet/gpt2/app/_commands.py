@@ -42,10 +42,6 @@ def _data_for(args, say: bool):
         print(f"corpus: {corpus.description}")
     if args.tokenizer:
         tokenizer = _data.load_tokenizer(args.tokenizer)
-        if args.vocab_size is not None:
-            raise ValueError(
-                "--vocab-size sizes a tokenizer trained here; it does not apply with --tokenizer"
-            )
     else:
         tokenizer = _data.cached_tokenizer(corpus, vocab_size(args), args.cache_dir)
     layers, width, heads = dims(args)

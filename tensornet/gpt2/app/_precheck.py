@@ -47,8 +47,16 @@ def train_config(args, **extra) -> TrainConfig:
     return TrainConfig(**given | extra)
 
 
+def _exists(flag: str, value: str | None) -> None:
+    if value is not None and not Path(value).exists():
+        raise ValueError(f"{flag}: {value!r} does not exist")
+
+
 def _check_data_args(args) -> None:
-    # (--data, --tokenizer and --vocab-size: checked where they are read, in a second, before any training)
+    _exists("--data", args.data)
+    _exists("--tokenizer", args.tokenizer)
+    if args.tokenizer and args.vocab_size is not None:
+        raise ValueError("--vocab-size sizes a tokenizer trained here; it does not apply with --tokenizer")
     flag = "--cache-dir" if args.cache_dir else "the cache folder ($TENSORNET_CACHE or ~/.cache/tensornet)"
     cache = Path(args.cache_dir) if args.cache_dir else _data.default_cache_dir()
     if not cache.exists():
@@ -285,6 +293,8 @@ def check_eval(args, said: list[str] | None = None) -> dict:
                 f"{str(path)!r} is a train run folder without a model yet: a run writes model/ when it finishes; "
                 f"finish it with train --resume --out {path}, then give {str(model)!r}"
             )
+    _exists("--text", args.text)
+    _exists("--tokenizer", args.tokenizer)
     _, sizes = gpt2.read_config(args.model)  # (a missing folder or a damaged config.json: its one-line error)
     block = min(args.block_size or sizes["n_positions"], sizes["n_positions"])
     _data.check_windows(None, None, block, args.eval_tokens)
