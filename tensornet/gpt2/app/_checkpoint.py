@@ -233,11 +233,9 @@ def _check_rng(rng: Any) -> None:
     """The RNG states: torch's (a tensor), CUDA's (tensors), Python's (version 3, 625 words, the spare gauss)."""
     _keys(rng, "rng", {"torch", "python"}, frozenset({"cuda"}))
     own = torch.get_rng_state()
-    ok = isinstance(rng["torch"], torch.Tensor) and (rng["torch"].dtype, rng["torch"].shape) == (
-        own.dtype,
-        own.shape,
-    )
-    _need(ok, "rng.torch", f"torch's RNG state ({own.numel()} bytes)", rng["torch"])
+    state = rng["torch"]
+    ok = isinstance(state, torch.Tensor) and (state.dtype, state.shape) == (own.dtype, own.shape)
+    _need(ok, "rng.torch", f"torch's RNG state ({own.numel()} bytes)", state)
     cuda = rng.get("cuda", [])
     ok = isinstance(cuda, list) and all(isinstance(t, torch.Tensor) for t in cuda)
     _need(ok, "rng.cuda", "tensors", cuda)
