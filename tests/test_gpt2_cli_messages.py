@@ -419,3 +419,11 @@ def test_a_killed_compare_worker_is_a_clear_error(run, tmp_path, capsys, monkeyp
     err = capsys.readouterr().err
     assert "error: compare: the process training the dense model ended without a result" in err
     assert "Traceback" not in err and not (tmp_path / "c").exists()
+
+
+def test_an_error_in_a_compare_worker_is_raised_in_the_parent(tmp_path):
+    from tensornet.gpt2.app import _compare
+
+    spec = {"tokens": str(tmp_path / "none.safetensors"), "config": {"vocab_size": 300}, "variant": "dense"}
+    with pytest.raises(ValueError, match="is not a readable token file"):  # its own type and message
+        _compare._in_worker(spec, None)

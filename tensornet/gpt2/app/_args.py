@@ -176,19 +176,10 @@ def _add_model_args(p: argparse.ArgumentParser, *, preset: str | None, dims=(Non
         sizes = ", ".join(f"{k} = {v[0]} layers x {v[1]} wide, {v[2]} heads" for k, v in PRESETS.items())
         g.add_argument("--preset", choices=sorted(PRESETS), default=preset, help=f"size: {sizes}")
     where = " (overrides the preset)" if preset is not None else ""
-    n_layer, n_embd, n_head = dims
-    g.add_argument(
-        "--n-layer",
-        type=_int(1, MAX_LAYERS),
-        default=n_layer,
-        help=f"number of blocks, 1 to {MAX_LAYERS}{where}",
-    )
-    g.add_argument(
-        "--n-embd", type=_int(1, MAX_WIDTH), default=n_embd, help=f"model width, 1 to {MAX_WIDTH}{where}"
-    )
-    g.add_argument(
-        "--n-head", type=_int(1, MAX_HEADS), default=n_head, help=f"attention heads, 1 to {MAX_HEADS}{where}"
-    )
+    flags = ("--n-layer", "--n-embd", "--n-head")
+    whats = ("number of blocks", "model width", "attention heads")
+    for flag, what, hi, default in zip(flags, whats, (MAX_LAYERS, MAX_WIDTH, MAX_HEADS), dims):
+        g.add_argument(flag, type=_int(1, hi), default=default, help=f"{what}, 1 to {hi}{where}")
     drop = "dropout on embeddings, attention and residuals, in [0, 1)"
     g.add_argument("--dropout", type=Range(0, 1, hi_open=True).parser(), default=0.0, help=drop)
 

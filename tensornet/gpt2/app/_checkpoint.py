@@ -104,9 +104,8 @@ def load_checkpoint(
         raise FileNotFoundError(f"{where}: no checkpoint at {str(path)!r}")
     if what is not None:
         raise ValueError(f"{where}: the checkpoint {str(path)!r} {what}; restore the file or start a new run")
-    if _compressed(
-        path
-    ):  # torch.save stores records uncompressed; a deflated one could inflate past any size
+    # torch.save stores records uncompressed; a deflated one could inflate past any size
+    if _compressed(path):
         raise _unreadable(path, where, "it holds compressed records, which torch.save never writes")
     try:
         record = torch.load(str(path), map_location="cpu", weights_only=True, mmap=not verify)
@@ -184,12 +183,10 @@ def _shallow(value: Any, depth: int = 0) -> bool:
 
 
 def check_layout(ckpt: dict) -> None:
-    """Every value of a training checkpoint (what ``_Run.checkpoint`` writes) has its type and range.
+    """Every value of a training checkpoint has its type and range, else :class:`Malformed` naming it.
 
-    Raises :class:`Malformed` naming the first that has not (``rng.python[1][5] must be a 32-bit word``). The
-    ranges that depend on the run (the step against ``--steps``, the shapes) are ``_resume``'s.
-
-    Cost: one pass over the values (the tensors' data is not read).
+    The ranges that depend on the run (the step against ``--steps``, the shapes) are ``_resume``'s. Cost: one
+    pass over the values (the tensors' data is not read).
     """
     _keys(ckpt, "the checkpoint", {"model", "optimizer", "step", "history", "rng", "signature"})
     _need(isinstance(ckpt["model"], dict), "model", "an object", ckpt["model"])
@@ -236,11 +233,9 @@ def _check_rng(rng: Any) -> None:
     """The RNG states: torch's (a tensor), CUDA's (tensors), Python's (version 3, 625 words, the spare gauss)."""
     _keys(rng, "rng", {"torch", "python"}, frozenset({"cuda"}))
     own = torch.get_rng_state()
-    ok = isinstance(rng["torch"], torch.Tensor) and (rng["torch"].dtype, rng["torch"].shape) == (
-        own.dtype,
-        own.shape,
-    )
-    _need(ok, "rng.torch", f"torch's RNG state ({own.numel()} bytes)", rng["torch"])
+    state = rng["torch"]
+    ok = isinstance(state, torch.Tensor) and (state.dtype, state.shape) == (own.dtype, own.shape)
+    _need(ok, "rng.torch", f"torch's RNG state ({own.numel()} bytes)", state)
     cuda = rng.get("cuda", [])
     ok = isinstance(cuda, list) and all(isinstance(t, torch.Tensor) for t in cuda)
     _need(ok, "rng.cuda", "tensors", cuda)
@@ -269,11 +264,9 @@ def save_tensors(
 def load_token_file(
     path: Path, vocab_size: int | None, where: str, identity: dict[str, str] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(train, val)`` int64 token ids from a safetensors token file, checked.
+    """``(train, val)`` int64 token ids from a safetensors token file, checked; ValueError naming the file.
 
-    The file must hold two non-empty 1-D integer tensors with ids in ``[0, vocab_size)`` and a matching
-    checksum, and its metadata must hold ``identity`` (what the tokens were built from) when given. Any
-    problem raises ValueError naming the file.
+    Two non-empty 1-D integer tensors, ids in ``[0, vocab_size)``, their checksum and ``identity`` matching.
     """
     metadata, tensors = read_safetensors(path, f"{where}: {str(path)!r} is not a readable token file")
     other = [key for key, value in (identity or {}).items() if metadata.get(key) != value]

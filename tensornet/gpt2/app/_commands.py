@@ -15,7 +15,7 @@ from ._args import log_spaced
 from ._distributed import Distributed, default_device
 from ._precheck import check_memory, dims, model_spec, train_config, vocab_size, warn
 from ._resume import CHECKPOINT, check_checkpoint_fits, runtime
-from ._train import check_tokens, evaluate, load_note, make_optimizer, perplexity, train
+from ._train import evaluate, load_note, make_optimizer, perplexity, train
 
 
 def _bar(total: int, initial: int = 0, *, enabled: bool):
@@ -121,7 +121,7 @@ def _compare_spec(args, out: Path) -> tuple[dict, tuple[str, ...]]:
     train_ids, val_ids = _data.cached_tokens(corpus, tokenizer, args.cache_dir)
     # without --eval-every, a few log-spaced evaluations: the validation curves of loss_curves.png
     cfg = train_config(args, eval_at=() if args.eval_every else log_spaced(args.steps))
-    check_tokens(train_ids, val_ids, cfg)
+    _data.check_windows(train_ids, val_ids, cfg.block_size, cfg.eval_tokens)
     print(
         f"tokens: {train_ids.numel():,} train / {val_ids.numel():,} validation, vocabulary {config['vocab_size']:,}"
     )
@@ -168,7 +168,7 @@ def cmd_train(args) -> int:
             where = runtime(torch.device(args.device) if args.device else default_device(dist), dist.world)
             start = check_checkpoint_fits(out, model, make_optimizer(model, cfg), cfg, signature, where)
         train_ids, val_ids = _data.cached_tokens(corpus, tokenizer, args.cache_dir)
-        check_tokens(train_ids, val_ids, cfg)
+        _data.check_windows(train_ids, val_ids, cfg.block_size, cfg.eval_tokens)
         evaluated = _eval_note(cfg, val_ids)
         if dist.main:
             _describe_train(args, model, report, cfg, evaluated, start)

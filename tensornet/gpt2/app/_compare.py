@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import math
 import multiprocessing
 import os
@@ -10,7 +9,6 @@ import platform
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from queue import Empty
 
 import torch
 
@@ -41,31 +39,17 @@ def build_variant(spec: dict):
     return model, report
 
 
-_PROGRESS = None  # in a worker process: the queue its training steps are reported on
-
-
-def _start_worker(queue) -> None:
-    global _PROGRESS
-    _PROGRESS = queue
-
-
 _KEPT = ("tokens_per_s", "peak_memory_mib", "train_seconds", "loss", "val")  # History's fields in a result
 
 
 def run_variant(spec: dict, on_step: Callable[[str, int, float], None] | None = None) -> dict:
-    """Train one variant and return its results.
-
-    The variant runs in a fresh process so its peak memory is its own. ``on_step(variant, step, loss)``
-    follows the training (in a worker: the queue it was started with).
-    """
+    """Train one variant and return its results; ``on_step(variant, step, loss)`` follows the training."""
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     train_ids, val_ids = load_token_file(Path(spec["tokens"]), spec["config"]["vocab_size"], "compare")
     model, report = build_variant(spec)
     cfg = TrainConfig(**spec["train"])
-    variant, queue = spec["variant"], _PROGRESS
-    if on_step is None and queue is not None:
-        on_step = lambda *event: queue.put(event)  # noqa: E731
+    variant = spec["variant"]
     step = None if on_step is None else lambda s, loss: on_step(variant, s, loss)
     history = train(model, train_ids, val_ids, cfg, device=spec["device"], on_step=step)
     return {
@@ -82,30 +66,37 @@ def run_variant(spec: dict, on_step: Callable[[str, int, float], None] | None = 
     }
 
 
+def _worker(spec: dict, pipe) -> None:
+    try:
+        pipe.send(("result", run_variant(spec, lambda *event: pipe.send(("step", event)))))
+    except Exception as err:  # raised in the parent, as by a variant trained in place
+        pipe.send(("error", err))
+
+
 def _in_worker(spec: dict, on_step) -> dict:
-    """``run_variant`` in a fresh process, its steps relayed to ``on_step`` while it trains."""
+    """``run_variant`` in a fresh process (its peak memory its own), its steps relayed to ``on_step``."""
     ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    with concurrent.futures.ProcessPoolExecutor(
-        1, mp_context=ctx, initializer=_start_worker, initargs=(queue,)
-    ) as pool:
-        future = pool.submit(run_variant, spec)
+    receiver, sender = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=_worker, args=(spec, sender))
+    process.start()
+    sender.close()  # the child holds the only writing end now: reading past it is EOFError once it ends
+    try:
         while True:
-            try:
-                event = queue.get(timeout=0.2)
-            except Empty:
-                if future.done():
-                    break
-                continue
+            kind, value = receiver.recv()
+            if kind == "error":
+                raise value
+            if kind == "result":
+                return value
             if on_step is not None:
-                on_step(*event)
-        try:
-            return future.result()
-        except concurrent.futures.process.BrokenProcessPool:
-            raise ChildProcessError(
-                f"compare: the process training the {spec['variant']} model ended without a result (killed, "
-                "e.g. by the system for lack of memory); try a smaller model, --batch-size or --block-size"
-            ) from None
+                on_step(*value)
+    except EOFError:
+        raise ChildProcessError(
+            f"compare: the process training the {spec['variant']} model ended without a result (killed, "
+            "e.g. by the system for lack of memory); try a smaller model, --batch-size or --block-size"
+        ) from None
+    finally:
+        process.join(timeout=10)
+        process.kill()  # (a no-op once it ended)
 
 
 def mlp_params_per_layer(spec: dict) -> int:

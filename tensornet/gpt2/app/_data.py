@@ -255,9 +255,9 @@ def train_batch(
 
 
 def check_windows(
-    train_ids: torch.Tensor | None, val_ids: torch.Tensor, block: int, eval_tokens: int = 0
+    train_ids: torch.Tensor | None, val_ids: torch.Tensor | None, block: int, eval_tokens: int = 0
 ) -> None:
-    """Enough tokens for windows of ``block`` tokens, and ``eval_tokens`` (0: all) at least one window.
+    """Enough tokens (those given) for windows of ``block`` tokens, and ``eval_tokens`` (0: all) one window.
 
     Raises ValueError saying which text is short and the flags that change it.
     """

@@ -79,10 +79,7 @@ def dims(args) -> tuple[int, int, int]:
 
 
 def resolve_shapes(args, width: int, inner: int) -> None:
-    """``--shapes auto``: the paper's core shapes where it has them for this MLP and rank, else balanced.
-
-    ``args.shapes`` becomes ``"paper"`` or ``"balanced"``; ``args.shapes_note`` says which and why.
-    """
+    """``--shapes auto`` as ``paper`` where the paper has shapes for this MLP and rank, else ``balanced``."""
     if args.shapes != "auto":
         return
     if gpt2.paper_shapes((inner, width), args.rank or 64) is not None:  # (compress --eps: the rank-64 shapes)
@@ -109,10 +106,7 @@ def model_spec(args, config: dict) -> dict:
 
 
 def _dry_run(args, width: int, heads: int) -> None:
-    """Build one block of the model(s) on the meta device: a --rank or --shapes that cannot work is said now.
-
-    Nothing is allocated; without it the error would come after the tokenizer is trained.
-    """
+    """One block of the model(s) on the meta device: a --rank or --shapes that cannot work, before any work."""
     config = dict(
         vocab_size=257, block_size=args.block_size, preset=None, n_layer=1, n_embd=width, n_head=heads
     )
@@ -175,14 +169,6 @@ def check_memory(
         )
 
 
-def _check_eval_tokens(args, block: int) -> None:
-    if 0 < args.eval_tokens < block:
-        raise ValueError(
-            f"--eval-tokens {args.eval_tokens} is fewer than one window of --block-size {block}: evaluation "
-            "would find no window; give 0 (all) or at least the block size"
-        )
-
-
 def vocab_size(args) -> int:
     """The size of the tokenizer trained here: --vocab-size, else 4096 for compare and the tiny preset."""
     return args.vocab_size or (16384 if getattr(args, "preset", "tiny") not in (None, "tiny") else 4096)
@@ -192,12 +178,10 @@ def _check_training(args, said: list[str]) -> None:
     """What compare and train share: data, sizes, memory, processes, compile, schedule; then the dry run."""
     _check_data_args(args)
     layers, width, heads = dims(args)
-    _check_eval_tokens(args, args.block_size)
+    _data.check_windows(None, None, args.block_size, args.eval_tokens)
     # a given tokenizer's size is not known yet: the smallest one possible (checked again once it is read)
     vocab = vocab_size(args) if not args.tokenizer else 257
     check_memory(args, layers=layers, width=width, vocab=vocab, block=args.block_size, training=True)
-    if args.embedding_rank is not None and not args.embeddings:
-        raise ValueError("--embedding-rank sets the TT embedding's rank; it needs --embeddings")
     dist = Distributed()  # (raises for a malformed torchrun environment)
     if args.batch_size % dist.world:
         raise ValueError(f"--batch-size {args.batch_size} is not divisible by the {dist.world} processes")
@@ -219,13 +203,12 @@ def _check_training(args, said: list[str]) -> None:
             "the full schedule"
         )
     resolve_shapes(args, width, 4 * width)
-    if args.command == "compare":
-        _runfolder.check_run_folder(Path(args.out), kind="compare", overwrite=args.overwrite)
-    elif dist.main:
+    resume = getattr(args, "resume", False)  # (compare has no --resume)
+    if args.command == "compare" or dist.main:
         _runfolder.check_run_folder(
-            Path(args.out), kind="train", resume=args.resume, overwrite=args.overwrite
+            Path(args.out), kind=args.command, resume=resume, overwrite=args.overwrite
         )
-    if args.command == "train" and args.resume:
+    if resume:
         check_resume(args.out, train_config(args), args.stop_at)
     _dry_run(args, width, heads)
 
@@ -248,8 +231,6 @@ def check_compress(args, said: list[str]) -> None:
     if args.rank is None and args.eps is None:
         raise ValueError("give exactly one of --rank and --eps")
     sizes = check_eval(args, said)
-    if args.embedding_rank is not None and not args.embeddings:
-        raise ValueError("--embedding-rank sets the TT embedding's rank; it needs --embeddings")
     src, out = Path(args.model).resolve(), Path(args.out).resolve()
     if out == src or src in out.parents:
         raise ValueError(
@@ -296,10 +277,7 @@ def _tt_params(pairs, rank: int) -> int:
 
 
 def check_eval(args, said: list[str] | None = None) -> dict:
-    """MODEL's config.json (nothing loaded) against the flags and the memory; returns the model's sizes.
-
-    A train run folder stands for its ``model/`` (``args.model`` is set to it).
-    """
+    """MODEL's config.json (a train run folder: its ``model/``) against the flags and memory; its sizes."""
     path = Path(args.model)
     if not (path / "config.json").exists() and (path / _runfolder.MANIFEST).is_file():
         try:
@@ -319,7 +297,7 @@ def check_eval(args, said: list[str] | None = None) -> dict:
     _exists("--tokenizer", args.tokenizer)
     _, sizes = gpt2.read_config(args.model)  # (a missing folder or a damaged config.json: its one-line error)
     block = min(args.block_size or sizes["n_positions"], sizes["n_positions"])
-    _check_eval_tokens(args, block)
+    _data.check_windows(None, None, block, args.eval_tokens)
     config = str(Path(args.model) / "config.json")
     size = dict(layers=sizes["n_layer"], width=sizes["n_embd"], vocab=sizes["vocab_size"], block=block)
     check_memory(args, **size, training=False, model=config, positions=sizes["n_positions"])
@@ -337,6 +315,8 @@ CHECKS: dict[str, Callable[[Any, list[str]], object]] = {
 def check(args) -> None:
     """The command's checks; their warnings are said once every check passed (an error is said alone)."""
     said: list[str] = []
+    if getattr(args, "embedding_rank", None) is not None and not args.embeddings:
+        raise ValueError("--embedding-rank sets the TT embedding's rank; it needs --embeddings")
     CHECKS[args.command](args, said)
     if Distributed().main:  # under torchrun, said once (by the first process)
         for message in said:

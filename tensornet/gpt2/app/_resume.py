@@ -48,22 +48,14 @@ def _flag(name: str) -> str:
 
 
 def signature(cfg: TrainConfig, extra: dict | None, runtime: dict | None = None) -> dict:
-    """What must not change between a checkpoint and its resume: everything the log depends on.
-
-    That is the training settings but the checkpoint frequency (the log does not show it), the caller's
-    model/data description ``extra``, and the ``runtime`` (:func:`runtime`).
-    """
+    """What the log depends on, so must not change on resume: ``cfg`` but checkpoint_every, ``extra``, ``runtime``."""
     train_settings = asdict(cfg)
     train_settings.pop("checkpoint_every")
     return {"train": train_settings, **(extra or {}), **({"runtime": runtime} if runtime is not None else {})}
 
 
 def runtime(device: torch.device | str, processes: int) -> dict:
-    """Where a run computes: the device type, the number of processes and (on CPU) torch's thread count.
-
-    Each changes the order of floating-point sums, so the losses (and the log) of a resumed run equal an
-    uninterrupted run's only when these are the same.
-    """
+    """The device type, process count and (on CPU) thread count: each changes the order of float sums."""
     device = torch.device(device)
     out: dict[str, Any] = {"device": device.type, "processes": processes}
     if device.type == "cpu":
@@ -228,10 +220,7 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """The settings that differ between two signatures, as ``name: checkpoint X, now Y (--flag)``.
-
-    Nested names are dotted.
-    """
+    """The settings that differ between two signatures, as ``dotted.name: checkpoint X, now Y (--flag)``."""
     if isinstance(old, dict) and isinstance(new, dict):
         out: list[str] = []
         for key in sorted(set(old) | set(new), key=str):
@@ -246,33 +235,29 @@ def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [f"{name}: checkpoint {old!r}, now {new!r} ({_flag(name)})"]
 
 
+# why a setting that differs cannot change on resume (the first entry whose settings differ says it)
+_WHY: dict[str | tuple[str, ...], str] = {
+    "train.steps:": "--steps fixes the learning-rate schedule (warmup, then cosine to its end), so a run cannot "
+    "be lengthened: resume with the original --steps, or start a longer run in another --out",
+    "train.compile:": "compiled and eager steps round differently, so a run resumes with the --compile mode it "
+    "started with; or start a new run in another --out",
+    "runtime.": "the device, the number of processes and the CPU thread count each change the order of "
+    "floating-point sums, so a run resumes exactly (its log that of an uninterrupted run) only where it "
+    "started: resume with those settings, or start a new run in another --out",
+    ("train.eval_every:", "train.eval_at:"): "the log has a line per evaluation, so a run resumes with the "
+    "evaluations it started with (its log that of an uninterrupted run); or start a new run in another --out",
+}
+
+
 def _signature_mismatch(path: Path, old: Any, new: dict) -> ValueError | None:
     diff = _diff(old, new)
     if not diff:
         return None
     more = f" (and {len(diff) - 5} more)" if len(diff) > 5 else ""
-    hint = "Resume with the original settings, or start a new run in another --out"
-    if any(line.startswith("train.steps:") for line in diff):
-        hint = (
-            "--steps fixes the learning-rate schedule (warmup, then cosine to its end), so a run cannot be "
-            "lengthened: resume with the original --steps, or start a longer run in another --out"
-        )
-    elif any(line.startswith("train.compile:") for line in diff):
-        hint = (
-            "compiled and eager steps round differently, so a run resumes with the --compile mode it started "
-            "with; or start a new run in another --out"
-        )
-    elif any(line.startswith("runtime.") for line in diff):
-        hint = (
-            "the device, the number of processes and the CPU thread count each change the order of "
-            "floating-point sums, so a run resumes exactly (its log that of an uninterrupted run) only where it "
-            "started: resume with those settings, or start a new run in another --out"
-        )
-    elif any(line.startswith(("train.eval_every:", "train.eval_at:")) for line in diff):
-        hint = (
-            "the log has a line per evaluation, so a run resumes with the evaluations it started with (its log "
-            "that of an uninterrupted run); or start a new run in another --out"
-        )
+    hint = next(
+        (why for key, why in _WHY.items() if any(line.startswith(key) for line in diff)),
+        "Resume with the original settings, or start a new run in another --out",
+    )
     return ValueError(
         f"--resume: {str(path)!r} was written by a run with different settings: {'; '.join(diff[:5])}{more}. "
         f"{hint}"

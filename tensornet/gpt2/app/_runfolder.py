@@ -103,10 +103,7 @@ class RunFolder:
         return folder
 
     def remove_outputs(self) -> list[str]:
-        """Delete the outputs this package writes for this kind of run that the folder's manifest lists.
-
-        Never anything else, never through a symbolic link.
-        """
+        """Delete the outputs of this kind of run that the manifest lists; nothing else, never through a link."""
         try:
             listed = set((read_manifest(self.path) or {}).get("files", []))
         except ValueError:
@@ -188,12 +185,8 @@ class _Lock:
 
 
 def _read_pid(file: Path) -> str:
-    with contextlib.suppress(OSError):
-        fd = os.open(file, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        try:
-            return os.read(fd, 32).decode("ascii", "replace").strip()
-        finally:
-            os.close(fd)
+    with contextlib.suppress(OSError, ValueError):  # (a regular file of a few bytes, else no pid to say)
+        return _files.read_small_file(file, 32, "lock").decode("ascii", "replace").strip()
     return ""
 
 

@@ -58,11 +58,7 @@ def perplexity(loss: float) -> float:
 
 
 def load_note(load: float | None, cores: int | None = None) -> str:
-    """``measured while the machine was busy (...)`` for a speed measured under ``load``; "" when idle.
-
-    Busy: a 1-minute load average above the machine's ``cores`` (``os.cpu_count()``), more runnable threads
-    than cores, so the run's threads waited for other processes' and its speed is below the idle one.
-    """
+    """``measured while the machine was busy (...)`` when the 1-minute ``load`` exceeds ``cores``, else ""."""
     cores = cores or os.cpu_count() or 1
     if load is None or not math.isfinite(load) or load <= cores + 0.5:
         return ""
@@ -142,11 +138,6 @@ def evaluate(
     model.train(was_training)
     total, count = dist.sum([total, float(count)], device)
     return total / count
-
-
-def check_tokens(train_ids: torch.Tensor, val_ids: torch.Tensor, cfg: TrainConfig) -> None:
-    """Enough tokens for ``cfg.block_size`` and ``cfg.eval_tokens``, checked before step 1."""
-    check_windows(train_ids, val_ids, cfg.block_size, cfg.eval_tokens)
 
 
 class RunLog:
@@ -297,10 +288,7 @@ class _Run:
         return start
 
     def loop(self, start: int, end: int, train_ids, val_ids, on_step, on_eval) -> None:
-        """Steps ``start`` to ``end`` (0-based), evaluating and checkpointing on the way.
-
-        The final evaluation runs when the run reaches its last step.
-        """
+        """Steps ``start`` to ``end`` (0-based), evaluating and checkpointing; the final evaluation at the last."""
         cfg = self.cfg
         for step in range(start, end):
             loss = self.step(step, train_ids)
@@ -367,7 +355,7 @@ def train(
     cfg.check()
     if stop_at is not None and stop_at < 1:
         raise ValueError(f"train: stop_at must be >= 1, got {stop_at}")
-    check_tokens(train_ids, val_ids, cfg)
+    check_windows(train_ids, val_ids, cfg.block_size, cfg.eval_tokens)
     if resume and out is None:
         raise ValueError("--resume needs --out, the folder holding the checkpoint")
     dist = Distributed()
