@@ -21,7 +21,6 @@ from typing import Any
 # the module that defines them -> public names
 _NAMES = {
     "tensornet.nn": ("LayerReport", "TensorizeReport", "TiedTTHead"),
-    "._config": ("LAYER_GROUPS", "PRESETS"),
     "._lowrank": ("LowRankLinear",),
     "._model": (
         "build_model",
@@ -32,7 +31,7 @@ _NAMES = {
         "save_run_model",
     ),
     "._modelfile": ("dense_params", "memory_bytes", "read_config"),
-    "._shapes": ("balanced_shapes", "layer_shapes", "paper_shapes"),
+    "._shapes": ("LAYER_GROUPS", "PRESETS", "balanced_shapes", "layer_shapes", "paper_shapes"),
     "._tensorize": ("TensorizeConfig", "lowrank", "lowrank_rank_for", "nparams", "tensorize"),
     ".app._config": ("TrainConfig",),
     ".app._data": ("Corpus", "load_corpus", "load_tokenizer", "stdlib_corpus", "train_tokenizer"),

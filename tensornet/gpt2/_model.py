@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from . import files as _files
-from ._config import PRESETS, count
 from ._modelfile import _CHECKSUM, _WEIGHTS, base_names, checked_folder, read_weights
+from ._shapes import PRESETS, count
 
 
 def gpt2_config(

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from . import files as _files
-from ._config import is_int
+from ._shapes import is_int
 from ._tensorize import TensorizeConfig
 
 _WEIGHTS = "model.safetensors"

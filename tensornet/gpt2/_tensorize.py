@@ -18,11 +18,10 @@ from torch import nn
 from tensornet.nn import LayerReport, Rule, TensorizeReport, TiedTTHead, linear_weight
 from tensornet.nn import tensorize as nn_tensorize
 
-from ._config import LAYER_GROUPS, SHAPE_KEYS
-from ._config import count as _count
-from ._config import is_int as _is_int
 from ._lowrank import LowRankLinear
-from ._shapes import Pairs, _check_useful, layer_shapes
+from ._shapes import LAYER_GROUPS, SHAPE_KEYS, Pairs, _check_useful, layer_shapes
+from ._shapes import count as _count
+from ._shapes import is_int as _is_int
 
 
 def nparams(model: nn.Module) -> int:
