@@ -1,8 +1,5 @@
-"""What a model folder must hold, checked before anything is built.
-
-That is ``config.json`` (types, ranges, the tensornet record), the weights file's header against it, and the
-memory the model needs.
-"""
+"""What a model folder must hold, checked before anything is built: ``config.json`` (types, ranges, the
+tensornet record), the weights file's header against the model it describes, and the memory it needs."""
 
 from __future__ import annotations
 
@@ -57,10 +54,7 @@ _RULES = {  # key: (test, rule in words), for the keys config.json gives
 
 
 def memory_bytes(device: torch.device | str | None = None) -> int | None:
-    """The memory a model on ``device`` can use; None when unknown.
-
-    A CUDA device's total memory, else this machine's physical memory (or its cgroup limit when lower).
-    """
+    """A CUDA ``device``'s total memory, else this machine's (or its cgroup limit when lower); None if unknown."""
     device = torch.device(device) if device is not None else torch.device("cpu")
     if device.type == "cuda" and torch.cuda.is_available():
         return int(torch.cuda.get_device_properties(device.index or 0).total_memory)
@@ -90,10 +84,7 @@ def _bad(file: Path, key: str, rule: str, value: Any) -> ValueError:
 
 
 def _check_config(raw: Any, file: Path) -> dict[str, Any]:
-    """Types and ranges of the GPT-2 settings in a parsed ``config.json`` (nothing is built).
-
-    Returns the sizes the model would have, with GPT2Config's defaults for keys not given.
-    """
+    """The sizes a parsed ``config.json`` gives (GPT2Config's defaults for keys not given), its settings checked."""
     from transformers import GPT2Config
     from transformers.activations import ACT2FN
 
@@ -161,10 +152,7 @@ def _check_memory(sizes: dict[str, Any], config: Path) -> None:
 
 
 def _expected_state(config, tensorized: TensorizeConfig | None) -> dict[str, tuple[int, ...]]:
-    """Tensor name -> shape of the model ``config`` (and the tensornet record) describe.
-
-    Built on the meta device (nothing is allocated).
-    """
+    """Tensor name -> shape of the model ``config`` and the record describe, built on the meta device."""
     from transformers import GPT2LMHeadModel
 
     with torch.device("meta"):
@@ -195,9 +183,9 @@ def _few(items: list[str], n: int) -> str:
 
 
 def read_config(directory: str | os.PathLike) -> tuple[dict, dict[str, Any]]:
-    """A model folder's ``config.json``, parsed and checked (``_check_config``), and the sizes it gives.
+    """A model folder's ``config.json``, parsed and checked, and the sizes it gives (nothing is built).
 
-    Cheap, nothing built. Raises ValueError (or FileNotFoundError/NotADirectoryError) naming the file.
+    Raises ValueError (or FileNotFoundError/NotADirectoryError) naming the file.
     """
     if not str(directory):
         raise ValueError("load_model: the model folder path is empty")
