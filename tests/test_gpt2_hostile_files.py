@@ -27,9 +27,9 @@ from tensornet.gpt2 import (
     save_model,
 )
 from tensornet.gpt2.app import _checkpoint, _data, _resume, _train
-from tensornet.gpt2.app._files import write_json
 from tensornet.gpt2.app._checkpoint import load_checkpoint, save_checkpoint
 from tensornet.gpt2.app._data import cached_tokenizer, cached_tokens, stdlib_corpus, token_cache_path
+from tensornet.gpt2.app._files import write_json
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny models run faster on one thread (conftest)
 

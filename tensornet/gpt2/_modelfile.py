@@ -1,5 +1,4 @@
-"""What a model folder must hold, checked before anything is built: ``config.json`` (types, ranges, the
-tensornet record), the weights file's header against the model it describes, and the memory it needs."""
+"""What a model folder must hold, checked before anything is built: config.json, the weights' header, memory."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""GPT-2 with TTM layers: a preset over :func:`tensornet.nn.tensorize` (GPT-2's layer names, the paper's core
-shapes, the LM head tied to a TT embedding), the low-rank baseline, and their record :class:`TensorizeConfig`."""
+"""GPT-2 with TTM layers: a preset over :func:`tensornet.nn.tensorize`, the low-rank baseline, and their record.
+
+The preset knows GPT-2's layer names, the paper's core shapes and the LM head tied to a TT embedding.
+"""
 
 from __future__ import annotations
 

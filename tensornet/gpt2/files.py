@@ -70,11 +70,8 @@ def tmp_stem(name: str) -> str:
 
 
 def tmp_path(path: Path, tag: str = "tmp") -> Path:
-    """A new temporary name ``.NAME.XXXXXXXX.tmpPID`` next to ``path`` (NAME: :func:`tmp_stem`); nothing is created.
-
-    Not ``tempfile.mkstemp``: it creates files readable by their owner alone, where the user's umask should apply
-    as to any file they create; and the writer's pid in the name tells a killed writer's leftover from a live one's.
-    """
+    """A new temporary name ``.NAME.XXXXXXXX.tmpPID`` next to ``path`` (NAME: :func:`tmp_stem`); nothing is created."""
+    # not tempfile.mkstemp: its files are owner-only whatever the umask; the pid tells a killed writer's leftover
     return path.with_name(f".{tmp_stem(path.name)}.{token_hex(4)}.{tag}{os.getpid()}")
 
 
@@ -222,14 +219,11 @@ def remove_stale_tmp(
     dir_files: Iterable[str] = (),
     live: bool,
 ) -> list[Path]:
-    """Remove the leftover temporary files and folders in ``folder`` of names the package writes there.
+    """Remove the leftover temporary files and folders in ``folder`` of ``names`` (or names matching a pattern).
 
-    Those names are ``names``, or match it when it is a pattern (a cache folder's files). ``live=True`` (the
-    caller holds the folder's lock: no writer is alive) removes them whatever the pid in their name, otherwise
-    only those whose process is gone; a symbolic link there is always removed (never what it points to). A
-    folder (a killed ``save_model``) is touched only when it holds nothing but ``dir_files`` (and their
-    leftovers); a set-aside ``.old`` folder whose NAME is missing is renamed back to NAME: the folder it
-    replaced comes back whole.
+    Only those of processes that are gone, unless ``live`` (the caller holds the folder's lock); a link is
+    removed itself. A folder is touched only when it holds nothing but ``dir_files``; a set-aside ``.old``
+    folder whose NAME is missing is renamed back to NAME (a killed ``save_model``).
     """
     owner = _owners(names)
     dir_files = set(dir_files)
