@@ -9,8 +9,8 @@ from the existing weights, reproducing the parameter counts of Chekalina et al. 
 The application (``python -m tensornet.gpt2``: the training loop, resume, data and tokenizer caches, run
 folders, figures) is :mod:`tensornet.gpt2.app`, built on this adapter's public names; ``train``, ``evaluate``,
 ``TrainConfig`` and the corpus helpers are re-exported here. :mod:`tensornet.gpt2.files` holds the file
-guarantees both share (atomic writes, checked reads). The names are imported on first use (torch and
-transformers load then), so ``python -m tensornet.gpt2 --help`` answers at once.
+guarantees of ``save_model``/``load_model``, which the application shares. The names are imported on first
+use (torch and transformers load then), so ``python -m tensornet.gpt2 --help`` answers at once.
 """
 
 from __future__ import annotations

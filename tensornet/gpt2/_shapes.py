@@ -60,10 +60,7 @@ PAPER_SHAPES: dict[tuple[int, int], tuple[tuple[float, Pairs], ...]] = {
 
 
 def paper_shapes(shape: tuple[int, int], rank: int) -> Pairs | None:
-    """The paper's core pairs ``(out_k, in_k)`` for a GPT-2 MLP weight of ``shape = (out, in)`` at ``rank``.
-
-    None when the paper has none (only GPT-2 small and medium MLPs have shapes).
-    """
+    """The paper's pairs ``(out_k, in_k)`` for a GPT-2 small/medium MLP weight ``(out, in)`` at ``rank``, or None."""
     for (width, hidden), table in PAPER_SHAPES.items():
         pairs = next(p for bound, p in table if rank <= bound)
         if tuple(shape) == (hidden, width):  # c_fc
@@ -99,11 +96,9 @@ def _check_pairs(pairs: Any, shape: tuple[int, int], where: str) -> Pairs:
 def layer_shapes(
     key: str, shape: tuple[int, int], *, rank: int, shapes: Any = "paper", ncores: int = 3
 ) -> Pairs:
-    """The ``(out_k, in_k)`` core pairs of the layer ``key`` (``"mlp.c_fc"``, ...) with weight ``shape``.
+    """The ``(out_k, in_k)`` core pairs of the layer ``key`` (``"mlp.c_fc"``, ...) of weight ``shape`` ``(out, in)``.
 
-    ``shape`` is ``(out, in)``. The pairs are the paper's (``shapes="paper"``; attention, which the paper
-    keeps dense, falls back to balanced), ``ncores`` near-equal factors per side (``"balanced"``), or
-    ``shapes[key]`` from a mapping.
+    ``shapes`` as :func:`tensorize` takes it; attention, which the paper keeps dense, falls back to balanced.
     """
     where = f"{key} (out, in) = {tuple(shape)}"
     if isinstance(shapes, Mapping):
