@@ -145,8 +145,8 @@ def _check_memory(sizes: dict[str, Any], config: Path) -> None:
     have = memory_bytes()
     if have is not None and need > have:
         raise ValueError(
-            f"load_model: the model {str(config)!r} describes needs {need / 2**30:,.1f} GiB to build, more than "
-            f"this machine's {have / 2**30:,.1f} GiB of memory"
+            f"load_model: the model {str(config)!r} describes ({_gives(sizes)}) needs {need / 2**30:,.1f} GiB "
+            f"to build, more than this machine's {have / 2**30:,.1f} GiB of memory"
         )
 
 
@@ -175,6 +175,10 @@ def _mismatch(
         f"{k} {got[k]} (expected {expected[k]})" for k in got if k in expected and got[k] != expected[k]
     ]
     return missing, unexpected, shapes
+
+
+def _gives(sizes: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {sizes[k]}" for k in ("n_layer", "n_positions", "n_embd", "vocab_size"))
 
 
 def _few(items: list[str], n: int) -> str:
@@ -243,6 +247,7 @@ def checked_folder(path: Path) -> tuple[Any, TensorizeConfig | None, Path]:
 
     raw, sizes = read_config(path)
     config_file = path / "config.json"
+    _check_memory(sizes, config_file)  # before the meta model of a crafted size is built
     weights = _weights_file(path)
     record = raw.get("tensornet")
     tensorized = None if record is None else TensorizeConfig.from_json(record, str(config_file), "load_model")
@@ -270,12 +275,10 @@ def checked_folder(path: Path) -> tuple[Any, TensorizeConfig | None, Path]:
                 " The weights hold TT cores or low-rank factors but config.json has no tensornet record: "
                 "restore the config.json that save_model wrote with them."
             )
-        gives = ", ".join(f"{k} {sizes[k]}" for k in ("n_layer", "n_positions", "n_embd", "vocab_size"))
         raise ValueError(
-            f"load_model: the weights in {str(weights)!r} do not match {str(config_file)!r} ({gives}): missing "
+            f"load_model: the weights in {str(weights)!r} do not match {str(config_file)!r} ({_gives(sizes)}): missing "
             f"{_few(missing, 5)}, unexpected {_few(unexpected, 5)}"
             + (f", other shapes {_few(shapes, 3)}" if shapes else "")
             + f".{why or ' Restore the config.json that was saved with the weights.'}"
         )
-    _check_memory(sizes, config_file)
     return config, tensorized, weights
