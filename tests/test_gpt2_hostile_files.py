@@ -310,8 +310,11 @@ def test_crafted_configs_are_refused_before_anything_is_built(shared, tmp_path, 
     with pytest.raises(ValueError, match="not a regular file"):
         load_model(tmp_path / "2")
     monkeypatch.setattr(_modelfile, "memory_bytes", lambda device=None: 2**10)
-    with pytest.raises(ValueError, match="more than this machine's"):
+    meta = []  # refused before the model the config describes is built, even on the meta device
+    monkeypatch.setattr(_modelfile, "_expected_state", lambda *a: meta.append(a))
+    with pytest.raises(ValueError, match="more than this machine's") as err:
         load_model(src)
+    assert not meta and "n_layer" in str(err.value) and "vocab_size" in str(err.value)
 
 
 # ------------------------------------------------------------- 6. crafted metadata, checkpoints, tokenizers
