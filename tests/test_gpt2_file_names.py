@@ -12,6 +12,7 @@ from conftest import GPT2_TINY, cli_status
 
 from tensornet.gpt2 import files, load_model, save_model
 from tensornet.gpt2.app import _commands
+from tensornet.gpt2.app._files import write_json
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny models run faster on one thread (conftest)
 
@@ -28,7 +29,7 @@ def test_temporary_names_of_long_names_fit_and_stay_distinct(tmp_path):
         target = tmp_path / name
         for tag in ("tmp", "old"):
             assert nbytes(files.tmp_path(target, tag)) <= files.NAME_MAX, (name, tag)
-        files.write_json(target, {"a": 1})  # an atomic write at the long name works
+        write_json(target, {"a": 1})  # an atomic write at the long name works
         assert target.read_text().strip().endswith("}")
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     short = files.tmp_path(tmp_path / "short.json").name  # short names kept whole

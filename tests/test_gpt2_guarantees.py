@@ -188,6 +188,16 @@ def test_damaged_model_folders_are_errors(shared, tmp_path, capsys):
     weights.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="fails its checksum"):
         load_model(folder)
+    # a weights file that is no file: said what it is (a FIFO would block a reader forever)
+    for make, what in (
+        (os.mkfifo, "not a regular file"),
+        (lambda p: p.symlink_to(tmp_path / "gone"), "broken"),
+    ):
+        weights.unlink()
+        make(weights)
+        with pytest.raises(ValueError, match=what):
+            load_model(folder)
+    weights.unlink()
     # TT cores, but config.json without the tensornet record: an error, not a randomly initialised model
     weights.write_bytes(good)
     settings = json.loads((folder / "config.json").read_text())

@@ -29,6 +29,7 @@ from tensornet.gpt2 import (
 from tensornet.gpt2.app import _checkpoint, _data, _resume, _train
 from tensornet.gpt2.app._checkpoint import load_checkpoint, save_checkpoint
 from tensornet.gpt2.app._data import cached_tokenizer, cached_tokens, stdlib_corpus, token_cache_path
+from tensornet.gpt2.app._files import write_json
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny models run faster on one thread (conftest)
 
@@ -86,7 +87,7 @@ def test_atomic_writes_never_follow_a_planted_link(tmp_path, monkeypatch):
     target, precious = tmp_path / "out.json", victim(tmp_path)
     predictable(monkeypatch)
     planted(target).symlink_to(precious)
-    files.write_json(target, {"a": 1})  # the taken name is passed over, its link left alone
+    write_json(target, {"a": 1})  # the taken name is passed over, its link left alone
     assert precious.read_text() == "precious" and planted(target).is_symlink()
     assert not target.is_symlink() and json.loads(target.read_text()) == {"a": 1}
     # the final name a link: the link itself is replaced, never its target
@@ -99,7 +100,7 @@ def test_atomic_writes_never_follow_a_planted_link(tmp_path, monkeypatch):
     blocked = tmp_path / "blocked.json"
     planted(blocked).mkdir()
     (planted(blocked) / "keep").write_text("x")
-    files.write_json(blocked, {})
+    write_json(blocked, {})
     assert (planted(blocked) / "keep").read_text() == "x" and json.loads(blocked.read_text()) == {}
     # a folder set aside (save_model's first rename) is never renamed over a planted link or folder
     predictable(monkeypatch)
@@ -309,8 +310,11 @@ def test_crafted_configs_are_refused_before_anything_is_built(shared, tmp_path, 
     with pytest.raises(ValueError, match="not a regular file"):
         load_model(tmp_path / "2")
     monkeypatch.setattr(_modelfile, "memory_bytes", lambda device=None: 2**10)
-    with pytest.raises(ValueError, match="more than this machine's"):
+    meta = []  # refused before the model the config describes is built, even on the meta device
+    monkeypatch.setattr(_modelfile, "_expected_state", lambda *a: meta.append(a))
+    with pytest.raises(ValueError, match="more than this machine's") as err:
         load_model(src)
+    assert not meta and "n_layer" in str(err.value) and "vocab_size" in str(err.value)
 
 
 # ------------------------------------------------------------- 6. crafted metadata, checkpoints, tokenizers

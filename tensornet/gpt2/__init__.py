@@ -9,8 +9,8 @@ from the existing weights, reproducing the parameter counts of Chekalina et al. 
 The application (``python -m tensornet.gpt2``: the training loop, resume, data and tokenizer caches, run
 folders, figures) is :mod:`tensornet.gpt2.app`, built on this adapter's public names; ``train``, ``evaluate``,
 ``TrainConfig`` and the corpus helpers are re-exported here. :mod:`tensornet.gpt2.files` holds the file
-guarantees both share (atomic writes, checked reads). The names are imported on first use (torch and
-transformers load then), so ``python -m tensornet.gpt2 --help`` answers at once.
+guarantees of ``save_model``/``load_model``, which the application shares. The names are imported on first
+use (torch and transformers load then), so ``python -m tensornet.gpt2 --help`` answers at once.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from typing import Any
 # the module that defines them -> public names
 _NAMES = {
     "tensornet.nn": ("LayerReport", "TensorizeReport", "TiedTTHead"),
-    "._config": ("LAYER_GROUPS", "PRESETS"),
     "._lowrank": ("LowRankLinear",),
     "._model": (
         "build_model",
@@ -32,7 +31,7 @@ _NAMES = {
         "save_run_model",
     ),
     "._modelfile": ("dense_params", "memory_bytes", "read_config"),
-    "._shapes": ("balanced_shapes", "layer_shapes", "paper_shapes"),
+    "._shapes": ("LAYER_GROUPS", "PRESETS", "balanced_shapes", "layer_shapes", "paper_shapes"),
     "._tensorize": ("TensorizeConfig", "lowrank", "lowrank_rank_for", "nparams", "tensorize"),
     ".app._config": ("TrainConfig",),
     ".app._data": ("Corpus", "load_corpus", "load_tokenizer", "stdlib_corpus", "train_tokenizer"),

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from . import files as _files
-from ._config import PRESETS, count
 from ._modelfile import _CHECKSUM, _WEIGHTS, base_names, checked_folder, read_weights
+from ._shapes import PRESETS, count
 
 
 def gpt2_config(
@@ -75,7 +75,7 @@ _MARK = {"format": "tensornet-model", "version": 1, "written_by": "tensornet.gpt
 
 
 def _marked(folder: Path) -> bool:
-    """Whether ``folder`` carries save_model's mark file (a regular file with its format tag)."""
+    """Whether ``folder`` carries save_model's mark file."""
     mark = folder / _files.MODEL_MARK
     if not _files.plain_file(mark):
         return False
@@ -89,12 +89,9 @@ def _marked(folder: Path) -> bool:
 def check_model_target(
     target: Path, *, overwrite: bool = False, where: str = "save_model", require_mark: bool = True
 ) -> None:
-    """Refuse a ``save_model`` target that would lose someone's files; check it can be written.
+    """Refuse a ``save_model`` target that would lose someone's files (see :func:`save_model`) or is not writable.
 
-    A file is always refused; an existing folder is used when empty, and replaced only with ``overwrite`` and
-    only when it holds nothing but what ``save_model`` writes, including its mark file ``tensornet-model.json``
-    (``require_mark=False``: a run folder's own ``model/``, which its manifest vouches for). Nothing is created
-    or changed.
+    ``require_mark=False``: a run folder's own ``model/``, which its manifest vouches for. Nothing is changed.
     """
     target = Path(target)
     _files.check_name_length(target, where)
@@ -151,11 +148,7 @@ def save_model(
 
 
 def save_run_model(model: nn.Module, directory: Path, *, tokenizer=None) -> Path:
-    """``save_model`` into a run folder's own ``model/``.
-
-    The folder is held under the run's lock; its manifest lists the model files. ``model/`` is replaced when
-    it holds nothing but save_model's files, marked or not (older tensornet).
-    """
+    """``save_model`` into a run folder's own (locked) ``model/``, replaced when it holds only save_model's files."""
     check_model_target(directory, overwrite=True, where="--out", require_mark=False)
     _write_model(model, directory, tokenizer)
     return directory

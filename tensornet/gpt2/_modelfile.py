@@ -1,8 +1,4 @@
-"""What a model folder must hold, checked before anything is built.
-
-That is ``config.json`` (types, ranges, the tensornet record), the weights file's header against it, and the
-memory the model needs.
-"""
+"""What a model folder must hold, checked before anything is built: config.json, the weights' header, memory."""
 
 from __future__ import annotations
 
@@ -16,7 +12,7 @@ from typing import Any
 import torch
 
 from . import files as _files
-from ._config import is_int
+from ._shapes import is_int
 from ._tensorize import TensorizeConfig
 
 _WEIGHTS = "model.safetensors"
@@ -57,10 +53,7 @@ _RULES = {  # key: (test, rule in words), for the keys config.json gives
 
 
 def memory_bytes(device: torch.device | str | None = None) -> int | None:
-    """The memory a model on ``device`` can use; None when unknown.
-
-    A CUDA device's total memory, else this machine's physical memory (or its cgroup limit when lower).
-    """
+    """A CUDA ``device``'s total memory, else this machine's (or its cgroup limit when lower); None if unknown."""
     device = torch.device(device) if device is not None else torch.device("cpu")
     if device.type == "cuda" and torch.cuda.is_available():
         return int(torch.cuda.get_device_properties(device.index or 0).total_memory)
@@ -90,10 +83,7 @@ def _bad(file: Path, key: str, rule: str, value: Any) -> ValueError:
 
 
 def _check_config(raw: Any, file: Path) -> dict[str, Any]:
-    """Types and ranges of the GPT-2 settings in a parsed ``config.json`` (nothing is built).
-
-    Returns the sizes the model would have, with GPT2Config's defaults for keys not given.
-    """
+    """The sizes a parsed ``config.json`` gives (GPT2Config's defaults for keys not given), its settings checked."""
     from transformers import GPT2Config
     from transformers.activations import ACT2FN
 
@@ -131,14 +121,6 @@ def _unreadable(file: Path) -> tuple[str, str]:
     )
 
 
-def _read_header(file: Path) -> dict[str, tuple[int, ...]]:
-    """Tensor name -> shape from a safetensors file's header alone (no tensor is read)."""
-    what = _files.not_a_file(file)
-    if what is not None:
-        raise ValueError(f"load_model: {str(file)!r} {what}; give a model folder with its weights file")
-    return _files.read_safetensors(file, *_unreadable(file), shapes=True)[1]
-
-
 def read_weights(file: Path) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file, checked against the checksum ``save_model`` stores (when present)."""
     metadata, state = _files.read_safetensors(file, *_unreadable(file))
@@ -151,47 +133,25 @@ def read_weights(file: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _check_fit(
-    sizes: dict[str, Any], header: dict[str, tuple[int, ...]], config: Path, weights: Path
-) -> None:
-    """config.json's sizes against the tensors the weights file holds, and the dense model against memory.
-
-    A config that does not describe these weights is refused before anything is allocated.
-    """
-    width, positions, layers = sizes["n_embd"], sizes["n_positions"], sizes["n_layer"]
-    blocks = {int(m[1]) for k in header if (m := re.match(r"(?:transformer\.)?h\.(\d+)\.", k))}
-    if blocks and blocks != set(range(layers)):
-        raise ValueError(
-            f"load_model: {str(config)!r} says n_layer {layers}, but {str(weights)!r} holds {len(blocks)} "
-            "blocks; restore the config.json that was saved with the weights"
-        )
-    for key, expected, names in (
-        ("wpe", (positions, width), "n_positions, n_embd"),
-        ("wte", (sizes["vocab_size"], width), "vocab_size, n_embd"),
-        ("ln_f", (width,), "n_embd"),
-    ):
-        for name in (f"transformer.{key}.weight", f"{key}.weight"):
-            if name in header and header[name] != expected:
-                raise ValueError(
-                    f"load_model: {str(config)!r} gives ({names}) = {expected}, but {name} in {str(weights)!r} "
-                    f"has shape {header[name]}; restore the config.json that was saved with the weights"
-                )
+def _check_memory(sizes: dict[str, Any], config: Path) -> None:
+    """The dense model ``config.json`` describes must fit this machine's memory (it is built before loading)."""
     need = 4 * dense_params(
-        vocab=sizes["vocab_size"], positions=positions, width=width, layers=layers, inner=sizes["n_inner"]
+        vocab=sizes["vocab_size"],
+        positions=sizes["n_positions"],
+        width=sizes["n_embd"],
+        layers=sizes["n_layer"],
+        inner=sizes["n_inner"],
     )
     have = memory_bytes()
     if have is not None and need > have:
         raise ValueError(
-            f"load_model: the model {str(config)!r} describes needs {need / 2**30:,.1f} GiB to build, more than "
-            f"this machine's {have / 2**30:,.1f} GiB of memory"
+            f"load_model: the model {str(config)!r} describes ({_gives(sizes)}) needs {need / 2**30:,.1f} GiB "
+            f"to build, more than this machine's {have / 2**30:,.1f} GiB of memory"
         )
 
 
 def _expected_state(config, tensorized: TensorizeConfig | None) -> dict[str, tuple[int, ...]]:
-    """Tensor name -> shape of the model ``config`` (and the tensornet record) describe.
-
-    Built on the meta device (nothing is allocated).
-    """
+    """Tensor name -> shape of the model ``config`` and the record describe, built on the meta device."""
     from transformers import GPT2LMHeadModel
 
     with torch.device("meta"):
@@ -217,10 +177,18 @@ def _mismatch(
     return missing, unexpected, shapes
 
 
-def read_config(directory: str | os.PathLike) -> tuple[dict, dict[str, Any]]:
-    """A model folder's ``config.json``, parsed and checked (``_check_config``), and the sizes it gives.
+def _gives(sizes: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {sizes[k]}" for k in ("n_layer", "n_positions", "n_embd", "vocab_size"))
 
-    Cheap, nothing built. Raises ValueError (or FileNotFoundError/NotADirectoryError) naming the file.
+
+def _few(items: list[str], n: int) -> str:
+    return f"{items[:n]}{' ...' if len(items) > n else ''}"
+
+
+def read_config(directory: str | os.PathLike) -> tuple[dict, dict[str, Any]]:
+    """A model folder's ``config.json``, parsed and checked, and the sizes it gives (nothing is built).
+
+    Raises ValueError (or FileNotFoundError/NotADirectoryError) naming the file.
     """
     if not str(directory):
         raise ValueError("load_model: the model folder path is empty")
@@ -254,7 +222,12 @@ def base_names(names: dict) -> dict:
 def _weights_file(path: Path) -> Path:
     """The folder's safetensors weights; pickle or sharded weights are refused, with what to do."""
     weights = path / _WEIGHTS
-    if weights.exists():
+    if weights.exists() or weights.is_symlink():
+        what = _files.not_a_file(weights)  # a FIFO would never end, a folder is no file
+        if what is not None:
+            raise ValueError(
+                f"load_model: {str(weights)!r} {what}; give a model folder with its weights file"
+            )
         return weights
     pickled = [name for name in _PICKLE_WEIGHTS if (path / name).is_file()]
     if pickled:
@@ -274,13 +247,13 @@ def checked_folder(path: Path) -> tuple[Any, TensorizeConfig | None, Path]:
 
     raw, sizes = read_config(path)
     config_file = path / "config.json"
+    _check_memory(sizes, config_file)  # before the meta model of a crafted size is built
     weights = _weights_file(path)
     record = raw.get("tensornet")
     tensorized = None if record is None else TensorizeConfig.from_json(record, str(config_file), "load_model")
-    header = _read_header(weights)
+    header = _files.read_safetensors(weights, *_unreadable(weights), shapes=True)[1]
     if tensorized is None:
         header = base_names(header)
-    _check_fit(sizes, header, config_file, weights)
     try:
         config = GPT2Config.from_dict(raw)
     except Exception as err:  # transformers' own validation raises several error types
@@ -303,10 +276,9 @@ def checked_folder(path: Path) -> tuple[Any, TensorizeConfig | None, Path]:
                 "restore the config.json that save_model wrote with them."
             )
         raise ValueError(
-            f"load_model: the weights in {str(weights)!r} do not match {str(config_file)!r}: missing "
-            f"{missing[:5]}{' ...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
-            f"{' ...' if len(unexpected) > 5 else ''}"
-            + (f", other shapes {shapes[:3]}{' ...' if len(shapes) > 3 else ''}" if shapes else "")
-            + f".{why}"
+            f"load_model: the weights in {str(weights)!r} do not match {str(config_file)!r} ({_gives(sizes)}): missing "
+            f"{_few(missing, 5)}, unexpected {_few(unexpected, 5)}"
+            + (f", other shapes {_few(shapes, 3)}" if shapes else "")
+            + f".{why or ' Restore the config.json that was saved with the weights.'}"
         )
     return config, tensorized, weights

@@ -1,15 +1,49 @@
-"""The core shapes of GPT-2's TTM layers: the paper's (Chekalina et al. 2023), balanced, or given per layer.
+"""GPT-2's sizes, layer names and the core shapes of its TTM layers (the paper's, balanced, or given); no torch.
 
-One pair order everywhere: ``(m_k, n_k)``, a TTM core's row and column factors; for a linear layer ``(out_k, in_k)``.
+The shapes are Chekalina et al. 2023's. One pair order everywhere: ``(m_k, n_k)``, a TTM core's row and column
+factors; for a linear layer ``(out_k, in_k)``.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
 import tensornet as tn
+
+# name -> (n_layer, n_embd, n_head); GPT-2 small and medium as published, "tiny" for CPU runs.
+PRESETS: dict[str, tuple[int, int, int]] = {
+    "tiny": (4, 256, 4),
+    "small": (12, 768, 12),
+    "medium": (24, 1024, 16),
+}
+
+# module names inside each GPT2Block, per layer group; "wte" names the token embedding in `shapes`
+LAYER_GROUPS: dict[str, tuple[str, ...]] = {
+    "mlp": ("mlp.c_fc", "mlp.c_proj"),
+    "attn": ("attn.c_attn", "attn.c_proj"),
+}
+SHAPE_KEYS = (*(key for keys in LAYER_GROUPS.values() for key in keys), "wte")
+
+
+def is_int(value: Any) -> bool:
+    """An integral number that is not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def count(fn: str, name: str, value: Any, *, optional: bool = False) -> Any:
+    """``value`` as an int ``>= 1`` (None passes when ``optional``); else TypeError/ValueError naming it."""
+    if optional and value is None:
+        return None
+    if not is_int(value):
+        kind = "an int or None" if optional else "an int"
+        raise TypeError(f"{fn}: {name} must be {kind}, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{fn}: {name} must be >= 1, got {value}")
+    return int(value)
+
 
 Pairs = tuple[tuple[int, int], ...]  # ((m_1, n_1), ..., (m_d, n_d)): a (prod m, prod n) weight
 
@@ -26,10 +60,7 @@ PAPER_SHAPES: dict[tuple[int, int], tuple[tuple[float, Pairs], ...]] = {
 
 
 def paper_shapes(shape: tuple[int, int], rank: int) -> Pairs | None:
-    """The paper's core pairs ``(out_k, in_k)`` for a GPT-2 MLP weight of ``shape = (out, in)`` at ``rank``.
-
-    None when the paper has none (only GPT-2 small and medium MLPs have shapes).
-    """
+    """The paper's pairs ``(out_k, in_k)`` for a GPT-2 small/medium MLP weight ``(out, in)`` at ``rank``, or None."""
     for (width, hidden), table in PAPER_SHAPES.items():
         pairs = next(p for bound, p in table if rank <= bound)
         if tuple(shape) == (hidden, width):  # c_fc
@@ -65,11 +96,9 @@ def _check_pairs(pairs: Any, shape: tuple[int, int], where: str) -> Pairs:
 def layer_shapes(
     key: str, shape: tuple[int, int], *, rank: int, shapes: Any = "paper", ncores: int = 3
 ) -> Pairs:
-    """The ``(out_k, in_k)`` core pairs of the layer ``key`` (``"mlp.c_fc"``, ...) with weight ``shape``.
+    """The ``(out_k, in_k)`` core pairs of the layer ``key`` (``"mlp.c_fc"``, ...) of weight ``shape`` ``(out, in)``.
 
-    ``shape`` is ``(out, in)``. The pairs are the paper's (``shapes="paper"``; attention, which the paper
-    keeps dense, falls back to balanced), ``ncores`` near-equal factors per side (``"balanced"``), or
-    ``shapes[key]`` from a mapping.
+    ``shapes`` as :func:`tensorize` takes it; attention, which the paper keeps dense, falls back to balanced.
     """
     where = f"{key} (out, in) = {tuple(shape)}"
     if isinstance(shapes, Mapping):

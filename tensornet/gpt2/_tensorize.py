@@ -1,10 +1,6 @@
 """GPT-2 with TTM layers: a preset over :func:`tensornet.nn.tensorize`, the low-rank baseline, and their record.
 
-The preset knows GPT-2's layer names, the paper's core shapes (Chekalina et al. 2023, ``docs/reference.md``) and
-the LM head tied to the token embedding; ``tensornet.nn`` builds the layers. What was built is recorded as a
-:class:`TensorizeConfig` in ``model.config.tensornet`` (``config.json``), which ``load_model`` applies to a
-dense model of the same size before loading the weights. Core pairs are ``(m_k, n_k)``: ``(out_k, in_k)`` for
-a linear layer (GPT-2's ``Conv1D`` is transposed by ``tensornet.nn``), ``(vocabulary_k, width_k)`` for ``wte``.
+The preset knows GPT-2's layer names, the paper's core shapes and the LM head tied to a TT embedding.
 """
 
 from __future__ import annotations
@@ -18,11 +14,10 @@ from torch import nn
 from tensornet.nn import LayerReport, Rule, TensorizeReport, TiedTTHead, linear_weight
 from tensornet.nn import tensorize as nn_tensorize
 
-from ._config import LAYER_GROUPS, SHAPE_KEYS
-from ._config import count as _count
-from ._config import is_int as _is_int
 from ._lowrank import LowRankLinear
-from ._shapes import Pairs, _check_useful, layer_shapes
+from ._shapes import LAYER_GROUPS, SHAPE_KEYS, Pairs, _check_useful, layer_shapes
+from ._shapes import count as _count
+from ._shapes import is_int as _is_int
 
 
 def nparams(model: nn.Module) -> int:
@@ -56,10 +51,10 @@ def _weight_shape(module: nn.Module) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class TensorizeConfig:
-    """What :func:`tensorize` or :func:`lowrank` built in a GPT-2, recorded in its ``config.json``.
+    """What :func:`tensorize` or :func:`lowrank` built in a GPT-2: ``model.config.tensornet`` in ``config.json``.
 
-    Stored as ``model.config.tensornet`` (:meth:`to_json`, with a ``version``); :func:`load_model` reads it back
-    (:meth:`from_json`, checked) and :meth:`apply` builds the same layers in a dense model of the same size.
+    :func:`load_model` reads it back (:meth:`from_json`) and :meth:`apply` builds the same layers in a dense
+    model of the same size before it loads the weights.
 
     Attributes
     ----------
@@ -67,7 +62,7 @@ class TensorizeConfig:
     layers : the layer groups replaced in every block (``"mlp"``, ``"attn"``)
     bias : whether the replaced layers have biases
     rank : the rank asked for (TTM: None when ``eps`` chose the ranks; low-rank: the inner size)
-    shapes : TTM: the core pairs ``(m_k, n_k)`` per layer key (``"mlp.c_fc"``, ..., ``"wte"``)
+    shapes : TTM: the core pairs per layer key, ``(out_k, in_k)`` (``"wte"``: ``(vocabulary_k, width_k)``)
     ranks : TTM: the TT ranks ``(1, r_1, ..., 1)`` of every replaced layer, by module name
     embeddings : TTM: the token embedding is a ``TTEmbedding`` and the LM head a ``TiedTTHead`` on it
     """
@@ -101,10 +96,7 @@ class TensorizeConfig:
     def from_json(
         cls, record: Any, where: str = "the record", fn: str = "TensorizeConfig.from_json"
     ) -> TensorizeConfig:
-        """The record, checked (types and bounds; :meth:`apply` checks it against the model).
-
-        ValueError names the caller ``fn``, the file or object ``where`` and the key at fault.
-        """
+        """The record, its types and bounds checked; ValueError names the caller ``fn``, ``where`` and the key."""
 
         def check(ok: Any, key: str, rule: str, value: Any) -> None:
             if not ok:
@@ -155,11 +147,7 @@ class TensorizeConfig:
         )
 
     def apply(self, model: nn.Module) -> nn.Module:
-        """Build these layers from scratch (nothing converted) in the dense GPT-2 ``model``; return it.
-
-        ``model`` must be of the size the layers were made for. This is what :func:`load_model` does before it
-        loads the weights.
-        """
+        """Build these layers from scratch in the dense GPT-2 ``model`` of the size they were made for; return it."""
         if self.method == "lowrank":
             return lowrank(model, rank=cast(int, self.rank), layers=self.layers, bias=self.bias)[0]
         names = {name: key for name, key, _ in _targets(model, self.layers)}
@@ -290,12 +278,11 @@ def lowrank(
     bias: bool = True,
     from_weights: bool = False,
 ) -> tuple[nn.Module, TensorizeReport]:
-    """The paper's low-rank baseline: each selected layer becomes ``W = B @ A`` with inner size ``rank``.
+    """The paper's low-rank baseline: each selected layer becomes a :class:`LowRankLinear` of inner size ``rank``.
 
-    ``A`` and ``B`` come from a truncated SVD of the existing weights when ``from_weights``, else they are
-    initialised so W's entries have std 0.02.
-
-    The report describes ``W`` as the two-core TTM it is: pairs ``(out, 1), (1, in)``, ranks ``(1, rank, 1)``.
+    From the weights' truncated SVD when ``from_weights``. The report describes ``W = B @ A`` as the two-core
+    TTM it is: pairs ``(out, 1), (1, in)``, ranks ``(1, rank, 1)``. Raises ValueError for a rank above
+    ``min(in, out)``.
     """
     rank = _count("lowrank", "rank", rank)
     before = nparams(model)

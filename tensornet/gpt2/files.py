@@ -1,14 +1,10 @@
-"""The file guarantees of ``save_model``/``load_model`` and of the application: nothing the user owns is lost.
+"""The file guarantees of ``save_model``/``load_model``, which the application shares: nothing the user owns is lost.
 
-* atomic writes (:func:`atomic_write`, :func:`write_safetensors`): a new temporary file next to the target
-  (``open(..., "x")``: never a planted file or symbolic link), flushed to disk and renamed over the target
-  with ``os.replace`` (a link at the target is replaced, never written through). Its name
-  ``.NAME.XXXXXXXX.tmpPID`` (:func:`tmp_path`) fits the file system's limit whatever NAME's length; leftovers
-  of killed writers are removed at the next start (:func:`remove_stale_tmp`: only these names, only of names
-  the package writes in that folder), and a folder a ``save_model`` killed between its two renames had set
-  aside (``.NAME.XXXXXXXX.oldPID``) is renamed back to NAME;
-* checked reads: :func:`read_small_file` (a regular file of bounded size), :func:`parse_json`,
-  :func:`read_safetensors` and :func:`content_sha256` (the SHA-256 the package stores with its tensors).
+Temporary names ``.NAME.XXXXXXXX.tmpPID`` next to the target (:func:`tmp_path`), created new (never a planted
+file or link) and renamed into place; leftovers of killed writers removed at the next start
+(:func:`remove_stale_tmp`), a folder set aside by a killed ``save_model`` renamed back; checked reads
+(:func:`read_small_file`, :func:`parse_json`, :func:`read_safetensors`) and the SHA-256 stored with the tensors
+(:func:`content_sha256`).
 """
 
 from __future__ import annotations
@@ -32,12 +28,12 @@ __all__ = [
     "MODEL_FILES",
     "MODEL_MARK",
     "NAME_MAX",
-    "atomic_write",
     "check_creatable",
     "check_name_length",
     "content_sha256",
     "fsync_dir",
     "make_tmp_dir",
+    "new_tmp",
     "not_a_file",
     "parse_json",
     "plain_file",
@@ -52,9 +48,7 @@ __all__ = [
     "tmp_path",
     "tmp_stem",
     "write_error",
-    "write_json",
     "write_new",
-    "write_safetensors",
     "write_weights",
 ]
 
@@ -76,11 +70,8 @@ def tmp_stem(name: str) -> str:
 
 
 def tmp_path(path: Path, tag: str = "tmp") -> Path:
-    """A new temporary name ``.NAME.XXXXXXXX.tmpPID`` next to ``path`` (NAME: :func:`tmp_stem`); nothing is created.
-
-    Not ``tempfile.mkstemp``: it creates files readable by their owner alone, where the user's umask should apply
-    as to any file they create; and the writer's pid in the name tells a killed writer's leftover from a live one's.
-    """
+    """A new temporary name ``.NAME.XXXXXXXX.tmpPID`` next to ``path`` (NAME: :func:`tmp_stem`); nothing is created."""
+    # not tempfile.mkstemp: its files are owner-only whatever the umask; the pid tells a killed writer's leftover
     return path.with_name(f".{tmp_stem(path.name)}.{token_hex(4)}.{tag}{os.getpid()}")
 
 
@@ -131,8 +122,8 @@ def plain_file(path: Path) -> bool:
         return False
 
 
-def _claim(path: Path, tag: str, make: Callable[[Path], Any]) -> tuple[Path, Any]:
-    """``make(tmp)`` at a new temporary name next to ``path``; another name while one is taken (planted)."""
+def new_tmp(path: Path, tag: str, make: Callable[[Path], Any]) -> tuple[Path, Any]:
+    """``(tmp, make(tmp))`` at a new temporary name next to ``path``; another name while one is taken (planted)."""
     for _ in range(8):
         tmp = tmp_path(path, tag)
         with contextlib.suppress(FileExistsError):
@@ -142,7 +133,7 @@ def _claim(path: Path, tag: str, make: Callable[[Path], Any]) -> tuple[Path, Any
 
 def make_tmp_dir(path: Path, tag: str = "tmp") -> Path:
     """Create a new, empty temporary folder next to ``path`` (:func:`tmp_path`) and return it."""
-    return _claim(path, tag, os.mkdir)[0]  # mkdir refuses an existing name, a symbolic link included
+    return new_tmp(path, tag, os.mkdir)[0]  # mkdir refuses an existing name, a symbolic link included
 
 
 def set_aside(path: Path) -> Path:
@@ -153,7 +144,7 @@ def set_aside(path: Path) -> Path:
             raise FileExistsError(aside)
         os.replace(path, aside)
 
-    return _claim(path, "old", move)[0]
+    return new_tmp(path, "old", move)[0]
 
 
 def write_error(path: Path, err: OSError) -> OSError:
@@ -167,44 +158,11 @@ def write_error(path: Path, err: OSError) -> OSError:
 
 
 def write_new(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Create ``path``, ``write(f)`` to it and flush it to disk.
-
-    ``open(path, "xb")`` is ``O_CREAT | O_EXCL``: a new file, never one planted there, never through a link.
-    """
+    """Create ``path`` (``O_EXCL``: never a planted file or link), ``write(f)`` to it and flush it to disk."""
     with open(path, "xb") as f:
         write(f)
         f.flush()
         os.fsync(f.fileno())
-
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """``write(f)`` to a new temporary file next to ``path``, flush it to disk, then rename it over ``path``.
-
-    ``path`` is never half-written, and a symbolic link at ``path`` is replaced itself, never written through.
-    An ``OSError`` (a full disk) names ``path``; the temporary file is removed.
-    """
-    path, tmp = Path(path), None
-    try:
-        tmp, f = _claim(path, "tmp", lambda p: open(p, "xb"))  # noqa: SIM115  (closed below)
-        with f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-        if isinstance(err, OSError) and err.errno is not None:
-            raise write_error(path, err) from None
-        raise
-    fsync_dir(path.parent)
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Atomically write ``obj`` as indented JSON (:func:`atomic_write`)."""
-    text = json.dumps(obj, indent=2) + "\n"
-    atomic_write(Path(path), lambda f: f.write(text.encode("utf-8")))
 
 
 def parse_json(text: str | bytes) -> Any:
@@ -216,11 +174,7 @@ def parse_json(text: str | bytes) -> Any:
 
 
 def read_small_file(path: Path, limit: int, where: str) -> bytes:
-    """The bytes of ``path``, which must be a regular file of at most ``limit`` bytes.
-
-    A device or a FIFO would never end; a huge file is not what was meant. Opened without blocking, checked on
-    the open file.
-    """
+    """The bytes of ``path``, a regular file (a FIFO would never end) of at most ``limit`` bytes, else ValueError."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as err:
@@ -265,14 +219,11 @@ def remove_stale_tmp(
     dir_files: Iterable[str] = (),
     live: bool,
 ) -> list[Path]:
-    """Remove the leftover temporary files and folders in ``folder`` of names the package writes there.
+    """Remove the leftover temporary files and folders in ``folder`` of ``names`` (or names matching a pattern).
 
-    Those names are ``names``, or match it when it is a pattern (a cache folder's files). ``live=True`` (the
-    caller holds the folder's lock: no writer is alive) removes them whatever the pid in their name, otherwise
-    only those whose process is gone; a symbolic link there is always removed (never what it points to). A
-    folder (a killed ``save_model``) is touched only when it holds nothing but ``dir_files`` (and their
-    leftovers); a set-aside ``.old`` folder whose NAME is missing is renamed back to NAME: the folder it
-    replaced comes back whole.
+    Only those of processes that are gone, unless ``live`` (the caller holds the folder's lock); a link is
+    removed itself. A folder is touched only when it holds nothing but ``dir_files``; a set-aside ``.old``
+    folder whose NAME is missing is renamed back to NAME (a killed ``save_model``).
     """
     owner = _owners(names)
     dir_files = set(dir_files)
@@ -308,11 +259,7 @@ def remove_stale_tmp(
 
 
 def restore_set_aside(path: Path, dir_files: Iterable[str]) -> bool:
-    """Rename back the folder a killed ``save_model`` of ``path`` had set aside, when ``path`` is missing.
-
-    Only a set-aside folder of a process that is gone, holding nothing but ``dir_files``. Returns whether
-    ``path`` was restored.
-    """
+    """Rename back the folder (holding only ``dir_files``) a killed ``save_model`` of a missing ``path`` set aside."""
     path = Path(path)
     if os.path.lexists(path) or not path.parent.is_dir():
         return False
@@ -331,10 +278,7 @@ def probe_writable(folder: Path, where: str) -> None:
 
 
 def check_creatable(path: Path, where: str) -> None:
-    """``path`` does not exist: its nearest existing ancestor must be a writable folder (nothing is created).
-
-    Every name in ``path`` must fit the file system's limit (``NAME_MAX`` bytes).
-    """
+    """For a new ``path``: names within ``NAME_MAX`` and a writable nearest existing folder (nothing is created)."""
     check_name_length(path, where)
     parent = path.parent
     while not parent.exists():
@@ -390,12 +334,10 @@ _DTYPE_CODES = {  # torch dtype name -> safetensors code
 
 
 def write_weights(f: BinaryIO, tensors: dict[str, Any], metadata: dict[str, str]) -> None:
-    """Write torch ``tensors`` (float, int, bool) to the open file ``f`` as safetensors, keys in sorted order.
+    """Write torch ``tensors`` (float, int, bool) and ``metadata`` to the open file ``f`` as safetensors.
 
-    Not ``safetensors.torch.save_file``: it writes the metadata keys in hash order, so the same model gives
-    different bytes from save to save, and a full disk raises its ``SafetensorError``, not an ``OSError`` naming
-    the file. Format: 8-byte header length, JSON header of dtypes, shapes, byte ranges and ``__metadata__``,
-    then the bytes.
+    Not ``safetensors.torch.save``: it writes the metadata keys in hash order (the same model, other bytes) and
+    a full disk raises its ``SafetensorError``, not an ``OSError`` naming the file.
     """
     if sys.byteorder != "little":
         raise NotImplementedError("safetensors stores little-endian bytes; this host is big-endian")
@@ -417,18 +359,10 @@ def write_weights(f: BinaryIO, tensors: dict[str, Any], metadata: dict[str, str]
         f.write(tensor_bytes(tensors[name].detach().cpu()))
 
 
-def write_safetensors(path: Path, tensors: dict[str, Any], metadata: dict[str, str]) -> None:
-    """Atomically write ``tensors`` and ``metadata`` as a safetensors file (:func:`write_weights`)."""
-    atomic_write(Path(path), lambda f: write_weights(f, tensors, metadata))
-
-
 def read_safetensors(
     path: Path, unreadable: str, hint: str = "", *, shapes: bool = False
 ) -> tuple[dict, dict[str, Any]]:
-    """The metadata and tensors (``shapes``: their shapes alone, from the header) of a safetensors file.
-
-    A malformed file raises ValueError ``unreadable (why)hint``.
-    """
+    """The metadata and tensors (``shapes``: their shapes, from the header) of a safetensors file, else ValueError."""
     from safetensors import safe_open
 
     try:

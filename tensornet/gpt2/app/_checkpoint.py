@@ -17,14 +17,8 @@ from typing import Any
 
 import torch
 
-from ..files import (
-    atomic_write,
-    content_sha256,
-    not_a_file,
-    read_safetensors,
-    tensor_bytes,
-    write_safetensors,
-)
+from ..files import content_sha256, not_a_file, read_safetensors, tensor_bytes
+from ._files import atomic_write, write_safetensors
 
 __all__ = ["load_checkpoint", "load_token_file", "read_safetensors", "save_checkpoint", "save_tensors"]
 

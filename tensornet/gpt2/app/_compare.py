@@ -15,9 +15,9 @@ import torch
 from tensornet.nn import RankClipWarning
 
 from .. import build_model, gpt2_config, lowrank, lowrank_rank_for, nparams, tensorize
-from ..files import write_json
 from ._checkpoint import load_token_file
 from ._data import eval_token_count
+from ._files import write_json
 from ._plot import model_name, plot_losses
 from ._train import TrainConfig, load_note, train
 

@@ -23,6 +23,7 @@ from . import _checkpoint
 from ._corpus import Corpus, existing_path
 from ._corpus import load_corpus as load_corpus  # re-exported: the commands read corpora from here
 from ._corpus import stdlib_corpus as stdlib_corpus
+from ._files import atomic_write
 
 EOT = "<|endoftext|>"
 TOKENIZER_BYTES = 256 * 2**20  # the most a tokenizer file may hold (GPT-2's tokenizer.json: 1.4 MB)
@@ -176,7 +177,7 @@ def cached_tokenizer(corpus: Corpus, vocab_size: int, cache_dir: str | os.PathLi
         _cache_dir(path.parent, _TOKENIZER_CACHE)
         record = identity | {"version": 2, "tokenizer": json.loads(tokenizer.to_str())}
         data = (json.dumps(record) + "\n").encode("utf-8")
-        _files.atomic_write(path, lambda f: f.write(data))
+        atomic_write(path, lambda f: f.write(data))
     return tokenizer
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..files import atomic_write
+from ._files import atomic_write
 
 WIDTH = 90  # characters per title line at the figure's width
 NAMES = {"dense": "dense", "ttm": "TTM", "lowrank": "low-rank"}

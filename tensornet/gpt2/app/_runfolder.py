@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import cast
 
 from .. import files as _files
+from ._files import write_json
 
 MANIFEST = "tensornet-run.json"
 LOCK = ".tensornet-run.lock"
@@ -93,7 +94,7 @@ class RunFolder:
                 _files.remove_stale_tmp(path / "model", _files.MODEL_FILES, live=True)
             if overwrite:
                 folder.remove_outputs()
-            _files.write_json(
+            write_json(
                 path / MANIFEST,
                 {"format": RUN_FORMAT, "version": 1, "kind": kind, "files": [MANIFEST, LOCK, *OUTPUTS[kind]]},
             )

@@ -27,6 +27,7 @@ from . import _checkpoint, _resume, _runfolder
 from ._config import TrainConfig
 from ._data import check_windows, train_batch, val_batches
 from ._distributed import Distributed, default_device
+from ._files import atomic_write
 
 # torch.compile warns when it traces through a functools.lru_cache; tensornet's caches map core shapes to plans
 # (pure functions of their arguments), so tracing through them gives the same graph: silenced while compiling
@@ -156,7 +157,7 @@ class RunLog:
             if i + 1 in evals:
                 lines.append(self.eval(i + 1, evals[i + 1]))
         text = "".join(lines).encode("utf-8")
-        _files.atomic_write(path, lambda f: f.write(text))
+        atomic_write(path, lambda f: f.write(text))
         try:  # the file just written (a link put there since is not followed)
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
         except OSError as err:
