@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 
+import numpy as np
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -198,6 +199,15 @@ def test_bad_arguments_raise_clear_errors(tmp_path):
         lowrank(tiny(), rank=65)
     with pytest.raises(ValueError, match=r"multiply to \(out, in\) = \(256, 60\)"):
         tensorize(tiny(), rank=4, shapes={"mlp.c_fc": [(16, 6), (16, 10)], "mlp.c_proj": [(8, 16), (8, 16)]})
+    fc, proj = [(16, 8), (16, 8)], [(8, 16), (8, 16)]
+    for bad in ([(16.5, 8), (16, 8)], [(16, 8), (16, True)], [(16, "8"), (16, 8)], [16, 8]):
+        # a fraction is never cut to an int: (16.5, 8) would have become (16, 8) and been accepted
+        with pytest.raises(TypeError, match="pairs of integers"):
+            tensorize(tiny(), rank=4, shapes={"mlp.c_fc": bad, "mlp.c_proj": proj})
+    _, report = tensorize(
+        tiny(), rank=4, shapes={"mlp.c_fc": [tuple(np.int64(v) for v in p) for p in fc], "mlp.c_proj": proj}
+    )
+    assert len(report.layers) == 4  # numpy integers are integers
     with pytest.raises(ValueError, match=r"no entry for .mlp\.c_proj."):
         tensorize(tiny(), rank=4, shapes={"mlp.c_fc": [(16, 8), (16, 8)]})
     with pytest.raises(ValueError, match="paper gives shapes only"):

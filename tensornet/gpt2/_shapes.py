@@ -77,11 +77,14 @@ def balanced_shapes(shape: tuple[int, int], ncores: int) -> Pairs:
 
 def _check_pairs(pairs: Any, shape: tuple[int, int], where: str) -> Pairs:
     try:
-        pairs = tuple((int(m), int(n)) for m, n in pairs)
+        given = tuple((m, n) for m, n in pairs)
     except (TypeError, ValueError):
+        given = ((None, None),)
+    if not all(is_int(m) and is_int(n) for m, n in given):  # int(8.5) would cut a pair silently
         raise TypeError(
-            f"tensorize: shapes for {where} must be a sequence of (out_k, in_k) pairs, got {pairs!r}"
-        ) from None
+            f"tensorize: shapes for {where} must be a sequence of (out_k, in_k) pairs of integers, got {pairs!r}"
+        )
+    pairs = tuple((int(m), int(n)) for m, n in given)
     if not pairs or any(m < 1 or n < 1 for m, n in pairs):
         raise ValueError(f"tensorize: shapes for {where} must be non-empty positive pairs, got {pairs!r}")
     product = (math.prod(m for m, _ in pairs), math.prod(n for _, n in pairs))
