@@ -130,7 +130,7 @@ class TrainConfig:
 
     @staticmethod
     def bounds(name: str) -> Range:
-        """The :class:`Range` of field ``name`` (the one place its bounds and help are written)."""
+        """The range of setting ``name`` (the one place its bounds and help are written)."""
         return next(f.metadata["range"] for f in fields(TrainConfig) if f.name == name)
 
     def evaluates_at(self, done: int) -> bool:
