@@ -454,3 +454,28 @@ def test_gauss_newton_is_skipped_where_pairs_would_be_mostly_padding():
     assert _gauss_newton.pair_layouts(
         _als.make_samples(spread, np.ones(2000), None, (20, 20, 20)), (20, 20, 20)
     )
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("spread", [1, 2])
+def test_complete_from_a_degenerate_x0_returns_no_worse_than_x0(backend, spread):
+    """An x0 whose slices span 20-40 orders of magnitude: in floating point a sweep from it can raise the
+    fitting error to 1e14 (the samples barely see some directions, which grow each sweep); the search once
+    returned such trains, with held-back errors of 1e10-1e20. Now x0 is a candidate and a raising sweep is
+    undone, so the result fits the samples no worse than x0 (here neither learns the truth: it warns)."""
+    rng = np.random.default_rng(3 + spread)
+    shape = (10,) * 6
+    truth = tn.random_tt(shape, 3, seed=1)
+    index = np.stack([rng.integers(0, 10, 4000) for _ in shape], axis=1)
+    values = np.asarray(tn.gather(truth, index))
+    ranks = (1, 3, 3, 3, 3, 3, 1)
+    scale = np.logspace(0, -20 * spread, 10)[None, :, None]
+    x0 = tn.TT([rng.standard_normal((ranks[k], n, ranks[k + 1])) * scale for k, n in enumerate(shape)])
+    if backend == "torch":
+        x0, values = x0.to("torch"), torch.tensor(values)
+    with pytest.warns(ConvergenceWarning):
+        found, info = tn.complete(index, values, shape, x0=x0, seed=0, max_iter=40, return_info=True)
+    exact = as_numpy(values)
+    start = relative(as_numpy(tn.gather(x0, index)), exact)
+    assert relative(as_numpy(tn.gather(found, index)), exact) <= max(start, 1.0) * 1.01
+    assert info.validation_error <= max(start, 1.0) * 1.5  # the held-back tenth, as noisy as the rest

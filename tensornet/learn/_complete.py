@@ -18,7 +18,7 @@ from .._truncation import RankCapWarning
 from ..decomp import round as tt_round
 from ..tt import TT
 from . import _als, _data
-from ._search import UNINFORMED, Search, Step
+from ._search import UNINFORMED, Search, Step, relative_error
 
 __all__ = ["CompletionInfo", "Step", "complete"]
 
@@ -90,7 +90,8 @@ def complete(
         Stop growing ranks once the held-back relative error is at most ``eps`` (without held-back samples:
         the fitting error).
     x0 : TT, optional
-        A train to start from (its ranks are the first ones tried); default the rank-1 train of ones.
+        A train to start from (its ranks are the first ones tried); default the rank-1 train of ones. It is
+        a candidate itself: the result's held-back error is never above ``x0``'s.
     validation : float or int
         The fraction in [0, 1) of the samples held back to choose the ranks (default 0.1), or their number.
         0 fits all samples and then needs ``max_rank`` or ``eps`` to decide the ranks.
@@ -167,7 +168,10 @@ def complete(
     the cores' size on every core, not from noise 1.5 times that: the basin is far smaller than random starts
     can hit. A good ``x0`` is what helps there; when the search from rank 1 learns nothing, ``restarts``
     searches from random trains of ranks 2, 3, ... are tried (on a random rank-3 train of 10^6 from 15,000
-    samples, about half of such starts succeed). Slices with no samples get zero cores.
+    samples, about half of such starts succeed). Slices with no samples get zero cores. A sweep that raises
+    the fitting error (exact ALS cannot; in floating point, directions the samples barely see can grow until
+    the predictions lose all precision) is undone and ends its stage; a model whose held-back error is above
+    0.9 (nothing learnt) is returned as found, neither rounded nor refitted.
 
     Cost: ``O(k d r^4 + d n r^6)`` per sweep for k samples and ranks r; memory ``O(k (d + r^2))``; a
     Gauss-Newton step ``O(k d^2 r^4 + P^3)`` for ``P <= 2000`` unknowns.
@@ -226,6 +230,9 @@ def _settled(
 ) -> tuple[list[Array], float]:
     """The chosen model rounded at its own error level, refitted on all samples; (cores, fitting error)."""
     rows, scaled, weights, shape = data.rows, data.scaled, data.weights, data.shape
+    everything = _als.make_samples(rows, scaled, weights, shape)
+    if chosen_error >= UNINFORMED:  # nothing learnt: rounding at that level (or refitting) has no meaning
+        return cores, relative_error(_als.evaluate(cores, everything.index), everything)
     # rounded at its own error level first: directions the data do not resolve are dropped before the refit,
     # which would otherwise let them drift on entries no sample constrains. Every bond drops the singular
     # values below that level (tt_round spreads its eps over the d - 1 bonds, hence the sqrt(d - 1)); below
@@ -234,7 +241,6 @@ def _settled(
     cores = list(tt_round(TT._trusted(cores), eps=tolerance).cores)
     if not held_count:
         return cores, chosen_error
-    everything = _als.make_samples(rows, scaled, weights, shape)
     return search.refit(_als.orthogonalize_right(cores), everything)
 
 

@@ -71,6 +71,11 @@ class Search:
         # without eps, a held-back error this small ends the search: sqrt(u) / 10 is 1.5e-9 in float64
         self.exact = math.sqrt(B.finfo_eps(fit.values)) / 10 if eps is None else self.floor
 
+    def _error(self, cores: list[Array]) -> float:
+        """The held-back error of ``cores`` (the fitting error without held-back samples), unrecorded."""
+        samples = self.fit if self.held is None else self.held
+        return relative_error(_als.evaluate(cores, samples.index), samples)
+
     def _measure(self, cores: list[Array], predicted: Array, phase: str, held: bool = True) -> float:
         train = relative_error(predicted, self.fit)
         check = None
@@ -91,12 +96,16 @@ class Search:
         rights = _als.right_interfaces(cores, self.fit)
         best: tuple[float, list[Array] | None] = (math.inf, None)
         fitted: list[float] = []
+        entry = relative_error(_als.evaluate(cores, self.fit.index), self.fit)
         for _ in range(_STAGE_SWEEPS):
             if len(self.steps) >= self.budget:
                 break
+            before = cores
             cores, rights, predicted = _als.sweep(cores, rights, self.fit)
             error = self._measure(cores, predicted, "search")
             fitted.append(self.steps[-1].train_error)
+            if self._broke_down(fitted[-2] if len(fitted) > 1 else entry, fitted[-1]):
+                return best[0], best[1], before
             if error < best[0]:
                 best = (error, list(cores))
             if self._met(error):
@@ -175,6 +184,8 @@ class Search:
     def run(self, cores: list[Array]) -> tuple[float, list[Array], str]:
         """The rank search: stages at growing ranks until the held-back error stops falling (or a limit)."""
         best: tuple[float, list[Array]] = (math.inf, cores)
+        if self.informed:  # the user's x0 is a candidate too: sweeps that only make it worse are not kept
+            best = (self._error(cores), cores)
         stalls = 0
         while True:
             # an x0 (informed start) is not made to wait at its own ranks
@@ -193,6 +204,15 @@ class Search:
                 cores = grown if grown is not None else cores
             if stop is not None:
                 return best[0], best[1], stop
+
+    def _broke_down(self, before: float, after: float) -> bool:
+        """Whether the last sweep raised the fitting error (beyond rounding), which exact ALS never does.
+
+        In floating point it can: directions of the cores that the samples barely see (Gram eigenvalues
+        1e-60 of the largest) can grow each sweep until the predictions lose all precision. The sweep is
+        then undone and the stage ends.
+        """
+        return after > 1.01 * before + self.floor
 
     def _met(self, error: float) -> bool:
         """Whether the held-back error meets the search's target (eps, or "exact" without it)."""
@@ -213,11 +233,15 @@ class Search:
         self.fit = everything
         rights = _als.right_interfaces(cores, everything)
         fitted: list[float] = []
+        entry = relative_error(_als.evaluate(cores, everything.index), everything)
         for _ in range(_REFIT_SWEEPS):
+            before = cores
             cores, rights, predicted = _als.sweep(cores, rights, everything)
             fitted.append(self._measure(cores, predicted, "refit", held=False))
+            if self._broke_down(fitted[-2] if len(fitted) > 1 else entry, fitted[-1]):
+                cores = before
+                fitted.pop()
+                break
             if fitted[-1] <= self.floor or (len(fitted) > 3 and fitted[-1] > _SLOW * fitted[-4]):
                 break
-        return cores, (
-            fitted[-1] if fitted else relative_error(_als.evaluate(cores, everything.index), everything)
-        )
+        return cores, (fitted[-1] if fitted else entry)
