@@ -1,8 +1,4 @@
-"""The processes of a run: rank and world size from torchrun's environment, the process group, the device.
-
-Read from the environment: ``torch.distributed.get_rank``/``get_world_size`` answer only after
-``init_process_group``, and the first process must be known before (it alone opens the run folder).
-"""
+"""The processes of a run: rank and world size under torchrun, the process group, the device."""
 
 from __future__ import annotations
 
@@ -10,35 +6,24 @@ import os
 
 import torch
 
-
-def _env_int(name: str, default: int, lo: int) -> int:
-    """An integer torchrun puts in the environment, checked (a hand-set ``WORLD_SIZE=0`` is an error)."""
-    text = os.environ.get(name, "").strip() or str(default)
-    try:
-        value = int(text)
-    except ValueError:
-        value = lo - 1
-    if value < lo:
-        raise ValueError(
-            f"the environment variable {name}={os.environ.get(name)!r} must be an integer >= {lo}; torchrun "
-            f"sets it: unset it to run one process"
-        )
-    return value
+_ENV = {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0"}  # torchrun sets them; their values without it
 
 
 class Distributed:
-    """Process rank/world from torchrun's environment; ``init()`` starts the process group when world > 1."""
+    """Rank and world size from torchrun's environment; ``init()`` starts the process group when world > 1."""
 
     def __init__(self) -> None:
-        self.world = _env_int("WORLD_SIZE", 1, 1)
-        self.rank = _env_int("RANK", 0, 0)
-        self.local_rank = _env_int("LOCAL_RANK", 0, 0)
+        # from the environment, not torch.distributed.get_rank: the first process (the one that opens the run
+        # folder) must be known before the process group starts
+        given = {name: os.environ.get(name, "").strip() or default for name, default in _ENV.items()}
+        try:
+            self.world, self.rank, self.local_rank = (int(v) for v in given.values())
+        except ValueError:
+            self.world = self.rank = self.local_rank = -1
+        if not 0 <= self.rank < self.world or self.local_rank < 0:
+            shown = ", ".join(f"{k}={v}" for k, v in given.items())
+            raise ValueError(f"the environment gives {shown}; start with torchrun or unset them")
         self.main = self.rank == 0  # the process that writes the run folder and prints
-        if self.rank >= self.world:
-            raise ValueError(
-                f"the environment gives RANK={self.rank} but WORLD_SIZE={self.world} (ranks 0 to "
-                f"{self.world - 1}); start the processes with torchrun, or unset RANK and WORLD_SIZE"
-            )
 
     def init(self, device: torch.device) -> None:
         """Start the process group (nccl on GPU, gloo on CPU) when there are several processes."""
@@ -47,12 +32,12 @@ class Distributed:
 
     def barrier(self) -> None:
         """Wait for every process."""
-        if self.world > 1:
+        if torch.distributed.is_initialized():
             torch.distributed.barrier()
 
     def sum(self, values: list[float], device: torch.device) -> list[float]:
         """``values`` summed over the processes."""
-        if self.world == 1:
+        if not torch.distributed.is_initialized():
             return values
         t = torch.tensor(values, dtype=torch.float64, device=device)
         torch.distributed.all_reduce(t)
