@@ -1,4 +1,4 @@
-"""The application's atomic writes (logs, figures, JSON, checkpoints) on the adapter's temporary names."""
+"""The application's atomic writes: a new temporary file beside the target, flushed, renamed over it."""
 
 from __future__ import annotations
 
@@ -9,20 +9,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..files import fsync_dir, new_tmp, write_error, write_weights
-
-__all__ = ["atomic_write", "write_json", "write_safetensors"]
+from ..files import fsync_dir, new_tmp, write_error
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """``write(f)`` to a new temporary file next to ``path``, flush it to disk, then rename it over ``path``.
-
-    ``path`` is never half-written, and a symbolic link at ``path`` is replaced itself, never written through.
-    An ``OSError`` (a full disk) names ``path``; the temporary file is removed. Not ``tempfile.mkstemp``: see
-    :func:`tensornet.gpt2.files.tmp_path`.
-    """
+    """``write(f)`` to a new file beside ``path``, renamed over it (over a link, not through); OSError names it."""
     path, tmp = Path(path), None
     try:
+        # not tempfile.mkstemp: its names are not those files.remove_stale_tmp clears after a kill
         tmp, f = new_tmp(path, "tmp", lambda p: open(p, "xb"))  # noqa: SIM115  (closed below)
         with f:
             write(f)
@@ -46,5 +40,7 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def write_safetensors(path: Path, tensors: dict[str, Any], metadata: dict[str, str]) -> None:
-    """Atomically write ``tensors`` and ``metadata`` as a safetensors file."""
-    atomic_write(Path(path), lambda f: write_weights(f, tensors, metadata))
+    """Atomically write torch ``tensors`` and ``metadata`` as a safetensors file."""
+    from safetensors.torch import save  # (not save_file: atomic_write writes the temporary file)
+
+    atomic_write(Path(path), lambda f: f.write(save(tensors, metadata)))
