@@ -98,7 +98,7 @@ class RunFolder:
 
         path = Path(path)
         check_run_folder(path, kind=kind, resume=resume, overwrite=overwrite)
-        created = [p for p in (path, *path.parents) if not p.exists()]
+        created: list[Path] | None = [p for p in (path, *path.parents) if not p.exists()]
         if not created and any(p.name != LOCK for p in path.iterdir()):
             created = None
         path.mkdir(parents=True, exist_ok=True)
