@@ -13,17 +13,14 @@ class Distributed:
     """Rank and world size from torchrun's environment; ``init()`` starts the process group when world > 1."""
 
     def __init__(self) -> None:
-        # from the environment, not torch.distributed.get_rank: the first process (the one that opens the run
-        # folder) must be known before the process group starts
+        # not torch.distributed.get_rank: the first process opens the run folder, before the group starts
         given = {name: os.environ.get(name, "").strip() or default for name, default in _ENV.items()}
-        try:
-            self.world, self.rank, self.local_rank = (int(v) for v in given.values())
-        except ValueError:
-            self.world = self.rank = self.local_rank = -1
-        if not 0 <= self.rank < self.world or self.local_rank < 0:
+        world, rank, local = (int(v) if v.isdecimal() else -1 for v in given.values())
+        if not 0 <= rank < world or local < 0:
             shown = ", ".join(f"{k}={v}" for k, v in given.items())
             raise ValueError(f"the environment gives {shown}; start with torchrun or unset them")
-        self.main = self.rank == 0  # the process that writes the run folder and prints
+        self.world, self.rank, self.local_rank = world, rank, local
+        self.main = rank == 0  # the process that writes the run folder and prints
 
     def init(self, device: torch.device) -> None:
         """Start the process group (nccl on GPU, gloo on CPU) when there are several processes."""
@@ -46,6 +43,5 @@ class Distributed:
 
 def default_device(dist: Distributed | None = None) -> torch.device:
     """CUDA (this process's GPU under torchrun) when available, else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", dist.local_rank if dist is not None else 0)
-    return torch.device("cpu")
+    cuda = torch.cuda.is_available()
+    return torch.device("cuda", dist.local_rank if dist else 0) if cuda else torch.device("cpu")

@@ -35,8 +35,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Atomically write ``obj`` as indented JSON."""
-    text = json.dumps(obj, indent=2) + "\n"
-    atomic_write(Path(path), lambda f: f.write(text.encode("utf-8")))
+    atomic_write(Path(path), lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode("utf-8")))
 
 
 def write_safetensors(path: Path, tensors: dict[str, Any], metadata: dict[str, str]) -> None:

@@ -11,17 +11,12 @@ import numpy as np
 
 from ._files import atomic_write
 
-NAMES = {"dense": "dense", "ttm": "TTM", "lowrank": "low-rank"}
 
-
-def plot_losses(
-    results: Sequence[dict], path: str | Path, *, tokens_per_step: int, spec: dict | None = None, title=None
-):
+def plot_losses(results: Sequence[dict], path: str | Path, *, tokens_per_step: int, spec: dict | None = None):
     """Draw ``compare``'s loss curves, save them to ``path`` (PNG) and beside it as SVG; return the Figure.
 
-    Each result has ``variant``, ``params``, ``loss`` (per step), ``val`` (``(step, loss)`` pairs) and
-    optionally ``val_ppl`` and ``percent_of_dense``. x: training tokens, log scale; y: every finite loss, log
-    scale past a 3x range. Raises ValueError for ``tokens_per_step`` < 1.
+    A result: ``variant``, ``params``, ``loss`` per step, ``val`` ``(step, loss)`` pairs, ``val_ppl`` and
+    ``percent_of_dense`` if known. Raises ValueError for ``tokens_per_step`` < 1.
     """
     from matplotlib import rc_context
     from matplotlib.figure import Figure
@@ -65,7 +60,7 @@ def plot_losses(
     ax.grid(which="major", alpha=0.3)
     ax.grid(which="minor", axis="x", alpha=0.1)
     ax.legend(fontsize=8, loc="lower left", framealpha=0.9)
-    ax.set_title(title if title is not None else _title(results, spec or {}, last), fontsize=10, loc="left")
+    ax.set_title(_title(results, spec or {}, last), fontsize=10, loc="left")
     atomic_write(Path(path), lambda f: fig.savefig(f, dpi=150, format="png"))
     with rc_context({"svg.hashsalt": "tensornet"}):  # no date, a fixed salt: same results, same file
         svg = Path(path).with_suffix(".svg")
@@ -94,7 +89,8 @@ def _smooth_log(loss: np.ndarray) -> np.ndarray:
 def model_name(variant: str, spec: dict | None) -> str:
     """``dense``, ``TTM r=32`` or ``low-rank r=33``: a ``compare`` model with the rank its ``spec`` gives."""
     rank = (spec or {}).get({"ttm": "rank", "lowrank": "lowrank_rank"}.get(variant, ""))
-    return NAMES.get(variant, variant) + ("" if rank is None else f" r={rank}")
+    name = {"ttm": "TTM", "lowrank": "low-rank"}.get(variant, variant)
+    return name if rank is None else f"{name} r={rank}"
 
 
 def _title(results: Sequence[dict], spec: dict, tokens: int) -> str:
