@@ -77,7 +77,7 @@ def test_pickles_are_never_unpickled(shared, tmp_path, capsys):
     # ... and in a folder an older tensornet wrote (no tensornet-run.json): not a run folder, nothing read
     (run / "tensornet-run.json").unlink()
     assert code(train_argv(shared, run, "--resume")) == 2
-    assert "not a tensornet run folder" in capsys.readouterr().err
+    assert "not a tensornet train run folder" in capsys.readouterr().err
     assert not marker.exists()
     # 3. a model folder with only pytorch_model.bin: eval and load_model refuse it
     model = tmp_path / "hf"
@@ -378,7 +378,7 @@ def test_a_second_run_on_a_folder_is_refused(shared, tmp_path, capsys):
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         assert code(train_argv(shared, out)) == 2
         captured = capsys.readouterr()
-        assert "another run is using" in captured.err and captured.out == ""
+        assert "another run holds" in captured.err and captured.out == ""
     finally:
         holder.kill()
         holder.communicate()

@@ -10,7 +10,7 @@ _ENV = {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0"}  # torchrun sets them
 
 
 class Distributed:
-    """Rank and world size from torchrun's environment; ``init()`` starts the process group when world > 1."""
+    """Rank, world size and ``main`` (the first process: it writes the run folder, prints) under torchrun."""
 
     def __init__(self) -> None:
         # not torch.distributed.get_rank: the first process opens the run folder, before the group starts
@@ -19,8 +19,7 @@ class Distributed:
         if not 0 <= rank < world or local < 0:
             shown = ", ".join(f"{k}={v}" for k, v in given.items())
             raise ValueError(f"the environment gives {shown}; start with torchrun or unset them")
-        self.world, self.rank, self.local_rank = world, rank, local
-        self.main = rank == 0  # the process that writes the run folder and prints
+        self.world, self.rank, self.local_rank, self.main = world, rank, local, rank == 0
 
     def init(self, device: torch.device) -> None:
         """Start the process group (nccl on GPU, gloo on CPU) when there are several processes."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from collections.abc import Callable
@@ -13,7 +12,7 @@ from ..files import fsync_dir, new_tmp, write_error
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """``write(f)`` to a new file beside ``path``, renamed over it (over a link, not through); OSError names it."""
+    """``write(f)`` to a new file beside ``path``, renamed over it (over a link, never through it)."""
     path, tmp = Path(path), None
     try:
         # not tempfile.mkstemp: its names are not those files.remove_stale_tmp clears after a kill
@@ -25,8 +24,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
         os.replace(tmp, path)
     except BaseException as err:
         if tmp is not None:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+            tmp.unlink(missing_ok=True)
         if isinstance(err, OSError) and err.errno is not None:
             raise write_error(path, err) from None
         raise

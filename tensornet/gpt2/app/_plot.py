@@ -15,46 +15,42 @@ from ._files import atomic_write
 def plot_losses(results: Sequence[dict], path: str | Path, *, tokens_per_step: int, spec: dict | None = None):
     """Draw ``compare``'s loss curves, save them to ``path`` (PNG) and beside it as SVG; return the Figure.
 
-    A result: ``variant``, ``params``, ``loss`` per step, ``val`` ``(step, loss)`` pairs, ``val_ppl`` and
-    ``percent_of_dense`` if known. Raises ValueError for ``tokens_per_step`` < 1.
+    A result as compare writes it: ``variant``, ``params``, ``percent_of_dense``, ``loss`` per step, ``val``
+    ``(step, loss)`` pairs, ``val_ppl``. Raises ValueError for ``tokens_per_step`` < 1.
     """
-    from matplotlib import rc_context
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    from matplotlib import figure, rc_context, ticker
 
     if tokens_per_step < 1:
         raise ValueError(f"plot_losses: tokens_per_step must be >= 1, got {tokens_per_step}")
-    fig = Figure(figsize=(8, 5.2), layout="constrained")
+    fig = figure.Figure(figsize=(8, 5.2), layout="constrained")
     ax = fig.add_subplot(xscale="log", ylabel="loss (cross-entropy, nats per token)")
     ax.set_xlabel(f"training tokens (log scale; {tokens_per_step:,} tokens per optimizer step)")
     finite: list[float] = []
     last = tokens_per_step
     for i, r in enumerate(results):
-        name, loss = model_name(r["variant"], spec), np.asarray(r["loss"], dtype=float)
+        name, loss, c = model_name(r["variant"], spec), np.asarray(r["loss"], dtype=float), f"C{i}"
         tokens = np.arange(1, loss.size + 1) * tokens_per_step
-        val = np.asarray(r.get("val") or np.empty((0, 2)), dtype=float)
-        size = f"{count_label(r['params'])} params"
-        if r.get("percent_of_dense") is not None and r["variant"] != "dense":
-            size += f", {r['percent_of_dense']:.1f}% of dense"
-        ppl = r.get("val_ppl")
-        final = f" (final perplexity {ppl:,.1f})" if ppl is not None and math.isfinite(ppl) else ""
-        ax.plot(tokens, loss, color=f"C{i}", lw=0.6, alpha=0.25)
-        ax.plot(tokens, _smooth_log(loss), color=f"C{i}", lw=1.6, label=f"{name} ({size}): train")
-        label = f"{name}: validation{final}"
+        val = np.asarray(r["val"], dtype=float).reshape(-1, 2)
         x = val[:, 0] * tokens_per_step
-        ax.plot(x, val[:, 1], "o--", color=f"C{i}", lw=1.2, ms=6, mec="white", mew=0.8, zorder=3, label=label)
+        pct = "" if r["variant"] == "dense" else f", {r['percent_of_dense']:.1f}% of dense"
+        final = f" (final perplexity {r['val_ppl']:,.1f})" if math.isfinite(r["val_ppl"]) else ""
+        ax.plot(tokens, loss, color=c, lw=0.6, alpha=0.25)
+        train = f"{name} ({count_label(r['params'])} params{pct}): train"
+        ax.plot(tokens, _smooth_log(loss), color=c, lw=1.6, label=train)
+        label = f"{name}: validation{final}"
+        ax.plot(x, val[:, 1], "o--", color=c, lw=1.2, ms=6, mec="white", mew=0.8, zorder=3, label=label)
         finite += [v for v in (*loss, *val[:, 1]) if math.isfinite(v)]
         last = max(last, *tokens[-1:], *x)
     ax.set_xlim(tokens_per_step / 1.25, last * 1.25)
-    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: count_label(x)))
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: count_label(x)))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
     if lo > 0 and hi / lo > 3:  # a divergence or a long run: a log axis keeps the low end readable
         ax.set(yscale="log", ylim=(lo / 1.08, hi * 1.08))
-        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 4.0, 5.0, 7.0)))
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
-        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 3.0, 4.0, 5.0, 7.0)))
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda y, _: f"{y:g}"))
+        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
     else:
         ax.set_ylim(lo - (0.04 * (hi - lo) or 0.1), hi + (0.04 * (hi - lo) or 0.1))
     ax.grid(which="major", alpha=0.3)

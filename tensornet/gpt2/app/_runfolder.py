@@ -6,6 +6,8 @@ import contextlib
 import os
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
 import tensornet.gpt2 as gpt2
 
 from .. import files as _files
@@ -21,8 +23,7 @@ OUTPUTS = {
 
 def read_manifest(path: Path) -> dict | None:
     """The manifest of the folder ``path``, None when it has none; ValueError naming it for a foreign one."""
-    file = path / MANIFEST
-    if not file.is_file():
+    if not (file := path / MANIFEST).is_file():
         return None
     try:
         manifest = _files.parse_json(file.read_text(encoding="utf-8"))
@@ -30,14 +31,13 @@ def read_manifest(path: Path) -> dict | None:
             raise ValueError(f"format {manifest['format']!r}, kind {manifest['kind']!r}")
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ValueError(
-            f"{str(file)!r} is not a tensornet run manifest ({type(err).__name__}: {err}); choose another folder"
+            f"{str(file)!r} is not a tensornet run manifest ({type(err).__name__}: {err}); choose another"
         ) from None
     return manifest
 
 
 def check_run_folder(path: Path, *, kind: str, resume: bool = False, overwrite: bool = False) -> None:
     """Refuse (OSError, ValueError) an output folder a ``kind`` run may not use; nothing is changed."""
-    path = Path(path)
     if resume and overwrite:
         raise ValueError("--out: give --resume (continue the run) or --overwrite (replace it), not both")
     if not os.path.lexists(path):
@@ -48,8 +48,7 @@ def check_run_folder(path: Path, *, kind: str, resume: bool = False, overwrite: 
         manifest = read_manifest(path)
         if manifest is None or manifest["kind"] != kind:
             raise FileExistsError(
-                f"--out: {str(path)!r} is not empty and is not a tensornet run folder of a {kind} run (no "
-                f"{MANIFEST} saying so); nothing in it is touched: choose a new or empty folder"
+                f"--out: {str(path)!r} is not empty, not a tensornet {kind} run folder; choose another"
             )
         if kind == "train":  # the model/ the finished run replaces
             gpt2.check_model_target(path / "model", overwrite=True, where="--out", require_mark=False)
@@ -57,8 +56,8 @@ def check_run_folder(path: Path, *, kind: str, resume: bool = False, overwrite: 
         if used and used != ["log.jsonl"] and not (resume or overwrite):  # (a log alone: rewritten)
             hint = "--resume to continue it or --overwrite" if kind == "train" else "--overwrite"
             raise FileExistsError(
-                f"--out: {str(path)!r} holds a previous {kind} run ({', '.join(used)}); pass {hint} to replace "
-                "its files (other files are kept), or choose another folder"
+                f"--out: {str(path)!r} holds a previous {kind} run ({', '.join(used)}); pass {hint}, or "
+                "choose another folder"
             )
     _files.probe_writable(path, "--out")
 
@@ -67,14 +66,11 @@ class RunFolder(contextlib.AbstractContextManager):
     """A run's output folder, opened once by the caller and held (locked) for the whole run."""
 
     def __init__(self, path: Path, lock, created: list[Path]) -> None:
-        self.path, self._lock, self._held = path, lock, os.stat(lock.lock_file)
-        self._created = created  # the folders it made: removed again if left unused
+        self.path, self._lock, self._held, self._created = path, lock, os.stat(lock.lock_file), created
 
     @classmethod
     def open(cls, path: Path, *, kind: str, resume: bool = False, overwrite: bool = False) -> RunFolder:
         """Check (:func:`check_run_folder`), create, lock (else BlockingIOError), clear and mark ``path``."""
-        from filelock import FileLock, Timeout
-
         path = Path(path)
         check_run_folder(path, kind=kind, resume=resume, overwrite=overwrite)
         created = [p for p in (path, *path.parents) if not p.exists()]
@@ -83,21 +79,16 @@ class RunFolder(contextlib.AbstractContextManager):
         try:
             lock.acquire()
         except Timeout:
-            raise BlockingIOError(
-                f"--out: another run is using {str(path)!r}; wait for it or choose another"
-            ) from None
+            raise BlockingIOError(f"--out: another run holds {str(path)!r}; wait or choose another") from None
         folder = cls(path, lock, created)
         try:  # again, now that no other run can change the folder
             check_run_folder(path, kind=kind, resume=resume, overwrite=overwrite)
             names = {n.split("/")[0] for n in (*OUTPUTS[kind], MANIFEST)}
             _files.remove_stale_tmp(path, names, dir_files=_files.MODEL_FILES, live=True)
-            for file in (path / n for n in OUTPUTS[kind] if overwrite):
-                if file.is_file() and not file.is_symlink():
-                    file.unlink()
-            files = [MANIFEST, LOCK, *OUTPUTS[kind]]
-            write_json(
-                path / MANIFEST, {"format": "tensornet-run", "version": 1, "kind": kind, "files": files}
-            )
+            for file in [path / n for n in OUTPUTS[kind] if overwrite and _files.plain_file(path / n)]:
+                file.unlink()
+            own = [MANIFEST, LOCK, *OUTPUTS[kind]]
+            write_json(path / MANIFEST, {"format": "tensornet-run", "version": 1, "kind": kind, "files": own})
         except BaseException:
             folder.close()
             raise
