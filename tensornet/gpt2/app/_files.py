@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..files import fsync_dir, new_tmp, write_error
+from ..files import fsync_dir, new_tmp, write_error, write_weights
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
@@ -38,6 +38,5 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def write_safetensors(path: Path, tensors: dict[str, Any], metadata: dict[str, str]) -> None:
     """Atomically write torch ``tensors`` and ``metadata`` as a safetensors file."""
-    from safetensors.torch import save  # (not save_file: atomic_write writes the temporary file)
-
-    atomic_write(Path(path), lambda f: f.write(save(tensors, metadata)))
+    # not safetensors.torch.save(_file): it writes the metadata in hash order (same tensors, other bytes)
+    atomic_write(Path(path), lambda f: write_weights(f, tensors, metadata))
