@@ -113,11 +113,11 @@ def test_plot_losses_spike_gives_log_y_and_same_files_twice(tmp_path):
     assert (tmp_path / "a.svg").read_bytes() == (tmp_path / "b.svg").read_bytes()
 
 
-def test_plot_losses_final_evaluation_only_and_explicit_title(tmp_path):
+def test_plot_losses_final_evaluation_only(tmp_path):
     results = [dict(r, val=r["val"][-1:]) for r in _results(steps=50)]
-    fig = plot_losses(results, tmp_path / "c.png", tokens_per_step=100, title="my run")
+    fig = plot_losses(results, tmp_path / "c.png", tokens_per_step=100)
     (ax,) = fig.axes
-    assert ax.get_title(loc="left") == "my run"
+    assert "5k training tokens per model" in ax.get_title(loc="left")
     vals = [line for line in ax.get_lines() if "validation" in line.get_label()]
     assert [list(line.get_xdata()) for line in vals] == [[5000]] * 3
     _check_files(tmp_path / "c.png", tmp_path / "c.svg")

@@ -1,8 +1,7 @@
-"""The application's atomic writes (logs, figures, JSON, checkpoints) on the adapter's temporary names."""
+"""The application's atomic writes: a new temporary file beside the target, flushed, renamed over it."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from collections.abc import Callable
@@ -11,18 +10,12 @@ from typing import Any, BinaryIO
 
 from ..files import fsync_dir, new_tmp, write_error, write_weights
 
-__all__ = ["atomic_write", "write_json", "write_safetensors"]
-
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """``write(f)`` to a new temporary file next to ``path``, flush it to disk, then rename it over ``path``.
-
-    ``path`` is never half-written, and a symbolic link at ``path`` is replaced itself, never written through.
-    An ``OSError`` (a full disk) names ``path``; the temporary file is removed. Not ``tempfile.mkstemp``: see
-    :func:`tensornet.gpt2.files.tmp_path`.
-    """
+    """``write(f)`` to a new file beside ``path``, renamed over it (over a link, never through it)."""
     path, tmp = Path(path), None
     try:
+        # not tempfile.mkstemp: its names are not those files.remove_stale_tmp clears after a kill
         tmp, f = new_tmp(path, "tmp", lambda p: open(p, "xb"))  # noqa: SIM115  (closed below)
         with f:
             write(f)
@@ -31,8 +24,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
         os.replace(tmp, path)
     except BaseException as err:
         if tmp is not None:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+            tmp.unlink(missing_ok=True)
         if isinstance(err, OSError) and err.errno is not None:
             raise write_error(path, err) from None
         raise
@@ -41,10 +33,10 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Atomically write ``obj`` as indented JSON."""
-    text = json.dumps(obj, indent=2) + "\n"
-    atomic_write(Path(path), lambda f: f.write(text.encode("utf-8")))
+    atomic_write(Path(path), lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode("utf-8")))
 
 
 def write_safetensors(path: Path, tensors: dict[str, Any], metadata: dict[str, str]) -> None:
-    """Atomically write ``tensors`` and ``metadata`` as a safetensors file."""
+    """Atomically write torch ``tensors`` and ``metadata`` as a safetensors file."""
+    # not safetensors.torch.save(_file): it writes the metadata in hash order (same tensors, other bytes)
     atomic_write(Path(path), lambda f: write_weights(f, tensors, metadata))
