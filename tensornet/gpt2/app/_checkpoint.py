@@ -1,8 +1,7 @@
-"""The application's files, read as data only.
+"""The application's files, read as data only (never code), each with its SHA-256.
 
-* checkpoints: ``torch.save`` of the payload with its format, version and a SHA-256 over every value, read by
-  ``torch.load(weights_only=True)``: an allow-list unpickler that builds tensors and plain values, never code;
-* token files: the train and validation token ids as safetensors, with their SHA-256.
+Training checkpoints are ``torch.save`` archives read by ``torch.load(weights_only=True)``: tensors and plain
+values only. Token files are safetensors.
 """
 
 from __future__ import annotations
@@ -56,9 +55,9 @@ def save_checkpoint(path: Path, payload: dict) -> None:
 
 
 def load_checkpoint(path: Path, where: str = "load_checkpoint", *, verify: bool = True) -> dict:
-    """The payload of a checkpoint written by :func:`save_checkpoint`, its format, version and checksum checked.
+    """The payload of a :func:`save_checkpoint` file, its format, version and checksum checked.
 
-    ``verify=False`` skips the checksum and maps the file instead of reading it (the cheap checks before a run).
+    ``verify=False`` skips the checksum and maps the file instead of reading it (the checks before a run).
     Every problem is a ValueError naming the file.
     """
     path = Path(path)
@@ -81,8 +80,8 @@ def load_checkpoint(path: Path, where: str = "load_checkpoint", *, verify: bool 
         ) from None
     if not ours:
         raise ValueError(
-            f"{where}: {str(path)!r} is not a tensornet checkpoint of format version {CHECKPOINT_VERSION}; point "
-            "--out at the run folder that wrote it, or resume it with the tensornet that wrote it"
+            f"{where}: {str(path)!r} is not a tensornet checkpoint of format version {CHECKPOINT_VERSION}; "
+            "point --out at the run folder that wrote it, or resume it with the tensornet that wrote it"
         )
     if not same:
         raise ValueError(
@@ -100,10 +99,7 @@ def _compressed(path: Path) -> bool:
         return False  # not a zip archive: torch.load says what it is
 
 
-# ------------------------------------------------------------------------------------------------ token files
-def save_tensors(
-    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
-) -> None:
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
     """Atomically write ``tensors`` as safetensors with their SHA-256 (and ``metadata``) in the metadata."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     write_safetensors(path, tensors, {**(metadata or {}), "sha256": content_sha256(tensors)})
@@ -121,13 +117,9 @@ def load_token_file(
     if other:
         raise ValueError(f"{where}: {str(path)!r} holds the tokens of another {' and '.join(other)}")
     if set(tensors) != {"train", "val"} or metadata.get("sha256") != content_sha256(tensors):
-        raise ValueError(
-            f"{where}: {str(path)!r} fails its checksum (or holds other tensors than train, val)"
-        )
+        raise ValueError(f"{where}: {str(path)!r} fails its checksum or holds more than train and val")
     for name, t in tensors.items():
         ok = t.dim() == 1 and t.dtype in (torch.int32, torch.int64) and t.numel() > 0 and int(t.min()) >= 0
         if not ok or (vocab_size is not None and int(t.max()) >= vocab_size):
-            raise ValueError(
-                f"{where}: {name} in {str(path)!r} is not a 1-D tensor of ids in [0, {vocab_size})"
-            )
+            raise ValueError(f"{where}: {name} in {str(path)!r} is not 1-D token ids in [0, {vocab_size})")
     return tensors["train"].long(), tensors["val"].long()

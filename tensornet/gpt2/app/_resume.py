@@ -37,10 +37,8 @@ _SAME = (
 
 def _flag(name: str) -> str:
     """The command-line flag that sets the signature entry ``name`` (``train.lr`` -> ``--lr``)."""
-    for key, flag in _FLAGS.items():
-        if name == key or name.startswith(key + "."):
-            return flag
-    return "--" + name.rpartition(".")[2].replace("_", "-")
+    key = next((key for key in _FLAGS if name == key or name.startswith(key + ".")), None)
+    return _FLAGS[key] if key else "--" + name.rpartition(".")[2].replace("_", "-")
 
 
 def signature(cfg: TrainConfig, extra: dict | None, runtime: dict | None = None) -> dict:
@@ -80,16 +78,13 @@ def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
 def _resume(
     path: Path, expected: dict, apply: Callable[[dict], Any], *, verify: bool, only: bool = False
 ) -> Any:
-    """``apply`` to the checkpoint at ``path`` if its signature (``only`` ``expected``'s entries) is ``expected``.
-
-    Unless ``verify``, the checksum is verified only when something does not fit (damage is then the error).
-    """
+    """``apply`` to the checkpoint at ``path`` once its signature (``only`` ``expected``'s keys) matches."""
     if not os.path.lexists(path):
-        stopped = (
-            "the run there stopped before its first checkpoint; " if (path.parent / LOG).is_file() else ""
-        )
+        stopped = (path.parent / LOG).is_file()  # a run killed before its first checkpoint
         raise FileNotFoundError(
-            f"--resume: no checkpoint at {str(path)!r}: {stopped}run the same command without --resume to start it"
+            f"--resume: no checkpoint at {str(path)!r}: "
+            + ("the run there stopped before its first checkpoint; " if stopped else "")
+            + "run the same command without --resume to start it"
         )
     ckpt = load_checkpoint(path, "--resume", verify=verify)
     try:
@@ -100,7 +95,7 @@ def _resume(
         why = f"is not a checkpoint this run can resume ({summary(err)})"
     if not why:
         return result
-    if not verify:
+    if not verify:  # verified now, so that damage (rather than what it broke) is what the error says
         load_checkpoint(path, "--resume")
     raise ValueError(f"--resume: {str(path)!r} {why}")
 
