@@ -346,7 +346,7 @@ CHECKPOINT_EDITS = {
 }
 
 
-def quiet_run(shared) -> tuple:
+def model_and_config(shared) -> tuple:
     corpus = stdlib_corpus(max_chars=20000)
     tokenizer = cached_tokenizer(corpus, 300, shared["cache"])
     config = gpt2_config(vocab_size=tokenizer.get_vocab_size(), block_size=16, n_layer=1, n_embd=32, n_head=2)
@@ -369,7 +369,7 @@ def test_crafted_checkpoints_are_refused_before_the_tokens(shared, tmp_path, cap
     assert tree(run) == before  # nothing changed on disk
     # the library's resume says the same, on the loaded checkpoint
     monkeypatch.undo()
-    model, cfg = quiet_run(shared)
+    model, cfg = model_and_config(shared)
     signature = _resume.signature(cfg, load_checkpoint(run / "checkpoint.pt")["signature"])
     with pytest.raises(ValueError, match="is not a checkpoint this run can resume"):
         _resume.restore(run / "checkpoint.pt", signature, model, _train.make_optimizer(model, cfg), cfg)
@@ -382,7 +382,7 @@ def test_a_resumed_run_keeps_its_own_optimizer_settings(shared, tmp_path):
             group.update(betas=(0.5, 0.5), lr_scale=1e30, weight_decay=0.5)
 
     run = crafted(shared, tmp_path, "opt-settings", edit)
-    model, cfg = quiet_run(shared)
+    model, cfg = model_and_config(shared)
     signature = _resume.signature(cfg, load_checkpoint(run / "checkpoint.pt")["signature"])
     optimizer = _train.make_optimizer(model, cfg)
     own = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
