@@ -281,7 +281,6 @@ def test_a_model_saved_before_the_tt_layers_recorded_their_core_shapes_still_loa
     from safetensors.torch import save_file
 
     from tensornet.gpt2 import files
-    from tensornet.gpt2.app._resume import _model_fault
 
     model, _ = tensorize(tiny(), rank=4, shapes="balanced")
     folder = save_model(model, tmp_path / "m")
@@ -298,7 +297,9 @@ def test_a_model_saved_before_the_tt_layers_recorded_their_core_shapes_still_loa
     prompt = torch.tensor([[1, 2, 3]])
     assert torch.equal(loaded(prompt).logits, model(prompt).logits)
     old_state = {k: v for k, v in model.state_dict().items() if not k.endswith("._extra_state")}
-    assert _model_fault(old_state, loaded) is None and _model_fault(model.state_dict(), loaded) is None
+    loaded.load_state_dict(old_state)  # as --resume loads a checkpoint's model (strict)
+    loaded.load_state_dict(model.state_dict())
+    assert torch.equal(loaded(prompt).logits, model(prompt).logits)
 
 
 def test_lowrank_and_rules_convert_conv1d_in_place_and_can_drop_biases():
