@@ -43,7 +43,7 @@ def test_stdlib_corpus_is_deterministic_and_split_by_file():
     assert not any("site-packages" in p.parts or "test" in p.parts[:-1] for p in files)
     a, b = stdlib_corpus(max_chars=50_000), stdlib_corpus(max_chars=50_000)
     assert a == b and a.fingerprint() == b.fingerprint()
-    assert a.train_chars == 50_000 and a.val_chars == 5_000
+    assert sum(map(len, a.train)) == 50_000 and sum(map(len, a.val)) == 5_000
     assert set(a.train).isdisjoint(a.val)
     assert "standard library" in a.description
     # the split is a function of the relative path alone: about 5% of files validate

@@ -1,8 +1,8 @@
 """The byte-level BPE tokenizer, the tokenizer and token caches, and deterministic token batches.
 
 A cache file records what it was built from (SHA-256s of the corpus and tokenizer, the vocabulary size, the
-encoding rule) and is used only for that. The cache's own file of something else, or a damaged one, is rebuilt
-with a warning; a file at a cache name without the cache's record raises :class:`ForeignCacheFile`, left as is.
+encoding rule) and is used only for that: the cache's own file of something else, or a damaged one, is rebuilt
+with a warning; a file at a cache name without the cache's record is an error, and left as it is.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,20 +26,12 @@ from ._files import atomic_write
 
 EOT = "<|endoftext|>"
 TOKENIZER_BYTES = 256 * 2**20  # the most a tokenizer file may hold (GPT-2's tokenizer.json: 1.4 MB)
-# the caches' own file names: only these (and their temporary names) are ever removed or replaced there. The
-# "-v2" files record what they were built from (older, unmarked cache files are never read, nor removed)
-_TOKENIZER_CACHE = re.compile(r"bpe-\d+-[0-9a-f]{16}-v2\.json")
-_TOKENS_CACHE = re.compile(r"[0-9a-f]{16}-[0-9a-f]{16}-v2\.safetensors")
-TOKENIZER_CACHE_FORMAT = "tensornet-tokenizer-cache"
-TOKENS_FORMAT = "tensornet-tokens"
-# how the token cache turns documents into ids (encode): recorded, so that another rule never reads it
-_ENCODING = "byte-level BPE ids of each document, then <|endoftext|>"
+_ENCODING = "byte-level BPE ids of each document, then <|endoftext|>"  # recorded: another rule never reads it
 
 
 def default_cache_dir() -> Path:
     """``$TENSORNET_CACHE`` if set, else ``~/.cache/tensornet``."""
-    env = os.environ.get("TENSORNET_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "tensornet"
+    return Path(os.environ.get("TENSORNET_CACHE") or Path.home() / ".cache" / "tensornet")
 
 
 def train_tokenizer(texts: Sequence[str], vocab_size: int):
@@ -60,173 +51,130 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int):
     return tokenizer
 
 
-def _parsed(text: str, path: Path, where: str):
-    """A tokenizer from its JSON, with ``<|endoftext|>``; ValueError naming ``where`` and ``path``."""
-    from tokenizers import Tokenizer
-
-    try:
-        tokenizer = Tokenizer.from_str(text)
-    except Exception as err:  # tokenizers raises a bare Exception for malformed JSON
-        raise ValueError(f"{where}: cannot read {str(path)!r} as a tokenizers JSON file: {err}") from None
-    return _with_eot(tokenizer, path, where)
-
-
-def _with_eot(tokenizer, path: Path, where: str):
-    if tokenizer.token_to_id(EOT) is None:
-        raise ValueError(f"{where}: {str(path)!r} has no {EOT!r} token, which separates documents")
-    return tokenizer
-
-
 def load_tokenizer(path: str | os.PathLike, *, flag: str = "--tokenizer"):
-    """A saved tokenizer: a ``tokenizer.json`` file, or a folder with it or GPT-2's vocab and merges.
+    """A saved tokenizer: a ``tokenizer.json`` file, or a folder with it or GPT-2's vocab.json and merges.txt.
 
-    The folder holds ``tokenizer.json`` or GPT-2's ``vocab.json`` + ``merges.txt``, regular files of at most
-    ``TOKENIZER_BYTES``. Raises ValueError naming ``flag`` and the file for anything else.
+    Raises ValueError naming ``flag`` and the file for anything else (or a file over ``TOKENIZER_BYTES``).
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-    p = existing_path(path, flag, "a tokenizer.json file or a tokenizer folder")
-    vocab, merges = p / "vocab.json", p / "merges.txt"
-    if p.is_dir() and not (p / "tokenizer.json").exists():
-        if not (vocab.exists() and merges.exists()):
-            raise ValueError(
-                f"{flag}: folder {str(p)!r} has neither tokenizer.json nor vocab.json+merges.txt"
-            )
-        for file in (vocab, merges):  # a regular file of bounded size (not a FIFO, not /dev/zero)
-            _files.read_small_file(file, TOKENIZER_BYTES, flag)
-        try:
-            tokenizer = Tokenizer(models.BPE.from_file(str(vocab), str(merges)))
-        except Exception as err:  # tokenizers raises a bare Exception for inconsistent files
-            raise ValueError(
-                f"{flag}: {str(vocab)!r} and {str(merges)!r} do not form a BPE tokenizer: {err}"
-            ) from None
+    p = existing_path(path, flag)
+    gpt2 = p.is_dir() and (p / "vocab.json").exists() and not (p / "tokenizer.json").exists()
+    names = [p / "vocab.json", p / "merges.txt"] if gpt2 else [p / "tokenizer.json" if p.is_dir() else p]
+    raw = [_files.read_small_file(name, TOKENIZER_BYTES, flag) for name in names]  # a FIFO would never end
+    try:
+        if not gpt2:
+            return _with_eot(Tokenizer.from_str(raw[0].decode("utf-8")))
+        tokenizer = Tokenizer(models.BPE.from_file(*map(str, names)))
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tokenizer.decoder = decoders.ByteLevel()
-        return _with_eot(tokenizer, p, flag)
-    p = p / "tokenizer.json" if p.is_dir() else p
-    raw = _files.read_small_file(p, TOKENIZER_BYTES, flag)
-    try:
-        return _parsed(raw.decode("utf-8"), p, flag)
-    except UnicodeDecodeError:
-        raise ValueError(f"{flag}: {str(p)!r} is not UTF-8 text") from None
+        return _with_eot(tokenizer)
+    except Exception as err:  # tokenizers raises a bare Exception for a malformed file
+        shown = " and ".join(repr(str(name)) for name in names)
+        raise ValueError(
+            f"{flag}: cannot read a tokenizer from {shown} ({type(err).__name__}: {err})"
+        ) from None
 
 
-class ForeignCacheFile(ValueError):
-    """A file at one of the caches' names that the cache did not write: refused, and left alone."""
+def _with_eot(tokenizer):
+    if tokenizer.token_to_id(EOT) is None:
+        raise ValueError(f"it has no {EOT!r} token, which separates documents")
+    return tokenizer
 
 
-def _cached(path: Path, where: str, identity: dict, read: Callable, load: Callable) -> Any:
-    """The cache file's value if it was built from ``identity``, else None: the module's rule.
+def _cached(path: Path, identity: dict, read: Callable[[Path], dict], load: Callable[[dict], Any]) -> Any:
+    """The cache file's value if it was built from ``identity``, else None with its folder made (the rule above).
 
-    ``read(path)``: the file's record (ValueError: not the cache's); ``load(path, record)`` (ValueError: damaged).
+    Raises ValueError for a file at ``path`` that ``read`` finds no cache record in.
     """
-    if not (path.exists() or path.is_symlink()):
-        return None
-    try:
-        record = read(path)
-        if not (isinstance(record, dict) and record.get("format") == identity["format"]):
-            raise ValueError(f"it has no {identity['format']!r} record")
-    except ValueError as err:
-        raise ForeignCacheFile(
-            f"{where}: {str(path)!r} is at the cache's name, but tensornet did not write it ({err}), so it is "
-            "neither used nor replaced: move it away, or give another --cache-dir (or $TENSORNET_CACHE)"
-        ) from None
-    try:
-        other = [key for key, value in identity.items() if record.get(key) != value]
-        if other:
-            raise ValueError(f"{str(path)!r} was built from another {' and '.join(other)}")
-        return load(path, record)
-    except ValueError as err:
-        warnings.warn(f"{where}: rebuilding the cache: {err}", stacklevel=3)
+    if os.path.lexists(path):
+        try:
+            record = read(path)
+            if record.get("format") != identity["format"]:
+                raise ValueError(f"it has no {identity['format']!r} record")
+        except Exception as err:  # whatever it is, it is not the cache's file
+            raise ValueError(
+                f"{str(path)!r} is at the cache's name, but tensornet did not write it ({err}), so it is neither "
+                "used nor replaced: move it away, or give another --cache-dir (or $TENSORNET_CACHE)"
+            ) from None
+        try:
+            other = [key for key, value in identity.items() if record.get(key) != value]
+            if other:
+                raise ValueError(f"it was built from another {' and '.join(other)}")
+            return load(record)
+        except Exception as err:  # the cache's own file, damaged: rebuilt
+            warnings.warn(f"rebuilding the cache file {str(path)!r}: {err}", stacklevel=3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _files.remove_stale_tmp(path.parent, [path.name], live=False)  # what a killed writer left
     return None
-
-
-def _cache_dir(folder: Path, names: re.Pattern[str]) -> None:
-    """Create a cache folder and clear leftovers of writers that were killed (only the cache's own names)."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise type(err)(
-            f"--cache-dir: cannot create the cache folder {str(folder)!r} ({err.strerror or err}); "
-            "give a writable --cache-dir or set TENSORNET_CACHE"
-        ) from None
-    _files.remove_stale_tmp(folder, names, live=False)
 
 
 def tokenizer_cache_path(corpus: Corpus, vocab_size: int, cache_dir: str | os.PathLike | None = None) -> Path:
     """Where :func:`cached_tokenizer` keeps the tokenizer of ``corpus`` and ``vocab_size``."""
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return cache / "tokenizers" / f"bpe-{vocab_size}-{corpus.fingerprint()}-v2.json"
-
-
-def _tokenizer_record(path: Path) -> dict:
-    return _files.parse_json(_files.read_small_file(path, TOKENIZER_BYTES, "cached_tokenizer"))
+    return (
+        Path(cache_dir or default_cache_dir())
+        / "tokenizers"
+        / f"bpe-{vocab_size}-{corpus.fingerprint()}-v2.json"
+    )
 
 
 def cached_tokenizer(corpus: Corpus, vocab_size: int, cache_dir: str | os.PathLike | None = None):
     """Train the BPE on ``corpus.train`` once and keep it under ``cache_dir/tokenizers`` (the module's rule).
 
-    Raises ForeignCacheFile for a file at its cache name that the cache did not write.
+    Raises ValueError for a file at its cache name that the cache did not write.
     """
+    from tokenizers import Tokenizer
+
     path = tokenizer_cache_path(corpus, vocab_size, cache_dir)
-    identity = {"format": TOKENIZER_CACHE_FORMAT, "corpus": corpus.digest, "vocab_size": vocab_size}
-    load = lambda p, record: _parsed(json.dumps(record.get("tokenizer")), p, "cached_tokenizer")  # noqa: E731
-    tokenizer = _cached(path, "cached_tokenizer", identity, _tokenizer_record, load)
+    identity = {"format": "tensornet-tokenizer-cache", "corpus": corpus.digest, "vocab_size": vocab_size}
+    read = lambda p: json.loads(_files.read_small_file(p, TOKENIZER_BYTES, "cached_tokenizer"))  # noqa: E731
+    load = lambda record: _with_eot(Tokenizer.from_str(json.dumps(record["tokenizer"])))  # noqa: E731
+    tokenizer = _cached(path, identity, read, load)
     if tokenizer is None:
         tokenizer = train_tokenizer(corpus.train, vocab_size)
-        _cache_dir(path.parent, _TOKENIZER_CACHE)
-        record = identity | {"version": 2, "tokenizer": json.loads(tokenizer.to_str())}
-        data = (json.dumps(record) + "\n").encode("utf-8")
-        atomic_write(path, lambda f: f.write(data))
+        data = json.dumps(identity | {"version": 2, "tokenizer": json.loads(tokenizer.to_str())}) + "\n"
+        atomic_write(path, lambda f: f.write(data.encode("utf-8")))
     return tokenizer
 
 
 def tokenizer_id(tokenizer) -> str:
     """A short hash of the tokenizer's JSON, naming its token caches."""
-    return _tokenizer_digest(tokenizer)[:16]
-
-
-def _tokenizer_digest(tokenizer) -> str:
-    return hashlib.sha256(tokenizer.to_str().encode("utf-8")).hexdigest()
+    return hashlib.sha256(tokenizer.to_str().encode("utf-8")).hexdigest()[:16]
 
 
 def encode(tokenizer, texts: Sequence[str]) -> torch.Tensor:
     """All documents as one int64 token stream, each followed by ``<|endoftext|>``."""
     eot = tokenizer.token_to_id(EOT)
-    ids: list[int] = []
-    for enc in tokenizer.encode_batch(list(texts)):
-        ids.extend(enc.ids)
-        ids.append(eot)
+    ids = [i for enc in tokenizer.encode_batch(list(texts)) for i in [*enc.ids, eot]]
     return torch.tensor(ids, dtype=torch.int64)
 
 
 def token_cache_path(corpus: Corpus, tokenizer, cache_dir: str | os.PathLike | None = None) -> Path:
     """Where :func:`cached_tokens` keeps the tokens of ``corpus`` under ``tokenizer``."""
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return cache / "tokens" / f"{corpus.fingerprint()}-{tokenizer_id(tokenizer)}-v2.safetensors"
+    name = f"{corpus.fingerprint()}-{tokenizer_id(tokenizer)}-v2.safetensors"
+    return Path(cache_dir or default_cache_dir()) / "tokens" / name
 
 
 def token_identity(corpus: Corpus, tokenizer) -> dict[str, str]:
     """What a token cache file was built from, as recorded in its metadata."""
-    digest = _tokenizer_digest(tokenizer)
-    return {"format": TOKENS_FORMAT, "corpus": corpus.digest, "tokenizer": digest, "encoding": _ENCODING}
+    digest = hashlib.sha256(tokenizer.to_str().encode("utf-8")).hexdigest()
+    return {"format": "tensornet-tokens", "corpus": corpus.digest, "tokenizer": digest, "encoding": _ENCODING}
 
 
 def cached_tokens(corpus: Corpus, tokenizer, cache_dir: str | os.PathLike | None = None):
     """``(train_ids, val_ids)``, encoded once per (corpus, tokenizer), cached as int32 safetensors.
 
     The module's rule; a failed checksum, wrong shapes or dtypes, ids outside the vocabulary: damaged. Raises
-    ForeignCacheFile for a file at its cache name that the cache did not write.
+    ValueError for a file at its cache name that the cache did not write.
     """
     path = token_cache_path(corpus, tokenizer, cache_dir)
     identity = token_identity(corpus, tokenizer)
-    read = lambda p: _checkpoint.read_safetensors(p, "not a readable safetensors file")[0]  # noqa: E731
-    load = lambda p, _: _checkpoint.load_token_file(p, tokenizer.get_vocab_size(), "cached_tokens")  # noqa: E731
-    cached = _cached(path, "cached_tokens", identity, read, load)
+    read = lambda p: _files.read_safetensors(p, "not a safetensors file", shapes=True)[0]  # noqa: E731
+    load = lambda _: _checkpoint.load_token_file(path, tokenizer.get_vocab_size(), "cached_tokens")  # noqa: E731
+    cached = _cached(path, identity, read, load)
     if cached is not None:
         return cached
     train, val = encode(tokenizer, corpus.train), encode(tokenizer, corpus.val)
-    _cache_dir(path.parent, _TOKENS_CACHE)
     _checkpoint.save_tensors(path, {"train": train.int(), "val": val.int()}, metadata=identity)
     return train, val
 
