@@ -163,7 +163,7 @@ def test_save_model_and_the_tokenizer_cache_never_follow_links(shared, tmp_path,
     assert load_model(target) is not None
     corpus = stdlib_corpus(max_chars=20000)
     cache = tmp_path / "cache"
-    path = _data.tokenizer_cache_path(corpus, 300, cache)
+    path = cache / "tokenizers" / f"bpe-300-{corpus.fingerprint()}-v2.json"  # cached_tokenizer's name
     path.parent.mkdir(parents=True)
     predictable(monkeypatch)
     planted(path).symlink_to(precious)
