@@ -82,7 +82,7 @@ def test_text_corpus_file_folder_and_errors(tmp_path):
     with pytest.raises(ValueError, match="binary"):
         read_text_file(tmp_path / "bin.dat")
     (tmp_path / "latin.txt").write_bytes("caf\xe9\n".encode("latin-1"))
-    with pytest.raises(ValueError, match="not valid UTF-8"):
+    with pytest.raises(ValueError, match="not a UTF-8 text file: 'utf-8' codec can't decode"):
         load_corpus(tmp_path / "latin.txt")
     (tmp_path / "void").mkdir()
     with pytest.raises(ValueError, match="contains no files"):

@@ -1,8 +1,7 @@
-"""The corpus, the byte-level BPE tokenizer, its cache and the token cache, and the token batches.
+"""The corpus, the byte-level BPE tokenizer and the token caches, and the token batches.
 
-A cache file records what it was built from and is used only for that: the cache's own file of something else,
-or a damaged one, is rebuilt with a warning; a file at a cache name without the cache's record is an error, and
-left as it is.
+A cache file records what it was built from and is used only for that: its own file of something else or a
+damaged one is rebuilt (a warning); a file at its name without its record is an error, and left as it is.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from torch import Tensor
 
 from .. import files as _files
 from . import _checkpoint
-from ._files import atomic_write
+from ._files import write_json
 
 EOT = "<|endoftext|>"
 TOKENIZER_BYTES = 256 * 2**20  # the most a tokenizer file may hold (GPT-2's tokenizer.json: 1.4 MB)
@@ -61,7 +60,7 @@ class Corpus:
 
 
 def stdlib_files() -> list[Path]:
-    """The embedded corpus's files, in their fixed order (sorted relative path)."""
+    """The standard library's ``*.py`` files but site/dist-packages, tests and ``_sysconfigdata*``, sorted."""
     root = Path(sysconfig.get_paths()["stdlib"])
     rels = sorted((p.relative_to(root) for p in root.rglob("*.py")), key=lambda rel: rel.as_posix())
     skip = lambda rel: rel.name.startswith("_sysconfigdata") or rel.parts[0].startswith("config-")  # noqa: E731
@@ -70,15 +69,14 @@ def stdlib_files() -> list[Path]:
 
 def read_text_file(path: Path) -> str:
     """The text of ``path``; ValueError naming it for anything but a regular UTF-8 text file."""
-    if not path.is_file():  # a FIFO or a device would never end
-        raise ValueError(f"{str(path)!r} does not exist or is not a regular file; give a UTF-8 text file")
-    raw = path.read_bytes()
     try:
-        if b"\x00" in raw[:65536]:
+        if not path.is_file():  # a FIFO or a device would never end
+            raise ValueError("it does not exist or is not a regular file")
+        if b"\x00" in (raw := path.read_bytes())[:65536]:
             raise ValueError("it looks binary: it contains NUL bytes")
         return raw.decode("utf-8")
     except ValueError as err:  # UnicodeDecodeError is a ValueError
-        raise ValueError(f"{str(path)!r} is not valid UTF-8 text ({err}); give a UTF-8 text file") from None
+        raise ValueError(f"{str(path)!r} is not a UTF-8 text file: {err}") from None
 
 
 def stdlib_corpus(*, max_chars: int | None = None) -> Corpus:
@@ -91,11 +89,9 @@ def load_corpus(
 ) -> Corpus:
     """A UTF-8 text file, a folder of them (non-hidden files, recursively) or, when None, the embedded corpus.
 
-    The embedded corpus is the standard library's ``*.py`` files but site/dist-packages, tests and
-    ``_sysconfigdata*`` (CPython 3.11: 729 files, 12.08M characters). Files are read in sorted relative-path
-    order; one validates when ``crc32(relative path) % 20 == 0`` (about 5%; at least one), a single file is
-    split at the line nearest 95% (``split=False``: all trains). ``max_chars``: the first files up to that many
-    characters of training text, and a tenth of it of validation text.
+    The embedded corpus: :func:`stdlib_files` (CPython 3.11: 729 files, 12.08M characters). A file validates
+    when ``crc32(relative path) % 20 == 0`` (about 5%), a single file from the line nearest 95% on. ``max_chars``:
+    the first files up to that many characters of training text, and a tenth of it of validation text.
     """
     if max_chars is not None and max_chars < 1:
         raise ValueError(f"{flag}: max_chars must be >= 1, got {max_chars}")
@@ -112,8 +108,7 @@ def load_corpus(
             raise ValueError(f"{flag}: folder {str(root)!r} contains no files")
     else:
         files = [root]
-    docs = [(p.relative_to(root).as_posix(), read_text_file(p)) for p in files]
-    docs = [(rel, text) for rel, text in docs if text.strip()]
+    docs = [(p.relative_to(root).as_posix(), text) for p in files if (text := read_text_file(p)).strip()]
     if not docs:
         raise ValueError(f"{flag}: {where!r} contains only empty text")
     if not split:
@@ -126,13 +121,11 @@ def load_corpus(
         if not val[0].strip() or not train[0].strip():
             raise ValueError(f"{flag}: {where!r} is too short to split into training and validation text")
     else:
-        val_names = {rel for rel, _ in docs if zlib.crc32(rel.encode("utf-8")) % 20 == 0}
+        val_names = {rel for rel, _ in docs if zlib.crc32(rel.encode("utf-8")) % 20 == 0} or {docs[-1][0]}
+        if len(val_names) == len(docs):  # small folders: the last file validates and the first trains
+            val_names.remove(docs[0][0])
         train = [t for rel, t in docs if rel not in val_names]
         val = [t for rel, t in docs if rel in val_names]
-        if not val:  # small folders: the last file validates
-            val = [train.pop()]
-        if not train:
-            train = [val.pop(0)]
     if max_chars is not None:
         train, val = _head(train, max_chars), _head(val, max(max_chars // 10, 1))
     chars = f"{sum(map(len, train)):,} / {sum(map(len, val)):,} chars"
@@ -197,15 +190,13 @@ def _cached(path: Path, identity: dict, read: Callable[[Path], dict], load: Call
             kept = f"{str(path)!r} is at the cache's name but tensornet did not write it ({err}); it is left as is"
             raise ValueError(f"{kept}: move it away or give another --cache-dir") from None
         try:
-            other = [key for key, value in identity.items() if record.get(key) != value]
-            if other:
+            if other := [key for key, value in identity.items() if record.get(key) != value]:
                 raise ValueError(f"it was built from another {' and '.join(other)}")
             return load(record)
         except Exception as err:  # the cache's own file, damaged: rebuilt
             warnings.warn(f"rebuilding the cache file {str(path)!r}: {err}", stacklevel=3)
     path.parent.mkdir(parents=True, exist_ok=True)
     _files.remove_stale_tmp(path.parent, [path.name], live=False)  # what a killed writer left
-    return None
 
 
 def cached_tokenizer(corpus: Corpus, vocab_size: int, cache_dir: PathLike | None = None):
@@ -218,8 +209,7 @@ def cached_tokenizer(corpus: Corpus, vocab_size: int, cache_dir: PathLike | None
     tokenizer = _cached(path, identity, read, load)
     if tokenizer is None:
         tokenizer = train_tokenizer(corpus.train, vocab_size)
-        data = json.dumps(identity | {"version": 2, "tokenizer": json.loads(tokenizer.to_str())}) + "\n"
-        atomic_write(path, lambda f: f.write(data.encode("utf-8")))
+        write_json(path, identity | {"version": 2, "tokenizer": json.loads(tokenizer.to_str())})
     return tokenizer
 
 
@@ -247,8 +237,7 @@ def cached_tokens(corpus: Corpus, tokenizer, cache_dir: PathLike | None = None) 
     identity = _TOKENS | {"corpus": corpus.digest, "tokenizer": tokenizer_id(tokenizer, 64)}
     read = lambda p: _files.read_safetensors(p, "not a safetensors file", shapes=True)[0]  # noqa: E731
     load = lambda _: _checkpoint.load_token_file(path, tokenizer.get_vocab_size(), "cached_tokens")  # noqa: E731
-    cached = _cached(path, identity, read, load)
-    if cached is not None:
+    if (cached := _cached(path, identity, read, load)) is not None:
         return cached
     train, val = encode(tokenizer, corpus.train), encode(tokenizer, corpus.val)
     _checkpoint.save_tensors(path, {"train": train.int(), "val": val.int()}, metadata=identity)
@@ -258,10 +247,7 @@ def cached_tokens(corpus: Corpus, tokenizer, cache_dir: PathLike | None = None) 
 def train_batch(
     tokens: Tensor, *, step: int, seed: int, batch_size: int, block_size: int, rank: int = 0, world: int = 1
 ) -> tuple[Tensor, Tensor]:
-    """The ``step``-th batch ``(x, y)``, each ``(batch_size // world, block_size)``, ``y`` shifted by one token.
-
-    A function of ``(seed, step)`` (exact resume): one global batch, of which ``rank`` takes its slice.
-    """
+    """``rank``'s slice ``(x, y)`` of the ``step``-th batch, ``y`` shifted by one: a function of ``(seed, step)``."""
     gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
     offsets = torch.randint(0, tokens.numel() - block_size - 1, (batch_size,), generator=gen)
     offsets = offsets.view(world, -1)[rank]  # world divides batch_size
