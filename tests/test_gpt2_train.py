@@ -60,7 +60,7 @@ def test_stdlib_corpus_is_deterministic_and_split_by_file():
     assert 0 < sum(flags) < len(flags) // 5
 
 
-def test_text_corpus_file_folder_and_errors(tmp_path):
+def test_load_corpus_file_folder_and_errors(tmp_path):
     one = tmp_path / "one.txt"
     one.write_text("".join(f"line {i}\n" for i in range(200)))
     c = load_corpus(one)
