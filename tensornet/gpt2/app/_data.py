@@ -63,8 +63,8 @@ def stdlib_files() -> list[Path]:
     """The standard library's ``*.py`` files but site/dist-packages, tests and ``_sysconfigdata*``, sorted."""
     root = Path(sysconfig.get_paths()["stdlib"])
     rels = sorted((p.relative_to(root) for p in root.rglob("*.py")), key=lambda rel: rel.as_posix())
-    skip = lambda rel: rel.name.startswith("_sysconfigdata") or rel.parts[0].startswith("config-")  # noqa: E731
-    return [root / rel for rel in rels if not skip(rel) and _EXCLUDED_DIRS.isdisjoint(rel.parts[:-1])]
+    rels = [r for r in rels if not (r.name.startswith("_sysconfigdata") or r.parts[0].startswith("config-"))]
+    return [root / rel for rel in rels if _EXCLUDED_DIRS.isdisjoint(rel.parts[:-1])]
 
 
 def read_text_file(path: Path) -> str:
@@ -91,7 +91,7 @@ def load_corpus(
 
     The embedded corpus is the standard library's source (CPython 3.11: 729 files, 12.08M characters). A file
     validates when ``crc32(relative path) % 20 == 0`` (about 5%), a single file from the line nearest 95% on.
-    ``max_chars``: the first files up to that many characters of training text, and a tenth of it of validation.
+    ``max_chars``: the first files up to that many characters of training text, a tenth of it of validation.
     """
     if max_chars is not None and max_chars < 1:
         raise ValueError(f"{flag}: max_chars must be >= 1, got {max_chars}")
@@ -159,7 +159,7 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int):
 
 
 def load_tokenizer(path: PathLike, *, flag: str = "--tokenizer"):
-    """A ``tokenizer.json`` file, or a folder with it or GPT-2's vocab.json and merges.txt; else ValueError."""
+    """A ``tokenizer.json``, or a folder with it or GPT-2's vocab.json and merges.txt; else ValueError."""
     p = Path(path)
     gpt2 = p.is_dir() and (p / "vocab.json").exists() and not (p / "tokenizer.json").exists()
     names = [p / "vocab.json", p / "merges.txt"] if gpt2 else [p / "tokenizer.json" if p.is_dir() else p]
@@ -180,15 +180,15 @@ def load_tokenizer(path: PathLike, *, flag: str = "--tokenizer"):
 
 
 def _cached(path: Path, identity: dict, read: Callable[[Path], dict], load: Callable[[dict], Any]) -> Any:
-    """The cache file's value if it was built from ``identity``, else None (its folder made); the module's rule."""
+    """The cache file's value if built from ``identity``, else None (its folder made): the module's rule."""
     if os.path.lexists(path):
         try:
             record = read(path)
             if record.get("format") != identity["format"]:
                 raise ValueError(f"it has no {identity['format']!r} record")
         except Exception as err:  # whatever it is, it is not the cache's file
-            kept = f"{str(path)!r} is at the cache's name but tensornet did not write it ({err}); it is left as is"
-            raise ValueError(f"{kept}: move it away or give another --cache-dir") from None
+            kept = f"{str(path)!r} is at the cache's name but tensornet did not write it ({err})"
+            raise ValueError(f"{kept}: it is left as is; move it away or give another --cache-dir") from None
         try:
             if other := [key for key, value in identity.items() if record.get(key) != value]:
                 raise ValueError(f"it was built from another {' and '.join(other)}")
@@ -200,7 +200,7 @@ def _cached(path: Path, identity: dict, read: Callable[[Path], dict], load: Call
 
 
 def cached_tokenizer(corpus: Corpus, vocab_size: int, cache_dir: PathLike | None = None):
-    """Train the BPE on ``corpus.train`` once, cached (the module's rule; ValueError: not the cache's file)."""
+    """The BPE of ``corpus.train``, trained once and cached (the module's rule)."""
     name = f"bpe-{vocab_size}-{corpus.fingerprint()}-v2.json"
     path = Path(cache_dir or default_cache_dir()) / "tokenizers" / name
     identity = {"format": "tensornet-tokenizer-cache", "corpus": corpus.digest, "vocab_size": vocab_size}
@@ -232,11 +232,11 @@ def token_cache_path(corpus: Corpus, tokenizer, cache_dir: PathLike | None = Non
 
 
 def cached_tokens(corpus: Corpus, tokenizer, cache_dir: PathLike | None = None) -> tuple[Tensor, Tensor]:
-    """``(train_ids, val_ids)``, encoded once, cached (the module's rule; ValueError: not the cache's file)."""
+    """``(train_ids, val_ids)`` of ``corpus``, encoded once and cached (the module's rule)."""
     path = token_cache_path(corpus, tokenizer, cache_dir)
     identity = _TOKENS | {"corpus": corpus.digest, "tokenizer": tokenizer_id(tokenizer, 64)}
     read = lambda p: _files.read_safetensors(p, "not a safetensors file", shapes=True)[0]  # noqa: E731
-    load = lambda _: _checkpoint.load_token_file(path, tokenizer.get_vocab_size(), "cached_tokens")  # noqa: E731
+    load = lambda _: _checkpoint.load_token_file(path, tokenizer.get_vocab_size(), "tokens")  # noqa: E731
     if (cached := _cached(path, identity, read, load)) is not None:
         return cached
     train, val = encode(tokenizer, corpus.train), encode(tokenizer, corpus.val)
@@ -247,7 +247,7 @@ def cached_tokens(corpus: Corpus, tokenizer, cache_dir: PathLike | None = None) 
 def train_batch(
     tokens: Tensor, *, step: int, seed: int, batch_size: int, block_size: int, rank: int = 0, world: int = 1
 ) -> tuple[Tensor, Tensor]:
-    """``rank``'s slice ``(x, y)`` of the ``step``-th batch, ``y`` shifted by one: a function of ``(seed, step)``."""
+    """``rank``'s slice ``(x, y)`` of batch ``step``, ``y`` shifted by one: a function of ``(seed, step)``."""
     gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
     offsets = torch.randint(0, tokens.numel() - block_size - 1, (batch_size,), generator=gen)
     offsets = offsets.view(world, -1)[rank]  # world divides batch_size
@@ -256,14 +256,14 @@ def train_batch(
 
 
 def check_windows(train_ids: Tensor | None, val_ids: Tensor | None, block: int, eval_tokens: int = 0) -> None:
-    """Enough tokens (those given) for windows of ``block`` tokens, and ``eval_tokens`` (0: all) one window."""
+    """Enough tokens (of those given) for windows of ``block`` tokens; ``eval_tokens`` (0: all) one window."""
     for name, ids, least in (("training", train_ids, block + 2), ("validation", val_ids, block + 1)):
         if ids is not None and ids.numel() < least:
             got = f"the {name} text has {ids.numel():,} tokens; --block-size {block} needs at least {least:,}"
             raise ValueError(f"{got}: give more text (--data, --max-chars) or a smaller --block-size")
     if 0 < eval_tokens < block:
         raise ValueError(
-            f"--eval-tokens {eval_tokens} is fewer than one window (--block-size {block}): give 0"
+            f"--eval-tokens {eval_tokens} is fewer than one window of --block-size {block}: give 0 (all) or more"
         )
 
 
@@ -275,6 +275,6 @@ def val_batches(tokens: Tensor, *, block_size: int, max_tokens: int | None = Non
 
 
 def eval_token_count(ntokens: int, block_size: int, max_tokens: int | None = None) -> int:
-    """How many tokens an evaluation of ``ntokens`` tokens (at most ``max_tokens``) predicts: whole windows."""
+    """The tokens an evaluation of ``ntokens`` (at most ``max_tokens``) predicts: whole windows."""
     usable = ntokens - 1 if max_tokens is None else min(ntokens - 1, max_tokens)
     return max(usable, 0) // block_size * block_size
