@@ -207,7 +207,7 @@ def cached_tokenizer(corpus: Corpus, vocab_size: int, cache_dir: PathLike | None
     read = lambda p: json.loads(_files.read_small_file(p, TOKENIZER_BYTES, "cached_tokenizer"))  # noqa: E731
     load = lambda record: Tokenizer.from_str(json.dumps(record["tokenizer"]))  # noqa: E731
     tokenizer = _cached(path, identity, read, load)
-    if tokenizer is None:
+    if tokenizer is None or tokenizer.token_to_id(EOT) is None:  # a crafted record's tokenizer is rebuilt too
         tokenizer = train_tokenizer(corpus.train, vocab_size)
         write_json(path, identity | {"version": 2, "tokenizer": json.loads(tokenizer.to_str())})
     return tokenizer
