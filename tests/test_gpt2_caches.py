@@ -4,6 +4,7 @@ the cache did not write under its name is an error that leaves the file as it is
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -87,11 +88,25 @@ def test_files_the_cache_did_not_write_are_errors_and_kept(shared, tmp_path, cor
     for name, plant in user_files.items():
         plant()
         before = path.read_bytes()
-        with pytest.raises(_data.ForeignCacheFile, match="tensornet did not write it") as info:
+        with pytest.raises(ValueError, match="tensornet did not write it") as info:
             cached_tokens(a, tokenizer, cache)
         assert str(path) in str(info.value) and path.read_bytes() == before, name
     tokenizer_path = tokenizer_file(cache, a, 300)
     tokenizer_path.write_text(tokenizer.to_str())  # a valid tokenizer.json, not the cache's record
-    with pytest.raises(_data.ForeignCacheFile, match="tensornet did not write it"):
+    with pytest.raises(ValueError, match="tensornet did not write it"):
         cached_tokenizer(a, 300, cache)
     assert tokenizer_path.read_text() == tokenizer.to_str()
+
+
+def test_a_cache_record_whose_tokenizer_has_no_separator_is_retrained(shared, tmp_path, corpora):
+    a, _ = corpora
+    cache = cache_of(shared, tmp_path)
+    cached_tokenizer(a, 300, cache)
+    path = tokenizer_file(cache, a, 300)
+    record = json.loads(path.read_text())  # the cache's own record (its identity matches), crafted
+    record["tokenizer"]["added_tokens"] = []
+    record["tokenizer"]["model"]["vocab"].pop("<|endoftext|>")
+    path.write_text(json.dumps(record))
+    tokenizer = cached_tokenizer(a, 300, cache)  # not a tokenizer that encode cannot separate documents with
+    assert tokenizer.token_to_id("<|endoftext|>") == 0
+    assert tokenizer.to_str() == _data.train_tokenizer(a.train, 300).to_str()

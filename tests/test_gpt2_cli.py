@@ -177,7 +177,7 @@ def test_train_resume_eval_compress(tmp_path, capsys):
         (None, ["train", "--data", "{tmp}/missing.txt"], "does not exist"),
         ("empty", ["train", "--data", "{tmp}/empty.txt"], "only empty text"),
         ("binary", ["train", "--data", "{tmp}/binary.bin"], "looks binary"),
-        ("latin", ["train", "--data", "{tmp}/latin.txt"], "not valid UTF-8"),
+        ("latin", ["train", "--data", "{tmp}/latin.txt"], "not a UTF-8 text file"),
         (None, ["train", "--rank", "5000", "--shapes", "balanced"], "larger than useful"),
         (
             None,

@@ -119,8 +119,12 @@ def test_token_cache_contents_are_validated(shared, tmp_path):
     cache = tmp_path / "cache"
     shutil.copytree(shared["cache"], cache)
     path = token_cache_path(corpus, tokenizer, cache)
+    from safetensors import safe_open
+
     from tensornet.gpt2.app._checkpoint import save_tensors
-    from tensornet.gpt2.app._data import token_identity
+
+    with safe_open(str(path), framework="pt") as f:  # the cache's own record: what the file was built from
+        record = f.metadata()
 
     bad = {
         "ids outside the vocabulary": {"train": torch.tensor([1, 2, 300]), "val": torch.tensor([1, 2])},
@@ -128,7 +132,7 @@ def test_token_cache_contents_are_validated(shared, tmp_path):
         "floats": {"train": torch.ones(3), "val": torch.tensor([1, 2])},
     }
     for tensors in bad.values():  # the cache's own file (its record), with bad contents
-        save_tensors(path, tensors, metadata=token_identity(corpus, tokenizer))
+        save_tensors(path, tensors, metadata=record)
         with pytest.warns(UserWarning, match="rebuilding"):
             assert torch.equal(cached_tokens(corpus, tokenizer, cache)[0], expected)
     data = bytearray(path.read_bytes())

@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,16 @@ import torch
 
 from tensornet.gpt2 import TrainConfig, build_model, gpt2_config, stdlib_corpus, train
 from tensornet.gpt2.app._checkpoint import load_checkpoint
-from tensornet.gpt2.app._corpus import _is_val, read_text_file, stdlib_files, text_corpus
-from tensornet.gpt2.app._data import cached_tokenizer, cached_tokens, check_windows, train_batch, val_batches
+from tensornet.gpt2.app._data import (
+    cached_tokenizer,
+    cached_tokens,
+    check_windows,
+    load_corpus,
+    read_text_file,
+    stdlib_files,
+    train_batch,
+    val_batches,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny models run faster on one thread (conftest)
 
@@ -43,41 +52,41 @@ def test_stdlib_corpus_is_deterministic_and_split_by_file():
     assert not any("site-packages" in p.parts or "test" in p.parts[:-1] for p in files)
     a, b = stdlib_corpus(max_chars=50_000), stdlib_corpus(max_chars=50_000)
     assert a == b and a.fingerprint() == b.fingerprint()
-    assert a.train_chars == 50_000 and a.val_chars == 5_000
+    assert sum(map(len, a.train)) == 50_000 and sum(map(len, a.val)) == 5_000
     assert set(a.train).isdisjoint(a.val)
     assert "standard library" in a.description
     # the split is a function of the relative path alone: about 5% of files validate
-    flags = [_is_val(p.name) for p in files]
+    flags = [zlib.crc32(p.name.encode("utf-8")) % 20 == 0 for p in files]
     assert 0 < sum(flags) < len(flags) // 5
 
 
-def test_text_corpus_file_folder_and_errors(tmp_path):
+def test_load_corpus_file_folder_and_errors(tmp_path):
     one = tmp_path / "one.txt"
     one.write_text("".join(f"line {i}\n" for i in range(200)))
-    c = text_corpus(one)
+    c = load_corpus(one)
     assert "".join(c.train + c.val) == one.read_text() and c.val[0].startswith("line ")
     folder = tmp_path / "docs"
     folder.mkdir()
     for i in range(5):
         (folder / f"d{i}.txt").write_text(f"document {i}\n" * 20)
     (folder / ".hidden").write_text("ignored")
-    c = text_corpus(folder)
+    c = load_corpus(folder)
     assert len(c.train) + len(c.val) == 5 and c.val
 
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        text_corpus(tmp_path / "missing.txt")
+    with pytest.raises(ValueError, match="does not exist"):
+        load_corpus(tmp_path / "missing.txt")
     (tmp_path / "empty.txt").write_text("  \n")
     with pytest.raises(ValueError, match="only empty text"):
-        text_corpus(tmp_path / "empty.txt")
+        load_corpus(tmp_path / "empty.txt")
     (tmp_path / "bin.dat").write_bytes(b"abc\x00\x01\x02")
     with pytest.raises(ValueError, match="binary"):
         read_text_file(tmp_path / "bin.dat")
     (tmp_path / "latin.txt").write_bytes("caf\xe9\n".encode("latin-1"))
-    with pytest.raises(ValueError, match="not valid UTF-8"):
-        text_corpus(tmp_path / "latin.txt")
+    with pytest.raises(ValueError, match="not a UTF-8 text file: 'utf-8' codec can't decode"):
+        load_corpus(tmp_path / "latin.txt")
     (tmp_path / "void").mkdir()
     with pytest.raises(ValueError, match="contains no files"):
-        text_corpus(tmp_path / "void")
+        load_corpus(tmp_path / "void")
 
 
 def test_tokenizer_is_cached_and_round_trips(data, tmp_path):
