@@ -25,7 +25,7 @@ class Range:
     integer: bool = False
 
     def rule(self) -> str:
-        """The range in words, for messages: ``>= 1``, ``in [0, 65536]``, ``a finite number in (0, 1]``."""
+        """The range in words: ``>= 1``, ``in [0, 65536]``, ``a finite number in (0, 1]``."""
         if self.integer:
             return f">= {self.lo}" if self.hi == math.inf else f"in [{self.lo}, {self.hi}]"
         if self.hi == math.inf:
@@ -41,7 +41,7 @@ class Range:
         return math.isfinite(value) and above and below
 
     def parser(self) -> Callable[[str], Any]:
-        """An argparse ``type=``: the flag's text as a number in the range, else a one-line error."""
+        """An argparse ``type=`` (its ``rule`` for --help): the text as a number in the range, else an error."""
         kind = "an integer" if self.integer else "a number"
 
         def parse(text: str) -> Any:
@@ -50,17 +50,11 @@ class Range:
             except ValueError:
                 raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
             if not self.holds(value):
-                raise argparse.ArgumentTypeError(
-                    f"must be {self.rule()}, got {value if self.integer else text}"
-                )
+                raise argparse.ArgumentTypeError(f"must be {self.rule()}, got {text}")
             return value
 
-        parse.__name__ = kind.split()[1]
+        parse.__name__, parse.rule = kind.split()[1], self.rule()  # type: ignore[attr-defined]
         return parse
-
-
-def _int(lo: int, hi: float = math.inf) -> Range:
-    return Range(lo, hi, integer=True)
 
 
 def _set(default: Any, values: Range, text: str = "", **flag: Any) -> Any:
@@ -68,13 +62,14 @@ def _set(default: Any, values: Range, text: str = "", **flag: Any) -> Any:
     return field(default=default, metadata={"range": values, "help": text, "flag": flag})
 
 
+def _int(lo: int, hi: float = math.inf) -> Range:
+    return Range(lo, hi, integer=True)
+
+
 CompileMode = Literal["default", "reduce-overhead", "max-autotune"]
 COMPILE_MODES: tuple[CompileMode, ...] = ("default", "reduce-overhead", "max-autotune")
-
-
-def _multiplier(what: str) -> Any:
-    text = f"learning-rate multiplier for {what}; a per-model hyperparameter (benchmarks/results/gpt2_compare_cpu.md)"
-    return _set(1.0, Range(0, lo_open=True), text, metavar="X")
+# a product of factors moves W less per Adam step than a dense matrix: its own multiplier (make_optimizer)
+_SCALE = "learning-rate multiplier for {}, a per-model setting (benchmarks/results/gpt2_compare_cpu.md)"
 
 
 @dataclass(frozen=True)
@@ -89,28 +84,25 @@ class TrainConfig:
         From :meth:`check`, naming the first setting out of its range.
     """
 
-    steps: int = _set(1000, _int(1, MAX_STEPS), "optimizer steps, 1 to 10**9")
-    batch_size: int = _set(16, _int(1, MAX_SIZE), f"sequences per step over all processes, 1 to {MAX_SIZE}")
-    block_size: int = _set(512, _int(1, MAX_SIZE), f"sequence length, 1 to {MAX_SIZE}")
+    steps: int = _set(1000, _int(1, MAX_STEPS), "optimizer steps")
+    batch_size: int = _set(16, _int(1, MAX_SIZE), "sequences per step over all processes")
+    block_size: int = _set(512, _int(1, MAX_SIZE), "sequence length")
     lr: float = _set(6.25e-5, Range(0, 1, lo_open=True), "peak AdamW learning rate")
     min_lr_ratio: float = _set(0.1, Range(0, 1), "cosine decays to lr x this")
-    warmup: int = _set(4000, _int(0, MAX_STEPS), "linear warmup steps, up to 10**9")
+    warmup: int = _set(4000, _int(0, MAX_STEPS), "linear warmup steps")
     weight_decay: float = _set(1e-4, Range(0), "AdamW weight decay on matrices and TT cores")
     beta1: float = _set(0.9, Range(0, 1, hi_open=True), "AdamW beta1")
     beta2: float = _set(0.999, Range(0, 1, hi_open=True), "AdamW beta2")
     clip: float = _set(1.0, Range(0), "gradient-norm clip, 0 = off")
-    # learning-rate multipliers for the TT cores (TTMLinear, TTEmbedding) and for the low-rank baseline's two
-    # factors (LowRankLinear; at 1 they stay in the dense group): a product of factors moves W less per Adam
-    # step than a dense matrix (see make_optimizer)
-    tt_lr_scale: float = _multiplier("the TT cores, which move W less per Adam step than a dense matrix does")
-    lowrank_lr_scale: float = _multiplier("the low-rank baseline's two factors (a product too)")
+    tt_lr_scale: float = _set(1.0, Range(0, lo_open=True), _SCALE.format("the TT cores"), metavar="X")
+    lowrank_lr_scale: float = _set(
+        1.0, Range(0, lo_open=True), _SCALE.format("the low-rank baseline's factors"), metavar="X"
+    )
     seed: int = _set(0, _int(0, 2**32 - 1), "seed for initialisation and data order")
-    eval_every: int = _set(0, _int(0, MAX_STEPS), "evaluate every N steps, N <= 10**9 (0: {eval_zero})")
+    eval_every: int = _set(0, _int(0, MAX_STEPS), "evaluate every N steps (0: {eval_zero})")
     eval_at: tuple[int, ...] = ()  # evaluate also after these steps (compare: log-spaced, for its figure)
     eval_tokens: int = _set(
-        65536,
-        _int(0, MAX_TOKENS),
-        "validation tokens per evaluation: 0 = all, else from --block-size to 2**40",
+        65536, _int(0, MAX_TOKENS), "validation tokens per evaluation (0: all, else at least --block-size)"
     )
     checkpoint_every: int = _set(0, _int(0, MAX_STEPS))  # 0: only at the end (when out is set)
     compile: CompileMode | None = None  # torch.compile mode, None: eager
