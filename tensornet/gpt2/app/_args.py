@@ -1,7 +1,7 @@
 """The command line's flags: one table, the optimisation flags generated from :class:`TrainConfig`.
 
-Each flag's range is checked while parsing (``Range.parser``) and stated in --help with its default. No torch
-or transformers at import (``--help`` reads only this module and ``_config``); ``--device`` imports torch.
+Each flag's range is checked while parsing and stated in --help with its default. No torch or transformers at
+import (``--help`` needs neither); ``--device`` imports torch.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 from argparse import ArgumentTypeError as Bad
-from dataclasses import fields
+from dataclasses import asdict, fields
 from typing import Any
 
 from .. import LAYER_GROUPS, PRESETS
@@ -20,14 +20,11 @@ deterministic file order, a fixed ~5% validation split by file name, no network.
 byte-level BPE trained on the training text with Hugging Face tokenizers and cached under --cache-dir.
 Output folders: a new or empty folder, or one this command wrote (marked by tensornet-run.json); --overwrite
 replaces only the files it wrote there."""
-
 MODEL_FOLDER = (
     "MODEL is a model folder (save_model, or a local Hugging Face GPT-2 save_pretrained): config.json, "
     "model.safetensors (pickle weights such as pytorch_model.bin are refused) and, unless --tokenizer is given, "
-    "its tokenizer: tokenizer.json, or GPT-2's vocab.json + merges.txt. Evaluation text: --text, else the "
-    "embedded corpus's validation split."
+    "its tokenizer: tokenizer.json, or GPT-2's vocab.json + merges.txt. Text: --text, else the embedded corpus."
 )
-
 # compare's learning-rate multipliers of the TT cores and the low-rank factors: each the best measured for its
 # model in benchmarks/results/gpt2_compare_cpu.md (per-model settings, not universal ones)
 TT_LR_SCALE, LOWRANK_LR_SCALE = 5.0, 9.0
@@ -40,18 +37,10 @@ def log_spaced(steps: int, points: int = EVAL_POINTS) -> tuple[int, ...]:
 
 
 # compare's defaults: short runs sized for 2 CPU cores (benchmarks/results/gpt2_compare_cpu.md)
+_RECIPE: dict[str, Any] = dict(steps=300, block_size=128, lr=2e-3, warmup=30, weight_decay=0.01, beta2=0.99)
 COMPARE_RECIPE = TrainConfig(
-    steps=300,
-    block_size=128,
-    lr=2e-3,
-    warmup=30,
-    weight_decay=0.01,
-    beta2=0.99,
-    eval_tokens=0,
-    tt_lr_scale=TT_LR_SCALE,
-    lowrank_lr_scale=LOWRANK_LR_SCALE,
+    **_RECIPE, eval_tokens=0, tt_lr_scale=TT_LR_SCALE, lowrank_lr_scale=LOWRANK_LR_SCALE
 )
-SHAPE_KEYS = (*(key for keys in LAYER_GROUPS.values() for key in keys), "wte")  # `--shapes` keys
 
 
 def _int(lo: int, hi: int):
@@ -59,26 +48,15 @@ def _int(lo: int, hi: int):
 
 
 def _shapes(value: str):
-    """``--shapes``: 'auto', 'paper', 'balanced' or a JSON object of [out_k, in_k] pairs per layer name."""
+    """``--shapes``: 'auto', 'paper', 'balanced' or a JSON object (its pairs checked by the dry run)."""
     if value in ("auto", "paper", "balanced"):
         return value
     try:
         shapes = json.loads(value)
-    except json.JSONDecodeError:
+    except ValueError:
         shapes = None
-    pair = lambda p: isinstance(p, list) and len(p) == 2 and all(type(n) is int and n >= 1 for n in p)  # noqa: E731
-    if (
-        not shapes
-        or not isinstance(shapes, dict)
-        or not all(
-            key in SHAPE_KEYS and isinstance(pairs, list) and pairs and all(map(pair, pairs))
-            for key, pairs in shapes.items()
-        )
-    ):
-        raise Bad(
-            f"must be 'auto', 'paper', 'balanced' or a JSON object of layer names among {list(SHAPE_KEYS)} to "
-            f"lists of [out_k, in_k] pairs of positive integers, got {value!r}"
-        )
+    if not isinstance(shapes, dict):
+        raise Bad(f"must be 'auto', 'paper', 'balanced' or a JSON object of pairs per layer, got {value!r}")
     return shapes
 
 
@@ -90,19 +68,17 @@ def _layers(value: str) -> tuple[str, ...]:
 
 
 def _device(value: str) -> str:
-    """``--device``: a torch device string this machine has."""
+    """``--device``: a torch device this machine has."""
     import torch
 
     try:
         device = torch.device(value)
     except (RuntimeError, ValueError):
-        raise Bad(f"not a device: {value!r}; use cpu, cuda or cuda:N") from None
+        device = torch.device("meta")  # (no device of this machine)
     cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
     have = {"cpu": 1, "cuda": cuda - (device.index or 0), "mps": torch.backends.mps.is_available()}
     if have.get(device.type, 0) <= 0:
-        raise Bad(
-            f"{value!r} is not a device of this machine ({cuda} CUDA device(s)); use cpu, cuda or cuda:N"
-        )
+        raise Bad(f"{value!r} is not a device here ({cuda} CUDA device(s)): use cpu, cuda or cuda:N")
     return value
 
 
@@ -117,118 +93,95 @@ C, T, S, E = "compare", "train", "compress", "eval"
 CT, SE, CTS, ALL = (C, T), (S, E), (C, T, S), (C, T, S, E)
 SHAPES = (
     "core shapes: 'paper' (the paper's, for GPT-2 small/medium MLPs), 'balanced' (--ncores near-equal factors), "
-    "'auto' (paper where it has them, else balanced; the command says which), or a JSON object of (out_k, in_k) "
-    'pairs per layer, as nn.Linear.weight is (out, in): \'{"mlp.c_fc": [[8,8],[8,8],[16,4]], "mlp.c_proj": '
-    "[[8,8],[8,8],[4,16]]}'"
+    "'auto' (paper where it has them, else balanced), or JSON pairs (out_k, in_k) per layer, as nn.Linear.weight "
+    'is (out, in): \'{"mlp.c_fc": [[8,8],[8,8],[16,4]], "mlp.c_proj": [[8,8],[8,8],[4,16]]}\''
 )
 COMPILE = (
-    "torch.compile the training step (off unless given; bare: 'default'): 'default' (inductor kernels; on CPU it "
-    "needs a C++ compiler), 'reduce-overhead' (also CUDA graphs: fewer kernel launches on GPU), 'max-autotune' "
-    "(also searches kernel configurations: slow to start)"
+    "torch.compile the training step (off unless given; bare: 'default'): 'default' (inductor kernels; on CPU it needs a C++ "
+    "compiler), 'reduce-overhead' (also CUDA graphs, for GPU), 'max-autotune' (also tunes kernels: slow to start)"
 )
 PRESET = "sizes: " + ", ".join(f"{k} = {v[0]} layers x {v[1]} wide, {v[2]} heads" for k, v in PRESETS.items())
-# per group, (commands, flag, type or add_argument's keywords, help); the upper
-# bounds are far above what fits a machine today (the memory check refuses sooner), low enough to fail at once
-_TRAIN = [
+SWITCH = {"action": "store_true"}
+_TRAIN = [  # the settings with a flag: their range and help from TrainConfig
     (CT, "--" + f.name.replace("_", "-"), f.metadata["range"].parser(), f.metadata["help"])
     for f in fields(TrainConfig)
-    if f.metadata.get("help")  # the settings with a flag: their range and help from TrainConfig
+    if f.metadata.get("help")
 ]
-SWITCH = {"action": "store_true"}
+# a group's title, then its flags: (commands, flag, type or add_argument's keywords, help); the upper bounds are
+# far above what fits a machine today (the memory check refuses sooner), low enough to fail at once
+_FLAGS: list[Any] = [
+    "output",
+    (CT, "--out", path, "output folder: new, empty, or this command's own (locked while a run is alive)"),
+    (S, "--out", {"type": path, "required": True}, "folder for the compressed model: new, or empty"),
+    (CTS, "--overwrite", SWITCH, "replace --out's files if this command (or save_model) wrote them"),
+    "data",
+    (CT, "--data", path, "UTF-8 text file or folder of them (default: the embedded corpus)"),
+    (SE, "--text", path, "UTF-8 text file or folder to evaluate on (default: the embedded corpus)"),
+    (
+        ALL,
+        "--max-chars",
+        _int(1, MAX_TOKENS),
+        "use the first N characters of training text (N/10 of validation)",
+    ),
+    (CT, "--tokenizer", path, "tokenizer.json, or vocab.json + merges.txt (default: a BPE trained here)"),
+    (SE, "--tokenizer", path, "tokenizer.json, or vocab.json + merges.txt (default: the model's)"),
+    (CT, "--vocab-size", _int(257, 2**31 - 1), "BPE vocabulary (default 16384; compare, tiny: 4096)"),
+    (CT, "--cache-dir", path, "tokenizer/token cache (default: $TENSORNET_CACHE or ~/.cache/tensornet)"),
+    "model",
+    (T, "--preset", {"choices": sorted(PRESETS)}, PRESET),
+    (CT, "--n-layer", _int(1, 1024), "number of blocks (train: overrides --preset)"),
+    (CT, "--n-embd", _int(1, 65536), "model width (train: overrides --preset)"),
+    (CT, "--n-head", _int(1, 4096), "attention heads (train: overrides --preset)"),
+    (CT, "--dropout", {"type": Range(0, 1, hi_open=True).parser(), "default": 0.0}, "dropout everywhere"),
+    "tensorization",
+    (C, "--rank", _int(1, 65536), "TT rank of the TTM model"),
+    (T, "--rank", _int(0, 65536), "TT rank of a TTM model (0: the dense model)"),
+    (T, "--lowrank", _int(0, 65536), "train the low-rank baseline of this inner size instead (0: off)"),
+    (C, "--no-lowrank", SWITCH, "skip the low-rank baseline"),
+    (S, "--rank", _int(1, 65536), "TT rank of every converted layer (or --eps)"),
+    (S, "--eps", Range(0, 1, True, True).parser(), "relative-error target per layer (or --rank)"),
+    (CTS, "--shapes", {"type": _shapes, "default": "auto"}, SHAPES),
+    (CTS, "--ncores", {"type": _int(1, 64), "default": 3}, "TT cores for --shapes balanced"),
+    (CTS, "--layers", {"type": _layers, "default": "mlp"}, "comma-separated: mlp (the paper's), attn"),
+    (CTS, "--no-bias", SWITCH, "drop the biases of tensorized layers (the paper's r=16-64)"),
+    (CTS, "--embeddings", SWITCH, "also make the token embedding (tied LM head) a TT one"),
+    (CTS, "--embedding-rank", _int(1, 65536), "TT rank of the embedding (default: --rank)"),
+    "optimisation",
+    *_TRAIN,
+    (CT, "--compile", dict(nargs="?", const="default", choices=COMPILE_MODES, metavar="MODE"), COMPILE),
+    (ALL, "--device", _device, "cpu, cuda, cuda:1, ... (default: cuda if available)"),
+    (CT, "--no-progress", SWITCH, "no progress bar"),
+    (CT, "--threads", _int(1, 1024), "torch CPU threads per process (default: one per core)"),
+    "evaluation",
+    (SE, "--block-size", _int(1, MAX_SIZE), "evaluation window (default: the model's n_positions)"),
+    (SE, "--batch-size", {"type": _int(1, MAX_SIZE), "default": 8}, "windows per forward pass"),
+    (SE, "--eval-tokens", {"type": _int(0, MAX_TOKENS), "default": 0}, "at most N tokens (0: all)"),
+    "checkpoints",
+    (T, "--checkpoint-every", TrainConfig.bounds("checkpoint_every").parser(), "0: only at the end"),
+    (T, "--resume", SWITCH, "continue exactly from --out/checkpoint.pt, with the run's settings"),
+    (T, "--stop-at", TrainConfig.bounds("steps").parser(), "stop (with a checkpoint) after N steps"),
+]
 _METAVARS = {"integer": "N", "number": "X", "path": "PATH", "_shapes": "SHAPES", "_layers": "GROUPS"}
-_FLAGS: dict[str, list[tuple[tuple[str, ...], str, Any, str]]] = {
-    "output": [
-        (CT, "--out", path, "output folder: new, empty, or this command's own (locked while a run is alive)"),
-        (S, "--out", {"type": path, "required": True}, "folder for the compressed model: new, or empty"),
-        (CTS, "--overwrite", SWITCH, "replace --out's files if this command (or save_model) wrote them"),
-    ],
-    "data": [
-        (CT, "--data", path, "UTF-8 text file or folder of them (default: the embedded corpus)"),
-        (SE, "--text", path, "UTF-8 text file or folder to evaluate on (default: the embedded corpus)"),
-        (ALL, "--max-chars", _int(1, MAX_TOKENS), "use the first N characters of training text, N/10 of val"),
-        (CT, "--tokenizer", path, "tokenizer.json, or vocab.json + merges.txt (default: a BPE trained here)"),
-        (SE, "--tokenizer", path, "tokenizer.json, or vocab.json + merges.txt (default: the model's)"),
-        (
-            CT,
-            "--vocab-size",
-            _int(257, 2**31 - 1),
-            "BPE vocabulary (default 4096 for compare, tiny; else 16384)",
-        ),
-        (CT, "--cache-dir", path, "tokenizer/token cache (default: $TENSORNET_CACHE or ~/.cache/tensornet)"),
-    ],
-    "model": [
-        (T, "--preset", {"choices": sorted(PRESETS)}, PRESET),
-        (CT, "--n-layer", _int(1, 1024), "number of blocks (train: overrides --preset)"),
-        (CT, "--n-embd", _int(1, 65536), "model width (train: overrides --preset)"),
-        (CT, "--n-head", _int(1, 4096), "attention heads (train: overrides --preset)"),
-        (CT, "--dropout", {"type": Range(0, 1, hi_open=True).parser(), "default": 0.0}, "dropout everywhere"),
-    ],
-    "tensorization": [
-        (C, "--rank", _int(1, 65536), "TT rank of the TTM model"),
-        (T, "--rank", _int(0, 65536), "TT rank of a TTM model (0: the dense model)"),
-        (T, "--lowrank", _int(0, 65536), "train the low-rank baseline of this inner size instead (0: off)"),
-        (C, "--no-lowrank", SWITCH, "skip the low-rank baseline"),
-        (S, "--rank", _int(1, 65536), "TT rank of every converted layer (or --eps)"),
-        (S, "--eps", Range(0, 1, True, True).parser(), "relative-error target per layer (or --rank)"),
-        (CTS, "--shapes", _shapes, SHAPES),
-        (CTS, "--ncores", _int(1, 64), "TT cores for --shapes balanced"),
-        (CTS, "--layers", {"type": _layers, "default": "mlp"}, "comma-separated: mlp (the paper's), attn"),
-        (CTS, "--no-bias", SWITCH, "drop the biases of tensorized layers (the paper's r=16-64)"),
-        (CTS, "--embeddings", SWITCH, "also make the token embedding (tied LM head) a TT one"),
-        (CTS, "--embedding-rank", _int(1, 65536), "TT rank of the embedding (default: --rank)"),
-    ],
-    "optimisation": [
-        *_TRAIN,
-        (CT, "--compile", dict(nargs="?", const="default", choices=COMPILE_MODES, metavar="MODE"), COMPILE),
-        (ALL, "--device", _device, "cpu, cuda, cuda:1, ... (default: cuda if available)"),
-        (CT, "--no-progress", SWITCH, "no progress bar"),
-        (CT, "--threads", _int(1, 1024), "torch CPU threads per process (default: one per core)"),
-    ],
-    "evaluation": [
-        (SE, "--block-size", _int(1, MAX_SIZE), "evaluation window (default: the model's n_positions)"),
-        (SE, "--batch-size", {"type": _int(1, MAX_SIZE), "default": 8}, "windows per forward pass"),
-        (SE, "--eval-tokens", {"type": _int(0, MAX_TOKENS), "default": 0}, "at most N tokens (0: all)"),
-    ],
-    "checkpoints": [
-        (T, "--checkpoint-every", TrainConfig.bounds("checkpoint_every").parser(), "0: only at the end"),
-        (T, "--resume", SWITCH, "continue exactly from --out/checkpoint.pt, with the run's settings"),
-        (T, "--stop-at", TrainConfig.bounds("steps").parser(), "stop (with a checkpoint) after N steps"),
-    ],
+_DEFAULTS = {  # what differs between the commands; train's lr and warmup: the preset's (_precheck)
+    C: asdict(COMPARE_RECIPE)
+    | dict(out="runs/compare", max_chars=1_500_000, n_layer=4, n_embd=256, n_head=4),
+    T: asdict(TrainConfig()) | dict(out="runs/train", preset="tiny", rank=0, lowrank=0, lr=None, warmup=None),
 }
-_NOTES = {  # a flag's help for one command
+_DEFAULTS[C] |= dict(rank=32, shapes="balanced", ncores=4)
+_NOTES = {
     (T, "--lr"): " (default 1e-3 for --preset tiny, the paper's 6.25e-5 otherwise)",
     (T, "--warmup"): " (default 100 for --preset tiny, the paper's 4000 otherwise)",
     (T, "--eval-every"): " (0: only at the end)",
     (C, "--eval-every"): f" (0: after {EVAL_POINTS} log-spaced steps, the last the end, for the plot)",
 }
-_DEFAULTS: dict[str, dict[str, Any]] = {  # the defaults that differ between commands
-    C: {f.name: getattr(COMPARE_RECIPE, f.name) for f in fields(TrainConfig)} | dict(out="runs/compare"),
-    T: {f.name: getattr(TrainConfig(), f.name) for f in fields(TrainConfig)} | dict(out="runs/train"),
-    S: dict(shapes="auto", ncores=3),
-    E: {},
-}
-_DEFAULTS[C] |= dict(
-    max_chars=1_500_000, n_layer=4, n_embd=256, n_head=4, rank=32, shapes="balanced", ncores=4
-)
-_DEFAULTS[T] |= dict(
-    preset="tiny", rank=0, lowrank=0, shapes="auto", ncores=3, lr=None, warmup=None
-)  # lr and
-# warmup: the preset's (_precheck.check_train)
 _ABOUT = {
-    C: (
-        "train dense, TTM and low-rank GPT-2 side by side (CPU: < 10 min)",
-        "Train a dense GPT-2, the same model with TTM MLPs and a low-rank (SVD-style) baseline of similar size, "
-        "each with the same seed, token budget and data order; print a paper-style table and write results.json "
-        "and loss_curves.png to --out.",
-    ),
-    T: (
-        "pre-train one GPT-2 (dense, TTM or low-rank), with checkpoints and DDP",
-        "Pre-train GPT-2 from scratch. Under torchrun it uses DDP (nccl on GPU, gloo on CPU). bf16 autocast on "
-        "GPU. Writes checkpoint.pt, log.jsonl (one line per step and evaluation; after --resume the same as an "
-        "uninterrupted run's) and, when done, a model/ folder loadable with tensornet.gpt2.load_model.",
-    ),
-    S: ("convert a local GPT-2 folder to TTM with ttm_svd", MODEL_FOLDER),
-    E: ("perplexity of a saved (dense or TTM) model", MODEL_FOLDER),
+    C: "train dense, TTM and low-rank GPT-2 side by side (CPU: < 10 min). Each with the same seed, token budget "
+    "and data order; prints a paper-style table and writes results.json and loss_curves.png to --out",
+    T: "pre-train one GPT-2 (dense, TTM or low-rank), with checkpoints and DDP. DDP under torchrun, bf16 autocast "
+    "on GPU. Writes checkpoint.pt, log.jsonl (after --resume the same as an uninterrupted run's) and, when done, "
+    "a model/ folder (tensornet.gpt2.load_model)",
+    S: f"convert a local GPT-2 folder to TTM with ttm_svd. {MODEL_FOLDER}",
+    E: f"perplexity of a saved (dense or TTM) model. {MODEL_FOLDER}",
 }
 
 
@@ -243,33 +196,10 @@ class _Formatter(argparse.HelpFormatter):
     """Every option's help ends with its range and default (0 is stated; None and False are not)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        notes = [getattr(action.type, "rule", "")]
-        if action.option_strings and not any(action.default is v for v in (None, False, argparse.SUPPRESS)):
-            notes.append("default %(default)s")
-        notes = [note for note in notes if note]
-        return f"{action.help} ({'; '.join(notes)})" if notes else action.help or ""
-
-
-def _command(sub, name: str) -> None:
-    """The subparser of command ``name``, its flags from ``_FLAGS``."""
-    overview, about = _ABOUT[name]
-    epilog = EPILOG if name in CT else None
-    p = sub.add_parser(
-        name, allow_abbrev=False, help=overview, description=about, epilog=epilog, formatter_class=_Formatter
-    )
-    if name in SE:
-        p.add_argument(
-            "model", type=path, metavar="MODEL", help="model folder (save_model or save_pretrained)"
-        )
-    for title, rows in _FLAGS.items():
-        g = p.add_argument_group(title)  # (a group without flags is not shown)
-        for commands, flag, kind, text in rows:
-            if name in commands:
-                kw = kind if isinstance(kind, dict) else {"type": kind}
-                if "type" in kw:
-                    kw = {"metavar": _METAVARS.get(kw["type"].__name__)} | kw
-                g.add_argument(flag, help=text + _NOTES.get((name, flag), ""), **kw)
-    p.set_defaults(command=name, _parser=p, **_DEFAULTS[name])
+        unstated = any(action.default is v for v in (None, False, argparse.SUPPRESS))
+        notes = [getattr(action.type, "rule", ""), "" if unstated else "default %(default)s"]
+        said = "; ".join(note for note in notes if note)
+        return f"{action.help} ({said})" if said else action.help or ""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -280,6 +210,22 @@ def parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
     )
     sub = root.add_subparsers(dest="command", required=True, metavar="{compare,train,compress,eval}")
-    for name in ALL:
-        _command(sub, name)
+    for name, about in _ABOUT.items():
+        epilog = EPILOG if name in CT else None
+        kw: dict[str, Any] = dict(
+            help=about.split(". ")[0], description=about, epilog=epilog, formatter_class=_Formatter
+        )
+        p = sub.add_parser(name, allow_abbrev=False, **kw)
+        if name in SE:
+            p.add_argument(
+                "model", type=path, metavar="MODEL", help="model folder (save_model or save_pretrained)"
+            )
+        for row in _FLAGS:
+            if isinstance(row, str):
+                group = p.add_argument_group(row)  # (a group without flags is not shown)
+            elif name in row[0]:
+                opts = row[2] if isinstance(row[2], dict) else {"type": row[2]}
+                opts = {"metavar": _METAVARS.get(opts["type"].__name__)} | opts if "type" in opts else opts
+                group.add_argument(row[1], help=row[3] + _NOTES.get((name, row[1]), ""), **opts)
+        p.set_defaults(command=name, _parser=p, **_DEFAULTS.get(name, {}))
     return root

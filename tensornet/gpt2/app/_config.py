@@ -1,7 +1,4 @@
-"""The settings of a training run, one schema: :class:`TrainConfig`'s fields carry their range and help.
-
-``TrainConfig.check`` and the command line's flags (``_args``) both read them, so the two cannot disagree.
-"""
+"""A training run's settings, one schema: ``TrainConfig``'s fields carry the range and help its flags use."""
 
 from __future__ import annotations
 
@@ -26,12 +23,10 @@ class Range:
 
     def rule(self) -> str:
         """The range in words: ``>= 1``, ``in [0, 65536]``, ``a finite number in (0, 1]``."""
-        if self.integer:
-            return f">= {self.lo}" if self.hi == math.inf else f"in [{self.lo}, {self.hi}]"
-        if self.hi == math.inf:
-            return f"a finite number {'>' if self.lo_open else '>='} {self.lo:g}"
         left, right = "(" if self.lo_open else "[", ")" if self.hi_open else "]"
-        return f"a finite number in {left}{self.lo:g}, {self.hi:g}{right}"
+        above = f"{'>' if self.lo_open else '>='} {self.lo}"
+        bounds = above if self.hi == math.inf else f"in {left}{self.lo}, {self.hi}{right}"
+        return bounds if self.integer else f"a finite number {bounds}"
 
     def holds(self, value: Any) -> bool:
         if isinstance(value, bool) or not isinstance(value, int if self.integer else (int, float)):
@@ -57,9 +52,9 @@ class Range:
         return parse
 
 
-def _set(default: Any, values: Range, text: str = "", **flag: Any) -> Any:
-    """A field of TrainConfig: its default, its range and (when ``text``) its flag's help and options."""
-    return field(default=default, metadata={"range": values, "help": text, "flag": flag})
+def _set(default: Any, values: Range, text: str = "") -> Any:
+    """A field of TrainConfig: its default, its range and (when ``text``) its flag's help."""
+    return field(default=default, metadata={"range": values, "help": text})
 
 
 def _int(lo: int, hi: float = math.inf) -> Range:
@@ -69,7 +64,7 @@ def _int(lo: int, hi: float = math.inf) -> Range:
 CompileMode = Literal["default", "reduce-overhead", "max-autotune"]
 COMPILE_MODES: tuple[CompileMode, ...] = ("default", "reduce-overhead", "max-autotune")
 # a product of factors moves W less per Adam step than a dense matrix: its own multiplier (make_optimizer)
-_SCALE = "learning-rate multiplier for {}, a per-model setting (benchmarks/results/gpt2_compare_cpu.md)"
+_SCALE = "learning-rate multiplier of {} (a per-model setting: benchmarks/results/gpt2_compare_cpu.md)"
 
 
 @dataclass(frozen=True)
@@ -94,16 +89,12 @@ class TrainConfig:
     beta1: float = _set(0.9, Range(0, 1, hi_open=True), "AdamW beta1")
     beta2: float = _set(0.999, Range(0, 1, hi_open=True), "AdamW beta2")
     clip: float = _set(1.0, Range(0), "gradient-norm clip, 0 = off")
-    tt_lr_scale: float = _set(1.0, Range(0, lo_open=True), _SCALE.format("the TT cores"), metavar="X")
-    lowrank_lr_scale: float = _set(
-        1.0, Range(0, lo_open=True), _SCALE.format("the low-rank baseline's factors"), metavar="X"
-    )
+    tt_lr_scale: float = _set(1.0, Range(0, lo_open=True), _SCALE.format("TT cores"))
+    lowrank_lr_scale: float = _set(1.0, Range(0, lo_open=True), _SCALE.format("low-rank factors"))
     seed: int = _set(0, _int(0, 2**32 - 1), "seed for initialisation and data order")
-    eval_every: int = _set(0, _int(0, MAX_STEPS), "evaluate every N steps (0: {eval_zero})")
+    eval_every: int = _set(0, _int(0, MAX_STEPS), "evaluate every N steps")
     eval_at: tuple[int, ...] = ()  # evaluate also after these steps (compare: log-spaced, for its figure)
-    eval_tokens: int = _set(
-        65536, _int(0, MAX_TOKENS), "validation tokens per evaluation (0: all, else at least --block-size)"
-    )
+    eval_tokens: int = _set(65536, _int(0, MAX_TOKENS), "validation tokens per evaluation (0: all)")
     checkpoint_every: int = _set(0, _int(0, MAX_STEPS))  # 0: only at the end (when out is set)
     compile: CompileMode | None = None  # torch.compile mode, None: eager
 

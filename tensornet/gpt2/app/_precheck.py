@@ -1,8 +1,4 @@
-"""The command line's checks before any work: what would otherwise fail after the corpus is read.
-
-Each command's check runs right after parsing, before any corpus is read, tokenizer trained or folder created;
-a ValueError or OSError it raises is the CLI's one-line usage error (exit status 2).
-"""
+"""The command line's checks before any work: a ValueError/OSError is the one-line usage error, exit 2."""
 
 from __future__ import annotations
 
@@ -64,21 +60,17 @@ def model_spec(args, config: dict) -> dict:
 
 def resolve_shapes(args, width: int, inner: int) -> None:
     """``--shapes auto`` as ``paper`` where the paper has shapes for this MLP and rank, else ``balanced``."""
-    if args.shapes != "auto":
-        return
-    paper = gpt2.paper_shapes((inner, width), args.rank or 64) is not None  # (compress --eps: rank 64's)
-    args.shapes = "paper" if paper else "balanced"
-    args.shapes_note = (
-        "the paper's (--shapes auto: a GPT-2 small/medium MLP)"
-        if paper
-        else f"balanced, {args.ncores} cores (--shapes auto: the paper's are for GPT-2 small/medium MLPs, "
-        f"not {width} <-> {inner})"
-    )
+    if args.shapes == "auto":
+        paper = gpt2.paper_shapes((inner, width), args.rank or 64) is not None  # (compress --eps: rank 64's)
+        args.shapes = "paper" if paper else "balanced"
+        balanced = f"balanced, {args.ncores} cores (--shapes auto: the paper's are for GPT-2 small/medium"
+        args.shapes_note = "the paper's (--shapes auto)" if paper else f"{balanced}, not {width} <-> {inner})"
 
 
-def _in_flag_words(err: Exception, before: str = "", after: str = "") -> ValueError:
+def _in_flag_words(err: Exception, before: str = "") -> ValueError:
     """A library error in the command line's words (``--shapes balanced``, not ``shapes='balanced'``)."""
-    return ValueError(before + re.sub(r"shapes='(\w+)'", r"--shapes \1", str(err)) + after)
+    said = re.sub(r"tensorize: shapes|shapes='(\w+)'", lambda m: "--shapes " + (m[1] or ""), str(err))
+    return ValueError(before + said.replace("--shapes  ", "--shapes "))
 
 
 def _dry_run(args, width: int, heads: int) -> None:
@@ -86,40 +78,29 @@ def _dry_run(args, width: int, heads: int) -> None:
     config = dict(vocab_size=257, block_size=args.block_size, n_layer=1, n_embd=width, n_head=heads)
     spec = model_spec(args, config)
     before = f"--lowrank {args.lowrank}: " if args.command == "train" and args.lowrank else ""
-    after = ""
     try:
         with warnings.catch_warnings(), torch.device("meta"):
             warnings.simplefilter("ignore")  # a clipped rank is said when the model is built
             if args.command == "train":
                 build_variant(spec)
                 return
-            params = mlp_params_per_layer(
-                spec
-            )  # compare's TTM model, then its low-rank baseline of that size
-            after = (
-                f"; compare sizes its low-rank baseline to --rank {args.rank}: lower it or give --no-lowrank"
-            )
+            params = mlp_params_per_layer(spec)  # compare's TTM model, then its low-rank baseline
+            before = f"the low-rank baseline sized to --rank {args.rank} (lower it or pass --no-lowrank): "
             if not args.no_lowrank:
                 rank = gpt2.lowrank_rank_for(params, width, 4 * width, bias=spec["bias"])
                 build_variant(spec | {"variant": "lowrank", "lowrank_rank": rank})
     except (ValueError, TypeError) as err:
-        raise _in_flag_words(err, before, after) from None
+        raise _in_flag_words(err, before) from None
 
 
 def check_memory(args, *, layers, width, vocab, block, training, model=None, positions=None) -> None:
-    """Refuse what surely cannot fit the device's memory.
-
-    Counted: the dense model's weights (with gradients and AdamW state when ``training``) and a lower bound of
-    one batch's activations. ``model``: the config.json the sizes come from (else they come from the flags).
-    """
+    """Refuse what surely cannot fit: dense weights (AdamW state when training) and a batch's activations."""
     device = torch.device(args.device) if args.device else default_device()
     have = gpt2.memory_bytes(device)  # (looked up on the module: tests replace it)
-    if have is None:
-        return
     params = gpt2.dense_params(vocab=vocab, positions=positions or block, width=width, layers=layers)
     batch = 4 * args.batch_size * block * (2 * vocab + (10 if training else 2) * layers * width)
     need = (16 if training else 4) * params + batch
-    if need > have:
+    if have is not None and need > have:
         sizes = "" if model else "--n-layer, --n-embd, --vocab-size, "
         raise ValueError(
             f"{model or 'a model'} of {params:,} parameters {'trained' if training else 'evaluated'} on "
@@ -149,12 +130,10 @@ def _check_training(args) -> None:
     dist = Distributed()  # (raises for a malformed torchrun environment)
     if args.batch_size % dist.world:
         raise ValueError(f"--batch-size {args.batch_size} is not divisible by the {dist.world} processes")
-    device = torch.device(args.device) if args.device else default_device()
+    cpu = (torch.device(args.device) if args.device else default_device()).type == "cpu"
     compilers = (os.environ.get("CXX"), "g++", "clang++", "c++")
-    if args.compile and device.type == "cpu" and not any(c and shutil.which(c) for c in compilers):
-        raise ValueError(
-            f"--compile {args.compile} on CPU needs a C++ compiler (g++, clang++ or $CXX) on PATH"
-        )
+    if args.compile and cpu and not any(c and shutil.which(c) for c in compilers):
+        raise ValueError(f"--compile {args.compile} on CPU needs a C++ compiler (g++, clang++ or $CXX)")
     resolve_shapes(args, width, 4 * width)
     resume = getattr(args, "resume", False)  # (compare has no --resume)
     if args.command == "compare" or dist.main:
@@ -167,14 +146,11 @@ def _check_training(args) -> None:
 
 
 def _check_train(args) -> None:
-    tiny = args.preset == "tiny"
-    for name, value in ({"lr": 1e-3, "warmup": 100} if tiny else {"lr": 6.25e-5, "warmup": 4000}).items():
-        if getattr(args, name) is None:  # the preset's defaults
-            setattr(args, name, value)
+    tiny = args.preset == "tiny"  # the preset's lr and warmup unless given
+    args.lr = (1e-3 if tiny else 6.25e-5) if args.lr is None else args.lr
+    args.warmup = (100 if tiny else 4000) if args.warmup is None else args.warmup
     if args.rank and args.lowrank:
-        raise ValueError(
-            "--rank (a TTM model) and --lowrank (the low-rank baseline) are two models; give one"
-        )
+        raise ValueError("--rank and --lowrank choose two different models (TTM, low-rank); give one")
     if (args.embeddings or args.embedding_rank is not None) and not args.rank:
         raise ValueError("--embeddings/--embedding-rank make a TT embedding, which needs --rank")
     _check_training(args)
@@ -186,12 +162,9 @@ def _check_compress(args) -> None:
     sizes = _check_eval(args)
     src, out = Path(args.model).resolve(), Path(args.out).resolve()
     if out == src or src in out.parents or out in src.parents:
-        raise ValueError(
-            f"--out {args.out!r} is, holds or is inside the source model {args.model!r}: choose another"
-        )
+        raise ValueError(f"--out {args.out!r} overlaps the source model {args.model!r}; choose another")
     gpt2.check_model_target(Path(args.out), overwrite=args.overwrite, where="--out")
-    width = sizes["n_embd"]
-    inner = sizes["n_inner"] or 4 * width
+    width, inner = sizes["n_embd"], sizes["n_inner"] or 4 * sizes["n_embd"]
     resolve_shapes(args, width, inner)
     weights = {"mlp.c_fc": (inner, width), "mlp.c_proj": (width, inner)}
     weights |= {"attn.c_attn": (3 * width, width), "attn.c_proj": (width, width)}
@@ -208,9 +181,7 @@ def _check_eval(args) -> dict:
     if not (path / "config.json").exists() and (path / _runfolder.MANIFEST).is_file():
         _files.restore_set_aside(path / "model", _files.MODEL_FILES)  # a save_model killed between renames
         if not (path / "model" / "config.json").is_file():
-            raise ValueError(
-                f"{str(path)!r} is a run folder without a model yet: train --resume --out {path} ends it"
-            )
+            raise ValueError(f"{path}: a run without a model yet; train --resume --out {path} finishes it")
         args.model, args.model_note = str(path / "model"), f"the model of the train run in {str(path)!r}"
     _exists(text=args.text, tokenizer=args.tokenizer)
     _, sizes = gpt2.read_config(args.model)  # (a missing folder or a damaged config.json: its one-line error)
@@ -223,7 +194,7 @@ def _check_eval(args) -> dict:
 
 
 def check(args) -> None:
-    """The command's checks, right after parsing: a ValueError/OSError names what is wrong and what to do."""
+    """The command's checks: a ValueError or OSError names what is wrong and what to do."""
     if getattr(args, "embedding_rank", None) is not None and not args.embeddings:
         raise ValueError("--embedding-rank sets the TT embedding's rank; it needs --embeddings")
     checks = {"compare": _check_training, "train": _check_train, "compress": _check_compress}
