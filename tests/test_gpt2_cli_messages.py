@@ -79,7 +79,7 @@ def test_compress_help_shows_defaults_and_the_files_a_model_folder_needs(capsys)
         "TT cores for --shapes balanced (in [1, 64]; default 3)",  # the range and the default
         "(in [1, 65536]; default 8)",  # --batch-size
         "(default mlp)",
-        "at most N tokens (0: all) (in [0, 1099511627776]; default 0)",  # a default of 0 is stated too
+        "tokens to evaluate at most (0: all) (in [0, 1099511627776]; default 0)",  # a default of 0 is stated too
     ):
         assert needle in text, needle
 

@@ -1,8 +1,4 @@
-"""The command line's flags: one table, the optimisation flags generated from :class:`TrainConfig`.
-
-Each flag's range is checked while parsing and stated in --help with its default. No torch or transformers at
-import (``--help`` needs neither); ``--device`` imports torch.
-"""
+"""The command line's flags, one table (the optimisation flags from TrainConfig); imports no torch (--help)."""
 
 from __future__ import annotations
 
@@ -13,13 +9,11 @@ from dataclasses import asdict, fields
 from typing import Any
 
 from .. import LAYER_GROUPS, PRESETS
-from ._config import COMPILE_MODES, MAX_SIZE, MAX_TOKENS, Range, TrainConfig
+from ._config import COMPILE_MODES, MAX_SIZE, MAX_TOKENS, Range, TrainConfig, ints
 
-EPILOG = """The embedded corpus (used when --data is not given) is the Python standard library's source code:
-deterministic file order, a fixed ~5% validation split by file name, no network. The tokenizer is a
-byte-level BPE trained on the training text with Hugging Face tokenizers and cached under --cache-dir.
-Output folders: a new or empty folder, or one this command wrote (marked by tensornet-run.json); --overwrite
-replaces only the files it wrote there."""
+EPILOG = """Without --data: the Python standard library's source (fixed file order, ~5% held out by file name,
+no network), tokenized by a byte-level BPE trained on it and cached under --cache-dir. --out: a new or empty
+folder, or one this command wrote (tensornet-run.json); --overwrite replaces only the files it wrote there."""
 MODEL_FOLDER = (
     "MODEL is a model folder (save_model, or a local Hugging Face GPT-2 save_pretrained): config.json, "
     "model.safetensors (pickle weights such as pytorch_model.bin are refused) and, unless --tokenizer is given, "
@@ -41,10 +35,6 @@ _RECIPE: dict[str, Any] = dict(steps=300, block_size=128, lr=2e-3, warmup=30, we
 COMPARE_RECIPE = TrainConfig(
     **_RECIPE, eval_tokens=0, tt_lr_scale=TT_LR_SCALE, lowrank_lr_scale=LOWRANK_LR_SCALE
 )
-
-
-def _int(lo: int, hi: int):
-    return Range(lo, hi, integer=True).parser()
 
 
 def _shapes(value: str):
@@ -93,17 +83,17 @@ C, T, S, E = "compare", "train", "compress", "eval"
 CT, SE, CTS, ALL = (C, T), (S, E), (C, T, S), (C, T, S, E)
 SHAPES = (
     "core shapes: 'paper' (the paper's, for GPT-2 small/medium MLPs), 'balanced' (--ncores near-equal factors), "
-    "'auto' (paper where it has them, else balanced), or JSON pairs (out_k, in_k) per layer, as nn.Linear.weight "
-    'is (out, in): \'{"mlp.c_fc": [[8,8],[8,8],[16,4]], "mlp.c_proj": [[8,8],[8,8],[4,16]]}\''
+    "'auto' (paper where it has them, else balanced), or JSON (out_k, in_k) pairs per layer, as in (out, in) "
+    'weights: \'{"mlp.c_fc": [[8,8],[8,8],[16,4]], "mlp.c_proj": [[8,8],[8,8],[4,16]]}\''
 )
 COMPILE = (
-    "torch.compile the training step (off unless given; bare: 'default'): 'default' (inductor kernels; on CPU it needs a C++ "
+    "torch.compile the training step (off unless given; bare: 'default'): 'default' (C++ kernels on CPU: needs a "
     "compiler), 'reduce-overhead' (also CUDA graphs, for GPU), 'max-autotune' (also tunes kernels: slow to start)"
 )
 PRESET = "sizes: " + ", ".join(f"{k} = {v[0]} layers x {v[1]} wide, {v[2]} heads" for k, v in PRESETS.items())
 SWITCH = {"action": "store_true"}
 _TRAIN = [  # the settings with a flag: their range and help from TrainConfig
-    (CT, "--" + f.name.replace("_", "-"), f.metadata["range"].parser(), f.metadata["help"])
+    (CT, "--" + f.name.replace("_", "-"), f.metadata["range"], f.metadata["help"])
     for f in fields(TrainConfig)
     if f.metadata.get("help")
 ]
@@ -117,57 +107,51 @@ _FLAGS: list[Any] = [
     "data",
     (CT, "--data", path, "UTF-8 text file or folder of them (default: the embedded corpus)"),
     (SE, "--text", path, "UTF-8 text file or folder to evaluate on (default: the embedded corpus)"),
-    (
-        ALL,
-        "--max-chars",
-        _int(1, MAX_TOKENS),
-        "use the first N characters of training text (N/10 of validation)",
-    ),
+    (ALL, "--max-chars", ints(1, MAX_TOKENS), "characters of training text to read (validation: a tenth)"),
     (CT, "--tokenizer", path, "tokenizer.json, or vocab.json + merges.txt (default: a BPE trained here)"),
     (SE, "--tokenizer", path, "tokenizer.json, or vocab.json + merges.txt (default: the model's)"),
-    (CT, "--vocab-size", _int(257, 2**31 - 1), "BPE vocabulary (default 16384; compare, tiny: 4096)"),
+    (CT, "--vocab-size", ints(257, 2**31 - 1), "BPE vocabulary (default 16384; compare, tiny: 4096)"),
     (CT, "--cache-dir", path, "tokenizer/token cache (default: $TENSORNET_CACHE or ~/.cache/tensornet)"),
     "model",
     (T, "--preset", {"choices": sorted(PRESETS)}, PRESET),
-    (CT, "--n-layer", _int(1, 1024), "number of blocks (train: overrides --preset)"),
-    (CT, "--n-embd", _int(1, 65536), "model width (train: overrides --preset)"),
-    (CT, "--n-head", _int(1, 4096), "attention heads (train: overrides --preset)"),
-    (CT, "--dropout", {"type": Range(0, 1, hi_open=True).parser(), "default": 0.0}, "dropout everywhere"),
+    (SE, "model", {"type": path, "metavar": "MODEL"}, "model folder (save_model or save_pretrained)"),
+    (ALL, "--device", _device, "cpu, cuda, cuda:1, ... (default: cuda if available)"),
+    (CT, "--n-layer", ints(1, 1024), "number of blocks (train: overrides --preset)"),
+    (CT, "--n-embd", ints(1, 65536), "model width (train: overrides --preset)"),
+    (CT, "--n-head", ints(1, 4096), "attention heads (train: overrides --preset)"),
+    (CT, "--dropout", {"type": Range(0, 1, hi_open=True), "default": 0.0}, "dropout everywhere"),
     "tensorization",
-    (C, "--rank", _int(1, 65536), "TT rank of the TTM model"),
-    (T, "--rank", _int(0, 65536), "TT rank of a TTM model (0: the dense model)"),
-    (T, "--lowrank", _int(0, 65536), "train the low-rank baseline of this inner size instead (0: off)"),
+    (C, "--rank", ints(1, 65536), "TT rank of the TTM model"),
+    (T, "--rank", ints(0, 65536), "TT rank of a TTM model (0: the dense model)"),
+    (T, "--lowrank", ints(0, 65536), "train the low-rank baseline of this inner size instead (0: off)"),
     (C, "--no-lowrank", SWITCH, "skip the low-rank baseline"),
-    (S, "--rank", _int(1, 65536), "TT rank of every converted layer (or --eps)"),
-    (S, "--eps", Range(0, 1, True, True).parser(), "relative-error target per layer (or --rank)"),
+    (S, "--rank", ints(1, 65536), "TT rank of every converted layer (or --eps)"),
+    (S, "--eps", Range(0, 1, True, True), "relative-error target per layer (or --rank)"),
     (CTS, "--shapes", {"type": _shapes, "default": "auto"}, SHAPES),
-    (CTS, "--ncores", {"type": _int(1, 64), "default": 3}, "TT cores for --shapes balanced"),
+    (CTS, "--ncores", {"type": ints(1, 64), "default": 3}, "TT cores for --shapes balanced"),
     (CTS, "--layers", {"type": _layers, "default": "mlp"}, "comma-separated: mlp (the paper's), attn"),
     (CTS, "--no-bias", SWITCH, "drop the biases of tensorized layers (the paper's r=16-64)"),
     (CTS, "--embeddings", SWITCH, "also make the token embedding (tied LM head) a TT one"),
-    (CTS, "--embedding-rank", _int(1, 65536), "TT rank of the embedding (default: --rank)"),
+    (CTS, "--embedding-rank", ints(1, 65536), "TT rank of the embedding (default: --rank)"),
     "optimisation",
     *_TRAIN,
     (CT, "--compile", dict(nargs="?", const="default", choices=COMPILE_MODES, metavar="MODE"), COMPILE),
-    (ALL, "--device", _device, "cpu, cuda, cuda:1, ... (default: cuda if available)"),
     (CT, "--no-progress", SWITCH, "no progress bar"),
-    (CT, "--threads", _int(1, 1024), "torch CPU threads per process (default: one per core)"),
+    (CT, "--threads", ints(1, 1024), "torch CPU threads per process (default: one per core)"),
     "evaluation",
-    (SE, "--block-size", _int(1, MAX_SIZE), "evaluation window (default: the model's n_positions)"),
-    (SE, "--batch-size", {"type": _int(1, MAX_SIZE), "default": 8}, "windows per forward pass"),
-    (SE, "--eval-tokens", {"type": _int(0, MAX_TOKENS), "default": 0}, "at most N tokens (0: all)"),
+    (SE, "--block-size", ints(1, MAX_SIZE), "evaluation window (default: the model's n_positions)"),
+    (SE, "--batch-size", {"type": ints(1, MAX_SIZE), "default": 8}, "windows per forward pass"),
+    (SE, "--eval-tokens", {"type": ints(0, MAX_TOKENS), "default": 0}, "tokens to evaluate at most (0: all)"),
     "checkpoints",
-    (T, "--checkpoint-every", TrainConfig.bounds("checkpoint_every").parser(), "0: only at the end"),
+    (T, "--checkpoint-every", TrainConfig.bounds("checkpoint_every"), "0: only at the end"),
     (T, "--resume", SWITCH, "continue exactly from --out/checkpoint.pt, with the run's settings"),
-    (T, "--stop-at", TrainConfig.bounds("steps").parser(), "stop (with a checkpoint) after N steps"),
+    (T, "--stop-at", TrainConfig.bounds("steps"), "stop (with a checkpoint) after this many steps"),
 ]
-_METAVARS = {"integer": "N", "number": "X", "path": "PATH", "_shapes": "SHAPES", "_layers": "GROUPS"}
 _DEFAULTS = {  # what differs between the commands; train's lr and warmup: the preset's (_precheck)
-    C: asdict(COMPARE_RECIPE)
-    | dict(out="runs/compare", max_chars=1_500_000, n_layer=4, n_embd=256, n_head=4),
+    C: asdict(COMPARE_RECIPE) | dict(out="runs/compare", max_chars=1_500_000, rank=32, ncores=4),
     T: asdict(TrainConfig()) | dict(out="runs/train", preset="tiny", rank=0, lowrank=0, lr=None, warmup=None),
 }
-_DEFAULTS[C] |= dict(rank=32, shapes="balanced", ncores=4)
+_DEFAULTS[C] |= dict(n_layer=4, n_embd=256, n_head=4, shapes="balanced")
 _NOTES = {
     (T, "--lr"): " (default 1e-3 for --preset tiny, the paper's 6.25e-5 otherwise)",
     (T, "--warmup"): " (default 100 for --preset tiny, the paper's 4000 otherwise)",
@@ -175,11 +159,10 @@ _NOTES = {
     (C, "--eval-every"): f" (0: after {EVAL_POINTS} log-spaced steps, the last the end, for the plot)",
 }
 _ABOUT = {
-    C: "train dense, TTM and low-rank GPT-2 side by side (CPU: < 10 min). Each with the same seed, token budget "
-    "and data order; prints a paper-style table and writes results.json and loss_curves.png to --out",
-    T: "pre-train one GPT-2 (dense, TTM or low-rank), with checkpoints and DDP. DDP under torchrun, bf16 autocast "
-    "on GPU. Writes checkpoint.pt, log.jsonl (after --resume the same as an uninterrupted run's) and, when done, "
-    "a model/ folder (tensornet.gpt2.load_model)",
+    C: "train dense, TTM and low-rank GPT-2 side by side (CPU: < 10 min). Same seed, tokens and data order; "
+    "prints a paper-style table and writes results.json and loss_curves.png to --out",
+    T: "pre-train one GPT-2 (dense, TTM or low-rank), with checkpoints and DDP. DDP under torchrun, bf16 on GPU; "
+    "writes checkpoint.pt, log.jsonl (resumed: an uninterrupted run's) and, when done, model/ (load_model)",
     S: f"convert a local GPT-2 folder to TTM with ttm_svd. {MODEL_FOLDER}",
     E: f"perplexity of a saved (dense or TTM) model. {MODEL_FOLDER}",
 }
@@ -197,7 +180,8 @@ class _Formatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         unstated = any(action.default is v for v in (None, False, argparse.SUPPRESS))
-        notes = [getattr(action.type, "rule", ""), "" if unstated else "default %(default)s"]
+        rule = action.type.rule() if isinstance(action.type, Range) else ""
+        notes = [rule, "" if unstated else "default %(default)s"]
         said = "; ".join(note for note in notes if note)
         return f"{action.help} ({said})" if said else action.help or ""
 
@@ -211,21 +195,13 @@ def parser() -> argparse.ArgumentParser:
     )
     sub = root.add_subparsers(dest="command", required=True, metavar="{compare,train,compress,eval}")
     for name, about in _ABOUT.items():
-        epilog = EPILOG if name in CT else None
-        kw: dict[str, Any] = dict(
-            help=about.split(". ")[0], description=about, epilog=epilog, formatter_class=_Formatter
-        )
-        p = sub.add_parser(name, allow_abbrev=False, **kw)
-        if name in SE:
-            p.add_argument(
-                "model", type=path, metavar="MODEL", help="model folder (save_model or save_pretrained)"
-            )
+        p = sub.add_parser(name, allow_abbrev=False, help=about.split(". ")[0], description=about)
+        p.formatter_class, p.epilog = _Formatter, EPILOG if name in CT else None
         for row in _FLAGS:
             if isinstance(row, str):
                 group = p.add_argument_group(row)  # (a group without flags is not shown)
             elif name in row[0]:
                 opts = row[2] if isinstance(row[2], dict) else {"type": row[2]}
-                opts = {"metavar": _METAVARS.get(opts["type"].__name__)} | opts if "type" in opts else opts
                 group.add_argument(row[1], help=row[3] + _NOTES.get((name, row[1]), ""), **opts)
         p.set_defaults(command=name, _parser=p, **_DEFAULTS.get(name, {}))
     return root

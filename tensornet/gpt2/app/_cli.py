@@ -44,9 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         saved = args.command == "train" and (Path(args.out) / CHECKPOINT).is_file()
-        then = "continue with the same command and --resume" if saved else "run the same command again"
+        resume = "the last checkpoint is intact: continue with the same command and --resume"
         print(
-            f"interrupted; {'the last checkpoint is intact' if saved else 'nothing to resume'}: {then}",
+            f"interrupted; {resume if saved else 'nothing to resume: run the same command again'}",
             file=sys.stderr,
         )
         return 130

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
@@ -35,21 +34,15 @@ class Range:
         below = value < self.hi if self.hi_open else value <= self.hi
         return math.isfinite(value) and above and below
 
-    def parser(self) -> Callable[[str], Any]:
-        """An argparse ``type=`` (its ``rule`` for --help): the text as a number in the range, else an error."""
-        kind = "an integer" if self.integer else "a number"
-
-        def parse(text: str) -> Any:
-            try:
-                value = int(text) if self.integer else float(text)
-            except ValueError:
-                raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
-            if not self.holds(value):
-                raise argparse.ArgumentTypeError(f"must be {self.rule()}, got {text}")
-            return value
-
-        parse.__name__, parse.rule = kind.split()[1], self.rule()  # type: ignore[attr-defined]
-        return parse
+    def __call__(self, text: str) -> Any:
+        """The text of a flag as a number in the range (an argparse ``type``), else a one-line error."""
+        try:
+            value: Any = int(text) if self.integer else float(text)
+        except ValueError:
+            value = None
+        if not self.holds(value):
+            raise argparse.ArgumentTypeError(f"must be {self.rule()}, got {text!r}")
+        return value
 
 
 def _set(default: Any, values: Range, text: str = "") -> Any:
@@ -57,7 +50,8 @@ def _set(default: Any, values: Range, text: str = "") -> Any:
     return field(default=default, metadata={"range": values, "help": text})
 
 
-def _int(lo: int, hi: float = math.inf) -> Range:
+def ints(lo: int, hi: float = math.inf) -> Range:
+    """The integers from ``lo`` to ``hi``."""
     return Range(lo, hi, integer=True)
 
 
@@ -69,9 +63,7 @@ _SCALE = "learning-rate multiplier of {} (a per-model setting: benchmarks/result
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings (frozen: a run's settings do not change under it).
-
-    Defaults are the paper's GPT-2 small recipe except the step count and batch.
+    """Optimisation settings (frozen), by default the paper's GPT-2 small recipe but the step count and batch.
 
     Raises
     ------
@@ -79,23 +71,23 @@ class TrainConfig:
         From :meth:`check`, naming the first setting out of its range.
     """
 
-    steps: int = _set(1000, _int(1, MAX_STEPS), "optimizer steps")
-    batch_size: int = _set(16, _int(1, MAX_SIZE), "sequences per step over all processes")
-    block_size: int = _set(512, _int(1, MAX_SIZE), "sequence length")
+    steps: int = _set(1000, ints(1, MAX_STEPS), "optimizer steps")
+    batch_size: int = _set(16, ints(1, MAX_SIZE), "sequences per step over all processes")
+    block_size: int = _set(512, ints(1, MAX_SIZE), "sequence length")
     lr: float = _set(6.25e-5, Range(0, 1, lo_open=True), "peak AdamW learning rate")
     min_lr_ratio: float = _set(0.1, Range(0, 1), "cosine decays to lr x this")
-    warmup: int = _set(4000, _int(0, MAX_STEPS), "linear warmup steps")
+    warmup: int = _set(4000, ints(0, MAX_STEPS), "linear warmup steps")
     weight_decay: float = _set(1e-4, Range(0), "AdamW weight decay on matrices and TT cores")
     beta1: float = _set(0.9, Range(0, 1, hi_open=True), "AdamW beta1")
     beta2: float = _set(0.999, Range(0, 1, hi_open=True), "AdamW beta2")
     clip: float = _set(1.0, Range(0), "gradient-norm clip, 0 = off")
     tt_lr_scale: float = _set(1.0, Range(0, lo_open=True), _SCALE.format("TT cores"))
     lowrank_lr_scale: float = _set(1.0, Range(0, lo_open=True), _SCALE.format("low-rank factors"))
-    seed: int = _set(0, _int(0, 2**32 - 1), "seed for initialisation and data order")
-    eval_every: int = _set(0, _int(0, MAX_STEPS), "evaluate every N steps")
+    seed: int = _set(0, ints(0, 2**32 - 1), "seed for initialisation and data order")
+    eval_every: int = _set(0, ints(0, MAX_STEPS), "steps between evaluations")
     eval_at: tuple[int, ...] = ()  # evaluate also after these steps (compare: log-spaced, for its figure)
-    eval_tokens: int = _set(65536, _int(0, MAX_TOKENS), "validation tokens per evaluation (0: all)")
-    checkpoint_every: int = _set(0, _int(0, MAX_STEPS))  # 0: only at the end (when out is set)
+    eval_tokens: int = _set(65536, ints(0, MAX_TOKENS), "validation tokens per evaluation (0: all)")
+    checkpoint_every: int = _set(0, ints(0, MAX_STEPS))  # 0: only at the end (when out is set)
     compile: CompileMode | None = None  # torch.compile mode, None: eager
 
     def check(self) -> None:

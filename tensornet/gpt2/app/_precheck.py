@@ -73,26 +73,6 @@ def _in_flag_words(err: Exception, before: str = "") -> ValueError:
     return ValueError(before + said.replace("--shapes  ", "--shapes "))
 
 
-def _dry_run(args, width: int, heads: int) -> None:
-    """One block of each model on the meta device: a --rank, --shapes or --lowrank that cannot work."""
-    config = dict(vocab_size=257, block_size=args.block_size, n_layer=1, n_embd=width, n_head=heads)
-    spec = model_spec(args, config)
-    before = f"--lowrank {args.lowrank}: " if args.command == "train" and args.lowrank else ""
-    try:
-        with warnings.catch_warnings(), torch.device("meta"):
-            warnings.simplefilter("ignore")  # a clipped rank is said when the model is built
-            if args.command == "train":
-                build_variant(spec)
-                return
-            params = mlp_params_per_layer(spec)  # compare's TTM model, then its low-rank baseline
-            before = f"the low-rank baseline sized to --rank {args.rank} (lower it or pass --no-lowrank): "
-            if not args.no_lowrank:
-                rank = gpt2.lowrank_rank_for(params, width, 4 * width, bias=spec["bias"])
-                build_variant(spec | {"variant": "lowrank", "lowrank_rank": rank})
-    except (ValueError, TypeError) as err:
-        raise _in_flag_words(err, before) from None
-
-
 def check_memory(args, *, layers, width, vocab, block, training, model=None, positions=None) -> None:
     """Refuse what surely cannot fit: dense weights (AdamW state when training) and a batch's activations."""
     device = torch.device(args.device) if args.device else default_device()
@@ -116,13 +96,16 @@ def _exists(**paths: str | None) -> None:
 
 
 def _check_training(args) -> None:
-    """Compare and train: data, sizes, memory, processes, compile, folders; then the dry run."""
+    """Compare and train: data, sizes, memory, compile, folders, then one block of each model on meta."""
+    if args.command == "train":
+        tiny = args.preset == "tiny"  # the preset's lr and warmup unless given
+        args.lr = (1e-3 if tiny else 6.25e-5) if args.lr is None else args.lr
+        args.warmup = (100 if tiny else 4000) if args.warmup is None else args.warmup
     _exists(data=args.data, tokenizer=args.tokenizer)
     if args.tokenizer and args.vocab_size is not None:
         raise ValueError("--vocab-size sizes a tokenizer trained here; it does not apply with --tokenizer")
-    flag = "--cache-dir" if args.cache_dir else "the cache folder ($TENSORNET_CACHE or ~/.cache/tensornet)"
     cache = Path(args.cache_dir or _data.default_cache_dir())
-    (_files.probe_writable if cache.exists() else _files.check_creatable)(cache, flag)
+    (_files.probe_writable if cache.exists() else _files.check_creatable)(cache, "--cache-dir")
     layers, width, heads = dims(args)
     _data.check_windows(None, None, args.block_size, args.eval_tokens)
     vocab = vocab_size(args) if not args.tokenizer else 257  # (a given tokenizer: checked once it is read)
@@ -137,23 +120,25 @@ def _check_training(args) -> None:
     resolve_shapes(args, width, 4 * width)
     resume = getattr(args, "resume", False)  # (compare has no --resume)
     if args.command == "compare" or dist.main:
-        _runfolder.check_run_folder(
-            Path(args.out), kind=args.command, resume=resume, overwrite=args.overwrite
-        )
+        _runfolder.check_run_folder(args.out, kind=args.command, resume=resume, overwrite=args.overwrite)
     if resume:
         check_resume(args.out, train_config(args), args.stop_at)
-    _dry_run(args, width, heads)
-
-
-def _check_train(args) -> None:
-    tiny = args.preset == "tiny"  # the preset's lr and warmup unless given
-    args.lr = (1e-3 if tiny else 6.25e-5) if args.lr is None else args.lr
-    args.warmup = (100 if tiny else 4000) if args.warmup is None else args.warmup
-    if args.rank and args.lowrank:
-        raise ValueError("--rank and --lowrank choose two different models (TTM, low-rank); give one")
-    if (args.embeddings or args.embedding_rank is not None) and not args.rank:
-        raise ValueError("--embeddings/--embedding-rank make a TT embedding, which needs --rank")
-    _check_training(args)
+    config = dict(vocab_size=257, block_size=args.block_size, n_layer=1, n_embd=width, n_head=heads)
+    spec = model_spec(args, config)
+    before = f"--lowrank {args.lowrank}: " if args.command == "train" and args.lowrank else ""
+    try:
+        with warnings.catch_warnings(), torch.device("meta"):
+            warnings.simplefilter("ignore")  # a clipped rank is said when the model is built
+            if args.command == "train":
+                build_variant(spec)
+                return
+            params = mlp_params_per_layer(spec)  # compare's TTM model, then its low-rank baseline
+            before = f"the low-rank baseline sized to --rank {args.rank} (lower it or pass --no-lowrank): "
+            if not args.no_lowrank:
+                rank = gpt2.lowrank_rank_for(params, width, 4 * width, bias=spec["bias"])
+                build_variant(spec | {"variant": "lowrank", "lowrank_rank": rank})
+    except (ValueError, TypeError) as err:
+        raise _in_flag_words(err, before) from None
 
 
 def _check_compress(args) -> None:
@@ -197,5 +182,8 @@ def check(args) -> None:
     """The command's checks: a ValueError or OSError names what is wrong and what to do."""
     if getattr(args, "embedding_rank", None) is not None and not args.embeddings:
         raise ValueError("--embedding-rank sets the TT embedding's rank; it needs --embeddings")
-    checks = {"compare": _check_training, "train": _check_train, "compress": _check_compress}
-    checks.get(args.command, _check_eval)(args)
+    if args.command == "train" and args.embeddings and not args.rank:
+        raise ValueError("--embeddings makes a TT embedding, which needs --rank")
+    if getattr(args, "lowrank", 0) and args.rank:
+        raise ValueError("--rank and --lowrank choose two different models (TTM, low-rank); give one")
+    {"compress": _check_compress, "eval": _check_eval}.get(args.command, _check_training)(args)
