@@ -15,9 +15,8 @@ EPILOG = """Without --data: the Python standard library's source (fixed file ord
 no network), tokenized by a byte-level BPE trained on it and cached under --cache-dir. --out: a new or empty
 folder, or one this command wrote (tensornet-run.json); --overwrite replaces only the files it wrote there."""
 MODEL_FOLDER = (
-    "MODEL is a model folder (save_model, or a local Hugging Face GPT-2 save_pretrained): config.json, "
-    "model.safetensors (pickle weights such as pytorch_model.bin are refused) and, unless --tokenizer is given, "
-    "its tokenizer: tokenizer.json, or GPT-2's vocab.json + merges.txt. Text: --text, else the embedded corpus."
+    "MODEL: a save_model or Hugging Face save_pretrained folder: config.json, model.safetensors (pickle weights "
+    "such as pytorch_model.bin are refused) and, unless --tokenizer, tokenizer.json or vocab.json + merges.txt"
 )
 # compare's learning-rate multipliers of the TT cores and the low-rank factors: each the best measured for its
 # model in benchmarks/results/gpt2_compare_cpu.md (per-model settings, not universal ones)

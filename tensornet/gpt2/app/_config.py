@@ -97,9 +97,7 @@ class TrainConfig:
             if "range" in f.metadata and not f.metadata["range"].holds(value):
                 raise ValueError(f"TrainConfig: {f.name} must be {f.metadata['range'].rule()}, got {value!r}")
         if self.compile not in (None, *COMPILE_MODES):
-            raise ValueError(
-                f"TrainConfig: compile must be None or one of {COMPILE_MODES}, got {self.compile!r}"
-            )
+            raise ValueError(f"TrainConfig: compile must be None or in {COMPILE_MODES}, got {self.compile!r}")
         if any(not 1 <= step <= self.steps for step in self.eval_at):
             raise ValueError(f"TrainConfig: eval_at must be steps in [1, {self.steps}], got {self.eval_at!r}")
 
@@ -111,17 +109,13 @@ class TrainConfig:
     def evaluates_at(self, done: int) -> bool:
         """Whether the run evaluates after ``done`` steps (always after the last)."""
         return (
-            done == self.steps
-            or (self.eval_every > 0 and done % self.eval_every == 0)
-            or done in self.eval_at
+            done == self.steps or done in self.eval_at or (self.eval_every > 0 and not done % self.eval_every)
         )
 
     def lr_at(self, step: int) -> float:
         """Learning rate of optimizer step ``step`` (0-based): linear warmup, then cosine to lr * min_lr_ratio."""
         if step < self.warmup:
             return self.lr * (step + 1) / self.warmup
-        decay_steps = max(self.steps - self.warmup, 1)
-        progress = min((step - self.warmup) / decay_steps, 1.0)
-        return self.lr * (
-            self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-        )
+        progress = min((step - self.warmup) / max(self.steps - self.warmup, 1), 1.0)
+        r = self.min_lr_ratio
+        return self.lr * (r + (1 - r) * 0.5 * (1 + math.cos(math.pi * progress)))

@@ -69,8 +69,8 @@ def resolve_shapes(args, width: int, inner: int) -> None:
 
 def _in_flag_words(err: Exception, before: str = "") -> ValueError:
     """A library error in the command line's words (``--shapes balanced``, not ``shapes='balanced'``)."""
-    said = re.sub(r"tensorize: shapes|shapes='(\w+)'", lambda m: "--shapes " + (m[1] or ""), str(err))
-    return ValueError(before + said.replace("--shapes  ", "--shapes "))
+    said = re.sub(r"shapes='(\w+)'", r"--shapes \1", str(err)).replace("tensorize: shapes", "--shapes")
+    return ValueError(before + said)
 
 
 def check_memory(args, *, layers, width, vocab, block, training, model=None, positions=None) -> None:
