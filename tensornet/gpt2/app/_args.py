@@ -178,10 +178,9 @@ class _Formatter(argparse.HelpFormatter):
     """Every option's help ends with its range and default (0 is stated; None and False are not)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        unstated = any(action.default is v for v in (None, False, argparse.SUPPRESS))
         rule = action.type.rule() if isinstance(action.type, Range) else ""
-        notes = [rule, "" if unstated else "default %(default)s"]
-        said = "; ".join(note for note in notes if note)
+        stated = not any(action.default is v for v in (None, False, argparse.SUPPRESS))
+        said = "; ".join(filter(None, [rule, "default %(default)s" if stated else ""]))
         return f"{action.help} ({said})" if said else action.help or ""
 
 

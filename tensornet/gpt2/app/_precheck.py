@@ -83,9 +83,10 @@ def check_memory(args, *, layers, width, vocab, block, training, model=None, pos
     if have is not None and need > have:
         sizes = "" if model else "--n-layer, --n-embd, --vocab-size, "
         raise ValueError(
-            f"{model or 'a model'} of {params:,} parameters {'trained' if training else 'evaluated'} on "
-            f"--batch-size {args.batch_size} x --block-size {block} needs at least {need / 2**30:,.1f} GiB, more "
-            f"than the {have / 2**30:,.1f} GiB of memory on {device}: lower {sizes}--batch-size or --block-size"
+            f"{model or 'a model'} of vocab_size {vocab:,}, n_embd {width:,}, n_layer {layers:,} ({params:,} "
+            f"parameters) {'trained' if training else 'evaluated'} on --batch-size {args.batch_size} x --block-size "
+            f"{block} needs at least {need / 2**30:,.1f} GiB, more than the {have / 2**30:,.1f} GiB on {device}: "
+            f"lower {sizes}--batch-size or --block-size"
         )
 
 
@@ -147,7 +148,7 @@ def _check_compress(args) -> None:
     sizes = _check_eval(args)
     src, out = Path(args.model).resolve(), Path(args.out).resolve()
     if out == src or src in out.parents or out in src.parents:
-        raise ValueError(f"--out {args.out!r} overlaps the source model {args.model!r}; choose another")
+        raise ValueError(f"--out {args.out!r} must not hold or be in the source model folder {args.model!r}")
     gpt2.check_model_target(Path(args.out), overwrite=args.overwrite, where="--out")
     width, inner = sizes["n_embd"], sizes["n_inner"] or 4 * sizes["n_embd"]
     resolve_shapes(args, width, inner)
