@@ -1,7 +1,5 @@
 """The command line's flags, one table (the optimisation flags from TrainConfig); imports no torch (--help)."""
 
-from __future__ import annotations
-
 import argparse
 import json
 from argparse import ArgumentTypeError as Bad
@@ -30,10 +28,8 @@ def log_spaced(steps: int, points: int = EVAL_POINTS) -> tuple[int, ...]:
 
 
 # compare's defaults: short runs sized for 2 CPU cores (benchmarks/results/gpt2_compare_cpu.md)
-_RECIPE: dict[str, Any] = dict(steps=300, block_size=128, lr=2e-3, warmup=30, weight_decay=0.01, beta2=0.99)
-COMPARE_RECIPE = TrainConfig(
-    **_RECIPE, eval_tokens=0, tt_lr_scale=TT_LR_SCALE, lowrank_lr_scale=LOWRANK_LR_SCALE
-)
+_RECIPE: Any = dict(steps=300, block_size=128, warmup=30, weight_decay=0.01, beta2=0.99, eval_tokens=0)
+COMPARE_RECIPE = TrainConfig(**_RECIPE, lr=2e-3, tt_lr_scale=TT_LR_SCALE, lowrank_lr_scale=LOWRANK_LR_SCALE)
 
 
 def _shapes(value: str):
@@ -82,12 +78,12 @@ C, T, S, E = "compare", "train", "compress", "eval"
 CT, SE, CTS, ALL = (C, T), (S, E), (C, T, S), (C, T, S, E)
 SHAPES = (
     "core shapes: 'paper' (the paper's, for GPT-2 small/medium MLPs), 'balanced' (--ncores near-equal factors), "
-    "'auto' (paper where it has them, else balanced), or JSON (out_k, in_k) pairs per layer, as in (out, in) "
-    'weights: \'{"mlp.c_fc": [[8,8],[8,8],[16,4]], "mlp.c_proj": [[8,8],[8,8],[4,16]]}\''
+    "'auto' (paper where it has them, else balanced) or JSON (out_k, in_k) pairs per layer: '{\"mlp.c_fc\": "
+    '[[8,8],[8,8],[16,4]], "mlp.c_proj": [[8,8],[8,8],[4,16]]}\''
 )
 COMPILE = (
-    "torch.compile the training step (off unless given; bare: 'default'): 'default' (C++ kernels on CPU: needs a "
-    "compiler), 'reduce-overhead' (also CUDA graphs, for GPU), 'max-autotune' (also tunes kernels: slow to start)"
+    "torch.compile the training step (off unless given): 'default' (bare; on CPU it needs a C++ compiler), "
+    "'reduce-overhead' (also CUDA graphs) or 'max-autotune' (also tunes kernels: slow to start)"
 )
 PRESET = "sizes: " + ", ".join(f"{k} = {v[0]} layers x {v[1]} wide, {v[2]} heads" for k, v in PRESETS.items())
 SWITCH = {"action": "store_true"}
@@ -107,8 +103,7 @@ _FLAGS: list[Any] = [
     (CT, "--data", path, "UTF-8 text file or folder of them (default: the embedded corpus)"),
     (SE, "--text", path, "UTF-8 text file or folder to evaluate on (default: the embedded corpus)"),
     (ALL, "--max-chars", ints(1, MAX_TOKENS), "characters of training text to read (validation: a tenth)"),
-    (CT, "--tokenizer", path, "tokenizer.json, or vocab.json + merges.txt (default: a BPE trained here)"),
-    (SE, "--tokenizer", path, "tokenizer.json, or vocab.json + merges.txt (default: the model's)"),
+    (ALL, "--tokenizer", path, "tokenizer.json or vocab.json + merges.txt (default: model's, or a new BPE)"),
     (CT, "--vocab-size", ints(257, 2**31 - 1), "BPE vocabulary (default 16384; compare, tiny: 4096)"),
     (CT, "--cache-dir", path, "tokenizer/token cache (default: $TENSORNET_CACHE or ~/.cache/tensornet)"),
     "model",
@@ -142,7 +137,7 @@ _FLAGS: list[Any] = [
     (SE, "--batch-size", {"type": ints(1, MAX_SIZE), "default": 8}, "windows per forward pass"),
     (SE, "--eval-tokens", {"type": ints(0, MAX_TOKENS), "default": 0}, "tokens to evaluate at most (0: all)"),
     "checkpoints",
-    (T, "--checkpoint-every", TrainConfig.bounds("checkpoint_every"), "0: only at the end"),
+    (T, "--checkpoint-every", TrainConfig.bounds("checkpoint_every"), "steps per checkpoint (0: at the end)"),
     (T, "--resume", SWITCH, "continue exactly from --out/checkpoint.pt, with the run's settings"),
     (T, "--stop-at", TrainConfig.bounds("steps"), "stop (with a checkpoint) after this many steps"),
 ]

@@ -1,7 +1,5 @@
 """``python -m tensornet.gpt2``: parse, check before any work, run the command; errors are one line, status 2."""
 
-from __future__ import annotations
-
 import sys
 from pathlib import Path
 
@@ -21,21 +19,19 @@ def main(argv: list[str] | None = None) -> int:
     Raises
     ------
     SystemExit
-        Status 2 for a usage error (a flag out of range, a missing file: ``error: ...`` on one line), found
-        before any work; status 0 after ``--help``.
+        2 for a usage error, found before any work (``error: ...`` on one line); 0 after ``--help``.
     """
     args = parser().parse_args(argv)
-    try:
-        from ._precheck import check
+    from transformers.utils import logging as hf_logging  # (after parsing: --help needs no torch)
 
+    from ._commands import COMMANDS
+    from ._precheck import check
+    from ._resume import CHECKPOINT
+
+    try:
         check(args)  # every input, before any data is read or any folder created
     except (ValueError, OSError) as err:
         args._parser.error(str(err))
-    from transformers.utils import logging as hf_logging
-
-    from ._commands import COMMANDS
-    from ._resume import CHECKPOINT
-
     hf_logging.disable_progress_bar()  # the CLI prints its own progress
     try:
         return COMMANDS[args.command](args)

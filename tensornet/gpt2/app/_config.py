@@ -1,7 +1,5 @@
 """A training run's settings, one schema: ``TrainConfig``'s fields carry the range and help its flags use."""
 
-from __future__ import annotations
-
 import argparse
 import math
 from dataclasses import dataclass, field, fields
@@ -45,8 +43,7 @@ class Range:
         return value
 
 
-def _set(default: Any, values: Range, text: str = "") -> Any:
-    """A field of TrainConfig: its default, its range and (when ``text``) its flag's help."""
+def _set(default: Any, values: Range, text: str = "") -> Any:  # a field, its range and its flag's help
     return field(default=default, metadata={"range": values, "help": text})
 
 

@@ -1,7 +1,5 @@
 """The command line's checks before any work: a ValueError/OSError is the one-line usage error, exit 2."""
 
-from __future__ import annotations
-
 import os
 import re
 import shutil
@@ -165,7 +163,6 @@ def _check_eval(args) -> dict:
     """MODEL's config.json (a train run folder: its ``model/``) against the flags and memory; its sizes."""
     path = Path(args.model)
     if not (path / "config.json").exists() and (path / _runfolder.MANIFEST).is_file():
-        _files.restore_set_aside(path / "model", _files.MODEL_FILES)  # a save_model killed between renames
         if not (path / "model" / "config.json").is_file():
             raise ValueError(f"{path}: a run without a model yet; train --resume --out {path} finishes it")
         args.model, args.model_note = str(path / "model"), f"the model of the train run in {str(path)!r}"
