@@ -81,10 +81,9 @@ def check_memory(args, *, layers, width, vocab, block, training, model=None, pos
     if have is not None and need > have:
         sizes = "" if model else "--n-layer, --n-embd, --vocab-size, "
         raise ValueError(
-            f"{model or 'a model'} of vocab_size {vocab:,}, n_embd {width:,}, n_layer {layers:,} ({params:,} "
-            f"parameters) {'trained' if training else 'evaluated'} on --batch-size {args.batch_size} x --block-size "
-            f"{block} needs at least {need / 2**30:,.1f} GiB, more than the {have / 2**30:,.1f} GiB on {device}: "
-            f"lower {sizes}--batch-size or --block-size"
+            f"{model or 'the model'} (vocab_size {vocab:,}, n_embd {width:,}, n_layer {layers:,}) on batches of "
+            f"{args.batch_size} x {block} needs {need / 2**30:,.1f} GiB, more than the {have / 2**30:,.1f} GiB on "
+            f"{device}: lower {sizes}--batch-size or --block-size"
         )
 
 
