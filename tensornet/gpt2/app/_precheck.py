@@ -118,7 +118,9 @@ def _check_training(args) -> None:
     resolve_shapes(args, width, 4 * width)
     resume = getattr(args, "resume", False)  # (compare has no --resume)
     if args.command == "compare" or dist.main:
-        _runfolder.check_run_folder(args.out, kind=args.command, resume=resume, overwrite=args.overwrite)
+        _runfolder.check_run_folder(
+            Path(args.out), kind=args.command, resume=resume, overwrite=args.overwrite
+        )
     if resume:
         check_resume(args.out, train_config(args), args.stop_at)
     config = dict(vocab_size=257, block_size=args.block_size, n_layer=1, n_embd=width, n_head=heads)
