@@ -163,7 +163,7 @@ def _check_compress(args) -> None:
 def _check_eval(args) -> dict:
     """MODEL's config.json (a train run folder: its ``model/``) against the flags and memory; its sizes."""
     path = Path(args.model)
-    if not (path / "config.json").exists() and (path / _runfolder.MANIFEST).is_file():
+    if not (path / "config.json").exists() and (_runfolder.read_manifest(path) or {}).get("kind") == "train":
         if not (path / "model" / "config.json").is_file():
             raise ValueError(f"{path}: a run without a model yet; train --resume --out {path} finishes it")
         args.model, args.model_note = str(path / "model"), f"the model of the train run in {str(path)!r}"
