@@ -42,7 +42,7 @@ def test_ctrl_c_before_the_first_checkpoint_then_the_same_command_works(
     monkeypatch.setattr(_train._Run, "step", interrupted_at_step_2)
     assert cli_status(train_argv(shared, out)) == 130
     err = capsys.readouterr().err
-    assert "before the first checkpoint" in err and "run the same command again" in err, err
+    assert "nothing to resume" in err and "run the same command again" in err, err
     assert (out / "log.jsonl").is_file() and not (out / "checkpoint.pt").exists()
     monkeypatch.undo()
     # --resume has nothing to continue: it says what works
