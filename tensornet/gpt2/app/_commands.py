@@ -15,7 +15,7 @@ from ._args import log_spaced
 from ._distributed import Distributed, default_device
 from ._precheck import check_memory, dims, model_spec, train_config, vocab_size, warn
 from ._resume import CHECKPOINT, check_checkpoint_fits, runtime
-from ._train import evaluate, load_note, make_optimizer, perplexity, train
+from ._train import evaluate, make_optimizer, perplexity, train
 
 
 def _bar(total: int, initial: int = 0, *, enabled: bool):
@@ -40,6 +40,7 @@ def _data_for(args, say: bool):
     corpus = _data.load_corpus(args.data, max_chars=args.max_chars)
     if say:
         print(f"corpus: {corpus.description}")
+        _shapes_note(args)
     if args.tokenizer:
         tokenizer = _data.load_tokenizer(args.tokenizer)
     else:
@@ -52,31 +53,45 @@ def _data_for(args, say: bool):
     return corpus, tokenizer, config
 
 
-def _eval_note(cfg, val_ids: torch.Tensor) -> str:
-    counted = _data.eval_token_count(val_ids.numel(), cfg.block_size, cfg.eval_tokens or None)
-    return f"{counted:,} validation tokens"
+def _shapes_note(args) -> None:
+    """How ``--shapes auto`` resolved (``_precheck``), where TT layers are made."""
+    if getattr(args, "shapes_note", None) and (args.rank or args.command == "compress"):
+        print(f"core shapes: {args.shapes_note}")
+
+
+def _evaluated(cfg, val_ids: torch.Tensor) -> str:
+    return f"{_data.eval_token_count(val_ids.numel(), cfg.block_size, cfg.eval_tokens or None):,} validation tokens"
 
 
 def _device(args) -> str:
     return args.device or str(default_device())
 
 
-# --------------------------------------------------------------------------------------------------- compare
 def cmd_compare(args) -> int:
     out = Path(args.out)
+    variants = ("dense", "ttm") + (() if args.no_lowrank else ("lowrank",))
     with _runfolder.RunFolder.open(out, kind="compare", overwrite=args.overwrite):
-        spec, variants = _compare_spec(args, out)
-        token_file = Path(spec["tokens"])
+        corpus, tokenizer, config = _data_for(args, say=True)
+        train_ids, val_ids = _data.cached_tokens(corpus, tokenizer, args.cache_dir)
+        # without --eval-every, a few log-spaced evaluations: the validation curves of loss_curves.png
+        cfg = train_config(args, eval_at=() if args.eval_every else log_spaced(args.steps))
+        _data.check_windows(train_ids, val_ids, cfg.block_size, cfg.eval_tokens)
+        at = (
+            f"every {cfg.eval_every} steps"
+            if cfg.eval_every
+            else f"after steps {', '.join(map(str, cfg.eval_at))}"
+        )
         tokens = args.steps * args.batch_size * args.block_size
         print(
-            f"training {', '.join(variants)}: {args.steps} steps x {args.batch_size} x {args.block_size} = "
-            f"{tokens:,} tokens each, seed {args.seed}, on {spec['device']}; lr {args.lr:g} (TT cores "
-            f"x{args.tt_lr_scale:g}"
-            + ("" if args.no_lowrank else f", low-rank factors x{args.lowrank_lr_scale:g}")
-            + ")"
+            f"tokens: {train_ids.numel():,} train / {val_ids.numel():,} validation, vocabulary "
+            f"{config['vocab_size']:,}\nevaluation: {at}, on {_evaluated(cfg, val_ids)}\ntraining "
+            f"{', '.join(variants)}: {args.steps} steps x {args.batch_size} x {args.block_size} = {tokens:,} "
+            f"tokens each, seed {args.seed}, on {_device(args)}, lr {args.lr:g}"
         )
+        spec = model_spec(args, config) | {"device": _device(args), "tokens": str(out / "tokens.safetensors")}
+        spec |= {"train": asdict(cfg), "corpus": corpus.description, "corpus_name": corpus.name}
+        spec |= {"threads": args.threads}
         bar = _bar(args.steps * len(variants), enabled=not args.no_progress)
-        done = 0
 
         def on_step(variant: str, step: int, loss: float) -> None:
             if bar is not None:
@@ -84,24 +99,20 @@ def cmd_compare(args) -> int:
                     f"{variant} ({variants.index(variant) + 1}/{len(variants)})", refresh=False
                 )
                 bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-                bar.update(done + step - bar.n)
+                bar.update(variants.index(variant) * args.steps + step - bar.n)
 
         def on_result(r: dict) -> None:
-            nonlocal done
-            done += args.steps
-            note = load_note(r["load_average"]) if spec["device"] == "cpu" else ""
             _say(
                 bar,
                 f"{r['variant']}: validation perplexity {r['val_ppl']:.2f} on {r['val_tokens']:,} tokens, "
-                f"{r['params']:,} parameters, {r['tokens_per_s']:,.0f} tokens/s"
-                + (f" ({note})" if note else ""),
+                f"{r['params']:,} parameters, {r['tokens_per_s']:,.0f} tokens/s",
             )
 
         try:
-            _checkpoint.save_tensors(token_file, {"train": spec.pop("train_ids"), "val": spec.pop("val_ids")})
+            _checkpoint.save_tensors(Path(spec["tokens"]), {"train": train_ids.int(), "val": val_ids.int()})
             summary = _compare.compare(spec, out=out, variants=variants, on_step=on_step, on_result=on_result)
         finally:
-            token_file.unlink(missing_ok=True)  # scratch for the worker processes
+            Path(spec["tokens"]).unlink(missing_ok=True)  # scratch for the worker processes
             if bar is not None:
                 bar.close()
     val_tokens = summary["results"][0]["val_tokens"]
@@ -113,38 +124,6 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def _compare_spec(args, out: Path) -> tuple[dict, tuple[str, ...]]:
-    """The corpus, tokenizer and tokens (checked), and the description of the models compare trains."""
-    corpus, tokenizer, config = _data_for(args, say=True)
-    if getattr(args, "shapes_note", None):
-        print(f"core shapes of the TTM model: {args.shapes_note}")
-    train_ids, val_ids = _data.cached_tokens(corpus, tokenizer, args.cache_dir)
-    # without --eval-every, a few log-spaced evaluations: the validation curves of loss_curves.png
-    cfg = train_config(args, eval_at=() if args.eval_every else log_spaced(args.steps))
-    _data.check_windows(train_ids, val_ids, cfg.block_size, cfg.eval_tokens)
-    print(
-        f"tokens: {train_ids.numel():,} train / {val_ids.numel():,} validation, vocabulary {config['vocab_size']:,}"
-    )
-    at = (
-        f"every {cfg.eval_every} steps"
-        if cfg.eval_every
-        else "after steps " + ", ".join(map(str, cfg.eval_at))
-    )
-    print(f"evaluation: {at}, on {_eval_note(cfg, val_ids)}")
-    spec = model_spec(args, config) | {
-        "device": _device(args),
-        "tokens": str(out / "tokens.safetensors"),
-        "train": asdict(cfg),
-        "corpus": corpus.description,
-        "corpus_name": corpus.name,
-        "threads": args.threads,
-        "train_ids": train_ids.int(),
-        "val_ids": val_ids.int(),
-    }
-    return spec, ("dense", "ttm") + (() if args.no_lowrank else ("lowrank",))
-
-
-# ----------------------------------------------------------------------------------------------------- train
 def cmd_train(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -168,30 +147,33 @@ def cmd_train(args) -> int:
             where = runtime(torch.device(args.device) if args.device else default_device(dist), dist.world)
             start = check_checkpoint_fits(out, model, make_optimizer(model, cfg), cfg, signature, where)
         train_ids, val_ids = _data.cached_tokens(corpus, tokenizer, args.cache_dir)
-        _data.check_windows(train_ids, val_ids, cfg.block_size, cfg.eval_tokens)
-        evaluated = _eval_note(cfg, val_ids)
+        evaluated = _evaluated(cfg, val_ids)
         if dist.main:
             _describe_train(args, model, report, cfg, evaluated, start)
         bar = _bar(cfg.steps, start, enabled=not args.no_progress and dist.main)
+
+        def on_step(step: int, loss: float) -> None:
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+                bar.update(step - bar.n)
+
+        def on_eval(step: int, loss: float) -> None:
+            _say(
+                bar,
+                f"step {step}: validation loss {loss:.4f}, perplexity {perplexity(loss):.2f} on {evaluated}",
+            )
+
         try:  # `out`: the run folder this process holds (its path in the others)
             history = train(
-                model,
-                train_ids,
-                val_ids,
-                cfg,
-                out=folder or out,
-                signature=signature,
-                **_progress(bar, evaluated),
-                resume=args.resume,
-                overwrite=args.overwrite,
-                stop_at=args.stop_at,
+                model, train_ids, val_ids, cfg, out=folder or out, signature=signature, on_step=on_step,
+                on_eval=on_eval, resume=args.resume, overwrite=args.overwrite, stop_at=args.stop_at,
                 device=args.device,
-            )
+            )  # fmt: skip
         finally:
             if bar is not None:
                 bar.close()
         if dist.main:
-            _report_train(args, model, tokenizer, cfg, history, evaluated)
+            _report_train(args, model, tokenizer, cfg, history, evaluated, len(history.loss) - start)
         return 0
     finally:
         if folder is not None:
@@ -200,40 +182,16 @@ def cmd_train(args) -> int:
             torch.distributed.destroy_process_group()
 
 
-def _progress(bar, evaluated: str) -> dict:
-    """``train``'s ``on_step`` and ``on_eval``: the bar moves, an evaluation is a line above it."""
-
-    def on_step(step: int, loss: float) -> None:
-        if bar is not None:
-            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-            bar.update(step - bar.n)
-
-    def on_eval(step: int, loss: float) -> None:
-        _say(
-            bar, f"step {step}: validation loss {loss:.4f}, perplexity {perplexity(loss):.2f} on {evaluated}"
-        )
-
-    return {"on_step": on_step, "on_eval": on_eval}
-
-
 def _describe_train(args, model, report, cfg, evaluated: str, start: int) -> None:
     config = model.config
     print(
         f"model: {config.n_layer} layers x {config.n_embd}, vocabulary {config.vocab_size:,}, "
         f"{nparams(model):,} parameters" + ("" if report is None else f"\n{report}")
     )
-    if args.rank and getattr(args, "shapes_note", None):
-        print(f"core shapes: {args.shapes_note}")
     layers = report.layers if report is not None and args.rank else []
-    # build_variant keeps tensorize's RankClipWarning quiet (compare's table shows the ranks): said here once
-    clipped = [
-        x for x in layers if x.name != "transformer.wte" and min(x.ranks[1:-1], default=args.rank) < args.rank
-    ]
-    if clipped:
-        warn(
-            f"--rank {args.rank} is above the useful maximum of some TT bonds in {len(clipped)} layers: those "
-            "bonds are clipped (the ranks column shows the ranks used)"
-        )
+    clipped = [x for x in layers if x.name != "transformer.wte" and min(x.ranks[1:-1]) < args.rank]
+    if clipped:  # tensorize's RankClipWarning is quiet in build_variant
+        warn(f"--rank {args.rank} is clipped to the useful maximum of some TT bonds in {len(clipped)} layers")
     print(
         f"optimisation: {cfg.steps} steps x {cfg.batch_size} x {cfg.block_size}, lr {cfg.lr:g}, warmup {cfg.warmup}"
         + (f", TT cores at lr x{cfg.tt_lr_scale:g}" if args.rank else "")
@@ -245,7 +203,7 @@ def _describe_train(args, model, report, cfg, evaluated: str, start: int) -> Non
         print(f"resumed from step {start}/{cfg.steps} ({Path(args.out) / CHECKPOINT})")
 
 
-def _report_train(args, model, tokenizer, cfg, history, evaluated: str) -> None:
+def _report_train(args, model, tokenizer, cfg, history, evaluated: str, steps_run: int) -> None:
     out = Path(args.out)
     finished = len(history.loss) >= cfg.steps
     if finished:  # the run folder is this run's own: its model/ is replaced
@@ -254,64 +212,36 @@ def _report_train(args, model, tokenizer, cfg, history, evaluated: str) -> None:
     last = ""
     if history.val:
         last = f", validation perplexity {history.val_ppl:.2f} on {evaluated} (step {history.val[-1][0]})"
-    if history.steps_run == 0:  # resumed at the step it was asked to reach: nothing was trained
-        print(
-            f"nothing to train: the run in {str(out)!r} had already {state} at step {len(history.loss)}/"
-            f"{cfg.steps}: train loss {history.loss[-1]:.4f}{last}"
-        )
-        if finished:
-            print(
-                "a finished run cannot be lengthened (--steps fixes the learning-rate schedule): start a longer "
-                "run in another --out"
-            )
+    at = f"at step {len(history.loss)}/{cfg.steps}: train loss {history.loss[-1]:.4f}{last}"
+    if steps_run == 0:  # resumed at the step it was asked to reach: nothing was trained
+        print(f"nothing to train: the run in {str(out)!r} had already {state} {at}")
     else:
-        kind = torch.device(_device(args)).type
-        note = load_note(history.load_average) if kind == "cpu" else ""
-        memory = "peak allocated CUDA memory" if kind == "cuda" else "peak RSS of the process"
+        cuda = torch.device(_device(args)).type == "cuda"
+        memory = "peak allocated CUDA memory" if cuda else "peak RSS of the process"
         print(
-            f"{state} at step {len(history.loss)}/{cfg.steps}: train loss {history.loss[-1]:.4f}{last}; "
-            f"{history.tokens_per_s:,.0f} tokens/s"
-            + (f" ({note})" if note else "")
-            + f", {memory} {history.peak_memory_mib:,.0f} MiB"
+            f"{state} {at}; {history.tokens_per_s:,.0f} tokens/s, {memory} {history.peak_memory_mib:,.0f} MiB"
         )
     print(
         f"checkpoint: {out / CHECKPOINT}"
         + (f"; model: {out / 'model'}" if finished else "; continue with --resume")
     )
-    if finished and history.val and args.data:
-        print(
-            f"eval --text reads all of a file, not the validation split train held out of --data {args.data}: "
-            "on that file eval measures other tokens than these"
-        )
-    elif finished and history.val:
-        flags = f"--block-size {cfg.block_size} --eval-tokens {cfg.eval_tokens}"
-        flags = f"--max-chars {args.max_chars} {flags}" if args.max_chars else flags
-        print(
-            f"the same evaluation of the saved model: python -m tensornet.gpt2 eval {out / 'model'} {flags}"
-        )
 
 
-# -------------------------------------------------------------------------------------------- compress/eval
 def _measured(args):
     """MODEL loaded, its tokenizer, the evaluation tokens, what they are, the window, and the perplexity."""
     if getattr(args, "model_note", None):  # MODEL was a train run folder (_precheck.check_eval)
         print(f"model: {args.model} ({args.model_note})")
-    model_dir = Path(args.model)
-    model = load_model(model_dir)
-    if args.tokenizer:
-        tokenizer = _data.load_tokenizer(args.tokenizer)
-    else:
-        tokenizer = _data.load_tokenizer(model_dir, flag="the model folder's tokenizer (or give --tokenizer)")
+    model = load_model(args.model)
+    flag = "--tokenizer" if args.tokenizer else "the model folder's tokenizer (or give --tokenizer)"
+    tokenizer = _data.load_tokenizer(args.tokenizer or args.model, flag=flag)
     have, want = tokenizer.get_vocab_size(), model.config.vocab_size
     if have > want:
         raise ValueError(
-            f"the tokenizer has {have:,} tokens but the model in {str(model_dir)!r} only {want:,}; pass the model's "
-            "own --tokenizer"
+            f"the tokenizer has {have:,} tokens, the model {want:,}; pass the model's own --tokenizer"
         )
     if have < want:
         warn(
-            f"the tokenizer has {have:,} tokens and the model in {str(model_dir)!r} {want:,}: the model's other "
-            f"{want - have:,} tokens are never used; is --tokenizer the model's own?"
+            f"the tokenizer has {have:,} tokens and the model {want:,} (some never used): is it the model's own?"
         )
     if args.text:  # evaluate all of it
         corpus = _data.load_corpus(args.text, flag="--text", split=False)
@@ -327,7 +257,8 @@ def _measured(args):
             f"{source} has {ids.numel():,} tokens, fewer than one evaluation window of {block + 1:,} "
             "(--block-size + 1); give more text or a smaller --block-size"
         )
-    return model, tokenizer, ids, source, block, _perplexity(model, ids, block, args)
+    counted = _data.eval_token_count(ids.numel(), block, args.eval_tokens or None)
+    return model, tokenizer, ids, f"{counted:,} tokens of {source}", block
 
 
 def _perplexity(model, ids, block: int, args) -> float:
@@ -340,30 +271,28 @@ def _perplexity(model, ids, block: int, args) -> float:
 
 
 def cmd_compress(args) -> int:
-    model, tokenizer, ids, source, block, before = _measured(args)
+    model, tokenizer, ids, source, block = _measured(args)
+    before = _perplexity(model, ids, block, args)
     options = dict(shapes=args.shapes, layers=args.layers, bias=not args.no_bias, ncores=args.ncores)
     options |= dict(embeddings=args.embeddings, embedding_rank=args.embedding_rank)
     model, report = tensorize(model.cpu(), rank=args.rank, eps=args.eps, from_weights=True, **options)
-    if getattr(args, "shapes_note", None):
-        print(f"core shapes: {args.shapes_note}")
+    _shapes_note(args)
     after = _perplexity(model, ids, block, args)
     save_model(model, args.out, tokenizer=tokenizer, overwrite=args.overwrite)
     print(report)
-    counted = _data.eval_token_count(ids.numel(), block, args.eval_tokens or None)
     print(
-        f"\nperplexity on {counted:,} tokens of {source}: {before:.3f} dense -> {after:.3f} TTM "
-        f"({100 * (after / before - 1):+.1f}%); max layer relative error {report.max_error:.4f}"
+        f"\nperplexity on {source}: {before:.3f} dense -> {after:.3f} TTM ({100 * (after / before - 1):+.1f}%); "
+        f"max layer relative error {report.max_error:.4f}"
     )
     print(f"saved {args.out}")
     return 0
 
 
 def cmd_eval(args) -> int:
-    model, _, ids, source, block, ppl = _measured(args)
-    counted = _data.eval_token_count(ids.numel(), block, args.eval_tokens or None)
+    model, _, ids, source, block = _measured(args)
+    ppl = _perplexity(model, ids, block, args)
     print(
-        f"{Path(args.model)}: {nparams(model):,} parameters, perplexity {ppl:.3f} on {counted:,} tokens of {source} "
-        f"(windows of {block})"
+        f"{Path(args.model)}: {nparams(model):,} parameters, perplexity {ppl:.3f} on {source} (windows of {block})"
     )
     return 0
 
