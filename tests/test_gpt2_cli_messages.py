@@ -154,7 +154,7 @@ def test_eval_token_count_is_what_evaluation_reads():
 
 def test_train_states_its_validation_tokens_and_eval_reproduces_the_number(run, capsys):
     printed = run["stdout"]
-    assert "each evaluation on 512 validation tokens" in printed
+    assert "evaluation at the end, on 512 validation tokens" in printed
     final = re.search(r"validation perplexity ([\d.]+) on 512 validation tokens", printed)
     assert final, printed
     # the same evaluation of the saved model: the run's text (--max-chars), window and token count
@@ -384,7 +384,7 @@ def test_compare_shows_one_bar_and_a_line_per_model(run, tmp_path, capsys):
     assert "lowrank (3/3)" in captured.err and "9/9" in captured.err  # one bar over every model's steps
     assert "peak RSS of its process (MiB)" in captured.out
     # without --eval-every, log-spaced evaluations give loss_curves.png its validation curves
-    assert "evaluation: after steps 1, 2, 3, on 64 validation tokens" in captured.out
+    assert "evaluation after steps 1, 2, 3, on 64 validation tokens" in captured.out
     results = json.loads((tmp_path / "c" / "results.json").read_text())["results"]
     assert all([step for step, _ in r["val"]] == [1, 2, 3] for r in results)
 

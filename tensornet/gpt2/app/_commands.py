@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from dataclasses import asdict
@@ -19,24 +20,16 @@ from ._train import evaluate, make_optimizer, perplexity, train
 
 
 def _bar(total: int, initial: int = 0, *, enabled: bool):
-    """A tqdm bar on stderr (None when disabled); lines printed meanwhile go through ``_say``."""
-    if not enabled:
-        return None
+    """A tqdm bar on stderr (silent unless ``enabled``); lines said meanwhile go above it (``write``)."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr)
-
-
-def _say(bar, line: str) -> None:
-    """A line above the progress bar (on stderr, as the bar), or plainly when there is none."""
-    print(line, file=sys.stderr) if bar is None else bar.write(line, file=sys.stderr)
+    return tqdm(
+        total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr, disable=not enabled
+    )
 
 
 def _data_for(args, say: bool):
-    """The corpus, the tokenizer (--tokenizer, or trained and cached) and ``gpt2_config``'s arguments.
-
-    The memory is checked again now that the tokenizer's size is known.
-    """
+    """The corpus, the tokenizer (given, or trained and cached) and ``gpt2_config``'s arguments."""
     corpus = _data.load_corpus(args.data, max_chars=args.max_chars)
     if say:
         print(f"corpus: {corpus.description}")
@@ -59,8 +52,19 @@ def _shapes_note(args) -> None:
         print(f"core shapes: {args.shapes_note}")
 
 
-def _evaluated(cfg, val_ids: torch.Tensor) -> str:
-    return f"{_data.eval_token_count(val_ids.numel(), cfg.block_size, cfg.eval_tokens or None):,} validation tokens"
+def _optimisation(args, cfg, val_ids: torch.Tensor) -> str:
+    """Say compare's and train's optimisation settings and evaluations; return what an evaluation reads."""
+    counted = _data.eval_token_count(val_ids.numel(), cfg.block_size, cfg.eval_tokens or None)
+    when = f"every {cfg.eval_every} steps" if cfg.eval_every else "at the end"
+    when = f"after steps {', '.join(map(str, cfg.eval_at))}" if cfg.eval_at else when
+    print(
+        f"optimisation: {cfg.steps} steps x {cfg.batch_size} x {cfg.block_size}, lr {cfg.lr:g}, warmup {cfg.warmup}"
+        + (f", TT cores at lr x{cfg.tt_lr_scale:g}" if args.rank else "")
+        + (f", low-rank factors at lr x{cfg.lowrank_lr_scale:g}" if getattr(args, "lowrank", 0) else "")
+        + (f", compiled ({cfg.compile})" if cfg.compile else "")
+        + f"; evaluation {when}, on {counted:,} validation tokens"
+    )
+    return f"{counted:,} validation tokens"
 
 
 def _device(args) -> str:
@@ -69,53 +73,27 @@ def _device(args) -> str:
 
 def cmd_compare(args) -> int:
     out = Path(args.out)
-    variants = ("dense", "ttm") + (() if args.no_lowrank else ("lowrank",))
     with _runfolder.RunFolder.open(out, kind="compare", overwrite=args.overwrite):
-        corpus, tokenizer, config = _data_for(args, say=True)
-        train_ids, val_ids = _data.cached_tokens(corpus, tokenizer, args.cache_dir)
-        # without --eval-every, a few log-spaced evaluations: the validation curves of loss_curves.png
-        cfg = train_config(args, eval_at=() if args.eval_every else log_spaced(args.steps))
-        _data.check_windows(train_ids, val_ids, cfg.block_size, cfg.eval_tokens)
-        at = (
-            f"every {cfg.eval_every} steps"
-            if cfg.eval_every
-            else f"after steps {', '.join(map(str, cfg.eval_at))}"
-        )
-        tokens = args.steps * args.batch_size * args.block_size
-        print(
-            f"tokens: {train_ids.numel():,} train / {val_ids.numel():,} validation, vocabulary "
-            f"{config['vocab_size']:,}\nevaluation: {at}, on {_evaluated(cfg, val_ids)}\ntraining "
-            f"{', '.join(variants)}: {args.steps} steps x {args.batch_size} x {args.block_size} = {tokens:,} "
-            f"tokens each, seed {args.seed}, on {_device(args)}, lr {args.lr:g}"
-        )
-        spec = model_spec(args, config) | {"device": _device(args), "tokens": str(out / "tokens.safetensors")}
-        spec |= {"train": asdict(cfg), "corpus": corpus.description, "corpus_name": corpus.name}
-        spec |= {"threads": args.threads}
-        bar = _bar(args.steps * len(variants), enabled=not args.no_progress)
+        spec, variants = _compare_spec(args, out)
+        ids = spec.pop("ids")
 
         def on_step(variant: str, step: int, loss: float) -> None:
-            if bar is not None:
-                bar.set_description(
-                    f"{variant} ({variants.index(variant) + 1}/{len(variants)})", refresh=False
-                )
-                bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-                bar.update(variants.index(variant) * args.steps + step - bar.n)
+            bar.set_description(f"{variant} ({variants.index(variant) + 1}/{len(variants)})", refresh=False)
+            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+            bar.update(variants.index(variant) * args.steps + step - bar.n)
 
         def on_result(r: dict) -> None:
-            _say(
-                bar,
-                f"{r['variant']}: validation perplexity {r['val_ppl']:.2f} on {r['val_tokens']:,} tokens, "
-                f"{r['params']:,} parameters, {r['tokens_per_s']:,.0f} tokens/s",
-            )
+            line = f"{r['variant']}: validation perplexity {r['val_ppl']:.2f} on {r['val_tokens']:,} tokens, "
+            bar.write(f"{line}{r['params']:,} parameters, {r['tokens_per_s']:,.0f} tokens/s", file=sys.stderr)
 
+        bar = _bar(args.steps * len(variants), enabled=not args.no_progress)
         try:
-            _checkpoint.save_tensors(Path(spec["tokens"]), {"train": train_ids.int(), "val": val_ids.int()})
+            _checkpoint.save_tensors(Path(spec["tokens"]), ids)
             summary = _compare.compare(spec, out=out, variants=variants, on_step=on_step, on_result=on_result)
         finally:
             Path(spec["tokens"]).unlink(missing_ok=True)  # scratch for the worker processes
-            if bar is not None:
-                bar.close()
-    val_tokens = summary["results"][0]["val_tokens"]
+            bar.close()
+    tokens, val_tokens = args.steps * args.batch_size * args.block_size, summary["results"][0]["val_tokens"]
     print(
         f"\n{summary['machine']}; {tokens:,} training tokens per model, validation on {val_tokens:,} tokens\n"
     )
@@ -124,65 +102,81 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def _compare_spec(args, out: Path) -> tuple[dict, tuple[str, ...]]:
+    """The corpus, tokenizer and tokens (checked, ``spec["ids"]``), said, and what compare trains."""
+    variants = ("dense", "ttm") + (() if args.no_lowrank else ("lowrank",))
+    corpus, tokenizer, config = _data_for(args, say=True)
+    train_ids, val_ids = _data.cached_tokens(corpus, tokenizer, args.cache_dir)
+    # without --eval-every, a few log-spaced evaluations: the validation curves of loss_curves.png
+    cfg = train_config(args, eval_at=() if args.eval_every else log_spaced(args.steps))
+    _data.check_windows(train_ids, val_ids, cfg.block_size, cfg.eval_tokens)
+    _optimisation(args, cfg, val_ids)
+    print(
+        f"training {', '.join(variants)}: {args.steps * args.batch_size * args.block_size:,} tokens each of "
+        f"{train_ids.numel():,} (vocabulary {config['vocab_size']:,}), seed {args.seed}, on {_device(args)}"
+    )
+    spec = model_spec(args, config) | {"device": _device(args), "tokens": str(out / "tokens.safetensors")}
+    spec |= {"train": asdict(cfg), "corpus": corpus.description, "corpus_name": corpus.name}
+    return spec | {"threads": args.threads, "ids": {"train": train_ids.int(), "val": val_ids.int()}}, variants
+
+
 def cmd_train(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     dist, out = Distributed(), Path(args.out)
-    folder = None
-    if dist.main:  # held for the whole run: the checkpoint, the log and the model folder
-        folder = _runfolder.RunFolder.open(out, kind="train", resume=args.resume, overwrite=args.overwrite)
-    try:
-        corpus, tokenizer, config = _data_for(args, say=dist.main)
-        model, report = _compare.build_variant(model_spec(args, config))
-        cfg = train_config(args)
-        settings = json.loads(model.config.to_json_string(use_diff=False))
-        settings.pop("transformers_version", None)  # a library upgrade does not change the model
-        signature = {
-            "model": settings,
-            "corpus": corpus.fingerprint(),
-            "tokenizer": _data.tokenizer_id(tokenizer),
-        }
-        start = 0
-        if args.resume:  # the checkpoint's shapes and settings against this model, before the tokens are read
-            where = runtime(torch.device(args.device) if args.device else default_device(dist), dist.world)
-            start = check_checkpoint_fits(out, model, make_optimizer(model, cfg), cfg, signature, where)
-        train_ids, val_ids = _data.cached_tokens(corpus, tokenizer, args.cache_dir)
-        evaluated = _evaluated(cfg, val_ids)
-        if dist.main:
-            _describe_train(args, model, report, cfg, evaluated, start)
-        bar = _bar(cfg.steps, start, enabled=not args.no_progress and dist.main)
-
-        def on_step(step: int, loss: float) -> None:
-            if bar is not None:
-                bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-                bar.update(step - bar.n)
-
-        def on_eval(step: int, loss: float) -> None:
-            _say(
-                bar,
-                f"step {step}: validation loss {loss:.4f}, perplexity {perplexity(loss):.2f} on {evaluated}",
-            )
-
-        try:  # `out`: the run folder this process holds (its path in the others)
-            history = train(
-                model, train_ids, val_ids, cfg, out=folder or out, signature=signature, on_step=on_step,
-                on_eval=on_eval, resume=args.resume, overwrite=args.overwrite, stop_at=args.stop_at,
-                device=args.device,
-            )  # fmt: skip
-        finally:
-            if bar is not None:
-                bar.close()
-        if dist.main:
-            _report_train(args, model, tokenizer, cfg, history, evaluated, len(history.loss) - start)
+    try:  # the first process holds the run folder for the whole run: the checkpoint, the log and the model
+        with contextlib.ExitStack() as held:
+            folder = None
+            if dist.main:
+                kind = dict(kind="train", resume=args.resume, overwrite=args.overwrite)
+                folder = held.enter_context(_runfolder.RunFolder.open(out, **kind))
+            _train_in(args, dist, out, folder)
         return 0
     finally:
-        if folder is not None:
-            folder.close()
         if torch.distributed.is_initialized():  # started by train() under torchrun
             torch.distributed.destroy_process_group()
 
 
-def _describe_train(args, model, report, cfg, evaluated: str, start: int) -> None:
+def _train_in(args, dist: Distributed, out: Path, folder) -> None:
+    corpus, tokenizer, config = _data_for(args, say=dist.main)
+    model, report = _compare.build_variant(model_spec(args, config))
+    cfg = train_config(args)
+    settings = json.loads(model.config.to_json_string(use_diff=False))
+    settings.pop("transformers_version", None)  # a library upgrade does not change the model
+    tokenizer_id = _data.tokenizer_id(tokenizer)
+    signature = {"model": settings, "corpus": corpus.fingerprint(), "tokenizer": tokenizer_id}
+    start = 0
+    if args.resume:  # the checkpoint's shapes and settings against this model, before the tokens are read
+        where = runtime(torch.device(args.device) if args.device else default_device(dist), dist.world)
+        start = check_checkpoint_fits(out, model, make_optimizer(model, cfg), cfg, signature, where)
+    train_ids, val_ids = _data.cached_tokens(corpus, tokenizer, args.cache_dir)
+    evaluated = ""
+    if dist.main:
+        _describe_train(args, model, report)
+        evaluated = _optimisation(args, cfg, val_ids)
+        if args.resume:
+            print(f"resumed from step {start}/{cfg.steps} ({out / CHECKPOINT})")
+
+    def on_step(step: int, loss: float) -> None:
+        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+        bar.update(step - bar.n)
+
+    def on_eval(step: int, loss: float) -> None:
+        line = f"step {step}: validation loss {loss:.4f}, perplexity {perplexity(loss):.2f} on {evaluated}"
+        bar.write(line, file=sys.stderr)
+
+    with _bar(cfg.steps, start, enabled=not args.no_progress and dist.main) as bar:
+        # out: the run folder this process holds (its path in the others)
+        history = train(
+            model, train_ids, val_ids, cfg, out=folder or out, signature=signature, on_step=on_step,
+            on_eval=on_eval, resume=args.resume, overwrite=args.overwrite, stop_at=args.stop_at,
+            device=args.device,
+        )  # fmt: skip
+    if dist.main:
+        _report_train(args, model, tokenizer, cfg, history, evaluated, len(history.loss) - start)
+
+
+def _describe_train(args, model, report) -> None:
     config = model.config
     print(
         f"model: {config.n_layer} layers x {config.n_embd}, vocabulary {config.vocab_size:,}, "
@@ -192,43 +186,31 @@ def _describe_train(args, model, report, cfg, evaluated: str, start: int) -> Non
     clipped = [x for x in layers if x.name != "transformer.wte" and min(x.ranks[1:-1]) < args.rank]
     if clipped:  # tensorize's RankClipWarning is quiet in build_variant
         warn(f"--rank {args.rank} is clipped to the useful maximum of some TT bonds in {len(clipped)} layers")
-    print(
-        f"optimisation: {cfg.steps} steps x {cfg.batch_size} x {cfg.block_size}, lr {cfg.lr:g}, warmup {cfg.warmup}"
-        + (f", TT cores at lr x{cfg.tt_lr_scale:g}" if args.rank else "")
-        + (f", low-rank factors at lr x{cfg.lowrank_lr_scale:g}" if args.lowrank else "")
-        + (f", compiled ({cfg.compile})" if cfg.compile else "")
-        + f"; each evaluation on {evaluated}"
-    )
-    if args.resume:
-        print(f"resumed from step {start}/{cfg.steps} ({Path(args.out) / CHECKPOINT})")
 
 
 def _report_train(args, model, tokenizer, cfg, history, evaluated: str, steps_run: int) -> None:
-    out = Path(args.out)
-    finished = len(history.loss) >= cfg.steps
+    out, finished = Path(args.out), len(history.loss) >= cfg.steps
     if finished:  # the run folder is this run's own: its model/ is replaced
         save_run_model(model, out / "model", tokenizer=tokenizer)
     state = "finished" if finished else "stopped"
-    last = ""
+    at = f"at step {len(history.loss)}/{cfg.steps}: train loss {history.loss[-1]:.4f}"
     if history.val:
-        last = f", validation perplexity {history.val_ppl:.2f} on {evaluated} (step {history.val[-1][0]})"
-    at = f"at step {len(history.loss)}/{cfg.steps}: train loss {history.loss[-1]:.4f}{last}"
+        at += f", validation perplexity {history.val_ppl:.2f} on {evaluated} (step {history.val[-1][0]})"
     if steps_run == 0:  # resumed at the step it was asked to reach: nothing was trained
         print(f"nothing to train: the run in {str(out)!r} had already {state} {at}")
     else:
-        cuda = torch.device(_device(args)).type == "cuda"
-        memory = "peak allocated CUDA memory" if cuda else "peak RSS of the process"
+        memory = "allocated CUDA memory" if _device(args).startswith("cuda") else "RSS of the process"
         print(
-            f"{state} {at}; {history.tokens_per_s:,.0f} tokens/s, {memory} {history.peak_memory_mib:,.0f} MiB"
+            f"{state} {at}; {history.tokens_per_s:,.0f} tokens/s, peak {memory} {history.peak_memory_mib:,.0f} MiB"
         )
     print(
-        f"checkpoint: {out / CHECKPOINT}"
-        + (f"; model: {out / 'model'}" if finished else "; continue with --resume")
+        f"checkpoint: {out / CHECKPOINT}; "
+        + (f"model: {out / 'model'}" if finished else "continue with --resume")
     )
 
 
 def _measured(args):
-    """MODEL loaded, its tokenizer, the evaluation tokens, what they are, the window, and the perplexity."""
+    """MODEL loaded, its tokenizer, the evaluation tokens, what they are, and the window."""
     if getattr(args, "model_note", None):  # MODEL was a train run folder (_precheck.check_eval)
         print(f"model: {args.model} ({args.model_note})")
     model = load_model(args.model)
@@ -237,11 +219,11 @@ def _measured(args):
     have, want = tokenizer.get_vocab_size(), model.config.vocab_size
     if have > want:
         raise ValueError(
-            f"the tokenizer has {have:,} tokens, the model {want:,}; pass the model's own --tokenizer"
+            f"the tokenizer has {have:,} tokens, the model {want:,}; give the model's own --tokenizer"
         )
     if have < want:
         warn(
-            f"the tokenizer has {have:,} tokens and the model {want:,} (some never used): is it the model's own?"
+            f"the tokenizer has {have:,} tokens and the model {want:,} (some unused): is it the model's own?"
         )
     if args.text:  # evaluate all of it
         corpus = _data.load_corpus(args.text, flag="--text", split=False)
@@ -252,22 +234,14 @@ def _measured(args):
         source = f"the embedded corpus's validation split{chars}"
     ids = _data.encode(tokenizer, texts)
     block = min(args.block_size or model.config.n_positions, model.config.n_positions)
-    if ids.numel() < block + 1:
-        raise ValueError(
-            f"{source} has {ids.numel():,} tokens, fewer than one evaluation window of {block + 1:,} "
-            "(--block-size + 1); give more text or a smaller --block-size"
-        )
     counted = _data.eval_token_count(ids.numel(), block, args.eval_tokens or None)
     return model, tokenizer, ids, f"{counted:,} tokens of {source}", block
 
 
 def _perplexity(model, ids, block: int, args) -> float:
     device = torch.device(_device(args))
-    model.to(device)
-    limit = args.eval_tokens or None
-    return perplexity(
-        evaluate(model, ids, block_size=block, batch_size=args.batch_size, device=device, max_tokens=limit)
-    )
+    batches = dict(block_size=block, batch_size=args.batch_size, max_tokens=args.eval_tokens or None)
+    return perplexity(evaluate(model.to(device), ids, device=device, **batches))
 
 
 def cmd_compress(args) -> int:

@@ -53,12 +53,12 @@ def _run_variant(spec: dict, pipe) -> None:
             model, train_ids, val_ids, cfg, device=spec["device"],
             on_step=lambda step, loss: pipe.send(("step", (variant, step, loss))),
         )  # fmt: skip
+        counted = eval_token_count(val_ids.numel(), cfg.block_size, cfg.eval_tokens or None)
         result = {"variant": variant, "params": nparams(model), "val_loss": history.val[-1][1]}
-        result |= {"val_ppl": history.val_ppl}
-        result |= {"val_tokens": eval_token_count(val_ids.numel(), cfg.block_size, cfg.eval_tokens or None)}
+        result |= {"val_ppl": history.val_ppl, "val_tokens": counted}
         result |= {key: getattr(history, key) for key in ("tokens_per_s", "peak_memory_mib", "loss", "val")}
-        result |= {"layers": report and str(report), "ranks": report and list(report.layers[0].ranks)}
-        pipe.send(("result", result))
+        result |= {"layers": None if report is None else str(report)}
+        pipe.send(("result", result | {"ranks": None if report is None else list(report.layers[0].ranks)}))
     except Exception as err:  # raised in the parent, as by a variant trained in place
         pipe.send(("error", err))
 
@@ -131,10 +131,8 @@ def table(summary: dict) -> str:
     """The paper-style markdown table of a ``compare`` summary; each factorised model's row says its lr."""
     cuda = str(summary["spec"].get("device", "cpu")).startswith("cuda")
     memory = "peak allocated CUDA memory (MiB)" if cuda else "peak RSS of its process (MiB)"
-    lines = [
-        f"| model | params | % of dense | val perplexity | vs dense | tokens/s | {memory} |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
+    lines = [f"| model | params | % of dense | val perplexity | vs dense | tokens/s | {memory} |"]
+    lines.append("|---|---:|---:|---:|---:|---:|---:|")
     scales = {"ttm": ("tt_lr_scale", "cores"), "lowrank": ("lowrank_lr_scale", "factors")}
     for r in summary["results"]:
         name = model_name(r["variant"], summary["spec"])

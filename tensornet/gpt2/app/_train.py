@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import resource
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tensornet.nn import tt_parameters
+
+from .. import LowRankLinear
 from ..files import write_error
 from . import _checkpoint, _resume, _runfolder
 from ._config import TrainConfig
@@ -51,10 +56,6 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     other cores, so at the dense ``lr`` a TT weight learns slower), the low-rank factors one at
     ``cfg.lowrank_lr_scale`` when it is not 1 (benchmarks/results/gpt2_compare_cpu.md has the measured best).
     """
-    from tensornet.nn import tt_parameters
-
-    from .. import LowRankLinear
-
     cores = [p for p in tt_parameters(model) if p.requires_grad]
     factors: list[nn.Parameter] = []
     if cfg.lowrank_lr_scale != 1.0:
@@ -117,24 +118,20 @@ def evaluate(
 
 
 class _Run:
-    """One call of :func:`train`: the model (and its DDP/compiled form), optimizer, history, log and checkpoint."""
+    """One call of :func:`train`: the model (its DDP/compiled form for the steps), optimizer, history and log."""
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, dist: Distributed, device: torch.device) -> None:
         self.model, self.cfg, self.dist, self.device = model, cfg, dist, device
         self.path: Path | None = None  # the checkpoint's
-        self.signature: dict = {}
-        model.to(device).train()
-        self.optimizer = make_optimizer(model, cfg)
-        self.history, self.seconds = History(), []  # seconds: every step's time of this call
+        self.signature: dict = {}  # what a checkpoint must match to resume
+        self.optimizer = make_optimizer(model.to(device).train(), cfg)
+        self.history, self.seconds = History(), cast(list[float], [])  # seconds: each step's, in this call
         self.log: Any = None
-        self.log_path = Path()
-        self.ddp = model
-        if dist.world > 1:
-            ids = [device.index] if device.type == "cuda" else None
-            self.ddp = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        ids = [device.index] if device.type == "cuda" else None
+        self.ddp = nn.parallel.DistributedDataParallel(model, device_ids=ids) if dist.world > 1 else model
         self.forward = self.ddp if cfg.compile is None else torch.compile(self.ddp, mode=cfg.compile)
 
-    def open_log(self, path: Path) -> None:
+    def open_log(self, path: Path) -> Any:
         """``log.jsonl`` rewritten atomically from the history (so a resumed run's is an uninterrupted one's)."""
         evals, lines = dict(self.history.val), []
         for i, loss in enumerate(self.history.loss):  # through write, the file not yet open
@@ -143,11 +140,10 @@ class _Run:
                 lines.append(self.write(i + 1, evals[i + 1], val=True))
         text = "".join(lines).encode("utf-8")
         atomic_write(path, lambda f: f.write(text))
-        try:  # the file just written (a link put there since is not followed)
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
-        except OSError as err:
-            raise write_error(path, err) from None
-        self.log, self.log_path = os.fdopen(fd, "a", encoding="utf-8"), path
+        # the file just written: a link put there since is not followed
+        opener = lambda p, flags: os.open(p, flags | getattr(os, "O_NOFOLLOW", 0))  # noqa: E731
+        self.log = open(path, "a", encoding="utf-8", opener=opener)  # noqa: SIM115  (closed by train)
+        return self.log
 
     def write(self, step: int, loss: float, val: bool = False) -> str:
         """Log step ``step`` (0-based, written 1-based) or, ``val``, the evaluation after ``step``; the line."""
@@ -160,7 +156,7 @@ class _Run:
                 self.log.write(line)
                 self.log.flush()
             except OSError as err:
-                raise write_error(self.log_path, err) from None
+                raise write_error(Path(self.log.name), err) from None
         return line
 
     def step(self, step: int, train_ids: torch.Tensor) -> float:
@@ -225,17 +221,15 @@ class _Run:
         if end == cfg.steps and not (history.val and history.val[-1][0] == cfg.steps):
             self.evaluate(cfg.steps, val_ids, on_eval)
             self.checkpoint(end)  # again, with the evaluation in its history
-
-    def measured(self) -> History:
-        """The history with this call's speed (past its first two steps: allocators, compilation) and memory."""
-        timed = self.seconds[2:] if sum(self.seconds[2:]) > 0 else self.seconds  # a short run: all its steps
+        timed = (
+            self.seconds[2:] if sum(self.seconds[2:]) > 0 else self.seconds
+        )  # past allocation, compilation
         if sum(timed) > 0:
-            self.history.tokens_per_s = self.cfg.batch_size * self.cfg.block_size * len(timed) / sum(timed)
+            history.tokens_per_s = cfg.batch_size * cfg.block_size * len(timed) / sum(timed)
         if self.device.type == "cuda":
-            self.history.peak_memory_mib = torch.cuda.max_memory_allocated(self.device) / 2**20
+            history.peak_memory_mib = torch.cuda.max_memory_allocated(self.device) / 2**20
         else:  # the process's peak resident set size
-            self.history.peak_memory_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        return self.history
+            history.peak_memory_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def train(
@@ -280,12 +274,11 @@ def train(
     if device.type == "cuda" and device.index is None:  # under torchrun each process takes its own GPU
         device = torch.device("cuda", dist.local_rank)
     folder = out if isinstance(out, _runfolder.RunFolder) else None
-    path = folder.path if folder is not None else None if out is None else Path(out)  # type: ignore[arg-type]
-    opened = folder is None and path is not None and dist.main  # else the caller holds it, or another process
-    if opened:
-        folder = _runfolder.RunFolder.open(path, kind="train", resume=resume, overwrite=overwrite)  # type: ignore[arg-type]
-    run = None
-    try:
+    path = out.path if isinstance(out, _runfolder.RunFolder) else None if out is None else Path(out)
+    with contextlib.ExitStack() as held:
+        if folder is None and path is not None and dist.main:  # else the caller holds it, or another process
+            folder = _runfolder.RunFolder.open(path, kind="train", resume=resume, overwrite=overwrite)
+            held.enter_context(folder)
         dist.init(device)
         run = _Run(model, cfg, dist, device)
         run.signature = _resume.signature(cfg, signature, _resume.runtime(device, dist.world))
@@ -298,14 +291,11 @@ def train(
             if stop_at is not None and stop_at < start:
                 raise ValueError(f"--stop-at {stop_at} is before the checkpoint's step {start}")
         if folder is not None:
-            run.open_log(folder.path / _resume.LOG)
+            held.enter_context(run.open_log(folder.path / _resume.LOG))
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        end = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
-        run.loop(start, end, train_ids, val_ids, on_step, on_eval)
-        return run.measured()
-    finally:
-        if run is not None and run.log is not None:
-            run.log.close()
-        if opened and folder is not None:
-            folder.close()
+        with warnings.catch_warnings():  # compiling traces through tensornet's plan caches (pure functions)
+            warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools.lru_cache`")
+            end = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
+            run.loop(start, end, train_ids, val_ids, on_step, on_eval)
+        return run.history
