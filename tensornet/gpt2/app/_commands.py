@@ -9,6 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from .. import load_model, nparams, save_model, save_run_model, tensorize
 from . import _checkpoint, _compare, _data, _runfolder
@@ -19,10 +20,8 @@ from ._resume import CHECKPOINT, check_checkpoint_fits, runtime
 from ._train import evaluate, make_optimizer, perplexity, train
 
 
-def _bar(total: int, initial: int = 0, *, enabled: bool):
+def _bar(total: int, initial: int = 0, *, enabled: bool) -> tqdm:
     """A tqdm bar on stderr (silent unless ``enabled``); lines said meanwhile go above it (``write``)."""
-    from tqdm.auto import tqdm
-
     return tqdm(
         total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr, disable=not enabled
     )
@@ -234,6 +233,11 @@ def _measured(args):
         source = f"the embedded corpus's validation split{chars}"
     ids = _data.encode(tokenizer, texts)
     block = min(args.block_size or model.config.n_positions, model.config.n_positions)
+    if ids.numel() < block + 1:  # (evaluate's own error would name --data, not what was given)
+        raise ValueError(
+            f"{source} has {ids.numel():,} tokens, fewer than one window of {block} + 1: give more text or a "
+            "smaller --block-size"
+        )
     counted = _data.eval_token_count(ids.numel(), block, args.eval_tokens or None)
     return model, tokenizer, ids, f"{counted:,} tokens of {source}", block
 

@@ -182,9 +182,7 @@ class _Run:
         self.seconds.append(time.perf_counter() - t0)
         return value
 
-    def evaluate(
-        self, done: int, val_ids: torch.Tensor, on_eval: Callable[[int, float], None] | None
-    ) -> None:
+    def evaluate(self, done: int, val_ids: torch.Tensor, on_eval: Callable | None) -> None:
         cfg, dist = self.cfg, self.dist
         val = evaluate(
             self.model, val_ids, block_size=cfg.block_size, batch_size=max(cfg.batch_size // dist.world, 1),
@@ -221,9 +219,8 @@ class _Run:
         if end == cfg.steps and not (history.val and history.val[-1][0] == cfg.steps):
             self.evaluate(cfg.steps, val_ids, on_eval)
             self.checkpoint(end)  # again, with the evaluation in its history
-        timed = (
-            self.seconds[2:] if sum(self.seconds[2:]) > 0 else self.seconds
-        )  # past allocation, compilation
+        # timed past the first two steps (allocation, compilation), unless the run is too short for that
+        timed = self.seconds[2:] if sum(self.seconds[2:]) > 0 else self.seconds
         if sum(timed) > 0:
             history.tokens_per_s = cfg.batch_size * cfg.block_size * len(timed) / sum(timed)
         if self.device.type == "cuda":
@@ -250,13 +247,12 @@ def train(
     """Train ``model`` in place for ``cfg.steps`` optimizer steps and return its ``History``.
 
     Batches are a function of ``(cfg.seed, step)`` and checkpoints hold the model, optimizer, step, history and
-    RNG states, so ``resume=True`` continues ``out/checkpoint.pt`` with exactly the losses (and
-    ``out/log.jsonl``) of an uninterrupted run; ``signature`` (model and data) must match the checkpoint's.
-    ``stop_at`` ends after that many steps, as an interruption would. ``on_step``/``on_eval(step, loss)``
-    follow the run (steps from 1; under DDP in the first process). ``out``: a run folder, new or this
-    package's, locked for the run (or the ``RunFolder`` the caller holds); a previous run in it is refused
-    unless ``resume`` or ``overwrite`` (the package's files replaced, others kept). Under ``torchrun`` the
-    model is wrapped in DDP and each process takes its slice of the global batch; rank 0 writes the folder.
+    RNG states, so ``resume=True`` continues ``out/checkpoint.pt`` with exactly the losses and ``out/log.jsonl``
+    of an uninterrupted run (``signature``, the model and data, must match the checkpoint's). ``stop_at`` ends
+    after that many steps, as an interruption would; ``on_step``/``on_eval(step, loss)`` follow the run.
+    ``out``: a run folder, new or this package's (a previous run there is refused unless ``resume`` or
+    ``overwrite``), locked for the run; or the ``RunFolder`` the caller holds. Under ``torchrun``: DDP, each
+    process a slice of the global batch, the first writing the folder and calling back.
 
     Raises ValueError for settings out of bounds, too few tokens, a batch the processes cannot share, or a
     checkpoint that does not fit, before the first step.
