@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from .. import load_model, nparams, save_model, save_run_model, tensorize
 from . import _checkpoint, _compare, _data, _runfolder
@@ -15,31 +17,22 @@ from ._args import log_spaced
 from ._distributed import Distributed, default_device
 from ._precheck import check_memory, dims, model_spec, train_config, vocab_size, warn
 from ._resume import CHECKPOINT, check_checkpoint_fits, runtime
-from ._train import evaluate, load_note, make_optimizer, perplexity, train
+from ._train import evaluate, make_optimizer, perplexity, train
 
 
-def _bar(total: int, initial: int = 0, *, enabled: bool):
-    """A tqdm bar on stderr (None when disabled); lines printed meanwhile go through ``_say``."""
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr)
-
-
-def _say(bar, line: str) -> None:
-    """A line above the progress bar (on stderr, as the bar), or plainly when there is none."""
-    print(line, file=sys.stderr) if bar is None else bar.write(line, file=sys.stderr)
+def _bar(total: int, initial: int = 0, *, enabled: bool) -> tqdm:
+    """A tqdm bar on stderr (silent unless ``enabled``); lines said meanwhile go above it (``write``)."""
+    return tqdm(
+        total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr, disable=not enabled
+    )
 
 
 def _data_for(args, say: bool):
-    """The corpus, the tokenizer (--tokenizer, or trained and cached) and ``gpt2_config``'s arguments.
-
-    The memory is checked again now that the tokenizer's size is known.
-    """
+    """The corpus, the tokenizer (given, or trained and cached) and ``gpt2_config``'s arguments."""
     corpus = _data.load_corpus(args.data, max_chars=args.max_chars)
     if say:
         print(f"corpus: {corpus.description}")
+        _shapes_note(args)
     if args.tokenizer:
         tokenizer = _data.load_tokenizer(args.tokenizer)
     else:
@@ -52,8 +45,24 @@ def _data_for(args, say: bool):
     return corpus, tokenizer, config
 
 
-def _eval_note(cfg, val_ids: torch.Tensor) -> str:
+def _shapes_note(args) -> None:
+    """How ``--shapes auto`` resolved (``_precheck``), where TT layers are made."""
+    if getattr(args, "shapes_note", None) and (args.rank or args.command == "compress"):
+        print(f"core shapes: {args.shapes_note}")
+
+
+def _optimisation(args, cfg, val_ids: torch.Tensor) -> str:
+    """Say compare's and train's optimisation settings and evaluations; return what an evaluation reads."""
     counted = _data.eval_token_count(val_ids.numel(), cfg.block_size, cfg.eval_tokens or None)
+    when = f"every {cfg.eval_every} steps" if cfg.eval_every else "at the end"
+    when = f"after steps {', '.join(map(str, cfg.eval_at))}" if cfg.eval_at else when
+    print(
+        f"optimisation: {cfg.steps} steps x {cfg.batch_size} x {cfg.block_size}, lr {cfg.lr:g}, warmup {cfg.warmup}"
+        + (f", TT cores at lr x{cfg.tt_lr_scale:g}" if args.rank else "")
+        + (f", low-rank factors at lr x{cfg.lowrank_lr_scale:g}" if getattr(args, "lowrank", 0) else "")
+        + (f", compiled ({cfg.compile})" if cfg.compile else "")
+        + f"; evaluation {when}, on {counted:,} validation tokens"
+    )
     return f"{counted:,} validation tokens"
 
 
@@ -61,50 +70,29 @@ def _device(args) -> str:
     return args.device or str(default_device())
 
 
-# --------------------------------------------------------------------------------------------------- compare
 def cmd_compare(args) -> int:
     out = Path(args.out)
     with _runfolder.RunFolder.open(out, kind="compare", overwrite=args.overwrite):
         spec, variants = _compare_spec(args, out)
-        token_file = Path(spec["tokens"])
-        tokens = args.steps * args.batch_size * args.block_size
-        print(
-            f"training {', '.join(variants)}: {args.steps} steps x {args.batch_size} x {args.block_size} = "
-            f"{tokens:,} tokens each, seed {args.seed}, on {spec['device']}; lr {args.lr:g} (TT cores "
-            f"x{args.tt_lr_scale:g}"
-            + ("" if args.no_lowrank else f", low-rank factors x{args.lowrank_lr_scale:g}")
-            + ")"
-        )
-        bar = _bar(args.steps * len(variants), enabled=not args.no_progress)
-        done = 0
+        ids = spec.pop("ids")
 
         def on_step(variant: str, step: int, loss: float) -> None:
-            if bar is not None:
-                bar.set_description(
-                    f"{variant} ({variants.index(variant) + 1}/{len(variants)})", refresh=False
-                )
-                bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-                bar.update(done + step - bar.n)
+            bar.set_description(f"{variant} ({variants.index(variant) + 1}/{len(variants)})", refresh=False)
+            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+            bar.update(variants.index(variant) * args.steps + step - bar.n)
 
         def on_result(r: dict) -> None:
-            nonlocal done
-            done += args.steps
-            note = load_note(r["load_average"]) if spec["device"] == "cpu" else ""
-            _say(
-                bar,
-                f"{r['variant']}: validation perplexity {r['val_ppl']:.2f} on {r['val_tokens']:,} tokens, "
-                f"{r['params']:,} parameters, {r['tokens_per_s']:,.0f} tokens/s"
-                + (f" ({note})" if note else ""),
-            )
+            line = f"{r['variant']}: validation perplexity {r['val_ppl']:.2f} on {r['val_tokens']:,} tokens, "
+            bar.write(f"{line}{r['params']:,} parameters, {r['tokens_per_s']:,.0f} tokens/s", file=sys.stderr)
 
+        bar = _bar(args.steps * len(variants), enabled=not args.no_progress)
         try:
-            _checkpoint.save_tensors(token_file, {"train": spec.pop("train_ids"), "val": spec.pop("val_ids")})
+            _checkpoint.save_tensors(Path(spec["tokens"]), ids)
             summary = _compare.compare(spec, out=out, variants=variants, on_step=on_step, on_result=on_result)
         finally:
-            token_file.unlink(missing_ok=True)  # scratch for the worker processes
-            if bar is not None:
-                bar.close()
-    val_tokens = summary["results"][0]["val_tokens"]
+            Path(spec["tokens"]).unlink(missing_ok=True)  # scratch for the worker processes
+            bar.close()
+    tokens, val_tokens = args.steps * args.batch_size * args.block_size, summary["results"][0]["val_tokens"]
     print(
         f"\n{summary['machine']}; {tokens:,} training tokens per model, validation on {val_tokens:,} tokens\n"
     )
@@ -114,204 +102,127 @@ def cmd_compare(args) -> int:
 
 
 def _compare_spec(args, out: Path) -> tuple[dict, tuple[str, ...]]:
-    """The corpus, tokenizer and tokens (checked), and the description of the models compare trains."""
+    """The corpus, tokenizer and tokens (checked, ``spec["ids"]``), said, and what compare trains."""
+    variants = ("dense", "ttm") + (() if args.no_lowrank else ("lowrank",))
     corpus, tokenizer, config = _data_for(args, say=True)
-    if getattr(args, "shapes_note", None):
-        print(f"core shapes of the TTM model: {args.shapes_note}")
     train_ids, val_ids = _data.cached_tokens(corpus, tokenizer, args.cache_dir)
     # without --eval-every, a few log-spaced evaluations: the validation curves of loss_curves.png
     cfg = train_config(args, eval_at=() if args.eval_every else log_spaced(args.steps))
     _data.check_windows(train_ids, val_ids, cfg.block_size, cfg.eval_tokens)
+    _optimisation(args, cfg, val_ids)
     print(
-        f"tokens: {train_ids.numel():,} train / {val_ids.numel():,} validation, vocabulary {config['vocab_size']:,}"
+        f"training {', '.join(variants)}: {args.steps * args.batch_size * args.block_size:,} tokens each of "
+        f"{train_ids.numel():,} (vocabulary {config['vocab_size']:,}), seed {args.seed}, on {_device(args)}"
     )
-    at = (
-        f"every {cfg.eval_every} steps"
-        if cfg.eval_every
-        else "after steps " + ", ".join(map(str, cfg.eval_at))
-    )
-    print(f"evaluation: {at}, on {_eval_note(cfg, val_ids)}")
-    spec = model_spec(args, config) | {
-        "device": _device(args),
-        "tokens": str(out / "tokens.safetensors"),
-        "train": asdict(cfg),
-        "corpus": corpus.description,
-        "corpus_name": corpus.name,
-        "threads": args.threads,
-        "train_ids": train_ids.int(),
-        "val_ids": val_ids.int(),
-    }
-    return spec, ("dense", "ttm") + (() if args.no_lowrank else ("lowrank",))
+    spec = model_spec(args, config) | {"device": _device(args), "tokens": str(out / "tokens.safetensors")}
+    spec |= {"train": asdict(cfg), "corpus": corpus.description, "corpus_name": corpus.name}
+    return spec | {"threads": args.threads, "ids": {"train": train_ids.int(), "val": val_ids.int()}}, variants
 
 
-# ----------------------------------------------------------------------------------------------------- train
 def cmd_train(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     dist, out = Distributed(), Path(args.out)
-    folder = None
-    if dist.main:  # held for the whole run: the checkpoint, the log and the model folder
-        folder = _runfolder.RunFolder.open(out, kind="train", resume=args.resume, overwrite=args.overwrite)
-    try:
-        corpus, tokenizer, config = _data_for(args, say=dist.main)
-        model, report = _compare.build_variant(model_spec(args, config))
-        cfg = train_config(args)
-        settings = json.loads(model.config.to_json_string(use_diff=False))
-        settings.pop("transformers_version", None)  # a library upgrade does not change the model
-        signature = {
-            "model": settings,
-            "corpus": corpus.fingerprint(),
-            "tokenizer": _data.tokenizer_id(tokenizer),
-        }
-        start = 0
-        if args.resume:  # the checkpoint's shapes and settings against this model, before the tokens are read
-            where = runtime(torch.device(args.device) if args.device else default_device(dist), dist.world)
-            start = check_checkpoint_fits(out, model, make_optimizer(model, cfg), cfg, signature, where)
-        train_ids, val_ids = _data.cached_tokens(corpus, tokenizer, args.cache_dir)
-        _data.check_windows(train_ids, val_ids, cfg.block_size, cfg.eval_tokens)
-        evaluated = _eval_note(cfg, val_ids)
-        if dist.main:
-            _describe_train(args, model, report, cfg, evaluated, start)
-        bar = _bar(cfg.steps, start, enabled=not args.no_progress and dist.main)
-        try:  # `out`: the run folder this process holds (its path in the others)
-            history = train(
-                model,
-                train_ids,
-                val_ids,
-                cfg,
-                out=folder or out,
-                signature=signature,
-                **_progress(bar, evaluated),
-                resume=args.resume,
-                overwrite=args.overwrite,
-                stop_at=args.stop_at,
-                device=args.device,
-            )
-        finally:
-            if bar is not None:
-                bar.close()
-        if dist.main:
-            _report_train(args, model, tokenizer, cfg, history, evaluated)
+    try:  # the first process holds the run folder for the whole run: the checkpoint, the log and the model
+        with contextlib.ExitStack() as held:
+            folder = None
+            if dist.main:
+                kind = dict(kind="train", resume=args.resume, overwrite=args.overwrite)
+                folder = held.enter_context(_runfolder.RunFolder.open(out, **kind))
+            _train_in(args, dist, out, folder)
         return 0
     finally:
-        if folder is not None:
-            folder.close()
         if torch.distributed.is_initialized():  # started by train() under torchrun
             torch.distributed.destroy_process_group()
 
 
-def _progress(bar, evaluated: str) -> dict:
-    """``train``'s ``on_step`` and ``on_eval``: the bar moves, an evaluation is a line above it."""
+def _train_in(args, dist: Distributed, out: Path, folder) -> None:
+    corpus, tokenizer, config = _data_for(args, say=dist.main)
+    model, report = _compare.build_variant(model_spec(args, config))
+    cfg = train_config(args)
+    settings = json.loads(model.config.to_json_string(use_diff=False))
+    settings.pop("transformers_version", None)  # a library upgrade does not change the model
+    tokenizer_id = _data.tokenizer_id(tokenizer)
+    signature = {"model": settings, "corpus": corpus.fingerprint(), "tokenizer": tokenizer_id}
+    start = 0
+    if args.resume:  # the checkpoint's shapes and settings against this model, before the tokens are read
+        where = runtime(torch.device(args.device) if args.device else default_device(dist), dist.world)
+        start = check_checkpoint_fits(out, model, make_optimizer(model, cfg), cfg, signature, where)
+    train_ids, val_ids = _data.cached_tokens(corpus, tokenizer, args.cache_dir)
+    evaluated = ""
+    if dist.main:
+        _describe_train(args, model, report)
+        evaluated = _optimisation(args, cfg, val_ids)
+        if args.resume:
+            print(f"resumed from step {start}/{cfg.steps} ({out / CHECKPOINT})")
 
     def on_step(step: int, loss: float) -> None:
-        if bar is not None:
-            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-            bar.update(step - bar.n)
+        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+        bar.update(step - bar.n)
 
     def on_eval(step: int, loss: float) -> None:
-        _say(
-            bar, f"step {step}: validation loss {loss:.4f}, perplexity {perplexity(loss):.2f} on {evaluated}"
-        )
+        line = f"step {step}: validation loss {loss:.4f}, perplexity {perplexity(loss):.2f} on {evaluated}"
+        bar.write(line, file=sys.stderr)
 
-    return {"on_step": on_step, "on_eval": on_eval}
+    with _bar(cfg.steps, start, enabled=not args.no_progress and dist.main) as bar:
+        # out: the run folder this process holds (its path in the others)
+        history = train(
+            model, train_ids, val_ids, cfg, out=folder or out, signature=signature, on_step=on_step,
+            on_eval=on_eval, resume=args.resume, overwrite=args.overwrite, stop_at=args.stop_at,
+            device=args.device,
+        )  # fmt: skip
+    if dist.main:
+        _report_train(args, model, tokenizer, cfg, history, evaluated, len(history.loss) - start)
 
 
-def _describe_train(args, model, report, cfg, evaluated: str, start: int) -> None:
+def _describe_train(args, model, report) -> None:
     config = model.config
     print(
         f"model: {config.n_layer} layers x {config.n_embd}, vocabulary {config.vocab_size:,}, "
         f"{nparams(model):,} parameters" + ("" if report is None else f"\n{report}")
     )
-    if args.rank and getattr(args, "shapes_note", None):
-        print(f"core shapes: {args.shapes_note}")
     layers = report.layers if report is not None and args.rank else []
-    # build_variant keeps tensorize's RankClipWarning quiet (compare's table shows the ranks): said here once
-    clipped = [
-        x for x in layers if x.name != "transformer.wte" and min(x.ranks[1:-1], default=args.rank) < args.rank
-    ]
-    if clipped:
-        warn(
-            f"--rank {args.rank} is above the useful maximum of some TT bonds in {len(clipped)} layers: those "
-            "bonds are clipped (the ranks column shows the ranks used)"
-        )
-    print(
-        f"optimisation: {cfg.steps} steps x {cfg.batch_size} x {cfg.block_size}, lr {cfg.lr:g}, warmup {cfg.warmup}"
-        + (f", TT cores at lr x{cfg.tt_lr_scale:g}" if args.rank else "")
-        + (f", low-rank factors at lr x{cfg.lowrank_lr_scale:g}" if args.lowrank else "")
-        + (f", compiled ({cfg.compile})" if cfg.compile else "")
-        + f"; each evaluation on {evaluated}"
-    )
-    if args.resume:
-        print(f"resumed from step {start}/{cfg.steps} ({Path(args.out) / CHECKPOINT})")
+    clipped = [x for x in layers if x.name != "transformer.wte" and min(x.ranks[1:-1]) < args.rank]
+    if clipped:  # tensorize's RankClipWarning is quiet in build_variant
+        warn(f"--rank {args.rank} is clipped to the useful maximum of some TT bonds in {len(clipped)} layers")
 
 
-def _report_train(args, model, tokenizer, cfg, history, evaluated: str) -> None:
-    out = Path(args.out)
-    finished = len(history.loss) >= cfg.steps
+def _report_train(args, model, tokenizer, cfg, history, evaluated: str, steps_run: int) -> None:
+    out, finished = Path(args.out), len(history.loss) >= cfg.steps
     if finished:  # the run folder is this run's own: its model/ is replaced
         save_run_model(model, out / "model", tokenizer=tokenizer)
     state = "finished" if finished else "stopped"
-    last = ""
+    at = f"at step {len(history.loss)}/{cfg.steps}: train loss {history.loss[-1]:.4f}"
     if history.val:
-        last = f", validation perplexity {history.val_ppl:.2f} on {evaluated} (step {history.val[-1][0]})"
-    if history.steps_run == 0:  # resumed at the step it was asked to reach: nothing was trained
-        print(
-            f"nothing to train: the run in {str(out)!r} had already {state} at step {len(history.loss)}/"
-            f"{cfg.steps}: train loss {history.loss[-1]:.4f}{last}"
-        )
-        if finished:
-            print(
-                "a finished run cannot be lengthened (--steps fixes the learning-rate schedule): start a longer "
-                "run in another --out"
-            )
+        at += f", validation perplexity {history.val_ppl:.2f} on {evaluated} (step {history.val[-1][0]})"
+    if steps_run == 0:  # resumed at the step it was asked to reach: nothing was trained
+        print(f"nothing to train: the run in {str(out)!r} had already {state} {at}")
     else:
-        kind = torch.device(_device(args)).type
-        note = load_note(history.load_average) if kind == "cpu" else ""
-        memory = "peak allocated CUDA memory" if kind == "cuda" else "peak RSS of the process"
+        memory = "allocated CUDA memory" if _device(args).startswith("cuda") else "RSS of the process"
         print(
-            f"{state} at step {len(history.loss)}/{cfg.steps}: train loss {history.loss[-1]:.4f}{last}; "
-            f"{history.tokens_per_s:,.0f} tokens/s"
-            + (f" ({note})" if note else "")
-            + f", {memory} {history.peak_memory_mib:,.0f} MiB"
+            f"{state} {at}; {history.tokens_per_s:,.0f} tokens/s, peak {memory} {history.peak_memory_mib:,.0f} MiB"
         )
     print(
-        f"checkpoint: {out / CHECKPOINT}"
-        + (f"; model: {out / 'model'}" if finished else "; continue with --resume")
+        f"checkpoint: {out / CHECKPOINT}; "
+        + (f"model: {out / 'model'}" if finished else "continue with --resume")
     )
-    if finished and history.val and args.data:
-        print(
-            f"eval --text reads all of a file, not the validation split train held out of --data {args.data}: "
-            "on that file eval measures other tokens than these"
-        )
-    elif finished and history.val:
-        flags = f"--block-size {cfg.block_size} --eval-tokens {cfg.eval_tokens}"
-        flags = f"--max-chars {args.max_chars} {flags}" if args.max_chars else flags
-        print(
-            f"the same evaluation of the saved model: python -m tensornet.gpt2 eval {out / 'model'} {flags}"
-        )
 
 
-# -------------------------------------------------------------------------------------------- compress/eval
 def _measured(args):
-    """MODEL loaded, its tokenizer, the evaluation tokens, what they are, the window, and the perplexity."""
+    """MODEL loaded, its tokenizer, the evaluation tokens, what they are, and the window."""
     if getattr(args, "model_note", None):  # MODEL was a train run folder (_precheck.check_eval)
         print(f"model: {args.model} ({args.model_note})")
-    model_dir = Path(args.model)
-    model = load_model(model_dir)
-    if args.tokenizer:
-        tokenizer = _data.load_tokenizer(args.tokenizer)
-    else:
-        tokenizer = _data.load_tokenizer(model_dir, flag="the model folder's tokenizer (or give --tokenizer)")
+    model = load_model(args.model)
+    flag = "--tokenizer" if args.tokenizer else "the model folder's tokenizer (or give --tokenizer)"
+    tokenizer = _data.load_tokenizer(args.tokenizer or args.model, flag=flag)
     have, want = tokenizer.get_vocab_size(), model.config.vocab_size
     if have > want:
         raise ValueError(
-            f"the tokenizer has {have:,} tokens but the model in {str(model_dir)!r} only {want:,}; pass the model's "
-            "own --tokenizer"
+            f"the tokenizer has {have:,} tokens, the model {want:,}; give the model's own --tokenizer"
         )
     if have < want:
         warn(
-            f"the tokenizer has {have:,} tokens and the model in {str(model_dir)!r} {want:,}: the model's other "
-            f"{want - have:,} tokens are never used; is --tokenizer the model's own?"
+            f"the tokenizer has {have:,} tokens and the model {want:,} (some unused): is it the model's own?"
         )
     if args.text:  # evaluate all of it
         corpus = _data.load_corpus(args.text, flag="--text", split=False)
@@ -322,48 +233,44 @@ def _measured(args):
         source = f"the embedded corpus's validation split{chars}"
     ids = _data.encode(tokenizer, texts)
     block = min(args.block_size or model.config.n_positions, model.config.n_positions)
-    if ids.numel() < block + 1:
+    if ids.numel() < block + 1:  # (evaluate's own error would name --data, not what was given)
         raise ValueError(
-            f"{source} has {ids.numel():,} tokens, fewer than one evaluation window of {block + 1:,} "
-            "(--block-size + 1); give more text or a smaller --block-size"
+            f"{source} has {ids.numel():,} tokens, fewer than one window of {block} + 1: give more text or a "
+            "smaller --block-size"
         )
-    return model, tokenizer, ids, source, block, _perplexity(model, ids, block, args)
+    counted = _data.eval_token_count(ids.numel(), block, args.eval_tokens or None)
+    return model, tokenizer, ids, f"{counted:,} tokens of {source}", block
 
 
 def _perplexity(model, ids, block: int, args) -> float:
     device = torch.device(_device(args))
-    model.to(device)
-    limit = args.eval_tokens or None
-    return perplexity(
-        evaluate(model, ids, block_size=block, batch_size=args.batch_size, device=device, max_tokens=limit)
-    )
+    batches = dict(block_size=block, batch_size=args.batch_size, max_tokens=args.eval_tokens or None)
+    return perplexity(evaluate(model.to(device), ids, device=device, **batches))
 
 
 def cmd_compress(args) -> int:
-    model, tokenizer, ids, source, block, before = _measured(args)
+    model, tokenizer, ids, source, block = _measured(args)
+    before = _perplexity(model, ids, block, args)
     options = dict(shapes=args.shapes, layers=args.layers, bias=not args.no_bias, ncores=args.ncores)
     options |= dict(embeddings=args.embeddings, embedding_rank=args.embedding_rank)
     model, report = tensorize(model.cpu(), rank=args.rank, eps=args.eps, from_weights=True, **options)
-    if getattr(args, "shapes_note", None):
-        print(f"core shapes: {args.shapes_note}")
+    _shapes_note(args)
     after = _perplexity(model, ids, block, args)
     save_model(model, args.out, tokenizer=tokenizer, overwrite=args.overwrite)
     print(report)
-    counted = _data.eval_token_count(ids.numel(), block, args.eval_tokens or None)
     print(
-        f"\nperplexity on {counted:,} tokens of {source}: {before:.3f} dense -> {after:.3f} TTM "
-        f"({100 * (after / before - 1):+.1f}%); max layer relative error {report.max_error:.4f}"
+        f"\nperplexity on {source}: {before:.3f} dense -> {after:.3f} TTM ({100 * (after / before - 1):+.1f}%); "
+        f"max layer relative error {report.max_error:.4f}"
     )
     print(f"saved {args.out}")
     return 0
 
 
 def cmd_eval(args) -> int:
-    model, _, ids, source, block, ppl = _measured(args)
-    counted = _data.eval_token_count(ids.numel(), block, args.eval_tokens or None)
+    model, _, ids, source, block = _measured(args)
+    ppl = _perplexity(model, ids, block, args)
     print(
-        f"{Path(args.model)}: {nparams(model):,} parameters, perplexity {ppl:.3f} on {counted:,} tokens of {source} "
-        f"(windows of {block})"
+        f"{Path(args.model)}: {nparams(model):,} parameters, perplexity {ppl:.3f} on {source} (windows of {block})"
     )
     return 0
 

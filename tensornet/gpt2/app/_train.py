@@ -1,8 +1,4 @@
-"""The training loop.
-
-AdamW, linear warmup + cosine decay, gradient clipping, evaluation, atomic checkpoints, exact resume
-(checkpoint and log) and DDP (started by ``torchrun``).
-"""
+"""The training loop: AdamW, warmup + cosine decay, clipping, evaluation, checkpoints, exact resume, DDP."""
 
 from __future__ import annotations
 
@@ -22,16 +18,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import files as _files
+from tensornet.nn import tt_parameters
+
+from .. import LowRankLinear
+from ..files import write_error
 from . import _checkpoint, _resume, _runfolder
 from ._config import TrainConfig
 from ._data import check_windows, train_batch, val_batches
 from ._distributed import Distributed, default_device
 from ._files import atomic_write
-
-# torch.compile warns when it traces through a functools.lru_cache; tensornet's caches map core shapes to plans
-# (pure functions of their arguments), so tracing through them gives the same graph: silenced while compiling
-DYNAMO_CACHE_WARNING = "Dynamo detected a call to a `functools.lru_cache`"
 
 
 @dataclass
@@ -42,10 +37,6 @@ class History:
     val: list[tuple[int, float]] = field(default_factory=list)
     tokens_per_s: float = float("nan")
     peak_memory_mib: float = float("nan")
-    train_seconds: float = 0.0
-    steps_run: int = 0  # optimizer steps this call ran (0: a resumed run that had already finished)
-    # the machine's 1-minute load average while it trained (mean over the steps): is tokens_per_s an idle speed?
-    load_average: float = float("nan")
 
     @property
     def val_ppl(self) -> float:
@@ -58,28 +49,13 @@ def perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 700 else float("inf")
 
 
-def load_note(load: float | None, cores: int | None = None) -> str:
-    """``measured while the machine was busy (...)`` when the 1-minute ``load`` exceeds ``cores``, else ""."""
-    cores = cores or os.cpu_count() or 1
-    if load is None or not math.isfinite(load) or load <= cores + 0.5:
-        return ""
-    return f"measured while the machine was busy (load average {load:.1f} on {cores} cores)"
-
-
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices and TT cores (dim >= 2), none on biases and LayerNorm.
 
-    The TT cores (:func:`tensornet.nn.tt_parameters`) form a group at ``cfg.tt_lr_scale`` times the schedule's
-    learning rate: Adam moves each entry by about ``lr``, and a core's change moves ``W`` times the other
-    cores, so at the dense ``lr`` a TT weight learns several times slower. The low-rank factors form a group at
-    ``cfg.lowrank_lr_scale`` when it is not 1 (at 1 they stay in the dense group, as in older checkpoints).
-    For ``compare``'s model the cores were best at 3x-5x and the factors at 4x-9x, notebook 04's smaller
-    model at 1x (benchmarks/results/gpt2_compare_cpu.md). A group's decoupled decay scales with its multiplier.
+    The TT cores form a group at ``cfg.tt_lr_scale`` times the schedule (a core's change moves ``W`` times the
+    other cores, so at the dense ``lr`` a TT weight learns slower), the low-rank factors one at
+    ``cfg.lowrank_lr_scale`` when it is not 1 (benchmarks/results/gpt2_compare_cpu.md has the measured best).
     """
-    from tensornet.nn import tt_parameters
-
-    from .. import LowRankLinear
-
     cores = [p for p in tt_parameters(model) if p.requires_grad]
     factors: list[nn.Parameter] = []
     if cfg.lowrank_lr_scale != 1.0:
@@ -141,159 +117,97 @@ def evaluate(
     return total / count
 
 
-class RunLog:
-    """``log.jsonl``: a line per step (``step`` from 1, ``loss``, ``lr``) and evaluation (``val_loss``, ``val_ppl``).
-
-    Numbers only, no timings: opening it rewrites it, atomically, from the checkpoint's ``history``, so a
-    resumed run's log is exactly an uninterrupted one's.
-    """
-
-    def __init__(self, path: Path, cfg: TrainConfig, history: History) -> None:
-        self.path, self.cfg, self._file = path, cfg, None
-        evals = dict(history.val)
-        lines = []
-        for i, loss in enumerate(history.loss):  # written through step/eval, the file not yet open
-            lines.append(self.step(i, loss))
-            if i + 1 in evals:
-                lines.append(self.eval(i + 1, evals[i + 1]))
-        text = "".join(lines).encode("utf-8")
-        atomic_write(path, lambda f: f.write(text))
-        try:  # the file just written (a link put there since is not followed)
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
-        except OSError as err:
-            raise _files.write_error(path, err) from None
-        self._file = os.fdopen(fd, "a", encoding="utf-8")
-
-    def step(self, step: int, loss: float) -> str:
-        """Log optimizer step ``step`` (0-based, written 1-based like the evaluations); return the line."""
-        return self._write({"step": step + 1, "loss": loss, "lr": self.cfg.lr_at(step)})
-
-    def eval(self, step: int, loss: float) -> str:
-        """Log the evaluation after ``step`` steps; return the line."""
-        return self._write({"step": step, "val_loss": loss, "val_ppl": perplexity(loss)})
-
-    def _write(self, record: dict) -> str:
-        line = json.dumps(record) + "\n"
-        if self._file is not None:  # None while the history is replayed
-            try:
-                self._file.write(line)
-                self._file.flush()
-            except OSError as err:
-                raise _files.write_error(self.path, err) from None
-        return line
-
-    def close(self) -> None:
-        """Close the file (every line was flushed, or its failure reported, already)."""
-        if self._file is not None:
-            with contextlib.suppress(OSError):
-                self._file.close()
-            self._file = None
-
-
 class _Run:
-    """One call of :func:`train`: the model (and its DDP/compiled forms), optimizer, history, log and folder."""
+    """One call of :func:`train`: the model (its DDP/compiled form for the steps), optimizer, history and log."""
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, dist: Distributed, device: torch.device) -> None:
-        self.raw, self.cfg, self.dist, self.device = model, cfg, dist, device
-        model.to(device)
-        model.train()
-        self.optimizer = make_optimizer(model, cfg)
-        self.history = History()
-        self.log: RunLog | None = None
-        self.checkpoint_path: Path | None = None
-        self.signature: dict = {}
-        self.seconds: list[float] = []  # every step's time of this call
-        self.loads: list[float] = []  # the 1-minute load average at every step
-        wrapped = model
-        if dist.world > 1:
-            ids = [device.index] if device.type == "cuda" else None
-            wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        self.wrapped = wrapped
-        self.step_model = wrapped if cfg.compile is None else torch.compile(wrapped, mode=cfg.compile)
+        self.model, self.cfg, self.dist, self.device = model, cfg, dist, device
+        self.path: Path | None = None  # the checkpoint's
+        self.signature: dict = {}  # what a checkpoint must match to resume
+        self.optimizer = make_optimizer(model.to(device).train(), cfg)
+        self.history, self.seconds = History(), cast(list[float], [])  # seconds: each step's, in this call
+        self.log: Any = None
+        ids = [device.index] if device.type == "cuda" else None
+        self.ddp = nn.parallel.DistributedDataParallel(model, device_ids=ids) if dist.world > 1 else model
+        self.forward = self.ddp if cfg.compile is None else torch.compile(self.ddp, mode=cfg.compile)
+
+    def open_log(self, path: Path) -> Any:
+        """``log.jsonl`` rewritten atomically from the history (so a resumed run's is an uninterrupted one's)."""
+        evals, lines = dict(self.history.val), []
+        for i, loss in enumerate(self.history.loss):  # through write, the file not yet open
+            lines.append(self.write(i, loss))
+            if i + 1 in evals:
+                lines.append(self.write(i + 1, evals[i + 1], val=True))
+        text = "".join(lines).encode("utf-8")
+        atomic_write(path, lambda f: f.write(text))
+        # the file just written: a link put there since is not followed
+        opener = lambda p, flags: os.open(p, flags | getattr(os, "O_NOFOLLOW", 0))  # noqa: E731
+        self.log = open(path, "a", encoding="utf-8", opener=opener)  # noqa: SIM115  (closed by train)
+        return self.log
+
+    def write(self, step: int, loss: float, val: bool = False) -> str:
+        """Log step ``step`` (0-based, written 1-based) or, ``val``, the evaluation after ``step``; the line."""
+        record = {"step": step + 1, "loss": loss, "lr": self.cfg.lr_at(step)}
+        if val:
+            record = {"step": step, "val_loss": loss, "val_ppl": perplexity(loss)}
+        line = json.dumps(record) + "\n"
+        if self.log is not None:
+            try:
+                self.log.write(line)
+                self.log.flush()
+            except OSError as err:
+                raise write_error(Path(self.log.name), err) from None
+        return line
 
     def step(self, step: int, train_ids: torch.Tensor) -> float:
         """Optimizer step ``step`` (0-based): the loss of its batch, averaged over the processes."""
-        t0 = time.perf_counter()
-        cfg, dist, device = self.cfg, self.dist, self.device
+        t0, cfg, dist, device = time.perf_counter(), self.cfg, self.dist, self.device
         set_lr(self.optimizer, cfg, step)
         batch = dict(batch_size=cfg.batch_size, block_size=cfg.block_size, rank=dist.rank, world=dist.world)
         x, y = train_batch(train_ids, step=step, seed=cfg.seed, **batch)
-        with warnings.catch_warnings():
-            if cfg.compile is not None:
-                warnings.filterwarnings("ignore", message=DYNAMO_CACHE_WARNING)
-            loss = _loss(self.step_model, x.to(device), y.to(device), device.type == "cuda")
+        loss = _loss(self.forward, x.to(device), y.to(device), device.type == "cuda")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.clip > 0:
-            nn.utils.clip_grad_norm_(self.wrapped.parameters(), cfg.clip)
+            nn.utils.clip_grad_norm_(self.ddp.parameters(), cfg.clip)
         self.optimizer.step()
         (value,) = dist.sum([float(loss.detach())], device)
         value /= dist.world
         if not math.isfinite(value):
             raise FloatingPointError(f"training loss became {value} at step {step + 1}; lower --lr")
         self.history.loss.append(value)
-        if self.log is not None:
-            self.log.step(step, value)
+        self.write(step, value)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         self.seconds.append(time.perf_counter() - t0)
-        if hasattr(os, "getloadavg"):
-            self.loads.append(os.getloadavg()[0])
         return value
 
-    def evaluate(
-        self, done: int, val_ids: torch.Tensor, on_eval: Callable[[int, float], None] | None
-    ) -> None:
-        """Evaluate after ``done`` steps, into the history and the log."""
-        cfg = self.cfg
+    def evaluate(self, done: int, val_ids: torch.Tensor, on_eval: Callable | None) -> None:
+        cfg, dist = self.cfg, self.dist
         val = evaluate(
-            self.raw, val_ids, block_size=cfg.block_size, batch_size=max(cfg.batch_size // self.dist.world, 1),
-            max_tokens=cfg.eval_tokens or None, device=self.device, dist=self.dist,
+            self.model, val_ids, block_size=cfg.block_size, batch_size=max(cfg.batch_size // dist.world, 1),
+            max_tokens=cfg.eval_tokens or None, device=self.device, dist=dist,
         )  # fmt: skip
         self.history.val.append((done, val))
-        if self.log is not None:
-            self.log.eval(done, val)
-        if on_eval is not None and self.dist.main:
+        self.write(done, val, val=True)
+        if on_eval is not None and dist.main:
             on_eval(done, val)
 
     def checkpoint(self, step: int) -> None:
         """Save the model, optimizer, history and RNG states after ``step`` steps (first process)."""
-        if self.checkpoint_path is not None and self.dist.main:
-            payload = {
-                "model": self.raw.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "step": step,
-                "history": {"loss": self.history.loss, "val": self.history.val},
-                "rng": _resume.rng_state(),
-                "signature": self.signature,
-            }
-            _checkpoint.save_checkpoint(self.checkpoint_path, payload)
+        if self.path is not None and self.dist.main:
+            model, optimizer = self.model.state_dict(), self.optimizer.state_dict()
+            history = {"loss": self.history.loss, "val": self.history.val}
+            payload = {"model": model, "optimizer": optimizer, "step": step, "history": history}
+            payload |= {"rng": _resume.rng_state(), "signature": self.signature}
+            _checkpoint.save_checkpoint(self.path, payload)
         self.dist.barrier()
-
-    def open(self, out, folder, described: dict | None, *, resume: bool, stop_at: int | None) -> int:
-        """Where the run checkpoints and logs; on ``resume`` the checkpoint restored. Returns the first step."""
-        self.signature = _resume.signature(self.cfg, described, _resume.runtime(self.device, self.dist.world))
-        start = 0
-        if out is not None:
-            self.checkpoint_path = Path(out) / _resume.CHECKPOINT
-        if resume and self.checkpoint_path is not None:
-            start, self.history.loss, self.history.val = _resume.restore(
-                self.checkpoint_path, self.signature, self.raw, self.optimizer, self.cfg
-            )
-            if stop_at is not None and stop_at < start:
-                raise ValueError(f"--stop-at {stop_at} is before the checkpoint's step {start}")
-        if folder is not None:
-            self.log = RunLog(folder.path / _resume.LOG, self.cfg, self.history)
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        return start
 
     def loop(self, start: int, end: int, train_ids, val_ids, on_step, on_eval) -> None:
         """Steps ``start`` to ``end`` (0-based), evaluating and checkpointing; the final evaluation at the last."""
-        cfg = self.cfg
+        cfg, history = self.cfg, self.history
         for step in range(start, end):
-            loss = self.step(step, train_ids)
-            done = step + 1
+            loss, done = self.step(step, train_ids), step + 1
             if on_step is not None and self.dist.main:
                 on_step(done, loss)
             if done < cfg.steps and cfg.evaluates_at(done):
@@ -302,26 +216,17 @@ class _Run:
                 self.checkpoint(done)
         if end > start:
             self.checkpoint(end)  # the trained state is safe before the final evaluation
-        if end == cfg.steps and not (self.history.val and self.history.val[-1][0] == cfg.steps):
+        if end == cfg.steps and not (history.val and history.val[-1][0] == cfg.steps):
             self.evaluate(cfg.steps, val_ids, on_eval)
             self.checkpoint(end)  # again, with the evaluation in its history
-
-    def summarize(self) -> History:
-        """The history with this call's speed (past its first two steps: allocators, compilation) and memory."""
-        history, tokens = self.history, self.cfg.batch_size * self.cfg.block_size
-        history.steps_run = len(self.seconds)
-        history.train_seconds = sum(self.seconds[2:])
-        # a run too short to skip the first steps is timed on all of them
-        timed = self.seconds[2:] if history.train_seconds > 0 else self.seconds
+        # timed past the first two steps (allocation, compilation), unless the run is too short for that
+        timed = self.seconds[2:] if sum(self.seconds[2:]) > 0 else self.seconds
         if sum(timed) > 0:
-            history.tokens_per_s = tokens * len(timed) / sum(timed)
+            history.tokens_per_s = cfg.batch_size * cfg.block_size * len(timed) / sum(timed)
         if self.device.type == "cuda":
             history.peak_memory_mib = torch.cuda.max_memory_allocated(self.device) / 2**20
         else:  # the process's peak resident set size
             history.peak_memory_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        if self.loads:
-            history.load_average = sum(self.loads) / len(self.loads)
-        return history
 
 
 def train(
@@ -342,13 +247,12 @@ def train(
     """Train ``model`` in place for ``cfg.steps`` optimizer steps and return its ``History``.
 
     Batches are a function of ``(cfg.seed, step)`` and checkpoints hold the model, optimizer, step, history and
-    RNG states, so ``resume=True`` continues ``out/checkpoint.pt`` with exactly the losses (and
-    ``out/log.jsonl``) of an uninterrupted run; ``signature`` (model and data) must match the checkpoint's.
-    ``stop_at`` ends after that many steps, as an interruption would. ``on_step``/``on_eval(step, loss)``
-    follow the run (steps from 1; under DDP in the first process). ``out``: a run folder, new or this
-    package's, locked for the run (or the ``RunFolder`` the caller holds); a previous run in it is refused
-    unless ``resume`` or ``overwrite`` (the package's files replaced, others kept). Under ``torchrun`` the
-    model is wrapped in DDP and each process takes its slice of the global batch; rank 0 writes the folder.
+    RNG states, so ``resume=True`` continues ``out/checkpoint.pt`` with exactly the losses and ``out/log.jsonl``
+    of an uninterrupted run (``signature``, the model and data, must match the checkpoint's). ``stop_at`` ends
+    after that many steps, as an interruption would; ``on_step``/``on_eval(step, loss)`` follow the run.
+    ``out``: a run folder, new or this package's (a previous run there is refused unless ``resume`` or
+    ``overwrite``), locked for the run; or the ``RunFolder`` the caller holds. Under ``torchrun``: DDP, each
+    process a slice of the global batch, the first writing the folder and calling back.
 
     Raises ValueError for settings out of bounds, too few tokens, a batch the processes cannot share, or a
     checkpoint that does not fit, before the first step.
@@ -366,20 +270,28 @@ def train(
     if device.type == "cuda" and device.index is None:  # under torchrun each process takes its own GPU
         device = torch.device("cuda", dist.local_rank)
     folder = out if isinstance(out, _runfolder.RunFolder) else None
-    path = folder.path if folder is not None else None if out is None else Path(cast(str, out))
-    opened = folder is None and path is not None and dist.main  # else the caller holds it, or another process
-    if opened:
-        folder = _runfolder.RunFolder.open(cast(Path, path), kind="train", resume=resume, overwrite=overwrite)
-    run = None
-    try:
+    path = out.path if isinstance(out, _runfolder.RunFolder) else None if out is None else Path(out)
+    with contextlib.ExitStack() as held:
+        if folder is None and path is not None and dist.main:  # else the caller holds it, or another process
+            folder = _runfolder.RunFolder.open(path, kind="train", resume=resume, overwrite=overwrite)
+            held.enter_context(folder)
         dist.init(device)
         run = _Run(model, cfg, dist, device)
-        start = run.open(path, folder, signature, resume=resume, stop_at=stop_at)
-        end = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
-        run.loop(start, end, train_ids, val_ids, on_step, on_eval)
-        return run.summarize()
-    finally:
-        if run is not None and run.log is not None:
-            run.log.close()
-        if opened and folder is not None:
-            folder.close()
+        run.signature = _resume.signature(cfg, signature, _resume.runtime(device, dist.world))
+        run.path = None if path is None else path / _resume.CHECKPOINT
+        start = 0
+        if resume and run.path is not None:
+            start, run.history.loss, run.history.val = _resume.restore(
+                run.path, run.signature, model, run.optimizer, cfg
+            )
+            if stop_at is not None and stop_at < start:
+                raise ValueError(f"--stop-at {stop_at} is before the checkpoint's step {start}")
+        if folder is not None:
+            held.enter_context(run.open_log(folder.path / _resume.LOG))
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        with warnings.catch_warnings():  # compiling traces through tensornet's plan caches (pure functions)
+            warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools.lru_cache`")
+            end = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
+            run.loop(start, end, train_ids, val_ids, on_step, on_eval)
+        return run.history
