@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from pathlib import Path
@@ -12,7 +11,7 @@ import torch
 from torch import nn
 
 from . import files as _files
-from ._modelfile import _CHECKSUM, _WEIGHTS, base_names, checked_folder, read_weights
+from ._modelfile import CHECKSUM, WEIGHTS, base_names, checked_folder, folder_sha256
 from ._shapes import PRESETS, count
 
 
@@ -77,13 +76,11 @@ _MARK = {"format": "tensornet-model", "version": 1, "written_by": "tensornet.gpt
 def _marked(folder: Path) -> bool:
     """Whether ``folder`` carries save_model's mark file."""
     mark = folder / _files.MODEL_MARK
-    if not _files.plain_file(mark):
-        return False
     try:
         record = _files.parse_json(_files.read_small_file(mark, 65536, "save_model"))
     except ValueError:
         return False
-    return isinstance(record, dict) and record.get("format") == _MARK["format"]
+    return _files.plain_file(mark) and isinstance(record, dict) and record.get("format") == _MARK["format"]
 
 
 def check_model_target(
@@ -95,36 +92,27 @@ def check_model_target(
     """
     target = Path(target)
     _files.check_name_length(target, where)
-    _files.restore_set_aside(target, _files.MODEL_FILES)  # a save_model killed between its two renames
-    if target.is_symlink():
-        raise FileExistsError(f"{where}: {str(target)!r} is a symbolic link; give a real folder path")
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise FileExistsError(
+            f"{where}: {str(target)!r} is a file or a link, not a folder; choose a folder path"
+        )
     if not target.exists():
-        _files.check_creatable(target, where)
-        return
-    if not target.is_dir():
-        raise FileExistsError(f"{where}: {str(target)!r} is a file, not a folder; choose a folder path")
-    entries = sorted(target.iterdir())
-    if entries:
-        flag = "--overwrite" if where.startswith("--") else "overwrite=True"
-        if not overwrite:
-            raise FileExistsError(
-                f"{where}: {str(target)!r} already exists and is not empty; pass {flag} to replace a model "
-                "folder written by save_model, or choose a new folder"
-            )
-        foreign = [p.name for p in entries if p.name not in _files.MODEL_FILES or not _files.plain_file(p)]
-        if foreign:
-            raise FileExistsError(
-                f"{where}: {str(target)!r} holds files save_model does not write ({', '.join(foreign[:5])}); "
-                f"{flag} replaces only save_model's own folders, so nothing was changed: choose another folder"
-            )
-        if require_mark and not _marked(target):
-            raise FileExistsError(
-                f"{where}: {str(target)!r} was not written by tensornet's save_model (it has no "
-                f"{_files.MODEL_MARK}); {flag} replaces only save_model's own folders, so nothing was changed: "
-                "move it away yourself or choose another folder"
-            )
-        _files.probe_writable(target, where)
-    _files.probe_writable(target.parent, where)
+        return _files.check_creatable(target, where)
+    flag = "--overwrite" if where.startswith("--") else "overwrite=True"
+    own = [p for p in target.iterdir() if _files.tmp_owner(p.name) not in _files.MODEL_FILES]  # not leftovers
+    if own and not overwrite:
+        raise FileExistsError(
+            f"{where}: {str(target)!r} already exists and is not empty; pass {flag} to replace a model "
+            "folder written by save_model, or choose a new folder"
+        )
+    foreign = [p.name for p in own if p.name not in _files.MODEL_FILES or not _files.plain_file(p)]
+    if own and (foreign or (require_mark and not _marked(target))):
+        raise FileExistsError(
+            f"{where}: {str(target)!r} was not written by tensornet's save_model (it has no {_files.MODEL_MARK}, "
+            f"or holds {', '.join(foreign[:5]) or 'nothing else'}); {flag} replaces only save_model's own "
+            "folders, so nothing was changed: choose another folder"
+        )
+    _files.probe_writable(target, where)
 
 
 def save_model(
@@ -132,14 +120,14 @@ def save_model(
 ) -> Path:
     """Write config.json, model.safetensors, optionally tokenizer.json, and the mark tensornet-model.json.
 
-    ``config.json`` has ``config.tensornet`` recording any tensorization; ``model.safetensors`` leaves the
-    tied LM head out, as Hugging Face does, with a SHA-256 of the tensors in its metadata.
+    ``config.json`` has ``config.tensornet`` recording any tensorization and the SHA-256 of the weights and
+    tokenizer written with it; ``model.safetensors`` leaves the tied LM head out, as Hugging Face does.
 
     An existing ``directory`` is used only when empty, or with ``overwrite=True`` when it is a folder
     ``save_model`` wrote (marked, holding nothing but these files); a file, or any other folder, is refused.
-    The folder is assembled next to ``directory`` (every file created new, never through a symbolic link) and
-    renamed into place, so it is never left half-written. A dense model's folder also loads with
-    ``GPT2LMHeadModel.from_pretrained``.
+    Each file is written to a new temporary file and renamed into place, config.json last: a save killed at
+    any moment leaves the old model, the new one, or a folder that fails its checksum (never a mix that
+    loads). A dense model's folder also loads with ``GPT2LMHeadModel.from_pretrained``.
     """
     given = Path(directory)
     check_model_target(given, overwrite=overwrite)
@@ -154,46 +142,30 @@ def save_run_model(model: nn.Module, directory: Path, *, tokenizer=None) -> Path
     return directory
 
 
-def _write_model(model: nn.Module, given: Path, tokenizer) -> None:
-    target = Path(os.path.abspath(given))  # "." or "..": the folder still has a name to rename
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # leftovers of an interrupted save_model of this folder, by a process that is gone
-    _files.remove_stale_tmp(target.parent, [target.name], dir_files=_files.MODEL_FILES, live=False)
+def _write_model(model: Any, target: Path, tokenizer) -> None:
+    from safetensors.torch import save_file
+
     model = getattr(model, "module", model)  # unwrap DDP
-    config: Any = model.config
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    if hasattr(config, "validate"):  # as save_pretrained does
-        config.validate()
-    config_json = config.to_json_string(use_diff=True).encode("utf-8")  # what save_pretrained writes
-    tokenizer_json = None if tokenizer is None else tokenizer.to_str(pretty=True).encode("utf-8")
-    metadata = {"format": "pt", _CHECKSUM: _files.content_sha256(state)}
-    tmp = _files.make_tmp_dir(target)
-    old: Path | None = None  # the replaced folder while it is out of place
-    try:
-        _files.write_new(tmp / "config.json", lambda f: f.write(config_json))
-        _files.write_new(tmp / _WEIGHTS, lambda f: _files.write_weights(f, state, metadata))
-        if tokenizer_json is not None:
-            _files.write_new(tmp / "tokenizer.json", lambda f: f.write(tokenizer_json))
-        mark = (json.dumps(_MARK, indent=2) + "\n").encode("utf-8")
-        _files.write_new(tmp / _files.MODEL_MARK, lambda f: f.write(mark))
-        if target.is_dir() and any(target.iterdir()):  # checked above: only save_model's files
-            # two renames: killed between them, the next start renames the old folder back
-            # (_files.remove_stale_tmp); failing between them, it is renamed back below
-            old = _files.set_aside(target)
-        os.replace(tmp, target)  # a rename replaces an empty folder, or makes a new one
-        if old is not None:
-            _files.remove_folder(old)
-    except BaseException as err:
-        with contextlib.suppress(OSError):
-            if old is not None and not os.path.lexists(target):
-                os.replace(old, target)
-            for folder in (tmp, old):
-                if folder is not None and folder.is_dir() and not folder.is_symlink():
-                    _files.remove_folder(folder)
-        if isinstance(err, OSError) and err.errno is not None:
-            raise _files.write_error(target, err) from None
-        raise
-    _files.fsync_dir(target.parent)
+    state: dict[str, torch.Tensor] = {
+        k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k != "lm_head.weight"
+    }
+    if hasattr(model.config, "validate"):  # as save_pretrained does
+        model.config.validate()
+    config = json.loads(model.config.to_json_string(use_diff=True))  # what save_pretrained writes
+    text = None if tokenizer is None else tokenizer.to_str(pretty=True).encode("utf-8")
+    config[CHECKSUM] = _files.content_sha256(state, text or b"")
+    mark = (json.dumps(_MARK, indent=2) + "\n").encode("utf-8")
+    target.mkdir(parents=True, exist_ok=True)
+    _files.remove_stale_tmp(target, _files.MODEL_FILES, live=False)  # of a killed save_model
+    # one file at a time, config.json last: killed before it, the old config.json fails its checksum
+    _files.replace_file(target / _files.MODEL_MARK, lambda p: p.write_bytes(mark))
+    _files.replace_file(target / WEIGHTS, lambda p: save_file(state, p, metadata={"format": "pt"}))
+    if text is None:
+        (target / "tokenizer.json").unlink(missing_ok=True)
+    else:
+        _files.replace_file(target / "tokenizer.json", lambda p: p.write_bytes(text))
+    config_json = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    _files.replace_file(target / "config.json", lambda p: p.write_bytes(config_json))
 
 
 def load_model(directory: str | os.PathLike, *, device: str | torch.device | None = None):
@@ -202,14 +174,22 @@ def load_model(directory: str | os.PathLike, *, device: str | torch.device | Non
     A Hugging Face folder needs ``model.safetensors``. Pickle weights (``pytorch_model.bin``) are refused:
     unpickling can run code.
 
-    ``config.json`` is checked before anything is built: types and ranges of its settings, the tensornet
-    record, agreement with the tensor shapes in the weights file's header, and the memory the model needs.
+    ``config.json`` is checked before anything is built: its sizes and the memory they need, then (on the
+    meta device) the model it and its tensornet record describe against the weights file's header; the
+    weights and tokenizer against the checksum save_model recorded. Raises ValueError naming the file.
     """
     from transformers import GPT2LMHeadModel
 
     path = Path(directory)
-    config, tensorized, weights = checked_folder(path)
-    state = base_names(read_weights(weights))
+    config, tensorized, weights, checksum = checked_folder(path)
+    unreadable = f"load_model: {str(weights)!r} is not a readable safetensors file"
+    state = _files.read_safetensors(weights, unreadable, "; save the model again or restore the file")[1]
+    if checksum is not None and folder_sha256(state, path / "tokenizer.json") != checksum:
+        raise ValueError(
+            f"load_model: {str(path)!r} fails its checksum: its weights or tokenizer.json are not what save_model "
+            "wrote with its config.json (damaged, or an interrupted save); save the model again"
+        )
+    state = base_names(state)
     model: Any = GPT2LMHeadModel(config)
     if tensorized is not None:
         tensorized.apply(model)

@@ -285,7 +285,6 @@ def check_eval(args, said: list[str] | None = None) -> dict:
         except ValueError:
             kind = None  # an unreadable manifest: not a run folder to look into (read_config says what is missing)
         model = path / "model"
-        _files.restore_set_aside(model, _files.MODEL_FILES)  # a save_model killed between its two renames
         if kind == "train" and (model / "config.json").is_file():
             args.model, args.model_note = str(model), f"the model of the train run in {str(path)!r}"
         elif kind == "train":

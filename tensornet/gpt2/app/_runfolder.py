@@ -84,12 +84,7 @@ class RunFolder:
         try:
             # again, now that no other run can change the folder between the check and the writes
             check_run_folder(path, kind=kind, resume=resume, overwrite=overwrite, where=where)
-            _files.remove_stale_tmp(
-                path,
-                [*(n for n in OUTPUTS[kind] if "/" not in n), MANIFEST, "model"],
-                dir_files=_files.MODEL_FILES,
-                live=True,
-            )
+            _files.remove_stale_tmp(path, [*(n for n in OUTPUTS[kind] if "/" not in n), MANIFEST], live=True)
             if (path / "model").is_dir():
                 _files.remove_stale_tmp(path / "model", _files.MODEL_FILES, live=True)
             if overwrite:
@@ -201,7 +196,8 @@ def _check_model_folder(model: Path, where: str) -> None:
         foreign = [
             p.name
             for p in model.iterdir()
-            if p.name not in _files.MODEL_FILES or not p.is_file() or p.is_symlink()
+            if (p.name not in _files.MODEL_FILES or not p.is_file() or p.is_symlink())
+            and _files.tmp_owner(p.name) not in _files.MODEL_FILES  # a killed save_model's, removed by it
         ]
     if foreign:
         raise FileExistsError(
