@@ -121,7 +121,7 @@ def layer_shapes(
     return pairs or balanced_shapes(shape, ncores)
 
 
-def _check_useful(rank: int, pairs: Pairs, name: str) -> None:
+def check_useful(rank: int, pairs: Pairs, name: str) -> None:
     """A rank above every bond's useful maximum ``min(prod_{j<=k} m_j n_j, prod_{j>k} m_j n_j)`` is an error."""
     useful = tn.shapes.useful_ranks([m * n for m, n in pairs]) or (1,)
     if rank > max(useful):

@@ -15,9 +15,7 @@ from tensornet.nn import LayerReport, Rule, TensorizeReport, TiedTTHead, linear_
 from tensornet.nn import tensorize as nn_tensorize
 
 from ._lowrank import LowRankLinear
-from ._shapes import LAYER_GROUPS, SHAPE_KEYS, Pairs, _check_useful, layer_shapes
-from ._shapes import count as _count
-from ._shapes import is_int as _is_int
+from ._shapes import LAYER_GROUPS, Pairs, check_useful, count, layer_shapes
 
 
 def nparams(model: nn.Module) -> int:
@@ -42,11 +40,6 @@ def _targets(model: nn.Module, layers: Sequence[str]) -> list[tuple[str, str, nn
         for group in layers
         for key in LAYER_GROUPS[group]
     ]
-
-
-def _weight_shape(module: nn.Module) -> tuple[int, int]:
-    """``(out, in)`` of an ``nn.Linear`` or GPT-2 ``Conv1D``."""
-    return tuple(linear_weight(module, where="tensorize")[0].shape)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -96,77 +89,73 @@ class TensorizeConfig:
     def from_json(
         cls, record: Any, where: str = "the record", fn: str = "TensorizeConfig.from_json"
     ) -> TensorizeConfig:
-        """The record, its types and bounds checked; ValueError names the caller ``fn``, ``where`` and the key."""
+        """The record written by :meth:`to_json`; ValueError naming the caller ``fn`` and ``where`` if malformed.
 
-        def check(ok: Any, key: str, rule: str, value: Any) -> None:
-            if not ok:
-                raise ValueError(
-                    f"{fn}: the tensornet record in {where!r} is malformed: {key} must be {rule}, got {value!r:.120}"
-                )
-
-        def counts(value: Any, lo: int, hi: int) -> bool:  # a list of lo to hi integers in [1, 2**31]
-            ok = isinstance(value, list) and lo <= len(value) <= hi
-            return ok and all(_is_int(n) and 1 <= n <= 2**31 for n in value)
-
-        check(isinstance(record, dict), "tensornet", "an object", record)
-        method, layers, rank = record.get("method"), record.get("layers"), record.get("rank")
-        check(method in ("ttm", "lowrank"), "method", "'ttm' or 'lowrank'", method)
-        groups = isinstance(layers, list) and layers and all(g in LAYER_GROUPS for g in layers)
-        check(groups, "layers", f"a non-empty list of {sorted(LAYER_GROUPS)}", layers)
-        for key, value in (("bias", record.get("bias")), ("embeddings", record.get("embeddings", False))):
-            check(isinstance(value, bool), key, "true or false", value)
-        ttm = method == "ttm"
-        rule = "an integer in [1, 2**31]" + " or null" * ttm
-        check((rank is None and ttm) or counts([rank], 1, 1), "rank", rule, rank)
-        shapes, ranks = record.get("shapes", {}), record.get("ranks", {})
-        rule = "an object of layer key: [[m_k, n_k], ...]"
-        check(isinstance(shapes, dict) and (shapes or not ttm), "shapes", rule, shapes)
-        rule = "a list of 1 to 64 [m_k, n_k] pairs of positive integers"
-        for key, pairs in shapes.items():
-            check(key in SHAPE_KEYS, "shapes", f"keyed by {list(SHAPE_KEYS)}", key)
-            ok = isinstance(pairs, list) and 1 <= len(pairs) <= 64 and all(counts(p, 2, 2) for p in pairs)
-            check(ok, f"shapes[{key!r}]", rule, pairs)
-        if record.get("version") != cls.VERSION:
+        The values' types and sizes are checked where the layers are built (:meth:`apply`).
+        """
+        version = record.get("version") if isinstance(record, dict) else None
+        if isinstance(record, dict) and version != cls.VERSION:
             raise ValueError(
-                f"{fn}: {where!r} records a tensorization of format version {record.get('version')!r} (an "
-                f"older tensornet, which wrote core pairs as (in, out)); this tensornet reads version "
-                f"{cls.VERSION}: tensorize or compress the model again with this version"
+                f"{fn}: {where!r} records a tensorization of format version {version!r} (an older tensornet, "
+                f"which wrote core pairs as (in, out)); this tensornet reads version {cls.VERSION}: tensorize "
+                "or compress the model again with this version"
             )
-        rule = "an object of layer name: [1, r_1, ..., 1]"
-        check(isinstance(ranks, dict) and (ranks or not ttm), "ranks", rule, ranks)
-        for name, value in ranks.items():
-            check(counts(value, 2, 65), f"ranks[{name!r}]", "a list of 2 to 65 positive integers", value)
-        return cls(
-            method=method,
-            layers=tuple(layers),
-            bias=record["bias"],
-            rank=rank,
-            shapes={key: tuple((m, n) for m, n in pairs) for key, pairs in shapes.items()},
-            ranks={name: tuple(value) for name, value in ranks.items()},
-            embeddings=record.get("embeddings", False),
-        )
+        try:
+            method, layers = record["method"], tuple(record["layers"])
+            if method not in ("ttm", "lowrank") or not set(layers) <= set(LAYER_GROUPS):
+                raise ValueError(f"method {method!r}, layers {layers!r}")
+            return cls(
+                method=method,
+                layers=layers,
+                bias=record["bias"],
+                rank=record["rank"],
+                shapes={
+                    key: tuple((m, n) for m, n in pairs) for key, pairs in record.get("shapes", {}).items()
+                },
+                ranks={name: tuple(value) for name, value in record.get("ranks", {}).items()},
+                embeddings=record.get("embeddings", False),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+            why = f"{type(err).__name__}: {err}"
+            raise ValueError(f"{fn}: the tensornet record in {where!r} is malformed ({why:.200})") from None
 
     def apply(self, model: nn.Module) -> nn.Module:
         """Build these layers from scratch in the dense GPT-2 ``model`` of the size they were made for; return it."""
         if self.method == "lowrank":
             return lowrank(model, rank=cast(int, self.rank), layers=self.layers, bias=self.bias)[0]
         names = {name: key for name, key, _ in _targets(model, self.layers)}
-        names |= {"transformer.wte": "wte"} if self.embeddings else {}
-        if set(names) != set(self.ranks) or not set(names.values()) <= set(self.shapes):
-            raise ValueError(
-                f"the record's ranks name {sorted(self.ranks)[:4]}... and shapes {sorted(self.shapes)}, but this "
-                f"model's {self.layers} layers are {sorted(names)[:4]}..."
+        rules = [
+            Rule(
+                name,
+                rank=self.ranks[name],
+                **_sizes(self.shapes[key]),
+                bias=self.bias,
+                from_weights=False,
+                clip_rank=False,
             )
-        rules = []
-        for name, key in names.items():
-            rows, cols = zip(*self.shapes[key])
-            options: dict[str, Any] = {"voc_shape": rows, "emb_shape": cols}
-            if key != "wte":
-                options = {"out_shape": rows, "in_shape": cols, "bias": self.bias}
-            rules.append(Rule(name, rank=self.ranks[name], from_weights=False, clip_rank=False, **options))
+            for name, key in names.items()
+        ]
+        if self.embeddings:
+            rows, cols = zip(*self.shapes["wte"])
+            rank = self.ranks["transformer.wte"]
+            rules.append(
+                Rule(
+                    "transformer.wte",
+                    rank=rank,
+                    voc_shape=rows,
+                    emb_shape=cols,
+                    from_weights=False,
+                    clip_rank=False,
+                )
+            )
         _tensorize_tied(model, rules, embeddings=self.embeddings)
         _record(model, self)
         return model
+
+
+def _sizes(pairs: Pairs) -> dict[str, Any]:
+    rows, cols = zip(*pairs)
+    return {"out_shape": rows, "in_shape": cols}
 
 
 def _record(model: Any, config: TensorizeConfig) -> None:
@@ -188,27 +177,6 @@ def _tensorize_tied(model: Any, rules: list[Rule], *, embeddings: bool) -> Tenso
         raise
     model.lm_head = TiedTTHead(model.transformer.wte)
     return report
-
-
-def _layer_rules(
-    model: nn.Module, layers: Sequence[str], shapes: Any, ncores: int, convert: dict, options: dict
-) -> tuple[list[Rule], dict[str, Pairs]]:
-    """One ``Rule`` per layer key (every block has the same sizes) and its core pairs."""
-    rank, from_weights = convert["rank"], convert["from_weights"]
-    resolved: dict[str, Pairs] = {}
-    rules = []
-    for name, key, module in _targets(model, layers):
-        if key in resolved:
-            continue
-        # "paper" ties the shapes to the rank; with eps alone the rank-64 shapes
-        resolved[key] = layer_shapes(
-            key, _weight_shape(module), rank=rank or 64, shapes=shapes, ncores=ncores
-        )
-        if rank is not None and not from_weights:  # converting, rank is a cap: ttm_svd stops where useful
-            _check_useful(rank, resolved[key], name)
-        rows, cols = zip(*resolved[key])
-        rules.append(Rule(f"transformer.h.*.{key}", out_shape=rows, in_shape=cols, **convert, **options))
-    return rules, resolved
 
 
 def tensorize(
@@ -246,21 +214,30 @@ def tensorize(
     Raises ValueError for a rank below 1 or (from scratch) above every bond's useful maximum, shapes that do not
     multiply to the layer's sizes, unknown layer groups; nothing is replaced when an error is raised.
     """
-    rank = _count("tensorize", "rank", rank, optional=True)
+    rank = count("tensorize", "rank", rank, optional=True)
     if rank is None and eps is None:  # (eps without from_weights: tensornet.nn's Rule says so)
         raise ValueError("tensorize: give rank (or eps with from_weights=True)")
-    clip_rank = shapes != "paper" if clip_rank is None else clip_rank
-    scratch = {} if from_weights else {"init": init, "clip_rank": clip_rank}
-    convert = dict(rank=rank, eps=eps, from_weights=from_weights)
-    rules, resolved = _layer_rules(model, layers, shapes, ncores, convert, {"bias": bias, **scratch})
+    convert: dict[str, Any] = {"rank": rank, "eps": eps, "from_weights": from_weights}
+    scratch: dict[str, Any] = {} if from_weights else {"init": init}
+    clip = {} if from_weights else {"clip_rank": shapes != "paper" if clip_rank is None else clip_rank}
+    resolved: dict[str, Pairs] = {}
+    rules = []
+    for name, key, module in _targets(model, layers):
+        if key in resolved:  # every block has the same sizes: one rule per layer key
+            continue
+        out, inp = linear_weight(module, where="tensorize")[0].shape
+        # "paper" ties the shapes to the rank; with eps alone the rank-64 shapes
+        resolved[key] = layer_shapes(key, (out, inp), rank=rank or 64, shapes=shapes, ncores=ncores)
+        if rank is not None and not from_weights:  # converting, rank is a cap: ttm_svd stops where useful
+            check_useful(rank, resolved[key], name)
+        options = {**_sizes(resolved[key]), "bias": bias, **convert, **scratch, **clip}
+        rules.append(Rule(f"transformer.h.*.{key}", **options))
     if embeddings:
         pairs = shapes.get("wte") if isinstance(shapes, Mapping) else None
-        emb_rank = _count("tensorize", "embedding_rank", embedding_rank, optional=True) or rank
-        options: dict[str, Any] = (
-            {"ncores": ncores} if pairs is None else dict(zip(("voc_shape", "emb_shape"), zip(*pairs)))
-        )
-        options |= {} if from_weights else {"init": init}  # the embedding's ranks are always clipped
-        rules.append(Rule("transformer.wte", rank=emb_rank, eps=eps, from_weights=from_weights, **options))
+        sizes = {"ncores": ncores} if pairs is None else dict(zip(("voc_shape", "emb_shape"), zip(*pairs)))
+        emb_rank = count("tensorize", "embedding_rank", embedding_rank, optional=True) or rank
+        # the embedding's ranks are always clipped
+        rules.append(Rule("transformer.wte", **{**convert, "rank": emb_rank}, **sizes, **scratch))
     report = _tensorize_tied(model, rules, embeddings=embeddings)
     if embeddings:
         wte: Any = model.get_submodule("transformer.wte")
@@ -282,13 +259,13 @@ def lowrank(
 
     From the weights' truncated SVD when ``from_weights``. The report describes ``W = B @ A`` as the two-core
     TTM it is: pairs ``(out, 1), (1, in)``, ranks ``(1, rank, 1)``. Raises ValueError for a rank above
-    ``min(in, out)``.
+    ``min(in, out)``; nothing is replaced then.
     """
-    rank = _count("lowrank", "rank", rank)
-    before = nparams(model)
-    built = []
+    rank = count("lowrank", "rank", rank)
+    before, built = nparams(model), []
     for name, _, old in _targets(model, layers):
-        out_features, in_features = _weight_shape(old)
+        weight = linear_weight(old, where="lowrank")[0]
+        out_features, in_features = weight.shape
         if rank > min(in_features, out_features):
             raise ValueError(
                 f"lowrank: rank {rank} is larger than useful for {name} ({in_features} -> {out_features}): a "
@@ -297,19 +274,28 @@ def lowrank(
         if from_weights:
             new = LowRankLinear.from_linear(old, rank=rank, bias=bias)
         else:
-            weight = old.weight
             new = LowRankLinear(
                 in_features, out_features, rank=rank, bias=bias, device=weight.device, dtype=weight.dtype
             )
         built.append((name, old, new))
     reports = []
     for name, old, new in built:
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, new)
+        model.set_submodule(name, new)
         m, n = new.out_features, new.in_features  # the weight (out, in), two cores (m, 1) and (1, n)
         n_old, n_new = (sum(p.numel() for p in module.parameters()) for module in (old, new))
-        kind, error = type(old).__name__, new.conversion_error
-        reports.append(LayerReport(name, kind, (m, n), (m, 1), (1, n), (1, rank, 1), n_old, n_new, error))
+        reports.append(
+            LayerReport(
+                name,
+                type(old).__name__,
+                (m, n),
+                (m, 1),
+                (1, n),
+                (1, rank, 1),
+                n_old,
+                n_new,
+                new.conversion_error,
+            )
+        )
     _record(model, TensorizeConfig("lowrank", tuple(layers), bias, rank))
     return model, TensorizeReport(reports, before, nparams(model))
 
