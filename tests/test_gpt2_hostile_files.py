@@ -20,7 +20,7 @@ from conftest import GPT2_TINY, cli_status
 
 import tensornet.gpt2 as gpt2
 from tensornet.gpt2 import (
-    _modelfile,
+    _model,
     build_model,
     files,
     gpt2_config,
@@ -270,7 +270,7 @@ def test_crafted_configs_are_refused_before_anything_is_built(shared, tmp_path, 
     src = shared["run"] / "model"
     base = json.loads((src / "config.json").read_text())
     built = []
-    monkeypatch.setattr(_modelfile.TensorizeConfig, "apply", lambda *a: built.append(a))
+    monkeypatch.setattr(_model.TensorizeConfig, "apply", lambda *a: built.append(a))
     for i, edit in enumerate(CONFIG_EDITS):
         folder = tmp_path / str(i)
         shutil.copytree(src, folder)
@@ -292,9 +292,9 @@ def test_crafted_configs_are_refused_before_anything_is_built(shared, tmp_path, 
     (tmp_path / "2" / "config.json").symlink_to("/dev/zero")
     with pytest.raises(ValueError, match="not a regular file"):
         load_model(tmp_path / "2")
-    monkeypatch.setattr(_modelfile, "memory_bytes", lambda device=None: 2**10)
+    monkeypatch.setattr(_model, "memory_bytes", lambda device=None: 2**10)
     meta = []  # refused before the model the config describes is built, even on the meta device
-    monkeypatch.setattr(_modelfile, "_expected_state", lambda *a: meta.append(a))
+    monkeypatch.setattr(_model, "_build", lambda *a, **k: meta.append(a))
     with pytest.raises(ValueError, match="more than this machine's") as err:
         load_model(src)
     assert not meta and "n_layer" in str(err.value) and "vocab_size" in str(err.value)
