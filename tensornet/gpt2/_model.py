@@ -101,22 +101,19 @@ def _gives(sizes: dict[str, Any]) -> str:
 
 
 def _weights_file(path: Path) -> Path:
-    """The folder's safetensors weights; pickle or sharded weights are refused, with what to do."""
+    """The folder's safetensors weights; pickle (or sharded) weights are refused."""
     weights = path / WEIGHTS
-    if os.path.lexists(weights):
-        what = _files.not_a_file(weights)  # a FIFO would never end, a folder is no file
-        if what is not None:
-            raise ValueError(
-                f"load_model: {str(weights)!r} {what}; give a model folder with its weights file"
-            )
-        return weights
-    if (path / "pytorch_model.bin").is_file():
+    if not os.path.lexists(weights):
+        pickle = (path / "pytorch_model.bin").exists()
         raise ValueError(
-            f"load_model: {str(path)!r} holds pytorch_model.bin but no {WEIGHTS}; pickle weights are not loaded "
-            "because unpickling can run arbitrary code. Convert them to safetensors once, where you trust the "
-            "file, with GPT2LMHeadModel.from_pretrained(folder).save_pretrained(folder, safe_serialization=True)"
+            f"load_model: {str(path)!r} has no {WEIGHTS}"
+            + "; its pytorch_model.bin is a pickle, never loaded (unpickling can run code): convert it to safetensors"
+            * pickle
         )
-    raise ValueError(f"{str(path)!r} has no {WEIGHTS} (load_model reads one safetensors file, not shards)")
+    what = _files.not_a_file(weights)  # a FIFO would never end, a folder is no file
+    if what is not None:
+        raise ValueError(f"load_model: {str(weights)!r} {what}; give a model folder with its weights file")
+    return weights
 
 
 def base_names(names: dict) -> dict:
@@ -163,28 +160,22 @@ def gpt2_config(
     layers, width, heads = (v if v is not None else b for v, b in zip((n_layer, n_embd, n_head), base))
     if layers is None or width is None or heads is None:
         raise ValueError("without a preset give --n-layer, --n-embd and --n-head")
-    for name, value in (
-        ("n_layer", layers),
-        ("n_embd", width),
-        ("n_head", heads),
-        ("block_size", block_size),
-    ):
+    for name, value in zip(("n_layer", "n_embd", "n_head", "block_size"), (layers, width, heads, block_size)):
         count("gpt2_config", name, value)
     if width % heads:
         raise ValueError(f"n_embd {width} is not divisible by n_head {heads}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    dropouts: dict[str, Any] = dict.fromkeys(("resid_pdrop", "embd_pdrop", "attn_pdrop"), dropout)
+    ids: dict[str, Any] = dict.fromkeys(("bos_token_id", "eos_token_id"), eos_token_id)
     return GPT2Config(
         vocab_size=vocab_size,
         n_positions=block_size,
         n_embd=width,
         n_layer=layers,
         n_head=heads,
-        resid_pdrop=dropout,
-        embd_pdrop=dropout,
-        attn_pdrop=dropout,
-        bos_token_id=eos_token_id,
-        eos_token_id=eos_token_id,
+        **dropouts,
+        **ids,
     )
 
 
@@ -201,14 +192,8 @@ def build_model(config, *, seed: int | None = None, device: str | torch.device |
 _MARK = {"format": "tensornet-model", "version": 1, "written_by": "tensornet.gpt2.save_model"}
 
 
-def _marked(folder: Path) -> bool:
-    """Whether ``folder`` carries save_model's mark file."""
-    mark = folder / _files.MODEL_MARK
-    try:
-        record = _files.parse_json(_files.read_small_file(mark, 65536, "save_model"))
-    except ValueError:
-        return False
-    return _files.plain_file(mark) and isinstance(record, dict) and record.get("format") == _MARK["format"]
+def _plain(path: Path) -> bool:
+    return path.is_file() and not path.is_symlink()
 
 
 def check_model_target(
@@ -233,8 +218,8 @@ def check_model_target(
             f"{where}: {str(target)!r} already exists and is not empty; pass {flag} to replace a model "
             "folder written by save_model, or choose a new folder"
         )
-    foreign = [p.name for p in own if p.name not in _files.MODEL_FILES or not _files.plain_file(p)]
-    if own and (foreign or (require_mark and not _marked(target))):
+    foreign = [p.name for p in own if p.name not in _files.MODEL_FILES or not _plain(p)]
+    if own and (foreign or (require_mark and not _plain(target / _files.MODEL_MARK))):
         raise FileExistsError(
             f"{where}: {str(target)!r} was not written by tensornet's save_model (it has no {_files.MODEL_MARK}, "
             f"or holds {', '.join(foreign[:5]) or 'nothing else'}); {flag} replaces only save_model's own "

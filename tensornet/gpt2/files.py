@@ -32,7 +32,6 @@ __all__ = [
     "fsync_dir",
     "not_a_file",
     "parse_json",
-    "plain_file",
     "probe_writable",
     "read_safetensors",
     "read_small_file",
@@ -86,12 +85,7 @@ def remove_stale_tmp(folder: Path, names: Iterable[str] | re.Pattern[str], *, li
     Only those of processes that are gone, unless ``live`` (the caller holds the folder's lock); a link is
     removed itself, a folder never.
     """
-    if isinstance(names, re.Pattern):
-        pattern = names
-        owned: Callable[[str], bool] = lambda stem: pattern.fullmatch(stem) is not None  # noqa: E731
-    else:
-        stems = {n[:_STEM] for n in names}
-        owned = stems.__contains__
+    owned = names.fullmatch if isinstance(names, re.Pattern) else {n[:_STEM] for n in names}.__contains__
     removed = []
     for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
         owner = tmp_owner(entry.name)
@@ -114,10 +108,8 @@ def tmp_owner(name: str) -> str | None:
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
+    except OSError as err:
+        return isinstance(err, PermissionError)  # someone else's live process
     return True
 
 
@@ -140,14 +132,6 @@ def fsync_dir(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-def plain_file(path: Path) -> bool:
-    """A regular file, not a symbolic link (``Path.is_file`` follows links)."""
-    try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
-        return False
 
 
 def write_error(path: Path, err: OSError) -> OSError:
