@@ -93,29 +93,19 @@ class TensorizeConfig:
 
         The values' types and sizes are checked where the layers are built (:meth:`apply`).
         """
-        version = record.get("version") if isinstance(record, dict) else None
-        if isinstance(record, dict) and version != cls.VERSION:
+        if isinstance(record, dict) and record.get("version") != cls.VERSION:
             raise ValueError(
-                f"{fn}: {where!r} records a tensorization of format version {version!r} (an older tensornet, "
-                f"which wrote core pairs as (in, out)); this tensornet reads version {cls.VERSION}: tensorize "
-                "or compress the model again with this version"
+                f"{fn}: {where!r} records a tensorization of format version {record.get('version')!r} (an older "
+                "tensornet, which wrote core pairs as (in, out)): tensorize or compress the model again"
             )
         try:
-            method, layers = record["method"], tuple(record["layers"])
-            if method not in ("ttm", "lowrank") or not set(layers) <= set(LAYER_GROUPS):
-                raise ValueError(f"method {method!r}, layers {layers!r}")
-            return cls(
-                method=method,
-                layers=layers,
-                bias=record["bias"],
-                rank=record["rank"],
-                shapes={
-                    key: tuple((m, n) for m, n in pairs) for key, pairs in record.get("shapes", {}).items()
-                },
-                ranks={name: tuple(value) for name, value in record.get("ranks", {}).items()},
-                embeddings=record.get("embeddings", False),
-            )
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+            shapes = {key: tuple((m, n) for m, n in pairs) for key, pairs in record.get("shapes", {}).items()}
+            ranks = {name: tuple(value) for name, value in record.get("ranks", {}).items()}
+            layers, embeddings = tuple(record["layers"]), record.get("embeddings", False)
+            if record["method"] not in ("ttm", "lowrank") or not set(layers) <= set(LAYER_GROUPS):
+                raise ValueError(f"method {record['method']!r}, layers {layers!r}")
+            return cls(record["method"], layers, record["bias"], record["rank"], shapes, ranks, embeddings)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
             why = f"{type(err).__name__}: {err}"
             raise ValueError(f"{fn}: the tensornet record in {where!r} is malformed ({why:.200})") from None
 
@@ -123,39 +113,17 @@ class TensorizeConfig:
         """Build these layers from scratch in the dense GPT-2 ``model`` of the size they were made for; return it."""
         if self.method == "lowrank":
             return lowrank(model, rank=cast(int, self.rank), layers=self.layers, bias=self.bias)[0]
-        names = {name: key for name, key, _ in _targets(model, self.layers)}
-        rules = [
-            Rule(
-                name,
-                rank=self.ranks[name],
-                **_sizes(self.shapes[key]),
-                bias=self.bias,
-                from_weights=False,
-                clip_rank=False,
-            )
-            for name, key in names.items()
-        ]
-        if self.embeddings:
-            rows, cols = zip(*self.shapes["wte"])
-            rank = self.ranks["transformer.wte"]
-            rules.append(
-                Rule(
-                    "transformer.wte",
-                    rank=rank,
-                    voc_shape=rows,
-                    emb_shape=cols,
-                    from_weights=False,
-                    clip_rank=False,
-                )
-            )
+        names = [(name, key) for name, key, _ in _targets(model, self.layers)]
+        rules = []
+        for name, key in names + [("transformer.wte", "wte")] * self.embeddings:
+            rows, cols = zip(*self.shapes[key])
+            sizes: dict[str, Any] = {"out_shape": rows, "in_shape": cols, "bias": self.bias}
+            if key == "wte":
+                sizes = {"voc_shape": rows, "emb_shape": cols}
+            rules.append(Rule(name, rank=self.ranks[name], **sizes, from_weights=False, clip_rank=False))
         _tensorize_tied(model, rules, embeddings=self.embeddings)
         _record(model, self)
         return model
-
-
-def _sizes(pairs: Pairs) -> dict[str, Any]:
-    rows, cols = zip(*pairs)
-    return {"out_shape": rows, "in_shape": cols}
 
 
 def _record(model: Any, config: TensorizeConfig) -> None:
@@ -230,7 +198,8 @@ def tensorize(
         resolved[key] = layer_shapes(key, (out, inp), rank=rank or 64, shapes=shapes, ncores=ncores)
         if rank is not None and not from_weights:  # converting, rank is a cap: ttm_svd stops where useful
             check_useful(rank, resolved[key], name)
-        options = {**_sizes(resolved[key]), "bias": bias, **convert, **scratch, **clip}
+        rows, cols = zip(*resolved[key])
+        options = {"out_shape": rows, "in_shape": cols, "bias": bias, **convert, **scratch, **clip}
         rules.append(Rule(f"transformer.h.*.{key}", **options))
     if embeddings:
         pairs = shapes.get("wte") if isinstance(shapes, Mapping) else None
