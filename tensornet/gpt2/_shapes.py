@@ -20,12 +20,11 @@ PRESETS: dict[str, tuple[int, int, int]] = {
     "medium": (24, 1024, 16),
 }
 
-# module names inside each GPT2Block, per layer group; "wte" names the token embedding in `shapes`
+# module names inside each GPT2Block, per layer group
 LAYER_GROUPS: dict[str, tuple[str, ...]] = {
     "mlp": ("mlp.c_fc", "mlp.c_proj"),
     "attn": ("attn.c_attn", "attn.c_proj"),
 }
-SHAPE_KEYS = (*(key for keys in LAYER_GROUPS.values() for key in keys), "wte")
 
 
 def is_int(value: Any) -> bool:
@@ -80,20 +79,17 @@ def _check_pairs(pairs: Any, shape: tuple[int, int], where: str) -> Pairs:
         given = tuple((m, n) for m, n in pairs)
     except (TypeError, ValueError):
         given = ((None, None),)
-    if not all(is_int(m) and is_int(n) for m, n in given):  # int(8.5) would cut a pair silently
+    if not given or not all(is_int(m) and is_int(n) for m, n in given):  # int(8.5) would cut a pair silently
         raise TypeError(
-            f"tensorize: shapes for {where} must be a sequence of (out_k, in_k) pairs of integers, got {pairs!r}"
+            f"tensorize: shapes for {where} must be (out_k, in_k) pairs of integers, got {pairs!r}"
         )
-    pairs = tuple((int(m), int(n)) for m, n in given)
-    if not pairs or any(m < 1 or n < 1 for m, n in pairs):
-        raise ValueError(f"tensorize: shapes for {where} must be non-empty positive pairs, got {pairs!r}")
-    product = (math.prod(m for m, _ in pairs), math.prod(n for _, n in pairs))
-    if product != tuple(shape):
+    product = (math.prod(m for m, _ in given), math.prod(n for _, n in given))
+    if product != tuple(shape) or min(min(pair) for pair in given) < 1:
         raise ValueError(
-            f"tensorize: shapes for {where} multiply to (out, in) = {product}, but the layer's weight is "
-            f"{tuple(shape)}; choose (out_k, in_k) pairs whose products are the layer's sizes"
+            f"tensorize: shapes for {where} multiply to (out, in) = {product}; give positive (out_k, in_k) "
+            "pairs whose products are the layer's sizes"
         )
-    return pairs
+    return tuple((int(m), int(n)) for m, n in given)
 
 
 def layer_shapes(
