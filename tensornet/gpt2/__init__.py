@@ -14,26 +14,16 @@ import importlib
 from typing import Any
 
 _NAMES = {  # the module that defines them -> public names
-    "tensornet.nn": ("LayerReport", "TensorizeReport", "TiedTTHead"),
-    "._lowrank": ("LowRankLinear",),
-    "._model": (
-        "build_model",
-        "check_model_target",
-        "dense_params",
-        "gpt2_config",
-        "load_model",
-        "memory_bytes",
-        "read_config",
-        "save_model",
-        "save_run_model",
-    ),
-    "._shapes": ("LAYER_GROUPS", "PRESETS", "balanced_shapes", "layer_shapes", "paper_shapes"),
-    "._tensorize": ("TensorizeConfig", "lowrank", "lowrank_rank_for", "nparams", "tensorize"),
-    ".app._config": ("TrainConfig",),
-    ".app._data": ("Corpus", "load_corpus", "load_tokenizer", "stdlib_corpus", "train_tokenizer"),
-    ".app._train": ("History", "evaluate", "train"),
+    "tensornet.nn": "LayerReport TensorizeReport TiedTTHead",
+    "._model": "build_model check_model_target dense_params gpt2_config load_model memory_bytes read_config "
+    "save_model save_run_model",
+    "._shapes": "LAYER_GROUPS PRESETS balanced_shapes layer_shapes paper_shapes",
+    "._tensorize": "LowRankLinear TensorizeConfig lowrank lowrank_rank_for nparams tensorize",
+    ".app._config": "TrainConfig",
+    ".app._data": "Corpus load_corpus load_tokenizer stdlib_corpus train_tokenizer",
+    ".app._train": "History evaluate train",
 }
-_HOMES = {name: home for home, names in _NAMES.items() for name in names}
+_HOMES = {name: home for home, names in _NAMES.items() for name in names.split()}
 __all__ = sorted(_HOMES)
 
 
