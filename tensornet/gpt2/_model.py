@@ -242,22 +242,18 @@ def save_model(
     any moment leaves the old model, the new one, or a folder that fails its checksum (never a mix that
     loads). A dense model's folder also loads with ``GPT2LMHeadModel.from_pretrained``.
     """
-    given = Path(directory)
-    check_model_target(given, overwrite=overwrite)
-    _write_model(model, given, tokenizer)
-    return given
+    return _save(model, Path(directory), tokenizer, overwrite=overwrite)
 
 
 def save_run_model(model: nn.Module, directory: Path, *, tokenizer=None) -> Path:
     """``save_model`` into a run folder's own (locked) ``model/``, replaced when it holds only save_model's files."""
-    check_model_target(directory, overwrite=True, where="--out", require_mark=False)
-    _write_model(model, directory, tokenizer)
-    return directory
+    return _save(model, Path(directory), tokenizer, overwrite=True, where="--out", require_mark=False)
 
 
-def _write_model(model: Any, target: Path, tokenizer) -> None:
+def _save(model: Any, target: Path, tokenizer, **checks: Any) -> Path:
     from safetensors.torch import save_file
 
+    check_model_target(target, **checks)
     model = getattr(model, "module", model)  # unwrap DDP
     state: dict[str, torch.Tensor] = {
         k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k != "lm_head.weight"
@@ -279,6 +275,7 @@ def _write_model(model: Any, target: Path, tokenizer) -> None:
         _files.replace_file(target / "tokenizer.json", lambda p: p.write_bytes(text))
     config_json = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8")
     _files.replace_file(target / "config.json", lambda p: p.write_bytes(config_json))
+    return target
 
 
 def load_model(directory: str | os.PathLike, *, device: str | torch.device | None = None):

@@ -1,7 +1,6 @@
-"""GPT-2's sizes, layer names and the core shapes of its TTM layers (the paper's, balanced, or given); no torch.
+"""GPT-2's sizes, layer names and the core shapes of its TTM layers (Chekalina et al. 2023's, balanced, or given).
 
-The shapes are Chekalina et al. 2023's. One pair order everywhere: ``(m_k, n_k)``, a TTM core's row and column
-factors; for a linear layer ``(out_k, in_k)``.
+One pair order everywhere: ``(m_k, n_k)``, a TTM core's row and column factors; for a linear layer ``(out_k, in_k)``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,4 @@
-"""GPT-2 with TTM layers: a preset over :func:`tensornet.nn.tensorize`, the low-rank baseline, and their record.
-
-The preset knows GPT-2's layer names, the paper's core shapes and the LM head tied to a TT embedding.
-"""
+"""GPT-2 with TTM layers (a preset over :func:`tensornet.nn.tensorize`), the low-rank baseline, and their record."""
 
 from __future__ import annotations
 
@@ -20,11 +17,10 @@ from ._shapes import LAYER_GROUPS, Pairs, check_useful, count, layer_shapes
 
 
 class LowRankLinear(nn.Module):
-    """``y = x @ (B @ A).T + b`` with ``A`` ``(rank, in)`` and ``B`` ``(out, rank)``.
+    """``y = x @ (B @ A).T + b`` with ``A`` ``(rank, in)`` and ``B`` ``(out, rank)``: the paper's low-rank baseline.
 
-    The weight is stored ``(out, in)`` like ``nn.Linear``. From scratch, ``A`` and ``B`` are N(0, s^2) with
-    ``s = sqrt(0.02 / sqrt(rank))`` so the product's entries have GPT-2's std 0.02. Cost per token:
-    ``O(rank (in + out))``.
+    From scratch ``A`` and ``B`` are N(0, s^2), ``s = sqrt(0.02 / sqrt(rank))``: the product has GPT-2's std
+    0.02. Cost per token: ``O(rank (in + out))``.
     """
 
     def __init__(
@@ -45,11 +41,7 @@ class LowRankLinear(nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Module, *, rank: int, bias: bool = True) -> LowRankLinear:
-        """Truncated SVD of the weight ``(out, in)`` of an ``nn.Linear`` or GPT-2 ``Conv1D``.
-
-        The ``Conv1D`` weight is transposed on purpose. ``conversion_error`` = relative Frobenius error;
-        ``bias=False`` drops the bias.
-        """
+        """Truncated SVD of an ``nn.Linear``'s or GPT-2 ``Conv1D``'s weight; ``conversion_error``: relative Frobenius."""
         w, source_bias = linear_weight(linear, where="LowRankLinear.from_linear")
         w = w.detach()
         has_bias = bias and source_bias is not None
@@ -108,8 +100,7 @@ def _targets(model: nn.Module, layers: Sequence[str]) -> list[tuple[str, str, nn
 class TensorizeConfig:
     """What :func:`tensorize` or :func:`lowrank` built in a GPT-2: ``model.config.tensornet`` in ``config.json``.
 
-    :func:`load_model` reads it back (:meth:`from_json`) and :meth:`apply` builds the same layers in a dense
-    model of the same size before it loads the weights.
+    :func:`load_model` reads it back (:meth:`from_json`); :meth:`apply` builds the layers in a dense model.
 
     Attributes
     ----------
@@ -151,10 +142,7 @@ class TensorizeConfig:
     def from_json(
         cls, record: Any, where: str = "the record", fn: str = "TensorizeConfig.from_json"
     ) -> TensorizeConfig:
-        """The record written by :meth:`to_json`; ValueError naming the caller ``fn`` and ``where`` if malformed.
-
-        The values' types and sizes are checked where the layers are built (:meth:`apply`).
-        """
+        """The record :meth:`to_json` wrote; ValueError naming ``fn`` and ``where`` if malformed (or checked by :meth:`apply`)."""
         if isinstance(record, dict) and record.get("version") != cls.VERSION:
             raise ValueError(
                 f"{fn}: {where!r} records a tensorization of format version {record.get('version')!r} (an older "
@@ -237,9 +225,8 @@ def tensorize(
     padded to a size that factors well) and the LM head a ``TiedTTHead`` on its cores, so it stays tied as in
     GPT-2. What was built is recorded in ``model.config.tensornet`` (:class:`TensorizeConfig`).
 
-    Bond ranks above their useful maximum are clipped (``RankClipWarning``) unless ``clip_rank=False``; the
-    default keeps them for ``shapes="paper"``, whose published parameter counts use the uniform rank even where
-    the last core (e.g. (6, 1)) cannot use it. The model comes back with ``tensornet.nn.materialize`` on.
+    Bond ranks above their useful maximum are clipped (``RankClipWarning``) unless ``clip_rank=False``, the
+    default for ``shapes="paper"`` (its published parameter counts use the uniform rank throughout).
 
     Raises ValueError for a rank below 1 or (from scratch) above every bond's useful maximum, shapes that do not
     multiply to the layer's sizes, unknown layer groups; nothing is replaced when an error is raised.
@@ -313,19 +300,9 @@ def lowrank(
     for name, old, new in built:
         model.set_submodule(name, new)
         m, n = new.out_features, new.in_features  # the weight (out, in), two cores (m, 1) and (1, n)
-        n_old, n_new = (sum(p.numel() for p in module.parameters()) for module in (old, new))
+        sizes = ((m, n), (m, 1), (1, n), (1, rank, 1))
         reports.append(
-            LayerReport(
-                name,
-                type(old).__name__,
-                (m, n),
-                (m, 1),
-                (1, n),
-                (1, rank, 1),
-                n_old,
-                n_new,
-                new.conversion_error,
-            )
+            LayerReport(name, type(old).__name__, *sizes, nparams(old), nparams(new), new.conversion_error)
         )
     _record(model, TensorizeConfig("lowrank", tuple(layers), bias, rank))
     return model, TensorizeReport(reports, before, nparams(model))

@@ -1,10 +1,4 @@
-"""The file guarantees of ``save_model``/``load_model``, which the application shares: nothing the user owns is lost.
-
-Atomic writes to a ``tempfile.mkstemp`` file ``.NAME.XXXXXXXX.tmpPID`` beside the target, renamed into place
-(:func:`replace_file`); leftovers of killed writers removed at the next start (:func:`remove_stale_tmp`); checked
-reads (:func:`read_small_file`, :func:`parse_json`, :func:`read_safetensors`) and the SHA-256 of tensors
-(:func:`content_sha256`).
-"""
+"""The file guarantees of ``save_model``/``load_model`` (atomic writes, checked reads), shared by the application."""
 
 from __future__ import annotations
 
@@ -52,11 +46,10 @@ os.umask(_UMASK)  # read, not changed: mkstemp's files are owner-only, the outpu
 
 
 def replace_file(path: Path, write: Callable[[Path], object]) -> None:
-    """``write(tmp)`` to a new temporary file beside ``path``, flushed to disk, then renamed over ``path``.
+    """``write(tmp)`` to a new ``tempfile.mkstemp`` file ``.NAME.XXXXXXXX.tmpPID`` beside ``path``, then rename it.
 
-    ``tempfile.mkstemp`` creates it (a random name, never a planted file or link); a link at ``path`` is
-    replaced itself, never written through. If anything fails the temporary file is removed, and an
-    ``OSError`` (a full disk) names ``path``.
+    A link at ``path`` is replaced itself, never written through; on failure the temporary file is removed and
+    an ``OSError`` (a full disk) names ``path``.
     """
     prefix, suffix = f".{path.name[:_STEM]}.", f".tmp{os.getpid()}"
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=suffix)
@@ -82,8 +75,7 @@ def replace_file(path: Path, write: Callable[[Path], object]) -> None:
 def remove_stale_tmp(folder: Path, names: Iterable[str] | re.Pattern[str], *, live: bool) -> list[Path]:
     """Remove the leftover temporary files in ``folder`` of ``names`` (or of names matching a pattern).
 
-    Only those of processes that are gone, unless ``live`` (the caller holds the folder's lock); a link is
-    removed itself, a folder never.
+    Only those of processes that are gone, unless ``live`` (the caller holds the folder's lock).
     """
     owned = names.fullmatch if isinstance(names, re.Pattern) else {n[:_STEM] for n in names}.__contains__
     removed = []
