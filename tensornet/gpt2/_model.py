@@ -60,17 +60,13 @@ def read_config(directory: str | os.PathLike) -> tuple[dict, dict[str, Any]]:
         raise NotADirectoryError(f"load_model: {str(path)!r} is a file; give the model's folder")
     file = path / "config.json"
     if not file.exists():
-        raise ValueError(
-            f"{str(path)!r} has no config.json; expected a folder written by save_pretrained/save_model"
-        )
+        raise ValueError(f"{str(path)!r} has no config.json; give a save_pretrained/save_model folder")
     try:
         raw = _files.parse_json(_files.read_small_file(file, CONFIG_BYTES, "load_model"))
     except ValueError as err:
         raise ValueError(f"load_model: {str(file)!r} is not a readable GPT-2 config.json ({err})") from None
     if not isinstance(raw, dict) or raw.get("model_type", "gpt2") != "gpt2":
-        raise ValueError(
-            f"load_model: {str(file)!r} is not a GPT-2 config.json; load_model reads GPT-2 folders"
-        )
+        raise ValueError(f"load_model: {str(file)!r} is not a GPT-2 config.json")
     from transformers import GPT2Config
 
     defaults, sizes = GPT2Config(), {}
@@ -78,7 +74,7 @@ def read_config(directory: str | os.PathLike) -> tuple[dict, dict[str, Any]]:
         value = sizes[key] = raw.get(key, getattr(defaults, key))
         if (value is not None or key != "n_inner") and (type(value) is not int or not 1 <= value <= top):
             raise ValueError(
-                f"load_model: {str(file)!r}: {key} must be an integer in [1, {top:,}], got {value!r}"
+                f"load_model: {str(file)!r}: {key} must be an int in [1, {top:,}], not {value!r}"
             )
     need = 4 * dense_params(
         vocab=sizes["vocab_size"],
@@ -105,11 +101,10 @@ def _weights_file(path: Path) -> Path:
     weights = path / WEIGHTS
     if not os.path.lexists(weights):
         pickle = (path / "pytorch_model.bin").exists()
-        raise ValueError(
-            f"load_model: {str(path)!r} has no {WEIGHTS}"
-            + "; its pytorch_model.bin is a pickle, never loaded (unpickling can run code): convert it to safetensors"
-            * pickle
+        why = (
+            ": pytorch_model.bin is a pickle, never loaded (it can run code); save it as safetensors" * pickle
         )
+        raise ValueError(f"load_model: {str(path)!r} has no {WEIGHTS}{why}")
     what = _files.not_a_file(weights)  # a FIFO would never end, a folder is no file
     if what is not None:
         raise ValueError(f"load_model: {str(weights)!r} {what}; give a model folder with its weights file")
@@ -136,7 +131,7 @@ def _build(raw: dict, file: Path, *, meta: bool) -> tuple[Any, TensorizeConfig |
     except Exception as err:
         why = " ".join(str(err).split())  # one line, whatever the library wrote
         raise ValueError(
-            f"load_model: {str(file)!r} is not a GPT-2 config.json load_model can build ({why})"
+            f"load_model: {str(file)!r} is not a config.json load_model can build ({why})"
         ) from None
 
 
@@ -206,9 +201,7 @@ def check_model_target(
     target = Path(target)
     _files.check_name_length(target, where)
     if target.is_symlink() or (target.exists() and not target.is_dir()):
-        raise FileExistsError(
-            f"{where}: {str(target)!r} is a file or a link, not a folder; choose a folder path"
-        )
+        raise FileExistsError(f"{where}: {str(target)!r} is a file or a link, not a folder; choose a folder")
     if not target.exists():
         return _files.check_creatable(target, where)
     flag = "--overwrite" if where.startswith("--") else "overwrite=True"
@@ -323,9 +316,10 @@ def load_model(directory: str | os.PathLike, *, device: str | torch.device | Non
         model.to(dtypes.pop())
     try:
         model.load_state_dict(base_names(state), strict=False)
-    except RuntimeError as err:
+    except RuntimeError as err:  # (torch's message has a line per tensor)
+        why = " ".join(str(err).split())[:400]
         raise ValueError(
-            f"load_model: the weights in {str(weights)!r} do not fit {str(file)!r}: {str(err)[:400]}"
+            f"load_model: the weights in {str(weights)!r} do not fit {str(file)!r}: {why}"
         ) from None
     if tied and not (tensorized is not None and tensorized.embeddings):
         model.tie_weights()  # a TT embedding's head is tied by construction

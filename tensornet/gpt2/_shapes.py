@@ -80,7 +80,7 @@ def _check_pairs(pairs: Any, shape: tuple[int, int], where: str) -> Pairs:
         given = ((None, None),)
     if not given or not all(is_int(m) and is_int(n) for m, n in given):  # int(8.5) would cut a pair silently
         raise TypeError(
-            f"tensorize: shapes for {where} must be (out_k, in_k) pairs of integers, got {pairs!r}"
+            f"tensorize: shapes for {where} must be (out_k, in_k) pairs of integers, not {pairs!r}"
         )
     product = (math.prod(m for m, _ in given), math.prod(n for _, n in given))
     if product != tuple(shape) or min(min(pair) for pair in given) < 1:

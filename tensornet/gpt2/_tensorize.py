@@ -86,7 +86,7 @@ def _targets(model: nn.Module, layers: Sequence[str]) -> list[tuple[str, str, nn
     blocks = getattr(getattr(model, "transformer", None), "h", None)
     if blocks is None:
         raise TypeError(
-            f"tensorize: expected a GPT2LMHeadModel/GPT2Model-like model with .transformer.h, got {type(model).__name__}"
+            f"tensorize: expected a GPT2LMHeadModel (with .transformer.h), got {type(model).__name__}"
         )
     return [
         (f"transformer.h.{b}.{key}", key, block.get_submodule(key))

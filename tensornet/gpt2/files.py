@@ -109,11 +109,8 @@ def check_name_length(path: Path, where: str) -> None:
     """Refuse a ``path`` with a name longer than the file system takes (``NAME_MAX``), before any work is done."""
     for part in Path(path).parts:
         if len(os.fsencode(part)) > NAME_MAX:
-            raise OSError(
-                errno.ENAMETOOLONG,
-                f"{where}: the name {part[:40]!r}... is {len(os.fsencode(part))} bytes, more than the "
-                f"{NAME_MAX} a file system takes; choose a shorter name",
-            )
+            message = f"{where}: the name {part[:40]!r}... is over {NAME_MAX} bytes; choose a shorter name"
+            raise OSError(errno.ENAMETOOLONG, message)
 
 
 def fsync_dir(folder: Path) -> None:
@@ -152,9 +149,7 @@ def read_small_file(path: Path, limit: int, where: str) -> bytes:
             if not stat.S_ISREG(st.st_mode):
                 raise ValueError(f"{where}: {str(path)!r} is not a regular file; give a file")
             if st.st_size > limit:
-                raise ValueError(
-                    f"{where}: {str(path)!r} is {st.st_size:,} bytes, more than the {limit:,} allowed"
-                )
+                raise ValueError(f"{where}: {str(path)!r} is over the {limit:,} bytes allowed")
             return f.read(limit + 1)[:limit]
     except OSError as err:
         raise ValueError(f"{where}: cannot read {str(path)!r} ({err.strerror or err})") from None
@@ -179,9 +174,7 @@ def check_creatable(path: Path, where: str) -> None:
             raise NotADirectoryError(f"{where}: {str(parent)!r} is a broken symbolic link")
         parent = parent.parent
     if not parent.is_dir():
-        raise NotADirectoryError(
-            f"{where}: cannot create {str(path)!r}: {str(parent)!r} is a file, not a folder"
-        )
+        raise NotADirectoryError(f"{where}: cannot create {str(path)!r}: {str(parent)!r} is a file")
     probe_writable(parent, where)
 
 
