@@ -49,10 +49,7 @@ def dense_params(*, vocab: int, positions: int, width: int, layers: int, inner: 
 
 
 def read_config(directory: str | os.PathLike) -> tuple[dict, dict[str, Any]]:
-    """A model folder's ``config.json``, parsed, and the sizes it gives, checked (nothing is built).
-
-    Raises ValueError (or FileNotFoundError/NotADirectoryError) naming the file.
-    """
+    """A model folder's ``config.json`` and its sizes, checked against caps and memory; ValueError naming the file."""
     path = Path(directory)
     if not str(directory) or not path.exists():
         raise FileNotFoundError(f"model folder {str(path)!r} does not exist")
@@ -76,13 +73,10 @@ def read_config(directory: str | os.PathLike) -> tuple[dict, dict[str, Any]]:
             raise ValueError(
                 f"load_model: {str(file)!r}: {key} must be an int in [1, {top:,}], not {value!r}"
             )
-    need = 4 * dense_params(
-        vocab=sizes["vocab_size"],
-        positions=sizes["n_positions"],
-        width=sizes["n_embd"],
-        layers=sizes["n_layer"],
-        inner=sizes["n_inner"],
+    vocab, positions, width, layers, inner = (
+        sizes[k] for k in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_inner")
     )
+    need = 4 * dense_params(vocab=vocab, positions=positions, width=width, layers=layers, inner=inner)
     have = memory_bytes()
     if have is not None and need > have:  # the dense model is built before the weights are loaded
         raise ValueError(
@@ -187,10 +181,6 @@ def build_model(config, *, seed: int | None = None, device: str | torch.device |
 _MARK = {"format": "tensornet-model", "version": 1, "written_by": "tensornet.gpt2.save_model"}
 
 
-def _plain(path: Path) -> bool:
-    return path.is_file() and not path.is_symlink()
-
-
 def check_model_target(
     target: Path, *, overwrite: bool = False, where: str = "save_model", require_mark: bool = True
 ) -> None:
@@ -211,8 +201,8 @@ def check_model_target(
             f"{where}: {str(target)!r} already exists and is not empty; pass {flag} to replace a model "
             "folder written by save_model, or choose a new folder"
         )
-    foreign = [p.name for p in own if p.name not in _files.MODEL_FILES or not _plain(p)]
-    if own and (foreign or (require_mark and not _plain(target / _files.MODEL_MARK))):
+    foreign = [p.name for p in own if p.name not in _files.MODEL_FILES or not p.is_file() or p.is_symlink()]
+    if own and (foreign or (require_mark and not (target / _files.MODEL_MARK).is_file())):
         raise FileExistsError(
             f"{where}: {str(target)!r} was not written by tensornet's save_model (it has no {_files.MODEL_MARK}, "
             f"or holds {', '.join(foreign[:5]) or 'nothing else'}); {flag} replaces only save_model's own "
@@ -226,14 +216,12 @@ def save_model(
 ) -> Path:
     """Write config.json, model.safetensors, optionally tokenizer.json, and the mark tensornet-model.json.
 
-    ``config.json`` has ``config.tensornet`` recording any tensorization and the SHA-256 of the weights and
-    tokenizer written with it; ``model.safetensors`` leaves the tied LM head out, as Hugging Face does.
-
-    An existing ``directory`` is used only when empty, or with ``overwrite=True`` when it is a folder
-    ``save_model`` wrote (marked, holding nothing but these files); a file, or any other folder, is refused.
-    Each file is written to a new temporary file and renamed into place, config.json last: a save killed at
-    any moment leaves the old model, the new one, or a folder that fails its checksum (never a mix that
-    loads). A dense model's folder also loads with ``GPT2LMHeadModel.from_pretrained``.
+    ``config.json`` records the tensorization (``tensornet``) and the SHA-256 of the weights and tokenizer
+    written with it; the weights leave the tied LM head out, as Hugging Face does (a dense folder loads with
+    ``GPT2LMHeadModel.from_pretrained``). An existing ``directory`` is used only when empty, or with
+    ``overwrite=True`` when ``save_model`` wrote it (marked, holding only these files). Each file is renamed
+    into place, config.json last: a save killed at any moment leaves the old model, the new one, or a folder
+    that fails its checksum, never a mix that loads.
     """
     return _save(model, Path(directory), tokenizer, overwrite=overwrite)
 
@@ -274,12 +262,10 @@ def _save(model: Any, target: Path, tokenizer, **checks: Any) -> Path:
 def load_model(directory: str | os.PathLike, *, device: str | torch.device | None = None):
     """Load a folder written by ``save_model`` (dense or tensorized) or a local Hugging Face GPT-2 folder.
 
-    A Hugging Face folder needs ``model.safetensors``. Pickle weights (``pytorch_model.bin``) are refused:
-    unpickling can run code.
-
-    ``config.json`` is checked before anything is built: its sizes and the memory they need, then (on the
-    meta device) the model it and its tensornet record describe against the weights file's header; the
-    weights and tokenizer against the checksum save_model recorded. Raises ValueError naming the file.
+    The weights must be ``model.safetensors`` (pickle weights are never loaded: unpickling can run code).
+    Checked before anything is built: config.json's sizes and the memory they need, then the model it and its
+    record describe (on the meta device) against the weights' header, then the checksum save_model recorded.
+    Raises ValueError naming the file.
     """
     path = Path(directory)
     raw, sizes = read_config(path)

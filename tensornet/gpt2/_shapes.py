@@ -13,17 +13,10 @@ from typing import Any
 import tensornet as tn
 
 # name -> (n_layer, n_embd, n_head); GPT-2 small and medium as published, "tiny" for CPU runs.
-PRESETS: dict[str, tuple[int, int, int]] = {
-    "tiny": (4, 256, 4),
-    "small": (12, 768, 12),
-    "medium": (24, 1024, 16),
-}
+PRESETS = {"tiny": (4, 256, 4), "small": (12, 768, 12), "medium": (24, 1024, 16)}
 
 # module names inside each GPT2Block, per layer group
-LAYER_GROUPS: dict[str, tuple[str, ...]] = {
-    "mlp": ("mlp.c_fc", "mlp.c_proj"),
-    "attn": ("attn.c_attn", "attn.c_proj"),
-}
+LAYER_GROUPS = {"mlp": ("mlp.c_fc", "mlp.c_proj"), "attn": ("attn.c_attn", "attn.c_proj")}
 
 
 def is_int(value: Any) -> bool:

@@ -66,11 +66,6 @@ class LowRankLinear(nn.Module):
         """The dense ``(out, in)`` weight ``B @ A`` (built on demand)."""
         return self.b @ self.a
 
-    def extra_repr(self) -> str:
-        """The sizes, as ``nn.Linear`` shows them, and the rank."""
-        sizes = f"in_features={self.in_features}, out_features={self.out_features}"
-        return f"{sizes}, rank={self.rank}, bias={self.bias is not None}"
-
 
 def nparams(model: nn.Module) -> int:
     """The model's parameters, each counted once (GPT-2's LM head shares the token embedding's)."""
@@ -226,9 +221,8 @@ def tensorize(
     GPT-2. What was built is recorded in ``model.config.tensornet`` (:class:`TensorizeConfig`).
 
     Bond ranks above their useful maximum are clipped (``RankClipWarning``) unless ``clip_rank=False``, the
-    default for ``shapes="paper"`` (its published parameter counts use the uniform rank throughout).
-
-    Raises ValueError for a rank below 1 or (from scratch) above every bond's useful maximum, shapes that do not
+    default for ``shapes="paper"`` (its published parameter counts use the uniform rank throughout). Raises
+    ValueError for a rank below 1 or (from scratch) above every bond's useful maximum, shapes that do not
     multiply to the layer's sizes, unknown layer groups; nothing is replaced when an error is raised.
     """
     rank = count("tensorize", "rank", rank, optional=True)
