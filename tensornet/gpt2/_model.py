@@ -94,10 +94,8 @@ def _weights_file(path: Path) -> Path:
     """The folder's safetensors weights; pickle (or sharded) weights are refused."""
     weights = path / WEIGHTS
     if not os.path.lexists(weights):
-        pickle = (path / "pytorch_model.bin").exists()
-        why = (
-            ": pytorch_model.bin is a pickle, never loaded (it can run code); save it as safetensors" * pickle
-        )
+        why = ": pytorch_model.bin is a pickle, which can run code: save it as safetensors"
+        why *= (path / "pytorch_model.bin").exists()  # (never loaded)
         raise ValueError(f"load_model: {str(path)!r} has no {WEIGHTS}{why}")
     what = _files.not_a_file(weights)  # a FIFO would never end, a folder is no file
     if what is not None:

@@ -43,10 +43,9 @@ class LowRankLinear(nn.Module):
     def from_linear(cls, linear: nn.Module, *, rank: int, bias: bool = True) -> LowRankLinear:
         """Truncated SVD of an ``nn.Linear``'s or GPT-2 ``Conv1D``'s weight; ``conversion_error``: relative Frobenius."""
         w, source_bias = linear_weight(linear, where="LowRankLinear.from_linear")
-        w = w.detach()
         has_bias = bias and source_bias is not None
         new = cls(w.shape[1], w.shape[0], rank=rank, bias=has_bias, device=w.device, dtype=w.dtype)
-        u, s, vh = torch.linalg.svd(w.double(), full_matrices=False)
+        u, s, vh = torch.linalg.svd(w.detach().double(), full_matrices=False)
         root = s[:rank].sqrt()
         with torch.no_grad():
             new.b.copy_(u[:, :rank] * root)  # (out, r)

@@ -109,9 +109,7 @@ def check_name_length(path: Path, where: str) -> None:
     """Refuse a ``path`` with a name longer than the file system takes (``NAME_MAX``), before any work is done."""
     for part in Path(path).parts:
         if len(os.fsencode(part)) > NAME_MAX:
-            message = (
-                f"{where}: the name {part[:40]!r}... has more than the {NAME_MAX} bytes allowed; shorten it"
-            )
+            message = f"{where}: {part[:40]!r}... has more than the {NAME_MAX} bytes a name may have"
             raise OSError(errno.ENAMETOOLONG, message)
 
 
