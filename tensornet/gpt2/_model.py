@@ -202,8 +202,8 @@ def check_model_target(
     foreign = [p.name for p in own if p.name not in _files.MODEL_FILES or not p.is_file() or p.is_symlink()]
     if own and (foreign or (require_mark and not (target / _files.MODEL_MARK).is_file())):
         raise FileExistsError(
-            f"{where}: {str(target)!r} was not written by tensornet's save_model (it has no {_files.MODEL_MARK}, "
-            f"or holds {', '.join(foreign[:5]) or 'nothing else'}); {flag} replaces only save_model's own "
+            f"{where}: {str(target)!r} was not written by tensornet's save_model (no {_files.MODEL_MARK}) or "
+            f"holds files it does not write ({', '.join(foreign[:5])}); {flag} replaces only save_model's own "
             "folders, so nothing was changed: choose another folder"
         )
     _files.probe_writable(target, where)

@@ -55,8 +55,8 @@ def replace_file(path: Path, write: Callable[[Path], object]) -> None:
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=suffix)
     tmp = Path(name)
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)
         os.close(fd)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
