@@ -394,9 +394,9 @@ def test_stale_temporary_files_are_removed_and_only_those(tmp_path):
     stale = [out / f".checkpoint.pt.0123abcd.tmp{dead}", out / f".log.jsonl.0123abcd.tmp{os.getpid()}"]
     for p in stale:
         p.write_bytes(b"partial")
-    half_model = out / f".model.0123abcd.tmp{dead}"
-    half_model.mkdir()
-    (half_model / "config.json").write_text("{}")
+    half_model = out / "model" / f".config.json.0123abcd.tmp{dead}"  # a killed save_model's temporary file
+    half_model.parent.mkdir()
+    half_model.write_text("{}")
     kept = [
         out / f".notes.txt.0123abcd.tmp{dead}",
         out / "notes.txt",
