@@ -207,7 +207,7 @@ def test_damaged_model_folders_are_errors(shared, tmp_path, capsys):
     settings = json.loads((folder / "config.json").read_text())
     del settings["tensornet"]
     (folder / "config.json").write_text(json.dumps(settings))
-    with pytest.raises(ValueError, match=r"TT cores.*no tensornet record"):
+    with pytest.raises(ValueError, match=r"do not match .*config\.json.*cores"):
         load_model(folder)
     # the CLI reports a truncated model folder with one line
     dense = tmp_path / "dense"
@@ -398,9 +398,9 @@ def test_stale_temporary_files_are_removed_and_only_those(tmp_path):
     stale = [out / f".checkpoint.pt.0123abcd.tmp{dead}", out / f".log.jsonl.0123abcd.tmp{os.getpid()}"]
     for p in stale:
         p.write_bytes(b"partial")
-    half_model = out / f".model.0123abcd.tmp{dead}"
-    half_model.mkdir()
-    (half_model / "config.json").write_text("{}")
+    half_model = out / "model" / f".config.json.0123abcd.tmp{dead}"  # a killed save_model's temporary file
+    half_model.parent.mkdir()
+    half_model.write_text("{}")
     kept = [
         out / f".notes.txt.0123abcd.tmp{dead}",
         out / "notes.txt",

@@ -10,6 +10,7 @@ import json
 import os
 import pickle
 import shutil
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from conftest import GPT2_TINY, cli_status
 
 import tensornet.gpt2 as gpt2
 from tensornet.gpt2 import (
-    _modelfile,
+    _model,
     build_model,
     files,
     gpt2_config,
@@ -73,18 +74,18 @@ def victim(tmp_path: Path) -> Path:
 
 
 # ------------------------------------------------------------------ 1. no write through a planted link
-FIRST = "0123abcd"  # the random part of the first temporary name the package picks (``predictable``)
+FIRST = "0123abcd"  # the random part of the first temporary name mkstemp picks (``predictable``)
 
 
 def predictable(monkeypatch) -> None:
-    """The package's temporary names made predictable: FIRST, then other names, so links can be planted."""
-    names = iter([FIRST, *(f"{i:08x}" for i in range(1, 10_000))])
-    monkeypatch.setattr(files, "token_hex", lambda n: next(names))
+    """mkstemp's names made predictable (FIRST, then others, for each file), so links can be planted at them."""
+    names = lambda: iter([FIRST, *(f"{i:08x}" for i in range(1, 10_000))])  # noqa: E731
+    monkeypatch.setattr(tempfile, "_get_candidate_names", names)
 
 
-def planted(target: Path, tag: str = "tmp") -> Path:
+def planted(target: Path) -> Path:
     """The first temporary name of ``target`` under ``predictable``."""
-    return target.with_name(f".{files.tmp_stem(target.name)}.{FIRST}.{tag}{PID}")
+    return target.with_name(f".{target.name[:50]}.{FIRST}.tmp{PID}")
 
 
 def test_atomic_writes_never_follow_a_planted_link(tmp_path, monkeypatch):
@@ -100,35 +101,23 @@ def test_atomic_writes_never_follow_a_planted_link(tmp_path, monkeypatch):
     _checkpoint.save_tensors(link, {"train": torch.arange(3), "val": torch.arange(2)})
     assert precious.read_text() == "precious" and not link.is_symlink()
     # a folder at the temporary name is not the package's: another name is taken, the folder left alone
-    predictable(monkeypatch)
     blocked = tmp_path / "blocked.json"
     planted(blocked).mkdir()
     (planted(blocked) / "keep").write_text("x")
     write_json(blocked, {})
     assert (planted(blocked) / "keep").read_text() == "x" and json.loads(blocked.read_text()) == {}
-    # a folder set aside (save_model's first rename) is never renamed over a planted link or folder
-    predictable(monkeypatch)
-    folder = tmp_path / "folder"
-    folder.mkdir()
-    (folder / "a").write_text("a")
-    planted(folder, "old").symlink_to(blocked)
-    aside = files.set_aside(folder)
-    assert planted(folder, "old").is_symlink() and (aside / "a").read_text() == "a" and not folder.exists()
 
 
 def test_a_run_never_writes_through_links_planted_at_its_temporary_names(
     shared, tmp_path, capsys, monkeypatch
 ):
     precious = victim(tmp_path)
-    mine = tmp_path / "mine"
-    mine.mkdir()
-    (mine / "keep.txt").write_text("mine")
     run = copy_run(shared, tmp_path / "run")
-    monkeypatch.setattr(files, "token_hex", lambda n: FIRST)  # every temporary name is known ahead
+    predictable(monkeypatch)  # every temporary name is known ahead
     for name in ("tensornet-run.json", "checkpoint.pt", "log.jsonl"):
         planted(run / name).symlink_to(precious)  # links named as this process's temporaries
-    planted(run / "model").symlink_to(mine, target_is_directory=True)
-    planted(run / "model", "old").symlink_to(mine, target_is_directory=True)
+    for name in files.MODEL_FILES:
+        planted(run / "model" / name).symlink_to(precious)
     # a cache whose tokenizer and tokens must be written again, with links at their temporary names
     cache = tmp_path / "cache"
     shutil.copytree(shared["cache"], cache)
@@ -139,7 +128,7 @@ def test_a_run_never_writes_through_links_planted_at_its_temporary_names(
             planted(file).with_name(planted(file).name.replace(str(PID), str(DEAD))).symlink_to(precious)
     assert code(train_argv(shared, run, "--overwrite", cache=cache)) == 0
     capsys.readouterr()
-    assert precious.read_text() == "precious" and sorted(p.name for p in mine.iterdir()) == ["keep.txt"]
+    assert precious.read_text() == "precious"
     for file in [*run.iterdir(), *(run / "model").iterdir(), *(cache / "tokens").iterdir()]:
         assert not file.is_symlink(), file  # every output a regular file, every planted link gone
     assert not list((cache / "tokenizers").glob(".*"))
@@ -149,27 +138,21 @@ def test_a_run_never_writes_through_links_planted_at_its_temporary_names(
 
 def test_save_model_and_the_tokenizer_cache_never_follow_links(shared, tmp_path, monkeypatch):
     precious = victim(tmp_path)
-    mine = tmp_path / "mine"
-    mine.mkdir()
-    (mine / "keep.txt").write_text("mine")
     config = gpt2_config(vocab_size=97, block_size=16, n_layer=1, n_embd=32, n_head=2)
     model = build_model(config, seed=0)
     target = tmp_path / "model"
-    predictable(monkeypatch)
-    planted(target).symlink_to(mine, target_is_directory=True)
     save_model(model, target)
-    predictable(monkeypatch)  # the new folder is FIRST, the old one is set aside as the second name: planted
-    second = target.with_name(f".{target.name}.00000001.old{PID}")
-    second.symlink_to(mine, target_is_directory=True)
+    predictable(monkeypatch)
+    links = [planted(target / name) for name in files.MODEL_FILES]
+    for link in links:
+        link.symlink_to(precious)
     save_model(model, target, overwrite=True)
-    assert not os.path.lexists(second)  # a link at one of its names: removed first, never followed
-    assert sorted(p.name for p in mine.iterdir()) == ["keep.txt"]
+    assert precious.read_text() == "precious" and not any(os.path.lexists(link) for link in links)
     assert load_model(target) is not None
     corpus = stdlib_corpus(max_chars=20000)
     cache = tmp_path / "cache"
     path = cache / "tokenizers" / f"bpe-300-{corpus.fingerprint()}-v2.json"  # cached_tokenizer's name
     path.parent.mkdir(parents=True)
-    predictable(monkeypatch)
     planted(path).symlink_to(precious)
     tokenizer = cached_tokenizer(corpus, 300, cache)
     assert precious.read_text() == "precious" and not path.is_symlink()
@@ -264,28 +247,26 @@ def test_cache_cleanup_removes_only_the_cache_files_leftovers(shared, tmp_path):
 
 
 # -------------------------------------------------------------- 5. crafted config.json: refused, nothing built
-CONFIG_EDITS = [
-    ({"vocab_size": 10**9}, "vocab_size"),
-    ({"n_positions": 10**9}, "n_positions"),
-    ({"n_embd": 2**20, "n_head": 1}, "n_embd"),
-    ({"n_layer": 10**7}, "n_layer"),
-    ({"n_layer": 5}, "n_layer 5"),
-    ({"n_positions": 32}, "n_positions"),
-    ({"n_embd": -32}, "n_embd"),
-    ({"n_head": 0}, "n_head"),
-    ({"n_head": 3}, "n_head"),
-    ({"n_layer": 1.5}, "n_layer"),
-    ({"n_embd": "32"}, "n_embd"),
-    ({"n_layer": [1]}, "n_layer"),
-    ({"layer_norm_epsilon": float("nan")}, "layer_norm_epsilon"),
-    ({"activation_function": "__import__('os')"}, "activation_function"),
-    ({"_attn_implementation": "flash_attention_2"}, "_attn_implementation"),
-    ({"model_type": "llama"}, "llama"),
-    ({"tie_word_embeddings": "yes"}, "tie_word_embeddings"),
-    ({"tensornet": {"method": "ttm", "layers": ["mlp"], "bias": True, "shapes": [1]}}, "shapes"),
-    ({"tensornet": {"method": "ttm", "layers": "mlp", "bias": True}}, "layers"),
-    ({"tensornet": {"method": "lowrank", "layers": ["mlp"], "bias": True, "rank": 2.7}}, "rank"),
-    ({"tensornet": [1, 2]}, "tensornet"),
+CONFIG_EDITS = [  # sizes capped before anything is allocated; the rest refused by transformers or the record
+    {"vocab_size": 10**9},
+    {"n_positions": 10**9},
+    {"n_embd": 2**20, "n_head": 1},
+    {"n_layer": 10**7},
+    {"n_layer": 5},
+    {"n_positions": 32},
+    {"n_embd": -32},
+    {"n_head": 0},
+    {"n_head": 3},
+    {"n_layer": 1.5},
+    {"n_embd": "32"},
+    {"n_layer": [1]},
+    {"activation_function": "__import__('os')"},
+    {"model_type": "llama"},
+    {"tie_word_embeddings": "yes"},
+    {"tensornet": {"method": "ttm", "layers": ["mlp"], "bias": True, "shapes": [1]}},
+    {"tensornet": {"method": "ttm", "layers": "mlp", "bias": True}},
+    {"tensornet": {"method": "lowrank", "layers": ["mlp"], "bias": True, "rank": 2.7}},
+    {"tensornet": [1, 2]},
 ]
 
 
@@ -293,18 +274,20 @@ def test_crafted_configs_are_refused_before_anything_is_built(shared, tmp_path, 
     src = shared["run"] / "model"
     base = json.loads((src / "config.json").read_text())
     built = []
-    monkeypatch.setattr(_modelfile.TensorizeConfig, "apply", lambda *a: built.append(a))
-    for i, (edit, key) in enumerate(CONFIG_EDITS):
+    monkeypatch.setattr(_model.TensorizeConfig, "apply", lambda *a: built.append(a))
+    for i, edit in enumerate(CONFIG_EDITS):
         folder = tmp_path / str(i)
         shutil.copytree(src, folder)
         (folder / "config.json").write_text(json.dumps({**base, **edit}))
-        with pytest.raises(ValueError, match=r"config\.json") as err:
+        with pytest.raises(ValueError) as err:
             load_model(folder)
-        assert key in str(err.value), (edit, str(err.value))
+        assert str(folder / "config.json") in str(err.value), (edit, str(err.value))
     assert not built
     # through the command line: one line, exit 2
     assert code(["eval", str(tmp_path / "0"), "--device", "cpu", "--max-chars", "2000"]) == 2
     one_line_error(capsys, "vocab_size", "config.json")
+    assert code(["eval", str(tmp_path / "14"), "--device", "cpu", "--max-chars", "2000"]) == 2
+    one_line_error(capsys, "tie_word_embeddings", "config.json")
     # deep nesting, a device, and a model that cannot fit this machine's memory
     (tmp_path / "1" / "config.json").write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(ValueError, match="nested too deeply"):
@@ -313,9 +296,9 @@ def test_crafted_configs_are_refused_before_anything_is_built(shared, tmp_path, 
     (tmp_path / "2" / "config.json").symlink_to("/dev/zero")
     with pytest.raises(ValueError, match="not a regular file"):
         load_model(tmp_path / "2")
-    monkeypatch.setattr(_modelfile, "memory_bytes", lambda device=None: 2**10)
+    monkeypatch.setattr(_model, "memory_bytes", lambda device=None: 2**10)
     meta = []  # refused before the model the config describes is built, even on the meta device
-    monkeypatch.setattr(_modelfile, "_expected_state", lambda *a: meta.append(a))
+    monkeypatch.setattr(_model, "_build", lambda *a, **k: meta.append(a))
     with pytest.raises(ValueError, match="more than this machine's") as err:
         load_model(src)
     assert not meta and "n_layer" in str(err.value) and "vocab_size" in str(err.value)

@@ -1,6 +1,6 @@
 """What an interruption leaves is what the messages say: a run stopped before its first checkpoint starts over
-with the same command, and a model folder being replaced by save_model is never lost, whether the process is
-killed or fails between the two renames."""
+with the same command, and a model folder being replaced by save_model, killed or failing at any of its renames,
+holds the old model or fails its checksum with one line, never a mix that loads."""
 
 from __future__ import annotations
 
@@ -57,10 +57,10 @@ def test_ctrl_c_before_the_first_checkpoint_then_the_same_command_works(
     assert "--resume to continue it" in capsys.readouterr().err
 
 
-# ------------------------------------------------------------------ save_model between its two renames
+# ------------------------------------------------------------------ save_model killed at one of its renames
 # in a child process: load the model, change it, save it over the folder, and SIGKILL itself when about to
-# make the second rename (the old folder set aside, the new one complete but not in place)
-KILL_BETWEEN_RENAMES = """
+# make its Nth rename (the mark, the weights, config.json; the temporary file is complete)
+KILL_AT_RENAME = """
 import os, signal, sys, torch
 from tensornet.gpt2 import load_model, save_model
 model = load_model(sys.argv[1])
@@ -69,7 +69,7 @@ with torch.no_grad():
 replace, calls = os.replace, []
 def dying(src, dst):
     calls.append(src)
-    if len(calls) == 2:
+    if len(calls) == int(sys.argv[2]):
         os.kill(os.getpid(), signal.SIGKILL)
     return replace(src, dst)
 os.replace = dying
@@ -77,42 +77,46 @@ save_model(model, sys.argv[1], overwrite=True)
 """
 
 
-def killed_between_renames(shared, tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
+def killed_at_rename(shared, tmp_path: Path, rename: int) -> tuple[Path, dict[str, bytes]]:
     target = tmp_path / "model"
     shutil.copytree(shared["run"] / "model", target)  # save_model's own (marked) folder, with its tokenizer
     before = tree(target)
     proc = subprocess.run(
-        [sys.executable, "-c", KILL_BETWEEN_RENAMES, str(target)], env=ENV, cwd=ROOT, capture_output=True
+        [sys.executable, "-c", KILL_AT_RENAME, str(target), str(rename)],
+        env=ENV,
+        cwd=ROOT,
+        capture_output=True,
     )
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
-    assert not target.exists()  # what the kill left: the old folder set aside, the new one beside it
-    assert sorted(p.name.split(".")[3][:3] for p in tmp_path.iterdir()) == ["old", "tmp"]  # .model.XXXX.old9
+    assert len(list(target.glob(".*.tmp*"))) == 1  # the complete temporary file it was about to rename
     return target, before
 
 
-def test_a_save_model_killed_between_its_renames_is_restored_on_the_next_load(shared, tmp_path):
-    target, before = killed_between_renames(shared, tmp_path)
+def test_a_save_model_killed_before_its_weights_are_in_place_leaves_the_old_model(shared, tmp_path):
+    target, before = killed_at_rename(shared, tmp_path, 2)
     model = load_model(target)
-    assert tree(target) == before and [p.name for p in tmp_path.iterdir()] == ["model"]
+    assert {k: v for k, v in tree(target).items() if not k.startswith(".")} == before
     expected = load_model(shared["run"] / "model")
     assert torch.equal(model.transformer.wte.weight, expected.transformer.wte.weight)
 
 
-def test_a_save_model_killed_between_its_renames_is_restored_on_the_next_save(shared, tmp_path, capsys):
-    target, before = killed_between_renames(shared, tmp_path)
-    model = load_model(shared["run"] / "model")
-    with pytest.raises(FileExistsError, match="already exists"):
-        save_model(model, target)  # the restored folder is there again: not replaced without overwrite
-    assert tree(target) == before
-    save_model(model, target, overwrite=True)
-    assert [p.name for p in tmp_path.iterdir()] == ["model"]
-    # and the command line finds it too
-    again, before = killed_between_renames(shared, tmp_path / "again")
-    assert cli_status(["eval", str(again), "--max-chars", "4000", "--device", "cpu"]) == 0
-    assert tree(again) == before and [p.name for p in again.parent.iterdir()] == ["model"]
+def test_a_save_model_killed_after_its_weights_fails_its_checksum_until_saved_again(shared, tmp_path, capsys):
+    for rename in (3,):  # config.json (the child gives no tokenizer): the new weights, the old config.json
+        target, _ = killed_at_rename(shared, tmp_path / str(rename), rename)
+        with pytest.raises(ValueError, match="fails its checksum"):
+            load_model(target)
+        assert cli_status(["eval", str(target), "--max-chars", "4000", "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "fails its checksum" in err and len(err.splitlines()) == 1
+        model = load_model(shared["run"] / "model")
+        with pytest.raises(FileExistsError, match="already exists"):
+            save_model(model, target)  # still save_model's folder: not replaced without overwrite
+        save_model(model, target, overwrite=True)  # the leftover of the killed process is removed
+        assert not list(target.glob(".*"))
+        assert torch.equal(load_model(target).transformer.wte.weight, model.transformer.wte.weight)
 
 
-def test_a_failure_between_the_renames_puts_the_old_folder_back(shared, tmp_path, monkeypatch):
+def test_a_failure_at_a_rename_keeps_the_old_model(shared, tmp_path, monkeypatch):
     target = tmp_path / "model"
     save_model(load_model(shared["run"] / "model"), target)
     before = tree(target)
@@ -120,7 +124,7 @@ def test_a_failure_between_the_renames_puts_the_old_folder_back(shared, tmp_path
 
     def failing(src, dst):
         calls.append(src)
-        if len(calls) == 2:
+        if len(calls) == 2:  # the weights
             raise OSError(28, "No space left on device")
         return replace(src, dst)
 

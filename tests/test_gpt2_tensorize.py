@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import os
 
 import numpy as np
 import pytest
@@ -251,14 +253,71 @@ def test_the_record_is_a_frozen_config_that_rebuilds_the_model(tmp_path):
 
 def test_a_saved_model_is_the_same_bytes_every_time(tmp_path):
     # safetensors writes its metadata keys in the order of a randomly seeded hash map (a new seed per map, so
-    # per save): save_model writes its header in sorted order. Plain save_file gives one file in 2**5 the same
-    # six times in a row.
+    # per save): save_model's weights carry one key, {"format": "pt"}, the checksum is in config.json
     model, _ = tensorize(tiny(), rank=4, shapes="balanced")
     saved = {
         save_model(model, tmp_path / str(i)).joinpath("model.safetensors").read_bytes() for i in range(6)
     }
     assert len(saved) == 1
     assert load_model(tmp_path / "0").config.tensornet["rank"] == 4
+
+
+class Killed(BaseException):
+    """What a SIGKILL leaves: the files as they are, nothing cleaned up."""
+
+
+@pytest.mark.parametrize("second_tokenizer", [True, False])
+def test_save_model_killed_at_any_rename_leaves_the_old_model_the_new_one_or_an_error(
+    tmp_path, monkeypatch, second_tokenizer
+):
+    from tokenizers import Tokenizer, models
+
+    from tensornet.gpt2 import files
+
+    def tokenizer(*words):
+        return Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token=words[0]))
+
+    old, new = tiny(), tiny()
+    with torch.no_grad():  # the same sizes (config.json the same but for its checksum), other weights
+        new.transformer.h[0].mlp.c_fc.weight.add_(1.0)
+    prompt = torch.tensor([[1, 2, 3]])
+    outcomes = set()
+    replace, calls = os.replace, []
+    for kill_at in range(5):
+        folder = save_model(old, tmp_path / str(kill_at), tokenizer=tokenizer("[UNK]", "old"))
+
+        def dying(src, dst, kill_at=kill_at):
+            calls.append(dst)
+            if len(calls) > kill_at:
+                raise Killed
+            return replace(src, dst)
+
+        calls.clear()
+        monkeypatch.setattr(os, "replace", dying)
+        with contextlib.suppress(Killed):
+            save_model(
+                new, folder, tokenizer=tokenizer("[UNK]", "new") if second_tokenizer else None, overwrite=True
+            )
+        monkeypatch.setattr(os, "replace", replace)
+        try:
+            logits = load_model(folder)(prompt).logits
+        except ValueError as err:
+            assert "fails its checksum" in str(err) and str(folder) in str(err)
+            outcomes.add("error")
+        else:
+            text = (folder / "tokenizer.json").read_text() if (folder / "tokenizer.json").exists() else ""
+            if torch.equal(logits, old(prompt).logits):
+                outcomes.add("old")
+                assert '"old"' in text
+            else:
+                torch.testing.assert_close(logits, new(prompt).logits, rtol=0, atol=0)
+                outcomes.add("new")
+                assert ('"new"' in text) if second_tokenizer else not text
+        for leftover in folder.glob(".*.tmp*"):  # as a killed process leaves them
+            leftover.rename(leftover.with_name(leftover.name.rpartition(".tmp")[0] + ".tmp4206289"))
+        save_model(new, folder, overwrite=True)  # the next save removes them and replaces the folder
+        assert sorted(p.name for p in folder.iterdir()) == sorted(set(files.MODEL_FILES) - {"tokenizer.json"})
+    assert outcomes == {"old", "error", "new"}
 
 
 def test_a_model_saved_by_an_older_tensornet_is_refused_with_a_reason(tmp_path):
@@ -290,9 +349,11 @@ def test_a_model_saved_before_the_tt_layers_recorded_their_core_shapes_still_loa
         metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in names}
     assert any(k.endswith("._extra_state") for k in tensors)
     tensors = {k: v for k, v in tensors.items() if not k.endswith("._extra_state")}
-    metadata["tensornet.sha256"] = files.content_sha256(tensors)
     weights.unlink()
     save_file(tensors, weights, metadata=metadata)
+    config = json.loads((folder / "config.json").read_text())
+    config["tensornet_sha256"] = files.content_sha256(tensors)
+    (folder / "config.json").write_text(json.dumps(config))
     loaded = load_model(folder)
     prompt = torch.tensor([[1, 2, 3]])
     assert torch.equal(loaded(prompt).logits, model(prompt).logits)

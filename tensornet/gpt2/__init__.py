@@ -1,16 +1,11 @@
 """GPT-2 with tensor-train-matrix (TTM) layers: the adapter, training loop and ``python -m tensornet.gpt2``.
 
-GPT-2 is Hugging Face transformers' ``GPT2LMHeadModel``, built from a ``GPT2Config`` (nothing is downloaded).
-``tensorize`` replaces its MLP (and optionally attention) layers by ``tensornet.nn.TTMLinear``, from scratch or
-from the existing weights, reproducing the parameter counts of Chekalina et al. 2023 with ``shapes="paper"``;
-``save_model``/``load_model`` round-trip a tensorized model through a ``save_pretrained``-style folder, its
-``config.json`` recording how it was tensorized (``TensorizeConfig``).
-
-The application (``python -m tensornet.gpt2``: the training loop, resume, data and tokenizer caches, run
-folders, figures) is :mod:`tensornet.gpt2.app`, built on this adapter's public names; ``train``, ``evaluate``,
-``TrainConfig`` and the corpus helpers are re-exported here. :mod:`tensornet.gpt2.files` holds the file
-guarantees of ``save_model``/``load_model``, which the application shares. The names are imported on first
-use (torch and transformers load then), so ``python -m tensornet.gpt2 --help`` answers at once.
+``tensorize`` replaces the MLP (and optionally attention) layers of Hugging Face's ``GPT2LMHeadModel`` by
+``tensornet.nn.TTMLinear``, reproducing the parameter counts of Chekalina et al. 2023 with ``shapes="paper"``;
+``save_model``/``load_model`` round-trip it through a ``save_pretrained``-style folder whose ``config.json``
+records the tensorization (``TensorizeConfig``). The application (the command line, training, run folders) is
+:mod:`tensornet.gpt2.app`; its ``train``, ``evaluate``, ``TrainConfig`` and corpus helpers are re-exported here.
+Names are imported on first use, so ``python -m tensornet.gpt2 --help`` loads neither torch nor transformers.
 """
 
 from __future__ import annotations
@@ -18,35 +13,24 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-# the module that defines them -> public names
-_NAMES = {
-    "tensornet.nn": ("LayerReport", "TensorizeReport", "TiedTTHead"),
-    "._lowrank": ("LowRankLinear",),
-    "._model": (
-        "build_model",
-        "check_model_target",
-        "gpt2_config",
-        "load_model",
-        "save_model",
-        "save_run_model",
-    ),
-    "._modelfile": ("dense_params", "memory_bytes", "read_config"),
-    "._shapes": ("LAYER_GROUPS", "PRESETS", "balanced_shapes", "layer_shapes", "paper_shapes"),
-    "._tensorize": ("TensorizeConfig", "lowrank", "lowrank_rank_for", "nparams", "tensorize"),
-    ".app._config": ("TrainConfig",),
-    ".app._data": ("Corpus", "load_corpus", "load_tokenizer", "stdlib_corpus", "train_tokenizer"),
-    ".app._train": ("History", "evaluate", "train"),
+_NAMES = {  # the module that defines them -> public names
+    "tensornet.nn": "LayerReport TensorizeReport TiedTTHead",
+    "._model": "build_model check_model_target dense_params gpt2_config load_model memory_bytes read_config "
+    "save_model save_run_model",
+    "._shapes": "LAYER_GROUPS PRESETS balanced_shapes layer_shapes paper_shapes",
+    "._tensorize": "LowRankLinear TensorizeConfig lowrank lowrank_rank_for nparams tensorize",
+    ".app._config": "TrainConfig",
+    ".app._data": "Corpus load_corpus load_tokenizer stdlib_corpus train_tokenizer",
+    ".app._train": "History evaluate train",
 }
-_HOMES = {name: home for home, names in _NAMES.items() for name in names}
+_HOMES = {name: home for home, names in _NAMES.items() for name in names.split()}
 __all__ = sorted(_HOMES)
 
 
 def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
+    if name not in _HOMES:
         raise AttributeError(f"module 'tensornet.gpt2' has no attribute {name!r}")
-    value = getattr(importlib.import_module(home, __name__), name)
-    globals()[name] = value  # once imported, a plain attribute
+    value = globals()[name] = getattr(importlib.import_module(_HOMES[name], __name__), name)
     return value
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,118 @@ import torch
 from torch import nn
 
 from . import files as _files
-from ._modelfile import _CHECKSUM, _WEIGHTS, base_names, checked_folder, read_weights
 from ._shapes import PRESETS, count
+from ._tensorize import TensorizeConfig
+
+WEIGHTS = "model.safetensors"
+CHECKSUM = "tensornet_sha256"  # config.json key: SHA-256 of the weights and tokenizer.json saved with it
+CONFIG_BYTES = 16 * 2**20  # the most a config.json may hold
+TOKENIZER_BYTES = 256 * 2**20
+_AGAIN = "; save the model again or restore the file"
+# the sizes GPT2Config reads, capped so that a crafted config.json allocates nothing before the memory check
+_SIZES = {"vocab_size": 2**31 - 1, "n_positions": 2**20, "n_embd": 2**16, "n_layer": 1024, "n_head": 2**16}
+
+
+def memory_bytes(device: torch.device | str | None = None) -> int | None:
+    """A CUDA ``device``'s total memory, else this machine's (or its cgroup limit when lower); None if unknown."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if device.type == "cuda" and torch.cuda.is_available():
+        return int(torch.cuda.get_device_properties(device.index or 0).total_memory)
+    total: int | None = None
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        with contextlib.suppress(ValueError, OSError):
+            limit = int(Path(limit_file).read_text().strip())  # "max": no limit (ValueError)
+            total = limit if total is None else min(total, limit)
+    return total
+
+
+def dense_params(*, vocab: int, positions: int, width: int, layers: int, inner: int | None = None) -> int:
+    """Parameters of the dense ``GPT2LMHeadModel`` (head tied), which is built before any tensorization."""
+    inner = inner or 4 * width
+    block = 4 * width + (3 * width * width + 3 * width) + (width * width + width)
+    block += (width * inner + inner) + (inner * width + width)
+    return vocab * width + positions * width + layers * block + 2 * width
+
+
+def read_config(directory: str | os.PathLike) -> tuple[dict, dict[str, Any]]:
+    """A model folder's ``config.json`` and its sizes, checked against caps and memory; ValueError naming the file."""
+    path = Path(directory)
+    if not str(directory) or not path.exists():
+        raise FileNotFoundError(f"model folder {str(path)!r} does not exist")
+    if not path.is_dir():
+        raise NotADirectoryError(f"load_model: {str(path)!r} is a file; give the model's folder")
+    file = path / "config.json"
+    if not file.exists():
+        raise ValueError(f"{str(path)!r} has no config.json; give a save_pretrained/save_model folder")
+    try:
+        raw = _files.parse_json(_files.read_small_file(file, CONFIG_BYTES, "load_model"))
+    except ValueError as err:
+        raise ValueError(f"load_model: {str(file)!r} is not a readable GPT-2 config.json ({err})") from None
+    if not isinstance(raw, dict) or raw.get("model_type", "gpt2") != "gpt2":
+        raise ValueError(f"load_model: {str(file)!r} is not a GPT-2 config.json")
+    from transformers import GPT2Config
+
+    defaults, sizes = GPT2Config(), {}
+    for key, top in {**_SIZES, "n_inner": 2**20}.items():
+        value = sizes[key] = raw.get(key, getattr(defaults, key))
+        if (value is not None or key != "n_inner") and (type(value) is not int or not 1 <= value <= top):
+            raise ValueError(
+                f"load_model: {str(file)!r}: {key} must be an int in [1, {top:,}], not {value!r}"
+            )
+    vocab, positions, width, layers, inner = (
+        sizes[k] for k in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_inner")
+    )
+    need = 4 * dense_params(vocab=vocab, positions=positions, width=width, layers=layers, inner=inner)
+    have = memory_bytes()
+    if have is not None and need > have:  # the dense model is built before the weights are loaded
+        raise ValueError(
+            f"load_model: the model {str(file)!r} describes ({_gives(sizes)}) needs {need / 2**30:,.1f} GiB "
+            f"to build, more than this machine's {have / 2**30:,.1f} GiB of memory"
+        )
+    return raw, sizes
+
+
+def _gives(sizes: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {sizes[k]}" for k in ("n_layer", "n_positions", "n_embd", "vocab_size"))
+
+
+def _weights_file(path: Path) -> Path:
+    """The folder's safetensors weights; pickle (or sharded) weights are refused."""
+    weights = path / WEIGHTS
+    if not os.path.lexists(weights):
+        why = ": pytorch_model.bin is a pickle, which can run code: save it as safetensors"
+        why *= (path / "pytorch_model.bin").exists()  # (never loaded)
+        raise ValueError(f"load_model: {str(path)!r} has no {WEIGHTS}{why}")
+    what = _files.not_a_file(weights)  # a FIFO would never end, a folder is no file
+    if what is not None:
+        raise ValueError(f"load_model: {str(weights)!r} {what}; give a model folder with its weights file")
+    return weights
+
+
+def base_names(names: dict) -> dict:
+    """A GPT2Model (base) checkpoint's names as GPT2LMHeadModel's (``transformer.`` prefixed)."""
+    if names and not any(k.startswith("transformer.") for k in names):
+        return {(k if k.startswith("lm_head.") else f"transformer.{k}"): v for k, v in names.items()}
+    return names
+
+
+def _build(raw: dict, file: Path, *, meta: bool) -> tuple[Any, TensorizeConfig | None]:
+    """The model a parsed ``config.json`` and its tensornet record describe (on the meta device: no memory)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    try:  # transformers and the record raise many error types for a crafted config.json
+        record = raw.get("tensornet")
+        tensorized = None if record is None else TensorizeConfig.from_json(record, str(file), "load_model")
+        with torch.device("meta") if meta else contextlib.nullcontext():
+            model = GPT2LMHeadModel(GPT2Config.from_dict(raw))
+            return model if tensorized is None else tensorized.apply(model), tensorized
+    except Exception as err:
+        why = " ".join(str(err).split())  # one line, whatever the library wrote
+        raise ValueError(
+            f"load_model: {str(file)!r} is not a config.json load_model can build ({why})"
+        ) from None
 
 
 def gpt2_config(
@@ -36,28 +147,22 @@ def gpt2_config(
     layers, width, heads = (v if v is not None else b for v, b in zip((n_layer, n_embd, n_head), base))
     if layers is None or width is None or heads is None:
         raise ValueError("without a preset give --n-layer, --n-embd and --n-head")
-    for name, value in (
-        ("n_layer", layers),
-        ("n_embd", width),
-        ("n_head", heads),
-        ("block_size", block_size),
-    ):
+    for name, value in zip(("n_layer", "n_embd", "n_head", "block_size"), (layers, width, heads, block_size)):
         count("gpt2_config", name, value)
     if width % heads:
         raise ValueError(f"n_embd {width} is not divisible by n_head {heads}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    dropouts: dict[str, Any] = dict.fromkeys(("resid_pdrop", "embd_pdrop", "attn_pdrop"), dropout)
+    ids: dict[str, Any] = dict.fromkeys(("bos_token_id", "eos_token_id"), eos_token_id)
     return GPT2Config(
         vocab_size=vocab_size,
         n_positions=block_size,
         n_embd=width,
         n_layer=layers,
         n_head=heads,
-        resid_pdrop=dropout,
-        embd_pdrop=dropout,
-        attn_pdrop=dropout,
-        bos_token_id=eos_token_id,
-        eos_token_id=eos_token_id,
+        **dropouts,
+        **ids,
     )
 
 
@@ -74,18 +179,6 @@ def build_model(config, *, seed: int | None = None, device: str | torch.device |
 _MARK = {"format": "tensornet-model", "version": 1, "written_by": "tensornet.gpt2.save_model"}
 
 
-def _marked(folder: Path) -> bool:
-    """Whether ``folder`` carries save_model's mark file."""
-    mark = folder / _files.MODEL_MARK
-    if not _files.plain_file(mark):
-        return False
-    try:
-        record = _files.parse_json(_files.read_small_file(mark, 65536, "save_model"))
-    except ValueError:
-        return False
-    return isinstance(record, dict) and record.get("format") == _MARK["format"]
-
-
 def check_model_target(
     target: Path, *, overwrite: bool = False, where: str = "save_model", require_mark: bool = True
 ) -> None:
@@ -95,36 +188,25 @@ def check_model_target(
     """
     target = Path(target)
     _files.check_name_length(target, where)
-    _files.restore_set_aside(target, _files.MODEL_FILES)  # a save_model killed between its two renames
-    if target.is_symlink():
-        raise FileExistsError(f"{where}: {str(target)!r} is a symbolic link; give a real folder path")
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise FileExistsError(f"{where}: {str(target)!r} is a file or a link, not a folder; choose a folder")
     if not target.exists():
-        _files.check_creatable(target, where)
-        return
-    if not target.is_dir():
-        raise FileExistsError(f"{where}: {str(target)!r} is a file, not a folder; choose a folder path")
-    entries = sorted(target.iterdir())
-    if entries:
-        flag = "--overwrite" if where.startswith("--") else "overwrite=True"
-        if not overwrite:
-            raise FileExistsError(
-                f"{where}: {str(target)!r} already exists and is not empty; pass {flag} to replace a model "
-                "folder written by save_model, or choose a new folder"
-            )
-        foreign = [p.name for p in entries if p.name not in _files.MODEL_FILES or not _files.plain_file(p)]
-        if foreign:
-            raise FileExistsError(
-                f"{where}: {str(target)!r} holds files save_model does not write ({', '.join(foreign[:5])}); "
-                f"{flag} replaces only save_model's own folders, so nothing was changed: choose another folder"
-            )
-        if require_mark and not _marked(target):
-            raise FileExistsError(
-                f"{where}: {str(target)!r} was not written by tensornet's save_model (it has no "
-                f"{_files.MODEL_MARK}); {flag} replaces only save_model's own folders, so nothing was changed: "
-                "move it away yourself or choose another folder"
-            )
-        _files.probe_writable(target, where)
-    _files.probe_writable(target.parent, where)
+        return _files.check_creatable(target, where)
+    flag = "--overwrite" if where.startswith("--") else "overwrite=True"
+    own = [p for p in target.iterdir() if _files.tmp_owner(p.name) not in _files.MODEL_FILES]  # not leftovers
+    if own and not overwrite:
+        raise FileExistsError(
+            f"{where}: {str(target)!r} already exists and is not empty; pass {flag} to replace a model "
+            "folder written by save_model, or choose a new folder"
+        )
+    foreign = [p.name for p in own if p.name not in _files.MODEL_FILES or not p.is_file() or p.is_symlink()]
+    if own and (foreign or (require_mark and not (target / _files.MODEL_MARK).is_file())):
+        raise FileExistsError(
+            f"{where}: {str(target)!r} was not written by tensornet's save_model (no {_files.MODEL_MARK}) or "
+            f"holds files it does not write ({', '.join(foreign[:5])}); {flag} replaces only save_model's own "
+            "folders, so nothing was changed: choose another folder"
+        )
+    _files.probe_writable(target, where)
 
 
 def save_model(
@@ -132,98 +214,97 @@ def save_model(
 ) -> Path:
     """Write config.json, model.safetensors, optionally tokenizer.json, and the mark tensornet-model.json.
 
-    ``config.json`` has ``config.tensornet`` recording any tensorization; ``model.safetensors`` leaves the
-    tied LM head out, as Hugging Face does, with a SHA-256 of the tensors in its metadata.
-
-    An existing ``directory`` is used only when empty, or with ``overwrite=True`` when it is a folder
-    ``save_model`` wrote (marked, holding nothing but these files); a file, or any other folder, is refused.
-    The folder is assembled next to ``directory`` (every file created new, never through a symbolic link) and
-    renamed into place, so it is never left half-written. A dense model's folder also loads with
-    ``GPT2LMHeadModel.from_pretrained``.
+    ``config.json`` records the tensorization (``tensornet``) and the SHA-256 of the weights and tokenizer
+    written with it; the weights leave the tied LM head out, as Hugging Face does (a dense folder loads with
+    ``GPT2LMHeadModel.from_pretrained``). An existing ``directory`` is used only when empty, or with
+    ``overwrite=True`` when ``save_model`` wrote it (marked, holding only these files). Each file is renamed
+    into place, config.json last: a save killed at any moment leaves the old model, the new one, or a folder
+    that fails its checksum, never a mix that loads.
     """
-    given = Path(directory)
-    check_model_target(given, overwrite=overwrite)
-    _write_model(model, given, tokenizer)
-    return given
+    return _save(model, Path(directory), tokenizer, overwrite=overwrite)
 
 
 def save_run_model(model: nn.Module, directory: Path, *, tokenizer=None) -> Path:
     """``save_model`` into a run folder's own (locked) ``model/``, replaced when it holds only save_model's files."""
-    check_model_target(directory, overwrite=True, where="--out", require_mark=False)
-    _write_model(model, directory, tokenizer)
-    return directory
+    return _save(model, Path(directory), tokenizer, overwrite=True, where="--out", require_mark=False)
 
 
-def _write_model(model: nn.Module, given: Path, tokenizer) -> None:
-    target = Path(os.path.abspath(given))  # "." or "..": the folder still has a name to rename
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # leftovers of an interrupted save_model of this folder, by a process that is gone
-    _files.remove_stale_tmp(target.parent, [target.name], dir_files=_files.MODEL_FILES, live=False)
+def _save(model: Any, target: Path, tokenizer, **checks: Any) -> Path:
+    from safetensors.torch import save_file
+
+    check_model_target(target, **checks)
     model = getattr(model, "module", model)  # unwrap DDP
-    config: Any = model.config
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    if hasattr(config, "validate"):  # as save_pretrained does
-        config.validate()
-    config_json = config.to_json_string(use_diff=True).encode("utf-8")  # what save_pretrained writes
-    tokenizer_json = None if tokenizer is None else tokenizer.to_str(pretty=True).encode("utf-8")
-    metadata = {"format": "pt", _CHECKSUM: _files.content_sha256(state)}
-    tmp = _files.make_tmp_dir(target)
-    old: Path | None = None  # the replaced folder while it is out of place
-    try:
-        _files.write_new(tmp / "config.json", lambda f: f.write(config_json))
-        _files.write_new(tmp / _WEIGHTS, lambda f: _files.write_weights(f, state, metadata))
-        if tokenizer_json is not None:
-            _files.write_new(tmp / "tokenizer.json", lambda f: f.write(tokenizer_json))
-        mark = (json.dumps(_MARK, indent=2) + "\n").encode("utf-8")
-        _files.write_new(tmp / _files.MODEL_MARK, lambda f: f.write(mark))
-        if target.is_dir() and any(target.iterdir()):  # checked above: only save_model's files
-            # two renames: killed between them, the next start renames the old folder back
-            # (_files.remove_stale_tmp); failing between them, it is renamed back below
-            old = _files.set_aside(target)
-        os.replace(tmp, target)  # a rename replaces an empty folder, or makes a new one
-        if old is not None:
-            _files.remove_folder(old)
-    except BaseException as err:
-        with contextlib.suppress(OSError):
-            if old is not None and not os.path.lexists(target):
-                os.replace(old, target)
-            for folder in (tmp, old):
-                if folder is not None and folder.is_dir() and not folder.is_symlink():
-                    _files.remove_folder(folder)
-        if isinstance(err, OSError) and err.errno is not None:
-            raise _files.write_error(target, err) from None
-        raise
-    _files.fsync_dir(target.parent)
+    state: dict[str, torch.Tensor] = {
+        k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k != "lm_head.weight"
+    }
+    if hasattr(model.config, "validate"):  # as save_pretrained does
+        model.config.validate()
+    config = json.loads(model.config.to_json_string(use_diff=True))  # what save_pretrained writes
+    text = None if tokenizer is None else tokenizer.to_str(pretty=True).encode("utf-8")
+    config[CHECKSUM] = _files.content_sha256(state, text or b"")
+    mark = (json.dumps(_MARK, indent=2) + "\n").encode("utf-8")
+    target.mkdir(parents=True, exist_ok=True)
+    _files.remove_stale_tmp(target, _files.MODEL_FILES, live=False)  # of a killed save_model
+    # one file at a time, config.json last: killed before it, the old config.json fails its checksum
+    _files.replace_file(target / _files.MODEL_MARK, lambda p: p.write_bytes(mark))
+    _files.replace_file(target / WEIGHTS, lambda p: save_file(state, p, metadata={"format": "pt"}))
+    if text is None:
+        (target / "tokenizer.json").unlink(missing_ok=True)
+    else:
+        _files.replace_file(target / "tokenizer.json", lambda p: p.write_bytes(text))
+    config_json = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    _files.replace_file(target / "config.json", lambda p: p.write_bytes(config_json))
+    return target
 
 
 def load_model(directory: str | os.PathLike, *, device: str | torch.device | None = None):
     """Load a folder written by ``save_model`` (dense or tensorized) or a local Hugging Face GPT-2 folder.
 
-    A Hugging Face folder needs ``model.safetensors``. Pickle weights (``pytorch_model.bin``) are refused:
-    unpickling can run code.
-
-    ``config.json`` is checked before anything is built: types and ranges of its settings, the tensornet
-    record, agreement with the tensor shapes in the weights file's header, and the memory the model needs.
+    The weights must be ``model.safetensors`` (pickle weights are never loaded: unpickling can run code).
+    Checked before anything is built: config.json's sizes and the memory they need, then the model it and its
+    record describe (on the meta device) against the weights' header, then the checksum save_model recorded.
+    Raises ValueError naming the file.
     """
-    from transformers import GPT2LMHeadModel
-
     path = Path(directory)
-    config, tensorized, weights = checked_folder(path)
-    state = base_names(read_weights(weights))
-    model: Any = GPT2LMHeadModel(config)
-    if tensorized is not None:
-        tensorized.apply(model)
+    raw, sizes = read_config(path)
+    file, weights = path / "config.json", _weights_file(path)
+    checksum = raw.pop(CHECKSUM, None)
+    model, tensorized = _build(raw, file, meta=True)
+    unreadable = f"load_model: {str(weights)!r} is not a readable safetensors file"
+    header = _files.read_safetensors(weights, unreadable, _AGAIN, shapes=True)[1]
+    header = header if tensorized is not None else base_names(header)
+    tied = (tensorized is not None and tensorized.embeddings) or model.config.tie_word_embeddings
+    skip = re.compile(r"attn\.(masked_)?bias$|\._extra_state$" + ("|^lm_head.weight$" if tied else ""))
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    differ = [
+        f"{k} {header.get(k)} (expected {expected.get(k)})"
+        for k in sorted(expected.keys() | header.keys())
+        if header.get(k) != expected.get(k) and not skip.search(k)
+    ]
+    if differ:
+        raise ValueError(
+            f"load_model: the weights in {str(weights)!r} do not match {str(file)!r} ({_gives(sizes)}): "
+            f"{'; '.join(differ[:4])}. Restore the config.json that was saved with the weights"
+        )
+    state = _files.read_safetensors(weights, unreadable, _AGAIN)[1]
+    tokenizer = path / "tokenizer.json"
+    text = _files.read_small_file(tokenizer, TOKENIZER_BYTES, "load_model") if tokenizer.exists() else b""
+    if checksum is not None and _files.content_sha256(state, text) != checksum:
+        raise ValueError(
+            f"load_model: {str(path)!r} fails its checksum: its weights or tokenizer.json are not what save_model "
+            "wrote with its config.json (damaged, or an interrupted save); save the model again"
+        )
+    model = _build(raw, file, meta=False)[0]
     dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
     if len(dtypes) == 1:  # keep the saved precision (GPT2LMHeadModel(config) builds float32)
         model.to(dtypes.pop())
     try:
-        model.load_state_dict(state, strict=False)
-    except RuntimeError as err:
+        model.load_state_dict(base_names(state), strict=False)
+    except RuntimeError as err:  # (torch's message has a line per tensor)
+        why = " ".join(str(err).split())[:400]
         raise ValueError(
-            f"load_model: the weights in {str(weights)!r} do not fit {str(path / 'config.json')!r}: "
-            f"{str(err)[:400]}"
+            f"load_model: the weights in {str(weights)!r} do not fit {str(file)!r}: {why}"
         ) from None
-    if not (tensorized is not None and tensorized.embeddings) and config.tie_word_embeddings:
+    if tied and not (tensorized is not None and tensorized.embeddings):
         model.tie_weights()  # a TT embedding's head is tied by construction
-    model.eval()
-    return model.to(device) if device is not None else model
+    return model.eval().to(device) if device is not None else model.eval()

@@ -1,7 +1,6 @@
-"""GPT-2's sizes, layer names and the core shapes of its TTM layers (the paper's, balanced, or given); no torch.
+"""GPT-2's sizes, layer names and the core shapes of its TTM layers (Chekalina et al. 2023's, balanced, or given).
 
-The shapes are Chekalina et al. 2023's. One pair order everywhere: ``(m_k, n_k)``, a TTM core's row and column
-factors; for a linear layer ``(out_k, in_k)``.
+One pair order everywhere: ``(m_k, n_k)``, a TTM core's row and column factors; for a linear layer ``(out_k, in_k)``.
 """
 
 from __future__ import annotations
@@ -14,18 +13,10 @@ from typing import Any
 import tensornet as tn
 
 # name -> (n_layer, n_embd, n_head); GPT-2 small and medium as published, "tiny" for CPU runs.
-PRESETS: dict[str, tuple[int, int, int]] = {
-    "tiny": (4, 256, 4),
-    "small": (12, 768, 12),
-    "medium": (24, 1024, 16),
-}
+PRESETS = {"tiny": (4, 256, 4), "small": (12, 768, 12), "medium": (24, 1024, 16)}
 
-# module names inside each GPT2Block, per layer group; "wte" names the token embedding in `shapes`
-LAYER_GROUPS: dict[str, tuple[str, ...]] = {
-    "mlp": ("mlp.c_fc", "mlp.c_proj"),
-    "attn": ("attn.c_attn", "attn.c_proj"),
-}
-SHAPE_KEYS = (*(key for keys in LAYER_GROUPS.values() for key in keys), "wte")
+# module names inside each GPT2Block, per layer group
+LAYER_GROUPS = {"mlp": ("mlp.c_fc", "mlp.c_proj"), "attn": ("attn.c_attn", "attn.c_proj")}
 
 
 def is_int(value: Any) -> bool:
@@ -80,20 +71,17 @@ def _check_pairs(pairs: Any, shape: tuple[int, int], where: str) -> Pairs:
         given = tuple((m, n) for m, n in pairs)
     except (TypeError, ValueError):
         given = ((None, None),)
-    if not all(is_int(m) and is_int(n) for m, n in given):  # int(8.5) would cut a pair silently
+    if not given or not all(is_int(m) and is_int(n) for m, n in given):  # int(8.5) would cut a pair silently
         raise TypeError(
-            f"tensorize: shapes for {where} must be a sequence of (out_k, in_k) pairs of integers, got {pairs!r}"
+            f"tensorize: shapes for {where} must be (out_k, in_k) pairs of integers, not {pairs!r}"
         )
-    pairs = tuple((int(m), int(n)) for m, n in given)
-    if not pairs or any(m < 1 or n < 1 for m, n in pairs):
-        raise ValueError(f"tensorize: shapes for {where} must be non-empty positive pairs, got {pairs!r}")
-    product = (math.prod(m for m, _ in pairs), math.prod(n for _, n in pairs))
-    if product != tuple(shape):
+    product = (math.prod(m for m, _ in given), math.prod(n for _, n in given))
+    if product != tuple(shape) or min(min(pair) for pair in given) < 1:
         raise ValueError(
-            f"tensorize: shapes for {where} multiply to (out, in) = {product}, but the layer's weight is "
-            f"{tuple(shape)}; choose (out_k, in_k) pairs whose products are the layer's sizes"
+            f"tensorize: shapes for {where} multiply to (out, in) = {product}; give positive (out_k, in_k) "
+            "pairs whose products are the layer's sizes"
         )
-    return pairs
+    return tuple((int(m), int(n)) for m, n in given)
 
 
 def layer_shapes(
@@ -121,7 +109,7 @@ def layer_shapes(
     return pairs or balanced_shapes(shape, ncores)
 
 
-def _check_useful(rank: int, pairs: Pairs, name: str) -> None:
+def check_useful(rank: int, pairs: Pairs, name: str) -> None:
     """A rank above every bond's useful maximum ``min(prod_{j<=k} m_j n_j, prod_{j>k} m_j n_j)`` is an error."""
     useful = tn.shapes.useful_ranks([m * n for m, n in pairs]) or (1,)
     if rank > max(useful):

@@ -1,23 +1,69 @@
-"""GPT-2 with TTM layers: a preset over :func:`tensornet.nn.tensorize`, the low-rank baseline, and their record.
-
-The preset knows GPT-2's layer names, the paper's core shapes and the LM head tied to a TT embedding.
-"""
+"""GPT-2 with TTM layers (a preset over :func:`tensornet.nn.tensorize`), the low-rank baseline, and their record."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, cast
 
+import torch
 from torch import nn
 
 from tensornet.nn import LayerReport, Rule, TensorizeReport, TiedTTHead, linear_weight
 from tensornet.nn import tensorize as nn_tensorize
 
-from ._lowrank import LowRankLinear
-from ._shapes import LAYER_GROUPS, SHAPE_KEYS, Pairs, _check_useful, layer_shapes
-from ._shapes import count as _count
-from ._shapes import is_int as _is_int
+from ._shapes import LAYER_GROUPS, Pairs, check_useful, count, layer_shapes
+
+
+class LowRankLinear(nn.Module):
+    """``y = x @ (B @ A).T + b`` with ``A`` ``(rank, in)`` and ``B`` ``(out, rank)``: the paper's low-rank baseline.
+
+    From scratch ``A`` and ``B`` are N(0, s^2), ``s = sqrt(0.02 / sqrt(rank))``: the product has GPT-2's std
+    0.02. Cost per token: ``O(rank (in + out))``.
+    """
+
+    def __init__(
+        self, in_features: int, out_features: int, *, rank: int, bias: bool = True, device=None, dtype=None
+    ):
+        super().__init__()
+        if rank < 1:
+            raise ValueError(f"LowRankLinear: rank must be >= 1, got {rank}")
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        std = math.sqrt(0.02 / math.sqrt(rank))
+        self.a = nn.Parameter(torch.empty(rank, in_features, device=device, dtype=dtype))  # (r, in)
+        self.b = nn.Parameter(torch.empty(out_features, rank, device=device, dtype=dtype))  # (out, r)
+        self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
+        if self.a.device.type != "meta":
+            nn.init.normal_(self.a, std=std)
+            nn.init.normal_(self.b, std=std)
+        self.conversion_error: float | None = None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Module, *, rank: int, bias: bool = True) -> LowRankLinear:
+        """Truncated SVD of an ``nn.Linear``'s or GPT-2 ``Conv1D``'s weight; ``conversion_error``: relative Frobenius."""
+        w, source_bias = linear_weight(linear, where="LowRankLinear.from_linear")
+        has_bias = bias and source_bias is not None
+        new = cls(w.shape[1], w.shape[0], rank=rank, bias=has_bias, device=w.device, dtype=w.dtype)
+        u, s, vh = torch.linalg.svd(w.detach().double(), full_matrices=False)
+        root = s[:rank].sqrt()
+        with torch.no_grad():
+            new.b.copy_(u[:, :rank] * root)  # (out, r)
+            new.a.copy_(root[:, None] * vh[:rank])  # (r, in)
+            if new.bias is not None and source_bias is not None:
+                new.bias.copy_(source_bias.detach())
+        norm = torch.linalg.vector_norm(s)
+        new.conversion_error = float(torch.linalg.vector_norm(s[rank:]) / norm) if norm > 0 else 0.0
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(x @ a.T) @ b.T + bias`` for ``x`` ``(..., in_features)``: ``(..., out_features)``."""
+        return nn.functional.linear(nn.functional.linear(x, self.a), self.b, self.bias)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense ``(out, in)`` weight ``B @ A`` (built on demand)."""
+        return self.b @ self.a
 
 
 def nparams(model: nn.Module) -> int:
@@ -34,7 +80,7 @@ def _targets(model: nn.Module, layers: Sequence[str]) -> list[tuple[str, str, nn
     blocks = getattr(getattr(model, "transformer", None), "h", None)
     if blocks is None:
         raise TypeError(
-            f"tensorize: expected a GPT2LMHeadModel/GPT2Model-like model with .transformer.h, got {type(model).__name__}"
+            f"tensorize: expected a GPT2LMHeadModel (with .transformer.h), got {type(model).__name__}"
         )
     return [
         (f"transformer.h.{b}.{key}", key, block.get_submodule(key))
@@ -44,17 +90,11 @@ def _targets(model: nn.Module, layers: Sequence[str]) -> list[tuple[str, str, nn
     ]
 
 
-def _weight_shape(module: nn.Module) -> tuple[int, int]:
-    """``(out, in)`` of an ``nn.Linear`` or GPT-2 ``Conv1D``."""
-    return tuple(linear_weight(module, where="tensorize")[0].shape)  # type: ignore[return-value]
-
-
 @dataclass(frozen=True)
 class TensorizeConfig:
     """What :func:`tensorize` or :func:`lowrank` built in a GPT-2: ``model.config.tensornet`` in ``config.json``.
 
-    :func:`load_model` reads it back (:meth:`from_json`) and :meth:`apply` builds the same layers in a dense
-    model of the same size before it loads the weights.
+    :func:`load_model` reads it back (:meth:`from_json`); :meth:`apply` builds the layers in a dense model.
 
     Attributes
     ----------
@@ -96,74 +136,35 @@ class TensorizeConfig:
     def from_json(
         cls, record: Any, where: str = "the record", fn: str = "TensorizeConfig.from_json"
     ) -> TensorizeConfig:
-        """The record, its types and bounds checked; ValueError names the caller ``fn``, ``where`` and the key."""
-
-        def check(ok: Any, key: str, rule: str, value: Any) -> None:
-            if not ok:
-                raise ValueError(
-                    f"{fn}: the tensornet record in {where!r} is malformed: {key} must be {rule}, got {value!r:.120}"
-                )
-
-        def counts(value: Any, lo: int, hi: int) -> bool:  # a list of lo to hi integers in [1, 2**31]
-            ok = isinstance(value, list) and lo <= len(value) <= hi
-            return ok and all(_is_int(n) and 1 <= n <= 2**31 for n in value)
-
-        check(isinstance(record, dict), "tensornet", "an object", record)
-        method, layers, rank = record.get("method"), record.get("layers"), record.get("rank")
-        check(method in ("ttm", "lowrank"), "method", "'ttm' or 'lowrank'", method)
-        groups = isinstance(layers, list) and layers and all(g in LAYER_GROUPS for g in layers)
-        check(groups, "layers", f"a non-empty list of {sorted(LAYER_GROUPS)}", layers)
-        for key, value in (("bias", record.get("bias")), ("embeddings", record.get("embeddings", False))):
-            check(isinstance(value, bool), key, "true or false", value)
-        ttm = method == "ttm"
-        rule = "an integer in [1, 2**31]" + " or null" * ttm
-        check((rank is None and ttm) or counts([rank], 1, 1), "rank", rule, rank)
-        shapes, ranks = record.get("shapes", {}), record.get("ranks", {})
-        rule = "an object of layer key: [[m_k, n_k], ...]"
-        check(isinstance(shapes, dict) and (shapes or not ttm), "shapes", rule, shapes)
-        rule = "a list of 1 to 64 [m_k, n_k] pairs of positive integers"
-        for key, pairs in shapes.items():
-            check(key in SHAPE_KEYS, "shapes", f"keyed by {list(SHAPE_KEYS)}", key)
-            ok = isinstance(pairs, list) and 1 <= len(pairs) <= 64 and all(counts(p, 2, 2) for p in pairs)
-            check(ok, f"shapes[{key!r}]", rule, pairs)
-        if record.get("version") != cls.VERSION:
+        """The record :meth:`to_json` wrote; ValueError naming ``fn`` and ``where`` if malformed (or checked by :meth:`apply`)."""
+        if isinstance(record, dict) and record.get("version") != cls.VERSION:
             raise ValueError(
-                f"{fn}: {where!r} records a tensorization of format version {record.get('version')!r} (an "
-                f"older tensornet, which wrote core pairs as (in, out)); this tensornet reads version "
-                f"{cls.VERSION}: tensorize or compress the model again with this version"
+                f"{fn}: {where!r} records a tensorization of format version {record.get('version')!r} (an older "
+                "tensornet, which wrote core pairs as (in, out)): tensorize or compress the model again"
             )
-        rule = "an object of layer name: [1, r_1, ..., 1]"
-        check(isinstance(ranks, dict) and (ranks or not ttm), "ranks", rule, ranks)
-        for name, value in ranks.items():
-            check(counts(value, 2, 65), f"ranks[{name!r}]", "a list of 2 to 65 positive integers", value)
-        return cls(
-            method=method,
-            layers=tuple(layers),
-            bias=record["bias"],
-            rank=rank,
-            shapes={key: tuple((m, n) for m, n in pairs) for key, pairs in shapes.items()},
-            ranks={name: tuple(value) for name, value in ranks.items()},
-            embeddings=record.get("embeddings", False),
-        )
+        try:
+            shapes = {key: tuple((m, n) for m, n in pairs) for key, pairs in record.get("shapes", {}).items()}
+            ranks = {name: tuple(value) for name, value in record.get("ranks", {}).items()}
+            layers, embeddings = tuple(record["layers"]), record.get("embeddings", False)
+            if record["method"] not in ("ttm", "lowrank") or not set(layers) <= set(LAYER_GROUPS):
+                raise ValueError(f"method {record['method']!r}, layers {layers!r}")
+            return cls(record["method"], layers, record["bias"], record["rank"], shapes, ranks, embeddings)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            why = f"{type(err).__name__}: {err}"
+            raise ValueError(f"{fn}: the tensornet record in {where!r} is malformed ({why:.200})") from None
 
     def apply(self, model: nn.Module) -> nn.Module:
         """Build these layers from scratch in the dense GPT-2 ``model`` of the size they were made for; return it."""
         if self.method == "lowrank":
             return lowrank(model, rank=cast(int, self.rank), layers=self.layers, bias=self.bias)[0]
-        names = {name: key for name, key, _ in _targets(model, self.layers)}
-        names |= {"transformer.wte": "wte"} if self.embeddings else {}
-        if set(names) != set(self.ranks) or not set(names.values()) <= set(self.shapes):
-            raise ValueError(
-                f"the record's ranks name {sorted(self.ranks)[:4]}... and shapes {sorted(self.shapes)}, but this "
-                f"model's {self.layers} layers are {sorted(names)[:4]}..."
-            )
+        names = [(name, key) for name, key, _ in _targets(model, self.layers)]
         rules = []
-        for name, key in names.items():
+        for name, key in names + [("transformer.wte", "wte")] * self.embeddings:
             rows, cols = zip(*self.shapes[key])
-            options: dict[str, Any] = {"voc_shape": rows, "emb_shape": cols}
-            if key != "wte":
-                options = {"out_shape": rows, "in_shape": cols, "bias": self.bias}
-            rules.append(Rule(name, rank=self.ranks[name], from_weights=False, clip_rank=False, **options))
+            sizes: dict[str, Any] = {"out_shape": rows, "in_shape": cols, "bias": self.bias}
+            if key == "wte":
+                sizes = {"voc_shape": rows, "emb_shape": cols}
+            rules.append(Rule(name, rank=self.ranks[name], **sizes, from_weights=False, clip_rank=False))
         _tensorize_tied(model, rules, embeddings=self.embeddings)
         _record(model, self)
         return model
@@ -188,27 +189,6 @@ def _tensorize_tied(model: Any, rules: list[Rule], *, embeddings: bool) -> Tenso
         raise
     model.lm_head = TiedTTHead(model.transformer.wte)
     return report
-
-
-def _layer_rules(
-    model: nn.Module, layers: Sequence[str], shapes: Any, ncores: int, convert: dict, options: dict
-) -> tuple[list[Rule], dict[str, Pairs]]:
-    """One ``Rule`` per layer key (every block has the same sizes) and its core pairs."""
-    rank, from_weights = convert["rank"], convert["from_weights"]
-    resolved: dict[str, Pairs] = {}
-    rules = []
-    for name, key, module in _targets(model, layers):
-        if key in resolved:
-            continue
-        # "paper" ties the shapes to the rank; with eps alone the rank-64 shapes
-        resolved[key] = layer_shapes(
-            key, _weight_shape(module), rank=rank or 64, shapes=shapes, ncores=ncores
-        )
-        if rank is not None and not from_weights:  # converting, rank is a cap: ttm_svd stops where useful
-            _check_useful(rank, resolved[key], name)
-        rows, cols = zip(*resolved[key])
-        rules.append(Rule(f"transformer.h.*.{key}", out_shape=rows, in_shape=cols, **convert, **options))
-    return rules, resolved
 
 
 def tensorize(
@@ -239,28 +219,36 @@ def tensorize(
     padded to a size that factors well) and the LM head a ``TiedTTHead`` on its cores, so it stays tied as in
     GPT-2. What was built is recorded in ``model.config.tensornet`` (:class:`TensorizeConfig`).
 
-    Bond ranks above their useful maximum are clipped (``RankClipWarning``) unless ``clip_rank=False``; the
-    default keeps them for ``shapes="paper"``, whose published parameter counts use the uniform rank even where
-    the last core (e.g. (6, 1)) cannot use it. The model comes back with ``tensornet.nn.materialize`` on.
-
-    Raises ValueError for a rank below 1 or (from scratch) above every bond's useful maximum, shapes that do not
+    Bond ranks above their useful maximum are clipped (``RankClipWarning``) unless ``clip_rank=False``, the
+    default for ``shapes="paper"`` (its published parameter counts use the uniform rank throughout). Raises
+    ValueError for a rank below 1 or (from scratch) above every bond's useful maximum, shapes that do not
     multiply to the layer's sizes, unknown layer groups; nothing is replaced when an error is raised.
     """
-    rank = _count("tensorize", "rank", rank, optional=True)
+    rank = count("tensorize", "rank", rank, optional=True)
     if rank is None and eps is None:  # (eps without from_weights: tensornet.nn's Rule says so)
         raise ValueError("tensorize: give rank (or eps with from_weights=True)")
-    clip_rank = shapes != "paper" if clip_rank is None else clip_rank
-    scratch = {} if from_weights else {"init": init, "clip_rank": clip_rank}
-    convert = dict(rank=rank, eps=eps, from_weights=from_weights)
-    rules, resolved = _layer_rules(model, layers, shapes, ncores, convert, {"bias": bias, **scratch})
+    convert: dict[str, Any] = {"rank": rank, "eps": eps, "from_weights": from_weights}
+    scratch: dict[str, Any] = {} if from_weights else {"init": init}
+    clip = {} if from_weights else {"clip_rank": shapes != "paper" if clip_rank is None else clip_rank}
+    resolved: dict[str, Pairs] = {}
+    rules = []
+    for name, key, module in _targets(model, layers):
+        if key in resolved:  # every block has the same sizes: one rule per layer key
+            continue
+        out, inp = linear_weight(module, where="tensorize")[0].shape
+        # "paper" ties the shapes to the rank; with eps alone the rank-64 shapes
+        resolved[key] = layer_shapes(key, (out, inp), rank=rank or 64, shapes=shapes, ncores=ncores)
+        if rank is not None and not from_weights:  # converting, rank is a cap: ttm_svd stops where useful
+            check_useful(rank, resolved[key], name)
+        rows, cols = zip(*resolved[key])
+        options = {"out_shape": rows, "in_shape": cols, "bias": bias, **convert, **scratch, **clip}
+        rules.append(Rule(f"transformer.h.*.{key}", **options))
     if embeddings:
         pairs = shapes.get("wte") if isinstance(shapes, Mapping) else None
-        emb_rank = _count("tensorize", "embedding_rank", embedding_rank, optional=True) or rank
-        options: dict[str, Any] = (
-            {"ncores": ncores} if pairs is None else dict(zip(("voc_shape", "emb_shape"), zip(*pairs)))
-        )
-        options |= {} if from_weights else {"init": init}  # the embedding's ranks are always clipped
-        rules.append(Rule("transformer.wte", rank=emb_rank, eps=eps, from_weights=from_weights, **options))
+        sizes = {"ncores": ncores} if pairs is None else dict(zip(("voc_shape", "emb_shape"), zip(*pairs)))
+        emb_rank = count("tensorize", "embedding_rank", embedding_rank, optional=True) or rank
+        # the embedding's ranks are always clipped
+        rules.append(Rule("transformer.wte", **{**convert, "rank": emb_rank}, **sizes, **scratch))
     report = _tensorize_tied(model, rules, embeddings=embeddings)
     if embeddings:
         wte: Any = model.get_submodule("transformer.wte")
@@ -282,13 +270,13 @@ def lowrank(
 
     From the weights' truncated SVD when ``from_weights``. The report describes ``W = B @ A`` as the two-core
     TTM it is: pairs ``(out, 1), (1, in)``, ranks ``(1, rank, 1)``. Raises ValueError for a rank above
-    ``min(in, out)``.
+    ``min(in, out)``; nothing is replaced then.
     """
-    rank = _count("lowrank", "rank", rank)
-    before = nparams(model)
-    built = []
+    rank = count("lowrank", "rank", rank)
+    before, built = nparams(model), []
     for name, _, old in _targets(model, layers):
-        out_features, in_features = _weight_shape(old)
+        weight = linear_weight(old, where="lowrank")[0]
+        out_features, in_features = weight.shape
         if rank > min(in_features, out_features):
             raise ValueError(
                 f"lowrank: rank {rank} is larger than useful for {name} ({in_features} -> {out_features}): a "
@@ -297,19 +285,18 @@ def lowrank(
         if from_weights:
             new = LowRankLinear.from_linear(old, rank=rank, bias=bias)
         else:
-            weight = old.weight
             new = LowRankLinear(
                 in_features, out_features, rank=rank, bias=bias, device=weight.device, dtype=weight.dtype
             )
         built.append((name, old, new))
     reports = []
     for name, old, new in built:
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, new)
+        model.set_submodule(name, new)
         m, n = new.out_features, new.in_features  # the weight (out, in), two cores (m, 1) and (1, n)
-        n_old, n_new = (sum(p.numel() for p in module.parameters()) for module in (old, new))
-        kind, error = type(old).__name__, new.conversion_error
-        reports.append(LayerReport(name, kind, (m, n), (m, 1), (1, n), (1, rank, 1), n_old, n_new, error))
+        sizes = ((m, n), (m, 1), (1, n), (1, rank, 1))
+        reports.append(
+            LayerReport(name, type(old).__name__, *sizes, nparams(old), nparams(new), new.conversion_error)
+        )
     _record(model, TensorizeConfig("lowrank", tuple(layers), bias, rank))
     return model, TensorizeReport(reports, before, nparams(model))
 

@@ -1,11 +1,4 @@
-"""The file guarantees of ``save_model``/``load_model``, which the application shares: nothing the user owns is lost.
-
-Temporary names ``.NAME.XXXXXXXX.tmpPID`` next to the target (:func:`tmp_path`), created new (never a planted
-file or link) and renamed into place; leftovers of killed writers removed at the next start
-(:func:`remove_stale_tmp`), a folder set aside by a killed ``save_model`` renamed back; checked reads
-(:func:`read_small_file`, :func:`parse_json`, :func:`read_safetensors`) and the SHA-256 stored with the tensors
-(:func:`content_sha256`).
-"""
+"""The file guarantees of ``save_model``/``load_model`` (atomic writes, checked reads), shared by the application."""
 
 from __future__ import annotations
 
@@ -16,13 +9,12 @@ import json
 import os
 import re
 import stat
-import struct
-import sys
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from secrets import token_hex
-from typing import Any, BinaryIO
+from typing import Any
+
+from safetensors import SafetensorError
 
 __all__ = [
     "MODEL_FILES",
@@ -32,69 +24,93 @@ __all__ = [
     "check_name_length",
     "content_sha256",
     "fsync_dir",
-    "make_tmp_dir",
-    "new_tmp",
     "not_a_file",
     "parse_json",
-    "plain_file",
     "probe_writable",
     "read_safetensors",
     "read_small_file",
-    "remove_folder",
     "remove_stale_tmp",
-    "restore_set_aside",
-    "set_aside",
+    "replace_file",
     "tensor_bytes",
-    "tmp_path",
-    "tmp_stem",
+    "tmp_owner",
     "write_error",
-    "write_new",
-    "write_weights",
 ]
 
-# --------------------------------------------------------------------------------------------- atomic writes
-# ".NAME.XXXXXXXX.tmpPID" (or .oldPID): a random part, so no one can plant a file at the name ahead of time
-_TMP = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{8}\.(?P<tag>tmp|old)(?P<pid>\d+)$")
+MODEL_MARK = "tensornet-model.json"  # save_model's mark: --overwrite replaces only folders that carry it
+MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", MODEL_MARK)  # what save_model writes
 NAME_MAX = 255  # bytes in one file name: Linux's and macOS's file systems (ext4, xfs, btrfs, tmpfs, APFS)
-# the longest NAME kept whole in a temporary name: the limit less two dots, 8 hex digits, ".tmp", a 7-digit pid
-_STEM_MAX = NAME_MAX - 21
+_TMP = re.compile(r"\.(?P<name>.+)\.\w{8}\.tmp\d+")  # mkstemp's random part, the writer's pid
+_STEM = 50  # characters of NAME kept in a temporary name (at most 200 bytes: the name stays under NAME_MAX)
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read, not changed: mkstemp's files are owner-only, the outputs get the umask's mode
 
 
-def tmp_stem(name: str) -> str:
-    """``name``, or when it is too long for a temporary name, its first bytes and a hash of all of it."""
-    raw = os.fsencode(name)
-    if len(raw) <= _STEM_MAX:
-        return name
-    digest = hashlib.sha256(raw).hexdigest()[:16]
-    return f"{os.fsdecode(raw[: _STEM_MAX - 17])}~{digest}"
+def replace_file(path: Path, write: Callable[[Path], object]) -> None:
+    """``write(tmp)`` to a new ``tempfile.mkstemp`` file ``.NAME.XXXXXXXX.tmpPID`` beside ``path``, then rename it.
+
+    A link at ``path`` is replaced itself, never written through; on failure the temporary file is removed and
+    an ``OSError`` (a full disk) names ``path``.
+    """
+    prefix, suffix = f".{path.name[:_STEM]}.", f".tmp{os.getpid()}"
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=suffix)
+    tmp = Path(name)
+    try:
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(err, OSError) and err.errno is not None:
+            raise write_error(path, err) from None
+        if isinstance(err, SafetensorError):  # a full disk inside safetensors' writer
+            raise OSError(f"cannot write {str(path)!r} ({err})") from None
+        raise
+    fsync_dir(path.parent)
 
 
-def tmp_path(path: Path, tag: str = "tmp") -> Path:
-    """A new temporary name ``.NAME.XXXXXXXX.tmpPID`` next to ``path`` (NAME: :func:`tmp_stem`); nothing is created."""
-    # not tempfile.mkstemp: its files are owner-only whatever the umask; the pid tells a killed writer's leftover
-    return path.with_name(f".{tmp_stem(path.name)}.{token_hex(4)}.{tag}{os.getpid()}")
+def remove_stale_tmp(folder: Path, names: Iterable[str] | re.Pattern[str], *, live: bool) -> list[Path]:
+    """Remove the leftover temporary files in ``folder`` of ``names`` (or of names matching a pattern).
+
+    Only those of processes that are gone, unless ``live`` (the caller holds the folder's lock).
+    """
+    owned = names.fullmatch if isinstance(names, re.Pattern) else {n[:_STEM] for n in names}.__contains__
+    removed = []
+    for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
+        owner = tmp_owner(entry.name)
+        if owner is None or not owned(owner) or (entry.is_dir() and not entry.is_symlink()):
+            continue
+        if not live and not entry.is_symlink() and _alive(int(entry.name.rpartition(".tmp")[2])):
+            continue
+        with contextlib.suppress(OSError):
+            entry.unlink()
+            removed.append(entry)
+    return removed
+
+
+def tmp_owner(name: str) -> str | None:
+    """The name (its first 50 characters) whose temporary file :func:`replace_file` named ``name``, else None."""
+    match = _TMP.fullmatch(name)
+    return None if match is None else match["name"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError as err:
+        return isinstance(err, PermissionError)  # someone else's live process
+    return True
 
 
 def check_name_length(path: Path, where: str) -> None:
-    """Refuse a ``path`` with a name longer than the file system takes, before any work is done."""
+    """Refuse a ``path`` with a name longer than the file system takes (``NAME_MAX``), before any work is done."""
     for part in Path(path).parts:
         if len(os.fsencode(part)) > NAME_MAX:
-            raise OSError(
-                errno.ENAMETOOLONG,
-                f"{where}: the name {part[:40]!r}... in {str(path)[:80]!r} is {len(os.fsencode(part))} bytes, "
-                f"more than the {NAME_MAX} a file system takes; choose a shorter name",
-            )
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (someone else's counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
+            message = f"{where}: {part[:40]!r}... has more than the {NAME_MAX} bytes a name may have"
+            raise OSError(errno.ENAMETOOLONG, message)
 
 
 def fsync_dir(folder: Path) -> None:
@@ -107,46 +123,6 @@ def fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def remove_folder(folder: Path) -> None:
-    """Remove ``folder`` and the files in it (one of the package's own: checked by the caller)."""
-    for p in folder.iterdir():
-        p.unlink()
-    folder.rmdir()
-
-
-def plain_file(path: Path) -> bool:
-    """A regular file, not a symbolic link (``Path.is_file`` follows links)."""
-    try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
-        return False
-
-
-def new_tmp(path: Path, tag: str, make: Callable[[Path], Any]) -> tuple[Path, Any]:
-    """``(tmp, make(tmp))`` at a new temporary name next to ``path``; another name while one is taken (planted)."""
-    for _ in range(8):
-        tmp = tmp_path(path, tag)
-        with contextlib.suppress(FileExistsError):
-            return tmp, make(tmp)
-    raise FileExistsError(f"cannot create a temporary file next to {str(path)!r}: every name tried is taken")
-
-
-def make_tmp_dir(path: Path, tag: str = "tmp") -> Path:
-    """Create a new, empty temporary folder next to ``path`` (:func:`tmp_path`) and return it."""
-    return new_tmp(path, tag, os.mkdir)[0]  # mkdir refuses an existing name, a symbolic link included
-
-
-def set_aside(path: Path) -> Path:
-    """Rename ``path`` to a new temporary name beside it (``.NAME.XXXXXXXX.oldPID``) and return that name."""
-
-    def move(aside: Path) -> None:
-        if os.path.lexists(aside):  # planted: never renamed over
-            raise FileExistsError(aside)
-        os.replace(path, aside)
-
-    return new_tmp(path, "old", move)[0]
-
-
 def write_error(path: Path, err: OSError) -> OSError:
     """``err`` (a failed write of ``path``) as an error naming the file and saying what to do."""
     hint = ""
@@ -155,14 +131,6 @@ def write_error(path: Path, err: OSError) -> OSError:
     elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         hint = ": choose a writable folder"
     return type(err)(f"cannot write {str(path)!r} ({err.strerror or err}){hint}")
-
-
-def write_new(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Create ``path`` (``O_EXCL``: never a planted file or link), ``write(f)`` to it and flush it to disk."""
-    with open(path, "xb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def parse_json(text: str | bytes) -> Any:
@@ -176,95 +144,15 @@ def parse_json(text: str | bytes) -> Any:
 def read_small_file(path: Path, limit: int, where: str) -> bytes:
     """The bytes of ``path``, a regular file (a FIFO would never end) of at most ``limit`` bytes, else ValueError."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise ValueError(f"{where}: {str(path)!r} is not a regular file; give a file")
+            if st.st_size > limit:
+                raise ValueError(f"{where}: {str(path)!r} is over the {limit:,} bytes allowed")
+            return f.read(limit + 1)[:limit]
     except OSError as err:
         raise ValueError(f"{where}: cannot read {str(path)!r} ({err.strerror or err})") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError(f"{where}: {str(path)!r} is not a regular file; give a file")
-        if st.st_size > limit:
-            raise ValueError(
-                f"{where}: {str(path)!r} is {st.st_size:,} bytes, more than the {limit:,} such a file may hold"
-            )
-        try:
-            return f.read(limit + 1)[:limit]
-        except OSError as err:
-            raise ValueError(f"{where}: cannot read {str(path)!r} ({err.strerror or err})") from None
-
-
-def _owners(names: Iterable[str] | re.Pattern[str]) -> Callable[[str], str | None]:
-    """The NAME (of ``names``, or matching the pattern) whose temporary names have the stem given, or None."""
-    if isinstance(names, re.Pattern):
-        pattern = names
-        return lambda stem: stem if pattern.fullmatch(stem) else None
-    stems = {tmp_stem(n): n for n in names}
-    return stems.get
-
-
-def _holds_only(folder: Path, dir_files: set[str]) -> bool:
-    """``folder`` holds nothing but regular files named in ``dir_files`` (and their own leftovers)."""
-    stems = {tmp_stem(n) for n in dir_files}
-    for p in folder.iterdir():
-        match = _TMP.match(p.name)
-        if not plain_file(p) or not (p.name in dir_files or (match is not None and match["name"] in stems)):
-            return False
-    return True
-
-
-def remove_stale_tmp(
-    folder: Path,
-    names: Iterable[str] | re.Pattern[str],
-    *,
-    dir_files: Iterable[str] = (),
-    live: bool,
-) -> list[Path]:
-    """Remove the leftover temporary files and folders in ``folder`` of ``names`` (or names matching a pattern).
-
-    Only those of processes that are gone, unless ``live`` (the caller holds the folder's lock); a link is
-    removed itself. A folder is touched only when it holds nothing but ``dir_files``; a set-aside ``.old``
-    folder whose NAME is missing is renamed back to NAME (a killed ``save_model``).
-    """
-    owner = _owners(names)
-    dir_files = set(dir_files)
-    removed: list[Path] = []
-    try:
-        entries = sorted(folder.iterdir(), key=lambda p: p.name)
-    except OSError:
-        return removed
-    for entry in entries:
-        match = _TMP.match(entry.name)
-        name = None if match is None else owner(match["name"])
-        if match is None or name is None:
-            continue
-        try:
-            link = stat.S_ISLNK(os.lstat(entry).st_mode)
-        except OSError:
-            continue
-        pid = int(match["pid"])
-        if not link and not live and (pid == os.getpid() or pid_alive(pid)):
-            continue
-        with contextlib.suppress(OSError):
-            if link or not entry.is_dir():
-                entry.unlink()
-            elif not _holds_only(entry, dir_files):
-                continue
-            elif match["tag"] == "old" and not os.path.lexists(folder / name):
-                os.replace(entry, folder / name)  # the folder a killed save_model had set aside
-                fsync_dir(folder)
-            else:
-                remove_folder(entry)
-            removed.append(entry)
-    return removed
-
-
-def restore_set_aside(path: Path, dir_files: Iterable[str]) -> bool:
-    """Rename back the folder (holding only ``dir_files``) a killed ``save_model`` of a missing ``path`` set aside."""
-    path = Path(path)
-    if os.path.lexists(path) or not path.parent.is_dir():
-        return False
-    remove_stale_tmp(path.parent, [path.name], dir_files=dir_files, live=False)
-    return path.is_dir()
 
 
 def probe_writable(folder: Path, where: str) -> None:
@@ -286,9 +174,7 @@ def check_creatable(path: Path, where: str) -> None:
             raise NotADirectoryError(f"{where}: {str(parent)!r} is a broken symbolic link")
         parent = parent.parent
     if not parent.is_dir():
-        raise NotADirectoryError(
-            f"{where}: cannot create {str(path)!r}: {str(parent)!r} is a file, not a folder"
-        )
+        raise NotADirectoryError(f"{where}: cannot create {str(path)!r}: {str(parent)!r} is a file")
     probe_writable(parent, where)
 
 
@@ -297,66 +183,28 @@ def not_a_file(path: Path) -> str | None:
     if path.is_symlink() and not path.exists():
         return f"is a broken symbolic link (to {os.readlink(path)!r})"
     if not path.exists():
-        return None if path.is_file() else "does not exist"
+        return "does not exist"
     if path.is_dir():
         return "is a folder, not a file"
-    if not path.is_file():
-        return "is not a regular file"
-    return None
+    return None if path.is_file() else "is not a regular file"
 
 
-# ------------------------------------------------------------------------------ safetensors with checksum
 def tensor_bytes(t: Any) -> bytes | memoryview:
     """A torch tensor's own bytes (C order), not a copy."""
     import torch
 
     flat = t.contiguous().reshape(-1)
-    if flat.numel() == 0:
-        return b""
-    return flat.view(torch.uint8).numpy().data  # the tensor's own bytes, not a copy
+    return flat.view(torch.uint8).numpy().data if flat.numel() else b""
 
 
-def content_sha256(tensors: dict[str, Any], header: str = "") -> str:
+def content_sha256(tensors: dict[str, Any], header: str | bytes = "") -> str:
     """SHA-256 over ``header`` and, in name order, every tensor's name, dtype, shape and bytes."""
-    digest = hashlib.sha256(header.encode("utf-8"))
+    digest = hashlib.sha256(header.encode("utf-8") if isinstance(header, str) else header)
     for name in sorted(tensors):
         t = tensors[name]
         digest.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode("utf-8"))
         digest.update(tensor_bytes(t))
     return digest.hexdigest()
-
-
-_DTYPE_CODES = {  # torch dtype name -> safetensors code
-    **{f"float{n}": f"F{n}" for n in (16, 32, 64)},
-    **{f"int{n}": f"I{n}" for n in (8, 16, 32, 64)},
-    **{"bfloat16": "BF16", "uint8": "U8", "bool": "BOOL"},
-}
-
-
-def write_weights(f: BinaryIO, tensors: dict[str, Any], metadata: dict[str, str]) -> None:
-    """Write torch ``tensors`` (float, int, bool) and ``metadata`` to the open file ``f`` as safetensors.
-
-    Not ``safetensors.torch.save``: it writes the metadata keys in hash order (the same model, other bytes) and
-    a full disk raises its ``SafetensorError``, not an ``OSError`` naming the file.
-    """
-    if sys.byteorder != "little":
-        raise NotImplementedError("safetensors stores little-endian bytes; this host is big-endian")
-    header: dict[str, Any] = {}
-    offset = 0
-    for name in sorted(tensors):
-        t = tensors[name]
-        code = _DTYPE_CODES.get(str(t.dtype).removeprefix("torch."))
-        if code is None:
-            raise TypeError(f"{name} has dtype {t.dtype}, which tensornet does not store")
-        size = t.numel() * t.element_size()
-        header[name] = {"dtype": code, "shape": list(t.shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    header["__metadata__"] = dict(sorted(metadata.items()))
-    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
-    f.write(struct.pack("<Q", len(raw)) + raw)
-    for name in sorted(tensors):
-        f.write(tensor_bytes(tensors[name].detach().cpu()))
 
 
 def read_safetensors(
@@ -367,12 +215,7 @@ def read_safetensors(
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            names = list(f.keys())  # safe_open is not a mapping
             read = (lambda k: tuple(f.get_slice(k).get_shape())) if shapes else f.get_tensor
-            return f.metadata() or {}, {k: read(k) for k in names}
+            return f.metadata() or {}, {k: read(k) for k in list(f.keys())}
     except Exception as err:  # safetensors raises its own error type for every malformed file
         raise ValueError(f"{unreadable} ({type(err).__name__}: {err}){hint}") from None
-
-
-MODEL_MARK = "tensornet-model.json"  # save_model's mark: --overwrite replaces only folders that carry it
-MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", MODEL_MARK)  # what save_model writes

@@ -84,9 +84,10 @@ class RunFolder(contextlib.AbstractContextManager):
         try:  # again, now that no other run can change the folder
             check_run_folder(path, kind=kind, resume=resume, overwrite=overwrite)
             names = {n.split("/")[0] for n in (*OUTPUTS[kind], MANIFEST)}
-            _files.remove_stale_tmp(path, names, dir_files=_files.MODEL_FILES, live=True)
-            for file in [path / n for n in OUTPUTS[kind] if overwrite and _files.plain_file(path / n)]:
-                file.unlink()
+            _files.remove_stale_tmp(path, names, live=True)
+            for file in [path / n for n in OUTPUTS[kind] if overwrite]:
+                if file.is_file() and not file.is_symlink():  # a regular file, not a link
+                    file.unlink()
             own = [MANIFEST, LOCK, *OUTPUTS[kind]]
             write_json(path / MANIFEST, {"format": "tensornet-run", "version": 1, "kind": kind, "files": own})
         except BaseException:
