@@ -262,6 +262,23 @@ def test_a_saved_model_is_the_same_bytes_every_time(tmp_path):
     assert load_model(tmp_path / "0").config.tensornet["rank"] == 4
 
 
+def test_a_dense_model_re_saved_by_hugging_face_loads(tmp_path):
+    """from_pretrained keeps config.json's checksum key and save_pretrained writes it again with other
+    weights: only a folder save_model marked is checked against it (one saved elsewhere is not save_model's)."""
+    model = build_model(gpt2_config(vocab_size=64, block_size=16, n_layer=1, n_embd=32, n_head=2), seed=0)
+    save_model(model, tmp_path / "ours")
+    hf = GPT2LMHeadModel.from_pretrained(tmp_path / "ours")
+    with torch.no_grad():
+        hf.transformer.wte.weight.mul_(2)  # fine-tuned elsewhere
+    hf.save_pretrained(tmp_path / "theirs")
+    assert "tensornet_sha256" in json.loads((tmp_path / "theirs" / "config.json").read_text())
+    loaded = load_model(tmp_path / "theirs")
+    assert torch.equal(loaded.transformer.wte.weight, hf.transformer.wte.weight)
+    (tmp_path / "theirs" / "tensornet-model.json").write_text("{}")  # marked: save_model's, so checked
+    with pytest.raises(ValueError, match="fails its checksum"):
+        load_model(tmp_path / "theirs")
+
+
 class Killed(BaseException):
     """What a SIGKILL leaves: the files as they are, nothing cleaned up."""
 

@@ -262,8 +262,8 @@ def load_model(directory: str | os.PathLike, *, device: str | torch.device | Non
 
     The weights must be ``model.safetensors`` (pickle weights are never loaded: unpickling can run code).
     Checked before anything is built: config.json's sizes and the memory they need, then the model it and its
-    record describe (on the meta device) against the weights' header, then the checksum save_model recorded.
-    Raises ValueError naming the file.
+    record describe (on the meta device) against the weights' header, then, in a folder save_model marked, the
+    checksum it recorded. Raises ValueError naming the file.
     """
     path = Path(directory)
     raw, sizes = read_config(path)
@@ -289,7 +289,8 @@ def load_model(directory: str | os.PathLike, *, device: str | torch.device | Non
     state = _files.read_safetensors(weights, unreadable, _AGAIN)[1]
     tokenizer = path / "tokenizer.json"
     text = _files.read_small_file(tokenizer, TOKENIZER_BYTES, "load_model") if tokenizer.exists() else b""
-    if checksum is not None and _files.content_sha256(state, text) != checksum:
+    marked = (path / _files.MODEL_MARK).is_file()  # (a Hugging Face re-save keeps the key, not the mark)
+    if checksum is not None and marked and _files.content_sha256(state, text) != checksum:
         raise ValueError(
             f"load_model: {str(path)!r} fails its checksum: its weights or tokenizer.json are not what save_model "
             "wrote with its config.json (damaged, or an interrupted save); save the model again"
