@@ -85,6 +85,7 @@ class RunFolder(contextlib.AbstractContextManager):
             check_run_folder(path, kind=kind, resume=resume, overwrite=overwrite)
             names = {n.split("/")[0] for n in (*OUTPUTS[kind], MANIFEST)}
             _files.remove_stale_tmp(path, names, live=True)
+            _files.remove_stale_tmp(path / "model", _files.MODEL_FILES, live=True)  # a killed save_model's
             for file in [path / n for n in OUTPUTS[kind] if overwrite]:
                 if file.is_file() and not file.is_symlink():  # a regular file, not a link
                     file.unlink()
