@@ -32,8 +32,7 @@ _RECIPE: Any = dict(steps=300, block_size=128, warmup=30, weight_decay=0.01, bet
 COMPARE_RECIPE = TrainConfig(**_RECIPE, lr=2e-3, tt_lr_scale=TT_LR_SCALE, lowrank_lr_scale=LOWRANK_LR_SCALE)
 
 
-def _shapes(value: str):
-    """``--shapes``: 'auto', 'paper', 'balanced' or a JSON object (its pairs checked by the dry run)."""
+def _shapes(value: str):  # (a JSON object's pairs: checked by _precheck)
     if value in ("auto", "paper", "balanced"):
         return value
     try:
@@ -53,7 +52,6 @@ def _layers(value: str) -> tuple[str, ...]:
 
 
 def _device(value: str) -> str:
-    """``--device``: a torch device this machine has."""
     import torch
 
     try:
@@ -68,8 +66,7 @@ def _device(value: str) -> str:
 
 
 def path(text: str) -> str:
-    """A path flag: not empty (``""`` would silently mean the current folder)."""
-    if not text:
+    if not text:  # ("" would silently mean the current folder)
         raise Bad("the path is empty; give a file or folder")
     return text
 

@@ -20,13 +20,11 @@ from ._distributed import Distributed, default_device
 from ._resume import check_resume
 
 
-def warn(message: str) -> None:
-    """A setting that may not do what the user meant: said on stderr, the command goes on."""
+def warn(message: str) -> None:  # a setting that may not do what the user meant; the command goes on
     print(f"warning: {message}", file=sys.stderr)
 
 
 def train_config(args, **extra) -> TrainConfig:
-    """The optimisation flags as a :class:`TrainConfig` (its fields that the command has a flag for)."""
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     return TrainConfig(**given | extra)
 
@@ -41,13 +39,12 @@ def dims(args) -> tuple[int, int, int]:
     return layers, width, heads
 
 
-def vocab_size(args) -> int:
-    """The size of the tokenizer trained here: --vocab-size, else 4096 for compare and the tiny preset."""
+def vocab_size(args) -> int:  # of the tokenizer trained here
     return args.vocab_size or (16384 if getattr(args, "preset", "tiny") not in (None, "tiny") else 4096)
 
 
 def model_spec(args, config: dict) -> dict:
-    """Compare's or train's model as ``_compare.build_variant`` builds it; ``config``: ``gpt2_config``'s."""
+    """Compare's or train's model for ``_compare.build_variant``; ``config``: ``gpt2_config``'s."""
     given = ("seed", "rank", "shapes", "ncores", "embeddings", "embedding_rank", "layers")
     spec = {name: getattr(args, name) for name in given} | {"config": config, "bias": not args.no_bias}
     if args.command == "train":
@@ -65,15 +62,16 @@ def resolve_shapes(args, width: int, inner: int) -> None:
         args.shapes_note = "the paper's (--shapes auto)" if paper else f"{balanced}, not {width} <-> {inner})"
 
 
-def _in_flag_words(err: Exception, before: str = "") -> ValueError:
-    """A library error in the command line's words (``--shapes balanced``, not ``shapes='balanced'``)."""
+def _in_flag_words(
+    err: Exception, before: str = ""
+) -> ValueError:  # --shapes balanced, not shapes='balanced'
     said = re.sub(r"shapes='(\w+)'", r"--shapes \1", str(err)).replace("tensorize: shapes", "--shapes")
     return ValueError(before + said)
 
 
 def check_memory(args, *, layers, width, vocab, block, training, model=None, positions=None) -> None:
     """Refuse what surely cannot fit: dense weights (AdamW state when training) and a batch's activations."""
-    device = torch.device(args.device) if args.device else default_device()
+    device = _device(args)
     have = gpt2.memory_bytes(device)  # (looked up on the module: tests replace it)
     params = gpt2.dense_params(vocab=vocab, positions=positions or block, width=width, layers=layers)
     batch = 4 * args.batch_size * block * (2 * vocab + (10 if training else 2) * layers * width)
@@ -85,6 +83,10 @@ def check_memory(args, *, layers, width, vocab, block, training, model=None, pos
             f"{args.batch_size} x {block} needs {need / 2**30:,.1f} GiB, more than the {have / 2**30:,.1f} GiB on "
             f"{device}: lower {sizes}--batch-size or --block-size"
         )
+
+
+def _device(args) -> torch.device:
+    return torch.device(args.device) if args.device else default_device()
 
 
 def _exists(**paths: str | None) -> None:
@@ -111,9 +113,8 @@ def _check_training(args) -> None:
     dist = Distributed()  # (raises for a malformed torchrun environment)
     if args.batch_size % dist.world:
         raise ValueError(f"--batch-size {args.batch_size} is not divisible by the {dist.world} processes")
-    cpu = (torch.device(args.device) if args.device else default_device()).type == "cpu"
     compilers = (os.environ.get("CXX"), "g++", "clang++", "c++")
-    if args.compile and cpu and not any(c and shutil.which(c) for c in compilers):
+    if args.compile and _device(args).type == "cpu" and not any(c and shutil.which(c) for c in compilers):
         raise ValueError(f"--compile {args.compile} on CPU needs a C++ compiler (g++, clang++ or $CXX)")
     resolve_shapes(args, width, 4 * width)
     resume = getattr(args, "resume", False)  # (compare has no --resume)
