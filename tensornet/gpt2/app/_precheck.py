@@ -13,11 +13,12 @@ import torch
 import tensornet.gpt2 as gpt2
 
 from .. import files as _files
-from . import _data, _runfolder
+from . import _data
 from ._compare import build_variant, mlp_params_per_layer
 from ._config import TrainConfig
 from ._distributed import Distributed, default_device
 from ._resume import check_resume
+from ._runfolder import check_run_folder, read_manifest
 
 
 def warn(message: str) -> None:  # a setting that may not do what the user meant; the command goes on
@@ -62,9 +63,7 @@ def resolve_shapes(args, width: int, inner: int) -> None:
         args.shapes_note = "the paper's (--shapes auto)" if paper else f"{balanced}, not {width} <-> {inner})"
 
 
-def _in_flag_words(
-    err: Exception, before: str = ""
-) -> ValueError:  # --shapes balanced, not shapes='balanced'
+def _in_flag_words(err: Exception, before: str = "") -> ValueError:
     said = re.sub(r"shapes='(\w+)'", r"--shapes \1", str(err)).replace("tensorize: shapes", "--shapes")
     return ValueError(before + said)
 
@@ -119,9 +118,7 @@ def _check_training(args) -> None:
     resolve_shapes(args, width, 4 * width)
     resume = getattr(args, "resume", False)  # (compare has no --resume)
     if args.command == "compare" or dist.main:
-        _runfolder.check_run_folder(
-            Path(args.out), kind=args.command, resume=resume, overwrite=args.overwrite
-        )
+        check_run_folder(Path(args.out), kind=args.command, resume=resume, overwrite=args.overwrite)
     if resume:
         check_resume(args.out, train_config(args), args.stop_at)
     config = dict(vocab_size=257, block_size=args.block_size, n_layer=1, n_embd=width, n_head=heads)
@@ -164,7 +161,7 @@ def _check_compress(args) -> None:
 def _check_eval(args) -> dict:
     """MODEL's config.json (a train run folder: its ``model/``) against the flags and memory; its sizes."""
     path = Path(args.model)
-    if not (path / "config.json").exists() and (_runfolder.read_manifest(path) or {}).get("kind") == "train":
+    if not (path / "config.json").exists() and (read_manifest(path) or {}).get("kind") == "train":
         if not (path / "model" / "config.json").is_file():
             raise ValueError(f"{path}: a run without a model yet; train --resume --out {path} finishes it")
         args.model, args.model_note = str(path / "model"), f"the model of the train run in {str(path)!r}"

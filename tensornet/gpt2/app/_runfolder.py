@@ -11,6 +11,7 @@ from filelock import FileLock, Timeout
 import tensornet.gpt2 as gpt2
 
 from .. import files as _files
+from ._checkpoint import summary
 from ._files import write_json
 
 MANIFEST = "tensornet-run.json"
@@ -30,9 +31,7 @@ def read_manifest(path: Path) -> dict | None:
         if manifest["format"] != "tensornet-run" or manifest["kind"] not in OUTPUTS:
             raise ValueError(f"format {manifest['format']!r}, kind {manifest['kind']!r}")
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(
-            f"{str(file)!r} is not a tensornet run manifest ({type(err).__name__}: {err}); choose another"
-        ) from None
+        raise ValueError(f"{str(file)!r} is not a tensornet run manifest ({summary(err)})") from None
     return manifest
 
 
@@ -55,17 +54,14 @@ def check_run_folder(path: Path, *, kind: str, resume: bool = False, overwrite: 
         used = [n for n in OUTPUTS[kind] if (path / n).exists()]
         if used and used != ["log.jsonl"] and not (resume or overwrite):  # (a log alone: rewritten)
             hint = "--resume to continue it or --overwrite" if kind == "train" else "--overwrite"
-            raise FileExistsError(
-                f"--out: {str(path)!r} holds a previous {kind} run ({', '.join(used)}); pass {hint}, or "
-                "choose another folder"
-            )
+            raise FileExistsError(f"--out: {str(path)!r} holds a previous {kind} run: pass {hint}")
     _files.probe_writable(path, "--out")
 
 
 class RunFolder(contextlib.AbstractContextManager):
     """A run's output folder, opened once by the caller and held (locked) for the whole run."""
 
-    def __init__(self, path: Path, lock, created: list[Path]) -> None:
+    def __init__(self, path: Path, lock: FileLock, created: list[Path]) -> None:
         self.path, self._lock, self._held, self._created = path, lock, os.stat(lock.lock_file), created
 
     @classmethod
