@@ -16,8 +16,7 @@ MODEL_FOLDER = (
     "MODEL: a save_model or Hugging Face save_pretrained folder: config.json, model.safetensors (pickle weights "
     "such as pytorch_model.bin are refused) and, unless --tokenizer, tokenizer.json or vocab.json + merges.txt"
 )
-# compare's learning-rate multipliers of the TT cores and the low-rank factors: each the best measured for its
-# model in benchmarks/results/gpt2_compare_cpu.md (per-model settings, not universal ones)
+# compare's lr multipliers of the TT cores and low-rank factors: per model (benchmarks/results/gpt2_compare_cpu.md)
 TT_LR_SCALE, LOWRANK_LR_SCALE = 5.0, 9.0
 EVAL_POINTS = 6  # compare's evaluations without --eval-every: log-spaced, the last the end (loss_curves.png)
 
@@ -33,13 +32,11 @@ COMPARE_RECIPE = TrainConfig(**_RECIPE, lr=2e-3, tt_lr_scale=TT_LR_SCALE, lowran
 
 
 def _shapes(value: str):  # (a JSON object's pairs: checked by _precheck)
-    if value in ("auto", "paper", "balanced"):
-        return value
     try:
-        shapes = json.loads(value)
+        shapes = value if value in ("auto", "paper", "balanced") else json.loads(value)
     except ValueError:
         shapes = None
-    if not isinstance(shapes, dict):
+    if not isinstance(shapes, dict) and shapes not in ("auto", "paper", "balanced"):
         raise Bad(f"must be 'auto', 'paper', 'balanced' or a JSON object of pairs per layer, got {value!r}")
     return shapes
 
@@ -58,7 +55,7 @@ def _device(value: str) -> str:
         device = torch.device(value)
     except (RuntimeError, ValueError):
         device = torch.device("meta")  # (no device of this machine)
-    cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    cuda = torch.cuda.device_count()  # (0 without CUDA)
     have = {"cpu": 1, "cuda": cuda - (device.index or 0), "mps": torch.backends.mps.is_available()}
     if have.get(device.type, 0) <= 0:
         raise Bad(f"{value!r} is not a device here ({cuda} CUDA device(s)): use cpu, cuda or cuda:N")

@@ -98,7 +98,6 @@ class TrainConfig:
 
     @staticmethod
     def bounds(name: str) -> Range:
-        """The range of setting ``name``."""
         return next(f.metadata["range"] for f in fields(TrainConfig) if f.name == name)
 
     def evaluates_at(self, done: int) -> bool:

@@ -31,7 +31,6 @@ def train_config(args, **extra) -> TrainConfig:
 
 
 def dims(args) -> tuple[int, int, int]:
-    """(n_layer, n_embd, n_head) from --preset and the overrides (compare: no preset, every size has a default)."""
     base = gpt2.PRESETS[args.preset] if getattr(args, "preset", None) else (None, None, None)
     sizes = (args.n_layer, args.n_embd, args.n_head)
     layers, width, heads = (b if v is None else v for v, b in zip(sizes, base))
@@ -95,7 +94,7 @@ def _exists(**paths: str | None) -> None:
 
 
 def _check_training(args) -> None:
-    """Compare and train: data, sizes, memory, compile, folders, then one block of each model on meta."""
+    """Compare and train: files, sizes, memory, compile, folders, then one block of each model on meta."""
     if args.command == "train":
         tiny = args.preset == "tiny"  # the preset's lr and warmup unless given
         args.lr = (1e-3 if tiny else 6.25e-5) if args.lr is None else args.lr
@@ -127,12 +126,11 @@ def _check_training(args) -> None:
     try:
         with warnings.catch_warnings(), torch.device("meta"):
             warnings.simplefilter("ignore")  # a clipped rank is said when the model is built
-            if args.command == "train":
-                build_variant(spec)
-                return
-            params = mlp_params_per_layer(spec)  # compare's TTM model, then its low-rank baseline
-            before = f"the low-rank baseline sized to --rank {args.rank} (lower it or pass --no-lowrank): "
-            if not args.no_lowrank:
+            params = build_variant(spec) if args.command == "train" else mlp_params_per_layer(spec)
+            if args.command == "compare" and not args.no_lowrank:  # its low-rank baseline
+                before = (
+                    f"the low-rank baseline sized to --rank {args.rank} (lower it or pass --no-lowrank): "
+                )
                 rank = gpt2.lowrank_rank_for(params, width, 4 * width, bias=spec["bias"])
                 build_variant(spec | {"variant": "lowrank", "lowrank_rank": rank})
     except (ValueError, TypeError) as err:

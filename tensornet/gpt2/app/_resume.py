@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -37,18 +36,15 @@ def _flag(name: str) -> str:  # train.lr -> --lr
 
 def signature(cfg: TrainConfig, extra: dict | None, runtime: dict | None = None) -> dict:
     """What the log depends on, so must not change on resume: ``cfg`` but checkpoint_every, ``extra``, ``runtime``."""
-    train_settings = asdict(cfg)
-    train_settings.pop("checkpoint_every")
+    train_settings = {k: v for k, v in asdict(cfg).items() if k != "checkpoint_every"}
     return {"train": train_settings, **(extra or {}), **({"runtime": runtime} if runtime is not None else {})}
 
 
 def runtime(device: torch.device | str, processes: int) -> dict:
     """The device type, process count and (on CPU) thread count: each changes the order of float sums."""
     device = torch.device(device)
-    out: dict[str, Any] = {"device": device.type, "processes": processes}
-    if device.type == "cpu":
-        out["threads"] = torch.get_num_threads()
-    return out
+    threads = {"threads": torch.get_num_threads()} if device.type == "cpu" else {}
+    return {"device": device.type, "processes": processes, **threads}
 
 
 def rng_state() -> dict:
@@ -68,9 +64,7 @@ def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:  # [dotted.name: c
     return [] if old == new else [f"{name}: checkpoint {old!r}, now {new!r} ({_flag(name)})"]
 
 
-def _resume(
-    path: Path, expected: dict, apply: Callable[[dict], Any], *, verify: bool, only: bool = False
-) -> Any:
+def _resume(path: Path, expected: dict, apply, *, verify: bool, only: bool = False) -> Any:
     """``apply`` to the checkpoint at ``path`` once its signature (``only``: ``expected``'s keys) matches."""
     if not os.path.lexists(path):
         stopped = (

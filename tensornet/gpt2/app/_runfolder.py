@@ -54,7 +54,9 @@ def check_run_folder(path: Path, *, kind: str, resume: bool = False, overwrite: 
         used = [n for n in OUTPUTS[kind] if (path / n).exists()]
         if used and used != ["log.jsonl"] and not (resume or overwrite):  # (a log alone: rewritten)
             hint = "--resume to continue it or --overwrite" if kind == "train" else "--overwrite"
-            raise FileExistsError(f"--out: {str(path)!r} holds a previous {kind} run: pass {hint}")
+            raise FileExistsError(
+                f"--out: {str(path)!r} holds a previous {kind} run ({', '.join(used)}): pass {hint}"
+            )
     _files.probe_writable(path, "--out")
 
 
