@@ -81,11 +81,7 @@ COMPILE = (
 )
 PRESET = "sizes: " + ", ".join(f"{k} = {v[0]} layers x {v[1]} wide, {v[2]} heads" for k, v in PRESETS.items())
 SWITCH = {"action": "store_true"}
-_TRAIN = [  # the settings with a flag: their range and help from TrainConfig
-    (CT, "--" + f.name.replace("_", "-"), f.metadata["range"], f.metadata["help"])
-    for f in fields(TrainConfig)
-    if f.metadata.get("help")
-]
+_RANGE = {f.name: f.metadata.get("range") for f in fields(TrainConfig)}  # (each written once, in TrainConfig)
 # a group's title, then its flags: (commands, flag, type or add_argument's keywords, help); the upper bounds are
 # far above what fits a machine today (the memory check refuses sooner), low enough to fail at once
 _FLAGS: list[Any] = [
@@ -122,7 +118,11 @@ _FLAGS: list[Any] = [
     (CTS, "--embeddings", SWITCH, "also make the token embedding (tied LM head) a TT one"),
     (CTS, "--embedding-rank", ints(1, 65536), "TT rank of the embedding (default: --rank)"),
     "optimisation",
-    *_TRAIN,
+    *(  # the settings with a flag: their range and help from TrainConfig
+        (CT, "--" + f.name.replace("_", "-"), f.metadata["range"], f.metadata["help"])
+        for f in fields(TrainConfig)
+        if f.metadata.get("help")
+    ),
     (CT, "--compile", dict(nargs="?", const="default", choices=COMPILE_MODES, metavar="MODE"), COMPILE),
     (CT, "--no-progress", SWITCH, "no progress bar"),
     (CT, "--threads", ints(1, 1024), "torch CPU threads per process (default: one per core)"),
@@ -131,9 +131,9 @@ _FLAGS: list[Any] = [
     (SE, "--batch-size", {"type": ints(1, MAX_SIZE), "default": 8}, "windows per forward pass"),
     (SE, "--eval-tokens", {"type": ints(0, MAX_TOKENS), "default": 0}, "tokens to evaluate at most (0: all)"),
     "checkpoints",
-    (T, "--checkpoint-every", TrainConfig.bounds("checkpoint_every"), "steps per checkpoint (0: at the end)"),
+    (T, "--checkpoint-every", _RANGE["checkpoint_every"], "steps per checkpoint (0: at the end)"),
     (T, "--resume", SWITCH, "continue exactly from --out/checkpoint.pt, with the run's settings"),
-    (T, "--stop-at", TrainConfig.bounds("steps"), "stop (with a checkpoint) after this many steps"),
+    (T, "--stop-at", _RANGE["steps"], "stop (with a checkpoint) after this many steps"),
 ]
 _DEFAULTS = {  # what differs between the commands; train's lr and warmup: the preset's (_precheck)
     C: asdict(COMPARE_RECIPE) | dict(out="runs/compare", max_chars=1_500_000, rank=32, ncores=4),

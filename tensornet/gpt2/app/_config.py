@@ -96,10 +96,6 @@ class TrainConfig:
         if any(not 1 <= step <= self.steps for step in self.eval_at):
             raise ValueError(f"TrainConfig: eval_at must be steps in [1, {self.steps}], got {self.eval_at!r}")
 
-    @staticmethod
-    def bounds(name: str) -> Range:
-        return next(f.metadata["range"] for f in fields(TrainConfig) if f.name == name)
-
     def evaluates_at(self, done: int) -> bool:
         """Whether the run evaluates after ``done`` steps (always after the last)."""
         return (

@@ -56,10 +56,8 @@ def rng_state() -> dict:
 
 def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:  # [dotted.name: checkpoint X, now Y (--flag)]
     if isinstance(old, dict) and isinstance(new, dict):
-        out: list[str] = []
-        for key in sorted(set(old) | set(new), key=str):
-            out += _diff(old.get(key, "<unset>"), new.get(key, "<unset>"), f"{prefix}{key}.")
-        return out
+        keys = sorted(set(old) | set(new), key=str)
+        return [d for k in keys for d in _diff(old.get(k, "<unset>"), new.get(k, "<unset>"), f"{prefix}{k}.")]
     name = prefix.rstrip(".")
     return [] if old == new else [f"{name}: checkpoint {old!r}, now {new!r} ({_flag(name)})"]
 

@@ -28,11 +28,11 @@ def read_manifest(path: Path) -> dict | None:
         return None
     try:
         manifest = _files.parse_json(file.read_text(encoding="utf-8"))
-        if manifest["format"] != "tensornet-run" or manifest["kind"] not in OUTPUTS:
-            raise ValueError(f"format {manifest['format']!r}, kind {manifest['kind']!r}")
+        if manifest["format"] == "tensornet-run" and manifest["kind"] in OUTPUTS:
+            return manifest
+        raise ValueError(f"format {manifest['format']!r}, kind {manifest['kind']!r}")
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{str(file)!r} is not a tensornet run manifest ({summary(err)})") from None
-    return manifest
 
 
 def check_run_folder(path: Path, *, kind: str, resume: bool = False, overwrite: bool = False) -> None:
