@@ -48,10 +48,8 @@ def runtime(device: torch.device | str, processes: int) -> dict:
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+    cuda = {"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), **cuda}
 
 
 def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:  # [dotted.name: checkpoint X, now Y (--flag)]
