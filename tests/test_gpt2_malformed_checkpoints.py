@@ -117,6 +117,7 @@ EXAMPLES = {
     "history-as-list": lambda p: replaced(p, ("history",), [p["history"]]),
     "param-id-2^40": lambda p: with_key(p, ("optimizer", "state"), 2**40),
     "signature-100-deep": lambda p: replaced(p, ("signature", "deep"), deep(100)),
+    "signature-train-tensor": lambda p: replaced(p, ("signature", "train", "lr"), torch.ones(2)),
     "model-not-tensor": lambda p: replaced(p, ("model", next(iter(p["model"]))), [1.0]),
     "payload-a-list": lambda p: [p],
 }
@@ -147,6 +148,14 @@ def test_malformed_checkpoint_examples_are_errors_naming_the_file(base, tmp_path
         assert str(path) in message and len(message.splitlines()) == 1
         if not valid_checksum:  # damage is what the error says, whatever else is wrong
             assert "fails its checksum" in message, message
+
+
+def test_a_tensor_in_the_signature_is_one_error_naming_the_file(base, tmp_path):
+    # (once a traceback from comparing it: "Boolean value of Tensor with more than one value is ambiguous")
+    path = write(tmp_path, EXAMPLES["signature-train-tensor"](base["payload"]))
+    with pytest.raises(ValueError, match="is not a checkpoint this run can resume") as info:
+        _resume.check_resume(tmp_path, base["cfg"], None)
+    assert str(path) in str(info.value) and "RuntimeError: Boolean value of Tensor" in str(info.value)
 
 
 def tree(folder: Path) -> dict[str, bytes]:

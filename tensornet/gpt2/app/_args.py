@@ -16,8 +16,7 @@ MODEL_FOLDER = (
     "MODEL: a save_model or Hugging Face save_pretrained folder: config.json, model.safetensors (pickle weights "
     "such as pytorch_model.bin are refused) and, unless --tokenizer, tokenizer.json or vocab.json + merges.txt"
 )
-# compare's learning-rate multipliers of the TT cores and the low-rank factors: each the best measured for its
-# model in benchmarks/results/gpt2_compare_cpu.md (per-model settings, not universal ones)
+# compare's lr multipliers of the TT cores and low-rank factors: per model (benchmarks/results/gpt2_compare_cpu.md)
 TT_LR_SCALE, LOWRANK_LR_SCALE = 5.0, 9.0
 EVAL_POINTS = 6  # compare's evaluations without --eval-every: log-spaced, the last the end (loss_curves.png)
 
@@ -32,15 +31,12 @@ _RECIPE: Any = dict(steps=300, block_size=128, warmup=30, weight_decay=0.01, bet
 COMPARE_RECIPE = TrainConfig(**_RECIPE, lr=2e-3, tt_lr_scale=TT_LR_SCALE, lowrank_lr_scale=LOWRANK_LR_SCALE)
 
 
-def _shapes(value: str):
-    """``--shapes``: 'auto', 'paper', 'balanced' or a JSON object (its pairs checked by the dry run)."""
-    if value in ("auto", "paper", "balanced"):
-        return value
+def _shapes(value: str):  # (a JSON object's pairs: checked by _precheck)
     try:
-        shapes = json.loads(value)
+        shapes = value if value in ("auto", "paper", "balanced") else json.loads(value)
     except ValueError:
         shapes = None
-    if not isinstance(shapes, dict):
+    if not isinstance(shapes, dict) and shapes not in ("auto", "paper", "balanced"):
         raise Bad(f"must be 'auto', 'paper', 'balanced' or a JSON object of pairs per layer, got {value!r}")
     return shapes
 
@@ -53,14 +49,13 @@ def _layers(value: str) -> tuple[str, ...]:
 
 
 def _device(value: str) -> str:
-    """``--device``: a torch device this machine has."""
     import torch
 
     try:
         device = torch.device(value)
     except (RuntimeError, ValueError):
         device = torch.device("meta")  # (no device of this machine)
-    cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    cuda = torch.cuda.device_count()  # (0 without CUDA)
     have = {"cpu": 1, "cuda": cuda - (device.index or 0), "mps": torch.backends.mps.is_available()}
     if have.get(device.type, 0) <= 0:
         raise Bad(f"{value!r} is not a device here ({cuda} CUDA device(s)): use cpu, cuda or cuda:N")
@@ -68,8 +63,7 @@ def _device(value: str) -> str:
 
 
 def path(text: str) -> str:
-    """A path flag: not empty (``""`` would silently mean the current folder)."""
-    if not text:
+    if not text:  # ("" would silently mean the current folder)
         raise Bad("the path is empty; give a file or folder")
     return text
 
@@ -87,11 +81,7 @@ COMPILE = (
 )
 PRESET = "sizes: " + ", ".join(f"{k} = {v[0]} layers x {v[1]} wide, {v[2]} heads" for k, v in PRESETS.items())
 SWITCH = {"action": "store_true"}
-_TRAIN = [  # the settings with a flag: their range and help from TrainConfig
-    (CT, "--" + f.name.replace("_", "-"), f.metadata["range"], f.metadata["help"])
-    for f in fields(TrainConfig)
-    if f.metadata.get("help")
-]
+_RANGE = {f.name: f.metadata.get("range") for f in fields(TrainConfig)}  # (each written once, in TrainConfig)
 # a group's title, then its flags: (commands, flag, type or add_argument's keywords, help); the upper bounds are
 # far above what fits a machine today (the memory check refuses sooner), low enough to fail at once
 _FLAGS: list[Any] = [
@@ -128,7 +118,11 @@ _FLAGS: list[Any] = [
     (CTS, "--embeddings", SWITCH, "also make the token embedding (tied LM head) a TT one"),
     (CTS, "--embedding-rank", ints(1, 65536), "TT rank of the embedding (default: --rank)"),
     "optimisation",
-    *_TRAIN,
+    *(  # the settings with a flag: their range and help from TrainConfig
+        (CT, "--" + f.name.replace("_", "-"), f.metadata["range"], f.metadata["help"])
+        for f in fields(TrainConfig)
+        if f.metadata.get("help")
+    ),
     (CT, "--compile", dict(nargs="?", const="default", choices=COMPILE_MODES, metavar="MODE"), COMPILE),
     (CT, "--no-progress", SWITCH, "no progress bar"),
     (CT, "--threads", ints(1, 1024), "torch CPU threads per process (default: one per core)"),
@@ -137,9 +131,9 @@ _FLAGS: list[Any] = [
     (SE, "--batch-size", {"type": ints(1, MAX_SIZE), "default": 8}, "windows per forward pass"),
     (SE, "--eval-tokens", {"type": ints(0, MAX_TOKENS), "default": 0}, "tokens to evaluate at most (0: all)"),
     "checkpoints",
-    (T, "--checkpoint-every", TrainConfig.bounds("checkpoint_every"), "steps per checkpoint (0: at the end)"),
+    (T, "--checkpoint-every", _RANGE["checkpoint_every"], "steps per checkpoint (0: at the end)"),
     (T, "--resume", SWITCH, "continue exactly from --out/checkpoint.pt, with the run's settings"),
-    (T, "--stop-at", TrainConfig.bounds("steps"), "stop (with a checkpoint) after this many steps"),
+    (T, "--stop-at", _RANGE["steps"], "stop (with a checkpoint) after this many steps"),
 ]
 _DEFAULTS = {  # what differs between the commands; train's lr and warmup: the preset's (_precheck)
     C: asdict(COMPARE_RECIPE) | dict(out="runs/compare", max_chars=1_500_000, rank=32, ncores=4),

@@ -105,17 +105,12 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | 
     write_safetensors(path, tensors, {**(metadata or {}), "sha256": content_sha256(tensors)})
 
 
-def load_token_file(
-    path: Path, vocab_size: int | None, where: str, identity: dict[str, str] | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+def load_token_file(path: Path, vocab_size: int | None, where: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``(train, val)`` int64 token ids from a safetensors token file, checked; ValueError naming the file.
 
-    Two non-empty 1-D integer tensors, ids in ``[0, vocab_size)``, their checksum and ``identity`` matching.
+    Two non-empty 1-D integer tensors, ids in ``[0, vocab_size)``, their checksum matching.
     """
     metadata, tensors = read_safetensors(path, f"{where}: {str(path)!r} is not a readable token file")
-    other = [key for key, value in (identity or {}).items() if metadata.get(key) != value]
-    if other:
-        raise ValueError(f"{where}: {str(path)!r} holds the tokens of another {' and '.join(other)}")
     if set(tensors) != {"train", "val"} or metadata.get("sha256") != content_sha256(tensors):
         raise ValueError(f"{where}: {str(path)!r} fails its checksum or holds more than train and val")
     for name, t in tensors.items():

@@ -40,9 +40,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         saved = args.command == "train" and (Path(args.out) / CHECKPOINT).is_file()
-        resume = "the last checkpoint is intact: continue with the same command and --resume"
-        print(
-            f"interrupted; {resume if saved else 'nothing to resume: run the same command again'}",
-            file=sys.stderr,
-        )
+        said = "with --resume to continue from the last checkpoint" if saved else "again (nothing to resume)"
+        print(f"interrupted; run the same command {said}", file=sys.stderr)
         return 130

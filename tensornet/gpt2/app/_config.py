@@ -32,8 +32,7 @@ class Range:
         below = value < self.hi if self.hi_open else value <= self.hi
         return math.isfinite(value) and above and below
 
-    def __call__(self, text: str) -> Any:
-        """The text of a flag as a number in the range (an argparse ``type``), else a one-line error."""
+    def __call__(self, text: str) -> Any:  # an argparse type
         try:
             value: Any = int(text) if self.integer else float(text)
         except ValueError:
@@ -48,7 +47,6 @@ def _set(default: Any, values: Range, text: str = "") -> Any:  # a field, its ra
 
 
 def ints(lo: int, hi: float = math.inf) -> Range:
-    """The integers from ``lo`` to ``hi``."""
     return Range(lo, hi, integer=True)
 
 
@@ -97,11 +95,6 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: compile must be None or in {COMPILE_MODES}, got {self.compile!r}")
         if any(not 1 <= step <= self.steps for step in self.eval_at):
             raise ValueError(f"TrainConfig: eval_at must be steps in [1, {self.steps}], got {self.eval_at!r}")
-
-    @staticmethod
-    def bounds(name: str) -> Range:
-        """The range of setting ``name`` (the one place its bounds and help are written)."""
-        return next(f.metadata["range"] for f in fields(TrainConfig) if f.name == name)
 
     def evaluates_at(self, done: int) -> bool:
         """Whether the run evaluates after ``done`` steps (always after the last)."""

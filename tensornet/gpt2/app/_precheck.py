@@ -13,26 +13,24 @@ import torch
 import tensornet.gpt2 as gpt2
 
 from .. import files as _files
-from . import _data, _runfolder
+from . import _data
 from ._compare import build_variant, mlp_params_per_layer
 from ._config import TrainConfig
 from ._distributed import Distributed, default_device
 from ._resume import check_resume
+from ._runfolder import check_run_folder, read_manifest
 
 
-def warn(message: str) -> None:
-    """A setting that may not do what the user meant: said on stderr, the command goes on."""
+def warn(message: str) -> None:  # a setting that may not do what the user meant; the command goes on
     print(f"warning: {message}", file=sys.stderr)
 
 
 def train_config(args, **extra) -> TrainConfig:
-    """The optimisation flags as a :class:`TrainConfig` (its fields that the command has a flag for)."""
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     return TrainConfig(**given | extra)
 
 
 def dims(args) -> tuple[int, int, int]:
-    """(n_layer, n_embd, n_head) from --preset and the overrides (compare: no preset, every size has a default)."""
     base = gpt2.PRESETS[args.preset] if getattr(args, "preset", None) else (None, None, None)
     sizes = (args.n_layer, args.n_embd, args.n_head)
     layers, width, heads = (b if v is None else v for v, b in zip(sizes, base))
@@ -41,13 +39,12 @@ def dims(args) -> tuple[int, int, int]:
     return layers, width, heads
 
 
-def vocab_size(args) -> int:
-    """The size of the tokenizer trained here: --vocab-size, else 4096 for compare and the tiny preset."""
+def vocab_size(args) -> int:  # of the tokenizer trained here
     return args.vocab_size or (16384 if getattr(args, "preset", "tiny") not in (None, "tiny") else 4096)
 
 
 def model_spec(args, config: dict) -> dict:
-    """Compare's or train's model as ``_compare.build_variant`` builds it; ``config``: ``gpt2_config``'s."""
+    """Compare's or train's model for ``_compare.build_variant``; ``config``: ``gpt2_config``'s."""
     given = ("seed", "rank", "shapes", "ncores", "embeddings", "embedding_rank", "layers")
     spec = {name: getattr(args, name) for name in given} | {"config": config, "bias": not args.no_bias}
     if args.command == "train":
@@ -66,14 +63,13 @@ def resolve_shapes(args, width: int, inner: int) -> None:
 
 
 def _in_flag_words(err: Exception, before: str = "") -> ValueError:
-    """A library error in the command line's words (``--shapes balanced``, not ``shapes='balanced'``)."""
     said = re.sub(r"shapes='(\w+)'", r"--shapes \1", str(err)).replace("tensorize: shapes", "--shapes")
     return ValueError(before + said)
 
 
 def check_memory(args, *, layers, width, vocab, block, training, model=None, positions=None) -> None:
     """Refuse what surely cannot fit: dense weights (AdamW state when training) and a batch's activations."""
-    device = torch.device(args.device) if args.device else default_device()
+    device = _device(args)
     have = gpt2.memory_bytes(device)  # (looked up on the module: tests replace it)
     params = gpt2.dense_params(vocab=vocab, positions=positions or block, width=width, layers=layers)
     batch = 4 * args.batch_size * block * (2 * vocab + (10 if training else 2) * layers * width)
@@ -87,6 +83,10 @@ def check_memory(args, *, layers, width, vocab, block, training, model=None, pos
         )
 
 
+def _device(args) -> torch.device:
+    return torch.device(args.device) if args.device else default_device()
+
+
 def _exists(**paths: str | None) -> None:
     for flag, value in paths.items():
         if value is not None and not Path(value).exists():
@@ -94,7 +94,7 @@ def _exists(**paths: str | None) -> None:
 
 
 def _check_training(args) -> None:
-    """Compare and train: data, sizes, memory, compile, folders, then one block of each model on meta."""
+    """Compare and train: files, sizes, memory, compile, folders, then one block of each model on meta."""
     if args.command == "train":
         tiny = args.preset == "tiny"  # the preset's lr and warmup unless given
         args.lr = (1e-3 if tiny else 6.25e-5) if args.lr is None else args.lr
@@ -111,16 +111,13 @@ def _check_training(args) -> None:
     dist = Distributed()  # (raises for a malformed torchrun environment)
     if args.batch_size % dist.world:
         raise ValueError(f"--batch-size {args.batch_size} is not divisible by the {dist.world} processes")
-    cpu = (torch.device(args.device) if args.device else default_device()).type == "cpu"
     compilers = (os.environ.get("CXX"), "g++", "clang++", "c++")
-    if args.compile and cpu and not any(c and shutil.which(c) for c in compilers):
+    if args.compile and _device(args).type == "cpu" and not any(c and shutil.which(c) for c in compilers):
         raise ValueError(f"--compile {args.compile} on CPU needs a C++ compiler (g++, clang++ or $CXX)")
     resolve_shapes(args, width, 4 * width)
     resume = getattr(args, "resume", False)  # (compare has no --resume)
     if args.command == "compare" or dist.main:
-        _runfolder.check_run_folder(
-            Path(args.out), kind=args.command, resume=resume, overwrite=args.overwrite
-        )
+        check_run_folder(Path(args.out), kind=args.command, resume=resume, overwrite=args.overwrite)
     if resume:
         check_resume(args.out, train_config(args), args.stop_at)
     config = dict(vocab_size=257, block_size=args.block_size, n_layer=1, n_embd=width, n_head=heads)
@@ -129,12 +126,11 @@ def _check_training(args) -> None:
     try:
         with warnings.catch_warnings(), torch.device("meta"):
             warnings.simplefilter("ignore")  # a clipped rank is said when the model is built
-            if args.command == "train":
-                build_variant(spec)
-                return
-            params = mlp_params_per_layer(spec)  # compare's TTM model, then its low-rank baseline
-            before = f"the low-rank baseline sized to --rank {args.rank} (lower it or pass --no-lowrank): "
-            if not args.no_lowrank:
+            params = build_variant(spec) if args.command == "train" else mlp_params_per_layer(spec)
+            if args.command == "compare" and not args.no_lowrank:  # its low-rank baseline
+                before = (
+                    f"the low-rank baseline sized to --rank {args.rank} (lower it or pass --no-lowrank): "
+                )
                 rank = gpt2.lowrank_rank_for(params, width, 4 * width, bias=spec["bias"])
                 build_variant(spec | {"variant": "lowrank", "lowrank_rank": rank})
     except (ValueError, TypeError) as err:
@@ -163,7 +159,7 @@ def _check_compress(args) -> None:
 def _check_eval(args) -> dict:
     """MODEL's config.json (a train run folder: its ``model/``) against the flags and memory; its sizes."""
     path = Path(args.model)
-    if not (path / "config.json").exists() and (_runfolder.read_manifest(path) or {}).get("kind") == "train":
+    if not (path / "config.json").exists() and (read_manifest(path) or {}).get("kind") == "train":
         if not (path / "model" / "config.json").is_file():
             raise ValueError(f"{path}: a run without a model yet; train --resume --out {path} finishes it")
         args.model, args.model_note = str(path / "model"), f"the model of the train run in {str(path)!r}"

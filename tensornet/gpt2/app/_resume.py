@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -25,66 +24,50 @@ _FLAGS = {
     "model.tensornet": "--rank, --shapes, --ncores, --layers, --no-bias, --embeddings, --embedding-rank or --lowrank",
     "corpus": "--data or --max-chars",
     "tokenizer": "--tokenizer or --vocab-size",
-    "runtime.device": "--device",
-    "runtime.threads": "--threads",
     "runtime.processes": "torchrun's --nproc-per-node",
 }
-_SAME = (
-    "A run resumes exactly (its log that of an uninterrupted run) only with the settings it started with: "
-    "resume with those, or start a new run in another --out"
-)
+_SAME = "Resume only with the settings it started with, or start a new run in another --out"
 
 
-def _flag(name: str) -> str:
-    """The command-line flag that sets the signature entry ``name`` (``train.lr`` -> ``--lr``)."""
+def _flag(name: str) -> str:  # train.lr -> --lr
     key = next((key for key in _FLAGS if name == key or name.startswith(key + ".")), None)
     return _FLAGS[key] if key else "--" + name.rpartition(".")[2].replace("_", "-")
 
 
 def signature(cfg: TrainConfig, extra: dict | None, runtime: dict | None = None) -> dict:
     """What the log depends on, so must not change on resume: ``cfg`` but checkpoint_every, ``extra``, ``runtime``."""
-    train_settings = asdict(cfg)
-    train_settings.pop("checkpoint_every")
+    train_settings = {k: v for k, v in asdict(cfg).items() if k != "checkpoint_every"}
     return {"train": train_settings, **(extra or {}), **({"runtime": runtime} if runtime is not None else {})}
 
 
 def runtime(device: torch.device | str, processes: int) -> dict:
     """The device type, process count and (on CPU) thread count: each changes the order of float sums."""
     device = torch.device(device)
-    out: dict[str, Any] = {"device": device.type, "processes": processes}
-    if device.type == "cpu":
-        out["threads"] = torch.get_num_threads()
-    return out
+    threads = {"threads": torch.get_num_threads()} if device.type == "cpu" else {}
+    return {"device": device.type, "processes": processes, **threads}
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+    cuda = {"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), **cuda}
 
 
-def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """The settings that differ between two signatures, as ``dotted.name: checkpoint X, now Y (--flag)``."""
+def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:  # [dotted.name: checkpoint X, now Y (--flag)]
     if isinstance(old, dict) and isinstance(new, dict):
-        out: list[str] = []
-        for key in sorted(set(old) | set(new), key=str):
-            out += _diff(old.get(key, "<unset>"), new.get(key, "<unset>"), f"{prefix}{key}.")
-        return out
+        keys = sorted(set(old) | set(new), key=str)
+        return [d for k in keys for d in _diff(old.get(k, "<unset>"), new.get(k, "<unset>"), f"{prefix}{k}.")]
     name = prefix.rstrip(".")
     return [] if old == new else [f"{name}: checkpoint {old!r}, now {new!r} ({_flag(name)})"]
 
 
-def _resume(
-    path: Path, expected: dict, apply: Callable[[dict], Any], *, verify: bool, only: bool = False
-) -> Any:
-    """``apply`` to the checkpoint at ``path`` once its signature (``only`` ``expected``'s keys) matches."""
+def _resume(path: Path, expected: dict, apply, *, verify: bool, only: bool = False) -> Any:
+    """``apply`` to the checkpoint at ``path`` once its signature (``only``: ``expected``'s keys) matches."""
     if not os.path.lexists(path):
-        stopped = (path.parent / LOG).is_file()  # a run killed before its first checkpoint
+        stopped = (
+            "the run there stopped before its first checkpoint; " if (path.parent / LOG).is_file() else ""
+        )
         raise FileNotFoundError(
-            f"--resume: no checkpoint at {str(path)!r}: "
-            + ("the run there stopped before its first checkpoint; " if stopped else "")
-            + "run the same command without --resume to start it"
+            f"--resume: no checkpoint at {str(path)!r}: {stopped}start it without --resume"
         )
     ckpt = load_checkpoint(path, "--resume", verify=verify)
     try:
@@ -133,10 +116,7 @@ def check_resume(out: str | os.PathLike, cfg: TrainConfig, stop_at: int | None =
 def check_checkpoint_fits(
     out: str | os.PathLike, model: nn.Module, optimizer, cfg: TrainConfig, described: dict, where=None
 ) -> int:
-    """Before any tokens are loaded: :func:`restore` the checkpoint in ``out``, unverified; its step.
-
-    ``described`` is the run's model and data, ``where`` (when given) its :func:`runtime`.
-    """
+    """Before any tokens are read: :func:`restore` (unverified) ``out``'s checkpoint; its step."""
     path = Path(out) / CHECKPOINT
     return restore(path, signature(cfg, described, where), model, optimizer, cfg, verify=False)[0]
 
@@ -144,9 +124,5 @@ def check_checkpoint_fits(
 def restore(
     path: Path, expected: dict, model: nn.Module, optimizer, cfg: TrainConfig, *, verify: bool = True
 ) -> tuple[int, list[float], list[tuple[int, float]]]:
-    """Load the checkpoint at ``path`` into the model, optimizer and RNGs; its step and history.
-
-    It must be the checkpoint of a run whose signature is ``expected``. ValueError naming the file for every
-    problem (FileNotFoundError when there is none).
-    """
+    """Load the checkpoint of a run with signature ``expected``; its step and history; ValueError naming it."""
     return _resume(path, expected, lambda ckpt: _load_state(ckpt, model, optimizer, cfg), verify=verify)

@@ -11,6 +11,7 @@ from filelock import FileLock, Timeout
 import tensornet.gpt2 as gpt2
 
 from .. import files as _files
+from ._checkpoint import summary
 from ._files import write_json
 
 MANIFEST = "tensornet-run.json"
@@ -27,13 +28,11 @@ def read_manifest(path: Path) -> dict | None:
         return None
     try:
         manifest = _files.parse_json(file.read_text(encoding="utf-8"))
-        if manifest["format"] != "tensornet-run" or manifest["kind"] not in OUTPUTS:
-            raise ValueError(f"format {manifest['format']!r}, kind {manifest['kind']!r}")
+        if manifest["format"] == "tensornet-run" and manifest["kind"] in OUTPUTS:
+            return manifest
+        raise ValueError(f"format {manifest['format']!r}, kind {manifest['kind']!r}")
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(
-            f"{str(file)!r} is not a tensornet run manifest ({type(err).__name__}: {err}); choose another"
-        ) from None
-    return manifest
+        raise ValueError(f"{str(file)!r} is not a tensornet run manifest ({summary(err)})") from None
 
 
 def check_run_folder(path: Path, *, kind: str, resume: bool = False, overwrite: bool = False) -> None:
@@ -56,8 +55,7 @@ def check_run_folder(path: Path, *, kind: str, resume: bool = False, overwrite: 
         if used and used != ["log.jsonl"] and not (resume or overwrite):  # (a log alone: rewritten)
             hint = "--resume to continue it or --overwrite" if kind == "train" else "--overwrite"
             raise FileExistsError(
-                f"--out: {str(path)!r} holds a previous {kind} run ({', '.join(used)}); pass {hint}, or "
-                "choose another folder"
+                f"--out: {str(path)!r} holds a previous {kind} run ({', '.join(used)}): pass {hint}"
             )
     _files.probe_writable(path, "--out")
 
@@ -65,7 +63,7 @@ def check_run_folder(path: Path, *, kind: str, resume: bool = False, overwrite: 
 class RunFolder(contextlib.AbstractContextManager):
     """A run's output folder, opened once by the caller and held (locked) for the whole run."""
 
-    def __init__(self, path: Path, lock, created: list[Path]) -> None:
+    def __init__(self, path: Path, lock: FileLock, created: list[Path]) -> None:
         self.path, self._lock, self._held, self._created = path, lock, os.stat(lock.lock_file), created
 
     @classmethod
