@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import load_model, nparams, save_model, save_run_model, tensorize
-from . import _checkpoint, _compare, _data, _runfolder
+from . import _compare, _data, _runfolder
 from ._args import log_spaced
 from ._distributed import Distributed, default_device
 from ._precheck import check_memory, dims, model_spec, train_config, vocab_size, warn
@@ -73,8 +73,7 @@ def _device(args) -> str:
 def cmd_compare(args) -> int:
     out = Path(args.out)
     with _runfolder.RunFolder.open(out, kind="compare", overwrite=args.overwrite):
-        spec, variants = _compare_spec(args, out)
-        ids = spec.pop("ids")
+        spec, variants = _compare_spec(args)
 
         def on_step(variant: str, step: int, loss: float) -> None:
             bar.set_description(f"{variant} ({variants.index(variant) + 1}/{len(variants)})", refresh=False)
@@ -85,13 +84,8 @@ def cmd_compare(args) -> int:
             line = f"{r['variant']}: validation perplexity {r['val_ppl']:.2f} on {r['val_tokens']:,} tokens, "
             bar.write(f"{line}{r['params']:,} parameters, {r['tokens_per_s']:,.0f} tokens/s", file=sys.stderr)
 
-        bar = _bar(args.steps * len(variants), enabled=not args.no_progress)
-        try:
-            _checkpoint.save_tensors(Path(spec["tokens"]), ids)
+        with _bar(args.steps * len(variants), enabled=not args.no_progress) as bar:
             summary = _compare.compare(spec, out=out, variants=variants, on_step=on_step, on_result=on_result)
-        finally:
-            Path(spec["tokens"]).unlink(missing_ok=True)  # scratch for the worker processes
-            bar.close()
     tokens, val_tokens = args.steps * args.batch_size * args.block_size, summary["results"][0]["val_tokens"]
     print(
         f"\n{summary['machine']}; {tokens:,} training tokens per model, validation on {val_tokens:,} tokens\n"
@@ -101,7 +95,7 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def _compare_spec(args, out: Path) -> tuple[dict, tuple[str, ...]]:
+def _compare_spec(args) -> tuple[dict, tuple[str, ...]]:
     """The corpus, tokenizer and tokens (checked, ``spec["ids"]``), said, and what compare trains."""
     variants = ("dense", "ttm") + (() if args.no_lowrank else ("lowrank",))
     corpus, tokenizer, config = _data_for(args, say=True)
@@ -114,9 +108,9 @@ def _compare_spec(args, out: Path) -> tuple[dict, tuple[str, ...]]:
         f"training {', '.join(variants)}: {args.steps * args.batch_size * args.block_size:,} tokens each of "
         f"{train_ids.numel():,} (vocabulary {config['vocab_size']:,}), seed {args.seed}, on {_device(args)}"
     )
-    spec = model_spec(args, config) | {"device": _device(args), "tokens": str(out / "tokens.safetensors")}
-    spec |= {"train": asdict(cfg), "corpus": corpus.description, "corpus_name": corpus.name}
-    return spec | {"threads": args.threads, "ids": {"train": train_ids.int(), "val": val_ids.int()}}, variants
+    spec = model_spec(args, config) | {"device": _device(args), "train": asdict(cfg), "corpus": corpus.description}
+    spec |= {"corpus_name": corpus.name, "threads": args.threads, "ids": (train_ids, val_ids)}
+    return spec, variants
 
 
 def cmd_train(args) -> int:

@@ -13,7 +13,6 @@ import torch
 from tensornet.nn import RankClipWarning
 
 from .. import build_model, gpt2_config, lowrank, lowrank_rank_for, nparams, tensorize
-from ._checkpoint import load_token_file
 from ._data import eval_token_count
 from ._files import write_json
 from ._plot import model_name, plot_losses
@@ -46,7 +45,7 @@ def _run_variant(spec: dict, pipe) -> None:
     try:
         if spec.get("threads"):
             torch.set_num_threads(spec["threads"])
-        train_ids, val_ids = load_token_file(Path(spec["tokens"]), spec["config"]["vocab_size"], "compare")
+        train_ids, val_ids = spec["ids"]
         model, report = build_variant(spec)
         cfg, variant = TrainConfig(**spec["train"]), spec["variant"]
         history = train(
@@ -97,7 +96,7 @@ def compare(
     on_step: Callable[[str, int, float], None] | None = None,
     on_result: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Train each variant, each in a fresh process, on the token file ``spec["tokens"]``.
+    """Train each variant, each in a fresh process, on the tokens ``spec["ids"]`` (train, val).
 
     Writes results.json and loss_curves.png to ``out``, an existing folder (the CLI holds it as a run folder).
     ``on_step(variant, step, loss)`` follows the training, ``on_result(result)`` each variant's end.
@@ -119,7 +118,7 @@ def compare(
     machine = f"CPU {cpu}, {threads} threads, torch {torch.__version__}, Python {platform.python_version()}"
     if str(spec["device"]).startswith("cuda") and torch.cuda.is_available():
         machine = f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    spec = {k: v for k, v in spec.items() if k != "tokens"}
+    spec = {k: v for k, v in spec.items() if k != "ids"}
     summary = {"machine": machine, "spec": spec, "results": results}
     write_json(out / "results.json", summary)
     tokens_per_step = spec["train"]["batch_size"] * spec["train"]["block_size"]
