@@ -57,20 +57,15 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     ``cfg.lowrank_lr_scale`` when it is not 1 (benchmarks/results/gpt2_compare_cpu.md has the measured best).
     """
     cores = [p for p in tt_parameters(model) if p.requires_grad]
-    factors: list[nn.Parameter] = []
-    if cfg.lowrank_lr_scale != 1.0:
-        lowrank = (m for m in model.modules() if isinstance(m, LowRankLinear))
-        factors = [p for m in lowrank for p in (m.a, m.b) if p.requires_grad]
+    lowrank = [m for m in model.modules() if isinstance(m, LowRankLinear) and cfg.lowrank_lr_scale != 1.0]
+    factors = [p for m in lowrank for p in (m.a, m.b) if p.requires_grad]
     ids = {id(p) for p in cores + factors}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
-    groups: list[dict[str, Any]] = [
-        {"params": [p for p in rest if p.dim() >= 2], "weight_decay": cfg.weight_decay, "lr_scale": 1.0},
-        {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0, "lr_scale": 1.0},
-    ]
-    for params, scale in ((cores, cfg.tt_lr_scale), (factors, cfg.lowrank_lr_scale)):
-        if params:
-            groups.append({"params": params, "weight_decay": cfg.weight_decay, "lr_scale": scale})
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    vectors = {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0, "lr_scale": 1.0}
+    groups = [{"params": [p for p in rest if p.dim() >= 2], "lr_scale": 1.0}, vectors]
+    scaled = ((cores, cfg.tt_lr_scale), (factors, cfg.lowrank_lr_scale))
+    groups += [{"params": p, "lr_scale": s} for p, s in scaled if p]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, cfg: TrainConfig, step: int) -> None:
@@ -120,16 +115,17 @@ def evaluate(
 class _Run:
     """One call of :func:`train`: the model (its DDP/compiled form for the steps), optimizer, history and log."""
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig, dist: Distributed, device: torch.device) -> None:
+    def __init__(
+        self, model: nn.Module, cfg: TrainConfig, dist: Distributed, device, path, signature
+    ) -> None:
         self.model, self.cfg, self.dist, self.device = model, cfg, dist, device
-        self.path: Path | None = None  # the checkpoint's
-        self.signature: dict = {}  # what a checkpoint must match to resume
+        self.path, self.signature = path, signature  # the checkpoint's, and what it must match to resume
         self.optimizer = make_optimizer(model.to(device).train(), cfg)
-        self.history, self.seconds = History(), cast(list[float], [])  # seconds: each step's, in this call
-        self.log: Any = None
+        # seconds: each step's, in this call; log: log.jsonl once open_log opened it
+        self.history, self.seconds, self.log = History(), cast(list[float], []), cast(Any, None)
         ids = [device.index] if device.type == "cuda" else None
-        self.ddp = nn.parallel.DistributedDataParallel(model, device_ids=ids) if dist.world > 1 else model
-        self.forward = self.ddp if cfg.compile is None else torch.compile(self.ddp, mode=cfg.compile)
+        ddp = nn.parallel.DistributedDataParallel(model, device_ids=ids) if dist.world > 1 else model
+        self.forward = ddp if cfg.compile is None else torch.compile(ddp, mode=cfg.compile)
 
     def open_log(self, path: Path) -> Any:
         """``log.jsonl`` rewritten atomically from the history (so a resumed run's is an uninterrupted one's)."""
@@ -169,10 +165,9 @@ class _Run:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.clip > 0:
-            nn.utils.clip_grad_norm_(self.ddp.parameters(), cfg.clip)
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
         self.optimizer.step()
-        (value,) = dist.sum([float(loss.detach())], device)
-        value /= dist.world
+        value = dist.sum([float(loss.detach())], device)[0] / dist.world
         if not math.isfinite(value):
             raise FloatingPointError(f"training loss became {value} at step {step + 1}; lower --lr")
         self.history.loss.append(value)
@@ -273,16 +268,16 @@ def train(
     path = out.path if isinstance(out, _runfolder.RunFolder) else None if out is None else Path(out)
     with contextlib.ExitStack() as held:
         if folder is None and path is not None and dist.main:  # else the caller holds it, or another process
-            folder = _runfolder.RunFolder.open(path, kind="train", resume=resume, overwrite=overwrite)
-            held.enter_context(folder)
+            folder = held.enter_context(
+                _runfolder.RunFolder.open(path, kind="train", resume=resume, overwrite=overwrite)
+            )
         dist.init(device)
-        run = _Run(model, cfg, dist, device)
-        run.signature = _resume.signature(cfg, signature, _resume.runtime(device, dist.world))
-        run.path = None if path is None else path / _resume.CHECKPOINT
+        checks = _resume.signature(cfg, signature, _resume.runtime(device, dist.world))
+        run = _Run(model, cfg, dist, device, None if path is None else path / _resume.CHECKPOINT, checks)
         start = 0
-        if resume and run.path is not None:
+        if resume:
             start, run.history.loss, run.history.val = _resume.restore(
-                run.path, run.signature, model, run.optimizer, cfg
+                run.path, checks, model, run.optimizer, cfg
             )
             if stop_at is not None and stop_at < start:
                 raise ValueError(f"--stop-at {stop_at} is before the checkpoint's step {start}")
