@@ -91,7 +91,6 @@ def cmd_compare(args) -> int:
         f"\n{summary['machine']}; {tokens:,} training tokens per model, validation on {val_tokens:,} tokens\n"
     )
     print(_compare.table(summary))
-    print(f"\nwrote {out / 'results.json'}, {out / 'loss_curves.png'} and {out / 'loss_curves.svg'}")
     return 0
 
 
@@ -108,7 +107,11 @@ def _compare_spec(args) -> tuple[dict, tuple[str, ...]]:
         f"training {', '.join(variants)}: {args.steps * args.batch_size * args.block_size:,} tokens each of "
         f"{train_ids.numel():,} (vocabulary {config['vocab_size']:,}), seed {args.seed}, on {_device(args)}"
     )
-    spec = model_spec(args, config) | {"device": _device(args), "train": asdict(cfg), "corpus": corpus.description}
+    spec = model_spec(args, config) | {
+        "device": _device(args),
+        "train": asdict(cfg),
+        "corpus": corpus.description,
+    }
     spec |= {"corpus_name": corpus.name, "threads": args.threads, "ids": (train_ids, val_ids)}
     return spec, variants
 
@@ -117,12 +120,9 @@ def cmd_train(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     dist, out = Distributed(), Path(args.out)
+    kind = dict(kind="train", resume=args.resume, overwrite=args.overwrite)
     try:  # the first process holds the run folder for the whole run: the checkpoint, the log and the model
-        with contextlib.ExitStack() as held:
-            folder = None
-            if dist.main:
-                kind = dict(kind="train", resume=args.resume, overwrite=args.overwrite)
-                folder = held.enter_context(_runfolder.RunFolder.open(out, **kind))
+        with _runfolder.RunFolder.open(out, **kind) if dist.main else contextlib.nullcontext() as folder:
             _train_in(args, dist, out, folder)
         return 0
     finally:
@@ -136,8 +136,11 @@ def _train_in(args, dist: Distributed, out: Path, folder) -> None:
     cfg = train_config(args)
     settings = json.loads(model.config.to_json_string(use_diff=False))
     settings.pop("transformers_version", None)  # a library upgrade does not change the model
-    tokenizer_id = _data.tokenizer_id(tokenizer)
-    signature = {"model": settings, "corpus": corpus.fingerprint(), "tokenizer": tokenizer_id}
+    signature = {
+        "model": settings,
+        "corpus": corpus.fingerprint(),
+        "tokenizer": _data.tokenizer_id(tokenizer),
+    }
     start = 0
     if args.resume:  # the checkpoint's shapes and settings against this model, before the tokens are read
         where = runtime(torch.device(args.device) if args.device else default_device(dist), dist.world)
@@ -162,8 +165,7 @@ def _train_in(args, dist: Distributed, out: Path, folder) -> None:
         # out: the run folder this process holds (its path in the others)
         history = train(
             model, train_ids, val_ids, cfg, out=folder or out, signature=signature, on_step=on_step,
-            on_eval=on_eval, resume=args.resume, overwrite=args.overwrite, stop_at=args.stop_at,
-            device=args.device,
+            on_eval=on_eval, resume=args.resume, stop_at=args.stop_at, device=args.device,
         )  # fmt: skip
     if dist.main:
         _report_train(args, model, tokenizer, cfg, history, evaluated, len(history.loss) - start)
@@ -196,10 +198,8 @@ def _report_train(args, model, tokenizer, cfg, history, evaluated: str, steps_ru
         print(
             f"{state} {at}; {history.tokens_per_s:,.0f} tokens/s, peak {memory} {history.peak_memory_mib:,.0f} MiB"
         )
-    print(
-        f"checkpoint: {out / CHECKPOINT}; "
-        + (f"model: {out / 'model'}" if finished else "continue with --resume")
-    )
+    then = f"model: {out / 'model'}" if finished else "continue with --resume"
+    print(f"checkpoint: {out / CHECKPOINT}; {then}")
 
 
 def _measured(args):
@@ -210,14 +210,11 @@ def _measured(args):
     flag = "--tokenizer" if args.tokenizer else "the model folder's tokenizer (or give --tokenizer)"
     tokenizer = _data.load_tokenizer(args.tokenizer or args.model, flag=flag)
     have, want = tokenizer.get_vocab_size(), model.config.vocab_size
+    sizes = f"the tokenizer has {have:,} tokens and the model {want:,}"
     if have > want:
-        raise ValueError(
-            f"the tokenizer has {have:,} tokens, the model {want:,}; give the model's own --tokenizer"
-        )
+        raise ValueError(f"{sizes}: give the model's own --tokenizer")
     if have < want:
-        warn(
-            f"the tokenizer has {have:,} tokens and the model {want:,} (some unused): is it the model's own?"
-        )
+        warn(f"{sizes} (some unused): is it the model's own?")
     if args.text:  # evaluate all of it
         corpus = _data.load_corpus(args.text, flag="--text", split=False)
         texts, source = corpus.train + corpus.val, f"--text {args.text}"
@@ -256,7 +253,6 @@ def cmd_compress(args) -> int:
         f"\nperplexity on {source}: {before:.3f} dense -> {after:.3f} TTM ({100 * (after / before - 1):+.1f}%); "
         f"max layer relative error {report.max_error:.4f}"
     )
-    print(f"saved {args.out}")
     return 0
 
 
