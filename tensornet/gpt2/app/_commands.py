@@ -71,9 +71,22 @@ def _device(args) -> str:
 
 
 def cmd_compare(args) -> int:
-    out = Path(args.out)
+    out, variants = Path(args.out), ("dense", "ttm") + (() if args.no_lowrank else ("lowrank",))
+    tokens = args.steps * args.batch_size * args.block_size
     with _runfolder.RunFolder.open(out, kind="compare", overwrite=args.overwrite):
-        spec, variants = _compare_spec(args)
+        corpus, tokenizer, config = _data_for(args, say=True)
+        train_ids, val_ids = _data.cached_tokens(corpus, tokenizer, args.cache_dir)
+        # without --eval-every, a few log-spaced evaluations: the validation curves of loss_curves.png
+        cfg = train_config(args, eval_at=() if args.eval_every else log_spaced(args.steps))
+        _data.check_windows(train_ids, val_ids, cfg.block_size, cfg.eval_tokens)
+        _optimisation(args, cfg, val_ids)
+        print(
+            f"training {', '.join(variants)}: {tokens:,} tokens each of {train_ids.numel():,} "
+            f"(vocabulary {config['vocab_size']:,}), seed {args.seed}, on {_device(args)}"
+        )
+        spec = model_spec(args, config) | {"device": _device(args), "train": asdict(cfg)}
+        spec |= {"corpus": corpus.description, "corpus_name": corpus.name, "threads": args.threads}
+        spec["ids"] = (train_ids, val_ids)
 
         def on_step(variant: str, step: int, loss: float) -> None:
             bar.set_description(f"{variant} ({variants.index(variant) + 1}/{len(variants)})", refresh=False)
@@ -86,34 +99,12 @@ def cmd_compare(args) -> int:
 
         with _bar(args.steps * len(variants), enabled=not args.no_progress) as bar:
             summary = _compare.compare(spec, out=out, variants=variants, on_step=on_step, on_result=on_result)
-    tokens, val_tokens = args.steps * args.batch_size * args.block_size, summary["results"][0]["val_tokens"]
+    val_tokens = summary["results"][0]["val_tokens"]
     print(
         f"\n{summary['machine']}; {tokens:,} training tokens per model, validation on {val_tokens:,} tokens\n"
     )
     print(_compare.table(summary))
     return 0
-
-
-def _compare_spec(args) -> tuple[dict, tuple[str, ...]]:
-    """The corpus, tokenizer and tokens (checked, ``spec["ids"]``), said, and what compare trains."""
-    variants = ("dense", "ttm") + (() if args.no_lowrank else ("lowrank",))
-    corpus, tokenizer, config = _data_for(args, say=True)
-    train_ids, val_ids = _data.cached_tokens(corpus, tokenizer, args.cache_dir)
-    # without --eval-every, a few log-spaced evaluations: the validation curves of loss_curves.png
-    cfg = train_config(args, eval_at=() if args.eval_every else log_spaced(args.steps))
-    _data.check_windows(train_ids, val_ids, cfg.block_size, cfg.eval_tokens)
-    _optimisation(args, cfg, val_ids)
-    print(
-        f"training {', '.join(variants)}: {args.steps * args.batch_size * args.block_size:,} tokens each of "
-        f"{train_ids.numel():,} (vocabulary {config['vocab_size']:,}), seed {args.seed}, on {_device(args)}"
-    )
-    spec = model_spec(args, config) | {
-        "device": _device(args),
-        "train": asdict(cfg),
-        "corpus": corpus.description,
-    }
-    spec |= {"corpus_name": corpus.name, "threads": args.threads, "ids": (train_ids, val_ids)}
-    return spec, variants
 
 
 def cmd_train(args) -> int:
@@ -133,14 +124,11 @@ def cmd_train(args) -> int:
 def _train_in(args, dist: Distributed, out: Path, folder) -> None:
     corpus, tokenizer, config = _data_for(args, say=dist.main)
     model, report = _compare.build_variant(model_spec(args, config))
-    cfg = train_config(args)
-    settings = json.loads(model.config.to_json_string(use_diff=False))
+    cfg, config = train_config(args), model.config
+    settings = json.loads(config.to_json_string(use_diff=False))
     settings.pop("transformers_version", None)  # a library upgrade does not change the model
-    signature = {
-        "model": settings,
-        "corpus": corpus.fingerprint(),
-        "tokenizer": _data.tokenizer_id(tokenizer),
-    }
+    signature = {"model": settings, "corpus": corpus.fingerprint()}
+    signature["tokenizer"] = _data.tokenizer_id(tokenizer)
     start = 0
     if args.resume:  # the checkpoint's shapes and settings against this model, before the tokens are read
         where = runtime(torch.device(args.device) if args.device else default_device(dist), dist.world)
@@ -148,7 +136,16 @@ def _train_in(args, dist: Distributed, out: Path, folder) -> None:
     train_ids, val_ids = _data.cached_tokens(corpus, tokenizer, args.cache_dir)
     evaluated = ""
     if dist.main:
-        _describe_train(args, model, report)
+        print(
+            f"model: {config.n_layer} layers x {config.n_embd}, vocabulary {config.vocab_size:,}, "
+            f"{nparams(model):,} parameters" + ("" if report is None else f"\n{report}")
+        )
+        layers = report.layers if report is not None and args.rank else []
+        clipped = [x for x in layers if x.name != "transformer.wte" and min(x.ranks[1:-1]) < args.rank]
+        if clipped:  # tensorize's RankClipWarning is quiet in build_variant
+            warn(
+                f"--rank {args.rank} is clipped to the useful maximum of some TT bonds in {len(clipped)} layers"
+            )
         evaluated = _optimisation(args, cfg, val_ids)
         if args.resume:
             print(f"resumed from step {start}/{cfg.steps} ({out / CHECKPOINT})")
@@ -169,18 +166,6 @@ def _train_in(args, dist: Distributed, out: Path, folder) -> None:
         )  # fmt: skip
     if dist.main:
         _report_train(args, model, tokenizer, cfg, history, evaluated, len(history.loss) - start)
-
-
-def _describe_train(args, model, report) -> None:
-    config = model.config
-    print(
-        f"model: {config.n_layer} layers x {config.n_embd}, vocabulary {config.vocab_size:,}, "
-        f"{nparams(model):,} parameters" + ("" if report is None else f"\n{report}")
-    )
-    layers = report.layers if report is not None and args.rank else []
-    clipped = [x for x in layers if x.name != "transformer.wte" and min(x.ranks[1:-1]) < args.rank]
-    if clipped:  # tensorize's RankClipWarning is quiet in build_variant
-        warn(f"--rank {args.rank} is clipped to the useful maximum of some TT bonds in {len(clipped)} layers")
 
 
 def _report_train(args, model, tokenizer, cfg, history, evaluated: str, steps_run: int) -> None:
