@@ -21,14 +21,12 @@ from ._train import evaluate, make_optimizer, perplexity, train
 
 
 def _bar(total: int, initial: int = 0, *, enabled: bool) -> tqdm:
-    """A tqdm bar on stderr (silent unless ``enabled``); lines said meanwhile go above it (``write``)."""
     return tqdm(
         total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr, disable=not enabled
     )
 
 
 def _data_for(args, say: bool):
-    """The corpus, the tokenizer (given, or trained and cached) and ``gpt2_config``'s arguments."""
     corpus = _data.load_corpus(args.data, max_chars=args.max_chars)
     if say:
         print(f"corpus: {corpus.description}")
@@ -188,7 +186,6 @@ def _report_train(args, model, tokenizer, cfg, history, evaluated: str, steps_ru
 
 
 def _measured(args):
-    """MODEL loaded, its tokenizer, the evaluation tokens, what they are, and the window."""
     if getattr(args, "model_note", None):  # MODEL was a train run folder (_precheck.check_eval)
         print(f"model: {args.model} ({args.model_note})")
     model = load_model(args.model)
