@@ -97,11 +97,10 @@ def cmd_compare(args) -> int:
 
         with _bar(args.steps * len(variants), enabled=not args.no_progress) as bar:
             summary = _compare.compare(spec, out=out, variants=variants, on_step=on_step, on_result=on_result)
-    val_tokens = summary["results"][0]["val_tokens"]
-    print(
-        f"\n{summary['machine']}; {tokens:,} training tokens per model, validation on {val_tokens:,} tokens\n"
+    each = (
+        f"{tokens:,} training tokens per model, validation on {summary['results'][0]['val_tokens']:,} tokens"
     )
-    print(_compare.table(summary))
+    print(f"\n{summary['machine']}; {each}\n\n{_compare.table(summary)}")
     return 0
 
 
@@ -174,13 +173,12 @@ def _report_train(args, model, tokenizer, cfg, history, evaluated: str, steps_ru
     at = f"at step {len(history.loss)}/{cfg.steps}: train loss {history.loss[-1]:.4f}"
     if history.val:
         at += f", validation perplexity {history.val_ppl:.2f} on {evaluated} (step {history.val[-1][0]})"
+    memory = "allocated CUDA memory" if _device(args).startswith("cuda") else "RSS of the process"
+    speed = f"{history.tokens_per_s:,.0f} tokens/s, peak {memory} {history.peak_memory_mib:,.0f} MiB"
     if steps_run == 0:  # resumed at the step it was asked to reach: nothing was trained
         print(f"nothing to train: the run in {str(out)!r} had already {state} {at}")
     else:
-        memory = "allocated CUDA memory" if _device(args).startswith("cuda") else "RSS of the process"
-        print(
-            f"{state} {at}; {history.tokens_per_s:,.0f} tokens/s, peak {memory} {history.peak_memory_mib:,.0f} MiB"
-        )
+        print(f"{state} {at}; {speed}")
     then = f"model: {out / 'model'}" if finished else "continue with --resume"
     print(f"checkpoint: {out / CHECKPOINT}; {then}")
 
@@ -206,11 +204,6 @@ def _measured(args):
         source = f"the embedded corpus's validation split{chars}"
     ids = _data.encode(tokenizer, texts)
     block = min(args.block_size or model.config.n_positions, model.config.n_positions)
-    if ids.numel() < block + 1:  # (evaluate's own error would name --data, not what was given)
-        raise ValueError(
-            f"{source} has {ids.numel():,} tokens, fewer than one window of {block} + 1: give more text or a "
-            "smaller --block-size"
-        )
     counted = _data.eval_token_count(ids.numel(), block, args.eval_tokens or None)
     return model, tokenizer, ids, f"{counted:,} tokens of {source}", block
 
@@ -231,19 +224,16 @@ def cmd_compress(args) -> int:
     after = _perplexity(model, ids, block, args)
     save_model(model, args.out, tokenizer=tokenizer, overwrite=args.overwrite)
     print(report)
-    print(
-        f"\nperplexity on {source}: {before:.3f} dense -> {after:.3f} TTM ({100 * (after / before - 1):+.1f}%); "
-        f"max layer relative error {report.max_error:.4f}"
-    )
+    change = f"{before:.3f} dense -> {after:.3f} TTM ({100 * (after / before - 1):+.1f}%)"
+    print(f"\nperplexity on {source}: {change}; max layer relative error {report.max_error:.4f}")
     return 0
 
 
 def cmd_eval(args) -> int:
     model, _, ids, source, block = _measured(args)
     ppl = _perplexity(model, ids, block, args)
-    print(
-        f"{Path(args.model)}: {nparams(model):,} parameters, perplexity {ppl:.3f} on {source} (windows of {block})"
-    )
+    name = f"{Path(args.model)}: {nparams(model):,} parameters"
+    print(f"{name}, perplexity {ppl:.3f} on {source} (windows of {block})")
     return 0
 
 
