@@ -115,10 +115,11 @@ def compare(
     machine = f"CPU {cpu}, {threads} threads, torch {torch.__version__}, Python {platform.python_version()}"
     if str(spec["device"]).startswith("cuda") and torch.cuda.is_available():
         machine = f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    summary = {"machine": machine, "spec": {k: v for k, v in spec.items() if k != "ids"}, "results": results}
+    spec = {k: v for k, v in spec.items() if k != "ids"}
+    summary = {"machine": machine, "spec": spec, "results": results}
     write_json(out / "results.json", summary)
     tokens_per_step = spec["train"]["batch_size"] * spec["train"]["block_size"]
-    plot_losses(results, out / "loss_curves.png", tokens_per_step=tokens_per_step, spec=summary["spec"])
+    plot_losses(results, out / "loss_curves.png", tokens_per_step=tokens_per_step, spec=spec)
     return summary
 
 
