@@ -178,9 +178,9 @@ def test_compare_table_says_its_memory_column_is_peak_rss_on_cpu():
     result = dict(variant="dense", params=10, percent_of_dense=100.0, val_ppl=5.0, ppl_vs_dense_percent=0.0)
     result |= dict(tokens_per_s=1.0, peak_memory_mib=2.0)
     assert "peak RSS of its process (MiB)" in table(
-        {"spec": {"device": "cpu", "rank": 4}, "results": [result]}
+        {"spec": {"device": "cpu", "rank": 4, "train": {}}, "results": [result]}
     )
-    cuda = table({"spec": {"device": "cuda:0", "rank": 4}, "results": [result]})
+    cuda = table({"spec": {"device": "cuda:0", "rank": 4, "train": {}}, "results": [result]})
     assert "peak allocated CUDA memory (MiB)" in cuda
 
 
