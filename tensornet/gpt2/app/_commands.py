@@ -204,6 +204,11 @@ def _measured(args):
         source = f"the embedded corpus's validation split{chars}"
     ids = _data.encode(tokenizer, texts)
     block = min(args.block_size or model.config.n_positions, model.config.n_positions)
+    if ids.numel() < block + 1:  # (evaluate's own error would name --data, not what was given)
+        raise ValueError(
+            f"{source} has {ids.numel():,} tokens, fewer than one window of {block} + 1: give more text or a "
+            "smaller --block-size"
+        )
     counted = _data.eval_token_count(ids.numel(), block, args.eval_tokens or None)
     return model, tokenizer, ids, f"{counted:,} tokens of {source}", block
 
