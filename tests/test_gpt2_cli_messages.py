@@ -178,9 +178,9 @@ def test_compare_table_says_its_memory_column_is_peak_rss_on_cpu():
     result = dict(variant="dense", params=10, percent_of_dense=100.0, val_ppl=5.0, ppl_vs_dense_percent=0.0)
     result |= dict(tokens_per_s=1.0, peak_memory_mib=2.0)
     assert "peak RSS of its process (MiB)" in table(
-        {"spec": {"device": "cpu", "rank": 4}, "results": [result]}
+        {"spec": {"device": "cpu", "rank": 4, "train": {}}, "results": [result]}
     )
-    cuda = table({"spec": {"device": "cuda:0", "rank": 4}, "results": [result]})
+    cuda = table({"spec": {"device": "cuda:0", "rank": 4, "train": {}}, "results": [result]})
     assert "peak allocated CUDA memory (MiB)" in cuda
 
 
@@ -376,9 +376,11 @@ def test_a_killed_compare_worker_is_a_clear_error(run, tmp_path, capsys, monkeyp
     assert "Traceback" not in err and not (tmp_path / "c").exists()
 
 
-def test_an_error_in_a_compare_worker_is_raised_in_the_parent(tmp_path):
+def test_an_error_in_a_compare_worker_is_raised_in_the_parent():
     from tensornet.gpt2.app import _compare
 
-    spec = {"tokens": str(tmp_path / "none.safetensors"), "config": {"vocab_size": 300}, "variant": "dense"}
-    with pytest.raises(ValueError, match="is not a readable token file"):  # its own type and message
+    config = dict(vocab_size=300, block_size=32, preset=None, n_layer=1, n_embd=8, n_head=1)
+    spec = {"ids": (torch.arange(10), torch.arange(10)), "config": config, "variant": "dense", "seed": 0}
+    spec |= {"train": {"steps": 1, "batch_size": 1, "block_size": 32}, "device": "cpu"}
+    with pytest.raises(ValueError, match="the training text has 10 tokens"):  # its own type and message
         _compare._in_worker(spec, None)

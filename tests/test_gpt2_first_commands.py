@@ -232,7 +232,7 @@ def test_train_and_compare_say_their_speed_and_peak_memory(shared, tmp_path, cap
     assert re.search(r"finished at step 3/3: .* [\d,]+ tokens/s, peak RSS of the process [\d,]+ MiB", printed)
     result = dict(variant="dense", params=10, percent_of_dense=100.0, val_ppl=5.0, ppl_vs_dense_percent=0.0)
     result |= dict(tokens_per_s=1000.0, peak_memory_mib=2.0)
-    row = table({"spec": {"device": "cpu", "rank": 4}, "results": [result]}).splitlines()[-1]
+    row = table({"spec": {"device": "cpu", "rank": 4, "train": {}}, "results": [result]}).splitlines()[-1]
     assert row == "| dense | 10 | 100.0 | 5.00 | +0.0% | 1,000 | 2 |"
 
 

@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import load_model, nparams, save_model, save_run_model, tensorize
-from . import _checkpoint, _compare, _data, _runfolder
+from . import _compare, _data, _runfolder
 from ._args import log_spaced
 from ._distributed import Distributed, default_device
 from ._precheck import check_memory, dims, model_spec, train_config, vocab_size, warn
@@ -21,14 +21,12 @@ from ._train import evaluate, make_optimizer, perplexity, train
 
 
 def _bar(total: int, initial: int = 0, *, enabled: bool) -> tqdm:
-    """A tqdm bar on stderr (silent unless ``enabled``); lines said meanwhile go above it (``write``)."""
     return tqdm(
         total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr, disable=not enabled
     )
 
 
 def _data_for(args, say: bool):
-    """The corpus, the tokenizer (given, or trained and cached) and ``gpt2_config``'s arguments."""
     corpus = _data.load_corpus(args.data, max_chars=args.max_chars)
     if say:
         print(f"corpus: {corpus.description}")
@@ -71,10 +69,22 @@ def _device(args) -> str:
 
 
 def cmd_compare(args) -> int:
-    out = Path(args.out)
+    out, variants = Path(args.out), ("dense", "ttm") + (() if args.no_lowrank else ("lowrank",))
+    tokens = args.steps * args.batch_size * args.block_size
     with _runfolder.RunFolder.open(out, kind="compare", overwrite=args.overwrite):
-        spec, variants = _compare_spec(args, out)
-        ids = spec.pop("ids")
+        corpus, tokenizer, config = _data_for(args, say=True)
+        train_ids, val_ids = _data.cached_tokens(corpus, tokenizer, args.cache_dir)
+        # without --eval-every, a few log-spaced evaluations: the validation curves of loss_curves.png
+        cfg = train_config(args, eval_at=() if args.eval_every else log_spaced(args.steps))
+        _data.check_windows(train_ids, val_ids, cfg.block_size, cfg.eval_tokens)
+        _optimisation(args, cfg, val_ids)
+        print(
+            f"training {', '.join(variants)}: {tokens:,} tokens each of {train_ids.numel():,} "
+            f"(vocabulary {config['vocab_size']:,}), seed {args.seed}, on {_device(args)}"
+        )
+        spec = model_spec(args, config) | {"device": _device(args), "train": asdict(cfg)}
+        spec |= {"corpus": corpus.description, "corpus_name": corpus.name, "threads": args.threads}
+        spec["ids"] = (train_ids, val_ids)
 
         def on_step(variant: str, step: int, loss: float) -> None:
             bar.set_description(f"{variant} ({variants.index(variant) + 1}/{len(variants)})", refresh=False)
@@ -85,50 +95,22 @@ def cmd_compare(args) -> int:
             line = f"{r['variant']}: validation perplexity {r['val_ppl']:.2f} on {r['val_tokens']:,} tokens, "
             bar.write(f"{line}{r['params']:,} parameters, {r['tokens_per_s']:,.0f} tokens/s", file=sys.stderr)
 
-        bar = _bar(args.steps * len(variants), enabled=not args.no_progress)
-        try:
-            _checkpoint.save_tensors(Path(spec["tokens"]), ids)
+        with _bar(args.steps * len(variants), enabled=not args.no_progress) as bar:
             summary = _compare.compare(spec, out=out, variants=variants, on_step=on_step, on_result=on_result)
-        finally:
-            Path(spec["tokens"]).unlink(missing_ok=True)  # scratch for the worker processes
-            bar.close()
-    tokens, val_tokens = args.steps * args.batch_size * args.block_size, summary["results"][0]["val_tokens"]
-    print(
-        f"\n{summary['machine']}; {tokens:,} training tokens per model, validation on {val_tokens:,} tokens\n"
+    each = (
+        f"{tokens:,} training tokens per model, validation on {summary['results'][0]['val_tokens']:,} tokens"
     )
-    print(_compare.table(summary))
-    print(f"\nwrote {out / 'results.json'}, {out / 'loss_curves.png'} and {out / 'loss_curves.svg'}")
+    print(f"\n{summary['machine']}; {each}\n\n{_compare.table(summary)}")
     return 0
-
-
-def _compare_spec(args, out: Path) -> tuple[dict, tuple[str, ...]]:
-    """The corpus, tokenizer and tokens (checked, ``spec["ids"]``), said, and what compare trains."""
-    variants = ("dense", "ttm") + (() if args.no_lowrank else ("lowrank",))
-    corpus, tokenizer, config = _data_for(args, say=True)
-    train_ids, val_ids = _data.cached_tokens(corpus, tokenizer, args.cache_dir)
-    # without --eval-every, a few log-spaced evaluations: the validation curves of loss_curves.png
-    cfg = train_config(args, eval_at=() if args.eval_every else log_spaced(args.steps))
-    _data.check_windows(train_ids, val_ids, cfg.block_size, cfg.eval_tokens)
-    _optimisation(args, cfg, val_ids)
-    print(
-        f"training {', '.join(variants)}: {args.steps * args.batch_size * args.block_size:,} tokens each of "
-        f"{train_ids.numel():,} (vocabulary {config['vocab_size']:,}), seed {args.seed}, on {_device(args)}"
-    )
-    spec = model_spec(args, config) | {"device": _device(args), "tokens": str(out / "tokens.safetensors")}
-    spec |= {"train": asdict(cfg), "corpus": corpus.description, "corpus_name": corpus.name}
-    return spec | {"threads": args.threads, "ids": {"train": train_ids.int(), "val": val_ids.int()}}, variants
 
 
 def cmd_train(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     dist, out = Distributed(), Path(args.out)
+    kind = dict(kind="train", resume=args.resume, overwrite=args.overwrite)
     try:  # the first process holds the run folder for the whole run: the checkpoint, the log and the model
-        with contextlib.ExitStack() as held:
-            folder = None
-            if dist.main:
-                kind = dict(kind="train", resume=args.resume, overwrite=args.overwrite)
-                folder = held.enter_context(_runfolder.RunFolder.open(out, **kind))
+        with _runfolder.RunFolder.open(out, **kind) if dist.main else contextlib.nullcontext() as folder:
             _train_in(args, dist, out, folder)
         return 0
     finally:
@@ -139,11 +121,11 @@ def cmd_train(args) -> int:
 def _train_in(args, dist: Distributed, out: Path, folder) -> None:
     corpus, tokenizer, config = _data_for(args, say=dist.main)
     model, report = _compare.build_variant(model_spec(args, config))
-    cfg = train_config(args)
-    settings = json.loads(model.config.to_json_string(use_diff=False))
+    cfg, config = train_config(args), model.config
+    settings = json.loads(config.to_json_string(use_diff=False))
     settings.pop("transformers_version", None)  # a library upgrade does not change the model
-    tokenizer_id = _data.tokenizer_id(tokenizer)
-    signature = {"model": settings, "corpus": corpus.fingerprint(), "tokenizer": tokenizer_id}
+    signature = {"model": settings, "corpus": corpus.fingerprint()}
+    signature["tokenizer"] = _data.tokenizer_id(tokenizer)
     start = 0
     if args.resume:  # the checkpoint's shapes and settings against this model, before the tokens are read
         where = runtime(torch.device(args.device) if args.device else default_device(dist), dist.world)
@@ -151,7 +133,16 @@ def _train_in(args, dist: Distributed, out: Path, folder) -> None:
     train_ids, val_ids = _data.cached_tokens(corpus, tokenizer, args.cache_dir)
     evaluated = ""
     if dist.main:
-        _describe_train(args, model, report)
+        print(
+            f"model: {config.n_layer} layers x {config.n_embd}, vocabulary {config.vocab_size:,}, "
+            f"{nparams(model):,} parameters" + ("" if report is None else f"\n{report}")
+        )
+        layers = report.layers if report is not None and args.rank else []
+        clipped = [x for x in layers if x.name != "transformer.wte" and min(x.ranks[1:-1]) < args.rank]
+        if clipped:  # tensorize's RankClipWarning is quiet in build_variant
+            warn(
+                f"--rank {args.rank} is clipped to the useful maximum of some TT bonds in {len(clipped)} layers"
+            )
         evaluated = _optimisation(args, cfg, val_ids)
         if args.resume:
             print(f"resumed from step {start}/{cfg.steps} ({out / CHECKPOINT})")
@@ -168,23 +159,10 @@ def _train_in(args, dist: Distributed, out: Path, folder) -> None:
         # out: the run folder this process holds (its path in the others)
         history = train(
             model, train_ids, val_ids, cfg, out=folder or out, signature=signature, on_step=on_step,
-            on_eval=on_eval, resume=args.resume, overwrite=args.overwrite, stop_at=args.stop_at,
-            device=args.device,
+            on_eval=on_eval, resume=args.resume, stop_at=args.stop_at, device=args.device,
         )  # fmt: skip
     if dist.main:
         _report_train(args, model, tokenizer, cfg, history, evaluated, len(history.loss) - start)
-
-
-def _describe_train(args, model, report) -> None:
-    config = model.config
-    print(
-        f"model: {config.n_layer} layers x {config.n_embd}, vocabulary {config.vocab_size:,}, "
-        f"{nparams(model):,} parameters" + ("" if report is None else f"\n{report}")
-    )
-    layers = report.layers if report is not None and args.rank else []
-    clipped = [x for x in layers if x.name != "transformer.wte" and min(x.ranks[1:-1]) < args.rank]
-    if clipped:  # tensorize's RankClipWarning is quiet in build_variant
-        warn(f"--rank {args.rank} is clipped to the useful maximum of some TT bonds in {len(clipped)} layers")
 
 
 def _report_train(args, model, tokenizer, cfg, history, evaluated: str, steps_run: int) -> None:
@@ -195,35 +173,28 @@ def _report_train(args, model, tokenizer, cfg, history, evaluated: str, steps_ru
     at = f"at step {len(history.loss)}/{cfg.steps}: train loss {history.loss[-1]:.4f}"
     if history.val:
         at += f", validation perplexity {history.val_ppl:.2f} on {evaluated} (step {history.val[-1][0]})"
+    memory = "allocated CUDA memory" if _device(args).startswith("cuda") else "RSS of the process"
+    speed = f"{history.tokens_per_s:,.0f} tokens/s, peak {memory} {history.peak_memory_mib:,.0f} MiB"
     if steps_run == 0:  # resumed at the step it was asked to reach: nothing was trained
         print(f"nothing to train: the run in {str(out)!r} had already {state} {at}")
     else:
-        memory = "allocated CUDA memory" if _device(args).startswith("cuda") else "RSS of the process"
-        print(
-            f"{state} {at}; {history.tokens_per_s:,.0f} tokens/s, peak {memory} {history.peak_memory_mib:,.0f} MiB"
-        )
-    print(
-        f"checkpoint: {out / CHECKPOINT}; "
-        + (f"model: {out / 'model'}" if finished else "continue with --resume")
-    )
+        print(f"{state} {at}; {speed}")
+    then = f"model: {out / 'model'}" if finished else "continue with --resume"
+    print(f"checkpoint: {out / CHECKPOINT}; {then}")
 
 
 def _measured(args):
-    """MODEL loaded, its tokenizer, the evaluation tokens, what they are, and the window."""
     if getattr(args, "model_note", None):  # MODEL was a train run folder (_precheck.check_eval)
         print(f"model: {args.model} ({args.model_note})")
     model = load_model(args.model)
     flag = "--tokenizer" if args.tokenizer else "the model folder's tokenizer (or give --tokenizer)"
     tokenizer = _data.load_tokenizer(args.tokenizer or args.model, flag=flag)
     have, want = tokenizer.get_vocab_size(), model.config.vocab_size
+    sizes = f"the tokenizer has {have:,} tokens and the model {want:,}"
     if have > want:
-        raise ValueError(
-            f"the tokenizer has {have:,} tokens, the model {want:,}; give the model's own --tokenizer"
-        )
+        raise ValueError(f"{sizes}: give the model's own --tokenizer")
     if have < want:
-        warn(
-            f"the tokenizer has {have:,} tokens and the model {want:,} (some unused): is it the model's own?"
-        )
+        warn(f"{sizes} (some unused): is it the model's own?")
     if args.text:  # evaluate all of it
         corpus = _data.load_corpus(args.text, flag="--text", split=False)
         texts, source = corpus.train + corpus.val, f"--text {args.text}"
@@ -258,20 +229,16 @@ def cmd_compress(args) -> int:
     after = _perplexity(model, ids, block, args)
     save_model(model, args.out, tokenizer=tokenizer, overwrite=args.overwrite)
     print(report)
-    print(
-        f"\nperplexity on {source}: {before:.3f} dense -> {after:.3f} TTM ({100 * (after / before - 1):+.1f}%); "
-        f"max layer relative error {report.max_error:.4f}"
-    )
-    print(f"saved {args.out}")
+    change = f"{before:.3f} dense -> {after:.3f} TTM ({100 * (after / before - 1):+.1f}%)"
+    print(f"\nperplexity on {source}: {change}; max layer relative error {report.max_error:.4f}")
     return 0
 
 
 def cmd_eval(args) -> int:
     model, _, ids, source, block = _measured(args)
     ppl = _perplexity(model, ids, block, args)
-    print(
-        f"{Path(args.model)}: {nparams(model):,} parameters, perplexity {ppl:.3f} on {source} (windows of {block})"
-    )
+    name = f"{Path(args.model)}: {nparams(model):,} parameters"
+    print(f"{name}, perplexity {ppl:.3f} on {source} (windows of {block})")
     return 0
 
 

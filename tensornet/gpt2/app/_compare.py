@@ -13,7 +13,6 @@ import torch
 from tensornet.nn import RankClipWarning
 
 from .. import build_model, gpt2_config, lowrank, lowrank_rank_for, nparams, tensorize
-from ._checkpoint import load_token_file
 from ._data import eval_token_count
 from ._files import write_json
 from ._plot import model_name, plot_losses
@@ -42,11 +41,11 @@ def mlp_params_per_layer(spec: dict) -> int:
 
 
 def _run_variant(spec: dict, pipe) -> None:
-    """Train one variant (in its own process) and send its steps, then its result or error, to ``pipe``."""
+    """Train one variant (in its own process); send its steps, then its result or error, to ``pipe``."""
     try:
         if spec.get("threads"):
             torch.set_num_threads(spec["threads"])
-        train_ids, val_ids = load_token_file(Path(spec["tokens"]), spec["config"]["vocab_size"], "compare")
+        train_ids, val_ids = spec["ids"]
         model, report = build_variant(spec)
         cfg, variant = TrainConfig(**spec["train"]), spec["variant"]
         history = train(
@@ -71,14 +70,12 @@ def _in_worker(spec: dict, on_step) -> dict:
     process.start()
     sender.close()  # the child holds the only writing end now: reading past it is EOFError once it ends
     try:
-        while True:
-            kind, value = receiver.recv()
-            if kind == "error":
-                raise value
-            if kind == "result":
-                return value
+        while (event := receiver.recv())[0] == "step":
             if on_step is not None:
-                on_step(*value)
+                on_step(*event[1])
+        if event[0] == "error":
+            raise event[1]
+        return event[1]
     except EOFError:
         raise ChildProcessError(
             f"compare: the process training the {spec['variant']} model ended without a result (killed, "
@@ -97,9 +94,8 @@ def compare(
     on_step: Callable[[str, int, float], None] | None = None,
     on_result: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Train each variant, each in a fresh process, on the token file ``spec["tokens"]``.
+    """Train each variant in a fresh process on ``spec["ids"]``; write results.json and the plot to ``out``.
 
-    Writes results.json and loss_curves.png to ``out``, an existing folder (the CLI holds it as a run folder).
     ``on_step(variant, step, loss)`` follows the training, ``on_result(result)`` each variant's end.
     """
     width = spec["config"]["n_embd"]
@@ -119,7 +115,7 @@ def compare(
     machine = f"CPU {cpu}, {threads} threads, torch {torch.__version__}, Python {platform.python_version()}"
     if str(spec["device"]).startswith("cuda") and torch.cuda.is_available():
         machine = f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    spec = {k: v for k, v in spec.items() if k != "tokens"}
+    spec = {k: v for k, v in spec.items() if k != "ids"}
     summary = {"machine": machine, "spec": spec, "results": results}
     write_json(out / "results.json", summary)
     tokens_per_step = spec["train"]["batch_size"] * spec["train"]["block_size"]
@@ -129,18 +125,17 @@ def compare(
 
 def table(summary: dict) -> str:
     """The paper-style markdown table of a ``compare`` summary; each factorised model's row says its lr."""
-    cuda = str(summary["spec"].get("device", "cpu")).startswith("cuda")
+    cuda = str(summary["spec"]["device"]).startswith("cuda")
     memory = "peak allocated CUDA memory (MiB)" if cuda else "peak RSS of its process (MiB)"
     lines = [f"| model | params | % of dense | val perplexity | vs dense | tokens/s | {memory} |"]
     lines.append("|---|---:|---:|---:|---:|---:|---:|")
-    scales = {"ttm": ("tt_lr_scale", "cores"), "lowrank": ("lowrank_lr_scale", "factors")}
+    train = summary["spec"]["train"]
     for r in summary["results"]:
         name = model_name(r["variant"], summary["spec"])
         if r["variant"] == "ttm":
-            name += f" (ranks {','.join(map(str, r.get('ranks') or []))})"
-        setting, what = scales.get(r["variant"], ("", ""))
-        if (summary["spec"].get("train") or {}).get(setting) is not None:
-            name += f", {what} at {summary['spec']['train'][setting]:g}x lr"
+            name += f" (ranks {','.join(map(str, r['ranks']))}), cores at {train['tt_lr_scale']:g}x lr"
+        elif r["variant"] == "lowrank":
+            name += f", factors at {train['lowrank_lr_scale']:g}x lr"
         lines.append(
             f"| {name} | {r['params']:,} | {r['percent_of_dense']:.1f} | {r['val_ppl']:.2f} | "
             f"{r['ppl_vs_dense_percent']:+.1f}% | {r['tokens_per_s']:,.0f} | {r['peak_memory_mib']:,.0f} |"

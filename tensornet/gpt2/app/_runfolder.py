@@ -18,7 +18,7 @@ MANIFEST = "tensornet-run.json"
 LOCK = ".tensornet-run.lock"
 OUTPUTS = {
     "train": ("checkpoint.pt", "log.jsonl", *(f"model/{f}" for f in _files.MODEL_FILES)),
-    "compare": ("results.json", "loss_curves.png", "loss_curves.svg", "tokens.safetensors"),
+    "compare": ("results.json", "loss_curves.png", "loss_curves.svg"),
 }
 
 

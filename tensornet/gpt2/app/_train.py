@@ -50,27 +50,20 @@ def perplexity(loss: float) -> float:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices and TT cores (dim >= 2), none on biases and LayerNorm.
+    """AdamW, weight decay on dim >= 2; TT cores at ``cfg.tt_lr_scale``, low-rank factors at ``lowrank_lr_scale``.
 
-    The TT cores form a group at ``cfg.tt_lr_scale`` times the schedule (a core's change moves ``W`` times the
-    other cores, so at the dense ``lr`` a TT weight learns slower), the low-rank factors one at
-    ``cfg.lowrank_lr_scale`` when it is not 1 (benchmarks/results/gpt2_compare_cpu.md has the measured best).
+    (A core's change moves ``W`` times the other cores: at the dense ``lr`` a TT weight learns slower.)
     """
     cores = [p for p in tt_parameters(model) if p.requires_grad]
-    factors: list[nn.Parameter] = []
-    if cfg.lowrank_lr_scale != 1.0:
-        lowrank = (m for m in model.modules() if isinstance(m, LowRankLinear))
-        factors = [p for m in lowrank for p in (m.a, m.b) if p.requires_grad]
+    lowrank = [m for m in model.modules() if isinstance(m, LowRankLinear) and cfg.lowrank_lr_scale != 1.0]
+    factors = [p for m in lowrank for p in (m.a, m.b) if p.requires_grad]
     ids = {id(p) for p in cores + factors}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
-    groups: list[dict[str, Any]] = [
-        {"params": [p for p in rest if p.dim() >= 2], "weight_decay": cfg.weight_decay, "lr_scale": 1.0},
-        {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0, "lr_scale": 1.0},
-    ]
-    for params, scale in ((cores, cfg.tt_lr_scale), (factors, cfg.lowrank_lr_scale)):
-        if params:
-            groups.append({"params": params, "weight_decay": cfg.weight_decay, "lr_scale": scale})
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    vectors = {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0, "lr_scale": 1.0}
+    groups = [{"params": [p for p in rest if p.dim() >= 2], "lr_scale": 1.0}, vectors]
+    scaled = ((cores, cfg.tt_lr_scale), (factors, cfg.lowrank_lr_scale))
+    groups += [{"params": p, "lr_scale": s} for p, s in scaled if p]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, cfg: TrainConfig, step: int) -> None:
@@ -96,10 +89,9 @@ def evaluate(
     device: torch.device | str = "cpu",
     dist: Distributed | None = None,
 ) -> float:
-    """Mean next-token loss (nats) over non-overlapping validation windows; ``exp`` of it is the perplexity.
+    """Mean next-token loss (nats) over non-overlapping validation windows (under DDP, shared and all-reduced).
 
-    Under DDP each process takes every ``world``-th window and the sums are all-reduced. Raises ValueError
-    for no window of ``block_size`` tokens (or a ``max_tokens`` below one).
+    Raises ValueError for no window of ``block_size`` tokens (or a ``max_tokens`` below one).
     """
     dist = dist or Distributed()
     device = torch.device(device)
@@ -120,16 +112,15 @@ def evaluate(
 class _Run:
     """One call of :func:`train`: the model (its DDP/compiled form for the steps), optimizer, history and log."""
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig, dist: Distributed, device: torch.device) -> None:
+    def __init__(self, model: nn.Module, cfg: TrainConfig, dist: Distributed, device, path, signature):
         self.model, self.cfg, self.dist, self.device = model, cfg, dist, device
-        self.path: Path | None = None  # the checkpoint's
-        self.signature: dict = {}  # what a checkpoint must match to resume
+        self.path, self.signature = path, signature  # the checkpoint's, and what it must match to resume
         self.optimizer = make_optimizer(model.to(device).train(), cfg)
-        self.history, self.seconds = History(), cast(list[float], [])  # seconds: each step's, in this call
-        self.log: Any = None
+        # seconds: each step's, in this call; log: log.jsonl once open_log opened it
+        self.history, self.seconds, self.log = History(), cast(list[float], []), cast(Any, None)
         ids = [device.index] if device.type == "cuda" else None
-        self.ddp = nn.parallel.DistributedDataParallel(model, device_ids=ids) if dist.world > 1 else model
-        self.forward = self.ddp if cfg.compile is None else torch.compile(self.ddp, mode=cfg.compile)
+        ddp = nn.parallel.DistributedDataParallel(model, device_ids=ids) if dist.world > 1 else model
+        self.forward = ddp if cfg.compile is None else torch.compile(ddp, mode=cfg.compile)
 
     def open_log(self, path: Path) -> Any:
         """``log.jsonl`` rewritten atomically from the history (so a resumed run's is an uninterrupted one's)."""
@@ -146,7 +137,7 @@ class _Run:
         return self.log
 
     def write(self, step: int, loss: float, val: bool = False) -> str:
-        """Log step ``step`` (0-based, written 1-based) or, ``val``, the evaluation after ``step``; the line."""
+        """Log step ``step`` (0-based, written 1-based) or, ``val``, the evaluation after ``step``."""
         record = {"step": step + 1, "loss": loss, "lr": self.cfg.lr_at(step)}
         if val:
             record = {"step": step, "val_loss": loss, "val_ppl": perplexity(loss)}
@@ -160,7 +151,6 @@ class _Run:
         return line
 
     def step(self, step: int, train_ids: torch.Tensor) -> float:
-        """Optimizer step ``step`` (0-based): the loss of its batch, averaged over the processes."""
         t0, cfg, dist, device = time.perf_counter(), self.cfg, self.dist, self.device
         set_lr(self.optimizer, cfg, step)
         batch = dict(batch_size=cfg.batch_size, block_size=cfg.block_size, rank=dist.rank, world=dist.world)
@@ -169,10 +159,9 @@ class _Run:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.clip > 0:
-            nn.utils.clip_grad_norm_(self.ddp.parameters(), cfg.clip)
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
         self.optimizer.step()
-        (value,) = dist.sum([float(loss.detach())], device)
-        value /= dist.world
+        value = dist.sum([float(loss.detach())], device)[0] / dist.world
         if not math.isfinite(value):
             raise FloatingPointError(f"training loss became {value} at step {step + 1}; lower --lr")
         self.history.loss.append(value)
@@ -194,7 +183,6 @@ class _Run:
             on_eval(done, val)
 
     def checkpoint(self, step: int) -> None:
-        """Save the model, optimizer, history and RNG states after ``step`` steps (first process)."""
         if self.path is not None and self.dist.main:
             model, optimizer = self.model.state_dict(), self.optimizer.state_dict()
             history = {"loss": self.history.loss, "val": self.history.val}
@@ -204,7 +192,6 @@ class _Run:
         self.dist.barrier()
 
     def loop(self, start: int, end: int, train_ids, val_ids, on_step, on_eval) -> None:
-        """Steps ``start`` to ``end`` (0-based), evaluating and checkpointing; the final evaluation at the last."""
         cfg, history = self.cfg, self.history
         for step in range(start, end):
             loss, done = self.step(step, train_ids), step + 1
@@ -246,16 +233,12 @@ def train(
 ) -> History:
     """Train ``model`` in place for ``cfg.steps`` optimizer steps and return its ``History``.
 
-    Batches are a function of ``(cfg.seed, step)`` and checkpoints hold the model, optimizer, step, history and
-    RNG states, so ``resume=True`` continues ``out/checkpoint.pt`` with exactly the losses and ``out/log.jsonl``
-    of an uninterrupted run (``signature``, the model and data, must match the checkpoint's). ``stop_at`` ends
-    after that many steps, as an interruption would; ``on_step``/``on_eval(step, loss)`` follow the run.
-    ``out``: a run folder, new or this package's (a previous run there is refused unless ``resume`` or
-    ``overwrite``), locked for the run; or the ``RunFolder`` the caller holds. Under ``torchrun``: DDP, each
-    process a slice of the global batch, the first writing the folder and calling back.
+    Batches are a function of ``(cfg.seed, step)``, so ``resume=True`` continues ``out``'s checkpoint (whose
+    ``signature`` must match) with the losses and log.jsonl of an uninterrupted run. ``out``: a run folder
+    (opened and locked here) or the ``RunFolder`` the caller holds; ``stop_at`` ends early, as an interruption
+    would. Under ``torchrun``: DDP, the first process writing the folder and calling back.
 
-    Raises ValueError for settings out of bounds, too few tokens, a batch the processes cannot share, or a
-    checkpoint that does not fit, before the first step.
+    Raises ValueError, before the first step, for bad settings, too few tokens or a checkpoint that does not fit.
     """
     cfg.check()
     if stop_at is not None and stop_at < 1:
@@ -273,16 +256,16 @@ def train(
     path = out.path if isinstance(out, _runfolder.RunFolder) else None if out is None else Path(out)
     with contextlib.ExitStack() as held:
         if folder is None and path is not None and dist.main:  # else the caller holds it, or another process
-            folder = _runfolder.RunFolder.open(path, kind="train", resume=resume, overwrite=overwrite)
-            held.enter_context(folder)
+            folder = held.enter_context(
+                _runfolder.RunFolder.open(path, kind="train", resume=resume, overwrite=overwrite)
+            )
         dist.init(device)
-        run = _Run(model, cfg, dist, device)
-        run.signature = _resume.signature(cfg, signature, _resume.runtime(device, dist.world))
-        run.path = None if path is None else path / _resume.CHECKPOINT
+        checks = _resume.signature(cfg, signature, _resume.runtime(device, dist.world))
+        run = _Run(model, cfg, dist, device, None if path is None else path / _resume.CHECKPOINT, checks)
         start = 0
-        if resume and run.path is not None:
+        if resume:
             start, run.history.loss, run.history.val = _resume.restore(
-                run.path, run.signature, model, run.optimizer, cfg
+                run.path, checks, model, run.optimizer, cfg
             )
             if stop_at is not None and stop_at < start:
                 raise ValueError(f"--stop-at {stop_at} is before the checkpoint's step {start}")
