@@ -12,7 +12,7 @@ from conftest import GPT2_TINY, cli_status
 
 from tensornet.gpt2 import files, load_model, save_model
 from tensornet.gpt2.app import _commands
-from tensornet.gpt2.app._files import write_json
+from tensornet.gpt2.app._checkpoint import write_json
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny models run faster on one thread (conftest)
 

@@ -28,9 +28,8 @@ from tensornet.gpt2 import (
     save_model,
 )
 from tensornet.gpt2.app import _checkpoint, _data, _resume, _train
-from tensornet.gpt2.app._checkpoint import load_checkpoint, save_checkpoint
+from tensornet.gpt2.app._checkpoint import load_checkpoint, save_checkpoint, write_json
 from tensornet.gpt2.app._data import cached_tokenizer, cached_tokens, stdlib_corpus, token_cache_path
-from tensornet.gpt2.app._files import write_json
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny models run faster on one thread (conftest)
 
@@ -209,6 +208,12 @@ def test_compress_never_replaces_its_source_or_an_unmarked_folder(shared, tmp_pa
         assert code([*base, str(src), "--out", str(out), "--overwrite"]) == 2
         assert "source model folder" in one_line_error(capsys)
     assert {p.name: p.read_bytes() for p in src.iterdir()} == before
+    # a TTM model is not compressed again (tensorize takes dense layers: it was a TypeError traceback)
+    assert code([*base, str(src), "--out", str(tmp_path / "ttm")]) == 0
+    capsys.readouterr()
+    assert code([*base, str(tmp_path / "ttm"), "--out", str(tmp_path / "again")]) == 2
+    one_line_error(capsys, "is already tensorized")
+    assert not (tmp_path / "again").exists()
     # a folder with save_model's file names that save_model did not write (no mark): refused
     hf = tmp_path / "hf"
     shutil.copytree(src, hf)

@@ -8,8 +8,6 @@ records the tensorization (``TensorizeConfig``). The application (the command li
 Names are imported on first use, so ``python -m tensornet.gpt2 --help`` loads neither torch nor transformers.
 """
 
-from __future__ import annotations
-
 import importlib
 from typing import Any
 

@@ -1,7 +1,5 @@
 """GPT-2 configurations, and saving/loading dense or tensorized models as ``save_pretrained``-style folders."""
 
-from __future__ import annotations
-
 import contextlib
 import json
 import os

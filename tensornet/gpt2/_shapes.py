@@ -3,8 +3,6 @@
 One pair order everywhere: ``(m_k, n_k)``, a TTM core's row and column factors; for a linear layer ``(out_k, in_k)``.
 """
 
-from __future__ import annotations
-
 import math
 import numbers
 from collections.abc import Mapping

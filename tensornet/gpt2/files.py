@@ -1,7 +1,5 @@
 """The file guarantees of ``save_model``/``load_model`` (atomic writes, checked reads), shared by the application."""
 
-from __future__ import annotations
-
 import contextlib
 import errno
 import hashlib

@@ -1,27 +1,46 @@
-"""The application's files, read as data only (never code), each with its SHA-256.
+"""The application's files: written atomically, read as data only (never code), each with its SHA-256.
 
 Training checkpoints are ``torch.save`` archives read by ``torch.load(weights_only=True)``: tensors and plain
 values only. Token files are safetensors.
 """
 
-from __future__ import annotations
-
 import hashlib
+import json
+import os
 import pickle
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
+from safetensors.torch import save_file
 
-from ..files import content_sha256, not_a_file, read_safetensors, tensor_bytes
-from ._files import atomic_write, write_safetensors
-
-__all__ = ["load_checkpoint", "load_token_file", "read_safetensors", "save_checkpoint", "save_tensors"]
+from ..files import content_sha256, not_a_file, read_safetensors, replace_file, tensor_bytes
 
 CHECKPOINT_FORMAT = "tensornet-checkpoint"
 CHECKPOINT_VERSION = 2
 _TAG = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION}
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """``write(f)`` to a new temporary file next to ``path``, flush it to disk, then rename it over ``path``.
+
+    ``path`` is never half-written, and a symbolic link at ``path`` is replaced itself, never written through.
+    An ``OSError`` (a full disk) names ``path``; the temporary file is removed.
+    """
+
+    def to(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            write(f)
+
+    replace_file(Path(path), to)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Atomically write ``obj`` as indented JSON."""
+    text = json.dumps(obj, indent=2) + "\n"
+    atomic_write(Path(path), lambda f: f.write(text.encode("utf-8")))
 
 
 def summary(err: BaseException) -> str:
@@ -102,7 +121,8 @@ def _compressed(path: Path) -> bool:
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
     """Atomically write ``tensors`` as safetensors with their SHA-256 (and ``metadata``) in the metadata."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    write_safetensors(path, tensors, {**(metadata or {}), "sha256": content_sha256(tensors)})
+    metadata = {**(metadata or {}), "sha256": content_sha256(tensors)}
+    replace_file(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def load_token_file(path: Path, vocab_size: int | None, where: str) -> tuple[torch.Tensor, torch.Tensor]:

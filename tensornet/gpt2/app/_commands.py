@@ -1,7 +1,5 @@
 """What each command of ``python -m tensornet.gpt2`` does once ``_precheck`` passed its flags."""
 
-from __future__ import annotations
-
 import contextlib
 import json
 import sys
@@ -100,7 +98,9 @@ def cmd_compare(args) -> int:
     each = (
         f"{tokens:,} training tokens per model, validation on {summary['results'][0]['val_tokens']:,} tokens"
     )
-    print(f"\n{summary['machine']}; {each}\n\n{_compare.table(summary)}")
+    print(
+        f"\n{summary['machine']}; {each}\n\n{_compare.table(summary)}\n\nwrote results.json, loss_curves.png and loss_curves.svg in {out}"
+    )
     return 0
 
 

@@ -1,7 +1,5 @@
 """``compare``: dense vs TTM vs low-rank GPT-2 trained side by side with the same seed, tokens and data order."""
 
-from __future__ import annotations
-
 import multiprocessing
 import platform
 import warnings
@@ -13,8 +11,8 @@ import torch
 from tensornet.nn import RankClipWarning
 
 from .. import build_model, gpt2_config, lowrank, lowrank_rank_for, nparams, tensorize
+from ._checkpoint import write_json
 from ._data import eval_token_count
-from ._files import write_json
 from ._plot import model_name, plot_losses
 from ._train import TrainConfig, train
 

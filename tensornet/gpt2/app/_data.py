@@ -4,8 +4,6 @@ A cache file records what it was built from and is used only for that: its own f
 damaged one is rebuilt (a warning); a file at its name without its record is an error, and left as it is.
 """
 
-from __future__ import annotations
-
 import functools
 import hashlib
 import itertools
@@ -25,7 +23,6 @@ from torch import Tensor
 
 from .. import files as _files
 from . import _checkpoint
-from ._files import write_json
 
 EOT = "<|endoftext|>"
 TOKENIZER_BYTES = 256 * 2**20  # the most a tokenizer file may hold (GPT-2's tokenizer.json: 1.4 MB)
@@ -209,7 +206,7 @@ def cached_tokenizer(corpus: Corpus, vocab_size: int, cache_dir: PathLike | None
     tokenizer = _cached(path, identity, read, load)
     if tokenizer is None or tokenizer.token_to_id(EOT) is None:  # a crafted record's tokenizer is rebuilt too
         tokenizer = train_tokenizer(corpus.train, vocab_size)
-        write_json(path, identity | {"version": 2, "tokenizer": json.loads(tokenizer.to_str())})
+        _checkpoint.write_json(path, identity | {"version": 2, "tokenizer": json.loads(tokenizer.to_str())})
     return tokenizer
 
 

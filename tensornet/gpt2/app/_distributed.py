@@ -1,7 +1,5 @@
 """The processes of a run: rank and world size under torchrun, the process group, the device."""
 
-from __future__ import annotations
-
 import os
 
 import torch

@@ -1,7 +1,5 @@
 """The ``compare`` figure: training and validation loss of each model against the tokens it was trained on."""
 
-from __future__ import annotations
-
 import math
 import textwrap
 from collections.abc import Sequence
@@ -9,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._files import atomic_write
+from ._checkpoint import atomic_write
 
 
 def plot_losses(results: Sequence[dict], path: str | Path, *, tokens_per_step: int, spec: dict | None = None):

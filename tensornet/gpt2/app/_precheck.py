@@ -141,6 +141,8 @@ def _check_compress(args) -> None:
     if (args.rank is None) == (args.eps is None):
         raise ValueError("give exactly one of --rank and --eps")
     sizes = _check_eval(args)
+    if "tensornet" in gpt2.read_config(args.model)[0]:
+        raise ValueError(f"{args.model!r} is already tensorized: compress converts a dense model")
     src, out = Path(args.model).resolve(), Path(args.out).resolve()
     if out == src or src in out.parents or out in src.parents:
         raise ValueError(f"--out {args.out!r} must not hold or be in the source model folder {args.model!r}")

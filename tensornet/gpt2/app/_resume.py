@@ -1,7 +1,5 @@
 """Exact resume: a checkpoint is resumed only by a run with the settings that wrote it (:func:`_resume`)."""
 
-from __future__ import annotations
-
 import os
 import random
 from dataclasses import asdict

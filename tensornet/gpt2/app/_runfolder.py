@@ -11,8 +11,7 @@ from filelock import FileLock, Timeout
 import tensornet.gpt2 as gpt2
 
 from .. import files as _files
-from ._checkpoint import summary
-from ._files import write_json
+from ._checkpoint import summary, write_json
 
 MANIFEST = "tensornet-run.json"
 LOCK = ".tensornet-run.lock"

@@ -1,7 +1,5 @@
 """The training loop: AdamW, warmup + cosine decay, clipping, evaluation, checkpoints, exact resume, DDP."""
 
-from __future__ import annotations
-
 import contextlib
 import json
 import math
@@ -26,7 +24,6 @@ from . import _checkpoint, _resume, _runfolder
 from ._config import TrainConfig
 from ._data import check_windows, train_batch, val_batches
 from ._distributed import Distributed, default_device
-from ._files import atomic_write
 
 
 @dataclass
@@ -130,7 +127,7 @@ class _Run:
             if i + 1 in evals:
                 lines.append(self.write(i + 1, evals[i + 1], val=True))
         text = "".join(lines).encode("utf-8")
-        atomic_write(path, lambda f: f.write(text))
+        _checkpoint.atomic_write(path, lambda f: f.write(text))
         # the file just written: a link put there since is not followed
         opener = lambda p, flags: os.open(p, flags | getattr(os, "O_NOFOLLOW", 0))  # noqa: E731
         self.log = open(path, "a", encoding="utf-8", opener=opener)  # noqa: SIM115  (closed by train)
