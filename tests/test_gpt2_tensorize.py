@@ -279,6 +279,27 @@ def test_a_dense_model_re_saved_by_hugging_face_loads(tmp_path):
         load_model(tmp_path / "theirs")
 
 
+def test_a_model_saved_with_the_checksum_in_its_weights_is_still_verified(tmp_path):
+    """Folders saved before the checksum moved to config.json carry it in the weights' metadata."""
+    from safetensors.torch import load_file, save_file
+
+    from tensornet.gpt2.files import content_sha256
+
+    model = build_model(gpt2_config(vocab_size=64, block_size=16, n_layer=1, n_embd=32, n_head=2), seed=0)
+    folder = save_model(model, tmp_path / "old")
+    config = json.loads((folder / "config.json").read_text())
+    del config["tensornet_sha256"]
+    (folder / "config.json").write_text(json.dumps(config))
+    state = load_file(folder / "model.safetensors")
+    metadata = {"format": "pt", "tensornet.sha256": content_sha256(state)}
+    save_file(state, folder / "model.safetensors", metadata=metadata)
+    assert torch.equal(load_model(folder).transformer.wte.weight, model.transformer.wte.weight)
+    state["transformer.wte.weight"][0, 0] += 1  # damaged after it was written
+    save_file(state, folder / "model.safetensors", metadata=metadata)
+    with pytest.raises(ValueError, match="fails its checksum"):
+        load_model(folder)
+
+
 class Killed(BaseException):
     """What a SIGKILL leaves: the files as they are, nothing cleaned up."""
 

@@ -284,11 +284,14 @@ def load_model(directory: str | os.PathLike, *, device: str | torch.device | Non
             f"load_model: the weights in {str(weights)!r} do not match {str(file)!r} ({_gives(sizes)}): "
             f"{'; '.join(differ[:4])}. Restore the config.json that was saved with the weights"
         )
-    state = _files.read_safetensors(weights, unreadable, _AGAIN)[1]
+    metadata, state = _files.read_safetensors(weights, unreadable, _AGAIN)
     tokenizer = path / "tokenizer.json"
     text = _files.read_small_file(tokenizer, TOKENIZER_BYTES, "load_model") if tokenizer.exists() else b""
     marked = (path / _files.MODEL_MARK).is_file()  # (a Hugging Face re-save keeps the key, not the mark)
-    if checksum is not None and marked and _files.content_sha256(state, text) != checksum:
+    old = metadata.get("tensornet.sha256")  # the weights' own, written by save_model before 2026-12
+    if (checksum is not None and marked and _files.content_sha256(state, text) != checksum) or (
+        old is not None and _files.content_sha256(state) != old
+    ):
         raise ValueError(
             f"load_model: {str(path)!r} fails its checksum: its weights or tokenizer.json are not what save_model "
             "wrote with its config.json (damaged, or an interrupted save); save the model again"
