@@ -140,8 +140,8 @@ def _check_training(args) -> None:
 def _check_compress(args) -> None:
     if (args.rank is None) == (args.eps is None):
         raise ValueError("give exactly one of --rank and --eps")
-    sizes = _check_eval(args)
-    if "tensornet" in gpt2.read_config(args.model)[0]:
+    raw, sizes = _check_eval(args)
+    if "tensornet" in raw:
         raise ValueError(f"{args.model!r} is already tensorized: compress converts a dense model")
     src, out = Path(args.model).resolve(), Path(args.out).resolve()
     if out == src or src in out.parents or out in src.parents:
@@ -158,21 +158,21 @@ def _check_compress(args) -> None:
             raise _in_flag_words(err) from None
 
 
-def _check_eval(args) -> dict:
-    """MODEL's config.json (a train run folder: its ``model/``) against the flags and memory; its sizes."""
+def _check_eval(args) -> tuple[dict, dict]:
+    """MODEL's config.json (a train run folder: its ``model/``) against flags and memory; it, its sizes."""
     path = Path(args.model)
     if not (path / "config.json").exists() and (read_manifest(path) or {}).get("kind") == "train":
         if not (path / "model" / "config.json").is_file():
             raise ValueError(f"{path}: a run without a model yet; train --resume --out {path} finishes it")
         args.model, args.model_note = str(path / "model"), f"the model of the train run in {str(path)!r}"
     _exists(text=args.text, tokenizer=args.tokenizer)
-    _, sizes = gpt2.read_config(args.model)  # (a missing folder or a damaged config.json: its one-line error)
+    raw, sizes = gpt2.read_config(args.model)  # (no folder, a damaged config.json: its one-line error)
     block = min(args.block_size or sizes["n_positions"], sizes["n_positions"])
     _data.check_windows(None, None, block, args.eval_tokens)
     size = dict(layers=sizes["n_layer"], width=sizes["n_embd"], vocab=sizes["vocab_size"], block=block)
     config = str(Path(args.model) / "config.json")
     check_memory(args, **size, training=False, model=config, positions=sizes["n_positions"])
-    return sizes
+    return raw, sizes
 
 
 def check(args) -> None:
