@@ -96,7 +96,7 @@ class Search:
         rights = _als.right_interfaces(cores, self.fit)
         best: tuple[float, list[Array] | None] = (math.inf, None)
         fitted: list[float] = []
-        entry = relative_error(_als.evaluate(cores, self.fit.index), self.fit)
+        last = relative_error(_als.evaluate(cores, self.fit.index), self.fit)
         for _ in range(_STAGE_SWEEPS):
             if len(self.steps) >= self.budget:
                 break
@@ -104,8 +104,9 @@ class Search:
             cores, rights, predicted = _als.sweep(cores, rights, self.fit)
             error = self._measure(cores, predicted, "search")
             fitted.append(self.steps[-1].train_error)
-            if self._broke_down(fitted[-2] if len(fitted) > 1 else entry, fitted[-1]):
-                return best[0], best[1], before
+            if self._broke_down(last, fitted[-1]):  # undone: the stage keeps its best, else its start
+                return (*best, before) if best[1] is not None else (self._error(before), before, before)
+            last = fitted[-1]
             if error < best[0]:
                 best = (error, list(cores))
             if self._met(error):
@@ -232,16 +233,15 @@ class Search:
         """Sweeps on all samples at the chosen ranks; the cores and their error on all samples."""
         self.fit = everything
         rights = _als.right_interfaces(cores, everything)
-        fitted: list[float] = []
-        entry = relative_error(_als.evaluate(cores, everything.index), everything)
+        fitted = [
+            relative_error(_als.evaluate(cores, everything.index), everything)
+        ]  # before the first sweep
         for _ in range(_REFIT_SWEEPS):
             before = cores
             cores, rights, predicted = _als.sweep(cores, rights, everything)
             fitted.append(self._measure(cores, predicted, "refit", held=False))
-            if self._broke_down(fitted[-2] if len(fitted) > 1 else entry, fitted[-1]):
-                cores = before
-                fitted.pop()
+            if self._broke_down(fitted[-2], fitted[-1]):
+                return before, fitted[-2]
+            if fitted[-1] <= self.floor or (len(fitted) > 4 and fitted[-1] > _SLOW * fitted[-4]):
                 break
-            if fitted[-1] <= self.floor or (len(fitted) > 3 and fitted[-1] > _SLOW * fitted[-4]):
-                break
-        return cores, (fitted[-1] if fitted else entry)
+        return cores, fitted[-1]
