@@ -627,6 +627,9 @@ def test_warnings_point_at_the_callers_line():
         lambda: tn.round(t + t, eps=1e-6, max_rank=1),
         lambda: tn.round_sum([t, t], eps=1e-6, max_rank=1),
         lambda: tn.cross(lambda i: np.sin(i.sum(axis=1) * 1.7), (8,) * 4, eps=1e-12, max_rank=1, seed=0),
+        lambda: tn.complete(
+            np.indices((4, 4, 4)).reshape(3, -1).T, x.ravel(), (4, 4, 4), eps=1e-12, max_rank=1
+        ),
     ]
     for call in calls:
         with pytest.warns(UserWarning) as record:

@@ -159,11 +159,39 @@ def test_complete_options_cap_and_steer_the_ranks():
         tn.complete(index, values, truth.shape, seed=0, max_rank=2, eps=1e-10)
 
 
-def test_complete_warns_when_the_data_explain_nothing():
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_complete_returns_the_zero_train_when_nothing_predicts_better(backend):
+    # pure noise: where every train the sweeps find predicts the held-back samples worse than 0 does, the zero
+    # train is the answer; where one happens to do better (by chance), that one is kept
     index = entries((5, 5, 5), 400, 0)
-    noise = np.random.default_rng(1).standard_normal(400)
+    zeros = 0
+    for seed in range(4):
+        noise = np.random.default_rng(seed).standard_normal(400)
+        args = (torch.tensor(index), torch.tensor(noise)) if backend == "torch" else (index, noise)
+        with pytest.warns(ConvergenceWarning) as record:
+            t, info = tn.complete(*args, (5, 5, 5), seed=0, return_info=True)
+        assert type(t.cores[0]) is type(args[1])
+        best_found = min(s.validation_error for s in info.steps if s.phase == "search")
+        if best_found >= 1.0:
+            zeros += 1
+            assert "better than zero, so the zero train is returned" in str(record[0].message)
+            assert float(tn.norm(t)) == 0.0 and t.ranks == (1, 1, 1, 1)
+            assert info.validation_error == 1.0 and info.train_error == 1.0
+        else:
+            assert "explains little" in str(record[0].message) and float(tn.norm(t)) > 0
+            assert info.validation_error == best_found
+    assert zeros >= 2  # seeds 0 and 2 (checked): the rule is exercised, not only its other branch
+
+
+def test_complete_warns_when_the_data_explain_little():
+    # a weak signal under noise: something is learnt (held-back error below 1) but not much
+    truth = tn.random_tt((5, 5, 5), 1, seed=0)
+    index = entries(truth.shape, 400, 0)
+    clean = as_numpy(tn.gather(truth, index))
+    noisy = clean + 1.5 * np.std(clean) * np.random.default_rng(1).standard_normal(400)
     with pytest.warns(ConvergenceWarning, match="explains little"):
-        tn.complete(index, noise, (5, 5, 5), seed=0)
+        t, info = tn.complete(index, noisy, (5, 5, 5), seed=0, return_info=True)
+    assert 0.5 < info.validation_error < 1.0 and float(tn.norm(t)) > 0
 
 
 def test_complete_scale_and_float32():
