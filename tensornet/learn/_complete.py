@@ -208,7 +208,7 @@ def complete(
     zero = held_count > 0 and chosen_error >= 1.0
     if zero:
         cores = [_as_like(np.zeros((1, n, 1)), scaled) for n in shape]
-        chosen_error = relative_error(_als.evaluate(cores, search.held.index), search.held)
+        chosen_error = search.held_error(cores)
     cores, train_error = _settled(search, cores, chosen_error, data, held_count)
     result = TT._trusted(_pow2.spread(cores, exponent))
     _warn(fn, chosen_error, eps, stop, held_count > 0, zero)

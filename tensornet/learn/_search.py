@@ -71,7 +71,7 @@ class Search:
         # without eps, a held-back error this small ends the search: sqrt(u) / 10 is 1.5e-9 in float64
         self.exact = math.sqrt(B.finfo_eps(fit.values)) / 10 if eps is None else self.floor
 
-    def _error(self, cores: list[Array]) -> float:
+    def held_error(self, cores: list[Array]) -> float:
         """The held-back error of ``cores`` (the fitting error without held-back samples), unrecorded."""
         samples = self.fit if self.held is None else self.held
         return relative_error(_als.evaluate(cores, samples.index), samples)
@@ -105,7 +105,7 @@ class Search:
             error = self._measure(cores, predicted, "search")
             fitted.append(self.steps[-1].train_error)
             if self._broke_down(last, fitted[-1]):  # undone: the stage keeps its best, else its start
-                return (*best, before) if best[1] is not None else (self._error(before), before, before)
+                return (*best, before) if best[1] is not None else (self.held_error(before), before, before)
             last = fitted[-1]
             if error < best[0]:
                 best = (error, list(cores))
@@ -186,7 +186,7 @@ class Search:
         """The rank search: stages at growing ranks until the held-back error stops falling (or a limit)."""
         best: tuple[float, list[Array]] = (math.inf, cores)
         if self.informed:  # the user's x0 is a candidate too: sweeps that only make it worse are not kept
-            best = (self._error(cores), cores)
+            best = (self.held_error(cores), cores)
         stalls = 0
         while True:
             # an x0 (informed start) is not made to wait at its own ranks
