@@ -158,22 +158,30 @@ def complete(
     samples: 2e-15 test error, against 1e-3 for ALS told the rank; ``benchmarks/results/complete.md``). Why
     the Gauss-Newton steps: a stage that ends before it converges sends the next ranks down a worse path
     (``1/(1 + x_1 + .. + x_6)`` on 10^6 from 5,000 samples: 2.0e-4 test error without them, 2.7e-6 with).
-    Noisy data: the held-back error stops falling at the noise level, and the ranks stop there. Limits,
-    measured: random trains of many modes are hard from scratch for every local method tried (ALS,
-    Gauss-Newton, Riemannian CG, two-site sweeps, regularisation continuations, reweightings, starts at the
-    true rank, a coarsened problem of merged modes, a spectral start from the sampled unfoldings;
-    ``benchmarks/results/complete.md``): a random rank-3 train on 10^8 is not recovered from 20,000 samples,
-    nor (ALS at the true rank from random starts) from 200,000. Sweeps converge from the truth with noise of
-    the cores' size on every core, not from noise 1.5 times that: the basin is far smaller than random starts
-    can hit. A good ``x0`` is what helps there; when the search from rank 1 learns nothing, ``restarts``
-    searches from random trains of ranks 2, 3, ... are tried (on a random rank-3 train of 10^6 from 15,000
-    samples, about half of such starts succeed). Slices with no samples get zero cores. A sweep that raises
-    the fitting error (exact ALS cannot; in floating point, directions the samples barely see can grow until
-    the predictions lose all precision) is undone and ends its stage; a model whose held-back error is above
-    0.9 (nothing learnt) is returned as found, neither rounded nor refitted; where no model found predicts the
-    held-back samples better than the zero train (held-back error 1), the zero train of rank 1 is returned,
-    with the warning (on a random rank-3 train of 10^8 from 100,000 samples the best found had held-back
-    error 1.01 and test error 6.2: its predictions of unseen entries were far from the data's scale).
+    Noisy data: the held-back error stops falling at the noise level, and the ranks stop there.
+
+    Limits, measured (``benchmarks/results/complete.md``): generic trains of many modes need many samples,
+    far more than their ``~d n r^2`` parameters. A random rank-3 train with modes of 10 (``tn.random_tt``)
+    is recovered (test error 1e-14) from 15,000 samples with 6 modes but not from 10,000; from 100,000 with 7
+    but not 50,000; from 600,000 with 8 but not 300,000. That grows like ``n^(d/2)`` (times 15 to 60 here):
+    the balanced unfolding of an even-order train is a rank-r matrix of ``n^(d/2)`` rows and columns, and no
+    polynomial-time completion method is known to succeed from fewer than about ``n^(d/2)`` samples of a
+    generic tensor (for order 3, Barak & Moitra, COLT 2016, tie fewer samples to refuting random constraint
+    problems, believed hard). Below that every local method tried from scratch fails (ALS, Gauss-Newton,
+    Riemannian CG, two-site sweeps, regularisation continuations, reweightings, starts at the true rank, a
+    coarsened problem, a spectral start, Adam on an over-parameterised train from a small start), although
+    sweeps converge from the truth with noise of the cores' size on every core: a good ``x0`` is what helps
+    there. When the search from rank 1 learns nothing, ``restarts`` searches from random trains of ranks 2,
+    3, ... are tried (on a random rank-3 train of 10^6 from 15,000 samples, about half of such starts
+    succeed).
+
+    Slices with no samples get zero cores. A sweep that raises the fitting error (exact ALS cannot; in
+    floating point, directions the samples barely see can grow until the predictions lose all precision) is
+    undone and ends its stage. A model whose held-back error is above 0.9 (nothing learnt) is returned as
+    found, neither rounded nor refitted; where no model found predicts the held-back samples better than the
+    zero train (held-back error 1), the zero train of rank 1 is returned, with the warning (on a random
+    rank-3 train of 10^8 from 100,000 samples the best found had held-back error 1.01 and test error 6.2:
+    its predictions of unseen entries were far from the data's scale).
 
     Cost: ``O(k d r^4 + d n r^6)`` per sweep for k samples and ranks r; memory ``O(k (d + r^2))``; a
     Gauss-Newton step ``O(k d^2 r^4 + P^3)`` for ``P <= 2000`` unknowns.
