@@ -13,7 +13,7 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import array_api_compat
@@ -157,6 +157,11 @@ def complex_dtype_name(dtype: Any) -> str:
     """The complex dtype of a real dtype's precision ('float32' -> 'complex64'); a complex dtype's own name."""
     name = dtype_name(dtype)
     return {"float32": "complex64", "float64": "complex128"}.get(name, name)
+
+
+def as_primal(grads: Sequence[Array], cores: Sequence[Array]) -> list[Array]:
+    """Gradients in their cores' kind: the real part for a real core (torch's rule for real inputs)."""
+    return [namespace(g).real(g) if is_complex(g) and not is_complex(c) else g for g, c in zip(grads, cores)]
 
 
 def conj(x: Array) -> Array:

@@ -97,16 +97,6 @@ def _conjugated(arrays: Sequence[Array]) -> list[Array]:
     return [B.conj(a) for a in arrays]
 
 
-def _as_primal(grads: Sequence[Array], cores: Sequence[Array]) -> list[Array]:
-    """Gradients in their cores' kind: the real part for a real core (torch's rule for real inputs)."""
-    out = []
-    for g, c in zip(grads, cores):
-        if B.is_complex(g) and not B.is_complex(c):
-            g = B.namespace(g).real(g)
-        out.append(g)
-    return out
-
-
 # --- rules ------------------------------------------------------------------------------------------
 @B.exact
 def full(x: Train, grad: Array) -> CoreGrads:
@@ -144,7 +134,7 @@ def full(x: Train, grad: Array) -> CoreGrads:
     if isinstance(x, TTM):
         grad = _linear.dense_to_interleaved(x.cores, grad, ops)
     grads = _conjugated(_linear.tt_grads_from_dense(flat, grad, ops))
-    return reshape_each(_as_primal(grads, x.cores), _shapes(x.cores))
+    return reshape_each(B.as_primal(grads, x.cores), _shapes(x.cores))
 
 
 @B.exact
@@ -206,8 +196,8 @@ def dot(a: TrainT, b: TrainT, grad: Any = 1.0) -> tuple[CoreGrads, CoreGrads]:
     grads_a = [einsum("ab,bnd,cd->anc", left[k], cb[k], right[k + 1]) * grad for k in range(d)]
     grads_b = _conjugated([einsum("ab,anc,cd->bnd", left[k], ca[k], right[k + 1]) * grad for k in range(d)])
     return (
-        reshape_each(_as_primal(grads_a, a.cores), _shapes(a.cores)),
-        reshape_each(_as_primal(grads_b, b.cores), _shapes(b.cores)),
+        reshape_each(B.as_primal(grads_a, a.cores), _shapes(a.cores)),
+        reshape_each(B.as_primal(grads_b, b.cores), _shapes(b.cores)),
     )
 
 
@@ -257,8 +247,8 @@ def hadamard(a: TrainT, b: TrainT, grad: Any) -> tuple[CoreGrads, CoreGrads]:
         grads_a.append(B.conj(einsum("acnbd,cnd->anb", g5, y)))
         grads_b.append(B.conj(einsum("acnbd,anb->cnd", g5, x)))
     return (
-        reshape_each(_as_primal(grads_a, a.cores), _shapes(a.cores)),
-        reshape_each(_as_primal(grads_b, b.cores), _shapes(b.cores)),
+        reshape_each(B.as_primal(grads_a, a.cores), _shapes(a.cores)),
+        reshape_each(B.as_primal(grads_b, b.cores), _shapes(b.cores)),
     )
 
 
@@ -292,7 +282,7 @@ def _product_grads(
         g6 = xp.reshape(g, (ra, rb, m, n, ra2, rb2))
         grads_a.append(B.conj(einsum("acmnbe,ckne->amkb", g6, q)))
         grads_b.append(B.conj(einsum("acmnbe,amkb->ckne", g6, p)))
-    return _as_primal(grads_a, primal_a), _as_primal(grads_b, primal_b)
+    return B.as_primal(grads_a, primal_a), B.as_primal(grads_b, primal_b)
 
 
 @B.exact

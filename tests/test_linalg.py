@@ -267,6 +267,21 @@ B3 = tn.ones((2, 3))
         (lambda: solve(A3, B3, max_sweeps=0), ValueError, r"max_sweeps must be >= 1"),
         (lambda: solve(A3, B3, return_info=1), TypeError, r"return_info must be True or False"),
         (lambda: solve(A3, B3.to("torch")), TypeError, r"different backends"),
+        (
+            lambda: solve(A3, B3.to(dtype="float32")),
+            TypeError,
+            r"solve: A is float64 but b is float32; give them one precision, e.g. b.to\(dtype='float64'\)",
+        ),
+        (
+            lambda: solve(A3, B3, x0=B3.to(dtype="complex64")),
+            TypeError,
+            r"solve: A is float64 but x0 is complex64; .* x0.to\(dtype='complex128'\)",
+        ),
+        (
+            lambda: eigsh(A3, 1, x0=[B3.to(dtype="float32")]),
+            TypeError,
+            r"eigsh: A is float64 but x0\[0\] is float32",
+        ),
         (lambda: eigsh(A3, 0), ValueError, r"eigsh: k must be >= 1"),
         (lambda: eigsh(A3, 7), ValueError, r"k = 7 exceeds the dimension of A, 6"),
         (lambda: eigsh(A3, 1, which="SM"), ValueError, r"which must be 'SA'"),
@@ -345,6 +360,47 @@ def test_hermitian_eigsh_matches_eigh(backend, k):
     for value, vector in zip(as_numpy(values), vectors):
         residual = dense @ as_numpy(vector.full()).ravel() - value * as_numpy(vector.full()).ravel()
         assert np.linalg.norm(residual) <= 1e-6 * np.abs(expected).max()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(
+    seed=st.integers(0, 10_000),
+    which=st.sampled_from(["b", "x0", "both"]),
+    factor=st.sampled_from([1j, 1 + 2j, -0.5 + 1e-3j]),
+    symmetric=st.booleans(),
+)
+def test_a_real_operator_with_a_complex_vector_solves_in_complex(backend, seed, which, factor, symmetric):
+    # a real A with a complex b or x0 is promoted to complex (it returned wrong answers, relative error 1.2)
+    shape = (3, 2, 3)
+    a = spd(shape, 2, seed)
+    if not symmetric:
+        a = tn.round(tn.add(a, tn.scale(tn.random_ttm(shape, shape, 2, seed=seed + 7), 0.2)), eps=1e-14)
+    b = tn.random_tt(shape, 2, seed=seed + 1)
+    b_given = b * factor if which in ("b", "both") else b
+    x0 = tn.random_tt(shape, 2, seed=seed + 2) * factor if which in ("x0", "both") else None
+    a, b_given = a.to(backend), b_given.to(backend)
+    x0 = None if x0 is None else x0.to(backend)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        x = solve(a, b_given, tol=1e-10, x0=x0)
+    assert x.dtype == b_given.dtype if which != "x0" else "complex" in str(x.dtype)
+    exact = np.linalg.solve(as_numpy(a.full()), as_numpy(b_given.full()).ravel())
+    np.testing.assert_allclose(as_numpy(x.full()).ravel(), exact, atol=1e-8 * np.abs(exact).max())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_real_operator_with_complex_starts_finds_its_eigenpairs(backend):
+    # a real symmetric A with complex x0: A is taken as complex Hermitian (it returned -0.005 for -10.85)
+    shape = (4, 4, 4)
+    a = tn.laplacian(shape).to(backend)
+    starts = [(tn.random_tt(shape, 2, seed=s) * (1 + 2j)).to(backend) for s in (1, 2)]
+    values, vectors = eigsh(a, 2, tol=1e-10, x0=starts)
+    expected = np.linalg.eigvalsh(as_numpy(a.full()))[:2]
+    np.testing.assert_allclose(as_numpy(values), expected, rtol=1e-9)
+    dense = as_numpy(a.full())
+    for value, vector in zip(as_numpy(values), vectors):
+        v = as_numpy(vector.full()).ravel()
+        assert np.linalg.norm(dense @ v - value * v) <= 1e-5 * abs(value)
 
 
 def test_a_complex_symmetric_operator_is_not_hermitian():

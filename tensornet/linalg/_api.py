@@ -13,6 +13,7 @@ import numpy as np
 from .. import _backend as B
 from .. import _checks, _pow2
 from .._backend import Array
+from .._train_checks import promoted
 from ..construct import zeros
 from ..decomp import orthogonalize
 from ..ops import norm, scale
@@ -66,9 +67,11 @@ def solve(
     Parameters
     ----------
     A : TTM
-        Square (``row_shape == col_shape``), symmetric or not, float32/float64.
+        Square (``row_shape == col_shape``), symmetric or not, real or complex (float32/float64 and their
+        complex kinds).
     b : TT
-        Shape ``A.row_shape``, on A's backend, dtype and device.
+        Shape ``A.row_shape``, on A's backend and device, of A's precision. A real operand with a complex one
+        is converted to the complex dtype (as the algebra promotes), and so is x.
     tol : float
         Relative residual to reach, ``0 < tol < 1``: ``||A x - b||_F <= tol ||b||_F``.
     x0 : TT, optional
@@ -87,7 +90,7 @@ def solve(
     Raises
     ------
     TypeError
-        A not a TTM, b or x0 not a TT, different backends or dtypes, bad option types.
+        A not a TTM, b or x0 not a TT, different backends or precisions, bad option types.
     ValueError
         A not square, shapes that disagree, NaN/inf entries, ``tol`` outside (0, 1), ``max_rank`` or
         ``max_sweeps`` < 1.
@@ -129,6 +132,9 @@ def solve(
     max_rank = _checks.check_count(fn, "max_rank", max_rank, optional=True)
     max_sweeps = _checks.check_count(fn, "max_sweeps", max_sweeps)
     return_info = _checks.check_flag(fn, "return_info", return_info)
+    # a real operand with a complex one: all in the complex dtype (the sweeps work in A's)
+    a, b, *start = promoted(a, b, *([] if x0 is None else [x0]))
+    x0 = start[0] if start else None
     if _needs_graph(*a.cores, *b.cores):
         holder: dict[str, SolveInfo] = {}
 
@@ -294,6 +300,8 @@ def eigsh(
         raise ValueError(f"eigsh: which must be 'SA' (smallest) or 'LA' (largest), got {which!r}")
     tol = check_tol(fn, tol)
     vectors = _check_x0(a, x0, k)
+    if vectors is not None:  # a real A with complex starts: A as complex (Hermitian), so the sweeps keep them
+        a, *vectors = promoted(a, *vectors)
     max_rank = _checks.check_count(fn, "max_rank", max_rank, optional=True)
     max_sweeps = _checks.check_count(fn, "max_sweeps", max_sweeps)
     return_info = _checks.check_flag(fn, "return_info", return_info)

@@ -32,6 +32,13 @@ def check_vector(fn: str, name: str, t: Any, a: TTM) -> TT:
         raise ValueError(
             f"{fn}: {name} has shape {t.shape} but A has col_shape {a.col_shape}; they must match mode by mode"
         )
+    precision = B.real_dtype_name(a.dtype)
+    if a.backend == t.backend and B.real_dtype_name(t.dtype) != precision:
+        fix = B.complex_dtype_name(precision) if B.is_complex(t.cores[0]) else precision
+        raise TypeError(
+            f"{fn}: A is {B.dtype_name(a.dtype)} but {name} is {B.dtype_name(t.dtype)}; give them one precision, "
+            f"e.g. {name}.to(dtype='{fix}') (a real and a complex operand of one precision combine)"
+        )
     _train_checks.check_same_storage(fn, a, t)
     return t
 

@@ -23,6 +23,7 @@ import numpy as np
 from .. import _backend as B
 from .._backend import Array
 from .._einsum import einsum
+from .._train_checks import promoted
 from ..tt import TT, TTM
 from ._api import solve as solve_tt
 from ._checks import adjoint as adjoint_ttm
@@ -100,16 +101,17 @@ def solve(A: TTM, b: TT, x: TT, grad: TT, *, tol: float = 1e-8) -> tuple[list[Ar
     Cost: one :func:`solve` with ``A^T``, plus ``O(d (R r_l r_x n (r_l + r_x) + ...))`` for the environments.
     """
     fn = "adjoint.solve"
-    a = check_square(fn, A)
-    b = check_vector(fn, "b", b, a)
-    x = check_vector(fn, "x", x, a)
-    grad = check_vector(fn, "grad", grad, a)
+    given = check_square(fn, A)
+    b_given = check_vector(fn, "b", b, given)
+    x = check_vector(fn, "x", x, given)
+    grad = check_vector(fn, "grad", grad, given)
     tol = check_tol(fn, tol)
+    a, b, x, grad = promoted(given, b_given, x, grad)
     lam = solve_tt(adjoint_ttm(a), grad, tol=tol)
     ops = Ops(a.cores[0])
     grads_b = _vector_grads(ops, list(lam.cores), list(b.cores))
     grads_a = [-g for g in _operator_grads(ops, list(a.cores), list(lam.cores), list(x.cores))]
-    return grads_a, grads_b
+    return B.as_primal(grads_a, given.cores), B.as_primal(grads_b, b_given.cores)
 
 
 @B.exact
@@ -144,10 +146,11 @@ def eigsh(A: TTM, vectors: list[TT], grad_values: Any) -> list[Array]:
     Cost: ``O(k d (R r^3 n + R^2 r^2 n^2))``.
     """
     fn = "adjoint.eigsh"
-    a = check_square(fn, A)
+    given = check_square(fn, A)
     if isinstance(vectors, TT):
         vectors = [vectors]
-    vectors = [check_vector(fn, f"vectors[{i}]", v, a) for i, v in enumerate(vectors)]
+    vectors = [check_vector(fn, f"vectors[{i}]", v, given) for i, v in enumerate(vectors)]
+    a, *vectors = promoted(given, *vectors)
     weights = np.asarray(
         B.to_backend(grad_values, "numpy") if B.is_array(grad_values) else grad_values
     ).reshape(-1)
@@ -162,7 +165,9 @@ def eigsh(A: TTM, vectors: list[TT], grad_values: Any) -> list[Array]:
             continue
         grads = _operator_grads(ops, list(a.cores), list(v.cores), list(v.cores))
         total = [g * float(weight) if t is None else t + g * float(weight) for t, g in zip(total, grads)]
-    return [ops.xp.zeros_like(c) if t is None else t for t, c in zip(total, a.cores)]
+    return B.as_primal(
+        [ops.xp.zeros_like(c) if t is None else t for t, c in zip(total, a.cores)], given.cores
+    )
 
 
 def tangent_cotangent(ops: Ops, x: list[Array], grads: list[Array]) -> TT:
