@@ -304,8 +304,15 @@ def dense_weights(model: nn.Module) -> Iterator[nn.Module]:
     :meth:`TTMLinear.cache_dense_weight`). The memory of the dense matrices is held until the block
     exits; layers that had caching on before keep it.
 
-    >>> with torch.no_grad(), tensornet.nn.dense_weights(model):  # doctest: +SKIP
-    ...     tokens = model.generate(prompt, max_new_tokens=64)
+    >>> import torch
+    >>> from tensornet.nn import Rule, dense_weights, tensorize
+    >>> rule = Rule("0", rank=4, in_shape=(4, 4, 4), out_shape=(4, 4, 6))
+    >>> model, _ = tensorize(torch.nn.Sequential(torch.nn.Linear(64, 96)), [rule])
+    >>> x = torch.randn(2, 64)
+    >>> with torch.no_grad(), dense_weights(model):  # e.g. around model.generate(...) when decoding
+    ...     y = model(x)
+    >>> torch.allclose(y, model(x), atol=1e-5)
+    True
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"dense_weights: expected an nn.Module, got {type(model).__name__}")

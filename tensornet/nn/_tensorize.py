@@ -407,12 +407,25 @@ def tensorize(
 
     Examples
     --------
-    >>> model, report = tensorize(model, [Rule("transformer.h.*.mlp.c_fc", rank=64,  # doctest: +SKIP
-    ...                                        in_shape=(8, 8, 12, 1), out_shape=(8, 8, 8, 6))])
-    >>> print(report)  # doctest: +SKIP
-    >>> model, report = tensorize(model, [Rule("*.mlp.c_fc"), Rule("*.mlp.c_proj")], budget=0.3)  # doctest: +SKIP
-    >>> model, report = tensorize(model, [Rule("*.mlp.c_fc"), Rule("*.mlp.c_proj")],  # doctest: +SKIP
-    ...                           budget=0.3, calibration=[ids[:16], ids[16:32]])
+    A small MLP here; on a Hugging Face GPT-2 the rules name modules such as ``"transformer.h.*.mlp.c_fc"``,
+    and ``calibration`` takes batches of token ids.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> from tensornet.nn import Rule, tensorize
+    >>> _ = torch.manual_seed(0)
+    >>> def mlp():
+    ...     return nn.Sequential(nn.Linear(64, 96), nn.GELU(), nn.Linear(96, 64))
+    >>> model, report = tensorize(mlp(), [Rule("0", rank=8, in_shape=(4, 4, 4), out_shape=(4, 4, 6))])
+    >>> type(model[0]).__name__, type(model[2]).__name__, report.layers[0].ranks
+    ('TTMLinear', 'Linear', (1, 8, 8, 1))
+    >>> model, report = tensorize(mlp(), [Rule("0"), Rule("2")], budget=0.3)  # ranks chosen for 30%
+    >>> report.weight_ratio <= 0.3
+    True
+    >>> x = torch.randn(16, 64)
+    >>> model, report = tensorize(mlp(), [Rule("0"), Rule("2")], budget=0.3, calibration=[x[:8], x[8:]])
+    >>> report.allocation.startswith("ranks from the bond spectra")
+    True
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"tensorize: model must be an nn.Module, got {type(model).__name__}")
