@@ -160,8 +160,18 @@ def complex_dtype_name(dtype: Any) -> str:
 
 
 def as_primal(grads: Sequence[Array], cores: Sequence[Array]) -> list[Array]:
-    """Gradients in their cores' kind: the real part for a real core (torch's rule for real inputs)."""
-    return [namespace(g).real(g) if is_complex(g) and not is_complex(c) else g for g, c in zip(grads, cores)]
+    """Gradients in their cores' kind and dtype (torch's rule for real inputs: the real part for a real core).
+
+    A complex64 core combined with a float64 one is computed in complex128 and gets a complex64 gradient.
+    """
+    out = []
+    for g, c in zip(grads, cores):
+        if is_complex(g) and not is_complex(c):
+            g = namespace(g).real(g)
+        if dtype_name(g.dtype) != dtype_name(c.dtype):
+            g = to_backend(g, backend_name(g), dtype=dtype_name(c.dtype))
+        out.append(g)
+    return out
 
 
 def conj(x: Array) -> Array:

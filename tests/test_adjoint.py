@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import tensornet as tn
+from tensornet import _backend as B
 from tensornet import adjoint
 from tensornet.testing import strategies as tst
 
@@ -330,6 +331,23 @@ def test_complex_rules_match_torch_autograd(data):
     _real_loss(gy, (ta * tb).cores).backward()
     grads_a, grads_b = adjoint.hadamard(a, b, gy)
     _assert_grads(grads_a + grads_b, la + lb)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_gradients_have_their_cores_dtype_when_precisions_mix(backend):
+    # a complex64 train with a float64 one computes in complex128; each gradient comes back in its core's dtype
+    # (the complex64 train's gradients were complex128)
+    a = tn.random_tt((3, 4, 2), 2, seed=0, dtype="complex64").to(backend)
+    b = tn.random_tt((3, 4, 2), 2, seed=1).to(backend)
+    m = tn.random_ttm((3, 4, 2), (3, 4, 2), 2, seed=2).to(backend)
+    grads_a, grads_b = adjoint.dot(a, b, 1.0 + 0.5j)
+    assert {B.dtype_name(g.dtype) for g in grads_a} == {"complex64"}
+    assert {B.dtype_name(g.dtype) for g in grads_b} == {"float64"}
+    result = m @ a
+    cotangent = [np.ones(tuple(c.shape), dtype=complex) for c in result.cores]
+    grads_m, grads_x = adjoint.matvec(m, a, [B.to_backend(g, backend) for g in cotangent])
+    assert {B.dtype_name(g.dtype) for g in grads_m} == {"float64"}
+    assert {B.dtype_name(g.dtype) for g in grads_x} == {"complex64"}
 
 
 @given(st.data())

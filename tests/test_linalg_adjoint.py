@@ -116,6 +116,63 @@ def test_torch_autograd_through_solve_with_a_real_operator_and_a_complex_b():
     assert inner([c.grad for c in at.cores], da.cores) == pytest.approx(fd, rel=1e-7)
 
 
+def complex_like(train, seed):
+    rng = np.random.default_rng(seed)
+    return type(train)(
+        [rng.standard_normal(c.shape) + 1j * rng.standard_normal(c.shape) for c in train.cores]
+    )
+
+
+def complex_inner(grads, directions):
+    """The directional derivative a gradient in torch's convention gives: Re sum conj(g) d."""
+    return sum(float(np.real(np.vdot(as_numpy(g), as_numpy(d)))) for g, d in zip(grads, directions))
+
+
+def test_complex_solve_and_eigsh_rules_follow_torchs_convention():
+    # they returned the conjugate gradient for complex cores (relative error 1.5-1.8 against finite differences)
+    a = tn.round(operator(31, symmetric=False) + 0.3j * tn.random_ttm(SHAPE, SHAPE, 1, seed=32), eps=1e-14)
+    b, c = (
+        complex_like(tn.random_tt(SHAPE, 2, seed=33), 34),
+        complex_like(tn.random_tt(SHAPE, 2, seed=35), 36),
+    )
+    da, db = complex_like(a, 37), complex_like(b, 38)
+
+    def loss(t):  # Re <c, A(t)^{-1} b(t)>
+        at = tn.TTM([p + t * q for p, q in zip(a.cores, da.cores)]).full()
+        bt = tn.TT([p + t * q for p, q in zip(b.cores, db.cores)]).full().ravel()
+        return float(np.real(np.vdot(c.full().ravel(), np.linalg.solve(at, bt))))
+
+    h = 1e-6
+    grads_a, grads_b = adjoint.solve(a, b, solve(a, b, tol=1e-13), c, tol=1e-13)
+    got = complex_inner(grads_a, da.cores) + complex_inner(grads_b, db.cores)
+    assert got == pytest.approx((loss(h) - loss(-h)) / (2 * h), rel=1e-7)
+
+    m = tn.random_ttm(SHAPE, SHAPE, 2, seed=39, dtype="complex128")
+    hermitian = tn.round(m + m.H, eps=1e-14)
+    _values, vectors = eigsh(hermitian, 2, tol=1e-13)
+    dh = complex_like(hermitian, 40)
+
+    def eig_loss(t):  # the eigenvalues of the Hermitian part of H(t): d lambda = v^H dH v is its real part
+        full = tn.TTM([p + t * q for p, q in zip(hermitian.cores, dh.cores)]).full()
+        w = np.linalg.eigvalsh((full + full.conj().T) / 2)
+        return 0.3 * w[0] - 1.1 * w[1]
+
+    grads = adjoint.eigsh(hermitian, vectors, [0.3, -1.1])
+    assert complex_inner(grads, dh.cores) == pytest.approx((eig_loss(h) - eig_loss(-h)) / (2 * h), rel=1e-7)
+
+
+def test_torch_autograd_through_complex_solve_and_eigsh_passes_check_vjp():
+    from tensornet.testing import check_vjp
+
+    a = -tn.laplacian((2, 3), like=torch.zeros(1, dtype=torch.float64))
+    b = tn.random_tt((2, 3), rank=1, like=torch.zeros(1, dtype=torch.complex128), seed=0)
+    check_vjp(lambda x: solve(a, x, tol=1e-13), b)  # a real A with a complex b
+    complex_a = tn.round(a + 0.3j * tn.random_ttm((2, 3), (2, 3), 1, seed=3).to("torch"), eps=1e-14)
+    check_vjp(lambda m: solve(m, b, tol=1e-13), complex_a)
+    m = tn.random_ttm((2, 3), (2, 3), 2, seed=5, dtype="complex128").to("torch")
+    check_vjp(lambda m: eigsh(m + m.H, 2, tol=1e-13)[0], m)
+
+
 def test_eigsh_rule_finite_differences():
     a = operator(11, symmetric=True)
     _values, vectors = eigsh(a, 2, tol=1e-13)

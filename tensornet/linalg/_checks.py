@@ -33,8 +33,9 @@ def check_vector(fn: str, name: str, t: Any, a: TTM) -> TT:
             f"{fn}: {name} has shape {t.shape} but A has col_shape {a.col_shape}; they must match mode by mode"
         )
     precision = B.real_dtype_name(a.dtype)
-    if a.backend == t.backend and B.real_dtype_name(t.dtype) != precision:
-        fix = B.complex_dtype_name(precision) if B.is_complex(t.cores[0]) else precision
+    same_kind = B.is_complex(a.cores[0]) == B.is_complex(t.cores[0])  # real with complex promotes (as numpy)
+    if a.backend == t.backend and same_kind and B.real_dtype_name(t.dtype) != precision:
+        fix = B.dtype_name(a.dtype)
         raise TypeError(
             f"{fn}: A is {B.dtype_name(a.dtype)} but {name} is {B.dtype_name(t.dtype)}; give them one precision, "
             f"e.g. {name}.to(dtype='{fix}') (a real and a complex operand of one precision combine)"

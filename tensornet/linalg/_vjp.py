@@ -2,11 +2,15 @@
 
 They are re-exported by :mod:`tensornet.adjoint`.
 
-* ``x = A^{-1} b``: for a loss L with tensor gradient ``g = dL/dx``, one adjoint solve ``A^T lambda = g`` gives
-  ``dL/db = lambda`` and ``dL/dA = -lambda x^T``; both reach the cores by the chain rule through the bilinear
-  forms ``<lambda, b>`` and ``<lambda, A x>``, contracted with environments (never densely).
-* ``A v_i = lambda_i v_i`` (symmetric A, unit v_i): ``d lambda_i = v_i^T dA v_i`` (Hellmann-Feynman), so the
-  cores of A get ``sum_i g_i d<v_i, A v_i>/dA``.
+* ``x = A^{-1} b``: for a loss L with tensor gradient ``g = dL/dx``, one adjoint solve ``A^H lambda = g`` gives
+  ``dL/db = lambda`` and ``dL/dA = -lambda x^H``; both reach the cores by the chain rule through the forms
+  ``<lambda, b>`` and ``<lambda, A x>``, contracted with environments (never densely).
+* ``A v_i = lambda_i v_i`` (symmetric or Hermitian A, unit v_i): ``d lambda_i = v_i^H dA v_i``
+  (Hellmann-Feynman), so the cores of A get ``sum_i g_i d<v_i, A v_i>/dA``.
+
+Complex cores follow torch's convention (the gradient of a real loss is ``dL/dRe + i dL/dIm``): a core's
+gradient is ``J_k^H`` applied to the cotangent, the conjugate of the environments' holomorphic derivative
+``J_k^T conj(lambda)``.
 
 The cotangent of a solution is a *tensor* (a TT), not per-core: the solution's cores come out of an iterative
 method whose gauge carries no meaning. :func:`tangent_cotangent` turns the per-core gradients torch delivers
@@ -75,7 +79,7 @@ def solve(A: TTM, b: TT, x: TT, grad: TT, *, tol: float = 1e-8) -> tuple[list[Ar
     grad : TT
         The cotangent ``dL/dx`` as a tensor, of x's shape (for ``L = <c, x>`` it is c).
     tol : float
-        Relative residual of the adjoint solve ``A^T lambda = grad``.
+        Relative residual of the adjoint solve ``A^H lambda = grad``.
 
     Returns
     -------
@@ -94,11 +98,11 @@ def solve(A: TTM, b: TT, x: TT, grad: TT, *, tol: float = 1e-8) -> tuple[list[Ar
 
     Notes
     -----
-    ``dL/db = lambda`` and ``dL/dA = -lambda x^T`` with ``A^T lambda = grad``; core k of b gets
+    ``dL/db = lambda`` and ``dL/dA = -lambda x^H`` with ``A^H lambda = grad``; core k of b gets
     ``E_{<k} lambda_k E_{>k}`` (environments of ``<lambda, b>``), core k of A the environments of
     ``-<lambda, A x>`` around ``lambda_k`` and ``x_k``.
 
-    Cost: one :func:`solve` with ``A^T``, plus ``O(d (R r_l r_x n (r_l + r_x) + ...))`` for the environments.
+    Cost: one :func:`solve` with ``A^H``, plus ``O(d (R r_l r_x n (r_l + r_x) + ...))`` for the environments.
     """
     fn = "adjoint.solve"
     given = check_square(fn, A)
@@ -109,8 +113,9 @@ def solve(A: TTM, b: TT, x: TT, grad: TT, *, tol: float = 1e-8) -> tuple[list[Ar
     a, b, x, grad = promoted(given, b_given, x, grad)
     lam = solve_tt(adjoint_ttm(a), grad, tol=tol)
     ops = Ops(a.cores[0])
-    grads_b = _vector_grads(ops, list(lam.cores), list(b.cores))
-    grads_a = [-g for g in _operator_grads(ops, list(a.cores), list(lam.cores), list(x.cores))]
+    # the environments give the holomorphic derivatives J^T conj(lambda); torch's convention wants J^H lambda
+    grads_b = [B.conj(g) for g in _vector_grads(ops, list(lam.cores), list(b.cores))]
+    grads_a = [-B.conj(g) for g in _operator_grads(ops, list(a.cores), list(lam.cores), list(x.cores))]
     return B.as_primal(grads_a, given.cores), B.as_primal(grads_b, b_given.cores)
 
 
@@ -139,7 +144,7 @@ def eigsh(A: TTM, vectors: list[TT], grad_values: Any) -> list[Array]:
 
     Notes
     -----
-    ``d lambda_i = v_i^T dA v_i`` for a simple eigenvalue and a unit ``v_i``; a repeated eigenvalue has no
+    ``d lambda_i = v_i^H dA v_i`` for a simple eigenvalue and a unit ``v_i``; a repeated eigenvalue has no
     derivative of its individual values (only of symmetric functions of them, e.g. their sum, which this
     rule gives correctly).
 
@@ -165,9 +170,8 @@ def eigsh(A: TTM, vectors: list[TT], grad_values: Any) -> list[Array]:
             continue
         grads = _operator_grads(ops, list(a.cores), list(v.cores), list(v.cores))
         total = [g * float(weight) if t is None else t + g * float(weight) for t, g in zip(total, grads)]
-    return B.as_primal(
-        [ops.xp.zeros_like(c) if t is None else t for t, c in zip(total, a.cores)], given.cores
-    )
+    grads = [ops.xp.zeros_like(c) if t is None else B.conj(t) for t, c in zip(total, a.cores)]  # J^H
+    return B.as_primal(grads, given.cores)
 
 
 def tangent_cotangent(ops: Ops, x: list[Array], grads: list[Array]) -> TT:
