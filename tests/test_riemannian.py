@@ -292,6 +292,20 @@ def test_errors_name_the_function_and_the_fix():
         rm.project(x, [])
     with pytest.raises(TypeError, match="z is complex but x is real"):
         rm.project(x, x.to(dtype="complex128"))
+    # a wider z is refused, not narrowed to x's dtype (it was: project(complex64 x, float64 z) was complex64)
+    with pytest.raises(
+        TypeError, match=r"project: x is complex64 but z is float64; .* x.to\(dtype='complex128'\)"
+    ):
+        rm.project(x.to(dtype="complex64"), x)
+    with pytest.raises(TypeError, match=r"project: operands have different dtypes \(float32 and float64\)"):
+        rm.project(x.to(dtype="float32"), x)
+    assert (
+        rm.project(x.to(dtype="complex128"), x).to_tt().dtype == x.to(dtype="complex128").dtype
+    )  # same width
+    # transport's errors name transport and its arguments (they said "project: x ... z")
+    with pytest.raises(TypeError, match=r"transport: v is complex but y is real"):
+        xc = x.to(dtype="complex128")
+        rm.transport(xc, x, rm.project(xc, xc))
     y = tn.random_tt((3, 4, 5), 2, seed=1)
     u, v = rm.project(x, y), rm.project(y, x)
     with pytest.raises(ValueError, match=r"different points.*transport"):

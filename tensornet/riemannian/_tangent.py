@@ -287,7 +287,7 @@ def ungauged(frame: Frame, z: list[Array]) -> list[Array]:
     ]
 
 
-def _terms(fn: str, x: TT, z: Any) -> list[TT]:
+def _terms(fn: str, x: TT, z: Any, names: tuple[str, str] = ("x", "z")) -> list[TT]:
     if isinstance(z, Tangent):
         z = to_tt(z)
     items = [z] if isinstance(z, TT) else z
@@ -301,9 +301,18 @@ def _terms(fn: str, x: TT, z: Any) -> list[TT]:
         _train_checks.check_same_structure(fn, x, t)
     if any(B.is_complex(t.cores[0]) for t in out) and not B.is_complex(x.cores[0]):
         raise TypeError(
-            f"{fn}: z is complex but x is real; the tangent space of a real manifold holds real vectors "
-            "(project tn.real(z) and tn.imag(z) separately, or make x complex)"
+            f"{fn}: {names[1]} is complex but {names[0]} is real; the tangent space of a real manifold holds real "
+            f"vectors (project tn.real({names[1]}) and tn.imag({names[1]}) separately, or make {names[0]} complex)"
         )
+    precision, own = B.real_dtype_name(x.dtype), B.dtype_name(x.dtype)
+    for t in out:  # a real z of x's precision joins a complex x; a wider z is not narrowed silently
+        if B.real_dtype_name(t.dtype) != precision:
+            wider = B.real_dtype_name(t.dtype)
+            wider = B.complex_dtype_name(wider) if B.is_complex(x.cores[0]) else wider
+            raise TypeError(
+                f"{fn}: {names[0]} is {own} but {names[1]} is {B.dtype_name(t.dtype)}; the tangent space at "
+                f"{names[0]} holds {own} vectors: convert one of them (e.g. {names[0]}.to(dtype='{wider}'))"
+            )
     return [t if t.dtype == x.dtype else t.to(dtype=x.dtype) for t in out]
 
 
@@ -347,8 +356,12 @@ def project(x: TT, z: Any) -> Tangent:
     Cost: ``O(d n r R (r + R))`` for ``z`` of ranks R (plus ``O(d n r^3)`` to orthogonalise ``x`` once; the
     factors of the last few points are cached).
     """
-    frame = frame_of("project", x)
-    terms = _terms("project", x, z)
+    return _project("project", x, z)
+
+
+def _project(fn: str, x: TT, z: Any, names: tuple[str, str] = ("x", "z")) -> Tangent:
+    frame = frame_of(fn, x)
+    terms = _terms(fn, x, z, names)
     total = None
     for t in terms:
         part = ungauged(frame, list(t.cores))
@@ -438,4 +451,4 @@ def transport(x: TT, y: TT, v: Tangent) -> Tangent:
     _check_tangent("transport", v)
     if v.point is not x:
         raise ValueError("transport: v is not a tangent vector at x; pass the point it was made at (v.point)")
-    return project(y, to_tt(v))
+    return _project("transport", y, to_tt(v), ("y", "v"))
