@@ -32,10 +32,12 @@ number of rows up to a power of two, so generation with a growing length does no
 
 from __future__ import annotations
 
+import functools
+import sys
 from typing import Any
 
 from . import _einsum
-from ._einsum import NetworkPlan, einsum, expression, optimizer_for, plan_network, run_path, symbols
+from ._einsum import NetworkPlan, expression, optimizer_for, plan_network, run_path, symbols
 from ._linear import plan as _linear_plan
 from ._linear.cost import Candidate, Machine
 from ._linear.plan import LinearPlan, autotune, plan_linear, token_bucket
@@ -64,6 +66,29 @@ __all__ = [
 ]
 
 CacheInfo = _einsum.CacheInfo
+
+
+def einsum(equation: str, *operands: Any, optimize: Any = None) -> Any:
+    """Contract ``operands`` (numpy arrays or torch tensors) by ``equation`` with a cached, path-optimised expression.
+
+    The path is found once per (equation, operand shapes) by ``opt_einsum`` (see the module notes) and each
+    pairwise step runs on the operands' backend. Operands of different dtypes are promoted as numpy promotes
+    them on either backend (torch's own ``einsum`` refuses them): a float64 with a complex128 operand gives
+    complex128, a float32 with a float64 one float64.
+
+    >>> import numpy as np
+    >>> import tensornet as tn
+    >>> float(tn.contract.einsum("ij,jk,ki->", np.eye(2), np.eye(2), np.eye(2)))
+    2.0
+
+    Cost: the contraction's FLOPs along the chosen path; the path search once per equation and shapes.
+    """
+    torch = sys.modules.get("torch")
+    mixed = torch is not None and len({getattr(o, "dtype", None) for o in operands}) > 1
+    if mixed and all(isinstance(o, torch.Tensor) for o in operands):
+        target = functools.reduce(torch.promote_types, [o.dtype for o in operands])
+        operands = tuple(o.to(target) for o in operands)
+    return _einsum.einsum(equation, *operands, optimize=optimize)
 
 
 def cache_info() -> CacheInfo:

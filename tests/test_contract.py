@@ -143,6 +143,33 @@ def test_run_path_matches_numpy_einsum(equation, size, seed):
     np.testing.assert_allclose(path(*arrays), expected, rtol=1e-10, atol=1e-10)
 
 
+@given(
+    st.sampled_from(EQUATIONS),
+    st.lists(st.sampled_from(["float32", "float64", "complex64", "complex128"]), min_size=4, max_size=4),
+    st.integers(0, 2**16),
+)
+def test_einsum_promotes_dtypes_as_numpy_on_both_backends(equation, dtypes, seed):
+    # torch's einsum refused mixed dtypes ("both inputs should have same dtype"); numpy promoted them
+    import torch
+
+    rng = np.random.default_rng(seed)
+    inputs = equation.split("->")[0].split(",")
+    dims = {c: 2 + (ord(c) % 3) for c in set("".join(inputs))}
+    arrays = []
+    for term, dtype in zip(inputs, dtypes):
+        shape = tuple(dims[c] for c in term)
+        values = rng.standard_normal(shape) + (1j * rng.standard_normal(shape) if "complex" in dtype else 0)
+        arrays.append(values.astype(dtype))
+    expected = np.einsum(equation, *arrays)
+    got_numpy = contract.einsum(equation, *arrays)
+    got_torch = contract.einsum(equation, *(torch.from_numpy(a) for a in arrays))
+    assert np.asarray(got_numpy).dtype == expected.dtype == got_torch.numpy().dtype
+    # a pair of single-precision operands is contracted in single precision before it meets a wider one
+    tol = 1e-5 if any(a.dtype in (np.float32, np.complex64) for a in arrays) else 1e-10
+    np.testing.assert_allclose(np.asarray(got_numpy), expected, rtol=tol, atol=tol * np.abs(expected).max())
+    np.testing.assert_allclose(got_torch.numpy(), expected, rtol=tol, atol=tol * np.abs(expected).max())
+
+
 def test_autotune_times_candidates_once_per_bucket_and_picks_the_fastest():
     w = tn.random_ttm((2, 3, 2), (3, 2, 2), 2, seed=0)
     assert contract.autotune(True) is False
