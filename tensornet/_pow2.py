@@ -65,6 +65,29 @@ def spread(cores: list[Array], exponent: Any) -> list[Array]:
     return [B.scale_pow2(c, share + rest if k == 0 else share) for k, c in enumerate(cores)]
 
 
+def scaled_product(
+    fn: str,
+    ca: Sequence[Array],
+    cb: Sequence[Array],
+    product: Callable[[list[Array], list[Array]], list[Array]],
+) -> list[Array]:
+    """``product(ca, cb)`` (cores built from one core of each train) without overflow on the way.
+
+    Each train whose core scales are extreme is divided core by core by powers of two first (exact) and the
+    factor is spread over the result's cores, so finite cores give finite cores whenever the result's scale
+    is representable (``2^1000`` on one core times ``2^-1000`` on another is no longer inf times 0).
+
+    Raises
+    ------
+    ValueError
+        NaN or inf entries (the message starts with ``fn``).
+    """
+    na, ea = normalize_cores(fn, list(ca))
+    nb, eb = normalize_cores(fn, list(cb))
+    cores = product(na, nb)
+    return cores if ea == 0 and eb == 0 else spread(cores, ea + eb)
+
+
 # --- decompositions ---------------------------------------------------------------------------------
 def safe_exponent(tops: Sequence[float], dtype: Any) -> int:
     """0 when the magnitudes ``tops`` multiply to something safely inside ``dtype``'s range.

@@ -5,11 +5,10 @@ Re-exported by :mod:`tensornet.ops`; ``linear`` itself lives in :mod:`tensornet.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from . import _backend as B
-from . import _checks, _linear, _train_checks
+from . import _checks, _linear, _pow2, _train_checks
 from ._backend import Array
 from ._einsum import einsum
 from ._matvec_round import rounded_matvec
@@ -84,7 +83,7 @@ def _exact_matvec(a: TTM, x: TT) -> TT:
     """The product's cores ``(r s, m, r' s')`` (no checks)."""
     xp = B.namespace(*a.cores)
     columns = [xp.reshape(c, (int(c.shape[0]), int(c.shape[1]), 1, int(c.shape[2]))) for c in x.cores]
-    cores = _product_cores(a.cores, columns)
+    cores = _pow2.scaled_product("matvec", a.cores, columns, _product_cores)
     return TT._trusted([xp.reshape(c, (int(c.shape[0]), int(c.shape[1]), int(c.shape[3]))) for c in cores])
 
 
@@ -112,7 +111,7 @@ def matmul(a: TTM, b: TTM) -> TTM:
     """
     _check_operands("matmul", a, b, TTM, ("B", "row_shape", b.row_shape if isinstance(b, TTM) else ()))
     a, b = _train_checks.promoted(a, b)
-    return TTM._trusted(_product_cores(a.cores, b.cores))
+    return TTM._trusted(_pow2.scaled_product("matmul", a.cores, b.cores, _product_cores))
 
 
 def _check_operands(fn: str, a: Any, b: Any, kind: type, modes: tuple[str, str, tuple[int, ...]]) -> None:
@@ -127,7 +126,7 @@ def _check_operands(fn: str, a: Any, b: Any, kind: type, modes: tuple[str, str, 
         )
 
 
-def _product_cores(ca: Sequence[Array], cb: Sequence[Array]) -> list[Array]:
+def _product_cores(ca: list[Array], cb: list[Array]) -> list[Array]:
     """``C_k[:, i, j, :] = sum_l A_k[:, i, l, :] (x) B_k[:, l, j, :]``: the cores of the TTM product."""
     xp = B.namespace(*ca)
     cores = []

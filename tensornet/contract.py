@@ -84,8 +84,8 @@ def einsum(equation: str, *operands: Any, optimize: Any = None) -> Any:
     Cost: the contraction's FLOPs along the chosen path; the path search once per equation and shapes.
     """
     torch = sys.modules.get("torch")
-    mixed = torch is not None and len({getattr(o, "dtype", None) for o in operands}) > 1
-    if mixed and all(isinstance(o, torch.Tensor) for o in operands):
+    dtypes = {getattr(o, "dtype", None) for o in operands}
+    if torch is not None and len(dtypes) > 1 and all(isinstance(o, torch.Tensor) for o in operands):
         target = functools.reduce(torch.promote_types, [o.dtype for o in operands])
         operands = tuple(o.to(target) for o in operands)
     return _einsum.einsum(equation, *operands, optimize=optimize)

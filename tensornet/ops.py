@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import _backend as B
-from . import _checks, _scalars, _train_checks
+from . import _checks, _pow2, _scalars, _train_checks
 from ._backend import Array
 from ._einsum import einsum
 from ._index import gather, getitem
@@ -201,12 +201,16 @@ def hadamard(a: TrainT, b: TrainT) -> TrainT:
     _train_checks.check_same_structure("hadamard", a, b)
     a, b = _train_checks.promoted(a, b)
     xp = B.namespace(*a.cores)
-    cores = []
-    for ca, cb in zip(a._tt_layout(), b._tt_layout()):
-        ra, n, ra2 = (int(s) for s in ca.shape)
-        rb, _, rb2 = (int(s) for s in cb.shape)
-        cores.append(xp.reshape(einsum("anb,cnd->acnbd", ca, cb), (ra * rb, n, ra2 * rb2)))
-    return a._from_tt_layout(cores)
+
+    def product(left: list[Array], right: list[Array]) -> list[Array]:
+        cores = []
+        for ca, cb in zip(left, right):
+            ra, n, ra2 = (int(s) for s in ca.shape)
+            rb, _, rb2 = (int(s) for s in cb.shape)
+            cores.append(xp.reshape(einsum("anb,cnd->acnbd", ca, cb), (ra * rb, n, ra2 * rb2)))
+        return cores
+
+    return a._from_tt_layout(_pow2.scaled_product("hadamard", a._tt_layout(), b._tt_layout(), product))
 
 
 def kron(a: TrainT, b: TrainT) -> TrainT:

@@ -655,3 +655,37 @@ def test_norm_has_exact_second_derivatives(dtype):
     zero = [torch.zeros_like(c, requires_grad=True) for c in cores]
     (g,) = torch.autograd.grad(tn.norm(tn.TT(zero)), zero[:1], create_graph=True)
     assert torch.all(g == 0) and not torch.isnan(g).any()
+
+
+# --- products of trains whose scale sits on single cores -------------------------------------------------
+def _skewed(train, up, down):
+    """``train`` times 10^(up - down), as 10^up on its first core and 10^-down on its last."""
+    cores = list(train.cores)
+    cores[0], cores[-1] = cores[0] * 10.0**up, cores[-1] * 10.0**-down
+    return type(train)(cores)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@given(up=st.integers(150, 300), shift=st.integers(-250, 250))
+def test_products_of_skewed_trains_are_finite_when_their_result_is(backend, up, shift):
+    # core 0 at 1e200 times core 0 at 1e200 overflowed to inf and met a 1e-300 core: NaN where the result is 1e100
+    down = min(2 * up - shift, 300)
+    scale = 2 * up - down  # the product's scale, representable by construction
+    t = tn.random_tt((3, 4, 2, 3), 2, seed=0)
+    eye = tn.eye((3, 4, 2, 3))
+    a, b = _skewed(t, up, 0).to(backend), _skewed(t, up, down).to(backend)
+    cases = [
+        (tn.hadamard(a, b), tn.hadamard(t, t)),
+        (tn.matvec(_skewed(eye, up, 0).to(backend), b), t),
+        (tn.matmul(_skewed(eye, up, 0).to(backend), _skewed(eye, up, down).to(backend)), eye),
+    ]
+    for got, reference in cases:
+        value = float(tn.norm(got))
+        assert math.isfinite(value)
+        # relative to the reference's norm, compared on a log scale (the factor 10^scale is exact up to rounding)
+        assert math.log10(value) - scale == pytest.approx(math.log10(float(tn.norm(reference))), abs=1e-12)
+        index = [[0, 1, 1, 2], [2, 3, 0, 1]]
+        expected = as_numpy(tn.gather(reference, index)) if isinstance(reference, tn.TT) else None
+        if expected is not None:
+            got_entries = as_numpy(tn.gather(got, index)) / 10.0**scale
+            np.testing.assert_allclose(got_entries, expected, rtol=1e-12, atol=1e-12 * np.abs(expected).max())

@@ -414,8 +414,7 @@ def tensorize(
     >>> from torch import nn
     >>> from tensornet.nn import Rule, tensorize
     >>> _ = torch.manual_seed(0)
-    >>> def mlp():
-    ...     return nn.Sequential(nn.Linear(64, 96), nn.GELU(), nn.Linear(96, 64))
+    >>> mlp = lambda: nn.Sequential(nn.Linear(64, 96), nn.GELU(), nn.Linear(96, 64))
     >>> model, report = tensorize(mlp(), [Rule("0", rank=8, in_shape=(4, 4, 4), out_shape=(4, 4, 6))])
     >>> type(model[0]).__name__, type(model[2]).__name__, report.layers[0].ranks
     ('TTMLinear', 'Linear', (1, 8, 8, 1))
