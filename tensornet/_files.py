@@ -225,7 +225,10 @@ def load(path: str | os.PathLike[str], like: Any = None) -> Train:
     backend = B.backend_name(ref) if ref is not None else header["backend"]
     device = B.device(ref) if ref is not None else None
     cores = [_from_stored(c, header["dtype"], backend, device, source) for c in stored]
-    return (TT if header["kind"] == "TT" else TTM)(cores)
+    try:
+        return (TT if header["kind"] == "TT" else TTM)(cores)
+    except (TypeError, ValueError) as error:  # cores that do not chain: a damaged or crafted file
+        raise ValueError(f"tn.load: {source} holds cores that do not form a train ({error})") from None
 
 
 def _read_header(source: Path) -> dict[str, Any]:

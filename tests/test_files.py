@@ -225,6 +225,21 @@ def test_damaged_or_forged_files_are_refused(tmp_path, edit, reason):
         tn.load(path)
 
 
+def test_cores_that_do_not_chain_are_one_error_naming_the_file(tmp_path):
+    # a crafted file with consistent shapes and checksums whose ranks do not chain: the error named neither
+    # tn.load nor the file ("TT: core 0 has shape ...")
+    import hashlib
+
+    def edit(header, tensors):
+        tensors["core_1"] = np.ones((3, 4, 1))
+        header["shapes"][1] = [3, 4, 1]
+        header["sha256"][1] = hashlib.sha256(tensors["core_1"].data).hexdigest()
+
+    path = _rewrite(tmp_path, tn.random_tt((3, 4), 2, seed=0), edit)
+    with pytest.raises(ValueError, match=r"tn.load: .*t holds cores that do not form a train \(.*core"):
+        tn.load(path)
+
+
 def test_a_file_opens_in_another_session_without_tensornet(tmp_path):
     """Any safetensors reader gets the cores (complex128 as float64 pairs); a new interpreter loads the train."""
     t = tn.random_tt((3, 4, 2), 2, seed=0, dtype="complex128")
