@@ -406,6 +406,19 @@ def test_float64_with_complex64_solves_in_complex128(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("scale", [1e200, 1e300, 1e-300])
+def test_eigsh_at_extreme_scales_is_exact_and_quiet(backend, scale):
+    # at 1e200 it gave the values but ~100 numpy overflow warnings and a false "not converged" warning
+    a = (tn.laplacian((4, 4, 4)) * scale).to(backend)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        values, vectors = eigsh(a, 2, tol=1e-10)
+    reference = np.linalg.eigvalsh(as_numpy(tn.laplacian((4, 4, 4)).full()))[:2] * scale
+    np.testing.assert_allclose(as_numpy(values), reference, rtol=1e-12)
+    assert all(abs(float(tn.norm(v)) - 1.0) < 1e-12 for v in vectors)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_real_operator_with_complex_starts_finds_its_eigenpairs(backend):
     # a real symmetric A with complex x0: A is taken as complex Hermitian (it returned -0.005 for -10.85)
     shape = (4, 4, 4)

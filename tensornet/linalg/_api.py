@@ -334,7 +334,13 @@ def _eigsh_run(
     max_rank: int | None,
     max_sweeps: int,
 ) -> tuple[Array, list[TT], EigInfo]:
-    """:func:`eigsh` on checked arguments: ascending values on A's backend, their vectors, the info."""
+    """:func:`eigsh` on checked arguments: ascending values on A's backend, their vectors, the info.
+
+    A of extreme scale is divided by a power of two first (exact; eigenvectors unchanged, eigenvalues scaled
+    back at the end), so the sweeps' products neither overflow nor underflow.
+    """
+    scaled, exponent = _pow2.normalize_cores("eigsh", list(a.cores))
+    a = TTM._trusted(scaled)
     dimension = math.prod(a.row_shape)
     ops = Ops(a.cores[0])
     cores, center = _block(ops, a, None if vectors is None else [_detached(v) for v in vectors], k)  # type: ignore[misc]
@@ -347,7 +353,7 @@ def _eigsh_run(
         max_sweeps=max_sweeps, kick=kick,
     )  # fmt: skip
     order = np.argsort(values, kind="stable")
-    return ops.real_asarray(values[order]), [vecs[i] for i in order], info
+    return ops.real_asarray(np.ldexp(values[order], exponent)), [vecs[i] for i in order], info
 
 
 def _check_x0(a: TTM, x0: Any, k: int) -> list[TT] | None:
