@@ -16,6 +16,7 @@ put back leaves no rounding behind, and a result that overflows saturates to inf
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -77,11 +78,17 @@ def scaled_product(
     factor is spread over the result's cores, so finite cores give finite cores whenever the result's scale
     is representable (``2^1000`` on one core times ``2^-1000`` on another is no longer inf times 0).
 
+    Under ``torch.func`` transforms (``grad``, ``vmap``, ``jvp``) the values cannot be inspected, and the
+    product is formed as it is.
+
     Raises
     ------
     ValueError
         NaN or inf entries (the message starts with ``fn``).
     """
+    torch = sys.modules.get("torch")
+    if torch is not None and torch._C._are_functorch_transforms_active():
+        return product(list(ca), list(cb))
     na, ea = normalize_cores(fn, list(ca))
     nb, eb = normalize_cores(fn, list(cb))
     cores = product(na, nb)
