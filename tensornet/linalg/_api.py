@@ -305,7 +305,7 @@ def eigsh(
     max_rank = _checks.check_count(fn, "max_rank", max_rank, optional=True)
     max_sweeps = _checks.check_count(fn, "max_sweeps", max_sweeps)
     return_info = _checks.check_flag(fn, "return_info", return_info)
-    _pow2.normalize_cores(fn, list(a.cores))  # the NaN/inf check (the values scale with A, so A is kept)
+    _pow2.normalize_cores(fn, list(a.cores))  # the NaN/inf check, before any work (_eigsh_run scales A)
     skew = asymmetry(a)
     if skew > symmetric_tolerance(a):
         kind, adjoint = ("Hermitian", "A^H") if B.is_complex(a.cores[0]) else ("symmetric", "A^T")

@@ -35,10 +35,9 @@ def check_vector(fn: str, name: str, t: Any, a: TTM) -> TT:
     precision = B.real_dtype_name(a.dtype)
     same_kind = B.is_complex(a.cores[0]) == B.is_complex(t.cores[0])  # real with complex promotes (as numpy)
     if a.backend == t.backend and same_kind and B.real_dtype_name(t.dtype) != precision:
-        fix = B.dtype_name(a.dtype)
         raise TypeError(
             f"{fn}: A is {B.dtype_name(a.dtype)} but {name} is {B.dtype_name(t.dtype)}; give them one precision, "
-            f"e.g. {name}.to(dtype='{fix}') (a real and a complex operand of one precision combine)"
+            f"e.g. {name}.to(dtype='{B.dtype_name(a.dtype)}') (a real operand with a complex one is promoted)"
         )
     _train_checks.check_same_storage(fn, a, t)
     return t

@@ -19,7 +19,8 @@ from ._hf import linear_weight
 from ._linear import TTMLinear, dense_weights, tt_parameters
 from ._materialize import materialize, release_weights
 from ._ranks import RankReport, truncate
-from ._tensorize import LayerReport, Rule, TensorizeReport, tensorize
+from ._rules import Rule
+from ._tensorize import LayerReport, TensorizeReport, tensorize
 
 __all__ = [
     "LayerReport",

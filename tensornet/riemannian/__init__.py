@@ -33,6 +33,7 @@ True
 from __future__ import annotations
 
 from ._autodiff import grad, hess_vec
-from ._tangent import Tangent, inner, project, retract, to_tt, transport
+from ._retract import retract, transport
+from ._tangent import Tangent, inner, project, to_tt
 
 __all__ = ["Tangent", "grad", "hess_vec", "inner", "project", "retract", "to_tt", "transport"]

@@ -20,7 +20,8 @@ from .. import _checks
 from .._backend import Array
 from ..tt import TT
 from ._frame import Frame, frame_of, shape3
-from ._tangent import Tangent, _check_tangent, gauge, retract, tangent_cores, to_tt, ungauged
+from ._retract import retract
+from ._tangent import Tangent, _check_tangent, gauge, tangent_cores, to_tt, ungauged
 
 __all__ = ["grad", "hess_vec"]
 
